@@ -1,0 +1,190 @@
+"""Pixel data of a dataset as frames in the codec array convention.
+
+:func:`iter_frames` yields every frame of a dataset as the array form that
+:mod:`gateway.codecs.base` describes, for native data (little or big endian,
+deflated) and for encapsulated data (through pydicom's decoders, or through
+our registry for syntaxes only we decode).  Native frames are read straight
+from the bytes with no masking, so :func:`high_bits_used` can see data hidden
+above Bits Stored before any codec drops it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+from pydicom import Dataset
+from pydicom.encaps import generate_frames
+from pydicom.uid import UID, ExplicitVRBigEndian
+
+from gateway.codecs.base import FrameInfo
+from gateway.errors import CodecNotFoundError, PixelDataError, UnsupportedImageError
+
+__all__ = ["frame_info", "number_of_frames", "iter_frames", "high_bits_used", "transfer_syntax"]
+
+_FLOAT_TAGS = ("FloatPixelData", "DoubleFloatPixelData")
+
+
+def transfer_syntax(ds: Dataset) -> UID:
+    """The dataset's transfer syntax UID, from its file meta."""
+    meta = getattr(ds, "file_meta", None)
+    uid = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
+    if not uid:
+        raise PixelDataError("(0002,0010) 'Transfer Syntax UID' is missing from the file meta")
+    return UID(uid)
+
+
+def _required(ds: Dataset, keyword: str, tag: str) -> int:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        raise PixelDataError(f"({tag}) '{keyword}' is missing")
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise PixelDataError(f"({tag}) '{keyword}' is not an integer: {value!r}") from exc
+
+
+def frame_info(ds: Dataset) -> FrameInfo:
+    """Describe one frame of `ds`; raise for images no codec can carry."""
+    for keyword in _FLOAT_TAGS:
+        if keyword in ds:
+            raise UnsupportedImageError(f"'{keyword}' holds floating point pixels")
+    if "PixelData" not in ds:
+        raise PixelDataError("(7FE0,0010) 'Pixel Data' is missing")
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip()
+    if not photometric:
+        raise PixelDataError("(0028,0004) 'Photometric Interpretation' is missing")
+    try:
+        return FrameInfo(
+            rows=_required(ds, "Rows", "0028,0010"),
+            columns=_required(ds, "Columns", "0028,0011"),
+            samples_per_pixel=_required(ds, "SamplesPerPixel", "0028,0002"),
+            bits_allocated=_required(ds, "BitsAllocated", "0028,0100"),
+            bits_stored=_required(ds, "BitsStored", "0028,0101"),
+            pixel_representation=_required(ds, "PixelRepresentation", "0028,0103"),
+            photometric_interpretation=photometric,
+            planar_configuration=int(ds.get("PlanarConfiguration", 0) or 0),
+        )
+    except UnsupportedImageError as exc:
+        raise PixelDataError(str(exc)) from exc
+
+
+def number_of_frames(ds: Dataset) -> int:
+    """Number of Frames, 1 when absent; raise when it is not a positive integer."""
+    value = ds.get("NumberOfFrames", 1)
+    try:
+        frames = int(value if value not in (None, "") else 1)
+    except (TypeError, ValueError) as exc:
+        raise PixelDataError(f"(0028,0008) 'Number of Frames' is not an integer: {value!r}") from exc
+    if frames < 1:
+        raise PixelDataError(f"(0028,0008) 'Number of Frames' must be at least 1, got {frames}")
+    return frames
+
+
+def _check_native_form(info: FrameInfo) -> None:
+    if info.bits_allocated not in (8, 16, 32):
+        raise UnsupportedImageError(
+            f"(0028,0100) 'Bits Allocated' {info.bits_allocated} is not carried by our codecs"
+        )
+    if info.photometric_interpretation in ("YBR_FULL_422", "YBR_PARTIAL_422", "YBR_PARTIAL_420"):
+        raise UnsupportedImageError(
+            f"(0028,0004) native '{info.photometric_interpretation}' is subsampled; kept as received"
+        )
+
+
+def _iter_native(ds: Dataset, info: FrameInfo, frames: int, big_endian: bool) -> Iterator[np.ndarray]:
+    dtype = info.dtype.newbyteorder(">" if big_endian else "<")
+    data = ds.PixelData
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise PixelDataError("(7FE0,0010) 'Pixel Data' is not a byte value")
+    expected = info.frame_bytes * frames
+    if len(data) < expected:
+        raise PixelDataError(
+            f"(7FE0,0010) 'Pixel Data' has {len(data)} bytes, {expected} expected for "
+            f"{frames} frame(s) of {info.rows} x {info.columns} x {info.samples_per_pixel} "
+            f"at {info.bits_allocated} bits"
+        )
+    if big_endian and info.bits_allocated == 8 and ds["PixelData"].VR == "OW":
+        # Big endian OW holds 16-bit words: 8-bit samples come in swapped pairs.
+        words = np.frombuffer(data, dtype=">u2", count=len(data) // 2)
+        data = words.astype("<u2").tobytes() + bytes(data[len(data) - len(data) % 2:])
+    flat = np.frombuffer(data, dtype=dtype, count=expected // dtype.itemsize)
+    per_frame = info.rows * info.columns * info.samples_per_pixel
+    for index in range(frames):
+        frame = flat[index * per_frame:(index + 1) * per_frame]
+        if info.samples_per_pixel == 1:
+            frame = frame.reshape(info.rows, info.columns)
+        elif info.planar_configuration == 1:
+            frame = frame.reshape(info.samples_per_pixel, info.rows, info.columns).transpose(1, 2, 0)
+        else:
+            frame = frame.reshape(info.rows, info.columns, info.samples_per_pixel)
+        yield np.ascontiguousarray(frame, dtype=info.dtype)
+
+
+def _iter_registry(ds: Dataset, info: FrameInfo, frames: int, uid: UID) -> Iterator[np.ndarray]:
+    from gateway.codecs import get_codec
+
+    codec = get_codec(uid)
+    for fragment in generate_frames(ds.PixelData, number_of_frames=frames):
+        yield codec.decode_frame(fragment, info)
+
+
+def _iter_pydicom(ds: Dataset, info: FrameInfo) -> Iterator[np.ndarray]:
+    from pydicom.pixels import iter_pixels
+
+    for frame in iter_pixels(ds, raw=True):
+        if frame.shape != info.shape:
+            raise PixelDataError(f"decoded frame has shape {frame.shape}, {info.shape} expected")
+        yield np.ascontiguousarray(frame, dtype=info.dtype)
+
+
+def iter_frames(ds: Dataset) -> Iterator[np.ndarray]:
+    """Yield each frame of `ds` in the codec array convention.
+
+    Raises
+    ------
+    UnsupportedImageError
+        Float, 1-bit or subsampled native images, which no codec of ours carries.
+    PixelDataError
+        Missing or inconsistent attributes, short pixel data, or a decoder failure.
+    """
+    info = frame_info(ds)
+    frames = number_of_frames(ds)
+    uid = transfer_syntax(ds)
+    if not uid.is_encapsulated:
+        _check_native_form(info)
+        yield from _iter_native(ds, info, frames, big_endian=(uid == ExplicitVRBigEndian))
+        return
+    if info.bits_allocated not in (8, 16, 32):
+        raise UnsupportedImageError(
+            f"(0028,0100) 'Bits Allocated' {info.bits_allocated} is not carried by our codecs"
+        )
+    from pydicom.pixels.decoders.base import _PIXEL_DATA_DECODERS  # pydicom's own table
+
+    try:
+        if uid in _PIXEL_DATA_DECODERS:
+            yield from _iter_pydicom(ds, info)
+        else:
+            yield from _iter_registry(ds, info, frames, uid)
+    except (UnsupportedImageError, PixelDataError):
+        raise
+    except CodecNotFoundError as exc:
+        raise UnsupportedImageError(f"no decoder for transfer syntax {uid}") from exc
+    except Exception as exc:  # decoders of other projects raise many types
+        raise PixelDataError(f"pixel data of syntax {uid} could not be decoded: {exc}") from exc
+
+
+def high_bits_used(frame: np.ndarray, info: FrameInfo) -> bool:
+    """True when a value holds bits outside what Bits Stored allows.
+
+    For unsigned data any bit at or above Bits Stored counts; for signed data
+    every value must be the sign extension of its low Bits Stored bits.  A
+    codec working at precision Bits Stored would lose such bits, so the
+    pipeline passes these images through unchanged.
+    """
+    if info.bits_stored >= info.bits_allocated:
+        return False
+    low, high = info.value_range
+    if frame.size == 0:
+        return False
+    return bool(frame.min() < low or frame.max() > high)

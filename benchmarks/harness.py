@@ -1,0 +1,194 @@
+"""Shared codec benchmark harness: corpus loading, timing, verification, tables.
+
+Each benchmark script builds a list of :class:`Entry` (ours and the peers),
+loads the corpus once with :func:`load_corpus` and calls :func:`run`, which
+prints one table per run: ratio and encode/decode MB/s per corpus folder and
+overall.  Every round trip is verified unless ``verify=False`` is asked for;
+a mismatch is reported, never silently timed.  Speeds are single-thread:
+``MB/s`` = raw pixel megabytes (10**6 bytes of Bits-Allocated samples) per
+second of wall time, best of ``repeat`` runs of each image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+
+from gateway.codecs.base import FrameInfo
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def corpus_dir() -> Path:
+    env = os.environ.get("GATEWAY_CORPUS")
+    path = Path(env) if env else REPO.parent / "shared" / "corpus"
+    if not (path / "MANIFEST.csv").is_file():
+        sys.exit(f"corpus not found at {path}: set GATEWAY_CORPUS to a folder holding MANIFEST.csv")
+    return path
+
+
+@dataclass
+class Item:
+    """One corpus image, decoded to frames."""
+
+    path: str
+    folder: str
+    info: FrameInfo
+    frames: list[np.ndarray]
+
+    @property
+    def raw_bytes(self) -> int:
+        return self.info.frame_bytes * len(self.frames)
+
+
+@dataclass
+class Entry:
+    """A codec under test: encode one frame to bytes, decode them back."""
+
+    name: str
+    encode: Callable[[np.ndarray, FrameInfo], bytes]
+    decode: Callable[[bytes, FrameInfo], np.ndarray]
+    supports: Callable[[FrameInfo], bool] = lambda info: True
+
+
+@dataclass
+class _Tally:
+    raw: int = 0
+    compressed: int = 0
+    enc_s: float = 0.0
+    dec_s: float = 0.0
+    images: int = 0
+    skipped: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def load_corpus(root: Path | None = None, folders: Sequence[str] = ()) -> list[Item]:
+    """Decode every corpus image listed in MANIFEST.csv (optionally some folders only)."""
+    import csv
+
+    from gateway.pixels import frame_info, iter_frames
+
+    root = root or corpus_dir()
+    items = []
+    with open(root / "MANIFEST.csv", newline="") as handle:
+        for row in csv.DictReader(handle):
+            folder = row["path"].split("/", 1)[0]
+            if folders and folder not in folders:
+                continue
+            ds = pydicom.dcmread(root / row["path"])
+            items.append(Item(row["path"], folder, frame_info(ds), list(iter_frames(ds))))
+    return items
+
+
+def _best_time(function, repeat: int):
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = function()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def measure(entry: Entry, items: Sequence[Item], *, verify: bool = True, repeat: int = 1) -> dict[str, _Tally]:
+    """Encode and decode every frame of `items` with `entry`; tallies per folder and 'ALL'."""
+    tallies: dict[str, _Tally] = defaultdict(_Tally)
+    # Warm up (JIT compilation, library loading) outside the timed region.
+    if items:
+        for item in items[:3]:
+            if entry.supports(item.info):
+                entry.decode(entry.encode(item.frames[0], item.info), item.info)
+    for item in items:
+        tally = tallies[item.folder]
+        if not entry.supports(item.info):
+            tally.skipped += 1
+            continue
+        enc_s = dec_s = 0.0
+        size = 0
+        try:
+            for frame in item.frames:
+                t, data = _best_time(lambda: entry.encode(frame, item.info), repeat)
+                enc_s += t
+                size += len(data)
+                t, back = _best_time(lambda: entry.decode(data, item.info), repeat)
+                dec_s += t
+                if verify and not np.array_equal(np.asarray(back).reshape(frame.shape), frame):
+                    raise AssertionError("round trip differs")
+        except Exception as exc:  # a benchmark reports failures and goes on
+            tally.errors.append(f"{item.path}: {type(exc).__name__}: {exc}")
+            continue
+        tally.raw += item.raw_bytes
+        tally.compressed += size
+        tally.enc_s += enc_s
+        tally.dec_s += dec_s
+        tally.images += 1
+    total = _Tally()
+    for tally in list(tallies.values()):
+        total.raw += tally.raw
+        total.compressed += tally.compressed
+        total.enc_s += tally.enc_s
+        total.dec_s += tally.dec_s
+        total.images += tally.images
+        total.skipped += tally.skipped
+        total.errors += tally.errors
+    tallies["ALL"] = total
+    return tallies
+
+
+def format_table(results: dict[str, dict[str, _Tally]], title: str = "") -> str:
+    """A Markdown table: one row per (folder, codec), folders in order, ALL last."""
+    folders = sorted({f for tallies in results.values() for f in tallies if f != "ALL"}) + ["ALL"]
+    lines = []
+    if title:
+        lines.append(f"### {title}\n")
+    lines.append("| folder | codec | images | raw MB | ratio | encode MB/s | decode MB/s |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|")
+    for folder in folders:
+        for name, tallies in results.items():
+            t = tallies.get(folder)
+            if t is None or t.images == 0:
+                note = f"unsupported ({t.skipped})" if t and t.skipped else "-"
+                lines.append(f"| {folder} | {name} | 0 | - | {note} | - | - |")
+                continue
+            ratio = t.raw / t.compressed if t.compressed else float("inf")
+            enc = t.raw / 1e6 / t.enc_s if t.enc_s else float("inf")
+            dec = t.raw / 1e6 / t.dec_s if t.dec_s else float("inf")
+            skipped = f" (+{t.skipped} n/a)" if t.skipped else ""
+            lines.append(
+                f"| {folder} | {name} | {t.images}{skipped} | {t.raw / 1e6:.1f} | {ratio:.3f} | {enc:.1f} | {dec:.1f} |"
+            )
+    errors = [f"- {name}: {e}" for name, tallies in results.items() for e in tallies["ALL"].errors]
+    if errors:
+        lines.append("\nFailures (excluded from the rows above):")
+        lines.extend(errors[:50])
+    return "\n".join(lines)
+
+
+def run(entries: Sequence[Entry], items: Sequence[Item], *, title: str = "", verify: bool = True, repeat: int = 1) -> str:
+    """Measure every entry on the same items and print (and return) the table."""
+    results = {}
+    for entry in entries:
+        start = time.perf_counter()
+        results[entry.name] = measure(entry, items, verify=verify, repeat=repeat)
+        print(f"  {entry.name}: {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    table = format_table(results, title)
+    print(table)
+    return table
+
+
+def arguments(description: str) -> argparse.Namespace:
+    """Common command line: --folders, --repeat, --noverify, --only (entry names)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--folders", nargs="*", default=(), help="corpus folders to use (default: all)")
+    parser.add_argument("--repeat", type=int, default=1, help="time each operation N times, keep the best")
+    parser.add_argument("--noverify", action="store_true", help="skip the round-trip check")
+    parser.add_argument("--only", nargs="*", default=(), help="entry names to run (default: all)")
+    return parser.parse_args()

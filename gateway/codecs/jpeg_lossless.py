@@ -1,0 +1,451 @@
+"""JPEG Lossless, Non-Hierarchical, Process 14 (ITU-T T.81 Annex H).
+
+Encoder
+    Selection value 1 (first-order prediction, predictor ``Px = Ra``), point
+    transform 0, precision P = Bits Stored (2..16), one or three components in
+    a single interleaved scan (RGB stays RGB: no colour transform), and one
+    Huffman table per component, optimised for the image (two passes: count
+    the difference categories SSSS, then build the length-limited code of
+    T.81 Annex K.2).  The stream written is::
+
+        SOI  DHT(tables 0..Nf-1)  SOF3(P, Y, X, Nf; H=V=1)  SOS(Ss=1, Se=0, Ah=Al=0)
+        <entropy-coded segment, byte-stuffed>  EOI
+
+Decoder
+    SOF3 with any predictor 1..7 and point transform, restart intervals
+    (DRI / RSTn), several DHT segments and tables, interleaved and
+    non-interleaved scans, byte stuffing and fill bytes before markers.  Every
+    header field is checked against the expected :class:`FrameInfo` before
+    anything is allocated, so a hostile stream costs no more memory than the
+    frame it claims to be.
+
+Signed data (Pixel Representation 1)
+    JPEG has no notion of sign.  The encoder codes the two's complement bit
+    pattern masked to Bits Stored; a conformant decoder returns that unsigned
+    P-bit pattern and the reader sign-extends it using Pixel Representation
+    and Bits Stored (as DCMTK, GDCM and pydicom do).
+
+The codec is registered for ``1.2.840.10008.1.2.4.70`` (JPEGLosslessSV1) and,
+for decoding archives, for ``1.2.840.10008.1.2.4.57`` (JPEGLossless, any
+predictor); an SV1 stream is valid for both syntaxes, so both encode the same.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import ClassVar
+
+import numpy as np
+
+from gateway.codecs import _jpeg_lossless_kernels as _k
+from gateway.codecs import register
+from gateway.codecs.base import FrameInfo, check_frame
+from gateway.errors import CorruptCodestreamError, UnsupportedImageError
+
+__all__ = ["JpegLosslessSV1Codec", "JpegLosslessCodec", "huffman_code_lengths", "encode", "decode"]
+
+# (photometric, samples, pixel representations) a JPEG Lossless image may
+# have; PS3.5 Table 8.2.1-2.  Bits Allocated 8 or 16, Bits Stored 2..16 (T.81
+# requires P >= 2).
+_PROFILES: dict[str, tuple[int, tuple[int, ...]]] = {
+    "MONOCHROME1": (1, (0, 1)),
+    "MONOCHROME2": (1, (0, 1)),
+    "PALETTE COLOR": (1, (0,)),
+    "RGB": (3, (0,)),
+    "YBR_FULL": (3, (0,)),
+}
+
+_SOI, _EOI, _SOF3, _DHT, _SOS, _DRI, _DNL = 0xD8, 0xD9, 0xC3, 0xC4, 0xDA, 0xDD, 0xDC
+# SOF markers of processes other than lossless Huffman (SOF3).
+_OTHER_SOF = {0xC0, 0xC1, 0xC2, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def supports(info: FrameInfo) -> str | None:
+    """Return ``None`` when JPEG Lossless can carry `info`, else why not."""
+    if info.bits_allocated not in (8, 16):
+        return f"(0028,0100) 'Bits Allocated' {info.bits_allocated} is not 8 or 16"
+    if not 2 <= info.bits_stored <= 16:
+        return f"(0028,0101) 'Bits Stored' {info.bits_stored} is outside JPEG Lossless precision 2..16"
+    profile = _PROFILES.get(info.photometric_interpretation)
+    if profile is None:
+        return f"(0028,0004) 'Photometric Interpretation' {info.photometric_interpretation} is not allowed"
+    samples, representations = profile
+    if info.samples_per_pixel != samples:
+        return (
+            f"(0028,0002) 'Samples per Pixel' {info.samples_per_pixel} does not fit "
+            f"{info.photometric_interpretation}"
+        )
+    if info.pixel_representation not in representations:
+        return f"(0028,0103) signed data is not allowed with {info.photometric_interpretation}"
+    if info.rows > 65535 or info.columns > 65535:
+        return "Rows or Columns above 65535 do not fit a JPEG frame header"
+    return None
+
+
+# ---------------------------------------------------------------- Huffman
+
+
+def huffman_code_lengths(freq: np.ndarray, limit: int = 16) -> np.ndarray:
+    """Optimal code lengths for symbols 0..len(freq)-1, at most `limit` bits (T.81 K.2).
+
+    A reserved symbol of count 1 keeps the all-ones code word unused, as
+    T.81 requires; unused symbols get length 0.
+    """
+    n = len(freq)
+    f = [int(v) for v in freq] + [1]  # last entry: the reserved symbol
+    size = [0] * (n + 1)
+    others = [-1] * (n + 1)
+    while True:
+        live = [i for i in range(n + 1) if f[i] > 0]
+        if len(live) < 2:
+            break
+        # Least frequent, ties to the larger symbol (Figure K.1).
+        v1 = min(live, key=lambda i: (f[i], -i))
+        v2 = min((i for i in live if i != v1), key=lambda i: (f[i], -i))
+        f[v1] += f[v2]
+        f[v2] = 0
+        size[v1] += 1
+        while others[v1] != -1:
+            v1 = others[v1]
+            size[v1] += 1
+        others[v1] = v2
+        size[v2] += 1
+        while others[v2] != -1:
+            v2 = others[v2]
+            size[v2] += 1
+    longest = max(max(size), limit)
+    bits = [0] * (longest + 1)
+    for s in size:
+        if s:
+            bits[s] += 1
+    # Figure K.3: move codes longer than `limit` up the tree.
+    i = longest
+    while i > limit:
+        while bits[i] > 0:
+            j = i - 2
+            while bits[j] == 0:
+                j -= 1
+            bits[i] -= 2
+            bits[i - 1] += 1
+            bits[j + 1] += 2
+            bits[j] -= 1
+        i -= 1
+    # Remove the reserved code word from the longest length.
+    i = limit
+    while bits[i] == 0:
+        i -= 1
+    bits[i] -= 1
+    # Hand lengths out again: shortest codes to the most frequent symbols,
+    # keeping the order of the unlimited code (Figure K.4 sorts by size).
+    order = sorted((i for i in range(n) if size[i]), key=lambda i: (size[i], i))
+    lengths = np.zeros(n, dtype=np.int64)
+    it = iter(order)
+    for length in range(1, limit + 1):
+        for _ in range(bits[length]):
+            lengths[next(it)] = length
+    return lengths
+
+
+def _canonical(lengths: np.ndarray) -> tuple[list[int], list[int], np.ndarray]:
+    """BITS, HUFFVAL and per-symbol code words of the canonical code (T.81 Annex C)."""
+    bits = [int(np.count_nonzero(lengths == n)) for n in range(1, 17)]
+    huffval = sorted((s for s in range(len(lengths)) if lengths[s]), key=lambda s: (lengths[s], s))
+    codes = np.zeros(len(lengths), dtype=np.int64)
+    code = 0
+    prev = 0
+    for s in huffval:
+        code <<= int(lengths[s]) - prev
+        prev = int(lengths[s])
+        codes[s] = code
+        code += 1
+    return bits, huffval, codes
+
+
+# ---------------------------------------------------------------- encode
+
+
+def encode(frame: np.ndarray, info: FrameInfo) -> bytes:
+    """Encode one frame as a JPEG Lossless SV1 codestream."""
+    reason = supports(info)
+    if reason:
+        raise UnsupportedImageError(reason)
+    frame = check_frame(frame, info)
+    lo, hi = info.value_range
+    if frame.size and (int(frame.min()) < lo or int(frame.max()) > hi):
+        raise UnsupportedImageError(
+            f"values outside the {info.bits_stored}-bit range of (0028,0101) 'Bits Stored'"
+        )
+    precision = info.bits_stored
+    ncomp = info.samples_per_pixel
+    unsigned = frame.view(frame.dtype.str.replace("i", "u"))
+    samples = (unsigned & ((1 << precision) - 1)).astype(np.uint16, copy=False)
+    samples = samples.reshape(info.rows, info.columns, ncomp)
+
+    diffs, hist = _k.differences_sv1(samples, precision)
+    lengths = np.zeros((ncomp, 17), dtype=np.int64)
+    codes = np.zeros((ncomp, 17), dtype=np.int64)
+    dht = bytearray()
+    for k in range(ncomp):
+        lengths[k] = huffman_code_lengths(hist[k])
+        bits, huffval, codes[k] = _canonical(lengths[k])
+        dht += bytes([k]) + bytes(bits) + bytes(huffval)
+    extra = np.array([0] + list(range(1, 16)) + [0], dtype=np.int64)
+    total_bits = int((hist * (lengths + extra)).sum())
+    capacity = 2 * ((total_bits + 7) // 8) + 2
+    table_of = np.arange(ncomp, dtype=np.int64)
+    scan = _k.encode_scan(diffs, codes, lengths, table_of, capacity)
+
+    out = bytearray(b"\xff\xd8")
+    out += struct.pack(">BBH", 0xFF, _DHT, 2 + len(dht)) + dht
+    sof = struct.pack(">BHHB", precision, info.rows, info.columns, ncomp)
+    for k in range(ncomp):
+        sof += bytes([k + 1, 0x11, 0])
+    out += struct.pack(">BBH", 0xFF, _SOF3, 2 + len(sof)) + sof
+    sos = bytes([ncomp])
+    for k in range(ncomp):
+        sos += bytes([k + 1, k << 4])
+    sos += bytes([1, 0, 0])  # Ss = selection value 1, Se = 0, Ah = Al = 0
+    out += struct.pack(">BBH", 0xFF, _SOS, 2 + len(sos)) + sos
+    out += scan.tobytes()
+    out += b"\xff\xd9"
+    return bytes(out)
+
+
+# ---------------------------------------------------------------- decode
+
+
+class _Frame:
+    """Frame header (SOF3) fields."""
+
+    __slots__ = ("precision", "rows", "columns", "ids")
+
+    def __init__(self, precision: int, rows: int, columns: int, ids: list[int]) -> None:
+        self.precision = precision
+        self.rows = rows
+        self.columns = columns
+        self.ids = ids
+
+
+def _corrupt(message: str) -> CorruptCodestreamError:
+    return CorruptCodestreamError(f"JPEG Lossless: {message}")
+
+
+def _segment(data: bytes, pos: int) -> tuple[bytes, int]:
+    """Body of the marker segment whose length field starts at `pos`, and the position after it."""
+    if pos + 2 > len(data):
+        raise _corrupt("truncated marker segment")
+    length = (data[pos] << 8) | data[pos + 1]
+    if length < 2 or pos + length > len(data):
+        raise _corrupt(f"marker segment length {length} runs past the end of the stream")
+    return data[pos + 2 : pos + length], pos + length
+
+
+def _parse_dht(body: bytes, tables: dict[int, np.ndarray]) -> None:
+    i = 0
+    while i < len(body):
+        if i + 17 > len(body):
+            raise _corrupt("truncated DHT segment")
+        tc, th = body[i] >> 4, body[i] & 0x0F
+        if tc != 0 or th > 3:
+            raise _corrupt(f"DHT class {tc} / destination {th} is not a lossless DC table")
+        bits = np.frombuffer(body, dtype=np.uint8, count=16, offset=i + 1).astype(np.int64)
+        count = int(bits.sum())
+        if count == 0 or count > 17 or i + 17 + count > len(body):
+            raise _corrupt("DHT segment has a bad number of codes")
+        # Kraft: the code must fit in 16 bits.
+        if sum(int(b) << (16 - n) for n, b in enumerate(bits, 1)) > (1 << 16):
+            raise _corrupt("DHT code lengths overflow 16 bits")
+        huffval = np.frombuffer(body, dtype=np.uint8, count=count, offset=i + 17).astype(np.int64)
+        if int(huffval.max()) > 16:
+            raise _corrupt("DHT symbol above 16 in a lossless table")
+        tables[th] = _k.build_lookup(bits, huffval)
+        i += 17 + count
+
+
+def _parse_sof(body: bytes, info: FrameInfo) -> _Frame:
+    if len(body) < 6:
+        raise _corrupt("truncated SOF3 segment")
+    precision, rows, columns, nf = struct.unpack(">BHHB", body[:6])
+    if len(body) != 6 + 3 * nf:
+        raise _corrupt("SOF3 length does not match its component count")
+    if not 2 <= precision <= 16:
+        raise _corrupt(f"precision {precision} is outside 2..16")
+    if precision > info.bits_allocated:
+        raise _corrupt(f"precision {precision} exceeds Bits Allocated {info.bits_allocated}")
+    if rows == 0:
+        raise _corrupt("frame height 0 (DNL) is not supported")
+    if (rows, columns) != (info.rows, info.columns):
+        raise _corrupt(f"frame is {rows} x {columns}, expected {info.rows} x {info.columns}")
+    if nf != info.samples_per_pixel:
+        raise _corrupt(f"frame has {nf} components, expected {info.samples_per_pixel}")
+    ids = []
+    for k in range(nf):
+        ci, hv = body[6 + 3 * k], body[7 + 3 * k]
+        if ci in ids:
+            raise _corrupt(f"duplicate component id {ci}")
+        if hv != body[7]:
+            raise _corrupt("components with different sampling factors are not supported")
+        if nf > 1 and hv != 0x11:
+            raise _corrupt("subsampled colour components are not supported")
+        ids.append(ci)
+    return _Frame(precision, rows, columns, ids)
+
+
+def decode(data: bytes, info: FrameInfo) -> np.ndarray:
+    """Decode one JPEG Lossless (Process 14) codestream into a frame array."""
+    data = bytes(data)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    n = len(data)
+    if n < 4 or data[0] != 0xFF or data[1] != _SOI:
+        raise _corrupt("no SOI marker at the start")
+    tables: dict[int, np.ndarray] = {}
+    frame: _Frame | None = None
+    out: np.ndarray | None = None
+    done: set[int] = set()
+    restart = 0
+    pos = 2
+    while True:
+        # Find the next marker, skipping fill bytes (and surplus scan bytes).
+        while pos < n and data[pos] != 0xFF:
+            pos += 1
+        while pos + 1 < n and data[pos + 1] == 0xFF:
+            pos += 1
+        if pos + 1 >= n:
+            if frame is not None and len(done) == len(frame.ids):
+                break  # tolerate a missing EOI after complete scans
+            raise _corrupt("stream ends before EOI")
+        marker = data[pos + 1]
+        pos += 2
+        if marker == 0x00:
+            continue  # stuffed byte outside a scan: not a marker
+        if marker == _EOI:
+            break
+        if marker in (_SOI, _DNL) or 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            raise _corrupt(f"unexpected marker 0xFF{marker:02X}")
+        body, pos = _segment(data, pos)
+        if marker == _DHT:
+            _parse_dht(body, tables)
+        elif marker == _DRI:
+            if len(body) != 2:
+                raise _corrupt("DRI segment length is not 4")
+            restart = (body[0] << 8) | body[1]
+        elif marker == _SOF3:
+            if frame is not None:
+                raise _corrupt("second SOF marker")
+            frame = _parse_sof(body, info)
+            out = np.zeros((frame.rows, frame.columns, len(frame.ids)), dtype=np.uint16)
+        elif marker in _OTHER_SOF:
+            raise _corrupt(f"SOF marker 0xFF{marker:02X} is not lossless Huffman (SOF3)")
+        elif marker == _SOS:
+            if frame is None or out is None:
+                raise _corrupt("SOS before SOF3")
+            pos = _decode_scan(body, buf, pos, frame, out, tables, restart, done)
+        # Other segments (APPn, COM, DQT, ...) carry nothing we need.
+    if frame is None or out is None:
+        raise _corrupt("no SOF3 frame header")
+    if len(done) != len(frame.ids):
+        raise _corrupt("not every component was coded in a scan")
+    return _to_frame(out, frame.precision, info)
+
+
+def _decode_scan(
+    body: bytes,
+    buf: np.ndarray,
+    pos: int,
+    frame: _Frame,
+    out: np.ndarray,
+    tables: dict[int, np.ndarray],
+    restart: int,
+    done: set[int],
+) -> int:
+    if len(body) < 4:
+        raise _corrupt("truncated SOS segment")
+    ns = body[0]
+    if ns < 1 or len(body) != 4 + 2 * ns:
+        raise _corrupt("SOS length does not match its component count")
+    comps = np.empty(ns, dtype=np.int64)
+    table_of = np.empty(ns, dtype=np.int64)
+    used: list[int] = []
+    for i in range(ns):
+        cs, tdta = body[1 + 2 * i], body[2 + 2 * i]
+        if cs not in frame.ids:
+            raise _corrupt(f"scan component {cs} is not in the frame")
+        k = frame.ids.index(cs)
+        if k in done or k in comps[:i]:
+            raise _corrupt(f"component {cs} coded twice")
+        td = tdta >> 4
+        if td not in tables:
+            raise _corrupt(f"Huffman table {td} used before it is defined")
+        comps[i] = k
+        if td not in used:
+            used.append(td)
+        table_of[i] = used.index(td)
+    predictor, se, ahal = body[1 + 2 * ns], body[2 + 2 * ns], body[3 + 2 * ns]
+    al = ahal & 0x0F
+    if not 1 <= predictor <= 7:
+        raise _corrupt(f"predictor {predictor} is outside 1..7")
+    if se != 0 or ahal >> 4 != 0 or al >= frame.precision:
+        raise _corrupt("bad Se / Ah / Al in SOS")
+    lookups = np.stack([tables[t] for t in used])
+    end = _k.decode_scan(
+        buf, pos, out, comps, lookups, table_of, predictor, al, frame.precision, restart
+    )
+    if end < 0:
+        reason = {
+            _k.ERR_BAD_CODE: "invalid Huffman code",
+            _k.ERR_TRUNCATED: "entropy-coded data is truncated",
+            _k.ERR_NO_RESTART: "restart marker missing",
+            _k.ERR_BAD_SSSS: "difference category above 16",
+        }.get(end, "bad entropy-coded data")
+        raise _corrupt(reason)
+    done.update(int(k) for k in comps)
+    return end
+
+
+def _to_frame(out: np.ndarray, precision: int, info: FrameInfo) -> np.ndarray:
+    """Turn decoded P-bit patterns into the frame array convention of `info`."""
+    if info.signed:
+        bits = min(info.bits_stored, 16)
+        v = out.astype(np.int32) & ((1 << bits) - 1)
+        v -= (v & (1 << (bits - 1))) << 1
+        result = v.astype(info.dtype)
+    else:
+        if precision > info.bits_allocated or (info.bits_allocated == 8 and precision > 8):
+            raise _corrupt(f"precision {precision} does not fit Bits Allocated {info.bits_allocated}")
+        result = out.astype(info.dtype, copy=False)
+    if info.samples_per_pixel == 1:
+        result = result.reshape(info.rows, info.columns)
+    return np.ascontiguousarray(result)
+
+
+# ---------------------------------------------------------------- codecs
+
+
+class JpegLosslessSV1Codec:
+    """JPEG Lossless, first-order prediction (selection value 1)."""
+
+    name: ClassVar[str] = "jpeg-lossless"
+    uid: ClassVar[str] = "1.2.840.10008.1.2.4.70"
+    keyword: ClassVar[str] = "JPEGLosslessSV1"
+    private: ClassVar[bool] = False
+
+    def supports(self, info: FrameInfo) -> str | None:
+        return supports(info)
+
+    def encode_frame(self, frame: np.ndarray, info: FrameInfo) -> bytes:
+        return encode(frame, info)
+
+    def decode_frame(self, data: bytes, info: FrameInfo) -> np.ndarray:
+        return decode(data, info)
+
+
+class JpegLosslessCodec(JpegLosslessSV1Codec):
+    """JPEG Lossless, any selection value: decodes predictors 1..7, encodes SV1."""
+
+    name: ClassVar[str] = "jpeg-lossless-p14"
+    uid: ClassVar[str] = "1.2.840.10008.1.2.4.57"
+    keyword: ClassVar[str] = "JPEGLossless"
+
+
+register(JpegLosslessSV1Codec())
+register(JpegLosslessCodec())

@@ -220,9 +220,8 @@ def decode_scan(
                     # Byte-align, check that only padding is left, find RSTn.
                     if nbits - pad >= 8:
                         return ERR_NO_RESTART
-                    if not marker:
-                        while pos + 1 < end and data[pos] == 0xFF and data[pos + 1] == 0xFF:
-                            pos += 1
+                    while pos + 1 < end and data[pos] == 0xFF and data[pos + 1] == 0xFF:
+                        pos += 1  # fill bytes before the marker
                     if pos + 1 >= end or data[pos] != 0xFF or (data[pos + 1] & 0xF8) != 0xD0:
                         return ERR_NO_RESTART
                     pos += 2

@@ -1,0 +1,367 @@
+"""JPEG Lossless (Process 14) codec: round trips, conformance with decoders
+we did not write, decoding of streams other encoders wrote, and interop with
+DCMTK and GDCM."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate, generate_frames
+from pydicom.uid import ExplicitVRLittleEndian, JPEGLossless, JPEGLosslessSV1, generate_uid
+
+from gateway.codecs import _jpeg_lossless_kernels as kernels
+from gateway.codecs import get_codec
+from gateway.codecs.base import FrameInfo
+from gateway.codecs.jpeg_lossless import _canonical, huffman_code_lengths
+from gateway.errors import CorruptCodestreamError, UnsupportedImageError
+from gateway.pixels import frame_info, high_bits_used, iter_frames
+from tests.corpus import corpus_params
+from tests.images import reference_params
+from tests.tools import require, require_dcmtk
+
+libjpeg = pytest.importorskip("libjpeg", reason="pylibjpeg-libjpeg is not installed")
+
+CODEC = get_codec(JPEGLosslessSV1)
+
+
+def _supported(info: FrameInfo) -> bool:
+    return CODEC.supports(info) is None
+
+
+def _dataset(info: FrameInfo, frames: list, uid: str) -> Dataset:
+    """A Secondary Capture dataset holding `frames` (codestreams if `uid` is compressed)."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = uid
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Modality = "OT"
+    ds.Rows, ds.Columns = info.rows, info.columns
+    ds.SamplesPerPixel = info.samples_per_pixel
+    ds.PhotometricInterpretation = info.photometric_interpretation
+    if info.samples_per_pixel == 3:
+        ds.PlanarConfiguration = 0
+    ds.BitsAllocated = info.bits_allocated
+    ds.BitsStored = info.bits_stored
+    ds.HighBit = info.bits_stored - 1
+    ds.PixelRepresentation = info.pixel_representation
+    if len(frames) > 1:
+        ds.NumberOfFrames = len(frames)
+    if uid == ExplicitVRLittleEndian:
+        ds.PixelData = b"".join(np.ascontiguousarray(f).tobytes() for f in frames)
+        ds["PixelData"].VR = "OW" if info.bits_allocated > 8 else "OB"
+    else:
+        ds.PixelData = encapsulate(frames)
+        ds["PixelData"].VR = "OB"
+    return ds
+
+
+def _frames_of(array: np.ndarray, info: FrameInfo, count: int) -> list[np.ndarray]:
+    """Split a pydicom pixel_array into frames of the codec convention."""
+    array = np.asarray(array).reshape((count, *info.shape))
+    return [np.ascontiguousarray(f, dtype=info.dtype) for f in array]
+
+
+def _libjpeg_via_pydicom(info: FrameInfo, streams: list[bytes]) -> list[np.ndarray]:
+    """Decode our codestreams with pylibjpeg-libjpeg through pydicom.
+
+    pydicom 3 cannot place libjpeg's 8-bit output of a precision <= 8 stream
+    into a 16-bit container, so there libjpeg is called directly and its
+    unsigned P-bit patterns are sign-extended from Bits Stored as any reader
+    does with Pixel Representation 1.
+    """
+    if info.bits_allocated == 16 and info.bits_stored <= 8:
+        frames = []
+        for stream in streams:
+            raw = libjpeg.decode(stream).astype(np.int64).reshape(info.shape)
+            if info.signed:
+                raw -= (raw & (1 << (info.bits_stored - 1))) << 1
+            frames.append(raw.astype(info.dtype))
+        return frames
+    ds = _dataset(info, streams, JPEGLosslessSV1)
+    ds.pixel_array_options(decoding_plugin="pylibjpeg")
+    return _frames_of(ds.pixel_array, info, len(streams))
+
+
+# ---------------------------------------------------------------- Huffman
+
+
+@pytest.mark.parametrize(
+    "freq",
+    [
+        [1] + [0] * 16,
+        [5, 5] + [0] * 15,
+        [2**i for i in range(17)],  # Fibonacci-like skew: unlimited lengths exceed 16
+        [1] * 17,
+        [1000, 1, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3],
+    ],
+    ids=["one", "two", "skewed", "flat", "sparse"],
+)
+def test_code_lengths_are_a_valid_limited_code(freq: list[int]) -> None:
+    lengths = huffman_code_lengths(np.array(freq))
+    used = [i for i, f in enumerate(freq) if f]
+    assert all(1 <= lengths[i] <= 16 for i in used)
+    assert all(lengths[i] == 0 for i, f in enumerate(freq) if not f)
+    # Kraft sum strictly below 1: the all-ones code word stays unused.
+    assert sum(2.0 ** -int(lengths[i]) for i in used) < 1.0
+    bits, huffval, codes = _canonical(lengths)
+    assert sum(bits) == len(used) and sorted(huffval) == used
+    assert all(codes[i] != (1 << int(lengths[i])) - 1 for i in used)
+
+
+def test_code_lengths_are_optimal_when_short() -> None:
+    # Huffman on counts 8,4,2,1 plus the reserved count 1: lengths 1,2,3,4 (4 for the reserved).
+    lengths = huffman_code_lengths(np.array([8, 4, 2, 1] + [0] * 13))
+    assert list(lengths[:4]) == [1, 2, 3, 4]
+
+
+# ---------------------------------------------------------------- round trips and conformance
+
+
+@pytest.mark.parametrize(("info", "frames"), reference_params(_supported))
+def test_reference_round_trip_and_libjpeg(info: FrameInfo, frames: list[np.ndarray]) -> None:
+    streams = [CODEC.encode_frame(f, info) for f in frames]
+    for frame, stream in zip(frames, streams):
+        assert np.array_equal(CODEC.decode_frame(stream, info), frame)
+    for frame, theirs in zip(frames, _libjpeg_via_pydicom(info, streams)):
+        assert np.array_equal(theirs, frame)
+
+
+@pytest.mark.parametrize(
+    "info",
+    [
+        FrameInfo(4, 4, bits_allocated=8, bits_stored=1),
+        FrameInfo(4, 4, bits_allocated=32, bits_stored=16),
+        FrameInfo(4, 4, 3, 8, 8, 1, "RGB"),
+        FrameInfo(4, 4, 1, 16, 12, 1, "PALETTE COLOR"),
+        FrameInfo(4, 4, 3, 8, 8, 0, "YBR_FULL_422"),
+        FrameInfo(4, 4, 1, 8, 8, 0, "RGB"),
+    ],
+    ids=["bits-stored-1", "alloc-32", "signed-rgb", "signed-palette", "ybr-422", "rgb-1-sample"],
+)
+def test_forbidden_combinations(info: FrameInfo) -> None:
+    assert CODEC.supports(info)
+    if info.bits_allocated in (8, 16):
+        with pytest.raises(UnsupportedImageError):
+            CODEC.encode_frame(np.zeros(info.shape, info.dtype), info)
+
+
+def test_values_outside_bits_stored_are_refused() -> None:
+    info = FrameInfo(2, 2, bits_stored=12)
+    frame = np.array([[0, 1], [4096, 3]], dtype=np.uint16)
+    with pytest.raises(UnsupportedImageError):
+        CODEC.encode_frame(frame, info)
+
+
+def test_signed_is_the_masked_twos_complement_pattern() -> None:
+    info = FrameInfo(1, 4, bits_stored=12, pixel_representation=1)
+    frame = np.array([[-2048, -1, 0, 2047]], dtype=np.int16)
+    raw = libjpeg.decode(CODEC.encode_frame(frame, info))
+    assert raw.ravel().tolist() == [0x800, 0xFFF, 0, 0x7FF]
+
+
+def test_registered_for_both_lossless_syntaxes() -> None:
+    assert get_codec("JPEGLosslessSV1").uid == JPEGLosslessSV1
+    assert get_codec(JPEGLossless).uid == JPEGLossless
+    assert get_codec("jpeg-lossless") is CODEC
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize("row", corpus_params(limit_per_series=4))
+def test_corpus_round_trip_and_libjpeg(row: dict) -> None:
+    ds = pydicom.dcmread(row["file"])
+    info = frame_info(ds)
+    if CODEC.supports(info):
+        pytest.skip(f"JPEG Lossless cannot carry it: {CODEC.supports(info)}")
+    for frame in iter_frames(ds):
+        if high_bits_used(frame, info):
+            pytest.skip("values in the unused high bits: the pipeline passes it through")
+        stream = CODEC.encode_frame(frame, info)
+        assert np.array_equal(CODEC.decode_frame(stream, info), frame)
+        assert np.array_equal(_libjpeg_via_pydicom(info, [stream])[0], frame)
+
+
+# ---------------------------------------------------------------- streams written by others
+
+
+def _rgb_and_mono_samples() -> list[tuple[FrameInfo, np.ndarray]]:
+    rng = np.random.default_rng(7)
+    y, x = np.mgrid[0:37, 0:29]
+    smooth = (y * 50 + x * 30 + rng.integers(0, 40, (37, 29))).astype(np.int64)
+    return [
+        (FrameInfo(37, 29, bits_stored=16), (smooth * 20 % 65536).astype(np.uint16)),
+        (FrameInfo(37, 29, bits_stored=12), (smooth % 4096).astype(np.uint16)),
+        (FrameInfo(37, 29, bits_allocated=8, bits_stored=8), (smooth % 256).astype(np.uint8)),
+        (
+            FrameInfo(37, 29, 3, 8, 8, 0, "RGB"),
+            np.stack([smooth % 256, (smooth // 3) % 256, 255 - smooth % 256], -1).astype(np.uint8),
+        ),
+    ]
+
+
+@pytest.mark.parametrize("predictor", range(1, 8))
+@pytest.mark.parametrize("index", range(4), ids=["u16", "u12", "u8", "rgb8"])
+def test_decodes_imagecodecs_predictors(index: int, predictor: int) -> None:
+    imagecodecs = pytest.importorskip("imagecodecs", reason="imagecodecs is not installed")
+    info, frame = _rgb_and_mono_samples()[index]
+    if info.bits_allocated == 8:
+        colour = {"colorspace": "RGB", "outcolorspace": "RGB"} if info.samples_per_pixel == 3 else {}
+        stream = imagecodecs.jpeg8_encode(frame, lossless=True, predictor=predictor, **colour)
+    else:
+        stream = imagecodecs.ljpeg_encode(frame, bitspersample=info.bits_stored) if predictor == 1 else None
+        if stream is None:
+            stream = imagecodecs.jpeg8_encode(
+                frame, lossless=True, predictor=predictor, bitspersample=info.bits_stored
+            )
+    assert np.array_equal(libjpeg.decode(stream).reshape(info.shape), frame)
+    assert np.array_equal(CODEC.decode_frame(stream, info), frame)
+
+
+def _restart_stream(frame: np.ndarray, info: FrameInfo, rows_per_interval: int) -> bytes:
+    """An SV1 stream with a restart marker every `rows_per_interval` rows.
+
+    Each interval is predicted like a new image (T.81 H.1.2.1), all share one
+    Huffman table built from the joint histogram.
+    """
+    samples = frame.astype(np.uint16).reshape(info.rows, info.columns, 1)
+    strips = [samples[r : r + rows_per_interval] for r in range(0, info.rows, rows_per_interval)]
+    parts = [kernels.differences_sv1(np.ascontiguousarray(s), info.bits_stored) for s in strips]
+    hist = sum(h for _, h in parts)
+    lengths = huffman_code_lengths(hist[0])
+    bits, huffval, codes = _canonical(lengths)
+    body = b""
+    for i, (diffs, _) in enumerate(parts):
+        if i:
+            body += bytes([0xFF, 0xFF, 0xD0 + (i - 1) % 8])  # with one fill byte
+        body += kernels.encode_scan(
+            diffs, codes[None, :], lengths[None, :], np.zeros(1, np.int64), 8 * diffs.size + 16
+        ).tobytes()
+    dht = bytes([0]) + bytes(bits) + bytes(huffval)
+    mcus = rows_per_interval * info.columns
+    return (
+        b"\xff\xd8"
+        + b"\xff\xc4" + (2 + len(dht)).to_bytes(2, "big") + dht
+        + b"\xff\xdd\x00\x04" + mcus.to_bytes(2, "big")
+        + b"\xff\xc3\x00\x0b" + bytes([info.bits_stored]) + info.rows.to_bytes(2, "big")
+        + info.columns.to_bytes(2, "big") + b"\x01\x01\x11\x00"
+        + b"\xff\xda\x00\x08\x01\x01\x00\x01\x00\x00"
+        + body + b"\xff\xd9"
+    )
+
+
+@pytest.mark.parametrize("rows_per_interval", [1, 3, 8])
+def test_restart_intervals(rows_per_interval: int) -> None:
+    info, frame = _rgb_and_mono_samples()[1]
+    stream = _restart_stream(frame, info, rows_per_interval)
+    assert np.array_equal(libjpeg.decode(stream), frame)
+    assert np.array_equal(CODEC.decode_frame(stream, info), frame)
+
+
+def test_decodes_pydicom_gdcm_rgb_sample() -> None:
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("SC_rgb_jpeg_gdcm.dcm")
+    if path is None:
+        pytest.skip("pydicom's test file SC_rgb_jpeg_gdcm.dcm is not available")
+    ds = pydicom.dcmread(path)
+    assert ds.file_meta.TransferSyntaxUID == JPEGLosslessSV1
+    info = frame_info(ds)
+    ds.pixel_array_options(decoding_plugin="pylibjpeg")
+    expected = _frames_of(ds.pixel_array, info, 1)[0]
+    stream = next(generate_frames(ds.PixelData, number_of_frames=1))
+    assert np.array_equal(CODEC.decode_frame(stream, info), expected)
+
+
+# ---------------------------------------------------------------- interop with DCMTK and GDCM
+
+
+def _interop_images() -> list:
+    rng = np.random.default_rng(11)
+    params = []
+    for info, frame in _rgb_and_mono_samples():
+        params.append(pytest.param(info, frame, id=f"{info.bits_allocated}_{info.bits_stored}_{info.samples_per_pixel}"))
+    signed = FrameInfo(23, 31, bits_stored=12, pixel_representation=1)
+    params.append(
+        pytest.param(signed, rng.integers(-2048, 2048, signed.shape).astype(np.int16), id="16_12_1_signed")
+    )
+    signed16 = FrameInfo(23, 31, bits_stored=16, pixel_representation=1)
+    params.append(
+        pytest.param(signed16, rng.integers(-32768, 32768, signed16.shape).astype(np.int16), id="16_16_1_signed")
+    )
+    return params
+
+
+def _read_frame(path: Path, info: FrameInfo) -> np.ndarray:
+    ds = pydicom.dcmread(path)
+    assert not ds.file_meta.TransferSyntaxUID.is_compressed
+    return _frames_of(ds.pixel_array, info, 1)[0]
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize(("info", "frame"), _interop_images())
+@pytest.mark.parametrize("tool", ["dcmdjpeg", "gdcmconv"])
+def test_peers_decode_our_files(tmp_path: Path, tool: str, info: FrameInfo, frame: np.ndarray) -> None:
+    if tool == "dcmdjpeg":
+        command = [require_dcmtk("dcmdjpeg")]
+    else:
+        command = [require("gdcmconv", "gdcm"), "--raw"]
+    source, target = tmp_path / "ours.dcm", tmp_path / "raw.dcm"
+    _dataset(info, [CODEC.encode_frame(frame, info)], JPEGLosslessSV1).save_as(source, enforce_file_format=True)
+    subprocess.run([*command, str(source), str(target)], check=True, capture_output=True, timeout=120)
+    assert np.array_equal(_read_frame(target, info), frame)
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize(("info", "frame"), _interop_images())
+@pytest.mark.parametrize(
+    "options",
+    [["dcmcjpeg", "+e1"]] + [["dcmcjpeg", "+el", "+sv", str(sv)] for sv in range(1, 8)] + [["gdcmconv", "--jpeg"]],
+    ids=lambda o: "-".join(o).replace("+", ""),
+)
+def test_we_decode_peer_files(tmp_path: Path, options: list[str], info: FrameInfo, frame: np.ndarray) -> None:
+    if options[0] == "dcmcjpeg":
+        command = [require_dcmtk("dcmcjpeg"), *options[1:]]
+    else:
+        command = [require("gdcmconv", "gdcm"), *options[1:]]
+    source, target = tmp_path / "raw.dcm", tmp_path / "peer.dcm"
+    _dataset(info, [frame], ExplicitVRLittleEndian).save_as(source, enforce_file_format=True)
+    subprocess.run([*command, str(source), str(target)], check=True, capture_output=True, timeout=120)
+    ds = pydicom.dcmread(target)
+    uid = ds.file_meta.TransferSyntaxUID
+    assert uid in (JPEGLossless, JPEGLosslessSV1)
+    stream = next(generate_frames(ds.PixelData, number_of_frames=1))
+    assert np.array_equal(get_codec(uid).decode_frame(stream, frame_info(ds)), frame)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("stream", "info"),
+    [
+        (b"", FrameInfo(2, 2)),
+        (b"\xff\xd8\xff\xd9", FrameInfo(2, 2)),
+        (b"\xff\xd8\xff\xc3\x00\x0b\x10\x00\x02\x00\x02\x01\x01\x11\x00\xff\xd9", FrameInfo(2, 2)),
+        (b"\xff\xd8\xff\xc3\x00\x0b\x10\xff\xff\xff\xff\x01\x01\x11\x00", FrameInfo(2, 2)),
+        (b"\xff\xd8\xff\xc0\x00\x0b\x08\x00\x02\x00\x02\x01\x01\x11\x00", FrameInfo(2, 2)),
+    ],
+    ids=["empty", "no-frame", "no-scan", "size-mismatch", "baseline-sof"],
+)
+def test_bad_streams_raise(stream: bytes, info: FrameInfo) -> None:
+    with pytest.raises(CorruptCodestreamError):
+        CODEC.decode_frame(stream, info)
+
+
+def test_truncated_stream_raises() -> None:
+    info, frame = _rgb_and_mono_samples()[0]
+    stream = CODEC.encode_frame(frame, info)
+    for cut in (len(stream) // 2, len(stream) - 40, 30):
+        with pytest.raises(CorruptCodestreamError):
+            CODEC.decode_frame(stream[:cut], info)

@@ -1,0 +1,164 @@
+"""Numba kernels of the RLE Lossless codec (PackBits byte segments).
+
+The public, validating API is :mod:`gateway.codecs.rle`; these functions
+trust their arguments (array sizes are computed there) and report bad data
+as negative return codes instead of raising, so that compiled code never
+allocates from header values and never loops without consuming input.
+
+Both kernels work on the frame as its little-endian bytes, interleaved as in
+native colour-by-pixel data: byte ``b`` (0 = least significant) of sample
+``k`` of pixel ``p`` sits at ``(p * samples + k) * nbytes + b``.  Segment
+``s`` (Annex G order: per sample, most significant byte first) therefore
+reads every ``stride = samples * nbytes``-th byte starting at
+``k * nbytes + (nbytes - 1 - s % nbytes)`` with ``k = s // nbytes``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+# Error codes returned by ``decode_segments`` (negative so they cannot be a length).
+ERR_SHORT = -1       # a segment ends before it produced a byte for every pixel
+ERR_LITERAL = -2     # a literal run reaches past the end of its segment
+ERR_REPEAT = -3      # a replicate run has no byte to repeat
+
+
+def encoded_bound(rows: int, columns: int, segments: int) -> int:
+    """Largest possible encoded frame: header plus worst-case PackBits of every row.
+
+    A row of ``n`` bytes never grows beyond ``n + n // 128 + 1`` bytes with the
+    run/literal choice of :func:`_encode_row`; one pad byte per segment.
+    """
+    per_row = columns + columns // 128 + 2
+    return 64 + segments * (rows * per_row + 2)
+
+
+@njit(cache=True, nogil=True)
+def _flush_literal(src, first, start, stride, count, out, o):
+    """Write ``count`` literal bytes from element ``first`` on, in chunks of at most 128."""
+    while count > 0:
+        chunk = count if count < 128 else 128
+        out[o] = chunk - 1
+        o += 1
+        base = start + first * stride
+        for t in range(chunk):
+            out[o + t] = src[base + t * stride]
+        o += chunk
+        first += chunk
+        count -= chunk
+    return o
+
+
+@njit(cache=True, nogil=True)
+def _encode_row(src, start, stride, n, out, o):
+    """PackBits-encode ``n`` bytes ``src[start + i * stride]`` into ``out`` at ``o``.
+
+    Runs of three or more equal bytes become replicate runs; a run of two
+    does too when no literal is pending (it then costs no more than a
+    literal); everything else is gathered into literal runs.
+    """
+    i = 0
+    lit = -1  # first element of the pending literal, -1 when none
+    while i < n:
+        value = src[start + i * stride]
+        j = i + 1
+        limit = i + 128 if i + 128 < n else n
+        while j < limit and src[start + j * stride] == value:
+            j += 1
+        run = j - i
+        if run >= 3 or (run == 2 and lit < 0):
+            if lit >= 0:
+                o = _flush_literal(src, lit, start, stride, i - lit, out, o)
+                lit = -1
+            out[o] = 257 - run
+            out[o + 1] = value
+            o += 2
+        elif lit < 0:
+            lit = i
+        i = j
+    if lit >= 0:
+        o = _flush_literal(src, lit, start, stride, n - lit, out, o)
+    return o
+
+
+@njit(cache=True, nogil=True)
+def encode_segments(src, rows, columns, samples, nbytes, out):
+    """Encode a frame's interleaved little-endian bytes `src` into `out`.
+
+    Writes the 64-byte header and every segment (each row encoded on its
+    own, each segment padded with a zero byte to an even length) and
+    returns the number of bytes written.  `out` must hold
+    :func:`encoded_bound` bytes.
+    """
+    segments = samples * nbytes
+    stride = segments
+    for t in range(64):
+        out[t] = 0
+    out[0] = segments
+    o = 64
+    for s in range(segments):
+        offset = o
+        out[4 + 4 * s] = offset & 0xFF
+        out[5 + 4 * s] = (offset >> 8) & 0xFF
+        out[6 + 4 * s] = (offset >> 16) & 0xFF
+        out[7 + 4 * s] = (offset >> 24) & 0xFF
+        k = s // nbytes
+        lane = k * nbytes + (nbytes - 1 - s % nbytes)
+        for r in range(rows):
+            o = _encode_row(src, lane + r * columns * stride, stride, columns, out, o)
+        if (o - offset) & 1:
+            out[o] = 0
+            o += 1
+    return o
+
+
+@njit(cache=True, nogil=True)
+def decode_segments(data, offsets, ends, pixels, samples, nbytes, out):
+    """Decode every segment of `data` into the interleaved bytes `out`.
+
+    ``offsets[s]``/``ends[s]`` bound segment ``s`` within `data`; each must
+    produce ``pixels`` bytes.  Bytes after that (padding, or a run that
+    overshoots) are ignored, as decoders of this format customarily do.
+    Returns 0, or on bad data the negative value ``ERR_* * 16 - segment``
+    (unpack with ``divmod(-result, 16)``: the error number and the segment).
+    """
+    segments = samples * nbytes
+    stride = segments
+    for s in range(segments):
+        k = s // nbytes
+        lane = k * nbytes + (nbytes - 1 - s % nbytes)
+        pos = offsets[s]
+        end = ends[s]
+        n = 0
+        while n < pixels:
+            if pos >= end:
+                return ERR_SHORT * 16 - s
+            control = data[pos]
+            pos += 1
+            if control < 128:
+                count = control + 1
+                if pos + count > end:
+                    return ERR_LITERAL * 16 - s
+                if count > pixels - n:
+                    count = pixels - n
+                base = lane + n * stride
+                for t in range(count):
+                    out[base + t * stride] = data[pos + t]
+                pos += control + 1
+                n += count
+            elif control > 128:
+                if pos >= end:
+                    return ERR_REPEAT * 16 - s
+                value = data[pos]
+                pos += 1
+                count = 257 - control
+                if count > pixels - n:
+                    count = pixels - n
+                base = lane + n * stride
+                for t in range(count):
+                    out[base + t * stride] = value
+                n += count
+            # control == 128 is a no-op.
+    return 0
+

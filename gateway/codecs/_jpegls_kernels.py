@@ -1,0 +1,749 @@
+"""Numba kernels of the JPEG-LS lossless codec (ITU-T T.87, NEAR = 0).
+
+Private: :mod:`gateway.codecs.jpegls` validates every argument before calling
+these.  Integer arithmetic only, one compiled function per scan, context
+statistics in local arrays, bit I/O state carried in local integers.
+
+The image lives in a padded work array ``work[component, 1 + y, 1 + x]``
+(int32): row 0 is the all-zero line above the first line, column 0 and column
+``W + 1`` hold the edge samples that T.87 A.2.1 defines (``Ra`` of the first
+sample is the sample above it, ``Rc`` is the ``Ra`` of the line above, ``Rd``
+of the last sample is the sample above it), set just before each line is
+coded, so the inner loops have no edge branches.
+
+Kernel results: encoders return the number of bytes written, or -1 when the
+output buffer is too small; decoders return 0, or a negative error code
+(see ``ERRORS``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+# T.87 Table A.2: order of the run-length codes, by RUNindex.
+J = np.array(
+    [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 9, 10, 11, 12, 13, 14, 15],
+    dtype=np.int64,
+)
+# Leading zero bits of a byte (8 for zero).
+_LZ8 = np.array([8 - int(i).bit_length() for i in range(256)], dtype=np.int64)
+
+# Indices into the int64 parameter vector handed to every kernel.
+P_MAXVAL, P_T1, P_T2, P_T3, P_RESET, P_LIMIT, P_QBPP = range(7)
+
+ERR_GOLOMB = -1  # a Golomb code longer than LIMIT allows
+ERR_RANGE = -2  # a reconstructed sample outside 0..MAXVAL
+ERR_OVERRUN = -3  # the scan needs more bits than its entropy-coded segment holds
+ERR_RUN = -4  # a run longer than the rest of its line
+ERRORS = {
+    ERR_GOLOMB: "a Golomb code exceeds the length limit LIMIT",
+    ERR_RANGE: "a decoded sample lies outside 0..MAXVAL",
+    ERR_OVERRUN: "the entropy-coded segment ends before the scan does",
+    ERR_RUN: "a run is longer than the rest of its line",
+}
+
+_N_CONTEXTS = 367  # 365 regular contexts, then the two run-interruption contexts
+
+
+@njit(cache=True)
+def quantiser(maxval: int, t1: int, t2: int, t3: int) -> np.ndarray:
+    """Gradient quantisation Q(d) of T.87 A.3.3 for d in -MAXVAL..MAXVAL, at index d + MAXVAL."""
+    lut = np.empty(2 * maxval + 1, dtype=np.int64)
+    for i in range(2 * maxval + 1):
+        d = i - maxval
+        if d <= -t3:
+            v = -4
+        elif d <= -t2:
+            v = -3
+        elif d <= -t1:
+            v = -2
+        elif d < 0:
+            v = -1
+        elif d == 0:
+            v = 0
+        elif d < t1:
+            v = 1
+        elif d < t2:
+            v = 2
+        elif d < t3:
+            v = 3
+        else:
+            v = 4
+        lut[i] = v
+    return lut
+
+
+@njit(cache=True)
+def _contexts(maxval: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A, B, C, N and Nn initialised as T.87 A.2.1 prescribes."""
+    a_init = max(2, (maxval + 1 + 32) // 64)
+    A = np.full(_N_CONTEXTS, a_init, dtype=np.int64)
+    B = np.zeros(_N_CONTEXTS, dtype=np.int64)
+    C = np.zeros(_N_CONTEXTS, dtype=np.int64)
+    N = np.ones(_N_CONTEXTS, dtype=np.int64)
+    Nn = np.zeros(_N_CONTEXTS, dtype=np.int64)
+    return A, B, C, N, Nn
+
+
+@njit(cache=True)
+def _predict(ra: int, rb: int, rc: int) -> int:
+    """The median edge detector of T.87 A.4.1."""
+    if ra > rb:
+        mx, mn = ra, rb
+    else:
+        mx, mn = rb, ra
+    if rc >= mx:
+        return mn
+    if rc <= mn:
+        return mx
+    return ra + rb - rc
+
+
+@njit(cache=True)
+def _update(A, B, C, N, q: int, err: int, reset: int) -> None:
+    """Context update and bias correction of T.87 A.6.1 and A.6.2."""
+    b = B[q] + err
+    A[q] += abs(err)
+    n = N[q]
+    if n == reset:
+        A[q] >>= 1
+        b >>= 1
+        n >>= 1
+    n += 1
+    N[q] = n
+    if b <= -n:
+        b += n
+        if C[q] > -128:
+            C[q] -= 1
+        if b <= -n:
+            b = -n + 1
+    elif b > 0:
+        b -= n
+        if C[q] < 127:
+            C[q] += 1
+        if b > 0:
+            b = 0
+    B[q] = b
+
+
+@njit(cache=True)
+def _ri_k(A, N, q: int, ritype: int) -> int:
+    temp = A[q] + (N[q] >> 1) if ritype else A[q]
+    n = N[q]
+    k = 0
+    while (n << k) < temp:
+        k += 1
+    return k
+
+
+@njit(cache=True)
+def _ri_update(A, N, Nn, q: int, err: int, em: int, ritype: int, reset: int) -> None:
+    """Run-interruption context update of T.87 A.7.2.2."""
+    if err < 0:
+        Nn[q] += 1
+    A[q] += (em + 1 - ritype) >> 1
+    if N[q] == reset:
+        A[q] >>= 1
+        N[q] >>= 1
+        Nn[q] >>= 1
+    N[q] += 1
+
+
+# --------------------------------------------------------------------------- writer
+
+
+@njit(cache=True)
+def _drain(out, pos: int, acc: int, nb: int, ff: bool) -> tuple[int, int, bool]:
+    """Move whole bytes from the bit accumulator to `out`, stuffing a 0 bit after 0xFF."""
+    while True:
+        if ff:
+            if nb < 7:
+                break
+            b = (acc >> (nb - 7)) & 0x7F
+            nb -= 7
+        else:
+            if nb < 8:
+                break
+            b = (acc >> (nb - 8)) & 0xFF
+            nb -= 8
+        out[pos] = b
+        pos += 1
+        ff = b == 0xFF
+    return pos, nb, ff
+
+
+@njit(cache=True)
+def _put(out, pos: int, acc: int, nb: int, ff: bool, value: int, n: int) -> tuple[int, int, int, bool]:
+    """Append the `n` (<= 31) low bits of `value`, most significant first."""
+    acc = (acc << n) | value
+    nb += n
+    if nb >= 32:
+        pos, nb, ff = _drain(out, pos, acc, nb, ff)
+    return pos, acc, nb, ff
+
+
+@njit(cache=True)
+def _put_golomb(out, pos, acc, nb, ff, value: int, k: int, limit: int, qbpp: int):
+    """Limited-length Golomb code LG(k, limit) of T.87 A.5.3."""
+    hi = value >> k
+    if hi < limit - qbpp - 1:
+        if hi + k < 31:
+            return _put(out, pos, acc, nb, ff, (1 << k) | (value & ((1 << k) - 1)), hi + k + 1)
+        while hi > 24:
+            pos, acc, nb, ff = _put(out, pos, acc, nb, ff, 0, 24)
+            hi -= 24
+        pos, acc, nb, ff = _put(out, pos, acc, nb, ff, 1, hi + 1)
+        if k > 16:
+            pos, acc, nb, ff = _put(out, pos, acc, nb, ff, (value >> 16) & ((1 << (k - 16)) - 1), k - 16)
+            k = 16
+        return _put(out, pos, acc, nb, ff, value & ((1 << k) - 1), k)
+    z = limit - qbpp - 1
+    while z > 24:
+        pos, acc, nb, ff = _put(out, pos, acc, nb, ff, 0, 24)
+        z -= 24
+    pos, acc, nb, ff = _put(out, pos, acc, nb, ff, 1, z + 1)
+    return _put(out, pos, acc, nb, ff, (value - 1) & ((1 << qbpp) - 1), qbpp)
+
+
+@njit(cache=True)
+def _finish(out, pos: int, acc: int, nb: int, ff: bool) -> int:
+    """Pad the last byte with zero bits; a final 0xFF gets its stuffed byte."""
+    pos, nb, ff = _drain(out, pos, acc, nb, ff)
+    if nb > 0:
+        width = 7 if ff else 8
+        acc <<= width - nb
+        pos, nb, ff = _drain(out, pos, acc, width, ff)
+    if ff:
+        out[pos] = 0
+        pos += 1
+    return pos
+
+
+@njit(cache=True)
+def _encode_regular(out, pos, acc, nb, ff, ix, ra, rb, rc, rd, lut, A, B, C, N, prm):
+    """Code one sample in regular mode (T.87 A.3 to A.6); `ix` is the actual value."""
+    maxval = prm[P_MAXVAL]
+    q = 81 * lut[rd - rb + maxval] + 9 * lut[rb - rc + maxval] + lut[rc - ra + maxval]
+    sign = 1
+    if q < 0:
+        q = -q
+        sign = -1
+    px = _predict(ra, rb, rc) + sign * C[q]
+    if px < 0:
+        px = 0
+    elif px > maxval:
+        px = maxval
+    err = (ix - px) * sign
+    rng = maxval + 1
+    if err < 0:
+        err += rng
+    if err >= (rng + 1) >> 1:
+        err -= rng
+    n = N[q]
+    a = A[q]
+    k = 0
+    while (n << k) < a:
+        k += 1
+    if k == 0 and 2 * B[q] <= -n:
+        merr = 2 * err + 1 if err >= 0 else -2 * (err + 1)
+    else:
+        merr = 2 * err if err >= 0 else -2 * err - 1
+    pos, acc, nb, ff = _put_golomb(out, pos, acc, nb, ff, merr, k, prm[P_LIMIT], prm[P_QBPP])
+    _update(A, B, C, N, q, err, prm[P_RESET])
+    return pos, acc, nb, ff
+
+
+@njit(cache=True)
+def _encode_interruption(out, pos, acc, nb, ff, ix, ra, rb, ritype, ri, A, N, Nn, prm):
+    """Code a run-interruption sample (T.87 A.7.2) in context 365 + `ritype`."""
+    maxval = prm[P_MAXVAL]
+    rng = maxval + 1
+    if ritype:
+        err = ix - ra
+    else:
+        err = ix - rb
+        if ra > rb:
+            err = -err
+    if err < 0:
+        err += rng
+    if err >= (rng + 1) >> 1:
+        err -= rng
+    q = 365 + ritype
+    k = _ri_k(A, N, q, ritype)
+    n = N[q]
+    if k == 0 and err > 0 and 2 * Nn[q] < n:
+        mp = 1
+    elif err < 0 and 2 * Nn[q] >= n:
+        mp = 1
+    elif err < 0 and k != 0:
+        mp = 1
+    else:
+        mp = 0
+    em = 2 * abs(err) - ritype - mp
+    pos, acc, nb, ff = _put_golomb(out, pos, acc, nb, ff, em, k, prm[P_LIMIT] - J[ri] - 1, prm[P_QBPP])
+    _ri_update(A, N, Nn, q, err, em, ritype, prm[P_RESET])
+    return pos, acc, nb, ff
+
+
+@njit(cache=True)
+def encode_lines(work, comps, prm, out) -> int:
+    """Encode one scan with ILV 0 (one component) or ILV 1 (line interleaved).
+
+    Contexts are shared by the components of the scan, RUNindex is kept per
+    component (T.87 A.2.1 and B.3).
+    """
+    H = work.shape[1] - 1
+    W = work.shape[2] - 2
+    nc = comps.shape[0]
+    maxval = prm[P_MAXVAL]
+    lut = quantiser(maxval, prm[P_T1], prm[P_T2], prm[P_T3])
+    A, B, C, N, Nn = _contexts(maxval)
+    runindex = np.zeros(nc, dtype=np.int64)
+    margin = 10 * W + 64
+    cap = out.shape[0]
+    pos = 0
+    acc = 0
+    nb = 0
+    ff = False
+    for r in range(1, H + 1):
+        if pos + margin * nc > cap:
+            return -1
+        for ci in range(nc):
+            plane = work[comps[ci]]
+            prev = plane[r - 1]
+            cur = plane[r]
+            cur[0] = prev[1]
+            prev[W + 1] = prev[W]
+            ri = runindex[ci]
+            x = 1
+            while x <= W:
+                ra = np.int64(cur[x - 1])
+                rb = np.int64(prev[x])
+                rc = np.int64(prev[x - 1])
+                rd = np.int64(prev[x + 1])
+                if rd == rb and rb == rc and rc == ra:
+                    # Run mode (T.87 A.7.1): all three gradients are zero.
+                    cnt = 0
+                    while x <= W and cur[x] == ra:
+                        cnt += 1
+                        x += 1
+                    while cnt >= (1 << J[ri]):
+                        pos, acc, nb, ff = _put(out, pos, acc, nb, ff, 1, 1)
+                        cnt -= 1 << J[ri]
+                        if ri < 31:
+                            ri += 1
+                    if x > W:
+                        if cnt > 0:
+                            pos, acc, nb, ff = _put(out, pos, acc, nb, ff, 1, 1)
+                        break
+                    pos, acc, nb, ff = _put(out, pos, acc, nb, ff, cnt, J[ri] + 1)
+                    rb = np.int64(prev[x])
+                    ritype = 1 if ra == rb else 0
+                    pos, acc, nb, ff = _encode_interruption(
+                        out, pos, acc, nb, ff, np.int64(cur[x]), ra, rb, ritype, ri, A, N, Nn, prm
+                    )
+                    if ri > 0:
+                        ri -= 1
+                else:
+                    pos, acc, nb, ff = _encode_regular(
+                        out, pos, acc, nb, ff, np.int64(cur[x]), ra, rb, rc, rd, lut, A, B, C, N, prm
+                    )
+                x += 1
+            runindex[ci] = ri
+    return _finish(out, pos, acc, nb, ff)
+
+
+@njit(cache=True)
+def encode_samples(work, prm, out) -> int:
+    """Encode one scan of three components with ILV 2 (sample interleaved).
+
+    A pixel goes to run mode when the gradients of every component are zero;
+    a run-interruption pixel codes each component in context 365 with
+    ``Px = Rb`` (the form CharLS and libjpeg use for sample interleaving).
+    """
+    H = work.shape[1] - 1
+    W = work.shape[2] - 2
+    maxval = prm[P_MAXVAL]
+    lut = quantiser(maxval, prm[P_T1], prm[P_T2], prm[P_T3])
+    A, B, C, N, Nn = _contexts(maxval)
+    ri = 0
+    margin = 30 * W + 64
+    cap = out.shape[0]
+    pos = 0
+    acc = 0
+    nb = 0
+    ff = False
+    p0 = work[0]
+    p1 = work[1]
+    p2 = work[2]
+    for r in range(1, H + 1):
+        if pos + margin > cap:
+            return -1
+        for c in range(3):
+            work[c, r, 0] = work[c, r - 1, 1]
+            work[c, r - 1, W + 1] = work[c, r - 1, W]
+        x = 1
+        while x <= W:
+            flat = True
+            for c in range(3):
+                if not (work[c, r - 1, x + 1] == work[c, r - 1, x]
+                        and work[c, r - 1, x] == work[c, r - 1, x - 1]
+                        and work[c, r - 1, x - 1] == work[c, r, x - 1]):
+                    flat = False
+                    break
+            if flat:
+                a0 = p0[r, x - 1]
+                a1 = p1[r, x - 1]
+                a2 = p2[r, x - 1]
+                cnt = 0
+                while x <= W and p0[r, x] == a0 and p1[r, x] == a1 and p2[r, x] == a2:
+                    cnt += 1
+                    x += 1
+                while cnt >= (1 << J[ri]):
+                    pos, acc, nb, ff = _put(out, pos, acc, nb, ff, 1, 1)
+                    cnt -= 1 << J[ri]
+                    if ri < 31:
+                        ri += 1
+                if x > W:
+                    if cnt > 0:
+                        pos, acc, nb, ff = _put(out, pos, acc, nb, ff, 1, 1)
+                    break
+                pos, acc, nb, ff = _put(out, pos, acc, nb, ff, cnt, J[ri] + 1)
+                for c in range(3):
+                    pos, acc, nb, ff = _encode_interruption(
+                        out, pos, acc, nb, ff, np.int64(work[c, r, x]), np.int64(work[c, r, x - 1]),
+                        np.int64(work[c, r - 1, x]), 0, ri, A, N, Nn, prm,
+                    )
+                if ri > 0:
+                    ri -= 1
+            else:
+                for c in range(3):
+                    pos, acc, nb, ff = _encode_regular(
+                        out, pos, acc, nb, ff, np.int64(work[c, r, x]), np.int64(work[c, r, x - 1]),
+                        np.int64(work[c, r - 1, x]), np.int64(work[c, r - 1, x - 1]),
+                        np.int64(work[c, r - 1, x + 1]), lut, A, B, C, N, prm,
+                    )
+            x += 1
+    return _finish(out, pos, acc, nb, ff)
+
+
+# --------------------------------------------------------------------------- reader
+
+
+@njit(cache=True)
+def segment_end(data, start: int) -> int:
+    """Index of the first marker (0xFF then a byte >= 0x80) at or after `start`, or len(data)."""
+    n = data.shape[0]
+    i = start
+    while i + 1 < n:
+        if data[i] == 0xFF and data[i + 1] >= 0x80:
+            return i
+        i += 1
+    return n
+
+
+@njit(cache=True)
+def _fill(data, end: int, pos: int, acc: int, nb: int, ff: bool) -> tuple[int, int, int, bool]:
+    """Top the bit accumulator up to more than 48 bits; past `end`, feed zero bytes."""
+    while nb <= 48:
+        b = np.int64(data[pos]) if pos < end else 0
+        pos += 1
+        if ff:
+            acc = (acc << 7) | b
+            nb += 7
+        else:
+            acc = (acc << 8) | b
+            nb += 8
+        ff = b == 0xFF
+    return pos, acc, nb, ff
+
+
+@njit(cache=True)
+def _get_golomb(data, end, pos, acc, nb, ff, k: int, limit: int, qbpp: int):
+    """Read a limited-length Golomb code; the value is -1 when the code is too long."""
+    if nb < 32:
+        pos, acc, nb, ff = _fill(data, end, pos, acc, nb, ff)
+    q = 0
+    while True:
+        top = (acc >> (nb - 8)) & 0xFF
+        if top != 0:
+            z = _LZ8[top]
+            q += z
+            nb -= z + 1
+            break
+        q += 8
+        nb -= 8
+        if q > limit:
+            return -1, pos, acc, nb, ff
+        if nb < 8:
+            pos, acc, nb, ff = _fill(data, end, pos, acc, nb, ff)
+    qmax = limit - qbpp - 1
+    if nb < 32:
+        pos, acc, nb, ff = _fill(data, end, pos, acc, nb, ff)
+    if q < qmax:
+        if k == 0:
+            return q, pos, acc, nb, ff
+        v = (q << k) | ((acc >> (nb - k)) & ((1 << k) - 1))
+        return v, pos, acc, nb - k, ff
+    if q == qmax:
+        v = ((acc >> (nb - qbpp)) & ((1 << qbpp) - 1)) + 1
+        return v, pos, acc, nb - qbpp, ff
+    return -1, pos, acc, nb, ff
+
+
+@njit(cache=True)
+def _decode_regular(data, end, pos, acc, nb, ff, ra, rb, rc, rd, lut, A, B, C, N, prm):
+    """Decode one regular-mode sample; the value is negative on error."""
+    maxval = prm[P_MAXVAL]
+    q = 81 * lut[rd - rb + maxval] + 9 * lut[rb - rc + maxval] + lut[rc - ra + maxval]
+    sign = 1
+    if q < 0:
+        q = -q
+        sign = -1
+    px = _predict(ra, rb, rc) + sign * C[q]
+    if px < 0:
+        px = 0
+    elif px > maxval:
+        px = maxval
+    n = N[q]
+    a = A[q]
+    k = 0
+    while (n << k) < a:
+        k += 1
+    merr, pos, acc, nb, ff = _get_golomb(data, end, pos, acc, nb, ff, k, prm[P_LIMIT], prm[P_QBPP])
+    if merr < 0:
+        return ERR_GOLOMB, pos, acc, nb, ff
+    if k == 0 and 2 * B[q] <= -n:
+        err = (merr - 1) >> 1 if merr & 1 else -((merr + 2) >> 1)
+    else:
+        err = -((merr + 1) >> 1) if merr & 1 else merr >> 1
+    _update(A, B, C, N, q, err, prm[P_RESET])
+    ix = px + sign * err
+    if ix < 0:
+        ix += maxval + 1
+    elif ix > maxval:
+        ix -= maxval + 1
+    if ix < 0 or ix > maxval:
+        return ERR_RANGE, pos, acc, nb, ff
+    return ix, pos, acc, nb, ff
+
+
+@njit(cache=True)
+def _decode_interruption(data, end, pos, acc, nb, ff, ra, rb, ritype, ri, A, N, Nn, prm):
+    """Decode a run-interruption sample; the value is negative on error."""
+    maxval = prm[P_MAXVAL]
+    q = 365 + ritype
+    k = _ri_k(A, N, q, ritype)
+    em, pos, acc, nb, ff = _get_golomb(data, end, pos, acc, nb, ff, k, prm[P_LIMIT] - J[ri] - 1, prm[P_QBPP])
+    if em < 0:
+        return ERR_GOLOMB, pos, acc, nb, ff
+    t = em + ritype
+    mp = t & 1
+    mag = (t + mp) >> 1
+    negative = k != 0 or 2 * Nn[q] >= N[q]
+    err = -mag if negative == (mp == 1) else mag
+    _ri_update(A, N, Nn, q, err, em, ritype, prm[P_RESET])
+    if ritype:
+        ix = ra + err
+    elif ra > rb:
+        ix = rb - err
+    else:
+        ix = rb + err
+    if ix < 0:
+        ix += maxval + 1
+    elif ix > maxval:
+        ix -= maxval + 1
+    if ix < 0 or ix > maxval:
+        return ERR_RANGE, pos, acc, nb, ff
+    return ix, pos, acc, nb, ff
+
+
+@njit(cache=True)
+def _overrun(end: int, pos: int, nb: int) -> bool:
+    """True when more bits were consumed than the segment holds (zero bytes fed past its end)."""
+    return pos > end and (pos - end) * 8 > nb
+
+
+@njit(cache=True)
+def decode_lines(data, start, end, work, comps, r0, r1, prm) -> int:
+    """Decode lines ``r0..r1-1`` (padded row numbers) of a scan with ILV 0 or 1.
+
+    `data[start:end]` is one entropy-coded segment (a whole scan, or one
+    restart interval: contexts and run indices start afresh).
+    """
+    W = work.shape[2] - 2
+    nc = comps.shape[0]
+    maxval = prm[P_MAXVAL]
+    lut = quantiser(maxval, prm[P_T1], prm[P_T2], prm[P_T3])
+    A, B, C, N, Nn = _contexts(maxval)
+    runindex = np.zeros(nc, dtype=np.int64)
+    pos = start
+    acc = 0
+    nb = 0
+    ff = False
+    for r in range(r0, r1):
+        if pos - end > 8:
+            return ERR_OVERRUN
+        for ci in range(nc):
+            plane = work[comps[ci]]
+            prev = plane[r - 1]
+            cur = plane[r]
+            cur[0] = prev[1]
+            prev[W + 1] = prev[W]
+            ri = runindex[ci]
+            x = 1
+            ra = np.int64(cur[0])
+            rb = np.int64(prev[1])
+            rc = np.int64(prev[0])
+            while x <= W:
+                rd = np.int64(prev[x + 1])
+                if rd == rb and rb == rc and rc == ra:
+                    # Run mode: read run-length bits until a 0 or the end of the line.
+                    left = W - x + 1
+                    cnt = 0
+                    while True:
+                        if nb < 8:
+                            pos, acc, nb, ff = _fill(data, end, pos, acc, nb, ff)
+                        nb -= 1
+                        if (acc >> nb) & 1 == 0:
+                            break
+                        step = 1 << J[ri]
+                        if step > left - cnt:
+                            step = left - cnt
+                        else:
+                            if ri < 31:
+                                ri += 1
+                        cnt += step
+                        if cnt == left:
+                            break
+                    if cnt < left:
+                        j = J[ri]
+                        if j > 0:
+                            if nb < 32:
+                                pos, acc, nb, ff = _fill(data, end, pos, acc, nb, ff)
+                            cnt += (acc >> (nb - j)) & ((1 << j) - 1)
+                            nb -= j
+                        if cnt >= left:
+                            return ERR_RUN
+                    for i in range(cnt):
+                        cur[x + i] = ra
+                    x += cnt
+                    if x > W:
+                        break
+                    rb = np.int64(prev[x])
+                    ritype = 1 if ra == rb else 0
+                    ix, pos, acc, nb, ff = _decode_interruption(
+                        data, end, pos, acc, nb, ff, ra, rb, ritype, ri, A, N, Nn, prm
+                    )
+                    if ix < 0:
+                        return ix
+                    if ri > 0:
+                        ri -= 1
+                    cur[x] = ix
+                    x += 1
+                    ra = ix
+                    rc = rb
+                    rb = np.int64(prev[x])
+                else:
+                    ix, pos, acc, nb, ff = _decode_regular(
+                        data, end, pos, acc, nb, ff, ra, rb, rc, rd, lut, A, B, C, N, prm
+                    )
+                    if ix < 0:
+                        return ix
+                    cur[x] = ix
+                    x += 1
+                    ra = ix
+                    rc = rb
+                    rb = rd
+            runindex[ci] = ri
+    if _overrun(end, pos, nb):
+        return ERR_OVERRUN
+    return 0
+
+
+@njit(cache=True)
+def decode_samples(data, start, end, work, r0, r1, prm) -> int:
+    """Decode lines ``r0..r1-1`` of a three-component scan with ILV 2 (sample interleaved)."""
+    W = work.shape[2] - 2
+    maxval = prm[P_MAXVAL]
+    lut = quantiser(maxval, prm[P_T1], prm[P_T2], prm[P_T3])
+    A, B, C, N, Nn = _contexts(maxval)
+    ri = 0
+    pos = start
+    acc = 0
+    nb = 0
+    ff = False
+    for r in range(r0, r1):
+        if pos - end > 8:
+            return ERR_OVERRUN
+        for c in range(3):
+            work[c, r, 0] = work[c, r - 1, 1]
+            work[c, r - 1, W + 1] = work[c, r - 1, W]
+        x = 1
+        while x <= W:
+            flat = True
+            for c in range(3):
+                if not (work[c, r - 1, x + 1] == work[c, r - 1, x]
+                        and work[c, r - 1, x] == work[c, r - 1, x - 1]
+                        and work[c, r - 1, x - 1] == work[c, r, x - 1]):
+                    flat = False
+                    break
+            if flat:
+                left = W - x + 1
+                cnt = 0
+                while True:
+                    if nb < 8:
+                        pos, acc, nb, ff = _fill(data, end, pos, acc, nb, ff)
+                    nb -= 1
+                    if (acc >> nb) & 1 == 0:
+                        break
+                    step = 1 << J[ri]
+                    if step > left - cnt:
+                        step = left - cnt
+                    else:
+                        if ri < 31:
+                            ri += 1
+                    cnt += step
+                    if cnt == left:
+                        break
+                if cnt < left:
+                    j = J[ri]
+                    if j > 0:
+                        if nb < 32:
+                            pos, acc, nb, ff = _fill(data, end, pos, acc, nb, ff)
+                        cnt += (acc >> (nb - j)) & ((1 << j) - 1)
+                        nb -= j
+                    if cnt >= left:
+                        return ERR_RUN
+                for c in range(3):
+                    v = work[c, r, x - 1]
+                    for i in range(cnt):
+                        work[c, r, x + i] = v
+                x += cnt
+                if x > W:
+                    break
+                for c in range(3):
+                    ix, pos, acc, nb, ff = _decode_interruption(
+                        data, end, pos, acc, nb, ff, np.int64(work[c, r, x - 1]),
+                        np.int64(work[c, r - 1, x]), 0, ri, A, N, Nn, prm,
+                    )
+                    if ix < 0:
+                        return ix
+                    work[c, r, x] = ix
+                if ri > 0:
+                    ri -= 1
+            else:
+                for c in range(3):
+                    ix, pos, acc, nb, ff = _decode_regular(
+                        data, end, pos, acc, nb, ff, np.int64(work[c, r, x - 1]),
+                        np.int64(work[c, r - 1, x]), np.int64(work[c, r - 1, x - 1]),
+                        np.int64(work[c, r - 1, x + 1]), lut, A, B, C, N, prm,
+                    )
+                    if ix < 0:
+                        return ix
+                    work[c, r, x] = ix
+            x += 1
+    if _overrun(end, pos, nb):
+        return ERR_OVERRUN
+    return 0

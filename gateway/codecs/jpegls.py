@@ -1,0 +1,403 @@
+"""JPEG-LS lossless (ITU-T T.87, NEAR = 0), transfer syntax 1.2.840.10008.1.2.4.80.
+
+Encoder
+    Precision P = Bits Stored (2..16), MAXVAL = 2**P - 1 and the default
+    thresholds of T.87 C.2.4.1.1.1 (so no LSE segment), RESET = 64, regular
+    and run mode.  One component: one scan.  Three components: one scan,
+    line interleaved (ILV 1) by default, which codes smaller than sample
+    interleaving on our corpus (contexts learn from all three colour planes
+    and runs are per component); no colour transform.  The stream written is::
+
+        SOI  SOF55(P, Y, X, Nf; H=V=1, Tq=0)  SOS(Ns, Ci..., NEAR=0, ILV, Al=Ah=0)
+        <entropy-coded segment, 0xFF followed by a stuffed 0 bit>  EOI
+
+Decoder
+    Any ILV (0 none, 1 line, 2 sample) for one or three components, LSE
+    type 1 (preset coding parameters MAXVAL, T1..T3, RESET), restart
+    intervals (DRI / RSTm: contexts and run indices start afresh, prediction
+    continues), APPn and COM segments skipped.  Mapping tables (LSE 2/3),
+    NEAR > 0 and point transforms are refused as unsupported.  Every header
+    field is checked against the expected :class:`FrameInfo` before anything
+    is allocated, and the kernels bound every loop by the input length.
+
+Signed data (Pixel Representation 1)
+    JPEG-LS has no sign: the encoder codes the two's complement bit pattern
+    masked to P bits; decoders return that P-bit pattern and DICOM readers
+    sign-extend it with Pixel Representation (as CharLS users, DCMTK, GDCM
+    and pydicom do).  :func:`decode` does the sign extension itself.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import ClassVar
+
+import numpy as np
+
+from gateway.codecs import _jpegls_kernels as _k
+from gateway.codecs import register
+from gateway.codecs.base import FrameInfo, check_frame
+from gateway.errors import CorruptCodestreamError, UnsupportedImageError
+
+__all__ = ["JpegLsCodec", "supports", "encode", "decode", "default_parameters", "ILV_NONE", "ILV_LINE", "ILV_SAMPLE"]
+
+ILV_NONE, ILV_LINE, ILV_SAMPLE = 0, 1, 2
+
+# (samples per pixel, pixel representations, bits allocated, largest Bits
+# Stored) per photometric interpretation: PS3.5 Table 8.2.3-1.
+_PROFILES: dict[str, tuple[int, tuple[int, ...], tuple[int, ...], int]] = {
+    "MONOCHROME1": (1, (0, 1), (8, 16), 16),
+    "MONOCHROME2": (1, (0, 1), (8, 16), 16),
+    "PALETTE COLOR": (1, (0,), (8, 16), 16),
+    "YBR_FULL": (3, (0,), (8,), 8),
+    "RGB": (3, (0,), (8, 16), 16),
+}
+
+_SOI, _EOI, _SOF55, _LSE, _SOS, _DRI, _DNL = 0xD8, 0xD9, 0xF7, 0xF8, 0xDA, 0xDD, 0xDC
+_RESET = 64
+
+
+def _corrupt(message: str) -> CorruptCodestreamError:
+    return CorruptCodestreamError(f"JPEG-LS: {message}")
+
+
+def supports(info: FrameInfo) -> str | None:
+    """``None`` when a JPEG-LS lossless codestream can carry `info`, else why not."""
+    profile = _PROFILES.get(info.photometric_interpretation)
+    if profile is None:
+        return f"(0028,0004) '{info.photometric_interpretation}' is not allowed with JPEG-LS Lossless"
+    samples, representations, allocated, max_stored = profile
+    if info.samples_per_pixel != samples:
+        return (f"(0028,0002) 'Samples per Pixel' {info.samples_per_pixel} does not suit "
+                f"'{info.photometric_interpretation}' in JPEG-LS Lossless")
+    if info.pixel_representation not in representations:
+        return f"(0028,0103) signed '{info.photometric_interpretation}' is not allowed with JPEG-LS Lossless"
+    if info.bits_allocated not in allocated:
+        return f"(0028,0100) 'Bits Allocated' {info.bits_allocated} is not allowed with JPEG-LS Lossless"
+    if not 2 <= info.bits_stored <= max_stored:
+        return f"(0028,0101) 'Bits Stored' {info.bits_stored} is outside 2..{max_stored} for JPEG-LS Lossless"
+    if info.rows > 65535 or info.columns > 65535:
+        return f"(0028,0010/0011) {info.rows} x {info.columns} exceeds the 65535 limit of a JPEG-LS header"
+    return None
+
+
+def default_parameters(precision: int, maxval: int | None = None) -> tuple[int, int, int, int, int]:
+    """MAXVAL, T1, T2, T3, RESET by default for `precision` (T.87 C.2.4.1.1.1)."""
+    if maxval is None:
+        maxval = (1 << precision) - 1
+
+    def clamp(value: int, low: int) -> int:
+        return low if value > maxval or value < low else value
+
+    if maxval >= 128:
+        factor = (min(maxval, 4095) + 128) // 256
+        t1 = clamp(factor * (3 - 2) + 2, 1)
+        t2 = clamp(factor * (7 - 3) + 3, t1)
+        t3 = clamp(factor * (21 - 4) + 4, t2)
+    else:
+        factor = 256 // (maxval + 1)
+        t1 = clamp(max(2, 3 // factor), 1)
+        t2 = clamp(max(3, 7 // factor), t1)
+        t3 = clamp(max(4, 21 // factor), t2)
+    return maxval, t1, t2, t3, _RESET
+
+
+def _kernel_parameters(maxval: int, t1: int, t2: int, t3: int, reset: int) -> np.ndarray:
+    """The int64 vector the kernels read: MAXVAL, T1..T3, RESET, LIMIT, qbpp (T.87 A.2.1)."""
+    qbpp = max(1, int(maxval).bit_length())  # ceil(log2(RANGE)) with RANGE = MAXVAL + 1
+    bpp = max(2, int(maxval).bit_length())
+    limit = 2 * (bpp + max(8, bpp))
+    return np.array([maxval, t1, t2, t3, reset, limit, qbpp], dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------- encoder
+
+
+def _to_work(frame: np.ndarray, info: FrameInfo) -> np.ndarray:
+    """Padded int32 planes ``(components, 1 + rows, 2 + columns)`` of the P-bit patterns."""
+    mask = (1 << info.bits_stored) - 1
+    unsigned = frame.view(f"u{frame.dtype.itemsize}") if info.signed else frame
+    planes = unsigned.reshape(info.rows, info.columns, info.samples_per_pixel)
+    work = np.zeros((info.samples_per_pixel, info.rows + 1, info.columns + 2), dtype=np.int32)
+    np.bitwise_and(np.moveaxis(planes, 2, 0), mask, out=work[:, 1:, 1:-1], casting="unsafe")
+    return work
+
+
+def _headers_frame(info: FrameInfo) -> bytes:
+    nc = info.samples_per_pixel
+    sof = struct.pack(">BHHB", info.bits_stored, info.rows, info.columns, nc)
+    sof += b"".join(struct.pack(">BBB", c + 1, 0x11, 0) for c in range(nc))
+    return b"\xff\xd8" + struct.pack(">BBH", 0xFF, _SOF55, len(sof) + 2) + sof
+
+
+def _sos(components: list[int], ilv: int) -> bytes:
+    body = struct.pack(">B", len(components)) + b"".join(struct.pack(">BB", c + 1, 0) for c in components)
+    body += struct.pack(">BBB", 0, ilv, 0)
+    return struct.pack(">BBH", 0xFF, _SOS, len(body) + 2) + body
+
+
+def _encode_scan(work: np.ndarray, components: list[int], ilv: int, prm: np.ndarray) -> bytes:
+    samples = work.shape[1] * work.shape[2] * len(components)
+    capacity = samples * 2 + 30 * work.shape[2] * len(components) + 1024
+    while True:
+        out = np.empty(capacity, dtype=np.uint8)
+        if ilv == ILV_SAMPLE:
+            size = _k.encode_samples(work, prm, out)
+        else:
+            size = _k.encode_lines(work, np.asarray(components, dtype=np.int64), prm, out)
+        if size >= 0:
+            return out[:size].tobytes()
+        capacity *= 2
+
+
+def encode(frame: np.ndarray, info: FrameInfo, ilv: int | None = None) -> bytes:
+    """Encode one frame as a JPEG-LS lossless codestream.
+
+    `ilv` chooses the interleave mode for three components (default line).
+    """
+    reason = supports(info)
+    if reason is not None:
+        raise UnsupportedImageError(reason)
+    frame = check_frame(frame, info)
+    nc = info.samples_per_pixel
+    if ilv is None:
+        ilv = ILV_LINE if nc == 3 else ILV_NONE
+    if nc == 1:
+        ilv = ILV_NONE
+    if ilv not in (ILV_NONE, ILV_LINE, ILV_SAMPLE):
+        raise ValueError(f"interleave mode must be 0, 1 or 2, got {ilv}")
+    low, high = info.value_range
+    if frame.size and (int(frame.min()) < low or int(frame.max()) > high):
+        raise UnsupportedImageError(f"values outside the {info.bits_stored}-bit range of (0028,0101) 'Bits Stored'")
+    prm = _kernel_parameters(*default_parameters(info.bits_stored))
+    work = _to_work(frame, info)
+    parts = [_headers_frame(info)]
+    if ilv == ILV_NONE:
+        for c in range(nc):
+            parts += [_sos([c], ILV_NONE), _encode_scan(work, [c], ILV_NONE, prm)]
+    else:
+        parts += [_sos(list(range(nc)), ilv), _encode_scan(work, list(range(nc)), ilv, prm)]
+    parts.append(b"\xff\xd9")
+    return b"".join(parts)
+
+
+# ----------------------------------------------------------------------------- decoder
+
+
+def _segment(data: bytes, pos: int) -> tuple[bytes, int]:
+    """Body of the marker segment whose length field starts at `pos`, and the position after it."""
+    if pos + 2 > len(data):
+        raise _corrupt("truncated marker segment")
+    (length,) = struct.unpack_from(">H", data, pos)
+    if length < 2 or pos + length > len(data):
+        raise _corrupt(f"marker segment length {length} runs past the end of the data")
+    return data[pos + 2:pos + length], pos + length
+
+
+class _Frame:
+    """What the SOF55 and LSE segments said."""
+
+    def __init__(self, precision: int, ids: list[int]) -> None:
+        self.precision = precision
+        self.ids = ids
+        self.maxval = 0
+        self.t1 = self.t2 = self.t3 = 0
+        self.reset = 0
+
+    def kernel_parameters(self) -> np.ndarray:
+        full = (1 << self.precision) - 1
+        maxval = self.maxval or full
+        if maxval > full:
+            raise _corrupt(f"LSE MAXVAL {maxval} exceeds the {self.precision}-bit precision")
+        _, d1, d2, d3, _ = default_parameters(self.precision, maxval)
+        t1 = self.t1 or d1
+        t2 = self.t2 or d2
+        t3 = self.t3 or d3
+        if not 1 <= t1 <= t2 <= t3 <= maxval:
+            raise _corrupt(f"LSE thresholds T1={t1} T2={t2} T3={t3} are not ordered within 1..MAXVAL={maxval}")
+        reset = self.reset or _RESET
+        if not 3 <= reset <= max(255, maxval):
+            raise _corrupt(f"LSE RESET {reset} is outside 3..{max(255, maxval)}")
+        return _kernel_parameters(maxval, t1, t2, t3, reset)
+
+
+def _parse_sof(body: bytes, info: FrameInfo) -> _Frame:
+    if len(body) < 6:
+        raise _corrupt("SOF55 segment too short")
+    precision, rows, columns, nf = struct.unpack_from(">BHHB", body)
+    if rows == 0:
+        raise UnsupportedImageError("JPEG-LS: a frame with its height in a DNL segment is not supported")
+    if (rows, columns) != (info.rows, info.columns):
+        raise _corrupt(f"frame is {rows} x {columns}, {info.rows} x {info.columns} expected")
+    if nf != info.samples_per_pixel:
+        raise _corrupt(f"frame has {nf} components, {info.samples_per_pixel} expected")
+    if not 2 <= precision <= 16 or precision > info.bits_allocated:
+        raise _corrupt(f"precision {precision} does not fit 2..16 and Bits Allocated {info.bits_allocated}")
+    if len(body) != 6 + 3 * nf:
+        raise _corrupt("SOF55 segment length does not match its component count")
+    ids = []
+    for c in range(nf):
+        cid, sampling, _ = struct.unpack_from(">BBB", body, 6 + 3 * c)
+        if sampling != 0x11:
+            raise UnsupportedImageError("JPEG-LS: subsampled components are not supported")
+        ids.append(cid)
+    if len(set(ids)) != nf:
+        raise _corrupt("component identifiers repeat")
+    return _Frame(precision, ids)
+
+
+def _parse_lse(body: bytes, frame: _Frame | None) -> None:
+    if not body:
+        raise _corrupt("empty LSE segment")
+    if body[0] != 1:
+        raise UnsupportedImageError(f"JPEG-LS: LSE segment of type {body[0]} (mapping tables or oversize) not supported")
+    if len(body) != 11:
+        raise _corrupt("LSE preset parameters segment has the wrong length")
+    if frame is None:
+        raise _corrupt("LSE segment before SOF55")
+    frame.maxval, frame.t1, frame.t2, frame.t3, frame.reset = struct.unpack_from(">HHHHH", body, 1)
+
+
+def decode(data: bytes, info: FrameInfo) -> np.ndarray:
+    """Decode one JPEG-LS lossless codestream into a frame of the form `info` describes."""
+    data = bytes(data)
+    if len(data) < 4 or data[0] != 0xFF or data[1] != _SOI:
+        raise _corrupt("the codestream does not start with SOI")
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    frame: _Frame | None = None
+    work: np.ndarray | None = None
+    restart = 0
+    done = np.zeros(info.samples_per_pixel, dtype=bool)
+    pos = 2
+    while True:
+        # Markers may be preceded by any number of 0xFF fill bytes.
+        if pos >= len(data) or data[pos] != 0xFF:
+            raise _corrupt(f"marker expected at byte {pos}")
+        while pos < len(data) and data[pos] == 0xFF:
+            pos += 1
+        if pos >= len(data):
+            raise _corrupt("codestream ends inside a marker")
+        marker = data[pos]
+        pos += 1
+        if marker == _EOI:
+            break
+        if marker == _SOI or 0xD0 <= marker <= 0xD7:
+            raise _corrupt(f"unexpected marker 0xFF{marker:02X}")
+        body, pos = _segment(data, pos)
+        if marker == _SOF55:
+            if frame is not None:
+                raise _corrupt("a second SOF segment")
+            frame = _parse_sof(body, info)
+            work = np.zeros((info.samples_per_pixel, info.rows + 1, info.columns + 2), dtype=np.int32)
+        elif marker == _LSE:
+            _parse_lse(body, frame)
+        elif marker == _DRI:
+            if len(body) not in (2, 3, 4):
+                raise _corrupt("DRI segment has the wrong length")
+            restart = int.from_bytes(body, "big")
+        elif marker == _SOS:
+            if frame is None or work is None:
+                raise _corrupt("SOS before SOF55")
+            pos = _decode_scan(buffer, pos, body, frame, work, done, restart, info)
+        elif 0xE0 <= marker <= 0xEF or marker == 0xFE:
+            continue
+        elif 0xC0 <= marker <= 0xCF or marker == 0xF7 or 0xF0 <= marker <= 0xFD:
+            raise UnsupportedImageError(f"JPEG-LS: marker 0xFF{marker:02X} is not a JPEG-LS lossless frame")
+        else:
+            raise _corrupt(f"unexpected marker 0xFF{marker:02X}")
+    if frame is None or work is None or not done.all():
+        raise _corrupt("the codestream ends before every component was decoded")
+    return _to_frame(work, frame.precision, info)
+
+
+def _decode_scan(
+    buffer: np.ndarray, pos: int, body: bytes, frame: _Frame, work: np.ndarray,
+    done: np.ndarray, restart: int, info: FrameInfo,
+) -> int:
+    """Decode the scan whose SOS body is `body`; return the position of the marker after it."""
+    if len(body) < 1:
+        raise _corrupt("empty SOS segment")
+    ns = body[0]
+    if not 1 <= ns <= len(frame.ids) or len(body) != 1 + 2 * ns + 3:
+        raise _corrupt("SOS segment length does not match its component count")
+    components = []
+    for i in range(ns):
+        cid, table = body[1 + 2 * i], body[2 + 2 * i]
+        if cid not in frame.ids:
+            raise _corrupt(f"SOS names component {cid}, absent from SOF55")
+        if table != 0:
+            raise UnsupportedImageError("JPEG-LS: mapping tables are not supported")
+        components.append(frame.ids.index(cid))
+    near, ilv, transform = body[1 + 2 * ns], body[2 + 2 * ns], body[3 + 2 * ns]
+    if near != 0:
+        raise UnsupportedImageError(f"JPEG-LS: NEAR={near} is near-lossless, not lossless")
+    if transform != 0:
+        raise UnsupportedImageError("JPEG-LS: point transforms are not supported")
+    if ilv > 2 or (ilv == 0 and ns != 1) or (ilv != 0 and ns == 1):
+        raise _corrupt(f"interleave mode {ilv} does not suit a scan of {ns} components")
+    if ilv == ILV_SAMPLE and ns != 3:
+        raise UnsupportedImageError("JPEG-LS: sample interleaving of other than three components")
+    if len(set(components)) != ns or done[components].any():
+        raise _corrupt("a component is coded twice")
+    prm = frame.kernel_parameters()
+    comps = np.asarray(components, dtype=np.int64)
+    rows = info.rows
+    step = restart if restart else rows
+    scan_work = work if ilv != ILV_SAMPLE or components == [0, 1, 2] else work[components]
+    row = 1
+    index = 0
+    while True:
+        end = _k.segment_end(buffer, pos)
+        last = min(row + step, rows + 1)
+        if ilv == ILV_SAMPLE:
+            status = _k.decode_samples(buffer, pos, end, scan_work, row, last, prm)
+        else:
+            status = _k.decode_lines(buffer, pos, end, work, comps, row, last, prm)
+        if status < 0:
+            raise _corrupt(_k.ERRORS.get(status, f"error {status}"))
+        row = last
+        pos = end
+        if row > rows:
+            break
+        # A restart marker RSTm (m = interval number mod 8) ends the interval.
+        if pos + 1 >= len(buffer) or buffer[pos + 1] != 0xD0 + (index % 8):
+            raise _corrupt(f"restart marker RST{index % 8} expected at byte {pos}")
+        pos += 2
+        index += 1
+    if scan_work is not work:
+        work[components] = scan_work
+    done[components] = True
+    return pos
+
+
+def _to_frame(work: np.ndarray, precision: int, info: FrameInfo) -> np.ndarray:
+    """The frame array from the padded planes: sign-extended when signed, checked against Bits Stored."""
+    planes = work[:, 1:, 1:-1]
+    values = np.moveaxis(planes, 0, 2) if info.samples_per_pixel == 3 else planes[0]
+    if info.signed:
+        values = values - ((values >> (precision - 1)) << precision)
+    low, high = info.value_range
+    if values.size and (int(values.min()) < low or int(values.max()) > high):
+        raise _corrupt(f"decoded values exceed the range of {info.bits_stored} Bits Stored")
+    return np.ascontiguousarray(values, dtype=info.dtype)
+
+
+class JpegLsCodec:
+    """JPEG-LS Lossless Image Compression (1.2.840.10008.1.2.4.80)."""
+
+    name: ClassVar[str] = "jpeg-ls"
+    uid: ClassVar[str] = "1.2.840.10008.1.2.4.80"
+    keyword: ClassVar[str] = "JPEGLSLossless"
+    private: ClassVar[bool] = False
+
+    def supports(self, info: FrameInfo) -> str | None:
+        return supports(info)
+
+    def encode_frame(self, frame: np.ndarray, info: FrameInfo) -> bytes:
+        return encode(frame, info)
+
+    def decode_frame(self, data: bytes, info: FrameInfo) -> np.ndarray:
+        return decode(data, info)
+
+
+register(JpegLsCodec())

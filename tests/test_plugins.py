@@ -1,0 +1,230 @@
+"""Our codecs as pydicom plugins: ``ds.compress(..., encoding_plugin="gateway")``
+and ``pixel_array`` work in plain pydicom programs, for every registered codec."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+import gateway.codecs as registry
+from gateway import plugins
+from gateway.codecs import all_codecs, get_codec
+from gateway.codecs.base import FrameInfo
+from tests.images import REFERENCE_IMAGES
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _native(info: FrameInfo, frames: list[np.ndarray], planar: int = 0) -> Dataset:
+    """An uncompressed Secondary Capture dataset holding `frames`."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Modality = "OT"
+    ds.Rows, ds.Columns = info.rows, info.columns
+    ds.SamplesPerPixel = info.samples_per_pixel
+    ds.PhotometricInterpretation = info.photometric_interpretation
+    if info.samples_per_pixel == 3:
+        ds.PlanarConfiguration = planar
+    ds.BitsAllocated = info.bits_allocated
+    ds.BitsStored = info.bits_stored
+    ds.HighBit = info.bits_stored - 1
+    ds.PixelRepresentation = info.pixel_representation
+    if len(frames) > 1:
+        ds.NumberOfFrames = len(frames)
+    if info.samples_per_pixel == 3 and planar == 1:
+        data = b"".join(np.ascontiguousarray(f.transpose(2, 0, 1)).tobytes() for f in frames)
+    else:
+        data = b"".join(np.ascontiguousarray(f).tobytes() for f in frames)
+    ds.PixelData = data
+    ds["PixelData"].VR = "OW" if info.bits_allocated > 8 else "OB"
+    return ds
+
+
+def _as_frames(array: np.ndarray, info: FrameInfo, count: int) -> list[np.ndarray]:
+    return [np.ascontiguousarray(f) for f in np.asarray(array).reshape((count, *info.shape))]
+
+
+def _standard() -> list:
+    return [pytest.param(c, id=c.name) for c in all_codecs() if not c.private]
+
+
+def _cases(codec) -> list[tuple[str, FrameInfo, list[np.ndarray]]]:
+    """Reference images the codec supports: one per (samples, bits, sign) kind."""
+    seen, cases = set(), []
+    for ident, info, frames in REFERENCE_IMAGES:
+        key = (info.samples_per_pixel, info.bits_allocated, info.bits_stored, info.signed, len(frames) > 1)
+        if key in seen or codec.supports(info):
+            continue
+        seen.add(key)
+        cases.append((ident, info, frames))
+    return cases
+
+
+@pytest.fixture(autouse=True)
+def _registered() -> None:
+    plugins.register()
+
+
+@pytest.mark.parametrize("codec", _standard())
+def test_compress_with_gateway_plugin_round_trips(codec) -> None:
+    cases = _cases(codec)
+    assert cases, f"no reference image fits {codec.name}"
+    for ident, info, frames in cases:
+        ds = _native(info, frames)
+        ds.compress(codec.uid, encoding_plugin="gateway")
+        assert ds.file_meta.TransferSyntaxUID == codec.uid, ident
+        ds.pixel_array_options(decoding_plugin="gateway")
+        assert all(
+            np.array_equal(a, b) for a, b in zip(_as_frames(ds.pixel_array, info, len(frames)), frames)
+        ), ident
+
+
+@pytest.mark.parametrize("codec", _standard())
+def test_gateway_output_decodes_with_pydicoms_default_plugins(codec) -> None:
+    from pydicom.pixels import get_decoder
+
+    others = [p for p in get_decoder(codec.uid).available_plugins if p != "gateway"]
+    if not others:
+        pytest.skip(f"pydicom has no other decoder for {codec.keyword}")
+    for ident, info, frames in _cases(codec):
+        if info.bits_allocated == 16 and info.bits_stored <= 8:
+            continue  # pydicom cannot place an 8-bit codestream in a 16-bit container
+        ds = _native(info, frames)
+        ds.compress(codec.uid, encoding_plugin="gateway")
+        ds.pixel_array_options(decoding_plugin=others[0])
+        got = _as_frames(ds.pixel_array, info, len(frames))
+        assert all(np.array_equal(a, b) for a, b in zip(got, frames)), f"{ident} via {others[0]}"
+
+
+@pytest.mark.parametrize("codec", _standard())
+def test_planar_configuration_1_source(codec) -> None:
+    info = FrameInfo(9, 7, 3, 8, 8, 0, "RGB")
+    if codec.supports(info):
+        pytest.skip(codec.supports(info))
+    frame = np.random.default_rng(3).integers(0, 256, info.shape).astype(np.uint8)
+    ds = _native(info, [frame], planar=1)
+    ds.compress(codec.uid, encoding_plugin="gateway")
+    ds.pixel_array_options(decoding_plugin="gateway")
+    assert np.array_equal(ds.pixel_array, frame)
+
+
+def test_unsupported_image_is_refused() -> None:
+    codec = get_codec("JPEGLosslessSV1")
+    info = FrameInfo(4, 4, 1, 32, 16)
+    ds = _native(info, [np.zeros(info.shape, np.uint32)])
+    with pytest.raises((RuntimeError, ValueError)):
+        ds.compress(codec.uid, encoding_plugin="gateway")
+
+
+class _PrivateForTest:
+    """A private syntax (a fresh 2.25 UID) carrying JPEG Lossless streams."""
+
+    name: ClassVar[str] = "private-plugin-test"
+    uid: ClassVar[str] = "2.25.270161537920245123795614082402331742413"
+    keyword: ClassVar[str] = "PrivatePluginTest"
+    private: ClassVar[bool] = True
+
+    def supports(self, info: FrameInfo) -> str | None:
+        return get_codec("JPEGLosslessSV1").supports(info)
+
+    def encode_frame(self, frame: np.ndarray, info: FrameInfo) -> bytes:
+        return get_codec("JPEGLosslessSV1").encode_frame(frame, info)
+
+    def decode_frame(self, data: bytes, info: FrameInfo) -> np.ndarray:
+        return get_codec("JPEGLosslessSV1").decode_frame(data, info)
+
+
+@pytest.fixture
+def private_codec():
+    codec = registry.register(_PrivateForTest())
+    try:
+        plugins.register()
+        yield codec
+    finally:
+        registry._REGISTRY.pop(codec.uid, None)
+
+
+def test_private_syntax_written_and_read_back_by_pydicom(private_codec, tmp_path: Path) -> None:
+    info = FrameInfo(11, 13, 1, 16, 12, 1)
+    frames = [np.random.default_rng(i).integers(-2048, 2048, info.shape).astype(np.int16) for i in range(2)]
+    ds = _native(info, frames)
+    ds.compress(private_codec.uid, encoding_plugin="gateway")
+    assert ds.file_meta.TransferSyntaxUID == private_codec.uid
+    path = tmp_path / "private.dcm"
+    # pydicom asks for the data set encoding of a private syntax when writing.
+    ds.save_as(path, enforce_file_format=True, implicit_vr=False, little_endian=True)
+    back = pydicom.dcmread(path)
+    assert back.file_meta.TransferSyntaxUID == private_codec.uid
+    assert back.Rows == info.rows  # the data set after the meta was read as explicit VR LE
+    got = _as_frames(back.pixel_array, info, 2)
+    assert all(np.array_equal(a, b) for a, b in zip(got, frames))
+
+
+def test_pylibjpeg_entry_point_function() -> None:
+    codec = get_codec("JPEGLosslessSV1")
+    info = FrameInfo(5, 6, 1, 16, 10, 0)
+    frame = np.arange(30, dtype=np.uint16).reshape(5, 6) * 30
+    stream = codec.encode_frame(frame, info)
+    options = {
+        "rows": 5,
+        "columns": 6,
+        "bits_allocated": 16,
+        "bits_stored": 10,
+        "transfer_syntax_uid": codec.uid,
+    }
+    assert np.array_equal(plugins.decode_pixel_data(stream, **options), frame)
+    raw = plugins.decode_pixel_data(stream, version=2, **options)
+    assert isinstance(raw, bytearray) and np.array_equal(np.frombuffer(raw, "<u2").reshape(5, 6), frame)
+
+
+def test_plain_pydicom_program_after_import_gateway(tmp_path: Path) -> None:
+    """A program that only imports gateway gets the plugins on first use."""
+    program = """
+import numpy as np, pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, JPEGLosslessSV1, generate_uid
+import gateway
+ds = Dataset()
+ds.file_meta = FileMetaDataset()
+ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+ds.Rows, ds.Columns, ds.SamplesPerPixel = 3, 4, 1
+ds.PhotometricInterpretation = "MONOCHROME2"
+ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+frame = (np.arange(12, dtype=np.uint16) * 5000).reshape(3, 4)
+ds.PixelData = frame.tobytes()
+ds.compress(JPEGLosslessSV1, encoding_plugin="gateway")
+ds.pixel_array_options(decoding_plugin="gateway")
+assert np.array_equal(ds.pixel_array, frame)
+print("ok")
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", program], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_plugin_module_contract() -> None:
+    for codec in all_codecs():
+        assert plugins.is_available(codec.uid)
+        assert codec.uid in plugins.ENCODER_DEPENDENCIES
+        assert codec.uid in plugins.DECODER_DEPENDENCIES
+    assert not plugins.is_available("1.2.840.10008.1.2.4.50")
+    plugins.register()  # idempotent
+    from pydicom.pixels import get_encoder
+
+    assert "gateway" in get_encoder(copy.copy(get_codec("JPEGLosslessSV1").uid)).available_plugins

@@ -1,0 +1,170 @@
+"""Residual coding of one plane of the private codec (numba kernels).
+
+For each sample, in raster order, the prediction and context of
+:mod:`._private_predict` give ``pred`` and an activity class ``q``.  The
+residual ``r = value - pred`` lies in ``[-pred, maxv - pred]`` and is coded as
+
+1. *zero flag* (context ``q``): 1 when ``r != 0``;
+2. *sign* (context ``q`` and the sign of the neighbours' bias), skipped when
+   only one sign is possible;
+3. ``k = bit_length(|r|) - 1`` in unary, bit ``j`` in context ``(q, j)``,
+   with no terminating bit once ``k`` reaches the largest class possible;
+4. the ``k`` bits of ``|r|`` below its leading one, high first: the first in
+   context ``(q, k)``, the second in context ``(q, k, first)``, the rest
+   equiprobable.
+
+The decoder returns a non-zero status instead of raising (kernels cannot
+raise typed errors); the caller turns it into CorruptCodestreamError.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from gateway.codecs._private_predict import N_ACTIVITY, bit_length, predict, quantise_activity, update
+from gateway.codecs._private_rangecoder import dec_bit, dec_raw, enc_bit, enc_raw, grow
+
+MAX_CLASS = 18  # classes k = 0..17 cover residual magnitudes below 2**18
+
+# Layout of the context array of one plane.
+CTX_ZERO = 0
+CTX_SIGN = CTX_ZERO + N_ACTIVITY
+CTX_UNARY = CTX_SIGN + 3 * N_ACTIVITY
+CTX_MANT1 = CTX_UNARY + MAX_CLASS * N_ACTIVITY
+CTX_MANT2 = CTX_MANT1 + MAX_CLASS * N_ACTIVITY
+CTX_PER_PLANE = CTX_MANT2 + 2 * MAX_CLASS * N_ACTIVITY
+
+# Bitmap of used values (palette): context = previous two bits.
+CTX_BITMAP = 4
+
+STATUS_OK = 0
+STATUS_RANGE = 1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _sign_class(bias):
+    if bias > 0:
+        return 1
+    if bias < 0:
+        return 2
+    return 0
+
+
+@njit(cache=True, nogil=True)
+def encode_plane(st, plane, maxv, pa, pb, te, err):
+    """Code every sample of `plane` (values 0..maxv); returns the coder state."""
+    rows, cols = plane.shape
+    for y in range(rows):
+        low, rng, cache, pending, pos, buf = st
+        buf = grow(buf, pos + pending + 16 + cols * 96)
+        st = (low, rng, cache, pending, pos, buf)
+        for x in range(cols):
+            value = np.int64(plane[y, x])
+            pred, pred8, s0, s1, s2, s3, activity, bias = predict(plane, y, x, cols, te, err)
+            q = quantise_activity(activity)
+            r = value - pred
+            if r == 0:
+                st = enc_bit(st, pa, pb, CTX_ZERO + q, 0)
+            else:
+                st = enc_bit(st, pa, pb, CTX_ZERO + q, 1)
+                if r > 0:
+                    mag = r
+                    limit = maxv - pred
+                    if pred > 0:
+                        st = enc_bit(st, pa, pb, CTX_SIGN + 3 * q + _sign_class(bias), 0)
+                else:
+                    mag = -r
+                    limit = pred
+                    if pred < maxv:
+                        st = enc_bit(st, pa, pb, CTX_SIGN + 3 * q + _sign_class(bias), 1)
+                k = bit_length(mag) - 1
+                kmax = bit_length(limit) - 1
+                base = CTX_UNARY + MAX_CLASS * q
+                for j in range(k):
+                    st = enc_bit(st, pa, pb, base + j, 1)
+                if k < kmax:
+                    st = enc_bit(st, pa, pb, base + k, 0)
+                if k >= 1:
+                    c1 = CTX_MANT1 + MAX_CLASS * q + k
+                    b1 = (mag >> (k - 1)) & 1
+                    st = enc_bit(st, pa, pb, c1, b1)
+                    if k >= 2:
+                        c2 = CTX_MANT2 + 2 * (MAX_CLASS * q + k) + b1
+                        st = enc_bit(st, pa, pb, c2, (mag >> (k - 2)) & 1)
+                        if k >= 3:
+                            st = enc_raw(st, mag, k - 2)
+            update(y, x, value, pred8, s0, s1, s2, s3, te, err)
+    return st
+
+
+@njit(cache=True, nogil=True)
+def decode_plane(st, data, plane, maxv, pa, pb, te, err):
+    """Decode every sample of `plane`; returns (state, status)."""
+    rows, cols = plane.shape
+    for y in range(rows):
+        for x in range(cols):
+            pred, pred8, s0, s1, s2, s3, activity, bias = predict(plane, y, x, cols, te, err)
+            q = quantise_activity(activity)
+            st, nz = dec_bit(st, data, pa, pb, CTX_ZERO + q)
+            if nz == 0:
+                value = pred
+            else:
+                if pred == 0:
+                    negative = 0
+                elif pred == maxv:
+                    negative = 1
+                else:
+                    st, negative = dec_bit(st, data, pa, pb, CTX_SIGN + 3 * q + _sign_class(bias))
+                limit = pred if negative else maxv - pred
+                kmax = bit_length(limit) - 1
+                base = CTX_UNARY + MAX_CLASS * q
+                k = 0
+                while k < kmax:
+                    st, more = dec_bit(st, data, pa, pb, base + k)
+                    if more == 0:
+                        break
+                    k += 1
+                mag = np.int64(1)
+                if k >= 1:
+                    c1 = CTX_MANT1 + MAX_CLASS * q + k
+                    st, b1 = dec_bit(st, data, pa, pb, c1)
+                    mag = (mag << 1) | b1
+                    if k >= 2:
+                        c2 = CTX_MANT2 + 2 * (MAX_CLASS * q + k) + b1
+                        st, b2 = dec_bit(st, data, pa, pb, c2)
+                        mag = (mag << 1) | b2
+                        if k >= 3:
+                            st, rest = dec_raw(st, data, k - 2)
+                            mag = (mag << (k - 2)) | rest
+                if mag > limit:
+                    return st, STATUS_RANGE
+                value = pred - mag if negative else pred + mag
+            plane[y, x] = value
+            update(y, x, value, pred8, s0, s1, s2, s3, te, err)
+    return st, STATUS_OK
+
+
+@njit(cache=True, nogil=True)
+def encode_bitmap(st, used, pa, pb):
+    """Code the 0/1 array `used` (which values occur), context = previous two bits."""
+    st = (st[0], st[1], st[2], st[3], st[4], grow(st[5], st[4] + st[3] + 16 + used.shape[0] * 3))
+    ctx = 0
+    for i in range(used.shape[0]):
+        bit = np.int64(used[i])
+        st = enc_bit(st, pa, pb, ctx, bit)
+        ctx = ((ctx << 1) | bit) & 3
+    return st
+
+
+@njit(cache=True, nogil=True)
+def decode_bitmap(st, data, used, pa, pb):
+    """Decode `used` (see :func:`encode_bitmap`); returns the state and the count of ones."""
+    ctx = 0
+    ones = 0
+    for i in range(used.shape[0]):
+        st, bit = dec_bit(st, data, pa, pb, ctx)
+        used[i] = bit
+        ones += bit
+        ctx = ((ctx << 1) | bit) & 3
+    return st, ones

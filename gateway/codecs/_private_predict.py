@@ -1,0 +1,138 @@
+"""Prediction and context formation of the private codec (numba kernels).
+
+A plane holds integers ``0..maxv``.  Each sample is predicted by a blend of
+four sub-predictors, in units of 1/8 sample, weighted by the inverse of their
+recent absolute errors around the sample; the blend is then clamped between
+the smallest and largest of the W, N and NE neighbours.  The coding context
+comes from the errors the final prediction made at the neighbours.
+
+Per-row state is kept in ring buffers of two rows with one column of padding
+on each side (index ``x + 1`` holds column ``x``; the pads stay zero):
+
+* ``te[row & 1, x + 1]``: signed error ``pred8 - 8 * value`` of the blend;
+* ``err[i, row & 1, x + 1]``: absolute error of sub-predictor ``i`` (1/8 units).
+
+docs/private-codec.md specifies every step exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+N_SUB = 4
+WEIGHT_ONE = 1 << 24
+# Context quantisation: half-octave steps of the activity measure.
+N_ACTIVITY = 28
+
+
+def new_state(columns: int) -> tuple[np.ndarray, np.ndarray]:
+    """Zeroed ring buffers (``te``, ``err``) for a plane `columns` wide."""
+    return np.zeros((2, columns + 2), np.int32), np.zeros((N_SUB, 2, columns + 2), np.int32)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def bit_length(v):
+    """Number of bits of the non-negative integer `v` (0 for 0)."""
+    n = 0
+    if v >= 1 << 16:
+        v >>= 16
+        n += 16
+    if v >= 1 << 8:
+        v >>= 8
+        n += 8
+    if v >= 1 << 4:
+        v >>= 4
+        n += 4
+    if v >= 1 << 2:
+        v >>= 2
+        n += 2
+    if v >= 2:
+        v >>= 1
+        n += 1
+    return n + v
+
+
+@njit(cache=True, nogil=True, inline="always")
+def quantise_activity(a):
+    """Activity class: 0 for 0, then two classes per octave, capped at N_ACTIVITY - 1."""
+    if a == 0:
+        return 0
+    b = bit_length(a)
+    q = 2 * b - 1
+    if b >= 2 and (a >> (b - 2)) & 1:
+        q += 1
+    if q > N_ACTIVITY - 1:
+        q = N_ACTIVITY - 1
+    return q
+
+
+@njit(cache=True, nogil=True, inline="always")
+def predict(plane, y, x, cols, te, err):
+    """Predict ``plane[y, x]``; returns (pred, pred8, s0, s1, s2, s3, activity, bias_sign)."""
+    r = y & 1
+    p = r ^ 1
+    if y > 0:
+        n = np.int64(plane[y - 1, x])
+        if x > 0:
+            w = np.int64(plane[y, x - 1])
+            nw = np.int64(plane[y - 1, x - 1])
+        else:
+            w = n
+            nw = n
+        if x + 1 < cols:
+            ne = np.int64(plane[y - 1, x + 1])
+        else:
+            ne = n
+    else:
+        if x > 0:
+            w = np.int64(plane[y, x - 1])
+        else:
+            w = np.int64(0)
+        n = w
+        nw = w
+        ne = w
+    te_w = np.int64(te[r, x])
+    te_n = np.int64(te[p, x + 1])
+    te_nw = np.int64(te[p, x])
+    te_ne = np.int64(te[p, x + 2])
+
+    s0 = (n + w - nw) << 3
+    s1 = (n << 3) - (((te_w + te_n + te_ne) * 5) >> 4)
+    s2 = (w << 3) - (((te_w + te_n + te_nw) * 5) >> 4)
+    s3 = (w + ne - n) << 3
+
+    e0 = np.int64(err[0, p, x + 1]) + err[0, r, x] + err[0, p, x] + err[0, p, x + 2]
+    e1 = np.int64(err[1, p, x + 1]) + err[1, r, x] + err[1, p, x] + err[1, p, x + 2]
+    e2 = np.int64(err[2, p, x + 1]) + err[2, r, x] + err[2, p, x] + err[2, p, x + 2]
+    e3 = np.int64(err[3, p, x + 1]) + err[3, r, x] + err[3, p, x] + err[3, p, x + 2]
+    w0 = WEIGHT_ONE // (e0 + 1)
+    w1 = WEIGHT_ONE // (e1 + 1)
+    w2 = WEIGHT_ONE // (e2 + 1)
+    w3 = WEIGHT_ONE // (e3 + 1)
+    total = w0 + w1 + w2 + w3
+    pred8 = (w0 * s0 + w1 * s1 + w2 * s2 + w3 * s3 + (total >> 1)) // total
+
+    lo = min(w, min(n, ne))
+    hi = max(w, max(n, ne))
+    if pred8 < lo << 3:
+        pred8 = lo << 3
+    if pred8 > hi << 3:
+        pred8 = hi << 3
+    pred = (pred8 + 4) >> 3
+
+    activity = max(max(abs(te_w), abs(te_n)), max(abs(te_nw), abs(te_ne)))
+    bias = te_w + te_n
+    return pred, pred8, s0, s1, s2, s3, activity, bias
+
+
+@njit(cache=True, nogil=True, inline="always")
+def update(y, x, value, pred8, s0, s1, s2, s3, te, err):
+    """Record the errors of the blend and of each sub-predictor at ``(y, x)``."""
+    r = y & 1
+    v8 = np.int64(value) << 3
+    te[r, x + 1] = pred8 - v8
+    err[0, r, x + 1] = abs(s0 - v8)
+    err[1, r, x + 1] = abs(s1 - v8)
+    err[2, r, x + 1] = abs(s2 - v8)
+    err[3, r, x + 1] = abs(s3 - v8)

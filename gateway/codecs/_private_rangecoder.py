@@ -1,0 +1,173 @@
+"""Binary adaptive range coder of the private codec (numba kernels).
+
+The coder state lives in local variables of the calling kernel and is passed
+in and out as tuples, so that numba keeps it in registers:
+
+* encoder: ``(low, rng, cache, pending, pos, buf)`` — `low` is 33 bits wide
+  (bit 32 is the carry), `rng` 32 bits, `cache` the byte held back for carry
+  propagation, `pending` how many bytes (the cache and following 0xFF bytes)
+  are held back, `pos` the write position in the growable buffer `buf`;
+* decoder: ``(code, rng, pos)`` reading from a fixed buffer; bytes past its
+  end read as zero and the caller checks ``pos`` against a bound afterwards.
+
+A context is two 16-bit probability estimates ``pa[c]``, ``pb[c]`` of the bit
+being 0, adapting at rates 1/16 and 1/128; the coded probability is their
+mean.  docs/private-codec.md gives the exact arithmetic.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+PROB_BITS = 16
+PROB_INIT = 1 << (PROB_BITS - 1)
+FAST_SHIFT = 4
+SLOW_SHIFT = 7
+TOP = 1 << 24
+MASK32 = 0xFFFFFFFF
+
+
+def new_contexts(count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fresh probability pairs for `count` contexts (both at one half)."""
+    return np.full(count, PROB_INIT, np.int32), np.full(count, PROB_INIT, np.int32)
+
+
+@njit(cache=True, nogil=True)
+def grow(buf: np.ndarray, need: int) -> np.ndarray:
+    """Return `buf`, or a copy at least twice as large when `need` bytes do not fit."""
+    if need <= buf.shape[0]:
+        return buf
+    size = max(need, 2 * buf.shape[0])
+    out = np.empty(size, np.uint8)
+    out[: buf.shape[0]] = buf
+    return out
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _shift_low(low, cache, pending, pos, buf):
+    if low < 0xFF000000 or low > MASK32:
+        carry = low >> 32
+        temp = cache
+        while True:
+            buf[pos] = (temp + carry) & 0xFF
+            pos += 1
+            temp = 0xFF
+            pending -= 1
+            if pending == 0:
+                break
+        cache = (low >> 24) & 0xFF
+    pending += 1
+    low = (low & 0x00FFFFFF) << 8
+    return low, cache, pending, pos
+
+
+@njit(cache=True, nogil=True, inline="always")
+def enc_bit(st, pa, pb, c, bit):
+    """Code `bit` (0/1) in context `c` and adapt the context."""
+    low, rng, cache, pending, pos, buf = st
+    a = pa[c]
+    b = pb[c]
+    bound = (rng >> PROB_BITS) * ((a + b) >> 1)
+    if bit == 0:
+        rng = bound
+        pa[c] = a + (((1 << PROB_BITS) - a) >> FAST_SHIFT)
+        pb[c] = b + (((1 << PROB_BITS) - b) >> SLOW_SHIFT)
+    else:
+        low += bound
+        rng -= bound
+        pa[c] = a - (a >> FAST_SHIFT)
+        pb[c] = b - (b >> SLOW_SHIFT)
+    while rng < TOP:
+        rng <<= 8
+        low, cache, pending, pos = _shift_low(low, cache, pending, pos, buf)
+    return low, rng, cache, pending, pos, buf
+
+
+@njit(cache=True, nogil=True, inline="always")
+def enc_raw(st, value, nbits):
+    """Code the low `nbits` bits of `value` at probability one half, high bit first."""
+    low, rng, cache, pending, pos, buf = st
+    for i in range(nbits - 1, -1, -1):
+        rng >>= 1
+        if (value >> i) & 1:
+            low += rng
+        while rng < TOP:
+            rng <<= 8
+            low, cache, pending, pos = _shift_low(low, cache, pending, pos, buf)
+    return low, rng, cache, pending, pos, buf
+
+
+@njit(cache=True, nogil=True)
+def enc_start(buf):
+    """Initial encoder state writing into `buf`."""
+    return np.int64(0), np.int64(MASK32), np.int64(0), np.int64(1), np.int64(0), buf
+
+
+@njit(cache=True, nogil=True)
+def enc_finish(st):
+    """Flush the state; return the buffer and the number of bytes written."""
+    low, rng, cache, pending, pos, buf = st
+    buf = grow(buf, pos + pending + 8)
+    for _ in range(5):
+        low, cache, pending, pos = _shift_low(low, cache, pending, pos, buf)
+    return buf, pos
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _next_byte(data, pos):
+    if pos < data.shape[0]:
+        return np.int64(data[pos])
+    return np.int64(0)
+
+
+@njit(cache=True, nogil=True)
+def dec_start(data, pos):
+    """Decoder state for a coded segment starting at `pos` (its first byte is always 0)."""
+    code = np.int64(0)
+    for i in range(1, 5):
+        code = (code << 8) | _next_byte(data, pos + i)
+    return code, np.int64(MASK32), np.int64(pos + 5)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def dec_bit(st, data, pa, pb, c):
+    """Decode one bit in context `c` and adapt the context; returns (state, bit)."""
+    code, rng, pos = st
+    a = pa[c]
+    b = pb[c]
+    bound = (rng >> PROB_BITS) * ((a + b) >> 1)
+    if code < bound:
+        rng = bound
+        pa[c] = a + (((1 << PROB_BITS) - a) >> FAST_SHIFT)
+        pb[c] = b + (((1 << PROB_BITS) - b) >> SLOW_SHIFT)
+        bit = 0
+    else:
+        code -= bound
+        rng -= bound
+        pa[c] = a - (a >> FAST_SHIFT)
+        pb[c] = b - (b >> SLOW_SHIFT)
+        bit = 1
+    while rng < TOP:
+        rng <<= 8
+        code = ((code << 8) | _next_byte(data, pos)) & MASK32
+        pos += 1
+    return (code, rng, pos), bit
+
+
+@njit(cache=True, nogil=True, inline="always")
+def dec_raw(st, data, nbits):
+    """Decode `nbits` equiprobable bits, high bit first; returns (state, value)."""
+    code, rng, pos = st
+    value = 0
+    for _ in range(nbits):
+        rng >>= 1
+        value <<= 1
+        if code >= rng:
+            code -= rng
+            value |= 1
+        while rng < TOP:
+            rng <<= 8
+            code = ((code << 8) | _next_byte(data, pos)) & MASK32
+            pos += 1
+    return (code, rng, pos), value

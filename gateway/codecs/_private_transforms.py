@@ -1,0 +1,95 @@
+"""Reversible sample transforms of the private codec: colour and value maps.
+
+Colour transforms turn the three samples of a pixel into three planes (the
+first plane is the one the others are best predicted from):
+
+* 0, none: ``(R, G, B)``;
+* 1, subtract green: ``(G, R - G, B - G)``;
+* 2, YCoCg-R: ``Co = R - B``, ``t = B + (Co >> 1)``, ``Cg = G - t``,
+  ``Y = t + (Cg >> 1)``; planes ``(Y, Co, Cg)``.
+
+Each plane is then shifted to start at 0 (its minimum is stored) and, when
+few of the values between its minimum and maximum occur, mapped to the rank
+of each value among those used (a monotone palette; the set of used values is
+coded as a bitmap).  All operations are vectorised numpy on int32 arrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+COLOUR_NONE = 0
+COLOUR_SUBTRACT_GREEN = 1
+COLOUR_YCOCG_R = 2
+COLOUR_TRANSFORMS = (COLOUR_NONE, COLOUR_SUBTRACT_GREEN, COLOUR_YCOCG_R)
+
+
+def forward_colour(frame: np.ndarray, transform: int) -> np.ndarray:
+    """(rows, cols, 3) samples -> (3, rows, cols) int32 planes."""
+    r = frame[..., 0].astype(np.int32)
+    g = frame[..., 1].astype(np.int32)
+    b = frame[..., 2].astype(np.int32)
+    if transform == COLOUR_NONE:
+        return np.stack([r, g, b])
+    if transform == COLOUR_SUBTRACT_GREEN:
+        return np.stack([g, r - g, b - g])
+    co = r - b
+    t = b + (co >> 1)
+    cg = g - t
+    y = t + (cg >> 1)
+    return np.stack([y, co, cg])
+
+
+def inverse_colour(planes: np.ndarray, transform: int) -> np.ndarray:
+    """(3, rows, cols) int32 planes -> (rows, cols, 3) int64 samples."""
+    p0, p1, p2 = (planes[i].astype(np.int64) for i in range(3))
+    if transform == COLOUR_NONE:
+        r, g, b = p0, p1, p2
+    elif transform == COLOUR_SUBTRACT_GREEN:
+        g = p0
+        r = p1 + g
+        b = p2 + g
+    else:
+        t = p0 - (p2 >> 1)
+        g = p2 + t
+        b = t - (p1 >> 1)
+        r = b + p1
+    return np.stack([r, g, b], axis=-1)
+
+
+def _plane_cost(plane: np.ndarray) -> float:
+    """A cheap estimate of the coded size of `plane`: sum of log2(1 + |gradient residual|)."""
+    if plane.shape[0] < 2 or plane.shape[1] < 2:
+        return 0.0
+    p = plane.astype(np.int64)
+    residual = p[1:, 1:] - (p[1:, :-1] + p[:-1, 1:] - p[:-1, :-1])
+    return float(np.log2(1.0 + np.abs(residual)).sum())
+
+
+def choose_colour(frame: np.ndarray, max_rows: int = 96) -> int:
+    """Pick the colour transform with the lowest estimated cost on a sample of row pairs."""
+    rows = frame.shape[0]
+    if rows > max_rows:
+        starts = np.linspace(0, rows - 2, max_rows // 2).astype(np.int64)
+        sample = frame[np.sort(np.concatenate([starts, starts + 1]))]
+    else:
+        sample = frame
+    costs = [sum(_plane_cost(p) for p in forward_colour(sample, t)) for t in COLOUR_TRANSFORMS]
+    return int(np.argmin(costs))
+
+
+def used_values(plane: np.ndarray, maxv: int) -> np.ndarray:
+    """0/1 array of length maxv + 1: which values of the (shifted) plane occur."""
+    return (np.bincount(plane.ravel(), minlength=maxv + 1) > 0).astype(np.uint8)
+
+
+def to_palette(plane: np.ndarray, used: np.ndarray) -> np.ndarray:
+    """Replace each value by its rank among the used values."""
+    ranks = (np.cumsum(used, dtype=np.int64) - 1).astype(np.int32)
+    return ranks[plane]
+
+
+def from_palette(plane: np.ndarray, used: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`to_palette`."""
+    values = np.flatnonzero(used).astype(np.int32)
+    return values[plane]

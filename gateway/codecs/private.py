@@ -1,0 +1,297 @@
+"""GatewayLosslessV1 ("gwl"): the project's own lossless codec.
+
+Transfer syntax ``2.25.98736700971092333592611877631001549337`` (a UUID-based
+UID of our own), encapsulated like Explicit VR Little Endian with one fragment
+per frame.  Every frame is self-contained, so any frame decodes on its own.
+
+Bitstream summary (docs/private-codec.md is the full specification; all
+integers little endian)::
+
+    offset size  field
+    0      4     magic "GWL1"
+    4      1     version = 1
+    5      1     mode: 0 stored (raw frame bytes follow), 1 coded
+    6      1     samples per pixel (1 or 3)
+    7      1     bits allocated (8, 16 or 32)
+    8      1     bits stored (1..16)
+    9      1     pixel representation (0 unsigned, 1 signed)
+    10     1     colour transform (0 none, 1 subtract green, 2 YCoCg-R)
+    11     1     reserved = 0
+    12     4     rows
+    16     4     columns
+    20     4     CRC-32 (ISO-HDLC, as zlib) of the decoded frame's little-endian bytes
+    24     12*P  per plane (P = samples, coded mode only): offset int32,
+                 maxv uint32, palette count uint32 (0 = no palette)
+    ...          stored: the frame bytes; coded: one range-coded segment
+
+Coded segment: for each plane with a palette, the bitmap of used values
+(``maxv + 1`` adaptive bits); then for each plane with a non-zero coded
+maximum, every sample in raster order: a blend of four sub-predictors
+weighted by their local errors, clamped to the W/N/NE range; the residual as
+zero flag, sign, unary magnitude class and mantissa bits, in contexts chosen
+by the local error of the prediction; coded by a 32-bit binary range coder
+with two-rate adaptive 16-bit probabilities.
+
+Decoding checks every header field against the expected :class:`FrameInfo`
+and named limits before allocating, bounds the coder's reads, and verifies
+the CRC: any inconsistency raises :class:`CorruptCodestreamError`.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import ClassVar
+
+import numpy as np
+
+from gateway.codecs import _private_planes as _planes
+from gateway.codecs import _private_predict as _predict
+from gateway.codecs import _private_rangecoder as _rc
+from gateway.codecs import _private_transforms as _tf
+from gateway.codecs import register
+from gateway.codecs.base import FrameInfo, check_frame
+from gateway.errors import CorruptCodestreamError, UnsupportedImageError
+
+__all__ = ["GatewayLosslessCodec", "encode", "decode", "supports", "UID", "MAGIC", "VERSION"]
+
+UID = "2.25.98736700971092333592611877631001549337"
+MAGIC = b"GWL1"
+VERSION = 1
+MODE_STORED = 0
+MODE_CODED = 1
+
+_HEADER = struct.Struct("<4sBBBBBBBBIII")
+_PLANE = struct.Struct("<iII")
+
+# Named limits checked before anything is allocated.
+MAX_BITS_STORED = 16
+MAX_PLANE_VALUE = (1 << 18) - 1  # colour differences of 16-bit samples need 18 bits
+MIN_OFFSET = -(1 << 18)
+MAX_OFFSET = 1 << 18
+# A well-formed coded segment never makes the decoder read this many bytes past its end.
+MAX_OVERREAD = 8
+# Use a palette when at most this fraction of the values between minimum and maximum occur.
+PALETTE_DENSITY = 0.75
+
+
+def supports(info: FrameInfo) -> str | None:
+    """Return ``None`` when the codec can carry `info`, else why not."""
+    if info.bits_allocated not in (8, 16, 32):
+        return f"(0028,0100) 'Bits Allocated' {info.bits_allocated} is not 8, 16 or 32"
+    if info.bits_stored > MAX_BITS_STORED:
+        return f"(0028,0101) 'Bits Stored' {info.bits_stored} is above {MAX_BITS_STORED}"
+    if info.samples_per_pixel not in (1, 3):
+        return f"(0028,0002) 'Samples per Pixel' {info.samples_per_pixel} is not 1 or 3"
+    return None
+
+
+def _carried_range(info: FrameInfo) -> tuple[int, int]:
+    """Values a frame may hold: the whole 8/16-bit dtype (so data above Bits Stored
+    survives too), or the Bits Stored range for 32-bit allocation."""
+    if info.bits_allocated == 32:
+        return info.value_range
+    limits = np.iinfo(info.dtype)
+    return int(limits.min), int(limits.max)
+
+
+def _crc(frame: np.ndarray) -> int:
+    return zlib.crc32(np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("<")).tobytes())
+
+
+def _header(info: FrameInfo, mode: int, transform: int, crc: int) -> bytes:
+    return _HEADER.pack(
+        MAGIC, VERSION, mode, info.samples_per_pixel, info.bits_allocated, info.bits_stored,
+        info.pixel_representation, transform, 0, info.rows, info.columns, crc,
+    )
+
+
+def _planes_of(frame: np.ndarray, info: FrameInfo) -> tuple[np.ndarray, int]:
+    if info.samples_per_pixel == 1:
+        return frame.astype(np.int32)[np.newaxis], _tf.COLOUR_NONE
+    transform = _tf.choose_colour(frame)
+    return _tf.forward_colour(frame, transform), transform
+
+
+def _code_planes(planes: list[np.ndarray], maxvs: list[int], bitmaps: list[np.ndarray | None],
+                 capacity: int) -> bytes:
+    st = _rc.enc_start(np.empty(max(capacity, 64), np.uint8))
+    for used in bitmaps:
+        if used is not None:
+            pa, pb = _rc.new_contexts(_planes.CTX_BITMAP)
+            st = _planes.encode_bitmap(st, used, pa, pb)
+    for plane, maxv in zip(planes, maxvs):
+        if maxv > 0:
+            pa, pb = _rc.new_contexts(_planes.CTX_PER_PLANE)
+            te, err = _predict.new_state(plane.shape[1])
+            st = _planes.encode_plane(st, plane, maxv, pa, pb, te, err)
+    buf, size = _rc.enc_finish(st)
+    return buf[:size].tobytes()
+
+
+def encode(frame: np.ndarray, info: FrameInfo) -> bytes:
+    """Encode one frame (codec array convention) to a GatewayLosslessV1 stream."""
+    reason = supports(info)
+    if reason:
+        raise UnsupportedImageError(reason)
+    frame = check_frame(frame, info)
+    low, high = _carried_range(info)
+    if int(frame.min()) < low or int(frame.max()) > high:
+        raise UnsupportedImageError(
+            f"(0028,0101) frame values {int(frame.min())}..{int(frame.max())} exceed "
+            f"what the codec carries for 'Bits Stored' {info.bits_stored} in {info.bits_allocated} bits"
+        )
+    crc = _crc(frame)
+    planes, transform = _planes_of(frame, info)
+    descriptors, coded, maxvs, bitmaps = [], [], [], []
+    for plane in planes:
+        offset = int(plane.min())
+        shifted = plane - np.int32(offset)
+        maxv = int(plane.max()) - offset
+        used = _tf.used_values(shifted, maxv)
+        count = int(used.sum())
+        if count <= PALETTE_DENSITY * (maxv + 1) and maxv > 0:
+            shifted = _tf.to_palette(shifted, used)
+            coded_max = count - 1
+            bitmaps.append(used)
+        else:
+            count = 0
+            coded_max = maxv
+            bitmaps.append(None)
+        descriptors.append(_PLANE.pack(offset, maxv, count))
+        coded.append(np.ascontiguousarray(shifted, dtype=np.int32))
+        maxvs.append(coded_max)
+    payload = _code_planes(coded, maxvs, bitmaps, info.frame_bytes // 2 + 1024)
+    body = b"".join(descriptors) + payload
+    if len(body) >= info.frame_bytes:
+        raw = np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("<")).tobytes()
+        return _header(info, MODE_STORED, _tf.COLOUR_NONE, crc) + raw
+    return _header(info, MODE_CODED, transform, crc) + body
+
+
+def _corrupt(message: str) -> CorruptCodestreamError:
+    return CorruptCodestreamError(f"GatewayLosslessV1: {message}")
+
+
+def _check_header(data: bytes, info: FrameInfo) -> tuple[int, int, int]:
+    if len(data) < _HEADER.size:
+        raise _corrupt(f"stream of {len(data)} bytes is shorter than the {_HEADER.size}-byte header")
+    (magic, version, mode, samples, alloc, stored, signed, transform, reserved,
+     rows, cols, crc) = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise _corrupt(f"bad magic {magic!r}")
+    if version != VERSION:
+        raise _corrupt(f"unsupported version {version}")
+    if mode not in (MODE_STORED, MODE_CODED) or reserved != 0:
+        raise _corrupt(f"bad mode {mode} or reserved byte {reserved}")
+    expected = (info.samples_per_pixel, info.bits_allocated, info.bits_stored, info.pixel_representation,
+                info.rows, info.columns)
+    found = (samples, alloc, stored, signed, rows, cols)
+    if found != expected:
+        raise _corrupt(
+            "header (samples, bits allocated, bits stored, signed, rows, columns) = "
+            f"{found} does not match the dataset's {expected}"
+        )
+    if transform not in _tf.COLOUR_TRANSFORMS or (samples == 1 and transform != _tf.COLOUR_NONE):
+        raise _corrupt(f"bad colour transform {transform} for {samples} sample(s)")
+    return mode, transform, crc
+
+
+def decode(data: bytes, info: FrameInfo) -> np.ndarray:
+    """Decode a GatewayLosslessV1 stream to a frame in the codec array convention."""
+    reason = supports(info)
+    if reason:
+        raise UnsupportedImageError(reason)
+    data = bytes(data)
+    mode, transform, crc = _check_header(data, info)
+    if mode == MODE_STORED:
+        frame = _decode_stored(data, info)
+    else:
+        frame = _decode_coded(data, info, transform)
+    if _crc(frame) != crc:
+        raise _corrupt("CRC-32 of the decoded frame does not match the stream")
+    return frame
+
+
+def _decode_stored(data: bytes, info: FrameInfo) -> np.ndarray:
+    body = len(data) - _HEADER.size
+    if body != info.frame_bytes:
+        raise _corrupt(f"stored frame has {body} bytes, {info.frame_bytes} expected")
+    dtype = info.dtype.newbyteorder("<")
+    frame = np.frombuffer(data, dtype=dtype, offset=_HEADER.size).astype(info.dtype).reshape(info.shape)
+    low, high = _carried_range(info)
+    if int(frame.min()) < low or int(frame.max()) > high:
+        raise _corrupt("stored samples exceed the carried value range")
+    return frame
+
+
+def _decode_coded(data: bytes, info: FrameInfo, transform: int) -> np.ndarray:
+    nplanes = info.samples_per_pixel
+    start = _HEADER.size + _PLANE.size * nplanes
+    if len(data) < start:
+        raise _corrupt("stream ends inside the plane descriptors")
+    descriptors = [_PLANE.unpack_from(data, _HEADER.size + _PLANE.size * i) for i in range(nplanes)]
+    for offset, maxv, count in descriptors:
+        if not (MIN_OFFSET <= offset <= MAX_OFFSET and maxv <= MAX_PLANE_VALUE and count <= maxv + 1):
+            raise _corrupt(f"plane descriptor (offset {offset}, max {maxv}, palette {count}) out of limits")
+        if count == 1 or (count and maxv == 0):
+            raise _corrupt(f"palette of {count} values for a plane of maximum {maxv}")
+    buf = np.frombuffer(data, dtype=np.uint8)
+    st = _rc.dec_start(buf, start)
+    bitmaps = []
+    for offset, maxv, count in descriptors:
+        if count:
+            used = np.zeros(maxv + 1, np.uint8)
+            pa, pb = _rc.new_contexts(_planes.CTX_BITMAP)
+            st, ones = _planes.decode_bitmap(st, buf, used, pa, pb)
+            if ones != count or not used[0] or not used[maxv]:
+                raise _corrupt("palette bitmap does not match its descriptor")
+            bitmaps.append(used)
+        else:
+            bitmaps.append(None)
+    planes = np.zeros((nplanes, info.rows, info.columns), np.int32)
+    for i, (offset, maxv, count) in enumerate(descriptors):
+        coded_max = count - 1 if count else maxv
+        if coded_max > 0:
+            pa, pb = _rc.new_contexts(_planes.CTX_PER_PLANE)
+            te, err = _predict.new_state(info.columns)
+            st, status = _planes.decode_plane(st, buf, planes[i], coded_max, pa, pb, te, err)
+            if status != _planes.STATUS_OK:
+                raise _corrupt("a residual exceeds the plane's value range")
+        if st[2] > len(buf) + MAX_OVERREAD:
+            raise _corrupt("coded segment is truncated")
+    values = []
+    for i, (offset, maxv, count) in enumerate(descriptors):
+        plane = planes[i]
+        if bitmaps[i] is not None:
+            plane = _tf.from_palette(plane, bitmaps[i])
+        values.append(plane.astype(np.int64) + offset)
+    if nplanes == 1:
+        samples = values[0]
+    else:
+        samples = _tf.inverse_colour(np.stack(values), transform)
+    low, high = _carried_range(info)
+    if int(samples.min()) < low or int(samples.max()) > high:
+        raise _corrupt("decoded samples exceed the carried value range")
+    return samples.astype(info.dtype).reshape(info.shape)
+
+
+class GatewayLosslessCodec:
+    """The private lossless codec as a registry :class:`Codec`."""
+
+    name: ClassVar[str] = "gwl"
+    uid: ClassVar[str] = UID
+    keyword: ClassVar[str] = "GatewayLosslessV1"
+    private: ClassVar[bool] = True
+
+    def supports(self, info: FrameInfo) -> str | None:
+        return supports(info)
+
+    def encode_frame(self, frame: np.ndarray, info: FrameInfo) -> bytes:
+        return encode(frame, info)
+
+    def decode_frame(self, data: bytes, info: FrameInfo) -> np.ndarray:
+        return decode(data, info)
+
+
+register(GatewayLosslessCodec())

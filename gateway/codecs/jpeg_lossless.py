@@ -306,8 +306,9 @@ def decode(data: bytes, info: FrameInfo) -> np.ndarray:
     pos = 2
     while True:
         # Find the next marker, skipping fill bytes (and surplus scan bytes).
-        while pos < n and data[pos] != 0xFF:
-            pos += 1
+        pos = data.find(b"\xff", pos)
+        if pos < 0:
+            pos = n
         while pos + 1 < n and data[pos + 1] == 0xFF:
             pos += 1
         if pos + 1 >= n:

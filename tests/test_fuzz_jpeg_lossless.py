@@ -1,0 +1,103 @@
+"""Property and fuzz tests: no byte string makes the JPEG Lossless decoder
+crash, hang or allocate beyond the expected frame; bad ones raise
+CorruptCodestreamError."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.codecs import get_codec
+from gateway.codecs.base import FrameInfo
+from gateway.errors import CorruptCodestreamError
+
+CODEC = get_codec("JPEGLosslessSV1")
+FUZZ = settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+
+_INFOS = [
+    FrameInfo(17, 23, bits_stored=12),
+    FrameInfo(8, 9, 3, 8, 8, 0, "RGB"),
+    FrameInfo(16, 16, bits_stored=16, pixel_representation=1),
+]
+
+
+def _seed(index: int) -> tuple[FrameInfo, bytes]:
+    info = _INFOS[index]
+    rng = np.random.default_rng(index)
+    low, high = info.value_range
+    y = np.indices(info.shape).sum(axis=0) * 37
+    frame = np.clip(y + rng.integers(-20, 20, info.shape) + low, low, high).astype(info.dtype)
+    return info, CODEC.encode_frame(frame, info)
+
+
+SEEDS = [_seed(i) for i in range(len(_INFOS))]
+
+
+def _decode_or_corrupt(data: bytes, info: FrameInfo) -> None:
+    """Decoding either gives a frame of the expected form or raises our error."""
+    try:
+        frame = CODEC.decode_frame(data, info)
+    except CorruptCodestreamError:
+        return
+    assert frame.shape == info.shape and frame.dtype == info.dtype
+
+
+@FUZZ
+@given(data=st.binary(max_size=600), index=st.integers(0, len(_INFOS) - 1))
+def test_random_bytes(data: bytes, index: int) -> None:
+    _decode_or_corrupt(data, _INFOS[index])
+
+
+@FUZZ
+@given(data=st.binary(max_size=400), index=st.integers(0, len(_INFOS) - 1))
+def test_random_entropy_data_after_valid_headers(data: bytes, index: int) -> None:
+    info, stream = SEEDS[index]
+    start = stream.index(b"\xff\xda")
+    header_end = start + 2 + int.from_bytes(stream[start + 2 : start + 4], "big")
+    _decode_or_corrupt(stream[:header_end] + data, info)
+
+
+@FUZZ
+@given(
+    index=st.integers(0, len(_INFOS) - 1),
+    edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255), st.sampled_from("sid")), min_size=1, max_size=8),
+)
+def test_mutated_streams(index: int, edits: list[tuple[int, int, str]]) -> None:
+    info, stream = SEEDS[index]
+    data = bytearray(stream)
+    for where, value, kind in edits:
+        where %= max(1, len(data))
+        if kind == "s":
+            data[where] = value
+        elif kind == "i":
+            data[where:where] = bytes([value])
+        elif len(data) > 1:
+            del data[where]
+    _decode_or_corrupt(bytes(data), info)
+
+
+@FUZZ
+@given(index=st.integers(0, len(_INFOS) - 1), cut=st.integers(0, 10**6))
+def test_truncated_streams_raise(index: int, cut: int) -> None:
+    info, stream = SEEDS[index]
+    cut %= len(stream) - 2  # anything shorter than the stream minus its EOI
+    with pytest.raises(CorruptCodestreamError):
+        CODEC.decode_frame(stream[:cut], info)
+
+
+@pytest.mark.parametrize("rows", [0xFFFF, 1, 18])
+def test_header_sizes_are_checked_before_allocating(rows: int) -> None:
+    info, stream = SEEDS[0]
+    sof = stream.index(b"\xff\xc3")
+    data = bytearray(stream)
+    data[sof + 5 : sof + 7] = rows.to_bytes(2, "big")
+    data[sof + 7 : sof + 9] = (0xFFFF).to_bytes(2, "big")
+    with pytest.raises(CorruptCodestreamError, match="expected"):
+        CODEC.decode_frame(bytes(data), info)
+
+
+def test_seeds_decode() -> None:
+    for info, stream in SEEDS:
+        assert CODEC.decode_frame(stream, info).shape == info.shape

@@ -1,0 +1,441 @@
+"""The gateway's configuration: one TOML file, validated once at start.
+
+The file is read into frozen dataclasses; every unknown key and every bad
+value raises :class:`~gateway.errors.ConfigError` naming the key, e.g.
+``destinations[1].port: must be 1..65535, got 70000``.  Relative paths are
+resolved against the folder of the configuration file, so a config and its
+spool/archive folders can be moved together.
+
+Layout (see ``config/*.toml`` for commented examples)::
+
+    [server]        ae_title, host, port, allowed_callers, max_pdu
+    [spool]         directory
+    [compression]   transfer_syntax, verify, [compression.modality] overrides
+    [retry]         max_attempts, base_seconds, cap_seconds
+    [logging]       level, file
+    [[destinations]] name, kind = "dicom" | "folder", ...
+    [[routes]]      destinations, calling_ae, modality, sop_class
+
+Without ``[[routes]]`` every instance goes to every destination.  With
+routes, an instance goes to the destinations of every route it matches; a
+route matches when each of its non-empty filters contains the instance's
+value (an empty or absent filter matches anything).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import CodecNotFoundError, ConfigError
+
+__all__ = [
+    "Config",
+    "ServerConfig",
+    "SpoolConfig",
+    "CompressionConfig",
+    "RetryConfig",
+    "LoggingConfig",
+    "Destination",
+    "Route",
+    "load_config",
+    "parse_config",
+    "KEEP",
+]
+
+KEEP = "keep"
+"""The ``transfer_syntax`` value that forwards instances as received."""
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Where and as whom the gateway listens."""
+
+    ae_title: str = "GATEWAY"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    allowed_callers: tuple[str, ...] = ()
+    max_pdu: int = 0  # 0 = unlimited
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolConfig:
+    """Where the durable queue lives."""
+
+    directory: Path
+
+
+@dataclass(frozen=True, slots=True)
+class CompressionConfig:
+    """Which syntax instances are recompressed to; UIDs or :data:`KEEP`."""
+
+    transfer_syntax: str = KEEP
+    modality: dict[str, str] = field(default_factory=dict)
+    verify: bool = True
+
+    def target_for(self, modality: str | None) -> str:
+        """Target syntax UID (or :data:`KEEP`) for an instance of `modality`."""
+        if modality and modality in self.modality:
+            return self.modality[modality]
+        return self.transfer_syntax
+
+
+@dataclass(frozen=True, slots=True)
+class RetryConfig:
+    """Exponential backoff of transient delivery failures."""
+
+    max_attempts: int = 50
+    base_seconds: float = 2.0
+    cap_seconds: float = 300.0
+
+    def delay(self, attempts: int) -> float:
+        """Seconds to wait after the `attempts`-th failed attempt."""
+        return min(self.cap_seconds, self.base_seconds * (2 ** max(0, attempts - 1)))
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    """Log level and optional log file (stderr always)."""
+
+    level: str = "INFO"
+    file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """A place instances are forwarded to: a DICOM peer or a folder."""
+
+    name: str
+    kind: str  # "dicom" | "folder"
+    ae_title: str = ""
+    host: str = ""
+    port: int = 0
+    transfer_syntaxes: tuple[str, ...] = ()  # preference ladder (UIDs); empty = ours first
+    timeout_seconds: float = 30.0
+    path: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Instances matching every non-empty filter go to `destinations`."""
+
+    destinations: tuple[str, ...]
+    calling_ae: tuple[str, ...] = ()
+    modality: tuple[str, ...] = ()
+    sop_class: tuple[str, ...] = ()
+
+    def matches(self, calling_ae: str, modality: str, sop_class: str) -> bool:
+        return (
+            (not self.calling_ae or calling_ae in self.calling_ae)
+            and (not self.modality or modality in self.modality)
+            and (not self.sop_class or sop_class in self.sop_class)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole validated configuration."""
+
+    server: ServerConfig
+    spool: SpoolConfig
+    compression: CompressionConfig
+    retry: RetryConfig
+    logging: LoggingConfig
+    destinations: tuple[Destination, ...]
+    routes: tuple[Route, ...] = ()
+    source: Path | None = None
+
+    def destinations_for(self, calling_ae: str, modality: str, sop_class: str) -> list[Destination]:
+        """Destinations an instance goes to, in configuration order."""
+        if not self.routes:
+            return list(self.destinations)
+        names: set[str] = set()
+        for route in self.routes:
+            if route.matches(calling_ae, modality, sop_class):
+                names.update(route.destinations)
+        return [d for d in self.destinations if d.name in names]
+
+    def destination(self, name: str) -> Destination | None:
+        return next((d for d in self.destinations if d.name == name), None)
+
+
+# --------------------------------------------------------------------------- #
+# Validation helpers: each takes the full key path for its messages.
+
+
+class _Table:
+    """A TOML table whose keys are consumed one by one; leftovers are errors."""
+
+    def __init__(self, key: str, value: Any) -> None:
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"must be a table, got {type(value).__name__}")
+        self.key = key
+        self.values = dict(value)
+
+    def path(self, name: str) -> str:
+        return f"{self.key}.{name}" if self.key else name
+
+    def pop(self, name: str, default: Any = None) -> Any:
+        return self.values.pop(name, default)
+
+    def finish(self) -> None:
+        if self.values:
+            unknown = sorted(self.values)[0]
+            raise ConfigError(self.path(unknown), "unknown key")
+
+
+def _str(key: str, value: Any, *, empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(key, f"must be a string, got {value!r}")
+    if not empty and not value.strip():
+        raise ConfigError(key, "must not be empty")
+    return value
+
+
+def _ae_title(key: str, value: Any) -> str:
+    text = _str(key, value)
+    if len(text) > 16:
+        raise ConfigError(key, f"AE title must be at most 16 characters, got {len(text)} ({text!r})")
+    if text != text.strip() or "\\" in text or not text.isascii() or not text.isprintable():
+        raise ConfigError(key, f"AE title must be printable ASCII without backslash or edge spaces, got {text!r}")
+    return text
+
+
+def _int(key: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(key, f"must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise ConfigError(key, f"must be {low}..{high}, got {value}")
+    return value
+
+
+def _number(key: str, value: Any, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(key, f"must be a number, got {value!r}")
+    if not low <= value <= high:
+        raise ConfigError(key, f"must be {low:g}..{high:g}, got {value}")
+    return float(value)
+
+
+def _bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(key, f"must be true or false, got {value!r}")
+    return value
+
+
+def _str_list(key: str, value: Any, item=_str) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(key, f"must be a list of strings, got {value!r}")
+    return tuple(item(f"{key}[{i}]", v) for i, v in enumerate(value))
+
+
+def _path(key: str, value: Any, base: Path) -> Path:
+    text = _str(key, value)
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else (base / path)
+
+
+def _syntax(key: str, value: Any, *, allow_keep: bool) -> str:
+    """A transfer syntax given as UID, pydicom keyword or codec name -> UID."""
+    text = _str(key, value)
+    if text == KEEP:
+        if not allow_keep:
+            raise ConfigError(key, f"{KEEP!r} is not a transfer syntax")
+        return KEEP
+    from gateway.codecs import resolve_uid
+
+    try:
+        return resolve_uid(text)
+    except (CodecNotFoundError, ValueError) as exc:
+        raise ConfigError(key, f"unknown transfer syntax {text!r} (UID, pydicom keyword or codec name)") from exc
+
+
+def _target(key: str, value: Any) -> str:
+    """A target syntax: must be one our registry can encode (or keep)."""
+    uid = _syntax(key, value, allow_keep=True)
+    if uid == KEEP:
+        return uid
+    from gateway.codecs import all_codecs
+
+    encodable = {c.uid for c in all_codecs()} | _NATIVE_SYNTAXES
+    if uid not in encodable:
+        names = ", ".join([c.keyword for c in all_codecs()] + [KEEP])
+        raise ConfigError(key, f"no encoder for {value!r}; choose one of: {names}")
+    return uid
+
+
+_NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
+
+
+def _sop_class(key: str, value: Any) -> str:
+    text = _str(key, value)
+    from pydicom import uid as _uid
+
+    found = getattr(_uid, text, None)
+    if isinstance(found, _uid.UID):
+        return str(found)
+    if _uid.UID(text).is_valid:
+        return text
+    raise ConfigError(key, f"not a SOP class UID or pydicom keyword: {text!r}")
+
+
+# --------------------------------------------------------------------------- #
+
+
+def _server(data: Any) -> ServerConfig:
+    t = _Table("server", data if data is not None else {})
+    cfg = ServerConfig(
+        ae_title=_ae_title(t.path("ae_title"), t.pop("ae_title", "GATEWAY")),
+        host=_str(t.path("host"), t.pop("host", "127.0.0.1")),
+        port=_int(t.path("port"), t.pop("port", 11112), 1, 65535),
+        allowed_callers=_str_list(t.path("allowed_callers"), t.pop("allowed_callers", []), _ae_title),
+        max_pdu=_int(t.path("max_pdu"), t.pop("max_pdu", 0), 0, 2**32 - 1),
+    )
+    t.finish()
+    return cfg
+
+
+def _spool(data: Any, base: Path) -> SpoolConfig:
+    t = _Table("spool", data if data is not None else {})
+    cfg = SpoolConfig(directory=_path(t.path("directory"), t.pop("directory", "spool"), base))
+    t.finish()
+    return cfg
+
+
+def _compression(data: Any) -> CompressionConfig:
+    t = _Table("compression", data if data is not None else {})
+    target = _target(t.path("transfer_syntax"), t.pop("transfer_syntax", KEEP))
+    modality = _Table(t.path("modality"), t.pop("modality", {}))
+    overrides = {}
+    for name in list(modality.values):
+        key = modality.path(name)
+        if not name.isupper() or not name.isalnum() or len(name) > 16:
+            raise ConfigError(key, f"modality must be an upper-case code such as 'CT', got {name!r}")
+        overrides[name] = _target(key, modality.pop(name))
+    verify = _bool(t.path("verify"), t.pop("verify", True))
+    t.finish()
+    return CompressionConfig(transfer_syntax=target, modality=overrides, verify=verify)
+
+
+def _retry(data: Any) -> RetryConfig:
+    t = _Table("retry", data if data is not None else {})
+    cfg = RetryConfig(
+        max_attempts=_int(t.path("max_attempts"), t.pop("max_attempts", 50), 1, 1_000_000),
+        base_seconds=_number(t.path("base_seconds"), t.pop("base_seconds", 2.0), 0.01, 86400),
+        cap_seconds=_number(t.path("cap_seconds"), t.pop("cap_seconds", 300.0), 0.01, 7 * 86400),
+    )
+    if cfg.cap_seconds < cfg.base_seconds:
+        raise ConfigError("retry.cap_seconds", f"must be >= base_seconds ({cfg.base_seconds:g}), got {cfg.cap_seconds:g}")
+    t.finish()
+    return cfg
+
+
+def _logging(data: Any, base: Path) -> LoggingConfig:
+    t = _Table("logging", data if data is not None else {})
+    level = _str(t.path("level"), t.pop("level", "INFO")).upper()
+    if level not in _LOG_LEVELS:
+        raise ConfigError(t.path("level"), f"must be one of {', '.join(_LOG_LEVELS)}, got {level!r}")
+    file = t.pop("file")
+    cfg = LoggingConfig(level=level, file=_path(t.path("file"), file, base) if file is not None else None)
+    t.finish()
+    return cfg
+
+
+def _destination(index: int, data: Any, base: Path) -> Destination:
+    t = _Table(f"destinations[{index}]", data)
+    name = _str(t.path("name"), t.pop("name"))
+    if not all(c.isalnum() or c in "-_." for c in name):
+        raise ConfigError(t.path("name"), f"use letters, digits, '-', '_' or '.', got {name!r}")
+    kind = t.pop("kind")
+    if kind == "dicom":
+        dest = Destination(
+            name=name,
+            kind=kind,
+            ae_title=_ae_title(t.path("ae_title"), t.pop("ae_title")),
+            host=_str(t.path("host"), t.pop("host")),
+            port=_int(t.path("port"), t.pop("port"), 1, 65535),
+            transfer_syntaxes=tuple(
+                _syntax(f"{t.path('transfer_syntaxes')}[{i}]", v, allow_keep=False)
+                for i, v in enumerate(_list(t.path("transfer_syntaxes"), t.pop("transfer_syntaxes", [])))
+            ),
+            timeout_seconds=_number(t.path("timeout_seconds"), t.pop("timeout_seconds", 30.0), 0.1, 3600),
+        )
+    elif kind == "folder":
+        dest = Destination(name=name, kind=kind, path=_path(t.path("path"), t.pop("path"), base))
+    else:
+        raise ConfigError(t.path("kind"), f"must be 'dicom' or 'folder', got {kind!r}")
+    t.finish()
+    return dest
+
+
+def _list(key: str, value: Any) -> list:
+    if not isinstance(value, list):
+        raise ConfigError(key, f"must be a list, got {value!r}")
+    return value
+
+
+def _route(index: int, data: Any, names: set[str]) -> Route:
+    t = _Table(f"routes[{index}]", data)
+    dests = _str_list(t.path("destinations"), t.pop("destinations"))
+    if not dests:
+        raise ConfigError(t.path("destinations"), "must name at least one destination")
+    for i, name in enumerate(dests):
+        if name not in names:
+            raise ConfigError(f"{t.path('destinations')}[{i}]", f"no destination named {name!r}")
+    route = Route(
+        destinations=dests,
+        calling_ae=_str_list(t.path("calling_ae"), t.pop("calling_ae", []), _ae_title),
+        modality=_str_list(t.path("modality"), t.pop("modality", [])),
+        sop_class=_str_list(t.path("sop_class"), t.pop("sop_class", []), _sop_class),
+    )
+    t.finish()
+    return route
+
+
+def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -> Config:
+    """Validate a parsed TOML document; relative paths resolve against `base`."""
+    top = _Table("", data)
+    server = _server(top.pop("server"))
+    spool = _spool(top.pop("spool"), base)
+    compression = _compression(top.pop("compression"))
+    retry = _retry(top.pop("retry"))
+    logging = _logging(top.pop("logging"), base)
+    raw_dests = top.pop("destinations")
+    if raw_dests is None or not isinstance(raw_dests, list) or not raw_dests:
+        raise ConfigError("destinations", "at least one [[destinations]] entry is required")
+    destinations = tuple(_destination(i, d, base) for i, d in enumerate(raw_dests))
+    seen: set[str] = set()
+    for i, dest in enumerate(destinations):
+        if dest.name in seen:
+            raise ConfigError(f"destinations[{i}].name", f"duplicate destination name {dest.name!r}")
+        seen.add(dest.name)
+    raw_routes = top.pop("routes", [])
+    routes = tuple(_route(i, r, seen) for i, r in enumerate(_list("routes", raw_routes)))
+    top.finish()
+    return Config(
+        server=server,
+        spool=spool,
+        compression=compression,
+        retry=retry,
+        logging=logging,
+        destinations=destinations,
+        routes=routes,
+        source=source,
+    )
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate the TOML file at `path`."""
+    path = Path(path).resolve()
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError as exc:
+        raise ConfigError("", f"configuration file {path} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("", f"{path.name} is not valid TOML: {exc}") from exc
+    return parse_config(data, path.parent, source=path)

@@ -1,0 +1,209 @@
+"""Receive: a C-ECHO / C-STORE SCP that puts instances durably into the spool.
+
+Success (0x0000) is answered only once the instance is fsync'd into the
+spool.  If it cannot be stored, the answer is 0xA700 (out of resources) so the
+sender retries; a dataset that cannot be parsed gets 0xC210 (cannot
+understand).  Either way the server keeps serving.
+
+Datasets are received in chunks straight to a temporary file (pynetdicom's
+``STORE_RECV_CHUNKED_DATASET``), moved into the spool before the handler
+returns (pynetdicom deletes the temporary file afterwards), so a multi-frame
+object of hundreds of MB is never held in memory several times.
+
+Association policy: the called AE title must be ours, and when
+``allowed_callers`` is set the calling AE title must be one of them;
+otherwise the association is rejected.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from gateway.config import ServerConfig
+from gateway.errors import GatewayError, SpoolError
+from gateway.logs import get_logger, stage
+from gateway.spool import Receipt, Spool
+
+__all__ = ["Receiver", "ACCEPTED_SYNTAXES", "accepted_syntaxes", "tcp_nodelay", "start_receiver"]
+
+_log = get_logger("scp")
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_CANNOT_UNDERSTAND = 0xC210
+
+# Standard syntaxes we accept: uncompressed, deflated, RLE, JPEG, JPEG-LS,
+# JPEG 2000 and HTJ2K (lossless and lossy: a lossy image is kept as received).
+ACCEPTED_SYNTAXES: tuple[str, ...] = (
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.4.201",  # HTJ2K Lossless
+    "1.2.840.10008.1.2.4.202",  # HTJ2K Lossless RPCL
+    "1.2.840.10008.1.2.4.203",  # HTJ2K
+)
+
+# Above this size the parse check defers large values instead of loading them.
+_FULL_PARSE_LIMIT = 64 * 1024 * 1024
+
+
+def accepted_syntaxes() -> list[str]:
+    """Standard syntaxes plus the private ones of our codec registry."""
+    from gateway.codecs import all_codecs
+
+    extra = [c.uid for c in all_codecs() if c.uid not in ACCEPTED_SYNTAXES]
+    return list(ACCEPTED_SYNTAXES) + extra
+
+
+def tcp_nodelay(event: evt.Event) -> None:
+    """EVT_CONN_OPEN handler: disable Nagle on the association's socket.
+
+    DIMSE exchanges many small PDUs (responses, last fragments); with Nagle
+    and delayed ACKs each can wait tens of milliseconds.
+    """
+    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+class Receiver:
+    """The C-STORE handler's state: the spool and who to tell about new work."""
+
+    def __init__(self, spool: Spool, on_received: Callable[[str], None] | None = None) -> None:
+        self.spool = spool
+        self.on_received = on_received
+
+    def _take(self, event: evt.Event) -> Path:
+        """Move (or write) the received bytes into the spool's temp folder."""
+        tmp = self.spool.temp_path()
+        try:
+            source = Path(event.dataset_path)
+        except AttributeError:
+            source = None
+        if source is None:
+            with open(tmp, "wb") as handle:
+                handle.write(event.encoded_dataset())
+            return tmp
+        try:
+            os.replace(source, tmp)
+        except OSError:  # another filesystem: copy (the original is deleted by pynetdicom)
+            shutil.copyfile(source, tmp)
+        return tmp
+
+    def handle_store(self, event: evt.Event) -> int:
+        """Store one instance; return the DIMSE status for the sender."""
+        calling = event.assoc.requestor.ae_title
+        syntax = str(event.context.transfer_syntax)
+        try:
+            tmp = self._take(event)
+        except OSError as exc:
+            _log.error("receive failed: cannot write to the spool: %s", exc)
+            return STATUS_OUT_OF_RESOURCES
+        try:
+            size = tmp.stat().st_size
+            ds = dcmread(tmp, defer_size="1 MB" if size > _FULL_PARSE_LIMIT else None)
+            sop_class = str(ds.SOPClassUID)
+            sop_instance = str(ds.SOPInstanceUID)
+            if not UID(sop_instance).is_valid or not UID(sop_class).is_valid:
+                raise ValueError("SOP Class or SOP Instance UID is not a valid UID")
+            receipt = Receipt(
+                calling_ae=calling,
+                received_at=time.time(),
+                sop_class_uid=sop_class,
+                sop_instance_uid=sop_instance,
+                study_uid=str(ds.get("StudyInstanceUID", "")),
+                series_uid=str(ds.get("SeriesInstanceUID", "")),
+                modality=str(ds.get("Modality", "")),
+                transfer_syntax=syntax,
+            )
+            del ds
+        except (InvalidDicomError, AttributeError, ValueError, KeyError, EOFError, OSError, TypeError) as exc:
+            tmp.unlink(missing_ok=True)
+            request_uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
+            stage(_log, "rejected", request_uid, calling=calling, status="0xC210",
+                  reason=f"cannot parse dataset: {type(exc).__name__}: {exc}")
+            return STATUS_CANNOT_UNDERSTAND
+        try:
+            ident = self.spool.store_received(tmp, receipt)
+        except (SpoolError, OSError) as exc:
+            tmp.unlink(missing_ok=True)
+            stage(_log, "rejected", receipt.sop_instance_uid, calling=calling, status="0xA700",
+                  reason=f"spool: {exc}")
+            return STATUS_OUT_OF_RESOURCES
+        stage(_log, "received", receipt.sop_instance_uid, study=receipt.study_uid, calling=calling,
+              modality=receipt.modality, syntax=syntax, bytes=size, id=ident)
+        if self.on_received is not None:
+            try:
+                self.on_received(ident)
+            except GatewayError:
+                pass  # the instance is durable; the worker finds it on its next scan
+        return STATUS_SUCCESS
+
+
+def _on_store(event: evt.Event, receiver: Receiver) -> int:
+    return receiver.handle_store(event)
+
+
+def _on_echo(event: evt.Event) -> int:
+    return STATUS_SUCCESS
+
+
+def _on_rejected(event: evt.Event) -> None:
+    _log.warning("association rejected: calling=%s from %s", event.assoc.requestor.ae_title,
+                 event.assoc.requestor.address)
+
+
+def build_ae(server: ServerConfig) -> AE:
+    """An AE accepting verification and every storage SOP class."""
+    ae = AE(ae_title=server.ae_title)
+    ae.maximum_pdu_size = server.max_pdu
+    ae.require_called_aet = True
+    if server.allowed_callers:
+        ae.require_calling_aet = list(server.allowed_callers)
+    ae.maximum_associations = 16
+    syntaxes = accepted_syntaxes()
+    ae.add_supported_context(Verification, syntaxes[:3])
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, syntaxes)
+    return ae
+
+
+def start_receiver(server: ServerConfig, receiver: Receiver) -> ThreadedAssociationServer:
+    """Start listening in background threads; stop with ``.shutdown()``."""
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    ae = build_ae(server)
+    handlers = [
+        (evt.EVT_CONN_OPEN, tcp_nodelay),
+        (evt.EVT_C_ECHO, _on_echo),
+        (evt.EVT_C_STORE, _on_store, [receiver]),
+        (evt.EVT_REJECTED, _on_rejected),
+    ]
+    try:
+        return ae.start_server((server.host, server.port), block=False, evt_handlers=handlers)
+    except OSError as exc:
+        raise GatewayError(f"cannot listen on {server.host}:{server.port}: {exc}") from exc

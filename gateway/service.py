@@ -1,0 +1,98 @@
+"""The running gateway: receiver, worker and one forwarder per destination.
+
+Start-up order makes a restart after a crash safe: the spool is repaired
+first (in-flight jobs become pending), the forwarders then pick up pending
+jobs, the worker picks up received-but-unprocessed instances, and only then
+does the receiver accept new associations.  Shutdown is the reverse.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from gateway.config import Config
+from gateway.forward import Forwarder, make_sender
+from gateway.logs import get_logger
+from gateway.scp import Receiver, start_receiver
+from gateway.spool import Job, Spool
+from gateway.worker import Worker
+
+__all__ = ["Gateway"]
+
+_log = get_logger("service")
+
+
+class Gateway:
+    """All parts of the gateway for one configuration."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.spool = Spool(config.spool.directory)
+        self.forwarders: dict[str, Forwarder] = {}
+        self.worker: Worker | None = None
+        self.server = None
+        self._stopped = threading.Event()
+
+    @property
+    def port(self) -> int:
+        """The port actually listened on (useful when configured as a free port)."""
+        if self.server is None:
+            return self.config.server.port
+        return int(self.server.server_address[1])
+
+    def start(self) -> Gateway:
+        repaired = self.spool.recover()
+        if any(repaired.values()):
+            _log.info("spool recovered: %s", repaired)
+        for dest in self.config.destinations:
+            sender = make_sender(dest, self.config.server.ae_title, self.config.compression.verify)
+            forwarder = Forwarder(dest, self.spool, self.config.retry, sender)
+            self.forwarders[dest.name] = forwarder
+            forwarder.start()
+        self.worker = Worker(self.config, self.spool, self._submit)
+        self.worker.start()
+        receiver = Receiver(self.spool, on_received=self.worker.notify)
+        self.server = start_receiver(self.config.server, receiver)
+        _log.info("listening on %s:%d as %s; spool %s; destinations %s", self.config.server.host, self.port,
+                  self.config.server.ae_title, self.spool.root,
+                  ", ".join(f"{d.name} ({d.kind})" for d in self.config.destinations))
+        return self
+
+    def _submit(self, job: Job) -> None:
+        forwarder = self.forwarders.get(job.destination)
+        if forwarder is not None:
+            forwarder.submit(job)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop receiving, then let the worker and forwarders finish their current item."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        if self.server is not None:
+            self.server.shutdown()
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker.join(timeout)
+        for forwarder in self.forwarders.values():
+            forwarder.stop()
+        deadline = time.monotonic() + timeout
+        for forwarder in self.forwarders.values():
+            forwarder.join(max(0.1, deadline - time.monotonic()))
+        _log.info("stopped")
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """Block until nothing is received, pending or in flight (for tests and tools)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            counts = self.spool.counts()
+            if counts["received"] == 0 and counts["pending"] == 0 and counts["inflight"] == 0:
+                return True
+            time.sleep(0.05)
+        return False
+
+    def __enter__(self) -> Gateway:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

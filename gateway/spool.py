@@ -1,0 +1,372 @@
+"""The durable queue on disk between receiving and forwarding.
+
+Layout under the spool directory::
+
+    tmp/                      partial writes; anything here after a crash is garbage
+    incoming/<id>.dcm         received instance, acknowledged to the sender
+    incoming/<id>.json        receipt: calling AE, time, UIDs (routing input)
+    objects/<id>.dcm          processed instance (recompressed or original), to forward
+    jobs/<state>/<id>@<dest>.json   one delivery job per instance and destination
+                              state = pending | inflight | done | dead
+
+Every file is written to ``tmp/`` first, fsync'd, renamed into place
+atomically and its directory fsync'd, so after a power cut a file is either
+complete or absent.  A receive is answered Success only after
+:meth:`Spool.store_received` returned.
+
+A job changes state by writing its new manifest into the new state folder and
+then removing the old one.  A crash in between leaves two copies;
+:meth:`Spool.recover` keeps the most advanced (done > dead > inflight >
+pending) and turns in-flight jobs back into pending ones, so delivery is at
+least once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import SpoolError
+
+__all__ = ["Spool", "Job", "Receipt", "STATES", "fsync_dir", "atomic_write_bytes", "atomic_copy"]
+
+PENDING, INFLIGHT, DONE, DEAD = "pending", "inflight", "done", "dead"
+STATES = (PENDING, INFLIGHT, DONE, DEAD)
+_RANK = {PENDING: 0, INFLIGHT: 1, DEAD: 2, DONE: 3}
+UNROUTED = "-"
+"""Destination name of a dead job recording that no route matched."""
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink in `path` durable."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(dst: Path, data: bytes, tmp_dir: Path | None = None) -> None:
+    """Write `data` to `dst` so that `dst` is either complete or absent."""
+    tmp_dir = tmp_dir or dst.parent
+    tmp = tmp_dir / f".{dst.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(dst.parent)
+
+
+def atomic_copy(src: Path, dst: Path, tmp_dir: Path | None = None) -> None:
+    """Copy `src` to `dst` atomically and durably (temp file, fsync, rename)."""
+    tmp_dir = tmp_dir or dst.parent
+    tmp = tmp_dir / f".{dst.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        with open(src, "rb") as source, open(tmp, "wb") as handle:
+            shutil.copyfileobj(source, handle, 1 << 20)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(dst.parent)
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What the receiver knew about an instance: the routing input."""
+
+    calling_ae: str = ""
+    received_at: float = 0.0
+    sop_class_uid: str = ""
+    sop_instance_uid: str = ""
+    study_uid: str = ""
+    series_uid: str = ""
+    modality: str = ""
+    transfer_syntax: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """Delivery of one processed instance to one destination."""
+
+    instance: str
+    destination: str
+    state: str = PENDING
+    attempts: int = 0
+    next_retry_at: float = 0.0
+    reason: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)  # UIDs, syntax, modality
+
+    @property
+    def key(self) -> str:
+        return f"{self.instance}@{self.destination}"
+
+
+class Spool:
+    """Durable instance store and job queue rooted at one directory."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.tmp = self.root / "tmp"
+        self.incoming = self.root / "incoming"
+        self.objects = self.root / "objects"
+        self.jobs = self.root / "jobs"
+        self._lock = threading.RLock()
+        try:
+            for folder in (self.tmp, self.incoming, self.objects, *(self.jobs / s for s in STATES)):
+                folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SpoolError(f"cannot create the spool at {self.root}: {exc}") from exc
+
+    # ------------------------------------------------------------------ receive
+
+    @staticmethod
+    def new_id() -> str:
+        """A sortable unique instance id: receive time then randomness."""
+        return f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
+
+    def temp_path(self, suffix: str = ".dcm") -> Path:
+        """A fresh path in the spool's temp folder (same filesystem as the queue)."""
+        return self.tmp / f"{uuid.uuid4().hex}{suffix}"
+
+    def store_received(self, source: Path | bytes, receipt: Receipt) -> str:
+        """Durably add a received instance; return its id.
+
+        `source` is either the encoded file bytes or a file already in
+        :meth:`temp_path` (moved, not copied) or elsewhere (copied).  When this
+        returns, the instance survives a crash; only then may the sender be
+        told Success.
+        """
+        ident = self.new_id()
+        final = self.incoming / f"{ident}.dcm"
+        try:
+            atomic_write_bytes(self.incoming / f"{ident}.json",
+                               json.dumps(asdict(receipt)).encode(), self.tmp)
+            if isinstance(source, (bytes, bytearray, memoryview)):
+                atomic_write_bytes(final, bytes(source), self.tmp)
+            else:
+                source = Path(source)
+                if source.parent == self.tmp:
+                    _fsync_file(source)
+                    os.replace(source, final)
+                    fsync_dir(self.incoming)
+                else:
+                    atomic_copy(source, final, self.tmp)
+        except OSError as exc:
+            (self.incoming / f"{ident}.json").unlink(missing_ok=True)
+            raise SpoolError(f"cannot store instance in {self.incoming}: {exc}") from exc
+        return ident
+
+    def received(self) -> list[str]:
+        """Ids of received instances not yet processed, oldest first."""
+        return sorted(p.stem for p in self.incoming.glob("*.dcm"))
+
+    def incoming_path(self, ident: str) -> Path:
+        return self.incoming / f"{ident}.dcm"
+
+    def receipt(self, ident: str) -> Receipt:
+        """The receipt of a received instance (empty if it was lost in a crash)."""
+        try:
+            data = json.loads((self.incoming / f"{ident}.json").read_text())
+            return Receipt(**data)
+        except (OSError, ValueError, TypeError):
+            return Receipt()
+
+    # ---------------------------------------------------------------- processed
+
+    def object_path(self, ident: str) -> Path:
+        return self.objects / f"{ident}.dcm"
+
+    def store_object(self, ident: str, data: bytes | Path) -> Path:
+        """Durably store the processed form of instance `ident`.
+
+        `data` is the encoded file, or a path: a file in :meth:`temp_path` is
+        moved, the received copy of `ident` is hard-linked (it stays until
+        :meth:`finish_received`), anything else is copied.
+        """
+        dst = self.object_path(ident)
+        try:
+            if isinstance(data, Path) and data.parent in (self.tmp, self.incoming):
+                if data.parent == self.tmp:
+                    _fsync_file(data)
+                    os.replace(data, dst)
+                else:
+                    tmp = self.temp_path()
+                    os.link(data, tmp)
+                    os.replace(tmp, dst)
+                fsync_dir(self.objects)
+            elif isinstance(data, Path):
+                atomic_copy(data, dst, self.tmp)
+            else:
+                atomic_write_bytes(dst, data, self.tmp)
+        except OSError as exc:
+            raise SpoolError(f"cannot store processed instance {ident}: {exc}") from exc
+        return dst
+
+    def finish_received(self, ident: str) -> None:
+        """Drop the received copy once its object and jobs are durable."""
+        self.incoming_path(ident).unlink(missing_ok=True)
+        (self.incoming / f"{ident}.json").unlink(missing_ok=True)
+        fsync_dir(self.incoming)
+
+    # --------------------------------------------------------------------- jobs
+
+    def _job_path(self, state: str, key: str) -> Path:
+        return self.jobs / state / f"{key}.json"
+
+    def _write_job(self, job: Job) -> None:
+        atomic_write_bytes(self._job_path(job.state, job.key), json.dumps(asdict(job)).encode(), self.tmp)
+
+    def find_job(self, instance: str, destination: str) -> Job | None:
+        """The job's current manifest, whatever its state."""
+        key = f"{instance}@{destination}"
+        for state in reversed(STATES):
+            job = self._read(self._job_path(state, key))
+            if job is not None:
+                return job
+        return None
+
+    def add_job(self, job: Job) -> bool:
+        """Create a pending job unless one exists already (idempotent on replay)."""
+        with self._lock:
+            if self.find_job(job.instance, job.destination) is not None:
+                return False
+            now = time.time()
+            self._write_job(replace(job, state=job.state, created_at=now, updated_at=now))
+            return True
+
+    def move(self, job: Job, state: str, **changes: Any) -> Job:
+        """Move `job` to `state` with `changes`; durable before returning."""
+        if state not in STATES:
+            raise ValueError(f"unknown job state {state!r}")
+        with self._lock:
+            new = replace(job, state=state, updated_at=time.time(), **changes)
+            self._write_job(new)
+            if job.state != state:
+                self._job_path(job.state, job.key).unlink(missing_ok=True)
+                fsync_dir(self.jobs / job.state)
+            if state == DONE:
+                self.collect(job.instance)
+            return new
+
+    def collect(self, instance: str) -> None:
+        """Delete the object once every job of the instance is done.
+
+        While the received copy still exists the worker may be adding jobs,
+        so nothing is deleted then.
+        """
+        if self.incoming_path(instance).exists():
+            return
+        for state in (PENDING, INFLIGHT, DEAD):
+            if any((self.jobs / state).glob(f"{instance}@*.json")):
+                return
+        self.object_path(instance).unlink(missing_ok=True)
+
+    @staticmethod
+    def _read(path: Path) -> Job | None:
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise SpoolError(f"job manifest {path} is unreadable: {exc}") from exc
+        return Job(**data)
+
+    def jobs_in(self, state: str, destination: str | None = None) -> Iterator[Job]:
+        """Jobs in `state` (optionally of one destination), oldest first."""
+        pattern = f"*@{destination}.json" if destination else "*.json"
+        for path in sorted((self.jobs / state).glob(pattern)):
+            job = self._read(path)
+            if job is not None:
+                yield job
+
+    def counts(self) -> dict[str, int]:
+        """Number of received instances and of jobs per state."""
+        result = {"received": len(self.received())}
+        for state in STATES:
+            result[state] = sum(1 for _ in (self.jobs / state).glob("*.json"))
+        return result
+
+    # ------------------------------------------------------------ recovery/ops
+
+    def recover(self) -> dict[str, int]:
+        """Repair the spool after a crash; return what was done.
+
+        Removes partial files, resolves jobs present in two states (keeping the
+        most advanced) and makes in-flight jobs pending again.
+        """
+        fixed = {"temp_removed": 0, "duplicates": 0, "requeued": 0}
+        with self._lock:
+            for path in self.tmp.iterdir():
+                if path.is_file():
+                    path.unlink(missing_ok=True)
+                    fixed["temp_removed"] += 1
+            for path in self.incoming.glob(".*.tmp"):
+                path.unlink(missing_ok=True)
+            where: dict[str, list[str]] = {}
+            for state in STATES:
+                for path in (self.jobs / state).glob("*.json"):
+                    where.setdefault(path.stem, []).append(state)
+            for key, states in where.items():
+                best = max(states, key=_RANK.__getitem__)
+                for state in states:
+                    if state != best:
+                        self._job_path(state, key).unlink(missing_ok=True)
+                        fixed["duplicates"] += 1
+                if best == INFLIGHT:
+                    job = self._read(self._job_path(INFLIGHT, key))
+                    if job is not None:
+                        self.move(job, PENDING)
+                        fixed["requeued"] += 1
+            for state in STATES:
+                fsync_dir(self.jobs / state)
+        return fixed
+
+    def requeue_dead(self, destination: str | None = None) -> list[Job]:
+        """Make dead jobs pending again with a fresh attempt count."""
+        moved = []
+        for job in list(self.jobs_in(DEAD, destination)):
+            if job.destination == UNROUTED:
+                moved.append(self._reroute(job))
+                continue
+            moved.append(self.move(job, PENDING, attempts=0, next_retry_at=0.0, reason=None))
+        return moved
+
+    def _reroute(self, job: Job) -> Job:
+        """Send an unrouted instance back through the worker (routes may have changed)."""
+        with self._lock:
+            src = self.object_path(job.instance)
+            if src.exists():
+                receipt = Receipt(**{k: v for k, v in job.info.items() if k in Receipt.__dataclass_fields__})
+                atomic_write_bytes(self.incoming / f"{job.instance}.json",
+                                   json.dumps(asdict(receipt)).encode(), self.tmp)
+                os.replace(src, self.incoming_path(job.instance))
+                fsync_dir(self.incoming)
+            self._job_path(DEAD, job.key).unlink(missing_ok=True)
+            fsync_dir(self.jobs / DEAD)
+            return replace(job, state=PENDING)

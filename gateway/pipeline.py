@@ -1,0 +1,430 @@
+"""The recompression policy: decode, encode, rebuild the dataset, verify.
+
+:func:`recompress` turns one dataset into what the gateway forwards: either a
+copy whose Pixel Data is re-encoded in the target transfer syntax (every
+other attribute unchanged), or the ORIGINAL dataset, untouched, with the
+reason it was passed through.  It never raises because of the image: a
+float, 1-bit, lossy, undecodable or otherwise unsuitable image is simply
+kept as received.  Caller mistakes (wrong argument types, an unknown
+target syntax) do raise.
+
+Verification decodes what was written with our decoder and, where one
+exists, an independent decoder of another project (:data:`REFERENCE_DECODERS`),
+and compares both with the decoded original value for value.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom import Dataset
+from pydicom.dataelem import DataElement
+from pydicom.encaps import encapsulate, encapsulate_extended, generate_frames
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from gateway.codecs import get_codec, resolve_uid
+from gateway.codecs.base import Codec, FrameInfo
+from gateway.errors import CodecNotFoundError, GatewayError, UnsupportedImageError
+from gateway.pixels import frame_info, high_bits_used, iter_frames, transfer_syntax
+from gateway.verify import first_difference
+
+__all__ = [
+    "Outcome",
+    "recompress",
+    "recompress_file",
+    "NATIVE_TARGETS",
+    "LOSSLESS_SOURCES",
+    "REFERENCE_DECODERS",
+]
+
+# Syntaxes that write Pixel Data uncompressed: the pipeline can produce these.
+NATIVE_TARGETS = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian})
+
+# Encapsulated syntaxes whose pixels are exactly the original ones.  Any other
+# encapsulated source (JPEG baseline/extended, JPEG-LS near-lossless, JPEG
+# 2000 and HTJ2K that may be lossy, video, JPIP...) is kept as received:
+# re-encoding decoded lossy pixels gains nothing and loses the original.
+LOSSLESS_SOURCES = frozenset(
+    {
+        "1.2.840.10008.1.2.5",  # RLE Lossless
+        "1.2.840.10008.1.2.4.57",  # JPEG Lossless, Non-Hierarchical (Process 14)
+        "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+        "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+        "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless Only
+        "1.2.840.10008.1.2.4.201",  # HTJ2K Lossless
+        "1.2.840.10008.1.2.4.202",  # HTJ2K Lossless RPCL
+        "1.2.840.10008.1.2.4.110",  # JPEG XL Lossless
+        "1.2.840.10008.1.2.8.1",  # Deflated Image Frame Compression
+    }
+)
+
+_J2K_FAMILY = frozenset(
+    {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202"}
+)
+
+# Largest offset a Basic Offset Table (32-bit) can hold.
+_BOT_LIMIT = 2**32 - 1
+
+_PIXEL_DATA = 0x7FE00010
+_EXTENDED_OFFSETS = (0x7FE00001, 0x7FE00002)  # Extended Offset Table (Lengths)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What to forward, and how it came about."""
+
+    dataset: Dataset  # the recompressed dataset, or the ORIGINAL unchanged
+    transfer_syntax: str  # its transfer syntax UID
+    recompressed: bool
+    reason: str | None  # why the original was passed through (None when recompressed)
+    original_pixel_bytes: int  # size of the incoming Pixel Data value
+    encoded_pixel_bytes: int  # size of the outgoing one
+    encode_seconds: float
+    verify_seconds: float
+
+
+# ---------------------------------------------------------------- reference decoders
+
+
+def _normalised(values: np.ndarray, info: FrameInfo) -> np.ndarray:
+    """`values` as a frame array of `info`: dtype, shape and Bits Stored range.
+
+    Other decoders return unsigned bit patterns (JPEG has no sign) or wider
+    containers; this brings them to the codec array form for comparison.
+    """
+    unsigned = np.dtype(f"u{info.dtype.itemsize}")
+    frame = np.asarray(values).astype(unsigned).view(info.dtype).reshape(info.shape)
+    unused = info.bits_allocated - info.bits_stored
+    if unused:
+        if info.signed:
+            frame <<= unused
+            frame >>= unused
+        else:
+            frame &= (1 << info.bits_stored) - 1
+    return frame
+
+
+def _pylibjpeg_rle(data: bytes, info: FrameInfo) -> np.ndarray:
+    """pylibjpeg-rle (Rust): returns the frame colour-by-plane, little endian."""
+    from rle.rle import decode_frame
+
+    raw = decode_frame(bytes(data), info.rows * info.columns, info.bits_allocated, "<")
+    planes = np.frombuffer(raw, dtype=info.dtype.newbyteorder("<"))
+    if info.samples_per_pixel > 1:
+        planes = planes.reshape(info.samples_per_pixel, info.rows, info.columns).transpose(1, 2, 0)
+    return _normalised(planes, info)
+
+
+def _pylibjpeg_libjpeg(data: bytes, info: FrameInfo) -> np.ndarray:
+    """pylibjpeg-libjpeg (libjpeg 6b successor by Thomas Richter): JPEG lossless and JPEG-LS."""
+    from libjpeg import decode
+
+    values = decode(bytes(data), colour_transform=0)
+    if values.size != info.rows * info.columns * info.samples_per_pixel:
+        raise UnsupportedImageError(f"reference decoder returned {values.shape}, expected {info.shape}")
+    return _normalised(values, info)
+
+
+# Transfer syntax UID -> decoder of another project, used to verify our output.
+# Syntaxes absent here (our private one) are verified with our decoder only.
+REFERENCE_DECODERS: dict[str, Callable[[bytes, FrameInfo], np.ndarray]] = {
+    "1.2.840.10008.1.2.5": _pylibjpeg_rle,
+    "1.2.840.10008.1.2.4.57": _pylibjpeg_libjpeg,
+    "1.2.840.10008.1.2.4.70": _pylibjpeg_libjpeg,
+    "1.2.840.10008.1.2.4.80": _pylibjpeg_libjpeg,
+}
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _pixel_bytes(ds: Dataset) -> int:
+    if "PixelData" not in ds:
+        return 0
+    value = ds.PixelData
+    return len(value) if value is not None else 0
+
+
+def _pass(ds: Dataset, reason: str, original: int, enc_s: float = 0.0, ver_s: float = 0.0) -> Outcome:
+    """The original dataset, unchanged, with the reason it was not recompressed."""
+    try:
+        uid = str(transfer_syntax(ds))
+    except GatewayError:
+        uid = ""
+    return Outcome(ds, uid, False, reason, original, original, enc_s, ver_s)
+
+
+def _encapsulate(fragments: Sequence[bytes], limit: int = _BOT_LIMIT) -> tuple[bytes, tuple[bytes, bytes] | None]:
+    """Encapsulate one fragment per frame (PS3.5 A.4).
+
+    Returns the Pixel Data value and, when the offsets do not fit a Basic
+    Offset Table (`limit`), the Extended Offset Table and its lengths.
+    """
+    # Each frame is one item: 8-byte item header + even-length fragment.
+    offsets_end = sum(8 + len(f) + (len(f) & 1) for f in fragments[:-1]) if fragments else 0
+    if offsets_end <= limit:
+        return encapsulate(list(fragments), fragments_per_frame=1, has_bot=True), None
+    value, offsets, lengths = encapsulate_extended(list(fragments))
+    return value, (offsets, lengths)
+
+
+def _native_bytes(frames: Sequence[np.ndarray], info: FrameInfo, planar: int) -> bytes:
+    """Frames as native little-endian Pixel Data, padded to an even length."""
+    parts = []
+    for frame in frames:
+        little = frame.astype(frame.dtype.newbyteorder("<"), copy=False)
+        if info.samples_per_pixel > 1 and planar == 1:
+            little = little.transpose(2, 0, 1)
+        parts.append(np.ascontiguousarray(little).tobytes())
+    data = b"".join(parts)
+    return data + b"\x00" if len(data) & 1 else data
+
+
+def _copy_without_pixels(ds: Dataset) -> Dataset:
+    """A deep copy of `ds` that shares (rather than copies) the old Pixel Data.
+
+    The caller replaces Pixel Data in the copy; the original stays untouched.
+    """
+    memo: dict[int, object] = {}
+    if _PIXEL_DATA in ds:
+        element = ds.get_item(_PIXEL_DATA)
+        memo[id(element)] = element
+    cached = ds.__dict__.get("_pixel_array")
+    if cached is not None:
+        memo[id(cached)] = None
+    return copy.deepcopy(ds, memo)
+
+
+# Byte size of the values of binary VRs that are kept as raw bytes.
+_SWAP_SIZE = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}
+
+
+def _make_little_endian(ds: Dataset) -> None:
+    """Re-express a dataset read as big endian so that it is written little endian.
+
+    Numbers parsed into Python values need nothing; raw binary values of word
+    VRs (overlay data, LUT data...) have their bytes swapped per word.
+    """
+    for element in ds.iterall():
+        size = _SWAP_SIZE.get(element.VR)
+        if element.tag == _PIXEL_DATA or size is None:
+            continue
+        value = element.value
+        if isinstance(value, (bytes, bytearray)) and len(value) % size == 0:
+            element.value = np.frombuffer(value, dtype=f">u{size}").astype(f"<u{size}").tobytes()
+    ds.set_original_encoding(False, True)
+
+
+def _verify(
+    target: str,
+    codec: Codec | None,
+    new: Dataset,
+    fragments: Sequence[bytes] | None,
+    frames: Sequence[np.ndarray],
+    info: FrameInfo,
+) -> str | None:
+    """None when what we wrote decodes to `frames`, by every decoder we have."""
+    if codec is None:  # native: read the written dataset back
+        try:
+            reason = first_difference(frames, iter_frames(new))
+        except GatewayError as exc:
+            return f"verification failed: written native pixel data cannot be read: {exc}"
+        return f"verification failed: {reason}" if reason else None
+    assert fragments is not None
+    decoders: list[tuple[str, Callable[[bytes, FrameInfo], np.ndarray]]] = [
+        (f"our {codec.name} decoder", codec.decode_frame)
+    ]
+    reference = REFERENCE_DECODERS.get(target)
+    if reference is not None:
+        decoders.append((f"reference decoder {reference.__name__.lstrip('_')}", reference))
+    # Read the fragments back out of the encapsulated value: that checks the
+    # encapsulation as well as the codestreams.
+    try:
+        written = list(generate_frames(new.PixelData, number_of_frames=len(frames)))
+    except Exception as exc:  # pydicom raises ValueError and others for bad items
+        return f"verification failed: encapsulated pixel data cannot be read back: {exc}"
+    if len(written) != len(fragments):
+        return f"verification failed: {len(written)} fragments read back, {len(fragments)} written"
+    for label, decode in decoders:
+        try:
+            decoded = [decode(fragment, info) for fragment in written]
+        except Exception as exc:  # a decoder of another project raises its own types
+            return f"verification failed: {label} cannot decode the output: {type(exc).__name__}: {exc}"
+        reason = first_difference(frames, decoded)
+        if reason:
+            return f"verification failed ({label}): {reason}"
+    return None
+
+
+# ---------------------------------------------------------------- policy
+
+
+def recompress(ds: Dataset, target: str, *, verify: bool = True) -> Outcome:
+    """Recompress `ds` losslessly into `target`, or pass it through with a reason.
+
+    Parameters
+    ----------
+    ds
+        The dataset as received (with ``file_meta.TransferSyntaxUID``).
+    target
+        Transfer syntax UID, pydicom keyword or codec name.  A native syntax
+        (Explicit or Implicit VR Little Endian) writes uncompressed pixels.
+    verify
+        Decode the output again (ours and an independent decoder) and compare
+        it with the original frames before accepting it.
+
+    Raises
+    ------
+    TypeError
+        `ds` is not a Dataset or `target` not a string.
+    CodecNotFoundError
+        `target` is unknown, or compressed with no codec registered for it.
+    """
+    if not isinstance(ds, Dataset):
+        raise TypeError(f"ds must be a pydicom Dataset, not {type(ds).__name__}")
+    if not isinstance(target, str):
+        raise TypeError(f"target must be a transfer syntax string, not {type(target).__name__}")
+    target_uid = UID(resolve_uid(target))
+    codec: Codec | None = None
+    if target_uid not in NATIVE_TARGETS:
+        codec = get_codec(target_uid)  # CodecNotFoundError: a configuration mistake
+
+    for keyword in ("FloatPixelData", "DoubleFloatPixelData"):
+        if keyword in ds:
+            return _pass(ds, f"'{keyword}' holds floating point pixels; kept as received", 0)
+    if "PixelData" not in ds:
+        return _pass(ds, "no pixel data", 0)
+    try:
+        original = _pixel_bytes(ds)
+    except Exception as exc:  # deferred read or a damaged element
+        return _pass(ds, f"decoding failed: Pixel Data cannot be read: {exc}", 0)
+
+    try:
+        source = transfer_syntax(ds)
+    except GatewayError as exc:
+        return _pass(ds, f"decoding failed: {exc}", original)
+    if source == target_uid:
+        return _pass(ds, "already in target syntax", original)
+    if source.is_encapsulated and str(source) not in LOSSLESS_SOURCES and not _ours(source):
+        return _pass(
+            ds,
+            f"lossy-compressed source ({source.name}); re-encoding its decoded pixels "
+            "would gain nothing, kept as received",
+            original,
+        )
+
+    try:
+        info = frame_info(ds)
+    except GatewayError as exc:
+        return _pass(ds, f"decoding failed: {exc}", original)
+    if info.bits_allocated == 1:
+        return _pass(ds, "(0028,0100) 'Bits Allocated' 1 (bit-packed) pixel data; kept as received", original)
+    if info.bits_allocated not in (8, 16, 32):
+        return _pass(ds, f"(0028,0100) 'Bits Allocated' {info.bits_allocated} is not carried by our codecs", original)
+    colour_converted = str(source) in _J2K_FAMILY and info.photometric_interpretation in ("YBR_RCT", "YBR_ICT")
+    if colour_converted:
+        # JPEG 2000 decoders undo the reversible colour transform: frames are RGB.
+        info = replace(info, photometric_interpretation="RGB")
+    if codec is not None:
+        reason = codec.supports(info)
+        if reason:
+            return _pass(ds, f"{codec.name} cannot carry this image: {reason}", original)
+
+    start = time.perf_counter()
+    try:
+        frames = list(iter_frames(ds))
+    except UnsupportedImageError as exc:
+        return _pass(ds, f"unsupported image: {exc}", original)
+    except GatewayError as exc:
+        return _pass(ds, f"decoding failed: {exc}", original)
+    for number, frame in enumerate(frames, start=1):
+        if high_bits_used(frame, info):
+            return _pass(
+                ds,
+                f"frame {number}: bits above (0028,0101) 'Bits Stored' {info.bits_stored} hold data; "
+                "kept as received",
+                original,
+            )
+
+    new = _copy_without_pixels(ds)
+    fragments: list[bytes] | None = None
+    try:
+        if codec is None:
+            planar = int(ds.get("PlanarConfiguration", 0) or 0) if info.samples_per_pixel > 1 else 0
+            planar = planar if planar in (0, 1) else 0
+            value = _native_bytes(frames, info, planar)
+            element = DataElement(_PIXEL_DATA, "OB" if info.bits_allocated == 8 else "OW", value)
+            extended = None
+            if info.samples_per_pixel > 1:
+                new.PlanarConfiguration = planar
+        else:
+            fragments = [codec.encode_frame(frame, info) for frame in frames]
+            value, extended = _encapsulate(fragments)
+            element = DataElement(_PIXEL_DATA, "OB", value, is_undefined_length=True)
+            if info.samples_per_pixel > 1:
+                # The codestream fixes the sample order; PS3.5 8.2 and G.2 note 2: 0.
+                new.PlanarConfiguration = 0
+    except UnsupportedImageError as exc:
+        return _pass(ds, f"{target_uid.name} cannot carry this image: {exc}", original)
+    except GatewayError as exc:
+        return _pass(ds, f"encoding failed: {exc}", original)
+    for tag in _EXTENDED_OFFSETS:
+        if tag in new:
+            del new[tag]
+    new[_PIXEL_DATA] = element
+    if extended is not None:
+        new.ExtendedOffsetTable, new.ExtendedOffsetTableLengths = extended
+    if colour_converted:
+        new.PhotometricInterpretation = "RGB"
+    if ds.original_encoding[1] is False or source == "1.2.840.10008.1.2.2":
+        _make_little_endian(new)
+    new.file_meta.TransferSyntaxUID = target_uid
+    encode_seconds = time.perf_counter() - start
+
+    verify_seconds = 0.0
+    if verify:
+        start = time.perf_counter()
+        reason = _verify(target_uid, codec, new, fragments, frames, info)
+        verify_seconds = time.perf_counter() - start
+        if reason:
+            return _pass(ds, reason, original, encode_seconds, verify_seconds)
+    return Outcome(new, str(target_uid), True, None, original, len(value), encode_seconds, verify_seconds)
+
+
+def _ours(uid: UID) -> bool:
+    """True for a syntax a lossless codec of our registry writes."""
+    try:
+        get_codec(str(uid))
+    except CodecNotFoundError:
+        return False
+    return True
+
+
+def recompress_file(src: Path, dst: Path, target: str, verify: bool = True) -> Outcome:
+    """Recompress the DICOM file `src` into `dst` (see :func:`recompress`).
+
+    A passed-through image is copied byte for byte.  `dst` appears only when
+    complete (written beside it, then renamed).  Unreadable files raise
+    pydicom's ``InvalidDicomError`` or ``OSError``.
+    """
+    src, dst = Path(src), Path(dst)
+    ds = pydicom.dcmread(src)
+    outcome = recompress(ds, target, verify=verify)
+    partial = dst.with_name(f".{dst.name}.partial")
+    try:
+        if outcome.recompressed:
+            outcome.dataset.save_as(partial, enforce_file_format=True)
+        else:
+            shutil.copyfile(src, partial)
+        os.replace(partial, dst)
+    finally:
+        partial.unlink(missing_ok=True)
+    return outcome

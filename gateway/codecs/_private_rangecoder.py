@@ -22,6 +22,7 @@ from numba import njit
 
 PROB_BITS = 16
 PROB_INIT = 1 << (PROB_BITS - 1)
+PROB_MAX = (1 << PROB_BITS) - 1  # target of a 0 bit; a 1 bit targets 1
 FAST_SHIFT = 4
 SLOW_SHIFT = 7
 TOP = 1 << 24
@@ -69,15 +70,12 @@ def enc_bit(st, pa, pb, c, bit):
     a = pa[c]
     b = pb[c]
     bound = (rng >> PROB_BITS) * ((a + b) >> 1)
-    if bit == 0:
-        rng = bound
-        pa[c] = a + (((1 << PROB_BITS) - a) >> FAST_SHIFT)
-        pb[c] = b + (((1 << PROB_BITS) - b) >> SLOW_SHIFT)
-    else:
-        low += bound
-        rng -= bound
-        pa[c] = a - (a >> FAST_SHIFT)
-        pb[c] = b - (b >> SLOW_SHIFT)
+    mask = -np.int64(bit)
+    low += bound & mask
+    rng = bound + ((rng - 2 * bound) & mask)
+    target = PROB_MAX - bit * (PROB_MAX - 1)
+    pa[c] = a + ((target - a) >> FAST_SHIFT)
+    pb[c] = b + ((target - b) >> SLOW_SHIFT)
     while rng < TOP:
         rng <<= 8
         low, cache, pending, pos = _shift_low(low, cache, pending, pos, buf)
@@ -137,17 +135,13 @@ def dec_bit(st, data, pa, pb, c):
     a = pa[c]
     b = pb[c]
     bound = (rng >> PROB_BITS) * ((a + b) >> 1)
-    if code < bound:
-        rng = bound
-        pa[c] = a + (((1 << PROB_BITS) - a) >> FAST_SHIFT)
-        pb[c] = b + (((1 << PROB_BITS) - b) >> SLOW_SHIFT)
-        bit = 0
-    else:
-        code -= bound
-        rng -= bound
-        pa[c] = a - (a >> FAST_SHIFT)
-        pb[c] = b - (b >> SLOW_SHIFT)
-        bit = 1
+    bit = np.int64(code >= bound)
+    mask = -bit
+    code -= bound & mask
+    rng = bound + ((rng - 2 * bound) & mask)
+    target = PROB_MAX - bit * (PROB_MAX - 1)
+    pa[c] = a + ((target - a) >> FAST_SHIFT)
+    pb[c] = b + ((target - b) >> SLOW_SHIFT)
     while rng < TOP:
         rng <<= 8
         code = ((code << 8) | _next_byte(data, pos)) & MASK32

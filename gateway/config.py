@@ -24,7 +24,9 @@ value (an empty or absent filter matches anything).
 
 from __future__ import annotations
 
+import re
 import tomllib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,7 @@ __all__ = [
 KEEP = "keep"
 """The ``transfer_syntax`` value that forwards instances as received."""
 
+_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -249,7 +252,9 @@ def _syntax(key: str, value: Any, *, allow_keep: bool) -> str:
     from gateway.codecs import resolve_uid
 
     try:
-        return resolve_uid(text)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns about non-UID strings; we raise instead
+            return resolve_uid(text)
     except (CodecNotFoundError, ValueError) as exc:
         raise ConfigError(key, f"unknown transfer syntax {text!r} (UID, pydicom keyword or codec name)") from exc
 
@@ -278,7 +283,7 @@ def _sop_class(key: str, value: Any) -> str:
     found = getattr(_uid, text, None)
     if isinstance(found, _uid.UID):
         return str(found)
-    if _uid.UID(text).is_valid:
+    if _UID_RE.match(text) and len(text) <= 64:
         return text
     raise ConfigError(key, f"not a SOP class UID or pydicom keyword: {text!r}")
 

@@ -1,0 +1,279 @@
+"""Shared fixtures of the service tests: free ports, configs, peers, Orthanc.
+
+Everything binds 127.0.0.1 on ports found free at run time.  One Orthanc is
+started per test session (only when a test asks for it) and emptied between
+tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import Dataset, dcmread
+from pydicom.data import get_testdata_file
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from gateway.config import Config, parse_config
+from gateway.service import Gateway
+
+from tests.tools import program
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = REPO / "sample_dicom"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, step: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
+def testdata(name: str) -> Dataset:
+    """One of pydicom's bundled test files."""
+    return dcmread(get_testdata_file(name))
+
+
+def build_config(root: Path, destinations: list[dict[str, Any]] | None = None, **sections: Any) -> Config:
+    """A validated config rooted at `root`, listening on a free port, fast retries."""
+    data: dict[str, Any] = {
+        "server": {"ae_title": "GATEWAY", "host": "127.0.0.1", "port": free_port()},
+        "spool": {"directory": "spool"},
+        "compression": {"transfer_syntax": "RLELossless"},
+        "retry": {"max_attempts": 20, "base_seconds": 0.2, "cap_seconds": 1.0},
+        "destinations": destinations or [{"name": "local", "kind": "folder", "path": "archive"}],
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return parse_config(data, root)
+
+
+@pytest.fixture
+def gateway_factory() -> Iterator[Callable[[Config], Gateway]]:
+    """Start in-process gateways; all are stopped at teardown."""
+    started: list[Gateway] = []
+
+    def start(config: Config) -> Gateway:
+        gateway = Gateway(config).start()
+        started.append(gateway)
+        return gateway
+
+    yield start
+    for gateway in started:
+        gateway.stop()
+
+
+def send(port: int, datasets: list[Dataset], *, called: str = "GATEWAY", calling: str = "MODALITY",
+         syntaxes: list[str] | None = None) -> list[int]:
+    """C-STORE `datasets` over one association; the statuses (-1: no answer)."""
+    ae = AE(ae_title=calling)
+    sop_classes = []
+    for ds in datasets:
+        if ds.SOPClassUID not in sop_classes:
+            sop_classes.append(ds.SOPClassUID)
+    for sop in sop_classes:
+        own = {str(ds.file_meta.TransferSyntaxUID) for ds in datasets if ds.SOPClassUID == sop}
+        ae.add_requested_context(sop, sorted(own | set(syntaxes or [])))
+    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    assert assoc.is_established, "association with the gateway failed"
+    statuses = []
+    try:
+        for ds in datasets:
+            rsp = assoc.send_c_store(ds)
+            statuses.append(int(rsp.Status) if "Status" in rsp else -1)
+    finally:
+        assoc.release()
+    return statuses
+
+
+class DicomPeer:
+    """A pynetdicom C-STORE SCP keeping what it receives, startable and stoppable."""
+
+    def __init__(self, port: int, ae_title: str = "ARCHIVE", syntaxes: list[str] | None = None,
+                 status: int = 0x0000) -> None:
+        self.port = port
+        self.ae_title = ae_title
+        self.syntaxes = syntaxes
+        self.status = status
+        self.received: list[Dataset] = []
+        self.lock = threading.Lock()
+        self.server = None
+        self.associations = 0
+
+    def _on_store(self, event: evt.Event) -> int:
+        if self.status != 0x0000:
+            return self.status
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        with self.lock:
+            self.received.append(ds)
+        return 0x0000
+
+    def _on_open(self, event: evt.Event) -> None:
+        with self.lock:
+            self.associations += 1
+
+    def start(self) -> DicomPeer:
+        ae = AE(ae_title=self.ae_title)
+        ae.add_supported_context(Verification)
+        for cx in AllStoragePresentationContexts:
+            if self.syntaxes is None:
+                ae.add_supported_context(cx.abstract_syntax, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2",
+                                                              "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.80",
+                                                              "1.2.840.10008.1.2.4.70"])
+            else:
+                ae.add_supported_context(cx.abstract_syntax, self.syntaxes)
+        self.server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=[
+            (evt.EVT_C_STORE, self._on_store), (evt.EVT_ACCEPTED, self._on_open)])
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+
+    def by_uid(self) -> dict[str, Dataset]:
+        with self.lock:
+            return {str(ds.SOPInstanceUID): ds for ds in self.received}
+
+
+@pytest.fixture
+def peer_factory() -> Iterator[Callable[..., DicomPeer]]:
+    """Create DICOM peers on free ports (not started); all stopped at teardown."""
+    peers: list[DicomPeer] = []
+
+    def make(**kwargs: Any) -> DicomPeer:
+        peer = DicomPeer(free_port(), **kwargs)
+        peers.append(peer)
+        return peer
+
+    yield make
+    for peer in peers:
+        peer.stop()
+
+
+# ------------------------------------------------------------------ Orthanc
+
+
+class Orthanc:
+    """A real Orthanc on loopback, driven over its REST API."""
+
+    def __init__(self, executable: str, root: Path) -> None:
+        self.dicom_port = free_port()
+        self.http_port = free_port()
+        self.aet = "ORTHANC"
+        self.root = root
+        config = {
+            "Name": "gateway-tests",
+            "DicomAet": self.aet,
+            "DicomPort": self.dicom_port,
+            "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "StorageDirectory": str(root / "storage"),
+            "IndexDirectory": str(root / "index"),
+            "DicomCheckCalledAet": False,
+            "StorageCompression": False,
+            "HttpServerEnabled": True,
+            "DicomServerEnabled": True,
+            "ConcurrentJobs": 1,
+            "SaveJobs": False,
+            "Plugins": [],
+            "DicomTlsEnabled": False,
+        }
+        (root / "orthanc.json").write_text(json.dumps(config))
+        self.log = open(root / "orthanc.log", "wb")
+        env = dict(os.environ, TCP_NODELAY="1")
+        self.process = subprocess.Popen([executable, str(root / "orthanc.json")], stdout=self.log,
+                                        stderr=subprocess.STDOUT, env=env, cwd=root)
+        if not wait_until(self._ready, timeout=60):
+            self.stop()
+            raise RuntimeError(f"Orthanc did not start; see {root / 'orthanc.log'}")
+
+    def _ready(self) -> bool:
+        if self.process.poll() is not None:
+            return True  # exited: stop waiting, reported below
+        try:
+            self.get("/system")
+            return True
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def request(self, method: str, path: str) -> bytes:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", method=method)
+        with urllib.request.urlopen(req, timeout=30) as response:
+            return response.read()
+
+    def get(self, path: str) -> Any:
+        return json.loads(self.request("GET", path))
+
+    def instances(self) -> list[str]:
+        return list(self.get("/instances"))
+
+    def file(self, instance: str) -> bytes:
+        return self.request("GET", f"/instances/{instance}/file")
+
+    def clear(self) -> None:
+        for patient in self.get("/patients"):
+            self.request("DELETE", f"/patients/{patient}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def orthanc_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
+    executable = program("Orthanc")
+    if executable is None:
+        pytest.skip("Orthanc is not installed (Debian package 'orthanc')")
+    server = Orthanc(executable, tmp_path_factory.mktemp("orthanc"))
+    if server.process.poll() is not None:
+        pytest.fail(f"Orthanc exited at start: {(server.root / 'orthanc.log').read_text()[-2000:]}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def orthanc(orthanc_session: Orthanc) -> Iterator[Orthanc]:
+    """The session's Orthanc, emptied before the test."""
+    orthanc_session.clear()
+    yield orthanc_session
+
+
+def copy_tree_files(files: list[Path], folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        shutil.copy(path, folder / path.name)
+    return folder

@@ -1,0 +1,154 @@
+"""Config validation: every shipped example loads; every bad value names its key."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from gateway.config import KEEP, load_config, parse_config
+from gateway.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+
+GOOD = {
+    "server": {"ae_title": "GATEWAY", "host": "127.0.0.1", "port": 11112, "allowed_callers": []},
+    "spool": {"directory": "spool"},
+    "compression": {"transfer_syntax": "RLELossless", "modality": {"US": "JPEGLSLossless", "MG": "keep"}},
+    "destinations": [
+        {"name": "archive", "kind": "dicom", "ae_title": "ARCHIVE", "host": "127.0.0.1", "port": 4242,
+         "transfer_syntaxes": ["RLELossless", "1.2.840.10008.1.2.4.80"]},
+        {"name": "local", "kind": "folder", "path": "archive"},
+    ],
+    "routes": [
+        {"destinations": ["archive"]},
+        {"destinations": ["local"], "modality": ["MR"], "calling_ae": ["MR1"]},
+    ],
+}
+
+
+def test_good_config_loads_with_resolved_values(tmp_path: Path) -> None:
+    config = parse_config(copy.deepcopy(GOOD), tmp_path)
+    assert config.server.port == 11112
+    assert config.spool.directory == tmp_path / "spool"
+    assert config.compression.transfer_syntax == "1.2.840.10008.1.2.5"
+    assert config.compression.target_for("US") == "1.2.840.10008.1.2.4.80"
+    assert config.compression.target_for("MG") == KEEP
+    assert config.compression.target_for("CT") == "1.2.840.10008.1.2.5"
+    assert config.destinations[0].transfer_syntaxes == ("1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.80")
+    assert config.destinations[1].path == tmp_path / "archive"
+
+
+def test_routing_unions_matching_routes(tmp_path: Path) -> None:
+    config = parse_config(copy.deepcopy(GOOD), tmp_path)
+    assert [d.name for d in config.destinations_for("CT1", "CT", "1.2.3")] == ["archive"]
+    assert [d.name for d in config.destinations_for("MR1", "MR", "1.2.3")] == ["archive", "local"]
+    assert [d.name for d in config.destinations_for("MR2", "MR", "1.2.3")] == ["archive"]
+
+
+def test_without_routes_everything_goes_everywhere(tmp_path: Path) -> None:
+    data = copy.deepcopy(GOOD)
+    del data["routes"]
+    config = parse_config(data, tmp_path)
+    assert [d.name for d in config.destinations_for("X", "OT", "1.2")] == ["archive", "local"]
+
+
+def test_retry_backoff_is_exponential_and_capped(tmp_path: Path) -> None:
+    data = copy.deepcopy(GOOD)
+    data["retry"] = {"base_seconds": 1, "cap_seconds": 5, "max_attempts": 3}
+    retry = parse_config(data, tmp_path).retry
+    assert [retry.delay(n) for n in range(1, 6)] == [1, 2, 4, 5, 5]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "config").glob("*.toml")))
+def test_shipped_configs_are_valid(name: str) -> None:
+    config = load_config(REPO / "config" / name)
+    assert config.destinations
+
+
+def test_shipped_default_listens_and_archives_to_a_folder() -> None:
+    config = load_config(REPO / "config" / "gateway.toml")
+    assert (config.server.host, config.server.port, config.server.ae_title) == ("127.0.0.1", 11112, "GATEWAY")
+    assert [(d.kind, d.path) for d in config.destinations] == [("folder", REPO / "config" / "archive")]
+    assert config.compression.transfer_syntax == "1.2.840.10008.1.2.5"
+
+
+def _set(data: dict, path: str, value) -> None:
+    """Set a dotted path like 'destinations.0.port' (value None deletes)."""
+    parts = path.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node[int(part)] if part.isdigit() else node.setdefault(part, {})
+    last = parts[-1]
+    if value is None:
+        del node[int(last) if last.isdigit() else last]
+    elif last.isdigit():
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+BAD = [
+    ("server.port", 70000, "server.port", "1..65535, got 70000"),
+    ("server.port", "11112", "server.port", "integer"),
+    ("server.ae_title", "A_TITLE_THAT_IS_TOO_LONG", "server.ae_title", "at most 16"),
+    ("server.ae_title", "", "server.ae_title", "empty"),
+    ("server.allowed_callers", "CT1", "server.allowed_callers", "list"),
+    ("server.allowed_callers", ["OK", 5], "server.allowed_callers[1]", "string"),
+    ("server.colour", "blue", "server.colour", "unknown key"),
+    ("spool.directory", 3, "spool.directory", "string"),
+    ("compression.transfer_syntax", "NoSuchSyntax", "compression.transfer_syntax", "unknown transfer syntax"),
+    ("compression.transfer_syntax", "JPEGBaseline8Bit", "compression.transfer_syntax", "no encoder"),
+    ("compression.verify", "yes", "compression.verify", "true or false"),
+    ("compression.modality.US", "Bogus", "compression.modality.US", "unknown transfer syntax"),
+    ("compression.modality.us", "RLELossless", "compression.modality.us", "upper-case"),
+    ("destinations.0.port", 70000, "destinations[0].port", "must be 1..65535, got 70000"),
+    ("destinations.0.kind", "ftp", "destinations[0].kind", "'dicom' or 'folder'"),
+    ("destinations.0.host", None, "destinations[0].host", "string"),
+    ("destinations.0.transfer_syntaxes", ["keep"], "destinations[0].transfer_syntaxes[0]", "not a transfer syntax"),
+    ("destinations.1.path", None, "destinations[1].path", "string"),
+    ("destinations.1.name", "archive", "destinations[1].name", "duplicate"),
+    ("destinations.1.name", "a b", "destinations[1].name", "letters"),
+    ("destinations.1.extra", 1, "destinations[1].extra", "unknown key"),
+    ("destinations", [], "destinations", "at least one"),
+    ("routes.0.destinations", ["nowhere"], "routes[0].destinations[0]", "no destination named 'nowhere'"),
+    ("routes.0.destinations", [], "routes[0].destinations", "at least one"),
+    ("routes.1.sop_class", ["not a uid"], "routes[1].sop_class[0]", "SOP class"),
+    ("retry.max_attempts", 0, "retry.max_attempts", "1..1000000"),
+    ("retry.cap_seconds", 0.5, "retry.cap_seconds", ">= base_seconds"),
+    ("logging.level", "LOUD", "logging.level", "one of"),
+    ("spoool", {}, "spoool", "unknown key"),
+]
+
+
+@pytest.mark.parametrize("path, value, key, words", BAD, ids=[f"{b[2]}={b[1]!r}"[:60] for b in BAD])
+def test_bad_values_name_the_key(tmp_path: Path, path: str, value, key: str, words: str) -> None:
+    data = copy.deepcopy(GOOD)
+    if path == "retry.cap_seconds":
+        data["retry"] = {"base_seconds": 2}
+    _set(data, path, value)
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, tmp_path)
+    assert info.value.key == key
+    assert str(info.value).startswith(f"{key}: ")
+    assert words in str(info.value)
+
+
+def test_invalid_toml_and_missing_file_are_config_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server\nport = 1\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_relative_paths_follow_the_config_file(tmp_path: Path) -> None:
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    (folder / "g.toml").write_text(
+        '[spool]\ndirectory = "q"\n[[destinations]]\nname = "a"\nkind = "folder"\npath = "../out"\n')
+    config = load_config(folder / "g.toml")
+    assert config.spool.directory == folder / "q"
+    assert config.destinations[0].path.resolve() == (tmp_path / "out").resolve()

@@ -1,0 +1,138 @@
+"""The spool: durable receive, job state changes and recovery after a crash."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gateway.spool import DEAD, DONE, INFLIGHT, PENDING, UNROUTED, Job, Receipt, Spool
+
+
+def _receipt(uid: str = "1.2.3.4") -> Receipt:
+    return Receipt(calling_ae="CT1", sop_instance_uid=uid, sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                   study_uid="1.2", series_uid="1.2.3", modality="CT", transfer_syntax="1.2.840.10008.1.2.1")
+
+
+def test_store_received_from_bytes_and_temp_file(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    first = spool.store_received(b"DICM-bytes", _receipt("1.1"))
+    tmp = spool.temp_path()
+    tmp.write_bytes(b"from-temp")
+    second = spool.store_received(tmp, _receipt("1.2"))
+    assert not tmp.exists()  # moved, not copied
+    assert spool.received() == sorted([first, second])
+    assert spool.incoming_path(first).read_bytes() == b"DICM-bytes"
+    assert spool.incoming_path(second).read_bytes() == b"from-temp"
+    assert spool.receipt(second).sop_instance_uid == "1.2"
+    assert list(spool.tmp.iterdir()) == []
+
+
+def test_store_received_copies_foreign_files(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    outside = tmp_path / "outside.dcm"
+    outside.write_bytes(b"x" * 1000)
+    ident = spool.store_received(outside, _receipt())
+    assert outside.exists() and spool.incoming_path(ident).read_bytes() == b"x" * 1000
+
+
+def test_lost_receipt_reads_as_empty(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    ident = spool.store_received(b"x", _receipt())
+    (spool.incoming / f"{ident}.json").unlink()
+    assert spool.receipt(ident) == Receipt()
+
+
+def test_job_lifecycle_and_object_collection(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    ident = spool.store_received(b"received", _receipt())
+    spool.store_object(ident, spool.incoming_path(ident))
+    a, b = Job(ident, "a"), Job(ident, "b")
+    assert spool.add_job(a) and spool.add_job(b)
+    assert not spool.add_job(a)  # idempotent on replay
+    spool.finish_received(ident)
+    assert spool.received() == []
+    assert spool.counts()[PENDING] == 2
+
+    a = spool.move(spool.find_job(ident, "a"), INFLIGHT)
+    assert spool.find_job(ident, "a").state == INFLIGHT
+    spool.move(a, DONE)
+    assert spool.object_path(ident).exists(), "object deleted while job b still pending"
+    b = spool.move(spool.find_job(ident, "b"), PENDING, attempts=3, next_retry_at=5.0, reason="refused")
+    assert (b.attempts, b.reason) == (3, "refused")
+    spool.move(b, DONE)
+    assert not spool.object_path(ident).exists()
+    assert spool.counts() == {"received": 0, PENDING: 0, INFLIGHT: 0, DONE: 2, DEAD: 0}
+
+
+def test_object_kept_while_the_worker_still_holds_the_instance(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    ident = spool.store_received(b"r", _receipt())
+    spool.store_object(ident, b"object")
+    spool.add_job(Job(ident, "a"))
+    spool.move(spool.find_job(ident, "a"), DONE)  # delivered before the worker added job b
+    assert spool.object_path(ident).exists()
+    spool.add_job(Job(ident, "b"))
+    spool.finish_received(ident)
+    spool.collect(ident)
+    assert spool.object_path(ident).exists()
+
+
+def test_recover_requeues_inflight_and_resolves_duplicates(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.add_job(Job("i1", "a"))
+    spool.add_job(Job("i2", "a"))
+    spool.move(spool.find_job("i1", "a"), INFLIGHT)
+    # A crash between writing the new state and removing the old leaves two copies.
+    done = Job("i2", "a", state=DONE)
+    (spool.jobs / DONE / f"{done.key}.json").write_text(json.dumps(
+        {"instance": "i2", "destination": "a", "state": DONE, "attempts": 1, "next_retry_at": 0.0,
+         "reason": None, "created_at": 0.0, "updated_at": 0.0, "info": {}}))
+    (spool.tmp / "partial.dcm").write_bytes(b"half")
+    fixed = Spool(tmp_path).recover()
+    assert fixed == {"temp_removed": 1, "duplicates": 1, "requeued": 1}
+    assert spool.find_job("i1", "a").state == PENDING
+    assert spool.find_job("i2", "a").state == DONE
+    assert not (spool.jobs / PENDING / "i2@a.json").exists()
+
+
+def test_dead_letters_are_listed_and_requeued(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.add_job(Job("i1", "pacs"))
+    spool.move(spool.find_job("i1", "pacs"), DEAD, attempts=7, reason="status 0xC000")
+    dead = list(spool.jobs_in(DEAD))
+    assert [(j.instance, j.reason, j.attempts) for j in dead] == [("i1", "status 0xC000", 7)]
+    moved = spool.requeue_dead()
+    assert [j.state for j in moved] == [PENDING]
+    job = spool.find_job("i1", "pacs")
+    assert (job.state, job.attempts, job.reason) == (PENDING, 0, None)
+
+
+def test_unrouted_dead_letter_goes_back_to_the_worker(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.store_object("i9", b"object")
+    spool.add_job(Job("i9", UNROUTED, state=DEAD, reason="no route", info={"sop_instance_uid": "1.9"}))
+    spool.requeue_dead()
+    assert spool.received() == ["i9"]
+    assert spool.incoming_path("i9").read_bytes() == b"object"
+    assert spool.receipt("i9").sop_instance_uid == "1.9"
+    assert spool.counts()[DEAD] == 0
+
+
+def test_corrupt_manifest_is_a_spool_error(tmp_path: Path) -> None:
+    from gateway.errors import SpoolError
+
+    spool = Spool(tmp_path)
+    (spool.jobs / PENDING / "x@a.json").write_text("{not json")
+    with pytest.raises(SpoolError, match="unreadable"):
+        list(spool.jobs_in(PENDING))
+
+
+def test_unwritable_spool_is_a_spool_error(tmp_path: Path) -> None:
+    from gateway.errors import SpoolError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SpoolError):
+        Spool(blocker / "spool")

@@ -174,7 +174,7 @@ def test_registered_for_both_lossless_syntaxes() -> None:
 
 
 @pytest.mark.corpus
-@pytest.mark.parametrize("row", corpus_params(limit_per_series=4))
+@pytest.mark.parametrize("row", corpus_params())
 def test_corpus_round_trip_and_libjpeg(row: dict) -> None:
     ds = pydicom.dcmread(row["file"])
     info = frame_info(ds)

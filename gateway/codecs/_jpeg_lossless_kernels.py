@@ -22,19 +22,26 @@ ERR_TRUNCATED = -2  #: the scan needs more bits than the stream holds
 ERR_NO_RESTART = -3  #: a restart marker is missing where the interval ends
 ERR_BAD_SSSS = -4  #: a Huffman symbol outside 0..16
 
-# Number of bits the decoder's Huffman look-up tables are indexed with.
-LOOKUP_BITS = 16
+# Number of bits the decoder's first-level Huffman look-up is indexed with;
+# longer codes (rare) are decoded with the MAXCODE/VALPTR method of T.81 F.2.2.3.
+LOOKUP_BITS = 10
+_MAXCODE = 1 << LOOKUP_BITS
+_VALOFF = _MAXCODE + 17
+_HUFFVAL = _VALOFF + 17
+_TABLE_SIZE = _HUFFVAL + 17
 
 
-@njit(cache=True, nogil=True)
-def _ssss(diff: int) -> int:
-    """Difference category: number of bits of |diff| (16 for -32768)."""
-    a = diff if diff >= 0 else -diff
-    n = 0
-    while a:
-        n += 1
-        a >>= 1
-    return n
+# Bit length of 0..255; the category of |d| < 65536 is _NBITS[a] or 8 + _NBITS[a >> 8].
+_NBITS = np.array([0] + [int(v).bit_length() for v in range(1, 256)], dtype=np.int64)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _category(a: int) -> int:
+    if a < 256:
+        return _NBITS[a]
+    if a < 65536:
+        return 8 + _NBITS[a >> 8]
+    return 16 + _NBITS[a >> 16]
 
 
 @njit(cache=True, nogil=True)
@@ -63,13 +70,7 @@ def differences_sv1(samples: np.ndarray, precision: int) -> tuple[np.ndarray, np
                 if d > 32768:
                     d -= 65536
                 diffs[r, c, k] = d
-                # category = bit length of |d|
-                a = d if d >= 0 else -d
-                n = 0
-                while a:
-                    n += 1
-                    a >>= 1
-                hist[k, n] += 1
+                hist[k, _category(d if d >= 0 else -d)] += 1
     return diffs, hist
 
 
@@ -92,11 +93,7 @@ def encode_scan(
         for c in range(cols):
             for k in range(ncomp):
                 d = diffs[r, c, k]
-                a = d if d >= 0 else -d
-                n = 0
-                while a:
-                    n += 1
-                    a >>= 1
+                n = _category(d if d >= 0 else -d)
                 t = table_of[k]
                 length = lengths[t, n]
                 word = np.uint64(codes[t, n])
@@ -127,29 +124,63 @@ def encode_scan(
 
 @njit(cache=True, nogil=True)
 def build_lookup(bits: np.ndarray, huffval: np.ndarray) -> np.ndarray:
-    """A 2**16-entry table: (length << 8 | symbol) for every 16-bit prefix, 0 if none.
+    """Decoding table of one Huffman table (T.81 Annex C / F.2.2.3), packed in one array.
 
-    `bits[i]` is the number of codes of length i+1 (T.81 BITS list) and
-    `huffval` the symbols in code order (HUFFVAL), per Annex C.
+    `bits[i]` is the number of codes of length i+1 (BITS) and `huffval` the
+    symbols in code order (HUFFVAL).  Layout (int32):
+
+    * ``[0, 2**LOOKUP_BITS)``: for each LOOKUP_BITS-bit prefix,
+      ``length << 8 | symbol`` of the code it starts with, 0 if that code is
+      longer (or does not exist);
+    * ``_MAXCODE + L`` (L = 0..16): largest code of length L, -1 if none;
+    * ``_VALOFF + L``: index into HUFFVAL minus the smallest code of length L;
+    * ``_HUFFVAL + j``: HUFFVAL.
     """
-    table = np.zeros(1 << LOOKUP_BITS, dtype=np.int32)
+    table = np.zeros(_TABLE_SIZE, dtype=np.int32)
+    for L in range(17):
+        table[_MAXCODE + L] = -1
+    n = min(huffval.shape[0], 17)
+    for j in range(n):
+        table[_HUFFVAL + j] = huffval[j]
     code = 0
     idx = 0
     for length in range(1, 17):
-        for _ in range(bits[length - 1]):
-            if idx >= huffval.shape[0]:
-                return table
-            span = 1 << (16 - length)
-            start = code << (16 - length)
-            if start + span > (1 << 16):
-                return table
-            entry = (length << 8) | huffval[idx]
-            for j in range(start, start + span):
-                table[j] = entry
-            code += 1
-            idx += 1
+        count = bits[length - 1]
+        if count > 0:
+            table[_VALOFF + length] = idx - code
+            for _ in range(count):
+                if idx >= n:
+                    return table
+                if length <= LOOKUP_BITS:
+                    span = 1 << (LOOKUP_BITS - length)
+                    start = code << (LOOKUP_BITS - length)
+                    if start + span > (1 << LOOKUP_BITS):
+                        return table
+                    entry = (length << 8) | huffval[idx]
+                    for j in range(start, start + span):
+                        table[j] = entry
+                code += 1
+                idx += 1
+            table[_MAXCODE + length] = code - 1
         code <<= 1
     return table
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _symbol(lookups: np.ndarray, t: int, acc: np.uint64) -> tuple[int, int]:
+    """(code length, symbol) of the code at the top of `acc`; length 0 if invalid."""
+    entry = lookups[t, np.int64(acc >> np.uint64(64 - LOOKUP_BITS))]
+    if entry != 0:
+        return entry >> 8, entry & 0xFF
+    word = np.int64(acc >> np.uint64(48))
+    for length in range(LOOKUP_BITS + 1, 17):
+        code = word >> (16 - length)
+        if code <= lookups[t, _MAXCODE + length]:
+            j = lookups[t, _VALOFF + length] + code
+            if j < 0 or j >= 17:
+                return 0, 0
+            return length, lookups[t, _HUFFVAL + j]
+    return 0, 0
 
 
 @njit(cache=True, nogil=True)
@@ -237,11 +268,9 @@ def decode_scan(
                 k = comps[i]
                 if nbits <= 32:
                     pos, acc, nbits, pad, marker = _fill(data, pos, end, acc, nbits, pad, marker)
-                entry = lookups[table_of[i], np.int64(acc >> np.uint64(48))]
-                length = entry >> 8
+                length, s = _symbol(lookups, table_of[i], acc)
                 if length == 0:
                     return ERR_BAD_CODE
-                s = entry & 0xFF
                 acc <<= np.uint64(length)
                 nbits -= length
                 if s == 0:
@@ -287,6 +316,72 @@ def decode_scan(
                 x = (px + diff) & 0xFFFF & mask
                 out[r, c, k] = np.uint16(x << pt)
         first_line = False
+        if pad - nbits > 0:
+            return ERR_TRUNCATED
+    if pad - nbits > 0:
+        return ERR_TRUNCATED
+    return pos
+
+
+@njit(cache=True, nogil=True)
+def decode_scan_sv1(
+    data: np.ndarray,
+    start: int,
+    out: np.ndarray,
+    comps: np.ndarray,
+    lookups: np.ndarray,
+    table_of: np.ndarray,
+    point_transform: int,
+    precision: int,
+) -> int:
+    """:func:`decode_scan` for the common case: predictor 1, no restart interval.
+
+    The previous sample of each component is kept in a register-like local
+    instead of being read back from `out`.
+    """
+    rows = out.shape[0]
+    cols = out.shape[1]
+    ns = comps.shape[0]
+    end = data.shape[0]
+    pos = start
+    acc = np.uint64(0)
+    nbits = 0
+    pad = 0
+    marker = False
+    pt = point_transform
+    mask = (1 << (precision - pt)) - 1
+    prev = np.full(ns, 1 << (precision - pt - 1), dtype=np.int64)
+    above = prev.copy()
+    for r in range(rows):
+        for c in range(cols):
+            for i in range(ns):
+                if nbits <= 32:
+                    pos, acc, nbits, pad, marker = _fill(data, pos, end, acc, nbits, pad, marker)
+                length, s = _symbol(lookups, table_of[i], acc)
+                if length == 0:
+                    return ERR_BAD_CODE
+                acc <<= np.uint64(length)
+                nbits -= length
+                if s == 0:
+                    diff = 0
+                elif s < 16:
+                    v = np.int64(acc >> np.uint64(64 - s))
+                    acc <<= np.uint64(s)
+                    nbits -= s
+                    if v < (1 << (s - 1)):
+                        v = v - (1 << s) + 1
+                    diff = v
+                elif s == 16:
+                    diff = 32768
+                else:
+                    return ERR_BAD_SSSS
+                if c == 0:
+                    x = (above[i] + diff) & 0xFFFF & mask
+                    above[i] = x
+                else:
+                    x = (prev[i] + diff) & 0xFFFF & mask
+                prev[i] = x
+                out[r, c, comps[i]] = np.uint16(x << pt)
         if pad - nbits > 0:
             return ERR_TRUNCATED
     if pad - nbits > 0:

@@ -334,7 +334,8 @@ def decode(data: bytes, info: FrameInfo) -> np.ndarray:
             if frame is not None:
                 raise _corrupt("second SOF marker")
             frame = _parse_sof(body, info)
-            out = np.zeros((frame.rows, frame.columns, len(frame.ids)), dtype=np.uint16)
+            # Every pixel is written by the scans, which must cover all components.
+            out = np.empty((frame.rows, frame.columns, len(frame.ids)), dtype=np.uint16)
         elif marker in _OTHER_SOF:
             raise _corrupt(f"SOF marker 0xFF{marker:02X} is not lossless Huffman (SOF3)")
         elif marker == _SOS:
@@ -388,9 +389,12 @@ def _decode_scan(
     if se != 0 or ahal >> 4 != 0 or al >= frame.precision:
         raise _corrupt("bad Se / Ah / Al in SOS")
     lookups = np.stack([tables[t] for t in used])
-    end = _k.decode_scan(
-        buf, pos, out, comps, lookups, table_of, predictor, al, frame.precision, restart
-    )
+    if predictor == 1 and restart == 0:
+        end = _k.decode_scan_sv1(buf, pos, out, comps, lookups, table_of, al, frame.precision)
+    else:
+        end = _k.decode_scan(
+            buf, pos, out, comps, lookups, table_of, predictor, al, frame.precision, restart
+        )
     if end < 0:
         reason = {
             _k.ERR_BAD_CODE: "invalid Huffman code",
@@ -405,15 +409,19 @@ def _decode_scan(
 
 def _to_frame(out: np.ndarray, precision: int, info: FrameInfo) -> np.ndarray:
     """Turn decoded P-bit patterns into the frame array convention of `info`."""
+    if precision > info.bits_allocated:
+        raise _corrupt(f"precision {precision} does not fit Bits Allocated {info.bits_allocated}")
+    if info.bits_allocated == 8:
+        out = out.astype(np.uint8)
+    elif info.bits_allocated == 32:
+        out = out.astype(np.uint32)
     if info.signed:
-        bits = min(info.bits_stored, 16)
-        v = out.astype(np.int32) & ((1 << bits) - 1)
-        v -= (v & (1 << (bits - 1))) << 1
-        result = v.astype(info.dtype)
+        # Sign-extend the low Bits Stored bits: shift them to the top of the
+        # container, reinterpret as signed, shift back arithmetically.
+        shift = np.array(info.bits_allocated - info.bits_stored, dtype=out.dtype)
+        result = (out << shift).view(info.dtype) >> shift.astype(info.dtype) if shift else out.view(info.dtype)
     else:
-        if precision > info.bits_allocated or (info.bits_allocated == 8 and precision > 8):
-            raise _corrupt(f"precision {precision} does not fit Bits Allocated {info.bits_allocated}")
-        result = out.astype(info.dtype, copy=False)
+        result = out
     if info.samples_per_pixel == 1:
         result = result.reshape(info.rows, info.columns)
     return np.ascontiguousarray(result)

@@ -69,6 +69,35 @@ ACCEPTED_SYNTAXES: tuple[str, ...] = (
 _FULL_PARSE_LIMIT = 64 * 1024 * 1024
 
 
+def _check_complete(ds, size: int) -> None:
+    """Raise ValueError when the dataset ends before the file's bytes do or vice versa.
+
+    pydicom silently shortens a truncated last value and stops at a partial
+    element header, so a cut-off transfer would otherwise pass as valid.
+    """
+    keys = list(ds.keys())
+    if not keys:
+        raise ValueError("the dataset holds no elements")
+    elem = ds.get_item(keys[-1])
+    tell = getattr(elem, "value_tell", None)
+    length = getattr(elem, "length", None)
+    if tell is None or length is None:
+        return  # already converted: nothing to compare against
+    value = elem.value
+    if length != 0xFFFFFFFF:
+        if value is not None and len(value) != length:
+            raise ValueError(f"dataset truncated: element {elem.tag} has {len(value)} of {length} bytes")
+        end = tell + length
+    elif isinstance(value, bytes):
+        end = tell + len(value) + 8  # the sequence delimitation item
+    else:
+        return
+    if end < size:
+        raise ValueError(f"dataset truncated: {size - end} byte(s) after element {elem.tag} do not form an element")
+    if end > size:
+        raise ValueError(f"dataset truncated: element {elem.tag} runs {end - size} byte(s) past the end")
+
+
 def accepted_syntaxes() -> list[str]:
     """Standard syntaxes plus the private ones of our codec registry."""
     from gateway.codecs import all_codecs
@@ -127,6 +156,8 @@ class Receiver:
         try:
             size = tmp.stat().st_size
             ds = dcmread(tmp, defer_size="1 MB" if size > _FULL_PARSE_LIMIT else None)
+            if syntax != "1.2.840.10008.1.2.1.99":  # positions in a deflated stream are not file offsets
+                _check_complete(ds, size)
             sop_class = str(ds.SOPClassUID)
             sop_instance = str(ds.SOPInstanceUID)
             if not UID(sop_instance).is_valid or not UID(sop_class).is_valid:

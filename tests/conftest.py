@@ -51,7 +51,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, step: float
     return predicate()
 
 
-def testdata(name: str) -> Dataset:
+def pydicom_file(name: str) -> Dataset:
     """One of pydicom's bundled test files."""
     return dcmread(get_testdata_file(name))
 
@@ -92,13 +92,13 @@ def send(port: int, datasets: list[Dataset], *, called: str = "GATEWAY", calling
          syntaxes: list[str] | None = None) -> list[int]:
     """C-STORE `datasets` over one association; the statuses (-1: no answer)."""
     ae = AE(ae_title=calling)
-    sop_classes = []
+    pairs: list[tuple[str, str]] = []
     for ds in datasets:
-        if ds.SOPClassUID not in sop_classes:
-            sop_classes.append(ds.SOPClassUID)
-    for sop in sop_classes:
-        own = {str(ds.file_meta.TransferSyntaxUID) for ds in datasets if ds.SOPClassUID == sop}
-        ae.add_requested_context(sop, sorted(own | set(syntaxes or [])))
+        for ts in [str(ds.file_meta.TransferSyntaxUID), *(syntaxes or [])]:
+            if (ds.SOPClassUID, ts) not in pairs:
+                pairs.append((ds.SOPClassUID, ts))
+    for sop, ts in pairs:  # one context per syntax: the peer accepts one syntax per context
+        ae.add_requested_context(sop, [ts])
     assoc = ae.associate("127.0.0.1", port, ae_title=called)
     assert assoc.is_established, "association with the gateway failed"
     statuses = []

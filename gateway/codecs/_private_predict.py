@@ -33,7 +33,7 @@ def new_state(columns: int) -> tuple[np.ndarray, np.ndarray]:
 
 @njit(cache=True, nogil=True, inline="always")
 def bit_length(v):
-    """Number of bits of the non-negative integer `v` (0 for 0)."""
+    """Number of bits of the integer `v`, 0 <= v < 2**33 (0 for 0)."""
     n = 0
     if v >= 1 << 16:
         v >>= 16

@@ -40,9 +40,9 @@ def forward_colour(frame: np.ndarray, transform: int) -> np.ndarray:
     return np.stack([y, co, cg])
 
 
-def inverse_colour(planes: np.ndarray, transform: int) -> np.ndarray:
-    """(3, rows, cols) int32 planes -> (rows, cols, 3) int64 samples."""
-    p0, p1, p2 = (planes[i].astype(np.int64) for i in range(3))
+def inverse_colour(planes: "np.ndarray | list[np.ndarray]", transform: int) -> np.ndarray:
+    """Three (rows, cols) int32 planes -> (rows, cols, 3) int32 samples."""
+    p0, p1, p2 = planes
     if transform == COLOUR_NONE:
         r, g, b = p0, p1, p2
     elif transform == COLOUR_SUBTRACT_GREEN:

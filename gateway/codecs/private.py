@@ -96,7 +96,9 @@ def _carried_range(info: FrameInfo) -> tuple[int, int]:
 
 
 def _crc(frame: np.ndarray) -> int:
-    return zlib.crc32(np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("<")).tobytes())
+    """CRC-32 of the frame's little-endian bytes (no copy on little-endian machines)."""
+    little = np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("<"))
+    return zlib.crc32(little.view(np.uint8).reshape(-1))
 
 
 def _header(info: FrameInfo, mode: int, transform: int, crc: int) -> bytes:
@@ -146,8 +148,9 @@ def encode(frame: np.ndarray, info: FrameInfo) -> bytes:
     descriptors, coded, maxvs, bitmaps = [], [], [], []
     for plane in planes:
         offset = int(plane.min())
-        shifted = plane - np.int32(offset)
         maxv = int(plane.max()) - offset
+        shifted = plane
+        shifted -= np.int32(offset)
         used = _tf.used_values(shifted, maxv)
         count = int(used.sum())
         if count <= PALETTE_DENSITY * (maxv + 1) and maxv > 0:
@@ -265,11 +268,13 @@ def _decode_coded(data: bytes, info: FrameInfo, transform: int) -> np.ndarray:
         plane = planes[i]
         if bitmaps[i] is not None:
             plane = _tf.from_palette(plane, bitmaps[i])
-        values.append(plane.astype(np.int64) + offset)
+        plane += np.int32(offset)
+        values.append(plane)
+    del planes
     if nplanes == 1:
         samples = values[0]
     else:
-        samples = _tf.inverse_colour(np.stack(values), transform)
+        samples = _tf.inverse_colour(values, transform)
     low, high = _carried_range(info)
     if int(samples.min()) < low or int(samples.max()) > high:
         raise _corrupt("decoded samples exceed the carried value range")

@@ -1,0 +1,123 @@
+"""Fuzzing the GatewayLosslessV1 decoder: random, mutated and truncated streams.
+
+Whatever the bytes, decoding returns the exact frame or raises
+CorruptCodestreamError: never another exception, a crash or a hang.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.codecs import private
+from gateway.codecs.base import FrameInfo
+from gateway.errors import CorruptCodestreamError
+
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+INFOS = [
+    FrameInfo(rows=23, columns=19, bits_stored=12),
+    FrameInfo(rows=16, columns=16, bits_stored=16, pixel_representation=1),
+    FrameInfo(rows=9, columns=14, samples_per_pixel=3, bits_allocated=8, bits_stored=8,
+              photometric_interpretation="RGB"),
+    FrameInfo(rows=1, columns=1, bits_allocated=8, bits_stored=8),
+]
+
+
+def _frame(info: FrameInfo, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    low, high = info.value_range
+    y, x = np.mgrid[0:info.rows, 0:info.columns]
+    base = (y * 7 + x * 3) % max(2, (high - low) // 4)
+    if info.samples_per_pixel == 3:
+        base = np.stack([base, base // 2, (base * 3) % (high - low + 1)], axis=-1)
+    noise = rng.integers(0, 3, base.shape)
+    return np.clip(low + base + noise, low, high).astype(info.dtype)
+
+
+def _streams() -> list[tuple[FrameInfo, np.ndarray, bytes]]:
+    out = []
+    for seed, info in enumerate(INFOS):
+        frame = _frame(info, seed)
+        out.append((info, frame, private.encode(frame, info)))
+    # A palette stream and a stored stream too.
+    info = FrameInfo(rows=20, columns=20, bits_stored=16)
+    frame = (np.arange(400).reshape(20, 20) % 7 * 9000).astype(np.uint16)
+    out.append((info, frame, private.encode(frame, info)))
+    info = FrameInfo(rows=6, columns=6, bits_allocated=8, bits_stored=8)
+    frame = np.random.default_rng(1).integers(0, 256, (6, 6)).astype(np.uint8)
+    out.append((info, frame, private.encode(frame, info)))
+    return out
+
+
+STREAMS = _streams()
+
+
+def _decode_or_corrupt(data: bytes, info: FrameInfo, original: np.ndarray | None = None) -> None:
+    try:
+        back = private.decode(data, info)
+    except CorruptCodestreamError:
+        return
+    assert back.shape == info.shape and back.dtype == info.dtype
+    if original is not None:
+        # A change the decoder accepted must have left the frame intact (the CRC proves it).
+        assert np.array_equal(back, original)
+
+
+@FUZZ
+@given(data=st.binary(max_size=400), which=st.integers(0, len(INFOS) - 1))
+def test_random_bytes(data: bytes, which: int) -> None:
+    _decode_or_corrupt(data, INFOS[which])
+
+
+@FUZZ
+@given(body=st.binary(max_size=300), which=st.integers(0, len(STREAMS) - 1))
+def test_random_body_after_valid_header(body: bytes, which: int) -> None:
+    info, _, data = STREAMS[which]
+    _decode_or_corrupt(data[: private._HEADER.size] + body, info)
+
+
+@FUZZ
+@given(
+    which=st.integers(0, len(STREAMS) - 1),
+    edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=6),
+)
+def test_mutated_streams(which: int, edits: list[tuple[int, int]]) -> None:
+    info, frame, data = STREAMS[which]
+    mutated = bytearray(data)
+    for position, value in edits:
+        mutated[position % len(mutated)] = value
+    _decode_or_corrupt(bytes(mutated), info, frame)
+
+
+@FUZZ
+@given(which=st.integers(0, len(STREAMS) - 1), cut=st.integers(0, 10**6), tail=st.binary(max_size=8))
+def test_truncated_or_extended_streams(which: int, cut: int, tail: bytes) -> None:
+    info, frame, data = STREAMS[which]
+    _decode_or_corrupt(data[: cut % (len(data) + 1)] + tail, info, frame)
+
+
+@FUZZ
+@given(
+    which=st.integers(0, len(STREAMS) - 1),
+    offset=st.integers(-(2**31), 2**31 - 1),
+    maxv=st.integers(0, 2**32 - 1),
+    count=st.integers(0, 2**32 - 1),
+)
+def test_hostile_plane_descriptors(which: int, offset: int, maxv: int, count: int) -> None:
+    info, frame, data = STREAMS[which]
+    if data[5] != private.MODE_CODED:
+        return
+    mutated = bytearray(data)
+    struct.pack_into("<iII", mutated, private._HEADER.size, offset, maxv, count)
+    _decode_or_corrupt(bytes(mutated), info, frame)
+
+
+@pytest.mark.parametrize("index", range(len(STREAMS)))
+def test_streams_decode(index: int) -> None:
+    info, frame, data = STREAMS[index]
+    assert np.array_equal(private.decode(data, info), frame)

@@ -1,0 +1,382 @@
+"""GatewayLosslessV1: round trips, stream structure, corruption detection, pydicom use."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from gateway.codecs import _private_predict as pred
+from gateway.codecs import _private_rangecoder as rc
+from gateway.codecs import _private_transforms as tf
+from gateway.codecs import get_codec, private
+from gateway.codecs.base import FrameInfo
+from gateway.errors import CorruptCodestreamError, UnsupportedImageError
+from gateway.pixels import frame_info, iter_frames
+from tests.corpus import corpus_params
+from tests.images import reference_params
+
+REPO = Path(__file__).resolve().parent.parent
+CODEC = private.GatewayLosslessCodec()
+
+
+def _info(rows: int, cols: int, samples: int = 1, alloc: int = 16, stored: int = 16, signed: bool = False) -> FrameInfo:
+    return FrameInfo(rows=rows, columns=cols, samples_per_pixel=samples, bits_allocated=alloc,
+                     bits_stored=stored, pixel_representation=int(signed),
+                     photometric_interpretation="RGB" if samples == 3 else "MONOCHROME2")
+
+
+def _round_trip(frame: np.ndarray, info: FrameInfo) -> bytes:
+    data = CODEC.encode_frame(frame, info)
+    back = CODEC.decode_frame(data, info)
+    assert back.dtype == frame.dtype and back.shape == frame.shape
+    assert np.array_equal(back, frame)
+    return data
+
+
+def _mode(data: bytes) -> int:
+    return data[5]
+
+
+def _smooth(rng: np.random.Generator, info: FrameInfo) -> np.ndarray:
+    low, high = info.value_range
+    y, x = np.mgrid[0:info.rows, 0:info.columns]
+    base = low + (high - low) * (0.5 + 0.3 * np.sin(y / 9.0) * np.cos(x / 13.0))
+    values = base[..., None] + rng.normal(0, 2, info.shape if info.samples_per_pixel == 3 else info.shape + (1,))
+    values = values if info.samples_per_pixel == 3 else values[..., 0]
+    return np.clip(np.rint(values), low, high).astype(info.dtype)
+
+
+# --- identity and registry -------------------------------------------------
+
+def test_registered_identity() -> None:
+    codec = get_codec(private.UID)
+    assert isinstance(codec, private.GatewayLosslessCodec)
+    assert (codec.name, codec.keyword, codec.private) == ("gwl", "GatewayLosslessV1", True)
+    assert get_codec("gwl") is codec and get_codec("GatewayLosslessV1") is codec
+
+
+def test_supports() -> None:
+    assert CODEC.supports(_info(4, 4)) is None
+    assert CODEC.supports(_info(4, 4, alloc=32, stored=20)) is not None
+    with pytest.raises(UnsupportedImageError):
+        CODEC.encode_frame(np.zeros((4, 4), np.uint32), _info(4, 4, alloc=32, stored=20))
+
+
+# --- round trips ----------------------------------------------------------
+
+@pytest.mark.parametrize("info, frames", reference_params())
+def test_reference_images(info: FrameInfo, frames: list[np.ndarray]) -> None:
+    for frame in frames:
+        _round_trip(frame, info)
+
+
+@pytest.mark.parametrize("row", corpus_params())
+def test_corpus_round_trip(row: dict) -> None:
+    ds = pydicom.dcmread(row["file"])
+    info = frame_info(ds)
+    if CODEC.supports(info):
+        pytest.skip(f"not carried: {CODEC.supports(info)}")
+    raw = compressed = 0
+    for frame in iter_frames(ds):
+        compressed += len(_round_trip(frame, info))
+        raw += info.frame_bytes
+    assert compressed < raw  # every corpus image compresses
+
+
+def test_constant_image_is_nearly_free() -> None:
+    info = _info(512, 512)
+    data = _round_trip(np.full(info.shape, 1234, np.uint16), info)
+    assert _mode(data) == private.MODE_CODED and len(data) < 100
+
+
+@pytest.mark.parametrize("alloc", [8, 16])
+@pytest.mark.parametrize("signed", [False, True])
+def test_full_range_noise(alloc: int, signed: bool) -> None:
+    info = _info(61, 47, alloc=alloc, stored=alloc, signed=signed)
+    low, high = info.value_range
+    frame = np.random.default_rng(alloc).integers(low, high, info.shape, endpoint=True).astype(info.dtype)
+    data = _round_trip(frame, info)
+    # Incompressible data is stored, never expanded beyond the header.
+    assert len(data) <= info.frame_bytes + private._HEADER.size
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 2), (2, 1), (3, 5), (7, 1), (1, 9), (17, 33), (64, 3)])
+@pytest.mark.parametrize("samples", [1, 3])
+def test_odd_sizes(shape: tuple[int, int], samples: int) -> None:
+    info = _info(*shape, samples=samples, alloc=8, stored=8)
+    rng = np.random.default_rng(sum(shape))
+    _round_trip(_smooth(rng, info), info)
+    _round_trip(rng.integers(0, 255, info.shape, endpoint=True).astype(np.uint8), info)
+
+
+@pytest.mark.parametrize("stored", [1, 2, 5, 8, 10, 12, 15, 16])
+@pytest.mark.parametrize("signed", [False, True])
+def test_bit_depths(stored: int, signed: bool) -> None:
+    info = _info(40, 33, stored=stored, signed=signed)
+    rng = np.random.default_rng(stored)
+    _round_trip(_smooth(rng, info), info)
+    low, high = info.value_range
+    _round_trip(rng.integers(low, high, info.shape, endpoint=True).astype(info.dtype), info)
+    _round_trip(np.full(info.shape, low, info.dtype), info)
+    _round_trip(np.full(info.shape, high, info.dtype), info)
+
+
+def test_two_bit_data_in_sixteen() -> None:
+    info = _info(100, 90, stored=2)
+    frame = np.random.default_rng(2).integers(0, 3, info.shape, endpoint=True).astype(np.uint16)
+    data = _round_trip(frame, info)
+    assert len(data) < info.frame_bytes / 6
+
+
+def test_signed_minimum_values() -> None:
+    info = _info(30, 30, stored=16, signed=True)
+    frame = np.full(info.shape, -32768, np.int16)
+    frame[::3, ::2] = 32767
+    _round_trip(frame, info)
+
+
+def test_values_above_bits_stored_survive() -> None:
+    info = _info(20, 20, stored=12)
+    frame = np.random.default_rng(5).integers(0, 4095, info.shape).astype(np.uint16)
+    frame[3, 4] = 0xF000  # data in the unused high bits
+    _round_trip(frame, info)
+
+
+@pytest.mark.parametrize("alloc", [8, 16])
+def test_three_samples(alloc: int) -> None:
+    info = _info(50, 70, samples=3, alloc=alloc, stored=alloc)
+    rng = np.random.default_rng(3)
+    _round_trip(_smooth(rng, info), info)
+    low, high = info.value_range
+    _round_trip(rng.integers(low, high, info.shape, endpoint=True).astype(info.dtype), info)
+    _round_trip(np.full(info.shape, high, info.dtype), info)
+
+
+def test_many_frames() -> None:
+    info = _info(24, 20, stored=12)
+    rng = np.random.default_rng(7)
+    for _ in range(40):
+        _round_trip(_smooth(rng, info), info)
+
+
+def test_thirty_two_bit_allocation() -> None:
+    info = _info(20, 21, alloc=32, stored=16, signed=True)
+    frame = np.random.default_rng(1).integers(-3000, 3000, info.shape).astype(np.int32)
+    _round_trip(frame, info)
+
+
+def test_sparse_histogram_uses_a_palette() -> None:
+    info = _info(80, 80, stored=16)
+    rng = np.random.default_rng(11)
+    levels = np.sort(rng.choice(60000, 50, replace=False)).astype(np.uint16)
+    y, x = np.mgrid[0:80, 0:80]
+    frame = levels[((y + x) // 4) % 50]
+    data = _round_trip(frame, info)
+    assert _mode(data) == private.MODE_CODED
+    offset, maxv, count = struct.unpack_from("<iII", data, private._HEADER.size)
+    used = np.unique(frame)
+    assert count == len(used) and maxv == int(used[-1]) - int(used[0]) and offset == int(used[0])
+
+
+# --- transforms and kernels against plain references -------------------------
+
+@pytest.mark.parametrize("transform", tf.COLOUR_TRANSFORMS)
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_colour_transforms_are_reversible(transform: int, dtype: type) -> None:
+    high = np.iinfo(dtype).max
+    frame = np.random.default_rng(transform).integers(0, high, (9, 11, 3), endpoint=True).astype(dtype)
+    frame[0, 0] = (0, high, 0)
+    frame[0, 1] = (high, 0, high)
+    planes = tf.forward_colour(frame, transform)
+    assert planes.dtype == np.int32 and int(np.ptp(planes)) <= private.MAX_PLANE_VALUE
+    assert np.array_equal(tf.inverse_colour(planes, transform), frame)
+
+
+def test_bit_length_and_activity_classes() -> None:
+    for v in list(range(0, 5000)) + [2**k + d for k in range(12, 33) for d in (-1, 0, 1)]:  # valid below 2**33
+        assert pred.bit_length(v) == v.bit_length()
+    classes = [pred.quantise_activity(a) for a in range(0, 1 << 20, 7)]
+    assert classes == sorted(classes) and classes[0] == 0 and max(classes) == pred.N_ACTIVITY - 1
+
+
+def test_range_coder_round_trip() -> None:
+    from numba import njit
+
+    @njit(cache=False)
+    def _encode(bits, contexts, raws, buf):
+        pa = np.full(8, rc.PROB_INIT, np.int32)
+        pb = np.full(8, rc.PROB_INIT, np.int32)
+        st = rc.enc_start(buf)
+        for i in range(bits.shape[0]):
+            st = rc.enc_bit(st, pa, pb, contexts[i], bits[i])
+            st = rc.enc_raw(st, raws[i], 5)
+        return rc.enc_finish(st)
+
+    @njit(cache=False)
+    def _decode(data, n, contexts, out_bits, out_raws):
+        pa = np.full(8, rc.PROB_INIT, np.int32)
+        pb = np.full(8, rc.PROB_INIT, np.int32)
+        st = rc.dec_start(data, 0)
+        for i in range(n):
+            st, out_bits[i] = rc.dec_bit(st, data, pa, pb, contexts[i])
+            st, out_raws[i] = rc.dec_raw(st, data, 5)
+        return st[2]
+
+    rng = np.random.default_rng(9)
+    n = 20000
+    contexts = rng.integers(0, 8, n)
+    # Context c emits ones with probability c/7: from never to always.
+    bits = (rng.random(n) < contexts / 7).astype(np.int64)
+    raws = rng.integers(0, 32, n)
+    buf, size = _encode(bits, contexts, raws, np.empty(n * 4, np.uint8))  # enc_bit does not grow
+    data = buf[:size].copy()
+    out_bits, out_raws = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    _decode(data, n, contexts, out_bits, out_raws)
+    assert np.array_equal(out_bits, bits) and np.array_equal(out_raws, raws)
+    assert size < n * (5 + 0.8) / 8  # the skewed contexts compress
+
+
+# --- stream structure and corruption ---------------------------------------
+
+def test_header_fields() -> None:
+    info = _info(13, 17, stored=12)
+    frame = _smooth(np.random.default_rng(1), info)
+    data = CODEC.encode_frame(frame, info)
+    fields = private._HEADER.unpack_from(data)
+    assert fields[0] == private.MAGIC and fields[1] == private.VERSION
+    assert fields[2:9] == (private.MODE_CODED, 1, 16, 12, 0, 0, 0)
+    assert fields[9:11] == (13, 17)
+    assert fields[11] == zlib.crc32(frame.astype("<u2").tobytes())
+
+
+def test_checksum_mismatch_is_detected() -> None:
+    info = _info(40, 40, stored=12)
+    frame = _smooth(np.random.default_rng(4), info)
+    data = bytearray(CODEC.encode_frame(frame, info))
+    data[20] ^= 0x01  # the CRC field
+    with pytest.raises(CorruptCodestreamError, match="CRC"):
+        CODEC.decode_frame(bytes(data), info)
+
+
+def test_payload_change_is_detected() -> None:
+    info = _info(40, 40, stored=12)
+    frame = _smooth(np.random.default_rng(4), info)
+    data = CODEC.encode_frame(frame, info)
+    start = private._HEADER.size + private._PLANE.size
+    for position in range(start + 1, len(data), max(1, (len(data) - start) // 25)):
+        corrupt = bytearray(data)
+        corrupt[position] ^= 0x40
+        with pytest.raises(CorruptCodestreamError):
+            CODEC.decode_frame(bytes(corrupt), info)
+
+
+def test_stored_frame_corruption_is_detected() -> None:
+    info = _info(8, 8, alloc=8, stored=8)
+    frame = np.random.default_rng(0).integers(0, 255, info.shape, endpoint=True).astype(np.uint8)
+    data = bytearray(_round_trip(frame, info))
+    assert _mode(data) == private.MODE_STORED
+    data[-1] ^= 0xFF
+    with pytest.raises(CorruptCodestreamError, match="CRC"):
+        CODEC.decode_frame(bytes(data), info)
+    with pytest.raises(CorruptCodestreamError):
+        CODEC.decode_frame(bytes(data[:-1]), info)
+
+
+@pytest.mark.parametrize(
+    "other",
+    [_info(41, 40, stored=12), _info(40, 41, stored=12), _info(40, 40, stored=11),
+     _info(40, 40, stored=12, signed=True), _info(40, 40, alloc=32, stored=12), _info(40, 40, samples=3, stored=12)],
+)
+def test_header_must_match_the_dataset(other: FrameInfo) -> None:
+    info = _info(40, 40, stored=12)
+    data = CODEC.encode_frame(_smooth(np.random.default_rng(4), info), info)
+    with pytest.raises(CorruptCodestreamError, match="does not match"):
+        CODEC.decode_frame(data, other)
+
+
+def test_truncation_is_detected() -> None:
+    info = _info(64, 64, stored=12)
+    data = CODEC.encode_frame(_smooth(np.random.default_rng(8), info), info)
+    for size in (0, 3, 10, 23, 24, 30, 36, len(data) // 2, len(data) - 1):
+        with pytest.raises(CorruptCodestreamError):
+            CODEC.decode_frame(data[:size], info)
+
+
+def test_hostile_descriptor_is_rejected_before_allocation() -> None:
+    info = _info(16, 16, stored=12)
+    data = bytearray(CODEC.encode_frame(_smooth(np.random.default_rng(8), info), info))
+    struct.pack_into("<iII", data, private._HEADER.size, 0, 0xFFFFFFFF, 0xFFFFFFFF)
+    with pytest.raises(CorruptCodestreamError, match="limits"):
+        CODEC.decode_frame(bytes(data), info)
+
+
+# --- memory ------------------------------------------------------------------
+
+def test_large_frame_memory_is_bounded() -> None:
+    """A 4k x 4k 16-bit frame codes within a few times its own size (peak RSS, fresh process)."""
+    program = """
+import resource, numpy as np
+from gateway.codecs.private import encode, decode
+from gateway.codecs.base import FrameInfo
+small = FrameInfo(rows=8, columns=8, bits_stored=12)
+decode(encode(np.zeros((8, 8), np.uint16), small), small)
+info = FrameInfo(rows=4096, columns=4096, bits_stored=12)
+y, x = np.mgrid[0:4096, 0:4096]
+frame = ((y * 3 + x) % 4096).astype(np.uint16)
+del y, x
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+data = encode(frame, info)
+back = decode(data, info)
+assert np.array_equal(back, frame)
+del back
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((peak - before) * 1024 / frame.nbytes)
+"""
+    out = subprocess.run([sys.executable, "-c", program], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout.strip()) < 6.0
+
+
+# --- pydicom -------------------------------------------------------------------
+
+def test_plain_pydicom_reads_our_syntax(tmp_path: Path) -> None:
+    """A file in our syntax decodes with ds.pixel_array in a fresh process that only imports gateway."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import generate_uid
+
+    info = _info(30, 20, stored=12)
+    rng = np.random.default_rng(12)
+    frames = [_smooth(rng, info) for _ in range(3)]
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = private.UID
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.NumberOfFrames = 30, 20, 1, 3
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = encapsulate([CODEC.encode_frame(f, info) for f in frames])
+    ds["PixelData"].VR = "OB"
+    path = tmp_path / "gwl.dcm"
+    ds.save_as(path, implicit_vr=False, little_endian=True, enforce_file_format=True)
+    np.save(tmp_path / "expected.npy", np.stack(frames))
+    program = f"""
+import numpy as np, pydicom
+import gateway
+ds = pydicom.dcmread({str(path)!r})
+assert np.array_equal(ds.pixel_array, np.load({str(tmp_path / 'expected.npy')!r}))
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

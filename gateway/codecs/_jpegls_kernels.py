@@ -49,7 +49,7 @@ _N_CONTEXTS = 367  # 365 regular contexts, then the two run-interruption context
 @njit(cache=True)
 def quantiser(maxval: int, t1: int, t2: int, t3: int) -> np.ndarray:
     """Gradient quantisation Q(d) of T.87 A.3.3 for d in -MAXVAL..MAXVAL, at index d + MAXVAL."""
-    lut = np.empty(2 * maxval + 1, dtype=np.int64)
+    lut = np.empty(2 * maxval + 1, dtype=np.int8)
     for i in range(2 * maxval + 1):
         d = i - maxval
         if d <= -t3:
@@ -86,7 +86,7 @@ def _contexts(maxval: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
     return A, B, C, N, Nn
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _predict(ra: int, rb: int, rc: int) -> int:
     """The median edge detector of T.87 A.4.1."""
     if ra > rb:
@@ -100,7 +100,7 @@ def _predict(ra: int, rb: int, rc: int) -> int:
     return ra + rb - rc
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _update(A, B, C, N, q: int, err: int, reset: int) -> None:
     """Context update and bias correction of T.87 A.6.1 and A.6.2."""
     b = B[q] + err
@@ -127,7 +127,7 @@ def _update(A, B, C, N, q: int, err: int, reset: int) -> None:
     B[q] = b
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _ri_k(A, N, q: int, ritype: int) -> int:
     temp = A[q] + (N[q] >> 1) if ritype else A[q]
     n = N[q]
@@ -137,7 +137,7 @@ def _ri_k(A, N, q: int, ritype: int) -> int:
     return k
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _ri_update(A, N, Nn, q: int, err: int, em: int, ritype: int, reset: int) -> None:
     """Run-interruption context update of T.87 A.7.2.2."""
     if err < 0:
@@ -153,7 +153,7 @@ def _ri_update(A, N, Nn, q: int, err: int, em: int, ritype: int, reset: int) -> 
 # --------------------------------------------------------------------------- writer
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _drain(out, pos: int, acc: int, nb: int, ff: bool) -> tuple[int, int, bool]:
     """Move whole bytes from the bit accumulator to `out`, stuffing a 0 bit after 0xFF."""
     while True:
@@ -173,7 +173,7 @@ def _drain(out, pos: int, acc: int, nb: int, ff: bool) -> tuple[int, int, bool]:
     return pos, nb, ff
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _put(out, pos: int, acc: int, nb: int, ff: bool, value: int, n: int) -> tuple[int, int, int, bool]:
     """Append the `n` (<= 31) low bits of `value`, most significant first."""
     acc = (acc << n) | value
@@ -183,7 +183,7 @@ def _put(out, pos: int, acc: int, nb: int, ff: bool, value: int, n: int) -> tupl
     return pos, acc, nb, ff
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _put_golomb(out, pos, acc, nb, ff, value: int, k: int, limit: int, qbpp: int):
     """Limited-length Golomb code LG(k, limit) of T.87 A.5.3."""
     hi = value >> k
@@ -206,7 +206,7 @@ def _put_golomb(out, pos, acc, nb, ff, value: int, k: int, limit: int, qbpp: int
     return _put(out, pos, acc, nb, ff, (value - 1) & ((1 << qbpp) - 1), qbpp)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _finish(out, pos: int, acc: int, nb: int, ff: bool) -> int:
     """Pad the last byte with zero bits; a final 0xFF gets its stuffed byte."""
     pos, nb, ff = _drain(out, pos, acc, nb, ff)
@@ -220,7 +220,7 @@ def _finish(out, pos: int, acc: int, nb: int, ff: bool) -> int:
     return pos
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _encode_regular(out, pos, acc, nb, ff, ix, ra, rb, rc, rd, lut, A, B, C, N, prm):
     """Code one sample in regular mode (T.87 A.3 to A.6); `ix` is the actual value."""
     maxval = prm[P_MAXVAL]
@@ -254,7 +254,7 @@ def _encode_regular(out, pos, acc, nb, ff, ix, ra, rb, rc, rd, lut, A, B, C, N, 
     return pos, acc, nb, ff
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _encode_interruption(out, pos, acc, nb, ff, ix, ra, rb, ritype, ri, A, N, Nn, prm):
     """Code a run-interruption sample (T.87 A.7.2) in context 365 + `ritype`."""
     maxval = prm[P_MAXVAL]
@@ -287,13 +287,13 @@ def _encode_interruption(out, pos, acc, nb, ff, ix, ra, rb, ritype, ri, A, N, Nn
 
 
 @njit(cache=True)
-def encode_lines(work, comps, prm, out) -> int:
-    """Encode one scan with ILV 0 (one component) or ILV 1 (line interleaved).
+def encode_lines(work, comps, r0, r1, prm, out) -> int:
+    """Encode lines ``r0..r1-1`` (padded row numbers) with ILV 0 (one component) or 1 (line interleaved).
 
     Contexts are shared by the components of the scan, RUNindex is kept per
-    component (T.87 A.2.1 and B.3).
+    component (T.87 A.2.1 and B.3); both start afresh on each call, as at
+    the start of a scan or restart interval.
     """
-    H = work.shape[1] - 1
     W = work.shape[2] - 2
     nc = comps.shape[0]
     maxval = prm[P_MAXVAL]
@@ -306,7 +306,7 @@ def encode_lines(work, comps, prm, out) -> int:
     acc = 0
     nb = 0
     ff = False
-    for r in range(1, H + 1):
+    for r in range(r0, r1):
         if pos + margin * nc > cap:
             return -1
         for ci in range(nc):
@@ -355,14 +355,13 @@ def encode_lines(work, comps, prm, out) -> int:
 
 
 @njit(cache=True)
-def encode_samples(work, prm, out) -> int:
+def encode_samples(work, r0, r1, prm, out) -> int:
     """Encode one scan of three components with ILV 2 (sample interleaved).
 
     A pixel goes to run mode when the gradients of every component are zero;
     a run-interruption pixel codes each component in context 365 with
     ``Px = Rb`` (the form CharLS and libjpeg use for sample interleaving).
     """
-    H = work.shape[1] - 1
     W = work.shape[2] - 2
     maxval = prm[P_MAXVAL]
     lut = quantiser(maxval, prm[P_T1], prm[P_T2], prm[P_T3])
@@ -377,7 +376,7 @@ def encode_samples(work, prm, out) -> int:
     p0 = work[0]
     p1 = work[1]
     p2 = work[2]
-    for r in range(1, H + 1):
+    for r in range(r0, r1):
         if pos + margin > cap:
             return -1
         for c in range(3):
@@ -443,7 +442,7 @@ def segment_end(data, start: int) -> int:
     return n
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _fill(data, end: int, pos: int, acc: int, nb: int, ff: bool) -> tuple[int, int, int, bool]:
     """Top the bit accumulator up to more than 48 bits; past `end`, feed zero bytes."""
     while nb <= 48:
@@ -459,7 +458,7 @@ def _fill(data, end: int, pos: int, acc: int, nb: int, ff: bool) -> tuple[int, i
     return pos, acc, nb, ff
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _get_golomb(data, end, pos, acc, nb, ff, k: int, limit: int, qbpp: int):
     """Read a limited-length Golomb code; the value is -1 when the code is too long."""
     if nb < 32:
@@ -492,7 +491,7 @@ def _get_golomb(data, end, pos, acc, nb, ff, k: int, limit: int, qbpp: int):
     return -1, pos, acc, nb, ff
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _decode_regular(data, end, pos, acc, nb, ff, ra, rb, rc, rd, lut, A, B, C, N, prm):
     """Decode one regular-mode sample; the value is negative on error."""
     maxval = prm[P_MAXVAL]
@@ -529,7 +528,7 @@ def _decode_regular(data, end, pos, acc, nb, ff, ra, rb, rc, rd, lut, A, B, C, N
     return ix, pos, acc, nb, ff
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _decode_interruption(data, end, pos, acc, nb, ff, ra, rb, ritype, ri, A, N, Nn, prm):
     """Decode a run-interruption sample; the value is negative on error."""
     maxval = prm[P_MAXVAL]
@@ -559,7 +558,7 @@ def _decode_interruption(data, end, pos, acc, nb, ff, ra, rb, ritype, ri, A, N, 
     return ix, pos, acc, nb, ff
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _overrun(end: int, pos: int, nb: int) -> bool:
     """True when more bits were consumed than the segment holds (zero bytes fed past its end)."""
     return pos > end and (pos - end) * 8 > nb

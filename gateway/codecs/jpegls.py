@@ -14,9 +14,11 @@ Encoder
 Decoder
     Any ILV (0 none, 1 line, 2 sample) for one or three components, LSE
     type 1 (preset coding parameters MAXVAL, T1..T3, RESET), restart
-    intervals (DRI / RSTm: contexts and run indices start afresh, prediction
-    continues), APPn and COM segments skipped.  Mapping tables (LSE 2/3),
-    NEAR > 0 and point transforms are refused as unsupported.  Every header
+    intervals (DRI / RSTm: each interval starts as the top of the image does,
+    with fresh contexts and run indices and an all-zero line above), APPn and COM segments skipped.  Mapping tables (LSE 2/3),
+    NEAR > 0, subsampling and point transforms are refused: for the lossless
+    syntax such a stream is as wrong as a corrupt one, so every refusal of
+    the decoder is a :class:`CorruptCodestreamError`.  Every header
     field is checked against the expected :class:`FrameInfo` before anything
     is allocated, and the kernels bound every loop by the input length.
 
@@ -25,11 +27,16 @@ Signed data (Pixel Representation 1)
     masked to P bits; decoders return that P-bit pattern and DICOM readers
     sign-extend it with Pixel Representation (as CharLS users, DCMTK, GDCM
     and pydicom do).  :func:`decode` does the sign extension itself.
+
+The encoder can also write an LSE segment with other thresholds and restart
+intervals (DRI / RSTm), so that other decoders can be tested on them.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import ClassVar
 
 import numpy as np
@@ -123,11 +130,35 @@ def _to_work(frame: np.ndarray, info: FrameInfo) -> np.ndarray:
     return work
 
 
-def _headers_frame(info: FrameInfo) -> bytes:
+@contextmanager
+def _fresh_start(work: np.ndarray, components: list[int], r0: int) -> Iterator[None]:
+    """Let a restart interval starting at padded row `r0` see an all-zero line above it.
+
+    After RSTm every coder starts as at the top of the image (contexts, run
+    indices and the line above are reset), so the row above is zeroed for
+    the duration and then put back.
+    """
+    if r0 <= 1:
+        yield
+        return
+    saved = work[components, r0 - 1].copy()
+    work[components, r0 - 1] = 0
+    try:
+        yield
+    finally:
+        work[components, r0 - 1] = saved
+
+
+def _headers_frame(info: FrameInfo, preset: tuple[int, int, int, int, int] | None, restart: int) -> bytes:
     nc = info.samples_per_pixel
     sof = struct.pack(">BHHB", info.bits_stored, info.rows, info.columns, nc)
     sof += b"".join(struct.pack(">BBB", c + 1, 0x11, 0) for c in range(nc))
-    return b"\xff\xd8" + struct.pack(">BBH", 0xFF, _SOF55, len(sof) + 2) + sof
+    head = b"\xff\xd8" + struct.pack(">BBH", 0xFF, _SOF55, len(sof) + 2) + sof
+    if preset is not None:
+        head += struct.pack(">BBHB5H", 0xFF, _LSE, 13, 1, *preset)
+    if restart:
+        head += struct.pack(">BBHH", 0xFF, _DRI, 4, restart)
+    return head
 
 
 def _sos(components: list[int], ilv: int) -> bytes:
@@ -136,24 +167,54 @@ def _sos(components: list[int], ilv: int) -> bytes:
     return struct.pack(">BBH", 0xFF, _SOS, len(body) + 2) + body
 
 
-def _encode_scan(work: np.ndarray, components: list[int], ilv: int, prm: np.ndarray) -> bytes:
-    samples = work.shape[1] * work.shape[2] * len(components)
+def _encode_segment(work: np.ndarray, components: list[int], ilv: int, r0: int, r1: int, prm: np.ndarray) -> bytes:
+    """Entropy-coded segment of padded rows ``r0..r1-1``; the buffer grows until it fits."""
+    samples = (r1 - r0) * work.shape[2] * len(components)
     capacity = samples * 2 + 30 * work.shape[2] * len(components) + 1024
+    comps = np.asarray(components, dtype=np.int64)
     while True:
         out = np.empty(capacity, dtype=np.uint8)
-        if ilv == ILV_SAMPLE:
-            size = _k.encode_samples(work, prm, out)
-        else:
-            size = _k.encode_lines(work, np.asarray(components, dtype=np.int64), prm, out)
+        with _fresh_start(work, components, r0):
+            if ilv == ILV_SAMPLE:
+                size = _k.encode_samples(work, r0, r1, prm, out)
+            else:
+                size = _k.encode_lines(work, comps, r0, r1, prm, out)
         if size >= 0:
             return out[:size].tobytes()
         capacity *= 2
 
 
-def encode(frame: np.ndarray, info: FrameInfo, ilv: int | None = None) -> bytes:
+def _encode_scan(work: np.ndarray, components: list[int], ilv: int, prm: np.ndarray, restart: int) -> bytes:
+    """One scan's entropy-coded data, with RSTm markers every `restart` lines when asked."""
+    rows = work.shape[1] - 1
+    step = restart or rows
+    parts = []
+    for index, r0 in enumerate(range(1, rows + 1, step)):
+        if index:
+            parts.append(bytes((0xFF, 0xD0 + (index - 1) % 8)))
+        parts.append(_encode_segment(work, components, ilv, r0, min(r0 + step, rows + 1), prm))
+    return b"".join(parts)
+
+
+def encode(
+    frame: np.ndarray,
+    info: FrameInfo,
+    ilv: int | None = None,
+    *,
+    preset: tuple[int, int, int] | None = None,
+    restart: int = 0,
+) -> bytes:
     """Encode one frame as a JPEG-LS lossless codestream.
 
-    `ilv` chooses the interleave mode for three components (default line).
+    Parameters
+    ----------
+    ilv
+        Interleave mode for three components (default: line, ILV 1).
+    preset
+        Thresholds ``(T1, T2, T3)`` other than the defaults, written in an
+        LSE segment (for tests of decoders; the defaults code best).
+    restart
+        Restart interval in lines (0: none), written in a DRI segment.
     """
     reason = supports(info)
     if reason is not None:
@@ -166,17 +227,26 @@ def encode(frame: np.ndarray, info: FrameInfo, ilv: int | None = None) -> bytes:
         ilv = ILV_NONE
     if ilv not in (ILV_NONE, ILV_LINE, ILV_SAMPLE):
         raise ValueError(f"interleave mode must be 0, 1 or 2, got {ilv}")
+    if not 0 <= restart <= 65535:
+        raise ValueError(f"restart interval must be 0..65535 lines, got {restart}")
     low, high = info.value_range
     if frame.size and (int(frame.min()) < low or int(frame.max()) > high):
         raise UnsupportedImageError(f"values outside the {info.bits_stored}-bit range of (0028,0101) 'Bits Stored'")
-    prm = _kernel_parameters(*default_parameters(info.bits_stored))
+    maxval, t1, t2, t3, reset = default_parameters(info.bits_stored)
+    lse = None
+    if preset is not None:
+        t1, t2, t3 = preset
+        if not 1 <= t1 <= t2 <= t3 <= maxval:
+            raise ValueError(f"thresholds must satisfy 1 <= T1 <= T2 <= T3 <= {maxval}, got {preset}")
+        lse = (maxval, t1, t2, t3, reset)
+    prm = _kernel_parameters(maxval, t1, t2, t3, reset)
     work = _to_work(frame, info)
-    parts = [_headers_frame(info)]
+    parts = [_headers_frame(info, lse, restart)]
     if ilv == ILV_NONE:
         for c in range(nc):
-            parts += [_sos([c], ILV_NONE), _encode_scan(work, [c], ILV_NONE, prm)]
+            parts += [_sos([c], ILV_NONE), _encode_scan(work, [c], ILV_NONE, prm, restart)]
     else:
-        parts += [_sos(list(range(nc)), ilv), _encode_scan(work, list(range(nc)), ilv, prm)]
+        parts += [_sos(list(range(nc)), ilv), _encode_scan(work, list(range(nc)), ilv, prm, restart)]
     parts.append(b"\xff\xd9")
     return b"".join(parts)
 
@@ -226,7 +296,7 @@ def _parse_sof(body: bytes, info: FrameInfo) -> _Frame:
         raise _corrupt("SOF55 segment too short")
     precision, rows, columns, nf = struct.unpack_from(">BHHB", body)
     if rows == 0:
-        raise UnsupportedImageError("JPEG-LS: a frame with its height in a DNL segment is not supported")
+        raise _corrupt("a frame with its height in a DNL segment is not supported")
     if (rows, columns) != (info.rows, info.columns):
         raise _corrupt(f"frame is {rows} x {columns}, {info.rows} x {info.columns} expected")
     if nf != info.samples_per_pixel:
@@ -239,7 +309,7 @@ def _parse_sof(body: bytes, info: FrameInfo) -> _Frame:
     for c in range(nf):
         cid, sampling, _ = struct.unpack_from(">BBB", body, 6 + 3 * c)
         if sampling != 0x11:
-            raise UnsupportedImageError("JPEG-LS: subsampled components are not supported")
+            raise _corrupt("subsampled components are not supported")
         ids.append(cid)
     if len(set(ids)) != nf:
         raise _corrupt("component identifiers repeat")
@@ -250,7 +320,7 @@ def _parse_lse(body: bytes, frame: _Frame | None) -> None:
     if not body:
         raise _corrupt("empty LSE segment")
     if body[0] != 1:
-        raise UnsupportedImageError(f"JPEG-LS: LSE segment of type {body[0]} (mapping tables or oversize) not supported")
+        raise _corrupt(f"LSE segment of type {body[0]} (mapping tables or oversize) not supported")
     if len(body) != 11:
         raise _corrupt("LSE preset parameters segment has the wrong length")
     if frame is None:
@@ -302,7 +372,7 @@ def decode(data: bytes, info: FrameInfo) -> np.ndarray:
         elif 0xE0 <= marker <= 0xEF or marker == 0xFE:
             continue
         elif 0xC0 <= marker <= 0xCF or marker == 0xF7 or 0xF0 <= marker <= 0xFD:
-            raise UnsupportedImageError(f"JPEG-LS: marker 0xFF{marker:02X} is not a JPEG-LS lossless frame")
+            raise _corrupt(f"marker 0xFF{marker:02X} is not a JPEG-LS lossless frame")
         else:
             raise _corrupt(f"unexpected marker 0xFF{marker:02X}")
     if frame is None or work is None or not done.all():
@@ -326,17 +396,17 @@ def _decode_scan(
         if cid not in frame.ids:
             raise _corrupt(f"SOS names component {cid}, absent from SOF55")
         if table != 0:
-            raise UnsupportedImageError("JPEG-LS: mapping tables are not supported")
+            raise _corrupt("mapping tables are not supported")
         components.append(frame.ids.index(cid))
     near, ilv, transform = body[1 + 2 * ns], body[2 + 2 * ns], body[3 + 2 * ns]
     if near != 0:
-        raise UnsupportedImageError(f"JPEG-LS: NEAR={near} is near-lossless, not lossless")
+        raise _corrupt(f"NEAR={near} is near-lossless, not lossless")
     if transform != 0:
-        raise UnsupportedImageError("JPEG-LS: point transforms are not supported")
+        raise _corrupt("point transforms are not supported")
     if ilv > 2 or (ilv == 0 and ns != 1) or (ilv != 0 and ns == 1):
         raise _corrupt(f"interleave mode {ilv} does not suit a scan of {ns} components")
     if ilv == ILV_SAMPLE and ns != 3:
-        raise UnsupportedImageError("JPEG-LS: sample interleaving of other than three components")
+        raise _corrupt("sample interleaving of other than three components")
     if len(set(components)) != ns or done[components].any():
         raise _corrupt("a component is coded twice")
     prm = frame.kernel_parameters()
@@ -350,9 +420,11 @@ def _decode_scan(
         end = _k.segment_end(buffer, pos)
         last = min(row + step, rows + 1)
         if ilv == ILV_SAMPLE:
-            status = _k.decode_samples(buffer, pos, end, scan_work, row, last, prm)
+            with _fresh_start(scan_work, [0, 1, 2], row):
+                status = _k.decode_samples(buffer, pos, end, scan_work, row, last, prm)
         else:
-            status = _k.decode_lines(buffer, pos, end, work, comps, row, last, prm)
+            with _fresh_start(work, components, row):
+                status = _k.decode_lines(buffer, pos, end, work, comps, row, last, prm)
         if status < 0:
             raise _corrupt(_k.ERRORS.get(status, f"error {status}"))
         row = last

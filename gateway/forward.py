@@ -168,7 +168,7 @@ class DicomSender:
         except (OSError, RuntimeError, ValueError) as exc:
             raise TransientForwardError(f"cannot associate with {dest.ae_title}@{dest.host}:{dest.port}: {exc}") from exc
         if not assoc.is_established:
-            why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "refused or unreachable"
+            why = "rejected" if assoc.is_rejected else "could not be established (refused, unreachable or aborted)"
             raise TransientForwardError(f"association with {dest.ae_title}@{dest.host}:{dest.port} {why}")
         self.assoc = assoc
         self._proposed = proposed
@@ -201,139 +201,6 @@ class DicomSender:
         new = outcome.dataset
         new.set_original_encoding(target == ImplicitVRLittleEndian, True, new.original_character_set)
         return new
-
-    def send(self, job: Job, path: Path) -> str:
-        """Deliver; raise Transient/PermanentForwardError on failure."""
-
-    def close(self) -> None:
-        """Release connections; called when idle and at shutdown."""
-
-
-# --------------------------------------------------------------------- folder
-
-
-def _safe_uid(value: str, what: str) -> str:
-    if not _UID_RE.match(value or "") or len(value) > 64:
-        raise PermanentForwardError(f"{what} {value!r} is not a valid UID; cannot build a file path")
-    return value
-
-
-class FolderSender:
-    """Writes each instance into a folder tree: Study / Series / SOP Instance."""
-
-    def __init__(self, destination: Destination) -> None:
-        assert destination.path is not None
-        self.root = destination.path
-
-    def prepare(self, jobs: list[Job]) -> None:
-        pass
-
-    def send(self, job: Job, path: Path) -> str:
-        info = job.info
-        folder = (self.root / _safe_uid(info.get("study_uid", ""), "Study Instance UID")
-                  / _safe_uid(info.get("series_uid", ""), "Series Instance UID"))
-        target = folder / f"{_safe_uid(info.get('sop_instance_uid', ''), 'SOP Instance UID')}.dcm"
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            atomic_copy(path, target)
-        except OSError as exc:
-            raise TransientForwardError(f"cannot write {target}: {exc}") from exc
-        return str(info.get("transfer_syntax", ""))
-
-    def close(self) -> None:
-        pass
-
-
-# ---------------------------------------------------------------------- dicom
-
-
-def classify_status(status: int) -> str:
-    """``"success"``, ``"transient"`` or ``"permanent"`` for a C-STORE status."""
-    if status in _SUCCESS or 0xB000 <= status <= 0xBFFF:
-        return "success"
-    if 0xA700 <= status <= 0xA7FF or status in (0x0110, 0x0212, 0x0213):
-        return "transient"
-    return "permanent"
-
-
-def ladder_for(destination: Destination, stored_syntax: str) -> list[str]:
-    """Syntaxes to offer for an object stored in `stored_syntax`, best first."""
-    ladder: list[str] = []
-    for uid in (*destination.transfer_syntaxes, stored_syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian):
-        if uid and uid not in ladder:
-            ladder.append(str(uid))
-    return ladder
-
-
-class DicomSender:
-    """C-STORE SCU to one DICOM destination, reusing its association."""
-
-    def __init__(self, destination: Destination, calling_ae: str = "GATEWAY", verify: bool = True) -> None:
-        self.destination = destination
-        self.calling_ae = calling_ae
-        self.verify = verify
-        self.assoc: Association | None = None
-        self._proposed: set[tuple[str, str]] = set()
-        _config.STORE_SEND_CHUNKED_DATASET = True  # send files without decoding them
-
-    def _wanted(self, jobs: Iterable[Job]) -> dict[str, list[str]]:
-        wanted: dict[str, list[str]] = {}
-        for job in jobs:
-            ladder = wanted.setdefault(job.info.get("sop_class_uid", ""), [])
-            for uid in ladder_for(self.destination, job.info.get("transfer_syntax", "")):
-                if uid not in ladder:
-                    ladder.append(uid)
-        return wanted
-
-    def prepare(self, jobs: list[Job]) -> None:
-        wanted = self._wanted(jobs)
-        needed = {(sop, ts) for sop, ladder in wanted.items() for ts in ladder}
-        if self.assoc is not None and self.assoc.is_established and needed <= self._proposed:
-            return
-        self.close()
-        contexts, proposed = [], set()
-        for sop, ladder in wanted.items():
-            if len(contexts) + len(ladder) > _MAX_CONTEXTS:
-                break  # the remaining SOP classes get their own association later
-            for ts in ladder:
-                contexts.append(build_context(sop, [ts]))
-                proposed.add((sop, ts))
-        ae = AE(ae_title=self.calling_ae)
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.destination.timeout_seconds
-        ae.connection_timeout = min(10.0, self.destination.timeout_seconds)
-        dest = self.destination
-        try:
-            assoc = ae.associate(dest.host, dest.port, contexts=contexts, ae_title=dest.ae_title,
-                                 evt_handlers=[(evt.EVT_CONN_OPEN, tcp_nodelay)])
-        except (OSError, RuntimeError, ValueError) as exc:
-            raise TransientForwardError(f"cannot associate with {dest.ae_title}@{dest.host}:{dest.port}: {exc}") from exc
-        if not assoc.is_established:
-            why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "refused or unreachable"
-            raise TransientForwardError(f"association with {dest.ae_title}@{dest.host}:{dest.port} {why}")
-        self.assoc = assoc
-        self._proposed = proposed
-
-    def _accepted(self, sop_class: str) -> list[str]:
-        assert self.assoc is not None
-        return [str(cx.transfer_syntax[0]) for cx in self.assoc.accepted_contexts
-                if str(cx.abstract_syntax) == sop_class]
-
-    def _encode_for(self, path: Path, target: str) -> BytesIO | None:
-        """The object re-encoded (verified) in `target`, or None if it cannot be."""
-        from gateway.pipeline import recompress
-
-        ds = dcmread(path)
-        try:
-            outcome = recompress(ds, target, verify=self.verify)
-        except GatewayError as exc:
-            _log.debug("re-encoding %s to %s failed: %s", path.name, target, exc)
-            return None
-        if not outcome.recompressed and str(outcome.transfer_syntax) != target:
-            return None
-        buffer = BytesIO()
-        dcmwrite(buffer, outcome.dataset, enforce_file_format=True)
-        buffer.seek(0)
-        return buffer
 
     def send(self, job: Job, path: Path) -> str:
         sop_class = job.info.get("sop_class_uid", "")

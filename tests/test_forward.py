@@ -1,0 +1,206 @@
+"""Forwarding: status classes, syntax ladder, retries, dead letters, fallback re-encoding."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import Dataset, dcmread
+from pydicom.filewriter import dcmwrite
+
+from gateway.config import Destination, RetryConfig
+from gateway.errors import PermanentForwardError, TransientForwardError
+from gateway.forward import DicomSender, FolderSender, Forwarder, classify_status, ladder_for
+from gateway.pipeline import recompress
+from gateway.spool import DEAD, DONE, PENDING, Job, Spool
+
+from tests.conftest import pydicom_file, wait_until
+
+RLE = "1.2.840.10008.1.2.5"
+EXPLICIT = "1.2.840.10008.1.2.1"
+IMPLICIT = "1.2.840.10008.1.2"
+
+
+@pytest.mark.parametrize("status, kind", [
+    (0x0000, "success"), (0xB000, "success"), (0xB007, "success"),
+    (0xA700, "transient"), (0xA7FF, "transient"), (0x0110, "transient"),
+    (0xA900, "permanent"), (0xC000, "permanent"), (0xC210, "permanent"), (0x0122, "permanent"),
+])
+def test_status_classes(status: int, kind: str) -> None:
+    assert classify_status(status) == kind
+
+
+def test_ladder_prefers_configured_then_stored_then_native() -> None:
+    dest = Destination("d", "dicom", "A", "h", 1, transfer_syntaxes=("1.2.840.10008.1.2.4.80", RLE))
+    assert ladder_for(dest, RLE) == ["1.2.840.10008.1.2.4.80", RLE, EXPLICIT, IMPLICIT]
+    plain = Destination("d", "dicom", "A", "h", 1)
+    assert ladder_for(plain, IMPLICIT) == [IMPLICIT, EXPLICIT]
+
+
+def _stage(spool: Spool, ds: Dataset, destination: str, target: str | None = RLE) -> Job:
+    """Put `ds` (recompressed to `target`) into the spool with one pending job."""
+    if target is not None:
+        outcome = recompress(ds, target)
+        assert outcome.recompressed, outcome.reason
+        ds = outcome.dataset
+    ident = spool.new_id()
+    tmp = spool.temp_path()
+    dcmwrite(tmp, ds, enforce_file_format=True)
+    spool.store_object(ident, tmp)
+    job = Job(ident, destination, info={
+        "sop_class_uid": str(ds.SOPClassUID), "sop_instance_uid": str(ds.SOPInstanceUID),
+        "study_uid": str(ds.StudyInstanceUID), "series_uid": str(ds.SeriesInstanceUID),
+        "transfer_syntax": str(ds.file_meta.TransferSyntaxUID)})
+    spool.add_job(job)
+    return spool.find_job(ident, destination)
+
+
+class ScriptedSender:
+    """A sender that fails as scripted, then succeeds."""
+
+    def __init__(self, failures: list[Exception]) -> None:
+        self.failures = list(failures)
+        self.sent: list[str] = []
+        self.closed = 0
+
+    def prepare(self, jobs):
+        pass
+
+    def send(self, job, path):
+        if self.failures:
+            raise self.failures.pop(0)
+        self.sent.append(job.instance)
+        return RLE
+
+    def close(self):
+        self.closed += 1
+
+
+def _run(forwarder: Forwarder, until) -> None:
+    forwarder.start()
+    try:
+        assert wait_until(until, timeout=20)
+    finally:
+        forwarder.stop()
+        forwarder.join(5)
+
+
+FAST = RetryConfig(max_attempts=4, base_seconds=0.05, cap_seconds=0.1)
+
+
+def test_transient_failures_are_retried_then_delivered(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    job = _stage(spool, pydicom_file("CT_small.dcm"), "x")
+    sender = ScriptedSender([TransientForwardError("refused"), TransientForwardError("0xA700")])
+    forwarder = Forwarder(Destination("x", "folder", path=tmp_path), spool, FAST, sender)
+    _run(forwarder, lambda: spool.find_job(job.instance, "x").state == DONE)
+    assert sender.sent == [job.instance]
+    assert spool.find_job(job.instance, "x").attempts == 3
+    assert not spool.object_path(job.instance).exists()
+
+
+def test_permanent_failure_is_a_dead_letter_with_reason(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    job = _stage(spool, pydicom_file("CT_small.dcm"), "x")
+    sender = ScriptedSender([PermanentForwardError("status 0xC000")])
+    _run(Forwarder(Destination("x", "folder", path=tmp_path), spool, FAST, sender),
+         lambda: spool.find_job(job.instance, "x").state == DEAD)
+    dead = spool.find_job(job.instance, "x")
+    assert dead.reason == "status 0xC000" and dead.attempts == 1
+    assert spool.object_path(job.instance).exists(), "a dead letter keeps its object for retry"
+
+
+def test_transient_failures_give_up_after_max_attempts(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    job = _stage(spool, pydicom_file("CT_small.dcm"), "x")
+    sender = ScriptedSender([TransientForwardError("refused")] * 10)
+    _run(Forwarder(Destination("x", "folder", path=tmp_path), spool, FAST, sender),
+         lambda: spool.find_job(job.instance, "x").state == DEAD)
+    dead = spool.find_job(job.instance, "x")
+    assert dead.attempts == FAST.max_attempts and "gave up after 4 attempts: refused" in dead.reason
+
+
+def test_folder_sender_writes_study_series_instance(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    ds = pydicom_file("CT_small.dcm")
+    job = _stage(spool, ds, "f")
+    FolderSender(Destination("f", "folder", path=tmp_path / "out")).send(job, spool.object_path(job.instance))
+    target = tmp_path / "out" / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
+    assert np.array_equal(dcmread(target).pixel_array, ds.pixel_array)
+    assert [p.name for p in target.parent.iterdir()] == [target.name], "no temp files left behind"
+
+
+def test_folder_sender_refuses_unsafe_uids(tmp_path: Path) -> None:
+    sender = FolderSender(Destination("f", "folder", path=tmp_path))
+    job = Job("i", "f", info={"study_uid": "../../etc", "series_uid": "1.2", "sop_instance_uid": "1.3"})
+    with pytest.raises(PermanentForwardError, match="Study Instance UID"):
+        sender.send(job, tmp_path / "x.dcm")
+
+
+def _dicom_destination(peer, **kwargs) -> Destination:
+    return Destination("pacs", "dicom", ae_title=peer.ae_title, host="127.0.0.1", port=peer.port,
+                       timeout_seconds=10, **kwargs)
+
+
+def test_fallback_reencodes_when_first_choice_is_refused(tmp_path: Path, peer_factory) -> None:
+    peer = peer_factory(syntaxes=[EXPLICIT]).start()  # takes no compressed syntax at all
+    spool = Spool(tmp_path)
+    originals = [pydicom_file("CT_small.dcm"), pydicom_file("MR_small.dcm")]
+    jobs = [_stage(spool, ds, "pacs") for ds in originals]
+    forwarder = Forwarder(_dicom_destination(peer), spool, FAST, DicomSender(_dicom_destination(peer)))
+    _run(forwarder, lambda: all(spool.find_job(j.instance, "pacs").state == DONE for j in jobs))
+    got = peer.by_uid()
+    for ds in originals:
+        received = got[ds.SOPInstanceUID]
+        assert received.file_meta.TransferSyntaxUID == EXPLICIT
+        assert np.array_equal(received.pixel_array, ds.pixel_array)
+    assert peer.associations == 1, "one association for the whole batch"
+
+
+def test_preferred_syntax_is_used_when_accepted(tmp_path: Path, peer_factory) -> None:
+    peer = peer_factory().start()
+    spool = Spool(tmp_path)
+    ds = pydicom_file("CT_small.dcm")
+    job = _stage(spool, ds, "pacs")
+    _run(Forwarder(_dicom_destination(peer), spool, FAST, DicomSender(_dicom_destination(peer))),
+         lambda: spool.find_job(job.instance, "pacs").state == DONE)
+    received = peer.by_uid()[ds.SOPInstanceUID]
+    assert received.file_meta.TransferSyntaxUID == RLE
+    assert np.array_equal(received.pixel_array, ds.pixel_array)
+
+
+def test_configured_ladder_reencodes_to_the_destinations_choice(tmp_path: Path, peer_factory) -> None:
+    peer = peer_factory().start()
+    spool = Spool(tmp_path)
+    ds = pydicom_file("CT_small.dcm")
+    job = _stage(spool, ds, "pacs")
+    dest = _dicom_destination(peer, transfer_syntaxes=("1.2.840.10008.1.2.4.70",))
+    _run(Forwarder(dest, spool, FAST, DicomSender(dest)), lambda: spool.find_job(job.instance, "pacs").state == DONE)
+    received = peer.by_uid()[ds.SOPInstanceUID]
+    assert received.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.70"
+    assert np.array_equal(received.pixel_array, ds.pixel_array)
+
+
+@pytest.mark.parametrize("status, state", [(0xA700, PENDING), (0xC123, DEAD)])
+def test_peer_status_decides_retry_or_dead_letter(tmp_path: Path, peer_factory, status: int, state: str) -> None:
+    peer = peer_factory(status=status).start()
+    spool = Spool(tmp_path)
+    job = _stage(spool, pydicom_file("CT_small.dcm"), "pacs")
+    slow = RetryConfig(max_attempts=5, base_seconds=30, cap_seconds=30)
+    _run(Forwarder(_dicom_destination(peer), spool, slow, DicomSender(_dicom_destination(peer))),
+         lambda: (j := spool.find_job(job.instance, "pacs")).attempts == 1 and j.state == state)
+    assert f"0x{status:04X}" in spool.find_job(job.instance, "pacs").reason
+
+
+def test_unreachable_destination_is_transient(tmp_path: Path) -> None:
+    from tests.conftest import free_port
+
+    dest = Destination("pacs", "dicom", ae_title="X", host="127.0.0.1", port=free_port(), timeout_seconds=2)
+    sender = DicomSender(dest)
+    started = time.monotonic()
+    with pytest.raises(TransientForwardError, match="could not be established|cannot associate"):
+        sender.prepare([Job("i", "pacs", info={"sop_class_uid": "1.2.840.10008.5.1.4.1.1.2",
+                                               "transfer_syntax": RLE})])
+    assert time.monotonic() - started < 10

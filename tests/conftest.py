@@ -27,6 +27,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from gateway.config import Config, parse_config
+from gateway.scp import ACCEPTED_SYNTAXES
 from gateway.service import Gateway
 
 from tests.tools import program
@@ -142,12 +143,7 @@ class DicomPeer:
         ae = AE(ae_title=self.ae_title)
         ae.add_supported_context(Verification)
         for cx in AllStoragePresentationContexts:
-            if self.syntaxes is None:
-                ae.add_supported_context(cx.abstract_syntax, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2",
-                                                              "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.80",
-                                                              "1.2.840.10008.1.2.4.70"])
-            else:
-                ae.add_supported_context(cx.abstract_syntax, self.syntaxes)
+            ae.add_supported_context(cx.abstract_syntax, self.syntaxes or list(ACCEPTED_SYNTAXES))
         self.server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=[
             (evt.EVT_C_STORE, self._on_store), (evt.EVT_ACCEPTED, self._on_open)])
         return self
@@ -277,3 +273,32 @@ def copy_tree_files(files: list[Path], folder: Path) -> Path:
     for path in files:
         shutil.copy(path, folder / path.name)
     return folder
+
+
+def make_series(count: int, rows: int = 128, columns: int = 128, seed: int = 0) -> list[Dataset]:
+    """A generated CT series: CT_small's attributes, new UIDs, smooth 12-bit pixels."""
+    import numpy as np
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    rng = np.random.default_rng(seed)
+    study, series = generate_uid(), generate_uid()
+    y, x = np.mgrid[0:rows, 0:columns]
+    datasets = []
+    for index in range(count):
+        ds = pydicom_file("CT_small.dcm")
+        base = 1000 + 800 * np.sin((x + index) / 9.0) * np.cos(y / 13.0)
+        pixels = np.clip(base + rng.normal(0, 20, (rows, columns)), 0, 4095).astype(np.uint16)
+        ds.Rows, ds.Columns = rows, columns
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.PixelData = pixels.tobytes()
+        for keyword in ("SmallestImagePixelValue", "LargestImagePixelValue"):
+            if keyword in ds:
+                del ds[keyword]
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID = generate_uid()
+        ds.InstanceNumber = index + 1
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.set_original_encoding(False, True, ds.original_character_set)
+        datasets.append(ds)
+    return datasets

@@ -1,0 +1,302 @@
+"""End to end in process and across a crash: SCU -> gateway -> DICOM peer and folder.
+
+Every pixel array that arrives is compared with the one sent, value for
+value, with pydicom's own decoders (not ours).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import Dataset, dcmread
+from pydicom.uid import RLELossless, generate_uid
+
+from gateway.spool import DEAD, DONE, PENDING, Spool
+
+from tests.conftest import REPO, build_config, free_port, make_series, pydicom_file, send, wait_until
+from tests.corpus import corpus_entries
+
+PYDICOM_FILES = [
+    "CT_small.dcm",  # 16-bit signed, explicit LE
+    "MR_small_bigendian.dcm",  # explicit big endian
+    "MR_small_implicit.dcm",  # implicit LE
+    "SC_rgb_small_odd.dcm",  # 8-bit RGB, odd size
+    "SC_rgb_rle_16bit_2frame.dcm",  # already RLE, 16-bit RGB, 2 frames
+    "rtdose_rle.dcm",  # RLE 32-bit, 15 frames
+    "MR_small_jpeg_ls_lossless.dcm",  # JPEG-LS lossless: decoded and recompressed
+    "SC_rgb_jpeg_gdcm.dcm",  # JPEG lossless SV1, RGB
+    "JPEG2000.dcm",  # JPEG 2000
+    "SC_rgb_jpeg_lossy_gdcm.dcm",  # lossy JPEG: forwarded as received
+    "image_dfl.dcm",  # deflated
+    "liver_1frame.dcm",  # 1-bit segmentation: forwarded as received
+    "SC_ybr_full_422_uncompressed.dcm",  # native YBR_FULL_422: forwarded as received
+    "examples_palette.dcm",  # palette colour
+]
+
+
+def _archive_files(root: Path) -> dict[str, Path]:
+    return {p.stem: p for p in root.rglob("*.dcm")}
+
+
+def _assert_same_pixels(sent: Dataset, received: Dataset) -> None:
+    assert received.SOPInstanceUID == sent.SOPInstanceUID
+    assert np.array_equal(received.pixel_array, sent.pixel_array), f"pixels differ for {sent.SOPInstanceUID}"
+
+
+def _corpus_samples(limit: int = 6) -> list[Dataset]:
+    """A few small real images from the corpus, one per modality folder."""
+    chosen, seen = [], set()
+    for row in corpus_entries():
+        if row["folder"] in seen or row["folder"] == "series" or int(row["raw_pixel_bytes"]) > 3_000_000:
+            continue
+        seen.add(row["folder"])
+        chosen.append(dcmread(row["file"]))
+        if len(chosen) == limit:
+            break
+    return chosen
+
+
+def test_scu_to_gateway_to_peer_and_folder(tmp_path: Path, gateway_factory, peer_factory) -> None:
+    peer = peer_factory().start()
+    config = build_config(tmp_path, destinations=[
+        {"name": "pacs", "kind": "dicom", "ae_title": peer.ae_title, "host": "127.0.0.1", "port": peer.port},
+        {"name": "local", "kind": "folder", "path": "archive"},
+    ])
+    gateway = gateway_factory(config)
+    datasets = [pydicom_file(name) for name in PYDICOM_FILES] + _corpus_samples()
+    for ds in datasets:  # some bundled files share UIDs
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    assert send(gateway.port, datasets) == [0] * len(datasets)
+    assert gateway.wait_idle(120)
+
+    at_peer = peer.by_uid()
+    in_folder = _archive_files(tmp_path / "archive")
+    for ds in datasets:
+        uid = str(ds.SOPInstanceUID)
+        _assert_same_pixels(ds, at_peer[uid])
+        _assert_same_pixels(ds, dcmread(in_folder[uid]))
+        syntax = at_peer[uid].file_meta.TransferSyntaxUID
+        if syntax != RLELossless:  # passed through: exactly as received
+            assert syntax == ds.file_meta.TransferSyntaxUID and at_peer[uid].PixelData == ds.PixelData
+    recompressed = [ds for ds in datasets if at_peer[str(ds.SOPInstanceUID)].file_meta.TransferSyntaxUID == RLELossless]
+    assert len(recompressed) >= len(datasets) - 4, "only lossy, 1-bit and subsampled images pass through"
+    counts = gateway.spool.counts()
+    assert counts[DONE] == 2 * len(datasets) and counts[DEAD] == 0
+    assert list(gateway.spool.objects.iterdir()) == [], "objects are removed once delivered everywhere"
+
+
+def test_attributes_other_than_pixel_encoding_are_unchanged(tmp_path: Path, gateway_factory) -> None:
+    gateway = gateway_factory(build_config(tmp_path))
+    sent = pydicom_file("MR_small.dcm")
+    assert send(gateway.port, [sent]) == [0]
+    assert gateway.wait_idle(60)
+    got = dcmread(next((tmp_path / "archive").rglob("*.dcm")))
+    skip = {0x7FE00010}
+    for element in sent:
+        if element.tag not in skip:
+            assert got[element.tag].value == element.value, element.keyword
+
+
+def test_corrupt_pixel_data_is_forwarded_unchanged(tmp_path: Path, gateway_factory) -> None:
+    gateway = gateway_factory(build_config(tmp_path, compression={"transfer_syntax": "JPEGLSLossless"}))
+    ds = pydicom_file("MR_small_RLE.dcm")
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    broken = bytearray(ds.PixelData)
+    broken[100:400] = os.urandom(300)  # the RLE segments no longer decode to the right size
+    ds.PixelData = bytes(broken)
+    good = pydicom_file("CT_small.dcm")
+    assert send(gateway.port, [ds, good]) == [0, 0]
+    assert gateway.wait_idle(60)
+    files = _archive_files(tmp_path / "archive")
+    forwarded = dcmread(files[str(ds.SOPInstanceUID)])
+    assert forwarded.file_meta.TransferSyntaxUID == RLELossless
+    assert forwarded.PixelData == bytes(broken), "what cannot be decoded is passed through untouched"
+    _assert_same_pixels(good, dcmread(files[str(good.SOPInstanceUID)]))
+
+
+def test_destination_down_then_back(tmp_path: Path, gateway_factory, peer_factory) -> None:
+    peer = peer_factory()  # not started yet: connection refused
+    config = build_config(tmp_path, destinations=[
+        {"name": "pacs", "kind": "dicom", "ae_title": peer.ae_title, "host": "127.0.0.1", "port": peer.port},
+        {"name": "local", "kind": "folder", "path": "archive"},
+    ])
+    gateway = gateway_factory(config)
+    series = make_series(6)
+    assert send(gateway.port, series) == [0] * 6
+    # The folder destination is not held up by the absent PACS.
+    assert wait_until(lambda: len(_archive_files(tmp_path / "archive")) == 6, timeout=60)
+    assert wait_until(lambda: any(j.attempts >= 2 for j in gateway.spool.jobs_in(PENDING, "pacs")), timeout=30)
+    assert gateway.spool.counts()[DEAD] == 0
+    peer.start()
+    assert gateway.wait_idle(60)
+    got = peer.by_uid()
+    for ds in series:
+        _assert_same_pixels(ds, got[str(ds.SOPInstanceUID)])
+
+
+def test_destination_rejecting_our_syntax_gets_a_fallback(tmp_path: Path, gateway_factory, peer_factory) -> None:
+    peer = peer_factory(syntaxes=["1.2.840.10008.1.2"]).start()  # implicit little endian only
+    gateway = gateway_factory(build_config(tmp_path, destinations=[
+        {"name": "pacs", "kind": "dicom", "ae_title": peer.ae_title, "host": "127.0.0.1", "port": peer.port}]))
+    series = make_series(3) + [pydicom_file("SC_rgb_small_odd.dcm")]
+    assert send(gateway.port, series) == [0] * 4
+    assert gateway.wait_idle(60)
+    got = peer.by_uid()
+    for ds in series:
+        assert got[str(ds.SOPInstanceUID)].file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
+        _assert_same_pixels(ds, got[str(ds.SOPInstanceUID)])
+
+
+def test_routes_and_per_modality_codecs(tmp_path: Path, gateway_factory) -> None:
+    config = build_config(
+        tmp_path,
+        destinations=[{"name": "all", "kind": "folder", "path": "all"},
+                      {"name": "mr", "kind": "folder", "path": "mr"}],
+        routes=[{"destinations": ["all"]}, {"destinations": ["mr"], "modality": ["MR"], "calling_ae": ["MRI"]}],
+        compression={"modality": {"MR": "JPEGLSLossless", "OT": "keep"}},
+    )
+    gateway = gateway_factory(config)
+    ct, mr = pydicom_file("CT_small.dcm"), pydicom_file("MR_small.dcm")
+    assert send(gateway.port, [ct, mr], calling="MRI") == [0, 0]
+    other_mr = pydicom_file("MR_small.dcm")
+    other_mr.SOPInstanceUID = generate_uid()
+    assert send(gateway.port, [other_mr], calling="ELSEWHERE") == [0]
+    assert gateway.wait_idle(60)
+    everything = _archive_files(tmp_path / "all")
+    assert set(everything) == {ct.SOPInstanceUID, mr.SOPInstanceUID, other_mr.SOPInstanceUID}
+    assert set(_archive_files(tmp_path / "mr")) == {mr.SOPInstanceUID}
+    assert dcmread(everything[ct.SOPInstanceUID]).file_meta.TransferSyntaxUID == RLELossless
+    assert dcmread(everything[mr.SOPInstanceUID]).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"
+
+
+def test_unroutable_instance_is_a_dead_letter_not_a_loss(tmp_path: Path, gateway_factory) -> None:
+    config = build_config(tmp_path, routes=[{"destinations": ["local"], "modality": ["MR"]}])
+    gateway = gateway_factory(config)
+    assert send(gateway.port, [pydicom_file("CT_small.dcm")]) == [0]
+    assert wait_until(lambda: gateway.spool.counts()[DEAD] == 1, timeout=30)
+    (dead,) = gateway.spool.jobs_in(DEAD)
+    assert "no route matches" in dead.reason
+    assert gateway.spool.object_path(dead.instance).exists()
+
+
+# ------------------------------------------------------------ crash recovery
+
+
+def _write_toml(path: Path, port: int) -> None:
+    path.write_text(f"""
+[server]
+ae_title = "GATEWAY"
+host = "127.0.0.1"
+port = {port}
+
+[spool]
+directory = "spool"
+
+[compression]
+transfer_syntax = "RLELossless"
+
+[retry]
+base_seconds = 0.2
+cap_seconds = 1.0
+
+[[destinations]]
+name = "local"
+kind = "folder"
+path = "archive"
+""")
+
+
+def _serve(config: Path, log: Path) -> subprocess.Popen:
+    handle = open(log, "ab")
+    return subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
+                            stdout=handle, stderr=subprocess.STDOUT, cwd=REPO)
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_kill_9_mid_series_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "gateway.toml"
+    _write_toml(config, port)
+    process = _serve(config, tmp_path / "gateway.log")
+    try:
+        assert wait_until(lambda: _listening(port), timeout=60), (tmp_path / "gateway.log").read_text()
+        series = make_series(60, rows=256, columns=256, seed=3)
+        acknowledged: list[str] = []
+
+        def sender() -> None:
+            from pynetdicom import AE
+
+            ae = AE(ae_title="MODALITY")
+            ae.add_requested_context(series[0].SOPClassUID, "1.2.840.10008.1.2.1")
+            assoc = ae.associate("127.0.0.1", port, ae_title="GATEWAY")
+            if not assoc.is_established:
+                return
+            for ds in series:
+                rsp = assoc.send_c_store(ds)
+                if "Status" in rsp and int(rsp.Status) == 0:
+                    acknowledged.append(str(ds.SOPInstanceUID))
+                if not assoc.is_established:
+                    return
+            assoc.release()
+
+        thread = threading.Thread(target=sender)
+        thread.start()
+        assert wait_until(lambda: len(acknowledged) >= 20, timeout=60)
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+        thread.join(30)
+        assert 20 <= len(acknowledged) < len(series), "the crash should land mid-series"
+
+        process = _serve(config, tmp_path / "gateway.log")
+        archive = tmp_path / "archive"
+        assert wait_until(lambda: set(acknowledged) <= set(_archive_files(archive)), timeout=120), \
+            (tmp_path / "gateway.log").read_text()[-3000:]
+        files = _archive_files(archive)
+        sent = {str(ds.SOPInstanceUID): ds for ds in series}
+        for uid in acknowledged:
+            _assert_same_pixels(sent[uid], dcmread(files[uid]))
+        assert wait_until(lambda: Spool(tmp_path / "spool").counts()["pending"] == 0, timeout=30)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    assert process.returncode == 0 or process.returncode == -signal.SIGKILL
+
+
+def test_sigterm_stops_cleanly(tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "gateway.toml"
+    _write_toml(config, port)
+    process = _serve(config, tmp_path / "gateway.log")
+    try:
+        assert wait_until(lambda: _listening(port), timeout=60)
+        assert send(port, [pydicom_file("CT_small.dcm")]) == [0]
+        assert wait_until(lambda: len(_archive_files(tmp_path / "archive")) == 1, timeout=30)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    log = (tmp_path / "gateway.log").read_text()
+    for stage in ("received", "encoded", "verified", "forwarded"):
+        assert f" {stage} sop=" in log, stage
+    assert "CompressedSamples" not in log and "Patient" not in log
+    time.sleep(0)

@@ -162,12 +162,13 @@ def _pass(ds: Dataset, reason: str, original: int, enc_s: float = 0.0, ver_s: fl
     return Outcome(ds, uid, False, reason, original, original, enc_s, ver_s)
 
 
-def _encapsulate(fragments: Sequence[bytes], limit: int = _BOT_LIMIT) -> tuple[bytes, tuple[bytes, bytes] | None]:
+def _encapsulate(fragments: Sequence[bytes]) -> tuple[bytes, tuple[bytes, bytes] | None]:
     """Encapsulate one fragment per frame (PS3.5 A.4).
 
     Returns the Pixel Data value and, when the offsets do not fit a Basic
-    Offset Table (`limit`), the Extended Offset Table and its lengths.
+    Offset Table (``_BOT_LIMIT``), the Extended Offset Table and its lengths.
     """
+    limit = _BOT_LIMIT
     # Each frame is one item: 8-byte item header + even-length fragment.
     offsets_end = sum(8 + len(f) + (len(f) & 1) for f in fragments[:-1]) if fragments else 0
     if offsets_end <= limit:
@@ -313,7 +314,7 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True) -> Outcome:
         return _pass(ds, f"decoding failed: {exc}", original)
     if source == target_uid:
         return _pass(ds, "already in target syntax", original)
-    if source.is_encapsulated and str(source) not in LOSSLESS_SOURCES and not _ours(source):
+    if _encapsulated(source) and str(source) not in LOSSLESS_SOURCES and not _ours(source):
         return _pass(
             ds,
             f"lossy-compressed source ({source.name}); re-encoding its decoded pixels "
@@ -386,6 +387,10 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True) -> Outcome:
         new.PhotometricInterpretation = "RGB"
     if ds.original_encoding[1] is False or source == "1.2.840.10008.1.2.2":
         _make_little_endian(new)
+    if not target_uid.is_transfer_syntax:
+        # A private syntax: tell pydicom it is written Explicit VR Little Endian.
+        target_uid = UID(str(target_uid))
+        target_uid.set_private_encoding(False, True)
     new.file_meta.TransferSyntaxUID = target_uid
     encode_seconds = time.perf_counter() - start
 
@@ -397,6 +402,11 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True) -> Outcome:
         if reason:
             return _pass(ds, reason, original, encode_seconds, verify_seconds)
     return Outcome(new, str(target_uid), True, None, original, len(value), encode_seconds, verify_seconds)
+
+
+def _encapsulated(uid: UID) -> bool:
+    """True for an encapsulated syntax; private ones pydicom does not know count as such."""
+    return not (uid.is_transfer_syntax and not uid.is_encapsulated)
 
 
 def _ours(uid: UID) -> bool:

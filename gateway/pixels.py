@@ -151,7 +151,8 @@ def iter_frames(ds: Dataset) -> Iterator[np.ndarray]:
     info = frame_info(ds)
     frames = number_of_frames(ds)
     uid = transfer_syntax(ds)
-    if not uid.is_encapsulated:
+    # A private syntax is unknown to pydicom (is_encapsulated would raise): encapsulated.
+    if uid.is_transfer_syntax and not uid.is_encapsulated:
         _check_native_form(info)
         yield from _iter_native(ds, info, frames, big_endian=(uid == ExplicitVRBigEndian))
         return

@@ -1,0 +1,504 @@
+"""The recompression policy: every registered codec and the native targets
+over corpus images, each pass-through reason on a real crafted dataset,
+attribute preservation, and inputs in every transfer syntax we read."""
+
+from __future__ import annotations
+
+import copy
+import struct
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom import Dataset
+from pydicom.data import get_testdata_file
+from pydicom.encaps import encapsulate_extended, generate_frames
+from pydicom.uid import (
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGLSLossless,
+    RLELossless,
+)
+
+import gateway.pipeline as pipeline
+from gateway.codecs import all_codecs, get_codec
+from gateway.codecs.base import FrameInfo
+from gateway.codecs.rle import encode
+from gateway.errors import CodecNotFoundError, GatewayError
+from gateway.pipeline import REFERENCE_DECODERS, Outcome, recompress, recompress_file
+from gateway.pixels import frame_info, high_bits_used, iter_frames
+from gateway.verify import compare_pixels
+from tests.corpus import corpus_params
+from tests.test_rle import make_dataset
+
+NATIVE = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+TARGETS = [pytest.param(c.uid, id=c.name) for c in all_codecs()] + [
+    pytest.param(uid, id=uid.keyword) for uid in NATIVE
+]
+CHANGEABLE = {"PixelData", "PlanarConfiguration", "ExtendedOffsetTable", "ExtendedOffsetTableLengths"}
+
+MONO = FrameInfo(rows=6, columns=9, bits_allocated=16, bits_stored=12)
+RGB = FrameInfo(rows=5, columns=4, samples_per_pixel=3, bits_allocated=8, bits_stored=8,
+                photometric_interpretation="RGB")
+
+
+def _testdata(name: str) -> Dataset:
+    path = get_testdata_file(name)
+    if path is None:
+        pytest.skip(f"pydicom test file {name} is not available")
+    return pydicom.dcmread(path)
+
+
+def _frames(info: FrameInfo, count: int = 1, seed: int = 3) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    low, high = info.value_range
+    return [rng.integers(low, high, size=info.shape, endpoint=True).astype(info.dtype) for _ in range(count)]
+
+
+def _reread(ds: Dataset) -> Dataset:
+    """Write `ds` as a DICOM file and read it back, as the next hop would."""
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    buffer.seek(0)
+    return pydicom.dcmread(buffer)
+
+
+def _values(ds: Dataset) -> dict:
+    return {elem.keyword or str(elem.tag): elem.value for elem in ds if elem.keyword not in CHANGEABLE}
+
+
+def _assert_recompressed(ds: Dataset, outcome: Outcome, target: str) -> None:
+    """The outcome is a faithful recompression of `ds` into `target`."""
+    assert outcome.recompressed and outcome.reason is None
+    out = outcome.dataset
+    assert out is not ds
+    assert outcome.transfer_syntax == target == out.file_meta.TransferSyntaxUID
+    assert outcome.original_pixel_bytes == len(ds.PixelData)
+    assert outcome.encoded_pixel_bytes == len(out.PixelData)
+    assert compare_pixels(ds, out) is None
+    # Every attribute except the pixel data and its layout is unchanged.
+    expected, actual = _values(ds), _values(out)
+    if ds.get("PhotometricInterpretation") in ("YBR_RCT", "YBR_ICT"):
+        assert actual.pop("PhotometricInterpretation") == "RGB"
+        expected.pop("PhotometricInterpretation")
+    assert actual == expected
+    meta_in = {e.keyword: e.value for e in ds.file_meta if e.keyword not in ("TransferSyntaxUID", "FileMetaInformationGroupLength")}
+    meta_out = {e.keyword: e.value for e in out.file_meta if e.keyword not in ("TransferSyntaxUID", "FileMetaInformationGroupLength")}
+    assert meta_out == meta_in
+    if target not in NATIVE:
+        assert out["PixelData"].VR == "OB" and out["PixelData"].is_undefined_length
+        if int(ds.get("SamplesPerPixel", 1)) == 3:
+            assert out.PlanarConfiguration == 0
+    # What the next hop reads is still the same image.
+    assert compare_pixels(ds, _reread(out)) is None
+
+
+def _assert_passed(ds: Dataset, outcome: Outcome, *reason_parts: str) -> None:
+    assert not outcome.recompressed
+    assert outcome.dataset is ds
+    assert outcome.reason and all(part in outcome.reason for part in reason_parts), outcome.reason
+    assert outcome.encoded_pixel_bytes == outcome.original_pixel_bytes
+
+
+# ---------------------------------------------------------------- corpus x targets
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("row", corpus_params(limit_per_series=2))
+def test_corpus_images(row: dict, target: str) -> None:
+    ds = pydicom.dcmread(row["file"])
+    before = copy.deepcopy(ds)
+    outcome = recompress(ds, target)
+    info = frame_info(ds)
+    frames = list(iter_frames(ds))
+    source = str(ds.file_meta.TransferSyntaxUID)
+    reason = None
+    if source == target:
+        reason = "already in target syntax"
+    elif target not in NATIVE:
+        reason = get_codec(target).supports(info)
+    if reason is None and any(high_bits_used(f, info) for f in frames):
+        reason = "Bits Stored"
+    if reason is None:
+        _assert_recompressed(ds, outcome, target)
+    else:
+        _assert_passed(ds, outcome)
+    assert ds == before, "the input dataset was modified"
+
+
+# ---------------------------------------------------------------- inputs in every syntax we read
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize(
+    "name",
+    [
+        "MR_small_bigendian.dcm",  # explicit VR big endian, 16 bit signed
+        "SC_rgb_small_odd_big_endian.dcm",  # big endian colour, odd size
+        "rtdose_expb.dcm",  # big endian, 32 bit, multi-frame
+        "image_dfl.dcm",  # deflated
+        "MR_small_RLE.dcm",  # RLE from another encoder
+        "SC_rgb_rle_16bit_2frame.dcm",
+        "SC_rgb_jpeg_gdcm.dcm",  # JPEG lossless SV1 colour
+        "MR_small_jpeg_ls_lossless.dcm",  # JPEG-LS lossless
+        "MR_small_jp2klossless.dcm",  # JPEG 2000 lossless
+        "GDCMJ2K_TextGBR.dcm",  # JPEG 2000 lossless, YBR_RCT colour
+        "MR_small_implicit.dcm",
+        "examples_palette.dcm",
+    ],
+)
+def test_inputs_of_every_syntax(name: str, target: str) -> None:
+    ds = _testdata(name)
+    outcome = recompress(ds, target)
+    if str(ds.file_meta.TransferSyntaxUID) == target:
+        _assert_passed(ds, outcome, "already in target syntax")
+        return
+    info = frame_info(ds)
+    if info.photometric_interpretation == "YBR_RCT":
+        from dataclasses import replace
+
+        info = replace(info, photometric_interpretation="RGB")
+    if target not in NATIVE and get_codec(target).supports(info):
+        _assert_passed(ds, outcome, "cannot carry this image")
+        return
+    _assert_recompressed(ds, outcome, target)
+    if info.photometric_interpretation == "RGB" and name.startswith("GDCMJ2K"):
+        assert outcome.dataset.PhotometricInterpretation == "RGB"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_pydicom_compressed_input(target: str) -> None:
+    pytest.importorskip("jpeg_ls", reason="pyjpegls is needed for pydicom to write JPEG-LS")
+    ds = make_dataset(MONO, _frames(MONO, 3))
+    ds.compress(JPEGLSLossless, encoding_plugin="pyjpegls")
+    outcome = recompress(ds, target)
+    if target == JPEGLSLossless:
+        _assert_passed(ds, outcome, "already in target syntax")
+    else:
+        _assert_recompressed(ds, outcome, target)
+
+
+def test_big_endian_word_data_outside_pixels_is_swapped() -> None:
+    """OW values (here Overlay Data) read from a big endian file keep their 16-bit words.
+
+    PS3.5 7.3: OW is a stream of 16-bit words in the syntax's byte order, so
+    writing them little endian swaps each word's bytes.
+    """
+    ds = make_dataset(MONO, _frames(MONO))
+    words = np.arange(0x0102, 0x0102 + 8 * 0x0101, 0x0101, dtype=np.uint16)
+    ds.add_new(0x60003000, "OW", words.astype(">u2").tobytes())
+    ds.add_new(0x00091010, "OB", b"\x01\x02\x03\x04")  # bytes: never swapped
+    ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+    ds.PixelData = b"".join(f.astype(">u2").tobytes() for f in _frames(MONO))
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True, implicit_vr=False, little_endian=False)
+    buffer.seek(0)
+    big = pydicom.dcmread(buffer)
+    before = big[0x60003000].value
+    for target in (RLELossless, ExplicitVRLittleEndian):
+        outcome = recompress(big, target)
+        assert outcome.recompressed and compare_pixels(big, outcome.dataset) is None
+        back = _reread(outcome.dataset)
+        assert np.array_equal(np.frombuffer(back[0x60003000].value, "<u2"), words)
+        assert back[0x00091010].value == b"\x01\x02\x03\x04"
+        assert big[0x60003000].value == before, "the input dataset was modified"
+
+
+# ---------------------------------------------------------------- every pass-through reason
+
+
+def test_float_pixel_data() -> None:
+    ds = make_dataset(MONO, _frames(MONO))
+    del ds.PixelData
+    ds.BitsAllocated = 32
+    ds.FloatPixelData = np.zeros(MONO.rows * MONO.columns, np.float32).tobytes()
+    _assert_passed(ds, recompress(ds, RLELossless), "floating point")
+
+
+def test_one_bit_pixel_data() -> None:
+    info = FrameInfo(rows=8, columns=8, bits_allocated=8, bits_stored=1)
+    ds = make_dataset(info, [np.zeros((8, 8), np.uint8)])
+    ds.BitsAllocated = 1
+    ds.PixelData = b"\x55" * 8
+    _assert_passed(ds, recompress(ds, RLELossless), "'Bits Allocated' 1")
+
+
+def test_real_one_bit_file() -> None:
+    ds = _testdata("liver_1frame.dcm")
+    _assert_passed(ds, recompress(ds, RLELossless), "'Bits Allocated' 1")
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_data_above_bits_stored(target: str) -> None:
+    frames = _frames(MONO)
+    frames[0][2, 3] = 0xF123  # 12-bit image with data in the top 4 bits
+    ds = make_dataset(MONO, frames)
+    outcome = recompress(ds, target)
+    if target == ExplicitVRLittleEndian:
+        _assert_passed(ds, outcome, "already in target syntax")
+    else:
+        _assert_passed(ds, outcome, "frame 1", "Bits Stored")
+
+
+def test_signed_data_not_sign_extended_is_kept() -> None:
+    info = FrameInfo(rows=2, columns=2, bits_allocated=16, bits_stored=12, pixel_representation=1)
+    frames = [np.array([[-1, 5], [0x07FF, 0x0800]], np.int16)]  # 0x0800 is not a sign-extended 12-bit value
+    ds = make_dataset(info, frames)
+    _assert_passed(ds, recompress(ds, RLELossless), "Bits Stored")
+
+
+@pytest.mark.parametrize("codec", [pytest.param(c, id=c.name) for c in all_codecs()])
+def test_codec_refuses_the_image(codec) -> None:
+    ds = _testdata("SC_ybr_full_422_uncompressed.dcm")
+    outcome = recompress(ds, codec.uid)
+    # Refused by the codec's profile, or by the decoder of subsampled native data.
+    _assert_passed(ds, outcome, "YBR_FULL_422")
+
+
+@pytest.mark.parametrize("codec", [pytest.param(c, id=c.name) for c in all_codecs()])
+def test_codec_refuses_the_bit_depth(codec) -> None:
+    info = FrameInfo(rows=4, columns=4, bits_allocated=32, bits_stored=32)
+    if codec.supports(info) is None:
+        pytest.skip(f"{codec.name} carries 32-bit data")
+    ds = make_dataset(info, _frames(info))
+    _assert_passed(ds, recompress(ds, codec.uid), "cannot carry this image", "32")
+
+
+def test_ybr_422_to_native_is_kept() -> None:
+    ds = _testdata("SC_ybr_full_422_uncompressed.dcm")
+    _assert_passed(ds, recompress(ds, ImplicitVRLittleEndian), "YBR_FULL_422")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["SC_rgb_jpeg_dcmtk.dcm", "JPGExtended.dcm", "JPEG2000.dcm", "693_J2KI.dcm", "JPEGLSNearLossless_16.dcm"],
+)
+@pytest.mark.parametrize("target", TARGETS)
+def test_lossy_sources_are_kept(name: str, target: str) -> None:
+    ds = _testdata(name)
+    _assert_passed(ds, recompress(ds, target), "lossy-compressed source")
+
+
+def test_no_pixel_data() -> None:
+    ds = _testdata("test-SR.dcm")
+    outcome = recompress(ds, RLELossless)
+    _assert_passed(ds, outcome, "no pixel data")
+    assert outcome.original_pixel_bytes == 0
+
+
+def test_already_in_target_syntax() -> None:
+    ds = make_dataset(MONO, [encode(f, MONO) for f in _frames(MONO)], RLELossless)
+    for name in (RLELossless, "RLELossless", "rle"):
+        _assert_passed(ds, recompress(ds, name), "already in target syntax")
+
+
+def test_corrupt_compressed_input() -> None:
+    ds = make_dataset(MONO, [b"\x01\x00\x00\x00" + b"\x00" * 60 + b"\x05\x01"], RLELossless)
+    _assert_passed(ds, recompress(ds, ExplicitVRLittleEndian), "decoding failed")
+
+
+def test_short_native_input() -> None:
+    ds = make_dataset(MONO, _frames(MONO))
+    ds.PixelData = ds.PixelData[:20]
+    _assert_passed(ds, recompress(ds, RLELossless), "decoding failed", "7FE0,0010")
+
+
+def test_missing_attributes_and_meta() -> None:
+    ds = make_dataset(MONO, _frames(MONO))
+    del ds.Rows
+    _assert_passed(ds, recompress(ds, RLELossless), "decoding failed", "Rows")
+    ds = make_dataset(MONO, _frames(MONO))
+    del ds.file_meta.TransferSyntaxUID
+    outcome = recompress(ds, RLELossless)
+    _assert_passed(ds, outcome, "decoding failed", "Transfer Syntax UID")
+    assert outcome.transfer_syntax == ""
+
+
+def test_verification_mismatch_of_reference_decoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = REFERENCE_DECODERS[RLELossless]
+
+    def off_by_one(data: bytes, info: FrameInfo) -> np.ndarray:
+        frame = real(data, info)
+        frame[0, 0] ^= 1
+        return frame
+
+    monkeypatch.setitem(REFERENCE_DECODERS, RLELossless, off_by_one)
+    ds = make_dataset(MONO, _frames(MONO, 2))
+    outcome = recompress(ds, RLELossless)
+    _assert_passed(ds, outcome, "verification failed", "reference decoder", "frame 1", "row 0, column 0")
+    assert outcome.verify_seconds > 0
+
+
+def test_verification_mismatch_of_our_decoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    codec = get_codec(RLELossless)
+    original = type(codec).decode_frame
+
+    def wrong(self, data: bytes, info: FrameInfo) -> np.ndarray:
+        frame = original(self, data, info)
+        frame[-1, -1] = frame[-1, -1] ^ 2
+        return frame
+
+    monkeypatch.setattr(type(codec), "decode_frame", wrong)
+    ds = make_dataset(MONO, _frames(MONO))
+    _assert_passed(ds, recompress(ds, RLELossless), "verification failed", "our rle decoder")
+
+
+def test_reference_decoder_that_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(data: bytes, info: FrameInfo) -> np.ndarray:
+        raise ValueError("cannot decode")
+
+    monkeypatch.setitem(REFERENCE_DECODERS, RLELossless, broken)
+    ds = make_dataset(MONO, _frames(MONO))
+    _assert_passed(ds, recompress(ds, RLELossless), "verification failed", "ValueError")
+
+
+def test_verify_false_skips_verification(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(data: bytes, info: FrameInfo) -> np.ndarray:
+        raise AssertionError("must not be called")
+
+    monkeypatch.setitem(REFERENCE_DECODERS, RLELossless, broken)
+    ds = make_dataset(MONO, _frames(MONO))
+    outcome = recompress(ds, RLELossless, verify=False)
+    assert outcome.recompressed and outcome.verify_seconds == 0.0
+    assert compare_pixels(ds, outcome.dataset) is None
+
+
+# ---------------------------------------------------------------- caller mistakes raise
+
+
+def test_wrong_argument_types_raise() -> None:
+    ds = make_dataset(MONO, _frames(MONO))
+    with pytest.raises(TypeError):
+        recompress("file.dcm", RLELossless)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        recompress(ds, 5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("target", ["NoSuchSyntax", "1.2.840.10008.1.2.4.90"], ids=["unknown", "no_codec"])
+def test_unusable_target_raises(target: str) -> None:
+    with pytest.raises(CodecNotFoundError):
+        recompress(make_dataset(MONO, _frames(MONO)), target)
+
+
+# ---------------------------------------------------------------- encapsulation and layout
+
+
+def test_encapsulation_one_even_fragment_per_frame_with_offset_table() -> None:
+    frames = _frames(RGB, 5)
+    ds = make_dataset(RGB, frames)
+    outcome = recompress(ds, RLELossless)
+    _assert_recompressed(ds, outcome, RLELossless)
+    value = outcome.dataset.PixelData
+    # Basic Offset Table item, then one item per frame.
+    tag, length = struct.unpack_from("<II", value)
+    assert tag == 0xE000FFFE and length == 4 * 5
+    offsets = struct.unpack_from("<5I", value, 8)
+    position, items = 8 + length, []
+    while position < len(value):
+        tag, length = struct.unpack_from("<II", value, position)
+        if tag == 0xE0DDFFFE:
+            break
+        assert tag == 0xE000FFFE and length % 2 == 0
+        items.append(position - 8 - 4 * 5)
+        position += 8 + length
+    assert tuple(items) == offsets
+    assert "ExtendedOffsetTable" not in outcome.dataset
+
+
+def test_extended_offset_table_when_offsets_overflow(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pipeline, "_BOT_LIMIT", 64)
+    frames = _frames(MONO, 4)
+    ds = make_dataset(MONO, frames)
+    outcome = recompress(ds, RLELossless)
+    _assert_recompressed(ds, outcome, RLELossless)
+    out = outcome.dataset
+    offsets = np.frombuffer(out.ExtendedOffsetTable, "<u8")
+    lengths = np.frombuffer(out.ExtendedOffsetTableLengths, "<u8")
+    assert len(offsets) == len(lengths) == 4 and offsets[0] == 0
+    streams = list(generate_frames(out.PixelData, number_of_frames=4))
+    assert [len(s) for s in streams] == [int(n) for n in lengths]
+    assert np.array_equal(_reread(out).pixel_array, np.stack(frames))
+
+
+def test_old_extended_offset_table_is_dropped() -> None:
+    frames = _frames(MONO, 2)
+    ds = make_dataset(MONO, [encode(f, MONO) for f in frames], RLELossless)
+    value, offsets, lengths = encapsulate_extended([encode(f, MONO) for f in frames])
+    ds.PixelData, ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = value, offsets, lengths
+    outcome = recompress(ds, ExplicitVRLittleEndian)
+    assert outcome.recompressed
+    assert "ExtendedOffsetTable" not in outcome.dataset and "ExtendedOffsetTableLengths" not in outcome.dataset
+
+
+def test_planar_configuration() -> None:
+    frames = _frames(RGB, 2)
+    ds = make_dataset(RGB, frames)
+    ds.PlanarConfiguration = 1
+    ds.PixelData = b"".join(f.transpose(2, 0, 1).tobytes() for f in frames)
+    rle = recompress(ds, RLELossless)
+    _assert_recompressed(ds, rle, RLELossless)
+    assert rle.dataset.PlanarConfiguration == 0
+    assert np.array_equal(_reread(rle.dataset).pixel_array, np.stack(frames))
+    # Back to native: colour-by-pixel, as the RLE dataset now says.
+    native = recompress(rle.dataset, ImplicitVRLittleEndian)
+    _assert_recompressed(rle.dataset, native, ImplicitVRLittleEndian)
+    assert native.dataset.PlanarConfiguration == 0
+    assert native.dataset.PixelData == b"".join(f.tobytes() for f in frames)
+    # Native to native keeps the planar layout the dataset declares.
+    planar = recompress(ds, ImplicitVRLittleEndian)
+    assert planar.dataset.PlanarConfiguration == 1 and planar.dataset.PixelData == ds.PixelData
+
+
+def test_odd_length_native_output_is_padded() -> None:
+    info = FrameInfo(rows=3, columns=3, bits_allocated=8, bits_stored=8)
+    frames = _frames(info)
+    ds = make_dataset(info, [encode(f, info) for f in frames], RLELossless)
+    outcome = recompress(ds, ExplicitVRLittleEndian)
+    _assert_recompressed(ds, outcome, ExplicitVRLittleEndian)
+    assert outcome.dataset.PixelData == frames[0].tobytes() + b"\x00"
+    assert outcome.dataset["PixelData"].VR == "OB"
+
+
+def test_lossy_history_and_identity_are_kept() -> None:
+    ds = make_dataset(MONO, _frames(MONO))
+    ds.LossyImageCompression = "01"
+    ds.LossyImageCompressionRatio = "8.5"
+    ds.LossyImageCompressionMethod = "ISO_10918_1"
+    outcome = recompress(ds, RLELossless)
+    _assert_recompressed(ds, outcome, RLELossless)
+    out = outcome.dataset
+    assert out.LossyImageCompression == "01" and out.LossyImageCompressionMethod == "ISO_10918_1"
+    assert out.SOPInstanceUID == ds.SOPInstanceUID == out.file_meta.MediaStorageSOPInstanceUID
+
+
+# ---------------------------------------------------------------- files
+
+
+def test_recompress_file(tmp_path: Path) -> None:
+    src, dst = tmp_path / "in.dcm", tmp_path / "out.dcm"
+    make_dataset(MONO, _frames(MONO, 2)).save_as(src, enforce_file_format=True)
+    outcome = recompress_file(src, dst, "rle")
+    assert outcome.recompressed
+    written = pydicom.dcmread(dst)
+    assert written.file_meta.TransferSyntaxUID == RLELossless
+    assert compare_pixels(pydicom.dcmread(src), written) is None
+    assert {p.name for p in tmp_path.iterdir()} == {"in.dcm", "out.dcm"}  # no partial file left
+
+
+def test_recompress_file_passes_bytes_through(tmp_path: Path) -> None:
+    src, dst = Path(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm")), tmp_path / "out.dcm"
+    outcome = recompress_file(src, dst, RLELossless)
+    assert not outcome.recompressed and "lossy" in outcome.reason
+    assert dst.read_bytes() == src.read_bytes()
+
+
+def test_recompress_file_unreadable_raises(tmp_path: Path) -> None:
+    src = tmp_path / "junk.dcm"
+    src.write_bytes(b"not dicom at all")
+    with pytest.raises((pydicom.errors.InvalidDicomError, GatewayError, OSError)):
+        recompress_file(src, tmp_path / "out.dcm", RLELossless)
+    assert not (tmp_path / "out.dcm").exists()

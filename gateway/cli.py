@@ -12,8 +12,11 @@ import argparse
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+
+from pydicom.errors import InvalidDicomError
 
 from gateway.errors import ConfigError, GatewayError
 
@@ -126,7 +129,9 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from gateway.pipeline import recompress_file
 
     try:
-        target = resolve_uid(args.transfer_syntax)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns about non-UID strings; we report instead
+            target = resolve_uid(args.transfer_syntax)
     except (GatewayError, ValueError) as exc:
         print(f"error: --transfer-syntax: {exc}", file=sys.stderr)
         return 2
@@ -139,7 +144,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         b.parent.mkdir(parents=True, exist_ok=True)
         try:
             outcome = recompress_file(a, b, target, verify=not args.no_verify)
-        except (GatewayError, OSError, ValueError) as exc:
+        except (GatewayError, InvalidDicomError, OSError, ValueError) as exc:
             failures += 1
             print(f"FAILED  {a}: {exc}", file=sys.stderr)
             continue
@@ -160,7 +165,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     try:
         a, b = dcmread(args.a), dcmread(args.b)
         difference = compare_pixels(a, b)
-    except (GatewayError, OSError, ValueError, AttributeError) as exc:
+    except (GatewayError, InvalidDicomError, OSError, ValueError, AttributeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if difference is None:

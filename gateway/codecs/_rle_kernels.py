@@ -114,6 +114,37 @@ def encode_segments(src, rows, columns, samples, nbytes, out):
 
 
 @njit(cache=True, nogil=True)
+def _unpack_segment(data, pos, end, plane, pixels):
+    """PackBits-decode ``data[pos:end]`` into ``plane[:pixels]``; 0 or an ERR_* code."""
+    n = 0
+    while n < pixels:
+        if pos >= end:
+            return ERR_SHORT
+        control = data[pos]
+        pos += 1
+        if control < 128:
+            count = control + 1
+            if pos + count > end:
+                return ERR_LITERAL
+            if count > pixels - n:
+                count = pixels - n
+            plane[n : n + count] = data[pos : pos + count]
+            pos += control + 1
+            n += count
+        elif control > 128:
+            if pos >= end:
+                return ERR_REPEAT
+            count = 257 - control
+            if count > pixels - n:
+                count = pixels - n
+            plane[n : n + count] = data[pos]
+            pos += 1
+            n += count
+        # control == 128 is a no-op.
+    return 0
+
+
+@njit(cache=True, nogil=True)
 def decode_segments(data, offsets, ends, pixels, samples, nbytes, out):
     """Decode every segment of `data` into the interleaved bytes `out`.
 
@@ -122,43 +153,20 @@ def decode_segments(data, offsets, ends, pixels, samples, nbytes, out):
     overshoots) are ignored, as decoders of this format customarily do.
     Returns 0, or on bad data the negative value ``ERR_* * 16 - segment``
     (unpack with ``divmod(-result, 16)``: the error number and the segment).
+    A single-segment frame is decoded in place; otherwise each segment goes
+    through one plane-sized buffer and is then spread to its byte lane.
     """
     segments = samples * nbytes
-    stride = segments
+    if segments == 1:
+        status = _unpack_segment(data, offsets[0], ends[0], out, pixels)
+        return status * 16 if status else 0
+    plane = np.empty(pixels, dtype=np.uint8)
     for s in range(segments):
+        status = _unpack_segment(data, offsets[s], ends[s], plane, pixels)
+        if status:
+            return status * 16 - s
         k = s // nbytes
         lane = k * nbytes + (nbytes - 1 - s % nbytes)
-        pos = offsets[s]
-        end = ends[s]
-        n = 0
-        while n < pixels:
-            if pos >= end:
-                return ERR_SHORT * 16 - s
-            control = data[pos]
-            pos += 1
-            if control < 128:
-                count = control + 1
-                if pos + count > end:
-                    return ERR_LITERAL * 16 - s
-                if count > pixels - n:
-                    count = pixels - n
-                base = lane + n * stride
-                for t in range(count):
-                    out[base + t * stride] = data[pos + t]
-                pos += control + 1
-                n += count
-            elif control > 128:
-                if pos >= end:
-                    return ERR_REPEAT * 16 - s
-                value = data[pos]
-                pos += 1
-                count = 257 - control
-                if count > pixels - n:
-                    count = pixels - n
-                base = lane + n * stride
-                for t in range(count):
-                    out[base + t * stride] = value
-                n += count
-            # control == 128 is a no-op.
+        for p in range(pixels):
+            out[lane + p * segments] = plane[p]
     return 0
-

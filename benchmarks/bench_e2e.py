@@ -1,0 +1,246 @@
+"""End-to-end throughput: storescu -> gateway (RLE, verify on) -> Orthanc, against storescu -> Orthanc.
+
+    python benchmarks/bench_e2e.py [--series NAME] [--runs 2] [--syntax RLELossless]
+
+For each real series of the corpus (``series/`` in ``$GATEWAY_CORPUS`` or
+``../shared/corpus``), in the same run and against the same Orthanc:
+
+* direct:  DCMTK ``storescu`` sends the series to Orthanc; timed until
+  storescu exits (every C-STORE answered, so Orthanc has stored everything);
+* gateway: storescu sends to a ``dicom-gateway serve`` process which
+  recompresses (verified) and forwards to Orthanc; timed until Orthanc holds
+  every instance, i.e. delivered, not merely received.  The time until
+  storescu exits (everything acknowledged by the gateway) is shown too.
+
+Orthanc runs on loopback with ``TCP_NODELAY=1``; it is emptied between runs.
+Best of ``--runs`` runs per path.  After the gateway runs, every instance is
+fetched back over REST and its pixels compared with the file sent.
+``MB/s`` counts raw pixel megabytes (10**6 bytes) from the corpus manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+from pydicom import dcmread
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.tools import dcmtk, program  # noqa: E402  (locating DCMTK despite pynetdicom's scripts)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def corpus_dir() -> Path:
+    env = os.environ.get("GATEWAY_CORPUS")
+    path = Path(env) if env else REPO.parent / "shared" / "corpus"
+    if not (path / "MANIFEST.csv").is_file():
+        sys.exit(f"corpus not found at {path}: set GATEWAY_CORPUS to a folder holding MANIFEST.csv")
+    return path
+
+
+class Orthanc:
+    def __init__(self, root: Path) -> None:
+        executable = program("Orthanc")
+        if executable is None:
+            sys.exit("Orthanc is not installed (Debian package 'orthanc')")
+        self.dicom_port, self.http_port = free_port(), free_port()
+        config = {"Name": "bench", "DicomAet": "ORTHANC", "DicomPort": self.dicom_port,
+                  "HttpPort": self.http_port, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+                  "StorageDirectory": str(root / "storage"), "IndexDirectory": str(root / "index"),
+                  "DicomCheckCalledAet": False, "StorageCompression": False, "Plugins": [], "SaveJobs": False}
+        (root / "orthanc.json").write_text(json.dumps(config))
+        self.log = open(root / "orthanc.log", "wb")
+        self.process = subprocess.Popen([executable, str(root / "orthanc.json")], stdout=self.log,
+                                        stderr=subprocess.STDOUT, env=dict(os.environ, TCP_NODELAY="1"))
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.get("/system")
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    sys.exit(f"Orthanc did not start; see {root / 'orthanc.log'}")
+                time.sleep(0.1)
+
+    def request(self, method: str, path: str) -> bytes:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", method=method)
+        with urllib.request.urlopen(req, timeout=60) as response:
+            return response.read()
+
+    def get(self, path: str):
+        return json.loads(self.request("GET", path))
+
+    def count(self) -> int:
+        return int(self.get("/statistics")["CountInstances"])
+
+    def clear(self) -> None:
+        for patient in self.get("/patients"):
+            self.request("DELETE", f"/patients/{patient}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+        self.log.close()
+
+
+def storescu(port: int, aec: str, folder: Path) -> float:
+    """Send `folder` with DCMTK storescu; return wall seconds."""
+    started = time.perf_counter()
+    result = subprocess.run([STORESCU, "-aet", "MODALITY", "-aec", aec, "+sd", "+r", "+sp", "*.dcm",
+                             "127.0.0.1", str(port), str(folder)], capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        sys.exit(f"storescu failed: {result.stderr[-2000:]}")
+    return elapsed
+
+
+def start_gateway(root: Path, orthanc: Orthanc, syntax: str) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    (root / "gateway.toml").write_text(f"""
+[server]
+ae_title = "GATEWAY"
+host = "127.0.0.1"
+port = {port}
+[spool]
+directory = "spool"
+[compression]
+transfer_syntax = "{syntax}"
+verify = true
+[logging]
+level = "INFO"
+file = "gateway.log"
+[[destinations]]
+name = "orthanc"
+kind = "dicom"
+ae_title = "ORTHANC"
+host = "127.0.0.1"
+port = {orthanc.dicom_port}
+""")
+    process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(root / "gateway.toml")],
+                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while True:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return process, port
+        if time.monotonic() > deadline or process.poll() is not None:
+            sys.exit("the gateway did not start")
+        time.sleep(0.1)
+
+
+def wait_count(orthanc: Orthanc, expected: int, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while orthanc.count() < expected:
+        if time.monotonic() > deadline:
+            sys.exit(f"only {orthanc.count()} of {expected} instances reached Orthanc")
+        time.sleep(0.02)
+
+
+def check_pixels(orthanc: Orthanc, folder: Path, syntax_uid: str) -> str:
+    sent = {str(ds.SOPInstanceUID): ds for ds in (dcmread(p) for p in folder.glob("*.dcm"))}
+    syntaxes = set()
+    for instance in orthanc.get("/instances"):
+        ds = dcmread(BytesIO(orthanc.request("GET", f"/instances/{instance}/file")))
+        syntaxes.add(str(ds.file_meta.TransferSyntaxUID))
+        if not np.array_equal(ds.pixel_array, sent.pop(str(ds.SOPInstanceUID)).pixel_array):
+            sys.exit(f"pixel mismatch for {ds.SOPInstanceUID}")
+    if sent:
+        sys.exit(f"{len(sent)} instances missing from Orthanc")
+    return ", ".join(sorted(syntaxes))
+
+
+def main() -> None:
+    global STORESCU
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--series", help="only this folder of the corpus's series/")
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--syntax", default="RLELossless")
+    args = parser.parse_args()
+    STORESCU = dcmtk("storescu")
+    if STORESCU is None:
+        sys.exit("DCMTK's storescu is not installed (Debian package 'dcmtk')")
+    corpus = corpus_dir()
+    with open(corpus / "MANIFEST.csv", newline="") as handle:
+        pixel_bytes = {row["path"]: int(row["raw_pixel_bytes"]) for row in csv.DictReader(handle)}
+    folders = sorted(p for p in (corpus / "series").iterdir() if p.is_dir())
+    if args.series:
+        folders = [p for p in folders if p.name == args.series]
+
+    root = Path(tempfile.mkdtemp(prefix="bench_e2e_"))
+    orthanc = Orthanc(root)
+    rows = []
+    try:
+        for folder in folders:
+            files = sorted(folder.glob("*.dcm"))
+            mb = sum(pixel_bytes[f"series/{folder.name}/{f.name}"] for f in files) / 1e6
+            direct = []
+            for _ in range(args.runs):
+                orthanc.clear()
+                direct.append(storescu(orthanc.dicom_port, "ORTHANC", folder))
+                wait_count(orthanc, len(files))
+            gw_root = root / f"gw_{folder.name}"
+            gw_root.mkdir()
+            process, port = start_gateway(gw_root, orthanc, args.syntax)
+            try:
+                # Warm-up (numba caches, imports): one file, not timed.
+                warm = gw_root / "warm"
+                warm.mkdir()
+                shutil.copy(files[0], warm / files[0].name)
+                orthanc.clear()
+                storescu(port, "GATEWAY", warm)
+                wait_count(orthanc, 1)
+                delivered, acknowledged = [], []
+                for _ in range(args.runs):
+                    orthanc.clear()
+                    started = time.perf_counter()
+                    acknowledged.append(storescu(port, "GATEWAY", folder))
+                    wait_count(orthanc, len(files))
+                    delivered.append(time.perf_counter() - started)
+                syntaxes = check_pixels(orthanc, folder, args.syntax)
+            finally:
+                process.terminate()
+                process.wait(30)
+            best_direct, best_gw, best_ack = min(direct), min(delivered), min(acknowledged)
+            rows.append((folder.name, len(files), mb, "direct storescu -> Orthanc", best_direct, None, ""))
+            rows.append((folder.name, len(files), mb, "storescu -> gateway (acknowledged)", best_ack, None, ""))
+            rows.append((folder.name, len(files), mb, f"storescu -> gateway -> Orthanc", best_gw,
+                         best_direct / best_gw, syntaxes))
+    finally:
+        orthanc.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+    print(f"\nEnd-to-end throughput, best of {args.runs}; gateway target {args.syntax}, verify on; "
+          f"{os.cpu_count()} CPU(s)")
+    header = f"{'series':<34} {'images':>6} {'MB':>6}  {'path':<36} {'s':>7} {'img/s':>7} {'MB/s':>7} {'x direct':>8}"
+    print(header)
+    print("-" * len(header))
+    for name, count, mb, path, seconds, ratio, syntaxes in rows:
+        ratio_text = f"{ratio:.2f}" if ratio is not None else ""
+        print(f"{name:<34} {count:>6} {mb:>6.1f}  {path:<36} {seconds:>7.2f} {count / seconds:>7.1f} "
+              f"{mb / seconds:>7.1f} {ratio_text:>8}")
+    print("\nPixels of every instance fetched back from Orthanc equal the files sent (checked after the runs).")
+
+
+STORESCU: str | None = None
+
+if __name__ == "__main__":
+    main()

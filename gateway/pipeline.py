@@ -208,15 +208,16 @@ def _copy_without_pixels(ds: Dataset) -> Dataset:
 _SWAP_SIZE = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}
 
 
-def _make_little_endian(ds: Dataset) -> None:
+def _make_little_endian(ds: Dataset, keep: DataElement) -> None:
     """Re-express a dataset read as big endian so that it is written little endian.
 
     Numbers parsed into Python values need nothing; raw binary values of word
-    VRs (overlay data, LUT data...) have their bytes swapped per word.
+    VRs (overlay data, LUT data, icon pixel data...) have their bytes swapped
+    per word.  `keep` (the new, already little endian, Pixel Data) is left alone.
     """
     for element in ds.iterall():
         size = _SWAP_SIZE.get(element.VR)
-        if element.tag == _PIXEL_DATA or size is None:
+        if element is keep or size is None:
             continue
         value = element.value
         if isinstance(value, (bytes, bytearray)) and len(value) % size == 0:
@@ -386,7 +387,7 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True) -> Outcome:
     if colour_converted:
         new.PhotometricInterpretation = "RGB"
     if ds.original_encoding[1] is False or source == "1.2.840.10008.1.2.2":
-        _make_little_endian(new)
+        _make_little_endian(new, new[_PIXEL_DATA])
     if not target_uid.is_transfer_syntax:
         # A private syntax: tell pydicom it is written Explicit VR Little Endian.
         target_uid = UID(str(target_uid))

@@ -22,18 +22,18 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from gateway.codecs._private_predict import N_ACTIVITY, bit_length, predict, quantise_activity, update
+from gateway.codecs._private_predict import N_CLASSES, bit_length, predict, update
 from gateway.codecs._private_rangecoder import dec_bit, dec_raw, enc_bit, enc_raw, grow
 
 MAX_CLASS = 18  # classes k = 0..17 cover residual magnitudes below 2**18
 
 # Layout of the context array of one plane.
 CTX_ZERO = 0
-CTX_SIGN = CTX_ZERO + N_ACTIVITY
-CTX_UNARY = CTX_SIGN + 3 * N_ACTIVITY
-CTX_MANT1 = CTX_UNARY + MAX_CLASS * N_ACTIVITY
-CTX_MANT2 = CTX_MANT1 + MAX_CLASS * N_ACTIVITY
-CTX_PER_PLANE = CTX_MANT2 + 2 * MAX_CLASS * N_ACTIVITY
+CTX_SIGN = CTX_ZERO + N_CLASSES
+CTX_UNARY = CTX_SIGN + 3 * N_CLASSES
+CTX_MANT1 = CTX_UNARY + MAX_CLASS * N_CLASSES
+CTX_MANT2 = CTX_MANT1 + MAX_CLASS * N_CLASSES
+CTX_PER_PLANE = CTX_MANT2 + 2 * MAX_CLASS * N_CLASSES
 
 # Bitmap of used values (palette): context = previous two bits.
 CTX_BITMAP = 4
@@ -52,7 +52,7 @@ def _sign_class(bias):
 
 
 @njit(cache=True, nogil=True)
-def encode_plane(st, plane, maxv, pa, pb, te, err):
+def encode_plane(st, plane, maxv, ctx, te, err):
     """Code every sample of `plane` (values 0..maxv); returns the coder state."""
     rows, cols = plane.shape
     for y in range(rows):
@@ -61,37 +61,36 @@ def encode_plane(st, plane, maxv, pa, pb, te, err):
         st = (low, rng, cache, pending, pos, buf)
         for x in range(cols):
             value = np.int64(plane[y, x])
-            pred, pred8, s0, s1, s2, s3, activity, bias = predict(plane, y, x, cols, te, err)
-            q = quantise_activity(activity)
+            pred, pred8, s0, s1, s2, s3, q, bias = predict(plane, y, x, cols, te, err)
             r = value - pred
             if r == 0:
-                st = enc_bit(st, pa, pb, CTX_ZERO + q, 0)
+                st = enc_bit(st, ctx, CTX_ZERO + q, 0)
             else:
-                st = enc_bit(st, pa, pb, CTX_ZERO + q, 1)
+                st = enc_bit(st, ctx, CTX_ZERO + q, 1)
                 if r > 0:
                     mag = r
                     limit = maxv - pred
                     if pred > 0:
-                        st = enc_bit(st, pa, pb, CTX_SIGN + 3 * q + _sign_class(bias), 0)
+                        st = enc_bit(st, ctx, CTX_SIGN + 3 * q + _sign_class(bias), 0)
                 else:
                     mag = -r
                     limit = pred
                     if pred < maxv:
-                        st = enc_bit(st, pa, pb, CTX_SIGN + 3 * q + _sign_class(bias), 1)
+                        st = enc_bit(st, ctx, CTX_SIGN + 3 * q + _sign_class(bias), 1)
                 k = bit_length(mag) - 1
                 kmax = bit_length(limit) - 1
                 base = CTX_UNARY + MAX_CLASS * q
                 for j in range(k):
-                    st = enc_bit(st, pa, pb, base + j, 1)
+                    st = enc_bit(st, ctx, base + j, 1)
                 if k < kmax:
-                    st = enc_bit(st, pa, pb, base + k, 0)
+                    st = enc_bit(st, ctx, base + k, 0)
                 if k >= 1:
                     c1 = CTX_MANT1 + MAX_CLASS * q + k
                     b1 = (mag >> (k - 1)) & 1
-                    st = enc_bit(st, pa, pb, c1, b1)
+                    st = enc_bit(st, ctx, c1, b1)
                     if k >= 2:
                         c2 = CTX_MANT2 + 2 * (MAX_CLASS * q + k) + b1
-                        st = enc_bit(st, pa, pb, c2, (mag >> (k - 2)) & 1)
+                        st = enc_bit(st, ctx, c2, (mag >> (k - 2)) & 1)
                         if k >= 3:
                             st = enc_raw(st, mag, k - 2)
             update(y, x, value, pred8, s0, s1, s2, s3, te, err)
@@ -99,14 +98,13 @@ def encode_plane(st, plane, maxv, pa, pb, te, err):
 
 
 @njit(cache=True, nogil=True)
-def decode_plane(st, data, plane, maxv, pa, pb, te, err):
+def decode_plane(st, data, plane, maxv, ctx, te, err):
     """Decode every sample of `plane`; returns (state, status)."""
     rows, cols = plane.shape
     for y in range(rows):
         for x in range(cols):
-            pred, pred8, s0, s1, s2, s3, activity, bias = predict(plane, y, x, cols, te, err)
-            q = quantise_activity(activity)
-            st, nz = dec_bit(st, data, pa, pb, CTX_ZERO + q)
+            pred, pred8, s0, s1, s2, s3, q, bias = predict(plane, y, x, cols, te, err)
+            st, nz = dec_bit(st, data, ctx, CTX_ZERO + q)
             if nz == 0:
                 value = pred
             else:
@@ -115,24 +113,24 @@ def decode_plane(st, data, plane, maxv, pa, pb, te, err):
                 elif pred == maxv:
                     negative = 1
                 else:
-                    st, negative = dec_bit(st, data, pa, pb, CTX_SIGN + 3 * q + _sign_class(bias))
+                    st, negative = dec_bit(st, data, ctx, CTX_SIGN + 3 * q + _sign_class(bias))
                 limit = pred if negative else maxv - pred
                 kmax = bit_length(limit) - 1
                 base = CTX_UNARY + MAX_CLASS * q
                 k = 0
                 while k < kmax:
-                    st, more = dec_bit(st, data, pa, pb, base + k)
+                    st, more = dec_bit(st, data, ctx, base + k)
                     if more == 0:
                         break
                     k += 1
                 mag = np.int64(1)
                 if k >= 1:
                     c1 = CTX_MANT1 + MAX_CLASS * q + k
-                    st, b1 = dec_bit(st, data, pa, pb, c1)
+                    st, b1 = dec_bit(st, data, ctx, c1)
                     mag = (mag << 1) | b1
                     if k >= 2:
                         c2 = CTX_MANT2 + 2 * (MAX_CLASS * q + k) + b1
-                        st, b2 = dec_bit(st, data, pa, pb, c2)
+                        st, b2 = dec_bit(st, data, ctx, c2)
                         mag = (mag << 1) | b2
                         if k >= 3:
                             st, rest = dec_raw(st, data, k - 2)
@@ -146,25 +144,25 @@ def decode_plane(st, data, plane, maxv, pa, pb, te, err):
 
 
 @njit(cache=True, nogil=True)
-def encode_bitmap(st, used, pa, pb):
+def encode_bitmap(st, used, ctx):
     """Code the 0/1 array `used` (which values occur), context = previous two bits."""
     st = (st[0], st[1], st[2], st[3], st[4], grow(st[5], st[4] + st[3] + 16 + used.shape[0] * 3))
-    ctx = 0
+    prev = 0
     for i in range(used.shape[0]):
         bit = np.int64(used[i])
-        st = enc_bit(st, pa, pb, ctx, bit)
-        ctx = ((ctx << 1) | bit) & 3
+        st = enc_bit(st, ctx, prev, bit)
+        prev = ((prev << 1) | bit) & 3
     return st
 
 
 @njit(cache=True, nogil=True)
-def decode_bitmap(st, data, used, pa, pb):
+def decode_bitmap(st, data, used, ctx):
     """Decode `used` (see :func:`encode_bitmap`); returns the state and the count of ones."""
-    ctx = 0
+    prev = 0
     ones = 0
     for i in range(used.shape[0]):
-        st, bit = dec_bit(st, data, pa, pb, ctx)
+        st, bit = dec_bit(st, data, ctx, prev)
         used[i] = bit
         ones += bit
-        ctx = ((ctx << 1) | bit) & 3
+        prev = ((prev << 1) | bit) & 3
     return st, ones

@@ -24,6 +24,9 @@ N_SUB = 4
 WEIGHT_ONE = 1 << 24
 # Context quantisation: half-octave steps of the activity measure.
 N_ACTIVITY = 28
+# Gradient classes per activity class.
+N_GRADIENT = 1
+N_CLASSES = N_ACTIVITY * N_GRADIENT
 
 
 def new_state(columns: int) -> tuple[np.ndarray, np.ndarray]:
@@ -69,7 +72,7 @@ def quantise_activity(a):
 
 @njit(cache=True, nogil=True, inline="always")
 def predict(plane, y, x, cols, te, err):
-    """Predict ``plane[y, x]``; returns (pred, pred8, s0, s1, s2, s3, activity, bias_sign)."""
+    """Predict ``plane[y, x]``; returns (pred, pred8, s0, s1, s2, s3, context class, bias)."""
     r = y & 1
     p = r ^ 1
     if y > 0:
@@ -121,9 +124,11 @@ def predict(plane, y, x, cols, te, err):
         pred8 = hi << 3
     pred = (pred8 + 4) >> 3
 
-    activity = max(max(abs(te_w), abs(te_n)), max(abs(te_nw), abs(te_ne)))
+    grad = (abs(n - nw) + abs(w - nw) + abs(ne - n)) << 2
+    activity = (abs(te_w) + abs(te_n) + abs(te_nw) + abs(te_ne) + min(min(e0, e1), min(e2, e3)) + grad) >> 1
     bias = te_w + te_n
-    return pred, pred8, s0, s1, s2, s3, activity, bias
+    g = 0
+    return pred, pred8, s0, s1, s2, s3, quantise_activity(activity) * N_GRADIENT + g, bias
 
 
 @njit(cache=True, nogil=True, inline="always")

@@ -10,9 +10,12 @@ in and out as tuples, so that numba keeps it in registers:
 * decoder: ``(code, rng, pos)`` reading from a fixed buffer; bytes past its
   end read as zero and the caller checks ``pos`` against a bound afterwards.
 
-A context is two 16-bit probability estimates ``pa[c]``, ``pb[c]`` of the bit
-being 0, adapting at rates 1/16 and 1/128; the coded probability is their
-mean.  docs/private-codec.md gives the exact arithmetic.
+A context is a row ``(fast, slow, seen)`` of an int32 array: two 16-bit
+estimates of the probability of a 0 bit and the number of bits coded so far
+(capped).  The coded probability is the mean of the two estimates; each moves
+towards the coded bit by a power-of-two fraction, 1/2 at first and slowing as
+bits accumulate, to 1/64 (fast) and 1/512 (slow).  docs/private-codec.md gives
+the exact arithmetic.
 """
 
 from __future__ import annotations
@@ -23,15 +26,33 @@ from numba import njit
 PROB_BITS = 16
 PROB_INIT = 1 << (PROB_BITS - 1)
 PROB_MAX = (1 << PROB_BITS) - 1  # target of a 0 bit; a 1 bit targets 1
-FAST_SHIFT = 4
-SLOW_SHIFT = 7
+FAST_SHIFT = 6
+SLOW_SHIFT = 9
 TOP = 1 << 24
+# Shift of the slow estimate after n bits in the context: floor(log2(n + 2)), capped.
+RATE_COUNT = 1 << SLOW_SHIFT
+RATE = np.array([min(SLOW_SHIFT, (n + 2).bit_length() - 1) for n in range(RATE_COUNT)], np.int64)
 MASK32 = 0xFFFFFFFF
 
 
-def new_contexts(count: int) -> tuple[np.ndarray, np.ndarray]:
-    """Fresh probability pairs for `count` contexts (both at one half)."""
-    return np.full(count, PROB_INIT, np.int32), np.full(count, PROB_INIT, np.int32)
+def new_contexts(count: int) -> np.ndarray:
+    """Fresh contexts: rows (fast estimate, slow estimate, bits seen), estimates at one half."""
+    ctx = np.zeros((count, 3), np.int32)
+    ctx[:, 0] = PROB_INIT
+    ctx[:, 1] = PROB_INIT
+    return ctx
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _adapt(ctx, c, a, b, bit):
+    """Move both estimates towards the coded bit; young contexts adapt faster."""
+    n = ctx[c, 2]
+    target = PROB_MAX - bit * (PROB_MAX - 1)
+    shift = RATE[n]
+    ctx[c, 0] = a + ((target - a) >> min(shift, FAST_SHIFT))
+    ctx[c, 1] = b + ((target - b) >> shift)
+    if n < RATE_COUNT - 1:
+        ctx[c, 2] = n + 1
 
 
 @njit(cache=True, nogil=True)
@@ -64,18 +85,16 @@ def _shift_low(low, cache, pending, pos, buf):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def enc_bit(st, pa, pb, c, bit):
+def enc_bit(st, ctx, c, bit):
     """Code `bit` (0/1) in context `c` and adapt the context."""
     low, rng, cache, pending, pos, buf = st
-    a = pa[c]
-    b = pb[c]
+    a = ctx[c, 0]
+    b = ctx[c, 1]
     bound = (rng >> PROB_BITS) * ((a + b) >> 1)
     mask = -np.int64(bit)
     low += bound & mask
     rng = bound + ((rng - 2 * bound) & mask)
-    target = PROB_MAX - bit * (PROB_MAX - 1)
-    pa[c] = a + ((target - a) >> FAST_SHIFT)
-    pb[c] = b + ((target - b) >> SLOW_SHIFT)
+    _adapt(ctx, c, a, b, bit)
     while rng < TOP:
         rng <<= 8
         low, cache, pending, pos = _shift_low(low, cache, pending, pos, buf)
@@ -129,19 +148,17 @@ def dec_start(data, pos):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def dec_bit(st, data, pa, pb, c):
+def dec_bit(st, data, ctx, c):
     """Decode one bit in context `c` and adapt the context; returns (state, bit)."""
     code, rng, pos = st
-    a = pa[c]
-    b = pb[c]
+    a = ctx[c, 0]
+    b = ctx[c, 1]
     bound = (rng >> PROB_BITS) * ((a + b) >> 1)
     bit = np.int64(code >= bound)
     mask = -bit
     code -= bound & mask
     rng = bound + ((rng - 2 * bound) & mask)
-    target = PROB_MAX - bit * (PROB_MAX - 1)
-    pa[c] = a + ((target - a) >> FAST_SHIFT)
-    pb[c] = b + ((target - b) >> SLOW_SHIFT)
+    _adapt(ctx, c, a, b, bit)
     while rng < TOP:
         rng <<= 8
         code = ((code << 8) | _next_byte(data, pos)) & MASK32

@@ -69,8 +69,6 @@ MAX_BITS_STORED = 16
 MAX_PLANE_VALUE = (1 << 18) - 1  # colour differences of 16-bit samples need 18 bits
 MIN_OFFSET = -(1 << 18)
 MAX_OFFSET = 1 << 18
-# A well-formed coded segment never makes the decoder read this many bytes past its end.
-MAX_OVERREAD = 8
 # Use a palette when at most this fraction of the values between minimum and maximum occur.
 PALETTE_DENSITY = 0.75
 
@@ -120,13 +118,13 @@ def _code_planes(planes: list[np.ndarray], maxvs: list[int], bitmaps: list[np.nd
     st = _rc.enc_start(np.empty(max(capacity, 64), np.uint8))
     for used in bitmaps:
         if used is not None:
-            pa, pb = _rc.new_contexts(_planes.CTX_BITMAP)
-            st = _planes.encode_bitmap(st, used, pa, pb)
+            ctx = _rc.new_contexts(_planes.CTX_BITMAP)
+            st = _planes.encode_bitmap(st, used, ctx)
     for plane, maxv in zip(planes, maxvs):
         if maxv > 0:
-            pa, pb = _rc.new_contexts(_planes.CTX_PER_PLANE)
+            ctx = _rc.new_contexts(_planes.CTX_PER_PLANE)
             te, err = _predict.new_state(plane.shape[1])
-            st = _planes.encode_plane(st, plane, maxv, pa, pb, te, err)
+            st = _planes.encode_plane(st, plane, maxv, ctx, te, err)
     buf, size = _rc.enc_finish(st)
     return buf[:size].tobytes()
 
@@ -218,10 +216,13 @@ def decode(data: bytes, info: FrameInfo) -> np.ndarray:
 
 def _decode_stored(data: bytes, info: FrameInfo) -> np.ndarray:
     body = len(data) - _HEADER.size
+    if body == info.frame_bytes + 1 and data[-1] == 0:
+        body -= 1  # the pad byte of an odd-length DICOM fragment
     if body != info.frame_bytes:
         raise _corrupt(f"stored frame has {body} bytes, {info.frame_bytes} expected")
     dtype = info.dtype.newbyteorder("<")
-    frame = np.frombuffer(data, dtype=dtype, offset=_HEADER.size).astype(info.dtype).reshape(info.shape)
+    frame = np.frombuffer(data, dtype=dtype, count=info.rows * info.columns * info.samples_per_pixel,
+                          offset=_HEADER.size).astype(info.dtype).reshape(info.shape)
     low, high = _carried_range(info)
     if int(frame.min()) < low or int(frame.max()) > high:
         raise _corrupt("stored samples exceed the carried value range")
@@ -240,13 +241,15 @@ def _decode_coded(data: bytes, info: FrameInfo, transform: int) -> np.ndarray:
         if count == 1 or (count and maxv == 0):
             raise _corrupt(f"palette of {count} values for a plane of maximum {maxv}")
     buf = np.frombuffer(data, dtype=np.uint8)
+    if len(buf) < start + 5 or buf[start] != 0:
+        raise _corrupt("coded segment is shorter than 5 bytes or does not start with 0")
     st = _rc.dec_start(buf, start)
     bitmaps = []
     for offset, maxv, count in descriptors:
         if count:
             used = np.zeros(maxv + 1, np.uint8)
-            pa, pb = _rc.new_contexts(_planes.CTX_BITMAP)
-            st, ones = _planes.decode_bitmap(st, buf, used, pa, pb)
+            ctx = _rc.new_contexts(_planes.CTX_BITMAP)
+            st, ones = _planes.decode_bitmap(st, buf, used, ctx)
             if ones != count or not used[0] or not used[maxv]:
                 raise _corrupt("palette bitmap does not match its descriptor")
             bitmaps.append(used)
@@ -256,13 +259,15 @@ def _decode_coded(data: bytes, info: FrameInfo, transform: int) -> np.ndarray:
     for i, (offset, maxv, count) in enumerate(descriptors):
         coded_max = count - 1 if count else maxv
         if coded_max > 0:
-            pa, pb = _rc.new_contexts(_planes.CTX_PER_PLANE)
+            ctx = _rc.new_contexts(_planes.CTX_PER_PLANE)
             te, err = _predict.new_state(info.columns)
-            st, status = _planes.decode_plane(st, buf, planes[i], coded_max, pa, pb, te, err)
+            st, status = _planes.decode_plane(st, buf, planes[i], coded_max, ctx, te, err)
             if status != _planes.STATUS_OK:
                 raise _corrupt("a residual exceeds the plane's value range")
-        if st[2] > len(buf) + MAX_OVERREAD:
+        if st[2] > len(buf):
             raise _corrupt("coded segment is truncated")
+    if st[2] != len(buf) and not (st[2] == len(buf) - 1 and buf[-1] == 0):
+        raise _corrupt(f"{len(buf) - st[2]} bytes follow the end of the coded segment")
     values = []
     for i, (offset, maxv, count) in enumerate(descriptors):
         plane = planes[i]

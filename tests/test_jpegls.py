@@ -70,7 +70,7 @@ def _via_pydicom(info: FrameInfo, streams: list[bytes], plugin: str) -> list[np.
 
 def _pattern(frame: np.ndarray, info: FrameInfo) -> np.ndarray:
     """The unsigned P-bit pattern a JPEG-LS decoder returns for `frame`."""
-    return frame.astype(np.int64) & ((1 << info.bits_stored) - 1)
+    return frame.astype(np.int64) & ((1 << jpegls.precision(info)) - 1)
 
 
 def _raw_decoders(stream: bytes) -> dict[str, np.ndarray]:
@@ -90,7 +90,8 @@ def _assert_others_decode(stream: bytes, frame: np.ndarray, info: FrameInfo) -> 
 
 def _charls_encode(frame: np.ndarray, info: FrameInfo, ilv: int) -> bytes:
     """CharLS's codestream for `frame` at precision Bits Stored with interleave mode `ilv`."""
-    data = _pattern(frame, info).astype(np.uint8 if info.bits_allocated == 8 else np.uint16)
+    data = (frame.astype(np.int64) & ((1 << info.bits_stored) - 1)).astype(
+        np.uint8 if info.bits_allocated == 8 else np.uint16)
     if info.samples_per_pixel == 3 and ilv == 0:
         data = np.moveaxis(data, 2, 0)  # pyjpegls takes colour-by-plane input for ILV 0
     return bytes(jpeg_ls.encode_buffer(
@@ -147,8 +148,6 @@ def test_reference_round_trip_and_other_decoders(info: FrameInfo, frames: list[n
     # The DICOM view: pydicom with CharLS or libjpeg gives back the exact (sign-extended) values.
     streams = [CODEC.encode_frame(f, info) for f in frames]
     for plugin in ("pyjpegls", "pylibjpeg"):
-        if plugin == "pyjpegls" and info.bits_allocated == 16 and info.bits_stored <= 8:
-            continue  # pyjpegls returns 8-bit samples that pydicom will not widen to 16 bits
         for frame, theirs in zip(frames, _via_pydicom(info, streams, plugin)):
             assert np.array_equal(theirs, frame), plugin
 
@@ -344,3 +343,33 @@ def test_near_lossless_scan_is_refused() -> None:
     damaged = stream[:near] + b"\x02" + stream[near + 1:]
     with pytest.raises(CorruptCodestreamError, match="NEAR"):
         CODEC.decode_frame(damaged, info)
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
+def test_byte_data_in_16_bit_containers(signed: bool) -> None:
+    """Bits Stored <= 8 in 16 bits: coded at P = 9 so that CharLS-based readers fill 16-bit frames."""
+    info = FrameInfo(19, 23, bits_allocated=16, bits_stored=8, pixel_representation=int(signed))
+    low, high = info.value_range
+    frame = (np.indices(info.shape).sum(axis=0) * 11 % 256 + low).astype(info.dtype)
+    frame[3:6] = low
+    stream = CODEC.encode_frame(frame, info)
+    assert stream[stream.index(b"\xff\xf7") + 4] == 9
+    assert np.array_equal(CODEC.decode_frame(stream, info), frame)
+    for plugin in ("pyjpegls", "pylibjpeg"):
+        assert np.array_equal(_via_pydicom(info, [stream], plugin)[0], frame), plugin
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
+def test_precision_above_bits_stored_is_read_as_dicom_does(signed: bool) -> None:
+    """Other encoders code 12-bit data at P = 16: signed values as 16-bit two's complement."""
+    info = FrameInfo(9, 11, bits_stored=12, pixel_representation=int(signed))
+    low, high = info.value_range
+    frame = np.linspace(low, high, info.rows * info.columns).astype(info.dtype).reshape(info.shape)
+    wide = FrameInfo(9, 11, bits_stored=16)
+    stream = jpegls.encode(frame.view(np.uint16), wide)
+    assert np.array_equal(CODEC.decode_frame(stream, info), frame)
+    # A 16-bit value beyond the 12-bit range cannot be carried by the frame.
+    beyond = frame.view(np.uint16).copy()
+    beyond[0, 0] = 0x1000 if not signed else 0x8000
+    with pytest.raises(CorruptCodestreamError):
+        CODEC.decode_frame(jpegls.encode(beyond, wide), info)

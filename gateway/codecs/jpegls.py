@@ -1,7 +1,8 @@
 """JPEG-LS lossless (ITU-T T.87, NEAR = 0), transfer syntax 1.2.840.10008.1.2.4.80.
 
 Encoder
-    Precision P = Bits Stored (2..16), MAXVAL = 2**P - 1 and the default
+    Precision P = Bits Stored (2..16; 9 for Bits Stored <= 8 in 16-bit
+    containers, see :func:`precision`), MAXVAL = 2**P - 1 and the default
     thresholds of T.87 C.2.4.1.1.1 (so no LSE segment), RESET = 64, regular
     and run mode.  One component: one scan.  Three components: one scan,
     line interleaved (ILV 1) by default, which codes smaller than sample
@@ -25,8 +26,10 @@ Decoder
 Signed data (Pixel Representation 1)
     JPEG-LS has no sign: the encoder codes the two's complement bit pattern
     masked to P bits; decoders return that P-bit pattern and DICOM readers
-    sign-extend it with Pixel Representation (as CharLS users, DCMTK, GDCM
-    and pydicom do).  :func:`decode` does the sign extension itself.
+    take its low Bits Stored bits and sign-extend them with Pixel
+    Representation (as DCMTK, GDCM and pydicom do).  :func:`decode` does the
+    same, and also accepts a precision above Bits Stored (other encoders use
+    P = Bits Allocated).
 
 The encoder can also write an LSE segment with other thresholds and restart
 intervals (DRI / RSTm), so that other decoders can be tested on them.
@@ -46,7 +49,7 @@ from gateway.codecs import register
 from gateway.codecs.base import FrameInfo, check_frame
 from gateway.errors import CorruptCodestreamError, UnsupportedImageError
 
-__all__ = ["JpegLsCodec", "supports", "encode", "decode", "default_parameters", "ILV_NONE", "ILV_LINE", "ILV_SAMPLE"]
+__all__ = ["JpegLsCodec", "supports", "encode", "decode", "default_parameters", "precision", "ILV_NONE", "ILV_LINE", "ILV_SAMPLE"]
 
 ILV_NONE, ILV_LINE, ILV_SAMPLE = 0, 1, 2
 
@@ -120,9 +123,22 @@ def _kernel_parameters(maxval: int, t1: int, t2: int, t3: int, reset: int) -> np
 # ----------------------------------------------------------------------------- encoder
 
 
-def _to_work(frame: np.ndarray, info: FrameInfo) -> np.ndarray:
-    """Padded int32 planes ``(components, 1 + rows, 2 + columns)`` of the P-bit patterns."""
-    mask = (1 << info.bits_stored) - 1
+def precision(info: FrameInfo) -> int:
+    """The sample precision P we code `info` at: Bits Stored, but at least 9 in 16-bit containers.
+
+    CharLS-based readers (DCMTK, GDCM, pyjpegls) return a P <= 8 stream as
+    8-bit samples and then fail to fill a 16-bit frame, so 8-bit data in a
+    16-bit container is coded at P = 9 (signed values as 9-bit two's
+    complement), which every reader we test against places correctly.
+    """
+    if info.bits_allocated == 16 and info.bits_stored <= 8:
+        return 9
+    return info.bits_stored
+
+
+def _to_work(frame: np.ndarray, info: FrameInfo, bits: int) -> np.ndarray:
+    """Padded int32 planes ``(components, 1 + rows, 2 + columns)`` of the `bits`-bit patterns."""
+    mask = (1 << bits) - 1
     unsigned = frame.view(f"u{frame.dtype.itemsize}") if info.signed else frame
     planes = unsigned.reshape(info.rows, info.columns, info.samples_per_pixel)
     work = np.zeros((info.samples_per_pixel, info.rows + 1, info.columns + 2), dtype=np.int32)
@@ -151,7 +167,7 @@ def _fresh_start(work: np.ndarray, components: list[int], r0: int) -> Iterator[N
 
 def _headers_frame(info: FrameInfo, preset: tuple[int, int, int, int, int] | None, restart: int) -> bytes:
     nc = info.samples_per_pixel
-    sof = struct.pack(">BHHB", info.bits_stored, info.rows, info.columns, nc)
+    sof = struct.pack(">BHHB", precision(info), info.rows, info.columns, nc)
     sof += b"".join(struct.pack(">BBB", c + 1, 0x11, 0) for c in range(nc))
     head = b"\xff\xd8" + struct.pack(">BBH", 0xFF, _SOF55, len(sof) + 2) + sof
     if preset is not None:
@@ -232,7 +248,8 @@ def encode(
     low, high = info.value_range
     if frame.size and (int(frame.min()) < low or int(frame.max()) > high):
         raise UnsupportedImageError(f"values outside the {info.bits_stored}-bit range of (0028,0101) 'Bits Stored'")
-    maxval, t1, t2, t3, reset = default_parameters(info.bits_stored)
+    bits = precision(info)
+    maxval, t1, t2, t3, reset = default_parameters(bits)
     lse = None
     if preset is not None:
         t1, t2, t3 = preset
@@ -240,7 +257,7 @@ def encode(
             raise ValueError(f"thresholds must satisfy 1 <= T1 <= T2 <= T3 <= {maxval}, got {preset}")
         lse = (maxval, t1, t2, t3, reset)
     prm = _kernel_parameters(maxval, t1, t2, t3, reset)
-    work = _to_work(frame, info)
+    work = _to_work(frame, info, bits)
     parts = [_headers_frame(info, lse, restart)]
     if ilv == ILV_NONE:
         for c in range(nc):
@@ -443,14 +460,24 @@ def _decode_scan(
 
 
 def _to_frame(work: np.ndarray, precision: int, info: FrameInfo) -> np.ndarray:
-    """The frame array from the padded planes: sign-extended when signed, checked against Bits Stored."""
+    """The frame array from the padded planes of P-bit samples.
+
+    A sample below ``2**BitsStored`` is the stored value (sign-extended from
+    Bits Stored when signed, as a DICOM reader does).  A larger one is only
+    valid for signed data coded at a precision above Bits Stored: the P-bit
+    two's complement of a value in range.  Anything else cannot be carried.
+    """
     planes = work[:, 1:, 1:-1]
     values = np.moveaxis(planes, 0, 2) if info.samples_per_pixel == 3 else planes[0]
-    if info.signed:
-        values = values - ((values >> (precision - 1)) << precision)
+    stored = info.bits_stored
     low, high = info.value_range
+    if info.signed:
+        values = values.astype(np.int64)
+        negative_pattern = values >= (1 << precision) + low
+        values = np.where(values < (1 << stored), values - ((values >> (stored - 1)) << stored),
+                          np.where(negative_pattern, values - (1 << precision), high + 1))
     if values.size and (int(values.min()) < low or int(values.max()) > high):
-        raise _corrupt(f"decoded values exceed the range of {info.bits_stored} Bits Stored")
+        raise _corrupt(f"decoded values exceed the range of {stored} Bits Stored")
     return np.ascontiguousarray(values, dtype=info.dtype)
 
 

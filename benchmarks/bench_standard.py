@@ -162,7 +162,9 @@ def _wall(command: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def cli_peers(items: list[Item], root: Path, supports: Callable[[FrameInfo], bool]) -> dict[str, dict[str, _Tally]]:
+def cli_peers(
+    items: list[Item], root: Path, supports: Callable[[FrameInfo], bool]
+) -> tuple[dict[str, dict[str, _Tally]], dict[str, dict[str, int]]]:
     """Time GDCM and DCMTK as command-line programs over the corpus files.
 
     Method: for each file, wall time of the compress run (``gdcmconv --jpeg``
@@ -172,15 +174,17 @@ def cli_peers(items: list[Item], root: Path, supports: Callable[[FrameInfo], boo
     ``dcmconv``), which stands for process start, file parsing and writing.
     MB/s = raw pixel bytes / summed net time.  Sizes are the summed
     codestream fragment lengths; the decompressed pixels are checked against
-    the originals.
+    the originals.  Returns the tallies and each tool's size per image path.
     """
     tools = {
         "GDCM (gdcmconv, CLI)": (["gdcmconv", "--jpeg"], ["gdcmconv", "--raw"], ["gdcmconv", "--raw"]),
         "DCMTK (dcmcjpeg, CLI)": (["dcmcjpeg", "+e1"], ["dcmdjpeg"], ["dcmconv"]),
     }
     results: dict[str, dict[str, _Tally]] = {}
+    sizes: dict[str, dict[str, int]] = {}
     for name, (compress, decompress, copy) in tools.items():
         tallies: dict[str, _Tally] = defaultdict(_Tally)
+        sizes[name] = {}
         with tempfile.TemporaryDirectory() as tmp:
             packed, unpacked, copied = Path(tmp) / "c.dcm", Path(tmp) / "d.dcm", Path(tmp) / "n.dcm"
             for item in items:
@@ -202,6 +206,7 @@ def cli_peers(items: list[Item], root: Path, supports: Callable[[FrameInfo], boo
                 except (subprocess.SubprocessError, OSError, AssertionError, ValueError) as exc:
                     tally.errors.append(f"{item.path}: {type(exc).__name__}: {exc}")
                     continue
+                sizes[name][item.path] = size
                 tally.raw += item.raw_bytes
                 tally.compressed += size
                 tally.enc_s += max(enc, 0.0)
@@ -215,7 +220,30 @@ def cli_peers(items: list[Item], root: Path, supports: Callable[[FrameInfo], boo
         tallies["ALL"] = total
         results[name] = tallies
         print(f"  {name}: done", file=sys.stderr)
-    return results
+    return results, sizes
+
+
+def entry_sizes(entry: Entry, items: list[Item]) -> dict[str, int]:
+    """Codestream bytes per image path for an in-process entry (images it carries)."""
+    sizes = {}
+    for item in items:
+        if entry.supports(item.info):
+            try:
+                sizes[item.path] = sum(len(entry.encode(f, item.info)) for f in item.frames)
+            except Exception:  # noqa: BLE001 - a peer failing on an image just leaves it out
+                continue
+    return sizes
+
+
+def size_summary(sizes: dict[str, dict[str, int]], reference: str) -> str:
+    """Total bytes of each entry on the images that every entry carried."""
+    common = set.intersection(*(set(v) for v in sizes.values()))
+    base = sum(sizes[reference][p] for p in common)
+    lines = [f"Total codestream bytes on the {len(common)} images every entry carried:"]
+    for name, per_image in sizes.items():
+        total = sum(per_image[p] for p in common)
+        lines.append(f"- {name}: {total:,} bytes ({total / base:.5f} x {reference})")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -228,20 +256,29 @@ def main() -> None:
         f"({len(items) - len(kept)} with data above Bits Stored left out)\n"
     )
     groups = {"rle": rle_entries, "jpeg-ls": jpegls_entries, "jpeg-lossless": sv1_entries}
+    sv1_sizes: dict[str, dict[str, int]] = {}
     for group, make in groups.items():
         if args.only and group not in args.only:
             continue
-        run(make(), kept, title=f"{group} (single thread)", verify=not args.noverify, repeat=args.repeat)
+        entries = make()
+        run(entries, kept, title=f"{group} (single thread)", verify=not args.noverify, repeat=args.repeat)
+        if group == "jpeg-lossless":
+            # The liblj92 row uses predictor 6 and libjpeg's rows are our streams.
+            sv1_sizes = {e.name: entry_sizes(e, kept) for e in entries[:2]}
         print()
     if not args.only or "cli" in args.only:
         import shutil
 
         if shutil.which("gdcmconv") and shutil.which("dcmcjpeg"):
-            supports = _ours("", "JPEGLosslessSV1").supports
-            print(format_table(cli_peers(kept, root, supports), "jpeg-lossless, command-line peers"))
+            ours = _ours("ours jpeg-lossless", "JPEGLosslessSV1")
+            tallies, cli_sizes = cli_peers(kept, root, ours.supports)
+            print(format_table(tallies, "jpeg-lossless, command-line peers"))
+            sv1_sizes = {ours.name: sv1_sizes.get(ours.name) or entry_sizes(ours, kept), **sv1_sizes, **cli_sizes}
         else:
             print("GDCM / DCMTK command-line tools not found: their rows are left out")
-
+    if len(sv1_sizes) > 1:
+        print()
+        print(size_summary(sv1_sizes, "ours jpeg-lossless"))
 
 if __name__ == "__main__":
     main()

@@ -95,12 +95,12 @@ def encode_scan(
                 d = diffs[r, c, k]
                 n = _category(d if d >= 0 else -d)
                 t = table_of[k]
-                length = lengths[t, n]
-                word = np.uint64(codes[t, n])
-                if n != 0 and n != 16:
-                    extra = d if d > 0 else d - 1
-                    word = (word << np.uint64(n)) | np.uint64(extra & ((1 << n) - 1))
-                    length += n
+                # Code word, then nb extra bits: the low bits of d, or of
+                # d - 1 when d < 0 (none for categories 0 and 16).
+                nb = n if n < 16 else 0
+                extra = (d + (d >> 31)) & ((1 << nb) - 1)
+                word = (np.uint64(codes[t, n]) << np.uint64(nb)) | np.uint64(extra)
+                length = lengths[t, n] + nb
                 acc = (acc << np.uint64(length)) | word
                 nbits += length
                 while nbits >= 8:
@@ -181,6 +181,21 @@ def _symbol(lookups: np.ndarray, t: int, acc: np.uint64) -> tuple[int, int]:
                 return 0, 0
             return length, lookups[t, _HUFFVAL + j]
     return 0, 0
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _difference(acc: np.uint64, length: int, s: int) -> tuple[int, int]:
+    """Difference coded by category `s` after a `length`-bit code at the top of `acc`.
+
+    Returns (difference, bits used including the code).  Branch-free: nb
+    extra bits (none for SSSS 0 and 16); a value v below 2**(nb-1) stands for
+    the negative difference v - (2**nb - 1) (T.81 F.1.2.1.1, H.1.2.2).
+    """
+    nb = s if s < 16 else 0
+    v = np.int64(((acc << np.uint64(length)) >> np.uint64(32)) >> np.uint64(32 - nb))
+    ones = (1 << nb) - 1
+    diff = v - (((v - ((ones + 1) >> 1)) >> 63) & ones) + ((s >> 4) << 15)
+    return diff, length + nb
 
 
 @njit(cache=True, nogil=True)
@@ -271,21 +286,11 @@ def decode_scan(
                 length, s = _symbol(lookups, table_of[i], acc)
                 if length == 0:
                     return ERR_BAD_CODE
-                acc <<= np.uint64(length)
-                nbits -= length
-                if s == 0:
-                    diff = 0
-                elif s == 16:
-                    diff = 32768
-                elif s > 16:
+                if s > 16:
                     return ERR_BAD_SSSS
-                else:
-                    v = np.int64(acc >> np.uint64(64 - s))
-                    acc <<= np.uint64(s)
-                    nbits -= s
-                    if v < (1 << (s - 1)):
-                        v = v - (1 << s) + 1
-                    diff = v
+                diff, used = _difference(acc, length, s)
+                acc <<= np.uint64(used)
+                nbits -= used
                 # Prediction (T.81 H.1.2.1, Table H.1).
                 if reset:
                     px = initial
@@ -360,21 +365,11 @@ def decode_scan_sv1(
                 length, s = _symbol(lookups, table_of[i], acc)
                 if length == 0:
                     return ERR_BAD_CODE
-                acc <<= np.uint64(length)
-                nbits -= length
-                if s == 0:
-                    diff = 0
-                elif s < 16:
-                    v = np.int64(acc >> np.uint64(64 - s))
-                    acc <<= np.uint64(s)
-                    nbits -= s
-                    if v < (1 << (s - 1)):
-                        v = v - (1 << s) + 1
-                    diff = v
-                elif s == 16:
-                    diff = 32768
-                else:
+                if s > 16:
                     return ERR_BAD_SSSS
+                diff, used = _difference(acc, length, s)
+                acc <<= np.uint64(used)
+                nbits -= used
                 if c == 0:
                     x = (above[i] + diff) & 0xFFFF & mask
                     above[i] = x

@@ -87,7 +87,7 @@ class Outcome:
     reason: str | None  # why the original was passed through (None when recompressed)
     original_pixel_bytes: int  # size of the incoming Pixel Data value
     encoded_pixel_bytes: int  # size of the outgoing one
-    encode_seconds: float
+    encode_seconds: float  # decoding the original plus encoding it
     verify_seconds: float
 
 
@@ -315,6 +315,8 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True) -> Outcome:
         return _pass(ds, f"decoding failed: {exc}", original)
     if source == target_uid:
         return _pass(ds, "already in target syntax", original)
+    if not source.is_transfer_syntax and not _ours(source):
+        return _pass(ds, f"unknown transfer syntax {source}; kept as received", original)
     if _encapsulated(source) and str(source) not in LOSSLESS_SOURCES and not _ours(source):
         return _pass(
             ds,

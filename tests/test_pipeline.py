@@ -303,6 +303,12 @@ def test_lossy_sources_are_kept(name: str, target: str) -> None:
     _assert_passed(ds, recompress(ds, target), "lossy-compressed source")
 
 
+def test_unknown_source_syntax() -> None:
+    ds = make_dataset(MONO, [b"\x00" * 64], RLELossless)
+    ds.file_meta.TransferSyntaxUID = "1.2.3.4.5.6"
+    _assert_passed(ds, recompress(ds, ExplicitVRLittleEndian), "unknown transfer syntax 1.2.3.4.5.6")
+
+
 def test_no_pixel_data() -> None:
     ds = _testdata("test-SR.dcm")
     outcome = recompress(ds, RLELossless)

@@ -103,14 +103,33 @@ def encode_scan(
                 length = lengths[t, n] + nb
                 acc = (acc << np.uint64(length)) | word
                 nbits += length
-                while nbits >= 8:
-                    nbits -= 8
-                    b = np.uint8((acc >> np.uint64(nbits)) & np.uint64(0xFF))
-                    out[pos] = b
-                    pos += 1
-                    if b == 0xFF:
-                        out[pos] = 0
-                        pos += 1
+                if nbits >= 32:
+                    # Emit 32 bits; stuff a zero after each 0xFF byte.
+                    nbits -= 32
+                    w = np.uint32((acc >> np.uint64(nbits)) & np.uint64(0xFFFFFFFF))
+                    x = ~w
+                    if ((x - np.uint32(0x01010101)) & ~x & np.uint32(0x80808080)) == 0:
+                        out[pos] = np.uint8(w >> np.uint32(24))
+                        out[pos + 1] = np.uint8((w >> np.uint32(16)) & np.uint32(0xFF))
+                        out[pos + 2] = np.uint8((w >> np.uint32(8)) & np.uint32(0xFF))
+                        out[pos + 3] = np.uint8(w & np.uint32(0xFF))
+                        pos += 4
+                    else:
+                        for shift in (24, 16, 8, 0):
+                            b = np.uint8((w >> np.uint32(shift)) & np.uint32(0xFF))
+                            out[pos] = b
+                            pos += 1
+                            if b == 0xFF:
+                                out[pos] = 0
+                                pos += 1
+    while nbits >= 8:
+        nbits -= 8
+        b = np.uint8((acc >> np.uint64(nbits)) & np.uint64(0xFF))
+        out[pos] = b
+        pos += 1
+        if b == 0xFF:
+            out[pos] = 0
+            pos += 1
     if nbits > 0:
         pad = 8 - nbits
         b = np.uint8(((acc << np.uint64(pad)) | np.uint64((1 << pad) - 1)) & np.uint64(0xFF))

@@ -389,7 +389,10 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True) -> Outcome:
     if colour_converted:
         new.PhotometricInterpretation = "RGB"
     if ds.original_encoding[1] is False or source == "1.2.840.10008.1.2.2":
-        _make_little_endian(new, new[_PIXEL_DATA])
+        try:
+            _make_little_endian(new, new[_PIXEL_DATA])
+        except Exception as exc:  # pydicom parses every raw element here; bad values raise many types
+            return _pass(ds, f"big endian attributes cannot be converted: {type(exc).__name__}: {exc}", original)
     if not target_uid.is_transfer_syntax:
         # A private syntax: tell pydicom it is written Explicit VR Little Endian.
         target_uid = UID(str(target_uid))

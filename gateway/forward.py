@@ -389,7 +389,7 @@ class Forwarder(threading.Thread):
             self.sender.close()
             self._failed(job, TransientForwardError(f"{type(exc).__name__}: {exc}"), transient=True)
             return
-        self.spool.move(job, DONE, attempts=job.attempts + 1, reason=None)
+        self.spool.move(job, DONE)
         stage(_log, "forwarded", sop, study=job.info.get("study_uid"), destination=self.destination.name,
               syntax=syntax, seconds=time.perf_counter() - started)
 

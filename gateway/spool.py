@@ -3,22 +3,34 @@
 Layout under the spool directory::
 
     tmp/                      partial writes; anything here after a crash is garbage
-    incoming/<id>.dcm         received instance, acknowledged to the sender
-    incoming/<id>.json        receipt: calling AE, time, UIDs (routing input)
+    incoming/<id>.dcm         received instance, acknowledged to the sender; the id
+                              ends with the calling AE title in hex (routing input)
     objects/<id>.dcm          processed instance (recompressed or original), to forward
     jobs/<state>/<id>@<dest>.json   one delivery job per instance and destination
                               state = pending | inflight | done | dead
 
-Every file is written to ``tmp/`` first, fsync'd, renamed into place
-atomically and its directory fsync'd, so after a power cut a file is either
-complete or absent.  A receive is answered Success only after
+Every file that must survive is written to ``tmp/`` first, fsync'd, renamed
+into place atomically and its directory fsync'd, so after a power cut a file
+is either complete or absent.  A receive is answered Success only after
 :meth:`Spool.store_received` returned.
 
-A job changes state by writing its new manifest into the new state folder and
-then removing the old one.  A crash in between leaves two copies;
-:meth:`Spool.recover` keeps the most advanced (done > dead > inflight >
-pending) and turns in-flight jobs back into pending ones, so delivery is at
-least once.
+fsync is spent only where a lost write could lose an instance (each costs
+milliseconds on real disks, and the receive path pays them per image):
+
+* received instance, processed object, new pending job: fully durable;
+* pending -> inflight -> done: a plain ``rename`` of the manifest, which is
+  atomic (the job is in exactly one folder) but not fsync'd: if a crash
+  forgets it, the job is simply sent again (delivery is at least once).
+  Before an object is deleted, the ``done`` folder is fsync'd, so a job can
+  never reappear whose object is gone;
+* a failure (attempts, next retry, reason) rewrites the manifest durably;
+* removing the received copy after processing: not fsync'd (a replay is
+  idempotent).
+
+A job changes state with new content by writing its manifest into the new
+state folder and then removing the old one.  A crash in between leaves two
+copies; :meth:`Spool.recover` keeps the most advanced (done > dead > inflight
+> pending) and turns in-flight jobs back into pending ones.
 """
 
 from __future__ import annotations
@@ -160,13 +172,12 @@ class Spool:
         `source` is either the encoded file bytes or a file already in
         :meth:`temp_path` (moved, not copied) or elsewhere (copied).  When this
         returns, the instance survives a crash; only then may the sender be
-        told Success.
+        told Success.  Of `receipt` only the calling AE title is kept (in the
+        id): everything else is in the dataset itself.
         """
-        ident = self.new_id()
+        ident = f"{self.new_id()}-{receipt.calling_ae.encode('ascii', 'replace').hex()}"
         final = self.incoming / f"{ident}.dcm"
         try:
-            atomic_write_bytes(self.incoming / f"{ident}.json",
-                               json.dumps(asdict(receipt)).encode(), self.tmp)
             if isinstance(source, (bytes, bytearray, memoryview)):
                 atomic_write_bytes(final, bytes(source), self.tmp)
             else:
@@ -178,7 +189,6 @@ class Spool:
                 else:
                     atomic_copy(source, final, self.tmp)
         except OSError as exc:
-            (self.incoming / f"{ident}.json").unlink(missing_ok=True)
             raise SpoolError(f"cannot store instance in {self.incoming}: {exc}") from exc
         return ident
 
@@ -189,13 +199,16 @@ class Spool:
     def incoming_path(self, ident: str) -> Path:
         return self.incoming / f"{ident}.dcm"
 
-    def receipt(self, ident: str) -> Receipt:
-        """The receipt of a received instance (empty if it was lost in a crash)."""
+    @staticmethod
+    def calling_ae(ident: str) -> str:
+        """The calling AE title recorded in a received instance's id ("" if none)."""
+        parts = ident.split("-")
+        if len(parts) < 3:
+            return ""
         try:
-            data = json.loads((self.incoming / f"{ident}.json").read_text())
-            return Receipt(**data)
-        except (OSError, ValueError, TypeError):
-            return Receipt()
+            return bytes.fromhex(parts[2]).decode("ascii", "replace")
+        except ValueError:
+            return ""
 
     # ---------------------------------------------------------------- processed
 
@@ -229,10 +242,12 @@ class Spool:
         return dst
 
     def finish_received(self, ident: str) -> None:
-        """Drop the received copy once its object and jobs are durable."""
+        """Drop the received copy once its object and jobs are durable.
+
+        Not fsync'd: should a crash undo the unlink, the instance is processed
+        again, which creates nothing new.
+        """
         self.incoming_path(ident).unlink(missing_ok=True)
-        (self.incoming / f"{ident}.json").unlink(missing_ok=True)
-        fsync_dir(self.incoming)
 
     # --------------------------------------------------------------------- jobs
 
@@ -252,19 +267,49 @@ class Spool:
         return None
 
     def add_job(self, job: Job) -> bool:
-        """Create a pending job unless one exists already (idempotent on replay)."""
+        """Create a job unless one exists already (idempotent on replay)."""
+        return bool(self.add_jobs([job]))
+
+    def add_jobs(self, jobs: list[Job]) -> list[Job]:
+        """Durably create the jobs that do not exist yet; return those created.
+
+        Each manifest is fsync'd, their folders once at the end.
+        """
+        created = []
         with self._lock:
-            if self.find_job(job.instance, job.destination) is not None:
-                return False
             now = time.time()
-            self._write_job(replace(job, state=job.state, created_at=now, updated_at=now))
-            return True
+            for job in jobs:
+                if self.find_job(job.instance, job.destination) is not None:
+                    continue
+                new = replace(job, created_at=now, updated_at=now)
+                path = self._job_path(new.state, new.key)
+                tmp = self.tmp / f"{new.key}.{uuid.uuid4().hex}.tmp"
+                with open(tmp, "wb") as handle:
+                    handle.write(json.dumps(asdict(new)).encode())
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp, path)
+                created.append(new)
+            for state in {job.state for job in created}:
+                fsync_dir(self.jobs / state)
+        return created
 
     def move(self, job: Job, state: str, **changes: Any) -> Job:
-        """Move `job` to `state` with `changes`; durable before returning."""
+        """Move `job` to `state` with `changes`.
+
+        With changes the new manifest is durable before this returns.  Without
+        (pending -> inflight -> done) the manifest is renamed: atomic, not
+        fsync'd, see the module docstring.
+        """
         if state not in STATES:
             raise ValueError(f"unknown job state {state!r}")
         with self._lock:
+            if not changes and job.state != state:
+                os.replace(self._job_path(job.state, job.key), self._job_path(state, job.key))
+                new = replace(job, state=state)
+                if state == DONE:
+                    self.collect(job.instance)
+                return new
             new = replace(job, state=state, updated_at=time.time(), **changes)
             self._write_job(new)
             if job.state != state:
@@ -285,7 +330,10 @@ class Spool:
         for state in (PENDING, INFLIGHT, DEAD):
             if any((self.jobs / state).glob(f"{instance}@*.json")):
                 return
-        self.object_path(instance).unlink(missing_ok=True)
+        path = self.object_path(instance)
+        if path.exists():
+            fsync_dir(self.jobs / DONE)  # no job may come back to life without its object
+            path.unlink(missing_ok=True)
 
     @staticmethod
     def _read(path: Path) -> Job | None:
@@ -295,6 +343,7 @@ class Spool:
             return None
         except (OSError, ValueError) as exc:
             raise SpoolError(f"job manifest {path} is unreadable: {exc}") from exc
+        data["state"] = path.parent.name  # the folder is the truth: renames do not rewrite the manifest
         return Job(**data)
 
     def jobs_in(self, state: str, destination: str | None = None) -> Iterator[Job]:
@@ -361,10 +410,7 @@ class Spool:
         """Send an unrouted instance back through the worker (routes may have changed)."""
         with self._lock:
             src = self.object_path(job.instance)
-            if src.exists():
-                receipt = Receipt(**{k: v for k, v in job.info.items() if k in Receipt.__dataclass_fields__})
-                atomic_write_bytes(self.incoming / f"{job.instance}.json",
-                                   json.dumps(asdict(receipt)).encode(), self.tmp)
+            if src.exists():  # same id: it still carries the calling AE title
                 os.replace(src, self.incoming_path(job.instance))
                 fsync_dir(self.incoming)
             self._job_path(DEAD, job.key).unlink(missing_ok=True)

@@ -32,17 +32,17 @@ _log = get_logger("worker")
 def process_instance(config: Config, spool: Spool, ident: str) -> list[Job]:
     """Process one received instance; return the jobs created for it."""
     src = spool.incoming_path(ident)
-    receipt = spool.receipt(ident)
     ds = dcmread(src)
-    if not receipt.sop_instance_uid:  # receipt lost in a crash: rebuild it from the dataset
-        receipt = Receipt(
-            sop_class_uid=str(ds.get("SOPClassUID", "")),
-            sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
-            study_uid=str(ds.get("StudyInstanceUID", "")),
-            series_uid=str(ds.get("SeriesInstanceUID", "")),
-            modality=str(ds.get("Modality", "")),
-            transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")),
-        )
+    receipt = Receipt(
+        calling_ae=spool.calling_ae(ident),
+        received_at=src.stat().st_mtime,
+        sop_class_uid=str(ds.get("SOPClassUID", "")),
+        sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
+        study_uid=str(ds.get("StudyInstanceUID", "")),
+        series_uid=str(ds.get("SeriesInstanceUID", "")),
+        modality=str(ds.get("Modality", "")),
+        transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")),
+    )
     sop = receipt.sop_instance_uid
     stored_syntax = str(ds.file_meta.get("TransferSyntaxUID", receipt.transfer_syntax))
     target = config.compression.target_for(receipt.modality)
@@ -91,16 +91,12 @@ def process_instance(config: Config, spool: Spool, ident: str) -> list[Job]:
         "received_at": receipt.received_at,
     }
     destinations = config.destinations_for(receipt.calling_ae, receipt.modality, receipt.sop_class_uid)
-    created: list[Job] = []
     if not destinations:
         reason = (f"no route matches calling AE {receipt.calling_ae!r}, modality {receipt.modality!r}, "
                   f"SOP class {receipt.sop_class_uid}")
         spool.add_job(Job(ident, UNROUTED, state=DEAD, reason=reason, info=info))
         stage(_log, "dead", sop, level=40, reason=reason)
-    for dest in destinations:
-        job = Job(ident, dest.name, info=info)
-        if spool.add_job(job):
-            created.append(job)
+    created = spool.add_jobs([Job(ident, dest.name, info=info) for dest in destinations])
     spool.finish_received(ident)
     spool.collect(ident)
     return created

@@ -25,7 +25,7 @@ def test_store_received_from_bytes_and_temp_file(tmp_path: Path) -> None:
     assert spool.received() == sorted([first, second])
     assert spool.incoming_path(first).read_bytes() == b"DICM-bytes"
     assert spool.incoming_path(second).read_bytes() == b"from-temp"
-    assert spool.receipt(second).sop_instance_uid == "1.2"
+    assert spool.calling_ae(second) == "CT1"
     assert list(spool.tmp.iterdir()) == []
 
 
@@ -37,11 +37,12 @@ def test_store_received_copies_foreign_files(tmp_path: Path) -> None:
     assert outside.exists() and spool.incoming_path(ident).read_bytes() == b"x" * 1000
 
 
-def test_lost_receipt_reads_as_empty(tmp_path: Path) -> None:
+def test_calling_ae_survives_in_the_id(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
-    ident = spool.store_received(b"x", _receipt())
-    (spool.incoming / f"{ident}.json").unlink()
-    assert spool.receipt(ident) == Receipt()
+    for title in ("CT1", "A/B C", ""):
+        ident = spool.store_received(b"x", Receipt(calling_ae=title))
+        assert spool.calling_ae(ident) == title
+        assert "/" not in ident
 
 
 def test_job_lifecycle_and_object_collection(tmp_path: Path) -> None:
@@ -61,7 +62,7 @@ def test_job_lifecycle_and_object_collection(tmp_path: Path) -> None:
     assert spool.object_path(ident).exists(), "object deleted while job b still pending"
     b = spool.move(spool.find_job(ident, "b"), PENDING, attempts=3, next_retry_at=5.0, reason="refused")
     assert (b.attempts, b.reason) == (3, "refused")
-    spool.move(b, DONE)
+    assert spool.move(spool.move(b, INFLIGHT), DONE).attempts == 3  # plain renames keep the manifest
     assert not spool.object_path(ident).exists()
     assert spool.counts() == {"received": 0, PENDING: 0, INFLIGHT: 0, DONE: 2, DEAD: 0}
 
@@ -116,7 +117,6 @@ def test_unrouted_dead_letter_goes_back_to_the_worker(tmp_path: Path) -> None:
     spool.requeue_dead()
     assert spool.received() == ["i9"]
     assert spool.incoming_path("i9").read_bytes() == b"object"
-    assert spool.receipt("i9").sop_instance_uid == "1.9"
     assert spool.counts()[DEAD] == 0
 
 

@@ -228,3 +228,60 @@ def test_plugin_module_contract() -> None:
     from pydicom.pixels import get_encoder
 
     assert "gateway" in get_encoder(copy.copy(get_codec("JPEGLosslessSV1").uid)).available_plugins
+
+
+def _private() -> list:
+    return [pytest.param(c, id=c.name) for c in all_codecs() if c.private and c.uid != _PrivateForTest.uid]
+
+
+def test_pyproject_declares_pylibjpeg_entry_points_for_private_syntaxes_only() -> None:
+    import tomllib
+
+    with open(REPO / "pyproject.toml", "rb") as handle:
+        project = tomllib.load(handle)["project"]
+    declared = project.get("entry-points", {}).get("pylibjpeg.pixel_data_decoders", {})
+    for codec in all_codecs():
+        if codec.uid == _PrivateForTest.uid:
+            continue
+        if codec.private:
+            assert declared.get(codec.uid) == "gateway.plugins:decode_pixel_data", codec.name
+        else:
+            assert codec.uid not in declared, codec.name
+
+
+@pytest.mark.parametrize("codec", _private())
+def test_private_file_read_by_a_plain_pydicom_program(codec, tmp_path: Path) -> None:
+    ident, info, frames = next(c for c in REFERENCE_IMAGES if codec.supports(c[1]) is None and len(c[2]) > 1)
+    ds = _native(info, frames)
+    ds.compress(codec.uid, encoding_plugin="gateway")
+    path = tmp_path / "private.dcm"
+    ds.save_as(path, enforce_file_format=True, implicit_vr=False, little_endian=True)
+    np.save(tmp_path / "expected.npy", np.stack(frames))
+    program = f"""
+import numpy as np, pydicom
+import gateway
+ds = pydicom.dcmread({str(path)!r})
+expected = np.load({str(tmp_path / "expected.npy")!r})
+assert np.array_equal(ds.pixel_array.reshape(expected.shape), expected)
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", program], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok", ident
+
+
+@pytest.mark.parametrize("codec", _private())
+def test_private_pylibjpeg_entry_point_function(codec) -> None:
+    ident, info, frames = next(c for c in REFERENCE_IMAGES if codec.supports(c[1]) is None)
+    stream = codec.encode_frame(frames[0], info)
+    options = {
+        "rows": info.rows,
+        "columns": info.columns,
+        "samples_per_pixel": info.samples_per_pixel,
+        "bits_allocated": info.bits_allocated,
+        "bits_stored": info.bits_stored,
+        "pixel_representation": info.pixel_representation,
+        "photometric_interpretation": info.photometric_interpretation,
+        "transfer_syntax_uid": codec.uid,
+    }
+    assert np.array_equal(plugins.decode_pixel_data(stream, **options), frames[0]), ident

@@ -74,19 +74,24 @@ def quantiser(maxval: int, t1: int, t2: int, t3: int) -> np.ndarray:
     return lut
 
 
-@njit(cache=True)
-def _contexts(maxval: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """A, B, C, N and Nn initialised as T.87 A.2.1 prescribes."""
-    a_init = max(2, (maxval + 1 + 32) // 64)
-    A = np.full(_N_CONTEXTS, a_init, dtype=np.int64)
-    B = np.zeros(_N_CONTEXTS, dtype=np.int64)
-    C = np.zeros(_N_CONTEXTS, dtype=np.int64)
-    N = np.ones(_N_CONTEXTS, dtype=np.int64)
-    Nn = np.zeros(_N_CONTEXTS, dtype=np.int64)
-    return A, B, C, N, Nn
+def state(prm: np.ndarray, components: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fresh coder state for a scan or restart interval: the gradient quantiser and the
+    context table (rows A, B, C, N, Nn initialised as T.87 A.2.1 prescribes, then one
+    RUNindex per component).
+
+    Allocated here, outside the kernels, so that the kernels need no reference
+    counting at all (the reference counts of arrays would otherwise cost an
+    atomic operation per helper call in the inner loop).
+    """
+    maxval = int(prm[P_MAXVAL])
+    lut = quantiser(maxval, int(prm[P_T1]), int(prm[P_T2]), int(prm[P_T3]))
+    ctx = np.zeros((6, _N_CONTEXTS), dtype=np.int64)
+    ctx[0] = max(2, (maxval + 1 + 32) // 64)
+    ctx[3] = 1
+    return lut, ctx
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _predict(ra: int, rb: int, rc: int) -> int:
     """The median edge detector of T.87 A.4.1."""
     if ra > rb:
@@ -100,7 +105,7 @@ def _predict(ra: int, rb: int, rc: int) -> int:
     return ra + rb - rc
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _update(A, B, C, N, q: int, err: int, reset: int) -> None:
     """Context update and bias correction of T.87 A.6.1 and A.6.2."""
     b = B[q] + err
@@ -127,7 +132,7 @@ def _update(A, B, C, N, q: int, err: int, reset: int) -> None:
     B[q] = b
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _ri_k(A, N, q: int, ritype: int) -> int:
     temp = A[q] + (N[q] >> 1) if ritype else A[q]
     n = N[q]
@@ -137,7 +142,7 @@ def _ri_k(A, N, q: int, ritype: int) -> int:
     return k
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _ri_update(A, N, Nn, q: int, err: int, em: int, ritype: int, reset: int) -> None:
     """Run-interruption context update of T.87 A.7.2.2."""
     if err < 0:
@@ -153,7 +158,7 @@ def _ri_update(A, N, Nn, q: int, err: int, em: int, ritype: int, reset: int) -> 
 # --------------------------------------------------------------------------- writer
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _drain(out, pos: int, acc: int, nb: int, ff: bool) -> tuple[int, int, bool]:
     """Move whole bytes from the bit accumulator to `out`, stuffing a 0 bit after 0xFF."""
     while True:
@@ -173,7 +178,7 @@ def _drain(out, pos: int, acc: int, nb: int, ff: bool) -> tuple[int, int, bool]:
     return pos, nb, ff
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _put(out, pos: int, acc: int, nb: int, ff: bool, value: int, n: int) -> tuple[int, int, int, bool]:
     """Append the `n` (<= 31) low bits of `value`, most significant first."""
     acc = (acc << n) | value
@@ -183,7 +188,7 @@ def _put(out, pos: int, acc: int, nb: int, ff: bool, value: int, n: int) -> tupl
     return pos, acc, nb, ff
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _put_golomb(out, pos, acc, nb, ff, value: int, k: int, limit: int, qbpp: int):
     """Limited-length Golomb code LG(k, limit) of T.87 A.5.3."""
     hi = value >> k
@@ -206,7 +211,7 @@ def _put_golomb(out, pos, acc, nb, ff, value: int, k: int, limit: int, qbpp: int
     return _put(out, pos, acc, nb, ff, (value - 1) & ((1 << qbpp) - 1), qbpp)
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _finish(out, pos: int, acc: int, nb: int, ff: bool) -> int:
     """Pad the last byte with zero bits; a final 0xFF gets its stuffed byte."""
     pos, nb, ff = _drain(out, pos, acc, nb, ff)
@@ -220,7 +225,7 @@ def _finish(out, pos: int, acc: int, nb: int, ff: bool) -> int:
     return pos
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _encode_regular(out, pos, acc, nb, ff, ix, ra, rb, rc, rd, lut, A, B, C, N, prm):
     """Code one sample in regular mode (T.87 A.3 to A.6); `ix` is the actual value."""
     maxval = prm[P_MAXVAL]
@@ -254,7 +259,7 @@ def _encode_regular(out, pos, acc, nb, ff, ix, ra, rb, rc, rd, lut, A, B, C, N, 
     return pos, acc, nb, ff
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _encode_interruption(out, pos, acc, nb, ff, ix, ra, rb, ritype, ri, A, N, Nn, prm):
     """Code a run-interruption sample (T.87 A.7.2) in context 365 + `ritype`."""
     maxval = prm[P_MAXVAL]
@@ -286,8 +291,8 @@ def _encode_interruption(out, pos, acc, nb, ff, ix, ra, rb, ritype, ri, A, N, Nn
     return pos, acc, nb, ff
 
 
-@njit(cache=True)
-def encode_lines(work, comps, r0, r1, prm, out) -> int:
+@njit(cache=True, _nrt=False)
+def encode_lines(work, comps, r0, r1, prm, lut, ctx, out) -> int:
     """Encode lines ``r0..r1-1`` (padded row numbers) with ILV 0 (one component) or 1 (line interleaved).
 
     Contexts are shared by the components of the scan, RUNindex is kept per
@@ -297,9 +302,7 @@ def encode_lines(work, comps, r0, r1, prm, out) -> int:
     W = work.shape[2] - 2
     nc = comps.shape[0]
     maxval = prm[P_MAXVAL]
-    lut = quantiser(maxval, prm[P_T1], prm[P_T2], prm[P_T3])
-    A, B, C, N, Nn = _contexts(maxval)
-    runindex = np.zeros(nc, dtype=np.int64)
+    A, B, C, N, Nn, runindex = ctx[0], ctx[1], ctx[2], ctx[3], ctx[4], ctx[5]
     margin = 10 * W + 64
     cap = out.shape[0]
     pos = 0
@@ -354,8 +357,8 @@ def encode_lines(work, comps, r0, r1, prm, out) -> int:
     return _finish(out, pos, acc, nb, ff)
 
 
-@njit(cache=True)
-def encode_samples(work, r0, r1, prm, out) -> int:
+@njit(cache=True, _nrt=False)
+def encode_samples(work, r0, r1, prm, lut, ctx, out) -> int:
     """Encode one scan of three components with ILV 2 (sample interleaved).
 
     A pixel goes to run mode when the gradients of every component are zero;
@@ -364,8 +367,7 @@ def encode_samples(work, r0, r1, prm, out) -> int:
     """
     W = work.shape[2] - 2
     maxval = prm[P_MAXVAL]
-    lut = quantiser(maxval, prm[P_T1], prm[P_T2], prm[P_T3])
-    A, B, C, N, Nn = _contexts(maxval)
+    A, B, C, N, Nn = ctx[0], ctx[1], ctx[2], ctx[3], ctx[4]
     ri = 0
     margin = 30 * W + 64
     cap = out.shape[0]
@@ -442,7 +444,7 @@ def segment_end(data, start: int) -> int:
     return n
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _fill(data, end: int, pos: int, acc: int, nb: int, ff: bool) -> tuple[int, int, int, bool]:
     """Top the bit accumulator up to more than 48 bits; past `end`, feed zero bytes."""
     while nb <= 48:
@@ -458,7 +460,7 @@ def _fill(data, end: int, pos: int, acc: int, nb: int, ff: bool) -> tuple[int, i
     return pos, acc, nb, ff
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _get_golomb(data, end, pos, acc, nb, ff, k: int, limit: int, qbpp: int):
     """Read a limited-length Golomb code; the value is -1 when the code is too long."""
     if nb < 32:
@@ -491,7 +493,7 @@ def _get_golomb(data, end, pos, acc, nb, ff, k: int, limit: int, qbpp: int):
     return -1, pos, acc, nb, ff
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _decode_regular(data, end, pos, acc, nb, ff, ra, rb, rc, rd, lut, A, B, C, N, prm):
     """Decode one regular-mode sample; the value is negative on error."""
     maxval = prm[P_MAXVAL]
@@ -528,7 +530,7 @@ def _decode_regular(data, end, pos, acc, nb, ff, ra, rb, rc, rd, lut, A, B, C, N
     return ix, pos, acc, nb, ff
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _decode_interruption(data, end, pos, acc, nb, ff, ra, rb, ritype, ri, A, N, Nn, prm):
     """Decode a run-interruption sample; the value is negative on error."""
     maxval = prm[P_MAXVAL]
@@ -558,14 +560,14 @@ def _decode_interruption(data, end, pos, acc, nb, ff, ra, rb, ritype, ri, A, N, 
     return ix, pos, acc, nb, ff
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _overrun(end: int, pos: int, nb: int) -> bool:
     """True when more bits were consumed than the segment holds (zero bytes fed past its end)."""
     return pos > end and (pos - end) * 8 > nb
 
 
-@njit(cache=True)
-def decode_lines(data, start, end, work, comps, r0, r1, prm) -> int:
+@njit(cache=True, _nrt=False)
+def decode_lines(data, start, end, work, comps, r0, r1, prm, lut, ctx) -> int:
     """Decode lines ``r0..r1-1`` (padded row numbers) of a scan with ILV 0 or 1.
 
     `data[start:end]` is one entropy-coded segment (a whole scan, or one
@@ -574,9 +576,7 @@ def decode_lines(data, start, end, work, comps, r0, r1, prm) -> int:
     W = work.shape[2] - 2
     nc = comps.shape[0]
     maxval = prm[P_MAXVAL]
-    lut = quantiser(maxval, prm[P_T1], prm[P_T2], prm[P_T3])
-    A, B, C, N, Nn = _contexts(maxval)
-    runindex = np.zeros(nc, dtype=np.int64)
+    A, B, C, N, Nn, runindex = ctx[0], ctx[1], ctx[2], ctx[3], ctx[4], ctx[5]
     pos = start
     acc = 0
     nb = 0
@@ -661,13 +661,12 @@ def decode_lines(data, start, end, work, comps, r0, r1, prm) -> int:
     return 0
 
 
-@njit(cache=True)
-def decode_samples(data, start, end, work, r0, r1, prm) -> int:
+@njit(cache=True, _nrt=False)
+def decode_samples(data, start, end, work, r0, r1, prm, lut, ctx) -> int:
     """Decode lines ``r0..r1-1`` of a three-component scan with ILV 2 (sample interleaved)."""
     W = work.shape[2] - 2
     maxval = prm[P_MAXVAL]
-    lut = quantiser(maxval, prm[P_T1], prm[P_T2], prm[P_T3])
-    A, B, C, N, Nn = _contexts(maxval)
+    A, B, C, N, Nn = ctx[0], ctx[1], ctx[2], ctx[3], ctx[4]
     ri = 0
     pos = start
     acc = 0

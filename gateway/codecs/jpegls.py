@@ -190,11 +190,12 @@ def _encode_segment(work: np.ndarray, components: list[int], ilv: int, r0: int, 
     comps = np.asarray(components, dtype=np.int64)
     while True:
         out = np.empty(capacity, dtype=np.uint8)
+        lut, ctx = _k.state(prm, len(components))
         with _fresh_start(work, components, r0):
             if ilv == ILV_SAMPLE:
-                size = _k.encode_samples(work, r0, r1, prm, out)
+                size = _k.encode_samples(work, r0, r1, prm, lut, ctx, out)
             else:
-                size = _k.encode_lines(work, comps, r0, r1, prm, out)
+                size = _k.encode_lines(work, comps, r0, r1, prm, lut, ctx, out)
         if size >= 0:
             return out[:size].tobytes()
         capacity *= 2
@@ -436,12 +437,13 @@ def _decode_scan(
     while True:
         end = _k.segment_end(buffer, pos)
         last = min(row + step, rows + 1)
+        lut, ctx = _k.state(prm, ns)
         if ilv == ILV_SAMPLE:
             with _fresh_start(scan_work, [0, 1, 2], row):
-                status = _k.decode_samples(buffer, pos, end, scan_work, row, last, prm)
+                status = _k.decode_samples(buffer, pos, end, scan_work, row, last, prm, lut, ctx)
         else:
             with _fresh_start(work, components, row):
-                status = _k.decode_lines(buffer, pos, end, work, comps, row, last, prm)
+                status = _k.decode_lines(buffer, pos, end, work, comps, row, last, prm, lut, ctx)
         if status < 0:
             raise _corrupt(_k.ERRORS.get(status, f"error {status}"))
         row = last

@@ -213,11 +213,11 @@ def test_range_coder_round_trip() -> None:
     def _encode(bits, contexts, raws, buf):
         ctx = np.zeros((8, 3), np.int32)
         ctx[:, :2] = rc.PROB_INIT
-        st = rc.enc_start(buf)
+        st = rc.enc_start()
         for i in range(bits.shape[0]):
-            st = rc.enc_bit(st, ctx, contexts[i], bits[i])
-            st = rc.enc_raw(st, raws[i], 5)
-        return rc.enc_finish(st)
+            st = rc.enc_bit(st, buf, ctx, contexts[i], bits[i])
+            st = rc.enc_raw(st, buf, raws[i], 5)
+        return rc.enc_finish(st, buf)
 
     @njit(cache=False)
     def _decode(data, n, contexts, out_bits, out_raws):

@@ -52,49 +52,47 @@ def _sign_class(bias):
 
 
 @njit(cache=True, nogil=True)
-def encode_plane(st, plane, maxv, ctx, te, err):
-    """Code every sample of `plane` (values 0..maxv); returns the coder state."""
+def encode_plane(st, buf, plane, maxv, ctx, te, err):
+    """Code every sample of `plane` (values 0..maxv); returns the coder state and buffer."""
     rows, cols = plane.shape
     for y in range(rows):
-        low, rng, cache, pending, pos, buf = st
-        buf = grow(buf, pos + pending + 16 + cols * 96)
-        st = (low, rng, cache, pending, pos, buf)
+        buf = grow(buf, st[4] + st[3] + 16 + cols * 96)
         for x in range(cols):
             value = np.int64(plane[y, x])
             pred, pred8, s0, s1, s2, s3, q, bias = predict(plane, y, x, cols, te, err)
             r = value - pred
             if r == 0:
-                st = enc_bit(st, ctx, CTX_ZERO + q, 0)
+                st = enc_bit(st, buf, ctx, CTX_ZERO + q, 0)
             else:
-                st = enc_bit(st, ctx, CTX_ZERO + q, 1)
+                st = enc_bit(st, buf, ctx, CTX_ZERO + q, 1)
                 if r > 0:
                     mag = r
                     limit = maxv - pred
                     if pred > 0:
-                        st = enc_bit(st, ctx, CTX_SIGN + 3 * q + _sign_class(bias), 0)
+                        st = enc_bit(st, buf, ctx, CTX_SIGN + 3 * q + _sign_class(bias), 0)
                 else:
                     mag = -r
                     limit = pred
                     if pred < maxv:
-                        st = enc_bit(st, ctx, CTX_SIGN + 3 * q + _sign_class(bias), 1)
+                        st = enc_bit(st, buf, ctx, CTX_SIGN + 3 * q + _sign_class(bias), 1)
                 k = bit_length(mag) - 1
                 kmax = bit_length(limit) - 1
                 base = CTX_UNARY + MAX_CLASS * q
                 for j in range(k):
-                    st = enc_bit(st, ctx, base + j, 1)
+                    st = enc_bit(st, buf, ctx, base + j, 1)
                 if k < kmax:
-                    st = enc_bit(st, ctx, base + k, 0)
+                    st = enc_bit(st, buf, ctx, base + k, 0)
                 if k >= 1:
                     c1 = CTX_MANT1 + MAX_CLASS * q + k
                     b1 = (mag >> (k - 1)) & 1
-                    st = enc_bit(st, ctx, c1, b1)
+                    st = enc_bit(st, buf, ctx, c1, b1)
                     if k >= 2:
                         c2 = CTX_MANT2 + 2 * (MAX_CLASS * q + k) + b1
-                        st = enc_bit(st, ctx, c2, (mag >> (k - 2)) & 1)
+                        st = enc_bit(st, buf, ctx, c2, (mag >> (k - 2)) & 1)
                         if k >= 3:
-                            st = enc_raw(st, mag, k - 2)
+                            st = enc_raw(st, buf, mag, k - 2)
             update(y, x, value, pred8, s0, s1, s2, s3, te, err)
-    return st
+    return st, buf
 
 
 @njit(cache=True, nogil=True)
@@ -144,15 +142,15 @@ def decode_plane(st, data, plane, maxv, ctx, te, err):
 
 
 @njit(cache=True, nogil=True)
-def encode_bitmap(st, used, ctx):
+def encode_bitmap(st, buf, used, ctx):
     """Code the 0/1 array `used` (which values occur), context = previous two bits."""
-    st = (st[0], st[1], st[2], st[3], st[4], grow(st[5], st[4] + st[3] + 16 + used.shape[0] * 3))
+    buf = grow(buf, st[4] + st[3] + 16 + used.shape[0] * 3)
     prev = 0
     for i in range(used.shape[0]):
         bit = np.int64(used[i])
-        st = enc_bit(st, ctx, prev, bit)
+        st = enc_bit(st, buf, ctx, prev, bit)
         prev = ((prev << 1) | bit) & 3
-    return st
+    return st, buf
 
 
 @njit(cache=True, nogil=True)

@@ -3,10 +3,11 @@
 The coder state lives in local variables of the calling kernel and is passed
 in and out as tuples, so that numba keeps it in registers:
 
-* encoder: ``(low, rng, cache, pending, pos, buf)`` — `low` is 33 bits wide
+* encoder: ``(low, rng, cache, pending, pos)`` — `low` is 33 bits wide
   (bit 32 is the carry), `rng` 32 bits, `cache` the byte held back for carry
   propagation, `pending` how many bytes (the cache and following 0xFF bytes)
-  are held back, `pos` the write position in the growable buffer `buf`;
+  are held back, `pos` the write position in the output buffer, which the
+  caller keeps large enough (:func:`grow`) and passes to every call;
 * decoder: ``(code, rng, pos)`` reading from a fixed buffer; bytes past its
   end read as zero and the caller checks ``pos`` against a bound afterwards.
 
@@ -85,9 +86,9 @@ def _shift_low(low, cache, pending, pos, buf):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def enc_bit(st, ctx, c, bit):
+def enc_bit(st, buf, ctx, c, bit):
     """Code `bit` (0/1) in context `c` and adapt the context."""
-    low, rng, cache, pending, pos, buf = st
+    low, rng, cache, pending, pos = st
     a = ctx[c, 0]
     b = ctx[c, 1]
     bound = (rng >> PROB_BITS) * ((a + b) >> 1)
@@ -98,13 +99,13 @@ def enc_bit(st, ctx, c, bit):
     while rng < TOP:
         rng <<= 8
         low, cache, pending, pos = _shift_low(low, cache, pending, pos, buf)
-    return low, rng, cache, pending, pos, buf
+    return low, rng, cache, pending, pos
 
 
 @njit(cache=True, nogil=True, inline="always")
-def enc_raw(st, value, nbits):
+def enc_raw(st, buf, value, nbits):
     """Code the low `nbits` bits of `value` at probability one half, high bit first."""
-    low, rng, cache, pending, pos, buf = st
+    low, rng, cache, pending, pos = st
     for i in range(nbits - 1, -1, -1):
         rng >>= 1
         if (value >> i) & 1:
@@ -112,19 +113,19 @@ def enc_raw(st, value, nbits):
         while rng < TOP:
             rng <<= 8
             low, cache, pending, pos = _shift_low(low, cache, pending, pos, buf)
-    return low, rng, cache, pending, pos, buf
+    return low, rng, cache, pending, pos
 
 
 @njit(cache=True, nogil=True)
-def enc_start(buf):
-    """Initial encoder state writing into `buf`."""
-    return np.int64(0), np.int64(MASK32), np.int64(0), np.int64(1), np.int64(0), buf
+def enc_start():
+    """Initial encoder state (writing from position 0)."""
+    return np.int64(0), np.int64(MASK32), np.int64(0), np.int64(1), np.int64(0)
 
 
 @njit(cache=True, nogil=True)
-def enc_finish(st):
-    """Flush the state; return the buffer and the number of bytes written."""
-    low, rng, cache, pending, pos, buf = st
+def enc_finish(st, buf):
+    """Flush the state; return the (possibly grown) buffer and the number of bytes written."""
+    low, rng, cache, pending, pos = st
     buf = grow(buf, pos + pending + 8)
     for _ in range(5):
         low, cache, pending, pos = _shift_low(low, cache, pending, pos, buf)

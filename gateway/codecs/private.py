@@ -115,17 +115,18 @@ def _planes_of(frame: np.ndarray, info: FrameInfo) -> tuple[np.ndarray, int]:
 
 def _code_planes(planes: list[np.ndarray], maxvs: list[int], bitmaps: list[np.ndarray | None],
                  capacity: int) -> bytes:
-    st = _rc.enc_start(np.empty(max(capacity, 64), np.uint8))
+    st = _rc.enc_start()
+    buf = np.empty(max(capacity, 64), np.uint8)
     for used in bitmaps:
         if used is not None:
             ctx = _rc.new_contexts(_planes.CTX_BITMAP)
-            st = _planes.encode_bitmap(st, used, ctx)
+            st, buf = _planes.encode_bitmap(st, buf, used, ctx)
     for plane, maxv in zip(planes, maxvs):
         if maxv > 0:
             ctx = _rc.new_contexts(_planes.CTX_PER_PLANE)
             te, err = _predict.new_state(plane.shape[1])
-            st = _planes.encode_plane(st, plane, maxv, ctx, te, err)
-    buf, size = _rc.enc_finish(st)
+            st, buf = _planes.encode_plane(st, buf, plane, maxv, ctx, te, err)
+    buf, size = _rc.enc_finish(st, buf)
     return buf[:size].tobytes()
 
 

@@ -264,6 +264,58 @@ def test_restart_intervals(rows_per_interval: int) -> None:
     assert np.array_equal(CODEC.decode_frame(stream, info), frame)
 
 
+def _scan(samples: np.ndarray, precision: int, table: int) -> tuple[bytes, bytes]:
+    """DHT segment (one table, id `table`) and entropy-coded data for an SV1 scan of `samples`."""
+    diffs, hist = kernels.differences_sv1(np.ascontiguousarray(samples), precision)
+    lengths = huffman_code_lengths(hist.sum(axis=0))
+    bits, huffval, codes = _canonical(lengths)
+    body = bytes([table]) + bytes(bits) + bytes(huffval)
+    dht = b"\xff\xc4" + (2 + len(body)).to_bytes(2, "big") + body
+    tables = np.zeros(samples.shape[2], np.int64)
+    data = kernels.encode_scan(diffs, codes[None, :], lengths[None, :], tables, 8 * diffs.size + 16)
+    return dht, data.tobytes()
+
+
+def _sof3(precision: int, info: FrameInfo) -> bytes:
+    n = info.samples_per_pixel
+    body = bytes([precision]) + info.rows.to_bytes(2, "big") + info.columns.to_bytes(2, "big") + bytes([n])
+    body += b"".join(bytes([k + 1, 0x11, 0]) for k in range(n))
+    return b"\xff\xc3" + (2 + len(body)).to_bytes(2, "big") + body
+
+
+def _sos(components: list[int], point_transform: int = 0) -> bytes:
+    body = bytes([len(components)]) + b"".join(bytes([k + 1, 0]) for k in components)
+    body += bytes([1, 0, point_transform])
+    return b"\xff\xda" + (2 + len(body)).to_bytes(2, "big") + body
+
+
+def test_non_interleaved_scans_with_redefined_tables() -> None:
+    """One scan per component, each preceded by its own DHT for table 0, with an APP and COM segment."""
+    info, frame = _rgb_and_mono_samples()[3]
+    samples = frame.astype(np.uint16)
+    stream = b"\xff\xd8" + b"\xff\xe0\x00\x04ab" + _sof3(8, info)
+    for k in range(3):
+        dht, data = _scan(samples[:, :, k : k + 1], 8, 0)
+        stream += b"\xff\xfe\x00\x05xyz" + dht + _sos([k]) + data
+    stream += b"\xff\xd9"
+    assert np.array_equal(libjpeg.decode(stream), frame)
+    assert np.array_equal(CODEC.decode_frame(stream, info), frame)
+
+
+@pytest.mark.parametrize("point_transform", [1, 3])
+def test_point_transform(point_transform: int) -> None:
+    info, frame = _rgb_and_mono_samples()[1]
+    shifted = (frame >> point_transform).astype(np.uint16).reshape(info.rows, info.columns, 1)
+    dht, data = _scan(shifted, info.bits_stored - point_transform, 0)
+    stream = b"\xff\xd8" + dht + _sof3(info.bits_stored, info) + _sos([0], point_transform) + data + b"\xff\xd9"
+    expected = (frame >> point_transform) << point_transform
+    # libjpeg-turbo as the independent decoder here: pylibjpeg-libjpeg starts
+    # the prediction at 2**(P-1) instead of T.81's 2**(P-Pt-1).
+    imagecodecs = pytest.importorskip("imagecodecs", reason="imagecodecs is not installed")
+    assert np.array_equal(imagecodecs.jpeg8_decode(stream), expected)
+    assert np.array_equal(CODEC.decode_frame(stream, info), expected)
+
+
 def test_decodes_pydicom_gdcm_rgb_sample() -> None:
     from pydicom.data import get_testdata_file
 
@@ -287,6 +339,13 @@ def _interop_images() -> list:
     params = []
     for info, frame in _rgb_and_mono_samples():
         params.append(pytest.param(info, frame, id=f"{info.bits_allocated}_{info.bits_stored}_{info.samples_per_pixel}"))
+    for stored in (8, 2):
+        small = FrameInfo(23, 31, bits_stored=stored)
+        params.append(
+            pytest.param(
+                small, rng.integers(0, 1 << stored, small.shape).astype(np.uint16), id=f"16_{stored}_1"
+            )
+        )
     signed = FrameInfo(23, 31, bits_stored=12, pixel_representation=1)
     params.append(
         pytest.param(signed, rng.integers(-2048, 2048, signed.shape).astype(np.int16), id="16_12_1_signed")

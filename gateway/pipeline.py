@@ -79,7 +79,11 @@ _EXTENDED_OFFSETS = (0x7FE00001, 0x7FE00002)  # Extended Offset Table (Lengths)
 
 @dataclass(frozen=True)
 class Outcome:
-    """What to forward, and how it came about."""
+    """What to forward, and how it came about.
+
+    A recompressed dataset is a copy of the input except for its sequences,
+    which both share: change a sequence of one and the other sees it.
+    """
 
     dataset: Dataset  # the recompressed dataset, or the ORIGINAL unchanged
     transfer_syntax: str  # its transfer syntax UID
@@ -189,15 +193,19 @@ def _native_bytes(frames: Sequence[np.ndarray], info: FrameInfo, planar: int) ->
     return data + b"\x00" if len(data) & 1 else data
 
 
-def _copy_without_pixels(ds: Dataset) -> Dataset:
-    """A deep copy of `ds` that shares (rather than copies) the old Pixel Data.
+def _copy_without_pixels(ds: Dataset, *, share_sequences: bool) -> Dataset:
+    """A copy of `ds` that shares (rather than copies) the old Pixel Data.
 
     The caller replaces Pixel Data in the copy; the original stays untouched.
+    With `share_sequences` top-level sequences are shared too: a deep copy
+    of an enhanced multi-frame image's functional groups costs far more than
+    encoding its pixels, and the pipeline never changes a sequence.
     """
     memo: dict[int, object] = {}
-    if _PIXEL_DATA in ds:
-        element = ds.get_item(_PIXEL_DATA)
-        memo[id(element)] = element
+    for tag in ds.keys():
+        element = ds.get_item(tag)
+        if tag == _PIXEL_DATA or (share_sequences and getattr(element, "VR", None) == "SQ"):
+            memo[id(element)] = element
     cached = ds.__dict__.get("_pixel_array")
     if cached is not None:
         memo[id(cached)] = None
@@ -358,7 +366,9 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True) -> Outcome:
                 original,
             )
 
-    new = _copy_without_pixels(ds)
+    big_endian = ds.original_encoding[1] is False or source == "1.2.840.10008.1.2.2"
+    # Big endian data is rewritten element by element below, sequences included.
+    new = _copy_without_pixels(ds, share_sequences=not big_endian)
     fragments: list[bytes] | None = None
     try:
         if codec is None:
@@ -388,7 +398,7 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True) -> Outcome:
         new.ExtendedOffsetTable, new.ExtendedOffsetTableLengths = extended
     if colour_converted:
         new.PhotometricInterpretation = "RGB"
-    if ds.original_encoding[1] is False or source == "1.2.840.10008.1.2.2":
+    if big_endian:
         try:
             _make_little_endian(new, new[_PIXEL_DATA])
         except Exception as exc:  # pydicom parses every raw element here; bad values raise many types

@@ -501,6 +501,22 @@ def test_lossy_history_and_identity_are_kept() -> None:
     assert out.SOPInstanceUID == ds.SOPInstanceUID == out.file_meta.MediaStorageSOPInstanceUID
 
 
+def test_output_attributes_are_independent_of_the_input() -> None:
+    ds = make_dataset(RGB, _frames(RGB))
+    ds.PatientName  # accessed: a parsed element, not raw bytes
+    ds.ReferencedImageSequence = [Dataset()]
+    ds.ReferencedImageSequence[0].ReferencedSOPInstanceUID = "1.2.3"
+    before = copy.deepcopy(ds)
+    outcome = recompress(ds, RLELossless)
+    out = outcome.dataset
+    out.PatientName = "Other^Name"
+    out.PlanarConfiguration = 1
+    out.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    assert ds == before and ds.file_meta == before.file_meta
+    # Sequences are shared by design (Outcome's docstring): not copied.
+    assert out.ReferencedImageSequence[0] is ds.ReferencedImageSequence[0]
+
+
 # ---------------------------------------------------------------- files
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom import Dataset
 from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate_extended, generate_frames
@@ -342,6 +344,19 @@ def test_missing_attributes_and_meta() -> None:
     outcome = recompress(ds, RLELossless)
     _assert_passed(ds, outcome, "decoding failed", "Transfer Syntax UID")
     assert outcome.transfer_syntax == ""
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.binary(min_size=2, max_size=300), st.booleans(), st.sampled_from([ExplicitVRLittleEndian, "rle"]))
+def test_garbage_pixel_data_never_raises(data: bytes, as_fragment: bool, target: str) -> None:
+    ds = make_dataset(MONO, [data], RLELossless)
+    if not as_fragment:  # not even a valid item structure
+        ds.PixelData = data + b"\x00" * (len(data) & 1)
+    outcome = recompress(ds, target)
+    if outcome.recompressed:  # the bytes happened to be a valid frame
+        assert compare_pixels(ds, outcome.dataset) is None
+    else:
+        assert outcome.dataset is ds and outcome.reason
 
 
 def test_verification_mismatch_of_reference_decoder(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,7 +12,9 @@ For each real series of the corpus (``series/`` in ``$GATEWAY_CORPUS`` or
   every instance, i.e. delivered, not merely received.  The time until
   storescu exits (everything acknowledged by the gateway) is shown too.
 
-Orthanc runs on loopback with ``TCP_NODELAY=1``; it is emptied between runs.
+Orthanc and storescu run on loopback with ``TCP_NODELAY=1`` (DCMTK reads it
+from the environment; the gateway sets it on its own sockets); Orthanc is
+emptied between runs.
 Best of ``--runs`` runs per path.  After the gateway runs, every instance is
 fetched back over REST and its pixels compared with the file sent.
 ``MB/s`` counts raw pixel megabytes (10**6 bytes) from the corpus manifest.
@@ -106,7 +108,8 @@ def storescu(port: int, aec: str, folder: Path) -> float:
     """Send `folder` with DCMTK storescu; return wall seconds."""
     started = time.perf_counter()
     result = subprocess.run([STORESCU, "-aet", "MODALITY", "-aec", aec, "+sd", "+r", "+sp", "*.dcm",
-                             "127.0.0.1", str(port), str(folder)], capture_output=True, text=True)
+                             "127.0.0.1", str(port), str(folder)], capture_output=True, text=True,
+                            env=dict(os.environ, TCP_NODELAY="1"))
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
         sys.exit(f"storescu failed: {result.stderr[-2000:]}")

@@ -300,3 +300,34 @@ def test_sigterm_stops_cleanly(tmp_path: Path) -> None:
         assert f" {stage} sop=" in log, stage
     assert "CompressedSamples" not in log and "Patient" not in log
     time.sleep(0)
+
+
+@pytest.mark.parametrize("name", PYDICOM_FILES + ["MR_small.dcm", "examples_rgb_color.dcm"])
+def test_spliced_object_equals_a_full_rewrite(tmp_path: Path, name: str) -> None:
+    """The worker's byte splice writes exactly what dcmwrite would, or declines."""
+    from pydicom.filewriter import dcmwrite
+
+    from gateway.pipeline import recompress
+    from gateway.worker import pixel_span, splice_write
+
+    src = tmp_path / "src.dcm"
+    pydicom_file(name).save_as(src, enforce_file_format=True)
+    ds = dcmread(src)
+    span = pixel_span(ds)
+    outcome = recompress(ds, "RLELossless")
+    if not outcome.recompressed:
+        pytest.skip(f"passed through: {outcome.reason}")
+    spliced, full = tmp_path / "spliced.dcm", tmp_path / "full.dcm"
+    used = splice_write(src, ds, outcome.dataset, spliced, span)
+    dcmwrite(full, outcome.dataset, enforce_file_format=True)
+    if not used:
+        assert not spliced.exists()
+        assert ds.file_meta.TransferSyntaxUID in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.2",
+                                                  "1.2.840.10008.1.2.1.99") or "PlanarConfiguration" in ds
+        return
+    a, b = dcmread(spliced), dcmread(full)
+    assert a.file_meta.TransferSyntaxUID == b.file_meta.TransferSyntaxUID == RLELossless
+    assert list(a.keys()) == list(b.keys())
+    for tag in a.keys():
+        assert a[tag].value == b[tag].value, tag
+    assert np.array_equal(a.pixel_array, dcmread(src).pixel_array)

@@ -32,7 +32,17 @@ def _seed(index: int) -> tuple[FrameInfo, bytes]:
     return info, CODEC.encode_frame(frame, info)
 
 
-SEEDS = [_seed(i) for i in range(len(_INFOS))]
+def _restart_seed() -> tuple[FrameInfo, bytes]:
+    """A stream with restart markers every 2 rows (decoded by the general kernel)."""
+    from tests.test_jpeg_lossless import _restart_stream
+
+    info = FrameInfo(9, 11, bits_stored=10)
+    frame = (np.indices(info.shape).sum(axis=0) * 29 % 1024).astype(np.uint16)
+    return info, _restart_stream(frame, info, 2)
+
+
+SEEDS = [_seed(i) for i in range(len(_INFOS))] + [_restart_seed()]
+_INFOS.append(SEEDS[-1][0])
 
 
 def _decode_or_corrupt(data: bytes, info: FrameInfo) -> None:
@@ -101,3 +111,10 @@ def test_header_sizes_are_checked_before_allocating(rows: int) -> None:
 def test_seeds_decode() -> None:
     for info, stream in SEEDS:
         assert CODEC.decode_frame(stream, info).shape == info.shape
+
+
+def test_restart_marker_missing_raises() -> None:
+    info, stream = SEEDS[-1]
+    broken = stream.replace(b"\xff\xd1", b"\xff\x00", 1)
+    with pytest.raises(CorruptCodestreamError):
+        CODEC.decode_frame(broken, info)

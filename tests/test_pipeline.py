@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import struct
+from dataclasses import replace
 from io import BytesIO
 from pathlib import Path
 
@@ -161,8 +162,6 @@ def test_inputs_of_every_syntax(name: str, target: str) -> None:
         return
     info = frame_info(ds)
     if info.photometric_interpretation == "YBR_RCT":
-        from dataclasses import replace
-
         info = replace(info, photometric_interpretation="RGB")
     if target not in NATIVE and get_codec(target).supports(info):
         _assert_passed(ds, outcome, "cannot carry this image")

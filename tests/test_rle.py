@@ -8,6 +8,7 @@ from __future__ import annotations
 import struct
 import subprocess
 import tracemalloc
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -233,7 +234,7 @@ def test_round_trip_corpus(row: dict) -> None:
     frames = list(iter_frames(ds))
     if any(high_bits_used(f, info) for f in frames):
         pytest.skip("bits above Bits Stored hold data: the pipeline passes this image through")
-    check = replace_photometric(info)
+    check = _as_rle_profile(info)
     for frame in frames:
         stream = encode(frame, check)
         assert np.array_equal(decode(stream, check), frame)
@@ -241,12 +242,10 @@ def test_round_trip_corpus(row: dict) -> None:
         assert np.array_equal(_pylibjpeg_rle(stream, check), frame)
 
 
-def replace_photometric(info: FrameInfo) -> FrameInfo:
+def _as_rle_profile(info: FrameInfo) -> FrameInfo:
     """RLE carries YBR_FULL only at 8 bits; other colour data is tested as RGB (same bytes)."""
     if supports(info) is None or info.samples_per_pixel == 1:
         return info
-    from dataclasses import replace
-
     return replace(info, photometric_interpretation="RGB")
 
 

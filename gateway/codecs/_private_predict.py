@@ -24,14 +24,16 @@ N_SUB = 4
 WEIGHT_ONE = 1 << 24
 # Context quantisation: half-octave steps of the activity measure.
 N_ACTIVITY = 28
-# Gradient classes per activity class.
-N_GRADIENT = 1
-N_CLASSES = N_ACTIVITY * N_GRADIENT
+N_CLASSES = N_ACTIVITY
+# Bias contexts: which of N, W, NW, NE exceed the blend (4 bits) x activity class / 4.
+N_BIAS = 16 * ((N_ACTIVITY + 3) // 4)
+BIAS_SHIFT = 5  # the bias estimate moves 1/32 of the way to each new error
 
 
-def new_state(columns: int) -> tuple[np.ndarray, np.ndarray]:
-    """Zeroed ring buffers (``te``, ``err``) for a plane `columns` wide."""
-    return np.zeros((2, columns + 2), np.int32), np.zeros((N_SUB, 2, columns + 2), np.int32)
+def new_state(columns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Zeroed ring buffers (``te``, ``err``) for a plane `columns` wide and bias estimates."""
+    return (np.zeros((2, columns + 2), np.int32), np.zeros((N_SUB, 2, columns + 2), np.int32),
+            np.zeros(N_BIAS, np.int32))
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -71,8 +73,11 @@ def quantise_activity(a):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def predict(plane, y, x, cols, te, err):
-    """Predict ``plane[y, x]``; returns (pred, pred8, s0, s1, s2, s3, context class, bias)."""
+def predict(plane, y, x, cols, te, err, bm):
+    """Predict ``plane[y, x]``.
+
+    Returns (pred, pred8, blend8, bias context, s0, s1, s2, s3, context class, sign bias).
+    """
     r = y & 1
     p = r ^ 1
     if y > 0:
@@ -122,21 +127,33 @@ def predict(plane, y, x, cols, te, err):
         pred8 = lo << 3
     if pred8 > hi << 3:
         pred8 = hi << 3
-    pred = (pred8 + 4) >> 3
 
     grad = (abs(n - nw) + abs(w - nw) + abs(ne - n)) << 2
     activity = (abs(te_w) + abs(te_n) + abs(te_nw) + abs(te_ne) + min(min(e0, e1), min(e2, e3)) + grad) >> 1
-    bias = te_w + te_n
-    g = 0
-    return pred, pred8, s0, s1, s2, s3, quantise_activity(activity) * N_GRADIENT + g, bias
+    q = quantise_activity(activity)
+    texture = (
+        np.int64((n << 3) > pred8) | (np.int64((w << 3) > pred8) << 1)
+        | (np.int64((nw << 3) > pred8) << 2) | (np.int64((ne << 3) > pred8) << 3)
+    )
+    bctx = (q >> 2) * 16 + texture
+    blend8 = pred8
+    pred8 = pred8 + (np.int64(bm[bctx]) >> 4)
+    if pred8 < lo << 3:
+        pred8 = lo << 3
+    if pred8 > hi << 3:
+        pred8 = hi << 3
+    pred = (pred8 + 4) >> 3
+    return pred, pred8, blend8, bctx, s0, s1, s2, s3, q, te_w + te_n
 
 
 @njit(cache=True, nogil=True, inline="always")
-def update(y, x, value, pred8, s0, s1, s2, s3, te, err):
-    """Record the errors of the blend and of each sub-predictor at ``(y, x)``."""
+def update(y, x, value, pred8, blend8, bctx, s0, s1, s2, s3, te, err, bm):
+    """Record the errors of the prediction, the blend and each sub-predictor at ``(y, x)``."""
     r = y & 1
     v8 = np.int64(value) << 3
     te[r, x + 1] = pred8 - v8
+    b = np.int64(bm[bctx])
+    bm[bctx] = b + ((((v8 - blend8) << 4) - b) >> BIAS_SHIFT)
     err[0, r, x + 1] = abs(s0 - v8)
     err[1, r, x + 1] = abs(s1 - v8)
     err[2, r, x + 1] = abs(s2 - v8)

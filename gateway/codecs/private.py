@@ -124,8 +124,8 @@ def _code_planes(planes: list[np.ndarray], maxvs: list[int], bitmaps: list[np.nd
     for plane, maxv in zip(planes, maxvs):
         if maxv > 0:
             ctx = _rc.new_contexts(_planes.CTX_PER_PLANE)
-            te, err = _predict.new_state(plane.shape[1])
-            st, buf = _planes.encode_plane(st, buf, plane, maxv, ctx, te, err)
+            te, err, bm = _predict.new_state(plane.shape[1])
+            st, buf = _planes.encode_plane(st, buf, plane, maxv, ctx, te, err, bm)
     buf, size = _rc.enc_finish(st, buf)
     return buf[:size].tobytes()
 
@@ -261,8 +261,8 @@ def _decode_coded(data: bytes, info: FrameInfo, transform: int) -> np.ndarray:
         coded_max = count - 1 if count else maxv
         if coded_max > 0:
             ctx = _rc.new_contexts(_planes.CTX_PER_PLANE)
-            te, err = _predict.new_state(info.columns)
-            st, status = _planes.decode_plane(st, buf, planes[i], coded_max, ctx, te, err)
+            te, err, bm = _predict.new_state(info.columns)
+            st, status = _planes.decode_plane(st, buf, planes[i], coded_max, ctx, te, err, bm)
             if status != _planes.STATUS_OK:
                 raise _corrupt("a residual exceeds the plane's value range")
         if st[2] > len(buf):

@@ -373,3 +373,20 @@ def test_precision_above_bits_stored_is_read_as_dicom_does(signed: bool) -> None
     beyond[0, 0] = 0x1000 if not signed else 0x8000
     with pytest.raises(CorruptCodestreamError):
         CODEC.decode_frame(jpegls.encode(beyond, wide), info)
+
+
+def test_padding_and_skipped_segments() -> None:
+    """A DICOM fragment's even-length pad byte, fill bytes before markers, APPn and COM segments are harmless."""
+    info, frame, stream = _sample_stream()
+    assert np.array_equal(CODEC.decode_frame(stream + b"\x00", info), frame)
+    extra = b"\xff\xe5\x00\x06abcd" + b"\xff\xfe\x00\x05hi!" + b"\xff\xff"
+    assert np.array_equal(CODEC.decode_frame(stream[:2] + extra + stream[2:], info), frame)
+
+
+def test_restart_markers_must_come_in_order() -> None:
+    info, frame, _ = _sample_stream()
+    stream = jpegls.encode(frame, info, restart=4)
+    assert np.array_equal(CODEC.decode_frame(stream, info), frame)
+    first = stream.index(b"\xff\xd0")
+    with pytest.raises(CorruptCodestreamError, match="RST0"):
+        CODEC.decode_frame(stream[:first] + b"\xff\xd3" + stream[first + 2:], info)

@@ -1,8 +1,12 @@
 """Numba kernels of the JPEG-LS lossless codec (ITU-T T.87, NEAR = 0).
 
 Private: :mod:`gateway.codecs.jpegls` validates every argument before calling
-these.  Integer arithmetic only, one compiled function per scan, context
-statistics in local arrays, bit I/O state carried in local integers.
+these.  Integer arithmetic only, one compiled function per scan (or restart
+interval), bit I/O state carried in local integers, helpers inlined.  The
+kernels are compiled without numba's reference counting (``_nrt=False``):
+all their arrays come from the caller (:func:`state` makes the context
+table), so no atomic reference-count update sits in the inner loop, which
+alone made them two to three times slower.
 
 The image lives in a padded work array ``work[component, 1 + y, 1 + x]``
 (int32): row 0 is the all-zero line above the first line, column 0 and column
@@ -74,14 +78,13 @@ def quantiser(maxval: int, t1: int, t2: int, t3: int) -> np.ndarray:
     return lut
 
 
-def state(prm: np.ndarray, components: int) -> tuple[np.ndarray, np.ndarray]:
-    """Fresh coder state for a scan or restart interval: the gradient quantiser and the
-    context table (rows A, B, C, N, Nn initialised as T.87 A.2.1 prescribes, then one
-    RUNindex per component).
+def state(prm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fresh coder state for a scan or restart interval.
 
-    Allocated here, outside the kernels, so that the kernels need no reference
-    counting at all (the reference counts of arrays would otherwise cost an
-    atomic operation per helper call in the inner loop).
+    Returns the gradient quantiser and the context table: rows A, B, C, N
+    and Nn initialised as T.87 A.2.1 prescribes (columns 0..364 regular
+    contexts, 365 and 366 the run-interruption ones), then a row of RUNindex
+    per component.
     """
     maxval = int(prm[P_MAXVAL])
     lut = quantiser(maxval, int(prm[P_T1]), int(prm[P_T2]), int(prm[P_T3]))
@@ -296,12 +299,11 @@ def encode_lines(work, comps, r0, r1, prm, lut, ctx, out) -> int:
     """Encode lines ``r0..r1-1`` (padded row numbers) with ILV 0 (one component) or 1 (line interleaved).
 
     Contexts are shared by the components of the scan, RUNindex is kept per
-    component (T.87 A.2.1 and B.3); both start afresh on each call, as at
-    the start of a scan or restart interval.
+    component (T.87 A.2.1 and B.3); `ctx` holds both, fresh from
+    :func:`state` at the start of a scan or restart interval.
     """
     W = work.shape[2] - 2
     nc = comps.shape[0]
-    maxval = prm[P_MAXVAL]
     A, B, C, N, Nn, runindex = ctx[0], ctx[1], ctx[2], ctx[3], ctx[4], ctx[5]
     margin = 10 * W + 64
     cap = out.shape[0]
@@ -366,7 +368,6 @@ def encode_samples(work, r0, r1, prm, lut, ctx, out) -> int:
     ``Px = Rb`` (the form CharLS and libjpeg use for sample interleaving).
     """
     W = work.shape[2] - 2
-    maxval = prm[P_MAXVAL]
     A, B, C, N, Nn = ctx[0], ctx[1], ctx[2], ctx[3], ctx[4]
     ri = 0
     margin = 30 * W + 64
@@ -571,11 +572,10 @@ def decode_lines(data, start, end, work, comps, r0, r1, prm, lut, ctx) -> int:
     """Decode lines ``r0..r1-1`` (padded row numbers) of a scan with ILV 0 or 1.
 
     `data[start:end]` is one entropy-coded segment (a whole scan, or one
-    restart interval: contexts and run indices start afresh).
+    restart interval); `ctx` is fresh from :func:`state`.
     """
     W = work.shape[2] - 2
     nc = comps.shape[0]
-    maxval = prm[P_MAXVAL]
     A, B, C, N, Nn, runindex = ctx[0], ctx[1], ctx[2], ctx[3], ctx[4], ctx[5]
     pos = start
     acc = 0
@@ -665,7 +665,6 @@ def decode_lines(data, start, end, work, comps, r0, r1, prm, lut, ctx) -> int:
 def decode_samples(data, start, end, work, r0, r1, prm, lut, ctx) -> int:
     """Decode lines ``r0..r1-1`` of a three-component scan with ILV 2 (sample interleaved)."""
     W = work.shape[2] - 2
-    maxval = prm[P_MAXVAL]
     A, B, C, N, Nn = ctx[0], ctx[1], ctx[2], ctx[3], ctx[4]
     ri = 0
     pos = start

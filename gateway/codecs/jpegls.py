@@ -190,7 +190,7 @@ def _encode_segment(work: np.ndarray, components: list[int], ilv: int, r0: int, 
     comps = np.asarray(components, dtype=np.int64)
     while True:
         out = np.empty(capacity, dtype=np.uint8)
-        lut, ctx = _k.state(prm, len(components))
+        lut, ctx = _k.state(prm)
         with _fresh_start(work, components, r0):
             if ilv == ILV_SAMPLE:
                 size = _k.encode_samples(work, r0, r1, prm, lut, ctx, out)
@@ -437,7 +437,7 @@ def _decode_scan(
     while True:
         end = _k.segment_end(buffer, pos)
         last = min(row + step, rows + 1)
-        lut, ctx = _k.state(prm, ns)
+        lut, ctx = _k.state(prm)
         if ilv == ILV_SAMPLE:
             with _fresh_start(scan_work, [0, 1, 2], row):
                 status = _k.decode_samples(buffer, pos, end, scan_work, row, last, prm, lut, ctx)

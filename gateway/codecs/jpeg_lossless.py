@@ -25,6 +25,12 @@ Signed data (Pixel Representation 1)
     P-bit pattern and the reader sign-extends it using Pixel Representation
     and Bits Stored (as DCMTK, GDCM and pydicom do).
 
+Bits Stored < Bits Allocated
+    P = Bits Stored also for 8-bit (or fewer) data in 16-bit containers: DCMTK,
+    GDCM and libjpeg decode those streams into the 16-bit container, while
+    pydicom 3's "pylibjpeg" plugin cannot (it expects 16-bit output); our
+    "gateway" pydicom plugin can.
+
 The codec is registered for ``1.2.840.10008.1.2.4.70`` (JPEGLosslessSV1) and,
 for decoding archives, for ``1.2.840.10008.1.2.4.57`` (JPEGLossless, any
 predictor); an SV1 stream is valid for both syntaxes, so both encode the same.

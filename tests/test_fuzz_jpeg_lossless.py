@@ -118,3 +118,10 @@ def test_restart_marker_missing_raises() -> None:
     broken = stream.replace(b"\xff\xd1", b"\xff\x00", 1)
     with pytest.raises(CorruptCodestreamError):
         CODEC.decode_frame(broken, info)
+
+
+def test_tiny_stream_claiming_a_huge_frame_is_refused_before_allocating() -> None:
+    info = FrameInfo(65535, 65535, 3, 16, 16, 0, "RGB")  # 25 GB if allocated
+    sof = b"\xff\xc3\x00\x11\x10\xff\xff\xff\xff\x03\x01\x11\x00\x02\x11\x00\x03\x11\x00"
+    with pytest.raises(CorruptCodestreamError, match="cannot hold"):
+        CODEC.decode_frame(b"\xff\xd8" + sof + b"\x00" * 64 + b"\xff\xd9", info)

@@ -16,8 +16,9 @@ Decoder
     (DRI / RSTn), several DHT segments and tables, interleaved and
     non-interleaved scans, byte stuffing and fill bytes before markers.  Every
     header field is checked against the expected :class:`FrameInfo` before
-    anything is allocated, so a hostile stream costs no more memory than the
-    frame it claims to be.
+    anything is allocated, and a stream shorter than one bit per sample is
+    refused, so a hostile stream never costs more than 16 bytes of memory per
+    byte of input.
 
 Signed data (Pixel Representation 1)
     JPEG has no notion of sign.  The encoder codes the two's complement bit
@@ -340,6 +341,10 @@ def decode(data: bytes, info: FrameInfo) -> np.ndarray:
             if frame is not None:
                 raise _corrupt("second SOF marker")
             frame = _parse_sof(body, info)
+            # Every sample costs at least one bit (shortest Huffman code), so a
+            # stream too short for the frame is refused before allocating it.
+            if 8 * n < frame.rows * frame.columns * len(frame.ids):
+                raise _corrupt(f"{n} bytes cannot hold a {frame.rows} x {frame.columns} frame")
             # Every pixel is written by the scans, which must cover all components.
             out = np.empty((frame.rows, frame.columns, len(frame.ids)), dtype=np.uint16)
         elif marker in _OTHER_SOF:

@@ -22,8 +22,11 @@ output buffer is too small; decoders return 0, or a negative error code
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from numba import njit
+from numba.cpython.unsafe.numbers import leading_zeros
 
 # T.87 Table A.2: order of the run-length codes, by RUNindex.
 J = np.array(
@@ -78,6 +81,14 @@ def quantiser(maxval: int, t1: int, t2: int, t3: int) -> np.ndarray:
     return lut
 
 
+@lru_cache(maxsize=32)
+def _cached_quantiser(maxval: int, t1: int, t2: int, t3: int) -> np.ndarray:
+    """The quantiser, built once per parameter set (131071 entries at 16 bits) and never written."""
+    lut = quantiser(maxval, t1, t2, t3)
+    lut.flags.writeable = False
+    return lut
+
+
 def state(prm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Fresh coder state for a scan or restart interval.
 
@@ -87,7 +98,7 @@ def state(prm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     per component.
     """
     maxval = int(prm[P_MAXVAL])
-    lut = quantiser(maxval, int(prm[P_T1]), int(prm[P_T2]), int(prm[P_T3]))
+    lut = _cached_quantiser(maxval, int(prm[P_T1]), int(prm[P_T2]), int(prm[P_T3]))
     ctx = np.zeros((6, _N_CONTEXTS), dtype=np.int64)
     ctx[0] = max(2, (maxval + 1 + 32) // 64)
     ctx[3] = 1
@@ -136,13 +147,20 @@ def _update(A, B, C, N, q: int, err: int, reset: int) -> None:
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _ri_k(A, N, q: int, ritype: int) -> int:
-    temp = A[q] + (N[q] >> 1) if ritype else A[q]
-    n = N[q]
-    k = 0
-    while (n << k) < temp:
+def _golomb_k(n: int, a: int) -> int:
+    """The smallest k with ``n << k >= a`` (T.87 A.5.1), from the bit lengths of n and a."""
+    if n >= a:
+        return 0
+    k = leading_zeros(n) - leading_zeros(a)
+    if (n << k) < a:
         k += 1
     return k
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _ri_k(A, N, q: int, ritype: int) -> int:
+    temp = A[q] + (N[q] >> 1) if ritype else A[q]
+    return _golomb_k(N[q], temp)
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -250,9 +268,7 @@ def _encode_regular(out, pos, acc, nb, ff, ix, ra, rb, rc, rd, lut, A, B, C, N, 
         err -= rng
     n = N[q]
     a = A[q]
-    k = 0
-    while (n << k) < a:
-        k += 1
+    k = _golomb_k(n, a)
     if k == 0 and 2 * B[q] <= -n:
         merr = 2 * err + 1 if err >= 0 else -2 * (err + 1)
     else:
@@ -510,9 +526,7 @@ def _decode_regular(data, end, pos, acc, nb, ff, ra, rb, rc, rd, lut, A, B, C, N
         px = maxval
     n = N[q]
     a = A[q]
-    k = 0
-    while (n << k) < a:
-        k += 1
+    k = _golomb_k(n, a)
     merr, pos, acc, nb, ff = _get_golomb(data, end, pos, acc, nb, ff, k, prm[P_LIMIT], prm[P_QBPP])
     if merr < 0:
         return ERR_GOLOMB, pos, acc, nb, ff

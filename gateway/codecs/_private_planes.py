@@ -59,7 +59,7 @@ def encode_plane(st, buf, plane, maxv, ctx, te, err, bm):
         buf = grow(buf, st[4] + st[3] + 16 + cols * 96)
         for x in range(cols):
             value = np.int64(plane[y, x])
-            pred, pred8, blend8, bctx, s0, s1, s2, s3, q, bias = predict(plane, y, x, cols, te, err, bm)
+            pred, pred8, blend8, bctx, s0, s1, s2, s3, s4, q, bias = predict(plane, y, x, cols, te, err, bm)
             r = value - pred
             if r == 0:
                 st = enc_bit(st, buf, ctx, CTX_ZERO + q, 0)
@@ -91,7 +91,7 @@ def encode_plane(st, buf, plane, maxv, ctx, te, err, bm):
                         st = enc_bit(st, buf, ctx, c2, (mag >> (k - 2)) & 1)
                         if k >= 3:
                             st = enc_raw(st, buf, mag, k - 2)
-            update(y, x, value, pred8, blend8, bctx, s0, s1, s2, s3, te, err, bm)
+            update(y, x, value, pred8, blend8, bctx, s0, s1, s2, s3, s4, te, err, bm)
     return st, buf
 
 
@@ -101,7 +101,7 @@ def decode_plane(st, data, plane, maxv, ctx, te, err, bm):
     rows, cols = plane.shape
     for y in range(rows):
         for x in range(cols):
-            pred, pred8, blend8, bctx, s0, s1, s2, s3, q, bias = predict(plane, y, x, cols, te, err, bm)
+            pred, pred8, blend8, bctx, s0, s1, s2, s3, s4, q, bias = predict(plane, y, x, cols, te, err, bm)
             st, nz = dec_bit(st, data, ctx, CTX_ZERO + q)
             if nz == 0:
                 value = pred
@@ -137,7 +137,7 @@ def decode_plane(st, data, plane, maxv, ctx, te, err, bm):
                     return st, STATUS_RANGE
                 value = pred - mag if negative else pred + mag
             plane[y, x] = value
-            update(y, x, value, pred8, blend8, bctx, s0, s1, s2, s3, te, err, bm)
+            update(y, x, value, pred8, blend8, bctx, s0, s1, s2, s3, s4, te, err, bm)
     return st, STATUS_OK
 
 

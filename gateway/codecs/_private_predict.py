@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-N_SUB = 4
+N_SUB = 5
 WEIGHT_ONE = 1 << 24
 # Context quantisation: half-octave steps of the activity measure.
 N_ACTIVITY = 28
@@ -109,17 +109,20 @@ def predict(plane, y, x, cols, te, err, bm):
     s1 = (n << 3) - (((te_w + te_n + te_ne) * 5) >> 4)
     s2 = (w << 3) - (((te_w + te_n + te_nw) * 5) >> 4)
     s3 = (w + ne - n) << 3
+    s4 = (n + ne) << 2
 
     e0 = np.int64(err[0, p, x + 1]) + err[0, r, x] + err[0, p, x] + err[0, p, x + 2]
     e1 = np.int64(err[1, p, x + 1]) + err[1, r, x] + err[1, p, x] + err[1, p, x + 2]
     e2 = np.int64(err[2, p, x + 1]) + err[2, r, x] + err[2, p, x] + err[2, p, x + 2]
     e3 = np.int64(err[3, p, x + 1]) + err[3, r, x] + err[3, p, x] + err[3, p, x + 2]
+    e4 = np.int64(err[4, p, x + 1]) + err[4, r, x] + err[4, p, x] + err[4, p, x + 2]
     w0 = WEIGHT_ONE // (e0 + 1)
     w1 = WEIGHT_ONE // (e1 + 1)
     w2 = WEIGHT_ONE // (e2 + 1)
     w3 = WEIGHT_ONE // (e3 + 1)
-    total = w0 + w1 + w2 + w3
-    pred8 = (w0 * s0 + w1 * s1 + w2 * s2 + w3 * s3 + (total >> 1)) // total
+    w4 = WEIGHT_ONE // (e4 + 1)
+    total = w0 + w1 + w2 + w3 + w4
+    pred8 = (w0 * s0 + w1 * s1 + w2 * s2 + w3 * s3 + w4 * s4 + (total >> 1)) // total
 
     lo = min(w, min(n, ne))
     hi = max(w, max(n, ne))
@@ -129,7 +132,7 @@ def predict(plane, y, x, cols, te, err, bm):
         pred8 = hi << 3
 
     grad = (abs(n - nw) + abs(w - nw) + abs(ne - n)) << 2
-    activity = (abs(te_w) + abs(te_n) + abs(te_nw) + abs(te_ne) + min(min(e0, e1), min(e2, e3)) + grad) >> 1
+    activity = (abs(te_w) + abs(te_n) + abs(te_nw) + abs(te_ne) + min(min(e0, e1), min(min(e2, e3), e4)) + grad) >> 1
     q = quantise_activity(activity)
     texture = (
         np.int64((n << 3) > pred8) | (np.int64((w << 3) > pred8) << 1)
@@ -143,11 +146,11 @@ def predict(plane, y, x, cols, te, err, bm):
     if pred8 > hi << 3:
         pred8 = hi << 3
     pred = (pred8 + 4) >> 3
-    return pred, pred8, blend8, bctx, s0, s1, s2, s3, q, te_w + te_n
+    return pred, pred8, blend8, bctx, s0, s1, s2, s3, s4, q, te_w + te_n
 
 
 @njit(cache=True, nogil=True, inline="always")
-def update(y, x, value, pred8, blend8, bctx, s0, s1, s2, s3, te, err, bm):
+def update(y, x, value, pred8, blend8, bctx, s0, s1, s2, s3, s4, te, err, bm):
     """Record the errors of the prediction, the blend and each sub-predictor at ``(y, x)``."""
     r = y & 1
     v8 = np.int64(value) << 3
@@ -158,3 +161,4 @@ def update(y, x, value, pred8, blend8, bctx, s0, s1, s2, s3, te, err, bm):
     err[1, r, x + 1] = abs(s1 - v8)
     err[2, r, x + 1] = abs(s2 - v8)
     err[3, r, x + 1] = abs(s3 - v8)
+    err[4, r, x + 1] = abs(s4 - v8)

@@ -20,7 +20,9 @@ them.  :func:`register` therefore
   JPEG Lossless SV1 encoding, or a private syntax of ours);
 * registers each *private* syntax with :func:`pydicom.uid.register_transfer_syntax`
   as explicit VR little endian, so ``dcmread`` reads it and the UID counts as
-  compressed (encapsulated) for pydicom.
+  compressed (encapsulated) for pydicom.  pydicom still asks for the data
+  set encoding when *writing* such a data set unless the UID object it holds
+  carries it: ``ds.save_as(path, implicit_vr=False, little_endian=True)``.
 
 Registration is lazy: ``import gateway`` calls :func:`install`, which only
 wraps ``pydicom.pixels.get_encoder`` / ``get_decoder`` (the look-ups that

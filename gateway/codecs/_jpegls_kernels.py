@@ -108,15 +108,11 @@ def state(prm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 @njit(cache=True, _nrt=False, inline="always")
 def _predict(ra: int, rb: int, rc: int) -> int:
     """The median edge detector of T.87 A.4.1."""
-    if ra > rb:
-        mx, mn = ra, rb
-    else:
-        mx, mn = rb, ra
-    if rc >= mx:
-        return mn
-    if rc <= mn:
-        return mx
-    return ra + rb - rc
+    mx = max(ra, rb)
+    mn = min(ra, rb)
+    inner = ra + rb - rc
+    edge = mn if rc >= mx else mx
+    return edge if rc >= mx or rc <= mn else inner
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -251,10 +247,10 @@ def _encode_regular(out, pos, acc, nb, ff, ix, ra, rb, rc, rd, lut, A, B, C, N, 
     """Code one sample in regular mode (T.87 A.3 to A.6); `ix` is the actual value."""
     maxval = prm[P_MAXVAL]
     q = 81 * lut[rd - rb + maxval] + 9 * lut[rb - rc + maxval] + lut[rc - ra + maxval]
-    sign = 1
-    if q < 0:
-        q = -q
-        sign = -1
+    # Context sign (T.87 A.3.4) as a mask, 0 or -1, without a branch: it is data-dependent.
+    neg = q >> 63
+    q = (q ^ neg) - neg
+    sign = neg | 1
     px = _predict(ra, rb, rc) + sign * C[q]
     if px < 0:
         px = 0
@@ -262,17 +258,15 @@ def _encode_regular(out, pos, acc, nb, ff, ix, ra, rb, rc, rd, lut, A, B, C, N, 
         px = maxval
     err = (ix - px) * sign
     rng = maxval + 1
-    if err < 0:
-        err += rng
-    if err >= (rng + 1) >> 1:
-        err -= rng
+    # Modulo reduction (T.87 A.4.5) into -RANGE/2 .. RANGE/2 - 1, branch-free.
+    err += rng & (err >> 63)
+    err -= rng & ((((rng + 1) >> 1) - 1 - err) >> 63)
     n = N[q]
     a = A[q]
     k = _golomb_k(n, a)
-    if k == 0 and 2 * B[q] <= -n:
-        merr = 2 * err + 1 if err >= 0 else -2 * (err + 1)
-    else:
-        merr = 2 * err if err >= 0 else -2 * err - 1
+    # Error mapping (T.87 A.5.2), branch-free: 2|e| or 2|e| - 1 by sign, one more in the special case.
+    special = 1 if k == 0 and 2 * B[q] <= -n else 0
+    merr = ((err << 1) ^ (err >> 63)) ^ special
     pos, acc, nb, ff = _put_golomb(out, pos, acc, nb, ff, merr, k, prm[P_LIMIT], prm[P_QBPP])
     _update(A, B, C, N, q, err, prm[P_RESET])
     return pos, acc, nb, ff
@@ -497,14 +491,16 @@ def _get_golomb(data, end, pos, acc, nb, ff, k: int, limit: int, qbpp: int):
         if nb < 8:
             pos, acc, nb, ff = _fill(data, end, pos, acc, nb, ff)
     qmax = limit - qbpp - 1
-    if nb < 32:
-        pos, acc, nb, ff = _fill(data, end, pos, acc, nb, ff)
     if q < qmax:
         if k == 0:
             return q, pos, acc, nb, ff
+        if nb < k:
+            pos, acc, nb, ff = _fill(data, end, pos, acc, nb, ff)
         v = (q << k) | ((acc >> (nb - k)) & ((1 << k) - 1))
         return v, pos, acc, nb - k, ff
     if q == qmax:
+        if nb < qbpp:
+            pos, acc, nb, ff = _fill(data, end, pos, acc, nb, ff)
         v = ((acc >> (nb - qbpp)) & ((1 << qbpp) - 1)) + 1
         return v, pos, acc, nb - qbpp, ff
     return -1, pos, acc, nb, ff
@@ -515,10 +511,10 @@ def _decode_regular(data, end, pos, acc, nb, ff, ra, rb, rc, rd, lut, A, B, C, N
     """Decode one regular-mode sample; the value is negative on error."""
     maxval = prm[P_MAXVAL]
     q = 81 * lut[rd - rb + maxval] + 9 * lut[rb - rc + maxval] + lut[rc - ra + maxval]
-    sign = 1
-    if q < 0:
-        q = -q
-        sign = -1
+    # Context sign (T.87 A.3.4) as a mask, 0 or -1, without a branch: it is data-dependent.
+    neg = q >> 63
+    q = (q ^ neg) - neg
+    sign = neg | 1
     px = _predict(ra, rb, rc) + sign * C[q]
     if px < 0:
         px = 0
@@ -530,10 +526,9 @@ def _decode_regular(data, end, pos, acc, nb, ff, ra, rb, rc, rd, lut, A, B, C, N
     merr, pos, acc, nb, ff = _get_golomb(data, end, pos, acc, nb, ff, k, prm[P_LIMIT], prm[P_QBPP])
     if merr < 0:
         return ERR_GOLOMB, pos, acc, nb, ff
-    if k == 0 and 2 * B[q] <= -n:
-        err = (merr - 1) >> 1 if merr & 1 else -((merr + 2) >> 1)
-    else:
-        err = -((merr + 1) >> 1) if merr & 1 else merr >> 1
+    # Inverse error mapping (T.87 A.5.2), branch-free: the parity of MErrval is random.
+    special = 1 if k == 0 and 2 * B[q] <= -n else 0
+    err = (merr >> 1) ^ -((merr & 1) ^ special)
     _update(A, B, C, N, q, err, prm[P_RESET])
     ix = px + sign * err
     if ix < 0:

@@ -67,7 +67,9 @@ def test_random_entropy_data_after_valid_headers(data: bytes, index: int) -> Non
 @FUZZ
 @given(
     index=st.integers(0, len(_CASES) - 1),
-    edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255), st.sampled_from("sid")), min_size=1, max_size=8),
+    edits=st.lists(
+        st.tuples(st.integers(0, 10**6), st.integers(0, 255), st.sampled_from("sid")), min_size=1, max_size=8
+    ),
 )
 def test_mutated_streams(index: int, edits: list[tuple[int, int, str]]) -> None:
     info, stream = SEEDS[index]

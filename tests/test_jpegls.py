@@ -390,3 +390,19 @@ def test_restart_markers_must_come_in_order() -> None:
     first = stream.index(b"\xff\xd0")
     with pytest.raises(CorruptCodestreamError, match="RST0"):
         CODEC.decode_frame(stream[:first] + b"\xff\xd3" + stream[first + 2:], info)
+
+
+def test_lse_before_the_frame_header_is_read() -> None:
+    """T.87 lets preset parameters come before SOF55; they apply all the same."""
+    info, frame, _ = _sample_stream()
+    stream = jpegls.encode(frame, info, preset=(4, 9, 31))
+    lse = stream.index(b"\xff\xf8")
+    segment = stream[lse:lse + 15]
+    moved = stream[:2] + segment + stream[2:lse] + stream[lse + 15:]
+    assert np.array_equal(CODEC.decode_frame(moved, info), frame)
+    # Without the segment the thresholds differ and the decoder cannot give the frame back.
+    try:
+        wrong = CODEC.decode_frame(stream[:lse] + stream[lse + 15:], info)
+    except CorruptCodestreamError:
+        return
+    assert not np.array_equal(wrong, frame)

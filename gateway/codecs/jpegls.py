@@ -15,13 +15,15 @@ Encoder
 Decoder
     Any ILV (0 none, 1 line, 2 sample) for one or three components, LSE
     type 1 (preset coding parameters MAXVAL, T1..T3, RESET), restart
-    intervals (DRI / RSTm: each interval starts as the top of the image does,
-    with fresh contexts and run indices and an all-zero line above), APPn and COM segments skipped.  Mapping tables (LSE 2/3),
-    NEAR > 0, subsampling and point transforms are refused: for the lossless
-    syntax such a stream is as wrong as a corrupt one, so every refusal of
-    the decoder is a :class:`CorruptCodestreamError`.  Every header
-    field is checked against the expected :class:`FrameInfo` before anything
-    is allocated, and the kernels bound every loop by the input length.
+    intervals (DRI / RSTm: each interval starts as the top of the image
+    does, with fresh contexts and run indices and an all-zero line above),
+    APPn and COM segments skipped, fill bytes before markers and a pad byte
+    after EOI allowed.  Mapping tables (LSE 2/3), NEAR > 0, subsampling and
+    point transforms are refused: for the lossless syntax such a stream is
+    as wrong as a corrupt one, so every refusal of the decoder is a
+    :class:`CorruptCodestreamError`.  Every header field is checked against
+    the expected :class:`FrameInfo` before anything is allocated, and the
+    kernels bound every loop by the input length.
 
 Signed data (Pixel Representation 1)
     JPEG-LS has no sign: the encoder codes the two's complement bit pattern
@@ -49,7 +51,10 @@ from gateway.codecs import register
 from gateway.codecs.base import FrameInfo, check_frame
 from gateway.errors import CorruptCodestreamError, UnsupportedImageError
 
-__all__ = ["JpegLsCodec", "supports", "encode", "decode", "default_parameters", "precision", "ILV_NONE", "ILV_LINE", "ILV_SAMPLE"]
+__all__ = [
+    "JpegLsCodec", "supports", "encode", "decode", "default_parameters", "precision",
+    "ILV_NONE", "ILV_LINE", "ILV_SAMPLE",
+]
 
 ILV_NONE, ILV_LINE, ILV_SAMPLE = 0, 1, 2
 
@@ -63,7 +68,7 @@ _PROFILES: dict[str, tuple[int, tuple[int, ...], tuple[int, ...], int]] = {
     "RGB": (3, (0,), (8, 16), 16),
 }
 
-_SOI, _EOI, _SOF55, _LSE, _SOS, _DRI, _DNL = 0xD8, 0xD9, 0xF7, 0xF8, 0xDA, 0xDD, 0xDC
+_SOI, _EOI, _SOF55, _LSE, _SOS, _DRI = 0xD8, 0xD9, 0xF7, 0xF8, 0xDA, 0xDD
 _RESET = 64
 
 
@@ -283,27 +288,24 @@ def _segment(data: bytes, pos: int) -> tuple[bytes, int]:
 
 
 class _Frame:
-    """What the SOF55 and LSE segments said."""
+    """What the SOF55 segment said."""
 
     def __init__(self, precision: int, ids: list[int]) -> None:
         self.precision = precision
         self.ids = ids
-        self.maxval = 0
-        self.t1 = self.t2 = self.t3 = 0
-        self.reset = 0
 
-    def kernel_parameters(self) -> np.ndarray:
+    def kernel_parameters(self, preset: tuple[int, int, int, int, int]) -> np.ndarray:
+        """Coding parameters from an LSE preset (zero fields take their defaults)."""
+        maxval, t1, t2, t3, reset = preset
         full = (1 << self.precision) - 1
-        maxval = self.maxval or full
+        maxval = maxval or full
         if maxval > full:
             raise _corrupt(f"LSE MAXVAL {maxval} exceeds the {self.precision}-bit precision")
         _, d1, d2, d3, _ = default_parameters(self.precision, maxval)
-        t1 = self.t1 or d1
-        t2 = self.t2 or d2
-        t3 = self.t3 or d3
+        t1, t2, t3 = t1 or d1, t2 or d2, t3 or d3
         if not 1 <= t1 <= t2 <= t3 <= maxval:
             raise _corrupt(f"LSE thresholds T1={t1} T2={t2} T3={t3} are not ordered within 1..MAXVAL={maxval}")
-        reset = self.reset or _RESET
+        reset = reset or _RESET
         if not 3 <= reset <= max(255, maxval):
             raise _corrupt(f"LSE RESET {reset} is outside 3..{max(255, maxval)}")
         return _kernel_parameters(maxval, t1, t2, t3, reset)
@@ -334,16 +336,15 @@ def _parse_sof(body: bytes, info: FrameInfo) -> _Frame:
     return _Frame(precision, ids)
 
 
-def _parse_lse(body: bytes, frame: _Frame | None) -> None:
+def _parse_lse(body: bytes) -> tuple[int, int, int, int, int]:
+    """MAXVAL, T1, T2, T3, RESET of an LSE preset parameters segment (type 1)."""
     if not body:
         raise _corrupt("empty LSE segment")
     if body[0] != 1:
         raise _corrupt(f"LSE segment of type {body[0]} (mapping tables or oversize) not supported")
     if len(body) != 11:
         raise _corrupt("LSE preset parameters segment has the wrong length")
-    if frame is None:
-        raise _corrupt("LSE segment before SOF55")
-    frame.maxval, frame.t1, frame.t2, frame.t3, frame.reset = struct.unpack_from(">HHHHH", body, 1)
+    return struct.unpack_from(">HHHHH", body, 1)
 
 
 def decode(data: bytes, info: FrameInfo) -> np.ndarray:
@@ -355,6 +356,7 @@ def decode(data: bytes, info: FrameInfo) -> np.ndarray:
     frame: _Frame | None = None
     work: np.ndarray | None = None
     restart = 0
+    preset = (0, 0, 0, 0, 0)
     done = np.zeros(info.samples_per_pixel, dtype=bool)
     pos = 2
     while True:
@@ -378,7 +380,7 @@ def decode(data: bytes, info: FrameInfo) -> np.ndarray:
             frame = _parse_sof(body, info)
             work = np.zeros((info.samples_per_pixel, info.rows + 1, info.columns + 2), dtype=np.int32)
         elif marker == _LSE:
-            _parse_lse(body, frame)
+            preset = _parse_lse(body)
         elif marker == _DRI:
             if len(body) not in (2, 3, 4):
                 raise _corrupt("DRI segment has the wrong length")
@@ -386,7 +388,8 @@ def decode(data: bytes, info: FrameInfo) -> np.ndarray:
         elif marker == _SOS:
             if frame is None or work is None:
                 raise _corrupt("SOS before SOF55")
-            pos = _decode_scan(buffer, pos, body, frame, work, done, restart, info)
+            prm = frame.kernel_parameters(preset)
+            pos = _decode_scan(buffer, pos, body, frame.ids, prm, work, done, restart, info)
         elif 0xE0 <= marker <= 0xEF or marker == 0xFE:
             continue
         elif 0xC0 <= marker <= 0xCF or marker == 0xF7 or 0xF0 <= marker <= 0xFD:
@@ -399,23 +402,23 @@ def decode(data: bytes, info: FrameInfo) -> np.ndarray:
 
 
 def _decode_scan(
-    buffer: np.ndarray, pos: int, body: bytes, frame: _Frame, work: np.ndarray,
+    buffer: np.ndarray, pos: int, body: bytes, ids: list[int], prm: np.ndarray, work: np.ndarray,
     done: np.ndarray, restart: int, info: FrameInfo,
 ) -> int:
     """Decode the scan whose SOS body is `body`; return the position of the marker after it."""
     if len(body) < 1:
         raise _corrupt("empty SOS segment")
     ns = body[0]
-    if not 1 <= ns <= len(frame.ids) or len(body) != 1 + 2 * ns + 3:
+    if not 1 <= ns <= len(ids) or len(body) != 1 + 2 * ns + 3:
         raise _corrupt("SOS segment length does not match its component count")
     components = []
     for i in range(ns):
         cid, table = body[1 + 2 * i], body[2 + 2 * i]
-        if cid not in frame.ids:
+        if cid not in ids:
             raise _corrupt(f"SOS names component {cid}, absent from SOF55")
         if table != 0:
             raise _corrupt("mapping tables are not supported")
-        components.append(frame.ids.index(cid))
+        components.append(ids.index(cid))
     near, ilv, transform = body[1 + 2 * ns], body[2 + 2 * ns], body[3 + 2 * ns]
     if near != 0:
         raise _corrupt(f"NEAR={near} is near-lossless, not lossless")
@@ -427,7 +430,6 @@ def _decode_scan(
         raise _corrupt("sample interleaving of other than three components")
     if len(set(components)) != ns or done[components].any():
         raise _corrupt("a component is coded twice")
-    prm = frame.kernel_parameters()
     comps = np.asarray(components, dtype=np.int64)
     rows = info.rows
     step = restart if restart else rows

@@ -54,6 +54,19 @@ def _streams() -> list[tuple[FrameInfo, np.ndarray, bytes]]:
     return out
 
 
+def _inter_stream() -> tuple[FrameInfo, np.ndarray, np.ndarray, bytes]:
+    info = FrameInfo(rows=20, columns=24, bits_stored=12)
+    rng = np.random.default_rng(3)
+    first = rng.integers(0, 4096, (20, 24)).astype(np.uint16)
+    second = (first + rng.integers(0, 2, (20, 24))).astype(np.uint16)
+    data = private.encode(second, info, reference=first)
+    assert not private.is_intra(data)
+    return info, first, second, data
+
+
+INTER = _inter_stream()
+
+
 STREAMS = _streams()
 
 
@@ -115,6 +128,20 @@ def test_hostile_plane_descriptors(which: int, offset: int, maxv: int, count: in
     mutated = bytearray(data)
     struct.pack_into("<iII", mutated, private._HEADER.size, offset, maxv, count)
     _decode_or_corrupt(bytes(mutated), info, frame)
+
+
+@FUZZ
+@given(edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=6))
+def test_mutated_inter_frame_stream(edits: list[tuple[int, int]]) -> None:
+    info, first, second, data = INTER
+    mutated = bytearray(data)
+    for position, value in edits:
+        mutated[position % len(mutated)] = value
+    try:
+        back = private.decode(bytes(mutated), info, reference=first)
+    except CorruptCodestreamError:
+        return
+    assert np.array_equal(back, second)
 
 
 @pytest.mark.parametrize("index", range(len(STREAMS)))

@@ -83,10 +83,12 @@ def test_corpus_round_trip(row: dict) -> None:
     info = frame_info(ds)
     if CODEC.supports(info):
         pytest.skip(f"not carried: {CODEC.supports(info)}")
-    raw = compressed = 0
-    for frame in iter_frames(ds):
-        compressed += len(_round_trip(frame, info))
-        raw += info.frame_bytes
+    frames = list(iter_frames(ds))
+    streams = CODEC.encode_frames(frames, info)
+    # In order, frame by frame, as a reader of the DICOM file decodes them.
+    for stream, frame in zip(streams, frames):
+        assert np.array_equal(CODEC.decode_frame(stream, info), frame)
+    raw, compressed = info.frame_bytes * len(frames), sum(map(len, streams))
     assert compressed < raw  # every corpus image compresses
 
 
@@ -157,6 +159,57 @@ def test_three_samples(alloc: int) -> None:
     low, high = info.value_range
     _round_trip(rng.integers(low, high, info.shape, endpoint=True).astype(info.dtype), info)
     _round_trip(np.full(info.shape, high, info.dtype), info)
+
+
+def _cine(info: FrameInfo, count: int, seed: int) -> list[np.ndarray]:
+    """Frames of a slowly moving smooth pattern: each close to the one before."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:info.rows, 0:info.columns]
+    low, high = info.value_range
+    frames = []
+    texture = rng.integers(0, 40, (info.rows, info.columns))
+    for t in range(count):
+        base = low + (high - low) * (0.5 + 0.25 * np.sin((y + t) / 5.0) * np.cos(x / 7.0)) + texture
+        if info.samples_per_pixel == 3:
+            base = np.stack([base, base * 0.8, base * 0.6], axis=-1)
+        frames.append(np.clip(np.rint(base + rng.integers(0, 2, base.shape)), low, high).astype(info.dtype))
+    return frames
+
+
+@pytest.mark.parametrize("samples, alloc", [(1, 16), (1, 8), (3, 8)])
+def test_inter_frame_prediction(samples: int, alloc: int) -> None:
+    info = _info(48, 40, samples=samples, alloc=alloc, stored=alloc if alloc == 8 else 12)
+    frames = _cine(info, 6, samples)
+    streams = CODEC.encode_frames(frames, info)
+    intra = [CODEC.encode_frame(f, info) for f in frames]
+    assert private.is_intra(streams[0]) and not all(private.is_intra(s) for s in streams[1:])
+    assert sum(map(len, streams)) < sum(map(len, intra))
+    back = CODEC.decode_frames(streams, info)
+    assert all(np.array_equal(a, b) for a, b in zip(back, frames))
+    # In-order decoding frame by frame (as pydicom and the pipeline do) finds each reference itself.
+    assert all(np.array_equal(CODEC.decode_frame(s, info), f) for s, f in zip(streams, frames))
+    # An explicit reference gives random access.
+    k = next(i for i, s in enumerate(streams) if not private.is_intra(s))
+    assert np.array_equal(private.decode(streams[k], info, reference=frames[k - 1]), frames[k])
+
+
+def test_inter_frame_without_reference_is_refused() -> None:
+    info = _info(48, 40, stored=12)
+    frames = _cine(info, 3, 0)
+    streams = CODEC.encode_frames(frames, info)
+    assert not private.is_intra(streams[2])
+    other = _info(48, 40, stored=12)
+    CODEC.decode_frame(CODEC.encode_frame(_smooth(np.random.default_rng(0), other), other), other)
+    CODEC.decode_frame(CODEC.encode_frame(_smooth(np.random.default_rng(1), other), other), other)
+    with pytest.raises(CorruptCodestreamError, match="decode the frames in order"):
+        CODEC.decode_frame(streams[2], info)
+    with pytest.raises(CorruptCodestreamError, match="not available"):
+        private.decode(streams[2], info, reference=frames[0])  # the wrong frame
+    # A remembered reference that its user modified is not used.
+    first = CODEC.decode_frame(streams[0], info)
+    first[0, 0] ^= 1
+    with pytest.raises(CorruptCodestreamError, match="not available"):
+        CODEC.decode_frame(streams[1], info)
 
 
 def test_many_frames() -> None:

@@ -66,14 +66,25 @@ def _plane_cost(plane: np.ndarray) -> float:
     return float(np.log2(1.0 + np.abs(residual)).sum())
 
 
+def _sample_rows(rows: int, max_rows: int) -> np.ndarray | None:
+    """Indices of up to `max_rows` rows in adjacent pairs spread over the image (None: all)."""
+    if rows <= max_rows:
+        return None
+    starts = np.linspace(0, rows - 2, max_rows // 2).astype(np.int64)
+    return np.unique(np.concatenate([starts, starts + 1]))
+
+
+def estimate_cost(planes: np.ndarray, max_rows: int = 96) -> float:
+    """Estimated coded size of (planes, rows, cols) from a sample of row pairs."""
+    rows = _sample_rows(planes.shape[1], max_rows)
+    sample = planes if rows is None else planes[:, rows]
+    return sum(_plane_cost(p) for p in sample)
+
+
 def choose_colour(frame: np.ndarray, max_rows: int = 96) -> int:
     """Pick the colour transform with the lowest estimated cost on a sample of row pairs."""
-    rows = frame.shape[0]
-    if rows > max_rows:
-        starts = np.linspace(0, rows - 2, max_rows // 2).astype(np.int64)
-        sample = frame[np.sort(np.concatenate([starts, starts + 1]))]
-    else:
-        sample = frame
+    rows = _sample_rows(frame.shape[0], max_rows)
+    sample = frame if rows is None else frame[rows]
     costs = [sum(_plane_cost(p) for p in forward_colour(sample, t)) for t in COLOUR_TRANSFORMS]
     return int(np.argmin(costs))
 

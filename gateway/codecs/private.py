@@ -40,6 +40,7 @@ the CRC: any inconsistency raises :class:`CorruptCodestreamError`.
 from __future__ import annotations
 
 import struct
+import threading
 import zlib
 from typing import ClassVar
 
@@ -53,15 +54,20 @@ from gateway.codecs import register
 from gateway.codecs.base import FrameInfo, check_frame
 from gateway.errors import CorruptCodestreamError, UnsupportedImageError
 
-__all__ = ["GatewayLosslessCodec", "encode", "decode", "supports", "UID", "MAGIC", "VERSION"]
+__all__ = [
+    "GatewayLosslessCodec", "encode", "decode", "encode_frames", "decode_frames", "is_intra", "supports",
+    "UID", "MAGIC", "VERSION",
+]
 
 UID = "2.25.98736700971092333592611877631001549337"
 MAGIC = b"GWL1"
 VERSION = 1
 MODE_STORED = 0
 MODE_CODED = 1
+PREDICT_INTRA = 0
+PREDICT_PREVIOUS = 1
 
-_HEADER = struct.Struct("<4sBBBBBBBBIII")
+_HEADER = struct.Struct("<4sBBBBBBBBIIII")
 _PLANE = struct.Struct("<iII")
 
 # Named limits checked before anything is allocated.
@@ -69,6 +75,10 @@ MAX_BITS_STORED = 16
 MAX_PLANE_VALUE = (1 << 18) - 1  # colour differences of 16-bit samples need 18 bits
 MIN_OFFSET = -(1 << 18)
 MAX_OFFSET = 1 << 18
+# Code a frame from the previous one when that is estimated at most this fraction of intra coding.
+INTER_GAIN = 0.9
+# Decoded frames remembered per thread as references for the next frame.
+RECENT_FRAMES = 2
 # Use a palette when at most this fraction of the values between minimum and maximum occur.
 PALETTE_DENSITY = 0.75
 
@@ -99,18 +109,19 @@ def _crc(frame: np.ndarray) -> int:
     return zlib.crc32(little.view(np.uint8).reshape(-1))
 
 
-def _header(info: FrameInfo, mode: int, transform: int, crc: int) -> bytes:
+def _header(info: FrameInfo, mode: int, transform: int, crc: int, reference_crc: int | None) -> bytes:
+    prediction = PREDICT_INTRA if reference_crc is None else PREDICT_PREVIOUS
     return _HEADER.pack(
         MAGIC, VERSION, mode, info.samples_per_pixel, info.bits_allocated, info.bits_stored,
-        info.pixel_representation, transform, 0, info.rows, info.columns, crc,
+        info.pixel_representation, transform, prediction, info.rows, info.columns, crc, reference_crc or 0,
     )
 
 
-def _planes_of(frame: np.ndarray, info: FrameInfo) -> tuple[np.ndarray, int]:
+def _planes_of(frame: np.ndarray, info: FrameInfo, transform: int) -> np.ndarray:
+    """The frame as (planes, rows, columns) int32 after the colour transform."""
     if info.samples_per_pixel == 1:
-        return frame.astype(np.int32)[np.newaxis], _tf.COLOUR_NONE
-    transform = _tf.choose_colour(frame)
-    return _tf.forward_colour(frame, transform), transform
+        return frame.astype(np.int32)[np.newaxis]
+    return _tf.forward_colour(frame, transform)
 
 
 def _code_planes(planes: list[np.ndarray], maxvs: list[int], bitmaps: list[np.ndarray | None],
@@ -130,8 +141,7 @@ def _code_planes(planes: list[np.ndarray], maxvs: list[int], bitmaps: list[np.nd
     return buf[:size].tobytes()
 
 
-def encode(frame: np.ndarray, info: FrameInfo) -> bytes:
-    """Encode one frame (codec array convention) to a GatewayLosslessV1 stream."""
+def _check_input(frame: np.ndarray, info: FrameInfo) -> np.ndarray:
     reason = supports(info)
     if reason:
         raise UnsupportedImageError(reason)
@@ -142,8 +152,28 @@ def encode(frame: np.ndarray, info: FrameInfo) -> bytes:
             f"(0028,0101) frame values {int(frame.min())}..{int(frame.max())} exceed "
             f"what the codec carries for 'Bits Stored' {info.bits_stored} in {info.bits_allocated} bits"
         )
+    return frame
+
+
+def encode(frame: np.ndarray, info: FrameInfo, reference: np.ndarray | None = None) -> bytes:
+    """Encode one frame (codec array convention) to a GatewayLosslessV1 stream.
+
+    `reference` is the previous frame of the same multi-frame image: when
+    given, the frame is coded as its difference from it if that looks cheaper
+    (the stream then needs that frame to decode; see :func:`decode`).
+    """
+    frame = _check_input(frame, info)
     crc = _crc(frame)
-    planes, transform = _planes_of(frame, info)
+    transform = _tf.choose_colour(frame) if info.samples_per_pixel == 3 else _tf.COLOUR_NONE
+    planes = _planes_of(frame, info, transform)
+    reference_crc = None
+    if reference is not None:
+        reference = _check_input(reference, info)
+        difference = planes - _planes_of(reference, info, transform)
+        if _tf.estimate_cost(difference) < INTER_GAIN * _tf.estimate_cost(planes):
+            planes = difference
+            reference_crc = _crc(reference)
+        del difference
     descriptors, coded, maxvs, bitmaps = [], [], [], []
     for plane in planes:
         offset = int(plane.min())
@@ -163,29 +193,39 @@ def encode(frame: np.ndarray, info: FrameInfo) -> bytes:
         descriptors.append(_PLANE.pack(offset, maxv, count))
         coded.append(np.ascontiguousarray(shifted, dtype=np.int32))
         maxvs.append(coded_max)
+    del planes
     payload = _code_planes(coded, maxvs, bitmaps, info.frame_bytes // 2 + 1024)
     body = b"".join(descriptors) + payload
     if len(body) >= info.frame_bytes:
         raw = np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("<")).tobytes()
-        return _header(info, MODE_STORED, _tf.COLOUR_NONE, crc) + raw
-    return _header(info, MODE_CODED, transform, crc) + body
+        return _header(info, MODE_STORED, _tf.COLOUR_NONE, crc, None) + raw
+    return _header(info, MODE_CODED, transform, crc, reference_crc) + body
+
+
+def encode_frames(frames: "list[np.ndarray]", info: FrameInfo) -> list[bytes]:
+    """Encode the frames of one multi-frame image, each predicted from the previous where that pays."""
+    out, previous = [], None
+    for frame in frames:
+        out.append(encode(frame, info, previous))
+        previous = frame
+    return out
 
 
 def _corrupt(message: str) -> CorruptCodestreamError:
     return CorruptCodestreamError(f"GatewayLosslessV1: {message}")
 
 
-def _check_header(data: bytes, info: FrameInfo) -> tuple[int, int, int]:
+def _check_header(data: bytes, info: FrameInfo) -> tuple[int, int, int, int, int]:
     if len(data) < _HEADER.size:
         raise _corrupt(f"stream of {len(data)} bytes is shorter than the {_HEADER.size}-byte header")
-    (magic, version, mode, samples, alloc, stored, signed, transform, reserved,
-     rows, cols, crc) = _HEADER.unpack_from(data)
+    (magic, version, mode, samples, alloc, stored, signed, transform, prediction,
+     rows, cols, crc, reference_crc) = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise _corrupt(f"bad magic {magic!r}")
     if version != VERSION:
         raise _corrupt(f"unsupported version {version}")
-    if mode not in (MODE_STORED, MODE_CODED) or reserved != 0:
-        raise _corrupt(f"bad mode {mode} or reserved byte {reserved}")
+    if mode not in (MODE_STORED, MODE_CODED):
+        raise _corrupt(f"bad mode {mode}")
     expected = (info.samples_per_pixel, info.bits_allocated, info.bits_stored, info.pixel_representation,
                 info.rows, info.columns)
     found = (samples, alloc, stored, signed, rows, cols)
@@ -196,23 +236,69 @@ def _check_header(data: bytes, info: FrameInfo) -> tuple[int, int, int]:
         )
     if transform not in _tf.COLOUR_TRANSFORMS or (samples == 1 and transform != _tf.COLOUR_NONE):
         raise _corrupt(f"bad colour transform {transform} for {samples} sample(s)")
-    return mode, transform, crc
+    if mode == MODE_STORED and (transform != _tf.COLOUR_NONE or prediction != PREDICT_INTRA):
+        raise _corrupt("a stored frame has a colour transform or a reference")
+    if prediction not in (PREDICT_INTRA, PREDICT_PREVIOUS) or (prediction == PREDICT_INTRA and reference_crc):
+        raise _corrupt(f"bad prediction mode {prediction} (reference CRC {reference_crc:#010x})")
+    return mode, transform, crc, prediction, reference_crc
 
 
-def decode(data: bytes, info: FrameInfo) -> np.ndarray:
-    """Decode a GatewayLosslessV1 stream to a frame in the codec array convention."""
+def is_intra(data: bytes) -> bool:
+    """Whether a stream decodes on its own (False: it needs the previous frame)."""
+    return len(data) < _HEADER.size or data[11] == PREDICT_INTRA
+
+
+def decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = None) -> np.ndarray:
+    """Decode a GatewayLosslessV1 stream to a frame in the codec array convention.
+
+    A frame coded from the previous one needs that frame: pass it as
+    `reference`, or decode the frames in order in the same thread (the last
+    frames decoded there are remembered, found by their CRC-32).
+    """
     reason = supports(info)
     if reason:
         raise UnsupportedImageError(reason)
     data = bytes(data)
-    mode, transform, crc = _check_header(data, info)
+    mode, transform, crc, prediction, reference_crc = _check_header(data, info)
+    if prediction == PREDICT_PREVIOUS:
+        reference = _find_reference(reference, reference_crc, info)
     if mode == MODE_STORED:
         frame = _decode_stored(data, info)
     else:
-        frame = _decode_coded(data, info, transform)
+        frame = _decode_coded(data, info, transform, reference if prediction == PREDICT_PREVIOUS else None)
     if _crc(frame) != crc:
         raise _corrupt("CRC-32 of the decoded frame does not match the stream")
+    _remember(frame, crc, info)
     return frame
+
+
+def decode_frames(fragments: "list[bytes]", info: FrameInfo) -> list[np.ndarray]:
+    """Decode every frame of one image in order (each reference is the frame before)."""
+    out: list[np.ndarray] = []
+    for data in fragments:
+        out.append(decode(data, info, out[-1] if out else None))
+    return out
+
+
+_recent = threading.local()
+
+
+def _remember(frame: np.ndarray, crc: int, info: FrameInfo) -> None:
+    frames = getattr(_recent, "frames", [])
+    _recent.frames = [(crc, info, frame)] + frames[: RECENT_FRAMES - 1]
+
+
+def _find_reference(reference: np.ndarray | None, reference_crc: int, info: FrameInfo) -> np.ndarray:
+    candidates = [reference] if reference is not None else []
+    candidates += [f for c, i, f in getattr(_recent, "frames", []) if c == reference_crc and i == info]
+    for frame in candidates:
+        # The CRC also proves that a remembered frame was not modified by its user since.
+        if frame.shape == info.shape and frame.dtype == info.dtype and _crc(frame) == reference_crc:
+            return frame
+    raise _corrupt(
+        f"the frame is predicted from the previous frame (CRC-32 {reference_crc:#010x}), which is "
+        "not available: decode the frames in order"
+    )
 
 
 def _decode_stored(data: bytes, info: FrameInfo) -> np.ndarray:
@@ -230,7 +316,7 @@ def _decode_stored(data: bytes, info: FrameInfo) -> np.ndarray:
     return frame
 
 
-def _decode_coded(data: bytes, info: FrameInfo, transform: int) -> np.ndarray:
+def _decode_coded(data: bytes, info: FrameInfo, transform: int, reference: np.ndarray | None) -> np.ndarray:
     nplanes = info.samples_per_pixel
     start = _HEADER.size + _PLANE.size * nplanes
     if len(data) < start:
@@ -277,6 +363,9 @@ def _decode_coded(data: bytes, info: FrameInfo, transform: int) -> np.ndarray:
         plane += np.int32(offset)
         values.append(plane)
     del planes
+    if reference is not None:
+        for plane, base in zip(values, _planes_of(reference, info, transform)):
+            plane += base
     if nplanes == 1:
         samples = values[0]
     else:
@@ -303,6 +392,13 @@ class GatewayLosslessCodec:
 
     def decode_frame(self, data: bytes, info: FrameInfo) -> np.ndarray:
         return decode(data, info)
+
+    def encode_frames(self, frames: "list[np.ndarray]", info: FrameInfo) -> list[bytes]:
+        """All frames of one image, with inter-frame prediction (decode them in order)."""
+        return encode_frames(frames, info)
+
+    def decode_frames(self, fragments: "list[bytes]", info: FrameInfo) -> list[np.ndarray]:
+        return decode_frames(fragments, info)
 
 
 register(GatewayLosslessCodec())

@@ -103,16 +103,18 @@ def test_truncated_streams(index: int, cut: int) -> None:
     columns=st.integers(1, 12),
     samples=st.sampled_from([1, 3]),
     precision=st.integers(2, 16),
+    wide=st.booleans(),
     signed=st.booleans(),
     ilv=st.sampled_from([0, 1, 2]),
     seed=st.integers(0, 2**32 - 1),
     spread=st.integers(0, 16),
 )
 def test_round_trip_of_random_images(
-    rows: int, columns: int, samples: int, precision: int, signed: bool, ilv: int, seed: int, spread: int
+    rows: int, columns: int, samples: int, precision: int, wide: bool, signed: bool, ilv: int, seed: int,
+    spread: int,
 ) -> None:
     """Any image the codec supports comes back bit-exactly (runs, escapes, wrap-around all included)."""
-    alloc = 8 if precision <= 8 else 16
+    alloc = 16 if wide or precision > 8 else 8
     info = FrameInfo(rows, columns, samples, alloc, precision, int(signed and samples == 1),
                      "RGB" if samples == 3 else "MONOCHROME2")
     rng = np.random.default_rng(seed)

@@ -380,7 +380,12 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True) -> Outcome:
             if info.samples_per_pixel > 1:
                 new.PlanarConfiguration = planar
         else:
-            fragments = [codec.encode_frame(frame, info) for frame in frames]
+            # A codec may code the frames of one image together (inter-frame prediction).
+            encode_frames = getattr(codec, "encode_frames", None)
+            if encode_frames is not None:
+                fragments = encode_frames(frames, info)
+            else:
+                fragments = [codec.encode_frame(frame, info) for frame in frames]
             value, extended = _encapsulate(fragments)
             element = DataElement(_PIXEL_DATA, "OB", value, is_undefined_length=True)
             if info.samples_per_pixel > 1:

@@ -373,8 +373,13 @@ class Forwarder(threading.Thread):
         path = self.spool.object_path(job.instance)
         sop = job.info.get("sop_instance_uid", job.instance)
         if not path.exists():
-            self._failed(job, PermanentForwardError(f"processed object {path.name} is missing from the spool"),
-                         transient=False)
+            if self.spool.held_path(job.instance).exists():  # the cache is rebuilt at the next start
+                self._failed(job, TransientForwardError(f"processed object {path.name} is missing; "
+                                                        "it is rebuilt from the held instance at restart"),
+                             transient=True)
+            else:
+                self._failed(job, PermanentForwardError(f"instance {job.instance} is gone from the spool"),
+                             transient=False)
             return
         started = time.perf_counter()
         try:

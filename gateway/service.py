@@ -1,9 +1,11 @@
 """The running gateway: receiver, worker and one forwarder per destination.
 
 Start-up order makes a restart after a crash safe: the spool is repaired
-first (in-flight jobs become pending), the forwarders then pick up pending
-jobs, the worker picks up received-but-unprocessed instances, and only then
-does the receiver accept new associations.  Shutdown is the reverse.
+first (damaged manifests dropped, in-flight jobs pending again), the worker
+re-checks every held instance (rebuilding lost objects and jobs), the
+forwarders then pick up pending jobs, the worker picks up
+received-but-unprocessed instances, and only then does the receiver accept
+new associations.  Shutdown is the reverse.
 """
 
 from __future__ import annotations
@@ -43,14 +45,15 @@ class Gateway:
 
     def start(self) -> Gateway:
         repaired = self.spool.recover()
-        if any(repaired.values()):
-            _log.info("spool recovered: %s", repaired)
         for dest in self.config.destinations:
             sender = make_sender(dest, self.config.server.ae_title, self.config.compression.verify)
-            forwarder = Forwarder(dest, self.spool, self.config.retry, sender)
-            self.forwarders[dest.name] = forwarder
-            forwarder.start()
+            self.forwarders[dest.name] = Forwarder(dest, self.spool, self.config.retry, sender)
         self.worker = Worker(self.config, self.spool, self._submit)
+        repaired["held_rebuilt"] = self.worker.recover()
+        if any(repaired.values()):
+            _log.info("spool recovered: %s", repaired)
+        for forwarder in self.forwarders.values():
+            forwarder.start()
         self.worker.start()
         receiver = Receiver(self.spool, on_received=self.worker.notify)
         self.server = start_receiver(self.config.server, receiver)
@@ -86,7 +89,8 @@ class Gateway:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             counts = self.spool.counts()
-            if counts["received"] == 0 and counts["pending"] == 0 and counts["inflight"] == 0:
+            if counts["received"] == 0 and counts["pending"] == 0 and counts["inflight"] == 0 \
+                    and counts["held"] == len({j.instance for j in self.spool.jobs_in("dead")}):
                 return True
             time.sleep(0.05)
         return False

@@ -3,29 +3,34 @@
 Layout under the spool directory::
 
     tmp/                      partial writes; anything here after a crash is garbage
-    incoming/<id>.dcm         received instance, acknowledged to the sender; the id
-                              ends with the calling AE title in hex (routing input)
-    objects/<id>.dcm          processed instance (recompressed or original), to forward
+    incoming/<id>.dcm         received, acknowledged to the sender, not yet processed;
+                              the id ends with the calling AE title in hex (routing input)
+    held/<id>.dcm             the same file once processed: kept until every
+                              destination has it, it is what makes delivery durable
+    objects/<id>.dcm          processed form to forward (recompressed, or a link to
+                              the original): a cache, rebuilt from held/ if lost
     jobs/<state>/<id>@<dest>.json   one delivery job per instance and destination
                               state = pending | inflight | done | dead
 
-Every file that must survive is written to ``tmp/`` first, fsync'd, renamed
-into place atomically and its directory fsync'd, so after a power cut a file
-is either complete or absent.  A receive is answered Success only after
-:meth:`Spool.store_received` returned.
+fsync costs milliseconds per call and the receive path pays it per image, so
+it is spent only where a lost write could lose an instance:
 
-fsync is spent only where a lost write could lose an instance (each costs
-milliseconds on real disks, and the receive path pays them per image):
-
-* received instance, processed object, new pending job: fully durable;
-* pending -> inflight -> done: a plain ``rename`` of the manifest, which is
-  atomic (the job is in exactly one folder) but not fsync'd: if a crash
-  forgets it, the job is simply sent again (delivery is at least once).
-  Before an object is deleted, the ``done`` folder is fsync'd, so a job can
-  never reappear whose object is gone;
-* a failure (attempts, next retry, reason) rewrites the manifest durably;
-* removing the received copy after processing: not fsync'd (a replay is
-  idempotent).
+* the received file is written to ``tmp/``, fsync'd, renamed into
+  ``incoming/`` and the folder fsync'd before Success is answered.  From then
+  on its bytes never change; it only moves (``incoming/`` -> ``held/``) by an
+  atomic rename until it is deleted after the last delivery;
+* everything else derived from it (processed object, job manifests, the move
+  to ``held/``, state changes pending -> inflight -> done) is written
+  atomically (temporary file + rename) but not fsync'd.  After a crash,
+  :meth:`Spool.recover` drops manifests that did not reach the disk whole, and
+  the worker re-processes every instance in ``incoming/`` and ``held/``:
+  a missing or damaged object is rebuilt, missing jobs are re-created
+  (idempotently), so at worst an instance is sent twice (delivery is at least
+  once);
+* before the held file and the object of an instance are deleted (all its
+  jobs done), the ``done`` folder is fsync'd, so a finished job cannot come
+  back to life without its source;
+* a failure (attempts, next retry, reason) rewrites the manifest durably.
 
 A job changes state with new content by writing its manifest into the new
 state folder and then removing the old one.  A crash in between leaves two
@@ -146,11 +151,12 @@ class Spool:
         self.root = Path(root)
         self.tmp = self.root / "tmp"
         self.incoming = self.root / "incoming"
+        self.held = self.root / "held"
         self.objects = self.root / "objects"
         self.jobs = self.root / "jobs"
         self._lock = threading.RLock()
         try:
-            for folder in (self.tmp, self.incoming, self.objects, *(self.jobs / s for s in STATES)):
+            for folder in (self.tmp, self.incoming, self.held, self.objects, *(self.jobs / s for s in STATES)):
                 folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SpoolError(f"cannot create the spool at {self.root}: {exc}") from exc
@@ -215,39 +221,49 @@ class Spool:
     def object_path(self, ident: str) -> Path:
         return self.objects / f"{ident}.dcm"
 
+    def held_path(self, ident: str) -> Path:
+        return self.held / f"{ident}.dcm"
+
+    def held_ids(self) -> list[str]:
+        """Processed instances still awaiting a delivery, oldest first."""
+        return sorted(p.stem for p in self.held.glob("*.dcm"))
+
+    def source_path(self, ident: str) -> Path:
+        """The durable received file of `ident`, wherever it is now."""
+        incoming = self.incoming_path(ident)
+        return incoming if incoming.exists() else self.held_path(ident)
+
     def store_object(self, ident: str, data: bytes | Path) -> Path:
-        """Durably store the processed form of instance `ident`.
+        """Store the processed form of instance `ident` (atomically, not fsync'd).
 
         `data` is the encoded file, or a path: a file in :meth:`temp_path` is
-        moved, the received copy of `ident` is hard-linked (it stays until
-        :meth:`finish_received`), anything else is copied.
+        moved, the instance's own received file is hard-linked, anything else
+        is copied.
         """
         dst = self.object_path(ident)
         try:
-            if isinstance(data, Path) and data.parent in (self.tmp, self.incoming):
-                if data.parent == self.tmp:
-                    _fsync_file(data)
-                    os.replace(data, dst)
-                else:
-                    tmp = self.temp_path()
-                    os.link(data, tmp)
-                    os.replace(tmp, dst)
-                fsync_dir(self.objects)
-            elif isinstance(data, Path):
-                atomic_copy(data, dst, self.tmp)
+            if isinstance(data, Path) and data.parent == self.tmp:
+                os.replace(data, dst)
+            elif isinstance(data, Path) and data.parent in (self.incoming, self.held):
+                tmp = self.temp_path()
+                os.link(data, tmp)
+                os.replace(tmp, dst)
             else:
-                atomic_write_bytes(dst, data, self.tmp)
+                tmp = self.temp_path()
+                if isinstance(data, Path):
+                    shutil.copyfile(data, tmp)
+                else:
+                    tmp.write_bytes(data)
+                os.replace(tmp, dst)
         except OSError as exc:
             raise SpoolError(f"cannot store processed instance {ident}: {exc}") from exc
         return dst
 
     def finish_received(self, ident: str) -> None:
-        """Drop the received copy once its object and jobs are durable.
-
-        Not fsync'd: should a crash undo the unlink, the instance is processed
-        again, which creates nothing new.
-        """
-        self.incoming_path(ident).unlink(missing_ok=True)
+        """Mark `ident` processed: move its received file to ``held/`` (atomic rename)."""
+        source = self.incoming_path(ident)
+        if source.exists():
+            os.replace(source, self.held_path(ident))
 
     # --------------------------------------------------------------------- jobs
 
@@ -271,9 +287,10 @@ class Spool:
         return bool(self.add_jobs([job]))
 
     def add_jobs(self, jobs: list[Job]) -> list[Job]:
-        """Durably create the jobs that do not exist yet; return those created.
+        """Create the jobs that do not exist yet; return those created.
 
-        Each manifest is fsync'd, their folders once at the end.
+        Atomic but not fsync'd: jobs lost in a crash are re-created from the
+        held instance at the next start.
         """
         created = []
         with self._lock:
@@ -284,14 +301,9 @@ class Spool:
                 new = replace(job, created_at=now, updated_at=now)
                 path = self._job_path(new.state, new.key)
                 tmp = self.tmp / f"{new.key}.{uuid.uuid4().hex}.tmp"
-                with open(tmp, "wb") as handle:
-                    handle.write(json.dumps(asdict(new)).encode())
-                    handle.flush()
-                    os.fsync(handle.fileno())
+                tmp.write_bytes(json.dumps(asdict(new)).encode())
                 os.replace(tmp, path)
                 created.append(new)
-            for state in {job.state for job in created}:
-                fsync_dir(self.jobs / state)
         return created
 
     def move(self, job: Job, state: str, **changes: Any) -> Job:
@@ -334,10 +346,11 @@ class Spool:
                     return
             elif any((self.jobs / state).glob(f"{instance}@*.json")):
                 return
-        path = self.object_path(instance)
-        if path.exists():
-            fsync_dir(self.jobs / DONE)  # no job may come back to life without its object
-            path.unlink(missing_ok=True)
+        held = self.held_path(instance)
+        if held.exists():
+            fsync_dir(self.jobs / DONE)  # no finished job may come back to life without its source
+            held.unlink(missing_ok=True)
+        self.object_path(instance).unlink(missing_ok=True)
 
     @staticmethod
     def _read(path: Path) -> Job | None:
@@ -360,7 +373,7 @@ class Spool:
 
     def counts(self) -> dict[str, int]:
         """Number of received instances and of jobs per state."""
-        result = {"received": len(self.received())}
+        result = {"received": len(self.received()), "held": sum(1 for _ in self.held.glob("*.dcm"))}
         for state in STATES:
             result[state] = sum(1 for _ in (self.jobs / state).glob("*.json"))
         return result
@@ -373,7 +386,7 @@ class Spool:
         Removes partial files, resolves jobs present in two states (keeping the
         most advanced) and makes in-flight jobs pending again.
         """
-        fixed = {"temp_removed": 0, "duplicates": 0, "requeued": 0}
+        fixed = {"temp_removed": 0, "duplicates": 0, "requeued": 0, "damaged": 0}
         with self._lock:
             for path in self.tmp.iterdir():
                 if path.is_file():
@@ -381,9 +394,17 @@ class Spool:
                     fixed["temp_removed"] += 1
             for path in self.incoming.glob(".*.tmp"):
                 path.unlink(missing_ok=True)
+            for path in self.held.glob(".*.tmp"):
+                path.unlink(missing_ok=True)
             where: dict[str, list[str]] = {}
             for state in STATES:
                 for path in (self.jobs / state).glob("*.json"):
+                    try:
+                        self._read(path)
+                    except (SpoolError, TypeError):  # cut short by the crash: re-created from held/
+                        path.unlink(missing_ok=True)
+                        fixed["damaged"] += 1
+                        continue
                     where.setdefault(path.stem, []).append(state)
             for key, states in where.items():
                 best = max(states, key=_RANK.__getitem__)
@@ -413,10 +434,10 @@ class Spool:
     def _reroute(self, job: Job) -> Job:
         """Send an unrouted instance back through the worker (routes may have changed)."""
         with self._lock:
-            src = self.object_path(job.instance)
-            if src.exists():  # same id: it still carries the calling AE title
-                os.replace(src, self.incoming_path(job.instance))
-                fsync_dir(self.incoming)
+            held = self.held_path(job.instance)
+            if held.exists():  # same id: it still carries the calling AE title
+                os.replace(held, self.incoming_path(job.instance))
+            self.object_path(job.instance).unlink(missing_ok=True)
             self._job_path(DEAD, job.key).unlink(missing_ok=True)
             fsync_dir(self.jobs / DEAD)
             return replace(job, state=PENDING)

@@ -101,9 +101,25 @@ def splice_write(src: Path, original: Dataset, new: Dataset, dst: Path, span: tu
     return True
 
 
-def process_instance(config: Config, spool: Spool, ident: str) -> list[Job]:
-    """Process one received instance; return the jobs created for it."""
-    src = spool.incoming_path(ident)
+def _usable_object(path: Path) -> str | None:
+    """Transfer syntax of a processed object that is complete on disk, else None."""
+    from gateway.scp import _check_complete
+
+    try:
+        ds = dcmread(path, defer_size="64 KB")
+        _check_complete(ds, path.stat().st_size)
+        return str(ds.file_meta.TransferSyntaxUID)
+    except Exception:  # noqa: BLE001 - anything wrong: rebuild it
+        return None
+
+
+def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: bool = False) -> list[Job]:
+    """Process one received instance; return the jobs created for it.
+
+    With `reuse_object` (recovery after a restart) a complete processed object
+    is kept as it is and only missing jobs are re-created.
+    """
+    src = spool.source_path(ident)
     ds = dcmread(src)
     receipt = Receipt(
         calling_ae=spool.calling_ae(ident),
@@ -119,7 +135,10 @@ def process_instance(config: Config, spool: Spool, ident: str) -> list[Job]:
     stored_syntax = str(ds.file_meta.get("TransferSyntaxUID", receipt.transfer_syntax))
     target = config.compression.target_for(receipt.modality)
 
-    if target == KEEP or target == stored_syntax:
+    reused = _usable_object(spool.object_path(ident)) if reuse_object else None
+    if reused is not None:
+        stored_syntax = reused
+    elif target == KEEP or target == stored_syntax:
         reason = "configured to keep" if target == KEEP else "already in the target syntax"
         spool.store_object(ident, src)
         stage(_log, "passed-through", sop, study=receipt.study_uid, syntax=stored_syntax, reason=reason)
@@ -199,8 +218,26 @@ class Worker:
         """A new instance is in the spool (called by the receiver)."""
         self._queue.put(ident)
 
+    def recover(self) -> int:
+        """Re-check every held instance after a restart; return how many were repaired.
+
+        Objects and job manifests are not fsync'd (see :mod:`gateway.spool`):
+        rebuild what a crash may have lost before the forwarders start.
+        """
+        repaired = 0
+        for ident in self.spool.held_ids():
+            try:
+                created = process_instance(self.config, self.spool, ident, reuse_object=True)
+            except Exception:  # noqa: BLE001 - one bad file must not stop the start
+                _log.exception("recovering held instance %s failed; it stays in the spool", ident)
+                continue
+            repaired += bool(created)
+            for job in created:
+                self.submit(job)
+        return repaired
+
     def start(self) -> None:
-        for ident in self.spool.received():  # work left over from before a restart
+        for ident in self.spool.received():  # received before a restart, not yet processed
             self._queue.put(ident)
         for thread in self._threads:
             thread.start()

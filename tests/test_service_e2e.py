@@ -192,6 +192,41 @@ def test_unroutable_instance_is_a_dead_letter_not_a_loss(tmp_path: Path, gateway
 # ------------------------------------------------------------ crash recovery
 
 
+def test_restart_rebuilds_objects_and_jobs_a_crash_lost(tmp_path: Path, peer_factory) -> None:
+    """Objects and job manifests are not fsync'd: a restart rebuilds them from held/."""
+    from gateway.service import Gateway
+
+    peer = peer_factory()  # down while the first gateway runs
+    config = build_config(tmp_path, destinations=[
+        {"name": "pacs", "kind": "dicom", "ae_title": peer.ae_title, "host": "127.0.0.1", "port": peer.port}])
+    series = make_series(4, seed=9)
+    first = Gateway(config).start()
+    try:
+        assert send(first.port, series) == [0] * 4
+        assert wait_until(lambda: first.spool.counts()["held"] == 4, timeout=30)
+    finally:
+        first.stop()
+    spool = Spool(config.spool.directory)
+    ids = spool.held_ids()
+    spool.object_path(ids[0]).write_bytes(b"")  # the crash cut an object short
+    spool.object_path(ids[1]).unlink()  # and lost another one entirely
+    (spool.jobs / PENDING / f"{ids[2]}@pacs.json").unlink()  # and a job manifest
+    (spool.jobs / PENDING / f"{ids[3]}@pacs.json").write_bytes(b"{")  # and damaged one
+
+    peer.start()
+    second = Gateway(config).start()
+    try:
+        assert second.wait_idle(60)
+    finally:
+        second.stop()
+    got = peer.by_uid()
+    for ds in series:
+        received = got[str(ds.SOPInstanceUID)]
+        assert received.file_meta.TransferSyntaxUID == RLELossless
+        _assert_same_pixels(ds, received)
+    assert Spool(config.spool.directory).counts()["held"] == 0
+
+
 def _write_toml(path: Path, port: int) -> None:
     path.write_text(f"""
 [server]
@@ -244,6 +279,7 @@ def test_kill_9_mid_series_loses_nothing_acknowledged(tmp_path: Path) -> None:
             from pynetdicom import AE
 
             ae = AE(ae_title="MODALITY")
+            ae.dimse_timeout = ae.network_timeout = 3  # notice the dead peer quickly
             ae.add_requested_context(series[0].SOPClassUID, "1.2.840.10008.1.2.1")
             assoc = ae.associate("127.0.0.1", port, ae_title="GATEWAY")
             if not assoc.is_established:

@@ -53,7 +53,8 @@ def test_job_lifecycle_and_object_collection(tmp_path: Path) -> None:
     assert spool.add_job(a) and spool.add_job(b)
     assert not spool.add_job(a)  # idempotent on replay
     spool.finish_received(ident)
-    assert spool.received() == []
+    assert spool.received() == [] and spool.held_ids() == [ident]
+    assert spool.source_path(ident) == spool.held_path(ident)
     assert spool.counts()[PENDING] == 2
 
     a = spool.move(spool.find_job(ident, "a"), INFLIGHT)
@@ -63,8 +64,8 @@ def test_job_lifecycle_and_object_collection(tmp_path: Path) -> None:
     b = spool.move(spool.find_job(ident, "b"), PENDING, attempts=3, next_retry_at=5.0, reason="refused")
     assert (b.attempts, b.reason) == (3, "refused")
     assert spool.move(spool.move(b, INFLIGHT), DONE).attempts == 3  # plain renames keep the manifest
-    assert not spool.object_path(ident).exists()
-    assert spool.counts() == {"received": 0, PENDING: 0, INFLIGHT: 0, DONE: 2, DEAD: 0}
+    assert not spool.object_path(ident).exists() and not spool.held_path(ident).exists()
+    assert spool.counts() == {"received": 0, "held": 0, PENDING: 0, INFLIGHT: 0, DONE: 2, DEAD: 0}
 
 
 def test_object_kept_while_the_worker_still_holds_the_instance(tmp_path: Path) -> None:
@@ -91,8 +92,10 @@ def test_recover_requeues_inflight_and_resolves_duplicates(tmp_path: Path) -> No
         {"instance": "i2", "destination": "a", "state": DONE, "attempts": 1, "next_retry_at": 0.0,
          "reason": None, "created_at": 0.0, "updated_at": 0.0, "info": {}}))
     (spool.tmp / "partial.dcm").write_bytes(b"half")
+    (spool.jobs / PENDING / "i3@a.json").write_bytes(b"")  # a manifest the crash cut short
     fixed = Spool(tmp_path).recover()
-    assert fixed == {"temp_removed": 1, "duplicates": 1, "requeued": 1}
+    assert fixed == {"temp_removed": 1, "duplicates": 1, "requeued": 1, "damaged": 1}
+    assert spool.find_job("i3", "a") is None
     assert spool.find_job("i1", "a").state == PENDING
     assert spool.find_job("i2", "a").state == DONE
     assert not (spool.jobs / PENDING / "i2@a.json").exists()
@@ -112,7 +115,7 @@ def test_dead_letters_are_listed_and_requeued(tmp_path: Path) -> None:
 
 def test_unrouted_dead_letter_goes_back_to_the_worker(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
-    spool.store_object("i9", b"object")
+    spool.held_path("i9").write_bytes(b"object")
     spool.add_job(Job("i9", UNROUTED, state=DEAD, reason="no route", info={"sop_instance_uid": "1.9"}))
     spool.requeue_dead()
     assert spool.received() == ["i9"]

@@ -162,8 +162,7 @@ def _ri_k(A, N, q: int, ritype: int) -> int:
 @njit(cache=True, _nrt=False, inline="always")
 def _ri_update(A, N, Nn, q: int, err: int, em: int, ritype: int, reset: int) -> None:
     """Run-interruption context update of T.87 A.7.2.2."""
-    if err < 0:
-        Nn[q] += 1
+    Nn[q] -= err >> 63  # one more negative error
     A[q] += (em + 1 - ritype) >> 1
     if N[q] == reset:
         A[q] >>= 1
@@ -552,15 +551,13 @@ def _decode_interruption(data, end, pos, acc, nb, ff, ra, rb, ritype, ri, A, N, 
     t = em + ritype
     mp = t & 1
     mag = (t + mp) >> 1
-    negative = k != 0 or 2 * Nn[q] >= N[q]
-    err = -mag if negative == (mp == 1) else mag
+    # Sign of the error and reconstruction, branch-free (both depend on the data).
+    flip = (1 if k != 0 or 2 * Nn[q] >= N[q] else 0) ^ mp ^ 1
+    err = (mag ^ -flip) + flip
     _ri_update(A, N, Nn, q, err, em, ritype, prm[P_RESET])
-    if ritype:
-        ix = ra + err
-    elif ra > rb:
-        ix = rb - err
-    else:
-        ix = rb + err
+    base = ra if ritype else rb
+    neg = -1 if ritype == 0 and ra > rb else 0
+    ix = base + ((err ^ neg) - neg)
     if ix < 0:
         ix += maxval + 1
     elif ix > maxval:

@@ -631,8 +631,7 @@ def decode_lines(data, start, end, work, comps, r0, r1, prm, lut, ctx) -> int:
                             nb -= j
                         if cnt >= left:
                             return ERR_RUN
-                    for i in range(cnt):
-                        cur[x + i] = ra
+                    cur[x:x + cnt] = ra  # a slice: plain stores (an indexed loop became scatters)
                     x += cnt
                     if x > W:
                         break
@@ -720,9 +719,7 @@ def decode_samples(data, start, end, work, r0, r1, prm, lut, ctx) -> int:
                     if cnt >= left:
                         return ERR_RUN
                 for c in range(3):
-                    v = work[c, r, x - 1]
-                    for i in range(cnt):
-                        work[c, r, x + i] = v
+                    work[c, r, x:x + cnt] = work[c, r, x - 1]
                 x += cnt
                 if x > W:
                     break

@@ -252,7 +252,7 @@ def encode(
     if not 0 <= restart <= 65535:
         raise ValueError(f"restart interval must be 0..65535 lines, got {restart}")
     low, high = info.value_range
-    if frame.size and (int(frame.min()) < low or int(frame.max()) > high):
+    if info.bits_stored < info.bits_allocated and (int(frame.min()) < low or int(frame.max()) > high):
         raise UnsupportedImageError(f"values outside the {info.bits_stored}-bit range of (0028,0101) 'Bits Stored'")
     bits = precision(info)
     maxval, t1, t2, t3, reset = default_parameters(bits)
@@ -357,6 +357,7 @@ def decode(data: bytes, info: FrameInfo) -> np.ndarray:
     work: np.ndarray | None = None
     restart = 0
     preset = (0, 0, 0, 0, 0)
+    top = -1  # the largest MAXVAL of the scans
     done = np.zeros(info.samples_per_pixel, dtype=bool)
     pos = 2
     while True:
@@ -389,6 +390,7 @@ def decode(data: bytes, info: FrameInfo) -> np.ndarray:
             if frame is None or work is None:
                 raise _corrupt("SOS before SOF55")
             prm = frame.kernel_parameters(preset)
+            top = max(top, int(prm[_k.P_MAXVAL]))
             pos = _decode_scan(buffer, pos, body, frame.ids, prm, work, done, restart, info)
         elif 0xE0 <= marker <= 0xEF or marker == 0xFE:
             continue
@@ -398,7 +400,7 @@ def decode(data: bytes, info: FrameInfo) -> np.ndarray:
             raise _corrupt(f"unexpected marker 0xFF{marker:02X}")
     if frame is None or work is None or not done.all():
         raise _corrupt("the codestream ends before every component was decoded")
-    return _to_frame(work, frame.precision, info)
+    return _to_frame(work, frame.precision, top, info)
 
 
 def _decode_scan(
@@ -463,8 +465,8 @@ def _decode_scan(
     return pos
 
 
-def _to_frame(work: np.ndarray, precision: int, info: FrameInfo) -> np.ndarray:
-    """The frame array from the padded planes of P-bit samples.
+def _to_frame(work: np.ndarray, precision: int, maxval: int, info: FrameInfo) -> np.ndarray:
+    """The frame array from the padded planes of P-bit samples (each at most `maxval`).
 
     A sample below ``2**BitsStored`` is the stored value (sign-extended from
     Bits Stored when signed, as a DICOM reader does).  A larger one is only
@@ -475,6 +477,11 @@ def _to_frame(work: np.ndarray, precision: int, info: FrameInfo) -> np.ndarray:
     values = np.moveaxis(planes, 0, 2) if info.samples_per_pixel == 3 else planes[0]
     stored = info.bits_stored
     low, high = info.value_range
+    if maxval < (1 << stored):
+        # Every sample fits Bits Stored (the kernels check 0..MAXVAL): no range check needed.
+        if info.signed:
+            values = values - ((values >> (stored - 1)) << stored)
+        return np.ascontiguousarray(values, dtype=info.dtype)
     if info.signed:
         values = values.astype(np.int64)
         negative_pattern = values >= (1 << precision) + low

@@ -316,19 +316,53 @@ def test_point_transform(point_transform: int) -> None:
     assert np.array_equal(CODEC.decode_frame(stream, info), expected)
 
 
-def test_decodes_pydicom_gdcm_rgb_sample() -> None:
+# pydicom's JPEG Lossless test files (bundled or in its download cache) and
+# pylibjpeg-data's, where installed; the ones absent here are skipped.
+_PYDICOM_LOSSLESS = [
+    "SC_rgb_jpeg_gdcm.dcm",
+    "JPEG-LL.dcm",
+    "SC_rgb_jpeg_lossless_gdcm.dcm",
+    "JPGLosslessP14SV1_1s_1f_8b.dcm",
+    "MG1_JPLL.dcm",
+    "RG1_JPLL.dcm",
+    "RG2_JPLL.dcm",
+    "US1_JPLL.dcm",
+    "CT1_JPLL.dcm",
+    "MR1_JPLL.dcm",
+]
+
+
+def _foreign_files() -> list:
     from pydicom.data import get_testdata_file
 
-    path = get_testdata_file("SC_rgb_jpeg_gdcm.dcm")
+    params = [pytest.param(get_testdata_file(name, download=False), id=name) for name in _PYDICOM_LOSSLESS]
+    try:
+        import ljdata  # pylibjpeg-data
+
+        root = Path(ljdata.__file__).parent / "ds"
+        for folder in ("JPEGLossless", "JPEGLosslessSV1", "JPEGLosslessP14", "JPEGLosslessP14SV1"):
+            params += [pytest.param(str(f), id=f.name) for f in sorted((root / folder).glob("*.dcm"))]
+    except ImportError:
+        pass
+    return params
+
+
+@pytest.mark.parametrize("path", _foreign_files())
+def test_decodes_pydicom_and_pylibjpeg_data_files(path: str | None) -> None:
     if path is None:
-        pytest.skip("pydicom's test file SC_rgb_jpeg_gdcm.dcm is not available")
+        pytest.skip("test file not available offline (pydicom downloads it on demand)")
     ds = pydicom.dcmread(path)
-    assert ds.file_meta.TransferSyntaxUID == JPEGLosslessSV1
+    if ds.file_meta.TransferSyntaxUID not in (JPEGLossless, JPEGLosslessSV1) or "PixelData" not in ds:
+        pytest.skip("not a JPEG Lossless image")
     info = frame_info(ds)
-    ds.pixel_array_options(decoding_plugin="pylibjpeg")
-    expected = _frames_of(ds.pixel_array, info, 1)[0]
-    stream = next(generate_frames(ds.PixelData, number_of_frames=1))
-    assert np.array_equal(CODEC.decode_frame(stream, info), expected)
+    count = int(ds.get("NumberOfFrames", 1) or 1)
+    from pydicom.pixels import pixel_array
+
+    # raw: no colour conversion, as our decoder returns the stored samples.
+    expected = _frames_of(pixel_array(ds, raw=True, decoding_plugin="pylibjpeg"), info, count)
+    codec = get_codec(ds.file_meta.TransferSyntaxUID)
+    for stream, frame in zip(generate_frames(ds.PixelData, number_of_frames=count), expected):
+        assert np.array_equal(codec.decode_frame(stream, info), frame)
 
 
 # ---------------------------------------------------------------- interop with DCMTK and GDCM

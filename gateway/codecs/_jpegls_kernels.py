@@ -242,9 +242,8 @@ def _finish(out, pos: int, acc: int, nb: int, ff: bool) -> int:
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _encode_regular(out, pos, acc, nb, ff, ix, ra, rb, rc, rd, lut, A, B, C, N, prm):
+def _encode_regular(out, pos, acc, nb, ff, ix, ra, rb, rc, rd, lut, A, B, C, N, maxval, limit, qbpp, reset):
     """Code one sample in regular mode (T.87 A.3 to A.6); `ix` is the actual value."""
-    maxval = prm[P_MAXVAL]
     q = 81 * lut[rd - rb + maxval] + 9 * lut[rb - rc + maxval] + lut[rc - ra + maxval]
     # Context sign (T.87 A.3.4) as a mask, 0 or -1, without a branch: it is data-dependent.
     neg = q >> 63
@@ -266,15 +265,14 @@ def _encode_regular(out, pos, acc, nb, ff, ix, ra, rb, rc, rd, lut, A, B, C, N, 
     # Error mapping (T.87 A.5.2), branch-free: 2|e| or 2|e| - 1 by sign, one more in the special case.
     special = 1 if k == 0 and 2 * B[q] <= -n else 0
     merr = ((err << 1) ^ (err >> 63)) ^ special
-    pos, acc, nb, ff = _put_golomb(out, pos, acc, nb, ff, merr, k, prm[P_LIMIT], prm[P_QBPP])
-    _update(A, B, C, N, q, err, prm[P_RESET])
+    pos, acc, nb, ff = _put_golomb(out, pos, acc, nb, ff, merr, k, limit, qbpp)
+    _update(A, B, C, N, q, err, reset)
     return pos, acc, nb, ff
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _encode_interruption(out, pos, acc, nb, ff, ix, ra, rb, ritype, ri, A, N, Nn, prm):
+def _encode_interruption(out, pos, acc, nb, ff, ix, ra, rb, ritype, ri, A, N, Nn, maxval, limit, qbpp, reset):
     """Code a run-interruption sample (T.87 A.7.2) in context 365 + `ritype`."""
-    maxval = prm[P_MAXVAL]
     rng = maxval + 1
     if ritype:
         err = ix - ra
@@ -298,8 +296,8 @@ def _encode_interruption(out, pos, acc, nb, ff, ix, ra, rb, ritype, ri, A, N, Nn
     else:
         mp = 0
     em = 2 * abs(err) - ritype - mp
-    pos, acc, nb, ff = _put_golomb(out, pos, acc, nb, ff, em, k, prm[P_LIMIT] - J[ri] - 1, prm[P_QBPP])
-    _ri_update(A, N, Nn, q, err, em, ritype, prm[P_RESET])
+    pos, acc, nb, ff = _put_golomb(out, pos, acc, nb, ff, em, k, limit - J[ri] - 1, qbpp)
+    _ri_update(A, N, Nn, q, err, em, ritype, reset)
     return pos, acc, nb, ff
 
 
@@ -311,6 +309,7 @@ def encode_lines(work, comps, r0, r1, prm, lut, ctx, out) -> int:
     component (T.87 A.2.1 and B.3); `ctx` holds both, fresh from
     :func:`state` at the start of a scan or restart interval.
     """
+    maxval, limit, qbpp, reset = prm[P_MAXVAL], prm[P_LIMIT], prm[P_QBPP], prm[P_RESET]
     W = work.shape[2] - 2
     nc = comps.shape[0]
     A, B, C, N, Nn, runindex = ctx[0], ctx[1], ctx[2], ctx[3], ctx[4], ctx[5]
@@ -355,13 +354,13 @@ def encode_lines(work, comps, r0, r1, prm, lut, ctx, out) -> int:
                     rb = np.int64(prev[x])
                     ritype = 1 if ra == rb else 0
                     pos, acc, nb, ff = _encode_interruption(
-                        out, pos, acc, nb, ff, np.int64(cur[x]), ra, rb, ritype, ri, A, N, Nn, prm
+                        out, pos, acc, nb, ff, np.int64(cur[x]), ra, rb, ritype, ri, A, N, Nn, maxval, limit, qbpp, reset
                     )
                     if ri > 0:
                         ri -= 1
                 else:
                     pos, acc, nb, ff = _encode_regular(
-                        out, pos, acc, nb, ff, np.int64(cur[x]), ra, rb, rc, rd, lut, A, B, C, N, prm
+                        out, pos, acc, nb, ff, np.int64(cur[x]), ra, rb, rc, rd, lut, A, B, C, N, maxval, limit, qbpp, reset
                     )
                 x += 1
             runindex[ci] = ri
@@ -376,6 +375,7 @@ def encode_samples(work, r0, r1, prm, lut, ctx, out) -> int:
     a run-interruption pixel codes each component in context 365 with
     ``Px = Rb`` (the form CharLS and libjpeg use for sample interleaving).
     """
+    maxval, limit, qbpp, reset = prm[P_MAXVAL], prm[P_LIMIT], prm[P_QBPP], prm[P_RESET]
     W = work.shape[2] - 2
     A, B, C, N, Nn = ctx[0], ctx[1], ctx[2], ctx[3], ctx[4]
     ri = 0
@@ -424,7 +424,7 @@ def encode_samples(work, r0, r1, prm, lut, ctx, out) -> int:
                 for c in range(3):
                     pos, acc, nb, ff = _encode_interruption(
                         out, pos, acc, nb, ff, np.int64(work[c, r, x]), np.int64(work[c, r, x - 1]),
-                        np.int64(work[c, r - 1, x]), 0, ri, A, N, Nn, prm,
+                        np.int64(work[c, r - 1, x]), 0, ri, A, N, Nn, maxval, limit, qbpp, reset,
                     )
                 if ri > 0:
                     ri -= 1
@@ -433,7 +433,7 @@ def encode_samples(work, r0, r1, prm, lut, ctx, out) -> int:
                     pos, acc, nb, ff = _encode_regular(
                         out, pos, acc, nb, ff, np.int64(work[c, r, x]), np.int64(work[c, r, x - 1]),
                         np.int64(work[c, r - 1, x]), np.int64(work[c, r - 1, x - 1]),
-                        np.int64(work[c, r - 1, x + 1]), lut, A, B, C, N, prm,
+                        np.int64(work[c, r - 1, x + 1]), lut, A, B, C, N, maxval, limit, qbpp, reset,
                     )
             x += 1
     return _finish(out, pos, acc, nb, ff)
@@ -506,9 +506,8 @@ def _get_golomb(data, end, pos, acc, nb, ff, k: int, limit: int, qbpp: int):
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _decode_regular(data, end, pos, acc, nb, ff, ra, rb, rc, rd, lut, A, B, C, N, prm):
+def _decode_regular(data, end, pos, acc, nb, ff, ra, rb, rc, rd, lut, A, B, C, N, maxval, limit, qbpp, reset):
     """Decode one regular-mode sample; the value is negative on error."""
-    maxval = prm[P_MAXVAL]
     q = 81 * lut[rd - rb + maxval] + 9 * lut[rb - rc + maxval] + lut[rc - ra + maxval]
     # Context sign (T.87 A.3.4) as a mask, 0 or -1, without a branch: it is data-dependent.
     neg = q >> 63
@@ -522,13 +521,13 @@ def _decode_regular(data, end, pos, acc, nb, ff, ra, rb, rc, rd, lut, A, B, C, N
     n = N[q]
     a = A[q]
     k = _golomb_k(n, a)
-    merr, pos, acc, nb, ff = _get_golomb(data, end, pos, acc, nb, ff, k, prm[P_LIMIT], prm[P_QBPP])
+    merr, pos, acc, nb, ff = _get_golomb(data, end, pos, acc, nb, ff, k, limit, qbpp)
     if merr < 0:
         return ERR_GOLOMB, pos, acc, nb, ff
     # Inverse error mapping (T.87 A.5.2), branch-free: the parity of MErrval is random.
     special = 1 if k == 0 and 2 * B[q] <= -n else 0
     err = (merr >> 1) ^ -((merr & 1) ^ special)
-    _update(A, B, C, N, q, err, prm[P_RESET])
+    _update(A, B, C, N, q, err, reset)
     ix = px + sign * err
     if ix < 0:
         ix += maxval + 1
@@ -540,12 +539,11 @@ def _decode_regular(data, end, pos, acc, nb, ff, ra, rb, rc, rd, lut, A, B, C, N
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _decode_interruption(data, end, pos, acc, nb, ff, ra, rb, ritype, ri, A, N, Nn, prm):
+def _decode_interruption(data, end, pos, acc, nb, ff, ra, rb, ritype, ri, A, N, Nn, maxval, limit, qbpp, reset):
     """Decode a run-interruption sample; the value is negative on error."""
-    maxval = prm[P_MAXVAL]
     q = 365 + ritype
     k = _ri_k(A, N, q, ritype)
-    em, pos, acc, nb, ff = _get_golomb(data, end, pos, acc, nb, ff, k, prm[P_LIMIT] - J[ri] - 1, prm[P_QBPP])
+    em, pos, acc, nb, ff = _get_golomb(data, end, pos, acc, nb, ff, k, limit - J[ri] - 1, qbpp)
     if em < 0:
         return ERR_GOLOMB, pos, acc, nb, ff
     t = em + ritype
@@ -554,7 +552,7 @@ def _decode_interruption(data, end, pos, acc, nb, ff, ra, rb, ritype, ri, A, N, 
     # Sign of the error and reconstruction, branch-free (both depend on the data).
     flip = (1 if k != 0 or 2 * Nn[q] >= N[q] else 0) ^ mp ^ 1
     err = (mag ^ -flip) + flip
-    _ri_update(A, N, Nn, q, err, em, ritype, prm[P_RESET])
+    _ri_update(A, N, Nn, q, err, em, ritype, reset)
     base = ra if ritype else rb
     neg = -1 if ritype == 0 and ra > rb else 0
     ix = base + ((err ^ neg) - neg)
@@ -580,6 +578,7 @@ def decode_lines(data, start, end, work, comps, r0, r1, prm, lut, ctx) -> int:
     `data[start:end]` is one entropy-coded segment (a whole scan, or one
     restart interval); `ctx` is fresh from :func:`state`.
     """
+    maxval, limit, qbpp, reset = prm[P_MAXVAL], prm[P_LIMIT], prm[P_QBPP], prm[P_RESET]
     W = work.shape[2] - 2
     nc = comps.shape[0]
     A, B, C, N, Nn, runindex = ctx[0], ctx[1], ctx[2], ctx[3], ctx[4], ctx[5]
@@ -638,7 +637,7 @@ def decode_lines(data, start, end, work, comps, r0, r1, prm, lut, ctx) -> int:
                     rb = np.int64(prev[x])
                     ritype = 1 if ra == rb else 0
                     ix, pos, acc, nb, ff = _decode_interruption(
-                        data, end, pos, acc, nb, ff, ra, rb, ritype, ri, A, N, Nn, prm
+                        data, end, pos, acc, nb, ff, ra, rb, ritype, ri, A, N, Nn, maxval, limit, qbpp, reset
                     )
                     if ix < 0:
                         return ix
@@ -651,7 +650,7 @@ def decode_lines(data, start, end, work, comps, r0, r1, prm, lut, ctx) -> int:
                     rb = np.int64(prev[x])
                 else:
                     ix, pos, acc, nb, ff = _decode_regular(
-                        data, end, pos, acc, nb, ff, ra, rb, rc, rd, lut, A, B, C, N, prm
+                        data, end, pos, acc, nb, ff, ra, rb, rc, rd, lut, A, B, C, N, maxval, limit, qbpp, reset
                     )
                     if ix < 0:
                         return ix
@@ -669,6 +668,7 @@ def decode_lines(data, start, end, work, comps, r0, r1, prm, lut, ctx) -> int:
 @njit(cache=True, _nrt=False)
 def decode_samples(data, start, end, work, r0, r1, prm, lut, ctx) -> int:
     """Decode lines ``r0..r1-1`` of a three-component scan with ILV 2 (sample interleaved)."""
+    maxval, limit, qbpp, reset = prm[P_MAXVAL], prm[P_LIMIT], prm[P_QBPP], prm[P_RESET]
     W = work.shape[2] - 2
     A, B, C, N, Nn = ctx[0], ctx[1], ctx[2], ctx[3], ctx[4]
     ri = 0
@@ -726,7 +726,7 @@ def decode_samples(data, start, end, work, r0, r1, prm, lut, ctx) -> int:
                 for c in range(3):
                     ix, pos, acc, nb, ff = _decode_interruption(
                         data, end, pos, acc, nb, ff, np.int64(work[c, r, x - 1]),
-                        np.int64(work[c, r - 1, x]), 0, ri, A, N, Nn, prm,
+                        np.int64(work[c, r - 1, x]), 0, ri, A, N, Nn, maxval, limit, qbpp, reset,
                     )
                     if ix < 0:
                         return ix
@@ -738,7 +738,7 @@ def decode_samples(data, start, end, work, r0, r1, prm, lut, ctx) -> int:
                     ix, pos, acc, nb, ff = _decode_regular(
                         data, end, pos, acc, nb, ff, np.int64(work[c, r, x - 1]),
                         np.int64(work[c, r - 1, x]), np.int64(work[c, r - 1, x - 1]),
-                        np.int64(work[c, r - 1, x + 1]), lut, A, B, C, N, prm,
+                        np.int64(work[c, r - 1, x + 1]), lut, A, B, C, N, maxval, limit, qbpp, reset,
                     )
                     if ix < 0:
                         return ix

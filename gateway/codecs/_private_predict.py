@@ -73,6 +73,18 @@ def quantise_activity(a):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _floor_div(a, b):
+    """Exactly ``a // b`` for 0 < b and |a| < 2**52, through one double division.
+
+    The quotient of such integers is either an integer or at least 1/b away
+    from one, a relative distance of at least 2**-52, larger than the rounding
+    error of the division; so flooring the rounded quotient is exact.  (A
+    double division is several times cheaper than a 64-bit integer one.)
+    """
+    return np.int64(np.floor(np.float64(a) / np.float64(b)))
+
+
+@njit(cache=True, nogil=True, inline="always")
 def predict(plane, y, x, cols, te, err, bm):
     """Predict ``plane[y, x]``.
 
@@ -116,13 +128,13 @@ def predict(plane, y, x, cols, te, err, bm):
     e2 = np.int64(err[2, p, x + 1]) + err[2, r, x] + err[2, p, x] + err[2, p, x + 2]
     e3 = np.int64(err[3, p, x + 1]) + err[3, r, x] + err[3, p, x] + err[3, p, x + 2]
     e4 = np.int64(err[4, p, x + 1]) + err[4, r, x] + err[4, p, x] + err[4, p, x + 2]
-    w0 = WEIGHT_ONE // (e0 + 1)
-    w1 = WEIGHT_ONE // (e1 + 1)
-    w2 = WEIGHT_ONE // (e2 + 1)
-    w3 = WEIGHT_ONE // (e3 + 1)
-    w4 = WEIGHT_ONE // (e4 + 1)
+    w0 = _floor_div(WEIGHT_ONE, e0 + 1)
+    w1 = _floor_div(WEIGHT_ONE, e1 + 1)
+    w2 = _floor_div(WEIGHT_ONE, e2 + 1)
+    w3 = _floor_div(WEIGHT_ONE, e3 + 1)
+    w4 = _floor_div(WEIGHT_ONE, e4 + 1)
     total = w0 + w1 + w2 + w3 + w4
-    pred8 = (w0 * s0 + w1 * s1 + w2 * s2 + w3 * s3 + w4 * s4 + (total >> 1)) // total
+    pred8 = _floor_div(w0 * s0 + w1 * s1 + w2 * s2 + w3 * s3 + w4 * s4 + (total >> 1), total)
 
     lo = min(w, min(n, ne))
     hi = max(w, max(n, ne))

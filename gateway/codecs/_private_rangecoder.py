@@ -98,7 +98,20 @@ def enc_bit(st, buf, ctx, c, bit):
     _adapt(ctx, c, a, b, bit)
     while rng < TOP:
         rng <<= 8
-        low, cache, pending, pos = _shift_low(low, cache, pending, pos, buf)
+        # _shift_low, written out: numba compiles the nested inline call poorly here.
+        if low < 0xFF000000 or low > MASK32:
+            carry = low >> 32
+            temp = cache
+            while True:
+                buf[pos] = (temp + carry) & 0xFF
+                pos += 1
+                temp = 0xFF
+                pending -= 1
+                if pending == 0:
+                    break
+            cache = (low >> 24) & 0xFF
+        pending += 1
+        low = (low & 0x00FFFFFF) << 8
     return low, rng, cache, pending, pos
 
 
@@ -112,7 +125,19 @@ def enc_raw(st, buf, value, nbits):
             low += rng
         while rng < TOP:
             rng <<= 8
-            low, cache, pending, pos = _shift_low(low, cache, pending, pos, buf)
+            if low < 0xFF000000 or low > MASK32:  # _shift_low, written out
+                carry = low >> 32
+                temp = cache
+                while True:
+                    buf[pos] = (temp + carry) & 0xFF
+                    pos += 1
+                    temp = 0xFF
+                    pending -= 1
+                    if pending == 0:
+                        break
+                cache = (low >> 24) & 0xFF
+            pending += 1
+            low = (low & 0x00FFFFFF) << 8
     return low, rng, cache, pending, pos
 
 

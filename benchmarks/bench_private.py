@@ -1,0 +1,98 @@
+"""Benchmark the private codec (GatewayLosslessV1) against the standard lossless codecs.
+
+One run over the whole corpus: ratio and single-thread encode/decode MB/s per
+corpus folder and overall, every round trip verified (see harness.py).  The
+peers run through imagecodecs with one thread: JPEG-XL lossless at effort 3
+and 7, JPEG-LS (CharLS), HTJ2K (OpenJPH) and JPEG 2000 reversible (OpenJPEG).
+Signed frames are given to the peers as unsigned values in the same order
+(sign bit flipped), which they code as well as the signed original.
+
+Multi-frame images are coded by our codec as DICOM stores them, frame by frame
+in order, each frame allowed to reference the one before it in the same image.
+
+    python benchmarks/bench_private.py [--folders CT MR] [--only gwl jpegls] [--repeat N]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.harness import Entry, Item, arguments, load_corpus, run  # noqa: E402
+from gateway.codecs import private  # noqa: E402
+from gateway.codecs.base import FrameInfo  # noqa: E402
+
+
+def _ours(items: list[Item]) -> Entry:
+    """Our codec; each frame after the first of an image may reference its predecessor."""
+    previous: dict[int, np.ndarray] = {}
+    for item in items:
+        for before, frame in zip(item.frames, item.frames[1:]):
+            previous[id(frame)] = before
+
+    def encode(frame: np.ndarray, info: FrameInfo) -> bytes:
+        return private.encode(frame, info, previous.get(id(frame)))
+
+    def decode(data: bytes, info: FrameInfo) -> np.ndarray:
+        # In order, as pydicom and the gateway decode: the reference is the frame decoded before.
+        return private.decode(data, info)
+
+    return Entry("gwl (ours)", encode, decode, lambda info: private.supports(info) is None)
+
+
+def _unsigned(frame: np.ndarray) -> np.ndarray:
+    if frame.dtype.kind != "i":
+        return frame
+    unsigned = np.dtype(f"u{frame.dtype.itemsize}")
+    return frame.view(unsigned) ^ unsigned.type(1 << (8 * frame.dtype.itemsize - 1))
+
+
+def _signed(values: np.ndarray, info: FrameInfo) -> np.ndarray:
+    values = np.asarray(values).reshape(info.shape)
+    if not info.signed:
+        return values.astype(info.dtype, copy=False)
+    unsigned = np.dtype(f"u{info.dtype.itemsize}")
+    flipped = values.astype(unsigned) ^ unsigned.type(1 << (8 * info.dtype.itemsize - 1))
+    return flipped.view(info.dtype)
+
+
+def _peer(name: str, encode, decode, bits=(8, 16)) -> Entry:
+    return Entry(
+        name,
+        lambda frame, info: bytes(encode(_unsigned(frame))),
+        lambda data, info: _signed(decode(data), info),
+        lambda info: info.bits_allocated in bits,
+    )
+
+
+def _peers() -> list[Entry]:
+    import imagecodecs
+
+    return [
+        _peer("JPEG-XL e7", lambda a: imagecodecs.jpegxl_encode(a, lossless=True, effort=7, numthreads=1),
+              lambda d: imagecodecs.jpegxl_decode(d, numthreads=1)),
+        _peer("JPEG-XL e3", lambda a: imagecodecs.jpegxl_encode(a, lossless=True, effort=3, numthreads=1),
+              lambda d: imagecodecs.jpegxl_decode(d, numthreads=1)),
+        _peer("JPEG-LS (CharLS)", imagecodecs.jpegls_encode, imagecodecs.jpegls_decode),
+        _peer("HTJ2K (OpenJPH)", lambda a: imagecodecs.htj2k_encode(a, reversible=True), imagecodecs.htj2k_decode),
+        _peer("JPEG 2000 (OpenJPEG)", lambda a: imagecodecs.jpeg2k_encode(a, reversible=True, numthreads=1),
+              lambda d: imagecodecs.jpeg2k_decode(d, numthreads=1)),
+    ]
+
+
+def main() -> None:
+    args = arguments(__doc__.splitlines()[0])
+    items = load_corpus(folders=args.folders)
+    entries = [_ours(items)] + _peers()
+    if args.only:
+        entries = [e for e in entries if any(word.lower() in e.name.lower() for word in args.only)]
+    run(entries, items, title="GatewayLosslessV1 vs standard lossless codecs (one thread)",
+        verify=not args.noverify, repeat=args.repeat)
+
+
+if __name__ == "__main__":
+    main()

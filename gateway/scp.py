@@ -1,7 +1,7 @@
 """Receive: a C-ECHO / C-STORE SCP that puts instances durably into the spool.
 
 Success (0x0000) is answered only once the instance is fsync'd into the
-spool.  If it cannot be stored, the answer is 0xA700 (out of resources) so the
+spool (the fsyncs run while the dataset is parsed, see :meth:`Spool.admit`).  If it cannot be stored, the answer is 0xA700 (out of resources) so the
 sender retries; a dataset that cannot be parsed gets 0xC210 (cannot
 understand).  Either way the server keeps serving.
 
@@ -65,8 +65,8 @@ ACCEPTED_SYNTAXES: tuple[str, ...] = (
     "1.2.840.10008.1.2.4.203",  # HTJ2K
 )
 
-# Above this size the parse check defers large values instead of loading them.
-_FULL_PARSE_LIMIT = 64 * 1024 * 1024
+# The parse check leaves values above this size on disk (it only needs their lengths).
+_DEFER = 256 * 1024
 
 
 def _check_complete(ds, size: int) -> None:
@@ -144,47 +144,49 @@ class Receiver:
             shutil.copyfile(source, tmp)
         return tmp
 
+    @staticmethod
+    def _check(path: Path, calling: str, syntax: str) -> Receipt:
+        """Parse the received file; raise if it is not a complete DICOM dataset."""
+        size = path.stat().st_size
+        ds = dcmread(path, defer_size=_DEFER)
+        if syntax != "1.2.840.10008.1.2.1.99":  # positions in a deflated stream are not file offsets
+            _check_complete(ds, size)
+        sop_class = str(ds.SOPClassUID)
+        sop_instance = str(ds.SOPInstanceUID)
+        if not UID(sop_instance).is_valid or not UID(sop_class).is_valid:
+            raise ValueError("SOP Class or SOP Instance UID is not a valid UID")
+        return Receipt(
+            calling_ae=calling,
+            received_at=time.time(),
+            sop_class_uid=sop_class,
+            sop_instance_uid=sop_instance,
+            study_uid=str(ds.get("StudyInstanceUID", "")),
+            series_uid=str(ds.get("SeriesInstanceUID", "")),
+            modality=str(ds.get("Modality", "")),
+            transfer_syntax=syntax,
+        )
+
     def handle_store(self, event: evt.Event) -> int:
         """Store one instance; return the DIMSE status for the sender."""
         calling = event.assoc.requestor.ae_title
         syntax = str(event.context.transfer_syntax)
         try:
             tmp = self._take(event)
+            size = tmp.stat().st_size
         except OSError as exc:
             _log.error("receive failed: cannot write to the spool: %s", exc)
             return STATUS_OUT_OF_RESOURCES
         try:
-            size = tmp.stat().st_size
-            ds = dcmread(tmp, defer_size="1 MB" if size > _FULL_PARSE_LIMIT else None)
-            if syntax != "1.2.840.10008.1.2.1.99":  # positions in a deflated stream are not file offsets
-                _check_complete(ds, size)
-            sop_class = str(ds.SOPClassUID)
-            sop_instance = str(ds.SOPInstanceUID)
-            if not UID(sop_instance).is_valid or not UID(sop_class).is_valid:
-                raise ValueError("SOP Class or SOP Instance UID is not a valid UID")
-            receipt = Receipt(
-                calling_ae=calling,
-                received_at=time.time(),
-                sop_class_uid=sop_class,
-                sop_instance_uid=sop_instance,
-                study_uid=str(ds.get("StudyInstanceUID", "")),
-                series_uid=str(ds.get("SeriesInstanceUID", "")),
-                modality=str(ds.get("Modality", "")),
-                transfer_syntax=syntax,
-            )
-            del ds
-        except (InvalidDicomError, AttributeError, ValueError, KeyError, EOFError, OSError, TypeError) as exc:
-            tmp.unlink(missing_ok=True)
+            ident, receipt = self.spool.admit(tmp, calling, lambda path: self._check(path, calling, syntax))
+        except (InvalidDicomError, AttributeError, ValueError, KeyError, EOFError, TypeError) as exc:
             request_uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
             stage(_log, "rejected", request_uid, calling=calling, status="0xC210",
                   reason=f"cannot parse dataset: {type(exc).__name__}: {exc}")
             return STATUS_CANNOT_UNDERSTAND
-        try:
-            ident = self.spool.store_received(tmp, receipt)
         except (SpoolError, OSError) as exc:
             tmp.unlink(missing_ok=True)
-            stage(_log, "rejected", receipt.sop_instance_uid, calling=calling, status="0xA700",
-                  reason=f"spool: {exc}")
+            request_uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
+            stage(_log, "rejected", request_uid, calling=calling, status="0xA700", reason=f"spool: {exc}")
             return STATUS_OUT_OF_RESOURCES
         stage(_log, "received", receipt.sop_instance_uid, study=receipt.study_uid, calling=calling,
               modality=receipt.modality, syntax=syntax, bytes=size, id=ident)

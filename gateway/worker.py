@@ -263,8 +263,15 @@ class Worker:
             try:
                 ident = self._queue.get(timeout=30.0)
             except queue.Empty:
-                for ident in self.spool.received():  # safety net for missed notifications
-                    self._queue.put(ident)
+                # Safety net for missed notifications; a file younger than a
+                # minute may still be in the receiver's hands (being checked).
+                old = time.time() - 60
+                for ident in self.spool.received():
+                    try:
+                        if self.spool.incoming_path(ident).stat().st_mtime < old:
+                            self._queue.put(ident)
+                    except FileNotFoundError:
+                        pass
                 continue
             if ident is None:
                 break

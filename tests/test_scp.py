@@ -134,7 +134,7 @@ def test_spool_failure_answers_out_of_resources(receiver, monkeypatch) -> None:
     def broken(*args, **kwargs):
         raise SpoolError("disk full")
 
-    monkeypatch.setattr(receiver.spool, "store_received", broken)
+    monkeypatch.setattr(receiver.spool, "admit", broken)
     assert send(receiver.port, [pydicom_file("CT_small.dcm")]) == [0xA700]
     assert receiver.spool.received() == [] and list(receiver.spool.tmp.iterdir()) == []
     monkeypatch.undo()

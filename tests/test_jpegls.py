@@ -91,7 +91,7 @@ def _assert_others_decode(stream: bytes, frame: np.ndarray, info: FrameInfo) -> 
 def _charls_encode(frame: np.ndarray, info: FrameInfo, ilv: int) -> bytes:
     """CharLS's codestream for `frame` at precision Bits Stored with interleave mode `ilv`."""
     data = (frame.astype(np.int64) & ((1 << info.bits_stored) - 1)).astype(
-        np.uint8 if info.bits_allocated == 8 else np.uint16)
+        np.uint8 if info.bits_stored <= 8 else np.uint16)  # CharLS takes bytes up to P = 8
     if info.samples_per_pixel == 3 and ilv == 0:
         data = np.moveaxis(data, 2, 0)  # pyjpegls takes colour-by-plane input for ILV 0
     return bytes(jpeg_ls.encode_buffer(
@@ -228,6 +228,7 @@ def _samples() -> list[tuple[FrameInfo, np.ndarray]]:
         (FrameInfo(37, 29, bits_stored=12), (flat % 4096).astype(np.uint16)),
         (FrameInfo(37, 29, bits_allocated=8, bits_stored=8), (flat % 256).astype(np.uint8)),
         (FrameInfo(37, 29, bits_allocated=8, bits_stored=4), (flat % 16).astype(np.uint8)),
+        (FrameInfo(37, 29, bits_allocated=16, bits_stored=8), (flat % 256).astype(np.uint16)),
         (FrameInfo(37, 29, 3, 8, 8, 0, "RGB"), (rgb % 256).astype(np.uint8)),
         (FrameInfo(37, 29, 3, 16, 16, 0, "RGB"), (rgb * 37 % 65536).astype(np.uint16)),
     ]
@@ -235,7 +236,7 @@ def _samples() -> list[tuple[FrameInfo, np.ndarray]]:
 
 def _charls_params() -> list:
     return [
-        pytest.param(info, frame, ilv, id=f"{info.samples_per_pixel}x{info.bits_stored}-ilv{ilv}")
+        pytest.param(info, frame, ilv, id=f"{info.samples_per_pixel}x{info.bits_allocated}_{info.bits_stored}-ilv{ilv}")
         for info, frame in _samples()
         for ilv in ((0, 1, 2) if info.samples_per_pixel == 3 else (0,))
     ]
@@ -247,7 +248,7 @@ def test_decodes_charls_streams(info: FrameInfo, frame: np.ndarray, ilv: int) ->
 
 
 @pytest.mark.parametrize(("info", "frame"), _samples(), ids=lambda v: "" if isinstance(v, np.ndarray) else
-                         f"{v.samples_per_pixel}x{v.bits_stored}")
+                         f"{v.samples_per_pixel}x{v.bits_allocated}_{v.bits_stored}")
 def test_decodes_imagecodecs_streams(info: FrameInfo, frame: np.ndarray) -> None:
     stream = bytes(imagecodecs.jpegls_encode(frame))
     # imagecodecs codes at the container's precision; read it as such.

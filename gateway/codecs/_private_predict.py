@@ -128,20 +128,23 @@ def predict(plane, y, x, cols, te, err, bm):
     e2 = np.int64(err[2, p, x + 1]) + err[2, r, x] + err[2, p, x] + err[2, p, x + 2]
     e3 = np.int64(err[3, p, x + 1]) + err[3, r, x] + err[3, p, x] + err[3, p, x + 2]
     e4 = np.int64(err[4, p, x + 1]) + err[4, r, x] + err[4, p, x] + err[4, p, x + 2]
-    w0 = _floor_div(WEIGHT_ONE, e0 + 1)
-    w1 = _floor_div(WEIGHT_ONE, e1 + 1)
-    w2 = _floor_div(WEIGHT_ONE, e2 + 1)
-    w3 = _floor_div(WEIGHT_ONE, e3 + 1)
-    w4 = _floor_div(WEIGHT_ONE, e4 + 1)
-    total = w0 + w1 + w2 + w3 + w4
-    pred8 = _floor_div(w0 * s0 + w1 * s1 + w2 * s2 + w3 * s3 + w4 * s4 + (total >> 1), total)
-
     lo = min(w, min(n, ne))
     hi = max(w, max(n, ne))
-    if pred8 < lo << 3:
+    if lo == hi:
+        # The clamp below would give this whatever the blend: skip computing it.
         pred8 = lo << 3
-    if pred8 > hi << 3:
-        pred8 = hi << 3
+    else:
+        w0 = _floor_div(WEIGHT_ONE, e0 + 1)
+        w1 = _floor_div(WEIGHT_ONE, e1 + 1)
+        w2 = _floor_div(WEIGHT_ONE, e2 + 1)
+        w3 = _floor_div(WEIGHT_ONE, e3 + 1)
+        w4 = _floor_div(WEIGHT_ONE, e4 + 1)
+        total = w0 + w1 + w2 + w3 + w4
+        pred8 = _floor_div(w0 * s0 + w1 * s1 + w2 * s2 + w3 * s3 + w4 * s4 + (total >> 1), total)
+        if pred8 < lo << 3:
+            pred8 = lo << 3
+        if pred8 > hi << 3:
+            pred8 = hi << 3
 
     grad = (abs(n - nw) + abs(w - nw) + abs(ne - n)) << 2
     activity = (abs(te_w) + abs(te_n) + abs(te_nw) + abs(te_ne) + min(min(e0, e1), min(min(e2, e3), e4)) + grad) >> 1

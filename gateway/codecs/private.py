@@ -2,7 +2,9 @@
 
 Transfer syntax ``2.25.98736700971092333592611877631001549337`` (a UUID-based
 UID of our own), encapsulated like Explicit VR Little Endian with one fragment
-per frame.  Every frame is self-contained, so any frame decodes on its own.
+per frame.  A frame is intra (self-contained) or inter: coded as its
+difference from the previous frame of the same image, which its header names
+by CRC-32; decoding frames in order always has it (see :func:`decode`).
 
 Bitstream summary (docs/private-codec.md is the full specification; all
 integers little endian)::
@@ -16,25 +18,28 @@ integers little endian)::
     8      1     bits stored (1..16)
     9      1     pixel representation (0 unsigned, 1 signed)
     10     1     colour transform (0 none, 1 subtract green, 2 YCoCg-R)
-    11     1     reserved = 0
+    11     1     prediction: 0 intra, 1 from the previous frame
     12     4     rows
     16     4     columns
     20     4     CRC-32 (ISO-HDLC, as zlib) of the decoded frame's little-endian bytes
-    24     12*P  per plane (P = samples, coded mode only): offset int32,
+    24     4     CRC-32 of the reference frame (0 when intra)
+    28     12*P  per plane (P = samples, coded mode only): offset int32,
                  maxv uint32, palette count uint32 (0 = no palette)
     ...          stored: the frame bytes; coded: one range-coded segment
 
 Coded segment: for each plane with a palette, the bitmap of used values
 (``maxv + 1`` adaptive bits); then for each plane with a non-zero coded
-maximum, every sample in raster order: a blend of four sub-predictors
-weighted by their local errors, clamped to the W/N/NE range; the residual as
-zero flag, sign, unary magnitude class and mantissa bits, in contexts chosen
-by the local error of the prediction; coded by a 32-bit binary range coder
-with two-rate adaptive 16-bit probabilities.
+maximum, every sample in raster order: a blend of five sub-predictors
+weighted by their local errors, clamped to the W/N/NE range and corrected by
+a bias estimate per texture context; the residual as zero flag, sign, unary
+magnitude class and mantissa bits, in contexts chosen by the local activity;
+coded by a 32-bit binary range coder with two-rate adaptive 16-bit
+probabilities.
 
 Decoding checks every header field against the expected :class:`FrameInfo`
-and named limits before allocating, bounds the coder's reads, and verifies
-the CRC: any inconsistency raises :class:`CorruptCodestreamError`.
+and named limits before allocating, bounds the coder's reads, requires the
+coded segment to end exactly at the end of the stream, and verifies the CRC:
+any inconsistency raises :class:`CorruptCodestreamError`.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ Layout (see ``config/*.toml`` for commented examples)::
 
     [server]        ae_title, host, port, allowed_callers, max_pdu
     [spool]         directory
-    [compression]   transfer_syntax, verify, [compression.modality] overrides
+    [compression]   transfer_syntax, verify, processes, [compression.modality] overrides
     [retry]         max_attempts, base_seconds, cap_seconds
     [logging]       level, file
     [[destinations]] name, kind = "dicom" | "folder", ...
@@ -79,6 +79,7 @@ class CompressionConfig:
     transfer_syntax: str = KEEP
     modality: dict[str, str] = field(default_factory=dict)
     verify: bool = True
+    processes: int = 1  # worker processes; 0 = threads inside the service process
 
     def target_for(self, modality: str | None) -> str:
         """Target syntax UID (or :data:`KEEP`) for an instance of `modality`."""
@@ -322,8 +323,9 @@ def _compression(data: Any) -> CompressionConfig:
             raise ConfigError(key, f"modality must be an upper-case code such as 'CT', got {name!r}")
         overrides[name] = _target(key, modality.pop(name))
     verify = _bool(t.path("verify"), t.pop("verify", True))
+    processes = _int(t.path("processes"), t.pop("processes", 1), 0, 64)
     t.finish()
-    return CompressionConfig(transfer_syntax=target, modality=overrides, verify=verify)
+    return CompressionConfig(transfer_syntax=target, modality=overrides, verify=verify, processes=processes)
 
 
 def _retry(data: Any) -> RetryConfig:

@@ -193,8 +193,10 @@ class DicomSender:
 
         try:
             outcome = recompress(ds, target, verify=self.verify)
-        except GatewayError as exc:
-            _log.debug("re-encoding %s to %s failed: %s", path.name, target, exc)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - includes a Rust decoder's PanicException
+            _log.warning("re-encoding %s to %s failed: %s: %s", path.name, target, type(exc).__name__, exc)
             return None
         if str(outcome.transfer_syntax) != target:
             return None
@@ -390,7 +392,9 @@ class Forwarder(threading.Thread):
         except PermanentForwardError as exc:
             self._failed(job, exc, transient=False)
             return
-        except Exception as exc:  # noqa: BLE001 - a bug in one send must not stop the destination
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a bug in one send must not stop the destination
             self.sender.close()
             self._failed(job, TransientForwardError(f"{type(exc).__name__}: {exc}"), transient=True)
             return

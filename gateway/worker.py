@@ -15,6 +15,9 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import get_context
 
 from pathlib import Path
 
@@ -151,7 +154,10 @@ def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: 
             outcome = recompress(ds, target, verify=config.compression.verify)
         except GatewayError as exc:
             reason = f"{type(exc).__name__}: {exc}"
-        except Exception as exc:  # noqa: BLE001 - nothing is ever dropped: forward the original
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - nothing is ever dropped: forward the original
+            # BaseException: a Rust decoder's panic (pyo3 PanicException) is not an Exception.
             _log.exception("recompression of %s failed unexpectedly", sop)
             reason = f"unexpected {type(exc).__name__}: {exc}"
         if outcome is not None and outcome.recompressed:
@@ -196,17 +202,44 @@ def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: 
     return created
 
 
-class Worker:
-    """Processes received instances in arrival order with a few threads.
+_CHILD: tuple[Config, Spool] | None = None
 
-    Several threads overlap one instance's fsyncs with another's encoding;
-    an instance is never processed by two threads at once.
+
+def _child_init(config: Config) -> None:
+    """Set up a worker process: logging like the service's, its own Spool handle."""
+    global _CHILD
+    from gateway.logs import setup_logging
+
+    setup_logging(config.logging.level, config.logging.file)
+    _CHILD = (config, Spool(config.spool.directory))
+    import gateway.pipeline  # noqa: F401 - load codecs before the first instance arrives
+
+
+def _child_process(ident: str) -> list[Job]:
+    assert _CHILD is not None, "worker process not initialised"
+    config, spool = _CHILD
+    return process_instance(config, spool, ident)
+
+
+class Worker:
+    """Processes received instances in arrival order.
+
+    The decoding, encoding and verification are CPU-bound Python and numba
+    work; in the service process they would compete for its interpreter lock
+    with the receiver and the forwarders.  With ``[compression] processes =
+    N`` (default 1) they run in N worker processes, which use other cores;
+    with 0 they run in threads of the service process.  The spool on disk is
+    the only state they share.  An instance is never processed twice at once.
     """
 
     def __init__(self, config: Config, spool: Spool, submit: Callable[[Job], None], threads: int = 2) -> None:
         self.config = config
         self.spool = spool
         self.submit = submit
+        self.processes = config.compression.processes
+        self._pool: ProcessPoolExecutor | None = None
+        if self.processes:
+            threads = 2 * self.processes  # dispatchers: keep each process busy
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._halt = threading.Event()
         self._active: set[str] = set()
@@ -236,7 +269,29 @@ class Worker:
                 self.submit(job)
         return repaired
 
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=self.processes, mp_context=get_context("spawn"),
+                                   initializer=_child_init, initargs=(self.config,))
+
+    def _process(self, ident: str) -> list[Job]:
+        if not self.processes:
+            return process_instance(self.config, self.spool, ident)
+        with self._lock:
+            if self._pool is None:
+                self._pool = self._new_pool()
+            pool = self._pool
+        try:
+            return pool.submit(_child_process, ident).result()
+        except BrokenProcessPool:
+            with self._lock:  # a worker process died: start a fresh pool, the instance is retried
+                if self._pool is pool:
+                    self._pool = None
+            raise
+
     def start(self) -> None:
+        if self.processes:
+            with self._lock:
+                self._pool = self._new_pool()
         for ident in self.spool.received():  # received before a restart, not yet processed
             self._queue.put(ident)
         for thread in self._threads:
@@ -250,6 +305,10 @@ class Worker:
     def join(self, timeout: float | None = None) -> None:
         for thread in self._threads:
             thread.join(timeout)
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _claim(self, ident: str) -> bool:
         with self._lock:
@@ -279,9 +338,11 @@ class Worker:
                 continue
             started = time.perf_counter()
             try:
-                for job in process_instance(self.config, self.spool, ident):
+                for job in self._process(ident):
                     self.submit(job)
-            except Exception:  # noqa: BLE001 - keep serving; the instance stays in incoming/
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException:  # noqa: BLE001 - keep serving; the instance stays in incoming/
                 _log.exception("processing %s failed; it stays in the spool and is retried later", ident)
                 time.sleep(1.0)
             finally:

@@ -116,7 +116,7 @@ def storescu(port: int, aec: str, folder: Path) -> float:
     return elapsed
 
 
-def start_gateway(root: Path, orthanc: Orthanc, syntax: str) -> tuple[subprocess.Popen, int]:
+def start_gateway(root: Path, orthanc: Orthanc, syntax: str, processes: int) -> tuple[subprocess.Popen, int]:
     port = free_port()
     (root / "gateway.toml").write_text(f"""
 [server]
@@ -128,6 +128,7 @@ directory = "spool"
 [compression]
 transfer_syntax = "{syntax}"
 verify = true
+processes = {processes}
 [logging]
 level = "INFO"
 file = "gateway.log"
@@ -177,6 +178,7 @@ def main() -> None:
     parser.add_argument("--series", help="only this folder of the corpus's series/")
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--syntax", default="RLELossless")
+    parser.add_argument("--processes", type=int, default=1, help="[compression] processes of the gateway")
     args = parser.parse_args()
     STORESCU = dcmtk("storescu")
     if STORESCU is None:
@@ -202,7 +204,7 @@ def main() -> None:
                 wait_count(orthanc, len(files))
             gw_root = root / f"gw_{folder.name}"
             gw_root.mkdir()
-            process, port = start_gateway(gw_root, orthanc, args.syntax)
+            process, port = start_gateway(gw_root, orthanc, args.syntax, args.processes)
             try:
                 # Warm-up (numba caches, imports): one file, not timed.
                 warm = gw_root / "warm"
@@ -229,15 +231,15 @@ def main() -> None:
             rows.append((folder.name, len(files), mb, "storescu -> gateway (acknowledged)", best_ack, None, ""))
             rows.append((folder.name, len(files), mb, "storescu -> gateway -> Orthanc", best_gw,
                          best_direct / best_gw, syntaxes))
-            notes.append(f"{folder.name}: gateway process CPU {cpu:.2f} s over {args.runs} run(s) + warm-up "
+            notes.append(f"{folder.name}: gateway CPU (service + worker processes) {cpu:.2f} s over {args.runs} run(s) + warm-up "
                          f"({1000 * cpu / (args.runs * len(files) + 1):.1f} ms per image); "
                          f"delivered as {syntaxes}")
     finally:
         orthanc.stop()
         shutil.rmtree(root, ignore_errors=True)
 
-    print(f"\nEnd-to-end throughput, best of {args.runs}; gateway target {args.syntax}, verify on; "
-          f"{os.cpu_count()} CPU(s)")
+    print(f"\nEnd-to-end throughput, best of {args.runs}; gateway target {args.syntax}, verify on, "
+          f"{args.processes} worker process(es); {os.cpu_count()} CPU(s)")
     header = f"{'series':<34} {'images':>6} {'MB':>6}  {'path':<36} {'s':>7} {'img/s':>7} {'MB/s':>7} {'x direct':>8}"
     print(header)
     print("-" * len(header))

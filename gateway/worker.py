@@ -208,7 +208,11 @@ _CHILD: tuple[Config, Spool] | None = None
 def _child_init(config: Config) -> None:
     """Set up a worker process: logging like the service's, its own Spool handle."""
     global _CHILD
+    import signal
+
     from gateway.logs import setup_logging
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the service decides
 
     setup_logging(config.logging.level, config.logging.file)
     _CHILD = (config, Spool(config.spool.directory))

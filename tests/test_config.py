@@ -101,6 +101,7 @@ BAD = [
     ("compression.transfer_syntax", "NoSuchSyntax", "compression.transfer_syntax", "unknown transfer syntax"),
     ("compression.transfer_syntax", "JPEGBaseline8Bit", "compression.transfer_syntax", "no encoder"),
     ("compression.verify", "yes", "compression.verify", "true or false"),
+    ("compression.processes", -1, "compression.processes", "0..64, got -1"),
     ("compression.modality.US", "Bogus", "compression.modality.US", "unknown transfer syntax"),
     ("compression.modality.us", "RLELossless", "compression.modality.us", "upper-case"),
     ("destinations.0.port", 70000, "destinations[0].port", "must be 1..65535, got 70000"),

@@ -51,6 +51,14 @@ def _streams() -> list[tuple[FrameInfo, np.ndarray, bytes]]:
     info = FrameInfo(rows=6, columns=6, bits_allocated=8, bits_stored=8)
     frame = np.random.default_rng(1).integers(0, 256, (6, 6)).astype(np.uint8)
     out.append((info, frame, private.encode(frame, info)))
+    # Indexed colour.
+    info = FrameInfo(rows=12, columns=10, samples_per_pixel=3, bits_allocated=8, bits_stored=8,
+                     photometric_interpretation="RGB")
+    table = np.array([[0, 0, 0], [250, 10, 10], [10, 250, 10], [128, 128, 128]], np.uint8)
+    frame = table[(np.arange(120).reshape(12, 10) // 7) % 4]
+    data = private.encode(frame, info)
+    assert data[10] == 3
+    out.append((info, frame, data))
     return out
 
 

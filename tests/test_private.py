@@ -238,6 +238,32 @@ def test_sparse_histogram_uses_a_palette() -> None:
     assert count == len(used) and maxv == int(used[-1]) - int(used[0]) and offset == int(used[0])
 
 
+@pytest.mark.parametrize("alloc", [8, 16])
+def test_few_colours_use_indexed_colour(alloc: int) -> None:
+    info = _info(60, 50, samples=3, alloc=alloc, stored=alloc)
+    rng = np.random.default_rng(21)
+    high = info.value_range[1]
+    table = rng.integers(0, high, (37, 3), endpoint=True)
+    y, x = np.mgrid[0:60, 0:50]
+    frame = table[(y // 3 + x // 5) % 37].astype(info.dtype)
+    data = _round_trip(frame, info)
+    assert data[10] == tf.COLOUR_PALETTE and data[5] == private.MODE_CODED
+    offset, maxv, count = struct.unpack_from("<iII", data, private._HEADER.size)
+    assert (offset, maxv, count) == (0, len(np.unique(frame.reshape(-1, 3), axis=0)) - 1, 0)
+
+
+def test_indexed_colour_table_is_checked() -> None:
+    info = _info(30, 30, samples=3, alloc=8, stored=8)
+    table = np.random.default_rng(5).integers(0, 255, (20, 3), endpoint=True)
+    y, x = np.mgrid[0:30, 0:30]
+    frame = table[(y // 2 + x // 3) % 20].astype(np.uint8)
+    data = bytearray(CODEC.encode_frame(frame, info))
+    assert data[10] == tf.COLOUR_PALETTE
+    struct.pack_into("<iII", data, private._HEADER.size, 0, 30 * 30, 0)  # more colours than pixels
+    with pytest.raises(CorruptCodestreamError, match="index plane"):
+        CODEC.decode_frame(bytes(data), info)
+
+
 # --- transforms and kernels against plain references -------------------------
 
 @pytest.mark.parametrize("transform", tf.COLOUR_TRANSFORMS)

@@ -6,7 +6,9 @@ first plane is the one the others are best predicted from):
 * 0, none: ``(R, G, B)``;
 * 1, subtract green: ``(G, R - G, B - G)``;
 * 2, YCoCg-R: ``Co = R - B``, ``t = B + (Co >> 1)``, ``Cg = G - t``,
-  ``Y = t + (Cg >> 1)``; planes ``(Y, Co, Cg)``.
+  ``Y = t + (Cg >> 1)``; planes ``(Y, Co, Cg)``;
+* 3, indexed colour: a plane of indices into a table of the colours used,
+  sorted by brightness; the table is coded as three one-row planes.
 
 Each plane is then shifted to start at 0 (its minimum is stored) and, when
 few of the values between its minimum and maximum occur, mapped to the rank
@@ -22,6 +24,8 @@ COLOUR_NONE = 0
 COLOUR_SUBTRACT_GREEN = 1
 COLOUR_YCOCG_R = 2
 COLOUR_TRANSFORMS = (COLOUR_NONE, COLOUR_SUBTRACT_GREEN, COLOUR_YCOCG_R)
+COLOUR_PALETTE = 3  # indexed colour: one plane of indices and a table of colours
+COLOUR_MODES = COLOUR_TRANSFORMS + (COLOUR_PALETTE,)
 
 
 def forward_colour(frame: np.ndarray, transform: int) -> np.ndarray:
@@ -87,6 +91,29 @@ def choose_colour(frame: np.ndarray, max_rows: int = 96) -> int:
     sample = frame if rows is None else frame[rows]
     costs = [sum(_plane_cost(p) for p in forward_colour(sample, t)) for t in COLOUR_TRANSFORMS]
     return int(np.argmin(costs))
+
+
+def colour_palette(frame: np.ndarray, max_colours: int) -> tuple[np.ndarray, list[np.ndarray]] | None:
+    """Indexed form of a (rows, cols, 3) frame with few colours, else None.
+
+    Returns the int32 index plane and the three int32 columns of the colour
+    table, ordered by R + 2G + B (then R, G, B) so that neighbouring
+    brightness gets neighbouring indices.
+    """
+    flat = frame.reshape(-1, 3).astype(np.int64)
+    keys = (flat[:, 0] << 34) | (flat[:, 1] << 17) | flat[:, 2]
+    probe = keys[:: max(1, keys.size // 20000)]
+    if np.unique(probe).size > max_colours:
+        return None
+    colours, index = np.unique(keys, return_inverse=True)
+    if colours.size > max_colours:
+        return None
+    r, g, b = colours >> 34, (colours >> 17) & 0x1FFFF, colours & 0x1FFFF
+    order = np.lexsort((b, g, r, r + 2 * g + b))
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    plane = rank[index].astype(np.int32).reshape(frame.shape[:2])
+    return plane, [r[order].astype(np.int32), g[order].astype(np.int32), b[order].astype(np.int32)]
 
 
 def used_values(plane: np.ndarray, maxv: int) -> np.ndarray:

@@ -84,6 +84,8 @@ MAX_OFFSET = 1 << 18
 INTER_GAIN = 0.9
 # Decoded frames remembered per thread as references for the next frame.
 RECENT_FRAMES = 2
+# Largest colour table of an indexed colour frame (colour transform 3).
+MAX_COLOURS = 4096
 # Use a palette when at most this fraction of the values between minimum and maximum occur.
 PALETTE_DENSITY = 0.75
 
@@ -179,6 +181,23 @@ def encode(frame: np.ndarray, info: FrameInfo, reference: np.ndarray | None = No
             planes = difference
             reference_crc = _crc(reference)
         del difference
+    body = _coded_body(list(planes), info)
+    del planes
+    if reference_crc is None and info.samples_per_pixel == 3:
+        indexed = _tf.colour_palette(frame, MAX_COLOURS)
+        if indexed is not None:
+            index, table = indexed
+            alternative = _coded_body([index] + [c[np.newaxis] for c in table], info)
+            if len(alternative) < len(body):
+                body, transform = alternative, _tf.COLOUR_PALETTE
+    if len(body) >= info.frame_bytes:
+        raw = np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("<")).tobytes()
+        return _header(info, MODE_STORED, _tf.COLOUR_NONE, crc, None) + raw
+    return _header(info, MODE_CODED, transform, crc, reference_crc) + body
+
+
+def _coded_body(planes: list[np.ndarray], info: FrameInfo) -> bytes:
+    """Plane descriptors and the coded segment of int32 planes (modified in place)."""
     descriptors, coded, maxvs, bitmaps = [], [], [], []
     for plane in planes:
         offset = int(plane.min())
@@ -198,13 +217,8 @@ def encode(frame: np.ndarray, info: FrameInfo, reference: np.ndarray | None = No
         descriptors.append(_PLANE.pack(offset, maxv, count))
         coded.append(np.ascontiguousarray(shifted, dtype=np.int32))
         maxvs.append(coded_max)
-    del planes
     payload = _code_planes(coded, maxvs, bitmaps, info.frame_bytes // 2 + 1024)
-    body = b"".join(descriptors) + payload
-    if len(body) >= info.frame_bytes:
-        raw = np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("<")).tobytes()
-        return _header(info, MODE_STORED, _tf.COLOUR_NONE, crc, None) + raw
-    return _header(info, MODE_CODED, transform, crc, reference_crc) + body
+    return b"".join(descriptors) + payload
 
 
 def encode_frames(frames: "list[np.ndarray]", info: FrameInfo) -> list[bytes]:
@@ -239,11 +253,13 @@ def _check_header(data: bytes, info: FrameInfo) -> tuple[int, int, int, int, int
             "header (samples, bits allocated, bits stored, signed, rows, columns) = "
             f"{found} does not match the dataset's {expected}"
         )
-    if transform not in _tf.COLOUR_TRANSFORMS or (samples == 1 and transform != _tf.COLOUR_NONE):
+    if transform not in _tf.COLOUR_MODES or (samples == 1 and transform != _tf.COLOUR_NONE):
         raise _corrupt(f"bad colour transform {transform} for {samples} sample(s)")
     if mode == MODE_STORED and (transform != _tf.COLOUR_NONE or prediction != PREDICT_INTRA):
         raise _corrupt("a stored frame has a colour transform or a reference")
-    if prediction not in (PREDICT_INTRA, PREDICT_PREVIOUS) or (prediction == PREDICT_INTRA and reference_crc):
+    if prediction not in (PREDICT_INTRA, PREDICT_PREVIOUS) or (prediction == PREDICT_INTRA and reference_crc) or (
+        prediction == PREDICT_PREVIOUS and transform == _tf.COLOUR_PALETTE
+    ):
         raise _corrupt(f"bad prediction mode {prediction} (reference CRC {reference_crc:#010x})")
     return mode, transform, crc, prediction, reference_crc
 
@@ -321,17 +337,50 @@ def _decode_stored(data: bytes, info: FrameInfo) -> np.ndarray:
     return frame
 
 
-def _decode_coded(data: bytes, info: FrameInfo, transform: int, reference: np.ndarray | None) -> np.ndarray:
-    nplanes = info.samples_per_pixel
-    start = _HEADER.size + _PLANE.size * nplanes
-    if len(data) < start:
+def _descriptors(data: bytes, count: int) -> list[tuple[int, int, int]]:
+    if len(data) < _HEADER.size + _PLANE.size * count:
         raise _corrupt("stream ends inside the plane descriptors")
-    descriptors = [_PLANE.unpack_from(data, _HEADER.size + _PLANE.size * i) for i in range(nplanes)]
-    for offset, maxv, count in descriptors:
-        if not (MIN_OFFSET <= offset <= MAX_OFFSET and maxv <= MAX_PLANE_VALUE and count <= maxv + 1):
-            raise _corrupt(f"plane descriptor (offset {offset}, max {maxv}, palette {count}) out of limits")
-        if count == 1 or (count and maxv == 0):
-            raise _corrupt(f"palette of {count} values for a plane of maximum {maxv}")
+    descriptors = [_PLANE.unpack_from(data, _HEADER.size + _PLANE.size * i) for i in range(count)]
+    for offset, maxv, used in descriptors:
+        if not (MIN_OFFSET <= offset <= MAX_OFFSET and maxv <= MAX_PLANE_VALUE and used <= maxv + 1):
+            raise _corrupt(f"plane descriptor (offset {offset}, max {maxv}, palette {used}) out of limits")
+        if used == 1 or (used and maxv == 0):
+            raise _corrupt(f"palette of {used} values for a plane of maximum {maxv}")
+    return descriptors
+
+
+def _decode_coded(data: bytes, info: FrameInfo, transform: int, reference: np.ndarray | None) -> np.ndarray:
+    if transform == _tf.COLOUR_PALETTE:
+        descriptors = _descriptors(data, 4)
+        offset, maxv, count = descriptors[0]
+        if offset != 0 or count != 0 or maxv >= min(MAX_COLOURS, info.rows * info.columns):
+            raise _corrupt(f"colour index plane (offset {offset}, max {maxv}, palette {count}) out of limits")
+        shapes = [(info.rows, info.columns)] + [(1, maxv + 1)] * 3
+    else:
+        descriptors = _descriptors(data, info.samples_per_pixel)
+        shapes = [(info.rows, info.columns)] * info.samples_per_pixel
+    values = _decode_planes(data, descriptors, shapes)
+    if transform == _tf.COLOUR_PALETTE:
+        table = np.stack([p[0] for p in values[1:]], axis=-1)
+        samples = table[values[0]]
+    else:
+        if reference is not None:
+            for plane, base in zip(values, _planes_of(reference, info, transform)):
+                plane += base
+        if info.samples_per_pixel == 1:
+            samples = values[0]
+        else:
+            samples = _tf.inverse_colour(values, transform)
+    low, high = _carried_range(info)
+    if int(samples.min()) < low or int(samples.max()) > high:
+        raise _corrupt("decoded samples exceed the carried value range")
+    return samples.astype(info.dtype).reshape(info.shape)
+
+
+def _decode_planes(data: bytes, descriptors: list[tuple[int, int, int]],
+                   shapes: list[tuple[int, int]]) -> list[np.ndarray]:
+    """Decode the coded segment into int32 planes of the given shapes (offsets and palettes undone)."""
+    start = _HEADER.size + _PLANE.size * len(descriptors)
     buf = np.frombuffer(data, dtype=np.uint8)
     if len(buf) < start + 5 or buf[start] != 0:
         raise _corrupt("coded segment is shorter than 5 bytes or does not start with 0")
@@ -347,38 +396,25 @@ def _decode_coded(data: bytes, info: FrameInfo, transform: int, reference: np.nd
             bitmaps.append(used)
         else:
             bitmaps.append(None)
-    planes = np.zeros((nplanes, info.rows, info.columns), np.int32)
-    for i, (offset, maxv, count) in enumerate(descriptors):
+    values = []
+    for (offset, maxv, count), shape, used in zip(descriptors, shapes, bitmaps):
+        plane = np.zeros(shape, np.int32)
         coded_max = count - 1 if count else maxv
         if coded_max > 0:
             ctx = _rc.new_contexts(_planes.CTX_PER_PLANE)
-            te, err, bm = _predict.new_state(info.columns)
-            st, status = _planes.decode_plane(st, buf, planes[i], coded_max, ctx, te, err, bm)
+            te, err, bm = _predict.new_state(shape[1])
+            st, status = _planes.decode_plane(st, buf, plane, coded_max, ctx, te, err, bm)
             if status != _planes.STATUS_OK:
                 raise _corrupt("a residual exceeds the plane's value range")
         if st[2] > len(buf):
             raise _corrupt("coded segment is truncated")
-    if st[2] != len(buf) and not (st[2] == len(buf) - 1 and buf[-1] == 0):
-        raise _corrupt(f"{len(buf) - st[2]} bytes follow the end of the coded segment")
-    values = []
-    for i, (offset, maxv, count) in enumerate(descriptors):
-        plane = planes[i]
-        if bitmaps[i] is not None:
-            plane = _tf.from_palette(plane, bitmaps[i])
+        if used is not None:
+            plane = _tf.from_palette(plane, used)
         plane += np.int32(offset)
         values.append(plane)
-    del planes
-    if reference is not None:
-        for plane, base in zip(values, _planes_of(reference, info, transform)):
-            plane += base
-    if nplanes == 1:
-        samples = values[0]
-    else:
-        samples = _tf.inverse_colour(values, transform)
-    low, high = _carried_range(info)
-    if int(samples.min()) < low or int(samples.max()) > high:
-        raise _corrupt("decoded samples exceed the carried value range")
-    return samples.astype(info.dtype).reshape(info.shape)
+    if st[2] != len(buf) and not (st[2] == len(buf) - 1 and buf[-1] == 0):
+        raise _corrupt(f"{len(buf) - st[2]} bytes follow the end of the coded segment")
+    return values
 
 
 class GatewayLosslessCodec:

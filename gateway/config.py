@@ -120,6 +120,7 @@ class Destination:
     port: int = 0
     transfer_syntaxes: tuple[str, ...] = ()  # preference ladder (UIDs); empty = ours first
     timeout_seconds: float = 30.0
+    associations: int = 2  # parallel associations (dicom); each instance always uses the same one
     path: Path | None = None
 
 
@@ -370,6 +371,7 @@ def _destination(index: int, data: Any, base: Path) -> Destination:
                 for i, v in enumerate(_list(t.path("transfer_syntaxes"), t.pop("transfer_syntaxes", [])))
             ),
             timeout_seconds=_number(t.path("timeout_seconds"), t.pop("timeout_seconds", 30.0), 0.1, 3600),
+            associations=_int(t.path("associations"), t.pop("associations", 2), 1, 16),
         )
     elif kind == "folder":
         dest = Destination(name=name, kind=kind, path=_path(t.path("path"), t.pop("path"), base))

@@ -1,7 +1,9 @@
 """Forward: deliver processed instances to each destination, durably and at least once.
 
-One :class:`Forwarder` thread per destination, so a slow or absent archive
-never blocks the others.  It takes due pending jobs from the spool, sends
+One :class:`Forwarder` thread per destination and association (a DICOM
+destination gets ``associations`` of them, each owning a fixed share of the
+instances), so a slow or absent archive never blocks the others, and an
+archive that stores one instance at a time per association is kept busy.  It takes due pending jobs from the spool, sends
 them through a :class:`Sender` and records the outcome:
 
 * success: the job is done (the object is deleted once all its jobs are);
@@ -30,6 +32,7 @@ import heapq
 import re
 import threading
 import time
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
@@ -277,8 +280,10 @@ class Forwarder(threading.Thread):
     """Sends one destination's jobs in a thread of its own."""
 
     def __init__(self, destination: Destination, spool: Spool, retry: RetryConfig, sender: Sender,
-                 *, batch: int = 32, idle_seconds: float = 5.0, rescan_seconds: float = 30.0) -> None:
-        super().__init__(name=f"forward-{destination.name}", daemon=True)
+                 *, batch: int = 32, idle_seconds: float = 5.0, rescan_seconds: float = 30.0,
+                 partition: tuple[int, int] = (0, 1)) -> None:
+        super().__init__(name=f"forward-{destination.name}-{partition[0]}", daemon=True)
+        self.partition = partition
         self.destination = destination
         self.spool = spool
         self.retry = retry
@@ -293,8 +298,15 @@ class Forwarder(threading.Thread):
 
     # -- feeding
 
+    def owns(self, instance: str) -> bool:
+        """True when this forwarder's partition of the destination's jobs holds `instance`."""
+        index, count = self.partition
+        return count == 1 or zlib.crc32(instance.encode()) % count == index
+
     def submit(self, job: Job) -> None:
         """Queue a pending job (called by the worker, and at start-up from disk)."""
+        if not self.owns(job.instance):
+            return
         with self._cond:
             if job.key in self._queued:
                 return

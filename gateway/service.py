@@ -31,7 +31,7 @@ class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.spool = Spool(config.spool.directory)
-        self.forwarders: dict[str, Forwarder] = {}
+        self.forwarders: dict[str, list[Forwarder]] = {}
         self.worker: Worker | None = None
         self.server = None
         self._stopped = threading.Event()
@@ -46,13 +46,18 @@ class Gateway:
     def start(self) -> Gateway:
         repaired = self.spool.recover()
         for dest in self.config.destinations:
-            sender = make_sender(dest, self.config.server.ae_title, self.config.compression.verify)
-            self.forwarders[dest.name] = Forwarder(dest, self.spool, self.config.retry, sender)
+            count = dest.associations if dest.kind == "dicom" else 1
+            self.forwarders[dest.name] = [
+                Forwarder(dest, self.spool, self.config.retry,
+                          make_sender(dest, self.config.server.ae_title, self.config.compression.verify),
+                          partition=(index, count))
+                for index in range(count)
+            ]
         self.worker = Worker(self.config, self.spool, self._submit)
         repaired["held_rebuilt"] = self.worker.recover()
         if any(repaired.values()):
             _log.info("spool recovered: %s", repaired)
-        for forwarder in self.forwarders.values():
+        for forwarder in self._all_forwarders():
             forwarder.start()
         self.worker.start()
         receiver = Receiver(self.spool, on_received=self.worker.notify)
@@ -62,10 +67,12 @@ class Gateway:
                   ", ".join(f"{d.name} ({d.kind})" for d in self.config.destinations))
         return self
 
+    def _all_forwarders(self) -> list[Forwarder]:
+        return [f for group in self.forwarders.values() for f in group]
+
     def _submit(self, job: Job) -> None:
-        forwarder = self.forwarders.get(job.destination)
-        if forwarder is not None:
-            forwarder.submit(job)
+        for forwarder in self.forwarders.get(job.destination, []):
+            forwarder.submit(job)  # only the owner of the instance's partition takes it
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop receiving, then let the worker and forwarders finish their current item."""
@@ -77,10 +84,10 @@ class Gateway:
         if self.worker is not None:
             self.worker.stop()
             self.worker.join(timeout)
-        for forwarder in self.forwarders.values():
+        for forwarder in self._all_forwarders():
             forwarder.stop()
         deadline = time.monotonic() + timeout
-        for forwarder in self.forwarders.values():
+        for forwarder in self._all_forwarders():
             forwarder.join(max(0.1, deadline - time.monotonic()))
         _log.info("stopped")
 

@@ -105,6 +105,7 @@ BAD = [
     ("compression.modality.US", "Bogus", "compression.modality.US", "unknown transfer syntax"),
     ("compression.modality.us", "RLELossless", "compression.modality.us", "upper-case"),
     ("destinations.0.port", 70000, "destinations[0].port", "must be 1..65535, got 70000"),
+    ("destinations.0.associations", 0, "destinations[0].associations", "1..16, got 0"),
     ("destinations.0.kind", "ftp", "destinations[0].kind", "'dicom' or 'folder'"),
     ("destinations.0.host", None, "destinations[0].host", "string"),
     ("destinations.0.transfer_syntaxes", ["keep"], "destinations[0].transfer_syntaxes[0]", "not a transfer syntax"),

@@ -419,9 +419,11 @@ from gateway.codecs.base import FrameInfo
 small = FrameInfo(rows=8, columns=8, bits_stored=12)
 decode(encode(np.zeros((8, 8), np.uint16), small), small)
 info = FrameInfo(rows=4096, columns=4096, bits_stored=12)
-y, x = np.mgrid[0:4096, 0:4096]
-frame = ((y * 3 + x) % 4096).astype(np.uint16)
-del y, x
+frame = np.empty((4096, 4096), np.uint16)
+row = np.arange(4096, dtype=np.uint16)
+rng = np.random.default_rng(0)
+for y in range(4096):  # no frame-sized temporaries before the baseline
+    frame[y] = (row + 3 * y) % 4000 + rng.integers(0, 8, 4096, dtype=np.uint16)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 data = encode(frame, info)
 back = decode(data, info)
@@ -432,7 +434,7 @@ print((peak - before) * 1024 / frame.nbytes)
 """
     out = subprocess.run([sys.executable, "-c", program], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
-    assert float(out.stdout.strip()) < 6.0
+    assert float(out.stdout.strip()) < 4.5  # measured: 3.5 (int32 planes + output)
 
 
 # --- pydicom -------------------------------------------------------------------

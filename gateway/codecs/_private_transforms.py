@@ -13,12 +13,14 @@ first plane is the one the others are best predicted from):
 Each plane is then shifted to start at 0 (its minimum is stored) and, when
 few of the values between its minimum and maximum occur, mapped to the rank
 of each value among those used (a monotone palette; the set of used values is
-coded as a bitmap).  All operations are vectorised numpy on int32 arrays.
+coded as a bitmap).  All operations are vectorised numpy on int32 arrays, but for one small
+numba loop.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 COLOUR_NONE = 0
 COLOUR_SUBTRACT_GREEN = 1
@@ -118,7 +120,16 @@ def colour_palette(frame: np.ndarray, max_colours: int) -> tuple[np.ndarray, lis
 
 def used_values(plane: np.ndarray, maxv: int) -> np.ndarray:
     """0/1 array of length maxv + 1: which values of the (shifted) plane occur."""
-    return (np.bincount(plane.ravel(), minlength=maxv + 1) > 0).astype(np.uint8)
+    used = np.zeros(maxv + 1, np.uint8)
+    _mark_used(plane.reshape(-1), used)
+    return used
+
+
+@njit(cache=True, nogil=True)
+def _mark_used(values: np.ndarray, used: np.ndarray) -> None:
+    # A loop instead of np.bincount, which would first copy the plane to int64.
+    for i in range(values.shape[0]):
+        used[values[i]] = 1
 
 
 def to_palette(plane: np.ndarray, used: np.ndarray) -> np.ndarray:

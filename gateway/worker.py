@@ -11,6 +11,7 @@ creation is idempotent, so replays never duplicate work already done.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -79,7 +80,8 @@ def splice_write(src: Path, original: Dataset, new: Dataset, dst: Path, span: tu
     if tags != [t for t in new.keys() if t != _PIXEL_DATA]:
         return False
     for tag in tags:
-        if original.get_item(tag) is not new.get_item(tag) and original.get_item(tag) != new.get_item(tag):
+        before, after = original.get_item(tag), new.get_item(tag)
+        if before is not after and before != after:
             return False
     group_length = original.file_meta.get("FileMetaInformationGroupLength")
     if span is None or group_length is None:
@@ -213,10 +215,22 @@ def _child_init(config: Config) -> None:
     from gateway.logs import setup_logging
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the service decides
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="parent-watch", daemon=True).start()
 
     setup_logging(config.logging.level, config.logging.file)
     _CHILD = (config, Spool(config.spool.directory))
     import gateway.pipeline  # noqa: F401 - load codecs before the first instance arrives
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this worker process when the service is gone (even after ``kill -9``).
+
+    The process pool's queues are pipes the worker holds both ends of, so it
+    would otherwise wait for work forever.
+    """
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
 
 
 def _child_process(ident: str) -> list[Job]:

@@ -13,8 +13,14 @@ residual ``r = value - pred`` lies in ``[-pred, maxv - pred]`` and is coded as
    context ``(q, k)``, the second in context ``(q, k, first)``, the rest
    equiprobable.
 
-The decoder returns a non-zero status instead of raising (kernels cannot
-raise typed errors); the caller turns it into CorruptCodestreamError.
+Encoding and decoding run the same loop (:func:`_code_plane`), so the model
+cannot drift apart between the two directions.  The decoder returns a
+non-zero status instead of raising (kernels cannot raise typed errors); the
+caller turns it into CorruptCodestreamError.
+
+Numba note: an ``inline="always"`` function that takes arrays and branches
+costs atomic reference counting on every call, so array reads and writes of
+the per-sample model stay in the loop and the helpers take scalars.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from gateway.codecs._private_predict import N_CLASSES, bit_length, predict, update
+from gateway.codecs._private_predict import N_CLASSES, bias_context, bias_update, bit_length, blend, correct
 from gateway.codecs._private_rangecoder import dec_bit, dec_raw, enc_bit, enc_raw, grow
 
 MAX_CLASS = 18  # classes k = 0..17 cover residual magnitudes below 2**18
@@ -52,93 +58,152 @@ def _sign_class(bias):
 
 
 @njit(cache=True, nogil=True)
+def _code_plane(encoding, est, buf, dst, data, plane, maxv, ctx, te, err, bm):
+    """Encode (`encoding`) or decode every sample of `plane`: one loop, so that
+    both directions share the model by construction.
+
+    Returns (encoder state, buffer, decoder state, status); the state of the
+    other direction passes through untouched.
+    """
+    rows, cols = plane.shape
+    status = STATUS_OK
+    for y in range(rows):
+        r = y & 1
+        p = r ^ 1
+        if encoding:
+            buf = grow(buf, est[4] + est[3] + 16 + cols * 96)
+        for x in range(cols):
+            # Neighbours and the errors made there (docs/private-codec.md 5.1).
+            if y > 0:
+                n = np.int64(plane[y - 1, x])
+                if x > 0:
+                    w = np.int64(plane[y, x - 1])
+                    nw = np.int64(plane[y - 1, x - 1])
+                else:
+                    w = n
+                    nw = n
+                ne = np.int64(plane[y - 1, x + 1]) if x + 1 < cols else n
+            else:
+                w = np.int64(plane[y, x - 1]) if x > 0 else np.int64(0)
+                n = w
+                nw = w
+                ne = w
+            te_w = np.int64(te[r, x])
+            te_n = np.int64(te[p, x + 1])
+            te_nw = np.int64(te[p, x])
+            te_ne = np.int64(te[p, x + 2])
+            e0 = np.int64(err[0, p, x + 1]) + err[0, r, x] + err[0, p, x] + err[0, p, x + 2]
+            e1 = np.int64(err[1, p, x + 1]) + err[1, r, x] + err[1, p, x] + err[1, p, x + 2]
+            e2 = np.int64(err[2, p, x + 1]) + err[2, r, x] + err[2, p, x] + err[2, p, x + 2]
+            e3 = np.int64(err[3, p, x + 1]) + err[3, r, x] + err[3, p, x] + err[3, p, x + 2]
+            e4 = np.int64(err[4, p, x + 1]) + err[4, r, x] + err[4, p, x] + err[4, p, x + 2]
+            blend8, s0, s1, s2, s3, s4, q, lo, hi = blend(n, w, nw, ne, te_w, te_n, te_nw, te_ne, e0, e1, e2, e3, e4)
+            bctx = bias_context(q, n, w, nw, ne, blend8)
+            bias = np.int64(bm[bctx])
+            pred8, pred = correct(blend8, bias, lo, hi)
+            sign_ctx = CTX_SIGN + 3 * q + _sign_class(te_w + te_n)
+            if encoding:
+                value = np.int64(plane[y, x])
+                est = _encode_residual(est, buf, ctx, value - pred, pred, maxv, q, sign_ctx)
+            else:
+                dst, value = _decode_residual(dst, data, ctx, pred, maxv, q, sign_ctx)
+                if value < 0:
+                    status = STATUS_RANGE
+                    return est, buf, dst, status
+                plane[y, x] = value
+            v8 = value << 3
+            te[r, x + 1] = pred8 - v8
+            err[0, r, x + 1] = abs(s0 - v8)
+            err[1, r, x + 1] = abs(s1 - v8)
+            err[2, r, x + 1] = abs(s2 - v8)
+            err[3, r, x + 1] = abs(s3 - v8)
+            err[4, r, x + 1] = abs(s4 - v8)
+            bm[bctx] = bias_update(bias, v8, blend8)
+    return est, buf, dst, status
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _encode_residual(st, buf, ctx, r, pred, maxv, q, sign_ctx):
+    if r == 0:
+        return enc_bit(st, buf, ctx, CTX_ZERO + q, 0)
+    st = enc_bit(st, buf, ctx, CTX_ZERO + q, 1)
+    if r > 0:
+        mag = r
+        limit = maxv - pred
+        if pred > 0:
+            st = enc_bit(st, buf, ctx, sign_ctx, 0)
+    else:
+        mag = -r
+        limit = pred
+        if pred < maxv:
+            st = enc_bit(st, buf, ctx, sign_ctx, 1)
+    k = bit_length(mag) - 1
+    kmax = bit_length(limit) - 1
+    base = CTX_UNARY + MAX_CLASS * q
+    for j in range(k):
+        st = enc_bit(st, buf, ctx, base + j, 1)
+    if k < kmax:
+        st = enc_bit(st, buf, ctx, base + k, 0)
+    if k >= 1:
+        b1 = (mag >> (k - 1)) & 1
+        st = enc_bit(st, buf, ctx, CTX_MANT1 + MAX_CLASS * q + k, b1)
+        if k >= 2:
+            st = enc_bit(st, buf, ctx, CTX_MANT2 + 2 * (MAX_CLASS * q + k) + b1, (mag >> (k - 2)) & 1)
+            if k >= 3:
+                st = enc_raw(st, buf, mag, k - 2)
+    return st
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _decode_residual(st, data, ctx, pred, maxv, q, sign_ctx):
+    """Returns (state, value), value -1 when the magnitude exceeds the range."""
+    st, nz = dec_bit(st, data, ctx, CTX_ZERO + q)
+    if nz == 0:
+        return st, pred
+    if pred == 0:
+        negative = 0
+    elif pred == maxv:
+        negative = 1
+    else:
+        st, negative = dec_bit(st, data, ctx, sign_ctx)
+    limit = pred if negative else maxv - pred
+    kmax = bit_length(limit) - 1
+    base = CTX_UNARY + MAX_CLASS * q
+    k = 0
+    while k < kmax:
+        st, more = dec_bit(st, data, ctx, base + k)
+        if more == 0:
+            break
+        k += 1
+    mag = np.int64(1)
+    if k >= 1:
+        st, b1 = dec_bit(st, data, ctx, CTX_MANT1 + MAX_CLASS * q + k)
+        mag = (mag << 1) | b1
+        if k >= 2:
+            st, b2 = dec_bit(st, data, ctx, CTX_MANT2 + 2 * (MAX_CLASS * q + k) + b1)
+            mag = (mag << 1) | b2
+            if k >= 3:
+                st, rest = dec_raw(st, data, k - 2)
+                mag = (mag << (k - 2)) | rest
+    if mag > limit:
+        return st, np.int64(-1)
+    return st, pred - mag if negative else pred + mag
+
+
+@njit(cache=True, nogil=True)
 def encode_plane(st, buf, plane, maxv, ctx, te, err, bm):
     """Code every sample of `plane` (values 0..maxv); returns the coder state and buffer."""
-    rows, cols = plane.shape
-    for y in range(rows):
-        buf = grow(buf, st[4] + st[3] + 16 + cols * 96)
-        for x in range(cols):
-            value = np.int64(plane[y, x])
-            pred, pred8, blend8, bctx, s0, s1, s2, s3, s4, q, bias = predict(plane, y, x, cols, te, err, bm)
-            r = value - pred
-            if r == 0:
-                st = enc_bit(st, buf, ctx, CTX_ZERO + q, 0)
-            else:
-                st = enc_bit(st, buf, ctx, CTX_ZERO + q, 1)
-                if r > 0:
-                    mag = r
-                    limit = maxv - pred
-                    if pred > 0:
-                        st = enc_bit(st, buf, ctx, CTX_SIGN + 3 * q + _sign_class(bias), 0)
-                else:
-                    mag = -r
-                    limit = pred
-                    if pred < maxv:
-                        st = enc_bit(st, buf, ctx, CTX_SIGN + 3 * q + _sign_class(bias), 1)
-                k = bit_length(mag) - 1
-                kmax = bit_length(limit) - 1
-                base = CTX_UNARY + MAX_CLASS * q
-                for j in range(k):
-                    st = enc_bit(st, buf, ctx, base + j, 1)
-                if k < kmax:
-                    st = enc_bit(st, buf, ctx, base + k, 0)
-                if k >= 1:
-                    c1 = CTX_MANT1 + MAX_CLASS * q + k
-                    b1 = (mag >> (k - 1)) & 1
-                    st = enc_bit(st, buf, ctx, c1, b1)
-                    if k >= 2:
-                        c2 = CTX_MANT2 + 2 * (MAX_CLASS * q + k) + b1
-                        st = enc_bit(st, buf, ctx, c2, (mag >> (k - 2)) & 1)
-                        if k >= 3:
-                            st = enc_raw(st, buf, mag, k - 2)
-            update(y, x, value, pred8, blend8, bctx, s0, s1, s2, s3, s4, te, err, bm)
+    none = (np.int64(0), np.int64(0), np.int64(0))
+    st, buf, _, _ = _code_plane(True, st, buf, none, np.empty(0, np.uint8), plane, maxv, ctx, te, err, bm)
     return st, buf
 
 
 @njit(cache=True, nogil=True)
 def decode_plane(st, data, plane, maxv, ctx, te, err, bm):
     """Decode every sample of `plane`; returns (state, status)."""
-    rows, cols = plane.shape
-    for y in range(rows):
-        for x in range(cols):
-            pred, pred8, blend8, bctx, s0, s1, s2, s3, s4, q, bias = predict(plane, y, x, cols, te, err, bm)
-            st, nz = dec_bit(st, data, ctx, CTX_ZERO + q)
-            if nz == 0:
-                value = pred
-            else:
-                if pred == 0:
-                    negative = 0
-                elif pred == maxv:
-                    negative = 1
-                else:
-                    st, negative = dec_bit(st, data, ctx, CTX_SIGN + 3 * q + _sign_class(bias))
-                limit = pred if negative else maxv - pred
-                kmax = bit_length(limit) - 1
-                base = CTX_UNARY + MAX_CLASS * q
-                k = 0
-                while k < kmax:
-                    st, more = dec_bit(st, data, ctx, base + k)
-                    if more == 0:
-                        break
-                    k += 1
-                mag = np.int64(1)
-                if k >= 1:
-                    c1 = CTX_MANT1 + MAX_CLASS * q + k
-                    st, b1 = dec_bit(st, data, ctx, c1)
-                    mag = (mag << 1) | b1
-                    if k >= 2:
-                        c2 = CTX_MANT2 + 2 * (MAX_CLASS * q + k) + b1
-                        st, b2 = dec_bit(st, data, ctx, c2)
-                        mag = (mag << 1) | b2
-                        if k >= 3:
-                            st, rest = dec_raw(st, data, k - 2)
-                            mag = (mag << (k - 2)) | rest
-                if mag > limit:
-                    return st, STATUS_RANGE
-                value = pred - mag if negative else pred + mag
-            plane[y, x] = value
-            update(y, x, value, pred8, blend8, bctx, s0, s1, s2, s3, s4, te, err, bm)
-    return st, STATUS_OK
+    none = (np.int64(0), np.int64(0), np.int64(0), np.int64(0), np.int64(0))
+    _, _, st, status = _code_plane(False, none, np.empty(0, np.uint8), st, data, plane, maxv, ctx, te, err, bm)
+    return st, status
 
 
 @njit(cache=True, nogil=True)

@@ -1,15 +1,17 @@
 """Prediction and context formation of the private codec (numba kernels).
 
 A plane holds integers ``0..maxv``.  Each sample is predicted by a blend of
-four sub-predictors, in units of 1/8 sample, weighted by the inverse of their
+five sub-predictors, in units of 1/8 sample, weighted by the inverse of their
 recent absolute errors around the sample; the blend is then clamped between
 the smallest and largest of the W, N and NE neighbours.  The coding context
 comes from the errors the final prediction made at the neighbours.
 
-Per-row state is kept in ring buffers of two rows with one column of padding
-on each side (index ``x + 1`` holds column ``x``; the pads stay zero):
+The plane loops (:mod:`._private_planes`) gather the neighbours and errors
+and call these scalar-only functions.  Per-row state is kept in ring buffers
+of two rows with one column of padding on each side (index ``x + 1`` holds
+column ``x``; the pads stay zero):
 
-* ``te[row & 1, x + 1]``: signed error ``pred8 - 8 * value`` of the blend;
+* ``te[row & 1, x + 1]``: signed error ``pred8 - 8 * value`` of the (corrected) prediction;
 * ``err[i, row & 1, x + 1]``: absolute error of sub-predictor ``i`` (1/8 units).
 
 docs/private-codec.md specifies every step exactly.
@@ -85,54 +87,22 @@ def _floor_div(a, b):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def predict(plane, y, x, cols, te, err, bm):
-    """Predict ``plane[y, x]``.
+def blend(n, w, nw, ne, te_w, te_n, te_nw, te_ne, e0, e1, e2, e3, e4):
+    """Blend the sub-predictors; returns (blend8, s0, s1, s2, s3, s4, class, lo, hi).
 
-    Returns (pred, pred8, blend8, bias context, s0, s1, s2, s3, context class, sign bias).
+    Scalars only: the plane loops gather the neighbours and errors themselves
+    (an inline function taking arrays costs numba reference counting per call).
     """
-    r = y & 1
-    p = r ^ 1
-    if y > 0:
-        n = np.int64(plane[y - 1, x])
-        if x > 0:
-            w = np.int64(plane[y, x - 1])
-            nw = np.int64(plane[y - 1, x - 1])
-        else:
-            w = n
-            nw = n
-        if x + 1 < cols:
-            ne = np.int64(plane[y - 1, x + 1])
-        else:
-            ne = n
-    else:
-        if x > 0:
-            w = np.int64(plane[y, x - 1])
-        else:
-            w = np.int64(0)
-        n = w
-        nw = w
-        ne = w
-    te_w = np.int64(te[r, x])
-    te_n = np.int64(te[p, x + 1])
-    te_nw = np.int64(te[p, x])
-    te_ne = np.int64(te[p, x + 2])
-
     s0 = (n + w - nw) << 3
     s1 = (n << 3) - (((te_w + te_n + te_ne) * 5) >> 4)
     s2 = (w << 3) - (((te_w + te_n + te_nw) * 5) >> 4)
     s3 = (w + ne - n) << 3
     s4 = (n + ne) << 2
-
-    e0 = np.int64(err[0, p, x + 1]) + err[0, r, x] + err[0, p, x] + err[0, p, x + 2]
-    e1 = np.int64(err[1, p, x + 1]) + err[1, r, x] + err[1, p, x] + err[1, p, x + 2]
-    e2 = np.int64(err[2, p, x + 1]) + err[2, r, x] + err[2, p, x] + err[2, p, x + 2]
-    e3 = np.int64(err[3, p, x + 1]) + err[3, r, x] + err[3, p, x] + err[3, p, x + 2]
-    e4 = np.int64(err[4, p, x + 1]) + err[4, r, x] + err[4, p, x] + err[4, p, x + 2]
     lo = min(w, min(n, ne))
     hi = max(w, max(n, ne))
     if lo == hi:
         # The clamp below would give this whatever the blend: skip computing it.
-        pred8 = lo << 3
+        blend8 = lo << 3
     else:
         w0 = _floor_div(WEIGHT_ONE, e0 + 1)
         w1 = _floor_div(WEIGHT_ONE, e1 + 1)
@@ -140,40 +110,31 @@ def predict(plane, y, x, cols, te, err, bm):
         w3 = _floor_div(WEIGHT_ONE, e3 + 1)
         w4 = _floor_div(WEIGHT_ONE, e4 + 1)
         total = w0 + w1 + w2 + w3 + w4
-        pred8 = _floor_div(w0 * s0 + w1 * s1 + w2 * s2 + w3 * s3 + w4 * s4 + (total >> 1), total)
-        if pred8 < lo << 3:
-            pred8 = lo << 3
-        if pred8 > hi << 3:
-            pred8 = hi << 3
-
+        blend8 = _floor_div(w0 * s0 + w1 * s1 + w2 * s2 + w3 * s3 + w4 * s4 + (total >> 1), total)
+        blend8 = min(max(blend8, lo << 3), hi << 3)
     grad = (abs(n - nw) + abs(w - nw) + abs(ne - n)) << 2
     activity = (abs(te_w) + abs(te_n) + abs(te_nw) + abs(te_ne) + min(min(e0, e1), min(min(e2, e3), e4)) + grad) >> 1
-    q = quantise_activity(activity)
-    texture = (
-        np.int64((n << 3) > pred8) | (np.int64((w << 3) > pred8) << 1)
-        | (np.int64((nw << 3) > pred8) << 2) | (np.int64((ne << 3) > pred8) << 3)
-    )
-    bctx = (q >> 2) * 16 + texture
-    blend8 = pred8
-    pred8 = pred8 + (np.int64(bm[bctx]) >> 4)
-    if pred8 < lo << 3:
-        pred8 = lo << 3
-    if pred8 > hi << 3:
-        pred8 = hi << 3
-    pred = (pred8 + 4) >> 3
-    return pred, pred8, blend8, bctx, s0, s1, s2, s3, s4, q, te_w + te_n
+    return blend8, s0, s1, s2, s3, s4, quantise_activity(activity), lo, hi
 
 
 @njit(cache=True, nogil=True, inline="always")
-def update(y, x, value, pred8, blend8, bctx, s0, s1, s2, s3, s4, te, err, bm):
-    """Record the errors of the prediction, the blend and each sub-predictor at ``(y, x)``."""
-    r = y & 1
-    v8 = np.int64(value) << 3
-    te[r, x + 1] = pred8 - v8
-    b = np.int64(bm[bctx])
-    bm[bctx] = b + ((((v8 - blend8) << 4) - b) >> BIAS_SHIFT)
-    err[0, r, x + 1] = abs(s0 - v8)
-    err[1, r, x + 1] = abs(s1 - v8)
-    err[2, r, x + 1] = abs(s2 - v8)
-    err[3, r, x + 1] = abs(s3 - v8)
-    err[4, r, x + 1] = abs(s4 - v8)
+def bias_context(q, n, w, nw, ne, blend8):
+    """Index of the bias estimate: which neighbours exceed the blend, and the class / 4."""
+    texture = (
+        np.int64((n << 3) > blend8) | (np.int64((w << 3) > blend8) << 1)
+        | (np.int64((nw << 3) > blend8) << 2) | (np.int64((ne << 3) > blend8) << 3)
+    )
+    return (q >> 2) * 16 + texture
+
+
+@njit(cache=True, nogil=True, inline="always")
+def correct(blend8, bias, lo, hi):
+    """The blend corrected by the bias estimate and clamped; returns (pred8, pred)."""
+    pred8 = min(max(blend8 + (bias >> 4), lo << 3), hi << 3)
+    return pred8, (pred8 + 4) >> 3
+
+
+@njit(cache=True, nogil=True, inline="always")
+def bias_update(bias, value8, blend8):
+    """The bias estimate moved towards the blend's error."""
+    return bias + ((((value8 - blend8) << 4) - bias) >> BIAS_SHIFT)

@@ -324,6 +324,21 @@ def test_range_coder_round_trip() -> None:
 
 # --- stream structure and corruption ---------------------------------------
 
+def test_golden_stream() -> None:
+    """The bitstream is a storage format: a change of the encoder's output must be deliberate."""
+    import hashlib
+
+    info = _info(24, 20, stored=12)
+    y, x = np.mgrid[0:24, 0:20]
+    frame = ((y * 37 + x * 11) % 97 * 40 + (y * x) % 7).astype(np.uint16)
+    data = CODEC.encode_frame(frame, info)
+    assert (len(data), hashlib.sha256(data).hexdigest()) == (
+        676, "46d463522debe351b2e1809e0b457024d2c11c38ac7bdd90831948aaac643929"
+    )
+    assert np.array_equal(CODEC.decode_frame(data, info), frame)
+
+
+
 def test_header_fields() -> None:
     info = _info(13, 17, stored=12)
     frame = _smooth(np.random.default_rng(1), info)
@@ -473,3 +488,220 @@ print("ok")
     out = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+# --- a second decoder, written from docs/private-codec.md alone ----------------
+
+class _SpecDecoder:
+    """Plain-Python decoder of the specification (slow: for small frames)."""
+
+    def __init__(self, data: bytes, start: int) -> None:
+        if data[start] != 0:
+            raise ValueError("segment must start with 0")
+        self.data, self.pos = data, start + 5
+        self.code = int.from_bytes(data[start + 1:start + 5], "big")
+        self.rng = 0xFFFFFFFF
+
+    def _byte(self) -> int:
+        value = self.data[self.pos] if self.pos < len(self.data) else 0
+        self.pos += 1
+        return value
+
+    def _normalise(self) -> None:
+        while self.rng < 1 << 24:
+            self.rng <<= 8
+            self.code = ((self.code << 8) | self._byte()) & 0xFFFFFFFF
+
+    def bit(self, context: list[int]) -> int:
+        a, b, n = context
+        bound = (self.rng >> 16) * ((a + b) >> 1)
+        if self.code < bound:
+            bit, self.rng = 0, bound
+        else:
+            bit = 1
+            self.code -= bound
+            self.rng -= bound
+        t = 65535 if bit == 0 else 1
+        s = min(9, (n + 2).bit_length() - 1)
+        context[0] = a + ((t - a) >> min(s, 6))
+        context[1] = b + ((t - b) >> s)
+        context[2] = min(n + 1, 511)
+        self._normalise()
+        return bit
+
+    def raw(self, nbits: int) -> int:
+        value = 0
+        for _ in range(nbits):
+            self.rng >>= 1
+            bit = int(self.code >= self.rng)
+            if bit:
+                self.code -= self.rng
+            value = (value << 1) | bit
+            self._normalise()
+        return value
+
+
+def _spec_class(a: int) -> int:
+    if a == 0:
+        return 0
+    length = a.bit_length()
+    q = 2 * length - 1 + (1 if length >= 2 and (a >> (length - 2)) & 1 else 0)
+    return min(q, 27)
+
+
+def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int) -> list[list[int]]:
+    contexts = [[32768, 32768, 0] for _ in range(2128)]
+    bias = [0] * 112
+    v = [[0] * cols for _ in range(rows)]
+    te = [[0] * cols for _ in range(rows)]
+    errs = [[[0] * cols for _ in range(rows)] for _ in range(5)]
+
+    def at(table, y, x):
+        return table[y][x] if 0 <= y and 0 <= x < cols else 0
+
+    for y in range(rows):
+        for x in range(cols):
+            if y > 0:
+                n = v[y - 1][x]
+                w = v[y][x - 1] if x > 0 else n
+                nw = v[y - 1][x - 1] if x > 0 else n
+                ne = v[y - 1][x + 1] if x + 1 < cols else n
+            else:
+                w = v[0][x - 1] if x > 0 else 0
+                n = nw = ne = w
+            te_w, te_n, te_nw, te_ne = at(te, y, x - 1), at(te, y - 1, x), at(te, y - 1, x - 1), at(te, y - 1, x + 1)
+            s = [8 * (n + w - nw), 8 * n - (((te_w + te_n + te_ne) * 5) >> 4),
+                 8 * w - (((te_w + te_n + te_nw) * 5) >> 4), 8 * (w + ne - n), 4 * (n + ne)]
+            e = [at(t, y - 1, x) + at(t, y, x - 1) + at(t, y - 1, x - 1) + at(t, y - 1, x + 1) for t in errs]
+            lo, hi = min(w, n, ne), max(w, n, ne)
+            if lo == hi:
+                blend8 = 8 * lo
+            else:
+                weights = [(1 << 24) // (ei + 1) for ei in e]
+                total = sum(weights)
+                blend8 = (sum(wi * si for wi, si in zip(weights, s)) + total // 2) // total
+                blend8 = min(max(blend8, 8 * lo), 8 * hi)
+            grad = 4 * (abs(n - nw) + abs(w - nw) + abs(ne - n))
+            activity = (abs(te_w) + abs(te_n) + abs(te_nw) + abs(te_ne) + min(e) + grad) // 2
+            q = _spec_class(activity)
+            texture = (8 * n > blend8) + 2 * (8 * w > blend8) + 4 * (8 * nw > blend8) + 8 * (8 * ne > blend8)
+            bctx = (q >> 2) * 16 + texture
+            pred8 = min(max(blend8 + (bias[bctx] >> 4), 8 * lo), 8 * hi)
+            pred = (pred8 + 4) >> 3
+            sigma = 1 if te_w + te_n > 0 else 2 if te_w + te_n < 0 else 0
+            if dec.bit(contexts[q]) == 0:
+                value = pred
+            else:
+                if pred == 0:
+                    negative = 0
+                elif pred == top:
+                    negative = 1
+                else:
+                    negative = dec.bit(contexts[28 + 3 * q + sigma])
+                limit = pred if negative else top - pred
+                kmax = limit.bit_length() - 1
+                assert kmax >= 0
+                k = 0
+                while k < kmax and dec.bit(contexts[112 + 18 * q + k]):
+                    k += 1
+                mag = 1
+                if k >= 1:
+                    m1 = dec.bit(contexts[616 + 18 * q + k])
+                    mag = 2 * mag + m1
+                    if k >= 2:
+                        mag = 2 * mag + dec.bit(contexts[1120 + 2 * (18 * q + k) + m1])
+                        if k >= 3:
+                            mag = (mag << (k - 2)) + dec.raw(k - 2)
+                assert mag <= limit
+                value = pred - mag if negative else pred + mag
+            v[y][x] = value
+            te[y][x] = pred8 - 8 * value
+            for t, si in zip(errs, s):
+                t[y][x] = abs(si - 8 * value)
+            bias[bctx] += (16 * (8 * value - blend8) - bias[bctx]) >> 5
+    return v
+
+
+def _spec_decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = None) -> np.ndarray:
+    """Decode a coded-mode stream following docs/private-codec.md step by step."""
+    assert data[:4] == b"GWL1" and data[4] == 1 and data[5] == 1
+    transform, prediction = data[10], data[11]
+    count = 4 if transform == 3 else info.samples_per_pixel
+    descriptors = [struct.unpack_from("<iII", data, 28 + 12 * i) for i in range(count)]
+    dec = _SpecDecoder(data, 28 + 12 * count)
+    bitmaps = []
+    for offset, maxv, used in descriptors:
+        if used:
+            ctx = [[32768, 32768, 0] for _ in range(4)]
+            prev, bits = 0, []
+            for _ in range(maxv + 1):
+                bit = dec.bit(ctx[prev])
+                bits.append(bit)
+                prev = ((prev << 1) | bit) & 3
+            bitmaps.append([i for i, b in enumerate(bits) if b])
+        else:
+            bitmaps.append(None)
+    shapes = [(info.rows, info.columns)] * count
+    if transform == 3:
+        shapes = [(info.rows, info.columns)] + [(1, descriptors[0][1] + 1)] * 3
+    planes = []
+    for (offset, maxv, used), shape, table in zip(descriptors, shapes, bitmaps):
+        top = used - 1 if used else maxv
+        coded = _spec_plane(dec, *shape, top) if top > 0 else [[0] * shape[1] for _ in range(shape[0])]
+        planes.append(np.array([[offset + (table[c] if table else c) for c in row] for row in coded], np.int64))
+    assert dec.pos == len(data)  # the segment ends exactly at the end of the stream
+    if transform == 3:
+        samples = np.stack([p[0] for p in planes[1:]], axis=-1)[planes[0]]
+    else:
+        if prediction == 1:
+            planes = [p + b for p, b in zip(planes, tf.forward_colour(reference, transform)
+                                             if info.samples_per_pixel == 3 else [reference.astype(np.int64)])]
+        if info.samples_per_pixel == 1:
+            samples = planes[0]
+        elif transform == 0:
+            samples = np.stack(planes, axis=-1)
+        elif transform == 1:
+            g = planes[0]
+            samples = np.stack([planes[1] + g, g, planes[2] + g], axis=-1)
+        else:
+            y, co, cg = planes
+            t = y - (cg >> 1)
+            g = cg + t
+            b = t - (co >> 1)
+            samples = np.stack([b + co, g, b], axis=-1)
+    frame = samples.astype(info.dtype).reshape(info.shape)
+    assert zlib.crc32(frame.astype(frame.dtype.newbyteorder("<")).tobytes()) == struct.unpack_from("<I", data, 20)[0]
+    return frame
+
+
+@pytest.mark.parametrize(
+    "info, kind",
+    [(_info(9, 11, stored=12), "smooth"), (_info(16, 12, stored=16, signed=True), "noise"),
+     (_info(8, 9, samples=3, alloc=8, stored=8), "smooth"), (_info(6, 7, samples=3, alloc=8, stored=8), "indexed"),
+     (_info(10, 8, stored=16), "sparse"), (_info(1, 60, stored=12), "smooth"),
+     (_info(50, 1, stored=10), "smooth"), (_info(5, 5, stored=12), "inter")],
+)
+def test_specification_decoder_agrees(info: FrameInfo, kind: str) -> None:
+    """The plain decoder written from the specification decodes our streams to the same frames."""
+    rng = np.random.default_rng(len(kind))
+    reference = None
+    if kind == "noise":
+        frame = rng.integers(-300, 300, info.shape).astype(info.dtype)
+    elif kind == "indexed":
+        table = rng.integers(0, 255, (6, 3), endpoint=True)
+        y, x = np.mgrid[0:info.rows, 0:info.columns]
+        frame = table[(y + x) % 6].astype(info.dtype)
+    elif kind == "sparse":
+        frame = (rng.integers(0, 9, info.shape) * 4099).astype(info.dtype)
+    elif kind == "inter":
+        reference = _smooth(rng, info)
+        frame = (reference + rng.integers(0, 2, info.shape)).astype(info.dtype)
+    else:
+        frame = _smooth(rng, info)
+    data = private.encode(frame, info, reference)
+    assert data[5] == private.MODE_CODED
+    if kind == "indexed":
+        assert data[10] == tf.COLOUR_PALETTE
+    if kind == "inter":
+        assert not private.is_intra(data)
+    assert np.array_equal(_spec_decode(data, info, reference), frame)

@@ -212,6 +212,21 @@ def test_inter_frame_without_reference_is_refused() -> None:
         CODEC.decode_frame(streams[1], info)
 
 
+def test_threads_code_independently() -> None:
+    """The kernels release the GIL and share no state: parallel threads give the same streams."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    info = _info(64, 48, stored=12)
+    images = [_cine(info, 4, seed) for seed in range(6)]
+    serial = [CODEC.encode_frames(frames, info) for frames in images]
+    with ThreadPoolExecutor(3) as pool:
+        parallel = list(pool.map(lambda frames: CODEC.encode_frames(frames, info), images))
+        decoded = list(pool.map(lambda streams: [CODEC.decode_frame(s, info) for s in streams], parallel))
+    assert parallel == serial
+    for frames, back in zip(images, decoded):
+        assert all(np.array_equal(a, b) for a, b in zip(frames, back))
+
+
 def test_many_frames() -> None:
     info = _info(24, 20, stored=12)
     rng = np.random.default_rng(7)

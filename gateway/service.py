@@ -44,6 +44,7 @@ class Gateway:
         return int(self.server.server_address[1])
 
     def start(self) -> Gateway:
+        self.spool.lock()
         repaired = self.spool.recover()
         for dest in self.config.destinations:
             count = dest.associations if dest.kind == "dicom" else 1
@@ -89,6 +90,7 @@ class Gateway:
         deadline = time.monotonic() + timeout
         for forwarder in self._all_forwarders():
             forwarder.join(max(0.1, deadline - time.monotonic()))
+        self.spool.unlock()
         _log.info("stopped")
 
     def wait_idle(self, timeout: float = 60.0) -> bool:

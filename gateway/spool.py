@@ -160,6 +160,7 @@ class Spool:
         self.jobs = self.root / "jobs"
         self._lock = threading.RLock()
         self._syncer: ThreadPoolExecutor | None = None
+        self._lock_handle: Any = None
         try:
             for folder in (self.tmp, self.incoming, self.held, self.objects, *(self.jobs / s for s in STATES)):
                 folder.mkdir(parents=True, exist_ok=True)
@@ -420,6 +421,29 @@ class Spool:
 
     # ------------------------------------------------------------ recovery/ops
 
+    def lock(self) -> None:
+        """Take the spool for this process; raise SpoolError if another gateway has it.
+
+        Two services on one spool would deliver and delete each other's work.
+        The lock is an advisory ``flock`` on ``spool/lock``, released when the
+        process ends, however it ends.
+        """
+        import fcntl
+
+        handle = open(self.root / "lock", "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            handle.close()
+            raise SpoolError(f"the spool {self.root} is in use by another gateway process") from exc
+        self._lock_handle = handle
+
+    def unlock(self) -> None:
+        """Release :meth:`lock`."""
+        if self._lock_handle is not None:
+            self._lock_handle.close()
+            self._lock_handle = None
+
     def recover(self) -> dict[str, int]:
         """Repair the spool after a crash; return what was done.
 
@@ -453,10 +477,13 @@ class Spool:
                         self._job_path(state, key).unlink(missing_ok=True)
                         fixed["duplicates"] += 1
                 if best == INFLIGHT:
-                    job = self._read(self._job_path(INFLIGHT, key))
-                    if job is not None:
-                        self.move(job, PENDING)
-                        fixed["requeued"] += 1
+                    try:
+                        job = self._read(self._job_path(INFLIGHT, key))
+                        if job is not None:
+                            self.move(job, PENDING)
+                            fixed["requeued"] += 1
+                    except (OSError, SpoolError):
+                        pass  # gone meanwhile: nothing to requeue
             for state in STATES:
                 fsync_dir(self.jobs / state)
         return fixed

@@ -207,7 +207,7 @@ def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: 
 _CHILD: tuple[Config, Spool] | None = None
 
 
-def _child_init(config: Config) -> None:
+def _child_init(config: Config, service_pid: int) -> None:
     """Set up a worker process: logging like the service's, its own Spool handle."""
     global _CHILD
     import signal
@@ -215,11 +215,29 @@ def _child_init(config: Config) -> None:
     from gateway.logs import setup_logging
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the service decides
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="parent-watch", daemon=True).start()
+    _die_with_parent()
+    if os.getppid() != service_pid:  # the service died while this process was starting
+        os._exit(0)
+    threading.Thread(target=_exit_with_parent, args=(service_pid,), name="parent-watch", daemon=True).start()
 
     setup_logging(config.logging.level, config.logging.file)
     _CHILD = (config, Spool(config.spool.directory))
     import gateway.pipeline  # noqa: F401 - load codecs before the first instance arrives
+
+
+def _die_with_parent() -> None:
+    """On Linux, have the kernel kill this process the moment the service dies.
+
+    A worker outliving a ``kill -9`` of the service would race the restarted
+    service over the spool.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+    except (OSError, AttributeError):
+        pass  # elsewhere the parent watch below ends the process
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -289,7 +307,7 @@ class Worker:
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(max_workers=self.processes, mp_context=get_context("spawn"),
-                                   initializer=_child_init, initargs=(self.config,))
+                                   initializer=_child_init, initargs=(self.config, os.getpid()))
 
     def _process(self, ident: str) -> list[Job]:
         if not self.processes:

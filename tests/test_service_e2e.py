@@ -187,6 +187,16 @@ def test_routes_and_per_modality_codecs(tmp_path: Path, gateway_factory) -> None
     assert dcmread(everything[mr.SOPInstanceUID]).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"
 
 
+def test_one_spool_serves_one_gateway(tmp_path: Path, gateway_factory) -> None:
+    from gateway.errors import SpoolError
+    from gateway.service import Gateway
+
+    config = build_config(tmp_path)
+    gateway_factory(config)
+    with pytest.raises(SpoolError, match="in use by another gateway"):
+        Gateway(build_config(tmp_path)).start()
+
+
 def test_unroutable_instance_is_a_dead_letter_not_a_loss(tmp_path: Path, gateway_factory) -> None:
     config = build_config(tmp_path, routes=[{"destinations": ["local"], "modality": ["MR"]}])
     gateway = gateway_factory(config)

@@ -201,6 +201,10 @@ class Orthanc:
             "SaveJobs": False,
             "Plugins": [],
             "DicomTlsEnabled": False,
+            # Refuse the JPEG family (JPEG, JPEG lossless) and JPEG-LS: a real
+            # peer that turns syntaxes down, for the fallback tests.
+            "JpegTransferSyntaxAccepted": False,
+            "JpegLosslessTransferSyntaxAccepted": False,
         }
         (root / "orthanc.json").write_text(json.dumps(config))
         self.log = open(root / "orthanc.log", "wb")

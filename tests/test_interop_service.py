@@ -64,8 +64,8 @@ def test_storescu_series_through_gateway_into_orthanc(tmp_path: Path, gateway_fa
         assert np.array_equal(got.pixel_array, original.pixel_array), uid
 
 
-def test_destination_ladder_first_choice_reaches_orthanc(tmp_path: Path, gateway_factory, orthanc) -> None:
-    """A configured ladder puts JPEG-LS first: the gateway re-encodes (verified) and Orthanc gets it."""
+def test_orthanc_refusing_the_first_choice_gets_the_next(tmp_path: Path, gateway_factory, orthanc) -> None:
+    """The ladder puts JPEG-LS first; this Orthanc refuses it, so RLE (what we stored) goes instead."""
     dest = _orthanc_destination(orthanc, transfer_syntaxes=["JPEGLSLossless"])
     gateway = gateway_factory(build_config(tmp_path, destinations=[dest]))
     datasets = [pydicom_file("CT_small.dcm"), pydicom_file("MR_small.dcm")]
@@ -75,8 +75,23 @@ def test_destination_ladder_first_choice_reaches_orthanc(tmp_path: Path, gateway
     received = _fetch_all(orthanc)
     for ds in datasets:
         got = received[str(ds.SOPInstanceUID)]
-        assert got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80", "the configured first choice"
+        assert got.file_meta.TransferSyntaxUID == RLELossless, "the next rung of the ladder"
         assert np.array_equal(got.pixel_array, ds.pixel_array)
+
+
+def test_orthanc_refusing_everything_compressed_gets_explicit_little_endian(
+        tmp_path: Path, gateway_factory, orthanc) -> None:
+    """Stored as JPEG lossless SV1, which this Orthanc refuses: re-encoded (verified) to explicit LE."""
+    dest = _orthanc_destination(orthanc)
+    gateway = gateway_factory(build_config(tmp_path, destinations=[dest],
+                                           compression={"transfer_syntax": "JPEGLosslessSV1"}))
+    ds = pydicom_file("CT_small.dcm")
+    assert send(gateway.port, [ds]) == [0]
+    assert gateway.wait_idle(120)
+    assert wait_until(lambda: len(orthanc.instances()) == 1, timeout=30)
+    got = _fetch_all(orthanc)[str(ds.SOPInstanceUID)]
+    assert got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert np.array_equal(got.pixel_array, ds.pixel_array)
 
 
 @needs_corpus

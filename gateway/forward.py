@@ -44,7 +44,7 @@ from pynetdicom.association import Association
 from pynetdicom.presentation import build_context
 
 from gateway.config import Destination, RetryConfig
-from gateway.errors import GatewayError, PermanentForwardError, TransientForwardError
+from gateway.errors import PermanentForwardError, TransientForwardError
 from gateway.logs import get_logger, stage
 from gateway.scp import tcp_nodelay
 from gateway.spool import DEAD, DONE, INFLIGHT, PENDING, Job, Spool, atomic_copy

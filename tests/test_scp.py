@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-from io import BytesIO
 from pathlib import Path
 from types import SimpleNamespace
 

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -337,7 +336,8 @@ def test_kill_9_mid_series_loses_nothing_acknowledged(tmp_path: Path) -> None:
     assert process.returncode == 0 or process.returncode == -signal.SIGKILL
 
 
-def test_sigterm_stops_cleanly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_stops_cleanly(tmp_path: Path, signum: int) -> None:
     port = free_port()
     config = tmp_path / "gateway.toml"
     _write_toml(config, port)
@@ -347,13 +347,13 @@ def test_sigterm_stops_cleanly(tmp_path: Path) -> None:
         assert send(port, [pydicom_file("CT_small.dcm")]) == [0]
         assert wait_until(lambda: len(_archive_files(tmp_path / "archive")) == 1, timeout=30)
     finally:
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(signum)
         assert process.wait(30) == 0
     log = (tmp_path / "gateway.log").read_text()
+    assert "gateway.service stopped" in log
     for stage in ("received", "encoded", "verified", "forwarded"):
         assert f" {stage} sop=" in log, stage
     assert "CompressedSamples" not in log and "Patient" not in log
-    time.sleep(0)
 
 
 @pytest.mark.parametrize("name", PYDICOM_FILES + ["MR_small.dcm", "examples_rgb_color.dcm"])

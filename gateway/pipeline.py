@@ -277,7 +277,7 @@ def _verify(
 # ---------------------------------------------------------------- policy
 
 
-def recompress(ds: Dataset, target: str, *, verify: bool = True) -> Outcome:
+def recompress(ds: Dataset, target: str, *, verify: bool = True, allow_larger: bool = True) -> Outcome:
     """Recompress `ds` losslessly into `target`, or pass it through with a reason.
 
     Parameters
@@ -290,6 +290,11 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True) -> Outcome:
     verify
         Decode the output again (ours and an independent decoder) and compare
         it with the original frames before accepting it.
+    allow_larger
+        When False, an encoding whose Pixel Data is not smaller than the
+        incoming one is dropped and the original passed through: the gateway
+        never inflates what it stores.  Decoding to a native target is exempt
+        (a destination that accepts nothing compressed needs it whatever the size).
 
     Raises
     ------
@@ -395,6 +400,14 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True) -> Outcome:
         return _pass(ds, f"{target_uid.name} cannot carry this image: {exc}", original)
     except GatewayError as exc:
         return _pass(ds, f"encoding failed: {exc}", original)
+    if codec is not None and not allow_larger and len(value) >= original:
+        return _pass(
+            ds,
+            f"{codec.name} would not shrink the pixel data ({len(value)} bytes, {original} received); "
+            "kept as received",
+            original,
+            time.perf_counter() - start,
+        )
     for tag in _EXTENDED_OFFSETS:
         if tag in new:
             del new[tag]

@@ -171,8 +171,10 @@ def iter_frames(ds: Dataset) -> Iterator[np.ndarray]:
         raise
     except CodecNotFoundError as exc:
         raise UnsupportedImageError(f"no decoder for transfer syntax {uid}") from exc
-    except Exception as exc:  # decoders of other projects raise many types
-        raise PixelDataError(f"pixel data of syntax {uid} could not be decoded: {exc}") from exc
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:  # other projects' decoders raise many types; Rust panics are BaseException
+        raise PixelDataError(f"pixel data of syntax {uid} could not be decoded: {type(exc).__name__}: {exc}") from exc
 
 
 def high_bits_used(frame: np.ndarray, info: FrameInfo) -> bool:

@@ -153,7 +153,7 @@ def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: 
             from gateway.pipeline import recompress
 
             span = pixel_span(ds)
-            outcome = recompress(ds, target, verify=config.compression.verify)
+            outcome = recompress(ds, target, verify=config.compression.verify, allow_larger=False)
         except GatewayError as exc:
             reason = f"{type(exc).__name__}: {exc}"
         except (KeyboardInterrupt, SystemExit):

@@ -70,7 +70,8 @@ def test_shipped_configs_are_valid(name: str) -> None:
 def test_shipped_default_listens_and_archives_to_a_folder() -> None:
     config = load_config(REPO / "config" / "gateway.toml")
     assert (config.server.host, config.server.port, config.server.ae_title) == ("127.0.0.1", 11112, "GATEWAY")
-    assert [(d.kind, d.path) for d in config.destinations] == [("folder", REPO / "config" / "archive")]
+    assert [(d.kind, d.path.resolve()) for d in config.destinations] == [("folder", (REPO / "archive").resolve())]
+    assert config.spool.directory.resolve() == (REPO / "spool").resolve()
     assert config.compression.transfer_syntax == "1.2.840.10008.1.2.5"
 
 

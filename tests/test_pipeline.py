@@ -558,3 +558,28 @@ def test_recompress_file_unreadable_raises(tmp_path: Path) -> None:
     with pytest.raises((pydicom.errors.InvalidDicomError, GatewayError, OSError)):
         recompress_file(src, tmp_path / "out.dcm", RLELossless)
     assert not (tmp_path / "out.dcm").exists()
+
+
+# ---------------------------------------------------------------- size policy
+
+
+def test_encoding_that_would_inflate_is_dropped_when_asked() -> None:
+    """Full-range noise grows under RLE: with allow_larger=False the original stays."""
+    info = FrameInfo(rows=32, columns=32, bits_allocated=8, bits_stored=8)
+    ds = make_dataset(info, _frames(info))
+    grown = recompress(ds, RLELossless)
+    _assert_recompressed(ds, grown, RLELossless)
+    assert grown.encoded_pixel_bytes >= grown.original_pixel_bytes
+    _assert_passed(ds, recompress(ds, RLELossless, allow_larger=False), "would not shrink")
+
+
+def test_size_policy_keeps_encodings_that_shrink_and_native_targets() -> None:
+    info = FrameInfo(rows=32, columns=32, bits_allocated=16, bits_stored=12)
+    smooth = make_dataset(info, [np.full(info.shape, 100, np.uint16)])
+    _assert_recompressed(smooth, recompress(smooth, RLELossless, allow_larger=False), RLELossless)
+    noisy = make_dataset(info, _frames(info))
+    compressed = recompress(noisy, JPEGLSLossless)
+    assert compressed.recompressed
+    # Decoding to a native syntax always grows the data and is never refused for it.
+    back = recompress(compressed.dataset, ExplicitVRLittleEndian, allow_larger=False)
+    _assert_recompressed(compressed.dataset, back, ExplicitVRLittleEndian)

@@ -4,10 +4,10 @@ __version__ = "0.1.0"
 
 
 def _install_pydicom_plugins() -> None:
-    """Make our codecs pydicom's "gateway" plugins (registered on first use)."""
-    from gateway.plugins import install
+    """Make our codecs pydicom's "gateway" plugins (now if pydicom is loaded, else when it is)."""
+    from gateway._autoload import enable
 
-    install()
+    enable()
 
 
 _install_pydicom_plugins()

@@ -1,7 +1,8 @@
 """Our codecs as pydicom 3 encoder and decoder plugins, named ``"gateway"``.
 
-After ``import gateway`` a plain pydicom program can use every registered
-codec of :mod:`gateway.codecs`::
+Wherever the package is installed (and in any case after ``import gateway``)
+a plain pydicom program can use every registered codec of
+:mod:`gateway.codecs`::
 
     import gateway  # noqa: F401  (makes the "gateway" plugins available)
     ds.compress(JPEGLSLossless, encoding_plugin="gateway")
@@ -24,7 +25,12 @@ them.  :func:`register` therefore
   set encoding when *writing* such a data set unless the UID object it holds
   carries it: ``ds.save_as(path, implicit_vr=False, little_endian=True)``.
 
-Registration is lazy: ``import gateway`` calls :func:`install`, which only
+Plain programs need not import gateway: the installed package loads itself
+when pydicom is imported (see :mod:`gateway._autoload`;
+``DICOM_GATEWAY_NO_AUTOLOAD=1`` turns that off).
+
+Registration is lazy: :func:`install`, called when both gateway and pydicom
+are loaded (``import gateway`` does it, before or after pydicom), only
 wraps ``pydicom.pixels.get_encoder`` / ``get_decoder`` (the look-ups that
 ``Dataset.compress``, ``Dataset.pixel_array`` and ``pydicom.pixels.pixel_array``
 make on every call) so that the first look-up runs :func:`register`, which

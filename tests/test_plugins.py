@@ -4,6 +4,7 @@ and ``pixel_array`` work in plain pydicom programs, for every registered codec."
 from __future__ import annotations
 
 import copy
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 import gateway.codecs as registry
-from gateway import plugins
+from gateway import _autoload, plugins
 from gateway.codecs import all_codecs, get_codec
 from gateway.codecs.base import FrameInfo
 from tests.images import REFERENCE_IMAGES
@@ -285,3 +286,80 @@ def test_private_pylibjpeg_entry_point_function(codec) -> None:
         "transfer_syntax_uid": codec.uid,
     }
     assert np.array_equal(plugins.decode_pixel_data(stream, **options), frames[0]), ident
+
+
+def _private_file(codec, tmp_path: Path) -> tuple[Path, Path]:
+    """A multi-frame file in `codec`'s private syntax, and the expected frames (.npy)."""
+    ident, info, frames = next(c for c in REFERENCE_IMAGES if codec.supports(c[1]) is None and len(c[2]) > 1)
+    ds = _native(info, frames)
+    ds.compress(codec.uid, encoding_plugin="gateway")
+    path = tmp_path / "private.dcm"
+    ds.save_as(path, enforce_file_format=True, implicit_vr=False, little_endian=True)
+    np.save(tmp_path / "expected.npy", np.stack(frames))
+    return path, tmp_path / "expected.npy"
+
+
+def _run(program: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if k != _autoload.ENV_VAR}
+    environ.update(env)
+    # Run outside the checkout: the installed package is what is tested.
+    return subprocess.run(
+        [sys.executable, "-c", program], cwd=cwd, env=environ, capture_output=True, text=True, timeout=300
+    )
+
+
+_PLAIN_READ = """
+import sys
+started = sorted(m for m in ("gateway", "numpy", "pydicom") if m in sys.modules)
+import numpy as np, pydicom
+ds = pydicom.dcmread({path!r})
+expected = np.load({expected!r})
+try:
+    same = np.array_equal(ds.pixel_array.reshape(expected.shape), expected)
+except Exception as exc:
+    same = type(exc).__name__
+print(started, same)
+"""
+
+
+@pytest.mark.parametrize("codec", _private())
+def test_private_file_read_by_a_program_that_never_imports_gateway(codec, tmp_path: Path) -> None:
+    """The installed .pth hook: only gateway (no numpy, no pydicom) loads at start-up."""
+    path, expected = _private_file(codec, tmp_path)
+    out = _run(_PLAIN_READ.format(path=str(path), expected=str(expected)), tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['gateway'] True", out.stderr
+
+
+def test_autoload_can_be_turned_off(tmp_path: Path) -> None:
+    codec = _private()[0].values[0]
+    path, expected = _private_file(codec, tmp_path)
+    program = _PLAIN_READ.format(path=str(path), expected=str(expected))
+    out = _run(program, tmp_path, **{_autoload.ENV_VAR: "1"})
+    assert out.returncode == 0, out.stderr
+    started, same = out.stdout.strip().rsplit(" ", 1)
+    assert started == "[]" and same != "True", out.stdout
+    out = _run("import gateway\n" + program, tmp_path, **{_autoload.ENV_VAR: "1"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['gateway'] True", out.stderr
+    out = _run(program, tmp_path, **{_autoload.ENV_VAR: "0"})
+    assert out.stdout.strip() == "['gateway'] True", out.stderr
+
+
+def test_autoload_hook_swallows_its_failures(tmp_path: Path) -> None:
+    """A failing install() does not break ``import pydicom`` (the hook loaded as by the .pth)."""
+    broken = tmp_path / "broken"
+    (broken / "gateway").mkdir(parents=True)
+    (broken / "gateway" / "__init__.py").write_text((REPO / "gateway" / "__init__.py").read_text())
+    (broken / "gateway" / "_autoload.py").write_text((REPO / "gateway" / "_autoload.py").read_text())
+    (broken / "gateway" / "plugins.py").write_text(
+        "def decode_pixel_data(*args, **kwargs):\n    raise RuntimeError('broken')\n\n\n"
+        "def install():\n    raise RuntimeError('broken')\n"
+    )
+    # The variable keeps the installed .pth from loading the real package first.
+    program = f"import sys; sys.path.insert(0, {str(broken)!r})\n"
+    program += "import gateway._autoload\nimport pydicom\nprint(pydicom.dcmread, gateway.__file__)"
+    out = _run(program, tmp_path, **{_autoload.ENV_VAR: "1"})
+    assert out.returncode == 0, out.stderr
+    assert str(broken) in out.stdout
+    assert "'gateway' pydicom plugins are unavailable" in out.stderr and "broken" in out.stderr

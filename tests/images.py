@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pydicom import Dataset
+from pydicom.dataset import FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 from gateway.codecs.base import FrameInfo
 
@@ -89,3 +93,45 @@ def reference_params(predicate=None) -> list:
         for ident, info, frames in REFERENCE_IMAGES
         if predicate is None or predicate(info)
     ]
+
+
+def make_dataset(info: FrameInfo, frames: list, uid: str = ExplicitVRLittleEndian, *, planar: int = 0) -> Dataset:
+    """A Secondary Capture dataset holding `frames`.
+
+    For a native little endian `uid` the frames are arrays, written colour by
+    pixel (or by plane with ``planar=1``) and padded to even length; for any
+    other `uid` they are codestreams, one fragment per frame.
+    """
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = uid
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.PatientName = "Test^Pixels"
+    ds.PatientID = "PIXELS-1"
+    ds.Modality = "OT"
+    ds.Rows, ds.Columns = info.rows, info.columns
+    ds.SamplesPerPixel = info.samples_per_pixel
+    ds.PhotometricInterpretation = info.photometric_interpretation
+    if info.samples_per_pixel == 3:
+        ds.PlanarConfiguration = planar
+    ds.BitsAllocated = info.bits_allocated
+    ds.BitsStored = info.bits_stored
+    ds.HighBit = info.bits_stored - 1
+    ds.PixelRepresentation = info.pixel_representation
+    if len(frames) > 1:
+        ds.NumberOfFrames = len(frames)
+    if uid in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+        arrays = [np.asarray(f).astype(np.asarray(f).dtype.newbyteorder("<")) for f in frames]
+        if info.samples_per_pixel == 3 and planar == 1:
+            arrays = [a.transpose(2, 0, 1) for a in arrays]
+        data = b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)
+        ds.PixelData = data + b"\x00" * (len(data) & 1)
+        ds["PixelData"].VR = "OW" if info.bits_allocated > 8 else "OB"
+    else:
+        ds.PixelData = encapsulate(list(frames))
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
+    return ds

@@ -11,49 +11,20 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_frames
-from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless
 
 from gateway.codecs import get_codec, jpegls
 from gateway.codecs.base import FrameInfo
 from gateway.pixels import frame_info, high_bits_used, iter_frames, number_of_frames
 from tests.corpus import corpus_params
+from tests.images import make_dataset
 from tests.tools import require, require_dcmtk
 
 pytestmark = pytest.mark.interop
 
 CODEC = get_codec(JPEGLSLossless)
-
-
-def _dataset(info: FrameInfo, frames: list, uid: str) -> Dataset:
-    """A Secondary Capture dataset holding `frames` (codestreams if `uid` is compressed)."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = uid
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Modality = "OT"
-    ds.Rows, ds.Columns = info.rows, info.columns
-    ds.SamplesPerPixel = info.samples_per_pixel
-    ds.PhotometricInterpretation = info.photometric_interpretation
-    if info.samples_per_pixel == 3:
-        ds.PlanarConfiguration = 0
-    ds.BitsAllocated = info.bits_allocated
-    ds.BitsStored = info.bits_stored
-    ds.HighBit = info.bits_stored - 1
-    ds.PixelRepresentation = info.pixel_representation
-    if len(frames) > 1:
-        ds.NumberOfFrames = len(frames)
-    if uid == ExplicitVRLittleEndian:
-        ds.PixelData = b"".join(np.ascontiguousarray(f).tobytes() for f in frames)
-        ds["PixelData"].VR = "OW" if info.bits_allocated > 8 else "OB"
-    else:
-        ds.PixelData = encapsulate(frames)
-        ds["PixelData"].VR = "OB"
-    return ds
 
 
 def _images() -> list:
@@ -127,7 +98,7 @@ def test_peers_decode_our_files(tmp_path: Path, tool: str, ilv: int | None, info
                                 frame: np.ndarray) -> None:
     source, target = tmp_path / "ours.dcm", tmp_path / "raw.dcm"
     stream = jpegls.encode(frame, info, ilv)
-    _dataset(info, [stream], JPEGLSLossless).save_as(source, enforce_file_format=True)
+    make_dataset(info, [stream], JPEGLSLossless).save_as(source, enforce_file_format=True)
     _peer_decode(tool, source, target)
     _, frames = _native_frames(target)
     assert np.array_equal(frames[0], frame)
@@ -164,7 +135,7 @@ def test_we_decode_peer_files(tmp_path: Path, options: list[str], info: FrameInf
     if options[0] == "gdcmconv" and info.rows * info.columns < 16:
         pytest.skip("gdcmconv fails to JPEG-LS compress images of a few pixels (exit status 1)")
     source, target = tmp_path / "raw.dcm", tmp_path / "peer.dcm"
-    _dataset(info, [frame], ExplicitVRLittleEndian).save_as(source, enforce_file_format=True)
+    make_dataset(info, [frame], ExplicitVRLittleEndian).save_as(source, enforce_file_format=True)
     _peer_encode(options, source, target)
     (decoded,) = _our_decode(target)
     assert np.array_equal(decoded, frame)

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_frames
-from pydicom.uid import ExplicitVRLittleEndian, JPEGLossless, JPEGLosslessSV1, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, JPEGLossless, JPEGLosslessSV1
 
 from gateway.codecs import _jpeg_lossless_kernels as kernels
 from gateway.codecs import get_codec
@@ -21,7 +21,7 @@ from gateway.codecs.jpeg_lossless import _canonical, huffman_code_lengths
 from gateway.errors import CorruptCodestreamError, UnsupportedImageError
 from gateway.pixels import frame_info, high_bits_used, iter_frames
 from tests.corpus import corpus_params
-from tests.images import reference_params
+from tests.images import make_dataset, reference_params
 from tests.tools import require, require_dcmtk
 
 libjpeg = pytest.importorskip("libjpeg", reason="pylibjpeg-libjpeg is not installed")
@@ -31,36 +31,6 @@ CODEC = get_codec(JPEGLosslessSV1)
 
 def _supported(info: FrameInfo) -> bool:
     return CODEC.supports(info) is None
-
-
-def _dataset(info: FrameInfo, frames: list, uid: str) -> Dataset:
-    """A Secondary Capture dataset holding `frames` (codestreams if `uid` is compressed)."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = uid
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Modality = "OT"
-    ds.Rows, ds.Columns = info.rows, info.columns
-    ds.SamplesPerPixel = info.samples_per_pixel
-    ds.PhotometricInterpretation = info.photometric_interpretation
-    if info.samples_per_pixel == 3:
-        ds.PlanarConfiguration = 0
-    ds.BitsAllocated = info.bits_allocated
-    ds.BitsStored = info.bits_stored
-    ds.HighBit = info.bits_stored - 1
-    ds.PixelRepresentation = info.pixel_representation
-    if len(frames) > 1:
-        ds.NumberOfFrames = len(frames)
-    if uid == ExplicitVRLittleEndian:
-        ds.PixelData = b"".join(np.ascontiguousarray(f).tobytes() for f in frames)
-        ds["PixelData"].VR = "OW" if info.bits_allocated > 8 else "OB"
-    else:
-        ds.PixelData = encapsulate(frames)
-        ds["PixelData"].VR = "OB"
-    return ds
 
 
 def _frames_of(array: np.ndarray, info: FrameInfo, count: int) -> list[np.ndarray]:
@@ -85,7 +55,7 @@ def _libjpeg_via_pydicom(info: FrameInfo, streams: list[bytes]) -> list[np.ndarr
                 raw -= (raw & (1 << (info.bits_stored - 1))) << 1
             frames.append(raw.astype(info.dtype))
         return frames
-    ds = _dataset(info, streams, JPEGLosslessSV1)
+    ds = make_dataset(info, streams, JPEGLosslessSV1)
     ds.pixel_array_options(decoding_plugin="pylibjpeg")
     return _frames_of(ds.pixel_array, info, len(streams))
 
@@ -406,7 +376,7 @@ def test_peers_decode_our_files(tmp_path: Path, tool: str, info: FrameInfo, fram
     else:
         command = [require("gdcmconv", "gdcm"), "--raw"]
     source, target = tmp_path / "ours.dcm", tmp_path / "raw.dcm"
-    _dataset(info, [CODEC.encode_frame(frame, info)], JPEGLosslessSV1).save_as(source, enforce_file_format=True)
+    make_dataset(info, [CODEC.encode_frame(frame, info)], JPEGLosslessSV1).save_as(source, enforce_file_format=True)
     subprocess.run([*command, str(source), str(target)], check=True, capture_output=True, timeout=120)
     assert np.array_equal(_read_frame(target, info), frame)
 
@@ -424,7 +394,7 @@ def test_we_decode_peer_files(tmp_path: Path, options: list[str], info: FrameInf
     else:
         command = [require("gdcmconv", "gdcm"), *options[1:]]
     source, target = tmp_path / "raw.dcm", tmp_path / "peer.dcm"
-    _dataset(info, [frame], ExplicitVRLittleEndian).save_as(source, enforce_file_format=True)
+    make_dataset(info, [frame], ExplicitVRLittleEndian).save_as(source, enforce_file_format=True)
     subprocess.run([*command, str(source), str(target)], check=True, capture_output=True, timeout=120)
     ds = pydicom.dcmread(target)
     uid = ds.file_meta.TransferSyntaxUID

@@ -10,9 +10,8 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import encapsulate, generate_frames
-from pydicom.uid import JPEGLSLossless, generate_uid
+from pydicom.encaps import generate_frames
+from pydicom.uid import JPEGLSLossless
 
 from gateway.codecs import _jpegls_kernels as kernels
 from gateway.codecs import get_codec
@@ -21,7 +20,7 @@ from gateway.codecs.base import FrameInfo
 from gateway.errors import CorruptCodestreamError, UnsupportedImageError
 from gateway.pixels import frame_info, high_bits_used, iter_frames
 from tests.corpus import corpus_params
-from tests.images import reference_params
+from tests.images import make_dataset, reference_params
 
 jpeg_ls = pytest.importorskip("jpeg_ls", reason="pyjpegls (CharLS) is not installed")
 libjpeg = pytest.importorskip("libjpeg", reason="pylibjpeg-libjpeg is not installed")
@@ -34,35 +33,9 @@ def _supported(info: FrameInfo) -> bool:
     return CODEC.supports(info) is None
 
 
-def _dataset(info: FrameInfo, streams: list[bytes]) -> Dataset:
-    """A Secondary Capture dataset holding `streams` as JPEG-LS Lossless frames."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = JPEGLSLossless
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Modality = "OT"
-    ds.Rows, ds.Columns = info.rows, info.columns
-    ds.SamplesPerPixel = info.samples_per_pixel
-    ds.PhotometricInterpretation = info.photometric_interpretation
-    if info.samples_per_pixel == 3:
-        ds.PlanarConfiguration = 0
-    ds.BitsAllocated = info.bits_allocated
-    ds.BitsStored = info.bits_stored
-    ds.HighBit = info.bits_stored - 1
-    ds.PixelRepresentation = info.pixel_representation
-    if len(streams) > 1:
-        ds.NumberOfFrames = len(streams)
-    ds.PixelData = encapsulate(streams)
-    ds["PixelData"].VR = "OB"
-    return ds
-
-
 def _via_pydicom(info: FrameInfo, streams: list[bytes], plugin: str) -> list[np.ndarray]:
     """Decode our codestreams with another project's decoder through pydicom (which sign-extends)."""
-    ds = _dataset(info, streams)
+    ds = make_dataset(info, streams, JPEGLSLossless)
     ds.pixel_array_options(decoding_plugin=plugin)
     array = np.asarray(ds.pixel_array).reshape((len(streams), *info.shape))
     return [np.ascontiguousarray(f, dtype=info.dtype) for f in array]

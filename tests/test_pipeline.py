@@ -35,7 +35,7 @@ from gateway.pipeline import REFERENCE_DECODERS, Outcome, recompress, recompress
 from gateway.pixels import frame_info, high_bits_used, iter_frames
 from gateway.verify import compare_pixels
 from tests.corpus import corpus_params
-from tests.test_rle import make_dataset
+from tests.images import make_dataset
 
 NATIVE = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 TARGETS = [pytest.param(c.uid, id=c.name) for c in all_codecs()] + [

@@ -10,7 +10,7 @@ from pydicom.data import get_testdata_file
 from gateway.codecs.base import FrameInfo
 from gateway.errors import PixelDataError, UnsupportedImageError
 from gateway.pixels import frame_info, high_bits_used, iter_frames, number_of_frames
-from tests.test_rle import make_dataset
+from tests.images import make_dataset
 
 # Bundled pydicom files: native little/big endian (OB and OW, 8-bit words swapped),
 # deflated, RLE, JPEG-LS, JPEG Lossless, JPEG 2000, multi-frame.

@@ -13,46 +13,14 @@ from typing import ClassVar
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 import gateway.codecs as registry
 from gateway import _autoload, plugins
 from gateway.codecs import all_codecs, get_codec
 from gateway.codecs.base import FrameInfo
-from tests.images import REFERENCE_IMAGES
+from tests.images import REFERENCE_IMAGES, make_dataset
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _native(info: FrameInfo, frames: list[np.ndarray], planar: int = 0) -> Dataset:
-    """An uncompressed Secondary Capture dataset holding `frames`."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Modality = "OT"
-    ds.Rows, ds.Columns = info.rows, info.columns
-    ds.SamplesPerPixel = info.samples_per_pixel
-    ds.PhotometricInterpretation = info.photometric_interpretation
-    if info.samples_per_pixel == 3:
-        ds.PlanarConfiguration = planar
-    ds.BitsAllocated = info.bits_allocated
-    ds.BitsStored = info.bits_stored
-    ds.HighBit = info.bits_stored - 1
-    ds.PixelRepresentation = info.pixel_representation
-    if len(frames) > 1:
-        ds.NumberOfFrames = len(frames)
-    if info.samples_per_pixel == 3 and planar == 1:
-        data = b"".join(np.ascontiguousarray(f.transpose(2, 0, 1)).tobytes() for f in frames)
-    else:
-        data = b"".join(np.ascontiguousarray(f).tobytes() for f in frames)
-    ds.PixelData = data
-    ds["PixelData"].VR = "OW" if info.bits_allocated > 8 else "OB"
-    return ds
 
 
 def _as_frames(array: np.ndarray, info: FrameInfo, count: int) -> list[np.ndarray]:
@@ -85,7 +53,7 @@ def test_compress_with_gateway_plugin_round_trips(codec) -> None:
     cases = _cases(codec)
     assert cases, f"no reference image fits {codec.name}"
     for ident, info, frames in cases:
-        ds = _native(info, frames)
+        ds = make_dataset(info, frames)
         ds.compress(codec.uid, encoding_plugin="gateway")
         assert ds.file_meta.TransferSyntaxUID == codec.uid, ident
         ds.pixel_array_options(decoding_plugin="gateway")
@@ -104,7 +72,7 @@ def test_gateway_output_decodes_with_pydicoms_default_plugins(codec) -> None:
     for ident, info, frames in _cases(codec):
         if info.bits_allocated == 16 and info.bits_stored <= 8:
             continue  # pydicom cannot place an 8-bit codestream in a 16-bit container
-        ds = _native(info, frames)
+        ds = make_dataset(info, frames)
         ds.compress(codec.uid, encoding_plugin="gateway")
         ds.pixel_array_options(decoding_plugin=others[0])
         got = _as_frames(ds.pixel_array, info, len(frames))
@@ -117,7 +85,7 @@ def test_planar_configuration_1_source(codec) -> None:
     if codec.supports(info):
         pytest.skip(codec.supports(info))
     frame = np.random.default_rng(3).integers(0, 256, info.shape).astype(np.uint8)
-    ds = _native(info, [frame], planar=1)
+    ds = make_dataset(info, [frame], planar=1)
     ds.compress(codec.uid, encoding_plugin="gateway")
     ds.pixel_array_options(decoding_plugin="gateway")
     assert np.array_equal(ds.pixel_array, frame)
@@ -126,7 +94,7 @@ def test_planar_configuration_1_source(codec) -> None:
 def test_unsupported_image_is_refused() -> None:
     codec = get_codec("JPEGLosslessSV1")
     info = FrameInfo(4, 4, 1, 32, 16)
-    ds = _native(info, [np.zeros(info.shape, np.uint32)])
+    ds = make_dataset(info, [np.zeros(info.shape, np.uint32)])
     with pytest.raises((RuntimeError, ValueError)):
         ds.compress(codec.uid, encoding_plugin="gateway")
 
@@ -162,7 +130,7 @@ def private_codec():
 def test_private_syntax_written_and_read_back_by_pydicom(private_codec, tmp_path: Path) -> None:
     info = FrameInfo(11, 13, 1, 16, 12, 1)
     frames = [np.random.default_rng(i).integers(-2048, 2048, info.shape).astype(np.int16) for i in range(2)]
-    ds = _native(info, frames)
+    ds = make_dataset(info, frames)
     ds.compress(private_codec.uid, encoding_plugin="gateway")
     assert ds.file_meta.TransferSyntaxUID == private_codec.uid
     path = tmp_path / "private.dcm"
@@ -253,7 +221,7 @@ def test_pyproject_declares_pylibjpeg_entry_points_for_private_syntaxes_only() -
 @pytest.mark.parametrize("codec", _private())
 def test_private_file_read_by_a_plain_pydicom_program(codec, tmp_path: Path) -> None:
     ident, info, frames = next(c for c in REFERENCE_IMAGES if codec.supports(c[1]) is None and len(c[2]) > 1)
-    ds = _native(info, frames)
+    ds = make_dataset(info, frames)
     ds.compress(codec.uid, encoding_plugin="gateway")
     path = tmp_path / "private.dcm"
     ds.save_as(path, enforce_file_format=True, implicit_vr=False, little_endian=True)
@@ -291,7 +259,7 @@ def test_private_pylibjpeg_entry_point_function(codec) -> None:
 def _private_file(codec, tmp_path: Path) -> tuple[Path, Path]:
     """A multi-frame file in `codec`'s private syntax, and the expected frames (.npy)."""
     ident, info, frames = next(c for c in REFERENCE_IMAGES if codec.supports(c[1]) is None and len(c[2]) > 1)
-    ds = _native(info, frames)
+    ds = make_dataset(info, frames)
     ds.compress(codec.uid, encoding_plugin="gateway")
     path = tmp_path / "private.dcm"
     ds.save_as(path, enforce_file_format=True, implicit_vr=False, little_endian=True)

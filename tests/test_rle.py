@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import encapsulate, generate_frames
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.encaps import generate_frames
+from pydicom.uid import RLELossless
 
 from gateway.codecs import _rle_kernels as kernels
 from gateway.codecs import get_codec
@@ -25,45 +24,10 @@ from gateway.codecs.rle import RLECodec, decode, encode, supports
 from gateway.errors import CorruptCodestreamError, UnsupportedImageError
 from gateway.pixels import frame_info, high_bits_used, iter_frames
 from tests.corpus import corpus_params
-from tests.images import reference_params
+from tests.images import make_dataset, reference_params
 from tests.tools import require, require_dcmtk
 
 CODEC = get_codec(RLELossless)
-
-
-def make_dataset(info: FrameInfo, frames: list, uid: str = ExplicitVRLittleEndian) -> Dataset:
-    """A Secondary Capture dataset holding `frames`: arrays for a native `uid`,
-    codestreams (one per frame) for an encapsulated one."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = uid
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.PatientName = "Test^Pixels"
-    ds.PatientID = "RLE-1"
-    ds.Modality = "OT"
-    ds.Rows, ds.Columns = info.rows, info.columns
-    ds.SamplesPerPixel = info.samples_per_pixel
-    ds.PhotometricInterpretation = info.photometric_interpretation
-    if info.samples_per_pixel == 3:
-        ds.PlanarConfiguration = 0
-    ds.BitsAllocated = info.bits_allocated
-    ds.BitsStored = info.bits_stored
-    ds.HighBit = info.bits_stored - 1
-    ds.PixelRepresentation = info.pixel_representation
-    if len(frames) > 1:
-        ds.NumberOfFrames = len(frames)
-    if pydicom.uid.UID(uid).is_encapsulated:
-        ds.PixelData = encapsulate(list(frames))
-        ds["PixelData"].VR = "OB"
-        ds["PixelData"].is_undefined_length = True
-    else:
-        data = b"".join(np.ascontiguousarray(f).astype(f.dtype.newbyteorder("<")).tobytes() for f in frames)
-        ds.PixelData = data + b"\x00" * (len(data) & 1)
-        ds["PixelData"].VR = "OW" if info.bits_allocated > 8 else "OB"
-    return ds
 
 
 def _info(rows: int, columns: int, samples: int = 1, bits: int = 8, stored: int | None = None,

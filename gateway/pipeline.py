@@ -199,17 +199,35 @@ def _copy_without_pixels(ds: Dataset, *, share_sequences: bool) -> Dataset:
     The caller replaces Pixel Data in the copy; the original stays untouched.
     With `share_sequences` top-level sequences are shared too: a deep copy
     of an enhanced multi-frame image's functional groups costs far more than
-    encoding its pixels, and the pipeline never changes a sequence.
+    encoding its pixels, and the pipeline never changes a sequence.  Elements
+    still in their raw form (never accessed: most of a scanner header) are
+    immutable tuples and are shared as well; parsed elements are copied, so
+    setting a value in the copy never reaches the original.
     """
-    memo: dict[int, object] = {}
-    for tag in ds.keys():
-        element = ds.get_item(tag)
-        if tag == _PIXEL_DATA or (share_sequences and getattr(element, "VR", None) == "SQ"):
+    if not share_sequences:
+        memo: dict[int, object] = {}
+        if _PIXEL_DATA in ds:
+            element = ds.get_item(_PIXEL_DATA)
             memo[id(element)] = element
-    cached = ds.__dict__.get("_pixel_array")
-    if cached is not None:
-        memo[id(cached)] = None
-    return copy.deepcopy(ds, memo)
+        cached = ds.__dict__.get("_pixel_array")
+        if cached is not None:
+            memo[id(cached)] = None
+        return copy.deepcopy(ds, memo)
+    new = copy.copy(ds)  # the instance attributes; the element dict is replaced below
+    elements: dict = {}
+    for tag, element in ds._dict.items():
+        if isinstance(element, DataElement) and tag != _PIXEL_DATA and element.VR != "SQ":
+            element = copy.deepcopy(element)
+        elements[tag] = element
+    new._dict = elements
+    new._private_blocks = {}
+    new._pixel_array = None
+    new._pixel_id = {}
+    new._pixel_array_opts = dict(ds._pixel_array_opts)
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None:
+        new.file_meta = copy.deepcopy(meta)
+    return new
 
 
 # Byte size of the values of binary VRs that are kept as raw bytes.

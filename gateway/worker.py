@@ -76,12 +76,15 @@ def splice_write(src: Path, original: Dataset, new: Dataset, dst: Path, span: tu
     target = str(new.file_meta.get("TransferSyntaxUID", ""))
     if not (_explicit_le(source) and _explicit_le(target)):
         return False
-    tags = [t for t in original.keys() if t != _PIXEL_DATA]
-    if tags != [t for t in new.keys() if t != _PIXEL_DATA]:
+    # The element dicts as they are: raw elements the pipeline shares with the
+    # original are the same objects, so most comparisons are identity checks.
+    before_items, after_items = original._dict, new._dict
+    tags = [t for t in before_items if t != _PIXEL_DATA]
+    if tags != [t for t in after_items if t != _PIXEL_DATA]:
         return False
     for tag in tags:
-        before, after = original.get_item(tag), new.get_item(tag)
-        if before is not after and before != after:
+        before, after = before_items[tag], after_items[tag]
+        if before is not after and original.get_item(tag) != new.get_item(tag):
             return False
     group_length = original.file_meta.get("FileMetaInformationGroupLength")
     if span is None or group_length is None:

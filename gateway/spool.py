@@ -315,12 +315,17 @@ class Spool:
         atomic_write_bytes(self._job_path(job.state, job.key), json.dumps(asdict(job)).encode(), self.tmp)
 
     def find_job(self, instance: str, destination: str) -> Job | None:
-        """The job's current manifest, whatever its state."""
+        """The job's current manifest, whatever its state.
+
+        Taken under the spool's lock: a job renamed from one state folder to
+        another between two reads would otherwise be seen in neither.
+        """
         key = f"{instance}@{destination}"
-        for state in reversed(STATES):
-            job = self._read(self._job_path(state, key))
-            if job is not None:
-                return job
+        with self._lock:
+            for state in reversed(STATES):
+                job = self._read(self._job_path(state, key))
+                if job is not None:
+                    return job
         return None
 
     def add_job(self, job: Job) -> bool:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from gateway.codecs import get_codec
 from gateway.codecs.base import FrameInfo
 from gateway.errors import CorruptCodestreamError
+from tests.fuzzing import EDITS, apply_edits
 
 CODEC = get_codec("JPEGLosslessSV1")
 FUZZ = settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
@@ -75,20 +76,11 @@ def test_random_entropy_data_after_valid_headers(data: bytes, index: int) -> Non
 @FUZZ
 @given(
     index=st.integers(0, len(_INFOS) - 1),
-    edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255), st.sampled_from("sid")), min_size=1, max_size=8),
+    edits=EDITS,
 )
 def test_mutated_streams(index: int, edits: list[tuple[int, int, str]]) -> None:
     info, stream = SEEDS[index]
-    data = bytearray(stream)
-    for where, value, kind in edits:
-        where %= max(1, len(data))
-        if kind == "s":
-            data[where] = value
-        elif kind == "i":
-            data[where:where] = bytes([value])
-        elif len(data) > 1:
-            del data[where]
-    _decode_or_corrupt(bytes(data), info)
+    _decode_or_corrupt(apply_edits(stream, edits), info)
 
 
 @FUZZ

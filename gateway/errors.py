@@ -63,3 +63,24 @@ class TransientForwardError(ForwardError):
 
 class PermanentForwardError(ForwardError):
     """A delivery failed in a way that retrying will not fix (dead letter)."""
+
+
+class NetworkError(GatewayError):
+    """An association with a DICOM peer failed: connection, timeout or protocol."""
+
+
+class AssociationRejectedError(NetworkError):
+    """The peer answered the association request with A-ASSOCIATE-RJ."""
+
+    def __init__(self, result: int, source: int, reason: int) -> None:
+        self.result, self.source, self.reason = result, source, reason
+        kind = "permanently" if result == 1 else "transiently"
+        super().__init__(f"association rejected {kind} (result {result}, source {source}, reason {reason})")
+
+
+class AssociationAbortedError(NetworkError):
+    """The peer aborted the association (A-ABORT) or closed the connection."""
+
+
+class PeerProtocolError(NetworkError):
+    """The peer sent a PDU or DIMSE message that breaks PS3.7 / PS3.8."""

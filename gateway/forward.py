@@ -3,8 +3,9 @@
 One :class:`Forwarder` thread per destination and association (a DICOM
 destination gets ``associations`` of them, each owning a fixed share of the
 instances), so a slow or absent archive never blocks the others, and an
-archive that stores one instance at a time per association is kept busy.  It takes due pending jobs from the spool, sends
-them through a :class:`Sender` and records the outcome:
+archive that stores one instance at a time per association is kept busy.
+It takes due pending jobs from the spool, sends them through a
+:class:`Sender` and records the outcome:
 
 * success: the job is done (the object is deleted once all its jobs are);
 * :class:`~gateway.errors.TransientForwardError` (connection refused,
@@ -20,7 +21,8 @@ configured ladder, then the syntax of the stored object, then explicit and
 implicit little endian), so the peer's answer tells exactly which syntaxes it
 takes; each instance goes in the best accepted one.  When that is not the
 stored syntax, the instance is re-encoded (verified) by the pipeline first.
-Associations are kept open across instances and released when idle.
+Associations (:mod:`gateway.scu`) are kept open across instances and
+released when idle; a stored object is sent straight from its file.
 
 :class:`FolderSender` writes ``<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm``
 atomically with fsync.
@@ -37,16 +39,17 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
+from dataclasses import replace
+from io import BytesIO
+
 from pydicom import Dataset, dcmread
+from pydicom.filewriter import dcmwrite
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, _config, evt
-from pynetdicom.association import Association
-from pynetdicom.presentation import build_context
 
 from gateway.config import Destination, RetryConfig
-from gateway.errors import PermanentForwardError, TransientForwardError
+from gateway.errors import AssociationRejectedError, NetworkError, PermanentForwardError, TransientForwardError
 from gateway.logs import get_logger, stage
-from gateway.scp import tcp_nodelay
+from gateway.scu import Association, parse_file_meta, read_file_meta
 from gateway.spool import DEAD, DONE, INFLIGHT, PENDING, Job, Spool, atomic_copy
 
 __all__ = ["Sender", "FolderSender", "DicomSender", "Forwarder", "make_sender", "classify_status", "ladder_for"]
@@ -129,7 +132,7 @@ def ladder_for(destination: Destination, stored_syntax: str) -> list[str]:
 
 
 class DicomSender:
-    """C-STORE SCU to one DICOM destination, reusing its association."""
+    """C-STORE SCU to one DICOM destination, reusing its association (see :mod:`gateway.scu`)."""
 
     def __init__(self, destination: Destination, calling_ae: str = "GATEWAY", verify: bool = True) -> None:
         self.destination = destination
@@ -137,7 +140,6 @@ class DicomSender:
         self.verify = verify
         self.assoc: Association | None = None
         self._proposed: set[tuple[str, str]] = set()
-        _config.STORE_SEND_CHUNKED_DATASET = True  # send files without decoding them
 
     def _wanted(self, jobs: Iterable[Job]) -> dict[str, list[str]]:
         wanted: dict[str, list[str]] = {}
@@ -154,32 +156,25 @@ class DicomSender:
         if self.assoc is not None and self.assoc.is_established and needed <= self._proposed:
             return
         self.close()
-        contexts, proposed = [], set()
+        contexts: list[tuple[str, str]] = []
         for sop, ladder in wanted.items():
-            if len(contexts) + len(ladder) > _MAX_CONTEXTS:
+            if contexts and len(contexts) + len(ladder) > _MAX_CONTEXTS:
                 break  # the remaining SOP classes get their own association later
-            for ts in ladder:
-                contexts.append(build_context(sop, [ts]))
-                proposed.add((sop, ts))
-        ae = AE(ae_title=self.calling_ae)
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.destination.timeout_seconds
-        ae.connection_timeout = min(10.0, self.destination.timeout_seconds)
+            contexts.extend((sop, ts) for ts in ladder[:_MAX_CONTEXTS])
         dest = self.destination
         try:
-            assoc = ae.associate(dest.host, dest.port, contexts=contexts, ae_title=dest.ae_title,
-                                 evt_handlers=[(evt.EVT_CONN_OPEN, tcp_nodelay)])
-        except (OSError, RuntimeError, ValueError) as exc:
+            assoc = Association.request(dest.host, dest.port, called_ae=dest.ae_title, calling_ae=self.calling_ae,
+                                        contexts=contexts, timeout=dest.timeout_seconds,
+                                        connect_timeout=min(10.0, dest.timeout_seconds))
+        except AssociationRejectedError as exc:
+            raise TransientForwardError(f"association with {dest.ae_title}@{dest.host}:{dest.port} "
+                                        f"could not be established: {exc}") from exc
+        except NetworkError as exc:
             raise TransientForwardError(f"cannot associate with {dest.ae_title}@{dest.host}:{dest.port}: {exc}") from exc
-        if not assoc.is_established:
-            why = "rejected" if assoc.is_rejected else "could not be established (refused, unreachable or aborted)"
-            raise TransientForwardError(f"association with {dest.ae_title}@{dest.host}:{dest.port} {why}")
+        except ValueError as exc:  # a UID or AE title that cannot be put on the wire
+            raise PermanentForwardError(f"cannot request an association with {dest.name}: {exc}") from exc
         self.assoc = assoc
-        self._proposed = proposed
-
-    def _accepted(self, sop_class: str) -> list[str]:
-        assert self.assoc is not None
-        return [str(cx.transfer_syntax[0]) for cx in self.assoc.accepted_contexts
-                if str(cx.abstract_syntax) == sop_class]
+        self._proposed = set(contexts)
 
     def _encode_for(self, path: Path, stored: str, target: str) -> Dataset | None:
         """The object re-encoded (verified) in `target`, or None if it cannot be.
@@ -209,29 +204,36 @@ class DicomSender:
 
     def send(self, job: Job, path: Path) -> str:
         sop_class = job.info.get("sop_class_uid", "")
-        stored = job.info.get("transfer_syntax", "")
+        try:
+            offset, stored = read_file_meta(path)
+        except ValueError as exc:
+            raise PermanentForwardError(f"processed object {path.name} is not a DICOM file: {exc}") from exc
+        except OSError as exc:
+            raise TransientForwardError(f"cannot read processed object {path.name}: {exc}") from exc
         if self.assoc is None or not self.assoc.is_established or (sop_class, stored) not in self._proposed:
-            self.prepare([job])
-        accepted = self._accepted(sop_class)
+            self.prepare([replace(job, info={**job.info, "transfer_syntax": stored})])
+        assert self.assoc is not None
+        accepted = self.assoc.accepted_syntaxes(sop_class)
         if not accepted:
             self.close()
             raise PermanentForwardError(f"{self.destination.name} does not accept SOP class {sop_class}")
-        chosen, payload = None, None
+        chosen: str | None = None
+        payload: bytes | memoryview | tuple[Path, int] | None = None
         for ts in ladder_for(self.destination, stored):
             if ts not in accepted:
                 continue
             if ts == stored:
-                chosen, payload = ts, path
+                chosen, payload = ts, (path, offset)
                 break
             encoded = self._encode_for(path, stored, ts)
             if encoded is not None:
-                chosen, payload = ts, encoded
+                chosen, payload = ts, _dataset_bytes(encoded)
                 break
-        if chosen is None:
+        if chosen is None or payload is None:
             raise PermanentForwardError(
                 f"{self.destination.name} accepts {', '.join(accepted)} for {sop_class}; "
                 f"the instance (stored as {stored}) could not be encoded in any of them")
-        status = self._store(payload)
+        status = self._store(job, chosen, payload)
         kind = classify_status(status)
         if kind == "success":
             return chosen
@@ -240,30 +242,34 @@ class DicomSender:
             raise TransientForwardError(message)
         raise PermanentForwardError(message)
 
-    def _store(self, payload: Path | Dataset) -> int:
+    def _store(self, job: Job, syntax: str, payload: bytes | memoryview | tuple[Path, int]) -> int:
         assert self.assoc is not None
         try:
-            rsp = self.assoc.send_c_store(payload)
-        except (OSError, RuntimeError, ValueError, AttributeError) as exc:
+            result = self.assoc.c_store(job.info.get("sop_class_uid", ""), job.info.get("sop_instance_uid", ""),
+                                        syntax, payload)
+        except NetworkError as exc:
             self.close()
             raise TransientForwardError(f"C-STORE to {self.destination.name} failed: {exc}") from exc
-        status = getattr(rsp, "Status", None)
-        if status is None:  # no response: timeout, abort or a dropped connection
-            self.close()
-            raise TransientForwardError(f"no C-STORE response from {self.destination.name} (timeout or abort)")
-        return int(status)
+        except ValueError as exc:  # the object or its UIDs cannot be sent as they are
+            raise PermanentForwardError(f"cannot send to {self.destination.name}: {exc}") from exc
+        if result.comment:
+            _log.info("%s answered 0x%04X: %s", self.destination.name, result.status, result.comment)
+        return result.status
 
     def close(self) -> None:
         if self.assoc is not None:
-            try:
-                if self.assoc.is_established:
-                    self.assoc.release()
-                else:
-                    self.assoc.abort()
-            except Exception:  # noqa: BLE001 - closing must never raise
-                pass
+            self.assoc.release()
         self.assoc = None
         self._proposed = set()
+
+
+def _dataset_bytes(ds: Dataset) -> memoryview:
+    """`ds` encoded in its file meta's transfer syntax, without preamble and file meta."""
+    buffer = BytesIO()
+    dcmwrite(buffer, ds, enforce_file_format=True)
+    data = buffer.getvalue()
+    offset, _ = parse_file_meta(data)
+    return memoryview(data)[offset:]
 
 
 def make_sender(destination: Destination, calling_ae: str, verify: bool) -> Sender:

@@ -49,7 +49,8 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from gateway.config import Destination, RetryConfig
 from gateway.errors import AssociationRejectedError, NetworkError, PermanentForwardError, TransientForwardError
 from gateway.logs import get_logger, stage
-from gateway.scu import Association, parse_file_meta, read_file_meta
+from gateway.filemeta import parse_file_meta, read_file_meta
+from gateway.scu import Association
 from gateway.spool import DEAD, DONE, INFLIGHT, PENDING, Job, Spool, atomic_copy
 
 __all__ = ["Sender", "FolderSender", "DicomSender", "Forwarder", "make_sender", "classify_status", "ladder_for"]

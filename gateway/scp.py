@@ -80,7 +80,7 @@ def _check_complete(ds, size: int) -> None:
     keys = list(ds.keys())
     if not keys:
         raise ValueError("the dataset holds no elements")
-    elem = ds.get_item(keys[-1])
+    elem = ds.get_item(keys[-1], keep_deferred=True)  # a deferred value is not read: its length is known
     tell = getattr(elem, "value_tell", None)
     length = getattr(elem, "length", None)
     if tell is None or length is None:

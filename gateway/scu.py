@@ -38,7 +38,7 @@ from typing import BinaryIO
 from gateway import __version__
 from gateway.errors import AssociationAbortedError, AssociationRejectedError, NetworkError, PeerProtocolError
 
-__all__ = ["Association", "Context", "StoreResult", "parse_file_meta", "read_file_meta", "IMPLEMENTATION_CLASS_UID",
+__all__ = ["Association", "Context", "StoreResult", "IMPLEMENTATION_CLASS_UID",
            "IMPLEMENTATION_VERSION_NAME"]
 
 IMPLEMENTATION_CLASS_UID = "2.25.53897576694086526053863854056254947965"
@@ -52,8 +52,6 @@ _PDU_LIMIT = 16 * 1024 * 1024
 """Any PDU announced longer than this is refused as hostile or broken."""
 _FRAGMENT_UNLIMITED = 1 << 20
 """Fragment size when the peer announces no maximum (0)."""
-_META_READ = 16_384
-_META_LIMIT = 16 * 1024 * 1024
 _SEND_BATCH = 1 << 20
 """Bytes of PDUs gathered per system call."""
 
@@ -65,8 +63,6 @@ _ABORT = bytes((_A_ABORT, 0, 0, 0, 0, 4, 0, 0, 0, 0))
 
 _C_STORE_RQ, _C_STORE_RSP, _C_ECHO_RQ, _C_ECHO_RSP = 0x0001, 0x8001, 0x0030, 0x8030
 _NO_DATASET = 0x0101
-
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,50 +239,6 @@ def parse_associate_ac(body: bytes) -> tuple[dict[int, tuple[int, str]], int]:
                     max_pdu = int(struct.unpack_from(">I", value, sub)[0])
                 sub += sub_length
     return results, max_pdu
-
-
-def parse_file_meta(head: bytes) -> tuple[int, str]:
-    """Offset of the dataset in a DICOM file starting with `head`, and its transfer syntax.
-
-    `head` must hold at least the preamble and the whole file meta group.
-    """
-    if len(head) < 132 or head[128:132] != b"DICM":
-        raise ValueError("not a DICOM file: no 'DICM' after the 128-byte preamble")
-    pos, syntax = 132, ""
-    while True:
-        if len(head) - pos < 8:
-            raise ValueError("the file meta information is cut short")
-        group, elem = struct.unpack_from("<HH", head, pos)
-        if group != 0x0002:
-            break
-        vr = head[pos + 4:pos + 6]
-        if vr in _LONG_VRS:
-            if len(head) - pos < 12:
-                raise ValueError("the file meta information is cut short")
-            length = int(struct.unpack_from("<I", head, pos + 8)[0])
-            start = pos + 12
-        else:
-            length = int(struct.unpack_from("<H", head, pos + 6)[0])
-            start = pos + 8
-        if start + length > len(head):
-            raise ValueError(f"file meta element (0002,{elem:04X}) runs past the data read")
-        if elem == 0x0010:
-            syntax = _text(head[start:start + length])
-        pos = start + length
-    if not syntax:
-        raise ValueError("the file meta information has no Transfer Syntax UID")
-    return pos, syntax
-
-
-def read_file_meta(path: Path) -> tuple[int, str]:
-    """:func:`parse_file_meta` of the file at `path` (reading only its head)."""
-    with open(path, "rb") as handle:
-        head = handle.read(_META_READ)
-        if len(head) >= 144 and head[132:136] == b"\x02\x00\x00\x00":  # group length: the exact size
-            wanted = 144 + int(struct.unpack_from("<I", head, 140)[0]) + 8
-            if wanted > len(head):
-                head += handle.read(min(wanted, _META_LIMIT) - len(head))
-    return parse_file_meta(head)
 
 
 # -------------------------------------------------------------- association

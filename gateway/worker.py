@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import queue
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -23,11 +24,11 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import dcmwrite, write_data_element, write_file_meta_info
+from pydicom.filewriter import dcmwrite
 
 from gateway.config import KEEP, Config
 from gateway.errors import GatewayError
+from gateway.filemeta import parse_file_meta, with_transfer_syntax
 from gateway.logs import get_logger, stage
 from gateway.spool import DEAD, UNROUTED, Job, Receipt, Spool
 
@@ -38,6 +39,8 @@ _log = get_logger("worker")
 
 _EXPLICIT_LE = "1.2.840.10008.1.2.1"
 _PIXEL_DATA = 0x7FE00010
+_META_CHANGED = {0x00020000, 0x00020010}  # group length, transfer syntax
+_SEQ_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"  # sequence delimitation item
 
 
 def _explicit_le(uid: str) -> bool:
@@ -67,45 +70,63 @@ def splice_write(src: Path, original: Dataset, new: Dataset, dst: Path, span: tu
     every other attribute (``dcmwrite``) is wasted work: tens of milliseconds
     for a scanner header rich in private tags.  This copies the original bytes
     around the Pixel Data element instead (`span`: its offsets, taken with
-    :func:`pixel_span` before the pipeline read the element).  It applies only
-    when both syntaxes encode the dataset as explicit VR little endian and
-    every other top-level element of `new` equals the original's; otherwise
-    it returns False and writes nothing.
+    :func:`pixel_span` before the pipeline read the element) and never reads
+    the old pixel data.  It applies only when both syntaxes encode the
+    dataset as explicit VR little endian and every other top-level element
+    and every file meta element but the transfer syntax of `new` equals the
+    original's; otherwise it returns False and writes nothing.
     """
     source = str(original.file_meta.get("TransferSyntaxUID", ""))
     target = str(new.file_meta.get("TransferSyntaxUID", ""))
-    if not (_explicit_le(source) and _explicit_le(target)):
+    if not (_explicit_le(source) and _explicit_le(target)) or span is None:
         return False
     # The element dicts as they are: raw elements the pipeline shares with the
     # original are the same objects, so most comparisons are identity checks.
+    # Tags compared as plain ints: BaseTag's own comparisons run in Python.
     before_items, after_items = original._dict, new._dict
-    tags = [t for t in before_items if t != _PIXEL_DATA]
-    if tags != [t for t in after_items if t != _PIXEL_DATA]:
+    tags = [t for t in map(int, before_items) if t != _PIXEL_DATA]
+    if tags != [t for t in map(int, after_items) if t != _PIXEL_DATA]:
         return False
     for tag in tags:
         before, after = before_items[tag], after_items[tag]
         if before is not after and original.get_item(tag) != new.get_item(tag):
             return False
-    group_length = original.file_meta.get("FileMetaInformationGroupLength")
-    if span is None or group_length is None:
+    meta_before, meta_after = original.file_meta, new.file_meta
+    meta_tags = list(map(int, meta_before.keys()))
+    if meta_tags != list(map(int, meta_after.keys())):
+        return False
+    if any(meta_before[t] != meta_after[t] for t in meta_tags if t not in _META_CHANGED):
+        return False
+    element = new[_PIXEL_DATA]
+    value = element.value
+    if element.VR not in ("OB", "OW") or not isinstance(value, bytes) or len(value) % 2:
         return False
     start, end = span
-    meta_end = 132 + 12 + int(group_length)
     with open(src, "rb") as handle:
-        data = handle.read()
-    if data[start:start + 4] != b"\xe0\x7f\x10\x00" or end > len(data) or meta_end > start:
-        return False
-    meta = DicomBytesIO()
-    meta.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(meta, new.file_meta, enforce_standard=True)
-    pixels = DicomBytesIO()
-    pixels.is_little_endian, pixels.is_implicit_VR = True, False
-    write_data_element(pixels, new[_PIXEL_DATA])
+        head = handle.read(min(start + 8, 65_536))
+        try:
+            meta_end, _ = parse_file_meta(head)
+            meta = with_transfer_syntax(head, target)
+        except ValueError:
+            return False
+        handle.seek(start)
+        if handle.read(4) != b"\xe0\x7f\x10\x00":
+            return False
+        handle.seek(meta_end)
+        middle = handle.read(start - meta_end)
+        handle.seek(end)
+        tail = handle.read()
+    if element.is_undefined_length:
+        header, trailer = struct.pack("<HH2sHI", 0x7FE0, 0x0010, element.VR.encode(), 0, 0xFFFFFFFF), _SEQ_END
+    else:
+        header, trailer = struct.pack("<HH2sHI", 0x7FE0, 0x0010, element.VR.encode(), 0, len(value)), b""
     with open(dst, "wb") as handle:
-        handle.write(meta.getvalue())
-        handle.write(memoryview(data)[meta_end:start])
-        handle.write(pixels.getvalue())
-        handle.write(memoryview(data)[end:])
+        handle.write(meta)
+        handle.write(middle)
+        handle.write(header)
+        handle.write(value)
+        handle.write(trailer)
+        handle.write(tail)
     return True
 
 

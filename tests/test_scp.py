@@ -118,6 +118,27 @@ def test_truncated_dataset_cannot_be_understood_and_server_keeps_serving(
     assert len(receiver.spool.received()) == 1
 
 
+@pytest.mark.parametrize("cut", [0, 2, 1000, 300_000], ids=["complete", "2-bytes", "1000-bytes", "most-pixels"])
+def test_check_sees_truncation_inside_a_deferred_pixel_data(tmp_path: Path, cut: int) -> None:
+    """Pixel Data above the parse's defer size is never read, yet a cut inside it is found."""
+    ds = pydicom_file("CT_small.dcm")
+    ds.Rows = ds.Columns = 512
+    ds.PixelData = np.arange(512 * 512, dtype="<u2").tobytes()
+    if 0xFFFCFFFC in ds:
+        del ds[0xFFFCFFFC]  # trailing padding: Pixel Data is the last element
+    full = tmp_path / "big.dcm"
+    ds.save_as(full, enforce_file_format=True)
+    raw = full.read_bytes()
+    path = tmp_path / "received.dcm"
+    path.write_bytes(raw[: len(raw) - cut])
+    if cut == 0:
+        receipt = Receiver._check(path, "MODALITY", ExplicitVRLittleEndian)
+        assert receipt.sop_instance_uid == ds.SOPInstanceUID
+        return
+    with pytest.raises(ValueError, match="past the end"):
+        Receiver._check(path, "MODALITY", ExplicitVRLittleEndian)
+
+
 @pytest.mark.filterwarnings("ignore:Expected explicit VR")
 def test_garbage_dataset_cannot_be_understood(receiver, tmp_path: Path, monkeypatch) -> None:
     path = _ct_explicit(tmp_path)

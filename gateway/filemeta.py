@@ -19,7 +19,9 @@ __all__ = ["parse_file_meta", "read_file_meta", "with_transfer_syntax"]
 _PREAMBLE = 132  # 128-byte preamble and "DICM"
 _READ = 16_384
 _LIMIT = 16 * 1024 * 1024
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+SHORT_VRS = {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN", b"SH",
+             b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"}
 _GROUP_LENGTH, _TRANSFER_SYNTAX = 0x0000, 0x0010
 
 
@@ -35,14 +37,17 @@ def _elements(head: bytes) -> tuple[list[tuple[int, int, int, int]], int]:
         group, elem = struct.unpack_from("<HH", head, pos)
         if group != 0x0002:
             return found, pos
-        if head[pos + 4:pos + 6] in _LONG_VRS:
+        vr = bytes(head[pos + 4:pos + 6])
+        if vr in LONG_VRS:
             if len(head) - pos < 12:
                 raise ValueError("the file meta information is cut short")
             length = int(struct.unpack_from("<I", head, pos + 8)[0])
             value = pos + 12
-        else:
+        elif vr in SHORT_VRS:
             length = int(struct.unpack_from("<H", head, pos + 6)[0])
             value = pos + 8
+        else:
+            raise ValueError(f"file meta element (0002,{elem:04X}) has the unknown VR {vr!r}")
         if value + length > len(head):
             raise ValueError(f"file meta element (0002,{elem:04X}) runs past the data read")
         found.append((elem, pos, value, value + length))

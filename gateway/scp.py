@@ -35,6 +35,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from gateway.config import ServerConfig
 from gateway.errors import GatewayError, SpoolError
+from gateway.filecheck import walk_file
 from gateway.logs import get_logger, stage
 from gateway.spool import Receipt, Spool
 
@@ -148,7 +149,31 @@ class Receiver:
 
     @staticmethod
     def _check(path: Path, calling: str, syntax: str) -> Receipt:
-        """Parse the received file; raise if it is not a complete DICOM dataset."""
+        """Check the received file is one complete DICOM dataset; raise if not.
+
+        The header walk of :mod:`gateway.filecheck` decides for the common
+        encodings; what it leaves or refuses, pydicom decides.
+        """
+        try:
+            identity = walk_file(path)
+        except ValueError:
+            identity = None  # pydicom copes with some irregular files the walk refuses
+        if identity is None:
+            return Receiver._check_with_pydicom(path, calling, syntax)
+        return Receipt(
+            calling_ae=calling,
+            received_at=time.time(),
+            sop_class_uid=identity.sop_class_uid,
+            sop_instance_uid=identity.sop_instance_uid,
+            study_uid=identity.study_uid,
+            series_uid=identity.series_uid,
+            modality=identity.modality,
+            transfer_syntax=syntax,
+        )
+
+    @staticmethod
+    def _check_with_pydicom(path: Path, calling: str, syntax: str) -> Receipt:
+        """Parse the received file with pydicom; raise if it is not a complete DICOM dataset."""
         size = path.stat().st_size
         ds = dcmread(path, defer_size=_DEFER)
         if syntax != "1.2.840.10008.1.2.1.99":  # positions in a deflated stream are not file offsets

@@ -282,6 +282,9 @@ def build_ae(server: ServerConfig) -> AE:
 def start_receiver(server: ServerConfig, receiver: Receiver) -> ThreadedAssociationServer:
     """Start listening in background threads; stop with ``.shutdown()``."""
     _config.STORE_RECV_CHUNKED_DATASET = True
+    # pynetdicom's default handlers describe every PDU and DIMSE message for
+    # its logger, which the gateway keeps at WARNING: skip building them.
+    _config.LOG_HANDLER_LEVEL = "none"
     ae = build_ae(server)
     handlers = [
         (evt.EVT_CONN_OPEN, tcp_nodelay),

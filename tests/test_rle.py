@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom.encaps import generate_frames
 from pydicom.uid import RLELossless
 
@@ -159,6 +161,53 @@ def test_rows_are_encoded_separately_and_segments_are_even() -> None:
         _, ends = _python_unpack(stream[start:end], info.rows * info.columns)
         row_ends = set(range(info.columns, info.rows * info.columns + 1, info.columns))
         assert row_ends <= set(ends), "a run crosses a row boundary"
+
+
+def _python_pack(row: bytes) -> bytes:
+    """Plain-Python PackBits of one row with the encoder's documented choices.
+
+    At each position the run of equal bytes (up to 128) is measured: three
+    or more, or two with no literal pending, make a replicate run; anything
+    else joins the pending literal, written in chunks of at most 128.
+    """
+    out = bytearray()
+    literal: list[int] = []
+
+    def flush() -> None:
+        for start in range(0, len(literal), 128):
+            chunk = literal[start:start + 128]
+            out.append(len(chunk) - 1)
+            out.extend(chunk)
+        literal.clear()
+
+    i = 0
+    while i < len(row):
+        run = 1
+        while i + run < len(row) and run < 128 and row[i + run] == row[i]:
+            run += 1
+        if run >= 3 or (run == 2 and not literal):
+            flush()
+            out += bytes([257 - run, row[i]])
+        else:
+            literal.extend(row[i:i + run])
+        i += run
+    flush()
+    return bytes(out)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 300), st.integers(2, 256), st.integers(0, 2**32 - 1))
+def test_encoder_makes_the_documented_run_and_literal_choices(rows: int, columns: int, alphabet: int,
+                                                              seed: int) -> None:
+    """Byte for byte what a plain-Python PackBits with the same rule writes, row by row."""
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0, alphabet, size=(rows, columns))
+    repeats = rng.integers(1, 6, size=(rows, columns))  # runs of every length
+    frame = np.array([np.repeat(v, r)[:columns] for v, r in zip(values, repeats)], np.uint8)
+    stream = encode(frame, _info(rows, columns))
+    expected = b"".join(_python_pack(bytes(row)) for row in frame)
+    assert stream[64:64 + len(expected)] == expected
+    assert len(stream) - 64 - len(expected) == len(expected) % 2  # the even-length pad
 
 
 # ---------------------------------------------------------------- round trips

@@ -41,9 +41,10 @@ def _flush_literal(src, first, start, stride, count, out, o):
         chunk = count if count < 128 else 128
         out[o] = chunk - 1
         o += 1
-        base = start + first * stride
-        for t in range(chunk):
-            out[o + t] = src[base + t * stride]
+        q = start + first * stride
+        for t in range(o, o + chunk):
+            out[t] = src[q]
+            q += stride
         o += chunk
         first += chunk
         count -= chunk
@@ -56,29 +57,45 @@ def _encode_row(src, start, stride, n, out, o):
 
     Runs of three or more equal bytes become replicate runs; a run of two
     does too when no literal is pending (it then costs no more than a
-    literal); everything else is gathered into literal runs.
+    literal); everything else is gathered into literal runs.  A literal is
+    therefore extended up to the first three equal bytes, which one pass with
+    two comparisons per byte finds.
     """
     i = 0
-    lit = -1  # first element of the pending literal, -1 when none
     while i < n:
-        value = src[start + i * stride]
+        q = start + i * stride
+        value = src[q]
         j = i + 1
         limit = i + 128 if i + 128 < n else n
-        while j < limit and src[start + j * stride] == value:
+        q += stride
+        while j < limit and src[q] == value:
             j += 1
-        run = j - i
-        if run >= 3 or (run == 2 and lit < 0):
-            if lit >= 0:
-                o = _flush_literal(src, lit, start, stride, i - lit, out, o)
-                lit = -1
-            out[o] = 257 - run
+            q += stride
+        if j - i >= 2:
+            out[o] = 257 - (j - i)
             out[o + 1] = value
             o += 2
-        elif lit < 0:
-            lit = i
-        i = j
-    if lit >= 0:
-        o = _flush_literal(src, lit, start, stride, n - lit, out, o)
+            i = j
+            continue
+        # A literal starts at i and ends where three equal bytes begin.
+        k = i + 1
+        if k + 2 < n:
+            p = start + (k + 2) * stride
+            a = src[p - 2 * stride]
+            b = src[p - stride]
+            last = start + (n - 1) * stride
+            while p <= last:
+                c = src[p]
+                if a == b and b == c:
+                    break
+                a = b
+                b = c
+                p += stride
+            k = (p - start) // stride - 2
+        if k + 2 >= n:
+            k = n
+        o = _flush_literal(src, i, start, stride, k - i, out, o)
+        i = k
     return o
 
 
@@ -166,7 +183,8 @@ def decode_segments(data, offsets, ends, pixels, samples, nbytes, out):
         if status:
             return status * 16 - s
         k = s // nbytes
-        lane = k * nbytes + (nbytes - 1 - s % nbytes)
+        q = k * nbytes + (nbytes - 1 - s % nbytes)  # this segment's byte lane
         for p in range(pixels):
-            out[lane + p * segments] = plane[p]
+            out[q] = plane[p]
+            q += segments
     return 0

@@ -170,14 +170,17 @@ def decode(data: bytes | bytearray | memoryview, info: FrameInfo) -> np.ndarray:
     data = bytes(data)
     starts, ends = _parse_header(data, segments)
     pixels = info.rows * info.columns
-    out = np.empty(pixels * segments, dtype=np.uint8)
-    status = _k.decode_segments(
-        np.frombuffer(data, dtype=np.uint8), starts, ends, pixels, info.samples_per_pixel, nbytes, out
-    )
+    stream = np.frombuffer(data, dtype=np.uint8)
+    if nbytes == 1:
+        out = np.empty(pixels * segments, dtype=np.uint8)
+        status = _k.decode_segments(stream, starts, ends, pixels, info.samples_per_pixel, nbytes, out)
+    else:  # composed as native integers: no byte order to fix afterwards
+        out = np.empty(pixels * info.samples_per_pixel, dtype=f"u{nbytes}")
+        status = _k.decode_wide(stream, starts, ends, pixels, info.samples_per_pixel, nbytes, out)
     if status:
         error, segment = divmod(-status, 16)
         raise _corrupt(f"segment {segment + 1}: {_ERRORS.get(error, 'bad data')}")
-    frame = out.view(dtype.newbyteorder("<")).astype(dtype, copy=False).reshape(info.shape)
+    frame = out.view(dtype).reshape(info.shape)
     return _normalise(frame, info)
 
 

@@ -101,11 +101,17 @@ def _best_time(function, repeat: int):
 def measure(entry: Entry, items: Sequence[Item], *, verify: bool = True, repeat: int = 1) -> dict[str, _Tally]:
     """Encode and decode every frame of `items` with `entry`; tallies per folder and 'ALL'."""
     tallies: dict[str, _Tally] = defaultdict(_Tally)
-    # Warm up (JIT compilation, library loading) outside the timed region.
-    if items:
-        for item in items[:3]:
-            if entry.supports(item.info):
-                entry.decode(entry.encode(item.frames[0], item.info), item.info)
+    # Warm up (JIT compilation, library loading) outside the timed region:
+    # one image of each kind, since compiled kernels are specialised by
+    # sample count, sample size and signedness.
+    kinds = set()
+    for item in items:
+        info = item.info
+        kind = (info.samples_per_pixel, info.bits_allocated, info.pixel_representation,
+                info.bits_stored < info.bits_allocated)
+        if kind not in kinds and entry.supports(info):
+            kinds.add(kind)
+            entry.decode(entry.encode(item.frames[0], info), info)
     for item in items:
         tally = tallies[item.folder]
         if not entry.supports(item.info):

@@ -191,53 +191,41 @@ def _text(value: bytes) -> str:
     return value.rstrip(b"\x00 ").decode("ascii", "replace")
 
 
+def _items(data: bytes, start: int, what: str) -> Iterator[tuple[int, bytes]]:
+    """(type, value) of each item, or sub-item, of `data` from `start` on, each checked against the end."""
+    pos = start
+    while pos < len(data):
+        if len(data) - pos < 4:
+            raise PeerProtocolError(f"{what} ends inside an item header")
+        kind, _, length = struct.unpack_from(">BBH", data, pos)
+        pos += 4
+        if length > len(data) - pos:
+            raise PeerProtocolError(f"{what}: item 0x{kind:02X} runs past the end")
+        yield kind, data[pos:pos + length]
+        pos += length
+
+
 def parse_associate_ac(body: bytes) -> tuple[dict[int, tuple[int, str]], int]:
     """Presentation context results {id: (result, transfer syntax)} and the peer's maximum PDU length."""
     if len(body) < 68:
         raise PeerProtocolError("A-ASSOCIATE-AC is shorter than its fixed fields")
     results: dict[int, tuple[int, str]] = {}
     max_pdu = 0
-    pos = 68
-    while pos < len(body):
-        if len(body) - pos < 4:
-            raise PeerProtocolError("A-ASSOCIATE-AC ends inside an item header")
-        kind, _, length = struct.unpack_from(">BBH", body, pos)
-        pos += 4
-        if length > len(body) - pos:
-            raise PeerProtocolError(f"A-ASSOCIATE-AC item 0x{kind:02X} runs past the end of the PDU")
-        value = body[pos:pos + length]
-        pos += length
+    for kind, value in _items(body, 68, "A-ASSOCIATE-AC"):
         if kind == 0x21:
-            if length < 4:
+            if len(value) < 4:
                 raise PeerProtocolError("presentation context item is too short")
-            ident, result = value[0], value[2]
             syntax = ""
-            sub = 4
-            while sub < length:
-                if length - sub < 4:
-                    raise PeerProtocolError("presentation context sub-item header is cut short")
-                sub_kind, _, sub_length = struct.unpack_from(">BBH", value, sub)
-                sub += 4
-                if sub_length > length - sub:
-                    raise PeerProtocolError("presentation context sub-item runs past its item")
+            for sub_kind, sub in _items(value, 4, "presentation context item"):
                 if sub_kind == 0x40:
-                    syntax = _text(value[sub:sub + sub_length])
-                sub += sub_length
-            results[ident] = (result, syntax)
+                    syntax = _text(sub)
+            results[value[0]] = (value[2], syntax)
         elif kind == 0x50:
-            sub = 0
-            while sub < length:
-                if length - sub < 4:
-                    raise PeerProtocolError("user information sub-item header is cut short")
-                sub_kind, _, sub_length = struct.unpack_from(">BBH", value, sub)
-                sub += 4
-                if sub_length > length - sub:
-                    raise PeerProtocolError("user information sub-item runs past its item")
+            for sub_kind, sub in _items(value, 0, "user information item"):
                 if sub_kind == 0x51:
-                    if sub_length != 4:
+                    if len(sub) != 4:
                         raise PeerProtocolError("maximum length sub-item is not 4 bytes long")
-                    max_pdu = int(struct.unpack_from(">I", value, sub)[0])
-                sub += sub_length
+                    max_pdu = int(struct.unpack(">I", sub)[0])
     return results, max_pdu
 
 

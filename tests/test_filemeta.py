@@ -14,16 +14,15 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import dcmwrite, write_dataset, write_file_meta_info
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLSLossless, RLELossless
 
 from gateway.filemeta import parse_file_meta, read_file_meta, with_transfer_syntax
 
 from tests.conftest import pydicom_file
 from tests.fuzzing import EDITS, apply_edits
 
-IMPLICIT = "1.2.840.10008.1.2"
-EXPLICIT = "1.2.840.10008.1.2.1"
-RLE = "1.2.840.10008.1.2.5"
-JPEG_LS = "1.2.840.10008.1.2.4.80"
+EXPLICIT, IMPLICIT = str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)
+RLE, JPEG_LS = str(RLELossless), str(JPEGLSLossless)
 SAMPLES = ["CT_small.dcm", "MR_small.dcm", "MR_small_RLE.dcm", "SC_rgb_rle.dcm", "MR_small_implicit.dcm"]
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

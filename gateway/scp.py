@@ -133,10 +133,8 @@ class Receiver:
     def _take(self, event: evt.Event) -> Path:
         """Move (or write) the received bytes into the spool's temp folder."""
         tmp = self.spool.temp_path()
-        try:
-            source = Path(event.dataset_path)
-        except AttributeError:
-            source = None
+        path = getattr(event, "dataset_path", None)  # None unless pynetdicom streamed it to a file
+        source = Path(path) if path is not None else None
         if source is None:
             with open(tmp, "wb") as handle:
                 handle.write(event.encoded_dataset())

@@ -295,11 +295,16 @@ class Peer:
 
     def _on_store(self, event: evt.Event) -> Any:
         request = event.request
+        path = getattr(event, "dataset_path", None)  # set when the gateway's receiver switched streaming on
+        if path is not None:
+            data = Path(path).read_bytes()[read_file_meta(Path(path))[0]:]
+        else:
+            data = request.DataSet.getvalue()
         with self.lock:
             self.received.append({
                 "instance": str(request.AffectedSOPInstanceUID), "sop_class": str(request.AffectedSOPClassUID),
                 "message_id": int(request.MessageID), "syntax": str(event.context.transfer_syntax),
-                "data": request.DataSet.getvalue(), "priority": int(request.Priority)})
+                "data": data, "priority": int(request.Priority)})
         return self.status(event) if callable(self.status) else self.status
 
     def associate(self, contexts: list[tuple[str, str]], **kwargs: Any) -> Association:

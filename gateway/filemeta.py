@@ -98,7 +98,7 @@ def with_transfer_syntax(head: bytes, uid: str) -> bytes:
         value += b"\x00"
     parts: list[bytes] = []
     replaced = False
-    for elem, start, value_start, end in found:
+    for elem, start, _value, end in found:
         if elem == _TRANSFER_SYNTAX:
             parts.append(struct.pack("<HH2sH", 0x0002, elem, b"UI", len(value)) + value)
             replaced = True

@@ -36,11 +36,10 @@ import threading
 import time
 import zlib
 from collections.abc import Iterable
-from pathlib import Path
-from typing import Protocol
-
 from dataclasses import replace
 from io import BytesIO
+from pathlib import Path
+from typing import Protocol
 
 from pydicom import Dataset, dcmread
 from pydicom.filewriter import dcmwrite
@@ -48,8 +47,8 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from gateway.config import Destination, RetryConfig
 from gateway.errors import AssociationRejectedError, NetworkError, PermanentForwardError, TransientForwardError
-from gateway.logs import get_logger, stage
 from gateway.filemeta import parse_file_meta, read_file_meta
+from gateway.logs import get_logger, stage
 from gateway.scu import Association
 from gateway.spool import DEAD, DONE, INFLIGHT, PENDING, Job, Spool, atomic_copy
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import select
 import socket
 import struct
 import time
@@ -296,7 +297,25 @@ class Association:
 
     @property
     def is_established(self) -> bool:
-        return self._sock is not None
+        """True while the association can carry a request.
+
+        Between requests the peer has nothing to say, so anything readable
+        on the idle socket is an A-ABORT, an A-RELEASE-RQ or the connection
+        closing (an archive's idle timeout): the association is then closed
+        here, and the next send opens a fresh one instead of failing.
+        """
+        sock = self._sock
+        if sock is None:
+            return False
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):
+            readable = [sock]
+        if readable:
+            self._sock = None
+            sock.close()
+            return False
+        return True
 
     def accepted_syntaxes(self, sop_class: str) -> list[str]:
         """Transfer syntaxes the peer accepted for `sop_class`, in the order proposed."""

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
-
 from pathlib import Path
 
 from pydicom import Dataset, dcmread

@@ -385,7 +385,7 @@ def test_store_several_datasets_by_path_and_by_bytes(scp, tmp_path: Path) -> Non
     assert [r["priority"] for r in peer.received] == [2] * len(files) + [0]
     for record in peer.received:
         assert record["data"] == sent[record["instance"]], record["instance"]
-    for path, original in files:
+    for _path, original in files:
         record = next(r for r in peer.received if r["instance"] == original.SOPInstanceUID)
         assert record["syntax"] == original.file_meta.TransferSyntaxUID
         assert record["sop_class"] == original.SOPClassUID
@@ -1100,3 +1100,41 @@ def test_fuzz_parse_command_mutations(edits: list[tuple[int, int, str]]) -> None
         scu.parse_command(apply_edits(VALID_RESPONSE, edits))
     except PeerProtocolError:
         pass
+
+
+@pytest.mark.parametrize("farewell", [bytes((0x07, 0, 0, 0, 0, 4, 0, 0, 2, 0)), bytes((0x05, 0, 0, 0, 0, 4, 0, 0, 0, 0)), b""],
+                         ids=["abort", "release-request", "close"])
+def test_an_idle_association_the_peer_ended_is_not_established(scripted, farewell: bytes) -> None:
+    """An archive that aborts, releases or drops an idle association: the next send reconnects, not fails."""
+    said = threading.Event()
+
+    def script(conn: socket.socket) -> None:
+        handshake(conn)
+        if farewell:
+            conn.sendall(farewell)
+        _close_write(conn)
+        said.set()
+
+    server = scripted(script)
+    assoc = server.associate()
+    assert said.wait(5)
+    assert wait_until(lambda: not assoc.is_established, timeout=5)
+    with pytest.raises(NetworkError, match="closed"):
+        assoc.c_echo()
+    server.finish()
+
+
+def test_an_idle_association_stays_established_while_the_peer_is_silent(scripted) -> None:
+    done = threading.Event()
+
+    def script(conn: socket.socket) -> None:
+        handshake(conn)
+        done.wait(10)
+
+    server = scripted(script)
+    assoc = server.associate()
+    time.sleep(0.2)
+    assert assoc.is_established
+    assoc.abort()
+    done.set()
+    server.finish()

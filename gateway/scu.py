@@ -308,9 +308,14 @@ class Association:
         if sock is None:
             return False
         try:
-            readable, _, _ = select.select([sock], [], [], 0)
+            if hasattr(select, "poll"):  # no limit on descriptor numbers, unlike select()
+                poller = select.poll()
+                poller.register(sock, select.POLLIN | select.POLLERR | select.POLLHUP)
+                readable = bool(poller.poll(0))
+            else:
+                readable = bool(select.select([sock], [], [], 0)[0])
         except (OSError, ValueError):
-            readable = [sock]
+            readable = True
         if readable:
             self._sock = None
             sock.close()
@@ -334,6 +339,7 @@ class Association:
             return
         self._sock = None
         try:
+            sock.settimeout(self.timeout)
             sock.sendall(_RELEASE_RQ)
             deadline = time.monotonic() + self.timeout
             while True:
@@ -400,6 +406,7 @@ class Association:
             raise NetworkError("the association is closed")
         with _open_dataset(dataset) as (source, size):  # problems with the file show before anything is sent
             try:
+                sock.settimeout(self.timeout)  # reading the last response may have left a shorter one
                 self._send_pdvs(sock, context.id, 0x01, io.BytesIO(command), len(command))
                 if source is not None:
                     self._send_pdvs(sock, context.id, 0x00, source, size)

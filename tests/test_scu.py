@@ -1138,3 +1138,26 @@ def test_an_idle_association_stays_established_while_the_peer_is_silent(scripted
     assoc.abort()
     done.set()
     server.finish()
+
+
+def test_a_slow_answer_does_not_shorten_the_next_send(scripted) -> None:
+    """The first response comes just inside the timeout; the next, large, send must still get all of it.
+
+    The peer then reads the second dataset only after a pause longer than
+    what was left of the first deadline: the send must wait on the full
+    timeout, not on the remains of the last read's.
+    """
+    def script(conn: socket.socket) -> None:
+        handshake(conn, max_pdu=0)
+        first = read_message(conn)
+        time.sleep(2.0)  # 1 s of the 3 s timeout left
+        conn.sendall(p_data(first.context, response(first.context, answered=1)))
+        time.sleep(1.5)  # not reading: the client's send fills the socket buffers and waits
+        second = read_message(conn)
+        conn.sendall(p_data(second.context, response(second.context, answered=2)))
+
+    server = scripted(script)
+    with server.associate(timeout=3.0) as assoc:
+        assert _store(assoc).status == 0
+        assert assoc.c_store(CT, "1.2.3.5", EXPLICIT, bytes(range(256)) * 65_536).status == 0
+    server.finish()

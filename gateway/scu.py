@@ -18,8 +18,10 @@ negotiation (storage needs neither).
 Every byte from the peer is checked before it is used: a malformed or
 unexpected PDU raises :class:`~gateway.errors.PeerProtocolError` and aborts the
 association; transport failures and timeouts raise
-:class:`~gateway.errors.NetworkError`.  After any error the association is
-closed and must not be used again.
+:class:`~gateway.errors.NetworkError`.  After any of these the association is
+closed and must not be used again.  A request this side cannot make (no
+accepted context for it, an invalid UID, an unreadable file) raises
+ValueError before anything is sent, and the association stays usable.
 """
 
 from __future__ import annotations

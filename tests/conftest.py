@@ -116,11 +116,12 @@ class DicomPeer:
     """A pynetdicom C-STORE SCP keeping what it receives, startable and stoppable."""
 
     def __init__(self, port: int, ae_title: str = "ARCHIVE", syntaxes: list[str] | None = None,
-                 status: int = 0x0000) -> None:
+                 status: int = 0x0000, idle_timeout: float | None = None) -> None:
         self.port = port
         self.ae_title = ae_title
         self.syntaxes = syntaxes
         self.status = status
+        self.idle_timeout = idle_timeout  # seconds before the peer aborts a silent association
         self.received: list[Dataset] = []
         self.lock = threading.Lock()
         self.server = None
@@ -141,6 +142,8 @@ class DicomPeer:
 
     def start(self) -> DicomPeer:
         ae = AE(ae_title=self.ae_title)
+        if self.idle_timeout is not None:
+            ae.network_timeout = self.idle_timeout
         ae.add_supported_context(Verification)
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, self.syntaxes or list(ACCEPTED_SYNTAXES))

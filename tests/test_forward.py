@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from pydicom import Dataset, dcmread
 from pydicom.filewriter import dcmwrite
+from pydicom.uid import generate_uid
 
 from gateway.config import Destination, RetryConfig
 from gateway.errors import PermanentForwardError, TransientForwardError
@@ -157,6 +158,24 @@ def test_fallback_reencodes_when_first_choice_is_refused(tmp_path: Path, peer_fa
         assert received.file_meta.TransferSyntaxUID == EXPLICIT
         assert np.array_equal(received.pixel_array, ds.pixel_array)
     assert peer.associations == 1, "one association for the whole batch"
+
+
+def test_an_association_the_archive_dropped_while_idle_is_reopened_not_retried(tmp_path: Path, peer_factory) -> None:
+    """An archive that aborts silent associations: the next instance goes out at once on a new one."""
+    peer = peer_factory(idle_timeout=0.3).start()
+    spool = Spool(tmp_path)
+    sender = DicomSender(_dicom_destination(peer))
+    first, second = pydicom_file("CT_small.dcm"), pydicom_file("CT_small.dcm")
+    second.SOPInstanceUID = second.file_meta.MediaStorageSOPInstanceUID = generate_uid()  # same SOP class and syntax
+    job = _stage(spool, first, "pacs")
+    sender.prepare([job])
+    assert sender.send(job, spool.object_path(job.instance)) == RLE
+    time.sleep(1.5)  # the archive gives up on the silent association meanwhile
+    job = _stage(spool, second, "pacs")
+    assert sender.send(job, spool.object_path(job.instance)) == RLE  # raises if the dead one were used
+    sender.close()
+    assert set(peer.by_uid()) == {first.SOPInstanceUID, second.SOPInstanceUID}
+    assert peer.associations == 2
 
 
 def test_preferred_syntax_is_used_when_accepted(tmp_path: Path, peer_factory) -> None:

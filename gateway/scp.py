@@ -1,7 +1,8 @@
 """Receive: a C-ECHO / C-STORE SCP that puts instances durably into the spool.
 
 Success (0x0000) is answered only once the instance is fsync'd into the
-spool (the fsyncs run while the dataset is parsed, see :meth:`Spool.admit`).  If it cannot be stored, the answer is 0xA700 (out of resources) so the
+spool (the fsyncs run while the dataset is checked, see :meth:`Spool.admit`).
+If it cannot be stored, the answer is 0xA700 (out of resources) so the
 sender retries; a dataset that cannot be parsed gets 0xC210 (cannot
 understand).  Either way the server keeps serving.
 
@@ -35,7 +36,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from gateway.config import ServerConfig
 from gateway.errors import GatewayError, SpoolError
-from gateway.filecheck import walk_file
+from gateway.filecheck import Identity, walk_file
 from gateway.logs import get_logger, stage
 from gateway.spool import Receipt, Spool
 
@@ -157,7 +158,7 @@ class Receiver:
         except ValueError:
             identity = None  # pydicom copes with some irregular files the walk refuses
         if identity is None:
-            return Receiver._check_with_pydicom(path, calling, syntax)
+            identity = Receiver._check_with_pydicom(path, syntax)
         return Receipt(
             calling_ae=calling,
             received_at=time.time(),
@@ -170,7 +171,7 @@ class Receiver:
         )
 
     @staticmethod
-    def _check_with_pydicom(path: Path, calling: str, syntax: str) -> Receipt:
+    def _check_with_pydicom(path: Path, syntax: str) -> Identity:
         """Parse the received file with pydicom; raise if it is not a complete DICOM dataset."""
         size = path.stat().st_size
         ds = dcmread(path, defer_size=_DEFER)
@@ -180,15 +181,13 @@ class Receiver:
         sop_instance = str(ds.SOPInstanceUID)
         if not UID(sop_instance).is_valid or not UID(sop_class).is_valid:
             raise ValueError("SOP Class or SOP Instance UID is not a valid UID")
-        return Receipt(
-            calling_ae=calling,
-            received_at=time.time(),
+        return Identity(
+            transfer_syntax=syntax,
             sop_class_uid=sop_class,
             sop_instance_uid=sop_instance,
             study_uid=str(ds.get("StudyInstanceUID", "")),
             series_uid=str(ds.get("SeriesInstanceUID", "")),
             modality=str(ds.get("Modality", "")),
-            transfer_syntax=syntax,
         )
 
     def handle_store(self, event: evt.Event) -> int:

@@ -30,7 +30,7 @@ SMALL = ["CT_small.dcm", "MR_small_implicit.dcm", "MR_small_RLE.dcm", "rtplan.dc
 def _pydicom_verdict(path: Path) -> tuple[str, ...] | Exception:
     """What the receiver's pydicom check says: the identifying values, or the error."""
     try:
-        receipt = Receiver._check_with_pydicom(path, "MODALITY", "?")
+        receipt = Receiver._check_with_pydicom(path, "?")
     except Exception as exc:  # noqa: BLE001 - any refusal counts
         return exc
     return tuple(getattr(receipt, name) for name in FIELDS)

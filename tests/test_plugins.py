@@ -220,23 +220,18 @@ def test_pyproject_declares_pylibjpeg_entry_points_for_private_syntaxes_only() -
 
 @pytest.mark.parametrize("codec", _private())
 def test_private_file_read_by_a_plain_pydicom_program(codec, tmp_path: Path) -> None:
-    ident, info, frames = next(c for c in REFERENCE_IMAGES if codec.supports(c[1]) is None and len(c[2]) > 1)
-    ds = make_dataset(info, frames)
-    ds.compress(codec.uid, encoding_plugin="gateway")
-    path = tmp_path / "private.dcm"
-    ds.save_as(path, enforce_file_format=True, implicit_vr=False, little_endian=True)
-    np.save(tmp_path / "expected.npy", np.stack(frames))
+    path, expected = _private_file(codec, tmp_path)
     program = f"""
 import numpy as np, pydicom
 import gateway
 ds = pydicom.dcmread({str(path)!r})
-expected = np.load({str(tmp_path / "expected.npy")!r})
+expected = np.load({str(expected)!r})
 assert np.array_equal(ds.pixel_array.reshape(expected.shape), expected)
 print("ok")
 """
     out = subprocess.run([sys.executable, "-c", program], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "ok", ident
+    assert out.stdout.strip() == "ok", codec.name
 
 
 @pytest.mark.parametrize("codec", _private())

@@ -1,16 +1,19 @@
-"""End-to-end throughput: storescu -> gateway (RLE, verify on) -> Orthanc, against storescu -> Orthanc.
+"""End-to-end throughput: storescu -> gateway (verify on) -> folder and Orthanc, against storescu -> Orthanc.
 
-    python benchmarks/bench_e2e.py [--series NAME] [--runs 2] [--syntax RLELossless]
+    python benchmarks/bench_e2e.py [--series NAME] [--runs 2] [--syntax RLELossless GatewayLosslessV1 ...]
 
 For each real series of the corpus (``series/`` in ``$GATEWAY_CORPUS`` or
 ``../shared/corpus``), in the same run and against the same Orthanc:
 
 * direct:  DCMTK ``storescu`` sends the series to Orthanc; timed until
   storescu exits (every C-STORE answered, so Orthanc has stored everything);
-* gateway: storescu sends to a ``dicom-gateway serve`` process which
-  recompresses (verified) and forwards to Orthanc; timed until Orthanc has
-  answered Success to the gateway's C-STORE of the last instance (the
-  gateway's "forwarded" log line, millisecond timestamps), i.e. delivered,
+* gateway: storescu sends to a ``dicom-gateway serve`` process (one per
+  ``--syntax``, rounds interleaved) which recompresses (verified) and
+  forwards to a folder and to Orthanc (offered the target syntax, then
+  JPEG-LS and RLE: a syntax it refuses arrives in the best it accepts, after a
+  verified re-encode); timed until the folder holds the last instance and
+  until Orthanc has answered Success to the gateway's C-STORE of the last
+  instance (the gateway's "forwarded" log lines, millisecond timestamps), i.e. delivered,
   not merely received; Orthanc's REST count then confirms every instance is
   there.  Polling that count for the timing would add up to a polling
   interval per run.  The time until storescu exits (everything acknowledged
@@ -122,6 +125,12 @@ def storescu(port: int, aec: str, folder: Path) -> float:
 
 
 def start_gateway(root: Path, orthanc: Orthanc, syntax: str, processes: int) -> tuple[subprocess.Popen, int]:
+    """A ``serve`` process forwarding to a folder and to Orthanc.
+
+    Orthanc is offered `syntax` first, then JPEG-LS and RLE: what it refuses
+    (our private syntax) reaches it in the best of those it accepts, after the
+    gateway's verified re-encode.
+    """
     port = free_port()
     (root / "gateway.toml").write_text(f"""
 [server]
@@ -138,15 +147,20 @@ processes = {processes}
 level = "INFO"
 file = "gateway.log"
 [[destinations]]
+name = "folder"
+kind = "folder"
+path = "archive"
+[[destinations]]
 name = "orthanc"
 kind = "dicom"
 ae_title = "ORTHANC"
 host = "127.0.0.1"
 port = {orthanc.dicom_port}
+transfer_syntaxes = ["{syntax}", "JPEGLSLossless", "RLELossless"]
 """)
     process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(root / "gateway.toml")],
                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while True:
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
@@ -187,11 +201,11 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def last_forwarded(log: Path, since: float) -> float:
-    """Wall time of the latest "forwarded" log line at or after `since` (epoch seconds)."""
+def last_forwarded(log: Path, since: float, destination: str) -> float:
+    """Wall time of the latest "forwarded" log line to `destination` at or after `since` (epoch seconds)."""
     latest = since
     for line in log.read_text(errors="replace").splitlines():
-        if " forwarded sop=" not in line:
+        if " forwarded sop=" not in line or f" destination={destination} " not in line:
             continue
         stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
         latest = max(latest, stamp)
@@ -216,7 +230,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--series", help="only this folder of the corpus's series/")
     parser.add_argument("--runs", type=int, default=2)
-    parser.add_argument("--syntax", default="RLELossless")
+    parser.add_argument("--syntax", nargs="+", default=["RLELossless"],
+                        help="gateway target syntaxes, measured side by side (one gateway each)")
     parser.add_argument("--processes", type=int, default=1, help="[compression] processes of the gateway")
     args = parser.parse_args()
     STORESCU = dcmtk("storescu")
@@ -236,61 +251,82 @@ def main() -> None:
         for folder in folders:
             files = sorted(folder.glob("*.dcm"))
             mb = sum(pixel_bytes[f"series/{folder.name}/{f.name}"] for f in files) / 1e6
-            direct = []
-            for _ in range(args.runs):
-                orthanc.clear()
-                direct.append(storescu(orthanc.dicom_port, "ORTHANC", folder))
-                wait_count(orthanc, len(files))
-            gw_root = root / f"gw_{folder.name}"
-            gw_root.mkdir()
-            process, port = start_gateway(gw_root, orthanc, args.syntax, args.processes)
+            gateways = {}
+            for index, syntax in enumerate(args.syntax):
+                gw_root = root / f"gw_{folder.name}_{index}"
+                gw_root.mkdir()
+                process, port = start_gateway(gw_root, orthanc, syntax, args.processes)
+                gateways[syntax] = (gw_root, process, port)
             try:
-                # Warm-up (numba caches, imports): one file, not timed.
-                warm = gw_root / "warm"
-                warm.mkdir()
-                shutil.copy(files[0], warm / files[0].name)
-                orthanc.clear()
-                storescu(port, "GATEWAY", warm)
-                wait_count(orthanc, 1)
-                delivered, acknowledged = [], []
-                cpu_before = _cpu_seconds(process.pid)
-                for _ in range(args.runs):
+                for syntax, (gw_root, process, port) in gateways.items():
+                    # Warm-up (numba caches, imports): one file, not timed.
+                    warm = gw_root / "warm"
+                    warm.mkdir()
+                    shutil.copy(files[0], warm / files[0].name)
                     orthanc.clear()
-                    time.sleep(0.5)  # the log's timestamps are wall clock: runs must not overlap
-                    started = time.time()
-                    acknowledged.append(storescu(port, "GATEWAY", folder))
+                    storescu(port, "GATEWAY", warm)
+                    wait_count(orthanc, 1)
+                direct: list[float] = []
+                timings = {syntax: {"ack": [], "folder": [], "orthanc": []} for syntax in args.syntax}
+                cpu = dict.fromkeys(args.syntax, 0.0)
+                syntaxes = {}
+                for _ in range(args.runs):  # interleaved: direct, then each gateway, every round
+                    orthanc.clear()
+                    direct.append(storescu(orthanc.dicom_port, "ORTHANC", folder))
                     wait_count(orthanc, len(files))
-                    delivered.append(last_forwarded(gw_root / "gateway.log", started) - started)
-                cpu = _cpu_seconds(process.pid) - cpu_before
-                syntaxes = check_pixels(orthanc, folder, args.syntax)
+                    for syntax, (gw_root, process, port) in gateways.items():
+                        orthanc.clear()
+                        shutil.rmtree(gw_root / "archive", ignore_errors=True)
+                        time.sleep(0.5)  # the log's timestamps are wall clock: runs must not overlap
+                        cpu_before = _cpu_seconds(process.pid)
+                        started = time.time()
+                        timings[syntax]["ack"].append(storescu(port, "GATEWAY", folder))
+                        wait_count(orthanc, len(files))
+                        deadline = time.monotonic() + 600
+                        while len(list((gw_root / "archive").rglob("*.dcm"))) < len(files):
+                            if time.monotonic() > deadline:
+                                sys.exit("the folder destination did not receive every instance")
+                            time.sleep(0.02)
+                        log = gw_root / "gateway.log"
+                        timings[syntax]["folder"].append(last_forwarded(log, started, "folder") - started)
+                        timings[syntax]["orthanc"].append(last_forwarded(log, started, "orthanc") - started)
+                        cpu[syntax] += _cpu_seconds(process.pid) - cpu_before
+                        syntaxes[syntax] = check_pixels(orthanc, folder, syntax)
             finally:
-                process.terminate()
-                process.wait(30)
-            best_direct, best_gw, best_ack = min(direct), min(delivered), min(acknowledged)
-            rows.append((folder.name, len(files), mb, "direct storescu -> Orthanc", best_direct, None, ""))
-            rows.append((folder.name, len(files), mb, "storescu -> gateway (acknowledged)", best_ack, None, ""))
-            rows.append((folder.name, len(files), mb, "storescu -> gateway -> Orthanc", best_gw,
-                         best_direct / best_gw, syntaxes))
-            notes.append(f"{folder.name}: gateway CPU (service + worker processes) {cpu:.2f} s over the {args.runs} "
-                         f"timed run(s), {1000 * cpu / (args.runs * len(files)):.1f} ms per image; "
-                         f"delivered as {syntaxes}")
+                for _, process, _ in gateways.values():
+                    process.terminate()
+                    process.wait(30)
+            best_direct = min(direct)
+            rows.append((folder.name, len(files), mb, "", "direct storescu -> Orthanc", best_direct, None))
+            for syntax in args.syntax:
+                best = {k: min(v) for k, v in timings[syntax].items()}
+                rows.append((folder.name, len(files), mb, syntax, "storescu -> gateway (acknowledged)",
+                             best["ack"], None))
+                rows.append((folder.name, len(files), mb, syntax, "storescu -> gateway -> folder",
+                             best["folder"], best_direct / best["folder"]))
+                rows.append((folder.name, len(files), mb, syntax, "storescu -> gateway -> Orthanc",
+                             best["orthanc"], best_direct / best["orthanc"]))
+                notes.append(f"{folder.name} {syntax}: gateway CPU (service + worker processes) "
+                             f"{1000 * cpu[syntax] / (args.runs * len(files)):.1f} ms per image; "
+                             f"Orthanc received {syntaxes[syntax]}")
     finally:
         orthanc.stop()
         shutil.rmtree(root, ignore_errors=True)
 
-    print(f"\nEnd-to-end throughput, best of {args.runs}; gateway target {args.syntax}, verify on, "
+    print(f"\nEnd-to-end throughput, best of {args.runs} interleaved rounds; verify on, "
           f"{args.processes} worker process(es); {os.cpu_count()} CPU(s)")
-    header = f"{'series':<34} {'images':>6} {'MB':>6}  {'path':<36} {'s':>7} {'img/s':>7} {'MB/s':>7} {'x direct':>8}"
+    header = (f"{'series':<34} {'images':>6} {'MB':>6}  {'target':<18} {'path':<36} {'s':>7} {'img/s':>7} "
+              f"{'MB/s':>7} {'x direct':>8}")
     print(header)
     print("-" * len(header))
-    for name, count, mb, path, seconds, ratio, syntaxes in rows:
+    for name, count, mb, syntax, path, seconds, ratio in rows:
         ratio_text = f"{ratio:.2f}" if ratio is not None else ""
-        print(f"{name:<34} {count:>6} {mb:>6.1f}  {path:<36} {seconds:>7.2f} {count / seconds:>7.1f} "
+        print(f"{name:<34} {count:>6} {mb:>6.1f}  {syntax:<18} {path:<36} {seconds:>7.2f} {count / seconds:>7.1f} "
               f"{mb / seconds:>7.1f} {ratio_text:>8}")
     print()
     for note in notes:
         print(note)
-    print("Pixels of every instance fetched back from Orthanc equal the files sent (checked after the runs).")
+    print("Pixels of every instance fetched back from Orthanc equal the files sent (checked after every round).")
 
 
 STORESCU: str | None = None

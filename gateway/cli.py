@@ -86,6 +86,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
     for dest in config.destinations:
         per = {s: sum(1 for _ in spool.jobs_in(s, dest.name)) for s in ("pending", "inflight", "dead")}
         print(f"  {dest.name}: " + "  ".join(f"{k}={v}" for k, v in per.items()))
+    failing = spool.failing()
+    if failing:
+        print("processing failed, to be tried again (then forwarded as received):")
+        for ident, attempts, reason in failing:
+            print(f"  {ident}: attempts={attempts} reason={reason}")
     dead = list(spool.jobs_in(DEAD))
     if dead:
         print("dead letters:")

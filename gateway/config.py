@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import re
 import tomllib
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.dicom.uids import NATIVE_SYNTAXES
 from gateway.errors import CodecNotFoundError, ConfigError
 
 __all__ = [
@@ -80,6 +80,12 @@ class CompressionConfig:
     modality: dict[str, str] = field(default_factory=dict)
     verify: bool = True
     processes: int = 1  # worker processes; 0 = threads inside the service process
+    max_attempts: int = 3  # failed processing attempts before the original is forwarded as received
+    retry_seconds: float = 5.0  # wait after the first failed attempt; doubled after each further one
+
+    def retry_delay(self, attempts: int) -> float:
+        """Seconds to wait after the `attempts`-th failed processing attempt."""
+        return self.retry_seconds * (2 ** max(0, attempts - 1))
 
     def target_for(self, modality: str | None) -> str:
         """Target syntax UID (or :data:`KEEP`) for an instance of `modality`."""
@@ -254,10 +260,8 @@ def _syntax(key: str, value: Any, *, allow_keep: bool) -> str:
     from gateway.codecs import resolve_uid
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pydicom warns about non-UID strings; we raise instead
-            return resolve_uid(text)
-    except (CodecNotFoundError, ValueError) as exc:
+        return resolve_uid(text)
+    except CodecNotFoundError as exc:
         raise ConfigError(key, f"unknown transfer syntax {text!r} (UID, pydicom keyword or codec name)") from exc
 
 
@@ -268,14 +272,11 @@ def _target(key: str, value: Any) -> str:
         return uid
     from gateway.codecs import all_codecs
 
-    encodable = {c.uid for c in all_codecs()} | _NATIVE_SYNTAXES
+    encodable = {c.uid for c in all_codecs()} | NATIVE_SYNTAXES
     if uid not in encodable:
         names = ", ".join([c.keyword for c in all_codecs()] + [KEEP])
         raise ConfigError(key, f"no encoder for {value!r}; choose one of: {names}")
     return uid
-
-
-_NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
 
 
 def _sop_class(key: str, value: Any) -> str:
@@ -325,8 +326,11 @@ def _compression(data: Any) -> CompressionConfig:
         overrides[name] = _target(key, modality.pop(name))
     verify = _bool(t.path("verify"), t.pop("verify", True))
     processes = _int(t.path("processes"), t.pop("processes", 1), 0, 64)
+    max_attempts = _int(t.path("max_attempts"), t.pop("max_attempts", 3), 1, 100)
+    retry_seconds = _number(t.path("retry_seconds"), t.pop("retry_seconds", 5.0), 0.01, 3600)
     t.finish()
-    return CompressionConfig(transfer_syntax=target, modality=overrides, verify=verify, processes=processes)
+    return CompressionConfig(transfer_syntax=target, modality=overrides, verify=verify, processes=processes,
+                             max_attempts=max_attempts, retry_seconds=retry_seconds)
 
 
 def _retry(data: Any) -> RetryConfig:

@@ -26,13 +26,19 @@ from pathlib import Path
 
 from pydicom.uid import UID
 
+from gateway.dicom.uids import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    is_explicit_little_endian,
+    is_known,
+)
 from gateway.filemeta import LONG_VRS as _LONG
 from gateway.filemeta import SHORT_VRS as _SHORT
 from gateway.filemeta import parse_file_meta
 
 __all__ = ["Identity", "walk_file"]
 
-_IMPLICIT, _EXPLICIT, _DEFLATED = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99"
+_IMPLICIT, _EXPLICIT = IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _PIXEL_DATA = 0x7FE00010
@@ -66,12 +72,7 @@ def _walkable(syntax: str) -> bool | None:
         return True
     if syntax == _EXPLICIT:
         return False
-    uid = UID(syntax)
-    if uid.is_transfer_syntax:
-        return False if uid.is_encapsulated and syntax != _DEFLATED else None
-    from gateway.codecs import all_codecs
-
-    return False if any(codec.uid == syntax for codec in all_codecs()) else None
+    return False if is_known(syntax) and is_explicit_little_endian(syntax) else None
 
 
 class _Walker:

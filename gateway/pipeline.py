@@ -32,6 +32,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from gateway.codecs import get_codec, resolve_uid
 from gateway.codecs.base import Codec, FrameInfo
+from gateway.dicom.uids import TRANSFER_SYNTAXES, is_encapsulated, is_known
 from gateway.errors import CodecNotFoundError, GatewayError, UnsupportedImageError
 from gateway.pixels import frame_info, high_bits_used, iter_frames, transfer_syntax
 from gateway.verify import first_difference
@@ -53,17 +54,7 @@ NATIVE_TARGETS = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian})
 # 2000 and HTJ2K that may be lossy, video, JPIP...) is kept as received:
 # re-encoding decoded lossy pixels gains nothing and loses the original.
 LOSSLESS_SOURCES = frozenset(
-    {
-        "1.2.840.10008.1.2.5",  # RLE Lossless
-        "1.2.840.10008.1.2.4.57",  # JPEG Lossless, Non-Hierarchical (Process 14)
-        "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
-        "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
-        "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless Only
-        "1.2.840.10008.1.2.4.201",  # HTJ2K Lossless
-        "1.2.840.10008.1.2.4.202",  # HTJ2K Lossless RPCL
-        "1.2.840.10008.1.2.4.110",  # JPEG XL Lossless
-        "1.2.840.10008.1.2.8.1",  # Deflated Image Frame Compression
-    }
+    uid for uid, entry in TRANSFER_SYNTAXES.items() if entry.encapsulated and entry.lossless and not entry.private
 )
 
 _J2K_FAMILY = frozenset(
@@ -346,9 +337,9 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True, allow_larger: b
         return _pass(ds, f"decoding failed: {exc}", original)
     if source == target_uid:
         return _pass(ds, "already in target syntax", original)
-    if not source.is_transfer_syntax and not _ours(source):
+    if not is_known(source) and not _ours(source):
         return _pass(ds, f"unknown transfer syntax {source}; kept as received", original)
-    if _encapsulated(source) and str(source) not in LOSSLESS_SOURCES and not _ours(source):
+    if is_encapsulated(source) and str(source) not in LOSSLESS_SOURCES and not _ours(source):
         return _pass(
             ds,
             f"lossy-compressed source ({source.name}); re-encoding its decoded pixels "
@@ -440,7 +431,7 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True, allow_larger: b
         except Exception as exc:  # pydicom parses every raw element here; bad values raise many types
             return _pass(ds, f"big endian attributes cannot be converted: {type(exc).__name__}: {exc}", original)
     if not target_uid.is_transfer_syntax:
-        # A private syntax: tell pydicom it is written Explicit VR Little Endian.
+        # A syntax pydicom does not know (ours): tell it how the dataset is written.
         target_uid = UID(str(target_uid))
         target_uid.set_private_encoding(False, True)
     new.file_meta.TransferSyntaxUID = target_uid
@@ -454,11 +445,6 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True, allow_larger: b
         if reason:
             return _pass(ds, reason, original, encode_seconds, verify_seconds)
     return Outcome(new, str(target_uid), True, None, original, len(value), encode_seconds, verify_seconds)
-
-
-def _encapsulated(uid: UID) -> bool:
-    """True for an encapsulated syntax; private ones pydicom does not know count as such."""
-    return not (uid.is_transfer_syntax and not uid.is_encapsulated)
 
 
 def _ours(uid: UID) -> bool:

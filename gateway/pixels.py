@@ -18,6 +18,7 @@ from pydicom.encaps import generate_frames
 from pydicom.uid import UID, ExplicitVRBigEndian
 
 from gateway.codecs.base import FrameInfo
+from gateway.dicom.uids import is_encapsulated
 from gateway.errors import CodecNotFoundError, PixelDataError, UnsupportedImageError
 
 __all__ = ["frame_info", "number_of_frames", "iter_frames", "high_bits_used", "transfer_syntax"]
@@ -151,8 +152,7 @@ def iter_frames(ds: Dataset) -> Iterator[np.ndarray]:
     info = frame_info(ds)
     frames = number_of_frames(ds)
     uid = transfer_syntax(ds)
-    # A private syntax is unknown to pydicom (is_encapsulated would raise): encapsulated.
-    if uid.is_transfer_syntax and not uid.is_encapsulated:
+    if not is_encapsulated(uid):
         _check_native_form(info)
         yield from _iter_native(ds, info, frames, big_endian=(uid == ExplicitVRBigEndian))
         return

@@ -11,6 +11,9 @@ Layout under the spool directory::
                               the original): a cache, rebuilt from held/ if lost
     jobs/<state>/<id>@<dest>.json   one delivery job per instance and destination
                               state = pending | inflight | done | dead
+    failures/<id>.json        failed processing attempts of a received instance
+                              (count and last reason), written durably; removed when
+                              the instance leaves ``incoming/``
 
 fsync costs milliseconds per call and the receive path pays it per image, so
 it is spent only where a lost write could lose an instance:
@@ -158,11 +161,13 @@ class Spool:
         self.held = self.root / "held"
         self.objects = self.root / "objects"
         self.jobs = self.root / "jobs"
+        self.failures = self.root / "failures"
         self._lock = threading.RLock()
         self._syncer: ThreadPoolExecutor | None = None
         self._lock_handle: Any = None
         try:
-            for folder in (self.tmp, self.incoming, self.held, self.objects, *(self.jobs / s for s in STATES)):
+            for folder in (self.tmp, self.incoming, self.held, self.objects, self.failures,
+                           *(self.jobs / s for s in STATES)):
                 folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SpoolError(f"cannot create the spool at {self.root}: {exc}") from exc
@@ -305,6 +310,37 @@ class Spool:
         source = self.incoming_path(ident)
         if source.exists():
             os.replace(source, self.held_path(ident))
+        self.clear_failures(ident)
+
+    # ----------------------------------------------------------------- failures
+
+    def record_failure(self, ident: str, reason: str) -> int:
+        """Count one more failed processing attempt of `ident` (durably); return the count."""
+        attempts, _ = self.failures_of(ident)
+        record = {"attempts": attempts + 1, "reason": reason, "at": time.time()}
+        try:
+            atomic_write_bytes(self.failures / f"{ident}.json", json.dumps(record).encode(), self.tmp)
+        except OSError as exc:
+            raise SpoolError(f"cannot record the failure of instance {ident}: {exc}") from exc
+        return attempts + 1
+
+    def failures_of(self, ident: str) -> tuple[int, str | None]:
+        """Failed processing attempts of `ident` so far and the last reason."""
+        try:
+            record = json.loads((self.failures / f"{ident}.json").read_text())
+            return int(record["attempts"]), str(record["reason"])
+        except FileNotFoundError:
+            return 0, None
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0, None  # cut short by a crash: counting starts again
+
+    def failing(self) -> list[tuple[str, int, str | None]]:
+        """Received instances whose processing failed at least once: (id, attempts, last reason)."""
+        idents = sorted(p.stem for p in self.failures.glob("*.json"))
+        return [(ident, *self.failures_of(ident)) for ident in idents]
+
+    def clear_failures(self, ident: str) -> None:
+        (self.failures / f"{ident}.json").unlink(missing_ok=True)
 
     # --------------------------------------------------------------------- jobs
 
@@ -509,6 +545,7 @@ class Spool:
             held = self.held_path(job.instance)
             if held.exists():  # same id: it still carries the calling AE title
                 os.replace(held, self.incoming_path(job.instance))
+            self.clear_failures(job.instance)
             self.object_path(job.instance).unlink(missing_ok=True)
             self._job_path(DEAD, job.key).unlink(missing_ok=True)
             fsync_dir(self.jobs / DEAD)

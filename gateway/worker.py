@@ -26,6 +26,7 @@ from pydicom import Dataset, dcmread
 from pydicom.filewriter import dcmwrite
 
 from gateway.config import KEEP, Config
+from gateway.dicom.uids import is_explicit_little_endian
 from gateway.errors import GatewayError
 from gateway.filemeta import parse_file_meta, with_transfer_syntax
 from gateway.logs import get_logger, stage
@@ -36,18 +37,9 @@ __all__ = ["Worker", "process_instance"]
 _log = get_logger("worker")
 
 
-_EXPLICIT_LE = "1.2.840.10008.1.2.1"
 _PIXEL_DATA = 0x7FE00010
 _META_CHANGED = {0x00020000, 0x00020010}  # group length, transfer syntax
 _SEQ_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"  # sequence delimitation item
-
-
-def _explicit_le(uid: str) -> bool:
-    """Datasets in `uid` are encoded explicit VR little endian (all encapsulated syntaxes are)."""
-    from pydicom.uid import UID
-
-    value = UID(uid)
-    return uid == _EXPLICIT_LE or (value.is_encapsulated and uid != "1.2.840.10008.1.2.1.99")
 
 
 def pixel_span(ds: Dataset) -> tuple[int, int] | None:
@@ -77,7 +69,7 @@ def splice_write(src: Path, original: Dataset, new: Dataset, dst: Path, span: tu
     """
     source = str(original.file_meta.get("TransferSyntaxUID", ""))
     target = str(new.file_meta.get("TransferSyntaxUID", ""))
-    if not (_explicit_le(source) and _explicit_le(target)) or span is None:
+    if not (is_explicit_little_endian(source) and is_explicit_little_endian(target)) or span is None:
         return False
     # The element dicts as they are: raw elements the pipeline shares with the
     # original are the same objects, so most comparisons are identity checks.
@@ -141,14 +133,18 @@ def _usable_object(path: Path) -> str | None:
         return None
 
 
-def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: bool = False) -> list[Job]:
+def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: bool = False,
+                     pass_through: str | None = None) -> list[Job]:
     """Process one received instance; return the jobs created for it.
 
     With `reuse_object` (recovery after a restart) a complete processed object
-    is kept as it is and only missing jobs are re-created.
+    is kept as it is and only missing jobs are re-created.  With
+    `pass_through` (the reason: processing failed every attempt) the original
+    is forwarded exactly as received, its pixel data not even read, and the
+    reason is logged at ERROR and kept in the jobs.
     """
     src = spool.source_path(ident)
-    ds = dcmread(src)
+    ds = dcmread(src, stop_before_pixels=pass_through is not None)
     receipt = Receipt(
         calling_ae=spool.calling_ae(ident),
         received_at=src.stat().st_mtime,
@@ -166,6 +162,10 @@ def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: 
     reused = _usable_object(spool.object_path(ident)) if reuse_object else None
     if reused is not None:
         stored_syntax = reused
+    elif pass_through is not None:
+        spool.store_object(ident, src)
+        stage(_log, "passed-through", sop, level=40, study=receipt.study_uid, syntax=stored_syntax,
+              reason=pass_through)
     elif target == KEEP or target == stored_syntax:
         reason = "configured to keep" if target == KEEP else "already in the target syntax"
         spool.store_object(ident, src)
@@ -214,6 +214,8 @@ def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: 
         "transfer_syntax": stored_syntax,
         "received_at": receipt.received_at,
     }
+    if pass_through is not None:
+        info["processing_failed"] = pass_through
     destinations = config.destinations_for(receipt.calling_ae, receipt.modality, receipt.sop_class_uid)
     info["destinations"] = [d.name for d in destinations] or [UNROUTED]
     if not destinations:
@@ -289,6 +291,13 @@ class Worker:
     N`` (default 1) they run in N worker processes, which use other cores;
     with 0 they run in threads of the service process.  The spool on disk is
     the only state they share.  An instance is never processed twice at once.
+
+    An instance whose processing fails (an error outside the pipeline's own
+    pass-through handling, or a worker process that died) is tried again
+    after ``[compression] retry_seconds``, doubled each time, and after
+    ``max_attempts`` failures forwarded exactly as received
+    (:func:`process_instance` with `pass_through`).  The count is kept in the
+    spool, so a restart does not reset it.  It never loops in ``incoming/``.
     """
 
     def __init__(self, config: Config, spool: Spool, submit: Callable[[Job], None], threads: int = 2) -> None:
@@ -302,6 +311,8 @@ class Worker:
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._halt = threading.Event()
         self._active: set[str] = set()
+        self._not_before: dict[str, float] = {}  # instances waiting out a retry delay (monotonic time)
+        self._timers: set[threading.Timer] = set()
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._run, name=f"worker-{i}", daemon=True)
                          for i in range(max(1, threads))]
@@ -358,6 +369,10 @@ class Worker:
 
     def stop(self) -> None:
         self._halt.set()
+        with self._lock:
+            for timer in self._timers:
+                timer.cancel()
+            self._timers.clear()
         for _ in self._threads:
             self._queue.put(None)
 
@@ -373,8 +388,60 @@ class Worker:
         with self._lock:
             if ident in self._active or not self.spool.incoming_path(ident).exists():
                 return False  # being processed, or already done (queued twice)
+            if self._not_before.get(ident, 0.0) > time.monotonic():
+                return False  # waiting out its retry delay: its timer queues it again
+            self._not_before.pop(ident, None)
             self._active.add(ident)
             return True
+
+    def _retry_later(self, ident: str, delay: float) -> None:
+        def due() -> None:
+            with self._lock:
+                self._timers.discard(timer)
+            self._queue.put(ident)
+
+        timer = threading.Timer(delay, due)
+        timer.daemon = True
+        with self._lock:
+            if self._halt.is_set():
+                return
+            self._not_before[ident] = time.monotonic() + delay
+            self._timers.add(timer)
+        timer.start()
+
+    def _failed(self, ident: str, exc: BaseException) -> None:
+        """Count a failed attempt; retry later, or forward the original after the last one.
+
+        The traceback is logged with the first failure only.
+        """
+        reason = f"{type(exc).__name__}: {exc}"
+        limit = self.config.compression.max_attempts
+        try:
+            attempts = self.spool.record_failure(ident, reason)
+        except GatewayError:
+            _log.exception("processing %s failed (%s) and the failure cannot be recorded", ident, reason)
+            attempts = 0
+        if 0 < attempts < limit or (attempts == 0 and not self._halt.is_set()):
+            delay = self.config.compression.retry_delay(max(1, attempts))
+            _log.warning("processing %s failed (attempt %d of %d): %s; trying again in %.1f s",
+                         ident, attempts, limit, reason, delay, exc_info=exc if attempts <= 1 else None)
+            self._retry_later(ident, delay)
+            return
+        self._give_up(ident, f"processing failed {attempts} times, forwarded as received; last error: {reason}")
+
+    def _give_up(self, ident: str, reason: str) -> None:
+        """Forward the original unchanged; if even that fails (its header unreadable...), make it a dead letter."""
+        try:
+            for job in process_instance(self.config, self.spool, ident, pass_through=reason):
+                self.submit(job)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - it must leave incoming/ whatever happens
+            why = f"{reason}; it cannot be forwarded as received either: {type(exc).__name__}: {exc}"
+            _log.error("instance %s becomes a dead letter: %s", ident, why)
+            self.spool.add_job(Job(ident, UNROUTED, state=DEAD, reason=why,
+                                   info={"destinations": [UNROUTED], "processing_failed": reason}))
+            self.spool.finish_received(ident)
 
     def _run(self) -> None:
         while not self._halt.is_set():
@@ -397,13 +464,17 @@ class Worker:
                 continue
             started = time.perf_counter()
             try:
-                for job in self._process(ident):
-                    self.submit(job)
+                attempts, last = self.spool.failures_of(ident)
+                if attempts >= self.config.compression.max_attempts:  # the limit was reached before a restart
+                    self._give_up(ident, f"processing failed {attempts} times, forwarded as received; "
+                                         f"last error: {last}")
+                else:
+                    for job in self._process(ident):
+                        self.submit(job)
             except (KeyboardInterrupt, SystemExit):
                 raise
-            except BaseException:  # noqa: BLE001 - keep serving; the instance stays in incoming/
-                _log.exception("processing %s failed; it stays in the spool and is retried later", ident)
-                time.sleep(1.0)
+            except BaseException as exc:  # noqa: BLE001 - keep serving; retried, then forwarded as received
+                self._failed(ident, exc)
             finally:
                 with self._lock:
                     self._active.discard(ident)

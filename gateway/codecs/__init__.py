@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 
 from gateway.codecs.base import Codec, FrameInfo, check_frame
+from gateway.dicom.uids import lookup
 from gateway.errors import CodecNotFoundError
 
 __all__ = ["Codec", "FrameInfo", "check_frame", "register", "get_codec", "all_codecs", "resolve_uid"]
@@ -59,20 +60,16 @@ def all_codecs() -> list[Codec]:
 def resolve_uid(name_or_uid: str) -> str:
     """Turn a UID, pydicom keyword or codec name into a transfer syntax UID.
 
-    Any syntax pydicom knows resolves, registered here or not (the pipeline
-    needs the UIDs of syntaxes it only decodes or passes through).
+    Any syntax of :mod:`gateway.dicom.uids` resolves, registered here or not
+    (the pipeline needs the UIDs of syntaxes it only decodes or passes through).
     """
     _load_builtins()
     for codec in _REGISTRY.values():
         if name_or_uid in (codec.uid, codec.keyword, codec.name):
             return codec.uid
-    from pydicom import uid as _uid
-
-    value = getattr(_uid, name_or_uid, None)
-    if isinstance(value, _uid.UID) and value.is_transfer_syntax:
-        return str(value)
-    if _uid.UID(name_or_uid).is_transfer_syntax:
-        return name_or_uid
+    entry = lookup(name_or_uid)
+    if entry is not None:
+        return entry.uid
     raise CodecNotFoundError(f"unknown transfer syntax {name_or_uid!r}")
 
 

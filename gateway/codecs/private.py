@@ -57,6 +57,7 @@ from gateway.codecs import _private_rangecoder as _rc
 from gateway.codecs import _private_transforms as _tf
 from gateway.codecs import register
 from gateway.codecs.base import FrameInfo, check_frame
+from gateway.dicom.uids import GATEWAY_LOSSLESS_V1
 from gateway.errors import CorruptCodestreamError, UnsupportedImageError
 
 __all__ = [
@@ -64,7 +65,7 @@ __all__ = [
     "UID", "MAGIC", "VERSION",
 ]
 
-UID = "2.25.98736700971092333592611877631001549337"
+UID = GATEWAY_LOSSLESS_V1
 MAGIC = b"GWL1"
 VERSION = 1
 MODE_STORED = 0

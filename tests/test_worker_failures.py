@@ -1,0 +1,133 @@
+"""An instance the worker fails on is retried a bounded number of times, then forwarded as received.
+
+The failures are injected where the worker writes the recompressed object
+(a fault outside the pipeline's own pass-through handling, as the private
+syntax's transfer-syntax look-up once was).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+
+import gateway.worker
+from gateway.cli import main as cli_main
+from gateway.spool import DEAD, DONE, Job, Spool
+
+from tests.conftest import build_config, pydicom_file, send, wait_until
+
+
+def _archive(root: Path) -> list[Path]:
+    return list((root / "archive").rglob("*.dcm"))
+
+
+def _broken_splice(*args, **kwargs):
+    raise RuntimeError("injected fault while writing the processed object")
+
+
+def test_failing_instance_is_forwarded_as_received_after_the_last_attempt(
+        tmp_path: Path, gateway_factory, monkeypatch, caplog) -> None:
+    monkeypatch.setattr(gateway.worker, "splice_write", _broken_splice)
+    config = build_config(tmp_path, compression={"max_attempts": 3, "retry_seconds": 0.05})
+    gateway_ = gateway_factory(config)
+    sent = pydicom_file("CT_small.dcm")
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        assert send(gateway_.port, [sent]) == [0]
+        assert wait_until(lambda: len(_archive(tmp_path)) == 1, timeout=60)
+        assert gateway_.wait_idle(30)
+
+    got = dcmread(_archive(tmp_path)[0])
+    assert got.file_meta.TransferSyntaxUID == sent.file_meta.TransferSyntaxUID, "the original, not re-encoded"
+    assert got.PixelData == sent.PixelData
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "failed (attempt" in r.getMessage()]
+    assert [r.getMessage().split("(attempt ")[1][:6] for r in warnings] == ["1 of 3", "2 of 3"]
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("passed-through" in m and str(sent.SOPInstanceUID) in m and "processing failed 3 times" in m
+               and "injected fault" in m for m in errors), errors
+    spool = gateway_.spool
+    assert spool.received() == [] and spool.failing() == []
+    done = list(spool.jobs_in(DONE))
+    assert len(done) == 1 and "injected fault" in done[0].info["processing_failed"]
+
+
+def test_failure_count_survives_a_restart(tmp_path: Path, gateway_factory, monkeypatch) -> None:
+    """The count is in the spool: after a restart the limit is not granted anew."""
+    config = build_config(tmp_path, compression={"max_attempts": 2, "retry_seconds": 30})
+    spool = Spool(config.spool.directory)
+    ds = pydicom_file("CT_small.dcm")
+    ds.save_as(tmp_path / "in.dcm", enforce_file_format=True)
+    from gateway.spool import Receipt
+
+    ident = spool.store_received(tmp_path / "in.dcm", Receipt(calling_ae="MODALITY"))
+    assert spool.record_failure(ident, "first") == 1
+    assert spool.record_failure(ident, "second") == 2
+    assert Spool(config.spool.directory).failures_of(ident) == (2, "second")
+
+    monkeypatch.setattr(gateway.worker, "splice_write", _broken_splice)  # would fail again if tried
+    gateway_factory(config)
+    assert wait_until(lambda: len(_archive(tmp_path)) == 1, timeout=30)
+    got = dcmread(_archive(tmp_path)[0])
+    assert got.PixelData == ds.PixelData
+    job = next(Spool(config.spool.directory).jobs_in(DONE))
+    assert "processing failed 2 times" in job.info["processing_failed"]
+
+
+def test_unreadable_instance_becomes_a_dead_letter_that_status_shows(
+        tmp_path: Path, gateway_factory, capsys) -> None:
+    """An instance whose header cannot even be read for routing leaves incoming/ as a dead letter."""
+    config = build_config(tmp_path, compression={"max_attempts": 1, "retry_seconds": 0.05})
+    spool = Spool(config.spool.directory)
+    from gateway.spool import Receipt
+
+    ident = spool.store_received(b"not a DICOM file " * 8, Receipt(calling_ae="MODALITY"))
+    gateway_ = gateway_factory(config)
+    assert wait_until(lambda: any(True for _ in spool.jobs_in(DEAD)), timeout=30)
+    assert spool.received() == []
+    dead: Job = next(spool.jobs_in(DEAD))
+    assert dead.instance == ident and "cannot be forwarded as received either" in (dead.reason or "")
+    assert "InvalidDicomError" in (dead.reason or "")
+    gateway_.stop()
+
+    toml = tmp_path / "gateway.toml"
+    toml.write_text(f'[spool]\ndirectory = "{config.spool.directory}"\n'
+                    '[[destinations]]\nname = "local"\nkind = "folder"\npath = "archive"\n')
+    assert cli_main(["status", "--config", str(toml)]) == 0
+    out = capsys.readouterr().out
+    assert "dead letters:" in out and "cannot be forwarded as received either" in out
+
+
+def test_worker_process_failure_is_counted_and_retried(tmp_path: Path, gateway_factory) -> None:
+    """A worker process that dies is a failed attempt like any other: counted, retried, then delivered."""
+    config = build_config(tmp_path, compression={"processes": 1, "max_attempts": 3, "retry_seconds": 1.0,
+                                                 "transfer_syntax": "RLELossless"})
+    gateway_ = gateway_factory(config)
+    ds = pydicom_file("CT_small.dcm")
+    # A child process that cannot read its spool: the object folder is replaced by a file.
+    objects = gateway_.spool.objects
+    for path in objects.iterdir():
+        path.unlink()
+    objects.rmdir()
+    objects.write_bytes(b"")
+    try:
+        assert send(gateway_.port, [ds]) == [0]
+        assert wait_until(lambda: gateway_.spool.failing() != [], timeout=60)
+    finally:
+        objects.unlink()
+        objects.mkdir()
+    assert wait_until(lambda: len(_archive(tmp_path)) == 1, timeout=60)
+    got = dcmread(_archive(tmp_path)[0])
+    assert got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.5", "recompressed once the fault was gone"
+    assert np.array_equal(got.pixel_array, ds.pixel_array)
+    assert gateway_.spool.received() == [] and gateway_.spool.failing() == []
+
+
+@pytest.mark.parametrize("key,value", [("max_attempts", 0), ("retry_seconds", -1)])
+def test_worker_retry_settings_are_validated(tmp_path: Path, key: str, value: float) -> None:
+    from gateway.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"compression.{key}"):
+        build_config(tmp_path, compression={key: value})

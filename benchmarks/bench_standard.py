@@ -36,7 +36,7 @@ from pydicom.encaps import generate_frames
 from benchmarks.harness import Entry, Item, _Tally, arguments, corpus_dir, format_table, load_corpus, run
 from gateway.codecs import get_codec
 from gateway.codecs.base import FrameInfo
-from gateway.pixels import high_bits_used, iter_frames
+from gateway.pipeline.pixels import high_bits_used, iter_frames
 
 
 def _pattern(frame: np.ndarray, info: FrameInfo) -> np.ndarray:

@@ -75,7 +75,7 @@ def load_corpus(root: Path | None = None, folders: Sequence[str] = ()) -> list[I
     """Decode every corpus image listed in MANIFEST.csv (optionally some folders only)."""
     import csv
 
-    from gateway.pixels import frame_info, iter_frames
+    from gateway.pipeline.pixels import frame_info, iter_frames
 
     root = root or corpus_dir()
     items = []

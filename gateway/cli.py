@@ -165,7 +165,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 def _cmd_verify(args: argparse.Namespace) -> int:
     from pydicom import dcmread
 
-    from gateway.verify import compare_pixels
+    from gateway.pipeline.verify import compare_pixels
 
     try:
         a, b = dcmread(args.a), dcmread(args.b)

@@ -24,13 +24,13 @@ value (an empty or absent filter matches anything).
 
 from __future__ import annotations
 
-import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gateway.dicom.uids import NATIVE_SYNTAXES
+from gateway.dicom.validate import ae_title_problem, is_valid_uid
 from gateway.errors import CodecNotFoundError, ConfigError
 
 __all__ = [
@@ -50,7 +50,6 @@ __all__ = [
 KEEP = "keep"
 """The ``transfer_syntax`` value that forwards instances as received."""
 
-_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -209,10 +208,9 @@ def _str(key: str, value: Any, *, empty: bool = False) -> str:
 
 def _ae_title(key: str, value: Any) -> str:
     text = _str(key, value)
-    if len(text) > 16:
-        raise ConfigError(key, f"AE title must be at most 16 characters, got {len(text)} ({text!r})")
-    if text != text.strip() or "\\" in text or not text.isascii() or not text.isprintable():
-        raise ConfigError(key, f"AE title must be printable ASCII without backslash or edge spaces, got {text!r}")
+    problem = ae_title_problem(text)
+    if problem:
+        raise ConfigError(key, f"AE title {problem}")
     return text
 
 
@@ -286,7 +284,7 @@ def _sop_class(key: str, value: Any) -> str:
     found = getattr(_uid, text, None)
     if isinstance(found, _uid.UID):
         return str(found)
-    if _UID_RE.match(text) and len(text) <= 64:
+    if is_valid_uid(text):
         return text
     raise ConfigError(key, f"not a SOP class UID or pydicom keyword: {text!r}")
 

@@ -16,7 +16,7 @@ import time
 from gateway.config import Config
 from gateway.forward import Forwarder, make_sender
 from gateway.logs import get_logger
-from gateway.scp import Receiver, start_receiver
+from gateway.net.scp import Receiver, start_receiver
 from gateway.spool import Job, Spool
 from gateway.worker import Worker
 

@@ -27,9 +27,8 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from gateway.config import Config, parse_config
-from gateway.scp import ACCEPTED_SYNTAXES
+from gateway.net.scp import ACCEPTED_SYNTAXES
 from gateway.service import Gateway
-
 from tests.tools import program
 
 REPO = Path(__file__).resolve().parent.parent

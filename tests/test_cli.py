@@ -11,7 +11,6 @@ from pydicom.uid import generate_uid
 
 from gateway.cli import main
 from gateway.spool import DEAD, Job, Spool
-
 from tests.conftest import REPO, pydicom_file
 
 

@@ -16,8 +16,7 @@ from pydicom.filereader import read_dataset
 from pydicom.filewriter import dcmwrite, write_dataset, write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLSLossless, RLELossless
 
-from gateway.filemeta import parse_file_meta, read_file_meta, with_transfer_syntax
-
+from gateway.dicom.filemeta import parse_file_meta, read_file_meta, with_transfer_syntax
 from tests.conftest import pydicom_file
 from tests.fuzzing import EDITS, apply_edits
 

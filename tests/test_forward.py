@@ -16,7 +16,6 @@ from gateway.errors import PermanentForwardError, TransientForwardError
 from gateway.forward import DicomSender, FolderSender, Forwarder, classify_status, ladder_for
 from gateway.pipeline import recompress
 from gateway.spool import DEAD, DONE, PENDING, Job, Spool
-
 from tests.conftest import pydicom_file, wait_until
 
 RLE = "1.2.840.10008.1.2.5"

@@ -17,7 +17,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless
 
 from gateway.codecs import get_codec, jpegls
 from gateway.codecs.base import FrameInfo
-from gateway.pixels import frame_info, high_bits_used, iter_frames, number_of_frames
+from gateway.pipeline.pixels import frame_info, high_bits_used, iter_frames, number_of_frames
 from tests.corpus import corpus_params
 from tests.images import make_dataset
 from tests.tools import require, require_dcmtk

@@ -16,7 +16,6 @@ from pydicom import dcmread
 from pydicom.uid import RLELossless
 
 from gateway.spool import DEAD
-
 from tests.conftest import build_config, pydicom_file, send, wait_until
 from tests.corpus import needs_corpus, series_folders
 from tests.tools import require_dcmtk

@@ -14,11 +14,10 @@ from pydicom.encaps import generate_frames
 from pydicom.uid import JPEGLSLossless
 
 from gateway.codecs import _jpegls_kernels as kernels
-from gateway.codecs import get_codec
-from gateway.codecs import jpegls
+from gateway.codecs import get_codec, jpegls
 from gateway.codecs.base import FrameInfo
 from gateway.errors import CorruptCodestreamError, UnsupportedImageError
-from gateway.pixels import frame_info, high_bits_used, iter_frames
+from gateway.pipeline.pixels import frame_info, high_bits_used, iter_frames
 from tests.corpus import corpus_params
 from tests.images import make_dataset, reference_params
 

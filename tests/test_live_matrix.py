@@ -37,11 +37,9 @@ from pydicom.pixels import pixel_array
 
 from gateway.codecs import all_codecs
 from gateway.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, JPEG_LS_LOSSLESS, RLE_LOSSLESS, lookup
-
 from tests.conftest import REPO, free_port, wait_until
 from tests.corpus import corpus_entries, needs_corpus
 from tests.tools import require_dcmtk
-
 
 # What the Orthanc destination is offered, best first: the codec's own syntax,
 # then two standard fallbacks.

@@ -32,8 +32,8 @@ from gateway.codecs.base import FrameInfo
 from gateway.codecs.rle import encode
 from gateway.errors import CodecNotFoundError, GatewayError
 from gateway.pipeline import REFERENCE_DECODERS, Outcome, recompress, recompress_file
-from gateway.pixels import frame_info, high_bits_used, iter_frames
-from gateway.verify import compare_pixels
+from gateway.pipeline.pixels import frame_info, high_bits_used, iter_frames
+from gateway.pipeline.verify import compare_pixels
 from tests.corpus import corpus_params
 from tests.images import make_dataset
 

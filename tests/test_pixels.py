@@ -9,7 +9,7 @@ from pydicom.data import get_testdata_file
 
 from gateway.codecs.base import FrameInfo
 from gateway.errors import PixelDataError, UnsupportedImageError
-from gateway.pixels import frame_info, high_bits_used, iter_frames, number_of_frames
+from gateway.pipeline.pixels import frame_info, high_bits_used, iter_frames, number_of_frames
 from tests.images import make_dataset
 
 # Bundled pydicom files: native little/big endian (OB and OW, 8-bit words swapped),

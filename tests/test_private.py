@@ -18,7 +18,7 @@ from gateway.codecs import _private_transforms as tf
 from gateway.codecs import get_codec, private
 from gateway.codecs.base import FrameInfo
 from gateway.errors import CorruptCodestreamError, UnsupportedImageError
-from gateway.pixels import frame_info, iter_frames
+from gateway.pipeline.pixels import frame_info, iter_frames
 from tests.corpus import corpus_params
 from tests.images import reference_params
 

@@ -24,7 +24,7 @@ from gateway.codecs import get_codec
 from gateway.codecs.base import FrameInfo
 from gateway.codecs.rle import RLECodec, decode, encode, supports
 from gateway.errors import CorruptCodestreamError, UnsupportedImageError
-from gateway.pixels import frame_info, high_bits_used, iter_frames
+from gateway.pipeline.pixels import frame_info, high_bits_used, iter_frames
 from tests.corpus import corpus_params
 from tests.images import make_dataset, reference_params
 from tests.tools import require, require_dcmtk

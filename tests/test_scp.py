@@ -16,9 +16,8 @@ from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[at
 
 from gateway.config import ServerConfig
 from gateway.errors import SpoolError
-from gateway.scp import Receiver, accepted_syntaxes, start_receiver, tcp_nodelay
+from gateway.net.scp import Receiver, accepted_syntaxes, start_receiver, tcp_nodelay
 from gateway.spool import Spool
-
 from tests.conftest import free_port, pydicom_file, send
 
 

@@ -1,4 +1,4 @@
-"""The Upper Layer requestor (:mod:`gateway.scu`) against independent decoders and real or hostile peers.
+"""The Upper Layer requestor (:mod:`gateway.net.scu`) against independent decoders and real or hostile peers.
 
 Encodings are checked with pynetdicom's PDU classes and pydicom's dataset
 reader; associations run against pynetdicom SCPs, DCMTK's ``storescp`` and a
@@ -33,10 +33,9 @@ from pynetdicom.dsutils import decode, encode
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
 
 from gateway import scu
+from gateway.dicom.filemeta import read_file_meta
 from gateway.errors import AssociationAbortedError, AssociationRejectedError, NetworkError, PeerProtocolError
-from gateway.filemeta import read_file_meta
-from gateway.scu import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, Association, Context, StoreResult
-
+from gateway.net.scu import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, Association, Context, StoreResult
 from tests.conftest import free_port, pydicom_file, wait_until
 from tests.fuzzing import EDITS, apply_edits
 from tests.tools import require_dcmtk

@@ -19,7 +19,6 @@ from pydicom.uid import RLELossless, generate_uid
 
 from gateway.pipeline import recompress
 from gateway.spool import DEAD, DONE, PENDING, Spool
-
 from tests.conftest import REPO, build_config, free_port, make_series, pydicom_file, send, wait_until
 from tests.corpus import corpus_entries, corpus_params
 

@@ -11,7 +11,6 @@ import pytest
 
 from gateway.dicom import uids
 from gateway.dicom.uids import TRANSFER_SYNTAXES
-
 from tests.conftest import REPO
 
 _STANDARD = [entry for entry in TRANSFER_SYNTAXES.values() if not entry.private]

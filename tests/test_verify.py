@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from pydicom.data import get_testdata_file
 from pydicom import dcmread
+from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 
 from gateway.codecs.base import FrameInfo
 from gateway.codecs.rle import encode
-from gateway.verify import compare_pixels, first_difference, frames_equal
+from gateway.pipeline.verify import compare_pixels, first_difference, frames_equal
 from tests.test_rle import make_dataset
 
 INFO = FrameInfo(rows=5, columns=7, bits_allocated=16, bits_stored=12)

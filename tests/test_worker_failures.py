@@ -17,7 +17,6 @@ from pydicom import dcmread
 import gateway.worker
 from gateway.cli import main as cli_main
 from gateway.spool import DEAD, DONE, Job, Spool
-
 from tests.conftest import build_config, pydicom_file, send, wait_until
 
 

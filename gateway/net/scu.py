@@ -7,7 +7,7 @@ pydicom: about 1.5 ms of CPU per C-STORE of a CT image, taken from the same
 cores that receive and recompress.  Here an association is one socket with
 blocking I/O and timeouts, the command sets (PS3.7 9.3.1 and 9.3.5) are built
 and read with :mod:`struct`, and the dataset is streamed from the stored file
-without being parsed.  The receiving side (:mod:`gateway.scp`) stays
+without being parsed.  The receiving side (:mod:`gateway.net.scp`) stays
 pynetdicom's.
 
 Scope, PS3.8: the requestor's side of A-ASSOCIATE (presentation contexts,

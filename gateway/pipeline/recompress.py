@@ -34,8 +34,8 @@ from gateway.codecs import get_codec, resolve_uid
 from gateway.codecs.base import Codec, FrameInfo
 from gateway.dicom.uids import TRANSFER_SYNTAXES, is_encapsulated, is_known
 from gateway.errors import CodecNotFoundError, GatewayError, UnsupportedImageError
-from gateway.pixels import frame_info, high_bits_used, iter_frames, transfer_syntax
-from gateway.verify import first_difference
+from gateway.pipeline.pixels import frame_info, high_bits_used, iter_frames, transfer_syntax
+from gateway.pipeline.verify import first_difference
 
 __all__ = [
     "Outcome",

@@ -28,15 +28,15 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from gateway.config import ServerConfig
+from gateway.dicom.validate import is_valid_uid
+from gateway.dicom.walk import Identity, check_complete, walk_file
 from gateway.errors import GatewayError, SpoolError
-from gateway.filecheck import Identity, walk_file
 from gateway.logs import get_logger, stage
 from gateway.spool import Receipt, Spool
 
@@ -71,35 +71,6 @@ ACCEPTED_SYNTAXES: tuple[str, ...] = (
 
 # The parse check leaves values above this size on disk (it only needs their lengths).
 _DEFER = 256 * 1024
-
-
-def _check_complete(ds, size: int) -> None:
-    """Raise ValueError when the dataset ends before the file's bytes do or vice versa.
-
-    pydicom silently shortens a truncated last value and stops at a partial
-    element header, so a cut-off transfer would otherwise pass as valid.
-    """
-    keys = list(ds.keys())
-    if not keys:
-        raise ValueError("the dataset holds no elements")
-    elem = ds.get_item(keys[-1], keep_deferred=True)  # a deferred value is not read: its length is known
-    tell = getattr(elem, "value_tell", None)
-    length = getattr(elem, "length", None)
-    if tell is None or length is None:
-        return  # already converted: nothing to compare against
-    value = elem.value
-    if length != 0xFFFFFFFF:
-        if value is not None and len(value) != length:
-            raise ValueError(f"dataset truncated: element {elem.tag} has {len(value)} of {length} bytes")
-        end = tell + length
-    elif isinstance(value, bytes):
-        end = tell + len(value) + 8  # the sequence delimitation item
-    else:
-        return
-    if end < size:
-        raise ValueError(f"dataset truncated: {size - end} byte(s) after element {elem.tag} do not form an element")
-    if end > size:
-        raise ValueError(f"dataset truncated: element {elem.tag} runs {end - size} byte(s) past the end")
 
 
 def accepted_syntaxes() -> list[str]:
@@ -150,7 +121,7 @@ class Receiver:
     def _check(path: Path, calling: str, syntax: str) -> Receipt:
         """Check the received file is one complete DICOM dataset; raise if not.
 
-        The header walk of :mod:`gateway.filecheck` decides for the common
+        The header walk of :mod:`gateway.dicom.walk` decides for the common
         encodings; what it leaves or refuses, pydicom decides.
         """
         try:
@@ -176,10 +147,10 @@ class Receiver:
         size = path.stat().st_size
         ds = dcmread(path, defer_size=_DEFER)
         if syntax != "1.2.840.10008.1.2.1.99":  # positions in a deflated stream are not file offsets
-            _check_complete(ds, size)
+            check_complete(ds, size)
         sop_class = str(ds.SOPClassUID)
         sop_instance = str(ds.SOPInstanceUID)
-        if not UID(sop_instance).is_valid or not UID(sop_class).is_valid:
+        if not is_valid_uid(sop_instance) or not is_valid_uid(sop_class):
             raise ValueError("SOP Class or SOP Instance UID is not a valid UID")
         return Identity(
             transfer_syntax=syntax,

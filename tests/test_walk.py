@@ -13,9 +13,8 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from gateway.filecheck import Identity, walk_file
-from gateway.scp import Receiver
-
+from gateway.dicom.walk import Identity, walk_file
+from gateway.net.scp import Receiver
 from tests.conftest import pydicom_file
 from tests.corpus import corpus_params
 from tests.fuzzing import EDITS, apply_edits

@@ -17,7 +17,7 @@ import numpy as np
 from pydicom import Dataset
 
 from gateway.errors import GatewayError
-from gateway.pixels import iter_frames
+from gateway.pipeline.pixels import iter_frames
 
 __all__ = ["first_difference", "frames_equal", "compare_pixels"]
 

@@ -23,20 +23,23 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pydicom.uid import UID
-
+from gateway.dicom.filemeta import LONG_VRS as _LONG
+from gateway.dicom.filemeta import SHORT_VRS as _SHORT
+from gateway.dicom.filemeta import parse_file_meta
 from gateway.dicom.uids import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
     is_explicit_little_endian,
     is_known,
 )
-from gateway.filemeta import LONG_VRS as _LONG
-from gateway.filemeta import SHORT_VRS as _SHORT
-from gateway.filemeta import parse_file_meta
+from gateway.dicom.validate import is_valid_uid
 
-__all__ = ["Identity", "walk_file"]
+if TYPE_CHECKING:
+    from pydicom import Dataset
+
+__all__ = ["Identity", "walk_file", "check_complete"]
 
 _IMPLICIT, _EXPLICIT = IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN
 _UNDEFINED = 0xFFFFFFFF
@@ -186,6 +189,35 @@ def walk_file(path: Path) -> Identity | None:
             walker.elements(offset, implicit, 0, None)
     values = {name: _text(walker.found.get(tag, b"")) for tag, name in _WANTED.items()}
     for name in ("sop_class_uid", "sop_instance_uid"):
-        if not UID(values[name]).is_valid:
+        if not is_valid_uid(values[name]):
             raise ValueError(f"{name.replace('_uid', '').replace('_', ' ')} UID {values[name]!r} is not a valid UID")
     return Identity(transfer_syntax=syntax, **values)
+
+
+def check_complete(ds: Dataset, size: int) -> None:
+    """Raise ValueError when the dataset ends before the file's bytes do or vice versa.
+
+    pydicom silently shortens a truncated last value and stops at a partial
+    element header, so a cut-off transfer would otherwise pass as valid.
+    """
+    keys = list(ds.keys())
+    if not keys:
+        raise ValueError("the dataset holds no elements")
+    elem = ds.get_item(keys[-1], keep_deferred=True)  # a deferred value is not read: its length is known
+    tell = getattr(elem, "value_tell", None)
+    length = getattr(elem, "length", None)
+    if tell is None or length is None:
+        return  # already converted: nothing to compare against
+    value = elem.value
+    if length != 0xFFFFFFFF:
+        if value is not None and len(value) != length:
+            raise ValueError(f"dataset truncated: element {elem.tag} has {len(value)} of {length} bytes")
+        end = tell + length
+    elif isinstance(value, bytes):
+        end = tell + len(value) + 8  # the sequence delimitation item
+    else:
+        return
+    if end < size:
+        raise ValueError(f"dataset truncated: {size - end} byte(s) after element {elem.tag} do not form an element")
+    if end > size:
+        raise ValueError(f"dataset truncated: element {elem.tag} runs {end - size} byte(s) past the end")

@@ -1,0 +1,44 @@
+"""The folder destination: ``<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm``, atomically and with fsync."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gateway.config import Destination
+from gateway.dicom.validate import is_valid_uid
+from gateway.errors import PermanentForwardError, TransientForwardError
+from gateway.spool import Job, atomic_copy
+
+__all__ = ["FolderSender"]
+
+
+def _safe_uid(value: str, what: str) -> str:
+    if not is_valid_uid(value):
+        raise PermanentForwardError(f"{what} {value!r} is not a valid UID; cannot build a file path")
+    return value
+
+
+class FolderSender:
+    """Writes each instance into a folder tree: Study / Series / SOP Instance."""
+
+    def __init__(self, destination: Destination) -> None:
+        assert destination.path is not None
+        self.root = destination.path
+
+    def prepare(self, jobs: list[Job]) -> None:
+        pass
+
+    def send(self, job: Job, path: Path) -> str:
+        info = job.info
+        folder = (self.root / _safe_uid(info.get("study_uid", ""), "Study Instance UID")
+                  / _safe_uid(info.get("series_uid", ""), "Series Instance UID"))
+        target = folder / f"{_safe_uid(info.get('sop_instance_uid', ''), 'SOP Instance UID')}.dcm"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_copy(path, target)
+        except OSError as exc:
+            raise TransientForwardError(f"cannot write {target}: {exc}") from exc
+        return str(info.get("transfer_syntax", ""))
+
+    def close(self) -> None:
+        pass

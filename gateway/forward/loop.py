@@ -1,0 +1,188 @@
+"""The forwarder: one destination's jobs, in a thread of its own, with retry and dead letters.
+
+One :class:`Forwarder` thread per destination and association (a DICOM
+destination gets ``associations`` of them, each owning a fixed share of the
+instances), so a slow or absent archive never blocks the others, and an
+archive that stores one instance at a time per association is kept busy.
+It takes due pending jobs from the spool, sends them through a
+:class:`~gateway.forward.base.Sender` and records the outcome:
+
+* success: the job is done (the object is deleted once all its jobs are);
+* :class:`~gateway.errors.TransientForwardError` (connection refused,
+  timeout, abort, status 0xA7xx, ...): retried after an exponential backoff
+  ``min(cap, base * 2**(attempts-1))``, dead after ``max_attempts``;
+* :class:`~gateway.errors.PermanentForwardError` (status 0xCxxx, SOP class
+  refused, no way to encode for the destination): straight to dead letters,
+  with the reason.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+import time
+import zlib
+
+from gateway.config import Destination, RetryConfig
+from gateway.errors import PermanentForwardError, TransientForwardError
+from gateway.forward.base import Sender
+from gateway.logs import get_logger, stage
+from gateway.spool import DEAD, DONE, INFLIGHT, PENDING, Job, Spool
+
+__all__ = ["Forwarder"]
+
+_log = get_logger("forward")
+
+
+
+class Forwarder(threading.Thread):
+    """Sends one destination's jobs in a thread of its own."""
+
+    def __init__(self, destination: Destination, spool: Spool, retry: RetryConfig, sender: Sender,
+                 *, batch: int = 32, idle_seconds: float = 5.0, rescan_seconds: float = 30.0,
+                 partition: tuple[int, int] = (0, 1)) -> None:
+        super().__init__(name=f"forward-{destination.name}-{partition[0]}", daemon=True)
+        self.partition = partition
+        self.destination = destination
+        self.spool = spool
+        self.retry = retry
+        self.sender = sender
+        self.batch = batch
+        self.idle_seconds = idle_seconds
+        self.rescan_seconds = rescan_seconds
+        self._heap: list[tuple[float, str, str]] = []  # (due, key, instance)
+        self._queued: set[str] = set()
+        self._cond = threading.Condition()
+        self._halt = threading.Event()
+
+    # -- feeding
+
+    def owns(self, instance: str) -> bool:
+        """True when this forwarder's partition of the destination's jobs holds `instance`."""
+        index, count = self.partition
+        return count == 1 or zlib.crc32(instance.encode()) % count == index
+
+    def submit(self, job: Job) -> None:
+        """Queue a pending job (called by the worker, and at start-up from disk)."""
+        if not self.owns(job.instance):
+            return
+        with self._cond:
+            if job.key in self._queued:
+                return
+            self._queued.add(job.key)
+            heapq.heappush(self._heap, (job.next_retry_at, job.key, job.instance))
+            self._cond.notify()
+
+    def _rescan(self) -> None:
+        for job in self.spool.jobs_in(PENDING, self.destination.name):
+            self.submit(job)
+
+    def stop(self) -> None:
+        self._halt.set()
+        with self._cond:
+            self._cond.notify()
+
+    # -- loop
+
+    def _due(self) -> tuple[list[str], float | None]:
+        """Instance ids due now (up to `batch`) and the time of the next later one."""
+        now = time.time()
+        due: list[str] = []
+        with self._cond:
+            while self._heap and self._heap[0][0] <= now and len(due) < self.batch:
+                _, key, instance = heapq.heappop(self._heap)
+                self._queued.discard(key)
+                due.append(instance)
+            nxt = self._heap[0][0] if self._heap else None
+        return due, nxt
+
+    def run(self) -> None:
+        self._rescan()
+        last_scan = time.monotonic()
+        idle_since = time.monotonic()
+        try:
+            while not self._halt.is_set():
+                due, nxt = self._due()
+                if due:
+                    self._deliver(due)
+                    idle_since = time.monotonic()
+                    continue
+                if time.monotonic() - idle_since > self.idle_seconds:
+                    self.sender.close()
+                if time.monotonic() - last_scan > self.rescan_seconds:
+                    self._rescan()
+                    last_scan = time.monotonic()
+                    continue
+                wait = self.rescan_seconds if nxt is None else max(0.0, min(self.rescan_seconds, nxt - time.time()))
+                wait = min(wait, self.idle_seconds)
+                with self._cond:
+                    if not self._heap or self._heap[0][0] > time.time():
+                        self._cond.wait(timeout=wait)
+        finally:
+            self.sender.close()
+
+    def _deliver(self, instances: list[str]) -> None:
+        jobs = []
+        for instance in instances:
+            job = self.spool.find_job(instance, self.destination.name)
+            if job is not None and job.state == PENDING:
+                jobs.append(self.spool.move(job, INFLIGHT))
+        if not jobs:
+            return
+        try:
+            self.sender.prepare(jobs)
+        except TransientForwardError as exc:
+            for job in jobs:  # the destination is unreachable: every job of the batch waits
+                self._failed(job, exc, transient=True)
+            return
+        for index, job in enumerate(jobs):
+            if self._halt.is_set():
+                for rest in jobs[index:]:
+                    self.spool.move(rest, PENDING)
+                return
+            self._send_one(job)
+
+    def _send_one(self, job: Job) -> None:
+        path = self.spool.object_path(job.instance)
+        sop = job.info.get("sop_instance_uid", job.instance)
+        if not path.exists():
+            if self.spool.held_path(job.instance).exists():  # the cache is rebuilt at the next start
+                self._failed(job, TransientForwardError(f"processed object {path.name} is missing; "
+                                                        "it is rebuilt from the held instance at restart"),
+                             transient=True)
+            else:
+                self._failed(job, PermanentForwardError(f"instance {job.instance} is gone from the spool"),
+                             transient=False)
+            return
+        started = time.perf_counter()
+        try:
+            syntax = self.sender.send(job, path)
+        except TransientForwardError as exc:
+            self._failed(job, exc, transient=True)
+            return
+        except PermanentForwardError as exc:
+            self._failed(job, exc, transient=False)
+            return
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a bug in one send must not stop the destination
+            self.sender.close()
+            self._failed(job, TransientForwardError(f"{type(exc).__name__}: {exc}"), transient=True)
+            return
+        self.spool.move(job, DONE)
+        stage(_log, "forwarded", sop, study=job.info.get("study_uid"), destination=self.destination.name,
+              syntax=syntax, seconds=time.perf_counter() - started)
+
+    def _failed(self, job: Job, exc: Exception, *, transient: bool) -> None:
+        attempts = job.attempts + 1
+        sop = job.info.get("sop_instance_uid", job.instance)
+        if transient and attempts < self.retry.max_attempts:
+            due = time.time() + self.retry.delay(attempts)
+            moved = self.spool.move(job, PENDING, attempts=attempts, next_retry_at=due, reason=str(exc))
+            stage(_log, "retry", sop, destination=self.destination.name, attempts=attempts,
+                  delay=self.retry.delay(attempts), reason=str(exc))
+            self.submit(moved)
+            return
+        reason = str(exc) if not transient else f"gave up after {attempts} attempts: {exc}"
+        self.spool.move(job, DEAD, attempts=attempts, reason=reason)
+        stage(_log, "dead", sop, level=40, destination=self.destination.name, reason=reason)

@@ -1,13 +1,8 @@
-"""DICOM lossless recompression gateway."""
+"""DICOM lossless recompression gateway.
+
+Importing the package has no side effects: nothing is registered with
+pydicom.  :func:`gateway.plugins.register` makes our codecs pydicom plugins
+when a program asks for them (see :mod:`gateway.plugins`).
+"""
 
 __version__ = "0.1.0"
-
-
-def _install_pydicom_plugins() -> None:
-    """Make our codecs pydicom's "gateway" plugins (now if pydicom is loaded, else when it is)."""
-    from gateway._autoload import enable
-
-    enable()
-
-
-_install_pydicom_plugins()

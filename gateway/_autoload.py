@@ -15,13 +15,10 @@ executed (``install`` only wraps pydicom's plugin look-ups; the codecs load on
 the first look-up).  Failures of the hook are never raised: a broken
 installation must not break pydicom, let alone every Python program.
 
-pydicom may also import :mod:`gateway` itself, while it is being imported:
-pylibjpeg loads its ``pylibjpeg.pixel_data_decoders`` entry points (ours
-among them) when pydicom sets up its decoders.  The package then installs the
-plugins at the first import after ``pydicom.pixels`` has executed, unless the
-variable is set.  With the variable set, our plugins are installed only by a
-program that imports :mod:`gateway` before pydicom, or calls
-:func:`gateway.plugins.install` (or :func:`gateway.plugins.register`).
+What the hook installs is :func:`gateway.plugins.install`: our decoders for
+private syntaxes only, and our encoders under the plugin name ``"gateway"``.
+Importing :mod:`gateway` itself registers nothing; with the variable set, a
+program gets the plugins by calling :func:`gateway.plugins.register`.
 """
 
 from __future__ import annotations

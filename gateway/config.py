@@ -62,6 +62,7 @@ class ServerConfig:
     port: int = 11112
     allowed_callers: tuple[str, ...] = ()
     max_pdu: int = 0  # 0 = unlimited
+    max_associations: int = 16  # associations served at once; more are rejected (transient, the sender retries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,7 @@ class CompressionConfig:
     processes: int = 1  # worker processes; 0 = threads inside the service process
     max_attempts: int = 3  # failed processing attempts before the original is forwarded as received
     retry_seconds: float = 5.0  # wait after the first failed attempt; doubled after each further one
+    rescan_seconds: float = 30.0  # how often the worker looks for received instances it was not told about
 
     def retry_delay(self, attempts: int) -> float:
         """Seconds to wait after the `attempts`-th failed processing attempt."""
@@ -104,6 +106,15 @@ class RetryConfig:
     def delay(self, attempts: int) -> float:
         """Seconds to wait after the `attempts`-th failed attempt."""
         return min(self.cap_seconds, self.base_seconds * (2 ** max(0, attempts - 1)))
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardingConfig:
+    """How the forwarders take their work; the same for every destination."""
+
+    batch: int = 32  # jobs taken from the queue at once (one association for all of them)
+    idle_release_seconds: float = 5.0  # an association unused this long is released
+    rescan_seconds: float = 30.0  # how often the queue on disk is read again for jobs not handed over
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +167,7 @@ class Config:
     retry: RetryConfig
     logging: LoggingConfig
     destinations: tuple[Destination, ...]
+    forwarding: ForwardingConfig = ForwardingConfig()
     routes: tuple[Route, ...] = ()
     source: Path | None = None
 
@@ -300,6 +312,7 @@ def _server(data: Any) -> ServerConfig:
         port=_int(t.path("port"), t.pop("port", 11112), 1, 65535),
         allowed_callers=_str_list(t.path("allowed_callers"), t.pop("allowed_callers", []), _ae_title),
         max_pdu=_int(t.path("max_pdu"), t.pop("max_pdu", 0), 0, 2**32 - 1),
+        max_associations=_int(t.path("max_associations"), t.pop("max_associations", 16), 1, 1000),
     )
     t.finish()
     return cfg
@@ -326,9 +339,10 @@ def _compression(data: Any) -> CompressionConfig:
     processes = _int(t.path("processes"), t.pop("processes", 1), 0, 64)
     max_attempts = _int(t.path("max_attempts"), t.pop("max_attempts", 3), 1, 100)
     retry_seconds = _number(t.path("retry_seconds"), t.pop("retry_seconds", 5.0), 0.01, 3600)
+    rescan_seconds = _number(t.path("rescan_seconds"), t.pop("rescan_seconds", 30.0), 0.1, 3600)
     t.finish()
     return CompressionConfig(transfer_syntax=target, modality=overrides, verify=verify, processes=processes,
-                             max_attempts=max_attempts, retry_seconds=retry_seconds)
+                             max_attempts=max_attempts, retry_seconds=retry_seconds, rescan_seconds=rescan_seconds)
 
 
 def _retry(data: Any) -> RetryConfig:
@@ -340,6 +354,17 @@ def _retry(data: Any) -> RetryConfig:
     )
     if cfg.cap_seconds < cfg.base_seconds:
         raise ConfigError("retry.cap_seconds", f"must be >= base_seconds ({cfg.base_seconds:g}), got {cfg.cap_seconds:g}")
+    t.finish()
+    return cfg
+
+
+def _forwarding(data: Any) -> ForwardingConfig:
+    t = _Table("forwarding", data if data is not None else {})
+    cfg = ForwardingConfig(
+        batch=_int(t.path("batch"), t.pop("batch", 32), 1, 10_000),
+        idle_release_seconds=_number(t.path("idle_release_seconds"), t.pop("idle_release_seconds", 5.0), 0.1, 3600),
+        rescan_seconds=_number(t.path("rescan_seconds"), t.pop("rescan_seconds", 30.0), 0.1, 3600),
+    )
     t.finish()
     return cfg
 
@@ -414,6 +439,7 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
     spool = _spool(top.pop("spool"), base)
     compression = _compression(top.pop("compression"))
     retry = _retry(top.pop("retry"))
+    forwarding = _forwarding(top.pop("forwarding"))
     logging = _logging(top.pop("logging"), base)
     raw_dests = top.pop("destinations")
     if raw_dests is None or not isinstance(raw_dests, list) or not raw_dests:
@@ -434,6 +460,7 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
         retry=retry,
         logging=logging,
         destinations=destinations,
+        forwarding=forwarding,
         routes=routes,
         source=source,
     )

@@ -1,41 +1,42 @@
 """Our codecs as pydicom 3 encoder and decoder plugins, named ``"gateway"``.
 
-Wherever the package is installed (and in any case after ``import gateway``)
-a plain pydicom program can use every registered codec of
-:mod:`gateway.codecs`::
+Nothing is registered by importing :mod:`gateway`.  Two ways in:
 
-    import gateway  # noqa: F401  (makes the "gateway" plugins available)
-    ds.compress(JPEGLSLossless, encoding_plugin="gateway")
-    ds.pixel_array_options(decoding_plugin="gateway")
-    arr = ds.pixel_array
+* **Explicitly**, :func:`register`: every registered codec of
+  :mod:`gateway.codecs` becomes pydicom's ``"gateway"`` encoder and decoder
+  plugin::
+
+      from gateway.plugins import register
+      register()
+      ds.compress(JPEGLSLossless, encoding_plugin="gateway")
+      ds.pixel_array_options(decoding_plugin="gateway")
+
+* **Implicitly**, where the package is installed: a start-up hook
+  (:mod:`gateway._autoload`, ``DICOM_GATEWAY_NO_AUTOLOAD=1`` turns it off)
+  runs :func:`install` when pydicom is imported, so a plain pydicom program
+  reads our *private* syntax (``dcmread(f).pixel_array``) and can encode with
+  ``encoding_plugin="gateway"`` without importing gateway.  The hook adds our
+  decoders for private syntaxes only: for the standard ones pydicom keeps its
+  own decoders, and ours never become a silent fallback behind them.
 
 pydicom 3 finds pixel plugins only through its own module-level tables
 (``pydicom.pixels.encoders.base._PIXEL_DATA_ENCODERS`` and
 ``pydicom.pixels.decoders.base._PIXEL_DATA_DECODERS``, one ``Encoder`` /
-``Decoder`` object per transfer syntax UID); it offers no entry point for
-them.  :func:`register` therefore
+``Decoder`` object per transfer syntax UID) and offers no public way to add a
+syntax, so :func:`register` writes there:
 
-* adds a ``"gateway"`` plugin to the existing object for each standard UID,
+* it adds a ``"gateway"`` plugin to the existing object for each standard UID,
   after pydicom's own plugins, so that choosing a plugin stays explicit;
-* creates the ``Encoder``/``Decoder`` object where pydicom has none (e.g.
+* it creates the ``Encoder``/``Decoder`` object where pydicom has none (e.g.
   JPEG Lossless SV1 encoding, or a private syntax of ours);
-* registers each *private* syntax with :func:`pydicom.uid.register_transfer_syntax`
-  as explicit VR little endian, so ``dcmread`` reads it and the UID counts as
-  compressed (encapsulated) for pydicom.  pydicom still asks for the data
-  set encoding when *writing* such a data set unless the UID object it holds
-  carries it: ``ds.save_as(path, implicit_vr=False, little_endian=True)``.
+* it registers each *private* syntax with :func:`pydicom.uid.register_transfer_syntax`
+  as explicit VR little endian, so the UID counts as compressed (encapsulated)
+  for pydicom.  pydicom still asks for the data set encoding when *writing*
+  such a data set unless the UID object it holds carries it:
+  ``ds.save_as(path, implicit_vr=False, little_endian=True)``.
 
-Plain programs need not import gateway: the installed package loads itself
-when pydicom is imported (see :mod:`gateway._autoload`;
-``DICOM_GATEWAY_NO_AUTOLOAD=1`` turns that off).
-
-Registration is lazy: :func:`install`, called when both gateway and pydicom
-are loaded (``import gateway`` does it, before or after pydicom), only
-wraps ``pydicom.pixels.get_encoder`` / ``get_decoder`` (the look-ups that
-``Dataset.compress``, ``Dataset.pixel_array`` and ``pydicom.pixels.pixel_array``
-make on every call) so that the first look-up runs :func:`register`, which
-loads the codecs.  Code that bound those functions before importing gateway,
-or uses pydicom's tables directly, calls :func:`register` itself.
+The gateway itself never relies on these plugins: its pipeline picks its
+decoders by name (:mod:`gateway.pipeline.decoders`).
 
 The plugin contract is pydicom's: the module exports ``is_available(uid)``,
 ``ENCODER_DEPENDENCIES`` / ``DECODER_DEPENDENCIES`` (dicts keyed by UID), and
@@ -79,7 +80,7 @@ PLUGIN_NAME = "gateway"
 
 _DEPENDENCIES = ("numpy>=2.0", "numba>=0.60", "dicom-gateway")
 _lock = threading.Lock()
-_registered: set[str] = set()
+_registered: set[tuple[str, bool]] = set()  # (UID, decoder added too)
 
 
 def _uids() -> dict[str, Codec]:
@@ -191,15 +192,23 @@ def decode_pixel_data(src: bytes, ds: Any = None, version: int = 1, **kwargs: An
     return bytearray(frame.tobytes())
 
 
-def register() -> None:
-    """Add the ``"gateway"`` plugins to pydicom for every registered codec (idempotent)."""
+def register(*, standard_decoders: bool = True) -> None:
+    """Add the ``"gateway"`` plugins to pydicom for every registered codec (idempotent).
+
+    With `standard_decoders` False (what the installed hook does in every
+    program) our decoders are added only for our private syntaxes, which
+    nobody else decodes: for a standard syntax they would become a silent
+    fallback behind pydicom's own decoders.  A program that wants them there
+    too calls ``register()``.
+    """
     from pydicom.pixels.decoders import base as decoders
     from pydicom.pixels.encoders import base as encoders
     from pydicom.uid import UID, register_transfer_syntax
 
     with _lock:
         for codec in all_codecs():
-            if codec.uid in _registered:
+            with_decoder = standard_decoders or codec.private
+            if (codec.uid, with_decoder) in _registered or (codec.uid, True) in _registered:
                 continue
             uid = UID(codec.uid)
             if codec.private:
@@ -210,17 +219,25 @@ def register() -> None:
                 encoders._PIXEL_DATA_ENCODERS[uid] = (encoder, "gateway")
             if PLUGIN_NAME not in encoder._available and PLUGIN_NAME not in encoder._unavailable:
                 encoder.add_plugin(PLUGIN_NAME, (__name__, "encode_frame"))
-            decoder = decoders._PIXEL_DATA_DECODERS.get(uid, (None,))[0]
-            if decoder is None:
-                decoder = decoders.Decoder(uid)
-                decoders._PIXEL_DATA_DECODERS[uid] = (decoder, "gateway")
-            if PLUGIN_NAME not in decoder._available and PLUGIN_NAME not in decoder._unavailable:
-                decoder.add_plugin(PLUGIN_NAME, (__name__, "decode_frame"))
-            _registered.add(codec.uid)
+            if with_decoder:
+                decoder = decoders._PIXEL_DATA_DECODERS.get(uid, (None,))[0]
+                if decoder is None:
+                    decoder = decoders.Decoder(uid)
+                    decoders._PIXEL_DATA_DECODERS[uid] = (decoder, "gateway")
+                if PLUGIN_NAME not in decoder._available and PLUGIN_NAME not in decoder._unavailable:
+                    decoder.add_plugin(PLUGIN_NAME, (__name__, "decode_frame"))
+            _registered.add((codec.uid, with_decoder))
 
 
 def install() -> None:
-    """Register with pydicom lazily: on its first encoder or decoder look-up."""
+    """Register with pydicom lazily, private decoders only: on its first encoder or decoder look-up.
+
+    This is what the installed start-up hook (:mod:`gateway._autoload`) runs in
+    every program where pydicom is imported.  Loading the codecs at pydicom's
+    import would cost every such program the import of numba, so pydicom's two
+    look-up functions are wrapped instead; the first look-up runs
+    :func:`register` with ``standard_decoders=False``.
+    """
     import pydicom.pixels
 
     for name in ("get_encoder", "get_decoder"):
@@ -239,7 +256,7 @@ def _registering(original: Any) -> Any:
     def lookup(uid: str) -> Any:
         if not _installed.is_set():
             try:
-                register()
+                register(standard_decoders=False)
             except (ImportError, GatewayError) as exc:
                 # pydicom's own plugins keep working without ours.
                 warnings.warn(f"the '{PLUGIN_NAME}' pydicom plugins are unavailable: {exc}", stacklevel=2)

@@ -48,10 +48,12 @@ class Gateway:
         repaired = self.spool.recover()
         for dest in self.config.destinations:
             count = dest.associations if dest.kind == "dicom" else 1
+            forwarding = self.config.forwarding
             self.forwarders[dest.name] = [
                 Forwarder(dest, self.spool, self.config.retry,
                           make_sender(dest, self.config.server.ae_title, self.config.compression.verify),
-                          partition=(index, count))
+                          batch=forwarding.batch, idle_seconds=forwarding.idle_release_seconds,
+                          rescan_seconds=forwarding.rescan_seconds, partition=(index, count))
                 for index in range(count)
             ]
         self.worker = Worker(self.config, self.spool, self._submit)

@@ -2,7 +2,7 @@
 
 For each instance in ``incoming/`` it picks the target syntax (per-modality
 override, else the default), recompresses with verification through
-:func:`gateway.pipeline.recompress`, stores the result (or the original,
+:func:`gateway.pipeline.policy`, stores the result (or the original,
 byte for byte, when the pipeline passes it through) as the spool object,
 creates one job per matching destination and only then drops the received
 copy.  A crash anywhere in between replays the instance on restart; job
@@ -361,11 +361,11 @@ class Worker:
     def _run(self) -> None:
         while not self._halt.is_set():
             try:
-                ident = self._queue.get(timeout=30.0)
+                ident = self._queue.get(timeout=self.config.compression.rescan_seconds)
             except queue.Empty:
-                # Safety net for missed notifications; a file younger than a
-                # minute may still be in the receiver's hands (being checked).
-                old = time.time() - 60
+                # Safety net for missed notifications; a file younger than two
+                # rescan intervals may still be in the receiver's hands (being checked).
+                old = time.time() - 2 * self.config.compression.rescan_seconds
                 for ident in self.spool.received():
                     try:
                         if self.spool.incoming_path(ident).stat().st_mtime < old:

@@ -308,3 +308,17 @@ def make_series(count: int, rows: int = 128, columns: int = 128, seed: int = 0) 
         ds.set_original_encoding(False, True, ds.original_character_set)
         datasets.append(ds)
     return datasets
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that reads the corpus ``corpus`` (``-m "not corpus"`` leaves them out).
+
+    That is every test parametrised with a manifest row and every test that
+    asks for the corpus with ``needs_corpus``.
+    """
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        rows = any(isinstance(v, dict) and "sha256_of_pixel_array" in v for v in params.values())
+        needs = any(m.name == "skipif" and "corpus" in str(m.kwargs.get("reason", "")) for m in item.iter_markers())
+        if rows or needs:
+            item.add_marker(pytest.mark.corpus)

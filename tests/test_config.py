@@ -155,3 +155,30 @@ def test_relative_paths_follow_the_config_file(tmp_path: Path) -> None:
     config = load_config(folder / "g.toml")
     assert config.spool.directory == folder / "q"
     assert config.destinations[0].path.resolve() == (tmp_path / "out").resolve()
+
+
+@pytest.mark.parametrize(("section", "key", "bad"), [
+    ("server", "max_associations", 0),
+    ("compression", "rescan_seconds", 0),
+    ("forwarding", "batch", 0),
+    ("forwarding", "idle_release_seconds", -1),
+    ("forwarding", "rescan_seconds", "soon"),
+    ("forwarding", "unknown_knob", 1),
+])
+def test_limits_and_intervals_are_validated_settings(tmp_path: Path, section: str, key: str, bad) -> None:
+    from gateway.config import parse_config
+
+    data = {"destinations": [{"name": "local", "kind": "folder", "path": "archive"}], section: {key: bad}}
+    with pytest.raises(ConfigError, match=f"{section}.{key}"):
+        parse_config(data, tmp_path)
+
+
+def test_settings_reach_the_parts_that_use_them(tmp_path: Path, gateway_factory) -> None:
+    from tests.conftest import build_config
+
+    config = build_config(tmp_path, server={"max_associations": 3},
+                          forwarding={"batch": 7, "idle_release_seconds": 1.5, "rescan_seconds": 9})
+    gateway = gateway_factory(config)
+    assert gateway.server.ae.maximum_associations == 3
+    forwarder = gateway.forwarders["local"][0]
+    assert (forwarder.batch, forwarder.idle_seconds, forwarder.rescan_seconds) == (7, 1.5, 9)

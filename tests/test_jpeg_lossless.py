@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import libjpeg  # noqa: E402
 import numpy as np
 import pydicom
 import pytest
@@ -23,8 +24,6 @@ from gateway.pipeline.pixels import frame_info, high_bits_used, iter_frames
 from tests.corpus import corpus_params
 from tests.images import make_dataset, reference_params
 from tests.tools import require, require_dcmtk
-
-libjpeg = pytest.importorskip("libjpeg", reason="pylibjpeg-libjpeg is not installed")
 
 CODEC = get_codec(JPEGLosslessSV1)
 
@@ -179,7 +178,7 @@ def _rgb_and_mono_samples() -> list[tuple[FrameInfo, np.ndarray]]:
 @pytest.mark.parametrize("predictor", range(1, 8))
 @pytest.mark.parametrize("index", range(4), ids=["u16", "u12", "u8", "rgb8"])
 def test_decodes_imagecodecs_predictors(index: int, predictor: int) -> None:
-    imagecodecs = pytest.importorskip("imagecodecs", reason="imagecodecs is not installed")
+    import imagecodecs
     info, frame = _rgb_and_mono_samples()[index]
     if info.bits_allocated == 8:
         colour = {"colorspace": "RGB", "outcolorspace": "RGB"} if info.samples_per_pixel == 3 else {}
@@ -281,7 +280,7 @@ def test_point_transform(point_transform: int) -> None:
     expected = (frame >> point_transform) << point_transform
     # libjpeg-turbo as the independent decoder here: pylibjpeg-libjpeg starts
     # the prediction at 2**(P-1) instead of T.81's 2**(P-Pt-1).
-    imagecodecs = pytest.importorskip("imagecodecs", reason="imagecodecs is not installed")
+    import imagecodecs
     assert np.array_equal(imagecodecs.jpeg8_decode(stream), expected)
     assert np.array_equal(CODEC.decode_frame(stream, info), expected)
 

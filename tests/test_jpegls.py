@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import struct
 
+import imagecodecs  # noqa: E402
+import jpeg_ls  # noqa: E402  (a test dependency: missing, the suite must fail, not skip)
+import libjpeg  # noqa: E402
 import numpy as np
 import pydicom
 import pytest
@@ -20,10 +23,6 @@ from gateway.errors import CorruptCodestreamError, UnsupportedImageError
 from gateway.pipeline.pixels import frame_info, high_bits_used, iter_frames
 from tests.corpus import corpus_params
 from tests.images import make_dataset, reference_params
-
-jpeg_ls = pytest.importorskip("jpeg_ls", reason="pyjpegls (CharLS) is not installed")
-libjpeg = pytest.importorskip("libjpeg", reason="pylibjpeg-libjpeg is not installed")
-imagecodecs = pytest.importorskip("imagecodecs", reason="imagecodecs is not installed")
 
 CODEC = get_codec(JPEGLSLossless)
 

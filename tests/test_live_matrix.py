@@ -237,15 +237,16 @@ import numpy as np
 import pydicom
 from pydicom.pixels import pixel_array
 from pydicom.uid import UID
-uid, source, target, plugin = sys.argv[1:5]
-ds = pydicom.dcmread(source)
-if ds.file_meta.TransferSyntaxUID.is_compressed:
-    ds.decompress(decoding_plugin="pydicom")  # pydicom compresses native datasets only
-ds.compress(UID(uid), encoding_plugin="gateway")
-ds.save_as(target, enforce_file_format=True, implicit_vr=False, little_endian=True)
-back = pydicom.dcmread(target)
-values = pixel_array(back, decoding_plugin=plugin)
-print(back.file_meta.TransferSyntaxUID, hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest())
+uid, plugin, *pairs = sys.argv[1:]
+for source, target in zip(pairs[::2], pairs[1::2]):
+    ds = pydicom.dcmread(source)
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        ds.decompress(decoding_plugin="pydicom")  # pydicom compresses native datasets only
+    ds.compress(UID(uid), encoding_plugin="gateway")
+    ds.save_as(target, enforce_file_format=True, implicit_vr=False, little_endian=True)
+    back = pydicom.dcmread(target)
+    values = pixel_array(back, decoding_plugin=plugin)
+    print(back.file_meta.TransferSyntaxUID, hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest())
 """
 
 
@@ -254,9 +255,13 @@ def test_codec_through_pydicom_plugin_in_a_program_that_never_imports_gateway(co
     # Our own decoder only where nobody else reads the syntax.
     plugin = "gateway" if codec.private else "pylibjpeg"
     env = {k: v for k, v in os.environ.items() if k != "DICOM_GATEWAY_NO_AUTOLOAD"}
-    for kind, (path, digest) in _sources().items():
-        target = tmp_path / f"{kind.split(',')[0].replace(' ', '-')}.dcm"
-        result = subprocess.run([sys.executable, "-c", _PLUGIN_PROGRAM, codec.uid, str(path), str(target), plugin],
-                                capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
-        assert result.returncode == 0, f"{kind}: {result.stderr[-3000:]}"
-        assert result.stdout.split() == [codec.uid, digest], kind
+    sources = _sources()
+    pairs = [str(part) for kind, (path, _) in sources.items()
+             for part in (path, tmp_path / f"{kind.split(',')[0].replace(' ', '-')}.dcm")]
+    result = subprocess.run([sys.executable, "-c", _PLUGIN_PROGRAM, codec.uid, plugin, *pairs],
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(sources), result.stdout
+    for (kind, (_, digest)), line in zip(sources.items(), lines):
+        assert line.split() == [codec.uid, digest], kind

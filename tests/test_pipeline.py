@@ -26,7 +26,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-import gateway.pipeline as pipeline
+import gateway.pipeline.policy as pipeline
 from gateway.codecs import all_codecs, get_codec
 from gateway.codecs.base import FrameInfo
 from gateway.codecs.rle import encode
@@ -34,6 +34,7 @@ from gateway.errors import CodecNotFoundError, GatewayError
 from gateway.pipeline import REFERENCE_DECODERS, Outcome, recompress, recompress_file
 from gateway.pipeline.pixels import frame_info, high_bits_used, iter_frames
 from gateway.pipeline.verify import compare_pixels
+from tests.conftest import pydicom_file
 from tests.corpus import corpus_params
 from tests.images import make_dataset
 
@@ -173,7 +174,7 @@ def test_inputs_of_every_syntax(name: str, target: str) -> None:
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_pydicom_compressed_input(target: str) -> None:
-    pytest.importorskip("jpeg_ls", reason="pyjpegls is needed for pydicom to write JPEG-LS")
+    import jpeg_ls  # noqa: F401  (pydicom writes JPEG-LS with it)
     ds = make_dataset(MONO, _frames(MONO, 3))
     ds.compress(JPEGLSLossless, encoding_plugin="pyjpegls")
     outcome = recompress(ds, target)
@@ -369,7 +370,7 @@ def test_verification_mismatch_of_reference_decoder(monkeypatch: pytest.MonkeyPa
     monkeypatch.setitem(REFERENCE_DECODERS, RLELossless, off_by_one)
     ds = make_dataset(MONO, _frames(MONO, 2))
     outcome = recompress(ds, RLELossless)
-    _assert_passed(ds, outcome, "verification failed", "reference decoder", "frame 1", "row 0, column 0")
+    _assert_passed(ds, outcome, "verification failed", "(off_by_one)", "frame 1", "row 0, column 0")
     assert outcome.verify_seconds > 0
 
 
@@ -384,7 +385,7 @@ def test_verification_mismatch_of_our_decoder(monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setattr(type(codec), "decode_frame", wrong)
     ds = make_dataset(MONO, _frames(MONO))
-    _assert_passed(ds, recompress(ds, RLELossless), "verification failed", "our rle decoder")
+    _assert_passed(ds, recompress(ds, RLELossless), "verification failed", "(ours/rle)")
 
 
 def test_reference_decoder_that_fails(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -396,6 +397,43 @@ def test_reference_decoder_that_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     _assert_passed(ds, recompress(ds, RLELossless), "verification failed", "ValueError")
 
 
+def test_proof_names_the_decoders_and_hashes_what_each_decoded() -> None:
+    """The pixel hash is pydicom's raw pixel_array hashed; ours and the reference decoder each decoded that."""
+    import hashlib
+
+    from pydicom.pixels import pixel_array
+
+    ds = pydicom_file("MR_small_jpeg_ls_lossless.dcm")
+    truth = hashlib.sha256(np.ascontiguousarray(pixel_array(ds, raw=True, decoding_plugin="pylibjpeg"))
+                           .tobytes()).hexdigest()
+    outcome = recompress(ds, RLELossless)
+    assert outcome.recompressed
+    assert outcome.source_decoder == "pylibjpeg-libjpeg"
+    assert outcome.pixel_hash == truth
+    assert outcome.verified_by == (("ours/rle", truth), ("pylibjpeg-rle", truth))
+
+
+def test_original_is_never_decoded_by_our_codec(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A JPEG-LS original is read by libjpeg: our JPEG-LS decoder, broken here, is not consulted."""
+    codec = get_codec("JPEGLSLossless")
+
+    def refuse(self, data: bytes, info: FrameInfo) -> np.ndarray:
+        raise AssertionError("our decoder must not read an original")
+
+    monkeypatch.setattr(type(codec), "decode_frame", refuse)
+    ds = pydicom_file("MR_small_jpeg_ls_lossless.dcm")
+    outcome = recompress(ds, RLELossless)
+    assert outcome.recompressed, outcome.reason
+    assert outcome.source_decoder == "pylibjpeg-libjpeg"
+
+
+def test_native_original_and_native_target_are_named() -> None:
+    ds = pydicom_file("CT_small.dcm")
+    outcome = recompress(ds, "ImplicitVRLittleEndian")
+    assert outcome.recompressed and outcome.source_decoder == "native"
+    assert [name for name, _ in outcome.verified_by] == ["native"]
+
+
 def test_verify_false_skips_verification(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(data: bytes, info: FrameInfo) -> np.ndarray:
         raise AssertionError("must not be called")
@@ -403,7 +441,8 @@ def test_verify_false_skips_verification(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setitem(REFERENCE_DECODERS, RLELossless, broken)
     ds = make_dataset(MONO, _frames(MONO))
     outcome = recompress(ds, RLELossless, verify=False)
-    assert outcome.recompressed and outcome.verify_seconds == 0.0
+    assert outcome.recompressed and outcome.verify_seconds == 0.0 and outcome.verified_by == ()
+    monkeypatch.undo()
     assert compare_pixels(ds, outcome.dataset) is None
 
 

@@ -160,13 +160,11 @@ def test_pylibjpeg_entry_point_function() -> None:
     assert isinstance(raw, bytearray) and np.array_equal(np.frombuffer(raw, "<u2").reshape(5, 6), frame)
 
 
-def test_plain_pydicom_program_after_import_gateway(tmp_path: Path) -> None:
-    """A program that only imports gateway gets the plugins on first use."""
-    program = """
+_STANDARD_ONLY_WHEN_ASKED = """
 import numpy as np, pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, JPEGLosslessSV1, generate_uid
-import gateway
+from pydicom.pixels import get_decoder, get_encoder
+from pydicom.uid import ExplicitVRLittleEndian, JPEGLosslessSV1, JPEGLSLossless
 ds = Dataset()
 ds.file_meta = FileMetaDataset()
 ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -175,16 +173,41 @@ ds.PhotometricInterpretation = "MONOCHROME2"
 ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
 frame = (np.arange(12, dtype=np.uint16) * 5000).reshape(3, 4)
 ds.PixelData = frame.tobytes()
-ds.compress(JPEGLosslessSV1, encoding_plugin="gateway")
+ds.compress(JPEGLosslessSV1, encoding_plugin="gateway")  # encoding by name: the hook provides it
+hooked = [uid.keyword for uid in (JPEGLosslessSV1, JPEGLSLossless) if "gateway" in get_decoder(uid).available_plugins]
+from gateway.plugins import register
+register()  # the program asks: our decoders for standard syntaxes too
 ds.pixel_array_options(decoding_plugin="gateway")
 assert np.array_equal(ds.pixel_array, frame)
-print("ok")
+asked = [uid.keyword for uid in (JPEGLosslessSV1, JPEGLSLossless) if "gateway" in get_decoder(uid).available_plugins]
+print(hooked, asked)
 """
-    out = subprocess.run(
-        [sys.executable, "-c", program], cwd=REPO, capture_output=True, text=True, timeout=300
-    )
+
+
+def test_standard_decoders_are_ours_only_when_a_program_asks() -> None:
+    """The installed hook adds our decoders for private syntaxes only; register() adds the rest."""
+    out = _run(_STANDARD_ONLY_WHEN_ASKED, REPO)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "ok"
+    assert out.stdout.strip() == "[] ['JPEGLosslessSV1', 'JPEGLSLossless']", out.stderr
+
+
+_IMPORT_HAS_NO_EFFECT = """
+import sys
+import gateway, gateway.codecs, gateway.pipeline
+before = "pydicom.pixels" in sys.modules
+import pydicom.pixels
+from pydicom.pixels import get_decoder
+from pydicom.uid import JPEGLSLossless
+print(before, getattr(pydicom.pixels.get_decoder, "_gateway_wrapped", False),
+      "gateway" in get_decoder(JPEGLSLossless).available_plugins)
+"""
+
+
+def test_import_gateway_has_no_side_effects() -> None:
+    """With the hook off, importing the package (pipeline included) leaves pydicom's plugins alone."""
+    out = _run(_IMPORT_HAS_NO_EFFECT, REPO, **{_autoload.ENV_VAR: "1"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[1:] == ["False", "False"], out.stdout
 
 
 def test_plugin_module_contract() -> None:
@@ -302,9 +325,10 @@ def test_autoload_can_be_turned_off(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     started, same = out.stdout.strip().rsplit(" ", 1)
     assert started == "[]" and same != "True", out.stdout
-    out = _run("import gateway\n" + program, tmp_path, **{_autoload.ENV_VAR: "1"})
+    out = _run("import gateway.plugins\ngateway.plugins.register()\n" + program, tmp_path,
+               **{_autoload.ENV_VAR: "1"})
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "['gateway'] True", out.stderr
+    assert out.stdout.strip().endswith(" True"), out.stderr
     out = _run(program, tmp_path, **{_autoload.ENV_VAR: "0"})
     assert out.stdout.strip() == "['gateway'] True", out.stderr
 

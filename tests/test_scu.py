@@ -32,9 +32,9 @@ from pynetdicom import AE, evt
 from pynetdicom.dsutils import decode, encode
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
 
-from gateway import scu
 from gateway.dicom.filemeta import read_file_meta
 from gateway.errors import AssociationAbortedError, AssociationRejectedError, NetworkError, PeerProtocolError
+from gateway.net import scu
 from gateway.net.scu import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, Association, Context, StoreResult
 from tests.conftest import free_port, pydicom_file, wait_until
 from tests.fuzzing import EDITS, apply_edits

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.errors import SpoolError
 from gateway.spool import DEAD, DONE, INFLIGHT, PENDING, UNROUTED, Job, Receipt, Spool
 
 
@@ -139,3 +140,50 @@ def test_unwritable_spool_is_a_spool_error(tmp_path: Path) -> None:
     blocker.write_text("not a folder")
     with pytest.raises(SpoolError):
         Spool(blocker / "spool")
+
+
+# ------------------------------------------------------------------ admit, as the receiver calls it
+
+
+def _received_file(spool: Spool, data: bytes) -> Path:
+    tmp = spool.temp_path()
+    tmp.write_bytes(data)
+    return tmp
+
+
+def test_admit_moves_the_file_in_and_returns_the_checks_result(tmp_path: Path) -> None:
+    """The receiver's call: a temp file, the calling AE, a check that parses the final path."""
+    spool = Spool(tmp_path / "spool")
+    tmp = _received_file(spool, b"instance bytes")
+    seen: list[Path] = []
+
+    def check(path: Path) -> str:
+        seen.append(path)
+        assert path.read_bytes() == b"instance bytes"  # the check reads the file in its final place
+        return "identity"
+
+    ident, result = spool.admit(tmp, "CT_SCANNER", check)
+    assert result == "identity"
+    assert seen == [spool.incoming_path(ident)]
+    assert not tmp.exists() and spool.received() == [ident]
+    assert Spool.calling_ae(ident) == "CT_SCANNER"
+    assert spool.incoming_path(ident).read_bytes() == b"instance bytes"
+
+
+def test_admit_removes_what_the_check_refuses(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    tmp = _received_file(spool, b"not DICOM")
+
+    def check(path: Path) -> None:
+        raise ValueError("not a dataset")
+
+    with pytest.raises(ValueError, match="not a dataset"):
+        spool.admit(tmp, "CT_SCANNER", check)
+    assert spool.received() == [] and not tmp.exists()
+    assert list(spool.incoming.iterdir()) == []
+
+
+def test_admit_of_a_missing_file_is_a_spool_error(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    with pytest.raises(SpoolError):
+        spool.admit(spool.temp_path(), "CT_SCANNER", lambda path: None)

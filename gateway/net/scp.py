@@ -239,7 +239,7 @@ def build_ae(server: ServerConfig) -> AE:
     ae.require_called_aet = True
     if server.allowed_callers:
         ae.require_calling_aet = list(server.allowed_callers)
-    ae.maximum_associations = 16
+    ae.maximum_associations = server.max_associations
     syntaxes = accepted_syntaxes()
     ae.add_supported_context(Verification, syntaxes[:3])
     for context in AllStoragePresentationContexts:
@@ -248,10 +248,21 @@ def build_ae(server: ServerConfig) -> AE:
 
 
 def start_receiver(server: ServerConfig, receiver: Receiver) -> ThreadedAssociationServer:
-    """Start listening in background threads; stop with ``.shutdown()``."""
+    """Start listening in background threads; stop with ``.shutdown()``.
+
+    Two of pynetdicom's module-wide settings are changed, because pynetdicom
+    offers them per process only:
+
+    * ``STORE_RECV_CHUNKED_DATASET``: a received dataset is streamed to a
+      file instead of being held in memory, which bounds the receiver's memory
+      whatever the instance's size.  Any other C-STORE SCP in the same
+      process receives that way too; pynetdicom's ``event.dataset`` still
+      works for it (it reads the file), so such code keeps working.
+    * ``LOG_HANDLER_LEVEL = "none"``: pynetdicom's default handlers describe
+      every PDU and DIMSE message for its logger, which the gateway keeps at
+      WARNING; building those descriptions costs CPU on every message.
+    """
     _config.STORE_RECV_CHUNKED_DATASET = True
-    # pynetdicom's default handlers describe every PDU and DIMSE message for
-    # its logger, which the gateway keeps at WARNING: skip building them.
     _config.LOG_HANDLER_LEVEL = "none"
     ae = build_ae(server)
     handlers = [

@@ -19,7 +19,8 @@ from pydicom.uid import UID, ExplicitVRBigEndian
 
 from gateway.codecs.base import FrameInfo
 from gateway.dicom.uids import is_encapsulated
-from gateway.errors import CodecNotFoundError, PixelDataError, UnsupportedImageError
+from gateway.errors import PixelDataError, UnsupportedImageError
+from gateway.pipeline.decoders import NATIVE, DecodeFrame, source_decoder
 
 __all__ = ["frame_info", "number_of_frames", "iter_frames", "high_bits_used", "transfer_syntax"]
 
@@ -122,30 +123,26 @@ def _iter_native(ds: Dataset, info: FrameInfo, frames: int, big_endian: bool) ->
         yield np.ascontiguousarray(frame, dtype=info.dtype)
 
 
-def _iter_registry(ds: Dataset, info: FrameInfo, frames: int, uid: UID) -> Iterator[np.ndarray]:
-    from gateway.codecs import get_codec
-
-    codec = get_codec(uid)
-    for fragment in generate_frames(ds.PixelData, number_of_frames=frames):
-        yield codec.decode_frame(fragment, info)
-
-
-def _iter_pydicom(ds: Dataset, info: FrameInfo) -> Iterator[np.ndarray]:
-    from pydicom.pixels import iter_pixels
-
-    for frame in iter_pixels(ds, raw=True):
-        if frame.shape != info.shape:
-            raise PixelDataError(f"decoded frame has shape {frame.shape}, {info.shape} expected")
-        yield np.ascontiguousarray(frame, dtype=info.dtype)
+def frame_decoder(ds: Dataset) -> tuple[str, DecodeFrame | None]:
+    """The proof name of the decoder that reads `ds`'s pixels, and the decoder (None for native data)."""
+    uid = transfer_syntax(ds)
+    if not is_encapsulated(uid):
+        return NATIVE, None
+    return source_decoder(uid)
 
 
 def iter_frames(ds: Dataset) -> Iterator[np.ndarray]:
     """Yield each frame of `ds` in the codec array convention.
 
+    Native data is read from its bytes; encapsulated data by
+    :func:`gateway.pipeline.decoders.source_decoder` (another project's
+    decoder wherever one exists).
+
     Raises
     ------
     UnsupportedImageError
-        Float, 1-bit or subsampled native images, which no codec of ours carries.
+        Float, 1-bit or subsampled native images, which no codec of ours
+        carries, or a syntax nobody here decodes.
     PixelDataError
         Missing or inconsistent attributes, short pixel data, or a decoder failure.
     """
@@ -160,17 +157,12 @@ def iter_frames(ds: Dataset) -> Iterator[np.ndarray]:
         raise UnsupportedImageError(
             f"(0028,0100) 'Bits Allocated' {info.bits_allocated} is not carried by our codecs"
         )
-    from pydicom.pixels.decoders.base import _PIXEL_DATA_DECODERS  # pydicom's own table
-
+    _, decode = source_decoder(uid)
     try:
-        if uid in _PIXEL_DATA_DECODERS:
-            yield from _iter_pydicom(ds, info)
-        else:
-            yield from _iter_registry(ds, info, frames, uid)
+        for fragment in generate_frames(ds.PixelData, number_of_frames=frames):
+            yield decode(fragment, info)
     except (UnsupportedImageError, PixelDataError):
         raise
-    except CodecNotFoundError as exc:
-        raise UnsupportedImageError(f"no decoder for transfer syntax {uid}") from exc
     except (KeyboardInterrupt, SystemExit, GeneratorExit):
         raise
     except BaseException as exc:  # other projects' decoders raise many types; Rust panics are BaseException

@@ -16,10 +16,11 @@ and compares both with the decoded original value for value.
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -34,7 +35,8 @@ from gateway.codecs import get_codec, resolve_uid
 from gateway.codecs.base import Codec, FrameInfo
 from gateway.dicom.uids import TRANSFER_SYNTAXES, is_encapsulated, is_known
 from gateway.errors import CodecNotFoundError, GatewayError, UnsupportedImageError
-from gateway.pipeline.pixels import frame_info, high_bits_used, iter_frames, transfer_syntax
+from gateway.pipeline.decoders import NATIVE, REFERENCE_DECODERS, DecodeFrame, decoder_name, reference_decoder
+from gateway.pipeline.pixels import frame_decoder, frame_info, high_bits_used, iter_frames, transfer_syntax
 from gateway.pipeline.verify import first_difference
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "NATIVE_TARGETS",
     "LOSSLESS_SOURCES",
     "REFERENCE_DECODERS",
+    "pixel_hash",
 ]
 
 # Syntaxes that write Pixel Data uncompressed: the pipeline can produce these.
@@ -84,58 +87,9 @@ class Outcome:
     encoded_pixel_bytes: int  # size of the outgoing one
     encode_seconds: float  # decoding the original plus encoding it
     verify_seconds: float
-
-
-# ---------------------------------------------------------------- reference decoders
-
-
-def _normalised(values: np.ndarray, info: FrameInfo) -> np.ndarray:
-    """`values` as a frame array of `info`: dtype, shape and Bits Stored range.
-
-    Other decoders return unsigned bit patterns (JPEG has no sign) or wider
-    containers; this brings them to the codec array form for comparison.
-    """
-    unsigned = np.dtype(f"u{info.dtype.itemsize}")
-    frame = np.asarray(values).astype(unsigned).view(info.dtype).reshape(info.shape)
-    unused = info.bits_allocated - info.bits_stored
-    if unused:
-        if info.signed:
-            frame <<= unused
-            frame >>= unused
-        else:
-            frame &= (1 << info.bits_stored) - 1
-    return frame
-
-
-def _pylibjpeg_rle(data: bytes, info: FrameInfo) -> np.ndarray:
-    """pylibjpeg-rle (Rust): returns the frame colour-by-plane, little endian."""
-    from rle.rle import decode_frame
-
-    raw = decode_frame(bytes(data), info.rows * info.columns, info.bits_allocated, "<")
-    planes = np.frombuffer(raw, dtype=info.dtype.newbyteorder("<"))
-    if info.samples_per_pixel > 1:
-        planes = planes.reshape(info.samples_per_pixel, info.rows, info.columns).transpose(1, 2, 0)
-    return _normalised(planes, info)
-
-
-def _pylibjpeg_libjpeg(data: bytes, info: FrameInfo) -> np.ndarray:
-    """pylibjpeg-libjpeg (libjpeg 6b successor by Thomas Richter): JPEG lossless and JPEG-LS."""
-    from libjpeg import decode
-
-    values = decode(bytes(data), colour_transform=0)
-    if values.size != info.rows * info.columns * info.samples_per_pixel:
-        raise UnsupportedImageError(f"reference decoder returned {values.shape}, expected {info.shape}")
-    return _normalised(values, info)
-
-
-# Transfer syntax UID -> decoder of another project, used to verify our output.
-# Syntaxes absent here (our private one) are verified with our decoder only.
-REFERENCE_DECODERS: dict[str, Callable[[bytes, FrameInfo], np.ndarray]] = {
-    "1.2.840.10008.1.2.5": _pylibjpeg_rle,
-    "1.2.840.10008.1.2.4.57": _pylibjpeg_libjpeg,
-    "1.2.840.10008.1.2.4.70": _pylibjpeg_libjpeg,
-    "1.2.840.10008.1.2.4.80": _pylibjpeg_libjpeg,
-}
+    source_decoder: str | None = None  # proof name of what read the original ("native", "pylibjpeg-rle", ...)
+    pixel_hash: str | None = None  # SHA-256 of the original's pixel values (see pixel_hash), when decoded
+    verified_by: tuple[tuple[str, str], ...] = ()  # (decoder, SHA-256 of what it decoded) per verifying decoder
 
 
 # ---------------------------------------------------------------- helpers
@@ -148,13 +102,26 @@ def _pixel_bytes(ds: Dataset) -> int:
     return len(value) if value is not None else 0
 
 
-def _pass(ds: Dataset, reason: str, original: int, enc_s: float = 0.0, ver_s: float = 0.0) -> Outcome:
+def _pass(ds: Dataset, reason: str, original: int, enc_s: float = 0.0, ver_s: float = 0.0, *,
+          source: str | None = None, digest: str | None = None) -> Outcome:
     """The original dataset, unchanged, with the reason it was not recompressed."""
     try:
         uid = str(transfer_syntax(ds))
     except GatewayError:
         uid = ""
-    return Outcome(ds, uid, False, reason, original, original, enc_s, ver_s)
+    return Outcome(ds, uid, False, reason, original, original, enc_s, ver_s, source, digest)
+
+
+def pixel_hash(frames: Sequence[np.ndarray]) -> str:
+    """SHA-256 of pixel values as ``pydicom.pixels.pixel_array(ds, raw=True)`` returns them.
+
+    All frames in order, C order, the little-endian bytes of the frame dtype:
+    anyone can recompute it from a stored file with plain pydicom.
+    """
+    digest = hashlib.sha256()
+    for frame in frames:
+        digest.update(np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("<")).data)
+    return digest.hexdigest()
 
 
 def _encapsulate(fragments: Sequence[bytes]) -> tuple[bytes, tuple[bytes, bytes] | None]:
@@ -249,21 +216,28 @@ def _verify(
     fragments: Sequence[bytes] | None,
     frames: Sequence[np.ndarray],
     info: FrameInfo,
+    proof: list[tuple[str, str]],
 ) -> str | None:
-    """None when what we wrote decodes to `frames`, by every decoder we have."""
+    """None when what we wrote decodes to `frames`, by our decoder and the independent one.
+
+    Appends (decoder name, pixel hash of what it decoded) to `proof` for every
+    decoder that agreed.
+    """
     if codec is None:  # native: read the written dataset back
         try:
-            reason = first_difference(frames, iter_frames(new))
+            decoded = list(iter_frames(new))
         except GatewayError as exc:
             return f"verification failed: written native pixel data cannot be read: {exc}"
-        return f"verification failed: {reason}" if reason else None
+        reason = first_difference(frames, decoded)
+        if reason:
+            return f"verification failed: {reason}"
+        proof.append((NATIVE, pixel_hash(decoded)))
+        return None
     assert fragments is not None
-    decoders: list[tuple[str, Callable[[bytes, FrameInfo], np.ndarray]]] = [
-        (f"our {codec.name} decoder", codec.decode_frame)
-    ]
-    reference = REFERENCE_DECODERS.get(target)
+    decoders: list[tuple[str, DecodeFrame]] = [(f"ours/{codec.name}", codec.decode_frame)]
+    reference = reference_decoder(target)
     if reference is not None:
-        decoders.append((f"reference decoder {reference.__name__.lstrip('_')}", reference))
+        decoders.append((decoder_name(reference), reference))
     # Read the fragments back out of the encapsulated value: that checks the
     # encapsulation as well as the codestreams.
     try:
@@ -280,6 +254,7 @@ def _verify(
         reason = first_difference(frames, decoded)
         if reason:
             return f"verification failed ({label}): {reason}"
+        proof.append((label, pixel_hash(decoded)))
     return None
 
 
@@ -371,14 +346,16 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True, allow_larger: b
         return _pass(ds, f"unsupported image: {exc}", original)
     except GatewayError as exc:
         return _pass(ds, f"decoding failed: {exc}", original)
+    source_name = frame_decoder(ds)[0]
+    digest = pixel_hash(frames)
+    proven = {"source": source_name, "digest": digest}
     for number, frame in enumerate(frames, start=1):
         if high_bits_used(frame, info):
             return _pass(
                 ds,
                 f"frame {number}: bits above (0028,0101) 'Bits Stored' {info.bits_stored} hold data; "
                 "kept as received",
-                original,
-            )
+                original, **proven)
 
     big_endian = ds.original_encoding[1] is False or source == "1.2.840.10008.1.2.2"
     # Big endian data is rewritten element by element below, sequences included.
@@ -406,17 +383,16 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True, allow_larger: b
                 # The codestream fixes the sample order; PS3.5 8.2 and G.2 note 2: 0.
                 new.PlanarConfiguration = 0
     except UnsupportedImageError as exc:
-        return _pass(ds, f"{target_uid.name} cannot carry this image: {exc}", original)
+        return _pass(ds, f"{target_uid.name} cannot carry this image: {exc}", original, **proven)
     except GatewayError as exc:
-        return _pass(ds, f"encoding failed: {exc}", original)
+        return _pass(ds, f"encoding failed: {exc}", original, **proven)
     if codec is not None and not allow_larger and len(value) >= original:
         return _pass(
             ds,
             f"{codec.name} would not shrink the pixel data ({len(value)} bytes, {original} received); "
             "kept as received",
             original,
-            time.perf_counter() - start,
-        )
+            time.perf_counter() - start, **proven)
     for tag in _EXTENDED_OFFSETS:
         if tag in new:
             del new[tag]
@@ -429,7 +405,8 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True, allow_larger: b
         try:
             _make_little_endian(new, new[_PIXEL_DATA])
         except Exception as exc:  # pydicom parses every raw element here; bad values raise many types
-            return _pass(ds, f"big endian attributes cannot be converted: {type(exc).__name__}: {exc}", original)
+            return _pass(ds, f"big endian attributes cannot be converted: {type(exc).__name__}: {exc}", original,
+                         **proven)
     if not target_uid.is_transfer_syntax:
         # A syntax pydicom does not know (ours): tell it how the dataset is written.
         target_uid = UID(str(target_uid))
@@ -438,13 +415,15 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True, allow_larger: b
     encode_seconds = time.perf_counter() - start
 
     verify_seconds = 0.0
+    verified_by: list[tuple[str, str]] = []
     if verify:
         start = time.perf_counter()
-        reason = _verify(target_uid, codec, new, fragments, frames, info)
+        reason = _verify(target_uid, codec, new, fragments, frames, info, verified_by)
         verify_seconds = time.perf_counter() - start
         if reason:
-            return _pass(ds, reason, original, encode_seconds, verify_seconds)
-    return Outcome(new, str(target_uid), True, None, original, len(value), encode_seconds, verify_seconds)
+            return _pass(ds, reason, original, encode_seconds, verify_seconds, **proven)
+    return Outcome(new, str(target_uid), True, None, original, len(value), encode_seconds, verify_seconds,
+                   source_name, digest, tuple(verified_by))
 
 
 def _ours(uid: UID) -> bool:

@@ -1,0 +1,143 @@
+"""The decoders the pipeline trusts, each with the name it is recorded under in the proof.
+
+The proof that an image was carried bit-exactly rests on decoders that are
+not the code under test: an original is read by a decoder of another project
+(pylibjpeg-rle, pylibjpeg-libjpeg, pylibjpeg-openjpeg; native data straight
+from its bytes), never by ours unless nobody else reads its syntax (our
+private one), and then under a name that says so.  Nothing here looks up
+pydicom's plugin tables, so no decoder of ours can stand in silently for
+another project's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from gateway.codecs import get_codec
+from gateway.codecs.base import FrameInfo
+from gateway.dicom.uids import (
+    HTJ2K,
+    HTJ2K_LOSSLESS,
+    HTJ2K_LOSSLESS_RPCL,
+    JPEG_2000,
+    JPEG_2000_LOSSLESS,
+    JPEG_LOSSLESS,
+    JPEG_LOSSLESS_SV1,
+    JPEG_LS_LOSSLESS,
+    RLE_LOSSLESS,
+    TRANSFER_SYNTAXES,
+)
+from gateway.errors import CodecNotFoundError, UnsupportedImageError
+
+__all__ = ["REFERENCE_DECODERS", "NATIVE", "DecodeFrame", "decoder_name", "reference_decoder", "our_decoder",
+           "source_decoder"]
+
+NATIVE = "native"
+"""Proof name of uncompressed pixel data, read from its bytes with numpy."""
+
+
+def _normalised(values: np.ndarray, info: FrameInfo) -> np.ndarray:
+    """`values` as a frame array of `info`: dtype, shape and Bits Stored range.
+
+    Other decoders return unsigned bit patterns (JPEG has no sign) or wider
+    containers; this brings them to the codec array form for comparison.
+    """
+    unsigned = np.dtype(f"u{info.dtype.itemsize}")
+    frame = np.ascontiguousarray(np.asarray(values).astype(unsigned)).view(info.dtype).reshape(info.shape)
+    unused = info.bits_allocated - info.bits_stored
+    if unused:
+        if info.signed:
+            frame <<= unused
+            frame >>= unused
+        else:
+            frame &= (1 << info.bits_stored) - 1
+    return frame
+
+
+def _pylibjpeg_rle(data: bytes, info: FrameInfo) -> np.ndarray:
+    """pylibjpeg-rle (Rust): returns the frame colour-by-plane, little endian."""
+    from rle.rle import decode_frame
+
+    raw = decode_frame(bytes(data), info.rows * info.columns, info.bits_allocated, "<")
+    planes = np.frombuffer(raw, dtype=info.dtype.newbyteorder("<"))
+    if info.samples_per_pixel > 1:
+        planes = planes.reshape(info.samples_per_pixel, info.rows, info.columns).transpose(1, 2, 0)
+    return _normalised(planes, info)
+
+
+def _pylibjpeg_libjpeg(data: bytes, info: FrameInfo) -> np.ndarray:
+    """pylibjpeg-libjpeg (libjpeg 6b successor by Thomas Richter): JPEG lossless and JPEG-LS."""
+    from libjpeg import decode
+
+    values = decode(bytes(data), colour_transform=0)
+    if values.size != info.rows * info.columns * info.samples_per_pixel:
+        raise UnsupportedImageError(f"reference decoder returned {values.shape}, expected {info.shape}")
+    return _normalised(values, info)
+
+
+def _pylibjpeg_openjpeg(data: bytes, info: FrameInfo) -> np.ndarray:
+    """pylibjpeg-openjpeg (OpenJPEG): JPEG 2000 and HTJ2K; the colour transform of the codestream is undone."""
+    from openjpeg import decode
+
+    values = decode(bytes(data))
+    if values.size != info.rows * info.columns * info.samples_per_pixel:
+        raise UnsupportedImageError(f"reference decoder returned {values.shape}, expected {info.shape}")
+    return _normalised(values, info)
+
+
+DecodeFrame = Callable[[bytes, FrameInfo], np.ndarray]
+
+REFERENCE_DECODERS: dict[str, DecodeFrame] = {
+    RLE_LOSSLESS: _pylibjpeg_rle,
+    JPEG_LOSSLESS: _pylibjpeg_libjpeg,
+    JPEG_LOSSLESS_SV1: _pylibjpeg_libjpeg,
+    JPEG_LS_LOSSLESS: _pylibjpeg_libjpeg,
+    JPEG_2000_LOSSLESS: _pylibjpeg_openjpeg,
+    JPEG_2000: _pylibjpeg_openjpeg,
+    HTJ2K_LOSSLESS: _pylibjpeg_openjpeg,
+    HTJ2K_LOSSLESS_RPCL: _pylibjpeg_openjpeg,
+    HTJ2K: _pylibjpeg_openjpeg,
+}
+"""Transfer syntax UID -> a decoder of another project, frame by frame, in the codec array form."""
+
+_NAMES = {
+    _pylibjpeg_rle: "pylibjpeg-rle",
+    _pylibjpeg_libjpeg: "pylibjpeg-libjpeg",
+    _pylibjpeg_openjpeg: "pylibjpeg-openjpeg",
+}
+
+
+def decoder_name(decode: DecodeFrame) -> str:
+    """The name a decoder is recorded under in the proof."""
+    return _NAMES.get(decode) or getattr(decode, "__name__", type(decode).__name__).lstrip("_")
+
+
+def reference_decoder(uid: str) -> DecodeFrame | None:
+    """The independent decoder of `uid`, or None where nobody else decodes it (our private syntax)."""
+    return REFERENCE_DECODERS.get(str(uid))
+
+
+def our_decoder(uid: str) -> tuple[str, DecodeFrame] | None:
+    """Our codec's decoder for `uid` and its proof name ("ours/<codec>"), or None."""
+    try:
+        codec = get_codec(str(uid))
+    except CodecNotFoundError:
+        return None
+    return f"ours/{codec.name}", codec.decode_frame
+
+
+def source_decoder(uid: str) -> tuple[str, DecodeFrame]:
+    """The decoder that reads an ORIGINAL in `uid`: an independent one wherever one exists.
+
+    Our own decoder is used only for a syntax no other project reads (ours),
+    and its name says so.  Raises :class:`UnsupportedImageError` when neither exists.
+    """
+    reference = reference_decoder(uid)
+    if reference is not None:
+        return decoder_name(reference), reference
+    ours = our_decoder(uid)
+    if ours is not None and TRANSFER_SYNTAXES.get(str(uid)) is not None and TRANSFER_SYNTAXES[str(uid)].private:
+        return ours
+    raise UnsupportedImageError(f"no independent decoder for transfer syntax {uid}")

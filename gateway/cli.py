@@ -95,7 +95,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if dead:
         print("dead letters:")
         for job in dead:
-            print(f"  {job.info.get('sop_instance_uid', job.instance)} -> {job.destination}: "
+            print(f"  {job.sop} -> {job.destination}: "
                   f"attempts={job.attempts} reason={job.reason}")
     return 0
 

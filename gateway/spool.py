@@ -51,13 +51,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gateway.dicom.identity import Identity
 from gateway.errors import SpoolError
 
-__all__ = ["Spool", "Job", "Receipt", "STATES", "fsync_dir", "atomic_write_bytes", "atomic_copy"]
+__all__ = ["Spool", "Job", "STATES", "fsync_dir", "atomic_write_bytes", "atomic_copy"]
 
 T = TypeVar("T")
 
@@ -119,20 +120,6 @@ def atomic_copy(src: Path, dst: Path, tmp_dir: Path | None = None) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class Receipt:
-    """What the receiver knew about an instance: the routing input."""
-
-    calling_ae: str = ""
-    received_at: float = 0.0
-    sop_class_uid: str = ""
-    sop_instance_uid: str = ""
-    study_uid: str = ""
-    series_uid: str = ""
-    modality: str = ""
-    transfer_syntax: str = ""
-
-
-@dataclass(frozen=True, slots=True)
 class Job:
     """Delivery of one processed instance to one destination."""
 
@@ -144,11 +131,39 @@ class Job:
     reason: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
-    info: dict[str, Any] = field(default_factory=dict)  # UIDs, syntax, modality
+    identity: Identity = Identity()  # transfer_syntax: that of the processed object delivered
+    calling_ae: str = ""
+    received_at: float = 0.0
+    destinations: tuple[str, ...] = ()  # every destination of the instance (its jobs' names)
+    processing_failed: str | None = None  # why the original goes unprocessed, after failed attempts
 
     @property
     def key(self) -> str:
         return f"{self.instance}@{self.destination}"
+
+    @property
+    def sop(self) -> str:
+        """The SOP Instance UID for logs, or the spool id when unknown."""
+        return self.identity.sop_instance_uid or self.instance
+
+    def to_json(self) -> bytes:
+        data = asdict(self)
+        data["destinations"] = list(self.destinations)
+        return json.dumps(data).encode()
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Job:
+        """A manifest as :meth:`to_json` writes it (or as written before jobs had a typed identity)."""
+        data = dict(data)
+        old = data.pop("info", None)
+        if isinstance(old, dict):
+            data.setdefault("identity", old)
+            for key in ("calling_ae", "received_at", "destinations", "processing_failed"):
+                if key in old:
+                    data.setdefault(key, old[key])
+        data["identity"] = Identity.from_dict(data.get("identity") or {})
+        data["destinations"] = tuple(data.get("destinations") or ())
+        return cls(**data)
 
 
 class Spool:
@@ -183,17 +198,17 @@ class Spool:
         """A fresh path in the spool's temp folder (same filesystem as the queue)."""
         return self.tmp / f"{uuid.uuid4().hex}{suffix}"
 
-    def store_received(self, source: Path | bytes, receipt: Receipt, *, synced: bool = False) -> str:
+    def store_received(self, source: Path | bytes, calling_ae: str, *, synced: bool = False) -> str:
         """Durably add a received instance; return its id.
 
         `source` is either the encoded file bytes or a file already in
         :meth:`temp_path` (moved, not copied) or elsewhere (copied).  When this
         returns, the instance survives a crash; only then may the sender be
-        told Success.  Of `receipt` only the calling AE title is kept (in the
-        id): everything else is in the dataset itself.  `synced` says a file in
+        told Success.  The calling AE title is kept in the id (everything else
+        is in the dataset itself).  `synced` says a file in
         :meth:`temp_path` was fsync'd already.
         """
-        ident = f"{self.new_id()}-{receipt.calling_ae.encode('ascii', 'replace').hex()}"
+        ident = f"{self.new_id()}-{calling_ae.encode('ascii', 'replace').hex()}"
         final = self.incoming / f"{ident}.dcm"
         try:
             if isinstance(source, (bytes, bytearray, memoryview)):
@@ -348,7 +363,7 @@ class Spool:
         return self.jobs / state / f"{key}.json"
 
     def _write_job(self, job: Job) -> None:
-        atomic_write_bytes(self._job_path(job.state, job.key), json.dumps(asdict(job)).encode(), self.tmp)
+        atomic_write_bytes(self._job_path(job.state, job.key), job.to_json(), self.tmp)
 
     def find_job(self, instance: str, destination: str) -> Job | None:
         """The job's current manifest, whatever its state.
@@ -383,7 +398,7 @@ class Spool:
                 new = replace(job, created_at=now, updated_at=now)
                 path = self._job_path(new.state, new.key)
                 tmp = self.tmp / f"{new.key}.{uuid.uuid4().hex}.tmp"
-                tmp.write_bytes(json.dumps(asdict(new)).encode())
+                tmp.write_bytes(new.to_json())
                 os.replace(tmp, path)
                 created.append(new)
         return created
@@ -402,7 +417,7 @@ class Spool:
                 os.replace(self._job_path(job.state, job.key), self._job_path(state, job.key))
                 new = replace(job, state=state)
                 if state == DONE:
-                    self.collect(job.instance, job.info.get("destinations"))
+                    self.collect(job.instance, list(job.destinations) or None)
                 return new
             new = replace(job, state=state, updated_at=time.time(), **changes)
             self._write_job(new)
@@ -410,7 +425,7 @@ class Spool:
                 self._job_path(job.state, job.key).unlink(missing_ok=True)
                 fsync_dir(self.jobs / job.state)
             if state == DONE:
-                self.collect(job.instance, job.info.get("destinations"))
+                self.collect(job.instance, list(job.destinations) or None)
             return new
 
     def collect(self, instance: str, destinations: list[str] | None = None) -> None:
@@ -443,7 +458,7 @@ class Spool:
         except (OSError, ValueError) as exc:
             raise SpoolError(f"job manifest {path} is unreadable: {exc}") from exc
         data["state"] = path.parent.name  # the folder is the truth: renames do not rewrite the manifest
-        return Job(**data)
+        return Job.from_json(data)
 
     def jobs_in(self, state: str, destination: str | None = None) -> Iterator[Job]:
         """Jobs in `state` (optionally of one destination), oldest first."""

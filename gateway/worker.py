@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -25,11 +26,12 @@ from pydicom import dcmread
 from pydicom.filewriter import dcmwrite
 
 from gateway.config import KEEP, Config
+from gateway.dicom.identity import Identity
 from gateway.dicom.splice import pixel_span, splice_write
 from gateway.dicom.walk import check_complete
 from gateway.errors import GatewayError
 from gateway.logs import get_logger, stage
-from gateway.spool import DEAD, UNROUTED, Job, Receipt, Spool
+from gateway.spool import DEAD, UNROUTED, Job, Spool
 
 __all__ = ["Worker", "process_instance"]
 
@@ -60,9 +62,7 @@ def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: 
     """
     src = spool.source_path(ident)
     ds = dcmread(src, stop_before_pixels=pass_through is not None)
-    receipt = Receipt(
-        calling_ae=spool.calling_ae(ident),
-        received_at=src.stat().st_mtime,
+    identity = Identity(
         sop_class_uid=str(ds.get("SOPClassUID", "")),
         sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
         study_uid=str(ds.get("StudyInstanceUID", "")),
@@ -70,21 +70,22 @@ def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: 
         modality=str(ds.get("Modality", "")),
         transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")),
     )
-    sop = receipt.sop_instance_uid
-    stored_syntax = str(ds.file_meta.get("TransferSyntaxUID", receipt.transfer_syntax))
-    target = config.compression.target_for(receipt.modality)
+    calling_ae = spool.calling_ae(ident)
+    sop = identity.sop_instance_uid
+    stored_syntax = identity.transfer_syntax
+    target = config.compression.target_for(identity.modality)
 
     reused = _usable_object(spool.object_path(ident)) if reuse_object else None
     if reused is not None:
         stored_syntax = reused
     elif pass_through is not None:
         spool.store_object(ident, src)
-        stage(_log, "passed-through", sop, level=40, study=receipt.study_uid, syntax=stored_syntax,
+        stage(_log, "passed-through", sop, level=40, study=identity.study_uid, syntax=stored_syntax,
               reason=pass_through)
     elif target == KEEP or target == stored_syntax:
         reason = "configured to keep" if target == KEEP else "already in the target syntax"
         spool.store_object(ident, src)
-        stage(_log, "passed-through", sop, study=receipt.study_uid, syntax=stored_syntax, reason=reason)
+        stage(_log, "passed-through", sop, study=identity.study_uid, syntax=stored_syntax, reason=reason)
     else:
         outcome, span = None, None
         try:
@@ -107,7 +108,7 @@ def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: 
             spool.store_object(ident, tmp)
             stored_syntax = str(outcome.transfer_syntax)
             ratio = outcome.original_pixel_bytes / max(1, outcome.encoded_pixel_bytes)
-            stage(_log, "encoded", sop, study=receipt.study_uid, syntax=stored_syntax, ratio=ratio,
+            stage(_log, "encoded", sop, study=identity.study_uid, syntax=stored_syntax, ratio=ratio,
                   seconds=outcome.encode_seconds, bytes=outcome.encoded_pixel_bytes)
             if config.compression.verify:
                 stage(_log, "verified", sop, syntax=stored_syntax, seconds=outcome.verify_seconds)
@@ -116,31 +117,21 @@ def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: 
                 reason = outcome.reason or "not recompressed"
             spool.store_object(ident, src)
             stage(_log, "passed-through", sop, level=30 if outcome is None else 20,
-                  study=receipt.study_uid, syntax=stored_syntax, reason=reason)
+                  study=identity.study_uid, syntax=stored_syntax, reason=reason)
     del ds
 
-    info = {
-        "sop_class_uid": receipt.sop_class_uid,
-        "sop_instance_uid": sop,
-        "study_uid": receipt.study_uid,
-        "series_uid": receipt.series_uid,
-        "modality": receipt.modality,
-        "calling_ae": receipt.calling_ae,
-        "transfer_syntax": stored_syntax,
-        "received_at": receipt.received_at,
-    }
-    if pass_through is not None:
-        info["processing_failed"] = pass_through
-    destinations = config.destinations_for(receipt.calling_ae, receipt.modality, receipt.sop_class_uid)
-    info["destinations"] = [d.name for d in destinations] or [UNROUTED]
+    destinations = config.destinations_for(calling_ae, identity.modality, identity.sop_class_uid)
+    names = tuple(d.name for d in destinations) or (UNROUTED,)
+    template = Job(ident, UNROUTED, identity=identity.with_syntax(stored_syntax), calling_ae=calling_ae,
+                   received_at=src.stat().st_mtime, destinations=names, processing_failed=pass_through)
     if not destinations:
-        reason = (f"no route matches calling AE {receipt.calling_ae!r}, modality {receipt.modality!r}, "
-                  f"SOP class {receipt.sop_class_uid}")
-        spool.add_job(Job(ident, UNROUTED, state=DEAD, reason=reason, info=info))
+        reason = (f"no route matches calling AE {calling_ae!r}, modality {identity.modality!r}, "
+                  f"SOP class {identity.sop_class_uid}")
+        spool.add_job(replace(template, state=DEAD, reason=reason))
         stage(_log, "dead", sop, level=40, reason=reason)
-    created = spool.add_jobs([Job(ident, dest.name, info=info) for dest in destinations])
+    created = spool.add_jobs([replace(template, destination=dest.name) for dest in destinations])
     spool.finish_received(ident)
-    spool.collect(ident, info["destinations"])
+    spool.collect(ident, list(names))
     return created
 
 
@@ -354,8 +345,8 @@ class Worker:
         except BaseException as exc:  # noqa: BLE001 - it must leave incoming/ whatever happens
             why = f"{reason}; it cannot be forwarded as received either: {type(exc).__name__}: {exc}"
             _log.error("instance %s becomes a dead letter: %s", ident, why)
-            self.spool.add_job(Job(ident, UNROUTED, state=DEAD, reason=why,
-                                   info={"destinations": [UNROUTED], "processing_failed": reason}))
+            self.spool.add_job(Job(ident, UNROUTED, state=DEAD, reason=why, destinations=(UNROUTED,),
+                                   processing_failed=reason))
             self.spool.finish_received(ident)
 
     def _run(self) -> None:

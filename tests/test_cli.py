@@ -10,6 +10,7 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from gateway.cli import main
+from gateway.dicom.identity import Identity
 from gateway.spool import DEAD, Job, Spool
 from tests.conftest import REPO, pydicom_file
 
@@ -101,7 +102,7 @@ def test_status_lists_dead_letters_and_retry_requeues_them(tmp_path: Path, capsy
     config = _config(tmp_path)
     spool = Spool(tmp_path / "spool")
     uid = generate_uid()
-    spool.add_job(Job("i1", "pacs", info={"sop_instance_uid": uid}))
+    spool.add_job(Job("i1", "pacs", identity=Identity(sop_instance_uid=uid)))
     spool.move(spool.find_job("i1", "pacs"), DEAD, attempts=3, reason="PACS answered C-STORE status 0xC000")
     assert main(["status", "--config", str(config)]) == 0
     out = capsys.readouterr().out

@@ -12,6 +12,7 @@ from pydicom.filewriter import dcmwrite
 from pydicom.uid import generate_uid
 
 from gateway.config import Destination, RetryConfig
+from gateway.dicom.identity import Identity
 from gateway.errors import PermanentForwardError, TransientForwardError
 from gateway.forward import DicomSender, FolderSender, Forwarder, classify_status, ladder_for
 from gateway.pipeline import recompress
@@ -49,10 +50,10 @@ def _stage(spool: Spool, ds: Dataset, destination: str, target: str | None = RLE
     tmp = spool.temp_path()
     dcmwrite(tmp, ds, enforce_file_format=True)
     spool.store_object(ident, tmp)
-    job = Job(ident, destination, info={
-        "sop_class_uid": str(ds.SOPClassUID), "sop_instance_uid": str(ds.SOPInstanceUID),
-        "study_uid": str(ds.StudyInstanceUID), "series_uid": str(ds.SeriesInstanceUID),
-        "transfer_syntax": str(ds.file_meta.TransferSyntaxUID)})
+    job = Job(ident, destination, identity=Identity(
+        sop_class_uid=str(ds.SOPClassUID), sop_instance_uid=str(ds.SOPInstanceUID),
+        study_uid=str(ds.StudyInstanceUID), series_uid=str(ds.SeriesInstanceUID),
+        transfer_syntax=str(ds.file_meta.TransferSyntaxUID)))
     spool.add_job(job)
     return spool.find_job(ident, destination)
 
@@ -134,7 +135,7 @@ def test_folder_sender_writes_study_series_instance(tmp_path: Path) -> None:
 
 def test_folder_sender_refuses_unsafe_uids(tmp_path: Path) -> None:
     sender = FolderSender(Destination("f", "folder", path=tmp_path))
-    job = Job("i", "f", info={"study_uid": "../../etc", "series_uid": "1.2", "sop_instance_uid": "1.3"})
+    job = Job("i", "f", identity=Identity(study_uid="../../etc", series_uid="1.2", sop_instance_uid="1.3"))
     with pytest.raises(PermanentForwardError, match="Study Instance UID"):
         sender.send(job, tmp_path / "x.dcm")
 
@@ -219,6 +220,6 @@ def test_unreachable_destination_is_transient(tmp_path: Path) -> None:
     sender = DicomSender(dest)
     started = time.monotonic()
     with pytest.raises(TransientForwardError, match="could not be established|cannot associate"):
-        sender.prepare([Job("i", "pacs", info={"sop_class_uid": "1.2.840.10008.5.1.4.1.1.2",
-                                               "transfer_syntax": RLE})])
+        sender.prepare([Job("i", "pacs", identity=Identity(sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                                                           transfer_syntax=RLE))])
     assert time.monotonic() - started < 10

@@ -131,11 +131,11 @@ def test_check_sees_truncation_inside_a_deferred_pixel_data(tmp_path: Path, cut:
     path = tmp_path / "received.dcm"
     path.write_bytes(raw[: len(raw) - cut])
     if cut == 0:
-        receipt = Receiver._check(path, "MODALITY", ExplicitVRLittleEndian)
+        receipt = Receiver._check(path, ExplicitVRLittleEndian)
         assert receipt.sop_instance_uid == ds.SOPInstanceUID
         return
     with pytest.raises(ValueError, match="past the end"):
-        Receiver._check(path, "MODALITY", ExplicitVRLittleEndian)
+        Receiver._check(path, ExplicitVRLittleEndian)
 
 
 @pytest.mark.filterwarnings("ignore:Expected explicit VR")

@@ -274,9 +274,9 @@ path = "archive"
 
 
 def _serve(config: Path, log: Path) -> subprocess.Popen:
-    handle = open(log, "ab")
-    return subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
-                            stdout=handle, stderr=subprocess.STDOUT, cwd=REPO)
+    with open(log, "ab") as handle:  # the child keeps its own descriptor
+        return subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
+                                stdout=handle, stderr=subprocess.STDOUT, cwd=REPO)
 
 
 def _listening(port: int) -> bool:
@@ -306,13 +306,18 @@ def test_kill_9_mid_series_loses_nothing_acknowledged(tmp_path: Path) -> None:
             assoc = ae.associate("127.0.0.1", port, ae_title="GATEWAY")
             if not assoc.is_established:
                 return
-            for ds in series:
-                rsp = assoc.send_c_store(ds)
-                if "Status" in rsp and int(rsp.Status) == 0:
-                    acknowledged.append(str(ds.SOPInstanceUID))
-                if not assoc.is_established:
-                    return
-            assoc.release()
+            try:
+                for ds in series:
+                    rsp = assoc.send_c_store(ds)
+                    if "Status" in rsp and int(rsp.Status) == 0:
+                        acknowledged.append(str(ds.SOPInstanceUID))
+                    if not assoc.is_established:
+                        return
+                assoc.release()
+            finally:
+                socket = getattr(assoc.dul, "socket", None)
+                if socket is not None:  # the peer was killed: close our end too
+                    socket.close()
 
         thread = threading.Thread(target=sender)
         thread.start()

@@ -7,21 +7,17 @@ from pathlib import Path
 
 import pytest
 
+from gateway.dicom.identity import Identity
 from gateway.errors import SpoolError
-from gateway.spool import DEAD, DONE, INFLIGHT, PENDING, UNROUTED, Job, Receipt, Spool
-
-
-def _receipt(uid: str = "1.2.3.4") -> Receipt:
-    return Receipt(calling_ae="CT1", sop_instance_uid=uid, sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-                   study_uid="1.2", series_uid="1.2.3", modality="CT", transfer_syntax="1.2.840.10008.1.2.1")
+from gateway.spool import DEAD, DONE, INFLIGHT, PENDING, UNROUTED, Job, Spool
 
 
 def test_store_received_from_bytes_and_temp_file(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
-    first = spool.store_received(b"DICM-bytes", _receipt("1.1"))
+    first = spool.store_received(b"DICM-bytes", "CT1")
     tmp = spool.temp_path()
     tmp.write_bytes(b"from-temp")
-    second = spool.store_received(tmp, _receipt("1.2"))
+    second = spool.store_received(tmp, "CT1")
     assert not tmp.exists()  # moved, not copied
     assert spool.received() == sorted([first, second])
     assert spool.incoming_path(first).read_bytes() == b"DICM-bytes"
@@ -34,21 +30,21 @@ def test_store_received_copies_foreign_files(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
     outside = tmp_path / "outside.dcm"
     outside.write_bytes(b"x" * 1000)
-    ident = spool.store_received(outside, _receipt())
+    ident = spool.store_received(outside, "CT1")
     assert outside.exists() and spool.incoming_path(ident).read_bytes() == b"x" * 1000
 
 
 def test_calling_ae_survives_in_the_id(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     for title in ("CT1", "A/B C", ""):
-        ident = spool.store_received(b"x", Receipt(calling_ae=title))
+        ident = spool.store_received(b"x", title)
         assert spool.calling_ae(ident) == title
         assert "/" not in ident
 
 
 def test_job_lifecycle_and_object_collection(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
-    ident = spool.store_received(b"received", _receipt())
+    ident = spool.store_received(b"received", "CT1")
     spool.store_object(ident, spool.incoming_path(ident))
     a, b = Job(ident, "a"), Job(ident, "b")
     assert spool.add_job(a) and spool.add_job(b)
@@ -71,7 +67,7 @@ def test_job_lifecycle_and_object_collection(tmp_path: Path) -> None:
 
 def test_object_kept_while_the_worker_still_holds_the_instance(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
-    ident = spool.store_received(b"r", _receipt())
+    ident = spool.store_received(b"r", "CT1")
     spool.store_object(ident, b"object")
     spool.add_job(Job(ident, "a"))
     spool.move(spool.find_job(ident, "a"), DONE)  # delivered before the worker added job b
@@ -117,7 +113,7 @@ def test_dead_letters_are_listed_and_requeued(tmp_path: Path) -> None:
 def test_unrouted_dead_letter_goes_back_to_the_worker(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     spool.held_path("i9").write_bytes(b"object")
-    spool.add_job(Job("i9", UNROUTED, state=DEAD, reason="no route", info={"sop_instance_uid": "1.9"}))
+    spool.add_job(Job("i9", UNROUTED, state=DEAD, reason="no route", identity=Identity(sop_instance_uid="1.9")))
     spool.requeue_dead()
     assert spool.received() == ["i9"]
     assert spool.incoming_path("i9").read_bytes() == b"object"
@@ -187,3 +183,19 @@ def test_admit_of_a_missing_file_is_a_spool_error(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
     with pytest.raises(SpoolError):
         spool.admit(spool.temp_path(), "CT_SCANNER", lambda path: None)
+
+
+def test_a_manifest_written_before_jobs_had_a_typed_identity_still_reads(tmp_path: Path) -> None:
+    """Spools of an earlier version keep the instance's values in an untyped ``info`` dict."""
+    spool = Spool(tmp_path)
+    (spool.jobs / PENDING / "i1@a.json").write_text(json.dumps({
+        "instance": "i1", "destination": "a", "state": PENDING, "attempts": 0, "next_retry_at": 0.0,
+        "reason": None, "created_at": 0.0, "updated_at": 0.0,
+        "info": {"sop_class_uid": "1.2.840.10008.5.1.4.1.1.2", "sop_instance_uid": "1.2.3", "study_uid": "1.2",
+                 "series_uid": "1.2.4", "modality": "CT", "calling_ae": "CT1", "transfer_syntax": "1.2.840.10008.1.2.5",
+                 "received_at": 5.0, "destinations": ["a", "b"]}}))
+    job = spool.find_job("i1", "a")
+    assert job.identity == Identity("1.2.840.10008.5.1.4.1.1.2", "1.2.3", "1.2", "1.2.4", "CT", "1.2.840.10008.1.2.5")
+    assert (job.calling_ae, job.received_at, job.destinations) == ("CT1", 5.0, ("a", "b"))
+    spool.move(job, DONE, attempts=1)
+    assert spool.find_job("i1", "a").identity == job.identity  # rewritten in the typed form, same values

@@ -50,7 +50,7 @@ def test_failing_instance_is_forwarded_as_received_after_the_last_attempt(
     spool = gateway_.spool
     assert spool.received() == [] and spool.failing() == []
     done = list(spool.jobs_in(DONE))
-    assert len(done) == 1 and "injected fault" in done[0].info["processing_failed"]
+    assert len(done) == 1 and "injected fault" in done[0].processing_failed
 
 
 def test_failure_count_survives_a_restart(tmp_path: Path, gateway_factory, monkeypatch) -> None:
@@ -59,9 +59,7 @@ def test_failure_count_survives_a_restart(tmp_path: Path, gateway_factory, monke
     spool = Spool(config.spool.directory)
     ds = pydicom_file("CT_small.dcm")
     ds.save_as(tmp_path / "in.dcm", enforce_file_format=True)
-    from gateway.spool import Receipt
-
-    ident = spool.store_received(tmp_path / "in.dcm", Receipt(calling_ae="MODALITY"))
+    ident = spool.store_received(tmp_path / "in.dcm", "MODALITY")
     assert spool.record_failure(ident, "first") == 1
     assert spool.record_failure(ident, "second") == 2
     assert Spool(config.spool.directory).failures_of(ident) == (2, "second")
@@ -72,7 +70,7 @@ def test_failure_count_survives_a_restart(tmp_path: Path, gateway_factory, monke
     got = dcmread(_archive(tmp_path)[0])
     assert got.PixelData == ds.PixelData
     job = next(Spool(config.spool.directory).jobs_in(DONE))
-    assert "processing failed 2 times" in job.info["processing_failed"]
+    assert "processing failed 2 times" in job.processing_failed
 
 
 def test_unreadable_instance_becomes_a_dead_letter_that_status_shows(
@@ -80,9 +78,7 @@ def test_unreadable_instance_becomes_a_dead_letter_that_status_shows(
     """An instance whose header cannot even be read for routing leaves incoming/ as a dead letter."""
     config = build_config(tmp_path, compression={"max_attempts": 1, "retry_seconds": 0.05})
     spool = Spool(config.spool.directory)
-    from gateway.spool import Receipt
-
-    ident = spool.store_received(b"not a DICOM file " * 8, Receipt(calling_ae="MODALITY"))
+    ident = spool.store_received(b"not a DICOM file " * 8, "MODALITY")
     gateway_ = gateway_factory(config)
     assert wait_until(lambda: any(True for _ in spool.jobs_in(DEAD)), timeout=30)
     assert spool.received() == []

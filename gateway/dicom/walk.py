@@ -21,13 +21,13 @@ from __future__ import annotations
 import mmap
 import re
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.dicom.filemeta import LONG_VRS as _LONG
 from gateway.dicom.filemeta import SHORT_VRS as _SHORT
 from gateway.dicom.filemeta import parse_file_meta
+from gateway.dicom.identity import Identity
 from gateway.dicom.uids import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
@@ -55,18 +55,6 @@ _WANTED = {
     0x0020000D: "study_uid",
     0x0020000E: "series_uid",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """The identifying values of a complete dataset (empty string when absent)."""
-
-    transfer_syntax: str
-    sop_class_uid: str
-    sop_instance_uid: str
-    study_uid: str = ""
-    series_uid: str = ""
-    modality: str = ""
 
 
 def _walkable(syntax: str) -> bool | None:

@@ -73,8 +73,8 @@ class DicomSender:
     def _wanted(self, jobs: Iterable[Job]) -> dict[str, list[str]]:
         wanted: dict[str, list[str]] = {}
         for job in jobs:
-            ladder = wanted.setdefault(job.info.get("sop_class_uid", ""), [])
-            for uid in ladder_for(self.destination, job.info.get("transfer_syntax", "")):
+            ladder = wanted.setdefault(job.identity.sop_class_uid, [])
+            for uid in ladder_for(self.destination, job.identity.transfer_syntax):
                 if uid not in ladder:
                     ladder.append(uid)
         return wanted
@@ -106,7 +106,7 @@ class DicomSender:
         self._proposed = set(contexts)
 
     def send(self, job: Job, path: Path) -> str:
-        sop_class = job.info.get("sop_class_uid", "")
+        sop_class = job.identity.sop_class_uid
         try:
             offset, stored = read_file_meta(path)
         except ValueError as exc:
@@ -114,7 +114,7 @@ class DicomSender:
         except OSError as exc:
             raise TransientForwardError(f"cannot read processed object {path.name}: {exc}") from exc
         if self.assoc is None or not self.assoc.is_established or (sop_class, stored) not in self._proposed:
-            self.prepare([replace(job, info={**job.info, "transfer_syntax": stored})])
+            self.prepare([replace(job, identity=job.identity.with_syntax(stored))])
         assert self.assoc is not None
         accepted = self.assoc.accepted_syntaxes(sop_class)
         if not accepted:
@@ -148,7 +148,7 @@ class DicomSender:
     def _store(self, job: Job, syntax: str, payload: bytes | memoryview | tuple[Path, int]) -> int:
         assert self.assoc is not None
         try:
-            result = self.assoc.c_store(job.info.get("sop_class_uid", ""), job.info.get("sop_instance_uid", ""),
+            result = self.assoc.c_store(job.identity.sop_class_uid, job.identity.sop_instance_uid,
                                         syntax, payload)
         except NetworkError as exc:
             self.close()

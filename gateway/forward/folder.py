@@ -29,16 +29,16 @@ class FolderSender:
         pass
 
     def send(self, job: Job, path: Path) -> str:
-        info = job.info
-        folder = (self.root / _safe_uid(info.get("study_uid", ""), "Study Instance UID")
-                  / _safe_uid(info.get("series_uid", ""), "Series Instance UID"))
-        target = folder / f"{_safe_uid(info.get('sop_instance_uid', ''), 'SOP Instance UID')}.dcm"
+        identity = job.identity
+        folder = (self.root / _safe_uid(identity.study_uid, "Study Instance UID")
+                  / _safe_uid(identity.series_uid, "Series Instance UID"))
+        target = folder / f"{_safe_uid(identity.sop_instance_uid, 'SOP Instance UID')}.dcm"
         try:
             folder.mkdir(parents=True, exist_ok=True)
             atomic_copy(path, target)
         except OSError as exc:
             raise TransientForwardError(f"cannot write {target}: {exc}") from exc
-        return str(info.get("transfer_syntax", ""))
+        return identity.transfer_syntax
 
     def close(self) -> None:
         pass

@@ -144,7 +144,7 @@ class Forwarder(threading.Thread):
 
     def _send_one(self, job: Job) -> None:
         path = self.spool.object_path(job.instance)
-        sop = job.info.get("sop_instance_uid", job.instance)
+        sop = job.sop
         if not path.exists():
             if self.spool.held_path(job.instance).exists():  # the cache is rebuilt at the next start
                 self._failed(job, TransientForwardError(f"processed object {path.name} is missing; "
@@ -170,12 +170,12 @@ class Forwarder(threading.Thread):
             self._failed(job, TransientForwardError(f"{type(exc).__name__}: {exc}"), transient=True)
             return
         self.spool.move(job, DONE)
-        stage(_log, "forwarded", sop, study=job.info.get("study_uid"), destination=self.destination.name,
+        stage(_log, "forwarded", sop, study=job.identity.study_uid, destination=self.destination.name,
               syntax=syntax, seconds=time.perf_counter() - started)
 
     def _failed(self, job: Job, exc: Exception, *, transient: bool) -> None:
         attempts = job.attempts + 1
-        sop = job.info.get("sop_instance_uid", job.instance)
+        sop = job.sop
         if transient and attempts < self.retry.max_attempts:
             due = time.time() + self.retry.delay(attempts)
             moved = self.spool.move(job, PENDING, attempts=attempts, next_retry_at=due, reason=str(exc))

@@ -22,7 +22,6 @@ import copy
 import os
 import shutil
 import socket
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,11 +33,12 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from gateway.config import ServerConfig
+from gateway.dicom.identity import Identity
 from gateway.dicom.validate import is_valid_uid
-from gateway.dicom.walk import Identity, check_complete, walk_file
+from gateway.dicom.walk import check_complete, walk_file
 from gateway.errors import GatewayError, SpoolError
 from gateway.logs import get_logger, stage
-from gateway.spool import Receipt, Spool
+from gateway.spool import Spool
 
 __all__ = ["Receiver", "ACCEPTED_SYNTAXES", "accepted_syntaxes", "tcp_nodelay", "start_receiver"]
 
@@ -118,7 +118,7 @@ class Receiver:
         return tmp
 
     @staticmethod
-    def _check(path: Path, calling: str, syntax: str) -> Receipt:
+    def _check(path: Path, syntax: str) -> Identity:
         """Check the received file is one complete DICOM dataset; raise if not.
 
         The header walk of :mod:`gateway.dicom.walk` decides for the common
@@ -130,16 +130,7 @@ class Receiver:
             identity = None  # pydicom copes with some irregular files the walk refuses
         if identity is None:
             identity = Receiver._check_with_pydicom(path, syntax)
-        return Receipt(
-            calling_ae=calling,
-            received_at=time.time(),
-            sop_class_uid=identity.sop_class_uid,
-            sop_instance_uid=identity.sop_instance_uid,
-            study_uid=identity.study_uid,
-            series_uid=identity.series_uid,
-            modality=identity.modality,
-            transfer_syntax=syntax,
-        )
+        return identity
 
     @staticmethod
     def _check_with_pydicom(path: Path, syntax: str) -> Identity:
@@ -172,7 +163,7 @@ class Receiver:
             _log.error("receive failed: cannot write to the spool: %s", exc)
             return STATUS_OUT_OF_RESOURCES
         try:
-            ident, receipt = self.spool.admit(tmp, calling, lambda path: self._check(path, calling, syntax))
+            ident, identity = self.spool.admit(tmp, calling, lambda path: self._check(path, syntax))
         except (InvalidDicomError, AttributeError, ValueError, KeyError, EOFError, TypeError) as exc:
             request_uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
             stage(_log, "rejected", request_uid, calling=calling, status="0xC210",
@@ -183,8 +174,8 @@ class Receiver:
             request_uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
             stage(_log, "rejected", request_uid, calling=calling, status="0xA700", reason=f"spool: {exc}")
             return STATUS_OUT_OF_RESOURCES
-        stage(_log, "received", receipt.sop_instance_uid, study=receipt.study_uid, calling=calling,
-              modality=receipt.modality, syntax=syntax, bytes=size, id=ident)
+        stage(_log, "received", identity.sop_instance_uid, study=identity.study_uid, calling=calling,
+              modality=identity.modality, syntax=syntax, bytes=size, id=ident)
         if self.on_received is not None:
             try:
                 self.on_received(ident)

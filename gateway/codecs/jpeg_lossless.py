@@ -47,20 +47,12 @@ import numpy as np
 from gateway.codecs import _jpeg_lossless_kernels as _k
 from gateway.codecs import register
 from gateway.codecs.base import FrameInfo, check_frame
+from gateway.codecs.jpeg_markers import corrupt, marker_segment
+from gateway.codecs.profiles import check_profile
+from gateway.dicom.uids import JPEG_LOSSLESS_SV1
 from gateway.errors import CorruptCodestreamError, UnsupportedImageError
 
 __all__ = ["JpegLosslessSV1Codec", "JpegLosslessCodec", "huffman_code_lengths", "encode", "decode"]
-
-# (photometric, samples, pixel representations) a JPEG Lossless image may
-# have; PS3.5 Table 8.2.1-2.  Bits Allocated 8 or 16, Bits Stored 2..16 (T.81
-# requires P >= 2).
-_PROFILES: dict[str, tuple[int, tuple[int, ...]]] = {
-    "MONOCHROME1": (1, (0, 1)),
-    "MONOCHROME2": (1, (0, 1)),
-    "PALETTE COLOR": (1, (0,)),
-    "RGB": (3, (0,)),
-    "YBR_FULL": (3, (0,)),
-}
 
 _SOI, _EOI, _SOF3, _DHT, _SOS, _DRI, _DNL = 0xD8, 0xD9, 0xC3, 0xC4, 0xDA, 0xDD, 0xDC
 # SOF markers of processes other than lossless Huffman (SOF3).
@@ -68,25 +60,11 @@ _OTHER_SOF = {0xC0, 0xC1, 0xC2, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 
 
 
 def supports(info: FrameInfo) -> str | None:
-    """Return ``None`` when JPEG Lossless can carry `info`, else why not."""
-    if info.bits_allocated not in (8, 16):
-        return f"(0028,0100) 'Bits Allocated' {info.bits_allocated} is not 8 or 16"
-    if not 2 <= info.bits_stored <= 16:
-        return f"(0028,0101) 'Bits Stored' {info.bits_stored} is outside JPEG Lossless precision 2..16"
-    profile = _PROFILES.get(info.photometric_interpretation)
-    if profile is None:
-        return f"(0028,0004) 'Photometric Interpretation' {info.photometric_interpretation} is not allowed"
-    samples, representations = profile
-    if info.samples_per_pixel != samples:
-        return (
-            f"(0028,0002) 'Samples per Pixel' {info.samples_per_pixel} does not fit "
-            f"{info.photometric_interpretation}"
-        )
-    if info.pixel_representation not in representations:
-        return f"(0028,0103) signed data is not allowed with {info.photometric_interpretation}"
-    if info.rows > 65535 or info.columns > 65535:
-        return "Rows or Columns above 65535 do not fit a JPEG frame header"
-    return None
+    """``None`` when a lossless JPEG (process 14) codestream can carry `info`, else why not."""
+    reason = check_profile(JPEG_LOSSLESS_SV1, info)
+    if reason is None and (info.rows > 65535 or info.columns > 65535):
+        reason = f"(0028,0010/0011) {info.rows} x {info.columns} exceeds the 65535 limit of a JPEG frame header"
+    return reason
 
 
 # ---------------------------------------------------------------- Huffman
@@ -234,17 +212,11 @@ class _Frame:
 
 
 def _corrupt(message: str) -> CorruptCodestreamError:
-    return CorruptCodestreamError(f"JPEG Lossless: {message}")
+    return corrupt("JPEG Lossless", message)
 
 
 def _segment(data: bytes, pos: int) -> tuple[bytes, int]:
-    """Body of the marker segment whose length field starts at `pos`, and the position after it."""
-    if pos + 2 > len(data):
-        raise _corrupt("truncated marker segment")
-    length = (data[pos] << 8) | data[pos + 1]
-    if length < 2 or pos + length > len(data):
-        raise _corrupt(f"marker segment length {length} runs past the end of the stream")
-    return data[pos + 2 : pos + length], pos + length
+    return marker_segment(data, pos, "JPEG Lossless")
 
 
 def _parse_dht(body: bytes, tables: dict[int, np.ndarray]) -> None:

@@ -49,6 +49,9 @@ import numpy as np
 from gateway.codecs import _jpegls_kernels as _k
 from gateway.codecs import register
 from gateway.codecs.base import FrameInfo, check_frame
+from gateway.codecs.jpeg_markers import corrupt, marker_segment
+from gateway.codecs.profiles import check_profile
+from gateway.dicom.uids import JPEG_LS_LOSSLESS
 from gateway.errors import CorruptCodestreamError, UnsupportedImageError
 
 __all__ = [
@@ -58,42 +61,20 @@ __all__ = [
 
 ILV_NONE, ILV_LINE, ILV_SAMPLE = 0, 1, 2
 
-# (samples per pixel, pixel representations, bits allocated, largest Bits
-# Stored) per photometric interpretation: PS3.5 Table 8.2.3-1.
-_PROFILES: dict[str, tuple[int, tuple[int, ...], tuple[int, ...], int]] = {
-    "MONOCHROME1": (1, (0, 1), (8, 16), 16),
-    "MONOCHROME2": (1, (0, 1), (8, 16), 16),
-    "PALETTE COLOR": (1, (0,), (8, 16), 16),
-    "YBR_FULL": (3, (0,), (8,), 8),
-    "RGB": (3, (0,), (8, 16), 16),
-}
-
 _SOI, _EOI, _SOF55, _LSE, _SOS, _DRI = 0xD8, 0xD9, 0xF7, 0xF8, 0xDA, 0xDD
 _RESET = 64
 
 
 def _corrupt(message: str) -> CorruptCodestreamError:
-    return CorruptCodestreamError(f"JPEG-LS: {message}")
+    return corrupt("JPEG-LS", message)
 
 
 def supports(info: FrameInfo) -> str | None:
     """``None`` when a JPEG-LS lossless codestream can carry `info`, else why not."""
-    profile = _PROFILES.get(info.photometric_interpretation)
-    if profile is None:
-        return f"(0028,0004) '{info.photometric_interpretation}' is not allowed with JPEG-LS Lossless"
-    samples, representations, allocated, max_stored = profile
-    if info.samples_per_pixel != samples:
-        return (f"(0028,0002) 'Samples per Pixel' {info.samples_per_pixel} does not suit "
-                f"'{info.photometric_interpretation}' in JPEG-LS Lossless")
-    if info.pixel_representation not in representations:
-        return f"(0028,0103) signed '{info.photometric_interpretation}' is not allowed with JPEG-LS Lossless"
-    if info.bits_allocated not in allocated:
-        return f"(0028,0100) 'Bits Allocated' {info.bits_allocated} is not allowed with JPEG-LS Lossless"
-    if not 2 <= info.bits_stored <= max_stored:
-        return f"(0028,0101) 'Bits Stored' {info.bits_stored} is outside 2..{max_stored} for JPEG-LS Lossless"
-    if info.rows > 65535 or info.columns > 65535:
-        return f"(0028,0010/0011) {info.rows} x {info.columns} exceeds the 65535 limit of a JPEG-LS header"
-    return None
+    reason = check_profile(JPEG_LS_LOSSLESS, info)
+    if reason is None and (info.rows > 65535 or info.columns > 65535):
+        reason = f"(0028,0010/0011) {info.rows} x {info.columns} exceeds the 65535 limit of a JPEG-LS header"
+    return reason
 
 
 def default_parameters(precision: int, maxval: int | None = None) -> tuple[int, int, int, int, int]:
@@ -278,13 +259,7 @@ def encode(
 
 
 def _segment(data: bytes, pos: int) -> tuple[bytes, int]:
-    """Body of the marker segment whose length field starts at `pos`, and the position after it."""
-    if pos + 2 > len(data):
-        raise _corrupt("truncated marker segment")
-    (length,) = struct.unpack_from(">H", data, pos)
-    if length < 2 or pos + length > len(data):
-        raise _corrupt(f"marker segment length {length} runs past the end of the data")
-    return data[pos + 2:pos + length], pos + length
+    return marker_segment(data, pos, "JPEG-LS")
 
 
 class _Frame:

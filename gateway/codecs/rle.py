@@ -54,23 +54,14 @@ import numpy as np
 from gateway.codecs import _rle_kernels as _k
 from gateway.codecs import register
 from gateway.codecs.base import FrameInfo, check_frame
+from gateway.codecs.profiles import check_profile
+from gateway.dicom.uids import RLE_LOSSLESS
 from gateway.errors import CorruptCodestreamError, UnsupportedImageError
 
 __all__ = ["RLECodec", "supports", "encode", "decode", "HEADER_BYTES", "MAX_SEGMENTS"]
 
 HEADER_BYTES = 64
 MAX_SEGMENTS = 15
-
-# Photometric interpretation -> (samples per pixel, pixel representations,
-# bits allocated) that RLE Lossless may carry (PS3.5 8.2.2; 32-bit data fits
-# the 15-segment limit of Annex G for one and three samples).
-_PROFILES: dict[str, tuple[int, tuple[int, ...], tuple[int, ...]]] = {
-    "MONOCHROME1": (1, (0, 1), (8, 16, 32)),
-    "MONOCHROME2": (1, (0, 1), (8, 16, 32)),
-    "PALETTE COLOR": (1, (0,), (8, 16)),
-    "RGB": (3, (0,), (8, 16, 32)),
-    "YBR_FULL": (3, (0,), (8,)),
-}
 
 _ERRORS = {
     -_k.ERR_SHORT: "segment ends before every pixel has a byte",
@@ -84,27 +75,8 @@ def _corrupt(message: str) -> CorruptCodestreamError:
 
 
 def supports(info: FrameInfo) -> str | None:
-    """Return ``None`` when RLE Lossless can carry `info`, else the reason why not."""
-    profile = _PROFILES.get(info.photometric_interpretation)
-    if profile is None:
-        return (
-            f"(0028,0004) 'Photometric Interpretation' {info.photometric_interpretation} "
-            "is not allowed with RLE Lossless"
-        )
-    samples, representations, allocations = profile
-    if info.samples_per_pixel != samples:
-        return (
-            f"(0028,0002) 'Samples per Pixel' {info.samples_per_pixel} does not fit "
-            f"{info.photometric_interpretation}"
-        )
-    if info.pixel_representation not in representations:
-        return f"(0028,0103) signed data is not allowed with {info.photometric_interpretation}"
-    if info.bits_allocated not in allocations:
-        return (
-            f"(0028,0100) 'Bits Allocated' {info.bits_allocated} is not allowed with "
-            f"RLE Lossless {info.photometric_interpretation}"
-        )
-    return None
+    """``None`` when RLE Lossless can carry `info`, else why not."""
+    return check_profile(RLE_LOSSLESS, info)
 
 
 def _segments(info: FrameInfo) -> tuple[int, int]:

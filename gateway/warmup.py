@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["IMAGE_KINDS", "WarmUp", "CompileWatch", "warm_up", "codecs_for"]
+from gateway.config import KEEP, Config
+
+__all__ = ["IMAGE_KINDS", "WarmUp", "CompileWatch", "warm_up", "codecs_for", "configured_syntaxes"]
 
 # (samples, bits allocated, bits stored, pixel representation, photometric)
 IMAGE_KINDS: tuple[tuple[int, int, int, int, str], ...] = (
@@ -103,6 +105,20 @@ class CompileWatch:
         if self._listener is not None:
             event.unregister("numba:compile", self._listener)
             self._listener = None
+
+
+def configured_syntaxes(config: Config, *, forwarding: bool = True) -> list[str]:
+    """Every transfer syntax `config` may encode to, in order, without duplicates.
+
+    The default target, the per-modality ones and, with `forwarding`, the
+    ladders of the DICOM destinations (a destination that refuses the stored
+    syntax gets the instance re-encoded into one of those).
+    """
+    syntaxes = [config.compression.transfer_syntax, *config.compression.modality.values()]
+    if forwarding:
+        for dest in config.destinations:
+            syntaxes += list(dest.transfer_syntaxes)
+    return [s for i, s in enumerate(syntaxes) if s != KEEP and s not in syntaxes[:i]]
 
 
 def codecs_for(syntaxes: Iterable[str]) -> list:

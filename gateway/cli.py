@@ -103,8 +103,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     counts = spool.counts()
     print(f"spool {config.spool.directory}")
     print("  " + "  ".join(f"{k}={v}" for k, v in counts.items()))
-    for dest in config.destinations:
-        per = {s: sum(1 for _ in spool.jobs_in(s, dest.name)) for s in ("pending", "inflight", "dead")}
+    for dest in config.destinations:  # counted by file name: no manifest is read
+        per = {s: spool.count_jobs(s, dest.name) for s in ("pending", "inflight", "dead")}
         print(f"  {dest.name}: " + "  ".join(f"{k}={v}" for k, v in per.items()))
     failing = spool.failing()
     if failing:

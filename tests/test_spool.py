@@ -94,7 +94,7 @@ def test_recover_requeues_inflight_and_resolves_duplicates(tmp_path: Path) -> No
     (spool.tmp / "partial.dcm").write_bytes(b"half")
     (spool.jobs / PENDING / "i3@a.json").write_bytes(b"")  # a manifest the crash cut short
     fixed = Spool(tmp_path).recover()
-    assert fixed == {"temp_removed": 1, "duplicates": 1, "requeued": 1, "damaged": 1}
+    assert fixed == {"temp_removed": 1, "duplicates": 1, "requeued": 1, "damaged": 1, "orphans_removed": 0}
     assert spool.find_job("i3", "a") is None
     assert spool.find_job("i1", "a").state == PENDING
     assert spool.find_job("i2", "a").state == DONE

@@ -145,6 +145,9 @@ def _unpack_segment(data, pos, end, plane, pixels):
                 return ERR_LITERAL
             if count > pixels - n:
                 count = pixels - n
+            # Element loops, not slice assignments: those bring numba's
+            # shape-mismatch error path, whose string formatting costs
+            # seconds to compile on the first run.
             for t in range(count):
                 plane[n + t] = data[pos + t]
             pos += control + 1

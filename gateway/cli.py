@@ -38,6 +38,8 @@ EXIT_CODES = """exit status:
   2  bad usage or argument, invalid configuration, or (verify) a file that
      cannot be read or decoded"""
 
+COMPILING = "compiling the codec kernels for this kind of image (first use only: cached for later runs)..."
+
 
 class UsageError(Exception):
     """A bad argument found before any work was done (exit status 2)."""
@@ -312,8 +314,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         tqdm.write(text, file=stream)
 
     def announce() -> None:
-        note("compiling the codec kernels for this kind of image (first use only: cached for later runs)...",
-             sys.stderr)
+        note(COMPILING, sys.stderr)
 
     summary = _Summary()
     started = time.perf_counter()
@@ -350,11 +351,16 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------- verify
 
 
+def _announce_compiling() -> None:
+    print(COMPILING, file=sys.stderr, flush=True)
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     from pydicom import dcmread
 
     from gateway.pixels import iter_frames
     from gateway.verify import first_difference
+    from gateway.warmup import CompileWatch
 
     datasets = []
     for name in (args.a, args.b):
@@ -367,12 +373,15 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             print(f"error: {name}: cannot be parsed: {type(exc).__name__}: {exc}", file=sys.stderr)
             return EXIT_USAGE
     frames = []
-    for name, ds in zip((args.a, args.b), datasets):
-        try:
-            frames.append(list(iter_frames(ds)))
-        except (GatewayError, ValueError, AttributeError, KeyError) as exc:
-            print(f"error: {name}: pixel data cannot be decoded: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+    with CompileWatch(_announce_compiling) as watch:
+        for name, ds in zip((args.a, args.b), datasets):
+            try:
+                frames.append(list(iter_frames(ds)))
+            except (GatewayError, ValueError, AttributeError, KeyError) as exc:
+                print(f"error: {name}: pixel data cannot be decoded: {exc}", file=sys.stderr)
+                return EXIT_USAGE
+    if watch.compiled:
+        print(f"compiled {watch.compiled} kernel(s) in {watch.seconds:.1f} s", file=sys.stderr)
     difference = first_difference(*frames)
     if difference is None:
         print("identical pixel data")

@@ -303,3 +303,22 @@ def test_example_configs_keep_their_folders_outside_config(name: str) -> None:
     folders = [config.spool.directory] + [d.path for d in config.destinations if d.path is not None]
     for folder in folders:
         assert not folder.resolve().is_relative_to((REPO / "config").resolve()), f"{name}: {folder}"
+
+
+def test_a_first_compress_says_it_compiles_and_the_second_loads_from_the_cache(tmp_path: Path) -> None:
+    """Each run in a new process, with an empty numba cache of its own, as after an install."""
+    import os
+    import subprocess
+
+    src = tmp_path / "ct.dcm"
+    pydicom_file("CT_small.dcm").save_as(src, enforce_file_format=True)
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}
+    argv = [sys.executable, "-m", "gateway.cli", "compress", "--transfer-syntax", "RLELossless", str(src)]
+    first = subprocess.run([*argv, str(tmp_path / "1.dcm")], capture_output=True, text=True, env=env, timeout=600)
+    assert first.returncode == 0, first.stderr
+    assert "compiling the codec kernels" in first.stderr and "compiled " in first.stderr
+    assert list((tmp_path / "numba-cache").rglob("*.nbc")), "the kernels were not cached"
+    second = subprocess.run([*argv, str(tmp_path / "2.dcm")], capture_output=True, text=True, env=env, timeout=600)
+    assert second.returncode == 0, second.stderr
+    assert "compiling" not in second.stderr and "compiled " not in second.stderr
+    assert (tmp_path / "1.dcm").read_bytes() == (tmp_path / "2.dcm").read_bytes()

@@ -302,6 +302,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         raise UsageError(f"{src} does not exist")
     if src.is_dir() and dst.exists() and not dst.is_dir():
         raise UsageError(f"{dst} is a file; the output of a folder must be a folder")
+    if src.is_dir() and dst.resolve() == src.resolve():
+        raise UsageError(f"the output folder {dst} is the input folder; name another one")
     if src.is_file() and not _is_dicom(src):
         raise UsageError(f"{src} is not a DICOM file (no 'DICM' after the 128-byte preamble)")
     pairs = _compress_pairs(src, dst)

@@ -200,6 +200,8 @@ def test_compress_argument_errors_exit_2(tmp_path: Path, capsys) -> None:
     assert main(["compress", "--transfer-syntax", "rle", str(script), str(tmp_path / "o.dcm")]) == 2
     assert "not a DICOM file" in capsys.readouterr().err
     assert not (tmp_path / "o.dcm").exists()
+    assert main(["compress", "--transfer-syntax", "rle", str(tmp_path), str(tmp_path / ".")]) == 2
+    assert "is the input folder" in capsys.readouterr().err
 
 
 def test_compress_reports_failures_and_exits_1(tmp_path: Path, capsys) -> None:

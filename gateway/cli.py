@@ -1,26 +1,48 @@
 """The ``dicom-gateway`` command line.
 
 ``serve``, ``check-config``, ``status`` and ``retry`` work on a configuration
-file; ``codecs``, ``compress`` and ``verify`` work offline.  Exit status is 0
-on success, 1 when the work failed (e.g. pixel data differ), 2 for bad usage
-or an invalid configuration.
+file; ``codecs``, ``compress`` and ``verify`` work offline.  Exit status (see
+:data:`EXIT_CODES`): 0 when everything was done (``verify``: the pixels are
+identical), 1 when some of the work failed (``compress``: some files failed;
+``verify``: the pixels differ), 2 for bad usage, a bad argument, an invalid
+configuration, or (``verify``) a file that cannot be read or decoded.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import shutil
 import signal
 import sys
 import threading
+import time
 import warnings
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 
 from pydicom.errors import InvalidDicomError
 
 from gateway.errors import ConfigError, GatewayError
 
-__all__ = ["main"]
+__all__ = ["main", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_CODES = """exit status:
+  0  everything done (verify: identical pixel data)
+  1  some of the work failed (compress: some files failed; verify: pixel data differ)
+  2  bad usage or argument, invalid configuration, or (verify) a file that
+     cannot be read or decoded"""
+
+COMPILING = "compiling the codec kernels for this kind of image (first use only: cached for later runs)..."
+
+
+class UsageError(Exception):
+    """A bad argument found before any work was done (exit status 2)."""
 
 
 def _load(path: str):
@@ -83,8 +105,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     counts = spool.counts()
     print(f"spool {config.spool.directory}")
     print("  " + "  ".join(f"{k}={v}" for k, v in counts.items()))
-    for dest in config.destinations:
-        per = {s: sum(1 for _ in spool.jobs_in(s, dest.name)) for s in ("pending", "inflight", "dead")}
+    for dest in config.destinations:  # counted by file name: no manifest is read
+        per = {s: spool.count_jobs(s, dest.name) for s in ("pending", "inflight", "dead")}
         print(f"  {dest.name}: " + "  ".join(f"{k}={v}" for k, v in per.items()))
     failing = spool.failing()
     if failing:
@@ -113,105 +135,312 @@ def _cmd_retry(args: argparse.Namespace) -> int:
 def _cmd_codecs(args: argparse.Namespace) -> int:
     from gateway.codecs import all_codecs
 
-    codecs = all_codecs()
-    width = max((len(c.keyword) for c in codecs), default=8)
-    for codec in codecs:
-        kind = "private" if codec.private else "standard"
-        print(f"{codec.name:<16} {codec.keyword:<{width}} {codec.uid:<32} {kind}")
-    return 0
+    rows = [("name", "keyword", "transfer syntax UID", "kind")]
+    rows += [(c.name, c.keyword, c.uid, "private" if c.private else "standard") for c in all_codecs()]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(f"{cell:<{width}}" for cell, width in zip(row, widths)) + "  " + row[-1])
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------- compress
+
+
+def compress_targets() -> dict[str, str]:
+    """Transfer syntaxes ``compress`` can write: UID -> name, from the codec registry.
+
+    Every registered codec's syntax, plus the native little endian syntaxes
+    (a decode to uncompressed pixels); a codec registered later is accepted
+    without a change here.
+    """
+    from gateway.codecs import all_codecs
+    from gateway.dicom.uids import NATIVE_SYNTAXES, lookup
+
+    targets = {c.uid: c.keyword for c in all_codecs()}
+    for uid in sorted(NATIVE_SYNTAXES):
+        entry = lookup(uid)
+        targets[uid] = getattr(entry, "keyword", None) or uid
+    return targets
+
+
+def resolve_target(text: str) -> str:
+    """The UID of a syntax ``compress`` can write; :class:`UsageError` naming the choices otherwise."""
+    from gateway.codecs import resolve_uid
+
+    targets = compress_targets()
+    choices = ", ".join(targets.values())
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns about non-UID strings; we report instead
+            uid = resolve_uid(text)
+    except (GatewayError, ValueError) as exc:
+        raise UsageError(f"--transfer-syntax: unknown transfer syntax {text!r}; available: {choices}") from exc
+    if uid not in targets:
+        raise UsageError(f"--transfer-syntax: no encoder for {text!r} ({uid}); available: {choices}")
+    return uid
+
+
+def _is_dicom(path: Path) -> bool:
+    """True for a DICOM Part 10 file: 128-byte preamble then ``DICM``, as pydicom requires."""
+    with open(path, "rb") as handle:
+        head = handle.read(132)
+    return len(head) == 132 and head[128:] == b"DICM"
 
 
 def _compress_pairs(src: Path, dst: Path) -> list[tuple[Path, Path]]:
     if src.is_dir():
-        return [(p, dst / p.relative_to(src)) for p in sorted(src.rglob("*")) if p.is_file()]
+        out = dst.resolve()
+        pairs = []
+        for path in sorted(src.rglob("*")):
+            if not path.is_file() or path.resolve().is_relative_to(out):
+                continue  # our own output, when it lies inside the input
+            pairs.append((path, dst / path.relative_to(src)))
+        return pairs
     if dst.is_dir():
         return [(src, dst / src.name)]
     return [(src, dst)]
 
 
-def _cmd_compress(args: argparse.Namespace) -> int:
-    from gateway.codecs import resolve_uid
-    from gateway.pipeline import recompress_file
+def _write_private(dst: Path, data: bytes | Path) -> int:
+    """Write `data` (bytes, or a file to copy) to `dst`: owner-only (0600), complete or absent.
 
+    Returns the number of bytes written.
+    """
+    partial = dst.with_name(f".{dst.name}.partial")
+    partial.unlink(missing_ok=True)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pydicom warns about non-UID strings; we report instead
-            target = resolve_uid(args.transfer_syntax)
-    except (GatewayError, ValueError) as exc:
-        print(f"error: --transfer-syntax: {exc}", file=sys.stderr)
-        return 2
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with open(fd, "wb") as handle:
+            if isinstance(data, Path):
+                with open(data, "rb") as source:
+                    shutil.copyfileobj(source, handle, 1 << 20)
+            else:
+                handle.write(data)
+            size = handle.tell()
+        os.replace(partial, dst)
+    finally:
+        partial.unlink(missing_ok=True)
+    return size
+
+
+@dataclass
+class _Result:
+    kind: str  # "recompressed" | "passed" | "skipped" | "failed"
+    reason: str = ""
+    bytes_in: int = 0
+    bytes_out: int = 0
+    line: str = ""
+
+
+def _compress_one(src: Path, dst: Path, target: str, verify: bool, native: bool) -> _Result:
+    """Recompress one file; never writes an output larger than `src` unless decoding to `native`."""
+    from pydicom import dcmread
+
+    from gateway.pipeline import recompress
+
+    if not _is_dicom(src):
+        return _Result("skipped", "not a DICOM file")
+    size_in = src.stat().st_size
+    ds = dcmread(src)
+    outcome = recompress(ds, target, verify=verify, allow_larger=native)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if not outcome.recompressed:
+        return _Result("passed", outcome.reason or "not recompressed", size_in, _write_private(dst, src))
+    buffer = BytesIO()
+    outcome.dataset.save_as(buffer, enforce_file_format=True)
+    data = buffer.getvalue()
+    if not native and len(data) >= size_in:
+        return _Result("passed", f"recompressed file would not be smaller ({len(data)} bytes, {size_in} in); "
+                       "original copied", size_in, _write_private(dst, src))
+    written = _write_private(dst, data)
+    ratio = outcome.original_pixel_bytes / max(1, outcome.encoded_pixel_bytes)
+    line = (f"ok      {src} -> {dst} ratio={ratio:.2f} encode={outcome.encode_seconds:.3f}s "
+            f"verify={outcome.verify_seconds:.3f}s")
+    return _Result("recompressed", "", size_in, written, line)
+
+
+def _reason_group(reason: str) -> str:
+    """A reason without its per-file details (numbers, parenthesised parts), to group by."""
+    return re.sub(r"\d+", "N", re.sub(r"\s*\([^)]*\)", "", reason))
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / 1e6:.2f} MB" if count >= 10_000 else f"{count} bytes"
+
+
+@dataclass
+class _Summary:
+    results: list[_Result] = field(default_factory=list)
+
+    def lines(self, seconds: float) -> list[str]:
+        kinds = Counter(r.kind for r in self.results)
+        written = [r for r in self.results if r.kind in ("recompressed", "passed")]
+        bytes_in, bytes_out = sum(r.bytes_in for r in written), sum(r.bytes_out for r in written)
+        ratio = f"{bytes_in / bytes_out:.2f}" if bytes_out else "-"
+        out = [f"{len(self.results)} file(s) in {seconds:.1f} s: {kinds['recompressed']} recompressed, "
+               f"{kinds['passed']} passed through (original copied), {kinds['skipped']} skipped, "
+               f"{kinds['failed']} failed",
+               f"bytes: {_megabytes(bytes_in)} in, {_megabytes(bytes_out)} out, ratio {ratio}"]
+        for kind, title in (("passed", "passed through, original copied"), ("skipped", "skipped"),
+                            ("failed", "failed")):
+            groups = Counter(_reason_group(r.reason) for r in self.results if r.kind == kind)
+            if groups:
+                out.append(f"{title}:")
+                out += [f"  {count:>5}  {reason}" for reason, count in groups.most_common()]
+        return out
+
+
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from gateway.dicom.uids import NATIVE_SYNTAXES
+    from gateway.warmup import CompileWatch
+
+    target = resolve_target(args.transfer_syntax)
     src, dst = Path(args.input), Path(args.output)
     if not src.exists():
-        print(f"error: {src} does not exist", file=sys.stderr)
-        return 2
-    failures = 0
-    for a, b in _compress_pairs(src, dst):
-        b.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            outcome = recompress_file(a, b, target, verify=not args.no_verify)
-        except (GatewayError, InvalidDicomError, OSError, ValueError) as exc:
-            failures += 1
-            print(f"FAILED  {a}: {exc}", file=sys.stderr)
-            continue
-        if outcome.recompressed:
-            ratio = outcome.original_pixel_bytes / max(1, outcome.encoded_pixel_bytes)
-            print(f"ok      {a} -> {b} ratio={ratio:.2f} encode={outcome.encode_seconds:.3f}s "
-                  f"verify={outcome.verify_seconds:.3f}s")
-        else:
-            print(f"kept    {a} -> {b} ({outcome.reason})")
-    return 1 if failures else 0
+        raise UsageError(f"{src} does not exist")
+    if src.is_dir() and dst.exists() and not dst.is_dir():
+        raise UsageError(f"{dst} is a file; the output of a folder must be a folder")
+    if src.is_dir() and dst.resolve() == src.resolve():
+        raise UsageError(f"the output folder {dst} is the input folder; name another one")
+    if src.is_file() and not _is_dicom(src):
+        raise UsageError(f"{src} is not a DICOM file (no 'DICM' after the 128-byte preamble)")
+    pairs = _compress_pairs(src, dst)
+    native = target in NATIVE_SYNTAXES
+    single = src.is_file()
+    bar = tqdm(total=len(pairs), unit="file", file=sys.stderr, dynamic_ncols=True,
+               disable=not sys.stderr.isatty())
+
+    def note(text: str, stream=sys.stdout) -> None:
+        tqdm.write(text, file=stream)
+
+    def announce() -> None:
+        note(COMPILING, sys.stderr)
+
+    summary = _Summary()
+    started = time.perf_counter()
+    with CompileWatch(announce) as watch, bar:
+        for a, b in pairs:
+            bar.set_postfix_str(a.name, refresh=False)
+            try:
+                result = _compress_one(a, b, target, not args.no_verify, native)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except (GatewayError, InvalidDicomError, OSError) as exc:
+                result = _Result("failed", f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # noqa: BLE001 - a damaged file may raise anything from the parser
+                result = _Result("failed", f"unexpected {type(exc).__name__}: {exc}")
+            summary.results.append(result)
+            if result.kind == "recompressed":
+                if single or args.verbose:
+                    note(result.line)
+            elif result.kind == "passed":
+                note(f"kept    {a} -> {b} ({result.reason})")
+            elif result.kind == "skipped":
+                note(f"skipped {a}: {result.reason}")
+            else:
+                note(f"FAILED  {a}: {result.reason}", sys.stderr)
+            bar.update(1)
+    if watch.compiled:
+        print(f"compiled {watch.compiled} kernel(s) in {watch.seconds:.1f} s", file=sys.stderr)
+    if not single:
+        for line in summary.lines(time.perf_counter() - started):
+            print(line)
+    return EXIT_FAILED if any(r.kind == "failed" for r in summary.results) else EXIT_OK
+
+
+# --------------------------------------------------------------------- verify
+
+
+def _announce_compiling() -> None:
+    print(COMPILING, file=sys.stderr, flush=True)
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from pydicom import dcmread
 
-    from gateway.pipeline.verify import compare_pixels
+    from gateway.pipeline.pixels import iter_frames
+    from gateway.pipeline.verify import first_difference
+    from gateway.warmup import CompileWatch
 
-    try:
-        a, b = dcmread(args.a), dcmread(args.b)
-        difference = compare_pixels(a, b)
-    except (GatewayError, InvalidDicomError, OSError, ValueError, AttributeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    datasets = []
+    for name in (args.a, args.b):
+        try:
+            datasets.append(dcmread(name))
+        except (InvalidDicomError, OSError) as exc:
+            print(f"error: {name}: cannot be read as DICOM: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except Exception as exc:  # noqa: BLE001 - a damaged file may raise anything from the parser
+            print(f"error: {name}: cannot be parsed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    frames = []
+    with CompileWatch(_announce_compiling) as watch:
+        for name, ds in zip((args.a, args.b), datasets):
+            try:
+                frames.append(list(iter_frames(ds)))
+            except (GatewayError, ValueError, AttributeError, KeyError) as exc:
+                print(f"error: {name}: pixel data cannot be decoded: {exc}", file=sys.stderr)
+                return EXIT_USAGE
+    if watch.compiled:
+        print(f"compiled {watch.compiled} kernel(s) in {watch.seconds:.1f} s", file=sys.stderr)
+    difference = first_difference(*frames)
     if difference is None:
         print("identical pixel data")
-        return 0
+        return EXIT_OK
     print(f"different: {difference}")
-    return 1
+    return EXIT_FAILED
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dicom-gateway", description="DICOM lossless recompression gateway")
+    parser = argparse.ArgumentParser(prog="dicom-gateway", description="DICOM lossless recompression gateway",
+                                     epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("serve", help="receive, recompress, verify and forward")
+    def command(name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=description or help, epilog=EXIT_CODES,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = command("serve", "receive, recompress, verify and forward",
+                "Receive, recompress, verify and forward until SIGINT/SIGTERM.  The codec kernels are "
+                "compiled (or loaded from numba's cache) before the gateway listens.")
     p.add_argument("--config", required=True, help="TOML configuration file")
     p.set_defaults(func=_cmd_serve)
 
-    p = sub.add_parser("check-config", help="validate a configuration file and summarise it")
+    p = command("check-config", "validate a configuration file and summarise it")
     p.add_argument("config", help="TOML configuration file")
     p.set_defaults(func=_cmd_check_config)
 
-    p = sub.add_parser("status", help="queue counts and dead letters with their reasons")
+    p = command("status", "queue counts and dead letters with their reasons")
     p.add_argument("--config", required=True)
     p.set_defaults(func=_cmd_status)
 
-    p = sub.add_parser("retry", help="re-queue dead letters")
+    p = command("retry", "re-queue dead letters")
     p.add_argument("--config", required=True)
     p.add_argument("--destination", help="only this destination's dead letters")
     p.set_defaults(func=_cmd_retry)
 
-    p = sub.add_parser("codecs", help="list codecs: name, transfer syntax UID, standard or private")
+    p = command("codecs", "list codecs: name, keyword, transfer syntax UID, standard or private")
     p.set_defaults(func=_cmd_codecs)
 
-    p = sub.add_parser("compress", help="recompress files or folders offline, verified")
-    p.add_argument("--transfer-syntax", required=True, help="UID, pydicom keyword or codec name")
+    p = command("compress", "recompress files or folders offline, verified",
+                "Recompress a file, or every file of a folder into a mirrored folder, verified bit for bit.  "
+                "Files that are not DICOM are skipped; an image that cannot be recompressed losslessly, "
+                "or whose output would not be smaller than its input, is copied unchanged (a decode to "
+                "a native syntax may grow).  Output files are readable by their owner only.  A progress "
+                "bar shows on a terminal; a summary closes a folder run.")
+    p.add_argument("--transfer-syntax", required=True,
+                   help="target: UID, pydicom keyword or codec name of a registered codec "
+                        "(see `dicom-gateway codecs`), or a native little endian syntax")
     p.add_argument("--no-verify", action="store_true", help="skip the decode-and-compare check")
-    p.add_argument("input")
-    p.add_argument("output")
+    p.add_argument("-v", "--verbose", action="store_true", help="one line per recompressed file of a folder too")
+    p.add_argument("input", help="DICOM file or folder")
+    p.add_argument("output", help="output file, or folder (created; mirrors the input folder)")
     p.set_defaults(func=_cmd_compress)
 
-    p = sub.add_parser("verify", help="exit 0 only if two files hold identical pixel values")
+    p = command("verify", "exit 0 only if two files hold identical pixel values",
+                "Compare the pixel values of two DICOM files, whatever their transfer syntaxes: exit 0 "
+                "identical, 1 different, 2 when a file cannot be read or decoded.")
     p.add_argument("a")
     p.add_argument("b")
     p.set_defaults(func=_cmd_verify)
@@ -222,12 +451,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except GatewayError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

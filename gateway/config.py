@@ -9,7 +9,7 @@ spool/archive folders can be moved together.
 Layout (see ``config/*.toml`` for commented examples)::
 
     [server]        ae_title, host, port, allowed_callers, max_pdu
-    [spool]         directory
+    [spool]         directory, keep_done_hours
     [compression]   transfer_syntax, verify, processes, [compression.modality] overrides
     [retry]         max_attempts, base_seconds, cap_seconds
     [logging]       level, file
@@ -67,9 +67,10 @@ class ServerConfig:
 
 @dataclass(frozen=True, slots=True)
 class SpoolConfig:
-    """Where the durable queue lives."""
+    """Where the durable queue lives, and how long finished jobs are remembered."""
 
     directory: Path
+    keep_done_hours: float = 168.0  # finished job manifests older than this are deleted (hourly sweep)
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,7 +321,10 @@ def _server(data: Any) -> ServerConfig:
 
 def _spool(data: Any, base: Path) -> SpoolConfig:
     t = _Table("spool", data if data is not None else {})
-    cfg = SpoolConfig(directory=_path(t.path("directory"), t.pop("directory", "spool"), base))
+    cfg = SpoolConfig(
+        directory=_path(t.path("directory"), t.pop("directory", "spool"), base),
+        keep_done_hours=_number(t.path("keep_done_hours"), t.pop("keep_done_hours", 168.0), 0, 24 * 3650),
+    )
     t.finish()
     return cfg
 

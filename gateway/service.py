@@ -5,7 +5,10 @@ first (damaged manifests dropped, in-flight jobs pending again), the worker
 re-checks every held instance (rebuilding lost objects and jobs), the
 forwarders then pick up pending jobs, the worker picks up
 received-but-unprocessed instances, and only then does the receiver accept
-new associations.  Shutdown is the reverse.
+new associations.  Before any of that, the kernels of every codec the
+configuration may use are compiled (or loaded from numba's cache), so that
+the first instance does not wait for a compiler; the log says how long it
+took.  Shutdown is the reverse.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from gateway.config import Config
 from gateway.forward import Forwarder, make_sender
 from gateway.logs import get_logger
 from gateway.net.scp import Receiver, start_receiver
-from gateway.spool import Job, Spool
+from gateway.spool import Job, Spool, remove_partial_copies
 from gateway.worker import Worker
 
 __all__ = ["Gateway"]
@@ -35,6 +38,7 @@ class Gateway:
         self.worker: Worker | None = None
         self.server = None
         self._stopped = threading.Event()
+        self._housekeeping: list[threading.Thread] = []
 
     @property
     def port(self) -> int:
@@ -45,6 +49,7 @@ class Gateway:
 
     def start(self) -> Gateway:
         self.spool.lock()
+        self._warm_up()
         repaired = self.spool.recover()
         for dest in self.config.destinations:
             count = dest.associations if dest.kind == "dicom" else 1
@@ -63,12 +68,71 @@ class Gateway:
         for forwarder in self._all_forwarders():
             forwarder.start()
         self.worker.start()
+        self._start_housekeeping()
         receiver = Receiver(self.spool, on_received=self.worker.notify)
         self.server = start_receiver(self.config.server, receiver)
         _log.info("listening on %s:%d as %s; spool %s; destinations %s", self.config.server.host, self.port,
                   self.config.server.ae_title, self.spool.root,
                   ", ".join(f"{d.name} ({d.kind})" for d in self.config.destinations))
         return self
+
+    def _warm_up(self) -> None:
+        """Compile the kernels of every configured codec before anything is taken in."""
+        from gateway.warmup import configured_syntaxes, warm_up
+
+        syntaxes = configured_syntaxes(self.config)
+        if not syntaxes:
+            return
+        _log.info("preparing codec kernels (compiled on first use after an install, then loaded from "
+                  "numba's cache) for %s", ", ".join(syntaxes))
+        report = warm_up(syntaxes)
+        _log.info("codec kernels ready in %.1f s: %s; %d compiled (%.1f s), the rest from the cache",
+                  report.seconds, ", ".join(report.codecs) or "none", report.compiled, report.compile_seconds)
+
+    def _start_housekeeping(self) -> None:
+        """Background work that nothing waits for.
+
+        Each folder archive is swept once for the temporary files of copies
+        a crash interrupted (a walk of the whole tree, hence off the start-up
+        path); finished job manifests older than ``[spool] keep_done_hours``
+        are deleted now and then every hour.
+        """
+        started = time.time()
+
+        def sweep(name: str, root) -> None:
+            try:
+                removed = remove_partial_copies(root, before=started)
+            except OSError as exc:
+                _log.warning("folder archive %s: cannot sweep %s for partial copies: %s", name, root, exc)
+                return
+            _log.info("folder archive %s: %d partial cop%s left by an interrupted write removed", name, removed,
+                      "y" if removed == 1 else "ies")
+
+        for dest in self.config.destinations:
+            if dest.kind == "folder" and dest.path is not None and dest.path.exists():
+                thread = threading.Thread(target=sweep, args=(dest.name, dest.path),
+                                          name=f"sweep-{dest.name}", daemon=True)
+                self._housekeeping.append(thread)
+                thread.start()
+        thread = threading.Thread(target=self._prune_loop, name="prune-done", daemon=True)
+        self._housekeeping.append(thread)
+        thread.start()
+
+    def prune_done(self) -> int:
+        """Delete finished job manifests older than the retention; return how many."""
+        removed = self.spool.prune_done(self.config.spool.keep_done_hours * 3600.0)
+        if removed:
+            _log.info("deleted %d finished job manifest(s) older than %g h", removed,
+                      self.config.spool.keep_done_hours)
+        return removed
+
+    def _prune_loop(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                self.prune_done()
+            except OSError as exc:
+                _log.warning("cannot prune finished jobs: %s", exc)
+            self._stopped.wait(3600.0)
 
     def _all_forwarders(self) -> list[Forwarder]:
         return [f for group in self.forwarders.values() for f in group]
@@ -92,6 +156,8 @@ class Gateway:
         deadline = time.monotonic() + timeout
         for forwarder in self._all_forwarders():
             forwarder.join(max(0.1, deadline - time.monotonic()))
+        for thread in self._housekeeping:
+            thread.join(max(0.1, deadline - time.monotonic()))
         self.spool.unlock()
         _log.info("stopped")
 

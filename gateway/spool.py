@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -58,7 +59,7 @@ from typing import Any, TypeVar
 from gateway.dicom.identity import Identity
 from gateway.errors import SpoolError
 
-__all__ = ["Spool", "Job", "STATES", "fsync_dir", "atomic_write_bytes", "atomic_copy"]
+__all__ = ["Spool", "Job", "STATES", "fsync_dir", "atomic_write_bytes", "atomic_copy", "remove_partial_copies"]
 
 T = TypeVar("T")
 
@@ -117,6 +118,41 @@ def atomic_copy(src: Path, dst: Path, tmp_dir: Path | None = None) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(dst.parent)
+
+
+_PARTIAL = re.compile(r"^\..+\.[0-9a-f]{32}\.tmp$")
+"""Name of a temporary file of :func:`atomic_write_bytes` / :func:`atomic_copy`."""
+
+
+def _count_entries(folder: Path, suffix: str = ".json", prefix: str = "", contains: str = "") -> int:
+    """Number of names in `folder` with `suffix` (and `prefix` / `contains`), without reading any file."""
+    with os.scandir(folder) as entries:
+        return sum(1 for e in entries if e.name.endswith(suffix) and e.name.startswith(prefix)
+                   and contains in e.name)
+
+
+def remove_partial_copies(root: Path, before: float | None = None) -> int:
+    """Delete the temporary files an interrupted :func:`atomic_copy` left under `root`; return how many.
+
+    Only names of exactly that form (``.<name>.<32 hex digits>.tmp``) are
+    touched, and with `before` (a time stamp) only those last written before
+    it, so that a copy in progress in this process is left alone.  The folder archive writes each instance that way, so a crash
+    in the middle of a copy leaves one; the copy itself is redone from the
+    spool.  Walks the whole tree: call it off the start-up path for large
+    archives.
+    """
+    removed = 0
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            if _PARTIAL.match(name):
+                path = os.path.join(folder, name)
+                try:
+                    if before is None or os.stat(path).st_mtime < before:
+                        os.unlink(path)
+                        removed += 1
+                except FileNotFoundError:
+                    pass
+    return removed
 
 
 @dataclass(frozen=True, slots=True)
@@ -469,11 +505,42 @@ class Spool:
                 yield job
 
     def counts(self) -> dict[str, int]:
-        """Number of received instances and of jobs per state."""
-        result = {"received": len(self.received()), "held": sum(1 for _ in self.held.glob("*.dcm"))}
+        """Number of received instances and of jobs per state.
+
+        Counted from the folders' entries: no manifest is read, so the cost
+        is one directory listing per state however many jobs are done.
+        """
+        result = {"received": _count_entries(self.incoming, ".dcm"), "held": _count_entries(self.held, ".dcm")}
         for state in STATES:
-            result[state] = sum(1 for _ in (self.jobs / state).glob("*.json"))
+            result[state] = self.count_jobs(state)
         return result
+
+    def count_jobs(self, state: str, destination: str | None = None) -> int:
+        """Jobs in `state` (optionally of one destination), counted by name without reading them."""
+        if destination is None:
+            return _count_entries(self.jobs / state)
+        return _count_entries(self.jobs / state, f"@{destination}.json")
+
+    def prune_done(self, older_than_seconds: float, now: float | None = None) -> int:
+        """Delete the manifests of jobs finished more than `older_than_seconds` ago; return how many.
+
+        A finished job is a record only: its instance was deleted when its
+        last job finished.  When it finished is the manifest's ``st_ctime``
+        (a rename into ``done/`` sets it; the content may be older).
+        """
+        limit = (time.time() if now is None else now) - older_than_seconds
+        removed = 0
+        with os.scandir(self.jobs / DONE) as entries:
+            for entry in entries:
+                if not entry.name.endswith(".json"):
+                    continue
+                try:
+                    if entry.stat().st_ctime < limit:
+                        os.unlink(entry.path)
+                        removed += 1
+                except FileNotFoundError:
+                    pass
+        return removed
 
     # ------------------------------------------------------------ recovery/ops
 
@@ -503,10 +570,12 @@ class Spool:
     def recover(self) -> dict[str, int]:
         """Repair the spool after a crash; return what was done.
 
-        Removes partial files, resolves jobs present in two states (keeping the
+        Removes partial files, removes processed objects whose instance is
+        gone (neither received nor held: a crash between the two deletions
+        of :meth:`collect`), resolves jobs present in two states (keeping the
         most advanced) and makes in-flight jobs pending again.
         """
-        fixed = {"temp_removed": 0, "duplicates": 0, "requeued": 0, "damaged": 0}
+        fixed = {"temp_removed": 0, "duplicates": 0, "requeued": 0, "damaged": 0, "orphans_removed": 0}
         with self._lock:
             for path in self.tmp.iterdir():
                 if path.is_file():
@@ -516,6 +585,16 @@ class Spool:
                 path.unlink(missing_ok=True)
             for path in self.held.glob(".*.tmp"):
                 path.unlink(missing_ok=True)
+            for path in self.objects.iterdir():
+                ident = path.name[:-4] if path.name.endswith(".dcm") else None
+                if ident is None or path.name.startswith("."):
+                    if path.is_file():  # a partial write of store_object
+                        path.unlink(missing_ok=True)
+                        fixed["temp_removed"] += 1
+                    continue
+                if not self.incoming_path(ident).exists() and not self.held_path(ident).exists():
+                    path.unlink(missing_ok=True)
+                    fixed["orphans_removed"] += 1
             where: dict[str, list[str]] = {}
             for state in STATES:
                 for path in (self.jobs / state).glob("*.json"):

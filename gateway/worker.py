@@ -154,6 +154,22 @@ def _child_init(config: Config, service_pid: int) -> None:
     setup_logging(config.logging.level, config.logging.file)
     _CHILD = (config, Spool(config.spool.directory))
     import gateway.pipeline  # noqa: F401 - load codecs before the first instance arrives
+    from gateway.warmup import configured_syntaxes, warm_up
+
+    # The service compiled these before starting the pool: here they come from numba's cache.
+    report = warm_up(configured_syntaxes(config, forwarding=False))
+    _CHILD_WARM_UP.append(report.seconds)
+    _log.info("worker process %d: codec kernels ready in %.1f s (%d compiled)", os.getpid(), report.seconds,
+              report.compiled)
+
+
+_CHILD_WARM_UP: list[float] = []
+
+
+def _child_ready() -> tuple[int, float]:
+    """Run in a worker process once its initialiser is done: its pid and warm-up seconds."""
+    time.sleep(0.05)  # let each process of the pool take one of these
+    return os.getpid(), sum(_CHILD_WARM_UP)
 
 
 def _die_with_parent() -> None:
@@ -268,10 +284,26 @@ class Worker:
         if self.processes:
             with self._lock:
                 self._pool = self._new_pool()
+            self._wait_for_processes(self._pool)
         for ident in self.spool.received():  # received before a restart, not yet processed
             self._queue.put(ident)
         for thread in self._threads:
             thread.start()
+
+    def _wait_for_processes(self, pool: ProcessPoolExecutor, timeout: float = 600.0) -> None:
+        """Start the worker processes now and wait until they have loaded their codec kernels.
+
+        The pool starts every process at the first submission; each runs its
+        initialiser (which warms the kernels up) before it takes a task.
+        """
+        started = time.perf_counter()
+        try:
+            ready = [f.result(timeout) for f in [pool.submit(_child_ready) for _ in range(self.processes)]]
+        except Exception as exc:  # noqa: BLE001 - a broken pool is replaced at the first instance
+            _log.warning("worker processes not ready: %s: %s", type(exc).__name__, exc)
+            return
+        _log.info("%d worker process(es) ready in %.1f s", len({pid for pid, _ in ready}),
+                  time.perf_counter() - started)
 
     def stop(self) -> None:
         self._halt.set()

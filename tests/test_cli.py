@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +43,19 @@ def test_codecs_lists_name_uid_and_kind(capsys) -> None:
             assert any(codec.uid in line and line.rstrip().endswith("private") for line in out.splitlines())
 
 
+def test_codecs_table_columns_are_aligned(capsys) -> None:
+    from gateway.codecs import all_codecs
+
+    assert main(["codecs"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header, rows = lines[0], lines[1:]
+    assert header.split() [:2] == ["name", "keyword"] and len(rows) == len(all_codecs())
+    starts = [header.index("keyword"), header.index("transfer syntax UID"), header.index("kind")]
+    for row, codec in zip(rows, all_codecs()):
+        assert [row.index(codec.keyword, len(codec.name)), row.index(codec.uid),
+                row.index("private" if codec.private else "standard", starts[2])] == starts, row
+
+
 def test_compress_and_verify_a_file(tmp_path: Path, capsys) -> None:
     src = tmp_path / "ct.dcm"
     pydicom_file("CT_small.dcm").save_as(src, enforce_file_format=True)
@@ -64,6 +79,23 @@ def test_verify_fails_on_one_changed_pixel(tmp_path: Path, capsys) -> None:
     assert "different" in capsys.readouterr().out
 
 
+def test_verify_exits_2_when_a_file_is_not_dicom_or_cannot_be_decoded(tmp_path: Path, capsys) -> None:
+    good = tmp_path / "good.dcm"
+    pydicom_file("CT_small.dcm").save_as(good, enforce_file_format=True)
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"not dicom at all")
+    assert main(["verify", str(good), str(junk)]) == 2
+    assert "junk.dcm" in capsys.readouterr().err
+    assert main(["verify", str(tmp_path / "missing.dcm"), str(good)]) == 2
+    assert "missing.dcm" in capsys.readouterr().err
+    short = pydicom_file("CT_small.dcm")
+    short.PixelData = short.PixelData[:100]  # header says 128x128x2 bytes
+    short.save_as(tmp_path / "short.dcm", enforce_file_format=True)
+    assert main(["verify", str(good), str(tmp_path / "short.dcm")]) == 2
+    err = capsys.readouterr().err
+    assert "short.dcm" in err and "cannot be decoded" in err
+
+
 def test_compress_a_folder_mirrors_it(tmp_path: Path, capsys) -> None:
     src = tmp_path / "in"
     (src / "sub").mkdir(parents=True)
@@ -73,22 +105,143 @@ def test_compress_a_folder_mirrors_it(tmp_path: Path, capsys) -> None:
     dst = tmp_path / "out"
     assert main(["compress", "--transfer-syntax", "1.2.840.10008.1.2.4.80", str(src), str(dst)]) == 0
     out = capsys.readouterr().out
-    assert "ok " in out and "kept " in out
+    assert "kept    " in out and "lossy-compressed source" in out
+    assert "ok      " not in out  # one line per recompressed file only with --verbose
+    assert "2 file(s)" in out and "1 recompressed, 1 passed through (original copied), 0 skipped, 0 failed" in out
     assert dcmread(dst / "mr.dcm").file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"
     assert (dst / "sub" / "lossy.dcm").read_bytes() == (src / "sub" / "lossy.dcm").read_bytes()
     assert np.array_equal(dcmread(dst / "mr.dcm").pixel_array, dcmread(src / "mr.dcm").pixel_array)
+    for written in (dst / "mr.dcm", dst / "sub" / "lossy.dcm"):
+        assert written.stat().st_mode & 0o777 == 0o600, "outputs hold patient data: owner only"
+    assert main(["compress", "-v", "--transfer-syntax", "JPEGLSLossless", str(src), str(tmp_path / "v")]) == 0
+    assert "ok      " in capsys.readouterr().out
+
+
+def test_compress_skips_files_that_are_not_dicom(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    pydicom_file("CT_small.dcm").save_as(src / "ct.dcm", enforce_file_format=True)
+    (src / "make_samples.py").write_text("print('a script beside the images')\n")
+    (src / "notes.dcm").write_bytes(b"x" * 200)  # a .dcm name is not enough
+    dst = tmp_path / "out"
+    assert main(["compress", "--transfer-syntax", "RLELossless", str(src), str(dst)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("skipped ") == 2 and "make_samples.py: not a DICOM file" in out
+    assert "1 recompressed, 0 passed through (original copied), 2 skipped, 0 failed" in out
+    assert "      2  not a DICOM file" in out
+    assert sorted(p.name for p in dst.iterdir()) == ["ct.dcm"]
+
+
+def test_compress_never_writes_an_output_larger_than_its_input(tmp_path: Path, capsys) -> None:
+    ds = pydicom_file("CT_small.dcm")
+    noise = np.random.default_rng(7).integers(0, 256, size=(ds.Rows, ds.Columns), dtype=np.uint8)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    for keyword in ("SmallestImagePixelValue", "LargestImagePixelValue"):
+        if keyword in ds:
+            del ds[keyword]
+    ds.PixelData = noise.tobytes()  # PackBits of noise grows
+    src = tmp_path / "in"
+    src.mkdir()
+    ds.save_as(src / "noise.dcm", enforce_file_format=True)
+    dst = tmp_path / "out"
+    assert main(["compress", "--transfer-syntax", "RLELossless", str(src), str(dst)]) == 0
+    out = capsys.readouterr().out
+    assert (dst / "noise.dcm").read_bytes() == (src / "noise.dcm").read_bytes()
+    assert "0 recompressed, 1 passed through (original copied)" in out
+    assert "rle would not shrink the pixel data" in out
+    size = (src / "noise.dcm").stat().st_size
+    assert f"bytes: {size / 1e6:.2f} MB in, {size / 1e6:.2f} MB out, ratio 1.00" in out
+
+
+def test_compress_validates_the_target_before_touching_any_file(tmp_path: Path, capsys) -> None:
+    from gateway.codecs import all_codecs
+
+    src = tmp_path / "in"
+    src.mkdir()
+    pydicom_file("CT_small.dcm").save_as(src / "ct.dcm", enforce_file_format=True)
+    dst = tmp_path / "out"
+    assert main(["compress", "--transfer-syntax", "JPEG2000", str(src), str(dst)]) == 2
+    err = capsys.readouterr().err
+    assert "--transfer-syntax" in err and "no encoder for 'JPEG2000'" in err
+    for codec in all_codecs():  # the choices come from the registry
+        assert codec.keyword in err
+    assert "ExplicitVRLittleEndian" in err
+    assert not dst.exists()
+
+
+def test_compress_accepts_a_codec_registered_later(tmp_path: Path, monkeypatch, capsys) -> None:
+    import gateway.codecs as registry
+    from gateway.cli import UsageError, resolve_target
+    from gateway.codecs.rle import RLECodec
+
+    class FakeJ2K(RLECodec):  # a stand-in: only its registration matters here
+        name, uid, keyword = "j2k-test", "1.2.840.10008.1.2.4.90", "JPEG2000Lossless"
+
+    with pytest.raises(UsageError):
+        resolve_target("JPEG2000Lossless")
+    registry.all_codecs()  # built-ins loaded first, so that the fake one is removed again below
+    monkeypatch.setitem(registry._REGISTRY, FakeJ2K.uid, FakeJ2K())
+    assert resolve_target("JPEG2000Lossless") == "1.2.840.10008.1.2.4.90"
+    assert resolve_target("j2k-test") == "1.2.840.10008.1.2.4.90"
 
 
 def test_compress_rejects_unknown_syntax(tmp_path: Path, capsys) -> None:
     assert main(["compress", "--transfer-syntax", "Nope", str(tmp_path), str(tmp_path / "o")]) == 2
-    assert "--transfer-syntax" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--transfer-syntax" in err and "RLELossless" in err
 
 
-def test_compress_reports_unreadable_files(tmp_path: Path, capsys) -> None:
+def test_compress_argument_errors_exit_2(tmp_path: Path, capsys) -> None:
+    assert main(["compress", "--transfer-syntax", "rle", str(tmp_path / "absent"), str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    script = tmp_path / "script.py"
+    script.write_text("x = 1\n")
+    assert main(["compress", "--transfer-syntax", "rle", str(script), str(tmp_path / "o.dcm")]) == 2
+    assert "not a DICOM file" in capsys.readouterr().err
+    assert not (tmp_path / "o.dcm").exists()
+    assert main(["compress", "--transfer-syntax", "rle", str(tmp_path), str(tmp_path / ".")]) == 2
+    assert "is the input folder" in capsys.readouterr().err
+
+
+def test_compress_reports_failures_and_exits_1(tmp_path: Path, capsys) -> None:
     (tmp_path / "in").mkdir()
-    (tmp_path / "in" / "junk.dcm").write_bytes(b"not dicom at all")
+    for name in ("ct.dcm", "blocked.dcm"):
+        pydicom_file("CT_small.dcm").save_as(tmp_path / "in" / name, enforce_file_format=True)
+    (tmp_path / "o" / "blocked.dcm").mkdir(parents=True)  # the output path is taken by a folder
     assert main(["compress", "--transfer-syntax", "RLELossless", str(tmp_path / "in"), str(tmp_path / "o")]) == 1
-    assert "FAILED" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "FAILED  " in captured.err and "blocked.dcm" in captured.err
+    assert "1 recompressed, 0 passed through (original copied), 0 skipped, 1 failed" in captured.out
+    assert "failed:" in captured.out
+    assert (tmp_path / "o" / "ct.dcm").is_file()
+    assert not list((tmp_path / "o").glob(".*.partial"))
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path: Path, monkeypatch, capsys) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a.dcm", "b.dcm"):
+        pydicom_file("CT_small.dcm").save_as(src / name, enforce_file_format=True)
+    assert main(["compress", "--transfer-syntax", "RLELossless", str(src), str(tmp_path / "o1")]) == 0
+    assert "2/2" not in capsys.readouterr().err  # not a terminal: no bar
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["compress", "--transfer-syntax", "RLELossless", str(src), str(tmp_path / "o2")]) == 0
+    assert "2/2" in terminal.getvalue() and "file" in terminal.getvalue()
+
+
+def test_help_documents_the_exit_codes(capsys) -> None:
+    for argv in (["--help"], ["compress", "--help"], ["verify", "--help"]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 0
+        out = capsys.readouterr().out
+        assert "exit status:" in out and "0  everything done" in out and "2  bad usage" in out
 
 
 def _config(tmp_path: Path) -> Path:
@@ -118,3 +271,55 @@ def test_usage_errors_exit_2() -> None:
     with pytest.raises(SystemExit) as info:
         main(["serve"])
     assert info.value.code == 2
+
+
+def test_the_readme_pynetdicom_send_command_works_as_written(tmp_path: Path, gateway_factory) -> None:
+    """The command of the README's "Try it", run from the checkout against a gateway."""
+    import shlex
+    import subprocess
+
+    from tests.conftest import SAMPLES, build_config
+
+    readme = (REPO / "README.md").read_text()
+    line = next(x for x in readme.splitlines() if "-m pynetdicom storescu" in x)
+    words = shlex.split(line)
+    assert words[:4] == [".venv/bin/python", "-m", "pynetdicom", "storescu"] and "11112" in words
+    gateway = gateway_factory(build_config(tmp_path))
+    argv = [sys.executable, *words[1:]]
+    argv[argv.index("11112")] = str(gateway.port)
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    sent = sorted(p for p in SAMPLES.rglob("*") if p.is_file())
+    assert sent and all(p.suffix == ".dcm" for p in sent), "sample_dicom/ must hold only DICOM files"
+    assert gateway.wait_idle(120)
+    archived = list((tmp_path / "archive").rglob("*.dcm"))
+    assert len(archived) == len(sent)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "config").glob("*.toml")))
+def test_example_configs_keep_their_folders_outside_config(name: str) -> None:
+    from gateway.config import load_config
+
+    config = load_config(REPO / "config" / name)
+    folders = [config.spool.directory] + [d.path for d in config.destinations if d.path is not None]
+    for folder in folders:
+        assert not folder.resolve().is_relative_to((REPO / "config").resolve()), f"{name}: {folder}"
+
+
+def test_a_first_compress_says_it_compiles_and_the_second_loads_from_the_cache(tmp_path: Path) -> None:
+    """Each run in a new process, with an empty numba cache of its own, as after an install."""
+    import os
+    import subprocess
+
+    src = tmp_path / "ct.dcm"
+    pydicom_file("CT_small.dcm").save_as(src, enforce_file_format=True)
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}
+    argv = [sys.executable, "-m", "gateway.cli", "compress", "--transfer-syntax", "RLELossless", str(src)]
+    first = subprocess.run([*argv, str(tmp_path / "1.dcm")], capture_output=True, text=True, env=env, timeout=600)
+    assert first.returncode == 0, first.stderr
+    assert "compiling the codec kernels" in first.stderr and "compiled " in first.stderr
+    assert list((tmp_path / "numba-cache").rglob("*.nbc")), "the kernels were not cached"
+    second = subprocess.run([*argv, str(tmp_path / "2.dcm")], capture_output=True, text=True, env=env, timeout=600)
+    assert second.returncode == 0, second.stderr
+    assert "compiling" not in second.stderr and "compiled " not in second.stderr
+    assert (tmp_path / "1.dcm").read_bytes() == (tmp_path / "2.dcm").read_bytes()

@@ -99,6 +99,8 @@ BAD = [
     ("server.allowed_callers", ["OK", 5], "server.allowed_callers[1]", "string"),
     ("server.colour", "blue", "server.colour", "unknown key"),
     ("spool.directory", 3, "spool.directory", "string"),
+    ("spool.keep_done_hours", -1, "spool.keep_done_hours", "0..87600, got -1"),
+    ("spool.keep_done_hours", "a week", "spool.keep_done_hours", "number"),
     ("compression.transfer_syntax", "NoSuchSyntax", "compression.transfer_syntax", "unknown transfer syntax"),
     ("compression.transfer_syntax", "JPEGBaseline8Bit", "compression.transfer_syntax", "no encoder"),
     ("compression.verify", "yes", "compression.verify", "true or false"),
@@ -136,6 +138,13 @@ def test_bad_values_name_the_key(tmp_path: Path, path: str, value, key: str, wor
     assert info.value.key == key
     assert str(info.value).startswith(f"{key}: ")
     assert words in str(info.value)
+
+
+def test_finished_jobs_are_kept_a_week_unless_configured(tmp_path: Path) -> None:
+    assert parse_config(copy.deepcopy(GOOD), tmp_path).spool.keep_done_hours == 168.0
+    data = copy.deepcopy(GOOD)
+    _set(data, "spool.keep_done_hours", 0)
+    assert parse_config(data, tmp_path).spool.keep_done_hours == 0.0
 
 
 def test_invalid_toml_and_missing_file_are_config_errors(tmp_path: Path) -> None:

@@ -91,7 +91,7 @@ def test_recover_requeues_inflight_and_resolves_duplicates(tmp_path: Path) -> No
     (spool.tmp / "partial.dcm").write_bytes(b"half")
     (spool.jobs / PENDING / "i3@a.json").write_bytes(b"")  # a manifest the crash cut short
     fixed = Spool(tmp_path).recover()
-    assert fixed == {"temp_removed": 1, "duplicates": 1, "requeued": 1, "damaged": 1}
+    assert fixed == {"temp_removed": 1, "duplicates": 1, "requeued": 1, "damaged": 1, "orphans_removed": 0}
     assert spool.find_job("i3", "a") is None
     assert spool.find_job("i1", "a").state == PENDING
     assert spool.find_job("i2", "a").state == DONE
@@ -199,3 +199,66 @@ def test_a_manifest_written_before_jobs_had_a_typed_identity_still_reads(tmp_pat
     assert (job.calling_ae, job.received_at, job.destinations) == ("CT1", 5.0, ("a", "b"))
     spool.move(job, DONE, attempts=1)
     assert spool.find_job("i1", "a").identity == job.identity  # rewritten in the typed form, same values
+
+
+def test_recover_removes_orphan_objects_and_counts_them(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    kept = spool.store_received(b"received", "CT1")
+    spool.store_object(kept, b"object of a received instance")
+    held = spool.store_received(b"held", "CT1")
+    spool.store_object(held, b"object of a held instance")
+    spool.finish_received(held)
+    spool.object_path("00000000000000000001-aaaaaaaaaaaa-4354").write_bytes(b"source deleted, object not")
+    (spool.objects / "half.partial").write_bytes(b"x")
+    fixed = Spool(tmp_path).recover()
+    assert fixed["orphans_removed"] == 1 and fixed["temp_removed"] == 1
+    assert sorted(p.name for p in spool.objects.iterdir()) == sorted([f"{kept}.dcm", f"{held}.dcm"])
+
+
+def test_remove_partial_copies_takes_only_its_own_stale_temporaries(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from gateway.spool import atomic_copy, remove_partial_copies
+
+    study = tmp_path / "1.2" / "1.2.3"
+    study.mkdir(parents=True)
+    source = tmp_path / "src.dcm"
+    source.write_bytes(b"dicom")
+    atomic_copy(source, study / "1.2.3.4.dcm")
+    stale = study / f".1.2.3.5.dcm.{'a' * 32}.tmp"  # what a crash during atomic_copy leaves
+    stale.write_bytes(b"half")
+    os.utime(stale, (time.time() - 60, time.time() - 60))
+    fresh = study / f".1.2.3.6.dcm.{'b' * 32}.tmp"  # a copy in progress now
+    fresh.write_bytes(b"half")
+    foreign = [study / ".notes.tmp", study / "report.tmp", tmp_path / f".x.{'c' * 31}.tmp"]
+    for path in foreign:
+        path.write_bytes(b"not ours")
+    assert remove_partial_copies(tmp_path, before=time.time() - 1) == 1
+    assert not stale.exists() and fresh.exists() and all(p.exists() for p in foreign)
+    assert (study / "1.2.3.4.dcm").read_bytes() == b"dicom"
+    assert remove_partial_copies(tmp_path) == 1 and not fresh.exists()
+
+
+def test_finished_jobs_are_pruned_by_when_they_finished(tmp_path: Path) -> None:
+    import time
+
+    spool = Spool(tmp_path)
+    for name in ("i1", "i2"):
+        spool.add_job(Job(name, "a"))
+        spool.move(spool.find_job(name, "a"), DONE)
+    spool.add_job(Job("i3", "a"))
+    now = time.time()
+    assert spool.prune_done(3600, now=now) == 0  # finished just now
+    assert spool.prune_done(3600, now=now + 7200) == 2
+    assert spool.counts()[DONE] == 0 and spool.counts()[PENDING] == 1
+
+
+def test_jobs_are_counted_without_reading_their_manifests(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    for n in range(5):
+        spool.add_job(Job(f"i{n}", "pacs" if n % 2 else "archive"))
+    (spool.jobs / PENDING / "i9@pacs.json").write_text("{cut short by a crash")  # counted, never parsed
+    assert spool.count_jobs(PENDING) == 6
+    assert spool.count_jobs(PENDING, "pacs") == 3 and spool.count_jobs(PENDING, "archive") == 3
+    assert spool.counts()[PENDING] == 6

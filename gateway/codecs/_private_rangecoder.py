@@ -63,7 +63,10 @@ def grow(buf: np.ndarray, need: int) -> np.ndarray:
         return buf
     size = max(need, 2 * buf.shape[0])
     out = np.empty(size, np.uint8)
-    out[: buf.shape[0]] = buf
+    # An element loop, not ``out[:n] = buf``: a slice assignment brings numba's
+    # shape-mismatch error path, whose string formatting costs seconds to compile.
+    for i in range(buf.shape[0]):
+        out[i] = buf[i]
     return out
 
 

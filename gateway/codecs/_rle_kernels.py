@@ -34,7 +34,7 @@ def encoded_bound(rows: int, columns: int, segments: int) -> int:
     return 64 + segments * (rows * per_row + 2)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _flush_literal(src, first, start, stride, count, out, o):
     """Write ``count`` literal bytes from element ``first`` on, in chunks of at most 128."""
     while count > 0:
@@ -51,7 +51,7 @@ def _flush_literal(src, first, start, stride, count, out, o):
     return o
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _encode_row(src, start, stride, n, out, o):
     """PackBits-encode ``n`` bytes ``src[start + i * stride]`` into ``out`` at ``o``.
 
@@ -145,7 +145,11 @@ def _unpack_segment(data, pos, end, plane, pixels):
                 return ERR_LITERAL
             if count > pixels - n:
                 count = pixels - n
-            plane[n : n + count] = data[pos : pos + count]
+            # Element loops, not slice assignments: those bring numba's
+            # shape-mismatch error path, whose string formatting costs
+            # seconds to compile on the first run.
+            for t in range(count):
+                plane[n + t] = data[pos + t]
             pos += control + 1
             n += count
         elif control > 128:
@@ -154,7 +158,9 @@ def _unpack_segment(data, pos, end, plane, pixels):
             count = 257 - control
             if count > pixels - n:
                 count = pixels - n
-            plane[n : n + count] = data[pos]
+            value = data[pos]
+            for t in range(n, n + count):
+                plane[t] = value
             pos += 1
             n += count
         # control == 128 is a no-op.
@@ -162,7 +168,7 @@ def _unpack_segment(data, pos, end, plane, pixels):
 
 
 @njit(cache=True, nogil=True)
-def decode_segments(data, offsets, ends, pixels, samples, nbytes, out):
+def decode_segments(data, offsets, ends, pixels, samples, nbytes, out, plane):
     """Decode every segment of `data` into the interleaved bytes `out`.
 
     ``offsets[s]``/``ends[s]`` bound segment ``s`` within `data`; each must
@@ -171,13 +177,14 @@ def decode_segments(data, offsets, ends, pixels, samples, nbytes, out):
     Returns 0, or on bad data the negative value ``ERR_* * 16 - segment``
     (unpack with ``divmod(-result, 16)``: the error number and the segment).
     A single-segment frame is decoded in place; otherwise each segment goes
-    through one plane-sized buffer and is then spread to its byte lane.
+    through the buffer `plane` (``pixels`` bytes, given by the caller: an
+    allocation inside the kernel costs seconds of compilation) and is then
+    spread to its byte lane.
     """
     segments = samples * nbytes
     if segments == 1:
         status = _unpack_segment(data, offsets[0], ends[0], out, pixels)
         return status * 16 if status else 0
-    plane = np.empty(pixels, dtype=np.uint8)
     for s in range(segments):
         status = _unpack_segment(data, offsets[s], ends[s], plane, pixels)
         if status:
@@ -191,18 +198,18 @@ def decode_segments(data, offsets, ends, pixels, samples, nbytes, out):
 
 
 @njit(cache=True, nogil=True)
-def decode_wide(data, offsets, ends, pixels, samples, nbytes, values):
+def decode_wide(data, offsets, ends, pixels, samples, nbytes, values, planes):
     """Decode a frame of 16- or 32-bit samples straight into native integers.
 
     `values` (``uint16`` or ``uint32``, ``pixels * samples`` long, colour by
     pixel) receives each sample composed from its byte segments, most
     significant first (Annex G order).  Unpacking every segment into a plane
     and composing whole integers in one contiguous pass is much faster than
-    scattering single bytes into the interleaved frame.  Returns 0 or an
-    error code as :func:`decode_segments` does.
+    scattering single bytes into the interleaved frame.  `planes` is the
+    caller's ``(segments, pixels)`` uint8 buffer.  Returns 0 or an error code
+    as :func:`decode_segments` does.
     """
     segments = samples * nbytes
-    planes = np.empty((segments, pixels), dtype=np.uint8)
     for s in range(segments):
         status = _unpack_segment(data, offsets[s], ends[s], planes[s], pixels)
         if status:

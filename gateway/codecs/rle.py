@@ -145,10 +145,12 @@ def decode(data: bytes | bytearray | memoryview, info: FrameInfo) -> np.ndarray:
     stream = np.frombuffer(data, dtype=np.uint8)
     if nbytes == 1:
         out = np.empty(pixels * segments, dtype=np.uint8)
-        status = _k.decode_segments(stream, starts, ends, pixels, info.samples_per_pixel, nbytes, out)
+        plane = np.empty(pixels if segments > 1 else 0, dtype=np.uint8)
+        status = _k.decode_segments(stream, starts, ends, pixels, info.samples_per_pixel, nbytes, out, plane)
     else:  # composed as native integers: no byte order to fix afterwards
         out = np.empty(pixels * info.samples_per_pixel, dtype=f"u{nbytes}")
-        status = _k.decode_wide(stream, starts, ends, pixels, info.samples_per_pixel, nbytes, out)
+        planes = np.empty((segments, pixels), dtype=np.uint8)
+        status = _k.decode_wide(stream, starts, ends, pixels, info.samples_per_pixel, nbytes, out, planes)
     if status:
         error, segment = divmod(-status, 16)
         raise _corrupt(f"segment {segment + 1}: {_ERRORS.get(error, 'bad data')}")

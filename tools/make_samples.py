@@ -1,11 +1,13 @@
 """Regenerate the sample images: a few of pydicom's bundled test files and a generated CT series.
 
-    python sample_dicom/make_samples.py
+    python tools/make_samples.py
 
-Writes ``single/`` (CT_small, MR_small and a small odd-sized RGB secondary
+Writes, into ``sample_dicom/`` at the top of the checkout, ``single/`` (CT_small, MR_small and a small odd-sized RGB secondary
 capture, all uncompressed so any storescu can send them) and ``series/`` (a 24-slice 128x128 CT series with smooth
-synthetic anatomy: new UIDs, no patient data) beside this script.  The
-output is deterministic except for the generated UIDs.
+synthetic anatomy: new UIDs, no patient data).  The output is
+deterministic except for the generated UIDs.  The script lives outside
+``sample_dicom/`` so that the folder holds nothing but DICOM files: the
+README's ``storescu ... sample_dicom/ -r`` sends every file it finds.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-HERE = Path(__file__).resolve().parent
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_dicom"
 BUNDLED = ["CT_small.dcm", "MR_small.dcm", "SC_rgb_small_odd.dcm"]
 
 
@@ -64,9 +66,9 @@ def make_series(folder: Path, slices: int = 24, size: int = 128) -> None:
 
 
 def main() -> None:
-    copy_bundled(HERE / "single")
-    make_series(HERE / "series")
-    print(f"samples written under {HERE}")
+    copy_bundled(SAMPLES / "single")
+    make_series(SAMPLES / "series")
+    print(f"samples written under {SAMPLES}")
 
 
 if __name__ == "__main__":

@@ -160,7 +160,7 @@ transfer_syntaxes = ["{syntax}", "JPEGLSLossless", "RLELossless"]
 """)
     process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(root / "gateway.toml")],
                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # the first start compiles every configured codec before it listens
     while True:
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:

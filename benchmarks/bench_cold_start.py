@@ -24,7 +24,7 @@ another tree (e.g. an export of an older commit) the same way::
 
     python benchmarks/bench_cold_start.py
     python benchmarks/bench_cold_start.py --syntax RLELossless --syntax JPEGLSLossless --syntax gwl
-    git archive HEAD~5 | tar -x -C /tmp/old && python benchmarks/bench_cold_start.py --source /tmp/old
+    mkdir ../old && git archive HEAD~5 | tar -x -C ../old && python benchmarks/bench_cold_start.py --source ../old
 """
 
 from __future__ import annotations

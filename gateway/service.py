@@ -85,7 +85,12 @@ class Gateway:
             return
         _log.info("preparing codec kernels (compiled on first use after an install, then loaded from "
                   "numba's cache) for %s", ", ".join(syntaxes))
-        report = warm_up(syntaxes)
+        try:
+            report = warm_up(syntaxes)
+        except Exception:  # noqa: BLE001 - every image is still verified: a broken codec means pass-throughs
+            _log.exception("codec kernels could not be prepared; every image is still verified, and one "
+                           "that fails is forwarded as received")
+            return
         _log.info("codec kernels ready in %.1f s: %s; %d compiled (%.1f s), the rest from the cache",
                   report.seconds, ", ".join(report.codecs) or "none", report.compiled, report.compile_seconds)
 

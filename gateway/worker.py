@@ -157,7 +157,11 @@ def _child_init(config: Config, service_pid: int) -> None:
     from gateway.warmup import configured_syntaxes, warm_up
 
     # The service compiled these before starting the pool: here they come from numba's cache.
-    report = warm_up(configured_syntaxes(config, forwarding=False))
+    try:
+        report = warm_up(configured_syntaxes(config, forwarding=False))
+    except Exception:  # noqa: BLE001 - as in the service: images are verified whatever happens here
+        _log.exception("worker process %d: codec kernels could not be prepared", os.getpid())
+        return
     _CHILD_WARM_UP.append(report.seconds)
     _log.info("worker process %d: codec kernels ready in %.1f s (%d compiled)", os.getpid(), report.seconds,
               report.compiled)

@@ -88,3 +88,18 @@ def test_worker_processes_are_ready_before_the_gateway_listens(tmp_path: Path, g
     ready = next(i for i, m in enumerate(messages) if m.startswith("1 worker process(es) ready in"))
     listening = next(i for i, m in enumerate(messages) if m.startswith("listening on"))
     assert ready < listening
+
+
+def test_a_codec_failing_its_warm_up_does_not_stop_the_gateway(tmp_path: Path, gateway_factory, caplog,
+                                                               monkeypatch) -> None:
+    import gateway.warmup
+
+    def broken(syntaxes, **_):
+        raise AssertionError("rle: warm-up round trip is not lossless")
+
+    monkeypatch.setattr(gateway.warmup, "warm_up", broken)
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        gateway = gateway_factory(build_config(tmp_path))
+    assert gateway.server is not None
+    failed = [r for r in caplog.records if r.getMessage().startswith("codec kernels could not be prepared")]
+    assert failed and failed[0].levelno == logging.ERROR and "not lossless" in failed[0].exc_text

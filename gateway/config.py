@@ -71,6 +71,7 @@ class SpoolConfig:
 
     directory: Path
     keep_done_hours: float = 168.0  # finished job manifests older than this are deleted (hourly sweep)
+    keep_record_days: float = 3650.0  # the proof record forgets instances received longer ago
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,6 +325,7 @@ def _spool(data: Any, base: Path) -> SpoolConfig:
     cfg = SpoolConfig(
         directory=_path(t.path("directory"), t.pop("directory", "spool"), base),
         keep_done_hours=_number(t.path("keep_done_hours"), t.pop("keep_done_hours", 168.0), 0, 24 * 3650),
+        keep_record_days=_number(t.path("keep_record_days"), t.pop("keep_record_days", 3650.0), 1, 36500),
     )
     t.finish()
     return cfg

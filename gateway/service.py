@@ -17,9 +17,11 @@ import threading
 import time
 
 from gateway.config import Config
+from gateway.errors import GatewayError
 from gateway.forward import Forwarder, make_sender
 from gateway.logs import get_logger
 from gateway.net.scp import Receiver, start_receiver
+from gateway.record import RECORD_FILE, ProofRecord
 from gateway.spool import Job, Spool, remove_partial_copies
 from gateway.worker import Worker
 
@@ -34,6 +36,7 @@ class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.spool = Spool(config.spool.directory)
+        self.record = ProofRecord(self.spool.root / RECORD_FILE)
         self.forwarders: dict[str, list[Forwarder]] = {}
         self.worker: Worker | None = None
         self.server = None
@@ -58,10 +61,10 @@ class Gateway:
                 Forwarder(dest, self.spool, self.config.retry,
                           make_sender(dest, self.config.server.ae_title, self.config.compression.verify),
                           batch=forwarding.batch, idle_seconds=forwarding.idle_release_seconds,
-                          rescan_seconds=forwarding.rescan_seconds, partition=(index, count))
+                          rescan_seconds=forwarding.rescan_seconds, partition=(index, count), record=self.record)
                 for index in range(count)
             ]
-        self.worker = Worker(self.config, self.spool, self._submit)
+        self.worker = Worker(self.config, self.spool, self._submit, record=self.record)
         repaired["held_rebuilt"] = self.worker.recover()
         if any(repaired.values()):
             _log.info("spool recovered: %s", repaired)
@@ -69,7 +72,7 @@ class Gateway:
             forwarder.start()
         self.worker.start()
         self._start_housekeeping()
-        receiver = Receiver(self.spool, on_received=self.worker.notify)
+        receiver = Receiver(self.spool, on_received=self.worker.notify, record=self.record)
         self.server = start_receiver(self.config.server, receiver)
         _log.info("listening on %s:%d as %s; spool %s; destinations %s", self.config.server.host, self.port,
                   self.config.server.ae_title, self.spool.root,
@@ -124,11 +127,19 @@ class Gateway:
         thread.start()
 
     def prune_done(self) -> int:
-        """Delete finished job manifests older than the retention; return how many."""
+        """Delete finished job manifests and proof records older than their retention; return how many jobs."""
         removed = self.spool.prune_done(self.config.spool.keep_done_hours * 3600.0)
         if removed:
             _log.info("deleted %d finished job manifest(s) older than %g h", removed,
                       self.config.spool.keep_done_hours)
+        days = self.config.spool.keep_record_days
+        try:
+            forgotten = self.record.prune(time.time() - days * 86400.0)
+        except GatewayError as exc:
+            _log.warning("cannot prune the proof record: %s", exc)
+        else:
+            if forgotten:
+                _log.info("proof record: forgot %d instance(s) received more than %g days ago", forgotten, days)
         return removed
 
     def _prune_loop(self) -> None:

@@ -111,6 +111,28 @@ class RetryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WebConfig:
+    """The HTTP endpoints (metrics, health); absent from the config: off."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token_file: Path | None = None  # required when `host` is not a loopback address
+    unready_after_seconds: float = 300.0  # a destination failing this long makes /readyz answer 503
+
+    def token(self) -> str | None:
+        """The bearer token, read from `token_file` (None without one)."""
+        if self.token_file is None:
+            return None
+        try:
+            token = self.token_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError("web.token_file", f"cannot read {self.token_file}: {exc}") from exc
+        if not token:
+            raise ConfigError("web.token_file", f"{self.token_file} is empty")
+        return token
+
+
+@dataclass(frozen=True, slots=True)
 class ForwardingConfig:
     """How the forwarders take their work; the same for every destination."""
 
@@ -170,6 +192,7 @@ class Config:
     logging: LoggingConfig
     destinations: tuple[Destination, ...]
     forwarding: ForwardingConfig = ForwardingConfig()
+    web: WebConfig | None = None
     routes: tuple[Route, ...] = ()
     source: Path | None = None
 
@@ -364,6 +387,36 @@ def _retry(data: Any) -> RetryConfig:
     return cfg
 
 
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _web(data: Any, base: Path) -> WebConfig | None:
+    if data is None:
+        return None
+    t = _Table("web", data)
+    token_file = t.pop("token_file")
+    cfg = WebConfig(
+        host=_str(t.path("host"), t.pop("host", "127.0.0.1")),
+        port=_int(t.path("port"), t.pop("port", 8080), 0, 65535),
+        token_file=_path(t.path("token_file"), token_file, base) if token_file is not None else None,
+        unready_after_seconds=_number(t.path("unready_after_seconds"), t.pop("unready_after_seconds", 300.0),
+                                      1, 7 * 86400),
+    )
+    t.finish()
+    if cfg.token_file is None and not _loopback(cfg.host):
+        raise ConfigError("web.token_file", f"required when web.host is not a loopback address ({cfg.host!r})")
+    cfg.token()  # the file must exist and hold a token: say so at start, not at the first request
+    return cfg
+
+
 def _forwarding(data: Any) -> ForwardingConfig:
     t = _Table("forwarding", data if data is not None else {})
     cfg = ForwardingConfig(
@@ -446,6 +499,7 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
     compression = _compression(top.pop("compression"))
     retry = _retry(top.pop("retry"))
     forwarding = _forwarding(top.pop("forwarding"))
+    web = _web(top.pop("web"), base)
     logging = _logging(top.pop("logging"), base)
     raw_dests = top.pop("destinations")
     if raw_dests is None or not isinstance(raw_dests, list) or not raw_dests:
@@ -467,6 +521,7 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
         logging=logging,
         destinations=destinations,
         forwarding=forwarding,
+        web=web,
         routes=routes,
         source=source,
     )

@@ -42,6 +42,7 @@ class Gateway:
         self.server = None
         self._stopped = threading.Event()
         self._housekeeping: list[threading.Thread] = []
+        self.web = None
 
     @property
     def port(self) -> int:
@@ -74,6 +75,8 @@ class Gateway:
         self._start_housekeeping()
         receiver = Receiver(self.spool, on_received=self.worker.notify, record=self.record)
         self.server = start_receiver(self.config.server, receiver)
+        if self.config.web is not None:
+            self._start_web()
         _log.info("listening on %s:%d as %s; spool %s; destinations %s", self.config.server.host, self.port,
                   self.config.server.ae_title, self.spool.root,
                   ", ".join(f"{d.name} ({d.kind})" for d in self.config.destinations))
@@ -150,6 +153,38 @@ class Gateway:
                 _log.warning("cannot prune finished jobs: %s", exc)
             self._stopped.wait(3600.0)
 
+    def _start_web(self) -> None:
+        from prometheus_client import CollectorRegistry
+
+        from gateway.metrics import GatewayCollector
+        from gateway.web import WebServer, make_app
+
+        web = self.config.web
+        assert web is not None
+        registry = CollectorRegistry()
+        registry.register(GatewayCollector(self.record.path, self.spool,
+                                           lambda: [d.name for d in self.config.destinations]))
+        self.web = WebServer(make_app(registry, self.not_ready, web.token()), web.host, web.port).start()
+        _log.info("web endpoints on http://%s:%d (/metrics, /healthz, /readyz)", web.host, self.web.port)
+
+    def not_ready(self) -> str | None:
+        """None while the gateway can take instances and deliver them, else why not (``/readyz``)."""
+        if self.server is None or self._stopped.is_set():
+            return "the receiver is not listening"
+        probe = self.spool.temp_path(".ready")
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            return f"the spool is not writable: {exc}"
+        limit = self.config.web.unready_after_seconds if self.config.web is not None else 300.0
+        now = time.time()
+        for name, group in self.forwarders.items():
+            since = min((f.failing_since for f in group if f.failing_since is not None), default=None)
+            if since is not None and now - since > limit:
+                return f"destination {name} has been failing for {now - since:.0f} s"
+        return None
+
     def _all_forwarders(self) -> list[Forwarder]:
         return [f for group in self.forwarders.values() for f in group]
 
@@ -162,6 +197,8 @@ class Gateway:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self.web is not None:
+            self.web.stop()
         if self.server is not None:
             self.server.shutdown()
         if self.worker is not None:

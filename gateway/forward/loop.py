@@ -44,6 +44,7 @@ class Forwarder(threading.Thread):
                  partition: tuple[int, int] = (0, 1), record: ProofRecord | None = None) -> None:
         super().__init__(name=f"forward-{destination.name}-{partition[0]}", daemon=True)
         self.record = record
+        self.failing_since: float | None = None  # wall time of the first failure since the last success
         self.partition = partition
         self.destination = destination
         self.spool = spool
@@ -175,6 +176,7 @@ class Forwarder(threading.Thread):
         self.spool.move(job, DONE)
         stage(_log, "forwarded", sop, study=job.identity.study_uid, destination=self.destination.name,
               syntax=syntax, seconds=seconds)
+        self.failing_since = None
         self._record(job, "delivered", syntax=syntax, attempts=job.attempts + 1, seconds=seconds)
 
     def _record(self, job: Job, outcome: str, **details: object) -> None:
@@ -186,6 +188,8 @@ class Forwarder(threading.Thread):
             _log.error("proof record: %s", exc)
 
     def _failed(self, job: Job, exc: Exception, *, transient: bool) -> None:
+        if transient and self.failing_since is None:
+            self.failing_since = time.time()
         attempts = job.attempts + 1
         sop = job.sop
         if transient and attempts < self.retry.max_attempts:

@@ -94,6 +94,48 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+_CSV_LIST_FIELDS = ("verified_by", "deliveries")
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    import csv
+    import json
+    from datetime import datetime
+
+    from gateway.record import RECORD_FILE, ProofRecord
+
+    config = _load(args.config)
+    path = config.spool.directory / RECORD_FILE
+    if not path.exists():
+        print(f"error: no proof record at {path} (nothing received yet)", file=sys.stderr)
+        return 2
+    record = ProofRecord(path)
+    if args.sop_instance_uid:
+        entries = record.find(args.sop_instance_uid)
+        if not entries:
+            print(f"no instance {args.sop_instance_uid} in the proof record", file=sys.stderr)
+            return 1
+    else:
+        try:
+            start = datetime.fromisoformat(args.since).timestamp() if args.since else 0.0
+        except ValueError:
+            print(f"error: --since: not an ISO 8601 time: {args.since!r}", file=sys.stderr)
+            return 2
+        entries = list(record.since(start))
+    if args.format == "json":
+        json.dump(entries, sys.stdout, indent=2)
+        print()
+        return 0
+    columns = [key for key in (entries[0] if entries else {"id": None}) if key not in _CSV_LIST_FIELDS]
+    writer = csv.writer(sys.stdout)
+    writer.writerow([*columns, "verified_by", "deliveries"])
+    for entry in entries:
+        verified = ";".join(f"{v['decoder']}={v['pixel_hash']}" for v in entry["verified_by"])
+        deliveries = ";".join(f"{d['destination']}={d['outcome']}:{d['syntax'] or ''}" for d in entry["deliveries"])
+        writer.writerow([*(entry[key] for key in columns), verified, deliveries])
+    return 0
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from gateway.spool import DEAD, Spool
 
@@ -414,6 +456,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("status", "queue counts and dead letters with their reasons")
     p.add_argument("--config", required=True)
     p.set_defaults(func=_cmd_status)
+
+    p = command("audit", "the proof record of one instance, or of every instance received since a time")
+    p.add_argument("--config", required=True)
+    p.add_argument("sop_instance_uid", nargs="?", help="SOP Instance UID (every reception of it)")
+    p.add_argument("--since", help="ISO 8601 time, e.g. 2026-01-01T00:00 (without a UID: the period)")
+    p.add_argument("--format", choices=("json", "csv"), default="json")
+    p.set_defaults(func=_cmd_audit)
 
     p = command("retry", "re-queue dead letters")
     p.add_argument("--config", required=True)

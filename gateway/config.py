@@ -71,6 +71,7 @@ class SpoolConfig:
 
     directory: Path
     keep_done_hours: float = 168.0  # finished job manifests older than this are deleted (hourly sweep)
+    keep_record_days: float = 3650.0  # the proof record forgets instances received longer ago
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +108,28 @@ class RetryConfig:
     def delay(self, attempts: int) -> float:
         """Seconds to wait after the `attempts`-th failed attempt."""
         return min(self.cap_seconds, self.base_seconds * (2 ** max(0, attempts - 1)))
+
+
+@dataclass(frozen=True, slots=True)
+class WebConfig:
+    """The HTTP endpoints (metrics, health); absent from the config: off."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token_file: Path | None = None  # required when `host` is not a loopback address
+    unready_after_seconds: float = 300.0  # a destination failing this long makes /readyz answer 503
+
+    def token(self) -> str | None:
+        """The bearer token, read from `token_file` (None without one)."""
+        if self.token_file is None:
+            return None
+        try:
+            token = self.token_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError("web.token_file", f"cannot read {self.token_file}: {exc}") from exc
+        if not token:
+            raise ConfigError("web.token_file", f"{self.token_file} is empty")
+        return token
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +192,7 @@ class Config:
     logging: LoggingConfig
     destinations: tuple[Destination, ...]
     forwarding: ForwardingConfig = ForwardingConfig()
+    web: WebConfig | None = None
     routes: tuple[Route, ...] = ()
     source: Path | None = None
 
@@ -324,6 +348,7 @@ def _spool(data: Any, base: Path) -> SpoolConfig:
     cfg = SpoolConfig(
         directory=_path(t.path("directory"), t.pop("directory", "spool"), base),
         keep_done_hours=_number(t.path("keep_done_hours"), t.pop("keep_done_hours", 168.0), 0, 24 * 3650),
+        keep_record_days=_number(t.path("keep_record_days"), t.pop("keep_record_days", 3650.0), 1, 36500),
     )
     t.finish()
     return cfg
@@ -359,6 +384,36 @@ def _retry(data: Any) -> RetryConfig:
     if cfg.cap_seconds < cfg.base_seconds:
         raise ConfigError("retry.cap_seconds", f"must be >= base_seconds ({cfg.base_seconds:g}), got {cfg.cap_seconds:g}")
     t.finish()
+    return cfg
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _web(data: Any, base: Path) -> WebConfig | None:
+    if data is None:
+        return None
+    t = _Table("web", data)
+    token_file = t.pop("token_file")
+    cfg = WebConfig(
+        host=_str(t.path("host"), t.pop("host", "127.0.0.1")),
+        port=_int(t.path("port"), t.pop("port", 8080), 0, 65535),
+        token_file=_path(t.path("token_file"), token_file, base) if token_file is not None else None,
+        unready_after_seconds=_number(t.path("unready_after_seconds"), t.pop("unready_after_seconds", 300.0),
+                                      1, 7 * 86400),
+    )
+    t.finish()
+    if cfg.token_file is None and not _loopback(cfg.host):
+        raise ConfigError("web.token_file", f"required when web.host is not a loopback address ({cfg.host!r})")
+    cfg.token()  # the file must exist and hold a token: say so at start, not at the first request
     return cfg
 
 
@@ -444,6 +499,7 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
     compression = _compression(top.pop("compression"))
     retry = _retry(top.pop("retry"))
     forwarding = _forwarding(top.pop("forwarding"))
+    web = _web(top.pop("web"), base)
     logging = _logging(top.pop("logging"), base)
     raw_dests = top.pop("destinations")
     if raw_dests is None or not isinstance(raw_dests, list) or not raw_dests:
@@ -465,6 +521,7 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
         logging=logging,
         destinations=destinations,
         forwarding=forwarding,
+        web=web,
         routes=routes,
         source=source,
     )

@@ -17,9 +17,11 @@ import threading
 import time
 
 from gateway.config import Config
+from gateway.errors import GatewayError
 from gateway.forward import Forwarder, make_sender
 from gateway.logs import get_logger
 from gateway.net.scp import Receiver, start_receiver
+from gateway.record import RECORD_FILE, ProofRecord
 from gateway.spool import Job, Spool, remove_partial_copies
 from gateway.worker import Worker
 
@@ -34,11 +36,13 @@ class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.spool = Spool(config.spool.directory)
+        self.record = ProofRecord(self.spool.root / RECORD_FILE)
         self.forwarders: dict[str, list[Forwarder]] = {}
         self.worker: Worker | None = None
         self.server = None
         self._stopped = threading.Event()
         self._housekeeping: list[threading.Thread] = []
+        self.web = None
 
     @property
     def port(self) -> int:
@@ -58,10 +62,10 @@ class Gateway:
                 Forwarder(dest, self.spool, self.config.retry,
                           make_sender(dest, self.config.server.ae_title, self.config.compression.verify),
                           batch=forwarding.batch, idle_seconds=forwarding.idle_release_seconds,
-                          rescan_seconds=forwarding.rescan_seconds, partition=(index, count))
+                          rescan_seconds=forwarding.rescan_seconds, partition=(index, count), record=self.record)
                 for index in range(count)
             ]
-        self.worker = Worker(self.config, self.spool, self._submit)
+        self.worker = Worker(self.config, self.spool, self._submit, record=self.record)
         repaired["held_rebuilt"] = self.worker.recover()
         if any(repaired.values()):
             _log.info("spool recovered: %s", repaired)
@@ -69,8 +73,10 @@ class Gateway:
             forwarder.start()
         self.worker.start()
         self._start_housekeeping()
-        receiver = Receiver(self.spool, on_received=self.worker.notify)
+        receiver = Receiver(self.spool, on_received=self.worker.notify, record=self.record)
         self.server = start_receiver(self.config.server, receiver)
+        if self.config.web is not None:
+            self._start_web()
         _log.info("listening on %s:%d as %s; spool %s; destinations %s", self.config.server.host, self.port,
                   self.config.server.ae_title, self.spool.root,
                   ", ".join(f"{d.name} ({d.kind})" for d in self.config.destinations))
@@ -124,11 +130,19 @@ class Gateway:
         thread.start()
 
     def prune_done(self) -> int:
-        """Delete finished job manifests older than the retention; return how many."""
+        """Delete finished job manifests and proof records older than their retention; return how many jobs."""
         removed = self.spool.prune_done(self.config.spool.keep_done_hours * 3600.0)
         if removed:
             _log.info("deleted %d finished job manifest(s) older than %g h", removed,
                       self.config.spool.keep_done_hours)
+        days = self.config.spool.keep_record_days
+        try:
+            forgotten = self.record.prune(time.time() - days * 86400.0)
+        except GatewayError as exc:
+            _log.warning("cannot prune the proof record: %s", exc)
+        else:
+            if forgotten:
+                _log.info("proof record: forgot %d instance(s) received more than %g days ago", forgotten, days)
         return removed
 
     def _prune_loop(self) -> None:
@@ -138,6 +152,38 @@ class Gateway:
             except OSError as exc:
                 _log.warning("cannot prune finished jobs: %s", exc)
             self._stopped.wait(3600.0)
+
+    def _start_web(self) -> None:
+        from prometheus_client import CollectorRegistry
+
+        from gateway.metrics import GatewayCollector
+        from gateway.web import WebServer, make_app
+
+        web = self.config.web
+        assert web is not None
+        registry = CollectorRegistry()
+        registry.register(GatewayCollector(self.record.path, self.spool,
+                                           lambda: [d.name for d in self.config.destinations]))
+        self.web = WebServer(make_app(registry, self.not_ready, web.token()), web.host, web.port).start()
+        _log.info("web endpoints on http://%s:%d (/metrics, /healthz, /readyz)", web.host, self.web.port)
+
+    def not_ready(self) -> str | None:
+        """None while the gateway can take instances and deliver them, else why not (``/readyz``)."""
+        if self.server is None or self._stopped.is_set():
+            return "the receiver is not listening"
+        probe = self.spool.temp_path(".ready")
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            return f"the spool is not writable: {exc}"
+        limit = self.config.web.unready_after_seconds if self.config.web is not None else 300.0
+        now = time.time()
+        for name, group in self.forwarders.items():
+            since = min((f.failing_since for f in group if f.failing_since is not None), default=None)
+            if since is not None and now - since > limit:
+                return f"destination {name} has been failing for {now - since:.0f} s"
+        return None
 
     def _all_forwarders(self) -> list[Forwarder]:
         return [f for group in self.forwarders.values() for f in group]
@@ -151,6 +197,8 @@ class Gateway:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self.web is not None:
+            self.web.stop()
         if self.server is not None:
             self.server.shutdown()
         if self.worker is not None:

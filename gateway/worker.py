@@ -21,6 +21,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydicom import dcmread
 from pydicom.filewriter import dcmwrite
@@ -31,7 +32,11 @@ from gateway.dicom.splice import pixel_span, splice_write
 from gateway.dicom.walk import check_complete
 from gateway.errors import GatewayError
 from gateway.logs import get_logger, stage
+from gateway.record import ProofRecord
 from gateway.spool import DEAD, UNROUTED, Job, Spool
+
+if TYPE_CHECKING:
+    from gateway.pipeline import Outcome
 
 __all__ = ["Worker", "process_instance"]
 
@@ -50,8 +55,14 @@ def _usable_object(path: Path) -> str | None:
         return None
 
 
+def _proven(outcome: Outcome) -> dict:
+    """What the pipeline's outcome tells the proof record about the original."""
+    return {"original_pixel_bytes": outcome.original_pixel_bytes, "source_decoder": outcome.source_decoder,
+            "pixel_hash": outcome.pixel_hash}
+
+
 def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: bool = False,
-                     pass_through: str | None = None) -> list[Job]:
+                     pass_through: str | None = None, record: ProofRecord | None = None) -> list[Job]:
     """Process one received instance; return the jobs created for it.
 
     With `reuse_object` (recovery after a restart) a complete processed object
@@ -76,14 +87,17 @@ def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: 
     target = config.compression.target_for(identity.modality)
 
     reused = _usable_object(spool.object_path(ident)) if reuse_object else None
+    proof: dict | None = None  # what the proof record learns of this stage
     if reused is not None:
         stored_syntax = reused
     elif pass_through is not None:
+        proof = {"recompressed": False, "reason": pass_through}
         spool.store_object(ident, src)
         stage(_log, "passed-through", sop, level=40, study=identity.study_uid, syntax=stored_syntax,
               reason=pass_through)
     elif target == KEEP or target == stored_syntax:
         reason = "configured to keep" if target == KEEP else "already in the target syntax"
+        proof = {"recompressed": False, "reason": reason}
         spool.store_object(ident, src)
         stage(_log, "passed-through", sop, study=identity.study_uid, syntax=stored_syntax, reason=reason)
     else:
@@ -107,6 +121,9 @@ def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: 
                 dcmwrite(tmp, outcome.dataset, enforce_file_format=True)
             spool.store_object(ident, tmp)
             stored_syntax = str(outcome.transfer_syntax)
+            proof = {"recompressed": True, "reason": None, **_proven(outcome),
+                     "encoded_pixel_bytes": outcome.encoded_pixel_bytes, "encode_seconds": outcome.encode_seconds,
+                     "verify_seconds": outcome.verify_seconds, "verified_by": outcome.verified_by}
             ratio = outcome.original_pixel_bytes / max(1, outcome.encoded_pixel_bytes)
             stage(_log, "encoded", sop, study=identity.study_uid, syntax=stored_syntax, ratio=ratio,
                   seconds=outcome.encode_seconds, bytes=outcome.encoded_pixel_bytes)
@@ -115,10 +132,17 @@ def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: 
         else:
             if outcome is not None:
                 reason = outcome.reason or "not recompressed"
+            proof = {"recompressed": False, "reason": reason, **(_proven(outcome) if outcome is not None else {})}
             spool.store_object(ident, src)
             stage(_log, "passed-through", sop, level=30 if outcome is None else 20,
                   study=identity.study_uid, syntax=stored_syntax, reason=reason)
     del ds
+    if record is not None and proof is not None:
+        try:
+            record.processed(ident, identity, target_syntax=stored_syntax, calling_ae=calling_ae,
+                             received_at=src.stat().st_mtime, **proof)
+        except GatewayError as exc:  # the instance goes on; only its record is incomplete
+            _log.error("proof record: %s", exc)
 
     destinations = config.destinations_for(calling_ae, identity.modality, identity.sop_class_uid)
     names = tuple(d.name for d in destinations) or (UNROUTED,)
@@ -135,11 +159,11 @@ def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: 
     return created
 
 
-_CHILD: tuple[Config, Spool] | None = None
+_CHILD: tuple[Config, Spool, ProofRecord | None] | None = None
 
 
-def _child_init(config: Config, service_pid: int) -> None:
-    """Set up a worker process: logging like the service's, its own Spool handle."""
+def _child_init(config: Config, service_pid: int, record_path: Path | None = None) -> None:
+    """Set up a worker process: logging like the service's, its own Spool and proof record handles."""
     global _CHILD
     import signal
 
@@ -152,7 +176,7 @@ def _child_init(config: Config, service_pid: int) -> None:
     threading.Thread(target=_exit_with_parent, args=(service_pid,), name="parent-watch", daemon=True).start()
 
     setup_logging(config.logging.level, config.logging.file)
-    _CHILD = (config, Spool(config.spool.directory))
+    _CHILD = (config, Spool(config.spool.directory), ProofRecord(record_path) if record_path is not None else None)
     import gateway.pipeline  # noqa: F401 - load codecs before the first instance arrives
     from gateway.warmup import configured_syntaxes, warm_up
 
@@ -204,8 +228,8 @@ def _exit_with_parent(parent: int) -> None:
 
 def _child_process(ident: str) -> list[Job]:
     assert _CHILD is not None, "worker process not initialised"
-    config, spool = _CHILD
-    return process_instance(config, spool, ident)
+    config, spool, record = _CHILD
+    return process_instance(config, spool, ident, record=record)
 
 
 class Worker:
@@ -226,10 +250,12 @@ class Worker:
     spool, so a restart does not reset it.  It never loops in ``incoming/``.
     """
 
-    def __init__(self, config: Config, spool: Spool, submit: Callable[[Job], None], threads: int = 2) -> None:
+    def __init__(self, config: Config, spool: Spool, submit: Callable[[Job], None], threads: int = 2,
+                 record: ProofRecord | None = None) -> None:
         self.config = config
         self.spool = spool
         self.submit = submit
+        self.record = record
         self.processes = config.compression.processes
         self._pool: ProcessPoolExecutor | None = None
         if self.processes:
@@ -256,7 +282,7 @@ class Worker:
         repaired = 0
         for ident in self.spool.held_ids():
             try:
-                created = process_instance(self.config, self.spool, ident, reuse_object=True)
+                created = process_instance(self.config, self.spool, ident, reuse_object=True, record=self.record)
             except Exception:  # noqa: BLE001 - one bad file must not stop the start
                 _log.exception("recovering held instance %s failed; it stays in the spool", ident)
                 continue
@@ -267,11 +293,12 @@ class Worker:
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(max_workers=self.processes, mp_context=get_context("spawn"),
-                                   initializer=_child_init, initargs=(self.config, os.getpid()))
+                                   initializer=_child_init,
+                                   initargs=(self.config, os.getpid(), self.record.path if self.record else None))
 
     def _process(self, ident: str) -> list[Job]:
         if not self.processes:
-            return process_instance(self.config, self.spool, ident)
+            return process_instance(self.config, self.spool, ident, record=self.record)
         with self._lock:
             if self._pool is None:
                 self._pool = self._new_pool()
@@ -374,7 +401,7 @@ class Worker:
     def _give_up(self, ident: str, reason: str) -> None:
         """Forward the original unchanged; if even that fails (its header unreadable...), make it a dead letter."""
         try:
-            for job in process_instance(self.config, self.spool, ident, pass_through=reason):
+            for job in process_instance(self.config, self.spool, ident, pass_through=reason, record=self.record):
                 self.submit(job)
         except (KeyboardInterrupt, SystemExit):
             raise

@@ -24,9 +24,10 @@ import time
 import zlib
 
 from gateway.config import Destination, RetryConfig
-from gateway.errors import PermanentForwardError, TransientForwardError
+from gateway.errors import GatewayError, PermanentForwardError, TransientForwardError
 from gateway.forward.base import Sender
 from gateway.logs import get_logger, stage
+from gateway.record import ProofRecord
 from gateway.spool import DEAD, DONE, INFLIGHT, PENDING, Job, Spool
 
 __all__ = ["Forwarder"]
@@ -40,8 +41,10 @@ class Forwarder(threading.Thread):
 
     def __init__(self, destination: Destination, spool: Spool, retry: RetryConfig, sender: Sender,
                  *, batch: int = 32, idle_seconds: float = 5.0, rescan_seconds: float = 30.0,
-                 partition: tuple[int, int] = (0, 1)) -> None:
+                 partition: tuple[int, int] = (0, 1), record: ProofRecord | None = None) -> None:
         super().__init__(name=f"forward-{destination.name}-{partition[0]}", daemon=True)
+        self.record = record
+        self.failing_since: float | None = None  # wall time of the first failure since the last success
         self.partition = partition
         self.destination = destination
         self.spool = spool
@@ -169,11 +172,24 @@ class Forwarder(threading.Thread):
             self.sender.close()
             self._failed(job, TransientForwardError(f"{type(exc).__name__}: {exc}"), transient=True)
             return
+        seconds = time.perf_counter() - started
         self.spool.move(job, DONE)
         stage(_log, "forwarded", sop, study=job.identity.study_uid, destination=self.destination.name,
-              syntax=syntax, seconds=time.perf_counter() - started)
+              syntax=syntax, seconds=seconds)
+        self.failing_since = None
+        self._record(job, "delivered", syntax=syntax, attempts=job.attempts + 1, seconds=seconds)
+
+    def _record(self, job: Job, outcome: str, **details: object) -> None:
+        if self.record is None:
+            return
+        try:
+            self.record.delivery(job.instance, self.destination.name, outcome=outcome, **details)
+        except GatewayError as exc:  # the delivery stands; only its record is missing
+            _log.error("proof record: %s", exc)
 
     def _failed(self, job: Job, exc: Exception, *, transient: bool) -> None:
+        if transient and self.failing_since is None:
+            self.failing_since = time.time()
         attempts = job.attempts + 1
         sop = job.sop
         if transient and attempts < self.retry.max_attempts:
@@ -186,3 +202,4 @@ class Forwarder(threading.Thread):
         reason = str(exc) if not transient else f"gave up after {attempts} attempts: {exc}"
         self.spool.move(job, DEAD, attempts=attempts, reason=reason)
         stage(_log, "dead", sop, level=40, destination=self.destination.name, reason=reason)
+        self._record(job, "dead", syntax=None, attempts=attempts, reason=reason)

@@ -38,6 +38,7 @@ from gateway.dicom.validate import is_valid_uid
 from gateway.dicom.walk import check_complete, walk_file
 from gateway.errors import GatewayError, SpoolError
 from gateway.logs import get_logger, stage
+from gateway.record import ProofRecord
 from gateway.spool import Spool
 
 __all__ = ["Receiver", "ACCEPTED_SYNTAXES", "accepted_syntaxes", "tcp_nodelay", "start_receiver"]
@@ -98,9 +99,11 @@ def tcp_nodelay(event: evt.Event) -> None:
 class Receiver:
     """The C-STORE handler's state: the spool and who to tell about new work."""
 
-    def __init__(self, spool: Spool, on_received: Callable[[str], None] | None = None) -> None:
+    def __init__(self, spool: Spool, on_received: Callable[[str], None] | None = None,
+                 record: ProofRecord | None = None) -> None:
         self.spool = spool
         self.on_received = on_received
+        self.record = record
 
     def _take(self, event: evt.Event) -> Path:
         """Move (or write) the received bytes into the spool's temp folder."""
@@ -176,6 +179,13 @@ class Receiver:
             return STATUS_OUT_OF_RESOURCES
         stage(_log, "received", identity.sop_instance_uid, study=identity.study_uid, calling=calling,
               modality=identity.modality, syntax=syntax, bytes=size, id=ident)
+        if self.record is not None:
+            requestor = event.assoc.requestor
+            try:
+                self.record.received(ident, identity, calling_ae=calling, called_ae=event.assoc.acceptor.ae_title,
+                                     remote=f"{requestor.address}:{requestor.port}", size=size)
+            except GatewayError as exc:  # the instance is safe: the worker's row stands in for this one
+                _log.error("proof record: %s", exc)
         if self.on_received is not None:
             try:
                 self.on_received(ident)

@@ -1,0 +1,128 @@
+"""Prometheus metrics, computed at each scrape from the proof record and the spool.
+
+The counters are counts over the proof record (:mod:`gateway.record`), so
+they agree with it by construction and need no sharing between the service
+and its worker processes; the gauges are read from the spool.  Labels stay
+low-cardinality: destination names and a short pass-through reason class,
+never a UID.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gateway.spool import DEAD, INFLIGHT, PENDING, Spool
+
+__all__ = ["GatewayCollector", "reason_class", "ENCODE_BUCKETS", "FORWARD_BUCKETS"]
+
+ENCODE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+FORWARD_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+# Pass-through reasons, by how they start or what they contain, to a label value.
+_REASONS = (
+    ("already in", "already_in_target_syntax"),
+    ("configured to keep", "configured_to_keep"),
+    ("lossy-compressed source", "lossy_source"),
+    ("bits above", "data_above_bits_stored"),
+    ("verification failed", "verification_failed"),
+    ("would not shrink", "not_smaller"),
+    ("cannot carry", "codec_cannot_carry"),
+    ("processing failed", "processing_failed"),
+    ("decoding failed", "undecodable"),
+    ("unsupported image", "unsupported_image"),
+    ("no pixel data", "no_pixel_data"),
+    ("holds floating point", "float_pixels"),
+    ("Bits Allocated", "bit_depth"),
+)
+
+
+def reason_class(reason: str | None) -> str:
+    """The label value of a pass-through reason (``other`` for what no rule names)."""
+    text = reason or ""
+    for needle, label in _REASONS:
+        if needle in text:
+            return label
+    return "other"
+
+
+def _histogram(db: sqlite3.Connection, name: str, doc: str, sql: str, buckets: Iterable[float]) -> Metric:
+    values = [row[0] for row in db.execute(sql)]
+    family = HistogramMetricFamily(name, doc)
+    cumulative = []
+    for bound in buckets:
+        cumulative.append((repr(float(bound)), sum(1 for v in values if v <= bound)))
+    cumulative.append(("+Inf", len(values)))
+    family.add_metric([], cumulative, sum_value=float(sum(values)))
+    return family
+
+
+class GatewayCollector(Collector):
+    """A prometheus_client collector over one gateway's proof record and spool."""
+
+    def __init__(self, record: Path, spool: Spool, destinations: Callable[[], list[str]]) -> None:
+        self.record = record
+        self.spool = spool
+        self.destinations = destinations
+
+    def collect(self) -> Iterator[Metric]:
+        db = sqlite3.connect(f"file:{self.record}?mode=ro", uri=True, timeout=10)
+        try:
+            yield from self._from_record(db)
+        finally:
+            db.close()
+        yield from self._from_spool()
+
+    def _from_record(self, db: sqlite3.Connection) -> Iterator[Metric]:
+        count, size = db.execute("SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM instances").fetchone()
+        yield CounterMetricFamily("dicom_gateway_received_instances", "Instances received and acknowledged",
+                                  value=count)
+        yield CounterMetricFamily("dicom_gateway_received_bytes", "Bytes of the instances received", value=size)
+        encoded, original = db.execute(
+            "SELECT COALESCE(SUM(encoded_pixel_bytes), 0), COALESCE(SUM(original_pixel_bytes), 0) "
+            "FROM instances WHERE outcome = 'recompressed'").fetchone()
+        yield CounterMetricFamily("dicom_gateway_encoded_bytes", "Pixel data bytes written by our encoders",
+                                  value=encoded)
+        yield CounterMetricFamily("dicom_gateway_recompressed_pixel_bytes",
+                                  "Pixel data bytes of the originals that were recompressed", value=original)
+        passed = CounterMetricFamily("dicom_gateway_passed_through", "Instances forwarded as received, by reason",
+                                     labels=["reason"])
+        classes: dict[str, int] = {}
+        for (reason,) in db.execute("SELECT reason FROM instances WHERE outcome = 'passed-through'"):
+            label = reason_class(reason)
+            classes[label] = classes.get(label, 0) + 1
+        for label, value in sorted(classes.items()):
+            passed.add_metric([label], value)
+        yield passed
+        (failures,) = db.execute(
+            "SELECT COUNT(*) FROM instances WHERE reason LIKE 'verification failed%'").fetchone()
+        yield CounterMetricFamily("dicom_gateway_verification_failures",
+                                  "Encodings refused because a decoder did not give back the original", value=failures)
+        forwarded = CounterMetricFamily("dicom_gateway_forwarded_instances", "Instances delivered, per destination",
+                                        labels=["destination"])
+        for name, value in db.execute("SELECT destination, COUNT(*) FROM deliveries WHERE outcome = 'delivered' "
+                                      "GROUP BY destination ORDER BY destination"):
+            forwarded.add_metric([name], value)
+        yield forwarded
+        yield _histogram(db, "dicom_gateway_encode_seconds", "Decoding the original and encoding it, per instance",
+                         "SELECT encode_seconds FROM instances WHERE outcome = 'recompressed' "
+                         "AND encode_seconds IS NOT NULL", ENCODE_BUCKETS)
+        yield _histogram(db, "dicom_gateway_forward_seconds", "Sending one instance to a destination",
+                         "SELECT seconds FROM deliveries WHERE outcome = 'delivered' AND seconds IS NOT NULL",
+                         FORWARD_BUCKETS)
+
+    def _from_spool(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily("dicom_gateway_queue_depth", "Jobs waiting or in flight, per destination",
+                                  labels=["destination"])
+        dead = GaugeMetricFamily("dicom_gateway_dead_letters", "Dead letters, per destination", labels=["destination"])
+        for name in self.destinations():
+            depth.add_metric([name], self.spool.count_jobs(PENDING, name) + self.spool.count_jobs(INFLIGHT, name))
+            dead.add_metric([name], self.spool.count_jobs(DEAD, name))
+        yield depth
+        yield dead
+        yield GaugeMetricFamily("dicom_gateway_received_waiting", "Instances received and not yet processed",
+                                value=len(self.spool.received()))

@@ -1,0 +1,230 @@
+"""The proof record: what happened to every instance, kept durably in the spool.
+
+One SQLite database (``spool/record.sqlite``, WAL journal) with a row per
+received instance and its stages, written as each stage completes:
+
+* **received**: time, calling and called AE titles, remote address, the
+  instance's UIDs, modality, transfer syntax and size;
+* **processed**: recompressed (target syntax, encoded bytes, ratio, time) or
+  passed through (the reason); the decoder that read the original and the
+  SHA-256 of its pixel values (:func:`gateway.pipeline.pixel_hash`: the hash of
+  ``pydicom.pixels.pixel_array(ds, raw=True)``, recomputable by anyone);
+* **verified**: each decoder that decoded the output and the hash of what it
+  decoded (table ``verifications``);
+* **forwarded**: per destination, the syntax sent, the outcome (delivered or
+  dead) with the reason, the attempts and the time (table ``deliveries``).
+
+No patient names or IDs are stored: the record identifies instances by their
+UIDs only.  A committed write survives ``kill -9`` of any process (WAL, with
+``synchronous=NORMAL``); the service, its worker processes and the command
+line each open their own connection, and SQLite serialises their writes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from gateway.dicom.identity import Identity
+from gateway.errors import SpoolError
+
+__all__ = ["ProofRecord", "RECORD_FILE"]
+
+RECORD_FILE = "record.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    id TEXT PRIMARY KEY,               -- the spool id of the received instance
+    sop_instance_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    study_uid TEXT NOT NULL,
+    series_uid TEXT NOT NULL,
+    modality TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    calling_ae TEXT NOT NULL,
+    called_ae TEXT NOT NULL,
+    remote TEXT NOT NULL,
+    transfer_syntax TEXT NOT NULL,     -- as received
+    bytes INTEGER NOT NULL,            -- the received file
+    processed_at REAL,
+    outcome TEXT,                      -- 'recompressed' | 'passed-through'
+    reason TEXT,                       -- why it was passed through
+    target_syntax TEXT,                -- the syntax stored and delivered
+    original_pixel_bytes INTEGER,
+    encoded_pixel_bytes INTEGER,
+    encode_seconds REAL,
+    verify_seconds REAL,
+    source_decoder TEXT,               -- what read the original
+    pixel_hash TEXT                    -- SHA-256 of the original's pixel values
+);
+CREATE INDEX IF NOT EXISTS instances_sop ON instances (sop_instance_uid);
+CREATE INDEX IF NOT EXISTS instances_received ON instances (received_at);
+CREATE TABLE IF NOT EXISTS verifications (
+    id TEXT NOT NULL,
+    decoder TEXT NOT NULL,
+    pixel_hash TEXT NOT NULL,
+    PRIMARY KEY (id, decoder)
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    at REAL NOT NULL,
+    outcome TEXT NOT NULL,             -- 'delivered' | 'dead'
+    syntax TEXT,
+    attempts INTEGER NOT NULL,
+    seconds REAL,
+    reason TEXT,
+    PRIMARY KEY (id, destination, at)
+);
+"""
+
+_INSTANCE_FIELDS = (
+    "sop_instance_uid", "sop_class_uid", "study_uid", "series_uid", "modality", "received_at", "calling_ae",
+    "called_ae", "remote", "transfer_syntax", "bytes", "processed_at", "outcome", "reason", "target_syntax",
+    "original_pixel_bytes", "encoded_pixel_bytes", "encode_seconds", "verify_seconds", "source_decoder",
+    "pixel_hash",
+)
+
+
+class ProofRecord:
+    """The record database of one spool; one connection per thread, opened on first use."""
+
+    def __init__(self, path: str | Path, *, timeout: float = 30.0) -> None:
+        self.path = Path(path)
+        self.timeout = timeout
+        self._local = threading.local()
+        with self._connection() as db:
+            db.executescript(_SCHEMA)
+
+    # ---------------------------------------------------------------- plumbing
+
+    def _connection(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            try:
+                fresh = not self.path.exists()
+                db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+                if fresh:
+                    self.path.chmod(0o600)  # UIDs and times: private like the spool
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+            except (sqlite3.Error, OSError) as exc:
+                raise SpoolError(f"cannot open the proof record {self.path}: {exc}") from exc
+            db.row_factory = sqlite3.Row
+            self._local.db = db
+        return db
+
+    def _write(self, sql: str, *params: Any) -> None:
+        try:
+            with self._connection() as db:
+                db.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise SpoolError(f"cannot write the proof record {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+    # ---------------------------------------------------------------- stages
+
+    def received(self, ident: str, identity: Identity, *, calling_ae: str, called_ae: str, remote: str,
+                 size: int, at: float | None = None) -> None:
+        """An instance was acknowledged to its sender."""
+        self._write(
+            "INSERT OR REPLACE INTO instances (id, sop_instance_uid, sop_class_uid, study_uid, series_uid, "
+            "modality, received_at, calling_ae, called_ae, remote, transfer_syntax, bytes) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            ident, identity.sop_instance_uid, identity.sop_class_uid, identity.study_uid, identity.series_uid,
+            identity.modality, time.time() if at is None else at, calling_ae, called_ae, remote,
+            identity.transfer_syntax, size)
+
+    def processed(self, ident: str, identity: Identity, *, recompressed: bool, reason: str | None,
+                  target_syntax: str, original_pixel_bytes: int | None = None,
+                  encoded_pixel_bytes: int | None = None, encode_seconds: float | None = None,
+                  verify_seconds: float | None = None, source_decoder: str | None = None,
+                  pixel_hash: str | None = None, verified_by: tuple[tuple[str, str], ...] = (),
+                  calling_ae: str = "", received_at: float | None = None) -> None:
+        """The worker stored the instance's processed form (recompressed or passed through).
+
+        An instance received before the record existed (or whose receive row
+        was lost) gets its row here, from the values the worker knows.
+        """
+        try:
+            with self._connection() as db:
+                db.execute("BEGIN IMMEDIATE")
+                db.execute(
+                    "INSERT OR IGNORE INTO instances (id, sop_instance_uid, sop_class_uid, study_uid, series_uid, "
+                    "modality, received_at, calling_ae, called_ae, remote, transfer_syntax, bytes) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, '', '', ?, 0)",
+                    (ident, identity.sop_instance_uid, identity.sop_class_uid, identity.study_uid,
+                     identity.series_uid, identity.modality, time.time() if received_at is None else received_at,
+                     calling_ae, identity.transfer_syntax))
+                db.execute(
+                    "UPDATE instances SET processed_at = ?, outcome = ?, reason = ?, target_syntax = ?, "
+                    "original_pixel_bytes = ?, encoded_pixel_bytes = ?, encode_seconds = ?, verify_seconds = ?, "
+                    "source_decoder = ?, pixel_hash = ? WHERE id = ?",
+                    (time.time(), "recompressed" if recompressed else "passed-through", reason, target_syntax,
+                     original_pixel_bytes, encoded_pixel_bytes, encode_seconds, verify_seconds, source_decoder,
+                     pixel_hash, ident))
+                db.execute("DELETE FROM verifications WHERE id = ?", (ident,))
+                db.executemany("INSERT INTO verifications (id, decoder, pixel_hash) VALUES (?, ?, ?)",
+                               [(ident, decoder, digest) for decoder, digest in verified_by])
+                db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise SpoolError(f"cannot write the proof record {self.path}: {exc}") from exc
+
+    def delivery(self, ident: str, destination: str, *, outcome: str, syntax: str | None, attempts: int,
+                 seconds: float | None = None, reason: str | None = None) -> None:
+        """A destination has the instance (``delivered``) or gave up on it (``dead``)."""
+        self._write(
+            "INSERT OR REPLACE INTO deliveries (id, destination, at, outcome, syntax, attempts, seconds, reason) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            ident, destination, time.time(), outcome, syntax, attempts, seconds, reason)
+
+    # ---------------------------------------------------------------- reading
+
+    def _assemble(self, db: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Any]:
+        ident = row["id"]
+        entry: dict[str, Any] = {"id": ident, **{name: row[name] for name in _INSTANCE_FIELDS}}
+        entry["verified_by"] = [
+            {"decoder": v["decoder"], "pixel_hash": v["pixel_hash"]}
+            for v in db.execute("SELECT decoder, pixel_hash FROM verifications WHERE id = ? ORDER BY rowid", (ident,))
+        ]
+        entry["deliveries"] = [
+            {key: d[key] for key in ("destination", "at", "outcome", "syntax", "attempts", "seconds", "reason")}
+            for d in db.execute("SELECT * FROM deliveries WHERE id = ? ORDER BY at", (ident,))
+        ]
+        return entry
+
+    def find(self, sop_instance_uid: str) -> list[dict[str, Any]]:
+        """Every reception of the instance (a modality may send one twice), oldest first."""
+        db = self._connection()
+        rows = db.execute("SELECT * FROM instances WHERE sop_instance_uid = ? ORDER BY received_at",
+                          (sop_instance_uid,)).fetchall()
+        return [self._assemble(db, row) for row in rows]
+
+    def since(self, start: float) -> Iterator[dict[str, Any]]:
+        """Every instance received at or after `start` (epoch seconds), oldest first."""
+        db = self._connection()
+        for row in db.execute("SELECT * FROM instances WHERE received_at >= ? ORDER BY received_at", (start,)):
+            yield self._assemble(db, row)
+
+    def prune(self, older_than: float) -> int:
+        """Forget instances received before `older_than` (epoch seconds); return how many."""
+        try:
+            with self._connection() as db:
+                db.execute("BEGIN IMMEDIATE")
+                old = "SELECT id FROM instances WHERE received_at < ?"
+                db.execute(f"DELETE FROM verifications WHERE id IN ({old})", (older_than,))
+                db.execute(f"DELETE FROM deliveries WHERE id IN ({old})", (older_than,))
+                count = db.execute("DELETE FROM instances WHERE received_at < ?", (older_than,)).rowcount
+                db.execute("COMMIT")
+                return count
+        except sqlite3.Error as exc:
+            raise SpoolError(f"cannot prune the proof record {self.path}: {exc}") from exc

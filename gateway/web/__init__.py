@@ -1,0 +1,97 @@
+"""The gateway's HTTP side: Prometheus metrics and health probes (starlette, served by uvicorn).
+
+Off unless ``[web]`` is configured.  Routes stay thin: they read what the
+collector and the service's probe functions compute.
+
+* ``/metrics``: Prometheus text format (:mod:`gateway.metrics`);
+* ``/healthz``: 200 while the process runs;
+* ``/readyz``: 200 only while the receiver listens, the spool is writable and
+  no destination has been failing for longer than ``[web] unready_after_seconds``;
+  503 with the reason otherwise.
+
+With a token (required when the host is not a loopback address) every
+request must carry ``Authorization: Bearer <token>``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import threading
+from collections.abc import Callable
+
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from gateway.errors import GatewayError
+
+__all__ = ["make_app", "WebServer"]
+
+
+class _BearerToken(BaseHTTPMiddleware):
+    def __init__(self, app, token: str) -> None:
+        super().__init__(app)
+        self._expected = f"Bearer {token}".encode()
+
+    async def dispatch(self, request: Request, call_next):
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, self._expected):
+            return PlainTextResponse("unauthorized\n", status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        return await call_next(request)
+
+
+def make_app(registry: CollectorRegistry, ready: Callable[[], str | None], token: str | None = None) -> Starlette:
+    """The application: `ready` returns None when ready, else why not."""
+
+    def metrics(request: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    def healthz(request: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    def readyz(request: Request) -> Response:
+        reason = ready()
+        if reason is None:
+            return PlainTextResponse("ready\n")
+        return PlainTextResponse(f"not ready: {reason}\n", status_code=503)
+
+    middleware = [Middleware(_BearerToken, token=token)] if token else []
+    return Starlette(routes=[Route("/metrics", metrics), Route("/healthz", healthz), Route("/readyz", readyz)],
+                     middleware=middleware)
+
+
+class WebServer:
+    """uvicorn serving `app` in a thread of its own."""
+
+    def __init__(self, app: Starlette, host: str, port: int) -> None:
+        self._server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                                     access_log=False, lifespan="off"))
+        self._thread = threading.Thread(target=self._server.run, name="web", daemon=True)
+        self.host = host
+
+    @property
+    def port(self) -> int:
+        """The port listened on (useful when configured as 0)."""
+        for server in self._server.servers:
+            for sock in server.sockets:
+                return int(sock.getsockname()[1])
+        raise GatewayError("the web server is not listening")
+
+    def start(self, timeout: float = 30.0) -> WebServer:
+        self._thread.start()
+        for _ in range(int(timeout / 0.02)):
+            if self._server.started:
+                return self
+            if not self._thread.is_alive():
+                break
+            threading.Event().wait(0.02)
+        raise GatewayError(f"the web server did not start on {self.host}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout)

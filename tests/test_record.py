@@ -1,0 +1,153 @@
+"""The proof record: every stage of every instance, durable, readable with `audit`, without patient data."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+from pydicom.pixels import pixel_array
+
+from gateway.cli import main as cli_main
+from gateway.dicom.identity import Identity
+from gateway.record import RECORD_FILE, ProofRecord
+from tests.conftest import REPO, build_config, free_port, pydicom_file, send, wait_until
+
+IDENT = Identity("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", "1.2.3", "1.2.3.9", "CT", "1.2.840.10008.1.2.1")
+
+
+def _toml(root: Path, port: int) -> Path:
+    path = root / "gateway.toml"
+    path.write_text(f'[server]\nport = {port}\n[spool]\ndirectory = "spool"\n'
+                    '[compression]\ntransfer_syntax = "RLELossless"\n'
+                    '[[destinations]]\nname = "local"\nkind = "folder"\npath = "archive"\n')
+    return path
+
+
+def test_stages_are_recorded_and_read_back(tmp_path: Path) -> None:
+    record = ProofRecord(tmp_path / RECORD_FILE)
+    record.received("i1", IDENT, calling_ae="CT1", called_ae="GATEWAY", remote="127.0.0.1:5000", size=1000, at=10.0)
+    record.processed("i1", IDENT, recompressed=True, reason=None, target_syntax="1.2.840.10008.1.2.5",
+                     original_pixel_bytes=800, encoded_pixel_bytes=300, encode_seconds=0.01, verify_seconds=0.002,
+                     source_decoder="native", pixel_hash="ab" * 32,
+                     verified_by=(("ours/rle", "ab" * 32), ("pylibjpeg-rle", "ab" * 32)))
+    record.delivery("i1", "pacs", outcome="delivered", syntax="1.2.840.10008.1.2.5", attempts=1, seconds=0.01)
+    [entry] = record.find("1.2.3.4")
+    assert entry["calling_ae"] == "CT1" and entry["remote"] == "127.0.0.1:5000" and entry["bytes"] == 1000
+    assert entry["outcome"] == "recompressed" and entry["encoded_pixel_bytes"] == 300
+    assert entry["verified_by"] == [{"decoder": "ours/rle", "pixel_hash": "ab" * 32},
+                                    {"decoder": "pylibjpeg-rle", "pixel_hash": "ab" * 32}]
+    assert [(d["destination"], d["outcome"]) for d in entry["deliveries"]] == [("pacs", "delivered")]
+    assert [e["id"] for e in record.since(10.0)] == ["i1"] and list(record.since(11.0)) == []
+    assert record.prune(11.0) == 1 and record.find("1.2.3.4") == []
+    assert oct((tmp_path / RECORD_FILE).stat().st_mode & 0o777) == "0o600"
+
+
+def test_the_worker_stands_in_for_a_missing_receive_row(tmp_path: Path) -> None:
+    record = ProofRecord(tmp_path / RECORD_FILE)
+    record.processed("i2", IDENT, recompressed=False, reason="already in the target syntax",
+                     target_syntax=IDENT.transfer_syntax, calling_ae="CT1", received_at=5.0)
+    [entry] = record.find(IDENT.sop_instance_uid)
+    assert entry["outcome"] == "passed-through" and entry["received_at"] == 5.0 and entry["calling_ae"] == "CT1"
+
+
+def test_a_send_through_the_gateway_is_on_record_with_an_independent_hash(
+        tmp_path: Path, gateway_factory, capsys) -> None:
+    config = build_config(tmp_path)
+    gateway = gateway_factory(config)
+    ds = pydicom_file("CT_small.dcm")
+    assert send(gateway.port, [ds], calling="CT_SCANNER") == [0]
+    assert gateway.wait_idle(60)
+    toml = tmp_path / "gateway.toml"
+    toml.write_text(f'[spool]\ndirectory = "{config.spool.directory}"\n'
+                    '[[destinations]]\nname = "local"\nkind = "folder"\npath = "archive"\n')
+    assert wait_until(lambda: ProofRecord(config.spool.directory / RECORD_FILE).find(str(ds.SOPInstanceUID))
+                      and ProofRecord(config.spool.directory / RECORD_FILE)
+                      .find(str(ds.SOPInstanceUID))[0]["deliveries"], timeout=30)
+    capsys.readouterr()
+    assert cli_main(["audit", "--config", str(toml), str(ds.SOPInstanceUID)]) == 0
+    [entry] = json.loads(capsys.readouterr().out)
+    # The hash anyone can recompute with plain pydicom, from the file as it was sent.
+    truth = hashlib.sha256(np.ascontiguousarray(pixel_array(ds, raw=True)).tobytes()).hexdigest()
+    assert entry["pixel_hash"] == truth and entry["source_decoder"] == "native"
+    assert entry["calling_ae"] == "CT_SCANNER" and entry["called_ae"] == "GATEWAY"
+    assert entry["remote"].startswith("127.0.0.1:")
+    assert entry["outcome"] == "recompressed" and entry["target_syntax"] == "1.2.840.10008.1.2.5"
+    assert [v["decoder"] for v in entry["verified_by"]] == ["ours/rle", "pylibjpeg-rle"]
+    assert {v["pixel_hash"] for v in entry["verified_by"]} == {truth}
+    [delivery] = entry["deliveries"]
+    assert delivery["destination"] == "local" and delivery["outcome"] == "delivered"
+    stored = dcmread(next((tmp_path / "archive").rglob("*.dcm")))
+    assert hashlib.sha256(np.ascontiguousarray(pixel_array(stored, raw=True)).tobytes()).hexdigest() == truth
+    # Nothing identifying the patient is kept.
+    dump = "\n".join(sqlite3.connect(config.spool.directory / RECORD_FILE).iterdump())
+    assert str(ds.PatientName) not in dump and str(ds.PatientID) not in dump
+
+    capsys.readouterr()
+    assert cli_main(["audit", "--config", str(toml), "--since", "2000-01-01T00:00", "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [row["sop_instance_uid"] for row in rows] == [str(ds.SOPInstanceUID)]
+    assert rows[0]["deliveries"] == "local=delivered:1.2.840.10008.1.2.5"
+    assert cli_main(["audit", "--config", str(toml), "1.2.3.999"]) == 1
+    assert cli_main(["audit", "--config", str(toml), "--since", "yesterday"]) == 2
+
+
+def test_the_record_survives_kill_9(tmp_path: Path) -> None:
+    port = free_port()
+    config = _toml(tmp_path, port)
+    with open(tmp_path / "gateway.log", "ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
+                                   stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        def listening() -> bool:
+            import socket
+
+            with socket.socket() as sock:
+                return sock.connect_ex(("127.0.0.1", port)) == 0
+
+        assert wait_until(listening, timeout=180), (tmp_path / "gateway.log").read_text()[-2000:]
+        ds = pydicom_file("CT_small.dcm")
+        assert send(port, [ds]) == [0]
+        record = ProofRecord(tmp_path / "spool" / RECORD_FILE)
+        assert wait_until(lambda: bool(record.find(str(ds.SOPInstanceUID))
+                                       and record.find(str(ds.SOPInstanceUID))[0]["deliveries"]), timeout=60)
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(30)
+    time.sleep(0.1)
+    [entry] = ProofRecord(tmp_path / "spool" / RECORD_FILE).find(str(ds.SOPInstanceUID))
+    assert entry["outcome"] == "recompressed" and entry["deliveries"][0]["outcome"] == "delivered"
+
+
+def test_a_dead_letter_is_on_record_with_its_reason(tmp_path: Path, gateway_factory) -> None:
+    config = build_config(tmp_path, destinations=[{"name": "nowhere", "kind": "dicom", "ae_title": "PACS",
+                                                   "host": "127.0.0.1", "port": free_port(),
+                                                   "timeout_seconds": 2}],
+                          retry={"max_attempts": 1})
+    gateway = gateway_factory(config)
+    ds = pydicom_file("CT_small.dcm")
+    assert send(gateway.port, [ds]) == [0]
+    record = ProofRecord(config.spool.directory / RECORD_FILE)
+    assert wait_until(lambda: bool(record.find(str(ds.SOPInstanceUID))
+                                   and record.find(str(ds.SOPInstanceUID))[0]["deliveries"]), timeout=60)
+    [delivery] = record.find(str(ds.SOPInstanceUID))[0]["deliveries"]
+    assert delivery["outcome"] == "dead" and "gave up after 1 attempts" in delivery["reason"]
+
+
+@pytest.mark.parametrize("bad", ["0", "-1"])
+def test_record_retention_is_validated(tmp_path: Path, bad: str) -> None:
+    from gateway.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="spool.keep_record_days"):
+        build_config(tmp_path, spool={"directory": "spool", "keep_record_days": float(bad)})

@@ -339,17 +339,20 @@ def test_range_coder_round_trip() -> None:
 
 # --- stream structure and corruption ---------------------------------------
 
-def test_golden_stream() -> None:
+@pytest.mark.parametrize("version, size, digest", [
+    (1, 676, "46d463522debe351b2e1809e0b457024d2c11c38ac7bdd90831948aaac643929"),
+    (2, 695, "ef8282ef38104e4862d13e68e8a778068f642d201b20d79362e28d9558eb0941"),
+])
+def test_golden_stream(version: int, size: int, digest: str) -> None:
     """The bitstream is a storage format: a change of the encoder's output must be deliberate."""
     import hashlib
 
     info = _info(24, 20, stored=12)
     y, x = np.mgrid[0:24, 0:20]
     frame = ((y * 37 + x * 11) % 97 * 40 + (y * x) % 7).astype(np.uint16)
-    data = CODEC.encode_frame(frame, info)
-    assert (len(data), hashlib.sha256(data).hexdigest()) == (
-        676, "46d463522debe351b2e1809e0b457024d2c11c38ac7bdd90831948aaac643929"
-    )
+    data = private.encode(frame, info, version=version)
+    assert data[4] == version
+    assert (len(data), hashlib.sha256(data).hexdigest()) == (size, digest)
     assert np.array_equal(CODEC.decode_frame(data, info), frame)
 
 
@@ -374,10 +377,11 @@ def test_checksum_mismatch_is_detected() -> None:
         CODEC.decode_frame(bytes(data), info)
 
 
-def test_payload_change_is_detected() -> None:
+@pytest.mark.parametrize("version", private.VERSIONS)
+def test_payload_change_is_detected(version: int) -> None:
     info = _info(40, 40, stored=12)
     frame = _smooth(np.random.default_rng(4), info)
-    data = CODEC.encode_frame(frame, info)
+    data = private.encode(frame, info, version=version)
     start = private._HEADER.size + private._PLANE.size
     positions = range(start, len(data), max(1, (len(data) - start) // 40))
     detected = 0
@@ -555,6 +559,47 @@ class _SpecDecoder:
             self._normalise()
         return value
 
+    # Version 2 (docs/private-codec.md section 9.3).
+    def token(self, table: list[int]) -> int:
+        """A token with an adaptive frequency table (its last entry is the total)."""
+        total = table[-1]
+        r = self.rng // total
+        target = min(self.code // r, total - 1)
+        s, cum = 0, 0
+        while cum + table[s] <= target:
+            cum += table[s]
+            s += 1
+        self.code -= r * cum
+        self.rng = r * table[s]
+        table[s] += 24
+        table[-1] += 24
+        if table[-1] > 1 << 15:
+            table[:-1] = [(f + 1) >> 1 for f in table[:-1]]
+            table[-1] = sum(table[:-1])
+        self._normalise()
+        return s
+
+    def chunks(self, nbits: int) -> int:
+        """`nbits` equiprobable bits, coded in chunks of at most 8."""
+        value = 0
+        while nbits > 0:
+            n = min(nbits, 8)
+            nbits -= n
+            self.rng >>= n
+            x = min(self.code // self.rng, (1 << n) - 1)
+            self.code -= x * self.rng
+            value = (value << n) | x
+            self._normalise()
+        return value
+
+
+def _spec_token_base(token: int) -> tuple[int, int]:
+    """Smallest value of a version 2 token and its number of raw bits (section 9.4)."""
+    if token < 8:
+        return token, 0
+    k = (token - 8) // 2 + 3
+    return (2 + (token - 8) % 2) << (k - 1), k - 1
+
 
 def _spec_class(a: int) -> int:
     if a == 0:
@@ -564,8 +609,9 @@ def _spec_class(a: int) -> int:
     return min(q, 27)
 
 
-def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int) -> list[list[int]]:
-    contexts = [[32768, 32768, 0] for _ in range(2128)]
+def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int, version: int = 1) -> list[list[int]]:
+    contexts = [[32768, 32768, 0] for _ in range(2128 if version == 1 else 140)]
+    tables = [[1] * 38 + [38] for _ in range(56)]
     bias = [0] * 112
     v = [[0] * cols for _ in range(rows)]
     te = [[0] * cols for _ in range(rows)]
@@ -604,7 +650,20 @@ def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int) -> list[list[
             pred8 = min(max(blend8 + (bias[bctx] >> 4), 8 * lo), 8 * hi)
             pred = (pred8 + 4) >> 3
             sigma = 1 if te_w + te_n > 0 else 2 if te_w + te_n < 0 else 0
-            if dec.bit(contexts[q]) == 0:
+            if version == 2:
+                value = pred
+                zq = q + 28 * (lo == hi)
+                if dec.bit(contexts[zq]):
+                    base, nraw = _spec_token_base(dec.token(tables[zq]))
+                    mag = base + dec.chunks(nraw) + 1
+                    negative_ok, positive_ok = mag <= pred, mag <= top - pred
+                    assert negative_ok or positive_ok
+                    if negative_ok and positive_ok:
+                        negative = dec.bit(contexts[56 + 3 * q + sigma])
+                    else:
+                        negative = int(negative_ok)
+                    value = pred - mag if negative else pred + mag
+            elif dec.bit(contexts[q]) == 0:
                 value = pred
             else:
                 if pred == 0:
@@ -639,11 +698,23 @@ def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int) -> list[list[
 
 def _spec_decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = None) -> np.ndarray:
     """Decode a coded-mode stream following docs/private-codec.md step by step."""
-    assert data[:4] == b"GWL1" and data[4] == 1 and data[5] == 1
-    transform, prediction = data[10], data[11]
+    assert data[:4] == b"GWL1" and data[4] in (1, 2) and data[5] == 1
+    version, transform, prediction = data[4], data[10], data[11]
     count = 4 if transform == 3 else info.samples_per_pixel
     descriptors = [struct.unpack_from("<iII", data, 28 + 12 * i) for i in range(count)]
-    dec = _SpecDecoder(data, 28 + 12 * count)
+    start = 28 + 12 * count
+    if version == 2:
+        stripe_rows = struct.unpack_from("<I", data, start)[0]
+        stripes = -(-info.rows // stripe_rows)
+        lengths = struct.unpack_from(f"<{stripes + 1}I", data, start + 4)
+        start += 4 * (stripes + 2)
+        ends = list(np.cumsum(lengths) + start)
+        assert ends[-1] == len(data)  # the segments fill the stream
+        segments = [_SpecDecoder(data[:end], begin) if end > begin else None  # empty: codes nothing
+                    for begin, end in zip([start] + ends[:-1], ends)]
+    else:
+        segments = [_SpecDecoder(data, start)]
+    dec = segments[0]
     bitmaps = []
     for offset, maxv, used in descriptors:
         if used:
@@ -660,11 +731,32 @@ def _spec_decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = No
     if transform == 3:
         shapes = [(info.rows, info.columns)] + [(1, descriptors[0][1] + 1)] * 3
     planes = []
-    for (offset, maxv, used), shape, table in zip(descriptors, shapes, bitmaps):
+    order = list(range(count))
+    if version == 2 and transform == 3:
+        order = [1, 2, 3, 0]  # the colour table lives in the first segment, before the stripes
+    coded_planes: dict[int, list[list[int]]] = {}
+    for i in order:
+        (offset, maxv, used), (rows, cols) = descriptors[i], shapes[i]
         top = used - 1 if used else maxv
-        coded = _spec_plane(dec, *shape, top) if top > 0 else [[0] * shape[1] for _ in range(shape[0])]
-        planes.append(np.array([[offset + (table[c] if table else c) for c in row] for row in coded], np.int64))
-    assert dec.pos == len(data)  # the segment ends exactly at the end of the stream
+        if top == 0:
+            coded_planes[i] = [[0] * cols for _ in range(rows)]
+        elif version == 1 or (transform == 3 and i > 0):
+            coded_planes[i] = _spec_plane(dec, rows, cols, top, version)
+        else:
+            coded_planes[i] = []
+    if version == 2:
+        for j, stripe in enumerate(segments[1:]):
+            first, last = j * stripe_rows, min(info.rows, (j + 1) * stripe_rows)
+            for i in range(1 if transform == 3 else count):
+                top = descriptors[i][2] - 1 if descriptors[i][2] else descriptors[i][1]
+                if top > 0:
+                    coded_planes[i] += _spec_plane(stripe, last - first, info.columns, top, 2)
+    for i in range(count):
+        (offset, maxv, used), table = descriptors[i], bitmaps[i]
+        planes.append(np.array([[offset + (table[c] if table else c) for c in row] for row in coded_planes[i]],
+                               np.int64))
+    for segment in filter(None, segments):
+        assert segment.pos == len(segment.data)  # every segment ends exactly at its end
     if transform == 3:
         samples = np.stack([p[0] for p in planes[1:]], axis=-1)[planes[0]]
     else:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
+from numba.cpython.unsafe.numbers import leading_zeros
 
 N_SUB = 5
 WEIGHT_ONE = 1 << 24
@@ -40,24 +41,8 @@ def new_state(columns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 @njit(cache=True, nogil=True, inline="always")
 def bit_length(v):
-    """Number of bits of the integer `v`, 0 <= v < 2**33 (0 for 0)."""
-    n = 0
-    if v >= 1 << 16:
-        v >>= 16
-        n += 16
-    if v >= 1 << 8:
-        v >>= 8
-        n += 8
-    if v >= 1 << 4:
-        v >>= 4
-        n += 4
-    if v >= 1 << 2:
-        v >>= 2
-        n += 2
-    if v >= 2:
-        v >>= 1
-        n += 1
-    return n + v
+    """Number of bits of the integer `v`, 0 <= v < 2**63 (0 for 0): one count-leading-zeros instruction."""
+    return np.int64(64) - np.int64(leading_zeros(np.uint64(v)))
 
 
 @njit(cache=True, nogil=True, inline="always")

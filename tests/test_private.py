@@ -781,6 +781,7 @@ def _spec_decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = No
     return frame
 
 
+@pytest.mark.parametrize("version", private.VERSIONS)
 @pytest.mark.parametrize(
     "info, kind",
     [(_info(9, 11, stored=12), "smooth"), (_info(16, 12, stored=16, signed=True), "noise"),
@@ -788,7 +789,7 @@ def _spec_decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = No
      (_info(10, 8, stored=16), "sparse"), (_info(1, 60, stored=12), "smooth"),
      (_info(50, 1, stored=10), "smooth"), (_info(5, 5, stored=12), "inter")],
 )
-def test_specification_decoder_agrees(info: FrameInfo, kind: str) -> None:
+def test_specification_decoder_agrees(info: FrameInfo, kind: str, version: int) -> None:
     """The plain decoder written from the specification decodes our streams to the same frames."""
     rng = np.random.default_rng(len(kind))
     reference = None
@@ -805,10 +806,146 @@ def test_specification_decoder_agrees(info: FrameInfo, kind: str) -> None:
         frame = (reference + rng.integers(0, 2, info.shape)).astype(info.dtype)
     else:
         frame = _smooth(rng, info)
-    data = private.encode(frame, info, reference)
-    assert data[5] == private.MODE_CODED
+    data = private.encode(frame, info, reference, version=version)
+    assert data[4] == version and data[5] == private.MODE_CODED
     if kind == "indexed":
         assert data[10] == tf.COLOUR_PALETTE
     if kind == "inter":
         assert not private.is_intra(data)
     assert np.array_equal(_spec_decode(data, info, reference), frame)
+
+
+def test_specification_decoder_reads_golden_v1_streams() -> None:
+    """The archived version 1 streams decode with the plain decoder too (pixels read by pydicom)."""
+    from tests.test_private_golden import CASES, _frames
+
+    for case in CASES:
+        info, streams, pixels = _frames(case)
+        previous = None
+        for stream, expected in zip(streams, pixels):
+            if stream[5] == private.MODE_CODED:
+                assert np.array_equal(_spec_decode(stream, info, previous), expected), case["id"]
+            previous = expected
+
+
+# --- version 2: stripes, threads, the segment table ---------------------------------
+
+def _striped(monkeypatch: pytest.MonkeyPatch, stripe_bytes: int) -> None:
+    """Let small frames be cut into stripes (the encoder cuts frames of 1 MiB and more)."""
+    monkeypatch.setattr(private, "STRIPE_BYTES", stripe_bytes)
+
+
+def _stripe_rows(data: bytes, planes: int) -> int:
+    return struct.unpack_from("<I", data, private._HEADER.size + private._PLANE.size * planes)[0]
+
+
+@pytest.mark.parametrize("info, kind", [
+    (_info(13, 9, stored=12), "smooth"), (_info(20, 16, samples=3, alloc=8, stored=8), "smooth"),
+    (_info(9, 8, samples=3, alloc=8, stored=8), "indexed"), (_info(10, 6, stored=16), "sparse"),
+])
+def test_specification_decoder_agrees_on_stripes(monkeypatch: pytest.MonkeyPatch, info: FrameInfo,
+                                                 kind: str) -> None:
+    _striped(monkeypatch, 48)
+    rng = np.random.default_rng(3)
+    if kind == "indexed":
+        table = rng.integers(0, 255, (5, 3), endpoint=True)
+        y, x = np.mgrid[0:info.rows, 0:info.columns]
+        frame = table[(y * 2 + x) % 5].astype(info.dtype)
+    elif kind == "sparse":
+        frame = (rng.integers(0, 9, info.shape) * 4099).astype(info.dtype)
+    else:
+        frame = _smooth(rng, info)
+    data = private.encode(frame, info)
+    planes = 4 if data[10] == tf.COLOUR_PALETTE else info.samples_per_pixel
+    assert data[5] == private.MODE_CODED and _stripe_rows(data, planes) < info.rows
+    if kind == "indexed":
+        assert data[10] == tf.COLOUR_PALETTE
+    assert np.array_equal(private.decode(data, info), frame)
+    assert np.array_equal(_spec_decode(data, info), frame)
+
+
+def test_large_frames_are_striped_and_threads_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frame of several MiB is cut into stripes; one thread or several give the same stream."""
+    info = _info(1024, 1536, stored=12)
+    frame = _smooth(np.random.default_rng(6), info)
+    data = private.encode(frame, info)
+    assert _stripe_rows(data, 1) == 342  # 3 MiB: three stripes, ceil(1024 / 3) rows each
+    monkeypatch.setattr(private, "STRIPE_THREADS", 1)
+    assert private.encode(frame, info) == data
+    assert np.array_equal(private.decode(data, info), frame)
+
+
+def test_stripes_cost_little() -> None:
+    info = _info(256, 256, stored=12)
+    frame = _smooth(np.random.default_rng(2), info)
+    whole = len(private.encode(frame, info))
+    old = private.STRIPE_BYTES
+    try:
+        private.STRIPE_BYTES = info.frame_bytes // 4
+        striped = private.encode(frame, info)
+    finally:
+        private.STRIPE_BYTES = old
+    assert _stripe_rows(striped, 1) == 64
+    assert whole < len(striped) < whole * 1.03
+    assert np.array_equal(private.decode(striped, info), frame)
+
+
+@pytest.mark.parametrize("stripe_rows", [0, 41, 2**32 - 1])
+def test_hostile_stripe_rows_are_rejected(stripe_rows: int) -> None:
+    info = _info(40, 40, stored=12)
+    data = bytearray(private.encode(_smooth(np.random.default_rng(4), info), info))
+    struct.pack_into("<I", data, private._HEADER.size + private._PLANE.size, stripe_rows)
+    with pytest.raises(CorruptCodestreamError, match="per stripe"):
+        private.decode(bytes(data), info)
+
+
+def test_too_many_stripes_are_rejected() -> None:
+    info = _info(private.MAX_STRIPES + 1, 2, stored=12)
+    data = bytearray(private.encode(_smooth(np.random.default_rng(4), info), info))
+    struct.pack_into("<I", data, private._HEADER.size + private._PLANE.size, 1)
+    with pytest.raises(CorruptCodestreamError, match="out of limits"):
+        private.decode(bytes(data), info)
+
+
+def test_segment_lengths_must_fill_the_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    _striped(monkeypatch, 400)
+    info = _info(40, 40, stored=12)
+    frame = _smooth(np.random.default_rng(4), info)
+    data = private.encode(frame, info)
+    table = private._HEADER.size + private._PLANE.size + 4
+    count = 1 + -(-40 // _stripe_rows(data, 1))
+    lengths = list(struct.unpack_from(f"<{count}I", data, table))
+    assert count == 5 and all(lengths[1:])
+    for i, change in [(1, 1), (1, -1), (2, 2**31), (0, 5), (4, -3)]:
+        mutated = bytearray(data)
+        struct.pack_into("<I", mutated, table + 4 * i, (lengths[i] + change) % 2**32)
+        with pytest.raises(CorruptCodestreamError):
+            private.decode(bytes(mutated), info)
+    # Two stripes swapped: each decodes, but the frame is not the same: the CRC tells.
+    segments, position = [], table + 4 * count
+    for length in lengths:
+        segments.append(data[position:position + length])
+        position += length
+    swapped = data[:table + 4 * count] + b"".join([segments[0], segments[2], segments[1]] + segments[3:])
+    with pytest.raises(CorruptCodestreamError):
+        private.decode(swapped, info)
+
+
+@pytest.mark.parametrize("info, frames", reference_params())
+def test_version_1_encoder_still_round_trips(info: FrameInfo, frames: list[np.ndarray]) -> None:
+    """Version 1 can still be written (for readers of version 1) and is read back."""
+    streams = private.encode_frames(frames, info, version=1)
+    assert all(s[4] == 1 for s in streams)
+    assert all(np.array_equal(a, b) for a, b in zip(private.decode_frames(streams, info), frames))
+
+
+def test_unknown_version_is_refused() -> None:
+    info = _info(8, 8, stored=12)
+    frame = _smooth(np.random.default_rng(1), info)
+    with pytest.raises(ValueError, match="version"):
+        private.encode(frame, info, version=3)
+    data = bytearray(private.encode(frame, info))
+    data[4] = 3
+    with pytest.raises(CorruptCodestreamError, match="version"):
+        private.decode(bytes(data), info)
+

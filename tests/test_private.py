@@ -341,7 +341,7 @@ def test_range_coder_round_trip() -> None:
 
 @pytest.mark.parametrize("version, size, digest", [
     (1, 676, "46d463522debe351b2e1809e0b457024d2c11c38ac7bdd90831948aaac643929"),
-    (2, 695, "ef8282ef38104e4862d13e68e8a778068f642d201b20d79362e28d9558eb0941"),
+    (2, 695, "dc0b279f45a95c4dd1c401173f4d1c1f479ffedae64a1ee2fac46dfbe2b02c2d"),
 ])
 def test_golden_stream(version: int, size: int, digest: str) -> None:
     """The bitstream is a storage format: a change of the encoder's output must be deliberate."""
@@ -609,7 +609,17 @@ def _spec_class(a: int) -> int:
     return min(q, 27)
 
 
-def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int, version: int = 1) -> list[list[int]]:
+def _spec_weight(e: int, version: int) -> int:
+    """Weight of a sub-predictor of summed error `e` (sections 5.2 and 9.5)."""
+    if version == 1:
+        return (1 << 24) // (e + 1)
+    shift = max(0, (e + 1).bit_length() - 9)
+    return ((1 << 24) // ((e + 1) >> shift)) >> shift
+
+
+def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int, version: int = 1,
+                guide: list[list[int]] | None = None, keep: list[list[int]] | None = None) -> list[list[int]]:
+    """Decode a plane; `guide` gives version 2's guide values, `keep` receives |TE|."""
     contexts = [[32768, 32768, 0] for _ in range(2128 if version == 1 else 140)]
     tables = [[1] * 38 + [38] for _ in range(56)]
     bias = [0] * 112
@@ -638,7 +648,7 @@ def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int, version: int 
             if lo == hi:
                 blend8 = 8 * lo
             else:
-                weights = [(1 << 24) // (ei + 1) for ei in e]
+                weights = [_spec_weight(ei, version) for ei in e]
                 total = sum(weights)
                 blend8 = (sum(wi * si for wi, si in zip(weights, s)) + total // 2) // total
                 blend8 = min(max(blend8, 8 * lo), 8 * hi)
@@ -652,7 +662,8 @@ def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int, version: int 
             sigma = 1 if te_w + te_n > 0 else 2 if te_w + te_n < 0 else 0
             if version == 2:
                 value = pred
-                zq = q + 28 * (lo == hi)
+                zq = q if guide is None else _spec_class(activity + 2 * guide[y][x])
+                zq += 28 * (lo == hi)
                 if dec.bit(contexts[zq]):
                     base, nraw = _spec_token_base(dec.token(tables[zq]))
                     mag = base + dec.chunks(nraw) + 1
@@ -690,6 +701,8 @@ def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int, version: int 
                 value = pred - mag if negative else pred + mag
             v[y][x] = value
             te[y][x] = pred8 - 8 * value
+            if keep is not None:
+                keep[y][x] = abs(te[y][x])
             for t, si in zip(errs, s):
                 t[y][x] = abs(si - 8 * value)
             bias[bctx] += (16 * (8 * value - blend8) - bias[bctx]) >> 5
@@ -738,19 +751,23 @@ def _spec_decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = No
     for i in order:
         (offset, maxv, used), (rows, cols) = descriptors[i], shapes[i]
         top = used - 1 if used else maxv
-        if top == 0:
+        if version == 2 and not (transform == 3 and i > 0):
+            coded_planes[i] = []  # an image plane: decoded stripe by stripe below
+        elif top == 0:
             coded_planes[i] = [[0] * cols for _ in range(rows)]
-        elif version == 1 or (transform == 3 and i > 0):
-            coded_planes[i] = _spec_plane(dec, rows, cols, top, version)
         else:
-            coded_planes[i] = []
+            coded_planes[i] = _spec_plane(dec, rows, cols, top, version)
     if version == 2:
         for j, stripe in enumerate(segments[1:]):
             first, last = j * stripe_rows, min(info.rows, (j + 1) * stripe_rows)
+            guide = [[0] * info.columns for _ in range(last - first)]  # |TE| of plane 0 (section 9.6)
             for i in range(1 if transform == 3 else count):
                 top = descriptors[i][2] - 1 if descriptors[i][2] else descriptors[i][1]
                 if top > 0:
-                    coded_planes[i] += _spec_plane(stripe, last - first, info.columns, top, 2)
+                    coded_planes[i] += _spec_plane(stripe, last - first, info.columns, top, 2,
+                                                   guide=guide if i > 0 else None, keep=guide if i == 0 else None)
+                else:
+                    coded_planes[i] += [[0] * info.columns for _ in range(last - first)]
     for i in range(count):
         (offset, maxv, used), table = descriptors[i], bitmaps[i]
         planes.append(np.array([[offset + (table[c] if table else c) for c in row] for row in coded_planes[i]],

@@ -268,7 +268,20 @@ def _map(function, jobs: list) -> list:
     return list(_pool.map(function, jobs))
 
 
-def _encode_segment(bitmaps: list, planes: list[np.ndarray], maxvs: list[int], capacity: int) -> bytes:
+_NO_GUIDE = np.empty((0, 0), np.int32)
+
+
+def _guides(planes: list[np.ndarray], guided: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per plane the array its errors are kept in and the array that guides its contexts:
+    with `guided`, the first plane keeps its errors and they guide the other planes."""
+    if not guided or len(planes) < 2:
+        return [_NO_GUIDE] * len(planes), [_NO_GUIDE] * len(planes)
+    errors = np.zeros(planes[0].shape, np.int32)
+    return [errors] + [_NO_GUIDE] * (len(planes) - 1), [_NO_GUIDE] + [errors] * (len(planes) - 1)
+
+
+def _encode_segment(bitmaps: list, planes: list[np.ndarray], maxvs: list[int], capacity: int,
+                    guided: bool) -> bytes:
     """One version 2 segment: the bitmaps, then each plane with a non-zero maximum (empty when
     that is nothing)."""
     if not _has_decisions(bitmaps, maxvs):
@@ -279,11 +292,12 @@ def _encode_segment(bitmaps: list, planes: list[np.ndarray], maxvs: list[int], c
         if used is not None:
             ctx = _rc.new_contexts(_planes.CTX_BITMAP)
             st, buf = _planes.encode_bitmap(st, buf, used, ctx)
-    for plane, maxv in zip(planes, maxvs):
+    keeps, guides = _guides(planes, guided)
+    for plane, maxv, keep, guide in zip(planes, maxvs, keeps, guides):
         if maxv > 0:
             te, err, bm = _predict.new_state(plane.shape[1])
             st, buf = _planes2.encode_plane(st, buf, plane, maxv, _sym.new_tables(_planes2.N_TABLES),
-                                            _rc.new_contexts(_planes2.N_BINARY), te, err, bm)
+                                            _rc.new_contexts(_planes2.N_BINARY), te, err, bm, guide, keep)
     buf, size = _rc.enc_finish(st, buf)
     return buf[:size].tobytes()
 
@@ -298,8 +312,9 @@ def _code_segments(planes: list[np.ndarray], maxvs: list[int], bitmaps: list, im
     stripe_rows = _stripe_rows(info)
     starts = range(0, info.rows, stripe_rows)
     capacity = info.frame_bytes // (2 * len(starts)) + 1024
-    jobs = [(bitmaps, planes[images:], maxvs[images:], 1024)]
-    jobs += [([], [p[y:y + stripe_rows] for p in planes[:images]], maxvs[:images], capacity) for y in starts]
+    jobs = [(bitmaps, planes[images:], maxvs[images:], 1024, False)]
+    jobs += [([], [p[y:y + stripe_rows] for p in planes[:images]], maxvs[:images], capacity, True)
+             for y in starts]
     segments = _map(lambda job: _encode_segment(*job), jobs)
     table = _U32.pack(stripe_rows) + b"".join(_U32.pack(len(s)) for s in segments)
     return table + b"".join(segments)
@@ -530,7 +545,7 @@ def _segment_table(data: bytes, start: int, rows: int) -> tuple[int, list[tuple[
 
 
 def _decode_segment(data: np.ndarray, bitmaps: list[np.ndarray], planes: list[np.ndarray],
-                    maxvs: list[int]) -> bool:
+                    maxvs: list[int], guided: bool) -> bool:
     """Decode one version 2 segment into `bitmaps` and `planes`; False when it is corrupt."""
     if not _has_decisions(bitmaps, maxvs):
         return len(data) == 0
@@ -539,11 +554,12 @@ def _decode_segment(data: np.ndarray, bitmaps: list[np.ndarray], planes: list[np
     st = _rc.dec_start(data, 0)
     for used in bitmaps:
         st, _ = _planes.decode_bitmap(st, data, used, _rc.new_contexts(_planes.CTX_BITMAP))
-    for plane, maxv in zip(planes, maxvs):
+    keeps, guides = _guides(planes, guided)
+    for plane, maxv, keep, guide in zip(planes, maxvs, keeps, guides):
         if maxv > 0:
             te, err, bm = _predict.new_state(plane.shape[1])
             st, status = _planes2.decode_plane(st, data, plane, maxv, _sym.new_tables(_planes2.N_TABLES),
-                                               _rc.new_contexts(_planes2.N_BINARY), te, err, bm)
+                                               _rc.new_contexts(_planes2.N_BINARY), te, err, bm, guide, keep)
             if status != _planes2.STATUS_OK:
                 return False
         if st[2] > len(data):
@@ -562,9 +578,9 @@ def _decode_segments(data: bytes, descriptors: list[tuple[int, int, int]], shape
     maxvs = [count - 1 if count else maxv for _, maxv, count in descriptors]
     images = len(planes) - tables
     (a, b), stripes = segments[0], segments[1:]
-    jobs = [(buf[a:b], [u for u in bitmaps if u is not None], planes[images:], maxvs[images:])]
+    jobs = [(buf[a:b], [u for u in bitmaps if u is not None], planes[images:], maxvs[images:], False)]
     for (a, b), y in zip(stripes, range(0, info.rows, stripe_rows)):
-        jobs.append((buf[a:b], [], [p[y:y + stripe_rows] for p in planes[:images]], maxvs[:images]))
+        jobs.append((buf[a:b], [], [p[y:y + stripe_rows] for p in planes[:images]], maxvs[:images], True))
     if not all(_map(lambda job: _decode_segment(*job), jobs)):
         raise _corrupt("a coded segment is corrupt (a residual out of range, or not ending at its end)")
     values = []

@@ -1,4 +1,4 @@
-"""GatewayLosslessV1 ("gwl"): the project's own lossless codec.
+"""GatewayLossless ("gwl"), versions 1 and 2: the project's own lossless codec.
 
 Transfer syntax ``2.25.98736700971092333592611877631001549337`` (a UUID-based
 UID of our own), encapsulated like Explicit VR Little Endian with one fragment
@@ -11,7 +11,7 @@ integers little endian)::
 
     offset size  field
     0      4     magic "GWL1"
-    4      1     version = 1
+    4      1     version: 1 or 2 (the encoder writes 2 unless asked for 1)
     5      1     mode: 0 stored (raw frame bytes follow), 1 coded
     6      1     samples per pixel (1 or 3)
     7      1     bits allocated (8, 16 or 32)
@@ -25,9 +25,11 @@ integers little endian)::
     24     4     CRC-32 of the reference frame (0 when intra)
     28     12*P  per plane (P = samples, coded mode only): offset int32,
                  maxv uint32, palette count uint32 (0 = no palette)
-    ...          stored: the frame bytes; coded: one range-coded segment
+    ...          stored: the frame bytes; coded, version 1: one range-coded
+                 segment; version 2: stripe rows uint32, S + 1 segment lengths
+                 uint32 (S = ceil(rows / stripe rows)), the segments
 
-Coded segment: for each plane with a palette, the bitmap of used values
+Version 1 coded segment: for each plane with a palette, the bitmap of used values
 (``maxv + 1`` adaptive bits); then for each plane with a non-zero coded
 maximum, every sample in raster order: a blend of five sub-predictors
 weighted by their local errors, clamped to the W/N/NE range and corrected by
@@ -35,6 +37,15 @@ a bias estimate per texture context; the residual as zero flag, sign, unary
 magnitude class and mantissa bits, in contexts chosen by the local activity;
 coded by a 32-bit binary range coder with two-rate adaptive 16-bit
 probabilities.
+
+Version 2: segment 0 holds the bitmaps (and an indexed-colour table), each
+further segment one horizontal stripe of the image planes, coded
+independently so that threads share a large frame.  The prediction is
+version 1's (with table weights); a residual is a binary zero flag, then one
+token of an adaptive multi-symbol alphabet (38 symbols, frequency tables per
+coding class), raw low bits and the sign only when both signs are possible;
+colour planes 1 and 2 take plane 0's error at the same pixel into their
+coding class.
 
 Decoding checks every header field against the expected :class:`FrameInfo`
 and named limits before allocating, bounds the coder's reads, requires the

@@ -40,10 +40,20 @@ TOTAL_LIMIT = 1 << 15
 CHUNK_BITS = 8
 
 
+PRIOR_PEAK = 32  # initial frequency of a table's expected token, above the floor of 1
+PRIOR_OFFSET = 11  # class c expects token max(0, c - PRIOR_OFFSET)
+PRIOR_CLASSES = 28
+
+
 def new_tables(count: int) -> np.ndarray:
-    """Fresh token tables: every frequency 1."""
+    """Fresh token tables for coding classes 0..count-1 (class mod 28 sets the prior):
+    frequency ``1 + (PRIOR_PEAK >> min(|t - centre|, 6))`` around the token the class expects."""
     tables = np.ones((count, N_TOKENS + 1), np.int32)
-    tables[:, TOTAL] = N_TOKENS
+    tokens = np.arange(N_TOKENS)
+    for c in range(count):
+        centre = max(0, c % PRIOR_CLASSES - PRIOR_OFFSET)
+        tables[c, :N_TOKENS] = 1 + (PRIOR_PEAK >> np.minimum(np.abs(tokens - centre), 6))
+    tables[:, TOTAL] = tables[:, :N_TOKENS].sum(axis=1)
     return tables
 
 

@@ -71,7 +71,7 @@ def _striped_streams() -> list[tuple[FrameInfo, np.ndarray, bytes]]:
         out = []
         for seed, info in enumerate(INFOS[:3]):
             frame = _frame(info, seed)
-            data = private.encode(frame, info)
+            data = private.encode(frame, info, version=2)
             stripes = struct.unpack_from("<I", data, private._HEADER.size + private._PLANE.size
                                          * info.samples_per_pixel)[0]
             assert data[5] == private.MODE_CODED and stripes < info.rows

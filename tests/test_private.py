@@ -77,14 +77,16 @@ def test_reference_images(info: FrameInfo, frames: list[np.ndarray]) -> None:
         _round_trip(frame, info)
 
 
+@pytest.mark.parametrize("version", private.VERSIONS)
 @pytest.mark.parametrize("row", corpus_params())
-def test_corpus_round_trip(row: dict) -> None:
+def test_corpus_round_trip(row: dict, version: int) -> None:
     ds = pydicom.dcmread(row["file"])
     info = frame_info(ds)
     if CODEC.supports(info):
         pytest.skip(f"not carried: {CODEC.supports(info)}")
     frames = list(iter_frames(ds))
-    streams = CODEC.encode_frames(frames, info)
+    streams = private.encode_frames(frames, info, version=version)
+    assert all(s[4] == version for s in streams)
     # In order, frame by frame, as a reader of the DICOM file decodes them.
     for stream, frame in zip(streams, frames):
         assert np.array_equal(CODEC.decode_frame(stream, info), frame)
@@ -444,15 +446,17 @@ def test_hostile_descriptor_is_rejected_before_allocation() -> None:
 
 # --- memory ------------------------------------------------------------------
 
-def test_large_frame_memory_is_bounded() -> None:
-    """A 4k x 4k 16-bit frame codes within a few times its own size (peak RSS, fresh process)."""
-    program = """
+@pytest.mark.parametrize("version", private.VERSIONS)
+def test_large_frame_memory_is_bounded(version: int) -> None:
+    """A 4k x 4k 16-bit frame codes within a few times its own size (peak RSS, fresh process);
+    version 2 codes it as four stripes in threads."""
+    program = f"VERSION = {version}\n" + """
 import resource, numpy as np
 from gateway.codecs.private import encode, decode
 from gateway.codecs.base import FrameInfo
 small = FrameInfo(rows=8, columns=8, bits_stored=12)
 ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 37) % 4000
-decode(encode(ramp, small), small)  # compiles (or loads) the kernels before the baseline
+decode(encode(ramp, small, version=VERSION), small)  # compiles (or loads) the kernels before the baseline
 info = FrameInfo(rows=4096, columns=4096, bits_stored=12)
 frame = np.empty((4096, 4096), np.uint16)
 row = np.arange(4096, dtype=np.uint16)
@@ -460,7 +464,8 @@ rng = np.random.default_rng(0)
 for y in range(4096):  # no frame-sized temporaries before the baseline
     frame[y] = (row + 3 * y) % 4000 + rng.integers(0, 8, 4096, dtype=np.uint16)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-data = encode(frame, info)
+data = encode(frame, info, version=VERSION)
+assert data[4] == VERSION
 back = decode(data, info)
 assert np.array_equal(back, frame)
 del back
@@ -877,7 +882,7 @@ def test_specification_decoder_agrees_on_stripes(monkeypatch: pytest.MonkeyPatch
         frame = (rng.integers(0, 9, info.shape) * 4099).astype(info.dtype)
     else:
         frame = _smooth(rng, info)
-    data = private.encode(frame, info)
+    data = private.encode(frame, info, version=2)
     planes = 4 if data[10] == tf.COLOUR_PALETTE else info.samples_per_pixel
     assert data[5] == private.MODE_CODED and _stripe_rows(data, planes) < info.rows
     if kind == "indexed":
@@ -890,21 +895,21 @@ def test_large_frames_are_striped_and_threads_agree(monkeypatch: pytest.MonkeyPa
     """A frame of several MiB is cut into stripes; one thread or several give the same stream."""
     info = _info(1024, 1536, stored=12)
     frame = _smooth(np.random.default_rng(6), info)
-    data = private.encode(frame, info)
+    data = private.encode(frame, info, version=2)
     assert _stripe_rows(data, 1) == 342  # 3 MiB: three stripes, ceil(1024 / 3) rows each
     monkeypatch.setattr(private, "STRIPE_THREADS", 1)
-    assert private.encode(frame, info) == data
+    assert private.encode(frame, info, version=2) == data
     assert np.array_equal(private.decode(data, info), frame)
 
 
 def test_stripes_cost_little() -> None:
     info = _info(256, 256, stored=12)
     frame = _smooth(np.random.default_rng(2), info)
-    whole = len(private.encode(frame, info))
+    whole = len(private.encode(frame, info, version=2))
     old = private.STRIPE_BYTES
     try:
         private.STRIPE_BYTES = info.frame_bytes // 4
-        striped = private.encode(frame, info)
+        striped = private.encode(frame, info, version=2)
     finally:
         private.STRIPE_BYTES = old
     assert _stripe_rows(striped, 1) == 64
@@ -915,7 +920,7 @@ def test_stripes_cost_little() -> None:
 @pytest.mark.parametrize("stripe_rows", [0, 41, 2**32 - 1])
 def test_hostile_stripe_rows_are_rejected(stripe_rows: int) -> None:
     info = _info(40, 40, stored=12)
-    data = bytearray(private.encode(_smooth(np.random.default_rng(4), info), info))
+    data = bytearray(private.encode(_smooth(np.random.default_rng(4), info), info, version=2))
     struct.pack_into("<I", data, private._HEADER.size + private._PLANE.size, stripe_rows)
     with pytest.raises(CorruptCodestreamError, match="per stripe"):
         private.decode(bytes(data), info)
@@ -923,7 +928,7 @@ def test_hostile_stripe_rows_are_rejected(stripe_rows: int) -> None:
 
 def test_too_many_stripes_are_rejected() -> None:
     info = _info(private.MAX_STRIPES + 1, 2, stored=12)
-    data = bytearray(private.encode(_smooth(np.random.default_rng(4), info), info))
+    data = bytearray(private.encode(_smooth(np.random.default_rng(4), info), info, version=2))
     struct.pack_into("<I", data, private._HEADER.size + private._PLANE.size, 1)
     with pytest.raises(CorruptCodestreamError, match="out of limits"):
         private.decode(bytes(data), info)
@@ -933,7 +938,7 @@ def test_segment_lengths_must_fill_the_stream(monkeypatch: pytest.MonkeyPatch) -
     _striped(monkeypatch, 400)
     info = _info(40, 40, stored=12)
     frame = _smooth(np.random.default_rng(4), info)
-    data = private.encode(frame, info)
+    data = private.encode(frame, info, version=2)
     table = private._HEADER.size + private._PLANE.size + 4
     count = 1 + -(-40 // _stripe_rows(data, 1))
     lengths = list(struct.unpack_from(f"<{count}I", data, table))
@@ -954,10 +959,10 @@ def test_segment_lengths_must_fill_the_stream(monkeypatch: pytest.MonkeyPatch) -
 
 
 @pytest.mark.parametrize("info, frames", reference_params())
-def test_version_1_encoder_still_round_trips(info: FrameInfo, frames: list[np.ndarray]) -> None:
-    """Version 1 can still be written (for readers of version 1) and is read back."""
-    streams = private.encode_frames(frames, info, version=1)
-    assert all(s[4] == 1 for s in streams)
+def test_version_2_round_trips(info: FrameInfo, frames: list[np.ndarray]) -> None:
+    """Version 2 (written on request) round trips every reference image."""
+    streams = private.encode_frames(frames, info, version=2)
+    assert all(s[4] == 2 for s in streams)
     assert all(np.array_equal(a, b) for a, b in zip(private.decode_frames(streams, info), frames))
 
 
@@ -966,7 +971,7 @@ def test_unknown_version_is_refused() -> None:
     frame = _smooth(np.random.default_rng(1), info)
     with pytest.raises(ValueError, match="version"):
         private.encode(frame, info, version=3)
-    data = bytearray(private.encode(frame, info))
+    data = bytearray(private.encode(frame, info, version=2))
     data[4] = 3
     with pytest.raises(CorruptCodestreamError, match="version"):
         private.decode(bytes(data), info)

@@ -11,7 +11,7 @@ integers little endian)::
 
     offset size  field
     0      4     magic "GWL1"
-    4      1     version: 1 or 2 (the encoder writes 2 unless asked for 1)
+    4      1     version: 1 or 2 (the encoder writes 1 unless asked for 2)
     5      1     mode: 0 stored (raw frame bytes follow), 1 coded
     6      1     samples per pixel (1 or 3)
     7      1     bits allocated (8, 16 or 32)
@@ -81,7 +81,7 @@ __all__ = [
 
 UID = "2.25.98736700971092333592611877631001549337"
 MAGIC = b"GWL1"
-VERSION = 2  # the version the encoder writes
+VERSION = 1  # the version the encoder writes unless asked for another (see encode)
 VERSIONS = (1, 2)  # the versions the decoder reads
 MODE_STORED = 0
 MODE_CODED = 1
@@ -195,8 +195,10 @@ def encode(frame: np.ndarray, info: FrameInfo, reference: np.ndarray | None = No
     `reference` is the previous frame of the same multi-frame image: when
     given, the frame is coded as its difference from it if that looks cheaper
     (the stream then needs that frame to decode; see :func:`decode`).
-    `version` 2 (the default) codes faster and smaller; 1 writes what
-    decoders of version 1 read.
+    `version` 1 (the default) is what every decoder of this syntax reads;
+    version 2 codes residuals as multi-symbol tokens and cuts frames of 1 MiB
+    and more into stripes coded in parallel threads (decoders from version 2
+    of this module on).
     """
     if version not in VERSIONS:
         raise ValueError(f"GatewayLossless version {version} is not one of {VERSIONS}")

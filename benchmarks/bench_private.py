@@ -2,7 +2,7 @@
 
 One run over the whole corpus: ratio and single-thread encode/decode MB/s per
 corpus folder and overall, every round trip verified (see harness.py).  Our
-codec runs as version 2 (the default) and version 1, both on one thread
+codec runs as version 2 and version 1 (the default), both on one thread
 (version 2's stripes coded one after the other); ``gwl v2, 2 threads`` is
 version 2 with its stripes coded in parallel (frames of 1 MiB and more).  The
 peers run through imagecodecs with one thread: JPEG-XL lossless at effort 3

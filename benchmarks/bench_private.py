@@ -1,7 +1,10 @@
-"""Benchmark the private codec (GatewayLosslessV1) against the standard lossless codecs.
+"""Benchmark the private codec (GatewayLossless V2 and V1) against the standard lossless codecs.
 
 One run over the whole corpus: ratio and single-thread encode/decode MB/s per
-corpus folder and overall, every round trip verified (see harness.py).  The
+corpus folder and overall, every round trip verified (see harness.py).  Our
+codec runs as version 2 and version 1 (the default), both on one thread
+(version 2's stripes coded one after the other); ``gwl v2, 2 threads`` is
+version 2 with its stripes coded in parallel (frames of 1 MiB and more).  The
 peers run through imagecodecs with one thread: JPEG-XL lossless at effort 3
 and 7, JPEG-LS (CharLS), HTJ2K (OpenJPH) and JPEG 2000 reversible (OpenJPEG).
 Signed frames are given to the peers as unsigned values in the same order
@@ -27,7 +30,7 @@ from gateway.codecs import private  # noqa: E402
 from gateway.codecs.base import FrameInfo  # noqa: E402
 
 
-def _ours(items: list[Item]) -> Entry:
+def _ours(items: list[Item], name: str, version: int, threads: int) -> Entry:
     """Our codec; each frame after the first of an image may reference its predecessor."""
     previous: dict[int, np.ndarray] = {}
     for item in items:
@@ -35,13 +38,15 @@ def _ours(items: list[Item]) -> Entry:
             previous[id(frame)] = before
 
     def encode(frame: np.ndarray, info: FrameInfo) -> bytes:
-        return private.encode(frame, info, previous.get(id(frame)))
+        private.STRIPE_THREADS = threads
+        return private.encode(frame, info, previous.get(id(frame)), version=version)
 
     def decode(data: bytes, info: FrameInfo) -> np.ndarray:
         # In order, as pydicom and the gateway decode: the reference is the frame decoded before.
+        private.STRIPE_THREADS = threads
         return private.decode(data, info)
 
-    return Entry("gwl (ours)", encode, decode, lambda info: private.supports(info) is None)
+    return Entry(name, encode, decode, lambda info: private.supports(info) is None)
 
 
 def _unsigned(frame: np.ndarray) -> np.ndarray:
@@ -87,10 +92,14 @@ def _peers() -> list[Entry]:
 def main() -> None:
     args = arguments(__doc__.splitlines()[0])
     items = load_corpus(folders=args.folders)
-    entries = [_ours(items)] + _peers()
+    threads = private.STRIPE_THREADS
+    entries = [_ours(items, "gwl v2 (ours)", 2, 1), _ours(items, "gwl v1 (ours)", 1, 1)]
+    if threads > 1:
+        entries.append(_ours(items, f"gwl v2, {threads} threads", 2, threads))
+    entries += _peers()
     if args.only:
         entries = [e for e in entries if any(word.lower() in e.name.lower() for word in args.only)]
-    run(entries, items, title="GatewayLosslessV1 vs standard lossless codecs (one thread)",
+    run(entries, items, title="GatewayLossless V2 and V1 vs standard lossless codecs (one thread)",
         verify=not args.noverify, repeat=args.repeat)
 
 

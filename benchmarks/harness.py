@@ -2,7 +2,8 @@
 
 Each benchmark script builds a list of :class:`Entry` (ours and the peers),
 loads the corpus once with :func:`load_corpus` and calls :func:`run`, which
-prints one table per run: ratio and encode/decode MB/s per corpus folder and
+measures the entries interleaved (image by image, each entry in turn, so that
+a noisy machine's load falls on all alike) and prints one table per run: ratio and encode/decode MB/s per corpus folder and
 overall.  Every round trip is verified unless ``verify=False`` is asked for;
 a mismatch is reported, never silently timed.  Speeds are single-thread:
 ``MB/s`` = raw pixel megabytes (10**6 bytes of Bits-Allocated samples) per
@@ -98,12 +99,10 @@ def _best_time(function, repeat: int):
     return best, result
 
 
-def measure(entry: Entry, items: Sequence[Item], *, verify: bool = True, repeat: int = 1) -> dict[str, _Tally]:
-    """Encode and decode every frame of `items` with `entry`; tallies per folder and 'ALL'."""
-    tallies: dict[str, _Tally] = defaultdict(_Tally)
-    # Warm up (JIT compilation, library loading) outside the timed region:
-    # one image of each kind, since compiled kernels are specialised by
-    # sample count, sample size and signedness.
+def _warm_up(entry: Entry, items: Sequence[Item]) -> None:
+    """JIT compilation and library loading outside the timed region: one image of
+    each kind, since compiled kernels are specialised by sample count, sample
+    size and signedness."""
     kinds = set()
     for item in items:
         info = item.info
@@ -112,30 +111,39 @@ def measure(entry: Entry, items: Sequence[Item], *, verify: bool = True, repeat:
         if kind not in kinds and entry.supports(info):
             kinds.add(kind)
             entry.decode(entry.encode(item.frames[0], info), info)
-    for item in items:
-        tally = tallies[item.folder]
-        if not entry.supports(item.info):
-            tally.skipped += 1
-            continue
-        enc_s = dec_s = 0.0
-        size = 0
-        try:
-            for frame in item.frames:
-                t, data = _best_time(lambda: entry.encode(frame, item.info), repeat)
-                enc_s += t
-                size += len(data)
-                t, back = _best_time(lambda: entry.decode(data, item.info), repeat)
-                dec_s += t
-                if verify and not np.array_equal(np.asarray(back).reshape(frame.shape), frame):
-                    raise AssertionError("round trip differs")
-        except Exception as exc:  # a benchmark reports failures and goes on
-            tally.errors.append(f"{item.path}: {type(exc).__name__}: {exc}")
-            continue
-        tally.raw += item.raw_bytes
-        tally.compressed += size
-        tally.enc_s += enc_s
-        tally.dec_s += dec_s
-        tally.images += 1
+
+
+def _measure_item(entry: Entry, item: Item, tally: _Tally, verify: bool, repeat: int) -> None:
+    if not entry.supports(item.info):
+        tally.skipped += 1
+        return
+    enc_s = dec_s = 0.0
+    size = 0
+    try:
+        for frame in item.frames:
+            t, data = _best_time(lambda: entry.encode(frame, item.info), repeat)
+            enc_s += t
+            size += len(data)
+            t, back = _best_time(lambda: entry.decode(data, item.info), repeat)
+            dec_s += t
+            if verify and not np.array_equal(np.asarray(back).reshape(frame.shape), frame):
+                raise AssertionError("round trip differs")
+    except Exception as exc:  # a benchmark reports failures and goes on
+        tally.errors.append(f"{item.path}: {type(exc).__name__}: {exc}")
+        return
+    tally.raw += item.raw_bytes
+    tally.compressed += size
+    tally.enc_s += enc_s
+    tally.dec_s += dec_s
+    tally.images += 1
+
+
+def measure(entry: Entry, items: Sequence[Item], *, verify: bool = True, repeat: int = 1) -> dict[str, _Tally]:
+    """Encode and decode every frame of `items` with `entry`; tallies per folder and 'ALL'."""
+    return measure_all([entry], items, verify=verify, repeat=repeat)[entry.name]
+
+
+def _totals(tallies: dict[str, _Tally]) -> dict[str, _Tally]:
     total = _Tally()
     for tally in list(tallies.values()):
         total.raw += tally.raw
@@ -147,6 +155,19 @@ def measure(entry: Entry, items: Sequence[Item], *, verify: bool = True, repeat:
         total.errors += tally.errors
     tallies["ALL"] = total
     return tallies
+
+
+def measure_all(entries: Sequence[Entry], items: Sequence[Item], *, verify: bool = True,
+                repeat: int = 1) -> dict[str, dict[str, _Tally]]:
+    """Every entry on every item, interleaved: image by image, each entry in turn, so that
+    the load of a noisy machine falls on all entries alike."""
+    for entry in entries:
+        _warm_up(entry, items)
+    tallies: dict[str, dict[str, _Tally]] = {e.name: defaultdict(_Tally) for e in entries}
+    for item in items:
+        for entry in entries:
+            _measure_item(entry, item, tallies[entry.name][item.folder], verify, repeat)
+    return {name: _totals(t) for name, t in tallies.items()}
 
 
 def format_table(results: dict[str, dict[str, _Tally]], title: str = "") -> str:
@@ -180,11 +201,9 @@ def format_table(results: dict[str, dict[str, _Tally]], title: str = "") -> str:
 
 def run(entries: Sequence[Entry], items: Sequence[Item], *, title: str = "", verify: bool = True, repeat: int = 1) -> str:
     """Measure every entry on the same items and print (and return) the table."""
-    results = {}
-    for entry in entries:
-        start = time.perf_counter()
-        results[entry.name] = measure(entry, items, verify=verify, repeat=repeat)
-        print(f"  {entry.name}: {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    start = time.perf_counter()
+    results = measure_all(entries, items, verify=verify, repeat=repeat)
+    print(f"  {len(entries)} codecs, {len(items)} images: {time.perf_counter() - start:.1f} s", file=sys.stderr)
     table = format_table(results, title)
     print(table)
     return table

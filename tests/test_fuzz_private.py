@@ -1,4 +1,4 @@
-"""Fuzzing the GatewayLosslessV1 decoder: random, mutated and truncated streams.
+"""Fuzzing the GatewayLossless decoder (versions 1 and 2): random, mutated and truncated streams.
 
 Whatever the bytes, decoding returns the exact frame or raises
 CorruptCodestreamError: never another exception, a crash or a hang.
@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from gateway.codecs import private
 from gateway.codecs.base import FrameInfo
 from gateway.errors import CorruptCodestreamError
+from tests.fuzzing import EDITS, apply_edits
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -39,43 +40,62 @@ def _frame(info: FrameInfo, seed: int) -> np.ndarray:
     return np.clip(low + base + noise, low, high).astype(info.dtype)
 
 
-def _streams() -> list[tuple[FrameInfo, np.ndarray, bytes]]:
+def _streams(version: int) -> list[tuple[FrameInfo, np.ndarray, bytes]]:
     out = []
     for seed, info in enumerate(INFOS):
         frame = _frame(info, seed)
-        out.append((info, frame, private.encode(frame, info)))
+        out.append((info, frame, private.encode(frame, info, version=version)))
     # A palette stream and a stored stream too.
     info = FrameInfo(rows=20, columns=20, bits_stored=16)
     frame = (np.arange(400).reshape(20, 20) % 7 * 9000).astype(np.uint16)
-    out.append((info, frame, private.encode(frame, info)))
+    out.append((info, frame, private.encode(frame, info, version=version)))
     info = FrameInfo(rows=6, columns=6, bits_allocated=8, bits_stored=8)
     frame = np.random.default_rng(1).integers(0, 256, (6, 6)).astype(np.uint8)
-    out.append((info, frame, private.encode(frame, info)))
+    out.append((info, frame, private.encode(frame, info, version=version)))
     # Indexed colour.
     info = FrameInfo(rows=12, columns=10, samples_per_pixel=3, bits_allocated=8, bits_stored=8,
                      photometric_interpretation="RGB")
     table = np.array([[0, 0, 0], [250, 10, 10], [10, 250, 10], [128, 128, 128]], np.uint8)
     frame = table[(np.arange(120).reshape(12, 10) // 7) % 4]
-    data = private.encode(frame, info)
+    data = private.encode(frame, info, version=version)
     assert data[10] == 3
     out.append((info, frame, data))
     return out
 
 
-def _inter_stream() -> tuple[FrameInfo, np.ndarray, np.ndarray, bytes]:
+def _striped_streams() -> list[tuple[FrameInfo, np.ndarray, bytes]]:
+    """Version 2 streams cut into several stripes (small frames, a lowered stripe size)."""
+    old = private.STRIPE_BYTES
+    private.STRIPE_BYTES = 100
+    try:
+        out = []
+        for seed, info in enumerate(INFOS[:3]):
+            frame = _frame(info, seed)
+            data = private.encode(frame, info, version=2)
+            stripes = struct.unpack_from("<I", data, private._HEADER.size + private._PLANE.size
+                                         * info.samples_per_pixel)[0]
+            assert data[5] == private.MODE_CODED and stripes < info.rows
+            out.append((info, frame, data))
+        return out
+    finally:
+        private.STRIPE_BYTES = old
+
+
+def _inter_stream(version: int) -> tuple[FrameInfo, np.ndarray, np.ndarray, bytes]:
     info = FrameInfo(rows=20, columns=24, bits_stored=12)
     rng = np.random.default_rng(3)
     first = rng.integers(0, 4096, (20, 24)).astype(np.uint16)
     second = (first + rng.integers(0, 2, (20, 24))).astype(np.uint16)
-    data = private.encode(second, info, reference=first)
+    data = private.encode(second, info, reference=first, version=version)
     assert not private.is_intra(data)
     return info, first, second, data
 
 
-INTER = _inter_stream()
+INTERS = [_inter_stream(1), _inter_stream(2)]
 
 
-STREAMS = _streams()
+# Version 1 and version 2 streams, and version 2 streams with several stripes.
+STREAMS = _streams(1) + _streams(2) + _striped_streams()
 
 
 def _decode_or_corrupt(data: bytes, info: FrameInfo, original: np.ndarray | None = None) -> None:
@@ -139,9 +159,37 @@ def test_hostile_plane_descriptors(which: int, offset: int, maxv: int, count: in
 
 
 @FUZZ
-@given(edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=6))
-def test_mutated_inter_frame_stream(edits: list[tuple[int, int]]) -> None:
-    info, first, second, data = INTER
+@given(
+    which=st.integers(0, len(STREAMS) - 1),
+    index=st.integers(0, 300),
+    value=st.one_of(st.integers(0, 2**32 - 1), st.sampled_from([0, 1, 2, 5, 2**31, 2**32 - 1])),
+)
+def test_hostile_stripe_table(which: int, index: int, value: int) -> None:
+    """Any word of a version 2 stripe table (stripe rows, segment lengths) set to anything."""
+    info, frame, data = STREAMS[which]
+    if data[4] != 2 or data[5] != private.MODE_CODED:
+        return
+    planes = 4 if data[10] == 3 else info.samples_per_pixel
+    start = private._HEADER.size + private._PLANE.size * planes
+    stripe_rows = struct.unpack_from("<I", data, start)[0]
+    words = 2 + -(-info.rows // stripe_rows)
+    mutated = bytearray(data)
+    struct.pack_into("<I", mutated, start + 4 * (index % words), value)
+    _decode_or_corrupt(bytes(mutated), info, frame)
+
+
+@FUZZ
+@given(which=st.integers(0, len(STREAMS) - 1), edits=EDITS)
+def test_inserted_and_deleted_bytes(which: int, edits: list) -> None:
+    info, frame, data = STREAMS[which]
+    _decode_or_corrupt(apply_edits(data, edits), info, frame)
+
+
+@FUZZ
+@given(version=st.sampled_from([1, 2]),
+       edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=6))
+def test_mutated_inter_frame_stream(version: int, edits: list[tuple[int, int]]) -> None:
+    info, first, second, data = INTERS[version - 1]
     mutated = bytearray(data)
     for position, value in edits:
         mutated[position % len(mutated)] = value

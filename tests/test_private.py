@@ -77,14 +77,16 @@ def test_reference_images(info: FrameInfo, frames: list[np.ndarray]) -> None:
         _round_trip(frame, info)
 
 
+@pytest.mark.parametrize("version", private.VERSIONS)
 @pytest.mark.parametrize("row", corpus_params())
-def test_corpus_round_trip(row: dict) -> None:
+def test_corpus_round_trip(row: dict, version: int) -> None:
     ds = pydicom.dcmread(row["file"])
     info = frame_info(ds)
     if CODEC.supports(info):
         pytest.skip(f"not carried: {CODEC.supports(info)}")
     frames = list(iter_frames(ds))
-    streams = CODEC.encode_frames(frames, info)
+    streams = private.encode_frames(frames, info, version=version)
+    assert all(s[4] == version for s in streams)
     # In order, frame by frame, as a reader of the DICOM file decodes them.
     for stream, frame in zip(streams, frames):
         assert np.array_equal(CODEC.decode_frame(stream, info), frame)
@@ -339,17 +341,20 @@ def test_range_coder_round_trip() -> None:
 
 # --- stream structure and corruption ---------------------------------------
 
-def test_golden_stream() -> None:
+@pytest.mark.parametrize("version, size, digest", [
+    (1, 676, "46d463522debe351b2e1809e0b457024d2c11c38ac7bdd90831948aaac643929"),
+    (2, 693, "65432683a217696cf049f613854276fb7272b5d5d0c284aa1ce90e2716901cd7"),
+])
+def test_golden_stream(version: int, size: int, digest: str) -> None:
     """The bitstream is a storage format: a change of the encoder's output must be deliberate."""
     import hashlib
 
     info = _info(24, 20, stored=12)
     y, x = np.mgrid[0:24, 0:20]
     frame = ((y * 37 + x * 11) % 97 * 40 + (y * x) % 7).astype(np.uint16)
-    data = CODEC.encode_frame(frame, info)
-    assert (len(data), hashlib.sha256(data).hexdigest()) == (
-        676, "46d463522debe351b2e1809e0b457024d2c11c38ac7bdd90831948aaac643929"
-    )
+    data = private.encode(frame, info, version=version)
+    assert data[4] == version
+    assert (len(data), hashlib.sha256(data).hexdigest()) == (size, digest)
     assert np.array_equal(CODEC.decode_frame(data, info), frame)
 
 
@@ -374,10 +379,11 @@ def test_checksum_mismatch_is_detected() -> None:
         CODEC.decode_frame(bytes(data), info)
 
 
-def test_payload_change_is_detected() -> None:
+@pytest.mark.parametrize("version", private.VERSIONS)
+def test_payload_change_is_detected(version: int) -> None:
     info = _info(40, 40, stored=12)
     frame = _smooth(np.random.default_rng(4), info)
-    data = CODEC.encode_frame(frame, info)
+    data = private.encode(frame, info, version=version)
     start = private._HEADER.size + private._PLANE.size
     positions = range(start, len(data), max(1, (len(data) - start) // 40))
     detected = 0
@@ -440,14 +446,17 @@ def test_hostile_descriptor_is_rejected_before_allocation() -> None:
 
 # --- memory ------------------------------------------------------------------
 
-def test_large_frame_memory_is_bounded() -> None:
-    """A 4k x 4k 16-bit frame codes within a few times its own size (peak RSS, fresh process)."""
-    program = """
+@pytest.mark.parametrize("version", private.VERSIONS)
+def test_large_frame_memory_is_bounded(version: int) -> None:
+    """A 4k x 4k 16-bit frame codes within a few times its own size (peak RSS, fresh process);
+    version 2 codes it as four stripes in threads."""
+    program = f"VERSION = {version}\n" + """
 import resource, numpy as np
 from gateway.codecs.private import encode, decode
 from gateway.codecs.base import FrameInfo
 small = FrameInfo(rows=8, columns=8, bits_stored=12)
-decode(encode(np.zeros((8, 8), np.uint16), small), small)
+ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 37) % 4000
+decode(encode(ramp, small, version=VERSION), small)  # compiles (or loads) the kernels before the baseline
 info = FrameInfo(rows=4096, columns=4096, bits_stored=12)
 frame = np.empty((4096, 4096), np.uint16)
 row = np.arange(4096, dtype=np.uint16)
@@ -455,7 +464,8 @@ rng = np.random.default_rng(0)
 for y in range(4096):  # no frame-sized temporaries before the baseline
     frame[y] = (row + 3 * y) % 4000 + rng.integers(0, 8, 4096, dtype=np.uint16)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-data = encode(frame, info)
+data = encode(frame, info, version=VERSION)
+assert data[4] == VERSION
 back = decode(data, info)
 assert np.array_equal(back, frame)
 del back
@@ -555,6 +565,47 @@ class _SpecDecoder:
             self._normalise()
         return value
 
+    # Version 2 (docs/private-codec.md section 9.3).
+    def token(self, table: list[int]) -> int:
+        """A token with an adaptive frequency table (its last entry is the total)."""
+        total = table[-1]
+        r = self.rng // total
+        target = min(self.code // r, total - 1)
+        s, cum = 0, 0
+        while cum + table[s] <= target:
+            cum += table[s]
+            s += 1
+        self.code -= r * cum
+        self.rng = r * table[s]
+        table[s] += 24
+        table[-1] += 24
+        if table[-1] > 1 << 15:
+            table[:-1] = [(f + 1) >> 1 for f in table[:-1]]
+            table[-1] = sum(table[:-1])
+        self._normalise()
+        return s
+
+    def chunks(self, nbits: int) -> int:
+        """`nbits` equiprobable bits, coded in chunks of at most 8."""
+        value = 0
+        while nbits > 0:
+            n = min(nbits, 8)
+            nbits -= n
+            self.rng >>= n
+            x = min(self.code // self.rng, (1 << n) - 1)
+            self.code -= x * self.rng
+            value = (value << n) | x
+            self._normalise()
+        return value
+
+
+def _spec_token_base(token: int) -> tuple[int, int]:
+    """Smallest value of a version 2 token and its number of raw bits (section 9.4)."""
+    if token < 8:
+        return token, 0
+    k = (token - 8) // 2 + 3
+    return (2 + (token - 8) % 2) << (k - 1), k - 1
+
 
 def _spec_class(a: int) -> int:
     if a == 0:
@@ -564,8 +615,23 @@ def _spec_class(a: int) -> int:
     return min(q, 27)
 
 
-def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int) -> list[list[int]]:
-    contexts = [[32768, 32768, 0] for _ in range(2128)]
+def _spec_weight(e: int, version: int) -> int:
+    """Weight of a sub-predictor of summed error `e` (sections 5.2 and 9.5)."""
+    if version == 1:
+        return (1 << 24) // (e + 1)
+    shift = max(0, (e + 1).bit_length() - 9)
+    return ((1 << 24) // ((e + 1) >> shift)) >> shift
+
+
+def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int, version: int = 1,
+                guide: list[list[int]] | None = None, keep: list[list[int]] | None = None) -> list[list[int]]:
+    """Decode a plane; `guide` gives version 2's guide values, `keep` receives |TE|."""
+    contexts = [[32768, 32768, 0] for _ in range(2128 if version == 1 else 140)]
+    tables = []
+    for z in range(56):  # section 9.5: a prior around the token class z mod 28 expects
+        centre = max(0, z % 28 - 11)
+        table = [1 + (32 >> min(abs(t - centre), 6)) for t in range(38)]
+        tables.append(table + [sum(table)])
     bias = [0] * 112
     v = [[0] * cols for _ in range(rows)]
     te = [[0] * cols for _ in range(rows)]
@@ -592,7 +658,7 @@ def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int) -> list[list[
             if lo == hi:
                 blend8 = 8 * lo
             else:
-                weights = [(1 << 24) // (ei + 1) for ei in e]
+                weights = [_spec_weight(ei, version) for ei in e]
                 total = sum(weights)
                 blend8 = (sum(wi * si for wi, si in zip(weights, s)) + total // 2) // total
                 blend8 = min(max(blend8, 8 * lo), 8 * hi)
@@ -604,7 +670,21 @@ def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int) -> list[list[
             pred8 = min(max(blend8 + (bias[bctx] >> 4), 8 * lo), 8 * hi)
             pred = (pred8 + 4) >> 3
             sigma = 1 if te_w + te_n > 0 else 2 if te_w + te_n < 0 else 0
-            if dec.bit(contexts[q]) == 0:
+            if version == 2:
+                value = pred
+                zq = q if guide is None else _spec_class(activity + 2 * guide[y][x])
+                zq += 28 * (lo == hi)
+                if dec.bit(contexts[zq]):
+                    base, nraw = _spec_token_base(dec.token(tables[zq]))
+                    mag = base + dec.chunks(nraw) + 1
+                    negative_ok, positive_ok = mag <= pred, mag <= top - pred
+                    assert negative_ok or positive_ok
+                    if negative_ok and positive_ok:
+                        negative = dec.bit(contexts[56 + 3 * q + sigma])
+                    else:
+                        negative = int(negative_ok)
+                    value = pred - mag if negative else pred + mag
+            elif dec.bit(contexts[q]) == 0:
                 value = pred
             else:
                 if pred == 0:
@@ -631,6 +711,8 @@ def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int) -> list[list[
                 value = pred - mag if negative else pred + mag
             v[y][x] = value
             te[y][x] = pred8 - 8 * value
+            if keep is not None:
+                keep[y][x] = abs(te[y][x])
             for t, si in zip(errs, s):
                 t[y][x] = abs(si - 8 * value)
             bias[bctx] += (16 * (8 * value - blend8) - bias[bctx]) >> 5
@@ -639,11 +721,23 @@ def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int) -> list[list[
 
 def _spec_decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = None) -> np.ndarray:
     """Decode a coded-mode stream following docs/private-codec.md step by step."""
-    assert data[:4] == b"GWL1" and data[4] == 1 and data[5] == 1
-    transform, prediction = data[10], data[11]
+    assert data[:4] == b"GWL1" and data[4] in (1, 2) and data[5] == 1
+    version, transform, prediction = data[4], data[10], data[11]
     count = 4 if transform == 3 else info.samples_per_pixel
     descriptors = [struct.unpack_from("<iII", data, 28 + 12 * i) for i in range(count)]
-    dec = _SpecDecoder(data, 28 + 12 * count)
+    start = 28 + 12 * count
+    if version == 2:
+        stripe_rows = struct.unpack_from("<I", data, start)[0]
+        stripes = -(-info.rows // stripe_rows)
+        lengths = struct.unpack_from(f"<{stripes + 1}I", data, start + 4)
+        start += 4 * (stripes + 2)
+        ends = list(np.cumsum(lengths) + start)
+        assert ends[-1] == len(data)  # the segments fill the stream
+        segments = [_SpecDecoder(data[:end], begin) if end > begin else None  # empty: codes nothing
+                    for begin, end in zip([start] + ends[:-1], ends)]
+    else:
+        segments = [_SpecDecoder(data, start)]
+    dec = segments[0]
     bitmaps = []
     for offset, maxv, used in descriptors:
         if used:
@@ -660,11 +754,36 @@ def _spec_decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = No
     if transform == 3:
         shapes = [(info.rows, info.columns)] + [(1, descriptors[0][1] + 1)] * 3
     planes = []
-    for (offset, maxv, used), shape, table in zip(descriptors, shapes, bitmaps):
+    order = list(range(count))
+    if version == 2 and transform == 3:
+        order = [1, 2, 3, 0]  # the colour table lives in the first segment, before the stripes
+    coded_planes: dict[int, list[list[int]]] = {}
+    for i in order:
+        (offset, maxv, used), (rows, cols) = descriptors[i], shapes[i]
         top = used - 1 if used else maxv
-        coded = _spec_plane(dec, *shape, top) if top > 0 else [[0] * shape[1] for _ in range(shape[0])]
-        planes.append(np.array([[offset + (table[c] if table else c) for c in row] for row in coded], np.int64))
-    assert dec.pos == len(data)  # the segment ends exactly at the end of the stream
+        if version == 2 and not (transform == 3 and i > 0):
+            coded_planes[i] = []  # an image plane: decoded stripe by stripe below
+        elif top == 0:
+            coded_planes[i] = [[0] * cols for _ in range(rows)]
+        else:
+            coded_planes[i] = _spec_plane(dec, rows, cols, top, version)
+    if version == 2:
+        for j, stripe in enumerate(segments[1:]):
+            first, last = j * stripe_rows, min(info.rows, (j + 1) * stripe_rows)
+            guide = [[0] * info.columns for _ in range(last - first)]  # |TE| of plane 0 (section 9.6)
+            for i in range(1 if transform == 3 else count):
+                top = descriptors[i][2] - 1 if descriptors[i][2] else descriptors[i][1]
+                if top > 0:
+                    coded_planes[i] += _spec_plane(stripe, last - first, info.columns, top, 2,
+                                                   guide=guide if i > 0 else None, keep=guide if i == 0 else None)
+                else:
+                    coded_planes[i] += [[0] * info.columns for _ in range(last - first)]
+    for i in range(count):
+        (offset, maxv, used), table = descriptors[i], bitmaps[i]
+        planes.append(np.array([[offset + (table[c] if table else c) for c in row] for row in coded_planes[i]],
+                               np.int64))
+    for segment in filter(None, segments):
+        assert segment.pos == len(segment.data)  # every segment ends exactly at its end
     if transform == 3:
         samples = np.stack([p[0] for p in planes[1:]], axis=-1)[planes[0]]
     else:
@@ -689,6 +808,7 @@ def _spec_decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = No
     return frame
 
 
+@pytest.mark.parametrize("version", private.VERSIONS)
 @pytest.mark.parametrize(
     "info, kind",
     [(_info(9, 11, stored=12), "smooth"), (_info(16, 12, stored=16, signed=True), "noise"),
@@ -696,7 +816,7 @@ def _spec_decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = No
      (_info(10, 8, stored=16), "sparse"), (_info(1, 60, stored=12), "smooth"),
      (_info(50, 1, stored=10), "smooth"), (_info(5, 5, stored=12), "inter")],
 )
-def test_specification_decoder_agrees(info: FrameInfo, kind: str) -> None:
+def test_specification_decoder_agrees(info: FrameInfo, kind: str, version: int) -> None:
     """The plain decoder written from the specification decodes our streams to the same frames."""
     rng = np.random.default_rng(len(kind))
     reference = None
@@ -713,10 +833,146 @@ def test_specification_decoder_agrees(info: FrameInfo, kind: str) -> None:
         frame = (reference + rng.integers(0, 2, info.shape)).astype(info.dtype)
     else:
         frame = _smooth(rng, info)
-    data = private.encode(frame, info, reference)
-    assert data[5] == private.MODE_CODED
+    data = private.encode(frame, info, reference, version=version)
+    assert data[4] == version and data[5] == private.MODE_CODED
     if kind == "indexed":
         assert data[10] == tf.COLOUR_PALETTE
     if kind == "inter":
         assert not private.is_intra(data)
     assert np.array_equal(_spec_decode(data, info, reference), frame)
+
+
+def test_specification_decoder_reads_golden_v1_streams() -> None:
+    """The archived version 1 streams decode with the plain decoder too (pixels read by pydicom)."""
+    from tests.test_private_golden import CASES, _frames
+
+    for case in CASES:
+        info, streams, pixels = _frames(case)
+        previous = None
+        for stream, expected in zip(streams, pixels):
+            if stream[5] == private.MODE_CODED:
+                assert np.array_equal(_spec_decode(stream, info, previous), expected), case["id"]
+            previous = expected
+
+
+# --- version 2: stripes, threads, the segment table ---------------------------------
+
+def _striped(monkeypatch: pytest.MonkeyPatch, stripe_bytes: int) -> None:
+    """Let small frames be cut into stripes (the encoder cuts frames of 1 MiB and more)."""
+    monkeypatch.setattr(private, "STRIPE_BYTES", stripe_bytes)
+
+
+def _stripe_rows(data: bytes, planes: int) -> int:
+    return struct.unpack_from("<I", data, private._HEADER.size + private._PLANE.size * planes)[0]
+
+
+@pytest.mark.parametrize("info, kind", [
+    (_info(13, 9, stored=12), "smooth"), (_info(20, 16, samples=3, alloc=8, stored=8), "smooth"),
+    (_info(9, 8, samples=3, alloc=8, stored=8), "indexed"), (_info(10, 6, stored=16), "sparse"),
+])
+def test_specification_decoder_agrees_on_stripes(monkeypatch: pytest.MonkeyPatch, info: FrameInfo,
+                                                 kind: str) -> None:
+    _striped(monkeypatch, 48)
+    rng = np.random.default_rng(3)
+    if kind == "indexed":
+        table = rng.integers(0, 255, (5, 3), endpoint=True)
+        y, x = np.mgrid[0:info.rows, 0:info.columns]
+        frame = table[(y * 2 + x) % 5].astype(info.dtype)
+    elif kind == "sparse":
+        frame = (rng.integers(0, 9, info.shape) * 4099).astype(info.dtype)
+    else:
+        frame = _smooth(rng, info)
+    data = private.encode(frame, info, version=2)
+    planes = 4 if data[10] == tf.COLOUR_PALETTE else info.samples_per_pixel
+    assert data[5] == private.MODE_CODED and _stripe_rows(data, planes) < info.rows
+    if kind == "indexed":
+        assert data[10] == tf.COLOUR_PALETTE
+    assert np.array_equal(private.decode(data, info), frame)
+    assert np.array_equal(_spec_decode(data, info), frame)
+
+
+def test_large_frames_are_striped_and_threads_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frame of several MiB is cut into stripes; one thread or several give the same stream."""
+    info = _info(1024, 1536, stored=12)
+    frame = _smooth(np.random.default_rng(6), info)
+    data = private.encode(frame, info, version=2)
+    assert _stripe_rows(data, 1) == 342  # 3 MiB: three stripes, ceil(1024 / 3) rows each
+    monkeypatch.setattr(private, "STRIPE_THREADS", 1)
+    assert private.encode(frame, info, version=2) == data
+    assert np.array_equal(private.decode(data, info), frame)
+
+
+def test_stripes_cost_little() -> None:
+    info = _info(256, 256, stored=12)
+    frame = _smooth(np.random.default_rng(2), info)
+    whole = len(private.encode(frame, info, version=2))
+    old = private.STRIPE_BYTES
+    try:
+        private.STRIPE_BYTES = info.frame_bytes // 4
+        striped = private.encode(frame, info, version=2)
+    finally:
+        private.STRIPE_BYTES = old
+    assert _stripe_rows(striped, 1) == 64
+    assert whole < len(striped) < whole * 1.03
+    assert np.array_equal(private.decode(striped, info), frame)
+
+
+@pytest.mark.parametrize("stripe_rows", [0, 41, 2**32 - 1])
+def test_hostile_stripe_rows_are_rejected(stripe_rows: int) -> None:
+    info = _info(40, 40, stored=12)
+    data = bytearray(private.encode(_smooth(np.random.default_rng(4), info), info, version=2))
+    struct.pack_into("<I", data, private._HEADER.size + private._PLANE.size, stripe_rows)
+    with pytest.raises(CorruptCodestreamError, match="per stripe"):
+        private.decode(bytes(data), info)
+
+
+def test_too_many_stripes_are_rejected() -> None:
+    info = _info(private.MAX_STRIPES + 1, 2, stored=12)
+    data = bytearray(private.encode(_smooth(np.random.default_rng(4), info), info, version=2))
+    struct.pack_into("<I", data, private._HEADER.size + private._PLANE.size, 1)
+    with pytest.raises(CorruptCodestreamError, match="out of limits"):
+        private.decode(bytes(data), info)
+
+
+def test_segment_lengths_must_fill_the_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    _striped(monkeypatch, 400)
+    info = _info(40, 40, stored=12)
+    frame = _smooth(np.random.default_rng(4), info)
+    data = private.encode(frame, info, version=2)
+    table = private._HEADER.size + private._PLANE.size + 4
+    count = 1 + -(-40 // _stripe_rows(data, 1))
+    lengths = list(struct.unpack_from(f"<{count}I", data, table))
+    assert count == 5 and all(lengths[1:])
+    for i, change in [(1, 1), (1, -1), (2, 2**31), (0, 5), (4, -3)]:
+        mutated = bytearray(data)
+        struct.pack_into("<I", mutated, table + 4 * i, (lengths[i] + change) % 2**32)
+        with pytest.raises(CorruptCodestreamError):
+            private.decode(bytes(mutated), info)
+    # Two stripes swapped: each decodes, but the frame is not the same: the CRC tells.
+    segments, position = [], table + 4 * count
+    for length in lengths:
+        segments.append(data[position:position + length])
+        position += length
+    swapped = data[:table + 4 * count] + b"".join([segments[0], segments[2], segments[1]] + segments[3:])
+    with pytest.raises(CorruptCodestreamError):
+        private.decode(swapped, info)
+
+
+@pytest.mark.parametrize("info, frames", reference_params())
+def test_version_2_round_trips(info: FrameInfo, frames: list[np.ndarray]) -> None:
+    """Version 2 (written on request) round trips every reference image."""
+    streams = private.encode_frames(frames, info, version=2)
+    assert all(s[4] == 2 for s in streams)
+    assert all(np.array_equal(a, b) for a, b in zip(private.decode_frames(streams, info), frames))
+
+
+def test_unknown_version_is_refused() -> None:
+    info = _info(8, 8, stored=12)
+    frame = _smooth(np.random.default_rng(1), info)
+    with pytest.raises(ValueError, match="version"):
+        private.encode(frame, info, version=3)
+    data = bytearray(private.encode(frame, info, version=2))
+    data[4] = 3
+    with pytest.raises(CorruptCodestreamError, match="version"):
+        private.decode(bytes(data), info)
+

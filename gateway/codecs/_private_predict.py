@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
+from numba.cpython.unsafe.numbers import leading_zeros
 
 N_SUB = 5
 WEIGHT_ONE = 1 << 24
@@ -40,24 +41,8 @@ def new_state(columns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 @njit(cache=True, nogil=True, inline="always")
 def bit_length(v):
-    """Number of bits of the integer `v`, 0 <= v < 2**33 (0 for 0)."""
-    n = 0
-    if v >= 1 << 16:
-        v >>= 16
-        n += 16
-    if v >= 1 << 8:
-        v >>= 8
-        n += 8
-    if v >= 1 << 4:
-        v >>= 4
-        n += 4
-    if v >= 1 << 2:
-        v >>= 2
-        n += 2
-    if v >= 2:
-        v >>= 1
-        n += 1
-    return n + v
+    """Number of bits of the integer `v`, 0 <= v < 2**63 (0 for 0): one count-leading-zeros instruction."""
+    return np.int64(64) - np.int64(leading_zeros(np.uint64(v)))
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -93,6 +78,53 @@ def blend(n, w, nw, ne, te_w, te_n, te_nw, te_ne, e0, e1, e2, e3, e4):
     Scalars only: the plane loops gather the neighbours and errors themselves
     (an inline function taking arrays costs numba reference counting per call).
     """
+    blend8, s0, s1, s2, s3, s4, activity, lo, hi = blend_activity(n, w, nw, ne, te_w, te_n, te_nw, te_ne,
+                                                                 e0, e1, e2, e3, e4)
+    return blend8, s0, s1, s2, s3, s4, quantise_activity(activity), lo, hi
+
+
+# Version 2 weights: 2**24 / (e + 1) from a table of RECIP_SIZE entries, e + 1 scaled into it by a shift.
+RECIP_BITS = 9
+RECIP = np.array([0] + [WEIGHT_ONE // k for k in range(1, 1 << RECIP_BITS)], np.int64)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def weight_v2(e):
+    """Weight of a sub-predictor of summed error `e` >= 0 (version 2): about 2**24 / (e + 1), no division."""
+    d = e + 1
+    shift = max(np.int64(0), bit_length(d) - RECIP_BITS)
+    return RECIP[d >> shift] >> shift
+
+
+@njit(cache=True, nogil=True, inline="always")
+def blend_v2(n, w, nw, ne, te_w, te_n, te_nw, te_ne, e0, e1, e2, e3, e4):
+    """Version 2's blend: :func:`blend_activity` with table weights (:func:`weight_v2`)."""
+    s0 = (n + w - nw) << 3
+    s1 = (n << 3) - (((te_w + te_n + te_ne) * 5) >> 4)
+    s2 = (w << 3) - (((te_w + te_n + te_nw) * 5) >> 4)
+    s3 = (w + ne - n) << 3
+    s4 = (n + ne) << 2
+    lo = min(w, min(n, ne))
+    hi = max(w, max(n, ne))
+    if lo == hi:
+        blend8 = lo << 3
+    else:
+        w0 = weight_v2(e0)
+        w1 = weight_v2(e1)
+        w2 = weight_v2(e2)
+        w3 = weight_v2(e3)
+        w4 = weight_v2(e4)
+        total = w0 + w1 + w2 + w3 + w4
+        blend8 = _floor_div(w0 * s0 + w1 * s1 + w2 * s2 + w3 * s3 + w4 * s4 + (total >> 1), total)
+        blend8 = min(max(blend8, lo << 3), hi << 3)
+    grad = (abs(n - nw) + abs(w - nw) + abs(ne - n)) << 2
+    activity = (abs(te_w) + abs(te_n) + abs(te_nw) + abs(te_ne) + min(min(e0, e1), min(min(e2, e3), e4)) + grad) >> 1
+    return blend8, s0, s1, s2, s3, s4, activity, lo, hi
+
+
+@njit(cache=True, nogil=True, inline="always")
+def blend_activity(n, w, nw, ne, te_w, te_n, te_nw, te_ne, e0, e1, e2, e3, e4):
+    """:func:`blend` returning the activity measure itself instead of its class."""
     s0 = (n + w - nw) << 3
     s1 = (n << 3) - (((te_w + te_n + te_ne) * 5) >> 4)
     s2 = (w << 3) - (((te_w + te_n + te_nw) * 5) >> 4)
@@ -114,7 +146,7 @@ def blend(n, w, nw, ne, te_w, te_n, te_nw, te_ne, e0, e1, e2, e3, e4):
         blend8 = min(max(blend8, lo << 3), hi << 3)
     grad = (abs(n - nw) + abs(w - nw) + abs(ne - n)) << 2
     activity = (abs(te_w) + abs(te_n) + abs(te_nw) + abs(te_ne) + min(min(e0, e1), min(min(e2, e3), e4)) + grad) >> 1
-    return blend8, s0, s1, s2, s3, s4, quantise_activity(activity), lo, hi
+    return blend8, s0, s1, s2, s3, s4, activity, lo, hi
 
 
 @njit(cache=True, nogil=True, inline="always")

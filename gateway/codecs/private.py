@@ -1,4 +1,4 @@
-"""GatewayLosslessV1 ("gwl"): the project's own lossless codec.
+"""GatewayLossless ("gwl"), versions 1 and 2: the project's own lossless codec.
 
 Transfer syntax ``2.25.98736700971092333592611877631001549337`` (a UUID-based
 UID of our own), encapsulated like Explicit VR Little Endian with one fragment
@@ -11,7 +11,7 @@ integers little endian)::
 
     offset size  field
     0      4     magic "GWL1"
-    4      1     version = 1
+    4      1     version: 1 or 2 (the encoder writes 1 unless asked for 2)
     5      1     mode: 0 stored (raw frame bytes follow), 1 coded
     6      1     samples per pixel (1 or 3)
     7      1     bits allocated (8, 16 or 32)
@@ -25,9 +25,11 @@ integers little endian)::
     24     4     CRC-32 of the reference frame (0 when intra)
     28     12*P  per plane (P = samples, coded mode only): offset int32,
                  maxv uint32, palette count uint32 (0 = no palette)
-    ...          stored: the frame bytes; coded: one range-coded segment
+    ...          stored: the frame bytes; coded, version 1: one range-coded
+                 segment; version 2: stripe rows uint32, S + 1 segment lengths
+                 uint32 (S = ceil(rows / stripe rows)), the segments
 
-Coded segment: for each plane with a palette, the bitmap of used values
+Version 1 coded segment: for each plane with a palette, the bitmap of used values
 (``maxv + 1`` adaptive bits); then for each plane with a non-zero coded
 maximum, every sample in raster order: a blend of five sub-predictors
 weighted by their local errors, clamped to the W/N/NE range and corrected by
@@ -35,6 +37,15 @@ a bias estimate per texture context; the residual as zero flag, sign, unary
 magnitude class and mantissa bits, in contexts chosen by the local activity;
 coded by a 32-bit binary range coder with two-rate adaptive 16-bit
 probabilities.
+
+Version 2: segment 0 holds the bitmaps (and an indexed-colour table), each
+further segment one horizontal stripe of the image planes, coded
+independently so that threads share a large frame.  The prediction is
+version 1's (with table weights); a residual is a binary zero flag, then one
+token of an adaptive multi-symbol alphabet (38 symbols, frequency tables per
+coding class), raw low bits and the sign only when both signs are possible;
+colour planes 1 and 2 take plane 0's error at the same pixel into their
+coding class.
 
 Decoding checks every header field against the expected :class:`FrameInfo`
 and named limits before allocating, bounds the coder's reads, requires the
@@ -44,16 +55,20 @@ any inconsistency raises :class:`CorruptCodestreamError`.
 
 from __future__ import annotations
 
+import os
 import struct
 import threading
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
 
 import numpy as np
 
 from gateway.codecs import _private_planes as _planes
+from gateway.codecs import _private_planes2 as _planes2
 from gateway.codecs import _private_predict as _predict
 from gateway.codecs import _private_rangecoder as _rc
+from gateway.codecs import _private_symbols as _sym
 from gateway.codecs import _private_transforms as _tf
 from gateway.codecs import register
 from gateway.codecs.base import FrameInfo, check_frame
@@ -62,12 +77,13 @@ from gateway.errors import CorruptCodestreamError, UnsupportedImageError
 
 __all__ = [
     "GatewayLosslessCodec", "encode", "decode", "encode_frames", "decode_frames", "is_intra", "supports",
-    "UID", "MAGIC", "VERSION",
+    "UID", "MAGIC", "VERSION", "VERSIONS",
 ]
 
 UID = GATEWAY_LOSSLESS_V1
 MAGIC = b"GWL1"
-VERSION = 1
+VERSION = 1  # the version the encoder writes unless asked for another (see encode)
+VERSIONS = (1, 2)  # the versions the decoder reads
 MODE_STORED = 0
 MODE_CODED = 1
 PREDICT_INTRA = 0
@@ -75,6 +91,7 @@ PREDICT_PREVIOUS = 1
 
 _HEADER = struct.Struct("<4sBBBBBBBBIIII")
 _PLANE = struct.Struct("<iII")
+_U32 = struct.Struct("<I")
 
 # Named limits checked before anything is allocated.
 MAX_BITS_STORED = 16
@@ -89,6 +106,14 @@ RECENT_FRAMES = 2
 MAX_COLOURS = 4096
 # Use a palette when at most this fraction of the values between minimum and maximum occur.
 PALETTE_DENSITY = 0.75
+# Version 2 stripes: a frame of at least STRIPE_BYTES is cut into up to ENCODER_STRIPES
+# horizontal stripes coded independently (one per STRIPE_BYTES), so that threads share it.
+STRIPE_BYTES = 1 << 20
+ENCODER_STRIPES = 4
+# Most stripes a decoder accepts (checked before reading the segment table).
+MAX_STRIPES = 256
+# Threads that code the stripes of one frame.
+STRIPE_THREADS = max(1, min(ENCODER_STRIPES, os.cpu_count() or 1))
 
 
 def supports(info: FrameInfo) -> str | None:
@@ -117,10 +142,11 @@ def _crc(frame: np.ndarray) -> int:
     return zlib.crc32(little.view(np.uint8).reshape(-1))
 
 
-def _header(info: FrameInfo, mode: int, transform: int, crc: int, reference_crc: int | None) -> bytes:
+def _header(info: FrameInfo, mode: int, transform: int, crc: int, reference_crc: int | None,
+            version: int = VERSION) -> bytes:
     prediction = PREDICT_INTRA if reference_crc is None else PREDICT_PREVIOUS
     return _HEADER.pack(
-        MAGIC, VERSION, mode, info.samples_per_pixel, info.bits_allocated, info.bits_stored,
+        MAGIC, version, mode, info.samples_per_pixel, info.bits_allocated, info.bits_stored,
         info.pixel_representation, transform, prediction, info.rows, info.columns, crc, reference_crc or 0,
     )
 
@@ -163,13 +189,20 @@ def _check_input(frame: np.ndarray, info: FrameInfo) -> np.ndarray:
     return frame
 
 
-def encode(frame: np.ndarray, info: FrameInfo, reference: np.ndarray | None = None) -> bytes:
-    """Encode one frame (codec array convention) to a GatewayLosslessV1 stream.
+def encode(frame: np.ndarray, info: FrameInfo, reference: np.ndarray | None = None, *,
+           version: int = VERSION) -> bytes:
+    """Encode one frame (codec array convention) to a GatewayLossless stream.
 
     `reference` is the previous frame of the same multi-frame image: when
     given, the frame is coded as its difference from it if that looks cheaper
     (the stream then needs that frame to decode; see :func:`decode`).
+    `version` 1 (the default) is what every decoder of this syntax reads;
+    version 2 codes residuals as multi-symbol tokens and cuts frames of 1 MiB
+    and more into stripes coded in parallel threads (decoders from version 2
+    of this module on).
     """
+    if version not in VERSIONS:
+        raise ValueError(f"GatewayLossless version {version} is not one of {VERSIONS}")
     frame = _check_input(frame, info)
     crc = _crc(frame)
     transform = _tf.choose_colour(frame) if info.samples_per_pixel == 3 else _tf.COLOUR_NONE
@@ -182,23 +215,26 @@ def encode(frame: np.ndarray, info: FrameInfo, reference: np.ndarray | None = No
             planes = difference
             reference_crc = _crc(reference)
         del difference
-    body = _coded_body(list(planes), info)
+    body = _coded_body(list(planes), info, version, tables=0)
     del planes
     if reference_crc is None and info.samples_per_pixel == 3:
         indexed = _tf.colour_palette(frame, MAX_COLOURS)
         if indexed is not None:
             index, table = indexed
-            alternative = _coded_body([index] + [c[np.newaxis] for c in table], info)
+            alternative = _coded_body([index] + [c[np.newaxis] for c in table], info, version, tables=3)
             if len(alternative) < len(body):
                 body, transform = alternative, _tf.COLOUR_PALETTE
     if len(body) >= info.frame_bytes:
         raw = np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("<")).tobytes()
-        return _header(info, MODE_STORED, _tf.COLOUR_NONE, crc, None) + raw
-    return _header(info, MODE_CODED, transform, crc, reference_crc) + body
+        return _header(info, MODE_STORED, _tf.COLOUR_NONE, crc, None, version) + raw
+    return _header(info, MODE_CODED, transform, crc, reference_crc, version) + body
 
 
-def _coded_body(planes: list[np.ndarray], info: FrameInfo) -> bytes:
-    """Plane descriptors and the coded segment of int32 planes (modified in place)."""
+def _coded_body(planes: list[np.ndarray], info: FrameInfo, version: int, tables: int) -> bytes:
+    """Plane descriptors and the coded segment(s) of int32 planes (modified in place).
+
+    The last `tables` planes are the one-row colour table of indexed colour.
+    """
     descriptors, coded, maxvs, bitmaps = [], [], [], []
     for plane in planes:
         offset = int(plane.min())
@@ -218,15 +254,91 @@ def _coded_body(planes: list[np.ndarray], info: FrameInfo) -> bytes:
         descriptors.append(_PLANE.pack(offset, maxv, count))
         coded.append(np.ascontiguousarray(shifted, dtype=np.int32))
         maxvs.append(coded_max)
-    payload = _code_planes(coded, maxvs, bitmaps, info.frame_bytes // 2 + 1024)
+    if version == 1:
+        payload = _code_planes(coded, maxvs, bitmaps, info.frame_bytes // 2 + 1024)
+    else:
+        payload = _code_segments(coded, maxvs, bitmaps, len(coded) - tables, info)
     return b"".join(descriptors) + payload
 
 
-def encode_frames(frames: "list[np.ndarray]", info: FrameInfo) -> list[bytes]:
+def _stripe_rows(info: FrameInfo) -> int:
+    """Rows per stripe the encoder uses: one stripe per STRIPE_BYTES, at most ENCODER_STRIPES."""
+    stripes = max(1, min(ENCODER_STRIPES, info.frame_bytes // STRIPE_BYTES, info.rows))
+    return -(-info.rows // stripes)
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _map(function, jobs: list) -> list:
+    """`function` over `jobs`, in threads when there are several (the kernels release the GIL)."""
+    global _pool
+    if len(jobs) < 2 or STRIPE_THREADS < 2:
+        return [function(job) for job in jobs]
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(STRIPE_THREADS, thread_name_prefix="gwl-stripe")
+    return list(_pool.map(function, jobs))
+
+
+_NO_GUIDE = np.empty((0, 0), np.int32)
+
+
+def _guides(planes: list[np.ndarray], guided: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per plane the array its errors are kept in and the array that guides its contexts:
+    with `guided`, the first plane keeps its errors and they guide the other planes."""
+    if not guided or len(planes) < 2:
+        return [_NO_GUIDE] * len(planes), [_NO_GUIDE] * len(planes)
+    errors = np.zeros(planes[0].shape, np.int32)
+    return [errors] + [_NO_GUIDE] * (len(planes) - 1), [_NO_GUIDE] + [errors] * (len(planes) - 1)
+
+
+def _encode_segment(bitmaps: list, planes: list[np.ndarray], maxvs: list[int], capacity: int,
+                    guided: bool) -> bytes:
+    """One version 2 segment: the bitmaps, then each plane with a non-zero maximum (empty when
+    that is nothing)."""
+    if not _has_decisions(bitmaps, maxvs):
+        return b""
+    st = _rc.enc_start()
+    buf = np.empty(max(capacity, 64), np.uint8)
+    for used in bitmaps:
+        if used is not None:
+            ctx = _rc.new_contexts(_planes.CTX_BITMAP)
+            st, buf = _planes.encode_bitmap(st, buf, used, ctx)
+    keeps, guides = _guides(planes, guided)
+    for plane, maxv, keep, guide in zip(planes, maxvs, keeps, guides):
+        if maxv > 0:
+            te, err, bm = _predict.new_state(plane.shape[1])
+            st, buf = _planes2.encode_plane(st, buf, plane, maxv, _sym.new_tables(_planes2.N_TABLES),
+                                            _rc.new_contexts(_planes2.N_BINARY), te, err, bm, guide, keep)
+    buf, size = _rc.enc_finish(st, buf)
+    return buf[:size].tobytes()
+
+
+def _has_decisions(bitmaps: list, maxvs: list[int]) -> bool:
+    return any(used is not None for used in bitmaps) or any(maxv > 0 for maxv in maxvs)
+
+
+def _code_segments(planes: list[np.ndarray], maxvs: list[int], bitmaps: list, images: int,
+                   info: FrameInfo) -> bytes:
+    """Version 2 payload: stripe rows, segment lengths, the side segment, one segment per stripe."""
+    stripe_rows = _stripe_rows(info)
+    starts = range(0, info.rows, stripe_rows)
+    capacity = info.frame_bytes // (2 * len(starts)) + 1024
+    jobs = [(bitmaps, planes[images:], maxvs[images:], 1024, False)]
+    jobs += [([], [p[y:y + stripe_rows] for p in planes[:images]], maxvs[:images], capacity, True)
+             for y in starts]
+    segments = _map(lambda job: _encode_segment(*job), jobs)
+    table = _U32.pack(stripe_rows) + b"".join(_U32.pack(len(s)) for s in segments)
+    return table + b"".join(segments)
+
+
+def encode_frames(frames: "list[np.ndarray]", info: FrameInfo, *, version: int = VERSION) -> list[bytes]:
     """Encode the frames of one multi-frame image, each predicted from the previous where that pays."""
     out, previous = [], None
     for frame in frames:
-        out.append(encode(frame, info, previous))
+        out.append(encode(frame, info, previous, version=version))
         previous = frame
     return out
 
@@ -235,14 +347,14 @@ def _corrupt(message: str) -> CorruptCodestreamError:
     return CorruptCodestreamError(f"GatewayLosslessV1: {message}")
 
 
-def _check_header(data: bytes, info: FrameInfo) -> tuple[int, int, int, int, int]:
+def _check_header(data: bytes, info: FrameInfo) -> tuple[int, int, int, int, int, int]:
     if len(data) < _HEADER.size:
         raise _corrupt(f"stream of {len(data)} bytes is shorter than the {_HEADER.size}-byte header")
     (magic, version, mode, samples, alloc, stored, signed, transform, prediction,
      rows, cols, crc, reference_crc) = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise _corrupt(f"bad magic {magic!r}")
-    if version != VERSION:
+    if version not in VERSIONS:
         raise _corrupt(f"unsupported version {version}")
     if mode not in (MODE_STORED, MODE_CODED):
         raise _corrupt(f"bad mode {mode}")
@@ -262,7 +374,7 @@ def _check_header(data: bytes, info: FrameInfo) -> tuple[int, int, int, int, int
         prediction == PREDICT_PREVIOUS and transform == _tf.COLOUR_PALETTE
     ):
         raise _corrupt(f"bad prediction mode {prediction} (reference CRC {reference_crc:#010x})")
-    return mode, transform, crc, prediction, reference_crc
+    return version, mode, transform, crc, prediction, reference_crc
 
 
 def is_intra(data: bytes) -> bool:
@@ -281,13 +393,14 @@ def decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = None) ->
     if reason:
         raise UnsupportedImageError(reason)
     data = bytes(data)
-    mode, transform, crc, prediction, reference_crc = _check_header(data, info)
+    version, mode, transform, crc, prediction, reference_crc = _check_header(data, info)
     if prediction == PREDICT_PREVIOUS:
         reference = _find_reference(reference, reference_crc, info)
     if mode == MODE_STORED:
         frame = _decode_stored(data, info)
     else:
-        frame = _decode_coded(data, info, transform, reference if prediction == PREDICT_PREVIOUS else None)
+        frame = _decode_coded(data, info, version, transform,
+                              reference if prediction == PREDICT_PREVIOUS else None)
     if _crc(frame) != crc:
         raise _corrupt("CRC-32 of the decoded frame does not match the stream")
     _remember(frame, crc, info)
@@ -350,7 +463,8 @@ def _descriptors(data: bytes, count: int) -> list[tuple[int, int, int]]:
     return descriptors
 
 
-def _decode_coded(data: bytes, info: FrameInfo, transform: int, reference: np.ndarray | None) -> np.ndarray:
+def _decode_coded(data: bytes, info: FrameInfo, version: int, transform: int,
+                  reference: np.ndarray | None) -> np.ndarray:
     if transform == _tf.COLOUR_PALETTE:
         descriptors = _descriptors(data, 4)
         offset, maxv, count = descriptors[0]
@@ -360,7 +474,10 @@ def _decode_coded(data: bytes, info: FrameInfo, transform: int, reference: np.nd
     else:
         descriptors = _descriptors(data, info.samples_per_pixel)
         shapes = [(info.rows, info.columns)] * info.samples_per_pixel
-    values = _decode_planes(data, descriptors, shapes)
+    if version == 1:
+        values = _decode_planes(data, descriptors, shapes)
+    else:
+        values = _decode_segments(data, descriptors, shapes, 3 if transform == _tf.COLOUR_PALETTE else 0, info)
     if transform == _tf.COLOUR_PALETTE:
         table = np.stack([p[0] for p in values[1:]], axis=-1)
         samples = table[values[0]]
@@ -415,6 +532,79 @@ def _decode_planes(data: bytes, descriptors: list[tuple[int, int, int]],
         values.append(plane)
     if st[2] != len(buf) and not (st[2] == len(buf) - 1 and buf[-1] == 0):
         raise _corrupt(f"{len(buf) - st[2]} bytes follow the end of the coded segment")
+    return values
+
+
+def _segment_table(data: bytes, start: int, rows: int) -> tuple[int, list[tuple[int, int]]]:
+    """Stripe rows and the (start, end) of every segment of a version 2 stream, checked."""
+    if len(data) < start + _U32.size:
+        raise _corrupt("stream ends before the stripe table")
+    (stripe_rows,) = _U32.unpack_from(data, start)
+    if not 1 <= stripe_rows <= rows or -(-rows // stripe_rows) > MAX_STRIPES:
+        raise _corrupt(f"{stripe_rows} rows per stripe for {rows} rows is out of limits")
+    count = 1 + -(-rows // stripe_rows)
+    position = start + _U32.size * (1 + count)
+    if len(data) < position:
+        raise _corrupt("stream ends inside the segment table")
+    segments = []
+    for i in range(count):
+        (length,) = _U32.unpack_from(data, start + _U32.size * (1 + i))
+        if length > len(data) - position:
+            raise _corrupt(f"segment {i} of {length} bytes does not fit the stream")
+        segments.append((position, position + length))
+        position += length
+    if position != len(data) and not (position == len(data) - 1 and data[-1] == 0):
+        raise _corrupt(f"{len(data) - position} bytes follow the end of the last segment")
+    return stripe_rows, segments
+
+
+def _decode_segment(data: np.ndarray, bitmaps: list[np.ndarray], planes: list[np.ndarray],
+                    maxvs: list[int], guided: bool) -> bool:
+    """Decode one version 2 segment into `bitmaps` and `planes`; False when it is corrupt."""
+    if not _has_decisions(bitmaps, maxvs):
+        return len(data) == 0
+    if len(data) < 5 or data[0] != 0:
+        return False
+    st = _rc.dec_start(data, 0)
+    for used in bitmaps:
+        st, _ = _planes.decode_bitmap(st, data, used, _rc.new_contexts(_planes.CTX_BITMAP))
+    keeps, guides = _guides(planes, guided)
+    for plane, maxv, keep, guide in zip(planes, maxvs, keeps, guides):
+        if maxv > 0:
+            te, err, bm = _predict.new_state(plane.shape[1])
+            st, status = _planes2.decode_plane(st, data, plane, maxv, _sym.new_tables(_planes2.N_TABLES),
+                                               _rc.new_contexts(_planes2.N_BINARY), te, err, bm, guide, keep)
+            if status != _planes2.STATUS_OK:
+                return False
+        if st[2] > len(data):
+            return False
+    return st[2] == len(data)
+
+
+def _decode_segments(data: bytes, descriptors: list[tuple[int, int, int]], shapes: list[tuple[int, int]],
+                     tables: int, info: FrameInfo) -> list[np.ndarray]:
+    """Decode a version 2 payload into int32 planes of the given shapes (offsets and palettes undone)."""
+    start = _HEADER.size + _PLANE.size * len(descriptors)
+    stripe_rows, segments = _segment_table(data, start, info.rows)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    bitmaps = [np.zeros(maxv + 1, np.uint8) if count else None for _, maxv, count in descriptors]
+    planes = [np.zeros(shape, np.int32) for shape in shapes]
+    maxvs = [count - 1 if count else maxv for _, maxv, count in descriptors]
+    images = len(planes) - tables
+    (a, b), stripes = segments[0], segments[1:]
+    jobs = [(buf[a:b], [u for u in bitmaps if u is not None], planes[images:], maxvs[images:], False)]
+    for (a, b), y in zip(stripes, range(0, info.rows, stripe_rows)):
+        jobs.append((buf[a:b], [], [p[y:y + stripe_rows] for p in planes[:images]], maxvs[:images], True))
+    if not all(_map(lambda job: _decode_segment(*job), jobs)):
+        raise _corrupt("a coded segment is corrupt (a residual out of range, or not ending at its end)")
+    values = []
+    for (offset, maxv, count), plane, used in zip(descriptors, planes, bitmaps):
+        if used is not None:
+            if int(used.sum()) != count or not used[0] or not used[maxv]:
+                raise _corrupt("palette bitmap does not match its descriptor")
+            plane = _tf.from_palette(plane, used)
+        plane += np.int32(offset)
+        values.append(plane)
     return values
 
 

@@ -1,0 +1,168 @@
+"""Residual coding of one plane (or one stripe of a plane) in version 2 of the private codec.
+
+Prediction and context are version 1's (:mod:`._private_predict`: the same
+blend, bias correction and activity class ``q``) but for the blend's
+weights, taken from a table instead of five divisions (:func:`blend_v2`).
+The class ``c`` of the zero flag and the token is ``q``, or for the second
+and third plane of a colour image the class of the activity plus twice the
+first plane's error at the same position (the *guide*: edges and noise of
+one colour plane are where the others have theirs); the flat neighbourhoods
+(``W = N = NE``) have classes of their own.  The residual ``r = value - pred``
+is coded as
+
+1. a *zero flag*, one adaptive binary decision in context ``c``;
+2. for ``r != 0``, the *token* of ``|r| - 1`` (:func:`._private_symbols.token_of`)
+   with the token table ``c``: one multi-symbol step;
+3. the raw low bits of ``|r| - 1`` the token leaves open, in chunks;
+4. the sign, as one adaptive binary decision in context ``(q, sign of the
+   neighbours' errors)``, only when both signs are possible
+   (``|r| <= pred`` and ``|r| <= maxv - pred``).
+
+Encoding and decoding run one loop (:func:`_code_plane`), as in version 1.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from gateway.codecs._private_predict import (
+    N_CLASSES, bias_context, bias_update, blend_v2, correct, quantise_activity,
+)
+from gateway.codecs._private_rangecoder import dec_bit, enc_bit, grow
+from gateway.codecs._private_symbols import dec_chunks, dec_token, enc_chunks, enc_token, token_base, token_of
+
+GUIDE_WEIGHT = 2  # weight of the first plane's error at the same position in a later plane's class
+# Binary contexts of a plane: the zero flag per class (and apart for flat neighbourhoods,
+# W = N = NE), then the sign per activity class and neighbour bias.  As many token tables.
+CTX_ZERO = 0
+CTX_SIGN = 2 * N_CLASSES
+N_BINARY = CTX_SIGN + 3 * N_CLASSES
+N_TABLES = 2 * N_CLASSES  # token tables of a plane
+
+STATUS_OK = 0
+STATUS_RANGE = 1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _sign_class(bias):
+    if bias > 0:
+        return 1
+    if bias < 0:
+        return 2
+    return 0
+
+
+@njit(cache=True, nogil=True)
+def _code_plane(encoding, est, buf, dst, data, plane, maxv, tables, bins, te, err, bm, guide, keep):
+    """Encode (`encoding`) or decode every sample of `plane`; returns (encoder state, buffer,
+    decoder state, status), the state of the other direction passing through untouched."""
+    rows, cols = plane.shape
+    status = STATUS_OK
+    guided = guide.shape[0] > 0
+    keeping = keep.shape[0] > 0
+    for y in range(rows):
+        r = y & 1
+        p = r ^ 1
+        if encoding:
+            buf = grow(buf, est[4] + est[3] + 16 + cols * 12)
+        for x in range(cols):
+            if y > 0:
+                n = np.int64(plane[y - 1, x])
+                if x > 0:
+                    w = np.int64(plane[y, x - 1])
+                    nw = np.int64(plane[y - 1, x - 1])
+                else:
+                    w = n
+                    nw = n
+                ne = np.int64(plane[y - 1, x + 1]) if x + 1 < cols else n
+            else:
+                w = np.int64(plane[y, x - 1]) if x > 0 else np.int64(0)
+                n = w
+                nw = w
+                ne = w
+            te_w = np.int64(te[r, x])
+            te_n = np.int64(te[p, x + 1])
+            te_nw = np.int64(te[p, x])
+            te_ne = np.int64(te[p, x + 2])
+            e0 = np.int64(err[0, p, x + 1]) + err[0, r, x] + err[0, p, x] + err[0, p, x + 2]
+            e1 = np.int64(err[1, p, x + 1]) + err[1, r, x] + err[1, p, x] + err[1, p, x + 2]
+            e2 = np.int64(err[2, p, x + 1]) + err[2, r, x] + err[2, p, x] + err[2, p, x + 2]
+            e3 = np.int64(err[3, p, x + 1]) + err[3, r, x] + err[3, p, x] + err[3, p, x + 2]
+            e4 = np.int64(err[4, p, x + 1]) + err[4, r, x] + err[4, p, x] + err[4, p, x + 2]
+            blend8, s0, s1, s2, s3, s4, activity, lo, hi = blend_v2(n, w, nw, ne, te_w, te_n, te_nw, te_ne,
+                                                                   e0, e1, e2, e3, e4)
+            q = quantise_activity(activity)
+            bctx = bias_context(q, n, w, nw, ne, blend8)
+            bias = np.int64(bm[bctx])
+            pred8, pred = correct(blend8, bias, lo, hi)
+            sign_ctx = CTX_SIGN + 3 * q + _sign_class(te_w + te_n)
+            cq = q
+            if guided:
+                cq = quantise_activity(activity + GUIDE_WEIGHT * np.int64(guide[y, x]))
+            zq = cq + N_CLASSES * np.int64(lo == hi)
+            if encoding:
+                value = np.int64(plane[y, x])
+                res = value - pred
+                mag = abs(res)
+                if mag == 0:
+                    est = enc_bit(est, buf, bins, CTX_ZERO + zq, 0)
+                else:
+                    est = enc_bit(est, buf, bins, CTX_ZERO + zq, 1)
+                    token, nraw = token_of(mag - 1)
+                    est = enc_token(est, buf, tables, zq, token)
+                    if nraw > 0:
+                        est = enc_chunks(est, buf, mag - 1, nraw)
+                    if mag <= pred and mag <= maxv - pred:
+                        est = enc_bit(est, buf, bins, sign_ctx, np.int64(res < 0))
+            else:
+                dst, nonzero = dec_bit(dst, data, bins, CTX_ZERO + zq)
+                value = pred
+                if nonzero:
+                    dst, token = dec_token(dst, data, tables, zq)
+                    mag, nraw = token_base(token)
+                    if nraw > 0:
+                        dst, low_bits = dec_chunks(dst, data, nraw)
+                        mag += low_bits
+                    mag += 1
+                    neg_ok = mag <= pred
+                    pos_ok = mag <= maxv - pred
+                    if neg_ok and pos_ok:
+                        dst, negative = dec_bit(dst, data, bins, sign_ctx)
+                    elif neg_ok:
+                        negative = 1
+                    elif pos_ok:
+                        negative = 0
+                    else:
+                        return est, buf, dst, STATUS_RANGE
+                    value = pred - mag if negative else pred + mag
+                plane[y, x] = value
+            v8 = value << 3
+            te[r, x + 1] = pred8 - v8
+            if keeping:
+                keep[y, x] = abs(pred8 - v8)
+            err[0, r, x + 1] = abs(s0 - v8)
+            err[1, r, x + 1] = abs(s1 - v8)
+            err[2, r, x + 1] = abs(s2 - v8)
+            err[3, r, x + 1] = abs(s3 - v8)
+            err[4, r, x + 1] = abs(s4 - v8)
+            bm[bctx] = bias_update(bias, v8, blend8)
+    return est, buf, dst, status
+
+
+@njit(cache=True, nogil=True)
+def encode_plane(st, buf, plane, maxv, tables, bins, te, err, bm, guide, keep):
+    """Code every sample of `plane` (values 0..maxv); returns the coder state and buffer."""
+    none = (np.int64(0), np.int64(0), np.int64(0))
+    st, buf, _, _ = _code_plane(True, st, buf, none, np.empty(0, np.uint8), plane, maxv, tables, bins, te, err, bm,
+                                guide, keep)
+    return st, buf
+
+
+@njit(cache=True, nogil=True)
+def decode_plane(st, data, plane, maxv, tables, bins, te, err, bm, guide, keep):
+    """Decode every sample of `plane`; returns (state, status)."""
+    none = (np.int64(0), np.int64(0), np.int64(0), np.int64(0), np.int64(0))
+    _, _, st, status = _code_plane(False, none, np.empty(0, np.uint8), st, data, plane, maxv, tables, bins,
+                                   te, err, bm, guide, keep)
+    return st, status

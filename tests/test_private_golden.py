@@ -1,0 +1,83 @@
+"""Golden GatewayLosslessV1 streams: archived version 1 streams decode bit-exactly forever.
+
+The streams in ``tests/data/gwl_v1`` were written by the version 1 encoder;
+the pixels they must decode to were read by pydicom from its bundled test
+files (a source that is not our code), and are checked against those files
+again here when pydicom has them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gateway.codecs import private
+from gateway.codecs.base import FrameInfo
+
+DATA = Path(__file__).resolve().parent / "data" / "gwl_v1"
+CASES = json.loads((DATA / "cases.json").read_text())
+
+
+def _frames(case: dict) -> tuple[FrameInfo, list[bytes], list[np.ndarray]]:
+    info = FrameInfo(**case["info"])
+    streams = [(DATA / f"{case['id']}_{k}.gwl").read_bytes() for k in range(case["frames"])]
+    pixels = [np.load(DATA / f"{case['id']}_{k}.npy") for k in range(case["frames"])]
+    return info, streams, pixels
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
+def test_golden_v1_streams_decode(case: dict) -> None:
+    info, streams, pixels = _frames(case)
+    assert [hashlib.sha256(s).hexdigest() for s in streams] == case["sha256"]  # the files are unchanged
+    assert all(s[:5] == b"GWL1\x01" for s in streams)
+    # In order, frame by frame, as a DICOM reader decodes them (inter frames find their reference).
+    for stream, expected in zip(streams, pixels):
+        back = private.decode(stream, info)
+        assert back.dtype == info.dtype and np.array_equal(back, expected)
+    assert all(np.array_equal(a, b) for a, b in zip(private.decode_frames(streams, info), pixels))
+    # DICOM pads odd fragments with one zero byte.
+    assert np.array_equal(private.decode(streams[0] + b"\0", info), pixels[0])
+
+
+def _source_pixels(source: dict) -> np.ndarray | None:
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    try:
+        path = get_testdata_file(source["file"], download=False)
+    except TypeError:  # an older pydicom without the download flag
+        path = None
+    if path is None:
+        return None
+    ds = pydicom.dcmread(path)
+    array = ds.pixel_array
+    if source.get("lut"):
+        from pydicom.pixels import apply_color_lut
+
+        array = apply_color_lut(array, ds)
+    (r0, r1), (c0, c1) = source["rows"], source["columns"]
+    return np.ascontiguousarray(array[r0:r1, c0:c1])
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
+def test_golden_pixels_come_from_pydicom(case: dict) -> None:
+    """The expected pixels are pydicom's reading of its own test files, not our decoder's output."""
+    _, _, pixels = _frames(case)
+    decoded: list[np.ndarray] = []
+    for source, expected in zip(case["sources"], pixels):
+        frame = _source_pixels(source)
+        if frame is None:
+            pytest.skip(f"pydicom's test file {source['file']} is not installed")
+        paste = source.get("paste")
+        if paste:
+            base = decoded[paste["onto"]].copy()
+            patch = _source_pixels({"file": source["file"], "rows": paste["rows"], "columns": paste["columns"]})
+            y, x = paste["at"]
+            base[y:y + patch.shape[0], x:x + patch.shape[1]] = patch
+            frame = base
+        assert frame.dtype == expected.dtype and np.array_equal(frame, expected)
+        decoded.append(frame)

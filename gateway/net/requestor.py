@@ -17,8 +17,8 @@ and reads every PDU.  This module adds what a forwarder needs on top:
   ``_config.STORE_SEND_CHUNKED_DATASET`` set, streams it, which would change
   ``send_c_store`` for every other caller in the process.  Here the C-STORE
   request primitive carries the encoded bytes as its *Data Set* and goes
-  through the association's DIMSE provider, paused against its reactor
-  exactly as ``send_c_store`` does (see :meth:`Association._exchange`);
+  through the association's DIMSE provider; the answer is taken from the
+  EVT_DIMSE_RECV event (see :meth:`Association._exchange` for why);
 * failures as the gateway's typed errors: :class:`~gateway.errors.NetworkError`
   (cannot connect, timeout), :class:`~gateway.errors.AssociationRejectedError`,
   :class:`~gateway.errors.AssociationAbortedError` and
@@ -116,15 +116,16 @@ def associate(host: str, port: int, *, called_ae: str, calling_ae: str, contexts
     ae.dimse_timeout = timeout
     ae.network_timeout = timeout
     requested = [build_context(sop, [ts]) for sop, ts in contexts]
+    received: queue.Queue[_Response] = queue.Queue()
     assoc = ae.associate(host, port, contexts=requested, ae_title=called_ae, max_pdu=max_pdu,
-                         evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
+                         evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay), (evt.EVT_DIMSE_RECV, _on_message, [received])])
     if assoc.is_established:
-        return Association(assoc, timeout)
+        return Association(assoc, timeout, received)
     answer = assoc.acceptor.primitive
     if assoc.is_rejected and answer is not None:
         raise AssociationRejectedError(int(answer.result), int(answer.result_source), int(answer.diagnostic))
     if answer is not None and answer.result == 0x00:  # accepted, but not one context: pynetdicom aborted it
-        return Association(assoc, timeout)
+        return Association(assoc, timeout, received)
     if assoc.is_aborted and answer is not None:
         raise AssociationAbortedError(f"{host}:{port} aborted the association request")
     raise NetworkError(f"cannot associate with {host}:{port}: no connection or no answer within "
@@ -137,8 +138,9 @@ class Association:
     Not thread-safe: one forwarder thread owns it.
     """
 
-    def __init__(self, assoc: _PynetdicomAssociation, timeout: float) -> None:
+    def __init__(self, assoc: _PynetdicomAssociation, timeout: float, received: queue.Queue[_Response]) -> None:
         self._assoc = assoc
+        self._received = received
         self.timeout = timeout
         self._message_id = 0
         self.contexts = [Context(int(cx.context_id), str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
@@ -201,7 +203,7 @@ class Association:
         request = C_ECHO()
         request.MessageID = self._next_id()
         request.AffectedSOPClassUID = VERIFICATION
-        return self._exchange(context, request)
+        return self._exchange(context, request, 0x8030)
 
     def c_store(self, sop_class: str, sop_instance: str, transfer_syntax: str,
                 dataset: bytes | memoryview | tuple[Path, int], priority: int = 0) -> StoreResult:
@@ -236,23 +238,29 @@ class Association:
         request.AffectedSOPInstanceUID = sop_instance
         request.Priority = priority
         request.DataSet = BytesIO(data)
-        return self._exchange(context, request)
+        return self._exchange(context, request, 0x8001)
 
     def _next_id(self) -> int:
         self._message_id = self._message_id % 0xFFFF + 1
         return self._message_id
 
-    def _exchange(self, context: Context, request: C_STORE | C_ECHO) -> StoreResult:
+    def _exchange(self, context: Context, request: C_STORE | C_ECHO, expected: int) -> StoreResult:
         """Send `request` on `context` and wait (bounded) for its response.
 
-        The association's reactor thread also takes messages off the DIMSE
-        queue; like pynetdicom's own ``send_c_*`` it is paused for the
-        exchange, or it could take the response first.
+        The response is taken from the association's EVT_DIMSE_RECV event,
+        which pynetdicom's DUL thread fires for every complete message
+        before it queues it.  The association's reactor thread also takes
+        messages off that queue; it is paused for the exchange, as
+        pynetdicom's own ``send_c_*`` do, but the pause is not airtight (the
+        reactor may run one more loop after it is asked to stop), so the
+        event, not the queue, is what this side waits on.
         """
         assoc = self._assoc
         if not assoc.is_established:
             raise NetworkError("the association is closed")
         deadline = time.monotonic() + self.timeout
+        while not self._received.empty():  # leftovers of an exchange that failed are not this answer
+            self._received.get_nowait()
         assoc._reactor_checkpoint.clear()
         try:
             while not assoc._is_paused:
@@ -260,42 +268,55 @@ class Association:
                     raise NetworkError("the association's reactor did not pause")
                 time.sleep(0.0001)
             assoc.dimse.send_msg(request, context.id)
-            answered_on, response, released = self._wait_response(deadline)
+            outcome = self._wait_response(deadline)
+            if isinstance(outcome, _Response):
+                self._take_queued()
         finally:
             assoc._reactor_checkpoint.set()  # the reactor answers a release request, notices an abort
-        if released:
+        if outcome == "released":
             self._stop()
             raise AssociationAbortedError("the peer released the association before answering")
-        if response is None:
-            if not assoc.is_established or not assoc.is_alive():
-                self._stop()
-                raise AssociationAbortedError("the peer aborted or closed the association before answering")
+        if outcome == "aborted":
+            self._stop()
+            raise AssociationAbortedError("the peer aborted or closed the association before answering")
+        if outcome == "timeout":
             self._fail_closed()
             raise NetworkError(f"timed out: no response within {self.timeout:g} s")
-        problem = _response_problem(request, response, answered_on, context.id)
+        assert isinstance(outcome, _Response)
+        problem = outcome.problem(request.MessageID, context.id, expected)
         if problem is not None:
             self._fail_closed()
             raise PeerProtocolError(problem)
-        return StoreResult(int(response.Status), str(getattr(response, "ErrorComment", None) or ""))
+        return StoreResult(int(outcome.status), outcome.comment)  # type: ignore[arg-type]
 
-    def _wait_response(self, deadline: float) -> tuple[int | None, object | None, bool]:
-        """(context ID, response, False); (None, None, False) on abort, close or timeout;
-        (None, None, True) when the peer asks for release instead of answering."""
+    def _wait_response(self, deadline: float) -> _Response | str:
+        """The next message from the peer, or "released", "aborted" (also: connection closed), "timeout"."""
         assoc = self._assoc
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return None, None, False
+                return "timeout"
             try:
-                answered_on, response = assoc.dimse.msg_queue.get(timeout=min(remaining, 0.05))
+                return self._received.get(timeout=min(remaining, 0.02))
             except queue.Empty:
-                if assoc.acse.is_release_requested():  # taken off the DUL's queue: answered here
-                    assoc.acse.send_release(is_response=True)
-                    assoc.is_established = False
-                    assoc.kill()
-                    return None, None, True
-                continue
-            return answered_on, response, False
+                pass
+            if assoc.acse.is_release_requested():  # taken off the DUL's queue: answered here
+                assoc.acse.send_release(is_response=True)
+                assoc.is_established = False
+                assoc.kill()
+                return "released"
+            if assoc.acse.is_aborted() or not assoc.dul.is_alive():
+                return "aborted"
+
+    def _take_queued(self) -> None:
+        """Take the response the DUL queues just after the event, so the reactor does not find it later."""
+        until = time.monotonic() + 0.5
+        while time.monotonic() < until:
+            try:
+                self._assoc.dimse.msg_queue.get_nowait()
+                return
+            except queue.Empty:
+                time.sleep(0.0002)
 
     def _fail_closed(self) -> None:
         """After a broken exchange nothing on the association can be trusted: abort it."""
@@ -304,16 +325,38 @@ class Association:
         self._stop()
 
 
-def _response_problem(request: C_STORE | C_ECHO, response: object, answered_on: int | None,
-                      context_id: int) -> str | None:
-    """What is wrong with `response` as the answer to `request`, or None."""
-    if type(response) is not type(request) or not response.is_valid_response:  # type: ignore[attr-defined]
-        return f"expected a {type(request).__name__} response, got {type(response).__name__}"
-    if answered_on != context_id:
-        return f"response on presentation context {answered_on}, request on {context_id}"
-    answered = response.MessageIDBeingRespondedTo  # type: ignore[attr-defined]
-    if answered != request.MessageID:
-        return f"response to message {answered}, expected {request.MessageID}"
-    if response.Status is None:  # type: ignore[attr-defined]
-        return "response lacks a Status (0000,0900)"
-    return None
+@dataclass(frozen=True, slots=True)
+class _Response:
+    """The fields of a received DIMSE message that answer a request."""
+
+    context_id: int | None
+    command_field: int | None
+    answered: int | None
+    status: int | None
+    comment: str
+
+    def problem(self, message_id: int, context_id: int, expected: int) -> str | None:
+        """What is wrong with this message as the answer to request `message_id`, or None."""
+        if self.command_field != expected:
+            field = "none" if self.command_field is None else f"0x{self.command_field:04X}"
+            return f"expected response command 0x{expected:04X}, got {field}"
+        if self.context_id != context_id:
+            return f"response on presentation context {self.context_id}, request on {context_id}"
+        if self.answered != message_id:
+            return f"response to message {self.answered}, expected {message_id}"
+        if self.status is None:
+            return "response lacks a Status (0000,0900)"
+        return None
+
+
+def _on_message(event: evt.Event, received: queue.Queue[_Response]) -> None:
+    """EVT_DIMSE_RECV (in the DUL thread): the fields of every complete message, for the waiting exchange."""
+    command = event.message.command_set
+
+    def number(keyword: str) -> int | None:
+        value = command.get(keyword)
+        return None if value is None else int(value)
+
+    comment = command.get("ErrorComment")
+    received.put(_Response(event.message.context_id, number("CommandField"), number("MessageIDBeingRespondedTo"),
+                           number("Status"), str(comment or "")))

@@ -8,7 +8,9 @@ instance, file meta included, as the spool keeps processed objects) and sent
 to a real Orthanc and to DCMTK's ``storescp`` (both on loopback with
 ``TCP_NODELAY=1``) by:
 
-* ``DicomSender`` over each requestor in ``CLIENTS``: what a forwarder does,
+* ``DicomSender`` over each requestor in ``CLIENTS`` (the gateway's
+  ``gateway.net.scu`` and pynetdicom's, see ``pynetdicom_requestor.py``):
+  what a forwarder does,
   ``prepare`` on the whole series then ``send`` per instance (file meta read,
   syntax chosen, the stored dataset sent without a parse) on one
   association, released at the end;
@@ -46,13 +48,14 @@ from benchmarks.bench_e2e import Orthanc, corpus_dir, free_port  # noqa: E402
 from gateway.config import Destination  # noqa: E402
 from gateway.dicom.filemeta import read_file_meta  # noqa: E402
 from gateway.forward.dicom import DicomSender  # noqa: E402
-from gateway.net import requestor, scu  # noqa: E402
+from benchmarks import pynetdicom_requestor  # noqa: E402
+from gateway.net import scu  # noqa: E402
 from gateway.spool import Job  # noqa: E402
 from tests.tools import dcmtk  # noqa: E402
 
 CLIENTS: dict[str, Callable[..., object]] = {
-    "DicomSender over pynetdicom (gateway.net.requestor)": requestor.associate,
-    "DicomSender over the hand-written scu.py": scu.Association.request,
+    "DicomSender over gateway.net.scu": scu.Association.request,
+    "DicomSender over pynetdicom (pynetdicom_requestor.py)": pynetdicom_requestor.associate,
 }
 """The requestors ``DicomSender`` is measured over: name -> ``associate`` function."""
 
@@ -109,8 +112,7 @@ def jobs_for(folder: Path) -> list[tuple[Job, Path]]:
 def send_with_sender(associate: Callable[..., object], port: int, ae_title: str,
                      jobs: list[tuple[Job, Path]]) -> None:
     sender = DicomSender(Destination("peer", "dicom", ae_title=ae_title, host="127.0.0.1", port=port,
-                                     timeout_seconds=60), calling_ae="GATEWAY")
-    sender._associate = associate
+                                     timeout_seconds=60), calling_ae="GATEWAY", associate=associate)
     sender.prepare([job for job, _ in jobs])
     try:
         for job, path in jobs:

@@ -7,9 +7,8 @@ implicit little endian), so the peer's answer tells exactly which syntaxes it
 takes; each instance goes in the best accepted one.  When that is not the
 stored syntax, the instance is re-encoded (verified) by the transcoder it was
 given (:func:`gateway.forward.transcode.encode_for`).  Associations
-(:mod:`gateway.net.requestor`, over pynetdicom) are kept open across
-instances and released when idle; a stored object is sent as its file's bytes,
-never parsed.
+(:mod:`gateway.net.scu`) are kept open across instances and released when
+idle; a stored object is sent straight from its file.
 """
 
 from __future__ import annotations
@@ -28,14 +27,14 @@ from gateway.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_END
 from gateway.errors import AssociationRejectedError, NetworkError, PermanentForwardError, TransientForwardError
 from gateway.forward.transcode import encode_for
 from gateway.logs import get_logger
-from gateway.net import requestor
-from gateway.net.requestor import MAX_CONTEXTS, Association
+from gateway.net.scu import Association
 from gateway.spool import Job
 
 __all__ = ["DicomSender", "classify_status", "ladder_for", "Transcode"]
 
 _log = get_logger("forward")
 
+_MAX_CONTEXTS = 128
 _SUCCESS = {0x0000, 0xB000, 0xB006, 0xB007}
 
 Transcode = Callable[[Path, str, str], "Dataset | None"]
@@ -61,20 +60,16 @@ def ladder_for(destination: Destination, stored_syntax: str) -> list[str]:
 
 
 class DicomSender:
-    """C-STORE SCU to one DICOM destination, reusing its association (see :mod:`gateway.net.requestor`).
-
-    Every wait on the destination is bounded by its ``timeout_seconds``
-    (connection at most 10 s).
-    """
+    """C-STORE SCU to one DICOM destination, reusing its association (see :mod:`gateway.net.scu`)."""
 
     def __init__(self, destination: Destination, calling_ae: str = "GATEWAY",
-                 transcode: Transcode | None = None) -> None:
+                 transcode: Transcode | None = None, associate: Callable[..., Association] | None = None) -> None:
         self.destination = destination
         self.calling_ae = calling_ae
         self.transcode: Transcode = transcode or (lambda path, stored, target: encode_for(path, stored, target))
+        self._associate = associate or Association.request  # another requestor only for measuring (bench_client)
         self.assoc: Association | None = None
         self._proposed: set[tuple[str, str]] = set()
-        self._associate = requestor.associate
 
     def _wanted(self, jobs: Iterable[Job]) -> dict[str, list[str]]:
         wanted: dict[str, list[str]] = {}
@@ -93,9 +88,9 @@ class DicomSender:
         self.close()
         contexts: list[tuple[str, str]] = []
         for sop, ladder in wanted.items():
-            if contexts and len(contexts) + len(ladder) > MAX_CONTEXTS:
+            if contexts and len(contexts) + len(ladder) > _MAX_CONTEXTS:
                 break  # the remaining SOP classes get their own association later
-            contexts.extend((sop, ts) for ts in ladder[:MAX_CONTEXTS])
+            contexts.extend((sop, ts) for ts in ladder[:_MAX_CONTEXTS])
         dest = self.destination
         try:
             assoc = self._associate(dest.host, dest.port, called_ae=dest.ae_title, calling_ae=self.calling_ae,
@@ -119,9 +114,7 @@ class DicomSender:
             raise PermanentForwardError(f"processed object {path.name} is not a DICOM file: {exc}") from exc
         except OSError as exc:
             raise TransientForwardError(f"cannot read processed object {path.name}: {exc}") from exc
-        refused_all = self.assoc is not None and not self.assoc.contexts  # the answer stands for this proposal
-        if (self.assoc is None or (sop_class, stored) not in self._proposed
-                or (not refused_all and not self.assoc.is_established)):
+        if self.assoc is None or not self.assoc.is_established or (sop_class, stored) not in self._proposed:
             self.prepare([replace(job, info={**job.info, "transfer_syntax": stored})])
         assert self.assoc is not None
         accepted = self.assoc.accepted_syntaxes(sop_class)
@@ -163,8 +156,6 @@ class DicomSender:
             raise TransientForwardError(f"C-STORE to {self.destination.name} failed: {exc}") from exc
         except ValueError as exc:  # the object or its UIDs cannot be sent as they are
             raise PermanentForwardError(f"cannot send to {self.destination.name}: {exc}") from exc
-        except OSError as exc:  # the stored object could not be read: nothing was sent
-            raise TransientForwardError(f"cannot read the object sent to {self.destination.name}: {exc}") from exc
         if result.comment:
             _log.info("%s answered 0x%04X: %s", self.destination.name, result.status, result.comment)
         return result.status

@@ -1,29 +1,23 @@
-"""Send: the association requestor the forwarders deliver with, over pynetdicom.
+"""pynetdicom's requestor, made as cheap as we could, for :mod:`bench_client` to measure against ``gateway.net.scu``.
 
-pynetdicom negotiates the association (presentation contexts, maximum PDU
-length, and what DICOM TLS and storage commitment need next: a TLS socket,
-SCP/SCU role selection, N-ACTION and N-EVENT-REPORT), runs the state machine
-and reads every PDU.  This module adds what a forwarder needs on top:
+Not used by the gateway (``docs/dicom-client.md`` says why).  It is the
+best pynetdicom route found for what a forwarder does, so the comparison is
+fair to pynetdicom:
 
 * every wait is bounded: connection, ACSE, DIMSE and network (idle) timeouts
   all come from the destination's ``timeout_seconds``;
 * TCP_NODELAY on the association's socket, set from the connection-open
-  event before the A-ASSOCIATE-RQ leaves (pynetdicom leaves Nagle on, which
-  costs a delayed-ACK round trip per small PDU);
-* a C-STORE of an already encoded dataset, typically the stored file's bytes
-  after its file meta, without parsing it.  pynetdicom's ``send_c_store``
-  either parses the file (3.9 ms of CPU for a CT image, 17 ms for an MR one
-  with a large header) or, with the process-wide
-  ``_config.STORE_SEND_CHUNKED_DATASET`` set, streams it, which would change
-  ``send_c_store`` for every other caller in the process.  Here the C-STORE
-  request primitive carries the encoded bytes as its *Data Set* and goes
-  through the association's DIMSE provider; the answer is taken from the
-  EVT_DIMSE_RECV event (see :meth:`Association._exchange` for why);
-* failures as the gateway's typed errors: :class:`~gateway.errors.NetworkError`
-  (cannot connect, timeout), :class:`~gateway.errors.AssociationRejectedError`,
-  :class:`~gateway.errors.AssociationAbortedError` and
-  :class:`~gateway.errors.PeerProtocolError` (a response that does not answer
-  the request).  After any of them the association is closed.
+  event before the A-ASSOCIATE-RQ leaves (pynetdicom leaves Nagle on);
+* a C-STORE of an already encoded dataset, the stored file's bytes after its
+  file meta, without parsing it.  pynetdicom's ``send_c_store`` either parses
+  the file (3.9 ms of CPU for a CT image, 17 ms for an MR one with a large
+  header) or, with the process-wide ``_config.STORE_SEND_CHUNKED_DATASET``
+  set, streams it, which would change ``send_c_store`` for every other
+  caller in the process.  Here the C-STORE request primitive carries the
+  encoded bytes as its *Data Set* and goes through the association's DIMSE
+  provider; the answer is taken from the EVT_DIMSE_RECV event (see
+  :meth:`Association._exchange` for why);
+* failures as the gateway's typed errors, the same as ``gateway.net.scu``'s.
 """
 
 from __future__ import annotations

@@ -1358,3 +1358,106 @@ def test_tls_to_dcmtk_storescp(pki: Path, tmp_path: Path) -> None:
             process.kill()
             process.wait(10)
         log.close()
+
+
+# ------------------------------------------------------ storage commitment
+
+COMMITMENT = "1.2.840.10008.1.20.1"
+COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
+
+
+def _commitment_request(instances: list[tuple[str, str]]) -> Dataset:
+    ds = Dataset()
+    ds.TransactionUID = generate_uid()
+    ds.ReferencedSOPSequence = []
+    for sop_class, sop_instance in instances:
+        item = Dataset()
+        item.ReferencedSOPClassUID = sop_class
+        item.ReferencedSOPInstanceUID = sop_instance
+        ds.ReferencedSOPSequence.append(item)
+    return ds
+
+
+def test_storage_commitment_on_the_same_association(tmp_path: Path) -> None:
+    """N-ACTION to a pynetdicom storage commitment SCP, its N-EVENT-REPORT read and answered on the same association."""
+    requests: list[Dataset] = []
+    answers: list[int] = []
+    ae = AE(ae_title="ARCHIVE")
+    ae.add_supported_context(COMMITMENT, [IMPLICIT])
+    ae.add_supported_context(CT, [EXPLICIT])
+
+    def report(assoc: Any, request: Dataset) -> None:
+        result = Dataset()
+        result.TransactionUID = request.TransactionUID
+        result.ReferencedSOPSequence = request.ReferencedSOPSequence[:1]
+        failed = request.ReferencedSOPSequence[1]
+        failed.FailureReason = 0x0110
+        result.FailedSOPSequence = [failed]
+        status, _ = assoc.send_n_event_report(result, 2, COMMITMENT, COMMITMENT_INSTANCE)
+        answers.append(int(status.Status))
+
+    def action(event: evt.Event) -> tuple[int, None]:
+        request = event.action_information
+        requests.append(request)
+        threading.Timer(0.2, report, (event.assoc, request)).start()  # after the N-ACTION-RSP
+        return 0x0000, None
+
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_N_ACTION, action)])
+    try:
+        stored = [(CT, generate_uid()), (CT, generate_uid())]
+        request = _commitment_request(stored)
+        with Association.request("127.0.0.1", port, called_ae="ARCHIVE", calling_ae="GATEWAY",
+                                 contexts=[(CT, EXPLICIT), (COMMITMENT, IMPLICIT)], timeout=10) as assoc:
+            assert assoc.n_action(COMMITMENT, COMMITMENT_INSTANCE, 1, encode(request, True, True)) == StoreResult(0)
+            got = assoc.event_report(COMMITMENT, timeout=10)
+            assert (got.sop_class, got.sop_instance, got.event_type) == (COMMITMENT, COMMITMENT_INSTANCE, 2)
+            result = decode(BytesIO(got.dataset), True, True)
+            assert result.TransactionUID == request.TransactionUID
+            assert [i.ReferencedSOPInstanceUID for i in result.ReferencedSOPSequence] == [stored[0][1]]
+            assert [(i.ReferencedSOPInstanceUID, i.FailureReason) for i in result.FailedSOPSequence] == [
+                (stored[1][1], 0x0110)]
+            assert assoc.is_established
+        assert wait_until(lambda: answers == [0x0000], timeout=10), "the archive got our N-EVENT-REPORT-RSP: Success"
+        assert [r.TransactionUID for r in requests] == [request.TransactionUID]
+        assert [i.ReferencedSOPInstanceUID for i in requests[0].ReferencedSOPSequence] == [uid for _, uid in stored]
+    finally:
+        server.shutdown()
+
+
+def test_waiting_for_a_commitment_that_never_comes_is_bounded(scripted) -> None:
+    def script(conn: socket.socket) -> None:
+        handshake(conn)
+        message = read_message(conn)
+        assert message.decoded.CommandField == 0x0130 and message.dataset
+        answer = response(message.context, field=0x8130)
+        conn.sendall(p_data(message.context, answer))
+
+    server = scripted(script)
+    assoc = server.associate(contexts=[(COMMITMENT, IMPLICIT)])
+    assert assoc.n_action(COMMITMENT, COMMITMENT_INSTANCE, 1, encode(_commitment_request([(CT, "1.2.3")]), True,
+                                                                     True)).status == 0
+    started = time.monotonic()
+    with pytest.raises(NetworkError, match="timed out"):
+        assoc.event_report(COMMITMENT, timeout=0.5)
+    assert time.monotonic() - started < 4
+    assert not assoc.is_established
+    server.finish()
+    assert server.after == [0x07]
+
+
+def test_a_store_response_instead_of_the_event_report_is_a_protocol_error(scripted) -> None:
+    def script(conn: socket.socket) -> None:
+        handshake(conn)
+        message = read_message(conn)
+        conn.sendall(p_data(message.context, response(message.context, field=0x8130)))
+        conn.sendall(p_data(message.context, response(message.context, field=0x8001, answered=7)))
+
+    server = scripted(script)
+    assoc = server.associate(contexts=[(COMMITMENT, IMPLICIT)])
+    assoc.n_action(COMMITMENT, COMMITMENT_INSTANCE, 1, encode(_commitment_request([(CT, "1.2.3")]), True, True))
+    with pytest.raises(PeerProtocolError, match="expected N-EVENT-REPORT-RQ"):
+        assoc.event_report(COMMITMENT, timeout=5)
+    assert not assoc.is_established
+    server.finish()
+    assert server.after == [0x07]

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
+import ssl
 import struct
 import subprocess
 import threading
@@ -1160,3 +1162,302 @@ def test_a_slow_answer_does_not_shorten_the_next_send(scripted) -> None:
         assert _store(assoc).status == 0
         assert assoc.c_store(CT, "1.2.3.5", EXPLICIT, bytes(range(256)) * 65_536).status == 0
     server.finish()
+
+
+# ------------------------------------------------------------------- TLS
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    program = shutil.which("openssl")
+    if program is None:
+        pytest.skip("openssl is not installed (Debian package 'openssl')")
+    subprocess.run([program, *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def _issue(folder: Path, name: str, ca: str, *, ip: str = "127.0.0.1") -> None:
+    """`name`.key and `name`.pem, a certificate for `ip` and localhost signed by `ca`."""
+    _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=folder)
+    (folder / f"{name}.ext").write_text(f"subjectAltName=IP:{ip},DNS:localhost\n")
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key", "-CAcreateserial",
+             "-days", "2", "-sha256", "-extfile", f"{name}.ext", "-out", f"{name}.pem", cwd=folder)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two test CAs; `ca` signs the archive's and the gateway's certificates, `other_ca` an impostor's."""
+    folder = tmp_path_factory.mktemp("pki")
+    for ca in ("ca", "other_ca"):
+        _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                 "-keyout", f"{ca}.key", "-out", f"{ca}.pem", "-days", "2", "-subj", f"/CN={ca}", cwd=folder)
+    _issue(folder, "archive", "ca")
+    _issue(folder, "gateway", "ca")
+    _issue(folder, "impostor", "other_ca")
+    return folder
+
+
+def _client_context(pki: Path) -> ssl.SSLContext:
+    """What a DICOM destination's TLS settings make (PS3.15 B.12): TLS 1.2 at least, the archive's CA, our certificate."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki / "ca.pem"))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(pki / "gateway.pem"), str(pki / "gateway.key"))
+    return context
+
+
+def _server_context(pki: Path, name: str = "archive") -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki / "ca.pem"))
+    context.verify_mode = ssl.CERT_REQUIRED  # the archive wants our certificate too
+    context.load_cert_chain(str(pki / f"{name}.pem"), str(pki / f"{name}.key"))
+    return context
+
+
+def test_tls_store_and_echo_with_certificates_both_ways(pki: Path, tmp_path: Path) -> None:
+    versions: list[str] = []
+    received: list[bytes] = []
+    ae = AE(ae_title="ARCHIVE")
+    ae.add_supported_context(VERIFICATION, [IMPLICIT])
+    ae.add_supported_context(CT, [EXPLICIT, IMPLICIT])
+
+    def opened(event: evt.Event) -> None:
+        versions.append(event.assoc.dul.socket.socket.version())
+
+    def stored(event: evt.Event) -> int:
+        received.append(event.request.DataSet.getvalue())
+        return 0x0000
+
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, ssl_context=_server_context(pki),
+                             evt_handlers=[(evt.EVT_C_STORE, stored), (evt.EVT_CONN_OPEN, opened)])
+    try:
+        (path, ds), = _sample_files(tmp_path, ["CT_small.dcm"])
+        offset, syntax = read_file_meta(path)
+        with Association.request("127.0.0.1", port, called_ae="ARCHIVE", calling_ae="GATEWAY",
+                                 contexts=[(VERIFICATION, IMPLICIT), (CT, syntax)], timeout=10,
+                                 tls=_client_context(pki)) as assoc:
+            assert assoc.c_echo().status == 0
+            time.sleep(0.3)
+            assert assoc.is_established, "the TLS session tickets did not read as the peer speaking"
+            assert assoc.c_store(CT, str(ds.SOPInstanceUID), syntax, (path, offset)).status == 0
+        assert not assoc.is_established
+        assert received == [path.read_bytes()[offset:]]
+        assert versions and all(version in ("TLSv1.2", "TLSv1.3") for version in versions)
+    finally:
+        server.shutdown()
+
+
+def test_tls_idle_association_the_peer_aborted_is_not_established(pki: Path) -> None:
+    """Over TLS too, an idle association the archive ended is noticed; a silent one stays established."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = int(listener.getsockname()[1])
+    context = _server_context(pki)
+    go = threading.Event()
+    errors: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            conn, _ = listener.accept()
+            with context.wrap_socket(conn, server_side=True) as tls:
+                tls.settimeout(20)
+                handshake(tls)
+                go.wait(20)
+                tls.sendall(bytes((0x07, 0, 0, 0, 0, 4, 0, 0, 2, 0)))
+                time.sleep(0.5)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        assoc = Association.request("127.0.0.1", port, called_ae="ARCHIVE", calling_ae="GATEWAY",
+                                    contexts=[(CT, EXPLICIT)], timeout=5, tls=_client_context(pki))
+        time.sleep(0.3)
+        assert assoc.is_established
+        go.set()
+        assert wait_until(lambda: not assoc.is_established, timeout=5)
+        with pytest.raises(NetworkError, match="closed"):
+            _store(assoc)
+    finally:
+        go.set()
+        thread.join(10)
+        listener.close()
+    assert not errors, errors
+
+
+@pytest.mark.parametrize("case", ["archive certificate from another CA", "archive speaks plain TCP"])
+def test_tls_handshake_failures_are_network_errors_quickly(scp, pki: Path, case: str) -> None:
+    if case == "archive speaks plain TCP":
+        peer = scp()
+        port, server = peer.port, None
+    else:
+        ae = AE(ae_title="ARCHIVE")
+        ae.add_supported_context(CT, [EXPLICIT])
+        port = free_port()
+        server = ae.start_server(("127.0.0.1", port), block=False, ssl_context=_server_context(pki, "impostor"))
+    try:
+        started = time.monotonic()
+        with pytest.raises(NetworkError) as caught:
+            Association.request("127.0.0.1", port, called_ae="ARCHIVE", calling_ae="GATEWAY",
+                                contexts=[(CT, EXPLICIT)], timeout=5, connect_timeout=5, tls=_client_context(pki))
+        assert time.monotonic() - started < 8
+        if case != "archive speaks plain TCP":
+            assert "TLS handshake" in str(caught.value) and "certificate" in str(caught.value).lower()
+    finally:
+        if server is not None:
+            server.shutdown()
+
+
+def test_tls_handshake_against_a_silent_peer_is_bounded() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = int(listener.getsockname()[1])
+    try:
+        context = ssl.create_default_context()
+        started = time.monotonic()
+        with pytest.raises(NetworkError, match="TLS handshake"):
+            Association.request("127.0.0.1", port, called_ae="ARCHIVE", calling_ae="GATEWAY",
+                                contexts=[(CT, EXPLICIT)], timeout=5, connect_timeout=0.5, tls=context)
+        assert time.monotonic() - started < 4
+    finally:
+        listener.close()
+
+
+@pytest.mark.interop
+def test_tls_to_dcmtk_storescp(pki: Path, tmp_path: Path) -> None:
+    """Gateway -> DCMTK storescp +tls, the archive requiring our certificate."""
+    program = require_dcmtk("storescp")
+    port = free_port()
+    out = tmp_path / "storescp"
+    out.mkdir()
+    log = open(tmp_path / "storescp.log", "wb")  # noqa: SIM115 - open while storescp runs
+    process = subprocess.Popen(
+        [program, "-aet", "STORESCP", "+tls", str(pki / "archive.key"), str(pki / "archive.pem"),
+         "+cf", str(pki / "ca.pem"), "--require-peer-cert", "-od", str(out), str(port)],
+        stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, TCP_NODELAY="1"))
+    try:
+        def listening() -> bool:
+            if process.poll() is not None:
+                return True
+            with socket.socket() as sock:
+                return sock.connect_ex(("127.0.0.1", port)) == 0
+
+        assert wait_until(listening, timeout=30) and process.poll() is None, (tmp_path / "storescp.log").read_text()
+        (path, ds), = _sample_files(tmp_path, ["CT_small.dcm"])
+        offset, syntax = read_file_meta(path)
+        with Association.request("127.0.0.1", port, called_ae="STORESCP", calling_ae="GATEWAY",
+                                 contexts=[(VERIFICATION, IMPLICIT), (CT, syntax)], timeout=20,
+                                 tls=_client_context(pki)) as assoc:
+            assert assoc.c_echo().status == 0
+            assert assoc.c_store(CT, str(ds.SOPInstanceUID), syntax, (path, offset)).status == 0
+        assert wait_until(lambda: len(list(out.iterdir())) == 1, timeout=20)
+        got = dcmread(next(out.iterdir()))
+        assert got.SOPInstanceUID == ds.SOPInstanceUID and got.PixelData == ds.PixelData
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+        log.close()
+
+
+# ------------------------------------------------------ storage commitment
+
+COMMITMENT = "1.2.840.10008.1.20.1"
+COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
+
+
+def _commitment_request(instances: list[tuple[str, str]]) -> Dataset:
+    ds = Dataset()
+    ds.TransactionUID = generate_uid()
+    ds.ReferencedSOPSequence = []
+    for sop_class, sop_instance in instances:
+        item = Dataset()
+        item.ReferencedSOPClassUID = sop_class
+        item.ReferencedSOPInstanceUID = sop_instance
+        ds.ReferencedSOPSequence.append(item)
+    return ds
+
+
+def test_storage_commitment_on_the_same_association(tmp_path: Path) -> None:
+    """N-ACTION to a pynetdicom storage commitment SCP, its N-EVENT-REPORT read and answered on the same association."""
+    requests: list[Dataset] = []
+    answers: list[int] = []
+    ae = AE(ae_title="ARCHIVE")
+    ae.add_supported_context(COMMITMENT, [IMPLICIT])
+    ae.add_supported_context(CT, [EXPLICIT])
+
+    def report(assoc: Any, request: Dataset) -> None:
+        result = Dataset()
+        result.TransactionUID = request.TransactionUID
+        result.ReferencedSOPSequence = request.ReferencedSOPSequence[:1]
+        failed = request.ReferencedSOPSequence[1]
+        failed.FailureReason = 0x0110
+        result.FailedSOPSequence = [failed]
+        status, _ = assoc.send_n_event_report(result, 2, COMMITMENT, COMMITMENT_INSTANCE)
+        answers.append(int(status.Status))
+
+    def action(event: evt.Event) -> tuple[int, None]:
+        request = event.action_information
+        requests.append(request)
+        threading.Timer(0.2, report, (event.assoc, request)).start()  # after the N-ACTION-RSP
+        return 0x0000, None
+
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_N_ACTION, action)])
+    try:
+        stored = [(CT, generate_uid()), (CT, generate_uid())]
+        request = _commitment_request(stored)
+        with Association.request("127.0.0.1", port, called_ae="ARCHIVE", calling_ae="GATEWAY",
+                                 contexts=[(CT, EXPLICIT), (COMMITMENT, IMPLICIT)], timeout=10) as assoc:
+            assert assoc.n_action(COMMITMENT, COMMITMENT_INSTANCE, 1, encode(request, True, True)) == StoreResult(0)
+            got = assoc.event_report(COMMITMENT, timeout=10)
+            assert (got.sop_class, got.sop_instance, got.event_type) == (COMMITMENT, COMMITMENT_INSTANCE, 2)
+            result = decode(BytesIO(got.dataset), True, True)
+            assert result.TransactionUID == request.TransactionUID
+            assert [i.ReferencedSOPInstanceUID for i in result.ReferencedSOPSequence] == [stored[0][1]]
+            assert [(i.ReferencedSOPInstanceUID, i.FailureReason) for i in result.FailedSOPSequence] == [
+                (stored[1][1], 0x0110)]
+            assert assoc.is_established
+        assert wait_until(lambda: answers == [0x0000], timeout=10), "the archive got our N-EVENT-REPORT-RSP: Success"
+        assert [r.TransactionUID for r in requests] == [request.TransactionUID]
+        assert [i.ReferencedSOPInstanceUID for i in requests[0].ReferencedSOPSequence] == [uid for _, uid in stored]
+    finally:
+        server.shutdown()
+
+
+def test_waiting_for_a_commitment_that_never_comes_is_bounded(scripted) -> None:
+    def script(conn: socket.socket) -> None:
+        handshake(conn)
+        message = read_message(conn)
+        assert message.decoded.CommandField == 0x0130 and message.dataset
+        answer = response(message.context, field=0x8130)
+        conn.sendall(p_data(message.context, answer))
+
+    server = scripted(script)
+    assoc = server.associate(contexts=[(COMMITMENT, IMPLICIT)])
+    assert assoc.n_action(COMMITMENT, COMMITMENT_INSTANCE, 1, encode(_commitment_request([(CT, "1.2.3")]), True,
+                                                                     True)).status == 0
+    started = time.monotonic()
+    with pytest.raises(NetworkError, match="timed out"):
+        assoc.event_report(COMMITMENT, timeout=0.5)
+    assert time.monotonic() - started < 4
+    assert not assoc.is_established
+    server.finish()
+    assert server.after == [0x07]
+
+
+def test_a_store_response_instead_of_the_event_report_is_a_protocol_error(scripted) -> None:
+    def script(conn: socket.socket) -> None:
+        handshake(conn)
+        message = read_message(conn)
+        conn.sendall(p_data(message.context, response(message.context, field=0x8130)))
+        conn.sendall(p_data(message.context, response(message.context, field=0x8001, answered=7)))
+
+    server = scripted(script)
+    assoc = server.associate(contexts=[(COMMITMENT, IMPLICIT)])
+    assoc.n_action(COMMITMENT, COMMITMENT_INSTANCE, 1, encode(_commitment_request([(CT, "1.2.3")]), True, True))
+    with pytest.raises(PeerProtocolError, match="expected N-EVENT-REPORT-RQ"):
+        assoc.event_report(COMMITMENT, timeout=5)
+    assert not assoc.is_established
+    server.finish()
+    assert server.after == [0x07]

@@ -63,10 +63,11 @@ class DicomSender:
     """C-STORE SCU to one DICOM destination, reusing its association (see :mod:`gateway.net.scu`)."""
 
     def __init__(self, destination: Destination, calling_ae: str = "GATEWAY",
-                 transcode: Transcode | None = None) -> None:
+                 transcode: Transcode | None = None, associate: Callable[..., Association] | None = None) -> None:
         self.destination = destination
         self.calling_ae = calling_ae
         self.transcode: Transcode = transcode or (lambda path, stored, target: encode_for(path, stored, target))
+        self._associate = associate or Association.request  # another requestor only for measuring (bench_client)
         self.assoc: Association | None = None
         self._proposed: set[tuple[str, str]] = set()
 
@@ -92,9 +93,9 @@ class DicomSender:
             contexts.extend((sop, ts) for ts in ladder[:_MAX_CONTEXTS])
         dest = self.destination
         try:
-            assoc = Association.request(dest.host, dest.port, called_ae=dest.ae_title, calling_ae=self.calling_ae,
-                                        contexts=contexts, timeout=dest.timeout_seconds,
-                                        connect_timeout=min(10.0, dest.timeout_seconds))
+            assoc = self._associate(dest.host, dest.port, called_ae=dest.ae_title, calling_ae=self.calling_ae,
+                                    contexts=contexts, timeout=dest.timeout_seconds,
+                                    connect_timeout=min(10.0, dest.timeout_seconds))
         except AssociationRejectedError as exc:
             raise TransientForwardError(f"association with {dest.ae_title}@{dest.host}:{dest.port} "
                                         f"could not be established: {exc}") from exc

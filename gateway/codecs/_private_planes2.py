@@ -27,7 +27,12 @@ import numpy as np
 from numba import njit
 
 from gateway.codecs._private_predict import (
-    N_CLASSES, bias_context, bias_update, blend_v2, correct, quantise_activity,
+    N_CLASSES,
+    bias_context,
+    bias_update,
+    blend_v2,
+    correct,
+    quantise_activity,
 )
 from gateway.codecs._private_rangecoder import dec_bit, enc_bit, grow
 from gateway.codecs._private_symbols import dec_chunks, dec_token, enc_chunks, enc_token, token_base, token_of

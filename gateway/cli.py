@@ -83,13 +83,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     def _on_signal(signum: int, frame: object) -> None:
         done.set()
 
+    reload_requested = threading.Event()
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, lambda signum, frame: reload_requested.set())
     gateway.start()
     print(f"dicom-gateway listening on {config.server.host}:{gateway.port} as {config.server.ae_title}",
           file=sys.stderr, flush=True)
     while not done.wait(0.5):
-        pass
+        if reload_requested.is_set():
+            reload_requested.clear()
+            gateway.reload()  # logs what it did, or why it refused
     gateway.stop()
     return 0
 

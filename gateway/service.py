@@ -16,8 +16,8 @@ from __future__ import annotations
 import threading
 import time
 
-from gateway.config import Config
-from gateway.errors import GatewayError
+from gateway.config import Config, Destination, load_config
+from gateway.errors import ConfigError, GatewayError
 from gateway.forward import Forwarder, make_sender
 from gateway.logs import get_logger
 from gateway.net.scp import Receiver, start_receiver
@@ -43,6 +43,8 @@ class Gateway:
         self._stopped = threading.Event()
         self._housekeeping: list[threading.Thread] = []
         self.web = None
+        self.reload_error: str | None = None  # why the last reload was refused (None: applied, or none tried)
+        self._reload_lock = threading.Lock()
 
     @property
     def port(self) -> int:
@@ -56,15 +58,7 @@ class Gateway:
         self._warm_up()
         repaired = self.spool.recover()
         for dest in self.config.destinations:
-            count = dest.associations if dest.kind == "dicom" else 1
-            forwarding = self.config.forwarding
-            self.forwarders[dest.name] = [
-                Forwarder(dest, self.spool, self.config.retry,
-                          make_sender(dest, self.config.server.ae_title, self.config.compression.verify),
-                          batch=forwarding.batch, idle_seconds=forwarding.idle_release_seconds,
-                          rescan_seconds=forwarding.rescan_seconds, partition=(index, count), record=self.record)
-                for index in range(count)
-            ]
+            self.forwarders[dest.name] = self._forwarders_for(dest, self.config)
         self.worker = Worker(self.config, self.spool, self._submit, record=self.record)
         repaired["held_rebuilt"] = self.worker.recover()
         if any(repaired.values()):
@@ -183,6 +177,73 @@ class Gateway:
             since = min((f.failing_since for f in group if f.failing_since is not None), default=None)
             if since is not None and now - since > limit:
                 return f"destination {name} has been failing for {now - since:.0f} s"
+        return None
+
+    def _forwarders_for(self, dest: Destination, config: Config) -> list[Forwarder]:
+        count = dest.associations if dest.kind == "dicom" else 1
+        forwarding = config.forwarding
+        return [
+            Forwarder(dest, self.spool, config.retry,
+                      make_sender(dest, config.server.ae_title, config.compression.verify),
+                      batch=forwarding.batch, idle_seconds=forwarding.idle_release_seconds,
+                      rescan_seconds=forwarding.rescan_seconds, partition=(index, count), record=self.record)
+            for index in range(count)
+        ]
+
+    # What a reload cannot change: the listening socket, the spool, the worker pool's size, the web server.
+    _RESTART_ONLY = (("server", "host"), ("server", "port"), ("server", "ae_title"), ("server", "max_pdu"),
+                     ("server", "max_associations"), ("spool", "directory"), ("compression", "processes"),
+                     ("web", None), ("logging", None))
+
+    def reload(self) -> str | None:
+        """Read the configuration file again and apply it; None when applied, else why not.
+
+        Routes, destinations, codec choices, retry and forwarding settings and
+        the allowed callers change in place; associations in progress carry
+        on.  A file that fails validation, or that changes what only a restart
+        can change (the listening address, the spool, the number of worker
+        processes, the web endpoints, logging), is refused and the running
+        configuration stays.
+        """
+        source = self.config.source
+        if source is None:
+            return "the running configuration was not read from a file"
+        try:
+            new = load_config(source)
+        except ConfigError as exc:
+            _log.error("configuration not reloaded, the running one stays: %s", exc)
+            self.reload_error = str(exc)
+            return str(exc)
+        changed = [f"{section}.{key}" if key else section for section, key in self._RESTART_ONLY
+                   if (getattr(getattr(self.config, section), key) if key else getattr(self.config, section))
+                   != (getattr(getattr(new, section), key) if key else getattr(new, section))]
+        if changed:
+            message = f"{', '.join(changed)}: changing this needs a restart; the running configuration stays"
+            _log.error("configuration not reloaded: %s", message)
+            self.reload_error = message
+            return message
+        with self._reload_lock:
+            old, self.config = self.config, new
+            if self.server is not None:
+                self.server.ae.require_calling_aet = list(new.server.allowed_callers)
+            if self.worker is not None:
+                self.worker.reconfigure(new)
+            before = {d.name: d for d in old.destinations}
+            for dest in new.destinations:
+                if before.get(dest.name) == dest and old.retry == new.retry and old.forwarding == new.forwarding:
+                    continue
+                retired = self.forwarders.get(dest.name, [])
+                self.forwarders[dest.name] = self._forwarders_for(dest, new)
+                for forwarder in retired:  # each finishes the instance in hand; the rest stays pending
+                    forwarder.stop()
+                for forwarder in self.forwarders[dest.name]:
+                    forwarder.start()
+            for name in set(before) - {d.name for d in new.destinations}:
+                for forwarder in self.forwarders.pop(name, []):
+                    forwarder.stop()
+        self.reload_error = None
+        _log.info("configuration reloaded from %s: destinations %s", source,
+                  ", ".join(f"{d.name} ({d.kind})" for d in new.destinations))
         return None
 
     def _all_forwarders(self) -> list[Forwarder]:

@@ -303,13 +303,31 @@ class Worker:
             if self._pool is None:
                 self._pool = self._new_pool()
             pool = self._pool
+            try:  # under the lock: a reload replacing the pool waits for this submission
+                future = pool.submit(_child_process, ident)
+            except BrokenProcessPool:
+                self._pool = None
+                raise
         try:
-            return pool.submit(_child_process, ident).result()
+            return future.result()
         except BrokenProcessPool:
             with self._lock:  # a worker process died: start a fresh pool, the instance is retried
                 if self._pool is pool:
                     self._pool = None
             raise
+
+    def reconfigure(self, config: Config) -> None:
+        """Process instances from now on with `config` (routes, codec choices); the pool size stays.
+
+        Worker processes hold the configuration they were started with, so
+        they are replaced: those running finish the instance in hand.
+        """
+        self.config = config
+        if self.processes:
+            with self._lock:
+                old, self._pool = self._pool, self._new_pool()
+            if old is not None:
+                old.shutdown(wait=False)
 
     def start(self) -> None:
         if self.processes:

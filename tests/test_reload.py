@@ -1,0 +1,127 @@
+"""Reload without restart: a new destination gets the next instance, a bad file changes nothing."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from pydicom.uid import generate_uid
+
+from gateway.config import load_config
+from tests.conftest import REPO, free_port, pydicom_file, send, wait_until
+
+_BASE = """
+[server]
+ae_title = "GATEWAY"
+host = "127.0.0.1"
+port = {port}
+{callers}
+[spool]
+directory = "spool"
+[compression]
+transfer_syntax = "RLELossless"
+processes = {processes}
+[retry]
+base_seconds = 0.2
+cap_seconds = 1.0
+[[destinations]]
+name = "a"
+kind = "folder"
+path = "archive_a"
+"""
+_SECOND = """
+[[destinations]]
+name = "b"
+kind = "folder"
+path = "archive_b"
+"""
+
+
+def _write(path: Path, port: int, *, second: bool = False, callers: str = "", processes: int = 0,
+           extra: str = "") -> None:
+    path.write_text(_BASE.format(port=port, callers=callers, processes=processes) + (_SECOND if second else "")
+                    + extra)
+
+
+def _one() -> object:
+    ds = pydicom_file("CT_small.dcm")
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    return ds
+
+
+def _stored(root: Path, folder: str) -> set[str]:
+    return {p.stem for p in (root / folder).rglob("*.dcm")}
+
+
+def test_reload_adds_a_destination_and_a_bad_file_changes_nothing(tmp_path: Path, gateway_factory) -> None:
+    toml = tmp_path / "gateway.toml"
+    port = free_port()
+    _write(toml, port)
+    gateway = gateway_factory(load_config(toml))
+    first, second, third = _one(), _one(), _one()
+    assert send(gateway.port, [first]) == [0]
+    assert wait_until(lambda: str(first.SOPInstanceUID) in _stored(tmp_path, "archive_a"), timeout=30)
+
+    _write(toml, port, second=True)
+    assert gateway.reload() is None
+    assert send(gateway.port, [second]) == [0]
+    assert wait_until(lambda: str(second.SOPInstanceUID) in _stored(tmp_path, "archive_b"), timeout=30)
+    assert str(first.SOPInstanceUID) not in _stored(tmp_path, "archive_b")
+    assert str(second.SOPInstanceUID) in _stored(tmp_path, "archive_a")
+
+    toml.write_text(toml.read_text() + "\n[retry]\nunknown_knob = 1\n")
+    error = gateway.reload()
+    assert error is not None and gateway.reload_error == error
+    _write(toml, port, second=True, extra="\n[surprise]\nkey = 1\n")
+    assert "surprise" in (gateway.reload() or "")
+    _write(toml, free_port(), second=True)  # a new port needs a restart
+    assert "server.port" in (gateway.reload() or "")
+    assert [d.name for d in gateway.config.destinations] == ["a", "b"], "the running configuration stays"
+    assert send(gateway.port, [third]) == [0]
+    assert wait_until(lambda: str(third.SOPInstanceUID) in _stored(tmp_path, "archive_b"), timeout=30)
+
+
+def test_reload_applies_allowed_callers_to_the_next_association(tmp_path: Path, gateway_factory) -> None:
+    toml = tmp_path / "gateway.toml"
+    port = free_port()
+    _write(toml, port)
+    gateway = gateway_factory(load_config(toml))
+    assert send(gateway.port, [_one()], calling="MODALITY") == [0]
+    _write(toml, port, callers='allowed_callers = ["CT_SCANNER"]')
+    assert gateway.reload() is None
+    from pynetdicom import AE
+
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", gateway.port, ae_title="GATEWAY")
+    assert assoc.is_rejected
+    assert send(gateway.port, [_one()], calling="CT_SCANNER") == [0]
+
+
+def test_sighup_reloads_a_running_service_with_worker_processes(tmp_path: Path) -> None:
+    toml = tmp_path / "gateway.toml"
+    port = free_port()
+    _write(toml, port, processes=1)
+    log = tmp_path / "gateway.log"
+    with open(log, "ab") as handle:
+        process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(toml)],
+                                   stdout=handle, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        def listening() -> bool:
+            with socket.socket() as sock:
+                return sock.connect_ex(("127.0.0.1", port)) == 0
+
+        assert wait_until(listening, timeout=180), log.read_text()[-2000:]
+        _write(toml, port, second=True, processes=1)
+        process.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: "configuration reloaded" in log.read_text(), timeout=60), log.read_text()[-2000:]
+        ds = _one()
+        assert send(port, [ds]) == [0]
+        assert wait_until(lambda: str(ds.SOPInstanceUID) in _stored(tmp_path, "archive_b"), timeout=60), \
+            log.read_text()[-3000:]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0

@@ -368,8 +368,41 @@ def _read_header(segments: list[tuple[int, bytes]], components: int, header: Hea
             raise _corrupt(f"unexpected marker 0x{marker:04X} in a {'main' if main else 'tile-part'} header")
 
 
+_JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
+MAX_JP2_BOXES = 64
+
+
+def unwrap_jp2(data: bytes) -> bytes:
+    """The codestream of a JP2 file (its ``jp2c`` box); any other data unchanged.
+
+    DICOM asks for a bare codestream, but some encoders wrapped it in JP2.
+    """
+    if not data.startswith(_JP2_SIGNATURE):
+        return data
+    pos = 0
+    for _ in range(MAX_JP2_BOXES):
+        if pos + 8 > len(data):
+            break
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        header = 8
+        if length == 1:
+            if pos + 16 > len(data):
+                break
+            (length,) = struct.unpack_from(">Q", data, pos + 8)
+            header = 16
+        elif length == 0:
+            length = len(data) - pos
+        if length < header or pos + length > len(data):
+            raise _corrupt(f"JP2 box {kind!r} at byte {pos} has length {length}")
+        if kind == b"jp2c":
+            return data[pos + header:pos + length]
+        pos += length
+    raise _corrupt("JP2 file without a codestream box")
+
+
 def parse(data: bytes) -> Codestream:
     """Read a whole codestream: headers checked, tile-parts joined per tile."""
+    data = unwrap_jp2(data)
     if len(data) < 4 or data[:2] != b"\xff\x4f" or data[2:4] != b"\xff\x51":
         raise _corrupt("the codestream does not start with SOC and SIZ")
     (length,) = struct.unpack_from(">H", data, 4) if len(data) >= 6 else (0,)

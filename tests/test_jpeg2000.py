@@ -57,12 +57,19 @@ def test_mq_table_is_t800_table_c2() -> None:
 
 
 def test_initial_contexts_are_t800_table_d7() -> None:
-    index = np.zeros(mq.N_CONTEXTS, np.int64)
-    mps = np.ones(mq.N_CONTEXTS, np.int64)
-    mq.reset_contexts(index, mps)
+    states = np.ones(mq.N_CONTEXTS, np.int64)
+    mq.reset_contexts(states)
     expected = np.zeros(19, np.int64)
     expected[[0, 17, 18]] = [4, 3, 46]
-    assert np.array_equal(index, expected) and not mps.any()
+    assert np.array_equal(states >> 1, expected) and not (states & 1).any()  # index, MPS
+
+
+def test_packed_context_transitions_follow_table_c2() -> None:
+    for state in range(94):
+        index, mps = state >> 1, state & 1
+        assert mq.S_QE[state] == mq.QE[index]
+        assert mq.S_NMPS[state] == 2 * mq.NMPS[index] + mps
+        assert mq.S_NLPS[state] == 2 * mq.NLPS[index] + (1 - mps if mq.SWITCH[index] else mps)
 
 
 def _pattern(h: int = 0, v: int = 0, d: int = 0) -> int:

@@ -2,6 +2,11 @@
 
 The helpers are inlined into the tier-1 kernels (:mod:`.t1`); their state
 travels in local integers, returned as tuples, so it stays in registers.
+A context's state is one integer, ``2 * index + MPS``, and the transition
+tables below are indexed by it, so coding a decision reads and writes one
+array element.  Renormalisation shifts by all the bits it needs at once
+(counted with a leading-zero instruction), stopping only where a byte is
+due.
 
 Encoder state ``(a, c, ct, b, n)``: the interval register A, the code
 register C, the bit counter CT, the byte B not yet committed to the output
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
+from numba.cpython.unsafe.numbers import leading_zeros
 
 # T.800 Table C.2: Qe, index after an MPS, index after an LPS, switch flag.
 QE = np.array([
@@ -40,6 +46,11 @@ NLPS = np.array([
 ], dtype=np.int64)
 SWITCH = np.array([1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1] + [0] * 32, dtype=np.int64)
 
+# The same tables indexed by a context state ``2 * index + MPS``.
+S_QE = np.array([QE[s >> 1] for s in range(94)], dtype=np.int64)
+S_NMPS = np.array([(NMPS[s >> 1] << 1) | (s & 1) for s in range(94)], dtype=np.int64)
+S_NLPS = np.array([(NLPS[s >> 1] << 1) | ((s & 1) ^ SWITCH[s >> 1]) for s in range(94)], dtype=np.int64)
+
 # The 19 contexts of the bit-plane coder (T.800 Table D.7 gives their initial states).
 N_CONTEXTS = 19
 CX_RL = 17  # run-length
@@ -47,14 +58,13 @@ CX_UNI = 18  # uniform
 
 
 @njit(cache=True, nogil=True)
-def reset_contexts(index: np.ndarray, mps: np.ndarray) -> None:
-    """Initial states of T.800 Table D.7: all 0, except UNIFORM 46, RL 3, ZC 0 (all-zero neighbours) 4."""
+def reset_contexts(states: np.ndarray) -> None:
+    """Initial states of T.800 Table D.7: all 0 with MPS 0, except UNIFORM 46, RL 3, ZC 0 4."""
     for i in range(N_CONTEXTS):
-        index[i] = 0
-        mps[i] = 0
-    index[0] = 4
-    index[CX_RL] = 3
-    index[CX_UNI] = 46
+        states[i] = 0
+    states[0] = 4 << 1
+    states[CX_RL] = 3 << 1
+    states[CX_UNI] = 46 << 1
 
 
 # ----------------------------------------------------------------------------- encoder
@@ -104,39 +114,33 @@ def _byteout(c: int, ct: int, b: int, n: int, out: np.ndarray, base: int) -> tup
 
 
 @njit(cache=True, nogil=True, inline="always")
-def encode(bit: int, cx: int, index: np.ndarray, mps: np.ndarray, a: int, c: int, ct: int, b: int, n: int,
+def encode(bit: int, cx: int, states: np.ndarray, a: int, c: int, ct: int, b: int, n: int,
            out: np.ndarray, base: int) -> tuple[int, int, int, int, int]:
     """Code one decision `bit` in context `cx` (CODEMPS / CODELPS with RENORME, T.800 C.2.5-C.2.7)."""
-    i = index[cx]
-    qe = QE[i]
+    s = states[cx]
+    qe = S_QE[s]
     a -= qe
-    if bit == mps[cx]:
-        if a & 0x8000 == 0:
-            if a < qe:
-                a = qe
-            else:
-                c += qe
-            index[cx] = NMPS[i]
+    if bit == (s & 1):
+        if a & 0x8000:
+            return a, c + qe, ct, b, n
+        if a < qe:
+            a = qe
         else:
             c += qe
-            return a, c, ct, b, n
+        states[cx] = S_NMPS[s]
     else:
         if a < qe:
             c += qe
         else:
             a = qe
-        if SWITCH[i]:
-            mps[cx] = 1 - mps[cx]
-        index[cx] = NLPS[i]
-    while True:
-        a <<= 1
-        c <<= 1
-        ct -= 1
-        if ct == 0:
-            c, ct, b, n = _byteout(c, ct, b, n, out, base)
-        if a & 0x8000:
-            break
-    return a, c, ct, b, n
+        states[cx] = S_NLPS[s]
+    shift = leading_zeros(np.uint32(a)) - 16
+    while shift >= ct:
+        a <<= ct
+        c <<= ct
+        shift -= ct
+        c, ct, b, n = _byteout(c, 0, b, n, out, base)
+    return a << shift, c << shift, ct - shift, b, n
 
 
 @njit(cache=True, nogil=True)
@@ -194,44 +198,38 @@ def init_decoder(data: np.ndarray, start: int, end: int) -> tuple[int, int, int,
 
 
 @njit(cache=True, nogil=True, inline="always")
-def decode(cx: int, index: np.ndarray, mps: np.ndarray, a: int, c: int, ct: int, pos: int,
+def decode(cx: int, states: np.ndarray, a: int, c: int, ct: int, pos: int,
            data: np.ndarray, end: int) -> tuple[int, int, int, int, int]:
     """Decode one decision in context `cx` (T.800 C.3.2); returns ``(bit, a, c, ct, pos)``."""
-    i = index[cx]
-    qe = QE[i]
+    s = states[cx]
+    qe = S_QE[s]
     a -= qe
     if (c >> 16) < qe:
         if a < qe:
             a = qe
-            d = mps[cx]
-            index[cx] = NMPS[i]
+            d = s & 1
+            states[cx] = S_NMPS[s]
         else:
             a = qe
-            d = 1 - mps[cx]
-            if SWITCH[i]:
-                mps[cx] = 1 - mps[cx]
-            index[cx] = NLPS[i]
+            d = 1 - (s & 1)
+            states[cx] = S_NLPS[s]
     else:
         c -= qe << 16
         if a & 0x8000:
-            return mps[cx], a, c, ct, pos
+            return s & 1, a, c, ct, pos
         if a < qe:
-            d = 1 - mps[cx]
-            if SWITCH[i]:
-                mps[cx] = 1 - mps[cx]
-            index[cx] = NLPS[i]
+            d = 1 - (s & 1)
+            states[cx] = S_NLPS[s]
         else:
-            d = mps[cx]
-            index[cx] = NMPS[i]
-    while True:
-        if ct == 0:
-            c, ct, pos = _bytein(c, ct, pos, data, end)
-        a <<= 1
-        c = (c << 1) & 0xFFFFFFFF
-        ct -= 1
-        if a & 0x8000:
-            break
-    return d, a, c, ct, pos
+            d = s & 1
+            states[cx] = S_NMPS[s]
+    shift = leading_zeros(np.uint32(a)) - 16
+    while shift > ct:
+        a <<= ct
+        c = (c << ct) & 0xFFFFFFFF
+        shift -= ct
+        c, ct, pos = _bytein(c, 0, pos, data, end)
+    return d, a << shift, (c << shift) & 0xFFFFFFFF, ct - shift, pos
 
 
 @njit(cache=True, nogil=True, inline="always")

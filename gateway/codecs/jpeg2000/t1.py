@@ -155,8 +155,7 @@ def _significant(flags: np.ndarray, i: int, stride: int, negative: int, vcausal_
 
 
 @njit(cache=True, nogil=True)
-def _encode_block(coef: np.ndarray, orient: int, flags: np.ndarray, mags: np.ndarray, index: np.ndarray,
-                  mps: np.ndarray, out: np.ndarray, base: int) -> tuple[int, int, int]:
+def _encode_block(coef: np.ndarray, orient: int, flags: np.ndarray, mags: np.ndarray, states: np.ndarray, out: np.ndarray, base: int) -> tuple[int, int, int]:
     """All coding passes of one code-block in one codeword: ``(bytes, passes, bit-planes)``."""
     h, w = coef.shape
     stride = w + 2
@@ -177,7 +176,7 @@ def _encode_block(coef: np.ndarray, orient: int, flags: np.ndarray, mags: np.nda
     if planes == 0:
         return 0, 0, 0
     zc = ZC[orient]
-    mq.reset_contexts(index, mps)
+    mq.reset_contexts(states)
     a, c, ct, b, n = 0x8000, 0, 12, 0, 0
     for p in range(planes - 1, -1, -1):
         if p != planes - 1:
@@ -191,11 +190,11 @@ def _encode_block(coef: np.ndarray, orient: int, flags: np.ndarray, mags: np.nda
                         if f & F_SIG or not f & F_NEIGHBOURS:
                             continue
                         bit = (mags[y * w + x] >> p) & 1
-                        a, c, ct, b, n = mq.encode(bit, zc[f & F_NEIGHBOURS], index, mps, a, c, ct, b, n, out, base)
+                        a, c, ct, b, n = mq.encode(bit, zc[f & F_NEIGHBOURS], states, a, c, ct, b, n, out, base)
                         if bit:
                             s = _sign_index(f)
                             neg = 1 if f & F_NEG else 0
-                            a, c, ct, b, n = mq.encode(neg ^ SC_XOR[s], SC_CONTEXT[s], index, mps, a, c, ct, b, n,
+                            a, c, ct, b, n = mq.encode(neg ^ SC_XOR[s], SC_CONTEXT[s], states, a, c, ct, b, n,
                                                        out, base)
                             _significant(flags, i, stride, neg, False)
                         flags[i] |= F_VISIT
@@ -210,7 +209,7 @@ def _encode_block(coef: np.ndarray, orient: int, flags: np.ndarray, mags: np.nda
                             continue
                         bit = (mags[y * w + x] >> p) & 1
                         cx = 16 if f & F_REF else (15 if f & F_NEIGHBOURS else 14)
-                        a, c, ct, b, n = mq.encode(bit, cx, index, mps, a, c, ct, b, n, out, base)
+                        a, c, ct, b, n = mq.encode(bit, cx, states, a, c, ct, b, n, out, base)
                         flags[i] |= F_REF
         # Cleanup pass.
         for y0 in range(0, h, 4):
@@ -225,16 +224,16 @@ def _encode_block(coef: np.ndarray, orient: int, flags: np.ndarray, mags: np.nda
                     while k < 4 and not (mags[(y0 + k) * w + x] >> p) & 1:
                         k += 1
                     if k == 4:
-                        a, c, ct, b, n = mq.encode(0, mq.CX_RL, index, mps, a, c, ct, b, n, out, base)
+                        a, c, ct, b, n = mq.encode(0, mq.CX_RL, states, a, c, ct, b, n, out, base)
                         continue
-                    a, c, ct, b, n = mq.encode(1, mq.CX_RL, index, mps, a, c, ct, b, n, out, base)
-                    a, c, ct, b, n = mq.encode(k >> 1, mq.CX_UNI, index, mps, a, c, ct, b, n, out, base)
-                    a, c, ct, b, n = mq.encode(k & 1, mq.CX_UNI, index, mps, a, c, ct, b, n, out, base)
+                    a, c, ct, b, n = mq.encode(1, mq.CX_RL, states, a, c, ct, b, n, out, base)
+                    a, c, ct, b, n = mq.encode(k >> 1, mq.CX_UNI, states, a, c, ct, b, n, out, base)
+                    a, c, ct, b, n = mq.encode(k & 1, mq.CX_UNI, states, a, c, ct, b, n, out, base)
                     i = i0 + k * stride
                     f = flags[i]
                     s = _sign_index(f)
                     neg = 1 if f & F_NEG else 0
-                    a, c, ct, b, n = mq.encode(neg ^ SC_XOR[s], SC_CONTEXT[s], index, mps, a, c, ct, b, n, out, base)
+                    a, c, ct, b, n = mq.encode(neg ^ SC_XOR[s], SC_CONTEXT[s], states, a, c, ct, b, n, out, base)
                     _significant(flags, i, stride, neg, False)
                     y = y0 + k + 1
                 for yy in range(y, y1):
@@ -244,11 +243,11 @@ def _encode_block(coef: np.ndarray, orient: int, flags: np.ndarray, mags: np.nda
                         flags[i] = f & ~F_VISIT
                         continue
                     bit = (mags[yy * w + x] >> p) & 1
-                    a, c, ct, b, n = mq.encode(bit, zc[f & F_NEIGHBOURS], index, mps, a, c, ct, b, n, out, base)
+                    a, c, ct, b, n = mq.encode(bit, zc[f & F_NEIGHBOURS], states, a, c, ct, b, n, out, base)
                     if bit:
                         s = _sign_index(f)
                         neg = 1 if f & F_NEG else 0
-                        a, c, ct, b, n = mq.encode(neg ^ SC_XOR[s], SC_CONTEXT[s], index, mps, a, c, ct, b, n,
+                        a, c, ct, b, n = mq.encode(neg ^ SC_XOR[s], SC_CONTEXT[s], states, a, c, ct, b, n,
                                                    out, base)
                         _significant(flags, i, stride, neg, False)
     length = mq.flush(a, c, ct, b, n, out, base)
@@ -261,8 +260,7 @@ def encode_blocks(coeffs: np.ndarray, blocks: np.ndarray, out: np.ndarray, offse
     """Code every listed code-block (see the module docstring); 0, or -1-i if block i overflowed."""
     flags = np.empty(66 * 66, dtype=np.int32)
     mags = np.empty(64 * 64, dtype=np.int64)
-    index = np.empty(mq.N_CONTEXTS, dtype=np.int64)
-    mps = np.empty(mq.N_CONTEXTS, dtype=np.int64)
+    states = np.empty(mq.N_CONTEXTS, dtype=np.int64)
     for k in range(blocks.shape[0]):
         comp, y0, x0, h, w, orient = blocks[k, 0], blocks[k, 1], blocks[k, 2], blocks[k, 3], blocks[k, 4], blocks[k, 5]
         if (h + 2) * (w + 2) > flags.size:
@@ -271,7 +269,7 @@ def encode_blocks(coeffs: np.ndarray, blocks: np.ndarray, out: np.ndarray, offse
         room = offsets[k + 1] - offsets[k]
         window = out[offsets[k]:offsets[k] + room]
         length, passes, planes = _encode_block(coeffs[comp, y0:y0 + h, x0:x0 + w], orient, flags, mags,
-                                               index, mps, window, 0)
+                                               states, window, 0)
         if length > room:
             return -1 - k
         results[k, 0] = length
@@ -285,7 +283,7 @@ def encode_blocks(coeffs: np.ndarray, blocks: np.ndarray, out: np.ndarray, offse
 
 @njit(cache=True, nogil=True)
 def _decode_block(coef: np.ndarray, orient: int, planes: int, style: int, segs: np.ndarray, data: np.ndarray,
-                  flags: np.ndarray, vals: np.ndarray, index: np.ndarray, mps: np.ndarray) -> int:
+                  flags: np.ndarray, vals: np.ndarray, states: np.ndarray) -> int:
     """Decode one code-block's segments into `coef` (signed values); 0 or an error code."""
     h, w = coef.shape
     stride = w + 2
@@ -308,7 +306,7 @@ def _decode_block(coef: np.ndarray, orient: int, planes: int, style: int, segs: 
     zc = ZC[orient]
     vcausal = style & STYLE_VCAUSAL != 0
     bypass = style & STYLE_BYPASS != 0
-    mq.reset_contexts(index, mps)
+    mq.reset_contexts(states)
     p = planes - 1
     kind = 2  # 0 significance propagation, 1 magnitude refinement, 2 cleanup
     pass_index = 0
@@ -334,14 +332,14 @@ def _decode_block(coef: np.ndarray, orient: int, planes: int, style: int, segs: 
                             if raw:
                                 bit, c, ct, pos = mq.raw_bit(c, ct, pos, data, end)
                             else:
-                                bit, a, c, ct, pos = mq.decode(zc[f & F_NEIGHBOURS], index, mps, a, c, ct, pos,
+                                bit, a, c, ct, pos = mq.decode(zc[f & F_NEIGHBOURS], states, a, c, ct, pos,
                                                                data, end)
                             if bit:
                                 if raw:
                                     neg, c, ct, pos = mq.raw_bit(c, ct, pos, data, end)
                                 else:
                                     si = _sign_index(f)
-                                    neg, a, c, ct, pos = mq.decode(SC_CONTEXT[si], index, mps, a, c, ct, pos,
+                                    neg, a, c, ct, pos = mq.decode(SC_CONTEXT[si], states, a, c, ct, pos,
                                                                    data, end)
                                     neg ^= SC_XOR[si]
                                 _significant(flags, i, stride, neg, vcausal and y == y0)
@@ -360,7 +358,7 @@ def _decode_block(coef: np.ndarray, orient: int, planes: int, style: int, segs: 
                                 bit, c, ct, pos = mq.raw_bit(c, ct, pos, data, end)
                             else:
                                 cx = 16 if f & F_REF else (15 if f & F_NEIGHBOURS else 14)
-                                bit, a, c, ct, pos = mq.decode(cx, index, mps, a, c, ct, pos, data, end)
+                                bit, a, c, ct, pos = mq.decode(cx, states, a, c, ct, pos, data, end)
                             vals[y * w + x] += half if bit else -half
                             flags[i] = f | F_REF
             else:
@@ -371,15 +369,15 @@ def _decode_block(coef: np.ndarray, orient: int, planes: int, style: int, segs: 
                         i0 = (y0 + 1) * stride + x + 1
                         if y1 - y0 == 4 and not ((flags[i0] | flags[i0 + stride] | flags[i0 + 2 * stride]
                                                   | flags[i0 + 3 * stride]) & (F_SIG | F_VISIT | F_NEIGHBOURS)):
-                            bit, a, c, ct, pos = mq.decode(mq.CX_RL, index, mps, a, c, ct, pos, data, end)
+                            bit, a, c, ct, pos = mq.decode(mq.CX_RL, states, a, c, ct, pos, data, end)
                             if not bit:
                                 continue
-                            hi, a, c, ct, pos = mq.decode(mq.CX_UNI, index, mps, a, c, ct, pos, data, end)
-                            lo, a, c, ct, pos = mq.decode(mq.CX_UNI, index, mps, a, c, ct, pos, data, end)
+                            hi, a, c, ct, pos = mq.decode(mq.CX_UNI, states, a, c, ct, pos, data, end)
+                            lo, a, c, ct, pos = mq.decode(mq.CX_UNI, states, a, c, ct, pos, data, end)
                             k = hi * 2 + lo
                             i = i0 + k * stride
                             si = _sign_index(flags[i])
-                            neg, a, c, ct, pos = mq.decode(SC_CONTEXT[si], index, mps, a, c, ct, pos, data, end)
+                            neg, a, c, ct, pos = mq.decode(SC_CONTEXT[si], states, a, c, ct, pos, data, end)
                             neg ^= SC_XOR[si]
                             _significant(flags, i, stride, neg, vcausal and k == 0)
                             vals[(y0 + k) * w + x] = 3 * half
@@ -390,19 +388,19 @@ def _decode_block(coef: np.ndarray, orient: int, planes: int, style: int, segs: 
                             if f & (F_SIG | F_VISIT):
                                 flags[i] = f & ~F_VISIT
                                 continue
-                            bit, a, c, ct, pos = mq.decode(zc[f & F_NEIGHBOURS], index, mps, a, c, ct, pos,
+                            bit, a, c, ct, pos = mq.decode(zc[f & F_NEIGHBOURS], states, a, c, ct, pos,
                                                            data, end)
                             if bit:
                                 si = _sign_index(f)
-                                neg, a, c, ct, pos = mq.decode(SC_CONTEXT[si], index, mps, a, c, ct, pos, data, end)
+                                neg, a, c, ct, pos = mq.decode(SC_CONTEXT[si], states, a, c, ct, pos, data, end)
                                 neg ^= SC_XOR[si]
                                 _significant(flags, i, stride, neg, vcausal and yy == y0)
                                 vals[yy * w + x] = 3 * half
                 if style & STYLE_SEGSYM:
                     for _k in range(4):
-                        _bit, a, c, ct, pos = mq.decode(mq.CX_UNI, index, mps, a, c, ct, pos, data, end)
+                        _bit, a, c, ct, pos = mq.decode(mq.CX_UNI, states, a, c, ct, pos, data, end)
             if style & STYLE_RESET:
-                mq.reset_contexts(index, mps)
+                mq.reset_contexts(states)
             pass_index += 1
             if kind == 2:
                 kind = 0
@@ -421,8 +419,7 @@ def decode_blocks(coeffs: np.ndarray, blocks: np.ndarray, segments: np.ndarray, 
     """Decode every listed code-block (see the module docstring); 0 or the first error code."""
     flags = np.empty(66 * 66, dtype=np.int32)
     vals = np.empty(64 * 64, dtype=np.int64)
-    index = np.empty(mq.N_CONTEXTS, dtype=np.int64)
-    mps = np.empty(mq.N_CONTEXTS, dtype=np.int64)
+    states = np.empty(mq.N_CONTEXTS, dtype=np.int64)
     for k in range(blocks.shape[0]):
         comp, y0, x0, h, w = blocks[k, 0], blocks[k, 1], blocks[k, 2], blocks[k, 3], blocks[k, 4]
         if (h + 2) * (w + 2) > flags.size:
@@ -430,7 +427,7 @@ def decode_blocks(coeffs: np.ndarray, blocks: np.ndarray, segments: np.ndarray, 
             vals = np.empty(h * w, dtype=np.int64)
         first, count = blocks[k, 8], blocks[k, 9]
         status = _decode_block(coeffs[comp, y0:y0 + h, x0:x0 + w], blocks[k, 5], blocks[k, 6], blocks[k, 7],
-                               segments[first:first + count], data, flags, vals, index, mps)
+                               segments[first:first + count], data, flags, vals, states)
         if status:
             return status
     return 0

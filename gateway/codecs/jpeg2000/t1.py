@@ -154,7 +154,7 @@ def _significant(flags: np.ndarray, i: int, stride: int, negative: int, vcausal_
 # ----------------------------------------------------------------------------- encoder
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _encode_block(coef: np.ndarray, orient: int, flags: np.ndarray, mags: np.ndarray, states: np.ndarray, out: np.ndarray, base: int) -> tuple[int, int, int]:
     """All coding passes of one code-block in one codeword: ``(bytes, passes, bit-planes)``."""
     h, w = coef.shape
@@ -175,7 +175,6 @@ def _encode_block(coef: np.ndarray, orient: int, flags: np.ndarray, mags: np.nda
         planes += 1
     if planes == 0:
         return 0, 0, 0
-    zc = ZC[orient]
     mq.reset_contexts(states)
     a, c, ct, b, n = 0x8000, 0, 12, 0, 0
     for p in range(planes - 1, -1, -1):
@@ -190,7 +189,7 @@ def _encode_block(coef: np.ndarray, orient: int, flags: np.ndarray, mags: np.nda
                         if f & F_SIG or not f & F_NEIGHBOURS:
                             continue
                         bit = (mags[y * w + x] >> p) & 1
-                        a, c, ct, b, n = mq.encode(bit, zc[f & F_NEIGHBOURS], states, a, c, ct, b, n, out, base)
+                        a, c, ct, b, n = mq.encode(bit, ZC[orient, f & F_NEIGHBOURS], states, a, c, ct, b, n, out, base)
                         if bit:
                             s = _sign_index(f)
                             neg = 1 if f & F_NEG else 0
@@ -243,7 +242,7 @@ def _encode_block(coef: np.ndarray, orient: int, flags: np.ndarray, mags: np.nda
                         flags[i] = f & ~F_VISIT
                         continue
                     bit = (mags[yy * w + x] >> p) & 1
-                    a, c, ct, b, n = mq.encode(bit, zc[f & F_NEIGHBOURS], states, a, c, ct, b, n, out, base)
+                    a, c, ct, b, n = mq.encode(bit, ZC[orient, f & F_NEIGHBOURS], states, a, c, ct, b, n, out, base)
                     if bit:
                         s = _sign_index(f)
                         neg = 1 if f & F_NEG else 0
@@ -281,7 +280,7 @@ def encode_blocks(coeffs: np.ndarray, blocks: np.ndarray, out: np.ndarray, offse
 # ----------------------------------------------------------------------------- decoder
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _decode_block(coef: np.ndarray, orient: int, planes: int, style: int, segs: np.ndarray, data: np.ndarray,
                   flags: np.ndarray, vals: np.ndarray, states: np.ndarray) -> int:
     """Decode one code-block's segments into `coef` (signed values); 0 or an error code."""
@@ -303,7 +302,6 @@ def _decode_block(coef: np.ndarray, orient: int, planes: int, style: int, segs: 
         return ERR_PLANES
     if planes < 1 or total > 3 * planes - 2:
         return ERR_PASSES
-    zc = ZC[orient]
     vcausal = style & STYLE_VCAUSAL != 0
     bypass = style & STYLE_BYPASS != 0
     mq.reset_contexts(states)
@@ -332,7 +330,7 @@ def _decode_block(coef: np.ndarray, orient: int, planes: int, style: int, segs: 
                             if raw:
                                 bit, c, ct, pos = mq.raw_bit(c, ct, pos, data, end)
                             else:
-                                bit, a, c, ct, pos = mq.decode(zc[f & F_NEIGHBOURS], states, a, c, ct, pos,
+                                bit, a, c, ct, pos = mq.decode(ZC[orient, f & F_NEIGHBOURS], states, a, c, ct, pos,
                                                                data, end)
                             if bit:
                                 if raw:
@@ -388,7 +386,7 @@ def _decode_block(coef: np.ndarray, orient: int, planes: int, style: int, segs: 
                             if f & (F_SIG | F_VISIT):
                                 flags[i] = f & ~F_VISIT
                                 continue
-                            bit, a, c, ct, pos = mq.decode(zc[f & F_NEIGHBOURS], states, a, c, ct, pos,
+                            bit, a, c, ct, pos = mq.decode(ZC[orient, f & F_NEIGHBOURS], states, a, c, ct, pos,
                                                            data, end)
                             if bit:
                                 si = _sign_index(f)

@@ -172,73 +172,92 @@ def count_precincts(rect: tuple[int, int, int, int], style: cs.CodingStyle) -> i
 
 
 class TagTree:
-    """A tag tree (T.800 B.10.2) over a ``cols x rows`` grid, for coding or decoding."""
+    """A tag tree (T.800 B.10.2) over a ``cols x rows`` grid, for coding or decoding.
 
-    __slots__ = ("sizes", "value", "low", "known")
+    Nodes of all levels live in flat lists (leaves first); each leaf's path
+    to the root is computed once.
+    """
+
+    __slots__ = ("cols", "paths", "value", "low", "known", "_sizes_starts")
 
     def __init__(self, cols: int, rows: int, leaves: list[int] | None = None) -> None:
-        self.sizes = [(cols, rows)]
-        while cols > 1 or rows > 1:
-            cols, rows = (cols + 1) >> 1, (rows + 1) >> 1
-            self.sizes.append((cols, rows))
+        sizes = [(cols, rows)]
+        while sizes[-1] != (1, 1):
+            c, r = sizes[-1]
+            sizes.append(((c + 1) >> 1, (r + 1) >> 1))
+        starts = [0]
+        for c, r in sizes:
+            starts.append(starts[-1] + c * r)
+        self.cols = cols
+        self.paths: dict[int, list[int]] = {}
+        count = starts[-1]
         big = 1 << 40
-        if leaves is None:
-            self.value = [[big] * (c * r) for c, r in self.sizes]
-        else:
-            self.value = [list(leaves)]
-            for level in range(1, len(self.sizes)):
-                c, r = self.sizes[level]
-                pc, pr = self.sizes[level - 1]
-                below = self.value[level - 1]
-                values = [big] * (c * r)
+        self.value = [big] * count
+        self.low = [0] * count
+        self.known = [False] * count
+        self._sizes_starts = (sizes, starts)
+        if leaves is not None:
+            self.value[:len(leaves)] = leaves
+            for level in range(1, len(sizes)):
+                c, _ = sizes[level]
+                pc, pr = sizes[level - 1]
                 for y in range(pr):
                     for x in range(pc):
-                        j = (y >> 1) * c + (x >> 1)
-                        values[j] = min(values[j], below[y * pc + x])
-                self.value.append(values)
-        self.low = [[0] * (c * r) for c, r in self.sizes]
-        self.known = [[False] * (c * r) for c, r in self.sizes]
+                        j = starts[level] + (y >> 1) * c + (x >> 1)
+                        v = self.value[starts[level - 1] + y * pc + x]
+                        if v < self.value[j]:
+                            self.value[j] = v
 
-    def _path(self, x: int, y: int) -> list[tuple[int, int]]:
-        return [(level, (y >> level) * self.sizes[level][0] + (x >> level))
-                for level in range(len(self.sizes) - 1, -1, -1)]
+    def _path(self, x: int, y: int) -> list[int]:
+        """Node indices from the root down to leaf (x, y)."""
+        key = y * self.cols + x
+        path = self.paths.get(key)
+        if path is None:
+            sizes, starts = self._sizes_starts
+            path = [starts[level] + (y >> level) * sizes[level][0] + (x >> level)
+                    for level in range(len(sizes) - 1, -1, -1)]
+            self.paths[key] = path
+        return path
 
     def encode(self, out: BitWriter, x: int, y: int, threshold: int) -> None:
         low = 0
-        for level, j in self._path(x, y):
-            if low > self.low[level][j]:
-                self.low[level][j] = low
+        value, lows, known = self.value, self.low, self.known
+        for j in self._path(x, y):
+            if low > lows[j]:
+                lows[j] = low
             else:
-                low = self.low[level][j]
+                low = lows[j]
             while low < threshold:
-                if low >= self.value[level][j]:
-                    if not self.known[level][j]:
+                if low >= value[j]:
+                    if not known[j]:
                         out.bit(1)
-                        self.known[level][j] = True
+                        known[j] = True
                     break
                 out.bit(0)
                 low += 1
-            self.low[level][j] = low
+            lows[j] = low
 
     def decode(self, src: BitReader, x: int, y: int, threshold: int) -> bool:
         """Read bits until the leaf's value is known or at least `threshold`; True if below it."""
         low = 0
-        for level, j in self._path(x, y):
-            if low > self.low[level][j]:
-                self.low[level][j] = low
+        value, lows = self.value, self.low
+        j = 0
+        for j in self._path(x, y):
+            if low > lows[j]:
+                lows[j] = low
             else:
-                low = self.low[level][j]
-            value = self.value[level][j]
-            while low < threshold and low < value:
+                low = lows[j]
+            known = value[j]
+            while low < threshold and low < known:
                 if src.bit():
-                    value = self.value[level][j] = low
+                    known = value[j] = low
                 else:
                     low += 1
-            self.low[level][j] = low
-        return self.value[0][y * self.sizes[0][0] + x] < threshold
+            lows[j] = low
+        return value[j] < threshold
 
     def leaf(self, x: int, y: int) -> int:
-        return self.value[0][y * self.sizes[0][0] + x]
+        return self.value[y * self.cols + x]
 
 
 # ----------------------------------------------------------------------------- bit I/O
@@ -441,11 +460,9 @@ def read_packets(data: bytes, order: list[tuple[int, int, int, int]], components
                     else:
                         if not band.inclusion.decode(src, x, y, layer + 1):
                             continue
-                        threshold = 1
-                        while not band.zero_planes.decode(src, x, y, threshold):
-                            threshold += 1
-                            if threshold > limit + 1:
-                                raise _corrupt("a code-block's zero bit-planes exceed its sub-band's bit-planes")
+                        # One walk with the largest threshold reads the whole value (B.10.2).
+                        if not band.zero_planes.decode(src, x, y, limit + 1):
+                            raise _corrupt("a code-block's zero bit-planes exceed its sub-band's bit-planes")
                         block.zero_planes = band.zero_planes.leaf(x, y)
                         block.included = True
                     passes = _read_passes(src)

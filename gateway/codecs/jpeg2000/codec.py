@@ -244,7 +244,19 @@ def _check_tile(coding: cs.TileCoding, tile: int, components: int) -> None:
         raise CorruptCodestreamError("JPEG 2000: a colour transform with fewer than three components")
 
 
-def _decode_tile(stream: cs.Codestream, index: int, image: np.ndarray) -> None:
+def _decode_blocks(coeffs: np.ndarray, blocks: np.ndarray, segments: np.ndarray, data: np.ndarray,
+                   parallel: bool) -> int:
+    """Tier-1 decoding of every code-block, split between two threads for large tiles."""
+    if not parallel or len(blocks) < 2:
+        return t1.decode_blocks(coeffs, blocks, segments, data)
+    sizes = np.cumsum(blocks[:, 3] * blocks[:, 4])
+    half = min(max(int(np.searchsorted(sizes, sizes[-1] / 2)), 1), len(blocks) - 1)
+    parts = [blocks[:half], blocks[half:]]
+    statuses = list(_threads().map(lambda part: t1.decode_blocks(coeffs, part, segments, data), parts))
+    return next((s for s in statuses if s), 0)
+
+
+def _decode_tile(stream: cs.Codestream, index: int, image: np.ndarray, parallel: bool) -> None:
     size = stream.size
     tile = stream.tiles[index]
     coding = cs.tile_coding(stream, tile)
@@ -267,7 +279,7 @@ def _decode_tile(stream: cs.Codestream, index: int, image: np.ndarray) -> None:
     tier2.read_packets(tile.data, order, components, limits, coding.coding.sop, coding.coding.eph)
     blocks, segments, data = tier2.gather_blocks(components, limits)
     coeffs = np.zeros((nc, ty1 - ty0, tx1 - tx0), dtype=np.int32)
-    status = t1.decode_blocks(coeffs, blocks, segments, data)
+    status = _decode_blocks(coeffs, blocks, segments, data, parallel)
     if status:
         raise CorruptCodestreamError(f"JPEG 2000: tile {index}: {t1.ERRORS.get(status, status)}")
     for c in range(nc):
@@ -288,11 +300,12 @@ def _decode_tile(stream: cs.Codestream, index: int, image: np.ndarray) -> None:
         image[c, ty0 - size.y0:ty1 - size.y0, tx0 - size.x0:tx1 - size.x0] = plane
 
 
-def decode(data: bytes, info: FrameInfo) -> np.ndarray:
+def decode(data: bytes, info: FrameInfo, *, parallel: bool | None = None) -> np.ndarray:
     """Decode a reversible JPEG 2000 codestream into a frame of the form `info` describes.
 
     Serves 1.2.840.10008.1.2.4.90 and the reversible streams of .91; see the
-    module docstring for what is refused.
+    module docstring for what is refused.  `parallel` decodes the
+    code-blocks on two threads (default: for frames of 1 MB or more).
     """
     stream = cs.parse(bytes(data))
     size = stream.size
@@ -307,8 +320,10 @@ def decode(data: bytes, info: FrameInfo) -> np.ndarray:
             raise CorruptCodestreamError(
                 f"JPEG 2000: {comp.precision}-bit component in (0028,0100) 'Bits Allocated' {info.bits_allocated}")
     image = np.empty((info.samples_per_pixel, rows, cols), dtype=np.int32)
+    if parallel is None:
+        parallel = info.frame_bytes >= PARALLEL_BYTES
     for index in sorted(stream.tiles):
-        _decode_tile(stream, index, image)
+        _decode_tile(stream, index, image, parallel)
     return _to_frame(image, size.components, info)
 
 

@@ -137,6 +137,16 @@ def _pylibjpeg_libjpeg(data: bytes, info: FrameInfo) -> np.ndarray:
     return _normalised(values, info)
 
 
+def _pylibjpeg_openjpeg(data: bytes, info: FrameInfo) -> np.ndarray:
+    """pylibjpeg-openjpeg (OpenJPEG): JPEG 2000; it undoes the colour transform itself."""
+    from openjpeg import decode
+
+    values = decode(bytes(data))
+    if values.size != info.rows * info.columns * info.samples_per_pixel:
+        raise UnsupportedImageError(f"reference decoder returned {values.shape}, expected {info.shape}")
+    return _normalised(values, info)
+
+
 # Transfer syntax UID -> decoder of another project, used to verify our output.
 # Syntaxes absent here (our private one) are verified with our decoder only.
 REFERENCE_DECODERS: dict[str, Callable[[bytes, FrameInfo], np.ndarray]] = {
@@ -144,6 +154,7 @@ REFERENCE_DECODERS: dict[str, Callable[[bytes, FrameInfo], np.ndarray]] = {
     "1.2.840.10008.1.2.4.57": _pylibjpeg_libjpeg,
     "1.2.840.10008.1.2.4.70": _pylibjpeg_libjpeg,
     "1.2.840.10008.1.2.4.80": _pylibjpeg_libjpeg,
+    "1.2.840.10008.1.2.4.90": _pylibjpeg_openjpeg,
 }
 
 
@@ -434,6 +445,9 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True, allow_larger: b
         new.ExtendedOffsetTable, new.ExtendedOffsetTableLengths = extended
     if colour_converted:
         new.PhotometricInterpretation = "RGB"
+    if target_uid == "1.2.840.10008.1.2.4.90" and info.photometric_interpretation == "RGB":
+        # Our JPEG 2000 codestream carries RGB through the reversible colour transform (PS3.5 8.2.4).
+        new.PhotometricInterpretation = "YBR_RCT"
     if big_endian:
         try:
             _make_little_endian(new, new[_PIXEL_DATA])

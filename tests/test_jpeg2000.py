@@ -323,3 +323,24 @@ def test_pipeline_config_keyword() -> None:
     assert resolve_uid("JPEG2000Lossless") == "1.2.840.10008.1.2.4.90"
 
 
+
+
+def test_pydicom_plugin_decodes_reversible_jpeg2000_91() -> None:
+    import gateway  # noqa: F401  (registers the plugins)
+
+    ds = pydicom.dcmread(get_testdata_file("693_J2KI.dcm"))
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.91"
+    ds.pixel_array_options(decoding_plugin="pylibjpeg")
+    expected = ds.pixel_array.copy()
+    ds = pydicom.dcmread(get_testdata_file("693_J2KI.dcm"))
+    ds.pixel_array_options(decoding_plugin="gateway")
+    assert np.array_equal(ds.pixel_array, expected)
+
+
+def test_pydicom_plugin_refuses_irreversible_jpeg2000_91() -> None:
+    import gateway  # noqa: F401  (registers the plugins)
+
+    ds = pydicom.dcmread(get_testdata_file("JPEG2000.dcm"))
+    ds.pixel_array_options(decoding_plugin="gateway")
+    with pytest.raises(Exception, match="9/7"):
+        ds.pixel_array  # noqa: B018

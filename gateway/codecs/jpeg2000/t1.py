@@ -152,13 +152,73 @@ def _significant(flags: np.ndarray, i: int, stride: int, negative: int, vcausal_
 
 
 # ----------------------------------------------------------------------------- encoder
+#
+# The passes visit a stripe column (four rows) at a time.  Before coding a
+# full column they look at its four flag words together and skip it when the
+# pass has nothing to code there: no significant neighbour anywhere in the
+# column, or every coefficient already significant (significance passes);
+# nothing significant (refinement pass).  The per-coefficient work is in
+# inlined helpers shared by full and partial stripes.
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _enc_sp(i: int, m: int, p: int, orient: int, flags: np.ndarray, mags: np.ndarray, stride: int,
+            states: np.ndarray, a: int, c: int, ct: int, b: int, n: int, out: np.ndarray,
+            base: int) -> tuple[int, int, int, int, int]:
+    """Significance propagation for one coefficient."""
+    f = flags[i]
+    if f & F_SIG or not f & F_NEIGHBOURS:
+        return a, c, ct, b, n
+    bit = (mags[m] >> p) & 1
+    a, c, ct, b, n = mq.encode(bit, ZC[orient, f & F_NEIGHBOURS], states, a, c, ct, b, n, out, base)
+    if bit:
+        si = _sign_index(f)
+        neg = 1 if f & F_NEG else 0
+        a, c, ct, b, n = mq.encode(neg ^ SC_XOR[si], SC_CONTEXT[si], states, a, c, ct, b, n, out, base)
+        _significant(flags, i, stride, neg, False)
+    flags[i] |= F_VISIT
+    return a, c, ct, b, n
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _enc_mr(i: int, m: int, p: int, flags: np.ndarray, mags: np.ndarray, states: np.ndarray, a: int, c: int,
+            ct: int, b: int, n: int, out: np.ndarray, base: int) -> tuple[int, int, int, int, int]:
+    """Magnitude refinement for one coefficient."""
+    f = flags[i]
+    if f & (F_SIG | F_VISIT) != F_SIG:
+        return a, c, ct, b, n
+    cx = 16 if f & F_REF else (15 if f & F_NEIGHBOURS else 14)
+    a, c, ct, b, n = mq.encode((mags[m] >> p) & 1, cx, states, a, c, ct, b, n, out, base)
+    flags[i] = f | F_REF
+    return a, c, ct, b, n
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _enc_cu(i: int, m: int, p: int, orient: int, flags: np.ndarray, mags: np.ndarray, stride: int,
+            states: np.ndarray, a: int, c: int, ct: int, b: int, n: int, out: np.ndarray,
+            base: int) -> tuple[int, int, int, int, int]:
+    """Cleanup coding of one coefficient (outside run mode)."""
+    f = flags[i]
+    if f & (F_SIG | F_VISIT):
+        flags[i] = f & ~F_VISIT
+        return a, c, ct, b, n
+    bit = (mags[m] >> p) & 1
+    a, c, ct, b, n = mq.encode(bit, ZC[orient, f & F_NEIGHBOURS], states, a, c, ct, b, n, out, base)
+    if bit:
+        si = _sign_index(f)
+        neg = 1 if f & F_NEG else 0
+        a, c, ct, b, n = mq.encode(neg ^ SC_XOR[si], SC_CONTEXT[si], states, a, c, ct, b, n, out, base)
+        _significant(flags, i, stride, neg, False)
+    return a, c, ct, b, n
 
 
 @njit(cache=True, nogil=True, _nrt=False)
-def _encode_block(coef: np.ndarray, orient: int, flags: np.ndarray, mags: np.ndarray, states: np.ndarray, out: np.ndarray, base: int) -> tuple[int, int, int]:
+def _encode_block(coef: np.ndarray, orient: int, flags: np.ndarray, mags: np.ndarray, states: np.ndarray,
+                  out: np.ndarray, base: int) -> tuple[int, int, int]:
     """All coding passes of one code-block in one codeword: ``(bytes, passes, bit-planes)``."""
     h, w = coef.shape
     stride = w + 2
+    s2, s3 = 2 * stride, 3 * stride
     for i in range((h + 2) * stride):
         flags[i] = 0
     top = 0
@@ -179,76 +239,79 @@ def _encode_block(coef: np.ndarray, orient: int, flags: np.ndarray, mags: np.nda
     a, c, ct, b, n = 0x8000, 0, 12, 0, 0
     for p in range(planes - 1, -1, -1):
         if p != planes - 1:
-            # Significance propagation pass.
-            for y0 in range(0, h, 4):
-                y1 = min(y0 + 4, h)
-                for x in range(w):
-                    for y in range(y0, y1):
-                        i = (y + 1) * stride + x + 1
-                        f = flags[i]
-                        if f & F_SIG or not f & F_NEIGHBOURS:
+            for y0 in range(0, h, 4):  # significance propagation
+                row = (y0 + 1) * stride + 1
+                if y0 + 4 <= h:
+                    for x in range(w):
+                        i = row + x
+                        f0, f1, f2, f3 = flags[i], flags[i + stride], flags[i + s2], flags[i + s3]
+                        if not (f0 | f1 | f2 | f3) & F_NEIGHBOURS or f0 & f1 & f2 & f3 & F_SIG:
                             continue
-                        bit = (mags[y * w + x] >> p) & 1
-                        a, c, ct, b, n = mq.encode(bit, ZC[orient, f & F_NEIGHBOURS], states, a, c, ct, b, n, out, base)
-                        if bit:
-                            s = _sign_index(f)
-                            neg = 1 if f & F_NEG else 0
-                            a, c, ct, b, n = mq.encode(neg ^ SC_XOR[s], SC_CONTEXT[s], states, a, c, ct, b, n,
-                                                       out, base)
-                            _significant(flags, i, stride, neg, False)
-                        flags[i] |= F_VISIT
-            # Magnitude refinement pass.
-            for y0 in range(0, h, 4):
-                y1 = min(y0 + 4, h)
-                for x in range(w):
-                    for y in range(y0, y1):
-                        i = (y + 1) * stride + x + 1
-                        f = flags[i]
-                        if f & (F_SIG | F_VISIT) != F_SIG:
+                        m = y0 * w + x
+                        for k in range(4):
+                            a, c, ct, b, n = _enc_sp(i + k * stride, m + k * w, p, orient, flags, mags, stride,
+                                                     states, a, c, ct, b, n, out, base)
+                else:
+                    for x in range(w):
+                        for y in range(y0, h):
+                            a, c, ct, b, n = _enc_sp(row + (y - y0) * stride + x, y * w + x, p, orient, flags, mags,
+                                                     stride, states, a, c, ct, b, n, out, base)
+            for y0 in range(0, h, 4):  # magnitude refinement
+                row = (y0 + 1) * stride + 1
+                if y0 + 4 <= h:
+                    for x in range(w):
+                        i = row + x
+                        if not (flags[i] | flags[i + stride] | flags[i + s2] | flags[i + s3]) & F_SIG:
                             continue
-                        bit = (mags[y * w + x] >> p) & 1
-                        cx = 16 if f & F_REF else (15 if f & F_NEIGHBOURS else 14)
-                        a, c, ct, b, n = mq.encode(bit, cx, states, a, c, ct, b, n, out, base)
-                        flags[i] |= F_REF
-        # Cleanup pass.
-        for y0 in range(0, h, 4):
-            y1 = min(y0 + 4, h)
-            for x in range(w):
-                y = y0
-                i0 = (y0 + 1) * stride + x + 1
-                if y1 - y0 == 4 and not ((flags[i0] | flags[i0 + stride] | flags[i0 + 2 * stride]
-                                          | flags[i0 + 3 * stride]) & (F_SIG | F_VISIT | F_NEIGHBOURS)):
-                    # Run mode: four insignificant coefficients with all-zero neighbourhoods.
+                        m = y0 * w + x
+                        for k in range(4):
+                            a, c, ct, b, n = _enc_mr(i + k * stride, m + k * w, p, flags, mags, states,
+                                                     a, c, ct, b, n, out, base)
+                else:
+                    for x in range(w):
+                        for y in range(y0, h):
+                            a, c, ct, b, n = _enc_mr(row + (y - y0) * stride + x, y * w + x, p, flags, mags, states,
+                                                     a, c, ct, b, n, out, base)
+        for y0 in range(0, h, 4):  # cleanup
+            row = (y0 + 1) * stride + 1
+            if y0 + 4 <= h:
+                for x in range(w):
+                    i = row + x
+                    f0, f1, f2, f3 = flags[i], flags[i + stride], flags[i + s2], flags[i + s3]
+                    m = y0 * w + x
+                    if f0 & f1 & f2 & f3 & F_SIG:
+                        flags[i] = f0 & ~F_VISIT
+                        flags[i + stride] = f1 & ~F_VISIT
+                        flags[i + s2] = f2 & ~F_VISIT
+                        flags[i + s3] = f3 & ~F_VISIT
+                        continue
                     k = 0
-                    while k < 4 and not (mags[(y0 + k) * w + x] >> p) & 1:
-                        k += 1
-                    if k == 4:
-                        a, c, ct, b, n = mq.encode(0, mq.CX_RL, states, a, c, ct, b, n, out, base)
-                        continue
-                    a, c, ct, b, n = mq.encode(1, mq.CX_RL, states, a, c, ct, b, n, out, base)
-                    a, c, ct, b, n = mq.encode(k >> 1, mq.CX_UNI, states, a, c, ct, b, n, out, base)
-                    a, c, ct, b, n = mq.encode(k & 1, mq.CX_UNI, states, a, c, ct, b, n, out, base)
-                    i = i0 + k * stride
-                    f = flags[i]
-                    s = _sign_index(f)
-                    neg = 1 if f & F_NEG else 0
-                    a, c, ct, b, n = mq.encode(neg ^ SC_XOR[s], SC_CONTEXT[s], states, a, c, ct, b, n, out, base)
-                    _significant(flags, i, stride, neg, False)
-                    y = y0 + k + 1
-                for yy in range(y, y1):
-                    i = (yy + 1) * stride + x + 1
-                    f = flags[i]
-                    if f & (F_SIG | F_VISIT):
-                        flags[i] = f & ~F_VISIT
-                        continue
-                    bit = (mags[yy * w + x] >> p) & 1
-                    a, c, ct, b, n = mq.encode(bit, ZC[orient, f & F_NEIGHBOURS], states, a, c, ct, b, n, out, base)
-                    if bit:
-                        s = _sign_index(f)
+                    if not (f0 | f1 | f2 | f3) & (F_SIG | F_VISIT | F_NEIGHBOURS):
+                        # Run mode: four insignificant coefficients with all-zero neighbourhoods.
+                        while k < 4 and not (mags[m + k * w] >> p) & 1:
+                            k += 1
+                        if k == 4:
+                            a, c, ct, b, n = mq.encode(0, mq.CX_RL, states, a, c, ct, b, n, out, base)
+                            continue
+                        a, c, ct, b, n = mq.encode(1, mq.CX_RL, states, a, c, ct, b, n, out, base)
+                        a, c, ct, b, n = mq.encode(k >> 1, mq.CX_UNI, states, a, c, ct, b, n, out, base)
+                        a, c, ct, b, n = mq.encode(k & 1, mq.CX_UNI, states, a, c, ct, b, n, out, base)
+                        j = i + k * stride
+                        f = flags[j]
+                        si = _sign_index(f)
                         neg = 1 if f & F_NEG else 0
-                        a, c, ct, b, n = mq.encode(neg ^ SC_XOR[s], SC_CONTEXT[s], states, a, c, ct, b, n,
-                                                   out, base)
-                        _significant(flags, i, stride, neg, False)
+                        a, c, ct, b, n = mq.encode(neg ^ SC_XOR[si], SC_CONTEXT[si], states, a, c, ct, b, n, out,
+                                                   base)
+                        _significant(flags, j, stride, neg, False)
+                        k += 1
+                    for kk in range(k, 4):
+                        a, c, ct, b, n = _enc_cu(i + kk * stride, m + kk * w, p, orient, flags, mags, stride,
+                                                 states, a, c, ct, b, n, out, base)
+            else:
+                for x in range(w):
+                    for y in range(y0, h):
+                        a, c, ct, b, n = _enc_cu(row + (y - y0) * stride + x, y * w + x, p, orient, flags, mags,
+                                                 stride, states, a, c, ct, b, n, out, base)
     length = mq.flush(a, c, ct, b, n, out, base)
     return length, 3 * planes - 2, planes
 
@@ -257,14 +320,14 @@ def _encode_block(coef: np.ndarray, orient: int, flags: np.ndarray, mags: np.nda
 def encode_blocks(coeffs: np.ndarray, blocks: np.ndarray, out: np.ndarray, offsets: np.ndarray,
                   results: np.ndarray) -> int:
     """Code every listed code-block (see the module docstring); 0, or -1-i if block i overflowed."""
-    flags = np.empty(66 * 66, dtype=np.int32)
-    mags = np.empty(64 * 64, dtype=np.int64)
-    states = np.empty(mq.N_CONTEXTS, dtype=np.int64)
+    flags = np.empty(66 * 66, dtype=np.uint16)
+    mags = np.empty(64 * 64, dtype=np.int32)
+    states = np.empty(mq.N_CONTEXTS, dtype=np.int32)
     for k in range(blocks.shape[0]):
         comp, y0, x0, h, w, orient = blocks[k, 0], blocks[k, 1], blocks[k, 2], blocks[k, 3], blocks[k, 4], blocks[k, 5]
         if (h + 2) * (w + 2) > flags.size:
-            flags = np.empty((h + 2) * (w + 2), dtype=np.int32)
-            mags = np.empty(h * w, dtype=np.int64)
+            flags = np.empty((h + 2) * (w + 2), dtype=np.uint16)
+            mags = np.empty(h * w, dtype=np.int32)
         room = offsets[k + 1] - offsets[k]
         window = out[offsets[k]:offsets[k] + room]
         length, passes, planes = _encode_block(coeffs[comp, y0:y0 + h, x0:x0 + w], orient, flags, mags,
@@ -278,6 +341,72 @@ def encode_blocks(coeffs: np.ndarray, blocks: np.ndarray, out: np.ndarray, offse
 
 
 # ----------------------------------------------------------------------------- decoder
+#
+# The same stripe-column structure as the encoder.  ``raw`` selects the
+# bypass (raw) bits of a significance or refinement pass; ``causal`` is true
+# for the first row of a stripe in vertically causal mode, whose significance
+# the row above must not see.
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _dec_sp(i: int, m: int, half: int, orient: int, flags: np.ndarray, vals: np.ndarray, stride: int,
+            causal: bool, raw: bool, states: np.ndarray, a: int, c: int, ct: int, pos: int, data: np.ndarray,
+            end: int) -> tuple[int, int, int, int]:
+    """Significance propagation for one coefficient."""
+    f = flags[i]
+    if f & F_SIG or not f & F_NEIGHBOURS:
+        return a, c, ct, pos
+    if raw:
+        bit, c, ct, pos = mq.raw_bit(c, ct, pos, data, end)
+    else:
+        bit, a, c, ct, pos = mq.decode(ZC[orient, f & F_NEIGHBOURS], states, a, c, ct, pos, data, end)
+    if bit:
+        if raw:
+            neg, c, ct, pos = mq.raw_bit(c, ct, pos, data, end)
+        else:
+            si = _sign_index(f)
+            neg, a, c, ct, pos = mq.decode(SC_CONTEXT[si], states, a, c, ct, pos, data, end)
+            neg ^= SC_XOR[si]
+        _significant(flags, i, stride, neg, causal)
+        vals[m] = 3 * half
+    flags[i] |= F_VISIT
+    return a, c, ct, pos
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _dec_mr(i: int, m: int, half: int, flags: np.ndarray, vals: np.ndarray, raw: bool, states: np.ndarray,
+            a: int, c: int, ct: int, pos: int, data: np.ndarray, end: int) -> tuple[int, int, int, int]:
+    """Magnitude refinement for one coefficient: the value moves by half the interval."""
+    f = flags[i]
+    if f & (F_SIG | F_VISIT) != F_SIG:
+        return a, c, ct, pos
+    if raw:
+        bit, c, ct, pos = mq.raw_bit(c, ct, pos, data, end)
+    else:
+        cx = 16 if f & F_REF else (15 if f & F_NEIGHBOURS else 14)
+        bit, a, c, ct, pos = mq.decode(cx, states, a, c, ct, pos, data, end)
+    vals[m] += half if bit else -half
+    flags[i] = f | F_REF
+    return a, c, ct, pos
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _dec_cu(i: int, m: int, half: int, orient: int, flags: np.ndarray, vals: np.ndarray, stride: int,
+            causal: bool, states: np.ndarray, a: int, c: int, ct: int, pos: int, data: np.ndarray,
+            end: int) -> tuple[int, int, int, int]:
+    """Cleanup decoding of one coefficient (outside run mode)."""
+    f = flags[i]
+    if f & (F_SIG | F_VISIT):
+        flags[i] = f & ~F_VISIT
+        return a, c, ct, pos
+    bit, a, c, ct, pos = mq.decode(ZC[orient, f & F_NEIGHBOURS], states, a, c, ct, pos, data, end)
+    if bit:
+        si = _sign_index(f)
+        neg, a, c, ct, pos = mq.decode(SC_CONTEXT[si], states, a, c, ct, pos, data, end)
+        neg ^= SC_XOR[si]
+        _significant(flags, i, stride, neg, causal)
+        vals[m] = 3 * half
+    return a, c, ct, pos
 
 
 @njit(cache=True, nogil=True, _nrt=False)
@@ -286,6 +415,7 @@ def _decode_block(coef: np.ndarray, orient: int, planes: int, style: int, segs: 
     """Decode one code-block's segments into `coef` (signed values); 0 or an error code."""
     h, w = coef.shape
     stride = w + 2
+    s2, s3 = 2 * stride, 3 * stride
     for i in range((h + 2) * stride):
         flags[i] = 0
     for i in range(h * w):
@@ -320,80 +450,78 @@ def _decode_block(coef: np.ndarray, orient: int, planes: int, style: int, segs: 
             half = 1 << p
             if kind == 0:
                 for y0 in range(0, h, 4):
-                    y1 = min(y0 + 4, h)
-                    for x in range(w):
-                        for y in range(y0, y1):
-                            i = (y + 1) * stride + x + 1
-                            f = flags[i]
-                            if f & F_SIG or not f & F_NEIGHBOURS:
+                    row = (y0 + 1) * stride + 1
+                    if y0 + 4 <= h:
+                        for x in range(w):
+                            i = row + x
+                            f0, f1, f2, f3 = flags[i], flags[i + stride], flags[i + s2], flags[i + s3]
+                            if not (f0 | f1 | f2 | f3) & F_NEIGHBOURS or f0 & f1 & f2 & f3 & F_SIG:
                                 continue
-                            if raw:
-                                bit, c, ct, pos = mq.raw_bit(c, ct, pos, data, end)
-                            else:
-                                bit, a, c, ct, pos = mq.decode(ZC[orient, f & F_NEIGHBOURS], states, a, c, ct, pos,
-                                                               data, end)
-                            if bit:
-                                if raw:
-                                    neg, c, ct, pos = mq.raw_bit(c, ct, pos, data, end)
-                                else:
-                                    si = _sign_index(f)
-                                    neg, a, c, ct, pos = mq.decode(SC_CONTEXT[si], states, a, c, ct, pos,
-                                                                   data, end)
-                                    neg ^= SC_XOR[si]
-                                _significant(flags, i, stride, neg, vcausal and y == y0)
-                                vals[y * w + x] = 3 * half
-                            flags[i] |= F_VISIT
+                            m = y0 * w + x
+                            for k in range(4):
+                                a, c, ct, pos = _dec_sp(i + k * stride, m + k * w, half, orient, flags, vals, stride,
+                                                        vcausal and k == 0, raw, states, a, c, ct, pos, data, end)
+                    else:
+                        for x in range(w):
+                            for y in range(y0, h):
+                                a, c, ct, pos = _dec_sp(row + (y - y0) * stride + x, y * w + x, half, orient, flags,
+                                                        vals, stride, vcausal and y == y0, raw, states, a, c, ct,
+                                                        pos, data, end)
             elif kind == 1:
                 for y0 in range(0, h, 4):
-                    y1 = min(y0 + 4, h)
-                    for x in range(w):
-                        for y in range(y0, y1):
-                            i = (y + 1) * stride + x + 1
-                            f = flags[i]
-                            if f & (F_SIG | F_VISIT) != F_SIG:
+                    row = (y0 + 1) * stride + 1
+                    if y0 + 4 <= h:
+                        for x in range(w):
+                            i = row + x
+                            if not (flags[i] | flags[i + stride] | flags[i + s2] | flags[i + s3]) & F_SIG:
                                 continue
-                            if raw:
-                                bit, c, ct, pos = mq.raw_bit(c, ct, pos, data, end)
-                            else:
-                                cx = 16 if f & F_REF else (15 if f & F_NEIGHBOURS else 14)
-                                bit, a, c, ct, pos = mq.decode(cx, states, a, c, ct, pos, data, end)
-                            vals[y * w + x] += half if bit else -half
-                            flags[i] = f | F_REF
+                            m = y0 * w + x
+                            for k in range(4):
+                                a, c, ct, pos = _dec_mr(i + k * stride, m + k * w, half, flags, vals, raw, states,
+                                                        a, c, ct, pos, data, end)
+                    else:
+                        for x in range(w):
+                            for y in range(y0, h):
+                                a, c, ct, pos = _dec_mr(row + (y - y0) * stride + x, y * w + x, half, flags, vals,
+                                                        raw, states, a, c, ct, pos, data, end)
             else:
                 for y0 in range(0, h, 4):
-                    y1 = min(y0 + 4, h)
-                    for x in range(w):
-                        y = y0
-                        i0 = (y0 + 1) * stride + x + 1
-                        if y1 - y0 == 4 and not ((flags[i0] | flags[i0 + stride] | flags[i0 + 2 * stride]
-                                                  | flags[i0 + 3 * stride]) & (F_SIG | F_VISIT | F_NEIGHBOURS)):
-                            bit, a, c, ct, pos = mq.decode(mq.CX_RL, states, a, c, ct, pos, data, end)
-                            if not bit:
+                    row = (y0 + 1) * stride + 1
+                    if y0 + 4 <= h:
+                        for x in range(w):
+                            i = row + x
+                            f0, f1, f2, f3 = flags[i], flags[i + stride], flags[i + s2], flags[i + s3]
+                            if f0 & f1 & f2 & f3 & F_SIG:
+                                flags[i] = f0 & ~F_VISIT
+                                flags[i + stride] = f1 & ~F_VISIT
+                                flags[i + s2] = f2 & ~F_VISIT
+                                flags[i + s3] = f3 & ~F_VISIT
                                 continue
-                            hi, a, c, ct, pos = mq.decode(mq.CX_UNI, states, a, c, ct, pos, data, end)
-                            lo, a, c, ct, pos = mq.decode(mq.CX_UNI, states, a, c, ct, pos, data, end)
-                            k = hi * 2 + lo
-                            i = i0 + k * stride
-                            si = _sign_index(flags[i])
-                            neg, a, c, ct, pos = mq.decode(SC_CONTEXT[si], states, a, c, ct, pos, data, end)
-                            neg ^= SC_XOR[si]
-                            _significant(flags, i, stride, neg, vcausal and k == 0)
-                            vals[(y0 + k) * w + x] = 3 * half
-                            y = y0 + k + 1
-                        for yy in range(y, y1):
-                            i = (yy + 1) * stride + x + 1
-                            f = flags[i]
-                            if f & (F_SIG | F_VISIT):
-                                flags[i] = f & ~F_VISIT
-                                continue
-                            bit, a, c, ct, pos = mq.decode(ZC[orient, f & F_NEIGHBOURS], states, a, c, ct, pos,
-                                                           data, end)
-                            if bit:
-                                si = _sign_index(f)
+                            m = y0 * w + x
+                            k = 0
+                            if not (f0 | f1 | f2 | f3) & (F_SIG | F_VISIT | F_NEIGHBOURS):
+                                bit, a, c, ct, pos = mq.decode(mq.CX_RL, states, a, c, ct, pos, data, end)
+                                if not bit:
+                                    continue
+                                hi, a, c, ct, pos = mq.decode(mq.CX_UNI, states, a, c, ct, pos, data, end)
+                                lo, a, c, ct, pos = mq.decode(mq.CX_UNI, states, a, c, ct, pos, data, end)
+                                k = hi * 2 + lo
+                                j = i + k * stride
+                                si = _sign_index(flags[j])
                                 neg, a, c, ct, pos = mq.decode(SC_CONTEXT[si], states, a, c, ct, pos, data, end)
                                 neg ^= SC_XOR[si]
-                                _significant(flags, i, stride, neg, vcausal and yy == y0)
-                                vals[yy * w + x] = 3 * half
+                                _significant(flags, j, stride, neg, vcausal and k == 0)
+                                vals[m + k * w] = 3 * half
+                                k += 1
+                            for kk in range(k, 4):
+                                a, c, ct, pos = _dec_cu(i + kk * stride, m + kk * w, half, orient, flags, vals, stride,
+                                                        vcausal and kk == 0, states, a, c, ct, pos, data, end)
+                    else:
+                        for x in range(w):
+                            for y in range(y0, h):
+                                a, c, ct, pos = _dec_cu(row + (y - y0) * stride + x, y * w + x, half, orient, flags,
+                                                        vals, stride, vcausal and y == y0, states, a, c, ct, pos,
+                                                        data, end)
                 if style & STYLE_SEGSYM:
                     for _k in range(4):
                         _bit, a, c, ct, pos = mq.decode(mq.CX_UNI, states, a, c, ct, pos, data, end)
@@ -415,14 +543,14 @@ def _decode_block(coef: np.ndarray, orient: int, planes: int, style: int, segs: 
 @njit(cache=True, nogil=True)
 def decode_blocks(coeffs: np.ndarray, blocks: np.ndarray, segments: np.ndarray, data: np.ndarray) -> int:
     """Decode every listed code-block (see the module docstring); 0 or the first error code."""
-    flags = np.empty(66 * 66, dtype=np.int32)
-    vals = np.empty(64 * 64, dtype=np.int64)
-    states = np.empty(mq.N_CONTEXTS, dtype=np.int64)
+    flags = np.empty(66 * 66, dtype=np.uint16)
+    vals = np.empty(64 * 64, dtype=np.int32)
+    states = np.empty(mq.N_CONTEXTS, dtype=np.int32)
     for k in range(blocks.shape[0]):
         comp, y0, x0, h, w = blocks[k, 0], blocks[k, 1], blocks[k, 2], blocks[k, 3], blocks[k, 4]
         if (h + 2) * (w + 2) > flags.size:
-            flags = np.empty((h + 2) * (w + 2), dtype=np.int32)
-            vals = np.empty(h * w, dtype=np.int64)
+            flags = np.empty((h + 2) * (w + 2), dtype=np.uint16)
+            vals = np.empty(h * w, dtype=np.int32)
         first, count = blocks[k, 8], blocks[k, 9]
         status = _decode_block(coeffs[comp, y0:y0 + h, x0:x0 + w], blocks[k, 5], blocks[k, 6], blocks[k, 7],
                                segments[first:first + count], data, flags, vals, states)

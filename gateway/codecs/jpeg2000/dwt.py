@@ -42,6 +42,31 @@ def _mirror(k: int, n: int) -> int:
     return k
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _lift(x: np.ndarray, n: int, first: int, predict: bool) -> None:
+    """One lifting step on samples ``first, first + 2, ...`` of ``x[:n]`` (n >= 2), mirrored at the ends.
+
+    Predict: ``x[k] -= (x[k-1] + x[k+1]) >> 1``; update: ``x[k] += (x[k-1] + x[k+1] + 2) >> 2``.
+    """
+    k = first
+    if k == 0:  # left neighbour mirrored: x[-1] = x[1]
+        v = x[1] + x[1]
+        x[0] = x[0] - (v >> 1) if predict else x[0] + ((v + 2) >> 2)
+        k = 2
+    last = n - 1
+    if predict:
+        while k < last:
+            x[k] -= (x[k - 1] + x[k + 1]) >> 1
+            k += 2
+    else:
+        while k < last:
+            x[k] += (x[k - 1] + x[k + 1] + 2) >> 2
+            k += 2
+    if k == last:  # right neighbour mirrored: x[n] = x[n-2]
+        v = x[k - 1] + x[k - 1]
+        x[k] = x[k] - (v >> 1) if predict else x[k] + ((v + 2) >> 2)
+
+
 @njit(cache=True, nogil=True)
 def _forward_line(x: np.ndarray, n: int, odd: int, tmp: np.ndarray) -> None:
     """Lift ``x[:n]`` (first sample at an odd coordinate when `odd`) and deinterleave it."""
@@ -49,10 +74,8 @@ def _forward_line(x: np.ndarray, n: int, odd: int, tmp: np.ndarray) -> None:
         if odd:
             x[0] *= 2
         return
-    for k in range(1 - odd, n, 2):  # predict: high-pass samples
-        x[k] -= (x[_mirror(k - 1, n)] + x[_mirror(k + 1, n)]) >> 1
-    for k in range(odd, n, 2):  # update: low-pass samples
-        x[k] += (x[_mirror(k - 1, n)] + x[_mirror(k + 1, n)] + 2) >> 2
+    _lift(x, n, 1 - odd, True)  # predict: high-pass samples
+    _lift(x, n, odd, False)  # update: low-pass samples
     j = 0
     for k in range(odd, n, 2):
         tmp[j] = x[k]
@@ -60,8 +83,7 @@ def _forward_line(x: np.ndarray, n: int, odd: int, tmp: np.ndarray) -> None:
     for k in range(1 - odd, n, 2):
         tmp[j] = x[k]
         j += 1
-    for k in range(n):
-        x[k] = tmp[k]
+    x[:n] = tmp[:n]
 
 
 @njit(cache=True, nogil=True)
@@ -79,12 +101,26 @@ def _inverse_line(x: np.ndarray, n: int, odd: int, tmp: np.ndarray) -> None:
     for k in range(1 - odd, n, 2):
         tmp[k] = x[j]
         j += 1
-    for k in range(odd, n, 2):
-        tmp[k] -= (tmp[_mirror(k - 1, n)] + tmp[_mirror(k + 1, n)] + 2) >> 2
-    for k in range(1 - odd, n, 2):
-        tmp[k] += (tmp[_mirror(k - 1, n)] + tmp[_mirror(k + 1, n)]) >> 1
-    for k in range(n):
-        x[k] = tmp[k]
+    # Undo the update (subtract it from the low-pass samples), then the prediction.
+    k = odd
+    if k == 0:
+        tmp[0] -= (tmp[1] + tmp[1] + 2) >> 2
+        k = 2
+    while k < n - 1:
+        tmp[k] -= (tmp[k - 1] + tmp[k + 1] + 2) >> 2
+        k += 2
+    if k == n - 1:
+        tmp[k] -= (tmp[k - 1] + tmp[k - 1] + 2) >> 2
+    k = 1 - odd
+    if k == 0:
+        tmp[0] += (tmp[1] + tmp[1]) >> 1
+        k = 2
+    while k < n - 1:
+        tmp[k] += (tmp[k - 1] + tmp[k + 1]) >> 1
+        k += 2
+    if k == n - 1:
+        tmp[k] += (tmp[k - 1] + tmp[k - 1]) >> 1
+    x[:n] = tmp[:n]
 
 
 # ----------------------------------------------------------------------------- columns, row by row

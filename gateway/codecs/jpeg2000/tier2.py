@@ -283,8 +283,15 @@ class BitWriter:
             self.acc = self.count = 0
 
     def bits(self, value: int, count: int) -> None:
-        for k in range(count - 1, -1, -1):
-            self.bit((value >> k) & 1)
+        while count:
+            take = min(count, self.room - self.count)
+            count -= take
+            self.acc = (self.acc << take) | ((value >> count) & ((1 << take) - 1))
+            self.count += take
+            if self.count == self.room:
+                self.out.append(self.acc)
+                self.room = 7 if self.acc == 0xFF else 8
+                self.acc = self.count = 0
 
     def finish(self) -> bytes:
         """Pad the last byte; a header never ends on 0xFF (its stuffed byte follows)."""
@@ -320,8 +327,14 @@ class BitReader:
 
     def bits(self, count: int) -> int:
         value = 0
-        for _ in range(count):
-            value = (value << 1) | self.bit()
+        while count:
+            if self.left == 0:
+                self.bit()  # loads the next byte (and checks the end)
+                self.left += 1
+            take = min(count, self.left)
+            self.left -= take
+            count -= take
+            value = (value << take) | ((self.acc >> self.left) & ((1 << take) - 1))
         return value
 
     def align(self) -> int:

@@ -11,7 +11,7 @@ in beside it with the same two batch entry points:
     ``results[i] = (length, passes, bit-planes)``.  Returns 0, or -1-i when
     the room given to block i (up to ``offsets[i + 1]``) was too small.
 
-``decode_blocks(coeffs, blocks, segments, data, errors)``
+``decode_blocks(coeffs, blocks, segments, data)``
     decodes code-blocks (rows ``comp, y0, x0, h, w, orientation, bit-planes,
     style, first segment, segment count``) whose codeword segments are rows
     ``start, length, passes`` into `data`, and writes the coefficients into

@@ -137,8 +137,14 @@ def _sign_index(f: int) -> int:
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _significant(flags: np.ndarray, i: int, stride: int, negative: int, vcausal_top: bool) -> None:
-    """Mark coefficient `i` significant and tell its eight neighbours (not the row above in causal mode)."""
+def _significant(flags: np.ndarray, i: int, stride: int, negative: int, vcausal_top: bool, counts: np.ndarray,
+                 stripe: int) -> None:
+    """Mark coefficient `i` significant and tell its eight neighbours (not the row above in causal mode).
+
+    ``counts[stripe]`` counts the significant coefficients of each stripe
+    (index 1 is the first stripe; 0 and the last are always zero).
+    """
+    counts[stripe] += 1
     flags[i] |= F_SIG | (F_NEG if negative else 0)
     if not vcausal_top:
         flags[i - stride - 1] |= F_SE
@@ -153,18 +159,18 @@ def _significant(flags: np.ndarray, i: int, stride: int, negative: int, vcausal_
 
 # ----------------------------------------------------------------------------- encoder
 #
-# The passes visit a stripe column (four rows) at a time.  Before coding a
-# full column they look at its four flag words together and skip it when the
-# pass has nothing to code there: no significant neighbour anywhere in the
-# column, or every coefficient already significant (significance passes);
-# nothing significant (refinement pass).  The per-coefficient work is in
-# inlined helpers shared by full and partial stripes.
+# The passes skip whole stripes first: a significance pass has nothing to
+# code in a stripe when no coefficient of it or of the stripes above and
+# below is significant (per-stripe counts), or when all of it is; a
+# refinement pass when none of it is.  Inside a stripe, a full column's four flag words
+# are tested together the same way.  The per-coefficient work is in inlined
+# helpers shared by full and partial stripes.
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _enc_sp(i: int, m: int, p: int, orient: int, flags: np.ndarray, mags: np.ndarray, stride: int,
-            states: np.ndarray, a: int, c: int, ct: int, b: int, n: int, out: np.ndarray,
-            base: int) -> tuple[int, int, int, int, int]:
+            counts: np.ndarray, stripe: int, states: np.ndarray, a: int, c: int, ct: int, b: int, n: int,
+            out: np.ndarray, base: int) -> tuple[int, int, int, int, int]:
     """Significance propagation for one coefficient."""
     f = flags[i]
     if f & F_SIG or not f & F_NEIGHBOURS:
@@ -175,7 +181,7 @@ def _enc_sp(i: int, m: int, p: int, orient: int, flags: np.ndarray, mags: np.nda
         si = _sign_index(f)
         neg = 1 if f & F_NEG else 0
         a, c, ct, b, n = mq.encode(neg ^ SC_XOR[si], SC_CONTEXT[si], states, a, c, ct, b, n, out, base)
-        _significant(flags, i, stride, neg, False)
+        _significant(flags, i, stride, neg, False, counts, stripe)
     flags[i] |= F_VISIT
     return a, c, ct, b, n
 
@@ -195,8 +201,8 @@ def _enc_mr(i: int, m: int, p: int, flags: np.ndarray, mags: np.ndarray, states:
 
 @njit(cache=True, nogil=True, inline="always")
 def _enc_cu(i: int, m: int, p: int, orient: int, flags: np.ndarray, mags: np.ndarray, stride: int,
-            states: np.ndarray, a: int, c: int, ct: int, b: int, n: int, out: np.ndarray,
-            base: int) -> tuple[int, int, int, int, int]:
+            counts: np.ndarray, stripe: int, states: np.ndarray, a: int, c: int, ct: int, b: int, n: int,
+            out: np.ndarray, base: int) -> tuple[int, int, int, int, int]:
     """Cleanup coding of one coefficient (outside run mode)."""
     f = flags[i]
     if f & (F_SIG | F_VISIT):
@@ -208,19 +214,52 @@ def _enc_cu(i: int, m: int, p: int, orient: int, flags: np.ndarray, mags: np.nda
         si = _sign_index(f)
         neg = 1 if f & F_NEG else 0
         a, c, ct, b, n = mq.encode(neg ^ SC_XOR[si], SC_CONTEXT[si], states, a, c, ct, b, n, out, base)
-        _significant(flags, i, stride, neg, False)
+        _significant(flags, i, stride, neg, False, counts, stripe)
     return a, c, ct, b, n
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _enc_run(i: int, m: int, w: int, p: int, flags: np.ndarray, mags: np.ndarray, stride: int, counts: np.ndarray,
+             stripe: int, states: np.ndarray, a: int, c: int, ct: int, b: int, n: int, out: np.ndarray,
+             base: int) -> tuple[int, int, int, int, int, int]:
+    """Run mode on one full column: returns the row after the coefficient that became significant (4: none)."""
+    # The first row whose bit is set, without a loop (helpers inlined into loops stay loop-free).
+    if (mags[m] >> p) & 1:
+        k = 0
+    elif (mags[m + w] >> p) & 1:
+        k = 1
+    elif (mags[m + 2 * w] >> p) & 1:
+        k = 2
+    elif (mags[m + 3 * w] >> p) & 1:
+        k = 3
+    else:
+        k = 4
+    if k == 4:
+        a, c, ct, b, n = mq.encode(0, mq.CX_RL, states, a, c, ct, b, n, out, base)
+        return 4, a, c, ct, b, n
+    a, c, ct, b, n = mq.encode(1, mq.CX_RL, states, a, c, ct, b, n, out, base)
+    a, c, ct, b, n = mq.encode(k >> 1, mq.CX_UNI, states, a, c, ct, b, n, out, base)
+    a, c, ct, b, n = mq.encode(k & 1, mq.CX_UNI, states, a, c, ct, b, n, out, base)
+    j = i + k * stride
+    f = flags[j]
+    si = _sign_index(f)
+    neg = 1 if f & F_NEG else 0
+    a, c, ct, b, n = mq.encode(neg ^ SC_XOR[si], SC_CONTEXT[si], states, a, c, ct, b, n, out, base)
+    _significant(flags, j, stride, neg, False, counts, stripe)
+    return k + 1, a, c, ct, b, n
+
+
 @njit(cache=True, nogil=True, _nrt=False)
-def _encode_block(coef: np.ndarray, orient: int, flags: np.ndarray, mags: np.ndarray, states: np.ndarray,
-                  out: np.ndarray, base: int) -> tuple[int, int, int]:
+def _encode_block(coef: np.ndarray, orient: int, flags: np.ndarray, mags: np.ndarray, counts: np.ndarray,
+                  states: np.ndarray, out: np.ndarray, base: int) -> tuple[int, int, int]:
     """All coding passes of one code-block in one codeword: ``(bytes, passes, bit-planes)``."""
     h, w = coef.shape
     stride = w + 2
     s2, s3 = 2 * stride, 3 * stride
     for i in range((h + 2) * stride):
         flags[i] = 0
+    for i in range((h + 3) // 4 + 2):
+        counts[i] = 0
     top = 0
     for y in range(h):
         for x in range(w):
@@ -240,6 +279,10 @@ def _encode_block(coef: np.ndarray, orient: int, flags: np.ndarray, mags: np.nda
     for p in range(planes - 1, -1, -1):
         if p != planes - 1:
             for y0 in range(0, h, 4):  # significance propagation
+                stripe = (y0 >> 2) + 1
+                size = min(4, h - y0) * w
+                if counts[stripe - 1] + counts[stripe] + counts[stripe + 1] == 0 or counts[stripe] == size:
+                    continue
                 row = (y0 + 1) * stride + 1
                 if y0 + 4 <= h:
                     for x in range(w):
@@ -250,13 +293,15 @@ def _encode_block(coef: np.ndarray, orient: int, flags: np.ndarray, mags: np.nda
                         m = y0 * w + x
                         for k in range(4):
                             a, c, ct, b, n = _enc_sp(i + k * stride, m + k * w, p, orient, flags, mags, stride,
-                                                     states, a, c, ct, b, n, out, base)
+                                                     counts, stripe, states, a, c, ct, b, n, out, base)
                 else:
                     for x in range(w):
                         for y in range(y0, h):
                             a, c, ct, b, n = _enc_sp(row + (y - y0) * stride + x, y * w + x, p, orient, flags, mags,
-                                                     stride, states, a, c, ct, b, n, out, base)
+                                                     stride, counts, stripe, states, a, c, ct, b, n, out, base)
             for y0 in range(0, h, 4):  # magnitude refinement
+                if counts[(y0 >> 2) + 1] == 0:
+                    continue
                 row = (y0 + 1) * stride + 1
                 if y0 + 4 <= h:
                     for x in range(w):
@@ -273,6 +318,7 @@ def _encode_block(coef: np.ndarray, orient: int, flags: np.ndarray, mags: np.nda
                             a, c, ct, b, n = _enc_mr(row + (y - y0) * stride + x, y * w + x, p, flags, mags, states,
                                                      a, c, ct, b, n, out, base)
         for y0 in range(0, h, 4):  # cleanup
+            stripe = (y0 >> 2) + 1
             row = (y0 + 1) * stride + 1
             if y0 + 4 <= h:
                 for x in range(w):
@@ -287,31 +333,18 @@ def _encode_block(coef: np.ndarray, orient: int, flags: np.ndarray, mags: np.nda
                         continue
                     k = 0
                     if not (f0 | f1 | f2 | f3) & (F_SIG | F_VISIT | F_NEIGHBOURS):
-                        # Run mode: four insignificant coefficients with all-zero neighbourhoods.
-                        while k < 4 and not (mags[m + k * w] >> p) & 1:
-                            k += 1
+                        k, a, c, ct, b, n = _enc_run(i, m, w, p, flags, mags, stride, counts, stripe, states,
+                                                     a, c, ct, b, n, out, base)
                         if k == 4:
-                            a, c, ct, b, n = mq.encode(0, mq.CX_RL, states, a, c, ct, b, n, out, base)
                             continue
-                        a, c, ct, b, n = mq.encode(1, mq.CX_RL, states, a, c, ct, b, n, out, base)
-                        a, c, ct, b, n = mq.encode(k >> 1, mq.CX_UNI, states, a, c, ct, b, n, out, base)
-                        a, c, ct, b, n = mq.encode(k & 1, mq.CX_UNI, states, a, c, ct, b, n, out, base)
-                        j = i + k * stride
-                        f = flags[j]
-                        si = _sign_index(f)
-                        neg = 1 if f & F_NEG else 0
-                        a, c, ct, b, n = mq.encode(neg ^ SC_XOR[si], SC_CONTEXT[si], states, a, c, ct, b, n, out,
-                                                   base)
-                        _significant(flags, j, stride, neg, False)
-                        k += 1
                     for kk in range(k, 4):
                         a, c, ct, b, n = _enc_cu(i + kk * stride, m + kk * w, p, orient, flags, mags, stride,
-                                                 states, a, c, ct, b, n, out, base)
+                                                 counts, stripe, states, a, c, ct, b, n, out, base)
             else:
                 for x in range(w):
                     for y in range(y0, h):
                         a, c, ct, b, n = _enc_cu(row + (y - y0) * stride + x, y * w + x, p, orient, flags, mags,
-                                                 stride, states, a, c, ct, b, n, out, base)
+                                                 stride, counts, stripe, states, a, c, ct, b, n, out, base)
     length = mq.flush(a, c, ct, b, n, out, base)
     return length, 3 * planes - 2, planes
 
@@ -322,6 +355,7 @@ def encode_blocks(coeffs: np.ndarray, blocks: np.ndarray, out: np.ndarray, offse
     """Code every listed code-block (see the module docstring); 0, or -1-i if block i overflowed."""
     flags = np.empty(66 * 66, dtype=np.uint16)
     mags = np.empty(64 * 64, dtype=np.int32)
+    counts = np.empty(1024 // 4 + 3, dtype=np.int32)  # a code-block is at most 1024 high
     states = np.empty(mq.N_CONTEXTS, dtype=np.int32)
     for k in range(blocks.shape[0]):
         comp, y0, x0, h, w, orient = blocks[k, 0], blocks[k, 1], blocks[k, 2], blocks[k, 3], blocks[k, 4], blocks[k, 5]
@@ -330,7 +364,7 @@ def encode_blocks(coeffs: np.ndarray, blocks: np.ndarray, out: np.ndarray, offse
             mags = np.empty(h * w, dtype=np.int32)
         room = offsets[k + 1] - offsets[k]
         window = out[offsets[k]:offsets[k] + room]
-        length, passes, planes = _encode_block(coeffs[comp, y0:y0 + h, x0:x0 + w], orient, flags, mags,
+        length, passes, planes = _encode_block(coeffs[comp, y0:y0 + h, x0:x0 + w], orient, flags, mags, counts,
                                                states, window, 0)
         if length > room:
             return -1 - k
@@ -342,7 +376,7 @@ def encode_blocks(coeffs: np.ndarray, blocks: np.ndarray, out: np.ndarray, offse
 
 # ----------------------------------------------------------------------------- decoder
 #
-# The same stripe-column structure as the encoder.  ``raw`` selects the
+# The same stripe and column skipping as the encoder.  ``raw`` selects the
 # bypass (raw) bits of a significance or refinement pass; ``causal`` is true
 # for the first row of a stripe in vertically causal mode, whose significance
 # the row above must not see.
@@ -350,8 +384,8 @@ def encode_blocks(coeffs: np.ndarray, blocks: np.ndarray, out: np.ndarray, offse
 
 @njit(cache=True, nogil=True, inline="always")
 def _dec_sp(i: int, m: int, half: int, orient: int, flags: np.ndarray, vals: np.ndarray, stride: int,
-            causal: bool, raw: bool, states: np.ndarray, a: int, c: int, ct: int, pos: int, data: np.ndarray,
-            end: int) -> tuple[int, int, int, int]:
+            counts: np.ndarray, stripe: int, causal: bool, raw: bool, states: np.ndarray, a: int, c: int, ct: int,
+            pos: int, data: np.ndarray, end: int) -> tuple[int, int, int, int]:
     """Significance propagation for one coefficient."""
     f = flags[i]
     if f & F_SIG or not f & F_NEIGHBOURS:
@@ -367,7 +401,7 @@ def _dec_sp(i: int, m: int, half: int, orient: int, flags: np.ndarray, vals: np.
             si = _sign_index(f)
             neg, a, c, ct, pos = mq.decode(SC_CONTEXT[si], states, a, c, ct, pos, data, end)
             neg ^= SC_XOR[si]
-        _significant(flags, i, stride, neg, causal)
+        _significant(flags, i, stride, neg, causal, counts, stripe)
         vals[m] = 3 * half
     flags[i] |= F_VISIT
     return a, c, ct, pos
@@ -392,8 +426,8 @@ def _dec_mr(i: int, m: int, half: int, flags: np.ndarray, vals: np.ndarray, raw:
 
 @njit(cache=True, nogil=True, inline="always")
 def _dec_cu(i: int, m: int, half: int, orient: int, flags: np.ndarray, vals: np.ndarray, stride: int,
-            causal: bool, states: np.ndarray, a: int, c: int, ct: int, pos: int, data: np.ndarray,
-            end: int) -> tuple[int, int, int, int]:
+            counts: np.ndarray, stripe: int, causal: bool, states: np.ndarray, a: int, c: int, ct: int, pos: int,
+            data: np.ndarray, end: int) -> tuple[int, int, int, int]:
     """Cleanup decoding of one coefficient (outside run mode)."""
     f = flags[i]
     if f & (F_SIG | F_VISIT):
@@ -404,14 +438,34 @@ def _dec_cu(i: int, m: int, half: int, orient: int, flags: np.ndarray, vals: np.
         si = _sign_index(f)
         neg, a, c, ct, pos = mq.decode(SC_CONTEXT[si], states, a, c, ct, pos, data, end)
         neg ^= SC_XOR[si]
-        _significant(flags, i, stride, neg, causal)
+        _significant(flags, i, stride, neg, causal, counts, stripe)
         vals[m] = 3 * half
     return a, c, ct, pos
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _dec_run(i: int, m: int, w: int, half: int, flags: np.ndarray, vals: np.ndarray, stride: int,
+             counts: np.ndarray, stripe: int, vcausal: bool, states: np.ndarray, a: int, c: int, ct: int, pos: int,
+             data: np.ndarray, end: int) -> tuple[int, int, int, int, int]:
+    """Run mode on one full column: returns the row after the coefficient that became significant (4: none)."""
+    bit, a, c, ct, pos = mq.decode(mq.CX_RL, states, a, c, ct, pos, data, end)
+    if not bit:
+        return 4, a, c, ct, pos
+    hi, a, c, ct, pos = mq.decode(mq.CX_UNI, states, a, c, ct, pos, data, end)
+    lo, a, c, ct, pos = mq.decode(mq.CX_UNI, states, a, c, ct, pos, data, end)
+    k = hi * 2 + lo
+    j = i + k * stride
+    si = _sign_index(flags[j])
+    neg, a, c, ct, pos = mq.decode(SC_CONTEXT[si], states, a, c, ct, pos, data, end)
+    neg ^= SC_XOR[si]
+    _significant(flags, j, stride, neg, vcausal and k == 0, counts, stripe)
+    vals[m + k * w] = 3 * half
+    return k + 1, a, c, ct, pos
+
+
 @njit(cache=True, nogil=True, _nrt=False)
 def _decode_block(coef: np.ndarray, orient: int, planes: int, style: int, segs: np.ndarray, data: np.ndarray,
-                  flags: np.ndarray, vals: np.ndarray, states: np.ndarray) -> int:
+                  flags: np.ndarray, vals: np.ndarray, counts: np.ndarray, states: np.ndarray) -> int:
     """Decode one code-block's segments into `coef` (signed values); 0 or an error code."""
     h, w = coef.shape
     stride = w + 2
@@ -420,6 +474,8 @@ def _decode_block(coef: np.ndarray, orient: int, planes: int, style: int, segs: 
         flags[i] = 0
     for i in range(h * w):
         vals[i] = 0
+    for i in range((h + 3) // 4 + 2):
+        counts[i] = 0
     total = 0
     for s in range(segs.shape[0]):
         total += segs[s, 2]
@@ -450,6 +506,10 @@ def _decode_block(coef: np.ndarray, orient: int, planes: int, style: int, segs: 
             half = 1 << p
             if kind == 0:
                 for y0 in range(0, h, 4):
+                    stripe = (y0 >> 2) + 1
+                    size = min(4, h - y0) * w
+                    if counts[stripe - 1] + counts[stripe] + counts[stripe + 1] == 0 or counts[stripe] == size:
+                        continue
                     row = (y0 + 1) * stride + 1
                     if y0 + 4 <= h:
                         for x in range(w):
@@ -460,15 +520,18 @@ def _decode_block(coef: np.ndarray, orient: int, planes: int, style: int, segs: 
                             m = y0 * w + x
                             for k in range(4):
                                 a, c, ct, pos = _dec_sp(i + k * stride, m + k * w, half, orient, flags, vals, stride,
-                                                        vcausal and k == 0, raw, states, a, c, ct, pos, data, end)
+                                                        counts, stripe, vcausal and k == 0, raw, states, a, c, ct,
+                                                        pos, data, end)
                     else:
                         for x in range(w):
                             for y in range(y0, h):
                                 a, c, ct, pos = _dec_sp(row + (y - y0) * stride + x, y * w + x, half, orient, flags,
-                                                        vals, stride, vcausal and y == y0, raw, states, a, c, ct,
-                                                        pos, data, end)
+                                                        vals, stride, counts, stripe, vcausal and y == y0, raw,
+                                                        states, a, c, ct, pos, data, end)
             elif kind == 1:
                 for y0 in range(0, h, 4):
+                    if counts[(y0 >> 2) + 1] == 0:
+                        continue
                     row = (y0 + 1) * stride + 1
                     if y0 + 4 <= h:
                         for x in range(w):
@@ -486,6 +549,7 @@ def _decode_block(coef: np.ndarray, orient: int, planes: int, style: int, segs: 
                                                         raw, states, a, c, ct, pos, data, end)
             else:
                 for y0 in range(0, h, 4):
+                    stripe = (y0 >> 2) + 1
                     row = (y0 + 1) * stride + 1
                     if y0 + 4 <= h:
                         for x in range(w):
@@ -500,28 +564,20 @@ def _decode_block(coef: np.ndarray, orient: int, planes: int, style: int, segs: 
                             m = y0 * w + x
                             k = 0
                             if not (f0 | f1 | f2 | f3) & (F_SIG | F_VISIT | F_NEIGHBOURS):
-                                bit, a, c, ct, pos = mq.decode(mq.CX_RL, states, a, c, ct, pos, data, end)
-                                if not bit:
+                                k, a, c, ct, pos = _dec_run(i, m, w, half, flags, vals, stride, counts, stripe,
+                                                            vcausal, states, a, c, ct, pos, data, end)
+                                if k == 4:
                                     continue
-                                hi, a, c, ct, pos = mq.decode(mq.CX_UNI, states, a, c, ct, pos, data, end)
-                                lo, a, c, ct, pos = mq.decode(mq.CX_UNI, states, a, c, ct, pos, data, end)
-                                k = hi * 2 + lo
-                                j = i + k * stride
-                                si = _sign_index(flags[j])
-                                neg, a, c, ct, pos = mq.decode(SC_CONTEXT[si], states, a, c, ct, pos, data, end)
-                                neg ^= SC_XOR[si]
-                                _significant(flags, j, stride, neg, vcausal and k == 0)
-                                vals[m + k * w] = 3 * half
-                                k += 1
                             for kk in range(k, 4):
                                 a, c, ct, pos = _dec_cu(i + kk * stride, m + kk * w, half, orient, flags, vals, stride,
-                                                        vcausal and kk == 0, states, a, c, ct, pos, data, end)
+                                                        counts, stripe, vcausal and kk == 0, states, a, c, ct, pos,
+                                                        data, end)
                     else:
                         for x in range(w):
                             for y in range(y0, h):
                                 a, c, ct, pos = _dec_cu(row + (y - y0) * stride + x, y * w + x, half, orient, flags,
-                                                        vals, stride, vcausal and y == y0, states, a, c, ct, pos,
-                                                        data, end)
+                                                        vals, stride, counts, stripe, vcausal and y == y0, states,
+                                                        a, c, ct, pos, data, end)
                 if style & STYLE_SEGSYM:
                     for _k in range(4):
                         _bit, a, c, ct, pos = mq.decode(mq.CX_UNI, states, a, c, ct, pos, data, end)
@@ -545,6 +601,7 @@ def decode_blocks(coeffs: np.ndarray, blocks: np.ndarray, segments: np.ndarray, 
     """Decode every listed code-block (see the module docstring); 0 or the first error code."""
     flags = np.empty(66 * 66, dtype=np.uint16)
     vals = np.empty(64 * 64, dtype=np.int32)
+    counts = np.empty(1024 // 4 + 3, dtype=np.int32)  # a code-block is at most 1024 high
     states = np.empty(mq.N_CONTEXTS, dtype=np.int32)
     for k in range(blocks.shape[0]):
         comp, y0, x0, h, w = blocks[k, 0], blocks[k, 1], blocks[k, 2], blocks[k, 3], blocks[k, 4]
@@ -553,7 +610,7 @@ def decode_blocks(coeffs: np.ndarray, blocks: np.ndarray, segments: np.ndarray, 
             vals = np.empty(h * w, dtype=np.int32)
         first, count = blocks[k, 8], blocks[k, 9]
         status = _decode_block(coeffs[comp, y0:y0 + h, x0:x0 + w], blocks[k, 5], blocks[k, 6], blocks[k, 7],
-                               segments[first:first + count], data, flags, vals, states)
+                               segments[first:first + count], data, flags, vals, counts, states)
         if status:
             return status
     return 0

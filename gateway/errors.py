@@ -84,3 +84,13 @@ class AssociationAbortedError(NetworkError):
 
 class PeerProtocolError(NetworkError):
     """The peer sent a PDU or DIMSE message that breaks PS3.7 / PS3.8."""
+
+
+class UnsupportedCodestreamError(CorruptCodestreamError, UnsupportedImageError):
+    """A well-formed codestream uses a feature our decoder does not implement.
+
+    Example: a JPEG 2000 (1.2.840.10008.1.2.4.91) stream coded with the
+    irreversible 9/7 wavelet.  It is both a decoding failure (callers that
+    catch :class:`CorruptCodestreamError` see it) and an *unsupported image*:
+    the pipeline passes such an image through.
+    """

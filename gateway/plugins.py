@@ -83,19 +83,36 @@ _lock = threading.Lock()
 _registered: set[tuple[str, bool]] = set()  # (UID, decoder added too)
 
 
+# Syntaxes we decode but do not write: JPEG 2000 (.91) streams on the reversible
+# path (its irreversible ones raise UnsupportedCodestreamError).
+_DECODE_ONLY = {"1.2.840.10008.1.2.4.91": ("gateway.codecs.jpeg2000.codec", "decode")}
+
+
 def _uids() -> dict[str, Codec]:
     return {codec.uid: codec for codec in all_codecs()}
 
 
+def _decoder(uid: str) -> Any:
+    """The frame decoder for `uid`: a registered codec's, or a decode-only syntax's."""
+    if uid in _DECODE_ONLY:
+        import importlib
+
+        module, name = _DECODE_ONLY[uid]
+        return getattr(importlib.import_module(module), name)
+    return get_codec(uid).decode_frame
+
+
 def is_available(uid: str) -> bool:
     """True when one of our codecs handles the transfer syntax `uid`."""
-    return str(uid) in _uids()
+    return str(uid) in _uids() or str(uid) in _DECODE_ONLY
 
 
 def __getattr__(name: str) -> Any:
     # The dependency tables are computed from the registry when pydicom asks.
-    if name in ("ENCODER_DEPENDENCIES", "DECODER_DEPENDENCIES"):
+    if name == "ENCODER_DEPENDENCIES":
         return {uid: _DEPENDENCIES for uid in _uids()}
+    if name == "DECODER_DEPENDENCIES":
+        return {uid: _DEPENDENCIES for uid in [*_uids(), *_DECODE_ONLY]}
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -151,8 +168,7 @@ def encode_frame(src: bytes, runner: EncodeRunner) -> bytes:
 def decode_frame(src: bytes, runner: DecodeRunner) -> bytes:
     """pydicom decoder plugin: one codestream to a native frame (colour-by-pixel)."""
     info = _frame_info(runner)
-    codec = get_codec(str(runner.transfer_syntax))
-    frame = codec.decode_frame(bytes(src), info)
+    frame = _decoder(str(runner.transfer_syntax))(bytes(src), info)
     if info.samples_per_pixel > 1:
         runner.set_option("planar_configuration", 0)
     return frame.astype(info.dtype.newbyteorder("<"), copy=False).tobytes()
@@ -186,7 +202,7 @@ def decode_pixel_data(src: bytes, ds: Any = None, version: int = 1, **kwargs: An
         pixel_representation=kwargs.get("pixel_representation", 0),
         photometric_interpretation=str(kwargs.get("photometric_interpretation", "MONOCHROME2")),
     )
-    frame = get_codec(str(kwargs["transfer_syntax_uid"])).decode_frame(bytes(src), info)
+    frame = _decoder(str(kwargs["transfer_syntax_uid"]))(bytes(src), info)
     if version == 1:
         return frame
     return bytearray(frame.tobytes())
@@ -227,6 +243,13 @@ def register(*, standard_decoders: bool = True) -> None:
                 if PLUGIN_NAME not in decoder._available and PLUGIN_NAME not in decoder._unavailable:
                     decoder.add_plugin(PLUGIN_NAME, (__name__, "decode_frame"))
             _registered.add((codec.uid, with_decoder))
+        if standard_decoders:  # standard syntaxes we only decode (e.g. reversible JPEG 2000 in .91)
+            for uid_text in _DECODE_ONLY:
+                decoder = decoders._PIXEL_DATA_DECODERS.get(UID(uid_text), (None,))[0]
+                if decoder is not None and (uid_text, True) not in _registered:
+                    if PLUGIN_NAME not in decoder._available and PLUGIN_NAME not in decoder._unavailable:
+                        decoder.add_plugin(PLUGIN_NAME, (__name__, "decode_frame"))
+                    _registered.add((uid_text, True))
 
 
 def install() -> None:

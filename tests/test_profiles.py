@@ -42,6 +42,7 @@ EXPECTED = {
     "jpeg-lossless-p14": "-Y----YYYY--Y",
     "jpeg-ls":           "-Y----YY-Y--Y",
     "gwl":               "YY-Y-YYYYYYYY",
+    "jpeg2000":          "-Y----YYYY-YY",  # PS3.5 8.2.4: YBR_RCT too; T.800 precision here 2..16
 }
 
 

@@ -21,6 +21,7 @@ _BUILTIN_MODULES = (
     "gateway.codecs.rle",
     "gateway.codecs.jpeg_lossless",
     "gateway.codecs.jpegls",
+    "gateway.codecs.jpeg2000",
     "gateway.codecs.private",
 )
 

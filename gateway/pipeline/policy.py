@@ -33,7 +33,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from gateway.codecs import get_codec, resolve_uid
 from gateway.codecs.base import Codec, FrameInfo
-from gateway.dicom.uids import TRANSFER_SYNTAXES, is_encapsulated, is_known
+from gateway.dicom.uids import JPEG_2000_LOSSLESS, TRANSFER_SYNTAXES, is_encapsulated, is_known
 from gateway.errors import CodecNotFoundError, GatewayError, UnsupportedImageError
 from gateway.pipeline.decoders import NATIVE, REFERENCE_DECODERS, DecodeFrame, decoder_name, reference_decoder
 from gateway.pipeline.pixels import frame_decoder, frame_info, high_bits_used, iter_frames, transfer_syntax
@@ -401,6 +401,9 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True, allow_larger: b
         new.ExtendedOffsetTable, new.ExtendedOffsetTableLengths = extended
     if colour_converted:
         new.PhotometricInterpretation = "RGB"
+    if target_uid == JPEG_2000_LOSSLESS and info.photometric_interpretation == "RGB":
+        # Our JPEG 2000 codestream carries RGB through the reversible colour transform (PS3.5 8.2.4).
+        new.PhotometricInterpretation = "YBR_RCT"
     if big_endian:
         try:
             _make_little_endian(new, new[_PIXEL_DATA])

@@ -1,0 +1,346 @@
+"""JPEG 2000 lossless codec: tables against T.800, kernels against plain-numpy
+references, round trips whose truth is a decoder we did not write
+(pylibjpeg-openjpeg), pydicom's JPEG 2000 test files, typed refusals and
+the registry / pydicom plugin wiring."""
+
+from __future__ import annotations
+
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.encaps import generate_frames
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
+
+from gateway.codecs import get_codec
+from gateway.codecs.base import FrameInfo
+from gateway.codecs.jpeg2000 import codestream as cs
+from gateway.codecs.jpeg2000 import dwt, mq, t1, tier2
+from gateway.codecs.jpeg2000.codec import decode, encode, levels_for
+from gateway.errors import CorruptCodestreamError, UnsupportedCodestreamError, UnsupportedImageError
+from gateway.pipeline.pixels import frame_info, high_bits_used, iter_frames
+from tests.corpus import corpus_params
+from tests.images import make_dataset, reference_params
+
+openjpeg = pytest.importorskip("openjpeg", reason="pylibjpeg-openjpeg is not installed")
+
+CODEC = get_codec(JPEG2000Lossless)
+
+
+def _supported(info: FrameInfo) -> bool:
+    return CODEC.supports(info) is None
+
+
+def _openjpeg(stream: bytes, info: FrameInfo) -> np.ndarray:
+    """OpenJPEG's decoding of `stream`, as a frame of `info` (it returns the stream's own sign)."""
+    return np.asarray(openjpeg.decode(stream)).reshape(info.shape).astype(info.dtype)
+
+
+# ---------------------------------------------------------------- tables of T.800
+
+
+def test_mq_table_is_t800_table_c2() -> None:
+    # (Qe, NMPS, NLPS, SWITCH) of a sample of states, as printed in T.800 Table C.2.
+    rows = {0: (0x5601, 1, 1, 1), 5: (0x0221, 38, 33, 0), 6: (0x5601, 7, 6, 1), 13: (0x1601, 29, 21, 0),
+            14: (0x5601, 15, 14, 1), 29: (0x1101, 30, 27, 0), 38: (0x0111, 39, 36, 0),
+            45: (0x0001, 45, 43, 0), 46: (0x5601, 46, 46, 0)}
+    for state, row in rows.items():
+        assert (mq.QE[state], mq.NMPS[state], mq.NLPS[state], mq.SWITCH[state]) == row
+    assert len(mq.QE) == len(mq.NMPS) == len(mq.NLPS) == len(mq.SWITCH) == 47
+    assert set(np.flatnonzero(mq.SWITCH)) == {0, 6, 14}
+    # Qe decreases along the MPS chain from state 14 to 45 (the "fast" states 0-13 join it).
+    chain = [14]
+    while mq.NMPS[chain[-1]] != chain[-1]:
+        chain.append(int(mq.NMPS[chain[-1]]))
+    assert chain[-1] == 45 and all(mq.QE[a] >= mq.QE[b] for a, b in zip(chain, chain[1:]))
+
+
+def test_initial_contexts_are_t800_table_d7() -> None:
+    states = np.ones(mq.N_CONTEXTS, np.int64)
+    mq.reset_contexts(states)
+    expected = np.zeros(19, np.int64)
+    expected[[0, 17, 18]] = [4, 3, 46]
+    assert np.array_equal(states >> 1, expected) and not (states & 1).any()  # index, MPS
+
+
+def test_packed_context_transitions_follow_table_c2() -> None:
+    for state in range(94):
+        index, mps = state >> 1, state & 1
+        assert mq.S_QE[state] == mq.QE[index]
+        assert mq.S_NMPS[state] == 2 * mq.NMPS[index] + mps
+        assert mq.S_NLPS[state] == 2 * mq.NLPS[index] + (1 - mps if mq.SWITCH[index] else mps)
+
+
+def _pattern(h: int = 0, v: int = 0, d: int = 0) -> int:
+    bits = [t1.F_W, t1.F_E][:h] + [t1.F_N, t1.F_S][:v] + [t1.F_NW, t1.F_NE, t1.F_SW, t1.F_SE][:d]
+    return sum(bits)
+
+
+@pytest.mark.parametrize(("h", "v", "d", "ll_lh", "hl", "hh"), [
+    # T.800 Table D.1 rows: neighbour counts and the context of each orientation.
+    (2, 0, 0, 8, 4, 2), (1, 1, 0, 7, 7, 2), (1, 0, 1, 6, 3, 4), (1, 0, 0, 5, 3, 1),
+    (0, 2, 0, 4, 8, 2), (0, 1, 0, 3, 5, 1), (0, 0, 2, 2, 2, 6), (0, 0, 1, 1, 1, 3),
+    (0, 0, 0, 0, 0, 0), (0, 0, 3, 2, 2, 8), (0, 1, 2, 3, 6, 7), (2, 2, 4, 8, 8, 8), (1, 0, 2, 6, 3, 7),
+])
+def test_zero_coding_contexts_are_t800_table_d1(h: int, v: int, d: int, ll_lh: int, hl: int, hh: int) -> None:
+    pattern = _pattern(h, v, d)
+    assert t1.ZC[t1.LL, pattern] == ll_lh and t1.ZC[t1.LH, pattern] == ll_lh
+    assert t1.ZC[t1.HL, pattern] == hl
+    assert t1.ZC[t1.HH, pattern] == hh
+
+
+@pytest.mark.parametrize(("h", "v", "context", "xor"), [
+    # T.800 Table D.3: horizontal and vertical contributions -> context and XOR bit.
+    (1, 1, 13, 0), (1, 0, 12, 0), (1, -1, 11, 0), (0, 1, 10, 0), (0, 0, 9, 0),
+    (0, -1, 10, 1), (-1, 1, 11, 1), (-1, 0, 12, 1), (-1, -1, 13, 1),
+])
+def test_sign_contexts_are_t800_table_d3(h: int, v: int, context: int, xor: int) -> None:
+    def side(value: int, first: int, second: int) -> int:
+        # significance bits (N, W, E, S at 0..3), sign bits at 4..7: one neighbour per sign, or none.
+        return {1: 1 << first, -1: (1 << first) | (1 << (first + 4)), 0: 0}[value]
+
+    index = side(h, 1, 2) | side(v, 0, 3)
+    assert (t1.SC_CONTEXT[index], t1.SC_XOR[index]) == (context, xor)
+    # A positive and a negative neighbour cancel (W positive, E negative).
+    both = (1 << 1) | (1 << 2) | (1 << 6) | side(v, 0, 3)
+    assert t1.SC_CONTEXT[both] == t1.SC_CONTEXT[side(0, 1, 2) | side(v, 0, 3)]
+
+
+# ---------------------------------------------------------------- kernels
+
+
+def _reference_53(x: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray]:
+    """Plain-numpy 1D forward 5/3 (T.800 F.4.8.2): samples at canvas ``start..``, returns (low, high)."""
+    n = len(x)
+    ext = {i: int(v) for i, v in enumerate(x)}
+
+    def get(values: dict, i: int) -> int:
+        while i < 0 or i >= n:
+            i = -i if i < 0 else 2 * (n - 1) - i
+        return values[i]
+
+    if n == 1:
+        return (x.copy(), np.array([], x.dtype)) if start % 2 == 0 else (np.array([], x.dtype), x * 2)
+    y = dict(ext)
+    for i in range(n):
+        if (start + i) % 2:
+            y[i] = ext[i] - (get(ext, i - 1) + get(ext, i + 1)) // 2
+    out = dict(y)
+    for i in range(n):
+        if (start + i) % 2 == 0:
+            out[i] = y[i] + (get(y, i - 1) + get(y, i + 1) + 2) // 4
+    low = [out[i] for i in range(n) if (start + i) % 2 == 0]
+    high = [out[i] for i in range(n) if (start + i) % 2]
+    return np.array(low, np.int64), np.array(high, np.int64)
+
+
+@pytest.mark.parametrize(("n", "start"), [(1, 0), (1, 1), (2, 0), (2, 1), (7, 0), (7, 3), (16, 1), (33, 2)])
+def test_dwt_rows_match_a_plain_reference(n: int, start: int) -> None:
+    rng = np.random.default_rng(n * 10 + start)
+    row = rng.integers(-5000, 5000, (1, n)).astype(np.int32)
+    work = row.copy()
+    dwt.forward(work, 1, start, 0)
+    low, high = _reference_53(row[0].astype(np.int64), start)
+    assert np.array_equal(work[0], np.concatenate([low, high]))
+
+
+@pytest.mark.parametrize(("rows", "cols", "x0", "y0", "levels"),
+                         [(17, 13, 0, 0, 3), (17, 13, 3, 5, 4), (1, 9, 1, 0, 2), (9, 1, 0, 1, 3), (64, 64, 7, 9, 6)])
+def test_dwt_inverts_exactly(rows: int, cols: int, x0: int, y0: int, levels: int) -> None:
+    rng = np.random.default_rng(rows + cols)
+    a = rng.integers(-40000, 40000, (rows, cols)).astype(np.int32)
+    b = a.copy()
+    dwt.forward(b, levels, x0, y0)
+    dwt.inverse(b, levels, x0, y0)
+    assert np.array_equal(a, b)
+
+
+def test_tag_tree_round_trip() -> None:
+    rng = np.random.default_rng(3)
+    values = rng.integers(0, 6, 5 * 3).tolist()
+    tree = tier2.TagTree(5, 3, values)
+    out = tier2.BitWriter()
+    for threshold in range(1, 8):
+        for j in range(15):
+            tree.encode(out, j % 5, j // 5, threshold)
+    data = out.finish()
+    reader = tier2.BitReader(data, 0, len(data))
+    back = tier2.TagTree(5, 3)
+    for threshold in range(1, 8):
+        for j in range(15):
+            assert back.decode(reader, j % 5, j // 5, threshold) == (values[j] < threshold)
+    assert [back.leaf(j % 5, j // 5) for j in range(15)] == values
+
+
+def test_levels_from_image_size() -> None:
+    assert levels_for(512, 512) == 5
+    assert levels_for(1, 97) == 0
+    assert levels_for(20, 24) == 4
+    assert levels_for(3000, 2000) == 5
+
+
+# ---------------------------------------------------------------- round trips, checked by OpenJPEG
+
+
+@pytest.mark.parametrize(("info", "frames"), reference_params(_supported))
+def test_reference_images_round_trip(info: FrameInfo, frames: list[np.ndarray]) -> None:
+    for frame in frames:
+        stream = CODEC.encode_frame(frame, info)
+        assert np.array_equal(_openjpeg(stream, info), frame)
+        assert np.array_equal(CODEC.decode_frame(stream, info), frame)
+
+
+@pytest.mark.parametrize("row", corpus_params(limit_per_series=2))
+def test_corpus_round_trip(row: dict) -> None:
+    ds = pydicom.dcmread(row["file"])
+    info = frame_info(ds)
+    if not _supported(info):
+        pytest.skip(CODEC.supports(info))
+    for number, frame in enumerate(iter_frames(ds)):
+        if number >= 3:
+            break
+        if high_bits_used(frame, info):
+            pytest.skip("bits above Bits Stored hold data (passed through by the pipeline)")
+        stream = CODEC.encode_frame(frame, info)
+        assert np.array_equal(_openjpeg(stream, info), frame)
+        assert np.array_equal(CODEC.decode_frame(stream, info), frame)
+
+
+@pytest.mark.parametrize("levels", [0, 1, 3, 8])
+def test_levels_option(levels: int) -> None:
+    info = FrameInfo(70, 45, bits_stored=14, pixel_representation=1)
+    frame = np.random.default_rng(levels).integers(-8192, 8191, info.shape, endpoint=True).astype(np.int16)
+    stream = encode(frame, info, levels=levels)
+    assert np.array_equal(_openjpeg(stream, info), frame)
+    assert np.array_equal(decode(stream, info), frame)
+
+
+def test_two_threads_give_the_same_stream() -> None:
+    info = FrameInfo(300, 260, bits_stored=16)
+    frame = np.random.default_rng(9).integers(0, 65535, info.shape, endpoint=True).astype(np.uint16)
+    assert encode(frame, info, parallel=True) == encode(frame, info, parallel=False)
+
+
+def test_stream_layout() -> None:
+    info = FrameInfo(40, 30, 3, 8, 8, 0, "RGB")
+    frame = np.random.default_rng(1).integers(0, 255, info.shape, endpoint=True).astype(np.uint8)
+    stream = encode(frame, info)
+    parsed = cs.parse(stream)
+    assert stream[:4] == b"\xff\x4f\xff\x51" and stream[-2:] == b"\xff\xd9"
+    assert parsed.size.components == (cs.Component(8, False),) * 3
+    assert parsed.header.cod.mct == 1 and parsed.header.cod.layers == 1
+    assert parsed.header.cod.style.reversible and parsed.header.qcd.style == 0
+    assert (parsed.header.cod.style.xcb, parsed.header.cod.style.ycb) == (6, 6)
+
+
+# ---------------------------------------------------------------- other encoders' streams
+
+
+def _testdata_frames(name: str) -> tuple[FrameInfo, list[bytes], pydicom.Dataset]:
+    ds = pydicom.dcmread(get_testdata_file(name))
+    n = int(ds.get("NumberOfFrames", 1) or 1)
+    return frame_info(ds), list(generate_frames(ds.PixelData, number_of_frames=n)), ds
+
+
+def test_mr_small_jp2klossless_decodes_to_the_original() -> None:
+    # A decoder without the mid-point reconstruction rule gets a quarter of these pixels wrong.
+    info, (stream,), _ = _testdata_frames("MR_small_jp2klossless.dcm")
+    original = pydicom.dcmread(get_testdata_file("MR_small.dcm")).pixel_array
+    assert np.array_equal(decode(stream, info), original)
+
+
+@pytest.mark.parametrize("name", ["J2K_pixelrep_mismatch.dcm", "examples_jpeg2k.dcm", "693_J2KI.dcm",
+                                  "GDCMJ2K_TextGBR.dcm"])
+def test_pydicom_files_match_openjpeg(name: str) -> None:
+    info, streams, ds = _testdata_frames(name)
+    ds.pixel_array_options(decoding_plugin="pylibjpeg")
+    expected = ds.pixel_array.reshape((len(streams), *info.shape))
+    for stream, frame in zip(streams, expected):
+        assert np.array_equal(decode(stream, info), frame)
+
+
+def test_irreversible_stream_is_refused_with_a_typed_error() -> None:
+    info, (stream,), _ = _testdata_frames("JPEG2000.dcm")
+    with pytest.raises(UnsupportedCodestreamError, match="9/7"):
+        decode(stream, info)
+    # Both families see it: a decoding failure, and an image we pass through.
+    assert issubclass(UnsupportedCodestreamError, CorruptCodestreamError)
+    assert issubclass(UnsupportedCodestreamError, UnsupportedImageError)
+
+
+# ---------------------------------------------------------------- refusals
+
+
+def test_encoder_refusals() -> None:
+    with pytest.raises(UnsupportedImageError, match="Bits Stored"):
+        encode(np.full((4, 4), 4096, np.uint16), FrameInfo(4, 4, bits_stored=12))
+    assert "YBR_FULL_422" in CODEC.supports(FrameInfo(4, 4, 3, 8, 8, 0, "YBR_FULL_422"))
+    assert "Bits Allocated" in CODEC.supports(FrameInfo(4, 4, 1, 32, 32))
+    assert "signed" in CODEC.supports(FrameInfo(4, 4, 3, 8, 8, 1, "RGB"))
+
+
+def test_decoder_checks_the_frame_description() -> None:
+    info = FrameInfo(16, 12, bits_stored=12)
+    stream = encode(np.arange(192, dtype=np.uint16).reshape(16, 12), info)
+    with pytest.raises(CorruptCodestreamError, match="16 x 12"):
+        decode(stream, FrameInfo(12, 16, bits_stored=12))
+    with pytest.raises(CorruptCodestreamError, match="components"):
+        decode(stream, FrameInfo(16, 12, 3, 16, 12, 0, "RGB"))
+    with pytest.raises(CorruptCodestreamError, match="Bits Allocated"):
+        decode(stream, FrameInfo(16, 12, 1, 8, 8))
+    for cut in (0, 3, 20, len(stream) // 2, len(stream) - 1):
+        with pytest.raises(CorruptCodestreamError):
+            decode(stream[:cut], info)
+
+
+# ---------------------------------------------------------------- registry and pydicom
+
+
+def test_registry_names() -> None:
+    assert get_codec("jpeg2000") is CODEC and get_codec("1.2.840.10008.1.2.4.90") is CODEC
+    assert (CODEC.name, CODEC.keyword, CODEC.private) == ("jpeg2000", "JPEG2000Lossless", False)
+
+
+def test_pydicom_plugins() -> None:
+    import gateway  # noqa: F401  (registers the plugins)
+
+    info = FrameInfo(33, 20, 1, 16, 12, 1)
+    frames = [np.random.default_rng(k).integers(-2048, 2047, info.shape, endpoint=True).astype(np.int16)
+              for k in range(3)]
+    ds = make_dataset(info, frames, ExplicitVRLittleEndian)
+    ds.compress(JPEG2000Lossless, encoding_plugin="gateway")
+    assert ds.file_meta.TransferSyntaxUID == JPEG2000Lossless
+    ds.pixel_array_options(decoding_plugin="pylibjpeg")
+    assert np.array_equal(ds.pixel_array, np.stack(frames))
+    ds.pixel_array_options(decoding_plugin="gateway")
+    assert np.array_equal(ds.pixel_array, np.stack(frames))
+
+
+def test_pipeline_config_keyword() -> None:
+    from gateway.codecs import resolve_uid
+
+    assert resolve_uid("JPEG2000Lossless") == "1.2.840.10008.1.2.4.90"
+
+
+
+
+def test_pydicom_plugin_decodes_reversible_jpeg2000_91() -> None:
+    import gateway  # noqa: F401  (registers the plugins)
+
+    ds = pydicom.dcmread(get_testdata_file("693_J2KI.dcm"))
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.91"
+    ds.pixel_array_options(decoding_plugin="pylibjpeg")
+    expected = ds.pixel_array.copy()
+    ds = pydicom.dcmread(get_testdata_file("693_J2KI.dcm"))
+    ds.pixel_array_options(decoding_plugin="gateway")
+    assert np.array_equal(ds.pixel_array, expected)
+
+
+def test_pydicom_plugin_refuses_irreversible_jpeg2000_91() -> None:
+    import gateway  # noqa: F401  (registers the plugins)
+
+    ds = pydicom.dcmread(get_testdata_file("JPEG2000.dcm"))
+    ds.pixel_array_options(decoding_plugin="gateway")
+    with pytest.raises(Exception, match="9/7"):
+        ds.pixel_array  # noqa: B018

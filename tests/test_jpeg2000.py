@@ -303,7 +303,9 @@ def test_registry_names() -> None:
 
 
 def test_pydicom_plugins() -> None:
-    import gateway  # noqa: F401  (registers the plugins)
+    from gateway.plugins import register
+
+    register()  # our decoders for standard syntaxes: a program asks for them
 
     info = FrameInfo(33, 20, 1, 16, 12, 1)
     frames = [np.random.default_rng(k).integers(-2048, 2047, info.shape, endpoint=True).astype(np.int16)
@@ -323,10 +325,10 @@ def test_pipeline_config_keyword() -> None:
     assert resolve_uid("JPEG2000Lossless") == "1.2.840.10008.1.2.4.90"
 
 
-
-
 def test_pydicom_plugin_decodes_reversible_jpeg2000_91() -> None:
-    import gateway  # noqa: F401  (registers the plugins)
+    from gateway.plugins import register
+
+    register()  # our decoders for standard syntaxes: a program asks for them
 
     ds = pydicom.dcmread(get_testdata_file("693_J2KI.dcm"))
     assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.91"
@@ -338,7 +340,9 @@ def test_pydicom_plugin_decodes_reversible_jpeg2000_91() -> None:
 
 
 def test_pydicom_plugin_refuses_irreversible_jpeg2000_91() -> None:
-    import gateway  # noqa: F401  (registers the plugins)
+    from gateway.plugins import register
+
+    register()  # our decoders for standard syntaxes: a program asks for them
 
     ds = pydicom.dcmread(get_testdata_file("JPEG2000.dcm"))
     ds.pixel_array_options(decoding_plugin="gateway")

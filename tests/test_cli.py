@@ -174,15 +174,15 @@ def test_compress_accepts_a_codec_registered_later(tmp_path: Path, monkeypatch, 
     from gateway.cli import UsageError, resolve_target
     from gateway.codecs.rle import RLECodec
 
-    class FakeJ2K(RLECodec):  # a stand-in: only its registration matters here
-        name, uid, keyword = "j2k-test", "1.2.840.10008.1.2.4.90", "JPEG2000Lossless"
+    class FakeHTJ2K(RLECodec):  # a stand-in: only its registration matters here
+        name, uid, keyword = "htj2k-test", "1.2.840.10008.1.2.4.201", "HTJ2KLossless"
 
     with pytest.raises(UsageError):
-        resolve_target("JPEG2000Lossless")
+        resolve_target("HTJ2KLossless")
     registry.all_codecs()  # built-ins loaded first, so that the fake one is removed again below
-    monkeypatch.setitem(registry._REGISTRY, FakeJ2K.uid, FakeJ2K())
-    assert resolve_target("JPEG2000Lossless") == "1.2.840.10008.1.2.4.90"
-    assert resolve_target("j2k-test") == "1.2.840.10008.1.2.4.90"
+    monkeypatch.setitem(registry._REGISTRY, FakeHTJ2K.uid, FakeHTJ2K())
+    assert resolve_target("HTJ2KLossless") == "1.2.840.10008.1.2.4.201"
+    assert resolve_target("htj2k-test") == "1.2.840.10008.1.2.4.201"
 
 
 def test_compress_rejects_unknown_syntax(tmp_path: Path, capsys) -> None:

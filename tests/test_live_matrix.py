@@ -192,20 +192,30 @@ def test_the_matrix_covers_every_registered_codec() -> None:
 # ------------------------------------------------------------ compress, plugin
 
 # pydicom's bundled images of the same kinds, where the corpus is absent.
-_BUNDLED = {"CT, 16-bit signed": "CT_small.dcm", "MR": "MR_small.dcm", "US, 8-bit RGB": "SC_rgb_small_odd.dcm",
+_BUNDLED = {"CT, 16-bit signed": "CT_small.dcm", "MR": "MR_small.dcm", "US, 8-bit RGB": "examples_rgb_color.dcm",
             "multi-frame": "SC_rgb_rle_2frame.dcm"}
 
 
-def _sources() -> dict[str, tuple[Path, str]]:
-    """Per kind: a file and the SHA-256 of its pixels (the manifest's, or pydicom's decode of the original)."""
+def _sources(folder: Path) -> dict[str, tuple[Path, str]]:
+    """Per kind: an uncompressed file and the SHA-256 of its pixels (the manifest's, or pydicom's decode).
+
+    pydicom's bundled RLE files are decompressed by pydicom into `folder` first, as the corpus is.
+    """
     if corpus_entries():
         return {kind: (row["file"], row["sha256_of_pixel_array"]) for kind, row in _images().items()}
     from pydicom.data import get_testdata_file
 
+    folder.mkdir(parents=True, exist_ok=True)
     sources = {}
     for kind, name in _BUNDLED.items():
         path = Path(get_testdata_file(name))
-        sources[kind] = (path, hashlib.sha256(np.ascontiguousarray(dcmread(path).pixel_array).tobytes()).hexdigest())
+        ds = dcmread(path)
+        digest = hashlib.sha256(np.ascontiguousarray(ds.pixel_array).tobytes()).hexdigest()
+        if ds.file_meta.TransferSyntaxUID.is_compressed:
+            ds.decompress(decoding_plugin="pydicom")
+            path = folder / name
+            ds.save_as(path, enforce_file_format=True)
+        sources[kind] = (path, digest)
     return sources
 
 
@@ -216,7 +226,7 @@ def _command() -> list[str]:
 
 @pytest.mark.parametrize("codec", all_codecs(), ids=lambda c: c.name)
 def test_codec_through_compress_command(codec, tmp_path: Path) -> None:
-    sources = _sources()
+    sources = _sources(tmp_path / "sources")
     inputs = tmp_path / "in"
     inputs.mkdir()
     for kind, (path, _) in sources.items():
@@ -255,7 +265,7 @@ def test_codec_through_pydicom_plugin_in_a_program_that_never_imports_gateway(co
     # Our own decoder only where nobody else reads the syntax.
     plugin = "gateway" if codec.private else "pylibjpeg"
     env = {k: v for k, v in os.environ.items() if k != "DICOM_GATEWAY_NO_AUTOLOAD"}
-    sources = _sources()
+    sources = _sources(tmp_path / "sources")
     pairs = [str(part) for kind, (path, _) in sources.items()
              for part in (path, tmp_path / f"{kind.split(',')[0].replace(' ', '-')}.dcm")]
     result = subprocess.run([sys.executable, "-c", _PLUGIN_PROGRAM, codec.uid, plugin, *pairs],

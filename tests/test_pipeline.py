@@ -461,7 +461,7 @@ def test_wrong_argument_types_raise() -> None:
         recompress(ds, 5)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("target", ["NoSuchSyntax", "1.2.840.10008.1.2.4.90"], ids=["unknown", "no_codec"])
+@pytest.mark.parametrize("target", ["NoSuchSyntax", "1.2.840.10008.1.2.4.203"], ids=["unknown", "no_codec"])
 def test_unusable_target_raises(target: str) -> None:
     with pytest.raises(CodecNotFoundError):
         recompress(make_dataset(MONO, _frames(MONO)), target)

@@ -338,6 +338,8 @@ def test_kill_9_mid_series_loses_nothing_acknowledged(tmp_path: Path) -> None:
         assert 20 <= len(acknowledged) < len(series), "the crash should land mid-series"
 
         process = _serve(config, tmp_path / "gateway.log")
+        # The restarted service delivers what was acknowledged (some of it may have arrived before the crash).
+        assert wait_until(lambda: _listening(port), timeout=180), (tmp_path / "gateway.log").read_text()[-3000:]
         archive = tmp_path / "archive"
         assert wait_until(lambda: set(acknowledged) <= set(_archive_files(archive)), timeout=120), \
             (tmp_path / "gateway.log").read_text()[-3000:]

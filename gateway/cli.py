@@ -154,6 +154,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     for dest in config.destinations:  # counted by file name: no manifest is read
         per = {s: spool.count_jobs(s, dest.name) for s in ("pending", "inflight", "dead")}
         print(f"  {dest.name}: " + "  ".join(f"{k}={v}" for k, v in per.items()))
+        for line in _destination_lines(spool, dest.name, per["pending"] + per["inflight"]):
+            print(f"    {line}")
     failing = spool.failing()
     if failing:
         print("processing failed, to be tried again (then forwarded as received):")
@@ -166,6 +168,36 @@ def _cmd_status(args: argparse.Namespace) -> int:
             print(f"  {job.sop} -> {job.destination}: "
                   f"attempts={job.attempts} reason={job.reason}")
     return 0
+
+
+def _when(epoch: float) -> str:
+    """A local time stamp with the distance from now, for an operator."""
+    import datetime
+
+    stamp = datetime.datetime.fromtimestamp(epoch).isoformat(timespec="seconds")
+    delta = epoch - time.time()
+    return f"{stamp} (in {delta:.0f} s)" if delta >= 0 else f"{stamp} ({-delta:.0f} s ago)"
+
+
+def _destination_lines(spool, name: str, waiting: int) -> list[str]:
+    """What the forwarders of destination `name` last saved, and its oldest waiting instance."""
+    lines = []
+    if waiting:
+        oldest = spool.oldest_waiting(name)
+        if oldest is not None:
+            lines.append(f"oldest waiting: received {_when(oldest)}")
+    states = spool.destination_states(name)
+    failing = [s["failing_since"] for s in states if s.get("failing_since")]
+    if failing:
+        lines.append(f"failing since {_when(min(failing))}")
+    errors = [s for s in states if s.get("last_error") and s.get("last_error_at")]
+    if errors:
+        last = max(errors, key=lambda s: s["last_error_at"])
+        lines.append(f"last error {_when(last['last_error_at'])}: {last['last_error']}")
+    upcoming = [s["next_attempt_at"] for s in states if s.get("next_attempt_at") and waiting]
+    if upcoming:
+        lines.append(f"next attempt {_when(min(upcoming))}")
+    return lines
 
 
 def _cmd_retry(args: argparse.Namespace) -> int:

@@ -35,6 +35,7 @@ from gateway.errors import CodecNotFoundError, ConfigError
 
 __all__ = [
     "Config",
+    "PolicyConfig",
     "ServerConfig",
     "SpoolConfig",
     "CompressionConfig",
@@ -72,6 +73,7 @@ class SpoolConfig:
     directory: Path
     keep_done_hours: float = 168.0  # finished job manifests older than this are deleted (hourly sweep)
     keep_record_days: float = 3650.0  # the proof record forgets instances received longer ago
+    min_free_bytes: int = 1 << 30  # below this free space a C-STORE is answered 0xA700; half is the worker's reserve
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +106,7 @@ class RetryConfig:
     max_attempts: int = 50
     base_seconds: float = 2.0
     cap_seconds: float = 300.0
+    probe_seconds: float = 5.0  # while a destination fails, it is tried this often with its soonest job
 
     def delay(self, attempts: int) -> float:
         """Seconds to wait after the `attempts`-th failed attempt."""
@@ -162,6 +165,8 @@ class Destination:
     timeout_seconds: float = 30.0
     associations: int = 2  # parallel associations (dicom); each instance always uses the same one
     path: Path | None = None
+    file_mode: int = 0o600  # folder: mode of the files written, whatever the umask
+    directory_mode: int = 0o700  # folder: mode of the folders created
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +187,13 @@ class Route:
 
 
 @dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    """What happens to instances that need a decision."""
+
+    malformed: str = "forward"  # damaged pixel data: "forward" as received, or "hold" as a dead letter
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration."""
 
@@ -195,6 +207,7 @@ class Config:
     web: WebConfig | None = None
     routes: tuple[Route, ...] = ()
     source: Path | None = None
+    policy: PolicyConfig = PolicyConfig()
 
     def destinations_for(self, calling_ae: str, modality: str, sop_class: str) -> list[Destination]:
         """Destinations an instance goes to, in configuration order."""
@@ -349,6 +362,7 @@ def _spool(data: Any, base: Path) -> SpoolConfig:
         directory=_path(t.path("directory"), t.pop("directory", "spool"), base),
         keep_done_hours=_number(t.path("keep_done_hours"), t.pop("keep_done_hours", 168.0), 0, 24 * 3650),
         keep_record_days=_number(t.path("keep_record_days"), t.pop("keep_record_days", 3650.0), 1, 36500),
+        min_free_bytes=_int(t.path("min_free_bytes"), t.pop("min_free_bytes", 1 << 30), 0, 1 << 50),
     )
     t.finish()
     return cfg
@@ -380,6 +394,7 @@ def _retry(data: Any) -> RetryConfig:
         max_attempts=_int(t.path("max_attempts"), t.pop("max_attempts", 50), 1, 1_000_000),
         base_seconds=_number(t.path("base_seconds"), t.pop("base_seconds", 2.0), 0.01, 86400),
         cap_seconds=_number(t.path("cap_seconds"), t.pop("cap_seconds", 300.0), 0.01, 7 * 86400),
+        probe_seconds=_number(t.path("probe_seconds"), t.pop("probe_seconds", 5.0), 0.1, 3600),
     )
     if cfg.cap_seconds < cfg.base_seconds:
         raise ConfigError("retry.cap_seconds", f"must be >= base_seconds ({cfg.base_seconds:g}), got {cfg.cap_seconds:g}")
@@ -460,11 +475,39 @@ def _destination(index: int, data: Any, base: Path) -> Destination:
             associations=_int(t.path("associations"), t.pop("associations", 2), 1, 16),
         )
     elif kind == "folder":
-        dest = Destination(name=name, kind=kind, path=_path(t.path("path"), t.pop("path"), base))
+        dest = Destination(name=name, kind=kind, path=_path(t.path("path"), t.pop("path"), base),
+                           file_mode=_mode(t.path("file_mode"), t.pop("file_mode", "0600"), 0o600, 0o666),
+                           directory_mode=_mode(t.path("directory_mode"), t.pop("directory_mode", "0700"),
+                                                0o700, 0o777))
     else:
         raise ConfigError(t.path("kind"), f"must be 'dicom' or 'folder', got {kind!r}")
     t.finish()
     return dest
+
+
+def _mode(key: str, value: Any, required: int, allowed: int) -> int:
+    """A permission mode: a TOML octal integer (0o640) or a string of octal digits ("0640")."""
+    if isinstance(value, str):
+        try:
+            mode = int(value, 8)
+        except ValueError:
+            raise ConfigError(key, f"not an octal mode: {value!r}") from None
+    elif isinstance(value, int) and not isinstance(value, bool):
+        mode = value
+    else:
+        raise ConfigError(key, f"expected an octal mode such as \"0640\", got {value!r}")
+    if mode & ~allowed or mode & required != required:
+        raise ConfigError(key, f"mode {mode:04o} must include {required:04o} and stay within {allowed:04o}")
+    return mode
+
+
+def _policy(data: Any) -> PolicyConfig:
+    t = _Table("policy", data if data is not None else {})
+    malformed = t.pop("malformed", "forward")
+    if malformed not in ("forward", "hold"):
+        raise ConfigError(t.path("malformed"), f"must be 'forward' or 'hold', got {malformed!r}")
+    t.finish()
+    return PolicyConfig(malformed=malformed)
 
 
 def _list(key: str, value: Any) -> list:
@@ -499,6 +542,7 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
     compression = _compression(top.pop("compression"))
     retry = _retry(top.pop("retry"))
     forwarding = _forwarding(top.pop("forwarding"))
+    policy = _policy(top.pop("policy"))
     web = _web(top.pop("web"), base)
     logging = _logging(top.pop("logging"), base)
     raw_dests = top.pop("destinations")
@@ -524,6 +568,7 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
         web=web,
         routes=routes,
         source=source,
+        policy=policy,
     )
 
 

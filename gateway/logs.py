@@ -15,6 +15,7 @@ numbers, not datasets, so a patient name cannot slip in.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -44,6 +45,7 @@ def setup_logging(level: str = "INFO", file: Path | None = None) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if file is not None:
         file.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))  # UIDs: owner only
         handlers.append(logging.FileHandler(file))
     for handler in handlers:
         handler.setFormatter(formatter)

@@ -16,7 +16,7 @@ from pathlib import Path
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gateway.spool import DEAD, INFLIGHT, PENDING, Spool
+from gateway.spool import DEAD, INFLIGHT, PENDING, Spool, free_bytes
 
 __all__ = ["GatewayCollector", "reason_class", "ENCODE_BUCKETS", "FORWARD_BUCKETS"]
 
@@ -38,6 +38,8 @@ _REASONS = (
     ("no pixel data", "no_pixel_data"),
     ("holds floating point", "float_pixels"),
     ("Bits Allocated", "bit_depth"),
+    ("no space", "no_space"),
+    ("malformed", "malformed"),
 )
 
 
@@ -126,3 +128,10 @@ class GatewayCollector(Collector):
         yield dead
         yield GaugeMetricFamily("dicom_gateway_received_waiting", "Instances received and not yet processed",
                                 value=len(self.spool.received()))
+        try:
+            free = free_bytes(self.spool.root)
+        except OSError:
+            return
+        yield GaugeMetricFamily("dicom_gateway_spool_free_bytes",
+                                "Bytes free on the spool's filesystem (C-STOREs are refused below [spool] "
+                                "min_free_bytes)", value=free)

@@ -67,7 +67,8 @@ class Gateway:
             forwarder.start()
         self.worker.start()
         self._start_housekeeping()
-        receiver = Receiver(self.spool, on_received=self.worker.notify, record=self.record)
+        receiver = Receiver(self.spool, on_received=self.worker.notify, record=self.record,
+                            min_free_bytes=self.config.spool.min_free_bytes)
         self.server = start_receiver(self.config.server, receiver)
         if self.config.web is not None:
             self._start_web()

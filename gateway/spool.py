@@ -53,13 +53,15 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, replace
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.dicom.identity import Identity
 from gateway.errors import SpoolError
 
-__all__ = ["Spool", "Job", "STATES", "fsync_dir", "atomic_write_bytes", "atomic_copy", "remove_partial_copies"]
+__all__ = ["Spool", "Job", "STATES", "fsync_dir", "atomic_write_bytes", "atomic_copy", "remove_partial_copies",
+           "FILE_MODE", "DIRECTORY_MODE", "create_private", "make_dirs", "free_bytes", "is_out_of_space"]
 
 T = TypeVar("T")
 
@@ -68,6 +70,57 @@ STATES = (PENDING, INFLIGHT, DONE, DEAD)
 _RANK = {PENDING: 0, INFLIGHT: 1, DEAD: 2, DONE: 3}
 UNROUTED = "-"
 """Destination name of a dead job recording that no route matched."""
+
+
+FILE_MODE = 0o600
+"""Mode of every file the gateway writes (patient data): owner only, whatever the umask."""
+DIRECTORY_MODE = 0o700
+"""Mode of every folder the gateway creates: owner only, whatever the umask."""
+
+
+def create_private(path: Path, mode: int = FILE_MODE):
+    """Open a new file for writing (truncating one that exists) with exactly `mode`.
+
+    The mode is set on the open descriptor, so the umask cannot widen or
+    narrow it and no other user can open the file in between.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.fchmod(fd, mode)
+        return os.fdopen(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def make_dirs(path: Path, mode: int = DIRECTORY_MODE) -> None:
+    """Create `path` and its missing parents, each new one with exactly `mode`."""
+    missing = []
+    current = Path(path)
+    while not current.is_dir():
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=mode)
+        except FileExistsError:
+            continue  # made meanwhile by another thread: keep its mode
+        os.chmod(folder, mode)
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes available to this (unprivileged) process on `path`'s filesystem."""
+    stats = os.statvfs(path)
+    return stats.f_bavail * stats.f_frsize
+
+
+def is_out_of_space(exc: BaseException) -> bool:
+    """True when `exc` says the filesystem (or the quota) is full."""
+    import errno
+
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def fsync_dir(path: Path) -> None:
@@ -88,12 +141,12 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(dst: Path, data: bytes, tmp_dir: Path | None = None) -> None:
-    """Write `data` to `dst` so that `dst` is either complete or absent."""
+def atomic_write_bytes(dst: Path, data: bytes, tmp_dir: Path | None = None, mode: int = FILE_MODE) -> None:
+    """Write `data` to `dst` (created with `mode`) so that `dst` is either complete or absent."""
     tmp_dir = tmp_dir or dst.parent
     tmp = tmp_dir / f".{dst.name}.{uuid.uuid4().hex}.tmp"
     try:
-        with open(tmp, "wb") as handle:
+        with create_private(tmp, mode) as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -104,12 +157,12 @@ def atomic_write_bytes(dst: Path, data: bytes, tmp_dir: Path | None = None) -> N
     fsync_dir(dst.parent)
 
 
-def atomic_copy(src: Path, dst: Path, tmp_dir: Path | None = None) -> None:
-    """Copy `src` to `dst` atomically and durably (temp file, fsync, rename)."""
+def atomic_copy(src: Path, dst: Path, tmp_dir: Path | None = None, mode: int = FILE_MODE) -> None:
+    """Copy `src` to `dst` (created with `mode`) atomically and durably (temp file, fsync, rename)."""
     tmp_dir = tmp_dir or dst.parent
     tmp = tmp_dir / f".{dst.name}.{uuid.uuid4().hex}.tmp"
     try:
-        with open(src, "rb") as source, open(tmp, "wb") as handle:
+        with open(src, "rb") as source, create_private(tmp, mode) as handle:
             shutil.copyfileobj(source, handle, 1 << 20)
             handle.flush()
             os.fsync(handle.fileno())
@@ -213,13 +266,17 @@ class Spool:
         self.objects = self.root / "objects"
         self.jobs = self.root / "jobs"
         self.failures = self.root / "failures"
+        self.state = self.root / "state"
         self._lock = threading.RLock()
         self._syncer: ThreadPoolExecutor | None = None
         self._lock_handle: Any = None
         try:
-            for folder in (self.tmp, self.incoming, self.held, self.objects, self.failures,
+            make_dirs(self.root)
+            os.chmod(self.root, DIRECTORY_MODE)  # also an existing spool: patient data, owner only
+            for folder in (self.tmp, self.incoming, self.held, self.objects, self.failures, self.state, self.jobs,
                            *(self.jobs / s for s in STATES)):
-                folder.mkdir(parents=True, exist_ok=True)
+                make_dirs(folder)
+                os.chmod(folder, DIRECTORY_MODE)
         except OSError as exc:
             raise SpoolError(f"cannot create the spool at {self.root}: {exc}") from exc
 
@@ -340,6 +397,7 @@ class Spool:
         dst = self.object_path(ident)
         try:
             if isinstance(data, Path) and data.parent == self.tmp:
+                os.chmod(data, FILE_MODE)  # written by a library that opened it with the umask's mode
                 os.replace(data, dst)
             elif isinstance(data, Path) and data.parent in (self.incoming, self.held):
                 tmp = self.temp_path()
@@ -347,10 +405,12 @@ class Spool:
                 os.replace(tmp, dst)
             else:
                 tmp = self.temp_path()
-                if isinstance(data, Path):
-                    shutil.copyfile(data, tmp)
-                else:
-                    tmp.write_bytes(data)
+                with create_private(tmp) as handle:
+                    if isinstance(data, Path):
+                        with open(data, "rb") as source:
+                            shutil.copyfileobj(source, handle, 1 << 20)
+                    else:
+                        handle.write(data)
                 os.replace(tmp, dst)
         except OSError as exc:
             raise SpoolError(f"cannot store processed instance {ident}: {exc}") from exc
@@ -434,7 +494,8 @@ class Spool:
                 new = replace(job, created_at=now, updated_at=now)
                 path = self._job_path(new.state, new.key)
                 tmp = self.tmp / f"{new.key}.{uuid.uuid4().hex}.tmp"
-                tmp.write_bytes(new.to_json())
+                with create_private(tmp) as handle:
+                    handle.write(new.to_json())
                 os.replace(tmp, path)
                 created.append(new)
         return created
@@ -542,6 +603,49 @@ class Spool:
                     pass
         return removed
 
+    def oldest_waiting(self, destination: str) -> float | None:
+        """Receive time (epoch seconds) of the oldest instance waiting for `destination`, or None.
+
+        Read from the file names (an instance id starts with its receive time
+        in nanoseconds): no manifest is opened.
+        """
+        oldest: str | None = None
+        suffix = f"@{destination}.json"
+        for state in (PENDING, INFLIGHT):
+            with os.scandir(self.jobs / state) as entries:
+                for entry in entries:
+                    if entry.name.endswith(suffix) and (oldest is None or entry.name < oldest):
+                        oldest = entry.name
+        if oldest is None:
+            return None
+        try:
+            return int(oldest.split("-", 1)[0]) / 1e9
+        except ValueError:
+            return None
+
+    def save_destination_state(self, name: str, state: dict[str, Any]) -> None:
+        """Keep what a forwarder knows of its destination (last error, next attempt) for ``status``."""
+        tmp = self.temp_path(".json")
+        try:  # not fsync'd: a view for the operator, written again at the next change
+            with create_private(tmp) as handle:
+                handle.write(json.dumps(state).encode())
+            os.replace(tmp, self.state / f"{name}.json")
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            pass  # a view for the operator only: the next change writes it again
+
+    def destination_states(self, destination: str) -> list[dict[str, Any]]:
+        """The states saved by the forwarders of `destination` (one per association)."""
+        states = []
+        for path in sorted(self.state.glob(f"{glob_escape(destination)}.*.json")):
+            if not path.name[len(destination) + 1:-5].isdigit():
+                continue  # another destination whose name continues with a dot
+            try:
+                states.append(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                continue
+        return states
+
     # ------------------------------------------------------------ recovery/ops
 
     def lock(self) -> None:
@@ -553,7 +657,7 @@ class Spool:
         """
         import fcntl
 
-        handle = open(self.root / "lock", "a+")
+        handle = os.fdopen(os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, FILE_MODE), "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

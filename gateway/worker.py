@@ -30,10 +30,10 @@ from gateway.config import KEEP, Config
 from gateway.dicom.identity import Identity
 from gateway.dicom.splice import pixel_span, splice_write
 from gateway.dicom.walk import check_complete
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, SpoolError
 from gateway.logs import get_logger, stage
 from gateway.record import ProofRecord
-from gateway.spool import DEAD, UNROUTED, Job, Spool
+from gateway.spool import DEAD, UNROUTED, Job, Spool, is_out_of_space
 
 if TYPE_CHECKING:
     from gateway.pipeline import Outcome
@@ -53,6 +53,21 @@ def _usable_object(path: Path) -> str | None:
         return str(ds.file_meta.TransferSyntaxUID)
     except Exception:  # noqa: BLE001 - anything wrong: rebuild it
         return None
+
+
+def _write_object(spool: Spool, ident: str, src: Path, ds, outcome: Outcome, span) -> bool:
+    """Store the recompressed object; False (nothing left behind) when the spool's filesystem is full."""
+    tmp = spool.temp_path()
+    try:
+        if not splice_write(src, ds, outcome.dataset, tmp, span):
+            dcmwrite(tmp, outcome.dataset, enforce_file_format=True)
+        spool.store_object(ident, tmp)
+    except (OSError, SpoolError) as exc:
+        tmp.unlink(missing_ok=True)
+        if is_out_of_space(exc) or is_out_of_space(exc.__cause__ or exc):
+            return False
+        raise
+    return True
 
 
 def _proven(outcome: Outcome) -> dict:
@@ -86,6 +101,7 @@ def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: 
     stored_syntax = identity.transfer_syntax
     target = config.compression.target_for(identity.modality)
 
+    malformed: str | None = None  # why the original's pixel data is damaged
     reused = _usable_object(spool.object_path(ident)) if reuse_object else None
     proof: dict | None = None  # what the proof record learns of this stage
     if reused is not None:
@@ -95,8 +111,8 @@ def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: 
         spool.store_object(ident, src)
         stage(_log, "passed-through", sop, level=40, study=identity.study_uid, syntax=stored_syntax,
               reason=pass_through)
-    elif target == KEEP or target == stored_syntax:
-        reason = "configured to keep" if target == KEEP else "already in the target syntax"
+    elif target == KEEP:
+        reason = "configured to keep"
         proof = {"recompressed": False, "reason": reason}
         spool.store_object(ident, src)
         stage(_log, "passed-through", sop, study=identity.study_uid, syntax=stored_syntax, reason=reason)
@@ -115,11 +131,11 @@ def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: 
             # BaseException: a Rust decoder's panic (pyo3 PanicException) is not an Exception.
             _log.exception("recompression of %s failed unexpectedly", sop)
             reason = f"unexpected {type(exc).__name__}: {exc}"
-        if outcome is not None and outcome.recompressed:
-            tmp = spool.temp_path()
-            if not splice_write(src, ds, outcome.dataset, tmp, span):
-                dcmwrite(tmp, outcome.dataset, enforce_file_format=True)
-            spool.store_object(ident, tmp)
+        written = outcome is not None and outcome.recompressed and _write_object(spool, ident, src, ds, outcome,
+                                                                                  span)
+        if outcome is not None and outcome.recompressed and not written:
+            reason = "no space in the spool for the recompressed copy"
+        if written:
             stored_syntax = str(outcome.transfer_syntax)
             proof = {"recompressed": True, "reason": None, **_proven(outcome),
                      "encoded_pixel_bytes": outcome.encoded_pixel_bytes, "encode_seconds": outcome.encode_seconds,
@@ -130,11 +146,14 @@ def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: 
             if config.compression.verify:
                 stage(_log, "verified", sop, syntax=stored_syntax, seconds=outcome.verify_seconds)
         else:
-            if outcome is not None:
+            if outcome is not None and not outcome.recompressed:
                 reason = outcome.reason or "not recompressed"
             proof = {"recompressed": False, "reason": reason, **(_proven(outcome) if outcome is not None else {})}
             spool.store_object(ident, src)
-            stage(_log, "passed-through", sop, level=30 if outcome is None else 20,
+            if outcome is not None and outcome.malformed:
+                malformed = reason
+            noteworthy = outcome is None or outcome.recompressed or outcome.malformed
+            stage(_log, "passed-through", sop, level=30 if noteworthy else 20,
                   study=identity.study_uid, syntax=stored_syntax, reason=reason)
     del ds
     if record is not None and proof is not None:
@@ -153,10 +172,14 @@ def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: 
                   f"SOP class {identity.sop_class_uid}")
         spool.add_job(replace(template, state=DEAD, reason=reason))
         stage(_log, "dead", sop, level=40, reason=reason)
+    if malformed is not None and config.policy.malformed == "hold":
+        reason = f"held: malformed pixel data ({malformed}); 'dicom-gateway retry' forwards it as received"
+        template = replace(template, state=DEAD, reason=reason)
+        stage(_log, "held", sop, level=30, study=identity.study_uid, reason=malformed)
     created = spool.add_jobs([replace(template, destination=dest.name) for dest in destinations])
     spool.finish_received(ident)
     spool.collect(ident, list(names))
-    return created
+    return [job for job in created if job.state != DEAD]
 
 
 _CHILD: tuple[Config, Spool, ProofRecord | None] | None = None
@@ -264,6 +287,7 @@ class Worker:
         self._halt = threading.Event()
         self._active: set[str] = set()
         self._not_before: dict[str, float] = {}  # instances waiting out a retry delay (monotonic time)
+        self._failures: dict[str, int] = {}  # failed attempts seen by this process, per instance
         self._timers: set[threading.Timer] = set()
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._run, name=f"worker-{i}", daemon=True)
@@ -402,18 +426,25 @@ class Worker:
         The traceback is logged with the first failure only.
         """
         reason = f"{type(exc).__name__}: {exc}"
+        if self._halt.is_set():  # stopping (its worker processes too): processed again at the next start
+            _log.info("processing %s interrupted by the stop: %s", ident, reason)
+            return
         limit = self.config.compression.max_attempts
+        with self._lock:  # counted here too: the spool may be unable to record it (a full disk)
+            counted = self._failures[ident] = self._failures.get(ident, 0) + 1
         try:
-            attempts = self.spool.record_failure(ident, reason)
-        except GatewayError:
-            _log.exception("processing %s failed (%s) and the failure cannot be recorded", ident, reason)
-            attempts = 0
-        if 0 < attempts < limit or (attempts == 0 and not self._halt.is_set()):
+            attempts = max(counted, self.spool.record_failure(ident, reason))
+        except GatewayError as problem:
+            _log.warning("processing %s failed (%s) and the failure cannot be recorded: %s", ident, reason, problem)
+            attempts = counted
+        if attempts < limit:
             delay = self.config.compression.retry_delay(max(1, attempts))
             _log.warning("processing %s failed (attempt %d of %d): %s; trying again in %.1f s",
                          ident, attempts, limit, reason, delay, exc_info=exc if attempts <= 1 else None)
             self._retry_later(ident, delay)
             return
+        with self._lock:
+            self._failures.pop(ident, None)
         self._give_up(ident, f"processing failed {attempts} times, forwarded as received; last error: {reason}")
 
     def _give_up(self, ident: str, reason: str) -> None:

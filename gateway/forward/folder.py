@@ -7,7 +7,7 @@ from pathlib import Path
 from gateway.config import Destination
 from gateway.dicom.validate import is_valid_uid
 from gateway.errors import PermanentForwardError, TransientForwardError
-from gateway.spool import Job, atomic_copy
+from gateway.spool import Job, atomic_copy, is_out_of_space, make_dirs
 
 __all__ = ["FolderSender"]
 
@@ -24,6 +24,8 @@ class FolderSender:
     def __init__(self, destination: Destination) -> None:
         assert destination.path is not None
         self.root = destination.path
+        self.file_mode = destination.file_mode
+        self.directory_mode = destination.directory_mode
 
     def prepare(self, jobs: list[Job]) -> None:
         pass
@@ -34,10 +36,11 @@ class FolderSender:
                   / _safe_uid(identity.series_uid, "Series Instance UID"))
         target = folder / f"{_safe_uid(identity.sop_instance_uid, 'SOP Instance UID')}.dcm"
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            atomic_copy(path, target)
+            make_dirs(folder, self.directory_mode)
+            atomic_copy(path, target, mode=self.file_mode)
         except OSError as exc:
-            raise TransientForwardError(f"cannot write {target}: {exc}") from exc
+            why = "the archive's filesystem is full" if is_out_of_space(exc) else str(exc)
+            raise TransientForwardError(f"cannot write {target}: {why}") from exc
         return identity.transfer_syntax
 
     def close(self) -> None:

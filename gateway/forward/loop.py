@@ -14,6 +14,18 @@ It takes due pending jobs from the spool, sends them through a
 * :class:`~gateway.errors.PermanentForwardError` (status 0xCxxx, SOP class
   refused, no way to encode for the destination): straight to dead letters,
   with the reason.
+
+While a destination is failing, each job waits out its own backoff, which
+after an outage of minutes is minutes too.  So that the backlog does not
+trickle out at each job's pace once the destination is back, the forwarder
+also *probes* it every ``[retry] probe_seconds``: it sends the job due
+soonest early (a failed probe leaves the job as it was: no attempt counted,
+no log line).  The first success, probe or not, makes every waiting job due
+at once: the backlog goes out at the destination's speed.
+
+What the forwarder knows of its destination (failing since, last error, next
+attempt) is saved in the spool's ``state/`` folder when it changes, for
+``dicom-gateway status``.
 """
 
 from __future__ import annotations
@@ -53,6 +65,12 @@ class Forwarder(threading.Thread):
         self.batch = batch
         self.idle_seconds = idle_seconds
         self.rescan_seconds = rescan_seconds
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self.last_success_at: float | None = None
+        self._next_probe = 0.0  # monotonic time of the next probe while failing
+        self._state_dirty = False
+        self._state_saved = 0.0
         self._heap: list[tuple[float, str, str]] = []  # (due, key, instance)
         self._queued: set[str] = set()
         self._cond = threading.Condition()
@@ -99,6 +117,56 @@ class Forwarder(threading.Thread):
             nxt = self._heap[0][0] if self._heap else None
         return due, nxt
 
+    def next_attempt(self) -> float | None:
+        """Wall time of the next attempt (a job's own retry, or a probe while failing), None if idle."""
+        with self._cond:
+            nxt = self._heap[0][0] if self._heap else None
+        if nxt is not None and self.failing_since is not None:
+            probe = time.time() + max(0.0, self._next_probe - time.monotonic())
+            nxt = min(nxt, probe)
+        return nxt
+
+    def state(self) -> dict[str, object]:
+        """What ``status`` shows of this forwarder."""
+        return {"destination": self.destination.name, "partition": self.partition[0],
+                "failing_since": self.failing_since, "last_error": self.last_error,
+                "last_error_at": self.last_error_at, "last_success_at": self.last_success_at,
+                "next_attempt_at": self.next_attempt(), "saved_at": time.time()}
+
+    def _save_state(self, now: bool = True) -> None:
+        """Save :meth:`state` now, or (`now` false) at the latest when the loop next waits."""
+        self._state_dirty = True
+        if now or time.monotonic() - self._state_saved > 1.0:
+            self._state_dirty = False
+            self._state_saved = time.monotonic()
+            self.spool.save_destination_state(f"{self.destination.name}.{self.partition[0]}", self.state())
+
+    def _probe_due(self) -> bool:
+        """True when the destination is failing, nothing is due, and a probe is."""
+        if self.failing_since is None or time.monotonic() < self._next_probe:
+            return False
+        with self._cond:
+            return bool(self._heap) and self._heap[0][0] > time.time()
+
+    def _probe(self) -> None:
+        self._next_probe = time.monotonic() + self.retry.probe_seconds
+        with self._cond:
+            if not self._heap:
+                return
+            _, key, instance = heapq.heappop(self._heap)
+            self._queued.discard(key)
+        self._deliver([instance], probe=True)
+
+    def _drain(self) -> None:
+        """The destination is back: every waiting job is due now."""
+        with self._cond:
+            if self._heap:
+                self._heap = [(0.0, key, instance) for _, key, instance in self._heap]
+                heapq.heapify(self._heap)
+                _log.info("%s accepts again: sending its %d waiting instance(s) now", self.destination.name,
+                          len(self._heap))
+            self._cond.notify()
+
     def run(self) -> None:
         self._rescan()
         last_scan = time.monotonic()
@@ -110,6 +178,9 @@ class Forwarder(threading.Thread):
                     self._deliver(due)
                     idle_since = time.monotonic()
                     continue
+                if self._probe_due():
+                    self._probe()
+                    continue
                 if time.monotonic() - idle_since > self.idle_seconds:
                     self.sender.close()
                 if time.monotonic() - last_scan > self.rescan_seconds:
@@ -118,13 +189,17 @@ class Forwarder(threading.Thread):
                     continue
                 wait = self.rescan_seconds if nxt is None else max(0.0, min(self.rescan_seconds, nxt - time.time()))
                 wait = min(wait, self.idle_seconds)
+                if self.failing_since is not None and nxt is not None:
+                    wait = max(0.0, min(wait, self._next_probe - time.monotonic()))
+                if self._state_dirty:
+                    self._save_state()
                 with self._cond:
                     if not self._heap or self._heap[0][0] > time.time():
                         self._cond.wait(timeout=wait)
         finally:
             self.sender.close()
 
-    def _deliver(self, instances: list[str]) -> None:
+    def _deliver(self, instances: list[str], probe: bool = False) -> None:
         jobs = []
         for instance in instances:
             job = self.spool.find_job(instance, self.destination.name)
@@ -136,16 +211,16 @@ class Forwarder(threading.Thread):
             self.sender.prepare(jobs)
         except TransientForwardError as exc:
             for job in jobs:  # the destination is unreachable: every job of the batch waits
-                self._failed(job, exc, transient=True)
+                self._failed(job, exc, transient=True, probe=probe)
             return
         for index, job in enumerate(jobs):
             if self._halt.is_set():
                 for rest in jobs[index:]:
                     self.spool.move(rest, PENDING)
                 return
-            self._send_one(job)
+            self._send_one(job, probe=probe)
 
-    def _send_one(self, job: Job) -> None:
+    def _send_one(self, job: Job, probe: bool = False) -> None:
         path = self.spool.object_path(job.instance)
         sop = job.sop
         if not path.exists():
@@ -161,7 +236,7 @@ class Forwarder(threading.Thread):
         try:
             syntax = self.sender.send(job, path)
         except TransientForwardError as exc:
-            self._failed(job, exc, transient=True)
+            self._failed(job, exc, transient=True, probe=probe)
             return
         except PermanentForwardError as exc:
             self._failed(job, exc, transient=False)
@@ -170,14 +245,18 @@ class Forwarder(threading.Thread):
             raise
         except BaseException as exc:  # noqa: BLE001 - a bug in one send must not stop the destination
             self.sender.close()
-            self._failed(job, TransientForwardError(f"{type(exc).__name__}: {exc}"), transient=True)
+            self._failed(job, TransientForwardError(f"{type(exc).__name__}: {exc}"), transient=True, probe=probe)
             return
         seconds = time.perf_counter() - started
         self.spool.move(job, DONE)
         stage(_log, "forwarded", sop, study=job.identity.study_uid, destination=self.destination.name,
               syntax=syntax, seconds=seconds)
-        self.failing_since = None
         self._record(job, "delivered", syntax=syntax, attempts=job.attempts + 1, seconds=seconds)
+        self.last_success_at = time.time()
+        if self.failing_since is not None:
+            self.failing_since = None
+            self._drain()
+            self._save_state()
 
     def _record(self, job: Job, outcome: str, **details: object) -> None:
         if self.record is None:
@@ -187,9 +266,15 @@ class Forwarder(threading.Thread):
         except GatewayError as exc:  # the delivery stands; only its record is missing
             _log.error("proof record: %s", exc)
 
-    def _failed(self, job: Job, exc: Exception, *, transient: bool) -> None:
+    def _failed(self, job: Job, exc: Exception, *, transient: bool, probe: bool = False) -> None:
+        self.last_error, self.last_error_at = str(exc), time.time()
         if transient and self.failing_since is None:
             self.failing_since = time.time()
+            self._next_probe = time.monotonic() + self.retry.probe_seconds
+        if transient and probe:  # the destination is still failing: the job stays as it was
+            self.submit(self.spool.move(job, PENDING))
+            self._save_state(now=False)
+            return
         attempts = job.attempts + 1
         sop = job.sop
         if transient and attempts < self.retry.max_attempts:
@@ -198,8 +283,10 @@ class Forwarder(threading.Thread):
             stage(_log, "retry", sop, destination=self.destination.name, attempts=attempts,
                   delay=self.retry.delay(attempts), reason=str(exc))
             self.submit(moved)
+            self._save_state(now=False)
             return
         reason = str(exc) if not transient else f"gave up after {attempts} attempts: {exc}"
         self.spool.move(job, DEAD, attempts=attempts, reason=reason)
         stage(_log, "dead", sop, level=40, destination=self.destination.name, reason=reason)
         self._record(job, "dead", syntax=None, attempts=attempts, reason=reason)
+        self._save_state(now=False)

@@ -38,8 +38,9 @@ from gateway.dicom.validate import is_valid_uid
 from gateway.dicom.walk import check_complete, walk_file
 from gateway.errors import GatewayError, SpoolError
 from gateway.logs import get_logger, stage
+from gateway.net import sink
 from gateway.record import ProofRecord
-from gateway.spool import Spool
+from gateway.spool import Spool, create_private
 
 __all__ = ["Receiver", "ACCEPTED_SYNTAXES", "accepted_syntaxes", "tcp_nodelay", "start_receiver"]
 
@@ -100,10 +101,11 @@ class Receiver:
     """The C-STORE handler's state: the spool and who to tell about new work."""
 
     def __init__(self, spool: Spool, on_received: Callable[[str], None] | None = None,
-                 record: ProofRecord | None = None) -> None:
+                 record: ProofRecord | None = None, min_free_bytes: int = 0) -> None:
         self.spool = spool
         self.on_received = on_received
         self.record = record
+        self.min_free_bytes = min_free_bytes  # below this the spool takes nothing in (see gateway.net.sink)
 
     def _take(self, event: evt.Event) -> Path:
         """Move (or write) the received bytes into the spool's temp folder."""
@@ -111,7 +113,7 @@ class Receiver:
         path = getattr(event, "dataset_path", None)  # None unless pynetdicom streamed it to a file
         source = Path(path) if path is not None else None
         if source is None:
-            with open(tmp, "wb") as handle:
+            with create_private(tmp) as handle:
                 handle.write(event.encoded_dataset())
             return tmp
         try:
@@ -159,6 +161,11 @@ class Receiver:
         """Store one instance; return the DIMSE status for the sender."""
         calling = event.assoc.requestor.ae_title
         syntax = str(event.context.transfer_syntax)
+        refused = sink.refusal(event.request)
+        if refused is not None:
+            request_uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
+            stage(_log, "rejected", request_uid, level=30, calling=calling, status="0xA700", reason=refused)
+            return STATUS_OUT_OF_RESOURCES
         try:
             tmp = self._take(event)
             size = tmp.stat().st_size
@@ -266,6 +273,7 @@ def start_receiver(server: ServerConfig, receiver: Receiver) -> ThreadedAssociat
     _config.STORE_RECV_CHUNKED_DATASET = True
     _config.LOG_HANDLER_LEVEL = "none"
     ae = build_ae(server)
+    sink.bind(ae, receiver.spool.tmp, receiver.min_free_bytes)
     handlers = [
         (evt.EVT_CONN_OPEN, tcp_nodelay),
         (evt.EVT_C_ECHO, _on_echo),

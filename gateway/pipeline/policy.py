@@ -41,6 +41,7 @@ from gateway.pipeline.verify import first_difference
 
 __all__ = [
     "Outcome",
+    "MALFORMED_PREFIX",
     "recompress",
     "recompress_file",
     "NATIVE_TARGETS",
@@ -71,6 +72,10 @@ _PIXEL_DATA = 0x7FE00010
 _EXTENDED_OFFSETS = (0x7FE00001, 0x7FE00002)  # Extended Offset Table (Lengths)
 
 
+MALFORMED_PREFIX = "decoding failed"
+"""How the reason of an original whose pixel data is damaged starts."""
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What to forward, and how it came about.
@@ -90,6 +95,11 @@ class Outcome:
     source_decoder: str | None = None  # proof name of what read the original ("native", "pylibjpeg-rle", ...)
     pixel_hash: str | None = None  # SHA-256 of the original's pixel values (see pixel_hash), when decoded
     verified_by: tuple[tuple[str, str], ...] = ()  # (decoder, SHA-256 of what it decoded) per verifying decoder
+
+    @property
+    def malformed(self) -> bool:
+        """The original's pixel data is damaged: shorter than its attributes say, or it does not decode."""
+        return bool(self.reason and self.reason.startswith(MALFORMED_PREFIX))
 
 
 # ---------------------------------------------------------------- helpers
@@ -313,8 +323,7 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True, allow_larger: b
         source = transfer_syntax(ds)
     except GatewayError as exc:
         return _pass(ds, f"decoding failed: {exc}", original)
-    if source == target_uid:
-        return _pass(ds, "already in target syntax", original)
+    same = source == target_uid  # still decoded: a damaged codestream is found, and the proof gets its hash
     if not is_known(source) and not _ours(source):
         return _pass(ds, f"unknown transfer syntax {source}; kept as received", original)
     if is_encapsulated(source) and str(source) not in LOSSLESS_SOURCES and not _ours(source):
@@ -337,7 +346,7 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True, allow_larger: b
     if colour_converted:
         # JPEG 2000 decoders undo the reversible colour transform: frames are RGB.
         info = replace(info, photometric_interpretation="RGB")
-    if codec is not None:
+    if codec is not None and not same:
         reason = codec.supports(info)
         if reason:
             return _pass(ds, f"{codec.name} cannot carry this image: {reason}", original)
@@ -352,6 +361,8 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True, allow_larger: b
     source_name = frame_decoder(ds)[0]
     digest = pixel_hash(frames)
     proven = {"source": source_name, "digest": digest}
+    if same:
+        return _pass(ds, "already in target syntax", original, **proven)
     for number, frame in enumerate(frames, start=1):
         if high_bits_used(frame, info):
             return _pass(

@@ -73,7 +73,7 @@ class SpoolConfig:
     directory: Path
     keep_done_hours: float = 168.0  # finished job manifests older than this are deleted (hourly sweep)
     keep_record_days: float = 3650.0  # the proof record forgets instances received longer ago
-    min_free_bytes: int = 1 << 30  # below this free space a C-STORE is answered 0xA700; half is the worker's reserve
+    min_free_bytes: int = 256 << 20  # below this free space a C-STORE is answered 0xA700; half is the worker's reserve
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,7 +362,7 @@ def _spool(data: Any, base: Path) -> SpoolConfig:
         directory=_path(t.path("directory"), t.pop("directory", "spool"), base),
         keep_done_hours=_number(t.path("keep_done_hours"), t.pop("keep_done_hours", 168.0), 0, 24 * 3650),
         keep_record_days=_number(t.path("keep_record_days"), t.pop("keep_record_days", 3650.0), 1, 36500),
-        min_free_bytes=_int(t.path("min_free_bytes"), t.pop("min_free_bytes", 1 << 30), 0, 1 << 50),
+        min_free_bytes=_int(t.path("min_free_bytes"), t.pop("min_free_bytes", 256 << 20), 0, 1 << 50),
     )
     t.finish()
     return cfg

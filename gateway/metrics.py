@@ -16,6 +16,7 @@ from pathlib import Path
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gateway.pipeline.policy import MALFORMED_PREFIX
 from gateway.spool import DEAD, INFLIGHT, PENDING, Spool, free_bytes
 
 __all__ = ["GatewayCollector", "reason_class", "ENCODE_BUCKETS", "FORWARD_BUCKETS"]
@@ -104,6 +105,11 @@ class GatewayCollector(Collector):
             "SELECT COUNT(*) FROM instances WHERE reason LIKE 'verification failed%'").fetchone()
         yield CounterMetricFamily("dicom_gateway_verification_failures",
                                   "Encodings refused because a decoder did not give back the original", value=failures)
+        (malformed,) = db.execute(
+            "SELECT COUNT(*) FROM instances WHERE reason LIKE ?", (f"{MALFORMED_PREFIX}%",)).fetchone()
+        yield CounterMetricFamily("dicom_gateway_malformed_instances",
+                                  "Instances whose pixel data is damaged (does not decode, or is cut short)",
+                                  value=malformed)
         forwarded = CounterMetricFamily("dicom_gateway_forwarded_instances", "Instances delivered, per destination",
                                         labels=["destination"])
         for name, value in db.execute("SELECT destination, COUNT(*) FROM deliveries WHERE outcome = 'delivered' "

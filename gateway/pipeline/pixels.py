@@ -123,6 +123,28 @@ def _iter_native(ds: Dataset, info: FrameInfo, frames: int, big_endian: bool) ->
         yield np.ascontiguousarray(frame, dtype=info.dtype)
 
 
+_END_MARKED = frozenset({
+    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81",  # JPEG and JPEG-LS: EOI (T.81 B.2.1, T.87 C.2.1)
+    "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",  # JPEG 2000: EOC (T.800 A.4.4)
+    "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203",  # HTJ2K: EOC
+})
+"""Syntaxes whose frame codestream ends with the marker FFD9 (EOI or EOC)."""
+
+
+def _ends_with_marker(fragment: bytes) -> bool:
+    """True when `fragment` ends with FFD9, give or take two bytes of padding (00 or FF).
+
+    Some decoders fill a truncated codestream's missing values without an
+    error; the end marker is how a cut-off frame is told from a whole one.
+    The padding of an odd length (PS3.5 A.4) is 00 by the standard; some
+    writers pad with FF, which is harmless after the end marker.
+    """
+    tail = bytes(fragment[-4:])
+    at = tail.rfind(b"\xff\xd9")
+    return at >= 0 and all(b in (0x00, 0xFF) for b in tail[at + 2:])
+
+
 def frame_decoder(ds: Dataset) -> tuple[str, DecodeFrame | None]:
     """The proof name of the decoder that reads `ds`'s pixels, and the decoder (None for native data)."""
     uid = transfer_syntax(ds)
@@ -159,7 +181,10 @@ def iter_frames(ds: Dataset) -> Iterator[np.ndarray]:
         )
     _, decode = source_decoder(uid)
     try:
-        for fragment in generate_frames(ds.PixelData, number_of_frames=frames):
+        for number, fragment in enumerate(generate_frames(ds.PixelData, number_of_frames=frames), start=1):
+            if uid in _END_MARKED and not _ends_with_marker(fragment):
+                raise PixelDataError(f"frame {number}: the codestream does not end with its end marker "
+                                     "(FFD9): it is truncated")
             yield decode(fragment, info)
     except (UnsupportedImageError, PixelDataError):
         raise

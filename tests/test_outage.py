@@ -1,0 +1,73 @@
+"""After an archive outage the backlog goes out at the archive's speed, not at each job's backoff.
+
+While the archive is down each job waits out its own, growing, delay; the
+forwarder probes the archive every ``[retry] probe_seconds`` and, at its
+first success, makes every waiting job due at once.  ``status`` says what is
+going on meanwhile.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from gateway.cli import main as cli_main
+from gateway.spool import DEAD, PENDING
+from tests.conftest import build_config, make_series, send, wait_until
+
+BACKOFF = 60.0  # each job's own delay after its first failure: far longer than the test may take
+
+
+def _toml(tmp_path: Path, spool: Path, port: int) -> Path:
+    toml = tmp_path / "status.toml"
+    toml.write_text(f'[spool]\ndirectory = "{spool}"\n'
+                    f'[[destinations]]\nname = "pacs"\nkind = "dicom"\nae_title = "ARCHIVE"\n'
+                    f'host = "127.0.0.1"\nport = {port}\n')
+    return toml
+
+
+def test_backlog_is_sent_as_soon_as_the_archive_is_back(tmp_path: Path, gateway_factory, peer_factory,
+                                                         capsys) -> None:
+    peer = peer_factory()  # not listening yet: connections refused
+    config = build_config(
+        tmp_path,
+        destinations=[{"name": "pacs", "kind": "dicom", "ae_title": peer.ae_title, "host": "127.0.0.1",
+                       "port": peer.port}],
+        retry={"base_seconds": BACKOFF, "cap_seconds": BACKOFF, "probe_seconds": 0.5},
+    )
+    gw = gateway_factory(config)
+    series = make_series(40)
+    assert send(gw.port, series) == [0] * 40
+
+    def all_failed_once() -> bool:
+        jobs = list(gw.spool.jobs_in(PENDING, "pacs"))
+        return len(jobs) == 40 and all(job.attempts >= 1 for job in jobs)
+
+    assert wait_until(all_failed_once, timeout=60)
+    time.sleep(1.5)  # a few probes fail meanwhile: they change no job
+    jobs = list(gw.spool.jobs_in(PENDING, "pacs"))
+    assert all(job.attempts == 1 for job in jobs), "a failed probe counts no attempt"
+    first_due = min(job.next_retry_at for job in jobs)
+
+    assert cli_main(["status", "--config", str(_toml(tmp_path, config.spool.directory, peer.port))]) == 0
+    out = capsys.readouterr().out
+    assert "pacs: pending=40" in out
+    for words in ("oldest waiting: received", "failing since", "last error", "next attempt"):
+        assert words in out, out
+
+    peer.start()
+    back = time.time()
+    assert wait_until(lambda: len(peer.by_uid()) == 40, timeout=BACKOFF / 2), "the backlog waited for its backoff"
+    drained = time.time()
+    assert drained < first_due, "delivered before any job's own retry was due"
+    assert gw.wait_idle(30) and gw.spool.counts()[DEAD] == 0
+    got = peer.by_uid()
+    for ds in series:
+        assert np.array_equal(got[str(ds.SOPInstanceUID)].pixel_array, ds.pixel_array)
+    assert drained - back < BACKOFF / 2
+
+    assert cli_main(["status", "--config", str(_toml(tmp_path, config.spool.directory, peer.port))]) == 0
+    out = capsys.readouterr().out
+    assert "pacs: pending=0" in out and "failing since" not in out, out

@@ -4,7 +4,8 @@
 
 A generated CT series (512x512, 16-bit) is sent with DCMTK ``storescu`` to a
 ``dicom-gateway serve`` process whose only destination, a DCMTK ``storescp``,
-is down.  After ``--outage`` seconds ``storescp`` starts; the figure is the
+is down.  After ``--outage`` seconds ``storescp --fork`` (one process per
+association, as an archive serves several) starts; the figure is the
 time from then until it has stored the last instance.  In the same run the
 series is sent straight to a ``storescp`` (the transfer time, the best any
 path can do), and with ``--baseline`` the same outage is played against
@@ -63,7 +64,7 @@ def dcmtk_env() -> dict[str, str]:
 
 def start_storescp(port: int, folder: Path) -> subprocess.Popen:
     folder.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([dcmtk("storescp"), "-aet", "ARCHIVE", "-od", str(folder), "+xa", str(port)],
+    proc = subprocess.Popen([dcmtk("storescp"), "--fork", "-aet", "ARCHIVE", "-od", str(folder), "+xa", str(port)],
                             env=dcmtk_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if not wait_for(lambda: listening(port), 20):
         proc.kill()
@@ -154,6 +155,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=224)
     parser.add_argument("--outage", type=float, default=120.0, help="seconds the archive is down")
     parser.add_argument("--baseline", type=Path, help="another checkout of the gateway to compare with")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (logs) and print its path")
     args = parser.parse_args()
     if dcmtk("storescu") is None or dcmtk("storescp") is None:
         raise SystemExit("DCMTK (storescu, storescp) is needed: apt-get install dcmtk")
@@ -177,7 +179,10 @@ def main() -> None:
             print(f"| {run['label']} | {run['drain']:.1f} | {run['drain'] - transfer:.1f} | {run['retries']} |"
                   f" {run['max_attempts']} | {run['tracebacks']} |")
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print(f"work folder kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

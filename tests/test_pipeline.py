@@ -31,7 +31,8 @@ from gateway.codecs import all_codecs, get_codec
 from gateway.codecs.base import FrameInfo
 from gateway.codecs.rle import encode
 from gateway.errors import CodecNotFoundError, GatewayError
-from gateway.pipeline import REFERENCE_DECODERS, Outcome, recompress, recompress_file
+from gateway.pipeline import Outcome, recompress, recompress_file
+from gateway.pipeline.decoders import VERIFYING_DECODERS
 from gateway.pipeline.pixels import frame_info
 from gateway.pipeline.verify import compare_pixels
 from tests.conftest import pydicom_file
@@ -364,14 +365,14 @@ def test_garbage_pixel_data_never_raises(data: bytes, as_fragment: bool, target:
 
 
 def test_verification_mismatch_of_reference_decoder(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = REFERENCE_DECODERS[RLELossless]
+    real = VERIFYING_DECODERS[RLELossless]
 
     def off_by_one(data: bytes, info: FrameInfo) -> np.ndarray:
         frame = real(data, info)
         frame[0, 0] ^= 1
         return frame
 
-    monkeypatch.setitem(REFERENCE_DECODERS, RLELossless, off_by_one)
+    monkeypatch.setitem(VERIFYING_DECODERS, RLELossless, off_by_one)
     ds = make_dataset(MONO, _frames(MONO, 2))
     outcome = recompress(ds, RLELossless)
     _assert_passed(ds, outcome, "verification failed", "(off_by_one)", "frame 1", "row 0, column 0")
@@ -396,7 +397,7 @@ def test_reference_decoder_that_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(data: bytes, info: FrameInfo) -> np.ndarray:
         raise ValueError("cannot decode")
 
-    monkeypatch.setitem(REFERENCE_DECODERS, RLELossless, broken)
+    monkeypatch.setitem(VERIFYING_DECODERS, RLELossless, broken)
     ds = make_dataset(MONO, _frames(MONO))
     _assert_passed(ds, recompress(ds, RLELossless), "verification failed", "ValueError")
 
@@ -442,7 +443,7 @@ def test_verify_false_skips_verification(monkeypatch: pytest.MonkeyPatch) -> Non
     def broken(data: bytes, info: FrameInfo) -> np.ndarray:
         raise AssertionError("must not be called")
 
-    monkeypatch.setitem(REFERENCE_DECODERS, RLELossless, broken)
+    monkeypatch.setitem(VERIFYING_DECODERS, RLELossless, broken)
     ds = make_dataset(MONO, _frames(MONO))
     outcome = recompress(ds, RLELossless, verify=False)
     assert outcome.recompressed and outcome.verify_seconds == 0.0 and outcome.verified_by == ()

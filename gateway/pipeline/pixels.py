@@ -22,7 +22,8 @@ from gateway.dicom.uids import is_encapsulated
 from gateway.errors import PixelDataError, UnsupportedImageError
 from gateway.pipeline.decoders import NATIVE, DecodeFrame, source_decoder
 
-__all__ = ["frame_info", "number_of_frames", "iter_frames", "high_bits_used", "transfer_syntax"]
+__all__ = ["frame_info", "number_of_frames", "iter_frames", "high_bits_used", "transfer_syntax", "END_MARKED",
+           "ends_with_marker"]
 
 _FLOAT_TAGS = ("FloatPixelData", "DoubleFloatPixelData")
 
@@ -123,7 +124,7 @@ def _iter_native(ds: Dataset, info: FrameInfo, frames: int, big_endian: bool) ->
         yield np.ascontiguousarray(frame, dtype=info.dtype)
 
 
-_END_MARKED = frozenset({
+END_MARKED = frozenset({
     "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
     "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81",  # JPEG and JPEG-LS: EOI (T.81 B.2.1, T.87 C.2.1)
     "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",  # JPEG 2000: EOC (T.800 A.4.4)
@@ -132,7 +133,7 @@ _END_MARKED = frozenset({
 """Syntaxes whose frame codestream ends with the marker FFD9 (EOI or EOC)."""
 
 
-def _ends_with_marker(fragment: bytes) -> bool:
+def ends_with_marker(fragment: bytes) -> bool:
     """True when `fragment` ends with FFD9, give or take two bytes of padding (00 or FF).
 
     Some decoders fill a truncated codestream's missing values without an
@@ -182,7 +183,7 @@ def iter_frames(ds: Dataset) -> Iterator[np.ndarray]:
     _, decode = source_decoder(uid)
     try:
         for number, fragment in enumerate(generate_frames(ds.PixelData, number_of_frames=frames), start=1):
-            if uid in _END_MARKED and not _ends_with_marker(fragment):
+            if uid in END_MARKED and not ends_with_marker(fragment):
                 raise PixelDataError(f"frame {number}: the codestream does not end with its end marker "
                                      "(FFD9): it is truncated")
             yield decode(fragment, info)

@@ -20,7 +20,7 @@ import hashlib
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -35,8 +35,16 @@ from gateway.codecs import get_codec, resolve_uid
 from gateway.codecs.base import Codec, FrameInfo
 from gateway.dicom.uids import JPEG_2000_LOSSLESS, TRANSFER_SYNTAXES, is_encapsulated, is_known
 from gateway.errors import CodecNotFoundError, GatewayError, UnsupportedImageError
-from gateway.pipeline.decoders import NATIVE, REFERENCE_DECODERS, DecodeFrame, decoder_name, reference_decoder
-from gateway.pipeline.pixels import frame_decoder, frame_info, high_bits_used, iter_frames, transfer_syntax
+from gateway.pipeline.decoders import NATIVE, REFERENCE_DECODERS, DecodeFrame, decoder_name, verifying_decoder
+from gateway.pipeline.pixels import (
+    END_MARKED,
+    ends_with_marker,
+    frame_decoder,
+    frame_info,
+    high_bits_used,
+    iter_frames,
+    transfer_syntax,
+)
 from gateway.pipeline.verify import first_difference
 
 __all__ = [
@@ -248,7 +256,7 @@ def _verify(
         return None
     assert fragments is not None
     decoders: list[tuple[str, DecodeFrame]] = [(f"ours/{codec.name}", codec.decode_frame)]
-    reference = reference_decoder(target)
+    reference = verifying_decoder(target)
     if reference is not None:
         decoders.append((decoder_name(reference), reference))
     # Read the fragments back out of the encapsulated value: that checks the
@@ -259,12 +267,24 @@ def _verify(
         return f"verification failed: encapsulated pixel data cannot be read back: {exc}"
     if len(written) != len(fragments):
         return f"verification failed: {len(written)} fragments read back, {len(fragments)} written"
+    if str(target) in END_MARKED and not all(ends_with_marker(fragment) for fragment in written):
+        return "verification failed: a written codestream does not end with its end marker"
     for label, decode in decoders:
-        try:
-            decoded = [decode(fragment, info) for fragment in written]
-        except Exception as exc:  # a decoder of another project raises its own types
+        failure: list[Exception] = []
+
+        def decoded(decode: DecodeFrame = decode, failure: list[Exception] = failure) -> Iterator[np.ndarray]:
+            """Frame by frame, so one decoded frame at a time is held beside the original's."""
+            for fragment in written:
+                try:
+                    yield decode(fragment, info)
+                except Exception as exc:  # a decoder of another project raises its own types
+                    failure.append(exc)
+                    return
+
+        reason = first_difference(frames, decoded())
+        if failure:
+            exc = failure[0]
             return f"verification failed: {label} cannot decode the output: {type(exc).__name__}: {exc}"
-        reason = first_difference(frames, decoded)
         if reason:
             return f"verification failed ({label}): {reason}"
         proof.append((label, digest))

@@ -534,6 +534,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from gateway.kernelcache import refresh
+
+    refresh()  # no kernel compiled from older source is loaded
     try:
         return int(args.func(args))
     except UsageError as exc:

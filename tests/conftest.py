@@ -35,6 +35,13 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "sample_dicom"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Drop cached codec kernels compiled from older source (see gateway.kernelcache)."""
+    from gateway.kernelcache import refresh
+
+    refresh()
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -231,7 +231,7 @@ def _verify(
     target: str,
     codec: Codec | None,
     new: Dataset,
-    fragments: Sequence[bytes] | None,
+    fragments: int | None,
     frames: Sequence[np.ndarray],
     info: FrameInfo,
     digest: str,
@@ -259,32 +259,34 @@ def _verify(
     reference = verifying_decoder(target)
     if reference is not None:
         decoders.append((decoder_name(reference), reference))
-    # Read the fragments back out of the encapsulated value: that checks the
-    # encapsulation as well as the codestreams.
+    # Read the fragments back out of the encapsulated value, one at a time:
+    # that checks the encapsulation as well as the codestreams, and holds one
+    # frame's codestream and decoded values at a time beside the original.
     try:
-        written = list(generate_frames(new.PixelData, number_of_frames=len(frames)))
+        count = sum(1 for _ in generate_frames(new.PixelData, number_of_frames=len(frames)))
     except Exception as exc:  # pydicom raises ValueError and others for bad items
         return f"verification failed: encapsulated pixel data cannot be read back: {exc}"
-    if len(written) != len(fragments):
-        return f"verification failed: {len(written)} fragments read back, {len(fragments)} written"
-    if str(target) in END_MARKED and not all(ends_with_marker(fragment) for fragment in written):
-        return "verification failed: a written codestream does not end with its end marker"
+    if count != fragments:
+        return f"verification failed: {count} fragments read back, {fragments} written"
+    end_marked = str(target) in END_MARKED
     for label, decode in decoders:
-        failure: list[Exception] = []
+        failure: list[str] = []
 
-        def decoded(decode: DecodeFrame = decode, failure: list[Exception] = failure) -> Iterator[np.ndarray]:
+        def decoded(decode: DecodeFrame = decode, failure: list[str] = failure) -> Iterator[np.ndarray]:
             """Frame by frame, so one decoded frame at a time is held beside the original's."""
-            for fragment in written:
+            for fragment in generate_frames(new.PixelData, number_of_frames=len(frames)):
+                if end_marked and not ends_with_marker(fragment):
+                    failure.append("a written codestream does not end with its end marker")
+                    return
                 try:
                     yield decode(fragment, info)
                 except Exception as exc:  # a decoder of another project raises its own types
-                    failure.append(exc)
+                    failure.append(f"{label} cannot decode the output: {type(exc).__name__}: {exc}")
                     return
 
         reason = first_difference(frames, decoded())
         if failure:
-            exc = failure[0]
-            return f"verification failed: {label} cannot decode the output: {type(exc).__name__}: {exc}"
+            return f"verification failed: {failure[0]}"
         if reason:
             return f"verification failed ({label}): {reason}"
         proof.append((label, digest))
@@ -394,7 +396,7 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True, allow_larger: b
     big_endian = ds.original_encoding[1] is False or source == "1.2.840.10008.1.2.2"
     # Big endian data is rewritten element by element below, sequences included.
     new = _copy_without_pixels(ds, share_sequences=not big_endian)
-    fragments: list[bytes] | None = None
+    fragments: int | None = None  # how many codestreams were written
     try:
         if codec is None:
             planar = int(ds.get("PlanarConfiguration", 0) or 0) if info.samples_per_pixel > 1 else 0
@@ -408,10 +410,12 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True, allow_larger: b
             # A codec may code the frames of one image together (inter-frame prediction).
             encode_frames = getattr(codec, "encode_frames", None)
             if encode_frames is not None:
-                fragments = encode_frames(frames, info)
+                streams = encode_frames(frames, info)
             else:
-                fragments = [codec.encode_frame(frame, info) for frame in frames]
-            value, extended = _encapsulate(fragments)
+                streams = [codec.encode_frame(frame, info) for frame in frames]
+            value, extended = _encapsulate(streams)
+            fragments = len(streams)
+            del streams  # the encapsulated value holds them
             element = DataElement(_PIXEL_DATA, "OB", value, is_undefined_length=True)
             if info.samples_per_pixel > 1:
                 # The codestream fixes the sample order; PS3.5 8.2 and G.2 note 2: 0.

@@ -39,6 +39,8 @@ from gateway.codecs.htj2k import ht
 from gateway.codecs.jpeg2000 import codec as j2k
 from gateway.codecs.jpeg2000 import codestream as cs
 from gateway.codecs.jpeg2000 import dwt, tier2
+from gateway.codecs.profiles import check_profile
+from gateway.dicom.uids import HTJ2K_LOSSLESS, HTJ2K_LOSSLESS_RPCL
 from gateway.errors import CorruptCodestreamError, UnsupportedCodestreamError, UnsupportedImageError
 
 __all__ = ["HTJ2KLosslessCodec", "HTJ2KLosslessRPCLCodec", "supports", "encode", "decode", "levels_for"]
@@ -49,10 +51,9 @@ RPCL_LOWEST = 64  # PS3.5: the lowest resolution of an RPCL stream is at most 64
 RSIZ_PART15 = 0x4000  # Rsiz bit 14: the CAP segment says which Part 15 capabilities are used
 
 
-def supports(info: FrameInfo) -> str | None:
-    """``None`` when an HTJ2K lossless codestream can carry `info`, else why not (the JPEG 2000 rules)."""
-    reason = j2k.supports(info)
-    return reason.replace("JPEG 2000", "HTJ2K") if reason else None
+def supports(info: FrameInfo, uid: str = HTJ2K_LOSSLESS) -> str | None:
+    """``None`` when an HTJ2K lossless codestream can carry `info`, else why not (PS3.5 8.2.7 profiles)."""
+    return check_profile(uid, info)
 
 
 def levels_for(rows: int, columns: int, rpcl: bool = False) -> int:
@@ -306,6 +307,9 @@ class HTJ2KLosslessRPCLCodec(HTJ2KLosslessCodec):
     name: ClassVar[str] = "htj2k-rpcl"
     uid: ClassVar[str] = "1.2.840.10008.1.2.4.202"
     keyword: ClassVar[str] = "HTJ2KLosslessRPCL"
+
+    def supports(self, info: FrameInfo) -> str | None:
+        return supports(info, HTJ2K_LOSSLESS_RPCL)
 
     def encode_frame(self, frame: np.ndarray, info: FrameInfo) -> bytes:
         return encode(frame, info, rpcl=True)

@@ -67,19 +67,30 @@ _UVLC = tables.uvlc_table()
 _MEL_EXP = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 4, 5], dtype=np.int64)
 
 # Encoder state, one int64 array: MEL (pos, free bits, byte, run, k), VLC (pos, used bits, byte, >0x8F),
-# MagSgn (pos, max bits, used bits, byte).
+# (MagSgn state lives in local variables).
 _MEL_POS, _MEL_FREE, _MEL_TMP, _MEL_RUN, _MEL_K = 0, 1, 2, 3, 4
 _VLC_POS, _VLC_USED, _VLC_TMP, _VLC_HIGH = 5, 6, 7, 8
-_MS_POS, _MS_MAX, _MS_USED, _MS_TMP = 9, 10, 11, 12
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _bit_length(v: int) -> int:
     n = 0
-    while v:
+    if v >> 16:
+        v >>= 16
+        n += 16
+    if v >> 8:
+        v >>= 8
+        n += 8
+    if v >> 4:
+        v >>= 4
+        n += 4
+    if v >> 2:
+        v >>= 2
+        n += 2
+    if v >> 1:
         v >>= 1
         n += 1
-    return n
+    return n + v
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -136,19 +147,19 @@ def _vlc_put(st: np.ndarray, buf: np.ndarray, cwd: int, length: int) -> None:
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _ms_put(st: np.ndarray, buf: np.ndarray, cwd: int, length: int) -> None:
-    while length > 0:
-        t = min(st[_MS_MAX] - st[_MS_USED], length)
-        st[_MS_TMP] |= (cwd & ((1 << t) - 1)) << st[_MS_USED]
-        st[_MS_USED] += t
-        cwd >>= t
-        length -= t
-        if st[_MS_USED] >= st[_MS_MAX]:
-            buf[st[_MS_POS]] = st[_MS_TMP]
-            st[_MS_POS] += 1
-            st[_MS_MAX] = 7 if st[_MS_TMP] == 0xFF else 8
-            st[_MS_TMP] = 0
-            st[_MS_USED] = 0
+def _ms_put(buf: np.ndarray, pos: int, room: int, used: int, acc: int, cwd: int, length: int
+            ) -> tuple[int, int, int, int]:
+    """MagSgn bits, lowest first; a byte after 0xFF holds seven.  State: (pos, room of the byte, used, acc)."""
+    acc |= cwd << used
+    used += length
+    while used >= room:
+        byte = acc & ((1 << room) - 1)
+        buf[pos] = byte
+        pos += 1
+        acc >>= room
+        used -= room
+        room = 7 if byte == 0xFF else 8
+    return pos, room, used, acc
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -194,8 +205,9 @@ def _quad_encode(coef: np.ndarray, y: int, x: int, h: int, w: int, vals: np.ndar
 
 @njit(cache=True, nogil=True, inline="always")
 def _quad_emit(st: np.ndarray, ms: np.ndarray, vlc: np.ndarray, mel: np.ndarray, table: np.ndarray, cq: int,
-               rho: int, emax: int, kappa: int, vals: np.ndarray, exps: np.ndarray) -> int:
-    """The quad's codeword, MEL event and MagSgn bits; returns its u."""
+               rho: int, emax: int, kappa: int, vals: np.ndarray, exps: np.ndarray, ms_pos: int, ms_room: int,
+               ms_used: int, ms_acc: int) -> tuple[int, int, int, int, int]:
+    """The quad's codeword, MEL event and MagSgn bits; returns its u and the MagSgn state."""
     bound = max(emax, kappa)
     u = bound - kappa
     emb = 0
@@ -213,8 +225,9 @@ def _quad_emit(st: np.ndarray, ms: np.ndarray, vlc: np.ndarray, mel: np.ndarray,
     for n in range(4):
         if (rho >> n) & 1:
             m = bound - ((ek >> n) & 1)
-            _ms_put(st, ms, vals[n] & ((1 << m) - 1), m)
-    return u
+            ms_pos, ms_room, ms_used, ms_acc = _ms_put(ms, ms_pos, ms_room, ms_used, ms_acc,
+                                                       vals[n] & ((1 << m) - 1), m)
+    return u, ms_pos, ms_room, ms_used, ms_acc
 
 
 @njit(cache=True, nogil=True)
@@ -230,7 +243,7 @@ def _encode_block(coef: np.ndarray, ms: np.ndarray, mel: np.ndarray, vlc: np.nda
     st[_VLC_USED] = 4
     st[_VLC_TMP] = 0xF  # the low nibble of the last-but-one byte, also Scup's
     st[_VLC_HIGH] = 1
-    st[_MS_MAX] = 8
+    ms_pos, ms_room, ms_used, ms_acc = 0, 8, 0, 0
     any_significant = False
     # Exponents and significance of the bottom row of the previous row of quads, one column of padding each side.
     e_prev[:w + 3] = 0
@@ -263,7 +276,9 @@ def _encode_block(coef: np.ndarray, ms: np.ndarray, mel: np.ndarray, vlc: np.nda
                 kappa0 = 1
                 if rho0 & (rho0 - 1):
                     kappa0 = max(1, max(max(e_prev[x], e_prev[x + 1]), max(e_prev[x + 2], e_prev[x + 3])) - 1)
-            u0 = _quad_emit(st, ms, vlc, mel, enc0 if initial else enc1, cq0, rho0, emax0, kappa0, vals0, exps0)
+            u0, ms_pos, ms_room, ms_used, ms_acc = _quad_emit(
+                st, ms, vlc, mel, enc0 if initial else enc1, cq0, rho0, emax0, kappa0, vals0, exps0,
+                ms_pos, ms_room, ms_used, ms_acc)
             e_cur[x + 1] = exps0[1]
             e_cur[x + 2] = exps0[3]
             s_cur[x + 1] = (rho0 >> 1) & 1
@@ -280,8 +295,9 @@ def _encode_block(coef: np.ndarray, ms: np.ndarray, mel: np.ndarray, vlc: np.nda
                     if rho1 & (rho1 - 1):
                         kappa1 = max(1, max(max(e_prev[x + 2], e_prev[x + 3]),
                                             max(e_prev[x + 4], e_prev[x + 5])) - 1)
-                u1 = _quad_emit(st, ms, vlc, mel, enc0 if initial else enc1, cq1, rho1, emax1, kappa1, vals1,
-                                exps1)
+                u1, ms_pos, ms_room, ms_used, ms_acc = _quad_emit(
+                    st, ms, vlc, mel, enc0 if initial else enc1, cq1, rho1, emax1, kappa1, vals1, exps1,
+                    ms_pos, ms_room, ms_used, ms_acc)
                 e_cur[x + 3] = exps1[1]
                 e_cur[x + 4] = exps1[3]
                 s_cur[x + 3] = (rho1 >> 1) & 1
@@ -324,15 +340,14 @@ def _encode_block(coef: np.ndarray, ms: np.ndarray, mel: np.ndarray, vlc: np.nda
             vlc[st[_VLC_POS]] = vlc_tmp
             st[_VLC_POS] += 1
     # Terminate MagSgn: pad with ones; a last byte of all ones (or a dangling 0xFF) is left out.
-    if st[_MS_USED]:
-        t = st[_MS_MAX] - st[_MS_USED]
-        st[_MS_TMP] |= ((1 << t) - 1) << st[_MS_USED]
-        if st[_MS_TMP] != 0xFF:
-            ms[st[_MS_POS]] = st[_MS_TMP]
-            st[_MS_POS] += 1
-    elif st[_MS_MAX] == 7:
-        st[_MS_POS] -= 1
-    n_ms, n_mel, n_vlc = st[_MS_POS], st[_MEL_POS], st[_VLC_POS]
+    if ms_used:
+        last = ms_acc | (((1 << (ms_room - ms_used)) - 1) << ms_used)
+        if last != 0xFF:
+            ms[ms_pos] = last
+            ms_pos += 1
+    elif ms_room == 7:
+        ms_pos -= 1
+    n_ms, n_mel, n_vlc = ms_pos, st[_MEL_POS], st[_VLC_POS]
     scup = n_mel + n_vlc
     total = n_ms + scup
     if total > out.size or scup > MAX_SCUP:
@@ -378,36 +393,45 @@ def encode_blocks(coeffs: np.ndarray, blocks: np.ndarray, out: np.ndarray, offse
 
 # ----------------------------------------------------------------------------- decoder
 
-# Reader state, one int64 array: MagSgn (pos, end, acc, bits, last byte 0xFF), MEL (pos, end, acc, bits,
-# last 0xFF, k, run, one pending), VLC (pos, start, acc, bits, last above 0x8F).
-_RM_POS, _RM_END, _RM_ACC, _RM_BITS, _RM_FF = 0, 1, 2, 3, 4
-_RL_POS, _RL_END, _RL_BYTE, _RL_BITS, _RL_FF, _RL_K, _RL_RUN, _RL_ONE = 5, 6, 7, 8, 9, 10, 11, 12
-_RV_POS, _RV_START, _RV_ACC, _RV_BITS, _RV_HIGH = 13, 14, 15, 16, 17
+# MEL reader state, one int64 array (pos, end, byte, bits left, last 0xFF, k, run, one pending); the
+# MagSgn and VLC readers keep theirs in local variables.
+_RL_POS, _RL_END, _RL_BYTE, _RL_BITS, _RL_FF, _RL_K, _RL_RUN, _RL_ONE = 0, 1, 2, 3, 4, 5, 6, 7
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _ms_fill(rs: np.ndarray, data: np.ndarray) -> None:
-    while rs[_RM_BITS] <= 32:
-        pos = rs[_RM_POS]
-        d = data[pos] if pos < rs[_RM_END] else 0xFF
-        rs[_RM_POS] = pos + 1
-        if rs[_RM_FF]:
-            rs[_RM_ACC] |= (d & 0x7F) << rs[_RM_BITS]
-            rs[_RM_BITS] += 7
+def _ms_get(data: np.ndarray, end: int, pos: int, acc: int, bits: int, ff: int, m: int
+            ) -> tuple[int, int, int, int, int]:
+    """`m` MagSgn bits (lowest first; seven from a byte after 0xFF; 0xFF past the end): (value, state...)."""
+    if bits < m:
+        while bits <= 48:
+            d = data[pos] if pos < end else 0xFF
+            pos += 1
+            if ff:
+                acc |= (d & 0x7F) << bits
+                bits += 7
+            else:
+                acc |= d << bits
+                bits += 8
+            ff = 1 if d == 0xFF else 0
+    v = acc & ((1 << m) - 1)
+    return v, pos, acc >> m, bits - m, ff
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _vlc_fill(data: np.ndarray, start: int, pos: int, acc: int, bits: int, high: int
+              ) -> tuple[int, int, int, int]:
+    """At least 49 VLC bits in `acc`, read backward (zeros before the start)."""
+    while bits <= 48:
+        d = data[pos] if pos >= start else 0
+        pos -= 1
+        if high and (d & 0x7F) == 0x7F:
+            acc |= (d & 0x7F) << bits
+            bits += 7
         else:
-            rs[_RM_ACC] |= d << rs[_RM_BITS]
-            rs[_RM_BITS] += 8
-        rs[_RM_FF] = 1 if d == 0xFF else 0
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _ms_get(rs: np.ndarray, data: np.ndarray, m: int) -> int:
-    if rs[_RM_BITS] < m:
-        _ms_fill(rs, data)
-    v = rs[_RM_ACC] & ((1 << m) - 1)
-    rs[_RM_ACC] >>= m
-    rs[_RM_BITS] -= m
-    return v
+            acc |= d << bits
+            bits += 8
+        high = 1 if d > 0x8F else 0
+    return pos, acc, bits, high
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -447,85 +471,37 @@ def _mel_event(rs: np.ndarray, data: np.ndarray) -> int:
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _vlc_fill(rs: np.ndarray, data: np.ndarray) -> None:
-    while rs[_RV_BITS] <= 48:
-        pos = rs[_RV_POS]
-        d = data[pos] if pos >= rs[_RV_START] else 0
-        rs[_RV_POS] = pos - 1
-        if rs[_RV_HIGH] and (d & 0x7F) == 0x7F:
-            rs[_RV_ACC] |= (d & 0x7F) << rs[_RV_BITS]
-            rs[_RV_BITS] += 7
-        else:
-            rs[_RV_ACC] |= d << rs[_RV_BITS]
-            rs[_RV_BITS] += 8
-        rs[_RV_HIGH] = 1 if d > 0x8F else 0
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _vlc_peek(rs: np.ndarray, data: np.ndarray, n: int) -> int:
-    if rs[_RV_BITS] < n:
-        _vlc_fill(rs, data)
-    return rs[_RV_ACC] & ((1 << n) - 1)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _vlc_skip(rs: np.ndarray, n: int) -> None:
-    rs[_RV_ACC] >>= n
-    rs[_RV_BITS] -= n
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _vlc_bits(rs: np.ndarray, data: np.ndarray, n: int) -> int:
-    v = _vlc_peek(rs, data, n)
-    _vlc_skip(rs, n)
-    return v
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _uvlc_prefix(rs: np.ndarray, data: np.ndarray) -> int:
+def _uvlc_prefix(acc: int, bits: int) -> tuple[int, int, int]:
     """The U-VLC prefix: 1, 2, 3 (3 or 4, one suffix bit follows) or 5 (5.., five suffix bits follow)."""
-    if _vlc_bits(rs, data, 1):
-        return 1
-    if _vlc_bits(rs, data, 1):
-        return 2
-    if _vlc_bits(rs, data, 1):
-        return 3
-    return 5
+    if acc & 1:
+        return 1, acc >> 1, bits - 1
+    if acc & 2:
+        return 2, acc >> 2, bits - 2
+    if acc & 4:
+        return 3, acc >> 3, bits - 3
+    return 5, acc >> 3, bits - 3
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _uvlc_suffix(rs: np.ndarray, data: np.ndarray, prefix: int) -> int:
+def _uvlc_suffix(acc: int, bits: int, prefix: int) -> tuple[int, int, int]:
     if prefix == 3:
-        return 3 + _vlc_bits(rs, data, 1)
+        return 3 + (acc & 1), acc >> 1, bits - 1
     if prefix == 5:
-        return 5 + _vlc_bits(rs, data, 5)
-    return prefix
+        return 5 + (acc & 31), acc >> 5, bits - 5
+    return prefix, acc, bits
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _uvlc_extension(rs: np.ndarray, data: np.ndarray, u: int) -> int:
+def _uvlc_extension(acc: int, bits: int, u: int) -> tuple[int, int, int]:
     if u >= 33:  # a five-bit suffix of 28..31 is followed by four bits of extension
-        return u + (_vlc_bits(rs, data, 4) << 2)
-    return u
+        return u + ((acc & 15) << 2), acc >> 4, bits - 4
+    return u, acc, bits
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _quad_decode(rs: np.ndarray, data: np.ndarray, lut: np.ndarray, cq: int) -> int:
-    """The quad's codeword entry (0: insignificant quad of context 0; -1: no codeword)."""
-    if cq == 0:
-        if _mel_event(rs, data) == 0:
-            return 0
-    bits = _vlc_peek(rs, data, 7)
-    entry = lut[(cq << 7) | bits]
-    if entry == 0:
-        return -1
-    _vlc_skip(rs, entry & 0xF)
-    return entry
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _quad_samples(rs: np.ndarray, data: np.ndarray, entry: int, bound: int, p: int, coef: np.ndarray, y: int,
-                  x: int, h: int, w: int, exps: np.ndarray) -> None:
+def _quad_samples(data: np.ndarray, end: int, pos: int, acc: int, bits: int, ff: int, entry: int, bound: int,
+                  p: int, coef: np.ndarray, y: int, x: int, h: int, w: int, exps: np.ndarray
+                  ) -> tuple[int, int, int, int]:
     """Read the MagSgn bits of a quad, write its samples and the exponents of its four samples."""
     rho = (entry >> 4) & 0xF
     ek = (entry >> 9) & 0xF
@@ -533,9 +509,8 @@ def _quad_samples(rs: np.ndarray, data: np.ndarray, entry: int, bound: int, p: i
     for n in range(4):
         exps[n] = 0
         if (rho >> n) & 1:
-            known = (ek >> n) & 1
-            m = bound - known
-            v = _ms_get(rs, data, m)
+            m = bound - ((ek >> n) & 1)
+            v, pos, acc, bits, ff = _ms_get(data, end, pos, acc, bits, ff, m)
             v |= ((e1 & ek) >> n & 1) << m
             exps[n] = _bit_length(v | 1)
             yy = y + (n & 1)
@@ -545,6 +520,7 @@ def _quad_samples(rs: np.ndarray, data: np.ndarray, entry: int, bound: int, p: i
                 if p:
                     mu = ((2 * mu + 1) << (p - 1))
                 coef[yy, xx] = -mu if v & 1 else mu
+    return pos, acc, bits, ff
 
 
 @njit(cache=True, nogil=True)
@@ -559,18 +535,17 @@ def _decode_block(coef: np.ndarray, data: np.ndarray, start: int, length: int, p
     if scup < 2 or scup > length or scup > MAX_SCUP:
         return -1
     rs[:] = 0
-    rs[_RM_POS] = start
-    rs[_RM_END] = end - scup
     rs[_RL_POS] = end - scup
     rs[_RL_END] = end
+    ms_end = end - scup
+    ms_pos, ms_acc, ms_bits, ms_ff = start, 0, 0, 0
     # The VLC starts in the upper nibble of the last-but-one byte.
     d = data[end - 2] >> 4
-    rs[_RV_ACC] = d
-    rs[_RV_BITS] = 3 if (d & 7) == 7 else 4
-    rs[_RV_ACC] &= (1 << rs[_RV_BITS]) - 1
-    rs[_RV_HIGH] = 1 if (data[end - 2] | 0xF) > 0x8F else 0
-    rs[_RV_POS] = end - 3
-    rs[_RV_START] = end - scup
+    v_bits = 3 if (d & 7) == 7 else 4
+    v_acc = d & ((1 << v_bits) - 1)
+    v_high = 1 if (data[end - 2] | 0xF) > 0x8F else 0
+    v_pos = end - 3
+    v_start = end - scup
     e_prev[:w + 3] = 0
     s_prev[:w + 3] = 0
     exps0 = exps[0:4]
@@ -582,15 +557,21 @@ def _decode_block(coef: np.ndarray, data: np.ndarray, start: int, length: int, p
         s_cur[:w + 3] = 0
         rho_left = 0
         for x in range(0, w, 4):
+            # Enough VLC bits for both codewords and both U-VLC codes of the pair (at most 14 + 25).
+            v_pos, v_acc, v_bits, v_high = _vlc_fill(data, v_start, v_pos, v_acc, v_bits, v_high)
             has1 = x + 2 < w
             if initial:
                 cq0 = (rho_left >> 1) | (rho_left & 1)
             else:
                 cq0 = ((s_prev[x] | s_prev[x + 1]) | (((rho_left >> 2) | (rho_left >> 3)) & 1) << 1
                        | (s_prev[x + 2] | s_prev[x + 3]) << 2)
-            entry0 = _quad_decode(rs, data, lut, cq0)
-            if entry0 < 0:
-                return -2
+            entry0 = 0
+            if cq0 != 0 or _mel_event(rs, data):
+                entry0 = lut[(cq0 << 7) | (v_acc & 0x7F)]
+                if entry0 == 0:
+                    return -2
+                v_acc >>= entry0 & 0xF
+                v_bits -= entry0 & 0xF
             rho0 = (entry0 >> 4) & 0xF
             entry1 = 0
             rho1 = 0
@@ -600,9 +581,12 @@ def _decode_block(coef: np.ndarray, data: np.ndarray, start: int, length: int, p
                 else:
                     cq1 = ((s_prev[x + 2] | s_prev[x + 3]) | (((rho0 >> 2) | (rho0 >> 3)) & 1) << 1
                            | (s_prev[x + 4] | s_prev[x + 5]) << 2)
-                entry1 = _quad_decode(rs, data, lut, cq1)
-                if entry1 < 0:
-                    return -2
+                if cq1 != 0 or _mel_event(rs, data):
+                    entry1 = lut[(cq1 << 7) | (v_acc & 0x7F)]
+                    if entry1 == 0:
+                        return -2
+                    v_acc >>= entry1 & 0xF
+                    v_bits -= entry1 & 0xF
                 rho1 = (entry1 >> 4) & 0xF
             off0 = (entry0 >> 8) & 1
             off1 = (entry1 >> 8) & 1
@@ -610,34 +594,43 @@ def _decode_block(coef: np.ndarray, data: np.ndarray, start: int, length: int, p
             u1 = 0
             if initial and off0 and off1:
                 if _mel_event(rs, data):
-                    pre0 = _uvlc_prefix(rs, data)
-                    pre1 = _uvlc_prefix(rs, data)
-                    u0 = _uvlc_suffix(rs, data, pre0)
-                    u1 = _uvlc_suffix(rs, data, pre1)
-                    u0 = _uvlc_extension(rs, data, u0) + 2
-                    u1 = _uvlc_extension(rs, data, u1) + 2
+                    pre0, v_acc, v_bits = _uvlc_prefix(v_acc, v_bits)
+                    pre1, v_acc, v_bits = _uvlc_prefix(v_acc, v_bits)
+                    u0, v_acc, v_bits = _uvlc_suffix(v_acc, v_bits, pre0)
+                    u1, v_acc, v_bits = _uvlc_suffix(v_acc, v_bits, pre1)
+                    u0, v_acc, v_bits = _uvlc_extension(v_acc, v_bits, u0)
+                    u1, v_acc, v_bits = _uvlc_extension(v_acc, v_bits, u1)
+                    u0 += 2
+                    u1 += 2
                 else:
-                    pre0 = _uvlc_prefix(rs, data)
+                    pre0, v_acc, v_bits = _uvlc_prefix(v_acc, v_bits)
                     if pre0 > 2:
-                        u1 = 1 + _vlc_bits(rs, data, 1)
-                        u0 = _uvlc_extension(rs, data, _uvlc_suffix(rs, data, pre0))
+                        u1 = 1 + (v_acc & 1)
+                        v_acc >>= 1
+                        v_bits -= 1
+                        u0, v_acc, v_bits = _uvlc_suffix(v_acc, v_bits, pre0)
+                        u0, v_acc, v_bits = _uvlc_extension(v_acc, v_bits, u0)
                     else:
-                        pre1 = _uvlc_prefix(rs, data)
-                        u0 = _uvlc_suffix(rs, data, pre0)
-                        u1 = _uvlc_suffix(rs, data, pre1)
-                        u0 = _uvlc_extension(rs, data, u0)
-                        u1 = _uvlc_extension(rs, data, u1)
-            else:
-                pre0 = _uvlc_prefix(rs, data) if off0 else 0
-                pre1 = _uvlc_prefix(rs, data) if off1 else 0
+                        pre1, v_acc, v_bits = _uvlc_prefix(v_acc, v_bits)
+                        u0, v_acc, v_bits = _uvlc_suffix(v_acc, v_bits, pre0)
+                        u1, v_acc, v_bits = _uvlc_suffix(v_acc, v_bits, pre1)
+                        u0, v_acc, v_bits = _uvlc_extension(v_acc, v_bits, u0)
+                        u1, v_acc, v_bits = _uvlc_extension(v_acc, v_bits, u1)
+            elif off0 or off1:
+                pre0 = 0
+                pre1 = 0
                 if off0:
-                    u0 = _uvlc_suffix(rs, data, pre0)
+                    pre0, v_acc, v_bits = _uvlc_prefix(v_acc, v_bits)
                 if off1:
-                    u1 = _uvlc_suffix(rs, data, pre1)
+                    pre1, v_acc, v_bits = _uvlc_prefix(v_acc, v_bits)
                 if off0:
-                    u0 = _uvlc_extension(rs, data, u0)
+                    u0, v_acc, v_bits = _uvlc_suffix(v_acc, v_bits, pre0)
                 if off1:
-                    u1 = _uvlc_extension(rs, data, u1)
+                    u1, v_acc, v_bits = _uvlc_suffix(v_acc, v_bits, pre1)
+                if off0:
+                    u0, v_acc, v_bits = _uvlc_extension(v_acc, v_bits, u0)
+                if off1:
+                    u1, v_acc, v_bits = _uvlc_extension(v_acc, v_bits, u1)
             # Exponent bounds, then the samples.
             kappa0 = 1
             kappa1 = 1
@@ -651,13 +644,15 @@ def _decode_block(coef: np.ndarray, data: np.ndarray, start: int, length: int, p
             if bound0 + p > MAX_BOUND or bound1 + p > MAX_BOUND:
                 return -3
             if rho0:
-                _quad_samples(rs, data, entry0, bound0, p, coef, y, x, h, w, exps0)
+                ms_pos, ms_acc, ms_bits, ms_ff = _quad_samples(data, ms_end, ms_pos, ms_acc, ms_bits, ms_ff, entry0,
+                                                               bound0, p, coef, y, x, h, w, exps0)
                 e_cur[x + 1] = exps0[1]
                 e_cur[x + 2] = exps0[3]
                 s_cur[x + 1] = (rho0 >> 1) & 1
                 s_cur[x + 2] = (rho0 >> 3) & 1
             if rho1:
-                _quad_samples(rs, data, entry1, bound1, p, coef, y, x + 2, h, w, exps1)
+                ms_pos, ms_acc, ms_bits, ms_ff = _quad_samples(data, ms_end, ms_pos, ms_acc, ms_bits, ms_ff, entry1,
+                                                               bound1, p, coef, y, x + 2, h, w, exps1)
                 e_cur[x + 3] = exps1[1]
                 e_cur[x + 4] = exps1[3]
                 s_cur[x + 3] = (rho1 >> 1) & 1

@@ -382,3 +382,22 @@ print("ok")
                          timeout=600)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def test_configuration_accepts_both_htj2k_syntaxes(tmp_path: Path) -> None:
+    import copy
+
+    from gateway.config import parse_config
+    from tests.test_config import GOOD
+
+    data = copy.deepcopy(GOOD)
+    data["compression"]["transfer_syntax"] = "HTJ2KLosslessRPCL"
+    data["compression"]["modality"] = {"CR": "htj2k"}
+    data["destinations"][0]["transfer_syntaxes"] = ["HTJ2KLossless", "1.2.840.10008.1.2.4.202"]
+    config = parse_config(data, tmp_path)
+    assert config.compression.transfer_syntax == "1.2.840.10008.1.2.4.202"
+    assert config.compression.target_for("CR") == "1.2.840.10008.1.2.4.201"
+    assert config.destinations[0].transfer_syntaxes == ("1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202")

@@ -174,15 +174,15 @@ def test_compress_accepts_a_codec_registered_later(tmp_path: Path, monkeypatch, 
     from gateway.cli import UsageError, resolve_target
     from gateway.codecs.rle import RLECodec
 
-    class FakeHTJ2K(RLECodec):  # a stand-in: only its registration matters here
-        name, uid, keyword = "htj2k-test", "1.2.840.10008.1.2.4.201", "HTJ2KLossless"
+    class FakeNearLossless(RLECodec):  # a stand-in: only its registration matters here
+        name, uid, keyword = "jpegls-near-test", "1.2.840.10008.1.2.4.81", "JPEGLSNearLossless"
 
     with pytest.raises(UsageError):
-        resolve_target("HTJ2KLossless")
+        resolve_target("JPEGLSNearLossless")
     registry.all_codecs()  # built-ins loaded first, so that the fake one is removed again below
-    monkeypatch.setitem(registry._REGISTRY, FakeHTJ2K.uid, FakeHTJ2K())
-    assert resolve_target("HTJ2KLossless") == "1.2.840.10008.1.2.4.201"
-    assert resolve_target("htj2k-test") == "1.2.840.10008.1.2.4.201"
+    monkeypatch.setitem(registry._REGISTRY, FakeNearLossless.uid, FakeNearLossless())
+    assert resolve_target("JPEGLSNearLossless") == "1.2.840.10008.1.2.4.81"
+    assert resolve_target("jpegls-near-test") == "1.2.840.10008.1.2.4.81"
 
 
 def test_compress_rejects_unknown_syntax(tmp_path: Path, capsys) -> None:

@@ -43,6 +43,8 @@ EXPECTED = {
     "jpeg-ls":           "-Y----YY-Y--Y",
     "gwl":               "YY-Y-YYYYYYYY",
     "jpeg2000":          "-Y----YYYY-YY",  # PS3.5 8.2.4: YBR_RCT too; T.800 precision here 2..16
+    "htj2k":             "-Y----YYYY-YY",  # PS3.5 8.2.7: the JPEG 2000 profiles
+    "htj2k-rpcl":        "-Y----YYYY-YY",
 }
 
 

@@ -22,6 +22,7 @@ _BUILTIN_MODULES = (
     "gateway.codecs.jpeg_lossless",
     "gateway.codecs.jpegls",
     "gateway.codecs.jpeg2000",
+    "gateway.codecs.htj2k",
     "gateway.codecs.private",
 )
 

@@ -13,7 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.codecs.base import FrameInfo
-from gateway.dicom.uids import JPEG_LOSSLESS, JPEG_LOSSLESS_SV1, JPEG_LS_LOSSLESS, RLE_LOSSLESS, lookup
+from gateway.dicom.uids import (
+    HTJ2K_LOSSLESS,
+    HTJ2K_LOSSLESS_RPCL,
+    JPEG_LOSSLESS,
+    JPEG_LOSSLESS_SV1,
+    JPEG_LS_LOSSLESS,
+    RLE_LOSSLESS,
+    lookup,
+)
 
 __all__ = ["Profile", "ENCODING_PROFILES", "check_profile"]
 
@@ -34,6 +42,15 @@ _JPEG = {  # PS3.5 8.2.1 (Table 8.2.1-2); T.81 H.1.1 gives lossless JPEG a preci
     "YBR_FULL": Profile(3, (0,), (8, 16), (2, 16)),
 }
 
+_JPEG2000_LOSSLESS = {  # PS3.5 8.2.4 (Table 8.2.4-1), reversible; precision here 2..16 bits (T.800 allows 1..38)
+    "MONOCHROME1": Profile(1, (0, 1), (8, 16), (2, 16)),
+    "MONOCHROME2": Profile(1, (0, 1), (8, 16), (2, 16)),
+    "PALETTE COLOR": Profile(1, (0,), (8, 16), (2, 16)),
+    "RGB": Profile(3, (0,), (8, 16), (2, 16)),  # coded with the reversible colour transform
+    "YBR_RCT": Profile(3, (0,), (8, 16), (2, 16)),
+    "YBR_FULL": Profile(3, (0,), (8, 16), (2, 16)),  # coded without a colour transform
+}
+
 ENCODING_PROFILES: dict[str, dict[str, Profile]] = {
     RLE_LOSSLESS: {  # PS3.5 8.2.2; 32-bit samples fit Annex G's 15 segments for one and three samples
         "MONOCHROME1": Profile(1, (0, 1), (8, 16, 32), (1, 32)),
@@ -44,6 +61,8 @@ ENCODING_PROFILES: dict[str, dict[str, Profile]] = {
     },
     JPEG_LOSSLESS: _JPEG,
     JPEG_LOSSLESS_SV1: _JPEG,
+    HTJ2K_LOSSLESS: _JPEG2000_LOSSLESS,  # PS3.5 8.2.7: the JPEG 2000 profiles
+    HTJ2K_LOSSLESS_RPCL: _JPEG2000_LOSSLESS,
     JPEG_LS_LOSSLESS: {  # PS3.5 8.2.3 (Table 8.2.3-1); T.87 precision 2..16 bits
         "MONOCHROME1": Profile(1, (0, 1), (8, 16), (2, 16)),
         "MONOCHROME2": Profile(1, (0, 1), (8, 16), (2, 16)),

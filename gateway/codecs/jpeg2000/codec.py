@@ -231,6 +231,9 @@ def encode(frame: np.ndarray, info: FrameInfo, *, levels: int | None = None,
 
 def _check_tile(coding: cs.TileCoding, tile: int, components: int) -> None:
     for c, (style, quant) in enumerate(zip(coding.styles, coding.quantizations)):
+        if style.block_style & cs.HT_BLOCKS:
+            raise UnsupportedCodestreamError(
+                f"JPEG 2000: tile {tile} component {c} uses HT code-blocks (HTJ2K, ITU-T T.814)")
         if not style.reversible:
             raise UnsupportedCodestreamError(
                 f"JPEG 2000: tile {tile} component {c} uses the irreversible 9/7 wavelet (lossy); "

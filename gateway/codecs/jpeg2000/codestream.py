@@ -23,6 +23,8 @@ SOC, CAP, SIZ, COD, COC, TLM, CPF, PLM, PLT = 0xFF4F, 0xFF50, 0xFF51, 0xFF52, 0x
 QCD, QCC, RGN, POC, PPM, PPT, CRG, COM = 0xFF5C, 0xFF5D, 0xFF5E, 0xFF5F, 0xFF60, 0xFF61, 0xFF63, 0xFF64
 SOT, SOP, EPH, SOD, EOC = 0xFF90, 0xFF91, 0xFF92, 0xFF93, 0xFFD9
 
+HT_BLOCKS = 0x40  # code-block style bit: every code-block is HT coded (T.814 Table A.2)
+
 # Progression orders (T.800 Table A.16).
 LRCP, RLCP, RPCL, PCRL, CPRL = range(5)
 PROGRESSION_NAMES = ("LRCP", "RLCP", "RPCL", "PCRL", "CPRL")
@@ -235,8 +237,8 @@ def _parse_style(r: _Reader, precincts_defined: bool) -> CodingStyle:
         raise _corrupt(f"{r.name} code-block size 2**{xcb} x 2**{ycb} exceeds T.800's limits")
     if transform not in (0, 1):
         raise _unsupported(f"{r.name} names wavelet transform {transform} (Part 2)")
-    if block_style & 0xC0:
-        raise _unsupported(f"{r.name} code-block style 0x{block_style:02X} (high-throughput or Part 2 block coding)")
+    if block_style & 0x80:
+        raise _unsupported(f"{r.name} code-block style 0x{block_style:02X} (mixed HT and Part 1 block coding)")
     if precincts_defined:
         precincts = []
         for res in range(levels + 1):
@@ -523,6 +525,25 @@ def write_qcd(quant: Quantization) -> bytes:
         raise ValueError("only the reversible path (no quantisation) is written")
     body = bytes([quant.guard << 5]) + bytes(e << 3 for e in quant.exponents)
     return _segment(QCD, body)
+
+
+def write_cap_ht(reversible: bool, magnitude_bits: int) -> bytes:
+    """A CAP segment declaring Part 15 (Pcap bit 15) with its Ccap15 word (T.814 A.3).
+
+    Ccap15: HT code-blocks only, a single HT set per block, no ROI,
+    homogeneous, bit 5 set for the irreversible path, and the low five bits
+    the code of B, the most magnitude bit-planes of any sub-band.
+    """
+    if magnitude_bits <= 8:
+        code = 0
+    elif magnitude_bits < 28:
+        code = magnitude_bits - 8
+    elif magnitude_bits < 48:
+        code = 13 + (magnitude_bits >> 2)
+    else:
+        code = 31
+    ccap15 = (0 if reversible else 0x20) | code
+    return _segment(CAP, struct.pack(">IH", 1 << (32 - 15), ccap15))
 
 
 def write_tlm(lengths: list[int]) -> bytes:

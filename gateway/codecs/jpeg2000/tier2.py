@@ -18,7 +18,7 @@ import numpy as np
 
 from gateway.codecs.jpeg2000 import codestream as cs
 from gateway.codecs.jpeg2000 import dwt
-from gateway.errors import CorruptCodestreamError
+from gateway.errors import CorruptCodestreamError, UnsupportedCodestreamError
 
 MAX_PASSES = 3 * 32 - 2  # T.800 Table B.4 codes up to 164; more than the planes we accept is corrupt
 _LBLOCK_LIMIT = 32
@@ -479,6 +479,10 @@ def read_packets(data: bytes, order: list[tuple[int, int, int, int]], components
                         block.zero_planes = band.zero_planes.leaf(x, y)
                         block.included = True
                     passes = _read_passes(src)
+                    if style & cs.HT_BLOCKS and block.passes + passes > 1:
+                        raise UnsupportedCodestreamError(
+                            "HTJ2K: a code-block with HT SigProp / MagRef or placeholder passes "
+                            "(only the HT cleanup pass is decoded)")
                     while src.bit():
                         block.lblock += 1
                         if block.lblock > _LBLOCK_LIMIT:

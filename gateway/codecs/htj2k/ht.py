@@ -1,0 +1,688 @@
+"""The HT block coder (ITU-T T.814): the cleanup pass, encoder and decoder, as numba kernels.
+
+A code-block is coded in one HT cleanup segment, quads of 2 x 2 samples
+scanned in pairs along rows of quads.  Three byte streams share the segment::
+
+    [ MagSgn -> ][ MEL -> ... <- VLC ][ Scup: 12 bits in the last two bytes ]
+
+* **MagSgn** (forward, bits lowest first, a 0 bit stuffed after each 0xFF):
+  for every significant sample, the low ``m`` bits of ``v = 2 (mu - 1) + sign``.
+* **MEL** (forward, bits highest first, stuffed after 0xFF): an adaptive
+  run-length code (13 states, exponents ``0 0 0 1 1 1 2 2 2 3 3 4 5``) of
+  the significance of quads whose context is 0 and, in the first row of
+  quads, whether both quads of a pair have exponent offsets above 2.
+* **VLC** (backward from the end, bits lowest first; after a byte above 0x8F
+  a byte whose low seven bits are all ones carries only those seven): the
+  CxtVLC codeword of each quad (its significance pattern ``rho``, whether
+  ``u > 0`` and which samples reach the exponent bound) and the U-VLC codes
+  of ``u`` (see :mod:`.tables`).
+
+``Scup`` (the MEL and VLC bytes together, 2..4079) is in the low nibble of
+the last-but-one byte and the whole last byte.  The exponent of a sample is
+``E = bit length of (2 mu - 1)``; a quad's bound is ``U = u + kappa`` with
+``kappa = 1`` in the first row and, elsewhere, ``max(1, max E above - 1)``
+when two or more of its samples are significant.  A sample whose bit of
+``e_k`` is set in the codeword sends ``U - 1`` bits, its top bit ``e_1``
+implied; the others send ``U``.
+
+Entry points, batch over the code-blocks of a frame like :mod:`..jpeg2000.t1`:
+
+``encode_blocks(coeffs, blocks, out, offsets, results)``
+    rows ``comp, y0, x0, h, w, orientation``; one cleanup pass per block,
+    ``results[i] = (length, passes, bit-planes)`` with passes 0 (an all-zero
+    block) or 1 and bit-planes 1 (the cleanup pass codes down to plane 0).
+    Returns 0, or -1-i if block i did not fit its room.
+
+``decode_blocks(coeffs, blocks, segments, data)``
+    rows ``comp, y0, x0, h, w, orientation, bit-planes, style, first
+    segment, segment count``; returns 0 or the negative code of the first
+    error (``ERRORS``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from gateway.codecs.htj2k import tables
+
+BLOCK_FIELDS_ENCODE = 6
+BLOCK_FIELDS_DECODE = 10
+MAX_SCUP = 4079
+MAX_BOUND = 30  # the largest exponent bound U decoded into 32-bit coefficients
+
+ERRORS = {
+    -1: "a cleanup segment is shorter than its Scup interface or Scup is outside 2..4079",
+    -2: "a VLC bit pattern that no codeword of its context starts with",
+    -3: "a quad's exponent bound exceeds 30 bit-planes",
+    -4: "a code-block has more than one codeword segment or pass (SigProp / MagRef are not decoded)",
+    -5: "a code-block is larger than 4096 samples or 1024 on a side",
+}
+
+_ENC0 = tables.encode_table(True)
+_ENC1 = tables.encode_table(False)
+_DEC0 = tables.decode_table(True)
+_DEC1 = tables.decode_table(False)
+_UVLC = tables.uvlc_table()
+_MEL_EXP = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 4, 5], dtype=np.int64)
+
+# Encoder state, one int64 array: MEL (pos, free bits, byte, run, k), VLC (pos, used bits, byte, >0x8F),
+# (MagSgn state lives in local variables).
+_MEL_POS, _MEL_FREE, _MEL_TMP, _MEL_RUN, _MEL_K = 0, 1, 2, 3, 4
+_VLC_POS, _VLC_USED, _VLC_TMP, _VLC_HIGH = 5, 6, 7, 8
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _bit_length(v: int) -> int:
+    n = 0
+    if v >> 16:
+        v >>= 16
+        n += 16
+    if v >> 8:
+        v >>= 8
+        n += 8
+    if v >> 4:
+        v >>= 4
+        n += 4
+    if v >> 2:
+        v >>= 2
+        n += 2
+    if v >> 1:
+        v >>= 1
+        n += 1
+    return n + v
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _mel_bit(st: np.ndarray, buf: np.ndarray, bit: int) -> None:
+    st[_MEL_TMP] = (st[_MEL_TMP] << 1) | bit
+    st[_MEL_FREE] -= 1
+    if st[_MEL_FREE] == 0:
+        buf[st[_MEL_POS]] = st[_MEL_TMP]
+        st[_MEL_POS] += 1
+        st[_MEL_FREE] = 7 if st[_MEL_TMP] == 0xFF else 8
+        st[_MEL_TMP] = 0
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _mel_encode(st: np.ndarray, buf: np.ndarray, event: bool) -> None:
+    k = st[_MEL_K]
+    if not event:
+        st[_MEL_RUN] += 1
+        if st[_MEL_RUN] >= (1 << _MEL_EXP[k]):
+            _mel_bit(st, buf, 1)
+            st[_MEL_RUN] = 0
+            st[_MEL_K] = min(12, k + 1)
+    else:
+        _mel_bit(st, buf, 0)
+        t = _MEL_EXP[k]
+        run = st[_MEL_RUN]
+        while t > 0:
+            t -= 1
+            _mel_bit(st, buf, (run >> t) & 1)
+        st[_MEL_RUN] = 0
+        st[_MEL_K] = max(0, k - 1)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _vlc_put(st: np.ndarray, buf: np.ndarray, cwd: int, length: int) -> None:
+    """VLC bits, lowest first, into bytes that run backward from the segment's end (stored forward here)."""
+    while length > 0:
+        avail = 8 - st[_VLC_HIGH] - st[_VLC_USED]
+        t = min(avail, length)
+        st[_VLC_TMP] |= (cwd & ((1 << t) - 1)) << st[_VLC_USED]
+        st[_VLC_USED] += t
+        avail -= t
+        length -= t
+        cwd >>= t
+        if avail == 0:
+            if st[_VLC_HIGH] and st[_VLC_TMP] != 0x7F:
+                st[_VLC_HIGH] = 0  # seven bits that are not all ones: the byte's top bit is free
+                continue
+            buf[st[_VLC_POS]] = st[_VLC_TMP]
+            st[_VLC_POS] += 1
+            st[_VLC_HIGH] = 1 if st[_VLC_TMP] > 0x8F else 0
+            st[_VLC_TMP] = 0
+            st[_VLC_USED] = 0
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _ms_put(buf: np.ndarray, pos: int, room: int, used: int, acc: int, cwd: int, length: int
+            ) -> tuple[int, int, int, int]:
+    """MagSgn bits, lowest first; a byte after 0xFF holds seven.  State: (pos, room of the byte, used, acc)."""
+    acc |= cwd << used
+    used += length
+    while used >= room:
+        byte = acc & ((1 << room) - 1)
+        buf[pos] = byte
+        pos += 1
+        acc >>= room
+        used -= room
+        room = 7 if byte == 0xFF else 8
+    return pos, room, used, acc
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _uvlc_put(st: np.ndarray, vlc: np.ndarray, uvlc: np.ndarray, u0: int, u1: int, first: int, second: int,
+              single_bit: bool) -> None:
+    """Prefixes, suffixes and extensions of two quads' u (indices into the U-VLC table)."""
+    _vlc_put(st, vlc, uvlc[first, 0], uvlc[first, 1])
+    if single_bit:
+        _vlc_put(st, vlc, u1 - 1, 1)
+    else:
+        _vlc_put(st, vlc, uvlc[second, 0], uvlc[second, 1])
+    _vlc_put(st, vlc, uvlc[first, 2], uvlc[first, 3])
+    if not single_bit:
+        _vlc_put(st, vlc, uvlc[second, 2], uvlc[second, 3])
+    _vlc_put(st, vlc, uvlc[first, 4], uvlc[first, 5])
+    if not single_bit:
+        _vlc_put(st, vlc, uvlc[second, 4], uvlc[second, 5])
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _quad_encode(coef: np.ndarray, y: int, x: int, h: int, w: int, vals: np.ndarray, exps: np.ndarray
+                 ) -> tuple[int, int]:
+    """Significance pattern and largest exponent of the quad at (y, x); v and E per sample into the arrays."""
+    rho = 0
+    emax = 0
+    for n in range(4):
+        yy = y + (n & 1)
+        xx = x + (n >> 1)
+        vals[n] = 0
+        exps[n] = 0
+        if yy < h and xx < w:
+            c = coef[yy, xx]
+            mag = -c if c < 0 else c
+            if mag:
+                rho |= 1 << n
+                e = _bit_length(2 * mag - 1)
+                exps[n] = e
+                vals[n] = 2 * (mag - 1) + (1 if c < 0 else 0)
+                if e > emax:
+                    emax = e
+    return rho, emax
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _quad_emit(st: np.ndarray, ms: np.ndarray, vlc: np.ndarray, mel: np.ndarray, table: np.ndarray, cq: int,
+               rho: int, emax: int, kappa: int, vals: np.ndarray, exps: np.ndarray, ms_pos: int, ms_room: int,
+               ms_used: int, ms_acc: int) -> tuple[int, int, int, int, int]:
+    """The quad's codeword, MEL event and MagSgn bits; returns its u and the MagSgn state."""
+    bound = max(emax, kappa)
+    u = bound - kappa
+    emb = 0
+    if u > 0:
+        for n in range(4):
+            if exps[n] == emax and (rho >> n) & 1:
+                emb |= 1 << n
+    code = table[(cq << 8) | (rho << 4) | emb]
+    length = (code >> 8) & 0xF
+    if length:
+        _vlc_put(st, vlc, code & 0xFF, length)
+    if cq == 0:
+        _mel_encode(st, mel, rho != 0)
+    ek = code >> 12
+    for n in range(4):
+        if (rho >> n) & 1:
+            m = bound - ((ek >> n) & 1)
+            ms_pos, ms_room, ms_used, ms_acc = _ms_put(ms, ms_pos, ms_room, ms_used, ms_acc,
+                                                       vals[n] & ((1 << m) - 1), m)
+    return u, ms_pos, ms_room, ms_used, ms_acc
+
+
+@njit(cache=True, nogil=True)
+def _encode_block(coef: np.ndarray, ms: np.ndarray, mel: np.ndarray, vlc: np.ndarray, st: np.ndarray,
+                  e_prev: np.ndarray, s_prev: np.ndarray, e_cur: np.ndarray, s_cur: np.ndarray,
+                  vals: np.ndarray, exps: np.ndarray, enc0: np.ndarray, enc1: np.ndarray, uvlc: np.ndarray,
+                  out: np.ndarray) -> int:
+    """Code one block's cleanup pass into `out`; its length, 0 for an all-zero block, -1 if `out` is too small."""
+    h, w = coef.shape
+    st[:] = 0
+    st[_MEL_FREE] = 8
+    st[_VLC_POS] = 1  # vlc[0] is the last byte of the segment, which holds Scup
+    st[_VLC_USED] = 4
+    st[_VLC_TMP] = 0xF  # the low nibble of the last-but-one byte, also Scup's
+    st[_VLC_HIGH] = 1
+    ms_pos, ms_room, ms_used, ms_acc = 0, 8, 0, 0
+    any_significant = False
+    # Exponents and significance of the bottom row of the previous row of quads, one column of padding each side.
+    e_prev[:w + 3] = 0
+    s_prev[:w + 3] = 0
+    vals0 = vals[0:4]
+    vals1 = vals[4:8]
+    exps0 = exps[0:4]
+    exps1 = exps[4:8]
+    for y in range(0, h, 2):
+        initial = y == 0
+        e_cur[:w + 3] = 0
+        s_cur[:w + 3] = 0
+        rho_left = 0
+        for x in range(0, w, 4):
+            rho0, emax0 = _quad_encode(coef, y, x, h, w, vals0, exps0)
+            has1 = x + 2 < w
+            rho1 = 0
+            emax1 = 0
+            if has1:
+                rho1, emax1 = _quad_encode(coef, y, x + 2, h, w, vals1, exps1)
+            if rho0 or rho1:
+                any_significant = True
+            # Quad 0.
+            if initial:
+                cq0 = (rho_left >> 1) | (rho_left & 1)
+                kappa0 = 1
+            else:
+                cq0 = ((s_prev[x] | s_prev[x + 1]) | (((rho_left >> 2) | (rho_left >> 3)) & 1) << 1
+                       | (s_prev[x + 2] | s_prev[x + 3]) << 2)
+                kappa0 = 1
+                if rho0 & (rho0 - 1):
+                    kappa0 = max(1, max(max(e_prev[x], e_prev[x + 1]), max(e_prev[x + 2], e_prev[x + 3])) - 1)
+            u0, ms_pos, ms_room, ms_used, ms_acc = _quad_emit(
+                st, ms, vlc, mel, enc0 if initial else enc1, cq0, rho0, emax0, kappa0, vals0, exps0,
+                ms_pos, ms_room, ms_used, ms_acc)
+            e_cur[x + 1] = exps0[1]
+            e_cur[x + 2] = exps0[3]
+            s_cur[x + 1] = (rho0 >> 1) & 1
+            s_cur[x + 2] = (rho0 >> 3) & 1
+            u1 = 0
+            if has1:
+                if initial:
+                    cq1 = (rho0 >> 1) | (rho0 & 1)
+                    kappa1 = 1
+                else:
+                    cq1 = ((s_prev[x + 2] | s_prev[x + 3]) | (((rho0 >> 2) | (rho0 >> 3)) & 1) << 1
+                           | (s_prev[x + 4] | s_prev[x + 5]) << 2)
+                    kappa1 = 1
+                    if rho1 & (rho1 - 1):
+                        kappa1 = max(1, max(max(e_prev[x + 2], e_prev[x + 3]),
+                                            max(e_prev[x + 4], e_prev[x + 5])) - 1)
+                u1, ms_pos, ms_room, ms_used, ms_acc = _quad_emit(
+                    st, ms, vlc, mel, enc0 if initial else enc1, cq1, rho1, emax1, kappa1, vals1, exps1,
+                    ms_pos, ms_room, ms_used, ms_acc)
+                e_cur[x + 3] = exps1[1]
+                e_cur[x + 4] = exps1[3]
+                s_cur[x + 3] = (rho1 >> 1) & 1
+                s_cur[x + 4] = (rho1 >> 3) & 1
+                rho_left = rho1
+            else:
+                rho_left = rho0
+            if initial and u0 > 0 and u1 > 0:
+                both = min(u0, u1) > 2
+                _mel_encode(st, mel, both)
+                if both:
+                    _uvlc_put(st, vlc, uvlc, u0, u1, u0 - 2, u1 - 2, False)
+                elif u0 > 2:
+                    _uvlc_put(st, vlc, uvlc, u0, u1, u0, u1, True)
+                else:
+                    _uvlc_put(st, vlc, uvlc, u0, u1, u0, u1, False)
+            else:
+                _uvlc_put(st, vlc, uvlc, u0, u1, u0, u1, False)
+        e_prev, e_cur = e_cur, e_prev
+        s_prev, s_cur = s_cur, s_prev
+    if not any_significant:
+        return 0
+    # Terminate MEL and VLC, fusing their last bytes where their bits agree.
+    if st[_MEL_RUN] > 0:
+        _mel_bit(st, mel, 1)
+    free = st[_MEL_FREE]
+    mel_tmp = (st[_MEL_TMP] << free) & 0xFF
+    mel_mask = (0xFF << free) & 0xFF
+    vlc_mask = 0xFF >> (8 - st[_VLC_USED])
+    if mel_mask | vlc_mask:
+        vlc_tmp = st[_VLC_TMP]
+        fuse = mel_tmp | vlc_tmp
+        if ((fuse ^ mel_tmp) & mel_mask) == 0 and ((fuse ^ vlc_tmp) & vlc_mask) == 0 and fuse != 0xFF \
+                and st[_VLC_POS] > 1:
+            mel[st[_MEL_POS]] = fuse
+            st[_MEL_POS] += 1
+        else:
+            mel[st[_MEL_POS]] = mel_tmp
+            st[_MEL_POS] += 1
+            vlc[st[_VLC_POS]] = vlc_tmp
+            st[_VLC_POS] += 1
+    # Terminate MagSgn: pad with ones; a last byte of all ones (or a dangling 0xFF) is left out.
+    if ms_used:
+        last = ms_acc | (((1 << (ms_room - ms_used)) - 1) << ms_used)
+        if last != 0xFF:
+            ms[ms_pos] = last
+            ms_pos += 1
+    elif ms_room == 7:
+        ms_pos -= 1
+    n_ms, n_mel, n_vlc = ms_pos, st[_MEL_POS], st[_VLC_POS]
+    scup = n_mel + n_vlc
+    total = n_ms + scup
+    if total > out.size or scup > MAX_SCUP:
+        return -1
+    out[:n_ms] = ms[:n_ms]
+    out[n_ms:n_ms + n_mel] = mel[:n_mel]
+    for i in range(n_vlc):
+        out[total - 1 - i] = vlc[i]
+    out[total - 1] = scup >> 4
+    out[total - 2] = (out[total - 2] & 0xF0) | (scup & 0xF)
+    return total
+
+
+@njit(cache=True, nogil=True)
+def encode_blocks(coeffs: np.ndarray, blocks: np.ndarray, out: np.ndarray, offsets: np.ndarray,
+                  results: np.ndarray) -> int:
+    """Code every listed code-block (see the module docstring); 0, or -1-i if block i overflowed."""
+    most = 4
+    for k in range(blocks.shape[0]):
+        most = max(most, blocks[k, 3] * blocks[k, 4], blocks[k, 4] + 8)
+    ms = np.empty(most * 5 + 16, dtype=np.uint8)
+    mel = np.empty(most + 16, dtype=np.uint8)
+    vlc = np.empty(most * 4 + 16, dtype=np.uint8)
+    st = np.zeros(16, dtype=np.int64)
+    e_prev = np.zeros(most + 8, dtype=np.int64)
+    s_prev = np.zeros(most + 8, dtype=np.int64)
+    e_cur = np.zeros(most + 8, dtype=np.int64)
+    s_cur = np.zeros(most + 8, dtype=np.int64)
+    vals = np.zeros(8, dtype=np.int64)
+    exps = np.zeros(8, dtype=np.int64)
+    for k in range(blocks.shape[0]):
+        comp, y0, x0, h, w = blocks[k, 0], blocks[k, 1], blocks[k, 2], blocks[k, 3], blocks[k, 4]
+        window = out[offsets[k]:offsets[k + 1]]
+        length = _encode_block(coeffs[comp, y0:y0 + h, x0:x0 + w], ms, mel, vlc, st, e_prev, s_prev, e_cur,
+                               s_cur, vals, exps, _ENC0, _ENC1, _UVLC, window)
+        if length < 0:
+            return -1 - k
+        results[k, 0] = length
+        results[k, 1] = 1 if length else 0
+        results[k, 2] = 1
+    return 0
+
+
+# ----------------------------------------------------------------------------- decoder
+
+# MEL reader state, one int64 array (pos, end, byte, bits left, last 0xFF, k, run, one pending); the
+# MagSgn and VLC readers keep theirs in local variables.
+_RL_POS, _RL_END, _RL_BYTE, _RL_BITS, _RL_FF, _RL_K, _RL_RUN, _RL_ONE = 0, 1, 2, 3, 4, 5, 6, 7
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _ms_get(data: np.ndarray, end: int, pos: int, acc: int, bits: int, ff: int, m: int
+            ) -> tuple[int, int, int, int, int]:
+    """`m` MagSgn bits (lowest first; seven from a byte after 0xFF; 0xFF past the end): (value, state...)."""
+    if bits < m:
+        while bits <= 48:
+            d = data[pos] if pos < end else 0xFF
+            pos += 1
+            if ff:
+                acc |= (d & 0x7F) << bits
+                bits += 7
+            else:
+                acc |= d << bits
+                bits += 8
+            ff = 1 if d == 0xFF else 0
+    v = acc & ((1 << m) - 1)
+    return v, pos, acc >> m, bits - m, ff
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _vlc_fill(data: np.ndarray, start: int, pos: int, acc: int, bits: int, high: int
+              ) -> tuple[int, int, int, int]:
+    """At least 49 VLC bits in `acc`, read backward (zeros before the start)."""
+    while bits <= 48:
+        d = data[pos] if pos >= start else 0
+        pos -= 1
+        if high and (d & 0x7F) == 0x7F:
+            acc |= (d & 0x7F) << bits
+            bits += 7
+        else:
+            acc |= d << bits
+            bits += 8
+        high = 1 if d > 0x8F else 0
+    return pos, acc, bits, high
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _mel_read_bit(rs: np.ndarray, data: np.ndarray) -> int:
+    if rs[_RL_BITS] == 0:
+        pos = rs[_RL_POS]
+        d = data[pos] if pos < rs[_RL_END] else 0xFF
+        rs[_RL_POS] = pos + 1
+        rs[_RL_BITS] = 7 if rs[_RL_FF] else 8
+        rs[_RL_BYTE] = d
+        rs[_RL_FF] = 1 if d == 0xFF else 0
+    rs[_RL_BITS] -= 1
+    return (rs[_RL_BYTE] >> rs[_RL_BITS]) & 1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _mel_event(rs: np.ndarray, data: np.ndarray) -> int:
+    while True:
+        if rs[_RL_RUN] > 0:
+            rs[_RL_RUN] -= 1
+            return 0
+        if rs[_RL_ONE]:
+            rs[_RL_ONE] = 0
+            return 1
+        k = rs[_RL_K]
+        e = _MEL_EXP[k]
+        if _mel_read_bit(rs, data):
+            rs[_RL_RUN] = 1 << e
+            rs[_RL_K] = min(12, k + 1)
+        else:
+            r = 0
+            for _ in range(e):
+                r = (r << 1) | _mel_read_bit(rs, data)
+            rs[_RL_RUN] = r
+            rs[_RL_ONE] = 1
+            rs[_RL_K] = max(0, k - 1)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _uvlc_prefix(acc: int, bits: int) -> tuple[int, int, int]:
+    """The U-VLC prefix: 1, 2, 3 (3 or 4, one suffix bit follows) or 5 (5.., five suffix bits follow)."""
+    if acc & 1:
+        return 1, acc >> 1, bits - 1
+    if acc & 2:
+        return 2, acc >> 2, bits - 2
+    if acc & 4:
+        return 3, acc >> 3, bits - 3
+    return 5, acc >> 3, bits - 3
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _uvlc_suffix(acc: int, bits: int, prefix: int) -> tuple[int, int, int]:
+    if prefix == 3:
+        return 3 + (acc & 1), acc >> 1, bits - 1
+    if prefix == 5:
+        return 5 + (acc & 31), acc >> 5, bits - 5
+    return prefix, acc, bits
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _uvlc_extension(acc: int, bits: int, u: int) -> tuple[int, int, int]:
+    if u >= 33:  # a five-bit suffix of 28..31 is followed by four bits of extension
+        return u + ((acc & 15) << 2), acc >> 4, bits - 4
+    return u, acc, bits
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _quad_samples(data: np.ndarray, end: int, pos: int, acc: int, bits: int, ff: int, entry: int, bound: int,
+                  p: int, coef: np.ndarray, y: int, x: int, h: int, w: int, exps: np.ndarray
+                  ) -> tuple[int, int, int, int]:
+    """Read the MagSgn bits of a quad, write its samples and the exponents of its four samples."""
+    rho = (entry >> 4) & 0xF
+    ek = (entry >> 9) & 0xF
+    e1 = (entry >> 13) & 0xF
+    for n in range(4):
+        exps[n] = 0
+        if (rho >> n) & 1:
+            m = bound - ((ek >> n) & 1)
+            v, pos, acc, bits, ff = _ms_get(data, end, pos, acc, bits, ff, m)
+            v |= ((e1 & ek) >> n & 1) << m
+            exps[n] = _bit_length(v | 1)
+            yy = y + (n & 1)
+            xx = x + (n >> 1)
+            if yy < h and xx < w:
+                mu = (v >> 1) + 1
+                if p:
+                    mu = ((2 * mu + 1) << (p - 1))
+                coef[yy, xx] = -mu if v & 1 else mu
+    return pos, acc, bits, ff
+
+
+@njit(cache=True, nogil=True)
+def _decode_block(coef: np.ndarray, data: np.ndarray, start: int, length: int, p: int, rs: np.ndarray,
+                  e_prev: np.ndarray, s_prev: np.ndarray, e_cur: np.ndarray, s_cur: np.ndarray,
+                  exps: np.ndarray, dec0: np.ndarray, dec1: np.ndarray) -> int:
+    h, w = coef.shape
+    if length < 2:
+        return -1
+    end = start + length
+    scup = (data[end - 1] << 4) | (data[end - 2] & 0xF)
+    if scup < 2 or scup > length or scup > MAX_SCUP:
+        return -1
+    rs[:] = 0
+    rs[_RL_POS] = end - scup
+    rs[_RL_END] = end
+    ms_end = end - scup
+    ms_pos, ms_acc, ms_bits, ms_ff = start, 0, 0, 0
+    # The VLC starts in the upper nibble of the last-but-one byte.
+    d = data[end - 2] >> 4
+    v_bits = 3 if (d & 7) == 7 else 4
+    v_acc = d & ((1 << v_bits) - 1)
+    v_high = 1 if (data[end - 2] | 0xF) > 0x8F else 0
+    v_pos = end - 3
+    v_start = end - scup
+    e_prev[:w + 3] = 0
+    s_prev[:w + 3] = 0
+    exps0 = exps[0:4]
+    exps1 = exps[4:8]
+    for y in range(0, h, 2):
+        initial = y == 0
+        lut = dec0 if initial else dec1
+        e_cur[:w + 3] = 0
+        s_cur[:w + 3] = 0
+        rho_left = 0
+        for x in range(0, w, 4):
+            # Enough VLC bits for both codewords and both U-VLC codes of the pair (at most 14 + 25).
+            v_pos, v_acc, v_bits, v_high = _vlc_fill(data, v_start, v_pos, v_acc, v_bits, v_high)
+            has1 = x + 2 < w
+            if initial:
+                cq0 = (rho_left >> 1) | (rho_left & 1)
+            else:
+                cq0 = ((s_prev[x] | s_prev[x + 1]) | (((rho_left >> 2) | (rho_left >> 3)) & 1) << 1
+                       | (s_prev[x + 2] | s_prev[x + 3]) << 2)
+            entry0 = 0
+            if cq0 != 0 or _mel_event(rs, data):
+                entry0 = lut[(cq0 << 7) | (v_acc & 0x7F)]
+                if entry0 == 0:
+                    return -2
+                v_acc >>= entry0 & 0xF
+                v_bits -= entry0 & 0xF
+            rho0 = (entry0 >> 4) & 0xF
+            entry1 = 0
+            rho1 = 0
+            if has1:
+                if initial:
+                    cq1 = (rho0 >> 1) | (rho0 & 1)
+                else:
+                    cq1 = ((s_prev[x + 2] | s_prev[x + 3]) | (((rho0 >> 2) | (rho0 >> 3)) & 1) << 1
+                           | (s_prev[x + 4] | s_prev[x + 5]) << 2)
+                if cq1 != 0 or _mel_event(rs, data):
+                    entry1 = lut[(cq1 << 7) | (v_acc & 0x7F)]
+                    if entry1 == 0:
+                        return -2
+                    v_acc >>= entry1 & 0xF
+                    v_bits -= entry1 & 0xF
+                rho1 = (entry1 >> 4) & 0xF
+            off0 = (entry0 >> 8) & 1
+            off1 = (entry1 >> 8) & 1
+            u0 = 0
+            u1 = 0
+            if initial and off0 and off1:
+                if _mel_event(rs, data):
+                    pre0, v_acc, v_bits = _uvlc_prefix(v_acc, v_bits)
+                    pre1, v_acc, v_bits = _uvlc_prefix(v_acc, v_bits)
+                    u0, v_acc, v_bits = _uvlc_suffix(v_acc, v_bits, pre0)
+                    u1, v_acc, v_bits = _uvlc_suffix(v_acc, v_bits, pre1)
+                    u0, v_acc, v_bits = _uvlc_extension(v_acc, v_bits, u0)
+                    u1, v_acc, v_bits = _uvlc_extension(v_acc, v_bits, u1)
+                    u0 += 2
+                    u1 += 2
+                else:
+                    pre0, v_acc, v_bits = _uvlc_prefix(v_acc, v_bits)
+                    if pre0 > 2:
+                        u1 = 1 + (v_acc & 1)
+                        v_acc >>= 1
+                        v_bits -= 1
+                        u0, v_acc, v_bits = _uvlc_suffix(v_acc, v_bits, pre0)
+                        u0, v_acc, v_bits = _uvlc_extension(v_acc, v_bits, u0)
+                    else:
+                        pre1, v_acc, v_bits = _uvlc_prefix(v_acc, v_bits)
+                        u0, v_acc, v_bits = _uvlc_suffix(v_acc, v_bits, pre0)
+                        u1, v_acc, v_bits = _uvlc_suffix(v_acc, v_bits, pre1)
+                        u0, v_acc, v_bits = _uvlc_extension(v_acc, v_bits, u0)
+                        u1, v_acc, v_bits = _uvlc_extension(v_acc, v_bits, u1)
+            elif off0 or off1:
+                pre0 = 0
+                pre1 = 0
+                if off0:
+                    pre0, v_acc, v_bits = _uvlc_prefix(v_acc, v_bits)
+                if off1:
+                    pre1, v_acc, v_bits = _uvlc_prefix(v_acc, v_bits)
+                if off0:
+                    u0, v_acc, v_bits = _uvlc_suffix(v_acc, v_bits, pre0)
+                if off1:
+                    u1, v_acc, v_bits = _uvlc_suffix(v_acc, v_bits, pre1)
+                if off0:
+                    u0, v_acc, v_bits = _uvlc_extension(v_acc, v_bits, u0)
+                if off1:
+                    u1, v_acc, v_bits = _uvlc_extension(v_acc, v_bits, u1)
+            # Exponent bounds, then the samples.
+            kappa0 = 1
+            kappa1 = 1
+            if not initial:
+                if rho0 & (rho0 - 1):
+                    kappa0 = max(1, max(max(e_prev[x], e_prev[x + 1]), max(e_prev[x + 2], e_prev[x + 3])) - 1)
+                if rho1 & (rho1 - 1):
+                    kappa1 = max(1, max(max(e_prev[x + 2], e_prev[x + 3]), max(e_prev[x + 4], e_prev[x + 5])) - 1)
+            bound0 = u0 + kappa0
+            bound1 = u1 + kappa1
+            if bound0 + p > MAX_BOUND or bound1 + p > MAX_BOUND:
+                return -3
+            if rho0:
+                ms_pos, ms_acc, ms_bits, ms_ff = _quad_samples(data, ms_end, ms_pos, ms_acc, ms_bits, ms_ff, entry0,
+                                                               bound0, p, coef, y, x, h, w, exps0)
+                e_cur[x + 1] = exps0[1]
+                e_cur[x + 2] = exps0[3]
+                s_cur[x + 1] = (rho0 >> 1) & 1
+                s_cur[x + 2] = (rho0 >> 3) & 1
+            if rho1:
+                ms_pos, ms_acc, ms_bits, ms_ff = _quad_samples(data, ms_end, ms_pos, ms_acc, ms_bits, ms_ff, entry1,
+                                                               bound1, p, coef, y, x + 2, h, w, exps1)
+                e_cur[x + 3] = exps1[1]
+                e_cur[x + 4] = exps1[3]
+                s_cur[x + 3] = (rho1 >> 1) & 1
+                s_cur[x + 4] = (rho1 >> 3) & 1
+            rho_left = rho1 if has1 else rho0
+        e_prev, e_cur = e_cur, e_prev
+        s_prev, s_cur = s_cur, s_prev
+    return 0
+
+
+@njit(cache=True, nogil=True)
+def decode_blocks(coeffs: np.ndarray, blocks: np.ndarray, segments: np.ndarray, data: np.ndarray) -> int:
+    """Decode every listed code-block's cleanup segment into `coeffs` (see the module docstring)."""
+    rs = np.zeros(24, dtype=np.int64)
+    e_prev = np.zeros(1024 + 8, dtype=np.int64)
+    s_prev = np.zeros(1024 + 8, dtype=np.int64)
+    e_cur = np.zeros(1024 + 8, dtype=np.int64)
+    s_cur = np.zeros(1024 + 8, dtype=np.int64)
+    exps = np.zeros(8, dtype=np.int64)
+    for k in range(blocks.shape[0]):
+        comp, y0, x0, h, w = blocks[k, 0], blocks[k, 1], blocks[k, 2], blocks[k, 3], blocks[k, 4]
+        planes, first, count = blocks[k, 6], blocks[k, 8], blocks[k, 9]
+        if count == 0:
+            continue
+        if count != 1 or segments[first, 2] != 1:
+            return -4
+        if h * w > 4096 or h > 1024 or w > 1024:
+            return -5
+        status = _decode_block(coeffs[comp, y0:y0 + h, x0:x0 + w], data, segments[first, 0], segments[first, 1],
+                               planes - 1, rs, e_prev, s_prev, e_cur, s_cur, exps, _DEC0, _DEC1)
+        if status:
+            return status
+    return 0

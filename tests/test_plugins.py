@@ -66,7 +66,8 @@ def test_compress_with_gateway_plugin_round_trips(codec) -> None:
 def test_gateway_output_decodes_with_pydicoms_default_plugins(codec) -> None:
     from pydicom.pixels import get_decoder
 
-    others = [p for p in get_decoder(codec.uid).available_plugins if p != "gateway"]
+    # Pillow, where installed (dask's dashboard brings it), refuses 16-bit colour by design.
+    others = [p for p in get_decoder(codec.uid).available_plugins if p not in ("gateway", "pillow")]
     if not others:
         pytest.skip(f"pydicom has no other decoder for {codec.keyword}")
     for ident, info, frames in _cases(codec):

@@ -496,13 +496,14 @@ def _callers(key: str, value: Any) -> tuple[tuple[str, ...], tuple[CallerCertifi
     for i, item in enumerate(value):
         if isinstance(item, dict):
             t = _Table(f"{key}[{i}]", item)
-            title = _ae_title(t.path("ae_title"), t.pop("ae_title"))
-            subject = _str(t.path("certificate_subject"), t.pop("certificate_subject"))
+            raw_title, raw_subject = t.pop("ae_title"), t.pop("certificate_subject")
+            t.finish()  # a misspelt key first: it explains the missing one
+            title = _ae_title(t.path("ae_title"), raw_title)
+            subject = _str(t.path("certificate_subject"), raw_subject)
             try:
                 pairs = subject_pairs(subject)
             except ValueError as exc:
                 raise ConfigError(t.path("certificate_subject"), f"not a certificate subject: {exc}") from exc
-            t.finish()
             bound.append(CallerCertificate(title, pairs))
         else:
             title = _ae_title(f"{key}[{i}]", item)

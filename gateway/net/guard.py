@@ -95,7 +95,8 @@ def _tls_reason(exc: BaseException) -> str:
     verify = getattr(exc, "verify_message", None)
     reason = getattr(exc, "reason", None) or ""
     if verify:
-        return f"certificate refused: {verify}"
+        hint = " (not signed by a CA of ca_certificates)" if "issuer" in verify else ""
+        return f"certificate refused: {verify}{hint}"
     if reason in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL", "UNSUPPORTED_PROTOCOL",
                   "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"):
         return f"the peer does not speak TLS (plain DICOM to the TLS port?) [{reason}]"
@@ -488,8 +489,9 @@ class _Lobby(threading.Thread):
                     self._ready(pending)
                     return
         except ssl.SSLError as exc:
-            self.server.throttle.log(30, "tls", pending.host, f"TLS handshake with {_peer(pending.address)} "
-                                     f"failed: {_tls_reason(exc)}; connection closed")
+            reason = _tls_reason(exc)
+            self.server.throttle.log(30, f"tls {reason}", pending.host, f"TLS handshake with "
+                                     f"{_peer(pending.address)} failed: {reason}; connection closed")
             self._close(pending)
         except OSError as exc:
             _log.info("connection from %s failed before its association request: %s", _peer(pending.address), exc)

@@ -249,3 +249,48 @@ def test_silent_association_is_ended_after_idle_seconds(tmp_path, gateway_factor
         assert _closed_within(sock, 5.0) is not None
         assert time.monotonic() - started < 4
     assert wait_until(lambda: gateway.server.counts()[0] == 0, timeout=5)
+
+
+# ------------------------------------------------------------------ configuration of the bounds
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("max_pdu", 0, "must be 4096..67108864"),
+    ("max_pdu", 2**32 - 1, "must be 4096..67108864"),
+    ("association_request_seconds", 0, "must be 0.1..600"),
+    ("idle_seconds", -1, "must be 0.5..86400"),
+    ("max_connections", 0, "must be 1..10000"),
+    ("max_connections_per_address", "8", "must be an integer"),
+])
+def test_bounds_are_validated_naming_the_key(tmp_path, key: str, value: object, message: str) -> None:
+    from gateway.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        build_config(tmp_path, server={key: value})
+    assert str(caught.value).startswith(f"server.{key}: {message}"), str(caught.value)
+
+
+def test_bounds_default_to_finite_values_and_fit_together(tmp_path) -> None:
+    from gateway.errors import ConfigError
+
+    server = build_config(tmp_path).server
+    assert 0 < server.max_pdu <= 64 * 1024 * 1024
+    assert 0 < server.association_request_seconds <= 60 and 0 < server.idle_seconds <= 600
+    assert server.max_associations <= server.max_connections
+    assert 0 < server.max_connections_per_address <= server.max_connections
+    with pytest.raises(ConfigError, match=r"^server\.max_connections: must be at least max_associations \(20\)"):
+        build_config(tmp_path, server={"max_associations": 20, "max_connections": 10})
+
+
+def test_changing_a_bound_needs_a_restart(tmp_path, gateway_factory) -> None:
+    path = tmp_path / "gateway.toml"
+    port = __import__("tests.conftest", fromlist=["free_port"]).free_port()
+    text = f'[server]\nport = {port}\nidle_seconds = 30\n[spool]\ndirectory = "spool"\n' \
+           '[[destinations]]\nname = "local"\nkind = "folder"\npath = "archive"\n'
+    path.write_text(text)
+    from gateway.config import load_config
+
+    gateway = gateway_factory(load_config(path))
+    path.write_text(text.replace("idle_seconds = 30", "idle_seconds = 5"))
+    assert "server.idle_seconds" in (gateway.reload() or "")
+    assert gateway.server.limits.idle_seconds == 30

@@ -45,8 +45,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from pydicom.data import get_testdata_file
 from pydicom import dcmread
+from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 VERIFICATION = "1.2.840.10008.1.1"

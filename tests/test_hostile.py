@@ -21,7 +21,7 @@ from contextlib import contextmanager
 import pytest
 
 from gateway.net.scu import Association, encode_associate_rq
-from tests.conftest import build_config, send, pydicom_file, wait_until
+from tests.conftest import build_config, pydicom_file, send, wait_until
 
 VERIFICATION = "1.2.840.10008.1.1"
 IMPLICIT = "1.2.840.10008.1.2"

@@ -22,7 +22,14 @@ from pydicom import dcmread
 
 from gateway.config import load_config, subject_pairs
 from gateway.errors import ConfigError
-from tests.conftest import REPO, Orthanc, build_config, free_port, pydicom_file, wait_until
+from tests.conftest import (
+    REPO,
+    Orthanc,
+    build_config,
+    free_port,
+    pydicom_file,
+    wait_until,
+)
 from tests.tools import program, require_dcmtk
 
 CT_SMALL = "CT_small.dcm"
@@ -280,8 +287,8 @@ def test_gateway_forwards_to_orthanc_over_tls(pki: Path, tmp_path: Path, gateway
     assert got.SOPInstanceUID == pydicom_file(CT_SMALL).SOPInstanceUID
     assert got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.5"  # recompressed, then carried over TLS
     # Orthanc requires our certificate: without one, its TLS port refuses the association.
-    from gateway.net.scu import Association
     from gateway.errors import NetworkError
+    from gateway.net.scu import Association
 
     anonymous = ssl.create_default_context(cafile=str(pki / "ca.pem"))
     with pytest.raises(NetworkError):
@@ -329,10 +336,10 @@ port = 104
      "server.tls.ca_certificates"),
     ('[server.tls]\ncertificate = "PKI/gateway.pem"\nprivate_key = "PKI/gateway.key"',
      "server.tls.ca_certificates"),
-    ('[server.tls]\ncertificate = "PKI/gateway.pem"\nprivate_key = "PKI/gateway.key"\nca_certificates = "PKI/ca.pem"\n'
-     'require_client_certificate = "yes"', "server.tls.require_client_certificate"),
-    ('[server.tls]\ncertificate = "PKI/gateway.pem"\nprivate_key = "PKI/gateway.key"\nca_certificates = "PKI/ca.pem"\n'
-     'cipher = "x"', "server.tls.cipher"),
+    (('[server.tls]\ncertificate = "PKI/gateway.pem"\nprivate_key = "PKI/gateway.key"\nca_certificates = "PKI/ca.pem"\n'
+      'require_client_certificate = "yes"'), "server.tls.require_client_certificate"),
+    (('[server.tls]\ncertificate = "PKI/gateway.pem"\nprivate_key = "PKI/gateway.key"\nca_certificates = "PKI/ca.pem"\n'
+      'cipher = "x"'), "server.tls.cipher"),
 ])
 def test_server_tls_errors_name_the_key(pki: Path, tmp_path: Path, server_tls: str, key: str) -> None:
     path = _toml(tmp_path, server_tls.replace("PKI", str(pki)))

@@ -44,12 +44,16 @@ from dataclasses import dataclass
 from socketserver import ThreadingMixIn
 from typing import Any
 
-from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import (
+    AssociationSocket,
+    RequestHandler,
+    ThreadedAssociationServer,
+)
 
 from gateway.config import CallerCertificate, ServerConfig, subject_pairs
 from gateway.logs import get_logger
 
-__all__ = ["Limits", "GuardedServer", "CONTROL_PDU_LIMIT", "A_ASSOCIATE_RQ", "P_DATA_TF"]
+__all__ = ["A_ASSOCIATE_RQ", "CONTROL_PDU_LIMIT", "P_DATA_TF", "GuardedServer", "Limits"]
 
 _log = get_logger("scp")
 
@@ -133,7 +137,7 @@ class _Throttle:
 class _Pending:
     """A connection in the lobby: TLS handshake, then the A-ASSOCIATE-RQ, under one deadline."""
 
-    __slots__ = ("sock", "address", "host", "deadline", "handshaking", "buffer", "need", "events")
+    __slots__ = ("address", "buffer", "deadline", "events", "handshaking", "host", "need", "sock")
 
     def __init__(self, sock: socket.socket, address: Any, deadline: float, handshaking: bool) -> None:
         self.sock = sock
@@ -149,7 +153,7 @@ class _Pending:
 class _Handover:
     """A pending connection that asked properly: its socket and the bytes already read."""
 
-    __slots__ = ("sock", "prefix")
+    __slots__ = ("prefix", "sock")
 
     def __init__(self, sock: socket.socket, prefix: bytes) -> None:
         self.sock = sock

@@ -35,6 +35,7 @@ from pydicom.errors import InvalidDicomError
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
 from gateway.config import ServerConfig
 from gateway.dicom.identity import Identity
 from gateway.dicom.validate import is_valid_uid

@@ -133,6 +133,32 @@ def test_handshake_is_off_the_accept_path(pki: Path, tmp_path: Path, gateway_fac
             sock.close()
 
 
+@pytest.mark.interop
+def test_dcmtk_tls_association_is_not_delayed_by_an_idle_connection(pki: Path, tmp_path: Path,
+                                                                     gateway_factory) -> None:
+    gateway = gateway_factory(build_config(tmp_path, server={"tls": _server_tls(pki)}))
+    with socket.create_connection(("127.0.0.1", gateway.port)):
+        started = time.monotonic()
+        done = _storescu(pki, gateway.port, _sample(tmp_path))
+        assert done.returncode == 0, done.stderr.decode()
+        assert time.monotonic() - started < 5
+
+
+def test_silent_tls_handshake_is_closed_at_the_deadline(pki: Path, tmp_path: Path, gateway_factory, caplog) -> None:
+    gateway = gateway_factory(build_config(tmp_path, server={"tls": _server_tls(pki),
+                                                             "association_request_seconds": 1}))
+    with caplog.at_level(logging.INFO, logger="gateway"), \
+            socket.create_connection(("127.0.0.1", gateway.port)) as sock:
+        sock.settimeout(5)
+        started = time.monotonic()
+        try:
+            assert sock.recv(1) == b""
+        except ConnectionResetError:
+            pass
+        assert 0.9 <= time.monotonic() - started < 3
+    assert any("no complete TLS handshake within 1 s" in m for m in _scp_messages(caplog))
+
+
 @pytest.mark.parametrize("version,accepted", [(ssl.TLSVersion.TLSv1_1, False), (ssl.TLSVersion.TLSv1_2, True),
                                               (ssl.TLSVersion.TLSv1_3, True)])
 def test_versions_and_ciphers_follow_bcp195(pki: Path, tmp_path: Path, gateway_factory,

@@ -184,15 +184,22 @@ path = "archive"
         self.log.close()
 
 
+FAILURES: list[str] = []
+
+
 def storescu(program: str, port: int, files: list[Path], timeout: float) -> tuple[float, bool]:
     started = time.monotonic()
     try:
         done = subprocess.run([program, "-aet", "MODALITY", "-aec", "GATEWAY", "-to", str(int(timeout)),
                                "127.0.0.1", str(port), *map(str, files)], capture_output=True, timeout=timeout,
-                              env=dict(os.environ, TCP_NODELAY="1"))
+                              env=dict(os.environ, TCP_NODELAY="1"), check=False)
         ok = done.returncode == 0
+        if not ok:
+            lines = [line for line in done.stderr.decode(errors="replace").splitlines() if line.startswith("F:")]
+            FAILURES.append(" / ".join(lines[:3]) or f"exit code {done.returncode}")
     except subprocess.TimeoutExpired:
         ok = False
+        FAILURES.append(f"no answer within {timeout:g} s")
     return time.monotonic() - started, ok
 
 
@@ -369,6 +376,8 @@ def main() -> None:
         failed = sum(1 for _, ok in results if not ok)
         shown = ", ".join(f"{t:.2f}{'' if ok else ' (failed)'}" for t, ok in results)
         print(f"| {phase} | {shown} | {median:.2f} | {failed} | {rss:.0f} | {hwm:.0f} | {threads} |")
+    for reason in dict.fromkeys(FAILURES):
+        print(f"\nstorescu failed ({FAILURES.count(reason)}x): {reason}")
     print(f"\nattack: connections the server closed: {attack.closed_by_server}; "
           f"MiB the server took of the streams: { {k: round(v / 2**20) for k, v in attack.streamed.items()} }")
 

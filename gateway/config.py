@@ -8,7 +8,10 @@ spool/archive folders can be moved together.
 
 Layout (see ``config/*.toml`` for commented examples)::
 
-    [server]        ae_title, host, port, allowed_callers, max_pdu
+    [server]        ae_title, host, port, allowed_callers, max_pdu, max_associations,
+                    association_request_seconds, idle_seconds, max_connections,
+                    max_connections_per_address
+    [server.tls]    certificate, private_key, ca_certificates, require_client_certificate
     [spool]         directory, keep_done_hours
     [compression]   transfer_syntax, verify, processes, [compression.modality] overrides
     [retry]         max_attempts, base_seconds, cap_seconds
@@ -24,6 +27,7 @@ value (an empty or absent filter matches anything).
 
 from __future__ import annotations
 
+import ssl
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +41,11 @@ __all__ = [
     "Config",
     "PolicyConfig",
     "ServerConfig",
+    "ServerTls",
+    "CallerCertificate",
+    "DestinationTls",
+    "tls_context",
+    "subject_pairs",
     "SpoolConfig",
     "CompressionConfig",
     "RetryConfig",
@@ -54,16 +63,150 @@ KEEP = "keep"
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
+# TLS 1.2 cipher suites of BCP 195 (RFC 9325 section 4.2): ephemeral key exchange and AEAD only.
+# TLS 1.3 suites are all AEAD and stay OpenSSL's defaults.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL:!SHA1"
+
+_SUBJECT_NAMES = {
+    "commonname": "CN", "cn": "CN", "organizationname": "O", "o": "O", "organizationalunitname": "OU",
+    "ou": "OU", "countryname": "C", "c": "C", "localityname": "L", "l": "L", "stateorprovincename": "ST",
+    "st": "ST", "s": "ST", "emailaddress": "EMAILADDRESS", "domaincomponent": "DC", "dc": "DC",
+    "serialnumber": "SERIALNUMBER", "uid": "UID", "userid": "UID",
+}
+
+
+def _subject_name(name: str) -> str:
+    return _SUBJECT_NAMES.get(name.strip().lower().replace(" ", ""), name.strip().upper())
+
+
+def subject_pairs(subject: str | tuple) -> tuple[tuple[str, str], ...]:
+    """A certificate subject as sorted (attribute, value) pairs, whatever its spelling.
+
+    Takes ``"CN=ct1.example,O=Hospital"`` (RFC 4514), ``"/O=Hospital/CN=ct1.example"``
+    (``openssl -subj``), ``"O = Hospital, CN = ct1.example"`` (``openssl x509
+    -subject``) or the subject tuple of :meth:`ssl.SSLSocket.getpeercert`; the
+    order of the attributes does not matter.  Raises ``ValueError`` when a part
+    is not ``name=value``.
+    """
+    if isinstance(subject, tuple):
+        pairs = [(_subject_name(name), str(value)) for rdn in subject for name, value in rdn]
+        return tuple(sorted(pairs))
+    text = subject.strip()
+    parts: list[str] = []
+    if text.startswith("/"):
+        parts = [p for p in text[1:].split("/") if p]
+    else:
+        current = ""
+        escaped = False
+        for char in text:
+            if escaped:
+                current += char
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char in ",+":
+                parts.append(current)
+                current = ""
+            else:
+                current += char
+        parts.append(current)
+    pairs = []
+    for part in parts:
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise ValueError(f"{part.strip()!r} is not name=value")
+        pairs.append((_subject_name(name), value.strip()))
+    return tuple(sorted(pairs))
+
+
+def tls_context(*, server: bool, certificate: Path | None, private_key: Path | None,
+                ca_certificates: Path | None, require_peer_certificate: bool = True,
+                check_hostname: bool = True, key: str = "") -> ssl.SSLContext:
+    """An :class:`ssl.SSLContext` per PS3.15 B.12 and BCP 195; errors name the key under `key`.
+
+    TLS 1.2 at least (1.3 preferred: OpenSSL offers it first), AEAD cipher
+    suites only, no compression, no renegotiation.  A server context asks for
+    the client's certificate (required or optional); a client context always
+    checks the server's certificate against `ca_certificates`.
+    """
+    def where(name: str) -> str:
+        return f"{key}.{name}" if key else name
+
+    for name, path in (("certificate", certificate), ("private_key", private_key),
+                       ("ca_certificates", ca_certificates)):
+        if path is None:
+            continue
+        try:
+            text = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(where(name), f"cannot read {path}: {exc.strerror or exc}") from exc
+        marker = b"PRIVATE KEY-----" if name == "private_key" else b"-----BEGIN CERTIFICATE-----"
+        if marker not in text:
+            raise ConfigError(where(name), f"{path} holds no PEM {'private key' if name == 'private_key' else 'certificate'}")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(TLS12_CIPHERS)
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    if server:
+        context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    if ca_certificates is not None:
+        try:
+            context.load_verify_locations(cafile=str(ca_certificates))
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise ConfigError(where("ca_certificates"), f"cannot load {ca_certificates}: {exc}") from exc
+    if certificate is not None and private_key is not None:
+        try:
+            context.load_cert_chain(str(certificate), str(private_key))
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise ConfigError(where("private_key"),
+                              f"{private_key} cannot be used with {certificate} (no match, or encrypted): {exc}") from exc
+    if server:
+        context.verify_mode = ssl.CERT_REQUIRED if require_peer_certificate else ssl.CERT_OPTIONAL
+    else:
+        context.check_hostname = check_hostname
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTls:
+    """``[server.tls]``: DICOM TLS on the receiver."""
+
+    certificate: Path
+    private_key: Path
+    ca_certificates: Path | None = None  # the callers' certificates must chain to these
+    require_client_certificate: bool = True
+
+    def context(self) -> ssl.SSLContext:
+        return tls_context(server=True, certificate=self.certificate, private_key=self.private_key,
+                           ca_certificates=self.ca_certificates,
+                           require_peer_certificate=self.require_client_certificate, key="server.tls")
+
+
+@dataclass(frozen=True, slots=True)
+class CallerCertificate:
+    """An ``allowed_callers`` entry binding a calling AE title to a certificate subject."""
+
+    ae_title: str
+    certificate_subject: tuple[tuple[str, str], ...]  # sorted (attribute, value) pairs, see subject_pairs
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    """Where and as whom the gateway listens."""
+    """Where and as whom the gateway listens, and what one peer may take."""
 
     ae_title: str = "GATEWAY"
     host: str = "127.0.0.1"
     port: int = 11112
-    allowed_callers: tuple[str, ...] = ()
-    max_pdu: int = 0  # 0 = unlimited
+    allowed_callers: tuple[str, ...] = ()  # every allowed calling AE title (bound ones included)
+    max_pdu: int = 1_048_576  # advertised and enforced; a larger PDU aborts the association unread
     max_associations: int = 16  # associations served at once; more are rejected (transient, the sender retries)
+    association_request_seconds: float = 10.0  # connect (and TLS handshake) to complete A-ASSOCIATE-RQ
+    idle_seconds: float = 60.0  # an association (or a PDU) silent this long is aborted
+    max_connections: int = 256  # TCP connections held at once, associated or not
+    max_connections_per_address: int = 32  # of them from one remote address
+    tls: ServerTls | None = None
+    caller_certificates: tuple[CallerCertificate, ...] = ()  # AE titles only these certificates may use
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +310,21 @@ class Destination:
     path: Path | None = None
     file_mode: int = 0o600  # folder: mode of the files written, whatever the umask
     directory_mode: int = 0o700  # folder: mode of the folders created
+    tls: DestinationTls | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationTls:
+    """A DICOM destination's ``tls = {...}`` table."""
+
+    ca_certificates: Path  # the archive's certificate must chain to these
+    certificate: Path | None = None  # ours, for archives that require a client certificate
+    private_key: Path | None = None
+    check_hostname: bool = True  # the archive's certificate must name the destination's host
+
+    def context(self, key: str = "tls") -> ssl.SSLContext:
+        return tls_context(server=False, certificate=self.certificate, private_key=self.private_key,
+                           ca_certificates=self.ca_certificates, check_hostname=self.check_hostname, key=key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,17 +500,97 @@ def _sop_class(key: str, value: Any) -> str:
 # --------------------------------------------------------------------------- #
 
 
-def _server(data: Any) -> ServerConfig:
+def _callers(key: str, value: Any) -> tuple[tuple[str, ...], tuple[CallerCertificate, ...]]:
+    """``allowed_callers``: AE titles, or ``{ ae_title, certificate_subject }`` tables."""
+    if not isinstance(value, list):
+        raise ConfigError(key, f"must be a list of AE titles or {{ ae_title, certificate_subject }} tables, got {value!r}")
+    titles: list[str] = []
+    bound: list[CallerCertificate] = []
+    for i, item in enumerate(value):
+        if isinstance(item, dict):
+            t = _Table(f"{key}[{i}]", item)
+            raw_title, raw_subject = t.pop("ae_title"), t.pop("certificate_subject")
+            t.finish()  # a misspelt key first: it explains the missing one
+            title = _ae_title(t.path("ae_title"), raw_title)
+            subject = _str(t.path("certificate_subject"), raw_subject)
+            try:
+                pairs = subject_pairs(subject)
+            except ValueError as exc:
+                raise ConfigError(t.path("certificate_subject"), f"not a certificate subject: {exc}") from exc
+            bound.append(CallerCertificate(title, pairs))
+        else:
+            title = _ae_title(f"{key}[{i}]", item)
+        if title not in titles:
+            titles.append(title)
+    return tuple(titles), tuple(bound)
+
+
+def _server_tls(data: Any, base: Path) -> ServerTls | None:
+    if data is None:
+        return None
+    t = _Table("server.tls", data)
+    ca = t.pop("ca_certificates")
+    cfg = ServerTls(
+        certificate=_path(t.path("certificate"), t.pop("certificate"), base),
+        private_key=_path(t.path("private_key"), t.pop("private_key"), base),
+        ca_certificates=_path(t.path("ca_certificates"), ca, base) if ca is not None else None,
+        require_client_certificate=_bool(t.path("require_client_certificate"),
+                                         t.pop("require_client_certificate", True)),
+    )
+    t.finish()
+    if cfg.require_client_certificate and cfg.ca_certificates is None:
+        raise ConfigError("server.tls.ca_certificates", "required while require_client_certificate is true "
+                          "(the callers' certificates are checked against it)")
+    cfg.context()  # every file readable and usable: say so at start (and on reload), naming the key
+    return cfg
+
+
+def _server(data: Any, base: Path) -> ServerConfig:
     t = _Table("server", data if data is not None else {})
+    titles, bound = _callers(t.path("allowed_callers"), t.pop("allowed_callers", []))
+    tls = _server_tls(t.pop("tls"), base)
     cfg = ServerConfig(
         ae_title=_ae_title(t.path("ae_title"), t.pop("ae_title", "GATEWAY")),
         host=_str(t.path("host"), t.pop("host", "127.0.0.1")),
         port=_int(t.path("port"), t.pop("port", 11112), 1, 65535),
-        allowed_callers=_str_list(t.path("allowed_callers"), t.pop("allowed_callers", []), _ae_title),
-        max_pdu=_int(t.path("max_pdu"), t.pop("max_pdu", 0), 0, 2**32 - 1),
+        allowed_callers=titles,
+        max_pdu=_int(t.path("max_pdu"), t.pop("max_pdu", 1_048_576), 4096, 64 * 1024 * 1024),
         max_associations=_int(t.path("max_associations"), t.pop("max_associations", 16), 1, 1000),
+        association_request_seconds=_number(t.path("association_request_seconds"),
+                                            t.pop("association_request_seconds", 10.0), 0.1, 600),
+        idle_seconds=_number(t.path("idle_seconds"), t.pop("idle_seconds", 60.0), 0.5, 86400),
+        max_connections=_int(t.path("max_connections"), t.pop("max_connections", 256), 1, 10_000),
+        max_connections_per_address=_int(t.path("max_connections_per_address"),
+                                         t.pop("max_connections_per_address", 32), 1, 10_000),
+        tls=tls,
+        caller_certificates=bound,
     )
     t.finish()
+    if bound and tls is None:
+        raise ConfigError("server.allowed_callers", "an entry with certificate_subject needs [server.tls]: "
+                          "without TLS no caller presents a certificate")
+    if bound and tls is not None and not tls.require_client_certificate and tls.ca_certificates is None:
+        raise ConfigError("server.tls.ca_certificates", "required to check the certificates allowed_callers names")
+    if cfg.max_associations > cfg.max_connections:
+        raise ConfigError("server.max_connections",
+                          f"must be at least max_associations ({cfg.max_associations}), got {cfg.max_connections}")
+    return cfg
+
+
+def _destination_tls(key: str, data: Any, base: Path) -> DestinationTls:
+    t = _Table(key, data)
+    cert, private = t.pop("certificate"), t.pop("private_key")
+    cfg = DestinationTls(
+        ca_certificates=_path(t.path("ca_certificates"), t.pop("ca_certificates"), base),
+        certificate=_path(t.path("certificate"), cert, base) if cert is not None else None,
+        private_key=_path(t.path("private_key"), private, base) if private is not None else None,
+        check_hostname=_bool(t.path("check_hostname"), t.pop("check_hostname", True)),
+    )
+    t.finish()
+    if (cfg.certificate is None) != (cfg.private_key is None):
+        missing = "private_key" if cfg.private_key is None else "certificate"
+        raise ConfigError(t.path(missing), "certificate and private_key go together")
+    cfg.context(key)
     return cfg
 
 
@@ -473,6 +711,7 @@ def _destination(index: int, data: Any, base: Path) -> Destination:
             ),
             timeout_seconds=_number(t.path("timeout_seconds"), t.pop("timeout_seconds", 30.0), 0.1, 3600),
             associations=_int(t.path("associations"), t.pop("associations", 2), 1, 16),
+            tls=_destination_tls(t.path("tls"), tls, base) if (tls := t.pop("tls")) is not None else None,
         )
     elif kind == "folder":
         dest = Destination(name=name, kind=kind, path=_path(t.path("path"), t.pop("path"), base),
@@ -537,7 +776,7 @@ def _route(index: int, data: Any, names: set[str]) -> Route:
 def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -> Config:
     """Validate a parsed TOML document; relative paths resolve against `base`."""
     top = _Table("", data)
-    server = _server(top.pop("server"))
+    server = _server(top.pop("server"), base)
     spool = _spool(top.pop("spool"), base)
     compression = _compression(top.pop("compression"))
     retry = _retry(top.pop("retry"))

@@ -193,7 +193,9 @@ class Gateway:
 
     # What a reload cannot change: the listening socket, the spool, the worker pool's size, the web server.
     _RESTART_ONLY = (("server", "host"), ("server", "port"), ("server", "ae_title"), ("server", "max_pdu"),
-                     ("server", "max_associations"), ("spool", "directory"), ("compression", "processes"),
+                     ("server", "max_associations"), ("server", "association_request_seconds"),
+                     ("server", "idle_seconds"), ("server", "max_connections"),
+                     ("server", "max_connections_per_address"), ("spool", "directory"), ("compression", "processes"),
                      ("web", None), ("logging", None))
 
     def reload(self) -> str | None:
@@ -218,6 +220,8 @@ class Gateway:
         changed = [f"{section}.{key}" if key else section for section, key in self._RESTART_ONLY
                    if (getattr(getattr(self.config, section), key) if key else getattr(self.config, section))
                    != (getattr(getattr(new, section), key) if key else getattr(new, section))]
+        if (self.config.server.tls is None) != (new.server.tls is None):
+            changed.append("server.tls")  # TLS on or off changes what the port speaks; new files apply live
         if changed:
             message = f"{', '.join(changed)}: changing this needs a restart; the running configuration stays"
             _log.error("configuration not reloaded: %s", message)
@@ -227,6 +231,9 @@ class Gateway:
             old, self.config = self.config, new
             if self.server is not None:
                 self.server.ae.require_calling_aet = list(new.server.allowed_callers)
+                self.server.set_caller_certificates(new.server.caller_certificates)
+                if new.server.tls is not None:  # renewed certificates: the next handshakes use them
+                    self.server.tls = new.server.tls.context()
             if self.worker is not None:
                 self.worker.reconfigure(new)
             before = {d.name: d for d in old.destinations}

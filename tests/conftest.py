@@ -188,7 +188,7 @@ def peer_factory() -> Iterator[Callable[..., DicomPeer]]:
 class Orthanc:
     """A real Orthanc on loopback, driven over its REST API."""
 
-    def __init__(self, executable: str, root: Path) -> None:
+    def __init__(self, executable: str, root: Path, extra: dict[str, Any] | None = None) -> None:
         self.dicom_port = free_port()
         self.http_port = free_port()
         self.aet = "ORTHANC"
@@ -215,6 +215,7 @@ class Orthanc:
             "JpegTransferSyntaxAccepted": False,
             "JpegLosslessTransferSyntaxAccepted": False,
         }
+        config.update(extra or {})  # e.g. DICOM TLS settings
         (root / "orthanc.json").write_text(json.dumps(config))
         self.log = open(root / "orthanc.log", "wb")
         env = dict(os.environ, TCP_NODELAY="1")

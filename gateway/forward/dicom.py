@@ -70,6 +70,7 @@ class DicomSender:
         self._associate = associate or Association.request  # another requestor only for measuring (bench_client)
         self.assoc: Association | None = None
         self._proposed: set[tuple[str, str]] = set()
+        self._tls = destination.tls.context(f"destination {destination.name}: tls") if destination.tls else None
 
     def _wanted(self, jobs: Iterable[Job]) -> dict[str, list[str]]:
         wanted: dict[str, list[str]] = {}
@@ -92,10 +93,11 @@ class DicomSender:
                 break  # the remaining SOP classes get their own association later
             contexts.extend((sop, ts) for ts in ladder[:_MAX_CONTEXTS])
         dest = self.destination
+        secure = {"tls": self._tls} if self._tls is not None else {}  # DICOM TLS, PS3.15 B.12
         try:
             assoc = self._associate(dest.host, dest.port, called_ae=dest.ae_title, calling_ae=self.calling_ae,
                                     contexts=contexts, timeout=dest.timeout_seconds,
-                                    connect_timeout=min(10.0, dest.timeout_seconds))
+                                    connect_timeout=min(10.0, dest.timeout_seconds), **secure)
         except AssociationRejectedError as exc:
             raise TransientForwardError(f"association with {dest.ae_title}@{dest.host}:{dest.port} "
                                         f"could not be established: {exc}") from exc

@@ -12,8 +12,12 @@ returns (pynetdicom deletes the temporary file afterwards), so a multi-frame
 object of hundreds of MB is never held in memory several times.
 
 Association policy: the called AE title must be ours, and when
-``allowed_callers`` is set the calling AE title must be one of them;
-otherwise the association is rejected.
+``allowed_callers`` is set the calling AE title must be one of them (and,
+for an entry bound to a certificate subject, the caller's verified TLS
+certificate must carry that subject); otherwise the association is
+rejected.  What a connection may take before and after it associates (TLS
+handshake and association request deadline, PDU length, idle time, number
+of connections) is bounded by :mod:`gateway.net.guard`.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import copy
 import os
 import shutil
 import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,7 +35,6 @@ from pydicom.errors import InvalidDicomError
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 
 from gateway.config import ServerConfig
 from gateway.dicom.identity import Identity
@@ -39,6 +43,7 @@ from gateway.dicom.walk import check_complete, walk_file
 from gateway.errors import GatewayError, SpoolError
 from gateway.logs import get_logger, stage
 from gateway.net import sink
+from gateway.net.guard import GuardedServer, Limits
 from gateway.record import ProofRecord
 from gateway.spool import Spool, create_private
 
@@ -248,6 +253,8 @@ def build_ae(server: ServerConfig) -> AE:
     if server.allowed_callers:
         ae.require_calling_aet = list(server.allowed_callers)
     ae.maximum_associations = server.max_associations
+    ae.network_timeout = server.idle_seconds  # an established association silent this long is aborted
+    ae.dimse_timeout = server.idle_seconds
     syntaxes = accepted_syntaxes()
     ae.add_supported_context(Verification, syntaxes[:3])
     for context in AllStoragePresentationContexts:
@@ -255,8 +262,12 @@ def build_ae(server: ServerConfig) -> AE:
     return ae
 
 
-def start_receiver(server: ServerConfig, receiver: Receiver) -> ThreadedAssociationServer:
+def start_receiver(server: ServerConfig, receiver: Receiver) -> GuardedServer:
     """Start listening in background threads; stop with ``.shutdown()``.
+
+    Connections go through :class:`~gateway.net.guard.GuardedServer` (TLS
+    when ``[server.tls]`` is set, deadlines, PDU and connection limits)
+    before pynetdicom's association handling sees them.
 
     Two of pynetdicom's module-wide settings are changed, because pynetdicom
     offers them per process only:
@@ -281,7 +292,11 @@ def start_receiver(server: ServerConfig, receiver: Receiver) -> ThreadedAssociat
         (evt.EVT_REJECTED, _on_rejected),
     ]
     try:
-        return ae.start_server((server.host, server.port), block=False, evt_handlers=handlers,
-                               contexts=_cheap_copies(ae.supported_contexts))
+        listener = GuardedServer(ae, (server.host, server.port), server.ae_title, _cheap_copies(ae.supported_contexts),
+                                 limits=Limits.of(server), tls=server.tls.context() if server.tls else None,
+                                 caller_certificates=server.caller_certificates, evt_handlers=handlers)
     except OSError as exc:
         raise GatewayError(f"cannot listen on {server.host}:{server.port}: {exc}") from exc
+    ae._servers.append(listener)  # as AE.start_server does: AE.shutdown() and the server's shutdown() expect it
+    threading.Thread(target=listener.serve_forever, name="dicom-accept", daemon=True).start()
+    return listener

@@ -50,6 +50,8 @@ SWITCH = np.array([1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1] + [0] * 32, dtyp
 S_QE = np.array([QE[s >> 1] for s in range(94)], dtype=np.int64)
 S_NMPS = np.array([(NMPS[s >> 1] << 1) | (s & 1) for s in range(94)], dtype=np.int64)
 S_NLPS = np.array([(NLPS[s >> 1] << 1) | ((s & 1) ^ SWITCH[s >> 1]) for s in range(94)], dtype=np.int64)
+# Both transitions in one table: ``S_NEXT[2 * state + lps]``.
+S_NEXT = np.array([t[s] for s in range(94) for t in (S_NMPS, S_NLPS)], dtype=np.int64)
 
 # The 19 contexts of the bit-plane coder (T.800 Table D.7 gives their initial states).
 N_CONTEXTS = 19
@@ -116,24 +118,25 @@ def _byteout(c: int, ct: int, b: int, n: int, out: np.ndarray, base: int) -> tup
 @njit(cache=True, nogil=True, inline="always")
 def encode(bit: int, cx: int, states: np.ndarray, a: int, c: int, ct: int, b: int, n: int,
            out: np.ndarray, base: int) -> tuple[int, int, int, int, int]:
-    """Code one decision `bit` in context `cx` (CODEMPS / CODELPS with RENORME, T.800 C.2.5-C.2.7)."""
+    """Code one decision `bit` in context `cx` (CODEMPS / CODELPS with RENORME, T.800 C.2.5-C.2.7).
+
+    Written without a branch on the decision: both codings either add Qe to
+    C and keep A, or set A to Qe ("conditional exchange"), and which one
+    depends on ``A - Qe < Qe`` and on whether the symbol is the MPS; masks
+    pick the result, so only the renormalisation test branches (rarely
+    mispredicted: most symbols are MPS that need none).
+    """
     s = states[cx]
     qe = S_QE[s]
     a -= qe
-    if bit == (s & 1):
-        if a & 0x8000:
-            return a, c + qe, ct, b, n
-        if a < qe:
-            a = qe
-        else:
-            c += qe
-        states[cx] = S_NMPS[s]
-    else:
-        if a < qe:
-            c += qe
-        else:
-            a = qe
-        states[cx] = S_NLPS[s]
+    lps = bit ^ (s & 1)
+    keep = (1 if a < qe else 0) ^ lps ^ 1  # 1: C += Qe and A stays; 0: A = Qe
+    mask = -keep
+    c += qe & mask
+    a = qe ^ ((a ^ qe) & mask)
+    if a & 0x8000:
+        return a, c, ct, b, n
+    states[cx] = S_NEXT[2 * s + lps]
     shift = leading_zeros(np.uint32(a)) - 16
     while shift >= ct:
         a <<= ct
@@ -200,29 +203,23 @@ def init_decoder(data: np.ndarray, start: int, end: int) -> tuple[int, int, int,
 @njit(cache=True, nogil=True, inline="always")
 def decode(cx: int, states: np.ndarray, a: int, c: int, ct: int, pos: int,
            data: np.ndarray, end: int) -> tuple[int, int, int, int, int]:
-    """Decode one decision in context `cx` (T.800 C.3.2); returns ``(bit, a, c, ct, pos)``."""
+    """Decode one decision in context `cx` (T.800 C.3.2); returns ``(bit, a, c, ct, pos)``.
+
+    Branch-free like :func:`encode`: the decision is the MPS flipped once for
+    each of ``C_high < Qe`` and ``A - Qe < Qe``, and masks apply the
+    interval update of either sub-interval.
+    """
     s = states[cx]
     qe = S_QE[s]
     a -= qe
-    if (c >> 16) < qe:
-        if a < qe:
-            a = qe
-            d = s & 1
-            states[cx] = S_NMPS[s]
-        else:
-            a = qe
-            d = 1 - (s & 1)
-            states[cx] = S_NLPS[s]
-    else:
-        c -= qe << 16
-        if a & 0x8000:
-            return s & 1, a, c, ct, pos
-        if a < qe:
-            d = 1 - (s & 1)
-            states[cx] = S_NLPS[s]
-        else:
-            d = s & 1
-            states[cx] = S_NMPS[s]
+    low = 1 if (c >> 16) < qe else 0  # the code value lies in the lower (Qe) sub-interval
+    d = (s & 1) ^ low ^ (1 if a < qe else 0)
+    mask = -low
+    c -= (qe << 16) & ~mask
+    a ^= (a ^ qe) & mask
+    if a & 0x8000:
+        return d, a, c, ct, pos
+    states[cx] = S_NEXT[2 * s + (d ^ (s & 1))]
     shift = leading_zeros(np.uint32(a)) - 16
     while shift > ct:
         a <<= ct

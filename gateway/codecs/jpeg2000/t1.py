@@ -465,8 +465,14 @@ def _dec_run(i: int, m: int, w: int, half: int, flags: np.ndarray, vals: np.ndar
 
 @njit(cache=True, nogil=True, _nrt=False)
 def _decode_block(coef: np.ndarray, orient: int, planes: int, style: int, segs: np.ndarray, data: np.ndarray,
-                  flags: np.ndarray, vals: np.ndarray, counts: np.ndarray, states: np.ndarray) -> int:
-    """Decode one code-block's segments into `coef` (signed values); 0 or an error code."""
+                  flags: np.ndarray, vals: np.ndarray, counts: np.ndarray, states: np.ndarray, general: tuple) -> int:
+    """Decode one code-block's segments into `coef` (signed values); 0 or an error code.
+
+    `general` is ``()`` for a block without the bypass and vertically causal
+    styles, and a one-element tuple otherwise: its length is known when the
+    kernel is compiled, so the plain variant is compiled without the tests
+    those styles need in every coefficient's coding.
+    """
     h, w = coef.shape
     stride = w + 2
     s2, s3 = 2 * stride, 3 * stride
@@ -488,8 +494,8 @@ def _decode_block(coef: np.ndarray, orient: int, planes: int, style: int, segs: 
         return ERR_PLANES
     if planes < 1 or total > 3 * planes - 2:
         return ERR_PASSES
-    vcausal = style & STYLE_VCAUSAL != 0
-    bypass = style & STYLE_BYPASS != 0
+    vcausal = len(general) > 0 and style & STYLE_VCAUSAL != 0
+    bypass = len(general) > 0 and style & STYLE_BYPASS != 0
     mq.reset_contexts(states)
     p = planes - 1
     kind = 2  # 0 significance propagation, 1 magnitude refinement, 2 cleanup
@@ -609,8 +615,12 @@ def decode_blocks(coeffs: np.ndarray, blocks: np.ndarray, segments: np.ndarray, 
             flags = np.empty((h + 2) * (w + 2), dtype=np.uint16)
             vals = np.empty(h * w, dtype=np.int32)
         first, count = blocks[k, 8], blocks[k, 9]
-        status = _decode_block(coeffs[comp, y0:y0 + h, x0:x0 + w], blocks[k, 5], blocks[k, 6], blocks[k, 7],
-                               segments[first:first + count], data, flags, vals, counts, states)
+        if blocks[k, 7] & (STYLE_BYPASS | STYLE_VCAUSAL):
+            status = _decode_block(coeffs[comp, y0:y0 + h, x0:x0 + w], blocks[k, 5], blocks[k, 6], blocks[k, 7],
+                                   segments[first:first + count], data, flags, vals, counts, states, (1,))
+        else:
+            status = _decode_block(coeffs[comp, y0:y0 + h, x0:x0 + w], blocks[k, 5], blocks[k, 6], blocks[k, 7],
+                                   segments[first:first + count], data, flags, vals, counts, states, ())
         if status:
             return status
     return 0

@@ -151,9 +151,17 @@ def _cmd_status(args: argparse.Namespace) -> int:
     counts = spool.counts()
     print(f"spool {config.spool.directory}")
     print("  " + "  ".join(f"{k}={v}" for k, v in counts.items()))
+    record = None
     for dest in config.destinations:  # counted by file name: no manifest is read
         per = {s: spool.count_jobs(s, dest.name) for s in ("pending", "inflight", "dead")}
-        print(f"  {dest.name}: " + "  ".join(f"{k}={v}" for k, v in per.items()))
+        line = f"  {dest.name}: " + "  ".join(f"{k}={v}" for k, v in per.items())
+        if dest.storage_commitment:  # each instance's latest commitment state, from the proof record
+            from gateway.record import RECORD_FILE, ProofRecord
+
+            record = record or ProofRecord(config.spool.directory / RECORD_FILE)
+            committed = record.commitment_counts(dest.name)
+            line += "  commitment: " + "  ".join(f"{k}={v}" for k, v in committed.items())
+        print(line)
     failing = spool.failing()
     if failing:
         print("processing failed, to be tried again (then forwarded as received):")

@@ -13,7 +13,7 @@ Layout (see ``config/*.toml`` for commented examples)::
     [compression]   transfer_syntax, verify, processes, [compression.modality] overrides
     [retry]         max_attempts, base_seconds, cap_seconds
     [logging]       level, file
-    [[destinations]] name, kind = "dicom" | "folder", ...
+    [[destinations]] name, kind = "dicom" | "folder" | "dicomweb", ...
     [[routes]]      destinations, calling_ae, modality, sop_class
 
 Without ``[[routes]]`` every instance goes to every destination.  With
@@ -41,6 +41,7 @@ __all__ = [
     "RetryConfig",
     "LoggingConfig",
     "Destination",
+    "HttpAuth",
     "Route",
     "load_config",
     "parse_config",
@@ -150,11 +151,35 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpAuth:
+    """Credentials for a DICOMweb destination, read from a file at each request (never logged)."""
+
+    kind: str  # "basic" | "bearer"
+    secret_file: Path  # the password (basic) or the token (bearer)
+    username: str = ""
+
+    def header(self) -> str:
+        """The ``Authorization`` header's value; :class:`ConfigError` if the file cannot be read or is empty."""
+        import base64
+
+        key = "password_file" if self.kind == "basic" else "token_file"
+        try:
+            secret = self.secret_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"auth.{key}", f"cannot read {self.secret_file}: {exc}") from exc
+        if not secret:
+            raise ConfigError(f"auth.{key}", f"{self.secret_file} is empty")
+        if self.kind == "basic":
+            return "Basic " + base64.b64encode(f"{self.username}:{secret}".encode()).decode("ascii")
+        return f"Bearer {secret}"
+
+
+@dataclass(frozen=True, slots=True)
 class Destination:
-    """A place instances are forwarded to: a DICOM peer or a folder."""
+    """A place instances are forwarded to: a DICOM peer, a DICOMweb service or a folder."""
 
     name: str
-    kind: str  # "dicom" | "folder"
+    kind: str  # "dicom" | "folder" | "dicomweb"
     ae_title: str = ""
     host: str = ""
     port: int = 0
@@ -162,6 +187,12 @@ class Destination:
     timeout_seconds: float = 30.0
     associations: int = 2  # parallel associations (dicom); each instance always uses the same one
     path: Path | None = None
+    storage_commitment: bool = False  # dicom: delivered only once the archive commits (PS3.4 Annex J)
+    commitment_timeout_seconds: float = 60.0  # no N-EVENT-REPORT within this: a transient failure
+    url: str = ""  # dicomweb: the service root; instances are POSTed to {url}/studies
+    auth: HttpAuth | None = None  # dicomweb
+    ca_certificates: Path | None = None  # dicomweb over https: the CAs to trust instead of the system's
+    batch_instances: int = 50  # dicomweb: instances per multipart request
 
 
 @dataclass(frozen=True, slots=True)
@@ -458,13 +489,66 @@ def _destination(index: int, data: Any, base: Path) -> Destination:
             ),
             timeout_seconds=_number(t.path("timeout_seconds"), t.pop("timeout_seconds", 30.0), 0.1, 3600),
             associations=_int(t.path("associations"), t.pop("associations", 2), 1, 16),
+            storage_commitment=_bool(t.path("storage_commitment"), t.pop("storage_commitment", False)),
+            commitment_timeout_seconds=_number(t.path("commitment_timeout_seconds"),
+                                               t.pop("commitment_timeout_seconds", 60.0), 0.1, 86400),
         )
     elif kind == "folder":
         dest = Destination(name=name, kind=kind, path=_path(t.path("path"), t.pop("path"), base))
+    elif kind == "dicomweb":
+        dest = Destination(
+            name=name,
+            kind=kind,
+            url=_url(t.path("url"), t.pop("url")),
+            auth=_auth(t.path("auth"), t.pop("auth"), base),
+            ca_certificates=(None if (ca := t.pop("ca_certificates")) is None
+                             else _path(t.path("ca_certificates"), ca, base)),
+            transfer_syntaxes=tuple(
+                _syntax(f"{t.path('transfer_syntaxes')}[{i}]", v, allow_keep=False)
+                for i, v in enumerate(_list(t.path("transfer_syntaxes"), t.pop("transfer_syntaxes", [])))
+            ),
+            timeout_seconds=_number(t.path("timeout_seconds"), t.pop("timeout_seconds", 30.0), 0.1, 3600),
+            batch_instances=_int(t.path("batch_instances"), t.pop("batch_instances", 50), 1, 1000),
+        )
+        if dest.ca_certificates is not None and not dest.url.startswith("https://"):
+            raise ConfigError(t.path("ca_certificates"), "only meaningful with an https:// url")
     else:
-        raise ConfigError(t.path("kind"), f"must be 'dicom' or 'folder', got {kind!r}")
+        raise ConfigError(t.path("kind"), f"must be 'dicom', 'folder' or 'dicomweb', got {kind!r}")
     t.finish()
     return dest
+
+
+def _url(key: str, value: Any) -> str:
+    """An http(s) service root without credentials, query or fragment; no trailing slash."""
+    from urllib.parse import urlsplit
+
+    text = _str(key, value)
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(key, f"must be an http:// or https:// URL, got {text!r}")
+    if parts.username or parts.password:
+        raise ConfigError(key, "must not carry credentials; use auth with a password_file or token_file")
+    if parts.query or parts.fragment:
+        raise ConfigError(key, f"must be the service root, without query or fragment, got {text!r}")
+    return text.rstrip("/")
+
+
+def _auth(key: str, value: Any, base: Path) -> HttpAuth | None:
+    if value is None:
+        return None
+    t = _Table(key, value)
+    kind = t.pop("kind")
+    if kind == "basic":
+        auth = HttpAuth(kind=kind, username=_str(t.path("username"), t.pop("username")),
+                        secret_file=_path(t.path("password_file"), t.pop("password_file"), base))
+        if ":" in auth.username:
+            raise ConfigError(t.path("username"), "must not contain ':'")
+    elif kind == "bearer":
+        auth = HttpAuth(kind=kind, secret_file=_path(t.path("token_file"), t.pop("token_file"), base))
+    else:
+        raise ConfigError(t.path("kind"), f"must be 'basic' or 'bearer', got {kind!r}")
+    t.finish()
+    return auth
 
 
 def _list(key: str, value: Any) -> list:

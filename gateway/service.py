@@ -18,7 +18,7 @@ import time
 
 from gateway.config import Config, Destination, load_config
 from gateway.errors import ConfigError, GatewayError
-from gateway.forward import Forwarder, make_sender
+from gateway.forward import CommitmentReports, Forwarder, make_sender
 from gateway.logs import get_logger
 from gateway.net.scp import Receiver, start_receiver
 from gateway.record import RECORD_FILE, ProofRecord
@@ -37,6 +37,7 @@ class Gateway:
         self.config = config
         self.spool = Spool(config.spool.directory)
         self.record = ProofRecord(self.spool.root / RECORD_FILE)
+        self.commitment_reports = CommitmentReports()  # storage commitment results reaching our receiver
         self.forwarders: dict[str, list[Forwarder]] = {}
         self.worker: Worker | None = None
         self.server = None
@@ -68,6 +69,7 @@ class Gateway:
         self.worker.start()
         self._start_housekeeping()
         receiver = Receiver(self.spool, on_received=self.worker.notify, record=self.record)
+        receiver.event_reports = self.commitment_reports.deliver
         self.server = start_receiver(self.config.server, receiver)
         if self.config.web is not None:
             self._start_web()
@@ -184,7 +186,8 @@ class Gateway:
         forwarding = config.forwarding
         return [
             Forwarder(dest, self.spool, config.retry,
-                      make_sender(dest, config.server.ae_title, config.compression.verify),
+                      make_sender(dest, config.server.ae_title, config.compression.verify,
+                                  spool=self.spool, record=self.record, reports=self.commitment_reports),
                       batch=forwarding.batch, idle_seconds=forwarding.idle_release_seconds,
                       rescan_seconds=forwarding.rescan_seconds, partition=(index, count), record=self.record)
             for index in range(count)

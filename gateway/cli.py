@@ -98,7 +98,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-_CSV_LIST_FIELDS = ("verified_by", "deliveries")
+_CSV_LIST_FIELDS = ("verified_by", "deliveries", "commitments")
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
@@ -132,11 +132,15 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         return 0
     columns = [key for key in (entries[0] if entries else {"id": None}) if key not in _CSV_LIST_FIELDS]
     writer = csv.writer(sys.stdout)
-    writer.writerow([*columns, "verified_by", "deliveries"])
+    writer.writerow([*columns, "verified_by", "deliveries", "commitments"])
     for entry in entries:
         verified = ";".join(f"{v['decoder']}={v['pixel_hash']}" for v in entry["verified_by"])
         deliveries = ";".join(f"{d['destination']}={d['outcome']}:{d['syntax'] or ''}" for d in entry["deliveries"])
-        writer.writerow([*(entry[key] for key in columns), verified, deliveries])
+        latest: dict[str, str] = {}  # each destination's latest commitment state
+        for c in entry.get("commitments", []):
+            latest[c["destination"]] = c["state"]
+        commitments = ";".join(f"{name}={state}" for name, state in latest.items())
+        writer.writerow([*(entry[key] for key in columns), verified, deliveries, commitments])
     return 0
 
 

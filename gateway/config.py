@@ -513,7 +513,7 @@ def _destination(index: int, data: Any, base: Path) -> Destination:
         if dest.ca_certificates is not None and not dest.url.startswith("https://"):
             raise ConfigError(t.path("ca_certificates"), "only meaningful with an https:// url")
     else:
-        raise ConfigError(t.path("kind"), f"must be 'dicom', 'folder' or 'dicomweb', got {kind!r}")
+        raise ConfigError(t.path("kind"), f"must be 'dicomweb', 'dicom' or 'folder', got {kind!r}")
     t.finish()
     return dest
 

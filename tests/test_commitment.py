@@ -4,28 +4,45 @@ association, fail some instances, never answer, or do not offer the SOP class.""
 
 from __future__ import annotations
 
+import csv
 import json
 import threading
 import time
-from io import BytesIO
+from io import BytesIO, StringIO
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from pydicom import Dataset, dcmread
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
 from gateway.cli import main
 from gateway.config import ConfigError, parse_config
-from gateway.errors import PeerProtocolError, PermanentForwardError, TransientForwardError
-from gateway.forward.commitment import (STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE, CommitmentReports,
-                                        classify_failure, parse_report)
+from gateway.errors import (
+    PeerProtocolError,
+    PermanentForwardError,
+    TransientForwardError,
+)
+from gateway.forward.commitment import (
+    STORAGE_COMMITMENT,
+    STORAGE_COMMITMENT_INSTANCE,
+    CommitmentReports,
+    classify_failure,
+    parse_report,
+)
 from gateway.forward.dicom import DicomSender
 from gateway.net.scp import ACCEPTED_SYNTAXES
 from gateway.record import ProofRecord
-from tests.conftest import UNCOMMITTABLE, build_config, free_port, make_series, send, wait_until
+from tests.conftest import (
+    UNCOMMITTABLE,
+    build_config,
+    free_port,
+    make_series,
+    send,
+    wait_until,
+)
 from tests.test_dicomweb import _objects
 
 # ------------------------------------------------------------------ configuration and the report itself
@@ -338,3 +355,7 @@ def test_series_committed_by_orthanc_and_one_it_cannot_commit(tmp_path: Path, or
     out = capsys.readouterr().out
     assert "orthanc: pending=0  inflight=0  dead=1  commitment: pending=0  committed=4  failed=1" in out
     assert "0x0112" in out
+    assert main(["audit", "--config", str(path), "--format", "csv"]) == 0
+    rows = {row["sop_instance_uid"]: row for row in csv.DictReader(StringIO(capsys.readouterr().out))}
+    assert rows[str(series[3].SOPInstanceUID)]["commitments"] == "orthanc=failed"
+    assert rows[str(series[0].SOPInstanceUID)]["commitments"] == "orthanc=committed"

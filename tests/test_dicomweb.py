@@ -6,9 +6,9 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import shutil
 import ssl
 import subprocess
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +28,11 @@ from gateway.config import ConfigError, parse_config
 from gateway.dicom.identity import Identity
 from gateway.errors import PermanentForwardError, TransientForwardError
 from gateway.forward import make_sender
-from gateway.forward.dicomweb import DicomWebSender, classify_failure_reason, parse_store_response
+from gateway.forward.dicomweb import (
+    DicomWebSender,
+    classify_failure_reason,
+    parse_store_response,
+)
 from gateway.spool import Job
 from tests.conftest import build_config, make_series, send, wait_until
 
@@ -51,7 +55,7 @@ class StowServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-            def do_POST(self) -> None:  # noqa: N802 - the http.server name
+            def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(length)
                 owner.headers.append(dict(self.headers.items()))

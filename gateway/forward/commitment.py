@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from io import BytesIO
 
 from pydicom import Dataset
+from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
-from pydicom.filebase import DicomBytesIO
 
 from gateway.errors import PeerProtocolError
 from gateway.logs import get_logger

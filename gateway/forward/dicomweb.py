@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 import ssl
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ __all__ = ["DicomWebSender", "classify_failure_reason", "parse_store_response", 
 _log = get_logger("forward")
 
 _CHUNK = 1 << 20
+_RESPONSE_LIMIT = 16 << 20  # bytes of a Store Instances Response read at most
 TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
 
 Transcode = Callable[[Path, str, str], "Dataset | None"]
@@ -122,7 +124,7 @@ def parse_store_response(content_type: str, body: bytes) -> StoreResponse:
                     failed[uid] = int(reason) if isinstance(reason, (int, float)) else 0x0110
             listed = "00081199" in data or "00081198" in data
         elif kind.endswith("xml"):
-            import xml.etree.ElementTree as ET  # noqa: N817 - the usual name
+            import xml.etree.ElementTree as ET
 
             root = ET.fromstring(body)
             def items(tag: str) -> list[ET.Element]:
@@ -348,14 +350,25 @@ class DicomWebSender:
         headers["Content-Length"] = str(length)
         client = self._client_for()
         try:
-            response = client.post(f"{dest.url}/studies", content=body, headers=headers)
+            with client.stream("POST", f"{dest.url}/studies", content=body, headers=headers) as response:
+                received = bytearray()
+                deadline = time.monotonic() + dest.timeout_seconds  # a body trickling in is not waited for forever
+                for chunk in response.iter_bytes():
+                    received += chunk
+                    if time.monotonic() > deadline:
+                        raise httpx.ReadTimeout("the response body took longer than timeout_seconds")
+                    if len(received) > _RESPONSE_LIMIT:  # no Store Instances Response is that long
+                        _log.warning("%s sent a response of more than %d bytes; its body is ignored",
+                                     dest.name, _RESPONSE_LIMIT)
+                        received = bytearray()
+                        break
+                return response.status_code, response.headers.get("content-type", ""), bytes(received)
         except httpx.TimeoutException as exc:
             self.close()
             raise TransientForwardError(f"STOW-RS to {dest.name} timed out: {type(exc).__name__}") from exc
         except (httpx.HTTPError, OSError) as exc:  # connection refused or reset, TLS failure, ...
             self.close()
             raise TransientForwardError(f"STOW-RS to {dest.name} failed: {type(exc).__name__}: {exc}") from exc
-        return response.status_code, response.headers.get("content-type", ""), response.content
 
 
 def _file_bytes(ds: Dataset) -> bytes:

@@ -9,7 +9,7 @@ spool/archive folders can be moved together.
 Layout (see ``config/*.toml`` for commented examples)::
 
     [server]        ae_title, host, port, allowed_callers, max_pdu
-    [spool]         directory, keep_done_hours
+    [spool]         directory, keep_done_hours, keep_record_days, keep_after_delivery
     [compression]   transfer_syntax, verify, processes, [compression.modality] overrides
     [retry]         max_attempts, base_seconds, cap_seconds
     [logging]       level, file
@@ -73,6 +73,7 @@ class SpoolConfig:
     directory: Path
     keep_done_hours: float = 168.0  # finished job manifests older than this are deleted (hourly sweep)
     keep_record_days: float = 3650.0  # the proof record forgets instances received longer ago
+    keep_after_delivery: bool = True  # keep the received copy once delivered everywhere (for keep_done_hours)
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,6 +381,7 @@ def _spool(data: Any, base: Path) -> SpoolConfig:
         directory=_path(t.path("directory"), t.pop("directory", "spool"), base),
         keep_done_hours=_number(t.path("keep_done_hours"), t.pop("keep_done_hours", 168.0), 0, 24 * 3650),
         keep_record_days=_number(t.path("keep_record_days"), t.pop("keep_record_days", 3650.0), 1, 36500),
+        keep_after_delivery=_bool(t.path("keep_after_delivery"), t.pop("keep_after_delivery", True)),
     )
     t.finish()
     return cfg

@@ -35,7 +35,7 @@ class Gateway:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.spool = Spool(config.spool.directory)
+        self.spool = Spool(config.spool.directory, keep_after_delivery=config.spool.keep_after_delivery)
         self.record = ProofRecord(self.spool.root / RECORD_FILE)
         self.commitment_reports = CommitmentReports()  # storage commitment results reaching our receiver
         self.forwarders: dict[str, list[Forwarder]] = {}
@@ -131,6 +131,10 @@ class Gateway:
         if removed:
             _log.info("deleted %d finished job manifest(s) older than %g h", removed,
                       self.config.spool.keep_done_hours)
+        kept = self.spool.prune_kept(self.config.spool.keep_done_hours * 3600.0)
+        if kept:
+            _log.info("deleted %d copies kept after delivery for more than %g h", kept,
+                      self.config.spool.keep_done_hours)
         days = self.config.spool.keep_record_days
         try:
             forgotten = self.record.prune(time.time() - days * 86400.0)
@@ -195,7 +199,8 @@ class Gateway:
 
     # What a reload cannot change: the listening socket, the spool, the worker pool's size, the web server.
     _RESTART_ONLY = (("server", "host"), ("server", "port"), ("server", "ae_title"), ("server", "max_pdu"),
-                     ("server", "max_associations"), ("spool", "directory"), ("compression", "processes"),
+                     ("server", "max_associations"), ("spool", "directory"),
+                     ("spool", "keep_after_delivery"), ("compression", "processes"),
                      ("web", None), ("logging", None))
 
     def reload(self) -> str | None:

@@ -205,8 +205,11 @@ class Job:
 class Spool:
     """Durable instance store and job queue rooted at one directory."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, *, keep_after_delivery: bool = False) -> None:
         self.root = Path(root)
+        # Keep the received copy (moved to kept/) once every job is done, until prune_kept removes it.
+        self.keep_after_delivery = keep_after_delivery
+        self.kept = self.root / "kept"
         self.tmp = self.root / "tmp"
         self.incoming = self.root / "incoming"
         self.held = self.root / "held"
@@ -217,7 +220,7 @@ class Spool:
         self._syncer: ThreadPoolExecutor | None = None
         self._lock_handle: Any = None
         try:
-            for folder in (self.tmp, self.incoming, self.held, self.objects, self.failures,
+            for folder in (self.tmp, self.incoming, self.held, self.objects, self.failures, self.kept,
                            *(self.jobs / s for s in STATES)):
                 folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -482,7 +485,10 @@ class Spool:
         held = self.held_path(instance)
         if held.exists():
             fsync_dir(self.jobs / DONE)  # no finished job may come back to life without its source
-            held.unlink(missing_ok=True)
+            if self.keep_after_delivery:  # out of held/: nothing processes or sends it again
+                os.replace(held, self.kept / held.name)
+            else:
+                held.unlink(missing_ok=True)
         self.object_path(instance).unlink(missing_ok=True)
 
     @staticmethod
@@ -534,6 +540,21 @@ class Spool:
             for entry in entries:
                 if not entry.name.endswith(".json"):
                     continue
+                try:
+                    if entry.stat().st_ctime < limit:
+                        os.unlink(entry.path)
+                        removed += 1
+                except FileNotFoundError:
+                    pass
+        return removed
+
+    def prune_kept(self, older_than_seconds: float, now: float | None = None) -> int:
+        """Delete copies kept after delivery more than `older_than_seconds` ago (``st_ctime``: the move
+        into ``kept/``); return how many."""
+        limit = (time.time() if now is None else now) - older_than_seconds
+        removed = 0
+        with os.scandir(self.kept) as entries:
+            for entry in entries:
                 try:
                     if entry.stat().st_ctime < limit:
                         os.unlink(entry.path)

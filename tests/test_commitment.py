@@ -359,3 +359,54 @@ def test_series_committed_by_orthanc_and_one_it_cannot_commit(tmp_path: Path, or
     rows = {row["sop_instance_uid"]: row for row in csv.DictReader(StringIO(capsys.readouterr().out))}
     assert rows[str(series[3].SOPInstanceUID)]["commitments"] == "orthanc=failed"
     assert rows[str(series[0].SOPInstanceUID)]["commitments"] == "orthanc=committed"
+
+
+# ------------------------------------------------------------------ retention after delivery
+
+
+def test_spool_keep_after_delivery_config(tmp_path: Path) -> None:
+    assert build_config(tmp_path).spool.keep_after_delivery is True
+    assert build_config(tmp_path, spool={"keep_after_delivery": False}).spool.keep_after_delivery is False
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"spool": {"directory": "s", "keep_after_delivery": "no"}, "destinations": []}, tmp_path)
+    assert caught.value.key == "spool.keep_after_delivery"
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_the_received_copy_after_delivery(tmp_path: Path, gateway_factory, keep: bool) -> None:
+    """Delivered everywhere: the received copy moves to kept/ (until the sweep) or is deleted."""
+    config = build_config(tmp_path, spool={"keep_after_delivery": keep})
+    gateway = gateway_factory(config)
+    (ds,) = make_series(1, rows=32, columns=32)
+    assert send(gateway.port, [ds]) == [0]
+    spool = gateway.spool
+    assert wait_until(lambda: spool.count_jobs("done") == 1 and not spool.held_ids(), timeout=60)
+    kept = list(spool.kept.iterdir())
+    assert list(spool.objects.iterdir()) == []
+    if not keep:
+        assert kept == []
+        return
+    (copy,) = kept
+    assert dcmread(copy).SOPInstanceUID == ds.SOPInstanceUID
+    assert np.array_equal(dcmread(copy).pixel_array, ds.pixel_array), "the copy as received"
+    assert spool.prune_kept(3600.0) == 0, "kept for keep_done_hours"
+    assert spool.prune_kept(0.0, now=time.time() + 1) == 1 and list(spool.kept.iterdir()) == []
+
+
+def test_an_uncommitted_instance_keeps_its_copy_in_the_spool(tmp_path: Path, archive, gateway_factory) -> None:
+    """Deleting (or setting aside) the copy waits for every destination: one stored, one not committed."""
+    series = make_series(1, rows=32, columns=32)
+    server = archive(fail={str(series[0].SOPInstanceUID): 0x0122})
+    config = build_config(tmp_path, [
+        {"name": "local", "kind": "folder", "path": "archive"},
+        {"name": "pacs", "kind": "dicom", "ae_title": "ARCHIVE", "host": "127.0.0.1", "port": server.port,
+         "storage_commitment": True, "commitment_timeout_seconds": 10}], spool={"keep_after_delivery": False})
+    gateway = gateway_factory(config)
+    assert send(gateway.port, series) == [0]
+    spool = gateway.spool
+    assert wait_until(lambda: spool.count_jobs("done", "local") == 1 and spool.count_jobs("dead", "pacs") == 1,
+                      timeout=60), spool.counts()
+    assert len(spool.held_ids()) == 1, "the copy stays while an archive has not committed"
+    assert server.stored, "the archive did receive it"
+    (dead,) = list(spool.jobs_in("dead", "pacs"))
+    assert "0x0122" in (dead.reason or "")

@@ -98,7 +98,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-_CSV_LIST_FIELDS = ("verified_by", "deliveries")
+_CSV_LIST_FIELDS = ("verified_by", "deliveries", "commitments")
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
@@ -132,11 +132,15 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         return 0
     columns = [key for key in (entries[0] if entries else {"id": None}) if key not in _CSV_LIST_FIELDS]
     writer = csv.writer(sys.stdout)
-    writer.writerow([*columns, "verified_by", "deliveries"])
+    writer.writerow([*columns, "verified_by", "deliveries", "commitments"])
     for entry in entries:
         verified = ";".join(f"{v['decoder']}={v['pixel_hash']}" for v in entry["verified_by"])
         deliveries = ";".join(f"{d['destination']}={d['outcome']}:{d['syntax'] or ''}" for d in entry["deliveries"])
-        writer.writerow([*(entry[key] for key in columns), verified, deliveries])
+        latest: dict[str, str] = {}  # each destination's latest commitment state
+        for c in entry.get("commitments", []):
+            latest[c["destination"]] = c["state"]
+        commitments = ";".join(f"{name}={state}" for name, state in latest.items())
+        writer.writerow([*(entry[key] for key in columns), verified, deliveries, commitments])
     return 0
 
 
@@ -151,11 +155,19 @@ def _cmd_status(args: argparse.Namespace) -> int:
     counts = spool.counts()
     print(f"spool {config.spool.directory}")
     print("  " + "  ".join(f"{k}={v}" for k, v in counts.items()))
+    record = None
     for dest in config.destinations:  # counted by file name: no manifest is read
         per = {s: spool.count_jobs(s, dest.name) for s in ("pending", "inflight", "dead")}
-        print(f"  {dest.name}: " + "  ".join(f"{k}={v}" for k, v in per.items()))
-        for line in _destination_lines(spool, dest.name, per["pending"] + per["inflight"]):
-            print(f"    {line}")
+        line = f"  {dest.name}: " + "  ".join(f"{k}={v}" for k, v in per.items())
+        if dest.storage_commitment:  # each instance's latest commitment state, from the proof record
+            from gateway.record import RECORD_FILE, ProofRecord
+
+            record = record or ProofRecord(config.spool.directory / RECORD_FILE)
+            committed = record.commitment_counts(dest.name)
+            line += "  commitment: " + "  ".join(f"{k}={v}" for k, v in committed.items())
+        print(line)
+        for detail in _destination_lines(spool, dest.name, per["pending"] + per["inflight"]):
+            print(f"    {detail}")
     failing = spool.failing()
     if failing:
         print("processing failed, to be tried again (then forwarded as received):")

@@ -12,11 +12,11 @@ Layout (see ``config/*.toml`` for commented examples)::
                     association_request_seconds, idle_seconds, max_connections,
                     max_connections_per_address
     [server.tls]    certificate, private_key, ca_certificates, require_client_certificate
-    [spool]         directory, keep_done_hours
+    [spool]         directory, keep_done_hours, keep_record_days, keep_after_delivery, min_free_bytes
     [compression]   transfer_syntax, verify, processes, [compression.modality] overrides
     [retry]         max_attempts, base_seconds, cap_seconds
     [logging]       level, file
-    [[destinations]] name, kind = "dicom" | "folder", ...
+    [[destinations]] name, kind = "dicom" | "folder" | "dicomweb", ...
     [[routes]]      destinations, calling_ae, modality, sop_class
 
 Without ``[[routes]]`` every instance goes to every destination.  With
@@ -51,6 +51,7 @@ __all__ = [
     "RetryConfig",
     "LoggingConfig",
     "Destination",
+    "HttpAuth",
     "Route",
     "load_config",
     "parse_config",
@@ -217,6 +218,7 @@ class SpoolConfig:
     keep_done_hours: float = 168.0  # finished job manifests older than this are deleted (hourly sweep)
     keep_record_days: float = 3650.0  # the proof record forgets instances received longer ago
     min_free_bytes: int = 256 << 20  # below this free space a C-STORE is answered 0xA700; half is the worker's reserve
+    keep_after_delivery: bool = True  # keep the received copy once delivered everywhere (for keep_done_hours)
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,11 +298,35 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpAuth:
+    """Credentials for a DICOMweb destination, read from a file at each request (never logged)."""
+
+    kind: str  # "basic" | "bearer"
+    secret_file: Path  # the password (basic) or the token (bearer)
+    username: str = ""
+
+    def header(self) -> str:
+        """The ``Authorization`` header's value; :class:`ConfigError` if the file cannot be read or is empty."""
+        import base64
+
+        key = "password_file" if self.kind == "basic" else "token_file"
+        try:
+            secret = self.secret_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"auth.{key}", f"cannot read {self.secret_file}: {exc}") from exc
+        if not secret:
+            raise ConfigError(f"auth.{key}", f"{self.secret_file} is empty")
+        if self.kind == "basic":
+            return "Basic " + base64.b64encode(f"{self.username}:{secret}".encode()).decode("ascii")
+        return f"Bearer {secret}"
+
+
+@dataclass(frozen=True, slots=True)
 class Destination:
-    """A place instances are forwarded to: a DICOM peer or a folder."""
+    """A place instances are forwarded to: a DICOM peer, a DICOMweb service or a folder."""
 
     name: str
-    kind: str  # "dicom" | "folder"
+    kind: str  # "dicom" | "folder" | "dicomweb"
     ae_title: str = ""
     host: str = ""
     port: int = 0
@@ -310,7 +336,13 @@ class Destination:
     path: Path | None = None
     file_mode: int = 0o600  # folder: mode of the files written, whatever the umask
     directory_mode: int = 0o700  # folder: mode of the folders created
-    tls: DestinationTls | None = None
+    tls: DestinationTls | None = None  # dicom: DICOM TLS to the peer
+    storage_commitment: bool = False  # dicom: delivered only once the archive commits (PS3.4 Annex J)
+    commitment_timeout_seconds: float = 60.0  # no N-EVENT-REPORT within this: a transient failure
+    url: str = ""  # dicomweb: the service root; instances are POSTed to {url}/studies
+    auth: HttpAuth | None = None  # dicomweb
+    ca_certificates: Path | None = None  # dicomweb over https: the CAs to trust instead of the system's
+    batch_instances: int = 50  # dicomweb: instances per multipart request
 
 
 @dataclass(frozen=True, slots=True)
@@ -601,6 +633,7 @@ def _spool(data: Any, base: Path) -> SpoolConfig:
         keep_done_hours=_number(t.path("keep_done_hours"), t.pop("keep_done_hours", 168.0), 0, 24 * 3650),
         keep_record_days=_number(t.path("keep_record_days"), t.pop("keep_record_days", 3650.0), 1, 36500),
         min_free_bytes=_int(t.path("min_free_bytes"), t.pop("min_free_bytes", 256 << 20), 0, 1 << 50),
+        keep_after_delivery=_bool(t.path("keep_after_delivery"), t.pop("keep_after_delivery", True)),
     )
     t.finish()
     return cfg
@@ -712,14 +745,34 @@ def _destination(index: int, data: Any, base: Path) -> Destination:
             timeout_seconds=_number(t.path("timeout_seconds"), t.pop("timeout_seconds", 30.0), 0.1, 3600),
             associations=_int(t.path("associations"), t.pop("associations", 2), 1, 16),
             tls=_destination_tls(t.path("tls"), tls, base) if (tls := t.pop("tls")) is not None else None,
+            storage_commitment=_bool(t.path("storage_commitment"), t.pop("storage_commitment", False)),
+            commitment_timeout_seconds=_number(t.path("commitment_timeout_seconds"),
+                                               t.pop("commitment_timeout_seconds", 60.0), 0.1, 86400),
         )
     elif kind == "folder":
         dest = Destination(name=name, kind=kind, path=_path(t.path("path"), t.pop("path"), base),
                            file_mode=_mode(t.path("file_mode"), t.pop("file_mode", "0600"), 0o600, 0o666),
                            directory_mode=_mode(t.path("directory_mode"), t.pop("directory_mode", "0700"),
                                                 0o700, 0o777))
+    elif kind == "dicomweb":
+        dest = Destination(
+            name=name,
+            kind=kind,
+            url=_url(t.path("url"), t.pop("url")),
+            auth=_auth(t.path("auth"), t.pop("auth"), base),
+            ca_certificates=(None if (ca := t.pop("ca_certificates")) is None
+                             else _path(t.path("ca_certificates"), ca, base)),
+            transfer_syntaxes=tuple(
+                _syntax(f"{t.path('transfer_syntaxes')}[{i}]", v, allow_keep=False)
+                for i, v in enumerate(_list(t.path("transfer_syntaxes"), t.pop("transfer_syntaxes", [])))
+            ),
+            timeout_seconds=_number(t.path("timeout_seconds"), t.pop("timeout_seconds", 30.0), 0.1, 3600),
+            batch_instances=_int(t.path("batch_instances"), t.pop("batch_instances", 50), 1, 1000),
+        )
+        if dest.ca_certificates is not None and not dest.url.startswith("https://"):
+            raise ConfigError(t.path("ca_certificates"), "only meaningful with an https:// url")
     else:
-        raise ConfigError(t.path("kind"), f"must be 'dicom' or 'folder', got {kind!r}")
+        raise ConfigError(t.path("kind"), f"must be 'dicomweb', 'dicom' or 'folder', got {kind!r}")
     t.finish()
     return dest
 
@@ -747,6 +800,37 @@ def _policy(data: Any) -> PolicyConfig:
         raise ConfigError(t.path("malformed"), f"must be 'forward' or 'hold', got {malformed!r}")
     t.finish()
     return PolicyConfig(malformed=malformed)
+def _url(key: str, value: Any) -> str:
+    """An http(s) service root without credentials, query or fragment; no trailing slash."""
+    from urllib.parse import urlsplit
+
+    text = _str(key, value)
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(key, f"must be an http:// or https:// URL, got {text!r}")
+    if parts.username or parts.password:
+        raise ConfigError(key, "must not carry credentials; use auth with a password_file or token_file")
+    if parts.query or parts.fragment:
+        raise ConfigError(key, f"must be the service root, without query or fragment, got {text!r}")
+    return text.rstrip("/")
+
+
+def _auth(key: str, value: Any, base: Path) -> HttpAuth | None:
+    if value is None:
+        return None
+    t = _Table(key, value)
+    kind = t.pop("kind")
+    if kind == "basic":
+        auth = HttpAuth(kind=kind, username=_str(t.path("username"), t.pop("username")),
+                        secret_file=_path(t.path("password_file"), t.pop("password_file"), base))
+        if ":" in auth.username:
+            raise ConfigError(t.path("username"), "must not contain ':'")
+    elif kind == "bearer":
+        auth = HttpAuth(kind=kind, secret_file=_path(t.path("token_file"), t.pop("token_file"), base))
+    else:
+        raise ConfigError(t.path("kind"), f"must be 'basic' or 'bearer', got {kind!r}")
+    t.finish()
+    return auth
 
 
 def _list(key: str, value: Any) -> list:

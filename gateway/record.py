@@ -12,7 +12,10 @@ received instance and its stages, written as each stage completes:
 * **verified**: each decoder that decoded the output and the hash of what it
   decoded (table ``verifications``);
 * **forwarded**: per destination, the syntax sent, the outcome (delivered or
-  dead) with the reason, the attempts and the time (table ``deliveries``).
+  dead) with the reason, the attempts and the time (table ``deliveries``);
+* **committed**: per destination with storage commitment, each state of
+  its commitment (pending when asked, then committed or failed with the
+  archive's reason) and the Transaction UID (table ``commitments``).
 
 No patient names or IDs are stored: the record identifies instances by their
 UIDs only.  A committed write survives ``kill -9`` of any process (WAL, with
@@ -32,7 +35,7 @@ from typing import Any
 from gateway.dicom.identity import Identity
 from gateway.errors import SpoolError
 
-__all__ = ["ProofRecord", "RECORD_FILE"]
+__all__ = ["ProofRecord", "RECORD_FILE", "COMMITMENT_STATES"]
 
 RECORD_FILE = "record.sqlite"
 
@@ -80,7 +83,18 @@ CREATE TABLE IF NOT EXISTS deliveries (
     reason TEXT,
     PRIMARY KEY (id, destination, at)
 );
+CREATE TABLE IF NOT EXISTS commitments (
+    id TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    at REAL NOT NULL,
+    state TEXT NOT NULL,               -- 'pending' | 'committed' | 'failed'
+    transaction_uid TEXT NOT NULL,
+    reason TEXT,
+    PRIMARY KEY (id, destination, at, state)
+);
 """
+
+COMMITMENT_STATES = ("pending", "committed", "failed")
 
 _INSTANCE_FIELDS = (
     "sop_instance_uid", "sop_class_uid", "study_uid", "series_uid", "modality", "received_at", "calling_ae",
@@ -187,7 +201,30 @@ class ProofRecord:
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             ident, destination, time.time(), outcome, syntax, attempts, seconds, reason)
 
+    def commitment(self, ident: str, destination: str, *, state: str, transaction_uid: str,
+                   reason: str | None = None) -> None:
+        """A storage commitment was asked for (``pending``), granted (``committed``) or refused (``failed``)."""
+        if state not in COMMITMENT_STATES:
+            raise ValueError(f"unknown commitment state {state!r}")
+        self._write(
+            "INSERT OR REPLACE INTO commitments (id, destination, at, state, transaction_uid, reason) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            ident, destination, time.time(), state, transaction_uid, reason)
+
     # ---------------------------------------------------------------- reading
+
+    def commitment_counts(self, destination: str) -> dict[str, int]:
+        """How many instances' latest commitment at `destination` is in each state."""
+        counts = dict.fromkeys(COMMITMENT_STATES, 0)
+        db = self._connection()
+        rows = db.execute(
+            "SELECT c.state, COUNT(*) FROM commitments c JOIN ("
+            "  SELECT id, MAX(at) AS at FROM commitments WHERE destination = ? GROUP BY id) latest "
+            "ON c.id = latest.id AND c.at = latest.at WHERE c.destination = ? GROUP BY c.state",
+            (destination, destination)).fetchall()
+        for state, count in rows:
+            counts[state] = counts.get(state, 0) + count
+        return counts
 
     def _assemble(self, db: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Any]:
         ident = row["id"]
@@ -199,6 +236,10 @@ class ProofRecord:
         entry["deliveries"] = [
             {key: d[key] for key in ("destination", "at", "outcome", "syntax", "attempts", "seconds", "reason")}
             for d in db.execute("SELECT * FROM deliveries WHERE id = ? ORDER BY at", (ident,))
+        ]
+        entry["commitments"] = [
+            {key: c[key] for key in ("destination", "at", "state", "transaction_uid", "reason")}
+            for c in db.execute("SELECT * FROM commitments WHERE id = ? ORDER BY at, rowid", (ident,))
         ]
         return entry
 
@@ -223,6 +264,7 @@ class ProofRecord:
                 old = "SELECT id FROM instances WHERE received_at < ?"
                 db.execute(f"DELETE FROM verifications WHERE id IN ({old})", (older_than,))
                 db.execute(f"DELETE FROM deliveries WHERE id IN ({old})", (older_than,))
+                db.execute(f"DELETE FROM commitments WHERE id IN ({old})", (older_than,))
                 count = db.execute("DELETE FROM instances WHERE received_at < ?", (older_than,)).rowcount
                 db.execute("COMMIT")
                 return count

@@ -18,7 +18,7 @@ import time
 
 from gateway.config import Config, Destination, load_config
 from gateway.errors import ConfigError, GatewayError
-from gateway.forward import Forwarder, make_sender
+from gateway.forward import CommitmentReports, Forwarder, make_sender
 from gateway.logs import get_logger
 from gateway.net.scp import Receiver, start_receiver
 from gateway.record import RECORD_FILE, ProofRecord
@@ -35,8 +35,9 @@ class Gateway:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.spool = Spool(config.spool.directory)
+        self.spool = Spool(config.spool.directory, keep_after_delivery=config.spool.keep_after_delivery)
         self.record = ProofRecord(self.spool.root / RECORD_FILE)
+        self.commitment_reports = CommitmentReports()  # storage commitment results reaching our receiver
         self.forwarders: dict[str, list[Forwarder]] = {}
         self.worker: Worker | None = None
         self.server = None
@@ -69,6 +70,7 @@ class Gateway:
         self._start_housekeeping()
         receiver = Receiver(self.spool, on_received=self.worker.notify, record=self.record,
                             min_free_bytes=self.config.spool.min_free_bytes)
+        receiver.event_reports = self.commitment_reports.deliver
         self.server = start_receiver(self.config.server, receiver)
         if self.config.web is not None:
             self._start_web()
@@ -130,6 +132,10 @@ class Gateway:
         if removed:
             _log.info("deleted %d finished job manifest(s) older than %g h", removed,
                       self.config.spool.keep_done_hours)
+        kept = self.spool.prune_kept(self.config.spool.keep_done_hours * 3600.0)
+        if kept:
+            _log.info("deleted %d copies kept after delivery for more than %g h", kept,
+                      self.config.spool.keep_done_hours)
         days = self.config.spool.keep_record_days
         try:
             forgotten = self.record.prune(time.time() - days * 86400.0)
@@ -185,7 +191,8 @@ class Gateway:
         forwarding = config.forwarding
         return [
             Forwarder(dest, self.spool, config.retry,
-                      make_sender(dest, config.server.ae_title, config.compression.verify),
+                      make_sender(dest, config.server.ae_title, config.compression.verify,
+                                  spool=self.spool, record=self.record, reports=self.commitment_reports),
                       batch=forwarding.batch, idle_seconds=forwarding.idle_release_seconds,
                       rescan_seconds=forwarding.rescan_seconds, partition=(index, count), record=self.record)
             for index in range(count)
@@ -195,7 +202,7 @@ class Gateway:
     _RESTART_ONLY = (("server", "host"), ("server", "port"), ("server", "ae_title"), ("server", "max_pdu"),
                      ("server", "max_associations"), ("server", "association_request_seconds"),
                      ("server", "idle_seconds"), ("server", "max_connections"),
-                     ("server", "max_connections_per_address"), ("spool", "directory"), ("compression", "processes"),
+                     ("server", "max_connections_per_address"), ("spool", "directory"), ("spool", "keep_after_delivery"), ("compression", "processes"),
                      ("web", None), ("logging", None))
 
     def reload(self) -> str | None:

@@ -258,8 +258,11 @@ class Job:
 class Spool:
     """Durable instance store and job queue rooted at one directory."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, *, keep_after_delivery: bool = False) -> None:
         self.root = Path(root)
+        # Keep the received copy (moved to kept/) once every job is done, until prune_kept removes it.
+        self.keep_after_delivery = keep_after_delivery
+        self.kept = self.root / "kept"
         self.tmp = self.root / "tmp"
         self.incoming = self.root / "incoming"
         self.held = self.root / "held"
@@ -273,7 +276,7 @@ class Spool:
         try:
             make_dirs(self.root)
             os.chmod(self.root, DIRECTORY_MODE)  # also an existing spool: patient data, owner only
-            for folder in (self.tmp, self.incoming, self.held, self.objects, self.failures, self.state, self.jobs,
+            for folder in (self.tmp, self.incoming, self.held, self.objects, self.failures, self.kept, self.state, self.jobs,
                            *(self.jobs / s for s in STATES)):
                 make_dirs(folder)
                 os.chmod(folder, DIRECTORY_MODE)
@@ -543,7 +546,10 @@ class Spool:
         held = self.held_path(instance)
         if held.exists():
             fsync_dir(self.jobs / DONE)  # no finished job may come back to life without its source
-            held.unlink(missing_ok=True)
+            if self.keep_after_delivery:  # out of held/: nothing processes or sends it again
+                os.replace(held, self.kept / held.name)
+            else:
+                held.unlink(missing_ok=True)
         self.object_path(instance).unlink(missing_ok=True)
 
     @staticmethod
@@ -645,6 +651,20 @@ class Spool:
             except (OSError, ValueError):
                 continue
         return states
+    def prune_kept(self, older_than_seconds: float, now: float | None = None) -> int:
+        """Delete copies kept after delivery more than `older_than_seconds` ago (``st_ctime``: the move
+        into ``kept/``); return how many."""
+        limit = (time.time() if now is None else now) - older_than_seconds
+        removed = 0
+        with os.scandir(self.kept) as entries:
+            for entry in entries:
+                try:
+                    if entry.stat().st_ctime < limit:
+                        os.unlink(entry.path)
+                        removed += 1
+                except FileNotFoundError:
+                    pass
+        return removed
 
     # ------------------------------------------------------------ recovery/ops
 

@@ -215,7 +215,7 @@ class Orthanc:
             "JpegTransferSyntaxAccepted": False,
             "JpegLosslessTransferSyntaxAccepted": False,
         }
-        config.update(extra or {})  # e.g. DICOM TLS settings
+        config.update(extra or {})  # DICOM TLS, plugins, Lua scripts, modalities of a test's own Orthanc
         (root / "orthanc.json").write_text(json.dumps(config))
         self.log = open(root / "orthanc.log", "wb")
         env = dict(os.environ, TCP_NODELAY="1")
@@ -234,8 +234,8 @@ class Orthanc:
         except (OSError, urllib.error.URLError):
             return False
 
-    def request(self, method: str, path: str) -> bytes:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", method=method)
+    def request(self, method: str, path: str, data: bytes | None = None) -> bytes:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", method=method, data=data)
         with urllib.request.urlopen(req, timeout=30) as response:
             return response.read()
 
@@ -280,6 +280,43 @@ def orthanc(orthanc_session: Orthanc) -> Iterator[Orthanc]:
     """The session's Orthanc, emptied before the test."""
     orthanc_session.clear()
     yield orthanc_session
+
+
+DICOMWEB_PLUGIN = ("/usr/share/orthanc/plugins/libOrthancDicomWeb.so", "/usr/lib/orthanc/libOrthancDicomWeb.so")
+UNCOMMITTABLE = "UNCOMMITTABLE"
+
+# Orthanc answers Success to a C-STORE (or STOW-RS) of an instance its filter
+# discards, then cannot commit it: the case storage commitment exists for.
+_DISCARD_FILTER = f"""
+function ReceivedInstanceFilter(dicom, origin, info)
+   return dicom.ImageComments ~= '{UNCOMMITTABLE}'
+end
+"""
+
+
+@pytest.fixture(scope="session")
+def orthanc_web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
+    """A second Orthanc with the DICOMweb plugin (STOW-RS at ``/dicom-web``), storage commitment SCP, and a
+    filter that silently discards instances whose Image Comments are :data:`UNCOMMITTABLE`."""
+    executable = program("Orthanc")
+    if executable is None:
+        pytest.skip("Orthanc is not installed (Debian package 'orthanc')")
+    plugin = next((p for p in DICOMWEB_PLUGIN if Path(p).exists()), None)
+    if plugin is None:
+        pytest.skip("Orthanc's DICOMweb plugin is not installed (Debian package 'orthanc-dicomweb')")
+    root = tmp_path_factory.mktemp("orthanc-web")
+    (root / "filter.lua").write_text(_DISCARD_FILTER)
+    server = Orthanc(executable, root, extra={
+        "Plugins": [plugin],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        "LuaScripts": [str(root / "filter.lua")],
+        "JpegTransferSyntaxAccepted": True,
+        "JpegLosslessTransferSyntaxAccepted": True,
+    })
+    if server.process.poll() is not None:
+        pytest.fail(f"Orthanc exited at start: {(server.root / 'orthanc.log').read_text()[-2000:]}")
+    yield server
+    server.stop()
 
 
 def copy_tree_files(files: list[Path], folder: Path) -> Path:

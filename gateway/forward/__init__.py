@@ -4,24 +4,49 @@ The modules: :mod:`~gateway.forward.loop` (one forwarder thread per
 destination and association: due jobs, retry with backoff, dead letters),
 :mod:`~gateway.forward.base` (the sender protocol), one sender per destination
 kind that only moves bytes and reports a typed outcome
-(:mod:`~gateway.forward.folder`, :mod:`~gateway.forward.dicom`), and
-:mod:`~gateway.forward.transcode` (re-encoding an object, verified, for a
-destination that refuses its stored syntax).
+(:mod:`~gateway.forward.folder`, :mod:`~gateway.forward.dicom`,
+:mod:`~gateway.forward.dicomweb`), :mod:`~gateway.forward.commitment`
+(storage commitment: its request, its report, the reports reaching our
+receiver) and :mod:`~gateway.forward.transcode` (re-encoding an object,
+verified, for a destination that refuses its stored syntax).
 """
+
+from __future__ import annotations
 
 from gateway.config import Destination
 from gateway.forward.base import Sender
+from gateway.forward.commitment import CommitmentReports
 from gateway.forward.dicom import DicomSender, classify_status, ladder_for
+from gateway.forward.dicomweb import DicomWebSender
 from gateway.forward.folder import FolderSender
 from gateway.forward.loop import Forwarder
 from gateway.forward.transcode import encode_for
+from gateway.record import ProofRecord
+from gateway.spool import Job, Spool
 
-__all__ = ["Sender", "FolderSender", "DicomSender", "Forwarder", "make_sender", "classify_status", "ladder_for"]
+__all__ = ["Sender", "FolderSender", "DicomSender", "DicomWebSender", "Forwarder", "CommitmentReports",
+           "make_sender", "classify_status", "ladder_for"]
 
 
-def make_sender(destination: Destination, calling_ae: str, verify: bool) -> Sender:
-    """The sender for a destination's kind."""
+def make_sender(destination: Destination, calling_ae: str, verify: bool, *, spool: Spool | None = None,
+                record: ProofRecord | None = None, reports: CommitmentReports | None = None) -> Sender:
+    """The sender for a destination's kind.
+
+    With `spool`, the DICOMweb sender and a DICOM sender with storage
+    commitment send a whole batch at its first instance (they find the
+    others' objects in the spool); `record` gets the commitment states and
+    `reports` brings the archive's reports that reach our receiver.
+    """
+    def transcode(path, stored, target):  # type: ignore[no-untyped-def]
+        return encode_for(path, stored, target, verify=verify)
+
+    def locate(job: Job):  # type: ignore[no-untyped-def]
+        assert spool is not None
+        return spool.object_path(job.instance)
+
     if destination.kind == "folder":
         return FolderSender(destination)
-    return DicomSender(destination, calling_ae=calling_ae,
-                       transcode=lambda path, stored, target: encode_for(path, stored, target, verify=verify))
+    if destination.kind == "dicomweb":
+        return DicomWebSender(destination, transcode=transcode, locate=locate if spool is not None else None)
+    return DicomSender(destination, calling_ae=calling_ae, transcode=transcode,
+                       locate=locate if spool is not None else None, reports=reports, record=record)

@@ -9,10 +9,19 @@ stored syntax, the instance is re-encoded (verified) by the transcoder it was
 given (:func:`gateway.forward.transcode.encode_for`).  Associations
 (:mod:`gateway.net.scu`) are kept open across instances and released when
 idle; a stored object is sent straight from its file.
+
+With ``storage_commitment = true`` (PS3.4 Annex J, see
+:mod:`gateway.forward.commitment`), the first :meth:`DicomSender.send` of a
+batch stores every instance :meth:`DicomSender.prepare` announced, asks the
+archive to commit them in one N-ACTION and waits for its N-EVENT-REPORT (on
+this association or on one the archive opens to our receiver); each later
+``send`` of the batch returns that instance's outcome.  An instance counts as
+delivered only once committed.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from io import BytesIO
@@ -20,14 +29,20 @@ from pathlib import Path
 
 from pydicom import Dataset
 from pydicom.filewriter import dcmwrite
+from pydicom.uid import generate_uid
 
 from gateway.config import Destination
 from gateway.dicom.filemeta import parse_file_meta, read_file_meta
 from gateway.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
-from gateway.errors import AssociationRejectedError, NetworkError, PermanentForwardError, TransientForwardError
+from gateway.errors import (AssociationRejectedError, ForwardError, GatewayError, NetworkError, PermanentForwardError,
+                            TransientForwardError)
+from gateway.forward.commitment import (ACTION_REQUEST, STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE,
+                                        CommitmentReports, CommitmentResult, classify_failure, decode_implicit,
+                                        describe_failure, parse_report, request_bytes)
 from gateway.forward.transcode import encode_for
 from gateway.logs import get_logger
 from gateway.net.scu import Association
+from gateway.record import ProofRecord
 from gateway.spool import Job
 
 __all__ = ["DicomSender", "classify_status", "ladder_for", "Transcode"]
@@ -63,7 +78,9 @@ class DicomSender:
     """C-STORE SCU to one DICOM destination, reusing its association (see :mod:`gateway.net.scu`)."""
 
     def __init__(self, destination: Destination, calling_ae: str = "GATEWAY",
-                 transcode: Transcode | None = None, associate: Callable[..., Association] | None = None) -> None:
+                 transcode: Transcode | None = None, associate: Callable[..., Association] | None = None,
+                 *, locate: Callable[[Job], Path] | None = None, reports: CommitmentReports | None = None,
+                 record: ProofRecord | None = None) -> None:
         self.destination = destination
         self.calling_ae = calling_ae
         self.transcode: Transcode = transcode or (lambda path, stored, target: encode_for(path, stored, target))
@@ -71,6 +88,13 @@ class DicomSender:
         self.assoc: Association | None = None
         self._proposed: set[tuple[str, str]] = set()
         self._tls = destination.tls.context(f"destination {destination.name}: tls") if destination.tls else None
+        # Storage commitment: the batch announced by prepare(), where each job's object is, and the
+        # outcome of each job already stored and asked about (a syntax or the error to raise).
+        self._locate = locate
+        self.reports = reports
+        self.record = record
+        self._batch: list[Job] = []
+        self._outcomes: dict[str, str | ForwardError] = {}
 
     def _wanted(self, jobs: Iterable[Job]) -> dict[str, list[str]]:
         wanted: dict[str, list[str]] = {}
@@ -82,12 +106,21 @@ class DicomSender:
         return wanted
 
     def prepare(self, jobs: list[Job]) -> None:
+        self._batch = list(jobs)
+        self._outcomes = {}
+        self._open(jobs)
+
+    def _open(self, jobs: list[Job]) -> None:
         wanted = self._wanted(jobs)
         needed = {(sop, ts) for sop, ladder in wanted.items() for ts in ladder}
+        if self.destination.storage_commitment:
+            needed.add((STORAGE_COMMITMENT, IMPLICIT_VR_LITTLE_ENDIAN))
         if self.assoc is not None and self.assoc.is_established and needed <= self._proposed:
             return
         self.close()
         contexts: list[tuple[str, str]] = []
+        if self.destination.storage_commitment:
+            contexts.append((STORAGE_COMMITMENT, IMPLICIT_VR_LITTLE_ENDIAN))
         for sop, ladder in wanted.items():
             if contexts and len(contexts) + len(ladder) > _MAX_CONTEXTS:
                 break  # the remaining SOP classes get their own association later
@@ -109,6 +142,17 @@ class DicomSender:
         self._proposed = set(contexts)
 
     def send(self, job: Job, path: Path) -> str:
+        if not self.destination.storage_commitment:
+            return self._store_one(job, path)
+        if job.key not in self._outcomes:
+            self._store_and_commit(job, path)
+        outcome = self._outcomes.pop(job.key)
+        if isinstance(outcome, ForwardError):
+            raise outcome
+        return outcome
+
+    def _store_one(self, job: Job, path: Path) -> str:
+        """C-STORE one instance in the best syntax the peer accepts; return that syntax."""
         sop_class = job.identity.sop_class_uid
         try:
             offset, stored = read_file_meta(path)
@@ -117,7 +161,7 @@ class DicomSender:
         except OSError as exc:
             raise TransientForwardError(f"cannot read processed object {path.name}: {exc}") from exc
         if self.assoc is None or not self.assoc.is_established or (sop_class, stored) not in self._proposed:
-            self.prepare([replace(job, identity=job.identity.with_syntax(stored))])
+            self._open([replace(job, identity=job.identity.with_syntax(stored))])
         assert self.assoc is not None
         accepted = self.assoc.accepted_syntaxes(sop_class)
         if not accepted:
@@ -161,6 +205,123 @@ class DicomSender:
         if result.comment:
             _log.info("%s answered 0x%04X: %s", self.destination.name, result.status, result.comment)
         return result.status
+
+    # -- storage commitment
+
+    def _store_and_commit(self, first: Job, path: Path) -> None:
+        """Store `first` and the rest of the announced batch, have them committed; fill ``_outcomes``."""
+        rest = [job for job in self._batch if job.key != first.key and job.key not in self._outcomes]
+        if self._locate is None or first.key not in {job.key for job in self._batch}:
+            rest = []
+        stored: dict[str, tuple[Job, str]] = {}  # SOP Instance UID -> job, syntax sent
+        for job, job_path in [(first, path), *((job, self._locate(job)) for job in rest if self._locate)]:
+            if job.identity.sop_instance_uid in stored:
+                continue  # the same instance received twice: asked about in a later batch
+            if job is not first and not job_path.exists():
+                continue  # the forwarder reports it when it comes to it
+            try:
+                syntax = self._store_one(job, job_path)
+            except ForwardError as exc:
+                self._outcomes[job.key] = exc
+                continue
+            stored[job.identity.sop_instance_uid] = (job, syntax)
+        self._batch = [job for job in self._batch if job.key not in self._outcomes and
+                       job.identity.sop_instance_uid not in stored]  # what is left to send
+        if not stored:
+            return
+        dest = self.destination
+        uid = str(generate_uid())
+        for job, _ in stored.values():
+            self._note(job, "pending", uid)
+        try:
+            result = self._commit(uid, [(job.identity.sop_class_uid, sop) for sop, (job, _) in stored.items()])
+        except ForwardError as exc:
+            for job, _ in stored.values():
+                self._outcomes[job.key] = exc
+                self._note(job, "failed", uid, str(exc))
+            return
+        for sop, (job, syntax) in stored.items():
+            if sop in result.committed and sop not in result.failed:
+                self._outcomes[job.key] = syntax
+                self._note(job, "committed", uid)
+                continue
+            reason = result.failed.get(sop)
+            if reason is None:
+                message = f"{dest.name} left instance {sop} out of its storage commitment report"
+                error: ForwardError = TransientForwardError(message)
+            else:
+                message = f"{dest.name} did not commit instance {sop}: {describe_failure(reason)}"
+                error = (TransientForwardError(message) if classify_failure(reason) == "transient"
+                         else PermanentForwardError(message))
+            self._outcomes[job.key] = error
+            self._note(job, "failed", uid, message)
+
+    def _commit(self, uid: str, instances: list[tuple[str, str]]) -> CommitmentResult:
+        """N-ACTION for `instances` under Transaction UID `uid`, then the archive's report, on either channel."""
+        dest = self.destination
+        assoc = self.assoc
+        if assoc is None or not assoc.is_established:
+            self._open([])
+            assoc = self.assoc
+        assert assoc is not None
+        if assoc.context_for(STORAGE_COMMITMENT, IMPLICIT_VR_LITTLE_ENDIAN) is None:
+            self.close()
+            raise PermanentForwardError(f"{dest.name} does not accept the Storage Commitment Push Model SOP class")
+        if self.reports is not None:
+            self.reports.expect(uid, dest.ae_title)
+        try:
+            try:
+                answer = assoc.n_action(STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE, ACTION_REQUEST,
+                                        request_bytes(uid, instances))
+            except (NetworkError, ValueError) as exc:
+                self.close()
+                raise TransientForwardError(f"storage commitment request to {dest.name} failed: {exc}") from exc
+            if answer.status != 0x0000:
+                message = f"{dest.name} answered the storage commitment request with status 0x{answer.status:04X}"
+                if answer.status in (0x0213, 0x0110) or 0xA700 <= answer.status <= 0xA7FF:
+                    raise TransientForwardError(message)
+                raise PermanentForwardError(message)
+            return self._await_report(assoc, uid)
+        finally:
+            if self.reports is not None:
+                self.reports.forget(uid)
+
+    def _await_report(self, assoc: Association, uid: str) -> CommitmentResult:
+        dest = self.destination
+        deadline = time.monotonic() + dest.commitment_timeout_seconds
+        while True:
+            remaining = deadline - time.monotonic()
+            if assoc.has_incoming():  # reported on this association (or the peer is closing it)
+                try:
+                    report = assoc.event_report(STORAGE_COMMITMENT, timeout=max(remaining, 1.0))
+                    result = parse_report(report.event_type, decode_implicit(report.dataset))
+                except (GatewayError, ValueError, EOFError) as exc:  # also a malformed dataset
+                    self.close()
+                    raise TransientForwardError(f"storage commitment report from {dest.name}: {exc}") from exc
+                if result.transaction_uid == uid:
+                    return result
+                _log.warning("%s reported on storage commitment transaction %s, not %s", dest.name,
+                             result.transaction_uid, uid)
+                continue
+            if self.reports is not None:
+                result = self.reports.wait(uid, min(0.02, max(remaining, 0.0)))
+                if result is not None:
+                    return result
+            else:
+                time.sleep(min(0.02, max(remaining, 0.0)))
+            if remaining <= 0:
+                self.close()  # a late report on this association must not meet the next request
+                raise TransientForwardError(f"{dest.name} sent no storage commitment report within "
+                                            f"{dest.commitment_timeout_seconds:g} s")
+
+    def _note(self, job: Job, state: str, transaction: str, reason: str | None = None) -> None:
+        if self.record is None:
+            return
+        try:
+            self.record.commitment(job.instance, self.destination.name, state=state, transaction_uid=transaction,
+                                   reason=reason)
+        except GatewayError as exc:  # the outcome stands; only its record is missing
+            _log.error("proof record: %s", exc)
 
     def close(self) -> None:
         if self.assoc is not None:

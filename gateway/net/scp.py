@@ -30,7 +30,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.presentation import PresentationContext
@@ -76,6 +76,8 @@ ACCEPTED_SYNTAXES: tuple[str, ...] = (
     "1.2.840.10008.1.2.4.203",  # HTJ2K
 )
 
+_STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"  # Storage Commitment Push Model SOP Class
+
 # The parse check leaves values above this size on disk (it only needs their lengths).
 _DEFER = 256 * 1024
 
@@ -104,6 +106,9 @@ def tcp_nodelay(event: evt.Event) -> None:
 
 class Receiver:
     """The C-STORE handler's state: the spool and who to tell about new work."""
+
+    # (calling AE, event type, report) -> N-EVENT-REPORT-RSP status; set to take storage commitment reports.
+    event_reports: Callable[[str, int, Dataset | None], int] | None = None
 
     def __init__(self, spool: Spool, on_received: Callable[[str], None] | None = None,
                  record: ProofRecord | None = None, min_free_bytes: int = 0) -> None:
@@ -210,6 +215,14 @@ def _on_store(event: evt.Event, receiver: Receiver) -> int:
     return receiver.handle_store(event)
 
 
+def _on_event_report(event: evt.Event, receiver: Receiver) -> tuple[int, None]:
+    """An archive's storage commitment report on an association of its own (PS3.4 J.3.3)."""
+    handler = getattr(receiver, "event_reports", None)
+    if handler is None or event.context.abstract_syntax != _STORAGE_COMMITMENT:
+        return 0x0110, None  # processing failure: no commitment was asked for here
+    return handler(event.assoc.requestor.ae_title, event.event_type, event.event_information), None
+
+
 def _on_echo(event: evt.Event) -> int:
     return STATUS_SUCCESS
 
@@ -257,6 +270,8 @@ def build_ae(server: ServerConfig) -> AE:
     ae.dimse_timeout = server.idle_seconds
     syntaxes = accepted_syntaxes()
     ae.add_supported_context(Verification, syntaxes[:3])
+    # Storage commitment reports: the archive, as association requestor, acts as SCP (role selection).
+    ae.add_supported_context(_STORAGE_COMMITMENT, syntaxes[:2], scu_role=False, scp_role=True)
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(context.abstract_syntax, syntaxes)
     return ae
@@ -290,6 +305,7 @@ def start_receiver(server: ServerConfig, receiver: Receiver) -> GuardedServer:
         (evt.EVT_C_ECHO, _on_echo),
         (evt.EVT_C_STORE, _on_store, [receiver]),
         (evt.EVT_REJECTED, _on_rejected),
+        (evt.EVT_N_EVENT_REPORT, _on_event_report, [receiver]),
     ]
     try:
         listener = GuardedServer(ae, (server.host, server.port), server.ae_title, _cheap_copies(ae.supported_contexts),

@@ -376,6 +376,13 @@ class Association:
             return False
         return True
 
+    def has_incoming(self) -> bool:
+        """True when the peer has sent something not read yet (e.g. an N-EVENT-REPORT); never blocks."""
+        sock = self._sock
+        if sock is None:
+            return False
+        return bool(isinstance(sock, ssl.SSLSocket) and sock.pending()) or _readable(sock)
+
     def accepted_syntaxes(self, sop_class: str) -> list[str]:
         """Transfer syntaxes the peer accepted for `sop_class`, in the order proposed."""
         return [cx.transfer_syntax for cx in self.contexts if cx.abstract_syntax == sop_class]

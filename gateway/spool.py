@@ -276,7 +276,8 @@ class Spool:
         try:
             make_dirs(self.root)
             os.chmod(self.root, DIRECTORY_MODE)  # also an existing spool: patient data, owner only
-            for folder in (self.tmp, self.incoming, self.held, self.objects, self.failures, self.kept, self.state, self.jobs,
+            for folder in (self.tmp, self.incoming, self.held, self.objects, self.failures, self.kept, self.state,
+                           self.jobs,
                            *(self.jobs / s for s in STATES)):
                 make_dirs(folder)
                 os.chmod(folder, DIRECTORY_MODE)
@@ -651,6 +652,28 @@ class Spool:
             except (OSError, ValueError):
                 continue
         return states
+    def make_room(self, wanted_free: int) -> int:
+        """Delete copies kept after delivery, oldest first, until `wanted_free` bytes are free; return how many.
+
+        They are expendable (every destination has the instance): when the
+        disk fills, they go before a modality is told to wait.
+        """
+        try:
+            with os.scandir(self.kept) as entries:
+                kept = sorted((entry.stat().st_ctime, entry.path) for entry in entries if entry.is_file())
+        except OSError:
+            return 0
+        removed = 0
+        for _, path in kept:
+            try:
+                if free_bytes(self.root) >= wanted_free:
+                    break
+                os.unlink(path)
+                removed += 1
+            except OSError:
+                continue
+        return removed
+
     def prune_kept(self, older_than_seconds: float, now: float | None = None) -> int:
         """Delete copies kept after delivery more than `older_than_seconds` ago (``st_ctime``: the move
         into ``kept/``); return how many."""

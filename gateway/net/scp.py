@@ -299,7 +299,7 @@ def start_receiver(server: ServerConfig, receiver: Receiver) -> GuardedServer:
     _config.STORE_RECV_CHUNKED_DATASET = True
     _config.LOG_HANDLER_LEVEL = "none"
     ae = build_ae(server)
-    sink.bind(ae, receiver.spool.tmp, receiver.min_free_bytes)
+    sink.bind(ae, receiver.spool.tmp, receiver.min_free_bytes, receiver.spool.make_room)
     handlers = [
         (evt.EVT_CONN_OPEN, tcp_nodelay),
         (evt.EVT_C_ECHO, _on_echo),

@@ -12,7 +12,8 @@ more.  :func:`bind` replaces that file, for the associations of one AE, with a
 * it is created in the spool's ``tmp/`` folder, private (0600), so the
   receiver's move into ``incoming/`` is a rename;
 * if the spool's filesystem has less than ``min_free_bytes`` free when the
-  C-STORE request arrives, nothing is written at all: the fragments that
+  C-STORE request arrives, copies kept after delivery are deleted (oldest
+  first) to make room; if that is not enough, nothing is written at all: the fragments that
   follow are read off the network and dropped, and the C-STORE handler
   answers 0xA700 (out of resources) so the sender retries later;
 * if the space runs out while it is written (below half the floor, checked
@@ -33,6 +34,7 @@ import tempfile
 import threading
 import uuid
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,7 @@ class SinkPolicy:
 
     folder: Path
     min_free_bytes: int
+    make_room: Callable[[int], object] | None = None  # frees expendable files until that many bytes are free
 
 
 class SpoolSink:
@@ -67,6 +70,9 @@ class SpoolSink:
         self._unchecked = 0
         try:
             free = free_bytes(policy.folder)
+            if free < policy.min_free_bytes and policy.make_room is not None:
+                policy.make_room(2 * policy.min_free_bytes)  # copies kept after delivery go first
+                free = free_bytes(policy.folder)
             if free < policy.min_free_bytes:
                 self.refused = (f"the spool's filesystem has {free} bytes free, below the floor of "
                                 f"{policy.min_free_bytes} ([spool] min_free_bytes)")
@@ -137,10 +143,13 @@ def _temporary_file(**kwargs: Any) -> Any:
     return SpoolSink(policy)
 
 
-def bind(ae: Any, folder: Path, min_free_bytes: int) -> None:
-    """Write the datasets received by `ae`'s associations into `folder`, with a free-space floor."""
+def bind(ae: Any, folder: Path, min_free_bytes: int, make_room: Callable[[int], object] | None = None) -> None:
+    """Write the datasets received by `ae`'s associations into `folder`, with a free-space floor.
+
+    Below the floor `make_room` (if given) is asked to free space first.
+    """
     with _install_lock:
-        _POLICIES[ae] = SinkPolicy(Path(folder), int(min_free_bytes))
+        _POLICIES[ae] = SinkPolicy(Path(folder), int(min_free_bytes), make_room)
         dimse_messages.NamedTemporaryFile = _temporary_file  # type: ignore[attr-defined]
 
 

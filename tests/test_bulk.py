@@ -220,14 +220,15 @@ def test_uid_layout_files_instances_by_study_series_sop(cluster: Cluster, tmp_pa
     rows = _manifest(out)
     for index, ds in enumerate(series):
         expected = f"{ds.StudyInstanceUID}/{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}.dcm"
-        assert rows[f"x/i{index}"]["output"] == expected
-        if index != 1:
+        if index != 1:  # the clash: below
+            assert rows[f"x/i{index}"]["output"] == expected
             assert np.array_equal(dcmread(out / expected).pixel_array, ds.pixel_array)
     assert rows["copy-of-i0"]["outcome"] == "recompressed" and rows["copy-of-i0"]["output"] == rows["x/i0"]["output"]
     clash = {"x/i1": series[1], "z-clash": other}  # whichever came first is kept, the other one fails
     (winner, kept), = [(rel, ds) for rel, ds in clash.items() if rows[rel]["outcome"] == "recompressed"]
     (loser,) = set(clash) - {winner}
     assert rows[loser]["outcome"] == "failed" and "same SOP Instance UID" in rows[loser]["reason"]
+    assert rows[winner]["output"] == f"{kept.StudyInstanceUID}/{kept.SeriesInstanceUID}/{kept.SOPInstanceUID}.dcm"
     assert np.array_equal(dcmread(out / rows[winner]["output"]).pixel_array, kept.pixel_array)
     assert report.counts["failed"] == 1
     assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST_NAME, series[0].StudyInstanceUID]

@@ -319,3 +319,39 @@ def test_a_client_killed_mid_run_resumes_where_it_stopped(cluster: Cluster, tmp_
         note=lambda text: None)  # the same job without interruption, in process
     for rel in rows:
         assert (out / rel).read_bytes() == (reference / rel).read_bytes(), rel
+
+
+def test_a_local_cluster_of_one_worker_per_process_runs_from_the_command_line(tmp_path: Path, capsys) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for index, ds in enumerate(make_series(3, seed=6)):
+        ds.save_as(src / f"{index}.dcm", enforce_file_format=True)
+    assert main(["compress", "--workers", "1", "--transfer-syntax", "JPEGLSLossless", str(src), str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "Dask dashboard: http://127.0.0.1:" in captured.out and "1 worker(s), 1 thread(s)" in captured.out
+    assert "3 file(s)" in captured.out and "3 recompressed" in captured.out
+    _check_outputs(src, out, _manifest(out))
+    assert main(["compress", "--workers", "1", "--transfer-syntax", "JPEGLSLossless", str(src), str(out)]) == 0
+    captured = capsys.readouterr()  # all done: no cluster is started for nothing
+    assert "3 done by an earlier run" in captured.out and "Dask" not in captured.out
+
+
+def test_progress_shows_files_bytes_and_savings(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    for index, ds in enumerate(make_series(2, seed=8)):
+        ds.save_as(src / f"{index}.dcm", enforce_file_format=True)
+    run(BulkOptions(source=src, output=tmp_path / "out", target=JPEGLSLossless, workers=0), progress=True,
+        note=lambda text: None)
+    err = capsys.readouterr().err
+    assert "2/2 files" in err and "saved" in err and "B/s" in err
+
+
+def test_bulk_options_need_a_folder(tmp_path: Path, capsys) -> None:
+    single = tmp_path / "a.dcm"
+    make_series(1)[0].save_as(single, enforce_file_format=True)
+    assert main(["compress", "--workers", "0", "--transfer-syntax", "rle", str(single), str(tmp_path / "o")]) == 2
+    assert "take a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:  # argparse: a bad --workers is a usage error
+        main(["compress", "--workers", "many", "--transfer-syntax", "rle", str(tmp_path), str(tmp_path / "o")])
+    assert info.value.code == 2 and "--workers" in capsys.readouterr().err

@@ -170,6 +170,7 @@ def test_a_cluster_run_is_bit_exact_reported_and_resumes_without_redoing(cluster
     options = BulkOptions(source=src, output=out, target=JPEGLSLossless, scheduler=cluster.address)
     report = run(options, progress=False, note=print)
     rows = _manifest(out)
+    assert (out / MANIFEST_NAME).stat().st_mode & 0o777 == 0o600, "paths may name patients: owner only"
     assert set(rows) == {p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()}
     _check_outputs(src, out, rows)
     assert rows["README.txt"]["outcome"] == "skipped" and rows["README.txt"]["reason"] == "not a DICOM file"

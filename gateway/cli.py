@@ -380,6 +380,49 @@ class _Summary:
         return out
 
 
+def _bulk_requested(args: argparse.Namespace) -> bool:
+    """True when an option of the bulk driver (Dask, manifest, layout, dry run) was given."""
+    return (args.scheduler is not None or args.workers is not None or args.layout != "relative"
+            or args.dry_run or args.in_flight is not None)
+
+
+def _cmd_compress_bulk(args: argparse.Namespace, target: str, src: Path, dst: Path) -> int:
+    """A folder through :mod:`gateway.bulk`: Dask, the manifest in OUT, resumable."""
+    from gateway.bulk import BulkOptions, ManifestMismatchError, estimate, run
+    from gateway.dicom.uids import NATIVE_SYNTAXES
+
+    if not src.is_dir():
+        raise UsageError("--scheduler, --workers, --layout, --in-flight and --dry-run take a folder as input")
+    workers = None if args.workers in (None, "auto") else int(args.workers)
+    options = BulkOptions(source=src, output=dst, target=target, verify=not args.no_verify, layout=args.layout,
+                          native=target in NATIVE_SYNTAXES, scheduler=args.scheduler, workers=workers,
+                          in_flight=args.in_flight, sample=args.sample)
+    if args.dry_run:
+        for line in estimate(options).lines():
+            print(line)
+        return EXIT_OK
+    try:
+        report = run(options, note=lambda text: print(text, file=sys.stderr if text.startswith("FAILED") else
+                                                      sys.stdout, flush=True), verbose=args.verbose)
+    except ManifestMismatchError as exc:
+        raise UsageError(str(exc)) from exc
+    for line in report.lines():
+        print(line)
+    return EXIT_FAILED if report.counts["failed"] else EXIT_OK
+
+
+def _workers(text: str) -> str:
+    if text == "auto" or (text.isdigit() and int(text) >= 0):
+        return text
+    raise argparse.ArgumentTypeError(f"must be 'auto' or a number >= 0, got {text!r}")
+
+
+def _positive(text: str) -> int:
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+
+
 def _cmd_compress(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -396,6 +439,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         raise UsageError(f"the output folder {dst} is the input folder; name another one")
     if src.is_file() and not _is_dicom(src):
         raise UsageError(f"{src} is not a DICOM file (no 'DICM' after the 128-byte preamble)")
+    if _bulk_requested(args):
+        return _cmd_compress_bulk(args, target, src, dst)
     pairs = _compress_pairs(src, dst)
     native = target in NATIVE_SYNTAXES
     single = src.is_file()
@@ -525,12 +570,27 @@ def build_parser() -> argparse.ArgumentParser:
                 "Files that are not DICOM are skipped; an image that cannot be recompressed losslessly, "
                 "or whose output would not be smaller than its input, is copied unchanged (a decode to "
                 "a native syntax may grow).  Output files are readable by their owner only.  A progress "
-                "bar shows on a terminal; a summary closes a folder run.")
+                "bar shows on a terminal; a summary closes a folder run.  With --workers or --scheduler a "
+                "folder runs on Dask (a local cluster, or the cluster at that address, whose workers see IN "
+                "and OUT at the same paths), recorded in a manifest in OUT: running the same command again "
+                "resumes, skipping what is done.")
     p.add_argument("--transfer-syntax", required=True,
                    help="target: UID, pydicom keyword or codec name of a registered codec "
                         "(see `dicom-gateway codecs`), or a native little endian syntax")
     p.add_argument("--no-verify", action="store_true", help="skip the decode-and-compare check")
     p.add_argument("-v", "--verbose", action="store_true", help="one line per recompressed file of a folder too")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="Dask scheduler, e.g. tcp://host:8786: run the folder on that cluster")
+    p.add_argument("--workers", type=_workers, metavar="N",
+                   help="run the folder on a local Dask cluster of N worker processes ('auto': one per core; "
+                        "0: this process only), with the resumable manifest")
+    p.add_argument("--layout", choices=("relative", "uid"), default="relative",
+                   help="output paths: the input's relative paths (default), or <Study>/<Series>/<SOP>.dcm")
+    p.add_argument("--in-flight", type=_positive, metavar="N",
+                   help="tasks submitted at a time (default: four per worker thread)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="estimate the savings from a random sample of the folder; write nothing")
+    p.add_argument("--sample", type=_positive, default=50, metavar="N", help="files a dry run processes (50)")
     p.add_argument("input", help="DICOM file or folder")
     p.add_argument("output", help="output file, or folder (created; mirrors the input folder)")
     p.set_defaults(func=_cmd_compress)

@@ -1,0 +1,307 @@
+"""The driver: plans the run into the manifest, feeds Dask, records what comes back.
+
+Without a scheduler address it starts a ``LocalCluster`` of one worker process
+per core (one thread each: the codecs are CPU-bound Python/numba, and
+processes keep the GIL out of the way); with one it connects to that cluster,
+whose workers must see ``IN`` and ``OUT`` at the same paths.  ``workers=0``
+runs the same tasks in this process, without Dask.
+
+Submission is bounded: at most ``in_flight`` futures exist at a time
+(``as_completed`` hands back each finished one, and the next file is
+submitted), so an archive of millions of files never sits in memory, neither
+here nor on the scheduler.  A task lost with its worker is run again by Dask
+(the task is idempotent); after Dask gives up on a file it is recorded as
+failed and a later run tries it again.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.bulk.manifest import RESULT_COLUMNS, Manifest
+from gateway.bulk.plan import LAYOUTS, MANIFEST_NAME, Item, walk
+from gateway.bulk.report import Report, build_report, human_bytes
+from gateway.bulk.task import DONE, compress_file, remove_debris
+
+__all__ = ["BulkOptions", "Estimate", "run", "estimate"]
+
+
+@dataclass(frozen=True)
+class BulkOptions:
+    """One bulk run: what to read, where to write, how and where to compute."""
+
+    source: Path
+    output: Path
+    target: str  # transfer syntax UID
+    verify: bool = True
+    layout: str = "relative"
+    native: bool = False  # the target is a native syntax: outputs may be larger than inputs
+    scheduler: str | None = None  # Dask scheduler address; None: a local cluster
+    workers: int | None = None  # local worker processes; None: one per core; 0: in this process, no Dask
+    in_flight: int | None = None  # futures at a time; None: four per worker thread
+    sample: int = 50  # files a dry run processes
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.workers is not None and self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+
+
+Note = Callable[[str], None]
+
+
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+class _Engine:
+    """Runs :func:`compress_file` calls: on Dask, or in this process; yields results as they finish."""
+
+    def __init__(self, options: BulkOptions, note: Note, start: bool = True) -> None:
+        self.options = options
+        self.note = note
+        self.client: Any = None
+        self.cluster: Any = None
+        self.dashboard: str | None = None
+        self.threads = 1
+        self.started = False
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        options, note = self.options, self.note
+        self.started = True
+        if options.scheduler is None and options.workers == 0:
+            return
+        from dask.distributed import Client, LocalCluster
+
+        if options.scheduler is not None:
+            self.client = Client(options.scheduler, timeout="60s")
+        else:
+            workers = options.workers or os.cpu_count() or 1
+            self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                        host="127.0.0.1", dashboard_address="127.0.0.1:0")
+            self.client = Client(self.cluster)
+        self.threads = max(1, sum(self.client.nthreads().values()))
+        services = self.client.scheduler_info().get("services", {})
+        if "dashboard" in services:
+            self.dashboard = self.client.dashboard_link
+            note(f"Dask dashboard: {self.dashboard}")
+        note(f"Dask scheduler {self.client.scheduler.address}: {len(self.client.nthreads())} worker(s), "
+             f"{self.threads} thread(s)")
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+    def map(self, calls: Iterator[tuple[tuple, dict]]) -> Iterator[dict[str, Any]]:
+        """Results of ``compress_file(*args, **kwargs)`` for each call, in completion order."""
+        calls = iter(calls)
+        first = next(calls, None)
+        if first is None:
+            return
+        if not self.started:
+            self.start()
+        calls = itertools.chain([first], calls)
+        if self.client is None:
+            for args, kwargs in calls:
+                yield compress_file(*args, **kwargs)
+            return
+        from dask.distributed import as_completed
+
+        limit = self.options.in_flight or max(4, 4 * self.threads)
+        pending = as_completed()
+        rels: dict[Any, str] = {}
+
+        def finished(future: Any) -> dict[str, Any]:
+            rel = rels.pop(future)
+            try:
+                return future.result()
+            except Exception as exc:  # noqa: BLE001 - a lost worker (KilledWorker), a cancelled task, ...
+                return {"rel": rel, "outcome": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+            finally:
+                future.release()
+
+        for args, kwargs in calls:
+            while pending.count() >= limit:
+                yield finished(next(pending))
+            future = self.client.submit(compress_file, *args, pure=False, **kwargs)
+            rels[future] = args[2]
+            pending.add(future)
+        for future in pending:
+            yield finished(future)
+
+
+def _progress_bar(total_bytes: int, done_bytes: int, files: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total_bytes, initial=done_bytes, unit="B", unit_scale=True, unit_divisor=1000,
+                file=sys.stderr, dynamic_ncols=True, disable=not enabled,
+                desc=f"compress {files} files", smoothing=0.05)
+
+
+def run(options: BulkOptions, *, progress: bool | None = None, note: Note = _stderr, verbose: bool = False,
+        on_result: Callable[[dict[str, Any]], None] | None = None) -> Report:
+    """Recompress every file of ``options.source`` into ``options.output``; the closing report.
+
+    Resumes what the manifest in the output folder says is not done.  `note`
+    receives the lines worth printing (passed-through and failed files, the
+    dashboard link); `on_result` sees every task result as it arrives.
+    """
+    from gateway.spool import make_dirs
+
+    started = time.perf_counter()
+    source, output = Path(options.source), Path(options.output)
+    make_dirs(output)
+    manifest = Manifest(output / MANIFEST_NAME)
+    try:
+        manifest.start_run(options.target, options.layout, options.verify, options.scheduler)
+        removed = remove_debris(output)
+        if removed:
+            note(f"removed {removed} partial file(s) of an interrupted run")
+        exclude = output if output.resolve().is_relative_to(source.resolve()) else None
+        files, total = manifest.plan(walk(source, exclude))
+        done_files, done_bytes = manifest.rows("COUNT(*), COALESCE(SUM(size), 0)",
+                                               "outcome IN ('recompressed', 'passed', 'skipped')")[0]
+        show = sys.stderr.isatty() if progress is None else progress
+        engine = _Engine(options, note, start=False)  # started by the first file to do: a finished run needs no cluster
+        try:
+
+            def calls() -> Iterator[tuple[tuple, dict]]:
+                for rel, _size, outcome, out_rel, out_size in manifest.planned():
+                    if outcome in DONE and _output_intact(output, out_rel, out_size):
+                        continue
+                    yield ((str(source), str(output), rel, options.target),
+                           {"verify": options.verify, "layout": options.layout, "native": options.native})
+
+            saved, count = 0, done_files
+            with _progress_bar(total, done_bytes, files, show) as bar:
+                bar.set_postfix_str(f"{done_files} done earlier", refresh=False)
+                for result in engine.map(calls()):
+                    manifest.record(_complete(result), options.verify)
+                    count += 1
+                    size = result.get("size") or 0
+                    if result["outcome"] in ("recompressed", "passed"):
+                        saved += size - (result.get("output_size") or size)
+                    _announce(result, note, verbose)
+                    if on_result is not None:
+                        on_result(result)
+                    bar.update(size)
+                    bar.set_postfix_str(f"{count}/{files} files, saved {human_bytes(saved)}", refresh=False)
+        finally:
+            engine.close()
+        manifest.finish_run()
+        remove_debris(output)  # what a worker killed mid-write left
+        return build_report(manifest, time.perf_counter() - started)
+    finally:
+        manifest.close()
+
+
+def _complete(result: dict[str, Any]) -> dict[str, Any]:
+    """A result with every manifest column (a task Dask gave up on carries only rel, outcome, reason)."""
+    return {**{column: None for column in RESULT_COLUMNS}, **result}
+
+
+def _output_intact(output: Path, out_rel: str | None, out_size: int | None) -> bool:
+    if out_rel is None:
+        return True  # skipped: nothing was written
+    try:
+        return os.stat(output / out_rel).st_size == out_size
+    except OSError:
+        return False
+
+
+def _announce(result: dict[str, Any], note: Note, verbose: bool) -> None:
+    outcome, rel = result["outcome"], result["rel"]
+    if outcome == "failed":
+        note(f"FAILED  {rel}: {result['reason']}")
+    elif outcome == "passed":
+        note(f"kept    {rel} ({result['reason']})")
+    elif outcome == "skipped":
+        note(f"skipped {rel}: {result['reason']}")
+    elif verbose:
+        note(f"ok      {rel} -> {result['output']} {result['size']} -> {result['output_size']} bytes")
+
+
+# ------------------------------------------------------------------ dry run
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What a dry run found: the input's size and the savings projected from a random sample."""
+
+    files: int
+    bytes_in: int
+    sampled: int
+    sample_in: int
+    sample_out: int
+    low: float  # 5th and 95th percentile of the projected output (bootstrap over the sample)
+    high: float
+    core_seconds: float  # projected compute for the whole input, one core
+    outcomes: dict[str, int]
+
+    @property
+    def projected_out(self) -> float:
+        return self.bytes_in * self.sample_out / self.sample_in if self.sample_in else float(self.bytes_in)
+
+    def lines(self) -> list[str]:
+        saved = self.bytes_in - self.projected_out
+        share = saved / self.bytes_in if self.bytes_in else 0.0
+        kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(self.outcomes.items()))
+        return [f"dry run: {self.files} file(s), {human_bytes(self.bytes_in)}; sampled {self.sampled} ({kinds})",
+                f"estimated output {human_bytes(self.projected_out)} (90% interval {human_bytes(self.low)} .. "
+                f"{human_bytes(self.high)}), saving {human_bytes(saved)} ({share:.0%})",
+                f"estimated compute: {self.core_seconds / 3600:.2f} core-hour(s)"]
+
+
+def estimate(options: BulkOptions, *, note: Note = _stderr, seed: int = 0) -> Estimate:
+    """Process a random sample of the input without writing anything; project the savings."""
+    source = Path(options.source)
+    rng = random.Random(seed)
+    files = total = 0
+    sample: list[Item] = []
+    for item in walk(source, Path(options.output)):
+        files += 1
+        total += item.size
+        if len(sample) < options.sample:
+            sample.append(item)
+        else:
+            slot = rng.randrange(files)  # reservoir sampling: every file equally likely
+            if slot < options.sample:
+                sample[slot] = item
+    engine = _Engine(options, note)
+    try:
+        results = list(engine.map(((str(source), str(options.output), item.rel, options.target),
+                                   {"verify": options.verify, "layout": options.layout, "native": options.native,
+                                    "write": False}) for item in sample))
+    finally:
+        engine.close()
+    pairs = [(r["size"] or 0, r.get("output_size") or r["size"] or 0) for r in results
+             if r["outcome"] in ("recompressed", "passed")]
+    outcomes: dict[str, int] = {}
+    for r in results:
+        outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
+    sample_in, sample_out = sum(p[0] for p in pairs), sum(p[1] for p in pairs)
+    projections = []
+    for _ in range(200 if pairs else 0):
+        draw = [pairs[rng.randrange(len(pairs))] for _ in pairs]
+        d_in = sum(p[0] for p in draw)
+        projections.append(total * sum(p[1] for p in draw) / d_in if d_in else float(total))
+    projections.sort()
+    low = projections[len(projections) // 20] if projections else float(total)
+    high = projections[-(len(projections) // 20) - 1] if projections else float(total)
+    seconds = sum(r.get("seconds") or 0.0 for r in results)
+    sampled_bytes = sum(r.get("size") or 0 for r in results)
+    core = total * seconds / sampled_bytes if sampled_bytes else 0.0
+    return Estimate(files, total, len(results), sample_in, sample_out, low, high, core, outcomes)

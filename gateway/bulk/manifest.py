@@ -1,0 +1,180 @@
+"""The manifest: one SQLite file in ``OUT`` recording, per input, what was done with it.
+
+Only the client (the driver) writes it, so there is never more than one
+writer; Dask workers return small dicts and never touch it.  It is what makes
+a run resumable: a file whose row says done (recompressed, passed through, or
+skipped), whose size and modification time have not changed, and whose output
+is still there with the recorded size, is not processed again.  Rows are
+committed in small batches, so a killed client loses at most the results of
+the last fraction of a second, and those files are simply done again (the
+task is idempotent).
+
+Columns of ``files`` (one row per input, keyed by its path relative to ``IN``):
+``size``, ``mtime_ns`` (as planned), ``seen_run`` (last run that planned it),
+``outcome`` (recompressed / passed / skipped / failed, NULL while pending),
+``reason``, ``modality``, ``source_syntax``, ``pixel_hash`` (SHA-256 of
+``pydicom.pixels.pixel_array(ds, raw=True)``, the proof record's definition),
+``output`` (path relative to ``OUT``), ``output_size``, ``output_syntax``,
+``output_sha256``, ``verified`` (1 when our decoder and an independent one
+reproduced the input), ``verified_by`` (``decoder=sha256`` of each), ``seconds``,
+``run`` (the run that produced the row), ``finished`` (Unix time).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from gateway.bulk.plan import Item
+from gateway.errors import GatewayError
+
+__all__ = ["RESULT_COLUMNS", "Manifest", "ManifestMismatchError"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY, started REAL NOT NULL, finished REAL, target TEXT NOT NULL,
+    layout TEXT NOT NULL, verify INTEGER NOT NULL, scheduler TEXT
+);
+CREATE TABLE IF NOT EXISTS files (
+    rel TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, seen_run INTEGER NOT NULL,
+    outcome TEXT, reason TEXT, modality TEXT, source_syntax TEXT, pixel_hash TEXT,
+    output TEXT, output_size INTEGER, output_syntax TEXT, output_sha256 TEXT,
+    verified INTEGER, verified_by TEXT, seconds REAL, run INTEGER, finished REAL
+);
+CREATE INDEX IF NOT EXISTS files_seen ON files (seen_run);
+"""
+
+RESULT_COLUMNS = ("outcome", "reason", "modality", "source_syntax", "pixel_hash", "output", "output_size",
+                   "output_syntax", "output_sha256", "verified", "verified_by", "seconds")
+
+
+class ManifestMismatchError(GatewayError):
+    """``OUT`` holds the manifest of a run with another target syntax or layout."""
+
+
+class Manifest:
+    """The manifest of one output folder; the driver's only store of progress."""
+
+    def __init__(self, path: Path) -> None:
+        from gateway.spool import create_private
+
+        self.path = Path(path)
+        if not self.path.exists():
+            create_private(self.path).close()  # owner-only from the start: paths may name patients
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self.run_id = 0
+        self._pending = 0
+        self._last_commit = time.monotonic()
+        self._in_transaction = False
+
+    def close(self) -> None:
+        self.commit()
+        self._db.close()
+
+    # ---------------------------------------------------------------- runs
+
+    def previous_run(self) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT target, layout FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+        return None if row is None else {"target": row[0], "layout": row[1]}
+
+    def start_run(self, target: str, layout: str, verify: bool, scheduler: str | None) -> int:
+        """Open a run; :class:`ManifestMismatchError` when the folder was written for another target or layout."""
+        previous = self.previous_run()
+        if previous is not None and (previous["target"], previous["layout"]) != (target, layout):
+            raise ManifestMismatchError(
+                f"{self.path.parent} holds the outputs of a run to {previous['target']} with layout "
+                f"{previous['layout']}; resume it with the same --transfer-syntax and --layout, "
+                "or name another output folder")
+        cursor = self._db.execute("INSERT INTO runs (started, target, layout, verify, scheduler) VALUES (?,?,?,?,?)",
+                                  (time.time(), target, layout, int(verify), scheduler))
+        self.run_id = int(cursor.lastrowid or 0)
+        return self.run_id
+
+    def finish_run(self) -> None:
+        self.commit()
+        self._db.execute("UPDATE runs SET finished=? WHERE id=?", (time.time(), self.run_id))
+
+    # ------------------------------------------------------------- planning
+
+    def plan(self, items: Iterable[Item], batch: int = 5000) -> tuple[int, int]:
+        """Record the inputs of this run; a changed file (size or mtime) becomes pending again.
+
+        Returns (files, bytes) planned.  Streams `items` in batches.
+        """
+        files = total = 0
+        chunk: list[tuple[str, int, int, int]] = []
+
+        def flush() -> None:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT INTO files (rel, size, mtime_ns, seen_run) VALUES (?,?,?,?) "
+                "ON CONFLICT(rel) DO UPDATE SET seen_run=excluded.seen_run, "
+                "outcome=CASE WHEN files.size=excluded.size AND files.mtime_ns=excluded.mtime_ns "
+                "THEN files.outcome ELSE NULL END, "
+                "size=excluded.size, mtime_ns=excluded.mtime_ns", chunk)
+            self._db.execute("COMMIT")
+            chunk.clear()
+
+        for item in items:
+            chunk.append((item.rel, item.size, item.mtime_ns, self.run_id))
+            files += 1
+            total += item.size
+            if len(chunk) >= batch:
+                flush()
+        if chunk:
+            flush()
+        return files, total
+
+    def planned(self, page: int = 2000) -> Iterator[tuple[str, int, str | None, str | None, int | None]]:
+        """(rel, size, outcome, output, output_size) of every input of this run, paged by rowid."""
+        last = 0
+        while True:
+            rows = self._db.execute(
+                "SELECT rowid, rel, size, outcome, output, output_size FROM files "
+                "WHERE seen_run=? AND rowid>? ORDER BY rowid LIMIT ?", (self.run_id, last, page)).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            for row in rows:
+                yield row[1], row[2], row[3], row[4], row[5]
+
+    # -------------------------------------------------------------- results
+
+    def record(self, result: dict[str, Any], verify: bool) -> None:
+        """Store a task's result (committed in batches: see :meth:`commit`)."""
+        if not self._in_transaction:
+            self._db.execute("BEGIN")
+            self._in_transaction = True
+        values = dict(result)
+        values["verified"] = int(verify and result["outcome"] == "recompressed" and bool(result["verified_by"]))
+        assignments = ", ".join(f"{c}=?" for c in RESULT_COLUMNS)
+        params = [values.get(c) for c in RESULT_COLUMNS]
+        self._db.execute(f"UPDATE files SET {assignments}, run=?, finished=? WHERE rel=?",
+                         (*params, self.run_id, time.time(), result["rel"]))
+        self._pending += 1
+        if self._pending >= 500 or time.monotonic() - self._last_commit > 0.25:
+            self.commit()
+
+    def commit(self) -> None:
+        if self._in_transaction:
+            self._db.execute("COMMIT")
+            self._in_transaction = False
+        self._pending = 0
+        self._last_commit = time.monotonic()
+
+    def forget_output(self, rel: str) -> None:
+        """Mark an input pending again (its output went missing)."""
+        self._db.execute("UPDATE files SET outcome=NULL WHERE rel=?", (rel,))
+
+    # --------------------------------------------------------------- report
+
+    def rows(self, columns: str, where: str = "", params: tuple = ()) -> list[tuple]:
+        """Rows of this run (``seen_run``): `columns` and an optional extra condition."""
+        sql = f"SELECT {columns} FROM files WHERE seen_run=?" + (f" AND {where}" if where else "")
+        return self._db.execute(sql, (self.run_id, *params)).fetchall()

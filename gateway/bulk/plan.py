@@ -1,0 +1,86 @@
+"""Planning: which files of ``IN`` to recompress, and where each one goes in ``OUT``.
+
+The walk is a generator in a stable order (names sorted folder by folder), so
+an archive of millions of files is never held in memory: the driver streams it
+into the manifest.  Two output layouts exist: ``relative`` keeps the input's own
+relative path (an archive's layout survives), ``uid`` files each instance under
+``<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``, which only the
+task that reads the file can know.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.dicom.validate import is_valid_uid
+from gateway.errors import GatewayError
+
+__all__ = ["LAYOUTS", "MANIFEST_NAME", "Item", "LayoutError", "walk", "uid_relpath"]
+
+LAYOUTS = ("relative", "uid")
+"""Output layouts: the input's relative paths, or ``<Study>/<Series>/<SOP>.dcm``."""
+
+MANIFEST_NAME = ".compress-manifest.sqlite"
+"""The manifest's file name in ``OUT`` (SQLite keeps ``-wal`` and ``-shm`` files beside it)."""
+
+
+class LayoutError(GatewayError):
+    """An instance cannot be placed in the ``uid`` layout (a UID missing or not a valid UID)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One input file: its path relative to ``IN`` (POSIX separators), size and modification time."""
+
+    rel: str
+    size: int
+    mtime_ns: int
+
+
+def walk(root: Path, exclude: Path | None = None) -> Iterator[Item]:
+    """Every regular file under `root`, folder by folder in name order, skipping `exclude`.
+
+    `exclude` is the output folder when it lies inside the input folder, so a
+    run never reads its own outputs or its manifest.  Symbolic links to files
+    are followed (as a copy would); links to folders are not, so a loop of
+    links cannot make the walk endless.
+    """
+    root = Path(root)
+    skip = os.path.realpath(exclude) if exclude is not None else None
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        if skip is not None and os.path.realpath(folder) == skip:
+            continue
+        try:
+            with os.scandir(folder) as scan:
+                entries = sorted(scan, key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # removed while walking
+        subfolders = []
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    subfolders.append(Path(entry.path))
+                elif entry.is_file():
+                    stat = entry.stat()
+                    rel = Path(entry.path).relative_to(root).as_posix()
+                    yield Item(rel, stat.st_size, stat.st_mtime_ns)
+            except FileNotFoundError:
+                continue
+        stack.extend(reversed(subfolders))
+
+
+def uid_relpath(study: object, series: object, sop: object) -> str:
+    """``<Study>/<Series>/<SOP>.dcm`` for the ``uid`` layout; :class:`LayoutError` unless all three are valid UIDs.
+
+    A valid UID holds only digits and dots, so it can never climb out of ``OUT``.
+    """
+    for name, value in (("(0020,000D) Study Instance UID", study), ("(0020,000E) Series Instance UID", series),
+                        ("(0008,0018) SOP Instance UID", sop)):
+        if not is_valid_uid(value):
+            raise LayoutError(f"{name} is missing or not a valid UID; the uid layout needs it")
+    return f"{study}/{series}/{sop}.dcm"

@@ -1,0 +1,174 @@
+"""The per-file task: a plain function that Dask runs on a worker (or the driver runs in process).
+
+It reads one input, recompresses it with verification (:func:`gateway.pipeline.recompress`,
+the gateway's own proof), writes the output under a temporary name in its
+destination folder, fsyncs and renames it, and returns a small dict for the
+manifest.  It never writes the manifest: only the client does.
+
+The task is idempotent, so that Dask may run it again when a worker is lost
+and a resumed run may redo the files that were in flight: the encoders are
+deterministic, the same input gives the same bytes, and an output is only
+ever replaced whole (rename).  In the ``uid`` layout two inputs may name the
+same instance; an output that exists with *different* bytes is never
+overwritten, the second input fails with a reason instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+import uuid
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+from gateway.bulk.plan import uid_relpath
+from gateway.errors import GatewayError
+from gateway.spool import atomic_copy, atomic_write_bytes, create_private, fsync_dir, make_dirs
+
+__all__ = ["OUTCOMES", "DONE", "compress_file", "is_dicom"]
+
+OUTCOMES = ("recompressed", "passed", "skipped", "failed")
+"""``recompressed``: written in the target syntax, verified; ``passed``: the original copied unchanged
+(with the reason); ``skipped``: not DICOM, nothing written; ``failed``: nothing written (with the reason)."""
+
+DONE = ("recompressed", "passed", "skipped")
+"""Outcomes a resumed run does not redo."""
+
+_CHUNK = 1 << 20
+
+
+def is_dicom(path: Path) -> bool:
+    """True for a DICOM Part 10 file: 128-byte preamble then ``DICM``, as pydicom requires."""
+    with open(path, "rb") as handle:
+        head = handle.read(132)
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class DuplicateOutputError(GatewayError):
+    """The output path already holds a different file (two inputs with one SOP Instance UID)."""
+
+
+def _place(dst: Path, data: bytes | Path, digest: str, exclusive: bool) -> None:
+    """Write `data` (bytes, or a file to copy) at `dst` atomically and durably.
+
+    With `exclusive`, `dst` is created only if absent (a hard link from the
+    temporary file, which fails atomically when the name exists, even between
+    workers on several machines); an existing `dst` with the same bytes is a
+    task run again, one with other bytes is refused.
+    """
+    make_dirs(dst.parent)
+    if not exclusive:
+        if isinstance(data, Path):
+            atomic_copy(data, dst)
+        else:
+            atomic_write_bytes(dst, data)
+        return
+    tmp = dst.parent / f".{dst.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        with create_private(tmp) as handle:
+            if isinstance(data, Path):
+                with open(data, "rb") as source:
+                    shutil.copyfileobj(source, handle, _CHUNK)
+            else:
+                handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, dst)
+        except FileExistsError:
+            if _sha256_file(dst) != digest:
+                raise DuplicateOutputError(f"{dst.name} already exists with other content (another input with "
+                                           "the same SOP Instance UID); not overwritten") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(dst.parent)
+
+
+def compress_file(source_root: str, output_root: str, rel: str, target: str, *, verify: bool = True,
+                  layout: str = "relative", native: bool = False, write: bool = True) -> dict[str, Any]:
+    """Recompress ``source_root/rel`` into ``output_root``; a dict of what happened, for the manifest.
+
+    Never writes an output larger than its input unless the target is a
+    `native` syntax (a decode may grow).  With ``write=False`` (a dry run)
+    nothing is written; the sizes are those that would be.  Errors of the
+    input or of writing become ``outcome="failed"`` with the reason; they
+    never escape, so one bad file cannot fail a Dask task.
+    """
+    started = time.perf_counter()
+    src = Path(source_root) / rel
+    result: dict[str, Any] = {"rel": rel, "outcome": "failed", "reason": "", "modality": None,
+                              "source_syntax": None, "pixel_hash": None, "output": None, "output_size": None,
+                              "output_syntax": None, "output_sha256": None, "verified_by": None,
+                              "size": None, "mtime_ns": None, "seconds": 0.0}
+    try:
+        stat = src.stat()
+        result["size"], result["mtime_ns"] = stat.st_size, stat.st_mtime_ns
+        if not is_dicom(src):
+            result.update(outcome="skipped", reason="not a DICOM file")
+            return result
+        _compress(src, Path(output_root), rel, target, verify, layout, native, write, stat.st_size, result)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except (GatewayError, OSError) as exc:
+        result.update(outcome="failed", reason=f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - a damaged file may raise anything from the parser
+        result.update(outcome="failed", reason=f"unexpected {type(exc).__name__}: {exc}")
+    finally:
+        result["seconds"] = time.perf_counter() - started
+    return result
+
+
+def _compress(src: Path, out_root: Path, rel: str, target: str, verify: bool, layout: str, native: bool,
+              write: bool, size_in: int, result: dict[str, Any]) -> None:
+    from pydicom import dcmread
+
+    from gateway.pipeline import recompress
+
+    ds = dcmread(src)
+    result["modality"] = str(ds.get("Modality", "") or "") or None
+    result["source_syntax"] = str(ds.file_meta.get("TransferSyntaxUID", "") or "") or None
+    out_rel = uid_relpath(str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", "")),
+                          str(ds.get("SOPInstanceUID", ""))) if layout == "uid" else rel
+    outcome = recompress(ds, target, verify=verify, allow_larger=native)
+    result["pixel_hash"] = outcome.pixel_hash
+    data: bytes | None = None
+    reason = outcome.reason
+    if outcome.recompressed:
+        buffer = BytesIO()
+        outcome.dataset.save_as(buffer, enforce_file_format=True)
+        data = buffer.getvalue()
+        if not native and len(data) >= size_in:
+            reason = f"recompressed file would not be smaller ({len(data)} bytes, {size_in} in); original copied"
+            data = None
+    dst = out_root / out_rel
+    if data is None:
+        digest = _sha256_file(src)
+        if write:
+            _place(dst, src, digest, exclusive=layout == "uid")
+        result.update(outcome="passed", reason=reason or "not recompressed", output_size=size_in,
+                      output_syntax=result["source_syntax"])
+    else:
+        digest = hashlib.sha256(data).hexdigest()
+        if write:
+            _place(dst, data, digest, exclusive=layout == "uid")
+        result.update(outcome="recompressed", output_size=len(data), output_syntax=outcome.transfer_syntax,
+                      verified_by=",".join(f"{name}={value}" for name, value in outcome.verified_by) or None)
+    result.update(output=out_rel, output_sha256=digest)
+
+
+def remove_debris(root: Path) -> int:
+    """Temporary files of interrupted writes under `root` (see :func:`gateway.spool.remove_partial_copies`)."""
+    from gateway.spool import remove_partial_copies
+
+    return remove_partial_copies(root) if os.path.isdir(root) else 0

@@ -1,0 +1,358 @@
+"""Bulk recompression on a real Dask cluster: a scheduler and two workers on loopback, started here.
+
+Workers are killed (one mid-run: the run completes) and so is the client (a
+SIGKILL'd ``dicom-gateway compress``: started again, it resumes).  Every
+output is checked against its input with pydicom's own decoders, and the
+manifest's pixel hashes are recomputed here with plain pydicom and hashlib.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+from pydicom.pixels import pixel_array
+from pydicom.uid import JPEGLSLossless
+
+from gateway.bulk import MANIFEST_NAME, BulkOptions, run
+from gateway.cli import main
+from tests.conftest import REPO, free_port, make_series, pydicom_file, wait_until
+from tests.corpus import CORPUS
+
+PYTHON = sys.executable
+DONE = ("recompressed", "passed", "skipped")
+
+
+class Cluster:
+    """A ``dask scheduler`` and ``dask worker`` processes (no nanny: killing one kills the worker)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "PYTHONPATH": str(REPO), "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+        self.scheduler = self._spawn("scheduler", [PYTHON, "-m", "distributed.cli.dask_scheduler", "--host",
+                                                   "127.0.0.1", "--port", str(self.port), "--no-dashboard"])
+        self.workers: list[subprocess.Popen] = []
+        self.count = 0
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+        with open(self.root / f"{name}.log", "wb") as log:  # the child keeps its own descriptor
+            return subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.root)
+
+    def add_worker(self) -> subprocess.Popen:
+        self.count += 1
+        worker = self._spawn(f"worker{self.count}", [
+            PYTHON, "-m", "distributed.cli.dask_worker", self.address, "--host", "127.0.0.1", "--nthreads", "1",
+            "--no-nanny", "--no-dashboard", "--name", f"w{self.count}", "--death-timeout", "60"])
+        self.workers.append(worker)
+        return worker
+
+    def alive(self) -> list[subprocess.Popen]:
+        return [w for w in self.workers if w.poll() is None]
+
+    def connected(self) -> int:
+        from dask.distributed import Client
+
+        with Client(self.address, timeout="30s") as client:
+            return len(client.nthreads())
+
+    def ensure(self, workers: int) -> None:
+        while len(self.alive()) < workers:
+            self.add_worker()
+        assert wait_until(lambda: self.connected() >= workers, timeout=120, step=0.5), "workers did not connect"
+
+    def stop(self) -> None:
+        for process in [*self.workers, self.scheduler]:
+            if process.poll() is None:
+                process.terminate()
+        for process in [*self.workers, self.scheduler]:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    engine = Cluster(tmp_path_factory.mktemp("dask"))
+    try:
+        engine.ensure(2)
+        yield engine
+    finally:
+        engine.stop()
+
+
+def _noise_image():
+    """An 8-bit image of noise: RLE and JPEG-LS would make it larger."""
+    ds = pydicom_file("CT_small.dcm")
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    for keyword in ("SmallestImagePixelValue", "LargestImagePixelValue"):
+        if keyword in ds:
+            del ds[keyword]
+    ds.PixelData = np.random.default_rng(3).integers(0, 256, (ds.Rows, ds.Columns), dtype=np.uint8).tobytes()
+    return ds
+
+
+def _archive(folder: Path, generated: int = 12, size: int = 128, corpus: int = 6) -> Path:
+    """A small archive: generated series, pydicom's files, a few corpus images, noise, a note."""
+    (folder / "gen" / "a").mkdir(parents=True)
+    for index, ds in enumerate(make_series(generated, size, size, seed=5)):
+        ds.save_as(folder / "gen" / "a" / f"{index:03d}.dcm", enforce_file_format=True)
+    (folder / "bundled").mkdir()
+    for name in ("MR_small.dcm", "CT_small.dcm", "SC_rgb_rle.dcm", "SC_rgb_jpeg_lossy_gdcm.dcm"):
+        pydicom_file(name).save_as(folder / "bundled" / name, enforce_file_format=True)
+    _noise_image().save_as(folder / "noise.dcm", enforce_file_format=True)
+    (folder / "README.txt").write_text("not an image\n")
+    if CORPUS is not None:
+        (folder / "corpus").mkdir()
+        for path in sorted((CORPUS / "CT").glob("*.dcm"))[:corpus] + sorted((CORPUS / "MR").glob("*.dcm"))[:2]:
+            shutil.copy(path, folder / "corpus" / path.name)
+    return folder
+
+
+def _manifest(out: Path) -> dict[str, dict]:
+    with sqlite3.connect(f"file:{out / MANIFEST_NAME}?mode=ro", uri=True) as db:
+        db.row_factory = sqlite3.Row
+        return {row["rel"]: dict(row) for row in db.execute("SELECT * FROM files")}
+
+
+def _hash(ds) -> str:
+    """The proof record's pixel hash, recomputed here from its definition."""
+    values = pixel_array(ds, raw=True)
+    return hashlib.sha256(np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).tobytes()).hexdigest()
+
+
+def _partials(out: Path) -> list[Path]:
+    return [p for p in out.rglob(".*") if p.is_file() and p.name.endswith(".tmp")]
+
+
+def _check_outputs(src: Path, out: Path, rows: dict[str, dict], layout: str = "relative") -> None:
+    """Every DICOM input has an output whose pixels pydicom decodes to the input's, bit for bit."""
+    for rel, row in rows.items():
+        assert row["outcome"] in DONE, (rel, row["reason"])
+        if row["outcome"] == "skipped":
+            assert row["output"] is None
+            continue
+        source, written = dcmread(src / rel), out / row["output"]
+        if layout == "relative":
+            assert row["output"] == rel
+        assert written.stat().st_mode & 0o777 == 0o600
+        assert written.stat().st_size == row["output_size"]
+        assert hashlib.sha256(written.read_bytes()).hexdigest() == row["output_sha256"]
+        if row["outcome"] == "passed":
+            assert written.read_bytes() == (src / rel).read_bytes()
+            continue
+        result = dcmread(written)
+        assert result.file_meta.TransferSyntaxUID == JPEGLSLossless == row["output_syntax"]
+        assert result.SOPInstanceUID == source.SOPInstanceUID
+        assert np.array_equal(result.pixel_array, source.pixel_array), rel  # pydicom's decoders, not ours
+        assert row["pixel_hash"] == _hash(source)
+        assert row["verified"] == 1 and "pylibjpeg-libjpeg=" in row["verified_by"]
+    assert not _partials(out)
+
+
+def test_a_cluster_run_is_bit_exact_reported_and_resumes_without_redoing(cluster: Cluster, tmp_path: Path,
+                                                                         capsys) -> None:
+    src, out = _archive(tmp_path / "in"), tmp_path / "out"
+    options = BulkOptions(source=src, output=out, target=JPEGLSLossless, scheduler=cluster.address)
+    report = run(options, progress=False, note=print)
+    rows = _manifest(out)
+    assert (out / MANIFEST_NAME).stat().st_mode & 0o777 == 0o600, "paths may name patients: owner only"
+    assert set(rows) == {p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()}
+    _check_outputs(src, out, rows)
+    assert rows["README.txt"]["outcome"] == "skipped" and rows["README.txt"]["reason"] == "not a DICOM file"
+    assert not (out / "README.txt").exists()
+    noise = rows["noise.dcm"]  # would grow: copied unchanged, counted
+    assert noise["outcome"] == "passed" and "would not shrink" in noise["reason"]
+    lossy = rows["bundled/SC_rgb_jpeg_lossy_gdcm.dcm"]
+    assert lossy["outcome"] == "passed" and "lossy" in lossy["reason"]
+    assert report.counts["passed"] == 2 and report.counts["skipped"] == 1 and report.counts["failed"] == 0
+    assert report.counts["recompressed"] == len(rows) - 3
+    lines = "\n".join(report.lines())
+    assert "skipped README.txt: not a DICOM file" in capsys.readouterr().out
+    assert "modality" in lines and "\n  CT " in lines and "\n  MR " in lines
+    assert "ExplicitVRLittleEndian" in lines and "RLELossless" in lines
+    assert "passed through, original copied:" in lines
+    recompressed = [r for r in rows.values() if r["outcome"] in ("recompressed", "passed")]
+    assert report.bytes_in == sum(r["size"] for r in recompressed)
+    assert report.bytes_out == sum((out / r["output"]).stat().st_size for r in recompressed)
+
+    before = {rel: (row["run"], row["finished"]) for rel, row in rows.items()}
+    report = run(options, progress=False, note=print)
+    assert {rel: (row["run"], row["finished"]) for rel, row in _manifest(out).items()} == before
+    assert report.earlier == len(rows) and report.counts["recompressed"] == len(rows) - 3
+
+    (out / "gen" / "a" / "003.dcm").unlink()  # an output gone missing is made again, and only it
+    changed = src / "gen" / "a" / "005.dcm"
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))  # an input changed
+    run(options, progress=False, note=print)
+    after = _manifest(out)
+    redone = {rel for rel, row in after.items() if row["run"] != before[rel][0]}
+    assert redone == {"gen/a/003.dcm", "gen/a/005.dcm"}
+    _check_outputs(src, out, after)
+
+
+def test_uid_layout_files_instances_by_study_series_sop(cluster: Cluster, tmp_path: Path) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    (src / "x").mkdir(parents=True)
+    series = make_series(3, seed=2)
+    for index, ds in enumerate(series):
+        ds.save_as(src / "x" / f"i{index}", enforce_file_format=True)
+    series[0].save_as(src / "copy-of-i0", enforce_file_format=True)  # the same instance twice: the same output
+    other = make_series(1, seed=4)[0]
+    other.StudyInstanceUID, other.SeriesInstanceUID = series[1].StudyInstanceUID, series[1].SeriesInstanceUID
+    other.SOPInstanceUID = series[1].SOPInstanceUID  # another image under a SOP UID already used
+    other.save_as(src / "z-clash", enforce_file_format=True)
+    report = run(BulkOptions(source=src, output=out, target=JPEGLSLossless, layout="uid",
+                             scheduler=cluster.address), progress=False, note=lambda text: None)
+    rows = _manifest(out)
+    for index, ds in enumerate(series):
+        expected = f"{ds.StudyInstanceUID}/{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}.dcm"
+        if index != 1:  # the clash: below
+            assert rows[f"x/i{index}"]["output"] == expected
+            assert np.array_equal(dcmread(out / expected).pixel_array, ds.pixel_array)
+    assert rows["copy-of-i0"]["outcome"] == "recompressed" and rows["copy-of-i0"]["output"] == rows["x/i0"]["output"]
+    clash = {"x/i1": series[1], "z-clash": other}  # whichever came first is kept, the other one fails
+    (winner, kept), = [(rel, ds) for rel, ds in clash.items() if rows[rel]["outcome"] == "recompressed"]
+    (loser,) = set(clash) - {winner}
+    assert rows[loser]["outcome"] == "failed" and "same SOP Instance UID" in rows[loser]["reason"]
+    assert rows[winner]["output"] == f"{kept.StudyInstanceUID}/{kept.SeriesInstanceUID}/{kept.SOPInstanceUID}.dcm"
+    assert np.array_equal(dcmread(out / rows[winner]["output"]).pixel_array, kept.pixel_array)
+    assert report.counts["failed"] == 1
+    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST_NAME, series[0].StudyInstanceUID]
+                                                           + [p.name for p in out.glob(f"{MANIFEST_NAME}-*")])
+
+
+def test_the_manifest_refuses_another_target_in_the_same_folder(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    make_series(1)[0].save_as(src / "a.dcm", enforce_file_format=True)
+    argv = ["compress", "--workers", "0", "--transfer-syntax", "JPEGLSLossless", str(src), str(tmp_path / "o")]
+    assert main(argv) == 0
+    assert "1 recompressed" in capsys.readouterr().out
+    argv[4] = "RLELossless"
+    assert main(argv) == 2
+    assert "--transfer-syntax" in capsys.readouterr().err
+
+
+def test_dry_run_estimates_from_a_sample_and_writes_nothing(tmp_path: Path, capsys) -> None:
+    src = _archive(tmp_path / "in", generated=8, corpus=0)
+    out = tmp_path / "out"
+    assert main(["compress", "--workers", "0", "--dry-run", "--sample", "5", "--transfer-syntax", "JPEGLSLossless",
+                 str(src), str(out)]) == 0
+    text = capsys.readouterr().out
+    files = sum(1 for p in src.rglob("*") if p.is_file())
+    total = sum(p.stat().st_size for p in src.rglob("*") if p.is_file())
+    assert f"dry run: {files} file(s)" in text and "sampled 5" in text
+    assert "estimated output" in text and "saving" in text and "core-hour" in text
+    assert f"{total / 1e6:.2f} MB" in text
+    assert not out.exists()
+
+
+def test_a_worker_killed_mid_run_costs_nothing(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.ensure(2)
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for index, ds in enumerate(make_series(48, 256, 256, seed=9)):
+        ds.save_as(src / f"{index:03d}.dcm", enforce_file_format=True)
+    victim = cluster.alive()[0]
+    seen = []
+
+    def on_result(result: dict) -> None:
+        seen.append(result["rel"])
+        if len(seen) == 6:
+            victim.send_signal(signal.SIGKILL)
+            victim.wait()
+
+    report = run(BulkOptions(source=src, output=out, target=JPEGLSLossless, scheduler=cluster.address,
+                             in_flight=6), progress=False, note=lambda text: None, on_result=on_result)
+    assert victim.poll() is not None and len(seen) >= 48
+    assert report.counts["recompressed"] == 48 and report.counts["failed"] == 0
+    _check_outputs(src, out, _manifest(out))
+
+
+def test_a_client_killed_mid_run_resumes_where_it_stopped(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.ensure(2)
+    src, out, reference = tmp_path / "in", tmp_path / "out", tmp_path / "reference"
+    src.mkdir()
+    for index, ds in enumerate(make_series(60, 256, 256, seed=11)):
+        ds.save_as(src / f"{index:03d}.dcm", enforce_file_format=True)
+    argv = [PYTHON, "-m", "gateway.cli", "compress", "--scheduler", cluster.address, "--in-flight", "2",
+            "--transfer-syntax", "JPEGLSLossless", str(src), str(out)]
+
+    def recorded() -> dict[str, dict]:
+        try:
+            return {k: v for k, v in _manifest(out).items() if v["outcome"] is not None}
+        except sqlite3.Error:
+            return {}
+
+    client = subprocess.Popen(argv, env=cluster.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: len(recorded()) >= 8, timeout=180, step=0.05), "the first run made no progress"
+    finally:
+        client.send_signal(signal.SIGKILL)
+        client.wait()
+    first = recorded()
+    assert 8 <= len(first) < 60, "the client was to be killed mid-run"
+    time.sleep(1.0)  # tasks the dead client left running finish (or are cancelled) on the workers
+    done = subprocess.run(argv, env=cluster.env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert f"{len(first)} done by an earlier run" in done.stdout
+    rows = _manifest(out)
+    for rel, row in first.items():  # nothing recorded before the kill was processed again
+        assert (rows[rel]["run"], rows[rel]["output_sha256"]) == (row["run"], row["output_sha256"])
+    assert {row["run"] for rel, row in rows.items() if rel not in first} == {2}
+    _check_outputs(src, out, rows)
+    run(BulkOptions(source=src, output=reference, target=JPEGLSLossless, workers=0), progress=False,
+        note=lambda text: None)  # the same job without interruption, in process
+    for rel in rows:
+        assert (out / rel).read_bytes() == (reference / rel).read_bytes(), rel
+
+
+def test_a_local_cluster_of_one_worker_per_process_runs_from_the_command_line(tmp_path: Path, capsys) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for index, ds in enumerate(make_series(3, seed=6)):
+        ds.save_as(src / f"{index}.dcm", enforce_file_format=True)
+    assert main(["compress", "--workers", "1", "--transfer-syntax", "JPEGLSLossless", str(src), str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "Dask dashboard: http://127.0.0.1:" in captured.out and "1 worker(s), 1 thread(s)" in captured.out
+    assert "3 file(s)" in captured.out and "3 recompressed" in captured.out
+    _check_outputs(src, out, _manifest(out))
+    assert main(["compress", "--workers", "1", "--transfer-syntax", "JPEGLSLossless", str(src), str(out)]) == 0
+    captured = capsys.readouterr()  # all done: no cluster is started for nothing
+    assert "3 done by an earlier run" in captured.out and "Dask" not in captured.out
+
+
+def test_progress_shows_files_bytes_and_savings(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    for index, ds in enumerate(make_series(2, seed=8)):
+        ds.save_as(src / f"{index}.dcm", enforce_file_format=True)
+    run(BulkOptions(source=src, output=tmp_path / "out", target=JPEGLSLossless, workers=0), progress=True,
+        note=lambda text: None)
+    err = capsys.readouterr().err
+    assert "2/2 files" in err and "saved" in err and "B/s" in err
+
+
+def test_bulk_options_need_a_folder(tmp_path: Path, capsys) -> None:
+    single = tmp_path / "a.dcm"
+    make_series(1)[0].save_as(single, enforce_file_format=True)
+    assert main(["compress", "--workers", "0", "--transfer-syntax", "rle", str(single), str(tmp_path / "o")]) == 2
+    assert "take a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:  # argparse: a bad --workers is a usage error
+        main(["compress", "--workers", "many", "--transfer-syntax", "rle", str(tmp_path), str(tmp_path / "o")])
+    assert info.value.code == 2 and "--workers" in capsys.readouterr().err

@@ -81,6 +81,11 @@ def _age(value: float | None) -> str:
     return f"{_span(seconds)} ago"
 
 
+def _due(value: float) -> bool:
+    """True when `value` is still ahead (a job due at time 0 or in the past is due now)."""
+    return value > time.time() + 1
+
+
 def _span(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
@@ -110,7 +115,7 @@ def _syntax(uid: str | None) -> str:
 def _templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
     env = templates.env
-    env.filters.update(when=_when, age=_age, size=_size, syntax=_syntax)
+    env.filters.update(when=_when, age=_age, due=_due, size=_size, syntax=_syntax)
     env.globals["rate_windows"] = RATE_WINDOWS
     return templates
 
@@ -133,14 +138,18 @@ def console_routes(backend: ConsoleBackend, keys: Keys) -> list[Route]:
         return templates.TemplateResponse(request, name, context, status_code=status_code)
 
     async def form(request: Request) -> dict[str, str] | Response:
-        """The posted form, or a refusal (too large, or without this console's CSRF token)."""
+        """The posted form, or a refusal (too large, or without this console's CSRF token).
+
+        A request with the bearer token needs no CSRF token: no other site's
+        page can make a browser send that header.
+        """
         body = b""
         async for chunk in request.stream():
             body += chunk
             if len(body) > _MAX_FORM_BYTES:
                 return PlainTextResponse("form too large\n", status_code=413)
         fields = {key: values[0] for key, values in parse_qs(body.decode("utf-8", "replace")).items()}
-        if not keys.csrf_matches(fields.get("csrf", "")):
+        if not keys.bearer(request) and not keys.csrf_matches(fields.get("csrf", "")):
             return PlainTextResponse("missing or wrong CSRF token: reload the page and try again\n", status_code=403)
         return fields
 

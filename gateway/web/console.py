@@ -105,6 +105,11 @@ def _size(value: float | None) -> str:
     return f"{value:.0f} B"
 
 
+def _rate(value: float) -> str:
+    """A rate with three significant digits (0 for none)."""
+    return f"{value:.3g}" if value else "0"
+
+
 def _syntax(uid: str | None) -> str:
     if not uid:
         return "—"
@@ -115,7 +120,7 @@ def _syntax(uid: str | None) -> str:
 def _templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
     env = templates.env
-    env.filters.update(when=_when, age=_age, due=_due, size=_size, syntax=_syntax)
+    env.filters.update(when=_when, age=_age, due=_due, size=_size, rate=_rate, syntax=_syntax)
     env.globals["rate_windows"] = RATE_WINDOWS
     return templates
 

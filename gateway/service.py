@@ -13,6 +13,7 @@ took.  Shutdown is the reverse.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -235,6 +236,8 @@ class Gateway:
 
     def retry_dead(self, instance: str, destination: str) -> bool:
         """Put one dead letter back in its queue (as ``dicom-gateway retry`` does); False if it is no dead letter."""
+        if not re.fullmatch(r"[0-9a-f-]+", instance) or not re.fullmatch(r"[\w.-]+", destination, re.ASCII):
+            return False  # not the name of a job: never a path into or out of the spool
         job = self.spool.find_job(instance, destination)
         if job is None or job.state != DEAD:
             return False

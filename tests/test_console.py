@@ -284,6 +284,13 @@ def test_retry_button_moves_a_dead_letter_back_to_its_queue(tmp_path: Path, gate
     assert request(port, "POST", "/dead/retry", form, headers={"Origin": "http://evil.example"})[0] == 403
     assert gateway.spool.count_jobs(DEAD, "pacs") == 1
 
+    for instance, destination in (("../../jobs/dead/" + form["instance"], "pacs"),
+                                  (form["instance"], "pacs/../../x")):
+        status, headers, _ = request(port, "POST", "/dead/retry",
+                                     {**form, "instance": instance, "destination": destination})
+        assert status == 303 and headers["location"] == "/dead?retried=0"
+    assert gateway.spool.count_jobs(DEAD, "pacs") == 1
+
     peer.status = 0x0000
     status, headers, _ = request(port, "POST", "/dead/retry", form)
     assert status == 303 and headers["location"] == "/dead?retried=1"

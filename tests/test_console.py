@@ -108,7 +108,8 @@ def _fill(path: Path, now: float) -> list[tuple]:
                      original + 1200, received + 1, "recompressed" if recompressed else "passed-through",
                      None if recompressed else "already in the target syntax", RLE if index % 2 else JPEG_LS,
                      original if recompressed else None, encoded, 0.01 if recompressed else None, "numpy", "ab" * 32))
-        deliveries.append((ident, "archive", received + 2, "delivered", RLE, 1, 0.002, None, (encoded or original) + 1200))
+        deliveries.append((ident, "archive", received + 2, "delivered", RLE, 1, 0.002, None,
+                           (encoded or original) + 1200))
         if recompressed:
             verifications.append((ident, "gateway", "ab" * 32))
     db = sqlite3.connect(path)

@@ -4,8 +4,7 @@ Off unless ``[web]`` is configured.  Routes stay thin: they read what the
 collector and the service's probe functions compute.
 
 * the console's pages (:mod:`gateway.web.console`), when the service hands
-  in a :class:`~gateway.web.console.ConsoleBackend`;
-
+  in a :class:`~gateway.web.console.ConsoleBackend` (``docs/console.md``);
 * ``/metrics``: Prometheus text format (:mod:`gateway.metrics`);
 * ``/healthz``: 200 while the process runs;
 * ``/readyz``: 200 only while the receiver listens, the spool is writable and

@@ -109,6 +109,17 @@ def _metrics(web_port: int) -> dict[tuple[str, tuple], float]:
             for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
+def _follow(driver, element) -> None:
+    """Click `element` and wait until the browser has left the page it was on (a link or a form's submit)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page = driver.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(driver, 60).until(expected_conditions.staleness_of(page))
+
+
 def _shot(driver, name: str) -> None:
     folder = os.environ.get("GATEWAY_CONSOLE_SCREENSHOTS")
     if folder:
@@ -142,10 +153,10 @@ def test_console_in_a_browser(tmp_path: Path, browser, gateway_factory) -> None:
     assert driver.current_url.endswith("/login")
     _shot(driver, "login")
     driver.find_element(By.ID, "token").send_keys("not the token")
-    driver.find_element(By.ID, "login").click()
+    _follow(driver, driver.find_element(By.ID, "login"))
     assert "That is not the token" in driver.find_element(By.ID, "login-failed").text
     driver.find_element(By.ID, "token").send_keys(TOKEN)
-    driver.find_element(By.ID, "login").click()
+    _follow(driver, driver.find_element(By.ID, "login"))
     assert driver.find_element(By.TAG_NAME, "h1").text == "Overview"
     assert "gateway_session" in {c["name"] for c in driver.get_cookies() if c.get("httpOnly")}
 
@@ -175,10 +186,10 @@ def test_console_in_a_browser(tmp_path: Path, browser, gateway_factory) -> None:
 
     # Search: the proof of one instance, all its stages.
     entry = next(e for e in entries if e["outcome"] == "recompressed")
-    driver.find_element(By.LINK_TEXT, "Search").click()
+    _follow(driver, driver.find_element(By.LINK_TEXT, "Search"))
     _shot(driver, "search-recent")
     driver.find_element(By.ID, "uid").send_keys(entry["sop_instance_uid"])
-    driver.find_element(By.ID, "find").click()
+    _follow(driver, driver.find_element(By.ID, "find"))
     proof = driver.find_element(By.CSS_SELECTOR, "section.proof")
     assert proof.find_element(By.CSS_SELECTOR, ".sop").text == entry["sop_instance_uid"]
     assert proof.find_element(By.CSS_SELECTOR, ".original-hash").text == entry["pixel_hash"]
@@ -192,7 +203,7 @@ def test_console_in_a_browser(tmp_path: Path, browser, gateway_factory) -> None:
     _shot(driver, "search")
 
     # Queues: the PACS's error is there.
-    driver.find_element(By.LINK_TEXT, "Queues").click()
+    _follow(driver, driver.find_element(By.LINK_TEXT, "Queues"))
     row = driver.find_element(By.ID, "queue-pacs")
     assert row.find_element(By.CSS_SELECTOR, ".dead").text == str(len(SENT))
     assert "refused" in row.find_element(By.CSS_SELECTOR, ".error").text
@@ -201,13 +212,13 @@ def test_console_in_a_browser(tmp_path: Path, browser, gateway_factory) -> None:
     # Dead letters: the PACS comes up, one is retried by its button and delivered.
     pacs = DicomPeer(ports["pacs_port"], ae_title="PACS").start()
     try:
-        driver.find_element(By.LINK_TEXT, "Dead letters").click()
+        _follow(driver, driver.find_element(By.LINK_TEXT, "Dead letters"))
         letters = driver.find_elements(By.CSS_SELECTOR, "tr.dead-letter")
         assert len(letters) == len(SENT)
         assert all("refused" in letter.find_element(By.CSS_SELECTOR, ".reason").text for letter in letters)
         _shot(driver, "dead")
         chosen = letters[0].get_attribute("data-sop")
-        letters[0].find_element(By.CSS_SELECTOR, "button.retry").click()
+        _follow(driver, letters[0].find_element(By.CSS_SELECTOR, "button.retry"))
         assert driver.find_element(By.ID, "retried").text.startswith("1 dead letter")
         assert len(driver.find_elements(By.CSS_SELECTOR, "tr.dead-letter")) == len(SENT) - 1
         assert wait_until(lambda: chosen in pacs.by_uid(), 30)
@@ -219,8 +230,8 @@ def test_console_in_a_browser(tmp_path: Path, browser, gateway_factory) -> None:
 
     # Reload: a good file adds a folder destination that receives the next instance...
     toml.write_text(_CONFIG.format(**ports) + _EXTRA)
-    driver.find_element(By.LINK_TEXT, "Configuration").click()
-    driver.find_element(By.ID, "reload").click()
+    _follow(driver, driver.find_element(By.LINK_TEXT, "Configuration"))
+    _follow(driver, driver.find_element(By.ID, "reload"))
     assert "reloaded and applied" in driver.find_element(By.ID, "reload-applied").text
     names = [row.find_elements(By.TAG_NAME, "td")[0].text
              for row in driver.find_elements(By.CSS_SELECTOR, "tr.destination")]
@@ -230,7 +241,7 @@ def test_console_in_a_browser(tmp_path: Path, browser, gateway_factory) -> None:
 
     # ... and a bad one is refused, its error shown, the running configuration kept.
     toml.write_text(_CONFIG.format(**ports) + _EXTRA + '\n[[destinations]]\nname = "broken"\nkind = "folder"\n')
-    driver.find_element(By.ID, "reload").click()
+    _follow(driver, driver.find_element(By.ID, "reload"))
     error = driver.find_element(By.ID, "reload-error").text
     assert error.startswith("Reload refused") and "destinations[3].path" in error
     assert [d.name for d in gateway.config.destinations] == ["archive", "pacs", "extra"]

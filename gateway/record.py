@@ -238,11 +238,16 @@ class ProofRecord:
 
     def _migrate(self) -> None:
         """Bring a record written by an older version up to this schema (columns added, never removed)."""
+        def missing(db: sqlite3.Connection) -> bool:
+            return "bytes" not in {row["name"] for row in db.execute("PRAGMA table_info(deliveries)")}
+
         try:
-            with self._connection() as db:
+            db = self._connection()
+            if not missing(db):
+                return  # up to date: nothing written
+            with db:
                 db.execute("BEGIN IMMEDIATE")  # another process may be migrating the same file
-                columns = {row["name"] for row in db.execute("PRAGMA table_info(deliveries)")}
-                if "bytes" not in columns:
+                if missing(db):
                     db.execute("ALTER TABLE deliveries ADD COLUMN bytes INTEGER")  # size handed to the sender
                 db.execute("COMMIT")
         except sqlite3.Error as exc:

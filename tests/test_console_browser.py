@@ -178,8 +178,8 @@ def test_console_in_a_browser(tmp_path: Path, browser, gateway_factory) -> None:
     assert bytes_title == f"{int(metrics[('dicom_gateway_received_bytes_total', ())])} bytes"
     last_minute = driver.find_element(By.ID, "rate-60").text.split()
     assert last_minute[:2] == ["last", "minute"] and float(last_minute[2]) == len(SENT)
-    plot = driver.find_element(By.ID, "throughput")
-    assert wait_until(lambda: driver.execute_script("return arguments[0].naturalWidth", plot) > 0, 30)
+    for plot in (driver.find_element(By.ID, "throughput-instances"), driver.find_element(By.ID, "throughput-bytes")):
+        assert wait_until(lambda: driver.execute_script("return arguments[0].naturalWidth", plot) > 0, 30)
     codecs = driver.find_element(By.ID, "saved-by-codec").text
     assert "RLE Lossless" in codecs
     _shot(driver, "overview")

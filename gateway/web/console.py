@@ -34,7 +34,7 @@ from gateway.logs import get_logger
 from gateway.record import ProofRecord
 from gateway.spool import Job
 from gateway.web.access import SESSION_COOKIE, Keys
-from gateway.web.plots import throughput_svg
+from gateway.web.plots import PLOTS, throughput_svg
 
 __all__ = ["ConsoleBackend", "console_routes", "DEAD_LETTERS_PER_PAGE", "PLOT_HOURS", "PLOT_BUCKET_SECONDS"]
 
@@ -173,9 +173,12 @@ def console_routes(backend: ConsoleBackend, keys: Keys) -> list[Route]:
                     plot_hours=PLOT_HOURS)
 
     def throughput(request: Request) -> Response:
+        what = request.path_params["what"]
+        if what not in PLOTS:
+            return PlainTextResponse(f"no plot {what!r}\n", status_code=404)
         end = (time.time() // PLOT_BUCKET_SECONDS + 1) * PLOT_BUCKET_SECONDS
         buckets = backend.record.throughput(end - PLOT_HOURS * 3600, end, PLOT_BUCKET_SECONDS)
-        return Response(throughput_svg(buckets, PLOT_BUCKET_SECONDS), media_type="image/svg+xml",
+        return Response(throughput_svg(what, buckets, PLOT_BUCKET_SECONDS), media_type="image/svg+xml",
                         headers={"Cache-Control": "no-store"})
 
     def queues(request: Request) -> Response:
@@ -257,7 +260,7 @@ def console_routes(backend: ConsoleBackend, keys: Keys) -> list[Route]:
 
     return [
         Route("/", overview),
-        Route("/plot/throughput.svg", throughput),
+        Route("/plot/{what}.svg", throughput),
         Route("/queues", queues),
         Route("/dead", dead),
         Route("/dead/retry", retry, methods=["POST"]),

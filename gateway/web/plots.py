@@ -1,51 +1,43 @@
-"""Plots of the console, drawn by matplotlib into SVG on the server.
+"""Plots of the console, drawn by pygal into SVG on the server.
 
-matplotlib's SVG backend writes a self-contained image (text as paths, no
-script, nothing fetched by the browser), which suits a hospital network
-without internet access.  Figures are built with the object interface
-(:class:`matplotlib.figure.Figure`, no pyplot state), one at a time.
+pygal writes a self-contained SVG (its styles inline, nothing fetched by the
+browser); its tooltip script, which it would load from the internet, is left
+out (``js=[]``), which suits a hospital network without internet access.  The
+small inline configuration script pygal still writes never runs: the pages
+show the plots as images, and the console's responses forbid scripts.
 """
 
 from __future__ import annotations
 
-import io
-import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["throughput_svg"]
+__all__ = ["throughput_svg", "PLOTS"]
 
-_lock = threading.Lock()  # matplotlib's font cache and text layout are not meant for concurrent use
+PLOTS = {
+    "instances": ("instances / min", "received", "delivered", 1.0),
+    "bytes": ("MB / min", "received_bytes", "delivered_bytes", 1e6),
+}
+"""Plot name -> (y axis title, received key, delivered key, scale) over the record's throughput buckets."""
 
 
-def throughput_svg(buckets: Sequence[dict[str, Any]], bucket_seconds: float) -> str:
-    """Instances and megabytes per minute received and delivered, one point per bucket, as SVG text."""
-    from matplotlib.dates import DateFormatter
-    from matplotlib.figure import Figure
+def throughput_svg(what: str, buckets: Sequence[dict[str, Any]], bucket_seconds: float) -> str:
+    """Per minute received and delivered (``what``: a key of :data:`PLOTS`), one point per bucket, as SVG."""
+    import pygal
+    from pygal.style import Style
 
+    title, received, delivered, scale = PLOTS[what]
     minutes = bucket_seconds / 60.0
+    style = Style(colors=("#1f5fa8", "#c0661a"), background="#ffffff", plot_background="#ffffff",
+                  font_family="sans-serif", label_font_size=12, major_label_font_size=12, legend_font_size=13,
+                  title_font_size=14)
+    chart = pygal.DateTimeLine(
+        js=[], style=style, width=1000, height=300, show_dots=False, include_x_axis=True, truncate_label=-1,
+        x_value_formatter=lambda when: when.strftime("%H:%M"), x_title=f"UTC, averages over {minutes:g} min",
+        y_title=title, legend_at_bottom=True, show_minor_x_labels=False)
     times = [datetime.fromtimestamp(b["start"], UTC) for b in buckets]
-
-    def per_minute(key: str, scale: float = 1.0) -> list[float]:
-        return [b[key] / minutes / scale for b in buckets]
-
-    with _lock:
-        figure = Figure(figsize=(10, 4.6), layout="constrained")
-        count_axes, size_axes = figure.subplots(2, 1, sharex=True)
-        count_axes.plot(times, per_minute("received"), label="received", color="#1f5fa8")
-        count_axes.plot(times, per_minute("delivered"), label="delivered", color="#c0661a", linestyle="--")
-        count_axes.set_ylabel("instances / min")
-        size_axes.plot(times, per_minute("received_bytes", 1e6), label="received", color="#1f5fa8")
-        size_axes.plot(times, per_minute("delivered_bytes", 1e6), label="delivered", color="#c0661a",
-                       linestyle="--")
-        size_axes.set_ylabel("MB / min")
-        size_axes.set_xlabel(f"UTC, averages over {minutes:g} min")
-        size_axes.xaxis.set_major_formatter(DateFormatter("%H:%M", tz=UTC))
-        for axes in (count_axes, size_axes):
-            axes.set_ylim(bottom=0)
-            axes.grid(True, alpha=0.3)
-            axes.legend(loc="upper left", fontsize="small")
-        out = io.StringIO()
-        figure.savefig(out, format="svg")
-    return out.getvalue()
+    chart.add("received", [(t, b[received] / minutes / scale) for t, b in zip(times, buckets)])
+    chart.add("delivered", [(t, b[delivered] / minutes / scale) for t, b in zip(times, buckets)],
+              stroke_style={"dasharray": "6, 4"})
+    return chart.render(is_unicode=True)

@@ -35,9 +35,11 @@ def throughput_svg(what: str, buckets: Sequence[dict[str, Any]], bucket_seconds:
     chart = pygal.DateTimeLine(
         js=[], style=style, width=1000, height=300, show_dots=False, include_x_axis=True, truncate_label=-1,
         x_value_formatter=lambda when: when.strftime("%H:%M"), x_title=f"UTC, averages over {minutes:g} min",
-        y_title=title, legend_at_bottom=True, show_minor_x_labels=False)
+        y_title=title, legend_at_bottom=True)
     times = [datetime.fromtimestamp(b["start"], UTC) for b in buckets]
-    chart.add("received", [(t, b[received] / minutes / scale) for t, b in zip(times, buckets)])
+    chart.x_labels = times[::max(1, len(times) // 8)]  # about eight time marks
+    chart.add("received", [(t, b[received] / minutes / scale) for t, b in zip(times, buckets)],
+              stroke_style={"width": 2})
     chart.add("delivered", [(t, b[delivered] / minutes / scale) for t, b in zip(times, buckets)],
-              stroke_style={"dasharray": "6, 4"})
+              stroke_style={"width": 2, "dasharray": "6, 4"})
     return chart.render(is_unicode=True)

@@ -11,7 +11,7 @@ received instance and its stages, written as each stage completes:
   ``pydicom.pixels.pixel_array(ds, raw=True)``, recomputable by anyone);
 * **verified**: each decoder that decoded the output and the hash of what it
   decoded (table ``verifications``);
-* **forwarded**: per destination, the syntax sent, the outcome (delivered or
+* **forwarded**: per destination, the syntax sent, the bytes handed over, the outcome (delivered or
   dead) with the reason, the attempts and the time (table ``deliveries``);
 * **committed**: per destination with storage commitment, each state of
   its commitment (pending when asked, then committed or failed with the
@@ -92,6 +92,7 @@ CREATE TABLE IF NOT EXISTS commitments (
     reason TEXT,
     PRIMARY KEY (id, destination, at, state)
 );
+CREATE INDEX IF NOT EXISTS deliveries_at ON deliveries (at);
 """
 
 COMMITMENT_STATES = ("pending", "committed", "failed")
@@ -113,6 +114,7 @@ class ProofRecord:
         self._local = threading.local()
         with self._connection() as db:
             db.executescript(_SCHEMA)
+        self._migrate()
 
     # ---------------------------------------------------------------- plumbing
 
@@ -194,12 +196,14 @@ class ProofRecord:
             raise SpoolError(f"cannot write the proof record {self.path}: {exc}") from exc
 
     def delivery(self, ident: str, destination: str, *, outcome: str, syntax: str | None, attempts: int,
-                 seconds: float | None = None, reason: str | None = None) -> None:
-        """A destination has the instance (``delivered``) or gave up on it (``dead``)."""
+                 seconds: float | None = None, reason: str | None = None, size: int | None = None,
+                 at: float | None = None) -> None:
+        """A destination has the instance (``delivered``, `size` bytes handed over) or gave up on it (``dead``)."""
         self._write(
-            "INSERT OR REPLACE INTO deliveries (id, destination, at, outcome, syntax, attempts, seconds, reason) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            ident, destination, time.time(), outcome, syntax, attempts, seconds, reason)
+            "INSERT OR REPLACE INTO deliveries (id, destination, at, outcome, syntax, attempts, seconds, reason, "
+            "bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            ident, destination, time.time() if at is None else at, outcome, syntax, attempts, seconds, reason,
+            size)
 
     def commitment(self, ident: str, destination: str, *, state: str, transaction_uid: str,
                    reason: str | None = None) -> None:
@@ -234,7 +238,8 @@ class ProofRecord:
             for v in db.execute("SELECT decoder, pixel_hash FROM verifications WHERE id = ? ORDER BY rowid", (ident,))
         ]
         entry["deliveries"] = [
-            {key: d[key] for key in ("destination", "at", "outcome", "syntax", "attempts", "seconds", "reason")}
+            {key: d[key] for key in ("destination", "at", "outcome", "syntax", "attempts", "seconds", "reason",
+                                     "bytes")}
             for d in db.execute("SELECT * FROM deliveries WHERE id = ? ORDER BY at", (ident,))
         ]
         entry["commitments"] = [
@@ -270,3 +275,97 @@ class ProofRecord:
                 return count
         except sqlite3.Error as exc:
             raise SpoolError(f"cannot prune the proof record {self.path}: {exc}") from exc
+
+    # ---------------------------------------------------------------- schema
+
+    def _migrate(self) -> None:
+        """Bring a record written by an older version up to this schema (columns added, never removed)."""
+        def missing(db: sqlite3.Connection) -> bool:
+            return "bytes" not in {row["name"] for row in db.execute("PRAGMA table_info(deliveries)")}
+
+        try:
+            db = self._connection()
+            if not missing(db):
+                return  # up to date: nothing written
+            with db:
+                db.execute("BEGIN IMMEDIATE")  # another process may be migrating the same file
+                if missing(db):
+                    db.execute("ALTER TABLE deliveries ADD COLUMN bytes INTEGER")  # size handed to the sender
+                db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise SpoolError(f"cannot update the proof record {self.path}: {exc}") from exc
+
+    # ---------------------------------------------------------------- summaries (the console)
+    #
+    # Each returns a bounded number of rows whatever the size of the record:
+    # time ranges go through the indexes on received_at and at, and
+    # aggregates are computed by SQLite, per time bucket where over time.
+
+    def totals(self) -> dict[str, int]:
+        """Counts over the whole record: received (instances, bytes), outcomes, deliveries (instances, bytes)."""
+        db = self._connection()
+        received, size = db.execute("SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM instances").fetchone()
+        outcomes = dict(db.execute("SELECT outcome, COUNT(*) FROM instances WHERE outcome IS NOT NULL "
+                                   "GROUP BY outcome").fetchall())
+        delivered, sent = db.execute("SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM deliveries "
+                                     "WHERE outcome = 'delivered'").fetchone()
+        (dead,) = db.execute("SELECT COUNT(*) FROM deliveries WHERE outcome = 'dead'").fetchone()
+        return {"received": received, "received_bytes": size, "recompressed": outcomes.get("recompressed", 0),
+                "passed_through": outcomes.get("passed-through", 0), "delivered": delivered,
+                "delivered_bytes": sent, "dead": dead}
+
+    def window(self, start: float, end: float) -> dict[str, int]:
+        """Instances and bytes received, and delivered, in [start, end) (epoch seconds)."""
+        db = self._connection()
+        received, size = db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM instances WHERE received_at >= ? AND received_at < ?",
+            (start, end)).fetchone()
+        delivered, sent = db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM deliveries "
+            "WHERE at >= ? AND at < ? AND outcome = 'delivered'", (start, end)).fetchone()
+        return {"received": received, "received_bytes": size, "delivered": delivered, "delivered_bytes": sent}
+
+    def throughput(self, start: float, end: float, bucket_seconds: float) -> list[dict[str, float]]:
+        """Per time bucket from `start` to `end`: instances and bytes received and delivered.
+
+        One entry per bucket, empty buckets included, so at most
+        ``(end - start) / bucket_seconds`` entries.
+        """
+        db = self._connection()
+        count = max(1, int(-(-(end - start) // bucket_seconds)))
+        buckets = [{"start": start + i * bucket_seconds, "received": 0, "received_bytes": 0, "delivered": 0,
+                    "delivered_bytes": 0} for i in range(count)]
+        for index, instances, size in db.execute(
+                "SELECT CAST((received_at - ?) / ? AS INTEGER) AS b, COUNT(*), COALESCE(SUM(bytes), 0) "
+                "FROM instances WHERE received_at >= ? AND received_at < ? GROUP BY b",
+                (start, bucket_seconds, start, end)):
+            if 0 <= index < count:
+                buckets[index]["received"], buckets[index]["received_bytes"] = instances, size
+        for index, instances, size in db.execute(
+                "SELECT CAST((at - ?) / ? AS INTEGER) AS b, COUNT(*), COALESCE(SUM(bytes), 0) "
+                "FROM deliveries WHERE at >= ? AND at < ? AND outcome = 'delivered' GROUP BY b",
+                (start, bucket_seconds, start, end)):
+            if 0 <= index < count:
+                buckets[index]["delivered"], buckets[index]["delivered_bytes"] = instances, size
+        return buckets
+
+    def savings(self, by: str) -> list[dict[str, Any]]:
+        """Pixel bytes before and after recompression, grouped by ``modality`` or ``target_syntax`` (codec)."""
+        if by not in ("modality", "target_syntax"):
+            raise ValueError(f"savings by {by!r}: only by modality or target_syntax")
+        db = self._connection()
+        return [
+            {"key": key, "instances": instances, "original": original, "encoded": encoded}
+            for key, instances, original, encoded in db.execute(
+                f"SELECT {by}, COUNT(*), COALESCE(SUM(original_pixel_bytes), 0), "
+                "COALESCE(SUM(encoded_pixel_bytes), 0) FROM instances WHERE outcome = 'recompressed' "
+                f"GROUP BY {by} ORDER BY SUM(original_pixel_bytes) - SUM(encoded_pixel_bytes) DESC LIMIT 100")
+        ]
+
+    def recent(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The last `limit` instances received (newest first): UIDs, modality, outcome, sizes."""
+        db = self._connection()
+        return [dict(row) for row in db.execute(
+            "SELECT id, sop_instance_uid, modality, received_at, calling_ae, outcome, bytes, "
+            "original_pixel_bytes, encoded_pixel_bytes FROM instances ORDER BY received_at DESC LIMIT ?",
+            (max(0, int(limit)),))]

@@ -13,8 +13,10 @@ took.  Shutdown is the reverse.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
+from dataclasses import dataclass
 
 from gateway.config import Config, Destination, load_config
 from gateway.errors import ConfigError, GatewayError
@@ -22,12 +24,32 @@ from gateway.forward import CommitmentReports, Forwarder, make_sender
 from gateway.logs import get_logger
 from gateway.net.scp import Receiver, start_receiver
 from gateway.record import RECORD_FILE, ProofRecord
-from gateway.spool import Job, Spool, remove_partial_copies
+from gateway.spool import DEAD, INFLIGHT, PENDING, UNROUTED, Job, Spool, remove_partial_copies
 from gateway.worker import Worker
 
-__all__ = ["Gateway"]
+__all__ = ["Gateway", "QueueState"]
 
 _log = get_logger("service")
+
+
+@dataclass(frozen=True, slots=True)
+class QueueState:
+    """One destination's queue as the console shows it (times are epoch seconds, None: not applicable)."""
+
+    destination: str
+    kind: str
+    pending: int
+    inflight: int
+    dead: int
+    oldest_waiting: float | None  # when the oldest job still waiting was received
+    failing_since: float | None  # first failure since the last success
+    last_error: str | None
+    last_error_at: float | None
+    next_attempt: float | None  # when the earliest job held by the forwarders is due
+
+    @property
+    def depth(self) -> int:
+        return self.pending + self.inflight
 
 
 class Gateway:
@@ -159,14 +181,20 @@ class Gateway:
 
         from gateway.metrics import GatewayCollector
         from gateway.web import WebServer, make_app
+        from gateway.web.console import ConsoleBackend
 
         web = self.config.web
         assert web is not None
         registry = CollectorRegistry()
         registry.register(GatewayCollector(self.record.path, self.spool,
                                            lambda: [d.name for d in self.config.destinations]))
-        self.web = WebServer(make_app(registry, self.not_ready, web.token()), web.host, web.port).start()
-        _log.info("web endpoints on http://%s:%d (/metrics, /healthz, /readyz)", web.host, self.web.port)
+        console = ConsoleBackend(record=self.record, queues=self.queue_states, dead_letters=self.dead_letters,
+                                 retry=self.retry_dead, retry_all=self.retry_all_dead, reload=self.reload,
+                                 reload_error=lambda: self.reload_error, config=lambda: self.config)
+        self.web = WebServer(make_app(registry, self.not_ready, web.token(), console=console, host=web.host),
+                             web.host, web.port).start()
+        _log.info("web console and endpoints on http://%s:%d (/metrics, /healthz, /readyz)", web.host,
+                  self.web.port)
 
     def not_ready(self) -> str | None:
         """None while the gateway can take instances and deliver them, else why not (``/readyz``)."""
@@ -185,6 +213,57 @@ class Gateway:
             if since is not None and now - since > limit:
                 return f"destination {name} has been failing for {now - since:.0f} s"
         return None
+
+    # ------------------------------------------------------------ what the console shows and does
+
+    def queue_states(self) -> list[QueueState]:
+        """Each configured destination's queue: counts by folder listing, one manifest read, forwarder state."""
+        states = []
+        for dest in self.config.destinations:
+            waiting = [job for job in (self.spool.oldest_job(PENDING, dest.name),
+                                       self.spool.oldest_job(INFLIGHT, dest.name)) if job is not None]
+            oldest = min(waiting, key=lambda job: job.instance, default=None)
+            group = self.forwarders.get(dest.name, [])
+            errors = [(f.last_error_at, f.last_error) for f in group if f.last_error_at is not None]
+            latest = max(errors, default=None)
+            states.append(QueueState(
+                destination=dest.name, kind=dest.kind,
+                pending=self.spool.count_jobs(PENDING, dest.name), inflight=self.spool.count_jobs(INFLIGHT, dest.name),
+                dead=self.spool.count_jobs(DEAD, dest.name),
+                oldest_waiting=(oldest.received_at or oldest.created_at) if oldest is not None else None,
+                failing_since=min((f.failing_since for f in group if f.failing_since is not None), default=None),
+                last_error=latest[1] if latest else None, last_error_at=latest[0] if latest else None,
+                next_attempt=min((due for due in (f.next_attempt() for f in group) if due is not None), default=None)))
+        return states
+
+    def dead_letters(self, offset: int, limit: int) -> tuple[int, list[Job]]:
+        """How many dead letters there are, and one page of them, oldest first."""
+        return self.spool.count_jobs(DEAD), self.spool.jobs_page(DEAD, offset, limit)
+
+    def retry_dead(self, instance: str, destination: str) -> bool:
+        """Put one dead letter back in its queue (as ``dicom-gateway retry`` does); False if it is no dead letter."""
+        if not re.fullmatch(r"[0-9a-f-]+", instance) or not re.fullmatch(r"[\w.-]+", destination, re.ASCII):
+            return False  # not the name of a job: never a path into or out of the spool
+        job = self.spool.find_job(instance, destination)
+        if job is None or job.state != DEAD:
+            return False
+        self._requeued(self.spool.requeue(job))
+        return True
+
+    def retry_all_dead(self) -> int:
+        """Put every dead letter back in its queue; return how many."""
+        moved = self.spool.requeue_dead()
+        for job in moved:
+            self._requeued(job)
+        return len(moved)
+
+    def _requeued(self, job: Job) -> None:
+        _log.info("dead letter %s -> %s re-queued", job.sop, job.destination)
+        if job.destination == UNROUTED:
+            if self.worker is not None:
+                self.worker.notify(job.instance)  # routed again, by the routes in force
+        else:
+            self._submit(job)  # the forwarder takes it now rather than at its next rescan
 
     def _forwarders_for(self, dest: Destination, config: Config) -> list[Forwarder]:
         count = dest.associations if dest.kind == "dicom" else 1

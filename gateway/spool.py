@@ -774,10 +774,7 @@ class Spool:
         """Make dead jobs pending again with a fresh attempt count."""
         moved = []
         for job in list(self.jobs_in(DEAD, destination)):
-            if job.destination == UNROUTED:
-                moved.append(self._reroute(job))
-                continue
-            moved.append(self.move(job, PENDING, attempts=0, next_retry_at=0.0, reason=None))
+            moved.append(self.requeue(job))
         return moved
 
     def _reroute(self, job: Job) -> Job:
@@ -791,3 +788,38 @@ class Spool:
             self._job_path(DEAD, job.key).unlink(missing_ok=True)
             fsync_dir(self.jobs / DEAD)
             return replace(job, state=PENDING)
+
+    # ------------------------------------------------------------ reading, paged
+
+    def requeue(self, job: Job) -> Job:
+        """Make one dead job pending again with a fresh attempt count (an unrouted one goes back to routing)."""
+        if job.destination == UNROUTED:
+            return self._reroute(job)
+        return self.move(job, PENDING, attempts=0, next_retry_at=0.0, reason=None)
+
+    def _job_names(self, state: str, destination: str | None) -> list[str]:
+        suffix = f"@{destination}.json" if destination else ".json"
+        with os.scandir(self.jobs / state) as entries:
+            return [e.name for e in entries if e.name.endswith(suffix)]
+
+    def jobs_page(self, state: str, offset: int, limit: int, destination: str | None = None) -> list[Job]:
+        """Jobs in `state`, oldest first, from `offset`, at most `limit`.
+
+        Only the names of the folder are listed; no more than `limit`
+        manifests are read however many jobs there are.
+        """
+        names = sorted(self._job_names(state, destination))[max(0, offset):max(0, offset) + max(0, limit)]
+        jobs = []
+        for name in names:
+            job = self._read(self.jobs / state / name)
+            if job is not None:  # moved on meanwhile
+                jobs.append(job)
+        return jobs
+
+    def oldest_job(self, state: str, destination: str | None = None) -> Job | None:
+        """The oldest job in `state` (ids sort by receive time), reading one manifest."""
+        for name in sorted(self._job_names(state, destination)):
+            job = self._read(self.jobs / state / name)
+            if job is not None:
+                return job
+        return None

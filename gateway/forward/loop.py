@@ -234,6 +234,7 @@ class Forwarder(threading.Thread):
             return
         started = time.perf_counter()
         try:
+            size = path.stat().st_size
             syntax = self.sender.send(job, path)
         except TransientForwardError as exc:
             self._failed(job, exc, transient=True, probe=probe)
@@ -251,7 +252,7 @@ class Forwarder(threading.Thread):
         self.spool.move(job, DONE)
         stage(_log, "forwarded", sop, study=job.identity.study_uid, destination=self.destination.name,
               syntax=syntax, seconds=seconds)
-        self._record(job, "delivered", syntax=syntax, attempts=job.attempts + 1, seconds=seconds)
+        self._record(job, "delivered", syntax=syntax, attempts=job.attempts + 1, seconds=seconds, size=size)
         self.last_success_at = time.time()
         if self.failing_since is not None:
             self.failing_since = None

@@ -1,8 +1,10 @@
-"""The gateway's HTTP side: Prometheus metrics and health probes (starlette, served by uvicorn).
+"""The gateway's HTTP side: the console, Prometheus metrics and health probes (starlette, served by uvicorn).
 
 Off unless ``[web]`` is configured.  Routes stay thin: they read what the
 collector and the service's probe functions compute.
 
+* the console's pages (:mod:`gateway.web.console`), when the service hands
+  in a :class:`~gateway.web.console.ConsoleBackend` (``docs/console.md``);
 * ``/metrics``: Prometheus text format (:mod:`gateway.metrics`);
 * ``/healthz``: 200 while the process runs;
 * ``/readyz``: 200 only while the receiver listens, the spool is writable and
@@ -10,43 +12,40 @@ collector and the service's probe functions compute.
   503 with the reason otherwise.
 
 With a token (required when the host is not a loopback address) every
-request must carry ``Authorization: Bearer <token>``.
+request must carry ``Authorization: Bearer <token>`` or the console's session
+cookie; see :mod:`gateway.web.access` for that and for cross-site requests.
 """
 
 from __future__ import annotations
 
-import hmac
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from gateway.errors import GatewayError
+from gateway.web.access import LOOPBACK_HOSTS, Access, Keys
+
+if TYPE_CHECKING:
+    from gateway.web.console import ConsoleBackend
 
 __all__ = ["make_app", "WebServer"]
 
 
-class _BearerToken(BaseHTTPMiddleware):
-    def __init__(self, app, token: str) -> None:
-        super().__init__(app)
-        self._expected = f"Bearer {token}".encode()
+def make_app(registry: CollectorRegistry, ready: Callable[[], str | None], token: str | None = None, *,
+             console: ConsoleBackend | None = None, host: str = "127.0.0.1") -> Starlette:
+    """The application: `ready` returns None when ready, else why not; `console` adds the console's pages.
 
-    async def dispatch(self, request: Request, call_next):
-        given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, self._expected):
-            return PlainTextResponse("unauthorized\n", status_code=401, headers={"WWW-Authenticate": "Bearer"})
-        return await call_next(request)
-
-
-def make_app(registry: CollectorRegistry, ready: Callable[[], str | None], token: str | None = None) -> Starlette:
-    """The application: `ready` returns None when ready, else why not."""
+    Without a token the server listens on the loopback address `host`, and
+    only requests naming a loopback host (or `host`) are answered.
+    """
 
     def metrics(request: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
@@ -60,9 +59,14 @@ def make_app(registry: CollectorRegistry, ready: Callable[[], str | None], token
             return PlainTextResponse("ready\n")
         return PlainTextResponse(f"not ready: {reason}\n", status_code=503)
 
-    middleware = [Middleware(_BearerToken, token=token)] if token else []
-    return Starlette(routes=[Route("/metrics", metrics), Route("/healthz", healthz), Route("/readyz", readyz)],
-                     middleware=middleware)
+    keys = Keys(token)
+    routes = [Route("/metrics", metrics), Route("/healthz", healthz), Route("/readyz", readyz)]
+    if console is not None:
+        from gateway.web.console import console_routes
+
+        routes += console_routes(console, keys)
+    allowed = None if token else LOOPBACK_HOSTS | {host}
+    return Starlette(routes=routes, middleware=[Middleware(Access, keys=keys, allowed_hosts=allowed)])
 
 
 class WebServer:

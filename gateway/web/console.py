@@ -1,0 +1,273 @@
+"""The web console: overview, queues, dead letters, proof search, configuration.
+
+The pages are Jinja2 templates (``templates/``) over what a
+:class:`ConsoleBackend` gives: the service passes in its proof record and
+small functions of its own (queue state, dead letters, retry, reload), so
+the routes only read, format and hand actions on.  Every page reads a
+bounded amount: the record answers with aggregates per time bucket and
+``LIMIT``-ed rows through its indexes, dead letters come a page at a time.
+
+Actions are POST forms checked by :mod:`gateway.web.access` (token, same
+origin) and here (the CSRF token in the form), then answered with a
+redirect to the page showing the result.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Route
+from starlette.templating import Jinja2Templates
+
+from gateway.config import Config
+from gateway.dicom.uids import lookup
+from gateway.logs import get_logger
+from gateway.record import ProofRecord
+from gateway.spool import Job
+from gateway.web.access import SESSION_COOKIE, Keys
+from gateway.web.plots import PLOTS, throughput_svg
+
+__all__ = ["ConsoleBackend", "console_routes", "DEAD_LETTERS_PER_PAGE", "PLOT_HOURS", "PLOT_BUCKET_SECONDS"]
+
+_log = get_logger("web")
+
+DEAD_LETTERS_PER_PAGE = 50
+RECENT_INSTANCES = 20
+PLOT_HOURS = 24
+PLOT_BUCKET_SECONDS = 600.0  # 144 points over 24 hours
+RATE_WINDOWS = ((60, "last minute"), (900, "last 15 minutes"), (3600, "last hour"), (86400, "last 24 hours"))
+_MAX_FORM_BYTES = 16 * 1024
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+@dataclass(frozen=True)
+class ConsoleBackend:
+    """What the console reads and does, handed in by the service."""
+
+    record: ProofRecord
+    queues: Callable[[], Sequence[Any]]  # objects with the fields of gateway.service.QueueState
+    dead_letters: Callable[[int, int], tuple[int, list[Job]]]  # (offset, limit) -> (total, page)
+    retry: Callable[[str, str], bool]  # (instance id, destination) -> moved back to the queue
+    retry_all: Callable[[], int]
+    reload: Callable[[], str | None]  # None when applied, else why it was refused
+    reload_error: Callable[[], str | None]  # why the last reload was refused (None: applied or none tried)
+    config: Callable[[], Config]
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def _when(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _age(value: float | None) -> str:
+    if value is None:
+        return ""
+    seconds = time.time() - value
+    if seconds < 0:
+        return f"in {_span(-seconds)}"
+    return f"{_span(seconds)} ago"
+
+
+def _due(value: float) -> bool:
+    """True when `value` is still ahead (a job due at time 0 or in the past is due now)."""
+    return value > time.time() + 1
+
+
+def _span(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def _size(value: float | None) -> str:
+    if value is None:
+        return "—"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f} {unit}"
+    return f"{value:.0f} B"
+
+
+def _rate(value: float) -> str:
+    """A rate with three significant digits (0 for none)."""
+    return f"{value:.3g}" if value else "0"
+
+
+def _syntax(uid: str | None) -> str:
+    if not uid:
+        return "—"
+    entry = lookup(uid)
+    return f"{entry.name} ({uid})" if entry is not None else uid
+
+
+def _templates() -> Jinja2Templates:
+    templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+    env = templates.env
+    env.filters.update(when=_when, age=_age, due=_due, size=_size, rate=_rate, syntax=_syntax)
+    env.globals["rate_windows"] = RATE_WINDOWS
+    return templates
+
+
+def _savings(rows: list[dict[str, Any]], name: Callable[[str], str]) -> list[dict[str, Any]]:
+    return [{**row, "name": name(row["key"] or ""), "saved": row["original"] - row["encoded"],
+             "percent": 100.0 * (row["original"] - row["encoded"]) / row["original"] if row["original"] else 0.0}
+            for row in rows]
+
+
+# ---------------------------------------------------------------- routes
+
+
+def console_routes(backend: ConsoleBackend, keys: Keys) -> list[Route]:
+    """The console's routes over `backend`; `keys` gives the login check and the CSRF token."""
+    templates = _templates()
+
+    def page(request: Request, name: str, status_code: int = 200, **context: Any) -> Response:
+        context.update(csrf=keys.csrf, with_login=keys.token is not None, path=request.url.path)
+        return templates.TemplateResponse(request, name, context, status_code=status_code)
+
+    async def form(request: Request) -> dict[str, str] | Response:
+        """The posted form, or a refusal (too large, or without this console's CSRF token).
+
+        A request with the bearer token needs no CSRF token: no other site's
+        page can make a browser send that header.
+        """
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > _MAX_FORM_BYTES:
+                return PlainTextResponse("form too large\n", status_code=413)
+        fields = {key: values[0] for key, values in parse_qs(body.decode("utf-8", "replace")).items()}
+        if not keys.bearer(request) and not keys.csrf_matches(fields.get("csrf", "")):
+            return PlainTextResponse("missing or wrong CSRF token: reload the page and try again\n", status_code=403)
+        return fields
+
+    def overview(request: Request) -> Response:
+        record = backend.record
+        now = time.time()
+        rates = []
+        for seconds, label in RATE_WINDOWS:
+            counts = record.window(now - seconds, now + 1)
+            minutes = seconds / 60.0
+            rates.append({"label": label, "seconds": seconds,
+                          **{key: value / minutes for key, value in counts.items()}})
+        return page(request, "overview.html", totals=record.totals(), rates=rates,
+                    by_modality=_savings(record.savings("modality"), lambda key: key or "(none)"),
+                    by_codec=_savings(record.savings("target_syntax"), _syntax),
+                    plot_hours=PLOT_HOURS)
+
+    def throughput(request: Request) -> Response:
+        what = request.path_params["what"]
+        if what not in PLOTS:
+            return PlainTextResponse(f"no plot {what!r}\n", status_code=404)
+        end = (time.time() // PLOT_BUCKET_SECONDS + 1) * PLOT_BUCKET_SECONDS
+        buckets = backend.record.throughput(end - PLOT_HOURS * 3600, end, PLOT_BUCKET_SECONDS)
+        return Response(throughput_svg(what, buckets, PLOT_BUCKET_SECONDS), media_type="image/svg+xml",
+                        headers={"Cache-Control": "no-store"})
+
+    def queues(request: Request) -> Response:
+        return page(request, "queues.html", queues=backend.queues())
+
+    def dead(request: Request) -> Response:
+        try:
+            number = int(request.query_params.get("page", "1"))
+        except ValueError:
+            number = 0
+        if number < 1:
+            return PlainTextResponse("page: a whole number from 1\n", status_code=400)
+        total, letters = backend.dead_letters((number - 1) * DEAD_LETTERS_PER_PAGE, DEAD_LETTERS_PER_PAGE)
+        pages = max(1, -(-total // DEAD_LETTERS_PER_PAGE))
+        return page(request, "dead.html", total=total, letters=letters, page=number, pages=pages,
+                    retried=request.query_params.get("retried"), first=(number - 1) * DEAD_LETTERS_PER_PAGE)
+
+    async def retry(request: Request) -> Response:
+        fields = await form(request)
+        if isinstance(fields, Response):
+            return fields
+        instance, destination = fields.get("instance", ""), fields.get("destination", "")
+        if fields.get("all") == "1":
+            moved = backend.retry_all()
+        else:
+            moved = int(backend.retry(instance, destination))
+        query = {"retried": str(moved)}
+        if fields.get("page", "").isdigit():
+            query["page"] = fields["page"]
+        return RedirectResponse(f"/dead?{urlencode(query)}", status_code=303)
+
+    def search(request: Request) -> Response:
+        uid = request.query_params.get("uid", "").strip()
+        if uid and (len(uid) > 64 or not _UID.match(uid)):
+            return page(request, "search.html", status_code=400, uid=uid, entries=None, recent=[],
+                        error="a SOP Instance UID is digits and dots, 64 characters at most")
+        entries = backend.record.find(uid) if uid else None
+        recent = backend.record.recent(RECENT_INSTANCES) if not uid else []
+        return page(request, "search.html", uid=uid, entries=entries, recent=recent, error=None,
+                    status_code=404 if entries == [] else 200)
+
+    def configuration(request: Request) -> Response:
+        return page(request, "config.html", config=backend.config(), error=backend.reload_error(),
+                    result=request.query_params.get("reload"))
+
+    async def reload(request: Request) -> Response:
+        fields = await form(request)
+        if isinstance(fields, Response):
+            return fields
+        error = backend.reload()  # logs what it applied, or why it refused
+        return RedirectResponse(f"/config?reload={'refused' if error else 'applied'}", status_code=303)
+
+    def login_form(request: Request) -> Response:
+        if keys.token is None:
+            return RedirectResponse("/", status_code=303)
+        return page(request, "login.html", failed=False)
+
+    async def login(request: Request) -> Response:
+        fields = await form(request)
+        if isinstance(fields, Response):
+            return fields
+        if keys.token is None:
+            return RedirectResponse("/", status_code=303)
+        if not keys.token_matches(fields.get("token", "").strip()):
+            _log.warning("console login refused from %s", request.client.host if request.client else "?")
+            return page(request, "login.html", status_code=401, failed=True)
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(SESSION_COOKIE, keys.session(), httponly=True, samesite="strict", path="/",
+                            secure=request.url.scheme == "https")
+        return response
+
+    async def logout(request: Request) -> Response:
+        fields = await form(request)
+        if isinstance(fields, Response):
+            return fields
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+        return response
+
+    return [
+        Route("/", overview),
+        Route("/plot/{what}.svg", throughput),
+        Route("/queues", queues),
+        Route("/dead", dead),
+        Route("/dead/retry", retry, methods=["POST"]),
+        Route("/search", search),
+        Route("/config", configuration),
+        Route("/reload", reload, methods=["POST"]),
+        Route("/login", login_form, methods=["GET"]),
+        Route("/login", login, methods=["POST"]),
+        Route("/logout", logout, methods=["POST"]),
+    ]

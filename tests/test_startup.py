@@ -56,8 +56,7 @@ def test_warm_up_runs_each_codec_over_every_image_kind_it_supports() -> None:
     report = warm_up(["RLELossless", "keep", "1.2.840.10008.1.2.1", "rle"])
     assert report.codecs == ["rle"]  # native syntaxes and keep need no kernels; duplicates once
     again = warm_up(["RLELossless"])
-    assert again.compiled == 0  # everything is compiled in this process now
-    assert again.seconds < report.seconds + 1e-9
+    assert again.compiled == 0 and again.compile_seconds == 0.0  # everything is compiled in this process now
 
 
 def test_gateway_warms_up_before_listening_and_sweeps_the_archive(tmp_path: Path, gateway_factory, caplog) -> None:

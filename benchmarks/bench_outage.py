@@ -33,29 +33,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.conftest import make_series  # noqa: E402
+from tests.conftest import free_port, make_series, wait_until  # noqa: E402
 from tests.tools import dcmtk  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def listening(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.2)
         return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def wait_for(predicate, timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 def dcmtk_env() -> dict[str, str]:
@@ -66,7 +51,7 @@ def start_storescp(port: int, folder: Path) -> subprocess.Popen:
     folder.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen([dcmtk("storescp"), "--fork", "-aet", "ARCHIVE", "-od", str(folder), "+xa", str(port)],
                             env=dcmtk_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    if not wait_for(lambda: listening(port), 20):
+    if not wait_until(lambda: listening(port), 20):
         proc.kill()
         raise SystemExit("storescp did not start")
     return proc
@@ -89,7 +74,7 @@ def direct(files: Path, count: int, work: Path) -> float:
     try:
         started = time.perf_counter()
         storescu(port, "ARCHIVE", files)
-        assert wait_for(lambda: stored(work / "direct") == count, 60)
+        assert wait_until(lambda: stored(work / "direct") == count, 60)
         return time.perf_counter() - started
     finally:
         proc.terminate()
@@ -126,13 +111,13 @@ port = {archive_port}
                                  stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=here)
     archive = None
     try:
-        if not wait_for(lambda: listening(gateway_port), 300):
+        if not wait_until(lambda: listening(gateway_port), 300):
             raise SystemExit(f"{label}: the gateway did not start; see {log}")
         storescu(gateway_port, "GATEWAY", files)
         time.sleep(seconds)
         back = time.perf_counter()
         archive = start_storescp(archive_port, here / "archive")
-        if not wait_for(lambda: stored(here / "archive") == count, max(600.0, 4 * seconds)):
+        if not wait_until(lambda: stored(here / "archive") == count, max(600.0, 4 * seconds)):
             raise SystemExit(f"{label}: only {stored(here / 'archive')} of {count} delivered")
         drain = time.perf_counter() - back
     finally:

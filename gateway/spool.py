@@ -184,6 +184,22 @@ def _count_entries(folder: Path, suffix: str = ".json", prefix: str = "", contai
                    and contains in e.name)
 
 
+def _remove_changed_before(folder: Path, limit: float, suffix: str = "") -> int:
+    """Delete the files in `folder` (named ``*suffix``) whose ``st_ctime`` is before `limit`; return how many."""
+    removed = 0
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if not entry.name.endswith(suffix):
+                continue
+            try:
+                if entry.stat().st_ctime < limit:
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
+
+
 def remove_partial_copies(root: Path, before: float | None = None) -> int:
     """Delete the temporary files an interrupted :func:`atomic_copy` left under `root`; return how many.
 
@@ -597,18 +613,7 @@ class Spool:
         (a rename into ``done/`` sets it; the content may be older).
         """
         limit = (time.time() if now is None else now) - older_than_seconds
-        removed = 0
-        with os.scandir(self.jobs / DONE) as entries:
-            for entry in entries:
-                if not entry.name.endswith(".json"):
-                    continue
-                try:
-                    if entry.stat().st_ctime < limit:
-                        os.unlink(entry.path)
-                        removed += 1
-                except FileNotFoundError:
-                    pass
-        return removed
+        return _remove_changed_before(self.jobs / DONE, limit, ".json")
 
     def oldest_waiting(self, destination: str) -> float | None:
         """Receive time (epoch seconds) of the oldest instance waiting for `destination`, or None.
@@ -678,16 +683,7 @@ class Spool:
         """Delete copies kept after delivery more than `older_than_seconds` ago (``st_ctime``: the move
         into ``kept/``); return how many."""
         limit = (time.time() if now is None else now) - older_than_seconds
-        removed = 0
-        with os.scandir(self.kept) as entries:
-            for entry in entries:
-                try:
-                    if entry.stat().st_ctime < limit:
-                        os.unlink(entry.path)
-                        removed += 1
-                except FileNotFoundError:
-                    pass
-        return removed
+        return _remove_changed_before(self.kept, limit)
 
     # ------------------------------------------------------------ recovery/ops
 

@@ -69,8 +69,8 @@ def test_reload_adds_a_destination_and_a_bad_file_changes_nothing(tmp_path: Path
     assert gateway.reload() is None
     assert send(gateway.port, [second]) == [0]
     assert wait_until(lambda: str(second.SOPInstanceUID) in _stored(tmp_path, "archive_b"), timeout=30)
+    assert wait_until(lambda: str(second.SOPInstanceUID) in _stored(tmp_path, "archive_a"), timeout=30)
     assert str(first.SOPInstanceUID) not in _stored(tmp_path, "archive_b")
-    assert str(second.SOPInstanceUID) in _stored(tmp_path, "archive_a")
 
     toml.write_text(toml.read_text() + "\n[retry]\nunknown_knob = 1\n")
     error = gateway.reload()

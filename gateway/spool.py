@@ -644,7 +644,6 @@ class Spool:
             os.replace(tmp, self.state / f"{name}.json")
         except OSError:
             tmp.unlink(missing_ok=True)
-            pass  # a view for the operator only: the next change writes it again
 
     def destination_states(self, destination: str) -> list[dict[str, Any]]:
         """The states saved by the forwarders of `destination` (one per association)."""

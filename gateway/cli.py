@@ -57,12 +57,25 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     print(f"ok: {config.source}")
     print(f"  listen  {s.ae_title}@{s.host}:{s.port}"
           + (f" (callers: {', '.join(s.allowed_callers)})" if s.allowed_callers else " (any caller)"))
+    if s.tls is None:
+        print("  tls     off (plain TCP)")
+    else:
+        clients = ("client certificate required" if s.tls.require_client_certificate
+                   else "client certificate optional")
+        chain = f", chained to {s.tls.ca_certificates}" if s.tls.ca_certificates else ""
+        bound = "".join(f"; {c.ae_title} only with {', '.join(f'{k}={v}' for k, v in c.certificate_subject)}"
+                        for c in s.caller_certificates)
+        print(f"  tls     on: {s.tls.certificate} ({clients}{chain}){bound}")
+    print(f"  limits  {s.max_associations} associations, {s.max_connections} connections "
+          f"({s.max_connections_per_address} per address), PDU {s.max_pdu} bytes, "
+          f"request {s.association_request_seconds:g} s, idle {s.idle_seconds:g} s")
     print(f"  spool   {config.spool.directory}")
     overrides = ", ".join(f"{m}={u}" for m, u in config.compression.modality.items())
     print(f"  target  {config.compression.transfer_syntax}" + (f"; {overrides}" if overrides else "")
           + f"; verify={'on' if config.compression.verify else 'off'}")
     for d in config.destinations:
-        where = f"{d.ae_title}@{d.host}:{d.port}" if d.kind == "dicom" else str(d.path)
+        where = {"dicom": f"{d.ae_title}@{d.host}:{d.port}" + (" over TLS" if d.tls else ""),
+                 "dicomweb": d.url}.get(d.kind, str(d.path))
         print(f"  dest    {d.name} ({d.kind}) {where}")
     for i, r in enumerate(config.routes):
         filters = "; ".join(f"{k}={','.join(v)}" for k, v in

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -47,6 +49,32 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def listening(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:`port` right now."""
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def start_serve(config: Path, log: Path) -> subprocess.Popen:
+    """``dicom-gateway serve --config `config``` in a child process, its output appended to `log`."""
+    with open(log, "ab") as handle:  # the child keeps its own descriptor
+        return subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
+                                stdout=handle, stderr=subprocess.STDOUT, cwd=REPO)
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 60) -> int | None:
+    """SIGTERM `process` (if it still runs) and wait for it; kill it if it does not stop in `timeout`."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+    return process.returncode
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, step: float = 0.05) -> bool:

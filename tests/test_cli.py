@@ -172,15 +172,16 @@ def test_compress_validates_the_target_before_touching_any_file(tmp_path: Path, 
 def test_compress_accepts_a_codec_registered_later(tmp_path: Path, monkeypatch, capsys) -> None:
     import gateway.codecs as registry
     from gateway.cli import UsageError, resolve_target
-    from gateway.codecs.rle import RLECodec
+    from dataclasses import replace
 
-    class FakeNearLossless(RLECodec):  # a stand-in: only its registration matters here
-        name, uid, keyword = "jpegls-near-test", "1.2.840.10008.1.2.4.81", "JPEGLSNearLossless"
+    # A stand-in: only its registration matters here.
+    fake = replace(registry.get_codec("rle"), name="jpegls-near-test", uid="1.2.840.10008.1.2.4.81",
+                   keyword="JPEGLSNearLossless")
 
     with pytest.raises(UsageError):
         resolve_target("JPEGLSNearLossless")
     registry.all_codecs()  # built-ins loaded first, so that the fake one is removed again below
-    monkeypatch.setitem(registry._REGISTRY, FakeNearLossless.uid, FakeNearLossless())
+    monkeypatch.setitem(registry._REGISTRY, fake.uid, fake)
     assert resolve_target("JPEGLSNearLossless") == "1.2.840.10008.1.2.4.81"
     assert resolve_target("jpegls-near-test") == "1.2.840.10008.1.2.4.81"
 

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 
 import pytest
 
+from gateway.net.guard import COMMAND_SET_LIMIT
 from gateway.net.scu import Association, encode_associate_rq
 from tests.conftest import build_config, pydicom_file, send, wait_until
 
@@ -187,6 +188,30 @@ def test_never_ending_p_data_is_aborted_before_it_is_buffered(tmp_path, gateway_
     assert sent < 64 * 1024 * 1024  # the server stopped reading and closed
     assert peak < 4_000_000, peak
     assert any("announces 4294967280 bytes, more than the limit of 65536" in r.getMessage() for r in caplog.records)
+    assert wait_until(lambda: gateway.server.counts()[0] == 0, timeout=5)
+
+
+def test_endless_command_set_is_aborted(tmp_path, gateway_factory, caplog) -> None:
+    """Small P-DATA-TF PDUs, each under max_pdu, whose command fragments never say "last"."""
+    gateway = _gateway(tmp_path, gateway_factory)
+    fragment = bytes(8190)
+    pdv = struct.pack(">IBB", len(fragment) + 2, 1, 0x01) + fragment  # context 1, command, not last
+    pdu = struct.pack(">BBI", 0x04, 0, len(pdv)) + pdv
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        sock = _associated(gateway.port)
+        sent = 0
+        try:
+            while sent < 1024 * 1024:
+                try:
+                    sock.sendall(pdu)
+                except OSError:
+                    break
+                sent += len(pdu)
+            answer = _closed_within(sock, 3.0)
+        finally:
+            sock.close()
+    assert answer is not None and b"\x07\x00\x00\x00\x00\x04\x00\x00\x02\x06" in answer
+    assert any(f"a command set of more than {COMMAND_SET_LIMIT} bytes" in r.getMessage() for r in caplog.records)
     assert wait_until(lambda: gateway.server.counts()[0] == 0, timeout=5)
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import subprocess
 import sys
 from io import BytesIO
@@ -37,7 +36,7 @@ from pydicom.pixels import pixel_array
 
 from gateway.codecs import all_codecs
 from gateway.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, JPEG_LS_LOSSLESS, RLE_LOSSLESS, lookup
-from tests.conftest import REPO, free_port, wait_until
+from tests.conftest import free_port, listening, start_serve, stop_process, wait_until
 from tests.corpus import corpus_entries, needs_corpus
 from tests.tools import require_dcmtk
 
@@ -113,14 +112,6 @@ transfer_syntaxes = [{ladder}]
 """)
 
 
-def _listening(port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
 @pytest.fixture(scope="module")
 def orthanc_accepts(orthanc_session) -> set[str]:
     """The transfer syntaxes Orthanc says it accepts (its own answer, not ours)."""
@@ -139,11 +130,9 @@ def test_codec_through_serve_to_folder_and_orthanc(codec, tmp_path: Path, orthan
     config = tmp_path / "gateway.toml"
     _config(config, port, codec.keyword, archive, orthanc)
     log_path = tmp_path / "gateway.log"
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
-                                   stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    process = start_serve(config, log_path)
     try:
-        assert wait_until(lambda: _listening(port) or process.poll() is not None, timeout=180)
+        assert wait_until(lambda: listening(port) or process.poll() is not None, timeout=180)
         assert process.poll() is None, log_path.read_text()[-3000:]
         files = [str(row["file"]) for row in images.values()]
         sent = subprocess.run([storescu, "-aet", "MODALITY", "-aec", "GATEWAY", "-R", "127.0.0.1", str(port),
@@ -156,12 +145,7 @@ def test_codec_through_serve_to_folder_and_orthanc(codec, tmp_path: Path, orthan
                           and len(orthanc.instances()) == len(expected), timeout=240), \
             log_path.read_text()[-4000:]
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        stop_process(process)
     log = log_path.read_text()
     assert process.returncode == 0, log[-3000:]
     assert "failed (attempt" not in log and "processing failed" not in log, log[-3000:]

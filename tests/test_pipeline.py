@@ -26,6 +26,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
+import gateway.codecs as registry
 import gateway.pipeline.policy as pipeline
 from gateway.codecs import all_codecs, get_codec
 from gateway.codecs.base import FrameInfo
@@ -381,14 +382,13 @@ def test_verification_mismatch_of_reference_decoder(monkeypatch: pytest.MonkeyPa
 
 def test_verification_mismatch_of_our_decoder(monkeypatch: pytest.MonkeyPatch) -> None:
     codec = get_codec(RLELossless)
-    original = type(codec).decode_frame
 
-    def wrong(self, data: bytes, info: FrameInfo) -> np.ndarray:
-        frame = original(self, data, info)
+    def wrong(data: bytes, info: FrameInfo) -> np.ndarray:
+        frame = codec.decode_frame(data, info)
         frame[-1, -1] = frame[-1, -1] ^ 2
         return frame
 
-    monkeypatch.setattr(type(codec), "decode_frame", wrong)
+    monkeypatch.setitem(registry._REGISTRY, codec.uid, replace(codec, decode_frame=wrong))
     ds = make_dataset(MONO, _frames(MONO))
     _assert_passed(ds, recompress(ds, RLELossless), "verification failed", "(ours/rle)")
 
@@ -422,10 +422,10 @@ def test_original_is_never_decoded_by_our_codec(monkeypatch: pytest.MonkeyPatch)
     """A JPEG-LS original is read by libjpeg: our JPEG-LS decoder, broken here, is not consulted."""
     codec = get_codec("JPEGLSLossless")
 
-    def refuse(self, data: bytes, info: FrameInfo) -> np.ndarray:
+    def refuse(data: bytes, info: FrameInfo) -> np.ndarray:
         raise AssertionError("our decoder must not read an original")
 
-    monkeypatch.setattr(type(codec), "decode_frame", refuse)
+    monkeypatch.setitem(registry._REGISTRY, codec.uid, replace(codec, decode_frame=refuse))
     ds = pydicom_file("MR_small_jpeg_ls_lossless.dcm")
     outcome = recompress(ds, RLELossless)
     assert outcome.recompressed, outcome.reason

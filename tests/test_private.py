@@ -23,7 +23,7 @@ from tests.corpus import corpus_params
 from tests.images import reference_params
 
 REPO = Path(__file__).resolve().parent.parent
-CODEC = private.GatewayLosslessCodec()
+CODEC = private.CODEC
 
 
 def _info(rows: int, cols: int, samples: int = 1, alloc: int = 16, stored: int = 16, signed: bool = False) -> FrameInfo:
@@ -57,7 +57,7 @@ def _smooth(rng: np.random.Generator, info: FrameInfo) -> np.ndarray:
 
 def test_registered_identity() -> None:
     codec = get_codec(private.UID)
-    assert isinstance(codec, private.GatewayLosslessCodec)
+    assert codec is private.CODEC
     assert (codec.name, codec.keyword, codec.private) == ("gwl", "GatewayLosslessV1", True)
     assert get_codec("gwl") is codec and get_codec("GatewayLosslessV1") is codec
 

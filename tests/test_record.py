@@ -9,8 +9,6 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from pydicom.pixels import pixel_array
 from gateway.cli import main as cli_main
 from gateway.dicom.identity import Identity
 from gateway.record import RECORD_FILE, ProofRecord
-from tests.conftest import REPO, build_config, free_port, pydicom_file, send, wait_until
+from tests.conftest import build_config, free_port, listening, pydicom_file, send, start_serve, wait_until
 
 IDENT = Identity("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", "1.2.3", "1.2.3.9", "CT", "1.2.840.10008.1.2.1")
 
@@ -106,17 +104,9 @@ def test_a_send_through_the_gateway_is_on_record_with_an_independent_hash(
 def test_the_record_survives_kill_9(tmp_path: Path) -> None:
     port = free_port()
     config = _toml(tmp_path, port)
-    with open(tmp_path / "gateway.log", "ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
-                                   stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    process = start_serve(config, tmp_path / "gateway.log")
     try:
-        def listening() -> bool:
-            import socket
-
-            with socket.socket() as sock:
-                return sock.connect_ex(("127.0.0.1", port)) == 0
-
-        assert wait_until(listening, timeout=180), (tmp_path / "gateway.log").read_text()[-2000:]
+        assert wait_until(lambda: listening(port), timeout=180), (tmp_path / "gateway.log").read_text()[-2000:]
         ds = pydicom_file("CT_small.dcm")
         assert send(port, [ds]) == [0]
         record = ProofRecord(tmp_path / "spool" / RECORD_FILE)

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import signal
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 from pydicom.uid import generate_uid
 
 from gateway.config import load_config
-from tests.conftest import REPO, free_port, pydicom_file, send, wait_until
+from tests.conftest import free_port, listening, pydicom_file, send, start_serve, wait_until
 
 _BASE = """
 [server]
@@ -106,15 +103,9 @@ def test_sighup_reloads_a_running_service_with_worker_processes(tmp_path: Path) 
     port = free_port()
     _write(toml, port, processes=1)
     log = tmp_path / "gateway.log"
-    with open(log, "ab") as handle:
-        process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(toml)],
-                                   stdout=handle, stderr=subprocess.STDOUT, cwd=REPO)
+    process = start_serve(toml, log)
     try:
-        def listening() -> bool:
-            with socket.socket() as sock:
-                return sock.connect_ex(("127.0.0.1", port)) == 0
-
-        assert wait_until(listening, timeout=180), log.read_text()[-2000:]
+        assert wait_until(lambda: listening(port), timeout=180), log.read_text()[-2000:]
         _write(toml, port, second=True, processes=1)
         process.send_signal(signal.SIGHUP)
         assert wait_until(lambda: "configuration reloaded" in log.read_text(), timeout=60), log.read_text()[-2000:]

@@ -38,7 +38,7 @@ from gateway.dicom.filemeta import read_file_meta
 from gateway.errors import AssociationAbortedError, AssociationRejectedError, NetworkError, PeerProtocolError
 from gateway.net import scu
 from gateway.net.scu import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, Association, Context, StoreResult
-from tests.conftest import free_port, pydicom_file, wait_until
+from tests.conftest import free_port, listening, pydicom_file, wait_until
 from tests.fuzzing import EDITS, apply_edits
 from tests.tools import require_dcmtk
 
@@ -548,17 +548,9 @@ def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     process = subprocess.Popen([program, "-aet", "STORESCP", "+xa", "-od", str(out), str(port)],
                                stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, TCP_NODELAY="1"))
 
-    def listening() -> bool:
-        if process.poll() is not None:
-            return True
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return True
-        except OSError:
-            return False
-
     try:
-        assert wait_until(listening, timeout=30), "storescp did not start listening"
+        assert wait_until(lambda: process.poll() is not None or listening(port), timeout=30), \
+            "storescp did not start listening"
         assert process.poll() is None, (tmp_path / "storescp.log").read_text()
         yield port, out
     finally:
@@ -1337,13 +1329,7 @@ def test_tls_to_dcmtk_storescp(pki: Path, tmp_path: Path) -> None:
          "+cf", str(pki / "ca.pem"), "--require-peer-cert", "-od", str(out), str(port)],
         stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, TCP_NODELAY="1"))
     try:
-        def listening() -> bool:
-            if process.poll() is not None:
-                return True
-            with socket.socket() as sock:
-                return sock.connect_ex(("127.0.0.1", port)) == 0
-
-        assert wait_until(listening, timeout=30) and process.poll() is None, (tmp_path / "storescp.log").read_text()
+        assert wait_until(lambda: process.poll() is not None or listening(port), timeout=30) and process.poll() is None, (tmp_path / "storescp.log").read_text()
         (path, ds), = _sample_files(tmp_path, ["CT_small.dcm"])
         offset, syntax = read_file_meta(path)
         with Association.request("127.0.0.1", port, called_ae="STORESCP", calling_ae="GATEWAY",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -19,7 +18,16 @@ from pydicom.uid import RLELossless, generate_uid
 
 from gateway.pipeline import recompress
 from gateway.spool import DEAD, DONE, PENDING, Spool
-from tests.conftest import REPO, build_config, free_port, make_series, pydicom_file, send, wait_until
+from tests.conftest import (
+    build_config,
+    free_port,
+    listening,
+    make_series,
+    pydicom_file,
+    send,
+    start_serve,
+    wait_until,
+)
 from tests.corpus import corpus_entries, corpus_params
 
 PYDICOM_FILES = [
@@ -283,27 +291,13 @@ path = "archive"
 """)
 
 
-def _serve(config: Path, log: Path) -> subprocess.Popen:
-    with open(log, "ab") as handle:  # the child keeps its own descriptor
-        return subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
-                                stdout=handle, stderr=subprocess.STDOUT, cwd=REPO)
-
-
-def _listening(port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
 def test_kill_9_mid_series_loses_nothing_acknowledged(tmp_path: Path) -> None:
     port = free_port()
     config = tmp_path / "gateway.toml"
     _write_toml(config, port)
-    process = _serve(config, tmp_path / "gateway.log")
+    process = start_serve(config, tmp_path / "gateway.log")
     try:
-        assert wait_until(lambda: _listening(port), timeout=60), (tmp_path / "gateway.log").read_text()
+        assert wait_until(lambda: listening(port), timeout=60), (tmp_path / "gateway.log").read_text()
         series = make_series(60, rows=256, columns=256, seed=3)
         acknowledged: list[str] = []
 
@@ -337,9 +331,9 @@ def test_kill_9_mid_series_loses_nothing_acknowledged(tmp_path: Path) -> None:
         thread.join(30)
         assert 20 <= len(acknowledged) < len(series), "the crash should land mid-series"
 
-        process = _serve(config, tmp_path / "gateway.log")
+        process = start_serve(config, tmp_path / "gateway.log")
         # The restarted service delivers what was acknowledged (some of it may have arrived before the crash).
-        assert wait_until(lambda: _listening(port), timeout=180), (tmp_path / "gateway.log").read_text()[-3000:]
+        assert wait_until(lambda: listening(port), timeout=180), (tmp_path / "gateway.log").read_text()[-3000:]
         archive = tmp_path / "archive"
         assert wait_until(lambda: set(acknowledged) <= set(_archive_files(archive)), timeout=120), \
             (tmp_path / "gateway.log").read_text()[-3000:]
@@ -363,9 +357,9 @@ def test_signal_stops_cleanly(tmp_path: Path, signum: int) -> None:
     port = free_port()
     config = tmp_path / "gateway.toml"
     _write_toml(config, port)
-    process = _serve(config, tmp_path / "gateway.log")
+    process = start_serve(config, tmp_path / "gateway.log")
     try:
-        assert wait_until(lambda: _listening(port), timeout=60)
+        assert wait_until(lambda: listening(port), timeout=60)
         assert send(port, [pydicom_file("CT_small.dcm")]) == [0]
         assert wait_until(lambda: len(_archive_files(tmp_path / "archive")) == 1, timeout=30)
     finally:

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
+from gateway.cli import main as cli_main
 from gateway.config import load_config, subject_pairs
 from gateway.errors import ConfigError
 from tests.conftest import (
@@ -27,7 +28,10 @@ from tests.conftest import (
     Orthanc,
     build_config,
     free_port,
+    listening,
     pydicom_file,
+    start_serve,
+    stop_process,
     wait_until,
 )
 from tests.tools import program, require_dcmtk
@@ -212,6 +216,65 @@ def test_ae_title_bound_to_a_certificate_subject(pki: Path, tmp_path: Path, gate
     assert wait_until(lambda: len(_archived(tmp_path)) == 1, timeout=20)
 
 
+@pytest.mark.interop
+def test_serve_with_worker_processes_over_tls(pki: Path, tmp_path: Path) -> None:
+    """The shipped command, configured from TOML: DCMTK over TLS in, a worker process recompresses."""
+    port = free_port()
+    config = tmp_path / "gateway.toml"
+    config.write_text(f"""
+[server]
+port = {port}
+allowed_callers = [{{ ae_title = "CT1", certificate_subject = "CN=modality, O={SUBJECT}" }}]
+[server.tls]
+certificate = "{pki / 'gateway.pem'}"
+private_key = "{pki / 'gateway.key'}"
+ca_certificates = "{pki / 'ca.pem'}"
+[spool]
+directory = "spool"
+[compression]
+transfer_syntax = "JPEGLSLossless"
+processes = 1
+[[destinations]]
+name = "local"
+kind = "folder"
+path = "archive"
+""")
+    assert cli_main(["check-config", str(config)]) == 0
+    log = tmp_path / "gateway.log"
+    process = start_serve(config, log)
+    try:
+        assert wait_until(lambda: process.poll() is not None or listening(port), timeout=180), log.read_text()
+        assert process.poll() is None, log.read_text()[-3000:]
+        path = _sample(tmp_path)
+        assert _storescu(pki, port, path, calling="CT1", tls=False).returncode != 0  # plain TCP: refused
+        done = _storescu(pki, port, path, calling="CT1")
+        assert done.returncode == 0, done.stderr.decode()
+        assert wait_until(lambda: len(_archived(tmp_path)) == 1, timeout=120), log.read_text()[-3000:]
+    finally:
+        assert stop_process(process) == 0, log.read_text()[-3000:]
+    got = dcmread(_archived(tmp_path)[0])
+    assert got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"
+    assert (got.pixel_array == pydicom_file(CT_SMALL).pixel_array).all()
+    text = log.read_text()
+    assert "does not speak TLS" in text and "received sop=" in text and "calling=CT1" in text
+
+
+def test_check_config_says_whether_tls_is_on(pki: Path, tmp_path: Path, capsys) -> None:
+    tls = (f'allowed_callers = [{{ ae_title = "CT1", certificate_subject = "CN=modality, O={SUBJECT}" }}]\n'
+           f'[server.tls]\ncertificate = "{pki / "gateway.pem"}"\nprivate_key = "{pki / "gateway.key"}"\n'
+           f'ca_certificates = "{pki / "ca.pem"}"')
+    dest = f'tls = {{ ca_certificates = "{pki / "ca.pem"}" }}'
+    assert cli_main(["check-config", str(_toml(tmp_path, tls, dest))]) == 0
+    out = capsys.readouterr().out
+    assert f"tls     on: {pki / 'gateway.pem'} (client certificate required, chained to {pki / 'ca.pem'})" in out
+    assert f"CT1 only with CN=modality, O={SUBJECT}" in out
+    assert "PACS@127.0.0.1:104 over TLS" in out
+    assert cli_main(["check-config", str(_toml(tmp_path))]) == 0
+    out = capsys.readouterr().out
+    assert "tls     off (plain TCP)" in out and "over TLS" not in out
+    assert "limits  16 associations, 256 connections (32 per address), PDU 1048576 bytes" in out
+
+
 def test_subjects_compare_whatever_their_spelling() -> None:
     peer = ((("organizationName", SUBJECT),), (("commonName", "ct1"),))
     for text in (f"CN=ct1,O={SUBJECT}", f"/O={SUBJECT}/CN=ct1", f"O = {SUBJECT}, CN = ct1"):
@@ -248,7 +311,7 @@ def test_gateway_forwards_to_dcmtk_storescp_over_tls(pki: Path, tmp_path: Path, 
                                     "-od", str(out), str(port)], stdout=log, stderr=subprocess.STDOUT,
                                    env=dict(os.environ, TCP_NODELAY="1"))
         try:
-            assert wait_until(lambda: process.poll() is not None or _listening(port), timeout=30)
+            assert wait_until(lambda: process.poll() is not None or listening(port), timeout=30)
             gateway = gateway_factory(build_config(tmp_path, destinations=[
                 _forward_config(tmp_path, pki, port, "STORESCP")], compression={"transfer_syntax": "keep"}))
             _send_plain(gateway.port)
@@ -271,7 +334,7 @@ def test_archive_with_a_certificate_from_another_ca_is_not_trusted(pki: Path, tm
                                     str(pki / "impostor.pem"), "+cf", str(pki / "ca.pem"), "-od", str(tmp_path),
                                     str(port)], stdout=log, stderr=subprocess.STDOUT)
         try:
-            assert wait_until(lambda: process.poll() is not None or _listening(port), timeout=30)
+            assert wait_until(lambda: process.poll() is not None or listening(port), timeout=30)
             gateway = gateway_factory(build_config(tmp_path, destinations=[
                 _forward_config(tmp_path, pki, port, "STORESCP")], compression={"transfer_syntax": "keep"},
                 retry={"max_attempts": 2, "base_seconds": 0.1, "cap_seconds": 0.1}))
@@ -322,11 +385,6 @@ def test_gateway_forwards_to_orthanc_over_tls(pki: Path, tmp_path: Path, gateway
                                  calling_ae="GATEWAY", contexts=[("1.2.840.10008.1.1", "1.2.840.10008.1.2")],
                                  timeout=5, connect_timeout=5, tls=anonymous) as assoc:
             assoc.c_echo()
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 # ------------------------------------------------------------------ configuration

@@ -18,6 +18,7 @@ in the pipeline, not here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, runtime_checkable
 
@@ -124,6 +125,28 @@ class Codec(Protocol):
 
     def decode_frame(self, data: bytes, info: FrameInfo) -> np.ndarray:
         """Decode one frame; raise :class:`CorruptCodestreamError` on bad data."""
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionCodec:
+    """A :class:`Codec` whose operations are a codec module's functions.
+
+    Each codec module keeps its work in plain functions over its kernels
+    (``supports``, ``encode``, ``decode``) and registers one of these, naming
+    its transfer syntax.  A codec that codes the frames of an image together
+    (inter-frame prediction) also gives ``encode_frames`` / ``decode_frames``;
+    the pipeline uses them where present.
+    """
+
+    name: str
+    uid: str
+    keyword: str
+    supports: Callable[[FrameInfo], str | None]
+    encode_frame: Callable[[np.ndarray, FrameInfo], bytes]
+    decode_frame: Callable[[bytes, FrameInfo], np.ndarray]
+    private: bool = False
+    encode_frames: Callable[[list[np.ndarray], FrameInfo], list[bytes]] | None = None
+    decode_frames: Callable[[list[bytes], FrameInfo], list[np.ndarray]] | None = None
 
 
 def check_frame(frame: np.ndarray, info: FrameInfo) -> np.ndarray:

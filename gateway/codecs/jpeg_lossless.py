@@ -40,19 +40,18 @@ predictor); an SV1 stream is valid for both syntaxes, so both encode the same.
 from __future__ import annotations
 
 import struct
-from typing import ClassVar
 
 import numpy as np
 
 from gateway.codecs import _jpeg_lossless_kernels as _k
 from gateway.codecs import register
-from gateway.codecs.base import FrameInfo, check_frame
+from gateway.codecs.base import FrameInfo, FunctionCodec, check_frame
 from gateway.codecs.jpeg_markers import corrupt, marker_segment
 from gateway.codecs.profiles import check_profile
-from gateway.dicom.uids import JPEG_LOSSLESS_SV1
+from gateway.dicom.uids import JPEG_LOSSLESS, JPEG_LOSSLESS_SV1
 from gateway.errors import CorruptCodestreamError, UnsupportedImageError
 
-__all__ = ["JpegLosslessSV1Codec", "JpegLosslessCodec", "huffman_code_lengths", "encode", "decode"]
+__all__ = ["CODEC", "CODEC_ANY_PREDICTOR", "huffman_code_lengths", "encode", "decode"]
 
 _SOI, _EOI, _SOF3, _DHT, _SOS, _DRI, _DNL = 0xD8, 0xD9, 0xC3, 0xC4, 0xDA, 0xDD, 0xDC
 # SOF markers of processes other than lossless Huffman (SOF3).
@@ -413,31 +412,7 @@ def _to_frame(out: np.ndarray, precision: int, info: FrameInfo) -> np.ndarray:
 # ---------------------------------------------------------------- codecs
 
 
-class JpegLosslessSV1Codec:
-    """JPEG Lossless, first-order prediction (selection value 1)."""
-
-    name: ClassVar[str] = "jpeg-lossless"
-    uid: ClassVar[str] = "1.2.840.10008.1.2.4.70"
-    keyword: ClassVar[str] = "JPEGLosslessSV1"
-    private: ClassVar[bool] = False
-
-    def supports(self, info: FrameInfo) -> str | None:
-        return supports(info)
-
-    def encode_frame(self, frame: np.ndarray, info: FrameInfo) -> bytes:
-        return encode(frame, info)
-
-    def decode_frame(self, data: bytes, info: FrameInfo) -> np.ndarray:
-        return decode(data, info)
-
-
-class JpegLosslessCodec(JpegLosslessSV1Codec):
-    """JPEG Lossless, any selection value: decodes predictors 1..7, encodes SV1."""
-
-    name: ClassVar[str] = "jpeg-lossless-p14"
-    uid: ClassVar[str] = "1.2.840.10008.1.2.4.57"
-    keyword: ClassVar[str] = "JPEGLossless"
-
-
-register(JpegLosslessSV1Codec())
-register(JpegLosslessCodec())
+CODEC = register(FunctionCodec("jpeg-lossless", JPEG_LOSSLESS_SV1, "JPEGLosslessSV1", supports, encode, decode))
+# Process 14 with any selection value: decoded (predictors 1..7), written as SV1.
+CODEC_ANY_PREDICTOR = register(
+    FunctionCodec("jpeg-lossless-p14", JPEG_LOSSLESS, "JPEGLossless", supports, encode, decode))

@@ -42,20 +42,19 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import ClassVar
 
 import numpy as np
 
 from gateway.codecs import _jpegls_kernels as _k
 from gateway.codecs import register
-from gateway.codecs.base import FrameInfo, check_frame
+from gateway.codecs.base import FrameInfo, FunctionCodec, check_frame
 from gateway.codecs.jpeg_markers import corrupt, marker_segment
 from gateway.codecs.profiles import check_profile
 from gateway.dicom.uids import JPEG_LS_LOSSLESS
 from gateway.errors import CorruptCodestreamError, UnsupportedImageError
 
 __all__ = [
-    "JpegLsCodec", "supports", "encode", "decode", "default_parameters", "precision",
+    "CODEC", "supports", "encode", "decode", "default_parameters", "precision",
     "ILV_NONE", "ILV_LINE", "ILV_SAMPLE",
 ]
 
@@ -467,22 +466,4 @@ def _to_frame(work: np.ndarray, precision: int, maxval: int, info: FrameInfo) ->
     return np.ascontiguousarray(values, dtype=info.dtype)
 
 
-class JpegLsCodec:
-    """JPEG-LS Lossless Image Compression (1.2.840.10008.1.2.4.80)."""
-
-    name: ClassVar[str] = "jpeg-ls"
-    uid: ClassVar[str] = "1.2.840.10008.1.2.4.80"
-    keyword: ClassVar[str] = "JPEGLSLossless"
-    private: ClassVar[bool] = False
-
-    def supports(self, info: FrameInfo) -> str | None:
-        return supports(info)
-
-    def encode_frame(self, frame: np.ndarray, info: FrameInfo) -> bytes:
-        return encode(frame, info)
-
-    def decode_frame(self, data: bytes, info: FrameInfo) -> np.ndarray:
-        return decode(data, info)
-
-
-register(JpegLsCodec())
+CODEC = register(FunctionCodec("jpeg-ls", JPEG_LS_LOSSLESS, "JPEGLSLossless", supports, encode, decode))

@@ -60,7 +60,6 @@ import struct
 import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from typing import ClassVar
 
 import numpy as np
 
@@ -71,12 +70,12 @@ from gateway.codecs import _private_rangecoder as _rc
 from gateway.codecs import _private_symbols as _sym
 from gateway.codecs import _private_transforms as _tf
 from gateway.codecs import register
-from gateway.codecs.base import FrameInfo, check_frame
+from gateway.codecs.base import FrameInfo, FunctionCodec, check_frame
 from gateway.dicom.uids import GATEWAY_LOSSLESS_V1
 from gateway.errors import CorruptCodestreamError, UnsupportedImageError
 
 __all__ = [
-    "GatewayLosslessCodec", "encode", "decode", "encode_frames", "decode_frames", "is_intra", "supports",
+    "CODEC", "encode", "decode", "encode_frames", "decode_frames", "is_intra", "supports",
     "UID", "MAGIC", "VERSION", "VERSIONS",
 ]
 
@@ -608,29 +607,6 @@ def _decode_segments(data: bytes, descriptors: list[tuple[int, int, int]], shape
     return values
 
 
-class GatewayLosslessCodec:
-    """The private lossless codec as a registry :class:`Codec`."""
-
-    name: ClassVar[str] = "gwl"
-    uid: ClassVar[str] = UID
-    keyword: ClassVar[str] = "GatewayLosslessV1"
-    private: ClassVar[bool] = True
-
-    def supports(self, info: FrameInfo) -> str | None:
-        return supports(info)
-
-    def encode_frame(self, frame: np.ndarray, info: FrameInfo) -> bytes:
-        return encode(frame, info)
-
-    def decode_frame(self, data: bytes, info: FrameInfo) -> np.ndarray:
-        return decode(data, info)
-
-    def encode_frames(self, frames: "list[np.ndarray]", info: FrameInfo) -> list[bytes]:
-        """All frames of one image, with inter-frame prediction (decode them in order)."""
-        return encode_frames(frames, info)
-
-    def decode_frames(self, fragments: "list[bytes]", info: FrameInfo) -> list[np.ndarray]:
-        return decode_frames(fragments, info)
-
-
-register(GatewayLosslessCodec())
+CODEC = register(FunctionCodec(
+    "gwl", UID, "GatewayLosslessV1", supports, encode, decode, private=True,
+    encode_frames=encode_frames, decode_frames=decode_frames))

@@ -47,18 +47,17 @@ above Bits Stored, which that form could not give back.
 from __future__ import annotations
 
 import struct
-from typing import ClassVar
 
 import numpy as np
 
 from gateway.codecs import _rle_kernels as _k
 from gateway.codecs import register
-from gateway.codecs.base import FrameInfo, check_frame
+from gateway.codecs.base import FrameInfo, FunctionCodec, check_frame
 from gateway.codecs.profiles import check_profile
 from gateway.dicom.uids import RLE_LOSSLESS
 from gateway.errors import CorruptCodestreamError, UnsupportedImageError
 
-__all__ = ["RLECodec", "supports", "encode", "decode", "HEADER_BYTES", "MAX_SEGMENTS"]
+__all__ = ["CODEC", "supports", "encode", "decode", "HEADER_BYTES", "MAX_SEGMENTS"]
 
 HEADER_BYTES = 64
 MAX_SEGMENTS = 15
@@ -171,22 +170,4 @@ def _normalise(frame: np.ndarray, info: FrameInfo) -> np.ndarray:
     return frame
 
 
-class RLECodec:
-    """RLE Lossless, registered as ``rle`` / ``RLELossless``."""
-
-    name: ClassVar[str] = "rle"
-    uid: ClassVar[str] = "1.2.840.10008.1.2.5"
-    keyword: ClassVar[str] = "RLELossless"
-    private: ClassVar[bool] = False
-
-    def supports(self, info: FrameInfo) -> str | None:
-        return supports(info)
-
-    def encode_frame(self, frame: np.ndarray, info: FrameInfo) -> bytes:
-        return encode(frame, info)
-
-    def decode_frame(self, data: bytes, info: FrameInfo) -> np.ndarray:
-        return decode(data, info)
-
-
-register(RLECodec())
+CODEC = register(FunctionCodec("rle", RLE_LOSSLESS, "RLELossless", supports, encode, decode))

@@ -27,8 +27,10 @@ happens before and around it:
 * Once handed to pynetdicom, the socket is wrapped (:class:`_GuardedSocket`)
   so that the bytes the lobby read are replayed, every later PDU header is
   checked against ``max_pdu`` before its body is read (a larger one aborts
-  the association), and a PDU silent for ``idle_seconds`` ends the
-  association.
+  the association), the command fragments of P-DATA-TF PDUs are counted
+  against :data:`COMMAND_SET_LIMIT` (an endless command set aborts the
+  association; data set fragments go to the spool, which has its own floor),
+  and a PDU silent for ``idle_seconds`` ends the association.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ from pynetdicom.transport import (
 from gateway.config import CallerCertificate, ServerConfig, subject_pairs
 from gateway.logs import get_logger
 
-__all__ = ["A_ASSOCIATE_RQ", "CONTROL_PDU_LIMIT", "P_DATA_TF", "GuardedServer", "Limits"]
+__all__ = ["A_ASSOCIATE_RQ", "COMMAND_SET_LIMIT", "CONTROL_PDU_LIMIT", "P_DATA_TF", "GuardedServer", "Limits"]
 
 _log = get_logger("scp")
 
@@ -63,6 +65,9 @@ P_DATA_TF = 0x04
 CONTROL_PDU_LIMIT = 256 * 1024
 """Largest PDU other than P-DATA-TF accepted whatever ``max_pdu`` says (an A-ASSOCIATE-RQ
 proposing 128 contexts with many transfer syntaxes each can reach some 100 KB)."""
+COMMAND_SET_LIMIT = 64 * 1024
+"""Largest DIMSE command set accepted, over all its fragments.  pynetdicom keeps a command's
+fragments in memory until the last one; a real command set is a few hundred bytes."""
 
 # A-ABORT, source 2 (service provider), reason 6 (invalid PDU parameter value): PS3.8 9.3.8.
 _ABORT_INVALID = bytes((0x07, 0, 0, 0, 0, 4, 0, 0, 2, 6))
@@ -169,6 +174,8 @@ class _GuardedSocket(AssociationSocket):
 
     _prefix: bytearray
     _left: int
+    _p_data: bool  # the PDU being read is a P-DATA-TF
+    _command_bytes: int  # of the command set being received, so far
     _limits: Limits
     _on_close: Callable[[socket.socket], None]
     _peer: str
@@ -186,6 +193,8 @@ class _GuardedSocket(AssociationSocket):
         assert isinstance(sock, _GuardedSocket)
         sock._prefix = bytearray(prefix)
         sock._left = 0
+        sock._p_data = False
+        sock._command_bytes = 0
         sock._limits = limits
         sock._on_close = on_close
         sock._peer = peer
@@ -215,8 +224,12 @@ class _GuardedSocket(AssociationSocket):
 
     def recv(self, nr_bytes: int) -> bytearray:
         if self._left > 0:  # inside a PDU's body
+            whole = nr_bytes >= self._left
             data = self._read(min(nr_bytes, self._left))
             self._left -= len(data)
+            if self._p_data and whole and self._left == 0 and not self._count_commands(data):
+                self._refuse()
+                return bytearray()
             return data
         data = self._read(nr_bytes)
         if nr_bytes == 6 and len(data) == 6:  # a PDU header: type, reserved, 4-byte length
@@ -228,7 +241,29 @@ class _GuardedSocket(AssociationSocket):
                 self._refuse()
                 return bytearray()  # pynetdicom reads a closed connection (no decode, no buffer)
             self._left = length
+            self._p_data = kind == P_DATA_TF
         return data
+
+    def _count_commands(self, body: bytearray) -> bool:
+        """Add the command fragments of a whole P-DATA-TF body (PS3.8 9.3.5.1, E.2); False when too many.
+
+        pynetdicom reads a PDU's body in one call, so a whole body is what
+        arrives here; malformed items are left to pynetdicom to refuse.
+        """
+        offset = 0
+        while offset + 6 <= len(body):
+            length = int.from_bytes(body[offset:offset + 4], "big")
+            control = body[offset + 5]
+            if control & 0x01:  # a command fragment
+                self._command_bytes += max(length - 2, 0)
+                if self._command_bytes > COMMAND_SET_LIMIT:
+                    _log.warning("association from %s aborted: a command set of more than %d bytes "
+                                 "(fragments never marked last); not kept", self._peer, COMMAND_SET_LIMIT)
+                    return False
+                if control & 0x02:  # its last fragment
+                    self._command_bytes = 0
+            offset += 4 + length
+        return True
 
     def _refuse(self) -> None:
         raw = self.socket
@@ -292,6 +327,7 @@ class GuardedServer(ThreadedAssociationServer):
         super().__init__(ae, address, ae_title, contexts, None, evt_handlers=evt_handlers,
                          request_handler=_GuardedHandler)
         self.lobby = _Lobby(self)
+        self._burst: list[tuple[socket.socket, Any]] = []  # accepted after the connection being processed
         self.lobby.start()
 
     # -- configuration that a reload changes
@@ -334,14 +370,17 @@ class GuardedServer(ThreadedAssociationServer):
         self._gc_at = time.monotonic() + self.gc_every_seconds
 
     def get_request(self) -> tuple[socket.socket, Any]:
-        """Accept one connection, and every other one the kernel already holds (no TLS here)."""
+        """Accept one connection, and every other one the kernel already holds (no TLS here).
+
+        The others follow the first into the lobby (:meth:`process_request`), in the order
+        they came: when room must be made, the oldest pending connection is the one closed.
+        """
         first = self.socket.accept()
         for _ in range(self.request_queue_size):
             try:
-                sock, address = self.socket.accept()
+                self._burst.append(self.socket.accept())
             except OSError:
                 break
-            self.lobby.add(sock, address)
         return first
 
     def service_actions(self) -> None:
@@ -355,6 +394,9 @@ class GuardedServer(ThreadedAssociationServer):
     def process_request(self, request: Any, client_address: Any) -> None:
         """Called by the accept loop: to the lobby, no thread, no association yet."""
         self.lobby.add(request, client_address)
+        burst, self._burst = self._burst, []
+        for sock, address in burst:
+            self.lobby.add(sock, address)
 
     def hand_over(self, sock: socket.socket, address: Any, prefix: bytes) -> None:
         """The lobby is done with `sock`: pynetdicom takes it, in a thread of its own."""
@@ -368,6 +410,9 @@ class GuardedServer(ThreadedAssociationServer):
     def shutdown(self) -> None:
         self.lobby.stop()
         super().shutdown()
+        burst, self._burst = self._burst, []
+        for sock, _ in burst:
+            _close_quietly(sock)
 
 
 class _Lobby(threading.Thread):

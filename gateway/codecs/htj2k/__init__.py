@@ -6,13 +6,6 @@ HT cleanup pass as numba kernels) and ``codec`` (the public codecs for
 shared with :mod:`gateway.codecs.jpeg2000`.
 """
 
-from gateway.codecs.htj2k.codec import (
-    HTJ2KLosslessCodec,
-    HTJ2KLosslessRPCLCodec,
-    decode,
-    encode,
-    levels_for,
-    supports,
-)
+from gateway.codecs.htj2k.codec import CODEC, CODEC_RPCL, decode, encode, levels_for, supports
 
-__all__ = ["HTJ2KLosslessCodec", "HTJ2KLosslessRPCLCodec", "decode", "encode", "levels_for", "supports"]
+__all__ = ["CODEC", "CODEC_RPCL", "decode", "encode", "levels_for", "supports"]

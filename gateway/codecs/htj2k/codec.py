@@ -29,12 +29,12 @@ Decoder
 
 from __future__ import annotations
 
-from typing import ClassVar
+from functools import partial
 
 import numpy as np
 
 from gateway.codecs import register
-from gateway.codecs.base import FrameInfo, check_frame
+from gateway.codecs.base import FrameInfo, FunctionCodec, check_frame
 from gateway.codecs.htj2k import ht
 from gateway.codecs.jpeg2000 import codec as j2k
 from gateway.codecs.jpeg2000 import codestream as cs
@@ -43,7 +43,7 @@ from gateway.codecs.profiles import check_profile
 from gateway.dicom.uids import HTJ2K_LOSSLESS, HTJ2K_LOSSLESS_RPCL
 from gateway.errors import CorruptCodestreamError, UnsupportedCodestreamError, UnsupportedImageError
 
-__all__ = ["HTJ2KLosslessCodec", "HTJ2KLosslessRPCLCodec", "supports", "encode", "decode", "levels_for"]
+__all__ = ["CODEC", "CODEC_RPCL", "supports", "encode", "decode", "levels_for"]
 
 CODE_BLOCK = 6  # 64 x 64
 GUARD_BITS = 2
@@ -283,37 +283,7 @@ def decode(data: bytes, info: FrameInfo, *, parallel: bool | None = None) -> np.
         raise CorruptCodestreamError(str(exc).replace("JPEG 2000", "HTJ2K")) from None
 
 
-class HTJ2KLosslessCodec:
-    """High-Throughput JPEG 2000 Image Compression (Lossless Only), 1.2.840.10008.1.2.4.201."""
-
-    name: ClassVar[str] = "htj2k"
-    uid: ClassVar[str] = "1.2.840.10008.1.2.4.201"
-    keyword: ClassVar[str] = "HTJ2KLossless"
-    private: ClassVar[bool] = False
-
-    def supports(self, info: FrameInfo) -> str | None:
-        return supports(info)
-
-    def encode_frame(self, frame: np.ndarray, info: FrameInfo) -> bytes:
-        return encode(frame, info)
-
-    def decode_frame(self, data: bytes, info: FrameInfo) -> np.ndarray:
-        return decode(data, info)
-
-
-class HTJ2KLosslessRPCLCodec(HTJ2KLosslessCodec):
-    """High-Throughput JPEG 2000 with RPCL Options Image Compression (Lossless Only), 1.2.840.10008.1.2.4.202."""
-
-    name: ClassVar[str] = "htj2k-rpcl"
-    uid: ClassVar[str] = "1.2.840.10008.1.2.4.202"
-    keyword: ClassVar[str] = "HTJ2KLosslessRPCL"
-
-    def supports(self, info: FrameInfo) -> str | None:
-        return supports(info, HTJ2K_LOSSLESS_RPCL)
-
-    def encode_frame(self, frame: np.ndarray, info: FrameInfo) -> bytes:
-        return encode(frame, info, rpcl=True)
-
-
-register(HTJ2KLosslessCodec())
-register(HTJ2KLosslessRPCLCodec())
+CODEC = register(FunctionCodec("htj2k", HTJ2K_LOSSLESS, "HTJ2KLossless", supports, encode, decode))
+CODEC_RPCL = register(FunctionCodec(
+    "htj2k-rpcl", HTJ2K_LOSSLESS_RPCL, "HTJ2KLosslessRPCL",
+    partial(supports, uid=HTJ2K_LOSSLESS_RPCL), partial(encode, rpcl=True), decode))

@@ -6,6 +6,6 @@ coder) and ``codec`` (the public codec for 1.2.840.10008.1.2.4.90 and the
 decoder for reversible 1.2.840.10008.1.2.4.91 streams).
 """
 
-from gateway.codecs.jpeg2000.codec import Jpeg2000LosslessCodec, decode, encode, levels_for, supports
+from gateway.codecs.jpeg2000.codec import CODEC, decode, encode, levels_for, supports
 
-__all__ = ["Jpeg2000LosslessCodec", "decode", "encode", "levels_for", "supports"]
+__all__ = ["CODEC", "decode", "encode", "levels_for", "supports"]

@@ -31,17 +31,17 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import ClassVar
 
 import numpy as np
 
 from gateway.codecs import register
-from gateway.codecs.base import FrameInfo, check_frame
+from gateway.codecs.base import FrameInfo, FunctionCodec, check_frame
 from gateway.codecs.jpeg2000 import codestream as cs
 from gateway.codecs.jpeg2000 import dwt, t1, tier2
+from gateway.dicom.uids import JPEG_2000_LOSSLESS
 from gateway.errors import CorruptCodestreamError, UnsupportedCodestreamError, UnsupportedImageError
 
-__all__ = ["Jpeg2000LosslessCodec", "supports", "encode", "decode", "levels_for", "DEFAULT_LEVELS"]
+__all__ = ["CODEC", "supports", "encode", "decode", "levels_for", "DEFAULT_LEVELS"]
 
 DEFAULT_LEVELS = 5  # the smallest corpus total: 4 levels +0.05 %, 6 or 7 levels no smaller
 CODE_BLOCK = 6  # 64 x 64
@@ -351,22 +351,4 @@ def _to_frame(image: np.ndarray, components: tuple[cs.Component, ...], info: Fra
     return np.ascontiguousarray(values, dtype=info.dtype)
 
 
-class Jpeg2000LosslessCodec:
-    """JPEG 2000 Image Compression (Lossless Only), 1.2.840.10008.1.2.4.90."""
-
-    name: ClassVar[str] = "jpeg2000"
-    uid: ClassVar[str] = "1.2.840.10008.1.2.4.90"
-    keyword: ClassVar[str] = "JPEG2000Lossless"
-    private: ClassVar[bool] = False
-
-    def supports(self, info: FrameInfo) -> str | None:
-        return supports(info)
-
-    def encode_frame(self, frame: np.ndarray, info: FrameInfo) -> bytes:
-        return encode(frame, info)
-
-    def decode_frame(self, data: bytes, info: FrameInfo) -> np.ndarray:
-        return decode(data, info)
-
-
-register(Jpeg2000LosslessCodec())
+CODEC = register(FunctionCodec("jpeg2000", JPEG_2000_LOSSLESS, "JPEG2000Lossless", supports, encode, decode))

@@ -1,8 +1,14 @@
-"""Byte-level mutations of valid codestreams, shared by the decoders' fuzz tests."""
+"""What the decoders' fuzz tests share: seed frames, byte-level mutations, the check of an outcome."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+import numpy as np
 from hypothesis import strategies as st
+
+from gateway.codecs.base import Codec, FrameInfo
+from gateway.errors import CorruptCodestreamError
 
 # Up to eight edits: (position, byte value, kind) with kind s = set, i = insert, d = delete.
 EDITS = st.lists(
@@ -22,3 +28,36 @@ def apply_edits(stream: bytes, edits: list[tuple[int, int, str]]) -> bytes:
         elif len(data) > 1:
             del data[where]
     return bytes(data)
+
+
+def gradient_frame(info: FrameInfo, seed: int, noise: int = 20) -> np.ndarray:
+    """A diagonal ramp with uniform noise of +-`noise`, clipped to the range Bits Stored allows."""
+    rng = np.random.default_rng(seed)
+    low, high = info.value_range
+    values = np.indices(info.shape).sum(axis=0) * 37 + rng.integers(-noise, noise, info.shape) + low
+    return np.clip(values, low, high).astype(info.dtype)
+
+
+def prime(codec: Codec, seeds: Iterable[tuple[FrameInfo, bytes]]) -> None:
+    """Decode every seed once: it checks them and compiles the kernels (with a cold numba
+    cache) before Hypothesis starts timing examples."""
+    for info, stream in seeds:
+        codec.decode_frame(stream, info)
+
+
+def decode_or_corrupt(codec: Codec, data: bytes, info: FrameInfo) -> None:
+    """Decoding `data` either gives a frame of the form `info` describes, within its value
+    range, or raises the codecs' error for bad data."""
+    try:
+        frame = codec.decode_frame(data, info)
+    except CorruptCodestreamError:
+        return
+    assert frame.shape == info.shape and frame.dtype == info.dtype
+    low, high = info.value_range
+    assert frame.min() >= low and frame.max() <= high
+
+
+def after_scan_header(stream: bytes) -> bytes:
+    """A JPEG or JPEG-LS stream up to the end of its first SOS marker segment."""
+    start = stream.index(b"\xff\xda")
+    return stream[:start + 2 + int.from_bytes(stream[start + 2:start + 4], "big")]

@@ -4,6 +4,8 @@ CorruptCodestreamError."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,7 +14,14 @@ from hypothesis import strategies as st
 from gateway.codecs import get_codec
 from gateway.codecs.base import FrameInfo
 from gateway.errors import CorruptCodestreamError
-from tests.fuzzing import EDITS, apply_edits
+from tests.fuzzing import (
+    EDITS,
+    after_scan_header,
+    apply_edits,
+    decode_or_corrupt,
+    gradient_frame,
+    prime,
+)
 
 CODEC = get_codec("JPEGLosslessSV1")
 FUZZ = settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
@@ -26,11 +35,7 @@ _INFOS = [
 
 def _seed(index: int) -> tuple[FrameInfo, bytes]:
     info = _INFOS[index]
-    rng = np.random.default_rng(index)
-    low, high = info.value_range
-    y = np.indices(info.shape).sum(axis=0) * 37
-    frame = np.clip(y + rng.integers(-20, 20, info.shape) + low, low, high).astype(info.dtype)
-    return info, CODEC.encode_frame(frame, info)
+    return info, CODEC.encode_frame(gradient_frame(info, index), info)
 
 
 def _restart_seed() -> tuple[FrameInfo, bytes]:
@@ -44,18 +49,8 @@ def _restart_seed() -> tuple[FrameInfo, bytes]:
 
 SEEDS = [_seed(i) for i in range(len(_INFOS))] + [_restart_seed()]
 _INFOS.append(SEEDS[-1][0])
-# Compile (or load) every decode kernel now, outside hypothesis's deadline.
-for _info, _stream in SEEDS:
-    CODEC.decode_frame(_stream, _info)
-
-
-def _decode_or_corrupt(data: bytes, info: FrameInfo) -> None:
-    """Decoding either gives a frame of the expected form or raises our error."""
-    try:
-        frame = CODEC.decode_frame(data, info)
-    except CorruptCodestreamError:
-        return
-    assert frame.shape == info.shape and frame.dtype == info.dtype
+prime(CODEC, SEEDS)
+_decode_or_corrupt = partial(decode_or_corrupt, CODEC)
 
 
 @FUZZ
@@ -68,9 +63,7 @@ def test_random_bytes(data: bytes, index: int) -> None:
 @given(data=st.binary(max_size=400), index=st.integers(0, len(_INFOS) - 1))
 def test_random_entropy_data_after_valid_headers(data: bytes, index: int) -> None:
     info, stream = SEEDS[index]
-    start = stream.index(b"\xff\xda")
-    header_end = start + 2 + int.from_bytes(stream[start + 2 : start + 4], "big")
-    _decode_or_corrupt(stream[:header_end] + data, info)
+    _decode_or_corrupt(after_scan_header(stream) + data, info)
 
 
 @FUZZ

@@ -41,16 +41,25 @@ from numba import njit
 
 from gateway.codecs._private_predict import (
     N_CLASSES,
-    bit_length,
     bias_context,
     bias_update,
+    bit_length,
     blend_v2,
     correct,
     quantise_activity,
 )
 from gateway.codecs._private_rangecoder import _adapt as _adapt_bit
 from gateway.codecs._private_rangecoder import dec_bit, enc_bit, grow
-from gateway.codecs._private_symbols import N_TOKENS, TOTAL, dec_chunks, dec_token, enc_chunks, enc_token, token_base, token_of
+from gateway.codecs._private_symbols import (
+    N_TOKENS,
+    TOTAL,
+    dec_chunks,
+    dec_token,
+    enc_chunks,
+    enc_token,
+    token_base,
+    token_of,
+)
 from gateway.codecs._private_symbols import _adapt as _adapt_table
 
 GUIDE_WEIGHT = 2  # weight of the first plane's error at the same position in a later plane's class

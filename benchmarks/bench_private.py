@@ -2,9 +2,11 @@
 
 One run over the whole corpus: ratio and single-thread encode/decode MB/s per
 corpus folder and overall, every round trip verified (see harness.py).  Our
-codec runs as version 2 and version 1 (the default), both on one thread
-(version 2's stripes coded one after the other); ``gwl v2, 2 threads`` is
-version 2 with its stripes coded in parallel (frames of 1 MiB and more).  The
+codec runs as version 2 (context model 1, what version 2 writes), version 2
+with context model 0 (the first version 2, to weigh model 1 against it) and
+version 1 (the default), all on one thread (version 2's stripes coded one
+after the other); ``gwl v2, 2 threads`` is version 2 with its stripes coded
+in parallel (frames of 1 MiB and more).  The
 peers run through imagecodecs with one thread: JPEG-XL lossless at effort 3
 and 7, JPEG-LS (CharLS), HTJ2K (OpenJPH) and JPEG 2000 reversible (OpenJPEG).
 Signed frames are given to the peers as unsigned values in the same order
@@ -30,7 +32,7 @@ from gateway.codecs import private  # noqa: E402
 from gateway.codecs.base import FrameInfo  # noqa: E402
 
 
-def _ours(items: list[Item], name: str, version: int, threads: int) -> Entry:
+def _ours(items: list[Item], name: str, version: int, threads: int, model: int = private.MODEL) -> Entry:
     """Our codec; each frame after the first of an image may reference its predecessor."""
     previous: dict[int, np.ndarray] = {}
     for item in items:
@@ -39,6 +41,7 @@ def _ours(items: list[Item], name: str, version: int, threads: int) -> Entry:
 
     def encode(frame: np.ndarray, info: FrameInfo) -> bytes:
         private.STRIPE_THREADS = threads
+        private.MODEL = model
         return private.encode(frame, info, previous.get(id(frame)), version=version)
 
     def decode(data: bytes, info: FrameInfo) -> np.ndarray:
@@ -93,7 +96,8 @@ def main() -> None:
     args = arguments(__doc__.splitlines()[0])
     items = load_corpus(folders=args.folders)
     threads = private.STRIPE_THREADS
-    entries = [_ours(items, "gwl v2 (ours)", 2, 1), _ours(items, "gwl v1 (ours)", 1, 1)]
+    entries = [_ours(items, "gwl v2 (ours)", 2, 1), _ours(items, "gwl v2 model 0", 2, 1, model=0),
+               _ours(items, "gwl v1 (ours)", 1, 1)]
     if threads > 1:
         entries.append(_ours(items, f"gwl v2, {threads} threads", 2, threads))
     entries += _peers()

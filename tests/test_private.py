@@ -343,7 +343,7 @@ def test_range_coder_round_trip() -> None:
 
 @pytest.mark.parametrize("version, size, digest", [
     (1, 676, "46d463522debe351b2e1809e0b457024d2c11c38ac7bdd90831948aaac643929"),
-    (2, 693, "65432683a217696cf049f613854276fb7272b5d5d0c284aa1ce90e2716901cd7"),
+    (2, 690, "5afa047257adbfc840395b3f376f68ccf7169950f8865aed60cdf31a2b277bb7"),
 ])
 def test_golden_stream(version: int, size: int, digest: str) -> None:
     """The bitstream is a storage format: a change of the encoder's output must be deliberate."""
@@ -577,11 +577,7 @@ class _SpecDecoder:
             s += 1
         self.code -= r * cum
         self.rng = r * table[s]
-        table[s] += 24
-        table[-1] += 24
-        if table[-1] > 1 << 15:
-            table[:-1] = [(f + 1) >> 1 for f in table[:-1]]
-            table[-1] = sum(table[:-1])
+        _spec_adapt_table(table, s)
         self._normalise()
         return s
 
@@ -597,6 +593,25 @@ class _SpecDecoder:
             value = (value << n) | x
             self._normalise()
         return value
+
+
+def _spec_adapt_bit(context: list[int], bit: int) -> None:
+    """Section 4.2's adaptation of a binary context."""
+    a, b, n = context
+    t = 65535 if bit == 0 else 1
+    s = min(9, (n + 2).bit_length() - 1)
+    context[0] = a + ((t - a) >> min(s, 6))
+    context[1] = b + ((t - b) >> s)
+    context[2] = min(n + 1, 511)
+
+
+def _spec_adapt_table(table: list[int], s: int) -> None:
+    """Section 9.5's adaptation of a token table after token `s`."""
+    table[s] += 24
+    table[-1] += 24
+    if table[-1] > 1 << 15:
+        table[:-1] = [(f + 1) >> 1 for f in table[:-1]]
+        table[-1] = sum(table[:-1])
 
 
 def _spec_token_base(token: int) -> tuple[int, int]:
@@ -623,15 +638,21 @@ def _spec_weight(e: int, version: int) -> int:
     return ((1 << 24) // ((e + 1) >> shift)) >> shift
 
 
+_FINE_USES: list[int] = [0]  # samples whose zero flag or token a model 1 fine class coded
+
+
 def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int, version: int = 1,
-                guide: list[list[int]] | None = None, keep: list[list[int]] | None = None) -> list[list[int]]:
+                guide: list[list[int]] | None = None, keep: list[list[int]] | None = None,
+                model: int = 0) -> list[list[int]]:
     """Decode a plane; `guide` gives version 2's guide values, `keep` receives |TE|."""
-    contexts = [[32768, 32768, 0] for _ in range(2128 if version == 1 else 140)]
+    contexts = [[32768, 32768, 0] for _ in range(2128 if version == 1 else 140 if model == 0 else 2418)]
     tables = []
-    for z in range(56):  # section 9.5: a prior around the token class z mod 28 expects
-        centre = max(0, z % 28 - 11)
+    for z in range(56 if model == 0 else 2296):  # section 9.5: a prior around the token class a expects
+        a = z if z < 56 else (z - 56) // 40
+        centre = max(0, a % 28 - 11)
         table = [1 + (32 >> min(abs(t - centre), 6)) for t in range(38)]
         tables.append(table + [sum(table)])
+    sign_base = 56 if model == 0 else 2296
     bias = [0] * 112
     v = [[0] * cols for _ in range(rows)]
     te = [[0] * cols for _ in range(rows)]
@@ -672,15 +693,35 @@ def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int, version: int 
             sigma = 1 if te_w + te_n > 0 else 2 if te_w + te_n < 0 else 0
             if version == 2:
                 value = pred
-                zq = q if guide is None else _spec_class(activity + 2 * guide[y][x])
-                zq += 28 * (lo == hi)
-                if dec.bit(contexts[zq]):
-                    base, nraw = _spec_token_base(dec.token(tables[zq]))
+                other = other_table = None
+                if model == 0:
+                    zq = q if guide is None else _spec_class(activity + 2 * guide[y][x])
+                    zq += 28 * (lo == hi)
+                    table = zq
+                else:  # section 9.3, model 1
+                    g = grad // 4
+                    rho = activity - 2 * g + g // 2 + (0 if guide is None else 2 * guide[y][x])
+                    z = _spec_class(rho) + 28 * (lo == hi)
+                    f = 56 + (z * 10 + _spec_class(g) // 3) * 4 + (pred >> max(0, top.bit_length() - 2))
+                    zq, other = (f, z) if contexts[f][2] >= 256 else (z, f)
+                    table, other_table = (f, z) if tables[f][-1] >= 4096 else (z, f)
+                    _FINE_USES[0] += (zq == f) + (table == f)
+                nonzero = dec.bit(contexts[zq])
+                if other is not None:
+                    _spec_adapt_bit(contexts[other], nonzero)
+                if nonzero:
+                    token = dec.token(tables[table])
+                    base, nraw = _spec_token_base(token)
+                    if other_table is not None:
+                        _spec_adapt_table(tables[other_table], token)
+                        if nraw > 0:
+                            nraw -= 1
+                            base += dec.bit(contexts[2380 + token]) << nraw
                     mag = base + dec.chunks(nraw) + 1
                     negative_ok, positive_ok = mag <= pred, mag <= top - pred
                     assert negative_ok or positive_ok
                     if negative_ok and positive_ok:
-                        negative = dec.bit(contexts[56 + 3 * q + sigma])
+                        negative = dec.bit(contexts[sign_base + 3 * q + sigma])
                     else:
                         negative = int(negative_ok)
                     value = pred - mag if negative else pred + mag
@@ -726,8 +767,11 @@ def _spec_decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = No
     count = 4 if transform == 3 else info.samples_per_pixel
     descriptors = [struct.unpack_from("<iII", data, 28 + 12 * i) for i in range(count)]
     start = 28 + 12 * count
+    model = 0
     if version == 2:
-        stripe_rows = struct.unpack_from("<I", data, start)[0]
+        field = struct.unpack_from("<I", data, start)[0]
+        stripe_rows, model = field & 0xFFFFFF, field >> 24
+        assert model in (0, 1)
         stripes = -(-info.rows // stripe_rows)
         lengths = struct.unpack_from(f"<{stripes + 1}I", data, start + 4)
         start += 4 * (stripes + 2)
@@ -766,7 +810,7 @@ def _spec_decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = No
         elif top == 0:
             coded_planes[i] = [[0] * cols for _ in range(rows)]
         else:
-            coded_planes[i] = _spec_plane(dec, rows, cols, top, version)
+            coded_planes[i] = _spec_plane(dec, rows, cols, top, version, model=model)
     if version == 2:
         for j, stripe in enumerate(segments[1:]):
             first, last = j * stripe_rows, min(info.rows, (j + 1) * stripe_rows)
@@ -775,7 +819,8 @@ def _spec_decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = No
                 top = descriptors[i][2] - 1 if descriptors[i][2] else descriptors[i][1]
                 if top > 0:
                     coded_planes[i] += _spec_plane(stripe, last - first, info.columns, top, 2,
-                                                   guide=guide if i > 0 else None, keep=guide if i == 0 else None)
+                                                   guide=guide if i > 0 else None, keep=guide if i == 0 else None,
+                                                   model=model)
                 else:
                     coded_planes[i] += [[0] * info.columns for _ in range(last - first)]
     for i in range(count):
@@ -842,17 +887,44 @@ def test_specification_decoder_agrees(info: FrameInfo, kind: str, version: int) 
     assert np.array_equal(_spec_decode(data, info, reference), frame)
 
 
-def test_specification_decoder_reads_golden_v1_streams() -> None:
-    """The archived version 1 streams decode with the plain decoder too (pixels read by pydicom)."""
-    from tests.test_private_golden import CASES, _frames
+@pytest.mark.parametrize("archive", ["gwl_v1", "gwl_v2_model0"])
+def test_specification_decoder_reads_golden_streams(archive: str) -> None:
+    """The archived streams decode with the plain decoder too (pixels read by pydicom)."""
+    from tests.test_private_golden import ARCHIVES, _frames
 
-    for case in CASES:
-        info, streams, pixels = _frames(case)
+    data, cases = ARCHIVES[archive]
+    for case in cases:
+        info, streams, pixels = _frames(data, case)
         previous = None
         for stream, expected in zip(streams, pixels):
             if stream[5] == private.MODE_CODED:
                 assert np.array_equal(_spec_decode(stream, info, previous), expected), case["id"]
             previous = expected
+
+
+@pytest.mark.parametrize("info", [_info(64, 64, stored=12), _info(40, 40, samples=3, alloc=8, stored=8)])
+def test_specification_decoder_follows_fine_classes(info: FrameInfo) -> None:
+    """Frames large enough for context model 1's fine classes to take over from the coarse ones."""
+    rng = np.random.default_rng(11)
+    frame = _smooth(rng, info)
+    noise = rng.integers(0, 6 if info.bits_allocated == 8 else 40, info.shape)
+    frame = np.clip(frame.astype(np.int64) + noise, 0, (1 << info.bits_stored) - 1).astype(info.dtype)
+    data = private.encode(frame, info, version=2)
+    assert _stripe_field(data, info.samples_per_pixel)[1] == 1  # model 1 is what the encoder writes
+    before = _FINE_USES[0]
+    assert np.array_equal(_spec_decode(data, info), frame)
+    assert _FINE_USES[0] > before + 100  # fine classes coded many samples
+
+
+def test_unknown_context_model_is_corrupt() -> None:
+    info = _info(12, 10, stored=12)
+    data = bytearray(private.encode(_smooth(np.random.default_rng(2), info), info, version=2))
+    start = private._HEADER.size + private._PLANE.size
+    rows, model = _stripe_field(bytes(data), 1)
+    assert (rows, model) == (12, 1)
+    struct.pack_into("<I", data, start, rows | 2 << 24)
+    with pytest.raises(CorruptCodestreamError, match="context model"):
+        private.decode(bytes(data), info)
 
 
 # --- version 2: stripes, threads, the segment table ---------------------------------
@@ -862,8 +934,14 @@ def _striped(monkeypatch: pytest.MonkeyPatch, stripe_bytes: int) -> None:
     monkeypatch.setattr(private, "STRIPE_BYTES", stripe_bytes)
 
 
+def _stripe_field(data: bytes, planes: int) -> tuple[int, int]:
+    """(stripe rows, context model) of a version 2 stream."""
+    field = struct.unpack_from("<I", data, private._HEADER.size + private._PLANE.size * planes)[0]
+    return field & 0xFFFFFF, field >> 24
+
+
 def _stripe_rows(data: bytes, planes: int) -> int:
-    return struct.unpack_from("<I", data, private._HEADER.size + private._PLANE.size * planes)[0]
+    return _stripe_field(data, planes)[0]
 
 
 @pytest.mark.parametrize("info, kind", [
@@ -917,12 +995,12 @@ def test_stripes_cost_little() -> None:
     assert np.array_equal(private.decode(striped, info), frame)
 
 
-@pytest.mark.parametrize("stripe_rows", [0, 41, 2**32 - 1])
+@pytest.mark.parametrize("stripe_rows", [0, 41, 2**24 - 1, 1 << 24 | 41, 2**32 - 1])
 def test_hostile_stripe_rows_are_rejected(stripe_rows: int) -> None:
     info = _info(40, 40, stored=12)
     data = bytearray(private.encode(_smooth(np.random.default_rng(4), info), info, version=2))
     struct.pack_into("<I", data, private._HEADER.size + private._PLANE.size, stripe_rows)
-    with pytest.raises(CorruptCodestreamError, match="per stripe"):
+    with pytest.raises(CorruptCodestreamError, match="per stripe|context model"):
         private.decode(bytes(data), info)
 
 

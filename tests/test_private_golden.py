@@ -1,9 +1,10 @@
-"""Golden GatewayLosslessV1 streams: archived version 1 streams decode bit-exactly forever.
+"""Golden GatewayLossless streams: archived streams decode bit-exactly forever.
 
-The streams in ``tests/data/gwl_v1`` were written by the version 1 encoder;
-the pixels they must decode to were read by pydicom from its bundled test
-files (a source that is not our code), and are checked against those files
-again here when pydicom has them.
+The streams in ``tests/data/gwl_v1`` were written by the version 1 encoder,
+those in ``tests/data/gwl_v2_model0`` by the first version 2 encoder (context
+model 0), from the same pixels; the pixels they must decode to were read by
+pydicom from its bundled test files (a source that is not our code), and are
+checked against those files again here when pydicom has them.
 """
 
 from __future__ import annotations
@@ -18,22 +19,31 @@ import pytest
 from gateway.codecs import private
 from gateway.codecs.base import FrameInfo
 
-DATA = Path(__file__).resolve().parent / "data" / "gwl_v1"
+ROOT = Path(__file__).resolve().parent / "data"
+DATA = ROOT / "gwl_v1"
 CASES = json.loads((DATA / "cases.json").read_text())
+# Archive name: (folder, cases); the version byte of its streams follows.
+ARCHIVES = {name: (ROOT / name, json.loads((ROOT / name / "cases.json").read_text()))
+            for name in ("gwl_v1", "gwl_v2_model0")}
+VERSION_OF = {"gwl_v1": 1, "gwl_v2_model0": 2}
+ALL_CASES = [(name, case) for name, (_, cases) in ARCHIVES.items() for case in cases]
 
 
-def _frames(case: dict) -> tuple[FrameInfo, list[bytes], list[np.ndarray]]:
+def _frames(data: Path, case: dict) -> tuple[FrameInfo, list[bytes], list[np.ndarray]]:
     info = FrameInfo(**case["info"])
-    streams = [(DATA / f"{case['id']}_{k}.gwl").read_bytes() for k in range(case["frames"])]
-    pixels = [np.load(DATA / f"{case['id']}_{k}.npy") for k in range(case["frames"])]
+    streams = [(data / f"{case['id']}_{k}.gwl").read_bytes() for k in range(case["frames"])]
+    pixels = [np.load(data / f"{case['id']}_{k}.npy") for k in range(case["frames"])]
     return info, streams, pixels
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
-def test_golden_v1_streams_decode(case: dict) -> None:
-    info, streams, pixels = _frames(case)
+@pytest.mark.parametrize("archive, case", ALL_CASES, ids=[f"{a}-{c['id']}" for a, c in ALL_CASES])
+def test_golden_streams_decode(archive: str, case: dict) -> None:
+    data, _ = ARCHIVES[archive]
+    info, streams, pixels = _frames(data, case)
     assert [hashlib.sha256(s).hexdigest() for s in streams] == case["sha256"]  # the files are unchanged
-    assert all(s[:5] == b"GWL1\x01" for s in streams)
+    assert all(s[:5] == b"GWL1" + bytes([VERSION_OF[archive]]) for s in streams)
+    if archive == "gwl_v2_model0":  # written before context models existed: the model byte is 0
+        assert all(s[5] == private.MODE_STORED or _model_byte(s, info) == 0 for s in streams)
     # In order, frame by frame, as a DICOM reader decodes them (inter frames find their reference).
     for stream, expected in zip(streams, pixels):
         back = private.decode(stream, info)
@@ -63,10 +73,15 @@ def _source_pixels(source: dict) -> np.ndarray | None:
     return np.ascontiguousarray(array[r0:r1, c0:c1])
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
-def test_golden_pixels_come_from_pydicom(case: dict) -> None:
+def _model_byte(stream: bytes, info: FrameInfo) -> int:
+    planes = 4 if stream[10] == 3 else info.samples_per_pixel
+    return stream[28 + 12 * planes + 3]
+
+
+@pytest.mark.parametrize("archive, case", ALL_CASES, ids=[f"{a}-{c['id']}" for a, c in ALL_CASES])
+def test_golden_pixels_come_from_pydicom(archive: str, case: dict) -> None:
     """The expected pixels are pydicom's reading of its own test files, not our decoder's output."""
-    _, _, pixels = _frames(case)
+    _, _, pixels = _frames(ARCHIVES[archive][0], case)
     decoded: list[np.ndarray] = []
     for source, expected in zip(case["sources"], pixels):
         frame = _source_pixels(source)

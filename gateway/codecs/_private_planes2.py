@@ -3,17 +3,30 @@
 Prediction and context are version 1's (:mod:`._private_predict`: the same
 blend, bias correction and activity class ``q``) but for the blend's
 weights, taken from a table instead of five divisions (:func:`blend_v2`).
-The class ``c`` of the zero flag and the token is ``q``, or for the second
-and third plane of a colour image the class of the activity plus twice the
-first plane's error at the same position (the *guide*: edges and noise of
-one colour plane are where the others have theirs); the flat neighbourhoods
-(``W = N = NE``) have classes of their own.  The residual ``r = value - pred``
-is coded as
+A frame names one of two *context models* for the coding class ``z`` of the
+zero flag and the token:
 
-1. a *zero flag*, one adaptive binary decision in context ``c``;
+* model 0: ``z`` is ``q``, or for the second and third plane of a colour
+  image the class of the activity plus twice the first plane's error at the
+  same position (the *guide*: edges and noise of one colour plane are where
+  the others have theirs); the flat neighbourhoods (``W = N = NE``) have
+  classes of their own;
+* model 1: a *coarse* class, like model 0's but from the part of the activity
+  that comes from the neighbours' prediction errors (the gradient weighs less),
+  and a *fine* class that splits each coarse class by the local gradient and
+  by the signal level (quarter of the plane's range the prediction lies in:
+  noise grows with the signal in X-ray and CT images).  A fine class codes once
+  it has seen enough samples, its coarse class until then; both learn from
+  every sample, so many fine classes cost little on small images.  The bit
+  below a token's leading bits is coded in an adaptive context per token.
+
+The residual ``r = value - pred`` is coded as
+
+1. a *zero flag*, one adaptive binary decision in context ``z``;
 2. for ``r != 0``, the *token* of ``|r| - 1`` (:func:`._private_symbols.token_of`)
-   with the token table ``c``: one multi-symbol step;
-3. the raw low bits of ``|r| - 1`` the token leaves open, in chunks;
+   with the token table ``z``: one multi-symbol step;
+3. the raw low bits of ``|r| - 1`` the token leaves open, in chunks (model 1:
+   the first of them as an adaptive decision);
 4. the sign, as one adaptive binary decision in context ``(q, sign of the
    neighbours' errors)``, only when both signs are possible
    (``|r| <= pred`` and ``|r| <= maxv - pred``).
@@ -30,20 +43,49 @@ from gateway.codecs._private_predict import (
     N_CLASSES,
     bias_context,
     bias_update,
+    bit_length,
     blend_v2,
     correct,
     quantise_activity,
 )
+from gateway.codecs._private_rangecoder import _adapt as _adapt_bit
 from gateway.codecs._private_rangecoder import dec_bit, enc_bit, grow
-from gateway.codecs._private_symbols import dec_chunks, dec_token, enc_chunks, enc_token, token_base, token_of
+from gateway.codecs._private_symbols import (
+    N_TOKENS,
+    TOTAL,
+    dec_chunks,
+    dec_token,
+    enc_chunks,
+    enc_token,
+    token_base,
+    token_of,
+)
+from gateway.codecs._private_symbols import _adapt as _adapt_table
 
 GUIDE_WEIGHT = 2  # weight of the first plane's error at the same position in a later plane's class
-# Binary contexts of a plane: the zero flag per class (and apart for flat neighbourhoods,
-# W = N = NE), then the sign per activity class and neighbour bias.  As many token tables.
+# Context models (the segment table names the one a frame uses):
+# 0: the coding class is the activity class, apart for flat neighbourhoods (W = N = NE);
+# 1: the class of the residual part of the activity, apart for flat neighbourhoods, crossed
+#    with the class of the local gradient (GRADIENT_CLASSES) and the signal level
+#    (LEVEL_CLASSES quarters of the plane's power-of-two range).
+MODELS = (0, 1)
+GRADIENT_STEP = 3  # activity classes per gradient class
+GRADIENT_CLASSES = (N_CLASSES + GRADIENT_STEP - 1) // GRADIENT_STEP
+LEVEL_BITS = 2
+LEVEL_CLASSES = 1 << LEVEL_BITS
+# Binary contexts of a plane: the zero flag per coding class (model 1: the coarse classes,
+# then the fine ones), the sign per activity class and neighbour bias, (model 1) the bit
+# below a token's leading bits per token.  As many token tables as zero flag contexts; a
+# table's prior follows its activity class (a fine class: its coarse class).
+N_COARSE = 2 * N_CLASSES
+CLASS_GROUP = (1, GRADIENT_CLASSES * LEVEL_CLASSES)
+N_ZERO = (N_COARSE, N_COARSE + N_COARSE * GRADIENT_CLASSES * LEVEL_CLASSES)
+FINE_BITS = 256  # zero flags a fine class must have seen before it codes them
+FINE_TOTAL = 4096  # total a fine token table must reach before it codes tokens
 CTX_ZERO = 0
-CTX_SIGN = 2 * N_CLASSES
-N_BINARY = CTX_SIGN + 3 * N_CLASSES
-N_TABLES = 2 * N_CLASSES  # token tables of a plane
+N_SIGN = 3 * N_CLASSES
+N_BINARY = (N_ZERO[0] + N_SIGN, N_ZERO[1] + N_SIGN + N_TOKENS)
+N_TABLES = N_ZERO  # token tables of a plane, per model
 
 STATUS_OK = 0
 STATUS_RANGE = 1
@@ -59,13 +101,16 @@ def _sign_class(bias):
 
 
 @njit(cache=True, nogil=True)
-def _code_plane(encoding, est, buf, dst, data, plane, maxv, tables, bins, te, err, bm, guide, keep):
+def _code_plane(encoding, est, buf, dst, data, plane, maxv, tables, bins, te, err, bm, guide, keep, model):
     """Encode (`encoding`) or decode every sample of `plane`; returns (encoder state, buffer,
     decoder state, status), the state of the other direction passing through untouched."""
     rows, cols = plane.shape
     status = STATUS_OK
     guided = guide.shape[0] > 0
     keeping = keep.shape[0] > 0
+    level_shift = max(np.int64(0), bit_length(maxv) - LEVEL_BITS)
+    ctx_sign = N_ZERO[0] if model == 0 else N_ZERO[1]
+    ctx_mantissa = ctx_sign + N_SIGN
     for y in range(rows):
         r = y & 1
         p = r ^ 1
@@ -101,31 +146,69 @@ def _code_plane(encoding, est, buf, dst, data, plane, maxv, tables, bins, te, er
             bctx = bias_context(q, n, w, nw, ne, blend8)
             bias = np.int64(bm[bctx])
             pred8, pred = correct(blend8, bias, lo, hi)
-            sign_ctx = CTX_SIGN + 3 * q + _sign_class(te_w + te_n)
-            cq = q
-            if guided:
-                cq = quantise_activity(activity + GUIDE_WEIGHT * np.int64(guide[y, x]))
-            zq = cq + N_CLASSES * np.int64(lo == hi)
+            sign_ctx = ctx_sign + 3 * q + _sign_class(te_w + te_n)
+            zo = -1
+            to = -1
+            if model == 0:
+                cq = q
+                if guided:
+                    cq = quantise_activity(activity + GUIDE_WEIGHT * np.int64(guide[y, x]))
+                zq = cq + N_CLASSES * np.int64(lo == hi)
+                tq = zq
+            else:
+                grad = abs(n - nw) + abs(w - nw) + abs(ne - n)
+                residual = activity - 2 * grad + (grad >> 1)
+                if guided:
+                    residual += GUIDE_WEIGHT * np.int64(guide[y, x])
+                zc = quantise_activity(residual) + N_CLASSES * np.int64(lo == hi)
+                zf = (zc * GRADIENT_CLASSES + quantise_activity(grad) // GRADIENT_STEP) * LEVEL_CLASSES
+                zf += N_COARSE + (pred >> level_shift)
+                # The fine class codes once it has learnt enough; until then its coarse parent
+                # does.  Both learn from every sample.
+                if bins[zf, 2] >= FINE_BITS:
+                    zq, zo = zf, zc
+                else:
+                    zq, zo = zc, zf
+                if tables[zf, TOTAL] >= FINE_TOTAL:
+                    tq, to = zf, zc
+                else:
+                    tq, to = zc, zf
             if encoding:
                 value = np.int64(plane[y, x])
                 res = value - pred
                 mag = abs(res)
                 if mag == 0:
                     est = enc_bit(est, buf, bins, CTX_ZERO + zq, 0)
+                    if zo >= 0:
+                        _adapt_bit(bins, zo, bins[zo, 0], bins[zo, 1], 0)
                 else:
                     est = enc_bit(est, buf, bins, CTX_ZERO + zq, 1)
                     token, nraw = token_of(mag - 1)
-                    est = enc_token(est, buf, tables, zq, token)
+                    est = enc_token(est, buf, tables, tq, token)
+                    if zo >= 0:
+                        _adapt_bit(bins, zo, bins[zo, 0], bins[zo, 1], 1)
+                        _adapt_table(tables, to, token)
+                        if nraw > 0:
+                            nraw -= 1
+                            est = enc_bit(est, buf, bins, ctx_mantissa + token, ((mag - 1) >> nraw) & 1)
                     if nraw > 0:
                         est = enc_chunks(est, buf, mag - 1, nraw)
                     if mag <= pred and mag <= maxv - pred:
                         est = enc_bit(est, buf, bins, sign_ctx, np.int64(res < 0))
             else:
                 dst, nonzero = dec_bit(dst, data, bins, CTX_ZERO + zq)
+                if zo >= 0:
+                    _adapt_bit(bins, zo, bins[zo, 0], bins[zo, 1], nonzero)
                 value = pred
                 if nonzero:
-                    dst, token = dec_token(dst, data, tables, zq)
+                    dst, token = dec_token(dst, data, tables, tq)
                     mag, nraw = token_base(token)
+                    if zo >= 0:
+                        _adapt_table(tables, to, token)
+                        if nraw > 0:
+                            nraw -= 1
+                            dst, half = dec_bit(dst, data, bins, ctx_mantissa + token)
+                            mag += half << nraw
                     if nraw > 0:
                         dst, low_bits = dec_chunks(dst, data, nraw)
                         mag += low_bits
@@ -156,18 +239,18 @@ def _code_plane(encoding, est, buf, dst, data, plane, maxv, tables, bins, te, er
 
 
 @njit(cache=True, nogil=True)
-def encode_plane(st, buf, plane, maxv, tables, bins, te, err, bm, guide, keep):
+def encode_plane(st, buf, plane, maxv, tables, bins, te, err, bm, guide, keep, model):
     """Code every sample of `plane` (values 0..maxv); returns the coder state and buffer."""
     none = (np.int64(0), np.int64(0), np.int64(0))
     st, buf, _, _ = _code_plane(True, st, buf, none, np.empty(0, np.uint8), plane, maxv, tables, bins, te, err, bm,
-                                guide, keep)
+                                guide, keep, model)
     return st, buf
 
 
 @njit(cache=True, nogil=True)
-def decode_plane(st, data, plane, maxv, tables, bins, te, err, bm, guide, keep):
+def decode_plane(st, data, plane, maxv, tables, bins, te, err, bm, guide, keep, model):
     """Decode every sample of `plane`; returns (state, status)."""
     none = (np.int64(0), np.int64(0), np.int64(0), np.int64(0), np.int64(0))
     _, _, st, status = _code_plane(False, none, np.empty(0, np.uint8), st, data, plane, maxv, tables, bins,
-                                   te, err, bm, guide, keep)
+                                   te, err, bm, guide, keep, model)
     return st, status

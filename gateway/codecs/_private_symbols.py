@@ -45,16 +45,27 @@ PRIOR_OFFSET = 11  # class c expects token max(0, c - PRIOR_OFFSET)
 PRIOR_CLASSES = 28
 
 
-def new_tables(count: int) -> np.ndarray:
-    """Fresh token tables for coding classes 0..count-1 (class mod 28 sets the prior):
-    frequency ``1 + (PRIOR_PEAK >> min(|t - centre|, 6))`` around the token the class expects."""
-    tables = np.ones((count, N_TOKENS + 1), np.int32)
-    tokens = np.arange(N_TOKENS)
-    for c in range(count):
-        centre = max(0, c % PRIOR_CLASSES - PRIOR_OFFSET)
-        tables[c, :N_TOKENS] = 1 + (PRIOR_PEAK >> np.minimum(np.abs(tokens - centre), 6))
-    tables[:, TOTAL] = tables[:, :N_TOKENS].sum(axis=1)
-    return tables
+_fresh: dict[tuple[int, int], np.ndarray] = {}
+
+
+def new_tables(count: int, coarse: int = 0, group: int = 1) -> np.ndarray:
+    """Fresh token tables for coding classes 0..count-1, the prior set by the activity class
+    ``a = class mod 28`` for the first `coarse` classes, ``a = ((class - coarse) // group) mod 28``
+    for the others: frequency ``1 + (PRIOR_PEAK >> min(|t - centre|, 6))``
+    around the token ``centre = max(0, a - PRIOR_OFFSET)`` that class expects."""
+    key = (count, coarse, group)
+    tables = _fresh.get(key)
+    if tables is None:
+        tables = np.ones((count, N_TOKENS + 1), np.int32)
+        tokens = np.arange(N_TOKENS)
+        for c in range(count):
+            a = c if c < coarse else (c - coarse) // group
+            centre = max(0, a % PRIOR_CLASSES - PRIOR_OFFSET)
+            tables[c, :N_TOKENS] = 1 + (PRIOR_PEAK >> np.minimum(np.abs(tokens - centre), 6))
+        tables[:, TOTAL] = tables[:, :N_TOKENS].sum(axis=1)
+        tables.flags.writeable = False
+        _fresh[key] = tables
+    return tables.copy()
 
 
 @njit(cache=True, nogil=True, inline="always")

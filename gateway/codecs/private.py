@@ -26,8 +26,9 @@ integers little endian)::
     28     12*P  per plane (P = samples, coded mode only): offset int32,
                  maxv uint32, palette count uint32 (0 = no palette)
     ...          stored: the frame bytes; coded, version 1: one range-coded
-                 segment; version 2: stripe rows uint32, S + 1 segment lengths
-                 uint32 (S = ceil(rows / stripe rows)), the segments
+                 segment; version 2: stripe rows (low 24 bits) and context
+                 model (top 8 bits) uint32, S + 1 segment lengths uint32
+                 (S = ceil(rows / stripe rows)), the segments
 
 Version 1 coded segment: for each plane with a palette, the bitmap of used values
 (``maxv + 1`` adaptive bits); then for each plane with a non-zero coded
@@ -45,7 +46,10 @@ version 1's (with table weights); a residual is a binary zero flag, then one
 token of an adaptive multi-symbol alphabet (38 symbols, frequency tables per
 coding class), raw low bits and the sign only when both signs are possible;
 colour planes 1 and 2 take plane 0's error at the same pixel into their
-coding class.
+coding class.  The coding class follows one of two context models named in
+the stream: model 0 (the activity class), or model 1 (written now: coarse
+classes from the neighbours' errors, refined by the local gradient and the
+signal level once a refined class has learnt enough).
 
 Decoding checks every header field against the expected :class:`FrameInfo`
 and named limits before allocating, bounds the coder's reads, requires the
@@ -109,6 +113,10 @@ PALETTE_DENSITY = 0.75
 # horizontal stripes coded independently (one per STRIPE_BYTES), so that threads share it.
 STRIPE_BYTES = 1 << 20
 ENCODER_STRIPES = 4
+# Version 2 context model the encoder uses (see _private_planes2), written in the top byte of
+# the stripe rows field (streams written before models existed have 0 there).
+MODEL = 1
+MODEL_SHIFT = 24
 # Most stripes a decoder accepts (checked before reading the segment table).
 MAX_STRIPES = 256
 # Threads that code the stripes of one frame.
@@ -263,7 +271,7 @@ def _coded_body(planes: list[np.ndarray], info: FrameInfo, version: int, tables:
 def _stripe_rows(info: FrameInfo) -> int:
     """Rows per stripe the encoder uses: one stripe per STRIPE_BYTES, at most ENCODER_STRIPES."""
     stripes = max(1, min(ENCODER_STRIPES, info.frame_bytes // STRIPE_BYTES, info.rows))
-    return -(-info.rows // stripes)
+    return min(-(-info.rows // stripes), (1 << MODEL_SHIFT) - 1)
 
 
 _pool: ThreadPoolExecutor | None = None
@@ -294,7 +302,7 @@ def _guides(planes: list[np.ndarray], guided: bool) -> tuple[list[np.ndarray], l
 
 
 def _encode_segment(bitmaps: list, planes: list[np.ndarray], maxvs: list[int], capacity: int,
-                    guided: bool) -> bytes:
+                    guided: bool, model: int) -> bytes:
     """One version 2 segment: the bitmaps, then each plane with a non-zero maximum (empty when
     that is nothing)."""
     if not _has_decisions(bitmaps, maxvs):
@@ -309,10 +317,17 @@ def _encode_segment(bitmaps: list, planes: list[np.ndarray], maxvs: list[int], c
     for plane, maxv, keep, guide in zip(planes, maxvs, keeps, guides):
         if maxv > 0:
             te, err, bm = _predict.new_state(plane.shape[1])
-            st, buf = _planes2.encode_plane(st, buf, plane, maxv, _sym.new_tables(_planes2.N_TABLES),
-                                            _rc.new_contexts(_planes2.N_BINARY), te, err, bm, guide, keep)
+            st, buf = _planes2.encode_plane(st, buf, plane, maxv, *_model_state(model), te, err, bm, guide, keep,
+                                            model)
     buf, size = _rc.enc_finish(st, buf)
     return buf[:size].tobytes()
+
+
+def _model_state(model: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fresh token tables and binary contexts of one plane coded with context `model`."""
+    coarse = _planes2.N_COARSE if model else 0
+    return (_sym.new_tables(_planes2.N_TABLES[model], coarse, _planes2.CLASS_GROUP[model]),
+            _rc.new_contexts(_planes2.N_BINARY[model]))
 
 
 def _has_decisions(bitmaps: list, maxvs: list[int]) -> bool:
@@ -325,11 +340,12 @@ def _code_segments(planes: list[np.ndarray], maxvs: list[int], bitmaps: list, im
     stripe_rows = _stripe_rows(info)
     starts = range(0, info.rows, stripe_rows)
     capacity = info.frame_bytes // (2 * len(starts)) + 1024
-    jobs = [(bitmaps, planes[images:], maxvs[images:], 1024, False)]
-    jobs += [([], [p[y:y + stripe_rows] for p in planes[:images]], maxvs[:images], capacity, True)
+    model = MODEL
+    jobs = [(bitmaps, planes[images:], maxvs[images:], 1024, False, model)]
+    jobs += [([], [p[y:y + stripe_rows] for p in planes[:images]], maxvs[:images], capacity, True, model)
              for y in starts]
     segments = _map(lambda job: _encode_segment(*job), jobs)
-    table = _U32.pack(stripe_rows) + b"".join(_U32.pack(len(s)) for s in segments)
+    table = _U32.pack(stripe_rows | model << MODEL_SHIFT) + b"".join(_U32.pack(len(s)) for s in segments)
     return table + b"".join(segments)
 
 
@@ -534,11 +550,14 @@ def _decode_planes(data: bytes, descriptors: list[tuple[int, int, int]],
     return values
 
 
-def _segment_table(data: bytes, start: int, rows: int) -> tuple[int, list[tuple[int, int]]]:
-    """Stripe rows and the (start, end) of every segment of a version 2 stream, checked."""
+def _segment_table(data: bytes, start: int, rows: int) -> tuple[int, int, list[tuple[int, int]]]:
+    """Stripe rows, context model and the (start, end) of every segment of a version 2 stream, checked."""
     if len(data) < start + _U32.size:
         raise _corrupt("stream ends before the stripe table")
-    (stripe_rows,) = _U32.unpack_from(data, start)
+    (field,) = _U32.unpack_from(data, start)
+    stripe_rows, model = field & (1 << MODEL_SHIFT) - 1, field >> MODEL_SHIFT
+    if model not in _planes2.MODELS:
+        raise _corrupt(f"unknown context model {model}")
     if not 1 <= stripe_rows <= rows or -(-rows // stripe_rows) > MAX_STRIPES:
         raise _corrupt(f"{stripe_rows} rows per stripe for {rows} rows is out of limits")
     count = 1 + -(-rows // stripe_rows)
@@ -554,11 +573,11 @@ def _segment_table(data: bytes, start: int, rows: int) -> tuple[int, list[tuple[
         position += length
     if position != len(data) and not (position == len(data) - 1 and data[-1] == 0):
         raise _corrupt(f"{len(data) - position} bytes follow the end of the last segment")
-    return stripe_rows, segments
+    return stripe_rows, model, segments
 
 
 def _decode_segment(data: np.ndarray, bitmaps: list[np.ndarray], planes: list[np.ndarray],
-                    maxvs: list[int], guided: bool) -> bool:
+                    maxvs: list[int], guided: bool, model: int) -> bool:
     """Decode one version 2 segment into `bitmaps` and `planes`; False when it is corrupt."""
     if not _has_decisions(bitmaps, maxvs):
         return len(data) == 0
@@ -571,8 +590,8 @@ def _decode_segment(data: np.ndarray, bitmaps: list[np.ndarray], planes: list[np
     for plane, maxv, keep, guide in zip(planes, maxvs, keeps, guides):
         if maxv > 0:
             te, err, bm = _predict.new_state(plane.shape[1])
-            st, status = _planes2.decode_plane(st, data, plane, maxv, _sym.new_tables(_planes2.N_TABLES),
-                                               _rc.new_contexts(_planes2.N_BINARY), te, err, bm, guide, keep)
+            st, status = _planes2.decode_plane(st, data, plane, maxv, *_model_state(model), te, err, bm, guide, keep,
+                                               model)
             if status != _planes2.STATUS_OK:
                 return False
         if st[2] > len(data):
@@ -584,16 +603,16 @@ def _decode_segments(data: bytes, descriptors: list[tuple[int, int, int]], shape
                      tables: int, info: FrameInfo) -> list[np.ndarray]:
     """Decode a version 2 payload into int32 planes of the given shapes (offsets and palettes undone)."""
     start = _HEADER.size + _PLANE.size * len(descriptors)
-    stripe_rows, segments = _segment_table(data, start, info.rows)
+    stripe_rows, model, segments = _segment_table(data, start, info.rows)
     buf = np.frombuffer(data, dtype=np.uint8)
     bitmaps = [np.zeros(maxv + 1, np.uint8) if count else None for _, maxv, count in descriptors]
     planes = [np.zeros(shape, np.int32) for shape in shapes]
     maxvs = [count - 1 if count else maxv for _, maxv, count in descriptors]
     images = len(planes) - tables
     (a, b), stripes = segments[0], segments[1:]
-    jobs = [(buf[a:b], [u for u in bitmaps if u is not None], planes[images:], maxvs[images:], False)]
+    jobs = [(buf[a:b], [u for u in bitmaps if u is not None], planes[images:], maxvs[images:], False, model)]
     for (a, b), y in zip(stripes, range(0, info.rows, stripe_rows)):
-        jobs.append((buf[a:b], [], [p[y:y + stripe_rows] for p in planes[:images]], maxvs[:images], True))
+        jobs.append((buf[a:b], [], [p[y:y + stripe_rows] for p in planes[:images]], maxvs[:images], True, model))
     if not all(_map(lambda job: _decode_segment(*job), jobs)):
         raise _corrupt("a coded segment is corrupt (a residual out of range, or not ending at its end)")
     values = []

@@ -500,20 +500,21 @@ def build_parser() -> argparse.ArgumentParser:
                 "Files that are not DICOM are skipped; an image that cannot be recompressed losslessly, "
                 "or whose output would not be smaller than its input, is copied unchanged (a decode to "
                 "a native syntax may grow).  Output files are readable by their owner only.  A progress "
-                "bar shows on a terminal; a summary closes a folder run.  With --workers or --scheduler a "
-                "folder runs on Dask (a local cluster, or the cluster at that address, whose workers see IN "
-                "and OUT at the same paths), recorded in a manifest in OUT: running the same command again "
-                "resumes, skipping what is done.")
+                "bar shows on a terminal; a report closes a folder run.  A folder runs on every core (one "
+                "worker process per core; --workers N), or with --scheduler on a Dask cluster whose workers "
+                "see IN and OUT at the same paths, and is recorded in a manifest in OUT: running the same "
+                "command again resumes, skipping what is done.  A single file runs in this process.")
     p.add_argument("--transfer-syntax", required=True,
                    help="target: UID, pydicom keyword or codec name of a registered codec "
                         "(see `dicom-gateway codecs`), or a native little endian syntax")
     p.add_argument("--no-verify", action="store_true", help="skip the decode-and-compare check")
     p.add_argument("-v", "--verbose", action="store_true", help="one line per recompressed file of a folder too")
     p.add_argument("--scheduler", metavar="ADDRESS",
-                   help="Dask scheduler, e.g. tcp://host:8786: run the folder on that cluster")
+                   help="Dask scheduler, e.g. tcp://host:8786: run the folder on that cluster ('local': on a "
+                        "Dask cluster started on this machine)")
     p.add_argument("--workers", type=_workers, metavar="N",
-                   help="run the folder on a local Dask cluster of N worker processes ('auto': one per core; "
-                        "0: this process only), with the resumable manifest")
+                   help="local worker processes for a folder ('auto', the default: one per core; 0: this "
+                        "process only)")
     p.add_argument("--layout", choices=("relative", "uid"), default="relative",
                    help="output paths: the input's relative paths (default), or <Study>/<Series>/<SOP>.dcm")
     p.add_argument("--in-flight", type=_positive, metavar="N",

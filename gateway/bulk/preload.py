@@ -39,9 +39,26 @@ def exit_with_parent(period: float = 0.5) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
+_INDEPENDENT_DECODERS = ("rle.rle", "libjpeg", "jpeg_ls", "openjpeg")
+"""The other projects' decoders the verification may call (see :mod:`gateway.pipeline.decoders`)."""
+
+
 def _warm() -> None:
-    import gateway.bulk.task  # noqa: F401 - the task's imports (pydicom, the pipeline), once for all workers
+    import importlib
+
+    # what every task imports, once for all workers
+    import pydicom.filereader
+    import pydicom.pixels  # noqa: F401
+
+    import gateway.bulk.task
+    import gateway.pipeline  # noqa: F401
     from gateway.warmup import warm_up
+
+    for name in _INDEPENDENT_DECODERS:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass  # not installed: the verification says so on the files that need it
 
     syntaxes = [uid for uid in os.environ.get(SYNTAXES_ENV, "").split(",") if uid]
     if syntaxes:

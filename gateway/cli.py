@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import signal
 import sys
 import threading
 import time
 import warnings
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
@@ -290,20 +288,6 @@ def _is_dicom(path: Path) -> bool:
     return len(head) == 132 and head[128:] == b"DICM"
 
 
-def _compress_pairs(src: Path, dst: Path) -> list[tuple[Path, Path]]:
-    if src.is_dir():
-        out = dst.resolve()
-        pairs = []
-        for path in sorted(src.rglob("*")):
-            if not path.is_file() or path.resolve().is_relative_to(out):
-                continue  # our own output, when it lies inside the input
-            pairs.append((path, dst / path.relative_to(src)))
-        return pairs
-    if dst.is_dir():
-        return [(src, dst / src.name)]
-    return [(src, dst)]
-
-
 def _write_private(dst: Path, data: bytes | Path) -> int:
     """Write `data` (bytes, or a file to copy) to `dst`: owner-only (0600), complete or absent.
 
@@ -362,51 +346,20 @@ def _compress_one(src: Path, dst: Path, target: str, verify: bool, native: bool)
     return _Result("recompressed", "", size_in, written, line)
 
 
-def _reason_group(reason: str) -> str:
-    """A reason without its per-file details (numbers, parenthesised parts), to group by."""
-    return re.sub(r"\d+", "N", re.sub(r"\s*\([^)]*\)", "", reason))
-
-
-def _megabytes(count: int) -> str:
-    return f"{count / 1e6:.2f} MB" if count >= 10_000 else f"{count} bytes"
-
-
-@dataclass
-class _Summary:
-    results: list[_Result] = field(default_factory=list)
-
-    def lines(self, seconds: float) -> list[str]:
-        kinds = Counter(r.kind for r in self.results)
-        written = [r for r in self.results if r.kind in ("recompressed", "passed")]
-        bytes_in, bytes_out = sum(r.bytes_in for r in written), sum(r.bytes_out for r in written)
-        ratio = f"{bytes_in / bytes_out:.2f}" if bytes_out else "-"
-        out = [f"{len(self.results)} file(s) in {seconds:.1f} s: {kinds['recompressed']} recompressed, "
-               f"{kinds['passed']} passed through (original copied), {kinds['skipped']} skipped, "
-               f"{kinds['failed']} failed",
-               f"bytes: {_megabytes(bytes_in)} in, {_megabytes(bytes_out)} out, ratio {ratio}"]
-        for kind, title in (("passed", "passed through, original copied"), ("skipped", "skipped"),
-                            ("failed", "failed")):
-            groups = Counter(_reason_group(r.reason) for r in self.results if r.kind == kind)
-            if groups:
-                out.append(f"{title}:")
-                out += [f"  {count:>5}  {reason}" for reason, count in groups.most_common()]
-        return out
-
-
-def _bulk_requested(args: argparse.Namespace) -> bool:
-    """True when an option of the bulk driver (Dask, manifest, layout, dry run) was given."""
+def _bulk_options_given(args: argparse.Namespace) -> bool:
+    """True when an option that only a folder run takes (engine, layout, dry run) was given."""
     return (args.scheduler is not None or args.workers is not None or args.layout != "relative"
             or args.dry_run or args.in_flight is not None)
 
 
 def _cmd_compress_bulk(args: argparse.Namespace, target: str, src: Path, dst: Path) -> int:
-    """A folder through :mod:`gateway.bulk`: Dask, the manifest in OUT, resumable."""
+    """A folder through :mod:`gateway.bulk`: every core (or Dask), the manifest in OUT, resumable."""
     from gateway.bulk import BulkOptions, ManifestMismatchError, estimate, run
     from gateway.dicom.uids import NATIVE_SYNTAXES
 
-    if not src.is_dir():
-        raise UsageError("--scheduler, --workers, --layout, --in-flight and --dry-run take a folder as input")
     workers = None if args.workers in (None, "auto") else int(args.workers)
+    if workers == 0 and args.scheduler is not None:
+        raise UsageError("--workers 0 runs in this process; it takes no --scheduler")
     options = BulkOptions(source=src, output=dst, target=target, verify=not args.no_verify, layout=args.layout,
                           native=target in NATIVE_SYNTAXES, scheduler=args.scheduler, workers=workers,
                           in_flight=args.in_flight, sample=args.sample)
@@ -437,8 +390,7 @@ def _positive(text: str) -> int:
 
 
 def _cmd_compress(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    """A folder runs on every core through :mod:`gateway.bulk`; a single file here, in this process."""
     from gateway.dicom.uids import NATIVE_SYNTAXES
     from gateway.warmup import CompileWatch
 
@@ -452,50 +404,28 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         raise UsageError(f"the output folder {dst} is the input folder; name another one")
     if src.is_file() and not _is_dicom(src):
         raise UsageError(f"{src} is not a DICOM file (no 'DICM' after the 128-byte preamble)")
-    if _bulk_requested(args):
+    if src.is_dir():
         return _cmd_compress_bulk(args, target, src, dst)
-    pairs = _compress_pairs(src, dst)
-    native = target in NATIVE_SYNTAXES
-    single = src.is_file()
-    bar = tqdm(total=len(pairs), unit="file", file=sys.stderr, dynamic_ncols=True,
-               disable=not sys.stderr.isatty())
-
-    def note(text: str, stream=sys.stdout) -> None:
-        tqdm.write(text, file=stream)
-
-    def announce() -> None:
-        note(COMPILING, sys.stderr)
-
-    summary = _Summary()
-    started = time.perf_counter()
-    with CompileWatch(announce) as watch, bar:
-        for a, b in pairs:
-            bar.set_postfix_str(a.name, refresh=False)
-            try:
-                result = _compress_one(a, b, target, not args.no_verify, native)
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except (GatewayError, InvalidDicomError, OSError) as exc:
-                result = _Result("failed", f"{type(exc).__name__}: {exc}")
-            except Exception as exc:  # noqa: BLE001 - a damaged file may raise anything from the parser
-                result = _Result("failed", f"unexpected {type(exc).__name__}: {exc}")
-            summary.results.append(result)
-            if result.kind == "recompressed":
-                if single or args.verbose:
-                    note(result.line)
-            elif result.kind == "passed":
-                note(f"kept    {a} -> {b} ({result.reason})")
-            elif result.kind == "skipped":
-                note(f"skipped {a}: {result.reason}")
-            else:
-                note(f"FAILED  {a}: {result.reason}", sys.stderr)
-            bar.update(1)
+    if _bulk_options_given(args):
+        raise UsageError("--scheduler, --workers, --layout, --in-flight and --dry-run take a folder as input")
+    if dst.is_dir():
+        dst = dst / src.name
+    with CompileWatch(_announce_compiling) as watch:
+        try:
+            result = _compress_one(src, dst, target, not args.no_verify, target in NATIVE_SYNTAXES)
+        except (GatewayError, InvalidDicomError, OSError) as exc:
+            result = _Result("failed", f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a damaged file may raise anything from the parser
+            result = _Result("failed", f"unexpected {type(exc).__name__}: {exc}")
     if watch.compiled:
         print(f"compiled {watch.compiled} kernel(s) in {watch.seconds:.1f} s", file=sys.stderr)
-    if not single:
-        for line in summary.lines(time.perf_counter() - started):
-            print(line)
-    return EXIT_FAILED if any(r.kind == "failed" for r in summary.results) else EXIT_OK
+    if result.kind == "recompressed":
+        print(result.line)
+    elif result.kind == "passed":
+        print(f"kept    {src} -> {dst} ({result.reason})")
+    else:
+        print(f"FAILED  {src}: {result.reason}", file=sys.stderr)
+    return EXIT_FAILED if result.kind == "failed" else EXIT_OK
 
 
 # --------------------------------------------------------------------- verify
@@ -583,20 +513,21 @@ def build_parser() -> argparse.ArgumentParser:
                 "Files that are not DICOM are skipped; an image that cannot be recompressed losslessly, "
                 "or whose output would not be smaller than its input, is copied unchanged (a decode to "
                 "a native syntax may grow).  Output files are readable by their owner only.  A progress "
-                "bar shows on a terminal; a summary closes a folder run.  With --workers or --scheduler a "
-                "folder runs on Dask (a local cluster, or the cluster at that address, whose workers see IN "
-                "and OUT at the same paths), recorded in a manifest in OUT: running the same command again "
-                "resumes, skipping what is done.")
+                "bar shows on a terminal; a report closes a folder run.  A folder runs on every core (one "
+                "worker process per core; --workers N), or with --scheduler on a Dask cluster whose workers "
+                "see IN and OUT at the same paths, and is recorded in a manifest in OUT: running the same "
+                "command again resumes, skipping what is done.  A single file runs in this process.")
     p.add_argument("--transfer-syntax", required=True,
                    help="target: UID, pydicom keyword or codec name of a registered codec "
                         "(see `dicom-gateway codecs`), or a native little endian syntax")
     p.add_argument("--no-verify", action="store_true", help="skip the decode-and-compare check")
     p.add_argument("-v", "--verbose", action="store_true", help="one line per recompressed file of a folder too")
     p.add_argument("--scheduler", metavar="ADDRESS",
-                   help="Dask scheduler, e.g. tcp://host:8786: run the folder on that cluster")
+                   help="Dask scheduler, e.g. tcp://host:8786: run the folder on that cluster ('local': on a "
+                        "Dask cluster started on this machine)")
     p.add_argument("--workers", type=_workers, metavar="N",
-                   help="run the folder on a local Dask cluster of N worker processes ('auto': one per core; "
-                        "0: this process only), with the resumable manifest")
+                   help="local worker processes for a folder ('auto', the default: one per core; 0: this "
+                        "process only)")
     p.add_argument("--layout", choices=("relative", "uid"), default="relative",
                    help="output paths: the input's relative paths (default), or <Study>/<Series>/<SOP>.dcm")
     p.add_argument("--in-flight", type=_positive, metavar="N",

@@ -26,6 +26,7 @@ from pydicom.pixels import pixel_array
 from pydicom.uid import JPEGLSLossless
 
 from gateway.bulk import MANIFEST_NAME, BulkOptions, run
+from gateway.bulk.driver import local_cores
 from gateway.cli import main
 from tests.conftest import REPO, free_port, make_series, pydicom_file, wait_until
 from tests.corpus import CORPUS
@@ -322,19 +323,142 @@ def test_a_client_killed_mid_run_resumes_where_it_stopped(cluster: Cluster, tmp_
         assert (out / rel).read_bytes() == (reference / rel).read_bytes(), rel
 
 
-def test_a_local_cluster_of_one_worker_per_process_runs_from_the_command_line(tmp_path: Path, capsys) -> None:
+def test_a_local_dask_cluster_runs_from_the_command_line(tmp_path: Path, capsys) -> None:
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
     for index, ds in enumerate(make_series(3, seed=6)):
         ds.save_as(src / f"{index}.dcm", enforce_file_format=True)
-    assert main(["compress", "--workers", "1", "--transfer-syntax", "JPEGLSLossless", str(src), str(out)]) == 0
+    argv = ["compress", "--scheduler", "local", "--workers", "1", "--transfer-syntax", "JPEGLSLossless",
+            str(src), str(out)]
+    assert main(argv) == 0
     captured = capsys.readouterr()
     assert "Dask dashboard: http://127.0.0.1:" in captured.out and "1 worker(s), 1 thread(s)" in captured.out
     assert "3 file(s)" in captured.out and "3 recompressed" in captured.out
     _check_outputs(src, out, _manifest(out))
-    assert main(["compress", "--workers", "1", "--transfer-syntax", "JPEGLSLossless", str(src), str(out)]) == 0
+    assert _runs(out)[-1]["workers"].startswith("Dask tcp://127.0.0.1:")
+    assert main(argv) == 0
     captured = capsys.readouterr()  # all done: no cluster is started for nothing
     assert "3 done by an earlier run" in captured.out and "Dask" not in captured.out
+
+
+def _runs(out: Path) -> list[dict]:
+    with sqlite3.connect(f"file:{out / MANIFEST_NAME}?mode=ro", uri=True) as db:
+        db.row_factory = sqlite3.Row
+        return [dict(row) for row in db.execute("SELECT * FROM runs ORDER BY id")]
+
+
+def _pids(rows: dict[str, dict]) -> set[int]:
+    return {int(row["worker"].rsplit(":", 1)[1]) for row in rows.values() if row["worker"]}
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie (exited, waiting for its parent to reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+many_cores = pytest.mark.skipif(local_cores() < 2, reason="the default uses every core: this machine has one")
+
+
+@many_cores
+def test_plain_compress_of_a_folder_uses_every_core_bit_exact_and_resumable(tmp_path: Path, capsys) -> None:
+    src, out, reference = tmp_path / "in", tmp_path / "out", tmp_path / "reference"
+    src.mkdir()
+    for index, ds in enumerate(make_series(40, 256, 256, seed=12)):
+        ds.save_as(src / f"{index:03d}.dcm", enforce_file_format=True)
+    cores = local_cores()
+    assert main(["compress", "--transfer-syntax", "JPEGLSLossless", str(src), str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"{cores} local worker process(es)" in text and f"run on {cores} local process(es)" in text
+    assert "40 recompressed" in text
+    rows = _manifest(out)
+    workers = _pids(rows)
+    assert len(workers) >= 2 and os.getpid() not in workers, "the files were not spread over processes"
+    assert _runs(out)[-1]["workers"] == f"{cores} local process(es)"
+    _check_outputs(src, out, rows)
+    assert wait_until(lambda: not any(_alive(pid) for pid in workers), timeout=10), "the pool outlived its run"
+
+    before = {rel: (row["run"], row["finished"]) for rel, row in rows.items()}
+    assert main(["compress", "--transfer-syntax", "JPEGLSLossless", str(src), str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "40 done by an earlier run" in text and "local worker" not in text  # nothing to do: no pool
+    assert {rel: (row["run"], row["finished"]) for rel, row in _manifest(out).items()} == before
+    assert main(["compress", "--workers", "0", "--transfer-syntax", "JPEGLSLossless", str(src),
+                 str(reference)]) == 0
+    assert "run on this process" in capsys.readouterr().out
+    assert _pids(_manifest(reference)) == {os.getpid()}
+    for rel in rows:
+        assert (out / rel).read_bytes() == (reference / rel).read_bytes(), rel
+
+
+@many_cores
+def test_a_pool_worker_killed_mid_run_costs_nothing(tmp_path: Path) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for index, ds in enumerate(make_series(48, 256, 256, seed=9)):
+        ds.save_as(src / f"{index:03d}.dcm", enforce_file_format=True)
+    killed: list[int] = []
+    notes: list[str] = []
+
+    def on_result(result: dict) -> None:
+        if result.get("worker") and not killed:
+            pid = int(result["worker"].rsplit(":", 1)[1])
+            if pid != os.getpid():
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+    report = run(BulkOptions(source=src, output=out, target=JPEGLSLossless, workers=2, in_flight=6),
+                 progress=False, note=notes.append, on_result=on_result)
+    assert killed and not _alive(killed[0])
+    assert any("a worker process died" in text for text in notes), notes
+    assert report.counts["recompressed"] == 48 and report.counts["failed"] == 0
+    rows = _manifest(out)
+    assert killed[0] in _pids(rows) and len(_pids(rows)) >= 3, "a new pool took over"
+    _check_outputs(src, out, rows)
+
+
+@many_cores
+def test_plain_compress_killed_mid_run_resumes_and_leaves_no_worker_behind(tmp_path: Path) -> None:
+    src, out, reference = tmp_path / "in", tmp_path / "out", tmp_path / "reference"
+    src.mkdir()
+    for index, ds in enumerate(make_series(60, 256, 256, seed=13)):
+        ds.save_as(src / f"{index:03d}.dcm", enforce_file_format=True)
+    argv = [PYTHON, "-m", "gateway.cli", "compress", "--transfer-syntax", "JPEGLSLossless", str(src), str(out)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def recorded() -> dict[str, dict]:
+        try:
+            return {k: v for k, v in _manifest(out).items() if v["outcome"] is not None}
+        except sqlite3.Error:
+            return {}
+
+    client = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: len(recorded()) >= 8, timeout=180, step=0.05), "the first run made no progress"
+    finally:
+        client.send_signal(signal.SIGKILL)
+        client.wait()
+    first = recorded()
+    assert 8 <= len(first) < 60, "the client was to be killed mid-run"
+    workers = _pids(first)
+    assert len(workers) >= 2 and client.pid not in workers
+    assert wait_until(lambda: not any(_alive(pid) for pid in workers), timeout=30, step=0.2), \
+        "worker processes outlived their client"
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert f"{len(first)} done by an earlier run" in done.stdout
+    rows = _manifest(out)
+    for rel, row in first.items():  # nothing recorded before the kill was processed again
+        assert (rows[rel]["run"], rows[rel]["output_sha256"]) == (row["run"], row["output_sha256"])
+    assert {row["run"] for rel, row in rows.items() if rel not in first} == {2}
+    _check_outputs(src, out, rows)
+    run(BulkOptions(source=src, output=reference, target=JPEGLSLossless, workers=0), progress=False,
+        note=lambda text: None)
+    for rel in rows:
+        assert (out / rel).read_bytes() == (reference / rel).read_bytes(), rel
 
 
 def test_progress_shows_files_bytes_and_savings(tmp_path: Path, capsys) -> None:

@@ -129,7 +129,7 @@ def test_compress_skips_files_that_are_not_dicom(tmp_path: Path, capsys) -> None
     assert out.count("skipped ") == 2 and "make_samples.py: not a DICOM file" in out
     assert "1 recompressed, 0 passed through (original copied), 2 skipped, 0 failed" in out
     assert "      2  not a DICOM file" in out
-    assert sorted(p.name for p in dst.iterdir()) == ["ct.dcm"]
+    assert sorted(p.name for p in dst.iterdir() if not p.name.startswith(".compress-manifest")) == ["ct.dcm"]
 
 
 def test_compress_never_writes_an_output_larger_than_its_input(tmp_path: Path, capsys) -> None:
@@ -150,7 +150,7 @@ def test_compress_never_writes_an_output_larger_than_its_input(tmp_path: Path, c
     assert "0 recompressed, 1 passed through (original copied)" in out
     assert "rle would not shrink the pixel data" in out
     size = (src / "noise.dcm").stat().st_size
-    assert f"bytes: {size / 1e6:.2f} MB in, {size / 1e6:.2f} MB out, ratio 1.00" in out
+    assert size < 1e6 and f"bytes: {size} bytes in, {size} bytes out, ratio 1.00" in out
 
 
 def test_compress_validates_the_target_before_touching_any_file(tmp_path: Path, capsys) -> None:

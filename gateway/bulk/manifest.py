@@ -17,7 +17,9 @@ Columns of ``files`` (one row per input, keyed by its path relative to ``IN``):
 ``output`` (path relative to ``OUT``), ``output_size``, ``output_syntax``,
 ``output_sha256``, ``verified`` (1 when our decoder and an independent one
 reproduced the input), ``verified_by`` (``decoder=sha256`` of each), ``seconds``,
-``run`` (the run that produced the row), ``finished`` (Unix time).
+``worker`` (``host:pid`` of the process that did it), ``run`` (the run that produced the row),
+``finished`` (Unix time).  ``runs`` records each run's target, layout, and
+``workers``: the engine and how many processes it had.
 """
 
 from __future__ import annotations
@@ -36,19 +38,22 @@ __all__ = ["RESULT_COLUMNS", "Manifest", "ManifestMismatchError"]
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY, started REAL NOT NULL, finished REAL, target TEXT NOT NULL,
-    layout TEXT NOT NULL, verify INTEGER NOT NULL, scheduler TEXT
+    layout TEXT NOT NULL, verify INTEGER NOT NULL, scheduler TEXT, workers TEXT
 );
 CREATE TABLE IF NOT EXISTS files (
     rel TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, seen_run INTEGER NOT NULL,
     outcome TEXT, reason TEXT, modality TEXT, source_syntax TEXT, pixel_hash TEXT,
     output TEXT, output_size INTEGER, output_syntax TEXT, output_sha256 TEXT,
-    verified INTEGER, verified_by TEXT, seconds REAL, run INTEGER, finished REAL
+    verified INTEGER, verified_by TEXT, seconds REAL, run INTEGER, finished REAL, worker TEXT
 );
 CREATE INDEX IF NOT EXISTS files_seen ON files (seen_run);
 """
 
 RESULT_COLUMNS = ("outcome", "reason", "modality", "source_syntax", "pixel_hash", "output", "output_size",
-                   "output_syntax", "output_sha256", "verified", "verified_by", "seconds")
+                   "output_syntax", "output_sha256", "verified", "verified_by", "seconds", "worker")
+
+_ADDED_COLUMNS = (("runs", "workers", "TEXT"), ("files", "worker", "TEXT"))
+"""Columns newer than the first manifests, added to an older manifest when it is opened."""
 
 
 class ManifestMismatchError(GatewayError):
@@ -68,6 +73,9 @@ class Manifest:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        for table, column, kind in _ADDED_COLUMNS:
+            if column not in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         self.run_id = 0
         self._pending = 0
         self._last_commit = time.monotonic()
@@ -95,6 +103,14 @@ class Manifest:
                                   (time.time(), target, layout, int(verify), scheduler))
         self.run_id = int(cursor.lastrowid or 0)
         return self.run_id
+
+    def set_workers(self, workers: str) -> None:
+        """Record what ran this run's files, e.g. ``2 local processes`` (once the engine is up)."""
+        self._db.execute("UPDATE runs SET workers=? WHERE id=?", (workers, self.run_id))
+
+    def run_workers(self) -> str | None:
+        row = self._db.execute("SELECT workers FROM runs WHERE id=?", (self.run_id,)).fetchone()
+        return None if row is None else row[0]
 
     def finish_run(self) -> None:
         self.commit()

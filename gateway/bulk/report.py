@@ -58,6 +58,7 @@ class Report:
     failed: Counter = field(default_factory=Counter)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason), the first few
     seconds: float = 0.0
+    workers: str | None = None  # what ran this run's files (None: nothing was left to do)
 
     @property
     def files(self) -> int:
@@ -71,6 +72,8 @@ class Report:
                + (f"; {self.earlier} done by an earlier run" if self.earlier else ""),
                f"bytes: {human_bytes(self.bytes_in)} in, {human_bytes(self.bytes_out)} out, ratio {ratio}, "
                f"saved {human_bytes(max(0, self.bytes_in - self.bytes_out))}"]
+        if self.workers:
+            out.append(f"run on {self.workers}")
         for title, groups in (("modality", self.by_modality), ("source syntax", self.by_syntax)):
             if groups:
                 width = max(len(title), *(len(g.name) for g in groups))
@@ -99,7 +102,7 @@ def build_report(manifest: Manifest, seconds: float) -> Report:
     """The report of the manifest's current run."""
     from gateway.dicom.uids import TRANSFER_SYNTAXES
 
-    report = Report(seconds=seconds)
+    report = Report(seconds=seconds, workers=manifest.run_workers())
     for outcome, files in manifest.rows("outcome, COUNT(*)", "outcome IS NOT NULL GROUP BY outcome"):
         report.counts[outcome] = files
     report.earlier = manifest.rows("COUNT(*)", "outcome IS NOT NULL AND run<?", (manifest.run_id,))[0][0]

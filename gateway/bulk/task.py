@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
 import time
 import uuid
 from io import BytesIO
@@ -38,6 +39,7 @@ DONE = ("recompressed", "passed", "skipped")
 """Outcomes a resumed run does not redo."""
 
 _CHUNK = 1 << 20
+_HOST = socket.gethostname()
 
 
 def is_dicom(path: Path) -> bool:
@@ -110,7 +112,7 @@ def compress_file(source_root: str, output_root: str, rel: str, target: str, *, 
     result: dict[str, Any] = {"rel": rel, "outcome": "failed", "reason": "", "modality": None,
                               "source_syntax": None, "pixel_hash": None, "output": None, "output_size": None,
                               "output_syntax": None, "output_sha256": None, "verified_by": None,
-                              "size": None, "mtime_ns": None, "seconds": 0.0}
+                              "size": None, "mtime_ns": None, "seconds": 0.0, "worker": f"{_HOST}:{os.getpid()}"}
     try:
         stat = src.stat()
         result["size"], result["mtime_ns"] = stat.st_size, stat.st_mtime_ns

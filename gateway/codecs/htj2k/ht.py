@@ -524,7 +524,7 @@ def _uvlc_extension(acc: int, bits: int, u: int) -> tuple[int, int, int]:
 def _quad_samples(data: np.ndarray, end: int, pos: int, acc: int, bits: int, ff: int, entry: int, bound: int,
                   p: int, coef: np.ndarray, y: int, x: int, h: int, w: int, exps: np.ndarray
                   ) -> tuple[int, int, int, int]:
-    """Read the MagSgn bits of a quad, write its samples and the exponents of its four samples."""
+    """Read the MagSgn bits of a quad, write its samples and the exponents of its two bottom samples."""
     rho = (entry >> 4) & 0xF
     ek = (entry >> 9) & 0xF
     e1 = (entry >> 13) & 0xF
@@ -534,7 +534,8 @@ def _quad_samples(data: np.ndarray, end: int, pos: int, acc: int, bits: int, ff:
             m = bound - ((ek >> n) & 1)
             v, pos, acc, bits, ff = _ms_get(data, end, pos, acc, bits, ff, m)
             v |= ((e1 & ek) >> n & 1) << m
-            exps[n] = _bit_length(v | 1)
+            if n & 1:  # the next row of quads looks at the exponents of the bottom samples only
+                exps[n] = _bit_length(v | 1)
             yy = y + (n & 1)
             xx = x + (n >> 1)
             if yy < h and xx < w:

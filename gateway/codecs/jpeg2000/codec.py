@@ -134,6 +134,15 @@ def _forward_rct(planes: np.ndarray) -> None:
     planes[2] = r - g
 
 
+def _each_component(work: Callable[[int], None], components: int, parallel: bool) -> None:
+    """`work` for each component, the components shared between two threads when `parallel`."""
+    if parallel and components > 1:
+        list(_threads().map(work, range(components)))
+    else:
+        for c in range(components):
+            work(c)
+
+
 def _halves(sizes: np.ndarray) -> int:
     """Where to split rows of code-blocks of these sizes into two halves of equal work."""
     half = int(np.searchsorted(np.cumsum(sizes), sizes.sum() / 2))
@@ -206,15 +215,14 @@ def encode_planes(frame: np.ndarray, info: FrameInfo, coder: BlockCoder, levels:
     """
     rows, cols, nc = info.rows, info.columns, info.samples_per_pixel
     planes = np.empty((nc, rows, cols), dtype=np.int32)
-    planes[:] = np.moveaxis(frame.reshape(rows, cols, nc), 2, 0)
-    if not info.signed:
-        planes -= 1 << (info.bits_stored - 1)
+    shift = 0 if info.signed else 1 << (info.bits_stored - 1)
+    np.subtract(np.moveaxis(frame.reshape(rows, cols, nc), 2, 0), shift, out=planes, dtype=np.int32,
+                casting="unsafe")
     mct = int(nc == 3 and info.photometric_interpretation in _COLOUR_TRANSFORMED)
     if mct:
         _forward_rct(planes)
     style = cs.CodingStyle(levels, CODE_BLOCK, CODE_BLOCK, coder.block_style, True, ((15, 15),) * (levels + 1))
-    for c in range(nc):
-        dwt.forward(planes[c], levels, 0, 0)
+    _each_component(lambda c: dwt.forward(planes[c], levels, 0, 0), nc, parallel)
     layout = tier2.tile_layout((0, 0, cols, rows), [style] * nc)
     exponents = tuple(info.bits_stored + g for g in _band_gains(levels))
     guard = _guard_bits(planes, levels, exponents)
@@ -331,8 +339,7 @@ def _decode_tile(coder: BlockCoder, stream: cs.Codestream, index: int, image: np
     if status:
         kind = UnsupportedCodestreamError if status in coder.unsupported else CorruptCodestreamError
         raise kind(f"{coder.name}: tile {index}: {coder.errors.get(status, status)}")
-    for c in range(nc):
-        dwt.inverse(coeffs[c], coding.styles[c].levels, tx0, ty0)
+    _each_component(lambda c: dwt.inverse(coeffs[c], coding.styles[c].levels, tx0, ty0), nc, parallel)
     if coding.coding.mct:
         y, cb, cr = coeffs[0].astype(np.int64), coeffs[1].astype(np.int64), coeffs[2].astype(np.int64)
         g = y - ((cb + cr) >> 2)

@@ -162,7 +162,7 @@ def test_tag_tree_round_trip() -> None:
     values = rng.integers(0, 6, 5 * 3)
     widths, starts = np.zeros(64, dtype=np.int64), np.zeros(65, dtype=np.int64)
     levels = tier2.tree_levels(5, 3, widths, starts)
-    assert levels == 3 and starts[levels] == 15 + 6 + 1
+    assert levels == 4 and starts[levels] == 15 + 6 + 2 + 1
     tree = np.full(starts[levels], 1 << 40, dtype=np.int64)
     tree[:15] = values
     tier2.tree_build(tree, 0, widths, starts, levels)

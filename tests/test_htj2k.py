@@ -5,6 +5,7 @@ pydicom plugin in a plain program."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -324,16 +325,16 @@ def test_part1_decoder_refuses_ht_streams_and_ht_decoder_reads_part1() -> None:
 
 def test_sigprop_magref_passes_are_refused(monkeypatch) -> None:
     """A code-block that declares passes after its cleanup pass raises the unsupported error."""
-    original = htc._encode_blocks
+    original = htc.CODER.encode_blocks
 
-    def with_refinement_passes(coeffs, rows, parallel):
-        out, offsets, results = original(coeffs, rows, parallel)
+    def with_refinement_passes(coeffs, rows, out, offsets, results):
+        status = original(coeffs, rows, out, offsets, results)
         coded = results[:, 1] > 0
         results[coded, 1] = 3  # cleanup + SigProp + MagRef, one plane below
         results[coded, 2] = 2
-        return out, offsets, results
+        return status
 
-    monkeypatch.setattr(htc, "_encode_blocks", with_refinement_passes)
+    monkeypatch.setattr(htc, "CODER", dataclasses.replace(htc.CODER, encode_blocks=with_refinement_passes))
     info = FrameInfo(20, 20, bits_stored=12)
     stream = htc.encode(_frame(info, 4), info)
     with pytest.raises(UnsupportedCodestreamError, match="SigProp"):

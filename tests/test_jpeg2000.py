@@ -157,20 +157,34 @@ def test_dwt_inverts_exactly(rows: int, cols: int, x0: int, y0: int, levels: int
 
 
 def test_tag_tree_round_trip() -> None:
+    """Tag-tree kernels: a 5 x 3 tree coded at rising thresholds (as over layers) reads back bit-exactly."""
     rng = np.random.default_rng(3)
-    values = rng.integers(0, 6, 5 * 3).tolist()
-    tree = tier2.TagTree(5, 3, values)
-    out = tier2.BitWriter()
+    values = rng.integers(0, 6, 5 * 3)
+    widths, starts = np.zeros(64, dtype=np.int64), np.zeros(65, dtype=np.int64)
+    levels = tier2.tree_levels(5, 3, widths, starts)
+    assert levels == 4 and starts[levels] == 15 + 6 + 2 + 1
+    tree = np.full(starts[levels], 1 << 40, dtype=np.int64)
+    tree[:15] = values
+    tier2.tree_build(tree, 0, widths, starts, levels)
+    assert tree[-1] == values.min()
+    out = np.zeros(256, dtype=np.uint8)
+    state = np.array([0, 0, 0, 8], dtype=np.int64)
+    lows, known = np.zeros(len(tree), dtype=np.int64), np.zeros(len(tree), dtype=np.uint8)
     for threshold in range(1, 8):
         for j in range(15):
-            tree.encode(out, j % 5, j // 5, threshold)
-    data = out.finish()
-    reader = tier2.BitReader(data, 0, len(data))
-    back = tier2.TagTree(5, 3)
+            tier2.tree_encode(out, state, tree, lows, known, 0, widths, starts, levels, j % 5, j // 5, threshold)
+    tier2.finish_header(out, state)
+    data = out[:state[0]]
+    reader = np.array([0, len(data), 0, 0, 0, 0], dtype=np.int64)
+    back = np.full(len(tree), 1 << 40, dtype=np.int64)
+    back_lows = np.zeros(len(tree), dtype=np.int64)
     for threshold in range(1, 8):
         for j in range(15):
-            assert back.decode(reader, j % 5, j // 5, threshold) == (values[j] < threshold)
-    assert [back.leaf(j % 5, j // 5) for j in range(15)] == values
+            below = tier2.tree_decode(data, reader, back, back_lows, 0, widths, starts, levels, j % 5, j // 5,
+                                      threshold)
+            assert below == (values[j] < threshold)
+    assert back[:15].tolist() == values.tolist()
+    assert reader[5] == 0  # never read past the end
 
 
 def test_levels_from_image_size() -> None:

@@ -66,10 +66,8 @@ _DEC1 = tables.decode_table(False)
 _UVLC = tables.uvlc_table()
 _MEL_EXP = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 4, 5], dtype=np.int64)
 
-# Encoder state, one int64 array: MEL (pos, free bits, byte, run, k), VLC (pos, used bits, byte, >0x8F),
-# (MagSgn state lives in local variables).
+# MEL encoder state, one int64 array (pos, free bits, byte, run, k); VLC and MagSgn states live in local variables.
 _MEL_POS, _MEL_FREE, _MEL_TMP, _MEL_RUN, _MEL_K = 0, 1, 2, 3, 4
-_VLC_POS, _VLC_USED, _VLC_TMP, _VLC_HIGH = 5, 6, 7, 8
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -125,25 +123,28 @@ def _mel_encode(st: np.ndarray, buf: np.ndarray, event: bool) -> None:
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _vlc_put(st: np.ndarray, buf: np.ndarray, cwd: int, length: int) -> None:
-    """VLC bits, lowest first, into bytes that run backward from the segment's end (stored forward here)."""
-    while length > 0:
-        avail = 8 - st[_VLC_HIGH] - st[_VLC_USED]
-        t = min(avail, length)
-        st[_VLC_TMP] |= (cwd & ((1 << t) - 1)) << st[_VLC_USED]
-        st[_VLC_USED] += t
-        avail -= t
-        length -= t
-        cwd >>= t
-        if avail == 0:
-            if st[_VLC_HIGH] and st[_VLC_TMP] != 0x7F:
-                st[_VLC_HIGH] = 0  # seven bits that are not all ones: the byte's top bit is free
-                continue
-            buf[st[_VLC_POS]] = st[_VLC_TMP]
-            st[_VLC_POS] += 1
-            st[_VLC_HIGH] = 1 if st[_VLC_TMP] > 0x8F else 0
-            st[_VLC_TMP] = 0
-            st[_VLC_USED] = 0
+def _vlc_put(buf: np.ndarray, pos: int, acc: int, n: int, high: int, cwd: int, length: int
+             ) -> tuple[int, int, int, int]:
+    """VLC bits, lowest first, into bytes that run backward from the segment's end (stored forward here).
+
+    State: (position, pending bits, their count, whether the last byte written exceeds 0x8F).  After
+    such a byte, a byte whose low seven bits are all ones holds only those seven.
+    """
+    acc |= cwd << n
+    n += length
+    while n >= 8:
+        if high and (acc & 0x7F) == 0x7F:
+            byte = 0x7F
+            acc >>= 7
+            n -= 7
+        else:
+            byte = acc & 0xFF
+            acc >>= 8
+            n -= 8
+        buf[pos] = byte
+        pos += 1
+        high = 1 if byte > 0x8F else 0
+    return pos, acc, n, high
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -163,20 +164,27 @@ def _ms_put(buf: np.ndarray, pos: int, room: int, used: int, acc: int, cwd: int,
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _uvlc_put(st: np.ndarray, vlc: np.ndarray, uvlc: np.ndarray, u0: int, u1: int, first: int, second: int,
-              single_bit: bool) -> None:
-    """Prefixes, suffixes and extensions of two quads' u (indices into the U-VLC table)."""
-    _vlc_put(st, vlc, uvlc[first, 0], uvlc[first, 1])
+def _uvlc_code(uvlc: np.ndarray, u0: int, u1: int, first: int, second: int, single_bit: bool) -> tuple[int, int]:
+    """Prefixes, suffixes and extensions of two quads' u (indices into the U-VLC table), as one bit string."""
+    cwd = uvlc[first, 0]
+    n = uvlc[first, 1]
     if single_bit:
-        _vlc_put(st, vlc, u1 - 1, 1)
+        cwd |= (u1 - 1) << n
+        n += 1
     else:
-        _vlc_put(st, vlc, uvlc[second, 0], uvlc[second, 1])
-    _vlc_put(st, vlc, uvlc[first, 2], uvlc[first, 3])
+        cwd |= uvlc[second, 0] << n
+        n += uvlc[second, 1]
+    cwd |= uvlc[first, 2] << n
+    n += uvlc[first, 3]
     if not single_bit:
-        _vlc_put(st, vlc, uvlc[second, 2], uvlc[second, 3])
-    _vlc_put(st, vlc, uvlc[first, 4], uvlc[first, 5])
+        cwd |= uvlc[second, 2] << n
+        n += uvlc[second, 3]
+    cwd |= uvlc[first, 4] << n
+    n += uvlc[first, 5]
     if not single_bit:
-        _vlc_put(st, vlc, uvlc[second, 4], uvlc[second, 5])
+        cwd |= uvlc[second, 4] << n
+        n += uvlc[second, 5]
+    return cwd, n
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -192,8 +200,8 @@ def _quad_encode(coef: np.ndarray, y: int, x: int, h: int, w: int, vals: np.ndar
         exps[n] = 0
         if yy < h and xx < w:
             c = coef[yy, xx]
-            mag = -c if c < 0 else c
-            if mag:
+            if c:
+                mag = -c if c < 0 else c
                 rho |= 1 << n
                 e = _bit_length(2 * mag - 1)
                 exps[n] = e
@@ -204,10 +212,9 @@ def _quad_encode(coef: np.ndarray, y: int, x: int, h: int, w: int, vals: np.ndar
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _quad_emit(st: np.ndarray, ms: np.ndarray, vlc: np.ndarray, mel: np.ndarray, table: np.ndarray, cq: int,
-               rho: int, emax: int, kappa: int, vals: np.ndarray, exps: np.ndarray, ms_pos: int, ms_room: int,
-               ms_used: int, ms_acc: int) -> tuple[int, int, int, int, int]:
-    """The quad's codeword, MEL event and MagSgn bits; returns its u and the MagSgn state."""
+def _quad_code(table: np.ndarray, cq: int, rho: int, emax: int, kappa: int, exps: np.ndarray
+               ) -> tuple[int, int, int]:
+    """The quad's CxtVLC table entry, its u and its exponent bound U."""
     bound = max(emax, kappa)
     u = bound - kappa
     emb = 0
@@ -215,19 +222,17 @@ def _quad_emit(st: np.ndarray, ms: np.ndarray, vlc: np.ndarray, mel: np.ndarray,
         for n in range(4):
             if exps[n] == emax and (rho >> n) & 1:
                 emb |= 1 << n
-    code = table[(cq << 8) | (rho << 4) | emb]
-    length = (code >> 8) & 0xF
-    if length:
-        _vlc_put(st, vlc, code & 0xFF, length)
-    if cq == 0:
-        _mel_encode(st, mel, rho != 0)
-    ek = code >> 12
+    return table[(cq << 8) | (rho << 4) | emb], u, bound
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _quad_magsgn(ms: np.ndarray, rho: int, bound: int, ek: int, vals: np.ndarray, pos: int, room: int, used: int,
+                 acc: int) -> tuple[int, int, int, int]:
     for n in range(4):
         if (rho >> n) & 1:
             m = bound - ((ek >> n) & 1)
-            ms_pos, ms_room, ms_used, ms_acc = _ms_put(ms, ms_pos, ms_room, ms_used, ms_acc,
-                                                       vals[n] & ((1 << m) - 1), m)
-    return u, ms_pos, ms_room, ms_used, ms_acc
+            pos, room, used, acc = _ms_put(ms, pos, room, used, acc, vals[n] & ((1 << m) - 1), m)
+    return pos, room, used, acc
 
 
 @njit(cache=True, nogil=True)
@@ -239,10 +244,8 @@ def _encode_block(coef: np.ndarray, ms: np.ndarray, mel: np.ndarray, vlc: np.nda
     h, w = coef.shape
     st[:] = 0
     st[_MEL_FREE] = 8
-    st[_VLC_POS] = 1  # vlc[0] is the last byte of the segment, which holds Scup
-    st[_VLC_USED] = 4
-    st[_VLC_TMP] = 0xF  # the low nibble of the last-but-one byte, also Scup's
-    st[_VLC_HIGH] = 1
+    # vlc[0] is the last byte of the segment, which holds Scup; the low nibble of the next one is Scup's too.
+    v_pos, v_acc, v_n, v_high = 1, 0xF, 4, 1
     ms_pos, ms_room, ms_used, ms_acc = 0, 8, 0, 0
     any_significant = False
     # Exponents and significance of the bottom row of the previous row of quads, one column of padding each side.
@@ -254,6 +257,7 @@ def _encode_block(coef: np.ndarray, ms: np.ndarray, mel: np.ndarray, vlc: np.nda
     exps1 = exps[4:8]
     for y in range(0, h, 2):
         initial = y == 0
+        table = enc0 if initial else enc1
         e_cur[:w + 3] = 0
         s_cur[:w + 3] = 0
         rho_left = 0
@@ -267,78 +271,96 @@ def _encode_block(coef: np.ndarray, ms: np.ndarray, mel: np.ndarray, vlc: np.nda
             if rho0 or rho1:
                 any_significant = True
             # Quad 0.
+            kappa0 = 1
             if initial:
                 cq0 = (rho_left >> 1) | (rho_left & 1)
-                kappa0 = 1
             else:
                 cq0 = ((s_prev[x] | s_prev[x + 1]) | (((rho_left >> 2) | (rho_left >> 3)) & 1) << 1
                        | (s_prev[x + 2] | s_prev[x + 3]) << 2)
-                kappa0 = 1
                 if rho0 & (rho0 - 1):
                     kappa0 = max(1, max(max(e_prev[x], e_prev[x + 1]), max(e_prev[x + 2], e_prev[x + 3])) - 1)
-            u0, ms_pos, ms_room, ms_used, ms_acc = _quad_emit(
-                st, ms, vlc, mel, enc0 if initial else enc1, cq0, rho0, emax0, kappa0, vals0, exps0,
-                ms_pos, ms_room, ms_used, ms_acc)
-            e_cur[x + 1] = exps0[1]
-            e_cur[x + 2] = exps0[3]
-            s_cur[x + 1] = (rho0 >> 1) & 1
-            s_cur[x + 2] = (rho0 >> 3) & 1
+            code0, u0, bound0 = _quad_code(table, cq0, rho0, emax0, kappa0, exps0)
+            length = (code0 >> 8) & 0xF
+            if length:
+                v_pos, v_acc, v_n, v_high = _vlc_put(vlc, v_pos, v_acc, v_n, v_high, code0 & 0xFF, length)
+            if cq0 == 0:
+                _mel_encode(st, mel, rho0 != 0)
+            if rho0:
+                ms_pos, ms_room, ms_used, ms_acc = _quad_magsgn(ms, rho0, bound0, code0 >> 12, vals0, ms_pos, ms_room,
+                                                                ms_used, ms_acc)
+                e_cur[x + 1] = exps0[1]
+                e_cur[x + 2] = exps0[3]
+                s_cur[x + 1] = (rho0 >> 1) & 1
+                s_cur[x + 2] = (rho0 >> 3) & 1
             u1 = 0
             if has1:
+                kappa1 = 1
                 if initial:
                     cq1 = (rho0 >> 1) | (rho0 & 1)
-                    kappa1 = 1
                 else:
                     cq1 = ((s_prev[x + 2] | s_prev[x + 3]) | (((rho0 >> 2) | (rho0 >> 3)) & 1) << 1
                            | (s_prev[x + 4] | s_prev[x + 5]) << 2)
-                    kappa1 = 1
                     if rho1 & (rho1 - 1):
                         kappa1 = max(1, max(max(e_prev[x + 2], e_prev[x + 3]),
                                             max(e_prev[x + 4], e_prev[x + 5])) - 1)
-                u1, ms_pos, ms_room, ms_used, ms_acc = _quad_emit(
-                    st, ms, vlc, mel, enc0 if initial else enc1, cq1, rho1, emax1, kappa1, vals1, exps1,
-                    ms_pos, ms_room, ms_used, ms_acc)
-                e_cur[x + 3] = exps1[1]
-                e_cur[x + 4] = exps1[3]
-                s_cur[x + 3] = (rho1 >> 1) & 1
-                s_cur[x + 4] = (rho1 >> 3) & 1
+                code1, u1, bound1 = _quad_code(table, cq1, rho1, emax1, kappa1, exps1)
+                length = (code1 >> 8) & 0xF
+                if length:
+                    v_pos, v_acc, v_n, v_high = _vlc_put(vlc, v_pos, v_acc, v_n, v_high, code1 & 0xFF, length)
+                if cq1 == 0:
+                    _mel_encode(st, mel, rho1 != 0)
+                if rho1:
+                    ms_pos, ms_room, ms_used, ms_acc = _quad_magsgn(ms, rho1, bound1, code1 >> 12, vals1, ms_pos,
+                                                                    ms_room, ms_used, ms_acc)
+                    e_cur[x + 3] = exps1[1]
+                    e_cur[x + 4] = exps1[3]
+                    s_cur[x + 3] = (rho1 >> 1) & 1
+                    s_cur[x + 4] = (rho1 >> 3) & 1
                 rho_left = rho1
             else:
                 rho_left = rho0
-            if initial and u0 > 0 and u1 > 0:
-                both = min(u0, u1) > 2
-                _mel_encode(st, mel, both)
-                if both:
-                    _uvlc_put(st, vlc, uvlc, u0, u1, u0 - 2, u1 - 2, False)
-                elif u0 > 2:
-                    _uvlc_put(st, vlc, uvlc, u0, u1, u0, u1, True)
+            if u0 or u1:
+                if initial and u0 > 0 and u1 > 0:
+                    both = min(u0, u1) > 2
+                    _mel_encode(st, mel, both)
+                    if both:
+                        cwd, n = _uvlc_code(uvlc, u0, u1, u0 - 2, u1 - 2, False)
+                    elif u0 > 2:
+                        cwd, n = _uvlc_code(uvlc, u0, u1, u0, u1, True)
+                    else:
+                        cwd, n = _uvlc_code(uvlc, u0, u1, u0, u1, False)
                 else:
-                    _uvlc_put(st, vlc, uvlc, u0, u1, u0, u1, False)
-            else:
-                _uvlc_put(st, vlc, uvlc, u0, u1, u0, u1, False)
+                    cwd, n = _uvlc_code(uvlc, u0, u1, u0, u1, False)
+                v_pos, v_acc, v_n, v_high = _vlc_put(vlc, v_pos, v_acc, v_n, v_high, cwd, n)
         e_prev, e_cur = e_cur, e_prev
         s_prev, s_cur = s_cur, s_prev
     if not any_significant:
         return 0
+    # A last seven bits of ones after a byte above 0x8F make a byte of their own.
+    if v_high and v_n >= 7 and (v_acc & 0x7F) == 0x7F:
+        vlc[v_pos] = 0x7F
+        v_pos += 1
+        v_acc >>= 7
+        v_n -= 7
     # Terminate MEL and VLC, fusing their last bytes where their bits agree.
     if st[_MEL_RUN] > 0:
         _mel_bit(st, mel, 1)
     free = st[_MEL_FREE]
     mel_tmp = (st[_MEL_TMP] << free) & 0xFF
     mel_mask = (0xFF << free) & 0xFF
-    vlc_mask = 0xFF >> (8 - st[_VLC_USED])
+    vlc_mask = 0xFF >> (8 - v_n)
     if mel_mask | vlc_mask:
-        vlc_tmp = st[_VLC_TMP]
+        vlc_tmp = v_acc
         fuse = mel_tmp | vlc_tmp
         if ((fuse ^ mel_tmp) & mel_mask) == 0 and ((fuse ^ vlc_tmp) & vlc_mask) == 0 and fuse != 0xFF \
-                and st[_VLC_POS] > 1:
+                and v_pos > 1:
             mel[st[_MEL_POS]] = fuse
             st[_MEL_POS] += 1
         else:
             mel[st[_MEL_POS]] = mel_tmp
             st[_MEL_POS] += 1
-            vlc[st[_VLC_POS]] = vlc_tmp
-            st[_VLC_POS] += 1
+            vlc[v_pos] = vlc_tmp
+            v_pos += 1
     # Terminate MagSgn: pad with ones; a last byte of all ones (or a dangling 0xFF) is left out.
     if ms_used:
         last = ms_acc | (((1 << (ms_room - ms_used)) - 1) << ms_used)
@@ -347,7 +369,7 @@ def _encode_block(coef: np.ndarray, ms: np.ndarray, mel: np.ndarray, vlc: np.nda
             ms_pos += 1
     elif ms_room == 7:
         ms_pos -= 1
-    n_ms, n_mel, n_vlc = ms_pos, st[_MEL_POS], st[_VLC_POS]
+    n_ms, n_mel, n_vlc = ms_pos, st[_MEL_POS], v_pos
     scup = n_mel + n_vlc
     total = n_ms + scup
     if total > out.size or scup > MAX_SCUP:
@@ -502,7 +524,7 @@ def _uvlc_extension(acc: int, bits: int, u: int) -> tuple[int, int, int]:
 def _quad_samples(data: np.ndarray, end: int, pos: int, acc: int, bits: int, ff: int, entry: int, bound: int,
                   p: int, coef: np.ndarray, y: int, x: int, h: int, w: int, exps: np.ndarray
                   ) -> tuple[int, int, int, int]:
-    """Read the MagSgn bits of a quad, write its samples and the exponents of its four samples."""
+    """Read the MagSgn bits of a quad, write its samples and the exponents of its two bottom samples."""
     rho = (entry >> 4) & 0xF
     ek = (entry >> 9) & 0xF
     e1 = (entry >> 13) & 0xF
@@ -512,7 +534,8 @@ def _quad_samples(data: np.ndarray, end: int, pos: int, acc: int, bits: int, ff:
             m = bound - ((ek >> n) & 1)
             v, pos, acc, bits, ff = _ms_get(data, end, pos, acc, bits, ff, m)
             v |= ((e1 & ek) >> n & 1) << m
-            exps[n] = _bit_length(v | 1)
+            if n & 1:  # the next row of quads looks at the exponents of the bottom samples only
+                exps[n] = _bit_length(v | 1)
             yy = y + (n & 1)
             xx = x + (n >> 1)
             if yy < h and xx < w:

@@ -29,8 +29,9 @@ marker segments (:mod:`.codestream`).
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -93,16 +94,37 @@ def levels_for(rows: int, columns: int) -> int:
     return max(0, min(DEFAULT_LEVELS, small.bit_length() - 1))
 
 
-def _style(levels: int) -> cs.CodingStyle:
-    return cs.CodingStyle(levels, CODE_BLOCK, CODE_BLOCK, 0, True, ((15, 15),) * (levels + 1))
-
-
 def _band_gains(levels: int) -> list[int]:
     """log2 of the 5/3 analysis gain of each sub-band, in QCD order (LL, then HL, LH, HH per level)."""
     return [0] + [g for _ in range(levels) for g in (1, 1, 2)]
 
 
-# ----------------------------------------------------------------------------- encoder
+# ----------------------------------------------------------------------------- the frame driver
+
+
+@dataclass(frozen=True)
+class BlockCoder:
+    """The block coder of a JPEG 2000 family codec: all the frame driver needs to know of it.
+
+    ``encode_blocks(coeffs, rows, out, offsets, results)`` codes the rows
+    ``comp, y0, x0, h, w, orientation`` into ``out[offsets[i]:offsets[i+1]]``,
+    ``results[i] = (length, passes, bit-planes)``, and returns 0 or ``-1 - i``
+    when block ``i`` did not fit; ``decode_blocks(coeffs, blocks, segments,
+    data)`` decodes the rows :func:`tier2.read_packets` gives and returns 0 or
+    a negative code of `errors`.  Codes in `unsupported` are valid streams
+    the coder does not decode.
+    """
+
+    name: str  # "JPEG 2000" or "HTJ2K", the prefix of error messages
+    block_style: int  # COD code-block style written
+    encode_blocks: Callable[..., int]
+    decode_blocks: Callable[..., int]
+    errors: dict[int, str]
+    room: tuple[int, int]  # first guess of coded bytes per coefficient: (bits + a) // b
+    unsupported: tuple[int, ...] = ()
+
+
+PART1 = BlockCoder("JPEG 2000", 0, t1.encode_blocks, t1.decode_blocks, t1.ERRORS, (2, 4))
 
 
 def _forward_rct(planes: np.ndarray) -> None:
@@ -112,12 +134,28 @@ def _forward_rct(planes: np.ndarray) -> None:
     planes[2] = r - g
 
 
-def _encode_blocks(coeffs: np.ndarray, rows: np.ndarray, parallel: bool) -> tuple[np.ndarray, np.ndarray,
-                                                                                    np.ndarray]:
-    """Code-blocks coded by the tier-1 kernel, split between two threads for large frames."""
+def _each_component(work: Callable[[int], None], components: int, parallel: bool) -> None:
+    """`work` for each component, the components shared between two threads when `parallel`."""
+    if parallel and components > 1:
+        list(_threads().map(work, range(components)))
+    else:
+        for c in range(components):
+            work(c)
+
+
+def _halves(sizes: np.ndarray) -> int:
+    """Where to split rows of code-blocks of these sizes into two halves of equal work."""
+    half = int(np.searchsorted(np.cumsum(sizes), sizes.sum() / 2))
+    return min(max(half, 1), len(sizes) - 1)
+
+
+def _encode_blocks(coder: BlockCoder, coeffs: np.ndarray, rows: np.ndarray, parallel: bool
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every code-block coded by `coder`, in one kernel call (two threads for large frames)."""
     sizes = rows[:, 3] * rows[:, 4]
-    bits = int(np.abs(coeffs).max()).bit_length() + 1 if coeffs.size else 1
-    room = sizes * (bits + 2) // 4 + 64  # codewords rarely exceed the raw bits; retried if they do
+    bits = max(int(coeffs.max()), -int(coeffs.min())).bit_length() + 1 if coeffs.size else 1
+    a, b = coder.room
+    room = sizes * (bits + a) // b + 64  # codewords rarely exceed the raw bits; retried if they do
 
     def run(part: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         sub = rows[part]
@@ -127,21 +165,90 @@ def _encode_blocks(coeffs: np.ndarray, rows: np.ndarray, parallel: bool) -> tupl
             np.cumsum(extra, out=offsets[1:])
             out = np.empty(int(offsets[-1]), dtype=np.uint8)
             results = np.zeros((len(sub), 3), dtype=np.int64)
-            status = t1.encode_blocks(coeffs, sub, out, offsets, results)
+            status = coder.encode_blocks(coeffs, sub, out, offsets, results)
             if status == 0:
                 return out, offsets, results
             extra[-1 - status] *= 4
 
     if not parallel or len(rows) < 2:
         return run(slice(None))
-    # Balance by coefficient count: the kernel's time follows it.
-    half = int(np.searchsorted(np.cumsum(sizes), sizes.sum() / 2))
-    half = min(max(half, 1), len(rows) - 1)
+    half = _halves(sizes)  # the kernels' time follows the coefficient count
     first, second = _threads().map(run, [slice(0, half), slice(half, None)])
     out = np.concatenate([first[0], second[0]])
     offsets = np.concatenate([first[1][:-1], second[1] + first[1][-1]])
     results = np.concatenate([first[2], second[2]])
     return out, offsets, results
+
+
+def _guard_bits(planes: np.ndarray, levels: int, exponents: tuple[int, ...]) -> int:
+    """Guard bits so that every sub-band's coefficients fit its Mb = guard + exponent - 1 bit-planes."""
+    _, rows, cols = planes.shape
+    bands = [(0, 0, 0, cols, rows)] if levels == 0 else [(0, *dwt.band_rect(0, 0, cols, rows, levels, 0))]
+    for level in range(1, levels + 1):
+        bands += [(3 * (levels - level) + o, *dwt.band_rect(0, 0, cols, rows, level, o)) for o in (1, 2, 3)]
+    guard = GUARD_BITS
+    for index, x, y, w, h in bands:
+        if not w or not h:
+            continue
+        region = planes[:, y:y + h, x:x + w]
+        need = max(int(region.max()), -int(region.min())).bit_length()
+        guard = max(guard, need - exponents[index] + 1)
+    return guard
+
+
+@dataclass(frozen=True)
+class EncodedTile:
+    """What the frame driver made of a frame: the packets of its one tile and the main header's segments."""
+
+    size: cs.Size
+    coding: cs.Coding
+    quantization: cs.Quantization
+    packets: bytes
+    magnitude_bits: int  # the most magnitude bit-planes of any sub-band
+
+
+def encode_planes(frame: np.ndarray, info: FrameInfo, coder: BlockCoder, levels: int, progression: int,
+                  parallel: bool, rsiz: int = 0) -> EncodedTile:
+    """Level shift, colour transform, wavelet, block coder and packets of one frame (one tile, one layer).
+
+    `frame` is already checked against `info`.
+    """
+    rows, cols, nc = info.rows, info.columns, info.samples_per_pixel
+    planes = np.empty((nc, rows, cols), dtype=np.int32)
+    shift = 0 if info.signed else 1 << (info.bits_stored - 1)
+    np.subtract(np.moveaxis(frame.reshape(rows, cols, nc), 2, 0), shift, out=planes, dtype=np.int32,
+                casting="unsafe")
+    mct = int(nc == 3 and info.photometric_interpretation in _COLOUR_TRANSFORMED)
+    if mct:
+        _forward_rct(planes)
+    style = cs.CodingStyle(levels, CODE_BLOCK, CODE_BLOCK, coder.block_style, True, ((15, 15),) * (levels + 1))
+    _each_component(lambda c: dwt.forward(planes[c], levels, 0, 0), nc, parallel)
+    layout = tier2.tile_layout((0, 0, cols, rows), [style] * nc)
+    exponents = tuple(info.bits_stored + g for g in _band_gains(levels))
+    guard = _guard_bits(planes, levels, exponents)
+    if guard > cs.MAX_GUARD_BITS:
+        raise UnsupportedImageError("wavelet coefficients exceed what seven guard bits can describe")
+    limits = [[guard + e - 1 for e in exponents] for _ in range(nc)]
+    block_rows = np.ascontiguousarray(layout.blocks[:, :tier2.B_PBAND])
+    out, offsets, results = _encode_blocks(coder, planes, block_rows, parallel)
+    order = tier2.packet_order(layout, 1, progression, (), 0, 0)
+    packets = tier2.write_packets(layout, order, limits, results[:, 0], results[:, 1], results[:, 2], out, offsets)
+    size = cs.Size(cols, rows, 0, 0, cols, rows, 0, 0,
+                   tuple(cs.Component(info.bits_stored, info.signed) for _ in range(nc)), rsiz)
+    return EncodedTile(size, cs.Coding(progression, 1, mct, style), cs.Quantization(0, guard, exponents), packets,
+                       max(limits[0]))
+
+
+def check_levels(levels: int) -> None:
+    if not 0 <= levels <= cs.MAX_LEVELS:
+        raise ValueError(f"decomposition levels must be 0..{cs.MAX_LEVELS}, got {levels}")
+
+
+def check_values(frame: np.ndarray, info: FrameInfo) -> None:
+    """Refuse a frame whose values exceed Bits Stored (what the codestream's precision says)."""
+    low, high = info.value_range
+    if info.bits_stored < info.bits_allocated and frame.size and (int(frame.min()) < low or int(frame.max()) > high):
+        raise UnsupportedImageError(f"values outside the {info.bits_stored}-bit range of (0028,0101) 'Bits Stored'")
 
 
 def encode(frame: np.ndarray, info: FrameInfo, *, levels: int | None = None,
@@ -159,134 +266,80 @@ def encode(frame: np.ndarray, info: FrameInfo, *, levels: int | None = None,
     if reason is not None:
         raise UnsupportedImageError(reason)
     frame = check_frame(frame, info)
-    low, high = info.value_range
-    if info.bits_stored < info.bits_allocated and frame.size and (int(frame.min()) < low or int(frame.max()) > high):
-        raise UnsupportedImageError(f"values outside the {info.bits_stored}-bit range of (0028,0101) 'Bits Stored'")
-    rows, cols, nc = info.rows, info.columns, info.samples_per_pixel
+    check_values(frame, info)
     if levels is None:
-        levels = levels_for(rows, cols)
-    if not 0 <= levels <= cs.MAX_LEVELS:
-        raise ValueError(f"decomposition levels must be 0..{cs.MAX_LEVELS}, got {levels}")
+        levels = levels_for(info.rows, info.columns)
+    check_levels(levels)
     if parallel is None:
         parallel = info.frame_bytes >= PARALLEL_BYTES
-    planes = np.empty((nc, rows, cols), dtype=np.int32)
-    planes[:] = np.moveaxis(frame.reshape(rows, cols, nc), 2, 0)
-    if not info.signed:
-        planes -= 1 << (info.bits_stored - 1)
-    mct = int(nc == 3 and info.photometric_interpretation in _COLOUR_TRANSFORMED)
-    if mct:
-        _forward_rct(planes)
-    style = _style(levels)
-    components = []
-    for c in range(nc):
-        dwt.forward(planes[c], levels, 0, 0)
-        components.append(tier2.tile_component(c, (0, 0, cols, rows), style))
-    # Bit-planes each sub-band needs, and the guard bits that make room for them.
-    gains = _band_gains(levels)
-    exponents = tuple(info.bits_stored + g for g in gains)
-    guard = GUARD_BITS
-    for c in range(nc):
-        for res in components[c].resolutions:
-            for band in res.precincts[0] if res.precincts else []:
-                if not band.blocks:
-                    continue
-                x0 = min(b.ax for b in band.blocks)
-                y0 = min(b.ay for b in band.blocks)
-                x1 = max(b.ax + b.w for b in band.blocks)
-                y1 = max(b.ay + b.h for b in band.blocks)
-                region = planes[c, y0:y1, x0:x1]
-                need = int(np.abs(region).max()).bit_length()
-                guard = max(guard, need - exponents[band.band_index] + 1)
-    if guard > cs.MAX_GUARD_BITS:
-        raise UnsupportedImageError("wavelet coefficients exceed what seven guard bits can describe")
-    limits = [[guard + e - 1 for e in exponents] for _ in range(nc)]
-    # Tier 1 on every code-block in one kernel call (two for large frames).
-    blocks: list[tier2.Block] = []
-    table = []
-    for tc in components:
-        for res in tc.resolutions:
-            for bands in res.precincts:
-                for band in bands:
-                    for block in band.blocks:
-                        blocks.append(block)
-                        table.append((tc.index, block.ay, block.ax, block.h, block.w, band.orient))
-    block_rows = np.array(table, dtype=np.int64).reshape(-1, t1.BLOCK_FIELDS_ENCODE)
-    out, offsets, results = _encode_blocks(planes, block_rows, parallel)
-    coded = {}
-    for k, block in enumerate(blocks):
-        start = int(offsets[k])
-        length, passes, nbp = (int(v) for v in results[k])
-        coded[id(block)] = (out[start:start + length].tobytes(), passes, nbp)
-    order = tier2.packet_order(components, 1, cs.LRCP, (), 0, 0)
-    packets = tier2.write_packets(components, order, coded, limits)
-    size = cs.Size(cols, rows, 0, 0, cols, rows, 0, 0,
-                   tuple(cs.Component(info.bits_stored, info.signed) for _ in range(nc)))
-    coding = cs.Coding(cs.LRCP, 1, mct, style)
-    quant = cs.Quantization(0, guard, exponents)
-    return cs.write_codestream(size, coding, quant, [packets])
+    tile = encode_planes(frame, info, PART1, levels, cs.LRCP, parallel)
+    return cs.write_codestream(tile.size, tile.coding, tile.quantization, [tile.packets])
 
 
 # ----------------------------------------------------------------------------- decoder
 
 
-def _check_tile(coding: cs.TileCoding, tile: int, components: int) -> None:
+def _check_tile(coder: BlockCoder, coding: cs.TileCoding, tile: int, components: int) -> None:
+    ht = bool(coder.block_style & cs.HT_BLOCKS)
     for c, (style, quant) in enumerate(zip(coding.styles, coding.quantizations)):
-        if style.block_style & cs.HT_BLOCKS:
+        if bool(style.block_style & cs.HT_BLOCKS) != ht:
+            if ht:
+                raise UnsupportedCodestreamError(
+                    f"HTJ2K: tile {tile} component {c} mixes Part 1 and HT code-blocks")
             raise UnsupportedCodestreamError(
                 f"JPEG 2000: tile {tile} component {c} uses HT code-blocks (HTJ2K, ITU-T T.814)")
         if not style.reversible:
             raise UnsupportedCodestreamError(
-                f"JPEG 2000: tile {tile} component {c} uses the irreversible 9/7 wavelet (lossy); "
+                f"{coder.name}: tile {tile} component {c} uses the irreversible 9/7 wavelet (lossy); "
                 "only the reversible 5/3 path is decoded")
         if quant.style != 0:
             raise UnsupportedCodestreamError(
-                f"JPEG 2000: tile {tile} component {c} is quantised (QCD style {quant.style}): not reversible")
+                f"{coder.name}: tile {tile} component {c} is quantised (QCD style {quant.style}): not reversible")
         if len(quant.exponents) < 3 * style.levels + 1:
-            raise CorruptCodestreamError(f"JPEG 2000: tile {tile} component {c} lacks sub-band exponents")
+            raise CorruptCodestreamError(f"{coder.name}: tile {tile} component {c} lacks sub-band exponents")
+        if ht and style.xcb + style.ycb > 12:
+            raise CorruptCodestreamError(f"HTJ2K: tile {tile} component {c} code-blocks exceed 4096 samples")
     if coding.coding.mct and components < 3:
-        raise CorruptCodestreamError("JPEG 2000: a colour transform with fewer than three components")
+        raise CorruptCodestreamError(f"{coder.name}: a colour transform with fewer than three components")
 
 
-def _decode_blocks(coeffs: np.ndarray, blocks: np.ndarray, segments: np.ndarray, data: np.ndarray,
-                   parallel: bool) -> int:
-    """Tier-1 decoding of every code-block, split between two threads for large tiles."""
+def _decode_blocks(coder: BlockCoder, coeffs: np.ndarray, blocks: np.ndarray, segments: np.ndarray,
+                   data: np.ndarray, parallel: bool) -> int:
+    """Every code-block decoded by `coder`, split between two threads for large tiles."""
     if not parallel or len(blocks) < 2:
-        return t1.decode_blocks(coeffs, blocks, segments, data)
-    sizes = np.cumsum(blocks[:, 3] * blocks[:, 4])
-    half = min(max(int(np.searchsorted(sizes, sizes[-1] / 2)), 1), len(blocks) - 1)
+        return coder.decode_blocks(coeffs, blocks, segments, data)
+    half = _halves(blocks[:, 3] * blocks[:, 4])
     parts = [blocks[:half], blocks[half:]]
-    statuses = list(_threads().map(lambda part: t1.decode_blocks(coeffs, part, segments, data), parts))
+    statuses = list(_threads().map(lambda part: coder.decode_blocks(coeffs, part, segments, data), parts))
     return next((s for s in statuses if s), 0)
 
 
-def _decode_tile(stream: cs.Codestream, index: int, image: np.ndarray, parallel: bool) -> None:
+def _decode_tile(coder: BlockCoder, stream: cs.Codestream, index: int, image: np.ndarray, parallel: bool) -> None:
     size = stream.size
     tile = stream.tiles[index]
     coding = cs.tile_coding(stream, tile)
     nc = len(size.components)
-    _check_tile(coding, index, nc)
+    _check_tile(coder, coding, index, nc)
     tx0, ty0, tx1, ty1 = size.tile_rect(index)
     rect = (tx0, ty0, tx1, ty1)
     layers = coding.coding.layers
     packets = layers * sum(tier2.count_precincts(rect, coding.styles[c]) for c in range(nc))
     if packets > len(tile.data) + 4096:
         raise CorruptCodestreamError(
-            f"JPEG 2000: tile {index} declares {packets} packets in {len(tile.data)} bytes")
-    components = [tier2.tile_component(c, rect, coding.styles[c]) for c in range(nc)]
-    limits = []
-    for c in range(nc):
-        guard = coding.quantizations[c].guard
-        bands = [guard + e - 1 for e in coding.quantizations[c].exponents]
-        limits.append(bands)
-    order = tier2.packet_order(components, layers, coding.coding.progression, coding.poc, tx0, ty0)
-    tier2.read_packets(tile.data, order, components, limits, coding.coding.sop, coding.coding.eph)
-    blocks, segments, data = tier2.gather_blocks(components, limits)
+            f"{coder.name}: tile {index} declares {packets} packets in {len(tile.data)} bytes")
+    layout = tier2.tile_layout(rect, coding.styles)
+    limits = [[coding.quantizations[c].guard + e - 1 for e in coding.quantizations[c].exponents]
+              for c in range(nc)]
+    order = tier2.packet_order(layout, layers, coding.coding.progression, coding.poc, tx0, ty0)
+    blocks, segments, data = tier2.read_packets(tile.data, layout, order, limits,
+                                                [s.block_style for s in coding.styles], coding.coding.sop,
+                                                coding.coding.eph, coder.name)
     coeffs = np.zeros((nc, ty1 - ty0, tx1 - tx0), dtype=np.int32)
-    status = _decode_blocks(coeffs, blocks, segments, data, parallel)
+    status = _decode_blocks(coder, coeffs, blocks, segments, data, parallel)
     if status:
-        raise CorruptCodestreamError(f"JPEG 2000: tile {index}: {t1.ERRORS.get(status, status)}")
-    for c in range(nc):
-        dwt.inverse(coeffs[c], coding.styles[c].levels, tx0, ty0)
+        kind = UnsupportedCodestreamError if status in coder.unsupported else CorruptCodestreamError
+        raise kind(f"{coder.name}: tile {index}: {coder.errors.get(status, status)}")
+    _each_component(lambda c: dwt.inverse(coeffs[c], coding.styles[c].levels, tx0, ty0), nc, parallel)
     if coding.coding.mct:
         y, cb, cr = coeffs[0].astype(np.int64), coeffs[1].astype(np.int64), coeffs[2].astype(np.int64)
         g = y - ((cb + cr) >> 2)
@@ -303,6 +356,27 @@ def _decode_tile(stream: cs.Codestream, index: int, image: np.ndarray, parallel:
         image[c, ty0 - size.y0:ty1 - size.y0, tx0 - size.x0:tx1 - size.x0] = plane
 
 
+def decode_stream(stream: cs.Codestream, info: FrameInfo, coder: BlockCoder, parallel: bool | None) -> np.ndarray:
+    """Decode a parsed codestream whose code-blocks `coder` decodes into a frame of the form `info` describes."""
+    size = stream.size
+    name = coder.name
+    rows, cols = size.height - size.y0, size.width - size.x0
+    if (rows, cols) != (info.rows, info.columns):
+        raise CorruptCodestreamError(f"{name}: image is {rows} x {cols}, {info.rows} x {info.columns} expected")
+    if len(size.components) != info.samples_per_pixel:
+        raise CorruptCodestreamError(f"{name}: {len(size.components)} components, {info.samples_per_pixel} expected")
+    for comp in size.components:
+        if comp.precision > info.bits_allocated:
+            raise CorruptCodestreamError(
+                f"{name}: {comp.precision}-bit component in (0028,0100) 'Bits Allocated' {info.bits_allocated}")
+    image = np.empty((info.samples_per_pixel, rows, cols), dtype=np.int32)
+    if parallel is None:
+        parallel = info.frame_bytes >= PARALLEL_BYTES
+    for index in sorted(stream.tiles):
+        _decode_tile(coder, stream, index, image, parallel)
+    return _to_frame(image, size.components, info, name)
+
+
 def decode(data: bytes, info: FrameInfo, *, parallel: bool | None = None) -> np.ndarray:
     """Decode a reversible JPEG 2000 codestream into a frame of the form `info` describes.
 
@@ -310,27 +384,11 @@ def decode(data: bytes, info: FrameInfo, *, parallel: bool | None = None) -> np.
     module docstring for what is refused.  `parallel` decodes the
     code-blocks on two threads (default: for frames of 1 MB or more).
     """
-    stream = cs.parse(bytes(data))
-    size = stream.size
-    rows, cols = size.height - size.y0, size.width - size.x0
-    if (rows, cols) != (info.rows, info.columns):
-        raise CorruptCodestreamError(f"JPEG 2000: image is {rows} x {cols}, {info.rows} x {info.columns} expected")
-    if len(size.components) != info.samples_per_pixel:
-        raise CorruptCodestreamError(
-            f"JPEG 2000: {len(size.components)} components, {info.samples_per_pixel} expected")
-    for comp in size.components:
-        if comp.precision > info.bits_allocated:
-            raise CorruptCodestreamError(
-                f"JPEG 2000: {comp.precision}-bit component in (0028,0100) 'Bits Allocated' {info.bits_allocated}")
-    image = np.empty((info.samples_per_pixel, rows, cols), dtype=np.int32)
-    if parallel is None:
-        parallel = info.frame_bytes >= PARALLEL_BYTES
-    for index in sorted(stream.tiles):
-        _decode_tile(stream, index, image, parallel)
-    return _to_frame(image, size.components, info)
+    return decode_stream(cs.parse(bytes(data)), info, PART1, parallel)
 
 
-def _to_frame(image: np.ndarray, components: tuple[cs.Component, ...], info: FrameInfo) -> np.ndarray:
+def _to_frame(image: np.ndarray, components: tuple[cs.Component, ...], info: FrameInfo,
+              name: str = "JPEG 2000") -> np.ndarray:
     """The frame array from decoded component values, reconciling the stream's sign with the dataset's.
 
     A stream whose sign differs from Pixel Representation carries the Bits
@@ -347,7 +405,7 @@ def _to_frame(image: np.ndarray, components: tuple[cs.Component, ...], info: Fra
         elif values.size and int(values.min()) >= -(1 << (stored - 1)):
             values = values & ((1 << stored) - 1)
     if values.size and (int(values.min()) < low or int(values.max()) > high):
-        raise CorruptCodestreamError(f"JPEG 2000: decoded values exceed the range of {stored} Bits Stored")
+        raise CorruptCodestreamError(f"{name}: decoded values exceed the range of {stored} Bits Stored")
     return np.ascontiguousarray(values, dtype=info.dtype)
 
 

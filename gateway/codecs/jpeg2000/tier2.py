@@ -1,20 +1,41 @@
 """JPEG 2000 tier 2 (ITU-T T.800 Annex B): tile geometry, tag trees, packets and progression orders.
 
-The geometry (:func:`tile_geometry`) partitions a tile-component into
-resolutions, sub-bands, precincts and code-blocks, and places every
-code-block in the Mallat array of :mod:`.dwt`.  Packet headers are written
-by :func:`write_packets` (one layer, every code-block's passes in one
-codeword segment) and read by :func:`read_packets` (any number of layers,
-precincts, SOP / EPH markers, progression order changes, and the codeword
-segments that the bypass and termination code-block styles make).  Neither
-depends on the block coder: HTJ2K's reuses them.
+The geometry (:func:`tile_layout`) partitions the components of a tile into
+resolutions, precincts, sub-bands and code-blocks, and places every
+code-block in the Mallat array of :mod:`.dwt`.  It is held in flat integer
+tables (:class:`Layout`) so that the packet coders run as numba kernels over
+all code-blocks of a tile in one call: :func:`write_packets` (one layer,
+every code-block's passes in one codeword segment) and :func:`read_packets`
+(any number of layers, precincts, SOP / EPH markers, progression order
+changes, and the codeword segments that the bypass and termination
+code-block styles make).  Neither depends on the block coder: HTJ2K's
+reuses them.
+
+Tables of a :class:`Layout` (one row each, integer columns):
+
+``blocks``
+    ``comp, ay, ax, h, w, orient, pband`` -- the code-block's rectangle in
+    the Mallat array of its component, its sub-band orientation and the
+    precinct-band it belongs to.  Rows are in the order of the codestream's
+    tier-1 data: component, resolution, precinct, sub-band, raster order.
+``pbands``
+    ``first block, blocks, cols, rows, band index, tree offset, precinct`` --
+    the code-blocks of one sub-band inside one precinct (a grid of ``cols x
+    rows``), the index of its exponent in QCD / QCC, and where its two tag
+    trees live in the node arrays.
+``precincts``
+    ``first pband, pbands, comp, resolution, k`` -- a packet's worth of
+    code-blocks (for one layer).
+``resolutions``
+    ``comp, r, px0, py0, npx, npy, ppx, ppy, first precinct``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from gateway.codecs.jpeg2000 import codestream as cs
 from gateway.codecs.jpeg2000 import dwt
@@ -22,137 +43,202 @@ from gateway.errors import CorruptCodestreamError, UnsupportedCodestreamError
 
 MAX_PASSES = 3 * 32 - 2  # T.800 Table B.4 codes up to 164; more than the planes we accept is corrupt
 _LBLOCK_LIMIT = 32
+_BIG = 1 << 40  # a tag-tree node whose value is not known yet
+
+# Column indices of the layout tables.
+B_COMP, B_AY, B_AX, B_H, B_W, B_ORIENT, B_PBAND = range(7)
+PB_FIRST, PB_COUNT, PB_COLS, PB_ROWS, PB_BAND, PB_TREE, PB_PRECINCT = range(7)
+P_FIRST, P_COUNT, P_COMP, P_RES, P_K = range(5)
+R_COMP, R_LEVEL, R_PX0, R_PY0, R_NPX, R_NPY, R_PPX, R_PPY, R_FIRST = range(9)
+
+# Errors of the packet reader (negative status codes).
+_READ_ERRORS: dict[int, tuple[type, str]] = {
+    -1: (CorruptCodestreamError, "a packet header runs past the end of the tile data"),
+    -2: (CorruptCodestreamError, "a packet header ends in 0xFF without its stuffed byte"),
+    -3: (CorruptCodestreamError, "truncated SOP marker segment"),
+    -4: (CorruptCodestreamError, "a code-block's zero bit-planes exceed its sub-band's bit-planes"),
+    -5: (UnsupportedCodestreamError, "a code-block with HT SigProp / MagRef or placeholder passes "
+                                     "(only the HT cleanup pass is decoded)"),
+    -6: (CorruptCodestreamError, "a code-block length indicator grows beyond 32 bits"),
+    -7: (CorruptCodestreamError, "a code-block has more coding passes than its bit-planes allow"),
+    -8: (CorruptCodestreamError, "a packet body runs past the end of the tile data"),
+}
 
 
 def _corrupt(message: str) -> CorruptCodestreamError:
     return CorruptCodestreamError(f"JPEG 2000: {message}")
 
 
-# ----------------------------------------------------------------------------- geometry
-
-
-class Block:
-    """A code-block: its place in the Mallat array and, when decoding, what the packets said."""
-
-    __slots__ = ("ax", "ay", "w", "h", "included", "lblock", "zero_planes", "passes", "segments")
-
-    def __init__(self, ax: int, ay: int, w: int, h: int) -> None:
-        self.ax, self.ay, self.w, self.h = ax, ay, w, h
-        self.included = False
-        self.lblock = 3
-        self.zero_planes = 0
-        self.passes = 0
-        self.segments: list[list] = []  # [max passes, passes, [chunks]]
-
-
-@dataclass
-class PrecinctBand:
-    """The code-blocks of one sub-band inside one precinct, in raster order, with their tag trees."""
-
-    orient: int
-    band_index: int  # index of the sub-band's exponent in QCD / QCC
-    cols: int
-    rows: int
-    blocks: list[Block]
-    inclusion: TagTree | None = None
-    zero_planes: TagTree | None = None
-
-
-@dataclass
-class Resolution:
-    level: int  # r, 0 = lowest
-    x0: int
-    y0: int
-    x1: int
-    y1: int
-    ppx: int
-    ppy: int
-    px0: int  # index of the first precinct column on the whole grid
-    py0: int
-    npx: int
-    npy: int
-    precincts: list[list[PrecinctBand]] = field(default_factory=list)
-
-
-@dataclass
-class TileComponent:
-    index: int
-    x0: int
-    y0: int
-    x1: int
-    y1: int
-    style: cs.CodingStyle
-    resolutions: list[Resolution]
-
-    @property
-    def width(self) -> int:
-        return self.x1 - self.x0
-
-    @property
-    def height(self) -> int:
-        return self.y1 - self.y0
-
-
 def _cdiv(value: int, shift: int) -> int:
     return -((-value) >> shift)
 
 
-def tile_component(index: int, rect: tuple[int, int, int, int], style: cs.CodingStyle) -> TileComponent:
-    """Resolutions, precincts and code-blocks of one tile-component (T.800 B.5-B.7)."""
-    x0, y0, x1, y1 = rect
-    nl = style.levels
-    resolutions = []
+# ----------------------------------------------------------------------------- geometry
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Flat geometry of a tile's components (see the module docstring for the tables)."""
+
+    levels: tuple[int, ...]  # decomposition levels per component
+    resolutions: np.ndarray
+    precincts: np.ndarray
+    pbands: np.ndarray
+    blocks: np.ndarray
+    tree_nodes: int  # nodes of one kind of tag tree over all precinct-bands
+
+    def resolution(self, comp: int, r: int) -> np.ndarray:
+        return self.resolutions[sum(n + 1 for n in self.levels[:comp]) + r]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _ndiv(value: int, shift: int) -> int:
+    return -((-value) >> shift)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _tree_size(cols: int, rows: int) -> int:
+    if cols == 0 or rows == 0:
+        return 0
+    total = cols * rows
+    while cols > 1 or rows > 1:
+        cols = (cols + 1) >> 1
+        rows = (rows + 1) >> 1
+        total += cols * rows
+    return total
+
+
+@njit(cache=True, nogil=True)
+def _component_layout(comp: int, x0: int, y0: int, x1: int, y1: int, nl: int, xcb: int, ycb: int,
+                      pp: np.ndarray, arect: np.ndarray, fill: bool, res_t: np.ndarray, prec_t: np.ndarray,
+                      pband_t: np.ndarray, block_t: np.ndarray) -> tuple[int, int, int, int]:
+    """Count (``fill`` False) or fill the tables of one tile-component; indices are local to it."""
+    n_prec = 0
+    n_pband = 0
+    n_block = 0
+    n_tree = 0
     for r in range(nl + 1):
-        rx0, ry0, rx1, ry1 = _cdiv(x0, nl - r), _cdiv(y0, nl - r), _cdiv(x1, nl - r), _cdiv(y1, nl - r)
-        ppx, ppy = style.precincts[r]
+        s = nl - r
+        rx0, ry0, rx1, ry1 = _ndiv(x0, s), _ndiv(y0, s), _ndiv(x1, s), _ndiv(y1, s)
+        ppx, ppy = pp[r, 0], pp[r, 1]
         px0, py0 = rx0 >> ppx, ry0 >> ppy
-        npx = (_cdiv(rx1, ppx) - px0) if rx1 > rx0 else 0
-        npy = (_cdiv(ry1, ppy) - py0) if ry1 > ry0 else 0
-        res = Resolution(r, rx0, ry0, rx1, ry1, ppx, ppy, px0, py0, npx, npy)
-        if r == 0:
-            bands = [(0, nl, 0)]
-        else:
-            bands = [(o, nl - r + 1, 3 * (r - 1) + o) for o in (1, 2, 3)]
+        npx = (_ndiv(rx1, ppx) - px0) if rx1 > rx0 else 0
+        npy = (_ndiv(ry1, ppy) - py0) if ry1 > ry0 else 0
+        if fill:
+            res_t[r, 0] = comp
+            res_t[r, 1] = r
+            res_t[r, 2] = px0
+            res_t[r, 3] = py0
+            res_t[r, 4] = npx
+            res_t[r, 5] = npy
+            res_t[r, 6] = ppx
+            res_t[r, 7] = ppy
+            res_t[r, 8] = n_prec
         bx_exp = ppx if r == 0 else ppx - 1
         by_exp = ppy if r == 0 else ppy - 1
-        xcb, ycb = min(style.xcb, bx_exp), min(style.ycb, by_exp)
-        geometry = []
-        for orient, level, band_index in bands:
-            xo, yo = orient & 1, orient >> 1
-            if level == 0:
-                bx0, by0, bx1, by1 = x0, y0, x1, y1
-            else:
-                bx0 = _cdiv(x0 - (xo << (level - 1)), level)
-                by0 = _cdiv(y0 - (yo << (level - 1)), level)
-                bx1 = _cdiv(x1 - (xo << (level - 1)), level)
-                by1 = _cdiv(y1 - (yo << (level - 1)), level)
-            ax, ay, aw, ah = dwt.band_rect(x0, y0, x1 - x0, y1 - y0, level, orient) if level else (0, 0, x1 - x0,
-                                                                                                   y1 - y0)
-            geometry.append((orient, band_index, bx0, by0, bx1, by1, ax, ay))
+        cxcb = min(xcb, bx_exp)
+        cycb = min(ycb, by_exp)
+        o_first = 0 if r == 0 else 1
+        o_last = 0 if r == 0 else 3
+        level = nl if r == 0 else nl - r + 1
         for k in range(npx * npy):
-            kx, ky = k % npx, k // npx
-            parts = []
-            for orient, band_index, bx0, by0, bx1, by1, ax, ay in geometry:
+            kx = k % npx
+            ky = k // npx
+            if fill:
+                prec_t[n_prec, 0] = n_pband
+                prec_t[n_prec, 1] = o_last - o_first + 1
+                prec_t[n_prec, 2] = comp
+                prec_t[n_prec, 3] = r
+                prec_t[n_prec, 4] = k
+            for orient in range(o_first, o_last + 1):
+                xo = orient & 1
+                yo = orient >> 1
+                if level == 0:
+                    bx0, by0, bx1, by1 = x0, y0, x1, y1
+                else:
+                    bx0 = _ndiv(x0 - (xo << (level - 1)), level)
+                    by0 = _ndiv(y0 - (yo << (level - 1)), level)
+                    bx1 = _ndiv(x1 - (xo << (level - 1)), level)
+                    by1 = _ndiv(y1 - (yo << (level - 1)), level)
+                ax = arect[r, orient, 0]
+                ay = arect[r, orient, 1]
                 cx0 = max(bx0, (px0 + kx) << bx_exp)
                 cy0 = max(by0, (py0 + ky) << by_exp)
                 cx1 = min(bx1, (px0 + kx + 1) << bx_exp)
                 cy1 = min(by1, (py0 + ky + 1) << by_exp)
-                blocks = []
-                cols = rows = 0
+                cols = 0
+                rows = 0
+                gx0 = 0
+                gy0 = 0
                 if cx1 > cx0 and cy1 > cy0:
-                    gx0, gy0 = cx0 >> xcb, cy0 >> ycb
-                    cols, rows = _cdiv(cx1, xcb) - gx0, _cdiv(cy1, ycb) - gy0
+                    gx0 = cx0 >> cxcb
+                    gy0 = cy0 >> cycb
+                    cols = _ndiv(cx1, cxcb) - gx0
+                    rows = _ndiv(cy1, cycb) - gy0
+                nodes = _tree_size(cols, rows)
+                if fill:
+                    pband_t[n_pband, 0] = n_block
+                    pband_t[n_pband, 1] = cols * rows
+                    pband_t[n_pband, 2] = cols
+                    pband_t[n_pband, 3] = rows
+                    pband_t[n_pband, 4] = 0 if r == 0 else 3 * (r - 1) + orient
+                    pband_t[n_pband, 5] = n_tree
+                    pband_t[n_pband, 6] = n_prec
                     for j in range(rows):
                         for i in range(cols):
-                            u0 = max(cx0, (gx0 + i) << xcb)
-                            v0 = max(cy0, (gy0 + j) << ycb)
-                            u1 = min(cx1, (gx0 + i + 1) << xcb)
-                            v1 = min(cy1, (gy0 + j + 1) << ycb)
-                            blocks.append(Block(ax + u0 - bx0, ay + v0 - by0, u1 - u0, v1 - v0))
-                parts.append(PrecinctBand(orient, band_index, cols, rows, blocks))
-            res.precincts.append(parts)
-        resolutions.append(res)
-    return TileComponent(index, x0, y0, x1, y1, style, resolutions)
+                            u0 = max(cx0, (gx0 + i) << cxcb)
+                            v0 = max(cy0, (gy0 + j) << cycb)
+                            u1 = min(cx1, (gx0 + i + 1) << cxcb)
+                            v1 = min(cy1, (gy0 + j + 1) << cycb)
+                            b = n_block + j * cols + i
+                            block_t[b, 0] = comp
+                            block_t[b, 1] = ay + v0 - by0
+                            block_t[b, 2] = ax + u0 - bx0
+                            block_t[b, 3] = v1 - v0
+                            block_t[b, 4] = u1 - u0
+                            block_t[b, 5] = orient
+                            block_t[b, 6] = n_pband
+                n_block += cols * rows
+                n_tree += nodes
+                n_pband += 1
+            n_prec += 1
+    return n_prec, n_pband, n_block, n_tree
+
+
+def tile_layout(rect: tuple[int, int, int, int], styles: list[cs.CodingStyle] | tuple[cs.CodingStyle, ...]
+                ) -> Layout:
+    """Resolutions, precincts, sub-bands and code-blocks of every component of a tile (T.800 B.5-B.7)."""
+    x0, y0, x1, y1 = rect
+    tables: list[list[np.ndarray]] = [[], [], [], []]
+    counts = np.zeros(4, dtype=np.int64)
+    for comp, style in enumerate(styles):
+        nl = style.levels
+        pp = np.array(style.precincts, dtype=np.int64).reshape(nl + 1, 2)
+        arect = np.zeros((nl + 1, 4, 2), dtype=np.int64)
+        for r in range(1, nl + 1):
+            for orient in (1, 2, 3):
+                arect[r, orient] = dwt.band_rect(x0, y0, x1 - x0, y1 - y0, nl - r + 1, orient)[:2]
+        empty = np.zeros((0, 9), dtype=np.int64)
+        n_prec, n_pband, n_block, n_tree = _component_layout(comp, x0, y0, x1, y1, nl, style.xcb, style.ycb, pp,
+                                                             arect, False, empty, empty, empty, empty)
+        res_t = np.zeros((nl + 1, 9), dtype=np.int64)
+        prec_t = np.zeros((n_prec, 5), dtype=np.int64)
+        pband_t = np.zeros((n_pband, 7), dtype=np.int64)
+        block_t = np.zeros((n_block, 7), dtype=np.int64)
+        _component_layout(comp, x0, y0, x1, y1, nl, style.xcb, style.ycb, pp, arect, True, res_t, prec_t, pband_t,
+                          block_t)
+        # Local indices to tile-wide ones.
+        res_t[:, R_FIRST] += counts[0]
+        prec_t[:, P_FIRST] += counts[1]
+        pband_t[:, PB_FIRST] += counts[2]
+        pband_t[:, PB_TREE] += counts[3]
+        pband_t[:, PB_PRECINCT] += counts[0]
+        block_t[:, B_PBAND] += counts[1]
+        for table, part in zip(tables, (res_t, prec_t, pband_t, block_t)):
+            table.append(part)
+        counts += (n_prec, n_pband, n_block, n_tree)
+    res, prec, pband, block = (np.concatenate(t) for t in tables)
+    return Layout(tuple(s.levels for s in styles), res, prec, pband, block, int(counts[3]))
 
 
 def count_precincts(rect: tuple[int, int, int, int], style: cs.CodingStyle) -> int:
@@ -168,249 +254,366 @@ def count_precincts(rect: tuple[int, int, int, int], style: cs.CodingStyle) -> i
     return total
 
 
-# ----------------------------------------------------------------------------- tag trees
-
-
-class TagTree:
-    """A tag tree (T.800 B.10.2) over a ``cols x rows`` grid, for coding or decoding.
-
-    Nodes of all levels live in flat lists (leaves first); each leaf's path
-    to the root is computed once.
-    """
-
-    __slots__ = ("cols", "paths", "value", "low", "known", "_sizes_starts")
-
-    def __init__(self, cols: int, rows: int, leaves: list[int] | None = None) -> None:
-        sizes = [(cols, rows)]
-        while sizes[-1] != (1, 1):
-            c, r = sizes[-1]
-            sizes.append(((c + 1) >> 1, (r + 1) >> 1))
-        starts = [0]
-        for c, r in sizes:
-            starts.append(starts[-1] + c * r)
-        self.cols = cols
-        self.paths: dict[int, list[int]] = {}
-        count = starts[-1]
-        big = 1 << 40
-        self.value = [big] * count
-        self.low = [0] * count
-        self.known = [False] * count
-        self._sizes_starts = (sizes, starts)
-        if leaves is not None:
-            self.value[:len(leaves)] = leaves
-            for level in range(1, len(sizes)):
-                c, _ = sizes[level]
-                pc, pr = sizes[level - 1]
-                for y in range(pr):
-                    for x in range(pc):
-                        j = starts[level] + (y >> 1) * c + (x >> 1)
-                        v = self.value[starts[level - 1] + y * pc + x]
-                        if v < self.value[j]:
-                            self.value[j] = v
-
-    def _path(self, x: int, y: int) -> list[int]:
-        """Node indices from the root down to leaf (x, y)."""
-        key = y * self.cols + x
-        path = self.paths.get(key)
-        if path is None:
-            sizes, starts = self._sizes_starts
-            path = [starts[level] + (y >> level) * sizes[level][0] + (x >> level)
-                    for level in range(len(sizes) - 1, -1, -1)]
-            self.paths[key] = path
-        return path
-
-    def encode(self, out: BitWriter, x: int, y: int, threshold: int) -> None:
-        low = 0
-        value, lows, known = self.value, self.low, self.known
-        for j in self._path(x, y):
-            if low > lows[j]:
-                lows[j] = low
-            else:
-                low = lows[j]
-            while low < threshold:
-                if low >= value[j]:
-                    if not known[j]:
-                        out.bit(1)
-                        known[j] = True
-                    break
-                out.bit(0)
-                low += 1
-            lows[j] = low
-
-    def decode(self, src: BitReader, x: int, y: int, threshold: int) -> bool:
-        """Read bits until the leaf's value is known or at least `threshold`; True if below it."""
-        low = 0
-        value, lows = self.value, self.low
-        j = 0
-        for j in self._path(x, y):
-            if low > lows[j]:
-                lows[j] = low
-            else:
-                low = lows[j]
-            known = value[j]
-            while low < threshold and low < known:
-                if src.bit():
-                    known = value[j] = low
-                else:
-                    low += 1
-            lows[j] = low
-        return value[j] < threshold
-
-    def leaf(self, x: int, y: int) -> int:
-        return self.value[y * self.cols + x]
-
-
-# ----------------------------------------------------------------------------- bit I/O
-
-
-class BitWriter:
-    """Packet-header bits, with a 0 bit stuffed after every 0xFF byte (T.800 B.10.1)."""
-
-    __slots__ = ("out", "acc", "count", "room")
-
-    def __init__(self) -> None:
-        self.out = bytearray()
-        self.acc = 0
-        self.count = 0  # bits in acc
-        self.room = 8  # bits the current byte holds: 7 after 0xFF
-
-    def bit(self, value: int) -> None:
-        self.acc = (self.acc << 1) | value
-        self.count += 1
-        if self.count == self.room:
-            self.out.append(self.acc)
-            self.room = 7 if self.acc == 0xFF else 8
-            self.acc = self.count = 0
-
-    def bits(self, value: int, count: int) -> None:
-        while count:
-            take = min(count, self.room - self.count)
-            count -= take
-            self.acc = (self.acc << take) | ((value >> count) & ((1 << take) - 1))
-            self.count += take
-            if self.count == self.room:
-                self.out.append(self.acc)
-                self.room = 7 if self.acc == 0xFF else 8
-                self.acc = self.count = 0
-
-    def finish(self) -> bytes:
-        """Pad the last byte; a header never ends on 0xFF (its stuffed byte follows)."""
-        if self.count:
-            self.out.append(self.acc << (self.room - self.count))
-        if self.out and self.out[-1] == 0xFF:
-            self.out.append(0)
-        return bytes(self.out)
-
-
-class BitReader:
-    """Packet-header bits from ``data[pos:end]``; reading past `end` is corruption."""
-
-    __slots__ = ("data", "pos", "end", "acc", "left", "last")
-
-    def __init__(self, data: bytes, pos: int, end: int) -> None:
-        self.data, self.pos, self.end = data, pos, end
-        self.acc = 0
-        self.left = 0
-        self.last = 0
-
-    def bit(self) -> int:
-        if self.left == 0:
-            if self.pos >= self.end:
-                raise _corrupt("a packet header runs past the end of the tile data")
-            byte = self.data[self.pos]
-            self.pos += 1
-            self.left = 7 if self.last == 0xFF else 8
-            self.acc = byte & 0x7F if self.last == 0xFF else byte
-            self.last = byte
-        self.left -= 1
-        return (self.acc >> self.left) & 1
-
-    def bits(self, count: int) -> int:
-        value = 0
-        while count:
-            if self.left == 0:
-                self.bit()  # loads the next byte (and checks the end)
-                self.left += 1
-            take = min(count, self.left)
-            self.left -= take
-            count -= take
-            value = (value << take) | ((self.acc >> self.left) & ((1 << take) - 1))
-        return value
-
-    def align(self) -> int:
-        """Position after the header: the partial byte dropped, and a stuffed byte after 0xFF."""
-        self.left = 0
-        if self.last == 0xFF:
-            if self.pos >= self.end:
-                raise _corrupt("a packet header ends in 0xFF without its stuffed byte")
-            self.pos += 1
-        return self.pos
-
-
 # ----------------------------------------------------------------------------- progression
 
 
-def packet_order(components: list[TileComponent], layers: int, progression: int,
-                 changes: tuple[cs.ProgressionChange, ...], tile_x0: int, tile_y0: int
-                 ) -> list[tuple[int, int, int, int]]:
-    """Packets of a tile as ``(layer, resolution, component, precinct)`` in stream order (T.800 B.12).
+def packet_order(layout: Layout, layers: int, progression: int, changes: tuple[cs.ProgressionChange, ...],
+                 tile_x0: int, tile_y0: int) -> np.ndarray:
+    """Packets of a tile as rows ``(layer, precinct)`` in stream order (T.800 B.12).
 
     Progression order changes are followed in turn, each packet appearing
     once; packets none of them reached come after, in the COD order.
     Position-driven orders visit a precinct where the canvas scan first
     meets its top-left corner (clipped to the tile).
     """
-    hits: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
-    for tc in components:
-        nl = tc.style.levels
-        for res in tc.resolutions:
-            entries = []
-            for k in range(res.npx * res.npy):
-                kx, ky = k % res.npx, k // res.npx
-                x = max(tile_x0, ((res.px0 + kx) << res.ppx) << (nl - res.level))
-                y = max(tile_y0, ((res.py0 + ky) << res.ppy) << (nl - res.level))
-                entries.append((y, x, k))
-            hits[(tc.index, res.level)] = entries
-    max_res = max(tc.style.levels for tc in components) + 1
-    seen: set[tuple[int, int, int, int]] = set()
-    order: list[tuple[int, int, int, int]] = []
+    res = layout.resolutions
+    nprec = len(layout.precincts)
+    # Per precinct: component, resolution, k, and the canvas position where the scan meets it.
+    comp = layout.precincts[:, P_COMP]
+    level = layout.precincts[:, P_RES]
+    k = layout.precincts[:, P_K]
+    if nprec:
+        starts = np.cumsum([0] + [n + 1 for n in layout.levels])[:-1]
+        rows = res[starts[comp] + level]
+        nls = np.array(layout.levels, dtype=np.int64)[comp]
+        kx, ky = k % np.maximum(rows[:, R_NPX], 1), k // np.maximum(rows[:, R_NPX], 1)
+        x = np.maximum(tile_x0, ((rows[:, R_PX0] + kx) << rows[:, R_PPX]) << (nls - level))
+        y = np.maximum(tile_y0, ((rows[:, R_PY0] + ky) << rows[:, R_PPY]) << (nls - level))
+    else:
+        x = y = np.zeros(0, dtype=np.int64)
+    max_res = max(layout.levels) + 1
+    seen = np.zeros((layers, nprec), dtype=bool)
+    parts: list[np.ndarray] = []
 
     def emit(layer_end: int, r0: int, r1: int, c0: int, c1: int, prog: int) -> None:
-        comps = [tc for tc in components if c0 <= tc.index < c1]
         r1 = min(r1, max_res)
-        keyed = []
-        for tc in comps:
-            for r in range(r0, min(r1, tc.style.levels + 1)):
-                for y, x, k in hits[(tc.index, r)]:
-                    for layer in range(layer_end):
-                        c = tc.index
-                        if prog == cs.LRCP:
-                            key = (layer, r, c, k)
-                        elif prog == cs.RLCP:
-                            key = (r, layer, c, k)
-                        elif prog == cs.RPCL:
-                            key = (r, y, x, c, layer)
-                        elif prog == cs.PCRL:
-                            key = (y, x, c, r, layer)
-                        else:
-                            key = (c, y, x, r, layer)
-                        keyed.append((key, (layer, r, c, k)))
-        keyed.sort()
-        for _, packet in keyed:
-            if packet not in seen:
-                seen.add(packet)
-                order.append(packet)
+        pick = np.flatnonzero((comp >= c0) & (comp < c1) & (level >= r0) & (level < r1))
+        if not len(pick) or layer_end <= 0:
+            return
+        lay = np.repeat(np.arange(layer_end, dtype=np.int64), len(pick))
+        p = np.tile(pick, layer_end)
+        c, r, kk, yy, xx = comp[p], level[p], k[p], y[p], x[p]
+        if prog == cs.LRCP:
+            keys = (kk, c, r, lay)
+        elif prog == cs.RLCP:
+            keys = (kk, c, lay, r)
+        elif prog == cs.RPCL:
+            keys = (lay, c, xx, yy, r)
+        elif prog == cs.PCRL:
+            keys = (lay, r, c, xx, yy)
+        else:
+            keys = (lay, r, xx, yy, c)
+        sel = np.lexsort(keys)
+        lay, p = lay[sel], p[sel]
+        fresh = ~seen[lay, p]
+        lay, p = lay[fresh], p[fresh]
+        seen[lay, p] = True
+        parts.append(np.stack([lay, p], axis=1))
 
     for change in changes:
         emit(min(change.layer_end, layers), change.res_start, change.res_end, change.comp_start,
              change.comp_end, change.order)
-    emit(layers, 0, max_res, 0, len(components), progression)
-    return order
+    emit(layers, 0, max_res, 0, len(layout.levels), progression)
+    if not parts:
+        return np.zeros((0, 2), dtype=np.int64)
+    return np.ascontiguousarray(np.concatenate(parts), dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------- tag trees and bits (kernels)
+
+# Bit writer state (an int64 array): output position, bits pending, their count, bits the current byte holds.
+_W_POS, _W_ACC, _W_COUNT, _W_ROOM = 0, 1, 2, 3
+# Bit reader state: position, end, bits left in the byte, the byte, the previous byte, overrun flag.
+_R_POS, _R_END, _R_LEFT, _R_ACC, _R_LAST, _R_OVER = 0, 1, 2, 3, 4, 5
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _put_bit(out: np.ndarray, wr: np.ndarray, value: int) -> None:
+    """One packet-header bit; a 0 bit is stuffed after every 0xFF byte (T.800 B.10.1)."""
+    acc = (wr[_W_ACC] << 1) | value
+    count = wr[_W_COUNT] + 1
+    if count == wr[_W_ROOM]:
+        out[wr[_W_POS]] = acc
+        wr[_W_POS] += 1
+        wr[_W_ROOM] = 7 if acc == 0xFF else 8
+        acc = 0
+        count = 0
+    wr[_W_ACC] = acc
+    wr[_W_COUNT] = count
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _put_bits(out: np.ndarray, wr: np.ndarray, value: int, count: int) -> None:
+    while count:
+        count -= 1
+        _put_bit(out, wr, (value >> count) & 1)
+
+
+@njit(cache=True, nogil=True)
+def finish_header(out: np.ndarray, wr: np.ndarray) -> None:
+    """Pad the last byte; a header never ends on 0xFF (its stuffed byte follows)."""
+    if wr[_W_COUNT]:
+        out[wr[_W_POS]] = wr[_W_ACC] << (wr[_W_ROOM] - wr[_W_COUNT])
+        wr[_W_POS] += 1
+    if out[wr[_W_POS] - 1] == 0xFF:
+        out[wr[_W_POS]] = 0
+        wr[_W_POS] += 1
+    wr[_W_ACC] = 0
+    wr[_W_COUNT] = 0
+    wr[_W_ROOM] = 8
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _get_bit(data: np.ndarray, rd: np.ndarray) -> int:
+    """One packet-header bit; past the end it reads 0 and sets the overrun flag."""
+    if rd[_R_LEFT] == 0:
+        pos = rd[_R_POS]
+        if pos >= rd[_R_END]:
+            rd[_R_OVER] = 1
+            return 0
+        byte = data[pos]
+        rd[_R_POS] = pos + 1
+        if rd[_R_LAST] == 0xFF:
+            rd[_R_LEFT] = 7
+            rd[_R_ACC] = byte & 0x7F
+        else:
+            rd[_R_LEFT] = 8
+            rd[_R_ACC] = byte
+        rd[_R_LAST] = byte
+    rd[_R_LEFT] -= 1
+    return (rd[_R_ACC] >> rd[_R_LEFT]) & 1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _get_bits(data: np.ndarray, rd: np.ndarray, count: int) -> int:
+    value = 0
+    for _ in range(count):
+        value = (value << 1) | _get_bit(data, rd)
+    return value
+
+
+@njit(cache=True, nogil=True, inline="always")
+def tree_levels(cols: int, rows: int, widths: np.ndarray, starts: np.ndarray) -> int:
+    """Width and first node of each level of a ``cols x rows`` tag tree (leaves first); the level count."""
+    n = 0
+    start = 0
+    while True:
+        widths[n] = cols
+        starts[n] = start
+        start += cols * rows
+        n += 1
+        if cols == 1 and rows == 1:
+            starts[n] = start
+            return n
+        cols = (cols + 1) >> 1
+        rows = (rows + 1) >> 1
+
+
+@njit(cache=True, nogil=True)
+def tree_encode(out: np.ndarray, wr: np.ndarray, value: np.ndarray, lows: np.ndarray, known: np.ndarray,
+                base: int, widths: np.ndarray, starts: np.ndarray, levels: int, x: int, y: int,
+                threshold: int) -> None:
+    """Code leaf (x, y) of a tag tree up to `threshold` (T.800 B.10.2); nodes at ``base + ...``."""
+    low = 0
+    for level in range(levels - 1, -1, -1):
+        j = base + starts[level] + (y >> level) * widths[level] + (x >> level)
+        if low > lows[j]:
+            lows[j] = low
+        else:
+            low = lows[j]
+        while low < threshold:
+            if low >= value[j]:
+                if not known[j]:
+                    _put_bit(out, wr, 1)
+                    known[j] = 1
+                break
+            _put_bit(out, wr, 0)
+            low += 1
+        lows[j] = low
+
+
+@njit(cache=True, nogil=True)
+def tree_decode(data: np.ndarray, rd: np.ndarray, value: np.ndarray, lows: np.ndarray, base: int,
+                widths: np.ndarray, starts: np.ndarray, levels: int, x: int, y: int, threshold: int) -> bool:
+    """Read bits until leaf (x, y) is known or at least `threshold`; True if below it."""
+    low = 0
+    j = base
+    for level in range(levels - 1, -1, -1):
+        j = base + starts[level] + (y >> level) * widths[level] + (x >> level)
+        if low > lows[j]:
+            lows[j] = low
+        else:
+            low = lows[j]
+        known = value[j]
+        while low < threshold and low < known:
+            if _get_bit(data, rd):
+                known = low
+                value[j] = low
+            else:
+                low += 1
+        lows[j] = low
+    return value[j] < threshold
+
+
+@njit(cache=True, nogil=True)
+def tree_build(value: np.ndarray, base: int, widths: np.ndarray, starts: np.ndarray, levels: int) -> None:
+    """Fill the inner nodes of a tag tree from its leaves: each node the least of its children."""
+    for level in range(1, levels):
+        c = widths[level]
+        pc = widths[level - 1]
+        below = base + starts[level - 1]
+        here = base + starts[level]
+        for j in range(starts[level + 1] - starts[level]):
+            value[here + j] = _BIG
+        pr = (starts[level] - starts[level - 1]) // pc
+        for y in range(pr):
+            for x in range(pc):
+                j = here + (y >> 1) * c + (x >> 1)
+                v = value[below + y * pc + x]
+                if v < value[j]:
+                    value[j] = v
+
+
+# ----------------------------------------------------------------------------- packets: writing
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _write_passes(out: np.ndarray, wr: np.ndarray, n: int) -> None:
+    """Number of coding passes (T.800 Table B.4)."""
+    if n == 1:
+        _put_bit(out, wr, 0)
+    elif n == 2:
+        _put_bits(out, wr, 0b10, 2)
+    elif n <= 5:
+        _put_bits(out, wr, 0b1100 | (n - 3), 4)
+    elif n <= 36:
+        _put_bits(out, wr, 0b111100000 | (n - 6), 9)
+    else:
+        _put_bits(out, wr, 0b1111111110000000 | (n - 37), 16)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _bit_length(v: int) -> int:
+    n = 0
+    while v:
+        v >>= 1
+        n += 1
+    return n
+
+
+@njit(cache=True, nogil=True)
+def _write_packets(order: np.ndarray, precincts: np.ndarray, pbands: np.ndarray, limits: np.ndarray,
+                   tree_nodes: int, lengths: np.ndarray, passes: np.ndarray, planes: np.ndarray, code: np.ndarray,
+                   code_offsets: np.ndarray, out: np.ndarray) -> int:
+    """The packets of a one-layer tile into `out`; returns their length."""
+    inclusion = np.empty(tree_nodes, dtype=np.int64)
+    zeros = np.empty(tree_nodes, dtype=np.int64)
+    inc_low = np.zeros(tree_nodes, dtype=np.int64)
+    zero_low = np.zeros(tree_nodes, dtype=np.int64)
+    inc_known = np.zeros(tree_nodes, dtype=np.uint8)
+    zero_known = np.zeros(tree_nodes, dtype=np.uint8)
+    widths = np.zeros(64, dtype=np.int64)
+    starts = np.zeros(65, dtype=np.int64)
+    nblocks = lengths.shape[0]
+    lblock = np.full(nblocks, 3, dtype=np.int64)
+    wr = np.zeros(4, dtype=np.int64)
+    wr[_W_ROOM] = 8
+    for q in range(order.shape[0]):
+        p = order[q, 1]
+        first_pb = precincts[p, P_FIRST]
+        n_pb = precincts[p, P_COUNT]
+        present = False
+        for pb in range(first_pb, first_pb + n_pb):
+            b0 = pbands[pb, PB_FIRST]
+            for b in range(b0, b0 + pbands[pb, PB_COUNT]):
+                if passes[b]:
+                    present = True
+        _put_bit(out, wr, 1 if present else 0)
+        if present:
+            for pb in range(first_pb, first_pb + n_pb):
+                count = pbands[pb, PB_COUNT]
+                if count == 0:
+                    continue
+                cols = pbands[pb, PB_COLS]
+                base = pbands[pb, PB_TREE]
+                b0 = pbands[pb, PB_FIRST]
+                limit = limits[pb]
+                levels = tree_levels(cols, pbands[pb, PB_ROWS], widths, starts)
+                for j in range(count):
+                    b = b0 + j
+                    inclusion[base + j] = 0 if passes[b] else 1
+                    zeros[base + j] = limit - planes[b] if passes[b] else limit
+                tree_build(inclusion, base, widths, starts, levels)
+                tree_build(zeros, base, widths, starts, levels)
+                for j in range(count):
+                    b = b0 + j
+                    x = j % cols
+                    y = j // cols
+                    tree_encode(out, wr, inclusion, inc_low, inc_known, base, widths, starts, levels, x, y, 1)
+                    n = passes[b]
+                    if not n:
+                        continue
+                    tree_encode(out, wr, zeros, zero_low, zero_known, base, widths, starts, levels, x, y,
+                                limit - planes[b] + 1)
+                    _write_passes(out, wr, n)
+                    nbits = _bit_length(n) - 1
+                    bits = max(_bit_length(lengths[b]), 1) - nbits
+                    increase = max(0, bits - lblock[b])
+                    _put_bits(out, wr, ((1 << increase) - 1) << 1, increase + 1)
+                    lblock[b] += increase
+                    _put_bits(out, wr, lengths[b], lblock[b] + nbits)
+        finish_header(out, wr)
+        pos = wr[_W_POS]
+        if present:
+            for pb in range(first_pb, first_pb + n_pb):
+                b0 = pbands[pb, PB_FIRST]
+                for b in range(b0, b0 + pbands[pb, PB_COUNT]):
+                    if passes[b]:
+                        start = code_offsets[b]
+                        n = lengths[b]
+                        out[pos:pos + n] = code[start:start + n]
+                        pos += n
+        wr[_W_POS] = pos
+    return wr[_W_POS]
+
+
+def write_packets(layout: Layout, order: np.ndarray, limits: list[list[int]], lengths: np.ndarray,
+                  passes: np.ndarray, planes: np.ndarray, code: np.ndarray, code_offsets: np.ndarray) -> bytes:
+    """The packets of a one-layer tile.
+
+    Code-block ``i`` (a row of ``layout.blocks``) has ``passes[i]`` coding
+    passes coding ``planes[i]`` bit-planes, in ``code[code_offsets[i]:][:lengths[i]]``.
+    `limits[c][band index]` is Mb, the most magnitude bit-planes of a sub-band.
+    """
+    pb_limits = _pband_limits(layout, limits)
+    room = int(lengths.sum()) + 64 * len(lengths) + 16 * len(order) + 64
+    out = np.empty(room, dtype=np.uint8)
+    n = _write_packets(order, layout.precincts, layout.pbands, pb_limits, max(layout.tree_nodes, 1),
+                       lengths.astype(np.int64), passes.astype(np.int64), planes.astype(np.int64), code,
+                       code_offsets.astype(np.int64), out)
+    return out[:n].tobytes()
+
+
+def _pband_limits(layout: Layout, limits: list[list[int]]) -> np.ndarray:
+    """Mb of each precinct-band's sub-band."""
+    comp = layout.precincts[layout.pbands[:, PB_PRECINCT], P_COMP] if len(layout.pbands) else \
+        np.zeros(0, dtype=np.int64)
+    width = max(len(band) for band in limits)
+    table = np.zeros((len(limits), width), dtype=np.int64)
+    for c, bands in enumerate(limits):
+        table[c, :len(bands)] = bands
+    return np.ascontiguousarray(table[comp, layout.pbands[:, PB_BAND]], dtype=np.int64)
 
 
 # ----------------------------------------------------------------------------- packets: reading
 
+# Per code-block reading state.
+_S_INCLUDED, _S_LBLOCK, _S_ZERO, _S_PASSES, _S_SEGMENTS, _S_ROOM, _S_SEG_PASSES = range(7)
+# A chunk of a codeword segment: block, segment number in the block, position in the tile data, length, passes.
+_C_BLOCK, _C_SEG, _C_POS, _C_LEN, _C_PASSES = range(5)
 
+
+@njit(cache=True, nogil=True, inline="always")
 def _segment_room(style: int, start: int) -> int:
     """Most passes a codeword segment starting at pass `start` may hold (T.800 D.4.1, Table D.9)."""
     if style & 0x04:  # termination on each pass
@@ -422,176 +625,199 @@ def _segment_room(style: int, start: int) -> int:
     return 1 << 30
 
 
-def _read_passes(src: BitReader) -> int:
+@njit(cache=True, nogil=True, inline="always")
+def _read_passes(data: np.ndarray, rd: np.ndarray) -> int:
     """Number of coding passes (T.800 Table B.4)."""
-    if not src.bit():
+    if not _get_bit(data, rd):
         return 1
-    if not src.bit():
+    if not _get_bit(data, rd):
         return 2
-    v = src.bits(2)
+    v = _get_bits(data, rd, 2)
     if v != 3:
         return 3 + v
-    v = src.bits(5)
+    v = _get_bits(data, rd, 5)
     if v != 31:
         return 6 + v
-    return 37 + src.bits(7)
+    return 37 + _get_bits(data, rd, 7)
 
 
-def read_packets(data: bytes, order: list[tuple[int, int, int, int]], components: list[TileComponent],
-                 planes_limit: list[list[int]], sop: bool, eph: bool) -> None:
-    """Read every packet of a tile, filling each code-block's zero planes, passes and segments.
-
-    `planes_limit[c][band_index]` is Mb, the most magnitude bit-planes of a
-    sub-band.  Packets missing at the end of the data count as empty.
-    """
-    pos, end = 0, len(data)
-    for layer, r, c, k in order:
+@njit(cache=True, nogil=True)
+def _read_packets(data: np.ndarray, order: np.ndarray, precincts: np.ndarray, pbands: np.ndarray,
+                  limits: np.ndarray, styles: np.ndarray, tree_nodes: int, nblocks: int, sop: bool, eph: bool,
+                  state: np.ndarray) -> tuple[int, np.ndarray, int]:
+    """Read every packet header; returns (status, chunks, chunk count).  Status 0 or an error code."""
+    inclusion = np.full(tree_nodes, _BIG, dtype=np.int64)
+    zeros = np.full(tree_nodes, _BIG, dtype=np.int64)
+    inc_low = np.zeros(tree_nodes, dtype=np.int64)
+    zero_low = np.zeros(tree_nodes, dtype=np.int64)
+    widths = np.zeros(64, dtype=np.int64)
+    starts = np.zeros(65, dtype=np.int64)
+    chunks = np.zeros((max(16, nblocks), 5), dtype=np.int64)
+    n_chunks = 0
+    rd = np.zeros(6, dtype=np.int64)
+    pos = 0
+    end = data.shape[0]
+    for q in range(order.shape[0]):
+        layer = order[q, 0]
+        p = order[q, 1]
         if pos >= end:
-            return
-        if sop and data[pos:pos + 2] == b"\xff\x91":
+            break
+        if sop and pos + 1 < end and data[pos] == 0xFF and data[pos + 1] == 0x91:
             if pos + 6 > end:
-                raise _corrupt("truncated SOP marker segment")
+                return -3, chunks, n_chunks
             pos += 6
-        tc = components[c]
-        style = tc.style.block_style
-        bands = tc.resolutions[r].precincts[k]
-        src = BitReader(data, pos, end)
-        contributions: list[tuple[Block, list[tuple[list, int, int]]]] = []
-        if src.bit():
-            for band in bands:
-                if not band.blocks:
+        style = styles[precincts[p, P_COMP]]
+        rd[_R_POS] = pos
+        rd[_R_END] = end
+        rd[_R_LEFT] = 0
+        rd[_R_LAST] = 0
+        first_chunk = n_chunks
+        if _get_bit(data, rd):
+            for pb in range(precincts[p, P_FIRST], precincts[p, P_FIRST] + precincts[p, P_COUNT]):
+                count = pbands[pb, PB_COUNT]
+                if count == 0:
                     continue
-                if band.inclusion is None:
-                    band.inclusion = TagTree(band.cols, band.rows)
-                    band.zero_planes = TagTree(band.cols, band.rows)
-                limit = planes_limit[c][band.band_index]
-                for j, block in enumerate(band.blocks):
-                    x, y = j % band.cols, j // band.cols
-                    if block.included:
-                        if not src.bit():
+                cols = pbands[pb, PB_COLS]
+                base = pbands[pb, PB_TREE]
+                b0 = pbands[pb, PB_FIRST]
+                limit = limits[pb]
+                levels = tree_levels(cols, pbands[pb, PB_ROWS], widths, starts)
+                for j in range(count):
+                    b = b0 + j
+                    x = j % cols
+                    y = j // cols
+                    if state[b, _S_INCLUDED]:
+                        if not _get_bit(data, rd):
                             continue
                     else:
-                        if not band.inclusion.decode(src, x, y, layer + 1):
+                        if not tree_decode(data, rd, inclusion, inc_low, base, widths, starts, levels, x, y,
+                                           layer + 1):
+                            if rd[_R_OVER]:
+                                return -1, chunks, n_chunks
                             continue
                         # One walk with the largest threshold reads the whole value (B.10.2).
-                        if not band.zero_planes.decode(src, x, y, limit + 1):
-                            raise _corrupt("a code-block's zero bit-planes exceed its sub-band's bit-planes")
-                        block.zero_planes = band.zero_planes.leaf(x, y)
-                        block.included = True
-                    passes = _read_passes(src)
-                    if style & cs.HT_BLOCKS and block.passes + passes > 1:
-                        raise UnsupportedCodestreamError(
-                            "HTJ2K: a code-block with HT SigProp / MagRef or placeholder passes "
-                            "(only the HT cleanup pass is decoded)")
-                    while src.bit():
-                        block.lblock += 1
-                        if block.lblock > _LBLOCK_LIMIT:
-                            raise _corrupt("a code-block length indicator grows beyond 32 bits")
-                    if block.passes + passes > 3 * max(limit - block.zero_planes, 0) - 2 or \
-                            block.passes + passes > MAX_PASSES:
-                        raise _corrupt("a code-block has more coding passes than its bit-planes allow")
-                    parts = []
+                        if not tree_decode(data, rd, zeros, zero_low, base, widths, starts, levels, x, y, limit + 1):
+                            return (-1 if rd[_R_OVER] else -4), chunks, n_chunks
+                        state[b, _S_ZERO] = zeros[base + j]
+                        state[b, _S_INCLUDED] = 1
+                    passes = _read_passes(data, rd)
+                    if rd[_R_OVER]:
+                        return -1, chunks, n_chunks
+                    if style & 0x40 and state[b, _S_PASSES] + passes > 1:
+                        return -5, chunks, n_chunks
+                    while _get_bit(data, rd):
+                        state[b, _S_LBLOCK] += 1
+                        if state[b, _S_LBLOCK] > _LBLOCK_LIMIT:
+                            return -6, chunks, n_chunks
+                    if rd[_R_OVER]:
+                        return -1, chunks, n_chunks
+                    total = state[b, _S_PASSES] + passes
+                    if total > 3 * max(limit - state[b, _S_ZERO], 0) - 2 or total > MAX_PASSES:
+                        return -7, chunks, n_chunks
                     left = passes
                     while left:
-                        if block.segments and block.segments[-1][1] < block.segments[-1][0]:
-                            segment = block.segments[-1]
-                        else:
-                            segment = [_segment_room(style, block.passes), 0, []]
-                            block.segments.append(segment)
-                        take = min(left, segment[0] - segment[1])
-                        length = src.bits(block.lblock + take.bit_length() - 1)
-                        parts.append((segment, take, length))
-                        segment[1] += take
-                        block.passes += take
+                        if state[b, _S_SEGMENTS] == 0 or state[b, _S_SEG_PASSES] >= state[b, _S_ROOM]:
+                            state[b, _S_SEGMENTS] += 1
+                            state[b, _S_ROOM] = _segment_room(style, state[b, _S_PASSES])
+                            state[b, _S_SEG_PASSES] = 0
+                        take = min(left, state[b, _S_ROOM] - state[b, _S_SEG_PASSES])
+                        length = _get_bits(data, rd, state[b, _S_LBLOCK] + _bit_length(take) - 1)
+                        if n_chunks == chunks.shape[0]:
+                            grown = np.zeros((2 * n_chunks, 5), dtype=np.int64)
+                            grown[:n_chunks] = chunks
+                            chunks = grown
+                        chunks[n_chunks, _C_BLOCK] = b
+                        chunks[n_chunks, _C_SEG] = state[b, _S_SEGMENTS] - 1
+                        chunks[n_chunks, _C_LEN] = length
+                        chunks[n_chunks, _C_PASSES] = take
+                        n_chunks += 1
+                        state[b, _S_SEG_PASSES] += take
+                        state[b, _S_PASSES] += take
                         left -= take
-                    contributions.append((block, parts))
-        pos = src.align()
-        if eph and data[pos:pos + 2] == b"\xff\x92":
+                    if rd[_R_OVER]:
+                        return -1, chunks, n_chunks
+        if rd[_R_OVER]:
+            return -1, chunks, n_chunks
+        # The header's end: the partial byte dropped, and a stuffed byte after 0xFF.
+        pos = rd[_R_POS]
+        if rd[_R_LAST] == 0xFF:
+            if pos >= end:
+                return -2, chunks, n_chunks
+            pos += 1
+        if eph and pos + 1 < end and data[pos] == 0xFF and data[pos + 1] == 0x92:
             pos += 2
-        for _block, parts in contributions:
-            for segment, _take, length in parts:
-                if pos + length > end:
-                    raise _corrupt("a packet body runs past the end of the tile data")
-                segment[2].append(data[pos:pos + length])
-                pos += length
+        for c in range(first_chunk, n_chunks):
+            length = chunks[c, _C_LEN]
+            if pos + length > end:
+                return -8, chunks, n_chunks
+            chunks[c, _C_POS] = pos
+            pos += length
+    return 0, chunks, n_chunks
 
 
-def gather_blocks(components: list[TileComponent], planes_limit: list[list[int]]
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Block, segment and data arrays for :func:`t1.decode_blocks` from what the packets said."""
-    rows, segments, chunks = [], [], []
+@njit(cache=True, nogil=True)
+def _gather(blocks: np.ndarray, pbands: np.ndarray, limits: np.ndarray, styles: np.ndarray, state: np.ndarray,
+            chunks: np.ndarray, n_chunks: int, data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Block rows, segments ``(offset, length, passes)`` and their data joined, for the block decoders."""
+    nb = blocks.shape[0]
+    seg_first = np.zeros(nb + 1, dtype=np.int64)
+    for b in range(nb):
+        seg_first[b + 1] = seg_first[b] + state[b, _S_SEGMENTS]
+    nseg = seg_first[nb]
+    segs = np.zeros((nseg, 3), dtype=np.int64)
+    for c in range(n_chunks):
+        s = seg_first[chunks[c, _C_BLOCK]] + chunks[c, _C_SEG]
+        segs[s, 1] += chunks[c, _C_LEN]
+        segs[s, 2] += chunks[c, _C_PASSES]
     offset = 0
-    for tc in components:
-        style = tc.style.block_style
-        for res in tc.resolutions:
-            for bands in res.precincts:
-                for band in bands:
-                    limit = planes_limit[tc.index][band.band_index]
-                    for block in band.blocks:
-                        first = len(segments)
-                        for _room, passes, parts in block.segments:
-                            if not passes:
-                                continue
-                            length = sum(len(p) for p in parts)
-                            segments.append((offset, length, passes))
-                            chunks.extend(parts)
-                            offset += length
-                        rows.append((tc.index, block.ay, block.ax, block.h, block.w, band.orient,
-                                     limit - block.zero_planes, style, first, len(segments) - first))
-    blocks = np.array(rows, dtype=np.int64).reshape(-1, 10)
-    segs = np.array(segments, dtype=np.int64).reshape(-1, 3)
-    data = np.frombuffer(b"".join(chunks) + b"\0", dtype=np.uint8)
-    return blocks, segs, data
+    for s in range(nseg):
+        segs[s, 0] = offset
+        offset += segs[s, 1]
+    joined = np.zeros(offset + 1, dtype=np.uint8)
+    cursor = segs[:, 0].copy()
+    for c in range(n_chunks):
+        s = seg_first[chunks[c, _C_BLOCK]] + chunks[c, _C_SEG]
+        n = chunks[c, _C_LEN]
+        p = chunks[c, _C_POS]
+        joined[cursor[s]:cursor[s] + n] = data[p:p + n]
+        cursor[s] += n
+    rows = np.zeros((nb, 10), dtype=np.int64)
+    for b in range(nb):
+        pb = blocks[b, B_PBAND]
+        rows[b, 0] = blocks[b, B_COMP]
+        rows[b, 1] = blocks[b, B_AY]
+        rows[b, 2] = blocks[b, B_AX]
+        rows[b, 3] = blocks[b, B_H]
+        rows[b, 4] = blocks[b, B_W]
+        rows[b, 5] = blocks[b, B_ORIENT]
+        rows[b, 6] = limits[pb] - state[b, _S_ZERO]
+        rows[b, 7] = styles[blocks[b, B_COMP]]
+        rows[b, 8] = seg_first[b]
+        rows[b, 9] = seg_first[b + 1] - seg_first[b]
+    return rows, segs, joined
 
 
-# ----------------------------------------------------------------------------- packets: writing
+def read_packets(data: bytes, layout: Layout, order: np.ndarray, limits: list[list[int]],
+                 block_styles: list[int], sop: bool, eph: bool, name: str = "JPEG 2000"
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read every packet of a tile; the block, segment and data arrays the block decoders take.
 
-
-def _write_passes(out: BitWriter, n: int) -> None:
-    if n == 1:
-        out.bit(0)
-    elif n == 2:
-        out.bits(0b10, 2)
-    elif n <= 5:
-        out.bits(0b1100 | (n - 3), 4)
-    elif n <= 36:
-        out.bits(0b111100000 | (n - 6), 9)
-    else:
-        out.bits(0b1111111110000000 | (n - 37), 16)
-
-
-def write_packets(components: list[TileComponent], order: list[tuple[int, int, int, int]],
-                  coded: dict[int, tuple[bytes, int, int]], planes_limit: list[list[int]]) -> bytes:
-    """The packets of a one-layer tile; `coded` maps ``id(block)`` to (codeword, passes, bit-planes)."""
-    out = []
-    for _layer, r, c, k in order:
-        bands = components[c].resolutions[r].precincts[k]
-        present = any(coded[id(b)][1] for band in bands for b in band.blocks)
-        head = BitWriter()
-        body = []
-        head.bit(int(present))
-        if present:
-            for band in bands:
-                if not band.blocks:
-                    continue
-                limit = planes_limit[c][band.band_index]
-                info = [coded[id(b)] for b in band.blocks]
-                inclusion = TagTree(band.cols, band.rows, [0 if passes else 1 for _, passes, _ in info])
-                zeros = TagTree(band.cols, band.rows, [limit - planes if passes else limit
-                                                       for _, passes, planes in info])
-                for j, (block, (data, passes, planes)) in enumerate(zip(band.blocks, info)):
-                    x, y = j % band.cols, j // band.cols
-                    inclusion.encode(head, x, y, 1)
-                    if not passes:
-                        continue
-                    zeros.encode(head, x, y, limit - planes + 1)
-                    _write_passes(head, passes)
-                    bits = max(len(data).bit_length(), 1) - (passes.bit_length() - 1)
-                    increase = max(0, bits - block.lblock)
-                    head.bits(((1 << increase) - 1) << 1, increase + 1)
-                    block.lblock += increase
-                    head.bits(len(data), block.lblock + passes.bit_length() - 1)
-                    body.append(data)
-        out.append(head.finish())
-        out.extend(body)
-    return b"".join(out)
+    `limits[c][band index]` is Mb, the most magnitude bit-planes of a
+    sub-band.  Packets missing at the end of the data count as empty.
+    Block rows are ``comp, y0, x0, h, w, orientation, bit-planes, style,
+    first segment, segment count``; segments ``offset, length, passes``
+    into the returned data (the segments' chunks joined, one zero byte after).
+    """
+    buf = np.frombuffer(data, dtype=np.uint8)
+    pb_limits = _pband_limits(layout, limits)
+    styles = np.array(block_styles, dtype=np.int64)
+    nb = len(layout.blocks)
+    state = np.zeros((nb, 7), dtype=np.int64)
+    state[:, _S_LBLOCK] = 3
+    status, chunks, n_chunks = _read_packets(buf, order, layout.precincts, layout.pbands, pb_limits, styles,
+                                             max(layout.tree_nodes, 1), nb, sop, eph, state)
+    if status:
+        kind, message = _READ_ERRORS[status]
+        prefix = "HTJ2K" if status == -5 else name
+        raise kind(f"{prefix}: {message}")
+    return _gather(layout.blocks, layout.pbands, pb_limits, styles, state, chunks, n_chunks, buf)

@@ -15,6 +15,7 @@ import os
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -249,10 +250,11 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(0)
 
 
-def _child_process(ident: str) -> list[Job]:
+def _child_process(ident: str) -> tuple[int, list[Job]]:
+    """Process `ident` in a worker process; return this process's id and the jobs created."""
     assert _CHILD is not None, "worker process not initialised"
     config, spool, record = _CHILD
-    return process_instance(config, spool, ident, record=record)
+    return os.getpid(), process_instance(config, spool, ident, record=record)
 
 
 class Worker:
@@ -261,9 +263,13 @@ class Worker:
     The decoding, encoding and verification are CPU-bound Python and numba
     work; in the service process they would compete for its interpreter lock
     with the receiver and the forwarders.  With ``[compression] processes =
-    N`` (default 1) they run in N worker processes, which use other cores;
-    with 0 they run in threads of the service process.  The spool on disk is
-    the only state they share.  An instance is never processed twice at once.
+    N`` (default: one per core) they run in N worker processes, side by side:
+    two dispatcher threads per process keep one instance queued behind the
+    one in hand, so the instances of a series flow through every core.  With
+    0 they run in threads of the service process.  The spool on disk is the
+    only state they share.  An instance is never processed twice at once;
+    processing starts in arrival order, and each instance's jobs are handed
+    to the forwarders as soon as its own processing ends.
 
     An instance whose processing fails (an error outside the pipeline's own
     pass-through handling, or a worker process that died) is tried again
@@ -281,6 +287,7 @@ class Worker:
         self.record = record
         self.processes = config.compression.processes
         self._pool: ProcessPoolExecutor | None = None
+        self.processed_by: Counter[int] = Counter()  # instances processed, per worker process id
         if self.processes:
             threads = 2 * self.processes  # dispatchers: keep each process busy
         self._queue: queue.Queue[str | None] = queue.Queue()
@@ -333,12 +340,15 @@ class Worker:
                 self._pool = None
                 raise
         try:
-            return future.result()
+            pid, jobs = future.result()
         except BrokenProcessPool:
             with self._lock:  # a worker process died: start a fresh pool, the instance is retried
                 if self._pool is pool:
                     self._pool = None
             raise
+        with self._lock:
+            self.processed_by[pid] += 1
+        return jobs
 
     def reconfigure(self, config: Config) -> None:
         """Process instances from now on with `config` (routes, codec choices); the pool size stays.

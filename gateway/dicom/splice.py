@@ -71,7 +71,7 @@ def splice_write(src: Path, original: Dataset, new: Dataset, dst: Path, span: tu
         return False
     element = new[PIXEL_DATA]
     value = element.value
-    if element.VR not in ("OB", "OW") or not isinstance(value, bytes) or len(value) % 2:
+    if element.VR not in ("OB", "OW") or not isinstance(value, (bytes, bytearray)) or len(value) % 2:
         return False
     start, end = span
     with open(src, "rb") as handle:

@@ -43,6 +43,9 @@ __all__ = ["Worker", "process_instance"]
 
 _log = get_logger("worker")
 
+_DEFER = 8 << 20
+"""Values at least this large are read from the file when used, not when the header is parsed."""
+
 
 
 
@@ -88,7 +91,8 @@ def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: 
     reason is logged at ERROR and kept in the jobs.
     """
     src = spool.source_path(ident)
-    ds = dcmread(src, stop_before_pixels=pass_through is not None)
+    # Values larger than _DEFER stay in the file: a large multi-frame image is read one frame at a time.
+    ds = dcmread(src, stop_before_pixels=pass_through is not None, defer_size=_DEFER)
     identity = Identity(
         sop_class_uid=str(ds.get("SOPClassUID", "")),
         sop_instance_uid=str(ds.get("SOPInstanceUID", "")),

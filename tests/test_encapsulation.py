@@ -20,7 +20,7 @@ def _built(streams: list[bytes]):
 def test_basic_offset_table_matches_pydicom() -> None:
     value, extended = _built(STREAMS)
     assert extended is None
-    assert bytes(value) == encapsulate(STREAMS, fragments_per_frame=1, has_bot=True)
+    assert isinstance(value, bytes) and value == encapsulate(STREAMS, fragments_per_frame=1, has_bot=True)
     frames = list(generate_frames(value, number_of_frames=len(STREAMS)))
     assert frames == [s + b"\x00" * (len(s) & 1) for s in STREAMS]
 
@@ -41,3 +41,13 @@ def test_fewer_codestreams_than_reserved_shrink_the_table() -> None:
     data, extended = value.finish()
     assert extended is None
     assert bytes(data) == encapsulate(STREAMS[:2], fragments_per_frame=1, has_bot=True)
+
+
+def test_an_extended_table_from_the_start_matches_pydicom() -> None:
+    value = policy._Encapsulation(len(STREAMS), extended=True)
+    for stream in STREAMS:
+        value.add(stream)
+    data, extended = value.finish()
+    expected, offsets, lengths = encapsulate_extended(STREAMS)
+    assert isinstance(data, bytes) and data == expected
+    assert extended == (offsets, lengths)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import os
 import shutil
 import struct
@@ -39,6 +40,8 @@ from gateway.errors import CodecNotFoundError, GatewayError, UnsupportedImageErr
 from gateway.pipeline.decoders import NATIVE, REFERENCE_DECODERS, DecodeFrame, decoder_name, verifying_decoder
 from gateway.pipeline.pixels import (
     END_MARKED,
+    deferred_pixels,
+    native_frames,
     ends_with_marker,
     frame_decoder,
     frame_info,
@@ -117,6 +120,9 @@ class Outcome:
 def _pixel_bytes(ds: Dataset) -> int:
     if "PixelData" not in ds:
         return 0
+    deferred = deferred_pixels(ds)
+    if deferred is not None:  # left in its file: its length, without reading it
+        return deferred[2]
     value = ds.PixelData
     return len(value) if value is not None else 0
 
@@ -149,44 +155,60 @@ _ITEM_TAG = b"\xfe\xff\x00\xe0"  # (FFFE,E000) Item, little endian
 class _Encapsulation:
     """An encapsulated Pixel Data value built one codestream at a time (PS3.5 A.4).
 
-    One item per frame behind a Basic Offset Table.  Each codestream is
-    copied in as soon as it is encoded and can be dropped at once, so the
-    codestreams are never held twice over (as a list and as the value).
-    When the offsets do not fit the Basic Offset Table (``_BOT_LIMIT``), its
-    entries are cut out of the value in place and an Extended Offset Table
-    carries them.  The result is byte for byte what pydicom's ``encapsulate``
-    (``has_bot=True``) and ``encapsulate_extended`` write.
+    One item per frame behind a Basic Offset Table, or behind an empty one
+    and an Extended Offset Table with `extended` (offsets beyond
+    ``_BOT_LIMIT``).  Each codestream is copied in as soon as it is encoded
+    and can be dropped at once, so the codestreams are never held twice over
+    (as a list and as the value); the value is written into a ``BytesIO``,
+    whose finished buffer becomes the ``bytes`` value without a copy.  The
+    result is byte for byte what pydicom's ``encapsulate`` (``has_bot=True``)
+    and ``encapsulate_extended`` write.
     """
 
-    def __init__(self, frames: int) -> None:
-        self.reserved = frames
-        self.value = bytearray(_ITEM_TAG + struct.pack("<I", 4 * frames) + bytes(4 * frames))
-        self.first = len(self.value)
+    def __init__(self, frames: int, *, extended: bool = False) -> None:
+        self.reserved = 0 if extended else frames
+        self.buffer = io.BytesIO()
+        self.buffer.write(_ITEM_TAG + struct.pack("<I", 4 * self.reserved) + bytes(4 * self.reserved))
+        self.first = self.buffer.tell()
         self.offsets: list[int] = []
         self.lengths: list[int] = []
 
     def __len__(self) -> int:
-        return len(self.value)
+        return self.buffer.tell()
 
     def add(self, stream: bytes) -> None:
         """Append one frame's codestream as an item, padded to an even length with 00."""
         odd = len(stream) & 1
-        self.offsets.append(len(self.value) - self.first)
+        self.offsets.append(self.buffer.tell() - self.first)
         self.lengths.append(len(stream) + odd)
-        self.value += _ITEM_TAG
-        self.value += struct.pack("<I", len(stream) + odd)
-        self.value += stream
+        self.buffer.write(_ITEM_TAG + struct.pack("<I", len(stream) + odd))
+        self.buffer.write(stream)
         if odd:
-            self.value += b"\x00"
+            self.buffer.write(b"\x00")
 
-    def finish(self) -> tuple[bytearray, tuple[bytes, bytes] | None]:
+    def finish(self) -> tuple[bytes, tuple[bytes, bytes] | None]:
         """The value and, when the offsets outgrow the Basic Offset Table, the Extended Offset Table and lengths."""
         count = len(self.offsets)
-        if not self.offsets or self.offsets[-1] <= _BOT_LIMIT:
-            self.value[4:8 + 4 * self.reserved] = struct.pack(f"<I{count}I", 4 * count, *self.offsets)
-            return self.value, None
-        self.value[4:8 + 4 * self.reserved] = struct.pack("<I", 0)  # empty Basic Offset Table
-        return self.value, (struct.pack(f"<{count}Q", *self.offsets), struct.pack(f"<{count}Q", *self.lengths))
+        extended = (struct.pack(f"<{count}Q", *self.offsets), struct.pack(f"<{count}Q", *self.lengths))
+        fits = not self.offsets or self.offsets[-1] <= _BOT_LIMIT
+        if self.reserved == count and fits:
+            if count:
+                self.buffer.seek(8)
+                self.buffer.write(struct.pack(f"<{count}I", *self.offsets))
+            return self._value(), None
+        if not self.reserved:
+            return self._value(), extended
+        # Fewer codestreams than frames, or offsets beyond the Basic Offset Table: the table is
+        # rewritten, which costs a copy (an encoding stopped early, or a value larger than 4 GiB).
+        items = self._value()[self.first:]
+        if fits:
+            return _ITEM_TAG + struct.pack(f"<I{count}I", 4 * count, *self.offsets) + items, None
+        return _ITEM_TAG + struct.pack("<I", 0) + items, extended
+
+    def _value(self) -> bytes:
+        value = self.buffer.getvalue()  # the buffer itself, not a copy, once nothing is written after
+        self.buffer = io.BytesIO()
+        return value
 
 
 def _native_bytes(frames: Sequence[np.ndarray], info: FrameInfo, planar: int) -> bytes:
@@ -409,7 +431,9 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True, allow_larger: b
 
     start = time.perf_counter()
     try:
-        frames = list(iter_frames(ds))
+        # Native frames are views of the value, or read from the file one at a time when the value
+        # was left there (a large multi-frame image); decoded frames are held.
+        frames = native_frames(ds) if not is_encapsulated(source) else list(iter_frames(ds))
     except UnsupportedImageError as exc:
         return _pass(ds, f"unsupported image: {exc}", original)
     except GatewayError as exc:
@@ -443,7 +467,7 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True, allow_larger: b
         else:
             # A codec may code the frames of one image together (inter-frame prediction).
             encode_frames = getattr(codec, "encode_frames", None)
-            encapsulation = _Encapsulation(len(frames))
+            encapsulation = _Encapsulation(len(frames), extended=original > _BOT_LIMIT)
             if encode_frames is not None:
                 streams = encode_frames(frames, info)
                 for stream in streams:

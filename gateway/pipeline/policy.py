@@ -22,7 +22,7 @@ import os
 import shutil
 import struct
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -41,12 +41,12 @@ from gateway.pipeline.decoders import NATIVE, REFERENCE_DECODERS, DecodeFrame, d
 from gateway.pipeline.pixels import (
     END_MARKED,
     deferred_pixels,
-    native_frames,
     ends_with_marker,
     frame_decoder,
     frame_info,
     high_bits_used,
     iter_frames,
+    native_frames,
     transfer_syntax,
 )
 from gateway.pipeline.verify import first_difference, frame_difference

@@ -75,3 +75,26 @@ def test_a_large_multiframe_image_is_processed_below_twice_its_size(tmp_path: Pa
     stored = dcmread(got["object"])
     assert stored.file_meta.TransferSyntaxUID == RLELossless
     assert np.array_equal(stored.pixel_array, pixels)
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99"])
+def test_frames_left_in_the_file_equal_the_frames_read_in_memory(tmp_path: Path, syntax: str) -> None:
+    from pydicom.uid import UID
+
+    from gateway.pipeline.pixels import FileFrames, deferred_pixels, native_frames
+
+    path = tmp_path / "mf.dcm"
+    pixels = _multiframe(path, 6)
+    ds = dcmread(path)
+    ds.file_meta.TransferSyntaxUID = UID(syntax)
+    ds.save_as(path, implicit_vr=syntax == "1.2.840.10008.1.2", little_endian=True, enforce_file_format=True)
+    left = dcmread(path, defer_size=1 << 20)
+    frames = native_frames(left)
+    if syntax.endswith(".99"):  # deflated: offsets are into the inflated bytes, never read from the file
+        assert deferred_pixels(left) is None and not isinstance(frames, FileFrames)
+    else:
+        assert deferred_pixels(left) is not None and isinstance(frames, FileFrames)
+    for _ in range(2):  # a sequence that reads again on every pass
+        assert len(frames) == 6
+        assert all(np.array_equal(frame, expected) for frame, expected in zip(frames, pixels, strict=True))
+    assert np.array_equal(frames[-1], pixels[-1])

@@ -19,7 +19,7 @@ from pydicom.encaps import generate_frames
 from pydicom.uid import UID, ExplicitVRBigEndian
 
 from gateway.codecs.base import FrameInfo
-from gateway.dicom.uids import is_encapsulated
+from gateway.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, is_encapsulated
 from gateway.errors import PixelDataError, UnsupportedImageError
 from gateway.pipeline.decoders import NATIVE, DecodeFrame, source_decoder
 
@@ -103,8 +103,9 @@ def deferred_pixels(ds: Dataset) -> tuple[str, int, int] | None:
     large multi-frame image's pixels are then read one frame at a time
     (:class:`FileFrames`) instead of all at once.
     """
-    if "PixelData" not in ds:
-        return None
+    syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
+    if "PixelData" not in ds or syntax not in (IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN):
+        return None  # deflated or big endian: the value is not the file's bytes as they are
     raw = ds.get_item(0x7FE00010, keep_deferred=True)
     filename = getattr(ds, "filename", None)
     tell, length = getattr(raw, "value_tell", None), getattr(raw, "length", None)

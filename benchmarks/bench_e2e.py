@@ -396,10 +396,15 @@ def main() -> None:
         mb = generate_series(folder, args.generate) / 1e6
         series.append((f"generated CT {args.generate} x 512x512", folder, mb))
 
-    memory_lines = measure_memory(root, args.memory, args.syntax) if args.memory else []
-    orthanc = Orthanc(root)
+    memory_lines: list[str] = []
     rows, notes = [], []
+    orthanc = None
     try:
+        if args.memory:
+            memory_lines = measure_memory(root, args.memory, args.syntax)
+            for line in memory_lines:
+                print("memory:", line, flush=True)
+        orthanc = Orthanc(root)
         for name, folder, mb in series:
             files = sorted(folder.glob("*.dcm"))
             gateways = {}
@@ -455,6 +460,9 @@ def main() -> None:
                                      best["folder"], best_direct / best["folder"]))
                         rows.append((name, streams, len(files), mb, syntax, "storescu -> gateway -> Orthanc",
                                      best["orthanc"], best_direct / best["orthanc"]))
+                        for row in rows[-3:]:  # as measured, should a later series not finish
+                            print("measured:", row[:2], row[4:6], f"{row[6]:.2f} s", f"x direct {row[7]:.2f}",
+                                  flush=True)
                         notes.append(f"{name}, {streams} stream(s), {syntax}: gateway CPU (service + worker "
                                      f"processes) {1000 * cpu[syntax] / (args.runs * len(files)):.1f} ms per image; "
                                      f"Orthanc received {syntaxes[syntax]}")
@@ -463,7 +471,8 @@ def main() -> None:
                     process.terminate()
                     process.wait(30)
     finally:
-        orthanc.stop()
+        if orthanc is not None:
+            orthanc.stop()
         shutil.rmtree(root, ignore_errors=True)
 
     print(f"\nEnd-to-end throughput, best of {args.runs} interleaved rounds; verify on, "

@@ -1,6 +1,7 @@
 """End-to-end throughput: storescu -> gateway (verify on) -> folder and Orthanc, against storescu -> Orthanc.
 
     python benchmarks/bench_e2e.py [--series NAME] [--runs 2] [--syntax RLELossless GatewayLosslessV1 ...]
+        [--streams 1 4] [--generate 500] [--memory 300] [--processes auto]
 
 For each real series of the corpus (``series/`` in ``$GATEWAY_CORPUS`` or
 ``../shared/corpus``), in the same run and against the same Orthanc:
@@ -18,6 +19,18 @@ For each real series of the corpus (``series/`` in ``$GATEWAY_CORPUS`` or
   there.  Polling that count for the timing would add up to a polling
   interval per run.  The time until storescu exits (everything acknowledged
   by the gateway) is shown too.
+
+With ``--streams 1 4`` each series is sent over one, then four
+associations at once (four ``storescu`` processes, each a quarter of the
+series), on both paths.  ``--generate 500`` adds a generated 500-slice
+512 x 512 CT series (16-bit, 12 bits stored, smooth anatomy-like values
+with noise) to the corpus series; ``--only-generated`` measures it alone.
+"acknowledged" is the rate at which storescu got its answers (what a
+modality waits for), compared with the direct path's.  ``--memory 300``
+also measures, in a separate process, the peak resident memory of the
+worker's processing of one generated multi-frame object of that many
+megabytes (VmHWM, minus the process's size before it), as a multiple of
+the object's size.
 
 Orthanc and storescu run on loopback with ``TCP_NODELAY=1`` (DCMTK reads it
 from the environment; the gateway sets it on its own sockets); Orthanc is
@@ -112,19 +125,70 @@ class Orthanc:
         self.log.close()
 
 
-def storescu(port: int, aec: str, folder: Path) -> float:
-    """Send `folder` with DCMTK storescu; return wall seconds."""
+def storescu(port: int, aec: str, folder: Path | list[Path]) -> float:
+    """Send `folder` (or each of several folders over its own association, at once) with DCMTK storescu.
+
+    Returns the wall seconds until the last storescu exited.
+    """
+    folders = folder if isinstance(folder, list) else [folder]
     started = time.perf_counter()
-    result = subprocess.run([STORESCU, "-aet", "MODALITY", "-aec", aec, "+sd", "+r", "+sp", "*.dcm",
-                             "127.0.0.1", str(port), str(folder)], capture_output=True, text=True,
-                            env=dict(os.environ, TCP_NODELAY="1"))
+    processes = [subprocess.Popen([STORESCU, "-aet", "MODALITY", "-aec", aec, "+sd", "+r", "+sp", "*.dcm",
+                                   "127.0.0.1", str(port), str(f)], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True, env=dict(os.environ, TCP_NODELAY="1"))
+                 for f in folders]
+    errors = [p.communicate()[1] for p in processes]
     elapsed = time.perf_counter() - started
-    if result.returncode != 0:
-        sys.exit(f"storescu failed: {result.stderr[-2000:]}")
+    for process, error in zip(processes, errors):
+        if process.returncode != 0:
+            sys.exit(f"storescu failed: {error[-2000:]}")
     return elapsed
 
 
-def start_gateway(root: Path, orthanc: Orthanc, syntax: str, processes: int) -> tuple[subprocess.Popen, int]:
+def split_streams(files: list[Path], streams: int, root: Path) -> list[Path]:
+    """`files` dealt round-robin into `streams` folders of hard links (copies across filesystems)."""
+    folders = [root / f"stream{i}" for i in range(streams)]
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+    for index, path in enumerate(files):
+        target = folders[index % streams] / path.name
+        try:
+            os.link(path, target)
+        except OSError:
+            shutil.copy(path, target)
+    return folders
+
+
+def generate_series(folder: Path, count: int, rows: int = 512, columns: int = 512) -> int:
+    """Write a CT series of `count` slices into `folder`; return its raw pixel bytes."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    y, x = np.mgrid[0:rows, 0:columns]
+    body = ((x - columns / 2) / (0.42 * columns)) ** 2 + ((y - rows / 2) / (0.36 * rows)) ** 2 < 1
+    for index in range(count):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.Modality, ds.PatientName, ds.PatientID, ds.InstanceNumber = "CT", "Bench^Generated", "BENCH", index + 1
+        ds.ImagePositionPatient, ds.SliceThickness = [0, 0, 0.625 * index], 0.625
+        ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = rows, columns, 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+        tissue = 1024 + 60 * np.sin((x + 3 * index) / 17.0) * np.cos(y / 23.0) + rng.normal(0, 12, (rows, columns))
+        pixels = np.where(body, tissue, 24 + rng.normal(0, 4, (rows, columns)))
+        ds.PixelData = np.clip(pixels, 0, 4095).astype(np.uint16).tobytes()
+        ds.save_as(folder / f"CT{index + 1:04d}.dcm", enforce_file_format=True)
+    return count * rows * columns * 2
+
+
+def start_gateway(root: Path, orthanc: Orthanc, syntax: str, processes: str) -> tuple[subprocess.Popen, int]:
     """A ``serve`` process forwarding to a folder and to Orthanc.
 
     Orthanc is offered `syntax` first, then JPEG-LS and RLE: what it refuses
@@ -142,7 +206,7 @@ directory = "spool"
 [compression]
 transfer_syntax = "{syntax}"
 verify = true
-processes = {processes}
+processes = {processes if processes == "0" or processes.isdigit() else '"' + processes + '"'}
 [logging]
 level = "INFO"
 file = "gateway.log"
@@ -225,6 +289,80 @@ def check_pixels(orthanc: Orthanc, folder: Path, syntax_uid: str) -> str:
     return ", ".join(sorted(syntaxes))
 
 
+_MEMORY_CHILD = """
+import json, sys
+from pathlib import Path
+from gateway.config import load_config
+from gateway.spool import Spool
+from gateway.warmup import configured_syntaxes, warm_up
+from gateway.worker import process_instance
+config = load_config(Path(sys.argv[1]))
+warm_up(configured_syntaxes(config, forwarding=False))
+spool = Spool(config.spool.directory)
+ident = spool.store_received(Path(sys.argv[2]), "MODALITY")
+before = int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) * 1024
+jobs = process_instance(config, spool, ident)
+# VmHWM: this process's own peak; ru_maxrss would keep the parent's size from before the exec.
+peak = int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0]) * 1024
+print(json.dumps({"before": before, "peak": peak, "stored": spool.object_path(ident).stat().st_size,
+                  "syntax": jobs[0].identity.transfer_syntax if jobs else None}))
+"""
+
+
+def measure_memory(root: Path, megabytes: int, syntaxes: list[str]) -> list[str]:
+    """Peak memory of the worker's processing of one generated multi-frame object, per target syntax."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    frames = max(1, megabytes * 10**6 // (512 * 512 * 2))
+    rng = np.random.default_rng(1)
+    y, x = np.mgrid[0:512, 0:512]
+    pixels = np.empty((frames, 512, 512), np.uint16)
+    for index in range(frames):
+        pixels[index] = np.clip(1000 + 400 * np.sin((x + index) / 9.0) * np.cos(y / 13.0)
+                                + rng.normal(0, 12, (512, 512)), 0, 4095)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1"  # US multi-frame
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = generate_uid(), generate_uid(), "US"
+    ds.Rows = ds.Columns = 512
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.NumberOfFrames = 1, "MONOCHROME2", frames
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = pixels.tobytes()
+    del pixels
+    source = root / "multiframe.dcm"
+    ds.save_as(source, enforce_file_format=True)
+    del ds
+    size = source.stat().st_size
+    lines = []
+    for syntax in syntaxes:
+        work = root / f"memory_{syntax}"
+        work.mkdir()
+        (work / "gateway.toml").write_text(f"""
+[spool]
+directory = "spool"
+[compression]
+transfer_syntax = "{syntax}"
+[[destinations]]
+name = "folder"
+kind = "folder"
+path = "archive"
+""")
+        result = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(work / "gateway.toml"),
+                                 str(source)], capture_output=True, text=True, cwd=REPO)
+        if result.returncode != 0:
+            sys.exit(f"memory measurement failed: {result.stderr[-2000:]}")
+        got = json.loads(result.stdout.strip().splitlines()[-1])
+        lines.append(f"{syntax:<18} object {size / 1e6:7.1f} MB, {frames} frames; stored {got['stored'] / 1e6:7.1f} MB "
+                     f"in {got['syntax']}; worker peak {got['peak'] / 1e6:7.1f} MB, {got['before'] / 1e6:5.1f} MB "
+                     f"before: {(got['peak'] - got['before']) / size:.2f}x the object")
+        shutil.rmtree(work, ignore_errors=True)
+    source.unlink()
+    return lines
+
+
 def main() -> None:
     global STORESCU
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -232,28 +370,46 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--syntax", nargs="+", default=["RLELossless"],
                         help="gateway target syntaxes, measured side by side (one gateway each)")
-    parser.add_argument("--processes", type=int, default=1, help="[compression] processes of the gateway")
+    parser.add_argument("--processes", default="auto", help="[compression] processes of the gateway")
+    parser.add_argument("--streams", type=int, nargs="+", default=[1], help="sending associations at once")
+    parser.add_argument("--generate", type=int, default=0, help="add a generated series of this many slices")
+    parser.add_argument("--only-generated", action="store_true", help="measure the generated series alone")
+    parser.add_argument("--memory", type=int, default=0,
+                        help="measure the worker's peak memory on a generated multi-frame object of this many MB")
     args = parser.parse_args()
     STORESCU = dcmtk("storescu")
     if STORESCU is None:
         sys.exit("DCMTK's storescu is not installed (Debian package 'dcmtk')")
-    corpus = corpus_dir()
-    with open(corpus / "MANIFEST.csv", newline="") as handle:
-        pixel_bytes = {row["path"]: int(row["raw_pixel_bytes"]) for row in csv.DictReader(handle)}
-    folders = sorted(p for p in (corpus / "series").iterdir() if p.is_dir())
-    if args.series:
-        folders = [p for p in folders if p.name == args.series]
-
     root = Path(tempfile.mkdtemp(prefix="bench_e2e_"))
-    orthanc = Orthanc(root)
+    series: list[tuple[str, Path, float]] = []  # name, folder, raw pixel MB
+    if not args.only_generated:
+        corpus = corpus_dir()
+        with open(corpus / "MANIFEST.csv", newline="") as handle:
+            pixel_bytes = {row["path"]: int(row["raw_pixel_bytes"]) for row in csv.DictReader(handle)}
+        for folder in sorted(p for p in (corpus / "series").iterdir() if p.is_dir()):
+            if args.series and folder.name != args.series:
+                continue
+            mb = sum(pixel_bytes[f"series/{folder.name}/{f.name}"] for f in folder.glob("*.dcm")) / 1e6
+            series.append((folder.name, folder, mb))
+    if args.generate:
+        folder = root / f"generated_ct_{args.generate}"
+        mb = generate_series(folder, args.generate) / 1e6
+        series.append((f"generated CT {args.generate} x 512x512", folder, mb))
+
+    memory_lines: list[str] = []
     rows, notes = [], []
+    orthanc = None
     try:
-        for folder in folders:
+        if args.memory:
+            memory_lines = measure_memory(root, args.memory, args.syntax)
+            for line in memory_lines:
+                print("memory:", line, flush=True)
+        orthanc = Orthanc(root)
+        for name, folder, mb in series:
             files = sorted(folder.glob("*.dcm"))
-            mb = sum(pixel_bytes[f"series/{folder.name}/{f.name}"] for f in files) / 1e6
             gateways = {}
             for index, syntax in enumerate(args.syntax):
-                gw_root = root / f"gw_{folder.name}_{index}"
+                gw_root = root / f"gw_{len(rows)}_{index}"
                 gw_root.mkdir()
                 process, port = start_gateway(gw_root, orthanc, syntax, args.processes)
                 gateways[syntax] = (gw_root, process, port)
@@ -266,67 +422,78 @@ def main() -> None:
                     orthanc.clear()
                     storescu(port, "GATEWAY", warm)
                     wait_count(orthanc, 1)
-                direct: list[float] = []
-                timings = {syntax: {"ack": [], "folder": [], "orthanc": []} for syntax in args.syntax}
-                cpu = dict.fromkeys(args.syntax, 0.0)
-                syntaxes = {}
-                for _ in range(args.runs):  # interleaved: direct, then each gateway, every round
-                    orthanc.clear()
-                    direct.append(storescu(orthanc.dicom_port, "ORTHANC", folder))
-                    wait_count(orthanc, len(files))
-                    for syntax, (gw_root, process, port) in gateways.items():
+                for streams in args.streams:
+                    parts = split_streams(files, streams, root / "streams") if streams > 1 else folder
+                    direct: list[float] = []
+                    timings = {syntax: {"ack": [], "folder": [], "orthanc": []} for syntax in args.syntax}
+                    cpu = dict.fromkeys(args.syntax, 0.0)
+                    syntaxes = {}
+                    for _ in range(args.runs):  # interleaved: direct, then each gateway, every round
                         orthanc.clear()
-                        shutil.rmtree(gw_root / "archive", ignore_errors=True)
-                        time.sleep(0.5)  # the log's timestamps are wall clock: runs must not overlap
-                        cpu_before = _cpu_seconds(process.pid)
-                        started = time.time()
-                        timings[syntax]["ack"].append(storescu(port, "GATEWAY", folder))
+                        direct.append(storescu(orthanc.dicom_port, "ORTHANC", parts))
                         wait_count(orthanc, len(files))
-                        deadline = time.monotonic() + 600
-                        while len(list((gw_root / "archive").rglob("*.dcm"))) < len(files):
-                            if time.monotonic() > deadline:
-                                sys.exit("the folder destination did not receive every instance")
-                            time.sleep(0.02)
-                        log = gw_root / "gateway.log"
-                        timings[syntax]["folder"].append(last_forwarded(log, started, "folder") - started)
-                        timings[syntax]["orthanc"].append(last_forwarded(log, started, "orthanc") - started)
-                        cpu[syntax] += _cpu_seconds(process.pid) - cpu_before
-                        syntaxes[syntax] = check_pixels(orthanc, folder, syntax)
+                        for syntax, (gw_root, process, port) in gateways.items():
+                            orthanc.clear()
+                            shutil.rmtree(gw_root / "archive", ignore_errors=True)
+                            time.sleep(0.5)  # the log's timestamps are wall clock: runs must not overlap
+                            cpu_before = _cpu_seconds(process.pid)
+                            started = time.time()
+                            timings[syntax]["ack"].append(storescu(port, "GATEWAY", parts))
+                            wait_count(orthanc, len(files))
+                            deadline = time.monotonic() + 600
+                            while len(list((gw_root / "archive").rglob("*.dcm"))) < len(files):
+                                if time.monotonic() > deadline:
+                                    sys.exit("the folder destination did not receive every instance")
+                                time.sleep(0.02)
+                            log = gw_root / "gateway.log"
+                            timings[syntax]["folder"].append(last_forwarded(log, started, "folder") - started)
+                            timings[syntax]["orthanc"].append(last_forwarded(log, started, "orthanc") - started)
+                            cpu[syntax] += _cpu_seconds(process.pid) - cpu_before
+                            syntaxes[syntax] = check_pixels(orthanc, folder, syntax)
+                    best_direct = min(direct)
+                    rows.append((name, streams, len(files), mb, "", "direct storescu -> Orthanc", best_direct, None))
+                    for syntax in args.syntax:
+                        best = {k: min(v) for k, v in timings[syntax].items()}
+                        rows.append((name, streams, len(files), mb, syntax, "storescu -> gateway (acknowledged)",
+                                     best["ack"], best_direct / best["ack"]))
+                        rows.append((name, streams, len(files), mb, syntax, "storescu -> gateway -> folder",
+                                     best["folder"], best_direct / best["folder"]))
+                        rows.append((name, streams, len(files), mb, syntax, "storescu -> gateway -> Orthanc",
+                                     best["orthanc"], best_direct / best["orthanc"]))
+                        for row in rows[-3:]:  # as measured, should a later series not finish
+                            print("measured:", row[:2], row[4:6], f"{row[6]:.2f} s", f"x direct {row[7]:.2f}",
+                                  flush=True)
+                        notes.append(f"{name}, {streams} stream(s), {syntax}: gateway CPU (service + worker "
+                                     f"processes) {1000 * cpu[syntax] / (args.runs * len(files)):.1f} ms per image; "
+                                     f"Orthanc received {syntaxes[syntax]}")
             finally:
                 for _, process, _ in gateways.values():
                     process.terminate()
                     process.wait(30)
-            best_direct = min(direct)
-            rows.append((folder.name, len(files), mb, "", "direct storescu -> Orthanc", best_direct, None))
-            for syntax in args.syntax:
-                best = {k: min(v) for k, v in timings[syntax].items()}
-                rows.append((folder.name, len(files), mb, syntax, "storescu -> gateway (acknowledged)",
-                             best["ack"], None))
-                rows.append((folder.name, len(files), mb, syntax, "storescu -> gateway -> folder",
-                             best["folder"], best_direct / best["folder"]))
-                rows.append((folder.name, len(files), mb, syntax, "storescu -> gateway -> Orthanc",
-                             best["orthanc"], best_direct / best["orthanc"]))
-                notes.append(f"{folder.name} {syntax}: gateway CPU (service + worker processes) "
-                             f"{1000 * cpu[syntax] / (args.runs * len(files)):.1f} ms per image; "
-                             f"Orthanc received {syntaxes[syntax]}")
     finally:
-        orthanc.stop()
+        if orthanc is not None:
+            orthanc.stop()
         shutil.rmtree(root, ignore_errors=True)
 
     print(f"\nEnd-to-end throughput, best of {args.runs} interleaved rounds; verify on, "
-          f"{args.processes} worker process(es); {os.cpu_count()} CPU(s)")
-    header = (f"{'series':<34} {'images':>6} {'MB':>6}  {'target':<18} {'path':<36} {'s':>7} {'img/s':>7} "
-              f"{'MB/s':>7} {'x direct':>8}")
+          f"worker processes: {args.processes}; {os.cpu_count()} CPU(s)")
+    header = (f"{'series':<34} {'streams':>7} {'images':>6} {'MB':>6}  {'target':<16} {'path':<36} {'s':>7} "
+              f"{'img/s':>7} {'MB/s':>7} {'x direct':>8}")
     print(header)
     print("-" * len(header))
-    for name, count, mb, syntax, path, seconds, ratio in rows:
+    for name, streams, count, mb, syntax, path, seconds, ratio in rows:
         ratio_text = f"{ratio:.2f}" if ratio is not None else ""
-        print(f"{name:<34} {count:>6} {mb:>6.1f}  {syntax:<18} {path:<36} {seconds:>7.2f} {count / seconds:>7.1f} "
-              f"{mb / seconds:>7.1f} {ratio_text:>8}")
+        print(f"{name:<34} {streams:>7} {count:>6} {mb:>6.1f}  {syntax:<16} {path:<36} {seconds:>7.2f} "
+              f"{count / seconds:>7.1f} {mb / seconds:>7.1f} {ratio_text:>8}")
     print()
     for note in notes:
         print(note)
-    print("Pixels of every instance fetched back from Orthanc equal the files sent (checked after every round).")
+    if rows:
+        print("Pixels of every instance fetched back from Orthanc equal the files sent (checked after every round).")
+    if memory_lines:
+        print("\nWorker memory, one multi-frame object (resident peak minus the size before processing):")
+        for line in memory_lines:
+            print(line)
 
 
 STORESCU: str | None = None

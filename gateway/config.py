@@ -27,6 +27,7 @@ value (an empty or absent filter matches anything).
 
 from __future__ import annotations
 
+import os
 import ssl
 import tomllib
 from dataclasses import dataclass, field
@@ -228,7 +229,7 @@ class CompressionConfig:
     transfer_syntax: str = KEEP
     modality: dict[str, str] = field(default_factory=dict)
     verify: bool = True
-    processes: int = 1  # worker processes; 0 = threads inside the service process
+    processes: int = field(default_factory=lambda: available_cores())  # worker processes; 0 = threads in the service
     max_attempts: int = 3  # failed processing attempts before the original is forwarded as received
     retry_seconds: float = 5.0  # wait after the first failed attempt; doubled after each further one
     rescan_seconds: float = 30.0  # how often the worker looks for received instances it was not told about
@@ -470,6 +471,28 @@ def _number(key: str, value: Any, low: float, high: float) -> float:
     return float(value)
 
 
+AUTO = "auto"
+"""``[compression] processes = "auto"``: one worker process per core this process may run on."""
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the platform tells it), at most 64."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = os.cpu_count() or 1
+    return max(1, min(64, count))
+
+
+def _processes(key: str, value: Any) -> int:
+    """Worker processes: 0..64, or "auto" for one per available core."""
+    if value == AUTO:
+        return available_cores()
+    if isinstance(value, str):
+        raise ConfigError(key, f"must be an integer 0..64 or \"auto\", got {value!r}")
+    return _int(key, value, 0, 64)
+
+
 def _bool(key: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(key, f"must be true or false, got {value!r}")
@@ -650,7 +673,7 @@ def _compression(data: Any) -> CompressionConfig:
             raise ConfigError(key, f"modality must be an upper-case code such as 'CT', got {name!r}")
         overrides[name] = _target(key, modality.pop(name))
     verify = _bool(t.path("verify"), t.pop("verify", True))
-    processes = _int(t.path("processes"), t.pop("processes", 1), 0, 64)
+    processes = _processes(t.path("processes"), t.pop("processes", AUTO))
     max_attempts = _int(t.path("max_attempts"), t.pop("max_attempts", 3), 1, 100)
     retry_seconds = _number(t.path("retry_seconds"), t.pop("retry_seconds", 5.0), 0.01, 3600)
     rescan_seconds = _number(t.path("rescan_seconds"), t.pop("rescan_seconds", 30.0), 0.1, 3600)

@@ -19,7 +19,8 @@ fsync costs milliseconds per call and the receive path pays it per image, so
 it is spent only where a lost write could lose an instance:
 
 * the received file is written to ``tmp/``, renamed into ``incoming/``, and
-  both it and the folder are fsync'd before Success is answered.  From then
+  both it and the folder are fsync'd before Success is answered (receptions
+  at the same time share the folder's fsync: :class:`FolderSync`).  From then
   on its bytes never change; it only moves (``incoming/`` -> ``held/``) by an
   atomic rename until it is deleted after the last delivery;
 * everything else derived from it (processed object, job manifests, the move
@@ -60,7 +61,8 @@ from typing import Any, TypeVar
 from gateway.dicom.identity import Identity
 from gateway.errors import SpoolError
 
-__all__ = ["Spool", "Job", "STATES", "fsync_dir", "atomic_write_bytes", "atomic_copy", "remove_partial_copies",
+__all__ = ["Spool", "Job", "STATES", "fsync_dir", "FolderSync",
+           "atomic_write_bytes", "atomic_copy", "remove_partial_copies",
            "FILE_MODE", "DIRECTORY_MODE", "create_private", "make_dirs", "free_bytes", "is_out_of_space"]
 
 T = TypeVar("T")
@@ -130,6 +132,47 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class FolderSync:
+    """fsync of one folder, shared by every caller waiting for it (group commit).
+
+    A rename or unlink in the folder is durable once an fsync of the folder
+    has *started* after it.  :meth:`sync` returns only then; a caller who
+    arrives while an fsync runs waits for it to end, then the next one covers
+    it and every other caller that arrived meanwhile.  So N receptions at
+    once pay about two folder fsyncs instead of N, and none is answered
+    before its own rename is on disk.  A failed fsync raises in the caller
+    that ran it; the others run one again.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._cond = threading.Condition()
+        self._requested = 0  # tickets handed out, one per call
+        self._covered = 0  # every ticket up to this one is covered by a finished fsync
+        self._running = False
+        self.count = 0  # fsyncs done (for tests and tools)
+
+    def sync(self) -> None:
+        """Return once a successful fsync of the folder started after this call."""
+        with self._cond:
+            self._requested += 1
+            ticket = self._requested
+            while self._covered < ticket:
+                if self._running:
+                    self._cond.wait()
+                    continue
+                self._running, upto = True, self._requested
+                self._cond.release()
+                try:
+                    fsync_dir(self.path)
+                finally:
+                    self._cond.acquire()
+                    self._running = False
+                    self._cond.notify_all()
+                self._covered = max(self._covered, upto)
+                self.count += 1
 
 
 def fsync_file(path: Path) -> None:
@@ -288,6 +331,8 @@ class Spool:
         self.state = self.root / "state"
         self._lock = threading.RLock()
         self._syncer: ThreadPoolExecutor | None = None
+        self.incoming_sync = FolderSync(self.incoming)  # receptions at once share the folder's fsync
+        self.done_sync = FolderSync(self.jobs / DONE)
         self._lock_handle: Any = None
         try:
             make_dirs(self.root)
@@ -332,7 +377,7 @@ class Spool:
                     if not synced:
                         fsync_file(source)
                     os.replace(source, final)
-                    fsync_dir(self.incoming)
+                    self.incoming_sync.sync()
                 else:
                     atomic_copy(source, final, self.tmp)
         except OSError as exc:
@@ -357,7 +402,7 @@ class Spool:
         with self._lock:
             if self._syncer is None:
                 self._syncer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="spool-fsync")
-        syncs = [self._syncer.submit(fsync_file, final), self._syncer.submit(fsync_dir, self.incoming)]
+        syncs = [self._syncer.submit(fsync_file, final), self._syncer.submit(self.incoming_sync.sync)]
         try:
             result = check(final)
         except BaseException:
@@ -562,7 +607,7 @@ class Spool:
                 return
         held = self.held_path(instance)
         if held.exists():
-            fsync_dir(self.jobs / DONE)  # no finished job may come back to life without its source
+            self.done_sync.sync()  # no finished job may come back to life without its source
             if self.keep_after_delivery:  # out of held/: nothing processes or sends it again
                 os.replace(held, self.kept / held.name)
             else:

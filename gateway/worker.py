@@ -15,6 +15,7 @@ import os
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -27,8 +28,10 @@ from pydicom import dcmread
 from pydicom.filewriter import dcmwrite
 
 from gateway.config import KEEP, Config
+from gateway.dicom.filemeta import read_file_meta
 from gateway.dicom.identity import Identity
 from gateway.dicom.splice import pixel_span, splice_write
+from gateway.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from gateway.dicom.walk import check_complete
 from gateway.errors import GatewayError, SpoolError
 from gateway.logs import get_logger, stage
@@ -41,6 +44,22 @@ if TYPE_CHECKING:
 __all__ = ["Worker", "process_instance"]
 
 _log = get_logger("worker")
+
+_DEFER = 8 << 20
+"""Values at least this large are read from the file when used, not when the header is parsed."""
+
+
+def _defer_size(path: Path) -> int | None:
+    """:data:`_DEFER` for a file whose dataset is stored as it is read (little endian, not deflated), else None.
+
+    A deflated dataset is read from its inflated bytes: offsets into it are
+    not offsets into the file, so nothing of it is left there.
+    """
+    try:
+        _, syntax = read_file_meta(path)
+    except (OSError, ValueError):
+        return None
+    return _DEFER if syntax in (IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN) else None
 
 
 
@@ -87,7 +106,8 @@ def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: 
     reason is logged at ERROR and kept in the jobs.
     """
     src = spool.source_path(ident)
-    ds = dcmread(src, stop_before_pixels=pass_through is not None)
+    # Values larger than _DEFER stay in the file: a large multi-frame image is read one frame at a time.
+    ds = dcmread(src, stop_before_pixels=pass_through is not None, defer_size=_defer_size(src))
     identity = Identity(
         sop_class_uid=str(ds.get("SOPClassUID", "")),
         sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
@@ -249,10 +269,11 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(0)
 
 
-def _child_process(ident: str) -> list[Job]:
+def _child_process(ident: str) -> tuple[int, list[Job]]:
+    """Process `ident` in a worker process; return this process's id and the jobs created."""
     assert _CHILD is not None, "worker process not initialised"
     config, spool, record = _CHILD
-    return process_instance(config, spool, ident, record=record)
+    return os.getpid(), process_instance(config, spool, ident, record=record)
 
 
 class Worker:
@@ -261,9 +282,13 @@ class Worker:
     The decoding, encoding and verification are CPU-bound Python and numba
     work; in the service process they would compete for its interpreter lock
     with the receiver and the forwarders.  With ``[compression] processes =
-    N`` (default 1) they run in N worker processes, which use other cores;
-    with 0 they run in threads of the service process.  The spool on disk is
-    the only state they share.  An instance is never processed twice at once.
+    N`` (default: one per core) they run in N worker processes, side by side:
+    two dispatcher threads per process keep one instance queued behind the
+    one in hand, so the instances of a series flow through every core.  With
+    0 they run in threads of the service process.  The spool on disk is the
+    only state they share.  An instance is never processed twice at once;
+    processing starts in arrival order, and each instance's jobs are handed
+    to the forwarders as soon as its own processing ends.
 
     An instance whose processing fails (an error outside the pipeline's own
     pass-through handling, or a worker process that died) is tried again
@@ -281,6 +306,7 @@ class Worker:
         self.record = record
         self.processes = config.compression.processes
         self._pool: ProcessPoolExecutor | None = None
+        self.processed_by: Counter[int] = Counter()  # instances processed, per worker process id
         if self.processes:
             threads = 2 * self.processes  # dispatchers: keep each process busy
         self._queue: queue.Queue[str | None] = queue.Queue()
@@ -333,12 +359,15 @@ class Worker:
                 self._pool = None
                 raise
         try:
-            return future.result()
+            pid, jobs = future.result()
         except BrokenProcessPool:
             with self._lock:  # a worker process died: start a fresh pool, the instance is retried
                 if self._pool is pool:
                     self._pool = None
             raise
+        with self._lock:
+            self.processed_by[pid] += 1
+        return jobs
 
     def reconfigure(self, config: Config) -> None:
         """Process instances from now on with `config` (routes, codec choices); the pool size stays.

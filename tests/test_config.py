@@ -105,6 +105,8 @@ BAD = [
     ("compression.transfer_syntax", "JPEGBaseline8Bit", "compression.transfer_syntax", "no encoder"),
     ("compression.verify", "yes", "compression.verify", "true or false"),
     ("compression.processes", -1, "compression.processes", "0..64, got -1"),
+    ("compression.processes", "all", "compression.processes", "0..64 or \"auto\", got 'all'"),
+    ("compression.processes", 1.5, "compression.processes", "must be an integer"),
     ("compression.modality.US", "Bogus", "compression.modality.US", "unknown transfer syntax"),
     ("compression.modality.us", "RLELossless", "compression.modality.us", "upper-case"),
     ("destinations.0.port", 70000, "destinations[0].port", "must be 1..65535, got 70000"),
@@ -145,6 +147,20 @@ def test_finished_jobs_are_kept_a_week_unless_configured(tmp_path: Path) -> None
     data = copy.deepcopy(GOOD)
     _set(data, "spool.keep_done_hours", 0)
     assert parse_config(data, tmp_path).spool.keep_done_hours == 0.0
+
+
+def test_worker_processes_default_to_one_per_usable_core(tmp_path: Path) -> None:
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert parse_config(copy.deepcopy(GOOD), tmp_path).compression.processes == min(64, cores)
+    data = copy.deepcopy(GOOD)
+    _set(data, "compression.processes", "auto")
+    assert parse_config(data, tmp_path).compression.processes == min(64, cores)
+    _set(data, "compression.processes", 3)
+    assert parse_config(data, tmp_path).compression.processes == 3
+    _set(data, "compression.processes", 0)
+    assert parse_config(data, tmp_path).compression.processes == 0
 
 
 def test_invalid_toml_and_missing_file_are_config_errors(tmp_path: Path) -> None:

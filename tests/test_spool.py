@@ -262,3 +262,58 @@ def test_jobs_are_counted_without_reading_their_manifests(tmp_path: Path) -> Non
     assert spool.count_jobs(PENDING) == 6
     assert spool.count_jobs(PENDING, "pacs") == 3 and spool.count_jobs(PENDING, "archive") == 3
     assert spool.counts()[PENDING] == 6
+
+
+def test_folder_fsync_is_shared_and_never_returns_before_covering_the_caller(tmp_path: Path, monkeypatch) -> None:
+    """Group commit: callers at once share fsyncs; each returns only after one that began after its call."""
+    import threading
+    import time as clock
+
+    from gateway import spool as spool_module
+
+    started: list[float] = []
+    real = spool_module.fsync_dir
+
+    def slow_fsync(path: Path) -> None:
+        started.append(clock.monotonic())
+        clock.sleep(0.05)
+        real(path)
+
+    monkeypatch.setattr(spool_module, "fsync_dir", slow_fsync)
+    folder = spool_module.FolderSync(tmp_path)
+    calls: list[tuple[float, float]] = []
+    lock = threading.Lock()
+
+    def caller() -> None:
+        called = clock.monotonic()
+        folder.sync()
+        with lock:
+            calls.append((called, clock.monotonic()))
+
+    threads = [threading.Thread(target=caller) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(calls) == 16
+    assert folder.count == len(started) < 16, f"{folder.count} fsyncs for 16 callers"
+    for called, returned in calls:  # an fsync began after the call and had time to end before the return
+        assert any(called <= begun and begun + 0.05 <= returned for begun in started)
+
+
+def test_a_failed_folder_fsync_raises_and_the_next_caller_tries_again(tmp_path: Path, monkeypatch) -> None:
+    from gateway import spool as spool_module
+
+    outcomes = iter([OSError(5, "Input/output error"), None])
+
+    def flaky(path: Path) -> None:
+        problem = next(outcomes)
+        if problem is not None:
+            raise problem
+
+    monkeypatch.setattr(spool_module, "fsync_dir", flaky)
+    folder = spool_module.FolderSync(tmp_path)
+    with pytest.raises(OSError):
+        folder.sync()
+    folder.sync()
+    assert folder.count == 1

@@ -27,9 +27,11 @@ def pixel_span(ds: Dataset) -> tuple[int, int] | None:
     """File offsets (start, end) of the still-unread Pixel Data element of explicit VR `ds`."""
     if PIXEL_DATA not in ds:
         return None
-    raw = ds.get_item(PIXEL_DATA)
+    raw = ds.get_item(PIXEL_DATA, keep_deferred=True)  # a value left in the file stays there
     tell, length, value = getattr(raw, "value_tell", None), getattr(raw, "length", None), getattr(raw, "value", None)
-    if tell is None or length is None or not isinstance(value, bytes):
+    if tell is None or length is None:
+        return None
+    if not isinstance(value, bytes) and not (value is None and length != 0xFFFFFFFF):  # None: left in the file
         return None
     start = tell - 12  # explicit VR OB/OW header: tag, VR, reserved, 32-bit length
     return start, (tell + length if length != 0xFFFFFFFF else tell + len(value) + 8)

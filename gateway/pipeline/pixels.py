@@ -10,7 +10,8 @@ above Bits Stored before any codec drops it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from pydicom import Dataset
@@ -18,11 +19,11 @@ from pydicom.encaps import generate_frames
 from pydicom.uid import UID, ExplicitVRBigEndian
 
 from gateway.codecs.base import FrameInfo
-from gateway.dicom.uids import is_encapsulated
+from gateway.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, is_encapsulated
 from gateway.errors import PixelDataError, UnsupportedImageError
 from gateway.pipeline.decoders import NATIVE, DecodeFrame, source_decoder
 
-__all__ = ["frame_info", "number_of_frames", "iter_frames", "high_bits_used", "transfer_syntax", "END_MARKED",
+__all__ = ["frame_info", "number_of_frames", "iter_frames", "native_frames", "deferred_pixels", "FileFrames", "high_bits_used", "transfer_syntax", "END_MARKED",
            "ends_with_marker"]
 
 _FLOAT_TAGS = ("FloatPixelData", "DoubleFloatPixelData")
@@ -95,8 +96,110 @@ def _check_native_form(info: FrameInfo) -> None:
         )
 
 
+def deferred_pixels(ds: Dataset) -> tuple[str, int, int] | None:
+    """(file, value offset, value length) of a native Pixel Data left unread in its file, else None.
+
+    ``dcmread(path, defer_size=...)`` leaves large values in the file; a
+    large multi-frame image's pixels are then read one frame at a time
+    (:class:`FileFrames`) instead of all at once.
+    """
+    syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
+    if "PixelData" not in ds or syntax not in (IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN):
+        return None  # deflated or big endian: the value is not the file's bytes as they are
+    raw = ds.get_item(0x7FE00010, keep_deferred=True)
+    filename = getattr(ds, "filename", None)
+    tell, length = getattr(raw, "value_tell", None), getattr(raw, "length", None)
+    if (getattr(raw, "value", b"") is not None or not isinstance(filename, str) or tell is None
+            or length in (None, 0xFFFFFFFF)):
+        return None
+    return filename, tell, length
+
+
+class FileFrames(Sequence[np.ndarray]):
+    """The frames of a native little-endian Pixel Data value still in its file, read one at a time.
+
+    Each access reads that frame (``os.pread``) and nothing else, so an image
+    of any size is held one frame at a time; iterating again reads again.
+    """
+
+    def __init__(self, path: str, offset: int, info: FrameInfo, frames: int) -> None:
+        self.path, self.offset, self.info, self.frames = path, offset, info, frames
+
+    def __len__(self) -> int:
+        return self.frames
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self.frames))]
+        if index < 0:
+            index += self.frames
+        if not 0 <= index < self.frames:
+            raise IndexError(index)
+        size = self.info.frame_bytes
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            data = os.pread(fd, size, self.offset + index * size)
+        finally:
+            os.close(fd)
+        if len(data) != size:
+            raise PixelDataError(f"frame {index + 1}: the file holds {len(data)} of its {size} bytes")
+        return _native_frame(np.frombuffer(data, dtype=self.info.dtype.newbyteorder("<")), self.info)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        size = self.info.frame_bytes
+        with open(self.path, "rb", buffering=0) as handle:
+            handle.seek(self.offset)
+            for index in range(self.frames):
+                data = handle.read(size)
+                if len(data) != size:
+                    raise PixelDataError(f"frame {index + 1}: the file holds {len(data)} of its {size} bytes")
+                yield _native_frame(np.frombuffer(data, dtype=self.info.dtype.newbyteorder("<")), self.info)
+
+
+def _native_frame(flat: np.ndarray, info: FrameInfo) -> np.ndarray:
+    """One frame's samples (in stored order) as the codec array form."""
+    if info.samples_per_pixel == 1:
+        frame = flat.reshape(info.rows, info.columns)
+    elif info.planar_configuration == 1:
+        frame = flat.reshape(info.samples_per_pixel, info.rows, info.columns).transpose(1, 2, 0)
+    else:
+        frame = flat.reshape(info.rows, info.columns, info.samples_per_pixel)
+    return np.ascontiguousarray(frame, dtype=info.dtype)
+
+
+def native_frames(ds: Dataset) -> Sequence[np.ndarray]:
+    """Every frame of native `ds` as a sequence that can be iterated more than once.
+
+    Pixel Data left in its file (:func:`deferred_pixels`, little endian) is
+    read frame by frame on each pass; otherwise the frames are views of the
+    value in memory.  Raises as :func:`iter_frames` does, before any frame is read.
+    """
+    info = frame_info(ds)
+    frames = number_of_frames(ds)
+    uid = transfer_syntax(ds)
+    if is_encapsulated(uid):
+        raise ValueError("native_frames reads native pixel data only")
+    _check_native_form(info)
+    deferred = deferred_pixels(ds) if uid != ExplicitVRBigEndian else None
+    if deferred is None:
+        return list(_iter_native(ds, info, frames, big_endian=(uid == ExplicitVRBigEndian)))
+    path, offset, length = deferred
+    expected = info.frame_bytes * frames
+    if length < expected:
+        raise PixelDataError(
+            f"(7FE0,0010) 'Pixel Data' has {length} bytes, {expected} expected for "
+            f"{frames} frame(s) of {info.rows} x {info.columns} x {info.samples_per_pixel} "
+            f"at {info.bits_allocated} bits"
+        )
+    return FileFrames(path, offset, info, frames)
+
+
 def _iter_native(ds: Dataset, info: FrameInfo, frames: int, big_endian: bool) -> Iterator[np.ndarray]:
     dtype = info.dtype.newbyteorder(">" if big_endian else "<")
+    deferred = deferred_pixels(ds) if not big_endian else None
+    if deferred is not None:  # left in its file: one frame at a time
+        yield from native_frames(ds)
+        return
     data = ds.PixelData
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise PixelDataError("(7FE0,0010) 'Pixel Data' is not a byte value")
@@ -114,14 +217,7 @@ def _iter_native(ds: Dataset, info: FrameInfo, frames: int, big_endian: bool) ->
     flat = np.frombuffer(data, dtype=dtype, count=expected // dtype.itemsize)
     per_frame = info.rows * info.columns * info.samples_per_pixel
     for index in range(frames):
-        frame = flat[index * per_frame:(index + 1) * per_frame]
-        if info.samples_per_pixel == 1:
-            frame = frame.reshape(info.rows, info.columns)
-        elif info.planar_configuration == 1:
-            frame = frame.reshape(info.samples_per_pixel, info.rows, info.columns).transpose(1, 2, 0)
-        else:
-            frame = frame.reshape(info.rows, info.columns, info.samples_per_pixel)
-        yield np.ascontiguousarray(frame, dtype=info.dtype)
+        yield _native_frame(flat[index * per_frame:(index + 1) * per_frame], info)
 
 
 END_MARKED = frozenset({

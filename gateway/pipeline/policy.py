@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import os
 import shutil
+import struct
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -28,7 +30,7 @@ import numpy as np
 import pydicom
 from pydicom import Dataset
 from pydicom.dataelem import DataElement
-from pydicom.encaps import encapsulate, encapsulate_extended, generate_frames
+from pydicom.encaps import generate_frames
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from gateway.codecs import get_codec, resolve_uid
@@ -38,14 +40,16 @@ from gateway.errors import CodecNotFoundError, GatewayError, UnsupportedImageErr
 from gateway.pipeline.decoders import NATIVE, REFERENCE_DECODERS, DecodeFrame, decoder_name, verifying_decoder
 from gateway.pipeline.pixels import (
     END_MARKED,
+    deferred_pixels,
     ends_with_marker,
     frame_decoder,
     frame_info,
     high_bits_used,
     iter_frames,
+    native_frames,
     transfer_syntax,
 )
-from gateway.pipeline.verify import first_difference
+from gateway.pipeline.verify import first_difference, frame_difference
 
 __all__ = [
     "Outcome",
@@ -116,6 +120,9 @@ class Outcome:
 def _pixel_bytes(ds: Dataset) -> int:
     if "PixelData" not in ds:
         return 0
+    deferred = deferred_pixels(ds)
+    if deferred is not None:  # left in its file: its length, without reading it
+        return deferred[2]
     value = ds.PixelData
     return len(value) if value is not None else 0
 
@@ -142,19 +149,66 @@ def pixel_hash(frames: Sequence[np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def _encapsulate(fragments: Sequence[bytes]) -> tuple[bytes, tuple[bytes, bytes] | None]:
-    """Encapsulate one fragment per frame (PS3.5 A.4).
+_ITEM_TAG = b"\xfe\xff\x00\xe0"  # (FFFE,E000) Item, little endian
 
-    Returns the Pixel Data value and, when the offsets do not fit a Basic
-    Offset Table (``_BOT_LIMIT``), the Extended Offset Table and its lengths.
+
+class _Encapsulation:
+    """An encapsulated Pixel Data value built one codestream at a time (PS3.5 A.4).
+
+    One item per frame behind a Basic Offset Table, or behind an empty one
+    and an Extended Offset Table with `extended` (offsets beyond
+    ``_BOT_LIMIT``).  Each codestream is copied in as soon as it is encoded
+    and can be dropped at once, so the codestreams are never held twice over
+    (as a list and as the value); the value is written into a ``BytesIO``,
+    whose finished buffer becomes the ``bytes`` value without a copy.  The
+    result is byte for byte what pydicom's ``encapsulate`` (``has_bot=True``)
+    and ``encapsulate_extended`` write.
     """
-    limit = _BOT_LIMIT
-    # Each frame is one item: 8-byte item header + even-length fragment.
-    offsets_end = sum(8 + len(f) + (len(f) & 1) for f in fragments[:-1]) if fragments else 0
-    if offsets_end <= limit:
-        return encapsulate(list(fragments), fragments_per_frame=1, has_bot=True), None
-    value, offsets, lengths = encapsulate_extended(list(fragments))
-    return value, (offsets, lengths)
+
+    def __init__(self, frames: int, *, extended: bool = False) -> None:
+        self.reserved = 0 if extended else frames
+        self.buffer = io.BytesIO()
+        self.buffer.write(_ITEM_TAG + struct.pack("<I", 4 * self.reserved) + bytes(4 * self.reserved))
+        self.first = self.buffer.tell()
+        self.offsets: list[int] = []
+        self.lengths: list[int] = []
+
+    def __len__(self) -> int:
+        return self.buffer.tell()
+
+    def add(self, stream: bytes) -> None:
+        """Append one frame's codestream as an item, padded to an even length with 00."""
+        odd = len(stream) & 1
+        self.offsets.append(self.buffer.tell() - self.first)
+        self.lengths.append(len(stream) + odd)
+        self.buffer.write(_ITEM_TAG + struct.pack("<I", len(stream) + odd))
+        self.buffer.write(stream)
+        if odd:
+            self.buffer.write(b"\x00")
+
+    def finish(self) -> tuple[bytes, tuple[bytes, bytes] | None]:
+        """The value and, when the offsets outgrow the Basic Offset Table, the Extended Offset Table and lengths."""
+        count = len(self.offsets)
+        extended = (struct.pack(f"<{count}Q", *self.offsets), struct.pack(f"<{count}Q", *self.lengths))
+        fits = not self.offsets or self.offsets[-1] <= _BOT_LIMIT
+        if self.reserved == count and fits:
+            if count:
+                self.buffer.seek(8)
+                self.buffer.write(struct.pack(f"<{count}I", *self.offsets))
+            return self._value(), None
+        if not self.reserved:
+            return self._value(), extended
+        # Fewer codestreams than frames, or offsets beyond the Basic Offset Table: the table is
+        # rewritten, which costs a copy (an encoding stopped early, or a value larger than 4 GiB).
+        items = self._value()[self.first:]
+        if fits:
+            return _ITEM_TAG + struct.pack(f"<I{count}I", 4 * count, *self.offsets) + items, None
+        return _ITEM_TAG + struct.pack("<I", 0) + items, extended
+
+    def _value(self) -> bytes:
+        value = self.buffer.getvalue()  # the buffer itself, not a copy, once nothing is written after
+        self.buffer = io.BytesIO()
+        return value
 
 
 def _native_bytes(frames: Sequence[np.ndarray], info: FrameInfo, planar: int) -> bytes:
@@ -259,37 +313,39 @@ def _verify(
     reference = verifying_decoder(target)
     if reference is not None:
         decoders.append((decoder_name(reference), reference))
-    # Read the fragments back out of the encapsulated value, one at a time:
-    # that checks the encapsulation as well as the codestreams, and holds one
-    # frame's codestream and decoded values at a time beside the original.
-    try:
-        count = sum(1 for _ in generate_frames(new.PixelData, number_of_frames=len(frames)))
-    except Exception as exc:  # pydicom raises ValueError and others for bad items
-        return f"verification failed: encapsulated pixel data cannot be read back: {exc}"
-    if count != fragments:
-        return f"verification failed: {count} fragments read back, {fragments} written"
+    if fragments != len(frames):
+        return f"verification failed: {fragments} codestreams written for {len(frames)} frame(s)"
+    # One walk through the encapsulated value, fragment by fragment: that checks
+    # the encapsulation as well as the codestreams, and holds one frame's
+    # codestream and decoded values at a time beside the original.  Each
+    # codestream is read by our decoder first, then by the independent one.
     end_marked = str(target) in END_MARKED
-    for label, decode in decoders:
-        failure: list[str] = []
-
-        def decoded(decode: DecodeFrame = decode, failure: list[str] = failure) -> Iterator[np.ndarray]:
-            """Frame by frame, so one decoded frame at a time is held beside the original's."""
-            for fragment in generate_frames(new.PixelData, number_of_frames=len(frames)):
-                if end_marked and not ends_with_marker(fragment):
-                    failure.append("a written codestream does not end with its end marker")
-                    return
-                try:
-                    yield decode(fragment, info)
-                except Exception as exc:  # a decoder of another project raises its own types
-                    failure.append(f"{label} cannot decode the output: {type(exc).__name__}: {exc}")
-                    return
-
-        reason = first_difference(frames, decoded())
-        if failure:
-            return f"verification failed: {failure[0]}"
-        if reason:
-            return f"verification failed ({label}): {reason}"
-        proof.append((label, digest))
+    read_back = generate_frames(new.PixelData, number_of_frames=len(frames))
+    for number, expected in enumerate(frames, start=1):
+        try:
+            fragment = next(read_back)
+        except StopIteration:
+            return f"verification failed: frame count differs: the output ends after {number - 1} frame(s)"
+        except Exception as exc:  # pydicom raises ValueError and others for bad items
+            return f"verification failed: encapsulated pixel data cannot be read back: {exc}"
+        if end_marked and not ends_with_marker(fragment):
+            return "verification failed: a written codestream does not end with its end marker"
+        for label, decode in decoders:
+            try:
+                actual = decode(fragment, info)
+            except Exception as exc:  # a decoder of another project raises its own types
+                return f"verification failed: {label} cannot decode the output: {type(exc).__name__}: {exc}"
+            reason = frame_difference(number, np.asarray(expected), np.asarray(actual))
+            if reason:
+                return f"verification failed ({label}): {reason}"
+            del actual
+    try:
+        extra = next(read_back, None)
+    except Exception as exc:
+        return f"verification failed: encapsulated pixel data cannot be read back: {exc}"
+    if extra is not None:
+        return f"verification failed: more than {len(frames)} frame(s) read back"
+    proof.extend((label, digest) for label, _ in decoders)
     return None
 
 
@@ -375,7 +431,9 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True, allow_larger: b
 
     start = time.perf_counter()
     try:
-        frames = list(iter_frames(ds))
+        # Native frames are views of the value, or read from the file one at a time when the value
+        # was left there (a large multi-frame image); decoded frames are held.
+        frames = native_frames(ds) if not is_encapsulated(source) else list(iter_frames(ds))
     except UnsupportedImageError as exc:
         return _pass(ds, f"unsupported image: {exc}", original)
     except GatewayError as exc:
@@ -409,13 +467,20 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True, allow_larger: b
         else:
             # A codec may code the frames of one image together (inter-frame prediction).
             encode_frames = getattr(codec, "encode_frames", None)
+            encapsulation = _Encapsulation(len(frames), extended=original > _BOT_LIMIT)
             if encode_frames is not None:
                 streams = encode_frames(frames, info)
-            else:
-                streams = [codec.encode_frame(frame, info) for frame in frames]
-            value, extended = _encapsulate(streams)
-            fragments = len(streams)
-            del streams  # the encapsulated value holds them
+                for stream in streams:
+                    encapsulation.add(stream)
+                del streams
+            else:  # each codestream goes into the value as soon as it is encoded
+                for frame in frames:
+                    encapsulation.add(codec.encode_frame(frame, info))
+                    if not allow_larger and len(encapsulation) >= original:
+                        break  # it would not shrink the pixel data: no use encoding the rest
+            fragments = len(encapsulation.offsets)
+            value, extended = encapsulation.finish()
+            del encapsulation
             element = DataElement(_PIXEL_DATA, "OB", value, is_undefined_length=True)
             if info.samples_per_pixel > 1:
                 # The codestream fixes the sample order; PS3.5 8.2 and G.2 note 2: 0.

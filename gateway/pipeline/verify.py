@@ -19,7 +19,7 @@ from pydicom import Dataset
 from gateway.errors import GatewayError
 from gateway.pipeline.pixels import iter_frames
 
-__all__ = ["first_difference", "frames_equal", "compare_pixels"]
+__all__ = ["first_difference", "frame_difference", "frames_equal", "compare_pixels"]
 
 
 def _position(index: tuple[int, ...]) -> str:
@@ -27,7 +27,8 @@ def _position(index: tuple[int, ...]) -> str:
     return ", ".join(f"{name} {value}" for name, value in zip(names, index))
 
 
-def _frame_difference(number: int, expected: np.ndarray, actual: np.ndarray) -> str | None:
+def frame_difference(number: int, expected: np.ndarray, actual: np.ndarray) -> str | None:
+    """None when frame `number` (from 1) equals `expected` in shape, dtype and values, else where not."""
     if expected.shape != actual.shape:
         return f"frame {number}: shape {actual.shape} differs from {expected.shape}"
     if expected.dtype != actual.dtype:
@@ -51,7 +52,7 @@ def first_difference(expected: Iterable[np.ndarray], actual: Iterable[np.ndarray
     for count, (a, b) in enumerate(zip_longest(expected, actual), start=1):
         if a is None or b is None:
             return f"frame count differs: one image ends after {count - 1} frame(s)"
-        reason = _frame_difference(count, np.asarray(a), np.asarray(b))
+        reason = frame_difference(count, np.asarray(a), np.asarray(b))
         if reason:
             return reason
     if count == 0:

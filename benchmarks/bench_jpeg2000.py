@@ -108,13 +108,14 @@ def interleaved(entries: Sequence[Entry], items: Sequence[Item], rounds: int, ve
 
 
 # Stages of our codec: (module, function, stage name).  Each is looked up
-# through its module at call time by the codec, so wrapping it there times it.
+# through its module at call time by the codec, so wrapping it there times it;
+# names a version of the modules lacks are skipped.
 STAGES = (
     (dwt, "forward", "wavelet"), (dwt, "inverse", "wavelet"),
     (t1, "encode_blocks", "tier 1 (code-blocks)"), (t1, "decode_blocks", "tier 1 (code-blocks)"),
     (tier2, "write_packets", "tier 2 (packets)"), (tier2, "read_packets", "tier 2 (packets)"),
     (tier2, "gather_blocks", "tier 2 (packets)"), (tier2, "packet_order", "tier 2 (packets)"),
-    (tier2, "tile_component", "code-block geometry"),
+    (tier2, "tile_component", "code-block geometry"), (tier2, "tile_layout", "code-block geometry"),
     (codestream, "write_codestream", "marker segments"), (codestream, "parse", "marker segments"),
 )
 
@@ -122,7 +123,8 @@ STAGES = (
 @contextmanager
 def _timed_stages(spent: Counter) -> Iterator[None]:
     """Wrap the stage functions so that each call adds its wall time to ``spent[stage]``."""
-    originals = [(module, name, getattr(module, name)) for module, name, _ in STAGES]
+    present = [(module, name, stage) for module, name, stage in STAGES if hasattr(module, name)]
+    originals = [(module, name, getattr(module, name)) for module, name, _ in present]
 
     def timed(function: Callable, stage: str) -> Callable:
         def call(*args, **kwargs):
@@ -133,7 +135,7 @@ def _timed_stages(spent: Counter) -> Iterator[None]:
                 spent[stage] += time.perf_counter() - start
         return call
 
-    for (module, name, stage), (_, _, function) in zip(STAGES, originals):
+    for (module, name, stage), (_, _, function) in zip(present, originals):
         setattr(module, name, timed(function, stage))
     try:
         yield

@@ -11,12 +11,16 @@ hits every entry alike.  Rows:
   as ours, its default 64 x 64 code-blocks), decoded with ``numthreads=1``;
 * ours jpeg-ls and CharLS (pyjpegls), for the ratio and speed of the other
   lossless family;
-* on frames larger than 1 MB only: ours and OpenJPEG with two threads.
+* on frames larger than 1 MB only: ours and OpenJPEG with two threads;
+* where our one-thread time goes: each stage of our encoder and decoder
+  (wavelet, tier 1, tier 2, code-block geometry, the rest in Python) timed
+  on every frame, best of the rounds.
 
 Images whose values use bits above Bits Stored are left out for every
 entry (the gateway passes them through).
 
-Run: ``python -m benchmarks.bench_jpeg2000 [--rounds 3] [--folders ...] [--only ...]``.
+Run: ``python -m benchmarks.bench_jpeg2000 [--rounds 3] [--folders ...] [--only ...]``
+(tables: ``single``, ``two-threads``, ``stages``).
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -32,6 +38,7 @@ from benchmarks.bench_standard import _from_pattern, _pattern, jpegls_entries
 from benchmarks.harness import Entry, Item, _Tally, format_table, load_corpus, measure
 from gateway.codecs.base import FrameInfo
 from gateway.codecs.jpeg2000 import codec as j2k
+from gateway.codecs.jpeg2000 import codestream, dwt, t1, tier2
 from gateway.pipeline.pixels import high_bits_used
 
 LARGE = 1 << 20
@@ -100,6 +107,94 @@ def interleaved(entries: Sequence[Entry], items: Sequence[Item], rounds: int, ve
     return {name: _best(results) for name, results in collected.items()}
 
 
+# Stages of our codec: (module, function, stage name).  Each is looked up
+# through its module at call time by the codec, so wrapping it there times it;
+# names a version of the modules lacks are skipped.
+STAGES = (
+    (dwt, "forward", "wavelet"), (dwt, "inverse", "wavelet"),
+    (t1, "encode_blocks", "tier 1 (code-blocks)"), (t1, "decode_blocks", "tier 1 (code-blocks)"),
+    (tier2, "write_packets", "tier 2 (packets)"), (tier2, "read_packets", "tier 2 (packets)"),
+    (tier2, "gather_blocks", "tier 2 (packets)"), (tier2, "packet_order", "tier 2 (packets)"),
+    (tier2, "tile_component", "code-block geometry"), (tier2, "tile_layout", "code-block geometry"),
+    (codestream, "write_codestream", "marker segments"), (codestream, "parse", "marker segments"),
+)
+
+
+@contextmanager
+def _timed_stages(spent: Counter) -> Iterator[None]:
+    """Wrap the stage functions so that each call adds its wall time to ``spent[stage]``."""
+    present = [(module, name, stage) for module, name, stage in STAGES if hasattr(module, name)]
+    originals = [(module, name, getattr(module, name)) for module, name, _ in present]
+
+    def timed(function: Callable, stage: str) -> Callable:
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spent[stage] += time.perf_counter() - start
+        return call
+
+    for (module, name, stage), (_, _, function) in zip(present, originals):
+        setattr(module, name, timed(function, stage))
+    try:
+        yield
+    finally:
+        for module, name, function in originals:
+            setattr(module, name, function)
+
+
+def stages(items: Sequence[Item], rounds: int) -> str:
+    """Where one-thread encoding and decoding spend their time, per stage (best round), beside OpenJPEG's totals."""
+    frames = [(f, it.info) for it in items for f in it.frames]
+    raw = sum(f.nbytes for f, _ in frames)
+    peer = openjpeg(1)
+    best: dict[str, dict[str, float]] = {"encode": {}, "decode": {}}
+    peer_best = {"encode": float("inf"), "decode": float("inf")}
+    for _ in range(rounds):
+        for direction in ("encode", "decode"):
+            spent: Counter = Counter()
+            total = 0.0
+            coded = [j2k.encode(f, info, parallel=False) for f, info in frames] if direction == "decode" else []
+            with _timed_stages(spent):
+                for k, (frame, info) in enumerate(frames):
+                    start = time.perf_counter()
+                    if direction == "encode":
+                        j2k.encode(frame, info, parallel=False)
+                    else:
+                        j2k.decode(coded[k], info, parallel=False)
+                    total += time.perf_counter() - start
+            spent["rest (Python glue, level shift, colour)"] = total - sum(spent.values())
+            spent["total"] = total
+            if total < best[direction].get("total", float("inf")):
+                best[direction] = dict(spent)
+            start = time.perf_counter()
+            for frame, info in frames:
+                if direction == "encode":
+                    peer.encode(frame, info)
+                else:
+                    peer.decode(peer.encode(frame, info), info)
+            elapsed = time.perf_counter() - start
+            if direction == "decode":  # the peer's decode timed alone
+                streams = [peer.encode(frame, info) for frame, info in frames]
+                start = time.perf_counter()
+                for data, (_, info) in zip(streams, frames):
+                    peer.decode(data, info)
+                elapsed = time.perf_counter() - start
+            peer_best[direction] = min(peer_best[direction], elapsed)
+    lines = [f"### Where our one-thread time goes ({len(frames)} frames, {raw / 1e6:.1f} MB)\n",
+             "| stage | encode s | encode % | decode s | decode % |", "|---|---:|---:|---:|---:|"]
+    names = [n for n in dict.fromkeys(stage for _, _, stage in STAGES)] + ["rest (Python glue, level shift, colour)"]
+    enc, dec = best["encode"], best["decode"]
+    for name in names + ["total"]:
+        e, d = enc.get(name, 0.0), dec.get(name, 0.0)
+        lines.append(f"| {name} | {e:.3f} | {100 * e / enc['total']:.0f} | {d:.3f} | {100 * d / dec['total']:.0f} |")
+    lines.append(f"| OpenJPEG (imagecodecs, 1 thread), total | {peer_best['encode']:.3f} | "
+                 f"{100 * peer_best['encode'] / enc['total']:.0f} | {peer_best['decode']:.3f} | "
+                 f"{100 * peer_best['decode'] / dec['total']:.0f} |")
+    return "\n".join(lines)
+
+
 def size_line(results: dict[str, dict[str, _Tally]], ours_name: str, peer: str) -> str:
     a, b = results[ours_name]["ALL"], results[peer]["ALL"]
     return (f"{ours_name}: {a.compressed:,} bytes; {peer}: {b.compressed:,} bytes "
@@ -111,7 +206,7 @@ def main() -> None:
     parser.add_argument("--folders", nargs="*", default=(), help="corpus folders to use (default: all)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (best time kept)")
     parser.add_argument("--noverify", action="store_true", help="skip the round-trip check")
-    parser.add_argument("--only", nargs="*", default=(), help="tables to run: single, two-threads")
+    parser.add_argument("--only", nargs="*", default=(), help="tables to run: single, two-threads, stages")
     args = parser.parse_args()
     items = load_corpus(folders=args.folders)
     kept = [it for it in items if not any(high_bits_used(f, it.info) for f in it.frames)]
@@ -129,6 +224,9 @@ def main() -> None:
         entries = [ours(1), ours(2), openjpeg(1), openjpeg(2)]
         results = interleaved(entries, large, args.rounds, not args.noverify)
         print(format_table(results, f"frames larger than 1 MB ({len(large)} images): one and two threads"))
+        print()
+    if not args.only or "stages" in args.only:
+        print(stages(kept, args.rounds))
 
 
 if __name__ == "__main__":

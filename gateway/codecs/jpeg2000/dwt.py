@@ -31,154 +31,125 @@ def level_extent(x0: int, x1: int, level: int) -> tuple[int, int]:
 
 
 # ----------------------------------------------------------------------------- one dimension
+#
+# Each pass reads one buffer and writes the other, lifting and
+# (de)interleaving in the same loop: the forward transform lifts the columns
+# of the tile into a scratch array and the rows back into the tile, the
+# inverse the other way round, so no pass copies samples.  Indices are
+# unsigned so that numba indexes without its negative-index test.
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _mirror(k: int, n: int) -> int:
-    if k < 0:
-        return -k
-    if k >= n:
-        return 2 * (n - 1) - k
-    return k
+def _u(i: int) -> np.uint64:
+    return np.uint64(i)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _lift(x: np.ndarray, n: int, first: int, predict: bool) -> None:
-    """One lifting step on samples ``first, first + 2, ...`` of ``x[:n]`` (n >= 2), mirrored at the ends.
+def _high(k: int, odd: int, low_count: int) -> int:
+    """Index in the deinterleaved line of the high-pass sample at position `k` (``k % 2 != odd``)."""
+    return low_count + ((k - 1 + odd) >> 1)
 
-    Predict: ``x[k] -= (x[k-1] + x[k+1]) >> 1``; update: ``x[k] += (x[k-1] + x[k+1] + 2) >> 2``.
+
+@njit(cache=True, nogil=True)
+def _forward_line(src: np.ndarray, dst: np.ndarray, n: int, odd: int) -> None:
+    """Lift ``src[:n]`` (first sample at an odd coordinate when `odd`) into ``dst[:n]``, low-pass half first.
+
+    Predict: ``x[k] -= (x[k-1] + x[k+1]) >> 1`` on the high-pass samples;
+    update: ``x[k] += (x[k-1] + x[k+1] + 2) >> 2`` on the low-pass ones,
+    mirrored at the ends (whole-sample symmetric extension).
     """
-    k = first
-    if k == 0:  # left neighbour mirrored: x[-1] = x[1]
-        v = x[1] + x[1]
-        x[0] = x[0] - (v >> 1) if predict else x[0] + ((v + 2) >> 2)
-        k = 2
-    last = n - 1
-    if predict:
-        while k < last:
-            x[k] -= (x[k - 1] + x[k + 1]) >> 1
-            k += 2
-    else:
-        while k < last:
-            x[k] += (x[k - 1] + x[k + 1] + 2) >> 2
-            k += 2
-    if k == last:  # right neighbour mirrored: x[n] = x[n-2]
-        v = x[k - 1] + x[k - 1]
-        x[k] = x[k] - (v >> 1) if predict else x[k] + ((v + 2) >> 2)
+    if n == 1:
+        dst[0] = src[0] * 2 if odd else src[0]
+        return
+    nl = (n - odd + 1) >> 1
+    j = nl
+    for k in range(1 - odd, n, 2):
+        left = k - 1 if k > 0 else 1
+        right = k + 1 if k + 1 < n else n - 2
+        dst[_u(j)] = src[_u(k)] - ((src[_u(left)] + src[_u(right)]) >> 1)
+        j += 1
+    j = 0
+    for k in range(odd, n, 2):
+        left = k - 1 if k > 0 else 1
+        right = k + 1 if k + 1 < n else n - 2
+        dst[_u(j)] = src[_u(k)] + ((dst[_u(_high(left, odd, nl))] + dst[_u(_high(right, odd, nl))] + 2) >> 2)
+        j += 1
 
 
 @njit(cache=True, nogil=True)
-def _forward_line(x: np.ndarray, n: int, odd: int, tmp: np.ndarray) -> None:
-    """Lift ``x[:n]`` (first sample at an odd coordinate when `odd`) and deinterleave it."""
+def _inverse_line(src: np.ndarray, dst: np.ndarray, n: int, odd: int) -> None:
+    """Interleave ``src[:n]`` (low half first) into ``dst[:n]``, undoing the lifting."""
     if n == 1:
-        if odd:
-            x[0] *= 2
+        v = src[0]
+        dst[0] = (v // 2 if v >= 0 else -((-v) // 2)) if odd else v
         return
-    _lift(x, n, 1 - odd, True)  # predict: high-pass samples
-    _lift(x, n, odd, False)  # update: low-pass samples
+    nl = (n - odd + 1) >> 1
     j = 0
-    for k in range(odd, n, 2):
-        tmp[j] = x[k]
+    for k in range(odd, n, 2):  # undo the update: low-pass samples
+        left = k - 1 if k > 0 else 1
+        right = k + 1 if k + 1 < n else n - 2
+        dst[_u(k)] = src[_u(j)] - ((src[_u(_high(left, odd, nl))] + src[_u(_high(right, odd, nl))] + 2) >> 2)
         j += 1
-    for k in range(1 - odd, n, 2):
-        tmp[j] = x[k]
+    j = nl
+    for k in range(1 - odd, n, 2):  # undo the prediction: high-pass samples
+        left = k - 1 if k > 0 else 1
+        right = k + 1 if k + 1 < n else n - 2
+        dst[_u(k)] = src[_u(j)] + ((dst[_u(left)] + dst[_u(right)]) >> 1)
         j += 1
-    x[:n] = tmp[:n]
-
-
-@njit(cache=True, nogil=True)
-def _inverse_line(x: np.ndarray, n: int, odd: int, tmp: np.ndarray) -> None:
-    """Interleave ``x[:n]`` (low half first) and undo the lifting."""
-    if n == 1:
-        if odd:
-            v = x[0]
-            x[0] = v // 2 if v >= 0 else -((-v) // 2)
-        return
-    j = 0
-    for k in range(odd, n, 2):
-        tmp[k] = x[j]
-        j += 1
-    for k in range(1 - odd, n, 2):
-        tmp[k] = x[j]
-        j += 1
-    # Undo the update (subtract it from the low-pass samples), then the prediction.
-    k = odd
-    if k == 0:
-        tmp[0] -= (tmp[1] + tmp[1] + 2) >> 2
-        k = 2
-    while k < n - 1:
-        tmp[k] -= (tmp[k - 1] + tmp[k + 1] + 2) >> 2
-        k += 2
-    if k == n - 1:
-        tmp[k] -= (tmp[k - 1] + tmp[k - 1] + 2) >> 2
-    k = 1 - odd
-    if k == 0:
-        tmp[0] += (tmp[1] + tmp[1]) >> 1
-        k = 2
-    while k < n - 1:
-        tmp[k] += (tmp[k - 1] + tmp[k + 1]) >> 1
-        k += 2
-    if k == n - 1:
-        tmp[k] += (tmp[k - 1] + tmp[k - 1]) >> 1
-    x[:n] = tmp[:n]
 
 
 # ----------------------------------------------------------------------------- columns, row by row
 
 
 @njit(cache=True, nogil=True)
-def _forward_columns(a: np.ndarray, h: int, w: int, odd: int, tmp: np.ndarray) -> None:
-    """Vertical lifting of ``a[:h, :w]``, whole rows at a time, then row deinterleaving."""
+def _forward_columns(src: np.ndarray, dst: np.ndarray, h: int, w: int, odd: int) -> None:
+    """Vertical lifting of ``src[:h, :w]`` into ``dst``, whole rows at a time, low-pass rows first."""
     if h == 1:
-        if odd:
-            for x in range(w):
-                a[0, x] *= 2
+        for x in range(w):
+            dst[0, x] = src[0, x] * 2 if odd else src[0, x]
         return
+    nl = (h - odd + 1) >> 1
+    j = nl
     for k in range(1 - odd, h, 2):
-        up, down = _mirror(k - 1, h), _mirror(k + 1, h)
+        out, mid = dst[j], src[k]
+        up, down = src[k - 1 if k > 0 else 1], src[k + 1 if k + 1 < h else h - 2]
         for x in range(w):
-            a[k, x] -= (a[up, x] + a[down, x]) >> 1
-    for k in range(odd, h, 2):
-        up, down = _mirror(k - 1, h), _mirror(k + 1, h)
-        for x in range(w):
-            a[k, x] += (a[up, x] + a[down, x] + 2) >> 2
+            out[_u(x)] = mid[_u(x)] - ((up[_u(x)] + down[_u(x)]) >> 1)
+        j += 1
     j = 0
     for k in range(odd, h, 2):
-        tmp[j, :w] = a[k, :w]
+        out, mid = dst[j], src[k]
+        up = dst[_high(k - 1 if k > 0 else 1, odd, nl)]
+        down = dst[_high(k + 1 if k + 1 < h else h - 2, odd, nl)]
+        for x in range(w):
+            out[_u(x)] = mid[_u(x)] + ((up[_u(x)] + down[_u(x)] + 2) >> 2)
         j += 1
-    for k in range(1 - odd, h, 2):
-        tmp[j, :w] = a[k, :w]
-        j += 1
-    for k in range(h):
-        a[k, :w] = tmp[k, :w]
 
 
 @njit(cache=True, nogil=True)
-def _inverse_columns(a: np.ndarray, h: int, w: int, odd: int, tmp: np.ndarray) -> None:
-    """Row interleaving of ``a[:h, :w]`` (low rows first), then inverse vertical lifting."""
+def _inverse_columns(src: np.ndarray, dst: np.ndarray, h: int, w: int, odd: int) -> None:
+    """Row interleaving of ``src[:h, :w]`` (low rows first) into ``dst``, undoing the vertical lifting."""
     if h == 1:
-        if odd:
-            for x in range(w):
-                v = a[0, x]
-                a[0, x] = v // 2 if v >= 0 else -((-v) // 2)
+        for x in range(w):
+            v = src[0, x]
+            dst[0, x] = (v // 2 if v >= 0 else -((-v) // 2)) if odd else v
         return
+    nl = (h - odd + 1) >> 1
     j = 0
     for k in range(odd, h, 2):
-        tmp[k, :w] = a[j, :w]
-        j += 1
-    for k in range(1 - odd, h, 2):
-        tmp[k, :w] = a[j, :w]
-        j += 1
-    for k in range(odd, h, 2):
-        up, down = _mirror(k - 1, h), _mirror(k + 1, h)
+        out, mid = dst[k], src[j]
+        up = src[_high(k - 1 if k > 0 else 1, odd, nl)]
+        down = src[_high(k + 1 if k + 1 < h else h - 2, odd, nl)]
         for x in range(w):
-            tmp[k, x] -= (tmp[up, x] + tmp[down, x] + 2) >> 2
+            out[_u(x)] = mid[_u(x)] - ((up[_u(x)] + down[_u(x)] + 2) >> 2)
+        j += 1
+    j = nl
     for k in range(1 - odd, h, 2):
-        up, down = _mirror(k - 1, h), _mirror(k + 1, h)
+        out, mid = dst[k], src[j]
+        up, down = dst[k - 1 if k > 0 else 1], dst[k + 1 if k + 1 < h else h - 2]
         for x in range(w):
-            tmp[k, x] += (tmp[up, x] + tmp[down, x]) >> 1
-    for k in range(h):
-        a[k, :w] = tmp[k, :w]
+            out[_u(x)] = mid[_u(x)] + ((up[_u(x)] + down[_u(x)]) >> 1)
+        j += 1
 
 
 # ----------------------------------------------------------------------------- two dimensions
@@ -189,7 +160,6 @@ def forward(a: np.ndarray, levels: int, x0: int, y0: int) -> None:
     """`levels` decompositions of the tile-component `a` whose first sample is at canvas (x0, y0)."""
     rows, cols = a.shape
     tmp = np.empty((rows, cols), dtype=a.dtype)
-    line = np.empty(cols, dtype=a.dtype)
     for level in range(levels):
         u0 = -((-x0) >> level)
         v0 = -((-y0) >> level)
@@ -197,9 +167,9 @@ def forward(a: np.ndarray, levels: int, x0: int, y0: int) -> None:
         h = -((-(y0 + rows)) >> level) - v0
         if w == 0 or h == 0:
             return
-        _forward_columns(a, h, w, v0 & 1, tmp)
+        _forward_columns(a, tmp, h, w, v0 & 1)
         for y in range(h):
-            _forward_line(a[y], w, u0 & 1, line)
+            _forward_line(tmp[y], a[y], w, u0 & 1)
 
 
 @njit(cache=True, nogil=True)
@@ -207,7 +177,6 @@ def inverse(a: np.ndarray, levels: int, x0: int, y0: int) -> None:
     """Undo :func:`forward`."""
     rows, cols = a.shape
     tmp = np.empty((rows, cols), dtype=a.dtype)
-    line = np.empty(cols, dtype=a.dtype)
     for level in range(levels - 1, -1, -1):
         u0 = -((-x0) >> level)
         v0 = -((-y0) >> level)
@@ -216,8 +185,8 @@ def inverse(a: np.ndarray, levels: int, x0: int, y0: int) -> None:
         if w == 0 or h == 0:
             continue
         for y in range(h):
-            _inverse_line(a[y], w, u0 & 1, line)
-        _inverse_columns(a, h, w, v0 & 1, tmp)
+            _inverse_line(a[y], tmp[y], w, u0 & 1)
+        _inverse_columns(tmp, a, h, w, v0 & 1)
 
 
 def band_rect(x0: int, y0: int, cols: int, rows: int, level: int, orient: int) -> tuple[int, int, int, int]:

@@ -53,6 +53,14 @@ S_NLPS = np.array([(NLPS[s >> 1] << 1) | ((s & 1) ^ SWITCH[s >> 1]) for s in ran
 # Both transitions in one table: ``S_NEXT[2 * state + lps]``.
 S_NEXT = np.array([t[s] for s in range(94) for t in (S_NMPS, S_NLPS)], dtype=np.int64)
 
+
+
+@njit(cache=True, nogil=True, inline="always")
+def u(i: int) -> np.uint64:
+    """An index as unsigned, so that numba indexes without the negative-index wraparound test."""
+    return np.uint64(i)
+
+
 # The 19 contexts of the bit-plane coder (T.800 Table D.7 gives their initial states).
 N_CONTEXTS = 19
 CX_RL = 17  # run-length
@@ -75,7 +83,7 @@ def reset_contexts(states: np.ndarray) -> None:
 @njit(cache=True, nogil=True, inline="always")
 def _put(out: np.ndarray, at: int, value: int) -> None:
     if at < out.size:
-        out[at] = value
+        out[u(at)] = value
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -126,8 +134,8 @@ def encode(bit: int, cx: int, states: np.ndarray, a: int, c: int, ct: int, b: in
     pick the result, so only the renormalisation test branches (rarely
     mispredicted: most symbols are MPS that need none).
     """
-    s = states[cx]
-    qe = S_QE[s]
+    s = states[u(cx)]
+    qe = S_QE[u(s)]
     a -= qe
     lps = bit ^ (s & 1)
     keep = (1 if a < qe else 0) ^ lps ^ 1  # 1: C += Qe and A stays; 0: A = Qe
@@ -136,7 +144,7 @@ def encode(bit: int, cx: int, states: np.ndarray, a: int, c: int, ct: int, b: in
     a = qe ^ ((a ^ qe) & mask)
     if a & 0x8000:
         return a, c, ct, b, n
-    states[cx] = S_NEXT[2 * s + lps]
+    states[u(cx)] = S_NEXT[u(2 * s + lps)]
     shift = leading_zeros(np.uint32(a)) - 16
     while shift >= ct:
         a <<= ct
@@ -168,7 +176,7 @@ def flush(a: int, c: int, ct: int, b: int, n: int, out: np.ndarray, base: int) -
 
 @njit(cache=True, nogil=True, inline="always")
 def _byte(data: np.ndarray, pos: int, end: int) -> int:
-    return int(data[pos]) if pos < end else 0xFF
+    return int(data[u(pos)]) if pos < end else 0xFF
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -209,8 +217,8 @@ def decode(cx: int, states: np.ndarray, a: int, c: int, ct: int, pos: int,
     each of ``C_high < Qe`` and ``A - Qe < Qe``, and masks apply the
     interval update of either sub-interval.
     """
-    s = states[cx]
-    qe = S_QE[s]
+    s = states[u(cx)]
+    qe = S_QE[u(s)]
     a -= qe
     low = 1 if (c >> 16) < qe else 0  # the code value lies in the lower (Qe) sub-interval
     d = (s & 1) ^ low ^ (1 if a < qe else 0)
@@ -219,7 +227,7 @@ def decode(cx: int, states: np.ndarray, a: int, c: int, ct: int, pos: int,
     a ^= (a ^ qe) & mask
     if a & 0x8000:
         return d, a, c, ct, pos
-    states[cx] = S_NEXT[2 * s + (d ^ (s & 1))]
+    states[u(cx)] = S_NEXT[u(2 * s + (d ^ (s & 1)))]
     shift = leading_zeros(np.uint32(a)) - 16
     while shift > ct:
         a <<= ct

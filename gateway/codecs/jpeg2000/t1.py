@@ -39,6 +39,7 @@ import numpy as np
 from numba import njit
 
 from gateway.codecs.jpeg2000 import mq
+from gateway.codecs.jpeg2000.mq import u
 
 # Code-block style flags (T.800 Table A.19).
 STYLE_BYPASS = 0x01
@@ -51,8 +52,11 @@ STYLE_SEGSYM = 0x20
 # Sub-band orientations, in packet order after LL.
 LL, HL, LH, HH = 0, 1, 2, 3
 
-# Flag word bits: neighbour significance, neighbour signs, own state.
-F_NW, F_N, F_NE, F_W, F_E, F_SW, F_S, F_SE = 1, 2, 4, 8, 16, 32, 64, 128
+# Flag word bits: neighbour significance (the four direct neighbours first),
+# neighbour signs, own state.  The direct neighbours' significance (bits 0-3)
+# and signs (bits 8-11) are in the same order, so the sign-coding index is two
+# masks and a shift.
+F_N, F_W, F_E, F_S, F_NW, F_NE, F_SW, F_SE = 1, 2, 4, 8, 16, 32, 64, 128
 F_NEIGHBOURS = 0xFF
 F_SGN_N, F_SGN_W, F_SGN_E, F_SGN_S = 256, 512, 1024, 2048
 F_SIG, F_VISIT, F_REF, F_NEG = 4096, 8192, 16384, 32768
@@ -132,8 +136,7 @@ SC_CONTEXT, SC_XOR = _sc_tables()
 
 @njit(cache=True, nogil=True, inline="always")
 def _sign_index(f: int) -> int:
-    return (((f >> 1) & 1) | (((f >> 3) & 1) << 1) | (((f >> 4) & 1) << 2) | (((f >> 6) & 1) << 3)
-            | (((f >> 8) & 0xF) << 4))
+    return (f & 0xF) | ((f >> 4) & 0xF0)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -144,17 +147,17 @@ def _significant(flags: np.ndarray, i: int, stride: int, negative: int, vcausal_
     ``counts[stripe]`` counts the significant coefficients of each stripe
     (index 1 is the first stripe; 0 and the last are always zero).
     """
-    counts[stripe] += 1
-    flags[i] |= F_SIG | (F_NEG if negative else 0)
+    counts[u(stripe)] += 1
+    flags[u(i)] |= F_SIG | (F_NEG if negative else 0)
     if not vcausal_top:
-        flags[i - stride - 1] |= F_SE
-        flags[i - stride] |= F_S | (F_SGN_S if negative else 0)
-        flags[i - stride + 1] |= F_SW
-    flags[i - 1] |= F_E | (F_SGN_E if negative else 0)
-    flags[i + 1] |= F_W | (F_SGN_W if negative else 0)
-    flags[i + stride - 1] |= F_NE
-    flags[i + stride] |= F_N | (F_SGN_N if negative else 0)
-    flags[i + stride + 1] |= F_NW
+        flags[u(i - stride - 1)] |= F_SE
+        flags[u(i - stride)] |= F_S | (F_SGN_S if negative else 0)
+        flags[u(i - stride + 1)] |= F_SW
+    flags[u(i - 1)] |= F_E | (F_SGN_E if negative else 0)
+    flags[u(i + 1)] |= F_W | (F_SGN_W if negative else 0)
+    flags[u(i + stride - 1)] |= F_NE
+    flags[u(i + stride)] |= F_N | (F_SGN_N if negative else 0)
+    flags[u(i + stride + 1)] |= F_NW
 
 
 # ----------------------------------------------------------------------------- encoder
@@ -172,17 +175,17 @@ def _enc_sp(i: int, m: int, p: int, orient: int, flags: np.ndarray, mags: np.nda
             counts: np.ndarray, stripe: int, states: np.ndarray, a: int, c: int, ct: int, b: int, n: int,
             out: np.ndarray, base: int) -> tuple[int, int, int, int, int]:
     """Significance propagation for one coefficient."""
-    f = flags[i]
+    f = flags[u(i)]
     if f & F_SIG or not f & F_NEIGHBOURS:
         return a, c, ct, b, n
-    bit = (mags[m] >> p) & 1
-    a, c, ct, b, n = mq.encode(bit, ZC[orient, f & F_NEIGHBOURS], states, a, c, ct, b, n, out, base)
+    bit = (mags[u(m)] >> p) & 1
+    a, c, ct, b, n = mq.encode(bit, ZC[u(orient), u(f & F_NEIGHBOURS)], states, a, c, ct, b, n, out, base)
     if bit:
         si = _sign_index(f)
         neg = 1 if f & F_NEG else 0
-        a, c, ct, b, n = mq.encode(neg ^ SC_XOR[si], SC_CONTEXT[si], states, a, c, ct, b, n, out, base)
+        a, c, ct, b, n = mq.encode(neg ^ SC_XOR[u(si)], SC_CONTEXT[u(si)], states, a, c, ct, b, n, out, base)
         _significant(flags, i, stride, neg, False, counts, stripe)
-    flags[i] |= F_VISIT
+    flags[u(i)] |= F_VISIT
     return a, c, ct, b, n
 
 
@@ -190,12 +193,12 @@ def _enc_sp(i: int, m: int, p: int, orient: int, flags: np.ndarray, mags: np.nda
 def _enc_mr(i: int, m: int, p: int, flags: np.ndarray, mags: np.ndarray, states: np.ndarray, a: int, c: int,
             ct: int, b: int, n: int, out: np.ndarray, base: int) -> tuple[int, int, int, int, int]:
     """Magnitude refinement for one coefficient."""
-    f = flags[i]
+    f = flags[u(i)]
     if f & (F_SIG | F_VISIT) != F_SIG:
         return a, c, ct, b, n
     cx = 16 if f & F_REF else (15 if f & F_NEIGHBOURS else 14)
-    a, c, ct, b, n = mq.encode((mags[m] >> p) & 1, cx, states, a, c, ct, b, n, out, base)
-    flags[i] = f | F_REF
+    a, c, ct, b, n = mq.encode((mags[u(m)] >> p) & 1, cx, states, a, c, ct, b, n, out, base)
+    flags[u(i)] = f | F_REF
     return a, c, ct, b, n
 
 
@@ -204,16 +207,16 @@ def _enc_cu(i: int, m: int, p: int, orient: int, flags: np.ndarray, mags: np.nda
             counts: np.ndarray, stripe: int, states: np.ndarray, a: int, c: int, ct: int, b: int, n: int,
             out: np.ndarray, base: int) -> tuple[int, int, int, int, int]:
     """Cleanup coding of one coefficient (outside run mode)."""
-    f = flags[i]
+    f = flags[u(i)]
     if f & (F_SIG | F_VISIT):
-        flags[i] = f & ~F_VISIT
+        flags[u(i)] = f & ~F_VISIT
         return a, c, ct, b, n
-    bit = (mags[m] >> p) & 1
-    a, c, ct, b, n = mq.encode(bit, ZC[orient, f & F_NEIGHBOURS], states, a, c, ct, b, n, out, base)
+    bit = (mags[u(m)] >> p) & 1
+    a, c, ct, b, n = mq.encode(bit, ZC[u(orient), u(f & F_NEIGHBOURS)], states, a, c, ct, b, n, out, base)
     if bit:
         si = _sign_index(f)
         neg = 1 if f & F_NEG else 0
-        a, c, ct, b, n = mq.encode(neg ^ SC_XOR[si], SC_CONTEXT[si], states, a, c, ct, b, n, out, base)
+        a, c, ct, b, n = mq.encode(neg ^ SC_XOR[u(si)], SC_CONTEXT[u(si)], states, a, c, ct, b, n, out, base)
         _significant(flags, i, stride, neg, False, counts, stripe)
     return a, c, ct, b, n
 
@@ -224,13 +227,13 @@ def _enc_run(i: int, m: int, w: int, p: int, flags: np.ndarray, mags: np.ndarray
              base: int) -> tuple[int, int, int, int, int, int]:
     """Run mode on one full column: returns the row after the coefficient that became significant (4: none)."""
     # The first row whose bit is set, without a loop (helpers inlined into loops stay loop-free).
-    if (mags[m] >> p) & 1:
+    if (mags[u(m)] >> p) & 1:
         k = 0
-    elif (mags[m + w] >> p) & 1:
+    elif (mags[u(m + w)] >> p) & 1:
         k = 1
-    elif (mags[m + 2 * w] >> p) & 1:
+    elif (mags[u(m + 2 * w)] >> p) & 1:
         k = 2
-    elif (mags[m + 3 * w] >> p) & 1:
+    elif (mags[u(m + 3 * w)] >> p) & 1:
         k = 3
     else:
         k = 4
@@ -241,10 +244,10 @@ def _enc_run(i: int, m: int, w: int, p: int, flags: np.ndarray, mags: np.ndarray
     a, c, ct, b, n = mq.encode(k >> 1, mq.CX_UNI, states, a, c, ct, b, n, out, base)
     a, c, ct, b, n = mq.encode(k & 1, mq.CX_UNI, states, a, c, ct, b, n, out, base)
     j = i + k * stride
-    f = flags[j]
+    f = flags[u(j)]
     si = _sign_index(f)
     neg = 1 if f & F_NEG else 0
-    a, c, ct, b, n = mq.encode(neg ^ SC_XOR[si], SC_CONTEXT[si], states, a, c, ct, b, n, out, base)
+    a, c, ct, b, n = mq.encode(neg ^ SC_XOR[u(si)], SC_CONTEXT[u(si)], states, a, c, ct, b, n, out, base)
     _significant(flags, j, stride, neg, False, counts, stripe)
     return k + 1, a, c, ct, b, n
 
@@ -257,18 +260,18 @@ def _encode_block(coef: np.ndarray, orient: int, flags: np.ndarray, mags: np.nda
     stride = w + 2
     s2, s3 = 2 * stride, 3 * stride
     for i in range((h + 2) * stride):
-        flags[i] = 0
+        flags[u(i)] = 0
     for i in range((h + 3) // 4 + 2):
-        counts[i] = 0
+        counts[u(i)] = 0
     top = 0
     for y in range(h):
         for x in range(w):
             v = coef[y, x]
             m = -v if v < 0 else v
-            mags[y * w + x] = m
+            mags[u(y * w + x)] = m
             top |= m
             if v < 0:
-                flags[(y + 1) * stride + x + 1] = F_NEG
+                flags[u((y + 1) * stride + x + 1)] = F_NEG
     planes = 0
     while top >> planes:
         planes += 1
@@ -281,13 +284,13 @@ def _encode_block(coef: np.ndarray, orient: int, flags: np.ndarray, mags: np.nda
             for y0 in range(0, h, 4):  # significance propagation
                 stripe = (y0 >> 2) + 1
                 size = min(4, h - y0) * w
-                if counts[stripe - 1] + counts[stripe] + counts[stripe + 1] == 0 or counts[stripe] == size:
+                if counts[u(stripe - 1)] + counts[u(stripe)] + counts[u(stripe + 1)] == 0 or counts[u(stripe)] == size:
                     continue
                 row = (y0 + 1) * stride + 1
                 if y0 + 4 <= h:
                     for x in range(w):
                         i = row + x
-                        f0, f1, f2, f3 = flags[i], flags[i + stride], flags[i + s2], flags[i + s3]
+                        f0, f1, f2, f3 = flags[u(i)], flags[u(i + stride)], flags[u(i + s2)], flags[u(i + s3)]
                         if not (f0 | f1 | f2 | f3) & F_NEIGHBOURS or f0 & f1 & f2 & f3 & F_SIG:
                             continue
                         m = y0 * w + x
@@ -300,13 +303,13 @@ def _encode_block(coef: np.ndarray, orient: int, flags: np.ndarray, mags: np.nda
                             a, c, ct, b, n = _enc_sp(row + (y - y0) * stride + x, y * w + x, p, orient, flags, mags,
                                                      stride, counts, stripe, states, a, c, ct, b, n, out, base)
             for y0 in range(0, h, 4):  # magnitude refinement
-                if counts[(y0 >> 2) + 1] == 0:
+                if counts[u((y0 >> 2) + 1)] == 0:
                     continue
                 row = (y0 + 1) * stride + 1
                 if y0 + 4 <= h:
                     for x in range(w):
                         i = row + x
-                        if not (flags[i] | flags[i + stride] | flags[i + s2] | flags[i + s3]) & F_SIG:
+                        if not (flags[u(i)] | flags[u(i + stride)] | flags[u(i + s2)] | flags[u(i + s3)]) & F_SIG:
                             continue
                         m = y0 * w + x
                         for k in range(4):
@@ -323,13 +326,13 @@ def _encode_block(coef: np.ndarray, orient: int, flags: np.ndarray, mags: np.nda
             if y0 + 4 <= h:
                 for x in range(w):
                     i = row + x
-                    f0, f1, f2, f3 = flags[i], flags[i + stride], flags[i + s2], flags[i + s3]
+                    f0, f1, f2, f3 = flags[u(i)], flags[u(i + stride)], flags[u(i + s2)], flags[u(i + s3)]
                     m = y0 * w + x
                     if f0 & f1 & f2 & f3 & F_SIG:
-                        flags[i] = f0 & ~F_VISIT
-                        flags[i + stride] = f1 & ~F_VISIT
-                        flags[i + s2] = f2 & ~F_VISIT
-                        flags[i + s3] = f3 & ~F_VISIT
+                        flags[u(i)] = f0 & ~F_VISIT
+                        flags[u(i + stride)] = f1 & ~F_VISIT
+                        flags[u(i + s2)] = f2 & ~F_VISIT
+                        flags[u(i + s3)] = f3 & ~F_VISIT
                         continue
                     k = 0
                     if not (f0 | f1 | f2 | f3) & (F_SIG | F_VISIT | F_NEIGHBOURS):
@@ -387,23 +390,23 @@ def _dec_sp(i: int, m: int, half: int, orient: int, flags: np.ndarray, vals: np.
             counts: np.ndarray, stripe: int, causal: bool, raw: bool, states: np.ndarray, a: int, c: int, ct: int,
             pos: int, data: np.ndarray, end: int) -> tuple[int, int, int, int]:
     """Significance propagation for one coefficient."""
-    f = flags[i]
+    f = flags[u(i)]
     if f & F_SIG or not f & F_NEIGHBOURS:
         return a, c, ct, pos
     if raw:
         bit, c, ct, pos = mq.raw_bit(c, ct, pos, data, end)
     else:
-        bit, a, c, ct, pos = mq.decode(ZC[orient, f & F_NEIGHBOURS], states, a, c, ct, pos, data, end)
+        bit, a, c, ct, pos = mq.decode(ZC[u(orient), u(f & F_NEIGHBOURS)], states, a, c, ct, pos, data, end)
     if bit:
         if raw:
             neg, c, ct, pos = mq.raw_bit(c, ct, pos, data, end)
         else:
             si = _sign_index(f)
-            neg, a, c, ct, pos = mq.decode(SC_CONTEXT[si], states, a, c, ct, pos, data, end)
-            neg ^= SC_XOR[si]
+            neg, a, c, ct, pos = mq.decode(SC_CONTEXT[u(si)], states, a, c, ct, pos, data, end)
+            neg ^= SC_XOR[u(si)]
         _significant(flags, i, stride, neg, causal, counts, stripe)
-        vals[m] = 3 * half
-    flags[i] |= F_VISIT
+        vals[u(m)] = 3 * half
+    flags[u(i)] |= F_VISIT
     return a, c, ct, pos
 
 
@@ -411,7 +414,7 @@ def _dec_sp(i: int, m: int, half: int, orient: int, flags: np.ndarray, vals: np.
 def _dec_mr(i: int, m: int, half: int, flags: np.ndarray, vals: np.ndarray, raw: bool, states: np.ndarray,
             a: int, c: int, ct: int, pos: int, data: np.ndarray, end: int) -> tuple[int, int, int, int]:
     """Magnitude refinement for one coefficient: the value moves by half the interval."""
-    f = flags[i]
+    f = flags[u(i)]
     if f & (F_SIG | F_VISIT) != F_SIG:
         return a, c, ct, pos
     if raw:
@@ -419,8 +422,8 @@ def _dec_mr(i: int, m: int, half: int, flags: np.ndarray, vals: np.ndarray, raw:
     else:
         cx = 16 if f & F_REF else (15 if f & F_NEIGHBOURS else 14)
         bit, a, c, ct, pos = mq.decode(cx, states, a, c, ct, pos, data, end)
-    vals[m] += half if bit else -half
-    flags[i] = f | F_REF
+    vals[u(m)] += half if bit else -half
+    flags[u(i)] = f | F_REF
     return a, c, ct, pos
 
 
@@ -429,17 +432,17 @@ def _dec_cu(i: int, m: int, half: int, orient: int, flags: np.ndarray, vals: np.
             counts: np.ndarray, stripe: int, causal: bool, states: np.ndarray, a: int, c: int, ct: int, pos: int,
             data: np.ndarray, end: int) -> tuple[int, int, int, int]:
     """Cleanup decoding of one coefficient (outside run mode)."""
-    f = flags[i]
+    f = flags[u(i)]
     if f & (F_SIG | F_VISIT):
-        flags[i] = f & ~F_VISIT
+        flags[u(i)] = f & ~F_VISIT
         return a, c, ct, pos
-    bit, a, c, ct, pos = mq.decode(ZC[orient, f & F_NEIGHBOURS], states, a, c, ct, pos, data, end)
+    bit, a, c, ct, pos = mq.decode(ZC[u(orient), u(f & F_NEIGHBOURS)], states, a, c, ct, pos, data, end)
     if bit:
         si = _sign_index(f)
-        neg, a, c, ct, pos = mq.decode(SC_CONTEXT[si], states, a, c, ct, pos, data, end)
-        neg ^= SC_XOR[si]
+        neg, a, c, ct, pos = mq.decode(SC_CONTEXT[u(si)], states, a, c, ct, pos, data, end)
+        neg ^= SC_XOR[u(si)]
         _significant(flags, i, stride, neg, causal, counts, stripe)
-        vals[m] = 3 * half
+        vals[u(m)] = 3 * half
     return a, c, ct, pos
 
 
@@ -455,11 +458,11 @@ def _dec_run(i: int, m: int, w: int, half: int, flags: np.ndarray, vals: np.ndar
     lo, a, c, ct, pos = mq.decode(mq.CX_UNI, states, a, c, ct, pos, data, end)
     k = hi * 2 + lo
     j = i + k * stride
-    si = _sign_index(flags[j])
-    neg, a, c, ct, pos = mq.decode(SC_CONTEXT[si], states, a, c, ct, pos, data, end)
-    neg ^= SC_XOR[si]
+    si = _sign_index(flags[u(j)])
+    neg, a, c, ct, pos = mq.decode(SC_CONTEXT[u(si)], states, a, c, ct, pos, data, end)
+    neg ^= SC_XOR[u(si)]
     _significant(flags, j, stride, neg, vcausal and k == 0, counts, stripe)
-    vals[m + k * w] = 3 * half
+    vals[u(m + k * w)] = 3 * half
     return k + 1, a, c, ct, pos
 
 
@@ -477,11 +480,11 @@ def _decode_block(coef: np.ndarray, orient: int, planes: int, style: int, segs: 
     stride = w + 2
     s2, s3 = 2 * stride, 3 * stride
     for i in range((h + 2) * stride):
-        flags[i] = 0
+        flags[u(i)] = 0
     for i in range(h * w):
-        vals[i] = 0
+        vals[u(i)] = 0
     for i in range((h + 3) // 4 + 2):
-        counts[i] = 0
+        counts[u(i)] = 0
     total = 0
     for s in range(segs.shape[0]):
         total += segs[s, 2]
@@ -514,13 +517,13 @@ def _decode_block(coef: np.ndarray, orient: int, planes: int, style: int, segs: 
                 for y0 in range(0, h, 4):
                     stripe = (y0 >> 2) + 1
                     size = min(4, h - y0) * w
-                    if counts[stripe - 1] + counts[stripe] + counts[stripe + 1] == 0 or counts[stripe] == size:
+                    if counts[u(stripe - 1)] + counts[u(stripe)] + counts[u(stripe + 1)] == 0 or counts[u(stripe)] == size:
                         continue
                     row = (y0 + 1) * stride + 1
                     if y0 + 4 <= h:
                         for x in range(w):
                             i = row + x
-                            f0, f1, f2, f3 = flags[i], flags[i + stride], flags[i + s2], flags[i + s3]
+                            f0, f1, f2, f3 = flags[u(i)], flags[u(i + stride)], flags[u(i + s2)], flags[u(i + s3)]
                             if not (f0 | f1 | f2 | f3) & F_NEIGHBOURS or f0 & f1 & f2 & f3 & F_SIG:
                                 continue
                             m = y0 * w + x
@@ -536,13 +539,13 @@ def _decode_block(coef: np.ndarray, orient: int, planes: int, style: int, segs: 
                                                         states, a, c, ct, pos, data, end)
             elif kind == 1:
                 for y0 in range(0, h, 4):
-                    if counts[(y0 >> 2) + 1] == 0:
+                    if counts[u((y0 >> 2) + 1)] == 0:
                         continue
                     row = (y0 + 1) * stride + 1
                     if y0 + 4 <= h:
                         for x in range(w):
                             i = row + x
-                            if not (flags[i] | flags[i + stride] | flags[i + s2] | flags[i + s3]) & F_SIG:
+                            if not (flags[u(i)] | flags[u(i + stride)] | flags[u(i + s2)] | flags[u(i + s3)]) & F_SIG:
                                 continue
                             m = y0 * w + x
                             for k in range(4):
@@ -560,12 +563,12 @@ def _decode_block(coef: np.ndarray, orient: int, planes: int, style: int, segs: 
                     if y0 + 4 <= h:
                         for x in range(w):
                             i = row + x
-                            f0, f1, f2, f3 = flags[i], flags[i + stride], flags[i + s2], flags[i + s3]
+                            f0, f1, f2, f3 = flags[u(i)], flags[u(i + stride)], flags[u(i + s2)], flags[u(i + s3)]
                             if f0 & f1 & f2 & f3 & F_SIG:
-                                flags[i] = f0 & ~F_VISIT
-                                flags[i + stride] = f1 & ~F_VISIT
-                                flags[i + s2] = f2 & ~F_VISIT
-                                flags[i + s3] = f3 & ~F_VISIT
+                                flags[u(i)] = f0 & ~F_VISIT
+                                flags[u(i + stride)] = f1 & ~F_VISIT
+                                flags[u(i + s2)] = f2 & ~F_VISIT
+                                flags[u(i + s3)] = f3 & ~F_VISIT
                                 continue
                             m = y0 * w + x
                             k = 0
@@ -597,8 +600,8 @@ def _decode_block(coef: np.ndarray, orient: int, planes: int, style: int, segs: 
                 kind += 1
     for y in range(h):
         for x in range(w):
-            v = vals[y * w + x] >> 1
-            coef[y, x] = -v if flags[(y + 1) * stride + x + 1] & F_NEG else v
+            v = vals[u(y * w + x)] >> 1
+            coef[y, x] = -v if flags[u((y + 1) * stride + x + 1)] & F_NEG else v
     return 0
 
 

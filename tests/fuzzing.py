@@ -61,3 +61,13 @@ def after_scan_header(stream: bytes) -> bytes:
     """A JPEG or JPEG-LS stream up to the end of its first SOS marker segment."""
     start = stream.index(b"\xff\xda")
     return stream[:start + 2 + int.from_bytes(stream[start + 2:start + 4], "big")]
+
+
+def j2k_packets_after_headers(stream: bytes, packets: bytes) -> bytes:
+    """A JPEG 2000 codestream's main and first tile-part headers, then `packets`, then EOC.
+
+    Psot is set to 0 (the tile-part runs to EOC), so any length of `packets` is well framed.
+    """
+    sot = stream.index(b"\xff\x90")
+    start = stream.index(b"\xff\x93") + 2  # after the first SOD
+    return stream[:sot + 6] + b"\0\0\0\0" + stream[sot + 10:start] + packets + b"\xff\xd9"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,14 @@ from hypothesis import strategies as st
 from gateway.codecs import get_codec
 from gateway.codecs.base import FrameInfo
 from gateway.codecs.htj2k import encode
-from gateway.errors import CorruptCodestreamError
-from tests.fuzzing import EDITS, apply_edits
+from tests.fuzzing import (
+    EDITS,
+    apply_edits,
+    decode_or_corrupt,
+    gradient_frame,
+    j2k_packets_after_headers,
+    prime,
+)
 
 CODEC = get_codec("HTJ2KLossless")
 FUZZ = settings(max_examples=200, deadline=3000, suppress_health_check=[HealthCheck.too_slow])
@@ -33,10 +40,7 @@ _INFOS = [
 
 
 def _frame(info: FrameInfo, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    low, high = info.value_range
-    values = np.indices(info.shape).sum(axis=0) * 37 + rng.integers(-200, 200, info.shape) + low
-    return np.clip(values, low, high).astype(info.dtype)
+    return gradient_frame(info, seed, noise=200)
 
 
 def _ojph_seed(info: FrameInfo, frame: np.ndarray) -> bytes | None:
@@ -61,21 +65,8 @@ def _seeds() -> list[tuple[FrameInfo, bytes]]:
 
 
 SEEDS = _seeds()
-# Decode every seed once at import: it checks them and compiles the kernels
-# (with a cold numba cache) before Hypothesis starts timing examples.
-for _info, _stream in SEEDS:
-    CODEC.decode_frame(_stream, _info)
-
-
-def _decode_or_corrupt(data: bytes, info: FrameInfo) -> None:
-    """Decoding either gives a frame of the expected form or raises our error."""
-    try:
-        frame = CODEC.decode_frame(data, info)
-    except CorruptCodestreamError:
-        return
-    assert frame.shape == info.shape and frame.dtype == info.dtype
-    low, high = info.value_range
-    assert frame.min() >= low and frame.max() <= high
+prime(CODEC, SEEDS)
+_decode_or_corrupt = partial(decode_or_corrupt, CODEC)
 
 
 @FUZZ
@@ -88,10 +79,7 @@ def test_random_bytes(data: bytes, index: int) -> None:
 @given(data=st.binary(max_size=600), index=st.integers(0, len(SEEDS) - 1))
 def test_random_packets_after_valid_headers(data: bytes, index: int) -> None:
     info, stream = SEEDS[index]
-    sot = stream.index(b"\xff\x90")
-    start = stream.index(b"\xff\x93") + 2  # after the first SOD
-    head = stream[:sot + 6] + b"\0\0\0\0" + stream[sot + 10:start]  # Psot 0: the tile-part runs to EOC
-    _decode_or_corrupt(head + data + b"\xff\xd9", info)
+    _decode_or_corrupt(j2k_packets_after_headers(stream, data), info)
 
 
 @FUZZ

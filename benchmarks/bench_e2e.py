@@ -289,26 +289,6 @@ def check_pixels(orthanc: Orthanc, folder: Path, syntax_uid: str) -> str:
     return ", ".join(sorted(syntaxes))
 
 
-_MEMORY_CHILD = """
-import json, sys
-from pathlib import Path
-from gateway.config import load_config
-from gateway.spool import Spool
-from gateway.warmup import configured_syntaxes, warm_up
-from gateway.worker import process_instance
-config = load_config(Path(sys.argv[1]))
-warm_up(configured_syntaxes(config, forwarding=False))
-spool = Spool(config.spool.directory)
-ident = spool.store_received(Path(sys.argv[2]), "MODALITY")
-before = int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) * 1024
-jobs = process_instance(config, spool, ident)
-# VmHWM: this process's own peak; ru_maxrss would keep the parent's size from before the exec.
-peak = int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0]) * 1024
-print(json.dumps({"before": before, "peak": peak, "stored": spool.object_path(ident).stat().st_size,
-                  "syntax": jobs[0].identity.transfer_syntax if jobs else None}))
-"""
-
-
 def measure_memory(root: Path, megabytes: int, syntaxes: list[str]) -> list[str]:
     """Peak memory of the worker's processing of one generated multi-frame object, per target syntax."""
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -350,7 +330,7 @@ name = "folder"
 kind = "folder"
 path = "archive"
 """)
-        result = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(work / "gateway.toml"),
+        result = subprocess.run([sys.executable, "-m", "tests.worker_peak", str(work / "gateway.toml"),
                                  str(source)], capture_output=True, text=True, cwd=REPO)
         if result.returncode != 0:
             sys.exit(f"memory measurement failed: {result.stderr[-2000:]}")

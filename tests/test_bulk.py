@@ -263,6 +263,24 @@ def test_dry_run_estimates_from_a_sample_and_writes_nothing(tmp_path: Path, caps
     assert not out.exists()
 
 
+def _resume_after_kill(argv: list[str], env: dict[str, str], src: Path, out: Path, reference: Path,
+                       first: dict[str, dict]) -> None:
+    """Run `argv` again after a killed first run that recorded `first`: it redoes none of those,
+    finishes the rest, and writes what an uninterrupted in-process run writes."""
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert f"{len(first)} done by an earlier run" in done.stdout
+    rows = _manifest(out)
+    for rel, row in first.items():  # nothing recorded before the kill was processed again
+        assert (rows[rel]["run"], rows[rel]["output_sha256"]) == (row["run"], row["output_sha256"])
+    assert {row["run"] for rel, row in rows.items() if rel not in first} == {2}
+    _check_outputs(src, out, rows)
+    run(BulkOptions(source=src, output=reference, target=JPEGLSLossless, workers=0), progress=False,
+        note=lambda text: None)  # the same job without interruption, in process
+    for rel in rows:
+        assert (out / rel).read_bytes() == (reference / rel).read_bytes(), rel
+
+
 def test_a_worker_killed_mid_run_costs_nothing(cluster: Cluster, tmp_path: Path) -> None:
     cluster.ensure(2)
     src, out = tmp_path / "in", tmp_path / "out"
@@ -309,18 +327,7 @@ def test_a_client_killed_mid_run_resumes_where_it_stopped(cluster: Cluster, tmp_
     first = recorded()
     assert 8 <= len(first) < 60, "the client was to be killed mid-run"
     time.sleep(1.0)  # tasks the dead client left running finish (or are cancelled) on the workers
-    done = subprocess.run(argv, env=cluster.env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    assert f"{len(first)} done by an earlier run" in done.stdout
-    rows = _manifest(out)
-    for rel, row in first.items():  # nothing recorded before the kill was processed again
-        assert (rows[rel]["run"], rows[rel]["output_sha256"]) == (row["run"], row["output_sha256"])
-    assert {row["run"] for rel, row in rows.items() if rel not in first} == {2}
-    _check_outputs(src, out, rows)
-    run(BulkOptions(source=src, output=reference, target=JPEGLSLossless, workers=0), progress=False,
-        note=lambda text: None)  # the same job without interruption, in process
-    for rel in rows:
-        assert (out / rel).read_bytes() == (reference / rel).read_bytes(), rel
+    _resume_after_kill(argv, cluster.env, src, out, reference, first)
 
 
 def test_a_local_dask_cluster_runs_from_the_command_line(tmp_path: Path, capsys) -> None:
@@ -447,18 +454,7 @@ def test_plain_compress_killed_mid_run_resumes_and_leaves_no_worker_behind(tmp_p
     assert len(workers) >= 2 and client.pid not in workers
     assert wait_until(lambda: not any(_alive(pid) for pid in workers), timeout=30, step=0.2), \
         "worker processes outlived their client"
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    assert f"{len(first)} done by an earlier run" in done.stdout
-    rows = _manifest(out)
-    for rel, row in first.items():  # nothing recorded before the kill was processed again
-        assert (rows[rel]["run"], rows[rel]["output_sha256"]) == (row["run"], row["output_sha256"])
-    assert {row["run"] for rel, row in rows.items() if rel not in first} == {2}
-    _check_outputs(src, out, rows)
-    run(BulkOptions(source=src, output=reference, target=JPEGLSLossless, workers=0), progress=False,
-        note=lambda text: None)
-    for rel in rows:
-        assert (out / rel).read_bytes() == (reference / rel).read_bytes(), rel
+    _resume_after_kill(argv, env, src, out, reference, first)
 
 
 def test_progress_shows_files_bytes_and_savings(tmp_path: Path, capsys) -> None:

@@ -16,25 +16,6 @@ from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
 from tests.conftest import REPO
 
-_CHILD = """
-import json, sys
-from pathlib import Path
-from gateway.config import load_config
-from gateway.spool import Spool
-from gateway.warmup import configured_syntaxes, warm_up
-from gateway.worker import process_instance
-config = load_config(Path(sys.argv[1]))
-warm_up(configured_syntaxes(config, forwarding=False))
-spool = Spool(config.spool.directory)
-ident = spool.store_received(Path(sys.argv[2]), "MODALITY")
-before = int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) * 1024
-jobs = process_instance(config, spool, ident)
-# VmHWM: this process's own peak; ru_maxrss would keep the parent's size from before the exec.
-peak = int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0]) * 1024
-print(json.dumps({"before": before, "peak": peak, "object": str(spool.object_path(ident)),
-                  "syntax": jobs[0].identity.transfer_syntax}))
-"""
-
 
 def _multiframe(path: Path, frames: int) -> np.ndarray:
     rng = np.random.default_rng(3)
@@ -65,7 +46,7 @@ def test_a_large_multiframe_image_is_processed_below_twice_its_size(tmp_path: Pa
     (tmp_path / "gateway.toml").write_text(
         '[spool]\ndirectory = "spool"\n[compression]\ntransfer_syntax = "RLELossless"\n'
         '[[destinations]]\nname = "folder"\nkind = "folder"\npath = "archive"\n')
-    result = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path / "gateway.toml"), str(source)],
+    result = subprocess.run([sys.executable, "-m", "tests.worker_peak", str(tmp_path / "gateway.toml"), str(source)],
                             capture_output=True, text=True, cwd=REPO, env=dict(os.environ), timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     got = json.loads(result.stdout.strip().splitlines()[-1])

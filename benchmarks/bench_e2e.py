@@ -291,30 +291,11 @@ def check_pixels(orthanc: Orthanc, folder: Path, syntax_uid: str) -> str:
 
 def measure_memory(root: Path, megabytes: int, syntaxes: list[str]) -> list[str]:
     """Peak memory of the worker's processing of one generated multi-frame object, per target syntax."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from tests.worker_peak import write_multiframe
 
     frames = max(1, megabytes * 10**6 // (512 * 512 * 2))
-    rng = np.random.default_rng(1)
-    y, x = np.mgrid[0:512, 0:512]
-    pixels = np.empty((frames, 512, 512), np.uint16)
-    for index in range(frames):
-        pixels[index] = np.clip(1000 + 400 * np.sin((x + index) / 9.0) * np.cos(y / 13.0)
-                                + rng.normal(0, 12, (512, 512)), 0, 4095)
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1"  # US multi-frame
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = generate_uid(), generate_uid(), "US"
-    ds.Rows = ds.Columns = 512
-    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.NumberOfFrames = 1, "MONOCHROME2", frames
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = pixels.tobytes()
-    del pixels
     source = root / "multiframe.dcm"
-    ds.save_as(source, enforce_file_format=True)
-    del ds
+    write_multiframe(source, frames, seed=1)
     size = source.stat().st_size
     lines = []
     for syntax in syntaxes:

@@ -263,6 +263,26 @@ def test_dry_run_estimates_from_a_sample_and_writes_nothing(tmp_path: Path, caps
     assert not out.exists()
 
 
+def _kill_mid_run(argv: list[str], env: dict[str, str], out: Path) -> tuple[dict[str, dict], int]:
+    """Start `argv`, SIGKILL it once the manifest in `out` records 8 files: what it had recorded, its pid."""
+
+    def recorded() -> dict[str, dict]:
+        try:
+            return {k: v for k, v in _manifest(out).items() if v["outcome"] is not None}
+        except sqlite3.Error:
+            return {}
+
+    client = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: len(recorded()) >= 8, timeout=180, step=0.05), "the first run made no progress"
+    finally:
+        client.send_signal(signal.SIGKILL)
+        client.wait()
+    first = recorded()
+    assert 8 <= len(first) < 60, "the client was to be killed mid-run"
+    return first, client.pid
+
+
 def _resume_after_kill(argv: list[str], env: dict[str, str], src: Path, out: Path, reference: Path,
                        first: dict[str, dict]) -> None:
     """Run `argv` again after a killed first run that recorded `first`: it redoes none of those,
@@ -311,21 +331,7 @@ def test_a_client_killed_mid_run_resumes_where_it_stopped(cluster: Cluster, tmp_
         ds.save_as(src / f"{index:03d}.dcm", enforce_file_format=True)
     argv = [PYTHON, "-m", "gateway.cli", "compress", "--scheduler", cluster.address, "--in-flight", "2",
             "--transfer-syntax", "JPEGLSLossless", str(src), str(out)]
-
-    def recorded() -> dict[str, dict]:
-        try:
-            return {k: v for k, v in _manifest(out).items() if v["outcome"] is not None}
-        except sqlite3.Error:
-            return {}
-
-    client = subprocess.Popen(argv, env=cluster.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        assert wait_until(lambda: len(recorded()) >= 8, timeout=180, step=0.05), "the first run made no progress"
-    finally:
-        client.send_signal(signal.SIGKILL)
-        client.wait()
-    first = recorded()
-    assert 8 <= len(first) < 60, "the client was to be killed mid-run"
+    first, _ = _kill_mid_run(argv, cluster.env, out)
     time.sleep(1.0)  # tasks the dead client left running finish (or are cancelled) on the workers
     _resume_after_kill(argv, cluster.env, src, out, reference, first)
 
@@ -435,23 +441,9 @@ def test_plain_compress_killed_mid_run_resumes_and_leaves_no_worker_behind(tmp_p
         ds.save_as(src / f"{index:03d}.dcm", enforce_file_format=True)
     argv = [PYTHON, "-m", "gateway.cli", "compress", "--transfer-syntax", "JPEGLSLossless", str(src), str(out)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-
-    def recorded() -> dict[str, dict]:
-        try:
-            return {k: v for k, v in _manifest(out).items() if v["outcome"] is not None}
-        except sqlite3.Error:
-            return {}
-
-    client = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        assert wait_until(lambda: len(recorded()) >= 8, timeout=180, step=0.05), "the first run made no progress"
-    finally:
-        client.send_signal(signal.SIGKILL)
-        client.wait()
-    first = recorded()
-    assert 8 <= len(first) < 60, "the client was to be killed mid-run"
+    first, client_pid = _kill_mid_run(argv, env, out)
     workers = _pids(first)
-    assert len(workers) >= 2 and client.pid not in workers
+    assert len(workers) >= 2 and client_pid not in workers
     assert wait_until(lambda: not any(_alive(pid) for pid in workers), timeout=30, step=0.2), \
         "worker processes outlived their client"
     _resume_after_kill(argv, env, src, out, reference, first)

@@ -11,37 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom import dcmread
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import RLELossless
 
 from tests.conftest import REPO
-
-
-def _multiframe(path: Path, frames: int) -> np.ndarray:
-    rng = np.random.default_rng(3)
-    y, x = np.mgrid[0:512, 0:512]
-    pixels = np.empty((frames, 512, 512), np.uint16)
-    for index in range(frames):
-        pixels[index] = np.clip(900 + 300 * np.sin((x + index) / 9.0) * np.cos(y / 13.0)
-                                + rng.normal(0, 8, (512, 512)), 0, 4095)
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1"
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = generate_uid(), generate_uid(), "US"
-    ds.Rows = ds.Columns = 512
-    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.NumberOfFrames = 1, "MONOCHROME2", frames
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = pixels.tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return pixels
+from tests.worker_peak import write_multiframe
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the resident size from /proc")
 def test_a_large_multiframe_image_is_processed_below_twice_its_size(tmp_path: Path) -> None:
     source = tmp_path / "multiframe.dcm"
-    pixels = _multiframe(source, 240)  # 126 MB
+    pixels = write_multiframe(source, 240)  # 126 MB
     size = source.stat().st_size
     (tmp_path / "gateway.toml").write_text(
         '[spool]\ndirectory = "spool"\n[compression]\ntransfer_syntax = "RLELossless"\n'
@@ -65,7 +44,7 @@ def test_frames_left_in_the_file_equal_the_frames_read_in_memory(tmp_path: Path,
     from gateway.pipeline.pixels import FileFrames, deferred_pixels, native_frames
 
     path = tmp_path / "mf.dcm"
-    pixels = _multiframe(path, 6)
+    pixels = write_multiframe(path, 6)
     ds = dcmread(path)
     ds.file_meta.TransferSyntaxUID = UID(syntax)
     ds.save_as(path, implicit_vr=syntax == "1.2.840.10008.1.2", little_endian=True, enforce_file_format=True)

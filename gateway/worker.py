@@ -30,6 +30,7 @@ from pydicom.filewriter import dcmwrite
 from gateway.config import KEEP, Config
 from gateway.dicom.filemeta import read_file_meta
 from gateway.dicom.identity import Identity
+from gateway.dicom.lean import read_lean, restore
 from gateway.dicom.splice import pixel_span, splice_write
 from gateway.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from gateway.dicom.walk import check_complete
@@ -74,12 +75,18 @@ def _usable_object(path: Path) -> str | None:
         return None
 
 
-def _write_object(spool: Spool, ident: str, src: Path, ds, outcome: Outcome, span) -> bool:
-    """Store the recompressed object; False (nothing left behind) when the spool's filesystem is full."""
+def _write_object(spool: Spool, ident: str, src: Path, ds, outcome: Outcome, span, lean: bool) -> bool:
+    """Store the recompressed object; False (nothing left behind) when the spool's filesystem is full.
+
+    `lean`: `ds` holds only the elements :func:`read_lean` keeps.  When the
+    output cannot be spliced, the whole received dataset is read and written
+    with the outcome's changes.
+    """
     tmp = spool.temp_path()
     try:
         if not splice_write(src, ds, outcome.dataset, tmp, span):
-            dcmwrite(tmp, outcome.dataset, enforce_file_format=True)
+            whole = restore(dcmread(src), ds, outcome.dataset) if lean else outcome.dataset
+            dcmwrite(tmp, whole, enforce_file_format=True)
         spool.store_object(ident, tmp)
     except (OSError, SpoolError) as exc:
         tmp.unlink(missing_ok=True)
@@ -106,8 +113,13 @@ def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: 
     reason is logged at ERROR and kept in the jobs.
     """
     src = spool.source_path(ident)
-    # Values larger than _DEFER stay in the file: a large multi-frame image is read one frame at a time.
-    ds = dcmread(src, stop_before_pixels=pass_through is not None, defer_size=_defer_size(src))
+    # Only the elements recompression reads, when the file allows it (see gateway.dicom.lean).
+    lean = read_lean(src) if pass_through is None and not reuse_object else None
+    if lean is not None:
+        ds = lean.dataset
+    else:
+        # Values larger than _DEFER stay in the file: a large multi-frame image is read one frame at a time.
+        ds = dcmread(src, stop_before_pixels=pass_through is not None, defer_size=_defer_size(src))
     identity = Identity(
         sop_class_uid=str(ds.get("SOPClassUID", "")),
         sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
@@ -141,7 +153,7 @@ def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: 
         try:
             from gateway.pipeline import recompress
 
-            span = pixel_span(ds)
+            span = lean.pixel_span if lean is not None else pixel_span(ds)
             outcome = recompress(ds, target, verify=config.compression.verify, allow_larger=False)
         except GatewayError as exc:
             reason = f"{type(exc).__name__}: {exc}"
@@ -152,7 +164,7 @@ def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: 
             _log.exception("recompression of %s failed unexpectedly", sop)
             reason = f"unexpected {type(exc).__name__}: {exc}"
         written = outcome is not None and outcome.recompressed and _write_object(spool, ident, src, ds, outcome,
-                                                                                  span)
+                                                                                  span, lean is not None)
         if outcome is not None and outcome.recompressed and not written:
             reason = "no space in the spool for the recompressed copy"
         if written:

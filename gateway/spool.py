@@ -60,12 +60,15 @@ from typing import Any, TypeVar
 
 from gateway.dicom.identity import Identity
 from gateway.errors import SpoolError
+from gateway.logs import get_logger
 
 __all__ = ["Spool", "Job", "STATES", "fsync_dir", "FolderSync",
            "atomic_write_bytes", "atomic_copy", "remove_partial_copies",
            "FILE_MODE", "DIRECTORY_MODE", "create_private", "make_dirs", "free_bytes", "is_out_of_space"]
 
 T = TypeVar("T")
+
+_log = get_logger("spool")
 
 PENDING, INFLIGHT, DONE, DEAD = "pending", "inflight", "done", "dead"
 STATES = (PENDING, INFLIGHT, DONE, DEAD)
@@ -331,6 +334,9 @@ class Spool:
         self.state = self.root / "state"
         self._lock = threading.RLock()
         self._syncer: ThreadPoolExecutor | None = None
+        self._finished: list[tuple[str, list[str] | None]] = []  # (instance, destinations) for the collector
+        self._finished_cond = threading.Condition()
+        self._collector: threading.Thread | None = None
         self.incoming_sync = FolderSync(self.incoming)  # receptions at once share the folder's fsync
         self.done_sync = FolderSync(self.jobs / DONE)
         self._lock_handle: Any = None
@@ -590,12 +596,50 @@ class Spool:
                 self.collect(job.instance, list(job.destinations) or None)
             return new
 
-    def collect(self, instance: str, destinations: list[str] | None = None) -> None:
+    def finish(self, job: Job) -> Job:
+        """Move `job` to done, as :meth:`move` does, and leave the deletions to the collector thread.
+
+        Deleting the instance's files once every job is done waits for an
+        fsync of ``done/`` (:meth:`collect`); a forwarder would pay it for
+        every instance before sending the next one.  The collector takes the
+        finished instances as they come and covers each batch with one fsync.
+        Held instances whose deletion a crash interrupted are collected at
+        the next start (the worker's recovery).
+        """
+        with self._lock:
+            os.replace(self._job_path(job.state, job.key), self._job_path(DONE, job.key))
+        with self._finished_cond:
+            self._finished.append((job.instance, list(job.destinations) or None))
+            if self._collector is None or not self._collector.is_alive():
+                self._collector = threading.Thread(target=self._collect_finished, name="spool-collector",
+                                                   daemon=True)
+                self._collector.start()
+            self._finished_cond.notify()
+        return replace(job, state=DONE)
+
+    def _collect_finished(self) -> None:
+        while True:
+            with self._finished_cond:
+                while not self._finished:
+                    if not self._finished_cond.wait(timeout=60.0):
+                        self._collector = None  # idle: a later finish starts a new one
+                        return
+                batch, self._finished = self._finished, []
+            try:
+                self.done_sync.sync()  # started after every rename of the batch into done/
+                for instance, destinations in batch:
+                    self.collect(instance, destinations, synced=True)
+            except Exception:  # noqa: BLE001 - a failed deletion is retried at the next start
+                _log.exception("deleting %d delivered instance(s) failed; retried at the next start", len(batch))
+
+    def collect(self, instance: str, destinations: list[str] | None = None, *, synced: bool = False) -> None:
         """Delete the object once every job of the instance is done.
 
         While the received copy still exists the worker may be adding jobs,
         so nothing is deleted then.  `destinations`, when given, names all of
         the instance's jobs, which spares a scan of the job folders.
+        `synced`: an fsync of ``done/`` started after the instance's last job
+        moved there.
         """
         if self.incoming_path(instance).exists():
             return
@@ -607,7 +651,8 @@ class Spool:
                 return
         held = self.held_path(instance)
         if held.exists():
-            self.done_sync.sync()  # no finished job may come back to life without its source
+            if not synced:
+                self.done_sync.sync()  # no finished job may come back to life without its source
             if self.keep_after_delivery:  # out of held/: nothing processes or sends it again
                 os.replace(held, self.kept / held.name)
             else:

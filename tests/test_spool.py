@@ -65,6 +65,45 @@ def test_job_lifecycle_and_object_collection(tmp_path: Path) -> None:
     assert spool.counts() == {"received": 0, "held": 0, PENDING: 0, INFLIGHT: 0, DONE: 2, DEAD: 0}
 
 
+def test_finish_leaves_the_deletions_to_the_collector_after_an_fsync_of_done(tmp_path: Path, monkeypatch) -> None:
+    """A forwarder's finish does not wait for the done/ fsync; the files go only once it has run."""
+    import threading
+    import time
+
+    spool = Spool(tmp_path)
+    release, synced = threading.Event(), []
+    real_sync = spool.done_sync.sync
+
+    def slow_sync() -> None:
+        assert release.wait(30)
+        real_sync()
+        synced.append(True)
+
+    monkeypatch.setattr(spool.done_sync, "sync", slow_sync)
+    idents = []
+    for _ in range(5):
+        ident = spool.store_received(b"received", "CT1")
+        spool.store_object(ident, b"object")
+        spool.add_jobs([Job(ident, "a", destinations=("a", "b")), Job(ident, "b", destinations=("a", "b"))])
+        spool.finish_received(ident)
+        idents.append(ident)
+    for ident in idents:
+        spool.finish(spool.move(spool.find_job(ident, "a"), INFLIGHT))
+    started = time.monotonic()
+    finished = [spool.finish(spool.move(spool.find_job(ident, "b"), INFLIGHT)) for ident in idents]
+    assert time.monotonic() - started < 5, "finish waited for the fsync"
+    assert all(job.state == DONE for job in finished) and spool.counts()[DONE] == 10
+    assert all(spool.held_path(i).exists() and spool.object_path(i).exists() for i in idents), \
+        "nothing deleted before done/ is on disk"
+    release.set()
+    deadline = time.monotonic() + 30
+    while (spool.held_ids() or any(spool.object_path(i).exists() for i in idents)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert spool.held_ids() == [] and not any(spool.object_path(i).exists() for i in idents)
+    # The first fsync waited for the release; the finishes meanwhile were all covered by the next one.
+    assert 1 <= len(synced) <= 2, synced
+
+
 def test_object_kept_while_the_worker_still_holds_the_instance(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     ident = spool.store_received(b"r", "CT1")

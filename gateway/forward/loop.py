@@ -40,7 +40,7 @@ from gateway.errors import GatewayError, PermanentForwardError, TransientForward
 from gateway.forward.base import Sender
 from gateway.logs import get_logger, stage
 from gateway.record import ProofRecord
-from gateway.spool import DEAD, DONE, INFLIGHT, PENDING, Job, Spool
+from gateway.spool import DEAD, INFLIGHT, PENDING, Job, Spool
 
 __all__ = ["Forwarder"]
 
@@ -249,7 +249,7 @@ class Forwarder(threading.Thread):
             self._failed(job, TransientForwardError(f"{type(exc).__name__}: {exc}"), transient=True, probe=probe)
             return
         seconds = time.perf_counter() - started
-        self.spool.move(job, DONE)
+        self.spool.finish(job)
         stage(_log, "forwarded", sop, study=job.identity.study_uid, destination=self.destination.name,
               syntax=syntax, seconds=seconds)
         self._record(job, "delivered", syntax=syntax, attempts=job.attempts + 1, seconds=seconds, size=size)

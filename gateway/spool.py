@@ -332,6 +332,7 @@ class Spool:
         self.jobs = self.root / "jobs"
         self.failures = self.root / "failures"
         self.state = self.root / "state"
+        self._jobs_dir, self._incoming_dir = str(self.jobs), str(self.incoming)
         self._lock = threading.RLock()
         self._syncer: ThreadPoolExecutor | None = None
         self._finished: list[tuple[str, list[str] | None]] = []  # (instance, destinations) for the collector
@@ -529,6 +530,25 @@ class Spool:
     def _job_path(self, state: str, key: str) -> Path:
         return self.jobs / state / f"{key}.json"
 
+    def _job_file(self, state: str, key: str) -> str:
+        """:meth:`_job_path` as a string: the forwarders' per-instance path, without pathlib's cost."""
+        return f"{self._jobs_dir}/{state}/{key}.json"
+
+    def claim(self, instance: str, destination: str) -> Job | None:
+        """Move the job of `instance` for `destination` from pending to in flight; None if it is not pending.
+
+        One rename decides, under the spool's lock: a job that is not pending
+        (already sent, dead, or gone) is left as it is.
+        """
+        key = f"{instance}@{destination}"
+        path = self._job_file(INFLIGHT, key)
+        with self._lock:
+            try:
+                os.replace(self._job_file(PENDING, key), path)
+            except FileNotFoundError:
+                return None
+            return self._read(Path(path))
+
     def _write_job(self, job: Job) -> None:
         atomic_write_bytes(self._job_path(job.state, job.key), job.to_json(), self.tmp)
 
@@ -607,7 +627,7 @@ class Spool:
         the next start (the worker's recovery).
         """
         with self._lock:
-            os.replace(self._job_path(job.state, job.key), self._job_path(DONE, job.key))
+            os.replace(self._job_file(job.state, job.key), self._job_file(DONE, job.key))
         with self._finished_cond:
             self._finished.append((job.instance, list(job.destinations) or None))
             if self._collector is None or not self._collector.is_alive():
@@ -641,11 +661,11 @@ class Spool:
         `synced`: an fsync of ``done/`` started after the instance's last job
         moved there.
         """
-        if self.incoming_path(instance).exists():
+        if os.path.exists(f"{self._incoming_dir}/{instance}.dcm"):
             return
         for state in (PENDING, INFLIGHT, DEAD):
             if destinations is not None:  # known job names: no directory scan
-                if any(self._job_path(state, f"{instance}@{d}").exists() for d in destinations):
+                if any(os.path.exists(self._job_file(state, f"{instance}@{d}")) for d in destinations):
                     return
             elif any((self.jobs / state).glob(f"{instance}@*.json")):
                 return

@@ -104,6 +104,19 @@ def test_finish_leaves_the_deletions_to_the_collector_after_an_fsync_of_done(tmp
     assert 1 <= len(synced) <= 2, synced
 
 
+def test_claim_takes_only_a_pending_job(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.add_job(Job("i1", "a", attempts=2, identity=Identity(sop_instance_uid="1.2.3")))
+    spool.add_job(Job("i2", "a"))
+    spool.move(spool.find_job("i2", "a"), DEAD, reason="refused")
+    claimed = spool.claim("i1", "a")
+    assert (claimed.state, claimed.attempts, claimed.identity.sop_instance_uid) == (INFLIGHT, 2, "1.2.3")
+    assert spool.find_job("i1", "a").state == INFLIGHT
+    assert spool.claim("i1", "a") is None, "in flight already"
+    assert spool.claim("i2", "a") is None and spool.find_job("i2", "a").state == DEAD
+    assert spool.claim("i3", "a") is None
+
+
 def test_object_kept_while_the_worker_still_holds_the_instance(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     ident = spool.store_received(b"r", "CT1")

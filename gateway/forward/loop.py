@@ -40,7 +40,7 @@ from gateway.errors import GatewayError, PermanentForwardError, TransientForward
 from gateway.forward.base import Sender
 from gateway.logs import get_logger, stage
 from gateway.record import ProofRecord
-from gateway.spool import DEAD, INFLIGHT, PENDING, Job, Spool
+from gateway.spool import DEAD, PENDING, Job, Spool
 
 __all__ = ["Forwarder"]
 
@@ -202,9 +202,9 @@ class Forwarder(threading.Thread):
     def _deliver(self, instances: list[str], probe: bool = False) -> None:
         jobs = []
         for instance in instances:
-            job = self.spool.find_job(instance, self.destination.name)
-            if job is not None and job.state == PENDING:
-                jobs.append(self.spool.move(job, INFLIGHT))
+            job = self.spool.claim(instance, self.destination.name)
+            if job is not None:
+                jobs.append(job)
         if not jobs:
             return
         try:

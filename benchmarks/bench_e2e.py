@@ -1,7 +1,7 @@
 """End-to-end throughput: storescu -> gateway (verify on) -> folder and Orthanc, against storescu -> Orthanc.
 
     python benchmarks/bench_e2e.py [--series NAME] [--runs 2] [--syntax RLELossless GatewayLosslessV1 ...]
-        [--streams 1 4] [--generate 500] [--memory 300] [--processes auto]
+        [--streams 1 4] [--generate 500] [--memory 300] [--processes auto] [--folder]
 
 For each real series of the corpus (``series/`` in ``$GATEWAY_CORPUS`` or
 ``../shared/corpus``), in the same run and against the same Orthanc:
@@ -10,10 +10,10 @@ For each real series of the corpus (``series/`` in ``$GATEWAY_CORPUS`` or
   storescu exits (every C-STORE answered, so Orthanc has stored everything);
 * gateway: storescu sends to a ``dicom-gateway serve`` process (one per
   ``--syntax``, rounds interleaved) which recompresses (verified) and
-  forwards to a folder and to Orthanc (offered the target syntax, then
-  JPEG-LS and RLE: a syntax it refuses arrives in the best it accepts, after a
-  verified re-encode); timed until the folder holds the last instance and
-  until Orthanc has answered Success to the gateway's C-STORE of the last
+  forwards to Orthanc (offered the target syntax, then JPEG-LS and RLE: a
+  syntax it refuses arrives in the best it accepts, after a verified
+  re-encode), and with ``--folder`` to a folder archive as well; timed until
+  the folder (if any) holds the last instance and until Orthanc has answered Success to the gateway's C-STORE of the last
   instance (the gateway's "forwarded" log lines, millisecond timestamps), i.e. delivered,
   not merely received; Orthanc's REST count then confirms every instance is
   there.  Polling that count for the timing would add up to a polling
@@ -188,14 +188,16 @@ def generate_series(folder: Path, count: int, rows: int = 512, columns: int = 51
     return count * rows * columns * 2
 
 
-def start_gateway(root: Path, orthanc: Orthanc, syntax: str, processes: str) -> tuple[subprocess.Popen, int]:
-    """A ``serve`` process forwarding to a folder and to Orthanc.
+def start_gateway(root: Path, orthanc: Orthanc, syntax: str, processes: str,
+                  folder: bool = False) -> tuple[subprocess.Popen, int]:
+    """A ``serve`` process forwarding to Orthanc (and to a folder with `folder`).
 
     Orthanc is offered `syntax` first, then JPEG-LS and RLE: what it refuses
     (our private syntax) reaches it in the best of those it accepts, after the
     gateway's verified re-encode.
     """
     port = free_port()
+    archive = '[[destinations]]\nname = "folder"\nkind = "folder"\npath = "archive"\n' if folder else ""
     (root / "gateway.toml").write_text(f"""
 [server]
 ae_title = "GATEWAY"
@@ -210,11 +212,7 @@ processes = {processes if processes == "0" or processes.isdigit() else '"' + pro
 [logging]
 level = "INFO"
 file = "gateway.log"
-[[destinations]]
-name = "folder"
-kind = "folder"
-path = "archive"
-[[destinations]]
+{archive}[[destinations]]
 name = "orthanc"
 kind = "dicom"
 ae_title = "ORTHANC"
@@ -335,6 +333,8 @@ def main() -> None:
     parser.add_argument("--streams", type=int, nargs="+", default=[1], help="sending associations at once")
     parser.add_argument("--generate", type=int, default=0, help="add a generated series of this many slices")
     parser.add_argument("--only-generated", action="store_true", help="measure the generated series alone")
+    parser.add_argument("--folder", action="store_true",
+                        help="the gateway forwards to a folder archive as well as to Orthanc")
     parser.add_argument("--memory", type=int, default=0,
                         help="measure the worker's peak memory on a generated multi-frame object of this many MB")
     args = parser.parse_args()
@@ -372,7 +372,7 @@ def main() -> None:
             for index, syntax in enumerate(args.syntax):
                 gw_root = root / f"gw_{len(rows)}_{index}"
                 gw_root.mkdir()
-                process, port = start_gateway(gw_root, orthanc, syntax, args.processes)
+                process, port = start_gateway(gw_root, orthanc, syntax, args.processes, args.folder)
                 gateways[syntax] = (gw_root, process, port)
             try:
                 for syntax, (gw_root, process, port) in gateways.items():
@@ -402,26 +402,28 @@ def main() -> None:
                             timings[syntax]["ack"].append(storescu(port, "GATEWAY", parts))
                             wait_count(orthanc, len(files))
                             deadline = time.monotonic() + 600
-                            while len(list((gw_root / "archive").rglob("*.dcm"))) < len(files):
+                            while args.folder and len(list((gw_root / "archive").rglob("*.dcm"))) < len(files):
                                 if time.monotonic() > deadline:
                                     sys.exit("the folder destination did not receive every instance")
                                 time.sleep(0.02)
                             log = gw_root / "gateway.log"
-                            timings[syntax]["folder"].append(last_forwarded(log, started, "folder") - started)
+                            if args.folder:
+                                timings[syntax]["folder"].append(last_forwarded(log, started, "folder") - started)
                             timings[syntax]["orthanc"].append(last_forwarded(log, started, "orthanc") - started)
                             cpu[syntax] += _cpu_seconds(process.pid) - cpu_before
                             syntaxes[syntax] = check_pixels(orthanc, folder, syntax)
                     best_direct = min(direct)
                     rows.append((name, streams, len(files), mb, "", "direct storescu -> Orthanc", best_direct, None))
                     for syntax in args.syntax:
-                        best = {k: min(v) for k, v in timings[syntax].items()}
-                        rows.append((name, streams, len(files), mb, syntax, "storescu -> gateway (acknowledged)",
-                                     best["ack"], best_direct / best["ack"]))
-                        rows.append((name, streams, len(files), mb, syntax, "storescu -> gateway -> folder",
-                                     best["folder"], best_direct / best["folder"]))
-                        rows.append((name, streams, len(files), mb, syntax, "storescu -> gateway -> Orthanc",
-                                     best["orthanc"], best_direct / best["orthanc"]))
-                        for row in rows[-3:]:  # as measured, should a later series not finish
+                        best = {k: min(v) for k, v in timings[syntax].items() if v}
+                        paths = [("ack", "storescu -> gateway (acknowledged)"),
+                                 ("folder", "storescu -> gateway -> folder"),
+                                 ("orthanc", "storescu -> gateway -> Orthanc")]
+                        measured = [(key, label) for key, label in paths if key in best]
+                        for key, label in measured:
+                            rows.append((name, streams, len(files), mb, syntax, label, best[key],
+                                         best_direct / best[key]))
+                        for row in rows[-len(measured):]:  # as measured, should a later series not finish
                             print("measured:", row[:2], row[4:6], f"{row[6]:.2f} s", f"x direct {row[7]:.2f}",
                                   flush=True)
                         notes.append(f"{name}, {streams} stream(s), {syntax}: gateway CPU (service + worker "
@@ -437,7 +439,8 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
 
     print(f"\nEnd-to-end throughput, best of {args.runs} interleaved rounds; verify on, "
-          f"worker processes: {args.processes}; {os.cpu_count()} CPU(s)")
+          f"worker processes: {args.processes}; {os.cpu_count()} CPU(s); destinations: Orthanc"
+          f"{' and a folder' if args.folder else ''}")
     header = (f"{'series':<34} {'streams':>7} {'images':>6} {'MB':>6}  {'target':<16} {'path':<36} {'s':>7} "
               f"{'img/s':>7} {'MB/s':>7} {'x direct':>8}")
     print(header)

@@ -19,11 +19,16 @@ caller reads the whole file with pydicom.
 
 from __future__ import annotations
 
+import mmap
+import os
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
+from pydicom.dataelem import DataElement
+from pydicom.dataset import FileMetaDataset
+from pydicom.filereader import read_dataset
 
 from gateway.dicom.filemeta import parse_file_meta
 from gateway.dicom.uids import is_explicit_little_endian
@@ -58,40 +63,55 @@ class Lean:
 
 
 def read_lean(path: Path) -> Lean | None:
-    """The kept elements of the file at `path`, or None where the whole file must be read (see the module)."""
+    """The kept elements of the file at `path`, or None where the whole file must be read (see the module).
+
+    The file is mapped, not read: the walk touches the element headers, and
+    the Pixel Data value is copied out once, straight into its element.  The
+    dataset's file meta holds only the transfer syntax: the processed
+    object's file meta is the received one's bytes with that syntax changed.
+    """
     try:
         with open(path, "rb") as handle:
-            size = handle.seek(0, 2)
-            if size > MAX_LEAN_BYTES:
+            size = os.fstat(handle.fileno()).st_size
+            if size > MAX_LEAN_BYTES or size < 144:
                 return None
-            handle.seek(0)
-            data = handle.read()
-        offset, syntax = parse_file_meta(data[:65_536])
-        if not is_explicit_little_endian(syntax):
-            return None
-        walker = _Walker(data)
-        parts = [data[:offset]]
-        span: tuple[int, int] | None = None
-        pos = offset
-        while pos < size:
-            tag, vr, length, value = walker.header(pos, False)
-            if tag >> 16 in (0x0000, 0x0002, 0xFFFE):
-                return None
-            if length == _UNDEFINED:
-                if vr not in (b"SQ", b"UN", b"OB", b"OW"):
+            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                offset, syntax = parse_file_meta(data[:65_536])
+                if not is_explicit_little_endian(syntax):
                     return None
-                end = walker.items(value, vr == b"UN", 1, vr in (b"OB", b"OW"))
-            else:
-                end = value + length
-                if end > size:
-                    return None
-            if tag >> 16 in KEPT_GROUPS or tag in KEPT_TAGS:
-                parts.append(data[pos:end])
-                if tag == _PIXEL_DATA:
-                    span = (pos, end)
-            pos = end
-        del data
-        ds = dcmread(BytesIO(b"".join(parts)))
+                walker = _Walker(data)
+                parts: list[bytes] = []
+                pixels: DataElement | None = None
+                span: tuple[int, int] | None = None
+                pos = offset
+                while pos < size:
+                    tag, vr, length, value = walker.header(pos, False)
+                    if tag >> 16 in (0x0000, 0x0002, 0xFFFE):
+                        return None
+                    undefined = length == _UNDEFINED
+                    if undefined:
+                        if vr not in (b"SQ", b"UN", b"OB", b"OW"):
+                            return None
+                        end = walker.items(value, vr == b"UN", 1, vr in (b"OB", b"OW"))
+                    else:
+                        end = value + length
+                        if end > size:
+                            return None
+                    if tag == _PIXEL_DATA:
+                        if vr not in (b"OB", b"OW"):
+                            return None
+                        # An undefined length value ends with the sequence delimitation item (8 bytes).
+                        pixels = DataElement(tag, vr.decode(), data[value:end - 8 if undefined else end],
+                                             is_undefined_length=undefined)
+                        span = (pos, end)
+                    elif tag >> 16 in KEPT_GROUPS or tag in KEPT_TAGS:
+                        parts.append(data[pos:end])
+                    pos = end
+        ds = read_dataset(BytesIO(b"".join(parts)), False, True)
+        if pixels is not None:
+            ds[_PIXEL_DATA] = pixels
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = syntax
     except (OSError, ValueError, EOFError):
         return None
     except Exception:  # noqa: BLE001 - pydicom rejects a kept element in its own ways: the full reading decides
@@ -100,7 +120,7 @@ def read_lean(path: Path) -> Lean | None:
 
 
 def restore(full: Dataset, before: Dataset, after: Dataset) -> Dataset:
-    """`full` with the changes that turned the lean `before` into `after` (elements set or deleted, file meta).
+    """`full` with the changes that turned the lean `before` into `after` (elements set or deleted, the syntax).
 
     For an output that cannot be spliced from the received bytes (an
     attribute of the image pixel module changed as well as Pixel Data): the
@@ -112,5 +132,5 @@ def restore(full: Dataset, before: Dataset, after: Dataset) -> Dataset:
     for tag, element in new.items():
         if old.get(tag) is not element:
             full[tag] = after[tag]
-    full.file_meta = after.file_meta
+    full.file_meta.TransferSyntaxUID = after.file_meta.TransferSyntaxUID
     return full

@@ -18,13 +18,15 @@ from pathlib import Path
 import numpy as np
 
 
-def write_multiframe(path: Path, frames: int, seed: int = 3) -> np.ndarray:
+def write_multiframe(path: Path, frames: int, seed: int = 3, *, rle: bool = False) -> np.ndarray:
     """Write a 12-bit 512 x 512 multi-frame US object of `frames` frames (0.5 MB each) to `path`.
 
     Returns its pixels.  Smooth waves that drift from frame to frame, with noise: it compresses.
+    With `rle` the pixel data is RLE Lossless, one fragment per frame.
     """
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:512, 0:512]
@@ -34,14 +36,22 @@ def write_multiframe(path: Path, frames: int, seed: int = 3) -> np.ndarray:
                                 + rng.normal(0, 8, (512, 512)), 0, 4095)
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.TransferSyntaxUID = RLELossless if rle else ExplicitVRLittleEndian
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1"  # US multi-frame
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = generate_uid(), generate_uid(), "US"
     ds.Rows = ds.Columns = 512
     ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.NumberOfFrames = 1, "MONOCHROME2", frames
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = pixels.tobytes()
+    if rle:
+        from gateway.codecs.base import FrameInfo
+        from gateway.codecs.rle import encode
+
+        info = FrameInfo(512, 512, 1, 16, 12, 0, "MONOCHROME2")
+        ds.PixelData = encapsulate([encode(frame, info) for frame in pixels])
+        ds["PixelData"].VR, ds["PixelData"].is_undefined_length = "OB", True
+    else:
+        ds.PixelData = pixels.tobytes()
     ds.save_as(path, enforce_file_format=True)
     return pixels
 

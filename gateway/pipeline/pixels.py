@@ -23,7 +23,8 @@ from gateway.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_END
 from gateway.errors import PixelDataError, UnsupportedImageError
 from gateway.pipeline.decoders import NATIVE, DecodeFrame, source_decoder
 
-__all__ = ["frame_info", "number_of_frames", "iter_frames", "native_frames", "deferred_pixels", "FileFrames", "high_bits_used", "transfer_syntax", "END_MARKED",
+__all__ = ["frame_info", "number_of_frames", "iter_frames", "native_frames", "decoded_frames", "DecodedFrames",
+           "HOLD_DECODED_BYTES", "deferred_pixels", "FileFrames", "high_bits_used", "transfer_syntax", "END_MARKED",
            "ends_with_marker"]
 
 _FLOAT_TAGS = ("FloatPixelData", "DoubleFloatPixelData")
@@ -289,6 +290,53 @@ def iter_frames(ds: Dataset) -> Iterator[np.ndarray]:
         raise
     except BaseException as exc:  # other projects' decoders raise many types; Rust panics are BaseException
         raise PixelDataError(f"pixel data of syntax {uid} could not be decoded: {type(exc).__name__}: {exc}") from exc
+
+
+HOLD_DECODED_BYTES = 64 << 20
+"""Decoded frames of a compressed source up to this size are held; a larger image is decoded on each pass."""
+
+
+class DecodedFrames(Sequence[np.ndarray]):
+    """The frames of an encapsulated `ds`, decoded anew (:func:`iter_frames`) on each pass.
+
+    A compressed multi-frame image decodes to several times its own size;
+    holding every decoded frame would make the worker's memory grow with
+    it.  Each pass over this sequence decodes the frames one at a time
+    instead: the pipeline makes three (hash and checks, encoding,
+    verification), so only large images are read this way.
+    """
+
+    def __init__(self, ds: Dataset) -> None:
+        self.ds = ds
+        self.frames = number_of_frames(ds)
+
+    def __len__(self) -> int:
+        return self.frames
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return iter_frames(self.ds)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self.frames))]
+        if index < 0:
+            index += self.frames
+        if not 0 <= index < self.frames:
+            raise IndexError(index)
+        for number, frame in enumerate(self):
+            if number == index:
+                return frame
+        raise IndexError(index)
+
+
+def decoded_frames(ds: Dataset) -> Sequence[np.ndarray]:
+    """Every frame of encapsulated `ds`: held when they decode to at most :data:`HOLD_DECODED_BYTES`, else
+    a :class:`DecodedFrames` that decodes them on each pass.  Raises as :func:`iter_frames` does.
+    """
+    info = frame_info(ds)
+    if info.frame_bytes * number_of_frames(ds) <= HOLD_DECODED_BYTES:
+        return list(iter_frames(ds))
+    return DecodedFrames(ds)
 
 
 def high_bits_used(frame: np.ndarray, info: FrameInfo) -> bool:

@@ -40,6 +40,7 @@ from gateway.errors import CodecNotFoundError, GatewayError, UnsupportedImageErr
 from gateway.pipeline.decoders import NATIVE, REFERENCE_DECODERS, DecodeFrame, decoder_name, verifying_decoder
 from gateway.pipeline.pixels import (
     END_MARKED,
+    decoded_frames,
     deferred_pixels,
     ends_with_marker,
     frame_decoder,
@@ -145,8 +146,13 @@ def pixel_hash(frames: Sequence[np.ndarray]) -> str:
     """
     digest = hashlib.sha256()
     for frame in frames:
-        digest.update(np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("<")).data)
+        digest.update(_little_endian(frame))
     return digest.hexdigest()
+
+
+def _little_endian(frame: np.ndarray) -> memoryview:
+    """The bytes :func:`pixel_hash` reads of `frame`."""
+    return np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("<")).data
 
 
 _ITEM_TAG = b"\xfe\xff\x00\xe0"  # (FFFE,E000) Item, little endian
@@ -432,24 +438,30 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True, allow_larger: b
     start = time.perf_counter()
     try:
         # Native frames are views of the value, or read from the file one at a time when the value
-        # was left there (a large multi-frame image); decoded frames are held.
-        frames = native_frames(ds) if not is_encapsulated(source) else list(iter_frames(ds))
+        # was left there (a large multi-frame image); decoded frames are held, or for a large image
+        # decoded again on each pass.
+        frames = native_frames(ds) if not is_encapsulated(source) else decoded_frames(ds)
+        # One pass: the hash of the original's values and the frames with bits above Bits Stored.
+        hasher, high = hashlib.sha256(), None
+        for number, frame in enumerate(frames, start=1):
+            hasher.update(_little_endian(frame))
+            if high is None and high_bits_used(frame, info):
+                high = number
     except UnsupportedImageError as exc:
         return _pass(ds, f"unsupported image: {exc}", original)
     except GatewayError as exc:
         return _pass(ds, f"decoding failed: {exc}", original)
     source_name = frame_decoder(ds)[0]
-    digest = pixel_hash(frames)
+    digest = hasher.hexdigest()  # what pixel_hash(frames) returns
     proven = {"source": source_name, "digest": digest}
     if same:
         return _pass(ds, "already in target syntax", original, **proven)
-    for number, frame in enumerate(frames, start=1):
-        if high_bits_used(frame, info):
-            return _pass(
-                ds,
-                f"frame {number}: bits above (0028,0101) 'Bits Stored' {info.bits_stored} hold data; "
-                "kept as received",
-                original, **proven)
+    if high is not None:
+        return _pass(
+            ds,
+            f"frame {high}: bits above (0028,0101) 'Bits Stored' {info.bits_stored} hold data; "
+            "kept as received",
+            original, **proven)
 
     big_endian = ds.original_encoding[1] is False or source == "1.2.840.10008.1.2.2"
     # Big endian data is rewritten element by element below, sequences included.

@@ -19,6 +19,9 @@ For each real series of the corpus (``series/`` in ``$GATEWAY_CORPUS`` or
   there.  Polling that count for the timing would add up to a polling
   interval per run.  The time until storescu exits (everything acknowledged
   by the gateway) is shown too.
+* bare: storescu sends to a pynetdicom SCP that keeps nothing
+  (``benchmarks/bare_scp.py``): the ceiling of any receiver built on
+  pynetdicom, measured in the same rounds.
 
 With ``--streams 1 4`` each series is sent over one, then four
 associations at once (four ``storescu`` processes, each a quarter of the
@@ -359,13 +362,18 @@ def main() -> None:
 
     memory_lines: list[str] = []
     rows, notes = [], []
-    orthanc = None
+    orthanc = bare = None
     try:
         if args.memory:
             memory_lines = measure_memory(root, args.memory, args.syntax)
             for line in memory_lines:
                 print("memory:", line, flush=True)
         orthanc = Orthanc(root)
+        bare_port = free_port()
+        bare = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "bare_scp.py"), str(bare_port)],
+                                stdout=subprocess.PIPE, text=True)
+        if bare.stdout is None or bare.stdout.readline().strip() != "ready":
+            sys.exit("the bare pynetdicom SCP did not start")
         for name, folder, mb in series:
             files = sorted(folder.glob("*.dcm"))
             gateways = {}
@@ -386,6 +394,7 @@ def main() -> None:
                 for streams in args.streams:
                     parts = split_streams(files, streams, root / "streams") if streams > 1 else folder
                     direct: list[float] = []
+                    bare_times: list[float] = []
                     timings = {syntax: {"ack": [], "folder": [], "orthanc": []} for syntax in args.syntax}
                     cpu = dict.fromkeys(args.syntax, 0.0)
                     syntaxes = {}
@@ -393,6 +402,7 @@ def main() -> None:
                         orthanc.clear()
                         direct.append(storescu(orthanc.dicom_port, "ORTHANC", parts))
                         wait_count(orthanc, len(files))
+                        bare_times.append(storescu(bare_port, "BARE", parts))
                         for syntax, (gw_root, process, port) in gateways.items():
                             orthanc.clear()
                             shutil.rmtree(gw_root / "archive", ignore_errors=True)
@@ -414,6 +424,8 @@ def main() -> None:
                             syntaxes[syntax] = check_pixels(orthanc, folder, syntax)
                     best_direct = min(direct)
                     rows.append((name, streams, len(files), mb, "", "direct storescu -> Orthanc", best_direct, None))
+                    rows.append((name, streams, len(files), mb, "", "storescu -> bare pynetdicom SCP", min(bare_times),
+                                 best_direct / min(bare_times)))
                     for syntax in args.syntax:
                         best = {k: min(v) for k, v in timings[syntax].items() if v}
                         paths = [("ack", "storescu -> gateway (acknowledged)"),
@@ -434,6 +446,9 @@ def main() -> None:
                     process.terminate()
                     process.wait(30)
     finally:
+        if bare is not None:
+            bare.terminate()
+            bare.wait(30)
         if orthanc is not None:
             orthanc.stop()
         shutil.rmtree(root, ignore_errors=True)

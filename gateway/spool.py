@@ -647,10 +647,16 @@ class Spool:
                 batch, self._finished = self._finished, []
             try:
                 self.done_sync.sync()  # started after every rename of the batch into done/
-                for instance, destinations in batch:
-                    self.collect(instance, destinations, synced=True)
-            except Exception:  # noqa: BLE001 - a failed deletion is retried at the next start
-                _log.exception("deleting %d delivered instance(s) failed; retried at the next start", len(batch))
+            except OSError as exc:  # nothing is deleted: the held copies are collected at the next start
+                _log.error("fsync of %s failed, %d delivered instance(s) kept until the next start: %s",
+                           self.done_sync.path, len(batch), exc)
+                continue
+            for instance, destinations in batch:
+                try:
+                    with self._lock:
+                        self.collect(instance, destinations, synced=True)
+                except Exception:  # noqa: BLE001 - one failed deletion must not keep the others
+                    _log.exception("deleting delivered instance %s failed; retried at the next start", instance)
 
     def collect(self, instance: str, destinations: list[str] | None = None, *, synced: bool = False) -> None:
         """Delete the object once every job of the instance is done.

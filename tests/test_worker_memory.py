@@ -62,3 +62,23 @@ def test_frames_left_in_the_file_equal_the_frames_read_in_memory(tmp_path: Path,
         assert len(frames) == 6
         assert all(np.array_equal(frame, expected) for frame, expected in zip(frames, pixels, strict=True))
     assert np.array_equal(frames[-1], pixels[-1])
+
+
+def test_frames_decoded_on_each_pass_equal_the_frames_held(tmp_path: Path, monkeypatch) -> None:
+    import gateway.pipeline.pixels as pixels_module
+    from gateway.pipeline.pixels import DecodedFrames, decoded_frames
+
+    path = tmp_path / "mf_rle.dcm"
+    pixels = write_multiframe(path, 5, rle=True)
+    ds = dcmread(path)
+    assert isinstance(decoded_frames(ds), list), "small: held"
+    monkeypatch.setattr(pixels_module, "HOLD_DECODED_BYTES", 512 * 512 * 2 * 4)
+    frames = decoded_frames(ds)
+    assert isinstance(frames, DecodedFrames), "larger than the limit: decoded on each pass"
+    for _ in range(2):
+        assert len(frames) == 5
+        assert all(np.array_equal(frame, expected) for frame, expected in zip(frames, pixels, strict=True))
+    assert np.array_equal(frames[-2], pixels[3]) and np.array_equal(frames[0], pixels[0])
+    assert [np.array_equal(f, e) for f, e in zip(frames[1:3], pixels[1:3], strict=True)] == [True, True]
+    with pytest.raises(IndexError):
+        frames[5]

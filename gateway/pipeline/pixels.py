@@ -116,15 +116,10 @@ def deferred_pixels(ds: Dataset) -> tuple[str, int, int] | None:
     return filename, tell, length
 
 
-class FileFrames(Sequence[np.ndarray]):
-    """The frames of a native little-endian Pixel Data value still in its file, read one at a time.
+class _LazyFrames(Sequence[np.ndarray]):
+    """Frames produced on each access or pass rather than held: subclasses give one by index and iterate."""
 
-    Each access reads that frame (``os.pread``) and nothing else, so an image
-    of any size is held one frame at a time; iterating again reads again.
-    """
-
-    def __init__(self, path: str, offset: int, info: FrameInfo, frames: int) -> None:
-        self.path, self.offset, self.info, self.frames = path, offset, info, frames
+    frames: int
 
     def __len__(self) -> int:
         return self.frames
@@ -136,6 +131,23 @@ class FileFrames(Sequence[np.ndarray]):
             index += self.frames
         if not 0 <= index < self.frames:
             raise IndexError(index)
+        return self._frame(index)
+
+    def _frame(self, index: int) -> np.ndarray:
+        raise NotImplementedError
+
+
+class FileFrames(_LazyFrames):
+    """The frames of a native little-endian Pixel Data value still in its file, read one at a time.
+
+    Each access reads that frame (``os.pread``) and nothing else, so an image
+    of any size is held one frame at a time; iterating again reads again.
+    """
+
+    def __init__(self, path: str, offset: int, info: FrameInfo, frames: int) -> None:
+        self.path, self.offset, self.info, self.frames = path, offset, info, frames
+
+    def _frame(self, index: int) -> np.ndarray:
         size = self.info.frame_bytes
         fd = os.open(self.path, os.O_RDONLY)
         try:
@@ -296,7 +308,7 @@ HOLD_DECODED_BYTES = 64 << 20
 """Decoded frames of a compressed source up to this size are held; a larger image is decoded on each pass."""
 
 
-class DecodedFrames(Sequence[np.ndarray]):
+class DecodedFrames(_LazyFrames):
     """The frames of an encapsulated `ds`, decoded anew (:func:`iter_frames`) on each pass.
 
     A compressed multi-frame image decodes to several times its own size;
@@ -310,20 +322,11 @@ class DecodedFrames(Sequence[np.ndarray]):
         self.ds = ds
         self.frames = number_of_frames(ds)
 
-    def __len__(self) -> int:
-        return self.frames
-
     def __iter__(self) -> Iterator[np.ndarray]:
         return iter_frames(self.ds)
 
-    def __getitem__(self, index):  # type: ignore[override]
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self.frames))]
-        if index < 0:
-            index += self.frames
-        if not 0 <= index < self.frames:
-            raise IndexError(index)
-        for number, frame in enumerate(self):
+    def _frame(self, index: int) -> np.ndarray:
+        for number, frame in enumerate(self):  # codestreams are found by walking the items
             if number == index:
                 return frame
         raise IndexError(index)

@@ -281,6 +281,81 @@ def test_indexed_colour_table_is_checked() -> None:
         CODEC.decode_frame(bytes(data), info)
 
 
+def _quantised_colour(info: FrameInfo, seed: int) -> np.ndarray:
+    """A smooth 8-bit colour image quantised to 5 bits per channel and scaled back to 8 (sparse
+    channels), whose R and B follow G exactly in 5-bit steps but not in 8-bit ones: what colour
+    transform 4 is for."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:info.rows, 0:info.columns]
+    level = 40 + 150 * (0.5 + 0.4 * np.sin(y / 7.0) * np.cos(x / 5.0))
+    g5 = np.clip(np.rint(level / 8.2 * 0.7 + rng.normal(0, 0.6, x.shape)), 0, 23)
+    r5 = g5 + np.rint(3 + 3 * np.sin(x / 17.0 + y / 23.0))
+    b5 = g5 + 2
+    return np.stack([(c * 255 + 15) // 31 for c in (r5, g5, b5)], axis=-1).astype(info.dtype)
+
+
+def test_sparse_channels_use_channel_ranks() -> None:
+    """Version 2 codes colour quantised per channel as ranks (transform 4) and decodes it."""
+    info = _info(30, 40, samples=3, alloc=8, stored=8)
+    frame = _quantised_colour(info, 4)
+    data = private.encode(frame, info, version=2)
+    assert data[5] == private.MODE_CODED and data[10] == tf.COLOUR_RANKS
+    assert len(data) < len(private.encode(frame, info, version=1))  # version 1 has no transform 4
+    maps = [struct.unpack_from("<iII", data, private._HEADER.size + private._PLANE.size * i) for i in range(3, 6)]
+    for c, (offset, maxv, count) in enumerate(maps):
+        used = np.unique(frame[..., c])
+        assert offset == used[0] and maxv == used[-1] - used[0]
+        assert count in (0, used.size)
+    assert maps[0][2] == np.unique(frame[..., 0]).size  # R is sparse: it has a bitmap
+    assert np.array_equal(private.decode(data, info), frame)
+    assert np.array_equal(_spec_decode(data, info), frame)
+    # A frame of the same image after it is coded intra (transform 4 has no inter form).
+    following = private.encode_frames([frame, frame], info, version=2)[1]
+    assert private.is_intra(following) or following[10] != tf.COLOUR_RANKS
+    assert np.array_equal(private.decode_frames([data, following], info)[1], frame)
+
+
+def test_channel_ranks_are_checked() -> None:
+    info = _info(30, 40, samples=3, alloc=8, stored=8)
+    data = private.encode(_quantised_colour(info, 8), info, version=2)
+    assert data[10] == tf.COLOUR_RANKS
+    version_1 = bytearray(data)
+    version_1[4] = 1
+    with pytest.raises(CorruptCodestreamError, match="colour transform"):
+        private.decode(bytes(version_1), info)
+    inter = bytearray(data)
+    inter[11] = private.PREDICT_PREVIOUS
+    struct.pack_into("<I", inter, 24, 1)
+    with pytest.raises(CorruptCodestreamError, match="prediction"):
+        private.decode(bytes(inter), info)
+    # G's map without its bitmap: segment 0 no longer holds what the descriptors announce.
+    unmapped = bytearray(data)
+    at = private._HEADER.size + private._PLANE.size * 4
+    offset, maxv, count = struct.unpack_from("<iII", unmapped, at)
+    assert count > 0
+    struct.pack_into("<iII", unmapped, at, offset, maxv, 0)
+    with pytest.raises(CorruptCodestreamError):
+        private.decode(bytes(unmapped), info)
+
+
+def test_channel_ranks_outside_their_map_are_corrupt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream whose G map (no bitmap) is narrower than the G ranks its planes hold."""
+    info = _info(30, 40, samples=3, alloc=8, stored=8)
+    frame = _quantised_colour(info, 8)
+    real = tf.channel_ranks
+
+    def narrow_green(frame, density):
+        planes, maps = real(frame, density)
+        offset, _, _ = maps[1]
+        return planes, [maps[0], (offset, int(planes[0].max()) - 1, None), maps[2]]
+
+    monkeypatch.setattr(tf, "channel_ranks", narrow_green)
+    data = private.encode(frame, info, version=2)
+    assert data[10] == tf.COLOUR_RANKS
+    with pytest.raises(CorruptCodestreamError, match="channel rank"):
+        private.decode(data, info)
+
+
 # --- transforms and kernels against plain references -------------------------
 
 @pytest.mark.parametrize("transform", tf.COLOUR_TRANSFORMS)
@@ -764,7 +839,8 @@ def _spec_decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = No
     """Decode a coded-mode stream following docs/private-codec.md step by step."""
     assert data[:4] == b"GWL1" and data[4] in (1, 2) and data[5] == 1
     version, transform, prediction = data[4], data[10], data[11]
-    count = 4 if transform == 3 else info.samples_per_pixel
+    count = {3: 4, 4: 6}.get(transform, info.samples_per_pixel)
+    images = {3: 1, 4: 3}.get(transform, count)  # planes of rows x columns (section 9.1)
     descriptors = [struct.unpack_from("<iII", data, 28 + 12 * i) for i in range(count)]
     start = 28 + 12 * count
     model = 0
@@ -805,8 +881,8 @@ def _spec_decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = No
     for i in order:
         (offset, maxv, used), (rows, cols) = descriptors[i], shapes[i]
         top = used - 1 if used else maxv
-        if version == 2 and not (transform == 3 and i > 0):
-            coded_planes[i] = []  # an image plane: decoded stripe by stripe below
+        if version == 2 and (i < images or transform == 4):
+            coded_planes[i] = []  # an image plane, decoded stripe by stripe below, or a channel map
         elif top == 0:
             coded_planes[i] = [[0] * cols for _ in range(rows)]
         else:
@@ -815,7 +891,7 @@ def _spec_decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = No
         for j, stripe in enumerate(segments[1:]):
             first, last = j * stripe_rows, min(info.rows, (j + 1) * stripe_rows)
             guide = [[0] * info.columns for _ in range(last - first)]  # |TE| of plane 0 (section 9.6)
-            for i in range(1 if transform == 3 else count):
+            for i in range(images):
                 top = descriptors[i][2] - 1 if descriptors[i][2] else descriptors[i][1]
                 if top > 0:
                     coded_planes[i] += _spec_plane(stripe, last - first, info.columns, top, 2,
@@ -831,6 +907,15 @@ def _spec_decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = No
         assert segment.pos == len(segment.data)  # every segment ends exactly at its end
     if transform == 3:
         samples = np.stack([p[0] for p in planes[1:]], axis=-1)[planes[0]]
+    elif transform == 4:  # section 3.1: ranks of R, G, B through the channel maps 3, 4, 5
+        assert version == 2 and prediction == 0
+        g = planes[0]
+        channels = []
+        for rank, (offset, maxv, used), table in zip((planes[1] + g, g, planes[2] + g), descriptors[3:],
+                                                     bitmaps[3:]):
+            assert 0 <= rank.min() and rank.max() < (used if used else maxv + 1)
+            channels.append(offset + (np.array(table)[rank] if table else rank))
+        samples = np.stack(channels, axis=-1)
     else:
         if prediction == 1:
             planes = [p + b for p, b in zip(planes, tf.forward_colour(reference, transform)
@@ -947,6 +1032,7 @@ def _stripe_rows(data: bytes, planes: int) -> int:
 @pytest.mark.parametrize("info, kind", [
     (_info(13, 9, stored=12), "smooth"), (_info(20, 16, samples=3, alloc=8, stored=8), "smooth"),
     (_info(9, 8, samples=3, alloc=8, stored=8), "indexed"), (_info(10, 6, stored=16), "sparse"),
+    (_info(32, 40, samples=3, alloc=8, stored=8), "ranks"),
 ])
 def test_specification_decoder_agrees_on_stripes(monkeypatch: pytest.MonkeyPatch, info: FrameInfo,
                                                  kind: str) -> None:
@@ -958,10 +1044,13 @@ def test_specification_decoder_agrees_on_stripes(monkeypatch: pytest.MonkeyPatch
         frame = table[(y * 2 + x) % 5].astype(info.dtype)
     elif kind == "sparse":
         frame = (rng.integers(0, 9, info.shape) * 4099).astype(info.dtype)
+    elif kind == "ranks":
+        frame = _quantised_colour(info, 3)
     else:
         frame = _smooth(rng, info)
     data = private.encode(frame, info, version=2)
-    planes = 4 if data[10] == tf.COLOUR_PALETTE else info.samples_per_pixel
+    planes = {tf.COLOUR_PALETTE: 4, tf.COLOUR_RANKS: 6}.get(data[10], info.samples_per_pixel)
+    assert (data[10] == tf.COLOUR_RANKS) == (kind == "ranks")
     assert data[5] == private.MODE_CODED and _stripe_rows(data, planes) < info.rows
     if kind == "indexed":
         assert data[10] == tf.COLOUR_PALETTE

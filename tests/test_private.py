@@ -418,7 +418,7 @@ def test_range_coder_round_trip() -> None:
 
 @pytest.mark.parametrize("version, size, digest", [
     (1, 676, "46d463522debe351b2e1809e0b457024d2c11c38ac7bdd90831948aaac643929"),
-    (2, 690, "5afa047257adbfc840395b3f376f68ccf7169950f8865aed60cdf31a2b277bb7"),
+    (2, 697, "35a059b47106e140f93b44bb68fc10265649fcb423b53f14e7158912157bd432"),  # context model 2
 ])
 def test_golden_stream(version: int, size: int, digest: str) -> None:
     """The bitstream is a storage format: a change of the encoder's output must be deliberate."""
@@ -720,7 +720,7 @@ def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int, version: int 
                 guide: list[list[int]] | None = None, keep: list[list[int]] | None = None,
                 model: int = 0) -> list[list[int]]:
     """Decode a plane; `guide` gives version 2's guide values, `keep` receives |TE|."""
-    contexts = [[32768, 32768, 0] for _ in range(2128 if version == 1 else 140 if model == 0 else 2418)]
+    contexts = [[32768, 32768, 0] for _ in range(2128 if version == 1 else (140, 2418, 2544)[model])]
     tables = []
     for z in range(56 if model == 0 else 2296):  # section 9.5: a prior around the token class a expects
         a = z if z < 56 else (z - 56) // 40
@@ -728,6 +728,7 @@ def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int, version: int 
         table = [1 + (32 >> min(abs(t - centre), 6)) for t in range(38)]
         tables.append(table + [sum(table)])
     sign_base = 56 if model == 0 else 2296
+    half_base = 2380 if model == 1 else 2506
     bias = [0] * 112
     v = [[0] * cols for _ in range(rows)]
     te = [[0] * cols for _ in range(rows)]
@@ -773,7 +774,7 @@ def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int, version: int 
                     zq = q if guide is None else _spec_class(activity + 2 * guide[y][x])
                     zq += 28 * (lo == hi)
                     table = zq
-                else:  # section 9.3, model 1
+                else:  # section 9.3, models 1 and 2
                     g = grad // 4
                     rho = activity - 2 * g + g // 2 + (0 if guide is None else 2 * guide[y][x])
                     z = _spec_class(rho) + 28 * (lo == hi)
@@ -791,12 +792,16 @@ def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int, version: int 
                         _spec_adapt_table(tables[other_table], token)
                         if nraw > 0:
                             nraw -= 1
-                            base += dec.bit(contexts[2380 + token]) << nraw
+                            base += dec.bit(contexts[half_base + token]) << nraw
                     mag = base + dec.chunks(nraw) + 1
                     negative_ok, positive_ok = mag <= pred, mag <= top - pred
                     assert negative_ok or positive_ok
-                    if negative_ok and positive_ok:
+                    if negative_ok and positive_ok and model < 2:
                         negative = dec.bit(contexts[sign_base + 3 * q + sigma])
+                    elif negative_ok and positive_ok:  # model 2: and where pred8 lies between integers
+                        phi = pred8 - 8 * pred
+                        phi_class = 0 if phi <= -3 else 1 if phi <= -1 else 2 if phi == 0 else 3 if phi <= 2 else 4
+                        negative = dec.bit(contexts[2296 + 5 * (3 * (q // 2) + sigma) + phi_class])
                     else:
                         negative = int(negative_ok)
                     value = pred - mag if negative else pred + mag
@@ -847,7 +852,7 @@ def _spec_decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = No
     if version == 2:
         field = struct.unpack_from("<I", data, start)[0]
         stripe_rows, model = field & 0xFFFFFF, field >> 24
-        assert model in (0, 1)
+        assert model in (0, 1, 2)
         stripes = -(-info.rows // stripe_rows)
         lengths = struct.unpack_from(f"<{stripes + 1}I", data, start + 4)
         start += 4 * (stripes + 2)
@@ -972,7 +977,7 @@ def test_specification_decoder_agrees(info: FrameInfo, kind: str, version: int) 
     assert np.array_equal(_spec_decode(data, info, reference), frame)
 
 
-@pytest.mark.parametrize("archive", ["gwl_v1", "gwl_v2_model0"])
+@pytest.mark.parametrize("archive", ["gwl_v1", "gwl_v2_model0", "gwl_v2_model1", "gwl_v2_model2"])
 def test_specification_decoder_reads_golden_streams(archive: str) -> None:
     """The archived streams decode with the plain decoder too (pixels read by pydicom)."""
     from tests.test_private_golden import ARCHIVES, _frames
@@ -987,15 +992,20 @@ def test_specification_decoder_reads_golden_streams(archive: str) -> None:
             previous = expected
 
 
+@pytest.mark.parametrize("model", [1, 2])
 @pytest.mark.parametrize("info", [_info(64, 64, stored=12), _info(40, 40, samples=3, alloc=8, stored=8)])
-def test_specification_decoder_follows_fine_classes(info: FrameInfo) -> None:
-    """Frames large enough for context model 1's fine classes to take over from the coarse ones."""
+def test_specification_decoder_follows_fine_classes(monkeypatch: pytest.MonkeyPatch, info: FrameInfo,
+                                                    model: int) -> None:
+    """Frames large enough for context model 1's and 2's fine classes to take over from the coarse ones."""
     rng = np.random.default_rng(11)
     frame = _smooth(rng, info)
     noise = rng.integers(0, 6 if info.bits_allocated == 8 else 40, info.shape)
     frame = np.clip(frame.astype(np.int64) + noise, 0, (1 << info.bits_stored) - 1).astype(info.dtype)
+    if model == 1:
+        monkeypatch.setattr(private, "MODEL", 1)
     data = private.encode(frame, info, version=2)
-    assert _stripe_field(data, info.samples_per_pixel)[1] == 1  # model 1 is what the encoder writes
+    assert _stripe_field(data, info.samples_per_pixel)[1] == model  # model 2 is what the encoder writes
+    assert np.array_equal(private.decode(data, info), frame)
     before = _FINE_USES[0]
     assert np.array_equal(_spec_decode(data, info), frame)
     assert _FINE_USES[0] > before + 100  # fine classes coded many samples
@@ -1006,8 +1016,8 @@ def test_unknown_context_model_is_corrupt() -> None:
     data = bytearray(private.encode(_smooth(np.random.default_rng(2), info), info, version=2))
     start = private._HEADER.size + private._PLANE.size
     rows, model = _stripe_field(bytes(data), 1)
-    assert (rows, model) == (12, 1)
-    struct.pack_into("<I", data, start, rows | 2 << 24)
+    assert (rows, model) == (12, 2)
+    struct.pack_into("<I", data, start, rows | 3 << 24)
     with pytest.raises(CorruptCodestreamError, match="context model"):
         private.decode(bytes(data), info)
 

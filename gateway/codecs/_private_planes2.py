@@ -3,8 +3,8 @@
 Prediction and context are version 1's (:mod:`._private_predict`: the same
 blend, bias correction and activity class ``q``) but for the blend's
 weights, taken from a table instead of five divisions (:func:`blend_v2`).
-A frame names one of two *context models* for the coding class ``z`` of the
-zero flag and the token:
+A frame names one of three *context models* for the coding class ``z`` of the
+zero flag and the token, and for the sign:
 
 * model 0: ``z`` is ``q``, or for the second and third plane of a colour
   image the class of the activity plus twice the first plane's error at the
@@ -18,7 +18,12 @@ zero flag and the token:
   noise grows with the signal in X-ray and CT images).  A fine class codes once
   it has seen enough samples, its coarse class until then; both learn from
   every sample, so many fine classes cost little on small images.  The bit
-  below a token's leading bits is coded in an adaptive context per token.
+  below a token's leading bits is coded in an adaptive context per token;
+* model 2: model 1, with the sign's context split by where the corrected
+  prediction lies between two integers (``pred8 - 8 * pred``, in 1/8): a
+  prediction rounded up from near the half makes a negative residual likelier,
+  one rounded down a positive one (noise of a few units, as in the air around
+  a CT patient, is where this pays).
 
 The residual ``r = value - pred`` is coded as
 
@@ -68,7 +73,7 @@ GUIDE_WEIGHT = 2  # weight of the first plane's error at the same position in a 
 # 1: the class of the residual part of the activity, apart for flat neighbourhoods, crossed
 #    with the class of the local gradient (GRADIENT_CLASSES) and the signal level
 #    (LEVEL_CLASSES quarters of the plane's power-of-two range).
-MODELS = (0, 1)
+MODELS = (0, 1, 2)
 GRADIENT_STEP = 3  # activity classes per gradient class
 GRADIENT_CLASSES = (N_CLASSES + GRADIENT_STEP - 1) // GRADIENT_STEP
 LEVEL_BITS = 2
@@ -83,8 +88,13 @@ N_ZERO = (N_COARSE, N_COARSE + N_COARSE * GRADIENT_CLASSES * LEVEL_CLASSES)
 FINE_BITS = 256  # zero flags a fine class must have seen before it codes them
 FINE_TOTAL = 4096  # total a fine token table must reach before it codes tokens
 CTX_ZERO = 0
-N_SIGN = 3 * N_CLASSES
-N_BINARY = (N_ZERO[0] + N_SIGN, N_ZERO[1] + N_SIGN + N_TOKENS)
+N_ZERO += (N_ZERO[1],)
+CLASS_GROUP += (CLASS_GROUP[1],)
+# Sign contexts, per model: activity class x neighbour bias (models 0, 1); model 2: activity
+# class / 2 x neighbour bias x FRACTION_CLASSES places of the prediction between two integers.
+FRACTION_CLASSES = 5
+N_SIGN = (3 * N_CLASSES, 3 * N_CLASSES, FRACTION_CLASSES * 3 * (N_CLASSES // 2))
+N_BINARY = (N_ZERO[0] + N_SIGN[0], N_ZERO[1] + N_SIGN[1] + N_TOKENS, N_ZERO[2] + N_SIGN[2] + N_TOKENS)
 N_TABLES = N_ZERO  # token tables of a plane, per model
 
 STATUS_OK = 0
@@ -100,6 +110,20 @@ def _sign_class(bias):
     return 0
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _fraction_class(fraction):
+    """Class of ``pred8 - 8 * pred`` (-4..3): -4, -3 | -2, -1 | 0 | 1, 2 | 3."""
+    if fraction <= -3:
+        return 0
+    if fraction < 0:
+        return 1
+    if fraction == 0:
+        return 2
+    if fraction <= 2:
+        return 3
+    return 4
+
+
 @njit(cache=True, nogil=True)
 def _code_plane(encoding, est, buf, dst, data, plane, maxv, tables, bins, te, err, bm, guide, keep, model):
     """Encode (`encoding`) or decode every sample of `plane`; returns (encoder state, buffer,
@@ -109,8 +133,8 @@ def _code_plane(encoding, est, buf, dst, data, plane, maxv, tables, bins, te, er
     guided = guide.shape[0] > 0
     keeping = keep.shape[0] > 0
     level_shift = max(np.int64(0), bit_length(maxv) - LEVEL_BITS)
-    ctx_sign = N_ZERO[0] if model == 0 else N_ZERO[1]
-    ctx_mantissa = ctx_sign + N_SIGN
+    ctx_sign = N_ZERO[model]
+    ctx_mantissa = ctx_sign + N_SIGN[model]
     for y in range(rows):
         r = y & 1
         p = r ^ 1
@@ -146,7 +170,11 @@ def _code_plane(encoding, est, buf, dst, data, plane, maxv, tables, bins, te, er
             bctx = bias_context(q, n, w, nw, ne, blend8)
             bias = np.int64(bm[bctx])
             pred8, pred = correct(blend8, bias, lo, hi)
-            sign_ctx = ctx_sign + 3 * q + _sign_class(te_w + te_n)
+            if model < 2:
+                sign_ctx = ctx_sign + 3 * q + _sign_class(te_w + te_n)
+            else:
+                sign_ctx = ctx_sign + FRACTION_CLASSES * (3 * (q >> 1) + _sign_class(te_w + te_n))
+                sign_ctx += _fraction_class(pred8 - (pred << 3))
             zo = -1
             to = -1
             if model == 0:

@@ -48,10 +48,11 @@ version 1's (with table weights); a residual is a binary zero flag, then one
 token of an adaptive multi-symbol alphabet (38 symbols, frequency tables per
 coding class), raw low bits and the sign only when both signs are possible;
 colour planes 1 and 2 take plane 0's error at the same pixel into their
-coding class.  The coding class follows one of two context models named in
-the stream: model 0 (the activity class), or model 1 (written now: coarse
-classes from the neighbours' errors, refined by the local gradient and the
-signal level once a refined class has learnt enough).
+coding class.  The coding class follows one of three context models named in
+the stream: model 0 (the activity class), model 1 (coarse classes from the
+neighbours' errors, refined by the local gradient and the signal level once a
+refined class has learnt enough) or model 2 (written now: model 1, with the
+sign's context split by where the prediction lies between two integers).
 
 Decoding checks every header field against the expected :class:`FrameInfo`
 and named limits before allocating, bounds the coder's reads, requires the
@@ -117,7 +118,7 @@ STRIPE_BYTES = 1 << 20
 ENCODER_STRIPES = 4
 # Version 2 context model the encoder uses (see _private_planes2), written in the top byte of
 # the stripe rows field (streams written before models existed have 0 there).
-MODEL = 1
+MODEL = 2
 MODEL_SHIFT = 24
 # Most stripes a decoder accepts (checked before reading the segment table).
 MAX_STRIPES = 256

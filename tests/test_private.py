@@ -418,7 +418,7 @@ def test_range_coder_round_trip() -> None:
 
 @pytest.mark.parametrize("version, size, digest", [
     (1, 676, "46d463522debe351b2e1809e0b457024d2c11c38ac7bdd90831948aaac643929"),
-    (2, 697, "35a059b47106e140f93b44bb68fc10265649fcb423b53f14e7158912157bd432"),  # context model 2
+    (2, 690, "3c0f53c77aa03125f88da633cdfb99385a1210966e710918bf04b508f7cebfe3"),  # context model 2
 ])
 def test_golden_stream(version: int, size: int, digest: str) -> None:
     """The bitstream is a storage format: a change of the encoder's output must be deliberate."""
@@ -612,20 +612,19 @@ class _SpecDecoder:
             self.rng <<= 8
             self.code = ((self.code << 8) | self._byte()) & 0xFFFFFFFF
 
-    def bit(self, context: list[int]) -> int:
-        a, b, n = context
-        bound = (self.rng >> 16) * ((a + b) >> 1)
+    def bit(self, context: list[int], other: list[int] | None = None) -> int:
+        """A bit in `context`; with `other` (model 2's zero flag), at the mean of both contexts'
+        probabilities, both adapting."""
+        p = (context[0] + context[1]) >> 1 if other is None else (sum(context[:2]) + sum(other[:2])) >> 2
+        bound = (self.rng >> 16) * p
         if self.code < bound:
             bit, self.rng = 0, bound
         else:
             bit = 1
             self.code -= bound
             self.rng -= bound
-        t = 65535 if bit == 0 else 1
-        s = min(9, (n + 2).bit_length() - 1)
-        context[0] = a + ((t - a) >> min(s, 6))
-        context[1] = b + ((t - b) >> s)
-        context[2] = min(n + 1, 511)
+        for c in (context,) if other is None else (context, other):
+            _spec_adapt_bit(c, bit)
         self._normalise()
         return bit
 
@@ -641,18 +640,21 @@ class _SpecDecoder:
         return value
 
     # Version 2 (docs/private-codec.md section 9.3).
-    def token(self, table: list[int]) -> int:
-        """A token with an adaptive frequency table (its last entry is the total)."""
-        total = table[-1]
+    def token(self, table: list[int], other: list[int] | None = None) -> int:
+        """A token with an adaptive frequency table (its last entry is the total); with `other`
+        (model 2), with the sum of both tables, both adapting."""
+        mixed = table if other is None else [f + g for f, g in zip(table, other)]
+        total = mixed[-1]
         r = self.rng // total
         target = min(self.code // r, total - 1)
         s, cum = 0, 0
-        while cum + table[s] <= target:
-            cum += table[s]
+        while cum + mixed[s] <= target:
+            cum += mixed[s]
             s += 1
         self.code -= r * cum
-        self.rng = r * table[s]
-        _spec_adapt_table(table, s)
+        self.rng = r * mixed[s]
+        for t in (table,) if other is None else (table, other):
+            _spec_adapt_table(t, s)
         self._normalise()
         return s
 
@@ -781,15 +783,22 @@ def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int, version: int 
                     f = 56 + (z * 10 + _spec_class(g) // 3) * 4 + (pred >> max(0, top.bit_length() - 2))
                     zq, other = (f, z) if contexts[f][2] >= 256 else (z, f)
                     table, other_table = (f, z) if tables[f][-1] >= 4096 else (z, f)
-                    _FINE_USES[0] += (zq == f) + (table == f)
-                nonzero = dec.bit(contexts[zq])
-                if other is not None:
-                    _spec_adapt_bit(contexts[other], nonzero)
+                    _FINE_USES[0] += (zq == f) + (table == f) if model == 1 else 2
+                if model == 2:  # mixed: z and f code together
+                    nonzero = dec.bit(contexts[z], contexts[f])
+                else:
+                    nonzero = dec.bit(contexts[zq])
+                    if other is not None:
+                        _spec_adapt_bit(contexts[other], nonzero)
                 if nonzero:
-                    token = dec.token(tables[table])
+                    if model == 2:
+                        token = dec.token(tables[z], tables[f])
+                    else:
+                        token = dec.token(tables[table])
+                        if other_table is not None:
+                            _spec_adapt_table(tables[other_table], token)
                     base, nraw = _spec_token_base(token)
-                    if other_table is not None:
-                        _spec_adapt_table(tables[other_table], token)
+                    if model > 0:
                         if nraw > 0:
                             nraw -= 1
                             base += dec.bit(contexts[half_base + token]) << nraw

@@ -19,11 +19,13 @@ zero flag and the token, and for the sign:
   it has seen enough samples, its coarse class until then; both learn from
   every sample, so many fine classes cost little on small images.  The bit
   below a token's leading bits is coded in an adaptive context per token;
-* model 2: model 1, with the sign's context split by where the corrected
-  prediction lies between two integers (``pred8 - 8 * pred``, in 1/8): a
-  prediction rounded up from near the half makes a negative residual likelier,
-  one rounded down a positive one (noise of a few units, as in the air around
-  a CT patient, is where this pays).
+* model 2: model 1's classes, but the coarse and the fine class code every
+  sample together (*mixed*: the zero flag at the mean of their probabilities,
+  the token with the sum of their tables), and the sign's context split by
+  where the corrected prediction lies between two integers (``pred8 - 8 *
+  pred``, in 1/8): a prediction rounded up from near the half makes a negative
+  residual likelier, one rounded down a positive one (noise of a few units, as
+  in the air around a CT patient, is where this pays).
 
 The residual ``r = value - pred`` is coded as
 
@@ -54,14 +56,16 @@ from gateway.codecs._private_predict import (
     quantise_activity,
 )
 from gateway.codecs._private_rangecoder import _adapt as _adapt_bit
-from gateway.codecs._private_rangecoder import dec_bit, enc_bit, grow
+from gateway.codecs._private_rangecoder import dec_bit, dec_bit_mixed, enc_bit, enc_bit_mixed, grow
 from gateway.codecs._private_symbols import (
     N_TOKENS,
     TOTAL,
     dec_chunks,
     dec_token,
+    dec_token_mixed,
     enc_chunks,
     enc_token,
+    enc_token_mixed,
     token_base,
     token_of,
 )
@@ -133,6 +137,7 @@ def _code_plane(encoding, est, buf, dst, data, plane, maxv, tables, bins, te, er
     guided = guide.shape[0] > 0
     keeping = keep.shape[0] > 0
     level_shift = max(np.int64(0), bit_length(maxv) - LEVEL_BITS)
+    mixed = model >= 2
     ctx_sign = N_ZERO[model]
     ctx_mantissa = ctx_sign + N_SIGN[model]
     for y in range(rows):
@@ -191,31 +196,38 @@ def _code_plane(encoding, est, buf, dst, data, plane, maxv, tables, bins, te, er
                 zc = quantise_activity(residual) + N_CLASSES * np.int64(lo == hi)
                 zf = (zc * GRADIENT_CLASSES + quantise_activity(grad) // GRADIENT_STEP) * LEVEL_CLASSES
                 zf += N_COARSE + (pred >> level_shift)
-                # The fine class codes once it has learnt enough; until then its coarse parent
-                # does.  Both learn from every sample.
-                if bins[zf, 2] >= FINE_BITS:
-                    zq, zo = zf, zc
+                # Model 1: the fine class codes once it has learnt enough; until then its coarse
+                # parent does.  Model 2 codes with both (mixed).  Both learn from every sample.
+                if mixed:
+                    zq, zo, tq, to = zc, zf, zc, zf
                 else:
-                    zq, zo = zc, zf
-                if tables[zf, TOTAL] >= FINE_TOTAL:
-                    tq, to = zf, zc
-                else:
-                    tq, to = zc, zf
+                    if bins[zf, 2] >= FINE_BITS:
+                        zq, zo = zf, zc
+                    else:
+                        zq, zo = zc, zf
+                    if tables[zf, TOTAL] >= FINE_TOTAL:
+                        tq, to = zf, zc
+                    else:
+                        tq, to = zc, zf
             if encoding:
                 value = np.int64(plane[y, x])
                 res = value - pred
                 mag = abs(res)
-                if mag == 0:
-                    est = enc_bit(est, buf, bins, CTX_ZERO + zq, 0)
-                    if zo >= 0:
-                        _adapt_bit(bins, zo, bins[zo, 0], bins[zo, 1], 0)
+                if mixed:
+                    est = enc_bit_mixed(est, buf, bins, zq, zo, np.int64(mag != 0))
                 else:
-                    est = enc_bit(est, buf, bins, CTX_ZERO + zq, 1)
-                    token, nraw = token_of(mag - 1)
-                    est = enc_token(est, buf, tables, tq, token)
+                    est = enc_bit(est, buf, bins, CTX_ZERO + zq, np.int64(mag != 0))
                     if zo >= 0:
-                        _adapt_bit(bins, zo, bins[zo, 0], bins[zo, 1], 1)
-                        _adapt_table(tables, to, token)
+                        _adapt_bit(bins, zo, bins[zo, 0], bins[zo, 1], np.int64(mag != 0))
+                if mag != 0:
+                    token, nraw = token_of(mag - 1)
+                    if mixed:
+                        est = enc_token_mixed(est, buf, tables, tq, to, token)
+                    else:
+                        est = enc_token(est, buf, tables, tq, token)
+                        if zo >= 0:
+                            _adapt_table(tables, to, token)
+                    if zo >= 0:
                         if nraw > 0:
                             nraw -= 1
                             est = enc_bit(est, buf, bins, ctx_mantissa + token, ((mag - 1) >> nraw) & 1)
@@ -224,15 +236,22 @@ def _code_plane(encoding, est, buf, dst, data, plane, maxv, tables, bins, te, er
                     if mag <= pred and mag <= maxv - pred:
                         est = enc_bit(est, buf, bins, sign_ctx, np.int64(res < 0))
             else:
-                dst, nonzero = dec_bit(dst, data, bins, CTX_ZERO + zq)
-                if zo >= 0:
-                    _adapt_bit(bins, zo, bins[zo, 0], bins[zo, 1], nonzero)
+                if mixed:
+                    dst, nonzero = dec_bit_mixed(dst, data, bins, zq, zo)
+                else:
+                    dst, nonzero = dec_bit(dst, data, bins, CTX_ZERO + zq)
+                    if zo >= 0:
+                        _adapt_bit(bins, zo, bins[zo, 0], bins[zo, 1], nonzero)
                 value = pred
                 if nonzero:
-                    dst, token = dec_token(dst, data, tables, tq)
+                    if mixed:
+                        dst, token = dec_token_mixed(dst, data, tables, tq, to)
+                    else:
+                        dst, token = dec_token(dst, data, tables, tq)
+                        if zo >= 0:
+                            _adapt_table(tables, to, token)
                     mag, nraw = token_base(token)
                     if zo >= 0:
-                        _adapt_table(tables, to, token)
                         if nraw > 0:
                             nraw -= 1
                             dst, half = dec_bit(dst, data, bins, ctx_mantissa + token)

@@ -51,8 +51,9 @@ colour planes 1 and 2 take plane 0's error at the same pixel into their
 coding class.  The coding class follows one of three context models named in
 the stream: model 0 (the activity class), model 1 (coarse classes from the
 neighbours' errors, refined by the local gradient and the signal level once a
-refined class has learnt enough) or model 2 (written now: model 1, with the
-sign's context split by where the prediction lies between two integers).
+refined class has learnt enough) or model 2 (written now: model 1's coarse and
+refined classes mixed, the sign's context split by where the prediction lies
+between two integers).
 
 Decoding checks every header field against the expected :class:`FrameInfo`
 and named limits before allocating, bounds the coder's reads, requires the

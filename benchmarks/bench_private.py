@@ -2,8 +2,8 @@
 
 One run over the whole corpus: ratio and single-thread encode/decode MB/s per
 corpus folder and overall, every round trip verified (see harness.py).  Our
-codec runs as version 2 (context model 1, what version 2 writes), version 2
-with context model 0 (the first version 2, to weigh model 1 against it) and
+codec runs as version 2 (context model 2, what version 2 writes), version 2
+with context model 1 (the model before, to weigh model 2 against it) and
 version 1 (the default), all on one thread (version 2's stripes coded one
 after the other); ``gwl v2, 2 threads`` is version 2 with its stripes coded
 in parallel (frames of 1 MiB and more).  The
@@ -96,7 +96,7 @@ def main() -> None:
     args = arguments(__doc__.splitlines()[0])
     items = load_corpus(folders=args.folders)
     threads = private.STRIPE_THREADS
-    entries = [_ours(items, "gwl v2 (ours)", 2, 1), _ours(items, "gwl v2 model 0", 2, 1, model=0),
+    entries = [_ours(items, "gwl v2 (ours)", 2, 1), _ours(items, "gwl v2 model 1", 2, 1, model=1),
                _ours(items, "gwl v1 (ours)", 1, 1)]
     if threads > 1:
         entries.append(_ours(items, f"gwl v2, {threads} threads", 2, threads))

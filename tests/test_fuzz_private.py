@@ -60,6 +60,15 @@ def _streams(version: int) -> list[tuple[FrameInfo, np.ndarray, bytes]]:
     data = private.encode(frame, info, version=version)
     assert data[10] == 3
     out.append((info, frame, data))
+    if version == 2:  # channel ranks (colour transform 4): channel maps and their bitmaps
+        from tests.test_private import _quantised_colour
+
+        info = FrameInfo(rows=30, columns=40, samples_per_pixel=3, bits_allocated=8, bits_stored=8,
+                         photometric_interpretation="RGB")
+        frame = _quantised_colour(info, 4)
+        data = private.encode(frame, info, version=2)
+        assert data[10] == 4
+        out.append((info, frame, data))
     return out
 
 

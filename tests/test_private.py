@@ -281,6 +281,81 @@ def test_indexed_colour_table_is_checked() -> None:
         CODEC.decode_frame(bytes(data), info)
 
 
+def _quantised_colour(info: FrameInfo, seed: int) -> np.ndarray:
+    """A smooth 8-bit colour image quantised to 5 bits per channel and scaled back to 8 (sparse
+    channels), whose R and B follow G exactly in 5-bit steps but not in 8-bit ones: what colour
+    transform 4 is for."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:info.rows, 0:info.columns]
+    level = 40 + 150 * (0.5 + 0.4 * np.sin(y / 7.0) * np.cos(x / 5.0))
+    g5 = np.clip(np.rint(level / 8.2 * 0.7 + rng.normal(0, 0.6, x.shape)), 0, 23)
+    r5 = g5 + np.rint(3 + 3 * np.sin(x / 17.0 + y / 23.0))
+    b5 = g5 + 2
+    return np.stack([(c * 255 + 15) // 31 for c in (r5, g5, b5)], axis=-1).astype(info.dtype)
+
+
+def test_sparse_channels_use_channel_ranks() -> None:
+    """Version 2 codes colour quantised per channel as ranks (transform 4) and decodes it."""
+    info = _info(30, 40, samples=3, alloc=8, stored=8)
+    frame = _quantised_colour(info, 4)
+    data = private.encode(frame, info, version=2)
+    assert data[5] == private.MODE_CODED and data[10] == tf.COLOUR_RANKS
+    assert len(data) < len(private.encode(frame, info, version=1))  # version 1 has no transform 4
+    maps = [struct.unpack_from("<iII", data, private._HEADER.size + private._PLANE.size * i) for i in range(3, 6)]
+    for c, (offset, maxv, count) in enumerate(maps):
+        used = np.unique(frame[..., c])
+        assert offset == used[0] and maxv == used[-1] - used[0]
+        assert count in (0, used.size)
+    assert maps[0][2] == np.unique(frame[..., 0]).size  # R is sparse: it has a bitmap
+    assert np.array_equal(private.decode(data, info), frame)
+    assert np.array_equal(_spec_decode(data, info), frame)
+    # A frame of the same image after it is coded intra (transform 4 has no inter form).
+    following = private.encode_frames([frame, frame], info, version=2)[1]
+    assert private.is_intra(following) or following[10] != tf.COLOUR_RANKS
+    assert np.array_equal(private.decode_frames([data, following], info)[1], frame)
+
+
+def test_channel_ranks_are_checked() -> None:
+    info = _info(30, 40, samples=3, alloc=8, stored=8)
+    data = private.encode(_quantised_colour(info, 8), info, version=2)
+    assert data[10] == tf.COLOUR_RANKS
+    version_1 = bytearray(data)
+    version_1[4] = 1
+    with pytest.raises(CorruptCodestreamError, match="colour transform"):
+        private.decode(bytes(version_1), info)
+    inter = bytearray(data)
+    inter[11] = private.PREDICT_PREVIOUS
+    struct.pack_into("<I", inter, 24, 1)
+    with pytest.raises(CorruptCodestreamError, match="prediction"):
+        private.decode(bytes(inter), info)
+    # G's map without its bitmap: segment 0 no longer holds what the descriptors announce.
+    unmapped = bytearray(data)
+    at = private._HEADER.size + private._PLANE.size * 4
+    offset, maxv, count = struct.unpack_from("<iII", unmapped, at)
+    assert count > 0
+    struct.pack_into("<iII", unmapped, at, offset, maxv, 0)
+    with pytest.raises(CorruptCodestreamError):
+        private.decode(bytes(unmapped), info)
+
+
+def test_channel_ranks_outside_their_map_are_corrupt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream whose G map (no bitmap) is narrower than the G ranks its planes hold."""
+    info = _info(30, 40, samples=3, alloc=8, stored=8)
+    frame = _quantised_colour(info, 8)
+    real = tf.channel_ranks
+
+    def narrow_green(frame, density):
+        planes, maps = real(frame, density)
+        offset, _, _ = maps[1]
+        return planes, [maps[0], (offset, int(planes[0].max()) - 1, None), maps[2]]
+
+    monkeypatch.setattr(tf, "channel_ranks", narrow_green)
+    data = private.encode(frame, info, version=2)
+    assert data[10] == tf.COLOUR_RANKS
+    with pytest.raises(CorruptCodestreamError, match="channel rank"):
+        private.decode(data, info)
+
+
 # --- transforms and kernels against plain references -------------------------
 
 @pytest.mark.parametrize("transform", tf.COLOUR_TRANSFORMS)
@@ -343,7 +418,7 @@ def test_range_coder_round_trip() -> None:
 
 @pytest.mark.parametrize("version, size, digest", [
     (1, 676, "46d463522debe351b2e1809e0b457024d2c11c38ac7bdd90831948aaac643929"),
-    (2, 690, "5afa047257adbfc840395b3f376f68ccf7169950f8865aed60cdf31a2b277bb7"),
+    (2, 690, "3c0f53c77aa03125f88da633cdfb99385a1210966e710918bf04b508f7cebfe3"),  # context model 2
 ])
 def test_golden_stream(version: int, size: int, digest: str) -> None:
     """The bitstream is a storage format: a change of the encoder's output must be deliberate."""
@@ -537,20 +612,19 @@ class _SpecDecoder:
             self.rng <<= 8
             self.code = ((self.code << 8) | self._byte()) & 0xFFFFFFFF
 
-    def bit(self, context: list[int]) -> int:
-        a, b, n = context
-        bound = (self.rng >> 16) * ((a + b) >> 1)
+    def bit(self, context: list[int], other: list[int] | None = None) -> int:
+        """A bit in `context`; with `other` (model 2's zero flag), at the mean of both contexts'
+        probabilities, both adapting."""
+        p = (context[0] + context[1]) >> 1 if other is None else (sum(context[:2]) + sum(other[:2])) >> 2
+        bound = (self.rng >> 16) * p
         if self.code < bound:
             bit, self.rng = 0, bound
         else:
             bit = 1
             self.code -= bound
             self.rng -= bound
-        t = 65535 if bit == 0 else 1
-        s = min(9, (n + 2).bit_length() - 1)
-        context[0] = a + ((t - a) >> min(s, 6))
-        context[1] = b + ((t - b) >> s)
-        context[2] = min(n + 1, 511)
+        for c in (context,) if other is None else (context, other):
+            _spec_adapt_bit(c, bit)
         self._normalise()
         return bit
 
@@ -566,18 +640,21 @@ class _SpecDecoder:
         return value
 
     # Version 2 (docs/private-codec.md section 9.3).
-    def token(self, table: list[int]) -> int:
-        """A token with an adaptive frequency table (its last entry is the total)."""
-        total = table[-1]
+    def token(self, table: list[int], other: list[int] | None = None) -> int:
+        """A token with an adaptive frequency table (its last entry is the total); with `other`
+        (model 2), with the sum of both tables, both adapting."""
+        mixed = table if other is None else [f + g for f, g in zip(table, other)]
+        total = mixed[-1]
         r = self.rng // total
         target = min(self.code // r, total - 1)
         s, cum = 0, 0
-        while cum + table[s] <= target:
-            cum += table[s]
+        while cum + mixed[s] <= target:
+            cum += mixed[s]
             s += 1
         self.code -= r * cum
-        self.rng = r * table[s]
-        _spec_adapt_table(table, s)
+        self.rng = r * mixed[s]
+        for t in (table,) if other is None else (table, other):
+            _spec_adapt_table(t, s)
         self._normalise()
         return s
 
@@ -645,7 +722,7 @@ def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int, version: int 
                 guide: list[list[int]] | None = None, keep: list[list[int]] | None = None,
                 model: int = 0) -> list[list[int]]:
     """Decode a plane; `guide` gives version 2's guide values, `keep` receives |TE|."""
-    contexts = [[32768, 32768, 0] for _ in range(2128 if version == 1 else 140 if model == 0 else 2418)]
+    contexts = [[32768, 32768, 0] for _ in range(2128 if version == 1 else (140, 2418, 2544)[model])]
     tables = []
     for z in range(56 if model == 0 else 2296):  # section 9.5: a prior around the token class a expects
         a = z if z < 56 else (z - 56) // 40
@@ -653,6 +730,7 @@ def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int, version: int 
         table = [1 + (32 >> min(abs(t - centre), 6)) for t in range(38)]
         tables.append(table + [sum(table)])
     sign_base = 56 if model == 0 else 2296
+    half_base = 2380 if model == 1 else 2506
     bias = [0] * 112
     v = [[0] * cols for _ in range(rows)]
     te = [[0] * cols for _ in range(rows)]
@@ -698,30 +776,41 @@ def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int, version: int 
                     zq = q if guide is None else _spec_class(activity + 2 * guide[y][x])
                     zq += 28 * (lo == hi)
                     table = zq
-                else:  # section 9.3, model 1
+                else:  # section 9.3, models 1 and 2
                     g = grad // 4
                     rho = activity - 2 * g + g // 2 + (0 if guide is None else 2 * guide[y][x])
                     z = _spec_class(rho) + 28 * (lo == hi)
                     f = 56 + (z * 10 + _spec_class(g) // 3) * 4 + (pred >> max(0, top.bit_length() - 2))
                     zq, other = (f, z) if contexts[f][2] >= 256 else (z, f)
                     table, other_table = (f, z) if tables[f][-1] >= 4096 else (z, f)
-                    _FINE_USES[0] += (zq == f) + (table == f)
-                nonzero = dec.bit(contexts[zq])
-                if other is not None:
-                    _spec_adapt_bit(contexts[other], nonzero)
+                    _FINE_USES[0] += (zq == f) + (table == f) if model == 1 else 2
+                if model == 2:  # mixed: z and f code together
+                    nonzero = dec.bit(contexts[z], contexts[f])
+                else:
+                    nonzero = dec.bit(contexts[zq])
+                    if other is not None:
+                        _spec_adapt_bit(contexts[other], nonzero)
                 if nonzero:
-                    token = dec.token(tables[table])
+                    if model == 2:
+                        token = dec.token(tables[z], tables[f])
+                    else:
+                        token = dec.token(tables[table])
+                        if other_table is not None:
+                            _spec_adapt_table(tables[other_table], token)
                     base, nraw = _spec_token_base(token)
-                    if other_table is not None:
-                        _spec_adapt_table(tables[other_table], token)
+                    if model > 0:
                         if nraw > 0:
                             nraw -= 1
-                            base += dec.bit(contexts[2380 + token]) << nraw
+                            base += dec.bit(contexts[half_base + token]) << nraw
                     mag = base + dec.chunks(nraw) + 1
                     negative_ok, positive_ok = mag <= pred, mag <= top - pred
                     assert negative_ok or positive_ok
-                    if negative_ok and positive_ok:
+                    if negative_ok and positive_ok and model < 2:
                         negative = dec.bit(contexts[sign_base + 3 * q + sigma])
+                    elif negative_ok and positive_ok:  # model 2: and where pred8 lies between integers
+                        phi = pred8 - 8 * pred
+                        phi_class = 0 if phi <= -3 else 1 if phi <= -1 else 2 if phi == 0 else 3 if phi <= 2 else 4
+                        negative = dec.bit(contexts[2296 + 5 * (3 * (q // 2) + sigma) + phi_class])
                     else:
                         negative = int(negative_ok)
                     value = pred - mag if negative else pred + mag
@@ -764,14 +853,15 @@ def _spec_decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = No
     """Decode a coded-mode stream following docs/private-codec.md step by step."""
     assert data[:4] == b"GWL1" and data[4] in (1, 2) and data[5] == 1
     version, transform, prediction = data[4], data[10], data[11]
-    count = 4 if transform == 3 else info.samples_per_pixel
+    count = {3: 4, 4: 6}.get(transform, info.samples_per_pixel)
+    images = {3: 1, 4: 3}.get(transform, count)  # planes of rows x columns (section 9.1)
     descriptors = [struct.unpack_from("<iII", data, 28 + 12 * i) for i in range(count)]
     start = 28 + 12 * count
     model = 0
     if version == 2:
         field = struct.unpack_from("<I", data, start)[0]
         stripe_rows, model = field & 0xFFFFFF, field >> 24
-        assert model in (0, 1)
+        assert model in (0, 1, 2)
         stripes = -(-info.rows // stripe_rows)
         lengths = struct.unpack_from(f"<{stripes + 1}I", data, start + 4)
         start += 4 * (stripes + 2)
@@ -805,8 +895,8 @@ def _spec_decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = No
     for i in order:
         (offset, maxv, used), (rows, cols) = descriptors[i], shapes[i]
         top = used - 1 if used else maxv
-        if version == 2 and not (transform == 3 and i > 0):
-            coded_planes[i] = []  # an image plane: decoded stripe by stripe below
+        if version == 2 and (i < images or transform == 4):
+            coded_planes[i] = []  # an image plane, decoded stripe by stripe below, or a channel map
         elif top == 0:
             coded_planes[i] = [[0] * cols for _ in range(rows)]
         else:
@@ -815,7 +905,7 @@ def _spec_decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = No
         for j, stripe in enumerate(segments[1:]):
             first, last = j * stripe_rows, min(info.rows, (j + 1) * stripe_rows)
             guide = [[0] * info.columns for _ in range(last - first)]  # |TE| of plane 0 (section 9.6)
-            for i in range(1 if transform == 3 else count):
+            for i in range(images):
                 top = descriptors[i][2] - 1 if descriptors[i][2] else descriptors[i][1]
                 if top > 0:
                     coded_planes[i] += _spec_plane(stripe, last - first, info.columns, top, 2,
@@ -831,6 +921,15 @@ def _spec_decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = No
         assert segment.pos == len(segment.data)  # every segment ends exactly at its end
     if transform == 3:
         samples = np.stack([p[0] for p in planes[1:]], axis=-1)[planes[0]]
+    elif transform == 4:  # section 3.1: ranks of R, G, B through the channel maps 3, 4, 5
+        assert version == 2 and prediction == 0
+        g = planes[0]
+        channels = []
+        for rank, (offset, maxv, used), table in zip((planes[1] + g, g, planes[2] + g), descriptors[3:],
+                                                     bitmaps[3:]):
+            assert 0 <= rank.min() and rank.max() < (used if used else maxv + 1)
+            channels.append(offset + (np.array(table)[rank] if table else rank))
+        samples = np.stack(channels, axis=-1)
     else:
         if prediction == 1:
             planes = [p + b for p, b in zip(planes, tf.forward_colour(reference, transform)
@@ -887,7 +986,7 @@ def test_specification_decoder_agrees(info: FrameInfo, kind: str, version: int) 
     assert np.array_equal(_spec_decode(data, info, reference), frame)
 
 
-@pytest.mark.parametrize("archive", ["gwl_v1", "gwl_v2_model0"])
+@pytest.mark.parametrize("archive", ["gwl_v1", "gwl_v2_model0", "gwl_v2_model1", "gwl_v2_model2"])
 def test_specification_decoder_reads_golden_streams(archive: str) -> None:
     """The archived streams decode with the plain decoder too (pixels read by pydicom)."""
     from tests.test_private_golden import ARCHIVES, _frames
@@ -902,15 +1001,20 @@ def test_specification_decoder_reads_golden_streams(archive: str) -> None:
             previous = expected
 
 
+@pytest.mark.parametrize("model", [1, 2])
 @pytest.mark.parametrize("info", [_info(64, 64, stored=12), _info(40, 40, samples=3, alloc=8, stored=8)])
-def test_specification_decoder_follows_fine_classes(info: FrameInfo) -> None:
-    """Frames large enough for context model 1's fine classes to take over from the coarse ones."""
+def test_specification_decoder_follows_fine_classes(monkeypatch: pytest.MonkeyPatch, info: FrameInfo,
+                                                    model: int) -> None:
+    """Frames large enough for context model 1's and 2's fine classes to take over from the coarse ones."""
     rng = np.random.default_rng(11)
     frame = _smooth(rng, info)
     noise = rng.integers(0, 6 if info.bits_allocated == 8 else 40, info.shape)
     frame = np.clip(frame.astype(np.int64) + noise, 0, (1 << info.bits_stored) - 1).astype(info.dtype)
+    if model == 1:
+        monkeypatch.setattr(private, "MODEL", 1)
     data = private.encode(frame, info, version=2)
-    assert _stripe_field(data, info.samples_per_pixel)[1] == 1  # model 1 is what the encoder writes
+    assert _stripe_field(data, info.samples_per_pixel)[1] == model  # model 2 is what the encoder writes
+    assert np.array_equal(private.decode(data, info), frame)
     before = _FINE_USES[0]
     assert np.array_equal(_spec_decode(data, info), frame)
     assert _FINE_USES[0] > before + 100  # fine classes coded many samples
@@ -921,8 +1025,8 @@ def test_unknown_context_model_is_corrupt() -> None:
     data = bytearray(private.encode(_smooth(np.random.default_rng(2), info), info, version=2))
     start = private._HEADER.size + private._PLANE.size
     rows, model = _stripe_field(bytes(data), 1)
-    assert (rows, model) == (12, 1)
-    struct.pack_into("<I", data, start, rows | 2 << 24)
+    assert (rows, model) == (12, 2)
+    struct.pack_into("<I", data, start, rows | 3 << 24)
     with pytest.raises(CorruptCodestreamError, match="context model"):
         private.decode(bytes(data), info)
 
@@ -947,6 +1051,7 @@ def _stripe_rows(data: bytes, planes: int) -> int:
 @pytest.mark.parametrize("info, kind", [
     (_info(13, 9, stored=12), "smooth"), (_info(20, 16, samples=3, alloc=8, stored=8), "smooth"),
     (_info(9, 8, samples=3, alloc=8, stored=8), "indexed"), (_info(10, 6, stored=16), "sparse"),
+    (_info(32, 40, samples=3, alloc=8, stored=8), "ranks"),
 ])
 def test_specification_decoder_agrees_on_stripes(monkeypatch: pytest.MonkeyPatch, info: FrameInfo,
                                                  kind: str) -> None:
@@ -958,10 +1063,13 @@ def test_specification_decoder_agrees_on_stripes(monkeypatch: pytest.MonkeyPatch
         frame = table[(y * 2 + x) % 5].astype(info.dtype)
     elif kind == "sparse":
         frame = (rng.integers(0, 9, info.shape) * 4099).astype(info.dtype)
+    elif kind == "ranks":
+        frame = _quantised_colour(info, 3)
     else:
         frame = _smooth(rng, info)
     data = private.encode(frame, info, version=2)
-    planes = 4 if data[10] == tf.COLOUR_PALETTE else info.samples_per_pixel
+    planes = {tf.COLOUR_PALETTE: 4, tf.COLOUR_RANKS: 6}.get(data[10], info.samples_per_pixel)
+    assert (data[10] == tf.COLOUR_RANKS) == (kind == "ranks")
     assert data[5] == private.MODE_CODED and _stripe_rows(data, planes) < info.rows
     if kind == "indexed":
         assert data[10] == tf.COLOUR_PALETTE

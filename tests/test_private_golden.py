@@ -2,7 +2,9 @@
 
 The streams in ``tests/data/gwl_v1`` were written by the version 1 encoder,
 those in ``tests/data/gwl_v2_model0`` by the first version 2 encoder (context
-model 0), from the same pixels; the pixels they must decode to were read by
+model 0), ``gwl_v2_model1`` and ``gwl_v2_model2`` by the version 2 encoders of
+context models 1 and 2, from the same pixels (model 2's archive adds a case of
+colour transform 4); the pixels they must decode to were read by
 pydicom from its bundled test files (a source that is not our code), and are
 checked against those files again here when pydicom has them.
 """
@@ -24,8 +26,9 @@ DATA = ROOT / "gwl_v1"
 CASES = json.loads((DATA / "cases.json").read_text())
 # Archive name: (folder, cases); the version byte of its streams follows.
 ARCHIVES = {name: (ROOT / name, json.loads((ROOT / name / "cases.json").read_text()))
-            for name in ("gwl_v1", "gwl_v2_model0")}
-VERSION_OF = {"gwl_v1": 1, "gwl_v2_model0": 2}
+            for name in ("gwl_v1", "gwl_v2_model0", "gwl_v2_model1", "gwl_v2_model2")}
+VERSION_OF = {"gwl_v1": 1, "gwl_v2_model0": 2, "gwl_v2_model1": 2, "gwl_v2_model2": 2}
+MODEL_OF = {"gwl_v2_model0": 0, "gwl_v2_model1": 1, "gwl_v2_model2": 2}
 ALL_CASES = [(name, case) for name, (_, cases) in ARCHIVES.items() for case in cases]
 
 
@@ -42,8 +45,8 @@ def test_golden_streams_decode(archive: str, case: dict) -> None:
     info, streams, pixels = _frames(data, case)
     assert [hashlib.sha256(s).hexdigest() for s in streams] == case["sha256"]  # the files are unchanged
     assert all(s[:5] == b"GWL1" + bytes([VERSION_OF[archive]]) for s in streams)
-    if archive == "gwl_v2_model0":  # written before context models existed: the model byte is 0
-        assert all(s[5] == private.MODE_STORED or _model_byte(s, info) == 0 for s in streams)
+    if archive in MODEL_OF:  # (model 0: written before context models existed, the model byte is 0)
+        assert all(s[5] == private.MODE_STORED or _model_byte(s, info) == MODEL_OF[archive] for s in streams)
     # In order, frame by frame, as a DICOM reader decodes them (inter frames find their reference).
     for stream, expected in zip(streams, pixels):
         back = private.decode(stream, info)
@@ -70,11 +73,16 @@ def _source_pixels(source: dict) -> np.ndarray | None:
 
         array = apply_color_lut(array, ds)
     (r0, r1), (c0, c1) = source["rows"], source["columns"]
-    return np.ascontiguousarray(array[r0:r1, c0:c1])
+    array = np.ascontiguousarray(array[r0:r1, c0:c1])
+    bits = source.get("quantise")
+    if bits:  # each 8-bit channel quantised to `bits` bits and scaled back to 0..255
+        top = (1 << bits) - 1
+        array = (((array.astype(np.int64) >> (8 - bits)) * 255 + top // 2) // top).astype(array.dtype)
+    return array
 
 
 def _model_byte(stream: bytes, info: FrameInfo) -> int:
-    planes = 4 if stream[10] == 3 else info.samples_per_pixel
+    planes = {3: 4, 4: 6}.get(stream[10], info.samples_per_pixel)
     return stream[28 + 12 * planes + 3]
 
 

@@ -3,8 +3,8 @@
 Prediction and context are version 1's (:mod:`._private_predict`: the same
 blend, bias correction and activity class ``q``) but for the blend's
 weights, taken from a table instead of five divisions (:func:`blend_v2`).
-A frame names one of two *context models* for the coding class ``z`` of the
-zero flag and the token:
+A frame names one of three *context models* for the coding class ``z`` of the
+zero flag and the token, and for the sign:
 
 * model 0: ``z`` is ``q``, or for the second and third plane of a colour
   image the class of the activity plus twice the first plane's error at the
@@ -18,7 +18,14 @@ zero flag and the token:
   noise grows with the signal in X-ray and CT images).  A fine class codes once
   it has seen enough samples, its coarse class until then; both learn from
   every sample, so many fine classes cost little on small images.  The bit
-  below a token's leading bits is coded in an adaptive context per token.
+  below a token's leading bits is coded in an adaptive context per token;
+* model 2: model 1's classes, but the coarse and the fine class code every
+  sample together (*mixed*: the zero flag at the mean of their probabilities,
+  the token with the sum of their tables), and the sign's context split by
+  where the corrected prediction lies between two integers (``pred8 - 8 *
+  pred``, in 1/8): a prediction rounded up from near the half makes a negative
+  residual likelier, one rounded down a positive one (noise of a few units, as
+  in the air around a CT patient, is where this pays).
 
 The residual ``r = value - pred`` is coded as
 
@@ -49,14 +56,16 @@ from gateway.codecs._private_predict import (
     quantise_activity,
 )
 from gateway.codecs._private_rangecoder import _adapt as _adapt_bit
-from gateway.codecs._private_rangecoder import dec_bit, enc_bit, grow
+from gateway.codecs._private_rangecoder import dec_bit, dec_bit_mixed, enc_bit, enc_bit_mixed, grow
 from gateway.codecs._private_symbols import (
     N_TOKENS,
     TOTAL,
     dec_chunks,
     dec_token,
+    dec_token_mixed,
     enc_chunks,
     enc_token,
+    enc_token_mixed,
     token_base,
     token_of,
 )
@@ -68,7 +77,7 @@ GUIDE_WEIGHT = 2  # weight of the first plane's error at the same position in a 
 # 1: the class of the residual part of the activity, apart for flat neighbourhoods, crossed
 #    with the class of the local gradient (GRADIENT_CLASSES) and the signal level
 #    (LEVEL_CLASSES quarters of the plane's power-of-two range).
-MODELS = (0, 1)
+MODELS = (0, 1, 2)
 GRADIENT_STEP = 3  # activity classes per gradient class
 GRADIENT_CLASSES = (N_CLASSES + GRADIENT_STEP - 1) // GRADIENT_STEP
 LEVEL_BITS = 2
@@ -83,8 +92,13 @@ N_ZERO = (N_COARSE, N_COARSE + N_COARSE * GRADIENT_CLASSES * LEVEL_CLASSES)
 FINE_BITS = 256  # zero flags a fine class must have seen before it codes them
 FINE_TOTAL = 4096  # total a fine token table must reach before it codes tokens
 CTX_ZERO = 0
-N_SIGN = 3 * N_CLASSES
-N_BINARY = (N_ZERO[0] + N_SIGN, N_ZERO[1] + N_SIGN + N_TOKENS)
+N_ZERO += (N_ZERO[1],)
+CLASS_GROUP += (CLASS_GROUP[1],)
+# Sign contexts, per model: activity class x neighbour bias (models 0, 1); model 2: activity
+# class / 2 x neighbour bias x FRACTION_CLASSES places of the prediction between two integers.
+FRACTION_CLASSES = 5
+N_SIGN = (3 * N_CLASSES, 3 * N_CLASSES, FRACTION_CLASSES * 3 * (N_CLASSES // 2))
+N_BINARY = (N_ZERO[0] + N_SIGN[0], N_ZERO[1] + N_SIGN[1] + N_TOKENS, N_ZERO[2] + N_SIGN[2] + N_TOKENS)
 N_TABLES = N_ZERO  # token tables of a plane, per model
 
 STATUS_OK = 0
@@ -100,6 +114,20 @@ def _sign_class(bias):
     return 0
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _fraction_class(fraction):
+    """Class of ``pred8 - 8 * pred`` (-4..3): -4, -3 | -2, -1 | 0 | 1, 2 | 3."""
+    if fraction <= -3:
+        return 0
+    if fraction < 0:
+        return 1
+    if fraction == 0:
+        return 2
+    if fraction <= 2:
+        return 3
+    return 4
+
+
 @njit(cache=True, nogil=True)
 def _code_plane(encoding, est, buf, dst, data, plane, maxv, tables, bins, te, err, bm, guide, keep, model):
     """Encode (`encoding`) or decode every sample of `plane`; returns (encoder state, buffer,
@@ -109,8 +137,9 @@ def _code_plane(encoding, est, buf, dst, data, plane, maxv, tables, bins, te, er
     guided = guide.shape[0] > 0
     keeping = keep.shape[0] > 0
     level_shift = max(np.int64(0), bit_length(maxv) - LEVEL_BITS)
-    ctx_sign = N_ZERO[0] if model == 0 else N_ZERO[1]
-    ctx_mantissa = ctx_sign + N_SIGN
+    mixed = model >= 2
+    ctx_sign = N_ZERO[model]
+    ctx_mantissa = ctx_sign + N_SIGN[model]
     for y in range(rows):
         r = y & 1
         p = r ^ 1
@@ -146,7 +175,11 @@ def _code_plane(encoding, est, buf, dst, data, plane, maxv, tables, bins, te, er
             bctx = bias_context(q, n, w, nw, ne, blend8)
             bias = np.int64(bm[bctx])
             pred8, pred = correct(blend8, bias, lo, hi)
-            sign_ctx = ctx_sign + 3 * q + _sign_class(te_w + te_n)
+            if model < 2:
+                sign_ctx = ctx_sign + 3 * q + _sign_class(te_w + te_n)
+            else:
+                sign_ctx = ctx_sign + FRACTION_CLASSES * (3 * (q >> 1) + _sign_class(te_w + te_n))
+                sign_ctx += _fraction_class(pred8 - (pred << 3))
             zo = -1
             to = -1
             if model == 0:
@@ -163,31 +196,38 @@ def _code_plane(encoding, est, buf, dst, data, plane, maxv, tables, bins, te, er
                 zc = quantise_activity(residual) + N_CLASSES * np.int64(lo == hi)
                 zf = (zc * GRADIENT_CLASSES + quantise_activity(grad) // GRADIENT_STEP) * LEVEL_CLASSES
                 zf += N_COARSE + (pred >> level_shift)
-                # The fine class codes once it has learnt enough; until then its coarse parent
-                # does.  Both learn from every sample.
-                if bins[zf, 2] >= FINE_BITS:
-                    zq, zo = zf, zc
+                # Model 1: the fine class codes once it has learnt enough; until then its coarse
+                # parent does.  Model 2 codes with both (mixed).  Both learn from every sample.
+                if mixed:
+                    zq, zo, tq, to = zc, zf, zc, zf
                 else:
-                    zq, zo = zc, zf
-                if tables[zf, TOTAL] >= FINE_TOTAL:
-                    tq, to = zf, zc
-                else:
-                    tq, to = zc, zf
+                    if bins[zf, 2] >= FINE_BITS:
+                        zq, zo = zf, zc
+                    else:
+                        zq, zo = zc, zf
+                    if tables[zf, TOTAL] >= FINE_TOTAL:
+                        tq, to = zf, zc
+                    else:
+                        tq, to = zc, zf
             if encoding:
                 value = np.int64(plane[y, x])
                 res = value - pred
                 mag = abs(res)
-                if mag == 0:
-                    est = enc_bit(est, buf, bins, CTX_ZERO + zq, 0)
-                    if zo >= 0:
-                        _adapt_bit(bins, zo, bins[zo, 0], bins[zo, 1], 0)
+                if mixed:
+                    est = enc_bit_mixed(est, buf, bins, zq, zo, np.int64(mag != 0))
                 else:
-                    est = enc_bit(est, buf, bins, CTX_ZERO + zq, 1)
-                    token, nraw = token_of(mag - 1)
-                    est = enc_token(est, buf, tables, tq, token)
+                    est = enc_bit(est, buf, bins, CTX_ZERO + zq, np.int64(mag != 0))
                     if zo >= 0:
-                        _adapt_bit(bins, zo, bins[zo, 0], bins[zo, 1], 1)
-                        _adapt_table(tables, to, token)
+                        _adapt_bit(bins, zo, bins[zo, 0], bins[zo, 1], np.int64(mag != 0))
+                if mag != 0:
+                    token, nraw = token_of(mag - 1)
+                    if mixed:
+                        est = enc_token_mixed(est, buf, tables, tq, to, token)
+                    else:
+                        est = enc_token(est, buf, tables, tq, token)
+                        if zo >= 0:
+                            _adapt_table(tables, to, token)
+                    if zo >= 0:
                         if nraw > 0:
                             nraw -= 1
                             est = enc_bit(est, buf, bins, ctx_mantissa + token, ((mag - 1) >> nraw) & 1)
@@ -196,15 +236,22 @@ def _code_plane(encoding, est, buf, dst, data, plane, maxv, tables, bins, te, er
                     if mag <= pred and mag <= maxv - pred:
                         est = enc_bit(est, buf, bins, sign_ctx, np.int64(res < 0))
             else:
-                dst, nonzero = dec_bit(dst, data, bins, CTX_ZERO + zq)
-                if zo >= 0:
-                    _adapt_bit(bins, zo, bins[zo, 0], bins[zo, 1], nonzero)
+                if mixed:
+                    dst, nonzero = dec_bit_mixed(dst, data, bins, zq, zo)
+                else:
+                    dst, nonzero = dec_bit(dst, data, bins, CTX_ZERO + zq)
+                    if zo >= 0:
+                        _adapt_bit(bins, zo, bins[zo, 0], bins[zo, 1], nonzero)
                 value = pred
                 if nonzero:
-                    dst, token = dec_token(dst, data, tables, tq)
+                    if mixed:
+                        dst, token = dec_token_mixed(dst, data, tables, tq, to)
+                    else:
+                        dst, token = dec_token(dst, data, tables, tq)
+                        if zo >= 0:
+                            _adapt_table(tables, to, token)
                     mag, nraw = token_base(token)
                     if zo >= 0:
-                        _adapt_table(tables, to, token)
                         if nraw > 0:
                             nraw -= 1
                             dst, half = dec_bit(dst, data, bins, ctx_mantissa + token)

@@ -211,3 +211,57 @@ def dec_raw(st, data, nbits):
             code = ((code << 8) | _next_byte(data, pos)) & MASK32
             pos += 1
     return (code, rng, pos), value
+
+
+@njit(cache=True, nogil=True, inline="always")
+def enc_bit_mixed(st, buf, ctx, c, d, bit):
+    """Code `bit` at the mean of the probabilities of contexts `c` and `d`; adapt both."""
+    low, rng, cache, pending, pos = st
+    a = ctx[c, 0]
+    b = ctx[c, 1]
+    a2 = ctx[d, 0]
+    b2 = ctx[d, 1]
+    bound = (rng >> PROB_BITS) * ((a + b + a2 + b2) >> 2)
+    mask = -np.int64(bit)
+    low += bound & mask
+    rng = bound + ((rng - 2 * bound) & mask)
+    _adapt(ctx, c, a, b, bit)
+    _adapt(ctx, d, a2, b2, bit)
+    while rng < TOP:
+        rng <<= 8
+        if low < 0xFF000000 or low > MASK32:  # _shift_low, written out
+            carry = low >> 32
+            temp = cache
+            while True:
+                buf[pos] = (temp + carry) & 0xFF
+                pos += 1
+                temp = 0xFF
+                pending -= 1
+                if pending == 0:
+                    break
+            cache = (low >> 24) & 0xFF
+        pending += 1
+        low = (low & 0x00FFFFFF) << 8
+    return low, rng, cache, pending, pos
+
+
+@njit(cache=True, nogil=True, inline="always")
+def dec_bit_mixed(st, data, ctx, c, d):
+    """Decode a bit coded by :func:`enc_bit_mixed`; returns (state, bit)."""
+    code, rng, pos = st
+    a = ctx[c, 0]
+    b = ctx[c, 1]
+    a2 = ctx[d, 0]
+    b2 = ctx[d, 1]
+    bound = (rng >> PROB_BITS) * ((a + b + a2 + b2) >> 2)
+    bit = np.int64(code >= bound)
+    mask = -bit
+    code -= bound & mask
+    rng = bound + ((rng - 2 * bound) & mask)
+    _adapt(ctx, c, a, b, bit)
+    _adapt(ctx, d, a2, b2, bit)
+    while rng < TOP:
+        rng <<= 8
+        code = ((code << 8) | _next_byte(data, pos)) & MASK32
+        pos += 1
+    return (code, rng, pos), bit

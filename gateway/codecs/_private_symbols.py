@@ -213,3 +213,60 @@ def dec_chunks(st, data, nbits):
             code = ((code << 8) | (np.int64(data[pos]) if pos < data.shape[0] else 0)) & MASK32
             pos += 1
     return (code, rng, pos), value
+
+
+@njit(cache=True, nogil=True, inline="always")
+def enc_token_mixed(st, buf, tables, c, d, s):
+    """Code token `s` with the sum of tables `c` and `d` (frequencies and totals added) and adapt both."""
+    low, rng, cache, pending, pos = st
+    cum = np.int64(0)
+    for i in range(s):
+        cum += tables[c, i] + tables[d, i]
+    r = _div(rng, np.int64(tables[c, TOTAL]) + tables[d, TOTAL])
+    low += r * cum
+    rng = r * (np.int64(tables[c, s]) + tables[d, s])
+    _adapt(tables, c, s)
+    _adapt(tables, d, s)
+    while rng < TOP:
+        rng <<= 8
+        if low < 0xFF000000 or low > MASK32:  # _shift_low of the binary coder, written out
+            carry = low >> 32
+            temp = cache
+            while True:
+                buf[pos] = (temp + carry) & 0xFF
+                pos += 1
+                temp = 0xFF
+                pending -= 1
+                if pending == 0:
+                    break
+            cache = (low >> 24) & 0xFF
+        pending += 1
+        low = (low & 0x00FFFFFF) << 8
+    return low, rng, cache, pending, pos
+
+
+@njit(cache=True, nogil=True, inline="always")
+def dec_token_mixed(st, data, tables, c, d):
+    """Decode a token coded by :func:`enc_token_mixed` and adapt both tables; returns (state, token)."""
+    code, rng, pos = st
+    total = np.int64(tables[c, TOTAL]) + tables[d, TOTAL]
+    r = _div(rng, total)
+    target = _div(code, r)
+    if target >= total:  # only in a corrupt stream
+        target = total - 1
+    s = 0
+    cum = np.int64(0)
+    f = np.int64(tables[c, 0]) + tables[d, 0]
+    while cum + f <= target:
+        cum += f
+        s += 1
+        f = np.int64(tables[c, s]) + tables[d, s]
+    code -= r * cum
+    rng = r * f
+    _adapt(tables, c, s)
+    _adapt(tables, d, s)
+    while rng < TOP:
+        rng <<= 8
+        code = ((code << 8) | (np.int64(data[pos]) if pos < data.shape[0] else 0)) & MASK32
+        pos += 1
+    return (code, rng, pos), s

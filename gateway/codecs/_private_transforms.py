@@ -8,7 +8,12 @@ first plane is the one the others are best predicted from):
 * 2, YCoCg-R: ``Co = R - B``, ``t = B + (Co >> 1)``, ``Cg = G - t``,
   ``Y = t + (Cg >> 1)``; planes ``(Y, Co, Cg)``;
 * 3, indexed colour: a plane of indices into a table of the colours used,
-  sorted by brightness; the table is coded as three one-row planes.
+  sorted by brightness; the table is coded as three one-row planes;
+* 4, channel ranks (version 2): each sample replaced by its rank among the
+  values its channel uses (a *channel map*: the channel's offset and, when
+  few values occur, the bitmap of those used), then subtract green on the
+  ranks.  Colour images quantised per channel (e.g. 5-bit R and G scaled to
+  8 bits) keep their colour decorrelation without the gaps between values.
 
 Each plane is then shifted to start at 0 (its minimum is stored) and, when
 few of the values between its minimum and maximum occur, mapped to the rank
@@ -27,7 +32,8 @@ COLOUR_SUBTRACT_GREEN = 1
 COLOUR_YCOCG_R = 2
 COLOUR_TRANSFORMS = (COLOUR_NONE, COLOUR_SUBTRACT_GREEN, COLOUR_YCOCG_R)
 COLOUR_PALETTE = 3  # indexed colour: one plane of indices and a table of colours
-COLOUR_MODES = COLOUR_TRANSFORMS + (COLOUR_PALETTE,)
+COLOUR_RANKS = 4  # channel ranks, then subtract green (version 2)
+COLOUR_MODES = COLOUR_TRANSFORMS + (COLOUR_PALETTE, COLOUR_RANKS)
 
 
 def forward_colour(frame: np.ndarray, transform: int) -> np.ndarray:
@@ -116,6 +122,47 @@ def colour_palette(frame: np.ndarray, max_colours: int) -> tuple[np.ndarray, lis
     rank[order] = np.arange(order.size)
     plane = rank[index].astype(np.int32).reshape(frame.shape[:2])
     return plane, [r[order].astype(np.int32), g[order].astype(np.int32), b[order].astype(np.int32)]
+
+
+def channel_ranks(frame: np.ndarray, density: float) -> tuple[np.ndarray, list[tuple[int, int, np.ndarray | None]]] | None:
+    """Colour transform 4 of a (rows, cols, 3) frame, or None when no channel is sparse.
+
+    Returns the three int32 planes (G, R - G, B - G of the ranks) and per channel
+    R, G, B its map ``(offset, maxv, used)``: ``used`` is the bitmap of the values
+    ``0..maxv`` above the offset that occur when at most `density` of them do
+    (the rank is then the value's rank among them), else None (rank = value - offset).
+    """
+    ranks, maps = [], []
+    for c in range(3):
+        channel = frame[..., c].astype(np.int32)
+        offset = int(channel.min())
+        maxv = int(channel.max()) - offset
+        channel -= np.int32(offset)
+        used = used_values(channel, maxv)
+        if maxv > 0 and int(used.sum()) <= density * (maxv + 1):
+            channel = to_palette(channel, used)
+        else:
+            used = None
+        ranks.append(channel)
+        maps.append((offset, maxv, used))
+    if all(used is None for _, _, used in maps):
+        return None
+    r, g, b = ranks
+    return np.stack([g, r - g, b - g]), maps
+
+
+def inverse_ranks(planes: "list[np.ndarray]", maps: "list[tuple[int, int, np.ndarray | None]]") -> np.ndarray | None:
+    """Inverse of :func:`channel_ranks`: (rows, cols, 3) int32 samples, or None when a rank
+    lies outside its channel's map."""
+    g = planes[0]
+    channels = []
+    for rank, (offset, maxv, used) in zip((planes[1] + g, g, planes[2] + g), maps):
+        values = np.flatnonzero(used).astype(np.int32) if used is not None else None
+        top = maxv if values is None else values.size - 1
+        if rank.size and (int(rank.min()) < 0 or int(rank.max()) > top):
+            return None
+        channels.append((rank if values is None else values[rank]) + np.int32(offset))
+    return np.stack(channels, axis=-1)
 
 
 def used_values(plane: np.ndarray, maxv: int) -> np.ndarray:

@@ -17,14 +17,16 @@ integers little endian)::
     7      1     bits allocated (8, 16 or 32)
     8      1     bits stored (1..16)
     9      1     pixel representation (0 unsigned, 1 signed)
-    10     1     colour transform (0 none, 1 subtract green, 2 YCoCg-R)
+    10     1     colour transform (0 none, 1 subtract green, 2 YCoCg-R, 3 indexed
+                 colour, 4 channel ranks then subtract green: version 2 only)
     11     1     prediction: 0 intra, 1 from the previous frame
     12     4     rows
     16     4     columns
     20     4     CRC-32 (ISO-HDLC, as zlib) of the decoded frame's little-endian bytes
     24     4     CRC-32 of the reference frame (0 when intra)
-    28     12*P  per plane (P = samples, coded mode only): offset int32,
-                 maxv uint32, palette count uint32 (0 = no palette)
+    28     12*P  per plane (P = samples, 4 for indexed colour, 6 for channel
+                 ranks: 3 planes then 3 channel maps; coded mode only):
+                 offset int32, maxv uint32, palette count uint32 (0 = no palette)
     ...          stored: the frame bytes; coded, version 1: one range-coded
                  segment; version 2: stripe rows (low 24 bits) and context
                  model (top 8 bits) uint32, S + 1 segment lengths uint32
@@ -46,10 +48,12 @@ version 1's (with table weights); a residual is a binary zero flag, then one
 token of an adaptive multi-symbol alphabet (38 symbols, frequency tables per
 coding class), raw low bits and the sign only when both signs are possible;
 colour planes 1 and 2 take plane 0's error at the same pixel into their
-coding class.  The coding class follows one of two context models named in
-the stream: model 0 (the activity class), or model 1 (written now: coarse
-classes from the neighbours' errors, refined by the local gradient and the
-signal level once a refined class has learnt enough).
+coding class.  The coding class follows one of three context models named in
+the stream: model 0 (the activity class), model 1 (coarse classes from the
+neighbours' errors, refined by the local gradient and the signal level once a
+refined class has learnt enough) or model 2 (written now: model 1's coarse and
+refined classes mixed, the sign's context split by where the prediction lies
+between two integers).
 
 Decoding checks every header field against the expected :class:`FrameInfo`
 and named limits before allocating, bounds the coder's reads, requires the
@@ -115,7 +119,7 @@ STRIPE_BYTES = 1 << 20
 ENCODER_STRIPES = 4
 # Version 2 context model the encoder uses (see _private_planes2), written in the top byte of
 # the stripe rows field (streams written before models existed have 0 there).
-MODEL = 1
+MODEL = 2
 MODEL_SHIFT = 24
 # Most stripes a decoder accepts (checked before reading the segment table).
 MAX_STRIPES = 256
@@ -231,16 +235,25 @@ def encode(frame: np.ndarray, info: FrameInfo, reference: np.ndarray | None = No
             alternative = _coded_body([index] + [c[np.newaxis] for c in table], info, version, tables=3)
             if len(alternative) < len(body):
                 body, transform = alternative, _tf.COLOUR_PALETTE
+        ranked = _tf.channel_ranks(frame, PALETTE_DENSITY) if version >= 2 else None
+        if ranked is not None:
+            # Channels quantised apart (sparse values each): decorrelate their ranks.
+            alternative = _coded_body(list(ranked[0]), info, version, tables=0, maps=ranked[1])
+            if len(alternative) < len(body):
+                body, transform = alternative, _tf.COLOUR_RANKS
     if len(body) >= info.frame_bytes:
         raw = np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("<")).tobytes()
         return _header(info, MODE_STORED, _tf.COLOUR_NONE, crc, None, version) + raw
     return _header(info, MODE_CODED, transform, crc, reference_crc, version) + body
 
 
-def _coded_body(planes: list[np.ndarray], info: FrameInfo, version: int, tables: int) -> bytes:
+def _coded_body(planes: list[np.ndarray], info: FrameInfo, version: int, tables: int,
+                maps: "list[tuple[int, int, np.ndarray | None]]" = ()) -> bytes:
     """Plane descriptors and the coded segment(s) of int32 planes (modified in place).
 
-    The last `tables` planes are the one-row colour table of indexed colour.
+    The last `tables` planes are the one-row colour table of indexed colour;
+    `maps` are the channel maps of colour transform 4 (version 2), described
+    after the planes and coding only their bitmaps.
     """
     descriptors, coded, maxvs, bitmaps = [], [], [], []
     for plane in planes:
@@ -261,6 +274,13 @@ def _coded_body(planes: list[np.ndarray], info: FrameInfo, version: int, tables:
         descriptors.append(_PLANE.pack(offset, maxv, count))
         coded.append(np.ascontiguousarray(shifted, dtype=np.int32))
         maxvs.append(coded_max)
+    for offset, maxv, used in maps:
+        descriptors.append(_PLANE.pack(offset, maxv, 0 if used is None else int(used.sum())))
+        coded.append(_NO_SAMPLES)
+        maxvs.append(0)
+        bitmaps.append(used)
+    if maps:
+        tables = len(maps)
     if version == 1:
         payload = _code_planes(coded, maxvs, bitmaps, info.frame_bytes // 2 + 1024)
     else:
@@ -290,6 +310,7 @@ def _map(function, jobs: list) -> list:
 
 
 _NO_GUIDE = np.empty((0, 0), np.int32)
+_NO_SAMPLES = _NO_GUIDE  # the "plane" of a channel map, which codes no samples
 
 
 def _guides(planes: list[np.ndarray], guided: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -381,12 +402,14 @@ def _check_header(data: bytes, info: FrameInfo) -> tuple[int, int, int, int, int
             "header (samples, bits allocated, bits stored, signed, rows, columns) = "
             f"{found} does not match the dataset's {expected}"
         )
-    if transform not in _tf.COLOUR_MODES or (samples == 1 and transform != _tf.COLOUR_NONE):
-        raise _corrupt(f"bad colour transform {transform} for {samples} sample(s)")
+    if transform not in _tf.COLOUR_MODES or (samples == 1 and transform != _tf.COLOUR_NONE) or (
+        transform == _tf.COLOUR_RANKS and version == 1
+    ):
+        raise _corrupt(f"bad colour transform {transform} for {samples} sample(s) in version {version}")
     if mode == MODE_STORED and (transform != _tf.COLOUR_NONE or prediction != PREDICT_INTRA):
         raise _corrupt("a stored frame has a colour transform or a reference")
     if prediction not in (PREDICT_INTRA, PREDICT_PREVIOUS) or (prediction == PREDICT_INTRA and reference_crc) or (
-        prediction == PREDICT_PREVIOUS and transform == _tf.COLOUR_PALETTE
+        prediction == PREDICT_PREVIOUS and transform in (_tf.COLOUR_PALETTE, _tf.COLOUR_RANKS)
     ):
         raise _corrupt(f"bad prediction mode {prediction} (reference CRC {reference_crc:#010x})")
     return version, mode, transform, crc, prediction, reference_crc
@@ -486,16 +509,26 @@ def _decode_coded(data: bytes, info: FrameInfo, version: int, transform: int,
         if offset != 0 or count != 0 or maxv >= min(MAX_COLOURS, info.rows * info.columns):
             raise _corrupt(f"colour index plane (offset {offset}, max {maxv}, palette {count}) out of limits")
         shapes = [(info.rows, info.columns)] + [(1, maxv + 1)] * 3
+    elif transform == _tf.COLOUR_RANKS:
+        descriptors = _descriptors(data, 6)
+        shapes = [(info.rows, info.columns)] * 3 + [(0, 0)] * 3
     else:
         descriptors = _descriptors(data, info.samples_per_pixel)
         shapes = [(info.rows, info.columns)] * info.samples_per_pixel
     if version == 1:
         values = _decode_planes(data, descriptors, shapes)
     else:
-        values = _decode_segments(data, descriptors, shapes, 3 if transform == _tf.COLOUR_PALETTE else 0, info)
+        tables = 3 if transform in (_tf.COLOUR_PALETTE, _tf.COLOUR_RANKS) else 0
+        values, bitmaps = _decode_segments(data, descriptors, shapes, tables, info,
+                                           maps=transform == _tf.COLOUR_RANKS)
     if transform == _tf.COLOUR_PALETTE:
         table = np.stack([p[0] for p in values[1:]], axis=-1)
         samples = table[values[0]]
+    elif transform == _tf.COLOUR_RANKS:
+        maps = [(offset, maxv, used) for (offset, maxv, _), used in zip(descriptors[3:], bitmaps[3:])]
+        samples = _tf.inverse_ranks(values[:3], maps)
+        if samples is None:
+            raise _corrupt("a channel rank lies outside its channel map")
     else:
         if reference is not None:
             for plane, base in zip(values, _planes_of(reference, info, transform)):
@@ -600,8 +633,9 @@ def _decode_segment(data: np.ndarray, bitmaps: list[np.ndarray], planes: list[np
 
 
 def _decode_segments(data: bytes, descriptors: list[tuple[int, int, int]], shapes: list[tuple[int, int]],
-                     tables: int, info: FrameInfo) -> list[np.ndarray]:
-    """Decode a version 2 payload into int32 planes of the given shapes (offsets and palettes undone)."""
+                     tables: int, info: FrameInfo, maps: bool = False) -> tuple[list[np.ndarray], list]:
+    """Decode a version 2 payload into int32 planes of the given shapes (offsets and palettes undone)
+    and the bitmaps; with `maps`, the last `tables` descriptors are channel maps (no samples)."""
     start = _HEADER.size + _PLANE.size * len(descriptors)
     stripe_rows, model, segments = _segment_table(data, start, info.rows)
     buf = np.frombuffer(data, dtype=np.uint8)
@@ -609,6 +643,8 @@ def _decode_segments(data: bytes, descriptors: list[tuple[int, int, int]], shape
     planes = [np.zeros(shape, np.int32) for shape in shapes]
     maxvs = [count - 1 if count else maxv for _, maxv, count in descriptors]
     images = len(planes) - tables
+    if maps:
+        maxvs[images:] = [0] * tables
     (a, b), stripes = segments[0], segments[1:]
     jobs = [(buf[a:b], [u for u in bitmaps if u is not None], planes[images:], maxvs[images:], False, model)]
     for (a, b), y in zip(stripes, range(0, info.rows, stripe_rows)):
@@ -623,7 +659,7 @@ def _decode_segments(data: bytes, descriptors: list[tuple[int, int, int]], shape
             plane = _tf.from_palette(plane, used)
         plane += np.int32(offset)
         values.append(plane)
-    return values
+    return values, bitmaps
 
 
 CODEC = register(FunctionCodec(

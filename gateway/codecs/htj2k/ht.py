@@ -42,7 +42,9 @@ Entry points, batch over the code-blocks of a frame like :mod:`..jpeg2000.t1`:
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 from gateway.codecs.htj2k import tables
 
@@ -66,60 +68,56 @@ _DEC1 = tables.decode_table(False)
 _UVLC = tables.uvlc_table()
 _MEL_EXP = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 4, 5], dtype=np.int64)
 
-# MEL encoder state, one int64 array (pos, free bits, byte, run, k); VLC and MagSgn states live in local variables.
-_MEL_POS, _MEL_FREE, _MEL_TMP, _MEL_RUN, _MEL_K = 0, 1, 2, 3, 4
+
+@intrinsic
+def _leading_zeros(typingctx, v):  # noqa: ARG001 (numba passes the typing context)
+    """Leading zero bits of a 64-bit integer (64 for 0): one instruction instead of a chain of tests."""
+    sig = types.int64(types.int64)
+
+    def codegen(context, builder, signature, args):  # noqa: ARG001
+        return builder.ctlz(args[0], ir.Constant(ir.IntType(1), 0))
+
+    return sig, codegen
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _bit_length(v: int) -> int:
-    n = 0
-    if v >> 16:
-        v >>= 16
-        n += 16
-    if v >> 8:
-        v >>= 8
-        n += 8
-    if v >> 4:
-        v >>= 4
-        n += 4
-    if v >> 2:
-        v >>= 2
-        n += 2
-    if v >> 1:
-        v >>= 1
-        n += 1
-    return n + v
+    """Bits of ``v >= 0`` (0 for 0)."""
+    return 64 - _leading_zeros(np.int64(v))
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _mel_bit(st: np.ndarray, buf: np.ndarray, bit: int) -> None:
-    st[_MEL_TMP] = (st[_MEL_TMP] << 1) | bit
-    st[_MEL_FREE] -= 1
-    if st[_MEL_FREE] == 0:
-        buf[st[_MEL_POS]] = st[_MEL_TMP]
-        st[_MEL_POS] += 1
-        st[_MEL_FREE] = 7 if st[_MEL_TMP] == 0xFF else 8
-        st[_MEL_TMP] = 0
+def _mel_bit(buf: np.ndarray, pos: int, free: int, tmp: int, bit: int) -> tuple[int, int, int]:
+    """One MEL bit, highest first; a byte after 0xFF holds seven.  State: (pos, free bits of the byte, byte)."""
+    tmp = (tmp << 1) | bit
+    free -= 1
+    if free == 0:
+        buf[pos] = tmp
+        pos += 1
+        free = 7 if tmp == 0xFF else 8
+        tmp = 0
+    return pos, free, tmp
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _mel_encode(st: np.ndarray, buf: np.ndarray, event: bool) -> None:
-    k = st[_MEL_K]
+def _mel_encode(buf: np.ndarray, pos: int, free: int, tmp: int, run: int, k: int, event: bool
+                ) -> tuple[int, int, int, int, int]:
+    """One MEL event.  State: (pos, free, byte, run of zero events, k)."""
     if not event:
-        st[_MEL_RUN] += 1
-        if st[_MEL_RUN] >= (1 << _MEL_EXP[k]):
-            _mel_bit(st, buf, 1)
-            st[_MEL_RUN] = 0
-            st[_MEL_K] = min(12, k + 1)
+        run += 1
+        if run >= (1 << _MEL_EXP[k]):
+            pos, free, tmp = _mel_bit(buf, pos, free, tmp, 1)
+            run = 0
+            k = min(12, k + 1)
     else:
-        _mel_bit(st, buf, 0)
+        pos, free, tmp = _mel_bit(buf, pos, free, tmp, 0)
         t = _MEL_EXP[k]
-        run = st[_MEL_RUN]
         while t > 0:
             t -= 1
-            _mel_bit(st, buf, (run >> t) & 1)
-        st[_MEL_RUN] = 0
-        st[_MEL_K] = max(0, k - 1)
+            pos, free, tmp = _mel_bit(buf, pos, free, tmp, (run >> t) & 1)
+        run = 0
+        k = max(0, k - 1)
+    return pos, free, tmp, run, k
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -148,11 +146,8 @@ def _vlc_put(buf: np.ndarray, pos: int, acc: int, n: int, high: int, cwd: int, l
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _ms_put(buf: np.ndarray, pos: int, room: int, used: int, acc: int, cwd: int, length: int
-            ) -> tuple[int, int, int, int]:
-    """MagSgn bits, lowest first; a byte after 0xFF holds seven.  State: (pos, room of the byte, used, acc)."""
-    acc |= cwd << used
-    used += length
+def _ms_flush(buf: np.ndarray, pos: int, room: int, used: int, acc: int) -> tuple[int, int, int, int]:
+    """Whole MagSgn bytes out of the accumulator; a byte after 0xFF holds seven.  State: (pos, room, used, acc)."""
     while used >= room:
         byte = acc & ((1 << room) - 1)
         buf[pos] = byte
@@ -160,6 +155,24 @@ def _ms_put(buf: np.ndarray, pos: int, room: int, used: int, acc: int, cwd: int,
         acc >>= room
         used -= room
         room = 7 if byte == 0xFF else 8
+    return pos, room, used, acc
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _quad_magsgn(ms: np.ndarray, v0: np.ndarray, v1: np.ndarray, x: int, rho: int, bound: int, ek: int, pos: int,
+                 room: int, used: int, acc: int) -> tuple[int, int, int, int]:
+    """The low U (U - 1 where e_k is set) bits of v of each significant sample, lowest first.
+
+    The accumulator is emptied only when it holds 32 bits or more, so with
+    at most 31 bits a sample it never overflows its 64.
+    """
+    for n in range(4):
+        v = v1[x + (n >> 1)] if n & 1 else v0[x + (n >> 1)]
+        m = (bound - ((ek >> n) & 1)) * ((rho >> n) & 1)
+        acc |= (v & ((1 << m) - 1)) << used
+        used += m
+        if used >= 32:
+            pos, room, used, acc = _ms_flush(ms, pos, room, used, acc)
     return pos, room, used, acc
 
 
@@ -188,152 +201,150 @@ def _uvlc_code(uvlc: np.ndarray, u0: int, u1: int, first: int, second: int, sing
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _quad_encode(coef: np.ndarray, y: int, x: int, h: int, w: int, vals: np.ndarray, exps: np.ndarray
-                 ) -> tuple[int, int]:
-    """Significance pattern and largest exponent of the quad at (y, x); v and E per sample into the arrays."""
-    rho = 0
-    emax = 0
-    for n in range(4):
-        yy = y + (n & 1)
-        xx = x + (n >> 1)
-        vals[n] = 0
-        exps[n] = 0
-        if yy < h and xx < w:
-            c = coef[yy, xx]
-            if c:
-                mag = -c if c < 0 else c
-                rho |= 1 << n
-                e = _bit_length(2 * mag - 1)
-                exps[n] = e
-                vals[n] = 2 * (mag - 1) + (1 if c < 0 else 0)
-                if e > emax:
-                    emax = e
-    return rho, emax
+def _quad(t0: np.ndarray, t1: np.ndarray, x: int) -> tuple[int, int, int, int, int, int]:
+    """The quad whose left column is x: its significance pattern, ``t = 2 mu - 1`` of its samples, largest E."""
+    a, b, c, d = t0[x], t1[x], t0[x + 1], t1[x + 1]
+    rho = (a != 0) | (b != 0) << 1 | (c != 0) << 2 | (d != 0) << 3
+    return rho, a, b, c, d, _bit_length(max(max(a, b), max(c, d)))
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _quad_code(table: np.ndarray, cq: int, rho: int, emax: int, kappa: int, exps: np.ndarray
+def _quad_code(table: np.ndarray, cq: int, rho: int, emax: int, kappa: int, a: int, b: int, c: int, d: int
                ) -> tuple[int, int, int]:
-    """The quad's CxtVLC table entry, its u and its exponent bound U."""
+    """The quad's CxtVLC table entry, its u and its exponent bound U.
+
+    A sample's E reaches the quad's largest E when its t is at least
+    ``2**(E - 1)`` (every t of the quad is below ``2**E``).
+    """
     bound = max(emax, kappa)
     u = bound - kappa
     emb = 0
     if u > 0:
-        for n in range(4):
-            if exps[n] == emax and (rho >> n) & 1:
-                emb |= 1 << n
+        top = 1 << (emax - 1)
+        emb = (a >= top) | (b >= top) << 1 | (c >= top) << 2 | (d >= top) << 3
     return table[(cq << 8) | (rho << 4) | emb], u, bound
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _quad_magsgn(ms: np.ndarray, rho: int, bound: int, ek: int, vals: np.ndarray, pos: int, room: int, used: int,
-                 acc: int) -> tuple[int, int, int, int]:
-    for n in range(4):
-        if (rho >> n) & 1:
-            m = bound - ((ek >> n) & 1)
-            pos, room, used, acc = _ms_put(ms, pos, room, used, acc, vals[n] & ((1 << m) - 1), m)
-    return pos, room, used, acc
+def _kappa(rho: int, t_prev: np.ndarray, x: int) -> int:
+    """kappa of a quad outside the first row: max(1, largest E above - 1) with two or more samples."""
+    if rho & (rho - 1):
+        return max(1, _bit_length(max(max(t_prev[x], t_prev[x + 1]), max(t_prev[x + 2], t_prev[x + 3]))) - 1)
+    return 1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _samples(row: np.ndarray, v: np.ndarray, t: np.ndarray) -> None:
+    """``v = 2 (mu - 1) + sign`` and ``t = 2 mu - 1`` (0 where mu = 0) of one row of samples."""
+    for x in range(row.size):
+        c = np.int64(row[x])
+        mag = abs(c)
+        t[x] = max(2 * mag - 1, 0)
+        v[x] = 2 * mag - 2 + (c < 0)
 
 
 @njit(cache=True, nogil=True)
-def _encode_block(coef: np.ndarray, ms: np.ndarray, mel: np.ndarray, vlc: np.ndarray, st: np.ndarray,
-                  e_prev: np.ndarray, s_prev: np.ndarray, e_cur: np.ndarray, s_cur: np.ndarray,
-                  vals: np.ndarray, exps: np.ndarray, enc0: np.ndarray, enc1: np.ndarray, uvlc: np.ndarray,
-                  out: np.ndarray) -> int:
-    """Code one block's cleanup pass into `out`; its length, 0 for an all-zero block, -1 if `out` is too small."""
-    h, w = coef.shape
-    st[:] = 0
-    st[_MEL_FREE] = 8
+def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: int, ms: np.ndarray,
+                  mel: np.ndarray, vlc: np.ndarray, t_prev: np.ndarray, t_cur: np.ndarray, v0: np.ndarray,
+                  v1: np.ndarray, t0: np.ndarray, t1: np.ndarray, enc0: np.ndarray, enc1: np.ndarray,
+                  uvlc: np.ndarray, out: np.ndarray) -> int:
+    """Code one block's cleanup pass into `out`; its length, 0 for an all-zero block, -1 if `out` is too small.
+
+    Each row of quads is first turned into v and t = 2 mu - 1 per sample
+    (``v0``, ``t0`` its top row, ``v1``, ``t1`` its bottom row, zero beyond
+    the block to a whole pair of quads), so the quad loop reads its
+    neighbours without bounds tests and takes one bit length per quad.
+    ``t_prev`` holds t of the bottom samples of the row of quads above,
+    one column of padding on the left.
+    """
+    w4 = (w + 3) & ~3
     # vlc[0] is the last byte of the segment, which holds Scup; the low nibble of the next one is Scup's too.
     v_pos, v_acc, v_n, v_high = 1, 0xF, 4, 1
     ms_pos, ms_room, ms_used, ms_acc = 0, 8, 0, 0
-    any_significant = False
-    # Exponents and significance of the bottom row of the previous row of quads, one column of padding each side.
-    e_prev[:w + 3] = 0
-    s_prev[:w + 3] = 0
-    vals0 = vals[0:4]
-    vals1 = vals[4:8]
-    exps0 = exps[0:4]
-    exps1 = exps[4:8]
+    mel_pos, mel_free, mel_tmp, mel_run, mel_k = 0, 8, 0, 0, 0
+    any_significant = 0
+    t_prev[:w4 + 2] = 0
+    t_cur[:w4 + 2] = 0
+    v0[w:w4] = 0
+    v1[w:w4] = 0
+    t0[w:w4] = 0
+    t1[w:w4] = 0
     for y in range(0, h, 2):
         initial = y == 0
         table = enc0 if initial else enc1
-        e_cur[:w + 3] = 0
-        s_cur[:w + 3] = 0
+        _samples(coeffs[comp, y0 + y, x0:x0 + w], v0[:w], t0[:w])
+        if y + 1 < h:
+            _samples(coeffs[comp, y0 + y + 1, x0:x0 + w], v1[:w], t1[:w])
+        else:
+            v1[:w] = 0
+            t1[:w] = 0
         rho_left = 0
         for x in range(0, w, 4):
-            rho0, emax0 = _quad_encode(coef, y, x, h, w, vals0, exps0)
-            has1 = x + 2 < w
-            rho1 = 0
-            emax1 = 0
-            if has1:
-                rho1, emax1 = _quad_encode(coef, y, x + 2, h, w, vals1, exps1)
-            if rho0 or rho1:
-                any_significant = True
             # Quad 0.
-            kappa0 = 1
+            rho0, a, b, c, d, emax0 = _quad(t0, t1, x)
             if initial:
                 cq0 = (rho_left >> 1) | (rho_left & 1)
+                kappa0 = 1
             else:
-                cq0 = ((s_prev[x] | s_prev[x + 1]) | (((rho_left >> 2) | (rho_left >> 3)) & 1) << 1
-                       | (s_prev[x + 2] | s_prev[x + 3]) << 2)
-                if rho0 & (rho0 - 1):
-                    kappa0 = max(1, max(max(e_prev[x], e_prev[x + 1]), max(e_prev[x + 2], e_prev[x + 3])) - 1)
-            code0, u0, bound0 = _quad_code(table, cq0, rho0, emax0, kappa0, exps0)
-            length = (code0 >> 8) & 0xF
-            if length:
-                v_pos, v_acc, v_n, v_high = _vlc_put(vlc, v_pos, v_acc, v_n, v_high, code0 & 0xFF, length)
+                cq0 = (((t_prev[x] | t_prev[x + 1]) != 0) | (((rho_left >> 2) | (rho_left >> 3)) & 1) << 1
+                       | ((t_prev[x + 2] | t_prev[x + 3]) != 0) << 2)
+                kappa0 = _kappa(rho0, t_prev, x)
+            code0, u0, bound0 = _quad_code(table, cq0, rho0, emax0, kappa0, a, b, c, d)
+            cwd = code0 & 0xFF
+            n = (code0 >> 8) & 0xF
             if cq0 == 0:
-                _mel_encode(st, mel, rho0 != 0)
+                mel_pos, mel_free, mel_tmp, mel_run, mel_k = _mel_encode(mel, mel_pos, mel_free, mel_tmp, mel_run,
+                                                                         mel_k, rho0 != 0)
             if rho0:
-                ms_pos, ms_room, ms_used, ms_acc = _quad_magsgn(ms, rho0, bound0, code0 >> 12, vals0, ms_pos, ms_room,
-                                                                ms_used, ms_acc)
-                e_cur[x + 1] = exps0[1]
-                e_cur[x + 2] = exps0[3]
-                s_cur[x + 1] = (rho0 >> 1) & 1
-                s_cur[x + 2] = (rho0 >> 3) & 1
+                ms_pos, ms_room, ms_used, ms_acc = _quad_magsgn(ms, v0, v1, x, rho0, bound0, code0 >> 12, ms_pos,
+                                                                ms_room, ms_used, ms_acc)
+            t_cur[x + 1] = b
+            t_cur[x + 2] = d
+            t_cur[x + 3] = t1[x + 2]
+            t_cur[x + 4] = t1[x + 3]
+            # Quad 1, if the block has it.
             u1 = 0
-            if has1:
-                kappa1 = 1
+            rho1 = 0
+            if x + 2 < w:
+                rho1, a, b, c, d, emax1 = _quad(t0, t1, x + 2)
                 if initial:
                     cq1 = (rho0 >> 1) | (rho0 & 1)
+                    kappa1 = 1
                 else:
-                    cq1 = ((s_prev[x + 2] | s_prev[x + 3]) | (((rho0 >> 2) | (rho0 >> 3)) & 1) << 1
-                           | (s_prev[x + 4] | s_prev[x + 5]) << 2)
-                    if rho1 & (rho1 - 1):
-                        kappa1 = max(1, max(max(e_prev[x + 2], e_prev[x + 3]),
-                                            max(e_prev[x + 4], e_prev[x + 5])) - 1)
-                code1, u1, bound1 = _quad_code(table, cq1, rho1, emax1, kappa1, exps1)
-                length = (code1 >> 8) & 0xF
-                if length:
-                    v_pos, v_acc, v_n, v_high = _vlc_put(vlc, v_pos, v_acc, v_n, v_high, code1 & 0xFF, length)
+                    cq1 = (((t_prev[x + 2] | t_prev[x + 3]) != 0) | (((rho0 >> 2) | (rho0 >> 3)) & 1) << 1
+                           | ((t_prev[x + 4] | t_prev[x + 5]) != 0) << 2)
+                    kappa1 = _kappa(rho1, t_prev, x + 2)
+                code1, u1, bound1 = _quad_code(table, cq1, rho1, emax1, kappa1, a, b, c, d)
+                cwd |= (code1 & 0xFF) << n
+                n += (code1 >> 8) & 0xF
                 if cq1 == 0:
-                    _mel_encode(st, mel, rho1 != 0)
+                    mel_pos, mel_free, mel_tmp, mel_run, mel_k = _mel_encode(mel, mel_pos, mel_free, mel_tmp,
+                                                                             mel_run, mel_k, rho1 != 0)
                 if rho1:
-                    ms_pos, ms_room, ms_used, ms_acc = _quad_magsgn(ms, rho1, bound1, code1 >> 12, vals1, ms_pos,
-                                                                    ms_room, ms_used, ms_acc)
-                    e_cur[x + 3] = exps1[1]
-                    e_cur[x + 4] = exps1[3]
-                    s_cur[x + 3] = (rho1 >> 1) & 1
-                    s_cur[x + 4] = (rho1 >> 3) & 1
+                    ms_pos, ms_room, ms_used, ms_acc = _quad_magsgn(ms, v0, v1, x + 2, rho1, bound1, code1 >> 12,
+                                                                    ms_pos, ms_room, ms_used, ms_acc)
                 rho_left = rho1
             else:
                 rho_left = rho0
+            any_significant |= rho0 | rho1
             if u0 or u1:
                 if initial and u0 > 0 and u1 > 0:
                     both = min(u0, u1) > 2
-                    _mel_encode(st, mel, both)
+                    mel_pos, mel_free, mel_tmp, mel_run, mel_k = _mel_encode(mel, mel_pos, mel_free, mel_tmp,
+                                                                             mel_run, mel_k, both)
                     if both:
-                        cwd, n = _uvlc_code(uvlc, u0, u1, u0 - 2, u1 - 2, False)
+                        ucwd, un = _uvlc_code(uvlc, u0, u1, u0 - 2, u1 - 2, False)
                     elif u0 > 2:
-                        cwd, n = _uvlc_code(uvlc, u0, u1, u0, u1, True)
+                        ucwd, un = _uvlc_code(uvlc, u0, u1, u0, u1, True)
                     else:
-                        cwd, n = _uvlc_code(uvlc, u0, u1, u0, u1, False)
+                        ucwd, un = _uvlc_code(uvlc, u0, u1, u0, u1, False)
                 else:
-                    cwd, n = _uvlc_code(uvlc, u0, u1, u0, u1, False)
+                    ucwd, un = _uvlc_code(uvlc, u0, u1, u0, u1, False)
+                cwd |= ucwd << n
+                n += un
+            if n:
                 v_pos, v_acc, v_n, v_high = _vlc_put(vlc, v_pos, v_acc, v_n, v_high, cwd, n)
-        e_prev, e_cur = e_cur, e_prev
-        s_prev, s_cur = s_cur, s_prev
+        t_prev, t_cur = t_cur, t_prev
     if not any_significant:
         return 0
     # A last seven bits of ones after a byte above 0x8F make a byte of their own.
@@ -343,25 +354,25 @@ def _encode_block(coef: np.ndarray, ms: np.ndarray, mel: np.ndarray, vlc: np.nda
         v_acc >>= 7
         v_n -= 7
     # Terminate MEL and VLC, fusing their last bytes where their bits agree.
-    if st[_MEL_RUN] > 0:
-        _mel_bit(st, mel, 1)
-    free = st[_MEL_FREE]
-    mel_tmp = (st[_MEL_TMP] << free) & 0xFF
-    mel_mask = (0xFF << free) & 0xFF
+    if mel_run > 0:
+        mel_pos, mel_free, mel_tmp = _mel_bit(mel, mel_pos, mel_free, mel_tmp, 1)
+    mel_last = (mel_tmp << mel_free) & 0xFF
+    mel_mask = (0xFF << mel_free) & 0xFF
     vlc_mask = 0xFF >> (8 - v_n)
     if mel_mask | vlc_mask:
-        vlc_tmp = v_acc
-        fuse = mel_tmp | vlc_tmp
-        if ((fuse ^ mel_tmp) & mel_mask) == 0 and ((fuse ^ vlc_tmp) & vlc_mask) == 0 and fuse != 0xFF \
+        vlc_last = v_acc
+        fuse = mel_last | vlc_last
+        if ((fuse ^ mel_last) & mel_mask) == 0 and ((fuse ^ vlc_last) & vlc_mask) == 0 and fuse != 0xFF \
                 and v_pos > 1:
-            mel[st[_MEL_POS]] = fuse
-            st[_MEL_POS] += 1
+            mel[mel_pos] = fuse
+            mel_pos += 1
         else:
-            mel[st[_MEL_POS]] = mel_tmp
-            st[_MEL_POS] += 1
-            vlc[v_pos] = vlc_tmp
+            mel[mel_pos] = mel_last
+            mel_pos += 1
+            vlc[v_pos] = vlc_last
             v_pos += 1
     # Terminate MagSgn: pad with ones; a last byte of all ones (or a dangling 0xFF) is left out.
+    ms_pos, ms_room, ms_used, ms_acc = _ms_flush(ms, ms_pos, ms_room, ms_used, ms_acc)
     if ms_used:
         last = ms_acc | (((1 << (ms_room - ms_used)) - 1) << ms_used)
         if last != 0xFF:
@@ -369,7 +380,7 @@ def _encode_block(coef: np.ndarray, ms: np.ndarray, mel: np.ndarray, vlc: np.nda
             ms_pos += 1
     elif ms_room == 7:
         ms_pos -= 1
-    n_ms, n_mel, n_vlc = ms_pos, st[_MEL_POS], v_pos
+    n_ms, n_mel, n_vlc = ms_pos, mel_pos, v_pos
     scup = n_mel + n_vlc
     total = n_ms + scup
     if total > out.size or scup > MAX_SCUP:
@@ -388,23 +399,24 @@ def encode_blocks(coeffs: np.ndarray, blocks: np.ndarray, out: np.ndarray, offse
                   results: np.ndarray) -> int:
     """Code every listed code-block (see the module docstring); 0, or -1-i if block i overflowed."""
     most = 4
+    widest = 4
     for k in range(blocks.shape[0]):
         most = max(most, blocks[k, 3] * blocks[k, 4], blocks[k, 4] + 8)
+        widest = max(widest, blocks[k, 4])
     ms = np.empty(most * 5 + 16, dtype=np.uint8)
     mel = np.empty(most + 16, dtype=np.uint8)
     vlc = np.empty(most * 4 + 16, dtype=np.uint8)
-    st = np.zeros(16, dtype=np.int64)
-    e_prev = np.zeros(most + 8, dtype=np.int64)
-    s_prev = np.zeros(most + 8, dtype=np.int64)
-    e_cur = np.zeros(most + 8, dtype=np.int64)
-    s_cur = np.zeros(most + 8, dtype=np.int64)
-    vals = np.zeros(8, dtype=np.int64)
-    exps = np.zeros(8, dtype=np.int64)
+    t_prev = np.zeros(widest + 8, dtype=np.int64)
+    t_cur = np.zeros(widest + 8, dtype=np.int64)
+    v0 = np.zeros(widest + 4, dtype=np.int64)
+    v1 = np.zeros(widest + 4, dtype=np.int64)
+    t0 = np.zeros(widest + 4, dtype=np.int64)
+    t1 = np.zeros(widest + 4, dtype=np.int64)
     for k in range(blocks.shape[0]):
         comp, y0, x0, h, w = blocks[k, 0], blocks[k, 1], blocks[k, 2], blocks[k, 3], blocks[k, 4]
         window = out[offsets[k]:offsets[k + 1]]
-        length = _encode_block(coeffs[comp, y0:y0 + h, x0:x0 + w], ms, mel, vlc, st, e_prev, s_prev, e_cur,
-                               s_cur, vals, exps, _ENC0, _ENC1, _UVLC, window)
+        length = _encode_block(coeffs, comp, y0, x0, h, w, ms, mel, vlc, t_prev, t_cur, v0, v1, t0, t1,
+                               _ENC0, _ENC1, _UVLC, window)
         if length < 0:
             return -1 - k
         results[k, 0] = length

@@ -66,6 +66,7 @@ _ENC1 = tables.encode_table(False)
 _DEC0 = tables.decode_table(True)
 _DEC1 = tables.decode_table(False)
 _UVLC = tables.uvlc_table()
+_UVLC_PAIR = tables.uvlc_pair_table()
 _MEL_EXP = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 4, 5], dtype=np.int64)
 
 
@@ -99,37 +100,36 @@ def _mel_bit(buf: np.ndarray, pos: int, free: int, tmp: int, bit: int) -> tuple[
     return pos, free, tmp
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _mel_encode(buf: np.ndarray, pos: int, free: int, tmp: int, run: int, k: int, event: bool
-                ) -> tuple[int, int, int, int, int]:
-    """One MEL event.  State: (pos, free, byte, run of zero events, k)."""
-    if not event:
-        run += 1
-        if run >= (1 << _MEL_EXP[k]):
-            pos, free, tmp = _mel_bit(buf, pos, free, tmp, 1)
+@njit(cache=True, nogil=True)
+def _mel_code(events: np.ndarray, count: int, buf: np.ndarray) -> tuple[int, int, int, int]:
+    """The MEL code of a block's events, in order: (bytes, free bits of the last byte, its bits, pending run)."""
+    pos, free, tmp, run, k = 0, 8, 0, 0, 0
+    for i in range(count):
+        if events[i] == 0:
+            run += 1
+            if run >= (1 << _MEL_EXP[k]):
+                pos, free, tmp = _mel_bit(buf, pos, free, tmp, 1)
+                run = 0
+                k = min(12, k + 1)
+        else:
+            pos, free, tmp = _mel_bit(buf, pos, free, tmp, 0)
+            t = _MEL_EXP[k]
+            while t > 0:
+                t -= 1
+                pos, free, tmp = _mel_bit(buf, pos, free, tmp, (run >> t) & 1)
             run = 0
-            k = min(12, k + 1)
-    else:
-        pos, free, tmp = _mel_bit(buf, pos, free, tmp, 0)
-        t = _MEL_EXP[k]
-        while t > 0:
-            t -= 1
-            pos, free, tmp = _mel_bit(buf, pos, free, tmp, (run >> t) & 1)
-        run = 0
-        k = max(0, k - 1)
-    return pos, free, tmp, run, k
+            k = max(0, k - 1)
+    return pos, free, tmp, run
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _vlc_put(buf: np.ndarray, pos: int, acc: int, n: int, high: int, cwd: int, length: int
-             ) -> tuple[int, int, int, int]:
-    """VLC bits, lowest first, into bytes that run backward from the segment's end (stored forward here).
+def _vlc_bytes(buf: np.ndarray, pos: int, acc: int, n: int, high: int) -> tuple[int, int, int, int]:
+    """The whole bytes of the VLC accumulator, into bytes that run backward from the segment's end (stored
+    forward here).
 
-    State: (position, pending bits, their count, whether the last byte written exceeds 0x8F).  After
-    such a byte, a byte whose low seven bits are all ones holds only those seven.
+    State: (position, pending bits lowest first, their count, whether the last byte written exceeds
+    0x8F).  After such a byte, a byte whose low seven bits are all ones holds only those seven.
     """
-    acc |= cwd << n
-    n += length
     while n >= 8:
         if high and (acc & 0x7F) == 0x7F:
             byte = 0x7F
@@ -142,6 +142,17 @@ def _vlc_put(buf: np.ndarray, pos: int, acc: int, n: int, high: int, cwd: int, l
         buf[pos] = byte
         pos += 1
         high = 1 if byte > 0x8F else 0
+    return pos, acc, n, high
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _vlc_put(buf: np.ndarray, pos: int, acc: int, n: int, high: int, cwd: int, length: int
+             ) -> tuple[int, int, int, int]:
+    """VLC bits, lowest first; bytes are written once 24 bits are pending, so that up to 40 more always fit."""
+    acc |= cwd << n
+    n += length
+    if n >= 24:
+        return _vlc_bytes(buf, pos, acc, n, high)
     return pos, acc, n, high
 
 
@@ -159,21 +170,46 @@ def _ms_flush(buf: np.ndarray, pos: int, room: int, used: int, acc: int) -> tupl
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _ms_word(buf: np.ndarray, pos: int, room: int, used: int, acc: int) -> tuple[int, int, int, int]:
+    """Empty an accumulator of 32 bits or more: four whole bytes at once when none is 0xFF (nor follows one)."""
+    low = acc & 0xFFFFFFFF
+    flipped = low ^ 0xFFFFFFFF
+    if room == 8 and ((flipped - 0x01010101) & ~flipped & 0x80808080) == 0:
+        buf[pos] = low & 0xFF
+        buf[pos + 1] = (low >> 8) & 0xFF
+        buf[pos + 2] = (low >> 16) & 0xFF
+        buf[pos + 3] = low >> 24
+        return pos + 4, room, used - 32, acc >> 32
+    return _ms_flush(buf, pos, room, used, acc)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _ms_put(buf: np.ndarray, pos: int, room: int, used: int, acc: int, v: int, m: int
+            ) -> tuple[int, int, int, int]:
+    """The low `m` bits of `v` (at most 31) after the `used` (below 32) in the accumulator."""
+    acc |= (v & ((1 << m) - 1)) << used
+    used += m
+    if used >= 32:
+        return _ms_word(buf, pos, room, used, acc)
+    return pos, room, used, acc
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _quad_magsgn(ms: np.ndarray, v0: np.ndarray, v1: np.ndarray, x: int, rho: int, bound: int, ek: int, pos: int,
                  room: int, used: int, acc: int) -> tuple[int, int, int, int]:
     """The low U (U - 1 where e_k is set) bits of v of each significant sample, lowest first.
 
-    The accumulator is emptied only when it holds 32 bits or more, so with
-    at most 31 bits a sample it never overflows its 64.
+    The accumulator holds fewer than 32 bits between samples, so a sample's
+    31 bits at most always fit its 64.
     """
-    for n in range(4):
-        v = v1[x + (n >> 1)] if n & 1 else v0[x + (n >> 1)]
-        m = (bound - ((ek >> n) & 1)) * ((rho >> n) & 1)
-        acc |= (v & ((1 << m) - 1)) << used
-        used += m
-        if used >= 32:
-            pos, room, used, acc = _ms_flush(ms, pos, room, used, acc)
-    return pos, room, used, acc
+    m0 = (bound - (ek & 1)) * (rho & 1)
+    m1 = (bound - ((ek >> 1) & 1)) * ((rho >> 1) & 1)
+    m2 = (bound - ((ek >> 2) & 1)) * ((rho >> 2) & 1)
+    m3 = (bound - ((ek >> 3) & 1)) * ((rho >> 3) & 1)
+    pos, room, used, acc = _ms_put(ms, pos, room, used, acc, v0[x], m0)
+    pos, room, used, acc = _ms_put(ms, pos, room, used, acc, v1[x], m1)
+    pos, room, used, acc = _ms_put(ms, pos, room, used, acc, v0[x + 1], m2)
+    return _ms_put(ms, pos, room, used, acc, v1[x + 1], m3)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -228,9 +264,8 @@ def _quad_code(table: np.ndarray, cq: int, rho: int, emax: int, kappa: int, a: i
 @njit(cache=True, nogil=True, inline="always")
 def _kappa(rho: int, t_prev: np.ndarray, x: int) -> int:
     """kappa of a quad outside the first row: max(1, largest E above - 1) with two or more samples."""
-    if rho & (rho - 1):
-        return max(1, _bit_length(max(max(t_prev[x], t_prev[x + 1]), max(t_prev[x + 2], t_prev[x + 3]))) - 1)
-    return 1
+    kappa = max(1, _bit_length(max(max(t_prev[x], t_prev[x + 1]), max(t_prev[x + 2], t_prev[x + 3]))) - 1)
+    return kappa if rho & (rho - 1) else 1
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -246,8 +281,8 @@ def _samples(row: np.ndarray, v: np.ndarray, t: np.ndarray) -> None:
 @njit(cache=True, nogil=True)
 def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: int, ms: np.ndarray,
                   mel: np.ndarray, vlc: np.ndarray, t_prev: np.ndarray, t_cur: np.ndarray, v0: np.ndarray,
-                  v1: np.ndarray, t0: np.ndarray, t1: np.ndarray, enc0: np.ndarray, enc1: np.ndarray,
-                  uvlc: np.ndarray, out: np.ndarray) -> int:
+                  v1: np.ndarray, t0: np.ndarray, t1: np.ndarray, mel_events: np.ndarray, enc0: np.ndarray,
+                  enc1: np.ndarray, uvlc: np.ndarray, uvlc_pair: np.ndarray, out: np.ndarray) -> int:
     """Code one block's cleanup pass into `out`; its length, 0 for an all-zero block, -1 if `out` is too small.
 
     Each row of quads is first turned into v and t = 2 mu - 1 per sample
@@ -261,7 +296,7 @@ def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
     # vlc[0] is the last byte of the segment, which holds Scup; the low nibble of the next one is Scup's too.
     v_pos, v_acc, v_n, v_high = 1, 0xF, 4, 1
     ms_pos, ms_room, ms_used, ms_acc = 0, 8, 0, 0
-    mel_pos, mel_free, mel_tmp, mel_run, mel_k = 0, 8, 0, 0, 0
+    events = 0
     any_significant = 0
     t_prev[:w4 + 2] = 0
     t_cur[:w4 + 2] = 0
@@ -292,12 +327,11 @@ def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
             code0, u0, bound0 = _quad_code(table, cq0, rho0, emax0, kappa0, a, b, c, d)
             cwd = code0 & 0xFF
             n = (code0 >> 8) & 0xF
-            if cq0 == 0:
-                mel_pos, mel_free, mel_tmp, mel_run, mel_k = _mel_encode(mel, mel_pos, mel_free, mel_tmp, mel_run,
-                                                                         mel_k, rho0 != 0)
+            mel_events[events] = rho0 != 0
+            events += cq0 == 0
             if rho0:
                 ms_pos, ms_room, ms_used, ms_acc = _quad_magsgn(ms, v0, v1, x, rho0, bound0, code0 >> 12, ms_pos,
-                                                                ms_room, ms_used, ms_acc)
+                                                            ms_room, ms_used, ms_acc)
             t_cur[x + 1] = b
             t_cur[x + 2] = d
             t_cur[x + 3] = t1[x + 2]
@@ -317,36 +351,36 @@ def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                 code1, u1, bound1 = _quad_code(table, cq1, rho1, emax1, kappa1, a, b, c, d)
                 cwd |= (code1 & 0xFF) << n
                 n += (code1 >> 8) & 0xF
-                if cq1 == 0:
-                    mel_pos, mel_free, mel_tmp, mel_run, mel_k = _mel_encode(mel, mel_pos, mel_free, mel_tmp,
-                                                                             mel_run, mel_k, rho1 != 0)
+                mel_events[events] = rho1 != 0
+                events += cq1 == 0
                 if rho1:
-                    ms_pos, ms_room, ms_used, ms_acc = _quad_magsgn(ms, v0, v1, x + 2, rho1, bound1, code1 >> 12,
-                                                                    ms_pos, ms_room, ms_used, ms_acc)
+                  ms_pos, ms_room, ms_used, ms_acc = _quad_magsgn(ms, v0, v1, x + 2, rho1, bound1, code1 >> 12,
+                                                                ms_pos, ms_room, ms_used, ms_acc)
                 rho_left = rho1
             else:
                 rho_left = rho0
             any_significant |= rho0 | rho1
-            if u0 or u1:
-                if initial and u0 > 0 and u1 > 0:
-                    both = min(u0, u1) > 2
-                    mel_pos, mel_free, mel_tmp, mel_run, mel_k = _mel_encode(mel, mel_pos, mel_free, mel_tmp,
-                                                                             mel_run, mel_k, both)
-                    if both:
-                        ucwd, un = _uvlc_code(uvlc, u0, u1, u0 - 2, u1 - 2, False)
-                    elif u0 > 2:
-                        ucwd, un = _uvlc_code(uvlc, u0, u1, u0, u1, True)
-                    else:
-                        ucwd, un = _uvlc_code(uvlc, u0, u1, u0, u1, False)
+            if initial and u0 > 0 and u1 > 0:
+                both = min(u0, u1) > 2
+                mel_events[events] = both
+                events += 1
+                if both:
+                    ucwd, un = _uvlc_code(uvlc, u0, u1, u0 - 2, u1 - 2, False)
+                elif u0 > 2:
+                    ucwd, un = _uvlc_code(uvlc, u0, u1, u0, u1, True)
                 else:
                     ucwd, un = _uvlc_code(uvlc, u0, u1, u0, u1, False)
-                cwd |= ucwd << n
-                n += un
-            if n:
-                v_pos, v_acc, v_n, v_high = _vlc_put(vlc, v_pos, v_acc, v_n, v_high, cwd, n)
+            else:
+                pair = uvlc_pair[u0 * 75 + u1]
+                ucwd, un = pair & 0xFFFFFFFF, pair >> 32
+            cwd |= ucwd << n
+            n += un
+            v_pos, v_acc, v_n, v_high = _vlc_put(vlc, v_pos, v_acc, v_n, v_high, cwd, n)
         t_prev, t_cur = t_cur, t_prev
     if not any_significant:
         return 0
+    v_pos, v_acc, v_n, v_high = _vlc_bytes(vlc, v_pos, v_acc, v_n, v_high)
+    mel_pos, mel_free, mel_tmp, mel_run = _mel_code(mel_events, events, mel)
     # A last seven bits of ones after a byte above 0x8F make a byte of their own.
     if v_high and v_n >= 7 and (v_acc & 0x7F) == 0x7F:
         vlc[v_pos] = 0x7F
@@ -412,11 +446,12 @@ def encode_blocks(coeffs: np.ndarray, blocks: np.ndarray, out: np.ndarray, offse
     v1 = np.zeros(widest + 4, dtype=np.int64)
     t0 = np.zeros(widest + 4, dtype=np.int64)
     t1 = np.zeros(widest + 4, dtype=np.int64)
+    mel_events = np.zeros(most + 16, dtype=np.uint8)
     for k in range(blocks.shape[0]):
         comp, y0, x0, h, w = blocks[k, 0], blocks[k, 1], blocks[k, 2], blocks[k, 3], blocks[k, 4]
         window = out[offsets[k]:offsets[k + 1]]
         length = _encode_block(coeffs, comp, y0, x0, h, w, ms, mel, vlc, t_prev, t_cur, v0, v1, t0, t1,
-                               _ENC0, _ENC1, _UVLC, window)
+                               mel_events, _ENC0, _ENC1, _UVLC, _UVLC_PAIR, window)
         if length < 0:
             return -1 - k
         results[k, 0] = length

@@ -189,3 +189,23 @@ def uvlc_table() -> np.ndarray:
     for u in range(1, 75):
         table[u] = uvlc_code(u)
     return table
+
+
+def uvlc_pair_table() -> np.ndarray:
+    """The U-VLC bits of two quads of a pair outside the first row, index ``u0 * 75 + u1`` (0..74 each).
+
+    A quad with u = 0 sends nothing; the bits run prefix, prefix, suffix,
+    suffix, extension, extension (T.814 C.3.3).  Each value packs the bits
+    (at most 24) and, from bit 32, their count.
+    """
+    codes = [uvlc_code(u) if u else (0, 0, 0, 0, 0, 0) for u in range(75)]
+    table = np.zeros(75 * 75, dtype=np.int64)
+    for u0 in range(75):
+        for u1 in range(75):
+            bits = n = 0
+            for field in range(3):
+                for code in (codes[u0], codes[u1]):
+                    bits |= code[2 * field] << n
+                    n += code[2 * field + 1]
+            table[u0 * 75 + u1] = bits | n << 32
+    return table

@@ -145,18 +145,7 @@ def _vlc_bytes(buf: np.ndarray, pos: int, acc: int, n: int, high: int) -> tuple[
     return pos, acc, n, high
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _vlc_put(buf: np.ndarray, pos: int, acc: int, n: int, high: int, cwd: int, length: int
-             ) -> tuple[int, int, int, int]:
-    """VLC bits, lowest first; bytes are written once 24 bits are pending, so that up to 40 more always fit."""
-    acc |= cwd << n
-    n += length
-    if n >= 24:
-        return _vlc_bytes(buf, pos, acc, n, high)
-    return pos, acc, n, high
-
-
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _ms_flush(buf: np.ndarray, pos: int, room: int, used: int, acc: int) -> tuple[int, int, int, int]:
     """Whole MagSgn bytes out of the accumulator; a byte after 0xFF holds seven.  State: (pos, room, used, acc)."""
     while used >= room:
@@ -167,49 +156,6 @@ def _ms_flush(buf: np.ndarray, pos: int, room: int, used: int, acc: int) -> tupl
         used -= room
         room = 7 if byte == 0xFF else 8
     return pos, room, used, acc
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _ms_word(buf: np.ndarray, pos: int, room: int, used: int, acc: int) -> tuple[int, int, int, int]:
-    """Empty an accumulator of 32 bits or more: four whole bytes at once when none is 0xFF (nor follows one)."""
-    low = acc & 0xFFFFFFFF
-    flipped = low ^ 0xFFFFFFFF
-    if room == 8 and ((flipped - 0x01010101) & ~flipped & 0x80808080) == 0:
-        buf[pos] = low & 0xFF
-        buf[pos + 1] = (low >> 8) & 0xFF
-        buf[pos + 2] = (low >> 16) & 0xFF
-        buf[pos + 3] = low >> 24
-        return pos + 4, room, used - 32, acc >> 32
-    return _ms_flush(buf, pos, room, used, acc)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _ms_put(buf: np.ndarray, pos: int, room: int, used: int, acc: int, v: int, m: int
-            ) -> tuple[int, int, int, int]:
-    """The low `m` bits of `v` (at most 31) after the `used` (below 32) in the accumulator."""
-    acc |= (v & ((1 << m) - 1)) << used
-    used += m
-    if used >= 32:
-        return _ms_word(buf, pos, room, used, acc)
-    return pos, room, used, acc
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _quad_magsgn(ms: np.ndarray, v0: np.ndarray, v1: np.ndarray, x: int, rho: int, bound: int, ek: int, pos: int,
-                 room: int, used: int, acc: int) -> tuple[int, int, int, int]:
-    """The low U (U - 1 where e_k is set) bits of v of each significant sample, lowest first.
-
-    The accumulator holds fewer than 32 bits between samples, so a sample's
-    31 bits at most always fit its 64.
-    """
-    m0 = (bound - (ek & 1)) * (rho & 1)
-    m1 = (bound - ((ek >> 1) & 1)) * ((rho >> 1) & 1)
-    m2 = (bound - ((ek >> 2) & 1)) * ((rho >> 2) & 1)
-    m3 = (bound - ((ek >> 3) & 1)) * ((rho >> 3) & 1)
-    pos, room, used, acc = _ms_put(ms, pos, room, used, acc, v0[x], m0)
-    pos, room, used, acc = _ms_put(ms, pos, room, used, acc, v1[x], m1)
-    pos, room, used, acc = _ms_put(ms, pos, room, used, acc, v0[x + 1], m2)
-    return _ms_put(ms, pos, room, used, acc, v1[x + 1], m3)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -234,38 +180,6 @@ def _uvlc_code(uvlc: np.ndarray, u0: int, u1: int, first: int, second: int, sing
         cwd |= uvlc[second, 4] << n
         n += uvlc[second, 5]
     return cwd, n
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _quad(t0: np.ndarray, t1: np.ndarray, x: int) -> tuple[int, int, int, int, int, int]:
-    """The quad whose left column is x: its significance pattern, ``t = 2 mu - 1`` of its samples, largest E."""
-    a, b, c, d = t0[x], t1[x], t0[x + 1], t1[x + 1]
-    rho = (a != 0) | (b != 0) << 1 | (c != 0) << 2 | (d != 0) << 3
-    return rho, a, b, c, d, _bit_length(max(max(a, b), max(c, d)))
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _quad_code(table: np.ndarray, cq: int, rho: int, emax: int, kappa: int, a: int, b: int, c: int, d: int
-               ) -> tuple[int, int, int]:
-    """The quad's CxtVLC table entry, its u and its exponent bound U.
-
-    A sample's E reaches the quad's largest E when its t is at least
-    ``2**(E - 1)`` (every t of the quad is below ``2**E``).
-    """
-    bound = max(emax, kappa)
-    u = bound - kappa
-    emb = 0
-    if u > 0:
-        top = 1 << (emax - 1)
-        emb = (a >= top) | (b >= top) << 1 | (c >= top) << 2 | (d >= top) << 3
-    return table[(cq << 8) | (rho << 4) | emb], u, bound
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _kappa(rho: int, t_prev: np.ndarray, x: int) -> int:
-    """kappa of a quad outside the first row: max(1, largest E above - 1) with two or more samples."""
-    kappa = max(1, _bit_length(max(max(t_prev[x], t_prev[x + 1]), max(t_prev[x + 2], t_prev[x + 3]))) - 1)
-    return kappa if rho & (rho - 1) else 1
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -315,51 +229,72 @@ def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
             t1[:w] = 0
         rho_left = 0
         for x in range(0, w, 4):
-            # Quad 0.
-            rho0, a, b, c, d, emax0 = _quad(t0, t1, x)
-            if initial:
-                cq0 = (rho_left >> 1) | (rho_left & 1)
-                kappa0 = 1
-            else:
-                cq0 = (((t_prev[x] | t_prev[x + 1]) != 0) | (((rho_left >> 2) | (rho_left >> 3)) & 1) << 1
-                       | ((t_prev[x + 2] | t_prev[x + 3]) != 0) << 2)
-                kappa0 = _kappa(rho0, t_prev, x)
-            code0, u0, bound0 = _quad_code(table, cq0, rho0, emax0, kappa0, a, b, c, d)
-            cwd = code0 & 0xFF
-            n = (code0 >> 8) & 0xF
-            mel_events[events] = rho0 != 0
-            events += cq0 == 0
-            if rho0:
-                ms_pos, ms_room, ms_used, ms_acc = _quad_magsgn(ms, v0, v1, x, rho0, bound0, code0 >> 12, ms_pos,
-                                                            ms_room, ms_used, ms_acc)
-            t_cur[x + 1] = b
-            t_cur[x + 2] = d
-            t_cur[x + 3] = t1[x + 2]
-            t_cur[x + 4] = t1[x + 3]
-            # Quad 1, if the block has it.
+            # The two quads of the pair (the second if the block has it); the left neighbour of the second is
+            # the first.  The writers are written out in the loop: numba counts references to an array
+            # handed to a helper, which would cost more than the writing.
+            cwd = 0
+            n = 0
+            u0 = 0
             u1 = 0
-            rho1 = 0
-            if x + 2 < w:
-                rho1, a, b, c, d, emax1 = _quad(t0, t1, x + 2)
+            for q in range(2):
+                qx = x + 2 * q
+                if q and qx >= w:
+                    break
+                a, b, c, d = t0[qx], t1[qx], t0[qx + 1], t1[qx + 1]
+                rho = (a != 0) | (b != 0) << 1 | (c != 0) << 2 | (d != 0) << 3
+                emax = _bit_length(max(max(a, b), max(c, d)))
+                kappa = 1
                 if initial:
-                    cq1 = (rho0 >> 1) | (rho0 & 1)
-                    kappa1 = 1
+                    cq = (rho_left >> 1) | (rho_left & 1)
                 else:
-                    cq1 = (((t_prev[x + 2] | t_prev[x + 3]) != 0) | (((rho0 >> 2) | (rho0 >> 3)) & 1) << 1
-                           | ((t_prev[x + 4] | t_prev[x + 5]) != 0) << 2)
-                    kappa1 = _kappa(rho1, t_prev, x + 2)
-                code1, u1, bound1 = _quad_code(table, cq1, rho1, emax1, kappa1, a, b, c, d)
-                cwd |= (code1 & 0xFF) << n
-                n += (code1 >> 8) & 0xF
-                mel_events[events] = rho1 != 0
-                events += cq1 == 0
-                if rho1:
-                  ms_pos, ms_room, ms_used, ms_acc = _quad_magsgn(ms, v0, v1, x + 2, rho1, bound1, code1 >> 12,
-                                                                ms_pos, ms_room, ms_used, ms_acc)
-                rho_left = rho1
-            else:
-                rho_left = rho0
-            any_significant |= rho0 | rho1
+                    cq = (((t_prev[qx] | t_prev[qx + 1]) != 0) | (((rho_left >> 2) | (rho_left >> 3)) & 1) << 1
+                          | ((t_prev[qx + 2] | t_prev[qx + 3]) != 0) << 2)
+                    if rho & (rho - 1):
+                        kappa = max(1, _bit_length(max(max(t_prev[qx], t_prev[qx + 1]),
+                                                       max(t_prev[qx + 2], t_prev[qx + 3]))) - 1)
+                bound = max(emax, kappa)
+                u = bound - kappa
+                emb = 0
+                if u > 0:
+                    # A sample's E reaches the quad's largest when its t is at least 2**(E - 1).
+                    top = 1 << (emax - 1)
+                    emb = (a >= top) | (b >= top) << 1 | (c >= top) << 2 | (d >= top) << 3
+                code = table[(cq << 8) | (rho << 4) | emb]
+                cwd |= (code & 0xFF) << n
+                n += (code >> 8) & 0xF
+                mel_events[events] = rho != 0
+                events += cq == 0
+                if rho:
+                    # MagSgn: the low U (U - 1 where e_k is set) bits of v of each significant sample.  The
+                    # accumulator holds fewer than 32 bits between samples, so 31 more always fit.
+                    ek = code >> 12
+                    for k in range(4):
+                        m = (bound - ((ek >> k) & 1)) * ((rho >> k) & 1)
+                        v = v1[qx + (k >> 1)] if k & 1 else v0[qx + (k >> 1)]
+                        ms_acc |= (v & ((1 << m) - 1)) << ms_used
+                        ms_used += m
+                        if ms_used >= 32:
+                            low = ms_acc & 0xFFFFFFFF
+                            flipped = low ^ 0xFFFFFFFF
+                            if ms_room == 8 and ((flipped - 0x01010101) & ~flipped & 0x80808080) == 0:
+                                # Four whole bytes at once when none is 0xFF (nor follows one).
+                                ms[ms_pos] = low & 0xFF
+                                ms[ms_pos + 1] = (low >> 8) & 0xFF
+                                ms[ms_pos + 2] = (low >> 16) & 0xFF
+                                ms[ms_pos + 3] = low >> 24
+                                ms_pos += 4
+                                ms_used -= 32
+                                ms_acc >>= 32
+                            else:
+                                ms_pos, ms_room, ms_used, ms_acc = _ms_flush(ms, ms_pos, ms_room, ms_used, ms_acc)
+                t_cur[qx + 1] = b
+                t_cur[qx + 2] = d
+                if q:
+                    u1 = u
+                else:
+                    u0 = u
+                any_significant |= rho
+                rho_left = rho
             if initial and u0 > 0 and u1 > 0:
                 both = min(u0, u1) > 2
                 mel_events[events] = both
@@ -373,9 +308,22 @@ def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
             else:
                 pair = uvlc_pair[u0 * 75 + u1]
                 ucwd, un = pair & 0xFFFFFFFF, pair >> 32
-            cwd |= ucwd << n
-            n += un
-            v_pos, v_acc, v_n, v_high = _vlc_put(vlc, v_pos, v_acc, v_n, v_high, cwd, n)
+            # VLC bits of the pair (38 at most); bytes written once 24 bits are pending.
+            v_acc |= (cwd | ucwd << n) << v_n
+            v_n += n + un
+            if v_n >= 24:
+                while v_n >= 8:
+                    if v_high and (v_acc & 0x7F) == 0x7F:
+                        byte = 0x7F
+                        v_acc >>= 7
+                        v_n -= 7
+                    else:
+                        byte = v_acc & 0xFF
+                        v_acc >>= 8
+                        v_n -= 8
+                    vlc[v_pos] = byte
+                    v_pos += 1
+                    v_high = 1 if byte > 0x8F else 0
         t_prev, t_cur = t_cur, t_prev
     if not any_significant:
         return 0
@@ -462,81 +410,44 @@ def encode_blocks(coeffs: np.ndarray, blocks: np.ndarray, out: np.ndarray, offse
 
 # ----------------------------------------------------------------------------- decoder
 
-# MEL reader state, one int64 array (pos, end, byte, bits left, last 0xFF, k, run, one pending); the
-# MagSgn and VLC readers keep theirs in local variables.
-_RL_POS, _RL_END, _RL_BYTE, _RL_BITS, _RL_FF, _RL_K, _RL_RUN, _RL_ONE = 0, 1, 2, 3, 4, 5, 6, 7
+_UVLC_PREFIX = tables.uvlc_prefix_table()
+_SUFFIX_BITS = np.array([0, 0, 0, 1, 0, 5], dtype=np.int64)  # U-VLC suffix bits after each prefix value
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _ms_get(data: np.ndarray, end: int, pos: int, acc: int, bits: int, ff: int, m: int
-            ) -> tuple[int, int, int, int, int]:
-    """`m` MagSgn bits (lowest first; seven from a byte after 0xFF; 0xFF past the end): (value, state...)."""
-    if bits < m:
-        while bits <= 48:
-            d = data[pos] if pos < end else 0xFF
-            pos += 1
-            if ff:
-                acc |= (d & 0x7F) << bits
-                bits += 7
-            else:
-                acc |= d << bits
-                bits += 8
-            ff = 1 if d == 0xFF else 0
-    v = acc & ((1 << m) - 1)
-    return v, pos, acc >> m, bits - m, ff
+def _mel_read_bit(data: np.ndarray, end: int, pos: int, byte: int, bits: int, ff: int
+                  ) -> tuple[int, int, int, int, int]:
+    """One MEL bit, highest first (seven from a byte after 0xFF, 0xFF past the end): (bit, state...)."""
+    if bits == 0:
+        byte = data[pos] if pos < end else 0xFF
+        pos += 1
+        bits = 7 if ff else 8
+        ff = 1 if byte == 0xFF else 0
+    bits -= 1
+    return (byte >> bits) & 1, pos, byte, bits, ff
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _vlc_fill(data: np.ndarray, start: int, pos: int, acc: int, bits: int, high: int
-              ) -> tuple[int, int, int, int]:
-    """At least 49 VLC bits in `acc`, read backward (zeros before the start)."""
-    while bits <= 48:
-        d = data[pos] if pos >= start else 0
-        pos -= 1
-        if high and (d & 0x7F) == 0x7F:
-            acc |= (d & 0x7F) << bits
-            bits += 7
-        else:
-            acc |= d << bits
-            bits += 8
-        high = 1 if d > 0x8F else 0
-    return pos, acc, bits, high
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _mel_read_bit(rs: np.ndarray, data: np.ndarray) -> int:
-    if rs[_RL_BITS] == 0:
-        pos = rs[_RL_POS]
-        d = data[pos] if pos < rs[_RL_END] else 0xFF
-        rs[_RL_POS] = pos + 1
-        rs[_RL_BITS] = 7 if rs[_RL_FF] else 8
-        rs[_RL_BYTE] = d
-        rs[_RL_FF] = 1 if d == 0xFF else 0
-    rs[_RL_BITS] -= 1
-    return (rs[_RL_BYTE] >> rs[_RL_BITS]) & 1
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _mel_event(rs: np.ndarray, data: np.ndarray) -> int:
+@njit(cache=True, nogil=True)
+def _mel_event(data: np.ndarray, end: int, pos: int, byte: int, bits: int, ff: int, k: int, run: int, one: int
+               ) -> tuple[int, int, int, int, int, int, int, int]:
+    """The next MEL event: (event, pos, byte, bits, ff, k, run of zero events left, a one event pending)."""
     while True:
-        if rs[_RL_RUN] > 0:
-            rs[_RL_RUN] -= 1
-            return 0
-        if rs[_RL_ONE]:
-            rs[_RL_ONE] = 0
-            return 1
-        k = rs[_RL_K]
+        if run > 0:
+            return 0, pos, byte, bits, ff, k, run - 1, one
+        if one:
+            return 1, pos, byte, bits, ff, k, run, 0
         e = _MEL_EXP[k]
-        if _mel_read_bit(rs, data):
-            rs[_RL_RUN] = 1 << e
-            rs[_RL_K] = min(12, k + 1)
+        bit, pos, byte, bits, ff = _mel_read_bit(data, end, pos, byte, bits, ff)
+        if bit:
+            run = 1 << e
+            k = min(12, k + 1)
         else:
-            r = 0
+            run = 0
             for _ in range(e):
-                r = (r << 1) | _mel_read_bit(rs, data)
-            rs[_RL_RUN] = r
-            rs[_RL_ONE] = 1
-            rs[_RL_K] = max(0, k - 1)
+                bit, pos, byte, bits, ff = _mel_read_bit(data, end, pos, byte, bits, ff)
+                run = (run << 1) | bit
+            one = 1
+            k = max(0, k - 1)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -568,45 +479,53 @@ def _uvlc_extension(acc: int, bits: int, u: int) -> tuple[int, int, int]:
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _quad_samples(data: np.ndarray, end: int, pos: int, acc: int, bits: int, ff: int, entry: int, bound: int,
-                  p: int, coef: np.ndarray, y: int, x: int, h: int, w: int, exps: np.ndarray
-                  ) -> tuple[int, int, int, int]:
-    """Read the MagSgn bits of a quad, write its samples and the exponents of its two bottom samples."""
-    rho = (entry >> 4) & 0xF
-    ek = (entry >> 9) & 0xF
-    e1 = (entry >> 13) & 0xF
-    for n in range(4):
-        exps[n] = 0
-        if (rho >> n) & 1:
-            m = bound - ((ek >> n) & 1)
-            v, pos, acc, bits, ff = _ms_get(data, end, pos, acc, bits, ff, m)
-            v |= ((e1 & ek) >> n & 1) << m
-            if n & 1:  # the next row of quads looks at the exponents of the bottom samples only
-                exps[n] = _bit_length(v | 1)
-            yy = y + (n & 1)
-            xx = x + (n >> 1)
-            if yy < h and xx < w:
-                mu = (v >> 1) + 1
-                if p:
-                    mu = ((2 * mu + 1) << (p - 1))
-                coef[yy, xx] = -mu if v & 1 else mu
-    return pos, acc, bits, ff
+def _uvlc_pair(acc: int, bits: int, mode: int) -> tuple[int, int, int, int]:
+    """u of the quads of a pair that send one (`mode` bit 0: the first, bit 1: the second), table-driven:
+    prefixes, suffixes, extensions.  (u0, u1, acc, bits)."""
+    entry = _UVLC_PREFIX[(mode << 6) | (acc & 63)]
+    pre0 = entry & 0xF
+    pre1 = (entry >> 4) & 0xF
+    used = entry >> 8
+    n0 = _SUFFIX_BITS[pre0]
+    n1 = _SUFFIX_BITS[pre1]
+    u0 = pre0 + ((acc >> used) & ((1 << n0) - 1))
+    used += n0
+    u1 = pre1 + ((acc >> used) & ((1 << n1) - 1))
+    used += n1
+    x0 = 4 if u0 >= 33 else 0  # a five-bit suffix of 28..31 is followed by four bits of extension
+    x1 = 4 if u1 >= 33 else 0
+    u0 += ((acc >> used) & ((1 << x0) - 1)) << 2
+    used += x0
+    u1 += ((acc >> used) & ((1 << x1) - 1)) << 2
+    used += x1
+    return u0, u1, acc >> used, bits - used
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _sample(v: int, p: int) -> int:
+    """The coefficient of a sample with MagSgn value `v` (its implied top bit included), below `p` zero planes."""
+    mu = (v >> 1) + 1
+    if p:
+        mu = ((2 * mu + 1) << (p - 1))
+    return -mu if v & 1 else mu
 
 
 @njit(cache=True, nogil=True)
-def _decode_block(coef: np.ndarray, data: np.ndarray, start: int, length: int, p: int, rs: np.ndarray,
-                  e_prev: np.ndarray, s_prev: np.ndarray, e_cur: np.ndarray, s_cur: np.ndarray,
-                  exps: np.ndarray, dec0: np.ndarray, dec1: np.ndarray) -> int:
-    h, w = coef.shape
+def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: int, data: np.ndarray, start: int,
+                  length: int, p: int, t_prev: np.ndarray, t_cur: np.ndarray, dec0: np.ndarray, dec1: np.ndarray
+                  ) -> int:
+    """Decode one cleanup segment into the zeroed ``coeffs[comp, y0:y0 + h, x0:x0 + w]``; 0 or an error code.
+
+    ``t_prev`` holds ``t = 2 mu - 1`` of the bottom samples of the row of
+    quads above (0 where not significant), one column of padding on the left.
+    """
     if length < 2:
         return -1
     end = start + length
     scup = (data[end - 1] << 4) | (data[end - 2] & 0xF)
     if scup < 2 or scup > length or scup > MAX_SCUP:
         return -1
-    rs[:] = 0
-    rs[_RL_POS] = end - scup
-    rs[_RL_END] = end
+    mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one = end - scup, 0, 0, 0, 0, 0, 0
     ms_end = end - scup
     ms_pos, ms_acc, ms_bits, ms_ff = start, 0, 0, 0
     # The VLC starts in the upper nibble of the last-but-one byte.
@@ -616,27 +535,46 @@ def _decode_block(coef: np.ndarray, data: np.ndarray, start: int, length: int, p
     v_high = 1 if (data[end - 2] | 0xF) > 0x8F else 0
     v_pos = end - 3
     v_start = end - scup
-    e_prev[:w + 3] = 0
-    s_prev[:w + 3] = 0
-    exps0 = exps[0:4]
-    exps1 = exps[4:8]
+    w4 = (w + 3) & ~3
+    t_prev[:w4 + 2] = 0
     for y in range(0, h, 2):
         initial = y == 0
         lut = dec0 if initial else dec1
-        e_cur[:w + 3] = 0
-        s_cur[:w + 3] = 0
+        t_cur[:w4 + 2] = 0
+        below = y + 1 < h
+        row0 = coeffs[comp, y0 + y, x0:x0 + w]
+        row1 = coeffs[comp, y0 + y + 1, x0:x0 + w] if below else row0
         rho_left = 0
         for x in range(0, w, 4):
-            # Enough VLC bits for both codewords and both U-VLC codes of the pair (at most 14 + 25).
-            v_pos, v_acc, v_bits, v_high = _vlc_fill(data, v_start, v_pos, v_acc, v_bits, v_high)
+            # Enough VLC bits for both codewords and both U-VLC codes of the pair (at most 14 + 24), read
+            # backward (zeros before the start).  The readers are written out in the loop: numba counts
+            # references to an array handed to a helper, which would cost more than the reading.
+            while v_bits <= 48:
+                d = data[v_pos] if v_pos >= v_start else 0
+                v_pos -= 1
+                if v_high and (d & 0x7F) == 0x7F:
+                    v_acc |= (d & 0x7F) << v_bits
+                    v_bits += 7
+                else:
+                    v_acc |= d << v_bits
+                    v_bits += 8
+                v_high = 1 if d > 0x8F else 0
             has1 = x + 2 < w
             if initial:
                 cq0 = (rho_left >> 1) | (rho_left & 1)
             else:
-                cq0 = ((s_prev[x] | s_prev[x + 1]) | (((rho_left >> 2) | (rho_left >> 3)) & 1) << 1
-                       | (s_prev[x + 2] | s_prev[x + 3]) << 2)
+                cq0 = (((t_prev[x] | t_prev[x + 1]) != 0) | (((rho_left >> 2) | (rho_left >> 3)) & 1) << 1
+                       | ((t_prev[x + 2] | t_prev[x + 3]) != 0) << 2)
             entry0 = 0
-            if cq0 != 0 or _mel_event(rs, data):
+            event = 1
+            if cq0 == 0:
+                if mel_run > 0:
+                    mel_run -= 1
+                    event = 0
+                else:
+                    event, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one = _mel_event(
+                        data, end, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one)
+            if event:
                 entry0 = lut[(cq0 << 7) | (v_acc & 0x7F)]
                 if entry0 == 0:
                     return -2
@@ -649,99 +587,124 @@ def _decode_block(coef: np.ndarray, data: np.ndarray, start: int, length: int, p
                 if initial:
                     cq1 = (rho0 >> 1) | (rho0 & 1)
                 else:
-                    cq1 = ((s_prev[x + 2] | s_prev[x + 3]) | (((rho0 >> 2) | (rho0 >> 3)) & 1) << 1
-                           | (s_prev[x + 4] | s_prev[x + 5]) << 2)
-                if cq1 != 0 or _mel_event(rs, data):
+                    cq1 = (((t_prev[x + 2] | t_prev[x + 3]) != 0) | (((rho0 >> 2) | (rho0 >> 3)) & 1) << 1
+                           | ((t_prev[x + 4] | t_prev[x + 5]) != 0) << 2)
+                event = 1
+                if cq1 == 0:
+                    if mel_run > 0:
+                        mel_run -= 1
+                        event = 0
+                    else:
+                        event, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one = _mel_event(
+                            data, end, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one)
+                if event:
                     entry1 = lut[(cq1 << 7) | (v_acc & 0x7F)]
                     if entry1 == 0:
                         return -2
                     v_acc >>= entry1 & 0xF
                     v_bits -= entry1 & 0xF
                 rho1 = (entry1 >> 4) & 0xF
-            off0 = (entry0 >> 8) & 1
-            off1 = (entry1 >> 8) & 1
+            mode = ((entry0 >> 8) & 1) | ((entry1 >> 7) & 2)
             u0 = 0
             u1 = 0
-            if initial and off0 and off1:
-                if _mel_event(rs, data):
+            if mode:
+                add = 0
+                if initial and mode == 3:
+                    event, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one = _mel_event(
+                        data, end, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one)
+                    add = 2 if event else 0
+                if add == 0 and initial and mode == 3 and (v_acc & 3) == 0:
+                    # A first prefix of 3 or more: the second quad's u is 1 or 2, in one bit.
                     pre0, v_acc, v_bits = _uvlc_prefix(v_acc, v_bits)
-                    pre1, v_acc, v_bits = _uvlc_prefix(v_acc, v_bits)
+                    u1 = 1 + (v_acc & 1)
+                    v_acc >>= 1
+                    v_bits -= 1
                     u0, v_acc, v_bits = _uvlc_suffix(v_acc, v_bits, pre0)
-                    u1, v_acc, v_bits = _uvlc_suffix(v_acc, v_bits, pre1)
                     u0, v_acc, v_bits = _uvlc_extension(v_acc, v_bits, u0)
-                    u1, v_acc, v_bits = _uvlc_extension(v_acc, v_bits, u1)
-                    u0 += 2
-                    u1 += 2
                 else:
-                    pre0, v_acc, v_bits = _uvlc_prefix(v_acc, v_bits)
-                    if pre0 > 2:
-                        u1 = 1 + (v_acc & 1)
-                        v_acc >>= 1
-                        v_bits -= 1
-                        u0, v_acc, v_bits = _uvlc_suffix(v_acc, v_bits, pre0)
-                        u0, v_acc, v_bits = _uvlc_extension(v_acc, v_bits, u0)
-                    else:
-                        pre1, v_acc, v_bits = _uvlc_prefix(v_acc, v_bits)
-                        u0, v_acc, v_bits = _uvlc_suffix(v_acc, v_bits, pre0)
-                        u1, v_acc, v_bits = _uvlc_suffix(v_acc, v_bits, pre1)
-                        u0, v_acc, v_bits = _uvlc_extension(v_acc, v_bits, u0)
-                        u1, v_acc, v_bits = _uvlc_extension(v_acc, v_bits, u1)
-            elif off0 or off1:
-                pre0 = 0
-                pre1 = 0
-                if off0:
-                    pre0, v_acc, v_bits = _uvlc_prefix(v_acc, v_bits)
-                if off1:
-                    pre1, v_acc, v_bits = _uvlc_prefix(v_acc, v_bits)
-                if off0:
-                    u0, v_acc, v_bits = _uvlc_suffix(v_acc, v_bits, pre0)
-                if off1:
-                    u1, v_acc, v_bits = _uvlc_suffix(v_acc, v_bits, pre1)
-                if off0:
-                    u0, v_acc, v_bits = _uvlc_extension(v_acc, v_bits, u0)
-                if off1:
-                    u1, v_acc, v_bits = _uvlc_extension(v_acc, v_bits, u1)
+                    u0, u1, v_acc, v_bits = _uvlc_pair(v_acc, v_bits, mode)
+                    u0 += add
+                    u1 += add
             # Exponent bounds, then the samples.
             kappa0 = 1
             kappa1 = 1
             if not initial:
                 if rho0 & (rho0 - 1):
-                    kappa0 = max(1, max(max(e_prev[x], e_prev[x + 1]), max(e_prev[x + 2], e_prev[x + 3])) - 1)
+                    kappa0 = max(1, _bit_length(max(max(t_prev[x], t_prev[x + 1]),
+                                                    max(t_prev[x + 2], t_prev[x + 3]))) - 1)
                 if rho1 & (rho1 - 1):
-                    kappa1 = max(1, max(max(e_prev[x + 2], e_prev[x + 3]), max(e_prev[x + 4], e_prev[x + 5])) - 1)
+                    kappa1 = max(1, _bit_length(max(max(t_prev[x + 2], t_prev[x + 3]),
+                                                    max(t_prev[x + 4], t_prev[x + 5]))) - 1)
             bound0 = u0 + kappa0
             bound1 = u1 + kappa1
             if bound0 + p > MAX_BOUND or bound1 + p > MAX_BOUND:
                 return -3
-            if rho0:
-                ms_pos, ms_acc, ms_bits, ms_ff = _quad_samples(data, ms_end, ms_pos, ms_acc, ms_bits, ms_ff, entry0,
-                                                               bound0, p, coef, y, x, h, w, exps0)
-                e_cur[x + 1] = exps0[1]
-                e_cur[x + 2] = exps0[3]
-                s_cur[x + 1] = (rho0 >> 1) & 1
-                s_cur[x + 2] = (rho0 >> 3) & 1
-            if rho1:
-                ms_pos, ms_acc, ms_bits, ms_ff = _quad_samples(data, ms_end, ms_pos, ms_acc, ms_bits, ms_ff, entry1,
-                                                               bound1, p, coef, y, x + 2, h, w, exps1)
-                e_cur[x + 3] = exps1[1]
-                e_cur[x + 4] = exps1[3]
-                s_cur[x + 3] = (rho1 >> 1) & 1
-                s_cur[x + 4] = (rho1 >> 3) & 1
+            for q in range(2):
+                entry = entry1 if q else entry0
+                rho = (entry >> 4) & 0xF
+                if rho == 0:
+                    continue
+                bound = bound1 if q else bound0
+                qx = x + 2 * q
+                ek = (entry >> 9) & 0xF
+                e = (entry >> 13) & ek
+                m0 = (bound - (ek & 1)) * (rho & 1)
+                m1 = (bound - ((ek >> 1) & 1)) * ((rho >> 1) & 1)
+                m2 = (bound - ((ek >> 2) & 1)) * ((rho >> 2) & 1)
+                m3 = (bound - ((ek >> 3) & 1)) * ((rho >> 3) & 1)
+                # MagSgn bits, at least 49 after a refill: one refill for a quad with U of 12 or less, else two.
+                v0 = v1 = v2 = v3 = 0
+                for half in range(2):
+                    if half == 0 or bound > 12:
+                        while ms_bits <= 48:
+                            d = data[ms_pos] if ms_pos < ms_end else 0xFF
+                            ms_pos += 1
+                            if ms_ff:
+                                ms_acc |= (d & 0x7F) << ms_bits
+                                ms_bits += 7
+                            else:
+                                ms_acc |= d << ms_bits
+                                ms_bits += 8
+                            ms_ff = 1 if d == 0xFF else 0
+                    if half == 0:
+                        v0 = ms_acc & ((1 << m0) - 1)
+                        ms_acc >>= m0
+                        v1 = ms_acc & ((1 << m1) - 1)
+                        ms_acc >>= m1
+                        ms_bits -= m0 + m1
+                    else:
+                        v2 = ms_acc & ((1 << m2) - 1)
+                        ms_acc >>= m2
+                        v3 = ms_acc & ((1 << m3) - 1)
+                        ms_acc >>= m3
+                        ms_bits -= m2 + m3
+                v0 |= (e & 1) << m0
+                v1 |= ((e >> 1) & 1) << m1
+                v2 |= ((e >> 2) & 1) << m2
+                v3 |= ((e >> 3) & 1) << m3
+                # The next row of quads looks at the exponents of the bottom samples only (E = bit length of t).
+                t_cur[qx + 1] = (v1 | 1) * ((rho >> 1) & 1)
+                t_cur[qx + 2] = (v3 | 1) * ((rho >> 3) & 1)
+                right = qx + 1 < w
+                if rho & 1:
+                    row0[qx] = _sample(v0, p)
+                if rho & 2 and below:
+                    row1[qx] = _sample(v1, p)
+                if rho & 4 and right:
+                    row0[qx + 1] = _sample(v2, p)
+                if rho & 8 and below and right:
+                    row1[qx + 1] = _sample(v3, p)
             rho_left = rho1 if has1 else rho0
-        e_prev, e_cur = e_cur, e_prev
-        s_prev, s_cur = s_cur, s_prev
+        t_prev, t_cur = t_cur, t_prev
     return 0
 
 
 @njit(cache=True, nogil=True)
 def decode_blocks(coeffs: np.ndarray, blocks: np.ndarray, segments: np.ndarray, data: np.ndarray) -> int:
-    """Decode every listed code-block's cleanup segment into `coeffs` (see the module docstring)."""
-    rs = np.zeros(24, dtype=np.int64)
-    e_prev = np.zeros(1024 + 8, dtype=np.int64)
-    s_prev = np.zeros(1024 + 8, dtype=np.int64)
-    e_cur = np.zeros(1024 + 8, dtype=np.int64)
-    s_cur = np.zeros(1024 + 8, dtype=np.int64)
-    exps = np.zeros(8, dtype=np.int64)
+    """Decode every listed code-block's cleanup segment into `coeffs`, zero beforehand (see the module
+    docstring)."""
+    t_prev = np.zeros(1024 + 8, dtype=np.int64)
+    t_cur = np.zeros(1024 + 8, dtype=np.int64)
     for k in range(blocks.shape[0]):
         comp, y0, x0, h, w = blocks[k, 0], blocks[k, 1], blocks[k, 2], blocks[k, 3], blocks[k, 4]
         planes, first, count = blocks[k, 6], blocks[k, 8], blocks[k, 9]
@@ -751,8 +714,8 @@ def decode_blocks(coeffs: np.ndarray, blocks: np.ndarray, segments: np.ndarray, 
             return -4
         if h * w > 4096 or h > 1024 or w > 1024:
             return -5
-        status = _decode_block(coeffs[comp, y0:y0 + h, x0:x0 + w], data, segments[first, 0], segments[first, 1],
-                               planes - 1, rs, e_prev, s_prev, e_cur, s_cur, exps, _DEC0, _DEC1)
+        status = _decode_block(coeffs, comp, y0, x0, h, w, data, segments[first, 0], segments[first, 1],
+                               planes - 1, t_prev, t_cur, _DEC0, _DEC1)
         if status:
             return status
     return 0

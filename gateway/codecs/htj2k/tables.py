@@ -209,3 +209,31 @@ def uvlc_pair_table() -> np.ndarray:
                     n += code[2 * field + 1]
             table[u0 * 75 + u1] = bits | n << 32
     return table
+
+
+def uvlc_prefix_table() -> np.ndarray:
+    """Decoding of the U-VLC prefixes of a pair of quads, index ``mode << 6 | next six bits`` (first bit lowest).
+
+    `mode` has bit 0 set when the first quad sends a u (u_off = 1), bit 1
+    for the second; the prefixes come first, the first quad's first.  Each
+    value packs the two prefix values (1, 2, 3 or 5 as in
+    :func:`uvlc_code`'s u for a suffix of 0; 0 for a quad that sends none)
+    in bits 0..3 and 4..7 and the prefix bits read in bits 8 and up.
+    """
+    def prefix(bits: int) -> tuple[int, int]:
+        for value, length in ((1, 1), (2, 2), (3, 3)):
+            if bits >> (length - 1) & 1:
+                return value, length
+        return 5, 3
+
+    table = np.zeros(4 << 6, dtype=np.int32)
+    for mode in range(4):
+        for bits in range(64):
+            pre0 = pre1 = used = 0
+            if mode & 1:
+                pre0, used = prefix(bits)
+            if mode & 2:
+                pre1, n = prefix(bits >> used)
+                used += n
+            table[mode << 6 | bits] = pre0 | pre1 << 4 | used << 8
+    return table

@@ -232,6 +232,19 @@ def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
             # The two quads of the pair (the second if the block has it); the left neighbour of the second is
             # the first.  The writers are written out in the loop: numba counts references to an array
             # handed to a helper, which would cost more than the writing.
+            if rho_left == 0 and (t0[x] | t1[x] | t0[x + 1] | t1[x + 1] | t0[x + 2] | t1[x + 2] | t0[x + 3]
+                                  | t1[x + 3]) == 0 and (initial or (t_prev[x] | t_prev[x + 1] | t_prev[x + 2]
+                                                                     | t_prev[x + 3] | t_prev[x + 4]
+                                                                     | t_prev[x + 5]) == 0):
+                # Nothing significant in the pair nor around it: context 0, so a MEL event 0 per quad only.
+                mel_events[events] = 0
+                mel_events[events + 1] = 0
+                events += 2 if x + 2 < w else 1
+                t_cur[x + 1] = 0
+                t_cur[x + 2] = 0
+                t_cur[x + 3] = 0
+                t_cur[x + 4] = 0
+                continue
             cwd = 0
             n = 0
             u0 = 0
@@ -546,6 +559,13 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
         row1 = coeffs[comp, y0 + y + 1, x0:x0 + w] if below else row0
         rho_left = 0
         for x in range(0, w, 4):
+            has1 = x + 2 < w
+            if rho_left == 0 and mel_run > has1 and (initial or (t_prev[x] | t_prev[x + 1] | t_prev[x + 2]
+                                                                 | t_prev[x + 3] | t_prev[x + 4]
+                                                                 | t_prev[x + 5]) == 0):
+                # Nothing significant around the pair and MEL zero events pending for both quads (context 0).
+                mel_run -= 2 if has1 else 1
+                continue
             # Enough VLC bits for both codewords and both U-VLC codes of the pair (at most 14 + 24), read
             # backward (zeros before the start).  The readers are written out in the loop: numba counts
             # references to an array handed to a helper, which would cost more than the reading.
@@ -559,7 +579,6 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                     v_acc |= d << v_bits
                     v_bits += 8
                 v_high = 1 if d > 0x8F else 0
-            has1 = x + 2 < w
             if initial:
                 cq0 = (rho_left >> 1) | (rho_left & 1)
             else:

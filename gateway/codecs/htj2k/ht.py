@@ -82,6 +82,12 @@ def _leading_zeros(typingctx, v):  # noqa: ARG001 (numba passes the typing conte
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _u(i: int) -> np.uint64:
+    """An index numba takes as is, without the test for a negative index."""
+    return np.uint64(i)
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _bit_length(v: int) -> int:
     """Bits of ``v >= 0`` (0 for 0)."""
     return 64 - _leading_zeros(np.int64(v))
@@ -207,7 +213,7 @@ def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
     one column of padding on the left.
     """
     w4 = (w + 3) & ~3
-    # vlc[0] is the last byte of the segment, which holds Scup; the low nibble of the next one is Scup's too.
+    # vlc[_u(0)] is the last byte of the segment, which holds Scup; the low nibble of the next one is Scup's too.
     v_pos, v_acc, v_n, v_high = 1, 0xF, 4, 1
     ms_pos, ms_room, ms_used, ms_acc = 0, 8, 0, 0
     events = 0
@@ -232,18 +238,18 @@ def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
             # The two quads of the pair (the second if the block has it); the left neighbour of the second is
             # the first.  The writers are written out in the loop: numba counts references to an array
             # handed to a helper, which would cost more than the writing.
-            if rho_left == 0 and (t0[x] | t1[x] | t0[x + 1] | t1[x + 1] | t0[x + 2] | t1[x + 2] | t0[x + 3]
-                                  | t1[x + 3]) == 0 and (initial or (t_prev[x] | t_prev[x + 1] | t_prev[x + 2]
-                                                                     | t_prev[x + 3] | t_prev[x + 4]
-                                                                     | t_prev[x + 5]) == 0):
+            if rho_left == 0 and (t0[_u(x)] | t1[_u(x)] | t0[_u(x + 1)] | t1[_u(x + 1)] | t0[_u(x + 2)] | t1[_u(x + 2)] | t0[_u(x + 3)]
+                                  | t1[_u(x + 3)]) == 0 and (initial or (t_prev[_u(x)] | t_prev[_u(x + 1)] | t_prev[_u(x + 2)]
+                                                                     | t_prev[_u(x + 3)] | t_prev[_u(x + 4)]
+                                                                     | t_prev[_u(x + 5)]) == 0):
                 # Nothing significant in the pair nor around it: context 0, so a MEL event 0 per quad only.
-                mel_events[events] = 0
-                mel_events[events + 1] = 0
+                mel_events[_u(events)] = 0
+                mel_events[_u(events + 1)] = 0
                 events += 2 if x + 2 < w else 1
-                t_cur[x + 1] = 0
-                t_cur[x + 2] = 0
-                t_cur[x + 3] = 0
-                t_cur[x + 4] = 0
+                t_cur[_u(x + 1)] = 0
+                t_cur[_u(x + 2)] = 0
+                t_cur[_u(x + 3)] = 0
+                t_cur[_u(x + 4)] = 0
                 continue
             cwd = 0
             n = 0
@@ -253,18 +259,18 @@ def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                 qx = x + 2 * q
                 if q and qx >= w:
                     break
-                a, b, c, d = t0[qx], t1[qx], t0[qx + 1], t1[qx + 1]
+                a, b, c, d = t0[_u(qx)], t1[_u(qx)], t0[_u(qx + 1)], t1[_u(qx + 1)]
                 rho = (a != 0) | (b != 0) << 1 | (c != 0) << 2 | (d != 0) << 3
                 emax = _bit_length(max(max(a, b), max(c, d)))
                 kappa = 1
                 if initial:
                     cq = (rho_left >> 1) | (rho_left & 1)
                 else:
-                    cq = (((t_prev[qx] | t_prev[qx + 1]) != 0) | (((rho_left >> 2) | (rho_left >> 3)) & 1) << 1
-                          | ((t_prev[qx + 2] | t_prev[qx + 3]) != 0) << 2)
+                    cq = (((t_prev[_u(qx)] | t_prev[_u(qx + 1)]) != 0) | (((rho_left >> 2) | (rho_left >> 3)) & 1) << 1
+                          | ((t_prev[_u(qx + 2)] | t_prev[_u(qx + 3)]) != 0) << 2)
                     if rho & (rho - 1):
-                        kappa = max(1, _bit_length(max(max(t_prev[qx], t_prev[qx + 1]),
-                                                       max(t_prev[qx + 2], t_prev[qx + 3]))) - 1)
+                        kappa = max(1, _bit_length(max(max(t_prev[_u(qx)], t_prev[_u(qx + 1)]),
+                                                       max(t_prev[_u(qx + 2)], t_prev[_u(qx + 3)]))) - 1)
                 bound = max(emax, kappa)
                 u = bound - kappa
                 emb = 0
@@ -272,10 +278,10 @@ def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                     # A sample's E reaches the quad's largest when its t is at least 2**(E - 1).
                     top = 1 << (emax - 1)
                     emb = (a >= top) | (b >= top) << 1 | (c >= top) << 2 | (d >= top) << 3
-                code = table[(cq << 8) | (rho << 4) | emb]
+                code = table[_u((cq << 8) | (rho << 4) | emb)]
                 cwd |= (code & 0xFF) << n
                 n += (code >> 8) & 0xF
-                mel_events[events] = rho != 0
+                mel_events[_u(events)] = rho != 0
                 events += cq == 0
                 if rho:
                     # MagSgn: the low U (U - 1 where e_k is set) bits of v of each significant sample.  The
@@ -283,7 +289,7 @@ def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                     ek = code >> 12
                     for k in range(4):
                         m = (bound - ((ek >> k) & 1)) * ((rho >> k) & 1)
-                        v = v1[qx + (k >> 1)] if k & 1 else v0[qx + (k >> 1)]
+                        v = v1[_u(qx + (k >> 1))] if k & 1 else v0[_u(qx + (k >> 1))]
                         ms_acc |= (v & ((1 << m) - 1)) << ms_used
                         ms_used += m
                         if ms_used >= 32:
@@ -291,17 +297,17 @@ def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                             flipped = low ^ 0xFFFFFFFF
                             if ms_room == 8 and ((flipped - 0x01010101) & ~flipped & 0x80808080) == 0:
                                 # Four whole bytes at once when none is 0xFF (nor follows one).
-                                ms[ms_pos] = low & 0xFF
-                                ms[ms_pos + 1] = (low >> 8) & 0xFF
-                                ms[ms_pos + 2] = (low >> 16) & 0xFF
-                                ms[ms_pos + 3] = low >> 24
+                                ms[_u(ms_pos)] = low & 0xFF
+                                ms[_u(ms_pos + 1)] = (low >> 8) & 0xFF
+                                ms[_u(ms_pos + 2)] = (low >> 16) & 0xFF
+                                ms[_u(ms_pos + 3)] = low >> 24
                                 ms_pos += 4
                                 ms_used -= 32
                                 ms_acc >>= 32
                             else:
                                 ms_pos, ms_room, ms_used, ms_acc = _ms_flush(ms, ms_pos, ms_room, ms_used, ms_acc)
-                t_cur[qx + 1] = b
-                t_cur[qx + 2] = d
+                t_cur[_u(qx + 1)] = b
+                t_cur[_u(qx + 2)] = d
                 if q:
                     u1 = u
                 else:
@@ -310,7 +316,7 @@ def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                 rho_left = rho
             if initial and u0 > 0 and u1 > 0:
                 both = min(u0, u1) > 2
-                mel_events[events] = both
+                mel_events[_u(events)] = both
                 events += 1
                 if both:
                     ucwd, un = _uvlc_code(uvlc, u0, u1, u0 - 2, u1 - 2, False)
@@ -319,7 +325,7 @@ def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                 else:
                     ucwd, un = _uvlc_code(uvlc, u0, u1, u0, u1, False)
             else:
-                pair = uvlc_pair[u0 * 75 + u1]
+                pair = uvlc_pair[_u(u0 * 75 + u1)]
                 ucwd, un = pair & 0xFFFFFFFF, pair >> 32
             # VLC bits of the pair (38 at most); bytes written once 24 bits are pending.
             v_acc |= (cwd | ucwd << n) << v_n
@@ -334,7 +340,7 @@ def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                         byte = v_acc & 0xFF
                         v_acc >>= 8
                         v_n -= 8
-                    vlc[v_pos] = byte
+                    vlc[_u(v_pos)] = byte
                     v_pos += 1
                     v_high = 1 if byte > 0x8F else 0
         t_prev, t_cur = t_cur, t_prev
@@ -344,7 +350,7 @@ def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
     mel_pos, mel_free, mel_tmp, mel_run = _mel_code(mel_events, events, mel)
     # A last seven bits of ones after a byte above 0x8F make a byte of their own.
     if v_high and v_n >= 7 and (v_acc & 0x7F) == 0x7F:
-        vlc[v_pos] = 0x7F
+        vlc[_u(v_pos)] = 0x7F
         v_pos += 1
         v_acc >>= 7
         v_n -= 7
@@ -364,14 +370,14 @@ def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
         else:
             mel[mel_pos] = mel_last
             mel_pos += 1
-            vlc[v_pos] = vlc_last
+            vlc[_u(v_pos)] = vlc_last
             v_pos += 1
     # Terminate MagSgn: pad with ones; a last byte of all ones (or a dangling 0xFF) is left out.
     ms_pos, ms_room, ms_used, ms_acc = _ms_flush(ms, ms_pos, ms_room, ms_used, ms_acc)
     if ms_used:
         last = ms_acc | (((1 << (ms_room - ms_used)) - 1) << ms_used)
         if last != 0xFF:
-            ms[ms_pos] = last
+            ms[_u(ms_pos)] = last
             ms_pos += 1
     elif ms_room == 7:
         ms_pos -= 1
@@ -383,7 +389,7 @@ def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
     out[:n_ms] = ms[:n_ms]
     out[n_ms:n_ms + n_mel] = mel[:n_mel]
     for i in range(n_vlc):
-        out[total - 1 - i] = vlc[i]
+        out[total - 1 - i] = vlc[_u(i)]
     out[total - 1] = scup >> 4
     out[total - 2] = (out[total - 2] & 0xF0) | (scup & 0xF)
     return total
@@ -535,17 +541,17 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
     if length < 2:
         return -1
     end = start + length
-    scup = (data[end - 1] << 4) | (data[end - 2] & 0xF)
+    scup = (data[_u(end - 1)] << 4) | (data[_u(end - 2)] & 0xF)
     if scup < 2 or scup > length or scup > MAX_SCUP:
         return -1
     mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one = end - scup, 0, 0, 0, 0, 0, 0
     ms_end = end - scup
     ms_pos, ms_acc, ms_bits, ms_ff = start, 0, 0, 0
     # The VLC starts in the upper nibble of the last-but-one byte.
-    d = data[end - 2] >> 4
+    d = data[_u(end - 2)] >> 4
     v_bits = 3 if (d & 7) == 7 else 4
     v_acc = d & ((1 << v_bits) - 1)
-    v_high = 1 if (data[end - 2] | 0xF) > 0x8F else 0
+    v_high = 1 if (data[_u(end - 2)] | 0xF) > 0x8F else 0
     v_pos = end - 3
     v_start = end - scup
     w4 = (w + 3) & ~3
@@ -560,9 +566,9 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
         rho_left = 0
         for x in range(0, w, 4):
             has1 = x + 2 < w
-            if rho_left == 0 and mel_run > has1 and (initial or (t_prev[x] | t_prev[x + 1] | t_prev[x + 2]
-                                                                 | t_prev[x + 3] | t_prev[x + 4]
-                                                                 | t_prev[x + 5]) == 0):
+            if rho_left == 0 and mel_run > has1 and (initial or (t_prev[_u(x)] | t_prev[_u(x + 1)] | t_prev[_u(x + 2)]
+                                                                 | t_prev[_u(x + 3)] | t_prev[_u(x + 4)]
+                                                                 | t_prev[_u(x + 5)]) == 0):
                 # Nothing significant around the pair and MEL zero events pending for both quads (context 0).
                 mel_run -= 2 if has1 else 1
                 continue
@@ -570,7 +576,7 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
             # backward (zeros before the start).  The readers are written out in the loop: numba counts
             # references to an array handed to a helper, which would cost more than the reading.
             while v_bits <= 48:
-                d = data[v_pos] if v_pos >= v_start else 0
+                d = data[_u(v_pos)] if v_pos >= v_start else 0
                 v_pos -= 1
                 if v_high and (d & 0x7F) == 0x7F:
                     v_acc |= (d & 0x7F) << v_bits
@@ -582,8 +588,8 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
             if initial:
                 cq0 = (rho_left >> 1) | (rho_left & 1)
             else:
-                cq0 = (((t_prev[x] | t_prev[x + 1]) != 0) | (((rho_left >> 2) | (rho_left >> 3)) & 1) << 1
-                       | ((t_prev[x + 2] | t_prev[x + 3]) != 0) << 2)
+                cq0 = (((t_prev[_u(x)] | t_prev[_u(x + 1)]) != 0) | (((rho_left >> 2) | (rho_left >> 3)) & 1) << 1
+                       | ((t_prev[_u(x + 2)] | t_prev[_u(x + 3)]) != 0) << 2)
             entry0 = 0
             event = 1
             if cq0 == 0:
@@ -594,7 +600,7 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                     event, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one = _mel_event(
                         data, end, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one)
             if event:
-                entry0 = lut[(cq0 << 7) | (v_acc & 0x7F)]
+                entry0 = lut[_u((cq0 << 7) | (v_acc & 0x7F))]
                 if entry0 == 0:
                     return -2
                 v_acc >>= entry0 & 0xF
@@ -606,8 +612,8 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                 if initial:
                     cq1 = (rho0 >> 1) | (rho0 & 1)
                 else:
-                    cq1 = (((t_prev[x + 2] | t_prev[x + 3]) != 0) | (((rho0 >> 2) | (rho0 >> 3)) & 1) << 1
-                           | ((t_prev[x + 4] | t_prev[x + 5]) != 0) << 2)
+                    cq1 = (((t_prev[_u(x + 2)] | t_prev[_u(x + 3)]) != 0) | (((rho0 >> 2) | (rho0 >> 3)) & 1) << 1
+                           | ((t_prev[_u(x + 4)] | t_prev[_u(x + 5)]) != 0) << 2)
                 event = 1
                 if cq1 == 0:
                     if mel_run > 0:
@@ -617,7 +623,7 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                         event, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one = _mel_event(
                             data, end, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one)
                 if event:
-                    entry1 = lut[(cq1 << 7) | (v_acc & 0x7F)]
+                    entry1 = lut[_u((cq1 << 7) | (v_acc & 0x7F))]
                     if entry1 == 0:
                         return -2
                     v_acc >>= entry1 & 0xF
@@ -649,11 +655,11 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
             kappa1 = 1
             if not initial:
                 if rho0 & (rho0 - 1):
-                    kappa0 = max(1, _bit_length(max(max(t_prev[x], t_prev[x + 1]),
-                                                    max(t_prev[x + 2], t_prev[x + 3]))) - 1)
+                    kappa0 = max(1, _bit_length(max(max(t_prev[_u(x)], t_prev[_u(x + 1)]),
+                                                    max(t_prev[_u(x + 2)], t_prev[_u(x + 3)]))) - 1)
                 if rho1 & (rho1 - 1):
-                    kappa1 = max(1, _bit_length(max(max(t_prev[x + 2], t_prev[x + 3]),
-                                                    max(t_prev[x + 4], t_prev[x + 5]))) - 1)
+                    kappa1 = max(1, _bit_length(max(max(t_prev[_u(x + 2)], t_prev[_u(x + 3)]),
+                                                    max(t_prev[_u(x + 4)], t_prev[_u(x + 5)]))) - 1)
             bound0 = u0 + kappa0
             bound1 = u1 + kappa1
             if bound0 + p > MAX_BOUND or bound1 + p > MAX_BOUND:
@@ -676,7 +682,7 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                 for half in range(2):
                     if half == 0 or bound > 12:
                         while ms_bits <= 48:
-                            d = data[ms_pos] if ms_pos < ms_end else 0xFF
+                            d = data[_u(ms_pos)] if ms_pos < ms_end else 0xFF
                             ms_pos += 1
                             if ms_ff:
                                 ms_acc |= (d & 0x7F) << ms_bits
@@ -702,17 +708,17 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                 v2 |= ((e >> 2) & 1) << m2
                 v3 |= ((e >> 3) & 1) << m3
                 # The next row of quads looks at the exponents of the bottom samples only (E = bit length of t).
-                t_cur[qx + 1] = (v1 | 1) * ((rho >> 1) & 1)
-                t_cur[qx + 2] = (v3 | 1) * ((rho >> 3) & 1)
+                t_cur[_u(qx + 1)] = (v1 | 1) * ((rho >> 1) & 1)
+                t_cur[_u(qx + 2)] = (v3 | 1) * ((rho >> 3) & 1)
                 right = qx + 1 < w
                 if rho & 1:
-                    row0[qx] = _sample(v0, p)
+                    row0[_u(qx)] = _sample(v0, p)
                 if rho & 2 and below:
-                    row1[qx] = _sample(v1, p)
+                    row1[_u(qx)] = _sample(v1, p)
                 if rho & 4 and right:
-                    row0[qx + 1] = _sample(v2, p)
+                    row0[_u(qx + 1)] = _sample(v2, p)
                 if rho & 8 and below and right:
-                    row1[qx + 1] = _sample(v3, p)
+                    row1[_u(qx + 1)] = _sample(v3, p)
             rho_left = rho1 if has1 else rho0
         t_prev, t_cur = t_cur, t_prev
     return 0

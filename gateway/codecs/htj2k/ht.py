@@ -108,23 +108,37 @@ def _mel_bit(buf: np.ndarray, pos: int, free: int, tmp: int, bit: int) -> tuple[
 
 @njit(cache=True, nogil=True)
 def _mel_code(events: np.ndarray, count: int, buf: np.ndarray) -> tuple[int, int, int, int]:
-    """The MEL code of a block's events, in order: (bytes, free bits of the last byte, its bits, pending run)."""
+    """The MEL code of a block's events, in order: (bytes, free bits of the last byte, its bits, pending run).
+
+    Each symbol is a 1 (a full run of zero events) or a 0 and the run so far
+    in ``_MEL_EXP[k]`` bits, written highest bit first (the bit writer is in
+    the loop: numba would count references to `buf` on every bit handed to
+    a helper).
+    """
     pos, free, tmp, run, k = 0, 8, 0, 0, 0
     for i in range(count):
-        if events[i] == 0:
+        nb = 0
+        symbol = 0
+        if events[_u(i)] == 0:
             run += 1
             if run >= (1 << _MEL_EXP[k]):
-                pos, free, tmp = _mel_bit(buf, pos, free, tmp, 1)
+                symbol, nb = 1, 1
                 run = 0
                 k = min(12, k + 1)
         else:
-            pos, free, tmp = _mel_bit(buf, pos, free, tmp, 0)
-            t = _MEL_EXP[k]
-            while t > 0:
-                t -= 1
-                pos, free, tmp = _mel_bit(buf, pos, free, tmp, (run >> t) & 1)
+            nb = _MEL_EXP[k] + 1  # a 0, then the run (below 2**exp) in exp bits
+            symbol = run
             run = 0
             k = max(0, k - 1)
+        while nb > 0:
+            nb -= 1
+            tmp = (tmp << 1) | ((symbol >> nb) & 1)
+            free -= 1
+            if free == 0:
+                buf[_u(pos)] = tmp
+                pos += 1
+                free = 7 if tmp == 0xFF else 8
+                tmp = 0
     return pos, free, tmp, run
 
 
@@ -433,38 +447,40 @@ _UVLC_PREFIX = tables.uvlc_prefix_table()
 _SUFFIX_BITS = np.array([0, 0, 0, 1, 0, 5], dtype=np.int64)  # U-VLC suffix bits after each prefix value
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _mel_read_bit(data: np.ndarray, end: int, pos: int, byte: int, bits: int, ff: int
-                  ) -> tuple[int, int, int, int, int]:
-    """One MEL bit, highest first (seven from a byte after 0xFF, 0xFF past the end): (bit, state...)."""
-    if bits == 0:
-        byte = data[pos] if pos < end else 0xFF
-        pos += 1
-        bits = 7 if ff else 8
-        ff = 1 if byte == 0xFF else 0
-    bits -= 1
-    return (byte >> bits) & 1, pos, byte, bits, ff
-
-
 @njit(cache=True, nogil=True)
 def _mel_event(data: np.ndarray, end: int, pos: int, byte: int, bits: int, ff: int, k: int, run: int, one: int
                ) -> tuple[int, int, int, int, int, int, int, int]:
-    """The next MEL event: (event, pos, byte, bits, ff, k, run of zero events left, a one event pending)."""
+    """The next MEL event: (event, pos, byte, bits, ff, k, run of zero events left, a one event pending).
+
+    Bits are read highest first, seven from a byte after 0xFF, 0xFF past
+    the end; a symbol is a 1 (a run of ``2**exp`` zero events) or a 0 and a
+    run of ``exp`` bits followed by a one event.
+    """
     while True:
         if run > 0:
             return 0, pos, byte, bits, ff, k, run - 1, one
         if one:
             return 1, pos, byte, bits, ff, k, run, 0
         e = _MEL_EXP[k]
-        bit, pos, byte, bits, ff = _mel_read_bit(data, end, pos, byte, bits, ff)
-        if bit:
+        if bits == 0:
+            byte = data[_u(pos)] if pos < end else 0xFF
+            pos += 1
+            bits = 7 if ff else 8
+            ff = 1 if byte == 0xFF else 0
+        bits -= 1
+        if (byte >> bits) & 1:
             run = 1 << e
             k = min(12, k + 1)
         else:
             run = 0
             for _ in range(e):
-                bit, pos, byte, bits, ff = _mel_read_bit(data, end, pos, byte, bits, ff)
-                run = (run << 1) | bit
+                if bits == 0:
+                    byte = data[_u(pos)] if pos < end else 0xFF
+                    pos += 1
+                    bits = 7 if ff else 8
+                    ff = 1 if byte == 0xFF else 0
+                bits -= 1
+                run = (run << 1) | ((byte >> bits) & 1)
             one = 1
             k = max(0, k - 1)
 

@@ -670,12 +670,10 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
             kappa0 = 1
             kappa1 = 1
             if not initial:
-                if rho0 & (rho0 - 1):
-                    kappa0 = max(1, _bit_length(max(max(t_prev[_u(x)], t_prev[_u(x + 1)]),
-                                                    max(t_prev[_u(x + 2)], t_prev[_u(x + 3)]))) - 1)
-                if rho1 & (rho1 - 1):
-                    kappa1 = max(1, _bit_length(max(max(t_prev[_u(x + 2)], t_prev[_u(x + 3)]),
-                                                    max(t_prev[_u(x + 4)], t_prev[_u(x + 5)]))) - 1)
+                above0 = max(max(t_prev[_u(x)], t_prev[_u(x + 1)]), t_prev[_u(x + 2)])
+                above1 = max(max(t_prev[_u(x + 3)], t_prev[_u(x + 4)]), t_prev[_u(x + 5)])
+                kappa0 = max(1, _bit_length(max(above0, t_prev[_u(x + 3)])) - 1) if rho0 & (rho0 - 1) else 1
+                kappa1 = max(1, _bit_length(max(above1, t_prev[_u(x + 2)])) - 1) if rho1 & (rho1 - 1) else 1
             bound0 = u0 + kappa0
             bound1 = u1 + kappa1
             if bound0 + p > MAX_BOUND or bound1 + p > MAX_BOUND:
@@ -727,6 +725,12 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                 t_cur[_u(qx + 1)] = (v1 | 1) * ((rho >> 1) & 1)
                 t_cur[_u(qx + 2)] = (v3 | 1) * ((rho >> 3) & 1)
                 right = qx + 1 < w
+                if right and below:  # the whole quad is inside: no test per sample (0 where not significant)
+                    row0[_u(qx)] = _sample(v0, p) * (rho & 1)
+                    row1[_u(qx)] = _sample(v1, p) * ((rho >> 1) & 1)
+                    row0[_u(qx + 1)] = _sample(v2, p) * ((rho >> 2) & 1)
+                    row1[_u(qx + 1)] = _sample(v3, p) * ((rho >> 3) & 1)
+                    continue
                 if rho & 1:
                     row0[_u(qx)] = _sample(v0, p)
                 if rho & 2 and below:

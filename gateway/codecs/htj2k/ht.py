@@ -612,6 +612,8 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                 if mel_run > 0:
                     mel_run -= 1
                     event = 0
+                elif mel_one:
+                    mel_one = 0
                 else:
                     event, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one = _mel_event(
                         data, end, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one)
@@ -635,6 +637,8 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                     if mel_run > 0:
                         mel_run -= 1
                         event = 0
+                    elif mel_one:
+                        mel_one = 0
                     else:
                         event, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one = _mel_event(
                             data, end, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one)

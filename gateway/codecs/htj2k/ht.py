@@ -113,7 +113,7 @@ def _mel_code(events: np.ndarray, count: int, buf: np.ndarray) -> tuple[int, int
     Each symbol is a 1 (a full run of zero events) or a 0 and the run so far
     in ``_MEL_EXP[k]`` bits, written highest bit first (the bit writer is in
     the loop: numba would count references to `buf` on every bit handed to
-    a helper).
+    a function).
     """
     pos, free, tmp, run, k = 0, 8, 0, 0, 0
     for i in range(count):
@@ -251,7 +251,7 @@ def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
         for x in range(0, w, 4):
             # The two quads of the pair (the second if the block has it); the left neighbour of the second is
             # the first.  The writers are written out in the loop: numba counts references to an array
-            # handed to a helper, which would cost more than the writing.
+            # handed to a function, which would cost more than the writing.
             if rho_left == 0 and (t0[_u(x)] | t1[_u(x)] | t0[_u(x + 1)] | t1[_u(x + 1)] | t0[_u(x + 2)] | t1[_u(x + 2)] | t0[_u(x + 3)]
                                   | t1[_u(x + 3)]) == 0 and (initial or (t_prev[_u(x)] | t_prev[_u(x + 1)] | t_prev[_u(x + 2)]
                                                                      | t_prev[_u(x + 3)] | t_prev[_u(x + 4)]
@@ -590,7 +590,7 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                 continue
             # Enough VLC bits for both codewords and both U-VLC codes of the pair (at most 14 + 24), read
             # backward (zeros before the start).  The readers are written out in the loop: numba counts
-            # references to an array handed to a helper, which would cost more than the reading.
+            # references to an array handed to a function, which would cost more than the reading.
             while v_bits <= 48:
                 d = data[_u(v_pos)] if v_pos >= v_start else 0
                 v_pos -= 1

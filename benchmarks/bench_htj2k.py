@@ -14,22 +14,28 @@ hits every entry alike.  Rows:
 * OpenJPEG's classic JPEG 2000 through imagecodecs, one thread, the same
   levels;
 * on frames larger than 1 MB only: ours with one and two threads beside
-  OpenJPH.
+  OpenJPH;
+* where our one-thread time goes: the HT block coder, the wavelet, tier 2,
+  code-block geometry and marker segments, beside OpenJPH's totals.
 
 Images whose values use bits above Bits Stored are left out for every
 entry (the gateway passes them through).
 
-Run: ``python -m benchmarks.bench_htj2k [--rounds 3] [--folders ...] [--only single two-threads]``.
+Run: ``python -m benchmarks.bench_htj2k [--rounds 3] [--folders ...] [--only single two-threads stages]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from benchmarks.bench_jpeg2000 import interleaved, openjpeg, size_line
-from benchmarks.harness import Entry, format_table, load_corpus
+from benchmarks.bench_jpeg2000 import _timed_stages, interleaved, openjpeg, size_line
+from benchmarks.harness import Entry, Item, format_table, load_corpus
 from gateway.codecs.base import FrameInfo
 from gateway.codecs.htj2k import codec as htj2k
 from gateway.pipeline.pixels import high_bits_used
@@ -65,12 +71,82 @@ def openjph() -> Entry:
     return Entry("OpenJPH (imagecodecs, 1 thread)", encode, decode, _supports)
 
 
+BLOCKS = "HT block coder (code-blocks)"
+REST = "rest (Python glue, level shift, colour, checks)"
+
+
+def _timed(function: Callable, spent: Counter) -> Callable:
+    def call(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            spent[BLOCKS] += time.perf_counter() - start
+    return call
+
+
+def stages(items: Sequence[Item], rounds: int) -> str:
+    """Where one-thread encoding and decoding spend their time, per stage (best round), beside OpenJPH's totals.
+
+    The shared stages (wavelet, tier 2, geometry, marker segments) are timed
+    as in ``bench_jpeg2000``; the block coder through a timed copy of the
+    codec's ``CODER``.
+    """
+    frames = [(f, it.info) for it in items for f in it.frames]
+    raw = sum(f.nbytes for f, _ in frames)
+    peer = openjph()
+    coded = [htj2k.encode(f, info, rpcl=True, parallel=False) for f, info in frames]
+    theirs = [peer.encode(f, info) for f, info in frames]
+    best: dict[str, dict[str, float]] = {"encode": {}, "decode": {}}
+    peer_best = {"encode": float("inf"), "decode": float("inf")}
+    original = htj2k.CODER
+    for _ in range(rounds):
+        for direction in ("encode", "decode"):
+            spent: Counter = Counter()
+            total = 0.0
+            htj2k.CODER = dataclasses.replace(original, encode_blocks=_timed(original.encode_blocks, spent),
+                                              decode_blocks=_timed(original.decode_blocks, spent))
+            try:
+                with _timed_stages(spent):
+                    for k, (frame, info) in enumerate(frames):
+                        start = time.perf_counter()
+                        if direction == "encode":
+                            htj2k.encode(frame, info, rpcl=True, parallel=False)
+                        else:
+                            htj2k.decode(coded[k], info, parallel=False)
+                        total += time.perf_counter() - start
+            finally:
+                htj2k.CODER = original
+            spent[REST] = total - sum(spent.values())
+            spent["total"] = total
+            if total < best[direction].get("total", float("inf")):
+                best[direction] = dict(spent)
+            start = time.perf_counter()
+            for k, (frame, info) in enumerate(frames):
+                if direction == "encode":
+                    peer.encode(frame, info)
+                else:
+                    peer.decode(theirs[k], info)
+            peer_best[direction] = min(peer_best[direction], time.perf_counter() - start)
+    enc, dec = best["encode"], best["decode"]
+    names = [BLOCKS] + [n for n in dict.fromkeys(list(enc) + list(dec)) if n not in (BLOCKS, REST, "total")]
+    lines = [f"### Where our one-thread time goes ({len(frames)} frames, {raw / 1e6:.1f} MB)\n",
+             "| stage | encode s | encode % | decode s | decode % |", "|---|---:|---:|---:|---:|"]
+    for name in names + [REST, "total"]:
+        e, d = enc.get(name, 0.0), dec.get(name, 0.0)
+        lines.append(f"| {name} | {e:.3f} | {100 * e / enc['total']:.0f} | {d:.3f} | {100 * d / dec['total']:.0f} |")
+    lines.append(f"| OpenJPH (imagecodecs, 1 thread), total | {peer_best['encode']:.3f} | "
+                 f"{100 * peer_best['encode'] / enc['total']:.0f} | {peer_best['decode']:.3f} | "
+                 f"{100 * peer_best['decode'] / dec['total']:.0f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folders", nargs="*", default=(), help="corpus folders to use (default: all)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (best time kept)")
     parser.add_argument("--noverify", action="store_true", help="skip the round-trip check")
-    parser.add_argument("--only", nargs="*", default=(), help="tables to run: single, two-threads")
+    parser.add_argument("--only", nargs="*", default=(), help="tables to run: single, two-threads, stages")
     args = parser.parse_args()
     items = load_corpus(folders=args.folders)
     kept = [it for it in items if not any(high_bits_used(f, it.info) for f in it.frames)]
@@ -89,6 +165,9 @@ def main() -> None:
         entries = [ours(1), ours(2), openjph()]
         results = interleaved(entries, large, args.rounds, not args.noverify)
         print(format_table(results, f"frames larger than 1 MB ({len(large)} images): one and two threads"))
+        print()
+    if not args.only or "stages" in args.only:
+        print(stages(kept, args.rounds))
 
 
 if __name__ == "__main__":

@@ -119,6 +119,49 @@ def test_uvlc_is_t814_table_c3() -> None:
         tables.uvlc_code(0)
 
 
+class _Bits:
+    """Bits of an integer, lowest first, read one by one (as the VLC reader sees them)."""
+
+    def __init__(self, value: int) -> None:
+        self.value, self.read = value, 0
+
+    def take(self, n: int) -> int:
+        v = (self.value >> self.read) & ((1 << n) - 1)
+        self.read += n
+        return v
+
+
+def _c3_prefix(bits: _Bits) -> int:
+    """Table C.3's prefixes as sent: 1 -> 1, 01 -> 2, 001 -> 3 (3..4), 000 -> 5 (5..)."""
+    for value in (1, 2, 3):
+        if bits.take(1):
+            return value
+    return 5
+
+
+def test_uvlc_pair_table_sends_prefixes_then_suffixes_then_extensions() -> None:
+    # Read back with Table C.3 as printed: u = prefix value + suffix (1 bit after 3, 5 bits after 5), and
+    # a 5-bit suffix of 28..31 is followed by 4 extension bits: u = 33 + (suffix - 28) + 4 * extension.
+    table = tables.uvlc_pair_table()
+    for u0 in range(75):
+        for u1 in range(75):
+            bits = _Bits(int(table[u0 * 75 + u1]) & 0xFFFFFFFF)
+            prefixes = [_c3_prefix(bits) if u else 0 for u in (u0, u1)]
+            values = [p + bits.take({3: 1, 5: 5}.get(p, 0)) for p in prefixes]
+            values = [v + 4 * bits.take(4) if v >= 33 else v for v in values]
+            assert values == [u0, u1] and bits.read == int(table[u0 * 75 + u1]) >> 32, (u0, u1)
+
+
+def test_uvlc_prefix_table_reads_table_c3_prefixes() -> None:
+    table = tables.uvlc_prefix_table()
+    for mode in range(4):
+        for six in range(64):
+            bits = _Bits(six)
+            pre0 = _c3_prefix(bits) if mode & 1 else 0
+            pre1 = _c3_prefix(bits) if mode & 2 else 0
+            assert int(table[mode << 6 | six]) == pre0 | pre1 << 4 | bits.read << 8, (mode, six)
+
+
 # ---------------------------------------------------------------- the block coder
 
 

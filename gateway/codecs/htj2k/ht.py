@@ -42,7 +42,9 @@ Entry points, batch over the code-blocks of a frame like :mod:`..jpeg2000.t1`:
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 from gateway.codecs.htj2k import tables
 
@@ -64,74 +66,90 @@ _ENC1 = tables.encode_table(False)
 _DEC0 = tables.decode_table(True)
 _DEC1 = tables.decode_table(False)
 _UVLC = tables.uvlc_table()
+_UVLC_PAIR = tables.uvlc_pair_table()
 _MEL_EXP = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 4, 5], dtype=np.int64)
 
-# MEL encoder state, one int64 array (pos, free bits, byte, run, k); VLC and MagSgn states live in local variables.
-_MEL_POS, _MEL_FREE, _MEL_TMP, _MEL_RUN, _MEL_K = 0, 1, 2, 3, 4
+
+@intrinsic
+def _leading_zeros(typingctx, v):  # noqa: ARG001 (numba passes the typing context)
+    """Leading zero bits of a 64-bit integer (64 for 0): one instruction instead of a chain of tests."""
+    sig = types.int64(types.int64)
+
+    def codegen(context, builder, signature, args):  # noqa: ARG001
+        return builder.ctlz(args[0], ir.Constant(ir.IntType(1), 0))
+
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _u(i: int) -> np.uint64:
+    """An index numba takes as is, without the test for a negative index."""
+    return np.uint64(i)
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _bit_length(v: int) -> int:
-    n = 0
-    if v >> 16:
-        v >>= 16
-        n += 16
-    if v >> 8:
-        v >>= 8
-        n += 8
-    if v >> 4:
-        v >>= 4
-        n += 4
-    if v >> 2:
-        v >>= 2
-        n += 2
-    if v >> 1:
-        v >>= 1
-        n += 1
-    return n + v
+    """Bits of ``v >= 0`` (0 for 0)."""
+    return 64 - _leading_zeros(np.int64(v))
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _mel_bit(st: np.ndarray, buf: np.ndarray, bit: int) -> None:
-    st[_MEL_TMP] = (st[_MEL_TMP] << 1) | bit
-    st[_MEL_FREE] -= 1
-    if st[_MEL_FREE] == 0:
-        buf[st[_MEL_POS]] = st[_MEL_TMP]
-        st[_MEL_POS] += 1
-        st[_MEL_FREE] = 7 if st[_MEL_TMP] == 0xFF else 8
-        st[_MEL_TMP] = 0
+def _mel_bit(buf: np.ndarray, pos: int, free: int, tmp: int, bit: int) -> tuple[int, int, int]:
+    """One MEL bit, highest first; a byte after 0xFF holds seven.  State: (pos, free bits of the byte, byte)."""
+    tmp = (tmp << 1) | bit
+    free -= 1
+    if free == 0:
+        buf[pos] = tmp
+        pos += 1
+        free = 7 if tmp == 0xFF else 8
+        tmp = 0
+    return pos, free, tmp
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _mel_encode(st: np.ndarray, buf: np.ndarray, event: bool) -> None:
-    k = st[_MEL_K]
-    if not event:
-        st[_MEL_RUN] += 1
-        if st[_MEL_RUN] >= (1 << _MEL_EXP[k]):
-            _mel_bit(st, buf, 1)
-            st[_MEL_RUN] = 0
-            st[_MEL_K] = min(12, k + 1)
-    else:
-        _mel_bit(st, buf, 0)
-        t = _MEL_EXP[k]
-        run = st[_MEL_RUN]
-        while t > 0:
-            t -= 1
-            _mel_bit(st, buf, (run >> t) & 1)
-        st[_MEL_RUN] = 0
-        st[_MEL_K] = max(0, k - 1)
+@njit(cache=True, nogil=True)
+def _mel_code(events: np.ndarray, count: int, buf: np.ndarray) -> tuple[int, int, int, int]:
+    """The MEL code of a block's events, in order: (bytes, free bits of the last byte, its bits, pending run).
 
-
-@njit(cache=True, nogil=True, inline="always")
-def _vlc_put(buf: np.ndarray, pos: int, acc: int, n: int, high: int, cwd: int, length: int
-             ) -> tuple[int, int, int, int]:
-    """VLC bits, lowest first, into bytes that run backward from the segment's end (stored forward here).
-
-    State: (position, pending bits, their count, whether the last byte written exceeds 0x8F).  After
-    such a byte, a byte whose low seven bits are all ones holds only those seven.
+    Each symbol is a 1 (a full run of zero events) or a 0 and the run so far
+    in ``_MEL_EXP[k]`` bits, written highest bit first (the bit writer is in
+    the loop: numba would count references to `buf` on every bit handed to
+    a function).
     """
-    acc |= cwd << n
-    n += length
+    pos, free, tmp, run, k = 0, 8, 0, 0, 0
+    for i in range(count):
+        nb = 0
+        symbol = 0
+        if events[_u(i)] == 0:
+            run += 1
+            if run >= (1 << _MEL_EXP[k]):
+                symbol, nb = 1, 1
+                run = 0
+                k = min(12, k + 1)
+        else:
+            nb = _MEL_EXP[k] + 1  # a 0, then the run (below 2**exp) in exp bits
+            symbol = run
+            run = 0
+            k = max(0, k - 1)
+        while nb > 0:
+            nb -= 1
+            tmp = (tmp << 1) | ((symbol >> nb) & 1)
+            free -= 1
+            if free == 0:
+                buf[_u(pos)] = tmp
+                pos += 1
+                free = 7 if tmp == 0xFF else 8
+                tmp = 0
+    return pos, free, tmp, run
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _vlc_bytes(buf: np.ndarray, pos: int, acc: int, n: int, high: int) -> tuple[int, int, int, int]:
+    """The whole bytes of the VLC accumulator, into bytes that run backward from the segment's end (stored
+    forward here).
+
+    State: (position, pending bits lowest first, their count, whether the last byte written exceeds
+    0x8F).  After such a byte, a byte whose low seven bits are all ones holds only those seven.
+    """
     while n >= 8:
         if high and (acc & 0x7F) == 0x7F:
             byte = 0x7F
@@ -147,12 +165,9 @@ def _vlc_put(buf: np.ndarray, pos: int, acc: int, n: int, high: int, cwd: int, l
     return pos, acc, n, high
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _ms_put(buf: np.ndarray, pos: int, room: int, used: int, acc: int, cwd: int, length: int
-            ) -> tuple[int, int, int, int]:
-    """MagSgn bits, lowest first; a byte after 0xFF holds seven.  State: (pos, room of the byte, used, acc)."""
-    acc |= cwd << used
-    used += length
+@njit(cache=True, nogil=True)
+def _ms_flush(buf: np.ndarray, pos: int, room: int, used: int, acc: int) -> tuple[int, int, int, int]:
+    """Whole MagSgn bytes out of the accumulator; a byte after 0xFF holds seven.  State: (pos, room, used, acc)."""
     while used >= room:
         byte = acc & ((1 << room) - 1)
         buf[pos] = byte
@@ -188,188 +203,199 @@ def _uvlc_code(uvlc: np.ndarray, u0: int, u1: int, first: int, second: int, sing
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _quad_encode(coef: np.ndarray, y: int, x: int, h: int, w: int, vals: np.ndarray, exps: np.ndarray
-                 ) -> tuple[int, int]:
-    """Significance pattern and largest exponent of the quad at (y, x); v and E per sample into the arrays."""
-    rho = 0
-    emax = 0
-    for n in range(4):
-        yy = y + (n & 1)
-        xx = x + (n >> 1)
-        vals[n] = 0
-        exps[n] = 0
-        if yy < h and xx < w:
-            c = coef[yy, xx]
-            if c:
-                mag = -c if c < 0 else c
-                rho |= 1 << n
-                e = _bit_length(2 * mag - 1)
-                exps[n] = e
-                vals[n] = 2 * (mag - 1) + (1 if c < 0 else 0)
-                if e > emax:
-                    emax = e
-    return rho, emax
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _quad_code(table: np.ndarray, cq: int, rho: int, emax: int, kappa: int, exps: np.ndarray
-               ) -> tuple[int, int, int]:
-    """The quad's CxtVLC table entry, its u and its exponent bound U."""
-    bound = max(emax, kappa)
-    u = bound - kappa
-    emb = 0
-    if u > 0:
-        for n in range(4):
-            if exps[n] == emax and (rho >> n) & 1:
-                emb |= 1 << n
-    return table[(cq << 8) | (rho << 4) | emb], u, bound
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _quad_magsgn(ms: np.ndarray, rho: int, bound: int, ek: int, vals: np.ndarray, pos: int, room: int, used: int,
-                 acc: int) -> tuple[int, int, int, int]:
-    for n in range(4):
-        if (rho >> n) & 1:
-            m = bound - ((ek >> n) & 1)
-            pos, room, used, acc = _ms_put(ms, pos, room, used, acc, vals[n] & ((1 << m) - 1), m)
-    return pos, room, used, acc
+def _samples(row: np.ndarray, v: np.ndarray, t: np.ndarray) -> None:
+    """``v = 2 (mu - 1) + sign`` and ``t = 2 mu - 1`` (0 where mu = 0) of one row of samples."""
+    for x in range(row.size):
+        c = np.int64(row[x])
+        mag = abs(c)
+        t[x] = max(2 * mag - 1, 0)
+        v[x] = 2 * mag - 2 + (c < 0)
 
 
 @njit(cache=True, nogil=True)
-def _encode_block(coef: np.ndarray, ms: np.ndarray, mel: np.ndarray, vlc: np.ndarray, st: np.ndarray,
-                  e_prev: np.ndarray, s_prev: np.ndarray, e_cur: np.ndarray, s_cur: np.ndarray,
-                  vals: np.ndarray, exps: np.ndarray, enc0: np.ndarray, enc1: np.ndarray, uvlc: np.ndarray,
-                  out: np.ndarray) -> int:
-    """Code one block's cleanup pass into `out`; its length, 0 for an all-zero block, -1 if `out` is too small."""
-    h, w = coef.shape
-    st[:] = 0
-    st[_MEL_FREE] = 8
-    # vlc[0] is the last byte of the segment, which holds Scup; the low nibble of the next one is Scup's too.
+def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: int, ms: np.ndarray,
+                  mel: np.ndarray, vlc: np.ndarray, t_prev: np.ndarray, t_cur: np.ndarray, v0: np.ndarray,
+                  v1: np.ndarray, t0: np.ndarray, t1: np.ndarray, mel_events: np.ndarray, enc0: np.ndarray,
+                  enc1: np.ndarray, uvlc: np.ndarray, uvlc_pair: np.ndarray, out: np.ndarray) -> int:
+    """Code one block's cleanup pass into `out`; its length, 0 for an all-zero block, -1 if `out` is too small.
+
+    Each row of quads is first turned into v and t = 2 mu - 1 per sample
+    (``v0``, ``t0`` its top row, ``v1``, ``t1`` its bottom row, zero beyond
+    the block to a whole pair of quads), so the quad loop reads its
+    neighbours without bounds tests and takes one bit length per quad.
+    ``t_prev`` holds t of the bottom samples of the row of quads above,
+    one column of padding on the left.
+    """
+    w4 = (w + 3) & ~3
+    # vlc[_u(0)] is the last byte of the segment, which holds Scup; the low nibble of the next one is Scup's too.
     v_pos, v_acc, v_n, v_high = 1, 0xF, 4, 1
     ms_pos, ms_room, ms_used, ms_acc = 0, 8, 0, 0
-    any_significant = False
-    # Exponents and significance of the bottom row of the previous row of quads, one column of padding each side.
-    e_prev[:w + 3] = 0
-    s_prev[:w + 3] = 0
-    vals0 = vals[0:4]
-    vals1 = vals[4:8]
-    exps0 = exps[0:4]
-    exps1 = exps[4:8]
+    events = 0
+    any_significant = 0
+    t_prev[:w4 + 2] = 0
+    t_cur[:w4 + 2] = 0
+    v0[w:w4] = 0
+    v1[w:w4] = 0
+    t0[w:w4] = 0
+    t1[w:w4] = 0
     for y in range(0, h, 2):
         initial = y == 0
         table = enc0 if initial else enc1
-        e_cur[:w + 3] = 0
-        s_cur[:w + 3] = 0
+        _samples(coeffs[comp, y0 + y, x0:x0 + w], v0[:w], t0[:w])
+        if y + 1 < h:
+            _samples(coeffs[comp, y0 + y + 1, x0:x0 + w], v1[:w], t1[:w])
+        else:
+            v1[:w] = 0
+            t1[:w] = 0
         rho_left = 0
         for x in range(0, w, 4):
-            rho0, emax0 = _quad_encode(coef, y, x, h, w, vals0, exps0)
-            has1 = x + 2 < w
-            rho1 = 0
-            emax1 = 0
-            if has1:
-                rho1, emax1 = _quad_encode(coef, y, x + 2, h, w, vals1, exps1)
-            if rho0 or rho1:
-                any_significant = True
-            # Quad 0.
-            kappa0 = 1
-            if initial:
-                cq0 = (rho_left >> 1) | (rho_left & 1)
-            else:
-                cq0 = ((s_prev[x] | s_prev[x + 1]) | (((rho_left >> 2) | (rho_left >> 3)) & 1) << 1
-                       | (s_prev[x + 2] | s_prev[x + 3]) << 2)
-                if rho0 & (rho0 - 1):
-                    kappa0 = max(1, max(max(e_prev[x], e_prev[x + 1]), max(e_prev[x + 2], e_prev[x + 3])) - 1)
-            code0, u0, bound0 = _quad_code(table, cq0, rho0, emax0, kappa0, exps0)
-            length = (code0 >> 8) & 0xF
-            if length:
-                v_pos, v_acc, v_n, v_high = _vlc_put(vlc, v_pos, v_acc, v_n, v_high, code0 & 0xFF, length)
-            if cq0 == 0:
-                _mel_encode(st, mel, rho0 != 0)
-            if rho0:
-                ms_pos, ms_room, ms_used, ms_acc = _quad_magsgn(ms, rho0, bound0, code0 >> 12, vals0, ms_pos, ms_room,
-                                                                ms_used, ms_acc)
-                e_cur[x + 1] = exps0[1]
-                e_cur[x + 2] = exps0[3]
-                s_cur[x + 1] = (rho0 >> 1) & 1
-                s_cur[x + 2] = (rho0 >> 3) & 1
+            # The two quads of the pair (the second if the block has it); the left neighbour of the second is
+            # the first.  The writers are written out in the loop: numba counts references to an array
+            # handed to a function, which would cost more than the writing.
+            if rho_left == 0 and (t0[_u(x)] | t1[_u(x)] | t0[_u(x + 1)] | t1[_u(x + 1)] | t0[_u(x + 2)] | t1[_u(x + 2)] | t0[_u(x + 3)]
+                                  | t1[_u(x + 3)]) == 0 and (initial or (t_prev[_u(x)] | t_prev[_u(x + 1)] | t_prev[_u(x + 2)]
+                                                                     | t_prev[_u(x + 3)] | t_prev[_u(x + 4)]
+                                                                     | t_prev[_u(x + 5)]) == 0):
+                # Nothing significant in the pair nor around it: context 0, so a MEL event 0 per quad only.
+                mel_events[_u(events)] = 0
+                mel_events[_u(events + 1)] = 0
+                events += 2 if x + 2 < w else 1
+                t_cur[_u(x + 1)] = 0
+                t_cur[_u(x + 2)] = 0
+                t_cur[_u(x + 3)] = 0
+                t_cur[_u(x + 4)] = 0
+                continue
+            cwd = 0
+            n = 0
+            u0 = 0
             u1 = 0
-            if has1:
-                kappa1 = 1
+            for q in range(2):
+                qx = x + 2 * q
+                if q and qx >= w:
+                    break
+                a, b, c, d = t0[_u(qx)], t1[_u(qx)], t0[_u(qx + 1)], t1[_u(qx + 1)]
+                rho = (a != 0) | (b != 0) << 1 | (c != 0) << 2 | (d != 0) << 3
+                emax = _bit_length(max(max(a, b), max(c, d)))
+                kappa = 1
                 if initial:
-                    cq1 = (rho0 >> 1) | (rho0 & 1)
+                    cq = (rho_left >> 1) | (rho_left & 1)
                 else:
-                    cq1 = ((s_prev[x + 2] | s_prev[x + 3]) | (((rho0 >> 2) | (rho0 >> 3)) & 1) << 1
-                           | (s_prev[x + 4] | s_prev[x + 5]) << 2)
-                    if rho1 & (rho1 - 1):
-                        kappa1 = max(1, max(max(e_prev[x + 2], e_prev[x + 3]),
-                                            max(e_prev[x + 4], e_prev[x + 5])) - 1)
-                code1, u1, bound1 = _quad_code(table, cq1, rho1, emax1, kappa1, exps1)
-                length = (code1 >> 8) & 0xF
-                if length:
-                    v_pos, v_acc, v_n, v_high = _vlc_put(vlc, v_pos, v_acc, v_n, v_high, code1 & 0xFF, length)
-                if cq1 == 0:
-                    _mel_encode(st, mel, rho1 != 0)
-                if rho1:
-                    ms_pos, ms_room, ms_used, ms_acc = _quad_magsgn(ms, rho1, bound1, code1 >> 12, vals1, ms_pos,
-                                                                    ms_room, ms_used, ms_acc)
-                    e_cur[x + 3] = exps1[1]
-                    e_cur[x + 4] = exps1[3]
-                    s_cur[x + 3] = (rho1 >> 1) & 1
-                    s_cur[x + 4] = (rho1 >> 3) & 1
-                rho_left = rho1
+                    cq = (((t_prev[_u(qx)] | t_prev[_u(qx + 1)]) != 0) | (((rho_left >> 2) | (rho_left >> 3)) & 1) << 1
+                          | ((t_prev[_u(qx + 2)] | t_prev[_u(qx + 3)]) != 0) << 2)
+                    if rho & (rho - 1):
+                        kappa = max(1, _bit_length(max(max(t_prev[_u(qx)], t_prev[_u(qx + 1)]),
+                                                       max(t_prev[_u(qx + 2)], t_prev[_u(qx + 3)]))) - 1)
+                bound = max(emax, kappa)
+                u = bound - kappa
+                emb = 0
+                if u > 0:
+                    # A sample's E reaches the quad's largest when its t is at least 2**(E - 1).
+                    top = 1 << (emax - 1)
+                    emb = (a >= top) | (b >= top) << 1 | (c >= top) << 2 | (d >= top) << 3
+                code = table[_u((cq << 8) | (rho << 4) | emb)]
+                cwd |= (code & 0xFF) << n
+                n += (code >> 8) & 0xF
+                mel_events[_u(events)] = rho != 0
+                events += cq == 0
+                if rho:
+                    # MagSgn: the low U (U - 1 where e_k is set) bits of v of each significant sample.  The
+                    # accumulator holds fewer than 32 bits between samples, so 31 more always fit.
+                    ek = code >> 12
+                    for k in range(4):
+                        m = (bound - ((ek >> k) & 1)) * ((rho >> k) & 1)
+                        v = v1[_u(qx + (k >> 1))] if k & 1 else v0[_u(qx + (k >> 1))]
+                        ms_acc |= (v & ((1 << m) - 1)) << ms_used
+                        ms_used += m
+                        if ms_used >= 32:
+                            low = ms_acc & 0xFFFFFFFF
+                            flipped = low ^ 0xFFFFFFFF
+                            if ms_room == 8 and ((flipped - 0x01010101) & ~flipped & 0x80808080) == 0:
+                                # Four whole bytes at once when none is 0xFF (nor follows one).
+                                ms[_u(ms_pos)] = low & 0xFF
+                                ms[_u(ms_pos + 1)] = (low >> 8) & 0xFF
+                                ms[_u(ms_pos + 2)] = (low >> 16) & 0xFF
+                                ms[_u(ms_pos + 3)] = low >> 24
+                                ms_pos += 4
+                                ms_used -= 32
+                                ms_acc >>= 32
+                            else:
+                                ms_pos, ms_room, ms_used, ms_acc = _ms_flush(ms, ms_pos, ms_room, ms_used, ms_acc)
+                t_cur[_u(qx + 1)] = b
+                t_cur[_u(qx + 2)] = d
+                if q:
+                    u1 = u
+                else:
+                    u0 = u
+                any_significant |= rho
+                rho_left = rho
+            if initial and u0 > 0 and u1 > 0:
+                both = min(u0, u1) > 2
+                mel_events[_u(events)] = both
+                events += 1
+                if both:
+                    ucwd, un = _uvlc_code(uvlc, u0, u1, u0 - 2, u1 - 2, False)
+                elif u0 > 2:
+                    ucwd, un = _uvlc_code(uvlc, u0, u1, u0, u1, True)
+                else:
+                    ucwd, un = _uvlc_code(uvlc, u0, u1, u0, u1, False)
             else:
-                rho_left = rho0
-            if u0 or u1:
-                if initial and u0 > 0 and u1 > 0:
-                    both = min(u0, u1) > 2
-                    _mel_encode(st, mel, both)
-                    if both:
-                        cwd, n = _uvlc_code(uvlc, u0, u1, u0 - 2, u1 - 2, False)
-                    elif u0 > 2:
-                        cwd, n = _uvlc_code(uvlc, u0, u1, u0, u1, True)
+                pair = uvlc_pair[_u(u0 * 75 + u1)]
+                ucwd, un = pair & 0xFFFFFFFF, pair >> 32
+            # VLC bits of the pair (38 at most); bytes written once 24 bits are pending.
+            v_acc |= (cwd | ucwd << n) << v_n
+            v_n += n + un
+            if v_n >= 24:
+                while v_n >= 8:
+                    if v_high and (v_acc & 0x7F) == 0x7F:
+                        byte = 0x7F
+                        v_acc >>= 7
+                        v_n -= 7
                     else:
-                        cwd, n = _uvlc_code(uvlc, u0, u1, u0, u1, False)
-                else:
-                    cwd, n = _uvlc_code(uvlc, u0, u1, u0, u1, False)
-                v_pos, v_acc, v_n, v_high = _vlc_put(vlc, v_pos, v_acc, v_n, v_high, cwd, n)
-        e_prev, e_cur = e_cur, e_prev
-        s_prev, s_cur = s_cur, s_prev
+                        byte = v_acc & 0xFF
+                        v_acc >>= 8
+                        v_n -= 8
+                    vlc[_u(v_pos)] = byte
+                    v_pos += 1
+                    v_high = 1 if byte > 0x8F else 0
+        t_prev, t_cur = t_cur, t_prev
     if not any_significant:
         return 0
+    v_pos, v_acc, v_n, v_high = _vlc_bytes(vlc, v_pos, v_acc, v_n, v_high)
+    mel_pos, mel_free, mel_tmp, mel_run = _mel_code(mel_events, events, mel)
     # A last seven bits of ones after a byte above 0x8F make a byte of their own.
     if v_high and v_n >= 7 and (v_acc & 0x7F) == 0x7F:
-        vlc[v_pos] = 0x7F
+        vlc[_u(v_pos)] = 0x7F
         v_pos += 1
         v_acc >>= 7
         v_n -= 7
     # Terminate MEL and VLC, fusing their last bytes where their bits agree.
-    if st[_MEL_RUN] > 0:
-        _mel_bit(st, mel, 1)
-    free = st[_MEL_FREE]
-    mel_tmp = (st[_MEL_TMP] << free) & 0xFF
-    mel_mask = (0xFF << free) & 0xFF
+    if mel_run > 0:
+        mel_pos, mel_free, mel_tmp = _mel_bit(mel, mel_pos, mel_free, mel_tmp, 1)
+    mel_last = (mel_tmp << mel_free) & 0xFF
+    mel_mask = (0xFF << mel_free) & 0xFF
     vlc_mask = 0xFF >> (8 - v_n)
     if mel_mask | vlc_mask:
-        vlc_tmp = v_acc
-        fuse = mel_tmp | vlc_tmp
-        if ((fuse ^ mel_tmp) & mel_mask) == 0 and ((fuse ^ vlc_tmp) & vlc_mask) == 0 and fuse != 0xFF \
+        vlc_last = v_acc
+        fuse = mel_last | vlc_last
+        if ((fuse ^ mel_last) & mel_mask) == 0 and ((fuse ^ vlc_last) & vlc_mask) == 0 and fuse != 0xFF \
                 and v_pos > 1:
-            mel[st[_MEL_POS]] = fuse
-            st[_MEL_POS] += 1
+            mel[mel_pos] = fuse
+            mel_pos += 1
         else:
-            mel[st[_MEL_POS]] = mel_tmp
-            st[_MEL_POS] += 1
-            vlc[v_pos] = vlc_tmp
+            mel[mel_pos] = mel_last
+            mel_pos += 1
+            vlc[_u(v_pos)] = vlc_last
             v_pos += 1
     # Terminate MagSgn: pad with ones; a last byte of all ones (or a dangling 0xFF) is left out.
+    ms_pos, ms_room, ms_used, ms_acc = _ms_flush(ms, ms_pos, ms_room, ms_used, ms_acc)
     if ms_used:
         last = ms_acc | (((1 << (ms_room - ms_used)) - 1) << ms_used)
         if last != 0xFF:
-            ms[ms_pos] = last
+            ms[_u(ms_pos)] = last
             ms_pos += 1
     elif ms_room == 7:
         ms_pos -= 1
-    n_ms, n_mel, n_vlc = ms_pos, st[_MEL_POS], v_pos
+    n_ms, n_mel, n_vlc = ms_pos, mel_pos, v_pos
     scup = n_mel + n_vlc
     total = n_ms + scup
     if total > out.size or scup > MAX_SCUP:
@@ -377,7 +403,7 @@ def _encode_block(coef: np.ndarray, ms: np.ndarray, mel: np.ndarray, vlc: np.nda
     out[:n_ms] = ms[:n_ms]
     out[n_ms:n_ms + n_mel] = mel[:n_mel]
     for i in range(n_vlc):
-        out[total - 1 - i] = vlc[i]
+        out[total - 1 - i] = vlc[_u(i)]
     out[total - 1] = scup >> 4
     out[total - 2] = (out[total - 2] & 0xF0) | (scup & 0xF)
     return total
@@ -388,23 +414,25 @@ def encode_blocks(coeffs: np.ndarray, blocks: np.ndarray, out: np.ndarray, offse
                   results: np.ndarray) -> int:
     """Code every listed code-block (see the module docstring); 0, or -1-i if block i overflowed."""
     most = 4
+    widest = 4
     for k in range(blocks.shape[0]):
         most = max(most, blocks[k, 3] * blocks[k, 4], blocks[k, 4] + 8)
+        widest = max(widest, blocks[k, 4])
     ms = np.empty(most * 5 + 16, dtype=np.uint8)
     mel = np.empty(most + 16, dtype=np.uint8)
     vlc = np.empty(most * 4 + 16, dtype=np.uint8)
-    st = np.zeros(16, dtype=np.int64)
-    e_prev = np.zeros(most + 8, dtype=np.int64)
-    s_prev = np.zeros(most + 8, dtype=np.int64)
-    e_cur = np.zeros(most + 8, dtype=np.int64)
-    s_cur = np.zeros(most + 8, dtype=np.int64)
-    vals = np.zeros(8, dtype=np.int64)
-    exps = np.zeros(8, dtype=np.int64)
+    t_prev = np.zeros(widest + 8, dtype=np.int64)
+    t_cur = np.zeros(widest + 8, dtype=np.int64)
+    v0 = np.zeros(widest + 4, dtype=np.int64)
+    v1 = np.zeros(widest + 4, dtype=np.int64)
+    t0 = np.zeros(widest + 4, dtype=np.int64)
+    t1 = np.zeros(widest + 4, dtype=np.int64)
+    mel_events = np.zeros(most + 16, dtype=np.uint8)
     for k in range(blocks.shape[0]):
         comp, y0, x0, h, w = blocks[k, 0], blocks[k, 1], blocks[k, 2], blocks[k, 3], blocks[k, 4]
         window = out[offsets[k]:offsets[k + 1]]
-        length = _encode_block(coeffs[comp, y0:y0 + h, x0:x0 + w], ms, mel, vlc, st, e_prev, s_prev, e_cur,
-                               s_cur, vals, exps, _ENC0, _ENC1, _UVLC, window)
+        length = _encode_block(coeffs, comp, y0, x0, h, w, ms, mel, vlc, t_prev, t_cur, v0, v1, t0, t1,
+                               mel_events, _ENC0, _ENC1, _UVLC, _UVLC_PAIR, window)
         if length < 0:
             return -1 - k
         results[k, 0] = length
@@ -415,81 +443,46 @@ def encode_blocks(coeffs: np.ndarray, blocks: np.ndarray, out: np.ndarray, offse
 
 # ----------------------------------------------------------------------------- decoder
 
-# MEL reader state, one int64 array (pos, end, byte, bits left, last 0xFF, k, run, one pending); the
-# MagSgn and VLC readers keep theirs in local variables.
-_RL_POS, _RL_END, _RL_BYTE, _RL_BITS, _RL_FF, _RL_K, _RL_RUN, _RL_ONE = 0, 1, 2, 3, 4, 5, 6, 7
+_UVLC_PREFIX = tables.uvlc_prefix_table()
+_SUFFIX_BITS = np.array([0, 0, 0, 1, 0, 5], dtype=np.int64)  # U-VLC suffix bits after each prefix value
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _ms_get(data: np.ndarray, end: int, pos: int, acc: int, bits: int, ff: int, m: int
-            ) -> tuple[int, int, int, int, int]:
-    """`m` MagSgn bits (lowest first; seven from a byte after 0xFF; 0xFF past the end): (value, state...)."""
-    if bits < m:
-        while bits <= 48:
-            d = data[pos] if pos < end else 0xFF
-            pos += 1
-            if ff:
-                acc |= (d & 0x7F) << bits
-                bits += 7
-            else:
-                acc |= d << bits
-                bits += 8
-            ff = 1 if d == 0xFF else 0
-    v = acc & ((1 << m) - 1)
-    return v, pos, acc >> m, bits - m, ff
+@njit(cache=True, nogil=True)
+def _mel_event(data: np.ndarray, end: int, pos: int, byte: int, bits: int, ff: int, k: int, run: int, one: int
+               ) -> tuple[int, int, int, int, int, int, int, int]:
+    """The next MEL event: (event, pos, byte, bits, ff, k, run of zero events left, a one event pending).
 
-
-@njit(cache=True, nogil=True, inline="always")
-def _vlc_fill(data: np.ndarray, start: int, pos: int, acc: int, bits: int, high: int
-              ) -> tuple[int, int, int, int]:
-    """At least 49 VLC bits in `acc`, read backward (zeros before the start)."""
-    while bits <= 48:
-        d = data[pos] if pos >= start else 0
-        pos -= 1
-        if high and (d & 0x7F) == 0x7F:
-            acc |= (d & 0x7F) << bits
-            bits += 7
-        else:
-            acc |= d << bits
-            bits += 8
-        high = 1 if d > 0x8F else 0
-    return pos, acc, bits, high
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _mel_read_bit(rs: np.ndarray, data: np.ndarray) -> int:
-    if rs[_RL_BITS] == 0:
-        pos = rs[_RL_POS]
-        d = data[pos] if pos < rs[_RL_END] else 0xFF
-        rs[_RL_POS] = pos + 1
-        rs[_RL_BITS] = 7 if rs[_RL_FF] else 8
-        rs[_RL_BYTE] = d
-        rs[_RL_FF] = 1 if d == 0xFF else 0
-    rs[_RL_BITS] -= 1
-    return (rs[_RL_BYTE] >> rs[_RL_BITS]) & 1
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _mel_event(rs: np.ndarray, data: np.ndarray) -> int:
+    Bits are read highest first, seven from a byte after 0xFF, 0xFF past
+    the end; a symbol is a 1 (a run of ``2**exp`` zero events) or a 0 and a
+    run of ``exp`` bits followed by a one event.
+    """
     while True:
-        if rs[_RL_RUN] > 0:
-            rs[_RL_RUN] -= 1
-            return 0
-        if rs[_RL_ONE]:
-            rs[_RL_ONE] = 0
-            return 1
-        k = rs[_RL_K]
+        if run > 0:
+            return 0, pos, byte, bits, ff, k, run - 1, one
+        if one:
+            return 1, pos, byte, bits, ff, k, run, 0
         e = _MEL_EXP[k]
-        if _mel_read_bit(rs, data):
-            rs[_RL_RUN] = 1 << e
-            rs[_RL_K] = min(12, k + 1)
+        if bits == 0:
+            byte = data[_u(pos)] if pos < end else 0xFF
+            pos += 1
+            bits = 7 if ff else 8
+            ff = 1 if byte == 0xFF else 0
+        bits -= 1
+        if (byte >> bits) & 1:
+            run = 1 << e
+            k = min(12, k + 1)
         else:
-            r = 0
+            run = 0
             for _ in range(e):
-                r = (r << 1) | _mel_read_bit(rs, data)
-            rs[_RL_RUN] = r
-            rs[_RL_ONE] = 1
-            rs[_RL_K] = max(0, k - 1)
+                if bits == 0:
+                    byte = data[_u(pos)] if pos < end else 0xFF
+                    pos += 1
+                    bits = 7 if ff else 8
+                    ff = 1 if byte == 0xFF else 0
+                bits -= 1
+                run = (run << 1) | ((byte >> bits) & 1)
+            one = 1
+            k = max(0, k - 1)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -521,76 +514,111 @@ def _uvlc_extension(acc: int, bits: int, u: int) -> tuple[int, int, int]:
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _quad_samples(data: np.ndarray, end: int, pos: int, acc: int, bits: int, ff: int, entry: int, bound: int,
-                  p: int, coef: np.ndarray, y: int, x: int, h: int, w: int, exps: np.ndarray
-                  ) -> tuple[int, int, int, int]:
-    """Read the MagSgn bits of a quad, write its samples and the exponents of its two bottom samples."""
-    rho = (entry >> 4) & 0xF
-    ek = (entry >> 9) & 0xF
-    e1 = (entry >> 13) & 0xF
-    for n in range(4):
-        exps[n] = 0
-        if (rho >> n) & 1:
-            m = bound - ((ek >> n) & 1)
-            v, pos, acc, bits, ff = _ms_get(data, end, pos, acc, bits, ff, m)
-            v |= ((e1 & ek) >> n & 1) << m
-            if n & 1:  # the next row of quads looks at the exponents of the bottom samples only
-                exps[n] = _bit_length(v | 1)
-            yy = y + (n & 1)
-            xx = x + (n >> 1)
-            if yy < h and xx < w:
-                mu = (v >> 1) + 1
-                if p:
-                    mu = ((2 * mu + 1) << (p - 1))
-                coef[yy, xx] = -mu if v & 1 else mu
-    return pos, acc, bits, ff
+def _uvlc_pair(acc: int, bits: int, mode: int) -> tuple[int, int, int, int]:
+    """u of the quads of a pair that send one (`mode` bit 0: the first, bit 1: the second), table-driven:
+    prefixes, suffixes, extensions.  (u0, u1, acc, bits)."""
+    entry = _UVLC_PREFIX[(mode << 6) | (acc & 63)]
+    pre0 = entry & 0xF
+    pre1 = (entry >> 4) & 0xF
+    used = entry >> 8
+    n0 = _SUFFIX_BITS[pre0]
+    n1 = _SUFFIX_BITS[pre1]
+    u0 = pre0 + ((acc >> used) & ((1 << n0) - 1))
+    used += n0
+    u1 = pre1 + ((acc >> used) & ((1 << n1) - 1))
+    used += n1
+    x0 = 4 if u0 >= 33 else 0  # a five-bit suffix of 28..31 is followed by four bits of extension
+    x1 = 4 if u1 >= 33 else 0
+    u0 += ((acc >> used) & ((1 << x0) - 1)) << 2
+    used += x0
+    u1 += ((acc >> used) & ((1 << x1) - 1)) << 2
+    used += x1
+    return u0, u1, acc >> used, bits - used
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _sample(v: int, p: int) -> int:
+    """The coefficient of a sample with MagSgn value `v` (its implied top bit included), below `p` zero planes."""
+    mu = (v >> 1) + 1
+    if p:
+        mu = ((2 * mu + 1) << (p - 1))
+    return -mu if v & 1 else mu
 
 
 @njit(cache=True, nogil=True)
-def _decode_block(coef: np.ndarray, data: np.ndarray, start: int, length: int, p: int, rs: np.ndarray,
-                  e_prev: np.ndarray, s_prev: np.ndarray, e_cur: np.ndarray, s_cur: np.ndarray,
-                  exps: np.ndarray, dec0: np.ndarray, dec1: np.ndarray) -> int:
-    h, w = coef.shape
+def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: int, data: np.ndarray, start: int,
+                  length: int, p: int, t_prev: np.ndarray, t_cur: np.ndarray, dec0: np.ndarray, dec1: np.ndarray
+                  ) -> int:
+    """Decode one cleanup segment into the zeroed ``coeffs[comp, y0:y0 + h, x0:x0 + w]``; 0 or an error code.
+
+    ``t_prev`` holds ``t = 2 mu - 1`` of the bottom samples of the row of
+    quads above (0 where not significant), one column of padding on the left.
+    """
     if length < 2:
         return -1
     end = start + length
-    scup = (data[end - 1] << 4) | (data[end - 2] & 0xF)
+    scup = (data[_u(end - 1)] << 4) | (data[_u(end - 2)] & 0xF)
     if scup < 2 or scup > length or scup > MAX_SCUP:
         return -1
-    rs[:] = 0
-    rs[_RL_POS] = end - scup
-    rs[_RL_END] = end
+    mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one = end - scup, 0, 0, 0, 0, 0, 0
     ms_end = end - scup
     ms_pos, ms_acc, ms_bits, ms_ff = start, 0, 0, 0
     # The VLC starts in the upper nibble of the last-but-one byte.
-    d = data[end - 2] >> 4
+    d = data[_u(end - 2)] >> 4
     v_bits = 3 if (d & 7) == 7 else 4
     v_acc = d & ((1 << v_bits) - 1)
-    v_high = 1 if (data[end - 2] | 0xF) > 0x8F else 0
+    v_high = 1 if (data[_u(end - 2)] | 0xF) > 0x8F else 0
     v_pos = end - 3
     v_start = end - scup
-    e_prev[:w + 3] = 0
-    s_prev[:w + 3] = 0
-    exps0 = exps[0:4]
-    exps1 = exps[4:8]
+    w4 = (w + 3) & ~3
+    t_prev[:w4 + 2] = 0
     for y in range(0, h, 2):
         initial = y == 0
         lut = dec0 if initial else dec1
-        e_cur[:w + 3] = 0
-        s_cur[:w + 3] = 0
+        t_cur[:w4 + 2] = 0
+        below = y + 1 < h
+        row0 = coeffs[comp, y0 + y, x0:x0 + w]
+        row1 = coeffs[comp, y0 + y + 1, x0:x0 + w] if below else row0
         rho_left = 0
         for x in range(0, w, 4):
-            # Enough VLC bits for both codewords and both U-VLC codes of the pair (at most 14 + 25).
-            v_pos, v_acc, v_bits, v_high = _vlc_fill(data, v_start, v_pos, v_acc, v_bits, v_high)
             has1 = x + 2 < w
+            if rho_left == 0 and mel_run > has1 and (initial or (t_prev[_u(x)] | t_prev[_u(x + 1)] | t_prev[_u(x + 2)]
+                                                                 | t_prev[_u(x + 3)] | t_prev[_u(x + 4)]
+                                                                 | t_prev[_u(x + 5)]) == 0):
+                # Nothing significant around the pair and MEL zero events pending for both quads (context 0).
+                mel_run -= 2 if has1 else 1
+                continue
+            # Enough VLC bits for both codewords and both U-VLC codes of the pair (at most 14 + 24), read
+            # backward (zeros before the start).  The readers are written out in the loop: numba counts
+            # references to an array handed to a function, which would cost more than the reading.
+            while v_bits <= 48:
+                d = data[_u(v_pos)] if v_pos >= v_start else 0
+                v_pos -= 1
+                if v_high and (d & 0x7F) == 0x7F:
+                    v_acc |= (d & 0x7F) << v_bits
+                    v_bits += 7
+                else:
+                    v_acc |= d << v_bits
+                    v_bits += 8
+                v_high = 1 if d > 0x8F else 0
             if initial:
                 cq0 = (rho_left >> 1) | (rho_left & 1)
             else:
-                cq0 = ((s_prev[x] | s_prev[x + 1]) | (((rho_left >> 2) | (rho_left >> 3)) & 1) << 1
-                       | (s_prev[x + 2] | s_prev[x + 3]) << 2)
+                cq0 = (((t_prev[_u(x)] | t_prev[_u(x + 1)]) != 0) | (((rho_left >> 2) | (rho_left >> 3)) & 1) << 1
+                       | ((t_prev[_u(x + 2)] | t_prev[_u(x + 3)]) != 0) << 2)
             entry0 = 0
-            if cq0 != 0 or _mel_event(rs, data):
-                entry0 = lut[(cq0 << 7) | (v_acc & 0x7F)]
+            event = 1
+            if cq0 == 0:
+                if mel_run > 0:
+                    mel_run -= 1
+                    event = 0
+                elif mel_one:
+                    mel_one = 0
+                else:
+                    event, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one = _mel_event(
+                        data, end, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one)
+            if event:
+                entry0 = lut[_u((cq0 << 7) | (v_acc & 0x7F))]
                 if entry0 == 0:
                     return -2
                 v_acc >>= entry0 & 0xF
@@ -602,99 +630,130 @@ def _decode_block(coef: np.ndarray, data: np.ndarray, start: int, length: int, p
                 if initial:
                     cq1 = (rho0 >> 1) | (rho0 & 1)
                 else:
-                    cq1 = ((s_prev[x + 2] | s_prev[x + 3]) | (((rho0 >> 2) | (rho0 >> 3)) & 1) << 1
-                           | (s_prev[x + 4] | s_prev[x + 5]) << 2)
-                if cq1 != 0 or _mel_event(rs, data):
-                    entry1 = lut[(cq1 << 7) | (v_acc & 0x7F)]
+                    cq1 = (((t_prev[_u(x + 2)] | t_prev[_u(x + 3)]) != 0) | (((rho0 >> 2) | (rho0 >> 3)) & 1) << 1
+                           | ((t_prev[_u(x + 4)] | t_prev[_u(x + 5)]) != 0) << 2)
+                event = 1
+                if cq1 == 0:
+                    if mel_run > 0:
+                        mel_run -= 1
+                        event = 0
+                    elif mel_one:
+                        mel_one = 0
+                    else:
+                        event, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one = _mel_event(
+                            data, end, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one)
+                if event:
+                    entry1 = lut[_u((cq1 << 7) | (v_acc & 0x7F))]
                     if entry1 == 0:
                         return -2
                     v_acc >>= entry1 & 0xF
                     v_bits -= entry1 & 0xF
                 rho1 = (entry1 >> 4) & 0xF
-            off0 = (entry0 >> 8) & 1
-            off1 = (entry1 >> 8) & 1
+            mode = ((entry0 >> 8) & 1) | ((entry1 >> 7) & 2)
             u0 = 0
             u1 = 0
-            if initial and off0 and off1:
-                if _mel_event(rs, data):
+            if mode:
+                add = 0
+                if initial and mode == 3:
+                    event, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one = _mel_event(
+                        data, end, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one)
+                    add = 2 if event else 0
+                if add == 0 and initial and mode == 3 and (v_acc & 3) == 0:
+                    # A first prefix of 3 or more: the second quad's u is 1 or 2, in one bit.
                     pre0, v_acc, v_bits = _uvlc_prefix(v_acc, v_bits)
-                    pre1, v_acc, v_bits = _uvlc_prefix(v_acc, v_bits)
+                    u1 = 1 + (v_acc & 1)
+                    v_acc >>= 1
+                    v_bits -= 1
                     u0, v_acc, v_bits = _uvlc_suffix(v_acc, v_bits, pre0)
-                    u1, v_acc, v_bits = _uvlc_suffix(v_acc, v_bits, pre1)
                     u0, v_acc, v_bits = _uvlc_extension(v_acc, v_bits, u0)
-                    u1, v_acc, v_bits = _uvlc_extension(v_acc, v_bits, u1)
-                    u0 += 2
-                    u1 += 2
                 else:
-                    pre0, v_acc, v_bits = _uvlc_prefix(v_acc, v_bits)
-                    if pre0 > 2:
-                        u1 = 1 + (v_acc & 1)
-                        v_acc >>= 1
-                        v_bits -= 1
-                        u0, v_acc, v_bits = _uvlc_suffix(v_acc, v_bits, pre0)
-                        u0, v_acc, v_bits = _uvlc_extension(v_acc, v_bits, u0)
-                    else:
-                        pre1, v_acc, v_bits = _uvlc_prefix(v_acc, v_bits)
-                        u0, v_acc, v_bits = _uvlc_suffix(v_acc, v_bits, pre0)
-                        u1, v_acc, v_bits = _uvlc_suffix(v_acc, v_bits, pre1)
-                        u0, v_acc, v_bits = _uvlc_extension(v_acc, v_bits, u0)
-                        u1, v_acc, v_bits = _uvlc_extension(v_acc, v_bits, u1)
-            elif off0 or off1:
-                pre0 = 0
-                pre1 = 0
-                if off0:
-                    pre0, v_acc, v_bits = _uvlc_prefix(v_acc, v_bits)
-                if off1:
-                    pre1, v_acc, v_bits = _uvlc_prefix(v_acc, v_bits)
-                if off0:
-                    u0, v_acc, v_bits = _uvlc_suffix(v_acc, v_bits, pre0)
-                if off1:
-                    u1, v_acc, v_bits = _uvlc_suffix(v_acc, v_bits, pre1)
-                if off0:
-                    u0, v_acc, v_bits = _uvlc_extension(v_acc, v_bits, u0)
-                if off1:
-                    u1, v_acc, v_bits = _uvlc_extension(v_acc, v_bits, u1)
+                    u0, u1, v_acc, v_bits = _uvlc_pair(v_acc, v_bits, mode)
+                    u0 += add
+                    u1 += add
             # Exponent bounds, then the samples.
             kappa0 = 1
             kappa1 = 1
             if not initial:
-                if rho0 & (rho0 - 1):
-                    kappa0 = max(1, max(max(e_prev[x], e_prev[x + 1]), max(e_prev[x + 2], e_prev[x + 3])) - 1)
-                if rho1 & (rho1 - 1):
-                    kappa1 = max(1, max(max(e_prev[x + 2], e_prev[x + 3]), max(e_prev[x + 4], e_prev[x + 5])) - 1)
+                above0 = max(max(t_prev[_u(x)], t_prev[_u(x + 1)]), t_prev[_u(x + 2)])
+                above1 = max(max(t_prev[_u(x + 3)], t_prev[_u(x + 4)]), t_prev[_u(x + 5)])
+                kappa0 = max(1, _bit_length(max(above0, t_prev[_u(x + 3)])) - 1) if rho0 & (rho0 - 1) else 1
+                kappa1 = max(1, _bit_length(max(above1, t_prev[_u(x + 2)])) - 1) if rho1 & (rho1 - 1) else 1
             bound0 = u0 + kappa0
             bound1 = u1 + kappa1
             if bound0 + p > MAX_BOUND or bound1 + p > MAX_BOUND:
                 return -3
-            if rho0:
-                ms_pos, ms_acc, ms_bits, ms_ff = _quad_samples(data, ms_end, ms_pos, ms_acc, ms_bits, ms_ff, entry0,
-                                                               bound0, p, coef, y, x, h, w, exps0)
-                e_cur[x + 1] = exps0[1]
-                e_cur[x + 2] = exps0[3]
-                s_cur[x + 1] = (rho0 >> 1) & 1
-                s_cur[x + 2] = (rho0 >> 3) & 1
-            if rho1:
-                ms_pos, ms_acc, ms_bits, ms_ff = _quad_samples(data, ms_end, ms_pos, ms_acc, ms_bits, ms_ff, entry1,
-                                                               bound1, p, coef, y, x + 2, h, w, exps1)
-                e_cur[x + 3] = exps1[1]
-                e_cur[x + 4] = exps1[3]
-                s_cur[x + 3] = (rho1 >> 1) & 1
-                s_cur[x + 4] = (rho1 >> 3) & 1
+            for q in range(2):
+                entry = entry1 if q else entry0
+                rho = (entry >> 4) & 0xF
+                if rho == 0:
+                    continue
+                bound = bound1 if q else bound0
+                qx = x + 2 * q
+                ek = (entry >> 9) & 0xF
+                e = (entry >> 13) & ek
+                m0 = (bound - (ek & 1)) * (rho & 1)
+                m1 = (bound - ((ek >> 1) & 1)) * ((rho >> 1) & 1)
+                m2 = (bound - ((ek >> 2) & 1)) * ((rho >> 2) & 1)
+                m3 = (bound - ((ek >> 3) & 1)) * ((rho >> 3) & 1)
+                # MagSgn bits, at least 49 after a refill: one refill for a quad with U of 12 or less, else two.
+                v0 = v1 = v2 = v3 = 0
+                for half in range(2):
+                    if half == 0 or bound > 12:
+                        while ms_bits <= 48:
+                            d = data[_u(ms_pos)] if ms_pos < ms_end else 0xFF
+                            ms_pos += 1
+                            if ms_ff:
+                                ms_acc |= (d & 0x7F) << ms_bits
+                                ms_bits += 7
+                            else:
+                                ms_acc |= d << ms_bits
+                                ms_bits += 8
+                            ms_ff = 1 if d == 0xFF else 0
+                    if half == 0:
+                        v0 = ms_acc & ((1 << m0) - 1)
+                        ms_acc >>= m0
+                        v1 = ms_acc & ((1 << m1) - 1)
+                        ms_acc >>= m1
+                        ms_bits -= m0 + m1
+                    else:
+                        v2 = ms_acc & ((1 << m2) - 1)
+                        ms_acc >>= m2
+                        v3 = ms_acc & ((1 << m3) - 1)
+                        ms_acc >>= m3
+                        ms_bits -= m2 + m3
+                v0 |= (e & 1) << m0
+                v1 |= ((e >> 1) & 1) << m1
+                v2 |= ((e >> 2) & 1) << m2
+                v3 |= ((e >> 3) & 1) << m3
+                # The next row of quads looks at the exponents of the bottom samples only (E = bit length of t).
+                t_cur[_u(qx + 1)] = (v1 | 1) * ((rho >> 1) & 1)
+                t_cur[_u(qx + 2)] = (v3 | 1) * ((rho >> 3) & 1)
+                right = qx + 1 < w
+                if right and below:  # the whole quad is inside: no test per sample (0 where not significant)
+                    row0[_u(qx)] = _sample(v0, p) * (rho & 1)
+                    row1[_u(qx)] = _sample(v1, p) * ((rho >> 1) & 1)
+                    row0[_u(qx + 1)] = _sample(v2, p) * ((rho >> 2) & 1)
+                    row1[_u(qx + 1)] = _sample(v3, p) * ((rho >> 3) & 1)
+                    continue
+                if rho & 1:
+                    row0[_u(qx)] = _sample(v0, p)
+                if rho & 2 and below:
+                    row1[_u(qx)] = _sample(v1, p)
+                if rho & 4 and right:
+                    row0[_u(qx + 1)] = _sample(v2, p)
+                if rho & 8 and below and right:
+                    row1[_u(qx + 1)] = _sample(v3, p)
             rho_left = rho1 if has1 else rho0
-        e_prev, e_cur = e_cur, e_prev
-        s_prev, s_cur = s_cur, s_prev
+        t_prev, t_cur = t_cur, t_prev
     return 0
 
 
 @njit(cache=True, nogil=True)
 def decode_blocks(coeffs: np.ndarray, blocks: np.ndarray, segments: np.ndarray, data: np.ndarray) -> int:
-    """Decode every listed code-block's cleanup segment into `coeffs` (see the module docstring)."""
-    rs = np.zeros(24, dtype=np.int64)
-    e_prev = np.zeros(1024 + 8, dtype=np.int64)
-    s_prev = np.zeros(1024 + 8, dtype=np.int64)
-    e_cur = np.zeros(1024 + 8, dtype=np.int64)
-    s_cur = np.zeros(1024 + 8, dtype=np.int64)
-    exps = np.zeros(8, dtype=np.int64)
+    """Decode every listed code-block's cleanup segment into `coeffs`, zero beforehand (see the module
+    docstring)."""
+    t_prev = np.zeros(1024 + 8, dtype=np.int64)
+    t_cur = np.zeros(1024 + 8, dtype=np.int64)
     for k in range(blocks.shape[0]):
         comp, y0, x0, h, w = blocks[k, 0], blocks[k, 1], blocks[k, 2], blocks[k, 3], blocks[k, 4]
         planes, first, count = blocks[k, 6], blocks[k, 8], blocks[k, 9]
@@ -704,8 +763,8 @@ def decode_blocks(coeffs: np.ndarray, blocks: np.ndarray, segments: np.ndarray, 
             return -4
         if h * w > 4096 or h > 1024 or w > 1024:
             return -5
-        status = _decode_block(coeffs[comp, y0:y0 + h, x0:x0 + w], data, segments[first, 0], segments[first, 1],
-                               planes - 1, rs, e_prev, s_prev, e_cur, s_cur, exps, _DEC0, _DEC1)
+        status = _decode_block(coeffs, comp, y0, x0, h, w, data, segments[first, 0], segments[first, 1],
+                               planes - 1, t_prev, t_cur, _DEC0, _DEC1)
         if status:
             return status
     return 0

@@ -189,3 +189,51 @@ def uvlc_table() -> np.ndarray:
     for u in range(1, 75):
         table[u] = uvlc_code(u)
     return table
+
+
+def uvlc_pair_table() -> np.ndarray:
+    """The U-VLC bits of two quads of a pair outside the first row, index ``u0 * 75 + u1`` (0..74 each).
+
+    A quad with u = 0 sends nothing; the bits run prefix, prefix, suffix,
+    suffix, extension, extension (T.814 C.3.3).  Each value packs the bits
+    (at most 24) and, from bit 32, their count.
+    """
+    codes = [uvlc_code(u) if u else (0, 0, 0, 0, 0, 0) for u in range(75)]
+    table = np.zeros(75 * 75, dtype=np.int64)
+    for u0 in range(75):
+        for u1 in range(75):
+            bits = n = 0
+            for field in range(3):
+                for code in (codes[u0], codes[u1]):
+                    bits |= code[2 * field] << n
+                    n += code[2 * field + 1]
+            table[u0 * 75 + u1] = bits | n << 32
+    return table
+
+
+def uvlc_prefix_table() -> np.ndarray:
+    """Decoding of the U-VLC prefixes of a pair of quads, index ``mode << 6 | next six bits`` (first bit lowest).
+
+    `mode` has bit 0 set when the first quad sends a u (u_off = 1), bit 1
+    for the second; the prefixes come first, the first quad's first.  Each
+    value packs the two prefix values (1, 2, 3 or 5 as in
+    :func:`uvlc_code`'s u for a suffix of 0; 0 for a quad that sends none)
+    in bits 0..3 and 4..7 and the prefix bits read in bits 8 and up.
+    """
+    def prefix(bits: int) -> tuple[int, int]:
+        for value, length in ((1, 1), (2, 2), (3, 3)):
+            if bits >> (length - 1) & 1:
+                return value, length
+        return 5, 3
+
+    table = np.zeros(4 << 6, dtype=np.int32)
+    for mode in range(4):
+        for bits in range(64):
+            pre0 = pre1 = used = 0
+            if mode & 1:
+                pre0, used = prefix(bits)
+            if mode & 2:
+                pre1, n = prefix(bits >> used)
+                used += n
+            table[mode << 6 | bits] = pre0 | pre1 << 4 | used << 8
+    return table

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -25,6 +26,7 @@ from gateway.dicom.lean import KEPT_GROUPS, KEPT_TAGS, read_lean, restore
 from gateway.spool import Spool
 from gateway.worker import process_instance
 from tests.conftest import build_config, pydicom_file
+from tests.fuzzing import EDITS, apply_edits
 from tests.images import make_dataset
 
 
@@ -163,3 +165,19 @@ def test_files_the_lean_reading_does_not_cover_are_left_to_pydicom(tmp_path: Pat
     assert read_lean(garbage) is None
     monkeypatch.setattr(gateway.dicom.lean, "MAX_LEAN_BYTES", len(data) - 1)
     assert read_lean(explicit) is None, "large files: pydicom leaves Pixel Data in the file"
+
+
+_SEED = _bytes(_grey())
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(edits=EDITS)
+def test_damaged_files_are_read_lean_or_left_to_pydicom(tmp_path: Path, edits) -> None:
+    """Any bytes: the lean reading returns a dataset whose Pixel Data lies inside the file, or None; never raises."""
+    data = apply_edits(_SEED, edits)
+    path = tmp_path / "damaged.dcm"
+    path.write_bytes(data)
+    lean = read_lean(path)
+    if lean is not None and lean.pixel_span is not None:
+        start, end = lean.pixel_span
+        assert 0 <= start < end <= len(data) and data[start:start + 4] == b"\xe0\x7f\x10\x00"

@@ -50,8 +50,11 @@ STATUS_RANGE = 1
 
 @njit(cache=True, nogil=True, inline="always")
 def _sign_class(bias):
-    """0 for 0, 1 for positive, 2 for negative `bias` (no branch: its sign is unpredictable)."""
-    return np.int64(bias > 0) + 2 * np.int64(bias < 0)
+    if bias > 0:
+        return 1
+    if bias < 0:
+        return 2
+    return 0
 
 
 @njit(cache=True, nogil=True)
@@ -69,38 +72,31 @@ def _code_plane(encoding, est, buf, dst, data, plane, maxv, ctx, te, err, bm):
         p = r ^ 1
         if encoding:
             buf = grow(buf, est[4] + est[3] + 16 + cols * 96)
-        # The neighbours and the errors made there (docs/private-codec.md 5.1) move along the
-        # row in local variables: each sample reads one new value of the row above from each
-        # array (its NE).
-        if y > 0:
-            n = np.int64(plane[y - 1, 0])
-        else:
-            n = np.int64(0)
-        w = n
-        nw = n
-        te_w = np.int64(te[r, 0])
-        te_nw = np.int64(te[p, 0])
-        te_n = np.int64(te[p, 1])
-        ew0, ew1, ew2, ew3, ew4 = err[0, r, 0], err[1, r, 0], err[2, r, 0], err[3, r, 0], err[4, r, 0]
-        enw0, enw1, enw2, enw3, enw4 = err[0, p, 0], err[1, p, 0], err[2, p, 0], err[3, p, 0], err[4, p, 0]
-        en0, en1, en2, en3, en4 = err[0, p, 1], err[1, p, 1], err[2, p, 1], err[3, p, 1], err[4, p, 1]
         for x in range(cols):
-            if y == 0:
+            # Neighbours and the errors made there (docs/private-codec.md 5.1).
+            if y > 0:
+                n = np.int64(plane[y - 1, x])
+                if x > 0:
+                    w = np.int64(plane[y, x - 1])
+                    nw = np.int64(plane[y - 1, x - 1])
+                else:
+                    w = n
+                    nw = n
+                ne = np.int64(plane[y - 1, x + 1]) if x + 1 < cols else n
+            else:
+                w = np.int64(plane[y, x - 1]) if x > 0 else np.int64(0)
                 n = w
                 nw = w
                 ne = w
-            elif x + 1 < cols:
-                ne = np.int64(plane[y - 1, x + 1])
-            else:
-                ne = n
+            te_w = np.int64(te[r, x])
+            te_n = np.int64(te[p, x + 1])
+            te_nw = np.int64(te[p, x])
             te_ne = np.int64(te[p, x + 2])
-            ene0, ene1, ene2, ene3, ene4 = err[0, p, x + 2], err[1, p, x + 2], err[2, p, x + 2], err[3, p, x + 2], \
-                err[4, p, x + 2]
-            e0 = np.int64(en0) + ew0 + enw0 + ene0
-            e1 = np.int64(en1) + ew1 + enw1 + ene1
-            e2 = np.int64(en2) + ew2 + enw2 + ene2
-            e3 = np.int64(en3) + ew3 + enw3 + ene3
-            e4 = np.int64(en4) + ew4 + enw4 + ene4
+            e0 = np.int64(err[0, p, x + 1]) + err[0, r, x] + err[0, p, x] + err[0, p, x + 2]
+            e1 = np.int64(err[1, p, x + 1]) + err[1, r, x] + err[1, p, x] + err[1, p, x + 2]
+            e2 = np.int64(err[2, p, x + 1]) + err[2, r, x] + err[2, p, x] + err[2, p, x + 2]
+            e3 = np.int64(err[3, p, x + 1]) + err[3, r, x] + err[3, p, x] + err[3, p, x + 2]
+            e4 = np.int64(err[4, p, x + 1]) + err[4, r, x] + err[4, p, x] + err[4, p, x + 2]
             blend8, s0, s1, s2, s3, s4, q, lo, hi = blend(n, w, nw, ne, te_w, te_n, te_nw, te_ne, e0, e1, e2, e3, e4)
             bctx = bias_context(q, n, w, nw, ne, blend8)
             bias = np.int64(bm[bctx])
@@ -116,26 +112,13 @@ def _code_plane(encoding, est, buf, dst, data, plane, maxv, ctx, te, err, bm):
                     return est, buf, dst, status
                 plane[y, x] = value
             v8 = value << 3
-            te_w = pred8 - v8
-            te[r, x + 1] = te_w
-            ew0 = abs(s0 - v8)
-            ew1 = abs(s1 - v8)
-            ew2 = abs(s2 - v8)
-            ew3 = abs(s3 - v8)
-            ew4 = abs(s4 - v8)
-            err[0, r, x + 1] = ew0
-            err[1, r, x + 1] = ew1
-            err[2, r, x + 1] = ew2
-            err[3, r, x + 1] = ew3
-            err[4, r, x + 1] = ew4
+            te[r, x + 1] = pred8 - v8
+            err[0, r, x + 1] = abs(s0 - v8)
+            err[1, r, x + 1] = abs(s1 - v8)
+            err[2, r, x + 1] = abs(s2 - v8)
+            err[3, r, x + 1] = abs(s3 - v8)
+            err[4, r, x + 1] = abs(s4 - v8)
             bm[bctx] = bias_update(bias, v8, blend8)
-            nw = n
-            n = ne
-            w = value
-            te_nw = te_n
-            te_n = te_ne
-            enw0, enw1, enw2, enw3, enw4 = en0, en1, en2, en3, en4
-            en0, en1, en2, en3, en4 = ene0, ene1, ene2, ene3, ene4
     return est, buf, dst, status
 
 

@@ -97,7 +97,6 @@ CLASS_GROUP += (CLASS_GROUP[1],)
 # Sign contexts, per model: activity class x neighbour bias (models 0, 1); model 2: activity
 # class / 2 x neighbour bias x FRACTION_CLASSES places of the prediction between two integers.
 FRACTION_CLASSES = 5
-FRACTION_DIGITS = 0x43321100  # class of fraction -4..3, one hexadecimal digit each (low first)
 N_SIGN = (3 * N_CLASSES, 3 * N_CLASSES, FRACTION_CLASSES * 3 * (N_CLASSES // 2))
 N_BINARY = (N_ZERO[0] + N_SIGN[0], N_ZERO[1] + N_SIGN[1] + N_TOKENS, N_ZERO[2] + N_SIGN[2] + N_TOKENS)
 N_TABLES = N_ZERO  # token tables of a plane, per model
@@ -108,49 +107,31 @@ STATUS_RANGE = 1
 
 @njit(cache=True, nogil=True, inline="always")
 def _sign_class(bias):
-    """0 for 0, 1 for positive, 2 for negative `bias` (no branch: its sign is unpredictable)."""
-    return np.int64(bias > 0) + 2 * np.int64(bias < 0)
+    if bias > 0:
+        return 1
+    if bias < 0:
+        return 2
+    return 0
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _fraction_class(fraction):
-    """Class of ``pred8 - 8 * pred`` (-4..3): -4, -3 | -2, -1 | 0 | 1, 2 | 3.
-
-    Looked up in the hexadecimal digits of FRACTION_DIGITS (digit ``fraction + 4``): no branch."""
-    return (FRACTION_DIGITS >> (4 * (fraction + 4))) & 0xF
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _choose(zc, zf, fine_bits, fine_total):
-    """Model 1: the (coding, learning-only) classes of the zero flag and of the token, given how
-    many bits the fine class's zero flag and how large a total its token table have seen."""
-    if fine_bits >= FINE_BITS:
-        zq, zo = zf, zc
-    else:
-        zq, zo = zc, zf
-    if fine_total >= FINE_TOTAL:
-        tq, to = zf, zc
-    else:
-        tq, to = zc, zf
-    return zq, zo, tq, to
-
-
-# Rows of the encoder's per-row record (see _code_plane).
-_RES, _PRED, _SIGN, _ZQ, _ZO = 0, 1, 2, 3, 4
-_RECORD = 5
+    """Class of ``pred8 - 8 * pred`` (-4..3): -4, -3 | -2, -1 | 0 | 1, 2 | 3."""
+    if fraction <= -3:
+        return 0
+    if fraction < 0:
+        return 1
+    if fraction == 0:
+        return 2
+    if fraction <= 2:
+        return 3
+    return 4
 
 
 @njit(cache=True, nogil=True)
 def _code_plane(encoding, est, buf, dst, data, plane, maxv, tables, bins, te, err, bm, guide, keep, model):
     """Encode (`encoding`) or decode every sample of `plane`; returns (encoder state, buffer,
-    decoder state, status), the state of the other direction passing through untouched.
-
-    Prediction and classes come from one loop in both directions.  The decoder codes each
-    sample as soon as it has its prediction (the next prediction needs the value); the encoder
-    knows every value, so it first predicts a whole row into `record` (residual, prediction,
-    sign context, classes) and then codes the row: the mispredicted branches of the coding
-    no longer stall the prediction, which runs branch-light in its own loop.  Model 1 chooses
-    between its coarse and fine class at coding time (the choice depends on the coded past)."""
+    decoder state, status), the state of the other direction passing through untouched."""
     rows, cols = plane.shape
     status = STATUS_OK
     guided = guide.shape[0] > 0
@@ -159,41 +140,35 @@ def _code_plane(encoding, est, buf, dst, data, plane, maxv, tables, bins, te, er
     mixed = model >= 2
     ctx_sign = N_ZERO[model]
     ctx_mantissa = ctx_sign + N_SIGN[model]
-    record = np.empty((_RECORD, cols if encoding else 0), np.int64)
     for y in range(rows):
         r = y & 1
         p = r ^ 1
-        # The neighbours and the errors made there move along the row in local variables:
-        # each sample reads one new value of the row above from each array (its NE).
-        if y > 0:
-            n = np.int64(plane[y - 1, 0])
-        else:
-            n = np.int64(0)
-        w = n
-        nw = n
-        te_w = np.int64(te[r, 0])
-        te_nw = np.int64(te[p, 0])
-        te_n = np.int64(te[p, 1])
-        ew0, ew1, ew2, ew3, ew4 = err[0, r, 0], err[1, r, 0], err[2, r, 0], err[3, r, 0], err[4, r, 0]
-        enw0, enw1, enw2, enw3, enw4 = err[0, p, 0], err[1, p, 0], err[2, p, 0], err[3, p, 0], err[4, p, 0]
-        en0, en1, en2, en3, en4 = err[0, p, 1], err[1, p, 1], err[2, p, 1], err[3, p, 1], err[4, p, 1]
+        if encoding:
+            buf = grow(buf, est[4] + est[3] + 16 + cols * 12)
         for x in range(cols):
-            if y == 0:
+            if y > 0:
+                n = np.int64(plane[y - 1, x])
+                if x > 0:
+                    w = np.int64(plane[y, x - 1])
+                    nw = np.int64(plane[y - 1, x - 1])
+                else:
+                    w = n
+                    nw = n
+                ne = np.int64(plane[y - 1, x + 1]) if x + 1 < cols else n
+            else:
+                w = np.int64(plane[y, x - 1]) if x > 0 else np.int64(0)
                 n = w
                 nw = w
                 ne = w
-            elif x + 1 < cols:
-                ne = np.int64(plane[y - 1, x + 1])
-            else:
-                ne = n
+            te_w = np.int64(te[r, x])
+            te_n = np.int64(te[p, x + 1])
+            te_nw = np.int64(te[p, x])
             te_ne = np.int64(te[p, x + 2])
-            ene0, ene1, ene2, ene3, ene4 = err[0, p, x + 2], err[1, p, x + 2], err[2, p, x + 2], err[3, p, x + 2], \
-                err[4, p, x + 2]
-            e0 = np.int64(en0) + ew0 + enw0 + ene0
-            e1 = np.int64(en1) + ew1 + enw1 + ene1
-            e2 = np.int64(en2) + ew2 + enw2 + ene2
-            e3 = np.int64(en3) + ew3 + enw3 + ene3
-            e4 = np.int64(en4) + ew4 + enw4 + ene4
+            e0 = np.int64(err[0, p, x + 1]) + err[0, r, x] + err[0, p, x] + err[0, p, x + 2]
+            e1 = np.int64(err[1, p, x + 1]) + err[1, r, x] + err[1, p, x] + err[1, p, x + 2]
+            e2 = np.int64(err[2, p, x + 1]) + err[2, r, x] + err[2, p, x] + err[2, p, x + 2]
+            e3 = np.int64(err[3, p, x + 1]) + err[3, r, x] + err[3, p, x] + err[3, p, x + 2]
+            e4 = np.int64(err[4, p, x + 1]) + err[4, r, x] + err[4, p, x] + err[4, p, x + 2]
             blend8, s0, s1, s2, s3, s4, activity, lo, hi = blend_v2(n, w, nw, ne, te_w, te_n, te_nw, te_ne,
                                                                    e0, e1, e2, e3, e4)
             q = quantise_activity(activity)
@@ -205,13 +180,14 @@ def _code_plane(encoding, est, buf, dst, data, plane, maxv, tables, bins, te, er
             else:
                 sign_ctx = ctx_sign + FRACTION_CLASSES * (3 * (q >> 1) + _sign_class(te_w + te_n))
                 sign_ctx += _fraction_class(pred8 - (pred << 3))
-            # zc: the class that codes (model 0) or the coarse class, zf: -1 or the fine class.
-            zf = -1
+            zo = -1
+            to = -1
             if model == 0:
                 cq = q
                 if guided:
                     cq = quantise_activity(activity + GUIDE_WEIGHT * np.int64(guide[y, x]))
-                zc = cq + N_CLASSES * np.int64(lo == hi)
+                zq = cq + N_CLASSES * np.int64(lo == hi)
+                tq = zq
             else:
                 grad = abs(n - nw) + abs(w - nw) + abs(ne - n)
                 residual = activity - 2 * grad + (grad >> 1)
@@ -220,20 +196,46 @@ def _code_plane(encoding, est, buf, dst, data, plane, maxv, tables, bins, te, er
                 zc = quantise_activity(residual) + N_CLASSES * np.int64(lo == hi)
                 zf = (zc * GRADIENT_CLASSES + quantise_activity(grad) // GRADIENT_STEP) * LEVEL_CLASSES
                 zf += N_COARSE + (pred >> level_shift)
+                # Model 1: the fine class codes once it has learnt enough; until then its coarse
+                # parent does.  Model 2 codes with both (mixed).  Both learn from every sample.
+                if mixed:
+                    zq, zo, tq, to = zc, zf, zc, zf
+                else:
+                    if bins[zf, 2] >= FINE_BITS:
+                        zq, zo = zf, zc
+                    else:
+                        zq, zo = zc, zf
+                    if tables[zf, TOTAL] >= FINE_TOTAL:
+                        tq, to = zf, zc
+                    else:
+                        tq, to = zc, zf
             if encoding:
                 value = np.int64(plane[y, x])
-                record[_RES, x] = value - pred
-                record[_PRED, x] = pred
-                record[_SIGN, x] = sign_ctx
-                record[_ZQ, x] = zc
-                record[_ZO, x] = zf
+                res = value - pred
+                mag = abs(res)
+                if mixed:
+                    est = enc_bit_mixed(est, buf, bins, zq, zo, np.int64(mag != 0))
+                else:
+                    est = enc_bit(est, buf, bins, CTX_ZERO + zq, np.int64(mag != 0))
+                    if zo >= 0:
+                        _adapt_bit(bins, zo, bins[zo, 0], bins[zo, 1], np.int64(mag != 0))
+                if mag != 0:
+                    token, nraw = token_of(mag - 1)
+                    if mixed:
+                        est = enc_token_mixed(est, buf, tables, tq, to, token)
+                    else:
+                        est = enc_token(est, buf, tables, tq, token)
+                        if zo >= 0:
+                            _adapt_table(tables, to, token)
+                    if zo >= 0:
+                        if nraw > 0:
+                            nraw -= 1
+                            est = enc_bit(est, buf, bins, ctx_mantissa + token, ((mag - 1) >> nraw) & 1)
+                    if nraw > 0:
+                        est = enc_chunks(est, buf, mag - 1, nraw)
+                    if mag <= pred and mag <= maxv - pred:
+                        est = enc_bit(est, buf, bins, sign_ctx, np.int64(res < 0))
             else:
-                # The classes that code and those that only learn (-1: none): model 0 codes with
-                # its one class; model 1 with the fine class once it has learnt enough, its coarse
-                # parent until then; model 2 with both (mixed).  Both learn from every sample.
-                zq, zo, tq, to = zc, zf, zc, zf
-                if model == 1:
-                    zq, zo, tq, to = _choose(zc, zf, bins[zf, 2], tables[zf, TOTAL])
                 if mixed:
                     dst, nonzero = dec_bit_mixed(dst, data, bins, zq, zo)
                 else:
@@ -271,61 +273,15 @@ def _code_plane(encoding, est, buf, dst, data, plane, maxv, tables, bins, te, er
                     value = pred - mag if negative else pred + mag
                 plane[y, x] = value
             v8 = value << 3
-            te_w = pred8 - v8
-            te[r, x + 1] = te_w
+            te[r, x + 1] = pred8 - v8
             if keeping:
-                keep[y, x] = abs(te_w)
-            ew0 = abs(s0 - v8)
-            ew1 = abs(s1 - v8)
-            ew2 = abs(s2 - v8)
-            ew3 = abs(s3 - v8)
-            ew4 = abs(s4 - v8)
-            err[0, r, x + 1] = ew0
-            err[1, r, x + 1] = ew1
-            err[2, r, x + 1] = ew2
-            err[3, r, x + 1] = ew3
-            err[4, r, x + 1] = ew4
+                keep[y, x] = abs(pred8 - v8)
+            err[0, r, x + 1] = abs(s0 - v8)
+            err[1, r, x + 1] = abs(s1 - v8)
+            err[2, r, x + 1] = abs(s2 - v8)
+            err[3, r, x + 1] = abs(s3 - v8)
+            err[4, r, x + 1] = abs(s4 - v8)
             bm[bctx] = bias_update(bias, v8, blend8)
-            nw = n
-            n = ne
-            w = value
-            te_nw = te_n
-            te_n = te_ne
-            enw0, enw1, enw2, enw3, enw4 = en0, en1, en2, en3, en4
-            en0, en1, en2, en3, en4 = ene0, ene1, ene2, ene3, ene4
-        if encoding:
-            buf = grow(buf, est[4] + est[3] + 16 + cols * 12)
-            for x in range(cols):
-                res = record[_RES, x]
-                pred = record[_PRED, x]
-                zc = record[_ZQ, x]
-                zf = record[_ZO, x]
-                zq, zo, tq, to = zc, zf, zc, zf
-                if model == 1:
-                    zq, zo, tq, to = _choose(zc, zf, bins[zf, 2], tables[zf, TOTAL])
-                mag = abs(res)
-                if mixed:
-                    est = enc_bit_mixed(est, buf, bins, zq, zo, np.int64(mag != 0))
-                else:
-                    est = enc_bit(est, buf, bins, CTX_ZERO + zq, np.int64(mag != 0))
-                    if zo >= 0:
-                        _adapt_bit(bins, zo, bins[zo, 0], bins[zo, 1], np.int64(mag != 0))
-                if mag != 0:
-                    token, nraw = token_of(mag - 1)
-                    if mixed:
-                        est = enc_token_mixed(est, buf, tables, tq, to, token)
-                    else:
-                        est = enc_token(est, buf, tables, tq, token)
-                        if zo >= 0:
-                            _adapt_table(tables, to, token)
-                    if zo >= 0:
-                        if nraw > 0:
-                            nraw -= 1
-                            est = enc_bit(est, buf, bins, ctx_mantissa + token, ((mag - 1) >> nraw) & 1)
-                    if nraw > 0:
-                        est = enc_chunks(est, buf, mag - 1, nraw)
-                    if mag <= pred and mag <= maxv - pred:
-                        est = enc_bit(est, buf, bins, record[_SIGN, x], np.int64(res < 0))
     return est, buf, dst, status
 
 

@@ -47,15 +47,16 @@ def bit_length(v):
 
 @njit(cache=True, nogil=True, inline="always")
 def quantise_activity(a):
-    """Activity class: 0 for 0, then two classes per octave, capped at N_ACTIVITY - 1.
-
-    Without branches (the class of a noisy neighbourhood is unpredictable): ``2 b - 1`` for
-    ``b = bit_length(a)``, plus the bit below the leading one when there is one (``b >= 2``),
-    then clamped to ``0..N_ACTIVITY - 1`` (the lower clamp turns ``a = 0`` into class 0).
-    """
+    """Activity class: 0 for 0, then two classes per octave, capped at N_ACTIVITY - 1."""
+    if a == 0:
+        return 0
     b = bit_length(a)
-    q = 2 * b - 1 + ((a >> max(b - 2, np.int64(0))) & np.int64(b >= 2))
-    return min(max(q, np.int64(0)), np.int64(N_ACTIVITY - 1))
+    q = 2 * b - 1
+    if b >= 2 and (a >> (b - 2)) & 1:
+        q += 1
+    if q > N_ACTIVITY - 1:
+        q = N_ACTIVITY - 1
+    return q
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -105,16 +106,17 @@ def blend_v2(n, w, nw, ne, te_w, te_n, te_nw, te_ne, e0, e1, e2, e3, e4):
     s4 = (n + ne) << 2
     lo = min(w, min(n, ne))
     hi = max(w, max(n, ne))
-    # Computed also when lo == hi, where the clamp gives lo << 3 whatever the blend: cheaper
-    # than the mispredicted branch that would skip it.
-    w0 = weight_v2(e0)
-    w1 = weight_v2(e1)
-    w2 = weight_v2(e2)
-    w3 = weight_v2(e3)
-    w4 = weight_v2(e4)
-    total = w0 + w1 + w2 + w3 + w4
-    blend8 = _floor_div(w0 * s0 + w1 * s1 + w2 * s2 + w3 * s3 + w4 * s4 + (total >> 1), total)
-    blend8 = min(max(blend8, lo << 3), hi << 3)
+    if lo == hi:
+        blend8 = lo << 3
+    else:
+        w0 = weight_v2(e0)
+        w1 = weight_v2(e1)
+        w2 = weight_v2(e2)
+        w3 = weight_v2(e3)
+        w4 = weight_v2(e4)
+        total = w0 + w1 + w2 + w3 + w4
+        blend8 = _floor_div(w0 * s0 + w1 * s1 + w2 * s2 + w3 * s3 + w4 * s4 + (total >> 1), total)
+        blend8 = min(max(blend8, lo << 3), hi << 3)
     grad = (abs(n - nw) + abs(w - nw) + abs(ne - n)) << 2
     activity = (abs(te_w) + abs(te_n) + abs(te_nw) + abs(te_ne) + min(min(e0, e1), min(min(e2, e3), e4)) + grad) >> 1
     return blend8, s0, s1, s2, s3, s4, activity, lo, hi

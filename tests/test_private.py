@@ -377,6 +377,34 @@ def test_bit_length_and_activity_classes() -> None:
     assert classes == sorted(classes) and classes[0] == 0 and max(classes) == pred.N_ACTIVITY - 1
 
 
+def _spec_class(a: int) -> int:
+    """class(a) as docs/private-codec.md states it."""
+    if a == 0:
+        return 0
+    length = a.bit_length()
+    q = 2 * length - 1 + (1 if length >= 2 and (a >> (length - 2)) & 1 else 0)
+    return min(q, 27)
+
+
+def test_activity_class_follows_the_specification() -> None:
+    values = list(range(0, 1 << 14)) + [2**k + d for k in range(14, 40) for d in (-1, 0, 1, 2**k // 2)]
+    for a in values:
+        assert pred.quantise_activity(a) == _spec_class(a), a
+
+
+def test_sign_and_fraction_classes_follow_the_specification() -> None:
+    from gateway.codecs import _private_planes as planes1
+    from gateway.codecs import _private_planes2 as planes2
+
+    for bias in (-(1 << 21), -5, -1, 0, 1, 7, 1 << 21):
+        expected = 1 if bias > 0 else 2 if bias < 0 else 0
+        assert planes1._sign_class(bias) == expected and planes2._sign_class(bias) == expected
+    table = {-4: 0, -3: 0, -2: 1, -1: 1, 0: 2, 1: 3, 2: 3, 3: 4}  # section 9's table of class_φ
+    for pred8 in range(-40, 200):
+        fraction = pred8 - 8 * ((pred8 + 4) >> 3)
+        assert planes2._fraction_class(fraction) == table[fraction]
+
+
 def test_range_coder_round_trip() -> None:
     from numba import njit
 

@@ -61,7 +61,9 @@ def test_initial_contexts_are_t800_table_d7() -> None:
     mq.reset_contexts(states)
     expected = np.zeros(19, np.int64)
     expected[[0, 17, 18]] = [4, 3, 46]
-    assert np.array_equal(states >> 1, expected) and not (states & 1).any()  # index, MPS
+    # Each context holds Qe << 8 | 2 * index + MPS.
+    assert np.array_equal((states & 0xFF) >> 1, expected) and not (states & 1).any()  # index, MPS
+    assert np.array_equal(states >> 8, mq.QE[expected])
 
 
 def test_packed_context_transitions_follow_table_c2() -> None:
@@ -70,6 +72,10 @@ def test_packed_context_transitions_follow_table_c2() -> None:
         assert mq.S_QE[state] == mq.QE[index]
         assert mq.S_NMPS[state] == 2 * mq.NMPS[index] + mps
         assert mq.S_NLPS[state] == 2 * mq.NLPS[index] + (1 - mps if mq.SWITCH[index] else mps)
+        # The words contexts hold: Qe above the state, and the words of the states after an MPS and an LPS.
+        assert mq.W_STATE[state] == (mq.QE[index] << 8) | state
+        assert mq.W_NEXT[2 * state] == mq.W_STATE[mq.S_NMPS[state]]
+        assert mq.W_NEXT[2 * state + 1] == mq.W_STATE[mq.S_NLPS[state]]
 
 
 def _pattern(h: int = 0, v: int = 0, d: int = 0) -> int:

@@ -48,6 +48,7 @@ DEFAULT_LEVELS = 5  # the smallest corpus total: 4 levels +0.05 %, 6 or 7 levels
 CODE_BLOCK = 6  # 64 x 64
 GUARD_BITS = 2
 PARALLEL_BYTES = 1 << 20  # frames at least this large use two threads for the code-blocks
+PARTS = 8  # runs of code-blocks the two threads share
 
 # Photometric interpretation -> samples per pixel, pixel representations allowed.
 _PROFILES: dict[str, tuple[int, tuple[int, ...]]] = {
@@ -143,10 +144,15 @@ def _each_component(work: Callable[[int], None], components: int, parallel: bool
             work(c)
 
 
-def _halves(sizes: np.ndarray) -> int:
-    """Where to split rows of code-blocks of these sizes into two halves of equal work."""
-    half = int(np.searchsorted(np.cumsum(sizes), sizes.sum() / 2))
-    return min(max(half, 1), len(sizes) - 1)
+def _parts(sizes: np.ndarray) -> list[slice]:
+    """Rows of code-blocks of these sizes cut into PARTS runs of about equal work.
+
+    The two threads take the runs one after the other, so a thread slowed by
+    other processes takes fewer of them (two fixed halves wait for the slower).
+    """
+    cuts = np.searchsorted(np.cumsum(sizes), sizes.sum() * np.arange(1, PARTS) / PARTS)
+    edges = np.unique(np.concatenate([[0], np.clip(cuts, 1, len(sizes) - 1), [len(sizes)]]))
+    return [slice(int(a), int(b)) for a, b in zip(edges, edges[1:])]
 
 
 def _encode_blocks(coder: BlockCoder, coeffs: np.ndarray, rows: np.ndarray, parallel: bool
@@ -172,11 +178,11 @@ def _encode_blocks(coder: BlockCoder, coeffs: np.ndarray, rows: np.ndarray, para
 
     if not parallel or len(rows) < 2:
         return run(slice(None))
-    half = _halves(sizes)  # the kernels' time follows the coefficient count
-    first, second = _threads().map(run, [slice(0, half), slice(half, None)])
-    out = np.concatenate([first[0], second[0]])
-    offsets = np.concatenate([first[1][:-1], second[1] + first[1][-1]])
-    results = np.concatenate([first[2], second[2]])
+    parts = list(_threads().map(run, _parts(sizes)))  # the kernels' time follows the coefficient count
+    starts = np.cumsum([0] + [part[1][-1] for part in parts])
+    out = np.concatenate([part[0] for part in parts])
+    offsets = np.concatenate([part[1][:-1] + start for part, start in zip(parts, starts)] + [starts[-1:]])
+    results = np.concatenate([part[2] for part in parts])
     return out, offsets, results
 
 
@@ -308,8 +314,7 @@ def _decode_blocks(coder: BlockCoder, coeffs: np.ndarray, blocks: np.ndarray, se
     """Every code-block decoded by `coder`, split between two threads for large tiles."""
     if not parallel or len(blocks) < 2:
         return coder.decode_blocks(coeffs, blocks, segments, data)
-    half = _halves(blocks[:, 3] * blocks[:, 4])
-    parts = [blocks[:half], blocks[half:]]
+    parts = [blocks[part] for part in _parts(blocks[:, 3] * blocks[:, 4])]
     statuses = list(_threads().map(lambda part: coder.decode_blocks(coeffs, part, segments, data), parts))
     return next((s for s in statuses if s), 0)
 

@@ -3,8 +3,11 @@
 The helpers are inlined into the tier-1 kernels (:mod:`.t1`); their state
 travels in local integers, returned as tuples, so it stays in registers.
 A context's state is one integer, ``2 * index + MPS``, and the transition
-tables below are indexed by it, so coding a decision reads and writes one
-array element.  Renormalisation shifts by all the bits it needs at once
+tables below are indexed by it; a context holds that state with its Qe in
+the bits above (``Qe << 8 | state``), so coding a decision reads one array
+element for both and, when the state changes, one table element and one
+store (the chain of dependent loads between two decisions in the same
+context is two loads long, not three).  Renormalisation shifts by all the bits it needs at once
 (counted with a leading-zero instruction), stopping only where a byte is
 due.
 
@@ -53,6 +56,12 @@ S_NLPS = np.array([(NLPS[s >> 1] << 1) | ((s & 1) ^ SWITCH[s >> 1]) for s in ran
 # Both transitions in one table: ``S_NEXT[2 * state + lps]``.
 S_NEXT = np.array([t[s] for s in range(94) for t in (S_NMPS, S_NLPS)], dtype=np.int64)
 
+# What a context holds: its state with its Qe above, ``Qe << 8 | state``, so
+# that coding a decision needs one load for both; ``W_NEXT[2 * state + lps]``
+# is the word of the next state.
+W_STATE = (S_QE << 8) | np.arange(94, dtype=np.int64)
+W_NEXT = W_STATE[S_NEXT]
+
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -69,12 +78,12 @@ CX_UNI = 18  # uniform
 
 @njit(cache=True, nogil=True)
 def reset_contexts(states: np.ndarray) -> None:
-    """Initial states of T.800 Table D.7: all 0 with MPS 0, except UNIFORM 46, RL 3, ZC 0 4."""
+    """Initial states of T.800 Table D.7: all 0 with MPS 0, except UNIFORM 46, RL 3, ZC 0 4 (as words)."""
     for i in range(N_CONTEXTS):
-        states[i] = 0
-    states[0] = 4 << 1
-    states[CX_RL] = 3 << 1
-    states[CX_UNI] = 46 << 1
+        states[i] = W_STATE[0]
+    states[0] = W_STATE[4 << 1]
+    states[CX_RL] = W_STATE[3 << 1]
+    states[CX_UNI] = W_STATE[46 << 1]
 
 
 # ----------------------------------------------------------------------------- encoder
@@ -135,7 +144,8 @@ def encode(bit: int, cx: int, states: np.ndarray, a: int, c: int, ct: int, b: in
     mispredicted: most symbols are MPS that need none).
     """
     s = states[u(cx)]
-    qe = S_QE[u(s)]
+    qe = s >> 8
+    s &= 0xFF
     a -= qe
     lps = bit ^ (s & 1)
     keep = (1 if a < qe else 0) ^ lps ^ 1  # 1: C += Qe and A stays; 0: A = Qe
@@ -144,7 +154,7 @@ def encode(bit: int, cx: int, states: np.ndarray, a: int, c: int, ct: int, b: in
     a = qe ^ ((a ^ qe) & mask)
     if a & 0x8000:
         return a, c, ct, b, n
-    states[u(cx)] = S_NEXT[u(2 * s + lps)]
+    states[u(cx)] = W_NEXT[u(2 * s + lps)]
     shift = leading_zeros(np.uint32(a)) - 16
     while shift >= ct:
         a <<= ct
@@ -218,7 +228,8 @@ def decode(cx: int, states: np.ndarray, a: int, c: int, ct: int, pos: int,
     interval update of either sub-interval.
     """
     s = states[u(cx)]
-    qe = S_QE[u(s)]
+    qe = s >> 8
+    s &= 0xFF
     a -= qe
     low = 1 if (c >> 16) < qe else 0  # the code value lies in the lower (Qe) sub-interval
     d = (s & 1) ^ low ^ (1 if a < qe else 0)
@@ -227,7 +238,7 @@ def decode(cx: int, states: np.ndarray, a: int, c: int, ct: int, pos: int,
     a ^= (a ^ qe) & mask
     if a & 0x8000:
         return d, a, c, ct, pos
-    states[u(cx)] = S_NEXT[u(2 * s + (d ^ (s & 1)))]
+    states[u(cx)] = W_NEXT[u(2 * s + (d ^ (s & 1)))]
     shift = leading_zeros(np.uint32(a)) - 16
     while shift > ct:
         a <<= ct

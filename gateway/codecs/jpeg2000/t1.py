@@ -528,9 +528,10 @@ def _decode_block(coef: np.ndarray, orient: int, planes: int, style: int, segs: 
                                 continue
                             m = y0 * w + x
                             for k in range(4):
-                                a, c, ct, pos = _dec_sp(i + k * stride, m + k * w, half, orient, flags, vals, stride,
-                                                        counts, stripe, vcausal and k == 0, raw, states, a, c, ct,
-                                                        pos, data, end)
+                                a, c, ct, pos = _dec_sp(i, m, half, orient, flags, vals, stride, counts, stripe,
+                                                        vcausal and k == 0, raw, states, a, c, ct, pos, data, end)
+                                i += stride
+                                m += w
                     else:
                         for x in range(w):
                             for y in range(y0, h):
@@ -548,9 +549,10 @@ def _decode_block(coef: np.ndarray, orient: int, planes: int, style: int, segs: 
                             if not (flags[u(i)] | flags[u(i + stride)] | flags[u(i + s2)] | flags[u(i + s3)]) & F_SIG:
                                 continue
                             m = y0 * w + x
-                            for k in range(4):
-                                a, c, ct, pos = _dec_mr(i + k * stride, m + k * w, half, flags, vals, raw, states,
-                                                        a, c, ct, pos, data, end)
+                            for _k in range(4):
+                                a, c, ct, pos = _dec_mr(i, m, half, flags, vals, raw, states, a, c, ct, pos, data, end)
+                                i += stride
+                                m += w
                     else:
                         for x in range(w):
                             for y in range(y0, h):
@@ -577,10 +579,13 @@ def _decode_block(coef: np.ndarray, orient: int, planes: int, style: int, segs: 
                                                             vcausal, states, a, c, ct, pos, data, end)
                                 if k == 4:
                                     continue
+                            i += k * stride
+                            m += k * w
                             for kk in range(k, 4):
-                                a, c, ct, pos = _dec_cu(i + kk * stride, m + kk * w, half, orient, flags, vals, stride,
-                                                        counts, stripe, vcausal and kk == 0, states, a, c, ct, pos,
-                                                        data, end)
+                                a, c, ct, pos = _dec_cu(i, m, half, orient, flags, vals, stride, counts, stripe,
+                                                        vcausal and kk == 0, states, a, c, ct, pos, data, end)
+                                i += stride
+                                m += w
                     else:
                         for x in range(w):
                             for y in range(y0, h):

@@ -377,15 +377,6 @@ def test_bit_length_and_activity_classes() -> None:
     assert classes == sorted(classes) and classes[0] == 0 and max(classes) == pred.N_ACTIVITY - 1
 
 
-def _spec_class(a: int) -> int:
-    """class(a) as docs/private-codec.md states it."""
-    if a == 0:
-        return 0
-    length = a.bit_length()
-    q = 2 * length - 1 + (1 if length >= 2 and (a >> (length - 2)) & 1 else 0)
-    return min(q, 27)
-
-
 def test_activity_class_follows_the_specification() -> None:
     values = list(range(0, 1 << 14)) + [2**k + d for k in range(14, 40) for d in (-1, 0, 1, 2**k // 2)]
     for a in values:
@@ -728,6 +719,7 @@ def _spec_token_base(token: int) -> tuple[int, int]:
 
 
 def _spec_class(a: int) -> int:
+    """class(a) as docs/private-codec.md states it."""
     if a == 0:
         return 0
     length = a.bit_length()

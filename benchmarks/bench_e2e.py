@@ -29,7 +29,11 @@ series), on both paths.  ``--generate 500`` adds a generated 500-slice
 512 x 512 CT series (16-bit, 12 bits stored, smooth anatomy-like values
 with noise) to the corpus series; ``--only-generated`` measures it alone.
 "acknowledged" is the rate at which storescu got its answers (what a
-modality waits for), compared with the direct path's.  ``--memory 300``
+modality waits for), compared with the direct path's.  The notes give the
+CPU each path uses per image (direct: storescu and Orthanc; gateway: storescu,
+the gateway and Orthanc) beside what the machine's cores supply per image at
+the direct path's rate: a path needing more CPU than that cannot match the
+direct rate on this machine, however its work is scheduled.  ``--memory 300``
 also measures, in a separate process, the peak resident memory of the
 worker's processing of one generated multi-frame object of that many
 megabytes (VmHWM, minus the process's size before it), as a multiple of
@@ -49,6 +53,7 @@ import argparse
 import csv
 import json
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -255,6 +260,12 @@ def _cpu_seconds(pid: int) -> float:
     return total
 
 
+def _peers_cpu(orthanc: Orthanc) -> float:
+    """CPU seconds used so far by Orthanc and by the storescu processes this benchmark has waited for."""
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return _cpu_seconds(orthanc.process.pid) + reaped.ru_utime + reaped.ru_stime
+
+
 def _children(pid: int) -> list[int]:
     """Child processes of `pid`, whichever of its threads started them."""
     found = []
@@ -397,17 +408,22 @@ def main() -> None:
                     bare_times: list[float] = []
                     timings = {syntax: {"ack": [], "folder": [], "orthanc": []} for syntax in args.syntax}
                     cpu = dict.fromkeys(args.syntax, 0.0)
+                    path_cpu = dict.fromkeys(args.syntax, 0.0)  # storescu + gateway + Orthanc
+                    direct_cpu = 0.0  # storescu + Orthanc
                     syntaxes = {}
                     for _ in range(args.runs):  # interleaved: direct, then each gateway, every round
                         orthanc.clear()
+                        before = _peers_cpu(orthanc)
                         direct.append(storescu(orthanc.dicom_port, "ORTHANC", parts))
                         wait_count(orthanc, len(files))
+                        direct_cpu += _peers_cpu(orthanc) - before
                         bare_times.append(storescu(bare_port, "BARE", parts))
                         for syntax, (gw_root, process, port) in gateways.items():
                             orthanc.clear()
                             shutil.rmtree(gw_root / "archive", ignore_errors=True)
                             time.sleep(0.5)  # the log's timestamps are wall clock: runs must not overlap
                             cpu_before = _cpu_seconds(process.pid)
+                            peers_before = _peers_cpu(orthanc)
                             started = time.time()
                             timings[syntax]["ack"].append(storescu(port, "GATEWAY", parts))
                             wait_count(orthanc, len(files))
@@ -420,9 +436,16 @@ def main() -> None:
                             if args.folder:
                                 timings[syntax]["folder"].append(last_forwarded(log, started, "folder") - started)
                             timings[syntax]["orthanc"].append(last_forwarded(log, started, "orthanc") - started)
-                            cpu[syntax] += _cpu_seconds(process.pid) - cpu_before
+                            used = _cpu_seconds(process.pid) - cpu_before
+                            cpu[syntax] += used
+                            path_cpu[syntax] += used + _peers_cpu(orthanc) - peers_before
                             syntaxes[syntax] = check_pixels(orthanc, folder, syntax)
                     best_direct = min(direct)
+                    images = args.runs * len(files)
+                    notes.append(f"{name}, {streams} stream(s), direct: storescu + Orthanc use "
+                                 f"{1000 * direct_cpu / images:.1f} ms of CPU per image; at the direct path's "
+                                 f"best rate the machine's {os.cpu_count()} cores give "
+                                 f"{1000 * os.cpu_count() * best_direct / len(files):.1f} ms per image")
                     rows.append((name, streams, len(files), mb, "", "direct storescu -> Orthanc", best_direct, None))
                     rows.append((name, streams, len(files), mb, "", "storescu -> bare pynetdicom SCP", min(bare_times),
                                  best_direct / min(bare_times)))
@@ -439,7 +462,8 @@ def main() -> None:
                             print("measured:", row[:2], row[4:6], f"{row[6]:.2f} s", f"x direct {row[7]:.2f}",
                                   flush=True)
                         notes.append(f"{name}, {streams} stream(s), {syntax}: gateway CPU (service + worker "
-                                     f"processes) {1000 * cpu[syntax] / (args.runs * len(files)):.1f} ms per image; "
+                                     f"processes) {1000 * cpu[syntax] / images:.1f} ms per image, whole path "
+                                     f"(storescu + gateway + Orthanc) {1000 * path_cpu[syntax] / images:.1f} ms; "
                                      f"Orthanc received {syntaxes[syntax]}")
             finally:
                 for _, process, _ in gateways.values():

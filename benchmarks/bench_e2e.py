@@ -33,7 +33,11 @@ modality waits for), compared with the direct path's.  The notes give the
 CPU each path uses per image (direct: storescu and Orthanc; gateway: storescu,
 the gateway and Orthanc) beside what the machine's cores supply per image at
 the direct path's rate: a path needing more CPU than that cannot match the
-direct rate on this machine, however its work is scheduled.  ``--memory 300``
+direct rate on this machine, however its work is scheduled.  "pixel work
+alone" is the thread CPU per image of the worker's recompression with
+verification (decode the original, encode, decode with ours and with the
+independent decoder), timed in the benchmark's own process on up to 24
+images of the series: the floor under any gateway that verifies as ours.  ``--memory 300``
 also measures, in a separate process, the peak resident memory of the
 worker's processing of one generated multi-frame object of that many
 megabytes (VmHWM, minus the process's size before it), as a multiple of
@@ -260,6 +264,28 @@ def _cpu_seconds(pid: int) -> float:
     return total
 
 
+def pixel_work_ms(files: list[Path], syntax: str, sample: int = 24) -> float:
+    """Thread CPU ms per image of the worker's pixel work alone, in this process, best of three passes.
+
+    ``recompress`` with verification: decoding the original, our encode, our
+    decode and the independent decode of the result, with their hashes.  No
+    network, file or record work: the least any gateway that verifies as
+    ours does must spend per image.
+    """
+    from gateway.pipeline.policy import recompress
+
+    step = max(1, len(files) // sample)
+    datasets = [dcmread(path) for path in files[::step][:sample]]
+    recompress(datasets[0], syntax, verify=True)  # warm-up: imports, kernel caches
+    best = float("inf")
+    for _ in range(3):
+        started = time.thread_time()
+        for ds in datasets:
+            recompress(ds, syntax, verify=True)
+        best = min(best, time.thread_time() - started)
+    return 1000 * best / len(datasets)
+
+
 def _peers_cpu(orthanc: Orthanc) -> float:
     """CPU seconds used so far by Orthanc and by the storescu processes this benchmark has waited for."""
     reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -463,7 +489,8 @@ def main() -> None:
                                   flush=True)
                         notes.append(f"{name}, {streams} stream(s), {syntax}: gateway CPU (service + worker "
                                      f"processes) {1000 * cpu[syntax] / images:.1f} ms per image, whole path "
-                                     f"(storescu + gateway + Orthanc) {1000 * path_cpu[syntax] / images:.1f} ms; "
+                                     f"(storescu + gateway + Orthanc) {1000 * path_cpu[syntax] / images:.1f} ms, "
+                                     f"pixel work alone {pixel_work_ms(files, syntax):.1f} ms; "
                                      f"Orthanc received {syntaxes[syntax]}")
             finally:
                 for _, process, _ in gateways.values():

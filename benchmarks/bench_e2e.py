@@ -286,6 +286,34 @@ def pixel_work_ms(files: list[Path], syntax: str, sample: int = 24) -> float:
     return 1000 * best / len(datasets)
 
 
+def durable_write_ms(folder: Path, size: int = 300_000, count: int = 30) -> float:
+    """Median ms to make a file of `size` bytes durable as a reception is: write, fsync, rename, fsync the folder.
+
+    Measured in `folder` (where the gateways' spools are), so on their disk:
+    a modality sending on one association waits at least this long per image
+    for a gateway that answers only once the instance is on disk.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    data = os.urandom(size)
+    times = []
+    for index in range(count):
+        started = time.perf_counter()
+        temporary = folder / f"{index}.part"
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        temporary.rename(folder / f"{index}.dcm")
+        directory = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+        times.append(time.perf_counter() - started)
+    shutil.rmtree(folder, ignore_errors=True)
+    return 1000 * sorted(times)[count // 2]
+
+
 def _peers_cpu(orthanc: Orthanc) -> float:
     """CPU seconds used so far by Orthanc and by the storescu processes this benchmark has waited for."""
     reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -382,6 +410,7 @@ def main() -> None:
     if STORESCU is None:
         sys.exit("DCMTK's storescu is not installed (Debian package 'dcmtk')")
     root = Path(tempfile.mkdtemp(prefix="bench_e2e_"))
+    durable = durable_write_ms(root / "durable")
     series: list[tuple[str, Path, float]] = []  # name, folder, raw pixel MB
     if not args.only_generated:
         corpus = corpus_dir()
@@ -516,6 +545,8 @@ def main() -> None:
         print(f"{name:<34} {streams:>7} {count:>6} {mb:>6.1f}  {syntax:<16} {path:<36} {seconds:>7.2f} "
               f"{count / seconds:>7.1f} {mb / seconds:>7.1f} {ratio_text:>8}")
     print()
+    print(f"A reception made durable on this disk (write 300 KB, fsync, rename, fsync the folder): "
+          f"{durable:.1f} ms, median of 30")
     for note in notes:
         print(note)
     if rows:

@@ -83,7 +83,6 @@ def encode(frame: np.ndarray, info: FrameInfo, *, rpcl: bool = False, levels: in
     if reason is not None:
         raise UnsupportedImageError(reason)
     frame = check_frame(frame, info)
-    j2k.check_values(frame, info)
     rows, cols = info.rows, info.columns
     if levels is None:
         levels = levels_for(rows, cols, rpcl)

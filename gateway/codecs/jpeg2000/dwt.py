@@ -69,6 +69,8 @@ def _forward_line(src: np.ndarray, dst: np.ndarray, n: int, odd: int) -> tuple[i
     update: ``x[k] += (x[k-1] + x[k+1] + 2) >> 2`` on the low-pass ones,
     mirrored at the ends (whole-sample symmetric extension).  Returns the
     bitwise or of the low-pass and of the high-pass magnitudes written.
+    The samples at the ends, which mirror, are done apart so that the loops
+    over the others have no tests.
     """
     if n == 1:
         if odd:
@@ -79,47 +81,95 @@ def _forward_line(src: np.ndarray, dst: np.ndarray, n: int, odd: int) -> tuple[i
         dst[0] = v
         return abs(v), 0
     nl = (n - odd + 1) >> 1
+    nh = n - nl
     low = 0
     high = 0
-    j = nl
-    for k in range(1 - odd, n, 2):
-        left = k - 1 if k > 0 else 1
-        right = k + 1 if k + 1 < n else n - 2
-        v = src[_u(k)] - ((src[_u(left)] + src[_u(right)]) >> 1)
-        dst[_u(j)] = v
+    # High-pass sample i is at k = 1 - odd + 2 i; it mirrors when k = 0 (i = 0, odd) or k = n - 1.
+    first = odd
+    last = nh - 1 if 1 - odd + 2 * (nh - 1) == n - 1 else nh
+    if odd:
+        v = np.int64(src[0]) - src[1]
+        dst[_u(nl)] = v
         high |= abs(v)
-        j += 1
-    j = 0
-    for k in range(odd, n, 2):
-        left = k - 1 if k > 0 else 1
-        right = k + 1 if k + 1 < n else n - 2
-        v = src[_u(k)] + ((dst[_u(_high(left, odd, nl))] + dst[_u(_high(right, odd, nl))] + 2) >> 2)
-        dst[_u(j)] = v
+    for i in range(first, last):
+        k = 1 - odd + 2 * i
+        v = src[_u(k)] - ((np.int64(src[_u(k - 1)]) + src[_u(k + 1)]) >> 1)
+        dst[_u(nl + i)] = v
+        high |= abs(v)
+    if last < nh and last >= first:
+        v = np.int64(src[_u(n - 1)]) - src[_u(n - 2)]
+        dst[_u(nl + last)] = v
+        high |= abs(v)
+    # Low-pass sample i is at k = odd + 2 i, its neighbours the high-pass ones odd + i - 1 and odd + i;
+    # it mirrors when k = 0 (i = 0, not odd) or k = n - 1.
+    base = nl + odd
+    first = 1 - odd
+    last = nl - 1 if odd + 2 * (nl - 1) == n - 1 else nl
+    if not odd:
+        v = src[0] + ((np.int64(dst[_u(nl)]) * 2 + 2) >> 2)
+        dst[0] = v
         low |= abs(v)
-        j += 1
+    for i in range(first, last):
+        v = src[_u(odd + 2 * i)] + ((np.int64(dst[_u(base + i - 1)]) + dst[_u(base + i)] + 2) >> 2)
+        dst[_u(i)] = v
+        low |= abs(v)
+    if last < nl and last >= first:
+        v = src[_u(n - 1)] + ((np.int64(dst[_u(base + last - 1)]) * 2 + 2) >> 2)
+        dst[_u(last)] = v
+        low |= abs(v)
     return low, high
 
 
 @njit(cache=True, nogil=True)
-def _inverse_line(src: np.ndarray, dst: np.ndarray, n: int, odd: int) -> None:
-    """Interleave ``src[:n]`` (low half first) into ``dst[:n]``, undoing the lifting."""
+def _inverse_line(src: np.ndarray, dst: np.ndarray, n: int, odd: int, low: np.ndarray) -> None:
+    """Interleave ``src[:n]`` (low half first) into ``dst[:n]``, undoing the lifting.
+
+    The low-pass samples are first undone into the scratch line `low`, then
+    written with the high-pass ones pair by pair (two neighbouring outputs
+    per step, which the compiler vectorises, where one loop per parity
+    would store every other sample); the ends, which mirror, are done apart.
+    """
     if n == 1:
         v = src[0]
         dst[0] = (v // 2 if v >= 0 else -((-v) // 2)) if odd else v
         return
     nl = (n - odd + 1) >> 1
-    j = 0
-    for k in range(odd, n, 2):  # undo the update: low-pass samples
-        left = k - 1 if k > 0 else 1
-        right = k + 1 if k + 1 < n else n - 2
-        dst[_u(k)] = src[_u(j)] - ((src[_u(_high(left, odd, nl))] + src[_u(_high(right, odd, nl))] + 2) >> 2)
-        j += 1
-    j = nl
-    for k in range(1 - odd, n, 2):  # undo the prediction: high-pass samples
-        left = k - 1 if k > 0 else 1
-        right = k + 1 if k + 1 < n else n - 2
-        dst[_u(k)] = src[_u(j)] + ((dst[_u(left)] + dst[_u(right)]) >> 1)
-        j += 1
+    nh = n - nl
+    base = nl + odd
+    # Undo the update: low-pass sample i (at k = odd + 2 i) from the high-pass ones odd + i - 1 and odd + i.
+    first = 1 - odd
+    last = nl - 1 if odd + 2 * (nl - 1) == n - 1 else nl
+    if not odd:
+        low[0] = src[0] - ((np.int64(src[_u(nl)]) * 2 + 2) >> 2)
+    for i in range(first, last):
+        low[_u(i)] = src[_u(i)] - ((np.int64(src[_u(base + i - 1)]) + src[_u(base + i)] + 2) >> 2)
+    if last < nl and last >= first:
+        low[_u(last)] = src[_u(last)] - ((np.int64(src[_u(base + last - 1)]) * 2 + 2) >> 2)
+    # Undo the prediction: high-pass sample j (at k = 1 - odd + 2 j) from the low-pass ones j - odd and
+    # j + 1 - odd, written beside them.
+    if not odd:
+        for j in range(min(nh, nl - 1)):
+            a = low[_u(j)]
+            dst[_u(2 * j)] = a
+            dst[_u(2 * j + 1)] = src[_u(nl + j)] + ((np.int64(a) + low[_u(j + 1)]) >> 1)
+        if n % 2 == 0:  # the last sample is high-pass: it mirrors
+            a = low[_u(nh - 1)]
+            dst[_u(n - 2)] = a
+            dst[_u(n - 1)] = src[_u(nl + nh - 1)] + np.int64(a)
+        else:
+            dst[_u(n - 1)] = low[_u(nl - 1)]
+    else:
+        dst[0] = src[_u(nl)] + np.int64(low[0])
+        for j in range(1, min(nh, nl)):
+            a = low[_u(j - 1)]
+            dst[_u(2 * j - 1)] = a
+            dst[_u(2 * j)] = src[_u(nl + j)] + ((np.int64(a) + low[_u(j)]) >> 1)
+        if nh > nl:  # the last sample is high-pass: it mirrors
+            a = low[_u(nl - 1)]
+            dst[_u(n - 2)] = a
+            dst[_u(n - 1)] = src[_u(nl + nl)] + np.int64(a)
+        else:
+            dst[_u(n - 1)] = low[_u(nl - 1)]
 
 
 # ----------------------------------------------------------------------------- rows and columns
@@ -149,8 +199,9 @@ def _forward_rows(src: np.ndarray, dst: np.ndarray, ya: int, yb: int, w: int, od
 
 @njit(cache=True, nogil=True)
 def _inverse_rows(src: np.ndarray, dst: np.ndarray, ya: int, yb: int, w: int, odd: int) -> None:
+    low = np.empty(w // 2 + 1, dtype=src.dtype)
     for y in range(ya, yb):
-        _inverse_line(src[y], dst[y], w, odd)
+        _inverse_line(src[y], dst[y], w, odd, low)
 
 
 @njit(cache=True, nogil=True)

@@ -134,15 +134,16 @@ PART1 = BlockCoder("JPEG 2000", 0, t1.encode_blocks, t1.decode_blocks, t1.ERRORS
 
 
 @njit(cache=True, nogil=True)
-def _component_planes(frame: np.ndarray, planes: np.ndarray, shift: int, mct: bool) -> int:
-    """``planes[c] = frame[..., c] - shift``, through the reversible colour transform when `mct`.
+def _component_planes(frame: np.ndarray, planes: np.ndarray, ya: int, yb: int, shift: int, mct: bool) -> int:
+    """``planes[c] = frame[..., c] - shift`` on rows ``ya:yb``, through the reversible colour transform when
+    `mct`.
 
     Returns the bitwise or of ``t ^ (t >> 63)`` over the shifted samples
     ``t`` (the range fold of :func:`dwt.forward`).
     """
-    rows, cols, nc = frame.shape
+    _, cols, nc = frame.shape
     seen = 0
-    for y in range(rows):
+    for y in range(ya, yb):
         row = frame[y]
         if mct:
             p0, p1, p2 = planes[0, y], planes[1, y], planes[2, y]
@@ -262,7 +263,10 @@ def encode_planes(frame: np.ndarray, info: FrameInfo, coder: BlockCoder, levels:
                            _threads() if parallel else None)
         _check_seen(seen, info)
     else:
-        _check_seen(_component_planes(frame.reshape(rows, cols, nc), planes, shift, bool(mct)), info)
+        pixels = frame.reshape(rows, cols, nc)
+        _check_seen(max(dwt.shared(_threads() if parallel else None,
+                                   lambda ya, yb: _component_planes(pixels, planes, ya, yb, shift, bool(mct)),
+                                   dwt.halves(rows, 1))), info)
         _each_component(lambda c: dwt.forward(planes[c], levels, 0, 0, bands=bands[c]), nc, parallel)
     style = cs.CodingStyle(levels, CODE_BLOCK, CODE_BLOCK, coder.block_style, True, ((15, 15),) * (levels + 1))
     layout = tier2.tile_layout((0, 0, cols, rows), [style] * nc)

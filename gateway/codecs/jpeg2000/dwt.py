@@ -15,6 +15,8 @@ extension, so the two are exact inverses in integer arithmetic.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from numba import njit
 
@@ -306,22 +308,37 @@ def _inverse_columns(src: np.ndarray, dst: np.ndarray, h: int, xa: int, xb: int,
 # ----------------------------------------------------------------------------- two dimensions
 
 
-def halves(n: int, align: int) -> list[tuple[int, int]]:
-    """``[0, n)`` in two parts, the cut at a multiple of `align`."""
-    cut = (n // 2 + align - 1) // align * align
-    return [(0, cut), (cut, n)] if 0 < cut < n else [(0, n)]
+def halves(n: int, align: int, pieces: int = 4) -> list[tuple[int, int]]:
+    """``[0, n)`` in up to `pieces` runs of about equal length, the cuts at multiples of `align`."""
+    cuts = sorted({min(n, (n * i // pieces + align - 1) // align * align) for i in range(1, pieces)} - {0, n})
+    edges = [0, *cuts, n]
+    return list(zip(edges, edges[1:]))
 
 
 SPLIT_SAMPLES = 1 << 16  # levels smaller than this are not shared between threads
 
 
-def shared(pool, work, parts) -> list:
-    """``work(*part)`` for each part, the last ones on `pool`, the first on this thread."""
+def shared(pool, work, parts: list) -> list:
+    """``[work(*part) for part in parts]``, the parts taken in turn by this thread and one of `pool`'s.
+
+    The two take runs one after the other, so a thread slowed by other
+    processes takes fewer of them; if the pool's thread has not started
+    when this one has done them all, it is not waited for.
+    """
     if pool is None or len(parts) < 2:
         return [work(*part) for part in parts]
-    futures = [pool.submit(work, *part) for part in parts[1:]]
-    first = work(*parts[0])
-    return [first] + [f.result() for f in futures]
+    results = [None] * len(parts)
+    turns = itertools.count()  # next() on it is atomic
+
+    def take() -> None:
+        while (i := next(turns)) < len(parts):
+            results[i] = work(*parts[i])
+
+    helper = pool.submit(take)
+    take()
+    if not helper.cancel():
+        helper.result()
+    return results
 
 
 def _extent(x0: int, y0: int, cols: int, rows: int, level: int) -> tuple[int, int, int, int]:

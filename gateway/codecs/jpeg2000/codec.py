@@ -22,7 +22,8 @@ Decoder
     expected :class:`FrameInfo` before any image buffer is allocated.
 
 The pipeline of a frame, and the modules that do each step: DC level shift
-and colour transform (here), wavelet (:mod:`.dwt`), code-blocks
+and colour transform (here, or in the wavelet's first and last passes for
+one component), wavelet (:mod:`.dwt`), code-blocks
 (:mod:`.t1`, the only part HTJ2K replaces), packets (:mod:`.tier2`),
 marker segments (:mod:`.codestream`).
 """
@@ -296,16 +297,6 @@ def _values_error(info: FrameInfo) -> UnsupportedImageError:
     return UnsupportedImageError(f"values outside the {info.bits_stored}-bit range of (0028,0101) 'Bits Stored'")
 
 
-def check_values(frame: np.ndarray, info: FrameInfo) -> None:
-    """Refuse a frame whose values exceed Bits Stored (what the codestream's precision says).
-
-    :func:`encode_planes` does this check itself while it reads the samples.
-    """
-    low, high = info.value_range
-    if info.bits_stored < info.bits_allocated and frame.size and (int(frame.min()) < low or int(frame.max()) > high):
-        raise _values_error(info)
-
-
 def _check_seen(seen: int, info: FrameInfo) -> None:
     """Refuse the frame when the fold of its level-shifted samples says one is not a Bits Stored value."""
     if seen >> (info.bits_stored - 1):
@@ -321,7 +312,7 @@ def encode(frame: np.ndarray, info: FrameInfo, *, levels: int | None = None,
     levels
         Decomposition levels (default :func:`levels_for`); 0..32.
     parallel
-        Code the code-blocks on two threads (default: for frames of 1 MB or more).
+        Code the code-blocks and compute the wavelet on two threads (default: for frames of 1 MB or more).
     """
     reason = supports(info)
     if reason is not None:
@@ -453,7 +444,8 @@ def decode(data: bytes, info: FrameInfo, *, parallel: bool | None = None) -> np.
 
     Serves 1.2.840.10008.1.2.4.90 and the reversible streams of .91; see the
     module docstring for what is refused.  `parallel` decodes the
-    code-blocks on two threads (default: for frames of 1 MB or more).
+    code-blocks and computes the wavelet on two threads (default: for
+    frames of 1 MB or more).
     """
     return decode_stream(cs.parse(bytes(data)), info, PART1, parallel)
 

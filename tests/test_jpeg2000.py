@@ -5,6 +5,7 @@ the registry / pydicom plugin wiring."""
 
 from __future__ import annotations
 
+import dataclasses
 
 import numpy as np
 import pydicom
@@ -18,7 +19,11 @@ from gateway.codecs.base import FrameInfo
 from gateway.codecs.jpeg2000 import codestream as cs
 from gateway.codecs.jpeg2000 import dwt, mq, t1, tier2
 from gateway.codecs.jpeg2000.codec import decode, encode, levels_for
-from gateway.errors import CorruptCodestreamError, UnsupportedCodestreamError, UnsupportedImageError
+from gateway.errors import (
+    CorruptCodestreamError,
+    UnsupportedCodestreamError,
+    UnsupportedImageError,
+)
 from gateway.pipeline.pixels import frame_info, high_bits_used, iter_frames
 from tests.corpus import corpus_params
 from tests.images import make_dataset, reference_params
@@ -162,6 +167,64 @@ def test_dwt_inverts_exactly(rows: int, cols: int, x0: int, y0: int, levels: int
     assert np.array_equal(a, b)
 
 
+# Shapes large enough that their first levels are shared between two threads, odd sizes and offsets.
+_SPLIT_SHAPES = [(300, 260, 0, 0, 5), (317, 229, 3, 5, 4), (263, 301, 1, 0, 1), (1, 70000, 0, 0, 3),
+                 (70000, 1, 0, 1, 2), (257, 513, 0, 0, 0)]
+
+
+@pytest.mark.parametrize(("rows", "cols", "x0", "y0", "levels"), _SPLIT_SHAPES)
+def test_dwt_on_two_threads_equals_one_thread(rows: int, cols: int, x0: int, y0: int, levels: int) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    assert rows * cols >= dwt.SPLIT_SAMPLES
+    rng = np.random.default_rng(rows * cols + levels)
+    src = rng.integers(0, 4096, (rows, cols)).astype(np.uint16)
+    one, two = np.empty((rows, cols), np.int32), np.empty((rows, cols), np.int32)
+    bands_one, bands_two = np.zeros((max(levels, 1), 4), np.int64), np.zeros((max(levels, 1), 4), np.int64)
+    with ThreadPoolExecutor(2) as pool:
+        seen_one = dwt.forward(one, levels, x0, y0, src, 2048, bands_one)
+        seen_two = dwt.forward(two, levels, x0, y0, src, 2048, bands_two, pool)
+        assert seen_one == seen_two and np.array_equal(one, two) and np.array_equal(bands_one, bands_two)
+        reference = src.astype(np.int32) - 2048
+        dwt.forward(reference, levels, x0, y0)  # in place, no fused shift
+        assert np.array_equal(one, reference)
+        if not levels:
+            return
+        finish = (2048, 0, 4095, 0, 4095)
+        out_one, out_two = np.empty((rows, cols), np.uint16), np.empty((rows, cols), np.uint16)
+        assert dwt.inverse(one, levels, x0, y0, out_one, finish) == 0
+        assert dwt.inverse(two, levels, x0, y0, out_two, finish, pool) == 0
+    assert np.array_equal(out_one, src) and np.array_equal(out_two, src)
+    assert np.array_equal(one, two) and np.array_equal(one, src.astype(np.int32) - 2048)
+
+
+@pytest.mark.parametrize("pool", [False, True])
+@pytest.mark.parametrize(("rows", "cols", "x0", "y0", "levels"), [(17, 13, 3, 5, 4), (1, 9, 1, 0, 2), *_SPLIT_SHAPES])
+def test_dwt_folds_band_magnitudes_and_sample_range(rows: int, cols: int, x0: int, y0: int, levels: int,
+                                                    pool: bool) -> None:
+    """The magnitudes the forward wavelet folds per sub-band equal numpy's maxima over the sub-band rectangles."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(rows + cols + levels)
+    src = rng.integers(-3000, 3000, (rows, cols)).astype(np.int16)
+    src[rows // 2, cols // 3] = 4095  # one sample beyond 12 bits
+    a = np.empty((rows, cols), np.int32)
+    bands = np.zeros((max(levels, 1), 4), np.int64)
+    with ThreadPoolExecutor(2) as executor:
+        seen = dwt.forward(a, levels, x0, y0, src, 0, bands, executor if pool else None)
+    assert seen >> 12 == 0 and seen >> 11 == 1  # every sample a 13-bit value, not every one a 12-bit value
+    for level in range(1, levels + 1):
+        for orient in (1, 2, 3):
+            x, y, w, h = dwt.band_rect(x0, y0, cols, rows, level, orient)
+            region = a[y:y + h, x:x + w]
+            expected = int(np.abs(region.astype(np.int64)).max()) if region.size else 0
+            assert int(bands[level - 1, orient]).bit_length() == expected.bit_length()
+    x, y, w, h = dwt.band_rect(x0, y0, cols, rows, levels, 0) if levels else (0, 0, cols, rows)
+    region = a[y:y + h, x:x + w]
+    expected = int(np.abs(region.astype(np.int64)).max()) if region.size else 0
+    assert int(bands[max(levels, 1) - 1, 0]).bit_length() == expected.bit_length()
+
+
 def test_tag_tree_round_trip() -> None:
     """Tag-tree kernels: a 5 x 3 tree coded at rising thresholds (as over layers) reads back bit-exactly."""
     rng = np.random.default_rng(3)
@@ -298,6 +361,73 @@ def test_encoder_refusals() -> None:
     assert "YBR_FULL_422" in CODEC.supports(FrameInfo(4, 4, 3, 8, 8, 0, "YBR_FULL_422"))
     assert "Bits Allocated" in CODEC.supports(FrameInfo(4, 4, 1, 32, 32))
     assert "signed" in CODEC.supports(FrameInfo(4, 4, 3, 8, 8, 1, "RGB"))
+
+
+_RANGE_CASES = [FrameInfo(37, 29, bits_stored=12), FrameInfo(31, 23, bits_stored=13, pixel_representation=1),
+                FrameInfo(300, 260, 1, 8, 7), FrameInfo(29, 33, 3, 8, 7, 0, "RGB"),
+                FrameInfo(1100, 1000, bits_stored=10), FrameInfo(600, 900, 3, 8, 6, 0, "RGB")]
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("info", _RANGE_CASES, ids=lambda i: f"{i.rows}x{i.columns}x{i.samples_per_pixel}_"
+                         f"{i.bits_stored}{'s' if i.signed else 'u'}")
+def test_values_beyond_bits_stored_are_refused_before_coding(info: FrameInfo, parallel: bool,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.codecs.htj2k import codec as htj2k
+    from gateway.codecs.jpeg2000 import codec as j2k
+
+    low, high = info.value_range
+    frame = np.random.default_rng(info.rows).integers(low, high, info.shape, endpoint=True).astype(info.dtype)
+    frame.flat[0], frame.flat[-1] = low, high
+    for codec in (j2k.encode, htj2k.encode):  # the extremes of the range pass
+        assert np.array_equal(htj2k.decode(codec(frame, info, parallel=parallel), info), frame)
+
+    def no_coding(*args, **kwargs):
+        raise AssertionError("code-blocks coded for a refused frame")
+
+    monkeypatch.setattr(j2k, "_encode_blocks", no_coding)
+    beyond = [high + 1] + ([low - 1] if info.signed else [])
+    for value in beyond:
+        for index in (0, frame.size // 2 + 1, frame.size - 1):
+            bad = frame.copy()
+            bad.flat[index] = value
+            for codec in (j2k.encode, htj2k.encode):
+                with pytest.raises(UnsupportedImageError, match="Bits Stored"):
+                    codec(bad, info, parallel=parallel)
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("info", [FrameInfo(300, 260, bits_stored=16), FrameInfo(37, 29, 3, 16, 16, 0, "RGB"),
+                                  FrameInfo(300, 261, bits_stored=16, pixel_representation=1)],
+                         ids=["mono", "rgb", "signed"])
+def test_decoded_values_beyond_bits_stored_are_corrupt(info: FrameInfo, parallel: bool) -> None:
+    """A 16-bit stream declared as 12 Bits Stored: values beyond 12 bits are refused, those within decode."""
+    low, high = info.value_range
+    rng = np.random.default_rng(4)
+    frame = rng.integers(low >> 4, high >> 4, info.shape, endpoint=True).astype(info.dtype)
+    narrow = dataclasses.replace(info, bits_stored=12)
+    assert np.array_equal(decode(encode(frame, info), narrow, parallel=parallel), frame)
+    frame.flat[frame.size // 2] = high
+    with pytest.raises(CorruptCodestreamError, match="range of 12 Bits Stored"):
+        decode(encode(frame, info), narrow, parallel=parallel)
+
+
+@pytest.mark.parametrize("levels", [0, 1, 5])
+@pytest.mark.parametrize("info", [FrameInfo(300, 261, 1, 8, 8), FrameInfo(257, 263, bits_stored=16,
+                                                                         pixel_representation=1),
+                                  FrameInfo(261, 255, 3, 8, 8, 0, "RGB"), FrameInfo(259, 257, 3, 8, 8, 0, "YBR_FULL"),
+                                  FrameInfo(301, 257, bits_stored=11)],
+                         ids=["u8", "s16", "rgb", "ybr_full", "u11"])
+def test_two_threads_round_trip_checked_by_openjpeg(info: FrameInfo, levels: int) -> None:
+    low, high = info.value_range
+    rng = np.random.default_rng(levels)
+    frame = rng.integers(low, high, info.shape, endpoint=True).astype(info.dtype)
+    stream = encode(frame, info, levels=levels, parallel=True)
+    assert stream == encode(frame, info, levels=levels, parallel=False)
+    assert np.array_equal(_openjpeg(stream, info), frame)
+    for parallel in (False, True):
+        decoded = decode(stream, info, parallel=parallel)
+        assert decoded.dtype == info.dtype and np.array_equal(decoded, frame)
 
 
 def test_decoder_checks_the_frame_description() -> None:

@@ -77,13 +77,12 @@ def encode(frame: np.ndarray, info: FrameInfo, *, rpcl: bool = False, levels: in
     levels
         Decomposition levels (default :func:`levels_for`); 0..32.
     parallel
-        Code the code-blocks on two threads (default: for frames of 1 MB or more).
+        Code the code-blocks and compute the wavelet on two threads (default: for frames of 1 MB or more).
     """
     reason = supports(info)
     if reason is not None:
         raise UnsupportedImageError(reason)
     frame = check_frame(frame, info)
-    j2k.check_values(frame, info)
     rows, cols = info.rows, info.columns
     if levels is None:
         levels = levels_for(rows, cols, rpcl)

@@ -22,7 +22,8 @@ Decoder
     expected :class:`FrameInfo` before any image buffer is allocated.
 
 The pipeline of a frame, and the modules that do each step: DC level shift
-and colour transform (here), wavelet (:mod:`.dwt`), code-blocks
+and colour transform (here, or in the wavelet's first and last passes for
+one component), wavelet (:mod:`.dwt`), code-blocks
 (:mod:`.t1`, the only part HTJ2K replaces), packets (:mod:`.tier2`),
 marker segments (:mod:`.codestream`).
 """
@@ -34,20 +35,25 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from gateway.codecs import register
 from gateway.codecs.base import FrameInfo, FunctionCodec, check_frame
 from gateway.codecs.jpeg2000 import codestream as cs
 from gateway.codecs.jpeg2000 import dwt, t1, tier2
 from gateway.dicom.uids import JPEG_2000_LOSSLESS
-from gateway.errors import CorruptCodestreamError, UnsupportedCodestreamError, UnsupportedImageError
+from gateway.errors import (
+    CorruptCodestreamError,
+    UnsupportedCodestreamError,
+    UnsupportedImageError,
+)
 
 __all__ = ["CODEC", "supports", "encode", "decode", "levels_for", "DEFAULT_LEVELS"]
 
 DEFAULT_LEVELS = 5  # the smallest corpus total: 4 levels +0.05 %, 6 or 7 levels no smaller
 CODE_BLOCK = 6  # 64 x 64
 GUARD_BITS = 2
-PARALLEL_BYTES = 1 << 20  # frames at least this large use two threads for the code-blocks
+PARALLEL_BYTES = 1 << 20  # frames at least this large use two threads for the code-blocks and the wavelet
 PARTS = 8  # runs of code-blocks the two threads share
 
 # Photometric interpretation -> samples per pixel, pixel representations allowed.
@@ -128,11 +134,36 @@ class BlockCoder:
 PART1 = BlockCoder("JPEG 2000", 0, t1.encode_blocks, t1.decode_blocks, t1.ERRORS, (2, 4))
 
 
-def _forward_rct(planes: np.ndarray) -> None:
-    r, g, b = planes[0].copy(), planes[1].copy(), planes[2].copy()
-    planes[0] = (r + 2 * g + b) >> 2
-    planes[1] = b - g
-    planes[2] = r - g
+@njit(cache=True, nogil=True)
+def _component_planes(frame: np.ndarray, planes: np.ndarray, ya: int, yb: int, shift: int, mct: bool) -> int:
+    """``planes[c] = frame[..., c] - shift`` on rows ``ya:yb``, through the reversible colour transform when
+    `mct`.
+
+    Returns the bitwise or of ``t ^ (t >> 63)`` over the shifted samples
+    ``t`` (the range fold of :func:`dwt.forward`).
+    """
+    _, cols, nc = frame.shape
+    seen = 0
+    for y in range(ya, yb):
+        row = frame[y]
+        if mct:
+            p0, p1, p2 = planes[0, y], planes[1, y], planes[2, y]
+            for x in range(cols):
+                r = np.int64(row[x, 0]) - shift
+                g = np.int64(row[x, 1]) - shift
+                b = np.int64(row[x, 2]) - shift
+                seen |= (r ^ (r >> 63)) | (g ^ (g >> 63)) | (b ^ (b >> 63))
+                p0[x] = (r + 2 * g + b) >> 2
+                p1[x] = b - g
+                p2[x] = r - g
+        else:
+            for c in range(nc):
+                plane = planes[c, y]
+                for x in range(cols):
+                    t = np.int64(row[x, c]) - shift
+                    seen |= t ^ (t >> 63)
+                    plane[x] = t
+    return seen
 
 
 def _each_component(work: Callable[[int], None], components: int, parallel: bool) -> None:
@@ -155,11 +186,13 @@ def _parts(sizes: np.ndarray) -> list[slice]:
     return [slice(int(a), int(b)) for a, b in zip(edges, edges[1:])]
 
 
-def _encode_blocks(coder: BlockCoder, coeffs: np.ndarray, rows: np.ndarray, parallel: bool
+def _encode_blocks(coder: BlockCoder, coeffs: np.ndarray, rows: np.ndarray, bits: int, parallel: bool
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every code-block coded by `coder`, in one kernel call (two threads for large frames)."""
+    """Every code-block coded by `coder`, in one kernel call (two threads for large frames).
+
+    `bits` is one more than the bit length of the largest magnitude.
+    """
     sizes = rows[:, 3] * rows[:, 4]
-    bits = max(int(coeffs.max()), -int(coeffs.min())).bit_length() + 1 if coeffs.size else 1
     a, b = coder.room
     room = sizes * (bits + a) // b + 64  # codewords rarely exceed the raw bits; retried if they do
 
@@ -186,20 +219,19 @@ def _encode_blocks(coder: BlockCoder, coeffs: np.ndarray, rows: np.ndarray, para
     return out, offsets, results
 
 
-def _guard_bits(planes: np.ndarray, levels: int, exponents: tuple[int, ...]) -> int:
+def _band_magnitudes(bands: np.ndarray, levels: int) -> list[int]:
+    """The or of the coefficient magnitudes of each sub-band, in QCD order, from :func:`dwt.forward`'s `bands`
+    of every component."""
+    quads = np.bitwise_or.reduce(bands, axis=0)  # LL, HL, LH, HH of each level, first level first
+    if levels == 0:
+        return [int(quads[0, 0])]
+    return [int(quads[levels - 1, 0])] + [int(quads[level, o]) for level in range(levels - 1, -1, -1)
+                                          for o in (1, 2, 3)]
+
+
+def _guard_bits(magnitudes: list[int], exponents: tuple[int, ...]) -> int:
     """Guard bits so that every sub-band's coefficients fit its Mb = guard + exponent - 1 bit-planes."""
-    _, rows, cols = planes.shape
-    bands = [(0, 0, 0, cols, rows)] if levels == 0 else [(0, *dwt.band_rect(0, 0, cols, rows, levels, 0))]
-    for level in range(1, levels + 1):
-        bands += [(3 * (levels - level) + o, *dwt.band_rect(0, 0, cols, rows, level, o)) for o in (1, 2, 3)]
-    guard = GUARD_BITS
-    for index, x, y, w, h in bands:
-        if not w or not h:
-            continue
-        region = planes[:, y:y + h, x:x + w]
-        need = max(int(region.max()), -int(region.min())).bit_length()
-        guard = max(guard, need - exponents[index] + 1)
-    return guard
+    return max([GUARD_BITS] + [m.bit_length() - e + 1 for m, e in zip(magnitudes, exponents)])
 
 
 @dataclass(frozen=True)
@@ -217,26 +249,37 @@ def encode_planes(frame: np.ndarray, info: FrameInfo, coder: BlockCoder, levels:
                   parallel: bool, rsiz: int = 0) -> EncodedTile:
     """Level shift, colour transform, wavelet, block coder and packets of one frame (one tile, one layer).
 
-    `frame` is already checked against `info`.
+    `frame` is already checked against `info` (shape and type).
+    Values outside Bits Stored raise :class:`UnsupportedImageError` before
+    any code-block is coded (found while the samples are read, see
+    :func:`dwt.forward`).
     """
     rows, cols, nc = info.rows, info.columns, info.samples_per_pixel
     planes = np.empty((nc, rows, cols), dtype=np.int32)
     shift = 0 if info.signed else 1 << (info.bits_stored - 1)
-    np.subtract(np.moveaxis(frame.reshape(rows, cols, nc), 2, 0), shift, out=planes, dtype=np.int32,
-                casting="unsafe")
     mct = int(nc == 3 and info.photometric_interpretation in _COLOUR_TRANSFORMED)
-    if mct:
-        _forward_rct(planes)
+    bands = np.zeros((nc, max(levels, 1), 4), dtype=np.int64)
+    if nc == 1:  # the level shift and the range check in the wavelet's first pass
+        seen = dwt.forward(planes[0], levels, 0, 0, frame.reshape(rows, cols), shift, bands[0],
+                           _threads() if parallel else None)
+        _check_seen(seen, info)
+    else:
+        pixels = frame.reshape(rows, cols, nc)
+        _check_seen(max(dwt.shared(_threads() if parallel else None,
+                                   lambda ya, yb: _component_planes(pixels, planes, ya, yb, shift, bool(mct)),
+                                   dwt.halves(rows, 1))), info)
+        _each_component(lambda c: dwt.forward(planes[c], levels, 0, 0, bands=bands[c]), nc, parallel)
     style = cs.CodingStyle(levels, CODE_BLOCK, CODE_BLOCK, coder.block_style, True, ((15, 15),) * (levels + 1))
-    _each_component(lambda c: dwt.forward(planes[c], levels, 0, 0), nc, parallel)
     layout = tier2.tile_layout((0, 0, cols, rows), [style] * nc)
     exponents = tuple(info.bits_stored + g for g in _band_gains(levels))
-    guard = _guard_bits(planes, levels, exponents)
+    magnitudes = _band_magnitudes(bands, levels)
+    guard = _guard_bits(magnitudes, exponents)
     if guard > cs.MAX_GUARD_BITS:
         raise UnsupportedImageError("wavelet coefficients exceed what seven guard bits can describe")
     limits = [[guard + e - 1 for e in exponents] for _ in range(nc)]
     block_rows = np.ascontiguousarray(layout.blocks[:, :tier2.B_PBAND])
-    out, offsets, results = _encode_blocks(coder, planes, block_rows, parallel)
+    bits = int(np.bitwise_or.reduce(magnitudes)).bit_length() + 1
+    out, offsets, results = _encode_blocks(coder, planes, block_rows, bits, parallel)
     order = tier2.packet_order(layout, 1, progression, (), 0, 0)
     packets = tier2.write_packets(layout, order, limits, results[:, 0], results[:, 1], results[:, 2], out, offsets)
     size = cs.Size(cols, rows, 0, 0, cols, rows, 0, 0,
@@ -250,11 +293,14 @@ def check_levels(levels: int) -> None:
         raise ValueError(f"decomposition levels must be 0..{cs.MAX_LEVELS}, got {levels}")
 
 
-def check_values(frame: np.ndarray, info: FrameInfo) -> None:
-    """Refuse a frame whose values exceed Bits Stored (what the codestream's precision says)."""
-    low, high = info.value_range
-    if info.bits_stored < info.bits_allocated and frame.size and (int(frame.min()) < low or int(frame.max()) > high):
-        raise UnsupportedImageError(f"values outside the {info.bits_stored}-bit range of (0028,0101) 'Bits Stored'")
+def _values_error(info: FrameInfo) -> UnsupportedImageError:
+    return UnsupportedImageError(f"values outside the {info.bits_stored}-bit range of (0028,0101) 'Bits Stored'")
+
+
+def _check_seen(seen: int, info: FrameInfo) -> None:
+    """Refuse the frame when the fold of its level-shifted samples says one is not a Bits Stored value."""
+    if seen >> (info.bits_stored - 1):
+        raise _values_error(info)
 
 
 def encode(frame: np.ndarray, info: FrameInfo, *, levels: int | None = None,
@@ -266,13 +312,12 @@ def encode(frame: np.ndarray, info: FrameInfo, *, levels: int | None = None,
     levels
         Decomposition levels (default :func:`levels_for`); 0..32.
     parallel
-        Code the code-blocks on two threads (default: for frames of 1 MB or more).
+        Code the code-blocks and compute the wavelet on two threads (default: for frames of 1 MB or more).
     """
     reason = supports(info)
     if reason is not None:
         raise UnsupportedImageError(reason)
     frame = check_frame(frame, info)
-    check_values(frame, info)
     if levels is None:
         levels = levels_for(info.rows, info.columns)
     check_levels(levels)
@@ -319,7 +364,10 @@ def _decode_blocks(coder: BlockCoder, coeffs: np.ndarray, blocks: np.ndarray, se
     return next((s for s in statuses if s), 0)
 
 
-def _decode_tile(coder: BlockCoder, stream: cs.Codestream, index: int, image: np.ndarray, parallel: bool) -> None:
+def _decode_tile(coder: BlockCoder, stream: cs.Codestream, index: int, image: np.ndarray, lowest: int,
+                 highest: int, parallel: bool) -> int:
+    """Decode tile `index` into its region of ``image[rows, columns, components]``; 1 when a value written
+    (level shifted and clipped to its component's precision) is outside ``[lowest, highest]``, else 0."""
     size = stream.size
     tile = stream.tiles[index]
     coding = cs.tile_coding(stream, tile)
@@ -344,21 +392,19 @@ def _decode_tile(coder: BlockCoder, stream: cs.Codestream, index: int, image: np
     if status:
         kind = UnsupportedCodestreamError if status in coder.unsupported else CorruptCodestreamError
         raise kind(f"{coder.name}: tile {index}: {coder.errors.get(status, status)}")
+    region = image[ty0 - size.y0:ty1 - size.y0, tx0 - size.x0:tx1 - size.x0]
+    # Per component: DC level shift, then the clip to its precision's range.
+    shifts = np.array([0 if comp.signed else 1 << (comp.precision - 1) for comp in size.components], np.int64)
+    lows = np.array([-(1 << (comp.precision - 1)) if comp.signed else 0 for comp in size.components], np.int64)
+    highs = lows + (1 << np.array([comp.precision for comp in size.components], np.int64)) - 1
+    pool = _threads() if parallel else None
+    if nc == 1 and coding.styles[0].levels:  # all in the wavelet's last pass
+        finish = (int(shifts[0]), int(lows[0]), int(highs[0]), lowest, highest)
+        return dwt.inverse(coeffs[0], coding.styles[0].levels, tx0, ty0, region[:, :, 0], finish, pool)
     _each_component(lambda c: dwt.inverse(coeffs[c], coding.styles[c].levels, tx0, ty0), nc, parallel)
-    if coding.coding.mct:
-        y, cb, cr = coeffs[0].astype(np.int64), coeffs[1].astype(np.int64), coeffs[2].astype(np.int64)
-        g = y - ((cb + cr) >> 2)
-        coeffs[0] = cr + g
-        coeffs[1] = g
-        coeffs[2] = cb + g
-    for c, comp in enumerate(size.components):
-        plane = coeffs[c]
-        if not comp.signed:
-            plane += 1 << (comp.precision - 1)
-            np.clip(plane, 0, (1 << comp.precision) - 1, out=plane)
-        else:
-            np.clip(plane, -(1 << (comp.precision - 1)), (1 << (comp.precision - 1)) - 1, out=plane)
-        image[c, ty0 - size.y0:ty1 - size.y0, tx0 - size.x0:tx1 - size.x0] = plane
+    mct = bool(coding.coding.mct)
+    return max(dwt.shared(pool, lambda ya, yb: dwt.finish_rows(coeffs, region, ya, yb, mct, shifts, lows, highs,
+                                                                 lowest, highest), dwt.halves(ty1 - ty0, 1)))
 
 
 def decode_stream(stream: cs.Codestream, info: FrameInfo, coder: BlockCoder, parallel: bool | None) -> np.ndarray:
@@ -374,12 +420,23 @@ def decode_stream(stream: cs.Codestream, info: FrameInfo, coder: BlockCoder, par
         if comp.precision > info.bits_allocated:
             raise CorruptCodestreamError(
                 f"{name}: {comp.precision}-bit component in (0028,0100) 'Bits Allocated' {info.bits_allocated}")
-    image = np.empty((info.samples_per_pixel, rows, cols), dtype=np.int32)
     if parallel is None:
         parallel = info.frame_bytes >= PARALLEL_BYTES
+    nc = info.samples_per_pixel
+    if all(comp.signed == info.signed for comp in size.components):
+        # The tiles write the frame itself, checking the range as they go.
+        frame = np.empty(info.shape, dtype=info.dtype)
+        lowest, highest = info.value_range
+        bad = 0
+        for index in sorted(stream.tiles):
+            bad |= _decode_tile(coder, stream, index, frame.reshape(rows, cols, nc), lowest, highest, parallel)
+        if bad:
+            raise _range_error(info, name)
+        return frame
+    image = np.empty((rows, cols, nc), dtype=np.int32)
     for index in sorted(stream.tiles):
-        _decode_tile(coder, stream, index, image, parallel)
-    return _to_frame(image, size.components, info, name)
+        _decode_tile(coder, stream, index, image, dwt.INT32_LOW, dwt.INT32_HIGH, parallel)
+    return _to_frame(np.moveaxis(image, 2, 0), size.components, info, name)
 
 
 def decode(data: bytes, info: FrameInfo, *, parallel: bool | None = None) -> np.ndarray:
@@ -387,7 +444,8 @@ def decode(data: bytes, info: FrameInfo, *, parallel: bool | None = None) -> np.
 
     Serves 1.2.840.10008.1.2.4.90 and the reversible streams of .91; see the
     module docstring for what is refused.  `parallel` decodes the
-    code-blocks on two threads (default: for frames of 1 MB or more).
+    code-blocks and computes the wavelet on two threads (default: for
+    frames of 1 MB or more).
     """
     return decode_stream(cs.parse(bytes(data)), info, PART1, parallel)
 
@@ -410,8 +468,12 @@ def _to_frame(image: np.ndarray, components: tuple[cs.Component, ...], info: Fra
         elif values.size and int(values.min()) >= -(1 << (stored - 1)):
             values = values & ((1 << stored) - 1)
     if values.size and (int(values.min()) < low or int(values.max()) > high):
-        raise CorruptCodestreamError(f"{name}: decoded values exceed the range of {stored} Bits Stored")
+        raise _range_error(info, name)
     return np.ascontiguousarray(values, dtype=info.dtype)
+
+
+def _range_error(info: FrameInfo, name: str) -> CorruptCodestreamError:
+    return CorruptCodestreamError(f"{name}: decoded values exceed the range of {info.bits_stored} Bits Stored")
 
 
 CODEC = register(FunctionCodec("jpeg2000", JPEG_2000_LOSSLESS, "JPEG2000Lossless", supports, encode, decode))

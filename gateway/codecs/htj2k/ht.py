@@ -81,6 +81,63 @@ def _leading_zeros(typingctx, v):  # noqa: ARG001 (numba passes the typing conte
     return sig, codegen
 
 
+@intrinsic
+def _address(typingctx, array):  # noqa: ARG001
+    """The address of an array's first element, so that a kernel reads its bytes through :func:`_load8` and
+    :func:`_load64` without an array value in its loops (numba counts references to those)."""
+    sig = types.int64(array)
+
+    def codegen(context, builder, signature, args):  # noqa: ARG001
+        data = context.make_array(signature.args[0])(context, builder, value=args[0]).data
+        return builder.ptrtoint(data, ir.IntType(64))
+
+    return sig, codegen
+
+
+@intrinsic
+def _load8(typingctx, address):  # noqa: ARG001
+    """The byte at `address`."""
+    sig = types.int64(types.int64)
+
+    def codegen(context, builder, signature, args):  # noqa: ARG001
+        byte = builder.load(builder.inttoptr(args[0], ir.IntType(8).as_pointer()))
+        return builder.zext(byte, ir.IntType(64))
+
+    return sig, codegen
+
+
+@intrinsic
+def _load64(typingctx, address):  # noqa: ARG001
+    """The eight bytes from `address` on as one little-endian 64-bit integer."""
+    sig = types.int64(types.int64)
+
+    def codegen(context, builder, signature, args):  # noqa: ARG001
+        return builder.load(builder.inttoptr(args[0], ir.IntType(64).as_pointer()), align=1)
+
+    return sig, codegen
+
+
+@intrinsic
+def _byte_swap(typingctx, v):  # noqa: ARG001
+    """The bytes of a 64-bit integer in reverse order."""
+    sig = types.int64(types.int64)
+
+    def codegen(context, builder, signature, args):  # noqa: ARG001
+        return builder.bswap(args[0])
+
+    return sig, codegen
+
+
+ONES = 0x0101010101010101
+HIGHS = -0x7F7F7F7F7F7F7F80  # 0x8080808080808080 as a signed 64-bit integer
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _zero_bytes(v: int) -> int:
+    """Nonzero where `v` has a zero byte (the lowest one marked exactly; those above it may be marked too)."""
+    return (v - ONES) & ~v & HIGHS
+
+
 @njit(cache=True, nogil=True, inline="always")
 def _u(i: int) -> np.uint64:
     """An index numba takes as is, without the test for a negative index."""
@@ -124,12 +181,12 @@ def _mel_code(events: np.ndarray, count: int, buf: np.ndarray) -> tuple[int, int
             if run >= (1 << _MEL_EXP[k]):
                 symbol, nb = 1, 1
                 run = 0
-                k = min(12, k + 1)
+                k = k + 1 if k < 12 else 12  # min and max written out: numba calls a function for those
         else:
             nb = _MEL_EXP[k] + 1  # a 0, then the run (below 2**exp) in exp bits
             symbol = run
             run = 0
-            k = max(0, k - 1)
+            k = k - 1 if k > 0 else 0
         while nb > 0:
             nb -= 1
             tmp = (tmp << 1) | ((symbol >> nb) & 1)
@@ -448,7 +505,7 @@ _SUFFIX_BITS = np.array([0, 0, 0, 1, 0, 5], dtype=np.int64)  # U-VLC suffix bits
 
 
 @njit(cache=True, nogil=True)
-def _mel_event(data: np.ndarray, end: int, pos: int, byte: int, bits: int, ff: int, k: int, run: int, one: int
+def _mel_event(base: int, end: int, pos: int, byte: int, bits: int, ff: int, k: int, run: int, one: int
                ) -> tuple[int, int, int, int, int, int, int, int]:
     """The next MEL event: (event, pos, byte, bits, ff, k, run of zero events left, a one event pending).
 
@@ -463,26 +520,26 @@ def _mel_event(data: np.ndarray, end: int, pos: int, byte: int, bits: int, ff: i
             return 1, pos, byte, bits, ff, k, run, 0
         e = _MEL_EXP[k]
         if bits == 0:
-            byte = data[_u(pos)] if pos < end else 0xFF
+            byte = _load8(base + pos) if pos < end else 0xFF
             pos += 1
             bits = 7 if ff else 8
             ff = 1 if byte == 0xFF else 0
         bits -= 1
         if (byte >> bits) & 1:
             run = 1 << e
-            k = min(12, k + 1)
+            k = k + 1 if k < 12 else 12  # min and max written out: numba calls a function for those
         else:
             run = 0
             for _ in range(e):
                 if bits == 0:
-                    byte = data[_u(pos)] if pos < end else 0xFF
+                    byte = _load8(base + pos) if pos < end else 0xFF
                     pos += 1
                     bits = 7 if ff else 8
                     ff = 1 if byte == 0xFF else 0
                 bits -= 1
                 run = (run << 1) | ((byte >> bits) & 1)
             one = 1
-            k = max(0, k - 1)
+            k = k - 1 if k > 0 else 0
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -537,6 +594,59 @@ def _uvlc_pair(acc: int, bits: int, mode: int) -> tuple[int, int, int, int]:
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _ms_refill(base: int, pos: int, end: int, acc: int, bits: int, ff: int) -> tuple[int, int, int, int]:
+    """MagSgn bits up to 56..63 pending (bits lowest first; a byte after 0xFF holds seven, 0xFF past the end).
+
+    State: (pos, acc, bits, whether the last byte read is 0xFF).  While
+    eight bytes remain and none of those taken is 0xFF, they come in one load.
+    """
+    if ff == 0 and pos + 8 <= end:
+        take = (63 - bits) >> 3
+        word = _load64(base + pos)
+        if _zero_bytes(~word) & HIGHS & ((1 << (8 * take)) - 1) == 0:
+            return pos + take, acc | (word & ((1 << (8 * take)) - 1)) << bits, bits + 8 * take, 0
+    while bits <= 55:
+        d = _load8(base + pos) if pos < end else 0xFF
+        pos += 1
+        if ff:
+            acc |= (d & 0x7F) << bits
+            bits += 7
+        else:
+            acc |= d << bits
+            bits += 8
+        ff = 1 if d == 0xFF else 0
+    return pos, acc, bits, ff
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _vlc_refill(base: int, pos: int, start: int, acc: int, bits: int, high: int) -> tuple[int, int, int, int]:
+    """VLC bits up to 49..63 pending, read backward from `pos` (zeros before `start`); after a byte above 0x8F a
+    byte whose low seven bits are all ones holds those seven.
+
+    State: (pos, acc, bits, whether the last byte read exceeds 0x8F).  While
+    eight bytes remain and none of those taken has its low seven bits all
+    ones, they come in one load.
+    """
+    if pos - 7 >= start:
+        take = (63 - bits) >> 3
+        word = _byte_swap(_load64(base + pos - 7))  # the byte at pos lowest
+        keep = (1 << (8 * take)) - 1
+        if _zero_bytes((word & 0x7F7F7F7F7F7F7F7F) ^ 0x7F7F7F7F7F7F7F7F) & HIGHS & keep == 0:
+            return pos - take, acc | (word & keep) << bits, bits + 8 * take, 1 if ((word >> (8 * take - 8)) & 0xFF) > 0x8F else 0
+    while bits <= 48:
+        d = _load8(base + pos) if pos >= start else 0
+        pos -= 1
+        if high and (d & 0x7F) == 0x7F:
+            acc |= (d & 0x7F) << bits
+            bits += 7
+        else:
+            acc |= d << bits
+            bits += 8
+        high = 1 if d > 0x8F else 0
+    return pos, acc, bits, high
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _sample(v: int, p: int) -> int:
     """The coefficient of a sample with MagSgn value `v` (its implied top bit included), below `p` zero planes."""
     mu = (v >> 1) + 1
@@ -557,17 +667,18 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
     if length < 2:
         return -1
     end = start + length
-    scup = (data[_u(end - 1)] << 4) | (data[_u(end - 2)] & 0xF)
+    base = _address(data)
+    scup = (_load8(base + end - 1) << 4) | (_load8(base + end - 2) & 0xF)
     if scup < 2 or scup > length or scup > MAX_SCUP:
         return -1
     mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one = end - scup, 0, 0, 0, 0, 0, 0
     ms_end = end - scup
     ms_pos, ms_acc, ms_bits, ms_ff = start, 0, 0, 0
     # The VLC starts in the upper nibble of the last-but-one byte.
-    d = data[_u(end - 2)] >> 4
+    d = _load8(base + end - 2) >> 4
     v_bits = 3 if (d & 7) == 7 else 4
     v_acc = d & ((1 << v_bits) - 1)
-    v_high = 1 if (data[_u(end - 2)] | 0xF) > 0x8F else 0
+    v_high = 1 if (_load8(base + end - 2) | 0xF) > 0x8F else 0
     v_pos = end - 3
     v_start = end - scup
     w4 = (w + 3) & ~3
@@ -591,16 +702,8 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
             # Enough VLC bits for both codewords and both U-VLC codes of the pair (at most 14 + 24), read
             # backward (zeros before the start).  The readers are written out in the loop: numba counts
             # references to an array handed to a function, which would cost more than the reading.
-            while v_bits <= 48:
-                d = data[_u(v_pos)] if v_pos >= v_start else 0
-                v_pos -= 1
-                if v_high and (d & 0x7F) == 0x7F:
-                    v_acc |= (d & 0x7F) << v_bits
-                    v_bits += 7
-                else:
-                    v_acc |= d << v_bits
-                    v_bits += 8
-                v_high = 1 if d > 0x8F else 0
+            if v_bits <= 48:
+                v_pos, v_acc, v_bits, v_high = _vlc_refill(base, v_pos, v_start, v_acc, v_bits, v_high)
             if initial:
                 cq0 = (rho_left >> 1) | (rho_left & 1)
             else:
@@ -616,7 +719,7 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                     mel_one = 0
                 else:
                     event, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one = _mel_event(
-                        data, end, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one)
+                        base, end, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one)
             if event:
                 entry0 = lut[_u((cq0 << 7) | (v_acc & 0x7F))]
                 if entry0 == 0:
@@ -641,7 +744,7 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                         mel_one = 0
                     else:
                         event, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one = _mel_event(
-                            data, end, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one)
+                            base, end, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one)
                 if event:
                     entry1 = lut[_u((cq1 << 7) | (v_acc & 0x7F))]
                     if entry1 == 0:
@@ -656,7 +759,7 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                 add = 0
                 if initial and mode == 3:
                     event, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one = _mel_event(
-                        data, end, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one)
+                        base, end, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one)
                     add = 2 if event else 0
                 if add == 0 and initial and mode == 3 and (v_acc & 3) == 0:
                     # A first prefix of 3 or more: the second quad's u is 1 or 2, in one bit.
@@ -674,10 +777,13 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
             kappa0 = 1
             kappa1 = 1
             if not initial:
-                above0 = max(max(t_prev[_u(x)], t_prev[_u(x + 1)]), t_prev[_u(x + 2)])
-                above1 = max(max(t_prev[_u(x + 3)], t_prev[_u(x + 4)]), t_prev[_u(x + 5)])
-                kappa0 = max(1, _bit_length(max(above0, t_prev[_u(x + 3)])) - 1) if rho0 & (rho0 - 1) else 1
-                kappa1 = max(1, _bit_length(max(above1, t_prev[_u(x + 2)])) - 1) if rho1 & (rho1 - 1) else 1
+                # The largest E above is the bit length of the OR of the t above; max(1, E - 1) is that of
+                # the OR with 2, less one.
+                middle = t_prev[_u(x + 2)] | t_prev[_u(x + 3)]
+                if rho0 & (rho0 - 1):
+                    kappa0 = _bit_length(t_prev[_u(x)] | t_prev[_u(x + 1)] | middle | 2) - 1
+                if rho1 & (rho1 - 1):
+                    kappa1 = _bit_length(middle | t_prev[_u(x + 4)] | t_prev[_u(x + 5)] | 2) - 1
             bound0 = u0 + kappa0
             bound1 = u1 + kappa1
             if bound0 + p > MAX_BOUND or bound1 + p > MAX_BOUND:
@@ -695,32 +801,31 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                 m1 = (bound - ((ek >> 1) & 1)) * ((rho >> 1) & 1)
                 m2 = (bound - ((ek >> 2) & 1)) * ((rho >> 2) & 1)
                 m3 = (bound - ((ek >> 3) & 1)) * ((rho >> 3) & 1)
-                # MagSgn bits, at least 49 after a refill: one refill for a quad with U of 12 or less, else two.
-                v0 = v1 = v2 = v3 = 0
-                for half in range(2):
-                    if half == 0 or bound > 12:
-                        while ms_bits <= 48:
-                            d = data[_u(ms_pos)] if ms_pos < ms_end else 0xFF
-                            ms_pos += 1
-                            if ms_ff:
-                                ms_acc |= (d & 0x7F) << ms_bits
-                                ms_bits += 7
-                            else:
-                                ms_acc |= d << ms_bits
-                                ms_bits += 8
-                            ms_ff = 1 if d == 0xFF else 0
-                    if half == 0:
-                        v0 = ms_acc & ((1 << m0) - 1)
-                        ms_acc >>= m0
-                        v1 = ms_acc & ((1 << m1) - 1)
-                        ms_acc >>= m1
-                        ms_bits -= m0 + m1
-                    else:
-                        v2 = ms_acc & ((1 << m2) - 1)
-                        ms_acc >>= m2
-                        v3 = ms_acc & ((1 << m3) - 1)
-                        ms_acc >>= m3
-                        ms_bits -= m2 + m3
+                # MagSgn bits: at least 56 after a refill, so one refill serves a quad with U of 14 or less,
+                # two a quad with U of 28 or less, else one per sample (30 bits at most).
+                need = m0 + m1 + m2 + m3 if bound <= 14 else (m0 + m1 if bound <= 28 else m0)
+                if ms_bits < need:
+                    ms_pos, ms_acc, ms_bits, ms_ff = _ms_refill(base, ms_pos, ms_end, ms_acc, ms_bits, ms_ff)
+                v0 = ms_acc & ((1 << m0) - 1)
+                ms_acc >>= m0
+                ms_bits -= m0
+                if bound > 28 and ms_bits < m1:
+                    ms_pos, ms_acc, ms_bits, ms_ff = _ms_refill(base, ms_pos, ms_end, ms_acc, ms_bits, ms_ff)
+                v1 = ms_acc & ((1 << m1) - 1)
+                ms_acc >>= m1
+                ms_bits -= m1
+                if bound > 14:
+                    need = m2 + m3 if bound <= 28 else m2
+                    if ms_bits < need:
+                        ms_pos, ms_acc, ms_bits, ms_ff = _ms_refill(base, ms_pos, ms_end, ms_acc, ms_bits, ms_ff)
+                v2 = ms_acc & ((1 << m2) - 1)
+                ms_acc >>= m2
+                ms_bits -= m2
+                if bound > 28 and ms_bits < m3:
+                    ms_pos, ms_acc, ms_bits, ms_ff = _ms_refill(base, ms_pos, ms_end, ms_acc, ms_bits, ms_ff)
+                v3 = ms_acc & ((1 << m3) - 1)
+                ms_acc >>= m3
+                ms_bits -= m3
                 v0 |= (e & 1) << m0
                 v1 |= ((e >> 1) & 1) << m1
                 v2 |= ((e >> 2) & 1) << m2

@@ -65,6 +65,8 @@ _ENC0 = tables.encode_table(True)
 _ENC1 = tables.encode_table(False)
 _DEC0 = tables.decode_table(True)
 _DEC1 = tables.decode_table(False)
+_DEC = np.concatenate((_DEC1, _DEC0))  # the decoder's: other rows, then the initial row from 1024
+TROW = 1024 + 8  # the decoder's row of t, padding included
 _UVLC = tables.uvlc_table()
 _UVLC_PAIR = tables.uvlc_pair_table()
 _MEL_EXP = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 4, 5], dtype=np.int64)
@@ -265,7 +267,7 @@ def _samples(row: np.ndarray, v: np.ndarray, t: np.ndarray) -> None:
     for x in range(row.size):
         c = np.int64(row[x])
         mag = abs(c)
-        t[x] = max(2 * mag - 1, 0)
+        t[x] = 2 * mag - 1 if mag else 0
         v[x] = 2 * mag - 2 + (c < 0)
 
 
@@ -332,7 +334,7 @@ def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                     break
                 a, b, c, d = t0[_u(qx)], t1[_u(qx)], t0[_u(qx + 1)], t1[_u(qx + 1)]
                 rho = (a != 0) | (b != 0) << 1 | (c != 0) << 2 | (d != 0) << 3
-                emax = _bit_length(max(max(a, b), max(c, d)))
+                emax = _bit_length(a | b | c | d)  # the bit length of the largest is that of the OR
                 kappa = 1
                 if initial:
                     cq = (rho_left >> 1) | (rho_left & 1)
@@ -340,9 +342,10 @@ def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                     cq = (((t_prev[_u(qx)] | t_prev[_u(qx + 1)]) != 0) | (((rho_left >> 2) | (rho_left >> 3)) & 1) << 1
                           | ((t_prev[_u(qx + 2)] | t_prev[_u(qx + 3)]) != 0) << 2)
                     if rho & (rho - 1):
-                        kappa = max(1, _bit_length(max(max(t_prev[_u(qx)], t_prev[_u(qx + 1)]),
-                                                       max(t_prev[_u(qx + 2)], t_prev[_u(qx + 3)]))) - 1)
-                bound = max(emax, kappa)
+                        # max(1, E - 1) of the largest E above: the bit length of the OR with 2, less one.
+                        kappa = _bit_length(t_prev[_u(qx)] | t_prev[_u(qx + 1)] | t_prev[_u(qx + 2)]
+                                            | t_prev[_u(qx + 3)] | 2) - 1
+                bound = emax if emax > kappa else kappa  # min and max written out: numba calls a function
                 u = bound - kappa
                 emb = 0
                 if u > 0:
@@ -386,7 +389,7 @@ def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                 any_significant |= rho
                 rho_left = rho
             if initial and u0 > 0 and u1 > 0:
-                both = min(u0, u1) > 2
+                both = u0 > 2 and u1 > 2
                 mel_events[_u(events)] = both
                 events += 1
                 if both:
@@ -647,22 +650,27 @@ def _vlc_refill(base: int, pos: int, start: int, acc: int, bits: int, high: int)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _sample(v: int, p: int) -> int:
-    """The coefficient of a sample with MagSgn value `v` (its implied top bit included), below `p` zero planes."""
-    mu = (v >> 1) + 1
-    if p:
-        mu = ((2 * mu + 1) << (p - 1))
-    return -mu if v & 1 else mu
+def _sample(v: int, p: int, half: int) -> int:
+    """The coefficient of a sample with MagSgn value `v` (its implied top bit included), below `p` zero planes.
+
+    ``mu = (v >> 1) + 1``, and below zero planes ``(2 mu + 1) << (p - 1)``:
+    both are ``((2 mu - 1 + half) << p) >> 1`` with `half` 1 when `p` is 0,
+    else 2; no branch.
+    """
+    sign = -(v & 1)
+    return ((((v | 1) + half) << p >> 1) ^ sign) - sign
 
 
 @njit(cache=True, nogil=True)
 def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: int, data: np.ndarray, start: int,
-                  length: int, p: int, t_prev: np.ndarray, t_cur: np.ndarray, dec0: np.ndarray, dec1: np.ndarray
-                  ) -> int:
+                  length: int, p: int, t: np.ndarray, dec: np.ndarray) -> int:
     """Decode one cleanup segment into the zeroed ``coeffs[comp, y0:y0 + h, x0:x0 + w]``; 0 or an error code.
 
-    ``t_prev`` holds ``t = 2 mu - 1`` of the bottom samples of the row of
-    quads above (0 where not significant), one column of padding on the left.
+    ``t[tp:]`` holds ``t = 2 mu - 1`` of the bottom samples of the row of
+    quads above (0 where not significant), one column of padding on the left,
+    and ``t[tc:]`` those of this row; `dec` the CxtVLC look-ups of the other
+    rows and then of the initial row (:data:`_DEC`).  Offsets, not arrays
+    nor views, change from row to row: numba would count references to those.
     """
     if length < 2:
         return -1
@@ -682,20 +690,24 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
     v_pos = end - 3
     v_start = end - scup
     w4 = (w + 3) & ~3
-    t_prev[:w4 + 2] = 0
+    half = 2 if p else 1
+    tp, tc = 0, TROW
+    for i in range(w4 + 2):
+        t[_u(tp + i)] = 0
     for y in range(0, h, 2):
         initial = y == 0
-        lut = dec0 if initial else dec1
-        t_cur[:w4 + 2] = 0
+        lut = 1024 if initial else 0
+        for i in range(w4 + 2):
+            t[_u(tc + i)] = 0
         below = y + 1 < h
-        row0 = coeffs[comp, y0 + y, x0:x0 + w]
-        row1 = coeffs[comp, y0 + y + 1, x0:x0 + w] if below else row0
+        r0 = _u(y0 + y)
+        r1 = _u(y0 + y + 1)
         rho_left = 0
         for x in range(0, w, 4):
             has1 = x + 2 < w
-            if rho_left == 0 and mel_run > has1 and (initial or (t_prev[_u(x)] | t_prev[_u(x + 1)] | t_prev[_u(x + 2)]
-                                                                 | t_prev[_u(x + 3)] | t_prev[_u(x + 4)]
-                                                                 | t_prev[_u(x + 5)]) == 0):
+            if rho_left == 0 and mel_run > has1 and (initial or (t[_u(tp + x)] | t[_u(tp + x + 1)] | t[_u(tp + x + 2)]
+                                                                 | t[_u(tp + x + 3)] | t[_u(tp + x + 4)]
+                                                                 | t[_u(tp + x + 5)]) == 0):
                 # Nothing significant around the pair and MEL zero events pending for both quads (context 0).
                 mel_run -= 2 if has1 else 1
                 continue
@@ -707,8 +719,8 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
             if initial:
                 cq0 = (rho_left >> 1) | (rho_left & 1)
             else:
-                cq0 = (((t_prev[_u(x)] | t_prev[_u(x + 1)]) != 0) | (((rho_left >> 2) | (rho_left >> 3)) & 1) << 1
-                       | ((t_prev[_u(x + 2)] | t_prev[_u(x + 3)]) != 0) << 2)
+                cq0 = (((t[_u(tp + x)] | t[_u(tp + x + 1)]) != 0) | (((rho_left >> 2) | (rho_left >> 3)) & 1) << 1
+                       | ((t[_u(tp + x + 2)] | t[_u(tp + x + 3)]) != 0) << 2)
             entry0 = 0
             event = 1
             if cq0 == 0:
@@ -720,12 +732,12 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                 else:
                     event, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one = _mel_event(
                         base, end, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one)
-            if event:
-                entry0 = lut[_u((cq0 << 7) | (v_acc & 0x7F))]
-                if entry0 == 0:
-                    return -2
-                v_acc >>= entry0 & 0xF
-                v_bits -= entry0 & 0xF
+            entry0 = dec[_u(lut | (cq0 << 7) | (v_acc & 0x7F))]
+            if (entry0 == 0) & (event != 0):
+                return -2
+            entry0 &= -event  # no codeword without an event: no branch
+            v_acc >>= entry0 & 0xF
+            v_bits -= entry0 & 0xF
             rho0 = (entry0 >> 4) & 0xF
             entry1 = 0
             rho1 = 0
@@ -733,8 +745,8 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                 if initial:
                     cq1 = (rho0 >> 1) | (rho0 & 1)
                 else:
-                    cq1 = (((t_prev[_u(x + 2)] | t_prev[_u(x + 3)]) != 0) | (((rho0 >> 2) | (rho0 >> 3)) & 1) << 1
-                           | ((t_prev[_u(x + 4)] | t_prev[_u(x + 5)]) != 0) << 2)
+                    cq1 = (((t[_u(tp + x + 2)] | t[_u(tp + x + 3)]) != 0) | (((rho0 >> 2) | (rho0 >> 3)) & 1) << 1
+                           | ((t[_u(tp + x + 4)] | t[_u(tp + x + 5)]) != 0) << 2)
                 event = 1
                 if cq1 == 0:
                     if mel_run > 0:
@@ -745,23 +757,19 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                     else:
                         event, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one = _mel_event(
                             base, end, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one)
-                if event:
-                    entry1 = lut[_u((cq1 << 7) | (v_acc & 0x7F))]
-                    if entry1 == 0:
-                        return -2
-                    v_acc >>= entry1 & 0xF
-                    v_bits -= entry1 & 0xF
+                entry1 = dec[_u(lut | (cq1 << 7) | (v_acc & 0x7F))]
+                if (entry1 == 0) & (event != 0):
+                    return -2
+                entry1 &= -event  # no codeword without an event: no branch
+                v_acc >>= entry1 & 0xF
+                v_bits -= entry1 & 0xF
                 rho1 = (entry1 >> 4) & 0xF
             mode = ((entry0 >> 8) & 1) | ((entry1 >> 7) & 2)
-            u0 = 0
-            u1 = 0
-            if mode:
-                add = 0
-                if initial and mode == 3:
-                    event, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one = _mel_event(
-                        base, end, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one)
-                    add = 2 if event else 0
-                if add == 0 and initial and mode == 3 and (v_acc & 3) == 0:
+            if initial and mode == 3:
+                event, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one = _mel_event(
+                    base, end, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one)
+                add = 2 if event else 0
+                if add == 0 and (v_acc & 3) == 0:
                     # A first prefix of 3 or more: the second quad's u is 1 or 2, in one bit.
                     pre0, v_acc, v_bits = _uvlc_prefix(v_acc, v_bits)
                     u1 = 1 + (v_acc & 1)
@@ -773,17 +781,20 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                     u0, u1, v_acc, v_bits = _uvlc_pair(v_acc, v_bits, mode)
                     u0 += add
                     u1 += add
+            else:
+                # Mode 0 reads nothing and gives u = 0: no branch.
+                u0, u1, v_acc, v_bits = _uvlc_pair(v_acc, v_bits, mode)
             # Exponent bounds, then the samples.
             kappa0 = 1
             kappa1 = 1
             if not initial:
                 # The largest E above is the bit length of the OR of the t above; max(1, E - 1) is that of
                 # the OR with 2, less one.
-                middle = t_prev[_u(x + 2)] | t_prev[_u(x + 3)]
+                middle = t[_u(tp + x + 2)] | t[_u(tp + x + 3)]
                 if rho0 & (rho0 - 1):
-                    kappa0 = _bit_length(t_prev[_u(x)] | t_prev[_u(x + 1)] | middle | 2) - 1
+                    kappa0 = _bit_length(t[_u(tp + x)] | t[_u(tp + x + 1)] | middle | 2) - 1
                 if rho1 & (rho1 - 1):
-                    kappa1 = _bit_length(middle | t_prev[_u(x + 4)] | t_prev[_u(x + 5)] | 2) - 1
+                    kappa1 = _bit_length(middle | t[_u(tp + x + 4)] | t[_u(tp + x + 5)] | 2) - 1
             bound0 = u0 + kappa0
             bound1 = u1 + kappa1
             if bound0 + p > MAX_BOUND or bound1 + p > MAX_BOUND:
@@ -831,25 +842,25 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                 v2 |= ((e >> 2) & 1) << m2
                 v3 |= ((e >> 3) & 1) << m3
                 # The next row of quads looks at the exponents of the bottom samples only (E = bit length of t).
-                t_cur[_u(qx + 1)] = (v1 | 1) * ((rho >> 1) & 1)
-                t_cur[_u(qx + 2)] = (v3 | 1) * ((rho >> 3) & 1)
+                t[_u(tc + qx + 1)] = (v1 | 1) & -((rho >> 1) & 1)
+                t[_u(tc + qx + 2)] = (v3 | 1) & -((rho >> 3) & 1)
                 right = qx + 1 < w
                 if right and below:  # the whole quad is inside: no test per sample (0 where not significant)
-                    row0[_u(qx)] = _sample(v0, p) * (rho & 1)
-                    row1[_u(qx)] = _sample(v1, p) * ((rho >> 1) & 1)
-                    row0[_u(qx + 1)] = _sample(v2, p) * ((rho >> 2) & 1)
-                    row1[_u(qx + 1)] = _sample(v3, p) * ((rho >> 3) & 1)
+                    coeffs[_u(comp), r0, _u(x0 + qx)] = _sample(v0, p, half) & -(rho & 1)
+                    coeffs[_u(comp), r1, _u(x0 + qx)] = _sample(v1, p, half) & -((rho >> 1) & 1)
+                    coeffs[_u(comp), r0, _u(x0 + qx + 1)] = _sample(v2, p, half) & -((rho >> 2) & 1)
+                    coeffs[_u(comp), r1, _u(x0 + qx + 1)] = _sample(v3, p, half) & -((rho >> 3) & 1)
                     continue
                 if rho & 1:
-                    row0[_u(qx)] = _sample(v0, p)
+                    coeffs[_u(comp), r0, _u(x0 + qx)] = _sample(v0, p, half)
                 if rho & 2 and below:
-                    row1[_u(qx)] = _sample(v1, p)
+                    coeffs[_u(comp), r1, _u(x0 + qx)] = _sample(v1, p, half)
                 if rho & 4 and right:
-                    row0[_u(qx + 1)] = _sample(v2, p)
+                    coeffs[_u(comp), r0, _u(x0 + qx + 1)] = _sample(v2, p, half)
                 if rho & 8 and below and right:
-                    row1[_u(qx + 1)] = _sample(v3, p)
+                    coeffs[_u(comp), r1, _u(x0 + qx + 1)] = _sample(v3, p, half)
             rho_left = rho1 if has1 else rho0
-        t_prev, t_cur = t_cur, t_prev
+        tp, tc = tc, tp
     return 0
 
 
@@ -857,8 +868,7 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
 def decode_blocks(coeffs: np.ndarray, blocks: np.ndarray, segments: np.ndarray, data: np.ndarray) -> int:
     """Decode every listed code-block's cleanup segment into `coeffs`, zero beforehand (see the module
     docstring)."""
-    t_prev = np.zeros(1024 + 8, dtype=np.int64)
-    t_cur = np.zeros(1024 + 8, dtype=np.int64)
+    t = np.zeros(2 * TROW, dtype=np.int64)
     for k in range(blocks.shape[0]):
         comp, y0, x0, h, w = blocks[k, 0], blocks[k, 1], blocks[k, 2], blocks[k, 3], blocks[k, 4]
         planes, first, count = blocks[k, 6], blocks[k, 8], blocks[k, 9]
@@ -869,7 +879,7 @@ def decode_blocks(coeffs: np.ndarray, blocks: np.ndarray, segments: np.ndarray, 
         if h * w > 4096 or h > 1024 or w > 1024:
             return -5
         status = _decode_block(coeffs, comp, y0, x0, h, w, data, segments[first, 0], segments[first, 1],
-                               planes - 1, t_prev, t_cur, _DEC0, _DEC1)
+                               planes - 1, t, _DEC)
         if status:
             return status
     return 0

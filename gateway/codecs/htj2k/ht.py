@@ -650,15 +650,22 @@ def _vlc_refill(base: int, pos: int, start: int, acc: int, bits: int, high: int)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _sample(v: int, p: int, half: int) -> int:
-    """The coefficient of a sample with MagSgn value `v` (its implied top bit included), below `p` zero planes.
-
-    ``mu = (v >> 1) + 1``, and below zero planes ``(2 mu + 1) << (p - 1)``:
-    both are ``((2 mu - 1 + half) << p) >> 1`` with `half` 1 when `p` is 0,
-    else 2; no branch.
-    """
+def _sample(v: int) -> int:
+    """The coefficient ``mu = (v >> 1) + 1``, negative where bit 0 is set, of a sample with MagSgn value `v` (its
+    implied top bit included); no branch."""
     sign = -(v & 1)
-    return ((((v | 1) + half) << p >> 1) ^ sign) - sign
+    return (((v >> 1) + 1) ^ sign) - sign
+
+
+@njit(cache=True, nogil=True)
+def _below_zero_planes(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: int, p: int) -> None:
+    """Magnitudes ``mu`` of a block decoded above `p` > 0 zero planes made ``(2 mu + 1) << (p - 1)``, in place."""
+    for y in range(y0, y0 + h):
+        for x in range(x0, x0 + w):
+            c = np.int64(coeffs[comp, y, x])
+            if c:
+                mu = ((2 * abs(c) + 1) << (p - 1))
+                coeffs[comp, y, x] = -mu if c < 0 else mu
 
 
 @njit(cache=True, nogil=True)
@@ -690,7 +697,7 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
     v_pos = end - 3
     v_start = end - scup
     w4 = (w + 3) & ~3
-    half = 2 if p else 1
+    limit = MAX_BOUND - p  # the largest bound U
     tp, tc = 0, TROW
     for i in range(w4 + 2):
         t[_u(tp + i)] = 0
@@ -797,7 +804,7 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                     kappa1 = _bit_length(middle | t[_u(tp + x + 4)] | t[_u(tp + x + 5)] | 2) - 1
             bound0 = u0 + kappa0
             bound1 = u1 + kappa1
-            if bound0 + p > MAX_BOUND or bound1 + p > MAX_BOUND:
+            if bound0 > limit or bound1 > limit:
                 return -3
             for q in range(2):
                 entry = entry1 if q else entry0
@@ -846,21 +853,23 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                 t[_u(tc + qx + 2)] = (v3 | 1) & -((rho >> 3) & 1)
                 right = qx + 1 < w
                 if right and below:  # the whole quad is inside: no test per sample (0 where not significant)
-                    coeffs[_u(comp), r0, _u(x0 + qx)] = _sample(v0, p, half) & -(rho & 1)
-                    coeffs[_u(comp), r1, _u(x0 + qx)] = _sample(v1, p, half) & -((rho >> 1) & 1)
-                    coeffs[_u(comp), r0, _u(x0 + qx + 1)] = _sample(v2, p, half) & -((rho >> 2) & 1)
-                    coeffs[_u(comp), r1, _u(x0 + qx + 1)] = _sample(v3, p, half) & -((rho >> 3) & 1)
+                    coeffs[_u(comp), r0, _u(x0 + qx)] = _sample(v0) & -(rho & 1)
+                    coeffs[_u(comp), r1, _u(x0 + qx)] = _sample(v1) & -((rho >> 1) & 1)
+                    coeffs[_u(comp), r0, _u(x0 + qx + 1)] = _sample(v2) & -((rho >> 2) & 1)
+                    coeffs[_u(comp), r1, _u(x0 + qx + 1)] = _sample(v3) & -((rho >> 3) & 1)
                     continue
                 if rho & 1:
-                    coeffs[_u(comp), r0, _u(x0 + qx)] = _sample(v0, p, half)
+                    coeffs[_u(comp), r0, _u(x0 + qx)] = _sample(v0)
                 if rho & 2 and below:
-                    coeffs[_u(comp), r1, _u(x0 + qx)] = _sample(v1, p, half)
+                    coeffs[_u(comp), r1, _u(x0 + qx)] = _sample(v1)
                 if rho & 4 and right:
-                    coeffs[_u(comp), r0, _u(x0 + qx + 1)] = _sample(v2, p, half)
+                    coeffs[_u(comp), r0, _u(x0 + qx + 1)] = _sample(v2)
                 if rho & 8 and below and right:
-                    coeffs[_u(comp), r1, _u(x0 + qx + 1)] = _sample(v3, p, half)
+                    coeffs[_u(comp), r1, _u(x0 + qx + 1)] = _sample(v3)
             rho_left = rho1 if has1 else rho0
         tp, tc = tc, tp
+    if p:
+        _below_zero_planes(coeffs, comp, y0, x0, h, w, p)
     return 0
 
 

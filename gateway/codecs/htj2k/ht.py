@@ -719,8 +719,8 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                 mel_run -= 2 if has1 else 1
                 continue
             # Enough VLC bits for both codewords and both U-VLC codes of the pair (at most 14 + 24), read
-            # backward (zeros before the start).  The readers are written out in the loop: numba counts
-            # references to an array handed to a function, which would cost more than the reading.
+            # backward (zeros before the start).  The readers take the address of the bytes, not the array:
+            # numba would count references to an array handed to a function.
             if v_bits <= 48:
                 v_pos, v_acc, v_bits, v_high = _vlc_refill(base, v_pos, v_start, v_acc, v_bits, v_high)
             if initial:

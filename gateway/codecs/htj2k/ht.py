@@ -120,6 +120,39 @@ def _load64(typingctx, address):  # noqa: ARG001
 
 
 @intrinsic
+def _prefetch(typingctx, address, write):  # noqa: ARG001
+    """Ask for the cache line at `address` ahead of its use (`write`: the literal 1 to write it, else 0)."""
+    if not isinstance(write, types.IntegerLiteral):
+        return None
+    rw = write.literal_value
+    sig = types.none(types.int64, write)
+
+    def codegen(context, builder, signature, args):  # noqa: ARG001
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = builder.module.declare_intrinsic("llvm.prefetch", fnty=ir.FunctionType(
+            ir.VoidType(), [i8p, i32, i32, i32]))
+        builder.call(fn, [builder.inttoptr(args[0], i8p), i32(rw), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _prefetch_row(address: int, size: int) -> None:
+    """:func:`_prefetch` every cache line of `size` bytes from `address`, to read."""
+    for offset in range(0, size + 63, 64):
+        _prefetch(address + offset, 0)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _prefetch_row_to_write(address: int, size: int) -> None:
+    """:func:`_prefetch` every cache line of `size` bytes from `address`, to write."""
+    for offset in range(0, size + 63, 64):
+        _prefetch(address + offset, 1)
+
+
+@intrinsic
 def _byte_swap(typingctx, v):  # noqa: ARG001
     """The bytes of a 64-bit integer in reverse order."""
     sig = types.int64(types.int64)
@@ -297,9 +330,13 @@ def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
     v1[w:w4] = 0
     t0[w:w4] = 0
     t1[w:w4] = 0
+    first = _address(coeffs) + comp * coeffs.strides[0] + y0 * coeffs.strides[1] + x0 * coeffs.strides[2]
     for y in range(0, h, 2):
         initial = y == 0
         table = enc0 if initial else enc1
+        # The next two rows from memory while this pair of rows is coded.
+        for ahead in range(y + 2, y + 4 if y + 4 < h else h):
+            _prefetch_row(first + ahead * coeffs.strides[1], w * coeffs.strides[2])
         _samples(coeffs[comp, y0 + y, x0:x0 + w], v0[:w], t0[:w])
         if y + 1 < h:
             _samples(coeffs[comp, y0 + y + 1, x0:x0 + w], v1[:w], t1[:w])
@@ -701,9 +738,13 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
     tp, tc = 0, TROW
     for i in range(w4 + 2):
         t[_u(tp + i)] = 0
+    first = _address(coeffs) + comp * coeffs.strides[0] + y0 * coeffs.strides[1] + x0 * coeffs.strides[2]
     for y in range(0, h, 2):
         initial = y == 0
         lut = 1024 if initial else 0
+        # The next two rows of coefficients into the cache while this pair of rows is decoded.
+        for ahead in range(y + 2, y + 4 if y + 4 < h else h):
+            _prefetch_row_to_write(first + ahead * coeffs.strides[1], w * coeffs.strides[2])
         for i in range(w4 + 2):
             t[_u(tc + i)] = 0
         below = y + 1 < h

@@ -219,6 +219,26 @@ def test_block_patterns_that_stress_mel_and_uvlc() -> None:
         assert 2 <= scup <= min(len(segment), 4079)
 
 
+@pytest.mark.parametrize("zero_planes", [1, 2, 5, 9])
+def test_block_decoded_above_zero_planes(zero_planes: int) -> None:
+    """A cleanup pass above `zero_planes` uncoded planes gives each magnitude mu the midpoint of what remains,
+    ``(2 mu + 1) << (zero_planes - 1)``; a bound that no longer fits 30 planes is refused."""
+    rng = np.random.default_rng(zero_planes)
+    block = rng.integers(-300, 300, (64, 64), endpoint=True)
+    block[rng.random((64, 64)) < 0.4] = 0
+    block[40:, :] = 0
+    segment = _block_round_trip(block)
+    blocks = np.array([[0, 0, 0, 64, 64, 1, 1 + zero_planes, 0x40, 0, 1]], dtype=np.int64)
+    segments = np.array([[0, len(segment), 1]], dtype=np.int64)
+    data = np.frombuffer(segment + b"\0", dtype=np.uint8)
+    back = np.zeros((1, 64, 64), np.int32)
+    assert ht.decode_blocks(back, blocks, segments, data) == 0
+    magnitude = (2 * np.abs(block) + 1) << (zero_planes - 1)
+    assert np.array_equal(back[0], np.where(block == 0, 0, np.sign(block) * magnitude))
+    blocks[0, 6] = 1 + 30  # every significant quad's bound (at least 1) above 30 - 30 planes
+    assert ht.decode_blocks(np.zeros((1, 64, 64), np.int32), blocks, segments, data) == -3
+
+
 def test_decoder_checks_scup() -> None:
     segment = _block_round_trip(np.arange(64).reshape(8, 8) - 32)
     assert len(segment) < 256

@@ -65,6 +65,8 @@ _ENC0 = tables.encode_table(True)
 _ENC1 = tables.encode_table(False)
 _DEC0 = tables.decode_table(True)
 _DEC1 = tables.decode_table(False)
+_DEC = np.concatenate((_DEC1, _DEC0))  # the decoder's: other rows, then the initial row from 1024
+TROW = 1024 + 8  # the decoder's row of t, padding included
 _UVLC = tables.uvlc_table()
 _UVLC_PAIR = tables.uvlc_pair_table()
 _MEL_EXP = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 4, 5], dtype=np.int64)
@@ -79,6 +81,96 @@ def _leading_zeros(typingctx, v):  # noqa: ARG001 (numba passes the typing conte
         return builder.ctlz(args[0], ir.Constant(ir.IntType(1), 0))
 
     return sig, codegen
+
+
+@intrinsic
+def _address(typingctx, array):  # noqa: ARG001
+    """The address of an array's first element, so that a kernel reads its bytes through :func:`_load8` and
+    :func:`_load64` without an array value in its loops (numba counts references to those)."""
+    sig = types.int64(array)
+
+    def codegen(context, builder, signature, args):  # noqa: ARG001
+        data = context.make_array(signature.args[0])(context, builder, value=args[0]).data
+        return builder.ptrtoint(data, ir.IntType(64))
+
+    return sig, codegen
+
+
+@intrinsic
+def _load8(typingctx, address):  # noqa: ARG001
+    """The byte at `address`."""
+    sig = types.int64(types.int64)
+
+    def codegen(context, builder, signature, args):  # noqa: ARG001
+        byte = builder.load(builder.inttoptr(args[0], ir.IntType(8).as_pointer()))
+        return builder.zext(byte, ir.IntType(64))
+
+    return sig, codegen
+
+
+@intrinsic
+def _load64(typingctx, address):  # noqa: ARG001
+    """The eight bytes from `address` on as one little-endian 64-bit integer."""
+    sig = types.int64(types.int64)
+
+    def codegen(context, builder, signature, args):  # noqa: ARG001
+        return builder.load(builder.inttoptr(args[0], ir.IntType(64).as_pointer()), align=1)
+
+    return sig, codegen
+
+
+@intrinsic
+def _prefetch(typingctx, address, write):  # noqa: ARG001
+    """Ask for the cache line at `address` ahead of its use (`write`: the literal 1 to write it, else 0)."""
+    if not isinstance(write, types.IntegerLiteral):
+        return None
+    rw = write.literal_value
+    sig = types.none(types.int64, write)
+
+    def codegen(context, builder, signature, args):  # noqa: ARG001
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = builder.module.declare_intrinsic("llvm.prefetch", fnty=ir.FunctionType(
+            ir.VoidType(), [i8p, i32, i32, i32]))
+        builder.call(fn, [builder.inttoptr(args[0], i8p), i32(rw), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _prefetch_row(address: int, size: int) -> None:
+    """:func:`_prefetch` every cache line of `size` bytes from `address`, to read."""
+    for offset in range(0, size + 63, 64):
+        _prefetch(address + offset, 0)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _prefetch_row_to_write(address: int, size: int) -> None:
+    """:func:`_prefetch` every cache line of `size` bytes from `address`, to write."""
+    for offset in range(0, size + 63, 64):
+        _prefetch(address + offset, 1)
+
+
+@intrinsic
+def _byte_swap(typingctx, v):  # noqa: ARG001
+    """The bytes of a 64-bit integer in reverse order."""
+    sig = types.int64(types.int64)
+
+    def codegen(context, builder, signature, args):  # noqa: ARG001
+        return builder.bswap(args[0])
+
+    return sig, codegen
+
+
+ONES = 0x0101010101010101
+HIGHS = -0x7F7F7F7F7F7F7F80  # 0x8080808080808080 as a signed 64-bit integer
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _zero_bytes(v: int) -> int:
+    """Nonzero where `v` has a zero byte (the lowest one marked exactly; those above it may be marked too)."""
+    return (v - ONES) & ~v & HIGHS
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -124,12 +216,12 @@ def _mel_code(events: np.ndarray, count: int, buf: np.ndarray) -> tuple[int, int
             if run >= (1 << _MEL_EXP[k]):
                 symbol, nb = 1, 1
                 run = 0
-                k = min(12, k + 1)
+                k = k + 1 if k < 12 else 12  # min and max written out: numba calls a function for those
         else:
             nb = _MEL_EXP[k] + 1  # a 0, then the run (below 2**exp) in exp bits
             symbol = run
             run = 0
-            k = max(0, k - 1)
+            k = k - 1 if k > 0 else 0
         while nb > 0:
             nb -= 1
             tmp = (tmp << 1) | ((symbol >> nb) & 1)
@@ -208,7 +300,7 @@ def _samples(row: np.ndarray, v: np.ndarray, t: np.ndarray) -> None:
     for x in range(row.size):
         c = np.int64(row[x])
         mag = abs(c)
-        t[x] = max(2 * mag - 1, 0)
+        t[x] = 2 * mag - 1 if mag else 0
         v[x] = 2 * mag - 2 + (c < 0)
 
 
@@ -238,9 +330,13 @@ def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
     v1[w:w4] = 0
     t0[w:w4] = 0
     t1[w:w4] = 0
+    first = _address(coeffs) + comp * coeffs.strides[0] + y0 * coeffs.strides[1] + x0 * coeffs.strides[2]
     for y in range(0, h, 2):
         initial = y == 0
         table = enc0 if initial else enc1
+        # The next two rows from memory while this pair of rows is coded.
+        for ahead in range(y + 2, y + 4 if y + 4 < h else h):
+            _prefetch_row(first + ahead * coeffs.strides[1], w * coeffs.strides[2])
         _samples(coeffs[comp, y0 + y, x0:x0 + w], v0[:w], t0[:w])
         if y + 1 < h:
             _samples(coeffs[comp, y0 + y + 1, x0:x0 + w], v1[:w], t1[:w])
@@ -275,7 +371,7 @@ def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                     break
                 a, b, c, d = t0[_u(qx)], t1[_u(qx)], t0[_u(qx + 1)], t1[_u(qx + 1)]
                 rho = (a != 0) | (b != 0) << 1 | (c != 0) << 2 | (d != 0) << 3
-                emax = _bit_length(max(max(a, b), max(c, d)))
+                emax = _bit_length(a | b | c | d)  # the bit length of the largest is that of the OR
                 kappa = 1
                 if initial:
                     cq = (rho_left >> 1) | (rho_left & 1)
@@ -283,9 +379,10 @@ def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                     cq = (((t_prev[_u(qx)] | t_prev[_u(qx + 1)]) != 0) | (((rho_left >> 2) | (rho_left >> 3)) & 1) << 1
                           | ((t_prev[_u(qx + 2)] | t_prev[_u(qx + 3)]) != 0) << 2)
                     if rho & (rho - 1):
-                        kappa = max(1, _bit_length(max(max(t_prev[_u(qx)], t_prev[_u(qx + 1)]),
-                                                       max(t_prev[_u(qx + 2)], t_prev[_u(qx + 3)]))) - 1)
-                bound = max(emax, kappa)
+                        # max(1, E - 1) of the largest E above: the bit length of the OR with 2, less one.
+                        kappa = _bit_length(t_prev[_u(qx)] | t_prev[_u(qx + 1)] | t_prev[_u(qx + 2)]
+                                            | t_prev[_u(qx + 3)] | 2) - 1
+                bound = emax if emax > kappa else kappa  # min and max written out: numba calls a function
                 u = bound - kappa
                 emb = 0
                 if u > 0:
@@ -329,7 +426,7 @@ def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                 any_significant |= rho
                 rho_left = rho
             if initial and u0 > 0 and u1 > 0:
-                both = min(u0, u1) > 2
+                both = u0 > 2 and u1 > 2
                 mel_events[_u(events)] = both
                 events += 1
                 if both:
@@ -448,7 +545,7 @@ _SUFFIX_BITS = np.array([0, 0, 0, 1, 0, 5], dtype=np.int64)  # U-VLC suffix bits
 
 
 @njit(cache=True, nogil=True)
-def _mel_event(data: np.ndarray, end: int, pos: int, byte: int, bits: int, ff: int, k: int, run: int, one: int
+def _mel_event(base: int, end: int, pos: int, byte: int, bits: int, ff: int, k: int, run: int, one: int
                ) -> tuple[int, int, int, int, int, int, int, int]:
     """The next MEL event: (event, pos, byte, bits, ff, k, run of zero events left, a one event pending).
 
@@ -463,26 +560,26 @@ def _mel_event(data: np.ndarray, end: int, pos: int, byte: int, bits: int, ff: i
             return 1, pos, byte, bits, ff, k, run, 0
         e = _MEL_EXP[k]
         if bits == 0:
-            byte = data[_u(pos)] if pos < end else 0xFF
+            byte = _load8(base + pos) if pos < end else 0xFF
             pos += 1
             bits = 7 if ff else 8
             ff = 1 if byte == 0xFF else 0
         bits -= 1
         if (byte >> bits) & 1:
             run = 1 << e
-            k = min(12, k + 1)
+            k = k + 1 if k < 12 else 12  # min and max written out: numba calls a function for those
         else:
             run = 0
             for _ in range(e):
                 if bits == 0:
-                    byte = data[_u(pos)] if pos < end else 0xFF
+                    byte = _load8(base + pos) if pos < end else 0xFF
                     pos += 1
                     bits = 7 if ff else 8
                     ff = 1 if byte == 0xFF else 0
                 bits -= 1
                 run = (run << 1) | ((byte >> bits) & 1)
             one = 1
-            k = max(0, k - 1)
+            k = k - 1 if k > 0 else 0
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -537,75 +634,141 @@ def _uvlc_pair(acc: int, bits: int, mode: int) -> tuple[int, int, int, int]:
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _sample(v: int, p: int) -> int:
-    """The coefficient of a sample with MagSgn value `v` (its implied top bit included), below `p` zero planes."""
-    mu = (v >> 1) + 1
-    if p:
-        mu = ((2 * mu + 1) << (p - 1))
-    return -mu if v & 1 else mu
+def _ms_refill(base: int, pos: int, end: int, acc: int, bits: int, ff: int) -> tuple[int, int, int, int]:
+    """MagSgn bits up to 56..63 pending (bits lowest first; a byte after 0xFF holds seven, 0xFF past the end).
+
+    State: (pos, acc, bits, whether the last byte read is 0xFF).  While
+    eight bytes remain and none of those taken is 0xFF, they come in one load.
+    """
+    if ff == 0 and pos + 8 <= end:
+        take = (63 - bits) >> 3
+        word = _load64(base + pos)
+        if _zero_bytes(~word) & HIGHS & ((1 << (8 * take)) - 1) == 0:
+            return pos + take, acc | (word & ((1 << (8 * take)) - 1)) << bits, bits + 8 * take, 0
+    while bits <= 55:
+        d = _load8(base + pos) if pos < end else 0xFF
+        pos += 1
+        if ff:
+            acc |= (d & 0x7F) << bits
+            bits += 7
+        else:
+            acc |= d << bits
+            bits += 8
+        ff = 1 if d == 0xFF else 0
+    return pos, acc, bits, ff
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _vlc_refill(base: int, pos: int, start: int, acc: int, bits: int, high: int) -> tuple[int, int, int, int]:
+    """VLC bits up to 49..63 pending, read backward from `pos` (zeros before `start`); after a byte above 0x8F a
+    byte whose low seven bits are all ones holds those seven.
+
+    State: (pos, acc, bits, whether the last byte read exceeds 0x8F).  While
+    eight bytes remain and none of those taken has its low seven bits all
+    ones, they come in one load.
+    """
+    if pos - 7 >= start:
+        take = (63 - bits) >> 3
+        word = _byte_swap(_load64(base + pos - 7))  # the byte at pos lowest
+        keep = (1 << (8 * take)) - 1
+        if _zero_bytes((word & 0x7F7F7F7F7F7F7F7F) ^ 0x7F7F7F7F7F7F7F7F) & HIGHS & keep == 0:
+            return pos - take, acc | (word & keep) << bits, bits + 8 * take, 1 if ((word >> (8 * take - 8)) & 0xFF) > 0x8F else 0
+    while bits <= 48:
+        d = _load8(base + pos) if pos >= start else 0
+        pos -= 1
+        if high and (d & 0x7F) == 0x7F:
+            acc |= (d & 0x7F) << bits
+            bits += 7
+        else:
+            acc |= d << bits
+            bits += 8
+        high = 1 if d > 0x8F else 0
+    return pos, acc, bits, high
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _sample(v: int) -> int:
+    """The coefficient ``mu = (v >> 1) + 1``, negative where bit 0 is set, of a sample with MagSgn value `v` (its
+    implied top bit included); no branch."""
+    sign = -(v & 1)
+    return (((v >> 1) + 1) ^ sign) - sign
+
+
+@njit(cache=True, nogil=True)
+def _below_zero_planes(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: int, p: int) -> None:
+    """Magnitudes ``mu`` of a block decoded above `p` > 0 zero planes made ``(2 mu + 1) << (p - 1)``, in place."""
+    for y in range(y0, y0 + h):
+        for x in range(x0, x0 + w):
+            c = np.int64(coeffs[comp, y, x])
+            if c:
+                mu = ((2 * abs(c) + 1) << (p - 1))
+                coeffs[comp, y, x] = -mu if c < 0 else mu
 
 
 @njit(cache=True, nogil=True)
 def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: int, data: np.ndarray, start: int,
-                  length: int, p: int, t_prev: np.ndarray, t_cur: np.ndarray, dec0: np.ndarray, dec1: np.ndarray
-                  ) -> int:
+                  length: int, p: int, t: np.ndarray, dec: np.ndarray) -> int:
     """Decode one cleanup segment into the zeroed ``coeffs[comp, y0:y0 + h, x0:x0 + w]``; 0 or an error code.
 
-    ``t_prev`` holds ``t = 2 mu - 1`` of the bottom samples of the row of
-    quads above (0 where not significant), one column of padding on the left.
+    ``t[tp:]`` holds ``t = 2 mu - 1`` of the bottom samples of the row of
+    quads above (0 where not significant), one column of padding on the left,
+    and ``t[tc:]`` those of this row; `dec` the CxtVLC look-ups of the other
+    rows and then of the initial row (:data:`_DEC`).  Offsets, not arrays
+    nor views, change from row to row: numba would count references to those.
     """
     if length < 2:
         return -1
     end = start + length
-    scup = (data[_u(end - 1)] << 4) | (data[_u(end - 2)] & 0xF)
+    base = _address(data)
+    scup = (_load8(base + end - 1) << 4) | (_load8(base + end - 2) & 0xF)
     if scup < 2 or scup > length or scup > MAX_SCUP:
         return -1
     mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one = end - scup, 0, 0, 0, 0, 0, 0
     ms_end = end - scup
     ms_pos, ms_acc, ms_bits, ms_ff = start, 0, 0, 0
     # The VLC starts in the upper nibble of the last-but-one byte.
-    d = data[_u(end - 2)] >> 4
+    d = _load8(base + end - 2) >> 4
     v_bits = 3 if (d & 7) == 7 else 4
     v_acc = d & ((1 << v_bits) - 1)
-    v_high = 1 if (data[_u(end - 2)] | 0xF) > 0x8F else 0
+    v_high = 1 if (_load8(base + end - 2) | 0xF) > 0x8F else 0
     v_pos = end - 3
     v_start = end - scup
     w4 = (w + 3) & ~3
-    t_prev[:w4 + 2] = 0
+    limit = MAX_BOUND - p  # the largest bound U
+    tp, tc = 0, TROW
+    for i in range(w4 + 2):
+        t[_u(tp + i)] = 0
+    first = _address(coeffs) + comp * coeffs.strides[0] + y0 * coeffs.strides[1] + x0 * coeffs.strides[2]
     for y in range(0, h, 2):
         initial = y == 0
-        lut = dec0 if initial else dec1
-        t_cur[:w4 + 2] = 0
+        lut = 1024 if initial else 0
+        # The next two rows of coefficients into the cache while this pair of rows is decoded.
+        for ahead in range(y + 2, y + 4 if y + 4 < h else h):
+            _prefetch_row_to_write(first + ahead * coeffs.strides[1], w * coeffs.strides[2])
+        for i in range(w4 + 2):
+            t[_u(tc + i)] = 0
         below = y + 1 < h
-        row0 = coeffs[comp, y0 + y, x0:x0 + w]
-        row1 = coeffs[comp, y0 + y + 1, x0:x0 + w] if below else row0
+        r0 = _u(y0 + y)
+        r1 = _u(y0 + y + 1)
         rho_left = 0
         for x in range(0, w, 4):
             has1 = x + 2 < w
-            if rho_left == 0 and mel_run > has1 and (initial or (t_prev[_u(x)] | t_prev[_u(x + 1)] | t_prev[_u(x + 2)]
-                                                                 | t_prev[_u(x + 3)] | t_prev[_u(x + 4)]
-                                                                 | t_prev[_u(x + 5)]) == 0):
+            if rho_left == 0 and mel_run > has1 and (initial or (t[_u(tp + x)] | t[_u(tp + x + 1)] | t[_u(tp + x + 2)]
+                                                                 | t[_u(tp + x + 3)] | t[_u(tp + x + 4)]
+                                                                 | t[_u(tp + x + 5)]) == 0):
                 # Nothing significant around the pair and MEL zero events pending for both quads (context 0).
                 mel_run -= 2 if has1 else 1
                 continue
             # Enough VLC bits for both codewords and both U-VLC codes of the pair (at most 14 + 24), read
-            # backward (zeros before the start).  The readers are written out in the loop: numba counts
-            # references to an array handed to a function, which would cost more than the reading.
-            while v_bits <= 48:
-                d = data[_u(v_pos)] if v_pos >= v_start else 0
-                v_pos -= 1
-                if v_high and (d & 0x7F) == 0x7F:
-                    v_acc |= (d & 0x7F) << v_bits
-                    v_bits += 7
-                else:
-                    v_acc |= d << v_bits
-                    v_bits += 8
-                v_high = 1 if d > 0x8F else 0
+            # backward (zeros before the start).  The readers take the address of the bytes, not the array:
+            # numba would count references to an array handed to a function.
+            if v_bits <= 48:
+                v_pos, v_acc, v_bits, v_high = _vlc_refill(base, v_pos, v_start, v_acc, v_bits, v_high)
             if initial:
                 cq0 = (rho_left >> 1) | (rho_left & 1)
             else:
-                cq0 = (((t_prev[_u(x)] | t_prev[_u(x + 1)]) != 0) | (((rho_left >> 2) | (rho_left >> 3)) & 1) << 1
-                       | ((t_prev[_u(x + 2)] | t_prev[_u(x + 3)]) != 0) << 2)
+                cq0 = (((t[_u(tp + x)] | t[_u(tp + x + 1)]) != 0) | (((rho_left >> 2) | (rho_left >> 3)) & 1) << 1
+                       | ((t[_u(tp + x + 2)] | t[_u(tp + x + 3)]) != 0) << 2)
             entry0 = 0
             event = 1
             if cq0 == 0:
@@ -616,13 +779,13 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                     mel_one = 0
                 else:
                     event, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one = _mel_event(
-                        data, end, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one)
-            if event:
-                entry0 = lut[_u((cq0 << 7) | (v_acc & 0x7F))]
-                if entry0 == 0:
-                    return -2
-                v_acc >>= entry0 & 0xF
-                v_bits -= entry0 & 0xF
+                        base, end, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one)
+            entry0 = dec[_u(lut | (cq0 << 7) | (v_acc & 0x7F))]
+            if (entry0 == 0) & (event != 0):
+                return -2
+            entry0 &= -event  # no codeword without an event: no branch
+            v_acc >>= entry0 & 0xF
+            v_bits -= entry0 & 0xF
             rho0 = (entry0 >> 4) & 0xF
             entry1 = 0
             rho1 = 0
@@ -630,8 +793,8 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                 if initial:
                     cq1 = (rho0 >> 1) | (rho0 & 1)
                 else:
-                    cq1 = (((t_prev[_u(x + 2)] | t_prev[_u(x + 3)]) != 0) | (((rho0 >> 2) | (rho0 >> 3)) & 1) << 1
-                           | ((t_prev[_u(x + 4)] | t_prev[_u(x + 5)]) != 0) << 2)
+                    cq1 = (((t[_u(tp + x + 2)] | t[_u(tp + x + 3)]) != 0) | (((rho0 >> 2) | (rho0 >> 3)) & 1) << 1
+                           | ((t[_u(tp + x + 4)] | t[_u(tp + x + 5)]) != 0) << 2)
                 event = 1
                 if cq1 == 0:
                     if mel_run > 0:
@@ -641,24 +804,20 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                         mel_one = 0
                     else:
                         event, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one = _mel_event(
-                            data, end, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one)
-                if event:
-                    entry1 = lut[_u((cq1 << 7) | (v_acc & 0x7F))]
-                    if entry1 == 0:
-                        return -2
-                    v_acc >>= entry1 & 0xF
-                    v_bits -= entry1 & 0xF
+                            base, end, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one)
+                entry1 = dec[_u(lut | (cq1 << 7) | (v_acc & 0x7F))]
+                if (entry1 == 0) & (event != 0):
+                    return -2
+                entry1 &= -event  # no codeword without an event: no branch
+                v_acc >>= entry1 & 0xF
+                v_bits -= entry1 & 0xF
                 rho1 = (entry1 >> 4) & 0xF
             mode = ((entry0 >> 8) & 1) | ((entry1 >> 7) & 2)
-            u0 = 0
-            u1 = 0
-            if mode:
-                add = 0
-                if initial and mode == 3:
-                    event, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one = _mel_event(
-                        data, end, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one)
-                    add = 2 if event else 0
-                if add == 0 and initial and mode == 3 and (v_acc & 3) == 0:
+            if initial and mode == 3:
+                event, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one = _mel_event(
+                    base, end, mel_pos, mel_byte, mel_bits, mel_ff, mel_k, mel_run, mel_one)
+                add = 2 if event else 0
+                if add == 0 and (v_acc & 3) == 0:
                     # A first prefix of 3 or more: the second quad's u is 1 or 2, in one bit.
                     pre0, v_acc, v_bits = _uvlc_prefix(v_acc, v_bits)
                     u1 = 1 + (v_acc & 1)
@@ -670,17 +829,23 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                     u0, u1, v_acc, v_bits = _uvlc_pair(v_acc, v_bits, mode)
                     u0 += add
                     u1 += add
+            else:
+                # Mode 0 reads nothing and gives u = 0: no branch.
+                u0, u1, v_acc, v_bits = _uvlc_pair(v_acc, v_bits, mode)
             # Exponent bounds, then the samples.
             kappa0 = 1
             kappa1 = 1
             if not initial:
-                above0 = max(max(t_prev[_u(x)], t_prev[_u(x + 1)]), t_prev[_u(x + 2)])
-                above1 = max(max(t_prev[_u(x + 3)], t_prev[_u(x + 4)]), t_prev[_u(x + 5)])
-                kappa0 = max(1, _bit_length(max(above0, t_prev[_u(x + 3)])) - 1) if rho0 & (rho0 - 1) else 1
-                kappa1 = max(1, _bit_length(max(above1, t_prev[_u(x + 2)])) - 1) if rho1 & (rho1 - 1) else 1
+                # The largest E above is the bit length of the OR of the t above; max(1, E - 1) is that of
+                # the OR with 2, less one.
+                middle = t[_u(tp + x + 2)] | t[_u(tp + x + 3)]
+                if rho0 & (rho0 - 1):
+                    kappa0 = _bit_length(t[_u(tp + x)] | t[_u(tp + x + 1)] | middle | 2) - 1
+                if rho1 & (rho1 - 1):
+                    kappa1 = _bit_length(middle | t[_u(tp + x + 4)] | t[_u(tp + x + 5)] | 2) - 1
             bound0 = u0 + kappa0
             bound1 = u1 + kappa1
-            if bound0 + p > MAX_BOUND or bound1 + p > MAX_BOUND:
+            if bound0 > limit or bound1 > limit:
                 return -3
             for q in range(2):
                 entry = entry1 if q else entry0
@@ -695,56 +860,57 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                 m1 = (bound - ((ek >> 1) & 1)) * ((rho >> 1) & 1)
                 m2 = (bound - ((ek >> 2) & 1)) * ((rho >> 2) & 1)
                 m3 = (bound - ((ek >> 3) & 1)) * ((rho >> 3) & 1)
-                # MagSgn bits, at least 49 after a refill: one refill for a quad with U of 12 or less, else two.
-                v0 = v1 = v2 = v3 = 0
-                for half in range(2):
-                    if half == 0 or bound > 12:
-                        while ms_bits <= 48:
-                            d = data[_u(ms_pos)] if ms_pos < ms_end else 0xFF
-                            ms_pos += 1
-                            if ms_ff:
-                                ms_acc |= (d & 0x7F) << ms_bits
-                                ms_bits += 7
-                            else:
-                                ms_acc |= d << ms_bits
-                                ms_bits += 8
-                            ms_ff = 1 if d == 0xFF else 0
-                    if half == 0:
-                        v0 = ms_acc & ((1 << m0) - 1)
-                        ms_acc >>= m0
-                        v1 = ms_acc & ((1 << m1) - 1)
-                        ms_acc >>= m1
-                        ms_bits -= m0 + m1
-                    else:
-                        v2 = ms_acc & ((1 << m2) - 1)
-                        ms_acc >>= m2
-                        v3 = ms_acc & ((1 << m3) - 1)
-                        ms_acc >>= m3
-                        ms_bits -= m2 + m3
+                # MagSgn bits: at least 56 after a refill, so one refill serves a quad with U of 14 or less,
+                # two a quad with U of 28 or less, else one per sample (30 bits at most).
+                need = m0 + m1 + m2 + m3 if bound <= 14 else (m0 + m1 if bound <= 28 else m0)
+                if ms_bits < need:
+                    ms_pos, ms_acc, ms_bits, ms_ff = _ms_refill(base, ms_pos, ms_end, ms_acc, ms_bits, ms_ff)
+                v0 = ms_acc & ((1 << m0) - 1)
+                ms_acc >>= m0
+                ms_bits -= m0
+                if bound > 28 and ms_bits < m1:
+                    ms_pos, ms_acc, ms_bits, ms_ff = _ms_refill(base, ms_pos, ms_end, ms_acc, ms_bits, ms_ff)
+                v1 = ms_acc & ((1 << m1) - 1)
+                ms_acc >>= m1
+                ms_bits -= m1
+                if bound > 14:
+                    need = m2 + m3 if bound <= 28 else m2
+                    if ms_bits < need:
+                        ms_pos, ms_acc, ms_bits, ms_ff = _ms_refill(base, ms_pos, ms_end, ms_acc, ms_bits, ms_ff)
+                v2 = ms_acc & ((1 << m2) - 1)
+                ms_acc >>= m2
+                ms_bits -= m2
+                if bound > 28 and ms_bits < m3:
+                    ms_pos, ms_acc, ms_bits, ms_ff = _ms_refill(base, ms_pos, ms_end, ms_acc, ms_bits, ms_ff)
+                v3 = ms_acc & ((1 << m3) - 1)
+                ms_acc >>= m3
+                ms_bits -= m3
                 v0 |= (e & 1) << m0
                 v1 |= ((e >> 1) & 1) << m1
                 v2 |= ((e >> 2) & 1) << m2
                 v3 |= ((e >> 3) & 1) << m3
                 # The next row of quads looks at the exponents of the bottom samples only (E = bit length of t).
-                t_cur[_u(qx + 1)] = (v1 | 1) * ((rho >> 1) & 1)
-                t_cur[_u(qx + 2)] = (v3 | 1) * ((rho >> 3) & 1)
+                t[_u(tc + qx + 1)] = (v1 | 1) & -((rho >> 1) & 1)
+                t[_u(tc + qx + 2)] = (v3 | 1) & -((rho >> 3) & 1)
                 right = qx + 1 < w
                 if right and below:  # the whole quad is inside: no test per sample (0 where not significant)
-                    row0[_u(qx)] = _sample(v0, p) * (rho & 1)
-                    row1[_u(qx)] = _sample(v1, p) * ((rho >> 1) & 1)
-                    row0[_u(qx + 1)] = _sample(v2, p) * ((rho >> 2) & 1)
-                    row1[_u(qx + 1)] = _sample(v3, p) * ((rho >> 3) & 1)
+                    coeffs[_u(comp), r0, _u(x0 + qx)] = _sample(v0) & -(rho & 1)
+                    coeffs[_u(comp), r1, _u(x0 + qx)] = _sample(v1) & -((rho >> 1) & 1)
+                    coeffs[_u(comp), r0, _u(x0 + qx + 1)] = _sample(v2) & -((rho >> 2) & 1)
+                    coeffs[_u(comp), r1, _u(x0 + qx + 1)] = _sample(v3) & -((rho >> 3) & 1)
                     continue
                 if rho & 1:
-                    row0[_u(qx)] = _sample(v0, p)
+                    coeffs[_u(comp), r0, _u(x0 + qx)] = _sample(v0)
                 if rho & 2 and below:
-                    row1[_u(qx)] = _sample(v1, p)
+                    coeffs[_u(comp), r1, _u(x0 + qx)] = _sample(v1)
                 if rho & 4 and right:
-                    row0[_u(qx + 1)] = _sample(v2, p)
+                    coeffs[_u(comp), r0, _u(x0 + qx + 1)] = _sample(v2)
                 if rho & 8 and below and right:
-                    row1[_u(qx + 1)] = _sample(v3, p)
+                    coeffs[_u(comp), r1, _u(x0 + qx + 1)] = _sample(v3)
             rho_left = rho1 if has1 else rho0
-        t_prev, t_cur = t_cur, t_prev
+        tp, tc = tc, tp
+    if p:
+        _below_zero_planes(coeffs, comp, y0, x0, h, w, p)
     return 0
 
 
@@ -752,8 +918,7 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
 def decode_blocks(coeffs: np.ndarray, blocks: np.ndarray, segments: np.ndarray, data: np.ndarray) -> int:
     """Decode every listed code-block's cleanup segment into `coeffs`, zero beforehand (see the module
     docstring)."""
-    t_prev = np.zeros(1024 + 8, dtype=np.int64)
-    t_cur = np.zeros(1024 + 8, dtype=np.int64)
+    t = np.zeros(2 * TROW, dtype=np.int64)
     for k in range(blocks.shape[0]):
         comp, y0, x0, h, w = blocks[k, 0], blocks[k, 1], blocks[k, 2], blocks[k, 3], blocks[k, 4]
         planes, first, count = blocks[k, 6], blocks[k, 8], blocks[k, 9]
@@ -764,7 +929,7 @@ def decode_blocks(coeffs: np.ndarray, blocks: np.ndarray, segments: np.ndarray, 
         if h * w > 4096 or h > 1024 or w > 1024:
             return -5
         status = _decode_block(coeffs, comp, y0, x0, h, w, data, segments[first, 0], segments[first, 1],
-                               planes - 1, t_prev, t_cur, _DEC0, _DEC1)
+                               planes - 1, t, _DEC)
         if status:
             return status
     return 0

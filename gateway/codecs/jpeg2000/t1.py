@@ -60,6 +60,7 @@ F_N, F_W, F_E, F_S, F_NW, F_NE, F_SW, F_SE = 1, 2, 4, 8, 16, 32, 64, 128
 F_NEIGHBOURS = 0xFF
 F_SGN_N, F_SGN_W, F_SGN_E, F_SGN_S = 256, 512, 1024, 2048
 F_SIG, F_VISIT, F_REF, F_NEG = 4096, 8192, 16384, 32768
+F_PAD = 1 << 16  # a padding row below a partial last stripe (see below)
 
 CX_MR = 14  # first of the three magnitude refinement contexts
 
@@ -165,9 +166,12 @@ def _significant(flags: np.ndarray, i: int, stride: int, negative: int, vcausal_
 # The passes skip whole stripes first: a significance pass has nothing to
 # code in a stripe when no coefficient of it or of the stripes above and
 # below is significant (per-stripe counts), or when all of it is; a
-# refinement pass when none of it is.  Inside a stripe, a full column's four flag words
-# are tested together the same way.  The per-coefficient work is in inlined
-# helpers shared by full and partial stripes.
+# refinement pass when none of it is.  Inside a stripe, a column's four flag
+# words are tested together the same way, and its four rows are written out.
+# A partial last stripe is padded to four rows with rows marked
+# ``F_PAD | F_SIG``: every pass skips them, no run is ever tried in their
+# columns, and no coefficient sees them as significant, so full and partial
+# stripes share one code path.
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -194,7 +198,7 @@ def _enc_mr(i: int, m: int, p: int, flags: np.ndarray, mags: np.ndarray, states:
             ct: int, b: int, n: int, out: np.ndarray, base: int) -> tuple[int, int, int, int, int]:
     """Magnitude refinement for one coefficient."""
     f = flags[u(i)]
-    if f & (F_SIG | F_VISIT) != F_SIG:
+    if f & (F_SIG | F_VISIT | F_PAD) != F_SIG:
         return a, c, ct, b, n
     cx = 16 if f & F_REF else (15 if f & F_NEIGHBOURS else 14)
     a, c, ct, b, n = mq.encode((mags[u(m)] >> p) & 1, cx, states, a, c, ct, b, n, out, base)
@@ -259,9 +263,13 @@ def _encode_block(coef: np.ndarray, orient: int, flags: np.ndarray, mags: np.nda
     h, w = coef.shape
     stride = w + 2
     s2, s3 = 2 * stride, 3 * stride
-    for i in range((h + 2) * stride):
+    h4 = (h + 3) & ~3
+    for i in range((h4 + 2) * stride):
         flags[u(i)] = 0
-    for i in range((h + 3) // 4 + 2):
+    for y in range(h, h4):
+        for x in range(w):
+            flags[u((y + 1) * stride + x + 1)] = F_PAD | F_SIG
+    for i in range(h4 // 4 + 2):
         counts[u(i)] = 0
     top = 0
     for y in range(h):
@@ -287,67 +295,63 @@ def _encode_block(coef: np.ndarray, orient: int, flags: np.ndarray, mags: np.nda
                 if counts[u(stripe - 1)] + counts[u(stripe)] + counts[u(stripe + 1)] == 0 or counts[u(stripe)] == size:
                     continue
                 row = (y0 + 1) * stride + 1
-                if y0 + 4 <= h:
-                    for x in range(w):
-                        i = row + x
-                        f0, f1, f2, f3 = flags[u(i)], flags[u(i + stride)], flags[u(i + s2)], flags[u(i + s3)]
-                        if not (f0 | f1 | f2 | f3) & F_NEIGHBOURS or f0 & f1 & f2 & f3 & F_SIG:
-                            continue
-                        m = y0 * w + x
-                        for k in range(4):
-                            a, c, ct, b, n = _enc_sp(i + k * stride, m + k * w, p, orient, flags, mags, stride,
-                                                     counts, stripe, states, a, c, ct, b, n, out, base)
-                else:
-                    for x in range(w):
-                        for y in range(y0, h):
-                            a, c, ct, b, n = _enc_sp(row + (y - y0) * stride + x, y * w + x, p, orient, flags, mags,
-                                                     stride, counts, stripe, states, a, c, ct, b, n, out, base)
+                for x in range(w):
+                    i = row + x
+                    f0, f1, f2, f3 = flags[u(i)], flags[u(i + stride)], flags[u(i + s2)], flags[u(i + s3)]
+                    if not (f0 | f1 | f2 | f3) & F_NEIGHBOURS or f0 & f1 & f2 & f3 & F_SIG:
+                        continue
+                    m = y0 * w + x
+                    a, c, ct, b, n = _enc_sp(i, m, p, orient, flags, mags, stride, counts, stripe, states,
+                                             a, c, ct, b, n, out, base)
+                    a, c, ct, b, n = _enc_sp(i + stride, m + w, p, orient, flags, mags, stride, counts, stripe,
+                                             states, a, c, ct, b, n, out, base)
+                    a, c, ct, b, n = _enc_sp(i + s2, m + 2 * w, p, orient, flags, mags, stride, counts, stripe,
+                                             states, a, c, ct, b, n, out, base)
+                    a, c, ct, b, n = _enc_sp(i + s3, m + 3 * w, p, orient, flags, mags, stride, counts, stripe,
+                                             states, a, c, ct, b, n, out, base)
             for y0 in range(0, h, 4):  # magnitude refinement
                 if counts[u((y0 >> 2) + 1)] == 0:
                     continue
                 row = (y0 + 1) * stride + 1
-                if y0 + 4 <= h:
-                    for x in range(w):
-                        i = row + x
-                        if not (flags[u(i)] | flags[u(i + stride)] | flags[u(i + s2)] | flags[u(i + s3)]) & F_SIG:
-                            continue
-                        m = y0 * w + x
-                        for k in range(4):
-                            a, c, ct, b, n = _enc_mr(i + k * stride, m + k * w, p, flags, mags, states,
-                                                     a, c, ct, b, n, out, base)
-                else:
-                    for x in range(w):
-                        for y in range(y0, h):
-                            a, c, ct, b, n = _enc_mr(row + (y - y0) * stride + x, y * w + x, p, flags, mags, states,
-                                                     a, c, ct, b, n, out, base)
+                for x in range(w):
+                    i = row + x
+                    if not (flags[u(i)] | flags[u(i + stride)] | flags[u(i + s2)] | flags[u(i + s3)]) & F_SIG:
+                        continue
+                    m = y0 * w + x
+                    a, c, ct, b, n = _enc_mr(i, m, p, flags, mags, states, a, c, ct, b, n, out, base)
+                    a, c, ct, b, n = _enc_mr(i + stride, m + w, p, flags, mags, states, a, c, ct, b, n, out, base)
+                    a, c, ct, b, n = _enc_mr(i + s2, m + 2 * w, p, flags, mags, states, a, c, ct, b, n, out, base)
+                    a, c, ct, b, n = _enc_mr(i + s3, m + 3 * w, p, flags, mags, states, a, c, ct, b, n, out, base)
         for y0 in range(0, h, 4):  # cleanup
             stripe = (y0 >> 2) + 1
             row = (y0 + 1) * stride + 1
-            if y0 + 4 <= h:
-                for x in range(w):
-                    i = row + x
-                    f0, f1, f2, f3 = flags[u(i)], flags[u(i + stride)], flags[u(i + s2)], flags[u(i + s3)]
-                    m = y0 * w + x
-                    if f0 & f1 & f2 & f3 & F_SIG:
-                        flags[u(i)] = f0 & ~F_VISIT
-                        flags[u(i + stride)] = f1 & ~F_VISIT
-                        flags[u(i + s2)] = f2 & ~F_VISIT
-                        flags[u(i + s3)] = f3 & ~F_VISIT
+            for x in range(w):
+                i = row + x
+                f0, f1, f2, f3 = flags[u(i)], flags[u(i + stride)], flags[u(i + s2)], flags[u(i + s3)]
+                if f0 & f1 & f2 & f3 & F_SIG:
+                    flags[u(i)] = f0 & ~F_VISIT
+                    flags[u(i + stride)] = f1 & ~F_VISIT
+                    flags[u(i + s2)] = f2 & ~F_VISIT
+                    flags[u(i + s3)] = f3 & ~F_VISIT
+                    continue
+                m = y0 * w + x
+                k = 0
+                if not (f0 | f1 | f2 | f3) & (F_SIG | F_VISIT | F_NEIGHBOURS):
+                    k, a, c, ct, b, n = _enc_run(i, m, w, p, flags, mags, stride, counts, stripe, states,
+                                                 a, c, ct, b, n, out, base)
+                    if k == 4:
                         continue
-                    k = 0
-                    if not (f0 | f1 | f2 | f3) & (F_SIG | F_VISIT | F_NEIGHBOURS):
-                        k, a, c, ct, b, n = _enc_run(i, m, w, p, flags, mags, stride, counts, stripe, states,
-                                                     a, c, ct, b, n, out, base)
-                        if k == 4:
-                            continue
-                    for kk in range(k, 4):
-                        a, c, ct, b, n = _enc_cu(i + kk * stride, m + kk * w, p, orient, flags, mags, stride,
-                                                 counts, stripe, states, a, c, ct, b, n, out, base)
-            else:
-                for x in range(w):
-                    for y in range(y0, h):
-                        a, c, ct, b, n = _enc_cu(row + (y - y0) * stride + x, y * w + x, p, orient, flags, mags,
-                                                 stride, counts, stripe, states, a, c, ct, b, n, out, base)
+                if k == 0:
+                    a, c, ct, b, n = _enc_cu(i, m, p, orient, flags, mags, stride, counts, stripe, states,
+                                             a, c, ct, b, n, out, base)
+                if k <= 1:
+                    a, c, ct, b, n = _enc_cu(i + stride, m + w, p, orient, flags, mags, stride, counts, stripe,
+                                             states, a, c, ct, b, n, out, base)
+                if k <= 2:
+                    a, c, ct, b, n = _enc_cu(i + s2, m + 2 * w, p, orient, flags, mags, stride, counts, stripe,
+                                             states, a, c, ct, b, n, out, base)
+                a, c, ct, b, n = _enc_cu(i + s3, m + 3 * w, p, orient, flags, mags, stride, counts, stripe,
+                                         states, a, c, ct, b, n, out, base)
     length = mq.flush(a, c, ct, b, n, out, base)
     return length, 3 * planes - 2, planes
 
@@ -356,14 +360,14 @@ def _encode_block(coef: np.ndarray, orient: int, flags: np.ndarray, mags: np.nda
 def encode_blocks(coeffs: np.ndarray, blocks: np.ndarray, out: np.ndarray, offsets: np.ndarray,
                   results: np.ndarray) -> int:
     """Code every listed code-block (see the module docstring); 0, or -1-i if block i overflowed."""
-    flags = np.empty(66 * 66, dtype=np.uint16)
+    flags = np.empty(66 * 66, dtype=np.uint32)
     mags = np.empty(64 * 64, dtype=np.int32)
     counts = np.empty(1024 // 4 + 3, dtype=np.int32)  # a code-block is at most 1024 high
     states = np.empty(mq.N_CONTEXTS, dtype=np.int32)
     for k in range(blocks.shape[0]):
         comp, y0, x0, h, w, orient = blocks[k, 0], blocks[k, 1], blocks[k, 2], blocks[k, 3], blocks[k, 4], blocks[k, 5]
-        if (h + 2) * (w + 2) > flags.size:
-            flags = np.empty((h + 2) * (w + 2), dtype=np.uint16)
+        if (((h + 3) & ~3) + 2) * (w + 2) > flags.size or h * w > mags.size:
+            flags = np.empty((((h + 3) & ~3) + 2) * (w + 2), dtype=np.uint32)
             mags = np.empty(h * w, dtype=np.int32)
         room = offsets[k + 1] - offsets[k]
         window = out[offsets[k]:offsets[k] + room]
@@ -379,17 +383,12 @@ def encode_blocks(coeffs: np.ndarray, blocks: np.ndarray, out: np.ndarray, offse
 
 # ----------------------------------------------------------------------------- decoder
 #
-# The same stripe and column skipping as the encoder, with the four rows of a
-# stripe column written out.  A partial last stripe is padded to four rows
-# with rows marked ``F_PAD | F_SIG``: every pass skips them, no run is ever
-# tried in their columns, and no coefficient sees them as significant, so
-# full and partial stripes share one code path.  Raw (bypass) passes are
-# decoded by a separate, not inlined, kernel: they are rare, and keeping
-# them out of the main kernel keeps its code (and compile time) small.
-# ``causal`` is true for the first row of a stripe in vertically causal
-# mode, whose significance the row above must not see.
-
-F_PAD = 1 << 16  # a padding row below a partial last stripe
+# The same stripe and column skipping, padding and written-out rows as the
+# encoder.  Raw (bypass) passes are decoded by a separate, not inlined,
+# kernel: they are rare, and keeping them out of the main kernel keeps its
+# code (and compile time) small.  ``causal`` is true for the first row of a
+# stripe in vertically causal mode, whose significance the row above must
+# not see.
 
 
 @njit(cache=True, nogil=True, inline="always")

@@ -60,6 +60,7 @@ F_N, F_W, F_E, F_S, F_NW, F_NE, F_SW, F_SE = 1, 2, 4, 8, 16, 32, 64, 128
 F_NEIGHBOURS = 0xFF
 F_SGN_N, F_SGN_W, F_SGN_E, F_SGN_S = 256, 512, 1024, 2048
 F_SIG, F_VISIT, F_REF, F_NEG = 4096, 8192, 16384, 32768
+F_PAD = 1 << 16  # a padding row below a partial last stripe (see below)
 
 CX_MR = 14  # first of the three magnitude refinement contexts
 
@@ -165,9 +166,12 @@ def _significant(flags: np.ndarray, i: int, stride: int, negative: int, vcausal_
 # The passes skip whole stripes first: a significance pass has nothing to
 # code in a stripe when no coefficient of it or of the stripes above and
 # below is significant (per-stripe counts), or when all of it is; a
-# refinement pass when none of it is.  Inside a stripe, a full column's four flag words
-# are tested together the same way.  The per-coefficient work is in inlined
-# helpers shared by full and partial stripes.
+# refinement pass when none of it is.  Inside a stripe, a column's four flag
+# words are tested together the same way, and its four rows are written out.
+# A partial last stripe is padded to four rows with rows marked
+# ``F_PAD | F_SIG``: every pass skips them, no run is ever tried in their
+# columns, and no coefficient sees them as significant, so full and partial
+# stripes share one code path.
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -194,7 +198,7 @@ def _enc_mr(i: int, m: int, p: int, flags: np.ndarray, mags: np.ndarray, states:
             ct: int, b: int, n: int, out: np.ndarray, base: int) -> tuple[int, int, int, int, int]:
     """Magnitude refinement for one coefficient."""
     f = flags[u(i)]
-    if f & (F_SIG | F_VISIT) != F_SIG:
+    if f & (F_SIG | F_VISIT | F_PAD) != F_SIG:
         return a, c, ct, b, n
     cx = 16 if f & F_REF else (15 if f & F_NEIGHBOURS else 14)
     a, c, ct, b, n = mq.encode((mags[u(m)] >> p) & 1, cx, states, a, c, ct, b, n, out, base)
@@ -259,9 +263,13 @@ def _encode_block(coef: np.ndarray, orient: int, flags: np.ndarray, mags: np.nda
     h, w = coef.shape
     stride = w + 2
     s2, s3 = 2 * stride, 3 * stride
-    for i in range((h + 2) * stride):
+    h4 = (h + 3) & ~3
+    for i in range((h4 + 2) * stride):
         flags[u(i)] = 0
-    for i in range((h + 3) // 4 + 2):
+    for y in range(h, h4):
+        for x in range(w):
+            flags[u((y + 1) * stride + x + 1)] = F_PAD | F_SIG
+    for i in range(h4 // 4 + 2):
         counts[u(i)] = 0
     top = 0
     for y in range(h):
@@ -287,67 +295,63 @@ def _encode_block(coef: np.ndarray, orient: int, flags: np.ndarray, mags: np.nda
                 if counts[u(stripe - 1)] + counts[u(stripe)] + counts[u(stripe + 1)] == 0 or counts[u(stripe)] == size:
                     continue
                 row = (y0 + 1) * stride + 1
-                if y0 + 4 <= h:
-                    for x in range(w):
-                        i = row + x
-                        f0, f1, f2, f3 = flags[u(i)], flags[u(i + stride)], flags[u(i + s2)], flags[u(i + s3)]
-                        if not (f0 | f1 | f2 | f3) & F_NEIGHBOURS or f0 & f1 & f2 & f3 & F_SIG:
-                            continue
-                        m = y0 * w + x
-                        for k in range(4):
-                            a, c, ct, b, n = _enc_sp(i + k * stride, m + k * w, p, orient, flags, mags, stride,
-                                                     counts, stripe, states, a, c, ct, b, n, out, base)
-                else:
-                    for x in range(w):
-                        for y in range(y0, h):
-                            a, c, ct, b, n = _enc_sp(row + (y - y0) * stride + x, y * w + x, p, orient, flags, mags,
-                                                     stride, counts, stripe, states, a, c, ct, b, n, out, base)
+                for x in range(w):
+                    i = row + x
+                    f0, f1, f2, f3 = flags[u(i)], flags[u(i + stride)], flags[u(i + s2)], flags[u(i + s3)]
+                    if not (f0 | f1 | f2 | f3) & F_NEIGHBOURS or f0 & f1 & f2 & f3 & F_SIG:
+                        continue
+                    m = y0 * w + x
+                    a, c, ct, b, n = _enc_sp(i, m, p, orient, flags, mags, stride, counts, stripe, states,
+                                             a, c, ct, b, n, out, base)
+                    a, c, ct, b, n = _enc_sp(i + stride, m + w, p, orient, flags, mags, stride, counts, stripe,
+                                             states, a, c, ct, b, n, out, base)
+                    a, c, ct, b, n = _enc_sp(i + s2, m + 2 * w, p, orient, flags, mags, stride, counts, stripe,
+                                             states, a, c, ct, b, n, out, base)
+                    a, c, ct, b, n = _enc_sp(i + s3, m + 3 * w, p, orient, flags, mags, stride, counts, stripe,
+                                             states, a, c, ct, b, n, out, base)
             for y0 in range(0, h, 4):  # magnitude refinement
                 if counts[u((y0 >> 2) + 1)] == 0:
                     continue
                 row = (y0 + 1) * stride + 1
-                if y0 + 4 <= h:
-                    for x in range(w):
-                        i = row + x
-                        if not (flags[u(i)] | flags[u(i + stride)] | flags[u(i + s2)] | flags[u(i + s3)]) & F_SIG:
-                            continue
-                        m = y0 * w + x
-                        for k in range(4):
-                            a, c, ct, b, n = _enc_mr(i + k * stride, m + k * w, p, flags, mags, states,
-                                                     a, c, ct, b, n, out, base)
-                else:
-                    for x in range(w):
-                        for y in range(y0, h):
-                            a, c, ct, b, n = _enc_mr(row + (y - y0) * stride + x, y * w + x, p, flags, mags, states,
-                                                     a, c, ct, b, n, out, base)
+                for x in range(w):
+                    i = row + x
+                    if not (flags[u(i)] | flags[u(i + stride)] | flags[u(i + s2)] | flags[u(i + s3)]) & F_SIG:
+                        continue
+                    m = y0 * w + x
+                    a, c, ct, b, n = _enc_mr(i, m, p, flags, mags, states, a, c, ct, b, n, out, base)
+                    a, c, ct, b, n = _enc_mr(i + stride, m + w, p, flags, mags, states, a, c, ct, b, n, out, base)
+                    a, c, ct, b, n = _enc_mr(i + s2, m + 2 * w, p, flags, mags, states, a, c, ct, b, n, out, base)
+                    a, c, ct, b, n = _enc_mr(i + s3, m + 3 * w, p, flags, mags, states, a, c, ct, b, n, out, base)
         for y0 in range(0, h, 4):  # cleanup
             stripe = (y0 >> 2) + 1
             row = (y0 + 1) * stride + 1
-            if y0 + 4 <= h:
-                for x in range(w):
-                    i = row + x
-                    f0, f1, f2, f3 = flags[u(i)], flags[u(i + stride)], flags[u(i + s2)], flags[u(i + s3)]
-                    m = y0 * w + x
-                    if f0 & f1 & f2 & f3 & F_SIG:
-                        flags[u(i)] = f0 & ~F_VISIT
-                        flags[u(i + stride)] = f1 & ~F_VISIT
-                        flags[u(i + s2)] = f2 & ~F_VISIT
-                        flags[u(i + s3)] = f3 & ~F_VISIT
+            for x in range(w):
+                i = row + x
+                f0, f1, f2, f3 = flags[u(i)], flags[u(i + stride)], flags[u(i + s2)], flags[u(i + s3)]
+                if f0 & f1 & f2 & f3 & F_SIG:
+                    flags[u(i)] = f0 & ~F_VISIT
+                    flags[u(i + stride)] = f1 & ~F_VISIT
+                    flags[u(i + s2)] = f2 & ~F_VISIT
+                    flags[u(i + s3)] = f3 & ~F_VISIT
+                    continue
+                m = y0 * w + x
+                k = 0
+                if not (f0 | f1 | f2 | f3) & (F_SIG | F_VISIT | F_NEIGHBOURS):
+                    k, a, c, ct, b, n = _enc_run(i, m, w, p, flags, mags, stride, counts, stripe, states,
+                                                 a, c, ct, b, n, out, base)
+                    if k == 4:
                         continue
-                    k = 0
-                    if not (f0 | f1 | f2 | f3) & (F_SIG | F_VISIT | F_NEIGHBOURS):
-                        k, a, c, ct, b, n = _enc_run(i, m, w, p, flags, mags, stride, counts, stripe, states,
-                                                     a, c, ct, b, n, out, base)
-                        if k == 4:
-                            continue
-                    for kk in range(k, 4):
-                        a, c, ct, b, n = _enc_cu(i + kk * stride, m + kk * w, p, orient, flags, mags, stride,
-                                                 counts, stripe, states, a, c, ct, b, n, out, base)
-            else:
-                for x in range(w):
-                    for y in range(y0, h):
-                        a, c, ct, b, n = _enc_cu(row + (y - y0) * stride + x, y * w + x, p, orient, flags, mags,
-                                                 stride, counts, stripe, states, a, c, ct, b, n, out, base)
+                if k == 0:
+                    a, c, ct, b, n = _enc_cu(i, m, p, orient, flags, mags, stride, counts, stripe, states,
+                                             a, c, ct, b, n, out, base)
+                if k <= 1:
+                    a, c, ct, b, n = _enc_cu(i + stride, m + w, p, orient, flags, mags, stride, counts, stripe,
+                                             states, a, c, ct, b, n, out, base)
+                if k <= 2:
+                    a, c, ct, b, n = _enc_cu(i + s2, m + 2 * w, p, orient, flags, mags, stride, counts, stripe,
+                                             states, a, c, ct, b, n, out, base)
+                a, c, ct, b, n = _enc_cu(i + s3, m + 3 * w, p, orient, flags, mags, stride, counts, stripe,
+                                         states, a, c, ct, b, n, out, base)
     length = mq.flush(a, c, ct, b, n, out, base)
     return length, 3 * planes - 2, planes
 
@@ -356,14 +360,14 @@ def _encode_block(coef: np.ndarray, orient: int, flags: np.ndarray, mags: np.nda
 def encode_blocks(coeffs: np.ndarray, blocks: np.ndarray, out: np.ndarray, offsets: np.ndarray,
                   results: np.ndarray) -> int:
     """Code every listed code-block (see the module docstring); 0, or -1-i if block i overflowed."""
-    flags = np.empty(66 * 66, dtype=np.uint16)
+    flags = np.empty(66 * 66, dtype=np.uint32)
     mags = np.empty(64 * 64, dtype=np.int32)
     counts = np.empty(1024 // 4 + 3, dtype=np.int32)  # a code-block is at most 1024 high
     states = np.empty(mq.N_CONTEXTS, dtype=np.int32)
     for k in range(blocks.shape[0]):
         comp, y0, x0, h, w, orient = blocks[k, 0], blocks[k, 1], blocks[k, 2], blocks[k, 3], blocks[k, 4], blocks[k, 5]
-        if (h + 2) * (w + 2) > flags.size:
-            flags = np.empty((h + 2) * (w + 2), dtype=np.uint16)
+        if (((h + 3) & ~3) + 2) * (w + 2) > flags.size or h * w > mags.size:
+            flags = np.empty((((h + 3) & ~3) + 2) * (w + 2), dtype=np.uint32)
             mags = np.empty(h * w, dtype=np.int32)
         room = offsets[k + 1] - offsets[k]
         window = out[offsets[k]:offsets[k] + room]
@@ -379,31 +383,27 @@ def encode_blocks(coeffs: np.ndarray, blocks: np.ndarray, out: np.ndarray, offse
 
 # ----------------------------------------------------------------------------- decoder
 #
-# The same stripe and column skipping as the encoder.  ``raw`` selects the
-# bypass (raw) bits of a significance or refinement pass; ``causal`` is true
-# for the first row of a stripe in vertically causal mode, whose significance
-# the row above must not see.
+# The same stripe and column skipping, padding and written-out rows as the
+# encoder.  Raw (bypass) passes are decoded by a separate, not inlined,
+# kernel: they are rare, and keeping them out of the main kernel keeps its
+# code (and compile time) small.  ``causal`` is true for the first row of a
+# stripe in vertically causal mode, whose significance the row above must
+# not see.
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _dec_sp(i: int, m: int, half: int, orient: int, flags: np.ndarray, vals: np.ndarray, stride: int,
-            counts: np.ndarray, stripe: int, causal: bool, raw: bool, states: np.ndarray, a: int, c: int, ct: int,
+def _dec_sp(i: int, m: int, half: int, zc: np.ndarray, flags: np.ndarray, vals: np.ndarray, stride: int,
+            counts: np.ndarray, stripe: int, causal: bool, states: np.ndarray, a: int, c: int, ct: int,
             pos: int, data: np.ndarray, end: int) -> tuple[int, int, int, int]:
     """Significance propagation for one coefficient."""
     f = flags[u(i)]
     if f & F_SIG or not f & F_NEIGHBOURS:
         return a, c, ct, pos
-    if raw:
-        bit, c, ct, pos = mq.raw_bit(c, ct, pos, data, end)
-    else:
-        bit, a, c, ct, pos = mq.decode(ZC[u(orient), u(f & F_NEIGHBOURS)], states, a, c, ct, pos, data, end)
+    bit, a, c, ct, pos = mq.decode(zc[u(f & F_NEIGHBOURS)], states, a, c, ct, pos, data, end)
     if bit:
-        if raw:
-            neg, c, ct, pos = mq.raw_bit(c, ct, pos, data, end)
-        else:
-            si = _sign_index(f)
-            neg, a, c, ct, pos = mq.decode(SC_CONTEXT[u(si)], states, a, c, ct, pos, data, end)
-            neg ^= SC_XOR[u(si)]
+        si = _sign_index(f)
+        neg, a, c, ct, pos = mq.decode(SC_CONTEXT[u(si)], states, a, c, ct, pos, data, end)
+        neg ^= SC_XOR[u(si)]
         _significant(flags, i, stride, neg, causal, counts, stripe)
         vals[u(m)] = 3 * half
     flags[u(i)] |= F_VISIT
@@ -411,24 +411,21 @@ def _dec_sp(i: int, m: int, half: int, orient: int, flags: np.ndarray, vals: np.
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _dec_mr(i: int, m: int, half: int, flags: np.ndarray, vals: np.ndarray, raw: bool, states: np.ndarray,
+def _dec_mr(i: int, m: int, half: int, flags: np.ndarray, vals: np.ndarray, states: np.ndarray,
             a: int, c: int, ct: int, pos: int, data: np.ndarray, end: int) -> tuple[int, int, int, int]:
     """Magnitude refinement for one coefficient: the value moves by half the interval."""
     f = flags[u(i)]
-    if f & (F_SIG | F_VISIT) != F_SIG:
+    if f & (F_SIG | F_VISIT | F_PAD) != F_SIG:
         return a, c, ct, pos
-    if raw:
-        bit, c, ct, pos = mq.raw_bit(c, ct, pos, data, end)
-    else:
-        cx = 16 if f & F_REF else (15 if f & F_NEIGHBOURS else 14)
-        bit, a, c, ct, pos = mq.decode(cx, states, a, c, ct, pos, data, end)
+    cx = 16 if f & F_REF else (15 if f & F_NEIGHBOURS else 14)
+    bit, a, c, ct, pos = mq.decode(cx, states, a, c, ct, pos, data, end)
     vals[u(m)] += half if bit else -half
     flags[u(i)] = f | F_REF
     return a, c, ct, pos
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _dec_cu(i: int, m: int, half: int, orient: int, flags: np.ndarray, vals: np.ndarray, stride: int,
+def _dec_cu(i: int, m: int, half: int, zc: np.ndarray, flags: np.ndarray, vals: np.ndarray, stride: int,
             counts: np.ndarray, stripe: int, causal: bool, states: np.ndarray, a: int, c: int, ct: int, pos: int,
             data: np.ndarray, end: int) -> tuple[int, int, int, int]:
     """Cleanup decoding of one coefficient (outside run mode)."""
@@ -436,7 +433,7 @@ def _dec_cu(i: int, m: int, half: int, orient: int, flags: np.ndarray, vals: np.
     if f & (F_SIG | F_VISIT):
         flags[u(i)] = f & ~F_VISIT
         return a, c, ct, pos
-    bit, a, c, ct, pos = mq.decode(ZC[u(orient), u(f & F_NEIGHBOURS)], states, a, c, ct, pos, data, end)
+    bit, a, c, ct, pos = mq.decode(zc[u(f & F_NEIGHBOURS)], states, a, c, ct, pos, data, end)
     if bit:
         si = _sign_index(f)
         neg, a, c, ct, pos = mq.decode(SC_CONTEXT[u(si)], states, a, c, ct, pos, data, end)
@@ -466,24 +463,58 @@ def _dec_run(i: int, m: int, w: int, half: int, flags: np.ndarray, vals: np.ndar
     return k + 1, a, c, ct, pos
 
 
+@njit(cache=True, nogil=True)
+def _raw_pass(kind: int, h: int, w: int, half: int, flags: np.ndarray, vals: np.ndarray, counts: np.ndarray,
+              vcausal: bool, c: int, ct: int, pos: int, data: np.ndarray, end: int) -> tuple[int, int, int]:
+    """A significance (`kind` 0) or refinement (1) pass of raw bits (bypass style, T.800 D.6)."""
+    stride = w + 2
+    for y0 in range(0, h, 4):
+        stripe = (y0 >> 2) + 1
+        if kind == 0:
+            size = min(4, h - y0) * w
+            if counts[u(stripe - 1)] + counts[u(stripe)] + counts[u(stripe + 1)] == 0 or counts[u(stripe)] == size:
+                continue
+        elif counts[u(stripe)] == 0:
+            continue
+        row = (y0 + 1) * stride + 1
+        for x in range(w):
+            i = row + x
+            m = y0 * w + x
+            for k in range(4):
+                f = flags[u(i)]
+                if kind == 0:
+                    if not (f & F_SIG or not f & F_NEIGHBOURS):
+                        bit, c, ct, pos = mq.raw_bit(c, ct, pos, data, end)
+                        if bit:
+                            neg, c, ct, pos = mq.raw_bit(c, ct, pos, data, end)
+                            _significant(flags, i, stride, neg, vcausal and k == 0, counts, stripe)
+                            vals[u(m)] = 3 * half
+                        flags[u(i)] |= F_VISIT
+                elif f & (F_SIG | F_VISIT | F_PAD) == F_SIG:
+                    bit, c, ct, pos = mq.raw_bit(c, ct, pos, data, end)
+                    vals[u(m)] += half if bit else -half
+                    flags[u(i)] = f | F_REF
+                i += stride
+                m += w
+    return c, ct, pos
+
+
 @njit(cache=True, nogil=True, _nrt=False)
 def _decode_block(coef: np.ndarray, orient: int, planes: int, style: int, segs: np.ndarray, data: np.ndarray,
-                  flags: np.ndarray, vals: np.ndarray, counts: np.ndarray, states: np.ndarray, general: tuple) -> int:
-    """Decode one code-block's segments into `coef` (signed values); 0 or an error code.
-
-    `general` is ``()`` for a block without the bypass and vertically causal
-    styles, and a one-element tuple otherwise: its length is known when the
-    kernel is compiled, so the plain variant is compiled without the tests
-    those styles need in every coefficient's coding.
-    """
+                  flags: np.ndarray, vals: np.ndarray, counts: np.ndarray, states: np.ndarray) -> int:
+    """Decode one code-block's segments into `coef` (signed values); 0 or an error code."""
     h, w = coef.shape
     stride = w + 2
     s2, s3 = 2 * stride, 3 * stride
-    for i in range((h + 2) * stride):
+    h4 = (h + 3) & ~3
+    for i in range((h4 + 2) * stride):
         flags[u(i)] = 0
+    for y in range(h, h4):
+        for x in range(w):
+            flags[u((y + 1) * stride + x + 1)] = F_PAD | F_SIG
     for i in range(h * w):
         vals[u(i)] = 0
-    for i in range((h + 3) // 4 + 2):
+    for i in range(h4 // 4 + 2):
         counts[u(i)] = 0
     total = 0
     for s in range(segs.shape[0]):
@@ -497,8 +528,9 @@ def _decode_block(coef: np.ndarray, orient: int, planes: int, style: int, segs: 
         return ERR_PLANES
     if planes < 1 or total > 3 * planes - 2:
         return ERR_PASSES
-    vcausal = len(general) > 0 and style & STYLE_VCAUSAL != 0
-    bypass = len(general) > 0 and style & STYLE_BYPASS != 0
+    vcausal = style & STYLE_VCAUSAL != 0
+    bypass = style & STYLE_BYPASS != 0
+    zc = ZC[orient]
     mq.reset_contexts(states)
     p = planes - 1
     kind = 2  # 0 significance propagation, 1 magnitude refinement, 2 cleanup
@@ -513,85 +545,77 @@ def _decode_block(coef: np.ndarray, orient: int, planes: int, style: int, segs: 
             a, c, ct, pos = mq.init_decoder(data, start, end)
         for _ in range(segs[s, 2]):
             half = 1 << p
-            if kind == 0:
+            if raw:
+                c, ct, pos = _raw_pass(kind, h, w, half, flags, vals, counts, vcausal, c, ct, pos, data, end)
+            elif kind == 0:
                 for y0 in range(0, h, 4):
                     stripe = (y0 >> 2) + 1
                     size = min(4, h - y0) * w
                     if counts[u(stripe - 1)] + counts[u(stripe)] + counts[u(stripe + 1)] == 0 or counts[u(stripe)] == size:
                         continue
                     row = (y0 + 1) * stride + 1
-                    if y0 + 4 <= h:
-                        for x in range(w):
-                            i = row + x
-                            f0, f1, f2, f3 = flags[u(i)], flags[u(i + stride)], flags[u(i + s2)], flags[u(i + s3)]
-                            if not (f0 | f1 | f2 | f3) & F_NEIGHBOURS or f0 & f1 & f2 & f3 & F_SIG:
-                                continue
-                            m = y0 * w + x
-                            for k in range(4):
-                                a, c, ct, pos = _dec_sp(i, m, half, orient, flags, vals, stride, counts, stripe,
-                                                        vcausal and k == 0, raw, states, a, c, ct, pos, data, end)
-                                i += stride
-                                m += w
-                    else:
-                        for x in range(w):
-                            for y in range(y0, h):
-                                a, c, ct, pos = _dec_sp(row + (y - y0) * stride + x, y * w + x, half, orient, flags,
-                                                        vals, stride, counts, stripe, vcausal and y == y0, raw,
-                                                        states, a, c, ct, pos, data, end)
+                    for x in range(w):
+                        i = row + x
+                        f0, f1, f2, f3 = flags[u(i)], flags[u(i + stride)], flags[u(i + s2)], flags[u(i + s3)]
+                        if not (f0 | f1 | f2 | f3) & F_NEIGHBOURS or f0 & f1 & f2 & f3 & F_SIG:
+                            continue
+                        m = y0 * w + x
+                        a, c, ct, pos = _dec_sp(i, m, half, zc, flags, vals, stride, counts, stripe, vcausal,
+                                                states, a, c, ct, pos, data, end)
+                        a, c, ct, pos = _dec_sp(i + stride, m + w, half, zc, flags, vals, stride, counts, stripe,
+                                                False, states, a, c, ct, pos, data, end)
+                        a, c, ct, pos = _dec_sp(i + s2, m + 2 * w, half, zc, flags, vals, stride, counts, stripe,
+                                                False, states, a, c, ct, pos, data, end)
+                        a, c, ct, pos = _dec_sp(i + s3, m + 3 * w, half, zc, flags, vals, stride, counts, stripe,
+                                                False, states, a, c, ct, pos, data, end)
             elif kind == 1:
                 for y0 in range(0, h, 4):
                     if counts[u((y0 >> 2) + 1)] == 0:
                         continue
                     row = (y0 + 1) * stride + 1
-                    if y0 + 4 <= h:
-                        for x in range(w):
-                            i = row + x
-                            if not (flags[u(i)] | flags[u(i + stride)] | flags[u(i + s2)] | flags[u(i + s3)]) & F_SIG:
-                                continue
-                            m = y0 * w + x
-                            for _k in range(4):
-                                a, c, ct, pos = _dec_mr(i, m, half, flags, vals, raw, states, a, c, ct, pos, data, end)
-                                i += stride
-                                m += w
-                    else:
-                        for x in range(w):
-                            for y in range(y0, h):
-                                a, c, ct, pos = _dec_mr(row + (y - y0) * stride + x, y * w + x, half, flags, vals,
-                                                        raw, states, a, c, ct, pos, data, end)
+                    for x in range(w):
+                        i = row + x
+                        if not (flags[u(i)] | flags[u(i + stride)] | flags[u(i + s2)] | flags[u(i + s3)]) & F_SIG:
+                            continue
+                        m = y0 * w + x
+                        a, c, ct, pos = _dec_mr(i, m, half, flags, vals, states, a, c, ct, pos, data, end)
+                        a, c, ct, pos = _dec_mr(i + stride, m + w, half, flags, vals, states, a, c, ct, pos,
+                                                data, end)
+                        a, c, ct, pos = _dec_mr(i + s2, m + 2 * w, half, flags, vals, states, a, c, ct, pos,
+                                                data, end)
+                        a, c, ct, pos = _dec_mr(i + s3, m + 3 * w, half, flags, vals, states, a, c, ct, pos,
+                                                data, end)
             else:
                 for y0 in range(0, h, 4):
                     stripe = (y0 >> 2) + 1
                     row = (y0 + 1) * stride + 1
-                    if y0 + 4 <= h:
-                        for x in range(w):
-                            i = row + x
-                            f0, f1, f2, f3 = flags[u(i)], flags[u(i + stride)], flags[u(i + s2)], flags[u(i + s3)]
-                            if f0 & f1 & f2 & f3 & F_SIG:
-                                flags[u(i)] = f0 & ~F_VISIT
-                                flags[u(i + stride)] = f1 & ~F_VISIT
-                                flags[u(i + s2)] = f2 & ~F_VISIT
-                                flags[u(i + s3)] = f3 & ~F_VISIT
+                    for x in range(w):
+                        i = row + x
+                        f0, f1, f2, f3 = flags[u(i)], flags[u(i + stride)], flags[u(i + s2)], flags[u(i + s3)]
+                        if f0 & f1 & f2 & f3 & F_SIG:
+                            flags[u(i)] = f0 & ~F_VISIT
+                            flags[u(i + stride)] = f1 & ~F_VISIT
+                            flags[u(i + s2)] = f2 & ~F_VISIT
+                            flags[u(i + s3)] = f3 & ~F_VISIT
+                            continue
+                        m = y0 * w + x
+                        k = 0
+                        if not (f0 | f1 | f2 | f3) & (F_SIG | F_VISIT | F_NEIGHBOURS):
+                            k, a, c, ct, pos = _dec_run(i, m, w, half, flags, vals, stride, counts, stripe,
+                                                        vcausal, states, a, c, ct, pos, data, end)
+                            if k == 4:
                                 continue
-                            m = y0 * w + x
-                            k = 0
-                            if not (f0 | f1 | f2 | f3) & (F_SIG | F_VISIT | F_NEIGHBOURS):
-                                k, a, c, ct, pos = _dec_run(i, m, w, half, flags, vals, stride, counts, stripe,
-                                                            vcausal, states, a, c, ct, pos, data, end)
-                                if k == 4:
-                                    continue
-                            i += k * stride
-                            m += k * w
-                            for kk in range(k, 4):
-                                a, c, ct, pos = _dec_cu(i, m, half, orient, flags, vals, stride, counts, stripe,
-                                                        vcausal and kk == 0, states, a, c, ct, pos, data, end)
-                                i += stride
-                                m += w
-                    else:
-                        for x in range(w):
-                            for y in range(y0, h):
-                                a, c, ct, pos = _dec_cu(row + (y - y0) * stride + x, y * w + x, half, orient, flags,
-                                                        vals, stride, counts, stripe, vcausal and y == y0, states,
-                                                        a, c, ct, pos, data, end)
+                        if k == 0:
+                            a, c, ct, pos = _dec_cu(i, m, half, zc, flags, vals, stride, counts, stripe, vcausal,
+                                                    states, a, c, ct, pos, data, end)
+                        if k <= 1:
+                            a, c, ct, pos = _dec_cu(i + stride, m + w, half, zc, flags, vals, stride, counts,
+                                                    stripe, False, states, a, c, ct, pos, data, end)
+                        if k <= 2:
+                            a, c, ct, pos = _dec_cu(i + s2, m + 2 * w, half, zc, flags, vals, stride, counts,
+                                                    stripe, False, states, a, c, ct, pos, data, end)
+                        a, c, ct, pos = _dec_cu(i + s3, m + 3 * w, half, zc, flags, vals, stride, counts, stripe,
+                                                False, states, a, c, ct, pos, data, end)
                 if style & STYLE_SEGSYM:
                     for _k in range(4):
                         _bit, a, c, ct, pos = mq.decode(mq.CX_UNI, states, a, c, ct, pos, data, end)
@@ -613,22 +637,18 @@ def _decode_block(coef: np.ndarray, orient: int, planes: int, style: int, segs: 
 @njit(cache=True, nogil=True)
 def decode_blocks(coeffs: np.ndarray, blocks: np.ndarray, segments: np.ndarray, data: np.ndarray) -> int:
     """Decode every listed code-block (see the module docstring); 0 or the first error code."""
-    flags = np.empty(66 * 66, dtype=np.uint16)
+    flags = np.empty(66 * 66, dtype=np.uint32)
     vals = np.empty(64 * 64, dtype=np.int32)
     counts = np.empty(1024 // 4 + 3, dtype=np.int32)  # a code-block is at most 1024 high
     states = np.empty(mq.N_CONTEXTS, dtype=np.int32)
     for k in range(blocks.shape[0]):
         comp, y0, x0, h, w = blocks[k, 0], blocks[k, 1], blocks[k, 2], blocks[k, 3], blocks[k, 4]
-        if (h + 2) * (w + 2) > flags.size:
-            flags = np.empty((h + 2) * (w + 2), dtype=np.uint16)
+        if (((h + 3) & ~3) + 2) * (w + 2) > flags.size or h * w > vals.size:
+            flags = np.empty((((h + 3) & ~3) + 2) * (w + 2), dtype=np.uint32)
             vals = np.empty(h * w, dtype=np.int32)
         first, count = blocks[k, 8], blocks[k, 9]
-        if blocks[k, 7] & (STYLE_BYPASS | STYLE_VCAUSAL):
-            status = _decode_block(coeffs[comp, y0:y0 + h, x0:x0 + w], blocks[k, 5], blocks[k, 6], blocks[k, 7],
-                                   segments[first:first + count], data, flags, vals, counts, states, (1,))
-        else:
-            status = _decode_block(coeffs[comp, y0:y0 + h, x0:x0 + w], blocks[k, 5], blocks[k, 6], blocks[k, 7],
-                                   segments[first:first + count], data, flags, vals, counts, states, ())
+        status = _decode_block(coeffs[comp, y0:y0 + h, x0:x0 + w], blocks[k, 5], blocks[k, 6], blocks[k, 7],
+                               segments[first:first + count], data, flags, vals, counts, states)
         if status:
             return status
     return 0

@@ -457,6 +457,7 @@ def main() -> None:
                     orthanc.clear()
                     storescu(port, "GATEWAY", warm)
                     wait_count(orthanc, 1)
+                pixel_work: dict[str, float] = {}  # per syntax: the same for every number of streams
                 for streams in args.streams:
                     parts = split_streams(files, streams, root / "streams") if streams > 1 else folder
                     direct: list[float] = []
@@ -505,6 +506,8 @@ def main() -> None:
                     rows.append((name, streams, len(files), mb, "", "storescu -> bare pynetdicom SCP", min(bare_times),
                                  best_direct / min(bare_times)))
                     for syntax in args.syntax:
+                        if syntax not in pixel_work:
+                            pixel_work[syntax] = pixel_work_ms(files, syntax)
                         best = {k: min(v) for k, v in timings[syntax].items() if v}
                         paths = [("ack", "storescu -> gateway (acknowledged)"),
                                  ("folder", "storescu -> gateway -> folder"),
@@ -519,7 +522,7 @@ def main() -> None:
                         notes.append(f"{name}, {streams} stream(s), {syntax}: gateway CPU (service + worker "
                                      f"processes) {1000 * cpu[syntax] / images:.1f} ms per image, whole path "
                                      f"(storescu + gateway + Orthanc) {1000 * path_cpu[syntax] / images:.1f} ms, "
-                                     f"pixel work alone {pixel_work_ms(files, syntax):.1f} ms; "
+                                     f"pixel work alone {pixel_work[syntax]:.1f} ms; "
                                      f"Orthanc received {syntaxes[syntax]}")
             finally:
                 for _, process, _ in gateways.values():

@@ -265,10 +265,11 @@ def encode_planes(frame: np.ndarray, info: FrameInfo, coder: BlockCoder, levels:
         _check_seen(seen, info)
     else:
         pixels = frame.reshape(rows, cols, nc)
+        samples = np.empty_like(planes)
         _check_seen(max(dwt.shared(_threads() if parallel else None,
-                                   lambda ya, yb: _component_planes(pixels, planes, ya, yb, shift, bool(mct)),
+                                   lambda ya, yb: _component_planes(pixels, samples, ya, yb, shift, bool(mct)),
                                    dwt.halves(rows, 1))), info)
-        _each_component(lambda c: dwt.forward(planes[c], levels, 0, 0, bands=bands[c]), nc, parallel)
+        _each_component(lambda c: dwt.forward(planes[c], levels, 0, 0, samples[c], 0, bands[c]), nc, parallel)
     style = cs.CodingStyle(levels, CODE_BLOCK, CODE_BLOCK, coder.block_style, True, ((15, 15),) * (levels + 1))
     layout = tier2.tile_layout((0, 0, cols, rows), [style] * nc)
     exponents = tuple(info.bits_stored + g for g in _band_gains(levels))
@@ -401,9 +402,10 @@ def _decode_tile(coder: BlockCoder, stream: cs.Codestream, index: int, image: np
     if nc == 1 and coding.styles[0].levels:  # all in the wavelet's last pass
         finish = (int(shifts[0]), int(lows[0]), int(highs[0]), lowest, highest)
         return dwt.inverse(coeffs[0], coding.styles[0].levels, tx0, ty0, region[:, :, 0], finish, pool)
-    _each_component(lambda c: dwt.inverse(coeffs[c], coding.styles[c].levels, tx0, ty0), nc, parallel)
+    samples = np.empty_like(coeffs)
+    _each_component(lambda c: dwt.inverse(coeffs[c], coding.styles[c].levels, tx0, ty0, samples[c]), nc, parallel)
     mct = bool(coding.coding.mct)
-    return max(dwt.shared(pool, lambda ya, yb: dwt.finish_rows(coeffs, region, ya, yb, mct, shifts, lows, highs,
+    return max(dwt.shared(pool, lambda ya, yb: dwt.finish_rows(samples, region, ya, yb, mct, shifts, lows, highs,
                                                                  lowest, highest), dwt.halves(ty1 - ty0, 1)))
 
 

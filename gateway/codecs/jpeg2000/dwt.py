@@ -1,16 +1,22 @@
 """The reversible 5/3 wavelet of JPEG 2000 (ITU-T T.800 Annex F), as numba kernels.
 
-A tile-component is transformed in place into the Mallat layout: after each
-level the low-pass samples of the current LL region move to its first half
-(rows and columns) and the high-pass ones to its second half, so the
-sub-bands of level ``l`` sit at the offsets :func:`band_offsets` gives.
+A tile-component is transformed into the Mallat layout: after each level
+the low-pass samples of the current LL region sit in its first half (rows
+and columns) and the high-pass ones in its second half, so the sub-bands of
+level ``l`` sit where :func:`band_rect` says.
 Sample parity follows the tile-component's position on the canvas: a sample
 at an even absolute coordinate is low-pass, so a tile starting at an odd
 coordinate begins with a high-pass sample (T.800 F.3.7 / F.4.7, eq. F-7).
 
 Forward: vertical then horizontal lifting per level (2D_SD, F.4.2); inverse:
 horizontal then vertical (2D_SR, F.3.2), both with whole-sample symmetric
-extension, so the two are exact inverses in integer arithmetic.
+extension, so the two are exact inverses in integer arithmetic.  Each
+level is one pass down its rows (see "one level, streamed" below).  The
+forward's first pass also reads the frame's samples, level-shifts them
+and folds their magnitudes for the range check, and every forward pass
+folds each sub-band's coefficient magnitudes for the guard bits; the
+inverse's last pass level-shifts, clips, range-checks and writes the
+frame's samples.
 """
 
 from __future__ import annotations
@@ -34,19 +40,10 @@ def level_extent(x0: int, x1: int, level: int) -> tuple[int, int]:
 
 # ----------------------------------------------------------------------------- one dimension
 #
-# Each pass reads one buffer and writes the other, lifting and
-# (de)interleaving in the same loop: the forward transform lifts the columns
-# of the tile into a scratch array and the rows back into the tile, the
-# inverse the other way round, so no pass copies samples.  Indices are
-# unsigned so that numba indexes without its negative-index test.
-#
-# The passes also do what the frame driver would otherwise do in passes of
-# its own: the forward's first (vertical) pass reads the frame's samples,
-# level-shifts them and folds their magnitudes for the range check, and its
-# horizontal passes fold each sub-band's coefficient magnitudes for the guard
-# bits; the inverse's last (vertical) pass level-shifts, clips, range-checks
-# and writes the frame's samples.  Each pass takes a range of columns or
-# rows, so two threads can share one tile-component.
+# A line is lifted from one buffer into two (the low-pass half and the
+# high-pass half, which sit in different arrays when a level's LL quadrant
+# is kept apart) and back.  Indices are unsigned so that numba indexes
+# without its negative-index test.
 
 INT32_LOW = -(1 << 31)
 INT32_HIGH = (1 << 31) - 1
@@ -57,15 +54,9 @@ def _u(i: int) -> np.uint64:
     return np.uint64(i)
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _high(k: int, odd: int, low_count: int) -> int:
-    """Index in the deinterleaved line of the high-pass sample at position `k` (``k % 2 != odd``)."""
-    return low_count + ((k - 1 + odd) >> 1)
-
-
 @njit(cache=True, nogil=True)
-def _forward_line(src: np.ndarray, dst: np.ndarray, n: int, odd: int) -> tuple[int, int]:
-    """Lift ``src[:n]`` (first sample at an odd coordinate when `odd`) into ``dst[:n]``, low-pass half first.
+def _forward_line(src: np.ndarray, lo: np.ndarray, hi: np.ndarray, n: int, odd: int) -> tuple[int, int]:
+    """Lift ``src[:n]`` (first sample at an odd coordinate when `odd`) into ``lo`` (low-pass) and ``hi``.
 
     Predict: ``x[k] -= (x[k-1] + x[k+1]) >> 1`` on the high-pass samples;
     update: ``x[k] += (x[k-1] + x[k+1] + 2) >> 2`` on the low-pass ones,
@@ -77,10 +68,10 @@ def _forward_line(src: np.ndarray, dst: np.ndarray, n: int, odd: int) -> tuple[i
     if n == 1:
         if odd:
             v = src[0] * 2
-            dst[0] = v
+            hi[0] = v
             return 0, abs(v)
         v = src[0]
-        dst[0] = v
+        lo[0] = v
         return abs(v), 0
     nl = (n - odd + 1) >> 1
     nh = n - nl
@@ -91,40 +82,39 @@ def _forward_line(src: np.ndarray, dst: np.ndarray, n: int, odd: int) -> tuple[i
     last = nh - 1 if 1 - odd + 2 * (nh - 1) == n - 1 else nh
     if odd:
         v = np.int64(src[0]) - src[1]
-        dst[_u(nl)] = v
+        hi[0] = v
         high |= abs(v)
     for i in range(first, last):
         k = 1 - odd + 2 * i
         v = src[_u(k)] - ((np.int64(src[_u(k - 1)]) + src[_u(k + 1)]) >> 1)
-        dst[_u(nl + i)] = v
+        hi[_u(i)] = v
         high |= abs(v)
     if last < nh and last >= first:
         v = np.int64(src[_u(n - 1)]) - src[_u(n - 2)]
-        dst[_u(nl + last)] = v
+        hi[_u(last)] = v
         high |= abs(v)
     # Low-pass sample i is at k = odd + 2 i, its neighbours the high-pass ones odd + i - 1 and odd + i;
     # it mirrors when k = 0 (i = 0, not odd) or k = n - 1.
-    base = nl + odd
     first = 1 - odd
     last = nl - 1 if odd + 2 * (nl - 1) == n - 1 else nl
     if not odd:
-        v = src[0] + ((np.int64(dst[_u(nl)]) * 2 + 2) >> 2)
-        dst[0] = v
+        v = src[0] + ((np.int64(hi[0]) * 2 + 2) >> 2)
+        lo[0] = v
         low |= abs(v)
     for i in range(first, last):
-        v = src[_u(odd + 2 * i)] + ((np.int64(dst[_u(base + i - 1)]) + dst[_u(base + i)] + 2) >> 2)
-        dst[_u(i)] = v
+        v = src[_u(odd + 2 * i)] + ((np.int64(hi[_u(odd + i - 1)]) + hi[_u(odd + i)] + 2) >> 2)
+        lo[_u(i)] = v
         low |= abs(v)
     if last < nl and last >= first:
-        v = src[_u(n - 1)] + ((np.int64(dst[_u(base + last - 1)]) * 2 + 2) >> 2)
-        dst[_u(last)] = v
+        v = src[_u(n - 1)] + ((np.int64(hi[_u(odd + last - 1)]) * 2 + 2) >> 2)
+        lo[_u(last)] = v
         low |= abs(v)
     return low, high
 
 
 @njit(cache=True, nogil=True)
-def _inverse_line(src: np.ndarray, dst: np.ndarray, n: int, odd: int, low: np.ndarray) -> None:
-    """Interleave ``src[:n]`` (low half first) into ``dst[:n]``, undoing the lifting.
+def _inverse_line(lo: np.ndarray, hi: np.ndarray, dst: np.ndarray, n: int, odd: int, low: np.ndarray) -> None:
+    """Interleave ``lo`` (the low-pass half) and ``hi`` into ``dst[:n]``, undoing the lifting.
 
     The low-pass samples are first undone into the scratch line `low`, then
     written with the high-pass ones pair by pair (two neighbouring outputs
@@ -132,117 +122,147 @@ def _inverse_line(src: np.ndarray, dst: np.ndarray, n: int, odd: int, low: np.nd
     would store every other sample); the ends, which mirror, are done apart.
     """
     if n == 1:
-        v = src[0]
-        dst[0] = (v // 2 if v >= 0 else -((-v) // 2)) if odd else v
+        if odd:
+            v = hi[0]
+            dst[0] = v // 2 if v >= 0 else -((-v) // 2)
+        else:
+            dst[0] = lo[0]
         return
     nl = (n - odd + 1) >> 1
     nh = n - nl
-    base = nl + odd
     # Undo the update: low-pass sample i (at k = odd + 2 i) from the high-pass ones odd + i - 1 and odd + i.
     first = 1 - odd
     last = nl - 1 if odd + 2 * (nl - 1) == n - 1 else nl
     if not odd:
-        low[0] = src[0] - ((np.int64(src[_u(nl)]) * 2 + 2) >> 2)
+        low[0] = lo[0] - ((np.int64(hi[0]) * 2 + 2) >> 2)
     for i in range(first, last):
-        low[_u(i)] = src[_u(i)] - ((np.int64(src[_u(base + i - 1)]) + src[_u(base + i)] + 2) >> 2)
+        low[_u(i)] = lo[_u(i)] - ((np.int64(hi[_u(odd + i - 1)]) + hi[_u(odd + i)] + 2) >> 2)
     if last < nl and last >= first:
-        low[_u(last)] = src[_u(last)] - ((np.int64(src[_u(base + last - 1)]) * 2 + 2) >> 2)
+        low[_u(last)] = lo[_u(last)] - ((np.int64(hi[_u(odd + last - 1)]) * 2 + 2) >> 2)
     # Undo the prediction: high-pass sample j (at k = 1 - odd + 2 j) from the low-pass ones j - odd and
     # j + 1 - odd, written beside them.
     if not odd:
         for j in range(min(nh, nl - 1)):
             a = low[_u(j)]
             dst[_u(2 * j)] = a
-            dst[_u(2 * j + 1)] = src[_u(nl + j)] + ((np.int64(a) + low[_u(j + 1)]) >> 1)
+            dst[_u(2 * j + 1)] = hi[_u(j)] + ((np.int64(a) + low[_u(j + 1)]) >> 1)
         if n % 2 == 0:  # the last sample is high-pass: it mirrors
             a = low[_u(nh - 1)]
             dst[_u(n - 2)] = a
-            dst[_u(n - 1)] = src[_u(nl + nh - 1)] + np.int64(a)
+            dst[_u(n - 1)] = hi[_u(nh - 1)] + np.int64(a)
         else:
             dst[_u(n - 1)] = low[_u(nl - 1)]
     else:
-        dst[0] = src[_u(nl)] + np.int64(low[0])
+        dst[0] = hi[0] + np.int64(low[0])
         for j in range(1, min(nh, nl)):
             a = low[_u(j - 1)]
             dst[_u(2 * j - 1)] = a
-            dst[_u(2 * j)] = src[_u(nl + j)] + ((np.int64(a) + low[_u(j)]) >> 1)
+            dst[_u(2 * j)] = hi[_u(j)] + ((np.int64(a) + low[_u(j)]) >> 1)
         if nh > nl:  # the last sample is high-pass: it mirrors
             a = low[_u(nl - 1)]
             dst[_u(n - 2)] = a
-            dst[_u(n - 1)] = src[_u(nl + nl)] + np.int64(a)
+            dst[_u(n - 1)] = hi[_u(nl)] + np.int64(a)
         else:
             dst[_u(n - 1)] = low[_u(nl - 1)]
 
 
-# ----------------------------------------------------------------------------- rows and columns
+# ----------------------------------------------------------------------------- one level, streamed
+#
+# A level is one pass down its rows.  The forward pass lifts each high-pass
+# row of the (level-shifted) source vertically into a ring of two lines as
+# soon as a low-pass row needs it, lifts the low-pass row beside them, and
+# lifts each finished line horizontally straight into its sub-bands; the
+# inverse pass does the same backwards, writing each finished row to its
+# destination (the frame, level shifted and clipped, after the last level).
+# Only a few lines are live, so a level reads its source and writes its
+# result once, from cache, where separate horizontal and vertical passes
+# would each stream the whole tile-component through memory.
+#
+# The low-pass rows ``ia:ib`` of a pass and the high-pass rows between them
+# are independent of other rows' results, so two threads can share a level
+# by rows; a range not starting at row 0 first remakes the lines it needs
+# of the rows before it.
+#
+# A level's LL quadrant is read from (inverse) or written to (forward) its
+# own array ``ll``, which is the next coarser level's result or source:
+# the Mallat array itself only at the coarsest level, so that no pass
+# overwrites a row it has still to read.
 
 
 @njit(cache=True, nogil=True)
-def _forward_rows(src: np.ndarray, dst: np.ndarray, ya: int, yb: int, w: int, odd: int, low_rows: int,
-                  bands: np.ndarray) -> None:
-    """Horizontal lifting of rows ``ya:yb`` of `src` into `dst`; ors the magnitudes into ``bands``.
-
-    ``bands`` gets LL, HL, LH, HH in this order; rows below `low_rows` are low-pass ones.
-    """
-    ll = hl = lh = hh = 0
-    for y in range(ya, yb):
-        low, high = _forward_line(src[y], dst[y], w, odd)
-        if y < low_rows:
-            ll |= low
-            hl |= high
-        else:
-            lh |= low
-            hh |= high
-    bands[0] |= ll
-    bands[1] |= hl
-    bands[2] |= lh
-    bands[3] |= hh
-
-
-@njit(cache=True, nogil=True)
-def _inverse_rows(src: np.ndarray, dst: np.ndarray, ya: int, yb: int, w: int, odd: int) -> None:
-    low = np.empty(w // 2 + 1, dtype=src.dtype)
-    for y in range(ya, yb):
-        _inverse_line(src[y], dst[y], w, odd, low)
-
-
-@njit(cache=True, nogil=True)
-def _forward_columns(src: np.ndarray, dst: np.ndarray, h: int, xa: int, xb: int, odd: int, shift: int) -> int:
-    """Vertical lifting of ``src[:h, xa:xb] - shift`` into `dst`, whole rows at a time, low-pass rows first.
+def _forward_level(src: np.ndarray, shift: int, a: np.ndarray, ll: np.ndarray, h: int, w: int, ox: int, oy: int,
+                   ia: int, ib: int, quad: np.ndarray) -> int:
+    """Low-pass rows ``ia:ib`` of one forward level of ``src[:h, :w] - shift`` (and the high-pass rows after
+    each, all the rest when ``ib`` is the last), the LL quadrant to `ll`, the others to `a`.
 
     `src` may be the frame itself (any integer type; `shift` its DC level
-    shift).  Returns the bitwise or of ``t ^ (t >> 63)`` over the shifted
-    samples ``t`` read, which is below ``2**(p-1)`` exactly when every one
-    of them is a ``p``-bit two's complement value.
+    shift).  ``quad`` gets or-ed into it the magnitudes of the LL, HL, LH
+    and HH coefficients written.  Returns the bitwise or of ``t ^ (t >>
+    63)`` over the shifted samples ``t`` read, which is below ``2**(p-1)``
+    exactly when every one of them is a ``p``-bit two's complement value.
     """
+    nlx = (w - ox + 1) >> 1
+    nly = (h - oy + 1) >> 1
+    nhy = h - nly
+    ring = np.empty((3, w), dtype=a.dtype)  # high-pass row j at j & 1, the low-pass row at 2
     seen = 0
+    ll_mag = hl_mag = lh_mag = hh_mag = 0
     if h == 1:
-        row, out = src[0], dst[0]
-        for x in range(xa, xb):
+        row, line = src[0], ring[2]
+        for x in range(w):
             t = np.int64(row[_u(x)]) - shift
             seen |= t ^ (t >> 63)
-            out[_u(x)] = t * 2 if odd else t
-        return seen
-    nl = (h - odd + 1) >> 1
-    j = nl
-    for k in range(1 - odd, h, 2):
-        out, mid = dst[j], src[k]
-        up, down = src[k - 1 if k > 0 else 1], src[k + 1 if k + 1 < h else h - 2]
-        for x in range(xa, xb):
-            t = np.int64(mid[_u(x)]) - shift
-            seen |= t ^ (t >> 63)
-            out[_u(x)] = t - ((np.int64(up[_u(x)]) + np.int64(down[_u(x)]) - 2 * shift) >> 1)
-        j += 1
-    j = 0
-    for k in range(odd, h, 2):
-        out, mid = dst[j], src[k]
-        up = dst[_high(k - 1 if k > 0 else 1, odd, nl)]
-        down = dst[_high(k + 1 if k + 1 < h else h - 2, odd, nl)]
-        for x in range(xa, xb):
-            t = np.int64(mid[_u(x)]) - shift
-            seen |= t ^ (t >> 63)
-            out[_u(x)] = t + ((up[_u(x)] + down[_u(x)] + 2) >> 2)
-        j += 1
+            line[_u(x)] = t * 2 if oy else t
+        if oy:
+            lh_mag, hh_mag = _forward_line(line, a[0], a[0][nlx:], w, ox)
+        else:
+            ll_mag, hl_mag = _forward_line(line, ll[0], a[0][nlx:], w, ox)
+    else:
+        made = -1  # the last high-pass row lifted into the ring
+        for i in range(ia, ib):
+            # Low-pass row i (at k = oy + 2 i) needs the high-pass rows at k - 1 and k + 1, mirrored.
+            down = i + oy if i + oy < nhy else i + oy - 1
+            up = i + oy - 1 if i + oy > 0 else down
+            for j in range(max(made + 1, up), down + 1):
+                k = 1 - oy + 2 * j
+                above, mid, below = src[k - 1 if k > 0 else 1], src[k], src[k + 1 if k + 1 < h else h - 2]
+                line = ring[j & 1]
+                for x in range(w):
+                    t = np.int64(mid[_u(x)]) - shift
+                    seen |= t ^ (t >> 63)
+                    line[_u(x)] = t - ((np.int64(above[_u(x)]) + np.int64(below[_u(x)]) - 2 * shift) >> 1)
+            made = max(made, down)
+            mid, above, below, line = src[oy + 2 * i], ring[up & 1], ring[down & 1], ring[2]
+            for x in range(w):
+                t = np.int64(mid[_u(x)]) - shift
+                seen |= t ^ (t >> 63)
+                line[_u(x)] = t + ((np.int64(above[_u(x)]) + below[_u(x)] + 2) >> 2)
+            low, high = _forward_line(line, ll[i], a[i][nlx:], w, ox)
+            ll_mag |= low
+            hl_mag |= high
+            j = i + oy - 1  # the high-pass row no later low-pass row needs
+            if j >= 0:
+                low, high = _forward_line(ring[j & 1], a[nly + j], a[nly + j][nlx:], w, ox)
+                lh_mag |= low
+                hh_mag |= high
+        if ib == nly:  # the high-pass rows after the last low-pass one
+            for j in range(max(nly + oy - 1, 0), nhy):
+                line = ring[j & 1]
+                if j > made:
+                    k = 1 - oy + 2 * j
+                    above, mid, below = src[k - 1 if k > 0 else 1], src[k], src[k + 1 if k + 1 < h else h - 2]
+                    for x in range(w):
+                        t = np.int64(mid[_u(x)]) - shift
+                        seen |= t ^ (t >> 63)
+                        line[_u(x)] = t - ((np.int64(above[_u(x)]) + np.int64(below[_u(x)]) - 2 * shift) >> 1)
+                    made = j
+                low, high = _forward_line(line, a[nly + j], a[nly + j][nlx:], w, ox)
+                lh_mag |= low
+                hh_mag |= high
+    quad[0] |= ll_mag
+    quad[1] |= hl_mag
+    quad[2] |= lh_mag
+    quad[3] |= hh_mag
     return seen
 
 
@@ -260,48 +280,76 @@ def _finish_row(row: np.ndarray, out: np.ndarray, xa: int, xb: int, shift: int, 
     return bad
 
 
-@njit(cache=True, nogil=True)
-def _inverse_columns(src: np.ndarray, dst: np.ndarray, h: int, xa: int, xb: int, odd: int, out: np.ndarray,
-                     done: bool, finish: tuple) -> int:
-    """Row interleaving of ``src[:h, xa:xb]`` (low rows first) into `dst`, undoing the vertical lifting.
+@njit(cache=True, nogil=True, inline="always")
+def _emit(line: np.ndarray, out: np.ndarray, k: int, w: int, final: bool, finish: tuple) -> bool:
+    """Row `k` of `out` from the finished ``line``: finished as ``finish`` says when `final`, else copied."""
+    if final:
+        return _finish_row(line, out[k], 0, w, finish[0], finish[1], finish[2], finish[3], finish[4])
+    row = out[k]
+    for x in range(w):
+        row[_u(x)] = line[_u(x)]
+    return False
 
-    When `done`, each row, once final, is also written to `out` (the
-    frame, any integer type) level shifted and clipped as ``finish =
-    (shift, low, high, lowest, highest)`` says, the row just made still in
-    cache; the result is then 1 when a value written is outside ``[lowest,
-    highest]``, else 0.
+
+@njit(cache=True, nogil=True)
+def _inverse_level(ll: np.ndarray, a: np.ndarray, h: int, w: int, ox: int, oy: int, out: np.ndarray,
+                   final: bool, finish: tuple, ia: int, ib: int) -> int:
+    """Low-pass rows ``ia:ib`` of one inverse level (and the high-pass rows after each, all the rest when
+    ``ib`` is the last) from the sub-bands in `a` and the LL quadrant in `ll`, into ``out[:h, :w]``.
+
+    When `final`, `out` is the frame (any integer type) and the rows are
+    level shifted and clipped as ``finish = (shift, low, high, lowest,
+    highest)`` says; the result is then 1 when a value written is outside
+    ``[lowest, highest]``, else 0.
     """
+    nlx = (w - ox + 1) >> 1
+    nly = (h - oy + 1) >> 1
+    nhy = h - nly
+    ring = np.empty((4, w), dtype=a.dtype)  # high-pass row j at j & 1, low-pass row i at 2 + (i & 1)
+    low = np.empty(w // 2 + 1, dtype=a.dtype)
     bad = False
     if h == 1:
-        row, res = src[0], dst[0]
-        for x in range(xa, xb):
-            v = row[_u(x)]
-            res[_u(x)] = (v // 2 if v >= 0 else -((-v) // 2)) if odd else v
-        if done:
-            bad |= _finish_row(res, out[0], xa, xb, finish[0], finish[1], finish[2], finish[3], finish[4])
-        return int(bad)
-    nl = (h - odd + 1) >> 1
-    j = 0
-    for k in range(odd, h, 2):
-        res, mid = dst[k], src[j]
-        up = src[_high(k - 1 if k > 0 else 1, odd, nl)]
-        down = src[_high(k + 1 if k + 1 < h else h - 2, odd, nl)]
-        for x in range(xa, xb):
-            res[_u(x)] = mid[_u(x)] - ((up[_u(x)] + down[_u(x)] + 2) >> 2)
-        j += 1
-    j = nl
-    for k in range(1 - odd, h, 2):
-        res, mid = dst[k], src[j]
-        up, down = dst[k - 1 if k > 0 else 1], dst[k + 1 if k + 1 < h else h - 2]
-        for x in range(xa, xb):
-            res[_u(x)] = mid[_u(x)] + ((up[_u(x)] + down[_u(x)]) >> 1)
-        j += 1
-        if done:  # rows k - 1 (low-pass, final since the first loop) and k are final
-            if k > 0:
-                bad |= _finish_row(up, out[k - 1], xa, xb, finish[0], finish[1], finish[2], finish[3], finish[4])
-            bad |= _finish_row(res, out[k], xa, xb, finish[0], finish[1], finish[2], finish[3], finish[4])
-    if done and (h - 1 - odd) % 2 == 0:  # the last row is low-pass: no high-pass row after it
-        bad |= _finish_row(dst[h - 1], out[h - 1], xa, xb, finish[0], finish[1], finish[2], finish[3], finish[4])
+        line = ring[0]
+        if oy:  # one high-pass row: X = Y / 2
+            _inverse_line(a[0], a[0][nlx:], line, w, ox, low)
+            for x in range(w):
+                v = line[_u(x)]
+                line[_u(x)] = v // 2 if v >= 0 else -((-v) // 2)
+        else:
+            _inverse_line(ll[0], a[0][nlx:], line, w, ox, low)
+        return int(_emit(line, out, 0, w, final, finish))
+    made = -1  # the last high-pass row interleaved into the ring
+    for i in range(ia - 1 if ia > 0 else 0, ib):
+        # Low-pass row i (at k = oy + 2 i) needs the high-pass rows at k - 1 and k + 1, mirrored.
+        down = i + oy if i + oy < nhy else i + oy - 1
+        up = i + oy - 1 if i + oy > 0 else down
+        for j in range(max(made + 1, up), down + 1):
+            _inverse_line(a[nly + j], a[nly + j][nlx:], ring[j & 1], w, ox, low)
+        made = max(made, down)
+        line, above, below = ring[2 + (i & 1)], ring[up & 1], ring[down & 1]
+        _inverse_line(ll[i], a[i][nlx:], line, w, ox, low)
+        for x in range(w):
+            line[_u(x)] = line[_u(x)] - ((np.int64(above[_u(x)]) + below[_u(x)] + 2) >> 2)
+        if i < ia:  # the row before the range, remade for the high-pass row after it
+            continue
+        bad |= _emit(line, out, oy + 2 * i, w, final, finish)
+        j = i + oy - 1  # the high-pass row between low-pass rows i - 1 and i (i alone when first)
+        if j >= 0:
+            above = ring[2 + ((i - 1) & 1)] if j >= oy else line
+            high = ring[j & 1]
+            for x in range(w):
+                high[_u(x)] = high[_u(x)] + ((np.int64(above[_u(x)]) + line[_u(x)]) >> 1)
+            bad |= _emit(high, out, 1 - oy + 2 * j, w, final, finish)
+    if ib == nly:  # the high-pass rows after the last low-pass one, which they mirror about
+        line = ring[2 + ((nly - 1) & 1)]
+        for j in range(max(nly + oy - 1, 0), nhy):
+            high = ring[j & 1]
+            if j > made:
+                _inverse_line(a[nly + j], a[nly + j][nlx:], high, w, ox, low)
+                made = j
+            for x in range(w):
+                high[_u(x)] = high[_u(x)] + np.int64(line[_u(x)])
+            bad |= _emit(high, out, 1 - oy + 2 * j, w, final, finish)
     return int(bad)
 
 
@@ -349,6 +397,12 @@ def _extent(x0: int, y0: int, cols: int, rows: int, level: int) -> tuple[int, in
     return u0, v0, w, h
 
 
+def _scratch(a: np.ndarray, x0: int, y0: int, levels: int) -> np.ndarray:
+    """Two arrays for the LL quadrants between levels, alternately (see :func:`_forward_all`)."""
+    _, _, w, h = _extent(x0, y0, a.shape[1], a.shape[0], 1)
+    return np.empty((2, h if levels > 1 else 0, w if levels > 1 else 0), dtype=a.dtype)
+
+
 @njit(cache=True, nogil=True)
 def _copy(src: np.ndarray, a: np.ndarray, shift: int, quad: np.ndarray) -> int:
     """``a = src - shift`` without a wavelet level: the range fold of :func:`forward`, the magnitudes in ``quad[0]``."""
@@ -367,9 +421,14 @@ def _copy(src: np.ndarray, a: np.ndarray, shift: int, quad: np.ndarray) -> int:
 
 
 @njit(cache=True, nogil=True)
-def _forward_all(a: np.ndarray, tmp: np.ndarray, src: np.ndarray, shift: int, first: int, levels: int, x0: int,
+def _forward_all(a: np.ndarray, scratch: np.ndarray, src: np.ndarray, shift: int, first: int, levels: int, x0: int,
                  y0: int, bands: np.ndarray) -> int:
-    """Levels ``first`` to ``levels - 1`` of :func:`forward` on one thread."""
+    """Levels ``first`` to ``levels - 1`` of :func:`forward` on one thread.
+
+    Level ``l`` reads the frame (``l = 0``) or ``scratch[(l - 1) & 1]`` and
+    writes its LL quadrant to ``scratch[l & 1]``, or to `a` when it is the
+    last level.
+    """
     rows, cols = a.shape
     seen = 0
     for level in range(first, levels):
@@ -379,11 +438,12 @@ def _forward_all(a: np.ndarray, tmp: np.ndarray, src: np.ndarray, shift: int, fi
         h = -((-(y0 + rows)) >> level) - v0
         if w == 0 or h == 0:
             return seen
+        ll = a if level == levels - 1 else scratch[level & 1]
+        nly = (h - (v0 & 1) + 1) >> 1
         if level == 0:
-            seen = _forward_columns(src, tmp, h, 0, w, v0 & 1, shift)
+            seen = _forward_level(src, shift, a, ll, h, w, u0 & 1, v0 & 1, 0, nly, bands[level])
         else:
-            _forward_columns(a, tmp, h, 0, w, v0 & 1, 0)
-        _forward_rows(tmp, a, 0, h, w, u0 & 1, (h - (v0 & 1) + 1) >> 1, bands[level])
+            _forward_level(scratch[(level - 1) & 1], 0, a, ll, h, w, u0 & 1, v0 & 1, 0, nly, bands[level])
     return seen
 
 
@@ -399,45 +459,50 @@ def forward(a: np.ndarray, levels: int, x0: int, y0: int, src: np.ndarray | None
     ``max(levels, 1)`` rows of four, gets or-ed into it the magnitudes of
     each level's LL, HL, LH and HH coefficients (the last level's LL is the
     final one; without levels, ``bands[0, 0]`` those of the samples).
-    `pool` (an executor) shares each pass of the large levels between the
+    `pool` (an executor) shares the rows of the large levels between the
     calling thread and one of the pool's.
     """
     if src is None:
-        src = a
+        src = a.copy() if levels else a  # a level writes rows of `a` it has not read yet
     if bands is None:
         bands = np.zeros((max(levels, 1), 4), dtype=np.int64)
     rows, cols = a.shape
     if levels == 0:
         return _copy(src, a, shift, bands[0])
-    tmp = np.empty((rows, cols), dtype=a.dtype)
+    if not rows or not cols:
+        return 0
+    scratch = _scratch(a, x0, y0, levels)
     if pool is None or rows * cols < SPLIT_SAMPLES:
-        return _forward_all(a, tmp, src, shift, 0, levels, x0, y0, bands)
+        return _forward_all(a, scratch, src, shift, 0, levels, x0, y0, bands)
     seen = 0
     for level in range(levels):
         u0, v0, w, h = _extent(x0, y0, cols, rows, level)
         if w == 0 or h == 0:
             break
         if w * h < SPLIT_SAMPLES:  # the rest on this thread
-            seen |= _forward_all(a, tmp, src, shift, level, levels, x0, y0, bands)
+            seen |= _forward_all(a, scratch, src, shift, level, levels, x0, y0, bands)
             break
-        first, s = (src, shift) if level == 0 else (a, 0)
-        for got in shared(pool, lambda xa, xb: _forward_columns(first, tmp, h, xa, xb, v0 & 1, s),
-                          halves(w, 16)):
+        source, s = (src, shift) if level == 0 else (scratch[(level - 1) & 1], 0)
+        ll = a if level == levels - 1 else scratch[level & 1]
+        parts = halves((h - (v0 & 1) + 1) >> 1, 1)
+        quads = np.zeros((len(parts), 4), dtype=np.int64)
+        for got in shared(pool, lambda ia, ib, i: _forward_level(source, s, a, ll, h, w, u0 & 1, v0 & 1, ia, ib,
+                                                                  quads[i]),
+                          [(ia, ib, i) for i, (ia, ib) in enumerate(parts)]):
             if level == 0:
                 seen |= got
-        parts = halves(h, 1)
-        quads = np.zeros((len(parts), 4), dtype=np.int64)
-        low_rows = (h - (v0 & 1) + 1) >> 1
-        shared(pool, lambda ya, yb, i: _forward_rows(tmp, a, ya, yb, w, u0 & 1, low_rows, quads[i]),
-                [(ya, yb, i) for i, (ya, yb) in enumerate(parts)])
         bands[level] |= np.bitwise_or.reduce(quads, axis=0)
     return int(seen)
 
 
 @njit(cache=True, nogil=True)
-def _inverse_all(a: np.ndarray, tmp: np.ndarray, stop: int, levels: int, x0: int, y0: int, out: np.ndarray,
-                 done: bool, finish: tuple) -> int:
-    """Levels ``levels - 1`` down to `stop` of :func:`inverse` on one thread."""
+def _inverse_all(a: np.ndarray, scratch: np.ndarray, stop: int, levels: int, x0: int, y0: int, out: np.ndarray,
+                 finish: tuple) -> int:
+    """Levels ``levels - 1`` down to `stop` of :func:`inverse` on one thread.
+
+    Level ``l`` reads its LL quadrant from `a` (the last level) or
+    ``scratch[l & 1]`` and writes ``scratch[(l - 1) & 1]``, or `out` (level 0).
+    """
     rows, cols = a.shape
     bad = 0
     for level in range(levels - 1, stop - 1, -1):
@@ -447,55 +512,68 @@ def _inverse_all(a: np.ndarray, tmp: np.ndarray, stop: int, levels: int, x0: int
         h = -((-(y0 + rows)) >> level) - v0
         if w == 0 or h == 0:
             continue
-        _inverse_rows(a, tmp, 0, h, w, u0 & 1)
+        ll = a if level == levels - 1 else scratch[level & 1]
+        nly = (h - (v0 & 1) + 1) >> 1
         if level == 0:
-            bad = _inverse_columns(tmp, a, h, 0, w, v0 & 1, out, done, finish)
+            bad = _inverse_level(ll, a, h, w, u0 & 1, v0 & 1, out, True, finish, 0, nly)
         else:
-            _inverse_columns(tmp, a, h, 0, w, v0 & 1, a, False, finish)
+            _inverse_level(ll, a, h, w, u0 & 1, v0 & 1, scratch[(level - 1) & 1], False, finish, 0, nly)
     return bad
 
 
-NO_FINISH = (0, 0, 0, 0, 0)
+@njit(cache=True, nogil=True)
+def _finish_all(a: np.ndarray, out: np.ndarray, finish: tuple) -> int:
+    """`out` from `a` without a wavelet level, finished as :func:`inverse` says."""
+    bad = False
+    for y in range(a.shape[0]):
+        bad |= _finish_row(a[y], out[y], 0, a.shape[1], finish[0], finish[1], finish[2], finish[3], finish[4])
+    return int(bad)
+
+
+NO_FINISH = (0, INT32_LOW, INT32_HIGH, INT32_LOW, INT32_HIGH)
 
 
 def inverse(a: np.ndarray, levels: int, x0: int, y0: int, out: np.ndarray | None = None,
             finish: tuple[int, int, int, int, int] = NO_FINISH, pool=None) -> int:
     """Undo :func:`forward`.
 
-    With `out` (same shape as `a`, any integer type) the samples are also
-    written to `out` in the last pass, DC level shifted and clipped as
-    ``finish = (shift, low, high, lowest, highest)`` says; returns 1 when
-    one of them is outside ``[lowest, highest]``, else 0.  Needs at least
-    one level for that.  `pool` shares the large levels' passes between the
-    calling thread and one of the pool's.
+    The samples are written to `out` (same shape as `a`, any integer type;
+    `a` itself when None, then left unchanged by ``finish``), DC level
+    shifted and clipped as ``finish = (shift, low, high, lowest, highest)``
+    says; returns 1 when one of them is outside ``[lowest, highest]``, else
+    0.  `a` is left with intermediate values.  `pool` shares the rows of
+    the large levels between the calling thread and one of the pool's.
     """
     rows, cols = a.shape
-    done = out is not None
-    if out is None:
-        out = a
-    if not rows or not cols or not levels:
-        return 0
-    tmp = np.empty((rows, cols), dtype=a.dtype)
     finish = tuple(int(v) for v in finish)
+    if not rows or not cols:
+        return 0
+    if not levels:
+        return 0 if out is None else _finish_all(a, out, finish)
+    target = np.empty_like(a) if out is None else out
+    scratch = _scratch(a, x0, y0, levels)
     if pool is None or rows * cols < SPLIT_SAMPLES:
-        return _inverse_all(a, tmp, 0, levels, x0, y0, out, done, finish)
-    small = levels  # levels below this one are large enough to share
-    while small > 0 and _extent(x0, y0, cols, rows, small - 1)[2] * _extent(x0, y0, cols, rows, small - 1)[3] \
-            < SPLIT_SAMPLES:
-        small -= 1
-    bad = 0
-    if small < levels:  # the small levels on this thread
-        bad = _inverse_all(a, tmp, small, levels, x0, y0, out, done, finish)
-    for level in range(small - 1, -1, -1):
-        u0, v0, w, h = _extent(x0, y0, cols, rows, level)
-        if w == 0 or h == 0:
-            continue
-        shared(pool, lambda ya, yb: _inverse_rows(a, tmp, ya, yb, w, u0 & 1), halves(h, 1))
-        last = level == 0
-        target = out if last else a
-        for got in shared(pool, lambda xa, xb: _inverse_columns(tmp, a, h, xa, xb, v0 & 1, target, done and last,
-                                                                 finish), halves(w, 16)):
-            bad |= got
+        bad = _inverse_all(a, scratch, 0, levels, x0, y0, target, finish)
+    else:
+        small = levels  # levels below this one are large enough to share
+        while small > 0 and _extent(x0, y0, cols, rows, small - 1)[2] * _extent(x0, y0, cols, rows, small - 1)[3] \
+                < SPLIT_SAMPLES:
+            small -= 1
+        bad = 0
+        if small < levels:  # the small levels on this thread
+            bad = _inverse_all(a, scratch, small, levels, x0, y0, target, finish)
+        for level in range(small - 1, -1, -1):
+            u0, v0, w, h = _extent(x0, y0, cols, rows, level)
+            if w == 0 or h == 0:
+                continue
+            ll = a if level == levels - 1 else scratch[level & 1]
+            dst, last = (target, True) if level == 0 else (scratch[(level - 1) & 1], False)
+            for got in shared(pool, lambda ia, ib: _inverse_level(ll, a, h, w, u0 & 1, v0 & 1, dst, last, finish,
+                                                                   ia, ib),
+                              halves((h - (v0 & 1) + 1) >> 1, 1)):
+                bad |= got
+    if out is None:
+        a[...] = target
     return bad
 
 

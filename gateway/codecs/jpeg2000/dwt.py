@@ -62,8 +62,9 @@ def _forward_line(src: np.ndarray, lo: np.ndarray, hi: np.ndarray, n: int, odd: 
     update: ``x[k] += (x[k-1] + x[k+1] + 2) >> 2`` on the low-pass ones,
     mirrored at the ends (whole-sample symmetric extension).  Returns the
     bitwise or of the low-pass and of the high-pass magnitudes written.
-    The samples at the ends, which mirror, are done apart so that the loops
-    over the others have no tests.
+    The samples are first split by parity into `lo` and `hi`, so that the
+    lifting loops read consecutive samples (which the compiler vectorises);
+    the ends, which mirror, are done apart so that those loops have no tests.
     """
     if n == 1:
         if odd:
@@ -75,38 +76,49 @@ def _forward_line(src: np.ndarray, lo: np.ndarray, hi: np.ndarray, n: int, odd: 
         return abs(v), 0
     nl = (n - odd + 1) >> 1
     nh = n - nl
+    m = n >> 1
+    if odd:
+        for p in range(m):
+            hi[_u(p)] = src[_u(2 * p)]
+            lo[_u(p)] = src[_u(2 * p + 1)]
+        if n & 1:
+            hi[_u(m)] = src[_u(n - 1)]
+    else:
+        for p in range(m):
+            lo[_u(p)] = src[_u(2 * p)]
+            hi[_u(p)] = src[_u(2 * p + 1)]
+        if n & 1:
+            lo[_u(m)] = src[_u(n - 1)]
     low = 0
     high = 0
-    # High-pass sample i is at k = 1 - odd + 2 i; it mirrors when k = 0 (i = 0, odd) or k = n - 1.
-    first = odd
-    last = nh - 1 if 1 - odd + 2 * (nh - 1) == n - 1 else nh
+    # High-pass sample j (at k = 1 - odd + 2 j) has the low-pass neighbours j - odd and j - odd + 1;
+    # the first mirrors when odd (k = 0), the one after the last low-pass sample when it exists.
     if odd:
-        v = np.int64(src[0]) - src[1]
+        v = hi[0] - np.int64(lo[0])
         hi[0] = v
         high |= abs(v)
-    for i in range(first, last):
-        k = 1 - odd + 2 * i
-        v = src[_u(k)] - ((np.int64(src[_u(k - 1)]) + src[_u(k + 1)]) >> 1)
-        hi[_u(i)] = v
+    last = min(nh, nl + odd - 1)
+    for j in range(odd, last):
+        v = hi[_u(j)] - ((np.int64(lo[_u(j - odd)]) + lo[_u(j - odd + 1)]) >> 1)
+        hi[_u(j)] = v
         high |= abs(v)
-    if last < nh and last >= first:
-        v = np.int64(src[_u(n - 1)]) - src[_u(n - 2)]
+    if last < nh:
+        v = hi[_u(last)] - np.int64(lo[_u(nl - 1)])
         hi[_u(last)] = v
         high |= abs(v)
-    # Low-pass sample i is at k = odd + 2 i, its neighbours the high-pass ones odd + i - 1 and odd + i;
-    # it mirrors when k = 0 (i = 0, not odd) or k = n - 1.
-    first = 1 - odd
-    last = nl - 1 if odd + 2 * (nl - 1) == n - 1 else nl
+    # Low-pass sample i (at k = odd + 2 i) has the high-pass neighbours i + odd - 1 and i + odd;
+    # the first mirrors when not odd (k = 0), the last when no high-pass sample follows it.
     if not odd:
-        v = src[0] + ((np.int64(hi[0]) * 2 + 2) >> 2)
+        v = lo[0] + ((np.int64(hi[0]) * 2 + 2) >> 2)
         lo[0] = v
         low |= abs(v)
-    for i in range(first, last):
-        v = src[_u(odd + 2 * i)] + ((np.int64(hi[_u(odd + i - 1)]) + hi[_u(odd + i)] + 2) >> 2)
+    last = min(nl, nh - odd)
+    for i in range(1 - odd, last):
+        v = lo[_u(i)] + ((np.int64(hi[_u(i + odd - 1)]) + hi[_u(i + odd)] + 2) >> 2)
         lo[_u(i)] = v
         low |= abs(v)
-    if last < nl and last >= first:
-        v = src[_u(n - 1)] + ((np.int64(hi[_u(odd + last - 1)]) * 2 + 2) >> 2)
+    if last < nl:
+        v = lo[_u(last)] + ((np.int64(hi[_u(last + odd - 1)]) * 2 + 2) >> 2)
         lo[_u(last)] = v
         low |= abs(v)
     return low, high

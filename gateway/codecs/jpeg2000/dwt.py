@@ -303,6 +303,39 @@ def _emit(line: np.ndarray, out: np.ndarray, k: int, w: int, final: bool, finish
     return False
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _lifted_row(line: np.ndarray, above: np.ndarray, below: np.ndarray, out: np.ndarray, k: int, w: int,
+                final: bool, finish: tuple, low: bool) -> bool:
+    """Row `k` of `out` undoing one vertical lifting step on ``line`` with its neighbours ``above`` and
+    ``below``: the update (``low``: the result also kept in ``line``) or the prediction.
+
+    Finished as :func:`_emit` says, in the same loop.
+    """
+    row = out[k]
+    bad = False
+    if final:
+        shift, lowest_kept, highest_kept, lowest, highest = finish
+        for x in range(w):
+            if low:
+                v = np.int32(line[_u(x)] - ((np.int64(above[_u(x)]) + below[_u(x)] + 2) >> 2))
+                line[_u(x)] = v
+            else:
+                v = np.int32(line[_u(x)] + ((np.int64(above[_u(x)]) + below[_u(x)]) >> 1))
+            s = np.int32(v + shift)
+            s = lowest_kept if s < lowest_kept else (highest_kept if s > highest_kept else s)
+            bad |= (s < lowest) | (s > highest)
+            row[_u(x)] = s
+    else:
+        for x in range(w):
+            if low:
+                v = np.int32(line[_u(x)] - ((np.int64(above[_u(x)]) + below[_u(x)] + 2) >> 2))
+                line[_u(x)] = v
+            else:
+                v = np.int32(line[_u(x)] + ((np.int64(above[_u(x)]) + below[_u(x)]) >> 1))
+            row[_u(x)] = v
+    return bad
+
+
 @njit(cache=True, nogil=True)
 def _inverse_level(ll: np.ndarray, a: np.ndarray, h: int, w: int, ox: int, oy: int, out: np.ndarray,
                    final: bool, finish: tuple, ia: int, ib: int) -> int:
@@ -340,18 +373,15 @@ def _inverse_level(ll: np.ndarray, a: np.ndarray, h: int, w: int, ox: int, oy: i
         made = max(made, down)
         line, above, below = ring[2 + (i & 1)], ring[up & 1], ring[down & 1]
         _inverse_line(ll[i], a[i][nlx:], line, w, ox, low)
-        for x in range(w):
-            line[_u(x)] = line[_u(x)] - ((np.int64(above[_u(x)]) + below[_u(x)] + 2) >> 2)
         if i < ia:  # the row before the range, remade for the high-pass row after it
+            for x in range(w):
+                line[_u(x)] = line[_u(x)] - ((np.int64(above[_u(x)]) + below[_u(x)] + 2) >> 2)
             continue
-        bad |= _emit(line, out, oy + 2 * i, w, final, finish)
+        bad |= _lifted_row(line, above, below, out, oy + 2 * i, w, final, finish, True)
         j = i + oy - 1  # the high-pass row between low-pass rows i - 1 and i (i alone when first)
         if j >= 0:
             above = ring[2 + ((i - 1) & 1)] if j >= oy else line
-            high = ring[j & 1]
-            for x in range(w):
-                high[_u(x)] = high[_u(x)] + ((np.int64(above[_u(x)]) + line[_u(x)]) >> 1)
-            bad |= _emit(high, out, 1 - oy + 2 * j, w, final, finish)
+            bad |= _lifted_row(ring[j & 1], above, line, out, 1 - oy + 2 * j, w, final, finish, False)
     if ib == nly:  # the high-pass rows after the last low-pass one, which they mirror about
         line = ring[2 + ((nly - 1) & 1)]
         for j in range(max(nly + oy - 1, 0), nhy):
@@ -359,9 +389,7 @@ def _inverse_level(ll: np.ndarray, a: np.ndarray, h: int, w: int, ox: int, oy: i
             if j > made:
                 _inverse_line(a[nly + j], a[nly + j][nlx:], high, w, ox, low)
                 made = j
-            for x in range(w):
-                high[_u(x)] = high[_u(x)] + np.int64(line[_u(x)])
-            bad |= _emit(high, out, 1 - oy + 2 * j, w, final, finish)
+            bad |= _lifted_row(high, line, line, out, 1 - oy + 2 * j, w, final, finish, False)
     return int(bad)
 
 

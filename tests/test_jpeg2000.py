@@ -197,6 +197,22 @@ def test_dwt_on_two_threads_equals_one_thread(rows: int, cols: int, x0: int, y0:
     assert np.array_equal(out_one, src) and np.array_equal(out_two, src)
 
 
+def test_dwt_range_fold_covers_the_samples_only() -> None:
+    """The range fold of the forward wavelet sees the frame's samples, not the coarser levels' LL coefficients,
+    also when two threads share the levels: 3 x 3 squares of 0 and 4095 make LL coefficients beyond 12 bits."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rows, cols = 300, 260
+    y, x = np.mgrid[0:rows, 0:cols]
+    src = np.where((x // 3 + y // 3) % 2 == 0, 0, 4095).astype(np.uint16)
+    bands = np.zeros((5, 4), np.int64)
+    with ThreadPoolExecutor(2) as pool:
+        for executor in (None, pool):
+            seen = dwt.forward(np.empty((rows, cols), np.int32), 5, 0, 0, src, 2048, bands, executor)
+            assert seen == 2047  # every sample a 12-bit value once shifted, 0 and 4095 both present
+    assert int(bands[0, 0]).bit_length() > 12  # the level-1 LL coefficients the second level reads
+
+
 @pytest.mark.parametrize("pool", [False, True])
 @pytest.mark.parametrize(("rows", "cols", "x0", "y0", "levels"), [(17, 13, 3, 5, 4), (1, 9, 1, 0, 2), *_SPLIT_SHAPES])
 def test_dwt_folds_band_magnitudes_and_sample_range(rows: int, cols: int, x0: int, y0: int, levels: int,

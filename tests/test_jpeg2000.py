@@ -202,7 +202,8 @@ def test_dwt_range_fold_covers_the_samples_only() -> None:
     also when two threads share the levels: 3 x 3 squares of 0 and 4095 make LL coefficients beyond 12 bits."""
     from concurrent.futures import ThreadPoolExecutor
 
-    rows, cols = 300, 260
+    rows, cols = 600, 520  # two levels large enough to share
+    assert (rows // 2) * (cols // 2) >= dwt.SPLIT_SAMPLES
     y, x = np.mgrid[0:rows, 0:cols]
     src = np.where((x // 3 + y // 3) % 2 == 0, 0, 4095).astype(np.uint16)
     bands = np.zeros((5, 4), np.int64)

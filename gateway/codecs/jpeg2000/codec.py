@@ -234,6 +234,67 @@ def _guard_bits(magnitudes: list[int], exponents: tuple[int, ...]) -> int:
     return max([GUARD_BITS] + [m.bit_length() - e + 1 for m, e in zip(magnitudes, exponents)])
 
 
+# Plans of tiles, shared by the frames of a series (a CT or MR series is hundreds of frames of one geometry):
+# decoding keys them on the tile's rectangle and its whole TileCoding, encoding on all encode_planes derives
+# them from.  Bounded in entries and bytes.
+PLAN_ENTRIES = 32
+PLAN_BYTES = 32 << 20
+_decode_plans = tier2.PlanCache(PLAN_ENTRIES, PLAN_BYTES)
+_encode_plans = tier2.PlanCache(PLAN_ENTRIES, PLAN_BYTES)
+
+
+@dataclass(frozen=True)
+class EncodePlan:
+    """What :func:`encode_planes` derives from a frame's geometry alone (one tile at the origin, one layer)."""
+
+    style: cs.CodingStyle
+    gains: tuple[int, ...]  # :func:`_band_gains`
+    layout: tier2.Layout
+    order: np.ndarray
+    blocks: np.ndarray  # the block coder's rows: comp, y0, x0, h, w, orientation
+    pband_gains: np.ndarray  # the gain of each precinct-band's sub-band
+
+    @property
+    def nbytes(self) -> int:
+        layout = self.layout
+        return sum(a.nbytes for a in (layout.resolutions, layout.precincts, layout.pbands, layout.blocks,
+                                      self.order, self.blocks, self.pband_gains))
+
+
+def _encode_plan(rows: int, cols: int, components: int, levels: int, progression: int,
+                 block_style: int) -> EncodePlan:
+    key = (rows, cols, components, levels, progression, block_style)
+    plan = _encode_plans.get(key)
+    if plan is None:
+        style = cs.CodingStyle(levels, CODE_BLOCK, CODE_BLOCK, block_style, True, ((15, 15),) * (levels + 1))
+        layout = tier2.tile_layout((0, 0, cols, rows), (style,) * components)
+        order = tier2.packet_order(layout, 1, progression, (), 0, 0)
+        gains = tuple(_band_gains(levels))
+        plan = EncodePlan(style, gains, layout, order, np.ascontiguousarray(layout.blocks[:, :tier2.B_PBAND]),
+                          np.array(gains, dtype=np.int64)[layout.pbands[:, tier2.PB_BAND]])
+        _encode_plans.put(key, plan, plan.nbytes)
+    return plan
+
+
+def _decode_plan(coder: BlockCoder, rect: tuple[int, int, int, int], coding: cs.TileCoding, index: int,
+                 data_bytes: int) -> tier2.Plan:
+    """The plan of a tile, checked against the size of its data before anything is sized from its headers."""
+    key = (rect, coding)
+    plan = _decode_plans.get(key)
+    layers = coding.coding.layers
+    if plan is None:
+        packets = layers * sum(tier2.count_precincts(rect, style) for style in coding.styles)
+    else:
+        packets = plan.packets
+    if packets > data_bytes + 4096:
+        raise CorruptCodestreamError(f"{coder.name}: tile {index} declares {packets} packets in {data_bytes} bytes")
+    if plan is None:
+        limits = tuple(tuple(q.guard + e - 1 for e in q.exponents) for q in coding.quantizations)
+        plan = tier2.tile_plan(rect, coding.styles, layers, coding.coding.progression, coding.poc, limits)
+        _decode_plans.put(key, plan, plan.nbytes)
+    return plan
+
+
 @dataclass(frozen=True)
 class EncodedTile:
     """What the frame driver made of a frame: the packets of its one tile and the main header's segments."""
@@ -269,23 +330,21 @@ def encode_planes(frame: np.ndarray, info: FrameInfo, coder: BlockCoder, levels:
                                    lambda ya, yb: _component_planes(pixels, planes, ya, yb, shift, bool(mct)),
                                    dwt.halves(rows, 1))), info)
         _each_component(lambda c: dwt.forward(planes[c], levels, 0, 0, bands=bands[c]), nc, parallel)
-    style = cs.CodingStyle(levels, CODE_BLOCK, CODE_BLOCK, coder.block_style, True, ((15, 15),) * (levels + 1))
-    layout = tier2.tile_layout((0, 0, cols, rows), [style] * nc)
-    exponents = tuple(info.bits_stored + g for g in _band_gains(levels))
+    plan = _encode_plan(rows, cols, nc, levels, progression, coder.block_style)
+    exponents = tuple(info.bits_stored + g for g in plan.gains)
     magnitudes = _band_magnitudes(bands, levels)
     guard = _guard_bits(magnitudes, exponents)
     if guard > cs.MAX_GUARD_BITS:
         raise UnsupportedImageError("wavelet coefficients exceed what seven guard bits can describe")
-    limits = [[guard + e - 1 for e in exponents] for _ in range(nc)]
-    block_rows = np.ascontiguousarray(layout.blocks[:, :tier2.B_PBAND])
+    limits = plan.pband_gains + (guard + info.bits_stored - 1)  # Mb = guard + exponent - 1 of each precinct-band
     bits = int(np.bitwise_or.reduce(magnitudes)).bit_length() + 1
-    out, offsets, results = _encode_blocks(coder, planes, block_rows, bits, parallel)
-    order = tier2.packet_order(layout, 1, progression, (), 0, 0)
-    packets = tier2.write_packets(layout, order, limits, results[:, 0], results[:, 1], results[:, 2], out, offsets)
+    out, offsets, results = _encode_blocks(coder, planes, plan.blocks, bits, parallel)
+    packets = tier2.write_packets(plan.layout, plan.order, limits, results[:, 0], results[:, 1], results[:, 2], out,
+                                  offsets)
     size = cs.Size(cols, rows, 0, 0, cols, rows, 0, 0,
-                   tuple(cs.Component(info.bits_stored, info.signed) for _ in range(nc)), rsiz)
-    return EncodedTile(size, cs.Coding(progression, 1, mct, style), cs.Quantization(0, guard, exponents), packets,
-                       max(limits[0]))
+                   (cs.Component(info.bits_stored, info.signed),) * nc, rsiz)
+    return EncodedTile(size, cs.Coding(progression, 1, mct, plan.style), cs.Quantization(0, guard, exponents),
+                       packets, guard + max(exponents) - 1)
 
 
 def check_levels(levels: int) -> None:
@@ -373,20 +432,10 @@ def _decode_tile(coder: BlockCoder, stream: cs.Codestream, index: int, image: np
     coding = cs.tile_coding(stream, tile)
     nc = len(size.components)
     _check_tile(coder, coding, index, nc)
-    tx0, ty0, tx1, ty1 = size.tile_rect(index)
-    rect = (tx0, ty0, tx1, ty1)
-    layers = coding.coding.layers
-    packets = layers * sum(tier2.count_precincts(rect, coding.styles[c]) for c in range(nc))
-    if packets > len(tile.data) + 4096:
-        raise CorruptCodestreamError(
-            f"{coder.name}: tile {index} declares {packets} packets in {len(tile.data)} bytes")
-    layout = tier2.tile_layout(rect, coding.styles)
-    limits = [[coding.quantizations[c].guard + e - 1 for e in coding.quantizations[c].exponents]
-              for c in range(nc)]
-    order = tier2.packet_order(layout, layers, coding.coding.progression, coding.poc, tx0, ty0)
-    blocks, segments, data = tier2.read_packets(tile.data, layout, order, limits,
-                                                [s.block_style for s in coding.styles], coding.coding.sop,
-                                                coding.coding.eph, coder.name)
+    rect = size.tile_rect(index)
+    tx0, ty0, tx1, ty1 = rect
+    plan = _decode_plan(coder, rect, coding, index, len(tile.data))
+    blocks, segments, data = tier2.read_packets(tile.data, plan, coding.coding.sop, coding.coding.eph, coder.name)
     coeffs = np.zeros((nc, ty1 - ty0, tx1 - tx0), dtype=np.int32)
     status = _decode_blocks(coder, coeffs, blocks, segments, data, parallel)
     if status:

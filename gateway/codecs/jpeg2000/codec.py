@@ -33,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from numba import njit
@@ -278,11 +279,14 @@ def _encode_plan(rows: int, cols: int, components: int, levels: int, progression
 
 def _decode_plan(coder: BlockCoder, rect: tuple[int, int, int, int], coding: cs.TileCoding, index: int,
                  data_bytes: int) -> tier2.Plan:
-    """The plan of a tile, checked against the size of its data before anything is sized from its headers."""
-    key = (rect, coding)
+    """The plan of a tile, its coding first checked (:func:`_check_tile`) and its packet count checked
+    against the size of its data before anything is sized from its headers."""
+    components = len(coding.styles)
+    key = (coder.name, coder.block_style, rect, coding)  # all the checks and the plan depend on
     plan = _decode_plans.get(key)
     layers = coding.coding.layers
     if plan is None:
+        _check_tile(coder, coding, index, components)
         packets = layers * sum(tier2.count_precincts(rect, style) for style in coding.styles)
     else:
         packets = plan.packets
@@ -293,6 +297,15 @@ def _decode_plan(coder: BlockCoder, rect: tuple[int, int, int, int], coding: cs.
         plan = tier2.tile_plan(rect, coding.styles, layers, coding.coding.progression, coding.poc, limits)
         _decode_plans.put(key, plan, plan.nbytes)
     return plan
+
+
+@lru_cache(maxsize=16)
+def _component_ranges(components: tuple[cs.Component, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per component: DC level shift, and the lowest and highest value of its precision (never written)."""
+    shifts = np.array([0 if comp.signed else 1 << (comp.precision - 1) for comp in components], np.int64)
+    lows = np.array([-(1 << (comp.precision - 1)) if comp.signed else 0 for comp in components], np.int64)
+    highs = lows + (1 << np.array([comp.precision for comp in components], np.int64)) - 1
+    return shifts, lows, highs
 
 
 @dataclass(frozen=True)
@@ -431,7 +444,6 @@ def _decode_tile(coder: BlockCoder, stream: cs.Codestream, index: int, image: np
     tile = stream.tiles[index]
     coding = cs.tile_coding(stream, tile)
     nc = len(size.components)
-    _check_tile(coder, coding, index, nc)
     rect = size.tile_rect(index)
     tx0, ty0, tx1, ty1 = rect
     plan = _decode_plan(coder, rect, coding, index, len(tile.data))
@@ -443,13 +455,14 @@ def _decode_tile(coder: BlockCoder, stream: cs.Codestream, index: int, image: np
         raise kind(f"{coder.name}: tile {index}: {coder.errors.get(status, status)}")
     region = image[ty0 - size.y0:ty1 - size.y0, tx0 - size.x0:tx1 - size.x0]
     # Per component: DC level shift, then the clip to its precision's range.
-    shifts = np.array([0 if comp.signed else 1 << (comp.precision - 1) for comp in size.components], np.int64)
-    lows = np.array([-(1 << (comp.precision - 1)) if comp.signed else 0 for comp in size.components], np.int64)
-    highs = lows + (1 << np.array([comp.precision for comp in size.components], np.int64)) - 1
     pool = _threads() if parallel else None
     if nc == 1 and coding.styles[0].levels:  # all in the wavelet's last pass
-        finish = (int(shifts[0]), int(lows[0]), int(highs[0]), lowest, highest)
+        comp = size.components[0]
+        low = -(1 << (comp.precision - 1)) if comp.signed else 0
+        finish = (0 if comp.signed else 1 << (comp.precision - 1), low, low + (1 << comp.precision) - 1, lowest,
+                  highest)
         return dwt.inverse(coeffs[0], coding.styles[0].levels, tx0, ty0, region[:, :, 0], finish, pool)
+    shifts, lows, highs = _component_ranges(size.components)
     _each_component(lambda c: dwt.inverse(coeffs[c], coding.styles[c].levels, tx0, ty0), nc, parallel)
     mct = bool(coding.coding.mct)
     return max(dwt.shared(pool, lambda ya, yb: dwt.finish_rows(coeffs, region, ya, yb, mct, shifts, lows, highs,

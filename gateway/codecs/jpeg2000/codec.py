@@ -30,10 +30,11 @@ marker segments (:mod:`.codestream`).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, reduce
 
 import numpy as np
 from numba import njit
@@ -187,13 +188,14 @@ def _parts(sizes: np.ndarray) -> list[slice]:
     return [slice(int(a), int(b)) for a, b in zip(edges, edges[1:])]
 
 
-def _encode_blocks(coder: BlockCoder, coeffs: np.ndarray, rows: np.ndarray, bits: int, parallel: bool
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _encode_blocks(coder: BlockCoder, coeffs: np.ndarray, rows: np.ndarray, bits: int, parallel: bool,
+                   sizes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every code-block coded by `coder`, in one kernel call (two threads for large frames).
 
-    `bits` is one more than the bit length of the largest magnitude.
+    `bits` is one more than the bit length of the largest magnitude; `sizes`
+    the samples of each code-block, if known.
     """
-    sizes = rows[:, 3] * rows[:, 4]
+    sizes = rows[:, 3] * rows[:, 4] if sizes is None else sizes
     a, b = coder.room
     room = sizes * (bits + a) // b + 64  # codewords rarely exceed the raw bits; retried if they do
 
@@ -223,11 +225,11 @@ def _encode_blocks(coder: BlockCoder, coeffs: np.ndarray, rows: np.ndarray, bits
 def _band_magnitudes(bands: np.ndarray, levels: int) -> list[int]:
     """The or of the coefficient magnitudes of each sub-band, in QCD order, from :func:`dwt.forward`'s `bands`
     of every component."""
-    quads = np.bitwise_or.reduce(bands, axis=0)  # LL, HL, LH, HH of each level, first level first
+    # LL, HL, LH, HH of each level, first level first
+    quads = (bands[0] if len(bands) == 1 else np.bitwise_or.reduce(bands, axis=0)).tolist()
     if levels == 0:
-        return [int(quads[0, 0])]
-    return [int(quads[levels - 1, 0])] + [int(quads[level, o]) for level in range(levels - 1, -1, -1)
-                                          for o in (1, 2, 3)]
+        return [quads[0][0]]
+    return [quads[levels - 1][0]] + [m for level in range(levels - 1, -1, -1) for m in quads[level][1:]]
 
 
 def _guard_bits(magnitudes: list[int], exponents: tuple[int, ...]) -> int:
@@ -248,18 +250,19 @@ _encode_plans = tier2.PlanCache(PLAN_ENTRIES, PLAN_BYTES)
 class EncodePlan:
     """What :func:`encode_planes` derives from a frame's geometry alone (one tile at the origin, one layer)."""
 
-    style: cs.CodingStyle
+    codings: tuple[cs.Coding, cs.Coding]  # COD without and with the colour transform
     gains: tuple[int, ...]  # :func:`_band_gains`
     layout: tier2.Layout
     order: np.ndarray
     blocks: np.ndarray  # the block coder's rows: comp, y0, x0, h, w, orientation
+    sizes: np.ndarray  # samples of each code-block
     pband_gains: np.ndarray  # the gain of each precinct-band's sub-band
 
     @property
     def nbytes(self) -> int:
         layout = self.layout
         return sum(a.nbytes for a in (layout.resolutions, layout.precincts, layout.pbands, layout.blocks,
-                                      self.order, self.blocks, self.pband_gains))
+                                      self.order, self.blocks, self.sizes, self.pband_gains))
 
 
 def _encode_plan(rows: int, cols: int, components: int, levels: int, progression: int,
@@ -271,7 +274,9 @@ def _encode_plan(rows: int, cols: int, components: int, levels: int, progression
         layout = tier2.tile_layout((0, 0, cols, rows), (style,) * components)
         order = tier2.packet_order(layout, 1, progression, (), 0, 0)
         gains = tuple(_band_gains(levels))
-        plan = EncodePlan(style, gains, layout, order, np.ascontiguousarray(layout.blocks[:, :tier2.B_PBAND]),
+        blocks = np.ascontiguousarray(layout.blocks[:, :tier2.B_PBAND])
+        plan = EncodePlan((cs.Coding(progression, 1, 0, style), cs.Coding(progression, 1, 1, style)), gains,
+                          layout, order, blocks, blocks[:, 3] * blocks[:, 4],
                           np.array(gains, dtype=np.int64)[layout.pbands[:, tier2.PB_BAND]])
         _encode_plans.put(key, plan, plan.nbytes)
     return plan
@@ -350,14 +355,18 @@ def encode_planes(frame: np.ndarray, info: FrameInfo, coder: BlockCoder, levels:
     if guard > cs.MAX_GUARD_BITS:
         raise UnsupportedImageError("wavelet coefficients exceed what seven guard bits can describe")
     limits = plan.pband_gains + (guard + info.bits_stored - 1)  # Mb = guard + exponent - 1 of each precinct-band
-    bits = int(np.bitwise_or.reduce(magnitudes)).bit_length() + 1
-    out, offsets, results = _encode_blocks(coder, planes, plan.blocks, bits, parallel)
+    bits = reduce(operator.or_, magnitudes).bit_length() + 1
+    out, offsets, results = _encode_blocks(coder, planes, plan.blocks, bits, parallel, plan.sizes)
     packets = tier2.write_packets(plan.layout, plan.order, limits, results[:, 0], results[:, 1], results[:, 2], out,
                                   offsets)
-    size = cs.Size(cols, rows, 0, 0, cols, rows, 0, 0,
-                   (cs.Component(info.bits_stored, info.signed),) * nc, rsiz)
-    return EncodedTile(size, cs.Coding(progression, 1, mct, plan.style), cs.Quantization(0, guard, exponents),
-                       packets, guard + max(exponents) - 1)
+    return EncodedTile(_size(cols, rows, info.bits_stored, info.signed, nc, rsiz), plan.codings[mct],
+                       cs.Quantization(0, guard, exponents), packets, guard + max(exponents) - 1)
+
+
+@lru_cache(maxsize=16)
+def _size(cols: int, rows: int, precision: int, signed: bool, components: int, rsiz: int) -> cs.Size:
+    """The SIZ of one tile at the origin."""
+    return cs.Size(cols, rows, 0, 0, cols, rows, 0, 0, (cs.Component(precision, signed),) * components, rsiz)
 
 
 def check_levels(levels: int) -> None:

@@ -657,7 +657,8 @@ def _write_packets(order: np.ndarray, precincts: np.ndarray, pbands: np.ndarray,
                     if passes[b]:
                         start = code_offsets[b]
                         n = lengths[b]
-                        out[pos:pos + n] = code[start:start + n]
+                        for i in range(n):  # vectorised (unsigned indices); a slice copy goes byte by byte
+                            out[np.uint64(pos + i)] = code[np.uint64(start + i)]
                         pos += n
         wr[_W_POS] = pos
     return wr[_W_POS]
@@ -672,11 +673,12 @@ def write_packets(layout: Layout, order: np.ndarray, limits: np.ndarray, lengths
     `limits` (int64) holds Mb, the most magnitude bit-planes, of each
     precinct-band's sub-band (:func:`pband_limits`).
     """
-    room = int(lengths.sum()) + 64 * len(lengths) + 16 * len(order) + 64
+    room = len(code) + 64 * len(lengths) + 16 * len(order) + 64  # the code-blocks' bytes are in `code`
     out = np.empty(room, dtype=np.uint8)
+    # No copies: the arguments are columns of the block coder's results.
     n = _write_packets(order, layout.precincts, layout.pbands, limits, max(layout.tree_nodes, 1),
-                       lengths.astype(np.int64), passes.astype(np.int64), planes.astype(np.int64), code,
-                       code_offsets.astype(np.int64), out)
+                       np.asarray(lengths, dtype=np.int64), np.asarray(passes, dtype=np.int64),
+                       np.asarray(planes, dtype=np.int64), code, np.asarray(code_offsets, dtype=np.int64), out)
     return out[:n].tobytes()
 
 
@@ -865,7 +867,9 @@ def _gather(blocks: np.ndarray, pbands: np.ndarray, limits: np.ndarray, styles: 
         s = seg_first[chunks[c, _C_BLOCK]] + chunks[c, _C_SEG]
         n = chunks[c, _C_LEN]
         p = chunks[c, _C_POS]
-        joined[cursor[s]:cursor[s] + n] = data[p:p + n]
+        at = cursor[s]
+        for i in range(n):  # vectorised (unsigned indices); a slice copy goes byte by byte
+            joined[np.uint64(at + i)] = data[np.uint64(p + i)]
         cursor[s] += n
     rows = np.zeros((nb, 10), dtype=np.int64)
     for b in range(nb):

@@ -604,5 +604,9 @@ def write_tile_part(index: int, data: bytes, part: int = 0, parts: int = 1) -> b
 def write_codestream(size: Size, coding: Coding, quant: Quantization, tiles: list[bytes],
                      extra: bytes = b"") -> bytes:
     """A complete codestream: main header (plus `extra` segments), one tile-part per tile, EOC."""
-    head = struct.pack(">H", SOC) + write_siz(size) + write_cod(coding) + write_qcd(quant) + extra
-    return head + b"".join(write_tile_part(i, t) for i, t in enumerate(tiles)) + struct.pack(">H", EOC)
+    parts = [struct.pack(">H", SOC), write_siz(size), write_cod(coding), write_qcd(quant), extra]
+    for i, data in enumerate(tiles):  # the packets are copied once, into the codestream
+        parts.append(struct.pack(">HHHIBBH", SOT, 10, i, 14 + len(data), 0, 1, SOD))
+        parts.append(data)
+    parts.append(struct.pack(">H", EOC))
+    return b"".join(parts)

@@ -240,7 +240,7 @@ def _guard_bits(magnitudes: list[int], exponents: tuple[int, ...]) -> int:
 # Plans of tiles, shared by the frames of a series (a CT or MR series is hundreds of frames of one geometry):
 # decoding keys them on the tile's rectangle and its whole TileCoding, encoding on all encode_planes derives
 # them from.  Bounded in entries and bytes.
-PLAN_ENTRIES = 32
+PLAN_ENTRIES = 128  # a tile each: enough for the tiles of most tiled streams too
 PLAN_BYTES = 32 << 20
 _decode_plans = tier2.PlanCache(PLAN_ENTRIES, PLAN_BYTES)
 _encode_plans = tier2.PlanCache(PLAN_ENTRIES, PLAN_BYTES)

@@ -6,6 +6,7 @@ the registry / pydicom plugin wiring."""
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pydicom
@@ -16,6 +17,8 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
 from gateway.codecs import get_codec
 from gateway.codecs.base import FrameInfo
+from gateway.codecs.htj2k import codec as htj2k
+from gateway.codecs.jpeg2000 import codec as j2k_codec
 from gateway.codecs.jpeg2000 import codestream as cs
 from gateway.codecs.jpeg2000 import dwt, mq, t1, tier2
 from gateway.codecs.jpeg2000.codec import decode, encode, levels_for
@@ -458,6 +461,115 @@ def test_decoder_checks_the_frame_description() -> None:
     for cut in (0, 3, 20, len(stream) // 2, len(stream) - 1):
         with pytest.raises(CorruptCodestreamError):
             decode(stream[:cut], info)
+
+
+# ---------------------------------------------------------------- plans of tiles (caches)
+
+
+def _clear_plans() -> None:
+    j2k_codec._decode_plans.clear()
+    j2k_codec._encode_plans.clear()
+
+
+def _plan_cases() -> list[tuple[FrameInfo, dict, np.ndarray]]:
+    """Frames whose plans differ: by rectangle, and on one rectangle by levels, exponents, colour and coder."""
+    infos = [(FrameInfo(64, 48, bits_stored=12), {}), (FrameInfo(48, 64, bits_stored=12), {}),
+             (FrameInfo(64, 48, bits_stored=12), {"levels": 1}),
+             (FrameInfo(64, 48, bits_stored=16, pixel_representation=1), {}),
+             (FrameInfo(64, 48, 3, 8, 8, 0, "RGB"), {}),
+             (FrameInfo(64, 48, bits_stored=12), {"ht": True}),
+             (FrameInfo(64, 48, bits_stored=12), {"ht": True, "rpcl": True})]
+    rng = np.random.default_rng(21)
+    cases = []
+    for info, options in infos:
+        low, high = info.value_range
+        cases.append((info, options, rng.integers(low, high, info.shape, endpoint=True).astype(info.dtype)))
+    return cases
+
+
+def _plan_encode(frame: np.ndarray, info: FrameInfo, options: dict) -> bytes:
+    if options.get("ht"):
+        return htj2k.encode(frame, info, rpcl=options.get("rpcl", False))
+    return encode(frame, info, levels=options.get("levels"))
+
+
+def _plan_decode(stream: bytes, info: FrameInfo, options: dict, parallel: bool = False) -> np.ndarray:
+    return (htj2k.decode if options.get("ht") else decode)(stream, info, parallel=parallel)
+
+
+def test_interleaved_geometries_and_codings_each_get_their_own_plan() -> None:
+    """Frames of several geometries and codings, interleaved: each stream is the one a cold cache gives,
+    OpenJPEG decodes it to the frame, and so do we, round after round."""
+    cases = _plan_cases()
+    cold = []
+    for info, options, frame in cases:
+        _clear_plans()
+        cold.append(_plan_encode(frame, info, options))
+    for stream, (info, _, frame) in zip(cold, cases):
+        assert np.array_equal(_openjpeg(stream, info), frame)
+    _clear_plans()
+    for _ in range(3):
+        for stream, (info, options, frame) in zip(cold, cases):
+            assert _plan_encode(frame, info, options) == stream
+            assert np.array_equal(_plan_decode(stream, info, options), frame)
+    assert len(j2k_codec._decode_plans) == len(cases)  # one per geometry and coding, none shared wrongly
+    # What the frames used is what a fresh derivation gives: nothing wrote to the shared arrays.
+    stream = cs.parse(cold[0])
+    coding = cs.tile_coding(stream, stream.tiles[0])
+    rect = stream.size.tile_rect(0)
+    shared = j2k_codec._decode_plans.get(("JPEG 2000", 0, rect, coding))
+    limits = tuple(tuple(q.guard + e - 1 for e in q.exponents) for q in coding.quantizations)
+    fresh = tier2.tile_plan(rect, coding.styles, 1, coding.coding.progression, coding.poc, limits)
+    for name in ("resolutions", "precincts", "pbands", "blocks"):
+        assert np.array_equal(getattr(shared.layout, name), getattr(fresh.layout, name))
+    assert np.array_equal(shared.order, fresh.order) and np.array_equal(shared.limits, fresh.limits)
+
+
+def test_plan_caches_stay_bounded() -> None:
+    _clear_plans()
+    rng = np.random.default_rng(22)
+    for n in range(j2k_codec.PLAN_ENTRIES + 9):
+        info = FrameInfo(8 + n, 9, bits_stored=10)
+        frame = rng.integers(0, 1023, info.shape, endpoint=True).astype(info.dtype)
+        assert np.array_equal(decode(encode(frame, info), info), frame)
+        for cache in (j2k_codec._decode_plans, j2k_codec._encode_plans):
+            assert len(cache) <= j2k_codec.PLAN_ENTRIES and cache.nbytes <= j2k_codec.PLAN_BYTES
+    assert len(j2k_codec._decode_plans) == j2k_codec.PLAN_ENTRIES
+
+
+def test_plan_cache_evicts_the_least_recently_used_and_keeps_within_its_bytes() -> None:
+    cache = tier2.PlanCache(3, 400)
+    for key in "abc":
+        cache.put(key, key.upper(), 10)
+    assert cache.get("a") == "A"  # now the most recently used
+    cache.put("d", "D", 10)
+    assert cache.get("b") is None and [cache.get(k) for k in "acd"] == ["A", "C", "D"]
+    cache.put("big", "X", 101)  # more than a quarter of the budget: not kept
+    assert cache.get("big") is None and len(cache) == 3
+    cache.put("e", "E", 100)
+    cache.put("f", "F", 100)
+    cache.put("g", "G", 100)
+    cache.put("h", "H", 100)
+    assert cache.nbytes <= 400 and len(cache) <= 3 and cache.get("h") == "H"
+    cache.put("h", "H2", 50)  # replacing a value counts its bytes once
+    assert cache.get("h") == "H2" and cache.nbytes == sum(v[1] for v in cache._items.values())
+
+
+def test_two_threads_decoding_interleaved_geometries() -> None:
+    cases = _plan_cases()
+    streams = [_plan_encode(frame, info, options) for info, options, frame in cases]
+    _clear_plans()
+
+    def work(offset: int) -> bool:
+        ok = True
+        for k in range(60):
+            i = (k + offset) % len(cases)
+            info, options, frame = cases[i]
+            ok &= np.array_equal(_plan_decode(streams[i], info, options), frame)
+        return ok
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        assert all(pool.map(work, [0, 3]))
 
 
 # ---------------------------------------------------------------- registry and pydicom

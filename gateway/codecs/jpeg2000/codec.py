@@ -30,9 +30,11 @@ marker segments (:mod:`.codestream`).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache, reduce
 
 import numpy as np
 from numba import njit
@@ -186,13 +188,14 @@ def _parts(sizes: np.ndarray) -> list[slice]:
     return [slice(int(a), int(b)) for a, b in zip(edges, edges[1:])]
 
 
-def _encode_blocks(coder: BlockCoder, coeffs: np.ndarray, rows: np.ndarray, bits: int, parallel: bool
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _encode_blocks(coder: BlockCoder, coeffs: np.ndarray, rows: np.ndarray, bits: int, parallel: bool,
+                   sizes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every code-block coded by `coder`, in one kernel call (two threads for large frames).
 
-    `bits` is one more than the bit length of the largest magnitude.
+    `bits` is one more than the bit length of the largest magnitude; `sizes`
+    the samples of each code-block, if known.
     """
-    sizes = rows[:, 3] * rows[:, 4]
+    sizes = rows[:, 3] * rows[:, 4] if sizes is None else sizes
     a, b = coder.room
     room = sizes * (bits + a) // b + 64  # codewords rarely exceed the raw bits; retried if they do
 
@@ -222,16 +225,92 @@ def _encode_blocks(coder: BlockCoder, coeffs: np.ndarray, rows: np.ndarray, bits
 def _band_magnitudes(bands: np.ndarray, levels: int) -> list[int]:
     """The or of the coefficient magnitudes of each sub-band, in QCD order, from :func:`dwt.forward`'s `bands`
     of every component."""
-    quads = np.bitwise_or.reduce(bands, axis=0)  # LL, HL, LH, HH of each level, first level first
+    # LL, HL, LH, HH of each level, first level first
+    quads = (bands[0] if len(bands) == 1 else np.bitwise_or.reduce(bands, axis=0)).tolist()
     if levels == 0:
-        return [int(quads[0, 0])]
-    return [int(quads[levels - 1, 0])] + [int(quads[level, o]) for level in range(levels - 1, -1, -1)
-                                          for o in (1, 2, 3)]
+        return [quads[0][0]]
+    return [quads[levels - 1][0]] + [m for level in range(levels - 1, -1, -1) for m in quads[level][1:]]
 
 
 def _guard_bits(magnitudes: list[int], exponents: tuple[int, ...]) -> int:
     """Guard bits so that every sub-band's coefficients fit its Mb = guard + exponent - 1 bit-planes."""
     return max([GUARD_BITS] + [m.bit_length() - e + 1 for m, e in zip(magnitudes, exponents)])
+
+
+# Plans of tiles, shared by the frames of a series (a CT or MR series is hundreds of frames of one geometry):
+# decoding keys them on the tile's rectangle and its whole TileCoding, encoding on all encode_planes derives
+# them from.  Bounded in entries and bytes.
+PLAN_ENTRIES = 128  # a tile each: enough for the tiles of most tiled streams too
+PLAN_BYTES = 32 << 20
+_decode_plans = tier2.PlanCache(PLAN_ENTRIES, PLAN_BYTES)
+_encode_plans = tier2.PlanCache(PLAN_ENTRIES, PLAN_BYTES)
+
+
+@dataclass(frozen=True)
+class EncodePlan:
+    """What :func:`encode_planes` derives from a frame's geometry alone (one tile at the origin, one layer)."""
+
+    codings: tuple[cs.Coding, cs.Coding]  # COD without and with the colour transform
+    gains: tuple[int, ...]  # :func:`_band_gains`
+    layout: tier2.Layout
+    order: np.ndarray
+    blocks: np.ndarray  # the block coder's rows: comp, y0, x0, h, w, orientation
+    sizes: np.ndarray  # samples of each code-block
+    pband_gains: np.ndarray  # the gain of each precinct-band's sub-band
+
+    @property
+    def nbytes(self) -> int:
+        layout = self.layout
+        return sum(a.nbytes for a in (layout.resolutions, layout.precincts, layout.pbands, layout.blocks,
+                                      self.order, self.blocks, self.sizes, self.pband_gains))
+
+
+def _encode_plan(rows: int, cols: int, components: int, levels: int, progression: int,
+                 block_style: int) -> EncodePlan:
+    key = (rows, cols, components, levels, progression, block_style)
+    plan = _encode_plans.get(key)
+    if plan is None:
+        style = cs.CodingStyle(levels, CODE_BLOCK, CODE_BLOCK, block_style, True, ((15, 15),) * (levels + 1))
+        layout = tier2.tile_layout((0, 0, cols, rows), (style,) * components)
+        order = tier2.packet_order(layout, 1, progression, (), 0, 0)
+        gains = tuple(_band_gains(levels))
+        blocks = np.ascontiguousarray(layout.blocks[:, :tier2.B_PBAND])
+        plan = EncodePlan((cs.Coding(progression, 1, 0, style), cs.Coding(progression, 1, 1, style)), gains,
+                          layout, order, blocks, blocks[:, 3] * blocks[:, 4],
+                          np.array(gains, dtype=np.int64)[layout.pbands[:, tier2.PB_BAND]])
+        _encode_plans.put(key, plan, plan.nbytes)
+    return plan
+
+
+def _decode_plan(coder: BlockCoder, rect: tuple[int, int, int, int], coding: cs.TileCoding, index: int,
+                 data_bytes: int) -> tier2.Plan:
+    """The plan of a tile, its coding first checked (:func:`_check_tile`) and its packet count checked
+    against the size of its data before anything is sized from its headers."""
+    components = len(coding.styles)
+    key = (coder.name, coder.block_style, rect, coding)  # all the checks and the plan depend on
+    plan = _decode_plans.get(key)
+    layers = coding.coding.layers
+    if plan is None:
+        _check_tile(coder, coding, index, components)
+        packets = layers * sum(tier2.count_precincts(rect, style) for style in coding.styles)
+    else:
+        packets = plan.packets
+    if packets > data_bytes + 4096:
+        raise CorruptCodestreamError(f"{coder.name}: tile {index} declares {packets} packets in {data_bytes} bytes")
+    if plan is None:
+        limits = tuple(tuple(q.guard + e - 1 for e in q.exponents) for q in coding.quantizations)
+        plan = tier2.tile_plan(rect, coding.styles, layers, coding.coding.progression, coding.poc, limits)
+        _decode_plans.put(key, plan, plan.nbytes)
+    return plan
+
+
+@lru_cache(maxsize=16)
+def _component_ranges(components: tuple[cs.Component, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per component: DC level shift, and the lowest and highest value of its precision (never written)."""
+    shifts = np.array([0 if comp.signed else 1 << (comp.precision - 1) for comp in components], np.int64)
+    lows = np.array([-(1 << (comp.precision - 1)) if comp.signed else 0 for comp in components], np.int64)
+    highs = lows + (1 << np.array([comp.precision for comp in components], np.int64)) - 1
+    return shifts, lows, highs
 
 
 @dataclass(frozen=True)
@@ -270,23 +349,25 @@ def encode_planes(frame: np.ndarray, info: FrameInfo, coder: BlockCoder, levels:
                                    lambda ya, yb: _component_planes(pixels, samples, ya, yb, shift, bool(mct)),
                                    dwt.halves(rows, 1))), info)
         _each_component(lambda c: dwt.forward(planes[c], levels, 0, 0, samples[c], 0, bands[c]), nc, parallel)
-    style = cs.CodingStyle(levels, CODE_BLOCK, CODE_BLOCK, coder.block_style, True, ((15, 15),) * (levels + 1))
-    layout = tier2.tile_layout((0, 0, cols, rows), [style] * nc)
-    exponents = tuple(info.bits_stored + g for g in _band_gains(levels))
+    plan = _encode_plan(rows, cols, nc, levels, progression, coder.block_style)
+    exponents = tuple(info.bits_stored + g for g in plan.gains)
     magnitudes = _band_magnitudes(bands, levels)
     guard = _guard_bits(magnitudes, exponents)
     if guard > cs.MAX_GUARD_BITS:
         raise UnsupportedImageError("wavelet coefficients exceed what seven guard bits can describe")
-    limits = [[guard + e - 1 for e in exponents] for _ in range(nc)]
-    block_rows = np.ascontiguousarray(layout.blocks[:, :tier2.B_PBAND])
-    bits = int(np.bitwise_or.reduce(magnitudes)).bit_length() + 1
-    out, offsets, results = _encode_blocks(coder, planes, block_rows, bits, parallel)
-    order = tier2.packet_order(layout, 1, progression, (), 0, 0)
-    packets = tier2.write_packets(layout, order, limits, results[:, 0], results[:, 1], results[:, 2], out, offsets)
-    size = cs.Size(cols, rows, 0, 0, cols, rows, 0, 0,
-                   tuple(cs.Component(info.bits_stored, info.signed) for _ in range(nc)), rsiz)
-    return EncodedTile(size, cs.Coding(progression, 1, mct, style), cs.Quantization(0, guard, exponents), packets,
-                       max(limits[0]))
+    limits = plan.pband_gains + (guard + info.bits_stored - 1)  # Mb = guard + exponent - 1 of each precinct-band
+    bits = reduce(operator.or_, magnitudes).bit_length() + 1
+    out, offsets, results = _encode_blocks(coder, planes, plan.blocks, bits, parallel, plan.sizes)
+    packets = tier2.write_packets(plan.layout, plan.order, limits, results[:, 0], results[:, 1], results[:, 2], out,
+                                  offsets)
+    return EncodedTile(_size(cols, rows, info.bits_stored, info.signed, nc, rsiz), plan.codings[mct],
+                       cs.Quantization(0, guard, exponents), packets, guard + max(exponents) - 1)
+
+
+@lru_cache(maxsize=16)
+def _size(cols: int, rows: int, precision: int, signed: bool, components: int, rsiz: int) -> cs.Size:
+    """The SIZ of one tile at the origin."""
+    return cs.Size(cols, rows, 0, 0, cols, rows, 0, 0, (cs.Component(precision, signed),) * components, rsiz)
 
 
 def check_levels(levels: int) -> None:
@@ -373,21 +454,10 @@ def _decode_tile(coder: BlockCoder, stream: cs.Codestream, index: int, image: np
     tile = stream.tiles[index]
     coding = cs.tile_coding(stream, tile)
     nc = len(size.components)
-    _check_tile(coder, coding, index, nc)
-    tx0, ty0, tx1, ty1 = size.tile_rect(index)
-    rect = (tx0, ty0, tx1, ty1)
-    layers = coding.coding.layers
-    packets = layers * sum(tier2.count_precincts(rect, coding.styles[c]) for c in range(nc))
-    if packets > len(tile.data) + 4096:
-        raise CorruptCodestreamError(
-            f"{coder.name}: tile {index} declares {packets} packets in {len(tile.data)} bytes")
-    layout = tier2.tile_layout(rect, coding.styles)
-    limits = [[coding.quantizations[c].guard + e - 1 for e in coding.quantizations[c].exponents]
-              for c in range(nc)]
-    order = tier2.packet_order(layout, layers, coding.coding.progression, coding.poc, tx0, ty0)
-    blocks, segments, data = tier2.read_packets(tile.data, layout, order, limits,
-                                                [s.block_style for s in coding.styles], coding.coding.sop,
-                                                coding.coding.eph, coder.name)
+    rect = size.tile_rect(index)
+    tx0, ty0, tx1, ty1 = rect
+    plan = _decode_plan(coder, rect, coding, index, len(tile.data))
+    blocks, segments, data = tier2.read_packets(tile.data, plan, coding.coding.sop, coding.coding.eph, coder.name)
     coeffs = np.zeros((nc, ty1 - ty0, tx1 - tx0), dtype=np.int32)
     status = _decode_blocks(coder, coeffs, blocks, segments, data, parallel)
     if status:
@@ -395,13 +465,14 @@ def _decode_tile(coder: BlockCoder, stream: cs.Codestream, index: int, image: np
         raise kind(f"{coder.name}: tile {index}: {coder.errors.get(status, status)}")
     region = image[ty0 - size.y0:ty1 - size.y0, tx0 - size.x0:tx1 - size.x0]
     # Per component: DC level shift, then the clip to its precision's range.
-    shifts = np.array([0 if comp.signed else 1 << (comp.precision - 1) for comp in size.components], np.int64)
-    lows = np.array([-(1 << (comp.precision - 1)) if comp.signed else 0 for comp in size.components], np.int64)
-    highs = lows + (1 << np.array([comp.precision for comp in size.components], np.int64)) - 1
     pool = _threads() if parallel else None
     if nc == 1 and coding.styles[0].levels:  # all in the wavelet's last pass
-        finish = (int(shifts[0]), int(lows[0]), int(highs[0]), lowest, highest)
+        comp = size.components[0]
+        low = -(1 << (comp.precision - 1)) if comp.signed else 0
+        finish = (0 if comp.signed else 1 << (comp.precision - 1), low, low + (1 << comp.precision) - 1, lowest,
+                  highest)
         return dwt.inverse(coeffs[0], coding.styles[0].levels, tx0, ty0, region[:, :, 0], finish, pool)
+    shifts, lows, highs = _component_ranges(size.components)
     samples = np.empty_like(coeffs)
     _each_component(lambda c: dwt.inverse(coeffs[c], coding.styles[c].levels, tx0, ty0, samples[c]), nc, parallel)
     mct = bool(coding.coding.mct)

@@ -15,7 +15,10 @@ PPM / PPT (packed packet headers) are refused as unsupported.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import TypeVar
 
 from gateway.errors import CorruptCodestreamError, UnsupportedCodestreamError
 
@@ -39,6 +42,8 @@ MAX_TILE_PARTS = 255
 MAX_GUARD_BITS = 7
 
 _SKIPPED = {TLM, PLM, CRG, COM, CAP, CPF}
+
+T = TypeVar("T")
 
 
 def _corrupt(message: str) -> CorruptCodestreamError:
@@ -150,12 +155,14 @@ class Header:
 
 @dataclass
 class Tile:
-    """A tile: its header (from its tile-parts) and its packet data, tile-parts joined."""
+    """A tile: its header (from its tile-parts) and its packet data, tile-parts joined (a view of the
+    codestream when the tile has one tile-part)."""
 
     index: int
     header: Header
-    data: bytes
+    data: bytes | memoryview
     parts: int
+    coding: TileCoding | None = field(default=None, repr=False, compare=False)  # tile_coding's, once computed
 
 
 @dataclass
@@ -342,19 +349,45 @@ def _segments(data: bytes, pos: int, stop_at: tuple[int, ...]) -> tuple[list[tup
         pos += 2 + length
 
 
+SEGMENT_MEMORY = 64  # the last segments read of each kind, remembered with what they say
+SEGMENT_REMEMBERED = 256  # bytes: longer segment bodies are read anew each time
+
+
+def _remembered(parser: Callable[..., T]) -> Callable[..., T]:
+    """`parser` of a segment body, remembering the results of the last bodies read (the frames of a
+    series repeat their header segments); only valid segments are remembered, and what parsers return is
+    immutable, so it can be shared."""
+    cached = lru_cache(maxsize=SEGMENT_MEMORY)(parser)
+
+    def parse(body: bytes, *args: int) -> T:
+        if len(body) > SEGMENT_REMEMBERED:
+            return parser(body, *args)
+        return cached(body, *args)
+
+    parse.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
+    return parse
+
+
+_parse_siz = _remembered(parse_siz)
+_parse_cod = _remembered(parse_cod)
+_parse_coc = _remembered(parse_coc)
+_parse_qcd = _remembered(parse_qcd)
+_parse_qcc = _remembered(parse_qcc)
+
+
 def _read_header(segments: list[tuple[int, bytes]], components: int, header: Header, main: bool) -> None:
     for marker, body in segments:
         if marker == COD:
             if header.cod is not None:
                 raise _corrupt("a second COD segment in one header")
-            header.cod = parse_cod(body)
+            header.cod = _parse_cod(body)
         elif marker == COC:
-            index, style = parse_coc(body, components)
+            index, style = _parse_coc(body, components)
             header.coc[index] = style
         elif marker == QCD:
-            header.qcd = parse_qcd(body)
+            header.qcd = _parse_qcd(body)
         elif marker == QCC:
-            index, quant = parse_qcc(body, components)
+            index, quant = _parse_qcc(body, components)
             header.qcc[index] = quant
         elif marker == POC:
             header.poc.extend(parse_poc(body, components))
@@ -410,7 +443,7 @@ def parse(data: bytes) -> Codestream:
     (length,) = struct.unpack_from(">H", data, 4) if len(data) >= 6 else (0,)
     if length < 2 or 4 + length > len(data):
         raise _corrupt("SIZ segment runs past the end of the data")
-    size = parse_siz(data[6:4 + length])
+    size = _parse_siz(data[6:4 + length])
     segments, marker, pos = _segments(data, 4 + length, (SOT, EOC))
     header = Header()
     _read_header(segments, len(size.components), header, True)
@@ -418,7 +451,8 @@ def parse(data: bytes) -> Codestream:
         raise _corrupt("the main header lacks COD or QCD")
     n_tiles = size.tiles_x * size.tiles_y
     tiles: dict[int, Tile] = {}
-    chunks: dict[int, list[bytes]] = {}
+    chunks: dict[int, list[memoryview]] = {}
+    view = memoryview(data)
     while marker == SOT:
         if pos + 12 > len(data):
             raise _corrupt("truncated SOT segment")
@@ -451,7 +485,7 @@ def parse(data: bytes) -> Codestream:
                 elif seg_marker not in (PLT, COM):
                     raise _corrupt(f"marker 0x{seg_marker:04X} in a later tile-part header")
         tile.parts += 1
-        chunks[isot].append(data[pos + 2:end])
+        chunks[isot].append(view[pos + 2:end])
         pos = end
         if pos + 2 > len(data):
             break
@@ -465,12 +499,22 @@ def parse(data: bytes) -> Codestream:
     if len(tiles) != n_tiles:
         raise _corrupt(f"{n_tiles - len(tiles)} of {n_tiles} tiles are missing")
     for index, tile in tiles.items():
-        tile.data = b"".join(chunks[index])
+        parts = chunks[index]
+        tile.data = parts[0] if len(parts) == 1 else b"".join(parts)
     return Codestream(size, header, tiles)
 
 
 def tile_coding(stream: Codestream, tile: Tile) -> TileCoding:
-    """The coding style, quantisation and progression changes of `tile` (T.800 A.6 precedence)."""
+    """The coding style, quantisation and progression changes of `tile` (T.800 A.6 precedence).
+
+    Computed once per tile of a parsed codestream (its headers do not change after :func:`parse`).
+    """
+    if tile.coding is None:
+        tile.coding = _tile_coding(stream, tile)
+    return tile.coding
+
+
+def _tile_coding(stream: Codestream, tile: Tile) -> TileCoding:
     main, local = stream.header, tile.header
     components = len(stream.size.components)
     coding = local.cod or main.cod
@@ -560,5 +604,9 @@ def write_tile_part(index: int, data: bytes, part: int = 0, parts: int = 1) -> b
 def write_codestream(size: Size, coding: Coding, quant: Quantization, tiles: list[bytes],
                      extra: bytes = b"") -> bytes:
     """A complete codestream: main header (plus `extra` segments), one tile-part per tile, EOC."""
-    head = struct.pack(">H", SOC) + write_siz(size) + write_cod(coding) + write_qcd(quant) + extra
-    return head + b"".join(write_tile_part(i, t) for i, t in enumerate(tiles)) + struct.pack(">H", EOC)
+    parts = [struct.pack(">H", SOC), write_siz(size), write_cod(coding), write_qcd(quant), extra]
+    for i, data in enumerate(tiles):  # the packets are copied once, into the codestream
+        parts.append(struct.pack(">HHHIBBH", SOT, 10, i, 14 + len(data), 0, 1, SOD))
+        parts.append(data)
+    parts.append(struct.pack(">H", EOC))
+    return b"".join(parts)

@@ -32,13 +32,14 @@ Tables of a :class:`Layout` (one row each, integer columns):
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
 
 from gateway.codecs.jpeg2000 import codestream as cs
-from gateway.codecs.jpeg2000 import dwt
 from gateway.errors import CorruptCodestreamError, UnsupportedCodestreamError
 
 MAX_PASSES = 3 * 32 - 2  # T.800 Table B.4 codes up to 164; more than the planes we accept is corrupt
@@ -109,99 +110,112 @@ def _tree_size(cols: int, rows: int) -> int:
 
 
 @njit(cache=True, nogil=True)
-def _component_layout(comp: int, x0: int, y0: int, x1: int, y1: int, nl: int, xcb: int, ycb: int,
-                      pp: np.ndarray, arect: np.ndarray, fill: bool, res_t: np.ndarray, prec_t: np.ndarray,
-                      pband_t: np.ndarray, block_t: np.ndarray) -> tuple[int, int, int, int]:
-    """Count (``fill`` False) or fill the tables of one tile-component; indices are local to it."""
+def _tile_layout(x0: int, y0: int, x1: int, y1: int, params: np.ndarray, pp: np.ndarray, fill: bool,
+                 res_t: np.ndarray, prec_t: np.ndarray, pband_t: np.ndarray, block_t: np.ndarray
+                 ) -> tuple[int, int, int, int]:
+    """Count (``fill`` False) or fill the tables of every component of a tile, in one call.
+
+    ``params[c]`` is ``levels, xcb, ycb`` of component `c`, ``pp[c, r]`` its
+    precinct exponents at resolution `r`.  Returns the numbers of
+    precincts, precinct-bands, code-blocks and tag-tree nodes.
+    """
+    n_res = 0
     n_prec = 0
     n_pband = 0
     n_block = 0
     n_tree = 0
-    for r in range(nl + 1):
-        s = nl - r
-        rx0, ry0, rx1, ry1 = _ndiv(x0, s), _ndiv(y0, s), _ndiv(x1, s), _ndiv(y1, s)
-        ppx, ppy = pp[r, 0], pp[r, 1]
-        px0, py0 = rx0 >> ppx, ry0 >> ppy
-        npx = (_ndiv(rx1, ppx) - px0) if rx1 > rx0 else 0
-        npy = (_ndiv(ry1, ppy) - py0) if ry1 > ry0 else 0
-        if fill:
-            res_t[r, 0] = comp
-            res_t[r, 1] = r
-            res_t[r, 2] = px0
-            res_t[r, 3] = py0
-            res_t[r, 4] = npx
-            res_t[r, 5] = npy
-            res_t[r, 6] = ppx
-            res_t[r, 7] = ppy
-            res_t[r, 8] = n_prec
-        bx_exp = ppx if r == 0 else ppx - 1
-        by_exp = ppy if r == 0 else ppy - 1
-        cxcb = min(xcb, bx_exp)
-        cycb = min(ycb, by_exp)
-        o_first = 0 if r == 0 else 1
-        o_last = 0 if r == 0 else 3
-        level = nl if r == 0 else nl - r + 1
-        for k in range(npx * npy):
-            kx = k % npx
-            ky = k // npx
+    for comp in range(params.shape[0]):
+        nl, xcb, ycb = params[comp, 0], params[comp, 1], params[comp, 2]
+        for r in range(nl + 1):
+            s = nl - r
+            rx0, ry0, rx1, ry1 = _ndiv(x0, s), _ndiv(y0, s), _ndiv(x1, s), _ndiv(y1, s)
+            ppx, ppy = pp[comp, r, 0], pp[comp, r, 1]
+            px0, py0 = rx0 >> ppx, ry0 >> ppy
+            npx = (_ndiv(rx1, ppx) - px0) if rx1 > rx0 else 0
+            npy = (_ndiv(ry1, ppy) - py0) if ry1 > ry0 else 0
             if fill:
-                prec_t[n_prec, 0] = n_pband
-                prec_t[n_prec, 1] = o_last - o_first + 1
-                prec_t[n_prec, 2] = comp
-                prec_t[n_prec, 3] = r
-                prec_t[n_prec, 4] = k
-            for orient in range(o_first, o_last + 1):
-                xo = orient & 1
-                yo = orient >> 1
-                if level == 0:
-                    bx0, by0, bx1, by1 = x0, y0, x1, y1
-                else:
-                    bx0 = _ndiv(x0 - (xo << (level - 1)), level)
-                    by0 = _ndiv(y0 - (yo << (level - 1)), level)
-                    bx1 = _ndiv(x1 - (xo << (level - 1)), level)
-                    by1 = _ndiv(y1 - (yo << (level - 1)), level)
-                ax = arect[r, orient, 0]
-                ay = arect[r, orient, 1]
-                cx0 = max(bx0, (px0 + kx) << bx_exp)
-                cy0 = max(by0, (py0 + ky) << by_exp)
-                cx1 = min(bx1, (px0 + kx + 1) << bx_exp)
-                cy1 = min(by1, (py0 + ky + 1) << by_exp)
-                cols = 0
-                rows = 0
-                gx0 = 0
-                gy0 = 0
-                if cx1 > cx0 and cy1 > cy0:
-                    gx0 = cx0 >> cxcb
-                    gy0 = cy0 >> cycb
-                    cols = _ndiv(cx1, cxcb) - gx0
-                    rows = _ndiv(cy1, cycb) - gy0
-                nodes = _tree_size(cols, rows)
+                res_t[n_res, 0] = comp
+                res_t[n_res, 1] = r
+                res_t[n_res, 2] = px0
+                res_t[n_res, 3] = py0
+                res_t[n_res, 4] = npx
+                res_t[n_res, 5] = npy
+                res_t[n_res, 6] = ppx
+                res_t[n_res, 7] = ppy
+                res_t[n_res, 8] = n_prec
+            n_res += 1
+            bx_exp = ppx if r == 0 else ppx - 1
+            by_exp = ppy if r == 0 else ppy - 1
+            cxcb = min(xcb, bx_exp)
+            cycb = min(ycb, by_exp)
+            o_first = 0 if r == 0 else 1
+            o_last = 0 if r == 0 else 3
+            level = nl if r == 0 else nl - r + 1
+            # Where the sub-bands of this resolution start in the Mallat array: the high-pass halves
+            # follow the low-pass ones, which are as wide and high as the next lower resolution.
+            lw = _ndiv(x1, level) - _ndiv(x0, level)
+            lh = _ndiv(y1, level) - _ndiv(y0, level)
+            for k in range(npx * npy):
+                kx = k % npx
+                ky = k // npx
                 if fill:
-                    pband_t[n_pband, 0] = n_block
-                    pband_t[n_pband, 1] = cols * rows
-                    pband_t[n_pband, 2] = cols
-                    pband_t[n_pband, 3] = rows
-                    pband_t[n_pband, 4] = 0 if r == 0 else 3 * (r - 1) + orient
-                    pband_t[n_pband, 5] = n_tree
-                    pband_t[n_pband, 6] = n_prec
-                    for j in range(rows):
-                        for i in range(cols):
-                            u0 = max(cx0, (gx0 + i) << cxcb)
-                            v0 = max(cy0, (gy0 + j) << cycb)
-                            u1 = min(cx1, (gx0 + i + 1) << cxcb)
-                            v1 = min(cy1, (gy0 + j + 1) << cycb)
-                            b = n_block + j * cols + i
-                            block_t[b, 0] = comp
-                            block_t[b, 1] = ay + v0 - by0
-                            block_t[b, 2] = ax + u0 - bx0
-                            block_t[b, 3] = v1 - v0
-                            block_t[b, 4] = u1 - u0
-                            block_t[b, 5] = orient
-                            block_t[b, 6] = n_pband
-                n_block += cols * rows
-                n_tree += nodes
-                n_pband += 1
-            n_prec += 1
+                    prec_t[n_prec, 0] = n_pband
+                    prec_t[n_prec, 1] = o_last - o_first + 1
+                    prec_t[n_prec, 2] = comp
+                    prec_t[n_prec, 3] = r
+                    prec_t[n_prec, 4] = k
+                for orient in range(o_first, o_last + 1):
+                    xo = orient & 1
+                    yo = orient >> 1
+                    if level == 0:
+                        bx0, by0, bx1, by1 = x0, y0, x1, y1
+                    else:
+                        bx0 = _ndiv(x0 - (xo << (level - 1)), level)
+                        by0 = _ndiv(y0 - (yo << (level - 1)), level)
+                        bx1 = _ndiv(x1 - (xo << (level - 1)), level)
+                        by1 = _ndiv(y1 - (yo << (level - 1)), level)
+                    ax = lw if xo else 0
+                    ay = lh if yo else 0
+                    cx0 = max(bx0, (px0 + kx) << bx_exp)
+                    cy0 = max(by0, (py0 + ky) << by_exp)
+                    cx1 = min(bx1, (px0 + kx + 1) << bx_exp)
+                    cy1 = min(by1, (py0 + ky + 1) << by_exp)
+                    cols = 0
+                    rows = 0
+                    gx0 = 0
+                    gy0 = 0
+                    if cx1 > cx0 and cy1 > cy0:
+                        gx0 = cx0 >> cxcb
+                        gy0 = cy0 >> cycb
+                        cols = _ndiv(cx1, cxcb) - gx0
+                        rows = _ndiv(cy1, cycb) - gy0
+                    nodes = _tree_size(cols, rows)
+                    if fill:
+                        pband_t[n_pband, 0] = n_block
+                        pband_t[n_pband, 1] = cols * rows
+                        pband_t[n_pband, 2] = cols
+                        pband_t[n_pband, 3] = rows
+                        pband_t[n_pband, 4] = 0 if r == 0 else 3 * (r - 1) + orient
+                        pband_t[n_pband, 5] = n_tree
+                        pband_t[n_pband, 6] = n_prec
+                        for j in range(rows):
+                            for i in range(cols):
+                                u0 = max(cx0, (gx0 + i) << cxcb)
+                                v0 = max(cy0, (gy0 + j) << cycb)
+                                u1 = min(cx1, (gx0 + i + 1) << cxcb)
+                                v1 = min(cy1, (gy0 + j + 1) << cycb)
+                                b = n_block + j * cols + i
+                                block_t[b, 0] = comp
+                                block_t[b, 1] = ay + v0 - by0
+                                block_t[b, 2] = ax + u0 - bx0
+                                block_t[b, 3] = v1 - v0
+                                block_t[b, 4] = u1 - u0
+                                block_t[b, 5] = orient
+                                block_t[b, 6] = n_pband
+                    n_block += cols * rows
+                    n_tree += nodes
+                    n_pband += 1
+                n_prec += 1
     return n_prec, n_pband, n_block, n_tree
 
 
@@ -209,36 +223,19 @@ def tile_layout(rect: tuple[int, int, int, int], styles: list[cs.CodingStyle] | 
                 ) -> Layout:
     """Resolutions, precincts, sub-bands and code-blocks of every component of a tile (T.800 B.5-B.7)."""
     x0, y0, x1, y1 = rect
-    tables: list[list[np.ndarray]] = [[], [], [], []]
-    counts = np.zeros(4, dtype=np.int64)
+    levels = tuple(s.levels for s in styles)
+    params = np.array([(s.levels, s.xcb, s.ycb) for s in styles], dtype=np.int64).reshape(len(styles), 3)
+    pp = np.zeros((len(styles), max(levels, default=0) + 1, 2), dtype=np.int64)
     for comp, style in enumerate(styles):
-        nl = style.levels
-        pp = np.array(style.precincts, dtype=np.int64).reshape(nl + 1, 2)
-        arect = np.zeros((nl + 1, 4, 2), dtype=np.int64)
-        for r in range(1, nl + 1):
-            for orient in (1, 2, 3):
-                arect[r, orient] = dwt.band_rect(x0, y0, x1 - x0, y1 - y0, nl - r + 1, orient)[:2]
-        empty = np.zeros((0, 9), dtype=np.int64)
-        n_prec, n_pband, n_block, n_tree = _component_layout(comp, x0, y0, x1, y1, nl, style.xcb, style.ycb, pp,
-                                                             arect, False, empty, empty, empty, empty)
-        res_t = np.zeros((nl + 1, 9), dtype=np.int64)
-        prec_t = np.zeros((n_prec, 5), dtype=np.int64)
-        pband_t = np.zeros((n_pband, 7), dtype=np.int64)
-        block_t = np.zeros((n_block, 7), dtype=np.int64)
-        _component_layout(comp, x0, y0, x1, y1, nl, style.xcb, style.ycb, pp, arect, True, res_t, prec_t, pband_t,
-                          block_t)
-        # Local indices to tile-wide ones.
-        res_t[:, R_FIRST] += counts[0]
-        prec_t[:, P_FIRST] += counts[1]
-        pband_t[:, PB_FIRST] += counts[2]
-        pband_t[:, PB_TREE] += counts[3]
-        pband_t[:, PB_PRECINCT] += counts[0]
-        block_t[:, B_PBAND] += counts[1]
-        for table, part in zip(tables, (res_t, prec_t, pband_t, block_t)):
-            table.append(part)
-        counts += (n_prec, n_pband, n_block, n_tree)
-    res, prec, pband, block = (np.concatenate(t) for t in tables)
-    return Layout(tuple(s.levels for s in styles), res, prec, pband, block, int(counts[3]))
+        pp[comp, :style.levels + 1] = style.precincts
+    empty = np.zeros((0, 9), dtype=np.int64)
+    n_prec, n_pband, n_block, n_tree = _tile_layout(x0, y0, x1, y1, params, pp, False, empty, empty, empty, empty)
+    res = np.empty((sum(levels) + len(levels), 9), dtype=np.int64)
+    prec = np.empty((n_prec, 5), dtype=np.int64)
+    pband = np.empty((n_pband, 7), dtype=np.int64)
+    block = np.empty((n_block, 7), dtype=np.int64)
+    _tile_layout(x0, y0, x1, y1, params, pp, True, res, prec, pband, block)
+    return Layout(levels, res, prec, pband, block, n_tree)
 
 
 def count_precincts(rect: tuple[int, int, int, int], style: cs.CodingStyle) -> int:
@@ -319,15 +316,104 @@ def packet_order(layout: Layout, layers: int, progression: int, changes: tuple[c
     return np.ascontiguousarray(np.concatenate(parts), dtype=np.int64)
 
 
+# ----------------------------------------------------------------------------- plans of tiles
+
+
+@dataclass(frozen=True)
+class Plan:
+    """All that reading or writing a tile's packets takes besides the packets: its layout, packet order, the
+    Mb of each precinct-band (:func:`pband_limits`) and the code-block style of each component.
+
+    Plans are shared between the frames of a series (:class:`PlanCache`):
+    nothing writes to their arrays.
+    """
+
+    layout: Layout
+    order: np.ndarray
+    limits: np.ndarray
+    styles: np.ndarray
+
+    @property
+    def packets(self) -> int:
+        return len(self.order)
+
+    @property
+    def nbytes(self) -> int:
+        layout = self.layout
+        return sum(a.nbytes for a in (layout.resolutions, layout.precincts, layout.pbands, layout.blocks,
+                                      self.order, self.limits, self.styles))
+
+
+def tile_plan(rect: tuple[int, int, int, int], styles: tuple[cs.CodingStyle, ...], layers: int, progression: int,
+              changes: tuple[cs.ProgressionChange, ...], limits: tuple[tuple[int, ...], ...]) -> Plan:
+    """The :class:`Plan` of a tile; `limits[c][band index]` is Mb of each sub-band of component `c`."""
+    layout = tile_layout(rect, styles)
+    order = packet_order(layout, layers, progression, changes, rect[0], rect[1])
+    return Plan(layout, order, pband_limits(layout, limits), np.array([s.block_style for s in styles], dtype=np.int64))
+
+
+class PlanCache:
+    """A bounded map (least recently used out first) from what determines a derived value to the value.
+
+    At most `entries` values of at most `budget` bytes in all; a value larger
+    than a quarter of the budget is not kept.  Keys must hold everything the
+    value is computed from.  The lock makes it safe for threads that decode
+    at the same time; two of them missing the same key both compute it,
+    and the values are equal.
+    """
+
+    def __init__(self, entries: int, budget: int) -> None:
+        self.entries, self.budget = entries, budget
+        self._items: OrderedDict[object, tuple[object, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def get(self, key: object) -> object | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                return None
+            self._items.move_to_end(key)
+            return item[0]
+
+    def put(self, key: object, value: object, nbytes: int) -> None:
+        if nbytes > self.budget // 4:
+            return
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= old[1]
+            self._items[key] = (value, nbytes)
+            self._bytes += nbytes
+            while len(self._items) > self.entries or self._bytes > self.budget:
+                _, (_, size) = self._items.popitem(last=False)
+                self._bytes -= size
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+
 # ----------------------------------------------------------------------------- tag trees and bits (kernels)
 
+# The helpers that read or write bits and tag trees take arrays but allocate none: they are compiled without
+# the runtime's reference counting (``_nrt=False``), which would otherwise add an atomic increment and
+# decrement of every array argument at every call, once per header bit, and cost more than the bits.
 # Bit writer state (an int64 array): output position, bits pending, their count, bits the current byte holds.
 _W_POS, _W_ACC, _W_COUNT, _W_ROOM = 0, 1, 2, 3
 # Bit reader state: position, end, bits left in the byte, the byte, the previous byte, overrun flag.
 _R_POS, _R_END, _R_LEFT, _R_ACC, _R_LAST, _R_OVER = 0, 1, 2, 3, 4, 5
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, _nrt=False)
 def _put_bit(out: np.ndarray, wr: np.ndarray, value: int) -> None:
     """One packet-header bit; a 0 bit is stuffed after every 0xFF byte (T.800 B.10.1)."""
     acc = (wr[_W_ACC] << 1) | value
@@ -342,14 +428,14 @@ def _put_bit(out: np.ndarray, wr: np.ndarray, value: int) -> None:
     wr[_W_COUNT] = count
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, _nrt=False)
 def _put_bits(out: np.ndarray, wr: np.ndarray, value: int, count: int) -> None:
     while count:
         count -= 1
         _put_bit(out, wr, (value >> count) & 1)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def finish_header(out: np.ndarray, wr: np.ndarray) -> None:
     """Pad the last byte; a header never ends on 0xFF (its stuffed byte follows)."""
     if wr[_W_COUNT]:
@@ -363,7 +449,7 @@ def finish_header(out: np.ndarray, wr: np.ndarray) -> None:
     wr[_W_ROOM] = 8
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, _nrt=False)
 def _get_bit(data: np.ndarray, rd: np.ndarray) -> int:
     """One packet-header bit; past the end it reads 0 and sets the overrun flag."""
     if rd[_R_LEFT] == 0:
@@ -384,7 +470,7 @@ def _get_bit(data: np.ndarray, rd: np.ndarray) -> int:
     return (rd[_R_ACC] >> rd[_R_LEFT]) & 1
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, _nrt=False)
 def _get_bits(data: np.ndarray, rd: np.ndarray, count: int) -> int:
     value = 0
     for _ in range(count):
@@ -392,7 +478,7 @@ def _get_bits(data: np.ndarray, rd: np.ndarray, count: int) -> int:
     return value
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, _nrt=False)
 def tree_levels(cols: int, rows: int, widths: np.ndarray, starts: np.ndarray) -> int:
     """Width and first node of each level of a ``cols x rows`` tag tree (leaves first); the level count."""
     n = 0
@@ -409,7 +495,7 @@ def tree_levels(cols: int, rows: int, widths: np.ndarray, starts: np.ndarray) ->
         rows = (rows + 1) >> 1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def tree_encode(out: np.ndarray, wr: np.ndarray, value: np.ndarray, lows: np.ndarray, known: np.ndarray,
                 base: int, widths: np.ndarray, starts: np.ndarray, levels: int, x: int, y: int,
                 threshold: int) -> None:
@@ -432,7 +518,7 @@ def tree_encode(out: np.ndarray, wr: np.ndarray, value: np.ndarray, lows: np.nda
         lows[j] = low
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def tree_decode(data: np.ndarray, rd: np.ndarray, value: np.ndarray, lows: np.ndarray, base: int,
                 widths: np.ndarray, starts: np.ndarray, levels: int, x: int, y: int, threshold: int) -> bool:
     """Read bits until leaf (x, y) is known or at least `threshold`; True if below it."""
@@ -455,7 +541,7 @@ def tree_decode(data: np.ndarray, rd: np.ndarray, value: np.ndarray, lows: np.nd
     return value[j] < threshold
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def tree_build(value: np.ndarray, base: int, widths: np.ndarray, starts: np.ndarray, levels: int) -> None:
     """Fill the inner nodes of a tag tree from its leaves: each node the least of its children."""
     for level in range(1, levels):
@@ -477,7 +563,7 @@ def tree_build(value: np.ndarray, base: int, widths: np.ndarray, starts: np.ndar
 # ----------------------------------------------------------------------------- packets: writing
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, _nrt=False)
 def _write_passes(out: np.ndarray, wr: np.ndarray, n: int) -> None:
     """Number of coding passes (T.800 Table B.4)."""
     if n == 1:
@@ -571,31 +657,33 @@ def _write_packets(order: np.ndarray, precincts: np.ndarray, pbands: np.ndarray,
                     if passes[b]:
                         start = code_offsets[b]
                         n = lengths[b]
-                        out[pos:pos + n] = code[start:start + n]
+                        for i in range(n):  # vectorised (unsigned indices); a slice copy goes byte by byte
+                            out[np.uint64(pos + i)] = code[np.uint64(start + i)]
                         pos += n
         wr[_W_POS] = pos
     return wr[_W_POS]
 
 
-def write_packets(layout: Layout, order: np.ndarray, limits: list[list[int]], lengths: np.ndarray,
+def write_packets(layout: Layout, order: np.ndarray, limits: np.ndarray, lengths: np.ndarray,
                   passes: np.ndarray, planes: np.ndarray, code: np.ndarray, code_offsets: np.ndarray) -> bytes:
     """The packets of a one-layer tile.
 
     Code-block ``i`` (a row of ``layout.blocks``) has ``passes[i]`` coding
     passes coding ``planes[i]`` bit-planes, in ``code[code_offsets[i]:][:lengths[i]]``.
-    `limits[c][band index]` is Mb, the most magnitude bit-planes of a sub-band.
+    `limits` (int64) holds Mb, the most magnitude bit-planes, of each
+    precinct-band's sub-band (:func:`pband_limits`).
     """
-    pb_limits = _pband_limits(layout, limits)
-    room = int(lengths.sum()) + 64 * len(lengths) + 16 * len(order) + 64
+    room = len(code) + 64 * len(lengths) + 16 * len(order) + 64  # the code-blocks' bytes are in `code`
     out = np.empty(room, dtype=np.uint8)
-    n = _write_packets(order, layout.precincts, layout.pbands, pb_limits, max(layout.tree_nodes, 1),
-                       lengths.astype(np.int64), passes.astype(np.int64), planes.astype(np.int64), code,
-                       code_offsets.astype(np.int64), out)
+    # No copies: the arguments are columns of the block coder's results.
+    n = _write_packets(order, layout.precincts, layout.pbands, limits, max(layout.tree_nodes, 1),
+                       np.asarray(lengths, dtype=np.int64), np.asarray(passes, dtype=np.int64),
+                       np.asarray(planes, dtype=np.int64), code, np.asarray(code_offsets, dtype=np.int64), out)
     return out[:n].tobytes()
 
 
-def _pband_limits(layout: Layout, limits: list[list[int]]) -> np.ndarray:
-    """Mb of each precinct-band's sub-band."""
+def pband_limits(layout: Layout, limits: list[list[int]] | tuple[tuple[int, ...], ...]) -> np.ndarray:
+    """Mb of each precinct-band's sub-band, from `limits[c][band index]`."""
     comp = layout.precincts[layout.pbands[:, PB_PRECINCT], P_COMP] if len(layout.pbands) else \
         np.zeros(0, dtype=np.int64)
     width = max(len(band) for band in limits)
@@ -625,7 +713,7 @@ def _segment_room(style: int, start: int) -> int:
     return 1 << 30
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, _nrt=False)
 def _read_passes(data: np.ndarray, rd: np.ndarray) -> int:
     """Number of coding passes (T.800 Table B.4)."""
     if not _get_bit(data, rd):
@@ -779,7 +867,9 @@ def _gather(blocks: np.ndarray, pbands: np.ndarray, limits: np.ndarray, styles: 
         s = seg_first[chunks[c, _C_BLOCK]] + chunks[c, _C_SEG]
         n = chunks[c, _C_LEN]
         p = chunks[c, _C_POS]
-        joined[cursor[s]:cursor[s] + n] = data[p:p + n]
+        at = cursor[s]
+        for i in range(n):  # vectorised (unsigned indices); a slice copy goes byte by byte
+            joined[np.uint64(at + i)] = data[np.uint64(p + i)]
         cursor[s] += n
     rows = np.zeros((nb, 10), dtype=np.int64)
     for b in range(nb):
@@ -797,27 +887,39 @@ def _gather(blocks: np.ndarray, pbands: np.ndarray, limits: np.ndarray, styles: 
     return rows, segs, joined
 
 
-def read_packets(data: bytes, layout: Layout, order: np.ndarray, limits: list[list[int]],
-                 block_styles: list[int], sop: bool, eph: bool, name: str = "JPEG 2000"
+@njit(cache=True, nogil=True)
+def _read_tile(data: np.ndarray, order: np.ndarray, precincts: np.ndarray, pbands: np.ndarray, blocks: np.ndarray,
+               limits: np.ndarray, styles: np.ndarray, tree_nodes: int, sop: bool, eph: bool
+               ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_read_packets` then :func:`_gather` in one call; the status and, when it is 0, their arrays."""
+    nb = blocks.shape[0]
+    state = np.zeros((nb, 7), dtype=np.int64)
+    for b in range(nb):
+        state[b, _S_LBLOCK] = 3
+    status, chunks, n_chunks = _read_packets(data, order, precincts, pbands, limits, styles, tree_nodes, nb, sop,
+                                             eph, state)
+    if status:
+        return status, np.zeros((0, 10), dtype=np.int64), np.zeros((0, 3), dtype=np.int64), \
+            np.zeros(1, dtype=np.uint8)
+    rows, segs, joined = _gather(blocks, pbands, limits, styles, state, chunks, n_chunks, data)
+    return 0, rows, segs, joined
+
+
+def read_packets(data: bytes, plan: Plan, sop: bool, eph: bool, name: str = "JPEG 2000"
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Read every packet of a tile; the block, segment and data arrays the block decoders take.
 
-    `limits[c][band index]` is Mb, the most magnitude bit-planes of a
-    sub-band.  Packets missing at the end of the data count as empty.
-    Block rows are ``comp, y0, x0, h, w, orientation, bit-planes, style,
-    first segment, segment count``; segments ``offset, length, passes``
-    into the returned data (the segments' chunks joined, one zero byte after).
+    Packets missing at the end of the data count as empty.  Block rows are
+    ``comp, y0, x0, h, w, orientation, bit-planes, style, first segment,
+    segment count``; segments ``offset, length, passes`` into the returned
+    data (the segments' chunks joined, one zero byte after).
     """
-    buf = np.frombuffer(data, dtype=np.uint8)
-    pb_limits = _pband_limits(layout, limits)
-    styles = np.array(block_styles, dtype=np.int64)
-    nb = len(layout.blocks)
-    state = np.zeros((nb, 7), dtype=np.int64)
-    state[:, _S_LBLOCK] = 3
-    status, chunks, n_chunks = _read_packets(buf, order, layout.precincts, layout.pbands, pb_limits, styles,
-                                             max(layout.tree_nodes, 1), nb, sop, eph, state)
+    layout = plan.layout
+    status, rows, segs, joined = _read_tile(np.frombuffer(data, dtype=np.uint8), plan.order, layout.precincts,
+                                            layout.pbands, layout.blocks, plan.limits, plan.styles,
+                                            max(layout.tree_nodes, 1), sop, eph)
     if status:
         kind, message = _READ_ERRORS[status]
         prefix = "HTJ2K" if status == -5 else name
         raise kind(f"{prefix}: {message}")
-    return _gather(layout.blocks, layout.pbands, pb_limits, styles, state, chunks, n_chunks, buf)
+    return rows, segs, joined

@@ -163,8 +163,103 @@ def _byte_swap(typingctx, v):  # noqa: ARG001
     return sig, codegen
 
 
+def _has_bmi2() -> bool:
+    """Whether the code numba generates may use BMI2 (PDEP): the host's features, or those numba is told to use."""
+    import llvmlite.binding as llvm
+    from numba.core import config
+
+    if config.CPU_NAME is not None and config.CPU_NAME != "host":
+        return "+bmi2" in (config.CPU_FEATURES or "")
+    return "+bmi2" in llvm.get_host_cpu_features().flatten()
+
+
+_BMI2 = _has_bmi2()
+
+
+def _deposit_bits(v: int, mask: int) -> int:
+    """The low bits of `v`, one by one, into the set bits of `mask` from the lowest (PDEP without BMI2)."""
+    out = 0
+    bit = 1
+    while mask:
+        low = mask & -mask
+        if v & bit:
+            out |= low
+        mask ^= low
+        bit <<= 1
+    return out
+
+
+@intrinsic
+def _pdep(typingctx, v, mask):  # noqa: ARG001
+    """The low bits of `v` deposited into the set bits of `mask`, lowest first: one PDEP where BMI2 is there."""
+    sig = types.int64(types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):  # noqa: ARG001
+        if not _BMI2:
+            return context.compile_internal(builder, _deposit_bits, signature, args)
+        i64 = ir.IntType(64)
+        fn = builder.module.declare_intrinsic("llvm.x86.bmi.pdep.64", fnty=ir.FunctionType(i64, [i64, i64]))
+        return builder.call(fn, args)
+
+    return sig, codegen
+
+
+@intrinsic
+def _popcount(typingctx, v):  # noqa: ARG001
+    """Set bits of a 64-bit integer."""
+    sig = types.int64(types.int64)
+
+    def codegen(context, builder, signature, args):  # noqa: ARG001
+        return builder.ctpop(args[0])
+
+    return sig, codegen
+
+
+@intrinsic
+def _store_quad(typingctx, coeffs, top, bottom, lanes, significant):  # noqa: ARG001
+    """The samples of a quad into two adjacent elements of `coeffs` at `top` and at `bottom` (addresses).
+
+    `lanes` holds the MagSgn values ``v`` of the quad's four samples (top
+    left, bottom left, top right, bottom right) in 16-bit lanes, lowest
+    first, and `significant` 0xFFFF in the lanes of its significant samples;
+    each becomes ``mu = (v >> 1) + 1``, negative where bit 0 of v is set,
+    0 where not significant, in one vector.
+    """
+    if not isinstance(coeffs, types.Array) or not isinstance(coeffs.dtype, types.Integer) or coeffs.layout != "C":
+        return None
+    sig = types.none(coeffs, types.int64, types.int64, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):  # noqa: ARG001
+        _, top, bottom, lanes, significant = args
+        i16x4 = ir.VectorType(ir.IntType(16), 4)
+        i32 = ir.IntType(32)
+        i32x4 = ir.VectorType(i32, 4)
+        elem = context.get_data_type(signature.args[0].dtype)
+
+        def splat(value):
+            return ir.Constant(i32x4, [value] * 4)
+
+        v = builder.zext(builder.bitcast(lanes, i16x4), i32x4)
+        mu = builder.add(builder.lshr(v, splat(1)), splat(1))
+        sign = builder.sub(splat(0), builder.and_(v, splat(1)))
+        c = builder.sub(builder.xor(mu, sign), sign)
+        c = builder.and_(c, builder.sext(builder.bitcast(significant, i16x4), i32x4))
+        for address, pick in ((top, (0, 2)), (bottom, (1, 3))):
+            pair = builder.shuffle_vector(c, c, ir.Constant(ir.VectorType(i32, 2), list(pick)))
+            pair_type = ir.VectorType(elem, 2)
+            if elem.width < 32:
+                pair = builder.trunc(pair, pair_type)
+            elif elem.width > 32:
+                pair = builder.sext(pair, pair_type)
+            builder.store(pair, builder.inttoptr(address, pair_type.as_pointer()), align=elem.width // 8)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 ONES = 0x0101010101010101
 HIGHS = -0x7F7F7F7F7F7F7F80  # 0x8080808080808080 as a signed 64-bit integer
+LANES = 0x0001000100010001  # bit 0 of each 16-bit lane
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -750,6 +845,7 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
         below = y + 1 < h
         r0 = _u(y0 + y)
         r1 = _u(y0 + y + 1)
+        row = first + y * coeffs.strides[1]
         rho_left = 0
         for x in range(0, w, 4):
             has1 = x + 2 < w
@@ -856,42 +952,64 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                 qx = x + 2 * q
                 ek = (entry >> 9) & 0xF
                 e = (entry >> 13) & ek
-                m0 = (bound - (ek & 1)) * (rho & 1)
-                m1 = (bound - ((ek >> 1) & 1)) * ((rho >> 1) & 1)
-                m2 = (bound - ((ek >> 2) & 1)) * ((rho >> 2) & 1)
-                m3 = (bound - ((ek >> 3) & 1)) * ((rho >> 3) & 1)
-                # MagSgn bits: at least 56 after a refill, so one refill serves a quad with U of 14 or less,
-                # two a quad with U of 28 or less, else one per sample (30 bits at most).
-                need = m0 + m1 + m2 + m3 if bound <= 14 else (m0 + m1 if bound <= 28 else m0)
-                if ms_bits < need:
-                    ms_pos, ms_acc, ms_bits, ms_ff = _ms_refill(base, ms_pos, ms_end, ms_acc, ms_bits, ms_ff)
-                v0 = ms_acc & ((1 << m0) - 1)
-                ms_acc >>= m0
-                ms_bits -= m0
-                if bound > 28 and ms_bits < m1:
-                    ms_pos, ms_acc, ms_bits, ms_ff = _ms_refill(base, ms_pos, ms_end, ms_acc, ms_bits, ms_ff)
-                v1 = ms_acc & ((1 << m1) - 1)
-                ms_acc >>= m1
-                ms_bits -= m1
-                if bound > 14:
+                if bound <= 14:
+                    # The quad's MagSgn bits (56 at most, so one refill serves it) go into 16-bit lanes at once:
+                    # each significant sample takes its low m bits, and the implied bit e_1 above them.
+                    significant = _pdep(rho, LANES) * 0xFFFF
+                    mask = ((1 << bound) - 1) * LANES & ~(_pdep(ek, LANES) << (bound - 1)) & significant
+                    need = _popcount(mask)
+                    if ms_bits < need:
+                        ms_pos, ms_acc, ms_bits, ms_ff = _ms_refill(base, ms_pos, ms_end, ms_acc, ms_bits, ms_ff)
+                    lanes = _pdep(ms_acc, mask) | ((mask + _pdep(e, LANES)) & ~mask)
+                    ms_acc >>= need
+                    ms_bits -= need
+                    # The next row of quads looks at the exponents of the bottom samples only (E = bit length of t).
+                    t[_u(tc + qx + 1)] = (((lanes >> 16) & 0xFFFF) | 1) & -((rho >> 1) & 1)
+                    t[_u(tc + qx + 2)] = ((lanes >> 48) | 1) & -((rho >> 3) & 1)
+                    if qx + 1 < w and below:
+                        address = row + qx * coeffs.strides[2]
+                        _store_quad(coeffs, address, address + coeffs.strides[1], lanes, significant)
+                        continue
+                    v0 = lanes & 0xFFFF
+                    v1 = (lanes >> 16) & 0xFFFF
+                    v2 = (lanes >> 32) & 0xFFFF
+                    v3 = lanes >> 48
+                else:
+                    # MagSgn bits sample by sample: at least 56 after a refill, so two refills serve a quad with U
+                    # of 28 or less, else one per sample (30 bits at most).
+                    m0 = (bound - (ek & 1)) * (rho & 1)
+                    m1 = (bound - ((ek >> 1) & 1)) * ((rho >> 1) & 1)
+                    m2 = (bound - ((ek >> 2) & 1)) * ((rho >> 2) & 1)
+                    m3 = (bound - ((ek >> 3) & 1)) * ((rho >> 3) & 1)
+                    need = m0 + m1 if bound <= 28 else m0
+                    if ms_bits < need:
+                        ms_pos, ms_acc, ms_bits, ms_ff = _ms_refill(base, ms_pos, ms_end, ms_acc, ms_bits, ms_ff)
+                    v0 = ms_acc & ((1 << m0) - 1)
+                    ms_acc >>= m0
+                    ms_bits -= m0
+                    if bound > 28 and ms_bits < m1:
+                        ms_pos, ms_acc, ms_bits, ms_ff = _ms_refill(base, ms_pos, ms_end, ms_acc, ms_bits, ms_ff)
+                    v1 = ms_acc & ((1 << m1) - 1)
+                    ms_acc >>= m1
+                    ms_bits -= m1
                     need = m2 + m3 if bound <= 28 else m2
                     if ms_bits < need:
                         ms_pos, ms_acc, ms_bits, ms_ff = _ms_refill(base, ms_pos, ms_end, ms_acc, ms_bits, ms_ff)
-                v2 = ms_acc & ((1 << m2) - 1)
-                ms_acc >>= m2
-                ms_bits -= m2
-                if bound > 28 and ms_bits < m3:
-                    ms_pos, ms_acc, ms_bits, ms_ff = _ms_refill(base, ms_pos, ms_end, ms_acc, ms_bits, ms_ff)
-                v3 = ms_acc & ((1 << m3) - 1)
-                ms_acc >>= m3
-                ms_bits -= m3
-                v0 |= (e & 1) << m0
-                v1 |= ((e >> 1) & 1) << m1
-                v2 |= ((e >> 2) & 1) << m2
-                v3 |= ((e >> 3) & 1) << m3
-                # The next row of quads looks at the exponents of the bottom samples only (E = bit length of t).
-                t[_u(tc + qx + 1)] = (v1 | 1) & -((rho >> 1) & 1)
-                t[_u(tc + qx + 2)] = (v3 | 1) & -((rho >> 3) & 1)
+                    v2 = ms_acc & ((1 << m2) - 1)
+                    ms_acc >>= m2
+                    ms_bits -= m2
+                    if bound > 28 and ms_bits < m3:
+                        ms_pos, ms_acc, ms_bits, ms_ff = _ms_refill(base, ms_pos, ms_end, ms_acc, ms_bits, ms_ff)
+                    v3 = ms_acc & ((1 << m3) - 1)
+                    ms_acc >>= m3
+                    ms_bits -= m3
+                    v0 |= (e & 1) << m0
+                    v1 |= ((e >> 1) & 1) << m1
+                    v2 |= ((e >> 2) & 1) << m2
+                    v3 |= ((e >> 3) & 1) << m3
+                    # The next row of quads looks at the exponents of the bottom samples only (E = bit length of t).
+                    t[_u(tc + qx + 1)] = (v1 | 1) & -((rho >> 1) & 1)
+                    t[_u(tc + qx + 2)] = (v3 | 1) & -((rho >> 3) & 1)
                 right = qx + 1 < w
                 if right and below:  # the whole quad is inside: no test per sample (0 where not significant)
                     coeffs[_u(comp), r0, _u(x0 + qx)] = _sample(v0) & -(rho & 1)

@@ -120,6 +120,18 @@ def _load64(typingctx, address):  # noqa: ARG001
 
 
 @intrinsic
+def _store64(typingctx, address, value):  # noqa: ARG001
+    """`value` as the eight bytes from `address` on, little-endian."""
+    sig = types.none(types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):  # noqa: ARG001
+        builder.store(args[1], builder.inttoptr(args[0], ir.IntType(64).as_pointer()), align=1)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
 def _prefetch(typingctx, address, write):  # noqa: ARG001
     """Ask for the cache line at `address` ahead of its use (`write`: the literal 1 to write it, else 0)."""
     if not isinstance(write, types.IntegerLiteral):
@@ -199,6 +211,35 @@ def _pdep(typingctx, v, mask):  # noqa: ARG001
             return context.compile_internal(builder, _deposit_bits, signature, args)
         i64 = ir.IntType(64)
         fn = builder.module.declare_intrinsic("llvm.x86.bmi.pdep.64", fnty=ir.FunctionType(i64, [i64, i64]))
+        return builder.call(fn, args)
+
+    return sig, codegen
+
+
+def _extract_bits(v: int, mask: int) -> int:
+    """The bits of `v` under the set bits of `mask`, lowest first, packed into the low bits (PEXT without
+    BMI2)."""
+    out = 0
+    bit = 1
+    while mask:
+        low = mask & -mask
+        if v & low:
+            out |= bit
+        mask ^= low
+        bit <<= 1
+    return out
+
+
+@intrinsic
+def _pext(typingctx, v, mask):  # noqa: ARG001
+    """The bits of `v` under the set bits of `mask` packed together, lowest first: one PEXT where BMI2 is there."""
+    sig = types.int64(types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):  # noqa: ARG001
+        if not _BMI2:
+            return context.compile_internal(builder, _extract_bits, signature, args)
+        i64 = ir.IntType(64)
+        fn = builder.module.declare_intrinsic("llvm.x86.bmi.pext.64", fnty=ir.FunctionType(i64, [i64, i64]))
         return builder.call(fn, args)
 
     return sig, codegen
@@ -413,6 +454,16 @@ def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
     ``t_prev`` holds t of the bottom samples of the row of quads above,
     one column of padding on the left.
     """
+    # An all-zero block (most of a flat image's high-pass blocks) is found by a plain scan, row by row until a
+    # nonzero coefficient: its cleanup pass is left out.
+    nonzero = 0
+    for y in range(y0, y0 + h):
+        for x in range(x0, x0 + w):
+            nonzero |= coeffs[_u(comp), _u(y), _u(x)]
+        if nonzero:
+            break
+    if nonzero == 0:
+        return 0
     w4 = (w + 3) & ~3
     # vlc[_u(0)] is the last byte of the segment, which holds Scup; the low nibble of the next one is Scup's too.
     v_pos, v_acc, v_n, v_high = 1, 0xF, 4, 1
@@ -425,6 +476,7 @@ def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
     v1[w:w4] = 0
     t0[w:w4] = 0
     t1[w:w4] = 0
+    ms_address = _address(ms)
     first = _address(coeffs) + comp * coeffs.strides[0] + y0 * coeffs.strides[1] + x0 * coeffs.strides[2]
     for y in range(0, h, 2):
         initial = y == 0
@@ -491,27 +543,34 @@ def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                 events += cq == 0
                 if rho:
                     # MagSgn: the low U (U - 1 where e_k is set) bits of v of each significant sample.  The
-                    # accumulator holds fewer than 32 bits between samples, so 31 more always fit.
+                    # accumulator holds fewer than 8 bits between quads.
                     ek = code >> 12
-                    for k in range(4):
-                        m = (bound - ((ek >> k) & 1)) * ((rho >> k) & 1)
-                        v = v1[_u(qx + (k >> 1))] if k & 1 else v0[_u(qx + (k >> 1))]
-                        ms_acc |= (v & ((1 << m) - 1)) << ms_used
-                        ms_used += m
-                        if ms_used >= 32:
-                            low = ms_acc & 0xFFFFFFFF
-                            flipped = low ^ 0xFFFFFFFF
-                            if ms_room == 8 and ((flipped - 0x01010101) & ~flipped & 0x80808080) == 0:
-                                # Four whole bytes at once when none is 0xFF (nor follows one).
-                                ms[_u(ms_pos)] = low & 0xFF
-                                ms[_u(ms_pos + 1)] = (low >> 8) & 0xFF
-                                ms[_u(ms_pos + 2)] = (low >> 16) & 0xFF
-                                ms[_u(ms_pos + 3)] = low >> 24
-                                ms_pos += 4
-                                ms_used -= 32
-                                ms_acc >>= 32
-                            else:
+                    if bound <= 14:
+                        # The quad's v in 16-bit lanes, their bits (56 at most) taken out with one PEXT.
+                        mask = (((1 << bound) - 1) * LANES & ~(_pdep(ek, LANES) << (bound - 1))
+                                & _pdep(rho, LANES) * 0xFFFF)
+                        lanes = ((v0[_u(qx)] & 0xFFFF) | (v1[_u(qx)] & 0xFFFF) << 16 | (v0[_u(qx + 1)] & 0xFFFF) << 32
+                                 | (v1[_u(qx + 1)] & 0xFFFF) << 48)
+                        ms_acc |= _pext(lanes, mask) << ms_used
+                        ms_used += _popcount(mask)
+                    else:
+                        # Sample by sample, whole bytes out once 32 bits are pending, so 31 more always fit.
+                        for k in range(4):
+                            m = (bound - ((ek >> k) & 1)) * ((rho >> k) & 1)
+                            v = v1[_u(qx + (k >> 1))] if k & 1 else v0[_u(qx + (k >> 1))]
+                            ms_acc |= (v & ((1 << m) - 1)) << ms_used
+                            ms_used += m
+                            if ms_used >= 32:
                                 ms_pos, ms_room, ms_used, ms_acc = _ms_flush(ms, ms_pos, ms_room, ms_used, ms_acc)
+                    whole = ms_used >> 3
+                    if ms_room == 8 and _zero_bytes(~ms_acc) & HIGHS & ((1 << (8 * whole)) - 1) == 0:
+                        # The whole bytes (7 at most) in one store when none is 0xFF (nor follows one).
+                        _store64(ms_address + ms_pos, ms_acc)
+                        ms_pos += whole
+                        ms_acc >>= 8 * whole
+                        ms_used &= 7
+                    elif whole:
+                        ms_pos, ms_room, ms_used, ms_acc = _ms_flush(ms, ms_pos, ms_room, ms_used, ms_acc)
                 t_cur[_u(qx + 1)] = b
                 t_cur[_u(qx + 2)] = d
                 if q:

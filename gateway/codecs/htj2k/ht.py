@@ -477,6 +477,7 @@ def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
     t0[w:w4] = 0
     t1[w:w4] = 0
     ms_address = _address(ms)
+    vlc_address = _address(vlc)
     first = _address(coeffs) + comp * coeffs.strides[0] + y0 * coeffs.strides[1] + x0 * coeffs.strides[2]
     for y in range(0, h, 2):
         initial = y == 0
@@ -596,6 +597,16 @@ def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
             v_acc |= (cwd | ucwd << n) << v_n
             v_n += n + un
             if v_n >= 24:
+                whole = v_n >> 3
+                if (_zero_bytes((v_acc & 0x7F7F7F7F7F7F7F7F) ^ 0x7F7F7F7F7F7F7F7F) & HIGHS
+                        & ((1 << (8 * whole)) - 1)) == 0:
+                    # No byte has its low seven bits all ones, so none holds fewer than eight: the whole bytes
+                    # (7 at most) in one store.
+                    _store64(vlc_address + v_pos, v_acc)
+                    v_pos += whole
+                    v_high = 1 if ((v_acc >> (8 * whole - 8)) & 0xFF) > 0x8F else 0
+                    v_acc >>= 8 * whole
+                    v_n &= 7
                 while v_n >= 8:
                     if v_high and (v_acc & 0x7F) == 0x7F:
                         byte = 0x7F

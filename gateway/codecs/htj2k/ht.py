@@ -63,6 +63,7 @@ ERRORS = {
 
 _ENC0 = tables.encode_table(True)
 _ENC1 = tables.encode_table(False)
+_ENC = np.concatenate((_ENC1, _ENC0))  # the encoder's: other rows, then the initial row from 2048
 _DEC0 = tables.decode_table(True)
 _DEC1 = tables.decode_table(False)
 _DEC = np.concatenate((_DEC1, _DEC0))  # the decoder's: other rows, then the initial row from 1024
@@ -443,8 +444,8 @@ def _samples(row: np.ndarray, v: np.ndarray, t: np.ndarray) -> None:
 @njit(cache=True, nogil=True)
 def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: int, ms: np.ndarray,
                   mel: np.ndarray, vlc: np.ndarray, t_prev: np.ndarray, t_cur: np.ndarray, v0: np.ndarray,
-                  v1: np.ndarray, t0: np.ndarray, t1: np.ndarray, mel_events: np.ndarray, enc0: np.ndarray,
-                  enc1: np.ndarray, uvlc: np.ndarray, uvlc_pair: np.ndarray, out: np.ndarray) -> int:
+                  v1: np.ndarray, t0: np.ndarray, t1: np.ndarray, mel_events: np.ndarray, enc: np.ndarray,
+                  uvlc: np.ndarray, uvlc_pair: np.ndarray, out: np.ndarray) -> int:
     """Code one block's cleanup pass into `out`; its length, 0 for an all-zero block, -1 if `out` is too small.
 
     Each row of quads is first turned into v and t = 2 mu - 1 per sample
@@ -481,7 +482,7 @@ def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
     first = _address(coeffs) + comp * coeffs.strides[0] + y0 * coeffs.strides[1] + x0 * coeffs.strides[2]
     for y in range(0, h, 2):
         initial = y == 0
-        table = enc0 if initial else enc1
+        lut = 2048 if initial else 0
         # The next two rows from memory while this pair of rows is coded.
         for ahead in range(y + 2, y + 4 if y + 4 < h else h):
             _prefetch_row(first + ahead * coeffs.strides[1], w * coeffs.strides[2])
@@ -537,7 +538,7 @@ def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                     # A sample's E reaches the quad's largest when its t is at least 2**(E - 1).
                     top = 1 << (emax - 1)
                     emb = (a >= top) | (b >= top) << 1 | (c >= top) << 2 | (d >= top) << 3
-                code = table[_u((cq << 8) | (rho << 4) | emb)]
+                code = enc[_u(lut | (cq << 8) | (rho << 4) | emb)]
                 cwd |= (code & 0xFF) << n
                 n += (code >> 8) & 0xF
                 mel_events[_u(events)] = rho != 0
@@ -694,7 +695,7 @@ def encode_blocks(coeffs: np.ndarray, blocks: np.ndarray, out: np.ndarray, offse
         comp, y0, x0, h, w = blocks[k, 0], blocks[k, 1], blocks[k, 2], blocks[k, 3], blocks[k, 4]
         window = out[offsets[k]:offsets[k + 1]]
         length = _encode_block(coeffs, comp, y0, x0, h, w, ms, mel, vlc, t_prev, t_cur, v0, v1, t0, t1,
-                               mel_events, _ENC0, _ENC1, _UVLC, _UVLC_PAIR, window)
+                               mel_events, _ENC, _UVLC, _UVLC_PAIR, window)
         if length < 0:
             return -1 - k
         results[k, 0] = length

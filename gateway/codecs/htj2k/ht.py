@@ -203,13 +203,11 @@ def _deposit_bits(v: int, mask: int) -> int:
 
 
 @intrinsic
-def _pdep(typingctx, v, mask):  # noqa: ARG001
-    """The low bits of `v` deposited into the set bits of `mask`, lowest first: one PDEP where BMI2 is there."""
+def _pdep_instruction(typingctx, v, mask):  # noqa: ARG001
+    """The low bits of `v` deposited into the set bits of `mask`, lowest first, in one PDEP (BMI2)."""
     sig = types.int64(types.int64, types.int64)
 
     def codegen(context, builder, signature, args):  # noqa: ARG001
-        if not _BMI2:
-            return context.compile_internal(builder, _deposit_bits, signature, args)
         i64 = ir.IntType(64)
         fn = builder.module.declare_intrinsic("llvm.x86.bmi.pdep.64", fnty=ir.FunctionType(i64, [i64, i64]))
         return builder.call(fn, args)
@@ -232,18 +230,21 @@ def _extract_bits(v: int, mask: int) -> int:
 
 
 @intrinsic
-def _pext(typingctx, v, mask):  # noqa: ARG001
-    """The bits of `v` under the set bits of `mask` packed together, lowest first: one PEXT where BMI2 is there."""
+def _pext_instruction(typingctx, v, mask):  # noqa: ARG001
+    """The bits of `v` under the set bits of `mask` packed together, lowest first, in one PEXT (BMI2)."""
     sig = types.int64(types.int64, types.int64)
 
     def codegen(context, builder, signature, args):  # noqa: ARG001
-        if not _BMI2:
-            return context.compile_internal(builder, _extract_bits, signature, args)
         i64 = ir.IntType(64)
         fn = builder.module.declare_intrinsic("llvm.x86.bmi.pext.64", fnty=ir.FunctionType(i64, [i64, i64]))
         return builder.call(fn, args)
 
     return sig, codegen
+
+
+# PDEP and PEXT: the instructions where the generated code may use BMI2, else the loops.
+_pdep = _pdep_instruction if _BMI2 else njit(cache=True, nogil=True, inline="always")(_deposit_bits)
+_pext = _pext_instruction if _BMI2 else njit(cache=True, nogil=True, inline="always")(_extract_bits)
 
 
 @intrinsic
@@ -302,6 +303,10 @@ def _store_quad(typingctx, coeffs, top, bottom, lanes, significant):  # noqa: AR
 ONES = 0x0101010101010101
 HIGHS = -0x7F7F7F7F7F7F7F80  # 0x8080808080808080 as a signed 64-bit integer
 LANES = 0x0001000100010001  # bit 0 of each 16-bit lane
+# The 16-bit lanes of a quad's significant samples (0xFFFF in lane k where bit k of rho is set); a table, as the
+# product of the spread rho by 0xFFFF would overflow a signed 64-bit integer for the fourth sample.
+_LANE_MASKS = np.array([sum(0xFFFF << (16 * k) for k in range(4) if rho >> k & 1) for rho in range(16)],
+                       dtype=np.uint64).view(np.int64)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -549,8 +554,7 @@ def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                     ek = code >> 12
                     if bound <= 14:
                         # The quad's v in 16-bit lanes, their bits (56 at most) taken out with one PEXT.
-                        mask = (((1 << bound) - 1) * LANES & ~(_pdep(ek, LANES) << (bound - 1))
-                                & _pdep(rho, LANES) * 0xFFFF)
+                        mask = ((1 << bound) - 1) * LANES & ~(_pdep(ek, LANES) << (bound - 1)) & _LANE_MASKS[rho]
                         lanes = ((v0[_u(qx)] & 0xFFFF) | (v1[_u(qx)] & 0xFFFF) << 16 | (v0[_u(qx + 1)] & 0xFFFF) << 32
                                  | (v1[_u(qx + 1)] & 0xFFFF) << 48)
                         ms_acc |= _pext(lanes, mask) << ms_used
@@ -1026,7 +1030,7 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                 if bound <= 14:
                     # The quad's MagSgn bits (56 at most, so one refill serves it) go into 16-bit lanes at once:
                     # each significant sample takes its low m bits, and the implied bit e_1 above them.
-                    significant = _pdep(rho, LANES) * 0xFFFF
+                    significant = _LANE_MASKS[rho]
                     mask = ((1 << bound) - 1) * LANES & ~(_pdep(ek, LANES) << (bound - 1)) & significant
                     need = _popcount(mask)
                     if ms_bits < need:

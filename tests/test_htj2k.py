@@ -250,6 +250,68 @@ def test_decoder_checks_scup() -> None:
         assert ht.decode_blocks(np.zeros((1, 8, 8), np.int32), blocks, segments, data) == -1, bad[-2:]
 
 
+def test_bit_deposit_and_extract() -> None:
+    """PDEP / PEXT as the kernels use them (one instruction with BMI2, else a loop): bits of a value spread into
+    the set bits of a mask, lowest first, and gathered back."""
+    from numba import njit
+
+    @njit
+    def both(v: int, mask: int) -> tuple[int, int]:
+        return ht._pdep(v, mask), ht._pext(v, mask)
+
+    # 0b101 into bits 1, 3 and 4 of the mask: 1 at bit 1, 0 at bit 3, 1 at bit 4.
+    assert ht._deposit_bits(0b101, 0b11010) == 0b10010
+    assert ht._extract_bits(0b10010, 0b11010) == 0b101
+    assert ht._deposit_bits(0x1234, 0xFFFF0000) == 0x12340000
+    assert ht._extract_bits(0x7FFF_0001_8000_FFFF, 0x0001_0001_0001_0001) == 0b1101  # lanes 0, 2, 3 odd
+    assert both(0b101, 0b11010)[0] == 0b10010
+    assert both(0b10010, 0b11010)[1] == 0b101
+    rng = np.random.default_rng(5)
+    for _ in range(2000):
+        v, mask = (int(x) for x in rng.integers(0, 1 << 62, 2))
+        mask &= int(rng.integers(0, 1 << 62))
+        deposited, extracted = both(v, mask)
+        assert deposited == ht._deposit_bits(v, mask)
+        assert extracted == ht._extract_bits(v, mask)
+        assert ht._extract_bits(deposited, mask) == v & ((1 << bin(mask).count("1")) - 1)
+
+
+def _stress_blocks() -> list[np.ndarray]:
+    """Blocks whose quads take every MagSgn path: bounds up to 14 (PDEP / PEXT in 16-bit lanes), above 14 and
+    up to 28, above 28; partial quads at the right and bottom edges."""
+    rng = np.random.default_rng(11)
+    blocks = []
+    for bits in (2, 8, 13, 14, 15, 20, 29):
+        for shape in ((64, 64), (7, 9)):
+            block = rng.integers(-(1 << bits) + 1, 1 << bits, shape)
+            block[rng.random(shape) < 0.3] = 0
+            blocks.append(block)
+    return blocks
+
+
+_WITHOUT_BMI2 = """
+import numpy as np
+from gateway.codecs.htj2k import ht
+from tests.test_htj2k import _block_round_trip, _stress_blocks
+assert not ht._BMI2
+for block in _stress_blocks():
+    print(_block_round_trip(block).hex())
+"""
+
+
+def test_block_coder_without_bmi2_writes_the_same_bytes() -> None:
+    """The kernels compiled for a processor without BMI2 (the bit loops instead of PDEP / PEXT) code every
+    block to the same bytes, and decode them back."""
+    import os
+
+    ours = [_block_round_trip(block).hex() for block in _stress_blocks()]
+    env = dict(os.environ, NUMBA_CPU_NAME="generic", PYTHONPATH=str(REPO))
+    out = subprocess.run([sys.executable, "-c", _WITHOUT_BMI2], cwd=REPO, capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ours
+
+
 # ---------------------------------------------------------------- codec round trips
 
 

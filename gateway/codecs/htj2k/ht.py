@@ -63,6 +63,7 @@ ERRORS = {
 
 _ENC0 = tables.encode_table(True)
 _ENC1 = tables.encode_table(False)
+_ENC = np.concatenate((_ENC1, _ENC0))  # the encoder's: other rows, then the initial row from 2048
 _DEC0 = tables.decode_table(True)
 _DEC1 = tables.decode_table(False)
 _DEC = np.concatenate((_DEC1, _DEC0))  # the decoder's: other rows, then the initial row from 1024
@@ -120,6 +121,18 @@ def _load64(typingctx, address):  # noqa: ARG001
 
 
 @intrinsic
+def _store64(typingctx, address, value):  # noqa: ARG001
+    """`value` as the eight bytes from `address` on, little-endian."""
+    sig = types.none(types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):  # noqa: ARG001
+        builder.store(args[1], builder.inttoptr(args[0], ir.IntType(64).as_pointer()), align=1)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
 def _prefetch(typingctx, address, write):  # noqa: ARG001
     """Ask for the cache line at `address` ahead of its use (`write`: the literal 1 to write it, else 0)."""
     if not isinstance(write, types.IntegerLiteral):
@@ -163,8 +176,137 @@ def _byte_swap(typingctx, v):  # noqa: ARG001
     return sig, codegen
 
 
+def _has_bmi2() -> bool:
+    """Whether the code numba generates may use BMI2 (PDEP): the host's features, or those numba is told to use."""
+    import llvmlite.binding as llvm
+    from numba.core import config
+
+    if config.CPU_NAME is not None and config.CPU_NAME != "host":
+        return "+bmi2" in (config.CPU_FEATURES or "")
+    return "+bmi2" in llvm.get_host_cpu_features().flatten()
+
+
+_BMI2 = _has_bmi2()
+
+
+def _deposit_bits(v: int, mask: int) -> int:
+    """The low bits of `v`, one by one, into the set bits of `mask` from the lowest (PDEP without BMI2)."""
+    out = 0
+    bit = 1
+    while mask:
+        low = mask & -mask
+        if v & bit:
+            out |= low
+        mask ^= low
+        bit <<= 1
+    return out
+
+
+@intrinsic
+def _pdep_instruction(typingctx, v, mask):  # noqa: ARG001
+    """The low bits of `v` deposited into the set bits of `mask`, lowest first, in one PDEP (BMI2)."""
+    sig = types.int64(types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):  # noqa: ARG001
+        i64 = ir.IntType(64)
+        fn = builder.module.declare_intrinsic("llvm.x86.bmi.pdep.64", fnty=ir.FunctionType(i64, [i64, i64]))
+        return builder.call(fn, args)
+
+    return sig, codegen
+
+
+def _extract_bits(v: int, mask: int) -> int:
+    """The bits of `v` under the set bits of `mask`, lowest first, packed into the low bits (PEXT without
+    BMI2)."""
+    out = 0
+    bit = 1
+    while mask:
+        low = mask & -mask
+        if v & low:
+            out |= bit
+        mask ^= low
+        bit <<= 1
+    return out
+
+
+@intrinsic
+def _pext_instruction(typingctx, v, mask):  # noqa: ARG001
+    """The bits of `v` under the set bits of `mask` packed together, lowest first, in one PEXT (BMI2)."""
+    sig = types.int64(types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):  # noqa: ARG001
+        i64 = ir.IntType(64)
+        fn = builder.module.declare_intrinsic("llvm.x86.bmi.pext.64", fnty=ir.FunctionType(i64, [i64, i64]))
+        return builder.call(fn, args)
+
+    return sig, codegen
+
+
+# PDEP and PEXT: the instructions where the generated code may use BMI2, else the loops.
+_pdep = _pdep_instruction if _BMI2 else njit(cache=True, nogil=True, inline="always")(_deposit_bits)
+_pext = _pext_instruction if _BMI2 else njit(cache=True, nogil=True, inline="always")(_extract_bits)
+
+
+@intrinsic
+def _popcount(typingctx, v):  # noqa: ARG001
+    """Set bits of a 64-bit integer."""
+    sig = types.int64(types.int64)
+
+    def codegen(context, builder, signature, args):  # noqa: ARG001
+        return builder.ctpop(args[0])
+
+    return sig, codegen
+
+
+@intrinsic
+def _store_quad(typingctx, coeffs, top, bottom, lanes, significant):  # noqa: ARG001
+    """The samples of a quad into two adjacent elements of `coeffs` at `top` and at `bottom` (addresses).
+
+    `lanes` holds the MagSgn values ``v`` of the quad's four samples (top
+    left, bottom left, top right, bottom right) in 16-bit lanes, lowest
+    first, and `significant` 0xFFFF in the lanes of its significant samples;
+    each becomes ``mu = (v >> 1) + 1``, negative where bit 0 of v is set,
+    0 where not significant, in one vector.
+    """
+    if not isinstance(coeffs, types.Array) or not isinstance(coeffs.dtype, types.Integer) or coeffs.layout != "C":
+        return None
+    sig = types.none(coeffs, types.int64, types.int64, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):  # noqa: ARG001
+        _, top, bottom, lanes, significant = args
+        i16x4 = ir.VectorType(ir.IntType(16), 4)
+        i32 = ir.IntType(32)
+        i32x4 = ir.VectorType(i32, 4)
+        elem = context.get_data_type(signature.args[0].dtype)
+
+        def splat(value):
+            return ir.Constant(i32x4, [value] * 4)
+
+        v = builder.zext(builder.bitcast(lanes, i16x4), i32x4)
+        mu = builder.add(builder.lshr(v, splat(1)), splat(1))
+        sign = builder.sub(splat(0), builder.and_(v, splat(1)))
+        c = builder.sub(builder.xor(mu, sign), sign)
+        c = builder.and_(c, builder.sext(builder.bitcast(significant, i16x4), i32x4))
+        for address, pick in ((top, (0, 2)), (bottom, (1, 3))):
+            pair = builder.shuffle_vector(c, c, ir.Constant(ir.VectorType(i32, 2), list(pick)))
+            pair_type = ir.VectorType(elem, 2)
+            if elem.width < 32:
+                pair = builder.trunc(pair, pair_type)
+            elif elem.width > 32:
+                pair = builder.sext(pair, pair_type)
+            builder.store(pair, builder.inttoptr(address, pair_type.as_pointer()), align=elem.width // 8)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 ONES = 0x0101010101010101
 HIGHS = -0x7F7F7F7F7F7F7F80  # 0x8080808080808080 as a signed 64-bit integer
+LANES = 0x0001000100010001  # bit 0 of each 16-bit lane
+# The 16-bit lanes of a quad's significant samples (0xFFFF in lane k where bit k of rho is set); a table, as the
+# product of the spread rho by 0xFFFF would overflow a signed 64-bit integer for the fourth sample.
+_LANE_MASKS = np.array([sum(0xFFFF << (16 * k) for k in range(4) if rho >> k & 1) for rho in range(16)],
+                       dtype=np.uint64).view(np.int64)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -307,8 +449,8 @@ def _samples(row: np.ndarray, v: np.ndarray, t: np.ndarray) -> None:
 @njit(cache=True, nogil=True)
 def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: int, ms: np.ndarray,
                   mel: np.ndarray, vlc: np.ndarray, t_prev: np.ndarray, t_cur: np.ndarray, v0: np.ndarray,
-                  v1: np.ndarray, t0: np.ndarray, t1: np.ndarray, mel_events: np.ndarray, enc0: np.ndarray,
-                  enc1: np.ndarray, uvlc: np.ndarray, uvlc_pair: np.ndarray, out: np.ndarray) -> int:
+                  v1: np.ndarray, t0: np.ndarray, t1: np.ndarray, mel_events: np.ndarray, enc: np.ndarray,
+                  uvlc: np.ndarray, uvlc_pair: np.ndarray, out: np.ndarray) -> int:
     """Code one block's cleanup pass into `out`; its length, 0 for an all-zero block, -1 if `out` is too small.
 
     Each row of quads is first turned into v and t = 2 mu - 1 per sample
@@ -318,6 +460,16 @@ def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
     ``t_prev`` holds t of the bottom samples of the row of quads above,
     one column of padding on the left.
     """
+    # An all-zero block (most of a flat image's high-pass blocks) is found by a plain scan, row by row until a
+    # nonzero coefficient: its cleanup pass is left out.
+    nonzero = 0
+    for y in range(y0, y0 + h):
+        for x in range(x0, x0 + w):
+            nonzero |= coeffs[_u(comp), _u(y), _u(x)]
+        if nonzero:
+            break
+    if nonzero == 0:
+        return 0
     w4 = (w + 3) & ~3
     # vlc[_u(0)] is the last byte of the segment, which holds Scup; the low nibble of the next one is Scup's too.
     v_pos, v_acc, v_n, v_high = 1, 0xF, 4, 1
@@ -330,10 +482,12 @@ def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
     v1[w:w4] = 0
     t0[w:w4] = 0
     t1[w:w4] = 0
+    ms_address = _address(ms)
+    vlc_address = _address(vlc)
     first = _address(coeffs) + comp * coeffs.strides[0] + y0 * coeffs.strides[1] + x0 * coeffs.strides[2]
     for y in range(0, h, 2):
         initial = y == 0
-        table = enc0 if initial else enc1
+        lut = 2048 if initial else 0
         # The next two rows from memory while this pair of rows is coded.
         for ahead in range(y + 2, y + 4 if y + 4 < h else h):
             _prefetch_row(first + ahead * coeffs.strides[1], w * coeffs.strides[2])
@@ -389,34 +543,40 @@ def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                     # A sample's E reaches the quad's largest when its t is at least 2**(E - 1).
                     top = 1 << (emax - 1)
                     emb = (a >= top) | (b >= top) << 1 | (c >= top) << 2 | (d >= top) << 3
-                code = table[_u((cq << 8) | (rho << 4) | emb)]
+                code = enc[_u(lut | (cq << 8) | (rho << 4) | emb)]
                 cwd |= (code & 0xFF) << n
                 n += (code >> 8) & 0xF
                 mel_events[_u(events)] = rho != 0
                 events += cq == 0
                 if rho:
                     # MagSgn: the low U (U - 1 where e_k is set) bits of v of each significant sample.  The
-                    # accumulator holds fewer than 32 bits between samples, so 31 more always fit.
+                    # accumulator holds fewer than 8 bits between quads.
                     ek = code >> 12
-                    for k in range(4):
-                        m = (bound - ((ek >> k) & 1)) * ((rho >> k) & 1)
-                        v = v1[_u(qx + (k >> 1))] if k & 1 else v0[_u(qx + (k >> 1))]
-                        ms_acc |= (v & ((1 << m) - 1)) << ms_used
-                        ms_used += m
-                        if ms_used >= 32:
-                            low = ms_acc & 0xFFFFFFFF
-                            flipped = low ^ 0xFFFFFFFF
-                            if ms_room == 8 and ((flipped - 0x01010101) & ~flipped & 0x80808080) == 0:
-                                # Four whole bytes at once when none is 0xFF (nor follows one).
-                                ms[_u(ms_pos)] = low & 0xFF
-                                ms[_u(ms_pos + 1)] = (low >> 8) & 0xFF
-                                ms[_u(ms_pos + 2)] = (low >> 16) & 0xFF
-                                ms[_u(ms_pos + 3)] = low >> 24
-                                ms_pos += 4
-                                ms_used -= 32
-                                ms_acc >>= 32
-                            else:
+                    if bound <= 14:
+                        # The quad's v in 16-bit lanes, their bits (56 at most) taken out with one PEXT.
+                        mask = ((1 << bound) - 1) * LANES & ~(_pdep(ek, LANES) << (bound - 1)) & _LANE_MASKS[rho]
+                        lanes = ((v0[_u(qx)] & 0xFFFF) | (v1[_u(qx)] & 0xFFFF) << 16 | (v0[_u(qx + 1)] & 0xFFFF) << 32
+                                 | (v1[_u(qx + 1)] & 0xFFFF) << 48)
+                        ms_acc |= _pext(lanes, mask) << ms_used
+                        ms_used += _popcount(mask)
+                    else:
+                        # Sample by sample, whole bytes out once 32 bits are pending, so 31 more always fit.
+                        for k in range(4):
+                            m = (bound - ((ek >> k) & 1)) * ((rho >> k) & 1)
+                            v = v1[_u(qx + (k >> 1))] if k & 1 else v0[_u(qx + (k >> 1))]
+                            ms_acc |= (v & ((1 << m) - 1)) << ms_used
+                            ms_used += m
+                            if ms_used >= 32:
                                 ms_pos, ms_room, ms_used, ms_acc = _ms_flush(ms, ms_pos, ms_room, ms_used, ms_acc)
+                    whole = ms_used >> 3
+                    if ms_room == 8 and _zero_bytes(~ms_acc) & HIGHS & ((1 << (8 * whole)) - 1) == 0:
+                        # The whole bytes (7 at most) in one store when none is 0xFF (nor follows one).
+                        _store64(ms_address + ms_pos, ms_acc)
+                        ms_pos += whole
+                        ms_acc >>= 8 * whole
+                        ms_used &= 7
+                    elif whole:
+                        ms_pos, ms_room, ms_used, ms_acc = _ms_flush(ms, ms_pos, ms_room, ms_used, ms_acc)
                 t_cur[_u(qx + 1)] = b
                 t_cur[_u(qx + 2)] = d
                 if q:
@@ -442,6 +602,16 @@ def _encode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
             v_acc |= (cwd | ucwd << n) << v_n
             v_n += n + un
             if v_n >= 24:
+                whole = v_n >> 3
+                if (_zero_bytes((v_acc & 0x7F7F7F7F7F7F7F7F) ^ 0x7F7F7F7F7F7F7F7F) & HIGHS
+                        & ((1 << (8 * whole)) - 1)) == 0:
+                    # No byte has its low seven bits all ones, so none holds fewer than eight: the whole bytes
+                    # (7 at most) in one store.
+                    _store64(vlc_address + v_pos, v_acc)
+                    v_pos += whole
+                    v_high = 1 if ((v_acc >> (8 * whole - 8)) & 0xFF) > 0x8F else 0
+                    v_acc >>= 8 * whole
+                    v_n &= 7
                 while v_n >= 8:
                     if v_high and (v_acc & 0x7F) == 0x7F:
                         byte = 0x7F
@@ -529,7 +699,7 @@ def encode_blocks(coeffs: np.ndarray, blocks: np.ndarray, out: np.ndarray, offse
         comp, y0, x0, h, w = blocks[k, 0], blocks[k, 1], blocks[k, 2], blocks[k, 3], blocks[k, 4]
         window = out[offsets[k]:offsets[k + 1]]
         length = _encode_block(coeffs, comp, y0, x0, h, w, ms, mel, vlc, t_prev, t_cur, v0, v1, t0, t1,
-                               mel_events, _ENC0, _ENC1, _UVLC, _UVLC_PAIR, window)
+                               mel_events, _ENC, _UVLC, _UVLC_PAIR, window)
         if length < 0:
             return -1 - k
         results[k, 0] = length
@@ -750,6 +920,7 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
         below = y + 1 < h
         r0 = _u(y0 + y)
         r1 = _u(y0 + y + 1)
+        row = first + y * coeffs.strides[1]
         rho_left = 0
         for x in range(0, w, 4):
             has1 = x + 2 < w
@@ -856,42 +1027,64 @@ def _decode_block(coeffs: np.ndarray, comp: int, y0: int, x0: int, h: int, w: in
                 qx = x + 2 * q
                 ek = (entry >> 9) & 0xF
                 e = (entry >> 13) & ek
-                m0 = (bound - (ek & 1)) * (rho & 1)
-                m1 = (bound - ((ek >> 1) & 1)) * ((rho >> 1) & 1)
-                m2 = (bound - ((ek >> 2) & 1)) * ((rho >> 2) & 1)
-                m3 = (bound - ((ek >> 3) & 1)) * ((rho >> 3) & 1)
-                # MagSgn bits: at least 56 after a refill, so one refill serves a quad with U of 14 or less,
-                # two a quad with U of 28 or less, else one per sample (30 bits at most).
-                need = m0 + m1 + m2 + m3 if bound <= 14 else (m0 + m1 if bound <= 28 else m0)
-                if ms_bits < need:
-                    ms_pos, ms_acc, ms_bits, ms_ff = _ms_refill(base, ms_pos, ms_end, ms_acc, ms_bits, ms_ff)
-                v0 = ms_acc & ((1 << m0) - 1)
-                ms_acc >>= m0
-                ms_bits -= m0
-                if bound > 28 and ms_bits < m1:
-                    ms_pos, ms_acc, ms_bits, ms_ff = _ms_refill(base, ms_pos, ms_end, ms_acc, ms_bits, ms_ff)
-                v1 = ms_acc & ((1 << m1) - 1)
-                ms_acc >>= m1
-                ms_bits -= m1
-                if bound > 14:
+                if bound <= 14:
+                    # The quad's MagSgn bits (56 at most, so one refill serves it) go into 16-bit lanes at once:
+                    # each significant sample takes its low m bits, and the implied bit e_1 above them.
+                    significant = _LANE_MASKS[rho]
+                    mask = ((1 << bound) - 1) * LANES & ~(_pdep(ek, LANES) << (bound - 1)) & significant
+                    need = _popcount(mask)
+                    if ms_bits < need:
+                        ms_pos, ms_acc, ms_bits, ms_ff = _ms_refill(base, ms_pos, ms_end, ms_acc, ms_bits, ms_ff)
+                    lanes = _pdep(ms_acc, mask) | ((mask + _pdep(e, LANES)) & ~mask)
+                    ms_acc >>= need
+                    ms_bits -= need
+                    # The next row of quads looks at the exponents of the bottom samples only (E = bit length of t).
+                    t[_u(tc + qx + 1)] = (((lanes >> 16) & 0xFFFF) | 1) & -((rho >> 1) & 1)
+                    t[_u(tc + qx + 2)] = ((lanes >> 48) | 1) & -((rho >> 3) & 1)
+                    if qx + 1 < w and below:
+                        address = row + qx * coeffs.strides[2]
+                        _store_quad(coeffs, address, address + coeffs.strides[1], lanes, significant)
+                        continue
+                    v0 = lanes & 0xFFFF
+                    v1 = (lanes >> 16) & 0xFFFF
+                    v2 = (lanes >> 32) & 0xFFFF
+                    v3 = lanes >> 48
+                else:
+                    # MagSgn bits sample by sample: at least 56 after a refill, so two refills serve a quad with U
+                    # of 28 or less, else one per sample (30 bits at most).
+                    m0 = (bound - (ek & 1)) * (rho & 1)
+                    m1 = (bound - ((ek >> 1) & 1)) * ((rho >> 1) & 1)
+                    m2 = (bound - ((ek >> 2) & 1)) * ((rho >> 2) & 1)
+                    m3 = (bound - ((ek >> 3) & 1)) * ((rho >> 3) & 1)
+                    need = m0 + m1 if bound <= 28 else m0
+                    if ms_bits < need:
+                        ms_pos, ms_acc, ms_bits, ms_ff = _ms_refill(base, ms_pos, ms_end, ms_acc, ms_bits, ms_ff)
+                    v0 = ms_acc & ((1 << m0) - 1)
+                    ms_acc >>= m0
+                    ms_bits -= m0
+                    if bound > 28 and ms_bits < m1:
+                        ms_pos, ms_acc, ms_bits, ms_ff = _ms_refill(base, ms_pos, ms_end, ms_acc, ms_bits, ms_ff)
+                    v1 = ms_acc & ((1 << m1) - 1)
+                    ms_acc >>= m1
+                    ms_bits -= m1
                     need = m2 + m3 if bound <= 28 else m2
                     if ms_bits < need:
                         ms_pos, ms_acc, ms_bits, ms_ff = _ms_refill(base, ms_pos, ms_end, ms_acc, ms_bits, ms_ff)
-                v2 = ms_acc & ((1 << m2) - 1)
-                ms_acc >>= m2
-                ms_bits -= m2
-                if bound > 28 and ms_bits < m3:
-                    ms_pos, ms_acc, ms_bits, ms_ff = _ms_refill(base, ms_pos, ms_end, ms_acc, ms_bits, ms_ff)
-                v3 = ms_acc & ((1 << m3) - 1)
-                ms_acc >>= m3
-                ms_bits -= m3
-                v0 |= (e & 1) << m0
-                v1 |= ((e >> 1) & 1) << m1
-                v2 |= ((e >> 2) & 1) << m2
-                v3 |= ((e >> 3) & 1) << m3
-                # The next row of quads looks at the exponents of the bottom samples only (E = bit length of t).
-                t[_u(tc + qx + 1)] = (v1 | 1) & -((rho >> 1) & 1)
-                t[_u(tc + qx + 2)] = (v3 | 1) & -((rho >> 3) & 1)
+                    v2 = ms_acc & ((1 << m2) - 1)
+                    ms_acc >>= m2
+                    ms_bits -= m2
+                    if bound > 28 and ms_bits < m3:
+                        ms_pos, ms_acc, ms_bits, ms_ff = _ms_refill(base, ms_pos, ms_end, ms_acc, ms_bits, ms_ff)
+                    v3 = ms_acc & ((1 << m3) - 1)
+                    ms_acc >>= m3
+                    ms_bits -= m3
+                    v0 |= (e & 1) << m0
+                    v1 |= ((e >> 1) & 1) << m1
+                    v2 |= ((e >> 2) & 1) << m2
+                    v3 |= ((e >> 3) & 1) << m3
+                    # The next row of quads looks at the exponents of the bottom samples only (E = bit length of t).
+                    t[_u(tc + qx + 1)] = (v1 | 1) & -((rho >> 1) & 1)
+                    t[_u(tc + qx + 2)] = (v3 | 1) & -((rho >> 3) & 1)
                 right = qx + 1 < w
                 if right and below:  # the whole quad is inside: no test per sample (0 where not significant)
                     coeffs[_u(comp), r0, _u(x0 + qx)] = _sample(v0) & -(rho & 1)

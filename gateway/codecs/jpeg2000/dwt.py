@@ -630,22 +630,29 @@ def finish_rows(planes: np.ndarray, out: np.ndarray, ya: int, yb: int, mct: bool
     nc, _, w = planes.shape
     bad = False
     if mct:
+        # The three values of a pixel are made in one loop over consecutive samples (vectorised) into three
+        # lines, then interleaved into the row by a second loop.
+        lines = np.empty((3, w), dtype=np.int32)
+        red, green, blue = lines[0], lines[1], lines[2]
         s0, s1, s2 = shifts[0], shifts[1], shifts[2]
+        low0, low1, low2 = lows[0], lows[1], lows[2]
+        high0, high1, high2 = highs[0], highs[1], highs[2]
         for y in range(ya, yb):
             p0, p1, p2, o = planes[0, y], planes[1, y], planes[2, y], out[y]
             for x in range(w):
                 cb, cr = np.int64(p1[_u(x)]), np.int64(p2[_u(x)])
                 g = p0[_u(x)] - ((cb + cr) >> 2)
-                r = np.int32(np.int32(cr + g) + s0)
-                gg = np.int32(np.int32(g) + s1)
-                b = np.int32(np.int32(cb + g) + s2)
-                r = lows[0] if r < lows[0] else (highs[0] if r > highs[0] else r)
-                gg = lows[1] if gg < lows[1] else (highs[1] if gg > highs[1] else gg)
-                b = lows[2] if b < lows[2] else (highs[2] if b > highs[2] else b)
+                r = min(max(np.int32(np.int32(cr + g) + s0), low0), high0)
+                gg = min(max(np.int32(np.int32(g) + s1), low1), high1)
+                b = min(max(np.int32(np.int32(cb + g) + s2), low2), high2)
                 bad |= (r < lowest) | (r > highest) | (gg < lowest) | (gg > highest) | (b < lowest) | (b > highest)
-                o[x, 0] = r
-                o[x, 1] = gg
-                o[x, 2] = b
+                red[_u(x)] = r
+                green[_u(x)] = gg
+                blue[_u(x)] = b
+            for x in range(w):
+                o[x, 0] = red[_u(x)]
+                o[x, 1] = green[_u(x)]
+                o[x, 2] = blue[_u(x)]
         return int(bad)
     for c in range(nc):
         for y in range(ya, yb):

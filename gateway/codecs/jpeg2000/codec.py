@@ -171,7 +171,7 @@ def _component_planes(frame: np.ndarray, planes: np.ndarray, ya: int, yb: int, s
 def _each_component(work: Callable[[int], None], components: int, parallel: bool) -> None:
     """`work` for each component, the components shared between two threads when `parallel`."""
     if parallel and components > 1:
-        list(_threads().map(work, range(components)))
+        dwt.shared(_threads(), work, [(c,) for c in range(components)])
     else:
         for c in range(components):
             work(c)
@@ -214,7 +214,7 @@ def _encode_blocks(coder: BlockCoder, coeffs: np.ndarray, rows: np.ndarray, bits
 
     if not parallel or len(rows) < 2:
         return run(slice(None))
-    parts = list(_threads().map(run, _parts(sizes)))  # the kernels' time follows the coefficient count
+    parts = dwt.shared(_threads(), run, [(part,) for part in _parts(sizes)])  # time follows the coefficient count
     starts = np.cumsum([0] + [part[1][-1] for part in parts])
     out = np.concatenate([part[0] for part in parts])
     offsets = np.concatenate([part[1][:-1] + start for part, start in zip(parts, starts)] + [starts[-1:]])
@@ -442,7 +442,8 @@ def _decode_blocks(coder: BlockCoder, coeffs: np.ndarray, blocks: np.ndarray, se
     if not parallel or len(blocks) < 2:
         return coder.decode_blocks(coeffs, blocks, segments, data)
     parts = [blocks[part] for part in _parts(blocks[:, 3] * blocks[:, 4])]
-    statuses = list(_threads().map(lambda part: coder.decode_blocks(coeffs, part, segments, data), parts))
+    statuses = dwt.shared(_threads(), lambda part: coder.decode_blocks(coeffs, part, segments, data),
+                          [(part,) for part in parts])
     return next((s for s in statuses if s), 0)
 
 

@@ -202,19 +202,6 @@ def _deposit_bits(v: int, mask: int) -> int:
     return out
 
 
-@intrinsic
-def _pdep_instruction(typingctx, v, mask):  # noqa: ARG001
-    """The low bits of `v` deposited into the set bits of `mask`, lowest first, in one PDEP (BMI2)."""
-    sig = types.int64(types.int64, types.int64)
-
-    def codegen(context, builder, signature, args):  # noqa: ARG001
-        i64 = ir.IntType(64)
-        fn = builder.module.declare_intrinsic("llvm.x86.bmi.pdep.64", fnty=ir.FunctionType(i64, [i64, i64]))
-        return builder.call(fn, args)
-
-    return sig, codegen
-
-
 def _extract_bits(v: int, mask: int) -> int:
     """The bits of `v` under the set bits of `mask`, lowest first, packed into the low bits (PEXT without
     BMI2)."""
@@ -229,22 +216,26 @@ def _extract_bits(v: int, mask: int) -> int:
     return out
 
 
-@intrinsic
-def _pext_instruction(typingctx, v, mask):  # noqa: ARG001
-    """The bits of `v` under the set bits of `mask` packed together, lowest first, in one PEXT (BMI2)."""
-    sig = types.int64(types.int64, types.int64)
+def _bmi2_instruction(name: str):
+    """An intrinsic ``(v, mask) -> int64`` compiled to the BMI2 instruction `name` ("pdep" or "pext")."""
 
-    def codegen(context, builder, signature, args):  # noqa: ARG001
-        i64 = ir.IntType(64)
-        fn = builder.module.declare_intrinsic("llvm.x86.bmi.pext.64", fnty=ir.FunctionType(i64, [i64, i64]))
-        return builder.call(fn, args)
+    @intrinsic
+    def instruction(typingctx, v, mask):  # noqa: ARG001
+        sig = types.int64(types.int64, types.int64)
 
-    return sig, codegen
+        def codegen(context, builder, signature, args):  # noqa: ARG001
+            i64 = ir.IntType(64)
+            fn = builder.module.declare_intrinsic(f"llvm.x86.bmi.{name}.64", fnty=ir.FunctionType(i64, [i64, i64]))
+            return builder.call(fn, args)
+
+        return sig, codegen
+
+    return instruction
 
 
 # PDEP and PEXT: the instructions where the generated code may use BMI2, else the loops.
-_pdep = _pdep_instruction if _BMI2 else njit(cache=True, nogil=True, inline="always")(_deposit_bits)
-_pext = _pext_instruction if _BMI2 else njit(cache=True, nogil=True, inline="always")(_extract_bits)
+_pdep = _bmi2_instruction("pdep") if _BMI2 else njit(cache=True, nogil=True, inline="always")(_deposit_bits)
+_pext = _bmi2_instruction("pext") if _BMI2 else njit(cache=True, nogil=True, inline="always")(_extract_bits)
 
 
 @intrinsic

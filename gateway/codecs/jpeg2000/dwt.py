@@ -304,6 +304,14 @@ def _emit(line: np.ndarray, out: np.ndarray, k: int, w: int, final: bool, finish
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _undone(value: int, above: int, below: int, low: bool) -> np.int32:
+    """One vertical lifting step undone on `value` with its neighbours: the update (`low`) or the prediction."""
+    if low:
+        return np.int32(value - ((np.int64(above) + below + 2) >> 2))
+    return np.int32(value + ((np.int64(above) + below) >> 1))
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _lifted_row(line: np.ndarray, above: np.ndarray, below: np.ndarray, out: np.ndarray, k: int, w: int,
                 final: bool, finish: tuple, low: bool) -> bool:
     """Row `k` of `out` undoing one vertical lifting step on ``line`` with its neighbours ``above`` and
@@ -316,22 +324,18 @@ def _lifted_row(line: np.ndarray, above: np.ndarray, below: np.ndarray, out: np.
     if final:
         shift, lowest_kept, highest_kept, lowest, highest = finish
         for x in range(w):
+            v = _undone(line[_u(x)], above[_u(x)], below[_u(x)], low)
             if low:
-                v = np.int32(line[_u(x)] - ((np.int64(above[_u(x)]) + below[_u(x)] + 2) >> 2))
                 line[_u(x)] = v
-            else:
-                v = np.int32(line[_u(x)] + ((np.int64(above[_u(x)]) + below[_u(x)]) >> 1))
             s = np.int32(v + shift)
             s = lowest_kept if s < lowest_kept else (highest_kept if s > highest_kept else s)
             bad |= (s < lowest) | (s > highest)
             row[_u(x)] = s
     else:
         for x in range(w):
+            v = _undone(line[_u(x)], above[_u(x)], below[_u(x)], low)
             if low:
-                v = np.int32(line[_u(x)] - ((np.int64(above[_u(x)]) + below[_u(x)] + 2) >> 2))
                 line[_u(x)] = v
-            else:
-                v = np.int32(line[_u(x)] + ((np.int64(above[_u(x)]) + below[_u(x)]) >> 1))
             row[_u(x)] = v
     return bad
 

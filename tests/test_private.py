@@ -269,6 +269,27 @@ def test_few_colours_use_indexed_colour(alloc: int) -> None:
     assert (offset, maxv, count) == (0, len(np.unique(frame.reshape(-1, 3), axis=0)) - 1, 0)
 
 
+@pytest.mark.parametrize("rare", [0, 3, 500, 5000])
+def test_colour_table_holds_colours_a_sample_of_pixels_misses(rare: int) -> None:
+    """The colour table lists every colour of the frame once, in its documented order, and the
+    index plane rebuilds the frame, also when a few colours occur only at pixels between those
+    that a sample of the frame sees; more colours than the table holds give no table."""
+    rng = np.random.default_rng(rare)
+    frame = rng.integers(0, 10, (300, 400, 3), dtype=np.uint16) * 7
+    spots = rng.choice(frame.shape[0] * frame.shape[1], rare, replace=False)
+    frame.reshape(-1, 3)[spots] = rng.integers(1000, 60000, (rare, 3))
+    indexed = tf.colour_palette(frame, 4096)
+    colours = {tuple(c) for c in frame.reshape(-1, 3).tolist()}
+    if len(colours) > 4096:
+        assert indexed is None
+        return
+    plane, (r, g, b) = indexed
+    table = list(zip(r.tolist(), g.tolist(), b.tolist()))
+    assert sorted(table) == sorted(colours)
+    assert table == sorted(colours, key=lambda c: (c[0] + 2 * c[1] + c[2], c[0], c[1], c[2]))
+    assert np.array_equal(np.stack([r, g, b], axis=-1)[plane], frame)
+
+
 def test_indexed_colour_table_is_checked() -> None:
     info = _info(30, 30, samples=3, alloc=8, stored=8)
     table = np.random.default_rng(5).integers(0, 255, (20, 3), endpoint=True)
@@ -1102,7 +1123,7 @@ def test_large_frames_are_striped_and_threads_agree(monkeypatch: pytest.MonkeyPa
     info = _info(1024, 1536, stored=12)
     frame = _smooth(np.random.default_rng(6), info)
     data = private.encode(frame, info, version=2)
-    assert _stripe_rows(data, 1) == 342  # 3 MiB: three stripes, ceil(1024 / 3) rows each
+    assert _stripe_rows(data, 1) == 256  # 3 MiB: one stripe per 512 KiB, at most four, 1024 / 4 rows each
     monkeypatch.setattr(private, "STRIPE_THREADS", 1)
     assert private.encode(frame, info, version=2) == data
     assert np.array_equal(private.decode(data, info), frame)

@@ -110,10 +110,15 @@ def colour_palette(frame: np.ndarray, max_colours: int) -> tuple[np.ndarray, lis
     """
     flat = frame.reshape(-1, 3).astype(np.int64)
     keys = (flat[:, 0] << 34) | (flat[:, 1] << 17) | flat[:, 2]
-    probe = keys[:: max(1, keys.size // 20000)]
-    if np.unique(probe).size > max_colours:
-        return None
-    colours, index = np.unique(keys, return_inverse=True)
+    # The colours of a sample of the pixels, completed by those of the pixels not found among
+    # them, index the frame by a binary search: several times faster than sorting the frame.
+    colours = np.unique(keys[:: max(1, keys.size // 20000)])
+    while colours.size <= max_colours:
+        index = np.minimum(np.searchsorted(colours, keys), colours.size - 1)
+        missing = colours[index] != keys
+        if not missing.any():
+            break
+        colours = np.union1d(colours, keys[missing])
     if colours.size > max_colours:
         return None
     r, g, b = colours >> 34, (colours >> 17) & 0x1FFFF, colours & 0x1FFFF

@@ -113,9 +113,10 @@ RECENT_FRAMES = 2
 MAX_COLOURS = 4096
 # Use a palette when at most this fraction of the values between minimum and maximum occur.
 PALETTE_DENSITY = 0.75
-# Version 2 stripes: a frame of at least STRIPE_BYTES is cut into up to ENCODER_STRIPES
-# horizontal stripes coded independently (one per STRIPE_BYTES), so that threads share it.
-STRIPE_BYTES = 1 << 20
+# Version 2 stripes: a frame of at least 2 x STRIPE_BYTES (1 MiB) is cut into up to
+# ENCODER_STRIPES horizontal stripes coded independently (one per STRIPE_BYTES), so that
+# two or more threads share it.
+STRIPE_BYTES = 1 << 19
 ENCODER_STRIPES = 4
 # Version 2 context model the encoder uses (see _private_planes2), written in the top byte of
 # the stripe rows field (streams written before models existed have 0 there).

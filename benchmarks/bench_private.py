@@ -2,9 +2,10 @@
 
 One run over the whole corpus: ratio and single-thread encode/decode MB/s per
 corpus folder and overall, every round trip verified (see harness.py).  Our
-codec runs as version 2 (context model 2, what version 2 writes), version 2
-with context model 1 (the model before, to weigh model 2 against it) and
-version 1 (the default), all on one thread (version 2's stripes coded one
+codec runs as version 2 (context model 2, and model 3 for indexed colour
+where it codes smaller: what version 2 writes), version 2 without model 3,
+version 2 with context model 1 (the model before, to weigh model 2 against
+it) and version 1 (the default), all on one thread (version 2's stripes coded one
 after the other); ``gwl v2, 2 threads`` is version 2 with its stripes coded
 in parallel (frames of 1 MiB and more).  The
 peers run through imagecodecs with one thread: JPEG-XL lossless at effort 3
@@ -16,6 +17,10 @@ Multi-frame images are coded by our codec as DICOM stores them, frame by frame
 in order, each frame allowed to reference the one before it in the same image.
 
     python benchmarks/bench_private.py [--folders CT MR] [--only gwl jpegls] [--repeat N]
+
+``--images FILE_OR_FOLDER ...`` runs on image files instead of the corpus
+(lossless formats: PNG, TIFF, ...; 8- or 16-bit grey or RGB), for images of
+kinds the corpus lacks, such as screen captures.
 """
 
 from __future__ import annotations
@@ -27,12 +32,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.harness import Entry, Item, arguments, load_corpus, run  # noqa: E402
+from benchmarks.harness import Entry, Item, arguments, load_corpus, load_images, run  # noqa: E402
 from gateway.codecs import private  # noqa: E402
 from gateway.codecs.base import FrameInfo  # noqa: E402
 
 
-def _ours(items: list[Item], name: str, version: int, threads: int, model: int = private.MODEL) -> Entry:
+def _ours(items: list[Item], name: str, version: int, threads: int, model: int = private.MODEL,
+          indexed: tuple = private.INDEXED_MODELS) -> Entry:
     """Our codec; each frame after the first of an image may reference its predecessor."""
     previous: dict[int, np.ndarray] = {}
     for item in items:
@@ -42,6 +48,7 @@ def _ours(items: list[Item], name: str, version: int, threads: int, model: int =
     def encode(frame: np.ndarray, info: FrameInfo) -> bytes:
         private.STRIPE_THREADS = threads
         private.MODEL = model
+        private.INDEXED_MODELS = indexed
         return private.encode(frame, info, previous.get(id(frame)), version=version)
 
     def decode(data: bytes, info: FrameInfo) -> np.ndarray:
@@ -94,10 +101,10 @@ def _peers() -> list[Entry]:
 
 def main() -> None:
     args = arguments(__doc__.splitlines()[0])
-    items = load_corpus(folders=args.folders)
+    items = load_images(args.images) if args.images else load_corpus(folders=args.folders)
     threads = private.STRIPE_THREADS
-    entries = [_ours(items, "gwl v2 (ours)", 2, 1), _ours(items, "gwl v2 model 1", 2, 1, model=1),
-               _ours(items, "gwl v1 (ours)", 1, 1)]
+    entries = [_ours(items, "gwl v2 (ours)", 2, 1), _ours(items, "gwl v2 without model 3", 2, 1, indexed=(None,)),
+               _ours(items, "gwl v2 model 1", 2, 1, model=1, indexed=(None,)), _ours(items, "gwl v1 (ours)", 1, 1)]
     if threads > 1:
         entries.append(_ours(items, f"gwl v2, {threads} threads", 2, threads))
     entries += _peers()

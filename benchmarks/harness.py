@@ -90,6 +90,36 @@ def load_corpus(root: Path | None = None, folders: Sequence[str] = ()) -> list[I
     return items
 
 
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".ppm", ".pgm", ".webp")
+
+
+def load_images(paths: Sequence[str]) -> list[Item]:
+    """Images outside the corpus, from image files (lossless formats; folders are searched):
+    8- or 16-bit grey or RGB (an alpha channel is dropped), one frame each, in a folder named
+    by the file's parent folder."""
+    import imagecodecs
+
+    files = []
+    for path in map(Path, paths):
+        files += sorted(f for f in path.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
+    items = []
+    for file in files:
+        array = np.asarray(imagecodecs.imread(file))
+        if array.ndim == 3 and array.shape[2] in (2, 4):
+            array = array[..., :-1]
+        if array.ndim == 3 and array.shape[2] == 1:
+            array = array[..., 0]
+        if array.dtype not in (np.uint8, np.uint16) or array.ndim not in (2, 3) or array.ndim == 3 and array.shape[2] != 3:
+            continue
+        array = np.ascontiguousarray(array)
+        samples = 3 if array.ndim == 3 else 1
+        bits = 8 * array.dtype.itemsize
+        info = FrameInfo(rows=array.shape[0], columns=array.shape[1], samples_per_pixel=samples, bits_allocated=bits,
+                         bits_stored=bits, photometric_interpretation="RGB" if samples == 3 else "MONOCHROME2")
+        items.append(Item(str(file), file.parent.name, info, [array]))
+    return items
+
+
 def _best_time(function, repeat: int):
     best, result = float("inf"), None
     for _ in range(repeat):
@@ -216,4 +246,6 @@ def arguments(description: str) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=1, help="time each operation N times, keep the best")
     parser.add_argument("--noverify", action="store_true", help="skip the round-trip check")
     parser.add_argument("--only", nargs="*", default=(), help="entry names to run (default: all)")
+    parser.add_argument("--images", nargs="*", default=(),
+                        help="image files or folders to use instead of the corpus (PNG, TIFF, ...)")
     return parser.parse_args()

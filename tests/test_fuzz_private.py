@@ -69,7 +69,20 @@ def _streams(version: int) -> list[tuple[FrameInfo, np.ndarray, bytes]]:
         data = private.encode(frame, info, version=2)
         assert data[10] == 4
         out.append((info, frame, data))
+        out.append(_screen_stream())
     return out
+
+
+def _screen_stream() -> tuple[FrameInfo, np.ndarray, bytes]:
+    """A screen capture: indexed colour whose index plane context model 3 codes."""
+    from tests.test_private import _model_byte, _screen
+
+    info = FrameInfo(rows=40, columns=48, samples_per_pixel=3, bits_allocated=8, bits_stored=8,
+                     photometric_interpretation="RGB")
+    frame = _screen(info, 0)
+    data = private.encode(frame, info, version=2)
+    assert data[10] == 3 and _model_byte(data, info) == private.INDEX_MODEL
+    return info, frame, data
 
 
 def _striped_streams() -> list[tuple[FrameInfo, np.ndarray, bytes]]:
@@ -85,6 +98,7 @@ def _striped_streams() -> list[tuple[FrameInfo, np.ndarray, bytes]]:
                                          * info.samples_per_pixel)[0] & 0xFFFFFF
             assert data[5] == private.MODE_CODED and stripes < info.rows
             out.append((info, frame, data))
+        out.append(_screen_stream())
         return out
     finally:
         private.STRIPE_BYTES = old

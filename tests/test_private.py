@@ -315,6 +315,70 @@ def _quantised_colour(info: FrameInfo, seed: int) -> np.ndarray:
     return np.stack([(c * 255 + 15) // 31 for c in (r5, g5, b5)], axis=-1).astype(info.dtype)
 
 
+def _screen(info: FrameInfo, seed: int) -> np.ndarray:
+    """A screen capture: flat panels of a few colours and lines of text, whose glyphs (drawn from a
+    small set, as letters are) have an anti-aliased edge colour between ink and background."""
+    rng = np.random.default_rng(seed)
+    high = info.value_range[1]
+    colours = rng.integers(0, high, (6, 3), endpoint=True)
+    frame = np.empty((info.rows, info.columns, 3), np.int64)
+    frame[:] = colours[0]
+    for _ in range(6):
+        y, x = rng.integers(0, info.rows - 8), rng.integers(0, info.columns - 8)
+        frame[y:y + rng.integers(8, 60), x:x + rng.integers(8, 90)] = colours[rng.integers(1, 6)]
+    glyphs = rng.random((24, 9, 7)) < 0.35
+    ink = colours[1]
+    for top in range(4, info.rows - 12, 14):
+        for left in range(3, info.columns - 9, 8):
+            if rng.random() < 0.15:
+                continue  # a space
+            glyph = glyphs[rng.integers(0, 24)]
+            cell = frame[top:top + 9, left:left + 7]
+            edge = np.zeros_like(glyph)
+            edge[:, 1:] |= glyph[:, :-1]
+            cell[edge & ~glyph] = (cell[edge & ~glyph] + ink) // 2
+            cell[glyph] = ink
+    return frame.astype(info.dtype)
+
+
+@pytest.mark.parametrize("alloc", [8, 16])
+def test_screen_captures_use_the_index_model(monkeypatch: pytest.MonkeyPatch, alloc: int) -> None:
+    """Version 2 codes a screen capture's colour indices as which neighbour's colour each pixel
+    repeats (context model 3), much smaller than as values; the specification's decoder agrees, in
+    one stripe and in several."""
+    info = _info(120, 160, samples=3, alloc=alloc, stored=alloc)
+    frame = _screen(info, alloc // 8 - 1)
+    data = private.encode(frame, info, version=2)
+    assert data[10] == tf.COLOUR_PALETTE and _model_byte(data, info) == private.INDEX_MODEL
+    assert np.array_equal(private.decode(data, info), frame)
+    assert np.array_equal(_spec_decode(data, info), frame)
+    index, table = tf.colour_palette(frame, private.MAX_COLOURS)
+    bodies = [private._coded_body([index.copy()] + [c[np.newaxis].copy() for c in table], info, 2, tables=3,
+                                  model=model) for model in (private.MODEL, private.INDEX_MODEL)]
+    assert len(bodies[1]) < 0.8 * len(bodies[0])  # the indices matched, against blended as values
+    monkeypatch.setattr(private, "STRIPE_BYTES", info.frame_bytes // 6)
+    striped = private.encode(frame, info, version=2)
+    assert _stripe_rows(striped, 4) == 30 and _model_byte(striped, info) == private.INDEX_MODEL  # four stripes
+    assert np.array_equal(private.decode(striped, info), frame)
+    assert np.array_equal(_spec_decode(striped, info), frame)
+
+
+def test_index_model_is_for_indexed_colour_only() -> None:
+    """A stream naming context model 3 without indexed colour is corrupt, not misread."""
+    info = _info(24, 30, samples=3, alloc=8, stored=8)
+    frame = _smooth(np.random.default_rng(8), info)
+    data = bytearray(private.encode(frame, info, version=2))
+    assert data[10] != tf.COLOUR_PALETTE and _model_byte(bytes(data), info) == private.MODEL
+    data[28 + 12 * 3 + 3] = private.INDEX_MODEL
+    with pytest.raises(CorruptCodestreamError, match="indexed colour"):
+        private.decode(bytes(data), info)
+
+
+def _model_byte(data: bytes, info: FrameInfo) -> int:
+    planes = {3: 4, 4: 6}.get(data[10], info.samples_per_pixel)
+    return data[28 + 12 * planes + 3]
+
+
 def test_sparse_channels_use_channel_ranks() -> None:
     """Version 2 codes colour quantised per channel as ranks (transform 4) and decodes it."""
     info = _info(30, 40, samples=3, alloc=8, stored=8)
@@ -890,6 +954,44 @@ def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int, version: int 
     return v
 
 
+def _spec_index_plane(dec: _SpecDecoder, rows: int, cols: int, top: int) -> list[list[int]]:
+    """Decode an index plane of context model 3 (section 9.7)."""
+    contexts = [[32768, 32768, 0] for _ in range(640)]
+    table = [1 + (32 >> min(t, 6)) for t in range(38)]
+    table.append(sum(table))
+    recent = list(range(top + 1))
+    v = [[0] * cols for _ in range(rows)]
+    for y in range(rows):
+        answer = 0
+        for x in range(cols):
+            if y > 0:
+                n = v[y - 1][x]
+                w = v[y][x - 1] if x > 0 else n
+                nw = v[y - 1][x - 1] if x > 0 else n
+                ne = v[y - 1][x + 1] if x + 1 < cols else n
+            else:
+                w = v[0][x - 1] if x > 0 else 0
+                n = nw = ne = w
+            pattern = (w == n) + 2 * (w == nw) + 4 * (n == ne) + 8 * (n == nw) + 16 * (w == ne)
+            base = (5 * pattern + answer) * 4
+            answer, asked = 4, []
+            for j, candidate in enumerate((w, n, ne, nw)):
+                if candidate in asked:
+                    continue
+                asked.append(candidate)
+                if dec.bit(contexts[base + j]):
+                    answer, value = j, candidate
+                    break
+            if answer == 4:
+                rank, nraw = _spec_token_base(dec.token(table))
+                rank += dec.chunks(nraw)
+                assert rank <= top
+                value = recent.pop(rank)
+                recent.insert(0, value)
+            v[y][x] = value
+    return v
+
+
 def _spec_decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = None) -> np.ndarray:
     """Decode a coded-mode stream following docs/private-codec.md step by step."""
     assert data[:4] == b"GWL1" and data[4] in (1, 2) and data[5] == 1
@@ -902,7 +1004,7 @@ def _spec_decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = No
     if version == 2:
         field = struct.unpack_from("<I", data, start)[0]
         stripe_rows, model = field & 0xFFFFFF, field >> 24
-        assert model in (0, 1, 2)
+        assert model in (0, 1, 2) or (model == 3 and transform == 3)
         stripes = -(-info.rows // stripe_rows)
         lengths = struct.unpack_from(f"<{stripes + 1}I", data, start + 4)
         start += 4 * (stripes + 2)
@@ -941,14 +1043,16 @@ def _spec_decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = No
         elif top == 0:
             coded_planes[i] = [[0] * cols for _ in range(rows)]
         else:
-            coded_planes[i] = _spec_plane(dec, rows, cols, top, version, model=model)
+            coded_planes[i] = _spec_plane(dec, rows, cols, top, version, model=min(model, 2))
     if version == 2:
         for j, stripe in enumerate(segments[1:]):
             first, last = j * stripe_rows, min(info.rows, (j + 1) * stripe_rows)
             guide = [[0] * info.columns for _ in range(last - first)]  # |TE| of plane 0 (section 9.6)
             for i in range(images):
                 top = descriptors[i][2] - 1 if descriptors[i][2] else descriptors[i][1]
-                if top > 0:
+                if top > 0 and model == 3:  # the index plane (section 9.7)
+                    coded_planes[i] += _spec_index_plane(stripe, last - first, info.columns, top)
+                elif top > 0:
                     coded_planes[i] += _spec_plane(stripe, last - first, info.columns, top, 2,
                                                    guide=guide if i > 0 else None, keep=guide if i == 0 else None,
                                                    model=model)
@@ -1027,7 +1131,7 @@ def test_specification_decoder_agrees(info: FrameInfo, kind: str, version: int) 
     assert np.array_equal(_spec_decode(data, info, reference), frame)
 
 
-@pytest.mark.parametrize("archive", ["gwl_v1", "gwl_v2_model0", "gwl_v2_model1", "gwl_v2_model2"])
+@pytest.mark.parametrize("archive", ["gwl_v1", "gwl_v2_model0", "gwl_v2_model1", "gwl_v2_model2", "gwl_v2_model3"])
 def test_specification_decoder_reads_golden_streams(archive: str) -> None:
     """The archived streams decode with the plain decoder too (pixels read by pydicom)."""
     from tests.test_private_golden import ARCHIVES, _frames

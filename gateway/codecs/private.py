@@ -48,12 +48,14 @@ version 1's (with table weights); a residual is a binary zero flag, then one
 token of an adaptive multi-symbol alphabet (38 symbols, frequency tables per
 coding class), raw low bits and the sign only when both signs are possible;
 colour planes 1 and 2 take plane 0's error at the same pixel into their
-coding class.  The coding class follows one of three context models named in
+coding class.  The coding class follows one of the context models named in
 the stream: model 0 (the activity class), model 1 (coarse classes from the
 neighbours' errors, refined by the local gradient and the signal level once a
-refined class has learnt enough) or model 2 (written now: model 1's coarse and
+refined class has learnt enough), model 2 (written now: model 1's coarse and
 refined classes mixed, the sign's context split by where the prediction lies
-between two integers).
+between two integers) or model 3 (written for indexed colour where it codes
+smaller: model 2, but the index plane is coded as which neighbour's colour a
+pixel repeats, else the index's rank in a move-to-front list).
 
 Decoding checks every header field against the expected :class:`FrameInfo`
 and named limits before allocating, bounds the coder's reads, requires the
@@ -71,6 +73,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from gateway.codecs import _private_index as _index
 from gateway.codecs import _private_planes as _planes
 from gateway.codecs import _private_planes2 as _planes2
 from gateway.codecs import _private_predict as _predict
@@ -122,6 +125,13 @@ ENCODER_STRIPES = 4
 # the stripe rows field (streams written before models existed have 0 there).
 MODEL = 2
 MODEL_SHIFT = 24
+# Context models a frame may name: the plane models, and model 3, which is model 2 but for the
+# index plane of an indexed colour frame (colour transform 3), coded by the index model.
+INDEX_MODEL = 3
+MODELS = _planes2.MODELS + (INDEX_MODEL,)
+# Version 2 context models the encoder tries for indexed colour (None: MODEL): the colour
+# table's indices blended as values, and matched to the neighbours' (model 3).
+INDEXED_MODELS = (None, INDEX_MODEL)
 # Most stripes a decoder accepts (checked before reading the segment table).
 MAX_STRIPES = 256
 # Threads that code the stripes of one frame.
@@ -233,9 +243,11 @@ def encode(frame: np.ndarray, info: FrameInfo, reference: np.ndarray | None = No
         indexed = _tf.colour_palette(frame, MAX_COLOURS)
         if indexed is not None:
             index, table = indexed
-            alternative = _coded_body([index] + [c[np.newaxis] for c in table], info, version, tables=3)
-            if len(alternative) < len(body):
-                body, transform = alternative, _tf.COLOUR_PALETTE
+            indexed_planes = [index] + [c[np.newaxis] for c in table]
+            for model in INDEXED_MODELS if version >= 2 else (None,):
+                alternative = _coded_body([p.copy() for p in indexed_planes], info, version, tables=3, model=model)
+                if len(alternative) < len(body):
+                    body, transform = alternative, _tf.COLOUR_PALETTE
         ranked = _tf.channel_ranks(frame, PALETTE_DENSITY) if version >= 2 else None
         if ranked is not None:
             # Channels quantised apart (sparse values each): decorrelate their ranks.
@@ -249,12 +261,13 @@ def encode(frame: np.ndarray, info: FrameInfo, reference: np.ndarray | None = No
 
 
 def _coded_body(planes: list[np.ndarray], info: FrameInfo, version: int, tables: int,
-                maps: "list[tuple[int, int, np.ndarray | None]]" = ()) -> bytes:
+                maps: "list[tuple[int, int, np.ndarray | None]]" = (), model: int | None = None) -> bytes:
     """Plane descriptors and the coded segment(s) of int32 planes (modified in place).
 
     The last `tables` planes are the one-row colour table of indexed colour;
     `maps` are the channel maps of colour transform 4 (version 2), described
-    after the planes and coding only their bitmaps.
+    after the planes and coding only their bitmaps.  Version 2 codes with
+    context `model` (None: :data:`MODEL`).
     """
     descriptors, coded, maxvs, bitmaps = [], [], [], []
     for plane in planes:
@@ -285,7 +298,7 @@ def _coded_body(planes: list[np.ndarray], info: FrameInfo, version: int, tables:
     if version == 1:
         payload = _code_planes(coded, maxvs, bitmaps, info.frame_bytes // 2 + 1024)
     else:
-        payload = _code_segments(coded, maxvs, bitmaps, len(coded) - tables, info)
+        payload = _code_segments(coded, maxvs, bitmaps, len(coded) - tables, info, MODEL if model is None else model)
     return b"".join(descriptors) + payload
 
 
@@ -324,9 +337,9 @@ def _guides(planes: list[np.ndarray], guided: bool) -> tuple[list[np.ndarray], l
 
 
 def _encode_segment(bitmaps: list, planes: list[np.ndarray], maxvs: list[int], capacity: int,
-                    guided: bool, model: int) -> bytes:
+                    guided: bool, model: int, indexed: bool = False) -> bytes:
     """One version 2 segment: the bitmaps, then each plane with a non-zero maximum (empty when
-    that is nothing)."""
+    that is nothing); with `indexed`, the first plane is an index plane coded by the index model."""
     if not _has_decisions(bitmaps, maxvs):
         return b""
     st = _rc.enc_start()
@@ -336,17 +349,30 @@ def _encode_segment(bitmaps: list, planes: list[np.ndarray], maxvs: list[int], c
             ctx = _rc.new_contexts(_planes.CTX_BITMAP)
             st, buf = _planes.encode_bitmap(st, buf, used, ctx)
     keeps, guides = _guides(planes, guided)
-    for plane, maxv, keep, guide in zip(planes, maxvs, keeps, guides):
-        if maxv > 0:
+    for i, (plane, maxv, keep, guide) in enumerate(zip(planes, maxvs, keeps, guides)):
+        if maxv > 0 and indexed and i == 0:
+            st, buf = _index.encode_index(st, buf, plane, maxv, *_index_state(maxv))
+        elif maxv > 0:
             te, err, bm = _predict.new_state(plane.shape[1])
             st, buf = _planes2.encode_plane(st, buf, plane, maxv, *_model_state(model), te, err, bm, guide, keep,
-                                            model)
+                                            _plane_model(model))
     buf, size = _rc.enc_finish(st, buf)
     return buf[:size].tobytes()
 
 
+def _plane_model(model: int) -> int:
+    """The context model of the planes that are not index planes: model 3 codes them as model 2."""
+    return 2 if model == INDEX_MODEL else model
+
+
+def _index_state(maxv: int) -> tuple[np.ndarray, ...]:
+    """Fresh binary contexts, token table and move-to-front list of an index plane (model 3)."""
+    return (_rc.new_contexts(_index.N_CONTEXTS), _sym.new_tables(_index.N_TABLES)) + _index.new_order(maxv)
+
+
 def _model_state(model: int) -> tuple[np.ndarray, np.ndarray]:
     """Fresh token tables and binary contexts of one plane coded with context `model`."""
+    model = _plane_model(model)
     coarse = _planes2.N_COARSE if model else 0
     return (_sym.new_tables(_planes2.N_TABLES[model], coarse, _planes2.CLASS_GROUP[model]),
             _rc.new_contexts(_planes2.N_BINARY[model]))
@@ -357,15 +383,14 @@ def _has_decisions(bitmaps: list, maxvs: list[int]) -> bool:
 
 
 def _code_segments(planes: list[np.ndarray], maxvs: list[int], bitmaps: list, images: int,
-                   info: FrameInfo) -> bytes:
+                   info: FrameInfo, model: int) -> bytes:
     """Version 2 payload: stripe rows, segment lengths, the side segment, one segment per stripe."""
     stripe_rows = _stripe_rows(info)
     starts = range(0, info.rows, stripe_rows)
     capacity = info.frame_bytes // (2 * len(starts)) + 1024
-    model = MODEL
     jobs = [(bitmaps, planes[images:], maxvs[images:], 1024, False, model)]
-    jobs += [([], [p[y:y + stripe_rows] for p in planes[:images]], maxvs[:images], capacity, True, model)
-             for y in starts]
+    jobs += [([], [p[y:y + stripe_rows] for p in planes[:images]], maxvs[:images], capacity, True, model,
+              model == INDEX_MODEL) for y in starts]
     segments = _map(lambda job: _encode_segment(*job), jobs)
     table = _U32.pack(stripe_rows | model << MODEL_SHIFT) + b"".join(_U32.pack(len(s)) for s in segments)
     return table + b"".join(segments)
@@ -590,7 +615,7 @@ def _segment_table(data: bytes, start: int, rows: int) -> tuple[int, int, list[t
         raise _corrupt("stream ends before the stripe table")
     (field,) = _U32.unpack_from(data, start)
     stripe_rows, model = field & (1 << MODEL_SHIFT) - 1, field >> MODEL_SHIFT
-    if model not in _planes2.MODELS:
+    if model not in MODELS:
         raise _corrupt(f"unknown context model {model}")
     if not 1 <= stripe_rows <= rows or -(-rows // stripe_rows) > MAX_STRIPES:
         raise _corrupt(f"{stripe_rows} rows per stripe for {rows} rows is out of limits")
@@ -611,8 +636,9 @@ def _segment_table(data: bytes, start: int, rows: int) -> tuple[int, int, list[t
 
 
 def _decode_segment(data: np.ndarray, bitmaps: list[np.ndarray], planes: list[np.ndarray],
-                    maxvs: list[int], guided: bool, model: int) -> bool:
-    """Decode one version 2 segment into `bitmaps` and `planes`; False when it is corrupt."""
+                    maxvs: list[int], guided: bool, model: int, indexed: bool = False) -> bool:
+    """Decode one version 2 segment into `bitmaps` and `planes` (with `indexed`, the first plane is
+    an index plane of model 3); False when it is corrupt."""
     if not _has_decisions(bitmaps, maxvs):
         return len(data) == 0
     if len(data) < 5 or data[0] != 0:
@@ -621,11 +647,15 @@ def _decode_segment(data: np.ndarray, bitmaps: list[np.ndarray], planes: list[np
     for used in bitmaps:
         st, _ = _planes.decode_bitmap(st, data, used, _rc.new_contexts(_planes.CTX_BITMAP))
     keeps, guides = _guides(planes, guided)
-    for plane, maxv, keep, guide in zip(planes, maxvs, keeps, guides):
-        if maxv > 0:
+    for i, (plane, maxv, keep, guide) in enumerate(zip(planes, maxvs, keeps, guides)):
+        if maxv > 0 and indexed and i == 0:
+            st, status = _index.decode_index(st, data, plane, maxv, *_index_state(maxv))
+            if status != _index.STATUS_OK:
+                return False
+        elif maxv > 0:
             te, err, bm = _predict.new_state(plane.shape[1])
             st, status = _planes2.decode_plane(st, data, plane, maxv, *_model_state(model), te, err, bm, guide, keep,
-                                               model)
+                                               _plane_model(model))
             if status != _planes2.STATUS_OK:
                 return False
         if st[2] > len(data):
@@ -646,10 +676,14 @@ def _decode_segments(data: bytes, descriptors: list[tuple[int, int, int]], shape
     images = len(planes) - tables
     if maps:
         maxvs[images:] = [0] * tables
+    indexed = model == INDEX_MODEL
+    if indexed and (tables != 3 or maps):
+        raise _corrupt(f"context model {INDEX_MODEL} codes indexed colour frames only")
     (a, b), stripes = segments[0], segments[1:]
     jobs = [(buf[a:b], [u for u in bitmaps if u is not None], planes[images:], maxvs[images:], False, model)]
     for (a, b), y in zip(stripes, range(0, info.rows, stripe_rows)):
-        jobs.append((buf[a:b], [], [p[y:y + stripe_rows] for p in planes[:images]], maxvs[:images], True, model))
+        jobs.append((buf[a:b], [], [p[y:y + stripe_rows] for p in planes[:images]], maxvs[:images], True, model,
+                     indexed))
     if not all(_map(lambda job: _decode_segment(*job), jobs)):
         raise _corrupt("a coded segment is corrupt (a residual out of range, or not ending at its end)")
     values = []

@@ -1,0 +1,149 @@
+"""The index plane of an indexed colour frame in context model 3 of version 2 (numba kernels).
+
+Screen captures, reports and diagrams stored as secondary captures are mostly
+flat areas and sharp edges: a pixel's colour is nearly always the colour of
+one of its neighbours.  The blend of :mod:`._private_planes2` predicts a value
+between its neighbours' values, which for colour table indices is no colour
+in particular.  This model instead asks, neighbour by neighbour, whether the
+pixel has that neighbour's index:
+
+* the candidates are W, N, NE and NW (section 5.1's neighbours), each asked
+  once (a candidate equal to an earlier one is skipped), in one adaptive
+  binary context per candidate, per pattern of equalities among the four
+  neighbours and per answer of the pixel before in the row;
+* when none matches (an *escape*), the index is coded as its rank in a
+  move-to-front list of the indices (most recently escaped first), as a token
+  and raw chunks (:mod:`._private_symbols`).
+
+docs/private-codec.md (section 9.9) specifies it exactly.  Encoding and
+decoding run one loop, as the other plane kernels do.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from gateway.codecs._private_rangecoder import dec_bit, enc_bit, grow
+from gateway.codecs._private_symbols import (
+    dec_chunks,
+    dec_token,
+    enc_chunks,
+    enc_token,
+    token_base,
+    token_of,
+)
+
+CANDIDATES = 4  # W, N, NE, NW
+ESCAPE = CANDIDATES  # the answer of a pixel matching none of them
+PATTERNS = 32  # equalities W = N, W = NW, N = NE, N = NW, W = NE
+N_CONTEXTS = PATTERNS * (ESCAPE + 1) * CANDIDATES
+N_TABLES = 1  # the token table of escaped ranks
+
+STATUS_OK = 0
+STATUS_RANGE = 1
+
+
+def new_order(maxv: int) -> tuple[np.ndarray, np.ndarray]:
+    """The move-to-front list of indices 0..maxv, in order, and each index's place in it."""
+    order = np.arange(maxv + 1, dtype=np.int32)
+    return order, order.copy()
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _pattern(w, n, nw, ne):
+    return (np.int64(w == n) | (np.int64(w == nw) << 1) | (np.int64(n == ne) << 2) | (np.int64(n == nw) << 3)
+            | (np.int64(w == ne) << 4))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _code_index(encoding, est, buf, dst, data, plane, maxv, bins, tables, order, place):
+    rows, cols = plane.shape
+    for y in range(rows):
+        if encoding:
+            buf = grow(buf, est[4] + est[3] + 16 + cols * 12)
+        answer = 0
+        for x in range(cols):
+            if y > 0:
+                n = np.int64(plane[y - 1, x])
+                if x > 0:
+                    w = np.int64(plane[y, x - 1])
+                    nw = np.int64(plane[y - 1, x - 1])
+                else:
+                    w = n
+                    nw = n
+                ne = np.int64(plane[y - 1, x + 1]) if x + 1 < cols else n
+            else:
+                w = np.int64(plane[y, x - 1]) if x > 0 else np.int64(0)
+                n = w
+                nw = w
+                ne = w
+            context = (_pattern(w, n, nw, ne) * (ESCAPE + 1) + answer) * CANDIDATES
+            value = np.int64(plane[y, x]) if encoding else np.int64(-1)
+            answer = ESCAPE
+            for j in range(CANDIDATES):
+                if j == 0:
+                    candidate = w
+                elif j == 1:
+                    candidate = n
+                    if n == w:
+                        continue
+                elif j == 2:
+                    candidate = ne
+                    if ne == w or ne == n:
+                        continue
+                else:
+                    candidate = nw
+                    if nw == w or nw == n or nw == ne:
+                        continue
+                if encoding:
+                    hit = np.int64(value == candidate)
+                    est = enc_bit(est, buf, bins, context + j, hit)
+                else:
+                    dst, hit = dec_bit(dst, data, bins, context + j)
+                if hit:
+                    answer = j
+                    value = candidate
+                    break
+            if answer == ESCAPE:
+                if encoding:
+                    rank = np.int64(place[value])
+                    token, nraw = token_of(rank)
+                    est = enc_token(est, buf, tables, 0, token)
+                    if nraw > 0:
+                        est = enc_chunks(est, buf, rank, nraw)
+                else:
+                    dst, token = dec_token(dst, data, tables, 0)
+                    rank, nraw = token_base(token)
+                    if nraw > 0:
+                        dst, low_bits = dec_chunks(dst, data, nraw)
+                        rank += low_bits
+                    if rank > maxv:
+                        return est, buf, dst, STATUS_RANGE
+                    value = np.int64(order[rank])
+                for i in range(rank, 0, -1):
+                    moved = order[i - 1]
+                    order[i] = moved
+                    place[moved] = i
+                order[0] = value
+                place[value] = 0
+            if not encoding:
+                plane[y, x] = value
+    return est, buf, dst, STATUS_OK
+
+
+@njit(cache=True, nogil=True)
+def encode_index(st, buf, plane, maxv, bins, tables, order, place):
+    """Code the index plane `plane` (values 0..maxv); returns the coder state and buffer."""
+    none = (np.int64(0), np.int64(0), np.int64(0))
+    st, buf, _, _ = _code_index(True, st, buf, none, np.empty(0, np.uint8), plane, maxv, bins, tables, order, place)
+    return st, buf
+
+
+@njit(cache=True, nogil=True)
+def decode_index(st, data, plane, maxv, bins, tables, order, place):
+    """Decode an index plane coded by :func:`encode_index`; returns (state, status)."""
+    none = (np.int64(0), np.int64(0), np.int64(0), np.int64(0), np.int64(0))
+    _, _, st, status = _code_index(False, none, np.empty(0, np.uint8), st, data, plane, maxv, bins, tables, order,
+                                   place)
+    return st, status

@@ -956,10 +956,11 @@ def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int, version: int 
 
 def _spec_index_plane(dec: _SpecDecoder, rows: int, cols: int, top: int) -> list[list[int]]:
     """Decode an index plane of context model 3 (section 9.7)."""
-    contexts = [[32768, 32768, 0] for _ in range(640)]
+    contexts = [[32768, 32768, 0] for _ in range(960)]
     table = [1 + (32 >> min(t, 6)) for t in range(38)]
     table.append(sum(table))
     recent = list(range(top + 1))
+    memory: list[int | None] = [None] * (64 * (top + 1))  # the escape memory, empty
     v = [[0] * cols for _ in range(rows)]
     for y in range(rows):
         answer = 0
@@ -973,21 +974,23 @@ def _spec_index_plane(dec: _SpecDecoder, rows: int, cols: int, top: int) -> list
                 w = v[0][x - 1] if x > 0 else 0
                 n = nw = ne = w
             pattern = (w == n) + 2 * (w == nw) + 4 * (n == ne) + 8 * (n == nw) + 16 * (w == ne)
-            base = (5 * pattern + answer) * 4
-            answer, asked = 4, []
-            for j, candidate in enumerate((w, n, ne, nw)):
-                if candidate in asked:
+            base = (6 * pattern + answer) * 5
+            slot = (131 * w + n) % len(memory)
+            answer, asked = 5, []
+            for j, candidate in enumerate((w, n, ne, nw, memory[slot])):
+                if candidate is None or candidate in asked:
                     continue
                 asked.append(candidate)
                 if dec.bit(contexts[base + j]):
                     answer, value = j, candidate
                     break
-            if answer == 4:
+            if answer == 5:
                 rank, nraw = _spec_token_base(dec.token(table))
                 rank += dec.chunks(nraw)
                 assert rank <= top
                 value = recent.pop(rank)
                 recent.insert(0, value)
+                memory[slot] = value
             v[y][x] = value
     return v
 

@@ -7,7 +7,9 @@ between its neighbours' values, which for colour table indices is no colour
 in particular.  This model instead asks, neighbour by neighbour, whether the
 pixel has that neighbour's index:
 
-* the candidates are W, N, NE and NW (section 5.1's neighbours), each asked
+* the candidates are W, N, NE and NW (section 5.1's neighbours) and the
+  index that last escaped after the same W and N (hashed: anti-aliased
+  edges of text repeat the same steps from background to ink), each asked
   once (a candidate equal to an earlier one is skipped), in one adaptive
   binary context per candidate, per pattern of equalities among the four
   neighbours and per answer of the pixel before in the row;
@@ -34,20 +36,23 @@ from gateway.codecs._private_symbols import (
     token_of,
 )
 
-CANDIDATES = 4  # W, N, NE, NW
+CANDIDATES = 5  # W, N, NE, NW, the index that last escaped after the same W and N
 ESCAPE = CANDIDATES  # the answer of a pixel matching none of them
 PATTERNS = 32  # equalities W = N, W = NW, N = NE, N = NW, W = NE
 N_CONTEXTS = PATTERNS * (ESCAPE + 1) * CANDIDATES
+TRANSITIONS = 64  # entries of the escape memory per colour table entry
+TRANSITION_STEP = 131  # the memory's slot of W and N: (W * TRANSITION_STEP + N) mod its size
 N_TABLES = 1  # the token table of escaped ranks
 
 STATUS_OK = 0
 STATUS_RANGE = 1
 
 
-def new_order(maxv: int) -> tuple[np.ndarray, np.ndarray]:
-    """The move-to-front list of indices 0..maxv, in order, and each index's place in it."""
+def new_order(maxv: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The move-to-front list of indices 0..maxv, in order, each index's place in it, and the
+    empty escape memory."""
     order = np.arange(maxv + 1, dtype=np.int32)
-    return order, order.copy()
+    return order, order.copy(), np.full(TRANSITIONS * (maxv + 1), -1, np.int32)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -57,7 +62,7 @@ def _pattern(w, n, nw, ne):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _code_index(encoding, est, buf, dst, data, plane, maxv, bins, tables, order, place):
+def _code_index(encoding, est, buf, dst, data, plane, maxv, bins, tables, order, place, memory):
     rows, cols = plane.shape
     for y in range(rows):
         if encoding:
@@ -79,6 +84,8 @@ def _code_index(encoding, est, buf, dst, data, plane, maxv, bins, tables, order,
                 nw = w
                 ne = w
             context = (_pattern(w, n, nw, ne) * (ESCAPE + 1) + answer) * CANDIDATES
+            slot = (w * TRANSITION_STEP + n) % memory.shape[0]
+            learnt = np.int64(memory[slot])
             value = np.int64(plane[y, x]) if encoding else np.int64(-1)
             answer = ESCAPE
             for j in range(CANDIDATES):
@@ -92,9 +99,13 @@ def _code_index(encoding, est, buf, dst, data, plane, maxv, bins, tables, order,
                     candidate = ne
                     if ne == w or ne == n:
                         continue
-                else:
+                elif j == 3:
                     candidate = nw
                     if nw == w or nw == n or nw == ne:
+                        continue
+                else:
+                    candidate = learnt
+                    if learnt < 0 or learnt == w or learnt == n or learnt == ne or learnt == nw:
                         continue
                 if encoding:
                     hit = np.int64(value == candidate)
@@ -127,23 +138,25 @@ def _code_index(encoding, est, buf, dst, data, plane, maxv, bins, tables, order,
                     place[moved] = i
                 order[0] = value
                 place[value] = 0
+                memory[slot] = value
             if not encoding:
                 plane[y, x] = value
     return est, buf, dst, STATUS_OK
 
 
 @njit(cache=True, nogil=True)
-def encode_index(st, buf, plane, maxv, bins, tables, order, place):
+def encode_index(st, buf, plane, maxv, bins, tables, order, place, memory):
     """Code the index plane `plane` (values 0..maxv); returns the coder state and buffer."""
     none = (np.int64(0), np.int64(0), np.int64(0))
-    st, buf, _, _ = _code_index(True, st, buf, none, np.empty(0, np.uint8), plane, maxv, bins, tables, order, place)
+    st, buf, _, _ = _code_index(True, st, buf, none, np.empty(0, np.uint8), plane, maxv, bins, tables, order, place,
+                                memory)
     return st, buf
 
 
 @njit(cache=True, nogil=True)
-def decode_index(st, data, plane, maxv, bins, tables, order, place):
+def decode_index(st, data, plane, maxv, bins, tables, order, place, memory):
     """Decode an index plane coded by :func:`encode_index`; returns (state, status)."""
     none = (np.int64(0), np.int64(0), np.int64(0), np.int64(0), np.int64(0))
     _, _, st, status = _code_index(False, none, np.empty(0, np.uint8), st, data, plane, maxv, bins, tables, order,
-                                   place)
+                                   place, memory)
     return st, status

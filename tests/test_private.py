@@ -363,6 +363,27 @@ def test_screen_captures_use_the_index_model(monkeypatch: pytest.MonkeyPatch, al
     assert np.array_equal(_spec_decode(striped, info), frame)
 
 
+def test_index_model_takes_more_colours() -> None:
+    """A screen capture of more than 4096 colours (a panel of 4500 colours, each row shown twice) is
+    indexed for context model 3, which allows 65536; the same table under model 2 is a corrupt
+    stream."""
+    info = _info(120, 200, samples=3, alloc=16, stored=16)
+    frame = _screen(info, 1)
+    panel = np.random.default_rng(5).integers(0, 65536, (25, 180, 3))
+    frame[50:100, 10:190] = np.repeat(panel, 2, axis=0)
+    colours = len(np.unique(frame.reshape(-1, 3), axis=0))
+    assert private.MAX_COLOURS < colours <= private.MAX_MATCHED_COLOURS
+    data = bytearray(private.encode(frame, info, version=2))
+    assert data[10] == tf.COLOUR_PALETTE and _model_byte(bytes(data), info) == private.INDEX_MODEL
+    assert struct.unpack_from("<I", data, private._HEADER.size + 4)[0] == colours - 1
+    assert np.array_equal(private.decode(bytes(data), info), frame)
+    assert np.array_equal(_spec_decode(bytes(data), info), frame)
+    data[28 + 12 * 4 + 3] = private.MODEL
+    with pytest.raises(CorruptCodestreamError, match="colour index plane"):
+        private.decode(bytes(data), info)
+    assert private.encode(frame, info, version=1)[10] != tf.COLOUR_PALETTE  # version 1 keeps 4096
+
+
 def test_index_model_is_for_indexed_colour_only() -> None:
     """A stream naming context model 3 without indexed colour is corrupt, not misread."""
     info = _info(24, 30, samples=3, alloc=8, stored=8)
@@ -959,8 +980,8 @@ def _spec_index_plane(dec: _SpecDecoder, rows: int, cols: int, top: int) -> list
     contexts = [[32768, 32768, 0] for _ in range(960)]
     table = [1 + (32 >> min(t, 6)) for t in range(38)]
     table.append(sum(table))
-    recent = list(range(top + 1))
-    memory: list[int | None] = [None] * (64 * (top + 1))  # the escape memory, empty
+    recent: list[int] = []  # the recent escapes, at most 64
+    memory: list[int | None] = [None] * min(64 * (top + 1), 1 << 18)  # the escape memory, empty
     v = [[0] * cols for _ in range(rows)]
     for y in range(rows):
         answer = 0
@@ -985,11 +1006,11 @@ def _spec_index_plane(dec: _SpecDecoder, rows: int, cols: int, top: int) -> list
                     answer, value = j, candidate
                     break
             if answer == 5:
-                rank, nraw = _spec_token_base(dec.token(table))
-                rank += dec.chunks(nraw)
-                assert rank <= top
-                value = recent.pop(rank)
-                recent.insert(0, value)
+                k, nraw = _spec_token_base(dec.token(table))
+                k += dec.chunks(nraw)
+                value = recent.pop(k) if k < len(recent) else k - len(recent)
+                assert value <= top
+                recent = [value] + recent[:64 - 1] if len(recent) == 64 else [value] + recent
                 memory[slot] = value
             v[y][x] = value
     return v

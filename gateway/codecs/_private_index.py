@@ -13,9 +13,12 @@ pixel has that neighbour's index:
   once (a candidate equal to an earlier one is skipped), in one adaptive
   binary context per candidate, per pattern of equalities among the four
   neighbours and per answer of the pixel before in the row;
-* when none matches (an *escape*), the index is coded as its rank in a
-  move-to-front list of the indices (most recently escaped first), as a token
-  and raw chunks (:mod:`._private_symbols`).
+* when none matches (an *escape*), the index is coded, as a token and raw
+  chunks (:mod:`._private_symbols`), as its place in a list of the
+  :data:`RECENT` indices escaped last (most recent first), or when it is not
+  there as its value after the list's places.  The list is bounded, so that
+  an escape costs at most :data:`RECENT` steps whatever the colour table's
+  size.
 
 docs/private-codec.md (section 9.9) specifies it exactly.  Encoding and
 decoding run one loop, as the other plane kernels do.
@@ -40,19 +43,19 @@ CANDIDATES = 5  # W, N, NE, NW, the index that last escaped after the same W and
 ESCAPE = CANDIDATES  # the answer of a pixel matching none of them
 PATTERNS = 32  # equalities W = N, W = NW, N = NE, N = NW, W = NE
 N_CONTEXTS = PATTERNS * (ESCAPE + 1) * CANDIDATES
-TRANSITIONS = 64  # entries of the escape memory per colour table entry
+TRANSITIONS = 64  # entries of the escape memory per colour table entry, up to MEMORY_LIMIT
+MEMORY_LIMIT = 1 << 18
 TRANSITION_STEP = 131  # the memory's slot of W and N: (W * TRANSITION_STEP + N) mod its size
+RECENT = 64  # indices the list of recent escapes holds
 N_TABLES = 1  # the token table of escaped ranks
 
 STATUS_OK = 0
 STATUS_RANGE = 1
 
 
-def new_order(maxv: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The move-to-front list of indices 0..maxv, in order, each index's place in it, and the
-    empty escape memory."""
-    order = np.arange(maxv + 1, dtype=np.int32)
-    return order, order.copy(), np.full(TRANSITIONS * (maxv + 1), -1, np.int32)
+def new_state(maxv: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (empty) list of recent escapes and the empty escape memory of a plane of indices 0..maxv."""
+    return np.empty(RECENT, np.int32), np.full(min(TRANSITIONS * (maxv + 1), MEMORY_LIMIT), -1, np.int32)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -62,8 +65,9 @@ def _pattern(w, n, nw, ne):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _code_index(encoding, est, buf, dst, data, plane, maxv, bins, tables, order, place, memory):
+def _code_index(encoding, est, buf, dst, data, plane, maxv, bins, tables, recent, memory):
     rows, cols = plane.shape
+    filled = 0  # entries of `recent` in use
     for y in range(rows):
         if encoding:
             buf = grow(buf, est[4] + est[3] + 16 + cols * 12)
@@ -118,26 +122,35 @@ def _code_index(encoding, est, buf, dst, data, plane, maxv, bins, tables, order,
                     break
             if answer == ESCAPE:
                 if encoding:
-                    rank = np.int64(place[value])
-                    token, nraw = token_of(rank)
+                    place = filled
+                    for i in range(filled):
+                        if recent[i] == value:
+                            place = i
+                            break
+                    code = place if place < filled else filled + value
+                    token, nraw = token_of(code)
                     est = enc_token(est, buf, tables, 0, token)
                     if nraw > 0:
-                        est = enc_chunks(est, buf, rank, nraw)
+                        est = enc_chunks(est, buf, code, nraw)
                 else:
                     dst, token = dec_token(dst, data, tables, 0)
-                    rank, nraw = token_base(token)
+                    code, nraw = token_base(token)
                     if nraw > 0:
                         dst, low_bits = dec_chunks(dst, data, nraw)
-                        rank += low_bits
-                    if rank > maxv:
-                        return est, buf, dst, STATUS_RANGE
-                    value = np.int64(order[rank])
-                for i in range(rank, 0, -1):
-                    moved = order[i - 1]
-                    order[i] = moved
-                    place[moved] = i
-                order[0] = value
-                place[value] = 0
+                        code += low_bits
+                    if code < filled:
+                        place = code
+                        value = np.int64(recent[place])
+                    else:
+                        place = filled
+                        value = code - filled
+                        if value > maxv:
+                            return est, buf, dst, STATUS_RANGE
+                if place == filled and filled < RECENT:
+                    filled += 1
+                for i in range(min(place, RECENT - 1), 0, -1):
+                    recent[i] = recent[i - 1]
+                recent[0] = value
                 memory[slot] = value
             if not encoding:
                 plane[y, x] = value
@@ -145,18 +158,17 @@ def _code_index(encoding, est, buf, dst, data, plane, maxv, bins, tables, order,
 
 
 @njit(cache=True, nogil=True)
-def encode_index(st, buf, plane, maxv, bins, tables, order, place, memory):
+def encode_index(st, buf, plane, maxv, bins, tables, recent, memory):
     """Code the index plane `plane` (values 0..maxv); returns the coder state and buffer."""
     none = (np.int64(0), np.int64(0), np.int64(0))
-    st, buf, _, _ = _code_index(True, st, buf, none, np.empty(0, np.uint8), plane, maxv, bins, tables, order, place,
-                                memory)
+    st, buf, _, _ = _code_index(True, st, buf, none, np.empty(0, np.uint8), plane, maxv, bins, tables, recent, memory)
     return st, buf
 
 
 @njit(cache=True, nogil=True)
-def decode_index(st, data, plane, maxv, bins, tables, order, place, memory):
+def decode_index(st, data, plane, maxv, bins, tables, recent, memory):
     """Decode an index plane coded by :func:`encode_index`; returns (state, status)."""
     none = (np.int64(0), np.int64(0), np.int64(0), np.int64(0), np.int64(0))
-    _, _, st, status = _code_index(False, none, np.empty(0, np.uint8), st, data, plane, maxv, bins, tables, order,
-                                   place, memory)
+    _, _, st, status = _code_index(False, none, np.empty(0, np.uint8), st, data, plane, maxv, bins, tables, recent,
+                                   memory)
     return st, status

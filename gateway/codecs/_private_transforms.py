@@ -24,6 +24,8 @@ numba loop.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from numba import njit
 
@@ -101,6 +103,12 @@ def choose_colour(frame: np.ndarray, max_rows: int = 96) -> int:
     return int(np.argmin(costs))
 
 
+# Pixels of a frame, or of those whose colours are not yet known, that each round of
+# :func:`colour_palette` samples; after PALETTE_ROUNDS rounds it takes them all.
+PALETTE_SAMPLE = 20000
+PALETTE_ROUNDS = 8
+
+
 def colour_palette(frame: np.ndarray, max_colours: int) -> tuple[np.ndarray, list[np.ndarray]] | None:
     """Indexed form of a (rows, cols, 3) frame with few colours, else None.
 
@@ -110,17 +118,19 @@ def colour_palette(frame: np.ndarray, max_colours: int) -> tuple[np.ndarray, lis
     """
     flat = frame.reshape(-1, 3).astype(np.int64)
     keys = (flat[:, 0] << 34) | (flat[:, 1] << 17) | flat[:, 2]
-    # The colours of a sample of the pixels, completed by those of the pixels not found among
-    # them, index the frame by a binary search: several times faster than sorting the frame.
-    colours = np.unique(keys[:: max(1, keys.size // 20000)])
-    while colours.size <= max_colours:
+    # The colours of a sample of the pixels, completed by those of samples of the pixels not
+    # found among them, index the frame by a binary search: several times faster than sorting
+    # the frame, and a frame of too many colours (a photograph) is told in a few rounds.
+    colours = np.unique(keys[:: max(1, keys.size // PALETTE_SAMPLE)])
+    for round_ in itertools.count():
+        if colours.size > max_colours:
+            return None
         index = np.minimum(np.searchsorted(colours, keys), colours.size - 1)
-        missing = colours[index] != keys
-        if not missing.any():
+        missed = keys[colours[index] != keys]
+        if missed.size == 0:
             break
-        colours = np.union1d(colours, keys[missing])
-    if colours.size > max_colours:
-        return None
+        step = max(1, missed.size // PALETTE_SAMPLE) if round_ < PALETTE_ROUNDS else 1
+        colours = np.union1d(colours, missed[::step])
     r, g, b = colours >> 34, (colours >> 17) & 0x1FFFF, colours & 0x1FFFF
     order = np.lexsort((b, g, r, r + 2 * g + b))
     rank = np.empty_like(order)

@@ -55,7 +55,7 @@ refined class has learnt enough), model 2 (written now: model 1's coarse and
 refined classes mixed, the sign's context split by where the prediction lies
 between two integers) or model 3 (written for indexed colour where it codes
 smaller: model 2, but the index plane is coded as which neighbour's colour a
-pixel repeats, else the index's rank in a move-to-front list).
+pixel repeats, else the index among recent escapes or by value).
 
 Decoding checks every header field against the expected :class:`FrameInfo`
 and named limits before allocating, bounds the coder's reads, requires the
@@ -112,8 +112,10 @@ MAX_OFFSET = 1 << 18
 INTER_GAIN = 0.9
 # Decoded frames remembered per thread as references for the next frame.
 RECENT_FRAMES = 2
-# Largest colour table of an indexed colour frame (colour transform 3).
+# Largest colour table of an indexed colour frame (colour transform 3); version 2 with context
+# model 3, whose index plane's cost does not grow with the table's size, allows more.
 MAX_COLOURS = 4096
+MAX_MATCHED_COLOURS = 1 << 16
 # Use a palette when at most this fraction of the values between minimum and maximum occur.
 PALETTE_DENSITY = 0.75
 # Version 2 stripes: a frame of at least 2 x STRIPE_BYTES (1 MiB) is cut into up to
@@ -240,11 +242,15 @@ def encode(frame: np.ndarray, info: FrameInfo, reference: np.ndarray | None = No
     body = _coded_body(list(planes), info, version, tables=0)
     del planes
     if reference_crc is None and info.samples_per_pixel == 3:
-        indexed = _tf.colour_palette(frame, MAX_COLOURS)
+        matched = version >= 2 and INDEX_MODEL in INDEXED_MODELS
+        indexed = _tf.colour_palette(frame, MAX_MATCHED_COLOURS if matched else MAX_COLOURS)
         if indexed is not None:
             index, table = indexed
             indexed_planes = [index] + [c[np.newaxis] for c in table]
-            for model in INDEXED_MODELS if version >= 2 else (None,):
+            models = INDEXED_MODELS if version >= 2 else (None,)
+            if len(table[0]) > MAX_COLOURS:
+                models = (INDEX_MODEL,)
+            for model in models:
                 alternative = _coded_body([p.copy() for p in indexed_planes], info, version, tables=3, model=model)
                 if len(alternative) < len(body):
                     body, transform = alternative, _tf.COLOUR_PALETTE
@@ -366,8 +372,8 @@ def _plane_model(model: int) -> int:
 
 
 def _index_state(maxv: int) -> tuple[np.ndarray, ...]:
-    """Fresh binary contexts, token table and move-to-front list of an index plane (model 3)."""
-    return (_rc.new_contexts(_index.N_CONTEXTS), _sym.new_tables(_index.N_TABLES)) + _index.new_order(maxv)
+    """Fresh binary contexts, token table, recent escapes and escape memory of an index plane (model 3)."""
+    return (_rc.new_contexts(_index.N_CONTEXTS), _sym.new_tables(_index.N_TABLES)) + _index.new_state(maxv)
 
 
 def _model_state(model: int) -> tuple[np.ndarray, np.ndarray]:
@@ -532,7 +538,8 @@ def _decode_coded(data: bytes, info: FrameInfo, version: int, transform: int,
     if transform == _tf.COLOUR_PALETTE:
         descriptors = _descriptors(data, 4)
         offset, maxv, count = descriptors[0]
-        if offset != 0 or count != 0 or maxv >= min(MAX_COLOURS, info.rows * info.columns):
+        colours = MAX_MATCHED_COLOURS if version == 2 and _model_of(data, 4) == INDEX_MODEL else MAX_COLOURS
+        if offset != 0 or count != 0 or maxv >= min(colours, info.rows * info.columns):
             raise _corrupt(f"colour index plane (offset {offset}, max {maxv}, palette {count}) out of limits")
         shapes = [(info.rows, info.columns)] + [(1, maxv + 1)] * 3
     elif transform == _tf.COLOUR_RANKS:
@@ -607,6 +614,12 @@ def _decode_planes(data: bytes, descriptors: list[tuple[int, int, int]],
     if st[2] != len(buf) and not (st[2] == len(buf) - 1 and buf[-1] == 0):
         raise _corrupt(f"{len(buf) - st[2]} bytes follow the end of the coded segment")
     return values
+
+
+def _model_of(data: bytes, planes: int) -> int:
+    """The context model a version 2 stream of `planes` descriptors names (-1 if it is too short)."""
+    start = _HEADER.size + _PLANE.size * planes
+    return _U32.unpack_from(data, start)[0] >> MODEL_SHIFT if len(data) >= start + _U32.size else -1
 
 
 def _segment_table(data: bytes, start: int, rows: int) -> tuple[int, int, list[tuple[int, int]]]:

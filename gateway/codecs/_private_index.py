@@ -47,6 +47,7 @@ TRANSITIONS = 64  # entries of the escape memory per colour table entry, up to M
 MEMORY_LIMIT = 1 << 18
 TRANSITION_STEP = 131  # the memory's slot of W and N: (W * TRANSITION_STEP + N) mod its size
 RECENT = 64  # indices the list of recent escapes holds
+ROW_BYTES = 16  # bytes a pixel may code at most, reserved in the output before each row
 N_TABLES = 1  # the token table of escaped ranks
 
 STATUS_OK = 0
@@ -69,8 +70,8 @@ def _code_index(encoding, est, buf, dst, data, plane, maxv, bins, tables, recent
     rows, cols = plane.shape
     filled = 0  # entries of `recent` in use
     for y in range(rows):
-        if encoding:
-            buf = grow(buf, est[4] + est[3] + 16 + cols * 12)
+        if encoding:  # a pixel codes at most 5 decisions and a token (16 bits each) and 18 raw bits
+            buf = grow(buf, est[4] + est[3] + 16 + cols * ROW_BYTES)
         answer = 0
         for x in range(cols):
             if y > 0:

@@ -75,7 +75,8 @@ def _streams(version: int) -> list[tuple[FrameInfo, np.ndarray, bytes]]:
 
 def _screen_stream() -> tuple[FrameInfo, np.ndarray, bytes]:
     """A screen capture: indexed colour whose index plane context model 3 codes."""
-    from tests.test_private import _model_byte, _screen
+    from tests.test_private import _screen
+    from tests.test_private_golden import _model_byte
 
     info = FrameInfo(rows=40, columns=48, samples_per_pixel=3, bits_allocated=8, bits_stored=8,
                      photometric_interpretation="RGB")

@@ -21,6 +21,7 @@ from gateway.errors import CorruptCodestreamError, UnsupportedImageError
 from gateway.pipeline.pixels import frame_info, iter_frames
 from tests.corpus import corpus_params
 from tests.images import reference_params
+from tests.test_private_golden import _model_byte
 
 REPO = Path(__file__).resolve().parent.parent
 CODEC = private.CODEC
@@ -393,11 +394,6 @@ def test_index_model_is_for_indexed_colour_only() -> None:
     data[28 + 12 * 3 + 3] = private.INDEX_MODEL
     with pytest.raises(CorruptCodestreamError, match="indexed colour"):
         private.decode(bytes(data), info)
-
-
-def _model_byte(data: bytes, info: FrameInfo) -> int:
-    planes = {3: 4, 4: 6}.get(data[10], info.samples_per_pixel)
-    return data[28 + 12 * planes + 3]
 
 
 def test_sparse_channels_use_channel_ranks() -> None:
@@ -867,14 +863,7 @@ def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int, version: int 
 
     for y in range(rows):
         for x in range(cols):
-            if y > 0:
-                n = v[y - 1][x]
-                w = v[y][x - 1] if x > 0 else n
-                nw = v[y - 1][x - 1] if x > 0 else n
-                ne = v[y - 1][x + 1] if x + 1 < cols else n
-            else:
-                w = v[0][x - 1] if x > 0 else 0
-                n = nw = ne = w
+            w, n, nw, ne = _spec_neighbours(v, y, x, cols)
             te_w, te_n, te_nw, te_ne = at(te, y, x - 1), at(te, y - 1, x), at(te, y - 1, x - 1), at(te, y - 1, x + 1)
             s = [8 * (n + w - nw), 8 * n - (((te_w + te_n + te_ne) * 5) >> 4),
                  8 * w - (((te_w + te_n + te_nw) * 5) >> 4), 8 * (w + ne - n), 4 * (n + ne)]
@@ -975,6 +964,18 @@ def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int, version: int 
     return v
 
 
+def _spec_neighbours(v: list[list[int]], y: int, x: int, cols: int) -> tuple[int, int, int, int]:
+    """W, N, NW, NE of the sample at (y, x) with section 5.1's edge rules."""
+    if y > 0:
+        n = v[y - 1][x]
+        w = v[y][x - 1] if x > 0 else n
+        nw = v[y - 1][x - 1] if x > 0 else n
+        ne = v[y - 1][x + 1] if x + 1 < cols else n
+        return w, n, nw, ne
+    w = v[0][x - 1] if x > 0 else 0
+    return w, w, w, w
+
+
 def _spec_index_plane(dec: _SpecDecoder, rows: int, cols: int, top: int) -> list[list[int]]:
     """Decode an index plane of context model 3 (section 9.7)."""
     contexts = [[32768, 32768, 0] for _ in range(960)]
@@ -986,14 +987,7 @@ def _spec_index_plane(dec: _SpecDecoder, rows: int, cols: int, top: int) -> list
     for y in range(rows):
         answer = 0
         for x in range(cols):
-            if y > 0:
-                n = v[y - 1][x]
-                w = v[y][x - 1] if x > 0 else n
-                nw = v[y - 1][x - 1] if x > 0 else n
-                ne = v[y - 1][x + 1] if x + 1 < cols else n
-            else:
-                w = v[0][x - 1] if x > 0 else 0
-                n = nw = ne = w
+            w, n, nw, ne = _spec_neighbours(v, y, x, cols)
             pattern = (w == n) + 2 * (w == nw) + 4 * (n == ne) + 8 * (n == nw) + 16 * (w == ne)
             base = (6 * pattern + answer) * 5
             slot = (131 * w + n) % len(memory)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from gateway.codecs._private_predict import neighbours
 from gateway.codecs._private_rangecoder import dec_bit, enc_bit, grow
 from gateway.codecs._private_symbols import (
     dec_chunks,
@@ -74,20 +75,7 @@ def _code_index(encoding, est, buf, dst, data, plane, maxv, bins, tables, recent
             buf = grow(buf, est[4] + est[3] + 16 + cols * ROW_BYTES)
         answer = 0
         for x in range(cols):
-            if y > 0:
-                n = np.int64(plane[y - 1, x])
-                if x > 0:
-                    w = np.int64(plane[y, x - 1])
-                    nw = np.int64(plane[y - 1, x - 1])
-                else:
-                    w = n
-                    nw = n
-                ne = np.int64(plane[y - 1, x + 1]) if x + 1 < cols else n
-            else:
-                w = np.int64(plane[y, x - 1]) if x > 0 else np.int64(0)
-                n = w
-                nw = w
-                ne = w
+            w, n, nw, ne = neighbours(plane, y, x)
             context = (_pattern(w, n, nw, ne) * (ESCAPE + 1) + answer) * CANDIDATES
             slot = (w * TRANSITION_STEP + n) % memory.shape[0]
             learnt = np.int64(memory[slot])

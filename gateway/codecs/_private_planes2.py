@@ -53,6 +53,8 @@ from gateway.codecs._private_predict import (
     bit_length,
     blend_v2,
     correct,
+    errors,
+    neighbours,
     quantise_activity,
 )
 from gateway.codecs._private_rangecoder import _adapt as _adapt_bit
@@ -154,29 +156,8 @@ def _plane_coder(encoding: bool, model: int):
             if encoding:
                 buf = grow(buf, est[4] + est[3] + 16 + cols * 12)
             for x in range(cols):
-                if y > 0:
-                    n = np.int64(plane[y - 1, x])
-                    if x > 0:
-                        w = np.int64(plane[y, x - 1])
-                        nw = np.int64(plane[y - 1, x - 1])
-                    else:
-                        w = n
-                        nw = n
-                    ne = np.int64(plane[y - 1, x + 1]) if x + 1 < cols else n
-                else:
-                    w = np.int64(plane[y, x - 1]) if x > 0 else np.int64(0)
-                    n = w
-                    nw = w
-                    ne = w
-                te_w = np.int64(te[r, x])
-                te_n = np.int64(te[p, x + 1])
-                te_nw = np.int64(te[p, x])
-                te_ne = np.int64(te[p, x + 2])
-                e0 = np.int64(err[0, p, x + 1]) + err[0, r, x] + err[0, p, x] + err[0, p, x + 2]
-                e1 = np.int64(err[1, p, x + 1]) + err[1, r, x] + err[1, p, x] + err[1, p, x + 2]
-                e2 = np.int64(err[2, p, x + 1]) + err[2, r, x] + err[2, p, x] + err[2, p, x + 2]
-                e3 = np.int64(err[3, p, x + 1]) + err[3, r, x] + err[3, p, x] + err[3, p, x + 2]
-                e4 = np.int64(err[4, p, x + 1]) + err[4, r, x] + err[4, p, x] + err[4, p, x + 2]
+                w, n, nw, ne = neighbours(plane, y, x)
+                te_w, te_n, te_nw, te_ne, e0, e1, e2, e3, e4 = errors(te, err, r, p, x)
                 blend8, s0, s1, s2, s3, s4, activity, lo, hi = blend_v2(n, w, nw, ne, te_w, te_n, te_nw, te_ne,
                                                                        e0, e1, e2, e3, e4)
                 q = quantise_activity(activity)

@@ -60,6 +60,44 @@ def quantise_activity(a):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def neighbours(plane, y, x):
+    """W, N, NW and NE of sample (y, x) of `plane`, with the edge rules of section 5.1 of
+    docs/private-codec.md: in the first row N, NW and NE are W (0 for the first sample), in the
+    first column W and NW are N, past the last column NE is N."""
+    if y > 0:
+        n = np.int64(plane[y - 1, x])
+        if x > 0:
+            w = np.int64(plane[y, x - 1])
+            nw = np.int64(plane[y - 1, x - 1])
+        else:
+            w = n
+            nw = n
+        ne = np.int64(plane[y - 1, x + 1]) if x + 1 < plane.shape[1] else n
+    else:
+        w = np.int64(plane[y, x - 1]) if x > 0 else np.int64(0)
+        n = w
+        nw = w
+        ne = w
+    return w, n, nw, ne
+
+
+@njit(cache=True, nogil=True, inline="always")
+def errors(te, err, r, p, x):
+    """The blend's errors at W, N, NW and NE, and each sub-predictor's error summed over them,
+    from the ring buffers (row `r` the current one, `p` the one above)."""
+    te_w = np.int64(te[r, x])
+    te_n = np.int64(te[p, x + 1])
+    te_nw = np.int64(te[p, x])
+    te_ne = np.int64(te[p, x + 2])
+    e0 = np.int64(err[0, p, x + 1]) + err[0, r, x] + err[0, p, x] + err[0, p, x + 2]
+    e1 = np.int64(err[1, p, x + 1]) + err[1, r, x] + err[1, p, x] + err[1, p, x + 2]
+    e2 = np.int64(err[2, p, x + 1]) + err[2, r, x] + err[2, p, x] + err[2, p, x + 2]
+    e3 = np.int64(err[3, p, x + 1]) + err[3, r, x] + err[3, p, x] + err[3, p, x + 2]
+    e4 = np.int64(err[4, p, x + 1]) + err[4, r, x] + err[4, p, x] + err[4, p, x + 2]
+    return te_w, te_n, te_nw, te_ne, e0, e1, e2, e3, e4
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _floor_div(a, b):
     """Exactly ``a // b`` for 0 < b and |a| < 2**52, through one double division.
 
@@ -75,8 +113,8 @@ def _floor_div(a, b):
 def blend(n, w, nw, ne, te_w, te_n, te_nw, te_ne, e0, e1, e2, e3, e4):
     """Blend the sub-predictors; returns (blend8, s0, s1, s2, s3, s4, class, lo, hi).
 
-    Scalars only: the plane loops gather the neighbours and errors themselves
-    (an inline function taking arrays costs numba reference counting per call).
+    Scalars only: the plane loops gather the neighbours and errors with :func:`neighbours`
+    and :func:`errors`.
     """
     blend8, s0, s1, s2, s3, s4, activity, lo, hi = blend_activity(n, w, nw, ne, te_w, te_n, te_nw, te_ne,
                                                                  e0, e1, e2, e3, e4)

@@ -364,6 +364,53 @@ def test_screen_captures_use_the_index_model(monkeypatch: pytest.MonkeyPatch, al
     assert np.array_equal(_spec_decode(striped, info), frame)
 
 
+def _whole_codings(monkeypatch: pytest.MonkeyPatch, info: FrameInfo) -> list[int]:
+    """Record the context model (-1: not indexed colour) of every body coded from the whole frame."""
+    seen: list[int] = []
+    coded_body = private._coded_body
+
+    def counting(planes, body_info, version, tables, maps=(), model=None):
+        if body_info.rows == info.rows:
+            seen.append(-1 if tables != 3 else model if model is not None else private.MODEL)
+        return coded_body(planes, body_info, version, tables, maps, model)
+
+    monkeypatch.setattr(private, "_coded_body", counting)
+    return seen
+
+
+def test_colour_coding_is_chosen_on_a_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large colour frame tries its codings on bands of rows and codes only the best whole: the
+    same size as trying each one whole."""
+    info = _info(384, 512, samples=3, alloc=8, stored=8)
+    assert info.rows * info.columns >= private.SAMPLE_PIXELS
+    frame = _screen(info, 7)
+    with monkeypatch.context() as patch:
+        patch.setattr(private, "SAMPLE_PIXELS", 1 << 40)
+        every = _whole_codings(patch, info)
+        exhaustive = private.encode(frame, info, version=2)
+    # The colour transform, the indices with model 2 and with model 3, the channel ranks.
+    assert every == [-1, private.MODEL, private.INDEX_MODEL, -1]
+    whole = _whole_codings(monkeypatch, info)
+    data = private.encode(frame, info, version=2)
+    assert whole == [private.INDEX_MODEL]
+    assert data == exhaustive
+    assert np.array_equal(private.decode(data, info), frame)
+
+
+def test_a_sample_that_misses_the_content_codes_every_coding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Text only in the rows the sample skips: the sample's choice (colour values, which code its
+    blank bands to almost nothing) codes far above its estimate, so every coding is tried whole."""
+    info = _info(384, 512, samples=3, alloc=8, stored=8)
+    frame = _screen(info, 7)
+    sampled = private._sample_rows(info.rows)
+    frame[sampled] = frame[0, 0]
+    whole = _whole_codings(monkeypatch, info)
+    data = private.encode(frame, info, version=2)
+    assert len(whole) == 4 and sorted(whole) == sorted([-1, -1, private.MODEL, private.INDEX_MODEL])
+    assert data[10] == tf.COLOUR_PALETTE and _model_byte(data, info) == private.INDEX_MODEL
+    assert np.array_equal(private.decode(data, info), frame)
+
+
 def test_index_model_takes_more_colours() -> None:
     """A screen capture of more than 4096 colours (a panel of 4500 colours, each row shown twice) is
     indexed for context model 3, which allows 65536; the same table under model 2 is a corrupt

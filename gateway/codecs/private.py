@@ -65,6 +65,7 @@ any inconsistency raises :class:`CorruptCodestreamError`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import struct
 import threading
@@ -123,6 +124,17 @@ PALETTE_DENSITY = 0.75
 # two or more threads share it.
 STRIPE_BYTES = 1 << 19
 ENCODER_STRIPES = 4
+# Version 2 colour frames of at least SAMPLE_PIXELS pixels choose among their codings (colour
+# transform, indexed colour with context model 2 or 3, channel ranks) on a sample first:
+# SAMPLE_BANDS bands of rows spread over the frame, a SAMPLE_SHARE of its rows together.  Only
+# the codings whose sample is within SAMPLE_MARGIN of the smallest are coded whole.
+SAMPLE_PIXELS = 1 << 16
+SAMPLE_BANDS = 8
+SAMPLE_SHARE = 1 / 8
+SAMPLE_MARGIN = 0.03
+# When the coding chosen on the sample codes more than SAMPLE_TRUST times its estimate, the
+# sample did not show the frame: every coding is then coded whole.
+SAMPLE_TRUST = 1.25
 # Version 2 context model the encoder uses (see _private_planes2), written in the top byte of
 # the stripe rows field (streams written before models existed have 0 there).
 MODEL = 2
@@ -239,31 +251,81 @@ def encode(frame: np.ndarray, info: FrameInfo, reference: np.ndarray | None = No
             planes = difference
             reference_crc = _crc(reference)
         del difference
-    body = _coded_body(list(planes), info, version, tables=0)
-    del planes
     if reference_crc is None and info.samples_per_pixel == 3:
-        matched = version >= 2 and INDEX_MODEL in INDEXED_MODELS
-        indexed = _tf.colour_palette(frame, MAX_MATCHED_COLOURS if matched else MAX_COLOURS)
-        if indexed is not None:
-            index, table = indexed
-            indexed_planes = [index] + [c[np.newaxis] for c in table]
-            models = INDEXED_MODELS if version >= 2 else (None,)
-            if len(table[0]) > MAX_COLOURS:
-                models = (INDEX_MODEL,)
-            for model in models:
-                alternative = _coded_body([p.copy() for p in indexed_planes], info, version, tables=3, model=model)
-                if len(alternative) < len(body):
-                    body, transform = alternative, _tf.COLOUR_PALETTE
-        ranked = _tf.channel_ranks(frame, PALETTE_DENSITY) if version >= 2 else None
-        if ranked is not None:
-            # Channels quantised apart (sparse values each): decorrelate their ranks.
-            alternative = _coded_body(list(ranked[0]), info, version, tables=0, maps=ranked[1])
-            if len(alternative) < len(body):
-                body, transform = alternative, _tf.COLOUR_RANKS
+        body, transform = _colour_body(frame, info, version, planes, transform)
+    else:
+        body = _coded_body(list(planes), info, version, tables=0)
+    del planes
     if len(body) >= info.frame_bytes:
         raw = np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("<")).tobytes()
         return _header(info, MODE_STORED, _tf.COLOUR_NONE, crc, None, version) + raw
     return _header(info, MODE_CODED, transform, crc, reference_crc, version) + body
+
+
+def _colour_body(frame: np.ndarray, info: FrameInfo, version: int, planes: np.ndarray,
+                 transform: int) -> tuple[bytes, int]:
+    """The smallest coded body of a colour frame and its colour transform: the colour transform
+    `transform` (`planes`), indexed colour (context model 2 and, version 2, 3), channel ranks
+    (version 2).  Ties keep that order."""
+    # Each coding: (colour transform, planes, tables, channel maps, context model).
+    codings = [(transform, list(planes), 0, (), None)]
+    matched = version >= 2 and INDEX_MODEL in INDEXED_MODELS
+    indexed = _tf.colour_palette(frame, MAX_MATCHED_COLOURS if matched else MAX_COLOURS)
+    if indexed is not None:
+        index, table = indexed
+        models = INDEXED_MODELS if version >= 2 else (None,)
+        if len(table[0]) > MAX_COLOURS:
+            models = (INDEX_MODEL,)
+        codings += [(_tf.COLOUR_PALETTE, [index] + [c[np.newaxis] for c in table], 3, (), model)
+                    for model in models]
+    ranked = _tf.channel_ranks(frame, PALETTE_DENSITY) if version >= 2 else None
+    if ranked is not None:
+        # Channels quantised apart (sparse values each): decorrelate their ranks.
+        codings.append((_tf.COLOUR_RANKS, list(ranked[0]), 0, ranked[1], None))
+    estimates = None
+    if version >= 2 and len(codings) > 1 and info.rows * info.columns >= SAMPLE_PIXELS:
+        sample_rows = _sample_rows(info.rows)
+        sample_info = dataclasses.replace(info, rows=len(sample_rows))
+        estimates = []
+        for _, coding_planes, tables, maps, model in codings:
+            images = len(coding_planes) - tables
+            sampled = [p[sample_rows] for p in coding_planes[:images]] + [p.copy() for p in coding_planes[images:]]
+            body = _coded_body(sampled, sample_info, version, tables, maps, model)
+            side = _side_bytes(body, len(coding_planes) + len(maps))
+            estimates.append((len(body) - side) * info.rows / len(sample_rows) + side)
+    chosen = [i for i, estimate in enumerate(estimates or [])
+              if estimate <= min(estimates) * (1 + SAMPLE_MARGIN)] or range(len(codings))
+    best = _smallest_body(codings, chosen, info, version)
+    if estimates is not None and len(best[0]) > SAMPLE_TRUST * estimates[best[2]]:
+        # The sample missed what the frame holds: code every coding.
+        rest = [i for i in range(len(codings)) if i not in chosen]
+        best = min(best, _smallest_body(codings, rest, info, version), key=lambda b: (len(b[0]), b[2]))
+    return best[0], best[1]
+
+
+def _smallest_body(codings: list, chosen, info: FrameInfo, version: int) -> tuple[bytes, int, int]:
+    """(body, colour transform, place in `codings`) of the smallest of the `chosen` codings."""
+    best = (b"", 0, -1)
+    for i in chosen:
+        colour, coding_planes, tables, maps, model = codings[i]
+        if colour == _tf.COLOUR_PALETTE:  # the index plane serves two codings: each codes a copy
+            coding_planes = [p.copy() for p in coding_planes]
+        body = _coded_body(coding_planes, info, version, tables, maps, model)
+        if best[2] < 0 or len(body) < len(best[0]):
+            best = (body, colour, i)
+    return best
+
+
+def _side_bytes(body: bytes, descriptors: int) -> int:
+    """Bytes of a version 2 body's side segment (bitmaps and colour tables: not sampled)."""
+    return _U32.unpack_from(body, _PLANE.size * descriptors + _U32.size)[0]
+
+
+def _sample_rows(rows: int) -> np.ndarray:
+    """Row numbers of the encoder's sample of a frame: SAMPLE_BANDS bands spread evenly."""
+    height = max(1, int(rows * SAMPLE_SHARE) // SAMPLE_BANDS)
+    starts = np.linspace(0, rows - height, SAMPLE_BANDS).astype(np.int64)
+    return np.unique(np.concatenate([np.arange(a, a + height) for a in starts]))
 
 
 def _coded_body(planes: list[np.ndarray], info: FrameInfo, version: int, tables: int,

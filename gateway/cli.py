@@ -25,6 +25,7 @@ from pathlib import Path
 
 from pydicom.errors import InvalidDicomError
 
+from gateway.config import PRIVATE_VERSION
 from gateway.errors import ConfigError, GatewayError
 
 __all__ = ["main", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE"]
@@ -70,7 +71,8 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     print(f"  spool   {config.spool.directory}")
     overrides = ", ".join(f"{m}={u}" for m, u in config.compression.modality.items())
     print(f"  target  {config.compression.transfer_syntax}" + (f"; {overrides}" if overrides else "")
-          + f"; verify={'on' if config.compression.verify else 'off'}")
+          + f"; verify={'on' if config.compression.verify else 'off'}"
+          + f"; private syntax version {config.compression.private_version}")
     for d in config.destinations:
         where = {"dicom": f"{d.ae_title}@{d.host}:{d.port}" + (" over TLS" if d.tls else ""),
                  "dicomweb": d.url}.get(d.kind, str(d.path))
@@ -319,17 +321,19 @@ class _Result:
     line: str = ""
 
 
-def _compress_one(src: Path, dst: Path, target: str, verify: bool, native: bool) -> _Result:
+def _compress_one(src: Path, dst: Path, target: str, verify: bool, native: bool, private_version: int) -> _Result:
     """Recompress one file; never writes an output larger than `src` unless decoding to `native`."""
     from pydicom import dcmread
 
+    from gateway.config import private_options
     from gateway.pipeline import recompress
 
     if not _is_dicom(src):
         return _Result("skipped", "not a DICOM file")
     size_in = src.stat().st_size
     ds = dcmread(src)
-    outcome = recompress(ds, target, verify=verify, allow_larger=native)
+    outcome = recompress(ds, target, verify=verify, allow_larger=native,
+                         encode_options=private_options(private_version))
     dst.parent.mkdir(parents=True, exist_ok=True)
     if not outcome.recompressed:
         return _Result("passed", outcome.reason or "not recompressed", size_in, _write_private(dst, src))
@@ -362,7 +366,7 @@ def _cmd_compress_bulk(args: argparse.Namespace, target: str, src: Path, dst: Pa
         raise UsageError("--workers 0 runs in this process; it takes no --scheduler")
     options = BulkOptions(source=src, output=dst, target=target, verify=not args.no_verify, layout=args.layout,
                           native=target in NATIVE_SYNTAXES, scheduler=args.scheduler, workers=workers,
-                          in_flight=args.in_flight, sample=args.sample)
+                          in_flight=args.in_flight, sample=args.sample, private_version=args.private_version)
     if args.dry_run:
         for line in estimate(options).lines():
             print(line)
@@ -389,12 +393,21 @@ def _positive(text: str) -> int:
     raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
 
 
+def _check_private_version(version: int) -> None:
+    """:class:`UsageError` unless our private syntax's encoder writes `version`."""
+    from gateway.codecs.private import VERSIONS
+
+    if version not in VERSIONS:
+        raise UsageError(f"--private-version: must be {' or '.join(map(str, VERSIONS))}, got {version}")
+
+
 def _cmd_compress(args: argparse.Namespace) -> int:
     """A folder runs on every core through :mod:`gateway.bulk`; a single file here, in this process."""
     from gateway.dicom.uids import NATIVE_SYNTAXES
     from gateway.warmup import CompileWatch
 
     target = resolve_target(args.transfer_syntax)
+    _check_private_version(args.private_version)
     src, dst = Path(args.input), Path(args.output)
     if not src.exists():
         raise UsageError(f"{src} does not exist")
@@ -412,7 +425,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         dst = dst / src.name
     with CompileWatch(_announce_compiling) as watch:
         try:
-            result = _compress_one(src, dst, target, not args.no_verify, target in NATIVE_SYNTAXES)
+            result = _compress_one(src, dst, target, not args.no_verify, target in NATIVE_SYNTAXES,
+                                   args.private_version)
         except (GatewayError, InvalidDicomError, OSError) as exc:
             result = _Result("failed", f"{type(exc).__name__}: {exc}")
         except Exception as exc:  # noqa: BLE001 - a damaged file may raise anything from the parser
@@ -521,6 +535,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="target: UID, pydicom keyword or codec name of a registered codec "
                         "(see `dicom-gateway codecs`), or a native little endian syntax")
     p.add_argument("--no-verify", action="store_true", help="skip the decode-and-compare check")
+    p.add_argument("--private-version", type=int, default=PRIVATE_VERSION, metavar="N",
+                   help=f"version of our private syntax (gwl) written: {PRIVATE_VERSION} (the default), or 1 for "
+                        "readers that predate version 2 (as [compression] private_version)")
     p.add_argument("-v", "--verbose", action="store_true", help="one line per recompressed file of a folder too")
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="Dask scheduler, e.g. tcp://host:8786: run the folder on that cluster ('local': on a "

@@ -13,7 +13,8 @@ Layout (see ``config/*.toml`` for commented examples)::
                     max_connections_per_address
     [server.tls]    certificate, private_key, ca_certificates, require_client_certificate
     [spool]         directory, keep_done_hours, keep_record_days, keep_after_delivery, min_free_bytes
-    [compression]   transfer_syntax, verify, processes, [compression.modality] overrides
+    [compression]   transfer_syntax, verify, processes, private_version (1 or 2, default 2),
+                    [compression.modality] overrides
     [retry]         max_attempts, base_seconds, cap_seconds
     [logging]       level, file
     [[destinations]] name, kind = "dicom" | "folder" | "dicomweb", ...
@@ -34,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.dicom.uids import NATIVE_SYNTAXES
+from gateway.dicom.uids import GATEWAY_LOSSLESS_V1, NATIVE_SYNTAXES
 from gateway.dicom.validate import ae_title_problem, is_valid_uid
 from gateway.errors import CodecNotFoundError, ConfigError
 
@@ -57,10 +58,19 @@ __all__ = [
     "load_config",
     "parse_config",
     "KEEP",
+    "PRIVATE_VERSION",
+    "private_options",
 ]
 
 KEEP = "keep"
 """The ``transfer_syntax`` value that forwards instances as received."""
+
+PRIVATE_VERSION = 2
+"""The version of our private syntax (gwl) the gateway writes unless ``private_version`` says otherwise.
+
+Version 2 codes about 1 % smaller and codes frames of 1 MiB and more in
+parallel stripes; version 1 is what releases that predate version 2 read.
+"""
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -233,6 +243,12 @@ class CompressionConfig:
     max_attempts: int = 3  # failed processing attempts before the original is forwarded as received
     retry_seconds: float = 5.0  # wait after the first failed attempt; doubled after each further one
     rescan_seconds: float = 30.0  # how often the worker looks for received instances it was not told about
+    private_version: int = PRIVATE_VERSION  # version of our private syntax written: 2, or 1 for older readers
+
+    @property
+    def encode_options(self) -> dict[str, dict[str, Any]]:
+        """Encoder options by transfer syntax UID, as :func:`gateway.pipeline.recompress` takes them."""
+        return private_options(self.private_version)
 
     def retry_delay(self, attempts: int) -> float:
         """Seconds to wait after the `attempts`-th failed processing attempt."""
@@ -677,9 +693,26 @@ def _compression(data: Any) -> CompressionConfig:
     max_attempts = _int(t.path("max_attempts"), t.pop("max_attempts", 3), 1, 100)
     retry_seconds = _number(t.path("retry_seconds"), t.pop("retry_seconds", 5.0), 0.01, 3600)
     rescan_seconds = _number(t.path("rescan_seconds"), t.pop("rescan_seconds", 30.0), 0.1, 3600)
+    private_version = _private_version(t.path("private_version"), t.pop("private_version", PRIVATE_VERSION))
     t.finish()
     return CompressionConfig(transfer_syntax=target, modality=overrides, verify=verify, processes=processes,
-                             max_attempts=max_attempts, retry_seconds=retry_seconds, rescan_seconds=rescan_seconds)
+                             max_attempts=max_attempts, retry_seconds=retry_seconds, rescan_seconds=rescan_seconds,
+                             private_version=private_version)
+
+
+def private_options(version: int = PRIVATE_VERSION) -> dict[str, dict[str, Any]]:
+    """The encoder options that make the pipeline write `version` of our private syntax."""
+    return {GATEWAY_LOSSLESS_V1: {"version": version}}
+
+
+def _private_version(key: str, value: Any) -> int:
+    """A version of our private syntax that our encoder writes (``private.VERSIONS``)."""
+    from gateway.codecs.private import VERSIONS
+
+    if isinstance(value, bool) or not isinstance(value, int) or value not in VERSIONS:
+        choices = " or ".join(str(v) for v in VERSIONS)
+        raise ConfigError(key, f"must be {choices}, got {value!r}")
+    return value
 
 
 def _retry(data: Any) -> RetryConfig:

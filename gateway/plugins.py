@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gateway.codecs import all_codecs, get_codec
+from gateway.codecs import all_codecs, configured, get_codec
 from gateway.codecs.base import Codec, FrameInfo
 from gateway.errors import GatewayError
 
@@ -131,9 +131,16 @@ def _frame_info(runner: Any) -> FrameInfo:
 
 
 def encode_frame(src: bytes, runner: EncodeRunner) -> bytes:
-    """pydicom encoder plugin: one native little-endian frame to a codestream."""
+    """pydicom encoder plugin: one native little-endian frame to a codestream.
+
+    A codec's encoder options come from ``ds.compress``'s keyword arguments
+    where given: ``version=2`` writes version 2 of our private syntax (its
+    module's default is version 1, which every reader of it decodes).
+    """
     info = _frame_info(runner)
     codec = get_codec(str(runner.transfer_syntax))
+    given = {name: runner.get_option(name) for name in getattr(codec, "encode_options", ())}
+    codec = configured(codec, {name: value for name, value in given.items() if value is not None})
     reason = codec.supports(info)
     if reason:
         raise ValueError(f"the '{PLUGIN_NAME}' {codec.name} encoder cannot carry this image: {reason}")

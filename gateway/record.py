@@ -5,9 +5,10 @@ received instance and its stages, written as each stage completes:
 
 * **received**: time, calling and called AE titles, remote address, the
   instance's UIDs, modality, transfer syntax and size;
-* **processed**: recompressed (target syntax, encoded bytes, ratio, time) or
-  passed through (the reason); the decoder that read the original and the
-  SHA-256 of its pixel values (:func:`gateway.pipeline.pixel_hash`: the hash of
+* **processed**: recompressed (target syntax, the encoder options it was
+  written with, such as our private syntax's ``version=2``, encoded bytes,
+  ratio, time) or passed through (the reason); the decoder that read the
+  original and the SHA-256 of its pixel values (:func:`gateway.pipeline.pixel_hash`: the hash of
   ``pydicom.pixels.pixel_array(ds, raw=True)``, recomputable by anyone);
 * **verified**: each decoder that decoded the output and the hash of what it
   decoded (table ``verifications``);
@@ -62,7 +63,8 @@ CREATE TABLE IF NOT EXISTS instances (
     encode_seconds REAL,
     verify_seconds REAL,
     source_decoder TEXT,               -- what read the original
-    pixel_hash TEXT                    -- SHA-256 of the original's pixel values
+    pixel_hash TEXT,                   -- SHA-256 of the original's pixel values
+    encode_options TEXT                -- the encoder options written with, e.g. 'version=2' (gwl)
 );
 CREATE INDEX IF NOT EXISTS instances_sop ON instances (sop_instance_uid);
 CREATE INDEX IF NOT EXISTS instances_received ON instances (received_at);
@@ -101,7 +103,13 @@ _INSTANCE_FIELDS = (
     "sop_instance_uid", "sop_class_uid", "study_uid", "series_uid", "modality", "received_at", "calling_ae",
     "called_ae", "remote", "transfer_syntax", "bytes", "processed_at", "outcome", "reason", "target_syntax",
     "original_pixel_bytes", "encoded_pixel_bytes", "encode_seconds", "verify_seconds", "source_decoder",
-    "pixel_hash",
+    "pixel_hash", "encode_options",
+)
+
+# Columns added since the first schema: (table, column, type), added to an older record in place.
+_ADDED_COLUMNS = (
+    ("deliveries", "bytes", "INTEGER"),  # size handed to the sender
+    ("instances", "encode_options", "TEXT"),
 )
 
 
@@ -165,12 +173,16 @@ class ProofRecord:
                   encoded_pixel_bytes: int | None = None, encode_seconds: float | None = None,
                   verify_seconds: float | None = None, source_decoder: str | None = None,
                   pixel_hash: str | None = None, verified_by: tuple[tuple[str, str], ...] = (),
-                  calling_ae: str = "", received_at: float | None = None) -> None:
+                  calling_ae: str = "", received_at: float | None = None,
+                  encode_options: tuple[tuple[str, Any], ...] = ()) -> None:
         """The worker stored the instance's processed form (recompressed or passed through).
 
-        An instance received before the record existed (or whose receive row
-        was lost) gets its row here, from the values the worker knows.
+        `encode_options` are the encoder options the recompressed form was
+        written with (kept as ``name=value`` pairs, e.g. ``version=2``).  An
+        instance received before the record existed (or whose receive row was
+        lost) gets its row here, from the values the worker knows.
         """
+        options = ",".join(f"{name}={value}" for name, value in encode_options) or None
         try:
             with self._connection() as db:
                 db.execute("BEGIN IMMEDIATE")
@@ -184,10 +196,10 @@ class ProofRecord:
                 db.execute(
                     "UPDATE instances SET processed_at = ?, outcome = ?, reason = ?, target_syntax = ?, "
                     "original_pixel_bytes = ?, encoded_pixel_bytes = ?, encode_seconds = ?, verify_seconds = ?, "
-                    "source_decoder = ?, pixel_hash = ? WHERE id = ?",
+                    "source_decoder = ?, pixel_hash = ?, encode_options = ? WHERE id = ?",
                     (time.time(), "recompressed" if recompressed else "passed-through", reason, target_syntax,
                      original_pixel_bytes, encoded_pixel_bytes, encode_seconds, verify_seconds, source_decoder,
-                     pixel_hash, ident))
+                     pixel_hash, options, ident))
                 db.execute("DELETE FROM verifications WHERE id = ?", (ident,))
                 db.executemany("INSERT INTO verifications (id, decoder, pixel_hash) VALUES (?, ?, ?)",
                                [(ident, decoder, digest) for decoder, digest in verified_by])
@@ -280,8 +292,10 @@ class ProofRecord:
 
     def _migrate(self) -> None:
         """Bring a record written by an older version up to this schema (columns added, never removed)."""
-        def missing(db: sqlite3.Connection) -> bool:
-            return "bytes" not in {row["name"] for row in db.execute("PRAGMA table_info(deliveries)")}
+        def missing(db: sqlite3.Connection) -> list[tuple[str, str, str]]:
+            present = {table: {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}
+                       for table in {table for table, _, _ in _ADDED_COLUMNS}}
+            return [added for added in _ADDED_COLUMNS if added[1] not in present[added[0]]]
 
         try:
             db = self._connection()
@@ -289,8 +303,8 @@ class ProofRecord:
                 return  # up to date: nothing written
             with db:
                 db.execute("BEGIN IMMEDIATE")  # another process may be migrating the same file
-                if missing(db):
-                    db.execute("ALTER TABLE deliveries ADD COLUMN bytes INTEGER")  # size handed to the sender
+                for table, column, kind in missing(db):
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
                 db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise SpoolError(f"cannot update the proof record {self.path}: {exc}") from exc

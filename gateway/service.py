@@ -111,7 +111,7 @@ class Gateway:
         _log.info("preparing codec kernels (compiled on first use after an install, then loaded from "
                   "numba's cache) for %s", ", ".join(syntaxes))
         try:
-            report = warm_up(syntaxes)
+            report = warm_up(syntaxes, encode_options=self.config.compression.encode_options)
         except Exception:  # noqa: BLE001 - every image is still verified: a broken codec means pass-throughs
             _log.exception("codec kernels could not be prepared; every image is still verified, and one "
                            "that fails is forwarded as received")
@@ -271,7 +271,8 @@ class Gateway:
         return [
             Forwarder(dest, self.spool, config.retry,
                       make_sender(dest, config.server.ae_title, config.compression.verify,
-                                  spool=self.spool, record=self.record, reports=self.commitment_reports),
+                                  spool=self.spool, record=self.record, reports=self.commitment_reports,
+                                  encode_options=config.compression.encode_options),
                       batch=forwarding.batch, idle_seconds=forwarding.idle_release_seconds,
                       rescan_seconds=forwarding.rescan_seconds, partition=(index, count), record=self.record)
             for index in range(count)
@@ -323,8 +324,11 @@ class Gateway:
             if self.worker is not None:
                 self.worker.reconfigure(new)
             before = {d.name: d for d in old.destinations}
+            # How a sender re-encodes for a destination that refuses the stored syntax.
+            transcoding = [(c.verify, c.encode_options) for c in (old.compression, new.compression)]
             for dest in new.destinations:
-                if before.get(dest.name) == dest and old.retry == new.retry and old.forwarding == new.forwarding:
+                if (before.get(dest.name) == dest and old.retry == new.retry and old.forwarding == new.forwarding
+                        and transcoding[0] == transcoding[1]):
                     continue
                 retired = self.forwarders.get(dest.name, [])
                 self.forwarders[dest.name] = self._forwarders_for(dest, new)

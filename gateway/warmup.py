@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -152,23 +153,27 @@ def _sample_frame(info, rng: np.random.Generator) -> np.ndarray:
     return np.ascontiguousarray(frame)
 
 
-def warm_up(syntaxes: Iterable[str], *, log: Callable[[str], None] | None = None) -> WarmUp:
+def warm_up(syntaxes: Iterable[str], *, log: Callable[[str], None] | None = None,
+            encode_options: Mapping[str, Mapping[str, Any]] | None = None) -> WarmUp:
     """Compile (or load from the cache) the kernels of the codecs of `syntaxes`.
 
     Each codec encodes and decodes a 16x16 frame of every kind of
     :data:`IMAGE_KINDS` it supports (encoding the same frame of every kind
-    twice: one and two frames, for codecs that code frames together).  A
-    round trip that does not give the frame back raises ``AssertionError``:
-    a codec broken at start-up must not take images.  `log`, if given, is
-    told which codec is being prepared.
+    twice: one and two frames, for codecs that code frames together), with
+    the `encode_options` of its syntax (UID -> options, as the pipeline
+    takes them: our private syntax's version 2 runs kernels version 1 does
+    not).  A round trip that does not give the frame back raises
+    ``AssertionError``: a codec broken at start-up must not take images.
+    `log`, if given, is told which codec is being prepared.
     """
-    from gateway.codecs import FrameInfo
+    from gateway.codecs import FrameInfo, configured
 
     report = WarmUp()
     start = time.perf_counter()
     rng = np.random.default_rng(0)
     with CompileWatch() as watch:
         for codec in codecs_for(syntaxes):
+            codec = configured(codec, (encode_options or {}).get(codec.uid))
             report.codecs.append(codec.name)
             if log is not None:
                 log(codec.name)

@@ -154,7 +154,8 @@ def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: 
             from gateway.pipeline import recompress
 
             span = lean.pixel_span if lean is not None else pixel_span(ds)
-            outcome = recompress(ds, target, verify=config.compression.verify, allow_larger=False)
+            outcome = recompress(ds, target, verify=config.compression.verify, allow_larger=False,
+                                 encode_options=config.compression.encode_options)
         except GatewayError as exc:
             reason = f"{type(exc).__name__}: {exc}"
         except (KeyboardInterrupt, SystemExit):
@@ -171,10 +172,13 @@ def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: 
             stored_syntax = str(outcome.transfer_syntax)
             proof = {"recompressed": True, "reason": None, **_proven(outcome),
                      "encoded_pixel_bytes": outcome.encoded_pixel_bytes, "encode_seconds": outcome.encode_seconds,
-                     "verify_seconds": outcome.verify_seconds, "verified_by": outcome.verified_by}
+                     "verify_seconds": outcome.verify_seconds, "verified_by": outcome.verified_by,
+                     "encode_options": outcome.encode_options}
             ratio = outcome.original_pixel_bytes / max(1, outcome.encoded_pixel_bytes)
-            stage(_log, "encoded", sop, study=identity.study_uid, syntax=stored_syntax, ratio=ratio,
-                  seconds=outcome.encode_seconds, bytes=outcome.encoded_pixel_bytes)
+            # The encoder options after the syntax they belong to: "syntax=<gwl> version=2".
+            fields = {"study": identity.study_uid, "syntax": stored_syntax, **dict(outcome.encode_options),
+                      "ratio": ratio, "seconds": outcome.encode_seconds, "bytes": outcome.encoded_pixel_bytes}
+            stage(_log, "encoded", sop, **fields)
             if config.compression.verify:
                 stage(_log, "verified", sop, syntax=stored_syntax, seconds=outcome.verify_seconds)
         else:
@@ -237,7 +241,8 @@ def _child_init(config: Config, service_pid: int, record_path: Path | None = Non
 
     # The service compiled these before starting the pool: here they come from numba's cache.
     try:
-        report = warm_up(configured_syntaxes(config, forwarding=False))
+        report = warm_up(configured_syntaxes(config, forwarding=False),
+                         encode_options=config.compression.encode_options)
     except Exception:  # noqa: BLE001 - as in the service: images are verified whatever happens here
         _log.exception("worker process %d: codec kernels could not be prepared", os.getpid())
         return

@@ -449,6 +449,30 @@ def test_plain_compress_killed_mid_run_resumes_and_leaves_no_worker_behind(tmp_p
     _resume_after_kill(argv, env, src, out, reference, first)
 
 
+def test_a_folder_run_writes_the_private_version_asked_for(tmp_path: Path, capsys) -> None:
+    """Version 2 of our private syntax unless `--private-version 1`; in a worker process of the pool as here."""
+    from pydicom.encaps import generate_frames
+
+    from gateway.codecs import private
+
+    src = tmp_path / "in"
+    src.mkdir()
+    series = make_series(3, seed=6)
+    for index, ds in enumerate(series):
+        ds.save_as(src / f"{index}.dcm", enforce_file_format=True)
+    for argv, version in (([], 2), (["--private-version", "1"], 1)):
+        out = tmp_path / f"out{version}"
+        assert main(["compress", "--workers", "1", "--transfer-syntax", "gwl", *argv, str(src), str(out)]) == 0
+        assert "3 recompressed" in capsys.readouterr().out
+        rows = _manifest(out)
+        assert os.getpid() not in _pids(rows), "the files were to be done in a worker process"
+        for index, ds in enumerate(series):
+            got = dcmread(out / f"{index}.dcm")
+            assert got.file_meta.TransferSyntaxUID == private.UID
+            assert [f[4] for f in generate_frames(got.PixelData, number_of_frames=1)] == [version]
+            assert np.array_equal(got.pixel_array, ds.pixel_array)
+
+
 def test_progress_shows_files_bytes_and_savings(tmp_path: Path, capsys) -> None:
     src = tmp_path / "in"
     src.mkdir()

@@ -67,6 +67,43 @@ def test_compress_and_verify_a_file(tmp_path: Path, capsys) -> None:
     assert "identical" in capsys.readouterr().out
 
 
+def _private_versions(path: Path) -> list[int]:
+    """The version byte (header offset 4) of every frame's stream in a file of our private syntax."""
+    from pydicom.encaps import generate_frames
+
+    ds = dcmread(path)
+    return [f[4] for f in generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1))]
+
+
+def test_compress_writes_private_version_2_unless_told_1(tmp_path: Path, capsys) -> None:
+    from gateway.codecs import private
+
+    src = tmp_path / "ct.dcm"
+    pydicom_file("CT_small.dcm").save_as(src, enforce_file_format=True)
+    for argv, version in (([], 2), (["--private-version", "1"], 1), (["--private-version", "2"], 2)):
+        out = tmp_path / f"ct_gwl{'_'.join(argv)}.dcm"
+        assert main(["compress", "--transfer-syntax", "gwl", *argv, str(src), str(out)]) == 0
+        assert "ratio=" in capsys.readouterr().out
+        assert dcmread(out).file_meta.TransferSyntaxUID == private.UID
+        assert _private_versions(out) == [version]
+        assert main(["verify", str(src), str(out)]) == 0
+        assert "identical" in capsys.readouterr().out
+    assert main(["compress", "--transfer-syntax", "gwl", "--private-version", "3", str(src),
+                 str(tmp_path / "no.dcm")]) == 2
+    assert "--private-version: must be 1 or 2, got 3" in capsys.readouterr().err
+    assert not (tmp_path / "no.dcm").exists()
+
+
+def test_check_config_shows_the_private_version(tmp_path: Path, capsys) -> None:
+    assert main(["check-config", str(REPO / "config" / "gateway.toml")]) == 0
+    assert "private syntax version 2" in capsys.readouterr().out
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[compression]\nprivate_version = 3\n[[destinations]]\nname = "a"\nkind = "folder"\n'
+                   'path = "a"\n')
+    assert main(["check-config", str(bad)]) == 2
+    assert "compression.private_version: must be 1 or 2, got 3" in capsys.readouterr().err
+
+
 def test_verify_fails_on_one_changed_pixel(tmp_path: Path, capsys) -> None:
     ds = pydicom_file("CT_small.dcm")
     a, b = tmp_path / "a.dcm", tmp_path / "b.dcm"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import KEEP, load_config, parse_config
+from gateway.config import KEEP, PRIVATE_VERSION, load_config, parse_config
 from gateway.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -107,6 +107,11 @@ BAD = [
     ("compression.processes", -1, "compression.processes", "0..64, got -1"),
     ("compression.processes", "all", "compression.processes", "0..64 or \"auto\", got 'all'"),
     ("compression.processes", 1.5, "compression.processes", "must be an integer"),
+    ("compression.private_version", 3, "compression.private_version", "must be 1 or 2, got 3"),
+    ("compression.private_version", 0, "compression.private_version", "must be 1 or 2, got 0"),
+    ("compression.private_version", "2", "compression.private_version", "must be 1 or 2, got '2'"),
+    ("compression.private_version", 2.0, "compression.private_version", "must be 1 or 2, got 2.0"),
+    ("compression.private_version", True, "compression.private_version", "must be 1 or 2, got True"),
     ("compression.modality.US", "Bogus", "compression.modality.US", "unknown transfer syntax"),
     ("compression.modality.us", "RLELossless", "compression.modality.us", "upper-case"),
     ("destinations.0.port", 70000, "destinations[0].port", "must be 1..65535, got 70000"),
@@ -161,6 +166,28 @@ def test_worker_processes_default_to_one_per_usable_core(tmp_path: Path) -> None
     assert parse_config(data, tmp_path).compression.processes == 3
     _set(data, "compression.processes", 0)
     assert parse_config(data, tmp_path).compression.processes == 0
+
+
+def test_private_version_defaults_to_2_and_reaches_the_encoder_options(tmp_path: Path) -> None:
+    from gateway.codecs import private
+
+    compression = parse_config(copy.deepcopy(GOOD), tmp_path).compression
+    assert compression.private_version == PRIVATE_VERSION == 2
+    assert compression.encode_options == {private.UID: {"version": 2}}
+    for version in private.VERSIONS:
+        data = copy.deepcopy(GOOD)
+        _set(data, "compression.private_version", version)
+        compression = parse_config(data, tmp_path).compression
+        assert compression.private_version == version
+        assert compression.encode_options == {private.UID: {"version": version}}
+
+
+def test_shipped_default_documents_private_version(tmp_path: Path) -> None:
+    """The commented line of config/gateway.toml, uncommented, is a valid setting of the default."""
+    text = (REPO / "config" / "gateway.toml").read_text()
+    [line] = [line for line in text.splitlines() if line.startswith("# private_version = ")]
+    (tmp_path / "gateway.toml").write_text(text.replace(line, line[2:]).replace('"../', '"'))
+    assert load_config(tmp_path / "gateway.toml").compression.private_version == PRIVATE_VERSION
 
 
 def test_invalid_toml_and_missing_file_are_config_errors(tmp_path: Path) -> None:

@@ -229,6 +229,7 @@ def test_an_older_record_is_migrated_in_place(tmp_path: Path) -> None:
     db.close()
     record = ProofRecord(path)
     assert record.find("1.2.3")[0]["deliveries"][0]["bytes"] is None  # kept, size unknown
+    assert record.find("1.2.3")[0]["encode_options"] is None  # written before encoder options were recorded
     record.delivery("old", "second", outcome="delivered", syntax=RLE, attempts=1, size=1234)
     assert [d["bytes"] for d in record.find("1.2.3")[0]["deliveries"]] == [None, 1234]
     assert record.totals()["delivered_bytes"] == 1234

@@ -16,6 +16,7 @@ from gateway.dicom.identity import Identity
 from gateway.errors import PermanentForwardError, TransientForwardError
 from gateway.forward import DicomSender, FolderSender, Forwarder, classify_status, ladder_for
 from gateway.pipeline import recompress
+from gateway.pipeline.pixels import frame_info
 from gateway.spool import DEAD, DONE, PENDING, Job, Spool
 from tests.conftest import pydicom_file, wait_until
 
@@ -201,6 +202,27 @@ def test_configured_ladder_reencodes_to_the_destinations_choice(tmp_path: Path, 
     received = peer.by_uid()[ds.SOPInstanceUID]
     assert received.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.70"
     assert np.array_equal(received.pixel_array, ds.pixel_array)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_reencoding_for_a_destination_writes_the_configured_private_version(tmp_path: Path, version: int) -> None:
+    """A sender re-encodes an object the destination refuses with the configured encoder options."""
+    from pydicom.encaps import generate_frames
+
+    from gateway.codecs import private
+    from gateway.config import private_options
+    from gateway.forward import make_sender
+
+    spool = Spool(tmp_path)
+    ds = pydicom_file("CT_small.dcm")
+    job = _stage(spool, ds, "pacs")  # stored RLE
+    dest = Destination("pacs", "dicom", "PACS", "127.0.0.1", 104, transfer_syntaxes=(private.UID,))
+    sender = make_sender(dest, "GATEWAY", True, encode_options=private_options(version))
+    encoded = sender.transcode(spool.object_path(job.instance), RLE, private.UID)
+    assert encoded is not None and encoded.file_meta.TransferSyntaxUID == private.UID
+    [stream] = generate_frames(encoded.PixelData, number_of_frames=1)
+    assert stream[4] == version
+    assert np.array_equal(private.decode(stream, frame_info(encoded)), ds.pixel_array)
 
 
 @pytest.mark.parametrize("status, state", [(0xA700, PENDING), (0xC123, DEAD)])

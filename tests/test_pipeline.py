@@ -34,7 +34,7 @@ from gateway.codecs.rle import encode
 from gateway.errors import CodecNotFoundError, GatewayError
 from gateway.pipeline import Outcome, recompress, recompress_file
 from gateway.pipeline.decoders import VERIFYING_DECODERS
-from gateway.pipeline.pixels import frame_info
+from gateway.pipeline.pixels import frame_info, iter_frames
 from gateway.pipeline.verify import compare_pixels
 from tests.conftest import pydicom_file
 from tests.corpus import corpus_params
@@ -627,3 +627,87 @@ def test_size_policy_keeps_encodings_that_shrink_and_native_targets() -> None:
     # Decoding to a native syntax always grows the data and is never refused for it.
     back = recompress(compressed.dataset, ExplicitVRLittleEndian, allow_larger=False)
     _assert_recompressed(compressed.dataset, back, ExplicitVRLittleEndian)
+
+
+# ---------------------------------------------------------------- the version of our private syntax written
+
+
+def _smooth_frames(info: FrameInfo, count: int, seed: int = 11) -> list[np.ndarray]:
+    """Smooth 12-bit frames with a little noise and drift: what a scanner sends, and what gwl shrinks."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:info.rows, 0:info.columns]
+    return [np.clip(2000 + 1500 * np.sin((x + 4 * k) / 37.0) * np.cos(y / 53.0) + rng.normal(0, 6, info.shape),
+                    0, 4095).astype(info.dtype) for k in range(count)]
+
+
+def _stream_versions(ds: Dataset) -> list[int]:
+    """The version byte (header offset 4) of every frame's GatewayLossless stream."""
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    return [fragment[4] for fragment in generate_frames(ds.PixelData, number_of_frames=frames)]
+
+
+def test_the_pipeline_writes_the_private_version_its_options_name() -> None:
+    from gateway.codecs import private
+    from gateway.config import private_options
+
+    frames = _frames(MONO, 3) + _smooth_frames(MONO, 2)
+    ds = make_dataset(MONO, frames)
+    for options, written in [(None, private.VERSION), (private_options(1), 1), (private_options(2), 2)]:
+        outcome = recompress(ds, "gwl", encode_options=options)
+        _assert_recompressed(ds, outcome, private.UID)
+        assert _stream_versions(outcome.dataset) == [written] * len(frames)
+        assert outcome.encode_options == (() if options is None else (("version", written),))
+        back = list(iter_frames(_reread(outcome.dataset)))
+        assert all(np.array_equal(a, b) for a, b in zip(back, frames, strict=True))
+    # Options of other syntaxes are not the target's business; a native target takes none.
+    outcome = recompress(ds, RLELossless, encode_options=private_options(2))
+    assert outcome.recompressed and outcome.encode_options == ()
+    assert recompress(ds, ExplicitVRLittleEndian, encode_options=private_options(2)).encode_options == ()
+
+
+def test_an_option_the_target_codec_does_not_take_is_a_caller_mistake() -> None:
+    ds = make_dataset(MONO, _frames(MONO))
+    with pytest.raises(TypeError, match="takes no encoder option 'version'"):
+        recompress(ds, RLELossless, encode_options={RLELossless: {"version": 2}})
+    with pytest.raises(TypeError, match="takes no encoder option 'level'"):
+        recompress(ds, "gwl", encode_options={get_codec("gwl").uid: {"level": 9}})
+
+
+@pytest.mark.parametrize("setting, written", [(None, 2), (1, 1), (2, 2)], ids=["default", "1", "2"])
+def test_an_instance_carries_the_configured_private_version(tmp_path: Path, setting: int | None,
+                                                            written: int, caplog) -> None:
+    """The worker recompresses a received instance into the version `[compression] private_version`
+    names (2 unless configured), bit-exact, and the proof record and the log say which."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="gateway")
+    from gateway.codecs import private
+    from gateway.record import RECORD_FILE, ProofRecord
+    from gateway.spool import Spool
+    from gateway.worker import process_instance
+    from tests.conftest import build_config
+
+    compression = {"transfer_syntax": "gwl"} | ({} if setting is None else {"private_version": setting})
+    config = build_config(tmp_path, compression=compression)
+    # Frames of 1 MiB: version 2 codes each in stripes; the later frames are coded from the previous one.
+    info = FrameInfo(rows=1024, columns=512, bits_allocated=16, bits_stored=12)
+    frames = _smooth_frames(info, 3)
+    ds = make_dataset(info, frames)
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    spool = Spool(config.spool.directory)
+    record = ProofRecord(config.spool.directory / RECORD_FILE)
+    ident = spool.store_received(buffer.getvalue(), "MODALITY")
+    assert process_instance(config, spool, ident, record=record)
+
+    stored = pydicom.dcmread(spool.object_path(ident))
+    assert stored.file_meta.TransferSyntaxUID == private.UID
+    assert _stream_versions(stored) == [written] * len(frames)
+    back = list(iter_frames(stored))
+    assert len(back) == len(frames) and all(np.array_equal(a, b) for a, b in zip(back, frames, strict=True))
+    assert compare_pixels(ds, stored) is None
+    [entry] = record.find(str(ds.SOPInstanceUID))
+    assert (entry["outcome"], entry["target_syntax"]) == ("recompressed", private.UID)
+    assert entry["encode_options"] == f"version={written}"
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("encoded ")]
+    assert f" syntax={private.UID} version={written} ratio=" in line

@@ -275,6 +275,24 @@ def test_private_pylibjpeg_entry_point_function(codec) -> None:
     assert np.array_equal(plugins.decode_pixel_data(stream, **options), frames[0]), ident
 
 
+def test_private_version_is_a_compress_option() -> None:
+    """``ds.compress(..., version=2)`` writes version 2 of our private syntax; without it, the module's default."""
+    from pydicom.encaps import generate_frames
+
+    from gateway.codecs import private
+
+    ident, info, frames = next(c for c in REFERENCE_IMAGES if private.supports(c[1]) is None and len(c[2]) > 1)
+    for options, version in (({}, private.VERSION), ({"version": 1}, 1), ({"version": 2}, 2)):
+        ds = make_dataset(info, frames)
+        ds.compress(private.UID, encoding_plugin="gateway", **options)
+        streams = list(generate_frames(ds.PixelData, number_of_frames=len(frames)))
+        assert [s[4] for s in streams] == [version] * len(frames), ident
+        decoded = [private.decode(s, info) for s in streams]
+        assert all(np.array_equal(a, b) for a, b in zip(decoded, frames, strict=True)), ident
+    with pytest.raises(RuntimeError, match="version 3 is not one of"):  # pydicom wraps what the plugin raised
+        make_dataset(info, frames).compress(private.UID, encoding_plugin="gateway", version=3)
+
+
 def _private_file(codec, tmp_path: Path) -> tuple[Path, Path]:
     """A multi-frame file in `codec`'s private syntax, and the expected frames (.npy)."""
     ident, info, frames = next(c for c in REFERENCE_IMAGES if codec.supports(c[1]) is None and len(c[2]) > 1)

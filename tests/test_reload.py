@@ -81,6 +81,32 @@ def test_reload_adds_a_destination_and_a_bad_file_changes_nothing(tmp_path: Path
     assert wait_until(lambda: str(third.SOPInstanceUID) in _stored(tmp_path, "archive_b"), timeout=30)
 
 
+def test_reload_changes_the_private_version_of_the_next_instance(tmp_path: Path, gateway_factory) -> None:
+    from pydicom import dcmread
+    from pydicom.encaps import generate_frames
+
+    toml = tmp_path / "gateway.toml"
+    port = free_port()
+    base = _BASE.format(port=port, callers="", processes=0).replace('"RLELossless"', '"gwl"')
+    toml.write_text(base)
+    gateway = gateway_factory(load_config(toml))
+    first, second = _one(), _one()
+
+    def version(ds) -> int:
+        path = next((tmp_path / "archive_a").rglob(f"{ds.SOPInstanceUID}.dcm"))
+        [stream] = generate_frames(dcmread(path).PixelData, number_of_frames=1)
+        return stream[4]
+
+    assert send(gateway.port, [first]) == [0]
+    assert wait_until(lambda: str(first.SOPInstanceUID) in _stored(tmp_path, "archive_a"), timeout=30)
+    assert version(first) == 2
+    toml.write_text(base.replace("processes = 0", "processes = 0\nprivate_version = 1"))
+    assert gateway.reload() is None and gateway.config.compression.private_version == 1
+    assert send(gateway.port, [second]) == [0]
+    assert wait_until(lambda: str(second.SOPInstanceUID) in _stored(tmp_path, "archive_a"), timeout=30)
+    assert version(second) == 1
+
+
 def test_reload_applies_allowed_callers_to_the_next_association(tmp_path: Path, gateway_factory) -> None:
     toml = tmp_path / "gateway.toml"
     port = free_port()

@@ -32,3 +32,27 @@ def test_two_worker_processes_share_a_series(tmp_path: Path, gateway_factory) ->
     counts = gateway.spool.counts()
     assert counts[DONE] == len(series) and counts[DEAD] == 0
     assert counts["received"] == 0
+
+
+def test_the_private_version_reaches_the_worker_processes(tmp_path: Path, gateway_factory) -> None:
+    """The configured version of our private syntax (2 by default; the codec module's own default is 1)
+    is what a worker process writes: the configuration crosses into the process, no global state."""
+    from pydicom.encaps import generate_frames
+
+    from gateway.codecs import private
+
+    config = build_config(tmp_path, compression={"transfer_syntax": "gwl", "processes": 1})
+    assert config.compression.private_version == 2 != private.VERSION
+    gateway = gateway_factory(config)
+    series = make_series(3, rows=128, columns=128, seed=4)
+    assert send(gateway.port, series) == [0] * len(series)
+    assert gateway.wait_idle(180)
+
+    assert gateway.worker is not None and sum(gateway.worker.processed_by.values()) == len(series)
+    stored = {p.stem: dcmread(p) for p in (tmp_path / "archive").rglob("*.dcm")}
+    assert len(stored) == len(series)
+    for ds in series:
+        got = stored[str(ds.SOPInstanceUID)]
+        assert got.file_meta.TransferSyntaxUID == private.UID
+        assert [fragment[4] for fragment in generate_frames(got.PixelData, number_of_frames=1)] == [2]
+        assert np.array_equal(got.pixel_array, ds.pixel_array)

@@ -39,6 +39,7 @@ from gateway.bulk.manifest import RESULT_COLUMNS, Manifest
 from gateway.bulk.plan import LAYOUTS, MANIFEST_NAME, Item, walk
 from gateway.bulk.report import Report, build_report, human_bytes
 from gateway.bulk.task import DONE, compress_file, remove_debris
+from gateway.config import PRIVATE_VERSION
 
 __all__ = ["BulkOptions", "Estimate", "run", "estimate"]
 
@@ -72,6 +73,7 @@ class BulkOptions:
     workers: int | None = None  # local worker processes; None: one per core; 0: in this process only
     in_flight: int | None = None  # futures at a time; None: four per worker thread
     sample: int = 50  # files a dry run processes
+    private_version: int = PRIVATE_VERSION  # version of our private syntax written (1 for older readers)
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -297,7 +299,8 @@ def run(options: BulkOptions, *, progress: bool | None = None, note: Note = _std
                     if outcome in DONE and _output_intact(output, out_rel, out_size):
                         continue
                     yield ((str(source), str(output), rel, options.target),
-                           {"verify": options.verify, "layout": options.layout, "native": options.native})
+                           {"verify": options.verify, "layout": options.layout, "native": options.native,
+                            "private_version": options.private_version})
 
             saved, count = 0, done_files
             with _progress_bar(total, done_bytes, files, show) as bar:
@@ -400,7 +403,8 @@ def estimate(options: BulkOptions, *, note: Note = _stderr, seed: int = 0) -> Es
     try:
         results = list(engine.map(((str(source), str(options.output), item.rel, options.target),
                                    {"verify": options.verify, "layout": options.layout, "native": options.native,
-                                    "write": False}) for item in sample))
+                                    "private_version": options.private_version, "write": False})
+                                  for item in sample))
     finally:
         engine.close()
     pairs = [(r["size"] or 0, r.get("output_size") or r["size"] or 0) for r in results

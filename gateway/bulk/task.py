@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.bulk.plan import uid_relpath
+from gateway.config import PRIVATE_VERSION, private_options
 from gateway.errors import GatewayError
 from gateway.spool import atomic_copy, atomic_write_bytes, create_private, fsync_dir, make_dirs
 
@@ -98,11 +99,13 @@ def _place(dst: Path, data: bytes | Path, digest: str, exclusive: bool) -> None:
 
 
 def compress_file(source_root: str, output_root: str, rel: str, target: str, *, verify: bool = True,
-                  layout: str = "relative", native: bool = False, write: bool = True) -> dict[str, Any]:
+                  layout: str = "relative", native: bool = False, write: bool = True,
+                  private_version: int = PRIVATE_VERSION) -> dict[str, Any]:
     """Recompress ``source_root/rel`` into ``output_root``; a dict of what happened, for the manifest.
 
     Never writes an output larger than its input unless the target is a
-    `native` syntax (a decode may grow).  With ``write=False`` (a dry run)
+    `native` syntax (a decode may grow).  Our private syntax is written in
+    `private_version`.  With ``write=False`` (a dry run)
     nothing is written; the sizes are those that would be.  Errors of the
     input or of writing become ``outcome="failed"`` with the reason; they
     never escape, so one bad file cannot fail a Dask task.
@@ -119,7 +122,8 @@ def compress_file(source_root: str, output_root: str, rel: str, target: str, *, 
         if not is_dicom(src):
             result.update(outcome="skipped", reason="not a DICOM file")
             return result
-        _compress(src, Path(output_root), rel, target, verify, layout, native, write, stat.st_size, result)
+        _compress(src, Path(output_root), rel, target, verify, layout, native, write, stat.st_size, result,
+                  private_version)
     except (KeyboardInterrupt, SystemExit):
         raise
     except (GatewayError, OSError) as exc:
@@ -132,7 +136,7 @@ def compress_file(source_root: str, output_root: str, rel: str, target: str, *, 
 
 
 def _compress(src: Path, out_root: Path, rel: str, target: str, verify: bool, layout: str, native: bool,
-              write: bool, size_in: int, result: dict[str, Any]) -> None:
+              write: bool, size_in: int, result: dict[str, Any], private_version: int) -> None:
     from pydicom import dcmread
 
     from gateway.pipeline import recompress
@@ -142,7 +146,8 @@ def _compress(src: Path, out_root: Path, rel: str, target: str, verify: bool, la
     result["source_syntax"] = str(ds.file_meta.get("TransferSyntaxUID", "") or "") or None
     out_rel = uid_relpath(str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", "")),
                           str(ds.get("SOPInstanceUID", ""))) if layout == "uid" else rel
-    outcome = recompress(ds, target, verify=verify, allow_larger=native)
+    outcome = recompress(ds, target, verify=verify, allow_larger=native,
+                         encode_options=private_options(private_version))
     result["pixel_hash"] = outcome.pixel_hash
     data: bytes | None = None
     reason = outcome.reason

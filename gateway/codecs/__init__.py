@@ -3,18 +3,23 @@
 Codecs register themselves with :func:`register`; the built-in ones are
 imported lazily on the first look-up so that importing the package stays
 cheap.  Use :func:`get_codec` with a UID, a pydicom keyword (``"RLELossless"``)
-or a codec name (``"rle"``).
+or a codec name (``"rle"``).  The registry holds each codec with its module's
+defaults; :func:`configured` gives one with encoder options set (our private
+syntax's ``version``), for whoever encodes with them.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
+from typing import Any
 
 from gateway.codecs.base import Codec, FrameInfo, check_frame
 from gateway.dicom.uids import lookup
 from gateway.errors import CodecNotFoundError
 
-__all__ = ["Codec", "FrameInfo", "check_frame", "register", "get_codec", "all_codecs", "resolve_uid"]
+__all__ = ["Codec", "FrameInfo", "check_frame", "register", "get_codec", "all_codecs", "resolve_uid",
+           "configured"]
 
 # Modules that define the built-in codecs; each calls ``register`` on import.
 _BUILTIN_MODULES = (
@@ -87,3 +92,17 @@ def get_codec(name_or_uid: str) -> Codec:
         f"no codec for transfer syntax {name_or_uid!r}; "
         f"available: {', '.join(c.keyword for c in all_codecs())}"
     )
+
+
+def configured(codec: Codec, options: Mapping[str, Any] | None) -> Codec:
+    """`codec` with its encoder's keyword `options` set; `codec` itself when there are none.
+
+    ``TypeError`` when the codec takes no such option (see
+    :meth:`~gateway.codecs.base.FunctionCodec.with_options`).
+    """
+    if not options:
+        return codec
+    with_options = getattr(codec, "with_options", None)
+    if with_options is None:
+        raise TypeError(f"codec {codec.name!r} takes no encoder options")
+    return with_options(**options)

@@ -19,8 +19,9 @@ in the pipeline, not here.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import ClassVar, Protocol, runtime_checkable
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -136,6 +137,12 @@ class FunctionCodec:
     its transfer syntax.  A codec that codes the frames of an image together
     (inter-frame prediction) also gives ``encode_frames`` / ``decode_frames``;
     the pipeline uses them where present.
+
+    A codec whose encoder takes keyword options (our private syntax's
+    ``version``) names them in `encode_options`; :meth:`with_options` gives
+    the same codec with those options set, so that whoever holds it still
+    calls ``encode_frame(frame, info)``.  The registry keeps the codec with
+    its module's defaults.
     """
 
     name: str
@@ -147,6 +154,26 @@ class FunctionCodec:
     private: bool = False
     encode_frames: Callable[[list[np.ndarray], FrameInfo], list[bytes]] | None = None
     decode_frames: Callable[[list[bytes], FrameInfo], list[np.ndarray]] | None = None
+    encode_options: tuple[str, ...] = ()  # keyword options encode_frame (and encode_frames) take
+
+    def with_options(self, **options: Any) -> FunctionCodec:
+        """This codec with its encoder's keyword `options` set; itself without options.
+
+        Raises ``TypeError`` for an option the codec does not name in
+        `encode_options`; a bad value raises when a frame is encoded, as the
+        encoder itself checks it.
+        """
+        if not options:
+            return self
+        unknown = sorted(set(options) - set(self.encode_options))
+        if unknown:
+            takes = ", ".join(self.encode_options) or "none"
+            raise TypeError(f"codec {self.name!r} takes no encoder option {unknown[0]!r} (it takes: {takes})")
+        return replace(
+            self,
+            encode_frame=partial(self.encode_frame, **options),
+            encode_frames=None if self.encode_frames is None else partial(self.encode_frames, **options),
+        )
 
 
 def check_frame(frame: np.ndarray, info: FrameInfo) -> np.ndarray:

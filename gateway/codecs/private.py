@@ -774,4 +774,4 @@ def _decode_segments(data: bytes, descriptors: list[tuple[int, int, int]], shape
 
 CODEC = register(FunctionCodec(
     "gwl", UID, "GatewayLosslessV1", supports, encode, decode, private=True,
-    encode_frames=encode_frames, decode_frames=decode_frames))
+    encode_frames=encode_frames, decode_frames=decode_frames, encode_options=("version",)))

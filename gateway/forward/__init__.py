@@ -13,6 +13,9 @@ verified, for a destination that refuses its stored syntax).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from gateway.config import Destination
 from gateway.forward.base import Sender
 from gateway.forward.commitment import CommitmentReports
@@ -29,16 +32,20 @@ __all__ = ["Sender", "FolderSender", "DicomSender", "DicomWebSender", "Forwarder
 
 
 def make_sender(destination: Destination, calling_ae: str, verify: bool, *, spool: Spool | None = None,
-                record: ProofRecord | None = None, reports: CommitmentReports | None = None) -> Sender:
+                record: ProofRecord | None = None, reports: CommitmentReports | None = None,
+                encode_options: Mapping[str, Mapping[str, Any]] | None = None) -> Sender:
     """The sender for a destination's kind.
 
-    With `spool`, the DICOMweb sender and a DICOM sender with storage
-    commitment send a whole batch at its first instance (they find the
-    others' objects in the spool); `record` gets the commitment states and
-    `reports` brings the archive's reports that reach our receiver.
+    An instance re-encoded for a destination that refuses its stored syntax
+    is verified as `verify` says and written with `encode_options` (the
+    configured ``[compression]`` ones).  With `spool`, the DICOMweb sender
+    and a DICOM sender with storage commitment send a whole batch at its
+    first instance (they find the others' objects in the spool); `record`
+    gets the commitment states and `reports` brings the archive's reports
+    that reach our receiver.
     """
     def transcode(path, stored, target):  # type: ignore[no-untyped-def]
-        return encode_for(path, stored, target, verify=verify)
+        return encode_for(path, stored, target, verify=verify, encode_options=encode_options)
 
     def locate(job: Job):  # type: ignore[no-untyped-def]
         assert spool is not None

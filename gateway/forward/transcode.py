@@ -7,7 +7,9 @@ through the pipeline and so always verified.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from pydicom import Dataset, dcmread
 from pydicom.uid import UID
@@ -21,11 +23,13 @@ __all__ = ["encode_for"]
 _log = get_logger("forward")
 
 
-def encode_for(path: Path, stored: str, target: str, *, verify: bool = True) -> Dataset | None:
+def encode_for(path: Path, stored: str, target: str, *, verify: bool = True,
+               encode_options: Mapping[str, Mapping[str, Any]] | None = None) -> Dataset | None:
     """The object re-encoded (verified) in `target`, or None if it cannot be.
 
     Between the two little endian syntaxes only the element encoding
-    changes, the pixel bytes stay; anything else goes through the pipeline.
+    changes, the pixel bytes stay; anything else goes through the pipeline,
+    with the configured `encode_options` (see :func:`gateway.pipeline.recompress`).
     """
     ds = dcmread(path)
     if stored in NATIVE_SYNTAXES and target in NATIVE_SYNTAXES:
@@ -33,7 +37,7 @@ def encode_for(path: Path, stored: str, target: str, *, verify: bool = True) -> 
         ds.set_original_encoding(target == IMPLICIT_VR_LITTLE_ENDIAN, True, ds.original_character_set)
         return ds
     try:
-        outcome = recompress(ds, target, verify=verify)
+        outcome = recompress(ds, target, verify=verify, encode_options=encode_options)
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # noqa: BLE001 - includes a Rust decoder's PanicException

@@ -22,9 +22,10 @@ import os
 import shutil
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -33,7 +34,7 @@ from pydicom.dataelem import DataElement
 from pydicom.encaps import generate_frames
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from gateway.codecs import get_codec, resolve_uid
+from gateway.codecs import configured, get_codec, resolve_uid
 from gateway.codecs.base import Codec, FrameInfo
 from gateway.dicom.uids import JPEG_2000_LOSSLESS, TRANSFER_SYNTAXES, is_encapsulated, is_known
 from gateway.errors import CodecNotFoundError, GatewayError, UnsupportedImageError
@@ -108,6 +109,7 @@ class Outcome:
     source_decoder: str | None = None  # proof name of what read the original ("native", "pylibjpeg-rle", ...)
     pixel_hash: str | None = None  # SHA-256 of the original's pixel values (see pixel_hash), when decoded
     verified_by: tuple[tuple[str, str], ...] = ()  # (decoder, SHA-256 of what it decoded) per verifying decoder
+    encode_options: tuple[tuple[str, Any], ...] = ()  # the encoder options written with, e.g. (("version", 2),)
 
     @property
     def malformed(self) -> bool:
@@ -358,7 +360,8 @@ def _verify(
 # ---------------------------------------------------------------- policy
 
 
-def recompress(ds: Dataset, target: str, *, verify: bool = True, allow_larger: bool = True) -> Outcome:
+def recompress(ds: Dataset, target: str, *, verify: bool = True, allow_larger: bool = True,
+               encode_options: Mapping[str, Mapping[str, Any]] | None = None) -> Outcome:
     """Recompress `ds` losslessly into `target`, or pass it through with a reason.
 
     Parameters
@@ -376,11 +379,17 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True, allow_larger: b
         incoming one is dropped and the original passed through: the gateway
         never inflates what it stores.  Decoding to a native target is exempt
         (a destination that accepts nothing compressed needs it whatever the size).
+    encode_options
+        Encoder options by transfer syntax UID, e.g. ``{private.UID:
+        {"version": 2}}``; those of `target` are given to its encoder
+        (:func:`gateway.codecs.configured`) and named in the outcome.  Without
+        them, the codec module's defaults.
 
     Raises
     ------
     TypeError
-        `ds` is not a Dataset or `target` not a string.
+        `ds` is not a Dataset or `target` not a string, or the target's
+        codec takes no such encoder option.
     CodecNotFoundError
         `target` is unknown, or compressed with no codec registered for it.
     """
@@ -390,8 +399,11 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True, allow_larger: b
         raise TypeError(f"target must be a transfer syntax string, not {type(target).__name__}")
     target_uid = UID(resolve_uid(target))
     codec: Codec | None = None
+    options = dict((encode_options or {}).get(str(target_uid), {}))
     if target_uid not in NATIVE_TARGETS:
-        codec = get_codec(target_uid)  # CodecNotFoundError: a configuration mistake
+        codec = configured(get_codec(target_uid), options)  # CodecNotFoundError: a configuration mistake
+    else:
+        options = {}
 
     for keyword in ("FloatPixelData", "DoubleFloatPixelData"):
         if keyword in ds:
@@ -541,7 +553,7 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True, allow_larger: b
         if reason:
             return _pass(ds, reason, original, encode_seconds, verify_seconds, **proven)
     return Outcome(new, str(target_uid), True, None, original, len(value), encode_seconds, verify_seconds,
-                   source_name, digest, tuple(verified_by))
+                   source_name, digest, tuple(verified_by), tuple(sorted(options.items())))
 
 
 def _ours(uid: UID) -> bool:
@@ -553,7 +565,8 @@ def _ours(uid: UID) -> bool:
     return True
 
 
-def recompress_file(src: Path, dst: Path, target: str, verify: bool = True) -> Outcome:
+def recompress_file(src: Path, dst: Path, target: str, verify: bool = True, *,
+                    encode_options: Mapping[str, Mapping[str, Any]] | None = None) -> Outcome:
     """Recompress the DICOM file `src` into `dst` (see :func:`recompress`).
 
     A passed-through image is copied byte for byte.  `dst` appears only when
@@ -562,7 +575,7 @@ def recompress_file(src: Path, dst: Path, target: str, verify: bool = True) -> O
     """
     src, dst = Path(src), Path(dst)
     ds = pydicom.dcmread(src)
-    outcome = recompress(ds, target, verify=verify)
+    outcome = recompress(ds, target, verify=verify, encode_options=encode_options)
     partial = dst.with_name(f".{dst.name}.partial")
     try:
         if outcome.recompressed:

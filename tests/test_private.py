@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import struct
 import subprocess
 import sys
@@ -1296,6 +1298,29 @@ def test_large_frames_are_striped_and_threads_agree(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(private, "STRIPE_THREADS", 1)
     assert private.encode(frame, info, version=2) == data
     assert np.array_equal(private.decode(data, info), frame)
+
+
+def _code_in_child(frame: np.ndarray, info: FrameInfo, expected: bytes) -> None:
+    data = private.encode(frame, info, version=2)
+    os._exit(0 if data == expected and np.array_equal(private.decode(data, info), frame) else 1)
+
+
+def test_a_forked_process_codes_stripes_in_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process forked after the stripe threads started (as a bulk fork server's workers are) starts
+    threads of its own instead of waiting forever on its parent's pool, which came without them."""
+    monkeypatch.setattr(private, "STRIPE_THREADS", 2)
+    info = _info(1024, 1024, stored=12)
+    frame = _smooth(np.random.default_rng(9), info)
+    data = private.encode(frame, info, version=2)
+    assert _stripe_rows(data, 1) < info.rows and private._pool is not None  # the pool is running
+    child = multiprocessing.get_context("fork").Process(target=_code_in_child, args=(frame, info, data))
+    child.start()
+    child.join(120)
+    if child.is_alive():
+        child.kill()
+        child.join()
+        pytest.fail("the forked process did not finish coding its stripes")
+    assert child.exitcode == 0
 
 
 def test_stripes_cost_little() -> None:

@@ -62,9 +62,6 @@ def _warm() -> None:
 
     syntaxes = [uid for uid in os.environ.get(SYNTAXES_ENV, "").split(",") if uid]
     if syntaxes:
-        # Each codec at its module's defaults, our private syntax's version 1 included, whatever
-        # version the run writes: version 2 codes its stripes in a thread pool, which a worker forked
-        # from here would inherit without its threads; its kernels are nearly all version 1's.
         warm_up(syntaxes)
 
 

@@ -380,6 +380,15 @@ _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
 
+def _forget_pool() -> None:
+    """In a forked child: the parent's pool came without its threads, so start a new one when needed."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _map(function, jobs: list) -> list:
     """`function` over `jobs`, in threads when there are several (the kernels release the GIL)."""
     global _pool

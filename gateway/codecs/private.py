@@ -560,7 +560,9 @@ _recent = threading.local()
 
 
 def _remember(frame: np.ndarray, crc: int, info: FrameInfo) -> None:
-    frames = getattr(_recent, "frames", [])
+    """Keep a decoded frame as the reference of the next; decoding a frame again (a verification
+    retried) does not push out the frame before it, which the next one may need too."""
+    frames = [entry for entry in getattr(_recent, "frames", []) if (entry[0], entry[1]) != (crc, info)]
     _recent.frames = [(crc, info, frame)] + frames[: RECENT_FRAMES - 1]
 
 

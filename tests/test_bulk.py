@@ -249,6 +249,22 @@ def test_the_manifest_refuses_another_target_in_the_same_folder(tmp_path: Path, 
     assert "--transfer-syntax" in capsys.readouterr().err
 
 
+def test_the_manifest_refuses_another_private_version_in_the_same_folder(tmp_path: Path, capsys) -> None:
+    """A folder written with version 1 of our private syntax is not resumed with version 2 (the folder
+    would hold both); the same version resumes."""
+    src = tmp_path / "in"
+    src.mkdir()
+    make_series(1)[0].save_as(src / "a.dcm", enforce_file_format=True)
+    out = tmp_path / "o"
+    argv = ["compress", "--workers", "0", "--transfer-syntax", "gwl", "--private-version", "1", str(src), str(out)]
+    assert main(argv) == 0
+    assert "1 recompressed" in capsys.readouterr().out
+    assert main(argv[:5] + argv[7:]) == 2  # the default, version 2
+    assert "--private-version" in capsys.readouterr().err
+    assert main(argv) == 0
+    assert [run["encoding"] for run in _runs(out)] == ["version=1", "version=1"]
+
+
 def test_dry_run_estimates_from_a_sample_and_writes_nothing(tmp_path: Path, capsys) -> None:
     src = _archive(tmp_path / "in", generated=8, corpus=0)
     out = tmp_path / "out"

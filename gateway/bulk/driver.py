@@ -39,7 +39,7 @@ from gateway.bulk.manifest import RESULT_COLUMNS, Manifest
 from gateway.bulk.plan import LAYOUTS, MANIFEST_NAME, Item, walk
 from gateway.bulk.report import Report, build_report, human_bytes
 from gateway.bulk.task import DONE, compress_file, remove_debris
-from gateway.config import PRIVATE_VERSION
+from gateway.config import PRIVATE_VERSION, private_options
 
 __all__ = ["BulkOptions", "Estimate", "run", "estimate"]
 
@@ -82,6 +82,13 @@ class BulkOptions:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.workers == 0 and self.scheduler is not None:
             raise ValueError("workers=0 runs in this process; it takes no scheduler")
+
+    @property
+    def encoding(self) -> str | None:
+        """The target's encoder options as the manifest records them (``version=2`` for our private
+        syntax); None for a target that takes none."""
+        options = private_options(self.private_version).get(self.target, {})
+        return ",".join(f"{name}={value}" for name, value in sorted(options.items())) or None
 
 
 Note = Callable[[str], None]
@@ -282,7 +289,7 @@ def run(options: BulkOptions, *, progress: bool | None = None, note: Note = _std
     make_dirs(output)
     manifest = Manifest(output / MANIFEST_NAME)
     try:
-        manifest.start_run(options.target, options.layout, options.verify, options.scheduler)
+        manifest.start_run(options.target, options.layout, options.verify, options.scheduler, options.encoding)
         removed = remove_debris(output)
         if removed:
             note(f"removed {removed} partial file(s) of an interrupted run")

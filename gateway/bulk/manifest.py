@@ -18,8 +18,9 @@ Columns of ``files`` (one row per input, keyed by its path relative to ``IN``):
 ``output_sha256``, ``verified`` (1 when our decoder and an independent one
 reproduced the input), ``verified_by`` (``decoder=sha256`` of each), ``seconds``,
 ``worker`` (``host:pid`` of the process that did it), ``run`` (the run that produced the row),
-``finished`` (Unix time).  ``runs`` records each run's target, layout, and
-``workers``: the engine and how many processes it had.
+``finished`` (Unix time).  ``runs`` records each run's target, layout, the
+encoder options it writes with (``encoding``, e.g. ``version=2`` for our private
+syntax) and ``workers``: the engine and how many processes it had.
 """
 
 from __future__ import annotations
@@ -52,12 +53,12 @@ CREATE INDEX IF NOT EXISTS files_seen ON files (seen_run);
 RESULT_COLUMNS = ("outcome", "reason", "modality", "source_syntax", "pixel_hash", "output", "output_size",
                    "output_syntax", "output_sha256", "verified", "verified_by", "seconds", "worker")
 
-_ADDED_COLUMNS = (("runs", "workers", "TEXT"), ("files", "worker", "TEXT"))
+_ADDED_COLUMNS = (("runs", "workers", "TEXT"), ("files", "worker", "TEXT"), ("runs", "encoding", "TEXT"))
 """Columns newer than the first manifests, added to an older manifest when it is opened."""
 
 
 class ManifestMismatchError(GatewayError):
-    """``OUT`` holds the manifest of a run with another target syntax or layout."""
+    """``OUT`` holds the manifest of a run with another target syntax, layout or encoding."""
 
 
 class Manifest:
@@ -88,19 +89,28 @@ class Manifest:
     # ---------------------------------------------------------------- runs
 
     def previous_run(self) -> dict[str, Any] | None:
-        row = self._db.execute("SELECT target, layout FROM runs ORDER BY id DESC LIMIT 1").fetchone()
-        return None if row is None else {"target": row[0], "layout": row[1]}
+        row = self._db.execute("SELECT target, layout, encoding FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+        return None if row is None else {"target": row[0], "layout": row[1], "encoding": row[2]}
 
-    def start_run(self, target: str, layout: str, verify: bool, scheduler: str | None) -> int:
-        """Open a run; :class:`ManifestMismatchError` when the folder was written for another target or layout."""
+    def start_run(self, target: str, layout: str, verify: bool, scheduler: str | None,
+                  encoding: str | None = None) -> int:
+        """Open a run; :class:`ManifestMismatchError` when the folder was written for another target or
+        layout, or with other encoder options (`encoding`, e.g. ``version=2``; a manifest older than
+        this column did not record them)."""
         previous = self.previous_run()
         if previous is not None and (previous["target"], previous["layout"]) != (target, layout):
             raise ManifestMismatchError(
                 f"{self.path.parent} holds the outputs of a run to {previous['target']} with layout "
                 f"{previous['layout']}; resume it with the same --transfer-syntax and --layout, "
                 "or name another output folder")
-        cursor = self._db.execute("INSERT INTO runs (started, target, layout, verify, scheduler) VALUES (?,?,?,?,?)",
-                                  (time.time(), target, layout, int(verify), scheduler))
+        if previous is not None and previous["encoding"] is not None and previous["encoding"] != encoding:
+            raise ManifestMismatchError(
+                f"{self.path.parent} holds the outputs of a run to {target} written with "
+                f"{previous['encoding']}; resume it with the same options (--private-version), "
+                "or name another output folder")
+        cursor = self._db.execute(
+            "INSERT INTO runs (started, target, layout, verify, scheduler, encoding) VALUES (?,?,?,?,?,?)",
+            (time.time(), target, layout, int(verify), scheduler, encoding))
         self.run_id = int(cursor.lastrowid or 0)
         return self.run_id
 

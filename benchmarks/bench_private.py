@@ -5,7 +5,7 @@ corpus folder and overall, every round trip verified (see harness.py).  Our
 codec runs as version 2 (context model 2, and model 3 for indexed colour
 where it codes smaller: what version 2 writes), version 2 without model 3,
 version 2 with context model 1 (the model before, to weigh model 2 against
-it) and version 1 (the default), all on one thread (version 2's stripes coded one
+it) and version 1 (the codec module's default; the gateway writes version 2), all on one thread (version 2's stripes coded one
 after the other); ``gwl v2, 2 threads`` is version 2 with its stripes coded
 in parallel (frames of 1 MiB and more).  The
 peers run through imagecodecs with one thread: JPEG-XL lossless at effort 3

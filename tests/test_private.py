@@ -426,6 +426,23 @@ def test_a_sample_that_misses_the_content_codes_every_coding(monkeypatch: pytest
     assert np.array_equal(private.decode(data, info), frame)
 
 
+def test_every_coding_within_the_margin_and_none_trusted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """All codings chosen on the sample and the choice not trusted: the smallest whole body is kept,
+    each coding coded whole once."""
+    info = _info(384, 512, samples=3, alloc=8, stored=8)
+    frame = _screen(info, 7)
+    with monkeypatch.context() as patch:
+        patch.setattr(private, "SAMPLE_PIXELS", 1 << 40)
+        exhaustive = private.encode(frame, info, version=2)
+    monkeypatch.setattr(private, "SAMPLE_MARGIN", 1e9)
+    monkeypatch.setattr(private, "SAMPLE_TRUST", 0.0)
+    whole = _whole_codings(monkeypatch, info)
+    data = private.encode(frame, info, version=2)
+    assert sorted(whole) == sorted([-1, -1, private.MODEL, private.INDEX_MODEL])
+    assert data == exhaustive
+    assert np.array_equal(private.decode(data, info), frame)
+
+
 def test_index_model_takes_more_colours() -> None:
     """A screen capture of more than 4096 colours (a panel of 4500 colours, each row shown twice) is
     indexed for context model 3, which allows 65536; the same table under model 2 is a corrupt

@@ -70,6 +70,7 @@ import os
 import struct
 import threading
 import zlib
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -293,27 +294,35 @@ def _colour_body(frame: np.ndarray, info: FrameInfo, version: int, planes: np.nd
             body = _coded_body(sampled, sample_info, version, tables, maps, model)
             side = _side_bytes(body, len(coding_planes) + len(maps))
             estimates.append((len(body) - side) * info.rows / len(sample_rows) + side)
-    chosen = [i for i, estimate in enumerate(estimates or [])
-              if estimate <= min(estimates) * (1 + SAMPLE_MARGIN)] or range(len(codings))
-    best = _smallest_body(codings, chosen, info, version)
-    if estimates is not None and len(best[0]) > SAMPLE_TRUST * estimates[best[2]]:
-        # The sample missed what the frame holds: code every coding.
-        rest = [i for i in range(len(codings)) if i not in chosen]
-        best = min(best, _smallest_body(codings, rest, info, version), key=lambda b: (len(b[0]), b[2]))
-    return best[0], best[1]
+    chosen = list(range(len(codings)))
+    if estimates is not None:
+        chosen = [i for i in chosen if estimates[i] <= min(estimates) * (1 + SAMPLE_MARGIN)]
+    best, body = _smallest_body(codings, chosen, info, version)
+    if estimates is not None and len(body) > SAMPLE_TRUST * estimates[best]:
+        # The sample missed what the frame holds: code every coding (ties keep the first).
+        best, body = _smallest_body(codings, range(len(codings)), info, version, (best, body), chosen)
+    return body, codings[best][0]
 
 
-def _smallest_body(codings: list, chosen, info: FrameInfo, version: int) -> tuple[bytes, int, int]:
-    """(body, colour transform, place in `codings`) of the smallest of the `chosen` codings."""
-    best = (b"", 0, -1)
-    for i in chosen:
-        colour, coding_planes, tables, maps, model = codings[i]
-        if colour == _tf.COLOUR_PALETTE:  # the index plane serves two codings: each codes a copy
-            coding_planes = [p.copy() for p in coding_planes]
-        body = _coded_body(coding_planes, info, version, tables, maps, model)
-        if best[2] < 0 or len(body) < len(best[0]):
-            best = (body, colour, i)
+def _smallest_body(codings: list, indices, info: FrameInfo, version: int,
+                   best: tuple[int, bytes] | None = None, done: Collection[int] = ()) -> tuple[int, bytes]:
+    """(place in `codings`, body) of the smallest of `best` and the codings at `indices` not `done`;
+    only the smallest body is held at a time."""
+    for i in indices:
+        if i in done:
+            continue
+        body = _whole_body(codings[i], info, version)
+        if best is None or (len(body), i) < (len(best[1]), best[0]):
+            best = (i, body)
     return best
+
+
+def _whole_body(coding: tuple, info: FrameInfo, version: int) -> bytes:
+    """The coded body of one of :func:`_colour_body`'s codings over the whole frame."""
+    colour, coding_planes, tables, maps, model = coding
+    if colour == _tf.COLOUR_PALETTE:  # the index plane serves two codings: each codes a copy
+        coding_planes = [p.copy() for p in coding_planes]
+    return _coded_body(coding_planes, info, version, tables, maps, model)
 
 
 def _side_bytes(body: bytes, descriptors: int) -> int:

@@ -21,10 +21,20 @@ in order, each frame allowed to reference the one before it in the same image.
 ``--images FILE_OR_FOLDER ...`` runs on image files instead of the corpus
 (lossless formats: PNG, TIFF, ...; 8- or 16-bit grey or RGB), for images of
 kinds the corpus lacks, such as screen captures.
+
+``--enlarge KIND`` runs on the corpus's grey images (the first frame of each)
+enlarged to about twice their size, as scanners and workstations enlarge
+images for display and archive: ``linear`` puts the floor of the mean of two
+neighbouring samples between them along both axes, ``rows`` along the rows
+only, ``cubic`` the Catmull-Rom midpoint (rounded, clipped to the sample
+range) along both axes.  Images whose side passes ``ENLARGE_SIDE`` are
+cropped to it first.  ``gwl v2 without subbands`` is version 2 with its
+subband mode off, to show what the mode gains.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -33,12 +43,47 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.harness import Entry, Item, arguments, load_corpus, load_images, run  # noqa: E402
+from gateway.codecs import _private_subbands as _subbands  # noqa: E402
 from gateway.codecs import private  # noqa: E402
 from gateway.codecs.base import FrameInfo  # noqa: E402
 
 
+ENLARGE_SIDE = 1024
+ENLARGEMENTS = ("linear", "rows", "cubic")
+
+
+def _midpoints(image: np.ndarray, axis: int, cubic: bool) -> np.ndarray:
+    """`image` (int64) with a sample put between every two neighbours along `axis`."""
+    x = np.moveaxis(image, axis, 0)
+    if cubic:  # Catmull-Rom at one half: (-a + 9b + 9c - d) / 16, the edges repeated
+        padded = np.concatenate([x[:1], x, x[-1:]])
+        middle = np.rint((-padded[:-3] + 9 * padded[1:-2] + 9 * padded[2:-1] - padded[3:]) / 16).astype(np.int64)
+    else:
+        middle = (x[:-1] + x[1:]) >> 1
+    out = np.empty((2 * x.shape[0] - 1,) + x.shape[1:], np.int64)
+    out[0::2] = x
+    out[1::2] = middle
+    return np.moveaxis(out, 0, axis)
+
+
+def _enlarged(items: list[Item], kind: str) -> list[Item]:
+    """The first frame of every grey image, enlarged (see the module's help)."""
+    out = []
+    for item in items:
+        if item.info.samples_per_pixel != 1 or item.info.bits_allocated not in (8, 16):
+            continue
+        image = item.frames[0][:ENLARGE_SIDE, :ENLARGE_SIDE].astype(np.int64)
+        for axis in ((1,) if kind == "rows" else (0, 1)):
+            image = _midpoints(image, axis, kind == "cubic")
+        limits = np.iinfo(item.info.dtype)
+        image = np.clip(image, limits.min, limits.max).astype(item.info.dtype)
+        info = dataclasses.replace(item.info, rows=image.shape[0], columns=image.shape[1])
+        out.append(Item(item.path, item.folder, info, [image]))
+    return out
+
+
 def _ours(items: list[Item], name: str, version: int, threads: int, model: int = private.MODEL,
-          indexed: tuple = private.INDEXED_MODELS) -> Entry:
+          indexed: tuple = private.INDEXED_MODELS, subbands: bool = True) -> Entry:
     """Our codec; each frame after the first of an image may reference its predecessor."""
     previous: dict[int, np.ndarray] = {}
     for item in items:
@@ -49,6 +94,7 @@ def _ours(items: list[Item], name: str, version: int, threads: int, model: int =
         private.STRIPE_THREADS = threads
         private.MODEL = model
         private.INDEXED_MODELS = indexed
+        _subbands.GATE = GATE if subbands else -1.0  # below 0, no axis is ever tried
         return private.encode(frame, info, previous.get(id(frame)), version=version)
 
     def decode(data: bytes, info: FrameInfo) -> np.ndarray:
@@ -57,6 +103,9 @@ def _ours(items: list[Item], name: str, version: int, threads: int, model: int =
         return private.decode(data, info)
 
     return Entry(name, encode, decode, lambda info: private.supports(info) is None)
+
+
+GATE = _subbands.GATE
 
 
 def _unsigned(frame: np.ndarray) -> np.ndarray:
@@ -100,10 +149,14 @@ def _peers() -> list[Entry]:
 
 
 def main() -> None:
-    args = arguments(__doc__.splitlines()[0])
+    args = arguments(__doc__.splitlines()[0], lambda parser: parser.add_argument(
+        "--enlarge", choices=ENLARGEMENTS, help="the corpus's grey images enlarged about twice (see the help above)"))
     items = load_images(args.images) if args.images else load_corpus(folders=args.folders)
+    if args.enlarge:
+        items = _enlarged(items, args.enlarge)
     threads = private.STRIPE_THREADS
-    entries = [_ours(items, "gwl v2 (ours)", 2, 1), _ours(items, "gwl v2 without model 3", 2, 1, indexed=(None,)),
+    entries = [_ours(items, "gwl v2 (ours)", 2, 1), _ours(items, "gwl v2 without subbands", 2, 1, subbands=False),
+               _ours(items, "gwl v2 without model 3", 2, 1, indexed=(None,)),
                _ours(items, "gwl v2 model 1", 2, 1, model=1, indexed=(None,)), _ours(items, "gwl v1 (ours)", 1, 1)]
     if threads > 1:
         entries.append(_ours(items, f"gwl v2, {threads} threads", 2, threads))

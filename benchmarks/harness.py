@@ -239,9 +239,11 @@ def run(entries: Sequence[Entry], items: Sequence[Item], *, title: str = "", ver
     return table
 
 
-def arguments(description: str) -> argparse.Namespace:
-    """Common command line: --folders, --repeat, --noverify, --only (entry names)."""
+def arguments(description: str, extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """Common command line: --folders, --repeat, --noverify, --only (entry names); `extra` adds a script's own."""
     parser = argparse.ArgumentParser(description=description)
+    if extra is not None:
+        extra(parser)
     parser.add_argument("--folders", nargs="*", default=(), help="corpus folders to use (default: all)")
     parser.add_argument("--repeat", type=int, default=1, help="time each operation N times, keep the best")
     parser.add_argument("--noverify", action="store_true", help="skip the round-trip check")

@@ -70,7 +70,19 @@ def _streams(version: int) -> list[tuple[FrameInfo, np.ndarray, bytes]]:
         assert data[10] == 4
         out.append((info, frame, data))
         out.append(_screen_stream())
+        out.append(_subband_stream())
     return out
+
+
+def _subband_stream() -> tuple[FrameInfo, np.ndarray, bytes]:
+    """An interpolated frame coded as subbands (section 9.8): both axes, odd phase."""
+    from tests.test_private_subbands import _enlarge, _textured
+
+    frame = _enlarge(_enlarge(_textured(12, 10, 4, top=60000), 0), 1)[1:, 1:].astype(np.uint16)
+    info = FrameInfo(rows=frame.shape[0], columns=frame.shape[1], bits_stored=16)
+    data = private.encode(frame, info, version=2)
+    assert data[11] == private.PREDICT_SUBBANDS | 15
+    return info, frame, data
 
 
 def _screen_stream() -> tuple[FrameInfo, np.ndarray, bytes]:

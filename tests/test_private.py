@@ -1176,7 +1176,10 @@ def _spec_decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = No
         if prediction == 1:
             planes = [p + b for p, b in zip(planes, tf.forward_colour(reference, transform)
                                              if info.samples_per_pixel == 3 else [reference.astype(np.int64)])]
-        if info.samples_per_pixel == 1:
+        if prediction >= 0x10:  # section 9.8: subbands of one lifting level
+            assert version == 2 and info.samples_per_pixel == 1 and prediction < 0x20
+            samples = _spec_subbands(planes[0].tolist(), prediction & 15)
+        elif info.samples_per_pixel == 1:
             samples = planes[0]
         elif transform == 0:
             samples = np.stack(planes, axis=-1)
@@ -1192,6 +1195,38 @@ def _spec_decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = No
     frame = samples.astype(info.dtype).reshape(info.shape)
     assert zlib.crc32(frame.astype(frame.dtype.newbyteorder("<")).tobytes()) == struct.unpack_from("<I", data, 20)[0]
     return frame
+
+
+def _spec_inverse_line(line: list[int], p: int) -> list[int]:
+    """Section 9.8, one line: low-pass values first, then high-pass; sample k is high-pass when k + p is odd."""
+    n = len(line)
+    assert n >= 2
+    lows = [k for k in range(n) if (k + p) % 2 == 0]
+    highs = [k for k in range(n) if (k + p) % 2 == 1]
+    assert len(lows) == (n - p + 1) // 2
+    x = [0] * n
+    for value, k in zip(line, lows + highs):
+        x[k] = value
+
+    def m(k: int) -> int:
+        return 1 if k == -1 else n - 2 if k == n else k
+
+    for k in lows:
+        x[k] -= (x[m(k - 1)] + x[m(k + 1)] + 2) >> 2
+    for k in highs:
+        x[k] += (x[m(k - 1)] + x[m(k + 1)]) >> 1
+    return x
+
+
+def _spec_subbands(c: list[list[int]], flags: int) -> np.ndarray:
+    """Section 9.8: the columns' inverse lifting (bit 1), then the rows' (bit 0)."""
+    assert flags & 3 and not (flags & 4 and not flags & 1) and not (flags & 8 and not flags & 2)
+    if flags & 2:
+        columns = [_spec_inverse_line([row[x] for row in c], (flags >> 3) & 1) for x in range(len(c[0]))]
+        c = [[columns[x][y] for x in range(len(c[0]))] for y in range(len(c))]
+    if flags & 1:
+        c = [_spec_inverse_line(row, (flags >> 2) & 1) for row in c]
+    return np.array(c, np.int64)
 
 
 @pytest.mark.parametrize("version", private.VERSIONS)
@@ -1228,7 +1263,8 @@ def test_specification_decoder_agrees(info: FrameInfo, kind: str, version: int) 
     assert np.array_equal(_spec_decode(data, info, reference), frame)
 
 
-@pytest.mark.parametrize("archive", ["gwl_v1", "gwl_v2_model0", "gwl_v2_model1", "gwl_v2_model2", "gwl_v2_model3"])
+@pytest.mark.parametrize("archive", ["gwl_v1", "gwl_v2_model0", "gwl_v2_model1", "gwl_v2_model2", "gwl_v2_model3",
+                                     "gwl_v2_subbands"])
 def test_specification_decoder_reads_golden_streams(archive: str) -> None:
     """The archived streams decode with the plain decoder too (pixels read by pydicom)."""
     from tests.test_private_golden import ARCHIVES, _frames

@@ -5,7 +5,8 @@ those in ``tests/data/gwl_v2_model0`` by the first version 2 encoder (context
 model 0), ``gwl_v2_model1`` and ``gwl_v2_model2`` by the version 2 encoders of
 context models 1 and 2, from the same pixels (model 2's archive adds a case of
 colour transform 4), ``gwl_v2_model3`` by the version 2 encoder of context
-model 3 (indexed colour whose indices are matched to the neighbours'); the pixels they must decode to were read by
+model 3 (indexed colour whose indices are matched to the neighbours'), ``gwl_v2_subbands`` by the
+version 2 encoder that codes interpolated frames as subbands; the pixels they must decode to were read by
 pydicom from its bundled test files (a source that is not our code), and are
 checked against those files again here when pydicom has them.
 """
@@ -27,9 +28,11 @@ DATA = ROOT / "gwl_v1"
 CASES = json.loads((DATA / "cases.json").read_text())
 # Archive name: (folder, cases); the version byte of its streams follows.
 ARCHIVES = {name: (ROOT / name, json.loads((ROOT / name / "cases.json").read_text()))
-            for name in ("gwl_v1", "gwl_v2_model0", "gwl_v2_model1", "gwl_v2_model2", "gwl_v2_model3")}
-VERSION_OF = {"gwl_v1": 1, "gwl_v2_model0": 2, "gwl_v2_model1": 2, "gwl_v2_model2": 2, "gwl_v2_model3": 2}
-MODEL_OF = {"gwl_v2_model0": 0, "gwl_v2_model1": 1, "gwl_v2_model2": 2, "gwl_v2_model3": 3}
+            for name in ("gwl_v1", "gwl_v2_model0", "gwl_v2_model1", "gwl_v2_model2", "gwl_v2_model3",
+                         "gwl_v2_subbands")}
+VERSION_OF = {"gwl_v1": 1, "gwl_v2_model0": 2, "gwl_v2_model1": 2, "gwl_v2_model2": 2, "gwl_v2_model3": 2,
+              "gwl_v2_subbands": 2}
+MODEL_OF = {"gwl_v2_model0": 0, "gwl_v2_model1": 1, "gwl_v2_model2": 2, "gwl_v2_model3": 3, "gwl_v2_subbands": 2}
 ALL_CASES = [(name, case) for name, (_, cases) in ARCHIVES.items() for case in cases]
 
 
@@ -46,6 +49,8 @@ def test_golden_streams_decode(archive: str, case: dict) -> None:
     info, streams, pixels = _frames(data, case)
     assert [hashlib.sha256(s).hexdigest() for s in streams] == case["sha256"]  # the files are unchanged
     assert all(s[:5] == b"GWL1" + bytes([VERSION_OF[archive]]) for s in streams)
+    if archive == "gwl_v2_subbands":
+        assert all(s[11] == 0x10 | case["subbands"] for s in streams)
     if archive in MODEL_OF:  # (model 0: written before context models existed, the model byte is 0)
         assert all(s[5] == private.MODE_STORED or _model_byte(s, info) == MODEL_OF[archive] for s in streams)
     # In order, frame by frame, as a DICOM reader decodes them (inter frames find their reference).
@@ -75,6 +80,14 @@ def _source_pixels(source: dict) -> np.ndarray | None:
         array = apply_color_lut(array, ds)
     (r0, r1), (c0, c1) = source["rows"], source["columns"]
     array = np.ascontiguousarray(array[r0:r1, c0:c1])
+    for axis in source.get("enlarge", ()):  # the floor of the mean of two neighbours put between them
+        moved = np.moveaxis(array.astype(np.int64), axis, 0)
+        wider = np.empty((2 * moved.shape[0] - 1,) + moved.shape[1:], np.int64)
+        wider[0::2] = moved
+        wider[1::2] = (moved[:-1] + moved[1:]) >> 1
+        array = np.ascontiguousarray(np.moveaxis(wider, 0, axis)).astype(array.dtype)
+    if source.get("trim"):
+        array = np.ascontiguousarray(array[source["trim"][0]:, source["trim"][1]:])
     bits = source.get("quantise")
     if bits:  # each 8-bit channel quantised to `bits` bits and scaled back to 0..255
         top = (1 << bits) - 1

@@ -20,7 +20,7 @@ pixel has that neighbour's index:
   an escape costs at most :data:`RECENT` steps whatever the colour table's
   size.
 
-docs/private-codec.md (section 9.9) specifies it exactly.  Encoding and
+docs/private-codec.md (section 9.7) specifies it exactly.  Encoding and
 decoding run one loop, as the other plane kernels do.
 """
 

@@ -19,7 +19,8 @@ integers little endian)::
     9      1     pixel representation (0 unsigned, 1 signed)
     10     1     colour transform (0 none, 1 subtract green, 2 YCoCg-R, 3 indexed
                  colour, 4 channel ranks then subtract green: version 2 only)
-    11     1     prediction: 0 intra, 1 from the previous frame
+    11     1     prediction: 0 intra, 1 from the previous frame, 0x10 + flags: intra
+                 coded as subbands of one 5/3 lifting level (version 2, one sample)
     12     4     rows
     16     4     columns
     20     4     CRC-32 (ISO-HDLC, as zlib) of the decoded frame's little-endian bytes
@@ -80,6 +81,7 @@ from gateway.codecs import _private_planes as _planes
 from gateway.codecs import _private_planes2 as _planes2
 from gateway.codecs import _private_predict as _predict
 from gateway.codecs import _private_rangecoder as _rc
+from gateway.codecs import _private_subbands as _sb
 from gateway.codecs import _private_symbols as _sym
 from gateway.codecs import _private_transforms as _tf
 from gateway.codecs import register
@@ -100,6 +102,7 @@ MODE_STORED = 0
 MODE_CODED = 1
 PREDICT_INTRA = 0
 PREDICT_PREVIOUS = 1
+PREDICT_SUBBANDS = 0x10  # version 2, one sample: intra, the plane as subbands; the low bits name them
 
 _HEADER = struct.Struct("<4sBBBBBBBBIIII")
 _PLANE = struct.Struct("<iII")
@@ -125,8 +128,9 @@ PALETTE_DENSITY = 0.75
 # two or more threads share it.
 STRIPE_BYTES = 1 << 19
 ENCODER_STRIPES = 4
-# Version 2 colour frames of at least SAMPLE_PIXELS pixels choose among their codings (colour
-# transform, indexed colour with context model 2 or 3, channel ranks) on a sample first:
+# Version 2 frames of at least SAMPLE_PIXELS pixels choose among their codings (colour
+# transform, indexed colour with context model 2 or 3, channel ranks; grey: as they are or
+# as subbands) on a sample first:
 # SAMPLE_BANDS bands of rows spread over the frame, a SAMPLE_SHARE of its rows together.  Only
 # the codings whose sample is within SAMPLE_MARGIN of the smallest are coded whole.
 SAMPLE_PIXELS = 1 << 16
@@ -180,8 +184,10 @@ def _crc(frame: np.ndarray) -> int:
 
 
 def _header(info: FrameInfo, mode: int, transform: int, crc: int, reference_crc: int | None,
-            version: int = VERSION) -> bytes:
+            version: int = VERSION, subbands: int = 0) -> bytes:
     prediction = PREDICT_INTRA if reference_crc is None else PREDICT_PREVIOUS
+    if subbands:
+        prediction = PREDICT_SUBBANDS | subbands
     return _HEADER.pack(
         MAGIC, version, mode, info.samples_per_pixel, info.bits_allocated, info.bits_stored,
         info.pixel_representation, transform, prediction, info.rows, info.columns, crc, reference_crc or 0,
@@ -252,15 +258,36 @@ def encode(frame: np.ndarray, info: FrameInfo, reference: np.ndarray | None = No
             planes = difference
             reference_crc = _crc(reference)
         del difference
+    subbands = 0
     if reference_crc is None and info.samples_per_pixel == 3:
         body, transform = _colour_body(frame, info, version, planes, transform)
+    elif reference_crc is None and version >= 2:
+        body, subbands = _grey_body(planes[0], info, version)
     else:
         body = _coded_body(list(planes), info, version, tables=0)
     del planes
     if len(body) >= info.frame_bytes:
         raw = np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("<")).tobytes()
         return _header(info, MODE_STORED, _tf.COLOUR_NONE, crc, None, version) + raw
-    return _header(info, MODE_CODED, transform, crc, reference_crc, version) + body
+    return _header(info, MODE_CODED, transform, crc, reference_crc, version, subbands) + body
+
+
+def _grey_body(plane: np.ndarray, info: FrameInfo, version: int) -> tuple[bytes, int]:
+    """The coded body of an intra grey plane (version 2) and its subband flags (0: none): the plane
+    as it is, or its subbands when a sample of its rows looks interpolated and they code smaller
+    (chosen as colour codings are: :func:`_chosen_body`)."""
+    codings = [(_tf.COLOUR_NONE, [plane], 0, (), None)]
+    bands = (np.zeros(1, np.int64), info.rows)  # the whole frame, or a sample of its rows
+    if info.rows * info.columns >= SAMPLE_PIXELS:
+        bands = _sample_bands(info.rows, _sb.MIN_BAND)
+    flags = _sb.interpolated(plane, *bands)
+    if flags and _sb.valid(flags, info.rows, info.columns):
+        coefficients = _sb.forward(plane, flags)
+        low, high = int(coefficients.min()), int(coefficients.max())
+        if MIN_OFFSET <= low <= MAX_OFFSET and high - low <= MAX_PLANE_VALUE:
+            codings.append((_tf.COLOUR_NONE, [coefficients], 0, (), None))
+    best, body = _chosen_body(codings, info, version)
+    return body, flags if best else 0
 
 
 def _colour_body(frame: np.ndarray, info: FrameInfo, version: int, planes: np.ndarray,
@@ -283,6 +310,14 @@ def _colour_body(frame: np.ndarray, info: FrameInfo, version: int, planes: np.nd
     if ranked is not None:
         # Channels quantised apart (sparse values each): decorrelate their ranks.
         codings.append((_tf.COLOUR_RANKS, list(ranked[0]), 0, ranked[1], None))
+    best, body = _chosen_body(codings, info, version)
+    return body, codings[best][0]
+
+
+def _chosen_body(codings: list, info: FrameInfo, version: int) -> tuple[int, bytes]:
+    """(place in `codings`, body) of the smallest coding, ties to the first.  In version 2, a frame
+    of SAMPLE_PIXELS or more codes each coding on a sample of its rows first, and only those
+    within SAMPLE_MARGIN of the smallest estimate whole (all of them if the sample misled)."""
     estimates = None
     if version >= 2 and len(codings) > 1 and info.rows * info.columns >= SAMPLE_PIXELS:
         sample_rows = _sample_rows(info.rows)
@@ -301,7 +336,7 @@ def _colour_body(frame: np.ndarray, info: FrameInfo, version: int, planes: np.nd
     if estimates is not None and len(body) > SAMPLE_TRUST * estimates[best]:
         # The sample missed what the frame holds: code every coding (ties keep the first).
         best, body = _smallest_body(codings, range(len(codings)), info, version, (best, body), chosen)
-    return body, codings[best][0]
+    return best, body
 
 
 def _smallest_body(codings: list, indices, info: FrameInfo, version: int,
@@ -318,7 +353,8 @@ def _smallest_body(codings: list, indices, info: FrameInfo, version: int,
 
 
 def _whole_body(coding: tuple, info: FrameInfo, version: int) -> bytes:
-    """The coded body of one of :func:`_colour_body`'s codings over the whole frame."""
+    """The coded body of one coding (colour transform, planes, tables, channel maps, context model)
+    over the whole frame."""
     colour, coding_planes, tables, maps, model = coding
     if colour == _tf.COLOUR_PALETTE:  # the index plane serves two codings: each codes a copy
         coding_planes = [p.copy() for p in coding_planes]
@@ -330,10 +366,16 @@ def _side_bytes(body: bytes, descriptors: int) -> int:
     return _U32.unpack_from(body, _PLANE.size * descriptors + _U32.size)[0]
 
 
+def _sample_bands(rows: int, least: int = 1) -> tuple[np.ndarray, int]:
+    """(first rows, height) of the encoder's sample of a frame: SAMPLE_BANDS bands of rows spread
+    evenly, SAMPLE_SHARE of the rows together (each at least `least` rows, at most the frame)."""
+    height = min(rows, max(least, int(rows * SAMPLE_SHARE) // SAMPLE_BANDS))
+    return np.linspace(0, rows - height, SAMPLE_BANDS).astype(np.int64), height
+
+
 def _sample_rows(rows: int) -> np.ndarray:
-    """Row numbers of the encoder's sample of a frame: SAMPLE_BANDS bands spread evenly."""
-    height = max(1, int(rows * SAMPLE_SHARE) // SAMPLE_BANDS)
-    starts = np.linspace(0, rows - height, SAMPLE_BANDS).astype(np.int64)
+    """Row numbers of the encoder's sample of a frame (:func:`_sample_bands`), each once."""
+    starts, height = _sample_bands(rows)
     return np.unique(np.concatenate([np.arange(a, a + height) for a in starts]))
 
 
@@ -520,16 +562,20 @@ def _check_header(data: bytes, info: FrameInfo) -> tuple[int, int, int, int, int
         raise _corrupt(f"bad colour transform {transform} for {samples} sample(s) in version {version}")
     if mode == MODE_STORED and (transform != _tf.COLOUR_NONE or prediction != PREDICT_INTRA):
         raise _corrupt("a stored frame has a colour transform or a reference")
-    if prediction not in (PREDICT_INTRA, PREDICT_PREVIOUS) or (prediction == PREDICT_INTRA and reference_crc) or (
-        prediction == PREDICT_PREVIOUS and transform in (_tf.COLOUR_PALETTE, _tf.COLOUR_RANKS)
-    ):
+    subbands = prediction & ~PREDICT_SUBBANDS if prediction & ~_sb.FLAGS == PREDICT_SUBBANDS else 0
+    if subbands and not (version >= 2 and mode == MODE_CODED and samples == 1 and _sb.valid(subbands, rows, cols)):
+        raise _corrupt(f"bad subband prediction {prediction:#04x} for {samples} sample(s), {rows} x {cols}, "
+                       f"version {version}")
+    if (prediction not in (PREDICT_INTRA, PREDICT_PREVIOUS) and not subbands) or (
+        prediction != PREDICT_PREVIOUS and reference_crc
+    ) or (prediction == PREDICT_PREVIOUS and transform in (_tf.COLOUR_PALETTE, _tf.COLOUR_RANKS)):
         raise _corrupt(f"bad prediction mode {prediction} (reference CRC {reference_crc:#010x})")
     return version, mode, transform, crc, prediction, reference_crc
 
 
 def is_intra(data: bytes) -> bool:
     """Whether a stream decodes on its own (False: it needs the previous frame)."""
-    return len(data) < _HEADER.size or data[11] == PREDICT_INTRA
+    return len(data) < _HEADER.size or data[11] != PREDICT_PREVIOUS
 
 
 def decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = None) -> np.ndarray:
@@ -550,7 +596,8 @@ def decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = None) ->
         frame = _decode_stored(data, info)
     else:
         frame = _decode_coded(data, info, version, transform,
-                              reference if prediction == PREDICT_PREVIOUS else None)
+                              reference if prediction == PREDICT_PREVIOUS else None,
+                              prediction & _sb.FLAGS if prediction & PREDICT_SUBBANDS else 0)
     if _crc(frame) != crc:
         raise _corrupt("CRC-32 of the decoded frame does not match the stream")
     _remember(frame, crc, info)
@@ -616,7 +663,7 @@ def _descriptors(data: bytes, count: int) -> list[tuple[int, int, int]]:
 
 
 def _decode_coded(data: bytes, info: FrameInfo, version: int, transform: int,
-                  reference: np.ndarray | None) -> np.ndarray:
+                  reference: np.ndarray | None, subbands: int = 0) -> np.ndarray:
     if transform == _tf.COLOUR_PALETTE:
         descriptors = _descriptors(data, 4)
         offset, maxv, count = descriptors[0]
@@ -648,7 +695,9 @@ def _decode_coded(data: bytes, info: FrameInfo, version: int, transform: int,
         if reference is not None:
             for plane, base in zip(values, _planes_of(reference, info, transform)):
                 plane += base
-        if info.samples_per_pixel == 1:
+        if subbands:
+            samples = _sb.inverse(values[0], subbands)
+        elif info.samples_per_pixel == 1:
             samples = values[0]
         else:
             samples = _tf.inverse_colour(values, transform)

@@ -28,7 +28,7 @@ images for display and archive: ``linear`` puts the floor of the mean of two
 neighbouring samples between them along both axes, ``rows`` along the rows
 only, ``cubic`` the Catmull-Rom midpoint (rounded, clipped to the sample
 range) along both axes.  Images whose side passes ``ENLARGE_SIDE`` are
-cropped to it first.  ``gwl v2 without subbands`` is version 2 with its
+cropped to it first, about their centre.  ``gwl v2 without subbands`` is version 2 with its
 subband mode off, to show what the mode gains.
 """
 
@@ -72,7 +72,9 @@ def _enlarged(items: list[Item], kind: str) -> list[Item]:
     for item in items:
         if item.info.samples_per_pixel != 1 or item.info.bits_allocated not in (8, 16):
             continue
-        image = item.frames[0][:ENLARGE_SIDE, :ENLARGE_SIDE].astype(np.int64)
+        rows, columns = item.frames[0].shape
+        top, left = max(0, (rows - ENLARGE_SIDE) // 2), max(0, (columns - ENLARGE_SIDE) // 2)
+        image = item.frames[0][top:top + ENLARGE_SIDE, left:left + ENLARGE_SIDE].astype(np.int64)
         for axis in ((1,) if kind == "rows" else (0, 1)):
             image = _midpoints(image, axis, kind == "cubic")
         limits = np.iinfo(item.info.dtype)

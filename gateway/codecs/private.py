@@ -56,7 +56,10 @@ refined class has learnt enough), model 2 (written now: model 1's coarse and
 refined classes mixed, the sign's context split by where the prediction lies
 between two integers) or model 3 (written for indexed colour where it codes
 smaller: model 2, but the index plane is coded as which neighbour's colour a
-pixel repeats, else the index among recent escapes or by value).
+pixel repeats, else the index among recent escapes or by value).  A grey
+intra frame whose samples of one parity are means of their neighbours (an
+image enlarged by interpolation) may be coded as the subbands of one level
+of 5/3 lifting along its rows, columns or both (:mod:`._private_subbands`).
 
 Decoding checks every header field against the expected :class:`FrameInfo`
 and named limits before allocating, bounds the coder's reads, requires the

@@ -165,6 +165,22 @@ def test_large_frames_choose_on_a_sample_of_rows(monkeypatch: pytest.MonkeyPatch
         assert np.array_equal(private.decode(data, _info(frame)), frame)
 
 
+def test_an_interpolated_frame_codes_on_its_own_where_that_is_smaller(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given the frame before, an interpolated frame weighs its subbands against the difference."""
+    rng = np.random.default_rng(8)
+    base = _textured(60, 70, 8)
+    first, second = (_enlarge(_enlarge(base + rng.integers(0, 40, base.shape), 0), 1).astype(np.uint16)
+                     for _ in range(2))
+    info = _info(first)
+    data = private.encode(second, info, first, version=2)
+    assert data[PREDICTION] & private.PREDICT_SUBBANDS and private.is_intra(data)
+    monkeypatch.setattr(private, "INTER_GAIN", 1e9)  # the difference, whatever it costs
+    inter = private.encode(second, info, first, version=2)
+    assert inter[PREDICTION] == private.PREDICT_PREVIOUS
+    assert len(data) < len(inter)
+    assert np.array_equal(private.decode(inter, info, first), second)
+
+
 def test_version_one_and_inter_frames_do_not_use_subbands() -> None:
     frame = _enlarge(_enlarge(_textured(40, 40), 0), 1).astype(np.uint16)
     info = _info(frame)

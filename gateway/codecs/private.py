@@ -254,10 +254,16 @@ def encode(frame: np.ndarray, info: FrameInfo, reference: np.ndarray | None = No
     transform = _tf.choose_colour(frame) if info.samples_per_pixel == 3 else _tf.COLOUR_NONE
     planes = _planes_of(frame, info, transform)
     reference_crc = None
+    subband = (0, None)
+    if version >= 2 and info.samples_per_pixel == 1:
+        subband = _subband_candidate(planes[0], info)
     if reference is not None:
         reference = _check_input(reference, info)
         difference = planes - _planes_of(reference, info, transform)
-        if _tf.estimate_cost(difference) < INTER_GAIN * _tf.estimate_cost(planes):
+        intra = _tf.estimate_cost(planes)
+        if subband[1] is not None:  # an interpolated frame may code smaller on its own as subbands
+            intra = min(intra, _tf.estimate_cost(subband[1][np.newaxis]))
+        if _tf.estimate_cost(difference) < INTER_GAIN * intra:
             planes = difference
             reference_crc = _crc(reference)
         del difference
@@ -265,7 +271,7 @@ def encode(frame: np.ndarray, info: FrameInfo, reference: np.ndarray | None = No
     if reference_crc is None and info.samples_per_pixel == 3:
         body, transform = _colour_body(frame, info, version, planes, transform)
     elif reference_crc is None and version >= 2:
-        body, subbands = _grey_body(planes[0], info, version)
+        body, subbands = _grey_body(planes[0], info, version, *subband)
     else:
         body = _coded_body(list(planes), info, version, tables=0)
     del planes
@@ -275,20 +281,31 @@ def encode(frame: np.ndarray, info: FrameInfo, reference: np.ndarray | None = No
     return _header(info, MODE_CODED, transform, crc, reference_crc, version, subbands) + body
 
 
-def _grey_body(plane: np.ndarray, info: FrameInfo, version: int) -> tuple[bytes, int]:
-    """The coded body of an intra grey plane (version 2) and its subband flags (0: none): the plane
-    as it is, or its subbands when a sample of its rows looks interpolated and they code smaller
-    (chosen as colour codings are: :func:`_chosen_body`)."""
-    codings = [(_tf.COLOUR_NONE, [plane], 0, (), None)]
-    bands = (np.zeros(1, np.int64), info.rows)  # the whole frame, or a sample of its rows
+def _subband_candidate(plane: np.ndarray, info: FrameInfo) -> tuple[int, np.ndarray | None]:
+    """(flags, int32 coefficients) of the subbands worth trying on a grey plane: when its sample of
+    rows looks interpolated (the whole frame below SAMPLE_PIXELS) and the coefficients fit a
+    plane's limits; else (0, None)."""
+    bands = (np.zeros(1, np.int64), info.rows)
     if info.rows * info.columns >= SAMPLE_PIXELS:
         bands = _sample_bands(info.rows, _sb.MIN_BAND)
     flags = _sb.interpolated(plane, *bands)
-    if flags and _sb.valid(flags, info.rows, info.columns):
-        coefficients = _sb.forward(plane, flags)
-        low, high = int(coefficients.min()), int(coefficients.max())
-        if MIN_OFFSET <= low <= MAX_OFFSET and high - low <= MAX_PLANE_VALUE:
-            codings.append((_tf.COLOUR_NONE, [coefficients], 0, (), None))
+    if not flags or not _sb.valid(flags, info.rows, info.columns):
+        return 0, None
+    coefficients = _sb.forward(plane, flags)
+    low, high = int(coefficients.min()), int(coefficients.max())
+    if not (MIN_OFFSET <= low <= MAX_OFFSET and high - low <= MAX_PLANE_VALUE):
+        return 0, None
+    return flags, coefficients
+
+
+def _grey_body(plane: np.ndarray, info: FrameInfo, version: int, flags: int,
+               coefficients: np.ndarray | None) -> tuple[bytes, int]:
+    """The coded body of an intra grey plane (version 2) and its subband flags (0: none): the plane
+    as it is, or its subbands (:func:`_subband_candidate`) when they code smaller (chosen as
+    colour codings are: :func:`_chosen_body`)."""
+    codings = [(_tf.COLOUR_NONE, [plane], 0, (), None)]
+    if coefficients is not None:
+        codings.append((_tf.COLOUR_NONE, [coefficients], 0, (), None))
     best, body = _chosen_body(codings, info, version)
     return body, flags if best else 0
 

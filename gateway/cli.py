@@ -395,10 +395,11 @@ def _positive(text: str) -> int:
 
 def _check_private_version(version: int) -> None:
     """:class:`UsageError` unless our private syntax's encoder writes `version`."""
-    from gateway.codecs.private import VERSIONS
+    from gateway.config import private_version_problem
 
-    if version not in VERSIONS:
-        raise UsageError(f"--private-version: must be {' or '.join(map(str, VERSIONS))}, got {version}")
+    problem = private_version_problem(version)
+    if problem:
+        raise UsageError(f"--private-version: {problem}")
 
 
 def _cmd_compress(args: argparse.Namespace) -> int:

@@ -705,13 +705,21 @@ def private_options(version: int = PRIVATE_VERSION) -> dict[str, dict[str, Any]]
     return {GATEWAY_LOSSLESS_V1: {"version": version}}
 
 
-def _private_version(key: str, value: Any) -> int:
-    """A version of our private syntax that our encoder writes (``private.VERSIONS``)."""
+def private_version_problem(value: Any) -> str | None:
+    """Why `value` is not a version of our private syntax that our encoder writes
+    (``private.VERSIONS``); None when it is one."""
     from gateway.codecs.private import VERSIONS
 
     if isinstance(value, bool) or not isinstance(value, int) or value not in VERSIONS:
-        choices = " or ".join(str(v) for v in VERSIONS)
-        raise ConfigError(key, f"must be {choices}, got {value!r}")
+        return f"must be {' or '.join(str(v) for v in VERSIONS)}, got {value!r}"
+    return None
+
+
+def _private_version(key: str, value: Any) -> int:
+    """A version of our private syntax that our encoder writes, else :class:`ConfigError` naming `key`."""
+    problem = private_version_problem(value)
+    if problem:
+        raise ConfigError(key, problem)
     return value
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +113,12 @@ _ADDED_COLUMNS = (
 )
 
 
+
+def pairs_text(pairs: Iterable[tuple[str, Any]]) -> str | None:
+    """``name=value`` pairs joined by commas, as the record and the bulk manifest keep encoder
+    options and verifying decoders (``version=2``); None for no pair."""
+    return ",".join(f"{name}={value}" for name, value in pairs) or None
+
 class ProofRecord:
     """The record database of one spool; one connection per thread, opened on first use."""
 
@@ -182,7 +188,7 @@ class ProofRecord:
         instance received before the record existed (or whose receive row was
         lost) gets its row here, from the values the worker knows.
         """
-        options = ",".join(f"{name}={value}" for name, value in encode_options) or None
+        options = pairs_text(encode_options)
         try:
             with self._connection() as db:
                 db.execute("BEGIN IMMEDIATE")

@@ -40,6 +40,7 @@ from gateway.bulk.plan import LAYOUTS, MANIFEST_NAME, Item, walk
 from gateway.bulk.report import Report, build_report, human_bytes
 from gateway.bulk.task import DONE, compress_file, remove_debris
 from gateway.config import PRIVATE_VERSION, private_options
+from gateway.record import pairs_text
 
 __all__ = ["BulkOptions", "Estimate", "run", "estimate"]
 
@@ -88,7 +89,7 @@ class BulkOptions:
         """The target's encoder options as the manifest records them (``version=2`` for our private
         syntax); None for a target that takes none."""
         options = private_options(self.private_version).get(self.target, {})
-        return ",".join(f"{name}={value}" for name, value in sorted(options.items())) or None
+        return pairs_text(sorted(options.items()))
 
 
 Note = Callable[[str], None]

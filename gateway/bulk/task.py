@@ -28,6 +28,7 @@ from typing import Any
 from gateway.bulk.plan import uid_relpath
 from gateway.config import PRIVATE_VERSION, private_options
 from gateway.errors import GatewayError
+from gateway.record import pairs_text
 from gateway.spool import atomic_copy, atomic_write_bytes, create_private, fsync_dir, make_dirs
 
 __all__ = ["OUTCOMES", "DONE", "compress_file", "is_dicom"]
@@ -170,7 +171,7 @@ def _compress(src: Path, out_root: Path, rel: str, target: str, verify: bool, la
         if write:
             _place(dst, data, digest, exclusive=layout == "uid")
         result.update(outcome="recompressed", output_size=len(data), output_syntax=outcome.transfer_syntax,
-                      verified_by=",".join(f"{name}={value}" for name, value in outcome.verified_by) or None)
+                      verified_by=pairs_text(outcome.verified_by))
     result.update(output=out_rel, output_sha256=digest)
 
 

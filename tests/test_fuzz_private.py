@@ -70,19 +70,24 @@ def _streams(version: int) -> list[tuple[FrameInfo, np.ndarray, bytes]]:
         assert data[10] == 4
         out.append((info, frame, data))
         out.append(_screen_stream())
-        out.append(_subband_stream())
+        out += _subband_streams()
     return out
 
 
-def _subband_stream() -> tuple[FrameInfo, np.ndarray, bytes]:
-    """An interpolated frame coded as subbands (section 9.8): both axes, odd phase."""
-    from tests.test_private_subbands import _enlarge, _textured
+def _subband_streams() -> list[tuple[FrameInfo, np.ndarray, bytes]]:
+    """Interpolated frames coded as subbands (section 9.8): both axes at odd phase with two
+    neighbours, and the predictor of four along the columns."""
+    from tests.test_private_subbands import _enlarge, _enlarge_cubic, _textured
 
-    frame = _enlarge(_enlarge(_textured(12, 10, 4, top=60000), 0), 1)[1:, 1:].astype(np.uint16)
-    info = FrameInfo(rows=frame.shape[0], columns=frame.shape[1], bits_stored=16)
-    data = private.encode(frame, info, version=2)
-    assert data[11] == private.PREDICT_SUBBANDS | 15
-    return info, frame, data
+    out = []
+    for frame, flags in ((_enlarge(_enlarge(_textured(12, 10, 4, top=60000), 0), 1)[1:, 1:], 15),
+                         (_enlarge_cubic(_textured(9, 14, 5, top=60000), 0), 0x22)):
+        frame = frame.astype(np.uint16)
+        info = FrameInfo(rows=frame.shape[0], columns=frame.shape[1], bits_stored=16)
+        data = private.encode(frame, info, version=2)
+        assert data[11] == private.PREDICT_SUBBANDS | flags
+        out.append((info, frame, data))
+    return out
 
 
 def _screen_stream() -> tuple[FrameInfo, np.ndarray, bytes]:

@@ -1177,8 +1177,8 @@ def _spec_decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = No
             planes = [p + b for p, b in zip(planes, tf.forward_colour(reference, transform)
                                              if info.samples_per_pixel == 3 else [reference.astype(np.int64)])]
         if prediction >= 0x10:  # section 9.8: subbands of one lifting level
-            assert version == 2 and info.samples_per_pixel == 1 and prediction < 0x20
-            samples = _spec_subbands(planes[0].tolist(), prediction & 15)
+            assert version == 2 and info.samples_per_pixel == 1 and prediction < 0x40
+            samples = _spec_subbands(planes[0].tolist(), prediction & 0x2F)
         elif info.samples_per_pixel == 1:
             samples = planes[0]
         elif transform == 0:
@@ -1197,10 +1197,11 @@ def _spec_decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = No
     return frame
 
 
-def _spec_inverse_line(line: list[int], p: int) -> list[int]:
-    """Section 9.8, one line: low-pass values first, then high-pass; sample k is high-pass when k + p is odd."""
+def _spec_inverse_line(line: list[int], p: int, four: bool = False) -> list[int]:
+    """Section 9.8, one line: low-pass values first, then high-pass; sample k is high-pass when k + p is odd;
+    `four`: the high-pass prediction of four neighbours."""
     n = len(line)
-    assert n >= 2
+    assert n >= (4 if four else 2)
     lows = [k for k in range(n) if (k + p) % 2 == 0]
     highs = [k for k in range(n) if (k + p) % 2 == 1]
     assert len(lows) == (n - p + 1) // 2
@@ -1209,23 +1210,27 @@ def _spec_inverse_line(line: list[int], p: int) -> list[int]:
         x[k] = value
 
     def m(k: int) -> int:
-        return 1 if k == -1 else n - 2 if k == n else k
+        return -k if k < 0 else 2 * (n - 1) - k if k >= n else k
 
     for k in lows:
         x[k] -= (x[m(k - 1)] + x[m(k + 1)] + 2) >> 2
     for k in highs:
-        x[k] += (x[m(k - 1)] + x[m(k + 1)]) >> 1
+        if four:
+            x[k] += (9 * x[m(k - 1)] + 9 * x[m(k + 1)] - x[m(k - 3)] - x[m(k + 3)] + 8) >> 4
+        else:
+            x[k] += (x[m(k - 1)] + x[m(k + 1)]) >> 1
     return x
 
 
 def _spec_subbands(c: list[list[int]], flags: int) -> np.ndarray:
-    """Section 9.8: the columns' inverse lifting (bit 1), then the rows' (bit 0)."""
+    """Section 9.8: the columns' inverse lifting (bit 1), then the rows' (bit 0); bit 5: four neighbours."""
     assert flags & 3 and not (flags & 4 and not flags & 1) and not (flags & 8 and not flags & 2)
+    four = bool(flags & 0x20)
     if flags & 2:
-        columns = [_spec_inverse_line([row[x] for row in c], (flags >> 3) & 1) for x in range(len(c[0]))]
+        columns = [_spec_inverse_line([row[x] for row in c], (flags >> 3) & 1, four) for x in range(len(c[0]))]
         c = [[columns[x][y] for x in range(len(c[0]))] for y in range(len(c))]
     if flags & 1:
-        c = [_spec_inverse_line(row, (flags >> 2) & 1) for row in c]
+        c = [_spec_inverse_line(row, (flags >> 2) & 1, four) for row in c]
     return np.array(c, np.int64)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -41,6 +41,18 @@ def _enlarge(image: np.ndarray, axis: int) -> np.ndarray:
     return np.moveaxis(out, 0, axis)
 
 
+def _enlarge_cubic(image: np.ndarray, axis: int) -> np.ndarray:
+    """`image` with the rounded cubic (Catmull-Rom) midpoint of each pair of neighbours along `axis`
+    put between them, ``(-a + 9b + 9c - d) / 16``, the edge samples repeated, clipped at 0."""
+    image = np.moveaxis(image.astype(np.int64), axis, 0)
+    padded = np.concatenate([image[:1], image, image[-1:]])
+    middle = np.floor((-padded[:-3] + 9 * padded[1:-2] + 9 * padded[2:-1] - padded[3:]) / 16 + 0.5)
+    out = np.empty((2 * image.shape[0] - 1,) + image.shape[1:], np.int64)
+    out[0::2] = image
+    out[1::2] = np.maximum(middle, 0)
+    return np.moveaxis(out, 0, axis)
+
+
 def _info(frame: np.ndarray, stored: int = 16, signed: bool = False) -> FrameInfo:
     return FrameInfo(rows=frame.shape[0], columns=frame.shape[1], bits_stored=stored,
                      pixel_representation=int(signed))
@@ -64,8 +76,18 @@ def test_one_line_follows_the_lifting_steps() -> None:
     assert sb.forward(line.T.copy(), sb.COLUMNS).T.tolist() == [[10, 35, 0, 20]]
 
 
+def test_one_line_with_four_neighbours() -> None:
+    # x = 0 16 32 80 64 48, p = 0, four neighbours (reflected: x[-2] = x[2], x[6] = x[4], x[8] = x[2]):
+    # k = 1: 16 - (9 (0 + 32) - (32 + 64) + 8) >> 4 = 16 - 12 = 4;  k = 3: 80 - (9 (32 + 64) - (0 + 64) + 8) >> 4
+    # = 80 - 50 = 30;  k = 5: 48 - (9 (64 + 64) - (32 + 32) + 8) >> 4 = 48 - 68 = -20 (x[6] = x[4]).
+    # Low: k = 0: 0 + (4 + 4 + 2) >> 2 = 2;  k = 2: 32 + (4 + 30 + 2) >> 2 = 41;  k = 4: 64 + (30 - 20 + 2) >> 2 = 67.
+    line = np.array([[0, 16, 32, 80, 64, 48]], np.int32)
+    assert sb.forward(line, sb.ROWS | sb.FOUR_TAP).tolist() == [[2, 41, 67, 4, 30, -20]]
+
+
 FLAG_SETS = [sb.ROWS, sb.COLUMNS, sb.ROWS | sb.COLUMNS, sb.ROWS | sb.ROWS_ODD, sb.COLUMNS | sb.COLUMNS_ODD,
              sb.ROWS | sb.COLUMNS | sb.ROWS_ODD | sb.COLUMNS_ODD]
+FLAG_SETS += [flags | sb.FOUR_TAP for flags in FLAG_SETS]
 
 
 @settings(max_examples=60, deadline=None)
@@ -73,6 +95,7 @@ FLAG_SETS = [sb.ROWS, sb.COLUMNS, sb.ROWS | sb.COLUMNS, sb.ROWS | sb.ROWS_ODD, s
        plane=hnp.arrays(np.int32, hnp.array_shapes(min_dims=2, max_dims=2, min_side=2, max_side=9),
                         elements=st.integers(-(1 << 17), 1 << 17)))
 def test_lifting_is_exactly_reversible(flags: int, plane: np.ndarray) -> None:
+    assume(sb.valid(flags, *plane.shape))
     coefficients = sb.forward(plane, flags)
     assert np.array_equal(sb.inverse(coefficients, flags), plane)
     # The specification's plain-Python inverse agrees with ours.
@@ -88,6 +111,8 @@ CASES = {
     "along columns": (lambda f: _enlarge(f, 0), sb.COLUMNS),
     "odd phase": (lambda f: _enlarge(_enlarge(f, 0), 1)[1:, 1:], sb.ROWS | sb.COLUMNS | sb.ROWS_ODD | sb.COLUMNS_ODD),
     "odd columns only": (lambda f: _enlarge(f, 1)[:, 1:], sb.ROWS | sb.ROWS_ODD),
+    "cubic": (lambda f: _enlarge_cubic(_enlarge_cubic(f, 0), 1), sb.ROWS | sb.COLUMNS | sb.FOUR_TAP),
+    "cubic along columns, odd": (lambda f: _enlarge_cubic(f, 0)[1:], sb.COLUMNS | sb.COLUMNS_ODD | sb.FOUR_TAP),
 }
 
 

@@ -1,20 +1,23 @@
-"""Subbands of version 2 of the private codec: one level of reversible 5/3 lifting for interpolated images.
+"""Subbands of version 2 of the private codec: one level of reversible lifting for interpolated images.
 
 An image enlarged by interpolation (a radiograph resampled to a finer pixel
 spacing, an MR reconstructed on a doubled matrix) holds samples that are
 averages of their neighbours on *both* sides.  Prediction from the causal
-neighbours alone cannot see that; one level of the reversible 5/3 lifting
-(the integer wavelet of JPEG 2000, T.800 Annex F) turns those samples into
-near-zero high-pass coefficients.  The frame's single plane is replaced by
-its coefficients in the Mallat layout (low-pass first along each transformed
-axis, then high-pass), which the plane coder codes like any plane.
+neighbours alone cannot see that; one level of reversible lifting turns
+those samples into near-zero high-pass coefficients: the 5/3 of JPEG 2000
+(T.800 Annex F), whose high-pass step predicts a sample by the mean of its
+two neighbours (linear interpolation), or with :data:`FOUR_TAP` the
+predictor ``(-1, 9, 9, -1) / 16`` of four neighbours (cubic interpolation).
+The frame's single plane is replaced by its coefficients in the Mallat
+layout (low-pass first along each transformed axis, then high-pass), which
+the plane coder codes like any plane.
 
 The transform is named by flags in the stream header (docs/private-codec.md
 section 9.8): :data:`ROWS` and/or :data:`COLUMNS` (along each row, along
-each column), and per axis whether the first sample is high-pass
-(:data:`ROWS_ODD`, :data:`COLUMNS_ODD`): the interpolated samples may sit
-at the odd or the even positions.  Forward: rows, then columns; inverse:
-columns, then rows.
+each column), per axis whether the first sample is high-pass
+(:data:`ROWS_ODD`, :data:`COLUMNS_ODD`: the interpolated samples may sit
+at the odd or the even positions), and :data:`FOUR_TAP`.  Forward: rows,
+then columns; inverse: columns, then rows.
 """
 
 from __future__ import annotations
@@ -26,13 +29,18 @@ ROWS = 1
 COLUMNS = 2
 ROWS_ODD = 4
 COLUMNS_ODD = 8
-FLAGS = 0xF
+FOUR_TAP = 0x20
+FLAGS = ROWS | COLUMNS | ROWS_ODD | COLUMNS_ODD | FOUR_TAP
 # The encoder tries the transform along an axis when the samples of one parity are predicted
-# from both neighbours with at most GATE of the error of the other parity's (interpolated
-# samples are averages of their neighbours, the others are not), on the sample of rows given.
+# from their neighbours on both sides with at most GATE of the error of the other parity's
+# (interpolated samples are, the others are not), on the sample of rows given.
 GATE = 0.7
-MIN_LENGTH = 2  # a transformed axis needs at least two samples
-MIN_BAND = 4  # rows of a band of the sample the encoder judges on: two rows, one of each parity, between two
+LOOSE_GATE = 0.9
+# A transformed axis needs at least two samples, four with FOUR_TAP (whose predictor reaches
+# three samples away: the extension reflects at most three).
+MIN_LENGTH = 2
+MIN_LENGTH_FOUR = 4
+MIN_BAND = 8  # rows of a band of the sample the encoder judges on: a row of each parity, three on each side
 
 
 def valid(flags: int, rows: int, columns: int) -> bool:
@@ -41,12 +49,13 @@ def valid(flags: int, rows: int, columns: int) -> bool:
         return False
     if flags & ROWS_ODD and not flags & ROWS or flags & COLUMNS_ODD and not flags & COLUMNS:
         return False
-    return (not flags & ROWS or columns >= MIN_LENGTH) and (not flags & COLUMNS or rows >= MIN_LENGTH)
+    least = MIN_LENGTH_FOUR if flags & FOUR_TAP else MIN_LENGTH
+    return (not flags & ROWS or columns >= least) and (not flags & COLUMNS or rows >= least)
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _mirror(k, n):
-    """Index `k` reflected into 0..n-1 (whole-sample symmetric extension; |overhang| <= 1, n >= 2)."""
+    """Index `k` reflected into 0..n-1 (whole-sample symmetric extension; overhang at most n - 1)."""
     if k < 0:
         return -k
     if k >= n:
@@ -54,8 +63,17 @@ def _mirror(k, n):
     return k
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _predicted(line, k, n, four):
+    """The high-pass step's prediction of sample `k` from its low-pass neighbours."""
+    if four:
+        outer = line[_mirror(k - 3, n)] + line[_mirror(k + 3, n)]
+        return (9 * (line[_mirror(k - 1, n)] + line[_mirror(k + 1, n)]) - outer + 8) >> 4
+    return (line[_mirror(k - 1, n)] + line[_mirror(k + 1, n)]) >> 1
+
+
 @njit(cache=True, nogil=True)
-def _forward_rows(src, odd):
+def _forward_rows(src, odd, four):
     """One lifting level along every row of `src`; sample k is high-pass when k + `odd` is odd."""
     rows, n = src.shape
     out = np.empty((rows, n), np.int32)
@@ -64,8 +82,8 @@ def _forward_rows(src, odd):
     for y in range(rows):
         for k in range(n):
             line[k] = src[y, k]
-        for k in range(1 - odd, n, 2):  # high-pass: the sample less the mean of its neighbours
-            line[k] -= (line[_mirror(k - 1, n)] + line[_mirror(k + 1, n)]) >> 1
+        for k in range(1 - odd, n, 2):  # high-pass: the sample less its prediction from the neighbours
+            line[k] -= _predicted(line, k, n, four)
         for k in range(odd, n, 2):  # low-pass: the sample plus a quarter of the neighbours' high-pass
             line[k] += (line[_mirror(k - 1, n)] + line[_mirror(k + 1, n)] + 2) >> 2
         for j, k in enumerate(range(odd, n, 2)):
@@ -76,7 +94,7 @@ def _forward_rows(src, odd):
 
 
 @njit(cache=True, nogil=True)
-def _inverse_rows(src, odd):
+def _inverse_rows(src, odd, four):
     """Undo :func:`_forward_rows`; int64 output (a corrupt stream's values may leave any range)."""
     rows, n = src.shape
     out = np.empty((rows, n), np.int64)
@@ -90,7 +108,7 @@ def _inverse_rows(src, odd):
         for k in range(odd, n, 2):
             line[k] -= (line[_mirror(k - 1, n)] + line[_mirror(k + 1, n)] + 2) >> 2
         for k in range(1 - odd, n, 2):
-            line[k] += (line[_mirror(k - 1, n)] + line[_mirror(k + 1, n)]) >> 1
+            line[k] += _predicted(line, k, n, four)
         for k in range(n):
             out[y, k] = line[k]
     return out
@@ -99,56 +117,87 @@ def _inverse_rows(src, odd):
 def forward(plane: np.ndarray, flags: int) -> np.ndarray:
     """The int32 coefficients of `plane` (rows x columns) in the Mallat layout of `flags`."""
     out = np.ascontiguousarray(plane, dtype=np.int32)
+    four = bool(flags & FOUR_TAP)
     if flags & ROWS:
-        out = _forward_rows(out, int(bool(flags & ROWS_ODD)))
+        out = _forward_rows(out, int(bool(flags & ROWS_ODD)), four)
     if flags & COLUMNS:
-        out = np.ascontiguousarray(_forward_rows(np.ascontiguousarray(out.T), int(bool(flags & COLUMNS_ODD))).T)
+        out = np.ascontiguousarray(_forward_rows(np.ascontiguousarray(out.T), int(bool(flags & COLUMNS_ODD)), four).T)
     return out
 
 
 def inverse(coefficients: np.ndarray, flags: int) -> np.ndarray:
     """The plane (int64) whose :func:`forward` under `flags` is `coefficients`."""
     out = np.ascontiguousarray(coefficients, dtype=np.int64)
+    four = bool(flags & FOUR_TAP)
     if flags & COLUMNS:
-        out = np.ascontiguousarray(_inverse_rows(np.ascontiguousarray(out.T), int(bool(flags & COLUMNS_ODD))).T)
+        out = np.ascontiguousarray(_inverse_rows(np.ascontiguousarray(out.T), int(bool(flags & COLUMNS_ODD)), four).T)
     if flags & ROWS:
-        out = _inverse_rows(out, int(bool(flags & ROWS_ODD)))
+        out = _inverse_rows(out, int(bool(flags & ROWS_ODD)), four)
     return out
 
 
 @njit(cache=True, nogil=True)
-def _parity_errors(plane, starts, height):
-    """Mean |sample - floor(mean of its two neighbours)| over the bands of rows ``starts[i] ..
-    starts[i] + height - 1``, along rows for even and odd columns, along columns for even and odd
-    rows (-1 where there is no such sample)."""
+def _parity_errors(plane, starts, height, four):
+    """Mean |sample - its prediction from the neighbours on both sides| (four of them with `four`,
+    else two) over the bands of rows ``starts[i] .. starts[i] + height - 1``: ``means[axis,
+    parity]``, axis 0 along the rows (parity of the column), 1 along the columns (parity of the
+    row); -1 where there is no such sample.  Only samples whose neighbours all lie inside count."""
     rows, cols = plane.shape
-    sums = np.zeros(4, np.int64)  # along rows: even, odd columns; along columns: even, odd rows
-    counts = np.zeros(4, np.int64)
+    reach = 3 if four else 1
+    sums = np.zeros((2, 2), np.int64)
+    counts = np.zeros((2, 2), np.int64)
+    line = np.empty(max(rows, cols), np.int64)
     for start in starts:
         end = min(rows, start + height)
         for y in range(start, end):
-            for x in range(1, cols - 1):
-                sums[x & 1] += abs(np.int64(plane[y, x]) - ((np.int64(plane[y, x - 1]) + plane[y, x + 1]) >> 1))
-                counts[x & 1] += 1
-            if start < y < end - 1:
-                for x in range(cols):
-                    sums[2 + (y & 1)] += abs(np.int64(plane[y, x]) - ((np.int64(plane[y - 1, x]) + plane[y + 1, x]) >> 1))
-                    counts[2 + (y & 1)] += 1
-    means = np.full(4, -1.0)
-    for i in range(4):
-        if counts[i] > 0:
-            means[i] = sums[i] / counts[i]
+            for x in range(cols):
+                line[x] = plane[y, x]
+            for x in range(reach, cols - reach):
+                sums[0, x & 1] += abs(line[x] - _predicted(line, x, cols, four))
+                counts[0, x & 1] += 1
+        for x in range(cols):
+            for y in range(start, end):
+                line[y - start] = plane[y, x]
+            for k in range(reach, end - start - reach):
+                sums[1, (start + k) & 1] += abs(line[k] - _predicted(line, k, end - start, four))
+                counts[1, (start + k) & 1] += 1
+    means = np.full((2, 2), -1.0)
+    for a in range(2):
+        for p in range(2):
+            if counts[a, p] > 0:
+                means[a, p] = sums[a, p] / counts[a, p]
     return means
 
 
+def _contrast(even_error: float, odd_error: float) -> float:
+    """The smaller of two parities' mean errors over the larger (1: no contrast, or no samples)."""
+    if min(even_error, odd_error) < 0 or max(even_error, odd_error) == 0:
+        return 1.0
+    return min(even_error, odd_error) / max(even_error, odd_error)
+
+
 def interpolated(plane: np.ndarray, starts: np.ndarray, height: int) -> int:
-    """Flags of the transform worth trying on `plane` (0: none), judged on bands of its rows."""
-    means = _parity_errors(np.ascontiguousarray(plane), starts.astype(np.int64), height)
+    """Flags of the transform worth trying on `plane` (0: none), judged on bands of its rows: the
+    axes where one parity's samples are far better predicted from both sides than the other's,
+    that parity high-pass, and the predictor (two or four neighbours) with the smaller error there.
+    The four neighbours' errors are measured only where the two neighbours' show some contrast
+    (below LOOSE_GATE): an image enlarged by a cubic kernel shows it with either."""
+    plane = np.ascontiguousarray(plane)
+    starts = starts.astype(np.int64)
+    means = [_parity_errors(plane, starts, height, False)]
+    if min(_contrast(*means[0][axis]) for axis in (0, 1)) <= LOOSE_GATE:
+        means.append(_parity_errors(plane, starts, height, True))
     flags = 0
-    for axis, odd, (even_error, odd_error) in ((ROWS, ROWS_ODD, means[:2]), (COLUMNS, COLUMNS_ODD, means[2:])):
-        if min(even_error, odd_error) >= 0 and max(even_error, odd_error) > 0 and (
-            min(even_error, odd_error) <= GATE * max(even_error, odd_error)
-        ):
-            # The parity with the smaller error holds the interpolated samples: it becomes high-pass.
-            flags |= axis | (odd if even_error < odd_error else 0)
+    error = [0.0, 0.0]  # per predictor, over the axes transformed: the high-pass samples' mean error
+    for axis, (along, odd) in enumerate(((ROWS, ROWS_ODD), (COLUMNS, COLUMNS_ODD))):
+        passed = [m[axis] for m in means if _contrast(*m[axis]) <= GATE]
+        if not passed:
+            continue
+        even_high = passed[-1][0] < passed[-1][1]  # that parity holds the interpolated samples
+        flags |= along | (odd if even_high else 0)
+        for four, m in enumerate(means):
+            high = m[axis, 0 if even_high else 1]
+            error[four] += high if high >= 0 else np.inf
+    if flags and len(means) == 2 and error[1] < error[0]:
+        flags |= FOUR_TAP
     return flags

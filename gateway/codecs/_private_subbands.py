@@ -72,67 +72,83 @@ def _predicted(line, k, n, four):
     return (line[_mirror(k - 1, n)] + line[_mirror(k + 1, n)]) >> 1
 
 
-@njit(cache=True, nogil=True)
-def _forward_rows(src, odd, four):
-    """One lifting level along every row of `src`; sample k is high-pass when k + `odd` is odd."""
-    rows, n = src.shape
-    out = np.empty((rows, n), np.int32)
-    line = np.empty(n, np.int64)
+@njit(cache=True, nogil=True, inline="always")
+def _lift(line, out, n, odd, four, backward):
+    """One lifting level of `line` (int64, n samples) into `out`: forward, from the samples to the
+    low-pass then high-pass coefficients; `backward`, the inverse.  Sample k is high-pass when
+    k + `odd` is odd.  `line` is modified."""
     lows = (n - odd + 1) // 2
-    for y in range(rows):
-        for k in range(n):
-            line[k] = src[y, k]
-        for k in range(1 - odd, n, 2):  # high-pass: the sample less its prediction from the neighbours
-            line[k] -= _predicted(line, k, n, four)
-        for k in range(odd, n, 2):  # low-pass: the sample plus a quarter of the neighbours' high-pass
-            line[k] += (line[_mirror(k - 1, n)] + line[_mirror(k + 1, n)] + 2) >> 2
+    if backward:
         for j, k in enumerate(range(odd, n, 2)):
-            out[y, j] = line[k]
+            out[k] = line[j]
         for j, k in enumerate(range(1 - odd, n, 2)):
-            out[y, lows + j] = line[k]
-    return out
-
-
-@njit(cache=True, nogil=True)
-def _inverse_rows(src, odd, four):
-    """Undo :func:`_forward_rows`; int64 output (a corrupt stream's values may leave any range)."""
-    rows, n = src.shape
-    out = np.empty((rows, n), np.int64)
-    line = np.empty(n, np.int64)
-    lows = (n - odd + 1) // 2
-    for y in range(rows):
-        for j, k in enumerate(range(odd, n, 2)):
-            line[k] = src[y, j]
-        for j, k in enumerate(range(1 - odd, n, 2)):
-            line[k] = src[y, lows + j]
+            out[k] = line[lows + j]
         for k in range(odd, n, 2):
-            line[k] -= (line[_mirror(k - 1, n)] + line[_mirror(k + 1, n)] + 2) >> 2
+            out[k] -= (out[_mirror(k - 1, n)] + out[_mirror(k + 1, n)] + 2) >> 2
         for k in range(1 - odd, n, 2):
-            line[k] += _predicted(line, k, n, four)
+            out[k] += _predicted(out, k, n, four)
+        return
+    for k in range(1 - odd, n, 2):  # high-pass: the sample less its prediction from the neighbours
+        line[k] -= _predicted(line, k, n, four)
+    for k in range(odd, n, 2):  # low-pass: the sample plus a quarter of the neighbours' high-pass
+        line[k] += (line[_mirror(k - 1, n)] + line[_mirror(k + 1, n)] + 2) >> 2
+    for j, k in enumerate(range(odd, n, 2)):
+        out[j] = line[k]
+    for j, k in enumerate(range(1 - odd, n, 2)):
+        out[lows + j] = line[k]
+
+
+@njit(cache=True, nogil=True)
+def _lift_rows(a, odd, four, backward):
+    """:func:`_lift` along every row of the int32 array `a`, in place."""
+    rows, n = a.shape
+    line = np.empty(n, np.int64)
+    out = np.empty(n, np.int64)
+    for y in range(rows):
         for k in range(n):
-            out[y, k] = line[k]
-    return out
+            line[k] = a[y, k]
+        _lift(line, out, n, odd, four, backward)
+        for k in range(n):
+            a[y, k] = out[k]
+
+
+@njit(cache=True, nogil=True)
+def _lift_columns(a, odd, four, backward):
+    """:func:`_lift` along every column of the int32 array `a`, in place."""
+    n, cols = a.shape
+    line = np.empty(n, np.int64)
+    out = np.empty(n, np.int64)
+    for x in range(cols):
+        for k in range(n):
+            line[k] = a[k, x]
+        _lift(line, out, n, odd, four, backward)
+        for k in range(n):
+            a[k, x] = out[k]
 
 
 def forward(plane: np.ndarray, flags: int) -> np.ndarray:
-    """The int32 coefficients of `plane` (rows x columns) in the Mallat layout of `flags`."""
-    out = np.ascontiguousarray(plane, dtype=np.int32)
+    """The int32 coefficients of `plane` (rows x columns) in the Mallat layout of `flags` (a new array)."""
+    out = np.array(plane, dtype=np.int32, order="C", copy=True)
     four = bool(flags & FOUR_TAP)
     if flags & ROWS:
-        out = _forward_rows(out, int(bool(flags & ROWS_ODD)), four)
+        _lift_rows(out, int(bool(flags & ROWS_ODD)), four, False)
     if flags & COLUMNS:
-        out = np.ascontiguousarray(_forward_rows(np.ascontiguousarray(out.T), int(bool(flags & COLUMNS_ODD)), four).T)
+        _lift_columns(out, int(bool(flags & COLUMNS_ODD)), four, False)
     return out
 
 
 def inverse(coefficients: np.ndarray, flags: int) -> np.ndarray:
-    """The plane (int64) whose :func:`forward` under `flags` is `coefficients`."""
-    out = np.ascontiguousarray(coefficients, dtype=np.int64)
+    """The plane whose :func:`forward` under `flags` is `coefficients` (int32, transformed in place).
+
+    Coefficients within the plane limits (|value| < 2**19) stay below 2**24 through both passes,
+    so nothing wraps: a corrupt stream's values come out of range, where the caller rejects them.
+    """
+    out = np.ascontiguousarray(coefficients, dtype=np.int32)
     four = bool(flags & FOUR_TAP)
     if flags & COLUMNS:
-        out = np.ascontiguousarray(_inverse_rows(np.ascontiguousarray(out.T), int(bool(flags & COLUMNS_ODD)), four).T)
+        _lift_columns(out, int(bool(flags & COLUMNS_ODD)), four, True)
     if flags & ROWS:
-        out = _inverse_rows(out, int(bool(flags & ROWS_ODD)), four)
+        _lift_rows(out, int(bool(flags & ROWS_ODD)), four, True)
     return out
 
 

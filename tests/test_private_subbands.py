@@ -166,9 +166,11 @@ def test_subbands_are_kept_only_where_they_code_smaller(monkeypatch: pytest.Monk
     assert data == plain  # coded both ways, the plane as it is was smaller
 
 
-def test_large_frames_choose_on_a_sample_of_rows(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A frame of SAMPLE_PIXELS or more codes both codings on a sample first; only the one the sample
-    favours is coded whole, whichever it is."""
+@pytest.mark.parametrize("rows, sampled", [(1100, True), (300, False)])
+def test_tall_frames_choose_on_a_sample_of_rows(rows: int, sampled: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frame whose sample of SUBBAND_BAND_ROWS-row bands is at most a quarter of it codes both
+    codings on the sample first, then only the one the sample favours whole, whichever it is; a
+    shorter frame codes both whole and keeps the smaller."""
     whole: list[int] = []
     real = private._whole_body
 
@@ -177,16 +179,17 @@ def test_large_frames_choose_on_a_sample_of_rows(monkeypatch: pytest.MonkeyPatch
         return real(coding, info, version)
 
     monkeypatch.setattr(private, "_whole_body", counted)
-    y, x = np.mgrid[0:300, 0:300]  # blocks with sharp edges: prediction codes them far better
-    noise = np.random.default_rng(6).integers(0, 3, (300, 300))
+    y, x = np.mgrid[0:rows, 0:240]  # blocks with sharp edges: prediction codes them far better
+    noise = np.random.default_rng(6).integers(0, 3, (rows, 240))
     plain = ((y // 37 * 7 + x // 23 * 13) % 17 * 200 + noise).astype(np.uint16)
-    enlarged = _enlarge(_enlarge(_textured(150, 150, 6), 0), 1).astype(np.uint16)
+    enlarged = _enlarge(_enlarge(_textured(rows // 2 + 1, 121, 6), 0), 1)[:rows, :240].astype(np.uint16)
+    assert plain.shape == enlarged.shape and plain.size >= private.SAMPLE_PIXELS
     monkeypatch.setattr(sb, "GATE", 2.0)  # both are tried on the plain frame too
     for frame, subbands in ((plain, False), (enlarged, True)):
         whole.clear()
         data = private.encode(frame, _info(frame), version=2)
         assert bool(data[PREDICTION] & private.PREDICT_SUBBANDS) == subbands
-        assert whole == [frame.shape[0]]  # one coding coded whole
+        assert whole == [rows] * (1 if sampled else 2)  # coded whole: the one chosen, or both
         assert np.array_equal(private.decode(data, _info(frame)), frame)
 
 

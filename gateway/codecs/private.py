@@ -70,6 +70,7 @@ any inconsistency raises :class:`CorruptCodestreamError`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import struct
 import threading
@@ -140,6 +141,13 @@ SAMPLE_PIXELS = 1 << 16
 SAMPLE_BANDS = 8
 SAMPLE_SHARE = 1 / 8
 SAMPLE_MARGIN = 0.03
+# A grey frame's plane and its subbands are compared on a sample of bands of at least
+# SUBBAND_BAND_ROWS rows (the first row of a band, without the row above, costs the plane more
+# than its subbands: short bands favour the subbands), only where that sample is at most a
+# quarter of the frame; else both are coded whole.  On the sample, both are coded whole unless
+# one is more than SUBBAND_MARGIN below the other.
+SUBBAND_BAND_ROWS = 32
+SUBBAND_MARGIN = 0.05
 # When the coding chosen on the sample codes more than SAMPLE_TRUST times its estimate, the
 # sample did not show the frame: every coding is then coded whole.
 SAMPLE_TRUST = 1.25
@@ -254,7 +262,7 @@ def encode(frame: np.ndarray, info: FrameInfo, reference: np.ndarray | None = No
     transform = _tf.choose_colour(frame) if info.samples_per_pixel == 3 else _tf.COLOUR_NONE
     planes = _planes_of(frame, info, transform)
     reference_crc = None
-    subband = (0, None)
+    subband: tuple[int, np.ndarray | None] = (0, None)
     if version >= 2 and info.samples_per_pixel == 1:
         subband = _subband_candidate(planes[0], info)
     if reference is not None:
@@ -306,7 +314,8 @@ def _grey_body(plane: np.ndarray, info: FrameInfo, version: int, flags: int,
     codings = [(_tf.COLOUR_NONE, [plane], 0, (), None)]
     if coefficients is not None:
         codings.append((_tf.COLOUR_NONE, [coefficients], 0, (), None))
-    best, body = _chosen_body(codings, info, version)
+    sampled = 4 * SAMPLE_BANDS * max(SUBBAND_BAND_ROWS, int(info.rows * SAMPLE_SHARE) // SAMPLE_BANDS) <= info.rows
+    best, body = _chosen_body(codings, info, version, SUBBAND_MARGIN if sampled else math.inf, SUBBAND_BAND_ROWS)
     return body, flags if best else 0
 
 
@@ -334,13 +343,15 @@ def _colour_body(frame: np.ndarray, info: FrameInfo, version: int, planes: np.nd
     return body, codings[best][0]
 
 
-def _chosen_body(codings: list, info: FrameInfo, version: int) -> tuple[int, bytes]:
+def _chosen_body(codings: list, info: FrameInfo, version: int, margin: float = SAMPLE_MARGIN,
+                 least: int = 1) -> tuple[int, bytes]:
     """(place in `codings`, body) of the smallest coding, ties to the first.  In version 2, a frame
-    of SAMPLE_PIXELS or more codes each coding on a sample of its rows first, and only those
-    within SAMPLE_MARGIN of the smallest estimate whole (all of them if the sample misled)."""
+    of SAMPLE_PIXELS or more codes each coding on a sample of its rows (bands of at least `least`
+    rows) first, and only those within `margin` of the smallest estimate whole (all of them if the
+    sample misled; an infinite margin codes every coding whole)."""
     estimates = None
-    if version >= 2 and len(codings) > 1 and info.rows * info.columns >= SAMPLE_PIXELS:
-        sample_rows = _sample_rows(info.rows)
+    if version >= 2 and len(codings) > 1 and info.rows * info.columns >= SAMPLE_PIXELS and margin < math.inf:
+        sample_rows = _sample_rows(info.rows, least)
         sample_info = dataclasses.replace(info, rows=len(sample_rows))
         estimates = []
         for _, coding_planes, tables, maps, model in codings:
@@ -351,7 +362,7 @@ def _chosen_body(codings: list, info: FrameInfo, version: int) -> tuple[int, byt
             estimates.append((len(body) - side) * info.rows / len(sample_rows) + side)
     chosen = list(range(len(codings)))
     if estimates is not None:
-        chosen = [i for i in chosen if estimates[i] <= min(estimates) * (1 + SAMPLE_MARGIN)]
+        chosen = [i for i in chosen if estimates[i] <= min(estimates) * (1 + margin)]
     best, body = _smallest_body(codings, chosen, info, version)
     if estimates is not None and len(body) > SAMPLE_TRUST * estimates[best]:
         # The sample missed what the frame holds: code every coding (ties keep the first).
@@ -393,9 +404,9 @@ def _sample_bands(rows: int, least: int = 1) -> tuple[np.ndarray, int]:
     return np.linspace(0, rows - height, SAMPLE_BANDS).astype(np.int64), height
 
 
-def _sample_rows(rows: int) -> np.ndarray:
+def _sample_rows(rows: int, least: int = 1) -> np.ndarray:
     """Row numbers of the encoder's sample of a frame (:func:`_sample_bands`), each once."""
-    starts, height = _sample_bands(rows)
+    starts, height = _sample_bands(rows, least)
     return np.unique(np.concatenate([np.arange(a, a + height) for a in starts]))
 
 

@@ -100,7 +100,8 @@ def _lift(line, out, n, odd, four, backward):
 
 @njit(cache=True, nogil=True)
 def _lift_rows(a, odd, four, backward):
-    """:func:`_lift` along every row of the int32 array `a`, in place."""
+    """:func:`_lift` along every row of the int32 array `a`, in place (the columns of an array:
+    its transposed view)."""
     rows, n = a.shape
     line = np.empty(n, np.int64)
     out = np.empty(n, np.int64)
@@ -112,20 +113,6 @@ def _lift_rows(a, odd, four, backward):
             a[y, k] = out[k]
 
 
-@njit(cache=True, nogil=True)
-def _lift_columns(a, odd, four, backward):
-    """:func:`_lift` along every column of the int32 array `a`, in place."""
-    n, cols = a.shape
-    line = np.empty(n, np.int64)
-    out = np.empty(n, np.int64)
-    for x in range(cols):
-        for k in range(n):
-            line[k] = a[k, x]
-        _lift(line, out, n, odd, four, backward)
-        for k in range(n):
-            a[k, x] = out[k]
-
-
 def forward(plane: np.ndarray, flags: int) -> np.ndarray:
     """The int32 coefficients of `plane` (rows x columns) in the Mallat layout of `flags` (a new array)."""
     out = np.array(plane, dtype=np.int32, order="C", copy=True)
@@ -133,7 +120,7 @@ def forward(plane: np.ndarray, flags: int) -> np.ndarray:
     if flags & ROWS:
         _lift_rows(out, int(bool(flags & ROWS_ODD)), four, False)
     if flags & COLUMNS:
-        _lift_columns(out, int(bool(flags & COLUMNS_ODD)), four, False)
+        _lift_rows(out.T, int(bool(flags & COLUMNS_ODD)), four, False)
     return out
 
 
@@ -146,7 +133,7 @@ def inverse(coefficients: np.ndarray, flags: int) -> np.ndarray:
     out = np.ascontiguousarray(coefficients, dtype=np.int32)
     four = bool(flags & FOUR_TAP)
     if flags & COLUMNS:
-        _lift_columns(out, int(bool(flags & COLUMNS_ODD)), four, True)
+        _lift_rows(out.T, int(bool(flags & COLUMNS_ODD)), four, True)
     if flags & ROWS:
         _lift_rows(out, int(bool(flags & ROWS_ODD)), four, True)
     return out

@@ -314,7 +314,8 @@ def _grey_body(plane: np.ndarray, info: FrameInfo, version: int, flags: int,
     codings = [(_tf.COLOUR_NONE, [plane], 0, (), None)]
     if coefficients is not None:
         codings.append((_tf.COLOUR_NONE, [coefficients], 0, (), None))
-    sampled = 4 * SAMPLE_BANDS * max(SUBBAND_BAND_ROWS, int(info.rows * SAMPLE_SHARE) // SAMPLE_BANDS) <= info.rows
+    _, height = _sample_bands(info.rows, SUBBAND_BAND_ROWS)
+    sampled = 4 * SAMPLE_BANDS * height <= info.rows  # the sample is a quarter of the frame at most
     best, body = _chosen_body(codings, info, version, SUBBAND_MARGIN if sampled else math.inf, SUBBAND_BAND_ROWS)
     return body, flags if best else 0
 

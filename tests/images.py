@@ -16,6 +16,21 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate
 from gateway.codecs.base import FrameInfo
 
 
+def enlarge(image: np.ndarray, axis: int, cubic: bool = False) -> np.ndarray:
+    """`image` (int64) with a sample put between every two neighbours along `axis`, as scanners
+    and workstations enlarge images: the floor of the mean of the two, or with `cubic` the cubic
+    (Catmull-Rom) midpoint ``(-a + 9b + 9c - d) / 16`` rounded half up, the edge samples repeated."""
+    moved = np.moveaxis(np.asarray(image, np.int64), axis, 0)
+    wider = np.empty((2 * moved.shape[0] - 1,) + moved.shape[1:], np.int64)
+    wider[0::2] = moved
+    if cubic:
+        padded = np.concatenate([moved[:1], moved, moved[-1:]])
+        wider[1::2] = np.floor((-padded[:-3] + 9 * padded[1:-2] + 9 * padded[2:-1] - padded[3:]) / 16 + 0.5)
+    else:
+        wider[1::2] = (moved[:-1] + moved[1:]) >> 1
+    return np.moveaxis(wider, 0, axis)
+
+
 def _info(rows, cols, samples, alloc, stored, signed) -> FrameInfo:
     return FrameInfo(
         rows=rows,

@@ -22,6 +22,7 @@ import pytest
 
 from gateway.codecs import private
 from gateway.codecs.base import FrameInfo
+from tests.images import enlarge
 
 ROOT = Path(__file__).resolve().parent / "data"
 DATA = ROOT / "gwl_v1"
@@ -81,17 +82,9 @@ def _source_pixels(source: dict) -> np.ndarray | None:
     (r0, r1), (c0, c1) = source["rows"], source["columns"]
     array = np.ascontiguousarray(array[r0:r1, c0:c1])
     for axis in source.get("enlarge", ()):  # a sample put between every two neighbours
-        moved = np.moveaxis(array.astype(np.int64), axis, 0)
-        wider = np.empty((2 * moved.shape[0] - 1,) + moved.shape[1:], np.int64)
-        wider[0::2] = moved
-        if source.get("cubic"):  # the cubic midpoint (-a + 9b + 9c - d) / 16 rounded, the edges repeated
-            padded = np.concatenate([moved[:1], moved, moved[-1:]])
-            wider[1::2] = np.floor((-padded[:-3] + 9 * padded[1:-2] + 9 * padded[2:-1] - padded[3:]) / 16 + 0.5)
-        else:  # the floor of the mean of the two
-            wider[1::2] = (moved[:-1] + moved[1:]) >> 1
         limits = np.iinfo(array.dtype)
-        array = np.clip(np.moveaxis(wider, 0, axis), limits.min, limits.max).astype(array.dtype)
-        array = np.ascontiguousarray(array)
+        wider = enlarge(array, axis, cubic=source.get("cubic", False))
+        array = np.ascontiguousarray(np.clip(wider, limits.min, limits.max).astype(array.dtype))
     if source.get("trim"):
         array = np.ascontiguousarray(array[source["trim"][0]:, source["trim"][1]:])
     bits = source.get("quantise")

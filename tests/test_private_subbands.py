@@ -19,6 +19,7 @@ from gateway.codecs import _private_subbands as sb
 from gateway.codecs import private
 from gateway.codecs.base import FrameInfo
 from gateway.errors import CorruptCodestreamError
+from tests.images import enlarge
 from tests.test_private import _spec_decode
 
 PREDICTION = 11  # header byte
@@ -34,23 +35,13 @@ def _textured(rows: int, columns: int, seed: int = 0, top: int = 4000) -> np.nda
 
 def _enlarge(image: np.ndarray, axis: int) -> np.ndarray:
     """`image` with the floor of the mean of each pair of neighbours along `axis` put between them."""
-    image = np.moveaxis(image.astype(np.int64), axis, 0)
-    out = np.empty((2 * image.shape[0] - 1,) + image.shape[1:], np.int64)
-    out[0::2] = image
-    out[1::2] = (image[:-1] + image[1:]) >> 1
-    return np.moveaxis(out, 0, axis)
+    return enlarge(image, axis)
 
 
 def _enlarge_cubic(image: np.ndarray, axis: int) -> np.ndarray:
-    """`image` with the rounded cubic (Catmull-Rom) midpoint of each pair of neighbours along `axis`
-    put between them, ``(-a + 9b + 9c - d) / 16``, the edge samples repeated, clipped at 0."""
-    image = np.moveaxis(image.astype(np.int64), axis, 0)
-    padded = np.concatenate([image[:1], image, image[-1:]])
-    middle = np.floor((-padded[:-3] + 9 * padded[1:-2] + 9 * padded[2:-1] - padded[3:]) / 16 + 0.5)
-    out = np.empty((2 * image.shape[0] - 1,) + image.shape[1:], np.int64)
-    out[0::2] = image
-    out[1::2] = np.maximum(middle, 0)
-    return np.moveaxis(out, 0, axis)
+    """`image` with the rounded cubic midpoint of each pair of neighbours along `axis` put between
+    them, clipped at 0."""
+    return np.maximum(enlarge(image, axis, cubic=True), 0)
 
 
 def _info(frame: np.ndarray, stored: int = 16, signed: bool = False) -> FrameInfo:

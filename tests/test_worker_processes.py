@@ -10,6 +10,7 @@ from pydicom.uid import JPEGLSLossless
 
 from gateway.spool import DEAD, DONE
 from tests.conftest import build_config, make_series, send
+from tests.images import enlarge
 
 
 def test_two_worker_processes_share_a_series(tmp_path: Path, gateway_factory) -> None:
@@ -36,7 +37,8 @@ def test_two_worker_processes_share_a_series(tmp_path: Path, gateway_factory) ->
 
 def test_the_private_version_reaches_the_worker_processes(tmp_path: Path, gateway_factory) -> None:
     """The configured version of our private syntax (2 by default; the codec module's own default is 1)
-    is what a worker process writes: the configuration crosses into the process, no global state."""
+    is what a worker process writes: the configuration crosses into the process, no global state.
+    An image enlarged by interpolation is written as subbands there (prediction byte 11)."""
     from pydicom.encaps import generate_frames
 
     from gateway.codecs import private
@@ -45,6 +47,9 @@ def test_the_private_version_reaches_the_worker_processes(tmp_path: Path, gatewa
     assert config.compression.private_version == 2 != private.VERSION
     gateway = gateway_factory(config)
     series = make_series(3, rows=128, columns=128, seed=4)
+    enlarged = enlarge(enlarge(series[0].pixel_array, 0), 1).astype(np.uint16)
+    series[0].Rows, series[0].Columns = enlarged.shape
+    series[0].PixelData = enlarged.tobytes()
     assert send(gateway.port, series) == [0] * len(series)
     assert gateway.wait_idle(180)
 
@@ -54,5 +59,7 @@ def test_the_private_version_reaches_the_worker_processes(tmp_path: Path, gatewa
     for ds in series:
         got = stored[str(ds.SOPInstanceUID)]
         assert got.file_meta.TransferSyntaxUID == private.UID
-        assert [fragment[4] for fragment in generate_frames(got.PixelData, number_of_frames=1)] == [2]
+        [stream] = generate_frames(got.PixelData, number_of_frames=1)
+        assert stream[4] == 2
+        assert bool(stream[11] & private.PREDICT_SUBBANDS) == (ds is series[0])
         assert np.array_equal(got.pixel_array, ds.pixel_array)

@@ -122,6 +122,26 @@ def _striped_streams() -> list[tuple[FrameInfo, np.ndarray, bytes]]:
         private.STRIPE_BYTES = old
 
 
+def _older_model_streams() -> list[tuple[FrameInfo, np.ndarray, bytes]]:
+    """Version 2 streams of the context models the encoder wrote before model 4 (0, 1, 2): archives
+    hold them, so their decoders face hostile bytes too."""
+    from tests.test_private_golden import _model_byte
+
+    old = private.MODEL
+    out = []
+    try:
+        for model in (0, 1, 2):
+            private.MODEL = model
+            for seed, info in ((0, INFOS[0]), (2, INFOS[2])):
+                frame = _frame(info, seed)
+                data = private.encode(frame, info, version=2)
+                assert data[5] == private.MODE_CODED and _model_byte(data, info) == model
+                out.append((info, frame, data))
+    finally:
+        private.MODEL = old
+    return out
+
+
 def _inter_stream(version: int) -> tuple[FrameInfo, np.ndarray, np.ndarray, bytes]:
     info = FrameInfo(rows=20, columns=24, bits_stored=12)
     rng = np.random.default_rng(3)
@@ -135,8 +155,8 @@ def _inter_stream(version: int) -> tuple[FrameInfo, np.ndarray, np.ndarray, byte
 INTERS = [_inter_stream(1), _inter_stream(2)]
 
 
-# Version 1 and version 2 streams, and version 2 streams with several stripes.
-STREAMS = _streams(1) + _streams(2) + _striped_streams()
+# Version 1 and version 2 streams, version 2 streams with several stripes and of older context models.
+STREAMS = _streams(1) + _streams(2) + _striped_streams() + _older_model_streams()
 
 
 def _decode_or_corrupt(data: bytes, info: FrameInfo, original: np.ndarray | None = None) -> None:

@@ -616,14 +616,18 @@ def test_range_coder_round_trip() -> None:
 
 # --- stream structure and corruption ---------------------------------------
 
-@pytest.mark.parametrize("version, size, digest", [
-    (1, 676, "46d463522debe351b2e1809e0b457024d2c11c38ac7bdd90831948aaac643929"),
-    (2, 690, "3c0f53c77aa03125f88da633cdfb99385a1210966e710918bf04b508f7cebfe3"),  # context model 2
+@pytest.mark.parametrize("version, model, size, digest", [
+    (1, None, 676, "46d463522debe351b2e1809e0b457024d2c11c38ac7bdd90831948aaac643929"),
+    (2, 2, 690, "3c0f53c77aa03125f88da633cdfb99385a1210966e710918bf04b508f7cebfe3"),
+    (2, 4, 701, "d5f2449571b7a23f04caf7c90149480e562e0cd2138619b4e60fdda951a1b396"),
 ])
-def test_golden_stream(version: int, size: int, digest: str) -> None:
+def test_golden_stream(monkeypatch: pytest.MonkeyPatch, version: int, model: int | None, size: int,
+                       digest: str) -> None:
     """The bitstream is a storage format: a change of the encoder's output must be deliberate."""
     import hashlib
 
+    if model is not None:
+        monkeypatch.setattr(private, "MODEL", model)
     info = _info(24, 20, stored=12)
     y, x = np.mgrid[0:24, 0:20]
     frame = ((y * 37 + x * 11) % 97 * 40 + (y * x) % 7).astype(np.uint16)
@@ -928,6 +932,8 @@ def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int, version: int 
                 guide: list[list[int]] | None = None, keep: list[list[int]] | None = None,
                 model: int = 0) -> list[list[int]]:
     """Decode a plane; `guide` gives version 2's guide values, `keep` receives |TE|."""
+    wide = model == 4  # section 9.3, model 4: model 2 with sub-predictors 5 and 6
+    model = 2 if wide else model
     contexts = [[32768, 32768, 0] for _ in range(2128 if version == 1 else (140, 2418, 2544)[model])]
     tables = []
     for z in range(56 if model == 0 else 2296):  # section 9.5: a prior around the token class a expects
@@ -940,7 +946,7 @@ def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int, version: int 
     bias = [0] * 112
     v = [[0] * cols for _ in range(rows)]
     te = [[0] * cols for _ in range(rows)]
-    errs = [[[0] * cols for _ in range(rows)] for _ in range(5)]
+    errs = [[[0] * cols for _ in range(rows)] for _ in range(7 if wide else 5)]
 
     def at(table, y, x):
         return table[y][x] if 0 <= y and 0 <= x < cols else 0
@@ -951,6 +957,10 @@ def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int, version: int 
             te_w, te_n, te_nw, te_ne = at(te, y, x - 1), at(te, y - 1, x), at(te, y - 1, x - 1), at(te, y - 1, x + 1)
             s = [8 * (n + w - nw), 8 * n - (((te_w + te_n + te_ne) * 5) >> 4),
                  8 * w - (((te_w + te_n + te_nw) * 5) >> 4), 8 * (w + ne - n), 4 * (n + ne)]
+            if wide:
+                nn = v[y - 2][x] if y >= 2 else n
+                ww = v[y][x - 2] if x >= 2 else w
+                s += [8 * (2 * n - nn), 8 * (2 * w - ww)]
             e = [at(t, y - 1, x) + at(t, y, x - 1) + at(t, y - 1, x - 1) + at(t, y - 1, x + 1) for t in errs]
             lo, hi = min(w, n, ne), max(w, n, ne)
             if lo == hi:
@@ -961,7 +971,7 @@ def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int, version: int 
                 blend8 = (sum(wi * si for wi, si in zip(weights, s)) + total // 2) // total
                 blend8 = min(max(blend8, 8 * lo), 8 * hi)
             grad = 4 * (abs(n - nw) + abs(w - nw) + abs(ne - n))
-            activity = (abs(te_w) + abs(te_n) + abs(te_nw) + abs(te_ne) + min(e) + grad) // 2
+            activity = (abs(te_w) + abs(te_n) + abs(te_nw) + abs(te_ne) + min(e[:5]) + grad) // 2
             q = _spec_class(activity)
             texture = (8 * n > blend8) + 2 * (8 * w > blend8) + 4 * (8 * nw > blend8) + 8 * (8 * ne > blend8)
             bctx = (q >> 2) * 16 + texture
@@ -1106,7 +1116,7 @@ def _spec_decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = No
     if version == 2:
         field = struct.unpack_from("<I", data, start)[0]
         stripe_rows, model = field & 0xFFFFFF, field >> 24
-        assert model in (0, 1, 2) or (model == 3 and transform == 3)
+        assert model in (0, 1, 2, 4) or (model == 3 and transform == 3)
         stripes = -(-info.rows // stripe_rows)
         lengths = struct.unpack_from(f"<{stripes + 1}I", data, start + 4)
         start += 4 * (stripes + 2)
@@ -1145,7 +1155,7 @@ def _spec_decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = No
         elif top == 0:
             coded_planes[i] = [[0] * cols for _ in range(rows)]
         else:
-            coded_planes[i] = _spec_plane(dec, rows, cols, top, version, model=min(model, 2))
+            coded_planes[i] = _spec_plane(dec, rows, cols, top, version, model=2 if model == 3 else model)
     if version == 2:
         for j, stripe in enumerate(segments[1:]):
             first, last = j * stripe_rows, min(info.rows, (j + 1) * stripe_rows)
@@ -1274,7 +1284,7 @@ def test_specification_decoder_agrees(info: FrameInfo, kind: str, version: int) 
 
 
 @pytest.mark.parametrize("archive", ["gwl_v1", "gwl_v2_model0", "gwl_v2_model1", "gwl_v2_model2", "gwl_v2_model3",
-                                     "gwl_v2_subbands"])
+                                     "gwl_v2_model4", "gwl_v2_subbands"])
 def test_specification_decoder_reads_golden_streams(archive: str) -> None:
     """The archived streams decode with the plain decoder too (pixels read by pydicom)."""
     from tests.test_private_golden import ARCHIVES, _frames
@@ -1289,19 +1299,19 @@ def test_specification_decoder_reads_golden_streams(archive: str) -> None:
             previous = expected
 
 
-@pytest.mark.parametrize("model", [1, 2])
+@pytest.mark.parametrize("model", [1, 2, 4])
 @pytest.mark.parametrize("info", [_info(64, 64, stored=12), _info(40, 40, samples=3, alloc=8, stored=8)])
 def test_specification_decoder_follows_fine_classes(monkeypatch: pytest.MonkeyPatch, info: FrameInfo,
                                                     model: int) -> None:
-    """Frames large enough for context model 1's and 2's fine classes to take over from the coarse ones."""
+    """Frames large enough for the fine classes of context models 1, 2 and 4 to take over from the coarse ones."""
     rng = np.random.default_rng(11)
     frame = _smooth(rng, info)
     noise = rng.integers(0, 6 if info.bits_allocated == 8 else 40, info.shape)
     frame = np.clip(frame.astype(np.int64) + noise, 0, (1 << info.bits_stored) - 1).astype(info.dtype)
-    if model == 1:
-        monkeypatch.setattr(private, "MODEL", 1)
+    if model != private.MODEL:
+        monkeypatch.setattr(private, "MODEL", model)
     data = private.encode(frame, info, version=2)
-    assert _stripe_field(data, info.samples_per_pixel)[1] == model  # model 2 is what the encoder writes
+    assert _stripe_field(data, info.samples_per_pixel)[1] == model  # model 4 is what the encoder writes
     assert np.array_equal(private.decode(data, info), frame)
     before = _FINE_USES[0]
     assert np.array_equal(_spec_decode(data, info), frame)
@@ -1313,8 +1323,11 @@ def test_unknown_context_model_is_corrupt() -> None:
     data = bytearray(private.encode(_smooth(np.random.default_rng(2), info), info, version=2))
     start = private._HEADER.size + private._PLANE.size
     rows, model = _stripe_field(bytes(data), 1)
-    assert (rows, model) == (12, 2)
+    assert (rows, model) == (12, 4)
     struct.pack_into("<I", data, start, rows | 3 << 24)
+    with pytest.raises(CorruptCodestreamError, match="context model"):
+        private.decode(bytes(data), info)
+    struct.pack_into("<I", data, start, rows | 5 << 24)
     with pytest.raises(CorruptCodestreamError, match="context model"):
         private.decode(bytes(data), info)
 

@@ -1,7 +1,7 @@
 """Prediction and context formation of the private codec (numba kernels).
 
 A plane holds integers ``0..maxv``.  Each sample is predicted by a blend of
-five sub-predictors, in units of 1/8 sample, weighted by the inverse of their
+five sub-predictors (seven in version 2's context model 4), in units of 1/8 sample, weighted by the inverse of their
 recent absolute errors around the sample; the blend is then clamped between
 the smallest and largest of the W, N and NE neighbours.  The coding context
 comes from the errors the final prediction made at the neighbours.
@@ -24,6 +24,9 @@ from numba import njit
 from numba.cpython.unsafe.numbers import leading_zeros
 
 N_SUB = 5
+# Context model 4 of version 2 adds two sub-predictors that extend the slope two samples away
+# along each axis: 2N - NN and 2W - WW (smooth and resampled images, CT and MR slices).
+N_SUB_WIDE = 7
 WEIGHT_ONE = 1 << 24
 # Context quantisation: half-octave steps of the activity measure.
 N_ACTIVITY = 28
@@ -33,9 +36,10 @@ N_BIAS = 16 * ((N_ACTIVITY + 3) // 4)
 BIAS_SHIFT = 5  # the bias estimate moves 1/32 of the way to each new error
 
 
-def new_state(columns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Zeroed ring buffers (``te``, ``err``) for a plane `columns` wide and bias estimates."""
-    return (np.zeros((2, columns + 2), np.int32), np.zeros((N_SUB, 2, columns + 2), np.int32),
+def new_state(columns: int, subs: int = N_SUB) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Zeroed ring buffers (``te``, ``err`` of `subs` sub-predictors) for a plane `columns` wide
+    and bias estimates."""
+    return (np.zeros((2, columns + 2), np.int32), np.zeros((subs, 2, columns + 2), np.int32),
             np.zeros(N_BIAS, np.int32))
 
 
@@ -79,6 +83,23 @@ def neighbours(plane, y, x):
         nw = w
         ne = w
     return w, n, nw, ne
+
+
+@njit(cache=True, nogil=True, inline="always")
+def far_neighbours(plane, y, x, n, w):
+    """NN and WW of sample (y, x): two rows above and two columns left, else N and W (which
+    follow their own edge rules)."""
+    nn = np.int64(plane[y - 2, x]) if y >= 2 else n
+    ww = np.int64(plane[y, x - 2]) if x >= 2 else w
+    return nn, ww
+
+
+@njit(cache=True, nogil=True, inline="always")
+def far_errors(err, r, p, x):
+    """The errors of sub-predictors 5 and 6 (context model 4) summed over N, W, NW and NE."""
+    e5 = np.int64(err[5, p, x + 1]) + err[5, r, x] + err[5, p, x] + err[5, p, x + 2]
+    e6 = np.int64(err[6, p, x + 1]) + err[6, r, x] + err[6, p, x] + err[6, p, x + 2]
+    return e5, e6
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -158,6 +179,38 @@ def blend_v2(n, w, nw, ne, te_w, te_n, te_nw, te_ne, e0, e1, e2, e3, e4):
     grad = (abs(n - nw) + abs(w - nw) + abs(ne - n)) << 2
     activity = (abs(te_w) + abs(te_n) + abs(te_nw) + abs(te_ne) + min(min(e0, e1), min(min(e2, e3), e4)) + grad) >> 1
     return blend8, s0, s1, s2, s3, s4, activity, lo, hi
+
+
+@njit(cache=True, nogil=True, inline="always")
+def blend_wide(n, w, nw, ne, nn, ww, te_w, te_n, te_nw, te_ne, e0, e1, e2, e3, e4, e5, e6):
+    """Context model 4's blend: :func:`blend_v2` with sub-predictors 5 (``2N - NN``) and 6
+    (``2W - WW``) weighted in by their errors `e5` and `e6` as the others; returns (blend8, s0 ..
+    s6, activity, lo, hi).  The activity is :func:`blend_v2`'s (the first five errors)."""
+    s0 = (n + w - nw) << 3
+    s1 = (n << 3) - (((te_w + te_n + te_ne) * 5) >> 4)
+    s2 = (w << 3) - (((te_w + te_n + te_nw) * 5) >> 4)
+    s3 = (w + ne - n) << 3
+    s4 = (n + ne) << 2
+    s5 = (2 * n - nn) << 3
+    s6 = (2 * w - ww) << 3
+    lo = min(w, min(n, ne))
+    hi = max(w, max(n, ne))
+    if lo == hi:
+        blend8 = lo << 3
+    else:
+        w0 = weight_v2(e0)
+        w1 = weight_v2(e1)
+        w2 = weight_v2(e2)
+        w3 = weight_v2(e3)
+        w4 = weight_v2(e4)
+        w5 = weight_v2(e5)
+        w6 = weight_v2(e6)
+        total = w0 + w1 + w2 + w3 + w4 + w5 + w6
+        blend8 = _floor_div(w0 * s0 + w1 * s1 + w2 * s2 + w3 * s3 + w4 * s4 + w5 * s5 + w6 * s6 + (total >> 1), total)
+        blend8 = min(max(blend8, lo << 3), hi << 3)
+    grad = (abs(n - nw) + abs(w - nw) + abs(ne - n)) << 2
+    activity = (abs(te_w) + abs(te_n) + abs(te_nw) + abs(te_ne) + min(min(e0, e1), min(min(e2, e3), e4)) + grad) >> 1
+    return blend8, s0, s1, s2, s3, s4, s5, s6, activity, lo, hi
 
 
 @njit(cache=True, nogil=True, inline="always")

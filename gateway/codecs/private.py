@@ -52,11 +52,12 @@ colour planes 1 and 2 take plane 0's error at the same pixel into their
 coding class.  The coding class follows one of the context models named in
 the stream: model 0 (the activity class), model 1 (coarse classes from the
 neighbours' errors, refined by the local gradient and the signal level once a
-refined class has learnt enough), model 2 (written now: model 1's coarse and
-refined classes mixed, the sign's context split by where the prediction lies
-between two integers) or model 3 (written for indexed colour where it codes
-smaller: model 2, but the index plane is coded as which neighbour's colour a
-pixel repeats, else the index among recent escapes or by value).  A grey
+refined class has learnt enough), model 2 (model 1's coarse and refined
+classes mixed, the sign's context split by where the prediction lies between
+two integers), model 4 (written now: model 2 with two more sub-predictors,
+``2N - NN`` and ``2W - WW``) or model 3 (written for indexed colour where it
+codes smaller: model 2, but the index plane is coded as which neighbour's
+colour a pixel repeats, else the index among recent escapes or by value).  A grey
 intra frame whose samples of one parity are means of their neighbours (an
 image enlarged by interpolation) may be coded as the subbands of one level
 of 5/3 lifting along its rows, columns or both (:mod:`._private_subbands`).
@@ -133,7 +134,7 @@ PALETTE_DENSITY = 0.75
 STRIPE_BYTES = 1 << 19
 ENCODER_STRIPES = 4
 # Version 2 frames of at least SAMPLE_PIXELS pixels choose among their codings (colour
-# transform, indexed colour with context model 2 or 3, channel ranks; grey: as they are or
+# transform, indexed colour with context model MODEL or 3, channel ranks; grey: as they are or
 # as subbands) on a sample first:
 # SAMPLE_BANDS bands of rows spread over the frame, a SAMPLE_SHARE of its rows together.  Only
 # the codings whose sample is within SAMPLE_MARGIN of the smallest are coded whole.
@@ -153,7 +154,7 @@ SUBBAND_MARGIN = 0.05
 SAMPLE_TRUST = 1.25
 # Version 2 context model the encoder uses (see _private_planes2), written in the top byte of
 # the stripe rows field (streams written before models existed have 0 there).
-MODEL = 2
+MODEL = _planes2.WIDE_MODEL
 MODEL_SHIFT = 24
 # Context models a frame may name: the plane models, and model 3, which is model 2 but for the
 # index plane of an indexed colour frame (colour transform 3), coded by the index model.
@@ -323,7 +324,7 @@ def _grey_body(plane: np.ndarray, info: FrameInfo, version: int, flags: int,
 def _colour_body(frame: np.ndarray, info: FrameInfo, version: int, planes: np.ndarray,
                  transform: int) -> tuple[bytes, int]:
     """The smallest coded body of a colour frame and its colour transform: the colour transform
-    `transform` (`planes`), indexed colour (context model 2 and, version 2, 3), channel ranks
+    `transform` (`planes`), indexed colour (context model MODEL and, version 2, 3), channel ranks
     (version 2).  Ties keep that order."""
     # Each coding: (colour transform, planes, tables, channel maps, context model).
     codings = [(transform, list(planes), 0, (), None)]
@@ -513,7 +514,7 @@ def _encode_segment(bitmaps: list, planes: list[np.ndarray], maxvs: list[int], c
         if maxv > 0 and indexed and i == 0:
             st, buf = _index.encode_index(st, buf, plane, maxv, *_index_state(maxv))
         elif maxv > 0:
-            te, err, bm = _predict.new_state(plane.shape[1])
+            te, err, bm = _predict.new_state(plane.shape[1], _planes2.sub_predictors(_plane_model(model)))
             st, buf = _planes2.encode_plane(st, buf, plane, maxv, *_model_state(model), te, err, bm, guide, keep,
                                             _plane_model(model))
     buf, size = _rc.enc_finish(st, buf)
@@ -532,7 +533,7 @@ def _index_state(maxv: int) -> tuple[np.ndarray, ...]:
 
 def _model_state(model: int) -> tuple[np.ndarray, np.ndarray]:
     """Fresh token tables and binary contexts of one plane coded with context `model`."""
-    model = _plane_model(model)
+    model = _planes2.context_model(_plane_model(model))
     coarse = _planes2.N_COARSE if model else 0
     return (_sym.new_tables(_planes2.N_TABLES[model], coarse, _planes2.CLASS_GROUP[model]),
             _rc.new_contexts(_planes2.N_BINARY[model]))
@@ -829,7 +830,7 @@ def _decode_segment(data: np.ndarray, bitmaps: list[np.ndarray], planes: list[np
             if status != _index.STATUS_OK:
                 return False
         elif maxv > 0:
-            te, err, bm = _predict.new_state(plane.shape[1])
+            te, err, bm = _predict.new_state(plane.shape[1], _planes2.sub_predictors(_plane_model(model)))
             st, status = _planes2.decode_plane(st, data, plane, maxv, *_model_state(model), te, err, bm, guide, keep,
                                                _plane_model(model))
             if status != _planes2.STATUS_OK:

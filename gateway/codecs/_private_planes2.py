@@ -28,8 +28,9 @@ zero flag and the token, and for the sign:
   in the air around a CT patient, is where this pays).
 * model 4: model 2 with two more sub-predictors in the blend, ``2N - NN`` and
   ``2W - WW`` (the slope of the two samples above and of the two to the left,
-  carried on): smooth, filtered and resampled images (CT and MR slices) follow
-  a slope further than the four neighbours see.
+  carried on), and every sub-predictor's error summed over WW too: smooth,
+  filtered and resampled images (CT and MR slices) follow a slope further
+  than the four neighbours see.
 
 The residual ``r = value - pred`` is coded as
 
@@ -61,10 +62,10 @@ from gateway.codecs._private_predict import (
     blend_wide,
     correct,
     errors,
-    far_errors,
     far_neighbours,
     neighbours,
     quantise_activity,
+    wide_errors,
 )
 from gateway.codecs._private_rangecoder import _adapt as _adapt_bit
 from gateway.codecs._private_rangecoder import dec_bit, dec_bit_mixed, enc_bit, enc_bit_mixed, grow
@@ -184,13 +185,13 @@ def _plane_coder(encoding: bool, plane_model: int):
                 buf = grow(buf, est[4] + est[3] + 16 + cols * 12)
             for x in range(cols):
                 w, n, nw, ne = neighbours(plane, y, x)
-                te_w, te_n, te_nw, te_ne, e0, e1, e2, e3, e4 = errors(te, err, r, p, x)
                 if wide:
                     nn, ww = far_neighbours(plane, y, x, n, w)
-                    e5, e6 = far_errors(err, r, p, x)
+                    te_w, te_n, te_nw, te_ne, e0, e1, e2, e3, e4, e5, e6 = wide_errors(te, err, r, p, x)
                     blend8, s0, s1, s2, s3, s4, s5, s6, activity, lo, hi = blend_wide(
                         n, w, nw, ne, nn, ww, te_w, te_n, te_nw, te_ne, e0, e1, e2, e3, e4, e5, e6)
                 else:
+                    te_w, te_n, te_nw, te_ne, e0, e1, e2, e3, e4 = errors(te, err, r, p, x)
                     blend8, s0, s1, s2, s3, s4, activity, lo, hi = blend_v2(n, w, nw, ne, te_w, te_n, te_nw, te_ne,
                                                                            e0, e1, e2, e3, e4)
                     s5 = s6 = np.int64(0)

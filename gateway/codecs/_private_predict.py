@@ -95,11 +95,19 @@ def far_neighbours(plane, y, x, n, w):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def far_errors(err, r, p, x):
-    """The errors of sub-predictors 5 and 6 (context model 4) summed over N, W, NW and NE."""
-    e5 = np.int64(err[5, p, x + 1]) + err[5, r, x] + err[5, p, x] + err[5, p, x + 2]
-    e6 = np.int64(err[6, p, x + 1]) + err[6, r, x] + err[6, p, x] + err[6, p, x + 2]
-    return e5, e6
+def wide_errors(te, err, r, p, x):
+    """Context model 4's errors: :func:`errors` with each sum also over WW (two columns left,
+    0 before the second column), and those of sub-predictors 5 and 6."""
+    te_w, te_n, te_nw, te_ne, e0, e1, e2, e3, e4 = errors(te, err, r, p, x)
+    at_ww = max(x - 1, 0)  # the ring's index of column x - 2; index 0 is the zero pad
+    e0 += err[0, r, at_ww]
+    e1 += err[1, r, at_ww]
+    e2 += err[2, r, at_ww]
+    e3 += err[3, r, at_ww]
+    e4 += err[4, r, at_ww]
+    e5 = np.int64(err[5, p, x + 1]) + err[5, r, x] + err[5, p, x] + err[5, p, x + 2] + err[5, r, at_ww]
+    e6 = np.int64(err[6, p, x + 1]) + err[6, r, x] + err[6, p, x] + err[6, p, x + 2] + err[6, r, at_ww]
+    return te_w, te_n, te_nw, te_ne, e0, e1, e2, e3, e4, e5, e6
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -184,8 +192,9 @@ def blend_v2(n, w, nw, ne, te_w, te_n, te_nw, te_ne, e0, e1, e2, e3, e4):
 @njit(cache=True, nogil=True, inline="always")
 def blend_wide(n, w, nw, ne, nn, ww, te_w, te_n, te_nw, te_ne, e0, e1, e2, e3, e4, e5, e6):
     """Context model 4's blend: :func:`blend_v2` with sub-predictors 5 (``2N - NN``) and 6
-    (``2W - WW``) weighted in by their errors `e5` and `e6` as the others; returns (blend8, s0 ..
-    s6, activity, lo, hi).  The activity is :func:`blend_v2`'s (the first five errors)."""
+    (``2W - WW``) weighted in by their errors `e5` and `e6` as the others (all errors from
+    :func:`wide_errors`); returns (blend8, s0 .. s6, activity, lo, hi).  The activity takes the
+    smallest of the first five errors, as :func:`blend_v2`."""
     s0 = (n + w - nw) << 3
     s1 = (n << 3) - (((te_w + te_n + te_ne) * 5) >> 4)
     s2 = (w << 3) - (((te_w + te_n + te_nw) * 5) >> 4)

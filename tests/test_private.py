@@ -619,7 +619,7 @@ def test_range_coder_round_trip() -> None:
 @pytest.mark.parametrize("version, model, size, digest", [
     (1, None, 676, "46d463522debe351b2e1809e0b457024d2c11c38ac7bdd90831948aaac643929"),
     (2, 2, 690, "3c0f53c77aa03125f88da633cdfb99385a1210966e710918bf04b508f7cebfe3"),
-    (2, 4, 702, "0c98d084bd362671096c72ba2711a94bd759cc6bd9cff47aa770f84e3f332d45"),
+    (2, 4, 708, "985912610d62d0b642f438bab198ce0a0072c1b859f9cdac9620a744cdb50ed4"),
 ])
 def test_golden_stream(monkeypatch: pytest.MonkeyPatch, version: int, model: int | None, size: int,
                        digest: str) -> None:
@@ -943,7 +943,7 @@ def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int, version: int 
         tables.append(table + [sum(table)])
     sign_base = 56 if model == 0 else 2296
     half_base = 2380 if model == 1 else 2506
-    bias = [0] * 112
+    bias = [0] * (112 * 16 if wide else 112)
     v = [[0] * cols for _ in range(rows)]
     te = [[0] * cols for _ in range(rows)]
     errs = [[[0] * cols for _ in range(rows)] for _ in range(7 if wide else 5)]
@@ -977,6 +977,8 @@ def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int, version: int 
             q = _spec_class(activity)
             texture = (8 * n > blend8) + 2 * (8 * w > blend8) + 4 * (8 * nw > blend8) + 8 * (8 * ne > blend8)
             bctx = (q >> 2) * 16 + texture
+            if wide:  # model 4: split by NN and WW against the blend, and by the slopes' signs
+                bctx = 16 * bctx + 4 * ((8 * nn > blend8) + 2 * (8 * ww > blend8)) + (n > nn) + 2 * (w > ww)
             pred8 = min(max(blend8 + (bias[bctx] >> 4), 8 * lo), 8 * hi)
             pred = (pred8 + 4) >> 3
             sigma = 1 if te_w + te_n > 0 else 2 if te_w + te_n < 0 else 0

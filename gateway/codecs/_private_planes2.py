@@ -28,9 +28,10 @@ zero flag and the token, and for the sign:
   in the air around a CT patient, is where this pays).
 * model 4: model 2 with two more sub-predictors in the blend, ``2N - NN`` and
   ``2W - WW`` (the slope of the two samples above and of the two to the left,
-  carried on), and every sub-predictor's error summed over WW too: smooth,
-  filtered and resampled images (CT and MR slices) follow a slope further
-  than the four neighbours see.
+  carried on), every sub-predictor's error summed over WW too, and the bias
+  correction's contexts split by NN and WW: smooth, filtered and resampled
+  images (CT and MR slices) follow a slope further than the four neighbours
+  see.
 
 The residual ``r = value - pred`` is coded as
 
@@ -53,9 +54,12 @@ from numba import njit
 
 from gateway.codecs._private_predict import (
     N_CLASSES,
+    N_BIAS,
+    N_BIAS_WIDE,
     N_SUB,
     N_SUB_WIDE,
     bias_context,
+    bias_context_wide,
     bias_update,
     bit_length,
     blend_v2,
@@ -64,6 +68,7 @@ from gateway.codecs._private_predict import (
     errors,
     far_neighbours,
     neighbours,
+    new_state,
     quantise_activity,
     wide_errors,
 )
@@ -125,9 +130,12 @@ def context_model(model: int) -> int:
     return 2 if model == WIDE_MODEL else model
 
 
-def sub_predictors(model: int) -> int:
-    """Sub-predictors in the blend of a plane of context `model`."""
-    return N_SUB_WIDE if model == WIDE_MODEL else N_SUB
+def new_plane_state(columns: int, model: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fresh prediction state of a plane `columns` wide coded with context `model`: the rings of
+    true and sub-predictor errors and the bias estimates (:func:`._private_predict.new_state`)."""
+    if model == WIDE_MODEL:
+        return new_state(columns, N_SUB_WIDE, N_BIAS_WIDE)
+    return new_state(columns, N_SUB, N_BIAS)
 
 STATUS_OK = 0
 STATUS_RANGE = 1
@@ -194,9 +202,11 @@ def _plane_coder(encoding: bool, plane_model: int):
                     te_w, te_n, te_nw, te_ne, e0, e1, e2, e3, e4 = errors(te, err, r, p, x)
                     blend8, s0, s1, s2, s3, s4, activity, lo, hi = blend_v2(n, w, nw, ne, te_w, te_n, te_nw, te_ne,
                                                                            e0, e1, e2, e3, e4)
-                    s5 = s6 = np.int64(0)
+                    s5 = s6 = nn = ww = np.int64(0)
                 q = quantise_activity(activity)
                 bctx = bias_context(q, n, w, nw, ne, blend8)
+                if wide:
+                    bctx = bias_context_wide(bctx, n, w, nn, ww, blend8)
                 bias = np.int64(bm[bctx])
                 pred8, pred = correct(blend8, bias, lo, hi)
                 if model < 2:

@@ -33,14 +33,17 @@ N_ACTIVITY = 28
 N_CLASSES = N_ACTIVITY
 # Bias contexts: which of N, W, NW, NE exceed the blend (4 bits) x activity class / 4.
 N_BIAS = 16 * ((N_ACTIVITY + 3) // 4)
+# Context model 4 splits each bias context 16 ways by NN and WW: whether each exceeds the blend,
+# and whether N exceeds NN and W exceeds WW (the sign of the slope they carry on).
+N_BIAS_WIDE = 16 * N_BIAS
 BIAS_SHIFT = 5  # the bias estimate moves 1/32 of the way to each new error
 
 
-def new_state(columns: int, subs: int = N_SUB) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def new_state(columns: int, subs: int = N_SUB, biases: int = N_BIAS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Zeroed ring buffers (``te``, ``err`` of `subs` sub-predictors) for a plane `columns` wide
-    and bias estimates."""
+    and `biases` bias estimates."""
     return (np.zeros((2, columns + 2), np.int32), np.zeros((subs, 2, columns + 2), np.int32),
-            np.zeros(N_BIAS, np.int32))
+            np.zeros(biases, np.int32))
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -257,6 +260,14 @@ def bias_context(q, n, w, nw, ne, blend8):
         | (np.int64((nw << 3) > blend8) << 2) | (np.int64((ne << 3) > blend8) << 3)
     )
     return (q >> 2) * 16 + texture
+
+
+@njit(cache=True, nogil=True, inline="always")
+def bias_context_wide(bctx, n, w, nn, ww, blend8):
+    """Context model 4's bias context: :func:`bias_context`'s split by NN and WW."""
+    far = np.int64((nn << 3) > blend8) | (np.int64((ww << 3) > blend8) << 1)
+    slope = np.int64(n > nn) | (np.int64(w > ww) << 1)
+    return bctx * 16 + far * 4 + slope
 
 
 @njit(cache=True, nogil=True, inline="always")

@@ -514,7 +514,7 @@ def _encode_segment(bitmaps: list, planes: list[np.ndarray], maxvs: list[int], c
         if maxv > 0 and indexed and i == 0:
             st, buf = _index.encode_index(st, buf, plane, maxv, *_index_state(maxv))
         elif maxv > 0:
-            te, err, bm = _predict.new_state(plane.shape[1], _planes2.sub_predictors(_plane_model(model)))
+            te, err, bm = _planes2.new_plane_state(plane.shape[1], _plane_model(model))
             st, buf = _planes2.encode_plane(st, buf, plane, maxv, *_model_state(model), te, err, bm, guide, keep,
                                             _plane_model(model))
     buf, size = _rc.enc_finish(st, buf)
@@ -830,7 +830,7 @@ def _decode_segment(data: np.ndarray, bitmaps: list[np.ndarray], planes: list[np
             if status != _index.STATUS_OK:
                 return False
         elif maxv > 0:
-            te, err, bm = _predict.new_state(plane.shape[1], _planes2.sub_predictors(_plane_model(model)))
+            te, err, bm = _planes2.new_plane_state(plane.shape[1], _plane_model(model))
             st, status = _planes2.decode_plane(st, data, plane, maxv, *_model_state(model), te, err, bm, guide, keep,
                                                _plane_model(model))
             if status != _planes2.STATUS_OK:

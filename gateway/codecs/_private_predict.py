@@ -142,6 +142,24 @@ def _floor_div(a, b):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def sub_predictions(n, w, nw, ne, te_w, te_n, te_nw, te_ne):
+    """The five sub-predictors of section 5.2 (1/8 units) and the clamp range (lo, hi) of W, N, NE."""
+    s0 = (n + w - nw) << 3
+    s1 = (n << 3) - (((te_w + te_n + te_ne) * 5) >> 4)
+    s2 = (w << 3) - (((te_w + te_n + te_nw) * 5) >> 4)
+    s3 = (w + ne - n) << 3
+    s4 = (n + ne) << 2
+    return s0, s1, s2, s3, s4, min(w, min(n, ne)), max(w, max(n, ne))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def activity_of(n, w, nw, ne, te_w, te_n, te_nw, te_ne, least):
+    """The activity of section 5.3, `least` the smallest summed sub-predictor error."""
+    grad = (abs(n - nw) + abs(w - nw) + abs(ne - n)) << 2
+    return (abs(te_w) + abs(te_n) + abs(te_nw) + abs(te_ne) + least + grad) >> 1
+
+
+@njit(cache=True, nogil=True, inline="always")
 def blend(n, w, nw, ne, te_w, te_n, te_nw, te_ne, e0, e1, e2, e3, e4):
     """Blend the sub-predictors; returns (blend8, s0, s1, s2, s3, s4, class, lo, hi).
 
@@ -167,28 +185,26 @@ def weight_v2(e):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _weighted_v2(s0, s1, s2, s3, s4, e0, e1, e2, e3, e4):
+    """The five sub-predictors weighted by their errors (:func:`weight_v2`): (sum of w_i s_i, sum of w_i)."""
+    w0 = weight_v2(e0)
+    w1 = weight_v2(e1)
+    w2 = weight_v2(e2)
+    w3 = weight_v2(e3)
+    w4 = weight_v2(e4)
+    return w0 * s0 + w1 * s1 + w2 * s2 + w3 * s3 + w4 * s4, w0 + w1 + w2 + w3 + w4
+
+
+@njit(cache=True, nogil=True, inline="always")
 def blend_v2(n, w, nw, ne, te_w, te_n, te_nw, te_ne, e0, e1, e2, e3, e4):
     """Version 2's blend: :func:`blend_activity` with table weights (:func:`weight_v2`)."""
-    s0 = (n + w - nw) << 3
-    s1 = (n << 3) - (((te_w + te_n + te_ne) * 5) >> 4)
-    s2 = (w << 3) - (((te_w + te_n + te_nw) * 5) >> 4)
-    s3 = (w + ne - n) << 3
-    s4 = (n + ne) << 2
-    lo = min(w, min(n, ne))
-    hi = max(w, max(n, ne))
+    s0, s1, s2, s3, s4, lo, hi = sub_predictions(n, w, nw, ne, te_w, te_n, te_nw, te_ne)
     if lo == hi:
         blend8 = lo << 3
     else:
-        w0 = weight_v2(e0)
-        w1 = weight_v2(e1)
-        w2 = weight_v2(e2)
-        w3 = weight_v2(e3)
-        w4 = weight_v2(e4)
-        total = w0 + w1 + w2 + w3 + w4
-        blend8 = _floor_div(w0 * s0 + w1 * s1 + w2 * s2 + w3 * s3 + w4 * s4 + (total >> 1), total)
-        blend8 = min(max(blend8, lo << 3), hi << 3)
-    grad = (abs(n - nw) + abs(w - nw) + abs(ne - n)) << 2
-    activity = (abs(te_w) + abs(te_n) + abs(te_nw) + abs(te_ne) + min(min(e0, e1), min(min(e2, e3), e4)) + grad) >> 1
+        weighted, total = _weighted_v2(s0, s1, s2, s3, s4, e0, e1, e2, e3, e4)
+        blend8 = min(max(_floor_div(weighted + (total >> 1), total), lo << 3), hi << 3)
+    activity = activity_of(n, w, nw, ne, te_w, te_n, te_nw, te_ne, min(min(e0, e1), min(min(e2, e3), e4)))
     return blend8, s0, s1, s2, s3, s4, activity, lo, hi
 
 
@@ -198,43 +214,26 @@ def blend_wide(n, w, nw, ne, nn, ww, te_w, te_n, te_nw, te_ne, e0, e1, e2, e3, e
     (``2W - WW``) weighted in by their errors `e5` and `e6` as the others (all errors from
     :func:`wide_errors`); returns (blend8, s0 .. s6, activity, lo, hi).  The activity takes the
     smallest of the first five errors, as :func:`blend_v2`."""
-    s0 = (n + w - nw) << 3
-    s1 = (n << 3) - (((te_w + te_n + te_ne) * 5) >> 4)
-    s2 = (w << 3) - (((te_w + te_n + te_nw) * 5) >> 4)
-    s3 = (w + ne - n) << 3
-    s4 = (n + ne) << 2
+    s0, s1, s2, s3, s4, lo, hi = sub_predictions(n, w, nw, ne, te_w, te_n, te_nw, te_ne)
     s5 = (2 * n - nn) << 3
     s6 = (2 * w - ww) << 3
-    lo = min(w, min(n, ne))
-    hi = max(w, max(n, ne))
     if lo == hi:
         blend8 = lo << 3
     else:
-        w0 = weight_v2(e0)
-        w1 = weight_v2(e1)
-        w2 = weight_v2(e2)
-        w3 = weight_v2(e3)
-        w4 = weight_v2(e4)
+        weighted, total = _weighted_v2(s0, s1, s2, s3, s4, e0, e1, e2, e3, e4)
         w5 = weight_v2(e5)
         w6 = weight_v2(e6)
-        total = w0 + w1 + w2 + w3 + w4 + w5 + w6
-        blend8 = _floor_div(w0 * s0 + w1 * s1 + w2 * s2 + w3 * s3 + w4 * s4 + w5 * s5 + w6 * s6 + (total >> 1), total)
-        blend8 = min(max(blend8, lo << 3), hi << 3)
-    grad = (abs(n - nw) + abs(w - nw) + abs(ne - n)) << 2
-    activity = (abs(te_w) + abs(te_n) + abs(te_nw) + abs(te_ne) + min(min(e0, e1), min(min(e2, e3), e4)) + grad) >> 1
+        weighted += w5 * s5 + w6 * s6
+        total += w5 + w6
+        blend8 = min(max(_floor_div(weighted + (total >> 1), total), lo << 3), hi << 3)
+    activity = activity_of(n, w, nw, ne, te_w, te_n, te_nw, te_ne, min(min(e0, e1), min(min(e2, e3), e4)))
     return blend8, s0, s1, s2, s3, s4, s5, s6, activity, lo, hi
 
 
 @njit(cache=True, nogil=True, inline="always")
 def blend_activity(n, w, nw, ne, te_w, te_n, te_nw, te_ne, e0, e1, e2, e3, e4):
     """:func:`blend` returning the activity measure itself instead of its class."""
-    s0 = (n + w - nw) << 3
-    s1 = (n << 3) - (((te_w + te_n + te_ne) * 5) >> 4)
-    s2 = (w << 3) - (((te_w + te_n + te_nw) * 5) >> 4)
-    s3 = (w + ne - n) << 3
-    s4 = (n + ne) << 2
-    lo = min(w, min(n, ne))
-    hi = max(w, max(n, ne))
+    s0, s1, s2, s3, s4, lo, hi = sub_predictions(n, w, nw, ne, te_w, te_n, te_nw, te_ne)
     if lo == hi:
         # The clamp below would give this whatever the blend: skip computing it.
         blend8 = lo << 3
@@ -247,8 +246,7 @@ def blend_activity(n, w, nw, ne, te_w, te_n, te_nw, te_ne, e0, e1, e2, e3, e4):
         total = w0 + w1 + w2 + w3 + w4
         blend8 = _floor_div(w0 * s0 + w1 * s1 + w2 * s2 + w3 * s3 + w4 * s4 + (total >> 1), total)
         blend8 = min(max(blend8, lo << 3), hi << 3)
-    grad = (abs(n - nw) + abs(w - nw) + abs(ne - n)) << 2
-    activity = (abs(te_w) + abs(te_n) + abs(te_nw) + abs(te_ne) + min(min(e0, e1), min(min(e2, e3), e4)) + grad) >> 1
+    activity = activity_of(n, w, nw, ne, te_w, te_n, te_nw, te_ne, min(min(e0, e1), min(min(e2, e3), e4)))
     return blend8, s0, s1, s2, s3, s4, activity, lo, hi
 
 

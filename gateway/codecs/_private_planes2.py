@@ -96,7 +96,8 @@ GUIDE_WEIGHT = 2  # weight of the first plane's error at the same position in a 
 #    (LEVEL_CLASSES quarters of the plane's power-of-two range).
 # 2: model 1's classes mixed, and the sign's context split by where the prediction lies between
 #    two integers;
-# 4: model 2 with two more sub-predictors in the blend, 2N - NN and 2W - WW (WIDE_MODEL).
+# 4: model 2 with two more sub-predictors in the blend, 2N - NN and 2W - WW, the errors summed
+#    over WW too and the bias contexts split by NN and WW (WIDE_MODEL).
 # (3 is not a plane model: it is model 2 but for the index plane of indexed colour.)
 MODELS = (0, 1, 2, 4)
 WIDE_MODEL = 4
@@ -126,7 +127,7 @@ N_TABLES = N_ZERO  # token tables of a plane, per model
 
 def context_model(model: int) -> int:
     """The model whose classes, contexts and tables a plane of context `model` uses: model 4
-    codes as model 2 (it changes the blend only)."""
+    codes as model 2 (it changes only the blend and the bias correction)."""
     return 2 if model == WIDE_MODEL else model
 
 
@@ -136,6 +137,7 @@ def new_plane_state(columns: int, model: int) -> tuple[np.ndarray, np.ndarray, n
     if model == WIDE_MODEL:
         return new_state(columns, N_SUB_WIDE, N_BIAS_WIDE)
     return new_state(columns, N_SUB, N_BIAS)
+
 
 STATUS_OK = 0
 STATUS_RANGE = 1

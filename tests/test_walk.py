@@ -146,6 +146,29 @@ def test_walk_refuses_missing_or_invalid_uids(tmp_path: Path) -> None:
         walk_file(path)
 
 
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("charset, accepted", [("ISO_IR\x00100", False), ("ISO\x00IR 100", True)])
+def test_walk_leaves_a_character_set_holding_a_nul_to_pydicom(tmp_path: Path, charset: str, accepted: bool) -> None:
+    """A Specific Character Set with a NUL byte may name no encoding pydicom can look up: the walk
+    leaves such a file to the receiver's pydicom check, which refuses it, or accepts it where
+    it reads the name as a misspelling of a known one."""
+    ds = pydicom_file("CT_small.dcm")
+    ds.SpecificCharacterSet = "ISO_IR 100"  # written, then its bytes replaced (pydicom writes no such name)
+    path = tmp_path / "charset.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    data = path.read_bytes()
+    assert data.count(b"ISO_IR 100") == 1 and len(charset) == len("ISO_IR 100")
+    path.write_bytes(data.replace(b"ISO_IR 100", charset.encode()))
+    with pytest.raises(ValueError, match="Specific Character Set"):
+        walk_file(path)
+    syntax = str(ds.file_meta.TransferSyntaxUID)
+    if accepted:
+        assert Receiver._check(path, syntax).sop_instance_uid == ds.SOPInstanceUID
+    else:
+        with pytest.raises(ValueError, match="null character"):
+            Receiver._check(path, syntax)
+
+
 def _valid_files(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
     folder = tmp_path_factory.mktemp("walk_fuzz")
     out = []

@@ -45,6 +45,7 @@ _IMPLICIT, _EXPLICIT = IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _PIXEL_DATA = 0x7FE00010
+_CHARSET = 0x00080005
 _PLAIN = re.compile(rb"[ -~]*\x00?")  # printable ASCII, a UI's padding NUL
 _MAX_DEPTH = 64
 
@@ -115,6 +116,8 @@ class _Walker:
             if pos > stop:
                 raise ValueError(f"dataset truncated: element ({tag >> 16:04X},{tag & 0xFFFF:04X}) runs "
                                  f"{pos - stop} byte(s) past the end")
+            if tag == _CHARSET and b"\x00" in self.data[value:pos]:  # pydicom cannot look such a name up
+                raise ValueError("(0008,0005) Specific Character Set holds a NUL byte")
             if depth == 0 and tag in _WANTED:
                 found = bytes(self.data[value:pos])
                 if b"\\" in found or not _PLAIN.fullmatch(found):  # pydicom's reading decides

@@ -5,10 +5,10 @@ corpus folder and overall, every round trip verified (see harness.py).  Our
 codec runs as version 2 (context model 4, and model 3 for indexed colour
 where it codes smaller: what version 2 writes), version 2 without model 3,
 version 2 with context models 2 and 1 (the models before, to weigh each
-against the next) and version 1 (the codec module's default; the gateway writes version 2), all on one thread (version 2's stripes coded one
-after the other); ``gwl v2, 2 threads`` is version 2 with its stripes coded
-in parallel (frames of 1 MiB and more).  The
-peers run through imagecodecs with one thread: JPEG-XL lossless at effort 3
+against the next) and version 1 (the codec module's default; the gateway
+writes version 2), all on one thread (version 2's stripes coded one after the
+other); ``gwl v2, 2 threads`` is version 2 with its stripes coded in parallel
+(frames of 1 MiB and more).  The peers run through imagecodecs with one thread: JPEG-XL lossless at effort 3
 and 7, JPEG-LS (CharLS), HTJ2K (OpenJPH) and JPEG 2000 reversible (OpenJPEG).
 Signed frames are given to the peers as unsigned values in the same order
 (sign bit flipped), which they code as well as the signed original.
@@ -159,8 +159,8 @@ def main() -> None:
     threads = private.STRIPE_THREADS
     entries = [_ours(items, "gwl v2 (ours)", 2, 1), _ours(items, "gwl v2 without subbands", 2, 1, subbands=False),
                _ours(items, "gwl v2 without model 3", 2, 1, indexed=(None,)),
-               _ours(items, "gwl v2 model 2", 2, 1, model=2), _ours(items, "gwl v2 model 1", 2, 1, model=1, indexed=(None,)),
-               _ours(items, "gwl v1 (ours)", 1, 1)]
+               _ours(items, "gwl v2 model 2", 2, 1, model=2),
+               _ours(items, "gwl v2 model 1", 2, 1, model=1, indexed=(None,)), _ours(items, "gwl v1 (ours)", 1, 1)]
     if threads > 1:
         entries.append(_ours(items, f"gwl v2, {threads} threads", 2, threads))
     entries += _peers()

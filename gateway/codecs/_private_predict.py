@@ -1,9 +1,10 @@
 """Prediction and context formation of the private codec (numba kernels).
 
 A plane holds integers ``0..maxv``.  Each sample is predicted by a blend of
-five sub-predictors (seven in version 2's context model 4), in units of 1/8 sample, weighted by the inverse of their
-recent absolute errors around the sample; the blend is then clamped between
-the smallest and largest of the W, N and NE neighbours.  The coding context
+five sub-predictors (seven in version 2's context model 4), in units of 1/8
+sample, weighted by the inverse of their recent absolute errors around the
+sample; the blend is then clamped between the smallest and largest of the W,
+N and NE neighbours.  The coding context
 comes from the errors the final prediction made at the neighbours.
 
 The plane loops (:mod:`._private_planes`) gather the neighbours and errors

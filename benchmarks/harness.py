@@ -91,19 +91,31 @@ def load_corpus(root: Path | None = None, folders: Sequence[str] = ()) -> list[I
 
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".ppm", ".pgm", ".webp")
+DICOM_SUFFIXES = (".dcm",)
 
 
 def load_images(paths: Sequence[str]) -> list[Item]:
     """Images outside the corpus, from image files (lossless formats; folders are searched):
-    8- or 16-bit grey or RGB (an alpha channel is dropped), one frame each, in a folder named
-    by the file's parent folder."""
+    8- or 16-bit grey or RGB (an alpha channel is dropped), one frame each, or DICOM files
+    (``.dcm``, every frame, as the corpus is read; files whose pixels pydicom cannot decode are
+    left out, and said so), in a folder named by the file's parent folder."""
     import imagecodecs
+
+    from gateway.pipeline.pixels import frame_info, iter_frames
 
     files = []
     for path in map(Path, paths):
-        files += sorted(f for f in path.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
+        files += sorted(f for f in path.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES + DICOM_SUFFIXES) \
+            if path.is_dir() else [path]
     items = []
     for file in files:
+        if file.suffix.lower() in DICOM_SUFFIXES:
+            try:
+                ds = pydicom.dcmread(file)
+                items.append(Item(str(file), file.parent.name, frame_info(ds), list(iter_frames(ds))))
+            except Exception as exc:  # a file the benchmark cannot use: say so, go on with the others
+                print(f"  {file}: left out ({type(exc).__name__}: {exc})", file=sys.stderr)
+            continue
         array = np.asarray(imagecodecs.imread(file))
         if array.ndim == 3 and array.shape[2] in (2, 4):
             array = array[..., :-1]

@@ -70,6 +70,7 @@ def _streams(version: int) -> list[tuple[FrameInfo, np.ndarray, bytes]]:
         assert data[10] == 4
         out.append((info, frame, data))
         out.append(_screen_stream())
+        out.append(_text_stream())
         out += _subband_streams()
     return out
 
@@ -103,6 +104,21 @@ def _screen_stream() -> tuple[FrameInfo, np.ndarray, bytes]:
     return info, frame, data
 
 
+def _text_stream() -> tuple[FrameInfo, np.ndarray, bytes]:
+    """Text burnt into a real ultrasound image (read by pydicom): context model 5 codes its edges as
+    one of the two levels of their neighbourhoods."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from tests.test_private_golden import _model_byte
+
+    frame = np.ascontiguousarray(pydicom.dcmread(get_testdata_file("examples_palette.dcm")).pixel_array[50:74, 290:338])
+    info = FrameInfo(rows=24, columns=48, bits_allocated=8, bits_stored=8)
+    data = private.encode(frame, info, version=2)
+    assert _model_byte(data, info) == private.MODEL == 5
+    return info, frame, data
+
+
 def _striped_streams() -> list[tuple[FrameInfo, np.ndarray, bytes]]:
     """Version 2 streams cut into several stripes (small frames, a lowered stripe size)."""
     old = private.STRIPE_BYTES
@@ -123,14 +139,14 @@ def _striped_streams() -> list[tuple[FrameInfo, np.ndarray, bytes]]:
 
 
 def _older_model_streams() -> list[tuple[FrameInfo, np.ndarray, bytes]]:
-    """Version 2 streams of the context models the encoder wrote before model 4 (0, 1, 2): archives
+    """Version 2 streams of the context models the encoder wrote before model 5 (0, 1, 2, 4): archives
     hold them, so their decoders face hostile bytes too."""
     from tests.test_private_golden import _model_byte
 
     old = private.MODEL
     out = []
     try:
-        for model in (0, 1, 2):
+        for model in (0, 1, 2, 4):
             private.MODEL = model
             for seed, info in ((0, INFOS[0]), (2, INFOS[2])):
                 frame = _frame(info, seed)

@@ -926,15 +926,18 @@ def _spec_weight(e: int, version: int) -> int:
 
 
 _FINE_USES: list[int] = [0]  # samples whose zero flag or token a model 1 fine class coded
+_LEVEL_USES: list[int] = [0]  # samples model 5 decoded as one of their two-level neighbourhood's levels
 
 
 def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int, version: int = 1,
                 guide: list[list[int]] | None = None, keep: list[list[int]] | None = None,
                 model: int = 0) -> list[list[int]]:
     """Decode a plane; `guide` gives version 2's guide values, `keep` receives |TE|."""
-    wide = model == 4  # section 9.3, model 4: model 2 with sub-predictors 5 and 6
+    wide = model in (4, 5)  # section 9.3, model 4: model 2 with sub-predictors 5 and 6
+    levels = model == 5  # model 5: model 4 with two-level neighbourhoods
     model = 2 if wide else model
-    contexts = [[32768, 32768, 0] for _ in range(2128 if version == 1 else (140, 2418, 2544)[model])]
+    contexts = [[32768, 32768, 0]
+                for _ in range(2128 if version == 1 else (140, 2418, 2544)[model] + 72 * levels)]
     tables = []
     for z in range(56 if model == 0 else 2296):  # section 9.5: a prior around the token class a expects
         a = z if z < 56 else (z - 56) // 40
@@ -982,7 +985,13 @@ def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int, version: int 
             pred8 = min(max(blend8 + (bias[bctx] >> 4), 8 * lo), 8 * hi)
             pred = (pred8 + 4) >> 3
             sigma = 1 if te_w + te_n > 0 else 2 if te_w + te_n < 0 else 0
-            if version == 2:
+            two_level = levels and hi - lo >= 8 and all(u in (lo, hi) for u in (w, n, nw, ne))
+            pattern = (n == w) + 2 * (nw == w) + 4 * (ne == w)
+            spread = min((hi - lo).bit_length() - 4, 7)
+            if two_level and dec.bit(contexts[2544 + 8 * spread + pattern]):  # one of the two levels
+                value = lo + hi - w if dec.bit(contexts[2608 + pattern]) else w
+                _LEVEL_USES[0] += 1
+            elif version == 2:
                 value = pred
                 other = other_table = None
                 if model == 0:
@@ -1120,7 +1129,7 @@ def _spec_decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = No
     if version == 2:
         field = struct.unpack_from("<I", data, start)[0]
         stripe_rows, model = field & 0xFFFFFF, field >> 24
-        assert model in (0, 1, 2, 4) or (model == 3 and transform == 3)
+        assert model in (0, 1, 2, 4, 5) or (model == 3 and transform == 3)
         stripes = -(-info.rows // stripe_rows)
         lengths = struct.unpack_from(f"<{stripes + 1}I", data, start + 4)
         start += 4 * (stripes + 2)
@@ -1288,7 +1297,7 @@ def test_specification_decoder_agrees(info: FrameInfo, kind: str, version: int) 
 
 
 @pytest.mark.parametrize("archive", ["gwl_v1", "gwl_v2_model0", "gwl_v2_model1", "gwl_v2_model2", "gwl_v2_model3",
-                                     "gwl_v2_model4", "gwl_v2_subbands"])
+                                     "gwl_v2_model4", "gwl_v2_model5", "gwl_v2_subbands"])
 def test_specification_decoder_reads_golden_streams(archive: str) -> None:
     """The archived streams decode with the plain decoder too (pixels read by pydicom)."""
     from tests.test_private_golden import ARCHIVES, _frames
@@ -1303,11 +1312,11 @@ def test_specification_decoder_reads_golden_streams(archive: str) -> None:
             previous = expected
 
 
-@pytest.mark.parametrize("model", [1, 2, 4])
+@pytest.mark.parametrize("model", [1, 2, 4, 5])
 @pytest.mark.parametrize("info", [_info(64, 64, stored=12), _info(40, 40, samples=3, alloc=8, stored=8)])
 def test_specification_decoder_follows_fine_classes(monkeypatch: pytest.MonkeyPatch, info: FrameInfo,
                                                     model: int) -> None:
-    """Frames large enough for the fine classes of context models 1, 2 and 4 to take over from the coarse ones."""
+    """Frames large enough for the fine classes of context models 1, 2, 4 and 5 to take over from the coarse ones."""
     rng = np.random.default_rng(11)
     frame = _smooth(rng, info)
     noise = rng.integers(0, 6 if info.bits_allocated == 8 else 40, info.shape)
@@ -1315,11 +1324,30 @@ def test_specification_decoder_follows_fine_classes(monkeypatch: pytest.MonkeyPa
     if model != private.MODEL:
         monkeypatch.setattr(private, "MODEL", model)
     data = private.encode(frame, info, version=2)
-    assert _stripe_field(data, info.samples_per_pixel)[1] == model  # model 4 is what the encoder writes
+    assert _stripe_field(data, info.samples_per_pixel)[1] == model
     assert np.array_equal(private.decode(data, info), frame)
     before = _FINE_USES[0]
     assert np.array_equal(_spec_decode(data, info), frame)
     assert _FINE_USES[0] > before + 100  # fine classes coded many samples
+
+
+def test_two_level_neighbourhoods_code_burnt_in_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Model 5 codes the samples of a two-level neighbourhood (text burnt into a real ultrasound image,
+    read by pydicom) as one of the levels: the specification's decoder takes that path for most of the
+    text's edges, and the stream is smaller than model 4's."""
+    from pydicom.data import get_testdata_file
+
+    pixels = pydicom.dcmread(get_testdata_file("examples_palette.dcm")).pixel_array
+    frame = np.ascontiguousarray(pixels[50:90, 290:370])
+    info = _info(40, 80, alloc=8, stored=8)
+    data = private.encode(frame, info, version=2)
+    assert _stripe_field(data, 1)[1] == private.MODEL == 5
+    assert np.array_equal(private.decode(data, info), frame)
+    before = _LEVEL_USES[0]
+    assert np.array_equal(_spec_decode(data, info), frame)
+    assert _LEVEL_USES[0] - before > 200
+    monkeypatch.setattr(private, "MODEL", 4)
+    assert len(data) < 0.95 * len(private.encode(frame, info, version=2))
 
 
 def test_unknown_context_model_is_corrupt() -> None:
@@ -1327,11 +1355,11 @@ def test_unknown_context_model_is_corrupt() -> None:
     data = bytearray(private.encode(_smooth(np.random.default_rng(2), info), info, version=2))
     start = private._HEADER.size + private._PLANE.size
     rows, model = _stripe_field(bytes(data), 1)
-    assert (rows, model) == (12, 4)
+    assert (rows, model) == (12, 5)
     struct.pack_into("<I", data, start, rows | 3 << 24)
     with pytest.raises(CorruptCodestreamError, match="context model"):
         private.decode(bytes(data), info)
-    struct.pack_into("<I", data, start, rows | 5 << 24)
+    struct.pack_into("<I", data, start, rows | 6 << 24)
     with pytest.raises(CorruptCodestreamError, match="context model"):
         private.decode(bytes(data), info)
 

@@ -6,7 +6,8 @@ model 0), ``gwl_v2_model1`` and ``gwl_v2_model2`` by the version 2 encoders of
 context models 1 and 2, from the same pixels (model 2's archive adds a case of
 colour transform 4), ``gwl_v2_model3`` by the version 2 encoder of context
 model 3 (indexed colour whose indices are matched to the neighbours'), ``gwl_v2_model4`` by the
-version 2 encoder of context model 4 (model 2's pixels), ``gwl_v2_subbands`` by the
+version 2 encoder of context model 4 (model 2's pixels), ``gwl_v2_model5`` by that of context model 5
+(model 4's pixels and a crop with burnt-in text), ``gwl_v2_subbands`` by the
 version 2 encoder that codes interpolated frames as subbands; the pixels they must decode to were read by
 pydicom from its bundled test files (a source that is not our code), and are
 checked against those files again here when pydicom has them.
@@ -31,11 +32,11 @@ CASES = json.loads((DATA / "cases.json").read_text())
 # Archive name: (folder, cases); the version byte of its streams follows.
 ARCHIVES = {name: (ROOT / name, json.loads((ROOT / name / "cases.json").read_text()))
             for name in ("gwl_v1", "gwl_v2_model0", "gwl_v2_model1", "gwl_v2_model2", "gwl_v2_model3",
-                         "gwl_v2_model4", "gwl_v2_subbands")}
+                         "gwl_v2_model4", "gwl_v2_model5", "gwl_v2_subbands")}
 VERSION_OF = {"gwl_v1": 1, "gwl_v2_model0": 2, "gwl_v2_model1": 2, "gwl_v2_model2": 2, "gwl_v2_model3": 2,
-              "gwl_v2_model4": 2, "gwl_v2_subbands": 2}
+              "gwl_v2_model4": 2, "gwl_v2_model5": 2, "gwl_v2_subbands": 2}
 MODEL_OF = {"gwl_v2_model0": 0, "gwl_v2_model1": 1, "gwl_v2_model2": 2, "gwl_v2_model3": 3, "gwl_v2_model4": 4,
-            "gwl_v2_subbands": 2}
+            "gwl_v2_model5": 5, "gwl_v2_subbands": 2}
 ALL_CASES = [(name, case) for name, (_, cases) in ARCHIVES.items() for case in cases]
 
 

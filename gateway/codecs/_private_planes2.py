@@ -32,6 +32,12 @@ zero flag and the token, and for the sign:
   correction's contexts split by NN and WW: smooth, filtered and resampled
   images (CT and MR slices) follow a slope further than the four neighbours
   see.
+* model 5: model 4, and a *two-level* neighbourhood (W, N, NW and NE each
+  the smallest or the largest of W, N and NE, at least TWO_LEVEL_MIN apart:
+  text, rulers and labels burnt into an image, segmentation labels) first
+  codes whether the sample is one of those two levels, and then which, before
+  any residual: such a sample costs one or two adaptive decisions instead of
+  a large token and its raw bits.
 
 The residual ``r = value - pred`` is coded as
 
@@ -99,8 +105,11 @@ GUIDE_WEIGHT = 2  # weight of the first plane's error at the same position in a 
 # 4: model 2 with two more sub-predictors in the blend, 2N - NN and 2W - WW, the errors summed
 #    over WW too and the bias contexts split by NN and WW (WIDE_MODEL).
 # (3 is not a plane model: it is model 2 but for the index plane of indexed colour.)
-MODELS = (0, 1, 2, 4)
+# 5: model 4, and two-level neighbourhoods code whether and which of the two levels a sample
+#    repeats before any residual (TWO_LEVEL_MODEL).
+MODELS = (0, 1, 2, 4, 5)
 WIDE_MODEL = 4
+TWO_LEVEL_MODEL = 5
 GRADIENT_STEP = 3  # activity classes per gradient class
 GRADIENT_CLASSES = (N_CLASSES + GRADIENT_STEP - 1) // GRADIENT_STEP
 LEVEL_BITS = 2
@@ -123,18 +132,31 @@ FRACTION_CLASSES = 5
 N_SIGN = (3 * N_CLASSES, 3 * N_CLASSES, FRACTION_CLASSES * 3 * (N_CLASSES // 2))
 N_BINARY = (N_ZERO[0] + N_SIGN[0], N_ZERO[1] + N_SIGN[1] + N_TOKENS, N_ZERO[2] + N_SIGN[2] + N_TOKENS)
 N_TABLES = N_ZERO  # token tables of a plane, per model
+# Model 5's two-level neighbourhoods: the levels lo and hi at least TWO_LEVEL_MIN apart.  The level
+# flag's context: TWO_LEVEL_CLASSES classes of bitlength(hi - lo) (from TWO_LEVEL_MIN's) x the 8
+# patterns of which of N, NW and NE equal W; the choice between the levels: the pattern.
+TWO_LEVEL_MIN = 8
+TWO_LEVEL_CLASSES = 8
+TWO_LEVEL_PATTERNS = 8
+N_TWO_LEVEL = TWO_LEVEL_CLASSES * TWO_LEVEL_PATTERNS + TWO_LEVEL_PATTERNS
 
 
 def context_model(model: int) -> int:
-    """The model whose classes, contexts and tables a plane of context `model` uses: model 4
-    codes as model 2 (it changes only the blend and the bias correction)."""
-    return 2 if model == WIDE_MODEL else model
+    """The model whose classes, contexts and tables a plane of context `model` uses: models 4
+    and 5 code as model 2 (4 changes only the blend and the bias correction; 5 adds its
+    two-level contexts after model 2's, :func:`binary_contexts`)."""
+    return 2 if model in (WIDE_MODEL, TWO_LEVEL_MODEL) else model
+
+
+def binary_contexts(model: int) -> int:
+    """Number of binary contexts of a plane coded with context `model`."""
+    return N_BINARY[context_model(model)] + (N_TWO_LEVEL if model == TWO_LEVEL_MODEL else 0)
 
 
 def new_plane_state(columns: int, model: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fresh prediction state of a plane `columns` wide coded with context `model`: the rings of
     true and sub-predictor errors and the bias estimates (:func:`._private_predict.new_state`)."""
-    if model == WIDE_MODEL:
+    if model in (WIDE_MODEL, TWO_LEVEL_MODEL):
         return new_state(columns, N_SUB_WIDE, N_BIAS_WIDE)
     return new_state(columns, N_SUB, N_BIAS)
 
@@ -150,6 +172,15 @@ def _sign_class(bias):
     if bias < 0:
         return 2
     return 0
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _two_level(w, n, nw, ne, lo, hi):
+    """Whether W, N, NW and NE are each `lo` or `hi` (the smallest and largest of W, N and NE), at
+    least TWO_LEVEL_MIN apart: the middle one of W, N and NE and NW are each one of them.  Without
+    branches: in noisy images the answer is no at random, and a mispredicted branch costs more."""
+    middle = w + n + ne - lo - hi
+    return (hi - lo >= TWO_LEVEL_MIN) & ((middle == lo) | (middle == hi)) & ((nw == lo) | (nw == hi))
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -174,7 +205,9 @@ def _plane_coder(encoding: bool, plane_model: int):
     than one loop that tests them at every sample.
     """
     model = context_model(plane_model)
-    wide = plane_model == WIDE_MODEL
+    wide = plane_model in (WIDE_MODEL, TWO_LEVEL_MODEL)
+    levels = plane_model == TWO_LEVEL_MODEL
+    spread_shift = TWO_LEVEL_MIN.bit_length()
 
     @njit(cache=True, nogil=True)
     def code_plane(est, buf, dst, data, plane, maxv, tables, bins, te, err, bm, guide, keep):
@@ -188,6 +221,8 @@ def _plane_coder(encoding: bool, plane_model: int):
         mixed = model >= 2
         ctx_sign = N_ZERO[model]
         ctx_mantissa = ctx_sign + N_SIGN[model]
+        ctx_level = ctx_mantissa + N_TOKENS
+        ctx_which = ctx_level + TWO_LEVEL_CLASSES * TWO_LEVEL_PATTERNS
         for y in range(rows):
             r = y & 1
             p = r ^ 1
@@ -245,7 +280,30 @@ def _plane_coder(encoding: bool, plane_model: int):
                             tq, to = zf, zc
                         else:
                             tq, to = zc, zf
-                if encoding:
+                # Model 5: in a two-level neighbourhood, whether the sample is one of the levels
+                # (flag context: the levels' distance and the pattern), and which (W's or the other).
+                levelled = False
+                if levels:
+                    if _two_level(w, n, nw, ne, lo, hi):
+                        pattern = np.int64(n == w) | (np.int64(nw == w) << 1) | (np.int64(ne == w) << 2)
+                        spread = min(bit_length(hi - lo) - spread_shift, TWO_LEVEL_CLASSES - 1)
+                        flag_ctx = ctx_level + spread * TWO_LEVEL_PATTERNS + pattern
+                        if encoding:
+                            value = np.int64(plane[y, x])
+                            levelled = value == lo or value == hi
+                            est = enc_bit(est, buf, bins, flag_ctx, np.int64(levelled))
+                            if levelled:
+                                est = enc_bit(est, buf, bins, ctx_which + pattern, np.int64(value != w))
+                        else:
+                            dst, flag = dec_bit(dst, data, bins, flag_ctx)
+                            if flag:
+                                dst, other = dec_bit(dst, data, bins, ctx_which + pattern)
+                                value = lo + hi - w if other else w
+                                plane[y, x] = value
+                                levelled = True
+                if levelled:
+                    pass
+                elif encoding:
                     value = np.int64(plane[y, x])
                     res = value - pred
                     mag = abs(res)

@@ -54,8 +54,10 @@ the stream: model 0 (the activity class), model 1 (coarse classes from the
 neighbours' errors, refined by the local gradient and the signal level once a
 refined class has learnt enough), model 2 (model 1's coarse and refined
 classes mixed, the sign's context split by where the prediction lies between
-two integers), model 4 (written now: model 2 with two more sub-predictors,
-``2N - NN`` and ``2W - WW``) or model 3 (written for indexed colour where it
+two integers), model 4 (model 2 with two more sub-predictors, ``2N - NN``
+and ``2W - WW``), model 5 (written now: model 4, and a sample whose
+neighbours hold only two levels codes first whether and which of them it
+repeats) or model 3 (written for indexed colour where it
 codes smaller: model 2, but the index plane is coded as which neighbour's
 colour a pixel repeats, else the index among recent escapes or by value).  A grey
 intra frame whose samples of one parity are means of their neighbours (an
@@ -154,7 +156,7 @@ SUBBAND_MARGIN = 0.05
 SAMPLE_TRUST = 1.25
 # Version 2 context model the encoder uses (see _private_planes2), written in the top byte of
 # the stripe rows field (streams written before models existed have 0 there).
-MODEL = _planes2.WIDE_MODEL
+MODEL = _planes2.TWO_LEVEL_MODEL
 MODEL_SHIFT = 24
 # Context models a frame may name: the plane models, and model 3, which is model 2 but for the
 # index plane of an indexed colour frame (colour transform 3), coded by the index model.
@@ -533,10 +535,11 @@ def _index_state(maxv: int) -> tuple[np.ndarray, ...]:
 
 def _model_state(model: int) -> tuple[np.ndarray, np.ndarray]:
     """Fresh token tables and binary contexts of one plane coded with context `model`."""
-    model = _planes2.context_model(_plane_model(model))
+    plane_model = _plane_model(model)
+    model = _planes2.context_model(plane_model)
     coarse = _planes2.N_COARSE if model else 0
     return (_sym.new_tables(_planes2.N_TABLES[model], coarse, _planes2.CLASS_GROUP[model]),
-            _rc.new_contexts(_planes2.N_BINARY[model]))
+            _rc.new_contexts(_planes2.binary_contexts(plane_model)))
 
 
 def _has_decisions(bitmaps: list, maxvs: list[int]) -> bool:

@@ -183,6 +183,27 @@ def _two_level(w, n, nw, ne, lo, hi):
     return (hi - lo >= TWO_LEVEL_MIN) & ((middle == lo) | (middle == hi)) & ((nw == lo) | (nw == hi))
 
 
+@njit(cache=True, nogil=True)
+def _encode_level(est, buf, bins, flag_ctx, which_ctx, levelled, other):
+    """Code model 5's level flag and, when it is set, the choice between the levels.  A function
+    call rather than inlined: two-level samples are rare in most images, and two more inlined
+    range coder steps in the plane loop slow every other sample down."""
+    est = enc_bit(est, buf, bins, flag_ctx, levelled)
+    if levelled:
+        est = enc_bit(est, buf, bins, which_ctx, other)
+    return est
+
+
+@njit(cache=True, nogil=True)
+def _decode_level(dst, data, bins, flag_ctx, which_ctx):
+    """Decode model 5's level flag and the choice (0 when the flag is not set): (state, flag, choice)."""
+    dst, flag = dec_bit(dst, data, bins, flag_ctx)
+    other = np.int64(0)
+    if flag:
+        dst, other = dec_bit(dst, data, bins, which_ctx)
+    return dst, flag, other
+
+
 @njit(cache=True, nogil=True, inline="always")
 def _fraction_class(fraction):
     """Class of ``pred8 - 8 * pred`` (-4..3): -4, -3 | -2, -1 | 0 | 1, 2 | 3."""
@@ -291,13 +312,11 @@ def _plane_coder(encoding: bool, plane_model: int):
                         if encoding:
                             value = np.int64(plane[y, x])
                             levelled = value == lo or value == hi
-                            est = enc_bit(est, buf, bins, flag_ctx, np.int64(levelled))
-                            if levelled:
-                                est = enc_bit(est, buf, bins, ctx_which + pattern, np.int64(value != w))
+                            est = _encode_level(est, buf, bins, flag_ctx, ctx_which + pattern, np.int64(levelled),
+                                                np.int64(value != w))
                         else:
-                            dst, flag = dec_bit(dst, data, bins, flag_ctx)
+                            dst, flag, other = _decode_level(dst, data, bins, flag_ctx, ctx_which + pattern)
                             if flag:
-                                dst, other = dec_bit(dst, data, bins, ctx_which + pattern)
                                 value = lo + hi - w if other else w
                                 plane[y, x] = value
                                 levelled = True

@@ -76,8 +76,6 @@ def load_corpus(root: Path | None = None, folders: Sequence[str] = ()) -> list[I
     """Decode every corpus image listed in MANIFEST.csv (optionally some folders only)."""
     import csv
 
-    from gateway.pipeline.pixels import frame_info, iter_frames
-
     root = root or corpus_dir()
     items = []
     with open(root / "MANIFEST.csv", newline="") as handle:
@@ -85,9 +83,16 @@ def load_corpus(root: Path | None = None, folders: Sequence[str] = ()) -> list[I
             folder = row["path"].split("/", 1)[0]
             if folders and folder not in folders:
                 continue
-            ds = pydicom.dcmread(root / row["path"])
-            items.append(Item(row["path"], folder, frame_info(ds), list(iter_frames(ds))))
+            items.append(_dicom_item(root / row["path"], row["path"], folder))
     return items
+
+
+def _dicom_item(path: Path, name: str, folder: str) -> Item:
+    """Every frame of one DICOM file, decoded by pydicom."""
+    from gateway.pipeline.pixels import frame_info, iter_frames
+
+    ds = pydicom.dcmread(path)
+    return Item(name, folder, frame_info(ds), list(iter_frames(ds)))
 
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".ppm", ".pgm", ".webp")
@@ -101,8 +106,6 @@ def load_images(paths: Sequence[str]) -> list[Item]:
     left out, and said so), in a folder named by the file's parent folder."""
     import imagecodecs
 
-    from gateway.pipeline.pixels import frame_info, iter_frames
-
     files = []
     for path in map(Path, paths):
         files += sorted(f for f in path.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES + DICOM_SUFFIXES) \
@@ -111,8 +114,7 @@ def load_images(paths: Sequence[str]) -> list[Item]:
     for file in files:
         if file.suffix.lower() in DICOM_SUFFIXES:
             try:
-                ds = pydicom.dcmread(file)
-                items.append(Item(str(file), file.parent.name, frame_info(ds), list(iter_frames(ds))))
+                items.append(_dicom_item(file, str(file), file.parent.name))
             except Exception as exc:  # a file the benchmark cannot use: say so, go on with the others
                 print(f"  {file}: left out ({type(exc).__name__}: {exc})", file=sys.stderr)
             continue

@@ -28,9 +28,11 @@ enlarged to about twice their size, as scanners and workstations enlarge
 images for display and archive: ``linear`` puts the floor of the mean of two
 neighbouring samples between them along both axes, ``rows`` along the rows
 only, ``cubic`` the Catmull-Rom midpoint (rounded, clipped to the sample
-range) along both axes.  Images whose side passes ``ENLARGE_SIDE`` are
-cropped to it first, about their centre.  ``gwl v2 without subbands`` is version 2 with its
-subband mode off, to show what the mode gains.
+range) along both axes, ``repeat`` every sample twice along both axes (the
+nearest-neighbour zoom of viewers and secondary captures).  Images whose
+side passes ``ENLARGE_SIDE`` are cropped to it first, about their centre.
+``gwl v2 without subbands`` is version 2 with its subband mode off, to show
+what the mode gains.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from gateway.codecs.base import FrameInfo  # noqa: E402
 
 
 ENLARGE_SIDE = 1024
-ENLARGEMENTS = ("linear", "rows", "cubic")
+ENLARGEMENTS = ("linear", "rows", "cubic", "repeat")
 
 
 def _midpoints(image: np.ndarray, axis: int, cubic: bool) -> np.ndarray:
@@ -77,7 +79,7 @@ def _enlarged(items: list[Item], kind: str) -> list[Item]:
         top, left = max(0, (rows - ENLARGE_SIDE) // 2), max(0, (columns - ENLARGE_SIDE) // 2)
         image = item.frames[0][top:top + ENLARGE_SIDE, left:left + ENLARGE_SIDE].astype(np.int64)
         for axis in ((1,) if kind == "rows" else (0, 1)):
-            image = _midpoints(image, axis, kind == "cubic")
+            image = np.repeat(image, 2, axis) if kind == "repeat" else _midpoints(image, axis, kind == "cubic")
         limits = np.iinfo(item.info.dtype)
         image = np.clip(image, limits.min, limits.max).astype(item.info.dtype)
         info = dataclasses.replace(item.info, rows=image.shape[0], columns=image.shape[1])

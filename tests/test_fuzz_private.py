@@ -76,13 +76,15 @@ def _streams(version: int) -> list[tuple[FrameInfo, np.ndarray, bytes]]:
 
 
 def _subband_streams() -> list[tuple[FrameInfo, np.ndarray, bytes]]:
-    """Interpolated frames coded as subbands (section 9.8): both axes at odd phase with two
-    neighbours, and the predictor of four along the columns."""
+    """Enlarged frames coded as subbands (section 9.8): interpolated, both axes at odd phase with
+    two neighbours, and the predictor of four along the columns; repeated along both axes, the
+    predictor the sample before."""
     from tests.test_private_subbands import _enlarge, _enlarge_cubic, _textured
 
     out = []
     for frame, flags in ((_enlarge(_enlarge(_textured(12, 10, 4, top=60000), 0), 1)[1:, 1:], 15),
-                         (_enlarge_cubic(_textured(9, 14, 5, top=60000), 0), 0x22)):
+                         (_enlarge_cubic(_textured(9, 14, 5, top=60000), 0), 0x22),
+                         (np.repeat(np.repeat(_textured(8, 11, 6, top=60000), 2, 0), 2, 1), 0x43)):
         frame = frame.astype(np.uint16)
         info = FrameInfo(rows=frame.shape[0], columns=frame.shape[1], bits_stored=16)
         data = private.encode(frame, info, version=2)

@@ -447,12 +447,13 @@ def test_index_model_takes_more_colours() -> None:
     """A screen capture of more than 4096 colours (a panel of 4500 colours, each row shown twice) is
     indexed for context model 3, which allows 65536; the same table under model 2 is a corrupt
     stream."""
-    info = _info(120, 200, samples=3, alloc=16, stored=16)
+    info = _info(240, 200, samples=3, alloc=16, stored=16)
     frame = _screen(info, 1)
     panel = np.random.default_rng(5).integers(0, 65536, (25, 180, 3))
     frame[50:100, 10:190] = np.repeat(panel, 2, axis=0)
     colours = len(np.unique(frame.reshape(-1, 3), axis=0))
     assert private.MAX_COLOURS < colours <= private.MAX_MATCHED_COLOURS
+    assert tf.repeated_colours(frame) >= private.MATCHED_REPEATS  # most pixels repeat a neighbour's colour
     data = bytearray(private.encode(frame, info, version=2))
     assert data[10] == tf.COLOUR_PALETTE and _model_byte(bytes(data), info) == private.INDEX_MODEL
     assert struct.unpack_from("<I", data, private._HEADER.size + 4)[0] == colours - 1
@@ -462,6 +463,41 @@ def test_index_model_takes_more_colours() -> None:
     with pytest.raises(CorruptCodestreamError, match="colour index plane"):
         private.decode(bytes(data), info)
     assert private.encode(frame, info, version=1)[10] != tf.COLOUR_PALETTE  # version 1 keeps 4096
+
+
+def test_photographs_are_not_indexed_for_many_colours(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frame of more than 4096 colours whose pixels seldom repeat a neighbour's colour (a
+    photograph) is not searched for a colour table of up to 65536 colours, nor coded indexed; one
+    whose pixels mostly do (the screen capture above) is."""
+    info = _info(64, 80, samples=3, alloc=8, stored=8)
+    rng = np.random.default_rng(12)
+    photo = np.clip(_smooth(rng, info).astype(np.int64) + rng.integers(-6, 7, info.shape), 0, 255).astype(np.uint8)
+    colours = len(np.unique(photo.reshape(-1, 3), axis=0))
+    assert private.MAX_COLOURS < colours and tf.repeated_colours(photo) < 0.1
+    limits: list[int] = []
+    real = tf.colour_palette
+    monkeypatch.setattr(tf, "colour_palette", lambda frame, most: limits.append(most) or real(frame, most))
+    data = private.encode(photo, info, version=2)
+    assert limits == [private.MAX_COLOURS] and data[10] != tf.COLOUR_PALETTE
+    assert np.array_equal(private.decode(data, info), photo)
+    # The photograph with each pixel shown as a 3 x 3 block: eight pixels in nine repeat a colour.
+    limits.clear()
+    blocks = np.ascontiguousarray(np.repeat(np.repeat(photo, 3, 0), 3, 1))
+    assert tf.repeated_colours(blocks) >= private.MATCHED_REPEATS
+    private.encode(blocks, _info(192, 240, samples=3, alloc=8, stored=8), version=2)
+    assert limits == [private.MAX_COLOURS, private.MAX_MATCHED_COLOURS]
+
+
+def test_repeated_colours_counts_the_four_neighbours() -> None:
+    # Rows 1 and 2, columns 1 to 3 count (6 pixels): row 1 repeats W, N, NW, and one new colour;
+    # row 2: NE, nothing, N.
+    grey = np.array([[1, 2, 3, 4],
+                     [9, 9, 3, 7],
+                     [5, 3, 8, 7]])
+    frame = np.stack([grey, grey * 2, grey * 3], axis=-1).astype(np.uint8)
+    # (1,1) = W 9; (1,2) = N 3; (1,3) = 7: new; (2,1) = NE 3; (2,2) = 8: new; (2,3) = N 7.
+    assert tf.repeated_colours(frame) == 4 / 6
+    assert tf.repeated_colours(frame[:1]) == 0.0
 
 
 def test_index_model_is_for_indexed_colour_only() -> None:
@@ -1205,8 +1241,8 @@ def _spec_decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = No
             planes = [p + b for p, b in zip(planes, tf.forward_colour(reference, transform)
                                              if info.samples_per_pixel == 3 else [reference.astype(np.int64)])]
         if prediction >= 0x10:  # section 9.8: subbands of one lifting level
-            assert version == 2 and info.samples_per_pixel == 1 and prediction < 0x40
-            samples = _spec_subbands(planes[0].tolist(), prediction & 0x2F)
+            assert version == 2 and info.samples_per_pixel == 1 and prediction < 0x80
+            samples = _spec_subbands(planes[0].tolist(), prediction & 0x6F)
         elif info.samples_per_pixel == 1:
             samples = planes[0]
         elif transform == 0:
@@ -1225,9 +1261,9 @@ def _spec_decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = No
     return frame
 
 
-def _spec_inverse_line(line: list[int], p: int, four: bool = False) -> list[int]:
+def _spec_inverse_line(line: list[int], p: int, four: bool = False, before: bool = False) -> list[int]:
     """Section 9.8, one line: low-pass values first, then high-pass; sample k is high-pass when k + p is odd;
-    `four`: the high-pass prediction of four neighbours."""
+    `four`: the high-pass prediction of four neighbours; `before`: the sample before."""
     n = len(line)
     assert n >= (4 if four else 2)
     lows = [k for k in range(n) if (k + p) % 2 == 0]
@@ -1243,7 +1279,9 @@ def _spec_inverse_line(line: list[int], p: int, four: bool = False) -> list[int]
     for k in lows:
         x[k] -= (x[m(k - 1)] + x[m(k + 1)] + 2) >> 2
     for k in highs:
-        if four:
+        if before:
+            x[k] += x[m(k - 1)]
+        elif four:
             x[k] += (9 * x[m(k - 1)] + 9 * x[m(k + 1)] - x[m(k - 3)] - x[m(k + 3)] + 8) >> 4
         else:
             x[k] += (x[m(k - 1)] + x[m(k + 1)]) >> 1
@@ -1251,14 +1289,16 @@ def _spec_inverse_line(line: list[int], p: int, four: bool = False) -> list[int]
 
 
 def _spec_subbands(c: list[list[int]], flags: int) -> np.ndarray:
-    """Section 9.8: the columns' inverse lifting (bit 1), then the rows' (bit 0); bit 5: four neighbours."""
+    """Section 9.8: the columns' inverse lifting (bit 1), then the rows' (bit 0); bit 5: four neighbours;
+    bit 6: the sample before."""
     assert flags & 3 and not (flags & 4 and not flags & 1) and not (flags & 8 and not flags & 2)
-    four = bool(flags & 0x20)
+    four, before = bool(flags & 0x20), bool(flags & 0x40)
+    assert not (four and before)
     if flags & 2:
-        columns = [_spec_inverse_line([row[x] for row in c], (flags >> 3) & 1, four) for x in range(len(c[0]))]
+        columns = [_spec_inverse_line([row[x] for row in c], (flags >> 3) & 1, four, before) for x in range(len(c[0]))]
         c = [[columns[x][y] for x in range(len(c[0]))] for y in range(len(c))]
     if flags & 1:
-        c = [_spec_inverse_line(row, (flags >> 2) & 1, four) for row in c]
+        c = [_spec_inverse_line(row, (flags >> 2) & 1, four, before) for row in c]
     return np.array(c, np.int64)
 
 
@@ -1297,7 +1337,7 @@ def test_specification_decoder_agrees(info: FrameInfo, kind: str, version: int) 
 
 
 @pytest.mark.parametrize("archive", ["gwl_v1", "gwl_v2_model0", "gwl_v2_model1", "gwl_v2_model2", "gwl_v2_model3",
-                                     "gwl_v2_model4", "gwl_v2_model5", "gwl_v2_subbands"])
+                                     "gwl_v2_model4", "gwl_v2_model5", "gwl_v2_subbands", "gwl_v2_repeat"])
 def test_specification_decoder_reads_golden_streams(archive: str) -> None:
     """The archived streams decode with the plain decoder too (pixels read by pydicom)."""
     from tests.test_private_golden import ARCHIVES, _frames

@@ -8,7 +8,8 @@ colour transform 4), ``gwl_v2_model3`` by the version 2 encoder of context
 model 3 (indexed colour whose indices are matched to the neighbours'), ``gwl_v2_model4`` by the
 version 2 encoder of context model 4 (model 2's pixels), ``gwl_v2_model5`` by that of context model 5
 (model 4's pixels and a crop with burnt-in text), ``gwl_v2_subbands`` by the
-version 2 encoder that codes interpolated frames as subbands; the pixels they must decode to were read by
+version 2 encoder that codes interpolated frames as subbands, ``gwl_v2_repeat`` by that of context model 5
+that codes frames enlarged by repeating samples as subbands; the pixels they must decode to were read by
 pydicom from its bundled test files (a source that is not our code), and are
 checked against those files again here when pydicom has them.
 """
@@ -32,11 +33,11 @@ CASES = json.loads((DATA / "cases.json").read_text())
 # Archive name: (folder, cases); the version byte of its streams follows.
 ARCHIVES = {name: (ROOT / name, json.loads((ROOT / name / "cases.json").read_text()))
             for name in ("gwl_v1", "gwl_v2_model0", "gwl_v2_model1", "gwl_v2_model2", "gwl_v2_model3",
-                         "gwl_v2_model4", "gwl_v2_model5", "gwl_v2_subbands")}
+                         "gwl_v2_model4", "gwl_v2_model5", "gwl_v2_subbands", "gwl_v2_repeat")}
 VERSION_OF = {"gwl_v1": 1, "gwl_v2_model0": 2, "gwl_v2_model1": 2, "gwl_v2_model2": 2, "gwl_v2_model3": 2,
-              "gwl_v2_model4": 2, "gwl_v2_model5": 2, "gwl_v2_subbands": 2}
+              "gwl_v2_model4": 2, "gwl_v2_model5": 2, "gwl_v2_subbands": 2, "gwl_v2_repeat": 2}
 MODEL_OF = {"gwl_v2_model0": 0, "gwl_v2_model1": 1, "gwl_v2_model2": 2, "gwl_v2_model3": 3, "gwl_v2_model4": 4,
-            "gwl_v2_model5": 5, "gwl_v2_subbands": 2}
+            "gwl_v2_model5": 5, "gwl_v2_subbands": 2, "gwl_v2_repeat": 5}
 ALL_CASES = [(name, case) for name, (_, cases) in ARCHIVES.items() for case in cases]
 
 
@@ -53,7 +54,7 @@ def test_golden_streams_decode(archive: str, case: dict) -> None:
     info, streams, pixels = _frames(data, case)
     assert [hashlib.sha256(s).hexdigest() for s in streams] == case["sha256"]  # the files are unchanged
     assert all(s[:5] == b"GWL1" + bytes([VERSION_OF[archive]]) for s in streams)
-    if archive == "gwl_v2_subbands":
+    if archive in ("gwl_v2_subbands", "gwl_v2_repeat"):
         assert all(s[11] == 0x10 | case["subbands"] for s in streams)
     if archive in MODEL_OF:  # (model 0: written before context models existed, the model byte is 0)
         assert all(s[5] == private.MODE_STORED or _model_byte(s, info) == MODEL_OF[archive] for s in streams)
@@ -88,6 +89,8 @@ def _source_pixels(source: dict) -> np.ndarray | None:
         limits = np.iinfo(array.dtype)
         wider = enlarge(array, axis, cubic=source.get("cubic", False))
         array = np.ascontiguousarray(np.clip(wider, limits.min, limits.max).astype(array.dtype))
+    for axis in source.get("repeat", ()):  # every sample repeated once
+        array = np.ascontiguousarray(np.repeat(array, 2, axis))
     if source.get("trim"):
         array = np.ascontiguousarray(array[source["trim"][0]:, source["trim"][1]:])
     bits = source.get("quantise")

@@ -1,10 +1,10 @@
-"""Subbands in version 2 of GatewayLossless: interpolated images coded as one level of 5/3 lifting.
+"""Subbands in version 2 of GatewayLossless: enlarged images coded as one level of lifting.
 
-The frames here are enlarged by interpolation in the test itself (the midpoint
-of two neighbours between them), as scanners and workstations enlarge
-images; the codec must find which axes and which parity, code them smaller
-than as they are, and decode them bit-exactly, as the specification's decoder
-does.
+The frames here are enlarged in the test itself, by interpolation (the
+midpoint of two neighbours between them) or by repeating each sample, as
+scanners, workstations and viewers enlarge images; the codec must find which
+axes, which parity and which predictor, code them smaller than as they are,
+and decode them bit-exactly, as the specification's decoder does.
 """
 
 from __future__ import annotations
@@ -76,9 +76,19 @@ def test_one_line_with_four_neighbours() -> None:
     assert sb.forward(line, sb.ROWS | sb.FOUR_TAP).tolist() == [[2, 41, 67, 4, 30, -20]]
 
 
+def test_one_line_with_the_sample_before() -> None:
+    # x = 10 10 30 31, p = 0, the sample before: high 10 - 10 = 0 and 31 - 30 = 1; low 10 + (0 + 0 + 2) >> 2
+    # = 10 and 30 + (0 + 1 + 2) >> 2 = 30.  p = 1: high k = 0: 10 - x[1] = 0 (reflected), k = 2: 30 - 10 = 20;
+    # low k = 1: 10 + (0 + 20 + 2) >> 2 = 15, k = 3: 31 + (20 + 20 + 2) >> 2 = 41 (x[4] = x[2]).
+    line = np.array([[10, 10, 30, 31]], np.int32)
+    assert sb.forward(line, sb.ROWS | sb.REPEAT).tolist() == [[10, 30, 0, 1]]
+    assert sb.forward(line, sb.ROWS | sb.ROWS_ODD | sb.REPEAT).tolist() == [[15, 41, 0, 20]]
+    assert sb.forward(line.T.copy(), sb.COLUMNS | sb.REPEAT).T.tolist() == [[10, 30, 0, 1]]
+
+
 FLAG_SETS = [sb.ROWS, sb.COLUMNS, sb.ROWS | sb.COLUMNS, sb.ROWS | sb.ROWS_ODD, sb.COLUMNS | sb.COLUMNS_ODD,
              sb.ROWS | sb.COLUMNS | sb.ROWS_ODD | sb.COLUMNS_ODD]
-FLAG_SETS += [flags | sb.FOUR_TAP for flags in FLAG_SETS]
+FLAG_SETS += [flags | predictor for predictor in (sb.FOUR_TAP, sb.REPEAT) for flags in FLAG_SETS]
 
 
 @settings(max_examples=60, deadline=None)
@@ -104,15 +114,18 @@ CASES = {
     "odd columns only": (lambda f: _enlarge(f, 1)[:, 1:], sb.ROWS | sb.ROWS_ODD),
     "cubic": (lambda f: _enlarge_cubic(_enlarge_cubic(f, 0), 1), sb.ROWS | sb.COLUMNS | sb.FOUR_TAP),
     "cubic along columns, odd": (lambda f: _enlarge_cubic(f, 0)[1:], sb.COLUMNS | sb.COLUMNS_ODD | sb.FOUR_TAP),
+    "repeated": (lambda f: np.repeat(np.repeat(f, 2, 0), 2, 1), sb.ROWS | sb.COLUMNS | sb.REPEAT),
+    "repeated along rows, odd": (lambda f: np.repeat(f, 2, 1)[:, 1:], sb.ROWS | sb.ROWS_ODD | sb.REPEAT),
+    "repeated along columns": (lambda f: np.repeat(f, 2, 0), sb.COLUMNS | sb.REPEAT),
 }
 
 
 @pytest.mark.parametrize("shape", [(60, 70), (200, 330)], ids=["whole frame judged", "sample of rows judged"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_interpolated_frames_are_coded_as_subbands(case: str, shape: tuple[int, int],
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_enlarged_frames_are_coded_as_subbands(case: str, shape: tuple[int, int],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     make, flags = CASES[case]
-    frame = make(_textured(*shape)).astype(np.uint16)
+    frame = make(_textured(*shape))[:2 * shape[0], :2 * shape[1]].astype(np.uint16)
     info = _info(frame)
     assert (info.rows * info.columns >= private.SAMPLE_PIXELS) == (shape[0] > 100)
     data = private.encode(frame, info, version=2)
@@ -216,7 +229,7 @@ def _with_prediction(data: bytes, value: int) -> bytes:
     return data[:PREDICTION] + bytes([value]) + data[PREDICTION + 1:]
 
 
-@pytest.mark.parametrize("value", [0x10, 0x14, 0x18, 0x1C, 0x20, 0x30, 0xFF])
+@pytest.mark.parametrize("value", [0x10, 0x14, 0x18, 0x1C, 0x20, 0x30, 0x50, 0x71, 0x80, 0xFF])
 def test_bad_subband_flags_are_corrupt(value: int) -> None:
     frame = _enlarge(_textured(30, 30), 1).astype(np.uint16)
     info = _info(frame)

@@ -139,6 +139,21 @@ def colour_palette(frame: np.ndarray, max_colours: int) -> tuple[np.ndarray, lis
     return plane, [r[order].astype(np.int32), g[order].astype(np.int32), b[order].astype(np.int32)]
 
 
+def repeated_colours(frame: np.ndarray) -> float:
+    """Share of the pixels of a (rows, cols, 3) frame, but its first row and column, whose colour
+    is that of W, N, NW or NE: near 1 in screen captures, far lower in photographs, whose colours
+    indexed colour cannot code in fewer bits."""
+    if frame.shape[0] < 2 or frame.shape[1] < 2:
+        return 0.0
+    flat = frame.astype(np.int64)
+    keys = (flat[..., 0] << 34) | (flat[..., 1] << 17) | flat[..., 2]
+    above, here = keys[:-1], keys[1:]
+    pixel = here[:, 1:]
+    same = (pixel == here[:, :-1]) | (pixel == above[:, 1:]) | (pixel == above[:, :-1])
+    same[:, :-1] |= pixel[:, :-1] == above[:, 2:]
+    return float(same.mean())
+
+
 def channel_ranks(frame: np.ndarray, density: float) -> tuple[np.ndarray, list[tuple[int, int, np.ndarray | None]]] | None:
     """Colour transform 4 of a (rows, cols, 3) frame, or None when no channel is sparse.
 

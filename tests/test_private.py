@@ -489,8 +489,8 @@ def test_photographs_are_not_indexed_for_many_colours(monkeypatch: pytest.Monkey
 
 
 def test_repeated_colours_counts_the_four_neighbours() -> None:
-    # Rows 1 and 2, columns 1 to 3 count (6 pixels): row 1 repeats W, N, NW, and one new colour;
-    # row 2: NE, nothing, N.
+    # Rows 1 and 2, columns 1 to 3 count (6 pixels): row 1 repeats W, N, then a new colour; row 2:
+    # NE, a new colour, N.
     grey = np.array([[1, 2, 3, 4],
                      [9, 9, 3, 7],
                      [5, 3, 8, 7]])
@@ -498,6 +498,9 @@ def test_repeated_colours_counts_the_four_neighbours() -> None:
     # (1,1) = W 9; (1,2) = N 3; (1,3) = 7: new; (2,1) = NE 3; (2,2) = 8: new; (2,3) = N 7.
     assert tf.repeated_colours(frame) == 4 / 6
     assert tf.repeated_colours(frame[:1]) == 0.0
+    # Signed samples, the last channel the same negative value everywhere: the colours still differ.
+    signed = np.stack([grey * 300 - 32768, grey - 20, np.full_like(grey, -5)], axis=-1).astype(np.int16)
+    assert tf.repeated_colours(signed) == 4 / 6
 
 
 def test_index_model_is_for_indexed_colour_only() -> None:

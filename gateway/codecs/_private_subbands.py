@@ -160,9 +160,10 @@ def inverse(coefficients: np.ndarray, flags: int) -> np.ndarray:
 @njit(cache=True, nogil=True)
 def _parity_errors(plane, starts, height, kind):
     """Mean |sample - its prediction| by predictor `kind` (from the two or four neighbours on both
-    sides, or the sample before) over the bands of rows ``starts[i] .. starts[i] + height - 1``: ``means[axis,
-    parity]``, axis 0 along the rows (parity of the column), 1 along the columns (parity of the
-    row); -1 where there is no such sample.  Only samples whose neighbours all lie inside count."""
+    sides, or the sample before) over the bands of rows ``starts[i] .. starts[i] + height - 1``:
+    ``means[axis, parity]``, axis 0 along the rows (parity of the column), 1 along the columns
+    (parity of the row); -1 where there is no such sample.  Only samples whose neighbours all lie
+    inside count."""
     rows, cols = plane.shape
     reach = 3 if kind == FOUR else 1
     sums = np.zeros((2, 2), np.int64)

@@ -145,7 +145,7 @@ def repeated_colours(frame: np.ndarray) -> float:
     indexed colour cannot code in fewer bits."""
     if frame.shape[0] < 2 or frame.shape[1] < 2:
         return 0.0
-    flat = frame.astype(np.int64)
+    flat = frame.astype(np.int64) & 0x1FFFF  # (signed samples too: one key per colour)
     keys = (flat[..., 0] << 34) | (flat[..., 1] << 17) | flat[..., 2]
     above, here = keys[:-1], keys[1:]
     pixel = here[:, 1:]

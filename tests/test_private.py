@@ -468,7 +468,7 @@ def test_index_model_takes_more_colours() -> None:
 def test_photographs_are_not_indexed_for_many_colours(monkeypatch: pytest.MonkeyPatch) -> None:
     """A frame of more than 4096 colours whose pixels seldom repeat a neighbour's colour (a
     photograph) is not searched for a colour table of up to 65536 colours, nor coded indexed; one
-    whose pixels mostly do (the screen capture above) is."""
+    whose pixels mostly repeat a neighbour's colour is searched."""
     info = _info(64, 80, samples=3, alloc=8, stored=8)
     rng = np.random.default_rng(12)
     photo = np.clip(_smooth(rng, info).astype(np.int64) + rng.integers(-6, 7, info.shape), 0, 255).astype(np.uint8)

@@ -503,6 +503,21 @@ def test_repeated_colours_counts_the_four_neighbours() -> None:
     assert tf.repeated_colours(signed) == 4 / 6
 
 
+@pytest.mark.parametrize("version", private.VERSIONS)
+def test_signed_colour_is_indexed_losslessly(version: int) -> None:
+    """Signed colour samples of few colours, the extremes of the 16-bit range among them, are coded
+    as indexed colour and decode to themselves (each colour a key of its own, negative ones too)."""
+    info = _info(40, 50, samples=3, alloc=16, stored=16, signed=True)
+    table = np.array([[-32768, 0, 32767], [32767, -32768, -1], [-1, -1, -1], [0, 0, 0], [-300, 5, -32768],
+                      [1, -2, 3]])
+    y, x = np.mgrid[0:40, 0:50]
+    frame = table[(y // 5 + x // 7) % 6].astype(np.int16)
+    data = private.encode(frame, info, version=version)
+    assert data[10] == tf.COLOUR_PALETTE
+    assert np.array_equal(private.decode(data, info), frame)
+    assert np.array_equal(_spec_decode(data, info), frame)
+
+
 def test_index_model_is_for_indexed_colour_only() -> None:
     """A stream naming context model 3 without indexed colour is corrupt, not misread."""
     info = _info(24, 30, samples=3, alloc=8, stored=8)

@@ -109,6 +109,19 @@ PALETTE_SAMPLE = 20000
 PALETTE_ROUNDS = 8
 
 
+# A colour's key packs its three samples, each plus KEY_OFFSET (signed 16-bit samples too: every
+# sample then lies in 0 .. 2**17 - 1), into 17 bits each of one int64.
+KEY_OFFSET = 1 << 15
+KEY_BITS = 17
+KEY_MASK = (1 << KEY_BITS) - 1
+
+
+def _colour_keys(frame: np.ndarray) -> np.ndarray:
+    """One int64 key per pixel of a (..., 3) frame, equal exactly where the colours are."""
+    flat = frame.astype(np.int64) + KEY_OFFSET
+    return (flat[..., 0] << 2 * KEY_BITS) | (flat[..., 1] << KEY_BITS) | flat[..., 2]
+
+
 def colour_palette(frame: np.ndarray, max_colours: int) -> tuple[np.ndarray, list[np.ndarray]] | None:
     """Indexed form of a (rows, cols, 3) frame with few colours, else None.
 
@@ -116,8 +129,7 @@ def colour_palette(frame: np.ndarray, max_colours: int) -> tuple[np.ndarray, lis
     table, ordered by R + 2G + B (then R, G, B) so that neighbouring
     brightness gets neighbouring indices.
     """
-    flat = frame.reshape(-1, 3).astype(np.int64)
-    keys = (flat[:, 0] << 34) | (flat[:, 1] << 17) | flat[:, 2]
+    keys = _colour_keys(frame.reshape(-1, 3))
     # The colours of a sample of the pixels, completed by those of samples of the pixels not
     # found among them, index the frame by a binary search: several times faster than sorting
     # the frame, and a frame of too many colours (a photograph) is told in a few rounds.
@@ -131,7 +143,9 @@ def colour_palette(frame: np.ndarray, max_colours: int) -> tuple[np.ndarray, lis
             break
         step = max(1, missed.size // PALETTE_SAMPLE) if round_ < PALETTE_ROUNDS else 1
         colours = np.union1d(colours, missed[::step])
-    r, g, b = colours >> 34, (colours >> 17) & 0x1FFFF, colours & 0x1FFFF
+    r = (colours >> 2 * KEY_BITS) - KEY_OFFSET
+    g = ((colours >> KEY_BITS) & KEY_MASK) - KEY_OFFSET
+    b = (colours & KEY_MASK) - KEY_OFFSET
     order = np.lexsort((b, g, r, r + 2 * g + b))
     rank = np.empty_like(order)
     rank[order] = np.arange(order.size)
@@ -145,8 +159,7 @@ def repeated_colours(frame: np.ndarray) -> float:
     indexed colour cannot code in fewer bits."""
     if frame.shape[0] < 2 or frame.shape[1] < 2:
         return 0.0
-    flat = frame.astype(np.int64) & 0x1FFFF  # (signed samples too: one key per colour)
-    keys = (flat[..., 0] << 34) | (flat[..., 1] << 17) | flat[..., 2]
+    keys = _colour_keys(frame)
     above, here = keys[:-1], keys[1:]
     pixel = here[:, 1:]
     same = (pixel == here[:, :-1]) | (pixel == above[:, 1:]) | (pixel == above[:, :-1])

@@ -38,9 +38,11 @@ def test_two_worker_processes_share_a_series(tmp_path: Path, gateway_factory) ->
 def test_the_private_version_reaches_the_worker_processes(tmp_path: Path, gateway_factory) -> None:
     """The configured version of our private syntax (2 by default; the codec module's own default is 1)
     is what a worker process writes: the configuration crosses into the process, no global state.
-    An image enlarged by interpolation is written as subbands there (prediction byte 11)."""
+    An image enlarged by interpolation, and one enlarged by repeating each sample, are written as
+    subbands there (prediction byte 11; the second with the predictor of the sample before)."""
     from pydicom.encaps import generate_frames
 
+    from gateway.codecs import _private_subbands as sb
     from gateway.codecs import private
 
     config = build_config(tmp_path, compression={"transfer_syntax": "gwl", "processes": 1})
@@ -50,6 +52,9 @@ def test_the_private_version_reaches_the_worker_processes(tmp_path: Path, gatewa
     enlarged = enlarge(enlarge(series[0].pixel_array, 0), 1).astype(np.uint16)
     series[0].Rows, series[0].Columns = enlarged.shape
     series[0].PixelData = enlarged.tobytes()
+    repeated = np.repeat(np.repeat(series[1].pixel_array, 2, 0), 2, 1)
+    series[1].Rows, series[1].Columns = repeated.shape
+    series[1].PixelData = repeated.tobytes()
     assert send(gateway.port, series) == [0] * len(series)
     assert gateway.wait_idle(180)
 
@@ -61,5 +66,6 @@ def test_the_private_version_reaches_the_worker_processes(tmp_path: Path, gatewa
         assert got.file_meta.TransferSyntaxUID == private.UID
         [stream] = generate_frames(got.PixelData, number_of_frames=1)
         assert stream[4] == 2
-        assert bool(stream[11] & private.PREDICT_SUBBANDS) == (ds is series[0])
+        assert bool(stream[11] & private.PREDICT_SUBBANDS) == (ds is not series[2])
+        assert bool(stream[11] & sb.REPEAT) == (ds is series[1])
         assert np.array_equal(got.pixel_array, ds.pixel_array)

@@ -279,8 +279,9 @@ def test_dry_run_estimates_from_a_sample_and_writes_nothing(tmp_path: Path, caps
     assert not out.exists()
 
 
-def _kill_mid_run(argv: list[str], env: dict[str, str], out: Path) -> tuple[dict[str, dict], int]:
-    """Start `argv`, SIGKILL it once the manifest in `out` records 8 files: what it had recorded, its pid."""
+def _kill_mid_run(argv: list[str], env: dict[str, str], out: Path, files: int) -> tuple[dict[str, dict], int]:
+    """Start `argv` on a folder of `files` files, SIGKILL it once the manifest in `out` records 8 of
+    them: what it had recorded, its pid."""
 
     def recorded() -> dict[str, dict]:
         try:
@@ -295,7 +296,7 @@ def _kill_mid_run(argv: list[str], env: dict[str, str], out: Path) -> tuple[dict
         client.send_signal(signal.SIGKILL)
         client.wait()
     first = recorded()
-    assert 8 <= len(first) < 60, "the client was to be killed mid-run"
+    assert 8 <= len(first) < files, "the client was to be killed mid-run"
     return first, client.pid
 
 
@@ -347,7 +348,7 @@ def test_a_client_killed_mid_run_resumes_where_it_stopped(cluster: Cluster, tmp_
         ds.save_as(src / f"{index:03d}.dcm", enforce_file_format=True)
     argv = [PYTHON, "-m", "gateway.cli", "compress", "--scheduler", cluster.address, "--in-flight", "2",
             "--transfer-syntax", "JPEGLSLossless", str(src), str(out)]
-    first, _ = _kill_mid_run(argv, cluster.env, out)
+    first, _ = _kill_mid_run(argv, cluster.env, out, 60)
     time.sleep(1.0)  # tasks the dead client left running finish (or are cancelled) on the workers
     _resume_after_kill(argv, cluster.env, src, out, reference, first)
 
@@ -453,11 +454,13 @@ def test_a_pool_worker_killed_mid_run_costs_nothing(tmp_path: Path) -> None:
 def test_plain_compress_killed_mid_run_resumes_and_leaves_no_worker_behind(tmp_path: Path) -> None:
     src, out, reference = tmp_path / "in", tmp_path / "out", tmp_path / "reference"
     src.mkdir()
-    for index, ds in enumerate(make_series(60, 256, 256, seed=13)):
+    # Enough work that the manifest commits (every quarter second) several times before the end: with
+    # 60 small files an idle machine recorded the first and then all the others in one commit.
+    for index, ds in enumerate(make_series(120, 512, 512, seed=13)):
         ds.save_as(src / f"{index:03d}.dcm", enforce_file_format=True)
     argv = [PYTHON, "-m", "gateway.cli", "compress", "--transfer-syntax", "JPEGLSLossless", str(src), str(out)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    first, client_pid = _kill_mid_run(argv, env, out)
+    first, client_pid = _kill_mid_run(argv, env, out, 120)
     workers = _pids(first)
     assert len(workers) >= 2 and client_pid not in workers
     assert wait_until(lambda: not any(_alive(pid) for pid in workers), timeout=30, step=0.2), \

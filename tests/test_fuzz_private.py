@@ -72,7 +72,18 @@ def _streams(version: int) -> list[tuple[FrameInfo, np.ndarray, bytes]]:
         out.append(_screen_stream())
         out.append(_text_stream())
         out += _subband_streams()
+        out.append(_chained_stream())
     return out
+
+
+def _chained_stream() -> tuple[FrameInfo, np.ndarray, bytes]:
+    """A real colour crop after subtract green, its third plane guided by the second (CHAINED)."""
+    from tests.test_private_golden import ARCHIVES, _frames, _model_byte
+
+    data, cases = ARCHIVES["gwl_v2_chained"]
+    info, streams, pixels = _frames(data, cases[0])
+    assert streams[0][10] == 1 and _model_byte(streams[0], info) == 5 | private.CHAINED
+    return info, pixels[0], streams[0]
 
 
 def _subband_streams() -> list[tuple[FrameInfo, np.ndarray, bytes]]:

@@ -1179,11 +1179,12 @@ def _spec_decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = No
     images = {3: 1, 4: 3}.get(transform, count)  # planes of rows x columns (section 9.1)
     descriptors = [struct.unpack_from("<iII", data, 28 + 12 * i) for i in range(count)]
     start = 28 + 12 * count
-    model = 0
+    model, chained = 0, False
     if version == 2:
         field = struct.unpack_from("<I", data, start)[0]
         stripe_rows, model = field & 0xFFFFFF, field >> 24
-        assert model in (0, 1, 2, 4, 5) or (model == 3 and transform == 3)
+        chained, model = bool(model & 0x10), model & ~0x10  # section 9.3: the chained-guides flag
+        assert model in (0, 1, 2, 4, 5) or (model == 3 and transform == 3 and not chained)
         stripes = -(-info.rows // stripe_rows)
         lengths = struct.unpack_from(f"<{stripes + 1}I", data, start + 4)
         start += 4 * (stripes + 2)
@@ -1226,15 +1227,18 @@ def _spec_decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = No
     if version == 2:
         for j, stripe in enumerate(segments[1:]):
             first, last = j * stripe_rows, min(info.rows, (j + 1) * stripe_rows)
-            guide = [[0] * info.columns for _ in range(last - first)]  # |TE| of plane 0 (section 9.6)
+            # |TE| of each image plane (section 9.3): plane 0's guides the others; chained, each
+            # plane's guides the plane after it.
+            kept = [[[0] * info.columns for _ in range(last - first)] for _ in range(images)]
             for i in range(images):
                 top = descriptors[i][2] - 1 if descriptors[i][2] else descriptors[i][1]
+                guide = None if i == 0 else kept[i - 1] if chained else kept[0]
+                keep = kept[i] if chained or i == 0 else None
                 if top > 0 and model == 3:  # the index plane (section 9.7)
                     coded_planes[i] += _spec_index_plane(stripe, last - first, info.columns, top)
                 elif top > 0:
                     coded_planes[i] += _spec_plane(stripe, last - first, info.columns, top, 2,
-                                                   guide=guide if i > 0 else None, keep=guide if i == 0 else None,
-                                                   model=model)
+                                                   guide=guide, keep=keep, model=model)
                 else:
                     coded_planes[i] += [[0] * info.columns for _ in range(last - first)]
     for i in range(count):
@@ -1355,7 +1359,8 @@ def test_specification_decoder_agrees(info: FrameInfo, kind: str, version: int) 
 
 
 @pytest.mark.parametrize("archive", ["gwl_v1", "gwl_v2_model0", "gwl_v2_model1", "gwl_v2_model2", "gwl_v2_model3",
-                                     "gwl_v2_model4", "gwl_v2_model5", "gwl_v2_subbands", "gwl_v2_repeat"])
+                                     "gwl_v2_model4", "gwl_v2_model5", "gwl_v2_subbands", "gwl_v2_repeat",
+                                     "gwl_v2_chained"])
 def test_specification_decoder_reads_golden_streams(archive: str) -> None:
     """The archived streams decode with the plain decoder too (pixels read by pydicom)."""
     from tests.test_private_golden import ARCHIVES, _frames
@@ -1382,7 +1387,8 @@ def test_specification_decoder_follows_fine_classes(monkeypatch: pytest.MonkeyPa
     if model != private.MODEL:
         monkeypatch.setattr(private, "MODEL", model)
     data = private.encode(frame, info, version=2)
-    assert _stripe_field(data, info.samples_per_pixel)[1] == model
+    chained = private.CHAINED if data[10] in (tf.COLOUR_SUBTRACT_GREEN, tf.COLOUR_YCOCG_R) else 0
+    assert _stripe_field(data, info.samples_per_pixel)[1] == model | chained
     assert np.array_equal(private.decode(data, info), frame)
     before = _FINE_USES[0]
     assert np.array_equal(_spec_decode(data, info), frame)
@@ -1417,9 +1423,40 @@ def test_unknown_context_model_is_corrupt() -> None:
     struct.pack_into("<I", data, start, rows | 3 << 24)
     with pytest.raises(CorruptCodestreamError, match="context model"):
         private.decode(bytes(data), info)
-    struct.pack_into("<I", data, start, rows | 6 << 24)
-    with pytest.raises(CorruptCodestreamError, match="context model"):
-        private.decode(bytes(data), info)
+    for model in (6, 3 | private.CHAINED, 6 | private.CHAINED, 0x20 | 5):
+        struct.pack_into("<I", data, start, rows | model << 24)
+        with pytest.raises(CorruptCodestreamError, match="context model"):
+            private.decode(bytes(data), info)
+    # The flag names no other plane to guide a grey frame's plane: the same pixels.
+    struct.pack_into("<I", data, start, rows | (5 | private.CHAINED) << 24)
+    assert np.array_equal(private.decode(bytes(data), info), _smooth(np.random.default_rng(2), info))
+
+
+@pytest.mark.parametrize("transform", [tf.COLOUR_SUBTRACT_GREEN, tf.COLOUR_YCOCG_R])
+def test_colour_differences_chain_their_guides(monkeypatch: pytest.MonkeyPatch, transform: int) -> None:
+    """After subtract green and YCoCg-R the third plane is guided by the second's errors (the
+    CHAINED flag): a photograph decoded from a JPEG (chroma planes that share their edges) codes
+    smaller than with plane 0 guiding both, in four stripes, and the specification's decoder agrees."""
+    import imagecodecs
+
+    rng = np.random.default_rng(5)
+    info = _info(96, 96, samples=3, alloc=8, stored=8)
+    y, x = np.mgrid[0:info.rows, 0:info.columns] / info.rows
+    scene = np.stack([np.sin(6 * x + c) * np.cos(5 * y - c) for c in (0, 1, 2)], axis=-1)
+    scene = np.clip(128 + 90 * scene + rng.normal(0, 12, scene.shape), 0, 255).astype(np.uint8)
+    frame = imagecodecs.jpeg8_decode(imagecodecs.jpeg8_encode(scene, level=90, subsampling="420"))
+    monkeypatch.setattr(private._tf, "choose_colour", lambda _: transform)
+    _striped(monkeypatch, info.frame_bytes // 4)
+    data = private.encode(frame, info, version=2)
+    assert data[10] == transform and _stripe_rows(data, 3) == 24
+    assert _stripe_field(data, 3)[1] == private.MODEL | private.CHAINED
+    assert np.array_equal(private.decode(data, info), frame)
+    assert np.array_equal(_spec_decode(data, info), frame)
+    monkeypatch.setattr(private, "CHAIN_GUIDES", False)
+    first = private.encode(frame, info, version=2)
+    assert _stripe_field(first, 3)[1] == private.MODEL
+    assert np.array_equal(private.decode(first, info), frame)
+    assert len(data) < len(first)
 
 
 # --- version 2: stripes, threads, the segment table ---------------------------------

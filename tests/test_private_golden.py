@@ -9,7 +9,8 @@ model 3 (indexed colour whose indices are matched to the neighbours'), ``gwl_v2_
 version 2 encoder of context model 4 (model 2's pixels), ``gwl_v2_model5`` by that of context model 5
 (model 4's pixels and a crop with burnt-in text), ``gwl_v2_subbands`` by the
 version 2 encoder that codes interpolated frames as subbands, ``gwl_v2_repeat`` by that of context model 5
-that codes frames enlarged by repeating samples as subbands; the pixels they must decode to were read by
+that codes frames enlarged by repeating samples as subbands, ``gwl_v2_chained`` by that of context model 5
+whose colour-difference planes are guided by the plane before them (the CHAINED flag); the pixels they must decode to were read by
 pydicom from its bundled test files (a source that is not our code), and are
 checked against those files again here when pydicom has them.
 """
@@ -33,11 +34,11 @@ CASES = json.loads((DATA / "cases.json").read_text())
 # Archive name: (folder, cases); the version byte of its streams follows.
 ARCHIVES = {name: (ROOT / name, json.loads((ROOT / name / "cases.json").read_text()))
             for name in ("gwl_v1", "gwl_v2_model0", "gwl_v2_model1", "gwl_v2_model2", "gwl_v2_model3",
-                         "gwl_v2_model4", "gwl_v2_model5", "gwl_v2_subbands", "gwl_v2_repeat")}
+                         "gwl_v2_model4", "gwl_v2_model5", "gwl_v2_subbands", "gwl_v2_repeat", "gwl_v2_chained")}
 VERSION_OF = {"gwl_v1": 1, "gwl_v2_model0": 2, "gwl_v2_model1": 2, "gwl_v2_model2": 2, "gwl_v2_model3": 2,
-              "gwl_v2_model4": 2, "gwl_v2_model5": 2, "gwl_v2_subbands": 2, "gwl_v2_repeat": 2}
+              "gwl_v2_model4": 2, "gwl_v2_model5": 2, "gwl_v2_subbands": 2, "gwl_v2_repeat": 2, "gwl_v2_chained": 2}
 MODEL_OF = {"gwl_v2_model0": 0, "gwl_v2_model1": 1, "gwl_v2_model2": 2, "gwl_v2_model3": 3, "gwl_v2_model4": 4,
-            "gwl_v2_model5": 5, "gwl_v2_subbands": 2, "gwl_v2_repeat": 5}
+            "gwl_v2_model5": 5, "gwl_v2_subbands": 2, "gwl_v2_repeat": 5, "gwl_v2_chained": 5 | private.CHAINED}
 ALL_CASES = [(name, case) for name, (_, cases) in ARCHIVES.items() for case in cases]
 
 

@@ -49,7 +49,8 @@ version 1's (with table weights); a residual is a binary zero flag, then one
 token of an adaptive multi-symbol alphabet (38 symbols, frequency tables per
 coding class), raw low bits and the sign only when both signs are possible;
 colour planes 1 and 2 take plane 0's error at the same pixel into their
-coding class.  The coding class follows one of the context models named in
+coding class (after subtract green and YCoCg-R, plane 2 takes plane 1's: the
+chained-guides flag of the model field).  The coding class follows one of the context models named in
 the stream: model 0 (the activity class), model 1 (coarse classes from the
 neighbours' errors, refined by the local gradient and the signal level once a
 refined class has learnt enough), model 2 (model 1's coarse and refined
@@ -169,6 +170,12 @@ MODEL_SHIFT = 24
 # index plane of an indexed colour frame (colour transform 3), coded by the index model.
 INDEX_MODEL = 3
 MODELS = _planes2.MODELS + (INDEX_MODEL,)
+# Flag of the model field (any plane model, not model 3): each image plane after the first is
+# guided by the errors of the plane before it instead of the first plane's.  The encoder sets it
+# (while CHAIN_GUIDES is on) after subtract green and YCoCg-R, whose second and third planes are
+# both colour differences: the third plane's errors follow the second's more closely than the first's.
+CHAINED = 0x10
+CHAIN_GUIDES = True
 # Version 2 context models the encoder tries for indexed colour (None: MODEL): the colour
 # table's indices blended as values, and matched to the neighbours' (model 3).
 INDEXED_MODELS = (None, INDEX_MODEL)
@@ -291,7 +298,8 @@ def encode(frame: np.ndarray, info: FrameInfo, reference: np.ndarray | None = No
     elif reference_crc is None and version >= 2:
         body, subbands = _grey_body(planes[0], info, version, *subband)
     else:
-        body = _coded_body(list(planes), info, version, tables=0)
+        model = _colour_model(transform) if info.samples_per_pixel == 3 else None
+        body = _coded_body(list(planes), info, version, tables=0, model=model)
     del planes
     if len(body) >= info.frame_bytes:
         raw = np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("<")).tobytes()
@@ -336,7 +344,7 @@ def _colour_body(frame: np.ndarray, info: FrameInfo, version: int, planes: np.nd
     `transform` (`planes`), indexed colour (context model MODEL and, version 2, 3), channel ranks
     (version 2).  Ties keep that order."""
     # Each coding: (colour transform, planes, tables, channel maps, context model).
-    codings = [(transform, list(planes), 0, (), None)]
+    codings = [(transform, list(planes), 0, (), _colour_model(transform))]
     matched = version >= 2 and INDEX_MODEL in INDEXED_MODELS
     indexed = _tf.colour_palette(frame, MAX_COLOURS)
     if indexed is None and matched and _tf.repeated_colours(frame) >= MATCHED_REPEATS:
@@ -354,6 +362,13 @@ def _colour_body(frame: np.ndarray, info: FrameInfo, version: int, planes: np.nd
         codings.append((_tf.COLOUR_RANKS, list(ranked[0]), 0, ranked[1], None))
     best, body = _chosen_body(codings, info, version)
     return body, codings[best][0]
+
+
+def _colour_model(transform: int) -> int | None:
+    """Context model of the planes of a colour frame coded with colour `transform` (None: MODEL):
+    MODEL with the CHAINED flag after subtract green and YCoCg-R while CHAIN_GUIDES is on."""
+    chained = CHAIN_GUIDES and transform in (_tf.COLOUR_SUBTRACT_GREEN, _tf.COLOUR_YCOCG_R)
+    return MODEL | CHAINED if chained else None
 
 
 def _chosen_body(codings: list, info: FrameInfo, version: int, margin: float = SAMPLE_MARGIN,
@@ -499,11 +514,15 @@ _NO_GUIDE = np.empty((0, 0), np.int32)
 _NO_SAMPLES = _NO_GUIDE  # the "plane" of a channel map, which codes no samples
 
 
-def _guides(planes: list[np.ndarray], guided: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def _guides(planes: list[np.ndarray], guided: bool, chained: bool = False) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per plane the array its errors are kept in and the array that guides its contexts:
-    with `guided`, the first plane keeps its errors and they guide the other planes."""
+    with `guided`, the first plane keeps its errors and they guide the other planes; also
+    `chained`, every plane but the last keeps its errors and they guide the plane after it."""
     if not guided or len(planes) < 2:
         return [_NO_GUIDE] * len(planes), [_NO_GUIDE] * len(planes)
+    if chained:
+        kept = [np.zeros(plane.shape, np.int32) for plane in planes[:-1]]
+        return kept + [_NO_GUIDE], [_NO_GUIDE] + kept
     errors = np.zeros(planes[0].shape, np.int32)
     return [errors] + [_NO_GUIDE] * (len(planes) - 1), [_NO_GUIDE] + [errors] * (len(planes) - 1)
 
@@ -511,7 +530,8 @@ def _guides(planes: list[np.ndarray], guided: bool) -> tuple[list[np.ndarray], l
 def _encode_segment(bitmaps: list, planes: list[np.ndarray], maxvs: list[int], capacity: int,
                     guided: bool, model: int, indexed: bool = False) -> bytes:
     """One version 2 segment: the bitmaps, then each plane with a non-zero maximum (empty when
-    that is nothing); with `indexed`, the first plane is an index plane coded by the index model."""
+    that is nothing); with `indexed`, the first plane is an index plane coded by the index model.
+    `model` may carry the CHAINED flag."""
     if not _has_decisions(bitmaps, maxvs):
         return b""
     st = _rc.enc_start()
@@ -520,7 +540,8 @@ def _encode_segment(bitmaps: list, planes: list[np.ndarray], maxvs: list[int], c
         if used is not None:
             ctx = _rc.new_contexts(_planes.CTX_BITMAP)
             st, buf = _planes.encode_bitmap(st, buf, used, ctx)
-    keeps, guides = _guides(planes, guided)
+    keeps, guides = _guides(planes, guided, bool(model & CHAINED))
+    model &= ~CHAINED
     for i, (plane, maxv, keep, guide) in enumerate(zip(planes, maxvs, keeps, guides)):
         if maxv > 0 and indexed and i == 0:
             st, buf = _index.encode_index(st, buf, plane, maxv, *_index_state(maxv))
@@ -804,7 +825,7 @@ def _segment_table(data: bytes, start: int, rows: int) -> tuple[int, int, list[t
         raise _corrupt("stream ends before the stripe table")
     (field,) = _U32.unpack_from(data, start)
     stripe_rows, model = field & (1 << MODEL_SHIFT) - 1, field >> MODEL_SHIFT
-    if model not in MODELS:
+    if model & ~CHAINED not in MODELS or model & CHAINED and model & ~CHAINED == INDEX_MODEL:
         raise _corrupt(f"unknown context model {model}")
     if not 1 <= stripe_rows <= rows or -(-rows // stripe_rows) > MAX_STRIPES:
         raise _corrupt(f"{stripe_rows} rows per stripe for {rows} rows is out of limits")
@@ -835,7 +856,8 @@ def _decode_segment(data: np.ndarray, bitmaps: list[np.ndarray], planes: list[np
     st = _rc.dec_start(data, 0)
     for used in bitmaps:
         st, _ = _planes.decode_bitmap(st, data, used, _rc.new_contexts(_planes.CTX_BITMAP))
-    keeps, guides = _guides(planes, guided)
+    keeps, guides = _guides(planes, guided, bool(model & CHAINED))
+    model &= ~CHAINED
     for i, (plane, maxv, keep, guide) in enumerate(zip(planes, maxvs, keeps, guides)):
         if maxv > 0 and indexed and i == 0:
             st, status = _index.decode_index(st, data, plane, maxv, *_index_state(maxv))

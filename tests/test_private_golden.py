@@ -9,10 +9,10 @@ model 3 (indexed colour whose indices are matched to the neighbours'), ``gwl_v2_
 version 2 encoder of context model 4 (model 2's pixels), ``gwl_v2_model5`` by that of context model 5
 (model 4's pixels and a crop with burnt-in text), ``gwl_v2_subbands`` by the
 version 2 encoder that codes interpolated frames as subbands, ``gwl_v2_repeat`` by that of context model 5
-that codes frames enlarged by repeating samples as subbands, ``gwl_v2_chained`` by that of context model 5
-whose colour-difference planes are guided by the plane before them (the CHAINED flag); the pixels they must decode to were read by
-pydicom from its bundled test files (a source that is not our code), and are
-checked against those files again here when pydicom has them.
+that codes frames enlarged by repeating samples as subbands, ``gwl_v2_chained`` by that of context
+model 5 whose colour-difference planes are guided by the plane before them (the CHAINED flag); the
+pixels they must decode to were read by pydicom from its bundled test files (a source that is not our
+code), and are checked against those files again here when pydicom has them.
 """
 
 from __future__ import annotations

@@ -50,8 +50,8 @@ token of an adaptive multi-symbol alphabet (38 symbols, frequency tables per
 coding class), raw low bits and the sign only when both signs are possible;
 colour planes 1 and 2 take plane 0's error at the same pixel into their
 coding class (after subtract green and YCoCg-R, plane 2 takes plane 1's: the
-chained-guides flag of the model field).  The coding class follows one of the context models named in
-the stream: model 0 (the activity class), model 1 (coarse classes from the
+chained-guides flag of the model field).  The coding class follows one of
+the context models named in the stream: model 0 (the activity class), model 1 (coarse classes from the
 neighbours' errors, refined by the local gradient and the signal level once a
 refined class has learnt enough), model 2 (model 1's coarse and refined
 classes mixed, the sign's context split by where the prediction lies between

@@ -1,0 +1,414 @@
+"""Design study: version 2's prediction with static per-image tables instead of adaptive coding.
+
+Version 2 codes each residual with adaptive range coding: a zero flag at the
+mean of two adaptive binary contexts, a token searched in the sum of two
+adaptive frequency tables, raw bits and an adaptive sign.  This study asks
+what the same prediction and classes would cost in size, and gain in
+decoding time, if the encoder instead counted the image's symbols first and
+sent one static table per class, and the decoder looked each symbol up in
+one step (rANS, as JPEG-XL's modular mode codes):
+
+* prediction and classes: context model 4, exactly (blend of seven
+  sub-predictors, bias correction, the coarse and fine coding classes, the
+  sign's class);
+* a symbol per sample: 0 for a zero residual, else 1 + the token of
+  ``|r| - 1``; the raw low bits go to a separate plain bit stream; the sign,
+  where both signs are possible, as a static binary decision per sign class;
+* tables: per coarse class the encoder keeps one table, or one per fine
+  class when that costs fewer bits (entropy plus an estimated 8 bits a table
+  and 5 bits a used symbol); 12-bit frequencies; rANS with a 32-bit state
+  and byte renormalisation; sign tables cost 12 bits each.  The sizes count
+  the rANS bytes, the raw bits and that estimate of the tables, not a
+  finished stream syntax;
+* time: processor time of the kernels alone, best of ``--repeat``, the two
+  designs interleaved image by image: version 2's model-4 kernels; the static
+  encoder's two passes (classes and symbols, then rANS and raw bits; the
+  tables are counted and normalised in NumPy here, untimed); the static
+  decoder; and the prediction alone (the decoding loop with each value read
+  from the original instead of decoded: the floor that faster coding cannot
+  go below).
+
+Every static round trip is checked sample for sample.  Planes are the first
+frame of every grey corpus image, minus its smallest value.
+
+    python benchmarks/bench_static_coding.py [--folders CT MR] [--repeat N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from numba import njit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.harness import load_corpus  # noqa: E402
+from gateway.codecs import _private_planes2 as planes2  # noqa: E402
+from gateway.codecs import _private_rangecoder as rc  # noqa: E402
+from gateway.codecs import private  # noqa: E402
+from gateway.codecs._private_planes2 import (  # noqa: E402
+    FRACTION_CLASSES, GRADIENT_CLASSES, GRADIENT_STEP, LEVEL_BITS, LEVEL_CLASSES, N_COARSE, N_ZERO,
+    _fraction_class, _sign_class)
+from gateway.codecs._private_predict import (  # noqa: E402
+    N_CLASSES, bias_context, bias_context_wide, bias_update, bit_length, blend_v2, blend_wide, correct, errors,
+    far_neighbours, neighbours, quantise_activity, wide_errors)
+from gateway.codecs._private_symbols import N_TOKENS, token_base, token_of  # noqa: E402
+
+MODELS = (4, 2)  # the kernels compiled per model: 4 (seven sub-predictors), 2 (five)
+PREC = 12
+ONE = 1 << PREC
+LOW = 1 << 23  # rANS state lower bound
+N_SYMBOLS = N_TOKENS + 1
+N_FINE = N_ZERO[2]
+N_SIGN_CLASSES = FRACTION_CLASSES * 3 * (N_CLASSES // 2)
+TABLE_BITS, SYMBOL_BITS, SIGN_TABLE_BITS = 8, 5, 12
+NO_KEEP = np.empty((0, 0), np.int32)
+
+
+ANALYSE, PREDICT, DECODE = 0, 1, 2
+
+
+def _plane_loop(mode: int, model: int):
+    """Context model `model`'s prediction and classes (4 or 2) over a plane, compiled for one
+    `mode` and model (numba constants, as the codec compiles its kernels per direction and model):
+
+    * ANALYSE, the encoder's pass: per sample into `fields`, its coarse and fine class, symbol,
+      sign class, sign (-1 when not coded) and magnitude;
+    * PREDICT: the decoder's loop with each value read from `source` instead of decoded;
+    * DECODE: the static decoder.
+    """
+
+    wide = model == 4
+
+    @njit(cache=True, nogil=True)
+    def loop(plane, source, maxv, te, err, bm, fields, data, raw, table_of, freq, cum, lookup, sign_freq):
+        rows, cols = plane.shape
+        level_shift = max(np.int64(0), bit_length(maxv) - LEVEL_BITS)
+        state = np.int64(0)
+        pos = 0
+        if mode == DECODE:
+            for _ in range(4):
+                state = (state << 8) | data[pos]
+                pos += 1
+        acc = np.int64(0)
+        held = 0
+        raw_pos = 0
+        seen = np.int64(0)
+        i = 0
+        for y in range(rows):
+            r = y & 1
+            p = r ^ 1
+            for x in range(cols):
+                w, n, nw, ne = neighbours(plane, y, x)
+                if wide:
+                    nn, ww = far_neighbours(plane, y, x, n, w)
+                    te_w, te_n, te_nw, te_ne, e0, e1, e2, e3, e4, e5, e6 = wide_errors(te, err, r, p, x)
+                    blend8, s0, s1, s2, s3, s4, s5, s6, activity, lo, hi = blend_wide(
+                        n, w, nw, ne, nn, ww, te_w, te_n, te_nw, te_ne, e0, e1, e2, e3, e4, e5, e6)
+                else:
+                    te_w, te_n, te_nw, te_ne, e0, e1, e2, e3, e4 = errors(te, err, r, p, x)
+                    blend8, s0, s1, s2, s3, s4, activity, lo, hi = blend_v2(n, w, nw, ne, te_w, te_n, te_nw, te_ne,
+                                                                           e0, e1, e2, e3, e4)
+                    s5 = s6 = nn = ww = np.int64(0)
+                q = quantise_activity(activity)
+                bctx = bias_context(q, n, w, nw, ne, blend8)
+                if wide:
+                    bctx = bias_context_wide(bctx, n, w, nn, ww, blend8)
+                bias = np.int64(bm[bctx])
+                pred8, pred = correct(blend8, bias, lo, hi)
+                sign_class = (FRACTION_CLASSES * (3 * (q >> 1) + _sign_class(te_w + te_n))
+                              + _fraction_class(pred8 - (pred << 3)))
+                grad = abs(n - nw) + abs(w - nw) + abs(ne - n)
+                coarse = quantise_activity(activity - 2 * grad + (grad >> 1)) + N_CLASSES * np.int64(lo == hi)
+                fine = N_COARSE + (coarse * GRADIENT_CLASSES + quantise_activity(grad) // GRADIENT_STEP) * LEVEL_CLASSES
+                fine += pred >> level_shift
+                if mode == ANALYSE:
+                    value = np.int64(plane[y, x])
+                    mag = abs(value - pred)
+                    fields[i, 0] = coarse
+                    fields[i, 1] = fine
+                    fields[i, 2] = 0 if mag == 0 else token_of(mag - 1)[0] + 1
+                    fields[i, 3] = sign_class
+                    fields[i, 4] = np.int64(value < pred) if mag != 0 and mag <= pred and mag <= maxv - pred else -1
+                    fields[i, 5] = mag
+                    i += 1
+                elif mode == PREDICT:
+                    seen += table_of[fine] + sign_class
+                    value = np.int64(source[y, x])
+                    plane[y, x] = value
+                else:
+                    t = table_of[fine]
+                    slot = state & (ONE - 1)
+                    s = np.int64(lookup[t, slot])
+                    state = freq[t, s] * (state >> PREC) + slot - cum[t, s]
+                    while state < LOW:
+                        state = (state << 8) | data[pos]
+                        pos += 1
+                    value = pred
+                    if s > 0:
+                        mag, nraw = token_base(s - 1)
+                        if nraw > 0:
+                            while held < nraw:
+                                acc = ((acc << 8) | raw[raw_pos]) & 0xFFFFFFFFFFFF
+                                raw_pos += 1
+                                held += 8
+                            held -= nraw
+                            mag += (acc >> held) & ((1 << nraw) - 1)
+                        mag += 1
+                        negative_ok = mag <= pred
+                        positive_ok = mag <= maxv - pred
+                        if negative_ok and positive_ok:
+                            slot = state & (ONE - 1)
+                            f0 = sign_freq[sign_class, 0]
+                            negative = slot >= f0
+                            if negative:
+                                state = sign_freq[sign_class, 1] * (state >> PREC) + slot - f0
+                            else:
+                                state = f0 * (state >> PREC) + slot
+                            while state < LOW:
+                                state = (state << 8) | data[pos]
+                                pos += 1
+                        else:
+                            negative = negative_ok
+                        value = pred - mag if negative else pred + mag
+                    plane[y, x] = value
+                v8 = value << 3
+                te[r, x + 1] = pred8 - v8
+                err[0, r, x + 1] = abs(s0 - v8)
+                err[1, r, x + 1] = abs(s1 - v8)
+                err[2, r, x + 1] = abs(s2 - v8)
+                err[3, r, x + 1] = abs(s3 - v8)
+                err[4, r, x + 1] = abs(s4 - v8)
+                if wide:
+                    err[5, r, x + 1] = abs(s5 - v8)
+                    err[6, r, x + 1] = abs(s6 - v8)
+                bm[bctx] = bias_update(bias, v8, blend8)
+        return seen
+
+    return loop
+
+
+_LOOPS = {model: [_plane_loop(mode, model) for mode in (ANALYSE, PREDICT, DECODE)] for model in MODELS}
+
+
+@njit(cache=True, nogil=True)
+def _rans_encode(fields, table_of, freq, cum, sign_freq, out):
+    """rANS, last sample first (the decoder reads first sample first); returns where the bytes start."""
+    state = np.int64(LOW)
+    pos = out.shape[0]
+    for i in range(fields.shape[0] - 1, -1, -1):
+        for part in range(2):
+            if part == 0:
+                if fields[i, 4] < 0:
+                    continue
+                c, s = fields[i, 3], fields[i, 4]
+                f = sign_freq[c, s]
+                start = 0 if s == 0 else sign_freq[c, 0]
+            else:
+                t, s = table_of[fields[i, 1]], fields[i, 2]
+                f = freq[t, s]
+                start = cum[t, s]
+            limit = ((LOW >> PREC) << 8) * f
+            while state >= limit:
+                pos -= 1
+                out[pos] = state & 0xFF
+                state >>= 8
+            state = ((state // f) << PREC) + state % f + start
+    for _ in range(4):
+        pos -= 1
+        out[pos] = state & 0xFF
+        state >>= 8
+    return pos
+
+
+@njit(cache=True, nogil=True)
+def _raw_write(fields, out):
+    """The raw low bits of every magnitude, first sample first, high bit first; returns the byte count."""
+    acc = np.int64(0)
+    held = 0
+    pos = 0
+    for i in range(fields.shape[0]):
+        if fields[i, 2] > 0:
+            nraw = token_base(fields[i, 2] - 1)[1]
+            if nraw > 0:
+                acc = ((acc << nraw) | ((fields[i, 5] - 1) & ((1 << nraw) - 1))) & 0xFFFFFFFFFFFF
+                held += nraw
+                while held >= 8:
+                    held -= 8
+                    out[pos] = (acc >> held) & 0xFF
+                    pos += 1
+    if held > 0:
+        out[pos] = (acc << (8 - held)) & 0xFF
+        pos += 1
+    return pos
+
+
+def _entropy(counts: np.ndarray) -> float:
+    counts = counts[counts > 0].astype(np.float64)
+    return float(-(counts * np.log2(counts / counts.sum())).sum()) if counts.size else 0.0
+
+
+def _table_cost(counts: np.ndarray) -> float:
+    return _entropy(counts) + TABLE_BITS + SYMBOL_BITS * int((counts > 0).sum())
+
+
+def _normalised(counts: np.ndarray) -> np.ndarray:
+    """Frequencies summing to ONE, every counted symbol at least 1."""
+    freq = np.zeros(len(counts), np.int64)
+    used = counts > 0
+    if not used.any():
+        freq[0] = ONE
+        return freq
+    freq[used] = np.maximum(1, np.round(counts[used] * ONE / counts.sum())).astype(np.int64)
+    freq[np.argmax(freq)] += ONE - freq.sum()
+    return freq
+
+
+def _tables(fields: np.ndarray):
+    """Per coarse class its own table or one per fine class, whichever costs fewer bits."""
+    coarse, fine, symbol = fields[:, 0], fields[:, 1], fields[:, 2]
+    table_of = np.zeros(N_FINE, np.int64)
+    counts = []
+    map_bits = 0  # a bit per coarse class (split or not), and per fine class of a split one (seen or not)
+    for c in np.unique(coarse):
+        map_bits += 1
+        chosen = coarse == c
+        whole = np.bincount(symbol[chosen], minlength=N_SYMBOLS)
+        classes = np.unique(fine[chosen])
+        split = [np.bincount(symbol[chosen & (fine == f)], minlength=N_SYMBOLS) for f in classes]
+        if sum(map(_table_cost, split)) < _table_cost(whole):
+            map_bits += GRADIENT_CLASSES * LEVEL_CLASSES
+            for f, row in zip(classes, split):
+                table_of[f] = len(counts)
+                counts.append(row)
+        else:
+            table_of[classes] = len(counts)
+            counts.append(whole)
+    freq = np.array([_normalised(row) for row in counts], np.int64)
+    cum = np.zeros_like(freq)
+    cum[:, 1:] = np.cumsum(freq, axis=1)[:, :-1]
+    lookup = np.array([np.repeat(np.arange(N_SYMBOLS), row) for row in freq], np.uint8)
+    coded = fields[:, 4] >= 0
+    signs = np.zeros((N_SIGN_CLASSES, 2), np.int64)
+    np.add.at(signs, (fields[coded, 3], fields[coded, 4]), 1)
+    sign_freq = np.array([_normalised(row) if row.sum() else np.array([ONE // 2, ONE // 2]) for row in signs])
+    sign_freq[:, 0] = np.clip(sign_freq[:, 0], 1, ONE - 1)
+    sign_freq[:, 1] = ONE - sign_freq[:, 0]
+    side_bits = (TABLE_BITS * len(freq) + SYMBOL_BITS * int((freq > 0).sum())
+                 + SIGN_TABLE_BITS * int((signs.sum(axis=1) > 0).sum()) + map_bits)
+    return table_of, freq, cum, lookup, sign_freq, (side_bits + 7) // 8
+
+
+def _best(function, repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.process_time()
+        function()
+        best = min(best, time.process_time() - start)
+    return best
+
+
+def _adaptive(plane: np.ndarray, maxv: int, model: int, repeat: int) -> tuple[int, float, float]:
+    """Version 2's kernels of context `model` on the plane: (bytes, encoding seconds, decoding seconds)."""
+    coded = []
+
+    def encode():
+        tables, bins = private._model_state(model)
+        te, err, bm = planes2.new_plane_state(plane.shape[1], model)
+        buf = np.empty(plane.size * 3 + 1024, np.uint8)
+        st, buf = planes2.encode_plane(rc.enc_start(), buf, plane, maxv, tables, bins, te, err, bm, NO_KEEP, NO_KEEP,
+                                       model)
+        buf, size = rc.enc_finish(st, buf)
+        coded[:] = [buf[:size].copy()]
+
+    encode_s = _best(encode, repeat)
+    data = coded[0]
+    out = np.zeros_like(plane)
+
+    def decode():
+        tables, bins = private._model_state(model)
+        te, err, bm = planes2.new_plane_state(plane.shape[1], model)
+        planes2.decode_plane(rc.dec_start(data, 0), data, out, maxv, tables, bins, te, err, bm, NO_KEEP, NO_KEEP,
+                             model)
+
+    decode_s = _best(decode, repeat)
+    assert np.array_equal(out, plane)
+    return data.size, encode_s, decode_s
+
+
+def _static(plane: np.ndarray, maxv: int, model: int, repeat: int) -> tuple[int, float, float, float]:
+    """The static design with context `model`'s prediction and classes: (bytes, encoding seconds
+    but for the tables, decoding seconds, prediction-only seconds)."""
+    analyse, predict, decode = _LOOPS[model]
+
+    def state():
+        return planes2.new_plane_state(plane.shape[1], model)
+
+    fields = np.empty((plane.size, 6), np.int32)
+    bytes_, table, lookup = np.empty(0, np.uint8), np.empty((0, 0), np.int64), np.empty((0, 0), np.uint8)
+    analyse_s = _best(lambda: analyse(plane, plane, maxv, *state(), fields, bytes_, bytes_, np.empty(0, np.int64),
+                                      table, table, lookup, table), repeat)
+    table_of, freq, cum, lookup, sign_freq, side = _tables(fields)
+    out = np.empty(plane.size * 4 + 64, np.uint8)
+    raw = np.zeros(plane.size * 3 + 16, np.uint8)
+    start = raw_bytes = 0
+
+    def code():
+        nonlocal start, raw_bytes
+        start = _rans_encode(fields, table_of, freq, cum, sign_freq, out)
+        raw_bytes = _raw_write(fields, raw)
+
+    code_s = _best(code, repeat)
+    data = out[start:].copy()
+    decoded = np.zeros_like(plane)
+    seconds = _best(lambda: decode(decoded, plane, maxv, *state(), fields, data, raw, table_of, freq, cum, lookup,
+                                   sign_freq), repeat)
+    if not np.array_equal(decoded, plane):
+        raise AssertionError("static round trip differs")
+    floor = _best(lambda: predict(decoded, plane, maxv, *state(), fields, data, raw, table_of, freq, cum, lookup,
+                                    sign_freq), repeat)
+    return len(data) + raw_bytes + side, analyse_s + code_s, seconds, floor
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--folders", nargs="*", default=())
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    totals: dict[tuple[int, str], list[float]] = defaultdict(lambda: [0] * 9)
+    warm = (np.arange(32 * 32, dtype=np.int32).reshape(32, 32) * 7) % 251  # compile outside the timing
+    for model in MODELS:
+        _adaptive(warm, 250, model, 1)
+        _static(warm, 250, model, 1)
+    for item in load_corpus(folders=args.folders):
+        if item.info.samples_per_pixel != 1:
+            continue
+        plane = item.frames[0].astype(np.int64)
+        plane = (plane - plane.min()).astype(np.int32)
+        maxv = int(plane.max())
+        if maxv == 0:
+            continue
+        for model in MODELS:
+            adaptive, adaptive_enc, adaptive_dec = _adaptive(plane, maxv, model, args.repeat)
+            static, static_enc, static_dec, floor = _static(plane, maxv, model, args.repeat)
+            for key in ((model, item.folder), (model, "ALL")):
+                row = totals[key]
+                for i, value in enumerate((1, plane.size, adaptive, static, adaptive_enc, static_enc, adaptive_dec,
+                                           static_dec, floor)):
+                    row[i] += value
+    print("| model | folder | planes | adaptive bytes | static bytes | static vs adaptive | encode ns a sample: "
+          "adaptive | static | decode ns a sample: adaptive | static | prediction alone |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for model, folder in sorted(totals, key=lambda k: (k[1] == "ALL", k[1], -k[0])):
+        n, samples, a, s, *seconds = totals[model, folder]
+        times = " | ".join(f"{1e9 * t / samples:.1f}" for t in seconds)
+        print(f"| {model} | {folder} | {n} | {a} | {s} | {100 * (s / a - 1):+.2f} % | {times} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -8,20 +8,22 @@ decoding time, if the encoder instead counted the image's symbols first and
 sent one static table per class, and the decoder looked each symbol up in
 one step (rANS, as JPEG-XL's modular mode codes):
 
-* prediction and classes: context model 4, exactly (blend of seven
-  sub-predictors, bias correction, the coarse and fine coding classes, the
-  sign's class);
+* prediction and classes: context models 4 and 2, exactly (the blend of
+  seven or five sub-predictors, bias correction, the coarse and fine coding
+  classes, the sign's class), each against version 2's own kernels of that
+  model;
 * a symbol per sample: 0 for a zero residual, else 1 + the token of
   ``|r| - 1``; the raw low bits go to a separate plain bit stream; the sign,
   where both signs are possible, as a static binary decision per sign class;
 * tables: per coarse class the encoder keeps one table, or one per fine
   class when that costs fewer bits (entropy plus an estimated 8 bits a table
   and 5 bits a used symbol); 12-bit frequencies; rANS with a 32-bit state
-  and byte renormalisation; sign tables cost 12 bits each.  The sizes count
-  the rANS bytes, the raw bits and that estimate of the tables, not a
-  finished stream syntax;
+  and byte renormalisation; sign tables cost 12 bits each, the map from
+  classes to tables a bit per coarse class and per fine class of a split
+  one.  The sizes count the rANS bytes, the raw bits and that estimate of
+  the tables ("of which tables": its share), not a finished stream syntax;
 * time: processor time of the kernels alone, best of ``--repeat``, the two
-  designs interleaved image by image: version 2's model-4 kernels; the static
+  designs interleaved image by image: version 2's kernels; the static
   encoder's two passes (classes and symbols, then rANS and raw bits; the
   tables are counted and normalised in NumPy here, untimed); the static
   decoder; and the prediction alone (the decoding loop with each value read
@@ -341,9 +343,10 @@ def _adaptive(plane: np.ndarray, maxv: int, model: int, repeat: int) -> tuple[in
     return data.size, encode_s, decode_s
 
 
-def _static(plane: np.ndarray, maxv: int, model: int, repeat: int) -> tuple[int, float, float, float]:
-    """The static design with context `model`'s prediction and classes: (bytes, encoding seconds
-    but for the tables, decoding seconds, prediction-only seconds)."""
+def _static(plane: np.ndarray, maxv: int, model: int, repeat: int) -> tuple[int, int, float, float, float]:
+    """The static design with context `model`'s prediction and classes: (bytes, of which the
+    tables' estimate, encoding seconds but for the tables, decoding seconds, prediction-only
+    seconds)."""
     analyse, predict, decode = _LOOPS[model]
 
     def state():
@@ -372,7 +375,7 @@ def _static(plane: np.ndarray, maxv: int, model: int, repeat: int) -> tuple[int,
         raise AssertionError("static round trip differs")
     floor = _best(lambda: predict(decoded, plane, maxv, *state(), fields, data, raw, table_of, freq, cum, lookup,
                                     sign_freq), repeat)
-    return len(data) + raw_bytes + side, analyse_s + code_s, seconds, floor
+    return len(data) + raw_bytes + side, side, analyse_s + code_s, seconds, floor
 
 
 def main() -> None:
@@ -380,7 +383,7 @@ def main() -> None:
     parser.add_argument("--folders", nargs="*", default=())
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    totals: dict[tuple[int, str], list[float]] = defaultdict(lambda: [0] * 9)
+    totals: dict[tuple[int, str], list[float]] = defaultdict(lambda: [0] * 10)
     warm = (np.arange(32 * 32, dtype=np.int32).reshape(32, 32) * 7) % 251  # compile outside the timing
     for model in MODELS:
         _adaptive(warm, 250, model, 1)
@@ -395,19 +398,20 @@ def main() -> None:
             continue
         for model in MODELS:
             adaptive, adaptive_enc, adaptive_dec = _adaptive(plane, maxv, model, args.repeat)
-            static, static_enc, static_dec, floor = _static(plane, maxv, model, args.repeat)
+            static, tables, static_enc, static_dec, floor = _static(plane, maxv, model, args.repeat)
             for key in ((model, item.folder), (model, "ALL")):
                 row = totals[key]
-                for i, value in enumerate((1, plane.size, adaptive, static, adaptive_enc, static_enc, adaptive_dec,
-                                           static_dec, floor)):
+                for i, value in enumerate((1, plane.size, adaptive, static, tables, adaptive_enc, static_enc,
+                                           adaptive_dec, static_dec, floor)):
                     row[i] += value
-    print("| model | folder | planes | adaptive bytes | static bytes | static vs adaptive | encode ns a sample: "
-          "adaptive | static | decode ns a sample: adaptive | static | prediction alone |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| model | folder | planes | adaptive bytes | static bytes | static vs adaptive | of which tables "
+          "| encode ns a sample: adaptive | static | decode ns a sample: adaptive | static | prediction alone |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for model, folder in sorted(totals, key=lambda k: (k[1] == "ALL", k[1], -k[0])):
-        n, samples, a, s, *seconds = totals[model, folder]
+        n, samples, a, s, tables, *seconds = totals[model, folder]
         times = " | ".join(f"{1e9 * t / samples:.1f}" for t in seconds)
-        print(f"| {model} | {folder} | {n} | {a} | {s} | {100 * (s / a - 1):+.2f} % | {times} |")
+        print(f"| {model} | {folder} | {n} | {a} | {s} | {100 * (s / a - 1):+.2f} % | {100 * tables / a:.2f} % "
+              f"| {times} |")
 
 
 if __name__ == "__main__":

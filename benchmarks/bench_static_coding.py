@@ -271,14 +271,14 @@ def _normalised(counts: np.ndarray) -> np.ndarray:
     return freq
 
 
-def _tables(fields: np.ndarray):
-    """Per coarse class its own table or one per fine class, whichever costs fewer bits."""
+def _split_tables(fields: np.ndarray) -> tuple[np.ndarray, list, int]:
+    """Per coarse class its own table or one per fine class, whichever costs fewer bits:
+    (table of each fine class, the tables' counts, bits of the map from classes to tables)."""
     coarse, fine, symbol = fields[:, 0], fields[:, 1], fields[:, 2]
     table_of = np.zeros(N_FINE, np.int64)
     counts = []
-    map_bits = 0  # a bit per coarse class (split or not), and per fine class of a split one (seen or not)
+    map_bits = N_COARSE  # a bit per coarse class (split or not), and per fine class of a split one (seen or not)
     for c in np.unique(coarse):
-        map_bits += 1
         chosen = coarse == c
         whole = np.bincount(symbol[chosen], minlength=N_SYMBOLS)
         classes = np.unique(fine[chosen])
@@ -291,6 +291,52 @@ def _tables(fields: np.ndarray):
         else:
             table_of[classes] = len(counts)
             counts.append(whole)
+    return table_of, counts, map_bits
+
+
+def _clustered_tables(fields: np.ndarray) -> tuple[np.ndarray, list, int]:
+    """The fine classes clustered as JPEG-XL's modular mode clusters its contexts: in the order of
+    their mean symbol, the neighbouring pair whose merge saves the most bits is merged, until no
+    merge saves any.  The map gives every fine class a cluster (a class the image never meets
+    takes the cluster of the class before it), charged per run of equal clusters: the cluster's
+    number and 6 bits of run length."""
+    fine, symbol = fields[:, 1].astype(np.int64), fields[:, 2].astype(np.int64)
+    per_class = np.bincount(fine * N_SYMBOLS + symbol, minlength=N_FINE * N_SYMBOLS).reshape(N_FINE, N_SYMBOLS)
+    seen = np.flatnonzero(per_class.sum(axis=1))
+    order = np.argsort([(per_class[f] * np.arange(N_SYMBOLS)).sum() / per_class[f].sum() for f in seen], kind="stable")
+    members = [[int(seen[i])] for i in order]
+    rows = [per_class[seen[i]].copy() for i in order]
+    costs = [_table_cost(row) for row in rows]
+
+    def gain(i: int) -> float:
+        return costs[i] + costs[i + 1] - _table_cost(rows[i] + rows[i + 1])
+
+    gains = [gain(i) for i in range(len(rows) - 1)]
+    while gains and max(gains) > 0:
+        i = int(np.argmax(gains))
+        rows[i] = rows[i] + rows.pop(i + 1)
+        members[i] += members.pop(i + 1)
+        costs.pop(i + 1)
+        costs[i] = _table_cost(rows[i])
+        gains.pop(i)
+        if i < len(gains):
+            gains[i] = gain(i)
+        if i > 0:
+            gains[i - 1] = gain(i - 1)
+    table_of = np.full(N_FINE, -1, np.int64)
+    for cluster, classes in enumerate(members):
+        table_of[classes] = cluster
+    for f in range(N_FINE):
+        if table_of[f] < 0:
+            table_of[f] = table_of[f - 1] if f else 0
+    runs = 1 + int(np.count_nonzero(np.diff(table_of)))
+    return table_of, rows, runs * (max(1, (len(rows) - 1).bit_length()) + 6)
+
+
+def _tables(fields: np.ndarray, clustered: bool = False):
+    """The static tables of a plane (:func:`_split_tables` or :func:`_clustered_tables`), the
+    sign tables, and the estimated bytes of their description."""
+    table_of, counts, map_bits = (_clustered_tables if clustered else _split_tables)(fields)
     freq = np.array([_normalised(row) for row in counts], np.int64)
     cum = np.zeros_like(freq)
     cum[:, 1:] = np.cumsum(freq, axis=1)[:, :-1]
@@ -343,10 +389,10 @@ def _adaptive(plane: np.ndarray, maxv: int, model: int, repeat: int) -> tuple[in
     return data.size, encode_s, decode_s
 
 
-def _static(plane: np.ndarray, maxv: int, model: int, repeat: int) -> tuple[int, int, float, float, float]:
+def _static(plane: np.ndarray, maxv: int, model: int, repeat: int) -> tuple[int, int, int, float, float, float]:
     """The static design with context `model`'s prediction and classes: (bytes, of which the
-    tables' estimate, encoding seconds but for the tables, decoding seconds, prediction-only
-    seconds)."""
+    tables' estimate, bytes with clustered tables, encoding seconds but for the tables, decoding
+    seconds, prediction-only seconds)."""
     analyse, predict, decode = _LOOPS[model]
 
     def state():
@@ -374,8 +420,15 @@ def _static(plane: np.ndarray, maxv: int, model: int, repeat: int) -> tuple[int,
     if not np.array_equal(decoded, plane):
         raise AssertionError("static round trip differs")
     floor = _best(lambda: predict(decoded, plane, maxv, *state(), fields, data, raw, table_of, freq, cum, lookup,
-                                    sign_freq), repeat)
-    return len(data) + raw_bytes + side, side, analyse_s + code_s, seconds, floor
+                                  sign_freq), repeat)
+    table_of, freq, cum, lookup, sign_freq, clustered_side = _tables(fields, clustered=True)
+    clustered = out[_rans_encode(fields, table_of, freq, cum, sign_freq, out):].copy()
+    decoded[:] = 0
+    decode(decoded, plane, maxv, *state(), fields, clustered, raw, table_of, freq, cum, lookup, sign_freq)
+    if not np.array_equal(decoded, plane):
+        raise AssertionError("static round trip with clustered tables differs")
+    return (len(data) + raw_bytes + side, side, len(clustered) + raw_bytes + clustered_side, analyse_s + code_s,
+            seconds, floor)
 
 
 def main() -> None:
@@ -383,7 +436,7 @@ def main() -> None:
     parser.add_argument("--folders", nargs="*", default=())
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    totals: dict[tuple[int, str], list[float]] = defaultdict(lambda: [0] * 10)
+    totals: dict[tuple[int, str], list[float]] = defaultdict(lambda: [0] * 11)
     warm = (np.arange(32 * 32, dtype=np.int32).reshape(32, 32) * 7) % 251  # compile outside the timing
     for model in MODELS:
         _adaptive(warm, 250, model, 1)
@@ -398,20 +451,21 @@ def main() -> None:
             continue
         for model in MODELS:
             adaptive, adaptive_enc, adaptive_dec = _adaptive(plane, maxv, model, args.repeat)
-            static, tables, static_enc, static_dec, floor = _static(plane, maxv, model, args.repeat)
+            static, tables, clustered, static_enc, static_dec, floor = _static(plane, maxv, model, args.repeat)
             for key in ((model, item.folder), (model, "ALL")):
                 row = totals[key]
-                for i, value in enumerate((1, plane.size, adaptive, static, tables, adaptive_enc, static_enc,
-                                           adaptive_dec, static_dec, floor)):
+                for i, value in enumerate((1, plane.size, adaptive, static, tables, clustered, adaptive_enc,
+                                           static_enc, adaptive_dec, static_dec, floor)):
                     row[i] += value
     print("| model | folder | planes | adaptive bytes | static bytes | static vs adaptive | of which tables "
-          "| encode ns a sample: adaptive | static | decode ns a sample: adaptive | static | prediction alone |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| clustered tables vs adaptive | encode ns a sample: adaptive | static | decode ns a sample: adaptive "
+          "| static | prediction alone |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for model, folder in sorted(totals, key=lambda k: (k[1] == "ALL", k[1], -k[0])):
-        n, samples, a, s, tables, *seconds = totals[model, folder]
+        n, samples, a, s, tables, clustered, *seconds = totals[model, folder]
         times = " | ".join(f"{1e9 * t / samples:.1f}" for t in seconds)
         print(f"| {model} | {folder} | {n} | {a} | {s} | {100 * (s / a - 1):+.2f} % | {100 * tables / a:.2f} % "
-              f"| {times} |")
+              f"| {100 * (clustered / a - 1):+.2f} % | {times} |")
 
 
 if __name__ == "__main__":

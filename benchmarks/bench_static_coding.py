@@ -70,6 +70,7 @@ N_FINE = N_ZERO[2]
 N_SIGN_CLASSES = FRACTION_CLASSES * 3 * (N_CLASSES // 2)
 TABLE_BITS, SYMBOL_BITS, SIGN_TABLE_BITS = 8, 5, 12
 NO_KEEP = np.empty((0, 0), np.int32)
+NO_FIRSTS = np.empty(0, np.int64)
 
 
 ANALYSE, PREDICT, DECODE = 0, 1, 2
@@ -88,7 +89,7 @@ def _plane_loop(mode: int, model: int):
     wide = model == 4
 
     @njit(cache=True, nogil=True)
-    def loop(plane, source, maxv, te, err, bm, fields, data, raw, table_of, freq, cum, lookup, sign_freq):
+    def loop(plane, source, maxv, te, err, bm, fields, data, raw, table_of, freq, cum, lookup, sign_freq, firsts):
         rows, cols = plane.shape
         level_shift = max(np.int64(0), bit_length(maxv) - LEVEL_BITS)
         state = np.int64(0)
@@ -101,6 +102,7 @@ def _plane_loop(mode: int, model: int):
         held = 0
         raw_pos = 0
         seen = np.int64(0)
+        met = 0
         i = 0
         for y in range(rows):
             r = y & 1
@@ -145,6 +147,10 @@ def _plane_loop(mode: int, model: int):
                     plane[y, x] = value
                 else:
                     t = table_of[fine]
+                    if t < 0:  # a class met for the first time: its table is the next one `firsts` names
+                        t = firsts[met]
+                        met += 1
+                        table_of[fine] = t
                     slot = state & (ONE - 1)
                     s = np.int64(lookup[t, slot])
                     state = freq[t, s] * (state >> PREC) + slot - cum[t, s]
@@ -297,9 +303,9 @@ def _split_tables(fields: np.ndarray) -> tuple[np.ndarray, list, int]:
 def _clustered_tables(fields: np.ndarray) -> tuple[np.ndarray, list, int]:
     """The fine classes clustered as JPEG-XL's modular mode clusters its contexts: in the order of
     their mean symbol, the neighbouring pair whose merge saves the most bits is merged, until no
-    merge saves any.  The map gives every fine class a cluster (a class the image never meets
-    takes the cluster of the class before it), charged per run of equal clusters: the cluster's
-    number and 6 bits of run length."""
+    merge saves any.  The map names the cluster of each class the image meets, in the order the
+    classes first come (the decoder reads the next one the first time it meets a class), a
+    cluster number each."""
     fine, symbol = fields[:, 1].astype(np.int64), fields[:, 2].astype(np.int64)
     per_class = np.bincount(fine * N_SYMBOLS + symbol, minlength=N_FINE * N_SYMBOLS).reshape(N_FINE, N_SYMBOLS)
     seen = np.flatnonzero(per_class.sum(axis=1))
@@ -323,14 +329,10 @@ def _clustered_tables(fields: np.ndarray) -> tuple[np.ndarray, list, int]:
             gains[i] = gain(i)
         if i > 0:
             gains[i - 1] = gain(i - 1)
-    table_of = np.full(N_FINE, -1, np.int64)
+    table_of = np.zeros(N_FINE, np.int64)
     for cluster, classes in enumerate(members):
         table_of[classes] = cluster
-    for f in range(N_FINE):
-        if table_of[f] < 0:
-            table_of[f] = table_of[f - 1] if f else 0
-    runs = 1 + int(np.count_nonzero(np.diff(table_of)))
-    return table_of, rows, runs * (max(1, (len(rows) - 1).bit_length()) + 6)
+    return table_of, rows, len(seen) * max(1, (len(rows) - 1).bit_length())
 
 
 def _tables(fields: np.ndarray, clustered: bool = False):
@@ -401,7 +403,7 @@ def _static(plane: np.ndarray, maxv: int, model: int, repeat: int) -> tuple[int,
     fields = np.empty((plane.size, 6), np.int32)
     bytes_, table, lookup = np.empty(0, np.uint8), np.empty((0, 0), np.int64), np.empty((0, 0), np.uint8)
     analyse_s = _best(lambda: analyse(plane, plane, maxv, *state(), fields, bytes_, bytes_, np.empty(0, np.int64),
-                                      table, table, lookup, table), repeat)
+                                      table, table, lookup, table, NO_FIRSTS), repeat)
     table_of, freq, cum, lookup, sign_freq, side = _tables(fields)
     out = np.empty(plane.size * 4 + 64, np.uint8)
     raw = np.zeros(plane.size * 3 + 16, np.uint8)
@@ -416,15 +418,18 @@ def _static(plane: np.ndarray, maxv: int, model: int, repeat: int) -> tuple[int,
     data = out[start:].copy()
     decoded = np.zeros_like(plane)
     seconds = _best(lambda: decode(decoded, plane, maxv, *state(), fields, data, raw, table_of, freq, cum, lookup,
-                                   sign_freq), repeat)
+                                   sign_freq, NO_FIRSTS), repeat)
     if not np.array_equal(decoded, plane):
         raise AssertionError("static round trip differs")
     floor = _best(lambda: predict(decoded, plane, maxv, *state(), fields, data, raw, table_of, freq, cum, lookup,
-                                  sign_freq), repeat)
+                                  sign_freq, NO_FIRSTS), repeat)
     table_of, freq, cum, lookup, sign_freq, clustered_side = _tables(fields, clustered=True)
     clustered = out[_rans_encode(fields, table_of, freq, cum, sign_freq, out):].copy()
+    classes, first = np.unique(fields[:, 1], return_index=True)
+    firsts = table_of[classes[np.argsort(first)]]  # the map: each class's table, in the order the classes come
     decoded[:] = 0
-    decode(decoded, plane, maxv, *state(), fields, clustered, raw, table_of, freq, cum, lookup, sign_freq)
+    decode(decoded, plane, maxv, *state(), fields, clustered, raw, np.full(N_FINE, -1, np.int64), freq, cum, lookup,
+           sign_freq, firsts)
     if not np.array_equal(decoded, plane):
         raise AssertionError("static round trip with clustered tables differs")
     return (len(data) + raw_bytes + side, side, len(clustered) + raw_bytes + clustered_side, analyse_s + code_s,

@@ -12,6 +12,13 @@ one step (rANS, as JPEG-XL's modular mode codes):
   seven or five sub-predictors, bias correction, the coarse and fine coding
   classes, the sign's class), each against version 2's own kernels of that
   model;
+* two *light* predictions, the cheapest that bench_prediction_cost.py found
+  near the ratio target: model 2's blend (``light, 5``) or model 4's
+  (``light, 7``) without the bias correction, the residual coded in its
+  activity class (flat neighbourhoods apart) split by the signal level's
+  quarter (224 classes, as the fine classes; the coarse class is the
+  activity class), the sign in the activity class and the neighbours' bias.
+  They have no adaptive kernels: their adaptive columns are model 4's;
 * a symbol per sample: 0 for a zero residual, else 1 + the token of
   ``|r| - 1``; the raw low bits go to a separate plain bit stream; the sign,
   where both signs are possible, as a static binary decision per sign class;
@@ -22,15 +29,23 @@ one step (rANS, as JPEG-XL's modular mode codes):
   classes to tables a bit per coarse class and per fine class of a split
   one.  The sizes count the rANS bytes, the raw bits and that estimate of
   the tables ("of which tables": its share), not a finished stream syntax;
+* a branch-free form of the static decoder, with the clustered tables: one
+  look-up per symbol gives its frequency, start and value; rANS with 16-bit
+  words, so that renormalisation reads at most one word and needs no loop;
+  the raw bits read low bit first from a 64-bit window of 32-bit words; the
+  sign always decoded, at frequency ``ONE`` where it is not coded (a step
+  that leaves the state as it is), and the value formed without a branch.
+  Its size column counts its own words and raw bytes and the clustered
+  tables' estimate;
 * time: processor time of the kernels alone, best of ``--repeat``, the two
   designs interleaved image by image: version 2's kernels; the static
   encoder's two passes (classes and symbols, then rANS and raw bits; the
   tables are counted and normalised in NumPy here, untimed); the static
-  decoder; and the prediction alone (the decoding loop with each value read
-  from the original instead of decoded: the floor that faster coding cannot
-  go below).
+  decoder; the branch-free static decoder; and the prediction alone (the
+  decoding loop with each value read from the original instead of decoded:
+  the floor that faster coding cannot go below).
 
-Every static round trip is checked sample for sample.  Planes are the first
+Every static round trip (both decoders) is checked sample for sample.  Planes are the first
 frame of every grey corpus image, minus its smallest value.
 
     python benchmarks/bench_static_coding.py [--folders CT MR] [--repeat N]
@@ -61,10 +76,19 @@ from gateway.codecs._private_predict import (  # noqa: E402
     far_neighbours, neighbours, quantise_activity, wide_errors)
 from gateway.codecs._private_symbols import N_TOKENS, token_base, token_of  # noqa: E402
 
-MODELS = (4, 2)  # the kernels compiled per model: 4 (seven sub-predictors), 2 (five)
+# The kernels compiled per model: 4 (seven sub-predictors), 2 (five), and two lighter predictions
+# without bias correction, coded in activity classes split by level (see the text): LIGHT with
+# model 2's blend, LIGHT_WIDE with model 4's.
+LIGHT, LIGHT_WIDE = 6, 7
+MODELS = (4, 2, LIGHT_WIDE, LIGHT)
+LIGHTS = (LIGHT, LIGHT_WIDE)
 PREC = 12
 ONE = 1 << PREC
 LOW = 1 << 23  # rANS state lower bound
+LOW16 = 1 << 16  # the branch-free decoder's rANS state lower bound (16-bit renormalisation)
+# Per symbol of the branch-free decoder: the smallest magnitude (0 for symbol 0) and its raw bit count.
+FLAT_BASE = np.array([0] + [token_base(t)[0] + 1 for t in range(N_TOKENS)], np.int64)
+FLAT_RAW = np.array([0] + [token_base(t)[1] for t in range(N_TOKENS)], np.int64)
 N_SYMBOLS = N_TOKENS + 1
 N_FINE = N_ZERO[2]
 N_SIGN_CLASSES = FRACTION_CLASSES * 3 * (N_CLASSES // 2)
@@ -73,7 +97,7 @@ NO_KEEP = np.empty((0, 0), np.int32)
 NO_FIRSTS = np.empty(0, np.int64)
 
 
-ANALYSE, PREDICT, DECODE = 0, 1, 2
+ANALYSE, PREDICT, DECODE, FLAT = 0, 1, 2, 3
 
 
 def _plane_loop(mode: int, model: int):
@@ -83,13 +107,17 @@ def _plane_loop(mode: int, model: int):
     * ANALYSE, the encoder's pass: per sample into `fields`, its coarse and fine class, symbol,
       sign class, sign (-1 when not coded) and magnitude;
     * PREDICT: the decoder's loop with each value read from `source` instead of decoded;
-    * DECODE: the static decoder.
+    * DECODE: the static decoder;
+    * FLAT: the branch-free static decoder (`lookup` holds each slot's packed frequency, start
+      and symbol; `data16` the rANS words, `raw32` the raw bits).
     """
 
-    wide = model == 4
+    wide = model in (4, LIGHT_WIDE)
+    light = model in LIGHTS
 
     @njit(cache=True, nogil=True)
-    def loop(plane, source, maxv, te, err, bm, fields, data, raw, table_of, freq, cum, lookup, sign_freq, firsts):
+    def loop(plane, source, maxv, te, err, bm, fields, data, raw, table_of, freq, cum, lookup, sign_freq, firsts,
+             data16, raw32):
         rows, cols = plane.shape
         level_shift = max(np.int64(0), bit_length(maxv) - LEVEL_BITS)
         state = np.int64(0)
@@ -98,6 +126,9 @@ def _plane_loop(mode: int, model: int):
             for _ in range(4):
                 state = (state << 8) | data[pos]
                 pos += 1
+        elif mode == FLAT:
+            state = (np.int64(data16[0]) << 16) | np.int64(data16[1])
+            pos = 2
         acc = np.int64(0)
         held = 0
         raw_pos = 0
@@ -120,17 +151,26 @@ def _plane_loop(mode: int, model: int):
                                                                            e0, e1, e2, e3, e4)
                     s5 = s6 = nn = ww = np.int64(0)
                 q = quantise_activity(activity)
-                bctx = bias_context(q, n, w, nw, ne, blend8)
-                if wide:
-                    bctx = bias_context_wide(bctx, n, w, nn, ww, blend8)
-                bias = np.int64(bm[bctx])
-                pred8, pred = correct(blend8, bias, lo, hi)
-                sign_class = (FRACTION_CLASSES * (3 * (q >> 1) + _sign_class(te_w + te_n))
-                              + _fraction_class(pred8 - (pred << 3)))
-                grad = abs(n - nw) + abs(w - nw) + abs(ne - n)
-                coarse = quantise_activity(activity - 2 * grad + (grad >> 1)) + N_CLASSES * np.int64(lo == hi)
-                fine = N_COARSE + (coarse * GRADIENT_CLASSES + quantise_activity(grad) // GRADIENT_STEP) * LEVEL_CLASSES
-                fine += pred >> level_shift
+                if light:
+                    bctx = 0
+                    bias = np.int64(0)
+                    pred8, pred = blend8, (blend8 + 4) >> 3
+                    sign_class = 3 * q + _sign_class(te_w + te_n)
+                    coarse = q + N_CLASSES * np.int64(lo == hi)
+                    fine = N_COARSE + coarse * LEVEL_CLASSES + (pred >> level_shift)
+                else:
+                    bctx = bias_context(q, n, w, nw, ne, blend8)
+                    if wide:
+                        bctx = bias_context_wide(bctx, n, w, nn, ww, blend8)
+                    bias = np.int64(bm[bctx])
+                    pred8, pred = correct(blend8, bias, lo, hi)
+                    sign_class = (FRACTION_CLASSES * (3 * (q >> 1) + _sign_class(te_w + te_n))
+                                  + _fraction_class(pred8 - (pred << 3)))
+                    grad = abs(n - nw) + abs(w - nw) + abs(ne - n)
+                    coarse = quantise_activity(activity - 2 * grad + (grad >> 1)) + N_CLASSES * np.int64(lo == hi)
+                    gradient = quantise_activity(grad) // GRADIENT_STEP
+                    fine = N_COARSE + (coarse * GRADIENT_CLASSES + gradient) * LEVEL_CLASSES
+                    fine += pred >> level_shift
                 if mode == ANALYSE:
                     value = np.int64(plane[y, x])
                     mag = abs(value - pred)
@@ -144,6 +184,40 @@ def _plane_loop(mode: int, model: int):
                 elif mode == PREDICT:
                     seen += table_of[fine] + sign_class
                     value = np.int64(source[y, x])
+                    plane[y, x] = value
+                elif mode == FLAT:
+                    # The same static tables without a data-dependent branch: one look-up gives the
+                    # symbol, its frequency and its start; 16-bit renormalisation needs at most one
+                    # word; the raw bits come from a 64-bit window; the sign is always decoded, at
+                    # frequency ONE (which leaves the state as it is) where it is not coded.
+                    t = table_of[fine]
+                    if t < 0:  # a class met for the first time (rare: the branch is predicted)
+                        t = firsts[met]
+                        met += 1
+                        table_of[fine] = t
+                    slot = state & (ONE - 1)
+                    entry = lookup[t, slot]
+                    s = entry & 0xFF
+                    state = (entry >> 20) * (state >> PREC) + ((entry >> 8) & (ONE - 1))
+                    need = np.int64(state < LOW16)
+                    state = (state << (need << 4)) | (np.int64(data16[pos]) & -need)
+                    pos += need
+                    k = raw_pos >> 5
+                    window = (np.int64(raw32[k + 1]) << 32) | np.int64(raw32[k])
+                    mag = np.int64(FLAT_BASE[s]) + ((window >> (raw_pos & 31)) & ((1 << FLAT_RAW[s]) - 1))
+                    raw_pos += FLAT_RAW[s]
+                    negative_ok = np.int64(mag <= pred)
+                    coded = np.int64(mag != 0) & negative_ok & np.int64(mag <= maxv - pred)
+                    f0 = sign_freq[sign_class, 0] + ((ONE - sign_freq[sign_class, 0]) & -(coded ^ 1))
+                    slot = state & (ONE - 1)
+                    negative = np.int64(slot >= f0)
+                    state = ((f0 + (sign_freq[sign_class, 1] - f0) * negative) * (state >> PREC) + slot
+                             - (f0 & -negative))
+                    need = np.int64(state < LOW16)
+                    state = (state << (need << 4)) | (np.int64(data16[pos]) & -need)
+                    pos += need
+                    negative = negative | (negative_ok & (coded ^ 1))
+                    value = pred + (mag ^ -negative) + negative
                     plane[y, x] = value
                 else:
                     t = table_of[fine]
@@ -195,13 +269,14 @@ def _plane_loop(mode: int, model: int):
                 if wide:
                     err[5, r, x + 1] = abs(s5 - v8)
                     err[6, r, x + 1] = abs(s6 - v8)
-                bm[bctx] = bias_update(bias, v8, blend8)
+                if not light:
+                    bm[bctx] = bias_update(bias, v8, blend8)
         return seen
 
     return loop
 
 
-_LOOPS = {model: [_plane_loop(mode, model) for mode in (ANALYSE, PREDICT, DECODE)] for model in MODELS}
+_LOOPS = {model: [_plane_loop(mode, model) for mode in (ANALYSE, PREDICT, DECODE, FLAT)] for model in MODELS}
 
 
 @njit(cache=True, nogil=True)
@@ -256,6 +331,50 @@ def _raw_write(fields, out):
     return pos
 
 
+@njit(cache=True, nogil=True)
+def _rans16_encode(fields, table_of, freq, cum, sign_freq, out):
+    """:func:`_rans_encode` with 16-bit words and the state in [LOW16, 2**32): what the branch-free
+    decoder reads; returns where the words start."""
+    state = np.int64(LOW16)
+    pos = out.shape[0]
+    for i in range(fields.shape[0] - 1, -1, -1):
+        for part in range(2):
+            if part == 0:
+                if fields[i, 4] < 0:
+                    continue
+                c, s = fields[i, 3], fields[i, 4]
+                f = sign_freq[c, s]
+                start = 0 if s == 0 else sign_freq[c, 0]
+            else:
+                t, s = table_of[fields[i, 1]], fields[i, 2]
+                f = freq[t, s]
+                start = cum[t, s]
+            if state >= ((LOW16 >> PREC) << 16) * f:
+                pos -= 1
+                out[pos] = state & 0xFFFF
+                state >>= 16
+            state = ((state // f) << PREC) + state % f + start
+    out[pos - 1] = state & 0xFFFF
+    out[pos - 2] = state >> 16
+    return pos - 2
+
+
+@njit(cache=True, nogil=True)
+def _raw_write32(fields, out):
+    """The raw low bits of every magnitude, first sample first, low bit first, into 32-bit words."""
+    at = 0
+    for i in range(fields.shape[0]):
+        if fields[i, 2] > 0:
+            nraw = token_base(fields[i, 2] - 1)[1]
+            if nraw > 0:
+                bits = (fields[i, 5] - 1) & ((1 << nraw) - 1)
+                out[at >> 5] |= (bits << (at & 31)) & 0xFFFFFFFF
+                if (at & 31) + nraw > 32:
+                    out[(at >> 5) + 1] |= bits >> (32 - (at & 31))
+                at += nraw
+    return (at + 7) >> 3
+
+
 def _entropy(counts: np.ndarray) -> float:
     counts = counts[counts > 0].astype(np.float64)
     return float(-(counts * np.log2(counts / counts.sum())).sum()) if counts.size else 0.0
@@ -277,9 +396,9 @@ def _normalised(counts: np.ndarray) -> np.ndarray:
     return freq
 
 
-def _split_tables(fields: np.ndarray) -> tuple[np.ndarray, list, int]:
-    """Per coarse class its own table or one per fine class, whichever costs fewer bits:
-    (table of each fine class, the tables' counts, bits of the map from classes to tables)."""
+def _split_tables(fields: np.ndarray, per_coarse: int) -> tuple[np.ndarray, list, int]:
+    """Per coarse class its own table or one per fine class (`per_coarse` of them), whichever costs
+    fewer bits: (table of each fine class, the tables' counts, bits of the map from classes to tables)."""
     coarse, fine, symbol = fields[:, 0], fields[:, 1], fields[:, 2]
     table_of = np.zeros(N_FINE, np.int64)
     counts = []
@@ -290,7 +409,7 @@ def _split_tables(fields: np.ndarray) -> tuple[np.ndarray, list, int]:
         classes = np.unique(fine[chosen])
         split = [np.bincount(symbol[chosen & (fine == f)], minlength=N_SYMBOLS) for f in classes]
         if sum(map(_table_cost, split)) < _table_cost(whole):
-            map_bits += GRADIENT_CLASSES * LEVEL_CLASSES
+            map_bits += per_coarse
             for f, row in zip(classes, split):
                 table_of[f] = len(counts)
                 counts.append(row)
@@ -335,10 +454,14 @@ def _clustered_tables(fields: np.ndarray) -> tuple[np.ndarray, list, int]:
     return table_of, rows, len(seen) * max(1, (len(rows) - 1).bit_length())
 
 
-def _tables(fields: np.ndarray, clustered: bool = False):
-    """The static tables of a plane (:func:`_split_tables` or :func:`_clustered_tables`), the
-    sign tables, and the estimated bytes of their description."""
-    table_of, counts, map_bits = (_clustered_tables if clustered else _split_tables)(fields)
+def _tables(fields: np.ndarray, model: int, clustered: bool = False):
+    """The static tables of a plane coded with `model`'s classes (:func:`_split_tables` or
+    :func:`_clustered_tables`), the sign tables, and the estimated bytes of their description."""
+    if clustered:
+        table_of, counts, map_bits = _clustered_tables(fields)
+    else:
+        table_of, counts, map_bits = _split_tables(fields, LEVEL_CLASSES if model in LIGHTS else
+                                                   GRADIENT_CLASSES * LEVEL_CLASSES)
     freq = np.array([_normalised(row) for row in counts], np.int64)
     cum = np.zeros_like(freq)
     cum[:, 1:] = np.cumsum(freq, axis=1)[:, :-1]
@@ -391,20 +514,21 @@ def _adaptive(plane: np.ndarray, maxv: int, model: int, repeat: int) -> tuple[in
     return data.size, encode_s, decode_s
 
 
-def _static(plane: np.ndarray, maxv: int, model: int, repeat: int) -> tuple[int, int, int, float, float, float]:
+def _static(plane: np.ndarray, maxv: int, model: int, repeat: int) -> tuple:
     """The static design with context `model`'s prediction and classes: (bytes, of which the
-    tables' estimate, bytes with clustered tables, encoding seconds but for the tables, decoding
-    seconds, prediction-only seconds)."""
-    analyse, predict, decode = _LOOPS[model]
+    tables' estimate, bytes with clustered tables, bytes of the branch-free coding, encoding seconds
+    but for the tables, decoding seconds, branch-free decoding seconds, prediction-only seconds)."""
+    analyse, predict, decode, flat = _LOOPS[model]
 
     def state():
-        return planes2.new_plane_state(plane.shape[1], model)
+        return planes2.new_plane_state(plane.shape[1], 4 if model == LIGHT_WIDE else 2 if model == LIGHT else model)
 
     fields = np.empty((plane.size, 6), np.int32)
     bytes_, table, lookup = np.empty(0, np.uint8), np.empty((0, 0), np.int64), np.empty((0, 0), np.uint8)
+    no16, no32 = np.empty(0, np.uint16), np.empty(0, np.uint32)
     analyse_s = _best(lambda: analyse(plane, plane, maxv, *state(), fields, bytes_, bytes_, np.empty(0, np.int64),
-                                      table, table, lookup, table, NO_FIRSTS), repeat)
-    table_of, freq, cum, lookup, sign_freq, side = _tables(fields)
+                                      table, table, lookup, table, NO_FIRSTS, no16, no32), repeat)
+    table_of, freq, cum, lookup, sign_freq, side = _tables(fields, model)
     out = np.empty(plane.size * 4 + 64, np.uint8)
     raw = np.zeros(plane.size * 3 + 16, np.uint8)
     start = raw_bytes = 0
@@ -418,22 +542,37 @@ def _static(plane: np.ndarray, maxv: int, model: int, repeat: int) -> tuple[int,
     data = out[start:].copy()
     decoded = np.zeros_like(plane)
     seconds = _best(lambda: decode(decoded, plane, maxv, *state(), fields, data, raw, table_of, freq, cum, lookup,
-                                   sign_freq, NO_FIRSTS), repeat)
+                                   sign_freq, NO_FIRSTS, no16, no32), repeat)
     if not np.array_equal(decoded, plane):
         raise AssertionError("static round trip differs")
     floor = _best(lambda: predict(decoded, plane, maxv, *state(), fields, data, raw, table_of, freq, cum, lookup,
-                                  sign_freq, NO_FIRSTS), repeat)
-    table_of, freq, cum, lookup, sign_freq, clustered_side = _tables(fields, clustered=True)
+                                  sign_freq, NO_FIRSTS, no16, no32), repeat)
+    table_of, freq, cum, lookup, sign_freq, clustered_side = _tables(fields, model, clustered=True)
     clustered = out[_rans_encode(fields, table_of, freq, cum, sign_freq, out):].copy()
     classes, first = np.unique(fields[:, 1], return_index=True)
     firsts = table_of[classes[np.argsort(first)]]  # the map: each class's table, in the order the classes come
     decoded[:] = 0
     decode(decoded, plane, maxv, *state(), fields, clustered, raw, np.full(N_FINE, -1, np.int64), freq, cum, lookup,
-           sign_freq, firsts)
+           sign_freq, firsts, no16, no32)
     if not np.array_equal(decoded, plane):
         raise AssertionError("static round trip with clustered tables differs")
-    return (len(data) + raw_bytes + side, side, len(clustered) + raw_bytes + clustered_side, analyse_s + code_s,
-            seconds, floor)
+    # The branch-free coding of the clustered tables: 16-bit rANS words (padded: the decoder reads
+    # one word ahead), raw bits low bit first in 32-bit words, one packed entry per slot.
+    words = np.zeros(plane.size * 4 + 64, np.uint16)
+    at = _rans16_encode(fields, table_of, freq, cum, sign_freq, words)
+    data16 = np.concatenate([words[at:], np.zeros(2, np.uint16)])
+    raw32 = np.zeros(plane.size + 4, np.uint32)
+    flat_raw = _raw_write32(fields, raw32)
+    packed = np.zeros((len(freq), ONE), np.int64)
+    for t, row in enumerate(freq):
+        symbols = np.repeat(np.arange(N_SYMBOLS), row)
+        packed[t] = (row[symbols] << 20) | ((np.arange(ONE) - cum[t, symbols]) << 8) | symbols
+    flat_s = _best(lambda: flat(decoded, plane, maxv, *state(), fields, bytes_, bytes_, np.full(N_FINE, -1, np.int64),
+                                table, table, packed, sign_freq, firsts, data16, raw32), repeat)
+    if not np.array_equal(decoded, plane):
+        raise AssertionError("branch-free static round trip differs")
+    return (len(data) + raw_bytes + side, side, len(clustered) + raw_bytes + clustered_side,
+            2 * (len(data16) - 2) + flat_raw + clustered_side, analyse_s + code_s, seconds, flat_s, floor)
 
 
 def main() -> None:
@@ -441,10 +580,11 @@ def main() -> None:
     parser.add_argument("--folders", nargs="*", default=())
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    totals: dict[tuple[int, str], list[float]] = defaultdict(lambda: [0] * 11)
+    totals: dict[tuple[int, str], list[float]] = defaultdict(lambda: [0] * 13)
     warm = (np.arange(32 * 32, dtype=np.int32).reshape(32, 32) * 7) % 251  # compile outside the timing
     for model in MODELS:
-        _adaptive(warm, 250, model, 1)
+        if model not in LIGHTS:
+            _adaptive(warm, 250, model, 1)
         _static(warm, 250, model, 1)
     for item in load_corpus(folders=args.folders):
         if item.info.samples_per_pixel != 1:
@@ -454,23 +594,30 @@ def main() -> None:
         maxv = int(plane.max())
         if maxv == 0:
             continue
+        adaptive_runs = {}
         for model in MODELS:
-            adaptive, adaptive_enc, adaptive_dec = _adaptive(plane, maxv, model, args.repeat)
-            static, tables, clustered, static_enc, static_dec, floor = _static(plane, maxv, model, args.repeat)
+            # The light prediction has no adaptive kernels: its adaptive columns are model 4's.
+            reference = 4 if model in LIGHTS else model
+            if reference not in adaptive_runs:
+                adaptive_runs[reference] = _adaptive(plane, maxv, reference, args.repeat)
+            adaptive, adaptive_enc, adaptive_dec = adaptive_runs[reference]
+            static, tables, clustered, flat, static_enc, static_dec, flat_dec, floor = _static(plane, maxv, model,
+                                                                                               args.repeat)
             for key in ((model, item.folder), (model, "ALL")):
                 row = totals[key]
-                for i, value in enumerate((1, plane.size, adaptive, static, tables, clustered, adaptive_enc,
-                                           static_enc, adaptive_dec, static_dec, floor)):
+                for i, value in enumerate((1, plane.size, adaptive, static, tables, clustered, flat, adaptive_enc,
+                                           static_enc, adaptive_dec, static_dec, flat_dec, floor)):
                     row[i] += value
     print("| model | folder | planes | adaptive bytes | static bytes | static vs adaptive | of which tables "
-          "| clustered tables vs adaptive | encode ns a sample: adaptive | static | decode ns a sample: adaptive "
-          "| static | prediction alone |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| clustered tables vs adaptive | branch-free vs adaptive | encode ns a sample: adaptive | static "
+          "| decode ns a sample: adaptive | static | branch-free | prediction alone |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for model, folder in sorted(totals, key=lambda k: (k[1] == "ALL", k[1], -k[0])):
-        n, samples, a, s, tables, clustered, *seconds = totals[model, folder]
+        n, samples, a, s, tables, clustered, flat, *seconds = totals[model, folder]
         times = " | ".join(f"{1e9 * t / samples:.1f}" for t in seconds)
-        print(f"| {model} | {folder} | {n} | {a} | {s} | {100 * (s / a - 1):+.2f} % | {100 * tables / a:.2f} % "
-              f"| {100 * (clustered / a - 1):+.2f} % | {times} |")
+        label = {LIGHT: "light, 5", LIGHT_WIDE: "light, 7"}.get(model, model)
+        print(f"| {label} | {folder} | {n} | {a} | {s} | {100 * (s / a - 1):+.2f} % | {100 * tables / a:.2f} % "
+              f"| {100 * (clustered / a - 1):+.2f} % | {100 * (flat / a - 1):+.2f} % | {times} |")
 
 
 if __name__ == "__main__":

@@ -45,6 +45,11 @@ one step (rANS, as JPEG-XL's modular mode codes):
   decoding loop with each value read from the original instead of decoded:
   the floor that faster coding cannot go below).
 
+A second table shows what a frame-by-frame choice would reach: per image
+the fastest of ``light, 5``, ``light, 7`` and model 4 (static, clustered)
+whose size is within a limit of model 4's, the sizes known as if the
+encoder had coded each candidate (the time of choosing is not counted).
+
 Every static round trip (both decoders) is checked sample for sample.  Planes are the first
 frame of every grey corpus image, minus its smallest value.
 
@@ -581,6 +586,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     totals: dict[tuple[int, str], list[float]] = defaultdict(lambda: [0] * 13)
+    images: list[dict] = []
     warm = (np.arange(32 * 32, dtype=np.int32).reshape(32, 32) * 7) % 251  # compile outside the timing
     for model in MODELS:
         if model not in LIGHTS:
@@ -595,6 +601,8 @@ def main() -> None:
         if maxv == 0:
             continue
         adaptive_runs = {}
+        image = {"folder": item.folder, "samples": plane.size}
+        images.append(image)
         for model in MODELS:
             # The light prediction has no adaptive kernels: its adaptive columns are model 4's.
             reference = 4 if model in LIGHTS else model
@@ -603,6 +611,8 @@ def main() -> None:
             adaptive, adaptive_enc, adaptive_dec = adaptive_runs[reference]
             static, tables, clustered, flat, static_enc, static_dec, flat_dec, floor = _static(plane, maxv, model,
                                                                                                args.repeat)
+            image["adaptive"] = adaptive_runs[4][0]
+            image[model] = (clustered, static_enc, static_dec)
             for key in ((model, item.folder), (model, "ALL")):
                 row = totals[key]
                 for i, value in enumerate((1, plane.size, adaptive, static, tables, clustered, flat, adaptive_enc,
@@ -618,6 +628,44 @@ def main() -> None:
         label = {LIGHT: "light, 5", LIGHT_WIDE: "light, 7"}.get(model, model)
         print(f"| {label} | {folder} | {n} | {a} | {s} | {100 * (s / a - 1):+.2f} % | {100 * tables / a:.2f} % "
               f"| {100 * (clustered / a - 1):+.2f} % | {100 * (flat / a - 1):+.2f} % | {times} |")
+    _print_choices(images)
+
+
+CHOICE_LIMITS = (0.005, 0.01, 0.02, 0.03, 0.05)
+
+
+def _print_choices(images: list[dict]) -> None:
+    """Image by image the fastest of `light, 5`, `light, 7` and model 4 (static, clustered) whose size
+    is within a limit of model 4's: what such a choice would reach, the sizes known as if the
+    encoder had coded each candidate (the time of choosing not counted)."""
+    order = [model for model in (LIGHT, LIGHT_WIDE, 4) if all(model in image for image in images)]
+    if 4 not in order:
+        return
+    names = {LIGHT: "light, 5", LIGHT_WIDE: "light, 7", 4: "model 4"}
+    print()
+    print("| within | " + " | ".join(f"samples {names[m]}" for m in order)
+          + " | size vs model 4 adaptive | largest loss of a folder | encode ns a sample | decode ns a sample |")
+    print("|---:|" + "---:|" * (len(order) + 4))
+    for limit in CHOICE_LIMITS:
+        shares = dict.fromkeys(order, 0)
+        size = adaptive = encode = decode = samples = 0.0
+        by_folder: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        for image in images:
+            model = next(m for m in order if image[m][0] <= (1 + limit) * image[4][0])
+            coded, encode_s, decode_s = image[model]
+            shares[model] += image["samples"]
+            size += coded
+            adaptive += image["adaptive"]
+            encode += encode_s
+            decode += decode_s
+            samples += image["samples"]
+            by_folder[image["folder"]][0] += coded
+            by_folder[image["folder"]][1] += image["adaptive"]
+        worst = max(by_folder, key=lambda f: by_folder[f][0] / by_folder[f][1])
+        loss = by_folder[worst][0] / by_folder[worst][1] - 1
+        print(f"| {100 * limit:.1f} % | " + " | ".join(f"{100 * shares[m] / samples:.0f} %" for m in order)
+              + f" | {100 * (size / adaptive - 1):+.2f} % | {worst} {100 * loss:+.2f} % "
+              f"| {1e9 * encode / samples:.1f} | {1e9 * decode / samples:.1f} |")
 
 
 if __name__ == "__main__":

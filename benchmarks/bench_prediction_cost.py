@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -56,13 +55,13 @@ from numba import njit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.harness import load_corpus  # noqa: E402
+from benchmarks.bench_static_coding import WARM, _best, grey_planes  # noqa: E402
 from gateway.codecs._private_planes2 import (  # noqa: E402
     FRACTION_CLASSES, GRADIENT_CLASSES, GRADIENT_STEP, LEVEL_BITS, LEVEL_CLASSES, N_COARSE, N_ZERO,
     _fraction_class, _sign_class)
 from gateway.codecs._private_predict import (  # noqa: E402
-    N_BIAS_WIDE, N_CLASSES, N_SUB_WIDE, _floor_div, _weighted_v2, activity_of, bias_context, bias_context_wide,
-    bias_update, bit_length, correct, errors, far_neighbours, neighbours, new_state, quantise_activity,
+    N_BIAS_WIDE, N_CLASSES, N_SUB_WIDE, _floor_div, activity_of, bias_context, bias_context_wide, bias_update,
+    bit_length, blend_v2, blend_wide, correct, errors, far_neighbours, neighbours, new_state, quantise_activity,
     sub_predictions, weight_v2, wide_errors)
 from gateway.codecs._private_symbols import N_TOKENS, token_of  # noqa: E402
 
@@ -117,28 +116,21 @@ def _prediction_loop(flags: int, analyse: bool):
                     te_w, te_n, te_nw, te_ne, e0, e1, e2, e3, e4 = errors(te, err, r, p, x)
                     e5 = np.int64(err[5, p, x + 1]) + err[5, r, x] + err[5, p, x] + err[5, p, x + 2]
                     e6 = np.int64(err[6, p, x + 1]) + err[6, r, x] + err[6, p, x] + err[6, p, x + 2]
-                s0, s1, s2, s3, s4, lo, hi = sub_predictions(n, w, nw, ne, te_w, te_n, te_nw, te_ne)
-                s5 = (2 * n - nn) << 3
-                s6 = (2 * w - ww) << 3
-                if lo == hi:
-                    blend8 = lo << 3
-                else:
-                    if three:
-                        w0 = weight_v2(e0)
-                        w1 = weight_v2(e1)
-                        w2 = weight_v2(e2)
-                        weighted = w0 * s0 + w1 * s1 + w2 * s2
-                        total = w0 + w1 + w2
-                    else:
-                        weighted, total = _weighted_v2(s0, s1, s2, s3, s4, e0, e1, e2, e3, e4)
-                        if seven:
-                            w5 = weight_v2(e5)
-                            w6 = weight_v2(e6)
-                            weighted += w5 * s5 + w6 * s6
-                            total += w5 + w6
-                    blend8 = min(max(_floor_div(weighted + (total >> 1), total), lo << 3), hi << 3)
-                least = min(min(e0, e1), e2) if three else min(min(e0, e1), min(min(e2, e3), e4))
-                activity = activity_of(n, w, nw, ne, te_w, te_n, te_nw, te_ne, least)
+                if seven:
+                    blend8, s0, s1, s2, s3, s4, s5, s6, activity, lo, hi = blend_wide(
+                        n, w, nw, ne, nn, ww, te_w, te_n, te_nw, te_ne, e0, e1, e2, e3, e4, e5, e6)
+                elif not three:
+                    blend8, s0, s1, s2, s3, s4, activity, lo, hi = blend_v2(n, w, nw, ne, te_w, te_n, te_nw, te_ne,
+                                                                           e0, e1, e2, e3, e4)
+                    s5 = s6 = np.int64(0)
+                else:  # model 2's blend of the first three sub-predictors only
+                    s0, s1, s2, s3, s4, lo, hi = sub_predictions(n, w, nw, ne, te_w, te_n, te_nw, te_ne)
+                    s5 = s6 = np.int64(0)
+                    w0, w1, w2 = weight_v2(e0), weight_v2(e1), weight_v2(e2)
+                    total = w0 + w1 + w2
+                    blend8 = lo << 3 if lo == hi else min(max(
+                        _floor_div(w0 * s0 + w1 * s1 + w2 * s2 + (total >> 1), total), lo << 3), hi << 3)
+                    activity = activity_of(n, w, nw, ne, te_w, te_n, te_nw, te_ne, min(min(e0, e1), e2))
                 q = quantise_activity(activity)
                 if bias_on:
                     if light_bias:
@@ -222,15 +214,6 @@ def _ideal_bytes(fields: np.ndarray) -> tuple[float, float]:
     return bits / 8, table_bits / 8
 
 
-def _best(function, repeat: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.process_time()
-        function()
-        best = min(best, time.process_time() - start)
-    return best
-
-
 def _measure(plane: np.ndarray, maxv: int, name: str, repeat: int) -> tuple[float, float, float]:
     """(ideal bytes, the tables' estimated bytes, seconds of the prediction alone) of variant `name`
     on the plane."""
@@ -254,21 +237,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     assert N_ZERO[2] == N_COARSE + N_COARSE * GRADIENT_CLASSES * LEVEL_CLASSES  # the fine classes' numbering
-    warm = (np.arange(32 * 32, dtype=np.int32).reshape(32, 32) * 7) % 251  # compile outside the timing
     for name in VARIANTS:
-        _measure(warm, 250, name, 1)
+        _measure(WARM, 250, name, 1)
     totals: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])
-    for item in load_corpus(folders=args.folders):
-        if item.info.samples_per_pixel != 1:
-            continue
-        plane = item.frames[0].astype(np.int64)
-        plane = (plane - plane.min()).astype(np.int32)
-        maxv = int(plane.max())
-        if maxv == 0:
-            continue
+    for folder, plane, maxv in grey_planes(args.folders):
         for name in VARIANTS:
             size, tables, seconds = _measure(plane, maxv, name, args.repeat)
-            for key in ((name, item.folder), (name, "ALL")):
+            for key in ((name, folder), (name, "ALL")):
                 row = totals[key]
                 row[0] += plane.size
                 row[1] += size

@@ -50,8 +50,9 @@ the fastest of ``light, 5``, ``light, 7`` and model 4 (static, clustered)
 whose size is within a limit of model 4's, the sizes known as if the
 encoder had coded each candidate (the time of choosing is not counted).
 
-Every static round trip (both decoders) is checked sample for sample.  Planes are the first
-frame of every grey corpus image, minus its smallest value.
+Every static round trip (both decoders) is checked sample for sample.
+Planes are the first frame of every grey corpus image, minus its smallest
+value.
 
     python benchmarks/bench_static_coding.py [--folders CT MR] [--repeat N]
 """
@@ -285,10 +286,13 @@ _LOOPS = {model: [_plane_loop(mode, model) for mode in (ANALYSE, PREDICT, DECODE
 
 
 @njit(cache=True, nogil=True)
-def _rans_encode(fields, table_of, freq, cum, sign_freq, out):
-    """rANS, last sample first (the decoder reads first sample first); returns where the bytes start."""
-    state = np.int64(LOW)
+def _rans_encode(fields, table_of, freq, cum, sign_freq, out, low, word_bits):
+    """rANS, last sample first (the decoder reads first sample first), the state in [low, 2**32)
+    and renormalised in words of `word_bits` (8: bytes, at most two a symbol; 16: at most one, as
+    the branch-free decoder reads them); returns where the words start in `out`."""
+    state = np.int64(low)
     pos = out.shape[0]
+    mask = (1 << word_bits) - 1
     for i in range(fields.shape[0] - 1, -1, -1):
         for part in range(2):
             if part == 0:
@@ -301,16 +305,16 @@ def _rans_encode(fields, table_of, freq, cum, sign_freq, out):
                 t, s = table_of[fields[i, 1]], fields[i, 2]
                 f = freq[t, s]
                 start = cum[t, s]
-            limit = ((LOW >> PREC) << 8) * f
+            limit = ((low >> PREC) << word_bits) * f
             while state >= limit:
                 pos -= 1
-                out[pos] = state & 0xFF
-                state >>= 8
+                out[pos] = state & mask
+                state >>= word_bits
             state = ((state // f) << PREC) + state % f + start
-    for _ in range(4):
+    for _ in range(32 // word_bits):
         pos -= 1
-        out[pos] = state & 0xFF
-        state >>= 8
+        out[pos] = state & mask
+        state >>= word_bits
     return pos
 
 
@@ -334,34 +338,6 @@ def _raw_write(fields, out):
         out[pos] = (acc << (8 - held)) & 0xFF
         pos += 1
     return pos
-
-
-@njit(cache=True, nogil=True)
-def _rans16_encode(fields, table_of, freq, cum, sign_freq, out):
-    """:func:`_rans_encode` with 16-bit words and the state in [LOW16, 2**32): what the branch-free
-    decoder reads; returns where the words start."""
-    state = np.int64(LOW16)
-    pos = out.shape[0]
-    for i in range(fields.shape[0] - 1, -1, -1):
-        for part in range(2):
-            if part == 0:
-                if fields[i, 4] < 0:
-                    continue
-                c, s = fields[i, 3], fields[i, 4]
-                f = sign_freq[c, s]
-                start = 0 if s == 0 else sign_freq[c, 0]
-            else:
-                t, s = table_of[fields[i, 1]], fields[i, 2]
-                f = freq[t, s]
-                start = cum[t, s]
-            if state >= ((LOW16 >> PREC) << 16) * f:
-                pos -= 1
-                out[pos] = state & 0xFFFF
-                state >>= 16
-            state = ((state // f) << PREC) + state % f + start
-    out[pos - 1] = state & 0xFFFF
-    out[pos - 2] = state >> 16
-    return pos - 2
 
 
 @njit(cache=True, nogil=True)
@@ -482,6 +458,21 @@ def _tables(fields: np.ndarray, model: int, clustered: bool = False):
     return table_of, freq, cum, lookup, sign_freq, (side_bits + 7) // 8
 
 
+WARM = (np.arange(32 * 32, dtype=np.int32).reshape(32, 32) * 7) % 251  # a plane to compile on, outside the timing
+
+
+def grey_planes(folders):
+    """(folder, plane, maximum) of the first frame of every grey corpus image in `folders` (all
+    when empty) with more than one value, minus its smallest value."""
+    for item in load_corpus(folders=folders):
+        if item.info.samples_per_pixel != 1:
+            continue
+        plane = item.frames[0].astype(np.int64)
+        plane = (plane - plane.min()).astype(np.int32)
+        if plane.max() > 0:
+            yield item.folder, plane, int(plane.max())
+
+
 def _best(function, repeat: int) -> float:
     best = float("inf")
     for _ in range(repeat):
@@ -540,7 +531,7 @@ def _static(plane: np.ndarray, maxv: int, model: int, repeat: int) -> tuple:
 
     def code():
         nonlocal start, raw_bytes
-        start = _rans_encode(fields, table_of, freq, cum, sign_freq, out)
+        start = _rans_encode(fields, table_of, freq, cum, sign_freq, out, LOW, 8)
         raw_bytes = _raw_write(fields, raw)
 
     code_s = _best(code, repeat)
@@ -553,7 +544,7 @@ def _static(plane: np.ndarray, maxv: int, model: int, repeat: int) -> tuple:
     floor = _best(lambda: predict(decoded, plane, maxv, *state(), fields, data, raw, table_of, freq, cum, lookup,
                                   sign_freq, NO_FIRSTS, no16, no32), repeat)
     table_of, freq, cum, lookup, sign_freq, clustered_side = _tables(fields, model, clustered=True)
-    clustered = out[_rans_encode(fields, table_of, freq, cum, sign_freq, out):].copy()
+    clustered = out[_rans_encode(fields, table_of, freq, cum, sign_freq, out, LOW, 8):].copy()
     classes, first = np.unique(fields[:, 1], return_index=True)
     firsts = table_of[classes[np.argsort(first)]]  # the map: each class's table, in the order the classes come
     decoded[:] = 0
@@ -564,7 +555,7 @@ def _static(plane: np.ndarray, maxv: int, model: int, repeat: int) -> tuple:
     # The branch-free coding of the clustered tables: 16-bit rANS words (padded: the decoder reads
     # one word ahead), raw bits low bit first in 32-bit words, one packed entry per slot.
     words = np.zeros(plane.size * 4 + 64, np.uint16)
-    at = _rans16_encode(fields, table_of, freq, cum, sign_freq, words)
+    at = _rans_encode(fields, table_of, freq, cum, sign_freq, words, LOW16, 16)
     data16 = np.concatenate([words[at:], np.zeros(2, np.uint16)])
     raw32 = np.zeros(plane.size + 4, np.uint32)
     flat_raw = _raw_write32(fields, raw32)
@@ -587,21 +578,13 @@ def main() -> None:
     args = parser.parse_args()
     totals: dict[tuple[int, str], list[float]] = defaultdict(lambda: [0] * 13)
     images: list[dict] = []
-    warm = (np.arange(32 * 32, dtype=np.int32).reshape(32, 32) * 7) % 251  # compile outside the timing
     for model in MODELS:
         if model not in LIGHTS:
-            _adaptive(warm, 250, model, 1)
-        _static(warm, 250, model, 1)
-    for item in load_corpus(folders=args.folders):
-        if item.info.samples_per_pixel != 1:
-            continue
-        plane = item.frames[0].astype(np.int64)
-        plane = (plane - plane.min()).astype(np.int32)
-        maxv = int(plane.max())
-        if maxv == 0:
-            continue
+            _adaptive(WARM, 250, model, 1)
+        _static(WARM, 250, model, 1)
+    for folder, plane, maxv in grey_planes(args.folders):
         adaptive_runs = {}
-        image = {"folder": item.folder, "samples": plane.size}
+        image = {"folder": folder, "samples": plane.size}
         images.append(image)
         for model in MODELS:
             # The light prediction has no adaptive kernels: its adaptive columns are model 4's.
@@ -613,7 +596,7 @@ def main() -> None:
                                                                                                args.repeat)
             image["adaptive"] = adaptive_runs[4][0]
             image[model] = (clustered, static_enc, static_dec)
-            for key in ((model, item.folder), (model, "ALL")):
+            for key in ((model, folder), (model, "ALL")):
                 row = totals[key]
                 for i, value in enumerate((1, plane.size, adaptive, static, tables, clustered, flat, adaptive_enc,
                                            static_enc, adaptive_dec, static_dec, flat_dec, floor)):

@@ -57,7 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.bench_static_coding import WARM, _best, grey_planes  # noqa: E402
 from gateway.codecs._private_planes2 import (  # noqa: E402
-    FRACTION_CLASSES, GRADIENT_CLASSES, GRADIENT_STEP, LEVEL_BITS, LEVEL_CLASSES, N_COARSE, N_ZERO,
+    FRACTION_CLASSES, GRADIENT_CLASSES, GRADIENT_STEP, LEVEL_BITS, LEVEL_CLASSES, N_COARSE,
     _fraction_class, _sign_class)
 from gateway.codecs._private_predict import (  # noqa: E402
     N_BIAS_WIDE, N_CLASSES, N_SUB_WIDE, _floor_div, activity_of, bias_context, bias_context_wide, bias_update,
@@ -236,7 +236,6 @@ def main() -> None:
     parser.add_argument("--folders", nargs="*", default=())
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    assert N_ZERO[2] == N_COARSE + N_COARSE * GRADIENT_CLASSES * LEVEL_CLASSES  # the fine classes' numbering
     for name in VARIANTS:
         _measure(WARM, 250, name, 1)
     totals: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])

@@ -78,8 +78,8 @@ from gateway.codecs._private_planes2 import (  # noqa: E402
     FRACTION_CLASSES, GRADIENT_CLASSES, GRADIENT_STEP, LEVEL_BITS, LEVEL_CLASSES, N_COARSE, N_ZERO,
     _fraction_class, _sign_class)
 from gateway.codecs._private_predict import (  # noqa: E402
-    N_CLASSES, bias_context, bias_context_wide, bias_update, bit_length, blend_v2, blend_wide, correct, errors,
-    far_neighbours, neighbours, quantise_activity, wide_errors)
+    N_BIAS, N_BIAS_WIDE, N_CLASSES, N_SUB, N_SUB_WIDE, bias_context, bias_context_wide, bias_update, bit_length,
+    blend_v2, blend_wide, correct, errors, far_neighbours, neighbours, new_state, quantise_activity, wide_errors)
 from gateway.codecs._private_symbols import N_TOKENS, token_base, token_of  # noqa: E402
 
 # The kernels compiled per model: 4 (seven sub-predictors), 2 (five), and two lighter predictions
@@ -517,7 +517,8 @@ def _static(plane: np.ndarray, maxv: int, model: int, repeat: int) -> tuple:
     analyse, predict, decode, flat = _LOOPS[model]
 
     def state():
-        return planes2.new_plane_state(plane.shape[1], 4 if model == LIGHT_WIDE else 2 if model == LIGHT else model)
+        wide = model in (4, 5, LIGHT_WIDE)
+        return new_state(plane.shape[1], N_SUB_WIDE if wide else N_SUB, N_BIAS_WIDE if wide else N_BIAS)
 
     fields = np.empty((plane.size, 6), np.int32)
     bytes_, table, lookup = np.empty(0, np.uint8), np.empty((0, 0), np.int64), np.empty((0, 0), np.uint8)

@@ -39,6 +39,7 @@ from gateway.codecs._private_predict import (
     correct,
     errors,
     neighbours,
+    sign_class as _sign_class,
 )
 from gateway.codecs._private_rangecoder import dec_bit, dec_raw, enc_bit, enc_raw, grow
 
@@ -57,15 +58,6 @@ CTX_BITMAP = 4
 
 STATUS_OK = 0
 STATUS_RANGE = 1
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _sign_class(bias):
-    if bias > 0:
-        return 1
-    if bias < 0:
-        return 2
-    return 0
 
 
 @njit(cache=True, nogil=True)

@@ -55,16 +55,21 @@ def bit_length(v):
 
 @njit(cache=True, nogil=True, inline="always")
 def quantise_activity(a):
-    """Activity class: 0 for 0, then two classes per octave, capped at N_ACTIVITY - 1."""
-    if a == 0:
-        return 0
+    """Activity class: 0 for 0, then two classes per octave, capped at N_ACTIVITY - 1.
+
+    Without branches: whether the bit below the leading one is set is a coin
+    toss in noisy images, and a mispredicted branch costs more than the
+    arithmetic."""
     b = bit_length(a)
-    q = 2 * b - 1
-    if b >= 2 and (a >> (b - 2)) & 1:
-        q += 1
-    if q > N_ACTIVITY - 1:
-        q = N_ACTIVITY - 1
-    return q
+    half = ((a >> max(b - 2, np.int64(0))) & 1) & np.int64(b >= 2)
+    return min(max(2 * b - 1 + half, np.int64(0)), np.int64(N_ACTIVITY - 1))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def sign_class(bias):
+    """Class of the neighbours' error sum `bias` for the sign's context: 0 for 0, 1 positive, 2
+    negative; without branches (the sign is a coin toss in noisy images)."""
+    return np.int64(bias > 0) + 2 * np.int64(bias < 0)
 
 
 @njit(cache=True, nogil=True, inline="always")

@@ -144,15 +144,12 @@ def enc_token(st, buf, tables, c, s):
 def dec_token(st, data, tables, c):
     """Decode a token with table `c` and adapt the table; returns (state, token)."""
     code, rng, pos = st
-    total = tables[c, TOTAL]
-    r = _div(rng, total)
-    target = _div(code, r)
-    if target >= total:  # only in a corrupt stream
-        target = total - 1
+    r = _div(rng, tables[c, TOTAL])
+    # As dec_token_mixed: the token by comparing r * cum with `code`, no second division.
     s = 0
     cum = np.int64(0)
     f = np.int64(tables[c, 0])
-    while cum + f <= target:
+    while s < N_TOKENS - 1 and r * (cum + f) <= code:
         cum += f
         s += 1
         f = tables[c, s]
@@ -251,13 +248,14 @@ def dec_token_mixed(st, data, tables, c, d):
     code, rng, pos = st
     total = np.int64(tables[c, TOTAL]) + tables[d, TOTAL]
     r = _div(rng, total)
-    target = _div(code, r)
-    if target >= total:  # only in a corrupt stream
-        target = total - 1
+    # The token s with cum(s) <= code // r < cum(s + 1), found by comparing r * cum with `code`
+    # instead of dividing `code` by r: the same token (r * k <= code exactly when k <= code // r)
+    # without a second division on the chain from one sample to the next.  In a corrupt stream
+    # code // r may reach the total: the last token, as when it is clamped to total - 1.
     s = 0
     cum = np.int64(0)
     f = np.int64(tables[c, 0]) + tables[d, 0]
-    while cum + f <= target:
+    while s < N_TOKENS - 1 and r * (cum + f) <= code:
         cum += f
         s += 1
         f = np.int64(tables[c, s]) + tables[d, s]

@@ -13,7 +13,9 @@ of two rows with one column of padding on each side (index ``x + 1`` holds
 column ``x``; the pads stay zero):
 
 * ``te[row & 1, x + 1]``: signed error ``pred8 - 8 * value`` of the (corrected) prediction;
-* ``err[i, row & 1, x + 1]``: absolute error of sub-predictor ``i`` (1/8 units).
+* ``err[i, row & 1, x + 1]``: absolute error of sub-predictor ``i`` (1/8 units)
+  in version 1; version 2's loop keeps them interleaved, a row in one array,
+  and sums the row above before each row (:func:`._private_planes2.new_plane_state`).
 
 docs/private-codec.md specifies every step exactly.
 """

@@ -150,8 +150,8 @@ def binary_contexts(model: int) -> int:
     return N_BINARY[context_model(model)] + (N_TWO_LEVEL if model == TWO_LEVEL_MODEL else 0)
 
 
-# The sub-predictors' errors of a row, LANES to a column (one lane unused): row x + 2 of a ring
-# holds column x, rows 0, 1 and columns + 2 are pads that stay zero.
+# The sub-predictors' errors of a row, LANES to a column (one lane unused): slot x + 2 of a row
+# holds column x; slots 0, 1 and columns + 2 are pads that stay zero.
 LANES = 8
 PADS = 3
 

@@ -55,14 +55,14 @@ from numba import njit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.bench_static_coding import WARM, _best, grey_planes  # noqa: E402
+from benchmarks.bench_static_coding import WARM, _best, grey_planes, wide_errors  # noqa: E402
 from gateway.codecs._private_planes2 import (  # noqa: E402
     FRACTION_CLASSES, GRADIENT_CLASSES, GRADIENT_STEP, LEVEL_BITS, LEVEL_CLASSES, N_COARSE,
     _fraction_class, _sign_class)
 from gateway.codecs._private_predict import (  # noqa: E402
     N_BIAS_WIDE, N_CLASSES, N_SUB_WIDE, _floor_div, activity_of, bias_context, bias_context_wide, bias_update,
     bit_length, blend_v2, blend_wide, correct, errors, far_neighbours, neighbours, new_state, quantise_activity,
-    sub_predictions, weight_v2, wide_errors)
+    sub_predictions, weight_v2)
 from gateway.codecs._private_symbols import N_TOKENS, token_of  # noqa: E402
 
 N_SYMBOLS = N_TOKENS + 1

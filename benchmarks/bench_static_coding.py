@@ -79,7 +79,7 @@ from gateway.codecs._private_planes2 import (  # noqa: E402
     _fraction_class, _sign_class)
 from gateway.codecs._private_predict import (  # noqa: E402
     N_BIAS, N_BIAS_WIDE, N_CLASSES, N_SUB, N_SUB_WIDE, bias_context, bias_context_wide, bias_update, bit_length,
-    blend_v2, blend_wide, correct, errors, far_neighbours, neighbours, new_state, quantise_activity, wide_errors)
+    blend_v2, blend_wide, correct, errors, far_neighbours, neighbours, new_state, quantise_activity)
 from gateway.codecs._private_symbols import N_TOKENS, token_base, token_of  # noqa: E402
 
 # The kernels compiled per model: 4 (seven sub-predictors), 2 (five), and two lighter predictions
@@ -104,6 +104,24 @@ NO_FIRSTS = np.empty(0, np.int64)
 
 
 ANALYSE, PREDICT, DECODE, FLAT = 0, 1, 2, 3
+
+
+@njit(cache=True, nogil=True, inline="always")
+def wide_errors(te, err, r, p, x):
+    """Context model 4's errors from the ring buffers of version 1's layout, which the studies'
+    loops keep (the codec's loop keeps them otherwise, :func:`._private_planes2.new_plane_state`):
+    :func:`errors` with each sum also over WW (two columns left, 0 before the second column), and
+    those of sub-predictors 5 and 6."""
+    te_w, te_n, te_nw, te_ne, e0, e1, e2, e3, e4 = errors(te, err, r, p, x)
+    at_ww = max(x - 1, 0)  # the ring's index of column x - 2; index 0 is the zero pad
+    e0 += err[0, r, at_ww]
+    e1 += err[1, r, at_ww]
+    e2 += err[2, r, at_ww]
+    e3 += err[3, r, at_ww]
+    e4 += err[4, r, at_ww]
+    e5 = np.int64(err[5, p, x + 1]) + err[5, r, x] + err[5, p, x] + err[5, p, x + 2] + err[5, r, at_ww]
+    e6 = np.int64(err[6, p, x + 1]) + err[6, r, x] + err[6, p, x] + err[6, p, x + 2] + err[6, r, at_ww]
+    return te_w, te_n, te_nw, te_ne, e0, e1, e2, e3, e4, e5, e6
 
 
 def _plane_loop(mode: int, model: int):

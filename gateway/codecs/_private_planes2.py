@@ -73,8 +73,8 @@ from gateway.codecs._private_predict import (
     neighbours,
     new_state,
     quantise_activity,
+    sign_class as _sign_class,
 )
-from gateway.codecs._private_predict import sign_class as _sign_class
 from gateway.codecs._private_rangecoder import _adapt as _adapt_bit
 from gateway.codecs._private_rangecoder import dec_bit, dec_bit_mixed, enc_bit, enc_bit_mixed, grow
 from gateway.codecs._private_symbols import (

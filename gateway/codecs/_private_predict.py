@@ -106,22 +106,6 @@ def far_neighbours(plane, y, x, n, w):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def wide_errors(te, err, r, p, x):
-    """Context model 4's errors: :func:`errors` with each sum also over WW (two columns left,
-    0 before the second column), and those of sub-predictors 5 and 6."""
-    te_w, te_n, te_nw, te_ne, e0, e1, e2, e3, e4 = errors(te, err, r, p, x)
-    at_ww = max(x - 1, 0)  # the ring's index of column x - 2; index 0 is the zero pad
-    e0 += err[0, r, at_ww]
-    e1 += err[1, r, at_ww]
-    e2 += err[2, r, at_ww]
-    e3 += err[3, r, at_ww]
-    e4 += err[4, r, at_ww]
-    e5 = np.int64(err[5, p, x + 1]) + err[5, r, x] + err[5, p, x] + err[5, p, x + 2] + err[5, r, at_ww]
-    e6 = np.int64(err[6, p, x + 1]) + err[6, r, x] + err[6, p, x] + err[6, p, x + 2] + err[6, r, at_ww]
-    return te_w, te_n, te_nw, te_ne, e0, e1, e2, e3, e4, e5, e6
-
-
-@njit(cache=True, nogil=True, inline="always")
 def errors(te, err, r, p, x):
     """The blend's errors at W, N, NW and NE, and each sub-predictor's error summed over them,
     from the ring buffers (row `r` the current one, `p` the one above)."""
@@ -219,8 +203,8 @@ def blend_v2(n, w, nw, ne, te_w, te_n, te_nw, te_ne, e0, e1, e2, e3, e4):
 @njit(cache=True, nogil=True, inline="always")
 def blend_wide(n, w, nw, ne, nn, ww, te_w, te_n, te_nw, te_ne, e0, e1, e2, e3, e4, e5, e6):
     """Context model 4's blend: :func:`blend_v2` with sub-predictors 5 (``2N - NN``) and 6
-    (``2W - WW``) weighted in by their errors `e5` and `e6` as the others (all errors from
-    :func:`wide_errors`); returns (blend8, s0 .. s6, activity, lo, hi).  The activity takes the
+    (``2W - WW``) weighted in by their errors `e5` and `e6` as the others (every error summed
+    over WW too, docs/private-codec.md 9.3); returns (blend8, s0 .. s6, activity, lo, hi).  The activity takes the
     smallest of the first five errors, as :func:`blend_v2`."""
     s0, s1, s2, s3, s4, lo, hi = sub_predictions(n, w, nw, ne, te_w, te_n, te_nw, te_ne)
     s5 = (2 * n - nn) << 3

@@ -981,17 +981,19 @@ def _spec_weight(e: int, version: int) -> int:
 
 _FINE_USES: list[int] = [0]  # samples whose zero flag or token a model 1 fine class coded
 _LEVEL_USES: list[int] = [0]  # samples model 5 decoded as one of their two-level neighbourhood's levels
+_FLAT_USES: list[int] = [0]  # samples model 6 decoded as repeating their flat neighbourhood
 
 
 def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int, version: int = 1,
                 guide: list[list[int]] | None = None, keep: list[list[int]] | None = None,
                 model: int = 0) -> list[list[int]]:
     """Decode a plane; `guide` gives version 2's guide values, `keep` receives |TE|."""
-    wide = model in (4, 5)  # section 9.3, model 4: model 2 with sub-predictors 5 and 6
-    levels = model == 5  # model 5: model 4 with two-level neighbourhoods
+    wide = model in (4, 5, 6)  # section 9.3, model 4: model 2 with sub-predictors 5 and 6
+    levels = model in (5, 6)  # model 5: model 4 with two-level neighbourhoods
+    flat = model == 6  # model 6: model 5 with the flat flag
     model = 2 if wide else model
     contexts = [[32768, 32768, 0]
-                for _ in range(2128 if version == 1 else (140, 2418, 2544)[model] + 72 * levels)]
+                for _ in range(2128 if version == 1 else (140, 2418, 2544)[model] + 72 * levels + 256 * flat)]
     tables = []
     for z in range(56 if model == 0 else 2296):  # section 9.5: a prior around the token class a expects
         a = z if z < 56 else (z - 56) // 40
@@ -1022,6 +1024,20 @@ def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int, version: int 
             if wide:  # model 4: each error summed over WW too
                 e = [ei + at(t, y, x - 2) for ei, t in zip(e, errs)]
             lo, hi = min(w, n, ne), max(w, n, ne)
+            flat_miss = False
+            if flat and lo == hi:  # model 6: whether the sample repeats its flat neighbourhood
+                near = abs(te_w) + abs(te_n) + abs(te_nw) + abs(te_ne) + (0 if guide is None else 2 * guide[y][x])
+                level = w >> max(0, top.bit_length() - 2)
+                flat_ctx = 2616 + (min(near.bit_length(), 15) * 4 + min(abs(w - nw).bit_length(), 3)) * 4 + level
+                flat_miss = bool(dec.bit(contexts[flat_ctx]))
+                if not flat_miss:  # v = W; the updates of 5.5 (pred8 = 8W) but the bias estimate's
+                    _FLAT_USES[0] += 1
+                    v[y][x], te[y][x] = w, 0
+                    if keep is not None:
+                        keep[y][x] = 0
+                    for t, si in zip(errs, s):
+                        t[y][x] = abs(si - 8 * w)
+                    continue
             if lo == hi:
                 blend8 = 8 * lo
             else:
@@ -1060,7 +1076,9 @@ def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int, version: int 
                     zq, other = (f, z) if contexts[f][2] >= 256 else (z, f)
                     table, other_table = (f, z) if tables[f][-1] >= 4096 else (z, f)
                     _FINE_USES[0] += (zq == f) + (table == f) if model == 1 else 2
-                if model == 2:  # mixed: z and f code together
+                if flat_miss:  # model 6: no zero flag (the residual is not 0)
+                    nonzero = 1
+                elif model == 2:  # mixed: z and f code together
                     nonzero = dec.bit(contexts[z], contexts[f])
                 else:
                     nonzero = dec.bit(contexts[zq])
@@ -1184,7 +1202,7 @@ def _spec_decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = No
         field = struct.unpack_from("<I", data, start)[0]
         stripe_rows, model = field & 0xFFFFFF, field >> 24
         chained, model = bool(model & 0x10), model & ~0x10  # section 9.3: the chained-guides flag
-        assert model in (0, 1, 2, 4, 5) or (model == 3 and transform == 3 and not chained)
+        assert model in (0, 1, 2, 4, 5, 6) or (model == 3 and transform == 3 and not chained)
         stripes = -(-info.rows // stripe_rows)
         lengths = struct.unpack_from(f"<{stripes + 1}I", data, start + 4)
         start += 4 * (stripes + 2)
@@ -1360,7 +1378,7 @@ def test_specification_decoder_agrees(info: FrameInfo, kind: str, version: int) 
 
 @pytest.mark.parametrize("archive", ["gwl_v1", "gwl_v2_model0", "gwl_v2_model1", "gwl_v2_model2", "gwl_v2_model3",
                                      "gwl_v2_model4", "gwl_v2_model5", "gwl_v2_subbands", "gwl_v2_repeat",
-                                     "gwl_v2_chained"])
+                                     "gwl_v2_chained", "gwl_v2_model6"])
 def test_specification_decoder_reads_golden_streams(archive: str) -> None:
     """The archived streams decode with the plain decoder too (pixels read by pydicom)."""
     from tests.test_private_golden import ARCHIVES, _frames
@@ -1375,11 +1393,12 @@ def test_specification_decoder_reads_golden_streams(archive: str) -> None:
             previous = expected
 
 
-@pytest.mark.parametrize("model", [1, 2, 4, 5])
+@pytest.mark.parametrize("model", [1, 2, 4, 5, 6])
 @pytest.mark.parametrize("info", [_info(64, 64, stored=12), _info(40, 40, samples=3, alloc=8, stored=8)])
 def test_specification_decoder_follows_fine_classes(monkeypatch: pytest.MonkeyPatch, info: FrameInfo,
                                                     model: int) -> None:
-    """Frames large enough for the fine classes of context models 1, 2, 4 and 5 to take over from the coarse ones."""
+    """Frames large enough for the fine classes of context models 1, 2, 4, 5 and 6 to take over from the
+    coarse ones."""
     rng = np.random.default_rng(11)
     frame = _smooth(rng, info)
     noise = rng.integers(0, 6 if info.bits_allocated == 8 else 40, info.shape)
@@ -1404,14 +1423,45 @@ def test_two_level_neighbourhoods_code_burnt_in_text(monkeypatch: pytest.MonkeyP
     pixels = pydicom.dcmread(get_testdata_file("examples_palette.dcm")).pixel_array
     frame = np.ascontiguousarray(pixels[50:90, 290:370])
     info = _info(40, 80, alloc=8, stored=8)
-    data = private.encode(frame, info, version=2)
-    assert _stripe_field(data, 1)[1] == private.MODEL == 5
-    assert np.array_equal(private.decode(data, info), frame)
-    before = _LEVEL_USES[0]
-    assert np.array_equal(_spec_decode(data, info), frame)
-    assert _LEVEL_USES[0] - before > 200
+    for model in (5, 6):  # model 6 is model 5 with the flat flag
+        monkeypatch.setattr(private, "MODEL", model)
+        data = private.encode(frame, info, version=2)
+        assert _stripe_field(data, 1)[1] == model
+        assert np.array_equal(private.decode(data, info), frame)
+        before = _LEVEL_USES[0]
+        assert np.array_equal(_spec_decode(data, info), frame)
+        assert _LEVEL_USES[0] - before > 200
     monkeypatch.setattr(private, "MODEL", 4)
     assert len(data) < 0.95 * len(private.encode(frame, info, version=2))
+
+
+def _flat_frame() -> tuple[FrameInfo, np.ndarray]:
+    """A real CT slice (read by pydicom) on a field of padding: the slice's own air and the padding
+    are flat neighbourhoods, the slice's edges and a few stray samples in the padding break them."""
+    from pydicom.data import get_testdata_file
+
+    ct = pydicom.dcmread(get_testdata_file("CT_small.dcm")).pixel_array
+    frame = np.full((96, 112), -2000, np.int16)
+    frame[16:80, 24:88] = ct[32:96, 32:96]
+    frame[4, 5::17] = -1990  # stray samples: a flat neighbourhood whose sample is not W
+    frame[90, 3::11] = -1024
+    return _info(96, 112, stored=16, signed=True), frame
+
+
+def test_flat_neighbourhoods_code_one_decision(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Model 6 codes a sample of a flat neighbourhood (W = N = NE) that repeats it with one decision
+    and nothing else: the specification's decoder takes that path for the padding around a real CT
+    slice, decodes the stray samples there through the residual, and the stream is no larger than
+    model 5's."""
+    info, frame = _flat_frame()
+    data = private.encode(frame, info, version=2)
+    assert _stripe_field(data, 1)[1] == private.MODEL == 6
+    assert np.array_equal(private.decode(data, info), frame)
+    before = _FLAT_USES[0]
+    assert np.array_equal(_spec_decode(data, info), frame)
+    assert _FLAT_USES[0] - before > 0.5 * frame.size
+    monkeypatch.setattr(private, "MODEL", 5)
+    assert len(data) <= len(private.encode(frame, info, version=2))
 
 
 def test_unknown_context_model_is_corrupt() -> None:
@@ -1419,16 +1469,16 @@ def test_unknown_context_model_is_corrupt() -> None:
     data = bytearray(private.encode(_smooth(np.random.default_rng(2), info), info, version=2))
     start = private._HEADER.size + private._PLANE.size
     rows, model = _stripe_field(bytes(data), 1)
-    assert (rows, model) == (12, 5)
+    assert (rows, model) == (12, 6)
     struct.pack_into("<I", data, start, rows | 3 << 24)
     with pytest.raises(CorruptCodestreamError, match="context model"):
         private.decode(bytes(data), info)
-    for model in (6, 3 | private.CHAINED, 6 | private.CHAINED, 0x20 | 5):
+    for model in (7, 3 | private.CHAINED, 7 | private.CHAINED, 0x20 | 6):
         struct.pack_into("<I", data, start, rows | model << 24)
         with pytest.raises(CorruptCodestreamError, match="context model"):
             private.decode(bytes(data), info)
     # The flag names no other plane to guide a grey frame's plane: the same pixels.
-    struct.pack_into("<I", data, start, rows | (5 | private.CHAINED) << 24)
+    struct.pack_into("<I", data, start, rows | (6 | private.CHAINED) << 24)
     assert np.array_equal(private.decode(bytes(data), info), _smooth(np.random.default_rng(2), info))
 
 

@@ -10,7 +10,8 @@ version 2 encoder of context model 4 (model 2's pixels), ``gwl_v2_model5`` by th
 (model 4's pixels and a crop with burnt-in text), ``gwl_v2_subbands`` by the
 version 2 encoder that codes interpolated frames as subbands, ``gwl_v2_repeat`` by that of context model 5
 that codes frames enlarged by repeating samples as subbands, ``gwl_v2_chained`` by that of context
-model 5 whose colour-difference planes are guided by the plane before them (the CHAINED flag); the
+model 5 whose colour-difference planes are guided by the plane before them (the CHAINED flag),
+``gwl_v2_model6`` by that of context model 6 (model 5's pixels and a CT crop on a field of padding); the
 pixels they must decode to were read by pydicom from its bundled test files (a source that is not our
 code), and are checked against those files again here when pydicom has them.
 """
@@ -34,11 +35,14 @@ CASES = json.loads((DATA / "cases.json").read_text())
 # Archive name: (folder, cases); the version byte of its streams follows.
 ARCHIVES = {name: (ROOT / name, json.loads((ROOT / name / "cases.json").read_text()))
             for name in ("gwl_v1", "gwl_v2_model0", "gwl_v2_model1", "gwl_v2_model2", "gwl_v2_model3",
-                         "gwl_v2_model4", "gwl_v2_model5", "gwl_v2_subbands", "gwl_v2_repeat", "gwl_v2_chained")}
+                         "gwl_v2_model4", "gwl_v2_model5", "gwl_v2_subbands", "gwl_v2_repeat", "gwl_v2_chained",
+                         "gwl_v2_model6")}
 VERSION_OF = {"gwl_v1": 1, "gwl_v2_model0": 2, "gwl_v2_model1": 2, "gwl_v2_model2": 2, "gwl_v2_model3": 2,
-              "gwl_v2_model4": 2, "gwl_v2_model5": 2, "gwl_v2_subbands": 2, "gwl_v2_repeat": 2, "gwl_v2_chained": 2}
+              "gwl_v2_model4": 2, "gwl_v2_model5": 2, "gwl_v2_subbands": 2, "gwl_v2_repeat": 2, "gwl_v2_chained": 2,
+              "gwl_v2_model6": 2}
 MODEL_OF = {"gwl_v2_model0": 0, "gwl_v2_model1": 1, "gwl_v2_model2": 2, "gwl_v2_model3": 3, "gwl_v2_model4": 4,
-            "gwl_v2_model5": 5, "gwl_v2_subbands": 2, "gwl_v2_repeat": 5, "gwl_v2_chained": 5 | private.CHAINED}
+            "gwl_v2_model5": 5, "gwl_v2_subbands": 2, "gwl_v2_repeat": 5, "gwl_v2_chained": 5 | private.CHAINED,
+            "gwl_v2_model6": 6}
 ALL_CASES = [(name, case) for name, (_, cases) in ARCHIVES.items() for case in cases]
 
 
@@ -58,7 +62,10 @@ def test_golden_streams_decode(archive: str, case: dict) -> None:
     if archive in ("gwl_v2_subbands", "gwl_v2_repeat"):
         assert all(s[11] == 0x10 | case["subbands"] for s in streams)
     if archive in MODEL_OF:  # (model 0: written before context models existed, the model byte is 0)
-        assert all(s[5] == private.MODE_STORED or _model_byte(s, info) == MODEL_OF[archive] for s in streams)
+        # (Colour frames of model 6's archive carry the chained-guides flag, as the encoder writes them.)
+        assert all(s[5] == private.MODE_STORED or MODEL_OF[archive] in (_model_byte(s, info),
+                                                                         _model_byte(s, info) & ~private.CHAINED)
+                   for s in streams)
     # In order, frame by frame, as a DICOM reader decodes them (inter frames find their reference).
     for stream, expected in zip(streams, pixels):
         back = private.decode(stream, info)
@@ -98,6 +105,12 @@ def _source_pixels(source: dict) -> np.ndarray | None:
     if bits:  # each 8-bit channel quantised to `bits` bits and scaled back to 0..255
         top = (1 << bits) - 1
         array = (((array.astype(np.int64) >> (8 - bits)) * 255 + top // 2) // top).astype(array.dtype)
+    pad = source.get("pad")
+    if pad:  # put on a field of one value, as scanners pad the outside of a CT's field of view
+        field = np.full(pad["shape"], pad["value"], array.dtype)
+        y, x = pad["at"]
+        field[y:y + array.shape[0], x:x + array.shape[1]] = array
+        array = field
     return array
 
 

@@ -38,6 +38,14 @@ zero flag and the token, and for the sign:
   codes whether the sample is one of those two levels, and then which, before
   any residual: such a sample costs one or two adaptive decisions instead of
   a large token and its raw bits.
+* model 6: model 5, and a *flat* neighbourhood (W = N = NE, where every
+  model's prediction is W) first codes whether the sample repeats W, in
+  contexts of its own (the blend's errors around it, the step from NW to W,
+  the signal level).  A sample that does is done: no blend, bias correction
+  or other context, so the flat parts of an image (the background of
+  radiographs, mammograms and ultrasound, the padding around a CT's field of
+  view) code several times faster; a sample that does not codes as in model 5,
+  without the zero flag (its residual is not 0).
 
 The residual ``r = value - pred`` is coded as
 
@@ -104,9 +112,13 @@ GUIDE_WEIGHT = 2  # weight of the first plane's error at the same position in a 
 # (3 is not a plane model: it is model 2 but for the index plane of indexed colour.)
 # 5: model 4, and two-level neighbourhoods code whether and which of the two levels a sample
 #    repeats before any residual (TWO_LEVEL_MODEL).
-MODELS = (0, 1, 2, 4, 5)
+# 6: model 5, and a flat neighbourhood (W = N = NE) codes whether the sample repeats them first,
+#    in contexts of its own (FLAT_MODEL): a sample that does costs no blend, bias correction or
+#    other context.
+MODELS = (0, 1, 2, 4, 5, 6)
 WIDE_MODEL = 4
 TWO_LEVEL_MODEL = 5
+FLAT_MODEL = 6
 GRADIENT_STEP = 3  # activity classes per gradient class
 GRADIENT_CLASSES = (N_CLASSES + GRADIENT_STEP - 1) // GRADIENT_STEP
 LEVEL_BITS = 2
@@ -136,18 +148,28 @@ TWO_LEVEL_MIN = 8
 TWO_LEVEL_CLASSES = 8
 TWO_LEVEL_PATTERNS = 8
 N_TWO_LEVEL = TWO_LEVEL_CLASSES * TWO_LEVEL_PATTERNS + TWO_LEVEL_PATTERNS
+# Model 6's flat flag: FLAT_CLASSES classes of bitlength(the blend's errors at W, N, NW, NE, and the
+# guide) x FLAT_STEPS classes of bitlength(|W - NW|) x the LEVEL_CLASSES quarters of the range W is in.
+FLAT_CLASSES = 16
+FLAT_STEPS = 4
+N_FLAT = FLAT_CLASSES * FLAT_STEPS * LEVEL_CLASSES
+
+
+WIDE_MODELS = (WIDE_MODEL, TWO_LEVEL_MODEL, FLAT_MODEL)  # the models with model 4's blend
+LEVEL_MODELS = (TWO_LEVEL_MODEL, FLAT_MODEL)  # the models with model 5's two-level neighbourhoods
 
 
 def context_model(model: int) -> int:
-    """The model whose classes, contexts and tables a plane of context `model` uses: models 4
-    and 5 code as model 2 (4 changes only the blend and the bias correction; 5 adds its
-    two-level contexts after model 2's, :func:`binary_contexts`)."""
-    return 2 if model in (WIDE_MODEL, TWO_LEVEL_MODEL) else model
+    """The model whose classes, contexts and tables a plane of context `model` uses: models 4,
+    5 and 6 code as model 2 (4 changes only the blend and the bias correction; 5 adds its
+    two-level contexts after model 2's, 6 its flat contexts after those, :func:`binary_contexts`)."""
+    return 2 if model in WIDE_MODELS else model
 
 
 def binary_contexts(model: int) -> int:
     """Number of binary contexts of a plane coded with context `model`."""
-    return N_BINARY[context_model(model)] + (N_TWO_LEVEL if model == TWO_LEVEL_MODEL else 0)
+    return (N_BINARY[context_model(model)] + (N_TWO_LEVEL if model in LEVEL_MODELS else 0)
+            + (N_FLAT if model == FLAT_MODEL else 0))
 
 
 # The sub-predictors' errors of a row, LANES to a column (one lane unused): slot x + 2 of a row
@@ -164,7 +186,7 @@ def new_plane_state(columns: int, model: int) -> tuple[np.ndarray, np.ndarray, n
     each sub-predictor's errors at NW, N and NE summed, for the whole row at once before it is
     coded.  The loop reads a sample's errors from two rows of one array instead of fifteen, which
     keeps the loop's pointers in registers."""
-    wide = model in (WIDE_MODEL, TWO_LEVEL_MODEL)
+    wide = model in WIDE_MODELS
     te, _, bm = new_state(columns, 0, N_BIAS_WIDE if wide else N_BIAS)
     return te, np.zeros((3, (columns + PADS) * LANES), np.int32), bm
 
@@ -203,6 +225,15 @@ def _decode_level(dst, data, bins, flag_ctx, which_ctx):
     return dst, flag, other
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _flat_class(near, step, level):
+    """Model 6's flat flag context (less its base): the class of `near`, the blend's errors at W, N,
+    NW and NE (and the guide), the class of `step`, W - NW, and the `level` quarter of the range."""
+    near_class = min(bit_length(near), np.int64(FLAT_CLASSES - 1))
+    step_class = min(bit_length(abs(step)), np.int64(FLAT_STEPS - 1))
+    return ((near_class * FLAT_STEPS + step_class) << LEVEL_BITS) + level
+
+
 # Class of pred8 - 8 * pred (-4..3) at index pred8 - 8 * pred + 4: -4, -3 | -2, -1 | 0 | 1, 2 | 3.
 FRACTION_CLASS = np.array([0, 0, 1, 1, 2, 3, 3, 4], np.int64)
 
@@ -229,8 +260,9 @@ def _plane_coder(encoding: bool, plane_model: int):
     neighbours stays below ``40 * 2**18 < 2**24`` eighths).
     """
     model = context_model(plane_model)
-    wide = plane_model in (WIDE_MODEL, TWO_LEVEL_MODEL)
-    levels = plane_model == TWO_LEVEL_MODEL
+    wide = plane_model in WIDE_MODELS
+    levels = plane_model in LEVEL_MODELS
+    flat = plane_model == FLAT_MODEL
     spread_shift = TWO_LEVEL_MIN.bit_length()
 
     @njit(cache=True, nogil=True, error_model="numpy")
@@ -247,6 +279,7 @@ def _plane_coder(encoding: bool, plane_model: int):
         ctx_mantissa = ctx_sign + N_SIGN[model]
         ctx_level = ctx_mantissa + N_TOKENS
         ctx_which = ctx_level + TWO_LEVEL_CLASSES * TWO_LEVEL_PATTERNS
+        ctx_flat = ctx_which + TWO_LEVEL_PATTERNS
         up = err[2]
         for y in range(rows):
             r = y & 1
@@ -264,6 +297,39 @@ def _plane_coder(encoding: bool, plane_model: int):
                 te_nw = np.int64(te[p, x])
                 te_ne = np.int64(te[p, x + 2])
                 u = x * LANES  # up's column x; cur's column x - 1 at u + LANES, x - 2 at u
+                flat_miss = False  # model 6: a flat neighbourhood whose sample is not W (its residual is not 0)
+                if flat and w == n and n == ne:
+                    # Model 6: whether the sample repeats W, N and NE, before (and, when it does,
+                    # instead of) the blend, the bias correction and every other context.
+                    near = abs(te_w) + abs(te_n) + abs(te_nw) + abs(te_ne)
+                    if guided:
+                        near += GUIDE_WEIGHT * np.int64(guide[y, x])
+                    flat_ctx = ctx_flat + _flat_class(near, w - nw, w >> level_shift)
+                    if encoding:
+                        flat_miss = np.int64(plane[y, x]) != w
+                        est = enc_bit(est, buf, bins, flat_ctx, np.int64(flat_miss))
+                    else:
+                        dst, miss = dec_bit(dst, data, bins, flat_ctx)
+                        flat_miss = miss != 0
+                        if not flat_miss:
+                            plane[y, x] = w
+                    if not flat_miss:
+                        # The prediction is W (8W in eighths), so the blend's error is 0; each
+                        # sub-predictor's error as 5.5 keeps it, written out (s3 and s4 are 8W).
+                        te[r, x + 1] = 0
+                        if keeping:
+                            keep[y, x] = 0
+                        o = u + 2 * LANES
+                        cur[o] = abs(n - nw) << 3
+                        cur[o + 1] = abs(((te_w + te_n + te_ne) * 5) >> 4)
+                        cur[o + 2] = abs(((te_w + te_n + te_nw) * 5) >> 4)
+                        cur[o + 3] = 0
+                        cur[o + 4] = 0
+                        nn, ww = far_neighbours(plane, y, x, n, w)
+                        cur[o + 5] = abs(n - nn) << 3
+                        cur[o + 6] = abs(w - ww) << 3
+                        te_w = np.int64(0)
+                        continue
                 e0 = np.int64(up[u]) + cur[u + LANES]
                 e1 = np.int64(up[u + 1]) + cur[u + LANES + 1]
                 e2 = np.int64(up[u + 2]) + cur[u + LANES + 2]
@@ -349,7 +415,9 @@ def _plane_coder(encoding: bool, plane_model: int):
                     value = np.int64(plane[y, x])
                     res = value - pred
                     mag = abs(res)
-                    if mixed:
+                    if flat_miss:
+                        pass
+                    elif mixed:
                         est = enc_bit_mixed(est, buf, bins, zq, zo, np.int64(mag != 0))
                     else:
                         est = enc_bit(est, buf, bins, CTX_ZERO + zq, np.int64(mag != 0))
@@ -372,7 +440,9 @@ def _plane_coder(encoding: bool, plane_model: int):
                         if mag <= pred and mag <= maxv - pred:
                             est = enc_bit(est, buf, bins, sign_ctx, np.int64(res < 0))
                 else:
-                    if mixed:
+                    if flat_miss:
+                        nonzero = np.int64(1)
+                    elif mixed:
                         dst, nonzero = dec_bit_mixed(dst, data, bins, zq, zo)
                     else:
                         dst, nonzero = dec_bit(dst, data, bins, CTX_ZERO + zq)

@@ -248,7 +248,7 @@ def _fraction_class(fraction):
 def _plane_coder(encoding: bool, plane_model: int):
     """The plane loop compiled for one direction and one context model.
 
-    Both are constants to numba (closure variables), so each of the ten
+    Both are constants to numba (closure variables), so each of the twelve
     kernels keeps only its own branches: the encoders run about 14 % faster
     than one loop that tests them at every sample.
 

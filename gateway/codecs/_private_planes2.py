@@ -82,6 +82,7 @@ from gateway.codecs._private_predict import (
     new_state,
     quantise_activity,
     sign_class as _sign_class,
+    sub_predictions,
 )
 from gateway.codecs._private_rangecoder import _adapt as _adapt_bit
 from gateway.codecs._private_rangecoder import dec_bit, dec_bit_mixed, enc_bit, enc_bit_mixed, grow
@@ -226,6 +227,20 @@ def _decode_level(dst, data, bins, flag_ctx, which_ctx):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _keep_errors(cur, o, v8, s0, s1, s2, s3, s4, s5, s6, wide):
+    """Keep each sub-predictor's error at a sample of value ``v8 / 8`` in its row's slots from `o`
+    (5.5; sub-predictors 5 and 6 only with model 4's blend, `wide`)."""
+    cur[o] = abs(s0 - v8)
+    cur[o + 1] = abs(s1 - v8)
+    cur[o + 2] = abs(s2 - v8)
+    cur[o + 3] = abs(s3 - v8)
+    cur[o + 4] = abs(s4 - v8)
+    if wide:
+        cur[o + 5] = abs(s5 - v8)
+        cur[o + 6] = abs(s6 - v8)
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _flat_class(near, step, level):
     """Model 6's flat flag context (less its base): the class of `near`, the blend's errors at W, N,
     NW and NE (and the guide), the class of `step`, W - NW, and the `level` quarter of the range."""
@@ -315,19 +330,14 @@ def _plane_coder(encoding: bool, plane_model: int):
                             plane[y, x] = w
                     if not flat_miss:
                         # The prediction is W (8W in eighths), so the blend's error is 0; each
-                        # sub-predictor's error as 5.5 keeps it, written out (s3 and s4 are 8W).
+                        # sub-predictor's error is kept as after any sample (5.5).
                         te[r, x + 1] = 0
                         if keeping:
                             keep[y, x] = 0
-                        o = u + 2 * LANES
-                        cur[o] = abs(n - nw) << 3
-                        cur[o + 1] = abs(((te_w + te_n + te_ne) * 5) >> 4)
-                        cur[o + 2] = abs(((te_w + te_n + te_nw) * 5) >> 4)
-                        cur[o + 3] = 0
-                        cur[o + 4] = 0
+                        s0, s1, s2, s3, s4, _, _ = sub_predictions(n, w, nw, ne, te_w, te_n, te_nw, te_ne)
                         nn, ww = far_neighbours(plane, y, x, n, w)
-                        cur[o + 5] = abs(n - nn) << 3
-                        cur[o + 6] = abs(w - ww) << 3
+                        _keep_errors(cur, u + 2 * LANES, w << 3, s0, s1, s2, s3, s4, (2 * n - nn) << 3,
+                                     (2 * w - ww) << 3, True)
                         te_w = np.int64(0)
                         continue
                 e0 = np.int64(up[u]) + cur[u + LANES]
@@ -483,15 +493,7 @@ def _plane_coder(encoding: bool, plane_model: int):
                 te[r, x + 1] = te_w
                 if keeping:
                     keep[y, x] = abs(te_w)
-                o = u + 2 * LANES
-                cur[o] = abs(s0 - v8)
-                cur[o + 1] = abs(s1 - v8)
-                cur[o + 2] = abs(s2 - v8)
-                cur[o + 3] = abs(s3 - v8)
-                cur[o + 4] = abs(s4 - v8)
-                if wide:
-                    cur[o + 5] = abs(s5 - v8)
-                    cur[o + 6] = abs(s6 - v8)
+                _keep_errors(cur, u + 2 * LANES, v8, s0, s1, s2, s3, s4, s5, s6, wide)
                 bm[bctx] = bias_update(bias, v8, blend8)
         return est, buf, dst, status
 

@@ -17,7 +17,7 @@ from gateway.errors import PermanentForwardError, TransientForwardError
 from gateway.forward import DicomSender, FolderSender, Forwarder, classify_status, ladder_for
 from gateway.pipeline import recompress
 from gateway.pipeline.pixels import frame_info
-from gateway.spool import DEAD, DONE, PENDING, Job, Spool
+from gateway.spool import DEAD, DONE, INFLIGHT, PENDING, Job, Spool
 from tests.conftest import pydicom_file, wait_until
 
 RLE = "1.2.840.10008.1.2.5"
@@ -123,6 +123,32 @@ def test_transient_failures_give_up_after_max_attempts(tmp_path: Path) -> None:
          lambda: spool.find_job(job.instance, "x").state == DEAD)
     dead = spool.find_job(job.instance, "x")
     assert dead.attempts == FAST.max_attempts and "gave up after 4 attempts: refused" in dead.reason
+
+
+class SpoolWatchingRecord:
+    """A proof record that notes, for each delivery it is told of, the job's state in the spool then."""
+
+    def __init__(self, spool: Spool, destination: str) -> None:
+        self.spool, self.destination = spool, destination
+        self.seen: list[tuple[str, str]] = []
+
+    def delivery(self, ident: str, destination: str, *, outcome: str, **details: object) -> None:
+        self.seen.append((outcome, self.spool.find_job(ident, destination).state))
+
+
+@pytest.mark.parametrize("failures, outcome, final", [
+    ([], "delivered", DONE), ([PermanentForwardError("status 0xC000")], "dead", DEAD)])
+def test_the_record_hears_of_an_outcome_before_the_spool_shows_it(tmp_path: Path, failures, outcome,
+                                                                   final) -> None:
+    """Whoever sees a job done or dead finds its delivery on record already; a crash in between repeats a
+    delivery, never leaves one unrecorded."""
+    spool = Spool(tmp_path)
+    job = _stage(spool, pydicom_file("CT_small.dcm"), "x")
+    record = SpoolWatchingRecord(spool, "x")
+    forwarder = Forwarder(Destination("x", "folder", path=tmp_path), spool, FAST, ScriptedSender(failures),
+                          record=record)
+    _run(forwarder, lambda: spool.find_job(job.instance, "x").state == final)
+    assert record.seen == [(outcome, INFLIGHT)]
 
 
 def test_folder_sender_writes_study_series_instance(tmp_path: Path) -> None:

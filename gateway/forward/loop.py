@@ -249,10 +249,12 @@ class Forwarder(threading.Thread):
             self._failed(job, TransientForwardError(f"{type(exc).__name__}: {exc}"), transient=True, probe=probe)
             return
         seconds = time.perf_counter() - started
+        # The record first: whoever sees the job done finds its delivery; a crash between the two repeats
+        # the delivery, it never leaves one unrecorded.
+        self._record(job, "delivered", syntax=syntax, attempts=job.attempts + 1, seconds=seconds, size=size)
         self.spool.finish(job)
         stage(_log, "forwarded", sop, study=job.identity.study_uid, destination=self.destination.name,
               syntax=syntax, seconds=seconds)
-        self._record(job, "delivered", syntax=syntax, attempts=job.attempts + 1, seconds=seconds, size=size)
         self.last_success_at = time.time()
         if self.failing_since is not None:
             self.failing_since = None
@@ -287,7 +289,7 @@ class Forwarder(threading.Thread):
             self._save_state(now=False)
             return
         reason = str(exc) if not transient else f"gave up after {attempts} attempts: {exc}"
+        self._record(job, "dead", syntax=None, attempts=attempts, reason=reason)
         self.spool.move(job, DEAD, attempts=attempts, reason=reason)
         stage(_log, "dead", sop, level=40, destination=self.destination.name, reason=reason)
-        self._record(job, "dead", syntax=None, attempts=attempts, reason=reason)
         self._save_state(now=False)

@@ -128,8 +128,8 @@ def test_transient_failures_give_up_after_max_attempts(tmp_path: Path) -> None:
 class SpoolWatchingRecord:
     """A proof record that notes, for each delivery it is told of, the job's state in the spool then."""
 
-    def __init__(self, spool: Spool, destination: str) -> None:
-        self.spool, self.destination = spool, destination
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
         self.seen: list[tuple[str, str]] = []
 
     def delivery(self, ident: str, destination: str, *, outcome: str, **details: object) -> None:
@@ -144,7 +144,7 @@ def test_the_record_hears_of_an_outcome_before_the_spool_shows_it(tmp_path: Path
     delivery, never leaves one unrecorded."""
     spool = Spool(tmp_path)
     job = _stage(spool, pydicom_file("CT_small.dcm"), "x")
-    record = SpoolWatchingRecord(spool, "x")
+    record = SpoolWatchingRecord(spool)
     forwarder = Forwarder(Destination("x", "folder", path=tmp_path), spool, FAST, ScriptedSender(failures),
                           record=record)
     _run(forwarder, lambda: spool.find_job(job.instance, "x").state == final)

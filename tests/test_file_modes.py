@@ -12,7 +12,7 @@ import pytest
 from gateway.errors import ConfigError
 from gateway.logs import setup_logging
 from gateway.record import RECORD_FILE
-from tests.conftest import build_config, make_series, send
+from tests.conftest import build_config, make_series, send, wait_until
 
 
 @pytest.fixture
@@ -38,6 +38,8 @@ def test_spool_record_and_archive_are_private(tmp_path: Path, gateway_factory, o
     gw = gateway_factory(build_config(tmp_path))
     assert send(gw.port, make_series(3)) == [0, 0, 0]
     assert gw.wait_idle(60)
+    # The collector removes an object just after its held instance, which is what wait_idle watches.
+    assert wait_until(lambda: not any(gw.spool.objects.iterdir()), timeout=10)
     found = {**_modes(tmp_path / "spool"), **_modes(tmp_path / "archive")}
     assert len(list((tmp_path / "archive").rglob("*.dcm"))) == 3
     assert tmp_path / "spool" / RECORD_FILE in found

@@ -256,8 +256,7 @@ def test_total_connection_limit_makes_room_from_pending_connections(tmp_path, ga
     gateway = _gateway(tmp_path, gateway_factory, max_connections=4, max_associations=2,
                        max_connections_per_address=100, association_request_seconds=30)
     with _connections(gateway.port, 4, "127.0.0.3"):
-        time.sleep(0.2)
-        assert gateway.server.counts()[0] == 4
+        assert wait_until(lambda: gateway.server.counts()[0] == 4, timeout=10)
         assert _echo(gateway.port) < PROMPT_SECONDS
         assert gateway.server.counts()[0] <= 4
 

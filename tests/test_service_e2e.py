@@ -112,7 +112,9 @@ def test_scu_to_gateway_to_peer_and_folder(tmp_path: Path, gateway_factory, peer
     assert passed == set(PASSED_THROUGH), passed
     counts = gateway.spool.counts()
     assert counts[DONE] == 2 * len(datasets) and counts[DEAD] == 0
-    assert list(gateway.spool.objects.iterdir()) == [], "objects are removed once delivered everywhere"
+    # The collector removes an object just after its held instance, which is what wait_idle watches.
+    assert wait_until(lambda: list(gateway.spool.objects.iterdir()) == [], timeout=10), \
+        "objects are removed once delivered everywhere"
 
 
 def test_attributes_other_than_pixel_encoding_are_unchanged(tmp_path: Path, gateway_factory) -> None:

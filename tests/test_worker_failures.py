@@ -66,7 +66,8 @@ def test_failure_count_survives_a_restart(tmp_path: Path, gateway_factory, monke
 
     monkeypatch.setattr(gateway.worker, "splice_write", _broken_splice)  # would fail again if tried
     gateway_factory(config)
-    assert wait_until(lambda: len(_archive(tmp_path)) == 1, timeout=30)
+    # The file is in the archive a moment before its job is marked done.
+    assert wait_until(lambda: len(_archive(tmp_path)) == 1 and spool.count_jobs(DONE) == 1, timeout=30)
     got = dcmread(_archive(tmp_path)[0])
     assert got.PixelData == ds.PixelData
     job = next(Spool(config.spool.directory).jobs_in(DONE))
@@ -80,8 +81,8 @@ def test_unreadable_instance_becomes_a_dead_letter_that_status_shows(
     spool = Spool(config.spool.directory)
     ident = spool.store_received(b"not a DICOM file " * 8, "MODALITY")
     gateway_ = gateway_factory(config)
-    assert wait_until(lambda: any(True for _ in spool.jobs_in(DEAD)), timeout=30)
-    assert spool.received() == []
+    # The dead letter is written just before the instance leaves incoming/.
+    assert wait_until(lambda: any(True for _ in spool.jobs_in(DEAD)) and spool.received() == [], timeout=30)
     dead: Job = next(spool.jobs_in(DEAD))
     assert dead.instance == ident and "cannot be forwarded as received either" in (dead.reason or "")
     assert "InvalidDicomError" in (dead.reason or "")

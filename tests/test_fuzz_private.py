@@ -119,7 +119,7 @@ def _screen_stream() -> tuple[FrameInfo, np.ndarray, bytes]:
 
 
 def _text_stream() -> tuple[FrameInfo, np.ndarray, bytes]:
-    """Text burnt into a real ultrasound image (read by pydicom): context model 6 codes its edges as
+    """Text burnt into a real ultrasound image (read by pydicom): context model 7 codes its edges as
     one of the two levels of their neighbourhoods (as model 5), and its black background as flat."""
     import pydicom
     from pydicom.data import get_testdata_file
@@ -129,12 +129,12 @@ def _text_stream() -> tuple[FrameInfo, np.ndarray, bytes]:
     frame = np.ascontiguousarray(pydicom.dcmread(get_testdata_file("examples_palette.dcm")).pixel_array[50:74, 290:338])
     info = FrameInfo(rows=24, columns=48, bits_allocated=8, bits_stored=8)
     data = private.encode(frame, info, version=2)
-    assert _model_byte(data, info) == private.MODEL == 6
+    assert _model_byte(data, info) == private.MODEL == 7
     return info, frame, data
 
 
 def _flat_stream() -> tuple[FrameInfo, np.ndarray, bytes]:
-    """A real CT slice on a field of padding with stray samples: model 6's flat flag, both ways."""
+    """A real CT slice on a field of padding with stray samples: the flat flag (models 6 and 7), both ways."""
     from tests.test_private import _flat_frame
 
     info, frame = _flat_frame()
@@ -161,14 +161,14 @@ def _striped_streams() -> list[tuple[FrameInfo, np.ndarray, bytes]]:
 
 
 def _older_model_streams() -> list[tuple[FrameInfo, np.ndarray, bytes]]:
-    """Version 2 streams of the context models the encoder wrote before model 6 (0, 1, 2, 4, 5): archives
+    """Version 2 streams of the context models the encoder wrote before model 7 (0, 1, 2, 4, 5, 6): archives
     hold them, so their decoders face hostile bytes too."""
     from tests.test_private_golden import _model_byte
 
     old = private.MODEL
     out = []
     try:
-        for model in (0, 1, 2, 4, 5):
+        for model in (0, 1, 2, 4, 5, 6):
             private.MODEL = model
             for seed, info in ((0, INFOS[0]), (2, INFOS[2])):
                 frame = _frame(info, seed)

@@ -982,15 +982,17 @@ def _spec_weight(e: int, version: int) -> int:
 _FINE_USES: list[int] = [0]  # samples whose zero flag or token a model 1 fine class coded
 _LEVEL_USES: list[int] = [0]  # samples model 5 decoded as one of their two-level neighbourhood's levels
 _FLAT_USES: list[int] = [0]  # samples model 6 decoded as repeating their flat neighbourhood
+_GATED_USES: list[int] = [0]  # samples model 7 predicted by the blend, their bias context's gate closed
 
 
 def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int, version: int = 1,
                 guide: list[list[int]] | None = None, keep: list[list[int]] | None = None,
                 model: int = 0) -> list[list[int]]:
     """Decode a plane; `guide` gives version 2's guide values, `keep` receives |TE|."""
-    wide = model in (4, 5, 6)  # section 9.3, model 4: model 2 with sub-predictors 5 and 6
-    levels = model in (5, 6)  # model 5: model 4 with two-level neighbourhoods
-    flat = model == 6  # model 6: model 5 with the flat flag
+    wide = model in (4, 5, 6, 7)  # section 9.3, model 4: model 2 with sub-predictors 5 and 6
+    levels = model in (5, 6, 7)  # model 5: model 4 with two-level neighbourhoods
+    flat = model in (6, 7)  # model 6: model 5 with the flat flag
+    gated = model == 7  # model 7: model 6 with the bias correction's gates
     model = 2 if wide else model
     contexts = [[32768, 32768, 0]
                 for _ in range(2128 if version == 1 else (140, 2418, 2544)[model] + 72 * levels + 256 * flat)]
@@ -1003,6 +1005,7 @@ def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int, version: int 
     sign_base = 56 if model == 0 else 2296
     half_base = 2380 if model == 1 else 2506
     bias = [0] * (112 * 16 if wide else 112)
+    gates = [0] * len(bias)
     v = [[0] * cols for _ in range(rows)]
     te = [[0] * cols for _ in range(rows)]
     errs = [[[0] * cols for _ in range(rows)] for _ in range(7 if wide else 5)]
@@ -1052,7 +1055,11 @@ def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int, version: int 
             bctx = (q >> 2) * 16 + texture
             if wide:  # model 4: split by NN and WW against the blend, and by the slopes' signs
                 bctx = 16 * bctx + 4 * ((8 * nn > blend8) + 2 * (8 * ww > blend8)) + (n > nn) + 2 * (w > ww)
-            pred8 = min(max(blend8 + (bias[bctx] >> 4), 8 * lo), 8 * hi)
+            corrected8 = min(max(blend8 + (bias[bctx] >> 4), 8 * lo), 8 * hi)
+            pred8 = corrected8
+            if gated and gates[bctx] < 0:  # model 7: the gate is closed, the blend predicts alone
+                pred8 = blend8
+                _GATED_USES[0] += 1
             pred = (pred8 + 4) >> 3
             sigma = 1 if te_w + te_n > 0 else 2 if te_w + te_n < 0 else 0
             two_level = levels and hi - lo >= 8 and all(u in (lo, hi) for u in (w, n, nw, ne))
@@ -1139,6 +1146,8 @@ def _spec_plane(dec: _SpecDecoder, rows: int, cols: int, top: int, version: int 
                 keep[y][x] = abs(te[y][x])
             for t, si in zip(errs, s):
                 t[y][x] = abs(si - 8 * value)
+            if gated:  # model 7: did the correction bring the prediction closer to the value?
+                gates[bctx] += abs(blend8 - 8 * value) - abs(corrected8 - 8 * value) - (gates[bctx] >> 5)
             bias[bctx] += (16 * (8 * value - blend8) - bias[bctx]) >> 5
     return v
 
@@ -1202,7 +1211,7 @@ def _spec_decode(data: bytes, info: FrameInfo, reference: np.ndarray | None = No
         field = struct.unpack_from("<I", data, start)[0]
         stripe_rows, model = field & 0xFFFFFF, field >> 24
         chained, model = bool(model & 0x10), model & ~0x10  # section 9.3: the chained-guides flag
-        assert model in (0, 1, 2, 4, 5, 6) or (model == 3 and transform == 3 and not chained)
+        assert model in (0, 1, 2, 4, 5, 6, 7) or (model == 3 and transform == 3 and not chained)
         stripes = -(-info.rows // stripe_rows)
         lengths = struct.unpack_from(f"<{stripes + 1}I", data, start + 4)
         start += 4 * (stripes + 2)
@@ -1378,7 +1387,7 @@ def test_specification_decoder_agrees(info: FrameInfo, kind: str, version: int) 
 
 @pytest.mark.parametrize("archive", ["gwl_v1", "gwl_v2_model0", "gwl_v2_model1", "gwl_v2_model2", "gwl_v2_model3",
                                      "gwl_v2_model4", "gwl_v2_model5", "gwl_v2_subbands", "gwl_v2_repeat",
-                                     "gwl_v2_chained", "gwl_v2_model6"])
+                                     "gwl_v2_chained", "gwl_v2_model6", "gwl_v2_model7"])
 def test_specification_decoder_reads_golden_streams(archive: str) -> None:
     """The archived streams decode with the plain decoder too (pixels read by pydicom)."""
     from tests.test_private_golden import ARCHIVES, _frames
@@ -1393,11 +1402,11 @@ def test_specification_decoder_reads_golden_streams(archive: str) -> None:
             previous = expected
 
 
-@pytest.mark.parametrize("model", [1, 2, 4, 5, 6])
+@pytest.mark.parametrize("model", [1, 2, 4, 5, 6, 7])
 @pytest.mark.parametrize("info", [_info(64, 64, stored=12), _info(40, 40, samples=3, alloc=8, stored=8)])
 def test_specification_decoder_follows_fine_classes(monkeypatch: pytest.MonkeyPatch, info: FrameInfo,
                                                     model: int) -> None:
-    """Frames large enough for the fine classes of context models 1, 2, 4, 5 and 6 to take over from the
+    """Frames large enough for the fine classes of context models 1, 2, 4, 5, 6 and 7 to take over from the
     coarse ones."""
     rng = np.random.default_rng(11)
     frame = _smooth(rng, info)
@@ -1423,7 +1432,7 @@ def test_two_level_neighbourhoods_code_burnt_in_text(monkeypatch: pytest.MonkeyP
     pixels = pydicom.dcmread(get_testdata_file("examples_palette.dcm")).pixel_array
     frame = np.ascontiguousarray(pixels[50:90, 290:370])
     info = _info(40, 80, alloc=8, stored=8)
-    for model in (5, 6):  # model 6 is model 5 with the flat flag
+    for model in (5, 6, 7):  # model 6 is model 5 with the flat flag, model 7 model 6 with the gates
         monkeypatch.setattr(private, "MODEL", model)
         data = private.encode(frame, info, version=2)
         assert _stripe_field(data, 1)[1] == model
@@ -1449,13 +1458,13 @@ def _flat_frame() -> tuple[FrameInfo, np.ndarray]:
 
 
 def test_flat_neighbourhoods_code_one_decision(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Model 6 codes a sample of a flat neighbourhood (W = N = NE) that repeats it with one decision
-    and nothing else: the specification's decoder takes that path for the padding around a real CT
-    slice, decodes the stray samples there through the residual, and the stream is no larger than
-    model 5's."""
+    """Models 6 and 7 code a sample of a flat neighbourhood (W = N = NE) that repeats it with one
+    decision and nothing else: the specification's decoder takes that path for the padding around a
+    real CT slice, decodes the stray samples there through the residual, and the stream is no larger
+    than model 5's."""
     info, frame = _flat_frame()
     data = private.encode(frame, info, version=2)
-    assert _stripe_field(data, 1)[1] == private.MODEL == 6
+    assert _stripe_field(data, 1)[1] == private.MODEL == 7
     assert np.array_equal(private.decode(data, info), frame)
     before = _FLAT_USES[0]
     assert np.array_equal(_spec_decode(data, info), frame)
@@ -1464,21 +1473,41 @@ def test_flat_neighbourhoods_code_one_decision(monkeypatch: pytest.MonkeyPatch) 
     assert len(data) <= len(private.encode(frame, info, version=2))
 
 
+def test_bias_gates_close_where_the_correction_does_not_help(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Model 7 predicts with the blend alone in the bias contexts whose correction has been taking the
+    prediction away from the values: on a real ultrasound image (read by pydicom) the
+    specification's decoder takes that path for many samples, and the stream is smaller than
+    model 6's, which corrects every sample."""
+    from pydicom.data import get_testdata_file
+
+    frame = np.ascontiguousarray(pydicom.dcmread(get_testdata_file("examples_palette.dcm")).pixel_array)
+    info = _info(*frame.shape, alloc=8, stored=8)
+    monkeypatch.setattr(private, "INDEXED_MODELS", (None,))  # the blend codes the frame, not model 3
+    data = private.encode(frame, info, version=2)
+    assert _stripe_field(data, 1)[1] == private.MODEL == 7
+    assert np.array_equal(private.decode(data, info), frame)
+    before = _GATED_USES[0]
+    assert np.array_equal(_spec_decode(data, info), frame)
+    assert _GATED_USES[0] - before > 0.01 * frame.size
+    monkeypatch.setattr(private, "MODEL", 6)
+    assert len(data) < 0.99 * len(private.encode(frame, info, version=2))
+
+
 def test_unknown_context_model_is_corrupt() -> None:
     info = _info(12, 10, stored=12)
     data = bytearray(private.encode(_smooth(np.random.default_rng(2), info), info, version=2))
     start = private._HEADER.size + private._PLANE.size
     rows, model = _stripe_field(bytes(data), 1)
-    assert (rows, model) == (12, 6)
+    assert (rows, model) == (12, 7)
     struct.pack_into("<I", data, start, rows | 3 << 24)
     with pytest.raises(CorruptCodestreamError, match="context model"):
         private.decode(bytes(data), info)
-    for model in (7, 3 | private.CHAINED, 7 | private.CHAINED, 0x20 | 6):
+    for model in (8, 3 | private.CHAINED, 8 | private.CHAINED, 0x20 | 7):
         struct.pack_into("<I", data, start, rows | model << 24)
         with pytest.raises(CorruptCodestreamError, match="context model"):
             private.decode(bytes(data), info)
     # The flag names no other plane to guide a grey frame's plane: the same pixels.
-    struct.pack_into("<I", data, start, rows | (6 | private.CHAINED) << 24)
+    struct.pack_into("<I", data, start, rows | (7 | private.CHAINED) << 24)
     assert np.array_equal(private.decode(bytes(data), info), _smooth(np.random.default_rng(2), info))
 
 

@@ -11,7 +11,8 @@ version 2 encoder of context model 4 (model 2's pixels), ``gwl_v2_model5`` by th
 version 2 encoder that codes interpolated frames as subbands, ``gwl_v2_repeat`` by that of context model 5
 that codes frames enlarged by repeating samples as subbands, ``gwl_v2_chained`` by that of context
 model 5 whose colour-difference planes are guided by the plane before them (the CHAINED flag),
-``gwl_v2_model6`` by that of context model 6 (model 5's pixels and a CT crop on a field of padding); the
+``gwl_v2_model6`` by that of context model 6 (model 5's pixels and a CT crop on a field of padding),
+``gwl_v2_model7`` by that of context model 7 (model 6's pixels and an ultrasound crop); the
 pixels they must decode to were read by pydicom from its bundled test files (a source that is not our
 code), and are checked against those files again here when pydicom has them.
 """
@@ -36,13 +37,13 @@ CASES = json.loads((DATA / "cases.json").read_text())
 ARCHIVES = {name: (ROOT / name, json.loads((ROOT / name / "cases.json").read_text()))
             for name in ("gwl_v1", "gwl_v2_model0", "gwl_v2_model1", "gwl_v2_model2", "gwl_v2_model3",
                          "gwl_v2_model4", "gwl_v2_model5", "gwl_v2_subbands", "gwl_v2_repeat", "gwl_v2_chained",
-                         "gwl_v2_model6")}
+                         "gwl_v2_model6", "gwl_v2_model7")}
 VERSION_OF = {"gwl_v1": 1, "gwl_v2_model0": 2, "gwl_v2_model1": 2, "gwl_v2_model2": 2, "gwl_v2_model3": 2,
               "gwl_v2_model4": 2, "gwl_v2_model5": 2, "gwl_v2_subbands": 2, "gwl_v2_repeat": 2, "gwl_v2_chained": 2,
-              "gwl_v2_model6": 2}
+              "gwl_v2_model6": 2, "gwl_v2_model7": 2}
 MODEL_OF = {"gwl_v2_model0": 0, "gwl_v2_model1": 1, "gwl_v2_model2": 2, "gwl_v2_model3": 3, "gwl_v2_model4": 4,
             "gwl_v2_model5": 5, "gwl_v2_subbands": 2, "gwl_v2_repeat": 5, "gwl_v2_chained": 5 | private.CHAINED,
-            "gwl_v2_model6": 6}
+            "gwl_v2_model6": 6, "gwl_v2_model7": 7}
 ALL_CASES = [(name, case) for name, (_, cases) in ARCHIVES.items() for case in cases]
 
 
@@ -62,7 +63,7 @@ def test_golden_streams_decode(archive: str, case: dict) -> None:
     if archive in ("gwl_v2_subbands", "gwl_v2_repeat"):
         assert all(s[11] == 0x10 | case["subbands"] for s in streams)
     if archive in MODEL_OF:  # (model 0: written before context models existed, the model byte is 0)
-        # (Colour frames of model 6's archive carry the chained-guides flag, as the encoder writes them.)
+        # (Colour frames of the archives of models 6 and 7 carry the chained-guides flag, as the encoder writes them.)
         assert all(s[5] == private.MODE_STORED or MODEL_OF[archive] in (_model_byte(s, info),
                                                                          _model_byte(s, info) & ~private.CHAINED)
                    for s in streams)

@@ -46,6 +46,13 @@ zero flag and the token, and for the sign:
   radiographs, mammograms and ultrasound, the padding around a CT's field of
   view) code several times faster; a sample that does not codes as in model 5,
   without the zero flag (its residual is not 0).
+* model 7: model 6, and each bias context keeps a *gate* beside its bias
+  estimate: the running difference between the blend's error and the
+  corrected prediction's error there.  While the gate is below 0 (the
+  correction has been taking the prediction away from the values), that
+  context predicts with the blend alone.  Smooth images, such as
+  scan-converted ultrasound and CT reconstructed on a small field of view,
+  gain most.
 
 The residual ``r = value - pred`` is coded as
 
@@ -116,10 +123,14 @@ GUIDE_WEIGHT = 2  # weight of the first plane's error at the same position in a 
 # 6: model 5, and a flat neighbourhood (W = N = NE) codes whether the sample repeats them first,
 #    in contexts of its own (FLAT_MODEL): a sample that does costs no blend, bias correction or
 #    other context.
-MODELS = (0, 1, 2, 4, 5, 6)
+# 7: model 6, and each bias context applies its correction only while the correction has been
+#    bringing the prediction closer to the values there (GATED_MODEL).
+MODELS = (0, 1, 2, 4, 5, 6, 7)
 WIDE_MODEL = 4
 TWO_LEVEL_MODEL = 5
 FLAT_MODEL = 6
+GATED_MODEL = 7
+GATE_SHIFT = 5  # a gate forgets 1/32 of its sum at each sample of its context
 GRADIENT_STEP = 3  # activity classes per gradient class
 GRADIENT_CLASSES = (N_CLASSES + GRADIENT_STEP - 1) // GRADIENT_STEP
 LEVEL_BITS = 2
@@ -156,13 +167,14 @@ FLAT_STEPS = 4
 N_FLAT = FLAT_CLASSES * FLAT_STEPS * LEVEL_CLASSES
 
 
-WIDE_MODELS = (WIDE_MODEL, TWO_LEVEL_MODEL, FLAT_MODEL)  # the models with model 4's blend
-LEVEL_MODELS = (TWO_LEVEL_MODEL, FLAT_MODEL)  # the models with model 5's two-level neighbourhoods
+WIDE_MODELS = (WIDE_MODEL, TWO_LEVEL_MODEL, FLAT_MODEL, GATED_MODEL)  # the models with model 4's blend
+LEVEL_MODELS = (TWO_LEVEL_MODEL, FLAT_MODEL, GATED_MODEL)  # the models with model 5's two-level neighbourhoods
+FLAT_MODELS = (FLAT_MODEL, GATED_MODEL)  # the models with model 6's flat flag
 
 
 def context_model(model: int) -> int:
-    """The model whose classes, contexts and tables a plane of context `model` uses: models 4,
-    5 and 6 code as model 2 (4 changes only the blend and the bias correction; 5 adds its
+    """The model whose classes, contexts and tables a plane of context `model` uses: models 4
+    to 7 code as model 2 (4 and 7 change only the blend and the bias correction; 5 adds its
     two-level contexts after model 2's, 6 its flat contexts after those, :func:`binary_contexts`)."""
     return 2 if model in WIDE_MODELS else model
 
@@ -170,7 +182,7 @@ def context_model(model: int) -> int:
 def binary_contexts(model: int) -> int:
     """Number of binary contexts of a plane coded with context `model`."""
     return (N_BINARY[context_model(model)] + (N_TWO_LEVEL if model in LEVEL_MODELS else 0)
-            + (N_FLAT if model == FLAT_MODEL else 0))
+            + (N_FLAT if model in FLAT_MODELS else 0))
 
 
 # The sub-predictors' errors of a row, LANES to a column (one lane unused): slot x + 2 of a row
@@ -181,14 +193,15 @@ PADS = 3
 
 def new_plane_state(columns: int, model: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fresh prediction state of a plane `columns` wide coded with context `model`: the ring of the
-    blend's errors and the bias estimates (:func:`._private_predict.new_state`), and the errors of
+    blend's errors and the bias estimates (:func:`._private_predict.new_state`; model 7: followed by
+    as many gates, ``bm[N_BIAS_WIDE + bctx]``), and the errors of
     the sub-predictors as the plane loop keeps them: ``err[row & 1]`` the errors of a row,
     interleaved (``err[k, (x + 2) * LANES + i]``: sub-predictor i at column x), and ``err[2]``
     each sub-predictor's errors at NW, N and NE summed, for the whole row at once before it is
     coded.  The loop reads a sample's errors from two rows of one array instead of fifteen, which
     keeps the loop's pointers in registers."""
     wide = model in WIDE_MODELS
-    te, _, bm = new_state(columns, 0, N_BIAS_WIDE if wide else N_BIAS)
+    te, _, bm = new_state(columns, 0, (N_BIAS_WIDE if wide else N_BIAS) * (2 if model == GATED_MODEL else 1))
     return te, np.zeros((3, (columns + PADS) * LANES), np.int32), bm
 
 
@@ -263,7 +276,7 @@ def _fraction_class(fraction):
 def _plane_coder(encoding: bool, plane_model: int):
     """The plane loop compiled for one direction and one context model.
 
-    Both are constants to numba (closure variables), so each of the twelve
+    Both are constants to numba (closure variables), so each of the fourteen
     kernels keeps only its own branches: the encoders run about 14 % faster
     than one loop that tests them at every sample.
 
@@ -277,7 +290,8 @@ def _plane_coder(encoding: bool, plane_model: int):
     model = context_model(plane_model)
     wide = plane_model in WIDE_MODELS
     levels = plane_model in LEVEL_MODELS
-    flat = plane_model == FLAT_MODEL
+    flat = plane_model in FLAT_MODELS
+    gated = plane_model == GATED_MODEL
     spread_shift = TWO_LEVEL_MIN.bit_length()
 
     @njit(cache=True, nogil=True, error_model="numpy")
@@ -366,6 +380,11 @@ def _plane_coder(encoding: bool, plane_model: int):
                     bctx = bias_context_wide(bctx, n, w, nn, ww, blend8)
                 bias = np.int64(bm[bctx])
                 pred8, pred = correct(blend8, bias, lo, hi)
+                if gated:
+                    corrected8 = pred8
+                    gate = np.int64(bm[N_BIAS_WIDE + bctx])
+                    if gate < 0:
+                        pred8, pred = blend8, (blend8 + 4) >> 3
                 if model < 2:
                     sign_ctx = ctx_sign + 3 * q + _sign_class(te_w + te_n)
                 else:
@@ -494,6 +513,8 @@ def _plane_coder(encoding: bool, plane_model: int):
                 if keeping:
                     keep[y, x] = abs(te_w)
                 _keep_errors(cur, u + 2 * LANES, v8, s0, s1, s2, s3, s4, s5, s6, wide)
+                if gated:
+                    bm[N_BIAS_WIDE + bctx] = gate + abs(blend8 - v8) - abs(corrected8 - v8) - (gate >> GATE_SHIFT)
                 bm[bctx] = bias_update(bias, v8, blend8)
         return est, buf, dst, status
 

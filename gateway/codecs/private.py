@@ -58,9 +58,10 @@ classes mixed, the sign's context split by where the prediction lies between
 two integers), model 4 (model 2 with two more sub-predictors, ``2N - NN``
 and ``2W - WW``), model 5 (model 4, and a sample whose
 neighbours hold only two levels codes first whether and which of them it
-repeats), model 6 (written now: model 5, and a sample whose neighbours W, N
-and NE are equal codes first whether it repeats them, which is then all it
-costs) or model 3 (written for indexed colour where it
+repeats), model 6 (model 5, and a sample whose neighbours W, N and NE are
+equal codes first whether it repeats them, which is then all it costs), model
+7 (written now: model 6, and a bias context applies its correction only while
+the correction has been helping there) or model 3 (written for indexed colour where it
 codes smaller: model 2, but the index plane is coded as which neighbour's
 colour a pixel repeats, else the index among recent escapes or by value).  A grey
 intra frame whose samples of one parity are means of their neighbours (an
@@ -166,7 +167,7 @@ SUBBAND_MARGIN = 0.05
 SAMPLE_TRUST = 1.25
 # Version 2 context model the encoder uses (see _private_planes2), written in the top byte of
 # the stripe rows field (streams written before models existed have 0 there).
-MODEL = _planes2.FLAT_MODEL
+MODEL = _planes2.GATED_MODEL
 MODEL_SHIFT = 24
 # Context models a frame may name: the plane models, and model 3, which is model 2 but for the
 # index plane of an indexed colour frame (colour transform 3), coded by the index model.

@@ -13,6 +13,11 @@ or several together:
 * ``no bias``: the blend without the bias correction;
 * ``light bias``: the bias correction with one estimate per activity class
   instead of model 4's contexts (which neighbours exceed the blend);
+* ``gated bias``: context model 7's bias correction, applied only while its
+  context's gate is not negative (the corrected prediction has been closer
+  to the values than the blend, docs/private-codec.md 9.3);
+* ``clamped bias``: the bias estimates moved by the blend's error clamped to
+  one sample either way, so that an edge moves them no more than noise;
 * ``five``: without sub-predictors 5 and 6 (``2N - NN``, ``2W - WW``);
 * ``no WW``: every error summed over N, W, NW and NE only;
 * ``three``: sub-predictors 0, 1 and 2 only (``N + W - NW`` and the two
@@ -38,9 +43,11 @@ Per variant:
   a table per class the image meets (8 bits a table, 5 bits a used symbol,
   12 bits a sign class), without clustering.
 
-Planes are the first frame of every grey corpus image, minus its smallest value.
+Planes are the first frame of every grey corpus image, minus its smallest value
+(``--images``: of the grey images in those files or folders, as bench_private.py
+reads them, in a folder named by the file's parent folder).
 
-    python benchmarks/bench_prediction_cost.py [--folders CT MR] [--repeat N]
+    python benchmarks/bench_prediction_cost.py [--folders CT MR | --images DIR ...] [--repeat N]
 """
 
 from __future__ import annotations
@@ -55,9 +62,10 @@ from numba import njit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.harness import load_images  # noqa: E402
 from benchmarks.bench_static_coding import WARM, _best, grey_planes, wide_errors  # noqa: E402
 from gateway.codecs._private_planes2 import (  # noqa: E402
-    FRACTION_CLASSES, GRADIENT_CLASSES, GRADIENT_STEP, LEVEL_BITS, LEVEL_CLASSES, N_COARSE,
+    FRACTION_CLASSES, GATE_SHIFT, GRADIENT_CLASSES, GRADIENT_STEP, LEVEL_BITS, LEVEL_CLASSES, N_COARSE,
     _fraction_class, _sign_class)
 from gateway.codecs._private_predict import (  # noqa: E402
     N_BIAS_WIDE, N_CLASSES, N_SUB_WIDE, _floor_div, activity_of, bias_context, bias_context_wide, bias_update,
@@ -68,10 +76,12 @@ from gateway.codecs._private_symbols import N_TOKENS, token_of  # noqa: E402
 N_SYMBOLS = N_TOKENS + 1
 TABLE_BITS, SYMBOL_BITS, SIGN_TABLE_BITS = 8, 5, 12  # the table estimate of bench_static_coding.py
 # Variant flags: the parts a variant leaves out.
-NO_BIAS, FIVE, NO_WW, THREE, ACTIVITY_CLASSES, LEVEL, LIGHT_BIAS = 1, 2, 4, 8, 16, 32, 64
+NO_BIAS, FIVE, NO_WW, THREE, ACTIVITY_CLASSES, LEVEL, LIGHT_BIAS, GATED_BIAS, CLAMPED_BIAS = 1, 2, 4, 8, 16, 32, 64, 128, 256
 VARIANTS = {
     "full": 0,
     "no bias": NO_BIAS,
+    "gated bias": GATED_BIAS,
+    "clamped bias": CLAMPED_BIAS,
     "five": FIVE,
     "no WW": NO_WW,
     "three": THREE,
@@ -97,10 +107,13 @@ def _prediction_loop(flags: int, analyse: bool):
     far_sums = not flags & NO_WW
     fine_classes = not flags & ACTIVITY_CLASSES
     level = bool(flags & LEVEL)
+    gated = bool(flags & GATED_BIAS)
+    clamped = bool(flags & CLAMPED_BIAS)
 
     @njit(cache=True, nogil=True)
     def loop(plane, source, maxv, te, err, bm, fields):
         rows, cols = plane.shape
+        gates = np.zeros(bm.shape[0], np.int64)
         level_shift = max(np.int64(0), bit_length(maxv) - LEVEL_BITS)
         seen = np.int64(0)
         i = 0
@@ -139,6 +152,9 @@ def _prediction_loop(flags: int, analyse: bool):
                         bctx = bias_context_wide(bias_context(q, n, w, nw, ne, blend8), n, w, nn, ww, blend8)
                     bias = np.int64(bm[bctx])
                     pred8, pred = correct(blend8, bias, lo, hi)
+                    corrected8 = pred8
+                    if gated and gates[bctx] < 0:
+                        pred8, pred = blend8, (blend8 + 4) >> 3
                 else:
                     bctx = 0
                     bias = np.int64(0)
@@ -181,6 +197,10 @@ def _prediction_loop(flags: int, analyse: bool):
                     err[5, r, x + 1] = abs(s5 - v8)
                     err[6, r, x + 1] = abs(s6 - v8)
                 if bias_on:
+                    if gated:
+                        gates[bctx] += abs(blend8 - v8) - abs(corrected8 - v8) - (gates[bctx] >> GATE_SHIFT)
+                    if clamped:
+                        v8 = min(max(v8, blend8 - 8), blend8 + 8)
                     bm[bctx] = bias_update(bias, v8, blend8)
         return seen
 
@@ -231,15 +251,27 @@ def _measure(plane: np.ndarray, maxv: int, name: str, repeat: int) -> tuple[floa
     return (*_ideal_bytes(fields), seconds)
 
 
+def _image_planes(paths):
+    """(folder, plane, maximum) of the first frame of every grey image in `paths`, as grey_planes
+    gives the corpus's."""
+    for item in load_images(paths):
+        if item.info.samples_per_pixel == 1:
+            plane = item.frames[0].astype(np.int64)
+            plane = (plane - plane.min()).astype(np.int32)
+            if plane.max() > 0:
+                yield item.folder, plane, int(plane.max())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--folders", nargs="*", default=())
+    parser.add_argument("--images", nargs="*", default=(), help="image files or folders instead of the corpus")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     for name in VARIANTS:
         _measure(WARM, 250, name, 1)
     totals: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])
-    for folder, plane, maxv in grey_planes(args.folders):
+    for folder, plane, maxv in (_image_planes(args.images) if args.images else grey_planes(args.folders)):
         for name in VARIANTS:
             size, tables, seconds = _measure(plane, maxv, name, args.repeat)
             for key in ((name, folder), (name, "ALL")):

@@ -45,7 +45,7 @@ Per variant:
 
 Planes are the first frame of every grey corpus image, minus its smallest value
 (``--images``: of the grey images in those files or folders, as bench_private.py
-reads them, in a folder named by the file's parent folder).
+reads them, in a folder named by the file's parent folder; ``--unseen`` as there).
 
     python benchmarks/bench_prediction_cost.py [--folders CT MR | --images DIR ...] [--repeat N]
 """
@@ -251,10 +251,10 @@ def _measure(plane: np.ndarray, maxv: int, name: str, repeat: int) -> tuple[floa
     return (*_ideal_bytes(fields), seconds)
 
 
-def _image_planes(paths):
-    """(folder, plane, maximum) of the first frame of every grey image in `paths`, as grey_planes
-    gives the corpus's."""
-    for item in load_images(paths):
+def _image_planes(paths, unseen):
+    """(folder, plane, maximum) of the first frame of every grey image in `paths` (`unseen`: as
+    bench_private.py's ``--unseen`` chooses them), as grey_planes gives the corpus's."""
+    for item in load_images(paths, unseen):
         if item.info.samples_per_pixel == 1:
             plane = item.frames[0].astype(np.int64)
             plane = (plane - plane.min()).astype(np.int32)
@@ -266,12 +266,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--folders", nargs="*", default=())
     parser.add_argument("--images", nargs="*", default=(), help="image files or folders instead of the corpus")
+    parser.add_argument("--unseen", action="store_true", help="with --images: as bench_private.py's --unseen")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     for name in VARIANTS:
         _measure(WARM, 250, name, 1)
     totals: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])
-    for folder, plane, maxv in (_image_planes(args.images) if args.images else grey_planes(args.folders)):
+    for folder, plane, maxv in (_image_planes(args.images, args.unseen) if args.images else grey_planes(args.folders)):
         for name in VARIANTS:
             size, tables, seconds = _measure(plane, maxv, name, args.repeat)
             for key in ((name, folder), (name, "ALL")):

@@ -21,7 +21,10 @@ in order, each frame allowed to reference the one before it in the same image.
 ``--images FILE_OR_FOLDER ...`` runs on image files instead of the corpus
 (lossless formats: PNG, TIFF, ...; 8- or 16-bit grey or RGB; or DICOM files,
 ``.dcm``), for images the corpus lacks, such as screen captures or a site's
-own studies.
+own studies.  With ``--unseen`` only DICOM files whose pixels are lossless, not
+in the corpus and not repeated are used, in folders by modality: for instance
+the images of pydicom's larger test data (``pip download --no-deps
+pydicom-data==1.0.0``, unzipped), which the corpus holds only four of.
 
 ``--enlarge KIND`` runs on the corpus's grey images (the first frame of each)
 enlarged to about twice their size, as scanners and workstations enlarge
@@ -156,7 +159,7 @@ def _peers() -> list[Entry]:
 def main() -> None:
     args = arguments(__doc__.splitlines()[0], lambda parser: parser.add_argument(
         "--enlarge", choices=ENLARGEMENTS, help="the corpus's grey images enlarged about twice (see the help above)"))
-    items = load_images(args.images) if args.images else load_corpus(folders=args.folders)
+    items = load_images(args.images, args.unseen) if args.images else load_corpus(folders=args.folders)
     if args.enlarge:
         items = _enlarged(items, args.enlarge)
     threads = private.STRIPE_THREADS

@@ -99,11 +99,50 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".ppm", ".pgm", ".webp")
 DICOM_SUFFIXES = (".dcm",)
 
 
-def load_images(paths: Sequence[str]) -> list[Item]:
+def _corpus_hashes() -> set[str]:
+    """The pixel hashes of the corpus's MANIFEST.csv (empty, and said so, without a corpus)."""
+    import csv
+
+    env = os.environ.get("GATEWAY_CORPUS")
+    manifest = (Path(env) if env else REPO.parent / "shared" / "corpus") / "MANIFEST.csv"
+    if not manifest.is_file():
+        print(f"  no corpus at {manifest.parent}: images the corpus holds cannot be told apart", file=sys.stderr)
+        return set()
+    with manifest.open(newline="") as f:
+        return {row["sha256_of_pixel_array"] for row in csv.DictReader(f)}
+
+
+def _unseen_item(file: Path, corpus: set[str], seen: set[str]) -> tuple[Item | None, str]:
+    """A DICOM file as an image the codecs have not been built on, in a folder named by its
+    modality, or None and why it is left out: pixels decoded from a lossy stream (a lossy
+    transfer syntax or Lossy Image Compression 01), pixels the corpus holds (its MANIFEST's
+    hashes, of the little-endian pixel bytes) or pixels already taken from another file."""
+    import hashlib
+
+    from gateway.dicom import uids
+    from gateway.pipeline.pixels import frame_info, iter_frames
+
+    ds = pydicom.dcmread(file)
+    syntax = str(ds.file_meta.TransferSyntaxUID)
+    if not uids.is_lossless(syntax) or str(ds.get("LossyImageCompression", "00")) == "01":
+        return None, f"lossy source ({syntax})"
+    array = np.ascontiguousarray(ds.pixel_array)
+    digest = hashlib.sha256(array.astype(array.dtype.newbyteorder("<")).tobytes()).hexdigest()
+    if digest in corpus:
+        return None, "in the corpus"
+    if digest in seen:
+        return None, "the same pixels as another file"
+    seen.add(digest)
+    return Item(str(file), str(ds.get("Modality", "") or "OT"), frame_info(ds), list(iter_frames(ds))), ""
+
+
+def load_images(paths: Sequence[str], unseen: bool = False) -> list[Item]:
     """Images outside the corpus, from image files (lossless formats; folders are searched):
     8- or 16-bit grey or RGB (an alpha channel is dropped), one frame each, or DICOM files
     (``.dcm``, every frame, as the corpus is read; files whose pixels pydicom cannot decode are
-    left out, and said so), in a folder named by the file's parent folder."""
+    left out, and said so), in a folder named by the file's parent folder.  With `unseen`, only
+    DICOM files whose pixels are lossless, not in the corpus and not repeated
+    (:func:`_unseen_item`), in a folder named by their modality."""
     import imagecodecs
 
     files = []
@@ -111,12 +150,23 @@ def load_images(paths: Sequence[str]) -> list[Item]:
         files += sorted(f for f in path.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES + DICOM_SUFFIXES) \
             if path.is_dir() else [path]
     items = []
+    corpus: set[str] = _corpus_hashes() if unseen else set()
+    seen: set[str] = set()
     for file in files:
         if file.suffix.lower() in DICOM_SUFFIXES:
             try:
-                items.append(_dicom_item(file, str(file), file.parent.name))
+                if unseen:
+                    item, why = _unseen_item(file, corpus, seen)
+                    if item is None:
+                        print(f"  {file}: left out ({why})", file=sys.stderr)
+                        continue
+                    items.append(item)
+                else:
+                    items.append(_dicom_item(file, str(file), file.parent.name))
             except Exception as exc:  # a file the benchmark cannot use: say so, go on with the others
                 print(f"  {file}: left out ({type(exc).__name__}: {exc})", file=sys.stderr)
+            continue
+        if unseen:
             continue
         array = np.asarray(imagecodecs.imread(file))
         if array.ndim == 3 and array.shape[2] in (2, 4):
@@ -264,4 +314,7 @@ def arguments(description: str, extra: Callable[[argparse.ArgumentParser], None]
     parser.add_argument("--only", nargs="*", default=(), help="entry names to run (default: all)")
     parser.add_argument("--images", nargs="*", default=(),
                         help="image files or folders to use instead of the corpus (PNG, TIFF, ...)")
+    parser.add_argument("--unseen", action="store_true",
+                        help="with --images: only DICOM files with lossless pixels the corpus does not hold, "
+                             "each pixel data once, in folders by modality")
     return parser.parse_args()

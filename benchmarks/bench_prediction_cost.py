@@ -75,7 +75,7 @@ from gateway.codecs._private_symbols import N_TOKENS, token_of  # noqa: E402
 
 N_SYMBOLS = N_TOKENS + 1
 TABLE_BITS, SYMBOL_BITS, SIGN_TABLE_BITS = 8, 5, 12  # the table estimate of bench_static_coding.py
-# Variant flags: the parts a variant leaves out.
+# Variant flags: the parts a variant leaves out or changes.
 NO_BIAS, FIVE, NO_WW, THREE, ACTIVITY_CLASSES, LEVEL, LIGHT_BIAS, GATED_BIAS, CLAMPED_BIAS = 1, 2, 4, 8, 16, 32, 64, 128, 256
 VARIANTS = {
     "full": 0,

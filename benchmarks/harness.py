@@ -29,9 +29,14 @@ from gateway.codecs.base import FrameInfo
 REPO = Path(__file__).resolve().parent.parent
 
 
-def corpus_dir() -> Path:
+def _corpus_path() -> Path:
+    """Where the corpus is looked for: $GATEWAY_CORPUS, else ../shared/corpus beside the checkout."""
     env = os.environ.get("GATEWAY_CORPUS")
-    path = Path(env) if env else REPO.parent / "shared" / "corpus"
+    return Path(env) if env else REPO.parent / "shared" / "corpus"
+
+
+def corpus_dir() -> Path:
+    path = _corpus_path()
     if not (path / "MANIFEST.csv").is_file():
         sys.exit(f"corpus not found at {path}: set GATEWAY_CORPUS to a folder holding MANIFEST.csv")
     return path
@@ -103,8 +108,7 @@ def _corpus_hashes() -> set[str]:
     """The pixel hashes of the corpus's MANIFEST.csv (empty, and said so, without a corpus)."""
     import csv
 
-    env = os.environ.get("GATEWAY_CORPUS")
-    manifest = (Path(env) if env else REPO.parent / "shared" / "corpus") / "MANIFEST.csv"
+    manifest = _corpus_path() / "MANIFEST.csv"
     if not manifest.is_file():
         print(f"  no corpus at {manifest.parent}: images the corpus holds cannot be told apart", file=sys.stderr)
         return set()

@@ -221,14 +221,14 @@ def _table_bits(counts: np.ndarray) -> np.ndarray:
 
 
 def _best_split(props: np.ndarray, symbols: np.ndarray, index: np.ndarray, scale: float, penalty: float,
-                limits: np.ndarray):
+                limits: np.ndarray, allowed):
     """(gain in bits net of the new table, property, threshold) of the best split of the samples
     `index` (``props[:, k] <= threshold`` to the left); gain <= 0 when no split pays."""
     sym = symbols[index]
     whole = np.bincount(sym, minlength=N_SYMBOLS)
     base = _cost(whole) + penalty * _table_bits(whole)
     best = (0.0, -1, -1)
-    for k in range(N_PROPERTIES):
+    for k in allowed:
         values = props[index, k]
         v = int(limits[k])
         if v < 2:
@@ -247,9 +247,11 @@ def _best_split(props: np.ndarray, symbols: np.ndarray, index: np.ndarray, scale
     return best
 
 
-def grow_tree(props: np.ndarray, symbols: np.ndarray, leaves: int, penalty: float, learn: int):
-    """The tree greedily grown on (a stride of rows of) the samples: a list of nodes, each
-    ``[property, threshold, left, right, parent]`` (property -1 for a leaf)."""
+def grow_tree(props: np.ndarray, symbols: np.ndarray, leaves: int, penalty: float, learn: int,
+              allowed=range(N_PROPERTIES)):
+    """The tree greedily grown on (a stride of rows of) the samples, asking only about the
+    `allowed` properties: a list of nodes, each ``[property, threshold, left, right, parent]``
+    (property -1 for a leaf)."""
     n = symbols.shape[0]
     step = max(1, -(-n // learn))
     index = np.arange(0, n, step)
@@ -259,7 +261,7 @@ def grow_tree(props: np.ndarray, symbols: np.ndarray, leaves: int, penalty: floa
     symbols = symbols.astype(np.int64)
     nodes = [[-1, -1, -1, -1, -1]]
     heap = []
-    gain, k, t = _best_split(props, symbols, index, scale, penalty, limits)
+    gain, k, t = _best_split(props, symbols, index, scale, penalty, limits, allowed)
     if gain > 0:
         heap.append((-gain, 0, k, t, index))
     count = 1
@@ -270,7 +272,7 @@ def grow_tree(props: np.ndarray, symbols: np.ndarray, leaves: int, penalty: floa
         for side, part in ((2, idx[goes_left]), (3, idx[~goes_left])):
             nodes[node][side] = len(nodes)
             nodes.append([-1, -1, -1, -1, node])
-            g, kk, tt = _best_split(props, symbols, part, scale, penalty, limits)
+            g, kk, tt = _best_split(props, symbols, part, scale, penalty, limits, allowed)
             if g > 0:
                 heapq.heappush(heap, (-g, nodes[node][side], kk, tt, part))
         count += 1
@@ -323,7 +325,8 @@ def walk_time(nodes, props: np.ndarray, repeat: int = 3) -> tuple[float, int, np
 CODINGS = ("fine + coarse", "coarse", "tree", "tree + coarse", "tree + parent")
 
 
-def measure(plane: np.ndarray, maxv: int, leaves: int, penalty: float, learn: int) -> dict:
+def measure(plane: np.ndarray, maxv: int, leaves: int, penalty: float, learn: int,
+            allowed=range(N_PROPERTIES)) -> dict:
     """Bits of each coding (:data:`CODINGS`) of the plane's zero flags and tokens, the bits of its
     raw low bits and signs, the tree's leaves and the seconds of growing it."""
     fields = np.empty((plane.size, 7), np.int32)
@@ -338,7 +341,7 @@ def measure(plane: np.ndarray, maxv: int, leaves: int, penalty: float, learn: in
     coarse = fields[:, F_COARSE].astype(np.int64)
     fine = fields[:, F_FINE].astype(np.int64)
     start = time.process_time()
-    nodes = grow_tree(props, symbols, leaves, penalty, learn)
+    nodes = grow_tree(props, symbols, leaves, penalty, learn, allowed)
     seconds = time.process_time() - start
     leaf, parent, inner = leaves_of(nodes, props.astype(np.int64))
     n_leaves = len(nodes) - inner
@@ -376,14 +379,17 @@ def main() -> None:
     parser.add_argument("--leaves", type=int, default=256, help="most leaves a tree may have")
     parser.add_argument("--penalty", type=float, default=1.0, help="times the static table estimate a split must gain")
     parser.add_argument("--learn", type=int, default=1 << 19, help="most samples a tree is grown on (a stride of them)")
+    parser.add_argument("--properties", nargs="*", type=int, default=range(N_PROPERTIES),
+                        help="the properties a tree may ask about, by number (default: all)")
     args = parser.parse_args()
+    allowed = sorted(set(args.properties))
     measure(WARM, 250, 4, args.penalty, args.learn)
     walk_time([[0, 0, 1, 2, -1], [-1, -1, -1, -1, 0], [-1, -1, -1, -1, 0]], np.zeros((4, N_PROPERTIES), np.int32))
     totals: dict[str, dict] = defaultdict(lambda: defaultdict(float))
     asked = np.zeros(N_PROPERTIES, np.int64)
     planes = _image_planes(args.images, args.unseen) if args.images else grey_planes(args.folders)
     for folder, plane, maxv in planes:
-        result = measure(plane, maxv, args.leaves, args.penalty, args.learn)
+        result = measure(plane, maxv, args.leaves, args.penalty, args.learn, allowed)
         np.add.at(asked, result.pop("used"), 1)
         for key in (folder, "ALL"):
             row = totals[key]
@@ -391,7 +397,8 @@ def main() -> None:
             for name, value in result.items():
                 row[name] += value
     folders = sorted(totals, key=lambda f: (f == "ALL", f))
-    print(f"leaves at most {args.leaves}, penalty {args.penalty:g}, learning on at most {args.learn} samples")
+    print(f"leaves at most {args.leaves}, penalty {args.penalty:g}, learning on at most {args.learn} samples, "
+          f"properties: {', '.join(PROPERTIES[k] for k in allowed)}")
     print()
     print("| folder | images | fine + coarse (bytes) | " + " | ".join(CODINGS[1:])
           + " | tree + parent, all bits | leaves / image | growing ms / image | nodes a sample | walk ns a sample |")

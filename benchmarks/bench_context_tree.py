@@ -18,8 +18,8 @@ with its flat flag first):
    correction) gives each sample its *symbol* (0 for a zero residual, else 1
    + the token of ``|r| - 1``), its coarse and fine class, and the
    properties a tree may ask about (:data:`PROPERTIES`);
-2. the tree is grown greedily from one leaf, on every sample or on a stride
-   of rows for large images: each leaf's best split is the property and
+2. the tree is grown greedily from one leaf, on every sample or on every
+   k-th for large images (``--learn``): each leaf's best split is the property and
    threshold that lower the empirical entropy of its symbols most, and the
    leaf with the largest gain is split, while the gain exceeds the cost of
    a new table (bench_static_coding.py's estimate: 8 bits, and 5 bits a used
@@ -223,10 +223,11 @@ def _table_bits(counts: np.ndarray) -> np.ndarray:
 def _best_split(props: np.ndarray, symbols: np.ndarray, index: np.ndarray, scale: float, penalty: float,
                 limits: np.ndarray, allowed):
     """(gain in bits net of the new table, property, threshold) of the best split of the samples
-    `index` (``props[:, k] <= threshold`` to the left); gain <= 0 when no split pays."""
+    `index` (``props[:, k] <= threshold`` to the left), their entropies counted `scale` times (the
+    samples each one taken stands for); gain <= 0 when no split pays."""
     sym = symbols[index]
     whole = np.bincount(sym, minlength=N_SYMBOLS)
-    base = _cost(whole) + penalty * _table_bits(whole)
+    base = scale * _cost(whole) + penalty * _table_bits(whole)
     best = (0.0, -1, -1)
     for k in allowed:
         values = props[index, k]
@@ -239,17 +240,17 @@ def _best_split(props: np.ndarray, symbols: np.ndarray, index: np.ndarray, scale
         used = (left.sum(axis=1) > 0) & (right.sum(axis=1) > 0)
         if not used.any():
             continue
-        cost = _cost(left) + _cost(right) + penalty * (_table_bits(left) + _table_bits(right))
+        cost = scale * (_cost(left) + _cost(right)) + penalty * (_table_bits(left) + _table_bits(right))
         gains = np.where(used, base - cost, -np.inf)
         t = int(np.argmax(gains))
-        if gains[t] * scale > best[0]:
-            best = (float(gains[t]) * scale, k, t)
+        if gains[t] > best[0]:
+            best = (float(gains[t]), k, t)
     return best
 
 
 def grow_tree(props: np.ndarray, symbols: np.ndarray, leaves: int, penalty: float, learn: int,
               allowed=range(N_PROPERTIES)):
-    """The tree greedily grown on (a stride of rows of) the samples, asking only about the
+    """The tree greedily grown on the samples (every k-th, for at most `learn`), asking only about the
     `allowed` properties: a list of nodes, each ``[property, threshold, left, right, parent]``
     (property -1 for a leaf)."""
     n = symbols.shape[0]
@@ -378,7 +379,7 @@ def main() -> None:
     parser.add_argument("--unseen", action="store_true", help="with --images: as bench_private.py's --unseen")
     parser.add_argument("--leaves", type=int, default=256, help="most leaves a tree may have")
     parser.add_argument("--penalty", type=float, default=1.0, help="times the static table estimate a split must gain")
-    parser.add_argument("--learn", type=int, default=1 << 19, help="most samples a tree is grown on (a stride of them)")
+    parser.add_argument("--learn", type=int, default=1 << 19, help="most samples a tree is grown on (every k-th sample)")
     parser.add_argument("--properties", nargs="*", type=int, default=range(N_PROPERTIES),
                         help="the properties a tree may ask about, by number (default: all)")
     args = parser.parse_args()

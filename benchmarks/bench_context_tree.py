@@ -43,7 +43,11 @@ with its flat flag first):
    image's bits (raw bits and ideal signs in version 2's sign classes
    included);
 4. the time of finding each sample's leaf, as a decoder would with the
-   sample's properties at hand (best of three, processor time).
+   sample's properties at hand (best of three, processor time): by walking
+   the tree from its root, or (``--table``, the tree then asking only about
+   the coarse class, the fine class's gradient and level, and the errors at
+   W and N up to 7) by one look-up in a table over those properties' values,
+   made from the tree.
 
     python benchmarks/bench_context_tree.py [--folders CT MR | --images DIR ... [--unseen]]
         [--leaves N] [--penalty X] [--learn N]
@@ -96,7 +100,15 @@ PROPERTIES = (
     "column",  # sixteenth of the width
     "row",  # sixteenth of the height
 )
+N_ASKED = len(PROPERTIES)  # the properties a tree asks about unless told otherwise
+# Coarser forms of some of them, whose product with the coarse class is small enough for a table
+# that gives a sample's leaf in one look-up (``--table``): the fine class's gradient and level, and
+# the errors at W and N up to TABLE_ERRORS - 1.
+TABLE_ERRORS = 8
+PROPERTIES += ("gradient / 3", "level / 4", "|err W| to 7", "|err N| to 7")
 N_PROPERTIES = len(PROPERTIES)
+TABLE_PROPERTIES = (0, N_ASKED, N_ASKED + 1, N_ASKED + 2, N_ASKED + 3)
+TABLE_SIZES = (2 * N_CLASSES, GRADIENT_CLASSES, LEVEL_CLASSES, TABLE_ERRORS, TABLE_ERRORS)
 CAP = 31  # bit lengths above it are counted as it (a threshold takes 5 bits)
 F_SYMBOL, F_COARSE, F_FINE, F_SIGN_CLASS, F_SIGN, F_RAW, F_FLAT = range(7)
 
@@ -105,7 +117,7 @@ F_SYMBOL, F_COARSE, F_FINE, F_SIGN_CLASS, F_SIGN, F_RAW, F_FLAT = range(7)
 def _analyse(plane, maxv, te, err, bm, fields, props):
     """Context model 7's prediction over `plane`; each sample's symbol, classes, sign and raw bit
     count to `fields`, its properties to `props` (the values are read from the plane, as a decoder
-    has them)."""
+    has them; the coarser forms after the first N_ASKED are left to :func:`_coarser`)."""
     rows, cols = plane.shape
     gates = np.zeros(bm.shape[0], np.int64)
     level_shift = max(np.int64(0), bit_length(maxv) - LEVEL_BITS)
@@ -249,7 +261,7 @@ def _best_split(props: np.ndarray, symbols: np.ndarray, index: np.ndarray, scale
 
 
 def grow_tree(props: np.ndarray, symbols: np.ndarray, leaves: int, penalty: float, learn: int,
-              allowed=range(N_PROPERTIES)):
+              allowed=range(N_ASKED)):
     """The tree greedily grown on the samples (every k-th, for at most `learn`), asking only about the
     `allowed` properties: a list of nodes, each ``[property, threshold, left, right, parent]``
     (property -1 for a leaf)."""
@@ -323,17 +335,51 @@ def walk_time(nodes, props: np.ndarray, repeat: int = 3) -> tuple[float, int, np
     return best, visited, leaf
 
 
+def _coarser(props: np.ndarray) -> None:
+    """Fill the coarser forms of the properties (``--table``) from the others."""
+    props[:, N_ASKED] = props[:, 2] // GRADIENT_STEP
+    props[:, N_ASKED + 1] = props[:, 3] >> 2
+    props[:, N_ASKED + 2] = np.minimum(props[:, 4], TABLE_ERRORS - 1)
+    props[:, N_ASKED + 3] = np.minimum(props[:, 5], TABLE_ERRORS - 1)
+
+
+@njit(cache=True, nogil=True)
+def _look_up(table, props, leaf):
+    """Each sample's leaf from the table over TABLE_PROPERTIES, as a decoder would find it."""
+    for i in range(props.shape[0]):
+        key = props[i, 0] * GRADIENT_CLASSES + props[i, N_ASKED]
+        key = (key * LEVEL_CLASSES + props[i, N_ASKED + 1]) * TABLE_ERRORS + props[i, N_ASKED + 2]
+        leaf[i] = table[key * TABLE_ERRORS + props[i, N_ASKED + 3]]
+
+
+def look_up_time(nodes, props: np.ndarray, repeat: int = 3) -> tuple[float, np.ndarray]:
+    """(best seconds of finding every sample's leaf in a table made from a tree over
+    TABLE_PROPERTIES, each sample's leaf number)."""
+    grid = np.zeros((int(np.prod(TABLE_SIZES)), N_PROPERTIES), np.int64)
+    for k, axis in zip(TABLE_PROPERTIES, np.indices(TABLE_SIZES).reshape(len(TABLE_SIZES), -1)):
+        grid[:, k] = axis
+    table = leaves_of(nodes, grid)[0].astype(np.int16)
+    leaf = np.empty(props.shape[0], np.int16)
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.process_time()
+        _look_up(table, props, leaf)
+        best = min(best, time.process_time() - start)
+    return best, leaf
+
+
 CODINGS = ("fine + coarse", "coarse", "tree", "tree + coarse", "tree + parent")
 
 
 def measure(plane: np.ndarray, maxv: int, leaves: int, penalty: float, learn: int,
-            allowed=range(N_PROPERTIES)) -> dict:
+            allowed=range(N_ASKED), table: bool = False) -> dict:
     """Bits of each coding (:data:`CODINGS`) of the plane's zero flags and tokens, the bits of its
     raw low bits and signs, the tree's leaves and the seconds of growing it."""
     fields = np.empty((plane.size, 7), np.int32)
     props = np.empty((plane.size, N_PROPERTIES), np.int32)
     te, err, bm = new_state(plane.shape[1], N_SUB_WIDE, N_BIAS_WIDE)
     _analyse(plane, maxv, te, err, bm, fields, props)
+    _coarser(props)
     outside = fields[:, F_FLAT] == 0  # model 7 codes flat neighbourhoods with its flat flag first
     fields, props = fields[outside], props[outside]
     if fields.shape[0] == 0:
@@ -368,6 +414,10 @@ def measure(plane: np.ndarray, maxv: int, leaves: int, penalty: float, learn: in
     is_leaf = np.array([nd[0] < 0 for nd in nodes])
     if not np.array_equal((np.cumsum(is_leaf) - 1)[walked], leaf):
         raise AssertionError("the walk and the tree's masks found different leaves")
+    if table:
+        result["walk"], looked_up = look_up_time(nodes, props)
+        if not np.array_equal(looked_up, leaf):
+            raise AssertionError("the table and the tree's masks found different leaves")
     result["samples"] = symbols.shape[0]
     return result
 
@@ -380,17 +430,19 @@ def main() -> None:
     parser.add_argument("--leaves", type=int, default=256, help="most leaves a tree may have")
     parser.add_argument("--penalty", type=float, default=1.0, help="times the static table estimate a split must gain")
     parser.add_argument("--learn", type=int, default=1 << 19, help="most samples a tree is grown on (every k-th sample)")
-    parser.add_argument("--properties", nargs="*", type=int, default=range(N_PROPERTIES),
-                        help="the properties a tree may ask about, by number (default: all)")
+    parser.add_argument("--properties", nargs="*", type=int, default=range(N_ASKED),
+                        help=f"the properties a tree may ask about, by number (default: 0 to {N_ASKED - 1})")
+    parser.add_argument("--table", action="store_true",
+                        help="ask only about the properties a table can hold, and find each leaf in the table")
     args = parser.parse_args()
-    allowed = sorted(set(args.properties))
-    measure(WARM, 250, 4, args.penalty, args.learn)
+    allowed = list(TABLE_PROPERTIES) if args.table else sorted(set(args.properties))
+    measure(WARM, 250, 4, args.penalty, args.learn, allowed, args.table)
     walk_time([[0, 0, 1, 2, -1], [-1, -1, -1, -1, 0], [-1, -1, -1, -1, 0]], np.zeros((4, N_PROPERTIES), np.int32))
     totals: dict[str, dict] = defaultdict(lambda: defaultdict(float))
     asked = np.zeros(N_PROPERTIES, np.int64)
     planes = _image_planes(args.images, args.unseen) if args.images else grey_planes(args.folders)
     for folder, plane, maxv in planes:
-        result = measure(plane, maxv, args.leaves, args.penalty, args.learn, allowed)
+        result = measure(plane, maxv, args.leaves, args.penalty, args.learn, allowed, args.table)
         np.add.at(asked, result.pop("used"), 1)
         for key in (folder, "ALL"):
             row = totals[key]
@@ -402,7 +454,8 @@ def main() -> None:
           f"properties: {', '.join(PROPERTIES[k] for k in allowed)}")
     print()
     print("| folder | images | fine + coarse (bytes) | " + " | ".join(CODINGS[1:])
-          + " | tree + parent, all bits | leaves / image | growing ms / image | nodes a sample | walk ns a sample |")
+          + f" | tree + parent, all bits | leaves / image | growing ms / image | nodes a sample "
+          f"| {'look-up' if args.table else 'walk'} ns a sample |")
     print("|---|---:|---:|" + "---:|" * (len(CODINGS) - 1) + "---:|---:|---:|---:|---:|")
     for folder in folders:
         row = totals[folder]

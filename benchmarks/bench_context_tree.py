@@ -50,7 +50,7 @@ with its flat flag first):
    made from the tree.
 
     python benchmarks/bench_context_tree.py [--folders CT MR | --images DIR ... [--unseen]]
-        [--leaves N] [--penalty X] [--learn N]
+        [--leaves N] [--penalty X] [--learn N] [--properties K ... | --table]
 """
 
 from __future__ import annotations
@@ -358,8 +358,9 @@ def look_up_time(nodes, props: np.ndarray, repeat: int = 3) -> tuple[float, np.n
     grid = np.zeros((int(np.prod(TABLE_SIZES)), N_PROPERTIES), np.int64)
     for k, axis in zip(TABLE_PROPERTIES, np.indices(TABLE_SIZES).reshape(len(TABLE_SIZES), -1)):
         grid[:, k] = axis
-    table = leaves_of(nodes, grid)[0].astype(np.int16)
-    leaf = np.empty(props.shape[0], np.int16)
+    numbers = leaves_of(nodes, grid)[0]
+    table = numbers.astype(np.int16 if numbers.max() < 1 << 15 else np.int32)
+    leaf = np.empty(props.shape[0], table.dtype)
     best = float("inf")
     for _ in range(repeat):
         start = time.process_time()
@@ -437,7 +438,6 @@ def main() -> None:
     args = parser.parse_args()
     allowed = list(TABLE_PROPERTIES) if args.table else sorted(set(args.properties))
     measure(WARM, 250, 4, args.penalty, args.learn, allowed, args.table)
-    walk_time([[0, 0, 1, 2, -1], [-1, -1, -1, -1, 0], [-1, -1, -1, -1, 0]], np.zeros((4, N_PROPERTIES), np.int32))
     totals: dict[str, dict] = defaultdict(lambda: defaultdict(float))
     asked = np.zeros(N_PROPERTIES, np.int64)
     planes = _image_planes(args.images, args.unseen) if args.images else grey_planes(args.folders)

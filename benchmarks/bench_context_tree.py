@@ -56,6 +56,7 @@ with its flat flag first):
 from __future__ import annotations
 
 import argparse
+import functools
 import heapq
 import sys
 import time
@@ -68,7 +69,7 @@ from numba import njit
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.bench_prediction_cost import _entropy_bits, _image_planes  # noqa: E402
-from benchmarks.bench_static_coding import WARM, grey_planes, wide_errors  # noqa: E402
+from benchmarks.bench_static_coding import WARM, grey_planes, keep_errors, wide_errors  # noqa: E402
 from gateway.codecs._private_planes2 import (  # noqa: E402
     FRACTION_CLASSES, GATE_SHIFT, GRADIENT_CLASSES, GRADIENT_STEP, LEVEL_BITS, LEVEL_CLASSES,
     _fraction_class, _sign_class)
@@ -174,14 +175,7 @@ def _analyse(plane, maxv, te, err, bm, fields, props):
             props[i, 16] = (y * 16) // rows
             i += 1
             v8 = value << 3
-            te[r, x + 1] = pred8 - v8
-            err[0, r, x + 1] = abs(s0 - v8)
-            err[1, r, x + 1] = abs(s1 - v8)
-            err[2, r, x + 1] = abs(s2 - v8)
-            err[3, r, x + 1] = abs(s3 - v8)
-            err[4, r, x + 1] = abs(s4 - v8)
-            err[5, r, x + 1] = abs(s5 - v8)
-            err[6, r, x + 1] = abs(s6 - v8)
+            keep_errors(te, err, r, x, pred8, v8, s0, s1, s2, s3, s4, s5, s6, 7)
             gates[bctx] += abs(blend8 - v8) - abs(corrected8 - v8) - (gates[bctx] >> GATE_SHIFT)
             bm[bctx] = bias_update(bias, v8, blend8)
 
@@ -352,13 +346,19 @@ def _look_up(table, props, leaf):
         leaf[i] = table[key * TABLE_ERRORS + props[i, N_ASKED + 3]]
 
 
-def look_up_time(nodes, props: np.ndarray, repeat: int = 3) -> tuple[float, np.ndarray]:
-    """(best seconds of finding every sample's leaf in a table made from a tree over
-    TABLE_PROPERTIES, each sample's leaf number)."""
+@functools.cache
+def _table_cells() -> np.ndarray:
+    """Every cell of the table over TABLE_PROPERTIES, in the table's order, as rows of properties."""
     grid = np.zeros((int(np.prod(TABLE_SIZES)), N_PROPERTIES), np.int64)
     for k, axis in zip(TABLE_PROPERTIES, np.indices(TABLE_SIZES).reshape(len(TABLE_SIZES), -1)):
         grid[:, k] = axis
-    numbers = leaves_of(nodes, grid)[0]
+    return grid
+
+
+def look_up_time(nodes, props: np.ndarray, repeat: int = 3) -> tuple[float, np.ndarray]:
+    """(best seconds of finding every sample's leaf in a table made from a tree over
+    TABLE_PROPERTIES, each sample's leaf number)."""
+    numbers = leaves_of(nodes, _table_cells())[0]
     table = numbers.astype(np.int16 if numbers.max() < 1 << 15 else np.int32)
     leaf = np.empty(props.shape[0], table.dtype)
     best = float("inf")

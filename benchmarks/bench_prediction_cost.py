@@ -63,7 +63,7 @@ from numba import njit
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.harness import load_images  # noqa: E402
-from benchmarks.bench_static_coding import WARM, _best, grey_planes, wide_errors  # noqa: E402
+from benchmarks.bench_static_coding import WARM, _best, grey_planes, keep_errors, wide_errors  # noqa: E402
 from gateway.codecs._private_planes2 import (  # noqa: E402
     FRACTION_CLASSES, GATE_SHIFT, GRADIENT_CLASSES, GRADIENT_STEP, LEVEL_BITS, LEVEL_CLASSES, N_COARSE,
     _fraction_class, _sign_class)
@@ -104,6 +104,7 @@ def _prediction_loop(flags: int, analyse: bool):
     light_bias = bool(flags & LIGHT_BIAS)
     three = bool(flags & THREE)
     seven = not (flags & (FIVE | THREE))
+    subs = 3 if three else 7 if seven else 5
     far_sums = not flags & NO_WW
     fine_classes = not flags & ACTIVITY_CLASSES
     level = bool(flags & LEVEL)
@@ -186,16 +187,7 @@ def _prediction_loop(flags: int, analyse: bool):
                 else:
                     seen += cls + sign_class
                 v8 = value << 3
-                te[r, x + 1] = pred8 - v8
-                err[0, r, x + 1] = abs(s0 - v8)
-                err[1, r, x + 1] = abs(s1 - v8)
-                err[2, r, x + 1] = abs(s2 - v8)
-                if not three:
-                    err[3, r, x + 1] = abs(s3 - v8)
-                    err[4, r, x + 1] = abs(s4 - v8)
-                if seven:
-                    err[5, r, x + 1] = abs(s5 - v8)
-                    err[6, r, x + 1] = abs(s6 - v8)
+                keep_errors(te, err, r, x, pred8, v8, s0, s1, s2, s3, s4, s5, s6, subs)
                 if bias_on:
                     if gated:
                         gates[bctx] += abs(blend8 - v8) - abs(corrected8 - v8) - (gates[bctx] >> GATE_SHIFT)

@@ -124,6 +124,23 @@ def wide_errors(te, err, r, p, x):
     return te_w, te_n, te_nw, te_ne, e0, e1, e2, e3, e4, e5, e6
 
 
+@njit(cache=True, nogil=True, inline="always")
+def keep_errors(te, err, r, x, pred8, v8, s0, s1, s2, s3, s4, s5, s6, subs):
+    """Keep a sample's errors (value ``v8 / 8``) in the ring buffers of version 1's layout, as the
+    studies' loops keep them: the prediction's, and those of the first `subs` sub-predictors (3, 5
+    or 7; a constant of the calling kernel, so the tests fold away)."""
+    te[r, x + 1] = pred8 - v8
+    err[0, r, x + 1] = abs(s0 - v8)
+    err[1, r, x + 1] = abs(s1 - v8)
+    err[2, r, x + 1] = abs(s2 - v8)
+    if subs > 3:
+        err[3, r, x + 1] = abs(s3 - v8)
+        err[4, r, x + 1] = abs(s4 - v8)
+    if subs > 5:
+        err[5, r, x + 1] = abs(s5 - v8)
+        err[6, r, x + 1] = abs(s6 - v8)
+
+
 def _plane_loop(mode: int, model: int):
     """Context model `model`'s prediction and classes (4 or 2) over a plane, compiled for one
     `mode` and model (numba constants, as the codec compiles its kernels per direction and model):
@@ -284,15 +301,7 @@ def _plane_loop(mode: int, model: int):
                         value = pred - mag if negative else pred + mag
                     plane[y, x] = value
                 v8 = value << 3
-                te[r, x + 1] = pred8 - v8
-                err[0, r, x + 1] = abs(s0 - v8)
-                err[1, r, x + 1] = abs(s1 - v8)
-                err[2, r, x + 1] = abs(s2 - v8)
-                err[3, r, x + 1] = abs(s3 - v8)
-                err[4, r, x + 1] = abs(s4 - v8)
-                if wide:
-                    err[5, r, x + 1] = abs(s5 - v8)
-                    err[6, r, x + 1] = abs(s6 - v8)
+                keep_errors(te, err, r, x, pred8, v8, s0, s1, s2, s3, s4, s5, s6, 7 if wide else 5)
                 if not light:
                     bm[bctx] = bias_update(bias, v8, blend8)
         return seen

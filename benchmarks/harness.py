@@ -94,9 +94,13 @@ def load_corpus(root: Path | None = None, folders: Sequence[str] = ()) -> list[I
 
 def _dicom_item(path: Path, name: str, folder: str) -> Item:
     """Every frame of one DICOM file, decoded by pydicom."""
+    return _dataset_item(pydicom.dcmread(path), name, folder)
+
+
+def _dataset_item(ds: pydicom.Dataset, name: str, folder: str) -> Item:
+    """Every frame of a dataset, decoded by pydicom."""
     from gateway.pipeline.pixels import frame_info, iter_frames
 
-    ds = pydicom.dcmread(path)
     return Item(name, folder, frame_info(ds), list(iter_frames(ds)))
 
 
@@ -124,7 +128,6 @@ def _unseen_item(file: Path, corpus: set[str], seen: set[str]) -> tuple[Item | N
     import hashlib
 
     from gateway.dicom import uids
-    from gateway.pipeline.pixels import frame_info, iter_frames
 
     ds = pydicom.dcmread(file)
     syntax = str(ds.file_meta.TransferSyntaxUID)
@@ -137,7 +140,7 @@ def _unseen_item(file: Path, corpus: set[str], seen: set[str]) -> tuple[Item | N
     if digest in seen:
         return None, "the same pixels as another file"
     seen.add(digest)
-    return Item(str(file), str(ds.get("Modality", "") or "OT"), frame_info(ds), list(iter_frames(ds))), ""
+    return _dataset_item(ds, str(file), str(ds.get("Modality", "") or "OT")), ""
 
 
 def load_images(paths: Sequence[str], unseen: bool = False) -> list[Item]:

@@ -1402,6 +1402,15 @@ def test_specification_decoder_reads_golden_streams(archive: str) -> None:
             previous = expected
 
 
+def _uses_decoding(data: bytes, info: FrameInfo, frame: np.ndarray, uses: list[int]) -> int:
+    """Decode `data` with the codec and with the specification's decoder, each to `frame`; return how
+    many samples the specification's decoder took the path `uses` counts for."""
+    assert np.array_equal(private.decode(data, info), frame)
+    before = uses[0]
+    assert np.array_equal(_spec_decode(data, info), frame)
+    return uses[0] - before
+
+
 @pytest.mark.parametrize("model", [1, 2, 4, 5, 6, 7])
 @pytest.mark.parametrize("info", [_info(64, 64, stored=12), _info(40, 40, samples=3, alloc=8, stored=8)])
 def test_specification_decoder_follows_fine_classes(monkeypatch: pytest.MonkeyPatch, info: FrameInfo,
@@ -1417,10 +1426,7 @@ def test_specification_decoder_follows_fine_classes(monkeypatch: pytest.MonkeyPa
     data = private.encode(frame, info, version=2)
     chained = private.CHAINED if data[10] in (tf.COLOUR_SUBTRACT_GREEN, tf.COLOUR_YCOCG_R) else 0
     assert _stripe_field(data, info.samples_per_pixel)[1] == model | chained
-    assert np.array_equal(private.decode(data, info), frame)
-    before = _FINE_USES[0]
-    assert np.array_equal(_spec_decode(data, info), frame)
-    assert _FINE_USES[0] > before + 100  # fine classes coded many samples
+    assert _uses_decoding(data, info, frame, _FINE_USES) > 100  # fine classes coded many samples
 
 
 def test_two_level_neighbourhoods_code_burnt_in_text(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1436,10 +1442,7 @@ def test_two_level_neighbourhoods_code_burnt_in_text(monkeypatch: pytest.MonkeyP
         monkeypatch.setattr(private, "MODEL", model)
         data = private.encode(frame, info, version=2)
         assert _stripe_field(data, 1)[1] == model
-        assert np.array_equal(private.decode(data, info), frame)
-        before = _LEVEL_USES[0]
-        assert np.array_equal(_spec_decode(data, info), frame)
-        assert _LEVEL_USES[0] - before > 200
+        assert _uses_decoding(data, info, frame, _LEVEL_USES) > 200
     monkeypatch.setattr(private, "MODEL", 4)
     assert len(data) < 0.95 * len(private.encode(frame, info, version=2))
 
@@ -1465,10 +1468,7 @@ def test_flat_neighbourhoods_code_one_decision(monkeypatch: pytest.MonkeyPatch) 
     info, frame = _flat_frame()
     data = private.encode(frame, info, version=2)
     assert _stripe_field(data, 1)[1] == private.MODEL == 7
-    assert np.array_equal(private.decode(data, info), frame)
-    before = _FLAT_USES[0]
-    assert np.array_equal(_spec_decode(data, info), frame)
-    assert _FLAT_USES[0] - before > 0.5 * frame.size
+    assert _uses_decoding(data, info, frame, _FLAT_USES) > 0.5 * frame.size
     monkeypatch.setattr(private, "MODEL", 5)
     assert len(data) <= len(private.encode(frame, info, version=2))
 
@@ -1484,10 +1484,7 @@ def test_bias_gates_close_where_the_correction_does_not_help(monkeypatch: pytest
     info = _info(*frame.shape, alloc=8, stored=8)
     data = private.encode(frame, info, version=2)
     assert _stripe_field(data, 1)[1] == private.MODEL == 7
-    assert np.array_equal(private.decode(data, info), frame)
-    before = _GATED_USES[0]
-    assert np.array_equal(_spec_decode(data, info), frame)
-    assert _GATED_USES[0] - before > 0.01 * frame.size
+    assert _uses_decoding(data, info, frame, _GATED_USES) > 0.01 * frame.size
     monkeypatch.setattr(private, "MODEL", 6)
     assert len(data) < 0.99 * len(private.encode(frame, info, version=2))
 

@@ -1,4 +1,4 @@
-"""Keeping numba's on-disk cache of the codec kernels in step with their source.
+"""Keeping numba's on-disk cache of the codec kernels in step with their source, and whole.
 
 numba checks a cached kernel against the time stamp of the file that defines
 it, not against the helpers it inlined from other modules: after a change to
@@ -12,14 +12,29 @@ differ, deletes the package's cached kernels (``__pycache__/*.nbi`` and
 
 A regular install (pip writes every file anew, so every time stamp changes)
 does not need it; it costs one read of the codec sources (about a megabyte).
+
+numba also updates a function's cache index without a lock: it reads the
+index, takes the first free number for the new machine code's file, writes
+the index, then the file.  Two processes that compile different
+specialisations of one kernel at the same time (the worker processes of the
+service or of a bulk run warming up after an install) can both take number
+1, and the index then names one's machine code for the other's signature.
+Every later process loads the wrong kernel for that signature (a crash, or
+streams that fail their checksum) until the cache is deleted.  Every codec
+kernel is therefore decorated with :func:`njit`, which first makes
+:func:`guard` hold an advisory lock on a file beside the index while numba
+reads or writes it (``flock``: shared to load, exclusive to save).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["refresh", "source_digest"]
+__all__ = ["guard", "njit", "refresh", "source_digest"]
 
 _CODECS = Path(__file__).resolve().parent / "codecs"
 _STAMP = "kernel-sources.sha256"
@@ -58,3 +73,80 @@ def refresh(root: Path = _CODECS) -> int:
     except OSError:
         return removed
     return removed
+
+
+def njit(*args, **options):
+    """``numba.njit``, with numba's on-disk cache made safe to share between processes first (:func:`guard`).
+
+    numba is imported here, on the first kernel's definition, not when this
+    module is (the command line imports it for :func:`refresh`).
+    """
+    guard()
+    import numba
+
+    return numba.njit(*args, **options)
+
+
+_GUARDED: list[bool] = []  # [whether the lock is in force], once guard() has run
+
+
+def guard() -> bool:
+    """Make numba read and write each cache index under an advisory file lock; True where it is in force.
+
+    Idempotent.  False where there is no ``fcntl`` (not a POSIX system) or
+    where numba's cache no longer has the methods wrapped here (a numba that
+    changed them: the test suite checks that this returns True).
+    """
+    if _GUARDED:
+        return _GUARDED[0]
+    try:
+        import fcntl
+
+        from numba.core.caching import IndexDataCacheFile
+    except ImportError:
+        _GUARDED.append(False)
+        return False
+    if not all(callable(getattr(IndexDataCacheFile, name, None)) for name in ("load", "save", "flush")):
+        _GUARDED.append(False)
+        return False
+    load, save, flush = IndexDataCacheFile.load, IndexDataCacheFile.save, IndexDataCacheFile.flush
+
+    def locked_load(self, key):
+        with _locked(self, fcntl.LOCK_SH):
+            return load(self, key)
+
+    def locked_save(self, key, data):
+        with _locked(self, fcntl.LOCK_EX):
+            return save(self, key, data)
+
+    def locked_flush(self):
+        with _locked(self, fcntl.LOCK_EX):
+            return flush(self)
+
+    IndexDataCacheFile.load, IndexDataCacheFile.save, IndexDataCacheFile.flush = locked_load, locked_save, locked_flush
+    _GUARDED.append(True)
+    return True
+
+
+@contextlib.contextmanager
+def _locked(cache_file, operation: int) -> Iterator[None]:
+    """Hold `operation` (``fcntl.LOCK_SH`` or ``LOCK_EX``) on the lock file beside `cache_file`'s index.
+
+    Where the lock file cannot be opened (a cache folder this process may not
+    write), numba only reads, and reading alone needs no lock.
+    """
+    import fcntl
+
+    index = getattr(cache_file, "_index_path", None)
+    try:
+        descriptor = os.open(f"{index}.lock", os.O_RDWR | os.O_CREAT, 0o644) if index else -1
+    except OSError:
+        descriptor = -1
+    if descriptor < 0:
+        yield
+        return
+    try:
+        fcntl.flock(descriptor, operation)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock

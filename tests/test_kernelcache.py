@@ -1,10 +1,19 @@
-"""Cached kernels compiled from older source are dropped when any codec source changes."""
+"""Cached kernels compiled from older source are dropped when any codec source changes, and
+processes that compile at the same time leave a cache every process can load."""
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
-from gateway.kernelcache import refresh, source_digest
+from gateway.kernelcache import guard, refresh, source_digest
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _tree(root: Path) -> Path:
@@ -42,3 +51,110 @@ def test_a_change_in_any_module_drops_every_cached_kernel(tmp_path: Path) -> Non
     (root / "sub" / "b.py").write_text("y = 2\n")
     assert refresh(root) == 0, "the digest changed again, but nothing is cached"
     assert list(root.rglob("*.nb?")) == []
+
+
+# -- numba's cache shared between processes ---------------------------------------------------------
+
+_KERNEL = '''
+import numpy as np
+
+from gateway.kernelcache import njit
+
+
+@njit(cache=True)
+def triple(x):
+    out = np.empty_like(x)
+    for i in range(x.size):
+        out[i] = x[i] * 3 + 1
+    return out
+'''
+_DTYPES = ("int8", "int16", "int32", "int64", "uint16", "uint32", "float32", "float64")
+
+
+def _kernel_module(folder: Path) -> Path:
+    (folder / "shared_kernel.py").write_text(_KERNEL)
+    return folder
+
+
+def _python(folder: Path, code: str, *args: str, **popen) -> subprocess.Popen:
+    """A fresh interpreter running `code` with the repository and `folder` importable."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(folder), str(REPO)]))
+    env.pop("NUMBA_CACHE_DIR", None)  # the cache beside the module, in `folder`
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], env=env, text=True, **popen)
+
+
+def test_numba_cache_index_is_locked_in_this_process() -> None:
+    import gateway.codecs._rle_kernels  # noqa: F401 - any kernel module: its njit puts the guard in place
+    from numba.core.caching import IndexDataCacheFile
+
+    assert guard() is True, "numba's cache methods changed: gateway.kernelcache.guard must follow them"
+    assert IndexDataCacheFile.save.__qualname__.startswith("guard.")
+    assert IndexDataCacheFile.load.__qualname__.startswith("guard.")
+
+
+def test_every_kernel_module_defines_its_kernels_through_the_guard() -> None:
+    direct = [str(path.relative_to(REPO)) for path in (REPO / "gateway").rglob("*.py")
+              if path.name != "kernelcache.py" and re.search(r"^\s*from numba import .*\bnjit\b|\bnumba\.njit\b", path.read_text(), re.M)]
+    assert direct == [], "use gateway.kernelcache.njit, which makes numba's cache safe to share first"
+
+
+def test_a_process_saving_to_the_cache_waits_for_another_holding_its_index(tmp_path: Path) -> None:
+    import fcntl
+
+    folder = _kernel_module(tmp_path)
+    sys.path.insert(0, str(folder))
+    try:
+        import shared_kernel
+    finally:
+        sys.path.remove(str(folder))
+        sys.modules.pop("shared_kernel", None)
+    index = Path(shared_kernel.triple._cache._cache_file._index_path)  # where numba keeps it; nothing compiled here
+    index.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{index}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        child = _python(folder, """
+            import numpy as np, shared_kernel
+            print("calling", flush=True)
+            assert list(shared_kernel.triple(np.arange(3))) == [1, 4, 7]
+        """, stdout=subprocess.PIPE)
+        with child, child.stdout:
+            try:
+                assert child.stdout.readline().strip() == "calling"
+                time.sleep(1.5)  # compiling this takes well under a second once numba is imported
+                assert child.poll() is None, "the kernel was loaded or saved while another process held the index"
+                assert not index.exists()
+                fcntl.flock(lock, fcntl.LOCK_UN)
+                assert child.wait(timeout=120) == 0
+            finally:
+                child.kill()
+    assert index.exists()
+
+
+def test_processes_compiling_one_kernel_at_once_leave_a_cache_every_process_can_load(tmp_path: Path) -> None:
+    """Each process compiles another specialisation at the same moment; then one loads them all back."""
+    folder = _kernel_module(tmp_path)
+    compile_one = """
+        import sys, time
+        from pathlib import Path
+        import numpy as np, shared_kernel
+        folder, dtype, count = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+        (folder / f"ready-{dtype}").touch()
+        deadline = time.monotonic() + 120
+        while len(list(folder.glob("ready-*"))) < count and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert list(shared_kernel.triple(np.arange(5, dtype=dtype))) == [1, 4, 7, 10, 13]
+    """
+    children = [_python(folder, compile_one, str(folder), dtype, str(len(_DTYPES))) for dtype in _DTYPES]
+    assert [child.wait(timeout=300) for child in children] == [0] * len(_DTYPES)
+    load_all = """
+        import sys
+        import numpy as np, shared_kernel
+        for dtype in sys.argv[1:]:
+            out = shared_kernel.triple(np.arange(5, dtype=dtype))
+            assert out.dtype == np.dtype(dtype) and list(out) == [1, 4, 7, 10, 13], (dtype, out)
+        hits = sum(shared_kernel.triple.stats.cache_hits.values())
+        assert hits == len(sys.argv) - 1, f"{hits} of {len(sys.argv) - 1} specialisations came from the cache"
+    """
+    checker = _python(folder, load_all, *_DTYPES, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output, _ = checker.communicate(timeout=300)
+    assert checker.returncode == 0, output

@@ -14,7 +14,8 @@ Error codes returned by the decoder (negative values) are translated into
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+from gateway.kernelcache import njit
 
 # Decoder error codes (returned as negative positions).
 ERR_BAD_CODE = -1  #: a bit pattern that is no Huffman code of the table

@@ -25,8 +25,9 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-from numba import njit
 from numba.cpython.unsafe.numbers import leading_zeros
+
+from gateway.kernelcache import njit
 
 # T.87 Table A.2: order of the run-length codes, by RUNindex.
 J = np.array(

@@ -27,7 +27,6 @@ decoding run one loop, as the other plane kernels do.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from gateway.codecs._private_predict import neighbours
 from gateway.codecs._private_rangecoder import dec_bit, enc_bit, grow
@@ -39,6 +38,7 @@ from gateway.codecs._private_symbols import (
     token_base,
     token_of,
 )
+from gateway.kernelcache import njit
 
 CANDIDATES = 5  # W, N, NE, NW, the index that last escaped after the same W and N
 ESCAPE = CANDIDATES  # the answer of a pixel matching none of them

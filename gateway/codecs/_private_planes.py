@@ -28,7 +28,6 @@ operations, a handful more instructions in 4 500); the writes stay in the loop.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from gateway.codecs._private_predict import (
     N_CLASSES,
@@ -42,6 +41,7 @@ from gateway.codecs._private_predict import (
     sign_class as _sign_class,
 )
 from gateway.codecs._private_rangecoder import dec_bit, dec_raw, enc_bit, enc_raw, grow
+from gateway.kernelcache import njit
 
 MAX_CLASS = 18  # classes k = 0..17 cover residual magnitudes below 2**18
 

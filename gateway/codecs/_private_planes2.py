@@ -71,7 +71,6 @@ Encoding and decoding run one loop (:func:`_code_plane`), as in version 1.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from gateway.codecs._private_predict import (
     N_CLASSES,
@@ -106,6 +105,7 @@ from gateway.codecs._private_symbols import (
     token_of,
 )
 from gateway.codecs._private_symbols import _adapt as _adapt_table
+from gateway.kernelcache import njit
 
 GUIDE_WEIGHT = 2  # weight of the first plane's error at the same position in a later plane's class
 # Context models (the segment table names the one a frame uses):

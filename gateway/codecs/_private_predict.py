@@ -23,8 +23,9 @@ docs/private-codec.md specifies every step exactly.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 from numba.cpython.unsafe.numbers import leading_zeros
+
+from gateway.kernelcache import njit
 
 N_SUB = 5
 # Context model 4 of version 2 adds two sub-predictors that extend the slope two samples away

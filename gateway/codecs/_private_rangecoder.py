@@ -22,7 +22,8 @@ the exact arithmetic.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+from gateway.kernelcache import njit
 
 PROB_BITS = 16
 PROB_INIT = 1 << (PROB_BITS - 1)

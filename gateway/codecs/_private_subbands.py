@@ -28,7 +28,8 @@ then columns; inverse: columns, then rows.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+from gateway.kernelcache import njit
 
 ROWS = 1
 COLUMNS = 2

@@ -22,10 +22,10 @@ gives the exact arithmetic.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from gateway.codecs._private_predict import bit_length
 from gateway.codecs._private_rangecoder import MASK32, TOP
+from gateway.kernelcache import njit
 
 # Values below DIRECT_TOKENS are their own token; above, a token holds the
 # bit length and the MANTISSA_BITS bits below the leading one (the rest is raw).

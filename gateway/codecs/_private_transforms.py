@@ -27,7 +27,8 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-from numba import njit
+
+from gateway.kernelcache import njit
 
 COLOUR_NONE = 0
 COLOUR_SUBTRACT_GREEN = 1

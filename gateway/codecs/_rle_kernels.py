@@ -16,7 +16,8 @@ reads every ``stride = samples * nbytes``-th byte starting at
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+from gateway.kernelcache import njit
 
 # Error codes returned by ``decode_segments`` (negative so they cannot be a length).
 ERR_SHORT = -1       # a segment ends before it produced a byte for every pixel

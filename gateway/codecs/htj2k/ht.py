@@ -43,10 +43,11 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import types
 from numba.extending import intrinsic
 
 from gateway.codecs.htj2k import tables
+from gateway.kernelcache import njit
 
 BLOCK_FIELDS_ENCODE = 6
 BLOCK_FIELDS_DECODE = 10

@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from functools import lru_cache, reduce
 
 import numpy as np
-from numba import njit
 
 from gateway.codecs import register
 from gateway.codecs.base import FrameInfo, FunctionCodec, check_frame
@@ -49,6 +48,7 @@ from gateway.errors import (
     UnsupportedCodestreamError,
     UnsupportedImageError,
 )
+from gateway.kernelcache import njit
 
 __all__ = ["CODEC", "supports", "encode", "decode", "levels_for", "DEFAULT_LEVELS"]
 

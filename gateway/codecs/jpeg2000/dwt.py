@@ -24,7 +24,8 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-from numba import njit
+
+from gateway.kernelcache import njit
 
 
 def ceil_div_pow2(value: int, shift: int) -> int:

@@ -29,8 +29,9 @@ bits, as T.800 C.3.4 asks of a decoder that meets the end of a codeword.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 from numba.cpython.unsafe.numbers import leading_zeros
+
+from gateway.kernelcache import njit
 
 # T.800 Table C.2: Qe, index after an MPS, index after an LPS, switch flag.
 QE = np.array([

@@ -36,10 +36,10 @@ E.1.1.2 with r = 1/2), and a complete one exactly.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from gateway.codecs.jpeg2000 import mq
 from gateway.codecs.jpeg2000.mq import u
+from gateway.kernelcache import njit
 
 # Code-block style flags (T.800 Table A.19).
 STYLE_BYPASS = 0x01

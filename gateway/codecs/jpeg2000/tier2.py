@@ -37,10 +37,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 
 from gateway.codecs.jpeg2000 import codestream as cs
 from gateway.errors import CorruptCodestreamError, UnsupportedCodestreamError
+from gateway.kernelcache import njit
 
 MAX_PASSES = 3 * 32 - 2  # T.800 Table B.4 codes up to 164; more than the planes we accept is corrupt
 _LBLOCK_LIMIT = 32

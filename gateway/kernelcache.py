@@ -23,19 +23,26 @@ Every later process loads the wrong kernel for that signature (a crash, or
 streams that fail their checksum) until the cache is deleted.  Every codec
 kernel is therefore decorated with :func:`njit`, which first makes
 :func:`guard` hold an advisory lock on a file beside the index while numba
-reads or writes it (``flock``: shared to load, exclusive to save).
+reads or writes it (``flock``: shared to load, exclusive to save).  Where
+numba finds no folder to cache in at all, it would refuse to define the
+kernels; :func:`njit` then caches them in a private temporary folder, or
+compiles them uncached.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
+import stat
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["guard", "njit", "refresh", "source_digest"]
 
+_log = logging.getLogger(__name__)
 _CODECS = Path(__file__).resolve().parent / "codecs"
 _STAMP = "kernel-sources.sha256"
 
@@ -79,12 +86,60 @@ def njit(*args, **options):
     """``numba.njit``, with numba's on-disk cache made safe to share between processes first (:func:`guard`).
 
     numba is imported here, on the first kernel's definition, not when this
-    module is (the command line imports it for :func:`refresh`).
+    module is (the command line imports it for :func:`refresh`).  Where numba
+    finds no folder to cache in (the package read-only and no writable home
+    folder, as for a service account), the kernels are cached in a private
+    folder of the temporary folder instead (:func:`_fallback_folder`), or
+    not at all: compiled in every process, but the gateway still starts.
     """
     guard()
+    if args and callable(args[0]):  # @njit without options
+        return njit(*args[1:], **options)(args[0])
     import numba
 
-    return numba.njit(*args, **options)
+    def decorate(function):
+        if not _UNCACHED:
+            try:
+                return numba.njit(*args, **options)(function)
+            except RuntimeError as error:
+                if not options.get("cache") or "no locator available" not in str(error):
+                    raise
+            folder = _fallback_folder()
+            if folder is not None:
+                numba.config.CACHE_DIR = str(folder)  # every later kernel finds it first
+                try:
+                    return numba.njit(*args, **options)(function)
+                except RuntimeError:
+                    pass
+            _log.warning("numba can cache kernels nowhere: each process compiles its own (set NUMBA_CACHE_DIR "
+                         "to a writable folder)")
+            _UNCACHED.append(True)
+        return numba.njit(*args, **dict(options, cache=False))(function)
+
+    return decorate
+
+
+_UNCACHED: list[bool] = []  # [True] once no folder could be found to cache in
+
+
+def _fallback_folder() -> Path | None:
+    """A folder of the temporary folder for this user's cached kernels, or None where none is safe.
+
+    Machine code is loaded from it, so it must be this user's own and
+    writable by nobody else.
+    """
+    folder = Path(tempfile.gettempdir()) / f"dicom-gateway-kernels-{os.getuid()}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        status = folder.lstat()
+    except OSError:
+        return None
+    if not stat.S_ISDIR(status.st_mode) or status.st_uid != os.getuid() or status.st_mode & 0o022:
+        _log.warning("not caching kernels in %s: it is not a folder of this user's that only it may write", folder)
+        return None
+    _log.warning("numba cannot cache kernels beside the package or in the home folder: caching them in %s "
+                 "(set NUMBA_CACHE_DIR to choose)", folder)
+    return folder
 
 
 _GUARDED: list[bool] = []  # [whether the lock is in force], once guard() has run

@@ -76,9 +76,9 @@ def _kernel_module(folder: Path) -> Path:
     return folder
 
 
-def _python(folder: Path, code: str, *args: str, **popen) -> subprocess.Popen:
-    """A fresh interpreter running `code` with the repository and `folder` importable."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(folder), str(REPO)]))
+def _python(folder: Path, code: str, *args: str, env: dict | None = None, **popen) -> subprocess.Popen:
+    """A fresh interpreter running `code` with the repository and `folder` importable (`env` added)."""
+    env = dict(os.environ, **(env or {}), PYTHONPATH=os.pathsep.join([str(folder), str(REPO)]))
     env.pop("NUMBA_CACHE_DIR", None)  # the cache beside the module, in `folder`
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], env=env, text=True, **popen)
 
@@ -158,3 +158,48 @@ def test_processes_compiling_one_kernel_at_once_leave_a_cache_every_process_can_
     checker = _python(folder, load_all, *_DTYPES, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     output, _ = checker.communicate(timeout=300)
     assert checker.returncode == 0, output
+
+
+_CACHE_HITS = """
+    import numpy as np, shared_kernel
+    assert list(shared_kernel.triple(np.arange(3))) == [1, 4, 7]
+    print(sum(shared_kernel.triple.stats.cache_hits.values()))
+"""
+
+
+def _nowhere_to_cache(tmp_path: Path) -> tuple[Path, dict]:
+    """The kernel module in a folder where no `__pycache__` can be made, and a home folder that cannot exist."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    _kernel_module(folder)
+    (folder / "__pycache__").write_text("not a folder")
+    (tmp_path / "tmp").mkdir()
+    return folder, {"HOME": "/dev/null/home", "XDG_CACHE_HOME": "/dev/null/cache", "TMPDIR": str(tmp_path / "tmp")}
+
+
+def _run(folder: Path, env: dict) -> tuple[int, str]:
+    child = _python(folder, _CACHE_HITS, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    output, errors = child.communicate(timeout=300)
+    assert child.returncode == 0, errors
+    return int(output), errors
+
+
+def test_kernels_are_cached_in_a_private_temporary_folder_where_numba_finds_no_other(tmp_path: Path) -> None:
+    folder, env = _nowhere_to_cache(tmp_path)
+    assert _run(folder, env)[0] == 0
+    private = tmp_path / "tmp" / f"dicom-gateway-kernels-{os.getuid()}"
+    assert private.is_dir() and private.stat().st_mode & 0o777 == 0o700
+    assert list(private.rglob("*.nbi")), "nothing was cached there"
+    hits, errors = _run(folder, env)
+    assert hits == 1, "the second process compiled the kernel again"
+
+
+def test_a_temporary_folder_others_may_write_is_not_trusted_with_machine_code(tmp_path: Path) -> None:
+    folder, env = _nowhere_to_cache(tmp_path)
+    shared = tmp_path / "tmp" / f"dicom-gateway-kernels-{os.getuid()}"
+    shared.mkdir()
+    shared.chmod(0o777)
+    hits, errors = _run(folder, env)
+    assert hits == 0 and "not caching kernels in" in errors and "can cache kernels nowhere" in errors
+    assert list(shared.iterdir()) == []
+    assert _run(folder, env)[0] == 0, "a kernel was loaded from a folder that others may write"

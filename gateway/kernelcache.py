@@ -148,7 +148,10 @@ _GUARDED: list[bool] = []  # [whether the lock is in force], once guard() has ru
 def guard() -> bool:
     """Make numba read and write each cache index under an advisory file lock; True where it is in force.
 
-    Idempotent.  False where there is no ``fcntl`` (not a POSIX system) or
+    A cache that cannot be read or written (a full disk, a folder removed or
+    made read-only while the gateway runs) is then a miss, logged, not an
+    error in the kernel's first call: numba lets those escape.  Idempotent.
+    False where there is no ``fcntl`` (not a POSIX system) or
     where numba's cache no longer has the methods wrapped here (a numba that
     changed them: the test suite checks that this returns True).
     """
@@ -157,11 +160,12 @@ def guard() -> bool:
     try:
         import fcntl
 
-        from numba.core.caching import IndexDataCacheFile
+        from numba.core.caching import Cache, IndexDataCacheFile
     except ImportError:
         _GUARDED.append(False)
         return False
-    if not all(callable(getattr(IndexDataCacheFile, name, None)) for name in ("load", "save", "flush")):
+    if not (all(callable(getattr(IndexDataCacheFile, name, None)) for name in ("load", "save", "flush"))
+            and callable(getattr(Cache, "_guard_against_spurious_io_errors", None))):
         _GUARDED.append(False)
         return False
     load, save, flush = IndexDataCacheFile.load, IndexDataCacheFile.save, IndexDataCacheFile.flush
@@ -178,7 +182,17 @@ def guard() -> bool:
         with _locked(self, fcntl.LOCK_EX):
             return flush(self)
 
+    @contextlib.contextmanager
+    def io_errors_are_misses(self):
+        # numba's own place for the input/output errors a cache may meet, which it swallows (the
+        # load then returns None: a miss) only for one error on Windows.
+        try:
+            yield
+        except OSError as error:  # a full disk, a folder removed or made read-only since
+            _log.warning("kernel cache not used (%s): the kernel is compiled, and runs", error)
+
     IndexDataCacheFile.load, IndexDataCacheFile.save, IndexDataCacheFile.flush = locked_load, locked_save, locked_flush
+    Cache._guard_against_spurious_io_errors = io_errors_are_misses
     _GUARDED.append(True)
     return True
 

@@ -78,8 +78,8 @@ def _kernel_module(folder: Path) -> Path:
 
 def _python(folder: Path, code: str, *args: str, env: dict | None = None, **popen) -> subprocess.Popen:
     """A fresh interpreter running `code` with the repository and `folder` importable (`env` added)."""
-    env = dict(os.environ, **(env or {}), PYTHONPATH=os.pathsep.join([str(folder), str(REPO)]))
-    env.pop("NUMBA_CACHE_DIR", None)  # the cache beside the module, in `folder`
+    env = {**{k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}, **(env or {}),
+           "PYTHONPATH": os.pathsep.join([str(folder), str(REPO)])}  # by default the cache beside the module
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], env=env, text=True, **popen)
 
 
@@ -203,3 +203,20 @@ def test_a_temporary_folder_others_may_write_is_not_trusted_with_machine_code(tm
     assert hits == 0 and "not caching kernels in" in errors and "can cache kernels nowhere" in errors
     assert list(shared.iterdir()) == []
     assert _run(folder, env)[0] == 0, "a kernel was loaded from a folder that others may write"
+
+
+def test_a_cache_that_cannot_be_read_or_written_any_more_is_a_miss_not_an_error(tmp_path: Path) -> None:
+    folder = _kernel_module(tmp_path)
+    cache = tmp_path / "cache"
+    child = _python(folder, """
+        import shutil, sys
+        from pathlib import Path
+        import numpy as np, shared_kernel  # numba has checked that it can write the cache folder
+        cache = Path(sys.argv[1])
+        shutil.rmtree(cache)
+        cache.write_text("a file where the folder was")
+        assert list(shared_kernel.triple(np.arange(3))) == [1, 4, 7]
+    """, str(cache), env={"NUMBA_CACHE_DIR": str(cache)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    output, errors = child.communicate(timeout=300)
+    assert child.returncode == 0, errors
+    assert errors.count("kernel cache not used") == 2  # neither loaded nor saved

@@ -93,8 +93,9 @@ def test_numba_cache_index_is_locked_in_this_process() -> None:
 
 
 def test_every_kernel_module_defines_its_kernels_through_the_guard() -> None:
+    numba_njit = re.compile(r"^\s*from numba import .*\bnjit\b|\bnumba\.njit\b", re.M)
     direct = [str(path.relative_to(REPO)) for path in (REPO / "gateway").rglob("*.py")
-              if path.name != "kernelcache.py" and re.search(r"^\s*from numba import .*\bnjit\b|\bnumba\.njit\b", path.read_text(), re.M)]
+              if path.name != "kernelcache.py" and numba_njit.search(path.read_text())]
     assert direct == [], "use gateway.kernelcache.njit, which makes numba's cache safe to share first"
 
 

@@ -119,6 +119,18 @@ def pairs_text(pairs: Iterable[tuple[str, Any]]) -> str | None:
     options and verifying decoders (``version=2``); None for no pair."""
     return ",".join(f"{name}={value}" for name, value in pairs) or None
 
+class _Held:
+    """A thread's connection, closed when the thread ends (its thread-local value is dropped) or
+    the record is: SQLite would close it too, but Python warns of a connection left to the
+    garbage collector."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __del__(self) -> None:
+        self.db.close()
+
+
 class ProofRecord:
     """The record database of one spool; one connection per thread, opened on first use."""
 
@@ -133,20 +145,24 @@ class ProofRecord:
     # ---------------------------------------------------------------- plumbing
 
     def _connection(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
+        held = getattr(self._local, "db", None)
+        if held is None:
+            db = None
             try:
                 fresh = not self.path.exists()
-                db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+                # Used by its own thread only; closed by whichever thread drops it (_Held).
+                db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
                 if fresh:
                     self.path.chmod(0o600)  # UIDs and times: private like the spool
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
             except (sqlite3.Error, OSError) as exc:
+                if db is not None:
+                    db.close()
                 raise SpoolError(f"cannot open the proof record {self.path}: {exc}") from exc
             db.row_factory = sqlite3.Row
-            self._local.db = db
-        return db
+            held = self._local.db = _Held(db)
+        return held.db
 
     def _write(self, sql: str, *params: Any) -> None:
         try:
@@ -156,9 +172,10 @@ class ProofRecord:
             raise SpoolError(f"cannot write the proof record {self.path}: {exc}") from exc
 
     def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
+        """Close this thread's connection (another thread's closes when that thread ends)."""
+        held = getattr(self._local, "db", None)
+        if held is not None:
+            held.db.close()
             self._local.db = None
 
     # ---------------------------------------------------------------- stages

@@ -8,6 +8,7 @@ manifest's pixel hashes are recomputed here with plain pydicom and hashlib.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -125,7 +126,7 @@ def _archive(folder: Path, generated: int = 12, size: int = 128, corpus: int = 6
 
 
 def _manifest(out: Path) -> dict[str, dict]:
-    with sqlite3.connect(f"file:{out / MANIFEST_NAME}?mode=ro", uri=True) as db:
+    with contextlib.closing(sqlite3.connect(f"file:{out / MANIFEST_NAME}?mode=ro", uri=True)) as db:
         db.row_factory = sqlite3.Row
         return {row["rel"]: dict(row) for row in db.execute("SELECT * FROM files")}
 
@@ -372,7 +373,7 @@ def test_a_local_dask_cluster_runs_from_the_command_line(tmp_path: Path, capsys)
 
 
 def _runs(out: Path) -> list[dict]:
-    with sqlite3.connect(f"file:{out / MANIFEST_NAME}?mode=ro", uri=True) as db:
+    with contextlib.closing(sqlite3.connect(f"file:{out / MANIFEST_NAME}?mode=ro", uri=True)) as db:
         db.row_factory = sqlite3.Row
         return [dict(row) for row in db.execute("SELECT * FROM runs ORDER BY id")]
 

@@ -9,6 +9,7 @@ access checks.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import random
 import sqlite3
@@ -233,8 +234,8 @@ def test_an_older_record_is_migrated_in_place(tmp_path: Path) -> None:
     record.delivery("old", "second", outcome="delivered", syntax=RLE, attempts=1, size=1234)
     assert [d["bytes"] for d in record.find("1.2.3")[0]["deliveries"]] == [None, 1234]
     assert record.totals()["delivered_bytes"] == 1234
-    indexes = {row[1] for row in sqlite3.connect(path).execute("SELECT type, name FROM sqlite_master "
-                                                                "WHERE type = 'index'")}
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        indexes = {row[1] for row in db.execute("SELECT type, name FROM sqlite_master WHERE type = 'index'")}
     assert {"deliveries_at", "instances_received", "instances_sop"} <= indexes
     ProofRecord(path)  # a second opening finds nothing to do
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -89,7 +90,8 @@ def test_a_send_through_the_gateway_is_on_record_with_an_independent_hash(
     stored = dcmread(next((tmp_path / "archive").rglob("*.dcm")))
     assert hashlib.sha256(np.ascontiguousarray(pixel_array(stored, raw=True)).tobytes()).hexdigest() == truth
     # Nothing identifying the patient is kept.
-    dump = "\n".join(sqlite3.connect(config.spool.directory / RECORD_FILE).iterdump())
+    with contextlib.closing(sqlite3.connect(config.spool.directory / RECORD_FILE)) as db:
+        dump = "\n".join(db.iterdump())
     assert str(ds.PatientName) not in dump and str(ds.PatientID) not in dump
 
     capsys.readouterr()

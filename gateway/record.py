@@ -119,6 +119,7 @@ def pairs_text(pairs: Iterable[tuple[str, Any]]) -> str | None:
     options and verifying decoders (``version=2``); None for no pair."""
     return ",".join(f"{name}={value}" for name, value in pairs) or None
 
+
 class _Held:
     """A thread's connection, closed when the thread ends (its thread-local value is dropped) or
     the record is: SQLite would close it too, but Python warns of a connection left to the

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import gc
 import hashlib
 import io
 import json
 import os
 import signal
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -51,6 +53,27 @@ def test_stages_are_recorded_and_read_back(tmp_path: Path) -> None:
     assert [e["id"] for e in record.since(10.0)] == ["i1"] and list(record.since(11.0)) == []
     assert record.prune(11.0) == 1 and record.find("1.2.3.4") == []
     assert oct((tmp_path / RECORD_FILE).stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_threads_connection_is_closed_when_the_thread_ends(tmp_path: Path) -> None:
+    record = ProofRecord(tmp_path / RECORD_FILE)
+    used: list[sqlite3.Connection] = []
+
+    def receive() -> None:
+        record.received("i1", IDENT, calling_ae="CT1", called_ae="GATEWAY", remote="", size=1)
+        used.append(record._connection())
+
+    thread = threading.Thread(target=receive)
+    thread.start()
+    thread.join()
+    gc.collect()
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        used[0].execute("SELECT 1")
+    assert record.find("1.2.3.4")[0]["calling_ae"] == "CT1"  # this thread opens its own
+    own = record._connection()
+    record.close()
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        own.execute("SELECT 1")
 
 
 def test_the_worker_stands_in_for_a_missing_receive_row(tmp_path: Path) -> None:

@@ -6,9 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import shutil
 import ssl
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +33,7 @@ from gateway.forward.dicomweb import (
 )
 from gateway.spool import Job
 from tests.conftest import build_config, make_series, send, wait_until
+from tests.tools import issue, make_ca
 
 # ------------------------------------------------------------------ a STOW-RS server of our own
 
@@ -358,25 +357,12 @@ def test_bearer_and_basic_credentials_are_sent_and_never_logged(tmp_path: Path, 
 # ------------------------------------------------------------------ TLS with a CA of the destination's own
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    program = shutil.which("openssl")
-    if program is None:
-        pytest.skip("openssl is not installed (Debian package 'openssl')")
-    subprocess.run([program, *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("pki")
     for ca in ("ca", "other_ca"):
-        _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                 "-keyout", f"{ca}.key", "-out", f"{ca}.pem", "-days", "2", "-subj", f"/CN={ca}",
-                 "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=folder)
-    _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost", cwd=folder)
-    (folder / "server.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-             "-days", "2", "-sha256", "-extfile", "server.ext", "-out", "server.pem", cwd=folder)
+        make_ca(folder, ca)
+    issue(folder, "server", "ca", common_name="localhost")
     return folder
 
 

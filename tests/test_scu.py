@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import socket
 import ssl
 import struct
@@ -40,7 +39,7 @@ from gateway.net import scu
 from gateway.net.scu import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, Association, Context, StoreResult
 from tests.conftest import free_port, listening, pydicom_file, wait_until
 from tests.fuzzing import EDITS, apply_edits
-from tests.tools import require_dcmtk
+from tests.tools import issue, make_ca, require_dcmtk
 
 VERIFICATION = "1.2.840.10008.1.1"
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -1159,33 +1158,15 @@ def test_a_slow_answer_does_not_shorten_the_next_send(scripted) -> None:
 # ------------------------------------------------------------------- TLS
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    program = shutil.which("openssl")
-    if program is None:
-        pytest.skip("openssl is not installed (Debian package 'openssl')")
-    subprocess.run([program, *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-def _issue(folder: Path, name: str, ca: str, *, ip: str = "127.0.0.1") -> None:
-    """`name`.key and `name`.pem, a certificate for `ip` and localhost signed by `ca`."""
-    _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=folder)
-    (folder / f"{name}.ext").write_text(f"subjectAltName=IP:{ip},DNS:localhost\n")
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key", "-CAcreateserial",
-             "-days", "2", "-sha256", "-extfile", f"{name}.ext", "-out", f"{name}.pem", cwd=folder)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two test CAs; `ca` signs the archive's and the gateway's certificates, `other_ca` an impostor's."""
     folder = tmp_path_factory.mktemp("pki")
     for ca in ("ca", "other_ca"):
-        _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                 "-keyout", f"{ca}.key", "-out", f"{ca}.pem", "-days", "2", "-subj", f"/CN={ca}",
-                 "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=folder)
-    _issue(folder, "archive", "ca")
-    _issue(folder, "gateway", "ca")
-    _issue(folder, "impostor", "other_ca")
+        make_ca(folder, ca)
+    issue(folder, "archive", "ca")
+    issue(folder, "gateway", "ca")
+    issue(folder, "impostor", "other_ca")
     return folder
 
 

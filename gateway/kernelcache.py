@@ -32,6 +32,7 @@ compiles them uncached.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -142,31 +143,25 @@ def _fallback_folder() -> Path | None:
     return folder
 
 
-_GUARDED: list[bool] = []  # [whether the lock is in force], once guard() has run
-
-
+@functools.cache
 def guard() -> bool:
     """Make numba read and write each cache index under an advisory file lock; True where it is in force.
 
     A cache that cannot be read or written (a full disk, a folder removed or
     made read-only while the gateway runs) is then a miss, logged, not an
-    error in the kernel's first call: numba lets those escape.  Idempotent.
+    error in the kernel's first call: numba lets those escape.  Runs once.
     False where there is no ``fcntl`` (not a POSIX system) or
     where numba's cache no longer has the methods wrapped here (a numba that
     changed them: the test suite checks that this returns True).
     """
-    if _GUARDED:
-        return _GUARDED[0]
     try:
         import fcntl
 
         from numba.core.caching import Cache, IndexDataCacheFile
     except ImportError:
-        _GUARDED.append(False)
         return False
     if not (all(callable(getattr(IndexDataCacheFile, name, None)) for name in ("load", "save", "flush"))
             and callable(getattr(Cache, "_guard_against_spurious_io_errors", None))):
-        _GUARDED.append(False)
         return False
     load, save, flush = IndexDataCacheFile.load, IndexDataCacheFile.save, IndexDataCacheFile.flush
 
@@ -193,7 +188,6 @@ def guard() -> bool:
 
     IndexDataCacheFile.load, IndexDataCacheFile.save, IndexDataCacheFile.flush = locked_load, locked_save, locked_flush
     Cache._guard_against_spurious_io_errors = io_errors_are_misses
-    _GUARDED.append(True)
     return True
 
 

@@ -272,7 +272,8 @@ class RetryConfig:
 
     def delay(self, attempts: int) -> float:
         """Seconds to wait after the `attempts`-th failed attempt."""
-        return min(self.cap_seconds, self.base_seconds * (2 ** max(0, attempts - 1)))
+        # 2**64 seconds passes any cap; a larger power would overflow the float after a long outage
+        return min(self.cap_seconds, self.base_seconds * (2 ** min(max(0, attempts - 1), 64)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,6 +58,7 @@ class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.spool = Spool(config.spool.directory, keep_after_delivery=config.spool.keep_after_delivery)
+        self.spool.destination_names = frozenset(d.name for d in config.destinations)
         self.record = ProofRecord(self.spool.root / RECORD_FILE)
         self.commitment_reports = CommitmentReports()  # storage commitment results reaching our receiver
         self.forwarders: dict[str, list[Forwarder]] = {}
@@ -316,6 +317,7 @@ class Gateway:
             return message
         with self._reload_lock:
             old, self.config = self.config, new
+            self.spool.destination_names = frozenset(d.name for d in new.destinations)
             if self.server is not None:
                 self.server.ae.require_calling_aet = list(new.server.allowed_callers)
                 self.server.set_caller_certificates(new.server.caller_certificates)

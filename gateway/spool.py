@@ -230,12 +230,14 @@ def _count_entries(folder: Path, suffix: str = ".json", prefix: str = "", contai
                    and contains in e.name)
 
 
-def _remove_changed_before(folder: Path, limit: float, suffix: str = "") -> int:
-    """Delete the files in `folder` (named ``*suffix``) whose ``st_ctime`` is before `limit`; return how many."""
+def _remove_changed_before(folder: Path, limit: float, suffix: str = "",
+                           keep: Callable[[str], bool] | None = None) -> int:
+    """Delete the files in `folder` (named ``*suffix``) whose ``st_ctime`` is before `limit`, but those whose
+    name `keep` is true of; return how many."""
     removed = 0
     with os.scandir(folder) as entries:
         for entry in entries:
-            if not entry.name.endswith(suffix):
+            if not entry.name.endswith(suffix) or keep is not None and keep(entry.name):
                 continue
             try:
                 if entry.stat().st_ctime < limit:
@@ -341,6 +343,9 @@ class Spool:
         self.incoming_sync = FolderSync(self.incoming)  # receptions at once share the folder's fsync
         self.done_sync = FolderSync(self.jobs / DONE)
         self._lock_handle: Any = None
+        # Names of the configured destinations (set by the service): an instance is not deleted while any of
+        # them has a job for it, whatever its other jobs list (a destination added since they were made).
+        self.destination_names: frozenset[str] = frozenset()
         try:
             make_dirs(self.root)
             os.chmod(self.root, DIRECTORY_MODE)  # also an existing spool: patient data, owner only
@@ -662,13 +667,17 @@ class Spool:
         """Delete the object once every job of the instance is done.
 
         While the received copy still exists the worker may be adding jobs,
-        so nothing is deleted then.  `destinations`, when given, names all of
-        the instance's jobs, which spares a scan of the job folders.
+        so nothing is deleted then.  `destinations`, when given, names the
+        instance's jobs, which spares a scan of the job folders; with the
+        configured destinations (:attr:`destination_names`) they name all of
+        them.
         `synced`: an fsync of ``done/`` started after the instance's last job
         moved there.
         """
         if os.path.exists(f"{self._incoming_dir}/{instance}.dcm"):
             return
+        if destinations is not None:
+            destinations = list(self.destination_names.union(destinations))
         for state in (PENDING, INFLIGHT, DEAD):
             if destinations is not None:  # known job names: no directory scan
                 if any(os.path.exists(self._job_file(state, f"{instance}@{d}")) for d in destinations):
@@ -724,12 +733,15 @@ class Spool:
     def prune_done(self, older_than_seconds: float, now: float | None = None) -> int:
         """Delete the manifests of jobs finished more than `older_than_seconds` ago; return how many.
 
-        A finished job is a record only: its instance was deleted when its
-        last job finished.  When it finished is the manifest's ``st_ctime``
+        A finished job is a record only once its instance was deleted, when
+        its last job finished; until then it stays.  When it finished is the manifest's ``st_ctime``
         (a rename into ``done/`` sets it; the content may be older).
         """
         limit = (time.time() if now is None else now) - older_than_seconds
-        return _remove_changed_before(self.jobs / DONE, limit, ".json")
+        held = {name[:-4] for name in os.listdir(self.held) if name.endswith(".dcm")}
+        # The record of a delivery whose instance is still held (another destination has yet to take it) is
+        # what keeps the next start's recovery from delivering it again: kept until the instance goes.
+        return _remove_changed_before(self.jobs / DONE, limit, ".json", lambda name: name.split("@", 1)[0] in held)
 
     def oldest_waiting(self, destination: str) -> float | None:
         """Receive time (epoch seconds) of the oldest instance waiting for `destination`, or None.

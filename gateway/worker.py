@@ -235,7 +235,9 @@ def _child_init(config: Config, service_pid: int, record_path: Path | None = Non
     threading.Thread(target=_exit_with_parent, args=(service_pid,), name="parent-watch", daemon=True).start()
 
     setup_logging(config.logging.level, config.logging.file)
-    _CHILD = (config, Spool(config.spool.directory, keep_after_delivery=config.spool.keep_after_delivery), ProofRecord(record_path) if record_path is not None else None)
+    spool = Spool(config.spool.directory, keep_after_delivery=config.spool.keep_after_delivery)
+    spool.destination_names = frozenset(d.name for d in config.destinations)
+    _CHILD = (config, spool, ProofRecord(record_path) if record_path is not None else None)
     import gateway.pipeline  # noqa: F401 - load codecs before the first instance arrives
     from gateway.warmup import configured_syntaxes, warm_up
 

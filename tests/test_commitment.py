@@ -10,13 +10,14 @@ import threading
 import time
 from io import BytesIO, StringIO
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
 from pydicom import Dataset, dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom import AE, AllStoragePresentationContexts, build_role, evt
 
 from gateway.cli import main
 from gateway.config import ConfigError, parse_config
@@ -35,6 +36,7 @@ from gateway.forward.commitment import (
 from gateway.forward.dicom import DicomSender
 from gateway.net.scp import ACCEPTED_SYNTAXES
 from gateway.record import ProofRecord
+from gateway.spool import DONE
 from tests.conftest import (
     UNCOMMITTABLE,
     build_config,
@@ -127,14 +129,17 @@ class CommitArchive:
 
     `fail` maps SOP Instance UIDs to the Failure Reason reported; `silent`
     answers the N-ACTION and never reports; `commitment=False` does not offer
-    the SOP class at all.
+    the SOP class at all.  With `report_to` (the gateway's port, asked when
+    reporting) it aborts the requesting association as an idle one before it
+    reports, and reports on an association of its own (PS3.4 J.3.3.1).
     """
 
     def __init__(self, *, fail: dict[str, int] | None = None, silent: bool = False, commitment: bool = True,
-                 store_status: dict[str, int] | None = None) -> None:
+                 store_status: dict[str, int] | None = None, report_to: Callable[[], int] | None = None) -> None:
         self.port = free_port()
         self.fail = fail or {}
         self.silent = silent
+        self.report_to = report_to
         self.store_status = store_status or {}
         self.stored: dict[str, Dataset] = {}
         self.requests: list[Dataset] = []
@@ -158,7 +163,10 @@ class CommitArchive:
     def _action(self, event: evt.Event) -> tuple[int, None]:
         request = event.action_information
         self.requests.append(request)
-        if not self.silent:
+        if self.report_to is not None:
+            threading.Timer(0.3, event.assoc.abort).start()
+            threading.Timer(1.0, self._report_on_own_association, (request,)).start()
+        elif not self.silent:
             threading.Timer(0.05, self._report, (event.assoc, request)).start()  # after the N-ACTION-RSP
         return 0x0000, None
 
@@ -169,6 +177,15 @@ class CommitArchive:
         status, _ = assoc.send_n_event_report(_report(request.TransactionUID, ok, bad), 2 if bad else 1,
                                               STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE)
         self.answers.append(int(status.Status))
+
+    def _report_on_own_association(self, request: Dataset) -> None:
+        ae = AE(ae_title="ARCHIVE")
+        ae.add_requested_context(STORAGE_COMMITMENT, [ImplicitVRLittleEndian])
+        assoc = ae.associate("127.0.0.1", self.report_to(), ae_title="GATEWAY",
+                             ext_neg=[build_role(STORAGE_COMMITMENT, scp_role=True, scu_role=False)])
+        if assoc.is_established:
+            self._report(assoc, request)
+            assoc.release()
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -257,6 +274,25 @@ def test_no_report_in_time_is_transient(tmp_path: Path, archive) -> None:
                for o in out)
     assert sender.assoc is None, "the association is closed: a late report must not meet the next request"
     assert sender.record is not None and sender.record.commitment_counts("pacs")["failed"] == 2
+
+
+def test_a_report_after_the_archive_closed_our_association_is_taken_from_the_receiver(
+        tmp_path: Path, archive, gateway_factory) -> None:
+    """Archives close an idle association (Orthanc after its DICOM timeout) and report on one of their own;
+    the commitment is then still awaited until commitment_timeout_seconds."""
+    gateway: list[Any] = []
+    server = archive(report_to=lambda: gateway[0].port)
+    gateway.append(gateway_factory(build_config(tmp_path, [
+        {"name": "pacs", "kind": "dicom", "ae_title": "ARCHIVE", "host": "127.0.0.1", "port": server.port,
+         "storage_commitment": True, "commitment_timeout_seconds": 10}],
+        retry={"base_seconds": 60, "cap_seconds": 60})))
+    [ds] = make_series(1, rows=32, columns=32)
+    assert send(gateway[0].port, [ds]) == [0]
+    assert wait_until(lambda: gateway[0].spool.count_jobs(DONE, "pacs") == 1, timeout=30)
+    assert wait_until(lambda: server.answers == [0x0000], timeout=10), "our receiver took the report"
+    assert len(server.requests) == 1, "committed at the first request"
+    [job] = gateway[0].spool.jobs_in(DONE, "pacs")
+    assert job.attempts == 0
 
 
 def test_an_archive_without_storage_commitment_is_permanent(tmp_path: Path, archive) -> None:

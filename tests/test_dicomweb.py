@@ -42,12 +42,14 @@ class StowServer:
     """A STOW-RS origin server: keeps every request's instances; `answer` decides the response."""
 
     def __init__(self, answer: Callable[[list[Dataset]], tuple[int, dict | None]] | None = None,
-                 *, tls: ssl.SSLContext | None = None, delay: float = 0.0) -> None:
+                 *, tls: ssl.SSLContext | None = None, delay: float = 0.0,
+                 headers: dict[str, str] | None = None) -> None:
         self.requests: list[list[Dataset]] = []
         self.part_types: list[list[str]] = []
         self.headers: list[dict[str, str]] = []
         self.answer = answer or (lambda datasets: (200, stored_response(datasets)))
         self.delay = delay
+        self.extra_headers = headers or {}  # sent with every response
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -73,6 +75,8 @@ class StowServer:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/dicom+json")
                     self.send_header("Content-Length", str(len(data)))
+                    for name, value in owner.extra_headers.items():
+                        self.send_header(name, value)
                     self.end_headers()
                     self.wfile.write(data)
                 except OSError:
@@ -260,6 +264,7 @@ def test_batch_instances_bounds_each_request(tmp_path: Path, stow) -> None:
 
 @pytest.mark.parametrize(("status", "kind"), [(500, TransientForwardError), (503, TransientForwardError),
                                               (429, TransientForwardError), (401, TransientForwardError),
+                                              (301, TransientForwardError), (308, TransientForwardError),
                                               (415, PermanentForwardError), (400, PermanentForwardError)])
 def test_http_status_without_reasons_decides_for_a_single_instance(tmp_path: Path, stow, status: int,
                                                                    kind: type) -> None:
@@ -267,6 +272,16 @@ def test_http_status_without_reasons_decides_for_a_single_instance(tmp_path: Pat
     server = stow(lambda datasets: (status, None))
     out = _outcomes(_sender(_destination(tmp_path, server.url), paths), jobs, paths)
     assert isinstance(out[0], kind) and f"HTTP {status}" in str(out[0])
+
+
+def test_a_redirect_is_not_followed_and_names_where_it_points(tmp_path: Path, stow) -> None:
+    """Patient data is posted only to the configured URL; the log says where the archive says it moved."""
+    jobs, paths, _ = _objects(tmp_path, 1)
+    server = stow(lambda datasets: (308, None), headers={"Location": "https://elsewhere.example/dicom-web/studies"})
+    out = _outcomes(_sender(_destination(tmp_path, server.url), paths), jobs, paths)
+    assert isinstance(out[0], TransientForwardError)
+    assert "a redirect to https://elsewhere.example/dicom-web/studies" in str(out[0])
+    assert len(server.requests) == 1
 
 
 def test_a_refused_batch_without_reasons_is_sent_again_one_by_one(tmp_path: Path, stow) -> None:

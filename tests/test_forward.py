@@ -27,6 +27,7 @@ IMPLICIT = "1.2.840.10008.1.2"
 
 @pytest.mark.parametrize("status, kind", [
     (0x0000, "success"), (0xB000, "success"), (0xB007, "success"),
+    (0x0001, "success"), (0x0107, "success"), (0x0116, "success"),  # PS3.7 C.4 warnings: the archive stored it
     (0xA700, "transient"), (0xA7FF, "transient"), (0x0110, "transient"),
     (0xA900, "permanent"), (0xC000, "permanent"), (0xC210, "permanent"), (0x0122, "permanent"),
 ])
@@ -123,6 +124,58 @@ def test_transient_failures_give_up_after_max_attempts(tmp_path: Path) -> None:
          lambda: spool.find_job(job.instance, "x").state == DEAD)
     dead = spool.find_job(job.instance, "x")
     assert dead.attempts == FAST.max_attempts and "gave up after 4 attempts: refused" in dead.reason
+
+
+def test_the_backoff_of_a_long_outage_stays_at_its_cap() -> None:
+    retry = RetryConfig(max_attempts=1_000_000, base_seconds=2.0, cap_seconds=300.0)
+    assert [retry.delay(n) for n in (1, 2, 9, 1025, 999_999)] == [2.0, 4.0, 300.0, 300.0, 300.0]
+
+
+class BuggySender(ScriptedSender):
+    """A sender whose `prepare` raises what no sender should, `bugs` times."""
+
+    def __init__(self, bugs: int) -> None:
+        super().__init__([])
+        self.bugs = bugs
+
+    def prepare(self, jobs):
+        if self.bugs:
+            self.bugs -= 1
+            raise RuntimeError("a bug in the sender")
+
+
+def test_an_unexpected_error_does_not_stop_the_destination(tmp_path: Path, caplog) -> None:
+    spool = Spool(tmp_path)
+    job = _stage(spool, pydicom_file("CT_small.dcm"), "x")
+    forwarder = Forwarder(Destination("x", "folder", path=tmp_path), spool, FAST, BuggySender(2))
+    _run(forwarder, lambda: spool.find_job(job.instance, "x").state == DONE)
+    assert forwarder.is_alive() is False  # stopped by _run, not by the bugs
+    assert sum("failed unexpectedly" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_a_job_state_the_disk_refuses_is_kept_in_memory_and_tried_again(tmp_path: Path, monkeypatch,
+                                                                        caplog) -> None:
+    """A full disk (the folder archive's filesystem is often the spool's) fails the delivery and then the
+    write of the job's new state: the job is renamed back to pending and the destination goes on."""
+    import errno
+
+    spool = Spool(tmp_path)
+    job = _stage(spool, pydicom_file("CT_small.dcm"), "x")
+    refused = []
+    write_job = Spool._write_job
+
+    def full(self, new):
+        if len(refused) < 2:
+            refused.append(new.key)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write_job(self, new)
+
+    monkeypatch.setattr(Spool, "_write_job", full)
+    sender = ScriptedSender([TransientForwardError("the archive's filesystem is full")] * 2)
+    forwarder = Forwarder(Destination("x", "folder", path=tmp_path), spool, FAST, sender)
+    _run(forwarder, lambda: spool.find_job(job.instance, "x").state == DONE)
+    assert refused == [job.key] * 2 and sender.sent == [job.instance]
+    assert sum("cannot be written" in r.getMessage() for r in caplog.records) == 2
 
 
 class SpoolWatchingRecord:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from gateway.cli import main as cli_main
-from gateway.spool import DEAD, PENDING
+from gateway.spool import DEAD, DONE, PENDING
 from tests.conftest import build_config, make_series, send, wait_until
 
 BACKOFF = 60.0  # each job's own delay after its first failure: far longer than the test may take
@@ -74,3 +74,30 @@ def test_backlog_is_sent_as_soon_as_the_archive_is_back(tmp_path: Path, gateway_
     assert cli_main(["status", "--config", str(_toml(tmp_path, config.spool.directory, peer.port))]) == 0
     out = capsys.readouterr().out
     assert "pacs: pending=0" in out and "failing since" not in out, out
+
+
+def test_a_destination_added_while_instances_wait_gets_them_too(tmp_path: Path, gateway_factory,
+                                                                peer_factory) -> None:
+    """Instances waiting for archive a when b is added and the gateway restarted: a's return must not
+    delete them before b has them (their jobs for a name a alone)."""
+    a, b = peer_factory(ae_title="ARCHIVEA"), peer_factory(ae_title="ARCHIVEB")
+    retry = {"base_seconds": 0.2, "cap_seconds": 0.5, "probe_seconds": 0.2}
+
+    def destination(peer, name):
+        return {"name": name, "kind": "dicom", "ae_title": peer.ae_title, "host": "127.0.0.1", "port": peer.port}
+
+    gw = gateway_factory(build_config(tmp_path, [destination(a, "a")], retry=retry))
+    series = make_series(3, rows=32, columns=32)
+    assert send(gw.port, series) == [0] * 3
+    assert wait_until(lambda: gw.spool.count_jobs(PENDING, "a") == 3, timeout=30)
+    gw.stop()
+
+    a.start()  # a is back, b (new) not yet
+    gw = gateway_factory(build_config(tmp_path, [destination(a, "a"), destination(b, "b")], retry=retry))
+    assert wait_until(lambda: len(a.by_uid()) == 3 and gw.spool.count_jobs(DONE, "a") == 3, timeout=30)
+    time.sleep(0.5)  # the spool's collector deletes what no job needs
+    assert len(gw.spool.held_ids()) == 3, "instances deleted while b had yet to take them"
+    b.start()
+    assert wait_until(lambda: len(b.by_uid()) == 3, timeout=30)
+    assert gw.wait_idle(30) and gw.spool.counts()[DEAD] == 0
+    assert all(np.array_equal(b.by_uid()[str(ds.SOPInstanceUID)].pixel_array, ds.pixel_array) for ds in series)

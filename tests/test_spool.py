@@ -306,6 +306,35 @@ def test_finished_jobs_are_pruned_by_when_they_finished(tmp_path: Path) -> None:
     assert spool.counts()[DONE] == 0 and spool.counts()[PENDING] == 1
 
 
+def test_the_record_of_a_delivery_stays_while_its_instance_is_held(tmp_path: Path) -> None:
+    """Pruned, the done job of an instance another destination still waits for would be made again by the
+    next start's recovery, and the instance delivered again."""
+    import time
+
+    spool = Spool(tmp_path)
+    for name in ("i1", "i2"):
+        spool.add_job(Job(name, "a"))
+        spool.move(spool.find_job(name, "a"), DONE)
+    spool.held_path("i1").write_bytes(b"held: destination b has yet to take it")
+    assert spool.prune_done(3600, now=time.time() + 7200) == 1
+    assert spool.find_job("i1", "a").state == DONE and spool.find_job("i2", "a") is None
+
+
+def test_an_instance_stays_while_a_configured_destination_has_a_job_its_other_jobs_do_not_name(
+        tmp_path: Path) -> None:
+    """Destination b added to the configuration while i waited for a: the restart made b's job, and a's
+    job still names a alone."""
+    spool = Spool(tmp_path)
+    spool.destination_names = frozenset({"a", "b"})
+    spool.held_path("i").write_bytes(b"held")
+    spool.add_job(Job("i", "a", destinations=("a",)))
+    spool.add_job(Job("i", "b", destinations=("a", "b")))
+    spool.move(spool.find_job("i", "a"), DONE)
+    assert spool.held_path("i").exists(), "b has yet to take it"
+    spool.move(spool.find_job("i", "b"), DONE)
+    assert not spool.held_path("i").exists()
+
+
 def test_jobs_are_counted_without_reading_their_manifests(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     for n in range(5):

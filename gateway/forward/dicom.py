@@ -34,8 +34,8 @@ from pydicom.uid import generate_uid
 from gateway.config import Destination
 from gateway.dicom.filemeta import parse_file_meta, read_file_meta
 from gateway.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
-from gateway.errors import (AssociationRejectedError, ForwardError, GatewayError, NetworkError, PermanentForwardError,
-                            TransientForwardError)
+from gateway.errors import (AssociationAbortedError, AssociationRejectedError, ForwardError, GatewayError, NetworkError,
+                            PermanentForwardError, TransientForwardError)
 from gateway.forward.commitment import (ACTION_REQUEST, STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE,
                                         CommitmentReports, CommitmentResult, classify_failure, decode_implicit,
                                         describe_failure, parse_report, request_bytes)
@@ -50,7 +50,10 @@ __all__ = ["DicomSender", "classify_status", "ladder_for", "Transcode"]
 _log = get_logger("forward")
 
 _MAX_CONTEXTS = 128
-_SUCCESS = {0x0000, 0xB000, 0xB006, 0xB007}
+# Success, and the warnings of a C-STORE (PS3.4 B.2.3: coercion, elements discarded, data set does not match
+# the SOP class; PS3.7 C.4: 0001 optional attributes not supported, 0107 attribute list error, 0116 attribute
+# value out of range): the archive stored the instance.
+_SUCCESS = {0x0000, 0x0001, 0x0107, 0x0116, 0xB000, 0xB006, 0xB007}
 
 Transcode = Callable[[Path, str, str], "Dataset | None"]
 """(object path, stored syntax, target syntax) -> the dataset in the target syntax, or None."""
@@ -289,12 +292,22 @@ class DicomSender:
     def _await_report(self, assoc: Association, uid: str) -> CommitmentResult:
         dest = self.destination
         deadline = time.monotonic() + dest.commitment_timeout_seconds
+        ours: Association | None = assoc  # None once the archive has closed it: the report comes to our receiver
         while True:
             remaining = deadline - time.monotonic()
-            if assoc.has_incoming():  # reported on this association (or the peer is closing it)
+            if ours is not None and ours.has_incoming():  # reported on this association (or the peer closes it)
                 try:
-                    report = assoc.event_report(STORAGE_COMMITMENT, timeout=max(remaining, 1.0))
+                    report = ours.event_report(STORAGE_COMMITMENT, timeout=max(remaining, 1.0))
                     result = parse_report(report.event_type, decode_implicit(report.dataset))
+                except AssociationAbortedError as exc:
+                    self.close()
+                    if self.reports is None:
+                        raise TransientForwardError(f"storage commitment report from {dest.name}: {exc}") from exc
+                    # An archive may close an idle association and report on one of its own (PS3.4 J.3.3.1).
+                    _log.info("%s closed the association before reporting on transaction %s (%s); waiting for "
+                              "the report on an association of its own", dest.name, uid, exc)
+                    ours = None
+                    continue
                 except (GatewayError, ValueError, EOFError) as exc:  # also a malformed dataset
                     self.close()
                     raise TransientForwardError(f"storage commitment report from {dest.name}: {exc}") from exc

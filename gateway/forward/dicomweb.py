@@ -256,13 +256,15 @@ class DicomWebSender:
         """POST `parts`; record their outcomes; return requests to make again (another syntax, or one by one)."""
         dest = self.destination
         try:
-            status, content_type, body = self._request(parts)
+            status, content_type, body, location = self._request(parts)
         except TransientForwardError as exc:
             for part in parts:
                 self._outcomes[part.job.key] = exc
             return []
         response = parse_store_response(content_type, body)
         where = f"{dest.name} answered HTTP {status}"
+        if 300 <= status < 400:
+            where += f", a redirect to {location or 'nowhere named'}: set the destination's url if it moved"
         if not response.listed:
             if status == 200:
                 for part in parts:
@@ -313,7 +315,9 @@ class DicomWebSender:
 
     @staticmethod
     def _http_error(status: int, where: str) -> ForwardError:
-        if status in (401, 403, 404, 408, 429) or status >= 500:
+        # Credentials or a URL to fix (401, 403, 404, a redirect: the archive moved; instances are not posted
+        # to wherever a redirect points), or a busy server: nothing is lost while it is put right.
+        if status in (401, 403, 404, 408, 429) or 300 <= status < 400 or status >= 500:
             return TransientForwardError(where)
         return PermanentForwardError(where)
 
@@ -331,7 +335,7 @@ class DicomWebSender:
                                         follow_redirects=False)
         return self._client
 
-    def _request(self, parts: list[_Part]) -> tuple[int, str, bytes]:
+    def _request(self, parts: list[_Part]) -> tuple[int, str, bytes, str | None]:
         dest = self.destination
         boundary = uuid.uuid4().hex
         headers = {
@@ -362,7 +366,8 @@ class DicomWebSender:
                                      dest.name, _RESPONSE_LIMIT)
                         received = bytearray()
                         break
-                return response.status_code, response.headers.get("content-type", ""), bytes(received)
+                return (response.status_code, response.headers.get("content-type", ""), bytes(received),
+                        response.headers.get("location"))
         except httpx.TimeoutException as exc:
             self.close()
             raise TransientForwardError(f"STOW-RS to {dest.name} timed out: {type(exc).__name__}") from exc

@@ -31,6 +31,7 @@ attempt) is saved in the spool's ``state/`` folder when it changes, for
 from __future__ import annotations
 
 import heapq
+from dataclasses import replace
 import threading
 import time
 import zlib
@@ -40,7 +41,7 @@ from gateway.errors import GatewayError, PermanentForwardError, TransientForward
 from gateway.forward.base import Sender
 from gateway.logs import get_logger, stage
 from gateway.record import ProofRecord
-from gateway.spool import DEAD, PENDING, Job, Spool
+from gateway.spool import DEAD, INFLIGHT, PENDING, Job, Spool
 
 __all__ = ["Forwarder"]
 
@@ -171,15 +172,27 @@ class Forwarder(threading.Thread):
         self._rescan()
         last_scan = time.monotonic()
         idle_since = time.monotonic()
+        trouble = 0  # unexpected errors in a row: the pause after each grows
         try:
             while not self._halt.is_set():
-                due, nxt = self._due()
-                if due:
-                    self._deliver(due)
-                    idle_since = time.monotonic()
-                    continue
-                if self._probe_due():
-                    self._probe()
+                try:
+                    due, nxt = self._due()
+                    if due:
+                        self._deliver(due)
+                        idle_since = time.monotonic()
+                        trouble = 0
+                        continue
+                    if self._probe_due():
+                        self._probe()
+                        continue
+                except Exception:  # noqa: BLE001 - the destination's only thread: it must go on
+                    trouble += 1
+                    pause = self.retry.delay(trouble)
+                    _log.exception("forwarding to %s failed unexpectedly; going on in %g s", self.destination.name,
+                                   pause)
+                    self.sender.close()
+                    self._halt.wait(pause)
+                    self._requeue_inflight()
                     continue
                 if time.monotonic() - idle_since > self.idle_seconds:
                     self.sender.close()
@@ -198,6 +211,16 @@ class Forwarder(threading.Thread):
                         self._cond.wait(timeout=wait)
         finally:
             self.sender.close()
+
+    def _requeue_inflight(self) -> None:
+        """Put this forwarder's claimed jobs back in the queue after an unexpected error left them claimed."""
+        for job in list(self.spool.jobs_in(INFLIGHT, self.destination.name)):
+            if not self.owns(job.instance):
+                continue
+            try:
+                self.submit(self.spool.move(job, PENDING))
+            except (OSError, GatewayError) as exc:
+                _log.error("job %s stays claimed until the next start: %s", job.key, exc)
 
     def _deliver(self, instances: list[str], probe: bool = False) -> None:
         jobs = []
@@ -275,21 +298,45 @@ class Forwarder(threading.Thread):
             self.failing_since = time.time()
             self._next_probe = time.monotonic() + self.retry.probe_seconds
         if transient and probe:  # the destination is still failing: the job stays as it was
-            self.submit(self.spool.move(job, PENDING))
+            self._move(job, PENDING, job.next_retry_at)
             self._save_state(now=False)
             return
         attempts = job.attempts + 1
         sop = job.sop
         if transient and attempts < self.retry.max_attempts:
             due = time.time() + self.retry.delay(attempts)
-            moved = self.spool.move(job, PENDING, attempts=attempts, next_retry_at=due, reason=str(exc))
+            self._move(job, PENDING, due, attempts=attempts, next_retry_at=due, reason=str(exc))
             stage(_log, "retry", sop, destination=self.destination.name, attempts=attempts,
                   delay=self.retry.delay(attempts), reason=str(exc))
-            self.submit(moved)
             self._save_state(now=False)
             return
         reason = str(exc) if not transient else f"gave up after {attempts} attempts: {exc}"
+        # The record first, as for a delivery; if the spool cannot mark the job dead, it is tried again and
+        # its next outcome is recorded after this one.
         self._record(job, "dead", syntax=None, attempts=attempts, reason=reason)
-        self.spool.move(job, DEAD, attempts=attempts, reason=reason)
+        if not self._move(job, DEAD, time.time() + self.retry.delay(attempts), attempts=attempts, reason=reason):
+            return
         stage(_log, "dead", sop, level=40, destination=self.destination.name, reason=reason)
         self._save_state(now=False)
+
+    def _move(self, job: Job, state: str, due: float, **changes: object) -> bool:
+        """Move `job` to `state` with `changes` (queued again if pending); False if only a retry could be kept.
+
+        A spool that cannot write the new manifest (a full disk: the archive's filesystem is often the
+        spool's) must not stop the destination: the job is renamed back to pending as it was, which
+        needs no space, and waits until `due` in memory.
+        """
+        try:
+            moved = self.spool.move(job, state, **changes)
+        except (OSError, GatewayError) as exc:
+            _log.error("the state of job %s cannot be written (%s); it is tried again", job.key, exc)
+            try:
+                moved = self.spool.move(job, PENDING)
+            except (OSError, GatewayError) as again:
+                _log.error("job %s stays claimed until the next start: %s", job.key, again)
+                return False
+            self.submit(replace(moved, next_retry_at=due))
+            return False
+        if state == PENDING:
+            self.submit(moved)
+        return True

@@ -181,3 +181,20 @@ def test_damaged_files_are_read_lean_or_left_to_pydicom(tmp_path: Path, edits) -
     if lean is not None and lean.pixel_span is not None:
         start, end = lean.pixel_span
         assert 0 <= start < end <= len(data) and data[start:start + 4] == b"\xe0\x7f\x10\x00"
+
+
+def test_a_group_length_of_the_pixel_data_is_not_left_stale(tmp_path: Path) -> None:
+    """(7FE0,0000) counts the Pixel Data that recompression replaces: the output must not state the old
+    length; the lean and the whole reading write the same file."""
+    import struct
+
+    data = _bytes(_grey())
+    at = data.rindex(b"\xe0\x7f\x10\x00OW")
+    pixel_element = 12 + struct.unpack_from("<I", data, at + 8)[0]
+    data = data[:at] + struct.pack("<HH2sHI", 0x7FE0, 0x0000, b"UL", 4, pixel_element) + data[at:]
+    assert dcmread(BytesIO(data))[0x7FE00000].value == pixel_element
+    lean_output = _process(tmp_path / "lean", data, "JPEGLSLossless")
+    got = dcmread(BytesIO(lean_output))
+    assert got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"
+    assert 0x7FE00000 not in got, "the retired group length is dropped, as a whole rewrite drops it"
+    assert np.array_equal(got.pixel_array, dcmread(BytesIO(data)).pixel_array)

@@ -17,11 +17,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom import Dataset
 from pydicom.data import get_testdata_file
-from pydicom.encaps import encapsulate_extended, generate_frames
+from pydicom.encaps import encapsulate, encapsulate_extended, generate_frames
 from pydicom.uid import (
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLosslessSV1,
     JPEGLSLossless,
     RLELossless,
 )
@@ -47,6 +49,7 @@ TARGETS = [pytest.param(c.uid, id=c.name) for c in all_codecs()] + [
 CHANGEABLE = {"PixelData", "PlanarConfiguration", "ExtendedOffsetTable", "ExtendedOffsetTableLengths"}
 
 MONO = FrameInfo(rows=6, columns=9, bits_allocated=16, bits_stored=12)
+_J2K_TARGETS = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202")
 RGB = FrameInfo(rows=5, columns=4, samples_per_pixel=3, bits_allocated=8, bits_stored=8,
                 photometric_interpretation="RGB")
 
@@ -90,8 +93,8 @@ def _assert_recompressed(ds: Dataset, outcome: Outcome, target: str) -> None:
     photometric = ds.get("PhotometricInterpretation")
     if photometric in ("YBR_RCT", "YBR_ICT"):
         photometric = "RGB"  # JPEG 2000 decoders undo the colour transform
-    if target == "1.2.840.10008.1.2.4.90" and photometric == "RGB":
-        photometric = "YBR_RCT"  # our JPEG 2000 stream codes RGB through the reversible colour transform
+    if target in _J2K_TARGETS and photometric == "RGB":
+        photometric = "YBR_RCT"  # our JPEG 2000 and HTJ2K streams code RGB through the reversible colour transform
     if photometric != ds.get("PhotometricInterpretation"):
         assert actual.pop("PhotometricInterpretation") == photometric
         expected.pop("PhotometricInterpretation")
@@ -174,8 +177,8 @@ def test_inputs_of_every_syntax(name: str, target: str) -> None:
         _assert_passed(ds, outcome, "cannot carry this image")
         return
     _assert_recompressed(ds, outcome, target)
-    if info.photometric_interpretation == "RGB" and name.startswith("GDCMJ2K"):
-        assert outcome.dataset.PhotometricInterpretation == "RGB"
+    if info.photometric_interpretation == "RGB" and name.startswith("GDCMJ2K"):  # YBR_RCT decoded as RGB
+        assert outcome.dataset.PhotometricInterpretation == ("YBR_RCT" if target in _J2K_TARGETS else "RGB")
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -277,6 +280,85 @@ def test_signed_data_not_sign_extended_is_kept() -> None:
     frames = [np.array([[-1, 5], [0x07FF, 0x0800]], np.int16)]  # 0x0800 is not a sign-extended 12-bit value
     ds = make_dataset(info, frames)
     _assert_passed(ds, recompress(ds, RLELossless), "Bits Stored")
+
+
+# Values of a 12-bit image with data in the four bits above Bits Stored: a codec at precision 12 drops them.
+_HIGH_WORDS = np.array([[0xF673, 0x0001], [0x8FFF, 0x0123]], np.uint16)
+
+
+def _encoded_words(uid: str, words: np.ndarray) -> bytes:
+    """`words` coded as 16-bit values, every bit of them, by our encoder of `uid` (an independent decoder reads it)."""
+    full = FrameInfo(rows=words.shape[0], columns=words.shape[1], bits_allocated=16, bits_stored=16)
+    return get_codec(uid).encode_frame(words, full)
+
+
+@pytest.mark.parametrize("uid", [RLELossless, JPEGLosslessSV1])
+def test_compressed_data_above_bits_stored_is_kept(uid: str) -> None:
+    """As native data with such bits is: decoded and masked to Bits Stored, the loss would not even show."""
+    info = FrameInfo(rows=2, columns=2, bits_allocated=16, bits_stored=12)
+    ds = make_dataset(info, [_encoded_words(uid, _HIGH_WORDS)], uid)
+    _assert_passed(ds, recompress(ds, JPEGLSLossless), "bits above (0028,0101) 'Bits Stored' 12 hold data")
+
+
+def test_signed_rle_not_sign_extended_is_kept_as_native_data_is() -> None:
+    """RLE carries every bit of a word, as native data does: 0x0800 is not a sign-extended 12-bit value."""
+    info = FrameInfo(rows=2, columns=2, bits_allocated=16, bits_stored=12, pixel_representation=1)
+    words = np.array([[0xFFFF, 0x0005], [0x07FF, 0x0800]], np.uint16)
+    ds = make_dataset(info, [_encoded_words(RLELossless, words)], RLELossless)
+    _assert_passed(ds, recompress(ds, JPEGLSLossless), "Bits Stored")
+
+
+def test_signed_jpeg_ls_at_its_precision_is_recompressed() -> None:
+    """A JPEG-family codestream has no sign: a 12-bit signed image holds 12-bit patterns, which are no hidden data."""
+    import jpeg_ls
+
+    values = np.random.default_rng(5).integers(-2048, 2048, (16, 16)).astype(np.int16)
+    values[0, :2] = -2048, 2047
+    patterns = (values.astype(np.int32) & 0x0FFF).astype(np.uint16)
+    info = FrameInfo(rows=16, columns=16, bits_allocated=16, bits_stored=12, pixel_representation=1)
+    ds = make_dataset(info, [bytes(jpeg_ls.encode(patterns))], JPEGLSLossless)  # CharLS: precision of the values
+    outcome = recompress(ds, RLELossless)
+    _assert_recompressed(ds, outcome, RLELossless)
+    assert np.array_equal(next(iter_frames(_reread(outcome.dataset))), values)
+
+
+@pytest.mark.parametrize("extra, kept", [(0, False), (2, True), (2048, True)])
+def test_native_pixel_data_longer_than_its_attributes_say_is_kept(extra: int, kept: bool) -> None:
+    """Bytes past the frames the attributes describe (a second frame without Number of Frames, say) would be
+    dropped by recompressing the described ones; only an odd length's pad byte may follow them."""
+    info = FrameInfo(rows=3, columns=5, bits_allocated=8, bits_stored=8)  # 15 bytes: one pad byte
+    frames = _frames(info)
+    ds = make_dataset(info, frames)
+    ds.PixelData = frames[0].tobytes() + b"\0" + b"\1" * extra
+    outcome = recompress(ds, RLELossless)
+    if kept:
+        _assert_passed(ds, outcome, f"has {16 + extra} bytes, 15 expected")
+    else:
+        _assert_recompressed(ds, outcome, RLELossless)
+
+
+@pytest.mark.parametrize("offsets, reason", [(False, "follow the end of its codestream"),
+                                              (True, "more frames than (0028,0008) 'Number of Frames' 1")])
+def test_a_second_codestream_where_one_frame_is_declared_is_kept(offsets: bool, reason: str) -> None:
+    """Without offsets a frame's fragments are one codestream, and a decoder stops at its end marker; with
+    offsets listing two frames the second is not the image's either: recompressing would drop or add one."""
+    info = FrameInfo(rows=4, columns=4, bits_allocated=8, bits_stored=8)
+    first, second = _frames(info, 2)
+    codec = get_codec(JPEGLSLossless)
+    ds = make_dataset(info, [codec.encode_frame(first, info)], JPEGLSLossless)
+    ds.PixelData = encapsulate([codec.encode_frame(first, info), codec.encode_frame(second, info)], has_bot=offsets)
+    _assert_passed(ds, recompress(ds, RLELossless), reason)
+
+
+def test_an_irreversible_codestream_labelled_lossless_is_kept() -> None:
+    """The 9-7 wavelet is lossy whatever the transfer syntax says: its decoded values are not the original's."""
+    import imagecodecs
+
+    info = FrameInfo(rows=32, columns=32, bits_allocated=16, bits_stored=16)
+    [frame] = _frames(info)
+    stream = imagecodecs.jpeg2k_encode(frame, level=30, reversible=False, codecformat="J2K")
+    ds = make_dataset(info, [stream], JPEG2000Lossless)
+    _assert_passed(ds, recompress(ds, RLELossless), "irreversible 9-7 wavelet")
 
 
 @pytest.mark.parametrize("codec", [pytest.param(c, id=c.name) for c in all_codecs()])

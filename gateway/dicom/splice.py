@@ -20,6 +20,7 @@ __all__ = ["pixel_span", "splice_write", "PIXEL_DATA"]
 
 PIXEL_DATA = 0x7FE00010
 _META_CHANGED = {0x00020000, 0x00020010}  # group length, transfer syntax
+_PIXEL_GROUP_LENGTH = 0x7FE00000  # (7FE0,0000): counts the Pixel Data that is replaced
 _SEQ_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"  # sequence delimitation item
 
 
@@ -46,9 +47,10 @@ def splice_write(src: Path, original: Dataset, new: Dataset, dst: Path, span: tu
     around the Pixel Data element instead (`span`: its offsets, taken with
     :func:`pixel_span` before the pipeline read the element) and never reads
     the old pixel data.  It applies only when both syntaxes encode the
-    dataset as explicit VR little endian and every other top-level element
+    dataset as explicit VR little endian, every other top-level element
     and every file meta element but the transfer syntax of `new` equals the
-    original's; otherwise it returns False and writes nothing.
+    original's, and no Group Length (7FE0,0000) would count the old Pixel
+    Data; otherwise it returns False and writes nothing.
     """
     source = str(original.file_meta.get("TransferSyntaxUID", ""))
     target = str(new.file_meta.get("TransferSyntaxUID", ""))
@@ -58,6 +60,8 @@ def splice_write(src: Path, original: Dataset, new: Dataset, dst: Path, span: tu
     # original are the same objects, so most comparisons are identity checks.
     # Tags compared as plain ints: BaseTag's own comparisons run in Python.
     before_items, after_items = original._dict, new._dict
+    if _PIXEL_GROUP_LENGTH in before_items:  # it would be stale: dcmwrite drops the retired group lengths
+        return False
     tags = [t for t in map(int, before_items) if t != PIXEL_DATA]
     if tags != [t for t in map(int, after_items) if t != PIXEL_DATA]:
         return False

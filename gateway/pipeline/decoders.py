@@ -12,6 +12,7 @@ another project's.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -32,19 +33,65 @@ from gateway.dicom.uids import (
 )
 from gateway.errors import CodecNotFoundError, UnsupportedImageError
 
-__all__ = ["REFERENCE_DECODERS", "VERIFYING_DECODERS", "verifying_decoder", "NATIVE", "DecodeFrame", "decoder_name", "reference_decoder", "our_decoder",
+__all__ = ["HiddenBitsError", "REFERENCE_DECODERS", "VERIFYING_DECODERS", "verifying_decoder", "NATIVE", "DecodeFrame", "decoder_name", "reference_decoder", "our_decoder",
            "source_decoder"]
 
 NATIVE = "native"
 """Proof name of uncompressed pixel data, read from its bytes with numpy."""
 
 
-def _normalised(values: np.ndarray, info: FrameInfo) -> np.ndarray:
+class HiddenBitsError(UnsupportedImageError):
+    """An original's codestream holds values with bits above Bits Stored that are not a sign extension.
+
+    A codec working at precision Bits Stored would drop them, and comparing
+    values masked to Bits Stored would not see the loss: such an image is
+    kept as received, as native data with such bits is.
+    """
+
+
+def _hidden_bits(values: np.ndarray, info: FrameInfo, full_width: bool) -> bool:
+    """True when decoded `values` hold bits that masking to Bits Stored (or sign-extending it) would change.
+
+    Values are taken as the bit patterns of the Bits Allocated container (a
+    negative value as its two's complement).  Unsigned data may use no bit at
+    or above Bits Stored.  Signed data may hold a value sign-extended from
+    Bits Stored; a JPEG-family codestream, which has no sign, may also hold
+    the Bits Stored pattern alone (what it carries at that precision).  A
+    `full_width` codestream (RLE, which carries every bit of the container
+    as native data does) must sign-extend, as native signed data must.
+    """
+    values = np.asarray(values)
+    bits = info.bits_allocated
+    if values.dtype.kind == "i":
+        if values.size and (values.min() < -(1 << (bits - 1)) or values.max() >= 1 << bits):
+            return True  # wider than the container: inconsistent with its attributes
+        patterns = values.astype(np.int64) & ((1 << bits) - 1)
+    else:
+        if values.size and values.max() >= 1 << bits:
+            return True
+        patterns = values.astype(np.uint64).astype(np.int64)
+    stored = info.bits_stored
+    low = patterns & ((1 << stored) - 1)
+    if not info.signed:
+        return bool(np.any(patterns != low))
+    extended = np.where(low >> (stored - 1) != 0, low | (((1 << bits) - 1) ^ ((1 << stored) - 1)), low)
+    allowed = patterns == extended
+    if not full_width:
+        allowed |= patterns == low
+    return not bool(np.all(allowed))
+
+
+def _normalised(values: np.ndarray, info: FrameInfo, *, original: bool = False, full_width: bool = False) -> np.ndarray:
     """`values` as a frame array of `info`: dtype, shape and Bits Stored range.
 
     Other decoders return unsigned bit patterns (JPEG has no sign) or wider
     containers; this brings them to the codec array form for comparison.
+    For an `original` (what arrived, not what we wrote), bits above Bits
+    Stored that this would drop raise :class:`HiddenBitsError` instead.
     """
+    if original and info.bits_stored < info.bits_allocated and _hidden_bits(values, info, full_width):
+        raise HiddenBitsError(f"bits above (0028,0101) 'Bits Stored' {info.bits_stored} hold data in the "
+                              "codestream")
     unsigned = np.dtype(f"u{info.dtype.itemsize}")
     frame = np.ascontiguousarray(np.asarray(values).astype(unsigned)).view(info.dtype).reshape(info.shape)
     unused = info.bits_allocated - info.bits_stored
@@ -57,45 +104,46 @@ def _normalised(values: np.ndarray, info: FrameInfo) -> np.ndarray:
     return frame
 
 
-def _pylibjpeg_rle(data: bytes, info: FrameInfo) -> np.ndarray:
+def _pylibjpeg_rle(data: bytes, info: FrameInfo, *, original: bool = False) -> np.ndarray:
     """pylibjpeg-rle (Rust): returns the frame colour-by-plane, little endian."""
     from rle.rle import decode_frame
 
     raw = decode_frame(bytes(data), info.rows * info.columns, info.bits_allocated, "<")
-    planes = np.frombuffer(raw, dtype=info.dtype.newbyteorder("<"))
+    unsigned = np.dtype(f"<u{info.dtype.itemsize}")
+    planes = np.frombuffer(raw, dtype=unsigned)
     if info.samples_per_pixel > 1:
         planes = planes.reshape(info.samples_per_pixel, info.rows, info.columns).transpose(1, 2, 0)
-    return _normalised(planes, info)
+    return _normalised(planes, info, original=original, full_width=True)
 
 
-def _pylibjpeg_libjpeg(data: bytes, info: FrameInfo) -> np.ndarray:
+def _pylibjpeg_libjpeg(data: bytes, info: FrameInfo, *, original: bool = False) -> np.ndarray:
     """pylibjpeg-libjpeg (libjpeg 6b successor by Thomas Richter): JPEG lossless and JPEG-LS."""
     from libjpeg import decode
 
     values = decode(bytes(data), colour_transform=0)
     if values.size != info.rows * info.columns * info.samples_per_pixel:
         raise UnsupportedImageError(f"reference decoder returned {values.shape}, expected {info.shape}")
-    return _normalised(values, info)
+    return _normalised(values, info, original=original)
 
 
-def _charls(data: bytes, info: FrameInfo) -> np.ndarray:
+def _charls(data: bytes, info: FrameInfo, *, original: bool = False) -> np.ndarray:
     """CharLS (through pyjpegls): JPEG-LS, about three times as fast as libjpeg at it."""
     from jpeg_ls import decode
 
     values = decode(np.frombuffer(bytes(data), dtype=np.uint8))
     if values.size != info.rows * info.columns * info.samples_per_pixel:
         raise UnsupportedImageError(f"reference decoder returned {values.shape}, expected {info.shape}")
-    return _normalised(values, info)
+    return _normalised(values, info, original=original)
 
 
-def _pylibjpeg_openjpeg(data: bytes, info: FrameInfo) -> np.ndarray:
+def _pylibjpeg_openjpeg(data: bytes, info: FrameInfo, *, original: bool = False) -> np.ndarray:
     """pylibjpeg-openjpeg (OpenJPEG): JPEG 2000 and HTJ2K; the colour transform of the codestream is undone."""
     from openjpeg import decode
 
     values = decode(bytes(data))
     if values.size != info.rows * info.columns * info.samples_per_pixel:
         raise UnsupportedImageError(f"reference decoder returned {values.shape}, expected {info.shape}")
-    return _normalised(values, info)
+    return _normalised(values, info, original=original)
 
 
 DecodeFrame = Callable[[bytes, FrameInfo], np.ndarray]
@@ -159,11 +207,14 @@ def source_decoder(uid: str) -> tuple[str, DecodeFrame]:
     """The decoder that reads an ORIGINAL in `uid`: an independent one wherever one exists.
 
     Our own decoder is used only for a syntax no other project reads (ours),
-    and its name says so.  Raises :class:`UnsupportedImageError` when neither exists.
+    and its name says so.  An independent decoder raises
+    :class:`HiddenBitsError` for values with bits above Bits Stored that the
+    codec array form would drop (ours never writes such values).  Raises
+    :class:`UnsupportedImageError` when neither exists.
     """
     reference = reference_decoder(uid)
     if reference is not None:
-        return decoder_name(reference), reference
+        return decoder_name(reference), functools.partial(reference, original=True)
     ours = our_decoder(uid)
     if ours is not None and TRANSFER_SYNTAXES.get(str(uid)) is not None and TRANSFER_SYNTAXES[str(uid)].private:
         return ours

@@ -25,7 +25,7 @@ from gateway.pipeline.decoders import NATIVE, DecodeFrame, source_decoder
 
 __all__ = ["frame_info", "number_of_frames", "iter_frames", "native_frames", "decoded_frames", "DecodedFrames",
            "HOLD_DECODED_BYTES", "deferred_pixels", "FileFrames", "high_bits_used", "transfer_syntax", "END_MARKED",
-           "ends_with_marker"]
+           "ends_with_marker", "codestream_end"]
 
 _FLOAT_TAGS = ("FloatPixelData", "DoubleFloatPixelData")
 
@@ -197,14 +197,26 @@ def native_frames(ds: Dataset) -> Sequence[np.ndarray]:
     if deferred is None:
         return list(_iter_native(ds, info, frames, big_endian=(uid == ExplicitVRBigEndian)))
     path, offset, length = deferred
-    expected = info.frame_bytes * frames
-    if length < expected:
-        raise PixelDataError(
-            f"(7FE0,0010) 'Pixel Data' has {length} bytes, {expected} expected for "
-            f"{frames} frame(s) of {info.rows} x {info.columns} x {info.samples_per_pixel} "
-            f"at {info.bits_allocated} bits"
-        )
+    _check_native_length(length, info, frames)
     return FileFrames(path, offset, info, frames)
+
+
+def _check_native_length(length: int, info: FrameInfo, frames: int) -> None:
+    """Raise unless native Pixel Data of `length` bytes holds exactly `frames` frames of `info`.
+
+    Only the one pad byte of an odd length may follow them (PS3.5 8.1.1): a
+    longer value holds data that the attributes do not describe (more frames
+    than Number of Frames says, say), which recompressing the described frames
+    alone would drop.
+    """
+    expected = info.frame_bytes * frames
+    if expected <= length <= expected + (expected & 1):
+        return
+    raise PixelDataError(
+        f"(7FE0,0010) 'Pixel Data' has {length} bytes, {expected} expected for "
+        f"{frames} frame(s) of {info.rows} x {info.columns} x {info.samples_per_pixel} "
+        f"at {info.bits_allocated} bits"
+    )
 
 
 def _iter_native(ds: Dataset, info: FrameInfo, frames: int, big_endian: bool) -> Iterator[np.ndarray]:
@@ -217,12 +229,7 @@ def _iter_native(ds: Dataset, info: FrameInfo, frames: int, big_endian: bool) ->
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise PixelDataError("(7FE0,0010) 'Pixel Data' is not a byte value")
     expected = info.frame_bytes * frames
-    if len(data) < expected:
-        raise PixelDataError(
-            f"(7FE0,0010) 'Pixel Data' has {len(data)} bytes, {expected} expected for "
-            f"{frames} frame(s) of {info.rows} x {info.columns} x {info.samples_per_pixel} "
-            f"at {info.bits_allocated} bits"
-        )
+    _check_native_length(len(data), info, frames)
     if big_endian and info.bits_allocated == 8 and ds["PixelData"].VR == "OW":
         # Big endian OW holds 16-bit words: 8-bit samples come in swapped pairs.
         words = np.frombuffer(data, dtype=">u2", count=len(data) // 2)
@@ -253,6 +260,115 @@ def ends_with_marker(fragment: bytes) -> bool:
     tail = bytes(fragment[-4:])
     at = tail.rfind(b"\xff\xd9")
     return at >= 0 and all(b in (0x00, 0xFF) for b in tail[at + 2:])
+
+
+def codestream_end(fragment: bytes) -> int | None:
+    """Where the first codestream in `fragment` ends (after its EOI or EOC), found by walking its markers.
+
+    JPEG and JPEG-LS (T.81 B.1.1, T.87 C.1): marker segments, and in scan
+    data a marker is 0xFF followed by a byte that is neither a stuffed 00
+    (JPEG), a stuffed bit (JPEG-LS: below 0x80), nor a restart marker.
+    JPEG 2000 and HTJ2K (T.800 A.3): the main header's segments, then each
+    tile-part by the length in its SOT segment.  None when `fragment` is not
+    such a codestream or its headers do not hold together (its decoder
+    judges it then).  An end marker found this way cannot be a byte pair
+    inside the entropy-coded data, which is what a search for FFD9 would find.
+    """
+    data = bytes(fragment)
+    size = len(data)
+    if data[:2] == b"\xff\xd8":  # SOI
+        pos = 2
+        while pos + 1 < size:
+            if data[pos] != 0xFF:
+                return None
+            code = data[pos + 1]
+            if code == 0xFF:  # fill byte
+                pos += 1
+                continue
+            pos += 2
+            if code == 0xD9:  # EOI
+                return pos
+            if code == 0x01 or 0xD0 <= code <= 0xD8:  # markers without a segment
+                continue
+            if pos + 2 > size:
+                return None
+            pos += (data[pos] << 8) | data[pos + 1]
+            if code == 0xDA:  # SOS: entropy-coded data up to the next marker
+                while True:
+                    pos = data.find(b"\xff", pos)
+                    if pos < 0 or pos + 1 >= size:
+                        return None
+                    following = data[pos + 1]
+                    if following >= 0x80 and not 0xD0 <= following <= 0xD7 and following != 0xFF:
+                        break
+                    pos += 1
+        return None
+    if data[:2] == b"\xff\x4f":  # SOC
+        pos = 2
+        while pos + 2 <= size:
+            if data[pos] != 0xFF:
+                return None
+            code = data[pos + 1]
+            if code == 0xD9:  # EOC
+                return pos + 2
+            if pos + 4 > size:
+                return None
+            if code == 0x90:  # SOT: Psot counts from the SOT marker to the end of the tile-part
+                if pos + 10 > size:
+                    return None
+                psot = int.from_bytes(data[pos + 6:pos + 10], "big")
+                if psot == 0:  # the last tile-part, up to the EOC
+                    return size if data[-2:] == b"\xff\xd9" else None
+                pos += psot
+                continue
+            pos += 2 + ((data[pos + 2] << 8) | data[pos + 3])
+        return None
+    return None
+
+
+J2K_LOSSLESS_LABELLED = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202"})
+"""JPEG 2000 and HTJ2K syntaxes that say their codestreams are lossless."""
+
+
+def irreversible_wavelet(fragment: bytes) -> bool:
+    """True when a JPEG 2000 codestream's COD or COC segment (main or tile-part header) names the 9-7 wavelet.
+
+    The irreversible wavelet is lossy (T.800 A.6.1, Table A.20: 0 = 9-7
+    irreversible, 1 = 5-3 reversible), whatever transfer syntax the image
+    was labelled with.  Segments that do not hold together end the walk.
+    """
+    data = bytes(fragment)
+    size = len(data)
+    if data[:2] != b"\xff\x4f":
+        return False
+    components_wide = False  # Csiz > 256: COC names its component in two bytes
+    tile_part = None  # (where its SOT starts, Psot)
+    pos = 2
+    while pos + 2 <= size and data[pos] == 0xFF:
+        code = data[pos + 1]
+        if code == 0x93:  # SOD: the tile-part's data, up to the next tile-part's SOT
+            if tile_part is None or tile_part[1] == 0:
+                return False
+            pos = tile_part[0] + tile_part[1]
+            continue
+        if code == 0xD9 or pos + 4 > size:  # EOC
+            return False
+        length = (data[pos + 2] << 8) | data[pos + 3]
+        if code == 0x51 and pos + 40 <= size:  # SIZ
+            components_wide = ((data[pos + 38] << 8) | data[pos + 39]) > 256
+        elif code == 0x52 and pos + 14 <= size:  # COD: Scod, SGcod (4), SPcod: levels, xcb, ycb, style, transform
+            if data[pos + 13] == 0:
+                return True
+        elif code == 0x53:  # COC: Ccoc (1 or 2), Scoc, SPcoc as in COD
+            at = pos + 4 + (2 if components_wide else 1) + 1 + 4
+            if at < size and data[at] == 0:
+                return True
+        elif code == 0x90 and pos + 10 <= size:  # SOT
+            tile_part = (pos, int.from_bytes(data[pos + 6:pos + 10], "big"))
+        if length < 2:
+            return False
+        pos += 2 + length
+    return False
 
 
 def frame_decoder(ds: Dataset) -> tuple[str, DecodeFrame | None]:
@@ -292,9 +408,21 @@ def iter_frames(ds: Dataset) -> Iterator[np.ndarray]:
     _, decode = source_decoder(uid)
     try:
         for number, fragment in enumerate(generate_frames(ds.PixelData, number_of_frames=frames), start=1):
-            if uid in END_MARKED and not ends_with_marker(fragment):
-                raise PixelDataError(f"frame {number}: the codestream does not end with its end marker "
-                                     "(FFD9): it is truncated")
+            if number > frames:  # a Basic Offset Table that lists more frames than Number of Frames says
+                raise PixelDataError(f"the Pixel Data holds more frames than (0028,0008) 'Number of Frames' "
+                                     f"{frames}")
+            if uid in END_MARKED:
+                if not ends_with_marker(fragment):
+                    raise PixelDataError(f"frame {number}: the codestream does not end with its end marker "
+                                         "(FFD9): it is truncated")
+                if uid in J2K_LOSSLESS_LABELLED and irreversible_wavelet(fragment):
+                    raise UnsupportedImageError(f"frame {number}: the codestream uses the irreversible 9-7 "
+                                                "wavelet: it is lossy, whatever its transfer syntax says")
+                end = codestream_end(fragment)
+                if end is not None and bytes(fragment[end:]).strip(b"\x00\xff"):
+                    raise PixelDataError(f"frame {number}: {len(fragment) - end} bytes follow the end of its "
+                                         "codestream (another codestream, or more frames than Number of "
+                                         "Frames says)")
             yield decode(fragment, info)
     except (UnsupportedImageError, PixelDataError):
         raise

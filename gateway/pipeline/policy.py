@@ -36,7 +36,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from gateway.codecs import configured, get_codec, resolve_uid
 from gateway.codecs.base import Codec, FrameInfo
-from gateway.dicom.uids import JPEG_2000_LOSSLESS, TRANSFER_SYNTAXES, is_encapsulated, is_known
+from gateway.dicom.uids import TRANSFER_SYNTAXES, is_encapsulated, is_known
 from gateway.errors import CodecNotFoundError, GatewayError, UnsupportedImageError
 from gateway.pipeline.decoders import NATIVE, REFERENCE_DECODERS, DecodeFrame, decoder_name, verifying_decoder
 from gateway.pipeline.pixels import (
@@ -528,8 +528,9 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True, allow_larger: b
         new.ExtendedOffsetTable, new.ExtendedOffsetTableLengths = extended
     if colour_converted:
         new.PhotometricInterpretation = "RGB"
-    if target_uid == JPEG_2000_LOSSLESS and info.photometric_interpretation == "RGB":
-        # Our JPEG 2000 codestream carries RGB through the reversible colour transform (PS3.5 8.2.4).
+    if str(target_uid) in _J2K_FAMILY and info.photometric_interpretation == "RGB":
+        # Our JPEG 2000 and HTJ2K codestreams carry RGB through the reversible colour transform (PS3.5 8.2.4,
+        # which 8.2.14 applies to HTJ2K).
         new.PhotometricInterpretation = "YBR_RCT"
     if big_endian:
         try:

@@ -62,15 +62,21 @@ def _hidden_bits(values: np.ndarray, info: FrameInfo, full_width: bool) -> bool:
     """
     values = np.asarray(values)
     bits = info.bits_allocated
+    stored = info.bits_stored
+    if values.size == 0:
+        return False
+    if values.dtype.kind == "u" or values.min() >= 0:  # the common case in one pass: no bit above Bits Stored
+        top = int(values.max())
+        if top < 1 << stored and (not info.signed or not full_width or top < 1 << (stored - 1)):
+            return False
     if values.dtype.kind == "i":
-        if values.size and (values.min() < -(1 << (bits - 1)) or values.max() >= 1 << bits):
+        if values.min() < -(1 << (bits - 1)) or values.max() >= 1 << bits:
             return True  # wider than the container: inconsistent with its attributes
         patterns = values.astype(np.int64) & ((1 << bits) - 1)
     else:
-        if values.size and values.max() >= 1 << bits:
+        if values.max() >= 1 << bits:
             return True
         patterns = values.astype(np.uint64).astype(np.int64)
-    stored = info.bits_stored
     low = patterns & ((1 << stored) - 1)
     if not info.signed:
         return bool(np.any(patterns != low))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import struct
+import time
 from dataclasses import replace
 from io import BytesIO
 from pathlib import Path
@@ -359,6 +360,35 @@ def test_an_irreversible_codestream_labelled_lossless_is_kept() -> None:
     stream = imagecodecs.jpeg2k_encode(frame, level=30, reversible=False, codecformat="J2K")
     ds = make_dataset(info, [stream], JPEG2000Lossless)
     _assert_passed(ds, recompress(ds, RLELossless), "irreversible 9-7 wavelet")
+
+
+def _declaring(stream: bytes, rows: int, columns: int) -> bytes:
+    """A JPEG-LS `stream` whose SOF55 segment declares `rows` x `columns` samples."""
+    data = bytearray(stream)
+    at = data.index(b"\xff\xf7")
+    data[at + 5:at + 9] = rows.to_bytes(2, "big") + columns.to_bytes(2, "big")
+    return bytes(data)
+
+
+def test_a_codestream_declaring_a_huge_image_is_not_decoded() -> None:
+    """A decoder allocates what the codestream declares: a few bytes declaring 60000 x 60000 samples would
+    take 7 GB.  It is checked against the attributes before any decoder sees it."""
+    info = FrameInfo(rows=8, columns=8, bits_allocated=16, bits_stored=16)
+    stream = _declaring(get_codec(JPEGLSLossless).encode_frame(_frames(info)[0], info), 60000, 60000)
+    ds = make_dataset(info, [stream], JPEGLSLossless)
+    started = time.perf_counter()
+    _assert_passed(ds, recompress(ds, RLELossless), "declares 60000 x 60000 samples, the attributes 8 x 8")
+    assert time.perf_counter() - started < 5
+
+
+def test_attributes_declaring_a_frame_above_the_bound_are_not_decoded() -> None:
+    info = FrameInfo(rows=8, columns=8, bits_allocated=16, bits_stored=16)
+    stream = _declaring(get_codec(JPEGLSLossless).encode_frame(_frames(info)[0], info), 60000, 60000)
+    ds = make_dataset(info, [stream], JPEGLSLossless)
+    ds.Rows = ds.Columns = 60000
+    started = time.perf_counter()
+    _assert_passed(ds, recompress(ds, RLELossless), "7200000000 bytes, above the 268435456 a frame may take")
+    assert time.perf_counter() - started < 5
 
 
 @pytest.mark.parametrize("codec", [pytest.param(c, id=c.name) for c in all_codecs()])

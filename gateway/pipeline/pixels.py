@@ -25,7 +25,7 @@ from gateway.pipeline.decoders import NATIVE, DecodeFrame, source_decoder
 
 __all__ = ["frame_info", "number_of_frames", "iter_frames", "native_frames", "decoded_frames", "DecodedFrames",
            "HOLD_DECODED_BYTES", "deferred_pixels", "FileFrames", "high_bits_used", "transfer_syntax", "END_MARKED",
-           "ends_with_marker", "codestream_end"]
+           "ends_with_marker", "codestream_end", "codestream_size"]
 
 _FLOAT_TAGS = ("FloatPixelData", "DoubleFloatPixelData")
 
@@ -330,6 +330,39 @@ J2K_LOSSLESS_LABELLED = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.
 """JPEG 2000 and HTJ2K syntaxes that say their codestreams are lossless."""
 
 
+def codestream_size(fragment: bytes) -> tuple[int, int] | None:
+    """(rows, columns) a JPEG, JPEG-LS, JPEG 2000 or HTJ2K codestream declares, read before it is decoded.
+
+    From the first SOF segment (T.81 B.2.2; JPEG-LS SOF55, T.87 C.2.2: rows
+    0 when a DNL segment gives them later) or the SIZ segment (T.800 A.5.1:
+    the image area less its offsets).  A decoder allocates what its header
+    declares, so a few bytes declaring a huge image would take gigabytes:
+    this is checked against the attributes first.  None when no header is found.
+    """
+    data = bytes(fragment[:65_536])
+    size = len(data)
+    if data[:2] == b"\xff\xd8":
+        pos = 2
+        while pos + 4 <= size and data[pos] == 0xFF:
+            code = data[pos + 1]
+            if code == 0xFF:
+                pos += 1
+                continue
+            length = (data[pos + 2] << 8) | data[pos + 3]
+            if (0xC0 <= code <= 0xCF and code not in (0xC4, 0xC8, 0xCC)) or code == 0xF7:
+                if pos + 9 > size:
+                    return None
+                return (data[pos + 5] << 8) | data[pos + 6], (data[pos + 7] << 8) | data[pos + 8]
+            if code == 0xDA or length < 2:
+                return None
+            pos += 2 + length
+        return None
+    if data[:4] == b"\xff\x4f\xff\x51" and size >= 22:
+        width, height, left, top = (int.from_bytes(data[at:at + 4], "big") for at in (8, 12, 16, 20))
+        return height - top, width - left
+    return None
+
+
 def irreversible_wavelet(fragment: bytes) -> bool:
     """True when a JPEG 2000 codestream's COD or COC segment (main or tile-part header) names the 9-7 wavelet.
 
@@ -411,6 +444,10 @@ def iter_frames(ds: Dataset) -> Iterator[np.ndarray]:
             if number > frames:  # a Basic Offset Table that lists more frames than Number of Frames says
                 raise PixelDataError(f"the Pixel Data holds more frames than (0028,0008) 'Number of Frames' "
                                      f"{frames}")
+            declared = codestream_size(fragment) if uid in END_MARKED else None
+            if declared is not None and (declared[0] not in (0, info.rows) or declared[1] != info.columns):
+                raise PixelDataError(f"frame {number}: the codestream declares {declared[0]} x {declared[1]} "
+                                     f"samples, the attributes {info.rows} x {info.columns}")
             if uid in END_MARKED:
                 if not ends_with_marker(fragment):
                     raise PixelDataError(f"frame {number}: the codestream does not end with its end marker "

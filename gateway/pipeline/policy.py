@@ -79,6 +79,16 @@ _J2K_FAMILY = frozenset(
     {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202"}
 )
 
+MAX_FRAME_BYTES = 256 << 20
+"""Largest decoded frame the pipeline decodes and re-encodes; a larger one is forwarded as received.
+
+The pipeline holds a frame several times over (decoded, encoded, decoded
+again by two decoders to verify), and the attributes of a few bytes of
+compressed data can declare any size: this bounds what one instance can
+make a worker allocate.  Real frames stay far below it (a 4096 x 3328
+mammogram is 27 MiB); a 10000 x 10000 colour photograph (286 MiB) would be
+kept as received."""
+
 # Largest offset a Basic Offset Table (32-bit) can hold.
 _BOT_LIMIT = 2**32 - 1
 
@@ -438,6 +448,10 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True, allow_larger: b
         return _pass(ds, "(0028,0100) 'Bits Allocated' 1 (bit-packed) pixel data; kept as received", original)
     if info.bits_allocated not in (8, 16, 32):
         return _pass(ds, f"(0028,0100) 'Bits Allocated' {info.bits_allocated} is not carried by our codecs", original)
+    if info.frame_bytes > MAX_FRAME_BYTES:
+        return _pass(ds, f"a frame of {info.rows} x {info.columns} x {info.samples_per_pixel} samples decodes to "
+                     f"{info.frame_bytes} bytes, above the {MAX_FRAME_BYTES} a frame may take; kept as received",
+                     original)
     colour_converted = str(source) in _J2K_FAMILY and info.photometric_interpretation in ("YBR_RCT", "YBR_ICT")
     if colour_converted:
         # JPEG 2000 decoders undo the reversible colour transform: frames are RGB.

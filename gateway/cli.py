@@ -5,7 +5,8 @@ file; ``codecs``, ``compress`` and ``verify`` work offline.  Exit status (see
 :data:`EXIT_CODES`): 0 when everything was done (``verify``: the pixels are
 identical), 1 when some of the work failed (``compress``: some files failed;
 ``verify``: the pixels differ), 2 for bad usage, a bad argument, an invalid
-configuration, or (``verify``) a file that cannot be read or decoded.
+configuration, an output folder ``compress`` cannot write, or (``verify``) a
+file that cannot be read or decoded; 130 when Ctrl-C stopped the command.
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ from gateway.errors import ConfigError, GatewayError
 __all__ = ["main", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a process stopped by Ctrl-C
 EXIT_CODES = """exit status:
-  0  everything done (verify: identical pixel data)
-  1  some of the work failed (compress: some files failed; verify: pixel data differ)
-  2  bad usage or argument, invalid configuration, or (verify) a file that
-     cannot be read or decoded"""
+    0  everything done (verify: identical pixel data)
+    1  some of the work failed (compress: some files failed; verify: pixel data differ)
+    2  bad usage or argument, invalid configuration, an output folder compress
+       cannot write, or (verify) a file that cannot be read or decoded
+  130  compress stopped by Ctrl-C (a folder: run it again to resume)"""
 
 COMPILING = "compiling the codec kernels for this kind of image (first use only: cached for later runs)..."
 
@@ -85,7 +88,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from gateway.logs import setup_logging
+    from gateway.logs import get_logger, setup_logging
     from gateway.service import Gateway
 
     config = _load(args.config)
@@ -106,7 +109,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     while not done.wait(0.5):
         if reload_requested.is_set():
             reload_requested.clear()
-            gateway.reload()  # logs what it did, or why it refused
+            try:
+                gateway.reload()  # logs what it did, or why it refused
+            except Exception:  # noqa: BLE001 - a reload that fails must not stop the gateway
+                get_logger("service").exception("configuration not reloaded, the running one stays")
     gateway.stop()
     return 0
 
@@ -327,6 +333,7 @@ def _compress_one(src: Path, dst: Path, target: str, verify: bool, native: bool,
 
     from gateway.config import private_options
     from gateway.pipeline import recompress
+    from gateway.spool import make_dirs
 
     if not _is_dicom(src):
         return _Result("skipped", "not a DICOM file")
@@ -334,7 +341,7 @@ def _compress_one(src: Path, dst: Path, target: str, verify: bool, native: bool,
     ds = dcmread(src)
     outcome = recompress(ds, target, verify=verify, allow_larger=native,
                          encode_options=private_options(private_version))
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(dst.parent)  # new folders 0700, whatever the umask
     if not outcome.recompressed:
         return _Result("passed", outcome.reason or "not recompressed", size_in, _write_private(dst, src))
     buffer = BytesIO()
@@ -359,6 +366,7 @@ def _bulk_options_given(args: argparse.Namespace) -> bool:
 def _cmd_compress_bulk(args: argparse.Namespace, target: str, src: Path, dst: Path) -> int:
     """A folder through :mod:`gateway.bulk`: every core (or Dask), the manifest in OUT, resumable."""
     from gateway.bulk import BulkOptions, ManifestMismatchError, estimate, run
+    from gateway.bulk.driver import OutputError, SchedulerError
     from gateway.dicom.uids import NATIVE_SYNTAXES
 
     workers = None if args.workers in (None, "auto") else int(args.workers)
@@ -367,15 +375,19 @@ def _cmd_compress_bulk(args: argparse.Namespace, target: str, src: Path, dst: Pa
     options = BulkOptions(source=src, output=dst, target=target, verify=not args.no_verify, layout=args.layout,
                           native=target in NATIVE_SYNTAXES, scheduler=args.scheduler, workers=workers,
                           in_flight=args.in_flight, sample=args.sample, private_version=args.private_version)
-    if args.dry_run:
-        for line in estimate(options).lines():
-            print(line)
-        return EXIT_OK
     try:
+        if args.dry_run:
+            for line in estimate(options).lines():
+                print(line)
+            return EXIT_OK
         report = run(options, note=lambda text: print(text, file=sys.stderr if text.startswith("FAILED") else
                                                       sys.stdout, flush=True), verbose=args.verbose)
-    except ManifestMismatchError as exc:
+    except (ManifestMismatchError, OutputError, SchedulerError) as exc:
         raise UsageError(str(exc)) from exc
+    except KeyboardInterrupt:
+        print("\nstopped (interrupted); run the same command again to resume where it stopped"
+              if not args.dry_run else "\nstopped (interrupted)", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     for line in report.lines():
         print(line)
     return EXIT_FAILED if report.counts["failed"] else EXIT_OK
@@ -582,6 +594,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GatewayError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("\nstopped (interrupted)", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

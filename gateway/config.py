@@ -524,7 +524,12 @@ def _str_list(key: str, value: Any, item=_str) -> tuple[str, ...]:
 
 def _path(key: str, value: Any, base: Path) -> Path:
     text = _str(key, value)
-    path = Path(text).expanduser()
+    if "\0" in text:
+        raise ConfigError(key, f"must not contain a NUL character, got {text!r}")
+    try:
+        path = Path(text).expanduser()
+    except RuntimeError as exc:  # ~user of no such user, or no home folder to expand ~ to
+        raise ConfigError(key, f"cannot expand {text!r}: {exc}") from None
     return path if path.is_absolute() else (base / path)
 
 
@@ -787,6 +792,8 @@ def _logging(data: Any, base: Path) -> LoggingConfig:
     file = t.pop("file")
     cfg = LoggingConfig(level=level, file=_path(t.path("file"), file, base) if file is not None else None)
     t.finish()
+    if cfg.file is not None and cfg.file.is_dir():
+        raise ConfigError(t.path("file"), f"{cfg.file} is a folder; name the log file in it")
     return cfg
 
 
@@ -870,9 +877,15 @@ def _url(key: str, value: Any) -> str:
     from urllib.parse import urlsplit
 
     text = _str(key, value)
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+        port = parts.port  # ValueError unless digits within 0..65535
+    except ValueError as exc:
+        raise ConfigError(key, f"not a valid URL ({exc}), got {text!r}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(key, f"must be an http:// or https:// URL, got {text!r}")
+    if port == 0:
+        raise ConfigError(key, f"the port must be 1..65535, got {text!r}")
     if parts.username or parts.password:
         raise ConfigError(key, "must not carry credentials; use auth with a password_file or token_file")
     if parts.query or parts.fragment:
@@ -962,12 +975,26 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
 
 def load_config(path: str | Path) -> Config:
     """Read and validate the TOML file at `path`."""
-    path = Path(path).resolve()
     try:
+        path = Path(path).resolve()
         with open(path, "rb") as handle:
             data = tomllib.load(handle)
     except FileNotFoundError as exc:
         raise ConfigError("", f"configuration file {path} does not exist") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError("", f"configuration file {path} is a folder, not a file") from exc
+    except (OSError, RuntimeError) as exc:  # unreadable; RuntimeError: a loop of symbolic links
+        raise ConfigError("", f"cannot read the configuration file {path}: "
+                              f"{getattr(exc, 'strerror', None) or exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("", f"{path.name} is not valid TOML: {exc}") from exc
-    return parse_config(data, path.parent, source=path)
+    except UnicodeDecodeError as exc:
+        line = exc.object.count(b"\n", 0, exc.start) + 1
+        raise ConfigError("", f"{path.name} is not valid UTF-8 (TOML files are UTF-8): byte "
+                              f"0x{exc.object[exc.start]:02x} on line {line}") from exc
+    try:
+        return parse_config(data, path.parent, source=path)
+    except ConfigError:
+        raise
+    except (OSError, ValueError, RuntimeError) as exc:  # a check that did not name its key: name the file
+        raise ConfigError("", f"{path.name}: {type(exc).__name__}: {exc}") from exc

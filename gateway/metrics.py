@@ -73,7 +73,8 @@ class GatewayCollector(Collector):
         self.destinations = destinations
 
     def collect(self) -> Iterator[Metric]:
-        db = sqlite3.connect(f"file:{self.record}?mode=ro", uri=True, timeout=10)
+        # read-only, by a URI whose path is percent-encoded: a '#', '?' or '%' in a folder name stays part of it
+        db = sqlite3.connect(f"{Path(self.record).absolute().as_uri()}?mode=ro", uri=True, timeout=10)
         try:
             yield from self._from_record(db)
         finally:

@@ -67,6 +67,8 @@ class Gateway:
         self._stopped = threading.Event()
         self._housekeeping: list[threading.Thread] = []
         self.web = None
+        self.receiver: Receiver | None = None
+        self._web_keys = None  # the console's secrets: the token in force is replaced on reload
         self.reload_error: str | None = None  # why the last reload was refused (None: applied, or none tried)
         self._reload_lock = threading.Lock()
 
@@ -95,6 +97,7 @@ class Gateway:
                             min_free_bytes=self.config.spool.min_free_bytes)
         receiver.event_reports = self.commitment_reports.deliver
         self.server = start_receiver(self.config.server, receiver)
+        self.receiver = receiver
         if self.config.web is not None:
             self._start_web()
         _log.info("listening on %s:%d as %s; spool %s; destinations %s", self.config.server.host, self.port,
@@ -192,8 +195,9 @@ class Gateway:
         console = ConsoleBackend(record=self.record, queues=self.queue_states, dead_letters=self.dead_letters,
                                  retry=self.retry_dead, retry_all=self.retry_all_dead, reload=self.reload,
                                  reload_error=lambda: self.reload_error, config=lambda: self.config)
-        self.web = WebServer(make_app(registry, self.not_ready, web.token(), console=console, host=web.host),
-                             web.host, web.port).start()
+        app = make_app(registry, self.not_ready, web.token(), console=console, host=web.host)
+        self._web_keys = app.state.keys
+        self.web = WebServer(app, web.host, web.port).start()
         _log.info("web console and endpoints on http://%s:%d (/metrics, /healthz, /readyz)", web.host,
                   self.web.port)
 
@@ -289,18 +293,32 @@ class Gateway:
     def reload(self) -> str | None:
         """Read the configuration file again and apply it; None when applied, else why not.
 
-        Routes, destinations, codec choices, retry and forwarding settings and
-        the allowed callers change in place; associations in progress carry
-        on.  A file that fails validation, or that changes what only a restart
-        can change (the listening address, the spool, the number of worker
-        processes, the web endpoints, logging), is refused and the running
-        configuration stays.
+        Routes, destinations, codec choices, retry and forwarding settings,
+        the spool's free-space floor, the allowed callers and the web token
+        change in place; associations in progress carry on.  A file that
+        fails validation, or that changes what only a restart can change (the
+        listening address, the spool, the number of worker processes, the web
+        endpoints, logging), is refused and the running configuration stays.
+        Nothing raised while reloading escapes: it is logged, and refuses the
+        reload.
         """
+        try:
+            return self._reload()
+        except Exception as exc:  # noqa: BLE001 - a reload must never stop the running gateway
+            message = f"unexpected {type(exc).__name__}: {exc}"
+            _log.exception("configuration not reloaded, the running one stays: %s", message)
+            self.reload_error = message
+            return message
+
+    def _reload(self) -> str | None:
         source = self.config.source
         if source is None:
             return "the running configuration was not read from a file"
         try:
             new = load_config(source)
+            # What can still fail is done before anything changes: the token file, new TLS files.
+            token = new.web.token() if new.web is not None else None
+            tls = new.server.tls.context() if new.server.tls is not None else None
         except ConfigError as exc:
             _log.error("configuration not reloaded, the running one stays: %s", exc)
             self.reload_error = str(exc)
@@ -321,8 +339,16 @@ class Gateway:
             if self.server is not None:
                 self.server.ae.require_calling_aet = list(new.server.allowed_callers)
                 self.server.set_caller_certificates(new.server.caller_certificates)
-                if new.server.tls is not None:  # renewed certificates: the next handshakes use them
-                    self.server.tls = new.server.tls.context()
+                if tls is not None:  # renewed certificates: the next handshakes use them
+                    self.server.tls = tls
+                if old.spool.min_free_bytes != new.spool.min_free_bytes:  # the next C-STOREs use the floor
+                    from gateway.net import sink
+
+                    sink.bind(self.server.ae, self.spool.tmp, new.spool.min_free_bytes, self.spool.make_room)
+                    if self.receiver is not None:
+                        self.receiver.min_free_bytes = new.spool.min_free_bytes
+            if self._web_keys is not None:  # a replaced token: the old one and its sessions stop working
+                self._web_keys.token = token
             if self.worker is not None:
                 self.worker.reconfigure(new)
             before = {d.name: d for d in old.destinations}

@@ -512,3 +512,140 @@ def test_bulk_options_need_a_folder(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as info:  # argparse: a bad --workers is a usage error
         main(["compress", "--workers", "many", "--transfer-syntax", "rle", str(tmp_path), str(tmp_path / "o")])
     assert info.value.code == 2 and "--workers" in capsys.readouterr().err
+
+
+def _strict_env() -> dict[str, str]:
+    """A child's environment whose standard streams refuse what is not UTF-8, as a UTF-8 terminal's do."""
+    return {**os.environ, "PYTHONPATH": str(REPO), "LC_ALL": "C.UTF-8", "PYTHONIOENCODING": "utf-8:strict",
+            "PYTHONUTF8": "0"}
+
+
+def test_file_names_that_are_not_utf8_are_all_processed_and_kept_exactly(tmp_path: Path) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    (src / "Fran\u00e7ois").mkdir(parents=True)  # UTF-8: kept as text in the manifest, as always
+    series = make_series(4, seed=21)
+    series[0].save_as(src / "ok.dcm", enforce_file_format=True)
+    series[1].save_as(src / "Fran\u00e7ois" / "b.dcm", enforce_file_format=True)
+    latin1 = os.fsdecode(os.fsencode(src) + b"/M\xfcller.dcm")  # a name saved by a Latin-1 system
+    series[2].save_as(latin1, enforce_file_format=True)
+    series[3].save_as(os.fsdecode(os.fsencode(src) + b"/d\xe9faut.dcm"), enforce_file_format=True)
+    os.makedirs(os.fsencode(out) + b"/d\xe9faut.dcm")  # its output path is taken by a folder: it fails
+    argv = [PYTHON, "-m", "gateway.cli", "compress", "--workers", "0", "--transfer-syntax", "JPEGLSLossless",
+            str(src), str(out)]
+    done = subprocess.run(argv, env=_strict_env(), capture_output=True, timeout=600)
+    stdout, stderr = done.stdout.decode(), done.stderr.decode()
+    assert done.returncode == 1, stderr  # the blocked file failed; every other one was done
+    assert "Traceback" not in stderr
+    assert "3 recompressed" in stdout and "1 failed" in stdout
+    assert "d\\xe9faut.dcm" in stderr and "d\\xe9faut.dcm" in stdout  # its FAILED line, and the report's list
+    assert sorted(os.listdir(os.fsencode(out / "Fran\u00e7ois"))) == [b"b.dcm"]
+    assert b"M\xfcller.dcm" in os.listdir(os.fsencode(out))
+    assert dcmread(os.fsdecode(os.fsencode(out) + b"/M\xfcller.dcm")).SOPInstanceUID == series[2].SOPInstanceUID
+    with contextlib.closing(sqlite3.connect(out / MANIFEST_NAME)) as db:
+        kinds = dict(db.execute("SELECT rel, typeof(rel) FROM files"))
+    assert kinds == {"ok.dcm": "text", "Fran\u00e7ois/b.dcm": "text", b"M\xfcller.dcm": "blob",
+                     b"d\xe9faut.dcm": "blob"}
+    again = subprocess.run(argv, env=_strict_env(), capture_output=True, timeout=600)
+    assert again.returncode == 1, again.stderr.decode()
+    assert "3 done by an earlier run" in again.stdout.decode()  # resumed: the failed one alone is tried again
+
+
+def test_an_output_folder_that_cannot_be_written_is_an_error_not_a_traceback(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    make_series(1)[0].save_as(src / "a.dcm", enforce_file_format=True)
+    (tmp_path / "file").write_text("a file, not a folder\n")
+    assert main(["compress", "--workers", "0", "--transfer-syntax", "rle", str(src),
+                 str(tmp_path / "file" / "out")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: cannot write {tmp_path / 'file' / 'out'}: ")
+    frozen = tmp_path / "frozen"
+    frozen.mkdir()
+    if os.geteuid() != 0:  # a folder without write permission stops anyone but root
+        frozen.chmod(0o500)
+    elif shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(frozen)]).returncode != 0:
+        pytest.skip("running as root, and chattr cannot make a folder immutable here")
+    try:
+        for out in (frozen, frozen / "out"):
+            assert main(["compress", "--workers", "0", "--transfer-syntax", "rle", str(src), str(out)]) == 2
+            assert capsys.readouterr().err.startswith(f"error: cannot write {out}: ")
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(frozen)], check=True)
+        else:
+            frozen.chmod(0o700)
+
+
+def test_a_second_run_into_an_output_folder_in_use_is_refused(tmp_path: Path, capsys) -> None:
+    import fcntl
+
+    from gateway.bulk.plan import LOCK_NAME
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    make_series(1)[0].save_as(src / "a.dcm", enforce_file_format=True)
+    argv = ["compress", "--workers", "0", "--transfer-syntax", "rle", str(src), str(out)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    partial = out / f".b.dcm.{'0' * 32}.tmp"  # a file the first run is writing
+    partial.write_bytes(b"half")
+    with open(out / LOCK_NAME, "rb") as held:  # the first run holds the lock as long as it runs
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert main(argv) == 2
+        assert "another compress is writing into" in capsys.readouterr().err
+        assert partial.exists(), "the refused run deleted the first one's temporary file"
+    assert main(argv) == 0
+    assert not partial.exists()
+    assert (out / LOCK_NAME).stat().st_mode & 0o777 == 0o600
+
+
+def test_an_unreachable_scheduler_is_an_error_not_a_traceback(tmp_path: Path, capsys, monkeypatch) -> None:
+    import gateway.bulk.driver
+
+    monkeypatch.setattr(gateway.bulk.driver, "SCHEDULER_CONNECT_SECONDS", 3.0)
+    src = tmp_path / "in"
+    src.mkdir()
+    make_series(1)[0].save_as(src / "a.dcm", enforce_file_format=True)
+    started = time.monotonic()
+    assert main(["compress", "--scheduler", f"tcp://127.0.0.1:{free_port()}", "--transfer-syntax", "rle",
+                 str(src), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot reach the Dask scheduler tcp://127.0.0.1:"), err
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_ctrl_c_stops_a_folder_run_with_one_line_and_it_resumes(tmp_path: Path, workers: str) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for index, ds in enumerate(make_series(60, 384, 384, seed=22)):
+        ds.save_as(src / f"{index:03d}.dcm", enforce_file_format=True)
+    argv = [PYTHON, "-m", "gateway.cli", "compress", "--workers", workers, "--transfer-syntax", "JPEGLSLossless",
+            str(src), str(out)]
+
+    def recorded() -> int:
+        try:
+            return sum(1 for row in _manifest(out).values() if row["outcome"] is not None)
+        except sqlite3.Error:
+            return 0
+
+    # Its own process group, as a terminal's foreground job: Ctrl-C reaches the client and its workers.
+    client = subprocess.Popen(argv, env=_strict_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              start_new_session=True)
+    try:
+        assert wait_until(lambda: recorded() >= 2, timeout=180, step=0.05), "the run made no progress"
+        os.killpg(client.pid, signal.SIGINT)
+        _, stderr = client.communicate(timeout=120)
+    finally:
+        if client.poll() is None:
+            os.killpg(client.pid, signal.SIGKILL)
+            client.wait()
+    text = stderr.decode()
+    assert client.returncode == 130, text
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+    assert text.strip().splitlines()[-1] == \
+        "stopped (interrupted); run the same command again to resume where it stopped"
+    first = recorded()
+    assert first < 60, "the run was to be stopped before its end"
+    done = subprocess.run(argv, env=_strict_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert f"{first} done by an earlier run" in done.stdout and "60 recompressed" in done.stdout

@@ -234,3 +234,52 @@ def test_settings_reach_the_parts_that_use_them(tmp_path: Path, gateway_factory)
     assert gateway.server.ae.maximum_associations == 3
     forwarder = gateway.forwarders["local"][0]
     assert (forwarder.batch, forwarder.idle_seconds, forwarder.rescan_seconds) == (7, 1.5, 9)
+
+
+_FOLDER = '[[destinations]]\nname = "a"\nkind = "folder"\npath = "archive"\n'
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    (_FOLDER.encode() + "# Hôpital Saint-André\n".encode("latin-1"), "not valid UTF-8"),
+    (_FOLDER.replace('"archive"', '"~no-such-user-here/archive"').encode(), "destinations[0].path: cannot expand"),
+    (_FOLDER.replace('"archive"', '"arch\\u0000ive"').encode(), "destinations[0].path: must not contain a NUL"),
+])
+def test_a_file_that_cannot_be_decoded_or_expanded_is_a_config_error(tmp_path: Path, text: bytes,
+                                                                     words: str) -> None:
+    (tmp_path / "gateway.toml").write_bytes(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "gateway.toml")
+    assert words in str(info.value)
+
+
+def test_a_config_path_that_is_a_folder_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "gateway.toml").mkdir()
+    with pytest.raises(ConfigError, match="is a folder, not a file"):
+        load_config(tmp_path / "gateway.toml")
+    loop = tmp_path / "loop.toml"
+    loop.symlink_to(loop)
+    with pytest.raises(ConfigError, match="loop.toml"):
+        load_config(loop)
+
+
+@pytest.mark.parametrize(("url", "words"), [
+    ("http://[fe80::1/dicom-web", "Invalid IPv6 URL"),
+    ("http://127.0.0.1:99999/dicom-web", "out of range"),
+    ("http://127.0.0.1:abc/dicom-web", "'abc'"),
+    ("http://127.0.0.1:0/dicom-web", "the port must be 1..65535"),
+])
+def test_a_dicomweb_url_with_a_bad_host_or_port_names_the_key(tmp_path: Path, url: str, words: str) -> None:
+    data = {"destinations": [{"name": "web", "kind": "dicomweb", "url": url}]}
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, tmp_path)
+    assert info.value.key == "destinations[0].url" and words in str(info.value)
+    data["destinations"][0]["url"] = "http://[::1]:8042/dicom-web/"
+    assert parse_config(data, tmp_path).destinations[0].url == "http://[::1]:8042/dicom-web"
+
+
+def test_a_log_file_that_is_a_folder_names_the_key(tmp_path: Path) -> None:
+    (tmp_path / "logs").mkdir()
+    data = {"destinations": [{"name": "a", "kind": "folder", "path": "archive"}], "logging": {"file": "logs"}}
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, tmp_path)
+    assert info.value.key == "logging.file" and "is a folder" in str(info.value)

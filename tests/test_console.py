@@ -368,3 +368,35 @@ def test_without_a_token_only_loopback_host_names_are_answered(tmp_path: Path, g
     csrf = Page(request(port, "GET", "/config")[2]).field("csrf")
     assert request(port, "POST", "/reload", {"csrf": csrf}, headers={"Origin": "http://evil.example"})[0] == 403
     assert request(port, "POST", "/reload", {"csrf": csrf}, headers={"Origin": ""})[0] == 403
+
+
+def test_the_reload_button_refuses_a_file_it_cannot_read_and_the_gateway_carries_on(tmp_path: Path,
+                                                                                   gateway_factory,
+                                                                                   monkeypatch) -> None:
+    from gateway.config import load_config
+
+    toml = tmp_path / "gateway.toml"
+    good = (f'[server]\nport = {free_port()}\n[compression]\nprocesses = 0\n[web]\nport = {free_port()}\n'
+            '[[destinations]]\nname = "local"\nkind = "folder"\npath = "archive"\n')
+    toml.write_text(good)
+    gateway = gateway_factory(load_config(toml))
+    port = gateway.web.port
+    csrf = Page(request(port, "GET", "/config")[2]).field("csrf")
+
+    toml.write_bytes(good.encode() + "# Hôpital Saint-André\n".encode("latin-1"))
+    status, headers, _ = request(port, "POST", "/reload", {"csrf": csrf})
+    assert status == 303 and headers["location"] == "/config?reload=refused"
+    assert "not valid UTF-8" in request(port, "GET", "/config?reload=refused")[2]
+
+    def broken(path: object) -> None:
+        raise RuntimeError("a bug of ours")
+
+    monkeypatch.setattr("gateway.service.load_config", broken)
+    status, headers, _ = request(port, "POST", "/reload", {"csrf": csrf})
+    assert status == 303 and headers["location"] == "/config?reload=refused"
+    assert "a bug of ours" in request(port, "GET", "/config?reload=refused")[2]
+    monkeypatch.undo()
+    toml.write_text(good)
+    status, headers, _ = request(port, "POST", "/reload", {"csrf": csrf})
+    assert status == 303 and headers["location"] == "/config?reload=applied"
+    assert send(gateway.port, [pydicom_file("CT_small.dcm")]) == [0]

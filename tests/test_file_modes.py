@@ -53,7 +53,7 @@ def test_log_file_is_private(tmp_path: Path, open_umask) -> None:
     logger = logging.getLogger("gateway")
     saved = (list(logger.handlers), logger.propagate, logger.level)
     try:
-        setup_logging("INFO", tmp_path / "logs" / "gateway.log")
+        setup_logging("INFO", tmp_path / "logs" / "gw" / "gateway.log")
         logger.info("a line")
     finally:
         for handler in list(logger.handlers):
@@ -62,9 +62,19 @@ def test_log_file_is_private(tmp_path: Path, open_umask) -> None:
         for handler in saved[0]:
             logger.addHandler(handler)
         logger.propagate, logger.level = saved[1], saved[2]
-    log = tmp_path / "logs" / "gateway.log"
+    log = tmp_path / "logs" / "gw" / "gateway.log"
     assert "a line" in log.read_text()
-    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    assert _modes(tmp_path / "logs") == {tmp_path / "logs": 0o700, tmp_path / "logs" / "gw": 0o700, log: 0o600}
+
+
+def test_compress_of_one_file_makes_its_output_folders_private(tmp_path: Path, open_umask, capsys) -> None:
+    from gateway.cli import main
+
+    src = tmp_path / "ct.dcm"
+    make_series(1)[0].save_as(src, enforce_file_format=True)
+    out = tmp_path / "out" / "ct" / "ct.dcm"
+    assert main(["compress", "--transfer-syntax", "RLELossless", str(src), str(out)]) == 0
+    assert _modes(tmp_path / "out") == {tmp_path / "out": 0o700, out.parent: 0o700, out: 0o600}
 
 
 def test_an_existing_spool_is_made_private(tmp_path: Path, gateway_factory) -> None:

@@ -142,3 +142,73 @@ def test_sighup_reloads_a_running_service_with_worker_processes(tmp_path: Path) 
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0
+
+
+def test_a_reload_that_cannot_read_the_file_keeps_the_gateway_running(tmp_path: Path, gateway_factory,
+                                                                      monkeypatch) -> None:
+    toml = tmp_path / "gateway.toml"
+    port = free_port()
+    _write(toml, port)
+    gateway = gateway_factory(load_config(toml))
+    good = toml.read_text()
+
+    toml.write_bytes(good.encode() + "# Hôpital Saint-André\n".encode("latin-1"))  # saved in Latin-1
+    assert "not valid UTF-8" in (gateway.reload() or "")
+    toml.write_text(good.replace('"archive_a"', '"~no-such-user-here/archive_a"'))
+    assert "destinations[0].path" in (gateway.reload() or "")
+    toml.write_text(good + '[[destinations]]\nname = "web"\nkind = "dicomweb"\nurl = "http://[fe80::1/dicom-web"\n')
+    assert "destinations[1].url" in (gateway.reload() or "")
+    toml.unlink()
+    toml.mkdir()  # the config path became a folder
+    assert "is a folder" in (gateway.reload() or "")
+    toml.rmdir()
+    toml.write_text(good)
+
+    def broken(path: object) -> None:
+        raise KeyError("a bug of ours")
+
+    monkeypatch.setattr("gateway.service.load_config", broken)
+    error = gateway.reload()  # whatever is raised, the reload is refused and nothing escapes
+    assert error is not None and "KeyError" in error and gateway.reload_error == error
+    monkeypatch.undo()
+    assert [d.name for d in gateway.config.destinations] == ["a"], "the running configuration stays"
+    ds = _one()
+    assert send(gateway.port, [ds]) == [0]
+    assert wait_until(lambda: str(ds.SOPInstanceUID) in _stored(tmp_path, "archive_a"), timeout=30)
+    assert gateway.reload() is None
+
+
+def test_reload_applies_a_new_free_space_floor_to_the_next_c_store(tmp_path: Path, gateway_factory) -> None:
+    toml = tmp_path / "gateway.toml"
+    port = free_port()
+    _write(toml, port)
+    toml.write_text(toml.read_text().replace('directory = "spool"', 'directory = "spool"\nmin_free_bytes = 0'))
+    gateway = gateway_factory(load_config(toml))
+    assert send(gateway.port, [_one()]) == [0]
+    toml.write_text(toml.read_text().replace("min_free_bytes = 0", f"min_free_bytes = {1 << 50}"))  # 1 PiB
+    assert gateway.reload() is None and gateway.config.spool.min_free_bytes == 1 << 50
+    assert send(gateway.port, [_one()]) == [0xA700], "the new floor refuses what the disk cannot hold"
+    toml.write_text(toml.read_text().replace(f"min_free_bytes = {1 << 50}", "min_free_bytes = 0"))
+    assert gateway.reload() is None
+    assert send(gateway.port, [_one()]) == [0]
+
+
+def test_sighup_with_a_file_that_is_not_utf8_leaves_the_service_running(tmp_path: Path) -> None:
+    toml = tmp_path / "gateway.toml"
+    port = free_port()
+    _write(toml, port)
+    log = tmp_path / "gateway.log"
+    process = start_serve(toml, log)
+    try:
+        assert wait_until(lambda: listening(port), timeout=180), log.read_text()[-2000:]
+        toml.write_bytes(toml.read_bytes() + "# Hôpital Saint-André\n".encode("latin-1"))
+        process.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: "configuration not reloaded" in log.read_text(), timeout=60), \
+            log.read_text()[-2000:]
+        assert "ERROR" in log.read_text() and "not valid UTF-8" in log.read_text()
+        assert process.poll() is None, log.read_text()[-2000:]
+        assert send(port, [_one()]) == [0]
+        assert "Traceback" not in log.read_text()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0

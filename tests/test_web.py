@@ -99,3 +99,42 @@ def test_web_settings_are_validated(tmp_path: Path) -> None:
         build_config(tmp_path, web={"token_file": "missing.token"})
     with pytest.raises(ConfigError, match="web.port"):
         build_config(tmp_path, web={"port": 70000})
+
+
+def _toml(tmp_path: Path, web: str, spool: str = "spool") -> Path:
+    path = tmp_path / "gateway.toml"
+    path.write_text(f'[server]\nport = {free_port()}\n[spool]\ndirectory = "{spool}"\n[compression]\nprocesses = 0\n'
+                    f'[web]\nport = {free_port()}\n{web}\n'
+                    '[[destinations]]\nname = "local"\nkind = "folder"\npath = "archive"\n')
+    return path
+
+
+def test_a_reload_puts_a_new_token_in_force_and_retires_the_old_one(tmp_path: Path, gateway_factory) -> None:
+    from gateway.config import load_config
+
+    token = tmp_path / "web.token"
+    token.write_text("old-token\n")
+    gateway = gateway_factory(load_config(_toml(tmp_path, 'token_file = "web.token"')))
+    base = f"http://127.0.0.1:{gateway.web.port}"
+    assert _get(f"{base}/metrics", token="old-token")[0] == 200
+    token.write_text("new-token\n")
+    assert gateway.reload() is None
+    assert _get(f"{base}/metrics", token="old-token")[0] == 401
+    assert _get(f"{base}/metrics", token="new-token")[0] == 200
+    token.write_text("")  # an empty file is refused; the token in force stays
+    assert "web.token_file" in (gateway.reload() or "")
+    assert _get(f"{base}/metrics", token="new-token")[0] == 200
+
+
+@pytest.mark.parametrize("spool", ["spool #2", "spool?x=1", "spool %41"])
+def test_metrics_work_whatever_characters_the_spool_path_holds(tmp_path: Path, gateway_factory, spool: str) -> None:
+    from gateway.config import load_config
+
+    gateway = gateway_factory(load_config(_toml(tmp_path, "", spool=spool)))
+    assert send(gateway.port, [pydicom_file("CT_small.dcm")]) == [0]
+    assert gateway.wait_idle(60)
+    status, text = _get(f"http://127.0.0.1:{gateway.web.port}/metrics")
+    assert status == 200, text
+    assert _samples(text)[("dicom_gateway_received_instances_total", ())] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["archive", "gateway.toml", spool]), \
+        "no stray file beside the spool"

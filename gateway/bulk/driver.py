@@ -35,14 +35,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.bulk.manifest import RESULT_COLUMNS, Manifest
-from gateway.bulk.plan import LAYOUTS, MANIFEST_NAME, Item, walk
+from gateway.bulk.manifest import RESULT_COLUMNS, Manifest, printable
+from gateway.bulk.plan import LAYOUTS, LOCK_NAME, MANIFEST_NAME, Item, walk
 from gateway.bulk.report import Report, build_report, human_bytes
 from gateway.bulk.task import DONE, compress_file, remove_debris
 from gateway.config import PRIVATE_VERSION, private_options
+from gateway.errors import GatewayError
 from gateway.record import pairs_text
 
-__all__ = ["BulkOptions", "Estimate", "run", "estimate"]
+__all__ = ["BulkOptions", "Estimate", "OutputError", "SchedulerError", "run", "estimate"]
+
+
+class OutputError(GatewayError):
+    """``OUT`` cannot be written (no permission, read-only, ...), or another run is writing into it."""
+
+
+class SchedulerError(GatewayError):
+    """The Dask scheduler named by ``--scheduler`` cannot be reached."""
+
+
+SCHEDULER_CONNECT_SECONDS = 30.0
+"""How long a run tries to reach its Dask scheduler before it gives up (:class:`SchedulerError`)."""
 
 
 LOCAL_SCHEDULER = "local"
@@ -145,7 +158,10 @@ class _Engine:
         from dask.distributed import Client, LocalCluster
 
         if options.scheduler != LOCAL_SCHEDULER:
-            self.client = Client(options.scheduler, timeout="60s")
+            try:
+                self.client = Client(options.scheduler, timeout=f"{SCHEDULER_CONNECT_SECONDS:g}s")
+            except (OSError, ValueError, TypeError) as exc:  # TimeoutError is an OSError; ValueError: an address
+                raise SchedulerError(f"cannot reach the Dask scheduler {options.scheduler}: {exc}") from exc
         else:
             self.cluster = LocalCluster(n_workers=options.workers or local_cores(), threads_per_worker=1,
                                         processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0")
@@ -162,7 +178,7 @@ class _Engine:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        from gateway.bulk.preload import SYNTAXES_ENV, exit_with_parent
+        from gateway.bulk.preload import SYNTAXES_ENV, pool_worker
 
         # forkserver: workers are forked from a clean server process, never from this one with
         # its threads and open manifest; the server loads the task's modules and kernels once for
@@ -171,7 +187,7 @@ class _Engine:
         if SYNTAXES_ENV not in os.environ:
             os.environ[SYNTAXES_ENV] = self.options.target
         context.set_forkserver_preload(["gateway.bulk.preload"])
-        return ProcessPoolExecutor(max_workers=self.threads, mp_context=context, initializer=exit_with_parent)
+        return ProcessPoolExecutor(max_workers=self.threads, mp_context=context, initializer=pool_worker)
 
     def close(self) -> None:
         if self.pool is not None:
@@ -283,14 +299,29 @@ def run(options: BulkOptions, *, progress: bool | None = None, note: Note = _std
     receives the lines worth printing (passed-through and failed files, the
     dashboard link); `on_result` sees every task result as it arrives.
     """
-    from gateway.spool import make_dirs
-
     started = time.perf_counter()
-    source, output = Path(options.source), Path(options.output)
-    make_dirs(output)
-    manifest = Manifest(output / MANIFEST_NAME)
+    lock = _lock_output(Path(options.output))  # one run at a time writes into OUT
     try:
-        manifest.start_run(options.target, options.layout, options.verify, options.scheduler, options.encoding)
+        return _run(options, started, progress, note, verbose, on_result)
+    finally:
+        lock.close()
+
+
+def _run(options: BulkOptions, started: float, progress: bool | None, note: Note, verbose: bool,
+         on_result: Callable[[dict[str, Any]], None] | None) -> Report:
+    import sqlite3
+
+    source, output = Path(options.source), Path(options.output)
+    try:
+        manifest = Manifest(output / MANIFEST_NAME)
+    except (OSError, sqlite3.Error) as exc:
+        raise OutputError(f"cannot write {output}: {exc}") from exc
+    try:
+        try:
+            manifest.start_run(options.target, options.layout, options.verify, options.scheduler,
+                               options.encoding)
+        except sqlite3.Error as exc:
+            raise OutputError(f"cannot write {output}: {exc}") from exc
         removed = remove_debris(output)
         if removed:
             note(f"removed {removed} partial file(s) of an interrupted run")
@@ -335,6 +366,31 @@ def run(options: BulkOptions, *, progress: bool | None = None, note: Note = _std
         manifest.close()
 
 
+def _lock_output(output: Path) -> Any:
+    """Create `output` (0700) and take its lock file; :class:`OutputError` if it cannot, or another run has it.
+
+    Two runs into one folder would delete each other's temporary files.  The
+    lock is an advisory ``flock`` on ``OUT/.compress-manifest.sqlite-lock``, released when the
+    run ends, however it ends.
+    """
+    import fcntl
+
+    from gateway.spool import FILE_MODE, make_dirs
+
+    try:
+        make_dirs(output)
+        handle = os.fdopen(os.open(output / LOCK_NAME, os.O_RDWR | os.O_CREAT, FILE_MODE), "r+b")
+    except OSError as exc:
+        raise OutputError(f"cannot write {output}: {exc}") from exc
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        handle.close()
+        raise OutputError(f"another compress is writing into {output} (it holds {output / LOCK_NAME}); "
+                          "let it finish, or name another output folder") from exc
+    return handle
+
+
 def _complete(result: dict[str, Any]) -> dict[str, Any]:
     """A result with every manifest column (a task Dask gave up on carries only rel, outcome, reason)."""
     return {**{column: None for column in RESULT_COLUMNS}, **result}
@@ -350,7 +406,7 @@ def _output_intact(output: Path, out_rel: str | None, out_size: int | None) -> b
 
 
 def _announce(result: dict[str, Any], note: Note, verbose: bool) -> None:
-    outcome, rel = result["outcome"], result["rel"]
+    outcome, rel = result["outcome"], printable(result["rel"])
     if outcome == "failed":
         note(f"FAILED  {rel}: {result['reason']}")
     elif outcome == "passed":
@@ -358,7 +414,7 @@ def _announce(result: dict[str, Any], note: Note, verbose: bool) -> None:
     elif outcome == "skipped":
         note(f"skipped {rel}: {result['reason']}")
     elif verbose:
-        note(f"ok      {rel} -> {result['output']} {result['size']} -> {result['output_size']} bytes")
+        note(f"ok      {rel} -> {printable(result['output'])} {result['size']} -> {result['output_size']} bytes")
 
 
 # ------------------------------------------------------------------ dry run

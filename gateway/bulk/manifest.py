@@ -21,10 +21,16 @@ reproduced the input), ``verified_by`` (``decoder=sha256`` of each), ``seconds``
 ``finished`` (Unix time).  ``runs`` records each run's target, layout, the
 encoder options it writes with (``encoding``, e.g. ``version=2`` for our private
 syntax) and ``workers``: the engine and how many processes it had.
+
+A path (``rel``, ``output``) is stored as TEXT when it is valid UTF-8, which
+is every path of every manifest written before, and otherwise as a BLOB of
+its bytes (a file name in another encoding, e.g. Latin-1), so every name
+comes back exactly as the file system gave it.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -34,7 +40,34 @@ from typing import Any
 from gateway.bulk.plan import Item
 from gateway.errors import GatewayError
 
-__all__ = ["RESULT_COLUMNS", "Manifest", "ManifestMismatchError"]
+__all__ = ["RESULT_COLUMNS", "Manifest", "ManifestMismatchError", "stored_path", "path_of", "printable"]
+
+
+def stored_path(name: str | None) -> str | bytes | None:
+    """A path as the manifest keeps it: the text itself when it is UTF-8, else its bytes (losslessly)."""
+    if name is None:
+        return None
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # a name that is not UTF-8 on disk, decoded with surrogate escapes
+        return os.fsencode(name)
+    return name
+
+
+def path_of(value: str | bytes | None) -> str | None:
+    """The path a :func:`stored_path` value stands for, as :mod:`os` functions take it."""
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
+def printable(name: str) -> str:
+    """`name` for a terminal or a log: bytes that are not UTF-8 shown as ``\\xNN``."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _text(value: Any) -> Any:
+    """A text column's value that SQLite can store (a reason may quote a file name that is not UTF-8)."""
+    return printable(value) if isinstance(value, str) else value
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -71,12 +104,16 @@ class Manifest:
         if not self.path.exists():
             create_private(self.path).close()  # owner-only from the start: paths may name patients
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        for table, column, kind in _ADDED_COLUMNS:
-            if column not in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}:
-                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            for table, column, kind in _ADDED_COLUMNS:
+                if column not in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        except sqlite3.Error:
+            self._db.close()  # a folder it cannot write: say so, and hold nothing open
+            raise
         self.run_id = 0
         self._pending = 0
         self._last_commit = time.monotonic()
@@ -148,7 +185,7 @@ class Manifest:
             chunk.clear()
 
         for item in items:
-            chunk.append((item.rel, item.size, item.mtime_ns, self.run_id))
+            chunk.append((stored_path(item.rel), item.size, item.mtime_ns, self.run_id))
             files += 1
             total += item.size
             if len(chunk) >= batch:
@@ -168,7 +205,7 @@ class Manifest:
                 return
             last = rows[-1][0]
             for row in rows:
-                yield row[1], row[2], row[3], row[4], row[5]
+                yield path_of(row[1]), row[2], row[3], path_of(row[4]), row[5]
 
     # -------------------------------------------------------------- results
 
@@ -180,9 +217,9 @@ class Manifest:
         values = dict(result)
         values["verified"] = int(verify and result["outcome"] == "recompressed" and bool(result["verified_by"]))
         assignments = ", ".join(f"{c}=?" for c in RESULT_COLUMNS)
-        params = [values.get(c) for c in RESULT_COLUMNS]
+        params = [stored_path(values.get(c)) if c == "output" else _text(values.get(c)) for c in RESULT_COLUMNS]
         self._db.execute(f"UPDATE files SET {assignments}, run=?, finished=? WHERE rel=?",
-                         (*params, self.run_id, time.time(), result["rel"]))
+                         (*params, self.run_id, time.time(), stored_path(result["rel"])))
         self._pending += 1
         if self._pending >= 500 or time.monotonic() - self._last_commit > 0.25:
             self.commit()
@@ -196,11 +233,13 @@ class Manifest:
 
     def forget_output(self, rel: str) -> None:
         """Mark an input pending again (its output went missing)."""
-        self._db.execute("UPDATE files SET outcome=NULL WHERE rel=?", (rel,))
+        self._db.execute("UPDATE files SET outcome=NULL WHERE rel=?", (stored_path(rel),))
 
     # --------------------------------------------------------------- report
 
     def rows(self, columns: str, where: str = "", params: tuple = ()) -> list[tuple]:
-        """Rows of this run (``seen_run``): `columns` and an optional extra condition."""
+        """Rows of this run (``seen_run``): `columns` and an optional extra condition.
+
+        ``rel`` and ``output`` come as stored (:func:`path_of` turns them into paths)."""
         sql = f"SELECT {columns} FROM files WHERE seen_run=?" + (f" AND {where}" if where else "")
         return self._db.execute(sql, (self.run_id, *params)).fetchall()

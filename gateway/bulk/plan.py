@@ -18,13 +18,16 @@ from pathlib import Path
 from gateway.dicom.validate import is_valid_uid
 from gateway.errors import GatewayError
 
-__all__ = ["LAYOUTS", "MANIFEST_NAME", "Item", "LayoutError", "walk", "uid_relpath"]
+__all__ = ["LAYOUTS", "LOCK_NAME", "MANIFEST_NAME", "Item", "LayoutError", "walk", "uid_relpath"]
 
 LAYOUTS = ("relative", "uid")
 """Output layouts: the input's relative paths, or ``<Study>/<Series>/<SOP>.dcm``."""
 
 MANIFEST_NAME = ".compress-manifest.sqlite"
 """The manifest's file name in ``OUT`` (SQLite keeps ``-wal`` and ``-shm`` files beside it)."""
+
+LOCK_NAME = MANIFEST_NAME + "-lock"
+"""The file in ``OUT`` that a run holds locked (``flock``), so that no second run writes into it at once."""
 
 
 class LayoutError(GatewayError):

@@ -39,6 +39,19 @@ def exit_with_parent(period: float = 0.5) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
+def pool_worker() -> None:
+    """The initializer of each pool worker: exit with the fork server, and leave Ctrl-C to the client.
+
+    A Ctrl-C on a terminal reaches every process of the group; the client
+    stops the run (the file a worker has in hand finishes, the rest is left
+    for the next run), and the workers must not die printing a traceback.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    exit_with_parent()
+
+
 _INDEPENDENT_DECODERS = ("rle.rle", "libjpeg", "jpeg_ls", "openjpeg")
 """The other projects' decoders the verification may call (see :mod:`gateway.pipeline.decoders`)."""
 

@@ -12,7 +12,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from gateway.bulk.manifest import Manifest
+from gateway.bulk.manifest import Manifest, path_of, printable
 
 __all__ = ["Report", "Group", "build_report", "reason_group", "human_bytes"]
 
@@ -116,6 +116,6 @@ def build_report(manifest: Manifest, seconds: float) -> Report:
     for outcome, target in (("passed", report.passed), ("skipped", report.skipped), ("failed", report.failed)):
         for (reason,) in manifest.rows("reason", "outcome=?", (outcome,)):
             target[reason_group(reason or "")] += 1
-    report.failures = [(rel, reason) for rel, reason in
+    report.failures = [(printable(path_of(rel)), reason) for rel, reason in
                        manifest.rows("rel, reason", f"outcome='failed' ORDER BY rel LIMIT {_LISTED_FAILURES}")]
     return report

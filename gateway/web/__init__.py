@@ -66,7 +66,9 @@ def make_app(registry: CollectorRegistry, ready: Callable[[], str | None], token
 
         routes += console_routes(console, keys)
     allowed = None if token else LOOPBACK_HOSTS | {host}
-    return Starlette(routes=routes, middleware=[Middleware(Access, keys=keys, allowed_hosts=allowed)])
+    app = Starlette(routes=routes, middleware=[Middleware(Access, keys=keys, allowed_hosts=allowed)])
+    app.state.keys = keys  # a reload sets ``keys.token`` when the token file holds a new token
+    return app
 
 
 class WebServer:

@@ -228,7 +228,11 @@ def console_routes(backend: ConsoleBackend, keys: Keys) -> list[Route]:
         fields = await form(request)
         if isinstance(fields, Response):
             return fields
-        error = backend.reload()  # logs what it applied, or why it refused
+        try:
+            error = backend.reload()  # logs what it applied, or why it refused
+        except Exception:  # noqa: BLE001 - a failed reload refuses the file; the gateway and the page carry on
+            _log.exception("configuration not reloaded, the running one stays")
+            error = "refused"
         return RedirectResponse(f"/config?reload={'refused' if error else 'applied'}", status_code=303)
 
     def login_form(request: Request) -> Response:

@@ -20,7 +20,12 @@ from contextlib import contextmanager
 
 import pytest
 
-from gateway.net.guard import COMMAND_SET_LIMIT
+from gateway.net.guard import (
+    COMMAND_SET_LIMIT,
+    DATA_SET_LIMIT,
+    EVENT_REPORT_DATA_SET_LIMIT,
+    QUEUED_MESSAGES_LIMIT,
+)
 from gateway.net.scu import Association, encode_associate_rq
 from tests.conftest import build_config, pydicom_file, send, wait_until
 
@@ -322,3 +327,192 @@ def test_changing_a_bound_needs_a_restart(tmp_path, gateway_factory) -> None:
     path.write_text(text.replace("idle_seconds = 30", "idle_seconds = 5"))
     assert "server.idle_seconds" in (gateway.reload() or "")
     assert gateway.server.limits.idle_seconds == 30
+
+
+# ------------------------------------------------------------------ DIMSE messages after associating
+
+
+def _raw_command(elements: list[tuple[int, bytes]]) -> bytes:
+    """A command set (implicit VR little endian, group length first) of `elements` (element number, value)."""
+    body = b"".join(struct.pack("<HHI", 0, elem, len(value)) + value for elem, value in elements)
+    return struct.pack("<HHII", 0, 0, 4, len(body)) + body
+
+
+def _p_data(context_id: int, control: int, fragment: bytes) -> bytes:
+    pdv = struct.pack(">IBB", len(fragment) + 2, context_id, control) + fragment
+    return struct.pack(">BBI", 0x04, 0, len(pdv)) + pdv
+
+
+def _echo_rq(data_set_type: int) -> bytes:
+    return _raw_command([(0x0002, VERIFICATION.encode()), (0x0100, struct.pack("<H", 0x0030)),
+                         (0x0110, struct.pack("<H", 1)), (0x0800, struct.pack("<H", data_set_type))])
+
+
+def _store_rq(instance: str | None) -> bytes:
+    elements = [(0x0002, CT.encode() + b"\0"), (0x0100, struct.pack("<H", 0x0001)), (0x0110, struct.pack("<H", 1)),
+                (0x0700, struct.pack("<H", 0)), (0x0800, struct.pack("<H", 0))]
+    if instance is not None:
+        elements.append((0x1000, instance.encode() + b"\0" * (len(instance) % 2)))
+    return _raw_command(elements)
+
+
+def _associated_for(port: int, abstract: str, syntax: str) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(encode_associate_rq("GATEWAY", "HOSTILE", [(1, abstract, syntax)]))
+    sock.settimeout(5)
+    header = sock.recv(6, socket.MSG_WAITALL)
+    assert header[:1] == b"\x02", header
+    sock.recv(struct.unpack(">I", header[2:6])[0], socket.MSG_WAITALL)
+    return sock
+
+
+def _send_until_closed(sock: socket.socket, pdu: bytes, limit: int) -> int:
+    sent = 0
+    while sent < limit:
+        try:
+            sock.sendall(pdu)
+        except OSError:
+            break
+        sent += len(pdu)
+    return sent
+
+
+@pytest.mark.parametrize("announced_by", ["c-echo", "nothing"])
+def test_data_set_of_a_message_other_than_c_store_is_bounded(tmp_path, gateway_factory, caplog, announced_by) -> None:
+    """pynetdicom keeps such a data set in memory: it is aborted once past the limit, not buffered."""
+    gateway = _gateway(tmp_path, gateway_factory)
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        sock = _associated(gateway.port)
+        try:
+            if announced_by == "c-echo":
+                sock.sendall(_p_data(1, 0x03, _echo_rq(0x0000)))  # a C-ECHO-RQ announcing a data set
+            sent = _send_until_closed(sock, _p_data(1, 0x00, bytes(16 * 1024)), 16 * 1024 * 1024)
+            answer = _closed_within(sock, 3.0)
+        finally:
+            sock.close()
+    assert answer is not None and b"\x07\x00\x00\x00\x00\x04\x00\x00\x02\x06" in answer
+    if announced_by == "c-echo":
+        assert any(f"a data set of more than {DATA_SET_LIMIT} bytes" in r.getMessage() for r in caplog.records)
+    else:
+        assert any("a data set fragment with no command set before it" in r.getMessage() for r in caplog.records)
+    assert sent < 16 * 1024 * 1024  # the server stopped reading and closed
+    assert wait_until(lambda: gateway.server.counts()[0] == 0, timeout=5)
+    assert _echo(gateway.port) < PROMPT_SECONDS
+
+
+def test_storage_commitment_report_size_data_set_is_taken(tmp_path, gateway_factory) -> None:
+    """An N-EVENT-REPORT data set over the small limit and within its own is read, not aborted."""
+    gateway = _gateway(tmp_path, gateway_factory)
+    commitment = "1.2.840.10008.1.20.1"
+    sock = _associated_for(gateway.port, commitment, IMPLICIT)
+    with sock:
+        command = _raw_command([(0x0002, commitment.encode() + b"\0"), (0x0100, struct.pack("<H", 0x0100)),
+                                (0x0110, struct.pack("<H", 1)), (0x0800, struct.pack("<H", 0)),
+                                (0x1000, b"1.2.840.10008.1.20.1.1\0"), (0x1002, struct.pack("<H", 1))])
+        sock.sendall(_p_data(1, 0x03, command))
+        report = bytes(4 * DATA_SET_LIMIT)  # not a valid report: answered with a failure, not aborted
+        for start in range(0, len(report), 16000):
+            sock.sendall(_p_data(1, 0x02 if start + 16000 >= len(report) else 0x00, report[start:start + 16000]))
+        header = sock.recv(6, socket.MSG_WAITALL)
+        assert header[:1] == b"\x04", header  # a P-DATA-TF: the N-EVENT-REPORT-RSP
+    assert 4 * DATA_SET_LIMIT < EVENT_REPORT_DATA_SET_LIMIT
+
+
+def test_second_command_set_while_a_data_set_is_due_is_aborted(tmp_path, gateway_factory, caplog) -> None:
+    """pynetdicom would append each one to the first and decode them all again: quadratic, and not bounded."""
+    gateway = _gateway(tmp_path, gateway_factory)
+    filler = struct.pack("<HHI", 0, 0x5555, 30000) + bytes(30000)
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        sock = _associated(gateway.port)
+        try:
+            sock.sendall(_p_data(1, 0x03, _echo_rq(0x0000)))
+            sent = _send_until_closed(sock, _p_data(1, 0x03, filler), 4 * 1024 * 1024)
+            answer = _closed_within(sock, 3.0)
+        finally:
+            sock.close()
+    assert answer is not None and b"\x07\x00\x00\x00\x00\x04\x00\x00\x02\x06" in answer
+    assert sent < 4 * 1024 * 1024
+    assert any("a command fragment where the data set of the previous command was due" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_request_flood_is_read_no_faster_than_it_is_answered(tmp_path, gateway_factory) -> None:
+    """Pipelined C-ECHO requests: what waits for the association's thread stays bounded (TCP holds the rest)."""
+    gateway = _gateway(tmp_path, gateway_factory)
+    sock = _associated(gateway.port)
+    stop = threading.Event()
+
+    def drain() -> None:  # the peer reads its answers: only the receiver's own queue could grow
+        sock.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                if not sock.recv(65536):
+                    return
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    burst = _p_data(1, 0x03, _echo_rq(0x0101)) * 2000
+    deepest = 0
+    try:
+        sock.settimeout(5)
+        started = time.monotonic()
+        while time.monotonic() - started < 2.5:
+            try:
+                sock.sendall(burst)
+            except TimeoutError:
+                pass
+            for assoc in gateway.server.ae.active_associations:
+                deepest = max(deepest, assoc.dimse.msg_queue.qsize())
+    finally:
+        stop.set()
+        reader.join(2)
+        sock.close()
+    assert deepest <= QUEUED_MESSAGES_LIMIT + 2, deepest
+    assert wait_until(lambda: gateway.server.counts()[0] == 0, timeout=10)
+    assert send(gateway.port, [pydicom_file("CT_small.dcm")]) == [0]
+
+
+@pytest.mark.parametrize("ending", ["close", "a-abort", "reset", "idle"])
+def test_store_cut_short_leaves_no_file(tmp_path, gateway_factory, ending) -> None:
+    gateway = _gateway(tmp_path, gateway_factory, idle_seconds=1.0)
+    tmp = gateway.spool.tmp
+    sock = _associated_for(gateway.port, CT, IMPLICIT)
+    try:
+        sock.sendall(_p_data(1, 0x03, _store_rq("1.2.826.0.1.3680043.2.1125.9.1")))
+        for _ in range(4):
+            sock.sendall(_p_data(1, 0x00, bytes(64 * 1024)))
+        assert wait_until(lambda: len(list(tmp.iterdir())) == 1, timeout=5)  # being written
+        if ending == "a-abort":
+            sock.sendall(bytes((0x07, 0, 0, 0, 0, 4, 0, 0, 0, 0)))
+        elif ending == "reset":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        elif ending == "idle":
+            assert _closed_within(sock, 5.0) is not None
+    finally:
+        sock.close()
+    assert wait_until(lambda: list(tmp.iterdir()) == [], timeout=5), list(tmp.iterdir())
+    assert wait_until(lambda: gateway.server.counts()[0] == 0, timeout=5)
+    assert send(gateway.port, [pydicom_file("CT_small.dcm")]) == [0]
+
+
+def test_store_command_without_its_instance_uid_is_aborted_and_leaves_nothing(tmp_path, gateway_factory,
+                                                                               caplog) -> None:
+    """pynetdicom raises in its reader thread on such a command (it names the file's meta from it)."""
+    gateway = _gateway(tmp_path, gateway_factory, max_associations=2)
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        for _ in range(3):  # more than the association slots: each one comes back
+            sock = _associated_for(gateway.port, CT, IMPLICIT)
+            with sock:
+                sock.sendall(_p_data(1, 0x03, _store_rq(None)))
+                sock.sendall(_p_data(1, 0x02, bytes(1000)))
+                answer = _closed_within(sock, 3.0)
+            assert answer is not None and answer[:1] == b"\x07"
+    assert any("without Affected SOP Class UID (0000,0002) or Affected SOP Instance UID (0000,1000)"
+               in r.getMessage() for r in caplog.records)
+    assert list(gateway.spool.tmp.iterdir()) == []
+    assert wait_until(lambda: gateway.server.counts()[0] == 0, timeout=5)
+    assert _echo(gateway.port) < PROMPT_SECONDS

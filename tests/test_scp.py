@@ -184,3 +184,107 @@ def test_tcp_nodelay_is_set_on_the_association_socket() -> None:
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     finally:
         sock.close()
+
+
+# ------------------------------------------------------------------ datasets sent as raw bytes
+
+
+def _encoded(ds, syntax: str) -> bytes:
+    """`ds` without file meta, encoded in `syntax` (Deflated: explicit little endian, then raw deflate)."""
+    from io import BytesIO
+
+    from pydicom.filebase import DicomFileLike
+    from pydicom.filewriter import write_dataset
+
+    buffer = BytesIO()
+    out = DicomFileLike(buffer)
+    out.is_little_endian = syntax != "1.2.840.10008.1.2.2"
+    out.is_implicit_VR = syntax == "1.2.840.10008.1.2"
+    write_dataset(out, ds)
+    return buffer.getvalue()
+
+
+def _store_bytes(port: int, sop_class: str, sop_instance: str, syntax: str, data: bytes) -> int:
+    """C-STORE `data` as it is, under a command naming `sop_class` and `sop_instance`."""
+    from gateway.net.scu import Association
+
+    with Association.request("127.0.0.1", port, called_ae="GATEWAY", calling_ae="MODALITY",
+                             contexts=[(sop_class, syntax), (Verification, "1.2.840.10008.1.2")],
+                             timeout=20) as assoc:
+        return assoc.c_store(sop_class, sop_instance, syntax, data).status
+
+
+def _deflate(raw: bytes) -> bytes:
+    import zlib
+
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return packer.compress(raw) + packer.flush()
+
+
+@pytest.mark.parametrize("damage", ["inside-last-element", "stream-cut", "none"])
+def test_deflated_dataset_must_be_complete(receiver, damage: str) -> None:
+    """A well-formed deflate stream of a cut dataset, and a cut deflate stream: both 0xC210, not forwarded."""
+    ds = pydicom_file("CT_small.dcm")
+    raw = _encoded(ds, "1.2.840.10008.1.2.1")
+    if damage == "inside-last-element":
+        data = _deflate(raw[:-1000])
+    elif damage == "stream-cut":
+        data = _deflate(raw)[:-200]
+    else:
+        data = _deflate(raw)
+    status = _store_bytes(receiver.port, ds.SOPClassUID, ds.SOPInstanceUID, "1.2.840.10008.1.2.1.99", data)
+    assert status == (0x0000 if damage == "none" else 0xC210)
+    assert len(receiver.spool.received()) == (1 if damage == "none" else 0)
+    assert list(receiver.spool.tmp.iterdir()) == []
+
+
+def test_a_deflated_dataset_inflating_past_the_limit_is_refused_unread(receiver, monkeypatch) -> None:
+    """pydicom inflates a Deflated data set whole: a small stream of a huge one is refused before it does."""
+    import gateway.net.scp
+
+    ds = pydicom_file("CT_small.dcm")
+    raw = _encoded(ds, "1.2.840.10008.1.2.1")
+    monkeypatch.setattr(gateway.net.scp, "INFLATED_LIMIT", len(raw) - 1)
+    status = _store_bytes(receiver.port, ds.SOPClassUID, ds.SOPInstanceUID, "1.2.840.10008.1.2.1.99", _deflate(raw))
+    assert status == 0xA700
+    assert receiver.spool.received() == [] and list(receiver.spool.tmp.iterdir()) == []
+    monkeypatch.setattr(gateway.net.scp, "INFLATED_LIMIT", len(raw))
+    assert _store_bytes(receiver.port, ds.SOPClassUID, ds.SOPInstanceUID, "1.2.840.10008.1.2.1.99",
+                        _deflate(raw)) == 0x0000
+
+
+def test_dataset_nested_too_deep_cannot_be_understood(receiver, caplog) -> None:
+    """Sequences nested 2000 deep (RecursionError in pydicom): 0xC210 and one line, no traceback."""
+    import struct
+
+    ds = pydicom_file("CT_small.dcm")
+    raw = _encoded(ds, "1.2.840.10008.1.2.1")
+    undefined = struct.pack("<I", 0xFFFFFFFF)
+    opening = struct.pack("<HH", 0x0040, 0xA730) + b"SQ\0\0" + undefined + struct.pack("<HH", 0xFFFE, 0xE000) + undefined
+    closing = struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    at = raw.index(struct.pack("<HH", 0x7FE0, 0x0010))  # (0040,A730) goes before Pixel Data
+    data = raw[:at] + opening * 2000 + closing * 2000 + raw[at:]
+    with caplog.at_level("INFO", logger="gateway"):
+        status = _store_bytes(receiver.port, ds.SOPClassUID, ds.SOPInstanceUID, "1.2.840.10008.1.2.1", data)
+    assert status == 0xC210
+    assert receiver.spool.received() == [] and list(receiver.spool.tmp.iterdir()) == []
+    rejected = [r for r in caplog.records if "status=0xC210" in r.getMessage()]
+    assert len(rejected) == 1 and "RecursionError" in rejected[0].getMessage() and rejected[0].exc_info is None
+    assert _echo(receiver.port)
+
+
+@pytest.mark.parametrize("differs", ["instance", "class"])
+def test_command_and_dataset_must_name_the_same_instance(receiver, caplog, differs: str) -> None:
+    ds = pydicom_file("CT_small.dcm")
+    other = generate_uid()
+    sop_class = "1.2.840.10008.5.1.4.1.1.4" if differs == "class" else ds.SOPClassUID  # MR Image Storage
+    sop_instance = other if differs == "instance" else ds.SOPInstanceUID
+    with caplog.at_level("INFO", logger="gateway"):
+        status = _store_bytes(receiver.port, sop_class, sop_instance, "1.2.840.10008.1.2.1",
+                              _encoded(ds, "1.2.840.10008.1.2.1"))
+    assert status == 0xA900
+    assert receiver.spool.received() == [] and list(receiver.spool.tmp.iterdir()) == []
+    line = next(r.getMessage() for r in caplog.records if "status=0xA900" in r.getMessage())
+    assert (other if differs == "instance" else sop_class) in line
+    assert str(ds.PatientName) not in line and str(ds.PatientID) not in line
+    assert send(receiver.port, [ds]) == [0x0000]

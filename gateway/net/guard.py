@@ -36,6 +36,7 @@ happens before and around it:
 from __future__ import annotations
 
 import gc
+import queue
 import selectors
 import socket
 import ssl
@@ -44,9 +45,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from io import BytesIO
 from socketserver import ThreadingMixIn
 from typing import Any
 
+from pynetdicom import _config
+from pynetdicom.association import Association
+from pynetdicom.dimse_messages import _MESSAGE_TYPES
+from pynetdicom.dsutils import decode
 from pynetdicom.transport import (
     AssociationSocket,
     RequestHandler,
@@ -55,8 +61,10 @@ from pynetdicom.transport import (
 
 from gateway.config import CallerCertificate, ServerConfig, subject_pairs
 from gateway.logs import get_logger
+from gateway.net import sink
 
-__all__ = ["A_ASSOCIATE_RQ", "COMMAND_SET_LIMIT", "CONTROL_PDU_LIMIT", "P_DATA_TF", "GuardedServer", "Limits"]
+__all__ = ["A_ASSOCIATE_RQ", "COMMAND_SET_LIMIT", "CONTROL_PDU_LIMIT", "DATA_SET_LIMIT", "EVENT_REPORT_DATA_SET_LIMIT",
+           "P_DATA_TF", "QUEUED_MESSAGES_LIMIT", "GuardedServer", "Limits"]
 
 _log = get_logger("scp")
 
@@ -68,6 +76,19 @@ proposing 128 contexts with many transfer syntaxes each can reach some 100 KB)."
 COMMAND_SET_LIMIT = 64 * 1024
 """Largest DIMSE command set accepted, over all its fragments.  pynetdicom keeps a command's
 fragments in memory until the last one; a real command set is a few hundred bytes."""
+DATA_SET_LIMIT = 64 * 1024
+"""Largest data set accepted with a message other than a C-STORE request or an N-EVENT-REPORT
+request.  pynetdicom keeps such a data set in memory; no other service offered here takes one."""
+EVENT_REPORT_DATA_SET_LIMIT = 1024 * 1024
+"""Largest data set accepted with an N-EVENT-REPORT request: a storage commitment report lists
+one item of two UIDs (some 150 bytes) per instance, and the gateway asks for 32 at a time."""
+QUEUED_MESSAGES_LIMIT = 64
+"""Whole DIMSE messages an association may have waiting for its service thread before its socket
+is no longer read (a sender waiting for each answer never has more than a few)."""
+
+C_STORE_RQ = 0x0001
+N_EVENT_REPORT_RQ = 0x0100
+NO_DATA_SET = 0x0101  # (0000,0800) Command Data Set Type: no data set follows
 
 # A-ABORT, source 2 (service provider), reason 6 (invalid PDU parameter value): PS3.8 9.3.8.
 _ABORT_INVALID = bytes((0x07, 0, 0, 0, 0, 4, 0, 0, 2, 6))
@@ -175,7 +196,10 @@ class _GuardedSocket(AssociationSocket):
     _prefix: bytearray
     _left: int
     _p_data: bool  # the PDU being read is a P-DATA-TF
-    _command_bytes: int  # of the command set being received, so far
+    _command: bytearray  # the command set being received, so far (as pynetdicom keeps it)
+    _data_due: bool  # a whole command set announced a data set, not yet wholly received
+    _data_limit: int | None  # bytes of that data set kept in memory at most; None: it goes to the spool
+    _data_bytes: int  # of that data set, so far
     _limits: Limits
     _on_close: Callable[[socket.socket], None]
     _peer: str
@@ -194,17 +218,34 @@ class _GuardedSocket(AssociationSocket):
         sock._prefix = bytearray(prefix)
         sock._left = 0
         sock._p_data = False
-        sock._command_bytes = 0
         sock._limits = limits
         sock._on_close = on_close
         sock._peer = peer
         sock._raw = sock.socket
+        sock._message_done()
 
     @property
     def ready(self) -> bool:
+        if self._backlogged():
+            return False
         if self._prefix and self.socket is not None:
             return True
         return bool(AssociationSocket.ready.fget(self))  # type: ignore[attr-defined]
+
+    def _backlogged(self) -> bool:
+        """True while the association has more whole messages waiting than it may (nothing is read then).
+
+        pynetdicom reads as fast as the peer sends and queues every message without bound;
+        not reading leaves the rest in the kernel's buffers, and TCP flow control stops the peer.
+        """
+        dimse = getattr(self.assoc, "dimse", None)
+        waiting: queue.Queue | None = getattr(dimse, "msg_queue", None)
+        if waiting is None or waiting.qsize() <= QUEUED_MESSAGES_LIMIT:
+            return False
+        timer = getattr(self.assoc.dul, "_idle_timer", None)
+        if timer is not None:
+            timer.restart()  # the wait is ours, not the peer's silence
+        return True
 
     def _read(self, count: int) -> bytearray:
         data = bytearray()
@@ -227,7 +268,7 @@ class _GuardedSocket(AssociationSocket):
             whole = nr_bytes >= self._left
             data = self._read(min(nr_bytes, self._left))
             self._left -= len(data)
-            if self._p_data and whole and self._left == 0 and not self._count_commands(data):
+            if self._p_data and whole and self._left == 0 and not self._check_p_data(data):
                 self._refuse()
                 return bytearray()
             return data
@@ -244,26 +285,88 @@ class _GuardedSocket(AssociationSocket):
             self._p_data = kind == P_DATA_TF
         return data
 
-    def _count_commands(self, body: bytearray) -> bool:
-        """Add the command fragments of a whole P-DATA-TF body (PS3.8 9.3.5.1, E.2); False when too many.
+    def _message_done(self) -> None:
+        self._command = bytearray()
+        self._data_due = False
+        self._data_limit = DATA_SET_LIMIT
+        self._data_bytes = 0
 
-        pynetdicom reads a PDU's body in one call, so a whole body is what
-        arrives here; malformed items are left to pynetdicom to refuse.
+    def _check_p_data(self, body: bytearray) -> bool:
+        """Follow the DIMSE messages of a whole P-DATA-TF body (PS3.8 9.3.5.1, E.2); False to abort.
+
+        pynetdicom reads a PDU's body in one call, so a whole body is what arrives
+        here, before pynetdicom decodes it.  What pynetdicom would keep in memory
+        without bound, or what would raise inside its reader thread (which then
+        dies, leaving the association hanging), is refused here instead.
         """
         offset = 0
-        while offset + 6 <= len(body):
+        while offset < len(body):
+            if offset + 6 > len(body):
+                return self._abort("a P-DATA-TF ends inside a presentation data value item header")
             length = int.from_bytes(body[offset:offset + 4], "big")
-            control = body[offset + 5]
-            if control & 0x01:  # a command fragment
-                self._command_bytes += max(length - 2, 0)
-                if self._command_bytes > COMMAND_SET_LIMIT:
-                    _log.warning("association from %s aborted: a command set of more than %d bytes "
-                                 "(fragments never marked last); not kept", self._peer, COMMAND_SET_LIMIT)
+            if length < 2 or offset + 4 + length > len(body):
+                return self._abort(f"a presentation data value item of length {length} does not fit its P-DATA-TF")
+            context_id, control = body[offset + 4], body[offset + 5]
+            size = length - 2
+            if control & 0x01:
+                if not self._command_fragment(body[offset + 6:offset + 4 + length], context_id, bool(control & 0x02)):
                     return False
-                if control & 0x02:  # its last fragment
-                    self._command_bytes = 0
+            elif not self._data_fragment(size, bool(control & 0x02)):
+                return False
             offset += 4 + length
         return True
+
+    def _command_fragment(self, fragment: bytearray, context_id: int, last: bool) -> bool:
+        if self._data_due:  # pynetdicom would append it to the decoded command set and decode it all again
+            return self._abort("a command fragment where the data set of the previous command was due")
+        self._command += fragment
+        if len(self._command) > COMMAND_SET_LIMIT:
+            return self._abort(f"a command set of more than {COMMAND_SET_LIMIT} bytes "
+                               "(fragments never marked last); not kept")
+        if not last:
+            return True
+        try:  # as pynetdicom decodes it next (DIMSEMessage.decode_msg)
+            command = decode(BytesIO(bytes(self._command)), True, True)
+            field = command.get("CommandField")
+            data_set_type = command.get("CommandDataSetType")
+        except Exception as exc:  # pydicom raises many kinds on malformed bytes
+            return self._abort(f"a command set that cannot be decoded ({type(exc).__name__})")
+        if field not in _MESSAGE_TYPES:
+            return self._abort(f"a command set whose Command Field is {field!r}, not a DIMSE message")
+        if data_set_type is None:
+            return self._abort("a command set without Command Data Set Type (0000,0800)")
+        if data_set_type == NO_DATA_SET:
+            self._message_done()
+            return True
+        self._data_due = True
+        if field == N_EVENT_REPORT_RQ:
+            self._data_limit = EVENT_REPORT_DATA_SET_LIMIT
+        elif field == C_STORE_RQ and _config.STORE_RECV_CHUNKED_DATASET:
+            # pynetdicom writes the file meta from these and the context's transfer syntax; a missing one raises
+            if not command.get("AffectedSOPClassUID") or not command.get("AffectedSOPInstanceUID"):
+                return self._abort("a C-STORE request without Affected SOP Class UID (0000,0002) "
+                                   "or Affected SOP Instance UID (0000,1000)")
+            accepted = getattr(self.assoc, "_accepted_cx", None)
+            if accepted is not None and context_id not in accepted:
+                return self._abort(f"a C-STORE request on presentation context {context_id}, not one accepted")
+            self._data_limit = None
+        return True
+
+    def _data_fragment(self, size: int, last: bool) -> bool:
+        if not self._data_due:
+            return self._abort("a data set fragment with no command set before it")
+        if self._data_limit is not None:
+            self._data_bytes += size
+            if self._data_bytes > self._data_limit:
+                return self._abort(f"a data set of more than {self._data_limit} bytes with a message other "
+                                   "than a C-STORE request; not kept")
+        if last:
+            self._message_done()
+        return True
+
+    def _abort(self, why: str) -> bool:
+        _log.warning("association from %s aborted: %s", self._peer, why)
+        return False
 
     def _refuse(self) -> None:
         raw = self.socket
@@ -287,6 +390,40 @@ class _GuardedSocket(AssociationSocket):
             self._on_close(raw)
 
 
+class _GuardedAssociation(Association):
+    """pynetdicom's association, which leaves nothing behind when its thread ends."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            self._leave_nothing()
+
+    def _leave_nothing(self) -> None:
+        """Close the socket and delete the files of data sets no C-STORE handler took.
+
+        After a release or an abort the socket is closed already; after an
+        exception in pynetdicom's reader thread it is not, and nothing else
+        would close it.  Partial files would otherwise wait in the spool's
+        ``tmp/`` until the next start.
+        """
+        guarded = self.dul.socket
+        if isinstance(guarded, _GuardedSocket):
+            try:
+                guarded.close()
+            except OSError:
+                pass
+        try:
+            left = sink.discard(self)
+        except OSError as exc:
+            _log.error("association from %s: cannot delete its unfinished data sets: %s",
+                       getattr(guarded, "_peer", "?"), exc)
+            return
+        if left:
+            _log.info("association from %s ended with %d data set(s) not received whole; deleted from the spool",
+                      getattr(guarded, "_peer", "?"), left)
+
+
 class _GuardedHandler(RequestHandler):
     """pynetdicom's request handler, given a connection the lobby let through."""
 
@@ -299,6 +436,7 @@ class _GuardedHandler(RequestHandler):
 
     def _create_association(self):  # type: ignore[no-untyped-def]
         assoc = super()._create_association()
+        assoc.__class__ = _GuardedAssociation  # not yet started: its run() is ours
         server = self.server
         assert isinstance(server, GuardedServer)
         _GuardedSocket.adopt(assoc.dul.socket, self.prefix, server.limits, server.release,

@@ -3,8 +3,10 @@
 Success (0x0000) is answered only once the instance is fsync'd into the
 spool (the fsyncs run while the dataset is checked, see :meth:`Spool.admit`).
 If it cannot be stored, the answer is 0xA700 (out of resources) so the
-sender retries; a dataset that cannot be parsed gets 0xC210 (cannot
-understand).  Either way the server keeps serving.
+sender retries; a dataset that cannot be parsed, whatever the reason, gets
+0xC210 (cannot understand); a dataset whose SOP Class or SOP Instance UID is
+not the one its C-STORE command names gets 0xA900 (data set does not match
+SOP class), as DCMTK's storescp answers.  Either way the server keeps serving.
 
 Datasets are received in chunks straight to a temporary file (pynetdicom's
 ``STORE_RECV_CHUNKED_DATASET``), moved into the spool before the handler
@@ -24,19 +26,21 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import shutil
 import socket
 import threading
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
-from pydicom.errors import InvalidDicomError
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from gateway.config import ServerConfig
+from gateway.dicom.filemeta import parse_file_meta
 from gateway.dicom.identity import Identity
 from gateway.dicom.validate import is_valid_uid
 from gateway.dicom.walk import check_complete, walk_file
@@ -53,7 +57,10 @@ _log = get_logger("scp")
 
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_MISMATCH = 0xA900  # Data Set does not match SOP Class (PS3.4 B.2.3), also for another SOP Instance UID
 STATUS_CANNOT_UNDERSTAND = 0xC210
+
+DEFLATED = "1.2.840.10008.1.2.1.99"
 
 # Standard syntaxes we accept: uncompressed, deflated, RLE, JPEG, JPEG-LS,
 # JPEG 2000 and HTJ2K (lossless and lossy: a lossy image is kept as received).
@@ -80,6 +87,57 @@ _STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"  # Storage Commitment Push Model SO
 
 # The parse check leaves values above this size on disk (it only needs their lengths).
 _DEFER = 256 * 1024
+_INFLATE_CHUNK = 1 << 20
+INFLATED_LIMIT = 512 << 20
+"""Largest dataset a Deflated C-STORE may inflate to: pydicom inflates it whole in memory to parse it, and a
+few megabytes of deflate stream can inflate to gigabytes.  (Deflated data sets are reports and other small
+objects in practice.)"""
+_UID_CHARS = re.compile(r"[0-9.]{0,64}")
+
+
+class Unparseable(ValueError):
+    """A received dataset is not one complete DICOM dataset (answered 0xC210)."""
+
+
+class TooLarge(Exception):
+    """A received Deflated dataset would inflate to more than :data:`INFLATED_LIMIT` (answered 0xA700)."""
+
+
+class Mismatch(ValueError):
+    """A received dataset is not the instance its C-STORE command names (answered 0xA900)."""
+
+
+def _inflated_size(path: Path) -> int:
+    """Size of the dataset a Deflated file's stream inflates to.
+
+    Raises ValueError unless the stream ends (its final block) exactly where
+    the file does.  Read in chunks, so the inflated bytes are never all held.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(65_536)
+        offset, _ = parse_file_meta(head)
+        handle.seek(offset)
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        size = 0
+        while not inflater.eof:
+            chunk = inflater.unconsumed_tail or handle.read(_INFLATE_CHUNK)
+            if not chunk:
+                raise ValueError("the deflate stream is truncated (no final block)")
+            size += len(inflater.decompress(chunk, _INFLATE_CHUNK))
+            if size > INFLATED_LIMIT:
+                raise TooLarge(f"the deflated dataset inflates to more than {INFLATED_LIMIT} bytes")
+        if inflater.unused_data or handle.read(1):
+            raise ValueError("bytes follow the end of the deflate stream")
+    return size
+
+
+def _uid(value: object) -> str:
+    return str(value or "").rstrip("\0 ")
+
+
+def _shown(uid: str) -> str:
+    """A UID as it may go into a log line: a peer's bytes could hold anything, line breaks included."""
+    return uid if _UID_CHARS.fullmatch(uid) else repr(uid)[:80]
 
 
 def accepted_syntaxes() -> list[str]:
@@ -150,10 +208,10 @@ class Receiver:
     @staticmethod
     def _check_with_pydicom(path: Path, syntax: str) -> Identity:
         """Parse the received file with pydicom; raise if it is not a complete DICOM dataset."""
-        size = path.stat().st_size
+        # positions in a deflated dataset are offsets into its inflated bytes, not into the file
+        size = _inflated_size(path) if syntax == DEFLATED else path.stat().st_size
         ds = dcmread(path, defer_size=_DEFER)
-        if syntax != "1.2.840.10008.1.2.1.99":  # positions in a deflated stream are not file offsets
-            check_complete(ds, size)
+        check_complete(ds, size)
         sop_class = str(ds.SOPClassUID)
         sop_instance = str(ds.SOPInstanceUID)
         if not is_valid_uid(sop_instance) or not is_valid_uid(sop_class):
@@ -173,7 +231,7 @@ class Receiver:
         syntax = str(event.context.transfer_syntax)
         refused = sink.refusal(event.request)
         if refused is not None:
-            request_uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
+            request_uid = _shown(_uid(getattr(event.request, "AffectedSOPInstanceUID", None)))
             stage(_log, "rejected", request_uid, level=30, calling=calling, status="0xA700", reason=refused)
             return STATUS_OUT_OF_RESOURCES
         try:
@@ -182,17 +240,44 @@ class Receiver:
         except OSError as exc:
             _log.error("receive failed: cannot write to the spool: %s", exc)
             return STATUS_OUT_OF_RESOURCES
+        request_uid = _uid(getattr(event.request, "AffectedSOPInstanceUID", None))
+        request_class = _uid(getattr(event.request, "AffectedSOPClassUID", None))
+
+        def check(path: Path) -> Identity:
+            try:
+                identity = self._check(path, syntax)
+            except (OSError, MemoryError, TooLarge):
+                raise  # the spool or the machine, not the dataset
+            except Exception as exc:  # pydicom, zlib, recursion...: all mean unparseable
+                raise Unparseable(f"{type(exc).__name__}: {str(exc)[:200]}") from exc
+            if identity.sop_instance_uid != request_uid:
+                raise Mismatch(f"the dataset's SOP Instance UID {identity.sop_instance_uid} is not the "
+                               f"command's {_shown(request_uid) or '(none)'}")
+            if identity.sop_class_uid != request_class:
+                raise Mismatch(f"the dataset's SOP Class UID {identity.sop_class_uid} is not the "
+                               f"command's {_shown(request_class) or '(none)'}")
+            return identity
+
         try:
-            ident, identity = self.spool.admit(tmp, calling, lambda path: self._check(path, syntax))
-        except (InvalidDicomError, AttributeError, ValueError, KeyError, EOFError, TypeError) as exc:
-            request_uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
-            stage(_log, "rejected", request_uid, calling=calling, status="0xC210",
-                  reason=f"cannot parse dataset: {type(exc).__name__}: {exc}")
+            ident, identity = self.spool.admit(tmp, calling, check)
+        except Unparseable as exc:
+            stage(_log, "rejected", _shown(request_uid), calling=calling, status="0xC210",
+                  reason=f"cannot parse dataset: {exc}")
             return STATUS_CANNOT_UNDERSTAND
-        except (SpoolError, OSError) as exc:
+        except Mismatch as exc:
+            stage(_log, "rejected", _shown(request_uid), calling=calling, status="0xA900", reason=str(exc))
+            return STATUS_MISMATCH
+        except TooLarge as exc:
             tmp.unlink(missing_ok=True)
-            request_uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
-            stage(_log, "rejected", request_uid, calling=calling, status="0xA700", reason=f"spool: {exc}")
+            stage(_log, "rejected", _shown(request_uid), calling=calling, status="0xA700", reason=str(exc))
+            return STATUS_OUT_OF_RESOURCES
+        except (SpoolError, OSError, MemoryError) as exc:
+            tmp.unlink(missing_ok=True)
+            stage(_log, "rejected", _shown(request_uid), calling=calling, status="0xA700", reason=f"spool: {exc}")
+            return STATUS_OUT_OF_RESOURCES
+        except Exception as exc:  # never pynetdicom's 0xC211 and traceback
+            tmp.unlink(missing_ok=True)
+            _log.error("receive failed: sop=%s: %s: %s", _shown(request_uid), type(exc).__name__, exc)
             return STATUS_OUT_OF_RESOURCES
         stage(_log, "received", identity.sop_instance_uid, study=identity.study_uid, calling=calling,
               modality=identity.modality, syntax=syntax, bytes=size, id=ident)
@@ -212,7 +297,10 @@ class Receiver:
 
 
 def _on_store(event: evt.Event, receiver: Receiver) -> int:
-    return receiver.handle_store(event)
+    try:
+        return receiver.handle_store(event)
+    finally:
+        sink.finish(event.request)  # what the handler did not move into the spool
 
 
 def _on_event_report(event: evt.Event, receiver: Receiver) -> tuple[int, None]:

@@ -18,7 +18,11 @@ more.  :func:`bind` replaces that file, for the associations of one AE, with a
   answers 0xA700 (out of resources) so the sender retries later;
 * if the space runs out while it is written (below half the floor, checked
   every few MB, or a write fails with ENOSPC) the partial file is removed
-  and the answer is 0xA700 too.
+  and the answer is 0xA700 too;
+* each file is known to its association until the C-STORE handler is done
+  with it (:func:`finish`); when the association ends, the files of data
+  sets that never reached the handler (the peer closed, aborted or went
+  silent halfway) are deleted (:func:`discard`).
 
 The other half of the floor is what the worker and the forwarders still have
 to write processed objects, job files and the proof record, so they keep
@@ -43,7 +47,7 @@ from pynetdicom import dimse_messages
 
 from gateway.spool import create_private, free_bytes, is_out_of_space
 
-__all__ = ["SpoolSink", "SinkPolicy", "bind", "refusal"]
+__all__ = ["SinkPolicy", "SpoolSink", "bind", "discard", "finish", "refusal"]
 
 _RECHECK_BYTES = 8 << 20
 """Free space is looked at again after this many bytes of one dataset."""
@@ -129,9 +133,22 @@ class SpoolSink:
         except OSError as exc:
             self._refuse(f"cannot write to the spool: {exc}")
 
+    def delete(self) -> None:
+        """Close the file and remove it, if it is still where it was written."""
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            try:
+                handle.close()
+            except OSError:
+                pass  # removed next: what it failed to write does not matter
+        Path(self.name).unlink(missing_ok=True)
+
 
 _POLICIES: weakref.WeakKeyDictionary[Any, SinkPolicy] = weakref.WeakKeyDictionary()
 _install_lock = threading.Lock()
+# Per association, the files written for data sets the C-STORE handler has not yet been given.
+_LIVE: weakref.WeakKeyDictionary[Any, set[SpoolSink]] = weakref.WeakKeyDictionary()
+_live_lock = threading.Lock()
 
 
 def _temporary_file(**kwargs: Any) -> Any:
@@ -140,7 +157,10 @@ def _temporary_file(**kwargs: Any) -> Any:
     policy = _POLICIES.get(getattr(assoc, "ae", None)) if assoc is not None else None
     if policy is None:
         return tempfile.NamedTemporaryFile(**kwargs)
-    return SpoolSink(policy)
+    made = SpoolSink(policy)
+    with _live_lock:
+        _LIVE.setdefault(assoc, set()).add(made)
+    return made
 
 
 def bind(ae: Any, folder: Path, min_free_bytes: int, make_room: Callable[[int], object] | None = None) -> None:
@@ -157,3 +177,30 @@ def refusal(request: Any) -> str | None:
     """Why the dataset of this C-STORE request was not kept, or None if it was."""
     sink = getattr(request, "_dataset_file", None)
     return sink.refused if isinstance(sink, SpoolSink) else None
+
+
+def finish(request: Any) -> None:
+    """The C-STORE handler is done with `request`'s data set: delete what is left of its file.
+
+    The handler moves the file it keeps into the spool; what remains at the
+    file's name is a refused or failed one.
+    """
+    made = getattr(request, "_dataset_file", None)
+    if not isinstance(made, SpoolSink):
+        return
+    with _live_lock:
+        for sinks in _LIVE.values():
+            sinks.discard(made)
+    made.delete()
+
+
+def discard(assoc: Any) -> int:
+    """Delete the files of `assoc`'s data sets that never reached the C-STORE handler; return how many.
+
+    For when the association is over (its service thread has ended): nothing writes to them any more.
+    """
+    with _live_lock:
+        sinks = _LIVE.pop(assoc, set())
+    for made in sinks:
+        made.delete()
+    return len(sinks)

@@ -503,3 +503,45 @@ def test_we_decode_dcmcjpeg_corpus_files(tmp_path: Path, options: list[str], row
     streams = list(generate_frames(ds.PixelData, number_of_frames=len(frames)))
     for stream, frame in zip(streams, frames):
         assert np.array_equal(get_codec(uid).decode_frame(stream, info), frame)
+
+
+def _at_precision(stream: bytes, precision: int) -> bytes:
+    data = bytearray(stream)
+    data[data.index(b"\xff\xc3") + 4] = precision  # SOF3: length (2), then P
+    return bytes(data)
+
+
+@pytest.mark.parametrize("name", ["jpeg-lossless", "jpeg-lossless-p14"])
+@pytest.mark.parametrize("signed", [False, True])
+def test_samples_above_bits_stored_are_corrupt_not_returned(name: str, signed: bool) -> None:
+    """A codestream at a precision above Bits Stored whose samples do not fit the stored range: our decoder
+    raises, as the JPEG-LS one does, rather than returning values no Bits Stored can hold."""
+    codec = get_codec(name)
+    info = FrameInfo(rows=16, columns=16, bits_allocated=16, bits_stored=12, pixel_representation=int(signed))
+    low, high = info.value_range
+    frame = np.random.default_rng(3).integers(low, high + 1, (16, 16)).astype(info.dtype)
+    raised = 0
+    for shift in range(4):  # the 12-bit patterns read as 16-bit ones, shifted up to hit the high bits
+        stream = codec.encode_frame(frame, info)
+        assert np.array_equal(codec.decode_frame(stream, info), frame)
+        wide = FrameInfo(rows=16, columns=16, bits_allocated=16, bits_stored=16)
+        patterns = ((frame.astype(np.int64) & 0xFFF) << shift).astype(np.uint16)
+        try:
+            decoded = codec.decode_frame(_at_precision(codec.encode_frame(patterns, wide), 16), info)
+        except CorruptCodestreamError:
+            raised += 1
+            continue
+        low_bits = (patterns.astype(np.int64) & 0xFFF)
+        expected = low_bits - ((low_bits >> 11) << 12) if signed else low_bits
+        assert shift == 0 and np.array_equal(decoded, expected.astype(info.dtype))
+    assert raised == 3
+
+
+def test_a_signed_value_at_a_wider_precision_is_its_twos_complement() -> None:
+    """-5 in 12 Bits Stored, coded at precision 16 as 0xFFFB: the value in range it stands for."""
+    codec = get_codec("jpeg-lossless")
+    info = FrameInfo(rows=4, columns=4, bits_allocated=16, bits_stored=12, pixel_representation=1)
+    values = np.array([-5, 7, -2048, 2047] * 4, np.int16).reshape(4, 4)
+    wide = FrameInfo(rows=4, columns=4, bits_allocated=16, bits_stored=16)
+    stream = codec.encode_frame(values.view(np.uint16), wide)
+    assert np.array_equal(codec.decode_frame(stream, info), values)

@@ -1688,3 +1688,26 @@ def test_unknown_version_is_refused() -> None:
     with pytest.raises(CorruptCodestreamError, match="version"):
         private.decode(bytes(data), info)
 
+
+
+def test_a_frame_of_another_image_never_stands_in_for_a_reference() -> None:
+    """References are found among the frames decoded last, by CRC-32: an instance whose first frame is
+    inter-coded and names the CRC of another instance's frame must not decode from that instance's pixels."""
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from gateway.pipeline import recompress
+    from tests.images import make_dataset
+
+    info = _info(30, 20, stored=12)
+    other = np.random.default_rng(7).integers(0, 4096, (30, 20)).astype(np.uint16)  # another patient's image
+    stream = private.encode(other, info, version=2)
+    crc = struct.unpack_from("<I", stream, 20)[0]
+    # "The previous frame plus nothing": one plane of maximum 0, the frame's CRC and its reference's that one.
+    inter = private._HEADER.pack(b"GWL1", 1, 1, 1, 16, 12, 0, 0, 1, 30, 20, crc, crc) + private._PLANE.pack(0, 0, 0)
+    inter += b"\0" * 5
+    assert np.array_equal(private.decode(stream, info), other)  # now the last frame decoded in this thread
+    assert np.array_equal(private.decode(inter, info), other), "a frame of the same image may refer to it"
+    first = recompress(make_dataset(info, [stream], private.UID), ExplicitVRLittleEndian)
+    assert first.recompressed
+    crafted = recompress(make_dataset(info, [inter], private.UID), ExplicitVRLittleEndian)
+    assert not crafted.recompressed and "not available" in crafted.reason

@@ -155,6 +155,10 @@ class FunctionCodec:
     encode_frames: Callable[[list[np.ndarray], FrameInfo], list[bytes]] | None = None
     decode_frames: Callable[[list[bytes], FrameInfo], list[np.ndarray]] | None = None
     encode_options: tuple[str, ...] = ()  # keyword options encode_frame (and encode_frames) take
+    # Called before the frames of another image are decoded one by one with decode_frame: a codec that
+    # finds an inter-coded frame's reference among the frames it decoded last forgets them, so that no
+    # frame of another image can stand in for one of this image's.
+    start_image: Callable[[], None] | None = None
 
     def with_options(self, **options: Any) -> FunctionCodec:
         """This codec with its encoder's keyword `options` set; itself without options.

@@ -393,6 +393,22 @@ def _to_frame(out: np.ndarray, precision: int, info: FrameInfo) -> np.ndarray:
     """Turn decoded P-bit patterns into the frame array convention of `info`."""
     if precision > info.bits_allocated:
         raise _corrupt(f"precision {precision} does not fit Bits Allocated {info.bits_allocated}")
+    stored = info.bits_stored
+    if precision > stored:
+        # As JPEG-LS reads it: a sample below 2**BitsStored is the stored value (sign-extended when
+        # signed); a larger one is valid only as the P-bit two's complement of a signed value in range.
+        low, high = info.value_range
+        values = out.astype(np.int64)
+        if info.signed:
+            negative = values >= (1 << precision) + low
+            values = np.where(values < (1 << stored), values - ((values >> (stored - 1)) << stored),
+                              np.where(negative, values - (1 << precision), high + 1))
+        if values.size and (int(values.min()) < low or int(values.max()) > high):
+            raise _corrupt(f"decoded values exceed the range of {stored} Bits Stored")
+        values = values.astype(info.dtype)
+        if info.samples_per_pixel == 1:
+            values = values.reshape(info.rows, info.columns)
+        return np.ascontiguousarray(values)
     if info.bits_allocated == 8:
         out = out.astype(np.uint8)
     elif info.bits_allocated == 32:

@@ -102,7 +102,7 @@ from gateway.dicom.uids import GATEWAY_LOSSLESS_V1
 from gateway.errors import CorruptCodestreamError, UnsupportedImageError
 
 __all__ = [
-    "CODEC", "encode", "decode", "encode_frames", "decode_frames", "is_intra", "supports",
+    "CODEC", "encode", "decode", "encode_frames", "decode_frames", "is_intra", "start_image", "supports",
     "UID", "MAGIC", "VERSION", "VERSIONS",
 ]
 
@@ -684,6 +684,16 @@ def decode_frames(fragments: "list[bytes]", info: FrameInfo) -> list[np.ndarray]
 _recent = threading.local()
 
 
+def start_image() -> None:
+    """The frames of another image follow in this thread: none decoded before may be their reference.
+
+    Frames are found by their CRC-32 among those decoded last; without this,
+    an inter-coded first frame naming the CRC of another image's frame would
+    decode from that image's pixels.
+    """
+    _recent.frames = []
+
+
 def _remember(frame: np.ndarray, crc: int, info: FrameInfo) -> None:
     """Keep a decoded frame as the reference of the next; decoding a frame again (a verification
     retried) does not push out the frame before it, which the next one may need too."""
@@ -913,4 +923,4 @@ def _decode_segments(data: bytes, descriptors: list[tuple[int, int, int]], shape
 
 CODEC = register(FunctionCodec(
     "gwl", UID, "GatewayLosslessV1", supports, encode, decode, private=True,
-    encode_frames=encode_frames, decode_frames=decode_frames, encode_options=("version",)))
+    encode_frames=encode_frames, decode_frames=decode_frames, encode_options=("version",), start_image=start_image))

@@ -34,7 +34,7 @@ from gateway.dicom.uids import (
 from gateway.errors import CodecNotFoundError, UnsupportedImageError
 
 __all__ = ["HiddenBitsError", "REFERENCE_DECODERS", "VERIFYING_DECODERS", "verifying_decoder", "NATIVE", "DecodeFrame", "decoder_name", "reference_decoder", "our_decoder",
-           "source_decoder"]
+           "source_decoder", "start_image"]
 
 NATIVE = "native"
 """Proof name of uncompressed pixel data, read from its bytes with numpy."""
@@ -207,6 +207,18 @@ def our_decoder(uid: str) -> tuple[str, DecodeFrame] | None:
     except CodecNotFoundError:
         return None
     return f"ours/{codec.name}", codec.decode_frame
+
+
+def start_image(uid: str) -> None:
+    """Before the frames of an image in `uid` are decoded in order: our decoder of `uid`, where it finds
+    an inter-coded frame's reference among the frames decoded last, forgets those of other images."""
+    try:
+        codec = get_codec(str(uid))
+    except CodecNotFoundError:
+        return
+    start = getattr(codec, "start_image", None)
+    if start is not None:
+        start()
 
 
 def source_decoder(uid: str) -> tuple[str, DecodeFrame]:

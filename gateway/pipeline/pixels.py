@@ -21,7 +21,7 @@ from pydicom.uid import UID, ExplicitVRBigEndian
 from gateway.codecs.base import FrameInfo
 from gateway.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, is_encapsulated
 from gateway.errors import PixelDataError, UnsupportedImageError
-from gateway.pipeline.decoders import NATIVE, DecodeFrame, source_decoder
+from gateway.pipeline.decoders import NATIVE, DecodeFrame, source_decoder, start_image
 
 __all__ = ["frame_info", "number_of_frames", "iter_frames", "native_frames", "decoded_frames", "DecodedFrames",
            "HOLD_DECODED_BYTES", "deferred_pixels", "FileFrames", "high_bits_used", "transfer_syntax", "END_MARKED",
@@ -439,6 +439,7 @@ def iter_frames(ds: Dataset) -> Iterator[np.ndarray]:
             f"(0028,0100) 'Bits Allocated' {info.bits_allocated} is not carried by our codecs"
         )
     _, decode = source_decoder(uid)
+    start_image(uid)  # an inter-coded frame may refer only to the frame before it in this image
     try:
         for number, fragment in enumerate(generate_frames(ds.PixelData, number_of_frames=frames), start=1):
             if number > frames:  # a Basic Offset Table that lists more frames than Number of Frames says

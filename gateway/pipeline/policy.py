@@ -38,7 +38,8 @@ from gateway.codecs import configured, get_codec, resolve_uid
 from gateway.codecs.base import Codec, FrameInfo
 from gateway.dicom.uids import TRANSFER_SYNTAXES, is_encapsulated, is_known
 from gateway.errors import CodecNotFoundError, GatewayError, UnsupportedImageError
-from gateway.pipeline.decoders import NATIVE, REFERENCE_DECODERS, DecodeFrame, decoder_name, verifying_decoder
+from gateway.pipeline.decoders import (NATIVE, REFERENCE_DECODERS, DecodeFrame, decoder_name, start_image,
+                                       verifying_decoder)
 from gateway.pipeline.pixels import (
     END_MARKED,
     decoded_frames,
@@ -339,6 +340,7 @@ def _verify(
     # codestream is read by our decoder first, then by the independent one.
     end_marked = str(target) in END_MARKED
     read_back = generate_frames(new.PixelData, number_of_frames=len(frames))
+    start_image(target)
     for number, expected in enumerate(frames, start=1):
         try:
             fragment = next(read_back)

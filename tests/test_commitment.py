@@ -4,6 +4,7 @@ association, fail some instances, never answer, or do not offer the SOP class.""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import threading
@@ -447,3 +448,62 @@ def test_an_uncommitted_instance_keeps_its_copy_in_the_spool(tmp_path: Path, arc
     assert server.stored, "the archive did receive it"
     (dead,) = list(spool.jobs_in("dead", "pacs"))
     assert "0x0122" in (dead.reason or "")
+
+
+def test_reports_on_other_transactions_do_not_hold_the_wait_past_its_time(tmp_path: Path) -> None:
+    """An archive that keeps reporting on transactions we did not ask about: a transient failure after
+    commitment_timeout_seconds, not a wait for as long as it keeps talking."""
+    import socket
+
+    from pydicom.uid import generate_uid
+    from pynetdicom.dsutils import encode
+
+    from tests.test_scu import ScriptedPeer, handshake, p_data, read_message, recv_pdu, response
+
+    stop = threading.Event()
+
+    def report(context: int, number: int) -> bytes:
+        command = Dataset()
+        command.AffectedSOPClassUID = STORAGE_COMMITMENT
+        command.CommandField = 0x0100
+        command.MessageID = 100 + number
+        command.CommandDataSetType = 0
+        command.AffectedSOPInstanceUID = STORAGE_COMMITMENT_INSTANCE
+        command.EventTypeID = 1
+        result = Dataset()
+        result.TransactionUID = generate_uid()
+        result.ReferencedSOPSequence = []
+        return p_data(context, encode(command, True, True)) + p_data(context, encode(result, True, True), flags=0x02)
+
+    def script(conn: socket.socket) -> None:
+        handshake(conn)
+        message = read_message(conn)  # the C-STORE
+        conn.sendall(p_data(message.context, response(message.context, answered=message.decoded.MessageID)))
+        message = read_message(conn)  # the N-ACTION
+        conn.sendall(p_data(message.context, response(message.context, field=0x8130,
+                                                      answered=message.decoded.MessageID)))
+        def drain() -> None:  # our answers to the reports
+            while not stop.is_set() and recv_pdu(conn) is not None:
+                pass
+
+        threading.Thread(target=drain, daemon=True).start()
+        reports = b"".join(report(message.context, n) for n in range(50))
+        deadline = time.monotonic() + 20
+        with contextlib.suppress(OSError):
+            while time.monotonic() < deadline and not stop.is_set():
+                conn.sendall(reports)
+
+    peer = ScriptedPeer(script)
+    jobs, paths, _ = _objects(tmp_path, 1)
+    dest = build_config(tmp_path, [{"name": "pacs", "kind": "dicom", "ae_title": "ARCHIVE", "host": "127.0.0.1",
+                                    "port": peer.port, "storage_commitment": True, "commitment_timeout_seconds": 1,
+                                    "timeout_seconds": 5}]).destinations[0]
+    sender = DicomSender(dest, locate=lambda job: paths[job.instance])
+    started = time.monotonic()
+    try:
+        out = _outcomes(sender, jobs, paths)
+    finally:
+        stop.set()
+        peer.close()
+    assert isinstance(out[0], TransientForwardError), out
+    assert time.monotonic() - started < 8, "the wait ended about commitment_timeout_seconds after the request"

@@ -694,10 +694,13 @@ def read_message(conn: socket.socket, stop_after_pdus: int | None = None) -> Mes
 
 
 def response(context: int, *, field: int = 0x8001, answered: int = 1, status: int | None = 0x0000,
-             comment: str | None = None, data_set_type: int | None = 0x0101, group_length: bool = True) -> bytes:
-    """The command set of a DIMSE response, encoded by pydicom."""
+             comment: str | None = None, data_set_type: int | None = 0x0101, group_length: bool = True,
+             sop_class: str | None = None, sop_instance: str | None = None) -> bytes:
+    """The command set of a DIMSE response, encoded by pydicom (about a CT image, or `sop_class`)."""
     ds = Dataset()
-    ds.AffectedSOPClassUID = CT
+    ds.AffectedSOPClassUID = sop_class or (COMMITMENT if field == 0x8130 else CT)
+    if sop_instance is not None:
+        ds.AffectedSOPInstanceUID = sop_instance
     ds.CommandField = field
     ds.MessageIDBeingRespondedTo = answered
     if data_set_type is not None:
@@ -1433,3 +1436,83 @@ def test_a_store_response_instead_of_the_event_report_is_a_protocol_error(script
     assert not assoc.is_established
     server.finish()
     assert server.after == [0x07]
+
+
+# ----------------------------------------------------------- what an archive's answers may make us hold
+
+
+def test_a_response_command_that_never_ends_is_a_protocol_error(scripted) -> None:
+    """Command fragments never marked last: refused past 64 KiB, not kept until the time-out."""
+    def script(conn: socket.socket) -> None:
+        handshake(conn)
+        message = read_message(conn)
+        piece = p_data(message.context, b"\0" * 60_000, flags=0x01)  # a command fragment, not the last
+        with contextlib.suppress(OSError):
+            for _ in range(200):
+                conn.sendall(piece)
+
+    server = scripted(script)
+    assoc = server.associate()
+    with pytest.raises(PeerProtocolError, match="command set of more than 65536 bytes"):
+        assoc.c_store(CT, "1.2.3", EXPLICIT, b"\x08\x00\x18\x00UI\x06\x001.2.3\0")
+    assert not assoc.is_established
+
+
+def test_a_report_dataset_that_never_ends_is_a_protocol_error(scripted) -> None:
+    """A storage commitment report is kept in memory: refused past 16 MiB."""
+    def script(conn: socket.socket) -> None:
+        handshake(conn)
+        message = read_message(conn)
+        conn.sendall(p_data(message.context, response(message.context, field=0x8130)))
+        command = Dataset()
+        command.AffectedSOPClassUID = COMMITMENT
+        command.CommandField = 0x0100
+        command.MessageID = 9
+        command.CommandDataSetType = 0
+        command.AffectedSOPInstanceUID = COMMITMENT_INSTANCE
+        command.EventTypeID = 1
+        conn.sendall(p_data(message.context, encode(command, True, True)))
+        piece = p_data(message.context, b"\0" * (1 << 20), flags=0x00)  # dataset fragments, none the last
+        with contextlib.suppress(OSError):
+            for _ in range(40):
+                conn.sendall(piece)
+
+    server = scripted(script)
+    assoc = server.associate(contexts=[(COMMITMENT, IMPLICIT)])
+    assoc.n_action(COMMITMENT, COMMITMENT_INSTANCE, 1, encode(_commitment_request([(CT, "1.2.3")]), True, True))
+    with pytest.raises(PeerProtocolError, match="dataset of more than 16777216 bytes"):
+        assoc.event_report(COMMITMENT, timeout=20)
+
+
+def test_a_store_response_about_another_instance_is_no_answer_about_ours(scripted) -> None:
+    """Affected SOP Class / Instance UID of a response, when given, must be the request's (PS3.7 9.3.1.2)."""
+    def script(conn: socket.socket) -> None:
+        handshake(conn)
+        message = read_message(conn)
+        conn.sendall(p_data(message.context, response(message.context, sop_instance="9.9.9")))
+
+    server = scripted(script)
+    assoc = server.associate()
+    with pytest.raises(PeerProtocolError, match="Affected SOP Instance UID '9.9.9', not 1.2.3"):
+        assoc.c_store(CT, "1.2.3", EXPLICIT, b"\x08\x00\x18\x00UI\x06\x001.2.3\0")
+    assert not assoc.is_established
+
+
+@pytest.mark.parametrize("max_pdu", [0, 0xFFFFFFFF])
+def test_a_peer_announcing_huge_pdus_still_gets_its_dataset_in_fragments_read_as_they_go(
+        scripted, tmp_path: Path, max_pdu: int) -> None:
+    """A maximum of 4 GiB (or none) is a limit, not a size to read from the file at once."""
+    got: list[int] = []
+
+    def script(conn: socket.socket) -> None:
+        handshake(conn, max_pdu=max_pdu)
+        message = read_message(conn)
+        got.extend(message.pdu_lengths)
+        conn.sendall(p_data(message.context, response(message.context)))
+
+    path = tmp_path / "big.bin"
+    path.write_bytes(b"\x08\x00\x18\x00UI\x06\x001.2.3\0" + b"\0" * (5 << 20))
+    server = scripted(script)
+    with server.associate() as assoc:
+        assert assoc.c_store(CT, "1.2.3", EXPLICIT, (path, 0)).status == 0
+    assert max(got) <= scu._FRAGMENT_UNLIMITED + 6 and len(got) >= 6

@@ -295,9 +295,13 @@ class DicomSender:
         ours: Association | None = assoc  # None once the archive has closed it: the report comes to our receiver
         while True:
             remaining = deadline - time.monotonic()
+            if remaining <= 0:  # checked first: an archive reporting on other transactions must not hold us
+                self.close()  # a late report on this association must not meet the next request
+                raise TransientForwardError(f"{dest.name} sent no storage commitment report within "
+                                            f"{dest.commitment_timeout_seconds:g} s")
             if ours is not None and ours.has_incoming():  # reported on this association (or the peer closes it)
                 try:
-                    report = ours.event_report(STORAGE_COMMITMENT, timeout=max(remaining, 1.0))
+                    report = ours.event_report(STORAGE_COMMITMENT, timeout=remaining)
                     result = parse_report(report.event_type, decode_implicit(report.dataset))
                 except AssociationAbortedError as exc:
                     self.close()
@@ -317,15 +321,11 @@ class DicomSender:
                              result.transaction_uid, uid)
                 continue
             if self.reports is not None:
-                result = self.reports.wait(uid, min(0.02, max(remaining, 0.0)))
+                result = self.reports.wait(uid, min(0.02, remaining))
                 if result is not None:
                     return result
             else:
-                time.sleep(min(0.02, max(remaining, 0.0)))
-            if remaining <= 0:
-                self.close()  # a late report on this association must not meet the next request
-                raise TransientForwardError(f"{dest.name} sent no storage commitment report within "
-                                            f"{dest.commitment_timeout_seconds:g} s")
+                time.sleep(min(0.02, remaining))
 
     def _note(self, job: Job, state: str, transaction: str, reason: str | None = None) -> None:
         if self.record is None:

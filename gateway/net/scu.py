@@ -60,6 +60,8 @@ MAX_PDU_RECEIVED = 262_144
 _PDU_LIMIT = 16 * 1024 * 1024
 """Any PDU announced longer than this is refused as hostile or broken."""
 _FRAGMENT_UNLIMITED = 1 << 20
+_COMMAND_LIMIT = 64 * 1024  # a response's command set: a few hundred bytes in practice
+_KEPT_DATASET_LIMIT = 16 * 1024 * 1024  # a storage commitment report: some 150 bytes an instance
 """Fragment size when the peer announces no maximum (0)."""
 _SEND_BATCH = 1 << 20
 """Bytes of PDUs gathered per system call."""
@@ -290,7 +292,9 @@ class Association:
         self.peer_max_pdu = peer_max_pdu
         self.timeout = timeout
         self._message_id = 0
-        self._fragment = (peer_max_pdu - 6) if peer_max_pdu else _FRAGMENT_UNLIMITED
+        # A peer's maximum is a limit, not a size to read at once: a dataset is sent in fragments of
+        # 1 MiB at most, read from its file as they go, whatever the peer announces (up to 4 GiB).
+        self._fragment = max(1, min(peer_max_pdu - 6, _FRAGMENT_UNLIMITED)) if peer_max_pdu else _FRAGMENT_UNLIMITED
 
     # -- set-up and tear-down
 
@@ -454,7 +458,7 @@ class Association:
             raise ValueError(f"no accepted presentation context for {sop_class} in {transfer_syntax}")
         message_id = self._next_id()
         command = store_command(message_id, sop_class, sop_instance, priority)
-        return self._exchange(context, command, dataset, message_id, _C_STORE_RSP)
+        return self._exchange(context, command, dataset, message_id, _C_STORE_RSP, (sop_class, sop_instance))
 
     def n_action(self, sop_class: str, sop_instance: str, action_type: int, dataset: bytes) -> StoreResult:
         """N-ACTION (e.g. a storage commitment request, PS3.4 J.3.2); `dataset` is the Action
@@ -464,7 +468,7 @@ class Association:
             raise ValueError(f"no accepted presentation context for {sop_class}")
         message_id = self._next_id()
         command = n_action_command(message_id, sop_class, sop_instance, action_type)
-        return self._exchange(context, command, dataset, message_id, _N_ACTION_RSP)
+        return self._exchange(context, command, dataset, message_id, _N_ACTION_RSP, (sop_class, sop_instance))
 
     def event_report(self, sop_class: str, timeout: float) -> EventReport:
         """Wait up to `timeout` seconds for the peer's N-EVENT-REPORT on `sop_class`'s context and answer it.
@@ -500,7 +504,7 @@ class Association:
         return self._message_id
 
     def _exchange(self, context: Context, command: bytes, dataset: bytes | memoryview | tuple[Path, int] | None,
-                  message_id: int, expected: int) -> StoreResult:
+                  message_id: int, expected: int, affected: tuple[str, str] | None = None) -> StoreResult:
         sock = self._sock
         if sock is None:
             raise NetworkError("the association is closed")
@@ -510,7 +514,7 @@ class Association:
             self._send_pdvs(sock, context.id, 0x01, io.BytesIO(command), len(command))
             if source is not None:
                 self._send_pdvs(sock, context.id, 0x00, source, size)
-            return self._response(sock, context.id, message_id, expected)
+            return self._response(sock, context.id, message_id, expected, affected)
 
     @contextlib.contextmanager
     def _breaks_on_error(self, sock: socket.socket) -> Iterator[None]:
@@ -588,6 +592,8 @@ class Association:
                     if command_done:
                         raise PeerProtocolError("a second command set arrived before the first was finished")
                     command += data
+                    if len(command) > _COMMAND_LIMIT:
+                        raise PeerProtocolError(f"a command set of more than {_COMMAND_LIMIT} bytes")
                     if flags & 0x02:
                         command_done = True
                         elements = parse_command(bytes(command))
@@ -598,10 +604,19 @@ class Association:
                     dataset_done = bool(flags & 0x02)
                     if keep_dataset:
                         dataset += data
+                        if len(dataset) > _KEPT_DATASET_LIMIT:
+                            raise PeerProtocolError(f"a dataset of more than {_KEPT_DATASET_LIMIT} bytes")
         return elements, bytes(dataset)
 
-    def _response(self, sock: socket.socket, context_id: int, message_id: int, expected: int) -> StoreResult:
-        """Read P-DATA until the response command set is complete; return its status."""
+    def _response(self, sock: socket.socket, context_id: int, message_id: int, expected: int,
+                  affected: tuple[str, str] | None = None) -> StoreResult:
+        """Read P-DATA until the response command set is complete; return its status.
+
+        `affected`: the request's SOP Class and Instance UIDs, which the
+        response's Affected SOP Class / Instance UID must equal where it
+        gives them (PS3.7 9.3.1.2, 10.3.4.2: U(=)); a response about another
+        instance is no answer about ours.
+        """
         elements, _ = self._read_message(sock, context_id, time.monotonic() + self.timeout)
         field = _command_us(elements, 0x0100, "Command Field")
         if field != expected:
@@ -609,6 +624,11 @@ class Association:
         answered = _command_us(elements, 0x0120, "Message ID Being Responded To")
         if answered != message_id:
             raise PeerProtocolError(f"response to message {answered}, expected {message_id}")
+        if affected is not None:
+            for tag, name, value in ((0x0002, "SOP Class", affected[0]), (0x1000, "SOP Instance", affected[1])):
+                given = _text(elements.get(tag, b""))
+                if given and given != value:
+                    raise PeerProtocolError(f"response about Affected {name} UID {given!r}, not {value}")
         status = _command_us(elements, 0x0900, "Status")
         return StoreResult(status, _text(elements.get(0x0902, b"")))
 

@@ -44,7 +44,7 @@ def setup_logging(level: str = "INFO", file: Path | None = None) -> None:
     formatter = logging.Formatter(_FORMAT)
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if file is not None:
-        from gateway.spool import make_dirs
+        from gateway.files import make_dirs
 
         make_dirs(file.parent)  # new folders 0700, whatever the umask
         os.close(os.open(file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))  # UIDs: owner only

@@ -60,6 +60,7 @@ from typing import Any, TypeVar
 
 from gateway.dicom.identity import Identity
 from gateway.errors import SpoolError
+from gateway.files import DIRECTORY_MODE, make_dirs
 from gateway.logs import get_logger
 
 __all__ = ["Spool", "Job", "STATES", "fsync_dir", "FolderSync",
@@ -79,8 +80,6 @@ UNROUTED = "-"
 
 FILE_MODE = 0o600
 """Mode of every file the gateway writes (patient data): owner only, whatever the umask."""
-DIRECTORY_MODE = 0o700
-"""Mode of every folder the gateway creates: owner only, whatever the umask."""
 
 
 def create_private(path: Path, mode: int = FILE_MODE):
@@ -96,23 +95,6 @@ def create_private(path: Path, mode: int = FILE_MODE):
     except BaseException:
         os.close(fd)
         raise
-
-
-def make_dirs(path: Path, mode: int = DIRECTORY_MODE) -> None:
-    """Create `path` and its missing parents, each new one with exactly `mode`."""
-    missing = []
-    current = Path(path)
-    while not current.is_dir():
-        missing.append(current)
-        if current.parent == current:
-            break
-        current = current.parent
-    for folder in reversed(missing):
-        try:
-            folder.mkdir(mode=mode)
-        except FileExistsError:
-            continue  # made meanwhile by another thread: keep its mode
-        os.chmod(folder, mode)
 
 
 def free_bytes(path: Path) -> int:

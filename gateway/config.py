@@ -243,6 +243,7 @@ class CompressionConfig:
     max_attempts: int = 3  # failed processing attempts before the original is forwarded as received
     retry_seconds: float = 5.0  # wait after the first failed attempt; doubled after each further one
     rescan_seconds: float = 30.0  # how often the worker looks for received instances it was not told about
+    timeout_seconds: float = 600.0  # an instance still unfinished this long in a worker process is a failed attempt
     private_version: int = PRIVATE_VERSION  # version of our private syntax written: 2, or 1 for older readers
 
     @property
@@ -699,11 +700,12 @@ def _compression(data: Any) -> CompressionConfig:
     max_attempts = _int(t.path("max_attempts"), t.pop("max_attempts", 3), 1, 100)
     retry_seconds = _number(t.path("retry_seconds"), t.pop("retry_seconds", 5.0), 0.01, 3600)
     rescan_seconds = _number(t.path("rescan_seconds"), t.pop("rescan_seconds", 30.0), 0.1, 3600)
+    timeout_seconds = _number(t.path("timeout_seconds"), t.pop("timeout_seconds", 600.0), 1, 86400)
     private_version = _private_version(t.path("private_version"), t.pop("private_version", PRIVATE_VERSION))
     t.finish()
     return CompressionConfig(transfer_syntax=target, modality=overrides, verify=verify, processes=processes,
                              max_attempts=max_attempts, retry_seconds=retry_seconds, rescan_seconds=rescan_seconds,
-                             private_version=private_version)
+                             timeout_seconds=timeout_seconds, private_version=private_version)
 
 
 def private_options(version: int = PRIVATE_VERSION) -> dict[str, dict[str, Any]]:

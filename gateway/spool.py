@@ -487,12 +487,26 @@ class Spool:
     def record_failure(self, ident: str, reason: str) -> int:
         """Count one more failed processing attempt of `ident` (durably); return the count."""
         attempts, _ = self.failures_of(ident)
-        record = {"attempts": attempts + 1, "reason": reason, "at": time.time()}
+        return self._write_failure(ident, attempts + 1, reason)
+
+    def record_failure_reason(self, ident: str, reason: str) -> int:
+        """Write why the last attempt of `ident` failed, an attempt counted before it began; return the count.
+
+        :class:`gateway.worker.Worker` counts each attempt before it begins
+        when it processes in the service process (``processes = 0``), where a
+        crash leaves nothing to count it afterwards.  If none is recorded (it
+        could not be written then), this one is counted now.
+        """
+        attempts, _ = self.failures_of(ident)
+        return self._write_failure(ident, max(1, attempts), reason)
+
+    def _write_failure(self, ident: str, attempts: int, reason: str) -> int:
+        record = {"attempts": attempts, "reason": reason, "at": time.time()}
         try:
             atomic_write_bytes(self.failures / f"{ident}.json", json.dumps(record).encode(), self.tmp)
         except OSError as exc:
             raise SpoolError(f"cannot record the failure of instance {ident}: {exc}") from exc
-        return attempts + 1
+        return attempts
 
     def failures_of(self, ident: str) -> tuple[int, str | None]:
         """Failed processing attempts of `ident` so far and the last reason."""

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import CancelledError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from multiprocessing import get_context
@@ -295,6 +295,37 @@ def _child_process(ident: str) -> tuple[int, list[Job]]:
     return os.getpid(), process_instance(config, spool, ident, record=record)
 
 
+class ProcessingTimeout(GatewayError):
+    """An instance was still unfinished in its worker process after ``[compression] timeout_seconds``."""
+
+
+class _Shared(Exception):
+    """The shared pool broke or ran out of time with this instance in it: not yet shown to be its doing."""
+
+
+def _kill(processes: list) -> None:
+    """Kill worker `processes` now, whatever they are doing (a pool with one of them gone is broken)."""
+    for process in processes:
+        try:
+            process.kill()
+        except (OSError, ValueError, AttributeError):
+            pass  # already gone
+    for process in processes:
+        try:
+            process.join(5.0)
+        except (OSError, ValueError, AssertionError):
+            pass
+
+
+_INTERRUPTED = ("interrupted: the service stopped while processing it (a crash of the service process, "
+                "such as a decoder's, or a stop that could not wait for it)")
+"""Reason of the attempt counted before it begins with ``processes = 0``, until it ends."""
+
+
+class _Stopping(Exception):
+    """The worker is stopping: no worker process is started any more."""
+
+
 class Worker:
     """Processes received instances in arrival order.
 
@@ -310,11 +341,26 @@ class Worker:
     to the forwarders as soon as its own processing ends.
 
     An instance whose processing fails (an error outside the pipeline's own
-    pass-through handling, or a worker process that died) is tried again
-    after ``[compression] retry_seconds``, doubled each time, and after
-    ``max_attempts`` failures forwarded exactly as received
+    pass-through handling, a worker process that died, or one still busy
+    with it after ``[compression] timeout_seconds``, which is killed) is
+    tried again after ``[compression] retry_seconds``, doubled each time,
+    and after ``max_attempts`` failures forwarded exactly as received
     (:func:`process_instance` with `pass_through`).  The count is kept in the
     spool, so a restart does not reset it.  It never loops in ``incoming/``.
+
+    A worker process that dies (or is killed at the time limit) breaks the
+    whole pool: every instance in it fails, though one at most is the cause.
+    None of them is blamed for that: each is processed again alone, in a pool
+    of one process used by one instance at a time, where a failure is its
+    own and is counted.  An instance that failed before is processed there
+    from the start, so it cannot take others down again.
+
+    With ``processes = 0`` a crash of a decoder ends the service itself, and
+    nothing is left to count it: so each attempt is counted in the spool
+    before it begins (and forgotten when it succeeds), and after
+    ``max_attempts`` starts that ended that way the instance is forwarded as
+    received.  A thread cannot be killed: there, the time limit does not
+    apply.
     """
 
     def __init__(self, config: Config, spool: Spool, submit: Callable[[Job], None], threads: int = 2,
@@ -324,7 +370,12 @@ class Worker:
         self.submit = submit
         self.record = record
         self.processes = config.compression.processes
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: ProcessPoolExecutor | None = None  # shared by the instances not suspected of anything
+        self._alone: ProcessPoolExecutor | None = None  # one process, one instance at a time
+        self._pools: set[ProcessPoolExecutor] = set()  # every pool not yet shut down (killed at the stop)
+        self._retired: dict[ProcessPoolExecutor, list] = {}  # processes of pools shut down, maybe still at work
+        self._pool_lock = threading.Lock()  # making the shared pool, submitting to it
+        self._alone_lock = threading.Lock()  # held while an instance is processed alone
         self.processed_by: Counter[int] = Counter()  # instances processed, per worker process id
         if self.processes:
             threads = 2 * self.processes  # dispatchers: keep each process busy
@@ -360,30 +411,114 @@ class Worker:
                 self.submit(job)
         return repaired
 
-    def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=self.processes, mp_context=get_context("spawn"),
-                                   initializer=_child_init,
-                                   initargs=(self.config, os.getpid(), self.record.path if self.record else None))
-
-    def _process(self, ident: str) -> list[Job]:
-        if not self.processes:
-            return process_instance(self.config, self.spool, ident, record=self.record)
+    def _new_pool(self, processes: int | None = None) -> ProcessPoolExecutor:
+        """A pool of `processes` (default: the configured number) worker processes, started when used."""
         with self._lock:
-            if self._pool is None:
-                self._pool = self._new_pool()
-            pool = self._pool
-            try:  # under the lock: a reload replacing the pool waits for this submission
-                future = pool.submit(_child_process, ident)
-            except BrokenProcessPool:
-                self._pool = None
-                raise
+            if self._halt.is_set():
+                raise _Stopping("the worker is stopping")
+            pool = ProcessPoolExecutor(max_workers=processes or self.processes, mp_context=get_context("spawn"),
+                                       initializer=_child_init,
+                                       initargs=(self.config, os.getpid(),
+                                                 self.record.path if self.record else None))
+            self._pools.add(pool)
+        return pool
+
+    def _retire(self, pool: ProcessPoolExecutor, *, kill: bool = False, cancel: bool = False) -> None:
+        """Shut `pool` down without waiting; its processes finish the instance in hand, or are killed now."""
+        with self._lock:
+            self._pools.discard(pool)
+            # The pool forgets its processes once shut down: keep them, for a time limit or the stop to kill.
+            processes = self._retired.pop(pool, []) + list((getattr(pool, "_processes", None) or {}).values())
+            self._retired = {p: procs for p, procs in self._retired.items() if any(x.is_alive() for x in procs)}
+            if not kill:
+                self._retired[pool] = processes
+        if kill:
+            _kill(processes)
+        pool.shutdown(wait=False, cancel_futures=cancel)
+
+    def _process(self, ident: str, alone: bool = False) -> list[Job]:
+        """Process `ident`; return its jobs.  `alone`: it failed before (see the class's description)."""
+        if not self.processes:
+            return self._process_in_service(ident)
+        if not alone:
+            try:
+                return self._process_shared(ident)
+            except _Shared as exc:
+                if self._halt.is_set():
+                    raise
+                _log.warning("processing %s: the worker processes failed (%s); processing it again alone, "
+                             "not counted against it", ident, exc)
+        return self._process_alone(ident)
+
+    def _process_in_service(self, ident: str) -> list[Job]:
+        """Process `ident` in this thread, its attempt counted before it begins (a crash here ends the service)."""
         try:
-            pid, jobs = future.result()
-        except BrokenProcessPool:
-            with self._lock:  # a worker process died: start a fresh pool, the instance is retried
+            self.spool.record_failure(ident, _INTERRUPTED)
+        except GatewayError as exc:
+            _log.warning("processing %s: its attempt cannot be recorded before it begins: %s", ident, exc)
+        return process_instance(self.config, self.spool, ident, record=self.record)
+
+    def _process_shared(self, ident: str) -> list[Job]:
+        """Process `ident` in the shared pool; :class:`_Shared` when the pool broke or ran out of time."""
+        with self._pool_lock:  # a reload replacing the pool waits for this submission
+            pool = self._pool
+            if pool is None:
+                pool = self._new_pool()
+                # Its processes load their kernels before the first instance's time starts.
+                self._wait_for_processes(pool)
+                self._pool = pool
+            try:
+                future = pool.submit(_child_process, ident)
+            except (BrokenProcessPool, RuntimeError) as exc:  # RuntimeError: shut down by the stop
                 if self._pool is pool:
                     self._pool = None
-            raise
+                raise _Shared(f"{type(exc).__name__}: {exc}") from exc
+        try:
+            return self._result(future)
+        except (BrokenProcessPool, CancelledError, ProcessingTimeout) as exc:
+            with self._pool_lock:  # a fresh pool for the next instances
+                if self._pool is pool:
+                    self._pool = None
+            # Past the time limit: its process is killed, so is the pool; the others in it are tried alone.
+            self._retire(pool, kill=isinstance(exc, ProcessingTimeout))
+            raise _Shared(f"{type(exc).__name__}: {exc}") from exc
+
+    def _process_alone(self, ident: str) -> list[Job]:
+        """Process `ident` in the pool of one process, nothing else beside it: whatever fails is its own."""
+        with self._alone_lock:
+            for tries_left in (1, 0):
+                pool = self._alone
+                if pool is None:
+                    pool = self._new_pool(1)
+                    self._wait_for_processes(pool, processes=1)  # its start is not counted in the instance's time
+                    self._alone = pool
+                try:
+                    future = pool.submit(_child_process, ident)
+                    break
+                except RuntimeError as exc:  # broken, or shut down by a reload meanwhile (by the stop: no new one)
+                    if self._alone is pool:
+                        self._alone = None
+                    self._retire(pool)
+                    if isinstance(exc, BrokenProcessPool) or not tries_left:
+                        raise
+            try:
+                return self._result(future)
+            except (BrokenProcessPool, ProcessingTimeout) as exc:
+                if self._alone is pool:
+                    self._alone = None
+                self._retire(pool, kill=isinstance(exc, ProcessingTimeout))
+                raise
+
+    def _result(self, future) -> list[Job]:
+        """The jobs `future` gives, waited for no longer than ``[compression] timeout_seconds``."""
+        limit = self.config.compression.timeout_seconds
+        try:
+            pid, jobs = future.result(timeout=limit)
+        except TimeoutError:
+            if future.done():  # raised by the processing itself
+                raise
+            raise ProcessingTimeout(f"still processing after {limit:g} s ([compression] timeout_seconds): "
+                                    "its worker process was killed") from None
         with self._lock:
             self.processed_by[pid] += 1
         return jobs
@@ -392,26 +527,30 @@ class Worker:
         """Process instances from now on with `config` (routes, codec choices); the pool size stays.
 
         Worker processes hold the configuration they were started with, so
-        they are replaced: those running finish the instance in hand.
+        they are replaced (new ones start with the next instance): those
+        running finish the instance in hand.
         """
         self.config = config
         if self.processes:
-            with self._lock:
-                old, self._pool = self._pool, self._new_pool()
-            if old is not None:
-                old.shutdown(wait=False)
+            with self._pool_lock:
+                old, self._pool = self._pool, None
+            alone, self._alone = self._alone, None  # one in use stays its user's until the instance ends
+            for pool in (old, alone):
+                if pool is not None:
+                    self._retire(pool)
 
     def start(self) -> None:
         if self.processes:
-            with self._lock:
+            with self._pool_lock:
                 self._pool = self._new_pool()
-            self._wait_for_processes(self._pool)
+                self._wait_for_processes(self._pool)
         for ident in self.spool.received():  # received before a restart, not yet processed
             self._queue.put(ident)
         for thread in self._threads:
             thread.start()
 
-    def _wait_for_processes(self, pool: ProcessPoolExecutor, timeout: float = 600.0) -> None:
+    def _wait_for_processes(self, pool: ProcessPoolExecutor, timeout: float = 600.0,
+                            processes: int | None = None) -> None:
         """Start the worker processes now and wait until they have loaded their codec kernels.
 
         The pool starts every process at the first submission; each runs its
@@ -419,7 +558,7 @@ class Worker:
         """
         started = time.perf_counter()
         try:
-            ready = [f.result(timeout) for f in [pool.submit(_child_ready) for _ in range(self.processes)]]
+            ready = [f.result(timeout) for f in [pool.submit(_child_ready) for _ in range(processes or self.processes)]]
         except Exception as exc:  # noqa: BLE001 - a broken pool is replaced at the first instance
             _log.warning("worker processes not ready: %s: %s", type(exc).__name__, exc)
             return
@@ -436,12 +575,32 @@ class Worker:
             self._queue.put(None)
 
     def join(self, timeout: float | None = None) -> None:
+        """Wait for the instances in hand, at most `timeout` seconds in all; then kill the worker processes.
+
+        A worker process stuck in a decoder would otherwise hold the stop
+        forever.  What was interrupted is processed again at the next start.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+
         for thread in self._threads:
-            thread.join(timeout)
+            thread.join(left())
+        self._pool = self._alone = None
         with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pools = list(self._pools)
+        for pool in pools:
+            self._retire(pool, cancel=True)
+        with self._lock:
+            processes = [p for procs in self._retired.values() for p in procs]
+            self._retired = {}
+        for process in processes:
+            process.join(left())
+        stuck = [p for p in processes if p.is_alive()]
+        if stuck:
+            _log.warning("stopping: %d worker process(es) still busy after %s s: killed", len(stuck), timeout)
+            _kill(stuck)
 
     def _claim(self, ident: str) -> bool:
         with self._lock:
@@ -480,8 +639,9 @@ class Worker:
         limit = self.config.compression.max_attempts
         with self._lock:  # counted here too: the spool may be unable to record it (a full disk)
             counted = self._failures[ident] = self._failures.get(ident, 0) + 1
-        try:
-            attempts = max(counted, self.spool.record_failure(ident, reason))
+        try:  # with processes = 0 this attempt was counted before it began: only its reason is written here
+            record = self.spool.record_failure if self.processes else self.spool.record_failure_reason
+            attempts = max(counted, record(ident, reason))
         except GatewayError as problem:
             _log.warning("processing %s failed (%s) and the failure cannot be recorded: %s", ident, reason, problem)
             attempts = counted
@@ -535,8 +695,12 @@ class Worker:
                     self._give_up(ident, f"processing failed {attempts} times, forwarded as received; "
                                          f"last error: {last}")
                 else:
-                    for job in self._process(ident):
+                    with self._lock:
+                        failed_before = attempts > 0 or ident in self._failures
+                    for job in self._process(ident, alone=failed_before):
                         self.submit(job)
+                    with self._lock:
+                        self._failures.pop(ident, None)
             except (KeyboardInterrupt, SystemExit):
                 raise
             except BaseException as exc:  # noqa: BLE001 - keep serving; retried, then forwarded as received

@@ -107,6 +107,8 @@ BAD = [
     ("compression.processes", -1, "compression.processes", "0..64, got -1"),
     ("compression.processes", "all", "compression.processes", "0..64 or \"auto\", got 'all'"),
     ("compression.processes", 1.5, "compression.processes", "must be an integer"),
+    ("compression.timeout_seconds", 0, "compression.timeout_seconds", "must be 1..86400, got 0"),
+    ("compression.timeout_seconds", "10 min", "compression.timeout_seconds", "must be a number"),
     ("compression.private_version", 3, "compression.private_version", "must be 1 or 2, got 3"),
     ("compression.private_version", 0, "compression.private_version", "must be 1 or 2, got 0"),
     ("compression.private_version", "2", "compression.private_version", "must be 1 or 2, got '2'"),
@@ -166,6 +168,13 @@ def test_worker_processes_default_to_one_per_usable_core(tmp_path: Path) -> None
     assert parse_config(data, tmp_path).compression.processes == 3
     _set(data, "compression.processes", 0)
     assert parse_config(data, tmp_path).compression.processes == 0
+
+
+def test_processing_time_limit_defaults_to_ten_minutes(tmp_path: Path) -> None:
+    assert parse_config(copy.deepcopy(GOOD), tmp_path).compression.timeout_seconds == 600.0
+    data = copy.deepcopy(GOOD)
+    _set(data, "compression.timeout_seconds", 45)
+    assert parse_config(data, tmp_path).compression.timeout_seconds == 45.0
 
 
 def test_private_version_defaults_to_2_and_reaches_the_encoder_options(tmp_path: Path) -> None:

@@ -8,6 +8,9 @@ syntax's transfer-syntax look-up once was).
 from __future__ import annotations
 
 import logging
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,17 @@ from pydicom import dcmread
 import gateway.worker
 from gateway.cli import main as cli_main
 from gateway.spool import DEAD, DONE, Job, Spool
-from tests.conftest import build_config, pydicom_file, send, wait_until
+from tests.conftest import (
+    REPO,
+    build_config,
+    free_port,
+    listening,
+    make_series,
+    pydicom_file,
+    send,
+    stop_process,
+    wait_until,
+)
 
 
 def _archive(root: Path) -> list[Path]:
@@ -127,3 +140,70 @@ def test_worker_retry_settings_are_validated(tmp_path: Path, key: str, value: fl
 
     with pytest.raises(ConfigError, match=f"compression.{key}"):
         build_config(tmp_path, compression={key: value})
+
+
+_SERVE_CRASHING = """
+import os, resource, signal, sys
+import gateway.pipeline
+from gateway.cli import main
+
+recompress = gateway.pipeline.recompress
+
+def crashing(ds, *args, **kwargs):  # as a decoder in C that crashes the process it runs in
+    if str(ds.SOPInstanceUID).startswith("1.2.3.666."):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return recompress(ds, *args, **kwargs)
+
+gateway.pipeline.recompress = crashing
+sys.exit(main(["serve", "--config", sys.argv[1]]))
+"""
+
+
+def test_an_instance_that_crashes_the_service_is_forwarded_as_received_after_the_last_start(tmp_path: Path) -> None:
+    """With processes = 0 a decoder's crash ends the service: the attempt is counted before it begins,
+    so after max_attempts starts ended that way the instance is forwarded as received and the service
+    stays up, instead of dying at every start."""
+    port = free_port()
+    toml = tmp_path / "gateway.toml"
+    toml.write_text(f'[server]\nport = {port}\n[spool]\ndirectory = "spool"\n'
+                    '[compression]\ntransfer_syntax = "RLELossless"\nprocesses = 0\nmax_attempts = 2\n'
+                    'retry_seconds = 0.1\n[[destinations]]\nname = "local"\nkind = "folder"\npath = "archive"\n')
+    poison = make_series(1, rows=64, columns=64)[0]
+    poison.SOPInstanceUID = "1.2.3.666." + str(poison.SOPInstanceUID).split(".")[-1]
+    poison.file_meta.MediaStorageSOPInstanceUID = poison.SOPInstanceUID
+    poison.save_as(tmp_path / "in.dcm", enforce_file_format=True)
+    ident = Spool(tmp_path / "spool").store_received(tmp_path / "in.dcm", "MODALITY")
+    log = tmp_path / "serve.log"
+
+    def serve() -> subprocess.Popen:
+        with open(log, "ab") as handle:
+            return subprocess.Popen([sys.executable, "-c", _SERVE_CRASHING, str(toml)], stdout=handle,
+                                    stderr=subprocess.STDOUT, cwd=REPO)
+
+    for start in (1, 2):
+        process = serve()
+        try:
+            assert process.wait(180) == -signal.SIGSEGV, log.read_text()[-3000:]
+        finally:
+            stop_process(process, 10)
+        attempts, reason = Spool(tmp_path / "spool").failures_of(ident)
+        assert attempts == start and "interrupted" in (reason or ""), f"start {start}: {attempts} {reason}"
+
+    process = serve()
+    try:
+        assert wait_until(lambda: len(_archive(tmp_path)) == 1, timeout=180), log.read_text()[-3000:]
+        got = dcmread(_archive(tmp_path)[0])
+        assert got.file_meta.TransferSyntaxUID == poison.file_meta.TransferSyntaxUID, "as received"
+        assert got.PixelData == poison.PixelData
+        assert wait_until(lambda: listening(port), timeout=60), "the service stays up"
+        another = make_series(1, rows=64, columns=64, seed=1)[0]
+        assert send(port, [another]) == [0]
+        assert wait_until(lambda: len(_archive(tmp_path)) == 2, timeout=60), log.read_text()[-3000:]
+        stored = dcmread(next(p for p in _archive(tmp_path) if p.stem == str(another.SOPInstanceUID)))
+        assert stored.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.5"
+    finally:
+        assert stop_process(process, 60) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "processing failed 2 times, forwarded as received" in text and "interrupted" in text
+    assert Spool(tmp_path / "spool").failing() == []

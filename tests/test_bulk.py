@@ -629,8 +629,11 @@ def test_ctrl_c_stops_a_folder_run_with_one_line_and_it_resumes(tmp_path: Path, 
             return 0
 
     # Its own process group, as a terminal's foreground job: Ctrl-C reaches the client and its workers.
+    # SIGINT as a terminal leaves it, whatever this test runs under (a shell's background job ignores it,
+    # and an ignored signal stays ignored in the processes started from there).
     client = subprocess.Popen(argv, env=_strict_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              start_new_session=True)
+                              start_new_session=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert wait_until(lambda: recorded() >= 2, timeout=180, step=0.05), "the run made no progress"
         os.killpg(client.pid, signal.SIGINT)

@@ -221,20 +221,29 @@ def _deflate(raw: bytes) -> bytes:
     return packer.compress(raw) + packer.flush()
 
 
-@pytest.mark.parametrize("damage", ["inside-last-element", "stream-cut", "none"])
+@pytest.mark.parametrize("damage", ["inside-last-element", "stream-cut", "two bytes after", "none", "padded"])
 def test_deflated_dataset_must_be_complete(receiver, damage: str) -> None:
-    """A well-formed deflate stream of a cut dataset, and a cut deflate stream: both 0xC210, not forwarded."""
+    """A well-formed deflate stream of a cut dataset, a cut deflate stream, bytes after its end: 0xC210, not
+    forwarded.  A stream of odd length padded with one 00 byte (PS3.5 A.5) is whole."""
     ds = pydicom_file("CT_small.dcm")
     raw = _encoded(ds, "1.2.840.10008.1.2.1")
+    while damage == "padded" and len(_deflate(raw)) % 2 == 0:  # a dataset whose deflate stream is odd
+        ds.ImageComments = str(ds.get("ImageComments", "")) + "x"
+        raw = _encoded(ds, "1.2.840.10008.1.2.1")
     if damage == "inside-last-element":
         data = _deflate(raw[:-1000])
     elif damage == "stream-cut":
         data = _deflate(raw)[:-200]
+    elif damage == "two bytes after":
+        data = _deflate(raw) + b"\0\0"
+    elif damage == "padded":
+        data = _deflate(raw) + b"\0"
     else:
         data = _deflate(raw)
+    whole = damage in ("none", "padded")
     status = _store_bytes(receiver.port, ds.SOPClassUID, ds.SOPInstanceUID, "1.2.840.10008.1.2.1.99", data)
-    assert status == (0x0000 if damage == "none" else 0xC210)
-    assert len(receiver.spool.received()) == (1 if damage == "none" else 0)
+    assert status == (0x0000 if whole else 0xC210)
+    assert len(receiver.spool.received()) == (1 if whole else 0)
     assert list(receiver.spool.tmp.iterdir()) == []
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import pydicom
 import pytest
@@ -9,7 +11,7 @@ from pydicom.data import get_testdata_file
 
 from gateway.codecs.base import FrameInfo
 from gateway.errors import PixelDataError, UnsupportedImageError
-from gateway.pipeline.pixels import frame_info, high_bits_used, iter_frames, number_of_frames
+from gateway.pipeline.pixels import frame_info, high_bits_used, irreversible_wavelet, iter_frames, number_of_frames
 from tests.images import make_dataset
 
 # Bundled pydicom files: native little/big endian (OB and OW, 8-bit words swapped),
@@ -131,3 +133,9 @@ def test_a_panicking_reference_decoder_becomes_a_typed_error() -> None:
     ds.PixelData = bytes(broken)
     with pytest.raises(PixelDataError, match="could not be decoded"):
         list(iter_frames(ds))
+
+
+def test_a_tile_part_ending_before_its_sod_ends_the_wavelet_walk() -> None:
+    """Psot 12 ends the tile-part at its own SOD: jumping there would find that SOD again, forever."""
+    sot = b"\xff\x90" + struct.pack(">HHIBB", 10, 0, 12, 0, 1)
+    assert irreversible_wavelet(b"\xff\x4f" + sot + b"\xff\x93\x00\x00\x00\x00\xff\xd9") is False

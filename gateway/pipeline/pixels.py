@@ -380,8 +380,8 @@ def irreversible_wavelet(fragment: bytes) -> bool:
     while pos + 2 <= size and data[pos] == 0xFF:
         code = data[pos + 1]
         if code == 0x93:  # SOD: the tile-part's data, up to the next tile-part's SOT
-            if tile_part is None or tile_part[1] == 0:
-                return False
+            if tile_part is None or tile_part[1] == 0 or tile_part[0] + tile_part[1] < pos + 2:
+                return False  # no SOT, the last tile-part, or one that ends before its own SOD
             pos = tile_part[0] + tile_part[1]
             continue
         if code == 0xD9 or pos + 4 > size:  # EOC

@@ -516,3 +516,43 @@ def test_store_command_without_its_instance_uid_is_aborted_and_leaves_nothing(tm
     assert list(gateway.spool.tmp.iterdir()) == []
     assert wait_until(lambda: gateway.server.counts()[0] == 0, timeout=5)
     assert _echo(gateway.port) < PROMPT_SECONDS
+
+
+def test_event_report_flood_takes_no_more_threads_than_its_queue(tmp_path, gateway_factory) -> None:
+    """pynetdicom serves each N-EVENT-REPORT request in a thread of its own, outside the message queue:
+    those still being served count against the same limit, so a pipelining peer cannot start a
+    thread per request."""
+    gateway = _gateway(tmp_path, gateway_factory)
+    release = threading.Event()
+    served = []
+
+    def slow(calling: str, event_type: int, report) -> int:  # a report that takes its time to record
+        release.wait(20)
+        served.append(event_type)
+        return 0x0000
+
+    gateway.receiver.event_reports = slow
+    commitment = "1.2.840.10008.1.20.1"
+    command = _raw_command([(0x0002, commitment.encode() + b"\0"), (0x0100, struct.pack("<H", 0x0100)),
+                            (0x0110, struct.pack("<H", 1)), (0x0800, struct.pack("<H", 0x0101)),
+                            (0x1000, b"1.2.840.10008.1.20.1.1\0"), (0x1002, struct.pack("<H", 1))])
+    before = threading.active_count()
+    sock = _associated_for(gateway.port, commitment, IMPLICIT)
+    most = 0
+    try:
+        sock.settimeout(0.5)
+        burst = _p_data(1, 0x03, command) * 50
+        started = time.monotonic()
+        while time.monotonic() - started < 2.5:
+            try:
+                sock.sendall(burst)
+            except TimeoutError:
+                pass
+            most = max(most, threading.active_count() - before)
+        assert most <= QUEUED_MESSAGES_LIMIT + 8, most
+        release.set()
+        assert wait_until(lambda: len(served) > 2 * QUEUED_MESSAGES_LIMIT, timeout=10), len(served)
+    finally:
+        release.set()
+        sock.close()
+    assert wait_until(lambda: gateway.server.counts()[0] == 0, timeout=10)

@@ -52,6 +52,7 @@ from typing import Any
 from pynetdicom import _config
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import _MESSAGE_TYPES
+from pynetdicom.dimse_primitives import N_EVENT_REPORT
 from pynetdicom.dsutils import decode
 from pynetdicom.transport import (
     AssociationSocket,
@@ -240,7 +241,9 @@ class _GuardedSocket(AssociationSocket):
         """
         dimse = getattr(self.assoc, "dimse", None)
         waiting: queue.Queue | None = getattr(dimse, "msg_queue", None)
-        if waiting is None or waiting.qsize() <= QUEUED_MESSAGES_LIMIT:
+        if waiting is None:
+            return False
+        if waiting.qsize() + getattr(self.assoc, "event_reports_in_service", 0) <= QUEUED_MESSAGES_LIMIT:
             return False
         timer = getattr(self.assoc.dul, "_idle_timer", None)
         if timer is not None:
@@ -391,7 +394,28 @@ class _GuardedSocket(AssociationSocket):
 
 
 class _GuardedAssociation(Association):
-    """pynetdicom's association, which leaves nothing behind when its thread ends."""
+    """pynetdicom's association, which leaves nothing behind when its thread ends.
+
+    pynetdicom serves each N-EVENT-REPORT request in a thread of its own as soon
+    as it is decoded, outside the message queue; those still being served are
+    counted here (:attr:`event_reports_in_service`), so that they wait against
+    the same limit as queued messages (:meth:`_GuardedSocket._backlogged`).
+    """
+
+    event_reports_in_service = 0
+    _service_lock = threading.Lock()
+
+    def _serve_request(self, msg: Any, context_id: int) -> None:
+        if not isinstance(msg, N_EVENT_REPORT):
+            super()._serve_request(msg, context_id)
+            return
+        with self._service_lock:
+            self.event_reports_in_service += 1
+        try:
+            super()._serve_request(msg, context_id)
+        finally:
+            with self._service_lock:
+                self.event_reports_in_service -= 1
 
     def run(self) -> None:
         try:

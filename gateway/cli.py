@@ -92,7 +92,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from gateway.service import Gateway
 
     config = _load(args.config)
-    setup_logging(config.logging.level, config.logging.file)
+    setup_logging(config.logging.level, config.logging.file, config.logging.max_bytes, config.logging.backups)
     gateway = Gateway(config)
     done = threading.Event()
 

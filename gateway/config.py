@@ -16,7 +16,7 @@ Layout (see ``config/*.toml`` for commented examples)::
     [compression]   transfer_syntax, verify, processes, private_version (1 or 2, default 2),
                     [compression.modality] overrides
     [retry]         max_attempts, base_seconds, cap_seconds
-    [logging]       level, file
+    [logging]       level, file, max_bytes, backups
     [[destinations]] name, kind = "dicom" | "folder" | "dicomweb", ...
     [[routes]]      destinations, calling_ae, modality, sop_class
 
@@ -310,10 +310,15 @@ class ForwardingConfig:
 
 @dataclass(frozen=True, slots=True)
 class LoggingConfig:
-    """Log level and optional log file (stderr always)."""
+    """Log level and optional log file (stderr always), and how the file is rotated."""
 
     level: str = "INFO"
     file: Path | None = None
+    max_bytes: int = 64 * 1024 * 1024  # the file is rotated past this size; 0: never (an outside logrotate)
+    backups: int = 8  # rotated files kept: <file>.1 (newest) to <file>.<backups>
+
+
+_LOGGING = LoggingConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -786,13 +791,21 @@ def _forwarding(data: Any) -> ForwardingConfig:
     return cfg
 
 
+MIN_LOG_BYTES = 64 * 1024  # a smaller log file would be rotated every few instances
+
+
 def _logging(data: Any, base: Path) -> LoggingConfig:
     t = _Table("logging", data if data is not None else {})
     level = _str(t.path("level"), t.pop("level", "INFO")).upper()
     if level not in _LOG_LEVELS:
         raise ConfigError(t.path("level"), f"must be one of {', '.join(_LOG_LEVELS)}, got {level!r}")
     file = t.pop("file")
-    cfg = LoggingConfig(level=level, file=_path(t.path("file"), file, base) if file is not None else None)
+    max_bytes = _int(t.path("max_bytes"), t.pop("max_bytes", _LOGGING.max_bytes), 0, 1 << 40)
+    if 0 < max_bytes < MIN_LOG_BYTES:
+        raise ConfigError(t.path("max_bytes"), f"must be 0 (never rotate) or at least {MIN_LOG_BYTES}, got {max_bytes}")
+    cfg = LoggingConfig(level=level, file=_path(t.path("file"), file, base) if file is not None else None,
+                        max_bytes=max_bytes, backups=_int(t.path("backups"), t.pop("backups", _LOGGING.backups),
+                                                          1, 1000))
     t.finish()
     if cfg.file is not None and cfg.file.is_dir():
         raise ConfigError(t.path("file"), f"{cfg.file} is a folder; name the log file in it")

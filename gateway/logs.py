@@ -15,11 +15,12 @@ numbers, not datasets, so a patient name cannot slip in.
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
 import sys
 from pathlib import Path
 
-__all__ = ["LOGGER_NAME", "get_logger", "setup_logging", "stage"]
+__all__ = ["LOGGER_NAME", "file_handler", "get_logger", "setup_logging", "stage"]
 
 LOGGER_NAME = "gateway"
 _FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -30,9 +31,12 @@ def get_logger(part: str = "") -> logging.Logger:
     return logging.getLogger(f"{LOGGER_NAME}.{part}" if part else LOGGER_NAME)
 
 
-def setup_logging(level: str = "INFO", file: Path | None = None) -> None:
+def setup_logging(level: str = "INFO", file: Path | None = None, max_bytes: int = 0, backups: int = 1, *,
+                  rotate: bool = True) -> None:
     """Send the gateway's log lines to stderr (and `file`), at `level`.
 
+    The file is rotated past `max_bytes` (:func:`file_handler`); a worker
+    process passes ``rotate=False`` and follows the service's rotations.
     pynetdicom's own chatter is kept at WARNING so one instance stays one line
     per stage.
     """
@@ -44,16 +48,51 @@ def setup_logging(level: str = "INFO", file: Path | None = None) -> None:
     formatter = logging.Formatter(_FORMAT)
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if file is not None:
-        from gateway.files import make_dirs
-
-        make_dirs(file.parent)  # new folders 0700, whatever the umask
-        os.close(os.open(file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))  # UIDs: owner only
-        handlers.append(logging.FileHandler(file))
+        handlers.append(file_handler(file, max_bytes, backups, rotate=rotate))
     for handler in handlers:
         handler.setFormatter(formatter)
         root.addHandler(handler)
     root.propagate = False
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+class _PrivateOpen:
+    """Log files are created 0600 whatever the umask: their lines name instances by UID."""
+
+    baseFilename: str
+    encoding: str | None
+    errors: str | None
+
+    def _open(self):  # type: ignore[no-untyped-def]
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        return os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
+
+
+class _RotatingFile(_PrivateOpen, logging.handlers.RotatingFileHandler):
+    pass
+
+
+class _WatchedFile(_PrivateOpen, logging.handlers.WatchedFileHandler):
+    pass
+
+
+def file_handler(file: Path, max_bytes: int = 0, backups: int = 1, *, rotate: bool = True) -> logging.Handler:
+    """A handler appending to `file` (created 0600, its missing folders 0700).
+
+    With `rotate` and `max_bytes` > 0 the file is renamed ``<file>.1`` once a
+    line would take it past `max_bytes`, the older ones moving up to
+    ``<file>.<backups>`` (the oldest is deleted).  Otherwise the handler only
+    follows the file: when it has been renamed or deleted (by the service's
+    rotation, or by logrotate with ``max_bytes = 0``), the next line opens a
+    new one.  The service rotates; its worker processes, which append to the
+    same file, follow.
+    """
+    from gateway.files import make_dirs
+
+    make_dirs(file.parent)  # new folders 0700, whatever the umask
+    if rotate and max_bytes > 0:
+        return _RotatingFile(file, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+    return _WatchedFile(file, encoding="utf-8")
 
 
 def _value(value: object) -> str:

@@ -234,7 +234,8 @@ def _child_init(config: Config, service_pid: int, record_path: Path | None = Non
         os._exit(0)
     threading.Thread(target=_exit_with_parent, args=(service_pid,), name="parent-watch", daemon=True).start()
 
-    setup_logging(config.logging.level, config.logging.file)
+    setup_logging(config.logging.level, config.logging.file, config.logging.max_bytes, config.logging.backups,
+                  rotate=False)  # the service rotates the file; this process follows
     spool = Spool(config.spool.directory, keep_after_delivery=config.spool.keep_after_delivery)
     spool.destination_names = frozenset(d.name for d in config.destinations)
     _CHILD = (config, spool, ProofRecord(record_path) if record_path is not None else None)

@@ -89,6 +89,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from gateway.logs import get_logger, setup_logging
+    from gateway.notify import notify, reloading
     from gateway.service import Gateway
 
     config = _load(args.config)
@@ -104,15 +105,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGHUP, lambda signum, frame: reload_requested.set())
     gateway.start()
-    print(f"dicom-gateway listening on {config.server.host}:{gateway.port} as {config.server.ae_title}",
-          file=sys.stderr, flush=True)
+    listening = f"listening on {config.server.host}:{gateway.port} as {config.server.ae_title}"
+    print(f"dicom-gateway {listening}", file=sys.stderr, flush=True)
+    notify("READY=1", f"STATUS={listening}", f"MAINPID={os.getpid()}")
     while not done.wait(0.5):
         if reload_requested.is_set():
             reload_requested.clear()
+            reloading("reloading the configuration")
             try:
-                gateway.reload()  # logs what it did, or why it refused
-            except Exception:  # noqa: BLE001 - a reload that fails must not stop the gateway
+                refused = gateway.reload()  # logs what it did, or why it refused
+            except Exception as exc:  # noqa: BLE001 - a reload that fails must not stop the gateway
                 get_logger("service").exception("configuration not reloaded, the running one stays")
+                refused = f"unexpected {type(exc).__name__}"
+            status = f"{listening}; configuration not reloaded: {refused}" if refused else listening
+            notify("READY=1", f"STATUS={status}")
+    notify("STOPPING=1", "STATUS=stopping: finishing the instances at hand")
     gateway.stop()
     return 0
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gateway.net.certificates import CertificateDate
 from gateway.pipeline.policy import MALFORMED_PREFIX
 from gateway.spool import DEAD, INFLIGHT, PENDING, Spool, free_bytes
 
@@ -67,10 +68,12 @@ def _histogram(db: sqlite3.Connection, name: str, doc: str, sql: str, buckets: I
 class GatewayCollector(Collector):
     """A prometheus_client collector over one gateway's proof record and spool."""
 
-    def __init__(self, record: Path, spool: Spool, destinations: Callable[[], list[str]]) -> None:
+    def __init__(self, record: Path, spool: Spool, destinations: Callable[[], list[str]],
+                 certificates: Callable[[], Iterable[CertificateDate]] = list) -> None:
         self.record = record
         self.spool = spool
         self.destinations = destinations
+        self.certificates = certificates
 
     def collect(self) -> Iterator[Metric]:
         # read-only, by a URI whose path is percent-encoded: a '#', '?' or '%' in a folder name stays part of it
@@ -80,6 +83,12 @@ class GatewayCollector(Collector):
         finally:
             db.close()
         yield from self._from_spool()
+        expiry = GaugeMetricFamily("dicom_gateway_tls_certificate_expiry_timestamp_seconds",
+                                   "When each TLS certificate the configuration names expires (notAfter)",
+                                   labels=["use", "subject"])
+        for cert in self.certificates():
+            expiry.add_metric([cert.use, cert.subject], cert.not_after)
+        yield expiry
 
     def _from_record(self, db: sqlite3.Connection) -> Iterator[Metric]:
         count, size = db.execute("SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM instances").fetchone()

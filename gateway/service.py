@@ -22,6 +22,7 @@ from gateway.config import Config, Destination, load_config
 from gateway.errors import ConfigError, GatewayError
 from gateway.forward import CommitmentReports, Forwarder, make_sender
 from gateway.logs import get_logger
+from gateway.net import certificates
 from gateway.net.scp import Receiver, start_receiver
 from gateway.record import RECORD_FILE, ProofRecord
 from gateway.spool import DEAD, INFLIGHT, PENDING, UNROUTED, Job, Spool, remove_partial_copies
@@ -68,6 +69,8 @@ class Gateway:
         self._housekeeping: list[threading.Thread] = []
         self.web = None
         self.receiver: Receiver | None = None
+        self.certificates: list[certificates.CertificateDate] = []  # of the TLS files in use, and their dates
+        self._certificates_reported = 0.0
         self._web_keys = None  # the console's secrets: the token in force is replaced on reload
         self.reload_error: str | None = None  # why the last reload was refused (None: applied, or none tried)
         self._reload_lock = threading.Lock()
@@ -81,6 +84,7 @@ class Gateway:
 
     def start(self) -> Gateway:
         self.spool.lock()
+        self._read_certificates()
         self._warm_up()
         repaired = self.spool.recover()
         for dest in self.config.destinations:
@@ -122,6 +126,12 @@ class Gateway:
             return
         _log.info("codec kernels ready in %.1f s: %s; %d compiled (%.1f s), the rest from the cache",
                   report.seconds, ", ".join(report.codecs) or "none", report.compiled, report.compile_seconds)
+
+    def _read_certificates(self) -> None:
+        """The dates of the certificates in use (read at start and at each reload), what is near or past logged."""
+        self.certificates = certificates.dates(self.config)
+        self._certificates_reported = time.time()
+        certificates.report(self.certificates, self._certificates_reported)
 
     def _start_housekeeping(self) -> None:
         """Background work that nothing waits for.
@@ -178,6 +188,10 @@ class Gateway:
                 self.prune_done()
             except OSError as exc:
                 _log.warning("cannot prune finished jobs: %s", exc)
+            now = time.time()
+            if now - self._certificates_reported >= 86400.0:  # near or past expiry: said again every day
+                self._certificates_reported = now
+                certificates.report(self.certificates, now)
             self._stopped.wait(3600.0)
 
     def _start_web(self) -> None:
@@ -191,7 +205,8 @@ class Gateway:
         assert web is not None
         registry = CollectorRegistry()
         registry.register(GatewayCollector(self.record.path, self.spool,
-                                           lambda: [d.name for d in self.config.destinations]))
+                                           lambda: [d.name for d in self.config.destinations],
+                                           lambda: self.certificates))
         console = ConsoleBackend(record=self.record, queues=self.queue_states, dead_letters=self.dead_letters,
                                  retry=self.retry_dead, retry_all=self.retry_all_dead, reload=self.reload,
                                  reload_error=lambda: self.reload_error, config=lambda: self.config)
@@ -205,6 +220,10 @@ class Gateway:
         """None while the gateway can take instances and deliver them, else why not (``/readyz``)."""
         if self.server is None or self._stopped.is_set():
             return "the receiver is not listening"
+        now = time.time()
+        for cert in self.certificates:
+            if cert.use == "server" and cert.not_after <= now:
+                return f"the receiver's TLS certificate {cert.subject!r} has expired: callers refuse it"
         probe = self.spool.temp_path(".ready")
         try:
             probe.write_bytes(b"")
@@ -212,7 +231,6 @@ class Gateway:
         except OSError as exc:
             return f"the spool is not writable: {exc}"
         limit = self.config.web.unready_after_seconds if self.config.web is not None else 300.0
-        now = time.time()
         for name, group in self.forwarders.items():
             since = min((f.failing_since for f in group if f.failing_since is not None), default=None)
             if since is not None and now - since > limit:
@@ -370,6 +388,7 @@ class Gateway:
         self.reload_error = None
         _log.info("configuration reloaded from %s: destinations %s", source,
                   ", ".join(f"{d.name} ({d.kind})" for d in new.destinations))
+        self._read_certificates()
         return None
 
     def _all_forwarders(self) -> list[Forwarder]:

@@ -1,0 +1,103 @@
+"""The expiry dates of the TLS certificates in use: logged when near or past, a gauge, and /readyz."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.net.certificates import WARN_DAYS, read_dates
+from tests.conftest import build_config, free_port
+from tests.test_tls import pki  # noqa: F401 - the session's test PKI (config/make-test-ca.sh)
+
+
+def _openssl_end(path: Path) -> float:
+    """notAfter as the openssl command reads it (the truth these tests compare with)."""
+    out = subprocess.run([shutil.which("openssl") or "openssl", "x509", "-enddate", "-noout", "-in", str(path)],
+                         capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+    stamp = out.split("=", 1)[1]  # e.g. "Jan  4 16:00:11 2027 GMT"
+    return datetime.strptime(stamp, "%b %d %H:%M:%S %Y %Z").replace(tzinfo=timezone.utc).timestamp()
+
+
+def _tls(pki: Path, name: str) -> dict:  # noqa: F811
+    return {"certificate": str(pki / f"{name}.pem"), "private_key": str(pki / f"{name}.key"),
+            "ca_certificates": str(pki / "ca.pem")}
+
+
+@pytest.mark.parametrize("name", ["ca", "gateway", "expired", "other-ca"])
+def test_dates_are_those_openssl_reads(pki: Path, name: str) -> None:  # noqa: F811
+    ((subject, not_after),) = read_dates(pki / f"{name}.pem")
+    assert subject == name
+    assert not_after == _openssl_end(pki / f"{name}.pem")
+
+
+def test_every_certificate_of_a_bundle_is_read_in_order(pki: Path, tmp_path: Path) -> None:  # noqa: F811
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes((pki / "ca.pem").read_bytes() + (pki / "expired.pem").read_bytes())
+    assert [s for s, _ in read_dates(bundle)] == ["ca", "expired"]
+    assert read_dates(bundle)[1][1] == _openssl_end(pki / "expired.pem")
+
+
+def test_an_expired_receiver_certificate_is_an_error_a_gauge_and_not_ready(pki: Path, tmp_path: Path,  # noqa: F811
+                                                                          gateway_factory, caplog) -> None:
+    web = free_port()
+    config = build_config(tmp_path, server={"tls": _tls(pki, "expired")}, web={"port": web})
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        gateway_factory(config)
+    errors = [r.getMessage() for r in caplog.records if r.name == "gateway.tls" and r.levelno == logging.ERROR]
+    assert any("server certificate 'expired'" in m and "expired" in m for m in errors), errors
+    ready = httpx.get(f"http://127.0.0.1:{web}/readyz", timeout=10)
+    assert ready.status_code == 503 and "TLS certificate 'expired' has expired" in ready.text
+    metrics = httpx.get(f"http://127.0.0.1:{web}/metrics", timeout=10).text
+    gauges = {line.split("{", 1)[1].split("}", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+              if line.startswith("dicom_gateway_tls_certificate_expiry_timestamp_seconds{")}
+    assert gauges['subject="expired",use="server"'] == _openssl_end(pki / "expired.pem")
+    assert gauges['subject="ca",use="server_ca"'] == _openssl_end(pki / "ca.pem")
+
+
+def test_a_certificate_near_expiry_is_a_warning_and_the_gateway_stays_ready(pki: Path, tmp_path: Path,  # noqa: F811
+                                                                           gateway_factory, caplog) -> None:
+    days = (_openssl_end(pki / "gateway.pem") - time.time()) / 86400
+    assert 0 < days <= WARN_DAYS, "make-test-ca.sh issues certificates for 30 days"
+    archive = {"name": "pacs", "kind": "dicom", "ae_title": "ARCHIVE", "host": "127.0.0.1", "port": free_port(),
+               "tls": {"ca_certificates": str(pki / "ca.pem"), "certificate": str(pki / "modality.pem"),
+                       "private_key": str(pki / "modality.key")}}
+    config = build_config(tmp_path, [archive], server={"tls": _tls(pki, "gateway")})
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        gateway = gateway_factory(config)
+    warned = [r.getMessage() for r in caplog.records if r.name == "gateway.tls" and r.levelno == logging.WARNING]
+    for use, subject in (("server", "gateway"), ("server_ca", "ca"), ("destination pacs", "modality"),
+                         ("destination_ca pacs", "ca")):
+        assert any(m.startswith(f"{use} certificate '{subject}'") and "expires in" in m for m in warned), warned
+    assert gateway.not_ready() is None
+    assert {(c.use, c.subject) for c in gateway.certificates} == {
+        ("server", "gateway"), ("server_ca", "ca"), ("destination pacs", "modality"), ("destination_ca pacs", "ca")}
+
+
+def test_a_reload_reads_the_renewed_certificate(pki: Path, tmp_path: Path, gateway_factory) -> None:  # noqa: F811
+    from gateway.config import load_config
+
+    live = tmp_path / "tls"
+    live.mkdir()
+    for name in ("expired", "gateway", "ca"):
+        for ext in ("pem", "key"):
+            shutil.copy(pki / f"{name}.{ext}", live / f"{name}.{ext}")
+    shutil.copy(live / "expired.pem", live / "server.pem")
+    shutil.copy(live / "expired.key", live / "server.key")
+    toml = tmp_path / "gateway.toml"
+    toml.write_text(f'[server]\nport = {free_port()}\n[server.tls]\ncertificate = "tls/server.pem"\n'
+                    f'private_key = "tls/server.key"\nca_certificates = "tls/ca.pem"\n[spool]\ndirectory = "spool"\n'
+                    '[[destinations]]\nname = "local"\nkind = "folder"\npath = "archive"\n')
+    gateway = gateway_factory(load_config(toml))
+    assert "has expired" in (gateway.not_ready() or "")
+    shutil.copy(live / "gateway.pem", live / "server.pem")  # renewed in place, then reloaded
+    shutil.copy(live / "gateway.key", live / "server.key")
+    assert gateway.reload() is None
+    assert gateway.not_ready() is None
+    assert [c.subject for c in gateway.certificates if c.use == "server"] == ["gateway"]

@@ -373,8 +373,11 @@ class Gateway:
             # How a sender re-encodes for a destination that refuses the stored syntax.
             transcoding = [(c.verify, c.encode_options) for c in (old.compression, new.compression)]
             for dest in new.destinations:
-                if (before.get(dest.name) == dest and old.retry == new.retry and old.forwarding == new.forwarding
-                        and transcoding[0] == transcoding[1]):
+                # A destination with TLS files gets new forwarders even when its settings are the same: its
+                # files are read again, so that certificates renewed in place apply to the next association.
+                renewable = dest.tls is not None or dest.ca_certificates is not None
+                if (before.get(dest.name) == dest and not renewable and old.retry == new.retry
+                        and old.forwarding == new.forwarding and transcoding[0] == transcoding[1]):
                     continue
                 retired = self.forwarders.get(dest.name, [])
                 self.forwarders[dest.name] = self._forwarders_for(dest, new)

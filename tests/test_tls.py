@@ -325,6 +325,63 @@ def test_gateway_forwards_to_dcmtk_storescp_over_tls(pki: Path, tmp_path: Path, 
 
 
 @pytest.mark.interop
+def test_a_reload_applies_a_renewed_client_certificate_to_an_archive(pki: Path, tmp_path: Path,
+                                                                     gateway_factory) -> None:
+    """Our certificate towards an archive renewed in place (same file names) and reloaded: the next
+    association presents the new one.  Without it, an expired client certificate stays in use until a
+    restart, however often the operator reloads."""
+    storescp = require_dcmtk("storescp")
+    port = free_port()
+    out = tmp_path / "storescp"
+    out.mkdir()
+    live = tmp_path / "tls"
+    live.mkdir()
+    shutil.copy(pki / "expired.pem", live / "client.pem")
+    shutil.copy(pki / "expired.key", live / "client.key")
+    toml = tmp_path / "gateway.toml"
+    toml.write_text(f"""
+[server]
+port = {free_port()}
+[spool]
+directory = "spool"
+[compression]
+transfer_syntax = "keep"
+[retry]
+max_attempts = 10000
+base_seconds = 0.2
+cap_seconds = 0.5
+probe_seconds = 0.5
+[[destinations]]
+name = "archive"
+kind = "dicom"
+ae_title = "STORESCP"
+host = "127.0.0.1"
+port = {port}
+timeout_seconds = 10
+tls = {{ ca_certificates = "{pki / 'ca.pem'}", certificate = "tls/client.pem", private_key = "tls/client.key" }}
+""")
+    with open(tmp_path / "storescp.log", "wb") as log:
+        process = subprocess.Popen([storescp, "-aet", "STORESCP", "+tls", str(pki / "archive.key"),
+                                    str(pki / "archive.pem"), "+cf", str(pki / "ca.pem"), "--require-peer-cert",
+                                    "-od", str(out), str(port)], stdout=log, stderr=subprocess.STDOUT,
+                                   env=dict(os.environ, TCP_NODELAY="1"))
+        try:
+            assert wait_until(lambda: process.poll() is not None or listening(port), timeout=30)
+            gateway = gateway_factory(load_config(toml))
+            _send_plain(gateway.port)
+            assert wait_until(lambda: any(f.last_error for f in gateway.forwarders["archive"]), timeout=30)
+            assert not list(out.iterdir()), "the archive refuses the expired certificate"
+            shutil.copy(pki / "modality.pem", live / "client.pem")  # renewed in place
+            shutil.copy(pki / "modality.key", live / "client.key")
+            assert gateway.reload() is None
+            assert wait_until(lambda: len(list(out.iterdir())) == 1, timeout=30), \
+                (tmp_path / "storescp.log").read_text()[-2000:]
+        finally:
+            process.terminate()
+            process.wait(10)
+
+
+@pytest.mark.interop
 def test_archive_with_a_certificate_from_another_ca_is_not_trusted(pki: Path, tmp_path: Path,
                                                                    gateway_factory) -> None:
     storescp = require_dcmtk("storescp")

@@ -19,6 +19,7 @@ from pydicom.encaps import generate_frames
 from pydicom.uid import UID, ExplicitVRBigEndian
 
 from gateway.codecs.base import FrameInfo
+from gateway.codecs.jpeg_markers import EOI, SOS, walk_markers
 from gateway.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, is_encapsulated
 from gateway.errors import PixelDataError, UnsupportedImageError
 from gateway.pipeline.decoders import NATIVE, DecodeFrame, source_decoder, start_image
@@ -265,64 +266,17 @@ def ends_with_marker(fragment: bytes) -> bool:
 def codestream_end(fragment: bytes) -> int | None:
     """Where the first codestream in `fragment` ends (after its EOI or EOC), found by walking its markers.
 
-    JPEG and JPEG-LS (T.81 B.1.1, T.87 C.1): marker segments, and in scan
-    data a marker is 0xFF followed by a byte that is neither a stuffed 00
-    (JPEG), a stuffed bit (JPEG-LS: below 0x80), nor a restart marker.
-    JPEG 2000 and HTJ2K (T.800 A.3): the main header's segments, then each
-    tile-part by the length in its SOT segment.  None when `fragment` is not
-    such a codestream or its headers do not hold together (its decoder
-    judges it then).  An end marker found this way cannot be a byte pair
-    inside the entropy-coded data, which is what a search for FFD9 would find.
+    JPEG and JPEG-LS: marker segments, and the entropy-coded data up to the
+    next marker; JPEG 2000 and HTJ2K: the main header's segments, then each
+    tile-part by the length in its SOT segment (:func:`walk_markers`).  None
+    when `fragment` is not such a codestream or its headers do not hold
+    together (its decoder judges it then).  An end marker found this way
+    cannot be a byte pair inside the entropy-coded data, which is what a
+    search for FFD9 would find.
     """
-    data = bytes(fragment)
-    size = len(data)
-    if data[:2] == b"\xff\xd8":  # SOI
-        pos = 2
-        while pos + 1 < size:
-            if data[pos] != 0xFF:
-                return None
-            code = data[pos + 1]
-            if code == 0xFF:  # fill byte
-                pos += 1
-                continue
-            pos += 2
-            if code == 0xD9:  # EOI
-                return pos
-            if code == 0x01 or 0xD0 <= code <= 0xD8:  # markers without a segment
-                continue
-            if pos + 2 > size:
-                return None
-            pos += (data[pos] << 8) | data[pos + 1]
-            if code == 0xDA:  # SOS: entropy-coded data up to the next marker
-                while True:
-                    pos = data.find(b"\xff", pos)
-                    if pos < 0 or pos + 1 >= size:
-                        return None
-                    following = data[pos + 1]
-                    if following >= 0x80 and not 0xD0 <= following <= 0xD7 and following != 0xFF:
-                        break
-                    pos += 1
-        return None
-    if data[:2] == b"\xff\x4f":  # SOC
-        pos = 2
-        while pos + 2 <= size:
-            if data[pos] != 0xFF:
-                return None
-            code = data[pos + 1]
-            if code == 0xD9:  # EOC
-                return pos + 2
-            if pos + 4 > size:
-                return None
-            if code == 0x90:  # SOT: Psot counts from the SOT marker to the end of the tile-part
-                if pos + 10 > size:
-                    return None
-                psot = int.from_bytes(data[pos + 6:pos + 10], "big")
-                if psot == 0:  # the last tile-part, up to the EOC
-                    return size if data[-2:] == b"\xff\xd9" else None
-                pos += psot
-                continue
-            pos += 2 + ((data[pos + 2] << 8) | data[pos + 3])
-        return None
+    for marker in walk_markers(bytes(fragment)):
+        if marker.code == EOI:  # or EOC
+            return marker.end
     return None
 
 
@@ -341,25 +295,18 @@ def codestream_size(fragment: bytes) -> tuple[int, int] | None:
     """
     data = bytes(fragment[:65_536])
     size = len(data)
-    if data[:2] == b"\xff\xd8":
-        pos = 2
-        while pos + 4 <= size and data[pos] == 0xFF:
-            code = data[pos + 1]
-            if code == 0xFF:
-                pos += 1
-                continue
-            length = (data[pos + 2] << 8) | data[pos + 3]
-            if (0xC0 <= code <= 0xCF and code not in (0xC4, 0xC8, 0xCC)) or code == 0xF7:
-                if pos + 9 > size:
-                    return None
-                return (data[pos + 5] << 8) | data[pos + 6], (data[pos + 7] << 8) | data[pos + 8]
-            if code == 0xDA or length < 2:
-                return None
-            pos += 2 + length
-        return None
-    if data[:4] == b"\xff\x4f\xff\x51" and size >= 22:
+    if data[:2] == b"\xff\x4f":  # SOC, then SIZ
+        if data[2:4] != b"\xff\x51" or size < 22:
+            return None
         width, height, left, top = (int.from_bytes(data[at:at + 4], "big") for at in (8, 12, 16, 20))
         return height - top, width - left
+    for code, pos, _ in walk_markers(data):
+        if (0xC0 <= code <= 0xCF and code not in (0xC4, 0xC8, 0xCC)) or code == 0xF7:
+            if pos + 9 > size:
+                return None
+            return (data[pos + 5] << 8) | data[pos + 6], (data[pos + 7] << 8) | data[pos + 8]
+        if code == SOS:
+            return None
     return None
 
 
@@ -375,18 +322,7 @@ def irreversible_wavelet(fragment: bytes) -> bool:
     if data[:2] != b"\xff\x4f":
         return False
     components_wide = False  # Csiz > 256: COC names its component in two bytes
-    tile_part = None  # (where its SOT starts, Psot)
-    pos = 2
-    while pos + 2 <= size and data[pos] == 0xFF:
-        code = data[pos + 1]
-        if code == 0x93:  # SOD: the tile-part's data, up to the next tile-part's SOT
-            if tile_part is None or tile_part[1] == 0 or tile_part[0] + tile_part[1] < pos + 2:
-                return False  # no SOT, the last tile-part, or one that ends before its own SOD
-            pos = tile_part[0] + tile_part[1]
-            continue
-        if code == 0xD9 or pos + 4 > size:  # EOC
-            return False
-        length = (data[pos + 2] << 8) | data[pos + 3]
+    for code, pos, _ in walk_markers(data):
         if code == 0x51 and pos + 40 <= size:  # SIZ
             components_wide = ((data[pos + 38] << 8) | data[pos + 39]) > 256
         elif code == 0x52 and pos + 14 <= size:  # COD: Scod, SGcod (4), SPcod: levels, xcb, ycb, style, transform
@@ -396,11 +332,6 @@ def irreversible_wavelet(fragment: bytes) -> bool:
             at = pos + 4 + (2 if components_wide else 1) + 1 + 4
             if at < size and data[at] == 0:
                 return True
-        elif code == 0x90 and pos + 10 <= size:  # SOT
-            tile_part = (pos, int.from_bytes(data[pos + 6:pos + 10], "big"))
-        if length < 2:
-            return False
-        pos += 2 + length
     return False
 
 

@@ -109,6 +109,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     print(f"dicom-gateway {listening}", file=sys.stderr, flush=True)
     notify("READY=1", f"STATUS={listening}", f"MAINPID={os.getpid()}")
     while not done.wait(0.5):
+        stalled = gateway.stalled()
+        if stalled is not None:  # only a restart mends it: stop cleanly, and let the supervisor start it again
+            get_logger("service").error("stopping: %s; the gateway must be started again (exit status 1)", stalled)
+            notify("STOPPING=1", f"STATUS=stopping: {stalled}")
+            gateway.stop()
+            return 1
         if reload_requested.is_set():
             reload_requested.clear()
             reloading("reloading the configuration")

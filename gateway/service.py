@@ -237,6 +237,25 @@ class Gateway:
                 return f"destination {name} has been failing for {now - since:.0f} s"
         return None
 
+    def stalled(self) -> str | None:
+        """None while every thread the gateway needs runs, else which has stopped (a watchdog restarts it).
+
+        Each part survives its own errors; a thread that has ended anyway
+        leaves the gateway unable to take, process or deliver images, which
+        only a restart mends.
+        """
+        if self._stopped.is_set() or self.server is None:
+            return None
+        reason = self.server.stalled() or (self.worker.stalled() if self.worker is not None else None)
+        if reason is not None:
+            return reason
+        for name, group in self.forwarders.items():
+            if any(f.ident is not None and not f.is_alive() for f in group):
+                return f"the forwarder of destination {name} has stopped"
+        if self.web is not None and not self.web.running:
+            return "the web server has stopped"
+        return None
+
     # ------------------------------------------------------------ what the console shows and does
 
     def queue_states(self) -> list[QueueState]:

@@ -550,6 +550,11 @@ class Worker:
         for thread in self._threads:
             thread.start()
 
+    def stalled(self) -> str | None:
+        """None while every worker thread runs (once started), else how many have stopped."""
+        dead = sum(1 for thread in self._threads if thread.ident is not None and not thread.is_alive())
+        return f"{dead} of {len(self._threads)} worker thread(s) have stopped" if dead else None
+
     def _wait_for_processes(self, pool: ProcessPoolExecutor, timeout: float = 600.0,
                             processes: int | None = None) -> None:
         """Start the worker processes now and wait until they have loaded their codec kernels.

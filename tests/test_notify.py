@@ -112,3 +112,56 @@ def test_the_shipped_unit_file_is_valid(tmp_path: Path) -> None:
     result = subprocess.run([analyze, "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=60)
     problems = [line for line in (result.stdout + result.stderr).splitlines() if "dicom-gateway.service" in line]
     assert result.returncode == 0 and not problems, result.stdout + result.stderr
+
+
+def test_serve_stops_with_status_1_when_a_part_of_the_gateway_has_stopped(tmp_path: Path, monkeypatch,
+                                                                         manager: Manager) -> None:
+    """A forwarder thread that has ended leaves its destination's images waiting for ever: serve stops cleanly
+    and exits 1, so that systemd (Restart=on-failure) or any supervisor starts it again."""
+    import threading
+
+    from gateway import cli
+    from gateway.service import Gateway
+    from tests.conftest import wait_until
+
+    toml = tmp_path / "gateway.toml"
+    _write(toml, free_port())
+    started: list[Gateway] = []
+    real_start = Gateway.start
+
+    def start(self: Gateway) -> Gateway:
+        started.append(self)
+        return real_start(self)
+
+    monkeypatch.setattr(Gateway, "start", start)
+
+    def break_a_forwarder() -> None:
+        assert wait_until(lambda: started and started[0].server is not None, timeout=120)
+        gateway = started[0]
+        assert gateway.stalled() is None
+        (forwarder,) = gateway.forwarders["a"]
+        forwarder.stop()
+        forwarder.join(30)
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    breaker = threading.Thread(target=break_a_forwarder, daemon=True)
+    breaker.start()
+    try:
+        assert cli.main(["serve", "--config", str(toml)]) == 1
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    assert manager.next(5)["READY"] == "1"
+    stopping = manager.next(5)
+    assert stopping["STOPPING"] == "1" and "destination a has stopped" in stopping["STATUS"], stopping
+    assert started[0].server is not None and started[0]._stopped.is_set()
+
+
+def test_each_part_that_stops_is_named(tmp_path: Path, gateway_factory) -> None:
+    from tests.conftest import build_config
+
+    gateway = gateway_factory(build_config(tmp_path, web={"port": free_port()}))
+    assert gateway.stalled() is None
+    gateway.server._BaseServer__shutdown_request = True  # its accept loop ends, as if it had failed
+    gateway.server.accept_thread.join(10)
+    assert gateway.stalled() == "the receiver's accept thread has stopped"

@@ -474,6 +474,15 @@ class GuardedServer(ThreadedAssociationServer):
     request_queue_size = 1024  # listen backlog (capped by the kernel's somaxconn): a full one drops SYNs,
     # and a real sender's dropped SYN costs it 1, 3, 7 s of TCP retransmission
     gc_every_seconds = 30.0
+    accept_thread: threading.Thread | None = None  # runs serve_forever (set by whoever starts it)
+
+    def stalled(self) -> str | None:
+        """None while the threads that take connections run, else which one has stopped."""
+        if self.accept_thread is not None and not self.accept_thread.is_alive():
+            return "the receiver's accept thread has stopped"
+        if not self.lobby.is_alive():
+            return "the receiver's lobby thread has stopped"
+        return None
 
     def __init__(self, ae: Any, address: tuple[str, int], ae_title: str, contexts: list, *,
                  limits: Limits, tls: ssl.SSLContext | None = None,

@@ -403,5 +403,6 @@ def start_receiver(server: ServerConfig, receiver: Receiver) -> GuardedServer:
     except OSError as exc:
         raise GatewayError(f"cannot listen on {server.host}:{server.port}: {exc}") from exc
     ae._servers.append(listener)  # as AE.start_server does: AE.shutdown() and the server's shutdown() expect it
-    threading.Thread(target=listener.serve_forever, name="dicom-accept", daemon=True).start()
+    listener.accept_thread = threading.Thread(target=listener.serve_forever, name="dicom-accept", daemon=True)
+    listener.accept_thread.start()
     return listener

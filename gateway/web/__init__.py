@@ -88,6 +88,10 @@ class WebServer:
                 return int(sock.getsockname()[1])
         raise GatewayError("the web server is not listening")
 
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
     def start(self, timeout: float = 30.0) -> WebServer:
         self._thread.start()
         for _ in range(int(timeout / 0.02)):

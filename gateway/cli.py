@@ -26,7 +26,7 @@ from pathlib import Path
 
 from pydicom.errors import InvalidDicomError
 
-from gateway.config import PRIVATE_VERSION
+from gateway.config import PRIVATE_VERSION, Config
 from gateway.errors import ConfigError, GatewayError
 
 __all__ = ["main", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE"]
@@ -84,7 +84,23 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         filters = "; ".join(f"{k}={','.join(v)}" for k, v in
                             (("calling_ae", r.calling_ae), ("modality", r.modality), ("sop_class", r.sop_class)) if v)
         print(f"  route   {i}: {filters or 'everything'} -> {', '.join(r.destinations)}")
+    _print_certificates(config)
     return 0
+
+
+def _print_certificates(config: Config) -> None:
+    """Each certificate of the TLS files the configuration names, and when it expires."""
+    from datetime import datetime, timezone
+
+    from gateway.net.certificates import WARN_DAYS, dates
+
+    now = time.time()
+    for cert in dates(config):
+        days = (cert.not_after - now) / 86400.0
+        when = datetime.fromtimestamp(cert.not_after, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        state = ("EXPIRED: peers refuse it" if days <= 0 else f"in {days:.0f} day(s): renew it soon"
+                 if days <= WARN_DAYS else f"in {days:.0f} day(s)")
+        print(f"  cert    {cert.use}: {cert.subject} expires {when}, {state}")
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

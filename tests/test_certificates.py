@@ -101,3 +101,40 @@ def test_a_reload_reads_the_renewed_certificate(pki: Path, tmp_path: Path, gatew
     assert gateway.reload() is None
     assert gateway.not_ready() is None
     assert [c.subject for c in gateway.certificates if c.use == "server"] == ["gateway"]
+
+
+def test_check_config_lists_each_certificate_and_its_expiry(pki: Path, tmp_path: Path, capsys) -> None:  # noqa: F811
+    from datetime import datetime, timezone
+
+    from gateway.cli import main
+
+    toml = tmp_path / "gateway.toml"
+    toml.write_text(f"""
+[server]
+port = {free_port()}
+[server.tls]
+certificate = "{pki / 'expired.pem'}"
+private_key = "{pki / 'expired.key'}"
+ca_certificates = "{pki / 'ca.pem'}"
+[spool]
+directory = "spool"
+[[destinations]]
+name = "pacs"
+kind = "dicom"
+ae_title = "PACS"
+host = "127.0.0.1"
+port = 104
+tls = {{ ca_certificates = "{pki / 'ca.pem'}", certificate = "{pki / 'gateway.pem'}", private_key = "{pki / 'gateway.key'}" }}
+""")
+    assert main(["check-config", str(toml)]) == 0  # valid: an expired certificate is said, not refused
+    lines = [line.strip() for line in capsys.readouterr().out.splitlines() if line.strip().startswith("cert ")]
+
+    def day(name: str) -> str:
+        return datetime.fromtimestamp(_openssl_end(pki / f"{name}.pem"), timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+    assert lines == [
+        f"cert    server: expired expires {day('expired')}, EXPIRED: peers refuse it",
+        f"cert    server_ca: ca expires {day('ca')}, in 30 day(s): renew it soon",
+        f"cert    destination pacs: gateway expires {day('gateway')}, in 30 day(s): renew it soon",
+        f"cert    destination_ca pacs: ca expires {day('ca')}, in 30 day(s): renew it soon",
+    ], lines

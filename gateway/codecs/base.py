@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
-from gateway.errors import UnsupportedImageError
+from gateway.errors import CorruptCodestreamError, UnsupportedImageError
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,3 +190,24 @@ def check_frame(frame: np.ndarray, info: FrameInfo) -> np.ndarray:
     if frame.dtype != info.dtype:
         raise UnsupportedImageError(f"frame dtype {frame.dtype} does not match {info.dtype}")
     return np.ascontiguousarray(frame)
+
+
+def stored_values(samples: np.ndarray, precision: int, info: FrameInfo, codec: str) -> np.ndarray:
+    """The values of `samples` a JPEG-family decoder read at a `precision` above Bits Stored, in `info`'s dtype.
+
+    As JPEG-LS reads them: a sample below ``2**BitsStored`` is the stored
+    value (sign-extended from Bits Stored when signed); a larger one is valid
+    only for signed data, as the P-bit two's complement of a value in range.
+    Anything else raises :class:`CorruptCodestreamError`, naming `codec`.
+    """
+    stored = info.bits_stored
+    low, high = info.value_range
+    values = samples
+    if info.signed:
+        values = samples.astype(np.int64)
+        negative = values >= (1 << precision) + low
+        values = np.where(values < (1 << stored), values - ((values >> (stored - 1)) << stored),
+                          np.where(negative, values - (1 << precision), high + 1))
+    if values.size and (int(values.min()) < low or int(values.max()) > high):
+        raise CorruptCodestreamError(f"{codec}: decoded values exceed the range of {stored} Bits Stored")
+    return np.ascontiguousarray(values, dtype=info.dtype)

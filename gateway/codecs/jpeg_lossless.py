@@ -45,7 +45,7 @@ import numpy as np
 
 from gateway.codecs import _jpeg_lossless_kernels as _k
 from gateway.codecs import register
-from gateway.codecs.base import FrameInfo, FunctionCodec, check_frame
+from gateway.codecs.base import FrameInfo, FunctionCodec, check_frame, stored_values
 from gateway.codecs.jpeg_markers import corrupt, marker_segment
 from gateway.codecs.profiles import check_profile
 from gateway.dicom.uids import JPEG_LOSSLESS, JPEG_LOSSLESS_SV1
@@ -393,22 +393,9 @@ def _to_frame(out: np.ndarray, precision: int, info: FrameInfo) -> np.ndarray:
     """Turn decoded P-bit patterns into the frame array convention of `info`."""
     if precision > info.bits_allocated:
         raise _corrupt(f"precision {precision} does not fit Bits Allocated {info.bits_allocated}")
-    stored = info.bits_stored
-    if precision > stored:
-        # As JPEG-LS reads it: a sample below 2**BitsStored is the stored value (sign-extended when
-        # signed); a larger one is valid only as the P-bit two's complement of a signed value in range.
-        low, high = info.value_range
-        values = out.astype(np.int64)
-        if info.signed:
-            negative = values >= (1 << precision) + low
-            values = np.where(values < (1 << stored), values - ((values >> (stored - 1)) << stored),
-                              np.where(negative, values - (1 << precision), high + 1))
-        if values.size and (int(values.min()) < low or int(values.max()) > high):
-            raise _corrupt(f"decoded values exceed the range of {stored} Bits Stored")
-        values = values.astype(info.dtype)
-        if info.samples_per_pixel == 1:
-            values = values.reshape(info.rows, info.columns)
-        return np.ascontiguousarray(values)
+    if precision > info.bits_stored:
+        values = stored_values(out, precision, info, "JPEG Lossless")
+        return values.reshape(info.rows, info.columns) if info.samples_per_pixel == 1 else values
     if info.bits_allocated == 8:
         out = out.astype(np.uint8)
     elif info.bits_allocated == 32:

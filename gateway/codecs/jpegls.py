@@ -47,7 +47,7 @@ import numpy as np
 
 from gateway.codecs import _jpegls_kernels as _k
 from gateway.codecs import register
-from gateway.codecs.base import FrameInfo, FunctionCodec, check_frame
+from gateway.codecs.base import FrameInfo, FunctionCodec, check_frame, stored_values
 from gateway.codecs.jpeg_markers import corrupt, marker_segment
 from gateway.codecs.profiles import check_profile
 from gateway.dicom.uids import JPEG_LS_LOSSLESS
@@ -450,20 +450,12 @@ def _to_frame(work: np.ndarray, precision: int, maxval: int, info: FrameInfo) ->
     planes = work[:, 1:, 1:-1]
     values = np.moveaxis(planes, 0, 2) if info.samples_per_pixel == 3 else planes[0]
     stored = info.bits_stored
-    low, high = info.value_range
     if maxval < (1 << stored):
         # Every sample fits Bits Stored (the kernels check 0..MAXVAL): no range check needed.
         if info.signed:
             values = values - ((values >> (stored - 1)) << stored)
         return np.ascontiguousarray(values, dtype=info.dtype)
-    if info.signed:
-        values = values.astype(np.int64)
-        negative_pattern = values >= (1 << precision) + low
-        values = np.where(values < (1 << stored), values - ((values >> (stored - 1)) << stored),
-                          np.where(negative_pattern, values - (1 << precision), high + 1))
-    if values.size and (int(values.min()) < low or int(values.max()) > high):
-        raise _corrupt(f"decoded values exceed the range of {stored} Bits Stored")
-    return np.ascontiguousarray(values, dtype=info.dtype)
+    return stored_values(values, precision, info, "JPEG-LS")
 
 
 CODEC = register(FunctionCodec("jpeg-ls", JPEG_LS_LOSSLESS, "JPEGLSLossless", supports, encode, decode))

@@ -33,7 +33,7 @@ from gateway.dicom.uids import (
 )
 from gateway.errors import CodecNotFoundError, UnsupportedImageError
 
-__all__ = ["HiddenBitsError", "REFERENCE_DECODERS", "VERIFYING_DECODERS", "verifying_decoder", "NATIVE", "DecodeFrame", "decoder_name", "reference_decoder", "our_decoder",
+__all__ = ["HiddenBitsError", "hidden_bits", "REFERENCE_DECODERS", "VERIFYING_DECODERS", "verifying_decoder", "NATIVE", "DecodeFrame", "decoder_name", "reference_decoder", "our_decoder",
            "source_decoder", "start_image"]
 
 NATIVE = "native"
@@ -49,22 +49,28 @@ class HiddenBitsError(UnsupportedImageError):
     """
 
 
-def _hidden_bits(values: np.ndarray, info: FrameInfo, full_width: bool) -> bool:
-    """True when decoded `values` hold bits that masking to Bits Stored (or sign-extending it) would change.
+def hidden_bits(values: np.ndarray, info: FrameInfo, *, full_width: bool) -> bool:
+    """True when `values` hold bits that masking to Bits Stored (or sign-extending it) would change.
 
     Values are taken as the bit patterns of the Bits Allocated container (a
     negative value as its two's complement).  Unsigned data may use no bit at
     or above Bits Stored.  Signed data may hold a value sign-extended from
     Bits Stored; a JPEG-family codestream, which has no sign, may also hold
     the Bits Stored pattern alone (what it carries at that precision).  A
-    `full_width` codestream (RLE, which carries every bit of the container
-    as native data does) must sign-extend, as native signed data must.
+    `full_width` carrier (native data, and RLE, which carries every bit of
+    the container as native data does) must sign-extend.
     """
     values = np.asarray(values)
     bits = info.bits_allocated
     stored = info.bits_stored
-    if values.size == 0:
+    if stored >= bits or values.size == 0:
         return False
+    if values.dtype.kind == "i" and values.dtype.itemsize * 8 == bits:
+        # Signed values of the container's width: the patterns allowed are the values of one range.
+        low, high = info.value_range
+        if not full_width:
+            high = (1 << stored) - 1
+        return bool(values.min() < low or values.max() > high)
     if values.dtype.kind == "u" or values.min() >= 0:  # the common case in one pass: no bit above Bits Stored
         top = int(values.max())
         if top < 1 << stored and (not info.signed or not full_width or top < 1 << (stored - 1)):
@@ -95,7 +101,7 @@ def _normalised(values: np.ndarray, info: FrameInfo, *, original: bool = False, 
     For an `original` (what arrived, not what we wrote), bits above Bits
     Stored that this would drop raise :class:`HiddenBitsError` instead.
     """
-    if original and info.bits_stored < info.bits_allocated and _hidden_bits(values, info, full_width):
+    if original and hidden_bits(values, info, full_width=full_width):
         raise HiddenBitsError(f"bits above (0028,0101) 'Bits Stored' {info.bits_stored} hold data in the "
                               "codestream")
     unsigned = np.dtype(f"u{info.dtype.itemsize}")

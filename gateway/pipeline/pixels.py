@@ -22,7 +22,7 @@ from gateway.codecs.base import FrameInfo
 from gateway.codecs.jpeg_markers import EOI, SOS, walk_markers
 from gateway.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, is_encapsulated
 from gateway.errors import PixelDataError, UnsupportedImageError
-from gateway.pipeline.decoders import NATIVE, DecodeFrame, source_decoder, start_image
+from gateway.pipeline.decoders import NATIVE, DecodeFrame, hidden_bits, source_decoder, start_image
 
 __all__ = ["frame_info", "number_of_frames", "iter_frames", "native_frames", "decoded_frames", "DecodedFrames",
            "HOLD_DECODED_BYTES", "deferred_pixels", "FileFrames", "high_bits_used", "transfer_syntax", "END_MARKED",
@@ -443,13 +443,9 @@ def high_bits_used(frame: np.ndarray, info: FrameInfo) -> bool:
     """True when a value holds bits outside what Bits Stored allows.
 
     For unsigned data any bit at or above Bits Stored counts; for signed data
-    every value must be the sign extension of its low Bits Stored bits.  A
-    codec working at precision Bits Stored would lose such bits, so the
+    every value must be the sign extension of its low Bits Stored bits (native
+    data carries the whole container: :func:`hidden_bits` with `full_width`).
+    A codec working at precision Bits Stored would lose such bits, so the
     pipeline passes these images through unchanged.
     """
-    if info.bits_stored >= info.bits_allocated:
-        return False
-    low, high = info.value_range
-    if frame.size == 0:
-        return False
-    return bool(frame.min() < low or frame.max() > high)
+    return hidden_bits(frame, info, full_width=True)

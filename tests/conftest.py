@@ -8,6 +8,7 @@ tests.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -395,3 +396,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         needs = any(m.name == "skipif" and "corpus" in str(m.kwargs.get("reason", "")) for m in item.iter_markers())
         if rows or needs:
             item.add_marker(pytest.mark.corpus)
+
+
+@pytest.fixture
+def gateway_logger() -> Iterator[logging.Logger]:
+    """The gateway's logger, its handlers put back afterwards."""
+    logger = logging.getLogger("gateway")
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    yield logger
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    for handler in saved[0]:
+        logger.addHandler(handler)
+    logger.propagate, logger.level = saved[1], saved[2]

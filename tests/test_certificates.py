@@ -14,7 +14,7 @@ import pytest
 
 from gateway.net.certificates import WARN_DAYS, read_dates
 from tests.conftest import build_config, free_port
-from tests.test_tls import pki  # noqa: F401 - the session's test PKI (config/make-test-ca.sh)
+from tests.test_tls import _toml, pki  # noqa: F401 - pki: the session's test PKI (config/make-test-ca.sh)
 
 
 def _openssl_end(path: Path) -> float:
@@ -108,24 +108,10 @@ def test_check_config_lists_each_certificate_and_its_expiry(pki: Path, tmp_path:
 
     from gateway.cli import main
 
-    toml = tmp_path / "gateway.toml"
-    toml.write_text(f"""
-[server]
-port = {free_port()}
-[server.tls]
-certificate = "{pki / 'expired.pem'}"
-private_key = "{pki / 'expired.key'}"
-ca_certificates = "{pki / 'ca.pem'}"
-[spool]
-directory = "spool"
-[[destinations]]
-name = "pacs"
-kind = "dicom"
-ae_title = "PACS"
-host = "127.0.0.1"
-port = 104
-tls = {{ ca_certificates = "{pki / 'ca.pem'}", certificate = "{pki / 'gateway.pem'}", private_key = "{pki / 'gateway.key'}" }}
-""")
+    toml = _toml(tmp_path, f'[server.tls]\ncertificate = "{pki / "expired.pem"}"\nprivate_key = "{pki / "expired.key"}"\n'
+                 f'ca_certificates = "{pki / "ca.pem"}"',
+                 f'tls = {{ ca_certificates = "{pki / "ca.pem"}", certificate = "{pki / "gateway.pem"}", '
+                 f'private_key = "{pki / "gateway.key"}" }}')
     assert main(["check-config", str(toml)]) == 0  # valid: an expired certificate is said, not refused
     lines = [line.strip() for line in capsys.readouterr().out.splitlines() if line.strip().startswith("cert ")]
 

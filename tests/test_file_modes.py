@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import stat
 from pathlib import Path
@@ -49,19 +48,9 @@ def test_spool_record_and_archive_are_private(tmp_path: Path, gateway_factory, o
         assert mode == expected, f"{path.relative_to(tmp_path)} is {mode:04o}, expected {expected:04o}"
 
 
-def test_log_file_is_private(tmp_path: Path, open_umask) -> None:
-    logger = logging.getLogger("gateway")
-    saved = (list(logger.handlers), logger.propagate, logger.level)
-    try:
-        setup_logging("INFO", tmp_path / "logs" / "gw" / "gateway.log")
-        logger.info("a line")
-    finally:
-        for handler in list(logger.handlers):
-            logger.removeHandler(handler)
-            handler.close()
-        for handler in saved[0]:
-            logger.addHandler(handler)
-        logger.propagate, logger.level = saved[1], saved[2]
+def test_log_file_is_private(tmp_path: Path, open_umask, gateway_logger) -> None:
+    setup_logging("INFO", tmp_path / "logs" / "gw" / "gateway.log")
+    gateway_logger.info("a line")
     log = tmp_path / "logs" / "gw" / "gateway.log"
     assert "a line" in log.read_text()
     assert _modes(tmp_path / "logs") == {tmp_path / "logs": 0o700, tmp_path / "logs" / "gw": 0o700, log: 0o600}

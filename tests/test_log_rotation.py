@@ -30,20 +30,6 @@ def open_umask() -> Iterator[None]:
         os.umask(old)
 
 
-@pytest.fixture
-def gateway_logger() -> Iterator[logging.Logger]:
-    """The gateway's logger, its handlers put back afterwards."""
-    logger = logging.getLogger("gateway")
-    saved = (list(logger.handlers), logger.propagate, logger.level)
-    yield logger
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
-    for handler in saved[0]:
-        logger.addHandler(handler)
-    logger.propagate, logger.level = saved[1], saved[2]
-
-
 def _emit(handler: logging.Handler, text: str) -> None:
     handler.emit(logging.LogRecord("gateway", logging.INFO, __file__, 0, text, None, None))
 

@@ -15,6 +15,8 @@ import ssl
 import subprocess
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -299,29 +301,35 @@ def _send_plain(port: int) -> None:
     assert send(port, [pydicom_file(CT_SMALL)]) == [0]
 
 
-@pytest.mark.interop
-def test_gateway_forwards_to_dcmtk_storescp_over_tls(pki: Path, tmp_path: Path, gateway_factory) -> None:
-    storescp = require_dcmtk("storescp")
-    port = free_port()
-    out = tmp_path / "storescp"
-    out.mkdir()
+@contextmanager
+def _storescp_tls(pki: Path, tmp_path: Path, port: int, identity: str, out: Path, *extra: str) -> Iterator[None]:
+    """DCMTK storescp listening as a TLS archive with `identity`'s certificate, writing what it gets into `out`."""
     with open(tmp_path / "storescp.log", "wb") as log:
-        process = subprocess.Popen([storescp, "-aet", "STORESCP", "+tls", str(pki / "archive.key"),
-                                    str(pki / "archive.pem"), "+cf", str(pki / "ca.pem"), "--require-peer-cert",
-                                    "-od", str(out), str(port)], stdout=log, stderr=subprocess.STDOUT,
+        process = subprocess.Popen([require_dcmtk("storescp"), "-aet", "STORESCP", "+tls", str(pki / f"{identity}.key"),
+                                    str(pki / f"{identity}.pem"), "+cf", str(pki / "ca.pem"), *extra, "-od", str(out),
+                                    str(port)], stdout=log, stderr=subprocess.STDOUT,
                                    env=dict(os.environ, TCP_NODELAY="1"))
         try:
             assert wait_until(lambda: process.poll() is not None or listening(port), timeout=30)
-            gateway = gateway_factory(build_config(tmp_path, destinations=[
-                _forward_config(tmp_path, pki, port, "STORESCP")], compression={"transfer_syntax": "keep"}))
-            _send_plain(gateway.port)
-            assert wait_until(lambda: len(list(out.iterdir())) == 1, timeout=30), (tmp_path / "storescp.log").read_text()
-            got = dcmread(next(out.iterdir()))
-            assert got.SOPInstanceUID == pydicom_file(CT_SMALL).SOPInstanceUID
-            assert got.PixelData == pydicom_file(CT_SMALL).PixelData
+            yield
         finally:
             process.terminate()
             process.wait(10)
+
+
+@pytest.mark.interop
+def test_gateway_forwards_to_dcmtk_storescp_over_tls(pki: Path, tmp_path: Path, gateway_factory) -> None:
+    port = free_port()
+    out = tmp_path / "storescp"
+    out.mkdir()
+    with _storescp_tls(pki, tmp_path, port, "archive", out, "--require-peer-cert"):
+        gateway = gateway_factory(build_config(tmp_path, destinations=[
+            _forward_config(tmp_path, pki, port, "STORESCP")], compression={"transfer_syntax": "keep"}))
+        _send_plain(gateway.port)
+        assert wait_until(lambda: len(list(out.iterdir())) == 1, timeout=30), (tmp_path / "storescp.log").read_text()
+        got = dcmread(next(out.iterdir()))
+        assert got.SOPInstanceUID == pydicom_file(CT_SMALL).SOPInstanceUID
+        assert got.PixelData == pydicom_file(CT_SMALL).PixelData
 
 
 @pytest.mark.interop
@@ -330,7 +338,6 @@ def test_a_reload_applies_a_renewed_client_certificate_to_an_archive(pki: Path, 
     """Our certificate towards an archive renewed in place (same file names) and reloaded: the next
     association presents the new one.  Without it, an expired client certificate stays in use until a
     restart, however often the operator reloads."""
-    storescp = require_dcmtk("storescp")
     port = free_port()
     out = tmp_path / "storescp"
     out.mkdir()
@@ -360,48 +367,30 @@ port = {port}
 timeout_seconds = 10
 tls = {{ ca_certificates = "{pki / 'ca.pem'}", certificate = "tls/client.pem", private_key = "tls/client.key" }}
 """)
-    with open(tmp_path / "storescp.log", "wb") as log:
-        process = subprocess.Popen([storescp, "-aet", "STORESCP", "+tls", str(pki / "archive.key"),
-                                    str(pki / "archive.pem"), "+cf", str(pki / "ca.pem"), "--require-peer-cert",
-                                    "-od", str(out), str(port)], stdout=log, stderr=subprocess.STDOUT,
-                                   env=dict(os.environ, TCP_NODELAY="1"))
-        try:
-            assert wait_until(lambda: process.poll() is not None or listening(port), timeout=30)
-            gateway = gateway_factory(load_config(toml))
-            _send_plain(gateway.port)
-            assert wait_until(lambda: any(f.last_error for f in gateway.forwarders["archive"]), timeout=30)
-            assert not list(out.iterdir()), "the archive refuses the expired certificate"
-            shutil.copy(pki / "modality.pem", live / "client.pem")  # renewed in place
-            shutil.copy(pki / "modality.key", live / "client.key")
-            assert gateway.reload() is None
-            assert wait_until(lambda: len(list(out.iterdir())) == 1, timeout=30), \
-                (tmp_path / "storescp.log").read_text()[-2000:]
-        finally:
-            process.terminate()
-            process.wait(10)
+    with _storescp_tls(pki, tmp_path, port, "archive", out, "--require-peer-cert"):
+        gateway = gateway_factory(load_config(toml))
+        _send_plain(gateway.port)
+        assert wait_until(lambda: any(f.last_error for f in gateway.forwarders["archive"]), timeout=30)
+        assert not list(out.iterdir()), "the archive refuses the expired certificate"
+        shutil.copy(pki / "modality.pem", live / "client.pem")  # renewed in place
+        shutil.copy(pki / "modality.key", live / "client.key")
+        assert gateway.reload() is None
+        assert wait_until(lambda: len(list(out.iterdir())) == 1, timeout=30), \
+            (tmp_path / "storescp.log").read_text()[-2000:]
 
 
 @pytest.mark.interop
 def test_archive_with_a_certificate_from_another_ca_is_not_trusted(pki: Path, tmp_path: Path,
                                                                    gateway_factory) -> None:
-    storescp = require_dcmtk("storescp")
     port = free_port()
-    with open(tmp_path / "storescp.log", "wb") as log:
-        process = subprocess.Popen([storescp, "-aet", "STORESCP", "+tls", str(pki / "impostor.key"),
-                                    str(pki / "impostor.pem"), "+cf", str(pki / "ca.pem"), "-od", str(tmp_path),
-                                    str(port)], stdout=log, stderr=subprocess.STDOUT)
-        try:
-            assert wait_until(lambda: process.poll() is not None or listening(port), timeout=30)
-            gateway = gateway_factory(build_config(tmp_path, destinations=[
-                _forward_config(tmp_path, pki, port, "STORESCP")], compression={"transfer_syntax": "keep"},
-                retry={"max_attempts": 2, "base_seconds": 0.1, "cap_seconds": 0.1}))
-            _send_plain(gateway.port)
-            assert wait_until(lambda: gateway.spool.counts().get("dead", 0) == 1, timeout=30)
-            dead = next(iter(gateway.spool.jobs_in("dead")))
-            assert "certificate" in (dead.reason or "").lower(), dead.reason
-        finally:
-            process.terminate()
-            process.wait(10)
+    with _storescp_tls(pki, tmp_path, port, "impostor", tmp_path):
+        gateway = gateway_factory(build_config(tmp_path, destinations=[
+            _forward_config(tmp_path, pki, port, "STORESCP")], compression={"transfer_syntax": "keep"},
+            retry={"max_attempts": 2, "base_seconds": 0.1, "cap_seconds": 0.1}))
+        _send_plain(gateway.port)
+        assert wait_until(lambda: gateway.spool.counts().get("dead", 0) == 1, timeout=30)
+        dead = next(iter(gateway.spool.jobs_in("dead")))
+        assert "certificate" in (dead.reason or "").lower(), dead.reason
 
 
 @pytest.fixture(scope="module")

@@ -436,6 +436,20 @@ def test_second_command_set_while_a_data_set_is_due_is_aborted(tmp_path, gateway
                for r in caplog.records)
 
 
+def _flood(sock: socket.socket, burst: bytes, measure, seconds: float = 2.5) -> int:
+    """Send `burst` again and again for `seconds` (a send the receiver does not read times out and goes on);
+    the largest `measure()` seen meanwhile."""
+    most = 0
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        try:
+            sock.sendall(burst)
+        except TimeoutError:
+            pass
+        most = max(most, measure())
+    return most
+
+
 def test_request_flood_is_read_no_faster_than_it_is_answered(tmp_path, gateway_factory) -> None:
     """Pipelined C-ECHO requests: what waits for the association's thread stays bounded (TCP holds the rest)."""
     gateway = _gateway(tmp_path, gateway_factory)
@@ -456,17 +470,10 @@ def test_request_flood_is_read_no_faster_than_it_is_answered(tmp_path, gateway_f
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
     burst = _p_data(1, 0x03, _echo_rq(0x0101)) * 2000
-    deepest = 0
     try:
         sock.settimeout(5)
-        started = time.monotonic()
-        while time.monotonic() - started < 2.5:
-            try:
-                sock.sendall(burst)
-            except TimeoutError:
-                pass
-            for assoc in gateway.server.ae.active_associations:
-                deepest = max(deepest, assoc.dimse.msg_queue.qsize())
+        deepest = _flood(sock, burst, lambda: max((a.dimse.msg_queue.qsize()
+                                                   for a in gateway.server.ae.active_associations), default=0))
     finally:
         stop.set()
         reader.join(2)
@@ -538,17 +545,9 @@ def test_event_report_flood_takes_no_more_threads_than_its_queue(tmp_path, gatew
                             (0x1000, b"1.2.840.10008.1.20.1.1\0"), (0x1002, struct.pack("<H", 1))])
     before = threading.active_count()
     sock = _associated_for(gateway.port, commitment, IMPLICIT)
-    most = 0
     try:
         sock.settimeout(0.5)
-        burst = _p_data(1, 0x03, command) * 50
-        started = time.monotonic()
-        while time.monotonic() - started < 2.5:
-            try:
-                sock.sendall(burst)
-            except TimeoutError:
-                pass
-            most = max(most, threading.active_count() - before)
+        most = _flood(sock, _p_data(1, 0x03, command) * 50, lambda: threading.active_count() - before)
         assert most <= QUEUED_MESSAGES_LIMIT + 8, most
         release.set()
         assert wait_until(lambda: len(served) > 2 * QUEUED_MESSAGES_LIMIT, timeout=10), len(served)

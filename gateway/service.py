@@ -209,7 +209,8 @@ class Gateway:
                                            lambda: self.certificates))
         console = ConsoleBackend(record=self.record, queues=self.queue_states, dead_letters=self.dead_letters,
                                  retry=self.retry_dead, retry_all=self.retry_all_dead, reload=self.reload,
-                                 reload_error=lambda: self.reload_error, config=lambda: self.config)
+                                 reload_error=lambda: self.reload_error, config=lambda: self.config,
+                                 certificates=lambda: self.certificates)
         app = make_app(registry, self.not_ready, web.token(), console=console, host=web.host)
         self._web_keys = app.state.keys
         self.web = WebServer(app, web.host, web.port).start()

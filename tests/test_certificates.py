@@ -124,3 +124,30 @@ def test_check_config_lists_each_certificate_and_its_expiry(pki: Path, tmp_path:
         f"cert    destination pacs: gateway expires {day('gateway')}, in 30 day(s): renew it soon",
         f"cert    destination_ca pacs: ca expires {day('ca')}, in 30 day(s): renew it soon",
     ], lines
+
+
+def test_the_console_shows_each_certificate_and_warns_on_its_overview(pki: Path, tmp_path: Path,  # noqa: F811
+                                                                      gateway_factory) -> None:
+    import re
+    from datetime import datetime, timezone
+
+    web = free_port()
+    gateway_factory(build_config(tmp_path, server={"tls": _tls(pki, "expired")}, web={"port": web}))
+    page = httpx.get(f"http://127.0.0.1:{web}/config", timeout=10).text
+    rows = re.findall(r'<tr class="certificate[^"]*" data-state="(\w+)">\s*<td>([^<]*)</td><td>([^<]*)</td>'
+                      r'<td><code>[^<]*</code></td><td>([^<]*)</td>', page)
+    expired = datetime.fromtimestamp(_openssl_end(pki / "expired.pem"), timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    assert ("expired", "server", "expired", expired) in rows, rows
+    assert [(state, use, subject) for state, use, subject, _ in rows if use == "server_ca"] == [
+        ("expiring", "server_ca", "ca")]
+    overview = httpx.get(f"http://127.0.0.1:{web}/", timeout=10).text
+    notes = re.findall(r'<p class="note bad certificate-attention">([^<]*)<', overview)
+    assert any(n.startswith("TLS certificate expired (server) has expired") for n in notes), notes
+    assert any(n.startswith("TLS certificate ca (server_ca) expires in") for n in notes), notes
+
+
+def test_without_tls_the_console_says_so(tmp_path: Path, gateway_factory) -> None:
+    web = free_port()
+    gateway_factory(build_config(tmp_path, web={"port": web}))
+    assert 'id="no-certificates"' in httpx.get(f"http://127.0.0.1:{web}/config", timeout=10).text
+    assert "certificate-attention" not in httpx.get(f"http://127.0.0.1:{web}/", timeout=10).text

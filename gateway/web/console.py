@@ -31,6 +31,7 @@ from starlette.templating import Jinja2Templates
 from gateway.config import Config
 from gateway.dicom.uids import lookup
 from gateway.logs import get_logger
+from gateway.net.certificates import WARN_DAYS
 from gateway.record import ProofRecord
 from gateway.spool import Job
 from gateway.web.access import SESSION_COOKIE, Keys
@@ -61,6 +62,8 @@ class ConsoleBackend:
     reload: Callable[[], str | None]  # None when applied, else why it was refused
     reload_error: Callable[[], str | None]  # why the last reload was refused (None: applied or none tried)
     config: Callable[[], Config]
+    # The TLS certificates in use and when each expires (gateway.net.certificates.CertificateDate).
+    certificates: Callable[[], Sequence[Any]] = tuple
 
 
 # ---------------------------------------------------------------- formatting
@@ -167,7 +170,8 @@ def console_routes(backend: ConsoleBackend, keys: Keys) -> list[Route]:
             minutes = seconds / 60.0
             rates.append({"label": label, "seconds": seconds,
                           **{key: value / minutes for key, value in counts.items()}})
-        return page(request, "overview.html", totals=record.totals(), rates=rates,
+        attention = [c for c in certificates() if c["state"] != "valid"]
+        return page(request, "overview.html", totals=record.totals(), rates=rates, attention=attention,
                     by_modality=_savings(record.savings("modality"), lambda key: key or "(none)"),
                     by_codec=_savings(record.savings("target_syntax"), _syntax),
                     plot_hours=PLOT_HOURS)
@@ -220,9 +224,19 @@ def console_routes(backend: ConsoleBackend, keys: Keys) -> list[Route]:
         return page(request, "search.html", uid=uid, entries=entries, recent=recent, error=None,
                     status_code=404 if entries == [] else 200)
 
+    def certificates() -> list[dict[str, Any]]:
+        now = time.time()
+        rows = []
+        for cert in backend.certificates():
+            days = (cert.not_after - now) / 86400.0
+            state = "expired" if days <= 0 else "expiring" if days <= WARN_DAYS else "valid"
+            rows.append({"use": cert.use, "subject": cert.subject, "path": cert.path, "not_after": cert.not_after,
+                         "days": days, "state": state})
+        return rows
+
     def configuration(request: Request) -> Response:
         return page(request, "config.html", config=backend.config(), error=backend.reload_error(),
-                    result=request.query_params.get("reload"))
+                    result=request.query_params.get("reload"), certificates=certificates())
 
     async def reload(request: Request) -> Response:
         fields = await form(request)

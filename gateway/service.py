@@ -188,11 +188,16 @@ class Gateway:
                 self.prune_done()
             except OSError as exc:
                 _log.warning("cannot prune finished jobs: %s", exc)
-            now = time.time()
-            if now - self._certificates_reported >= 86400.0:  # near or past expiry: said again every day
-                self._certificates_reported = now
-                certificates.report(self.certificates, now)
+            self.report_certificates(time.time())
             self._stopped.wait(3600.0)
+
+    def report_certificates(self, now: float) -> bool:
+        """Log again the certificates near or past expiry when a day has passed since they were last; whether it did."""
+        if now - self._certificates_reported < 86400.0:
+            return False
+        self._certificates_reported = now
+        certificates.report(self.certificates, now)
+        return True
 
     def _start_web(self) -> None:
         from prometheus_client import CollectorRegistry

@@ -151,3 +151,16 @@ def test_without_tls_the_console_says_so(tmp_path: Path, gateway_factory) -> Non
     gateway_factory(build_config(tmp_path, web={"port": web}))
     assert 'id="no-certificates"' in httpx.get(f"http://127.0.0.1:{web}/config", timeout=10).text
     assert "certificate-attention" not in httpx.get(f"http://127.0.0.1:{web}/", timeout=10).text
+
+
+def test_certificates_near_expiry_are_said_again_every_day(pki: Path, tmp_path: Path, gateway_factory,  # noqa: F811
+                                                           caplog) -> None:
+    gateway = gateway_factory(build_config(tmp_path, server={"tls": _tls(pki, "gateway")}))
+    now = time.time()
+    caplog.clear()  # what the start said
+    with caplog.at_level(logging.WARNING, logger="gateway.tls"):
+        assert not gateway.report_certificates(now + 3600)  # an hour later: not yet
+        assert not [r for r in caplog.records if r.name == "gateway.tls"]
+        assert gateway.report_certificates(now + 86400 + 60)  # a day later: again, with the days left then
+    said = [r.getMessage() for r in caplog.records if r.name == "gateway.tls"]
+    assert any(m.startswith("server certificate 'gateway'") and "expires in 29." in m for m in said), said

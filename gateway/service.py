@@ -237,14 +237,14 @@ class Gateway:
         except OSError as exc:
             return f"the spool is not writable: {exc}"
         limit = self.config.web.unready_after_seconds if self.config.web is not None else 300.0
-        for name, group in self.forwarders.items():
+        for name, group in list(self.forwarders.items()):  # a reload from the console may change it
             since = min((f.failing_since for f in group if f.failing_since is not None), default=None)
             if since is not None and now - since > limit:
                 return f"destination {name} has been failing for {now - since:.0f} s"
         return None
 
     def stalled(self) -> str | None:
-        """None while every thread the gateway needs runs, else which has stopped (a watchdog restarts it).
+        """None while every thread the gateway needs runs, else which has stopped (``serve`` then exits 1).
 
         Each part survives its own errors; a thread that has ended anyway
         leaves the gateway unable to take, process or deliver images, which
@@ -255,7 +255,7 @@ class Gateway:
         reason = self.server.stalled() or (self.worker.stalled() if self.worker is not None else None)
         if reason is not None:
             return reason
-        for name, group in self.forwarders.items():
+        for name, group in list(self.forwarders.items()):  # a reload from the console may change it
             if any(f.ident is not None and not f.is_alive() for f in group):
                 return f"the forwarder of destination {name} has stopped"
         if self.web is not None and not self.web.running:

@@ -60,9 +60,9 @@ MAX_PDU_RECEIVED = 262_144
 _PDU_LIMIT = 16 * 1024 * 1024
 """Any PDU announced longer than this is refused as hostile or broken."""
 _FRAGMENT_UNLIMITED = 1 << 20
+"""Fragment size when the peer announces no maximum (0)."""
 _COMMAND_LIMIT = 64 * 1024  # a response's command set: a few hundred bytes in practice
 _KEPT_DATASET_LIMIT = 16 * 1024 * 1024  # a storage commitment report: some 150 bytes an instance
-"""Fragment size when the peer announces no maximum (0)."""
 _SEND_BATCH = 1 << 20
 """Bytes of PDUs gathered per system call."""
 

@@ -92,15 +92,15 @@ def _print_certificates(config: Config) -> None:
     """Each certificate of the TLS files the configuration names, and when it expires."""
     from datetime import datetime, timezone
 
-    from gateway.net.certificates import WARN_DAYS, dates
+    from gateway.net.certificates import dates
 
     now = time.time()
     for cert in dates(config):
-        days = (cert.not_after - now) / 86400.0
+        days, state = cert.days_left(now), cert.state(now)
         when = datetime.fromtimestamp(cert.not_after, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        state = ("EXPIRED: peers refuse it" if days <= 0 else f"in {days:.0f} day(s): renew it soon"
-                 if days <= WARN_DAYS else f"in {days:.0f} day(s)")
-        print(f"  cert    {cert.use}: {cert.subject} expires {when}, {state}")
+        said = {"expired": "EXPIRED: peers refuse it", "expiring": f"in {days:.0f} day(s): renew it soon",
+                "valid": f"in {days:.0f} day(s)"}[state]
+        print(f"  cert    {cert.use}: {cert.subject} expires {when}, {said}")
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

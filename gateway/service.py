@@ -228,7 +228,7 @@ class Gateway:
             return "the receiver is not listening"
         now = time.time()
         for cert in self.certificates:
-            if cert.use == "server" and cert.not_after <= now:
+            if cert.use == "server" and cert.state(now) == "expired":
                 return f"the receiver's TLS certificate {cert.subject!r} has expired: callers refuse it"
         probe = self.spool.temp_path(".ready")
         try:

@@ -38,6 +38,14 @@ class CertificateDate:
     subject: str
     not_after: float
 
+    def days_left(self, now: float) -> float:
+        return (self.not_after - now) / 86400.0
+
+    def state(self, now: float) -> str:
+        """``expired``, ``expiring`` (within WARN_DAYS) or ``valid``."""
+        days = self.days_left(now)
+        return "expired" if days <= 0 else "expiring" if days <= WARN_DAYS else "valid"
+
 
 def configured(config: Config) -> list[tuple[str, Path]]:
     """(use, file) of every certificate file the configuration names, each once per use."""
@@ -88,10 +96,10 @@ def dates(config: Config) -> list[CertificateDate]:
 def report(found: list[CertificateDate], now: float) -> None:
     """Log each certificate that has expired (error) or expires within WARN_DAYS (warning)."""
     for cert in found:
-        days = (cert.not_after - now) / 86400.0
-        if days <= 0:
+        days, state = cert.days_left(now), cert.state(now)
+        if state == "expired":
             _log.error("%s certificate %r in %s expired %.0f day(s) ago: peers refuse it; replace it and reload",
                        cert.use, cert.subject, cert.path, -days)
-        elif days <= WARN_DAYS:
+        elif state == "expiring":
             _log.warning("%s certificate %r in %s expires in %.1f day(s): replace it and reload",
                          cert.use, cert.subject, cert.path, days)

@@ -31,7 +31,6 @@ from starlette.templating import Jinja2Templates
 from gateway.config import Config
 from gateway.dicom.uids import lookup
 from gateway.logs import get_logger
-from gateway.net.certificates import WARN_DAYS
 from gateway.record import ProofRecord
 from gateway.spool import Job
 from gateway.web.access import SESSION_COOKIE, Keys
@@ -228,10 +227,8 @@ def console_routes(backend: ConsoleBackend, keys: Keys) -> list[Route]:
         now = time.time()
         rows = []
         for cert in backend.certificates():
-            days = (cert.not_after - now) / 86400.0
-            state = "expired" if days <= 0 else "expiring" if days <= WARN_DAYS else "valid"
             rows.append({"use": cert.use, "subject": cert.subject, "path": cert.path, "not_after": cert.not_after,
-                         "days": days, "state": state})
+                         "days": cert.days_left(now), "state": cert.state(now)})
         return rows
 
     def configuration(request: Request) -> Response:

@@ -109,7 +109,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from gateway.service import Gateway
 
     config = _load(args.config)
-    setup_logging(config.logging.level, config.logging.file, config.logging.max_bytes, config.logging.backups)
+    try:
+        setup_logging(config.logging.level, config.logging.file, config.logging.max_bytes, config.logging.backups)
+    except OSError as exc:  # checked when loaded, but the filesystem may say otherwise (read-only, /proc)
+        raise ConfigError("logging.file", f"cannot open {config.logging.file}: {exc}") from exc
     gateway = Gateway(config)
     done = threading.Event()
 
@@ -216,6 +219,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(line)
         for detail in _destination_lines(spool, dest.name, per["pending"] + per["inflight"]):
             print(f"    {detail}")
+    for name in sorted(spool.job_destinations() - {d.name for d in config.destinations}):
+        per = {s: spool.count_jobs(s, name) for s in ("pending", "inflight", "dead")}
+        print(f"  {name} (not in the configuration): " + "  ".join(f"{k}={v}" for k, v in per.items()))
     failing = spool.failing()
     if failing:
         print("processing failed, to be tried again (then forwarded as received):")
@@ -261,12 +267,17 @@ def _destination_lines(spool, name: str, waiting: int) -> list[str]:
 
 
 def _cmd_retry(args: argparse.Namespace) -> int:
-    from gateway.spool import Spool
+    from gateway.spool import DEAD, UNROUTED, Spool
 
     config = _load(args.config)
     spool = Spool(config.spool.directory)
-    moved = spool.requeue_dead(args.destination)
+    configured = {d.name for d in config.destinations}
+    moved = spool.requeue_dead(args.destination, configured=configured)
     print(f"re-queued {len(moved)} dead letter(s); a running gateway picks them up within 30 s")
+    for name, count in sorted(spool.destination_counts(DEAD).items()):
+        if name not in configured and name != UNROUTED and args.destination in (None, name):
+            print(f"kept {count} dead letter(s) of {name}, which is not in the configuration: configure it to "
+                  "send them")
     return 0
 
 
@@ -457,14 +468,19 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         raise UsageError(f"{dst} is a file; the output of a folder must be a folder")
     if src.is_dir() and dst.resolve() == src.resolve():
         raise UsageError(f"the output folder {dst} is the input folder; name another one")
+    if src.is_dir() and src.resolve().is_relative_to(dst.resolve()):
+        # OUT's tree would overlay IN's: a file under IN could be written over another input file.
+        raise UsageError(f"the output folder {dst} contains the input folder {src}; name one outside it")
     if src.is_file() and not _is_dicom(src):
         raise UsageError(f"{src} is not a DICOM file (no 'DICM' after the 128-byte preamble)")
     if src.is_dir():
         return _cmd_compress_bulk(args, target, src, dst)
     if _bulk_options_given(args):
         raise UsageError("--scheduler, --workers, --layout, --in-flight and --dry-run take a folder as input")
-    if dst.is_dir():
+    if dst.is_dir() or args.output.endswith(("/", os.sep)):
         dst = dst / src.name
+    if dst.resolve() == src.resolve():
+        raise UsageError(f"the output {dst} is the input file; name another one")
     with CompileWatch(_announce_compiling) as watch:
         try:
             result = _compress_one(src, dst, target, not args.no_verify, target in NATIVE_SYNTAXES,

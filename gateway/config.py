@@ -807,9 +807,27 @@ def _logging(data: Any, base: Path) -> LoggingConfig:
                         max_bytes=max_bytes, backups=_int(t.path("backups"), t.pop("backups", _LOGGING.backups),
                                                           1, 1000))
     t.finish()
-    if cfg.file is not None and cfg.file.is_dir():
-        raise ConfigError(t.path("file"), f"{cfg.file} is a folder; name the log file in it")
+    if cfg.file is not None:
+        if cfg.file.is_dir():
+            raise ConfigError(t.path("file"), f"{cfg.file} is a folder; name the log file in it")
+        problem = _unwritable(cfg.file)
+        if problem:
+            raise ConfigError(t.path("file"), problem)
     return cfg
+
+
+def _unwritable(file: Path) -> str | None:
+    """Why `file` cannot be appended to or created, with any missing folders; None if it can."""
+    if file.exists():
+        return None if os.access(file, os.W_OK) else f"{file} is not writable"
+    folder = file.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"cannot create {file}: {folder} is not a folder"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"cannot create {file}: {folder} is not writable"
+    return None
 
 
 def _destination(index: int, data: Any, base: Path) -> Destination:
@@ -858,6 +876,11 @@ def _destination(index: int, data: Any, base: Path) -> Destination:
         )
         if dest.ca_certificates is not None and not dest.url.startswith("https://"):
             raise ConfigError(t.path("ca_certificates"), "only meaningful with an https:// url")
+        if dest.ca_certificates is not None:
+            try:  # as the forwarder will: a typo found now, not by dead-lettering every instance
+                ssl.create_default_context(cafile=str(dest.ca_certificates))
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(t.path("ca_certificates"), f"cannot load {dest.ca_certificates}: {exc}") from exc
     else:
         raise ConfigError(t.path("kind"), f"must be 'dicomweb', 'dicom' or 'folder', got {kind!r}")
     t.finish()

@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.config import Config, Destination, load_config
@@ -87,6 +89,7 @@ class Gateway:
         self._read_certificates()
         self._warm_up()
         repaired = self.spool.recover()
+        self._retire_removed_destinations()  # before the held instances are checked against the routes
         for dest in self.config.destinations:
             self.forwarders[dest.name] = self._forwarders_for(dest, self.config)
         self.worker = Worker(self.config, self.spool, self._submit, record=self.record)
@@ -292,6 +295,8 @@ class Gateway:
         """Put one dead letter back in its queue (as ``dicom-gateway retry`` does); False if it is no dead letter."""
         if not re.fullmatch(r"[0-9a-f-]+", instance) or not re.fullmatch(r"[\w.-]+", destination, re.ASCII):
             return False  # not the name of a job: never a path into or out of the spool
+        if destination != UNROUTED and destination not in {d.name for d in self.config.destinations}:
+            return False  # no forwarder would take it: it stays a dead letter, listed
         job = self.spool.find_job(instance, destination)
         if job is None or job.state != DEAD:
             return False
@@ -300,7 +305,7 @@ class Gateway:
 
     def retry_all_dead(self) -> int:
         """Put every dead letter back in its queue; return how many."""
-        moved = self.spool.requeue_dead()
+        moved = self.spool.requeue_dead(configured={d.name for d in self.config.destinations})
         for job in moved:
             self._requeued(job)
         return len(moved)
@@ -378,7 +383,8 @@ class Gateway:
             return message
         with self._reload_lock:
             old, self.config = self.config, new
-            self.spool.destination_names = frozenset(d.name for d in new.destinations)
+            # A removed destination's jobs keep their instances until they are delivered or dead letters.
+            self.spool.destination_names = frozenset(d.name for d in new.destinations) | self.spool.job_destinations()
             if self.server is not None:
                 self.server.ae.require_calling_aet = list(new.server.allowed_callers)
                 self.server.set_caller_certificates(new.server.caller_certificates)
@@ -410,14 +416,42 @@ class Gateway:
                     forwarder.stop()
                 for forwarder in self.forwarders[dest.name]:
                     forwarder.start()
-            for name in set(before) - {d.name for d in new.destinations}:
-                for forwarder in self.forwarders.pop(name, []):
-                    forwarder.stop()
+            removed = [forwarder for name in set(before) - {d.name for d in new.destinations}
+                       for forwarder in self.forwarders.pop(name, [])]
+            for forwarder in removed:
+                forwarder.stop()
+            if removed:  # once they finished the instances in hand, their queues become dead letters
+                threading.Thread(target=self._retire_removed_destinations, args=(removed,),
+                                 name="retire-destinations", daemon=True).start()
         self.reload_error = None
         _log.info("configuration reloaded from %s: destinations %s", source,
                   ", ".join(f"{d.name} ({d.kind})" for d in new.destinations))
         self._read_certificates()
         return None
+
+    def _retire_removed_destinations(self, stopping: Sequence[Forwarder] = ()) -> None:
+        """Make the queued jobs of destinations no longer configured dead letters, after `stopping` ended."""
+        for forwarder in stopping:
+            forwarder.join(forwarder.destination.timeout_seconds * 4 + 30)  # a send it is in may take a while
+        try:
+            with self._reload_lock:  # against the configuration in force then: a reload may add one back
+                retired = self.spool.retire_destinations({d.name for d in self.config.destinations})
+                self.spool.destination_names = (frozenset(d.name for d in self.config.destinations)
+                                                | self.spool.job_destinations())
+        except (OSError, GatewayError) as exc:
+            _log.error("the queues of destinations no longer configured stay as they are: %s", exc)
+            return
+        counts = Counter(job.destination for job in retired)
+        for name, count in sorted(counts.items()):
+            _log.warning("destination %s is no longer in the configuration: its %d queued instance(s) are dead "
+                         "letters now; configure it again and run 'dicom-gateway retry' to send them", name, count)
+        if self.record is not None:
+            for job in retired:
+                try:
+                    self.record.delivery(job.instance, job.destination, outcome="dead", syntax=None,
+                                         attempts=job.attempts, reason=job.reason)
+                except GatewayError as exc:
+                    _log.error("proof record: %s", exc)
 
     def _all_forwarders(self) -> list[Forwarder]:
         return [f for group in self.forwarders.values() for f in group]

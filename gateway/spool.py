@@ -51,7 +51,8 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, replace
 from glob import escape as glob_escape
@@ -299,6 +300,11 @@ class Job:
         data["identity"] = Identity.from_dict(data.get("identity") or {})
         data["destinations"] = tuple(data.get("destinations") or ())
         return cls(**data)
+
+
+def _destination_of(job_file: str) -> str:
+    """The destination of a job by its file's name, ``<instance>@<destination>.json``."""
+    return job_file[job_file.rindex("@") + 1:-5] if "@" in job_file else UNROUTED
 
 
 class Spool:
@@ -889,12 +895,48 @@ class Spool:
                 fsync_dir(self.jobs / state)
         return fixed
 
-    def requeue_dead(self, destination: str | None = None) -> list[Job]:
-        """Make dead jobs pending again with a fresh attempt count."""
+    def requeue_dead(self, destination: str | None = None, *,
+                     configured: Collection[str] | None = None) -> list[Job]:
+        """Make dead jobs pending again with a fresh attempt count.
+
+        With `configured`, the dead letters of other destinations (removed from the configuration) stay: no
+        forwarder would take them.
+        """
         moved = []
         for job in list(self.jobs_in(DEAD, destination)):
-            moved.append(self.requeue(job))
+            if configured is None or job.destination in configured or job.destination == UNROUTED:
+                moved.append(self.requeue(job))
         return moved
+
+    def destination_counts(self, state: str) -> Counter[str]:
+        """Jobs in `state` per destination, counted by the job files' names (no manifest is read)."""
+        return Counter(_destination_of(name) for name in self._job_names(state, None))
+
+    def job_destinations(self) -> set[str]:
+        """The destinations that have a job still waiting, in flight or dead."""
+        names = {name for state in (PENDING, INFLIGHT, DEAD) for name in self.destination_counts(state)}
+        names.discard(UNROUTED)
+        return names
+
+    def retire_destinations(self, configured: Collection[str]) -> list[Job]:
+        """Make the waiting jobs of destinations not in `configured` dead letters; return them, dead.
+
+        A destination removed from the configuration has no forwarder: its queue would wait forever,
+        unseen.  As dead letters they are listed and counted, their instances are kept, and once the
+        destination is configured again ``dicom-gateway retry`` sends them.
+        """
+        retired = []
+        for name in sorted(self._job_names(PENDING, None)):  # by name: the other queues' manifests stay unread
+            destination = _destination_of(name)
+            if destination in configured or destination == UNROUTED:
+                continue
+            reason = (f"destination {destination!r} is no longer in the configuration; "
+                      "configure it again and retry to send")
+            with self._lock:
+                job = self._read(self.jobs / PENDING / name)
+                if job is not None:  # None: taken meanwhile
+                    retired.append(self.move(job, DEAD, reason=reason))
+        return retired
 
     def _reroute(self, job: Job) -> Job:
         """Send an unrouted instance back through the worker (routes may have changed)."""

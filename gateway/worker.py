@@ -237,7 +237,7 @@ def _child_init(config: Config, service_pid: int, record_path: Path | None = Non
     setup_logging(config.logging.level, config.logging.file, config.logging.max_bytes, config.logging.backups,
                   rotate=False)  # the service rotates the file; this process follows
     spool = Spool(config.spool.directory, keep_after_delivery=config.spool.keep_after_delivery)
-    spool.destination_names = frozenset(d.name for d in config.destinations)
+    spool.destination_names = frozenset(d.name for d in config.destinations) | spool.job_destinations()
     _CHILD = (config, spool, ProofRecord(record_path) if record_path is not None else None)
     import gateway.pipeline  # noqa: F401 - load codecs before the first instance arrives
     from gateway.warmup import configured_syntaxes, warm_up

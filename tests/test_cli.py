@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom import dcmread
-from pydicom.uid import generate_uid
+from pydicom.uid import RLELossless, generate_uid
 
 from gateway.cli import main
 from gateway.dicom.identity import Identity
@@ -239,6 +239,29 @@ def test_compress_argument_errors_exit_2(tmp_path: Path, capsys) -> None:
     assert not (tmp_path / "o.dcm").exists()
     assert main(["compress", "--transfer-syntax", "rle", str(tmp_path), str(tmp_path / ".")]) == 2
     assert "is the input folder" in capsys.readouterr().err
+
+
+def test_compress_never_writes_over_its_input(tmp_path: Path, capsys) -> None:
+    # A folder inside the output: OUT/data/a.dcm would be both IN/a.dcm and the output of IN/data/a.dcm.
+    src = tmp_path / "data"
+    (src / "data").mkdir(parents=True)
+    pydicom_file("CT_small.dcm").save_as(src / "a.dcm", enforce_file_format=True)
+    pydicom_file("MR_small.dcm").save_as(src / "data" / "a.dcm", enforce_file_format=True)
+    before = {path: path.read_bytes() for path in src.rglob("*.dcm")}
+    assert main(["compress", "--transfer-syntax", "rle", str(src), str(tmp_path)]) == 2
+    assert "contains the input folder" in capsys.readouterr().err
+    # A single file written to itself, named or through its folder (with or without a trailing slash).
+    for output in (src / "a.dcm", src, f"{src}/"):
+        assert main(["compress", "--transfer-syntax", "rle", str(src / "a.dcm"), str(output)]) == 2
+        assert "is the input file" in capsys.readouterr().err
+    assert {path: path.read_bytes() for path in src.rglob("*.dcm")} == before
+
+
+def test_compress_a_file_into_a_new_folder_named_with_a_slash(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "ct.dcm"
+    pydicom_file("CT_small.dcm").save_as(src, enforce_file_format=True)
+    assert main(["compress", "--transfer-syntax", "rle", str(src), f"{tmp_path / 'new'}/"]) == 0
+    assert dcmread(tmp_path / "new" / "ct.dcm").file_meta.TransferSyntaxUID == RLELossless
 
 
 def test_compress_reports_failures_and_exits_1(tmp_path: Path, capsys) -> None:

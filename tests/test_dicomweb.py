@@ -177,6 +177,7 @@ def _outcomes(sender: DicomWebSender, jobs: list[Job], paths: dict[str, Path]) -
 
 def test_dicomweb_destination_config(tmp_path: Path) -> None:
     (tmp_path / "pw").write_text("secret\n")
+    make_ca(tmp_path, "ca")
     dest = _destination(tmp_path, "https://pacs.example/dicom-web/", batch_instances=7,
                         auth={"kind": "basic", "username": "gw", "password_file": "pw"},
                         ca_certificates="ca.pem", transfer_syntaxes=["JPEGLSLossless", "ExplicitVRLittleEndian"])
@@ -195,6 +196,7 @@ def test_dicomweb_destination_config(tmp_path: Path) -> None:
     ({"auth": {"kind": "bearer"}}, "destinations[0].auth.token_file"),
     ({"auth": {"kind": "bearer", "token_file": "t", "username": "x"}}, "destinations[0].auth.username"),
     ({"url": "http://pacs/dicom-web", "ca_certificates": "ca.pem"}, "destinations[0].ca_certificates"),
+    ({"ca_certificates": "absent.pem"}, "destinations[0].ca_certificates"),
     ({"ae_title": "PACS"}, "destinations[0].ae_title"),
     ({"transfer_syntaxes": ["nonsense"]}, "destinations[0].transfer_syntaxes[0]"),
 ])
@@ -393,6 +395,15 @@ def test_https_verified_against_the_configured_ca(tmp_path: Path, stow, pki: Pat
                               paths), jobs, paths)
     assert all(isinstance(o, TransientForwardError) and "CERTIFICATE_VERIFY_FAILED" in str(o) for o in wrong)
     assert len(server.requests) == 1, "nothing is sent to a server the CA does not vouch for"
+    # A CA file gone since the start (being replaced, say) delays delivery, and dead-letters nothing.
+    copy = tmp_path / "ca-copy.pem"
+    copy.write_bytes((pki / "ca.pem").read_bytes())
+    sender = _sender(_destination(tmp_path, server.url, ca_certificates=str(copy)), paths)
+    copy.unlink()
+    gone = _outcomes(sender, jobs, paths)
+    assert all(isinstance(o, TransientForwardError) and "cannot load ca_certificates" in str(o) for o in gone)
+    copy.write_bytes((pki / "ca.pem").read_bytes())
+    assert _outcomes(sender, jobs, paths) == [ExplicitVRLittleEndian] * 2
 
 
 # ------------------------------------------------------------------ through the gateway

@@ -17,6 +17,7 @@ import pytest
 from gateway.config import MIN_LOG_BYTES, load_config
 from gateway.errors import ConfigError
 from gateway.logs import file_handler, setup_logging
+from tests.conftest import free_port
 
 LINE = "received sop=1.2.826.0.1.3680043.2.1125.1.{} study=1.2.3 calling=CT1 bytes=524800"
 
@@ -138,3 +139,26 @@ def test_bad_rotation_keys_are_named(tmp_path: Path, table: str, key: str) -> No
     with pytest.raises(ConfigError) as info:
         load_config(_config(tmp_path, table))
     assert info.value.key == key, info.value
+
+
+def test_a_log_file_that_cannot_be_created_is_named(tmp_path: Path) -> None:
+    (tmp_path / "plain").write_text("")
+    config = _config(tmp_path, "")
+    config.write_text(config.read_text().replace('file = "gateway.log"', 'file = "plain/gateway.log"'))
+    with pytest.raises(ConfigError) as info:
+        load_config(config)
+    assert info.value.key == "logging.file" and "not a folder" in str(info.value)
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc, where no file can be created")
+def test_serve_names_the_log_file_it_cannot_open_and_exits_2(tmp_path: Path) -> None:
+    # Only opening tells (root may write any folder but /proc's): a usage error, not a traceback nor exit 1,
+    # so that systemd does not start it again and again.
+    config = _config(tmp_path, "")
+    config.write_text(config.read_text().replace('file = "gateway.log"', 'file = "/proc/dicom-gateway-test.log"')
+                      + f"[server]\nport = {free_port()}\n")
+    done = subprocess.run([sys.executable, "-c", "import sys; from gateway.cli import main; sys.exit(main())",
+                           "serve", "--config", str(config)], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 2, done.stderr
+    assert "logging.file" in done.stderr and "Traceback" not in done.stderr

@@ -212,3 +212,73 @@ def test_sighup_with_a_file_that_is_not_utf8_leaves_the_service_running(tmp_path
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0
+
+
+_UNREACHABLE = """
+[[destinations]]
+name = "pacs"
+kind = "dicom"
+ae_title = "PACS"
+host = "127.0.0.1"
+port = {port}
+timeout_seconds = 1
+"""
+_PACS_AS_FOLDER = """
+[[destinations]]
+name = "pacs"
+kind = "folder"
+path = "archive_pacs"
+"""
+
+
+def test_a_removed_destinations_queue_becomes_dead_letters_that_wait_for_it(tmp_path: Path, gateway_factory,
+                                                                            capsys) -> None:
+    from gateway.cli import main
+    from gateway.spool import DEAD, PENDING
+
+    toml = tmp_path / "gateway.toml"
+    port = free_port()
+    _write(toml, port, extra=_UNREACHABLE.format(port=free_port()))
+    gateway = gateway_factory(load_config(toml))
+    first, second = _one(), _one()
+    assert send(gateway.port, [first]) == [0]
+    assert wait_until(lambda: gateway.spool.count_jobs(PENDING, "pacs") == 1, timeout=30)
+
+    _write(toml, port)  # the archive is retired
+    assert gateway.reload() is None
+    assert wait_until(lambda: gateway.spool.count_jobs(DEAD, "pacs") == 1, timeout=60)
+    job = next(gateway.spool.jobs_in(DEAD, "pacs"))
+    assert "no longer in the configuration" in job.reason
+    assert str(first.SOPInstanceUID) in _stored(tmp_path, "archive_a")
+    assert gateway.spool.held_path(job.instance).exists(), "its instance is kept for it"
+    [entry] = gateway.record.find(str(first.SOPInstanceUID))
+    assert {(d["destination"], d["outcome"]) for d in entry["deliveries"]} == {("a", "delivered"), ("pacs", "dead")}
+    assert not gateway.retry_all_dead() and not gateway.retry_dead(job.instance, "pacs")
+    gateway.stop()
+
+    # Stopped with a queue for a destination then removed: the start makes it dead letters.
+    _write(toml, port, extra=_UNREACHABLE.format(port=free_port()))
+    gateway = gateway_factory(load_config(toml))
+    assert send(gateway.port, [second]) == [0]
+    assert wait_until(lambda: gateway.spool.count_jobs(PENDING, "pacs") == 1, timeout=30)
+    assert gateway.spool.count_jobs(DEAD, "pacs") == 1, "the first stays a dead letter until retried"
+    gateway.stop()
+    _write(toml, port)
+    gateway = gateway_factory(load_config(toml))
+    assert gateway.spool.count_jobs(DEAD, "pacs") == 2 and gateway.spool.count_jobs(PENDING, "pacs") == 0
+    assert gateway.spool.counts()["held"] == 2
+    gateway.stop()
+    assert main(["status", "--config", str(toml)]) == 0
+    assert "pacs (not in the configuration): pending=0  inflight=0  dead=2" in capsys.readouterr().out
+    assert main(["retry", "--config", str(toml)]) == 0
+    out = capsys.readouterr().out
+    assert "re-queued 0" in out and "kept 2 dead letter(s) of pacs" in out
+
+    # Configured again, retried: both go out and their instances leave the spool.
+    _write(toml, port, extra=_PACS_AS_FOLDER)
+    assert main(["retry", "--config", str(toml)]) == 0
+    assert "re-queued 2" in capsys.readouterr().out
+    gateway = gateway_factory(load_config(toml))
+    assert wait_until(lambda: _stored(tmp_path, "archive_pacs") == {str(first.SOPInstanceUID),
+                                                                     str(second.SOPInstanceUID)}, timeout=30)
+    assert wait_until(lambda: gateway.spool.counts()["held"] == 0, timeout=30)

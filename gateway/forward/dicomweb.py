@@ -328,8 +328,8 @@ class DicomWebSender:
             if dest.ca_certificates is not None:
                 try:
                     verify = ssl.create_default_context(cafile=str(dest.ca_certificates))
-                except (OSError, ssl.SSLError) as exc:
-                    raise PermanentForwardError(f"{dest.name}: cannot load ca_certificates "
+                except (OSError, ssl.SSLError) as exc:  # checked at start: replaced since, and fixed by a reload
+                    raise TransientForwardError(f"{dest.name}: cannot load ca_certificates "
                                                 f"{dest.ca_certificates}: {exc}") from exc
             self._client = httpx.Client(verify=verify, timeout=httpx.Timeout(dest.timeout_seconds),
                                         follow_redirects=False)

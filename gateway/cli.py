@@ -457,6 +457,7 @@ def _check_private_version(version: int) -> None:
 def _cmd_compress(args: argparse.Namespace) -> int:
     """A folder runs on every core through :mod:`gateway.bulk`; a single file here, in this process."""
     from gateway.dicom.uids import NATIVE_SYNTAXES
+    from gateway.logs import one_line
     from gateway.warmup import CompileWatch
 
     target = resolve_target(args.transfer_syntax)
@@ -492,11 +493,11 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     if watch.compiled:
         print(f"compiled {watch.compiled} kernel(s) in {watch.seconds:.1f} s", file=sys.stderr)
     if result.kind == "recompressed":
-        print(result.line)
+        print(one_line(result.line))
     elif result.kind == "passed":
-        print(f"kept    {src} -> {dst} ({result.reason})")
+        print(one_line(f"kept    {src} -> {dst} ({result.reason})"))
     else:
-        print(f"FAILED  {src}: {result.reason}", file=sys.stderr)
+        print(one_line(f"FAILED  {src}: {result.reason}"), file=sys.stderr)
     return EXIT_FAILED if result.kind == "failed" else EXIT_OK
 
 

@@ -20,10 +20,27 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["LOGGER_NAME", "file_handler", "get_logger", "setup_logging", "stage"]
+__all__ = ["LOGGER_NAME", "file_handler", "get_logger", "one_line", "setup_logging", "stage"]
 
 LOGGER_NAME = "gateway"
 _FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+# C0 and C1 control characters and DEL, shown as \xNN: a value a peer sent cannot start a line of its own.
+_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def one_line(text: str) -> str:
+    """`text` with its control characters escaped: it neither breaks a line nor commands a terminal."""
+    return text.translate(_ESCAPES)
+
+
+class _OneLine(logging.Formatter):
+    """Formats a message with its control characters escaped: one event is one line, whatever it quotes."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = one_line(record.message)
+        return super().formatMessage(record)
 
 
 def get_logger(part: str = "") -> logging.Logger:
@@ -45,7 +62,7 @@ def setup_logging(level: str = "INFO", file: Path | None = None, max_bytes: int 
     for handler in list(root.handlers):
         root.removeHandler(handler)
         handler.close()
-    formatter = logging.Formatter(_FORMAT)
+    formatter = _OneLine(_FORMAT)
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if file is not None:
         handlers.append(file_handler(file, max_bytes, backups, rotate=rotate))
@@ -99,7 +116,9 @@ def _value(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     text = str(value)
-    return f'"{text}"' if (" " in text or not text) else text
+    if not text or any(c in text for c in ' "=\\'):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return text
 
 
 def stage(logger: logging.Logger, name: str, sop: str, level: int = logging.INFO, **fields: object) -> None:

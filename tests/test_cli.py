@@ -154,6 +154,18 @@ def test_compress_a_folder_mirrors_it(tmp_path: Path, capsys) -> None:
     assert "ok      " in capsys.readouterr().out
 
 
+def test_compress_report_escapes_what_the_files_say(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    ds = pydicom_file("CT_small.dcm")
+    ds.Modality = "CT\x1b]0;title\x07\x1b[2J\nforged line"  # a terminal's title, a cleared screen, a line
+    ds.save_as(src / "ct.dcm", enforce_file_format=True)
+    assert main(["compress", "--transfer-syntax", "rle", str(src), str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\nforged line" not in out
+    assert "CT\\x1b]0;title\\x07\\x1b[2J\\x0aforged line" in out
+
+
 def test_compress_skips_files_that_are_not_dicom(tmp_path: Path, capsys) -> None:
     src = tmp_path / "in"
     src.mkdir()

@@ -240,6 +240,20 @@ def test_an_older_record_is_migrated_in_place(tmp_path: Path) -> None:
     ProofRecord(path)  # a second opening finds nothing to do
 
 
+def test_config_page_says_where_each_destination_is(tmp_path: Path, gateway_factory) -> None:
+    web_port = free_port()
+    destinations = [{"name": "local", "kind": "folder", "path": "archive"},
+                    {"name": "pacs", "kind": "dicom", "ae_title": "PACS", "host": "127.0.0.1", "port": 104},
+                    {"name": "cloud", "kind": "dicomweb", "url": f"http://127.0.0.1:{free_port()}/dicom-web"}]
+    gateway = gateway_factory(build_config(tmp_path, destinations=destinations, web={"port": web_port}))
+    status, _, html = request(gateway.web.port, "GET", "/config")
+    rows = "".join(Page(html).text["destinations"].split())  # each row's cells, run together
+    assert status == 200
+    assert f"localfolder{tmp_path / 'archive'}" in rows
+    assert "pacsdicomPACS@127.0.0.1:104" in rows
+    assert f"clouddicomweb{destinations[2]['url']}" in rows
+
+
 # ---------------------------------------------------------------- queues and retry, over HTTP
 
 

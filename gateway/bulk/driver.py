@@ -41,6 +41,7 @@ from gateway.bulk.report import Report, build_report, human_bytes
 from gateway.bulk.task import DONE, compress_file, remove_debris
 from gateway.config import PRIVATE_VERSION, private_options
 from gateway.errors import GatewayError
+from gateway.logs import one_line
 from gateway.record import pairs_text
 
 __all__ = ["BulkOptions", "Estimate", "OutputError", "SchedulerError", "run", "estimate"]
@@ -110,7 +111,7 @@ Call = tuple[tuple, dict]
 
 
 def _stderr(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    print(one_line(text), file=sys.stderr, flush=True)  # reasons quote the files read
 
 
 def _lost(call: Call, exc: BaseException) -> dict[str, Any]:

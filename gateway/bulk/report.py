@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from gateway.bulk.manifest import Manifest, path_of, printable
+from gateway.logs import one_line
 
 __all__ = ["Report", "Group", "build_report", "reason_group", "human_bytes"]
 
@@ -88,7 +89,7 @@ class Report:
         if self.failures:
             out.append("failures (first ones):")
             out += [f"  {rel}: {reason}" for rel, reason in self.failures]
-        return out
+        return [one_line(line) for line in out]  # names and reasons come from the files read
 
 
 def _groups(manifest: Manifest, column: str) -> list[Group]:

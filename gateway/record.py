@@ -9,7 +9,9 @@ received instance and its stages, written as each stage completes:
   written with, such as our private syntax's ``version=2``, encoded bytes,
   ratio, time) or passed through (the reason); the decoder that read the
   original and the SHA-256 of its pixel values (:func:`gateway.pipeline.pixel_hash`: the hash of
-  ``pydicom.pixels.pixel_array(ds, raw=True)``, recomputable by anyone);
+  ``pydicom.pixels.pixel_array(ds, raw=True)``, recomputable by anyone; of an original kept as
+  received because it holds data above Bits Stored, the hash of the stored words whole, those bits
+  included, where pydicom would clear them);
 * **verified**: each decoder that decoded the output and the hash of what it
   decoded (table ``verifications``);
 * **forwarded**: per destination, the syntax sent, the bytes handed over, the outcome (delivered or

@@ -555,3 +555,74 @@ def test_event_report_flood_takes_no_more_threads_than_its_queue(tmp_path, gatew
         release.set()
         sock.close()
     assert wait_until(lambda: gateway.server.counts()[0] == 0, timeout=10)
+
+
+def _associated_with(port: int, contexts: list[tuple[int, str, str]]) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(encode_associate_rq("GATEWAY", "HOSTILE", contexts))
+    sock.settimeout(5)
+    header = sock.recv(6, socket.MSG_WAITALL)
+    assert header[:1] == b"\x02", header
+    sock.recv(struct.unpack(">I", header[2:6])[0], socket.MSG_WAITALL)
+    return sock
+
+
+def _p_data_of(*pdvs: tuple[int, int, bytes]) -> bytes:
+    """One P-DATA-TF carrying several presentation data value items (context id, control header, fragment)."""
+    body = b"".join(struct.pack(">IBB", len(fragment) + 2, context_id, control) + fragment
+                    for context_id, control, fragment in pdvs)
+    return struct.pack(">BBI", 0x04, 0, len(body)) + body
+
+
+def _response_status(sock: socket.socket) -> int:
+    """The Status (0000,0900) of the next DIMSE response, its command set in one P-DATA-TF."""
+    header = sock.recv(6, socket.MSG_WAITALL)
+    assert header[:1] == b"\x04", header
+    body = sock.recv(struct.unpack(">I", header[2:6])[0], socket.MSG_WAITALL)
+    at = body.index(struct.pack("<HHI", 0, 0x0900, 2))
+    return struct.unpack_from("<H", body, at + 8)[0]
+
+
+def test_presentation_data_after_a_whole_message_in_the_same_p_data_is_aborted(tmp_path, gateway_factory,
+                                                                               caplog) -> None:
+    """pynetdicom decodes a P-DATA-TF only up to the item that completes a message and drops the rest: a
+    C-STORE command behind a whole C-ECHO would leave it keeping the data set that follows in memory."""
+    gateway = _gateway(tmp_path, gateway_factory)
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        sock = _associated_with(gateway.port, [(1, VERIFICATION, IMPLICIT), (3, CT, IMPLICIT)])
+        try:
+            sock.sendall(_p_data_of((1, 0x03, _echo_rq(0x0101)),
+                                    (3, 0x03, _store_rq("1.2.826.0.1.3680043.2.1125.9.2"))))
+            sent = _send_until_closed(sock, _p_data(3, 0x00, bytes(64 * 1024)), 16 * 1024 * 1024)
+            answer = _closed_within(sock, 3.0)
+        finally:
+            sock.close()
+    assert answer is not None and b"\x07\x00\x00\x00\x00\x04\x00\x00\x02\x06" in answer
+    assert sent < 16 * 1024 * 1024
+    assert any("after the one that completes a message" in r.getMessage() for r in caplog.records)
+    assert wait_until(lambda: gateway.server.counts()[0] == 0, timeout=5)
+    assert _echo(gateway.port) < PROMPT_SECONDS
+
+
+def test_a_whole_c_store_in_one_p_data_is_taken(tmp_path, gateway_factory) -> None:
+    """A command and its data set in the same P-DATA-TF (as dcm4che packs them) are one message: stored."""
+    from io import BytesIO
+
+    from pydicom.filebase import DicomFileLike
+    from pydicom.filewriter import write_dataset
+
+    gateway = _gateway(tmp_path, gateway_factory)
+    ds = pydicom_file("CT_small.dcm")
+    buffer = BytesIO()
+    out = DicomFileLike(buffer)
+    out.is_little_endian, out.is_implicit_VR = True, True
+    write_dataset(out, ds)
+    data = buffer.getvalue()
+    half = len(data) // 2
+    sock = _associated_with(gateway.port, [(1, CT, IMPLICIT)])
+    with sock:
+        sock.sendall(_p_data_of((1, 0x03, _store_rq(str(ds.SOPInstanceUID))), (1, 0x00, data[:half]),
+                                (1, 0x02, data[half:])))
+        assert _response_status(sock) == 0x0000
+        sock.sendall(_p_data_of((1, 0x03, _echo_rq(0x0101))))  # and the association goes on
+        assert _response_status(sock) == 0x0000

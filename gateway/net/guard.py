@@ -201,6 +201,7 @@ class _GuardedSocket(AssociationSocket):
     _data_due: bool  # a whole command set announced a data set, not yet wholly received
     _data_limit: int | None  # bytes of that data set kept in memory at most; None: it goes to the spool
     _data_bytes: int  # of that data set, so far
+    _completed: bool  # the last presentation data value item read completed a message
     _limits: Limits
     _on_close: Callable[[socket.socket], None]
     _peer: str
@@ -293,6 +294,7 @@ class _GuardedSocket(AssociationSocket):
         self._data_due = False
         self._data_limit = DATA_SET_LIMIT
         self._data_bytes = 0
+        self._completed = True
 
     def _check_p_data(self, body: bytearray) -> bool:
         """Follow the DIMSE messages of a whole P-DATA-TF body (PS3.8 9.3.5.1, E.2); False to abort.
@@ -301,9 +303,21 @@ class _GuardedSocket(AssociationSocket):
         here, before pynetdicom decodes it.  What pynetdicom would keep in memory
         without bound, or what would raise inside its reader thread (which then
         dies, leaving the association hanging), is refused here instead.
+
+        pynetdicom decodes a P-DATA-TF only up to the item that completes a
+        message and silently drops the items after it, so from there on this
+        count and its own would differ (a C-STORE command it never saw, whose
+        data set it would then keep in memory).  PS3.8 allows a second message
+        in the same P-DATA-TF, but no sender does it (DCMTK, dcm4che, fo-dicom
+        and pynetdicom end each message's last PDU with it): such a P-DATA-TF is
+        aborted.
         """
         offset = 0
         while offset < len(body):
+            if self._completed and offset:
+                return self._abort("a presentation data value item in a P-DATA-TF after the one that completes "
+                                   "a message (a message per P-DATA-TF at most)")
+            self._completed = False
             if offset + 6 > len(body):
                 return self._abort("a P-DATA-TF ends inside a presentation data value item header")
             length = int.from_bytes(body[offset:offset + 4], "big")

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from io import BytesIO
 
 import numpy as np
 from pydicom import Dataset
-from pydicom.encaps import generate_frames
+from pydicom.encaps import generate_fragmented_frames, parse_basic_offsets, parse_fragments
 from pydicom.uid import UID, ExplicitVRBigEndian
 
 from gateway.codecs.base import FrameInfo
 from gateway.codecs.jpeg_markers import EOI, SOS, walk_markers
-from gateway.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, is_encapsulated
+from gateway.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, RLE_LOSSLESS, is_encapsulated
 from gateway.errors import PixelDataError, UnsupportedImageError
 from gateway.pipeline.decoders import NATIVE, DecodeFrame, hidden_bits, source_decoder, start_image
 
@@ -335,6 +336,25 @@ def irreversible_wavelet(fragment: bytes) -> bool:
     return False
 
 
+_RLE_ONE_ITEM = "an RLE frame is one item (PS3.5 A.4.2)"
+
+
+def _check_rle_items(value: bytes, frames: int) -> None:
+    """Raise unless the encapsulated RLE `value` holds one item per frame.
+
+    PS3.5 A.4.2 puts each RLE frame in one fragment.  Items joined into one
+    frame would be decoded as the first item alone (the others taken for
+    the tail of its last segment), and fewer items than frames leave frames
+    out.  Only the item headers are read.
+    """
+    buffer = BytesIO(value)
+    parse_basic_offsets(buffer)
+    items, _ = parse_fragments(buffer)
+    if items != frames:
+        raise PixelDataError(f"the Pixel Data holds {items} items for {frames} frame(s) of (0028,0008) "
+                             f"'Number of Frames': {_RLE_ONE_ITEM}")
+
+
 def frame_decoder(ds: Dataset) -> tuple[str, DecodeFrame | None]:
     """The proof name of the decoder that reads `ds`'s pixels, and the decoder (None for native data)."""
     uid = transfer_syntax(ds)
@@ -356,7 +376,9 @@ def iter_frames(ds: Dataset) -> Iterator[np.ndarray]:
         Float, 1-bit or subsampled native images, which no codec of ours
         carries, or a syntax nobody here decodes.
     PixelDataError
-        Missing or inconsistent attributes, short pixel data, or a decoder failure.
+        Missing or inconsistent attributes, short pixel data, a value that
+        holds fewer or more frames than (0028,0008) 'Number of Frames' says
+        (or an RLE frame in more than one item), or a decoder failure.
     """
     info = frame_info(ds)
     frames = number_of_frames(ds)
@@ -371,11 +393,20 @@ def iter_frames(ds: Dataset) -> Iterator[np.ndarray]:
         )
     _, decode = source_decoder(uid)
     start_image(uid)  # an inter-coded frame may refer only to the frame before it in this image
+    found = 0
     try:
-        for number, fragment in enumerate(generate_frames(ds.PixelData, number_of_frames=frames), start=1):
+        if uid == RLE_LOSSLESS:
+            _check_rle_items(ds.PixelData, frames)
+        for number, fragments in enumerate(generate_fragmented_frames(ds.PixelData, number_of_frames=frames),
+                                           start=1):
             if number > frames:  # a Basic Offset Table that lists more frames than Number of Frames says
                 raise PixelDataError(f"the Pixel Data holds more frames than (0028,0008) 'Number of Frames' "
                                      f"{frames}")
+            if uid == RLE_LOSSLESS and len(fragments) != 1:  # an offset table grouping items
+                raise PixelDataError(f"frame {number} is in {len(fragments)} items: {_RLE_ONE_ITEM}")
+            fragment = fragments[0] if len(fragments) == 1 else b"".join(fragments)
+            del fragments
+            found = number
             declared = codestream_size(fragment) if uid in END_MARKED else None
             if declared is not None and (declared[0] not in (0, info.rows) or declared[1] != info.columns):
                 raise PixelDataError(f"frame {number}: the codestream declares {declared[0]} x {declared[1]} "
@@ -393,6 +424,9 @@ def iter_frames(ds: Dataset) -> Iterator[np.ndarray]:
                                          "codestream (another codestream, or more frames than Number of "
                                          "Frames says)")
             yield decode(fragment, info)
+        if found < frames:  # an offset table naming fewer frames, or fewer items than frames
+            raise PixelDataError(f"the Pixel Data holds {found} frame(s), (0028,0008) 'Number of Frames' "
+                                 f"says {frames}")
     except (UnsupportedImageError, PixelDataError):
         raise
     except (KeyboardInterrupt, SystemExit, GeneratorExit):

@@ -50,6 +50,7 @@ from gateway.pipeline.pixels import (
     high_bits_used,
     iter_frames,
     native_frames,
+    number_of_frames,
     transfer_syntax,
 )
 from gateway.pipeline.verify import first_difference, frame_difference
@@ -312,6 +313,10 @@ def _verify(
 ) -> str | None:
     """None when what we wrote decodes to `frames`, by our decoder and the independent one.
 
+    There must be as many frames as the written dataset's Number of Frames
+    says, and one codestream for each: frames missing from both the
+    original's decoded frames and the output would otherwise go unseen.
+
     Appends (decoder name, pixel hash of what it decoded) to `proof` for every
     decoder that agreed.  A decoder agrees only when its frames equal `frames`
     in shape, dtype and every value, so the hash of what it decoded is
@@ -332,14 +337,19 @@ def _verify(
     reference = verifying_decoder(target)
     if reference is not None:
         decoders.append((decoder_name(reference), reference))
-    if fragments != len(frames):
-        return f"verification failed: {fragments} codestreams written for {len(frames)} frame(s)"
+    try:
+        declared = number_of_frames(new)
+    except GatewayError as exc:
+        return f"verification failed: {exc}"
+    if not fragments == len(frames) == declared:
+        return (f"verification failed: {fragments} codestreams written for {len(frames)} frame(s), "
+                f"(0028,0008) 'Number of Frames' {declared}")
     # One walk through the encapsulated value, fragment by fragment: that checks
     # the encapsulation as well as the codestreams, and holds one frame's
     # codestream and decoded values at a time beside the original.  Each
     # codestream is read by our decoder first, then by the independent one.
     end_marked = str(target) in END_MARKED
-    read_back = generate_frames(new.PixelData, number_of_frames=len(frames))
+    read_back = generate_frames(new.PixelData, number_of_frames=declared)
     start_image(target)
     for number, expected in enumerate(frames, start=1):
         try:

@@ -10,6 +10,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from email.parser import BytesParser
 from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 from pydicom import Dataset, dcmread
-from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, RLELossless
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLSLossless, RLELossless
 
 from gateway.config import ConfigError, parse_config
 from gateway.dicom.identity import Identity
@@ -324,6 +325,50 @@ def test_transfer_syntax_refused_falls_back_verified(tmp_path: Path, stow) -> No
     paths.update(more_paths)
     assert _outcomes(sender, more, paths) == [ExplicitVRLittleEndian]
     assert [str(ds.file_meta.TransferSyntaxUID) for ds in server.requests[-1]] == [ExplicitVRLittleEndian]
+
+
+def _as_implicit(job: Job, path: Path) -> Job:
+    """The object at `path` written again in implicit VR little endian (kept as received, say), and its job."""
+    ds = dcmread(path)
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    ds.save_as(path, implicit_vr=True, little_endian=True, enforce_file_format=True)
+    return replace(job, identity=job.identity.with_syntax(ImplicitVRLittleEndian))
+
+
+@pytest.mark.parametrize("first", [JPEGLSLossless, ExplicitVRLittleEndian])
+def test_an_implicit_vr_instance_is_re_encoded_with_its_batch(tmp_path: Path, stow, first: str) -> None:
+    """Its raw implicit elements are written with their VRs, compressed or not."""
+    jobs, paths, originals = _objects(tmp_path, 3)
+    jobs[0] = _as_implicit(jobs[0], paths[jobs[0].instance])
+    server = stow()
+    dest = _destination(tmp_path, server.url, transfer_syntaxes=[first, "ExplicitVRLittleEndian"])
+    out = _outcomes(_sender(dest, paths), jobs, paths)
+    assert out[0] == first and len(server.requests) == 1
+    got = {str(ds.SOPInstanceUID): ds for ds in server.requests[0]}[str(originals[0].SOPInstanceUID)]
+    assert got.file_meta.TransferSyntaxUID == first
+    assert got.PatientName == originals[0].PatientName and got.ImageType == originals[0].ImageType
+    assert np.array_equal(got.pixel_array, originals[0].pixel_array)
+
+
+def test_an_instance_that_cannot_be_written_fails_alone(tmp_path: Path, stow) -> None:
+    """A transcoder whose output cannot be serialised: that instance is a dead letter saying why; the
+    rest of its batch goes in the same request."""
+
+    def relabelled(path: Path, stored: str, target: str) -> Dataset:  # raw implicit elements, labelled explicit
+        ds = dcmread(path)
+        ds.file_meta.TransferSyntaxUID = target
+        ds.set_original_encoding(False, True, ds.original_character_set)
+        return ds
+
+    jobs, paths, _ = _objects(tmp_path, 3)
+    jobs[1] = _as_implicit(jobs[1], paths[jobs[1].instance])
+    server = stow()
+    dest = _destination(tmp_path, server.url, transfer_syntaxes=["ExplicitVRLittleEndian"])
+    out = _outcomes(DicomWebSender(dest, transcode=relabelled, locate=lambda job: paths[job.instance]), jobs, paths)
+    assert out[0] == out[2] == ExplicitVRLittleEndian
+    assert isinstance(out[1], PermanentForwardError)
+    assert "Explicit VR Little Endian: TypeError" in str(out[1]) and "(0008,0008)" in str(out[1])
+    assert [len(r) for r in server.requests] == [2]
 
 
 def test_no_syntax_left_is_permanent(tmp_path: Path, stow) -> None:

@@ -39,7 +39,7 @@ from gateway.errors import (AssociationAbortedError, AssociationRejectedError, F
 from gateway.forward.commitment import (ACTION_REQUEST, STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE,
                                         CommitmentReports, CommitmentResult, classify_failure, decode_implicit,
                                         describe_failure, parse_report, request_bytes)
-from gateway.forward.transcode import encode_for
+from gateway.forward.transcode import encode_for, encoded
 from gateway.logs import get_logger
 from gateway.net.scu import Association
 from gateway.record import ProofRecord
@@ -172,20 +172,25 @@ class DicomSender:
             raise PermanentForwardError(f"{self.destination.name} does not accept SOP class {sop_class}")
         chosen: str | None = None
         payload: bytes | memoryview | tuple[Path, int] | None = None
+        refusals: list[str] = []  # why each accepted syntax could not be written
         for ts in ladder_for(self.destination, stored):
             if ts not in accepted:
                 continue
             if ts == stored:
                 chosen, payload = ts, (path, offset)
                 break
-            encoded = self.transcode(path, stored, ts)
-            if encoded is not None:
-                chosen, payload = ts, _dataset_bytes(encoded)
-                break
+            try:
+                payload = encoded(self.transcode, path, stored, ts, _dataset_bytes)
+            except PermanentForwardError as exc:  # not in this syntax: the next one
+                refusals.append(str(exc))
+                continue
+            chosen = ts
+            break
         if chosen is None or payload is None:
+            why = f": {'; '.join(refusals)}" if refusals else ""
             raise PermanentForwardError(
                 f"{self.destination.name} accepts {', '.join(accepted)} for {sop_class}; "
-                f"the instance (stored as {stored}) could not be encoded in any of them")
+                f"the instance (stored as {stored}) could not be encoded in any of them{why}")
         status = self._store(job, chosen, payload)
         kind = classify_status(status)
         if kind == "success":
@@ -226,6 +231,13 @@ class DicomSender:
                 syntax = self._store_one(job, job_path)
             except ForwardError as exc:
                 self._outcomes[job.key] = exc
+                continue
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # noqa: BLE001 - one instance's trouble is not the rest of the batch's
+                self.close()  # whatever state the association was left in
+                _log.exception("storing %s on %s failed unexpectedly", job.sop, self.destination.name)
+                self._outcomes[job.key] = TransientForwardError(f"{type(exc).__name__}: {exc}")
                 continue
             stored[job.identity.sop_instance_uid] = (job, syntax)
         self._batch = [job for job in self._batch if job.key not in self._outcomes and

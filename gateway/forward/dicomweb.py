@@ -50,7 +50,7 @@ from gateway.config import ConfigError, Destination
 from gateway.dicom.filemeta import read_file_meta
 from gateway.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
 from gateway.errors import ForwardError, PermanentForwardError, TransientForwardError
-from gateway.forward.transcode import encode_for
+from gateway.forward.transcode import encode_for, encoded
 from gateway.logs import get_logger
 from gateway.spool import Job
 
@@ -215,15 +215,18 @@ class DicomWebSender:
             raise TransientForwardError(f"cannot read processed object {path.name}: {exc}") from exc
         sop_class = job.identity.sop_class_uid
         ladder = self.ladder(sop_class, stored)
+        refusals: list[str] = []  # why each syntax could not be written
         for ts in ladder:
             if ts == stored:
                 return _Part(job, ts, path, None)
-            encoded = self.transcode(path, stored, ts)
-            if encoded is not None:
-                return _Part(job, ts, None, _file_bytes(encoded))
+            try:
+                return _Part(job, ts, None, encoded(self.transcode, path, stored, ts, _file_bytes))
+            except PermanentForwardError as exc:  # not in this syntax: the next one
+                refusals.append(str(exc))
         tried = ", ".join(ladder) or "none left"
+        why = f": {'; '.join(refusals)}" if refusals else ""
         raise PermanentForwardError(f"{self.destination.name}: the instance (stored as {stored}) could not be "
-                                    f"encoded in a syntax the archive takes ({tried})")
+                                    f"encoded in a syntax the archive takes ({tried}){why}")
 
     # -- sending
 
@@ -245,6 +248,12 @@ class DicomWebSender:
                 parts.append(self._part(job, job_path))
             except ForwardError as exc:
                 self._outcomes[job.key] = exc
+                continue
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # noqa: BLE001 - one instance's trouble is not the rest of the batch's
+                _log.exception("preparing %s for %s failed unexpectedly", job.sop, self.destination.name)
+                self._outcomes[job.key] = TransientForwardError(f"{type(exc).__name__}: {exc}")
                 continue
             seen.add(sop)
         groups = [parts] if parts else []

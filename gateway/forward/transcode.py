@@ -1,40 +1,52 @@
 """Re-encoding a processed object for a destination that refuses its stored syntax.
 
 Kept apart from the senders: a sender only moves bytes; this module owns the
-one place where an object is decoded and encoded again on its way out, always
-through the pipeline and so always verified.
+one place where an object is decoded and encoded again on its way out.  Pixel
+data is re-encoded through the pipeline and so always verified; between the
+uncompressed little endian syntaxes (implicit, explicit, deflated) only the
+element encoding changes, which pydicom's writer converts from the encoding
+the object was read in (raw elements decoded, ambiguous VRs resolved).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydicom import Dataset, dcmread
 from pydicom.uid import UID
 
-from gateway.dicom.uids import IMPLICIT_VR_LITTLE_ENDIAN, NATIVE_SYNTAXES
+from gateway.dicom.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, NATIVE_SYNTAXES
+from gateway.errors import PermanentForwardError, TransientForwardError
 from gateway.logs import get_logger
 from gateway.pipeline import recompress
 
-__all__ = ["encode_for"]
+__all__ = ["encode_for", "encoded"]
 
 _log = get_logger("forward")
+
+_T = TypeVar("_T")
+
+# Uncompressed and little endian: an object moves between these by its element encoding alone.
+_LITTLE_ENDIAN_UNCOMPRESSED = NATIVE_SYNTAXES | {DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN}
 
 
 def encode_for(path: Path, stored: str, target: str, *, verify: bool = True,
                encode_options: Mapping[str, Mapping[str, Any]] | None = None) -> Dataset | None:
     """The object re-encoded (verified) in `target`, or None if it cannot be.
 
-    Between the two little endian syntaxes only the element encoding
-    changes, the pixel bytes stay; anything else goes through the pipeline,
-    with the configured `encode_options` (see :func:`gateway.pipeline.recompress`).
+    Between the uncompressed little endian syntaxes only the element
+    encoding changes, the pixel bytes stay; anything else goes through the
+    pipeline, with the configured `encode_options` (see
+    :func:`gateway.pipeline.recompress`).  Either way the dataset keeps the
+    encoding it was read in as its *original* one and names `target` in its
+    file meta: writing it converts every element, since pydicom writes a raw
+    element as it is only when the two encodings agree.
     """
     ds = dcmread(path)
-    if stored in NATIVE_SYNTAXES and target in NATIVE_SYNTAXES:
+    if stored in _LITTLE_ENDIAN_UNCOMPRESSED and target in _LITTLE_ENDIAN_UNCOMPRESSED:
         ds.file_meta.TransferSyntaxUID = UID(target)
-        ds.set_original_encoding(target == IMPLICIT_VR_LITTLE_ENDIAN, True, ds.original_character_set)
         return ds
     try:
         outcome = recompress(ds, target, verify=verify, encode_options=encode_options)
@@ -44,7 +56,38 @@ def encode_for(path: Path, stored: str, target: str, *, verify: bool = True,
         _log.warning("re-encoding %s to %s failed: %s: %s", path.name, target, type(exc).__name__, exc)
         return None
     if str(outcome.transfer_syntax) != target:
+        _log.warning("%s cannot be re-encoded in %s: %s", path.name, UID(target).name, outcome.reason)
         return None
-    new = outcome.dataset
-    new.set_original_encoding(target == IMPLICIT_VR_LITTLE_ENDIAN, True, new.original_character_set)
-    return new
+    return outcome.dataset
+
+
+def encoded(transcode: Callable[[Path, str, str], Dataset | None], path: Path, stored: str, target: str,
+            write: Callable[[Dataset], _T]) -> _T:
+    """`write` (a sender's serialiser) applied to the object re-encoded in `target` by `transcode`.
+
+    A sender tries the syntaxes of its ladder in turn with this; whatever
+    keeps one syntax from being written (the transcoder's None, or an
+    exception while re-encoding or serialising) says only that the object
+    cannot go in that syntax, so the sender goes on with the next.
+
+    Raises
+    ------
+    PermanentForwardError
+        The object cannot be encoded in `target`; the message says why.
+    TransientForwardError
+        The processed object cannot be read (the disk, not the object).
+    """
+    name = UID(target).name
+    try:
+        dataset = transcode(path, stored, target)
+        data = None if dataset is None else write(dataset)
+    except OSError as exc:
+        raise TransientForwardError(f"cannot read processed object {path.name}: {exc}") from exc
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a decoder's panic or a value the writer refuses: this syntax only
+        _log.warning("encoding %s in %s failed: %s: %s", path.name, name, type(exc).__name__, exc)
+        raise PermanentForwardError(f"{name}: {type(exc).__name__}: {exc}") from exc
+    if data is None:
+        raise PermanentForwardError(f"{name}: cannot be re-encoded from {UID(stored).name} (see the log)")
+    return data

@@ -10,6 +10,8 @@ an association that goes silent.
 from __future__ import annotations
 
 import logging
+import os
+import resource
 import socket
 import struct
 import threading
@@ -17,8 +19,13 @@ import time
 import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
+from io import BytesIO
 
 import pytest
+from pydicom import Dataset
+from pydicom.filebase import DicomFileLike
+from pydicom.filewriter import write_dataset
+from pydicom.uid import generate_uid
 
 from gateway.net.guard import (
     COMMAND_SET_LIMIT,
@@ -604,20 +611,20 @@ def test_presentation_data_after_a_whole_message_in_the_same_p_data_is_aborted(t
     assert _echo(gateway.port) < PROMPT_SECONDS
 
 
-def test_a_whole_c_store_in_one_p_data_is_taken(tmp_path, gateway_factory) -> None:
-    """A command and its data set in the same P-DATA-TF (as dcm4che packs them) are one message: stored."""
-    from io import BytesIO
-
-    from pydicom.filebase import DicomFileLike
-    from pydicom.filewriter import write_dataset
-
-    gateway = _gateway(tmp_path, gateway_factory)
-    ds = pydicom_file("CT_small.dcm")
+def _implicit(ds: Dataset) -> bytes:
+    """`ds` encoded in implicit VR little endian, without file meta: a C-STORE's data set."""
     buffer = BytesIO()
     out = DicomFileLike(buffer)
     out.is_little_endian, out.is_implicit_VR = True, True
     write_dataset(out, ds)
-    data = buffer.getvalue()
+    return buffer.getvalue()
+
+
+def test_a_whole_c_store_in_one_p_data_is_taken(tmp_path, gateway_factory) -> None:
+    """A command and its data set in the same P-DATA-TF (as dcm4che packs them) are one message: stored."""
+    gateway = _gateway(tmp_path, gateway_factory)
+    ds = pydicom_file("CT_small.dcm")
+    data = _implicit(ds)
     half = len(data) // 2
     sock = _associated_with(gateway.port, [(1, CT, IMPLICIT)])
     with sock:
@@ -626,3 +633,111 @@ def test_a_whole_c_store_in_one_p_data_is_taken(tmp_path, gateway_factory) -> No
         assert _response_status(sock) == 0x0000
         sock.sendall(_p_data_of((1, 0x03, _echo_rq(0x0101))))  # and the association goes on
         assert _response_status(sock) == 0x0000
+
+
+def _store_rq_without(missing: int) -> bytes:
+    """A C-STORE request naming its instance, less the command element `missing`."""
+    elements = [(0x0002, CT.encode() + b"\0"), (0x0100, struct.pack("<H", 0x0001)), (0x0110, struct.pack("<H", 1)),
+                (0x0700, struct.pack("<H", 0)), (0x0800, struct.pack("<H", 0)),
+                (0x1000, b"1.2.826.0.1.3680043.2.1125.9.3\0")]
+    return _raw_command([(elem, value) for elem, value in elements if elem != missing])
+
+
+@pytest.mark.parametrize("missing", [0x0110, 0x0700], ids=["message-id", "priority"])
+def test_store_command_pynetdicom_would_drop_is_aborted_and_leaves_nothing(tmp_path, gateway_factory, caplog,
+                                                                           missing: int) -> None:
+    """pynetdicom opens the data set's file, then drops such a request unanswered: the file would stay open."""
+    gateway = _gateway(tmp_path, gateway_factory)
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        sock = _associated_for(gateway.port, CT, IMPLICIT)
+        with sock:
+            sock.sendall(_p_data(1, 0x03, _store_rq_without(missing)) + _p_data(1, 0x02, bytes(1000)))
+            answer = _closed_within(sock, 3.0)
+    assert answer is not None and b"\x07\x00\x00\x00\x00\x04\x00\x00\x02\x06" in answer
+    name = {0x0110: "Message ID (0000,0110)", 0x0700: "Priority (0000,0700)"}[missing]
+    assert any(f"a C-STORE request without {name}" in r.getMessage() for r in caplog.records)
+    assert list(gateway.spool.tmp.iterdir()) == []
+    assert wait_until(lambda: gateway.server.counts()[0] == 0, timeout=5)
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc/self/fd")
+def test_store_request_served_by_another_service_leaves_no_file_open(tmp_path, gateway_factory) -> None:
+    """A C-STORE request naming the Verification SOP Class is answered by pynetdicom's verification service,
+    never by the C-STORE handler: its data set's file is deleted all the same, not kept open until the end."""
+    gateway = _gateway(tmp_path, gateway_factory)
+    command = _raw_command([(0x0002, VERIFICATION.encode()), (0x0100, struct.pack("<H", 0x0001)),
+                            (0x0110, struct.pack("<H", 1)), (0x0700, struct.pack("<H", 0)),
+                            (0x0800, struct.pack("<H", 0)), (0x1000, b"1.2.826.0.1.3680043.2.1125.9.4\0")])
+    before = _open_descriptors()
+    sock = _associated_for(gateway.port, CT, IMPLICIT)
+    with sock:
+        for _ in range(20):
+            sock.sendall(_p_data(1, 0x03, command) + _p_data(1, 0x02, bytes(512)))
+            _response_status(sock)
+        assert wait_until(lambda: list(gateway.spool.tmp.iterdir()) == [], timeout=2), list(gateway.spool.tmp.iterdir())
+        assert _open_descriptors() - before < 5
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc/self/fd")
+def test_data_sets_waiting_for_the_handler_hold_no_file_open(tmp_path, gateway_factory) -> None:
+    """Requests sent without waiting for their answers queue up whole; their files are closed meanwhile, so
+    a few associations pipelining requests cannot take every descriptor the process may open."""
+    gateway = _gateway(tmp_path, gateway_factory)
+    release = threading.Event()
+    handle_store = gateway.receiver.handle_store
+
+    def held(event):  # type: ignore[no-untyped-def]
+        release.wait(20)
+        return handle_store(event)
+
+    gateway.receiver.handle_store = held
+    ds = pydicom_file("CT_small.dcm")
+    count = 40
+    before = _open_descriptors()
+    sock = _associated_for(gateway.port, CT, IMPLICIT)
+    try:
+        for _ in range(count):
+            ds.SOPInstanceUID = generate_uid()
+            sock.sendall(_p_data(1, 0x03, _store_rq(str(ds.SOPInstanceUID))) + _p_data(1, 0x02, _implicit(ds)))
+        assert wait_until(lambda: len(list(gateway.spool.tmp.iterdir())) == count, timeout=5)
+        opened = _open_descriptors() - before  # the two ends of the connection, the file being received
+        release.set()
+        statuses = [_response_status(sock) for _ in range(count)]
+    finally:
+        release.set()
+        sock.close()
+    assert opened <= 4, opened
+    assert statuses == [0x0000] * count
+
+
+def test_associations_work_with_descriptors_past_1024(tmp_path, gateway_factory) -> None:
+    """select() cannot watch a descriptor of 1024 or more: a receiver holding that many (idle connections
+    under a large max_connections, data sets received) must still serve the next association."""
+    from gateway.net.scu import Association as Client
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = 1400
+    if soft < need:
+        if hard != resource.RLIM_INFINITY and hard < need:
+            pytest.skip(f"RLIMIT_NOFILE hard limit {hard} is below {need}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    filler: list[int] = []
+    try:
+        gateway = _gateway(tmp_path, gateway_factory)
+        filler.append(os.open(os.devnull, os.O_RDONLY))
+        while filler[-1] < 1100:  # every lower descriptor taken: the next ones are past 1100
+            filler.append(os.dup(filler[0]))
+        assert _echo(gateway.port) < PROMPT_SECONDS
+        ds = pydicom_file("CT_small.dcm")
+        with Client.request("127.0.0.1", gateway.port, called_ae="GATEWAY", calling_ae="MODALITY",
+                            contexts=[(CT, IMPLICIT)], timeout=5, connect_timeout=5) as assoc:
+            assert assoc.c_store(CT, str(ds.SOPInstanceUID), IMPLICIT, _implicit(ds)).status == 0x0000
+    finally:
+        for fd in filler:
+            os.close(fd)
+        if soft < need:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

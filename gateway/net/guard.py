@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import gc
 import queue
+import select
 import selectors
 import socket
 import ssl
@@ -49,10 +50,11 @@ from io import BytesIO
 from socketserver import ThreadingMixIn
 from typing import Any
 
+from pydicom.datadict import dictionary_description, tag_for_keyword
 from pynetdicom import _config
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import _MESSAGE_TYPES
-from pynetdicom.dimse_primitives import N_EVENT_REPORT
+from pynetdicom.dimse_primitives import C_STORE, N_EVENT_REPORT
 from pynetdicom.dsutils import decode
 from pynetdicom.transport import (
     AssociationSocket,
@@ -228,11 +230,31 @@ class _GuardedSocket(AssociationSocket):
 
     @property
     def ready(self) -> bool:
+        """True when a read would not block: bytes, the end of the stream or an error.
+
+        pynetdicom asks ``select.select()``, which raises for a descriptor of 1024
+        or more; it then takes the connection for closed, so once the process
+        holds that many descriptors no new association would work.  ``poll()``
+        has no such limit.
+        """
         if self._backlogged():
             return False
-        if self._prefix and self.socket is not None:
+        sock = self.socket
+        if sock is None or self._is_connected is False:
+            return False
+        if self._prefix:
             return True
-        return bool(AssociationSocket.ready.fget(self))  # type: ignore[attr-defined]
+        if not hasattr(select, "poll"):
+            return bool(AssociationSocket.ready.fget(self))  # type: ignore[attr-defined]
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True  # decrypted bytes already buffered, which the descriptor does not show
+        try:
+            poller = select.poll()
+            poller.register(sock, select.POLLIN | select.POLLPRI)
+            return bool(poller.poll(0))  # POLLHUP and POLLERR are reported whatever is asked
+        except (OSError, ValueError):  # closed meanwhile: as pynetdicom, Evt17 (transport connection closed)
+            self.event_queue.put("Evt17")
+            return False
 
     def _backlogged(self) -> bool:
         """True while the association has more whole messages waiting than it may (nothing is read then).
@@ -363,6 +385,12 @@ class _GuardedSocket(AssociationSocket):
             if not command.get("AffectedSOPClassUID") or not command.get("AffectedSOPInstanceUID"):
                 return self._abort("a C-STORE request without Affected SOP Class UID (0000,0002) "
                                    "or Affected SOP Instance UID (0000,1000)")
+            # pynetdicom opens the data set's file now, then drops a request lacking any of these unanswered
+            for keyword in C_STORE.REQUEST_KEYWORDS:
+                tag = tag_for_keyword(keyword)
+                if tag is not None and command.get(keyword) is None:
+                    return self._abort(f"a C-STORE request without {dictionary_description(tag)} "
+                                       f"({tag >> 16:04X},{tag & 0xFFFF:04X})")
             accepted = getattr(self.assoc, "_accepted_cx", None)
             if accepted is not None and context_id not in accepted:
                 return self._abort(f"a C-STORE request on presentation context {context_id}, not one accepted")
@@ -420,6 +448,14 @@ class _GuardedAssociation(Association):
     _service_lock = threading.Lock()
 
     def _serve_request(self, msg: Any, context_id: int) -> None:
+        if isinstance(msg, C_STORE):
+            try:
+                super()._serve_request(msg, context_id)
+            finally:
+                # pynetdicom may leave a request to another service or drop it (during a release, say)
+                # without the C-STORE handler seeing it; its file would stay open until the association ends
+                sink.finish(msg)
+            return
         if not isinstance(msg, N_EVENT_REPORT):
             super()._serve_request(msg, context_id)
             return

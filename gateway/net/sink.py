@@ -22,7 +22,11 @@ more.  :func:`bind` replaces that file, for the associations of one AE, with a
 * each file is known to its association until the C-STORE handler is done
   with it (:func:`finish`); when the association ends, the files of data
   sets that never reached the handler (the peer closed, aborted or went
-  silent halfway) are deleted (:func:`discard`).
+  silent halfway) are deleted (:func:`discard`);
+* a file is open only while its data set arrives: pynetdicom receives one
+  message at a time, so when the next C-STORE request of the association
+  opens its file, the earlier ones are whole and are closed, and data sets
+  waiting for the association's service thread hold no file descriptor.
 
 The other half of the floor is what the worker and the forwarders still have
 to write processed objects, job files and the proof record, so they keep
@@ -71,6 +75,7 @@ class SpoolSink:
         self.file = self  # pynetdicom flushes through ``.file``
         self._reserve = policy.min_free_bytes // 2
         self._handle: Any = None
+        self._deleted = False
         self._unchecked = 0
         try:
             free = free_bytes(policy.folder)
@@ -96,9 +101,11 @@ class SpoolSink:
         Path(self.name).unlink(missing_ok=True)
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        if self._handle is None:
+        if self.refused is not None or self._deleted:
             return len(data)  # refused: the rest of the dataset is read off the wire and dropped
         try:
+            if self._handle is None:  # closed early (see close())
+                self._handle = open(self.name, "ab")
             written = self._handle.write(data)
         except OSError as exc:
             self._refuse("the spool's filesystem is full" if is_out_of_space(exc)
@@ -125,6 +132,7 @@ class SpoolSink:
             self._refuse(f"cannot write to the spool: {exc}")
 
     def close(self) -> None:
+        """Close the file, keeping it; a later write opens it again, appending."""
         if self._handle is None:
             return
         handle, self._handle = self._handle, None
@@ -135,6 +143,7 @@ class SpoolSink:
 
     def delete(self) -> None:
         """Close the file and remove it, if it is still where it was written."""
+        self._deleted = True
         handle, self._handle = self._handle, None
         if handle is not None:
             try:
@@ -159,7 +168,11 @@ def _temporary_file(**kwargs: Any) -> Any:
         return tempfile.NamedTemporaryFile(**kwargs)
     made = SpoolSink(policy)
     with _live_lock:
-        _LIVE.setdefault(assoc, set()).add(made)
+        live = _LIVE.setdefault(assoc, set())
+        earlier = list(live)
+        live.add(made)
+    for whole in earlier:  # the association's earlier data sets are whole, waiting for the handler
+        whole.close()
     return made
 
 

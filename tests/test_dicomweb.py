@@ -487,6 +487,54 @@ def test_dead_letters_and_retries_through_the_gateway(tmp_path: Path, stow, gate
     assert rows[str(series[0].SOPInstanceUID)]["deliveries"][-1]["outcome"] == "delivered"
 
 
+def _spooled(spool: Any, count: int) -> list[Job]:
+    """`count` instances in the spool, each with a pending job for ``web``."""
+    from pydicom.filewriter import dcmwrite
+
+    jobs = []
+    for ds in make_series(count, rows=32, columns=32):
+        ident = spool.new_id()
+        temp = spool.temp_path()
+        dcmwrite(temp, ds, enforce_file_format=True)
+        spool.store_object(ident, temp)
+        job = Job(ident, "web", identity=Identity(str(ds.SOPClassUID), str(ds.SOPInstanceUID),
+                                                   str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), "CT",
+                                                   ExplicitVRLittleEndian), destinations=("web",))
+        spool.add_job(job)
+        jobs.append(job)
+    return jobs
+
+
+def test_stopping_during_a_request_keeps_what_the_archive_answered(tmp_path: Path, stow) -> None:
+    """A stop (shutdown, or a reload retiring the forwarder) while a batch is being posted: the instances
+    of that request get the archive's answer; only those not sent yet wait for the next forwarder."""
+    from gateway.config import RetryConfig
+    from gateway.forward import Forwarder
+    from gateway.spool import DONE, PENDING, Spool
+
+    server = stow(delay=1.0)  # an archive taking a second to answer
+    spool = Spool(tmp_path / "spool")
+    jobs = _spooled(spool, 5)
+    dest = _destination(tmp_path, server.url, batch_instances=3)
+    retry = RetryConfig(max_attempts=5, base_seconds=0.1, cap_seconds=0.2)
+    forwarder = Forwarder(dest, spool, retry, make_sender(dest, "GW", False, spool=spool))
+    forwarder.start()
+    assert wait_until(lambda: len(server.requests) == 1, timeout=10)
+    forwarder.stop()
+    forwarder.join(10)
+    states = [spool.find_job(job.instance, "web").state for job in jobs]
+    assert states == [DONE] * 3 + [PENDING] * 2
+    again = Forwarder(dest, spool, retry, make_sender(dest, "GW", False, spool=spool))
+    again.start()
+    try:
+        assert wait_until(lambda: all(spool.find_job(job.instance, "web").state == DONE for job in jobs),
+                          timeout=20)
+    finally:
+        again.stop()
+        again.join(10)
+    assert [len(r) for r in server.requests] == [3, 2], "nothing the archive stored is sent again"
+
+
 # ------------------------------------------------------------------ against Orthanc's DICOMweb plugin
 
 

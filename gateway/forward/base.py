@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from gateway.spool import Job
 
-__all__ = ["Sender"]
+__all__ = ["Sender", "BatchSender"]
 
 
 class Sender(Protocol):
@@ -27,3 +27,17 @@ class Sender(Protocol):
 
     def close(self) -> None:
         """Release connections; called when idle and at shutdown."""
+
+
+@runtime_checkable
+class BatchSender(Sender, Protocol):
+    """A sender that may deliver several jobs of a batch at one :meth:`send` (DICOMweb, storage commitment).
+
+    The archive's answer for the others is then held until their own
+    ``send``, which only returns it.  A forwarder that stops in the middle
+    of a batch still collects those answers, so that nothing the archive
+    has stored is sent to it again.
+    """
+
+    def has_outcome(self, job: Job) -> bool:
+        """True when :meth:`send` of `job` would return an outcome already known, without sending."""

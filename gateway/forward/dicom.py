@@ -144,6 +144,9 @@ class DicomSender:
         self.assoc = assoc
         self._proposed = set(contexts)
 
+    def has_outcome(self, job: Job) -> bool:
+        return job.key in self._outcomes  # only with storage commitment: each instance is sent at its send()
+
     def send(self, job: Job, path: Path) -> str:
         if not self.destination.storage_commitment:
             return self._store_one(job, path)

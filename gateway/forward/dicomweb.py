@@ -178,6 +178,9 @@ class DicomWebSender:
         self._batch = list(jobs)
         self._outcomes = {}
 
+    def has_outcome(self, job: Job) -> bool:
+        return job.key in self._outcomes
+
     def send(self, job: Job, path: Path) -> str:
         if job.key not in self._outcomes:
             self._send_batch(job, path)

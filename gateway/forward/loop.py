@@ -38,7 +38,7 @@ import zlib
 
 from gateway.config import Destination, RetryConfig
 from gateway.errors import GatewayError, PermanentForwardError, TransientForwardError
-from gateway.forward.base import Sender
+from gateway.forward.base import BatchSender, Sender
 from gateway.logs import get_logger, stage
 from gateway.record import ProofRecord
 from gateway.spool import DEAD, INFLIGHT, PENDING, Job, Spool
@@ -238,10 +238,23 @@ class Forwarder(threading.Thread):
             return
         for index, job in enumerate(jobs):
             if self._halt.is_set():
-                for rest in jobs[index:]:
-                    self.spool.move(rest, PENDING)
+                self._put_back(jobs[index:], probe=probe)
                 return
             self._send_one(job, probe=probe)
+
+    def _put_back(self, jobs: list[Job], *, probe: bool) -> None:
+        """Stopping in the middle of a batch: the jobs not sent yet wait for the next forwarder.
+
+        Those a batch sender has already sent with an earlier one (the
+        archive has answered for them) get that answer recorded instead: sent
+        again, they would reach the archive twice.
+        """
+        held = self.sender.has_outcome if isinstance(self.sender, BatchSender) else None
+        for job in jobs:
+            if held is not None and held(job):
+                self._send_one(job, probe=probe)
+            else:
+                self.spool.move(job, PENDING)
 
     def _send_one(self, job: Job, probe: bool = False) -> None:
         path = self.spool.object_path(job.instance)

@@ -325,3 +325,54 @@ def test_unreachable_destination_is_transient(tmp_path: Path) -> None:
         sender.prepare([Job("i", "pacs", identity=Identity(sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
                                                            transfer_syntax=RLE))])
     assert time.monotonic() - started < 10
+
+
+class AnsweringSender(ScriptedSender):
+    """Answers each instance as scripted for it (delivered when its script is empty), and notes whether its
+    forwarder held the destination for failing at each send."""
+
+    def __init__(self, scripts: dict[str, list[Exception]]) -> None:
+        super().__init__([])
+        self.scripts = scripts
+        self.forwarder: Forwarder | None = None
+        self.failing_when_sent: dict[str, bool] = {}
+
+    def send(self, job, path):
+        assert self.forwarder is not None
+        self.failing_when_sent[job.instance] = self.forwarder.failing_since is not None
+        script = self.scripts.get(job.instance, [])
+        if script:
+            raise script.pop(0)
+        self.sent.append(job.instance)
+        return RLE
+
+
+def test_a_refusal_is_an_answer_the_destination_is_not_failing(tmp_path: Path) -> None:
+    """A connection reset, then the archive refuses the instance for good: it answers, so it is not failing
+    (``/readyz`` would say so for hours), and what waits for it goes at once, as after a success."""
+    spool = Spool(tmp_path)
+    refused = _stage(spool, pydicom_file("CT_small.dcm"), "x")
+    waiting = _stage(spool, pydicom_file("MR_small.dcm"), "x")
+    waiting = spool.move(waiting, PENDING, next_retry_at=time.time() + 60)  # an earlier failure's backoff
+    sender = AnsweringSender({refused.instance: [TransientForwardError("connection reset"),
+                                                 PermanentForwardError("answered C-STORE status 0xA900")]})
+    retry = RetryConfig(max_attempts=4, base_seconds=30, cap_seconds=30, probe_seconds=0.05)
+    forwarder = Forwarder(Destination("x", "folder", path=tmp_path), spool, retry, sender)
+    sender.forwarder = forwarder
+    _run(forwarder, lambda: spool.find_job(waiting.instance, "x").state == DONE)
+    assert spool.find_job(refused.instance, "x").state == DEAD
+    assert sender.failing_when_sent == {refused.instance: True, waiting.instance: False}
+    assert forwarder.failing_since is None
+    assert [state["failing_since"] for state in spool.destination_states("x")] == [None]
+
+
+def test_a_destination_with_nothing_left_to_send_is_not_failing(tmp_path: Path) -> None:
+    """Its last instance a dead letter after transient failures: nothing is probed any more, nothing waits."""
+    spool = Spool(tmp_path)
+    job = _stage(spool, pydicom_file("CT_small.dcm"), "x")
+    sender = ScriptedSender([TransientForwardError("connection refused")] * 2)
+    retry = RetryConfig(max_attempts=2, base_seconds=0.05, cap_seconds=0.1, probe_seconds=0.05)
+    forwarder = Forwarder(Destination("x", "folder", path=tmp_path), spool, retry, sender)
+    _run(forwarder, lambda: spool.find_job(job.instance, "x").state == DEAD and forwarder.failing_since is None
+         and [state["failing_since"] for state in spool.destination_states("x")] == [None])
+    assert forwarder.last_error == "connection refused", "what went wrong stays shown"

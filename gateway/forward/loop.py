@@ -20,8 +20,12 @@ after an outage of minutes is minutes too.  So that the backlog does not
 trickle out at each job's pace once the destination is back, the forwarder
 also *probes* it every ``[retry] probe_seconds``: it sends the job due
 soonest early (a failed probe leaves the job as it was: no attempt counted,
-no log line).  The first success, probe or not, makes every waiting job due
-at once: the backlog goes out at the destination's speed.
+no log line).  The first answer, probe or not, makes every waiting job due
+at once: the backlog goes out at the destination's speed.  An answer is a
+success or a permanent refusal (a destination that refuses an instance is
+reachable); either ends the failure (``failing_since``, which ``/readyz``
+reads).  So does a queue left empty (its last jobs dead letters): nothing
+waits for the destination, and no probe could tell whether it is back.
 
 What the forwarder knows of its destination (failing since, last error, next
 attempt) is saved in the spool's ``state/`` folder when it changes, for
@@ -57,7 +61,7 @@ class Forwarder(threading.Thread):
                  partition: tuple[int, int] = (0, 1), record: ProofRecord | None = None) -> None:
         super().__init__(name=f"forward-{destination.name}-{partition[0]}", daemon=True)
         self.record = record
-        self.failing_since: float | None = None  # wall time of the first failure since the last success
+        self.failing_since: float | None = None  # wall time of the first failure since the last answer
         self.partition = partition
         self.destination = destination
         self.spool = spool
@@ -194,6 +198,8 @@ class Forwarder(threading.Thread):
                     self._halt.wait(pause)
                     self._requeue_inflight()
                     continue
+                if nxt is None and self.failing_since is not None:
+                    self._recovered()  # nothing waits for the destination: it holds nothing up
                 if time.monotonic() - idle_since > self.idle_seconds:
                     self.sender.close()
                 if time.monotonic() - last_scan > self.rescan_seconds:
@@ -277,6 +283,7 @@ class Forwarder(threading.Thread):
             return
         except PermanentForwardError as exc:
             self._failed(job, exc, transient=False)
+            self._recovered()  # a refusal is an answer: the destination is reachable
             return
         except (KeyboardInterrupt, SystemExit):
             raise
@@ -292,6 +299,10 @@ class Forwarder(threading.Thread):
         stage(_log, "forwarded", sop, study=job.identity.study_uid, destination=self.destination.name,
               syntax=syntax, seconds=seconds)
         self.last_success_at = time.time()
+        self._recovered()
+
+    def _recovered(self) -> None:
+        """The destination answered, or nothing waits for it: not failing; whatever waits goes now."""
         if self.failing_since is not None:
             self.failing_since = None
             self._drain()

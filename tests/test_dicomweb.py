@@ -220,6 +220,17 @@ def test_store_response_parsing() -> None:
            b'</Item></DicomAttribute></NativeDicomModel>')
     got = parse_store_response("application/dicom+xml", xml)
     assert got.failed == {"1.2.5": 0xC122} and not got.stored
+    # As PS3.19 A.1 defines it: in the Native DICOM Model's namespace.
+    native = xml.replace(b"<NativeDicomModel>",
+                         b'<NativeDicomModel xmlns="http://dicom.nema.org/PS3.19/models/NativeDICOM">')
+    native = native.replace(b"</NativeDicomModel>", b'<DicomAttribute tag="00081199" vr="SQ"><Item number="1">'
+                            b'<DicomAttribute tag="00081155" vr="UI"><Value number="1">1.2.6</Value>'
+                            b'</DicomAttribute></Item></DicomAttribute></NativeDicomModel>')
+    got = parse_store_response("application/dicom+xml", native)
+    assert got.failed == {"1.2.5": 0xC122} and got.stored == {"1.2.6"} and got.listed
+    prefixed = native.replace(b'xmlns="', b'xmlns:d="').replace(b"<", b"<d:").replace(b"<d:/", b"</d:")
+    got = parse_store_response("application/dicom+xml", prefixed.replace(b"<d:?xml", b"<?xml"))
+    assert got.failed == {"1.2.5": 0xC122} and got.stored == {"1.2.6"} and got.listed
     for junk in (b"", b"{not json", b"<unclosed", b"[]", b"42"):
         assert not parse_store_response("application/dicom+json", junk).listed
     # PS3.18 Table I.2-2

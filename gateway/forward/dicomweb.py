@@ -126,12 +126,16 @@ def parse_store_response(content_type: str, body: bytes) -> StoreResponse:
         elif kind.endswith("xml"):
             import xml.etree.ElementTree as ET
 
+            # PS3.19 A.1 puts the model in the namespace http://dicom.nema.org/PS3.19/models/NativeDICOM;
+            # some servers leave it out: elements are matched by local name ({*}), in it or in none.
             root = ET.fromstring(body)
+
             def items(tag: str) -> list[ET.Element]:
-                return [item for attr in root.findall(f"DicomAttribute[@tag='{tag}']") for item in attr.findall("Item")]
+                return [item for attr in root.findall(f"{{*}}DicomAttribute[@tag='{tag}']")
+                        for item in attr.findall("{*}Item")]
 
             def value(item: ET.Element, tag: str) -> str | None:
-                node = item.find(f"DicomAttribute[@tag='{tag}']/Value")
+                node = item.find(f"{{*}}DicomAttribute[@tag='{tag}']/{{*}}Value")
                 return None if node is None or node.text is None else node.text.strip()
 
             for item in items("00081199"):
@@ -141,8 +145,8 @@ def parse_store_response(content_type: str, body: bytes) -> StoreResponse:
                 if (uid := value(item, "00081155")):
                     reason = value(item, "00081197")
                     failed[uid] = int(reason) if reason and reason.isdigit() else 0x0110
-            listed = bool(root.findall("DicomAttribute[@tag='00081199']") or
-                          root.findall("DicomAttribute[@tag='00081198']"))
+            listed = bool(root.findall("{*}DicomAttribute[@tag='00081199']") or
+                          root.findall("{*}DicomAttribute[@tag='00081198']"))
         else:
             return StoreResponse(frozenset(), {}, False)
     except (ValueError, TypeError, SyntaxError) as exc:  # json and XML parse errors, odd values

@@ -28,7 +28,9 @@ value (an empty or absent filter matches anything).
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import ssl
 import tomllib
 from dataclasses import dataclass, field
@@ -470,6 +472,24 @@ def _str(key: str, value: Any, *, empty: bool = False) -> str:
     return value
 
 
+_HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def _host(key: str, value: Any) -> str:
+    """An IP address or a host name (RFC 1123 labels); not looked up here: the network may come up later."""
+    host = _str(key, value)
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
+    # (a last label of digits alone is an IPv4 address gone wrong: no top-level domain is numeric)
+    if len(host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels) or labels[-1].isdigit():
+        raise ConfigError(key, f"must be an IP address or a host name, got {host!r}")
+    return host
+
+
 def _ae_title(key: str, value: Any) -> str:
     text = _str(key, value)
     problem = ae_title_problem(text)
@@ -634,7 +654,7 @@ def _server(data: Any, base: Path) -> ServerConfig:
     tls = _server_tls(t.pop("tls"), base)
     cfg = ServerConfig(
         ae_title=_ae_title(t.path("ae_title"), t.pop("ae_title", "GATEWAY")),
-        host=_str(t.path("host"), t.pop("host", "127.0.0.1")),
+        host=_host(t.path("host"), t.pop("host", "127.0.0.1")),
         port=_int(t.path("port"), t.pop("port", 11112), 1, 65535),
         allowed_callers=titles,
         max_pdu=_int(t.path("max_pdu"), t.pop("max_pdu", 1_048_576), 4096, 64 * 1024 * 1024),
@@ -767,7 +787,7 @@ def _web(data: Any, base: Path) -> WebConfig | None:
     t = _Table("web", data)
     token_file = t.pop("token_file")
     cfg = WebConfig(
-        host=_str(t.path("host"), t.pop("host", "127.0.0.1")),
+        host=_host(t.path("host"), t.pop("host", "127.0.0.1")),
         port=_int(t.path("port"), t.pop("port", 8080), 0, 65535),
         token_file=_path(t.path("token_file"), token_file, base) if token_file is not None else None,
         unready_after_seconds=_number(t.path("unready_after_seconds"), t.pop("unready_after_seconds", 300.0),
@@ -841,7 +861,7 @@ def _destination(index: int, data: Any, base: Path) -> Destination:
             name=name,
             kind=kind,
             ae_title=_ae_title(t.path("ae_title"), t.pop("ae_title")),
-            host=_str(t.path("host"), t.pop("host")),
+            host=_host(t.path("host"), t.pop("host")),
             port=_int(t.path("port"), t.pop("port"), 1, 65535),
             transfer_syntaxes=tuple(
                 _syntax(f"{t.path('transfer_syntaxes')}[{i}]", v, allow_keep=False)

@@ -67,6 +67,15 @@ def test_shipped_configs_are_valid(name: str) -> None:
     assert config.destinations
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0", "::", "::1", "fe80::1%eth0", "localhost",
+                                  "pacs-1.hospital.example", "pacs.example.", "10.0.0.1"])
+def test_hosts_are_ip_addresses_or_host_names(tmp_path: Path, host: str) -> None:
+    data = copy.deepcopy(GOOD)
+    data["server"]["host"] = data["destinations"][0]["host"] = host
+    config = parse_config(data, tmp_path)
+    assert config.server.host == config.destinations[0].host == host
+
+
 def test_shipped_default_listens_and_archives_to_a_folder() -> None:
     config = load_config(REPO / "config" / "gateway.toml")
     assert (config.server.host, config.server.port, config.server.ae_title) == ("127.0.0.1", 11112, "GATEWAY")
@@ -120,6 +129,10 @@ BAD = [
     ("destinations.0.associations", 0, "destinations[0].associations", "1..16, got 0"),
     ("destinations.0.kind", "ftp", "destinations[0].kind", "'dicom' or 'folder'"),
     ("destinations.0.host", None, "destinations[0].host", "string"),
+    ("destinations.0.host", "pacs host", "destinations[0].host", "IP address or a host name, got 'pacs host'"),
+    ("destinations.0.host", "pacs_1.example", "destinations[0].host", "IP address or a host name"),
+    ("server.host", "not a host!!", "server.host", "IP address or a host name, got 'not a host!!'"),
+    ("server.host", "10.0.0.256", "server.host", "IP address or a host name"),
     ("destinations.0.transfer_syntaxes", ["keep"], "destinations[0].transfer_syntaxes[0]", "not a transfer syntax"),
     ("destinations.1.path", None, "destinations[1].path", "string"),
     ("destinations.1.name", "archive", "destinations[1].name", "duplicate"),

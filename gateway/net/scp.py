@@ -3,8 +3,10 @@
 Success (0x0000) is answered only once the instance is fsync'd into the
 spool (the fsyncs run while the dataset is checked, see :meth:`Spool.admit`).
 If it cannot be stored, the answer is 0xA700 (out of resources) so the
-sender retries; a dataset that cannot be parsed, whatever the reason, gets
-0xC210 (cannot understand); a dataset whose SOP Class or SOP Instance UID is
+sender retries, and so it is for a dataset more than the check takes
+(:class:`TooLarge`: inflating past :data:`INFLATED_LIMIT`, or too many
+elements or bytes for the pydicom check); a dataset that cannot be parsed,
+whatever the reason, gets 0xC210 (cannot understand); a dataset whose SOP Class or SOP Instance UID is
 not the one its C-STORE command names gets 0xA900 (data set does not match
 SOP class), as DCMTK's storescp answers.  Either way the server keeps serving.
 
@@ -29,12 +31,15 @@ import os
 import re
 import shutil
 import socket
+import tempfile
 import threading
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
+from pydicom.filereader import read_dataset
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -42,6 +47,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from gateway.config import ServerConfig
 from gateway.dicom.filemeta import parse_file_meta
 from gateway.dicom.identity import Identity
+from gateway.dicom.uids import TRANSFER_SYNTAXES
 from gateway.dicom.validate import is_valid_uid
 from gateway.dicom.walk import check_complete, walk_file
 from gateway.errors import GatewayError, SpoolError
@@ -59,8 +65,6 @@ STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_MISMATCH = 0xA900  # Data Set does not match SOP Class (PS3.4 B.2.3), also for another SOP Instance UID
 STATUS_CANNOT_UNDERSTAND = 0xC210
-
-DEFLATED = "1.2.840.10008.1.2.1.99"
 
 # Standard syntaxes we accept: uncompressed, deflated, RLE, JPEG, JPEG-LS,
 # JPEG 2000 and HTJ2K (lossless and lossy: a lossy image is kept as received).
@@ -89,9 +93,21 @@ _STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"  # Storage Commitment Push Model SO
 _DEFER = 256 * 1024
 _INFLATE_CHUNK = 1 << 20
 INFLATED_LIMIT = 512 << 20
-"""Largest dataset a Deflated C-STORE may inflate to: pydicom inflates it whole in memory to parse it, and a
-few megabytes of deflate stream can inflate to gigabytes.  (Deflated data sets are reports and other small
+"""Largest dataset a Deflated C-STORE may inflate to: it is inflated into a temporary file to be checked, and
+a few megabytes of deflate stream can inflate to gigabytes.  (Deflated data sets are reports and other small
 objects in practice.)"""
+PARSE_READS_LIMIT = 200_000
+"""Reads pydicom may make to check one data set the header walk leaves to it (Big Endian, Deflated, irregular
+files).  pydicom reads each element's header, and each value it keeps, with a read of its own, and builds
+objects of some 300 bytes per element: the count bounds its memory (some 60 MB) and time (two seconds), where
+a data set of millions of empty elements (8 bytes each on the wire) would take gigabytes.  Real data sets
+in these encodings have hundreds of elements; an enhanced multi-frame image, tens of thousands."""
+PARSE_BYTES_LIMIT = 64 << 20
+"""Bytes pydicom may read, and so keep in memory, to check one such data set.  Values larger than
+:data:`_DEFER` are skipped, not read (large pixel data does not count), save inside sequences of undefined
+length, which pydicom reads whole."""
+_PARSING = threading.BoundedSemaphore(2)
+"""pydicom checks running at once, whatever the number of associations: their memory is bounded together."""
 _UID_CHARS = re.compile(r"[0-9.]{0,64}")
 
 
@@ -100,36 +116,106 @@ class Unparseable(ValueError):
 
 
 class TooLarge(Exception):
-    """A received Deflated dataset would inflate to more than :data:`INFLATED_LIMIT` (answered 0xA700)."""
+    """A received dataset is more than the receiver checks (answered 0xA700).
+
+    A Deflated one inflating to more than :data:`INFLATED_LIMIT`, or one whose
+    pydicom check would take more than :data:`PARSE_READS_LIMIT` reads or
+    :data:`PARSE_BYTES_LIMIT` bytes.
+    """
 
 
 class Mismatch(ValueError):
     """A received dataset is not the instance its C-STORE command names (answered 0xA900)."""
 
 
-def _inflated_size(path: Path) -> int:
-    """Size of the dataset a Deflated file's stream inflates to.
+def _inflate(handle: BinaryIO, offset: int, into: BinaryIO) -> int:
+    """Inflate the Deflated dataset of the file `handle` from `offset` into `into`, in chunks; return its size.
 
     Raises ValueError unless the stream ends (its final block) where the
-    file does, give or take the pad byte of an odd length.  Read in chunks, so the inflated bytes are never all held.
+    file does, give or take the pad byte of an odd length.
     """
-    with open(path, "rb") as handle:
-        head = handle.read(65_536)
-        offset, _ = parse_file_meta(head)
-        handle.seek(offset)
-        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-        size = 0
-        while not inflater.eof:
-            chunk = inflater.unconsumed_tail or handle.read(_INFLATE_CHUNK)
-            if not chunk:
-                raise ValueError("the deflate stream is truncated (no final block)")
-            size += len(inflater.decompress(chunk, _INFLATE_CHUNK))
-            if size > INFLATED_LIMIT:
-                raise TooLarge(f"the deflated dataset inflates to more than {INFLATED_LIMIT} bytes")
-        rest = inflater.unused_data + handle.read(2)
-        if rest not in (b"", b"\0"):  # PS3.5 A.5: a stream of odd length is padded with one 00 byte
-            raise ValueError("bytes follow the end of the deflate stream")
+    handle.seek(offset)
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    size = 0
+    while not inflater.eof:
+        chunk = inflater.unconsumed_tail or handle.read(_INFLATE_CHUNK)
+        out = inflater.decompress(chunk, _INFLATE_CHUNK)  # with no input left, what zlib still holds
+        if not chunk and not out and not inflater.eof:
+            raise ValueError("the deflate stream is truncated (no final block)")
+        size += len(out)
+        if size > INFLATED_LIMIT:
+            raise TooLarge(f"the deflated dataset inflates to more than {INFLATED_LIMIT} bytes")
+        into.write(out)
+    rest = inflater.unused_data + handle.read(2)
+    if rest not in (b"", b"\0"):  # PS3.5 A.5: a stream of odd length is padded with one 00 byte
+        raise ValueError("bytes follow the end of the deflate stream")
     return size
+
+
+class _BoundedReader:
+    """A file as pydicom reads it, refused past :data:`PARSE_READS_LIMIT` reads or :data:`PARSE_BYTES_LIMIT` bytes.
+
+    Past a limit every read raises :class:`TooLarge`; pydicom turns some
+    exceptions into others, so :attr:`exceeded` says afterwards which it was.
+    """
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self._handle = handle
+        self.reads = 0
+        self.bytes = 0
+        self.exceeded: str | None = None
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.reads += 1
+        if self.exceeded is None and self.reads > PARSE_READS_LIMIT:
+            self.exceeded = (f"more than {PARSE_READS_LIMIT} elements and values to parse "
+                             "(pydicom checks this encoding element by element)")
+        if self.exceeded is not None:
+            raise TooLarge(self.exceeded)
+        over = PARSE_BYTES_LIMIT - self.bytes + 1  # a length running past the end of the file reads what there is
+        data = self._handle.read(over if size is None or size < 0 else min(size, over))
+        self.bytes += len(data)
+        if self.bytes > PARSE_BYTES_LIMIT:
+            self.exceeded = f"more than {PARSE_BYTES_LIMIT} bytes of values to read to parse it"
+            raise TooLarge(self.exceeded)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._handle.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+
+def _read_identity(handle: BinaryIO, offset: int, size: int, implicit: bool, little: bool, syntax: str) -> Identity:
+    """The identity of the dataset from `offset` to `size` in `handle`, read by pydicom within the parse limits.
+
+    Raises TooLarge past a limit; ValueError (or whatever pydicom raises) when
+    it is not one complete dataset with valid SOP Class and Instance UIDs.
+    """
+    reader = _BoundedReader(handle)
+    reader.seek(offset)
+    with _PARSING:  # until the dataset is dropped
+        try:
+            ds = read_dataset(reader, implicit, little, defer_size=_DEFER)  # type: ignore[arg-type]
+        except Exception:
+            if reader.exceeded is None:
+                raise
+        if reader.exceeded is not None:  # raised here, not chained to what holds the elements read so far
+            raise TooLarge(reader.exceeded)
+        check_complete(ds, size)
+        sop_class = str(ds.SOPClassUID)
+        sop_instance = str(ds.SOPInstanceUID)
+        if not is_valid_uid(sop_instance) or not is_valid_uid(sop_class):
+            raise ValueError("SOP Class or SOP Instance UID is not a valid UID")
+        return Identity(
+            transfer_syntax=syntax,
+            sop_class_uid=sop_class,
+            sop_instance_uid=sop_instance,
+            study_uid=str(ds.get("StudyInstanceUID", "")),
+            series_uid=str(ds.get("SeriesInstanceUID", "")),
+            modality=str(ds.get("Modality", "")),
+        )
 
 
 def _uid(value: object) -> str:
@@ -208,23 +294,22 @@ class Receiver:
 
     @staticmethod
     def _check_with_pydicom(path: Path, syntax: str) -> Identity:
-        """Parse the received file with pydicom; raise if it is not a complete DICOM dataset."""
-        # positions in a deflated dataset are offsets into its inflated bytes, not into the file
-        size = _inflated_size(path) if syntax == DEFLATED else path.stat().st_size
-        ds = dcmread(path, defer_size=_DEFER)
-        check_complete(ds, size)
-        sop_class = str(ds.SOPClassUID)
-        sop_instance = str(ds.SOPInstanceUID)
-        if not is_valid_uid(sop_instance) or not is_valid_uid(sop_class):
-            raise ValueError("SOP Class or SOP Instance UID is not a valid UID")
-        return Identity(
-            transfer_syntax=syntax,
-            sop_class_uid=sop_class,
-            sop_instance_uid=sop_instance,
-            study_uid=str(ds.get("StudyInstanceUID", "")),
-            series_uid=str(ds.get("SeriesInstanceUID", "")),
-            modality=str(ds.get("Modality", "")),
-        )
+        """Parse the received file with pydicom; raise if it is not a complete DICOM dataset.
+
+        Within :data:`PARSE_READS_LIMIT` and :data:`PARSE_BYTES_LIMIT` (TooLarge
+        past them).  A Deflated dataset is inflated into a temporary file first
+        (pydicom would inflate it whole in memory).
+        """
+        with open(path, "rb") as handle:
+            offset, encoding = parse_file_meta(handle.read(65_536))
+            entry = TRANSFER_SYNTAXES.get(encoding)
+            if entry is not None and entry.deflated:
+                with tempfile.TemporaryFile(dir=path.parent) as inflated:
+                    size = _inflate(handle, offset, inflated)
+                    return _read_identity(inflated, 0, size, False, True, syntax)
+            # an unknown syntax is read as pydicom reads it: explicit VR little endian
+            return _read_identity(handle, offset, handle.seek(0, 2), entry is not None and entry.implicit_vr,
+                                  entry is None or entry.little_endian, syntax)
 
     def handle_store(self, event: evt.Event) -> int:
         """Store one instance; return the DIMSE status for the sender."""

@@ -39,7 +39,12 @@ from gateway.dicom.validate import is_valid_uid
 if TYPE_CHECKING:
     from pydicom import Dataset
 
-__all__ = ["Identity", "walk_file", "check_complete"]
+__all__ = ["Identity", "MAX_ELEMENTS", "TooManyElements", "walk_file", "check_complete"]
+
+# Elements of a dataset at most, those in sequences counted: a scanner writes hundreds, an enhanced
+# multi-frame object of thousands of frames some hundred thousand.  pydicom, which reads the dataset
+# again to recompress it, takes some 350 bytes an element, however short its value.
+MAX_ELEMENTS = 1_000_000
 
 _IMPLICIT, _EXPLICIT = IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN
 _UNDEFINED = 0xFFFFFFFF
@@ -67,6 +72,10 @@ def _walkable(syntax: str) -> bool | None:
     return False if is_known(syntax) and is_explicit_little_endian(syntax) else None
 
 
+class TooManyElements(ValueError):
+    """A dataset holds more than :data:`MAX_ELEMENTS` elements: whole, but more than the gateway takes."""
+
+
 class _Walker:
     """Element headers of one dataset in a buffer; values skipped by length."""
 
@@ -74,6 +83,7 @@ class _Walker:
         self.data = data
         self.size = len(data)
         self.found: dict[int, bytes] = {}
+        self.left = MAX_ELEMENTS
 
     def header(self, pos: int, implicit: bool) -> tuple[int, bytes | None, int, int]:
         """(tag, VR or None, value length, value offset) of the element at `pos`."""
@@ -102,6 +112,9 @@ class _Walker:
             tag, vr, length, value = self.header(pos, implicit)
             if tag == _ITEM_END and end is None and depth:
                 return value
+            self.left -= 1
+            if self.left < 0:
+                raise TooManyElements(f"the dataset holds more than {MAX_ELEMENTS} elements")
             if tag >> 16 in (0x0000, 0x0002, 0xFFFE):  # command, file meta or delimiter: not dataset elements
                 raise ValueError(f"unexpected element ({tag >> 16:04X},{tag & 0xFFFF:04X}) at {pos}")
             if length == _UNDEFINED:

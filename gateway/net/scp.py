@@ -49,7 +49,7 @@ from gateway.dicom.filemeta import parse_file_meta
 from gateway.dicom.identity import Identity
 from gateway.dicom.uids import TRANSFER_SYNTAXES
 from gateway.dicom.validate import is_valid_uid
-from gateway.dicom.walk import check_complete, walk_file
+from gateway.dicom.walk import TooManyElements, check_complete, walk_file
 from gateway.errors import GatewayError, SpoolError
 from gateway.logs import get_logger, stage
 from gateway.net import sink
@@ -118,9 +118,10 @@ class Unparseable(ValueError):
 class TooLarge(Exception):
     """A received dataset is more than the receiver checks (answered 0xA700).
 
-    A Deflated one inflating to more than :data:`INFLATED_LIMIT`, or one whose
+    A Deflated one inflating to more than :data:`INFLATED_LIMIT`, one whose
     pydicom check would take more than :data:`PARSE_READS_LIMIT` reads or
-    :data:`PARSE_BYTES_LIMIT` bytes.
+    :data:`PARSE_BYTES_LIMIT` bytes, or one of more elements than
+    :data:`gateway.dicom.walk.MAX_ELEMENTS`.
     """
 
 
@@ -286,6 +287,8 @@ class Receiver:
         """
         try:
             identity = walk_file(path)
+        except TooManyElements as exc:  # whole, but the worker's pydicom would take too much memory
+            raise TooLarge(str(exc)) from exc
         except ValueError:
             identity = None  # pydicom copes with some irregular files the walk refuses
         if identity is None:

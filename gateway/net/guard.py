@@ -330,9 +330,9 @@ class _GuardedSocket(AssociationSocket):
         message and silently drops the items after it, so from there on this
         count and its own would differ (a C-STORE command it never saw, whose
         data set it would then keep in memory).  PS3.8 allows a second message
-        in the same P-DATA-TF, but no sender does it (DCMTK, dcm4che, fo-dicom
-        and pynetdicom end each message's last PDU with it): such a P-DATA-TF is
-        aborted.
+        in the same P-DATA-TF, but the senders known here (dcm4che, fo-dicom,
+        pynetdicom, DCMTK's storescu and echoscu) end each message's last PDU
+        with it: such a P-DATA-TF is aborted.
         """
         offset = 0
         while offset < len(body):

@@ -362,6 +362,83 @@ def test_an_irreversible_codestream_labelled_lossless_is_kept() -> None:
     _assert_passed(ds, recompress(ds, RLELossless), "irreversible 9-7 wavelet")
 
 
+_JPEG_LOSSLESS_LABELS = [pytest.param("1.2.840.10008.1.2.4.57", id="JPEGLossless"),
+                         pytest.param(JPEGLosslessSV1, id="JPEGLosslessSV1")]
+
+
+def _scan_header_byte(stream: bytes, back: int, value: int) -> bytes:
+    """`stream` with the byte `back` bytes before the end of its SOS segment set to `value`.
+
+    The SOS segment ends with Ss, Se, Ah|Al (T.81 B.2.3) or NEAR, ILV, Ah|Al (T.87 C.2.3).
+    """
+    data = bytearray(stream)
+    at = data.index(b"\xff\xda")
+    data[at + 2 + ((data[at + 2] << 8) | data[at + 3]) - back] = value
+    return bytes(data)
+
+
+def _textured(info: FrameInfo) -> np.ndarray:
+    y, x = np.mgrid[0:info.rows, 0:info.columns]
+    noise = np.random.default_rng(0).integers(0, 50, info.shape)
+    return (1000 + 20 * x + 7 * y + noise).astype(info.dtype)
+
+
+def _assert_kept_as_lossy(ds: Dataset, *reason_parts: str) -> None:
+    """Kept as received, whatever the target (its own syntax included), and not taken for damage."""
+    for target in (RLELossless, str(ds.file_meta.TransferSyntaxUID)):
+        outcome = recompress(ds, target)
+        _assert_passed(ds, outcome, "whatever its transfer syntax says", *reason_parts)
+        assert not outcome.malformed and outcome.reason.startswith("unsupported image"), outcome.reason
+
+
+def test_a_near_lossless_jpeg_ls_codestream_labelled_lossless_is_kept() -> None:
+    """NEAR = 3 in the scan header: each decoded value may be 3 away from the original, whatever the
+    syntax says; re-encoding them losslessly would pass the altered values off as the original ones."""
+    import jpeg_ls
+
+    info = FrameInfo(rows=32, columns=32, bits_allocated=16, bits_stored=12)
+    frame = _textured(info)
+    stream = bytes(jpeg_ls.encode(frame, lossy_error=3))
+    assert not np.array_equal(jpeg_ls.decode(np.frombuffer(stream, np.uint8)), frame), "lossy, as meant"
+    _assert_kept_as_lossy(make_dataset(info, [stream], JPEGLSLossless), "NEAR=3")
+    lossless = make_dataset(info, [bytes(jpeg_ls.encode(frame))], JPEGLSLossless)  # the same, NEAR = 0
+    assert recompress(lossless, RLELossless).recompressed
+
+
+@pytest.mark.parametrize("uid", [*_JPEG_LOSSLESS_LABELS, pytest.param(JPEGLSLossless, id="JPEGLSLossless")])
+def test_a_point_transform_under_a_lossless_label_is_kept(uid: str) -> None:
+    """Pt (Al of the scan header) != 0 codes each value shifted right by Pt (T.81 H.1.2.1): the decoder
+    gives back ``original >> Pt << Pt``, not the original."""
+    info = FrameInfo(rows=16, columns=16, bits_allocated=16, bits_stored=12)
+    frame = _textured(info)
+    stream = get_codec(uid).encode_frame(frame, info)
+    assert recompress(make_dataset(info, [stream], uid), RLELossless).recompressed
+    _assert_kept_as_lossy(make_dataset(info, [_scan_header_byte(stream, 1, 0x01)], uid), "point transform Pt=1")
+
+
+@pytest.mark.parametrize("name, sof", [("SC_rgb_jpeg_dcmtk.dcm", "SOF0"), ("JPEG-lossy.dcm", "SOF1")])
+@pytest.mark.parametrize("uid", [*_JPEG_LOSSLESS_LABELS, pytest.param(JPEGLSLossless, id="JPEGLSLossless")])
+def test_a_dct_codestream_under_a_lossless_label_is_kept(uid: str, name: str, sof: str) -> None:
+    """A DCT codestream's frame header says it is lossy, whatever the label: libjpeg decodes a baseline
+    one (SOF0) labelled lossless all the same, and refuses an extended one (SOF1), which is not damaged."""
+    ds = _testdata(name)
+    ds.file_meta.TransferSyntaxUID = uid
+    _assert_kept_as_lossy(ds, f"frame header is {sof}")
+
+
+def test_a_codestream_whose_markers_cannot_be_followed_is_not_taken_for_lossless() -> None:
+    """Bytes where a marker should be end the walk through the headers, yet a decoder may skip them:
+    what lies beyond (a near-lossless scan) is never seen, so nothing shows the stream is lossless."""
+    import jpeg_ls
+
+    info = FrameInfo(rows=32, columns=32, bits_allocated=16, bits_stored=12)
+    for near in (3, 0):
+        stream = bytes(jpeg_ls.encode(_textured(info), lossy_error=near))
+        at = stream.index(b"\xff\xda")
+        _assert_kept_as_lossy(make_dataset(info, [stream[:at] + b"\x00\x11\x22" + stream[at:]], JPEGLSLossless),
+                              "cannot be followed")
+
+
 def _declaring(stream: bytes, rows: int, columns: int) -> bytes:
     """A JPEG-LS `stream` whose SOF55 segment declares `rows` x `columns` samples."""
     data = bytearray(stream)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from io import BytesIO
+from typing import NamedTuple
 
 import numpy as np
 from pydicom import Dataset
@@ -21,7 +22,8 @@ from pydicom.uid import UID, ExplicitVRBigEndian
 
 from gateway.codecs.base import FrameInfo
 from gateway.codecs.jpeg_markers import EOI, SOS, walk_markers
-from gateway.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, RLE_LOSSLESS, is_encapsulated
+from gateway.dicom.uids import (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, JPEG_LOSSLESS,
+                                 JPEG_LOSSLESS_SV1, JPEG_LS_LOSSLESS, RLE_LOSSLESS, is_encapsulated)
 from gateway.errors import PixelDataError, UnsupportedImageError
 from gateway.pipeline.decoders import NATIVE, DecodeFrame, hidden_bits, source_decoder, start_image
 
@@ -336,6 +338,59 @@ def irreversible_wavelet(fragment: bytes) -> bool:
     return False
 
 
+JPEG_LOSSLESS_LABELLED = {JPEG_LOSSLESS: 0xC3, JPEG_LOSSLESS_SV1: 0xC3, JPEG_LS_LOSSLESS: 0xF7}
+"""JPEG and JPEG-LS syntaxes that say their codestreams are lossless, and the SOF marker of that process."""
+
+_SOF = frozenset({*range(0xC0, 0xD0), 0xF7, 0xF9}) - {0xC4, 0xC8, 0xCC}  # not DHT, JPG, DAC
+
+
+def _sof_name(code: int) -> str:
+    return f"SOF{code - 0xC0}" if code < 0xD0 else {0xF7: "SOF55", 0xF9: "SOF57"}[code]
+
+
+class JpegCoding(NamedTuple):
+    """What the frame and scan headers of a JPEG or JPEG-LS codestream say of its coding (:func:`jpeg_coding`)."""
+
+    lossy: str | None  # why they say a decoder will not give back the original values
+    complete: bool  # every header up to the end marker was read, and each scan header holds together
+
+
+def jpeg_coding(fragment: bytes, uid: str) -> JpegCoding:
+    """What the headers of a codestream labelled JPEG Lossless or JPEG-LS Lossless (:data:`JPEG_LOSSLESS_LABELLED`)
+    say of its coding: lossy (and why) or not, and whether every one of them was read.
+
+    Decoders read what a codestream says, not what its label says.  Lossy
+    are: a frame header of another process than the label's (SOF3, T.81
+    B.1.1.3; SOF55, T.87 C.2.2), a DCT one above all; a JPEG-LS scan header
+    with NEAR != 0 (T.87 C.2.3: near-lossless); a point transform Pt != 0
+    (Al, the low nibble of a scan header's last byte), which codes each value
+    shifted right by Pt (T.81 H.1.2.1), so that a decoder gives back
+    ``original >> Pt << Pt``.  The walk (:func:`walk_markers`) stops at bytes
+    where a marker should be, which some decoders skip: what lies beyond is
+    not seen, and the coding is not `complete`.
+    """
+    expected = JPEG_LOSSLESS_LABELLED[str(uid)]
+    data = bytes(fragment)
+    size = len(data)
+    for code, pos, end in walk_markers(data):
+        if code in _SOF and code != expected:
+            return JpegCoding(f"its frame header is {_sof_name(code)}, not the {_sof_name(expected)} of its "
+                              "transfer syntax", True)
+        if code == SOS:
+            count = data[pos + 4] if pos + 4 < size else 0
+            if end > size or end - pos != 8 + 2 * count:  # FFDA, Ls, Ns, Ns x 2, three bytes (T.81 B.2.3)
+                return JpegCoding(None, False)
+            if expected == 0xF7 and data[end - 3]:
+                return JpegCoding(f"NEAR={data[end - 3]} in its scan header: near-lossless", True)
+            if data[end - 1] & 0x0F:
+                pt = data[end - 1] & 0x0F
+                return JpegCoding(f"point transform Pt={pt} in its scan header: the low {pt} bits of each "
+                                  "value are dropped", True)
+        if code == EOI:
+            return JpegCoding(None, True)
+    return JpegCoding(None, False)
+
+
 _RLE_ONE_ITEM = "an RLE frame is one item (PS3.5 A.4.2)"
 
 
@@ -423,7 +478,18 @@ def iter_frames(ds: Dataset) -> Iterator[np.ndarray]:
                     raise PixelDataError(f"frame {number}: {len(fragment) - end} bytes follow the end of its "
                                          "codestream (another codestream, or more frames than Number of "
                                          "Frames says)")
-            yield decode(fragment, info)
+            coding = jpeg_coding(fragment, uid) if uid in JPEG_LOSSLESS_LABELLED else None
+            if coding is not None and coding.lossy:
+                raise UnsupportedImageError(f"frame {number}: the codestream is lossy, whatever its transfer "
+                                            f"syntax says: {coding.lossy}")
+            values = decode(fragment, info)
+            if coding is not None and not coding.complete:  # after the decoder: damage is still said to be damage
+                raise UnsupportedImageError(
+                    f"frame {number}: nothing shows the codestream is lossless, whatever its transfer syntax says: "
+                    "its headers cannot be followed to its end marker (bytes where a marker should be, T.81 "
+                    "B.1.1.2), and a scan beyond may be lossy")
+            yield values
+            del values
         if found < frames:  # an offset table naming fewer frames, or fewer items than frames
             raise PixelDataError(f"the Pixel Data holds {found} frame(s), (0028,0008) 'Number of Frames' "
                                  f"says {frames}")

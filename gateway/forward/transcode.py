@@ -5,7 +5,8 @@ one place where an object is decoded and encoded again on its way out.  Pixel
 data is re-encoded through the pipeline and so always verified; between the
 uncompressed little endian syntaxes (implicit, explicit, deflated) only the
 element encoding changes, which pydicom's writer converts from the encoding
-the object was read in (raw elements decoded, ambiguous VRs resolved).
+the object was read in (raw elements decoded, ambiguous VRs resolved); so
+does a big endian object without pixel data, its binary words swapped first.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from typing import Any, TypeVar
 from pydicom import Dataset, dcmread
 from pydicom.uid import UID
 
-from gateway.dicom.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, NATIVE_SYNTAXES
+from gateway.dicom.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN, NATIVE_SYNTAXES
 from gateway.errors import PermanentForwardError, TransientForwardError
 from gateway.logs import get_logger
-from gateway.pipeline import recompress
+from gateway.pipeline import recompress, to_little_endian
 
 __all__ = ["encode_for", "encoded"]
 
@@ -30,6 +31,8 @@ _T = TypeVar("_T")
 
 # Uncompressed and little endian: an object moves between these by its element encoding alone.
 _LITTLE_ENDIAN_UNCOMPRESSED = NATIVE_SYNTAXES | {DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN}
+# Pixel Data, Float and Double Float Pixel Data: what only the pipeline converts.
+_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 
 
 def encode_for(path: Path, stored: str, target: str, *, verify: bool = True,
@@ -46,6 +49,17 @@ def encode_for(path: Path, stored: str, target: str, *, verify: bool = True,
     """
     ds = dcmread(path)
     if stored in _LITTLE_ENDIAN_UNCOMPRESSED and target in _LITTLE_ENDIAN_UNCOMPRESSED:
+        ds.file_meta.TransferSyntaxUID = UID(target)
+        return ds
+    if (stored == EXPLICIT_VR_BIG_ENDIAN and target in _LITTLE_ENDIAN_UNCOMPRESSED
+            and not any(tag in ds for tag in _PIXEL_TAGS)):
+        # No pixels for the pipeline to carry (an SR, a presentation state): the words of binary values
+        # (LUT, overlay and icon data) are swapped here, numbers convert as they are written.
+        try:
+            to_little_endian(ds)
+        except Exception as exc:  # noqa: BLE001 - pydicom parses every raw element here; bad values raise anything
+            _log.warning("%s cannot be converted from big endian: %s: %s", path.name, type(exc).__name__, exc)
+            return None
         ds.file_meta.TransferSyntaxUID = UID(target)
         return ds
     try:

@@ -17,7 +17,8 @@ from gateway.pipeline.policy import (
     pixel_hash,
     recompress,
     recompress_file,
+    to_little_endian,
 )
 
-__all__ = ["Outcome", "recompress", "recompress_file", "pixel_hash", "NATIVE_TARGETS", "LOSSLESS_SOURCES",
-           "REFERENCE_DECODERS"]
+__all__ = ["Outcome", "recompress", "recompress_file", "pixel_hash", "to_little_endian", "NATIVE_TARGETS",
+           "LOSSLESS_SOURCES", "REFERENCE_DECODERS"]

@@ -57,6 +57,7 @@ from gateway.pipeline.verify import first_difference, frame_difference
 
 __all__ = [
     "Outcome",
+    "to_little_endian",
     "MALFORMED_PREFIX",
     "recompress",
     "recompress_file",
@@ -284,12 +285,13 @@ def _copy_without_pixels(ds: Dataset, *, share_sequences: bool) -> Dataset:
 _SWAP_SIZE = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}
 
 
-def _make_little_endian(ds: Dataset, keep: DataElement) -> None:
+def to_little_endian(ds: Dataset, keep: DataElement | None = None) -> None:
     """Re-express a dataset read as big endian so that it is written little endian.
 
     Numbers parsed into Python values need nothing; raw binary values of word
     VRs (overlay data, LUT data, icon pixel data...) have their bytes swapped
     per word.  `keep` (the new, already little endian, Pixel Data) is left alone.
+    pydicom may raise about any value it cannot parse.
     """
     for element in ds.iterall():
         size = _SWAP_SIZE.get(element.VR)
@@ -560,7 +562,7 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True, allow_larger: b
         new.PhotometricInterpretation = "YBR_RCT"
     if big_endian:
         try:
-            _make_little_endian(new, new[_PIXEL_DATA])
+            to_little_endian(new, new[_PIXEL_DATA])
         except Exception as exc:  # pydicom parses every raw element here; bad values raise many types
             return _pass(ds, f"big endian attributes cannot be converted: {type(exc).__name__}: {exc}", original,
                          **proven)

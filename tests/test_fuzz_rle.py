@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from gateway.codecs.base import FrameInfo
-from gateway.codecs.rle import decode, encode
+from gateway.codecs.rle import decode, encode, trailing_bytes
 from gateway.errors import CorruptCodestreamError
 
 _SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -36,11 +36,19 @@ def _infos(draw) -> FrameInfo:
 
 
 def _check(data: bytes, info: FrameInfo) -> None:
-    """Decoding `data` yields a frame of `info` or raises CorruptCodestreamError."""
+    """Decoding `data` yields a frame of `info` or raises CorruptCodestreamError; so does finding the
+    bytes after its last segment's data, which are part of `data`."""
+    try:
+        tail = trailing_bytes(data, info)
+    except CorruptCodestreamError:
+        tail = None
+    else:
+        assert data.endswith(tail) and len(tail) <= len(data) - 64
     try:
         frame = decode(data, info)
     except CorruptCodestreamError:
         return
+    assert tail is not None, "decoded, so its last segment holds every pixel's byte"
     assert frame.shape == info.shape and frame.dtype == info.dtype
     low, high = info.value_range
     assert frame.size == 0 or (frame.min() >= low and frame.max() <= high)

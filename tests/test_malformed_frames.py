@@ -109,6 +109,21 @@ def test_one_fragment_per_frame_is_still_recompressed() -> None:
         assert [int(f[0, 0]) for f in iter_frames(outcome.dataset)] == [100, 200, 300]
 
 
+def test_an_rle_item_holding_more_than_its_frame_is_malformed() -> None:
+    """An RLE decoder stops once it has a frame's bytes: a second frame joined to the first in its item
+    would be dropped unseen.  The padding encoders write after a segment is no such thing."""
+    codec = get_codec(RLELossless)
+    first, second = (codec.encode_frame(np.full(INFO.shape, v, INFO.dtype), INFO) for v in (100, 200))
+    for tail, kept in ((second, True), (b"\x00", False), (b"\x00" * 4, False)):
+        ds = make_dataset(INFO, [first + tail], RLELossless)
+        outcome = recompress(ds, JPEGLSLossless)
+        if kept:
+            assert not outcome.recompressed and outcome.malformed
+            assert "bytes follow the data of its last RLE segment" in outcome.reason, outcome.reason
+        else:
+            assert outcome.recompressed, (tail, outcome.reason)
+
+
 @pytest.mark.parametrize("source, declared, values, starts, reason", PARAMS)
 def test_the_worker_holds_them_as_received(tmp_path: Path, source: str, declared: int | None,
                                             values: tuple[int, ...], starts: list[int], reason: str) -> None:

@@ -169,6 +169,28 @@ def _unpack_segment(data, pos, end, plane, pixels):
 
 
 @njit(cache=True, nogil=True)
+def segment_end(data, pos, end, pixels):
+    """Where the PackBits data of ``data[pos:end]`` for ``pixels`` bytes ends, as the decoders read it.
+
+    A run reaching past `pixels` is read whole, as :func:`_unpack_segment`
+    reads it; -1 when the data ends first.
+    """
+    n = 0
+    while n < pixels:
+        if pos >= end:
+            return -1
+        control = data[pos]
+        pos += 1
+        if control < 128:
+            pos += control + 1
+            n += control + 1
+        elif control > 128:
+            pos += 1
+            n += 257 - control
+    return min(pos, end)
+
+
+@njit(cache=True, nogil=True)
 def decode_segments(data, offsets, ends, pixels, samples, nbytes, out, plane):
     """Decode every segment of `data` into the interleaved bytes `out`.
 

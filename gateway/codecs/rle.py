@@ -57,7 +57,7 @@ from gateway.codecs.profiles import check_profile
 from gateway.dicom.uids import RLE_LOSSLESS
 from gateway.errors import CorruptCodestreamError, UnsupportedImageError
 
-__all__ = ["CODEC", "supports", "encode", "decode", "HEADER_BYTES", "MAX_SEGMENTS"]
+__all__ = ["CODEC", "supports", "encode", "decode", "trailing_bytes", "HEADER_BYTES", "MAX_SEGMENTS"]
 
 HEADER_BYTES = 64
 MAX_SEGMENTS = 15
@@ -132,6 +132,20 @@ def _parse_header(data: bytes, segments: int) -> tuple[np.ndarray, np.ndarray]:
     if np.any(ends < starts) or ends[-1] < starts[-1]:
         raise _corrupt(f"segment offsets {list(map(int, starts))} are not ascending within {len(data)} bytes")
     return starts, ends
+
+
+def trailing_bytes(data: bytes | bytearray | memoryview, info: FrameInfo) -> bytes:
+    """The bytes of a frame after its last segment's data: padding, or data that no decoder reads.
+
+    Raises CorruptDataError where :func:`decode` would for the header or the last segment.
+    """
+    _, segments = _segments(info)
+    data = bytes(data)
+    starts, ends = _parse_header(data, segments)
+    stop = _k.segment_end(np.frombuffer(data, dtype=np.uint8), starts[-1], ends[-1], info.rows * info.columns)
+    if stop < 0:
+        raise _corrupt(f"segment {segments}: {_ERRORS[-_k.ERR_SHORT]}")
+    return data[stop:]
 
 
 def decode(data: bytes | bytearray | memoryview, info: FrameInfo) -> np.ndarray:

@@ -22,6 +22,7 @@ from pydicom.uid import UID, ExplicitVRBigEndian
 
 from gateway.codecs.base import FrameInfo
 from gateway.codecs.jpeg_markers import EOI, SOS, walk_markers
+from gateway.codecs.rle import trailing_bytes
 from gateway.dicom.uids import (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, JPEG_LOSSLESS,
                                  JPEG_LOSSLESS_SV1, JPEG_LS_LOSSLESS, RLE_LOSSLESS, is_encapsulated)
 from gateway.errors import PixelDataError, UnsupportedImageError
@@ -478,6 +479,11 @@ def iter_frames(ds: Dataset) -> Iterator[np.ndarray]:
                     raise PixelDataError(f"frame {number}: {len(fragment) - end} bytes follow the end of its "
                                          "codestream (another codestream, or more frames than Number of "
                                          "Frames says)")
+            if uid == RLE_LOSSLESS:  # no end marker: where the last segment's runs end instead
+                tail = trailing_bytes(fragment, info)
+                if len(tail) > 1 and tail.strip(b"\x00"):  # encoders pad a segment to an even length
+                    raise PixelDataError(f"frame {number}: {len(tail)} bytes follow the data of its last RLE "
+                                         "segment (another frame, or more than its attributes describe)")
             coding = jpeg_coding(fragment, uid) if uid in JPEG_LOSSLESS_LABELLED else None
             if coding is not None and coding.lossy:
                 raise UnsupportedImageError(f"frame {number}: the codestream is lossy, whatever its transfer "

@@ -27,7 +27,6 @@ from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, Ex
 
 from gateway.config import Destination, RetryConfig
 from gateway.dicom.identity import Identity
-from gateway.errors import PermanentForwardError
 from gateway.forward import DicomSender, Forwarder
 from gateway.forward.transcode import encode_for
 from gateway.spool import DEAD, DONE, Job, Spool

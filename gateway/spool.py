@@ -532,6 +532,14 @@ class Spool:
     def clear_failures(self, ident: str) -> None:
         (self.failures / f"{ident}.json").unlink(missing_ok=True)
 
+    def uncount_attempt(self, ident: str) -> None:
+        """Take back the attempt counted before it began (:meth:`record_failure_reason`): it did not fail."""
+        attempts, reason = self.failures_of(ident)
+        if attempts <= 1:
+            self.clear_failures(ident)
+        else:
+            self._write_failure(ident, attempts - 1, reason or "")
+
     # --------------------------------------------------------------------- jobs
 
     def _job_path(self, state: str, key: str) -> Path:

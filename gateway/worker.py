@@ -11,6 +11,7 @@ creation is idempotent, so replays never duplicate work already done.
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import threading
@@ -263,11 +264,34 @@ def _child_ready() -> tuple[int, float]:
     return os.getpid(), sum(_CHILD_WARM_UP)
 
 
+_FULL_DISK_SECONDS = 30.0
+"""How long an instance waits when the spool's filesystem is full before it is tried again."""
+
+
+_FULL = tuple(f"[Errno {code}]" for code in (errno.ENOSPC, errno.EDQUOT))
+
+
+def _out_of_space(exc: BaseException | None) -> bool:
+    """True when `exc`, or an exception it was raised from, says the spool's filesystem is full.
+
+    A worker process's exception reaches the service without its cause: a
+    :class:`SpoolError` is then known by the error it quotes.
+    """
+    seen = 0
+    while exc is not None and seen < 8:
+        if is_out_of_space(exc) or (isinstance(exc, SpoolError) and any(code in str(exc) for code in _FULL)):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 def _die_with_parent() -> None:
     """On Linux, have the kernel kill this process the moment the service dies.
 
     A worker outliving a ``kill -9`` of the service would race the restarted
-    service over the spool.
+    service over the spool.  The kernel sends the signal when the *thread*
+    that started this process ends: a dispatcher thread of the worker, which
+    lives as long as the service and survives every failure of an instance.
     """
     try:
         import ctypes
@@ -642,6 +666,16 @@ class Worker:
         if self._halt.is_set():  # stopping (its worker processes too): processed again at the next start
             _log.info("processing %s interrupted by the stop: %s", ident, reason)
             return
+        if _out_of_space(exc):  # the spool's trouble, not the instance's: no attempt counted, none given up
+            if not self.processes:  # this one was counted before it began
+                try:
+                    self.spool.uncount_attempt(ident)
+                except (OSError, GatewayError):
+                    pass  # the disk is full: most likely it could not be counted either
+            _log.warning("processing %s waits: the spool's filesystem is full (%s); trying again in %.0f s",
+                         ident, reason, _FULL_DISK_SECONDS)
+            self._retry_later(ident, _FULL_DISK_SECONDS)
+            return
         limit = self.config.compression.max_attempts
         with self._lock:  # counted here too: the spool may be unable to record it (a full disk)
             counted = self._failures[ident] = self._failures.get(ident, 0) + 1
@@ -670,10 +704,21 @@ class Worker:
             raise
         except BaseException as exc:  # noqa: BLE001 - it must leave incoming/ whatever happens
             why = f"{reason}; it cannot be forwarded as received either: {type(exc).__name__}: {exc}"
+            if _out_of_space(exc):  # nor can a dead letter be written: the instance waits in incoming/
+                _log.warning("instance %s waits: the spool's filesystem is full (%s); trying again in %.0f s",
+                             ident, why, _FULL_DISK_SECONDS)
+                self._retry_later(ident, _FULL_DISK_SECONDS)
+                return
+            try:
+                self.spool.add_job(Job(ident, UNROUTED, state=DEAD, reason=why, destinations=(UNROUTED,),
+                                       processing_failed=reason))
+                self.spool.finish_received(ident)
+            except (OSError, GatewayError) as problem:  # it stays in incoming/, tried again
+                _log.error("instance %s cannot be made a dead letter (%s); trying again in %.0f s: %s", ident,
+                           problem, _FULL_DISK_SECONDS, why)
+                self._retry_later(ident, _FULL_DISK_SECONDS)
+                return
             _log.error("instance %s becomes a dead letter: %s", ident, why)
-            self.spool.add_job(Job(ident, UNROUTED, state=DEAD, reason=why, destinations=(UNROUTED,),
-                                   processing_failed=reason))
-            self.spool.finish_received(ident)
 
     def _run(self) -> None:
         while not self._halt.is_set():
@@ -683,11 +728,16 @@ class Worker:
                 # Safety net for missed notifications; a file younger than two
                 # rescan intervals may still be in the receiver's hands (being checked).
                 old = time.time() - 2 * self.config.compression.rescan_seconds
-                for ident in self.spool.received():
+                try:
+                    received = self.spool.received()
+                except OSError as exc:
+                    _log.error("the spool's incoming folder cannot be listed: %s", exc)
+                    continue
+                for ident in received:
                     try:
                         if self.spool.incoming_path(ident).stat().st_mtime < old:
                             self._queue.put(ident)
-                    except FileNotFoundError:
+                    except OSError:  # gone meanwhile
                         pass
                 continue
             if ident is None:
@@ -710,7 +760,12 @@ class Worker:
             except (KeyboardInterrupt, SystemExit):
                 raise
             except BaseException as exc:  # noqa: BLE001 - keep serving; retried, then forwarded as received
-                self._failed(ident, exc)
+                try:
+                    self._failed(ident, exc)
+                except Exception:  # noqa: BLE001 - this thread serves every instance after this one
+                    _log.exception("processing %s failed and so did handling that; trying again in %.0f s",
+                                   ident, _FULL_DISK_SECONDS)
+                    self._retry_later(ident, _FULL_DISK_SECONDS)
             finally:
                 with self._lock:
                     self._active.discard(ident)

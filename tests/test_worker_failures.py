@@ -7,15 +7,18 @@ syntax's transfer-syntax look-up once was).
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from pydicom import dcmread
+from pydicom.uid import RLELossless as RLE
 
 import gateway.worker
 from gateway.cli import main as cli_main
@@ -207,3 +210,72 @@ def test_an_instance_that_crashes_the_service_is_forwarded_as_received_after_the
     text = log.read_text()
     assert "processing failed 2 times, forwarded as received" in text and "interrupted" in text
     assert Spool(tmp_path / "spool").failing() == []
+
+
+class _FullDisk:
+    """Spool.add_jobs and add_job failing as on a full filesystem while `full` is set."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.full = True
+        for name in ("add_jobs", "add_job"):
+            real = getattr(Spool, name)
+            monkeypatch.setattr(Spool, name, self._failing(real))
+
+    def _failing(self, real):
+        def method(spool, *args, **kwargs):
+            if self.full:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(spool, *args, **kwargs)
+        return method
+
+
+def test_a_full_spool_disk_makes_instances_wait_and_counts_no_attempt(tmp_path: Path, gateway_factory,
+                                                                     monkeypatch) -> None:
+    monkeypatch.setattr(gateway.worker, "_FULL_DISK_SECONDS", 0.2)
+    disk = _FullDisk(monkeypatch)
+    config = build_config(tmp_path, compression={"max_attempts": 2, "retry_seconds": 0.05})
+    gateway_ = gateway_factory(config)
+    assert send(gateway_.port, [pydicom_file("CT_small.dcm")]) == [0]
+    [ident] = gateway_.spool.received()
+    time.sleep(2)  # some ten tries, past max_attempts: none counted, nothing given up, no thread lost
+    assert gateway_.stalled() is None
+    assert gateway_.spool.failures_of(ident)[0] == 0 and gateway_.spool.received() == [ident]
+    assert not list(gateway_.spool.jobs_in(DEAD))
+    disk.full = False
+    assert wait_until(lambda: len(_archive(tmp_path)) == 1, timeout=30)
+    assert dcmread(_archive(tmp_path)[0]).file_meta.TransferSyntaxUID == RLE, "recompressed as usual"
+
+
+def test_an_instance_given_up_on_a_full_disk_waits_to_become_a_dead_letter(tmp_path: Path, gateway_factory,
+                                                                           monkeypatch) -> None:
+    monkeypatch.setattr(gateway.worker, "_FULL_DISK_SECONDS", 0.2)
+    disk = _FullDisk(monkeypatch)
+    disk.full = False
+    config = build_config(tmp_path, compression={"max_attempts": 1, "retry_seconds": 0.05})
+    spool = Spool(config.spool.directory)
+    ident = spool.store_received(b"not a DICOM file " * 8, "MODALITY")
+    disk.full = True  # the dead letter it becomes cannot be written: it waits in incoming/
+    gateway_ = gateway_factory(config)
+    time.sleep(2)
+    assert gateway_.stalled() is None and spool.received() == [ident]
+    disk.full = False
+    assert wait_until(lambda: spool.received() == [] and any(True for _ in spool.jobs_in(DEAD)), timeout=30)
+    assert "cannot be forwarded as received either" in (next(spool.jobs_in(DEAD)).reason or "")
+
+
+def test_a_full_disk_is_known_by_its_cause_or_by_the_error_a_worker_process_quoted() -> None:
+    from gateway.errors import SpoolError
+
+    full = OSError(errno.ENOSPC, "No space left on device")
+    try:
+        try:
+            raise full
+        except OSError as exc:
+            raise SpoolError(f"cannot store processed instance x: {exc}") from exc
+    except SpoolError as chained:
+        assert gateway.worker._out_of_space(chained)
+    # from a worker process the cause is gone: its text remains
+    assert gateway.worker._out_of_space(SpoolError(f"cannot store processed instance x: {full}"))
+    assert gateway.worker._out_of_space(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    assert not gateway.worker._out_of_space(SpoolError("cannot store processed instance x: [Errno 13] Permission denied"))
+    assert not gateway.worker._out_of_space(ValueError("[Errno 28] in a pixel value"))

@@ -122,8 +122,8 @@ class GatewayCollector(Collector):
                                   value=malformed)
         forwarded = CounterMetricFamily("dicom_gateway_forwarded_instances", "Instances delivered, per destination",
                                         labels=["destination"])
-        for name, value in db.execute("SELECT destination, COUNT(*) FROM deliveries WHERE outcome = 'delivered' "
-                                      "GROUP BY destination ORDER BY destination"):
+        for name, value in db.execute("SELECT destination, COUNT(DISTINCT id) FROM deliveries "
+                                      "WHERE outcome = 'delivered' GROUP BY destination ORDER BY destination"):
             forwarded.add_metric([name], value)
         yield forwarded
         yield _histogram(db, "dicom_gateway_encode_seconds", "Decoding the original and encoding it, per instance",
@@ -137,9 +137,12 @@ class GatewayCollector(Collector):
         depth = GaugeMetricFamily("dicom_gateway_queue_depth", "Jobs waiting or in flight, per destination",
                                   labels=["destination"])
         dead = GaugeMetricFamily("dicom_gateway_dead_letters", "Dead letters, per destination", labels=["destination"])
+        letters = self.spool.destination_counts(DEAD)  # also those of no route ("-") and of removed destinations
         for name in self.destinations():
             depth.add_metric([name], self.spool.count_jobs(PENDING, name) + self.spool.count_jobs(INFLIGHT, name))
-            dead.add_metric([name], self.spool.count_jobs(DEAD, name))
+            letters.setdefault(name, 0)
+        for name, count in sorted(letters.items()):
+            dead.add_metric([name], count)
         yield depth
         yield dead
         yield GaugeMetricFamily("dicom_gateway_received_waiting", "Instances received and not yet processed",

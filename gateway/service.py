@@ -55,6 +55,10 @@ class QueueState:
         return self.pending + self.inflight
 
 
+RECEIVE_RECORD_SECONDS = 2.0
+"""How long the receiver waits for a busy proof record before it answers without its row."""
+
+
 class Gateway:
     """All parts of the gateway for one configuration."""
 
@@ -100,7 +104,10 @@ class Gateway:
             forwarder.start()
         self.worker.start()
         self._start_housekeeping()
-        receiver = Receiver(self.spool, on_received=self.worker.notify, record=self.record,
+        # Its own connections, which wait briefly for a busy record: the sender waits for the answer, and the
+        # worker's row stands in for one not written.
+        receiver = Receiver(self.spool, on_received=self.worker.notify,
+                            record=ProofRecord(self.record.path, timeout=RECEIVE_RECORD_SECONDS),
                             min_free_bytes=self.config.spool.min_free_bytes)
         receiver.event_reports = self.commitment_reports.deliver
         self.server = start_receiver(self.config.server, receiver)
@@ -451,7 +458,7 @@ class Gateway:
                     self.record.delivery(job.instance, job.destination, outcome="dead", syntax=None,
                                          attempts=job.attempts, reason=job.reason)
                 except GatewayError as exc:
-                    _log.error("proof record: %s", exc)
+                    _log.error("proof record: sop=%s id=%s: %s", job.sop, job.instance, exc)
 
     def _all_forwarders(self) -> list[Forwarder]:
         return [f for group in self.forwarders.values() for f in group]

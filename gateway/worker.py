@@ -114,6 +114,11 @@ def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: 
     reason is logged at ERROR and kept in the jobs.
     """
     src = spool.source_path(ident)
+    if not reuse_object and pass_through is None and any(
+            spool.find_job(ident, dest.name) is not None for dest in config.destinations):
+        # An earlier attempt wrote jobs before it was cut short (a crash, a full disk): one may have sent
+        # its object already, so that object stays, and the proof record with it.
+        reuse_object = True
     # Only the elements recompression reads, when the file allows it (see gateway.dicom.lean).
     lean = read_lean(src) if pass_through is None and not reuse_object else None
     if lean is not None:
@@ -198,7 +203,7 @@ def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: 
             record.processed(ident, identity, target_syntax=stored_syntax, calling_ae=calling_ae,
                              received_at=src.stat().st_mtime, **proof)
         except GatewayError as exc:  # the instance goes on; only its record is incomplete
-            _log.error("proof record: %s", exc)
+            _log.error("proof record: sop=%s id=%s: %s", sop, ident, exc)
 
     destinations = config.destinations_for(calling_ae, identity.modality, identity.sop_class_uid)
     names = tuple(d.name for d in destinations) or (UNROUTED,)
@@ -207,16 +212,30 @@ def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: 
     if not destinations:
         reason = (f"no route matches calling AE {calling_ae!r}, modality {identity.modality!r}, "
                   f"SOP class {identity.sop_class_uid}")
-        spool.add_job(replace(template, state=DEAD, reason=reason))
+        if spool.add_job(replace(template, state=DEAD, reason=reason)):
+            _record_dead(record, ident, UNROUTED, reason)
         stage(_log, "dead", sop, level=40, reason=reason)
     if malformed is not None and config.policy.malformed == "hold":
         reason = f"held: malformed pixel data ({malformed}); 'dicom-gateway retry' forwards it as received"
         template = replace(template, state=DEAD, reason=reason)
         stage(_log, "held", sop, level=30, study=identity.study_uid, reason=malformed)
     created = spool.add_jobs([replace(template, destination=dest.name) for dest in destinations])
+    for job in created:
+        if job.state == DEAD:
+            _record_dead(record, ident, job.destination, job.reason)
     spool.finish_received(ident)
     spool.collect(ident, list(names))
     return [job for job in created if job.state != DEAD]
+
+
+def _record_dead(record: ProofRecord | None, ident: str, destination: str, reason: str | None) -> None:
+    """Tell the proof record that `destination` (``-``: no route) will not get the instance, and why."""
+    if record is None:
+        return
+    try:
+        record.delivery(ident, destination, outcome="dead", syntax=None, attempts=0, reason=reason)
+    except GatewayError as exc:  # the dead letter stands; only its record is missing
+        _log.error("proof record: id=%s: %s", ident, exc)
 
 
 _CHILD: tuple[Config, Spool, ProofRecord | None] | None = None
@@ -710,8 +729,9 @@ class Worker:
                 self._retry_later(ident, _FULL_DISK_SECONDS)
                 return
             try:
-                self.spool.add_job(Job(ident, UNROUTED, state=DEAD, reason=why, destinations=(UNROUTED,),
-                                       processing_failed=reason))
+                if self.spool.add_job(Job(ident, UNROUTED, state=DEAD, reason=why, destinations=(UNROUTED,),
+                                          processing_failed=reason)):
+                    _record_dead(self.record, ident, UNROUTED, why)
                 self.spool.finish_received(ident)
             except (OSError, GatewayError) as problem:  # it stays in incoming/, tried again
                 _log.error("instance %s cannot be made a dead letter (%s); trying again in %.0f s: %s", ident,

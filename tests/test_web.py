@@ -64,6 +64,23 @@ def test_metrics_agree_with_the_proof_record(tmp_path: Path, gateway_factory) ->
     assert _get(f"{base}/readyz") == (200, "ready\n")
 
 
+def test_dead_letters_of_no_route_and_held_ones_are_counted_and_recorded(tmp_path: Path, gateway_factory) -> None:
+    """The gauge counts every dead letter, whatever destination it names ("-": no route); the proof
+    record says where each instance went, a dead letter included."""
+    config = build_config(tmp_path, web={"port": free_port()}, routes=[{"destinations": ["local"],
+                                                                         "modality": ["CT"]}])
+    gateway = gateway_factory(config)
+    unrouted = pydicom_file("MR_small.dcm")
+    assert send(gateway.port, [unrouted, pydicom_file("CT_small.dcm")]) == [0, 0]
+    assert gateway.wait_idle(60)
+    values = _samples(_get(f"http://127.0.0.1:{gateway.web.port}/metrics")[1])
+    assert values[("dicom_gateway_dead_letters", (("destination", "-"),))] == 1
+    assert values[("dicom_gateway_dead_letters", (("destination", "local"),))] == 0
+    [entry] = gateway.record.find(str(unrouted.SOPInstanceUID))
+    [delivery] = entry["deliveries"]
+    assert (delivery["destination"], delivery["outcome"]) == ("-", "dead") and "no route" in delivery["reason"]
+
+
 def test_readyz_turns_503_when_a_destination_keeps_failing(tmp_path: Path, gateway_factory) -> None:
     down = {"name": "pacs", "kind": "dicom", "ae_title": "PACS", "host": "127.0.0.1", "port": free_port(),
             "timeout_seconds": 2}

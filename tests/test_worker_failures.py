@@ -279,3 +279,33 @@ def test_a_full_disk_is_known_by_its_cause_or_by_the_error_a_worker_process_quot
     assert gateway.worker._out_of_space(OSError(errno.EDQUOT, "Disk quota exceeded"))
     assert not gateway.worker._out_of_space(SpoolError("cannot store processed instance x: [Errno 13] Permission denied"))
     assert not gateway.worker._out_of_space(ValueError("[Errno 28] in a pixel value"))
+
+
+def test_an_attempt_cut_short_after_its_first_job_keeps_its_object_and_its_proof(
+        tmp_path: Path, gateway_factory, monkeypatch) -> None:
+    """The first destination may have sent the object already: the attempt after it sends the same one, and
+    the proof record keeps describing it."""
+    monkeypatch.setattr(gateway.worker, "_FULL_DISK_SECONDS", 0.5)
+    real = Spool.add_jobs
+    written: dict[str, tuple[int, int]] = {}
+
+    def first_only(spool, jobs):
+        if not written:  # the disk fills after the first job
+            real(spool, jobs[:1])
+            path = spool.object_path(jobs[0].instance)
+            written["object"] = (path.stat().st_ino, path.stat().st_mtime_ns)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(spool, jobs)
+
+    monkeypatch.setattr(Spool, "add_jobs", first_only)
+    destinations = [{"name": "a", "kind": "folder", "path": "archive_a"},
+                    {"name": "b", "kind": "folder", "path": "archive_b"}]
+    gateway_ = gateway_factory(build_config(tmp_path, destinations=destinations))
+    sent = pydicom_file("CT_small.dcm")
+    assert send(gateway_.port, [sent]) == [0]
+    [ident] = gateway_.spool.received()
+    assert wait_until(lambda: all(list((tmp_path / f).rglob("*.dcm")) for f in ("archive_a", "archive_b")), 30)
+    a, b = (next((tmp_path / f).rglob("*.dcm")).read_bytes() for f in ("archive_a", "archive_b"))
+    assert a == b and dcmread(tmp_path / "archive_a" / next((tmp_path / "archive_a").rglob("*.dcm")))
+    [entry] = gateway_.record.find(str(sent.SOPInstanceUID))
+    assert entry["outcome"] == "recompressed" and len(entry["verified_by"]) == 2, entry

@@ -349,7 +349,7 @@ class DicomSender:
             self.record.commitment(job.instance, self.destination.name, state=state, transaction_uid=transaction,
                                    reason=reason)
         except GatewayError as exc:  # the outcome stands; only its record is missing
-            _log.error("proof record: %s", exc)
+            _log.error("proof record: sop=%s id=%s: %s", job.sop, job.instance, exc)
 
     def close(self) -> None:
         if self.assoc is not None:

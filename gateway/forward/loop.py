@@ -314,7 +314,7 @@ class Forwarder(threading.Thread):
         try:
             self.record.delivery(job.instance, self.destination.name, outcome=outcome, **details)
         except GatewayError as exc:  # the delivery stands; only its record is missing
-            _log.error("proof record: %s", exc)
+            _log.error("proof record: sop=%s id=%s: %s", job.sop, job.instance, exc)
 
     def _failed(self, job: Job, exc: Exception, *, transient: bool, probe: bool = False) -> None:
         self.last_error, self.last_error_at = str(exc), time.time()

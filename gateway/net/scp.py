@@ -376,7 +376,7 @@ class Receiver:
                 self.record.received(ident, identity, calling_ae=calling, called_ae=event.assoc.acceptor.ae_title,
                                      remote=f"{requestor.address}:{requestor.port}", size=size)
             except GatewayError as exc:  # the instance is safe: the worker's row stands in for this one
-                _log.error("proof record: %s", exc)
+                _log.error("proof record: sop=%s id=%s: %s", identity.sop_instance_uid, ident, exc)
         if self.on_received is not None:
             try:
                 self.on_received(ident)

@@ -54,14 +54,17 @@ def reason_class(reason: str | None) -> str:
     return "other"
 
 
-def _histogram(db: sqlite3.Connection, name: str, doc: str, sql: str, buckets: Iterable[float]) -> Metric:
-    values = [row[0] for row in db.execute(sql)]
+def _histogram(db: sqlite3.Connection, name: str, doc: str, column: str, table: str, where: str,
+               buckets: Iterable[float]) -> Metric:
+    """The histogram of `column` over the rows of `table` that `where` selects, counted by SQLite in one pass."""
+    bounds = [float(bound) for bound in buckets]
+    counts = ", ".join(f"COALESCE(SUM({column} <= ?), 0)" for _ in bounds)
+    row = db.execute(f"SELECT {counts}, COUNT({column}), COALESCE(SUM({column}), 0) FROM {table} "
+                     f"WHERE {where} AND {column} IS NOT NULL", bounds).fetchone()
     family = HistogramMetricFamily(name, doc)
-    cumulative = []
-    for bound in buckets:
-        cumulative.append((repr(float(bound)), sum(1 for v in values if v <= bound)))
-    cumulative.append(("+Inf", len(values)))
-    family.add_metric([], cumulative, sum_value=float(sum(values)))
+    cumulative = [(repr(bound), int(count)) for bound, count in zip(bounds, row)]
+    cumulative.append(("+Inf", int(row[len(bounds)])))
+    family.add_metric([], cumulative, sum_value=float(row[len(bounds) + 1]))
     return family
 
 
@@ -91,13 +94,16 @@ class GatewayCollector(Collector):
         yield expiry
 
     def _from_record(self, db: sqlite3.Connection) -> Iterator[Metric]:
-        count, size = db.execute("SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM instances").fetchone()
+        # One pass over the instances for every sum (a scrape reads the whole record: each pass counts).
+        count, size, encoded, original, failures, malformed = db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(bytes), 0), "
+            "COALESCE(SUM(CASE WHEN outcome = 'recompressed' THEN encoded_pixel_bytes END), 0), "
+            "COALESCE(SUM(CASE WHEN outcome = 'recompressed' THEN original_pixel_bytes END), 0), "
+            "COALESCE(SUM(reason LIKE 'verification failed%'), 0), COALESCE(SUM(reason LIKE ?), 0) "
+            "FROM instances", (f"{MALFORMED_PREFIX}%",)).fetchone()
         yield CounterMetricFamily("dicom_gateway_received_instances", "Instances received and acknowledged",
                                   value=count)
         yield CounterMetricFamily("dicom_gateway_received_bytes", "Bytes of the instances received", value=size)
-        encoded, original = db.execute(
-            "SELECT COALESCE(SUM(encoded_pixel_bytes), 0), COALESCE(SUM(original_pixel_bytes), 0) "
-            "FROM instances WHERE outcome = 'recompressed'").fetchone()
         yield CounterMetricFamily("dicom_gateway_encoded_bytes", "Pixel data bytes written by our encoders",
                                   value=encoded)
         yield CounterMetricFamily("dicom_gateway_recompressed_pixel_bytes",
@@ -105,33 +111,28 @@ class GatewayCollector(Collector):
         passed = CounterMetricFamily("dicom_gateway_passed_through", "Instances forwarded as received, by reason",
                                      labels=["reason"])
         classes: dict[str, int] = {}
-        for (reason,) in db.execute("SELECT reason FROM instances WHERE outcome = 'passed-through'"):
+        for reason, times in db.execute("SELECT reason, COUNT(*) FROM instances WHERE outcome = 'passed-through' "
+                                        "GROUP BY reason"):
             label = reason_class(reason)
-            classes[label] = classes.get(label, 0) + 1
+            classes[label] = classes.get(label, 0) + times
         for label, value in sorted(classes.items()):
             passed.add_metric([label], value)
         yield passed
-        (failures,) = db.execute(
-            "SELECT COUNT(*) FROM instances WHERE reason LIKE 'verification failed%'").fetchone()
         yield CounterMetricFamily("dicom_gateway_verification_failures",
                                   "Encodings refused because a decoder did not give back the original", value=failures)
-        (malformed,) = db.execute(
-            "SELECT COUNT(*) FROM instances WHERE reason LIKE ?", (f"{MALFORMED_PREFIX}%",)).fetchone()
         yield CounterMetricFamily("dicom_gateway_malformed_instances",
                                   "Instances whose pixel data is damaged (does not decode, or is cut short)",
                                   value=malformed)
         forwarded = CounterMetricFamily("dicom_gateway_forwarded_instances", "Instances delivered, per destination",
                                         labels=["destination"])
-        for name, value in db.execute("SELECT destination, COUNT(DISTINCT id) FROM deliveries "
-                                      "WHERE outcome = 'delivered' GROUP BY destination ORDER BY destination"):
+        for name, value in db.execute("SELECT destination, COUNT(*) FROM deliveries WHERE outcome = 'delivered' "
+                                      "GROUP BY destination ORDER BY destination"):
             forwarded.add_metric([name], value)
         yield forwarded
         yield _histogram(db, "dicom_gateway_encode_seconds", "Decoding the original and encoding it, per instance",
-                         "SELECT encode_seconds FROM instances WHERE outcome = 'recompressed' "
-                         "AND encode_seconds IS NOT NULL", ENCODE_BUCKETS)
+                         "encode_seconds", "instances", "outcome = 'recompressed'", ENCODE_BUCKETS)
         yield _histogram(db, "dicom_gateway_forward_seconds", "Sending one instance to a destination",
-                         "SELECT seconds FROM deliveries WHERE outcome = 'delivered' AND seconds IS NOT NULL",
-                         FORWARD_BUCKETS)
+                         "seconds", "deliveries", "outcome = 'delivered'", FORWARD_BUCKETS)
 
     def _from_spool(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily("dicom_gateway_queue_depth", "Jobs waiting or in flight, per destination",

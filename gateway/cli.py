@@ -149,7 +149,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-_CSV_LIST_FIELDS = ("verified_by", "deliveries", "commitments")
+_CSV_LIST_FIELDS = ("verified_by", "deliveries", "commitments", "reencoded")
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
@@ -183,7 +183,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         return 0
     columns = [key for key in (entries[0] if entries else {"id": None}) if key not in _CSV_LIST_FIELDS]
     writer = csv.writer(sys.stdout)
-    writer.writerow([*columns, "verified_by", "deliveries", "commitments"])
+    writer.writerow([*columns, "verified_by", "deliveries", "commitments", "reencoded"])
     for entry in entries:
         verified = ";".join(f"{v['decoder']}={v['pixel_hash']}" for v in entry["verified_by"])
         deliveries = ";".join(f"{d['destination']}={d['outcome']}:{d['syntax'] or ''}" for d in entry["deliveries"])
@@ -191,7 +191,9 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         for c in entry.get("commitments", []):
             latest[c["destination"]] = c["state"]
         commitments = ";".join(f"{name}={state}" for name, state in latest.items())
-        writer.writerow([*(entry[key] for key in columns), verified, deliveries, commitments])
+        reencoded = ";".join(f"{r['destination']}:{r['syntax']}:{r['decoder']}={r['pixel_hash']}"
+                             for r in entry.get("reencoded", []))
+        writer.writerow([*(entry[key] for key in columns), verified, deliveries, commitments, reencoded])
     return 0
 
 

@@ -18,7 +18,10 @@ received instance and its stages, written as each stage completes:
   dead) with the reason, the attempts and the time (table ``deliveries``);
 * **committed**: per destination with storage commitment, each state of
   its commitment (pending when asked, then committed or failed with the
-  archive's reason) and the Transaction UID (table ``commitments``).
+  archive's reason) and the Transaction UID (table ``commitments``);
+* **re-encoded**: per destination that refused the stored syntax, the syntax
+  the instance was re-encoded in for it and each decoder that verified that
+  encoding with the hash of what it decoded (table ``reencodings``).
 
 No patient names or IDs are stored: the record identifies instances by their
 UIDs only.  A committed write survives ``kill -9`` of any process (WAL, with
@@ -97,6 +100,15 @@ CREATE TABLE IF NOT EXISTS commitments (
     PRIMARY KEY (id, destination, at, state)
 );
 CREATE INDEX IF NOT EXISTS deliveries_at ON deliveries (at);
+CREATE TABLE IF NOT EXISTS reencodings (
+    id TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    syntax TEXT NOT NULL,              -- re-encoded in this syntax for a destination that refused the stored one
+    decoder TEXT NOT NULL,             -- a decoder that gave the original's pixels back from it
+    pixel_hash TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (id, destination, syntax, decoder)
+);
 """
 
 COMMITMENT_STATES = ("pending", "committed", "failed")
@@ -243,6 +255,18 @@ class ProofRecord:
             ident, destination, time.time() if at is None else at, outcome, syntax, attempts, seconds, reason,
             size)
 
+    def reencoded(self, ident: str, destination: str, *, syntax: str,
+                  verified_by: tuple[tuple[str, str], ...]) -> None:
+        """The instance was re-encoded in `syntax` for `destination`, and each of these decoders verified it."""
+        at = time.time()
+        try:
+            with self._connection() as db:
+                db.executemany("INSERT OR REPLACE INTO reencodings (id, destination, syntax, decoder, pixel_hash, at) "
+                               "VALUES (?, ?, ?, ?, ?, ?)",
+                               [(ident, destination, syntax, decoder, digest, at) for decoder, digest in verified_by])
+        except sqlite3.Error as exc:
+            raise SpoolError(f"cannot write the proof record {self.path}: {exc}") from exc
+
     def commitment(self, ident: str, destination: str, *, state: str, transaction_uid: str,
                    reason: str | None = None) -> None:
         """A storage commitment was asked for (``pending``), granted (``committed``) or refused (``failed``)."""
@@ -284,6 +308,10 @@ class ProofRecord:
             {key: c[key] for key in ("destination", "at", "state", "transaction_uid", "reason")}
             for c in db.execute("SELECT * FROM commitments WHERE id = ? ORDER BY at, rowid", (ident,))
         ]
+        entry["reencoded"] = [
+            {key: r[key] for key in ("destination", "syntax", "decoder", "pixel_hash", "at")}
+            for r in db.execute("SELECT * FROM reencodings WHERE id = ? ORDER BY at, rowid", (ident,))
+        ]
         return entry
 
     def find(self, sop_instance_uid: str) -> list[dict[str, Any]]:
@@ -308,6 +336,7 @@ class ProofRecord:
                 db.execute(f"DELETE FROM verifications WHERE id IN ({old})", (older_than,))
                 db.execute(f"DELETE FROM deliveries WHERE id IN ({old})", (older_than,))
                 db.execute(f"DELETE FROM commitments WHERE id IN ({old})", (older_than,))
+                db.execute(f"DELETE FROM reencodings WHERE id IN ({old})", (older_than,))
                 count = db.execute("DELETE FROM instances WHERE received_at < ?", (older_than,)).rowcount
                 db.execute("COMMIT")
                 return count

@@ -189,6 +189,28 @@ def test_destination_rejecting_our_syntax_gets_a_fallback(tmp_path: Path, gatewa
         _assert_same_pixels(ds, got[str(ds.SOPInstanceUID)])
 
 
+def test_an_object_re_encoded_for_a_destination_has_its_proof_recorded(tmp_path: Path, gateway_factory,
+                                                                       peer_factory, caplog) -> None:
+    jpeg_ls = "1.2.840.10008.1.2.4.80"
+    peer = peer_factory(syntaxes=[jpeg_ls]).start()  # not the RLE Lossless the gateway stores
+    gateway = gateway_factory(build_config(tmp_path, destinations=[
+        {"name": "pacs", "kind": "dicom", "ae_title": peer.ae_title, "host": "127.0.0.1", "port": peer.port,
+         "transfer_syntaxes": ["JPEGLSLossless"]}]))
+    sent = pydicom_file("CT_small.dcm")
+    with caplog.at_level("INFO", logger="gateway"):
+        assert send(gateway.port, [sent]) == [0]
+        assert gateway.wait_idle(60)
+    assert peer.by_uid()[str(sent.SOPInstanceUID)].file_meta.TransferSyntaxUID == jpeg_ls
+    [entry] = gateway.record.find(str(sent.SOPInstanceUID))
+    again = entry["reencoded"]
+    assert {(r["destination"], r["syntax"]) for r in again} == {("pacs", jpeg_ls)}
+    assert len(again) == 2 and {r["pixel_hash"] for r in again} == {entry["pixel_hash"]}, again
+    lines = [r.getMessage() for r in caplog.records]
+    for stage_name in ("encoded", "verified"):
+        assert any(line.startswith(f"{stage_name} sop={sent.SOPInstanceUID}") and "destination=pacs" in line
+                   and f"syntax={jpeg_ls}" in line for line in lines), stage_name
+
+
 def test_routes_and_per_modality_codecs(tmp_path: Path, gateway_factory) -> None:
     config = build_config(
         tmp_path,

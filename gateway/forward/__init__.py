@@ -14,9 +14,11 @@ verified, for a destination that refuses its stored syntax).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from gateway.config import Destination
+from gateway.errors import GatewayError
 from gateway.forward.base import Sender
 from gateway.forward.commitment import CommitmentReports
 from gateway.forward.dicom import DicomSender, classify_status, ladder_for
@@ -24,11 +26,14 @@ from gateway.forward.dicomweb import DicomWebSender
 from gateway.forward.folder import FolderSender
 from gateway.forward.loop import Forwarder
 from gateway.forward.transcode import encode_for
+from gateway.logs import get_logger, stage
 from gateway.record import ProofRecord
 from gateway.spool import Job, Spool
 
 __all__ = ["Sender", "FolderSender", "DicomSender", "DicomWebSender", "Forwarder", "CommitmentReports",
            "make_sender", "classify_status", "ladder_for"]
+
+_log = get_logger("forward")
 
 
 def make_sender(destination: Destination, calling_ae: str, verify: bool, *, spool: Spool | None = None,
@@ -45,7 +50,22 @@ def make_sender(destination: Destination, calling_ae: str, verify: bool, *, spoo
     that reach our receiver.
     """
     def transcode(path, stored, target):  # type: ignore[no-untyped-def]
-        return encode_for(path, stored, target, verify=verify, encode_options=encode_options)
+        def proven(outcome):  # type: ignore[no-untyped-def]
+            ident = Path(path).stem  # the spool's object is named by the instance's id
+            sop = str(outcome.dataset.get("SOPInstanceUID", "")) or ident
+            stage(_log, "encoded", sop, destination=destination.name, syntax=target,
+                  bytes=outcome.encoded_pixel_bytes, seconds=outcome.encode_seconds)
+            if outcome.verified_by:
+                stage(_log, "verified", sop, destination=destination.name, syntax=target,
+                      decoders=",".join(decoder for decoder, _ in outcome.verified_by),
+                      seconds=outcome.verify_seconds)
+            if record is not None and spool is not None:
+                try:
+                    record.reencoded(ident, destination.name, syntax=target, verified_by=outcome.verified_by)
+                except GatewayError as exc:  # the object is verified; only its record is missing
+                    _log.error("proof record: sop=%s id=%s: %s", sop, ident, exc)
+
+        return encode_for(path, stored, target, verify=verify, encode_options=encode_options, proven=proven)
 
     def locate(job: Job):  # type: ignore[no-untyped-def]
         assert spool is not None

@@ -21,7 +21,7 @@ from pydicom.uid import UID
 from gateway.dicom.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN, NATIVE_SYNTAXES
 from gateway.errors import PermanentForwardError, TransientForwardError
 from gateway.logs import get_logger
-from gateway.pipeline import recompress, to_little_endian
+from gateway.pipeline import Outcome, recompress, to_little_endian
 
 __all__ = ["encode_for", "encoded"]
 
@@ -36,13 +36,15 @@ _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 
 
 def encode_for(path: Path, stored: str, target: str, *, verify: bool = True,
-               encode_options: Mapping[str, Mapping[str, Any]] | None = None) -> Dataset | None:
+               encode_options: Mapping[str, Mapping[str, Any]] | None = None,
+               proven: Callable[[Outcome], None] | None = None) -> Dataset | None:
     """The object re-encoded (verified) in `target`, or None if it cannot be.
 
     Between the uncompressed little endian syntaxes only the element
     encoding changes, the pixel bytes stay; anything else goes through the
     pipeline, with the configured `encode_options` (see
-    :func:`gateway.pipeline.recompress`).  Either way the dataset keeps the
+    :func:`gateway.pipeline.recompress`), and `proven` is given the
+    outcome of each new encoding (its verifying decoders).  Either way the dataset keeps the
     encoding it was read in as its *original* one and names `target` in its
     file meta: writing it converts every element, since pydicom writes a raw
     element as it is only when the two encodings agree.
@@ -72,6 +74,8 @@ def encode_for(path: Path, stored: str, target: str, *, verify: bool = True,
     if str(outcome.transfer_syntax) != target:
         _log.warning("%s cannot be re-encoded in %s: %s", path.name, UID(target).name, outcome.reason)
         return None
+    if proven is not None and outcome.recompressed:
+        proven(outcome)
     return outcome.dataset
 
 

@@ -40,6 +40,7 @@ from typing import Any
 
 from gateway.dicom.identity import Identity
 from gateway.errors import SpoolError
+from gateway.pipeline.policy import MALFORMED_PREFIX
 
 __all__ = ["ProofRecord", "RECORD_FILE", "COMMITMENT_STATES"]
 
@@ -120,6 +121,106 @@ _INSTANCE_FIELDS = (
     "pixel_hash", "encode_options",
 )
 
+ENCODE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+FORWARD_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+# Pass-through reasons, by what they contain, to a label value: the first that matches.
+REASON_CLASSES = (
+    ("already in", "already_in_target_syntax"),
+    ("configured to keep", "configured_to_keep"),
+    ("lossy-compressed source", "lossy_source"),
+    ("bits above", "data_above_bits_stored"),
+    ("verification failed", "verification_failed"),
+    ("would not shrink", "not_smaller"),
+    ("cannot carry", "codec_cannot_carry"),
+    ("processing failed", "processing_failed"),
+    ("decoding failed", "undecodable"),
+    ("unsupported image", "unsupported_image"),
+    ("no pixel data", "no_pixel_data"),
+    ("holds floating point", "float_pixels"),
+    ("Bits Allocated", "bit_depth"),
+    ("no space", "no_space"),
+    ("malformed", "malformed"),
+)
+
+
+def reason_class(reason: str | None) -> str:
+    """The label value of a pass-through reason (``other`` for what no rule names)."""
+    text = reason or ""
+    for needle, label in REASON_CLASSES:
+        if needle in text:
+            return label
+    return "other"
+
+
+def _buckets(bounds: tuple[float, ...]) -> str:
+    return "(VALUES " + ", ".join(f"('{float(b)!r}', {float(b)!r})" for b in bounds) + ")"
+
+
+_CLASS_SQL = ("CASE " + " ".join(f"WHEN instr(R.reason, '{needle}') > 0 THEN '{label}'"
+                                 for needle, label in REASON_CLASSES) + " ELSE 'other' END")
+_RECOMPRESSED = "R.outcome = 'recompressed'"
+_TIMED = f"{_RECOMPRESSED} AND R.encode_seconds IS NOT NULL"
+# What a processed instance row R adds to the totals: (name, label, value, source, condition).
+_PROCESSED_TOTALS = (
+    ("encoded_bytes", "''", "COALESCE(R.encoded_pixel_bytes, 0)", "", _RECOMPRESSED),
+    ("recompressed_pixel_bytes", "''", "COALESCE(R.original_pixel_bytes, 0)", "", _RECOMPRESSED),
+    ("passed_through", _CLASS_SQL, "1", "", "R.outcome = 'passed-through'"),
+    ("verification_failures", "''", "1", "", "R.reason LIKE 'verification failed%'"),
+    ("malformed", "''", "1", "", f"R.reason LIKE '{MALFORMED_PREFIX}%'"),
+    ("encode_seconds_count", "''", "1", "", _TIMED),
+    ("encode_seconds_sum", "''", "R.encode_seconds", "", _TIMED),
+    ("encode_seconds_bucket", "column1", "1", f", {_buckets(ENCODE_BUCKETS)}", f"{_TIMED} AND R.encode_seconds <= column2"),
+)
+_DELIVERED = "R.outcome = 'delivered'"
+_DELIVERY_TOTALS = (
+    ("forwarded", "R.destination", "1", "", _DELIVERED),
+    ("forward_seconds_count", "''", "1", "", f"{_DELIVERED} AND R.seconds IS NOT NULL"),
+    ("forward_seconds_sum", "''", "R.seconds", "", f"{_DELIVERED} AND R.seconds IS NOT NULL"),
+    ("forward_seconds_bucket", "column1", "1", f", {_buckets(FORWARD_BUCKETS)}",
+     f"{_DELIVERED} AND R.seconds IS NOT NULL AND R.seconds <= column2"),
+)
+_RECEIVED_TOTALS = (
+    ("received", "''", "1", "", "1"),
+    ("received_bytes", "''", "R.bytes", "", "1"),
+)
+_ADD = " ON CONFLICT (name, label) DO UPDATE SET value = value + excluded.value;"
+
+
+def _in_trigger(totals: tuple[tuple[str, str, str, str, str], ...], row: str, sign: str) -> str:
+    """The statements adding `sign` times what the trigger's `row` (NEW or OLD) holds to the totals."""
+    return "\n".join(
+        f"INSERT INTO totals (name, label, value) SELECT '{name}', {label}, {sign} * ({value}) "
+        f"FROM (SELECT 1){source} WHERE {condition}{_ADD}".replace("R.", f"{row}.")
+        for name, label, value, source, condition in totals)
+
+
+def _seeding(totals: tuple[tuple[str, str, str, str, str], ...], table: str) -> list[str]:
+    """The statements adding what every row of `table` holds to the totals."""
+    return [f"INSERT INTO totals (name, label, value) SELECT '{name}', {label}, SUM({value}) "
+            f"FROM {table} AS R{source} WHERE {condition} GROUP BY 2{_ADD}"
+            for name, label, value, source, condition in totals]
+
+
+# Running totals for the metrics, kept by triggers as rows are written: a scrape reads a few rows, not the
+# whole record, and pruning (a DELETE, which no trigger follows) leaves them as they are, as counters must.
+# A processed row counts with its latest outcome: processing it again takes its earlier one back.
+_TOTALS_SCHEMA = (
+    "CREATE TABLE totals (name TEXT NOT NULL, label TEXT NOT NULL, value REAL NOT NULL, PRIMARY KEY (name, label))",
+    f"""CREATE TRIGGER totals_received AFTER INSERT ON instances BEGIN
+{_in_trigger(_RECEIVED_TOTALS, "NEW", "1")}
+{_in_trigger(_PROCESSED_TOTALS, "NEW", "1")}
+END""",
+    f"""CREATE TRIGGER totals_processed AFTER UPDATE OF outcome, reason, original_pixel_bytes, encoded_pixel_bytes,
+    encode_seconds ON instances BEGIN
+{_in_trigger(_PROCESSED_TOTALS, "OLD", "-1")}
+{_in_trigger(_PROCESSED_TOTALS, "NEW", "1")}
+END""",
+    f"""CREATE TRIGGER totals_delivered AFTER INSERT ON deliveries BEGIN
+{_in_trigger(_DELIVERY_TOTALS, "NEW", "1")}
+END""",
+)
+
 # Columns added since the first schema: (table, column, type), added to an older record in place.
 _ADDED_COLUMNS = (
     ("deliveries", "bytes", "INTEGER"),  # size handed to the sender
@@ -156,6 +257,7 @@ class ProofRecord:
         with self._connection() as db:
             db.executescript(_SCHEMA)
         self._migrate()
+        self._keep_totals()
 
     # ---------------------------------------------------------------- plumbing
 
@@ -344,6 +446,32 @@ class ProofRecord:
             raise SpoolError(f"cannot prune the proof record {self.path}: {exc}") from exc
 
     # ---------------------------------------------------------------- schema
+
+    def _keep_totals(self) -> None:
+        """Create the running totals and their triggers, counting the rows already there, once."""
+        try:
+            db = self._connection()
+            if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'totals'").fetchone():
+                return
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'totals'").fetchone():
+                    for statement in _TOTALS_SCHEMA:
+                        db.execute(statement)
+                    for statement in (_seeding(_RECEIVED_TOTALS, "instances") + _seeding(_PROCESSED_TOTALS, "instances")
+                                      + _seeding(_DELIVERY_TOTALS, "deliveries")):
+                        db.execute(statement)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise SpoolError(f"cannot set up the proof record's totals in {self.path}: {exc}") from exc
+
+    def running_totals(self) -> dict[tuple[str, str], float]:
+        """The running totals the metrics are read from: (name, label) -> value."""
+        return {(row["name"], row["label"]): row["value"]
+                for row in self._connection().execute("SELECT name, label, value FROM totals")}
 
     def _migrate(self) -> None:
         """Bring a record written by an older version up to this schema (columns added, never removed)."""

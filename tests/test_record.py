@@ -166,3 +166,110 @@ def test_record_retention_is_validated(tmp_path: Path, bad: str) -> None:
 
     with pytest.raises(ConfigError, match="spool.keep_record_days"):
         build_config(tmp_path, spool={"directory": "spool", "keep_record_days": float(bad)})
+
+
+# ---------------------------------------------------------------- running totals (what /metrics reads)
+
+_OUTCOMES = [
+    dict(recompressed=True, reason=None, encoded_pixel_bytes=1000, original_pixel_bytes=4000, encode_seconds=0.02),
+    dict(recompressed=True, reason=None, encoded_pixel_bytes=700, original_pixel_bytes=2000, encode_seconds=3.0),
+    dict(recompressed=False, reason="lossy-compressed source (JPEG Baseline)"),
+    dict(recompressed=False, reason="verification failed: frame 1 differs"),
+    dict(recompressed=False, reason="decoding failed: frame 2 is cut short"),
+    dict(recompressed=False, reason="something nobody named"),
+]
+
+
+def _recomputed(path: Path) -> dict[tuple[str, str], float]:
+    """The totals as the rows give them now, counted here in Python from every row."""
+    from gateway.record import ENCODE_BUCKETS, FORWARD_BUCKETS, reason_class
+
+    db = sqlite3.connect(path)
+    out: dict[tuple[str, str], float] = {}
+
+    def add(name: str, label: str = "", value: float = 1) -> None:
+        out[(name, label)] = out.get((name, label), 0) + value
+
+    for size, outcome, reason, encoded, original, seconds in db.execute(
+            "SELECT bytes, outcome, reason, encoded_pixel_bytes, original_pixel_bytes, encode_seconds FROM instances"):
+        add("received")
+        add("received_bytes", value=size)
+        if outcome == "recompressed":
+            add("encoded_bytes", value=encoded or 0)
+            add("recompressed_pixel_bytes", value=original or 0)
+            if seconds is not None:
+                add("encode_seconds_count")
+                add("encode_seconds_sum", value=seconds)
+                for bound in ENCODE_BUCKETS:
+                    if seconds <= bound:
+                        add("encode_seconds_bucket", repr(bound))
+        if outcome == "passed-through":
+            add("passed_through", reason_class(reason))
+        if (reason or "").startswith("verification failed"):
+            add("verification_failures")
+        if (reason or "").startswith("decoding failed"):
+            add("malformed")
+    for destination, outcome, seconds in db.execute("SELECT destination, outcome, seconds FROM deliveries"):
+        if outcome == "delivered":
+            add("forwarded", destination)
+            if seconds is not None:
+                add("forward_seconds_count")
+                add("forward_seconds_sum", value=seconds)
+                for bound in FORWARD_BUCKETS:
+                    if seconds <= bound:
+                        add("forward_seconds_bucket", repr(bound))
+    db.close()
+    return out
+
+
+def _fill(record: ProofRecord, count: int, seed: int, *, at: float | None = None) -> None:
+    rng = np.random.default_rng(seed)
+    for n in range(count):
+        ident = f"{seed}-{n}"
+        record.received(ident, IDENT, calling_ae="CT1", called_ae="GATEWAY", remote="127.0.0.1:1", size=500 + n,
+                        at=at)
+        for outcome in rng.choice(len(_OUTCOMES), size=int(rng.integers(0, 3))):  # processed 0, 1 or 2 times
+            record.processed(ident, IDENT, target_syntax="1.2.840.10008.1.2.5", **_OUTCOMES[outcome])
+        for destination in ("local", "pacs")[:int(rng.integers(0, 3))]:
+            record.delivery(ident, destination, outcome=str(rng.choice(["delivered", "dead"])), syntax=None,
+                            attempts=1, seconds=float(rng.choice([0.003, 0.2, 7.0])))
+
+
+def _nonzero(totals: dict[tuple[str, str], float]) -> dict[tuple[str, str], float]:
+    return {key: value for key, value in totals.items() if abs(value) > 1e-9}
+
+
+def test_the_running_totals_follow_every_row_and_an_instance_processed_again_counts_once(tmp_path: Path) -> None:
+    record = ProofRecord(tmp_path / RECORD_FILE)
+    _fill(record, 200, seed=1)
+    expected = _recomputed(record.path)
+    assert expected[("received", "")] == 200 and ("passed_through", "other") in expected
+    got = _nonzero(record.running_totals())
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value), key
+
+
+def test_pruning_leaves_the_totals_as_they_are(tmp_path: Path) -> None:
+    record = ProofRecord(tmp_path / RECORD_FILE)
+    _fill(record, 50, seed=2, at=1000.0)
+    before = record.running_totals()
+    assert record.prune(older_than=2000.0) == 50
+    assert record.running_totals() == before, "counters never go down"
+
+
+def test_a_record_written_before_the_totals_is_counted_once_when_opened(tmp_path: Path) -> None:
+    path = tmp_path / RECORD_FILE
+    _fill(ProofRecord(path), 80, seed=3)
+    db = sqlite3.connect(path)  # as an older release left it: rows, and no totals
+    for name in ("totals_received", "totals_processed", "totals_delivered"):
+        db.execute(f"DROP TRIGGER {name}")
+    db.execute("DROP TABLE totals")
+    db.commit()
+    db.close()
+    gc.collect()
+    expected = _recomputed(path)
+    for _ in range(2):  # a second opening adds nothing
+        got = _nonzero(ProofRecord(path).running_totals())
+        assert got.keys() == expected.keys()
+        assert all(got[key] == pytest.approx(value) for key, value in expected.items())

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom import Dataset, dcmread
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pydicom.uid import RLELossless, generate_uid
 
 from gateway.pipeline import recompress
@@ -205,6 +207,12 @@ def test_an_object_re_encoded_for_a_destination_has_its_proof_recorded(tmp_path:
     again = entry["reencoded"]
     assert {(r["destination"], r["syntax"]) for r in again} == {("pacs", jpeg_ls)}
     assert len(again) == 2 and {r["pixel_hash"] for r in again} == {entry["pixel_hash"]}, again
+    [delivery] = entry["deliveries"]
+    received = peer.by_uid()[str(sent.SOPInstanceUID)]
+    buffer = DicomBytesIO()  # the data set alone, as C-STORE carries it
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_dataset(buffer, received)
+    assert delivery["bytes"] == len(buffer.getvalue()), "the re-encoded data set sent, not the stored object"
     lines = [r.getMessage() for r in caplog.records]
     for stage_name in ("encoded", "verified"):
         assert any(line.startswith(f"{stage_name} sop={sent.SOPInstanceUID}") and "destination=pacs" in line

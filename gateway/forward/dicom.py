@@ -98,6 +98,11 @@ class DicomSender:
         self.record = record
         self._batch: list[Job] = []
         self._outcomes: dict[str, str | ForwardError] = {}
+        self._sizes: dict[str, int] = {}  # bytes of each instance re-encoded for the destination
+
+    def sent_bytes(self, job: Job) -> int | None:
+        """The size of the data set sent for `job` when it was re-encoded, else None (the stored object's)."""
+        return self._sizes.pop(job.key, None)
 
     def _wanted(self, jobs: Iterable[Job]) -> dict[str, list[str]]:
         wanted: dict[str, list[str]] = {}
@@ -111,6 +116,7 @@ class DicomSender:
     def prepare(self, jobs: list[Job]) -> None:
         self._batch = list(jobs)
         self._outcomes = {}
+        self._sizes = {}
         self._open(jobs)
 
     def _open(self, jobs: list[Job]) -> None:
@@ -188,6 +194,7 @@ class DicomSender:
                 refusals.append(str(exc))
                 continue
             chosen = ts
+            self._sizes[job.key] = len(payload)
             break
         if chosen is None or payload is None:
             why = f": {'; '.join(refusals)}" if refusals else ""

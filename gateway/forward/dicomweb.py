@@ -175,12 +175,18 @@ class DicomWebSender:
         self._batch: list[Job] = []
         self._outcomes: dict[str, str | ForwardError] = {}
         self._refused: set[tuple[str, str]] = set()  # (SOP class, syntax) answered with C122
+        self._sizes: dict[str, int] = {}  # bytes of each instance re-encoded for the destination
 
     # -- the Sender protocol
+
+    def sent_bytes(self, job: Job) -> int | None:
+        """The size of the file sent for `job` when it was re-encoded, else None (the stored object's)."""
+        return self._sizes.pop(job.key, None)
 
     def prepare(self, jobs: list[Job]) -> None:
         self._batch = list(jobs)
         self._outcomes = {}
+        self._sizes = {}
 
     def has_outcome(self, job: Job) -> bool:
         return job.key in self._outcomes
@@ -227,9 +233,12 @@ class DicomWebSender:
             if ts == stored:
                 return _Part(job, ts, path, None)
             try:
-                return _Part(job, ts, None, encoded(self.transcode, path, stored, ts, _file_bytes))
+                data = encoded(self.transcode, path, stored, ts, _file_bytes)
             except PermanentForwardError as exc:  # not in this syntax: the next one
                 refusals.append(str(exc))
+                continue
+            self._sizes[job.key] = len(data)
+            return _Part(job, ts, None, data)
         tried = ", ".join(ladder) or "none left"
         why = f": {'; '.join(refusals)}" if refusals else ""
         raise PermanentForwardError(f"{self.destination.name}: the instance (stored as {stored}) could not be "

@@ -278,6 +278,7 @@ class Forwarder(threading.Thread):
         try:
             size = path.stat().st_size
             syntax = self.sender.send(job, path)
+            size = self._sent_bytes(job) or size  # re-encoded for the destination: what was sent
         except TransientForwardError as exc:
             self._failed(job, exc, transient=True, probe=probe)
             return
@@ -307,6 +308,11 @@ class Forwarder(threading.Thread):
             self.failing_since = None
             self._drain()
             self._save_state()
+
+    def _sent_bytes(self, job: Job) -> int | None:
+        """The bytes the sender sent for `job` when they were not the stored object's (a re-encoding)."""
+        sent = getattr(self.sender, "sent_bytes", None)  # a sender that never re-encodes has none
+        return sent(job) if sent is not None else None
 
     def _record(self, job: Job, outcome: str, **details: object) -> None:
         if self.record is None:

@@ -7,6 +7,7 @@ tests.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -32,7 +33,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from gateway.config import Config, parse_config
 from gateway.net.scp import ACCEPTED_SYNTAXES
 from gateway.service import Gateway
-from tests.tools import program
+from tests.tools import program, require_dcmtk
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "sample_dicom"
@@ -85,6 +86,29 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, step: float
             return True
         time.sleep(step)
     return predicate()
+
+
+@contextlib.contextmanager
+def dcmtk_storescp(folder: Path, ae_title: str, out: Path) -> Iterator[int]:
+    """DCMTK's storescp on a free port, accepting every syntax it knows and writing what it gets into `out`
+    as received; its log is `folder`/storescp.log.  Yields the port."""
+    program_path = require_dcmtk("storescp")
+    port = free_port()
+    with open(folder / "storescp.log", "wb") as log:
+        process = subprocess.Popen([program_path, "-aet", ae_title, "+xa", "-od", str(out), str(port)],
+                                   stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, TCP_NODELAY="1"))
+        try:
+            assert wait_until(lambda: process.poll() is not None or listening(port), timeout=30), \
+                "storescp did not start listening"
+            assert process.poll() is None, (folder / "storescp.log").read_text()
+            yield port
+        finally:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
 
 
 def pydicom_file(name: str) -> Dataset:

@@ -10,8 +10,6 @@ fails the rest of a batch.
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Callable, Iterator
 from io import BytesIO
 from pathlib import Path
@@ -30,8 +28,7 @@ from gateway.dicom.identity import Identity
 from gateway.forward import DicomSender, Forwarder
 from gateway.forward.transcode import encode_for
 from gateway.spool import DEAD, DONE, Job, Spool
-from tests.conftest import free_port, listening, make_series, pydicom_file, wait_until
-from tests.tools import require_dcmtk
+from tests.conftest import dcmtk_storescp, make_series, pydicom_file, wait_until
 
 _PIXEL_DATA = Tag(0x7FE0, 0x0010)
 _TRAILING_PADDING = Tag(0xFFFC, 0xFFFC)
@@ -162,26 +159,11 @@ def test_every_attribute_survives_a_change_of_encoding(tmp_path: Path, source: s
 
 @pytest.fixture
 def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    """DCMTK's storescp on a free port, accepting every syntax it knows, writing what it gets as received."""
-    program = require_dcmtk("storescp")
-    port = free_port()
+    """DCMTK's storescp, accepting every syntax it knows, writing what it gets as received."""
     out = tmp_path / "archive"
     out.mkdir()
-    with open(tmp_path / "storescp.log", "wb") as log:
-        process = subprocess.Popen([program, "-aet", "ARCHIVE", "+xa", "-od", str(out), str(port)],
-                                   stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, TCP_NODELAY="1"))
-    try:
-        assert wait_until(lambda: process.poll() is not None or listening(port), timeout=30), \
-            "storescp did not start listening"
-        assert process.poll() is None, (tmp_path / "storescp.log").read_text()
+    with dcmtk_storescp(tmp_path, "ARCHIVE", out) as port:
         yield port, out
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
 
 
 def _stage(spool: Spool, ds: Dataset, syntax: str) -> Job:

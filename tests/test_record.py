@@ -190,6 +190,13 @@ def _recomputed(path: Path) -> dict[tuple[str, str], float]:
     def add(name: str, label: str = "", value: float = 1) -> None:
         out[(name, label)] = out.get((name, label), 0) + value
 
+    def timed(name: str, seconds: float, bounds: tuple[float, ...]) -> None:
+        add(f"{name}_count")
+        add(f"{name}_sum", value=seconds)
+        for bound in bounds:
+            if seconds <= bound:
+                add(f"{name}_bucket", repr(bound))
+
     for size, outcome, reason, encoded, original, seconds in db.execute(
             "SELECT bytes, outcome, reason, encoded_pixel_bytes, original_pixel_bytes, encode_seconds FROM instances"):
         add("received")
@@ -198,11 +205,7 @@ def _recomputed(path: Path) -> dict[tuple[str, str], float]:
             add("encoded_bytes", value=encoded or 0)
             add("recompressed_pixel_bytes", value=original or 0)
             if seconds is not None:
-                add("encode_seconds_count")
-                add("encode_seconds_sum", value=seconds)
-                for bound in ENCODE_BUCKETS:
-                    if seconds <= bound:
-                        add("encode_seconds_bucket", repr(bound))
+                timed("encode_seconds", seconds, ENCODE_BUCKETS)
         if outcome == "passed-through":
             add("passed_through", reason_class(reason))
         if (reason or "").startswith("verification failed"):
@@ -213,11 +216,7 @@ def _recomputed(path: Path) -> dict[tuple[str, str], float]:
         if outcome == "delivered":
             add("forwarded", destination)
             if seconds is not None:
-                add("forward_seconds_count")
-                add("forward_seconds_sum", value=seconds)
-                for bound in FORWARD_BUCKETS:
-                    if seconds <= bound:
-                        add("forward_seconds_bucket", repr(bound))
+                timed("forward_seconds", seconds, FORWARD_BUCKETS)
     db.close()
     return out
 

@@ -37,7 +37,7 @@ from gateway.dicom.filemeta import read_file_meta
 from gateway.errors import AssociationAbortedError, AssociationRejectedError, NetworkError, PeerProtocolError
 from gateway.net import scu
 from gateway.net.scu import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, Association, Context, StoreResult
-from tests.conftest import free_port, listening, pydicom_file, wait_until
+from tests.conftest import dcmtk_storescp, free_port, listening, pydicom_file, wait_until
 from tests.fuzzing import EDITS, apply_edits
 from tests.tools import issue, make_ca, require_dcmtk
 
@@ -538,28 +538,11 @@ def test_fragmented_datasets_arrive_byte_identical(scp, tmp_path: Path, max_pdu:
 
 @pytest.fixture
 def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    """DCMTK's storescp on a free port, writing into a folder of `tmp_path`."""
-    program = require_dcmtk("storescp")
-    port = free_port()
+    """DCMTK's storescp, writing into a folder of `tmp_path`."""
     out = tmp_path / "storescp"
     out.mkdir()
-    log = open(tmp_path / "storescp.log", "wb")  # noqa: SIM115 - open while storescp runs
-    process = subprocess.Popen([program, "-aet", "STORESCP", "+xa", "-od", str(out), str(port)],
-                               stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, TCP_NODELAY="1"))
-
-    try:
-        assert wait_until(lambda: process.poll() is not None or listening(port), timeout=30), \
-            "storescp did not start listening"
-        assert process.poll() is None, (tmp_path / "storescp.log").read_text()
+    with dcmtk_storescp(tmp_path, "STORESCP", out) as port:
         yield port, out
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-        log.close()
 
 
 @pytest.mark.interop

@@ -89,13 +89,14 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, step: float
 
 
 @contextlib.contextmanager
-def dcmtk_storescp(folder: Path, ae_title: str, out: Path) -> Iterator[int]:
-    """DCMTK's storescp on a free port, accepting every syntax it knows and writing what it gets into `out`
-    as received; its log is `folder`/storescp.log.  Yields the port."""
+def dcmtk_storescp(folder: Path, ae_title: str, out: Path, *options: str) -> Iterator[int]:
+    """DCMTK's storescp on a free port with `options` (by default ``+xa``: every syntax it knows), writing
+    what it gets into `out` as received; its log is `folder`/storescp.log.  Yields the port."""
     program_path = require_dcmtk("storescp")
     port = free_port()
     with open(folder / "storescp.log", "wb") as log:
-        process = subprocess.Popen([program_path, "-aet", ae_title, "+xa", "-od", str(out), str(port)],
+        process = subprocess.Popen([program_path, "-aet", ae_title, *(options or ("+xa",)), "-od", str(out),
+                                    str(port)],
                                    stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, TCP_NODELAY="1"))
         try:
             assert wait_until(lambda: process.poll() is not None or listening(port), timeout=30), \

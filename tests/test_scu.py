@@ -9,11 +9,9 @@ Everything binds 127.0.0.1 on ports found free at run time.
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import ssl
 import struct
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,9 +35,9 @@ from gateway.dicom.filemeta import read_file_meta
 from gateway.errors import AssociationAbortedError, AssociationRejectedError, NetworkError, PeerProtocolError
 from gateway.net import scu
 from gateway.net.scu import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, Association, Context, StoreResult
-from tests.conftest import dcmtk_storescp, free_port, listening, pydicom_file, wait_until
+from tests.conftest import dcmtk_storescp, free_port, pydicom_file, wait_until
 from tests.fuzzing import EDITS, apply_edits
-from tests.tools import issue, make_ca, require_dcmtk
+from tests.tools import issue, make_ca
 
 VERIFICATION = "1.2.840.10008.1.1"
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -1287,17 +1285,10 @@ def test_tls_handshake_against_a_silent_peer_is_bounded() -> None:
 @pytest.mark.interop
 def test_tls_to_dcmtk_storescp(pki: Path, tmp_path: Path) -> None:
     """Gateway -> DCMTK storescp +tls, the archive requiring our certificate."""
-    program = require_dcmtk("storescp")
-    port = free_port()
     out = tmp_path / "storescp"
     out.mkdir()
-    log = open(tmp_path / "storescp.log", "wb")  # noqa: SIM115 - open while storescp runs
-    process = subprocess.Popen(
-        [program, "-aet", "STORESCP", "+tls", str(pki / "archive.key"), str(pki / "archive.pem"),
-         "+cf", str(pki / "ca.pem"), "--require-peer-cert", "-od", str(out), str(port)],
-        stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, TCP_NODELAY="1"))
-    try:
-        assert wait_until(lambda: process.poll() is not None or listening(port), timeout=30) and process.poll() is None, (tmp_path / "storescp.log").read_text()
+    with dcmtk_storescp(tmp_path, "STORESCP", out, "+tls", str(pki / "archive.key"), str(pki / "archive.pem"),
+                        "+cf", str(pki / "ca.pem"), "--require-peer-cert") as port:
         (path, ds), = _sample_files(tmp_path, ["CT_small.dcm"])
         offset, syntax = read_file_meta(path)
         with Association.request("127.0.0.1", port, called_ae="STORESCP", calling_ae="GATEWAY",
@@ -1308,14 +1299,6 @@ def test_tls_to_dcmtk_storescp(pki: Path, tmp_path: Path) -> None:
         assert wait_until(lambda: len(list(out.iterdir())) == 1, timeout=20)
         got = dcmread(next(out.iterdir()))
         assert got.SOPInstanceUID == ds.SOPInstanceUID and got.PixelData == ds.PixelData
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-        log.close()
 
 
 # ------------------------------------------------------ storage commitment

@@ -28,7 +28,7 @@ from gateway.net import certificates
 from gateway.net.scp import Receiver, start_receiver
 from gateway.record import RECORD_FILE, ProofRecord
 from gateway.spool import DEAD, INFLIGHT, PENDING, UNROUTED, Job, Spool, remove_partial_copies
-from gateway.worker import Worker
+from gateway.worker import Worker, record_dead_letter
 
 __all__ = ["Gateway", "QueueState"]
 
@@ -452,13 +452,8 @@ class Gateway:
         for name, count in sorted(counts.items()):
             _log.warning("destination %s is no longer in the configuration: its %d queued instance(s) are dead "
                          "letters now; configure it again and run 'dicom-gateway retry' to send them", name, count)
-        if self.record is not None:
-            for job in retired:
-                try:
-                    self.record.delivery(job.instance, job.destination, outcome="dead", syntax=None,
-                                         attempts=job.attempts, reason=job.reason)
-                except GatewayError as exc:
-                    _log.error("proof record: sop=%s id=%s: %s", job.sop, job.instance, exc)
+        for job in retired:
+            record_dead_letter(self.record, job)
 
     def _all_forwarders(self) -> list[Forwarder]:
         return [f for group in self.forwarders.values() for f in group]

@@ -43,7 +43,7 @@ from gateway.spool import DEAD, UNROUTED, Job, Spool, is_out_of_space
 if TYPE_CHECKING:
     from gateway.pipeline import Outcome
 
-__all__ = ["Worker", "process_instance"]
+__all__ = ["Worker", "process_instance", "record_dead_letter"]
 
 _log = get_logger("worker")
 
@@ -212,8 +212,9 @@ def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: 
     if not destinations:
         reason = (f"no route matches calling AE {calling_ae!r}, modality {identity.modality!r}, "
                   f"SOP class {identity.sop_class_uid}")
-        if spool.add_job(replace(template, state=DEAD, reason=reason)):
-            _record_dead(record, ident, UNROUTED, reason)
+        unrouted = replace(template, state=DEAD, reason=reason)
+        if spool.add_job(unrouted):
+            record_dead_letter(record, unrouted)
         stage(_log, "dead", sop, level=40, reason=reason)
     if malformed is not None and config.policy.malformed == "hold":
         reason = f"held: malformed pixel data ({malformed}); 'dicom-gateway retry' forwards it as received"
@@ -222,20 +223,22 @@ def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: 
     created = spool.add_jobs([replace(template, destination=dest.name) for dest in destinations])
     for job in created:
         if job.state == DEAD:
-            _record_dead(record, ident, job.destination, job.reason)
+            record_dead_letter(record, job)
     spool.finish_received(ident)
     spool.collect(ident, list(names))
     return [job for job in created if job.state != DEAD]
 
 
-def _record_dead(record: ProofRecord | None, ident: str, destination: str, reason: str | None) -> None:
-    """Tell the proof record that `destination` (``-``: no route) will not get the instance, and why."""
+def record_dead_letter(record: ProofRecord | None, job: Job) -> None:
+    """Tell the proof record that the dead letter `job`'s destination (``-``: no route) will not get its
+    instance, and why."""
     if record is None:
         return
     try:
-        record.delivery(ident, destination, outcome="dead", syntax=None, attempts=0, reason=reason)
+        record.delivery(job.instance, job.destination, outcome="dead", syntax=None, attempts=job.attempts,
+                        reason=job.reason)
     except GatewayError as exc:  # the dead letter stands; only its record is missing
-        _log.error("proof record: id=%s: %s", ident, exc)
+        _log.error("proof record: sop=%s id=%s: %s", job.sop, job.instance, exc)
 
 
 _CHILD: tuple[Config, Spool, ProofRecord | None] | None = None
@@ -729,9 +732,10 @@ class Worker:
                 self._retry_later(ident, _FULL_DISK_SECONDS)
                 return
             try:
-                if self.spool.add_job(Job(ident, UNROUTED, state=DEAD, reason=why, destinations=(UNROUTED,),
-                                          processing_failed=reason)):
-                    _record_dead(self.record, ident, UNROUTED, why)
+                dead = Job(ident, UNROUTED, state=DEAD, reason=why, destinations=(UNROUTED,),
+                           processing_failed=reason)
+                if self.spool.add_job(dead):
+                    record_dead_letter(self.record, dead)
                 self.spool.finish_received(ident)
             except (OSError, GatewayError) as problem:  # it stays in incoming/, tried again
                 _log.error("instance %s cannot be made a dead letter (%s); trying again in %.0f s: %s", ident,

@@ -32,20 +32,20 @@ from pydicom.filewriter import dcmwrite
 from pydicom.uid import generate_uid
 
 from gateway.config import Destination
-from gateway.dicom.filemeta import parse_file_meta, read_file_meta
+from gateway.dicom.filemeta import parse_file_meta
 from gateway.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from gateway.errors import (AssociationAbortedError, AssociationRejectedError, ForwardError, GatewayError, NetworkError,
                             PermanentForwardError, TransientForwardError)
 from gateway.forward.commitment import (ACTION_REQUEST, STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE,
                                         CommitmentReports, CommitmentResult, classify_failure, decode_implicit,
                                         describe_failure, parse_report, request_bytes)
-from gateway.forward.transcode import encode_for, encoded
+from gateway.forward.transcode import Ladder, Transcode, encode_for, stored_syntax
 from gateway.logs import get_logger
 from gateway.net.scu import Association
 from gateway.record import ProofRecord
 from gateway.spool import Job
 
-__all__ = ["DicomSender", "classify_status", "ladder_for", "Transcode"]
+__all__ = ["DicomSender", "classify_status", "ladder_for"]
 
 _log = get_logger("forward")
 
@@ -54,9 +54,6 @@ _MAX_CONTEXTS = 128
 # the SOP class; PS3.7 C.4: 0001 optional attributes not supported, 0107 attribute list error, 0116 attribute
 # value out of range): the archive stored the instance.
 _SUCCESS = {0x0000, 0x0001, 0x0107, 0x0116, 0xB000, 0xB006, 0xB007}
-
-Transcode = Callable[[Path, str, str], "Dataset | None"]
-"""(object path, stored syntax, target syntax) -> the dataset in the target syntax, or None."""
 
 
 def classify_status(status: int) -> str:
@@ -86,7 +83,8 @@ class DicomSender:
                  record: ProofRecord | None = None) -> None:
         self.destination = destination
         self.calling_ae = calling_ae
-        self.transcode: Transcode = transcode or (lambda path, stored, target: encode_for(path, stored, target))
+        self._ladder = Ladder(transcode or (lambda path, stored, target: encode_for(path, stored, target)),
+                              _dataset_bytes)
         self._associate = associate or Association.request  # another requestor only for measuring (bench_client)
         self.assoc: Association | None = None
         self._proposed: set[tuple[str, str]] = set()
@@ -98,11 +96,15 @@ class DicomSender:
         self.record = record
         self._batch: list[Job] = []
         self._outcomes: dict[str, str | ForwardError] = {}
-        self._sizes: dict[str, int] = {}  # bytes of each instance re-encoded for the destination
+
+    @property
+    def transcode(self) -> Transcode:
+        """How an object is re-encoded for a syntax it is not stored in (see :mod:`gateway.forward.transcode`)."""
+        return self._ladder.transcode
 
     def sent_bytes(self, job: Job) -> int | None:
         """The size of the data set sent for `job` when it was re-encoded, else None (the stored object's)."""
-        return self._sizes.pop(job.key, None)
+        return self._ladder.sent_bytes(job)
 
     def _wanted(self, jobs: Iterable[Job]) -> dict[str, list[str]]:
         wanted: dict[str, list[str]] = {}
@@ -116,7 +118,7 @@ class DicomSender:
     def prepare(self, jobs: list[Job]) -> None:
         self._batch = list(jobs)
         self._outcomes = {}
-        self._sizes = {}
+        self._ladder.forget()
         self._open(jobs)
 
     def _open(self, jobs: list[Job]) -> None:
@@ -166,12 +168,7 @@ class DicomSender:
     def _store_one(self, job: Job, path: Path) -> str:
         """C-STORE one instance in the best syntax the peer accepts; return that syntax."""
         sop_class = job.identity.sop_class_uid
-        try:
-            offset, stored = read_file_meta(path)
-        except ValueError as exc:
-            raise PermanentForwardError(f"processed object {path.name} is not a DICOM file: {exc}") from exc
-        except OSError as exc:
-            raise TransientForwardError(f"cannot read processed object {path.name}: {exc}") from exc
+        offset, stored = stored_syntax(path)
         if self.assoc is None or not self.assoc.is_established or (sop_class, stored) not in self._proposed:
             self._open([replace(job, identity=job.identity.with_syntax(stored))])
         assert self.assoc is not None
@@ -179,28 +176,11 @@ class DicomSender:
         if not accepted:
             self.close()
             raise PermanentForwardError(f"{self.destination.name} does not accept SOP class {sop_class}")
-        chosen: str | None = None
-        payload: bytes | memoryview | tuple[Path, int] | None = None
-        refusals: list[str] = []  # why each accepted syntax could not be written
-        for ts in ladder_for(self.destination, stored):
-            if ts not in accepted:
-                continue
-            if ts == stored:
-                chosen, payload = ts, (path, offset)
-                break
-            try:
-                payload = encoded(self.transcode, path, stored, ts, _dataset_bytes)
-            except PermanentForwardError as exc:  # not in this syntax: the next one
-                refusals.append(str(exc))
-                continue
-            chosen = ts
-            self._sizes[job.key] = len(payload)
-            break
-        if chosen is None or payload is None:
-            why = f": {'; '.join(refusals)}" if refusals else ""
-            raise PermanentForwardError(
-                f"{self.destination.name} accepts {', '.join(accepted)} for {sop_class}; "
-                f"the instance (stored as {stored}) could not be encoded in any of them{why}")
+        ladder = [ts for ts in ladder_for(self.destination, stored) if ts in accepted]
+        chosen, data = self._ladder.choose(
+            job, path, stored, ladder, f"{self.destination.name} accepts {', '.join(accepted)} for {sop_class}; "
+            f"the instance (stored as {stored}) could not be encoded in any of them")
+        payload: bytes | memoryview | tuple[Path, int] = (path, offset) if data is None else data
         status = self._store(job, chosen, payload)
         kind = classify_status(status)
         if kind == "success":

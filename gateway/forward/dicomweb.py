@@ -47,10 +47,9 @@ from pydicom import Dataset
 from pydicom.filewriter import dcmwrite
 
 from gateway.config import ConfigError, Destination
-from gateway.dicom.filemeta import read_file_meta
 from gateway.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
 from gateway.errors import ForwardError, PermanentForwardError, TransientForwardError
-from gateway.forward.transcode import encode_for, encoded
+from gateway.forward.transcode import Ladder, Transcode, encode_for, stored_syntax
 from gateway.logs import get_logger
 from gateway.spool import Job
 
@@ -61,8 +60,6 @@ _log = get_logger("forward")
 _CHUNK = 1 << 20
 _RESPONSE_LIMIT = 16 << 20  # bytes of a Store Instances Response read at most
 TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
-
-Transcode = Callable[[Path, str, str], "Dataset | None"]
 
 
 def classify_failure_reason(reason: int) -> str:
@@ -169,24 +166,28 @@ class DicomWebSender:
     def __init__(self, destination: Destination, *, transcode: Transcode | None = None,
                  locate: Callable[[Job], Path] | None = None, client: httpx.Client | None = None) -> None:
         self.destination = destination
-        self.transcode: Transcode = transcode or (lambda path, stored, target: encode_for(path, stored, target))
+        self._ladder = Ladder(transcode or (lambda path, stored, target: encode_for(path, stored, target)), _file_bytes)
         self._locate = locate
         self._client = client
         self._batch: list[Job] = []
         self._outcomes: dict[str, str | ForwardError] = {}
         self._refused: set[tuple[str, str]] = set()  # (SOP class, syntax) answered with C122
-        self._sizes: dict[str, int] = {}  # bytes of each instance re-encoded for the destination
+
+    @property
+    def transcode(self) -> Transcode:
+        """How an object is re-encoded for a syntax it is not stored in (see :mod:`gateway.forward.transcode`)."""
+        return self._ladder.transcode
 
     # -- the Sender protocol
 
     def sent_bytes(self, job: Job) -> int | None:
         """The size of the file sent for `job` when it was re-encoded, else None (the stored object's)."""
-        return self._sizes.pop(job.key, None)
+        return self._ladder.sent_bytes(job)
 
     def prepare(self, jobs: list[Job]) -> None:
         self._batch = list(jobs)
         self._outcomes = {}
-        self._sizes = {}
+        self._ladder.forget()
 
     def has_outcome(self, job: Job) -> bool:
         return job.key in self._outcomes
@@ -220,29 +221,12 @@ class DicomWebSender:
         return out
 
     def _part(self, job: Job, path: Path) -> _Part:
-        try:
-            _, stored = read_file_meta(path)
-        except ValueError as exc:
-            raise PermanentForwardError(f"processed object {path.name} is not a DICOM file: {exc}") from exc
-        except OSError as exc:
-            raise TransientForwardError(f"cannot read processed object {path.name}: {exc}") from exc
-        sop_class = job.identity.sop_class_uid
-        ladder = self.ladder(sop_class, stored)
-        refusals: list[str] = []  # why each syntax could not be written
-        for ts in ladder:
-            if ts == stored:
-                return _Part(job, ts, path, None)
-            try:
-                data = encoded(self.transcode, path, stored, ts, _file_bytes)
-            except PermanentForwardError as exc:  # not in this syntax: the next one
-                refusals.append(str(exc))
-                continue
-            self._sizes[job.key] = len(data)
-            return _Part(job, ts, None, data)
-        tried = ", ".join(ladder) or "none left"
-        why = f": {'; '.join(refusals)}" if refusals else ""
-        raise PermanentForwardError(f"{self.destination.name}: the instance (stored as {stored}) could not be "
-                                    f"encoded in a syntax the archive takes ({tried}){why}")
+        _, stored = stored_syntax(path)
+        ladder = self.ladder(job.identity.sop_class_uid, stored)
+        syntax, data = self._ladder.choose(
+            job, path, stored, ladder, f"{self.destination.name}: the instance (stored as {stored}) could not be "
+            f"encoded in a syntax the archive takes ({', '.join(ladder) or 'none left'})")
+        return _Part(job, syntax, path if data is None else None, data)
 
     # -- sending
 

@@ -11,23 +11,28 @@ does a big endian object without pixel data, its binary words swapped first.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydicom import Dataset, dcmread
 from pydicom.uid import UID
 
+from gateway.dicom.filemeta import read_file_meta
 from gateway.dicom.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN, NATIVE_SYNTAXES
 from gateway.errors import PermanentForwardError, TransientForwardError
 from gateway.logs import get_logger
 from gateway.pipeline import Outcome, recompress, to_little_endian
+from gateway.spool import Job
 
-__all__ = ["encode_for", "encoded"]
+__all__ = ["Ladder", "Transcode", "encode_for", "encoded", "stored_syntax"]
 
 _log = get_logger("forward")
 
 _T = TypeVar("_T")
+
+# Re-encodes the object at a path from its stored syntax to a target one: None when it cannot.
+Transcode = Callable[[Path, str, str], "Dataset | None"]
 
 # Uncompressed and little endian: an object moves between these by its element encoding alone.
 _LITTLE_ENDIAN_UNCOMPRESSED = NATIVE_SYNTAXES | {DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN}
@@ -79,7 +84,7 @@ def encode_for(path: Path, stored: str, target: str, *, verify: bool = True,
     return outcome.dataset
 
 
-def encoded(transcode: Callable[[Path, str, str], Dataset | None], path: Path, stored: str, target: str,
+def encoded(transcode: Transcode, path: Path, stored: str, target: str,
             write: Callable[[Dataset], _T]) -> _T:
     """`write` (a sender's serialiser) applied to the object re-encoded in `target` by `transcode`.
 
@@ -109,3 +114,68 @@ def encoded(transcode: Callable[[Path, str, str], Dataset | None], path: Path, s
     if data is None:
         raise PermanentForwardError(f"{name}: cannot be re-encoded from {UID(stored).name} (see the log)")
     return data
+
+
+def stored_syntax(path: Path) -> tuple[int, str]:
+    """Where the data set of a processed object starts, and the syntax it is stored in.
+
+    Raises
+    ------
+    PermanentForwardError
+        The object is not a DICOM file.
+    TransientForwardError
+        The object cannot be read (the disk, not the object).
+    """
+    try:
+        return read_file_meta(path)
+    except ValueError as exc:
+        raise PermanentForwardError(f"processed object {path.name} is not a DICOM file: {exc}") from exc
+    except OSError as exc:
+        raise TransientForwardError(f"cannot read processed object {path.name}: {exc}") from exc
+
+
+class Ladder(Generic[_T]):
+    """A sender's way down its ladder of syntaxes, and the size of what it re-encoded.
+
+    :meth:`choose` gives the first syntax of a ladder that the object is
+    stored in (sent as it is) or can be re-encoded to (serialised by the
+    sender's `write`); :meth:`sent_bytes` then gives, once, the size of a
+    re-encoded instance, so that a delivery records the bytes that went out.
+    """
+
+    def __init__(self, transcode: Transcode, write: Callable[[Dataset], _T]) -> None:
+        self.transcode = transcode
+        self._write = write
+        self._sizes: dict[str, int] = {}  # job key -> bytes of the instance re-encoded for the destination
+
+    def choose(self, job: Job, path: Path, stored: str, ladder: Iterable[str], failure: str) -> tuple[str, _T | None]:
+        """The first syntax of `ladder` the object can go in, with its bytes (None: as stored).
+
+        Raises
+        ------
+        PermanentForwardError
+            No syntax of the ladder: `failure`, then why each one failed.
+        TransientForwardError
+            The processed object cannot be read.
+        """
+        refusals: list[str] = []  # why each syntax could not be written
+        for syntax in ladder:
+            if syntax == stored:
+                return syntax, None
+            try:
+                data = encoded(self.transcode, path, stored, syntax, self._write)
+            except PermanentForwardError as exc:  # not in this syntax: the next one
+                refusals.append(str(exc))
+                continue
+            self._sizes[job.key] = len(data)  # type: ignore[arg-type]  # bytes or memoryview
+            return syntax, data
+        why = f": {'; '.join(refusals)}" if refusals else ""
+        raise PermanentForwardError(f"{failure}{why}")
+
+    def sent_bytes(self, job: Job) -> int | None:
+        """The size of what was sent for `job` when it was re-encoded, else None (the stored object's)."""
+        return self._sizes.pop(job.key, None)
+
+    def forget(self) -> None:
+        """A new batch: sizes of instances not asked about are dropped."""
+        self._sizes = {}

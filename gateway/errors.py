@@ -65,6 +65,11 @@ class PermanentForwardError(ForwardError):
     """A delivery failed in a way that retrying will not fix (dead letter)."""
 
 
+class UnsendableError(PermanentForwardError):
+    """The instance cannot be sent as the destination wants it (unreadable, in none of its syntaxes), found
+    before the destination was asked: a dead letter that says nothing of the destination's health."""
+
+
 class NetworkError(GatewayError):
     """An association with a DICOM peer failed: connection, timeout or protocol."""
 

@@ -376,3 +376,33 @@ def test_a_destination_with_nothing_left_to_send_is_not_failing(tmp_path: Path) 
     _run(forwarder, lambda: spool.find_job(job.instance, "x").state == DEAD and forwarder.failing_since is None
          and [state["failing_since"] for state in spool.destination_states("x")] == [None])
     assert forwarder.last_error == "connection refused", "what went wrong stays shown"
+
+
+def test_an_unsendable_instance_says_nothing_of_a_failing_destination(tmp_path: Path) -> None:
+    """An archive that does not answer, then an instance the sender cannot even read: its dead letter is
+    found before anyone is asked, so the archive stays failing and what waits for it keeps its backoff
+    (no new attempt charged to it by a false recovery)."""
+    from gateway.forward import DicomWebSender
+    from tests.conftest import free_port
+
+    spool = Spool(tmp_path / "spool")
+    dest = Destination("web", "dicomweb", url=f"http://127.0.0.1:{free_port()}/dicom-web", timeout_seconds=2)
+    waiting = _stage(spool, pydicom_file("CT_small.dcm"), "web")
+    retry = RetryConfig(max_attempts=5, base_seconds=60, cap_seconds=60, probe_seconds=3600)
+    forwarder = Forwarder(dest, spool, retry, DicomWebSender(dest))
+    forwarder.start()
+    try:
+        assert wait_until(lambda: spool.find_job(waiting.instance, "web").attempts == 1
+                          and forwarder.failing_since is not None, timeout=20)
+        failing_since = forwarder.failing_since
+        broken = _stage(spool, pydicom_file("MR_small.dcm"), "web")
+        spool.object_path(broken.instance).write_bytes(b"not a DICOM file at all")
+        forwarder.submit(broken)
+        assert wait_until(lambda: spool.find_job(broken.instance, "web").state == DEAD, timeout=20)
+        time.sleep(0.5)  # a false recovery would send the waiting instance now
+    finally:
+        forwarder.stop()
+        forwarder.join(5)
+    assert "not a DICOM file" in spool.find_job(broken.instance, "web").reason
+    assert forwarder.failing_since == failing_since
+    assert spool.find_job(waiting.instance, "web").attempts == 1

@@ -23,7 +23,8 @@ soonest early (a failed probe leaves the job as it was: no attempt counted,
 no log line).  The first answer, probe or not, makes every waiting job due
 at once: the backlog goes out at the destination's speed.  An answer is a
 success or a permanent refusal (a destination that refuses an instance is
-reachable); either ends the failure (``failing_since``, which ``/readyz``
+reachable; an instance found unsendable before the destination was asked,
+:class:`~gateway.errors.UnsendableError`, is no answer); either ends the failure (``failing_since``, which ``/readyz``
 reads).  So does a queue left empty (its last jobs dead letters): nothing
 waits for the destination, and no probe could tell whether it is back.
 
@@ -41,7 +42,7 @@ import time
 import zlib
 
 from gateway.config import Destination, RetryConfig
-from gateway.errors import GatewayError, PermanentForwardError, TransientForwardError
+from gateway.errors import GatewayError, PermanentForwardError, TransientForwardError, UnsendableError
 from gateway.forward.base import BatchSender, Sender
 from gateway.logs import get_logger, stage
 from gateway.record import ProofRecord
@@ -284,7 +285,8 @@ class Forwarder(threading.Thread):
             return
         except PermanentForwardError as exc:
             self._failed(job, exc, transient=False)
-            self._recovered()  # a refusal is an answer: the destination is reachable
+            if not isinstance(exc, UnsendableError):  # found here, before the destination was asked
+                self._recovered()  # a refusal is an answer: the destination is reachable
             return
         except (KeyboardInterrupt, SystemExit):
             raise

@@ -20,7 +20,7 @@ from pydicom.uid import UID
 
 from gateway.dicom.filemeta import read_file_meta
 from gateway.dicom.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN, NATIVE_SYNTAXES
-from gateway.errors import PermanentForwardError, TransientForwardError
+from gateway.errors import PermanentForwardError, TransientForwardError, UnsendableError
 from gateway.logs import get_logger
 from gateway.pipeline import Outcome, recompress, to_little_endian
 from gateway.spool import Job
@@ -121,7 +121,7 @@ def stored_syntax(path: Path) -> tuple[int, str]:
 
     Raises
     ------
-    PermanentForwardError
+    UnsendableError
         The object is not a DICOM file.
     TransientForwardError
         The object cannot be read (the disk, not the object).
@@ -129,7 +129,7 @@ def stored_syntax(path: Path) -> tuple[int, str]:
     try:
         return read_file_meta(path)
     except ValueError as exc:
-        raise PermanentForwardError(f"processed object {path.name} is not a DICOM file: {exc}") from exc
+        raise UnsendableError(f"processed object {path.name} is not a DICOM file: {exc}") from exc
     except OSError as exc:
         raise TransientForwardError(f"cannot read processed object {path.name}: {exc}") from exc
 
@@ -153,7 +153,7 @@ class Ladder(Generic[_T]):
 
         Raises
         ------
-        PermanentForwardError
+        UnsendableError
             No syntax of the ladder: `failure`, then why each one failed.
         TransientForwardError
             The processed object cannot be read.
@@ -170,7 +170,7 @@ class Ladder(Generic[_T]):
             self._sizes[job.key] = len(data)  # type: ignore[arg-type]  # bytes or memoryview
             return syntax, data
         why = f": {'; '.join(refusals)}" if refusals else ""
-        raise PermanentForwardError(f"{failure}{why}")
+        raise UnsendableError(f"{failure}{why}")
 
     def sent_bytes(self, job: Job) -> int | None:
         """The size of what was sent for `job` when it was re-encoded, else None (the stored object's)."""

@@ -2,7 +2,8 @@
 
 Encoder
     Precision P = Bits Stored (2..16; 9 for Bits Stored <= 8 in 16-bit
-    containers, see :func:`precision`), MAXVAL = 2**P - 1 and the default
+    containers, see :func:`precision`; the registered codec writes at least
+    P = 8, see :func:`encode_frame`), MAXVAL = 2**P - 1 and the default
     thresholds of T.87 C.2.4.1.1.1 (so no LSE segment), RESET = 64, regular
     and run mode.  One component: one scan.  Three components: one scan,
     line interleaved (ILV 1) by default, which codes smaller than sample
@@ -54,7 +55,7 @@ from gateway.dicom.uids import JPEG_LS_LOSSLESS
 from gateway.errors import CorruptCodestreamError, UnsupportedImageError
 
 __all__ = [
-    "CODEC", "supports", "encode", "decode", "default_parameters", "precision",
+    "CODEC", "supports", "encode", "encode_frame", "decode", "default_parameters", "precision", "ARCHIVE_PRECISION",
     "ILV_NONE", "ILV_LINE", "ILV_SAMPLE",
 ]
 
@@ -150,9 +151,9 @@ def _fresh_start(work: np.ndarray, components: list[int], r0: int) -> Iterator[N
         work[components, r0 - 1] = saved
 
 
-def _headers_frame(info: FrameInfo, preset: tuple[int, int, int, int, int] | None, restart: int) -> bytes:
+def _headers_frame(info: FrameInfo, bits: int, preset: tuple[int, int, int, int, int] | None, restart: int) -> bytes:
     nc = info.samples_per_pixel
-    sof = struct.pack(">BHHB", precision(info), info.rows, info.columns, nc)
+    sof = struct.pack(">BHHB", bits, info.rows, info.columns, nc)
     sof += b"".join(struct.pack(">BBB", c + 1, 0x11, 0) for c in range(nc))
     head = b"\xff\xd8" + struct.pack(">BBH", 0xFF, _SOF55, len(sof) + 2) + sof
     if preset is not None:
@@ -205,6 +206,7 @@ def encode(
     *,
     preset: tuple[int, int, int] | None = None,
     restart: int = 0,
+    bits: int | None = None,
 ) -> bytes:
     """Encode one frame as a JPEG-LS lossless codestream.
 
@@ -217,6 +219,10 @@ def encode(
         LSE segment (for tests of decoders; the defaults code best).
     restart
         Restart interval in lines (0: none), written in a DRI segment.
+    bits
+        Sample precision P, from Bits Stored up to Bits Allocated (16 at
+        most); default :func:`precision`.  Signed values are coded as P-bit
+        two's complement.
     """
     reason = supports(info)
     if reason is not None:
@@ -234,7 +240,10 @@ def encode(
     low, high = info.value_range
     if info.bits_stored < info.bits_allocated and (int(frame.min()) < low or int(frame.max()) > high):
         raise UnsupportedImageError(f"values outside the {info.bits_stored}-bit range of (0028,0101) 'Bits Stored'")
-    bits = precision(info)
+    if bits is None:
+        bits = precision(info)
+    elif not info.bits_stored <= bits <= min(16, info.bits_allocated):
+        raise ValueError(f"precision must be {info.bits_stored}..{min(16, info.bits_allocated)} bits, got {bits}")
     maxval, t1, t2, t3, reset = default_parameters(bits)
     lse = None
     if preset is not None:
@@ -244,7 +253,7 @@ def encode(
         lse = (maxval, t1, t2, t3, reset)
     prm = _kernel_parameters(maxval, t1, t2, t3, reset)
     work = _to_work(frame, info, bits)
-    parts = [_headers_frame(info, lse, restart)]
+    parts = [_headers_frame(info, bits, lse, restart)]
     if ilv == ILV_NONE:
         for c in range(nc):
             parts += [_sos([c], ILV_NONE), _encode_scan(work, [c], ILV_NONE, prm, restart)]
@@ -458,4 +467,23 @@ def _to_frame(work: np.ndarray, precision: int, maxval: int, info: FrameInfo) ->
     return stored_values(values, precision, info, "JPEG-LS")
 
 
-CODEC = register(FunctionCodec("jpeg-ls", JPEG_LS_LOSSLESS, "JPEGLSLossless", supports, encode, decode))
+ARCHIVE_PRECISION = 8
+"""The smallest sample precision the registered codec writes (:func:`encode_frame`)."""
+
+
+def encode_frame(frame: np.ndarray, info: FrameInfo) -> bytes:
+    """Encode one frame as the gateway forwards it: as :func:`encode`, at a precision P of at least 8 bits.
+
+    Data of fewer than 8 Bits Stored in an 8-bit container is coded at
+    P = 8 (signed values as 8-bit two's complement, i.e. as stored), as
+    :func:`precision` widens 16-bit containers to 9 bits.  T.87 allows any P
+    from 2, but the CharLS 1.x inside DCMTK (``dcmdjpls`` and the archives built on it)
+    refuses P below 6 ("unsupported compression parameters") and, for
+    MAXVAL below 128 (P of 6 and 7), uses the default thresholds of
+    C.2.4.1.1.1 meant for MAXVAL of 128 and more: it misreads such a stream
+    or rejects it as corrupt.  At P = 8 every decoder codes alike.
+    """
+    return encode(frame, info, bits=max(precision(info), ARCHIVE_PRECISION))
+
+
+CODEC = register(FunctionCodec("jpeg-ls", JPEG_LS_LOSSLESS, "JPEGLSLossless", supports, encode_frame, decode))

@@ -56,6 +56,7 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_messages import _MESSAGE_TYPES
 from pynetdicom.dimse_primitives import C_STORE, N_EVENT_REPORT
 from pynetdicom.dsutils import decode
+from pynetdicom.pdu import A_ASSOCIATE_RQ as AssociateRequestPDU
 from pynetdicom.transport import (
     AssociationSocket,
     RequestHandler,
@@ -95,8 +96,9 @@ NO_DATA_SET = 0x0101  # (0000,0800) Command Data Set Type: no data set follows
 
 # A-ABORT, source 2 (service provider), reason 6 (invalid PDU parameter value): PS3.8 9.3.8.
 _ABORT_INVALID = bytes((0x07, 0, 0, 0, 0, 4, 0, 0, 2, 6))
-# A-ASSOCIATE-RJ rejected-permanent, service user, calling AE title not recognized: PS3.8 9.3.4.
+# A-ASSOCIATE-RJ rejected-permanent, service user, calling (called) AE title not recognized: PS3.8 9.3.4.
 _REJECT_CALLING = bytes((0x03, 0, 0, 0, 0, 4, 0, 1, 1, 3))
+_REJECT_CALLED = bytes((0x03, 0, 0, 0, 0, 4, 0, 1, 1, 7))
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,14 +133,57 @@ def _tls_reason(exc: BaseException) -> str:
     if verify:
         hint = " (not signed by a CA of ca_certificates)" if "issuer" in verify else ""
         return f"certificate refused: {verify}{hint}"
-    if reason in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL", "UNSUPPORTED_PROTOCOL",
+    if reason in ("UNSUPPORTED_PROTOCOL", "VERSION_TOO_LOW", "TLSV1_ALERT_PROTOCOL_VERSION"):
+        return f"the peer offers only versions older than TLS 1.2, which are refused (PS3.15 B.12) [{reason}]"
+    if reason in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL",
                   "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"):
         return f"the peer does not speak TLS (plain DICOM to the TLS port?) [{reason}]"
+    if reason == "NO_SHARED_CIPHER":
+        return ("no cipher suite in common: the peer offers none of the TLS 1.2 suites accepted (ECDHE or DHE "
+                f"with AES-GCM or ChaCha20-Poly1305) [{reason}]")
     if reason in ("PEER_DID_NOT_RETURN_A_CERTIFICATE", "CERTIFICATE_REQUIRED"):
         return "the peer sent no certificate and one is required"
+    if "ALERT" in reason and ("CERTIFICATE" in reason or "UNKNOWN_CA" in reason):
+        # an alert is the peer's word, and a certificate alert from a caller is about ours
+        return (f"the peer refused the gateway's certificate (its CA unknown to the peer, out of date, or naming "
+                f"another host?) [{reason}]")
     if "CERTIFICATE" in reason or "UNKNOWN_CA" in reason:
         return f"certificate refused [{reason}]"
     return f"{reason or type(exc).__name__}: {exc}"
+
+
+def _ae_title_problem(field: bytes) -> str | None:
+    """What pynetdicom would refuse in an A-ASSOCIATE-RQ's AE title field (PS3.8 9.3.2, VR AE), or None.
+
+    Leading and trailing spaces are not significant; what is left must be
+    ASCII, printable and without backslash.
+    """
+    try:
+        text = field.decode("ascii").strip()
+    except UnicodeDecodeError:
+        return "holds bytes that are not ASCII"
+    if not text:
+        return "is empty (spaces only)"
+    if "\\" in text or not text.isprintable():
+        return "holds a control character or a backslash"
+    return None
+
+
+def _request_problem(pdu: bytes) -> str | None:
+    """Why pynetdicom could not take this A-ASSOCIATE-RQ (decoded as it decodes it), or None.
+
+    pynetdicom fails on such a request only after giving it an association:
+    the association waits its ACSE timeout (30 s), unanswered when the
+    failure kills its reader thread, and holds one of ``max_associations``
+    meanwhile.
+    """
+    try:
+        request = AssociateRequestPDU()
+        request.decode(pdu)
+        request.to_primitive()
+    except Exception as exc:  # noqa: BLE001 - pynetdicom and pydicom raise many kinds on malformed items
+        return f"{type(exc).__name__}: {str(exc)[:120]}"
+    return None
 
 
 class _Throttle:
@@ -508,6 +553,26 @@ class _GuardedHandler(RequestHandler):
         self.prefix = handover.prefix
         self.request = handover.sock
 
+    def handle(self) -> None:
+        """Refuse, here, a request pynetdicom could not take; let pynetdicom have the others."""
+        server = self.server
+        assert isinstance(server, GuardedServer)
+        problem = _request_problem(self.prefix)
+        if problem is None:
+            super().handle()
+            return
+        sock = self.request
+        host = str(self.client_address[0]) if isinstance(self.client_address, tuple) else str(self.client_address)
+        server.throttle.log(30, "protocol", host, f"association request from {_peer(self.client_address)} "
+                            f"aborted: it cannot be decoded ({problem})")
+        try:
+            sock.settimeout(1.0)
+            sock.sendall(_ABORT_INVALID)
+        except OSError:
+            pass
+        server.release(sock)
+        _close_quietly(sock)
+
     def _create_association(self):  # type: ignore[no-untyped-def]
         assoc = super()._create_association()
         assoc.__class__ = _GuardedAssociation  # not yet started: its run() is ours
@@ -810,9 +875,18 @@ class _Lobby(threading.Thread):
         return False
 
     def _ready(self, pending: _Pending) -> None:
-        """A whole A-ASSOCIATE-RQ: check a certificate-bound caller, then hand over to pynetdicom."""
+        """A whole A-ASSOCIATE-RQ: check its AE titles and a certificate-bound caller, then hand over."""
         sock = pending.sock
-        calling = bytes(pending.buffer[26:42]).decode("ascii", "replace").strip()
+        for name, field, refusal in (("called", bytes(pending.buffer[10:26]), _REJECT_CALLED),
+                                     ("calling", bytes(pending.buffer[26:42]), _REJECT_CALLING)):
+            problem = _ae_title_problem(field)
+            if problem is not None:
+                self.server.throttle.log(30, "protocol", pending.host,
+                                         f"association request from {_peer(pending.address)} rejected: its "
+                                         f"{name} AE title {field!r} {problem}")
+                self._send_and_close(pending, refusal)
+                return
+        calling = bytes(pending.buffer[26:42]).decode("ascii").strip()
         allowed = self.server.bound_callers.get(calling)
         if allowed is not None:
             cert = sock.getpeercert() if isinstance(sock, ssl.SSLSocket) else None

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.bulk.manifest import RESULT_COLUMNS, Manifest, printable
-from gateway.bulk.plan import LAYOUTS, LOCK_NAME, MANIFEST_NAME, Item, walk
+from gateway.bulk.plan import LAYOUTS, LOCK_NAME, MANIFEST_NAME, Item, folder_identity, walk
 from gateway.bulk.report import Report, build_report, human_bytes
 from gateway.bulk.task import DONE, compress_file, remove_debris
 from gateway.config import PRIVATE_VERSION, private_options
@@ -48,7 +48,8 @@ __all__ = ["BulkOptions", "Estimate", "OutputError", "SchedulerError", "run", "e
 
 
 class OutputError(GatewayError):
-    """``OUT`` cannot be written (no permission, read-only, ...), or another run is writing into it."""
+    """``OUT`` cannot be written (no permission, read-only, full, ...), is ``IN`` or holds it (under another
+    name: a bind mount, a second mount of a share), or another run is writing into it."""
 
 
 class SchedulerError(GatewayError):
@@ -301,6 +302,7 @@ def run(options: BulkOptions, *, progress: bool | None = None, note: Note = _std
     dashboard link); `on_result` sees every task result as it arrives.
     """
     started = time.perf_counter()
+    _check_apart(Path(options.source), Path(options.output))  # before anything is written into OUT
     lock = _lock_output(Path(options.output))  # one run at a time writes into OUT
     try:
         return _run(options, started, progress, note, verbose, on_result)
@@ -312,59 +314,90 @@ def _run(options: BulkOptions, started: float, progress: bool | None, note: Note
          on_result: Callable[[dict[str, Any]], None] | None) -> Report:
     import sqlite3
 
-    source, output = Path(options.source), Path(options.output)
+    output = Path(options.output)
     try:
         manifest = Manifest(output / MANIFEST_NAME)
     except (OSError, sqlite3.Error) as exc:
         raise OutputError(f"cannot write {output}: {exc}") from exc
     try:
-        try:
-            manifest.start_run(options.target, options.layout, options.verify, options.scheduler,
-                               options.encoding)
-        except sqlite3.Error as exc:
-            raise OutputError(f"cannot write {output}: {exc}") from exc
-        removed = remove_debris(output)
-        if removed:
-            note(f"removed {removed} partial file(s) of an interrupted run")
-        exclude = output if output.resolve().is_relative_to(source.resolve()) else None
-        files, total = manifest.plan(walk(source, exclude))
-        done_files, done_bytes = manifest.rows("COUNT(*), COALESCE(SUM(size), 0)",
-                                               "outcome IN ('recompressed', 'passed', 'skipped')")[0]
-        show = sys.stderr.isatty() if progress is None else progress
-        engine = _Engine(options, note, start=False)  # started by the first file to do: a finished run needs no cluster
-        try:
-
-            def calls() -> Iterator[tuple[tuple, dict]]:
-                for rel, _size, outcome, out_rel, out_size in manifest.planned():
-                    if outcome in DONE and _output_intact(output, out_rel, out_size):
-                        continue
-                    yield ((str(source), str(output), rel, options.target),
-                           {"verify": options.verify, "layout": options.layout, "native": options.native,
-                            "private_version": options.private_version})
-
-            saved, count = 0, done_files
-            with _progress_bar(total, done_bytes, files, show) as bar:
-                bar.set_postfix_str(f"{done_files} done earlier", refresh=False)
-                for result in engine.map(calls()):
-                    manifest.record(_complete(result), options.verify)
-                    count += 1
-                    size = result.get("size") or 0
-                    if result["outcome"] in ("recompressed", "passed"):
-                        saved += size - (result.get("output_size") or size)
-                    _announce(result, note, verbose)
-                    if on_result is not None:
-                        on_result(result)
-                    bar.update(size)
-                    bar.set_postfix_str(f"{count}/{files} files, saved {human_bytes(saved)}", refresh=False)
-        finally:
-            if engine.started:
-                manifest.set_workers(engine.describe())
-            engine.close()
-        manifest.finish_run()
-        remove_debris(output)  # what a worker killed mid-write left
-        return build_report(manifest, time.perf_counter() - started)
+        return _run_recorded(options, manifest, started, progress, note, verbose, on_result)
+    except sqlite3.Error as exc:  # the manifest cannot be written any more: a full disk, a lost mount
+        raise OutputError(f"cannot write {output}: {exc}; run the same command again to resume") from exc
     finally:
-        manifest.close()
+        try:
+            manifest.close()
+        except sqlite3.Error as exc:
+            raise OutputError(f"cannot write {output}: {exc}; run the same command again to resume") from exc
+
+
+def _run_recorded(options: BulkOptions, manifest: Manifest, started: float, progress: bool | None, note: Note,
+                  verbose: bool, on_result: Callable[[dict[str, Any]], None] | None) -> Report:
+    source, output = Path(options.source), Path(options.output)
+    manifest.start_run(options.target, options.layout, options.verify, options.scheduler, options.encoding)
+    removed = remove_debris(output, manifest.is_output)
+    if removed:
+        note(f"removed {removed} partial file(s) of an interrupted run")
+    files, total = manifest.plan(walk(source, output))  # OUT inside IN is left out
+    done_files, done_bytes = manifest.rows("COUNT(*), COALESCE(SUM(size), 0)",
+                                           "outcome IN ('recompressed', 'passed', 'skipped')")[0]
+    show = sys.stderr.isatty() if progress is None else progress
+    engine = _Engine(options, note, start=False)  # started by the first file to do: a finished run needs no cluster
+    try:
+
+        def calls() -> Iterator[tuple[tuple, dict]]:
+            for rel, _size, outcome, out_rel, out_size in manifest.planned():
+                if outcome in DONE and _output_intact(output, out_rel, out_size):
+                    continue
+                yield ((str(source), str(output), rel, options.target),
+                       {"verify": options.verify, "layout": options.layout, "native": options.native,
+                        "private_version": options.private_version})
+
+        saved, count = 0, done_files
+        with _progress_bar(total, done_bytes, files, show) as bar:
+            bar.set_postfix_str(f"{done_files} done earlier", refresh=False)
+            for result in engine.map(calls()):
+                if result.get("no_space"):  # left pending: the next run does it
+                    raise OutputError(f"cannot write {output}: {result['reason']}; free space and run the "
+                                      "same command again to resume")
+                manifest.record(_complete(result), options.verify)
+                count += 1
+                size = result.get("size") or 0
+                if result["outcome"] in ("recompressed", "passed"):
+                    saved += size - (result.get("output_size") or size)
+                _announce(result, note, verbose)
+                if on_result is not None:
+                    on_result(result)
+                bar.update(size)
+                bar.set_postfix_str(f"{count}/{files} files, saved {human_bytes(saved)}", refresh=False)
+    finally:
+        if engine.started:
+            manifest.set_workers(engine.describe())
+        engine.close()
+    manifest.finish_run()
+    remove_debris(output, manifest.is_output)  # what a worker killed mid-write left
+    return build_report(manifest, time.perf_counter() - started)
+
+
+def _check_apart(source: Path, output: Path) -> None:
+    """:class:`OutputError` when `output` is `source` or a folder `source` lies in, under whatever name.
+
+    The command line compares the paths; this compares the folders
+    themselves (device and inode), which a bind mount or a second mount of
+    the same share cannot hide: writing there would replace the inputs.
+    """
+    out = folder_identity(output)
+    if out is None:
+        return  # not there yet: it holds nothing
+    folder = os.path.realpath(source)
+    while True:
+        if folder_identity(folder) == out:
+            relation = "is" if folder == os.path.realpath(source) else "contains"
+            raise OutputError(f"the output folder {output} {relation} the input folder {source} (under another "
+                              "name); name one outside it")
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return
+        folder = parent
 
 
 def _lock_output(output: Path) -> Any:
@@ -423,29 +456,43 @@ def _announce(result: dict[str, Any], note: Note, verbose: bool) -> None:
 
 @dataclass(frozen=True)
 class Estimate:
-    """What a dry run found: the input's size and the savings projected from a random sample."""
+    """What a dry run found: the input's size and the savings projected from a random sample.
+
+    Only what a run writes counts: the DICOM files recompressed or copied.  A
+    file skipped (not DICOM) or failed is walked over and written nowhere,
+    so its bytes are neither output nor saved.  Each projection scales the
+    sample's share of the input's bytes up to the whole input.
+    """
 
     files: int
     bytes_in: int
     sampled: int
-    sample_in: int
-    sample_out: int
+    sample_in: int  # bytes of the sampled files, all of them
+    sample_out: int  # bytes the sampled files that are written would take
     low: float  # 5th and 95th percentile of the projected output (bootstrap over the sample)
     high: float
     core_seconds: float  # projected compute for the whole input, one core
     outcomes: dict[str, int]
+    sample_written: int = 0  # bytes of the sampled files that are written (recompressed or copied)
 
     @property
     def projected_out(self) -> float:
-        return self.bytes_in * self.sample_out / self.sample_in if self.sample_in else float(self.bytes_in)
+        return self.bytes_in * self.sample_out / self.sample_in if self.sample_in else 0.0
+
+    @property
+    def projected_written(self) -> float:
+        """Bytes of the input that a run writes (recompressed or copied), projected."""
+        return self.bytes_in * self.sample_written / self.sample_in if self.sample_in else 0.0
 
     def lines(self) -> list[str]:
-        saved = self.bytes_in - self.projected_out
-        share = saved / self.bytes_in if self.bytes_in else 0.0
+        written = self.projected_written
+        saved = written - self.projected_out
+        share = saved / written if written else 0.0
         kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(self.outcomes.items()))
         return [f"dry run: {self.files} file(s), {human_bytes(self.bytes_in)}; sampled {self.sampled} ({kinds})",
                 f"estimated output {human_bytes(self.projected_out)} (90% interval {human_bytes(self.low)} .. "
-                f"{human_bytes(self.high)}), saving {human_bytes(saved)} ({share:.0%})",
+                f"{human_bytes(self.high)}) from {human_bytes(written)} of DICOM input, saving "
+                f"{human_bytes(saved)} ({share:.0%})",
                 f"estimated compute: {self.core_seconds / 3600:.2f} core-hour(s)"]
 
 
@@ -464,7 +511,7 @@ def estimate(options: BulkOptions, *, note: Note = _stderr, seed: int = 0) -> Es
             slot = rng.randrange(files)  # reservoir sampling: every file equally likely
             if slot < options.sample:
                 sample[slot] = item
-    engine = _Engine(options, note)
+    engine = _Engine(options, note, start=False)  # started by the first file: an empty input needs no workers
     try:
         results = list(engine.map(((str(source), str(options.output), item.rel, options.target),
                                    {"verify": options.verify, "layout": options.layout, "native": options.native,
@@ -472,21 +519,30 @@ def estimate(options: BulkOptions, *, note: Note = _stderr, seed: int = 0) -> Es
                                   for item in sample))
     finally:
         engine.close()
-    pairs = [(r["size"] or 0, r.get("output_size") or r["size"] or 0) for r in results
-             if r["outcome"] in ("recompressed", "passed")]
+    # (bytes in, bytes written from them, bytes out) per sampled file; skipped and failed ones write nothing
+    triples = []
     outcomes: dict[str, int] = {}
     for r in results:
         outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
-    sample_in, sample_out = sum(p[0] for p in pairs), sum(p[1] for p in pairs)
-    projections = []
-    for _ in range(200 if pairs else 0):
-        draw = [pairs[rng.randrange(len(pairs))] for _ in pairs]
-        d_in = sum(p[0] for p in draw)
-        projections.append(total * sum(p[1] for p in draw) / d_in if d_in else float(total))
-    projections.sort()
-    low = projections[len(projections) // 20] if projections else float(total)
-    high = projections[-(len(projections) // 20) - 1] if projections else float(total)
+        size = r.get("size") or 0
+        if r["outcome"] in ("recompressed", "passed"):
+            triples.append((size, size, r.get("output_size") or size))
+        else:
+            triples.append((size, 0, 0))
+    sample_in = sum(t[0] for t in triples)
+    sample_written = sum(t[1] for t in triples)
+    sample_out = sum(t[2] for t in triples)
+    exact = total * sample_out / sample_in if sample_in else 0.0
+    if len(results) >= files:  # the whole input was processed: nothing is uncertain
+        low = high = exact
+    else:
+        projections = []
+        for _ in range(200):
+            draw = [triples[rng.randrange(len(triples))] for _ in triples]
+            d_in = sum(t[0] for t in draw)
+            projections.append(total * sum(t[2] for t in draw) / d_in if d_in else 0.0)
+        projections.sort()
+        low, high = projections[len(projections) // 20], projections[-(len(projections) // 20) - 1]
     seconds = sum(r.get("seconds") or 0.0 for r in results)
-    sampled_bytes = sum(r.get("size") or 0 for r in results)
-    core = total * seconds / sampled_bytes if sampled_bytes else 0.0
-    return Estimate(files, total, len(results), sample_in, sample_out, low, high, core, outcomes)
+    core = total * seconds / sample_in if sample_in else 0.0
+    return Estimate(files, total, len(results), sample_in, sample_out, low, high, core, outcomes, sample_written)

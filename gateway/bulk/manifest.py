@@ -120,8 +120,10 @@ class Manifest:
         self._in_transaction = False
 
     def close(self) -> None:
-        self.commit()
-        self._db.close()
+        try:
+            self.commit()
+        finally:
+            self._db.close()
 
     # ---------------------------------------------------------------- runs
 
@@ -226,10 +228,17 @@ class Manifest:
 
     def commit(self) -> None:
         if self._in_transaction:
-            self._db.execute("COMMIT")
             self._in_transaction = False
+            if self._db.in_transaction:  # SQLite rolls back on its own after some errors (a full disk)
+                self._db.execute("COMMIT")
         self._pending = 0
         self._last_commit = time.monotonic()
+
+    def is_output(self, out_rel: str) -> bool:
+        """True when `out_rel` (relative to ``OUT``) is the output of the input of the same path (the
+        ``relative`` layout), as recorded."""
+        return self._db.execute("SELECT 1 FROM files WHERE rel=? AND output=? LIMIT 1",
+                                (stored_path(out_rel), stored_path(out_rel))).fetchone() is not None
 
     def forget_output(self, rel: str) -> None:
         """Mark an input pending again (its output went missing)."""

@@ -18,7 +18,8 @@ from pathlib import Path
 from gateway.dicom.validate import is_valid_uid
 from gateway.errors import GatewayError
 
-__all__ = ["LAYOUTS", "LOCK_NAME", "MANIFEST_NAME", "Item", "LayoutError", "walk", "uid_relpath"]
+__all__ = ["LAYOUTS", "LOCK_NAME", "MANIFEST_NAME", "RESERVED_NAMES", "Item", "LayoutError", "folder_identity",
+           "walk", "uid_relpath"]
 
 LAYOUTS = ("relative", "uid")
 """Output layouts: the input's relative paths, or ``<Study>/<Series>/<SOP>.dcm``."""
@@ -28,6 +29,10 @@ MANIFEST_NAME = ".compress-manifest.sqlite"
 
 LOCK_NAME = MANIFEST_NAME + "-lock"
 """The file in ``OUT`` that a run holds locked (``flock``), so that no second run writes into it at once."""
+
+
+RESERVED_NAMES = frozenset({MANIFEST_NAME, LOCK_NAME, *(MANIFEST_NAME + suffix for suffix in ("-wal", "-shm", "-journal"))})
+"""Names at the top of ``OUT`` that belong to the manifest: no output is ever written there."""
 
 
 class LayoutError(GatewayError):
@@ -43,37 +48,60 @@ class Item:
     mtime_ns: int
 
 
+def folder_identity(path: Path | str | None) -> tuple[int, int] | None:
+    """(device, inode) of the folder at `path`, None when there is none: one folder under every name it has
+    (a symbolic link, a bind mount, a second mount of the same network share)."""
+    if path is None:
+        return None
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (stat.st_dev, stat.st_ino)
+
+
 def walk(root: Path, exclude: Path | None = None) -> Iterator[Item]:
     """Every regular file under `root`, folder by folder in name order, skipping `exclude`.
 
-    `exclude` is the output folder when it lies inside the input folder, so a
-    run never reads its own outputs or its manifest.  Symbolic links to files
-    are followed (as a copy would); links to folders are not, so a loop of
-    links cannot make the walk endless.
+    `exclude` is the output folder: should it lie inside the input folder (under
+    any of its names), a run never reads its own outputs or its manifest.
+    Symbolic links to files are followed (as a copy would); links to folders
+    are not, so a loop of links cannot make the walk endless.  What cannot be
+    walked is listed all the same, for the task to say why it was not
+    recompressed: a link to a folder, a link to nothing or a loop of links, a
+    folder that cannot be read (then with size and time 0).
     """
     root = Path(root)
-    skip = os.path.realpath(exclude) if exclude is not None else None
+    skip = folder_identity(exclude)
     stack = [root]
     while stack:
         folder = stack.pop()
-        if skip is not None and os.path.realpath(folder) == skip:
-            continue
         try:
+            if skip is not None and folder_identity(folder) == skip:
+                continue
             with os.scandir(folder) as scan:
                 entries = sorted(scan, key=lambda e: e.name)
         except (FileNotFoundError, NotADirectoryError):
             continue  # removed while walking
+        except OSError:  # unreadable: its files are not lost in silence, the task reports the folder
+            yield Item(folder.relative_to(root).as_posix(), 0, 0)
+            continue
         subfolders = []
         for entry in entries:
+            rel = Path(entry.path).relative_to(root).as_posix()
             try:
                 if entry.is_dir(follow_symlinks=False):
                     subfolders.append(Path(entry.path))
                 elif entry.is_file():
                     stat = entry.stat()
-                    rel = Path(entry.path).relative_to(root).as_posix()
+                    yield Item(rel, stat.st_size, stat.st_mtime_ns)
+                elif entry.is_symlink():  # to a folder, to nothing
+                    stat = entry.stat(follow_symlinks=False)
                     yield Item(rel, stat.st_size, stat.st_mtime_ns)
             except FileNotFoundError:
-                continue
+                continue  # removed while walking
+            except OSError:  # a loop of links, a link into a folder that cannot be read
+                yield Item(rel, 0, 0)
         stack.extend(reversed(subfolders))
 
 

@@ -15,21 +15,26 @@ overwritten, the second input fails with a reason instead.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import re
 import shutil
+import stat as stat_mode
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-from gateway.bulk.plan import uid_relpath
+from gateway.bulk.plan import RESERVED_NAMES, LayoutError, uid_relpath
 from gateway.config import PRIVATE_VERSION, private_options
 from gateway.errors import GatewayError
 from gateway.record import pairs_text
-from gateway.spool import atomic_copy, atomic_write_bytes, create_private, fsync_dir, make_dirs
+from gateway.spool import (atomic_copy, atomic_write_bytes, create_private, fsync_dir, is_out_of_space,
+                           make_dirs)
 
 __all__ = ["OUTCOMES", "DONE", "compress_file", "is_dicom"]
 
@@ -118,8 +123,23 @@ def compress_file(source_root: str, output_root: str, rel: str, target: str, *, 
                               "output_syntax": None, "output_sha256": None, "verified_by": None,
                               "size": None, "mtime_ns": None, "seconds": 0.0, "worker": f"{_HOST}:{os.getpid()}"}
     try:
-        stat = src.stat()
+        try:
+            stat = src.stat()
+        except OSError as exc:
+            if not os.path.islink(src) or exc.errno not in (errno.ENOENT, errno.ELOOP):
+                raise
+            result.update(outcome="skipped", reason="a symbolic link to nothing" if exc.errno == errno.ENOENT
+                          else "a loop of symbolic links")
+            return result
         result["size"], result["mtime_ns"] = stat.st_size, stat.st_mtime_ns
+        if stat_mode.S_ISDIR(stat.st_mode):
+            if os.path.islink(src):
+                result.update(outcome="skipped", reason="a symbolic link to a folder (not followed)")
+                return result
+            with os.scandir(src):  # the walk could not read it: say why, or that it can now
+                pass
+            result.update(reason="a folder that could not be read when the run started; run again")
+            return result
         if not is_dicom(src):
             result.update(outcome="skipped", reason="not a DICOM file")
             return result
@@ -129,6 +149,8 @@ def compress_file(source_root: str, output_root: str, rel: str, target: str, *, 
         raise
     except (GatewayError, OSError) as exc:
         result.update(outcome="failed", reason=f"{type(exc).__name__}: {exc}")
+        if is_out_of_space(exc):
+            result["no_space"] = True  # the driver stops the run: every further write would fail too
     except Exception as exc:  # noqa: BLE001 - a damaged file may raise anything from the parser
         result.update(outcome="failed", reason=f"unexpected {type(exc).__name__}: {exc}")
     finally:
@@ -142,6 +164,9 @@ def _compress(src: Path, out_root: Path, rel: str, target: str, verify: bool, la
 
     from gateway.pipeline import recompress
 
+    if layout == "relative" and rel in RESERVED_NAMES:
+        raise LayoutError(f"{rel} is the name of the manifest's own file in the output folder; "
+                          "rename the input to carry it")
     ds = dcmread(src)
     result["modality"] = str(ds.get("Modality", "") or "") or None
     result["source_syntax"] = str(ds.file_meta.get("TransferSyntaxUID", "") or "") or None
@@ -175,8 +200,30 @@ def _compress(src: Path, out_root: Path, rel: str, target: str, verify: bool, la
     result.update(output=out_rel, output_sha256=digest)
 
 
-def remove_debris(root: Path) -> int:
-    """Temporary files of interrupted writes under `root` (see :func:`gateway.spool.remove_partial_copies`)."""
-    from gateway.spool import remove_partial_copies
+_PARTIAL = re.compile(r"^\..+\.[0-9a-f]{32}\.tmp$")
+"""Name of a temporary file of a write (:func:`_place`, :func:`gateway.spool.atomic_copy`)."""
 
-    return remove_partial_copies(root) if os.path.isdir(root) else 0
+
+def remove_debris(root: Path, keep: Callable[[str], bool] | None = None) -> int:
+    """Delete the temporary files of interrupted writes under `root`; return how many.
+
+    A name of that form (``.<name>.<32 hex digits>.tmp``) may also be an
+    output, that of an input so named: `keep` (given the path relative to
+    `root`) is true of those, which stay.
+    """
+    if not os.path.isdir(root):
+        return 0
+    removed = 0
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            if not _PARTIAL.match(name):
+                continue
+            path = os.path.join(folder, name)
+            if keep is not None and keep(Path(path).relative_to(root).as_posix()):
+                continue
+            try:
+                os.unlink(path)
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed

@@ -1,0 +1,230 @@
+"""`compress` of a folder against a careless operator and hostile files.
+
+Links that cannot be followed, folders that cannot be read, inputs named like
+the manifest or like a temporary file, an output folder that is the input
+under another name, a disk that fills up, and a dry run over an archive that
+is not all DICOM.  Every run here is in this process (``--workers 0``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+
+from gateway.bulk import MANIFEST_NAME, BulkOptions, estimate, run
+from gateway.bulk.driver import OutputError
+from gateway.cli import main
+from tests.conftest import make_series
+
+ARGS = ["compress", "--workers", "0", "--transfer-syntax", "JPEGLSLossless"]
+
+
+def _rows(out: Path) -> dict[str, dict]:
+    with contextlib.closing(sqlite3.connect(f"file:{out / MANIFEST_NAME}?mode=ro", uri=True)) as db:
+        db.row_factory = sqlite3.Row
+        return {row["rel"]: dict(row) for row in db.execute("SELECT * FROM files")}
+
+
+def _series(folder: Path, count: int, seed: int = 40, size: int = 64) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, ds in enumerate(make_series(count, size, size, seed=seed)):
+        path = folder / f"{index:02d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def test_links_that_lead_nowhere_and_unreadable_folders_are_reported_not_a_traceback(
+        tmp_path: Path, capsys, monkeypatch) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    _series(src, 2)
+    _series(src / "locked", 1, seed=41)
+    (src / "loop").symlink_to("loop")
+    (src / "ring1").symlink_to("ring2")
+    (src / "ring2").symlink_to("ring1")
+    (src / "dangling").symlink_to(tmp_path / "nowhere")
+    (src / "folder-link").symlink_to(src / "locked")
+    real_scandir = os.scandir
+
+    def scandir(path=".", *args):  # as a folder without read permission is to anyone but root
+        if os.fspath(path).endswith("locked"):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real_scandir(path, *args)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    assert main(ARGS + [str(src), str(out)]) == 1  # the folder that cannot be read failed
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    rows = _rows(out)
+    assert {rel: (row["outcome"], row["reason"]) for rel, row in rows.items() if row["outcome"] != "recompressed"} == {
+        "loop": ("skipped", "a loop of symbolic links"),
+        "ring1": ("skipped", "a loop of symbolic links"),
+        "ring2": ("skipped", "a loop of symbolic links"),
+        "dangling": ("skipped", "a symbolic link to nothing"),
+        "folder-link": ("skipped", "a symbolic link to a folder (not followed)"),
+        "locked": ("failed", f"PermissionError: [Errno 13] Permission denied: '{src / 'locked'}'"),
+    }
+    assert sorted(rel for rel, row in rows.items() if row["outcome"] == "recompressed") == ["00.dcm", "01.dcm"]
+    assert "locked" in captured.out and "1 failed" in captured.out
+    monkeypatch.setattr(os, "scandir", real_scandir)  # readable again: its file is done, the rest is not redone
+    assert main(ARGS + [str(src), str(out)]) == 0
+    assert "; 7 done by an earlier run" in capsys.readouterr().out
+    assert _rows(out)["locked/00.dcm"]["outcome"] == "recompressed"
+    assert (out / "locked" / "00.dcm").is_file()
+
+
+def test_an_input_named_like_the_manifest_never_replaces_it(tmp_path: Path, capsys) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    first, second = _series(src, 2)
+    first.rename(src / MANIFEST_NAME)  # a DICOM file under the manifest's name
+    assert main(ARGS + [str(src), str(out)]) == 1
+    assert "the name of the manifest's own file" in capsys.readouterr().out
+    rows = _rows(out)  # still the manifest, not a DICOM file
+    assert rows[MANIFEST_NAME]["outcome"] == "failed"
+    assert rows[second.name]["outcome"] == "recompressed"
+    assert (out / MANIFEST_NAME).read_bytes()[:16] == b"SQLite format 3\x00"
+    assert main(ARGS + [str(src), str(out)]) == 1
+    assert "1 done by an earlier run" in capsys.readouterr().out
+
+
+def test_an_input_named_like_a_temporary_file_keeps_its_output(tmp_path: Path, capsys) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    first, _ = _series(src / "sub", 2)
+    name = f".scan.{'0123456789abcdef' * 2}.tmp"
+    first.rename(first.parent / name)
+    assert main(ARGS + [str(src), str(out)]) == 0
+    assert "2 recompressed" in capsys.readouterr().out
+    kept = out / "sub" / name
+    assert kept.is_file(), "the output was deleted as if it were the debris of an interrupted write"
+    assert dcmread(kept).SOPInstanceUID == dcmread(src / "sub" / name).SOPInstanceUID
+    stale = out / "sub" / f".01.dcm.{'f' * 32}.tmp"  # a real leftover still goes
+    stale.write_bytes(b"half")
+    assert main(ARGS + [str(src), str(out)]) == 0
+    assert "2 done by an earlier run" in capsys.readouterr().out
+    assert kept.is_file() and not stale.exists()
+
+
+def test_an_output_folder_that_holds_the_input_is_refused_whatever_its_name(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    src = out / "a"
+    first = _series(src, 1, seed=42)[0]
+    _series(src / "a", 1, seed=43)  # in/a/00.dcm would be written over in/00.dcm
+    before = first.read_bytes()
+    with pytest.raises(OutputError, match="contains the input folder"):
+        run(BulkOptions(source=src, output=out, target="1.2.840.10008.1.2.4.80", workers=0), note=lambda _: None)
+    assert first.read_bytes() == before
+    assert not (out / MANIFEST_NAME).exists()
+
+
+def test_an_output_folder_that_is_the_input_by_a_bind_mount_is_refused(tmp_path: Path, capsys) -> None:
+    src, view = tmp_path / "in", tmp_path / "view"
+    paths = _series(src, 2, seed=44)
+    view.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "--bind", str(src), str(view)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("a bind mount needs root here")
+    try:
+        before = [p.read_bytes() for p in paths]
+        assert main(ARGS + [str(src), str(view)]) == 2
+        assert "is the input folder" in capsys.readouterr().err
+        assert [p.read_bytes() for p in paths] == before
+        assert sorted(os.listdir(src)) == ["00.dcm", "01.dcm"]  # not even a lock file
+    finally:
+        subprocess.run(["umount", "-l", str(view)], check=True)
+
+
+def test_a_full_disk_stops_the_run_with_one_line_and_it_resumes(tmp_path: Path, capsys, monkeypatch) -> None:
+    import gateway.bulk.task
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    _series(src, 6, seed=45)
+    real_place, placed = gateway.bulk.task._place, []
+
+    def place(dst, data, digest, exclusive):
+        if len(placed) >= 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        placed.append(dst)
+        real_place(dst, data, digest, exclusive)
+
+    monkeypatch.setattr(gateway.bulk.task, "_place", place)
+    assert main(ARGS + [str(src), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write {out}: ") and "No space left on device" in err
+    assert err.count("FAILED") == 0, "every file after the disk filled up was tried and failed"
+    rows = _rows(out)
+    assert sorted(r["outcome"] or "pending" for r in rows.values()) == ["pending"] * 4 + ["recompressed"] * 2
+    monkeypatch.setattr(gateway.bulk.task, "_place", real_place)
+    assert main(ARGS + [str(src), str(out)]) == 0
+    assert "2 done by an earlier run" in capsys.readouterr().out
+
+
+def test_a_manifest_that_cannot_be_written_any_more_is_an_error_not_a_traceback(tmp_path: Path, capsys,
+                                                                                 monkeypatch) -> None:
+    from gateway.bulk.manifest import Manifest
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    _series(src, 3, seed=46)
+    real_record, recorded = Manifest.record, []
+
+    def record(self, result, verify):
+        if recorded:  # as SQLite does on a full disk: the transaction is rolled back
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise sqlite3.OperationalError("database or disk is full")
+        recorded.append(result["rel"])
+        real_record(self, result, verify)
+
+    monkeypatch.setattr(Manifest, "record", record)
+    assert main(ARGS + [str(src), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write {out}: database or disk is full"), err
+    monkeypatch.setattr(Manifest, "record", real_record)
+    assert main(ARGS + [str(src), str(out)]) == 0
+
+
+def test_a_real_full_disk(tmp_path: Path, capsys) -> None:
+    src, small = tmp_path / "in", tmp_path / "small"
+    _series(src, 12, seed=47, size=128)
+    small.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(small)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("a small tmpfs needs root here")
+    out = small / "out"
+    try:
+        assert main(ARGS + [str(src), str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: cannot write {out}: "), err
+        assert "Traceback" not in err
+        assert not [p for p in out.rglob(".*.tmp")]
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=True)
+    assert main(ARGS + [str(src), str(tmp_path / "roomy")]) == 0
+
+
+def test_a_dry_run_counts_only_what_a_run_writes(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "in"
+    _series(src, 4, seed=48)
+    for index in range(4):  # videos and reports: walked over, never written
+        (src / f"video{index}.mp4").write_bytes(os.urandom(200_000))
+    options = BulkOptions(source=src, output=tmp_path / "out", target="1.2.840.10008.1.2.4.80", workers=0,
+                          sample=8)
+    guess = estimate(options, note=lambda _: None)
+    report = run(options, note=lambda _: None)
+    assert report.counts["skipped"] == 4
+    # the whole input was sampled: the projection is what the run did, and nothing is uncertain
+    assert guess.projected_out == report.bytes_out == guess.low == guess.high
+    assert guess.projected_written == report.bytes_in
+    assert main(ARGS + ["--dry-run", "--sample", "8", str(src), str(tmp_path / "out2")]) == 0
+    text = capsys.readouterr().out
+    saved = report.bytes_in - report.bytes_out
+    assert f"saving {saved} bytes ({saved / report.bytes_in:.0%})" in text, text
+    shutil.rmtree(tmp_path / "out")

@@ -32,6 +32,7 @@ from starlette.routing import Route
 
 from gateway.errors import GatewayError
 from gateway.web.access import LOOPBACK_HOSTS, Access, Keys
+from gateway.web.bounds import bounded_protocol
 
 if TYPE_CHECKING:
     from gateway.web.console import ConsoleBackend
@@ -72,11 +73,24 @@ def make_app(registry: CollectorRegistry, ready: Callable[[], str | None], token
 
 
 class WebServer:
-    """uvicorn serving `app` in a thread of its own."""
+    """uvicorn serving `app` in a thread of its own.
+
+    A client must send its whole request within :attr:`request_seconds`, and at
+    most :attr:`max_connections` are held (:mod:`gateway.web.bounds`), with a
+    listen backlog of :attr:`backlog` (uvicorn's default, 2048, lets a burst of
+    connections take that many descriptors at once): the descriptors of the
+    gateway's process are the DICOM receiver's and the spool's too.
+    """
+
+    request_seconds = 10.0
+    max_connections = 64
+    backlog = 128  # asyncio accepts up to this many at each wake-up, each a descriptor before any is closed
 
     def __init__(self, app: Starlette, host: str, port: int) -> None:
+        protocol = bounded_protocol(self.request_seconds, self.max_connections)
         self._server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                                     access_log=False, lifespan="off"))
+                                                     access_log=False, lifespan="off", http=protocol,
+                                                     ws="none", backlog=self.backlog))
         self._thread = threading.Thread(target=self._server.run, name="web", daemon=True)
         self.host = host
 

@@ -164,3 +164,63 @@ def test_certificates_near_expiry_are_said_again_every_day(pki: Path, tmp_path: 
         assert gateway.report_certificates(now + 86400 + 60)  # a day later: again, with the days left then
     said = [r.getMessage() for r in caplog.records if r.name == "gateway.tls"]
     assert any(m.startswith("server certificate 'gateway'") and "expires in 29." in m for m in said), said
+
+
+def _not_yet_valid(pki: Path, folder: Path) -> dict:  # noqa: F811
+    """A certificate of the test CA valid from a year from now (a renewal installed too early)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca = x509.load_pem_x509_certificate((pki / "ca.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    start = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=365)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "early")]))
+            .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(start).not_valid_after(start + dt.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+            .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
+    (folder / "early.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "early.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    (folder / "early.key").chmod(0o600)
+    return {"certificate": str(folder / "early.pem"), "private_key": str(folder / "early.key"),
+            "ca_certificates": str(pki / "ca.pem")}
+
+
+def test_a_certificate_not_yet_valid_is_an_error_and_shown_as_such(pki: Path, tmp_path: Path,  # noqa: F811
+                                                                   gateway_factory, caplog) -> None:
+    """Callers refuse a certificate before its notBefore as they refuse an expired one; only notAfter was read,
+    so such a certificate was taken at start or reload without a word."""
+    web = free_port()
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        gateway_factory(build_config(tmp_path, server={"tls": _not_yet_valid(pki, tmp_path)}, web={"port": web}))
+    errors = [r.getMessage() for r in caplog.records if r.name == "gateway.tls" and r.levelno == logging.ERROR]
+    assert any("server certificate 'early'" in m and "not valid for another 36" in m for m in errors), errors
+    page = httpx.get(f"http://127.0.0.1:{web}/config", timeout=10).text
+    assert 'data-state="not_yet_valid"' in page and "not valid before" in page
+    overview = httpx.get(f"http://127.0.0.1:{web}/", timeout=10).text
+    assert "TLS certificate early (server) is not valid before" in overview
+
+
+def test_a_private_key_others_can_read_is_said_at_start(pki: Path, tmp_path: Path, gateway_factory,  # noqa: F811
+                                                        caplog) -> None:
+    shutil.copy(pki / "gateway.key", tmp_path / "open.key")
+    (tmp_path / "open.key").chmod(0o644)
+    tls = {**_tls(pki, "gateway"), "private_key": str(tmp_path / "open.key")}
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        gateway_factory(build_config(tmp_path, server={"tls": tls}))
+    warned = [r.getMessage() for r in caplog.records if r.name == "gateway.tls" and "open.key" in r.getMessage()]
+    assert warned and "mode 0644" in warned[0] and "chmod 600" in warned[0], warned
+    caplog.clear()
+    (tmp_path / "open.key").chmod(0o640)  # a group of its own (Debian's ssl-cert) is the operator's choice
+    (tmp_path / "again").mkdir()
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        gateway_factory(build_config(tmp_path / "again", server={"tls": tls}))
+    assert not [r for r in caplog.records if "open.key" in r.getMessage()]

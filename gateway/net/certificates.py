@@ -2,12 +2,15 @@
 
 An expired certificate stops a hospital's images as surely as a broken
 cable: modalities refuse the receiver's, archives refuse ours, and Python's
-TLS loads either without a word about its dates.  The service reads the
-``notAfter`` of every certificate its configuration names (the receiver's
+TLS loads either without a word about its dates.  So does one not yet valid
+(a renewed certificate installed before its ``notBefore``).  The service
+reads the dates of every certificate its configuration names (the receiver's
 own and the CAs its callers must chain to; each DICOM destination's client
 certificate and CAs; each DICOMweb destination's CAs), logs those within
-:data:`WARN_DAYS` of expiry or past it, exports them as a Prometheus gauge
-and makes ``/readyz`` fail once the receiver's own has expired.
+:data:`WARN_DAYS` of expiry, past it or not yet valid, exports the expiry as
+a Prometheus gauge and makes ``/readyz`` fail once the receiver's own has
+expired.  The private key files it names are looked at too: one that other
+users may read is logged.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from cryptography.x509.oid import NameOID
 from gateway.config import Config
 from gateway.logs import get_logger
 
-__all__ = ["WARN_DAYS", "CertificateDate", "configured", "dates", "read_dates", "report"]
+__all__ = ["WARN_DAYS", "CertificateDate", "configured", "dates", "exposed_keys", "read_dates", "report"]
 
 WARN_DAYS = 30
 """A certificate expiring within this many days is logged as a warning (expired: an error)."""
@@ -37,9 +40,14 @@ class CertificateDate:
     path: Path
     subject: str
     not_after: float
+    not_before: float = 0.0
 
     def days_left(self, now: float) -> float:
         return (self.not_after - now) / 86400.0
+
+    def not_yet_valid(self, now: float) -> bool:
+        """True before its ``notBefore``: peers refuse it as they refuse an expired one."""
+        return now < self.not_before
 
     def state(self, now: float) -> str:
         """``expired``, ``expiring`` (within WARN_DAYS) or ``valid``."""
@@ -76,28 +84,69 @@ def read_dates(path: Path) -> list[tuple[str, float]]:
     Raises OSError when the file cannot be read and ValueError when it holds
     no certificate that can be parsed.
     """
+    return [(subject, not_after) for subject, _, not_after in _read(path)]
+
+
+def _read(path: Path) -> list[tuple[str, float, float]]:
+    """(subject, notBefore, notAfter) of every certificate of a PEM file, in its order."""
     certificates = x509.load_pem_x509_certificates(path.read_bytes())
-    return [(_subject(c), c.not_valid_after_utc.timestamp()) for c in certificates]
+    return [(_subject(c), c.not_valid_before_utc.timestamp(), c.not_valid_after_utc.timestamp())
+            for c in certificates]
+
+
+def exposed_keys(config: Config) -> list[tuple[str, Path, int]]:
+    """(key, file, mode) of each private key file the configuration names that others may read or change.
+
+    A key readable by its group only (0640, as Debian's ``ssl-cert`` group
+    has it) is taken; one readable by every user of the machine, or writable
+    by others than its owner, is not what docs/network.md asks (0600).
+    """
+    keys: list[tuple[str, Path]] = []
+    if config.server.tls is not None:
+        keys.append(("server.tls.private_key", config.server.tls.private_key))
+    for dest in config.destinations:
+        if dest.tls is not None and dest.tls.private_key is not None:
+            keys.append((f"destination {dest.name}: tls.private_key", dest.tls.private_key))
+    exposed = []
+    for key, path in keys:
+        try:
+            mode = path.stat().st_mode & 0o777
+        except OSError:
+            continue  # the configuration's own check says why it cannot be read
+        if mode & 0o027:
+            exposed.append((key, path, mode))
+    return exposed
 
 
 def dates(config: Config) -> list[CertificateDate]:
-    """Every certificate the configuration names (a file that cannot be read is logged and left out)."""
+    """Every certificate the configuration names (a file that cannot be read is logged and left out).
+
+    Read at start, at each reload and by ``check-config``: a private key file
+    others may read or change (:func:`exposed_keys`) is logged then too.
+    """
+    for key, path, mode in exposed_keys(config):
+        _log.warning("%s: %s has mode %04o: other users of this machine can %s it; make it readable by the "
+                     "gateway's user only (chmod 600)", key, path, mode, "read" if mode & 0o004 else "change")
     found = []
     for use, path in configured(config):
         try:
-            read = read_dates(path)
+            read = _read(path)
         except (OSError, ValueError) as exc:
             _log.warning("%s certificates in %s: cannot read their dates: %s", use, path, exc)
             continue
-        found += [CertificateDate(use, path, subject, not_after) for subject, not_after in read]
+        found += [CertificateDate(use, path, subject, not_after, not_before)
+                  for subject, not_before, not_after in read]
     return found
 
 
 def report(found: list[CertificateDate], now: float) -> None:
-    """Log each certificate that has expired (error) or expires within WARN_DAYS (warning)."""
+    """Log each certificate that has expired or is not yet valid (error), or expires within WARN_DAYS (warning)."""
     for cert in found:
         days, state = cert.days_left(now), cert.state(now)
-        if state == "expired":
+        if cert.not_yet_valid(now):
+            _log.error("%s certificate %r in %s is not valid for another %.1f day(s): peers refuse it until then; "
+                       "replace it and reload", cert.use, cert.subject, cert.path, (cert.not_before - now) / 86400.0)
+        elif state == "expired":
             _log.error("%s certificate %r in %s expired %.0f day(s) ago: peers refuse it; replace it and reload",
                        cert.use, cert.subject, cert.path, -days)
         elif state == "expiring":

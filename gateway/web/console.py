@@ -227,8 +227,10 @@ def console_routes(backend: ConsoleBackend, keys: Keys) -> list[Route]:
         now = time.time()
         rows = []
         for cert in backend.certificates():
+            early = cert.not_yet_valid(now)
             rows.append({"use": cert.use, "subject": cert.subject, "path": cert.path, "not_after": cert.not_after,
-                         "days": cert.days_left(now), "state": cert.state(now)})
+                         "not_before": cert.not_before, "days": cert.days_left(now),
+                         "state": "not_yet_valid" if early else cert.state(now)})
         return rows
 
     def configuration(request: Request) -> Response:

@@ -149,11 +149,11 @@ def test_a_full_disk_stops_the_run_with_one_line_and_it_resumes(tmp_path: Path, 
     _series(src, 6, seed=45)
     real_place, placed = gateway.bulk.task._place, []
 
-    def place(dst, data, digest, exclusive):
+    def place(dst, data, digest, *args):
         if len(placed) >= 2:
             raise OSError(errno.ENOSPC, "No space left on device")
         placed.append(dst)
-        real_place(dst, data, digest, exclusive)
+        real_place(dst, data, digest, *args)
 
     monkeypatch.setattr(gateway.bulk.task, "_place", place)
     assert main(ARGS + [str(src), str(out)]) == 2
@@ -228,3 +228,29 @@ def test_a_dry_run_counts_only_what_a_run_writes(tmp_path: Path, capsys) -> None
     saved = report.bytes_in - report.bytes_out
     assert f"saving {saved} bytes ({saved / report.bytes_in:.0%})" in text, text
     shutil.rmtree(tmp_path / "out")
+
+
+def test_files_already_in_the_output_folder_that_no_run_wrote_are_never_replaced(tmp_path: Path, capsys) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    first, second, third = _series(src, 3, seed=49)
+    other = _series(out, 1, seed=50)[0]  # OUT is another archive: its 00.dcm is another image
+    theirs = other.read_bytes()
+    (out / "sub").mkdir()
+    (out / "sub" / "link.dcm").symlink_to(second)  # a link into the input
+    (src / "sub").mkdir()
+    second.rename(src / "sub" / "link.dcm")
+    second = src / "sub" / "link.dcm"
+    mine = second.read_bytes()
+    assert main(ARGS + [str(src), str(out)]) == 1
+    text = capsys.readouterr().out
+    assert "2 failed" in text and "not overwritten" in text
+    assert other.read_bytes() == theirs and second.read_bytes() == mine
+    assert (out / third.name).is_file()
+    # an output this folder's manifest records is replaced when its input changes
+    ds = dcmread(third)
+    ds.SeriesDescription = "changed"
+    ds.save_as(third, enforce_file_format=True)
+    os.utime(third, ns=(1, 1))
+    assert main(ARGS + [str(src), str(out)]) == 1
+    assert dcmread(out / third.name).SeriesDescription == "changed"
+    assert other.read_bytes() == theirs and second.read_bytes() == mine

@@ -348,9 +348,10 @@ def _run_recorded(options: BulkOptions, manifest: Manifest, started: float, prog
             for rel, _size, outcome, out_rel, out_size in manifest.planned():
                 if outcome in DONE and _output_intact(output, out_rel, out_size):
                     continue
+                # a file already at the output path is replaced only when it is one this manifest recorded
                 yield ((str(source), str(output), rel, options.target),
                        {"verify": options.verify, "layout": options.layout, "native": options.native,
-                        "private_version": options.private_version})
+                        "private_version": options.private_version, "replace": out_rel is not None})
 
         saved, count = 0, done_files
         with _progress_bar(total, done_bytes, files, show) as bar:

@@ -65,19 +65,30 @@ def _sha256_file(path: Path) -> str:
 
 
 class DuplicateOutputError(GatewayError):
-    """The output path already holds a different file (two inputs with one SOP Instance UID)."""
+    """The output path already holds a different file (two inputs with one SOP Instance UID, or a file that
+    compress did not write)."""
 
 
-def _place(dst: Path, data: bytes | Path, digest: str, exclusive: bool) -> None:
+_FOREIGN = ("a file the manifest does not record writing: another tool's, or an interrupted run's before its "
+            "input changed; move it away to write this one")
+
+
+def _place(dst: Path, data: bytes | Path, digest: str, exclusive: bool, replace: bool = True) -> None:
     """Write `data` (bytes, or a file to copy) at `dst` atomically and durably.
 
-    With `exclusive`, `dst` is created only if absent (a hard link from the
-    temporary file, which fails atomically when the name exists, even between
-    workers on several machines); an existing `dst` with the same bytes is a
-    task run again, one with other bytes is refused.
+    With `exclusive` (the ``uid`` layout, where two inputs may name one
+    output), `dst` is created only if absent (a hard link from the temporary
+    file, which fails atomically when the name exists, even between workers on
+    several machines); an existing `dst` with the same bytes is a task run
+    again, one with other bytes is refused.  Without `replace` (the
+    ``relative`` layout, whose outputs each have one input, so one writer), an
+    existing `dst` with other bytes is refused too: it is no output of ours.
     """
     make_dirs(dst.parent)
     if not exclusive:
+        if not replace and os.path.lexists(dst) and (not os.path.isfile(dst) or _sha256_file(dst) != digest):
+            raise DuplicateOutputError(f"{dst.name} already exists with other content ({_FOREIGN}); "
+                                       "not overwritten")
         if isinstance(data, Path):
             atomic_copy(data, dst)
         else:
@@ -106,7 +117,7 @@ def _place(dst: Path, data: bytes | Path, digest: str, exclusive: bool) -> None:
 
 def compress_file(source_root: str, output_root: str, rel: str, target: str, *, verify: bool = True,
                   layout: str = "relative", native: bool = False, write: bool = True,
-                  private_version: int = PRIVATE_VERSION) -> dict[str, Any]:
+                  private_version: int = PRIVATE_VERSION, replace: bool = True) -> dict[str, Any]:
     """Recompress ``source_root/rel`` into ``output_root``; a dict of what happened, for the manifest.
 
     Never writes an output larger than its input unless the target is a
@@ -114,7 +125,10 @@ def compress_file(source_root: str, output_root: str, rel: str, target: str, *, 
     `private_version`.  With ``write=False`` (a dry run)
     nothing is written; the sizes are those that would be.  Errors of the
     input or of writing become ``outcome="failed"`` with the reason; they
-    never escape, so one bad file cannot fail a Dask task.
+    never escape, so one bad file cannot fail a Dask task.  Without `replace`,
+    a file already at the output path in the ``relative`` layout is kept unless
+    it holds the same bytes (the driver allows replacing only an output that an
+    earlier run recorded writing).
     """
     started = time.perf_counter()
     src = Path(source_root) / rel
@@ -144,7 +158,7 @@ def compress_file(source_root: str, output_root: str, rel: str, target: str, *, 
             result.update(outcome="skipped", reason="not a DICOM file")
             return result
         _compress(src, Path(output_root), rel, target, verify, layout, native, write, stat.st_size, result,
-                  private_version)
+                  private_version, replace)
     except (KeyboardInterrupt, SystemExit):
         raise
     except (GatewayError, OSError) as exc:
@@ -159,7 +173,7 @@ def compress_file(source_root: str, output_root: str, rel: str, target: str, *, 
 
 
 def _compress(src: Path, out_root: Path, rel: str, target: str, verify: bool, layout: str, native: bool,
-              write: bool, size_in: int, result: dict[str, Any], private_version: int) -> None:
+              write: bool, size_in: int, result: dict[str, Any], private_version: int, replace: bool) -> None:
     from pydicom import dcmread
 
     from gateway.pipeline import recompress
@@ -185,16 +199,17 @@ def _compress(src: Path, out_root: Path, rel: str, target: str, verify: bool, la
             reason = f"recompressed file would not be smaller ({len(data)} bytes, {size_in} in); original copied"
             data = None
     dst = out_root / out_rel
+    exclusive = layout == "uid"
     if data is None:
         digest = _sha256_file(src)
         if write:
-            _place(dst, src, digest, exclusive=layout == "uid")
+            _place(dst, src, digest, exclusive, replace)
         result.update(outcome="passed", reason=reason or "not recompressed", output_size=size_in,
                       output_syntax=result["source_syntax"])
     else:
         digest = hashlib.sha256(data).hexdigest()
         if write:
-            _place(dst, data, digest, exclusive=layout == "uid")
+            _place(dst, data, digest, exclusive, replace)
         result.update(outcome="recompressed", output_size=len(data), output_syntax=outcome.transfer_syntax,
                       verified_by=pairs_text(outcome.verified_by))
     result.update(output=out_rel, output_sha256=digest)

@@ -82,3 +82,22 @@ def test_a_page_that_takes_its_time_is_not_cut_off(console: int, monkeypatch) ->
     monkeypatch.setattr(pages.ProofRecord, "totals", totals)
     status, _, html = request(console, "GET", "/", headers={"Authorization": f"Bearer {TOKEN}"})
     assert status == 200 and "</html>" in html
+
+
+def test_guessing_the_token_at_the_login_form_is_slowed_to_a_few_tries_a_minute(tmp_path: Path, gateway_factory,
+                                                                                caplog) -> None:
+    """Before, one connection could try some 1,300 tokens a second, each a log line."""
+    import logging
+
+    from tests.test_console import Page
+
+    (tmp_path / "web.token").write_text(TOKEN + "\n")
+    port = gateway_factory(build_config(tmp_path, web={"port": free_port(), "token_file": "web.token"})).web.port
+    csrf = Page(request(port, "GET", "/login")[2]).field("csrf")
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        statuses = [request(port, "POST", "/login", {"csrf": csrf, "token": f"guess{n}"})[0] for n in range(40)]
+    assert statuses[:5] == [401] * 5 and set(statuses[5:]) == {429}, statuses
+    assert request(port, "POST", "/login", {"csrf": csrf, "token": TOKEN})[0] == 429  # not even compared
+    assert len([r for r in caplog.records if "login refused" in r.getMessage()]) <= 5
+    # scripts with the bearer token are not concerned
+    assert request(port, "GET", "/healthz", headers={"Authorization": f"Bearer {TOKEN}"})[0] == 200

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -46,6 +47,9 @@ PLOT_HOURS = 24
 PLOT_BUCKET_SECONDS = 600.0  # 144 points over 24 hours
 RATE_WINDOWS = ((60, "last minute"), (900, "last 15 minutes"), (3600, "last hour"), (86400, "last 24 hours"))
 _MAX_FORM_BYTES = 16 * 1024
+LOGIN_FAILURES = 5
+"""Failed log-ins one client address may make in :data:`LOGIN_WINDOW_SECONDS`; then it is answered 429."""
+LOGIN_WINDOW_SECONDS = 60.0
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
@@ -253,14 +257,39 @@ def console_routes(backend: ConsoleBackend, keys: Keys) -> list[Route]:
             return RedirectResponse("/", status_code=303)
         return page(request, "login.html", failed=False)
 
+    failures: dict[str, deque[float]] = {}  # client host -> times of its recent failed log-ins
+
+    def locked_out(host: str, now: float) -> bool:
+        recent = failures.get(host)
+        while recent and recent[0] <= now - LOGIN_WINDOW_SECONDS:
+            recent.popleft()
+        if recent is not None and not recent:
+            del failures[host]
+            return False
+        return recent is not None and len(recent) >= LOGIN_FAILURES
+
     async def login(request: Request) -> Response:
         fields = await form(request)
         if isinstance(fields, Response):
             return fields
         if keys.token is None:
             return RedirectResponse("/", status_code=303)
+        host = request.client.host if request.client else "?"
+        now = time.monotonic()
+        if locked_out(host, now):  # the token is not even compared: guessing it goes no faster than this
+            return PlainTextResponse(f"too many failed log-ins from {host}: try again in a minute\n", status_code=429,
+                                     headers={"Retry-After": str(int(LOGIN_WINDOW_SECONDS))})
         if not keys.token_matches(fields.get("token", "").strip()):
-            _log.warning("console login refused from %s", request.client.host if request.client else "?")
+            if len(failures) > 4096:  # many addresses: forget those whose failures are old
+                for other in [h for h, times in failures.items() if not times or times[-1] <= now - LOGIN_WINDOW_SECONDS]:
+                    del failures[other]
+            recent = failures.setdefault(host, deque())
+            recent.append(now)
+            if len(recent) >= LOGIN_FAILURES:
+                _log.warning("console login refused from %s: %d failures within %g s; its log-ins are refused "
+                             "for a while", host, len(recent), LOGIN_WINDOW_SECONDS)
+            else:
+                _log.warning("console login refused from %s", host)
             return page(request, "login.html", status_code=401, failed=True)
         response = RedirectResponse("/", status_code=303)
         response.set_cookie(SESSION_COOKIE, keys.session(), httponly=True, samesite="strict", path="/",

@@ -125,6 +125,9 @@ def _assert_passed(ds: Dataset, outcome: Outcome, *reason_parts: str) -> None:
 # others are recompressed to every target (their source syntax excepted).
 CORPUS_PASS_THROUGH = {
     "MR/siemens_12bit_signed.dcm": "bits above (0028,0101) 'Bits Stored' 12 hold data",
+    # Encapsulated icons in a native file (its own syntax cannot describe them): DCMTK and GDCM read the file as
+    # it is, and fail on the icons once the file names a compressed syntax.
+    "MG/ge_mammo_screening.dcm": "'IconImageSequence' holds encapsulated Pixel Data (an icon)",
 }
 
 
@@ -900,3 +903,68 @@ def test_an_instance_carries_the_configured_private_version(tmp_path: Path, sett
     assert entry["encode_options"] == f"version={written}"
     [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("encoded ")]
     assert f" syntax={private.UID} version={written} ratio=" in line
+
+
+# ---------------------------------------------------------------- encapsulated pixel data in sequences
+
+_JPEG_LOSSLESS = "1.2.840.10008.1.2.4.70"
+
+
+def _icon(encapsulated: bool) -> Dataset:
+    """An 8-bit 16 x 16 icon, its Pixel Data a JPEG Lossless codestream or native bytes."""
+    icon = Dataset()
+    icon.SamplesPerPixel, icon.PhotometricInterpretation, icon.Rows, icon.Columns = 1, "MONOCHROME2", 16, 16
+    icon.BitsAllocated, icon.BitsStored, icon.HighBit, icon.PixelRepresentation = 8, 8, 7, 0
+    values = (np.arange(256, dtype=np.uint8) % 61).reshape(16, 16)
+    if encapsulated:
+        stream = get_codec(_JPEG_LOSSLESS).encode_frame(values, FrameInfo(16, 16, bits_allocated=8, bits_stored=8))
+        icon.PixelData = encapsulate([stream])
+        icon["PixelData"].VR, icon["PixelData"].is_undefined_length = "OB", True
+    else:
+        icon.PixelData = values.tobytes()
+        icon["PixelData"].VR = "OB"
+    return icon
+
+
+def _with_icon(encapsulated: bool, *, private: bool = False) -> Dataset:
+    """A JPEG Lossless CT-like image with an icon in the Icon Image Sequence or in a private sequence, read back
+    from its bytes (its sequences raw, as the worker reads them)."""
+    info = FrameInfo(32, 48, bits_stored=12)
+    frame = (np.arange(32 * 48).reshape(32, 48) * 7 % 4096).astype(np.uint16)
+    ds = make_dataset(info, [get_codec(_JPEG_LOSSLESS).encode_frame(frame, info)], _JPEG_LOSSLESS)
+    if private:
+        block = ds.private_block(0x0029, "ACME ICONS", create=True)
+        block.add_new(0x10, "SQ", pydicom.Sequence([_icon(encapsulated)]))
+    else:
+        ds.IconImageSequence = pydicom.Sequence([_icon(encapsulated)])
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return pydicom.dcmread(BytesIO(buffer.getvalue()))
+
+
+@pytest.mark.parametrize("target", ["RLELossless", "JPEGLSLossless", "JPEG2000Lossless", "ExplicitVRLittleEndian"])
+@pytest.mark.parametrize("private", [False, True], ids=["icon-sequence", "private-sequence"])
+def test_an_encapsulated_icon_keeps_the_instance_as_received(target: str, private: bool) -> None:
+    """A file has one transfer syntax: an icon encapsulated in the received one would be read as the new one
+    (DCMTK's dcmdrle and dcmdjpls, GDCM fail on the whole file), so the instance goes as received, with the
+    hash of its pixels in the proof."""
+    ds = _with_icon(encapsulated=True, private=private)
+    outcome = recompress(ds, target)
+    assert not outcome.recompressed
+    assert "holds encapsulated Pixel Data (an icon)" in (outcome.reason or "")
+    assert ("IconImageSequence" in outcome.reason) != private
+    assert outcome.dataset is ds
+    assert outcome.pixel_hash == pipeline.pixel_hash(list(iter_frames(ds)))
+
+
+def test_a_native_icon_is_carried_as_it_is() -> None:
+    ds = _with_icon(encapsulated=False)
+    outcome = recompress(ds, "RLELossless")
+    assert outcome.recompressed, outcome.reason
+    assert outcome.dataset.IconImageSequence[0].PixelData == ds.IconImageSequence[0].PixelData
+
+
+def test_an_encapsulated_icon_in_the_same_syntax_is_not_a_reason_to_keep() -> None:
+    ds = _with_icon(encapsulated=True)
+    outcome = recompress(ds, _JPEG_LOSSLESS)
+    assert outcome.reason == "already in target syntax"

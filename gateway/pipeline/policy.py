@@ -244,6 +244,34 @@ def _native_bytes(frames: Sequence[np.ndarray], info: FrameInfo, planar: int) ->
     return data + b"\x00" if len(data) & 1 else data
 
 
+# (7FE0,0010) as its tag's bytes read in either byte order: a cheap sign that a sequence's raw value may hold one.
+_PIXEL_TAG_BYTES = (struct.pack("<HH", 0x7FE0, 0x0010), struct.pack(">HH", 0x7FE0, 0x0010))
+
+
+def _nested_encapsulated(ds: Dataset) -> str | None:
+    """The name of the first sequence of `ds` whose items hold encapsulated Pixel Data (an icon), else None.
+
+    A sequence still in its raw form is parsed only when its bytes hold
+    Pixel Data's tag, so the functional groups of an enhanced multi-frame
+    image are not read for this.
+    """
+    for tag in list(ds.keys()):
+        raw = ds.get_item(tag)
+        if raw.VR not in ("SQ", "UN", None):  # None: implicit VR, not looked up yet
+            continue
+        value = raw.value
+        if isinstance(value, (bytes, bytearray)) and not any(mark in value for mark in _PIXEL_TAG_BYTES):
+            continue
+        element = ds[tag]
+        if element.VR != "SQ":
+            continue
+        for item in element.value:
+            for nested in item.iterall():
+                if nested.tag == _PIXEL_DATA and nested.is_undefined_length:
+                    return element.keyword or str(element.tag)
+    return None
+
+
 def _copy_without_pixels(ds: Dataset, *, share_sequences: bool) -> Dataset:
     """A copy of `ds` that shares (rather than copies) the old Pixel Data.
 
@@ -502,6 +530,14 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True, allow_larger: b
             f"frame {high}: bits above (0028,0101) 'Bits Stored' {info.bits_stored} hold data; "
             "kept as received",
             original, **proven)
+    try:
+        nested = _nested_encapsulated(ds)
+    except Exception as exc:  # noqa: BLE001 - pydicom parses a sequence here: a damaged one raises anything
+        return _pass(ds, f"a sequence cannot be read: {type(exc).__name__}: {exc}; kept as received", original,
+                     **proven)
+    if nested is not None:
+        return _pass(ds, f"'{nested}' holds encapsulated Pixel Data (an icon), unreadable in a file of another "
+                     "transfer syntax than its own (PS3.5 A.4); kept as received", original, **proven)
 
     big_endian = ds.original_encoding[1] is False or source == "1.2.840.10008.1.2.2"
     # Big endian data is rewritten element by element below, sequences included.

@@ -254,3 +254,28 @@ def test_files_already_in_the_output_folder_that_no_run_wrote_are_never_replaced
     assert main(ARGS + [str(src), str(out)]) == 1
     assert dcmread(out / third.name).SeriesDescription == "changed"
     assert other.read_bytes() == theirs and second.read_bytes() == mine
+
+
+def test_links_to_a_pipe_or_a_device_are_skipped_not_read(tmp_path: Path, capsys) -> None:
+    import signal
+
+    src = tmp_path / "in"
+    _series(src, 1, seed=51)
+    os.mkfifo(tmp_path / "fifo")
+    (src / "pipe.dcm").symlink_to(tmp_path / "fifo")  # opening it would wait for a writer for ever
+    (src / "zero.dcm").symlink_to("/dev/zero")
+
+    def stuck(*_):
+        raise TimeoutError("the run is reading from a pipe")
+
+    previous = signal.signal(signal.SIGALRM, stuck)
+    signal.alarm(60)
+    try:
+        assert main(ARGS + [str(src), str(tmp_path / "out")]) == 0
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    rows = _rows(tmp_path / "out")
+    assert {rel: row["reason"] for rel, row in rows.items() if row["outcome"] == "skipped"} == {
+        "pipe.dcm": "not a regular file (a pipe, a socket or a device)",
+        "zero.dcm": "not a regular file (a pipe, a socket or a device)"}

@@ -154,6 +154,9 @@ def compress_file(source_root: str, output_root: str, rel: str, target: str, *, 
                 pass
             result.update(reason="a folder that could not be read when the run started; run again")
             return result
+        if not stat_mode.S_ISREG(stat.st_mode):  # a link to a pipe would block the read, to a device never end
+            result.update(outcome="skipped", reason="not a regular file (a pipe, a socket or a device)")
+            return result
         if not is_dicom(src):
             result.update(outcome="skipped", reason="not a DICOM file")
             return result

@@ -40,6 +40,7 @@ from gateway.dicom.uids import TRANSFER_SYNTAXES, is_encapsulated, is_known
 from gateway.errors import CodecNotFoundError, GatewayError, UnsupportedImageError
 from gateway.pipeline.decoders import (NATIVE, REFERENCE_DECODERS, DecodeFrame, decoder_name, start_image,
                                        verifying_decoder)
+from gateway.pipeline.encoding import needs_reencoding, reencode
 from gateway.pipeline.pixels import (
     END_MARKED,
     decoded_frames,
@@ -309,26 +310,15 @@ def _copy_without_pixels(ds: Dataset, *, share_sequences: bool) -> Dataset:
     return new
 
 
-# Byte size of the values of binary VRs that are kept as raw bytes.
-_SWAP_SIZE = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}
-
-
 def to_little_endian(ds: Dataset, keep: DataElement | None = None) -> None:
-    """Re-express a dataset read as big endian so that it is written little endian.
+    """Re-express a dataset read as big endian so that it is written explicit VR little endian.
 
-    Numbers parsed into Python values need nothing; raw binary values of word
-    VRs (overlay data, LUT data, icon pixel data...) have their bytes swapped
-    per word.  `keep` (the new, already little endian, Pixel Data) is left alone.
-    pydicom may raise about any value it cannot parse.
+    Each value keeps its bytes, those of word-sized binary VRs (numbers,
+    overlay, LUT and icon data...) swapped per word (:func:`reencode`).
+    `keep` (the new, already little endian, Pixel Data) is left alone.
+    pydicom may raise about an element it cannot parse.
     """
-    for element in ds.iterall():
-        size = _SWAP_SIZE.get(element.VR)
-        if element is keep or size is None:
-            continue
-        value = element.value
-        if isinstance(value, (bytes, bytearray)) and len(value) % size == 0:
-            element.value = np.frombuffer(value, dtype=f">u{size}").astype(f"<u{size}").tobytes()
-    ds.set_original_encoding(False, True)
+    reencode(ds, implicit=False, keep=keep)
 
 
 def _verify(
@@ -539,9 +529,10 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True, allow_larger: b
         return _pass(ds, f"'{nested}' holds encapsulated Pixel Data (an icon), unreadable in a file of another "
                      "transfer syntax than its own (PS3.5 A.4); kept as received", original, **proven)
 
-    big_endian = ds.original_encoding[1] is False or source == "1.2.840.10008.1.2.2"
-    # Big endian data is rewritten element by element below, sequences included.
-    new = _copy_without_pixels(ds, share_sequences=not big_endian)
+    # Data read in another encoding than the target's (implicit VR, big endian) is rewritten element by element
+    # below, sequences included, its value bytes kept.
+    reencoded = source == "1.2.840.10008.1.2.2" or needs_reencoding(ds, target_uid == ImplicitVRLittleEndian)
+    new = _copy_without_pixels(ds, share_sequences=not reencoded)
     fragments: int | None = None  # how many codestreams were written
     try:
         if codec is None:
@@ -596,12 +587,12 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True, allow_larger: b
         # Our JPEG 2000 and HTJ2K codestreams carry RGB through the reversible colour transform (PS3.5 8.2.4,
         # which 8.2.14 applies to HTJ2K).
         new.PhotometricInterpretation = "YBR_RCT"
-    if big_endian:
+    if reencoded:
         try:
-            to_little_endian(new, new[_PIXEL_DATA])
-        except Exception as exc:  # pydicom parses every raw element here; bad values raise many types
-            return _pass(ds, f"big endian attributes cannot be converted: {type(exc).__name__}: {exc}", original,
-                         **proven)
+            reencode(new, implicit=target_uid == ImplicitVRLittleEndian, keep=new[_PIXEL_DATA])
+        except Exception as exc:  # pydicom parses sequences and ambiguous elements here; bad values raise many types
+            return _pass(ds, f"attributes cannot be carried into {target_uid.name}: {type(exc).__name__}: {exc}",
+                         original, **proven)
     if not target_uid.is_transfer_syntax:
         # A syntax pydicom does not know (ours): tell it how the dataset is written.
         target_uid = UID(str(target_uid))

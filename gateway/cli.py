@@ -632,7 +632,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     refresh()  # no kernel compiled from older source is loaded
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # what is still buffered meets a closed pipe here, not at the interpreter's exit
+        return code
+    except BrokenPipeError:  # the reader went away (``| head``): stop quietly, as other tools do
+        try:  # and nothing more is written to the pipe at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return EXIT_FAILED
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -396,3 +396,18 @@ def test_a_first_compress_says_it_compiles_and_the_second_loads_from_the_cache(t
     assert second.returncode == 0, second.stderr
     assert "compiling" not in second.stderr and "compiled " not in second.stderr
     assert (tmp_path / "1.dcm").read_bytes() == (tmp_path / "2.dcm").read_bytes()
+
+
+@pytest.mark.parametrize("command", [["codecs"], ["check-config", "config/gateway.toml"]])
+def test_a_reader_that_goes_away_ends_the_command_quietly(command: list[str]) -> None:
+    """``dicom-gateway codecs | head -1``: the pipe closes under the command; no traceback, exit 1."""
+    import subprocess
+
+    process = subprocess.Popen([sys.executable, "-m", "gateway.cli", *command], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # no reader: the first write fails with EPIPE
+    with process.stderr:
+        errors = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 1
+    assert "Traceback" not in errors and "BrokenPipe" not in errors, errors

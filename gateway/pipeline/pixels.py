@@ -349,20 +349,32 @@ def _sof_name(code: int) -> str:
     return f"SOF{code - 0xC0}" if code < 0xD0 else {0xF7: "SOF55", 0xF9: "SOF57"}[code]
 
 
+# The lossless processes (T.81 Table B.1: SOF3, 7, 11, 15; T.87 C.2.2: SOF55): any other frame header is DCT.
+_LOSSLESS_SOF = frozenset({0xC3, 0xC7, 0xCB, 0xCF, 0xF7})
+
+
+def _sof_kind(code: int) -> str:
+    if code == 0xF9:
+        return "JPEG-LS extensions, T.870"
+    return "lossless" if code in _LOSSLESS_SOF else "DCT: lossy"
+
+
 class JpegCoding(NamedTuple):
     """What the frame and scan headers of a JPEG or JPEG-LS codestream say of its coding (:func:`jpeg_coding`)."""
 
-    lossy: str | None  # why they say a decoder will not give back the original values
+    lossy: str | None  # why they say it is not the lossless coding of its label (lossy, or another process)
     complete: bool  # every header up to the end marker was read, and each scan header holds together
 
 
 def jpeg_coding(fragment: bytes, uid: str) -> JpegCoding:
     """What the headers of a codestream labelled JPEG Lossless or JPEG-LS Lossless (:data:`JPEG_LOSSLESS_LABELLED`)
-    say of its coding: lossy (and why) or not, and whether every one of them was read.
+    say of its coding: not the lossless coding its label names (and why) or it is, and whether every one of them
+    was read.
 
-    Decoders read what a codestream says, not what its label says.  Lossy
-    are: a frame header of another process than the label's (SOF3, T.81
-    B.1.1.3; SOF55, T.87 C.2.2), a DCT one above all; a JPEG-LS scan header
+    Decoders read what a codestream says, not what its label says.  Not the
+    label's coding are: a frame header of another process than the label's
+    (SOF3, T.81 B.1.1.3; SOF55, T.87 C.2.2), a DCT one above all (lossy), an
+    arithmetic-coded lossless one (SOF11) under a Huffman label; a JPEG-LS scan header
     with NEAR != 0 (T.87 C.2.3: near-lossless); a point transform Pt != 0
     (Al, the low nibble of a scan header's last byte), which codes each value
     shifted right by Pt (T.81 H.1.2.1), so that a decoder gives back
@@ -375,8 +387,8 @@ def jpeg_coding(fragment: bytes, uid: str) -> JpegCoding:
     size = len(data)
     for code, pos, end in walk_markers(data):
         if code in _SOF and code != expected:
-            return JpegCoding(f"its frame header is {_sof_name(code)}, not the {_sof_name(expected)} of its "
-                              "transfer syntax", True)
+            return JpegCoding(f"its frame header is {_sof_name(code)} ({_sof_kind(code)}), not the "
+                              f"{_sof_name(expected)} of its transfer syntax", True)
         if code == SOS:
             count = data[pos + 4] if pos + 4 < size else 0
             if end > size or end - pos != 8 + 2 * count:  # FFDA, Ls, Ns, Ns x 2, three bytes (T.81 B.2.3)
@@ -486,8 +498,8 @@ def iter_frames(ds: Dataset) -> Iterator[np.ndarray]:
                                          "segment (another frame, or more than its attributes describe)")
             coding = jpeg_coding(fragment, uid) if uid in JPEG_LOSSLESS_LABELLED else None
             if coding is not None and coding.lossy:
-                raise UnsupportedImageError(f"frame {number}: the codestream is lossy, whatever its transfer "
-                                            f"syntax says: {coding.lossy}")
+                raise UnsupportedImageError(f"frame {number}: the codestream is not the lossless coding its "
+                                            f"transfer syntax names: {coding.lossy}")
             values = decode(fragment, info)
             if coding is not None and not coding.complete:  # after the decoder: damage is still said to be damage
                 raise UnsupportedImageError(

@@ -141,6 +141,7 @@ REASON_CLASSES = (
     ("Bits Allocated", "bit_depth"),
     ("no space", "no_space"),
     ("malformed", "malformed"),
+    ("encapsulated Pixel Data (an icon)", "encapsulated_icon"),
 )
 
 
@@ -220,6 +221,9 @@ END""",
 {_in_trigger(_DELIVERY_TOTALS, "NEW", "1")}
 END""",
 )
+
+# Each trigger's statement by name, as SQLite keeps it in sqlite_master.
+_TRIGGERS = {statement.split()[2]: statement for statement in _TOTALS_SCHEMA if statement.startswith("CREATE TRIGGER")}
 
 # Columns added since the first schema: (table, column, type), added to an older record in place.
 _ADDED_COLUMNS = (
@@ -448,10 +452,15 @@ class ProofRecord:
     # ---------------------------------------------------------------- schema
 
     def _keep_totals(self) -> None:
-        """Create the running totals and their triggers, counting the rows already there, once."""
+        """Create the running totals and their triggers, counting the rows already there, once.
+
+        Triggers written by another release (reasons classed otherwise) are
+        replaced by this one's: the totals they kept stay, and count on.
+        """
         try:
             db = self._connection()
             if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'totals'").fetchone():
+                self._renew_triggers(db)
                 return
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -467,6 +476,24 @@ class ProofRecord:
                 raise
         except sqlite3.Error as exc:
             raise SpoolError(f"cannot set up the proof record's totals in {self.path}: {exc}") from exc
+
+    @staticmethod
+    def _renew_triggers(db: sqlite3.Connection) -> None:
+        def stale() -> list[tuple[str, str]]:
+            stored = dict(db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'").fetchall())
+            return [(name, sql) for name, sql in _TRIGGERS.items() if stored.get(name) != sql]
+
+        if not stale():
+            return  # as this release writes them: nothing written
+        db.execute("BEGIN IMMEDIATE")  # another process may be opening the same record
+        try:
+            for name, sql in stale():
+                db.execute(f"DROP TRIGGER IF EXISTS {name}")
+                db.execute(sql)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def running_totals(self) -> dict[tuple[str, str], float]:
         """The running totals the metrics are read from: (name, label) -> value."""

@@ -272,3 +272,28 @@ def test_a_record_written_before_the_totals_is_counted_once_when_opened(tmp_path
         got = _nonzero(ProofRecord(path).running_totals())
         assert got.keys() == expected.keys()
         assert all(got[key] == pytest.approx(value) for key, value in expected.items())
+
+
+def test_triggers_of_another_release_are_replaced_and_the_totals_count_on(tmp_path: Path) -> None:
+    """A release that classes reasons otherwise: its triggers give way to this one's when the record is
+    opened, and what the totals held stays."""
+    path = tmp_path / RECORD_FILE
+    _fill(ProofRecord(path), 40, seed=4)
+    db = sqlite3.connect(path)  # as an older release left it: a class it did not know is "other"
+    (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE name = 'totals_processed'").fetchone()
+    assert "encapsulated_icon" in sql
+    db.execute("DROP TRIGGER totals_processed")
+    db.execute(sql.replace("encapsulated_icon", "other"))
+    db.commit()
+    db.close()
+    gc.collect()
+    record = ProofRecord(path)
+    before = record.running_totals()
+    record.received("icon", IDENT, calling_ae="CT1", called_ae="GATEWAY", remote="127.0.0.1:1", size=10)
+    record.processed("icon", IDENT, target_syntax="1.2.840.10008.1.2.5", recompressed=False,
+                     reason="'IconImageSequence' holds encapsulated Pixel Data (an icon), unreadable in a file of "
+                            "another transfer syntax than its own (PS3.5 A.4); kept as received")
+    after = record.running_totals()
+    assert after[("passed_through", "encapsulated_icon")] - before.get(("passed_through", "encapsulated_icon"), 0) == 1
+    assert after.get(("passed_through", "other"), 0) == before.get(("passed_through", "other"), 0)
+    assert after[("received", "")] == before[("received", "")] + 1

@@ -137,9 +137,9 @@ class Gateway:
         _log.info("codec kernels ready in %.1f s: %s; %d compiled (%.1f s), the rest from the cache",
                   report.seconds, ", ".join(report.codecs) or "none", report.compiled, report.compile_seconds)
 
-    def _read_certificates(self) -> None:
+    def _read_certificates(self, found: list[certificates.CertificateDate] | None = None) -> None:
         """The dates of the certificates in use (read at start and at each reload), what is near or past logged."""
-        self.certificates = certificates.dates(self.config)
+        self.certificates = certificates.dates(self.config) if found is None else found
         self._certificates_reported = time.time()
         certificates.report(self.certificates, self._certificates_reported)
 
@@ -351,9 +351,11 @@ class Gateway:
         Routes, destinations, codec choices, retry and forwarding settings,
         the spool's free-space floor, the allowed callers and the web token
         change in place; associations in progress carry on.  A file that
-        fails validation, or that changes what only a restart can change (the
+        fails validation, that changes what only a restart can change (the
         listening address, the spool, the number of worker processes, the web
-        endpoints, logging), is refused and the running configuration stays.
+        endpoints, logging), or whose receiver certificate callers would refuse
+        (expired, or not yet valid; unless it is the one already in use) is
+        refused and the running configuration stays.
         Nothing raised while reloading escapes: it is logged, and refuses the
         reload.
         """
@@ -374,6 +376,10 @@ class Gateway:
             # What can still fail is done before anything changes: the token file, new TLS files.
             token = new.web.token() if new.web is not None else None
             tls = new.server.tls.context() if new.server.tls is not None else None
+            found = certificates.dates(new)
+            refused = certificates.refused_server_certificate(found, self.certificates, time.time())
+            if refused is not None:  # callers would refuse it: the one in use serves them better
+                raise refused
         except ConfigError as exc:
             _log.error("configuration not reloaded, the running one stays: %s", exc)
             self.reload_error = str(exc)
@@ -433,7 +439,7 @@ class Gateway:
         self.reload_error = None
         _log.info("configuration reloaded from %s: destinations %s", source,
                   ", ".join(f"{d.name} ({d.kind})" for d in new.destinations))
-        self._read_certificates()
+        self._read_certificates(found)
         return None
 
     def _retire_removed_destinations(self, stopping: Sequence[Forwarder] = ()) -> None:

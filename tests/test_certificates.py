@@ -224,3 +224,76 @@ def test_a_private_key_others_can_read_is_said_at_start(pki: Path, tmp_path: Pat
     with caplog.at_level(logging.INFO, logger="gateway"):
         gateway_factory(build_config(tmp_path / "again", server={"tls": tls}))
     assert not [r for r in caplog.records if "open.key" in r.getMessage()]
+
+
+def _handshake_subject(pki: Path, port: int) -> str:  # noqa: F811
+    """The common name of the certificate the receiver presents in a real TLS handshake."""
+    import socket
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(str(pki / "ca.pem"))
+    context.load_cert_chain(str(pki / "modality.pem"), str(pki / "modality.key"))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as sock:
+            subject = dict(pair for rdn in sock.getpeercert()["subject"] for pair in rdn)
+    return subject["commonName"]
+
+
+def _live_toml(pki: Path, tmp_path: Path, first: str) -> Path:  # noqa: F811
+    """A configuration file whose receiver certificate is tls/server.pem, a copy of `first`'s."""
+    live = tmp_path / "tls"
+    live.mkdir()
+    for ext in ("pem", "key"):
+        shutil.copy(pki / f"{first}.{ext}", live / f"server.{ext}")
+    (live / "server.key").chmod(0o600)
+    toml = tmp_path / "gateway.toml"
+    toml.write_text(f'[server]\nport = {free_port()}\n[server.tls]\ncertificate = "tls/server.pem"\n'
+                    f'private_key = "tls/server.key"\nca_certificates = "{pki / "ca.pem"}"\n'
+                    '[spool]\ndirectory = "spool"\n[compression]\nprocesses = 0\n'
+                    '[[destinations]]\nname = "local"\nkind = "folder"\npath = "archive"\n')
+    return toml
+
+
+def test_a_reload_refuses_a_receiver_certificate_callers_would_refuse(pki: Path, tmp_path: Path,  # noqa: F811
+                                                                     gateway_factory, caplog) -> None:
+    """An expired certificate, or one not yet valid, installed by mistake and reloaded replaced a good one:
+    every caller's next handshake failed.  The reload is refused, naming the key and the file, and the
+    receiver goes on presenting the certificate in use."""
+    from gateway.config import load_config
+
+    toml = _live_toml(pki, tmp_path, "gateway")
+    gateway = gateway_factory(load_config(toml))
+    assert _handshake_subject(pki, gateway.port) == "gateway"
+    early = _not_yet_valid(pki, tmp_path)
+    server = tmp_path / "tls" / "server.pem"
+    for bad_pem, bad_key, said in ((pki / "expired.pem", pki / "expired.key", "'expired' expired on "),
+                                   (Path(early["certificate"]), Path(early["private_key"]),
+                                    "'early' is not valid before ")):
+        shutil.copy(bad_pem, server)
+        shutil.copy(bad_key, tmp_path / "tls" / "server.key")
+        with caplog.at_level(logging.INFO, logger="gateway"):
+            error = gateway.reload()
+        assert error is not None and error.startswith(f"server.tls.certificate: {server}: certificate {said}"), error
+        assert "callers would refuse it" in error and gateway.reload_error == error
+        assert any(error in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
+        assert _handshake_subject(pki, gateway.port) == "gateway", "the certificate in use stays"
+        assert [c.subject for c in gateway.certificates if c.use == "server"] == ["gateway"]
+        assert gateway.not_ready() is None
+    shutil.copy(pki / "gateway.pem", server)  # a usable one again
+    shutil.copy(pki / "gateway.key", tmp_path / "tls" / "server.key")
+    assert gateway.reload() is None and gateway.reload_error is None
+
+
+def test_a_reload_keeping_the_expired_certificate_in_use_is_applied(pki: Path, tmp_path: Path,  # noqa: F811
+                                                                    gateway_factory) -> None:
+    """Started on an expired certificate (said, and /readyz fails), the gateway may still have its routes and
+    destinations changed while the renewal is awaited: refusing the reload would protect no caller."""
+    from gateway.config import load_config
+
+    toml = _live_toml(pki, tmp_path, "expired")
+    gateway = gateway_factory(load_config(toml))
+    assert "has expired" in (gateway.not_ready() or "")
+    toml.write_text(toml.read_text() + '[[destinations]]\nname = "second"\nkind = "folder"\npath = "archive2"\n')
+    assert gateway.reload() is None
+    assert [d.name for d in gateway.config.destinations] == ["local", "second"]

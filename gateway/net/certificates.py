@@ -9,22 +9,27 @@ own and the CAs its callers must chain to; each DICOM destination's client
 certificate and CAs; each DICOMweb destination's CAs), logs those within
 :data:`WARN_DAYS` of expiry, past it or not yet valid, exports the expiry as
 a Prometheus gauge and makes ``/readyz`` fail once the receiver's own has
-expired.  The private key files it names are looked at too: one that other
-users may read is logged.
+expired; a reload does not take a receiver certificate callers would refuse
+(:func:`refused_server_certificate`).  The private key files it names are
+looked at too: one that other users may read is logged.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
 from gateway.config import Config
+from gateway.errors import ConfigError
 from gateway.logs import get_logger
 
-__all__ = ["WARN_DAYS", "CertificateDate", "configured", "dates", "exposed_keys", "read_dates", "report"]
+__all__ = ["WARN_DAYS", "CertificateDate", "configured", "dates", "exposed_keys", "read_dates",
+           "refused_server_certificate", "report"]
 
 WARN_DAYS = 30
 """A certificate expiring within this many days is logged as a warning (expired: an error)."""
@@ -41,6 +46,15 @@ class CertificateDate:
     subject: str
     not_after: float
     not_before: float = 0.0
+    fingerprint: str = ""  # SHA-256 of the certificate (DER), hex: the same certificate under another file name
+
+    def unusable(self, now: float) -> str | None:
+        """Why peers refuse it now (expired, or not yet valid), or None while its dates allow it."""
+        if self.not_yet_valid(now):
+            return f"is not valid before {_utc(self.not_before)}"
+        if self.state(now) == "expired":
+            return f"expired on {_utc(self.not_after)}"
+        return None
 
     def days_left(self, now: float) -> float:
         return (self.not_after - now) / 86400.0
@@ -53,6 +67,32 @@ class CertificateDate:
         """``expired``, ``expiring`` (within WARN_DAYS) or ``valid``."""
         days = self.days_left(now)
         return "expired" if days <= 0 else "expiring" if days <= WARN_DAYS else "valid"
+
+
+def _utc(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def refused_server_certificate(found: list[CertificateDate], running: list[CertificateDate],
+                               now: float) -> ConfigError | None:
+    """Why a configuration whose certificates are `found` must not replace the running one, or None.
+
+    A receiver certificate that callers would refuse (expired, or not yet
+    valid) is not taken on reload: the running one stays until a usable one
+    is installed.  The same certificate as the one running is let through
+    (only its dates are said), so that routes and destinations can still be
+    changed while the renewal is awaited.
+    """
+    in_use = {cert.fingerprint for cert in running if cert.use == "server"}
+    for cert in found:
+        if cert.use != "server" or cert.fingerprint in in_use:
+            continue
+        why = cert.unusable(now)
+        if why is not None:
+            return ConfigError("server.tls.certificate",
+                               f"{cert.path}: certificate {cert.subject!r} {why}: callers would refuse it; "
+                               "install a valid one and reload")
+    return None
 
 
 def configured(config: Config) -> list[tuple[str, Path]]:
@@ -84,14 +124,14 @@ def read_dates(path: Path) -> list[tuple[str, float]]:
     Raises OSError when the file cannot be read and ValueError when it holds
     no certificate that can be parsed.
     """
-    return [(subject, not_after) for subject, _, not_after in _read(path)]
+    return [(subject, not_after) for subject, _, not_after, _ in _read(path)]
 
 
-def _read(path: Path) -> list[tuple[str, float, float]]:
-    """(subject, notBefore, notAfter) of every certificate of a PEM file, in its order."""
+def _read(path: Path) -> list[tuple[str, float, float, str]]:
+    """(subject, notBefore, notAfter, SHA-256 fingerprint) of every certificate of a PEM file, in its order."""
     certificates = x509.load_pem_x509_certificates(path.read_bytes())
-    return [(_subject(c), c.not_valid_before_utc.timestamp(), c.not_valid_after_utc.timestamp())
-            for c in certificates]
+    return [(_subject(c), c.not_valid_before_utc.timestamp(), c.not_valid_after_utc.timestamp(),
+             c.fingerprint(hashes.SHA256()).hex()) for c in certificates]
 
 
 def exposed_keys(config: Config) -> list[tuple[str, Path, int]]:
@@ -134,8 +174,8 @@ def dates(config: Config) -> list[CertificateDate]:
         except (OSError, ValueError) as exc:
             _log.warning("%s certificates in %s: cannot read their dates: %s", use, path, exc)
             continue
-        found += [CertificateDate(use, path, subject, not_after, not_before)
-                  for subject, not_before, not_after in read]
+        found += [CertificateDate(use, path, subject, not_after, not_before, fingerprint)
+                  for subject, not_before, not_after, fingerprint in read]
     return found
 
 

@@ -238,6 +238,9 @@ class Gateway:
             return "the receiver is not listening"
         now = time.time()
         for cert in self.certificates:
+            if cert.use == "server" and cert.not_yet_valid(now):
+                return (f"the receiver's TLS certificate {cert.subject!r} is not valid before "
+                        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(cert.not_before))}: callers refuse it")
             if cert.use == "server" and cert.state(now) == "expired":
                 return f"the receiver's TLS certificate {cert.subject!r} has expired: callers refuse it"
         probe = self.spool.temp_path(".ready")

@@ -297,3 +297,14 @@ def test_a_reload_keeping_the_expired_certificate_in_use_is_applied(pki: Path, t
     toml.write_text(toml.read_text() + '[[destinations]]\nname = "second"\nkind = "folder"\npath = "archive2"\n')
     assert gateway.reload() is None
     assert [d.name for d in gateway.config.destinations] == ["local", "second"]
+
+
+def test_a_receiver_certificate_not_yet_valid_makes_the_gateway_not_ready(pki: Path, tmp_path: Path,  # noqa: F811
+                                                                          gateway_factory) -> None:
+    """Callers refuse it as they refuse an expired one, yet /readyz said ready: a load balancer kept sending
+    modalities to a gateway none of them could talk to."""
+    web = free_port()
+    gateway_factory(build_config(tmp_path, server={"tls": _not_yet_valid(pki, tmp_path)}, web={"port": web}))
+    ready = httpx.get(f"http://127.0.0.1:{web}/readyz", timeout=10)
+    assert ready.status_code == 503, ready.text
+    assert "TLS certificate 'early' is not valid before " in ready.text and "callers refuse it" in ready.text

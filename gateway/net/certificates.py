@@ -8,8 +8,8 @@ reads the dates of every certificate its configuration names (the receiver's
 own and the CAs its callers must chain to; each DICOM destination's client
 certificate and CAs; each DICOMweb destination's CAs), logs those within
 :data:`WARN_DAYS` of expiry, past it or not yet valid, exports the expiry as
-a Prometheus gauge and makes ``/readyz`` fail once the receiver's own has
-expired; a reload does not take a receiver certificate callers would refuse
+a Prometheus gauge and makes ``/readyz`` fail while the receiver's own has
+expired or is not yet valid; a reload does not take a receiver certificate callers would refuse
 (:func:`refused_server_certificate`).  The private key files it names are
 looked at too: one that other users may read is logged.
 """

@@ -7,9 +7,10 @@ collector and the service's probe functions compute.
   in a :class:`~gateway.web.console.ConsoleBackend` (``docs/console.md``);
 * ``/metrics``: Prometheus text format (:mod:`gateway.metrics`);
 * ``/healthz``: 200 while the process runs;
-* ``/readyz``: 200 only while the receiver listens, the spool is writable and
-  no destination has been failing for longer than ``[web] unready_after_seconds``;
-  503 with the reason otherwise.
+* ``/readyz``: 200 only while the receiver listens, its TLS certificate (if
+  any) is valid now (neither expired nor not yet valid), the spool is writable
+  and no destination has been failing for longer than ``[web]
+  unready_after_seconds``; 503 with the reason otherwise.
 
 With a token (required when the host is not a loopback address) every
 request must carry ``Authorization: Bearer <token>`` or the console's session

@@ -89,18 +89,23 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _print_certificates(config: Config) -> None:
-    """Each certificate of the TLS files the configuration names, and when it expires."""
+    """Each certificate of the TLS files the configuration names, when it expires, and whether it is valid yet."""
     from datetime import datetime, timezone
 
     from gateway.net.certificates import dates
 
+    def utc(epoch: float) -> str:
+        return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
     now = time.time()
     for cert in dates(config):
         days, state = cert.days_left(now), cert.state(now)
-        when = datetime.fromtimestamp(cert.not_after, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        said = {"expired": "EXPIRED: peers refuse it", "expiring": f"in {days:.0f} day(s): renew it soon",
-                "valid": f"in {days:.0f} day(s)"}[state]
-        print(f"  cert    {cert.use}: {cert.subject} expires {when}, {said}")
+        if cert.not_yet_valid(now):  # its days left say nothing of it: peers refuse it now
+            said = f"NOT YET VALID: peers refuse it until then (valid from {utc(cert.not_before)})"
+        else:
+            said = {"expired": "EXPIRED: peers refuse it", "expiring": f"in {days:.0f} day(s): renew it soon",
+                    "valid": f"in {days:.0f} day(s)"}[state]
+        print(f"  cert    {cert.use}: {cert.subject} expires {utc(cert.not_after)}, {said}")
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

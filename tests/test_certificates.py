@@ -308,3 +308,24 @@ def test_a_receiver_certificate_not_yet_valid_makes_the_gateway_not_ready(pki: P
     ready = httpx.get(f"http://127.0.0.1:{web}/readyz", timeout=10)
     assert ready.status_code == 503, ready.text
     assert "TLS certificate 'early' is not valid before " in ready.text and "callers refuse it" in ready.text
+
+
+def test_check_config_lists_a_certificate_not_yet_valid_as_such(pki: Path, tmp_path: Path, capsys) -> None:  # noqa: F811
+    """It was listed by its days to expiry ("in 395 day(s)"), as if peers took it."""
+    from gateway.cli import main
+
+    early = _not_yet_valid(pki, tmp_path)
+    toml = _toml(tmp_path, f'[server.tls]\ncertificate = "{early["certificate"]}"\n'
+                 f'private_key = "{early["private_key"]}"\nca_certificates = "{pki / "ca.pem"}"')
+    assert main(["check-config", str(toml)]) == 0
+    lines = [line.strip() for line in capsys.readouterr().out.splitlines() if line.strip().startswith("cert ")]
+    server = next(line for line in lines if line.startswith("cert    server: early"))
+
+    def day(epoch: float) -> str:
+        return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(Path(early["certificate"]).read_bytes())
+    assert server == (f"cert    server: early expires {day(cert.not_valid_after_utc.timestamp())}, NOT YET VALID: "
+                      f"peers refuse it until then (valid from {day(cert.not_valid_before_utc.timestamp())})"), server

@@ -14,6 +14,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -279,3 +280,84 @@ def test_links_to_a_pipe_or_a_device_are_skipped_not_read(tmp_path: Path, capsys
     assert {rel: row["reason"] for rel, row in rows.items() if row["outcome"] == "skipped"} == {
         "pipe.dcm": "not a regular file (a pipe, a socket or a device)",
         "zero.dcm": "not a regular file (a pipe, a socket or a device)"}
+
+
+def _populations(seed: int) -> dict[str, list[tuple[int, float]]]:
+    """Synthetic archives as (file size, output / input): sizes spanning four orders of magnitude."""
+    import math
+    import random
+
+    rng = random.Random(seed)
+    lognormal = [(max(1, int(math.exp(rng.gauss(13, 1.5)))),
+                  0.0 if rng.random() < 0.1 else min(1.0, max(0.2, rng.gauss(0.5, 0.15)))) for _ in range(2000)]
+    heavy = [(max(1, int(math.exp(rng.gauss(12, 2.0)))), min(1.0, max(0.15, rng.gauss(0.45, 0.2))))
+             for _ in range(2000)]
+    mixture = []  # reports passed through, CT slices, multi-frame series, a few videos (skipped) and cine loops
+    for _ in range(2000):
+        u = rng.random()
+        if u < 0.6:
+            mixture.append((rng.randint(5_000, 50_000), 1.0))
+        elif u < 0.95:
+            mixture.append((rng.randint(400_000, 600_000), rng.uniform(0.35, 0.5)))
+        elif u < 0.99:
+            mixture.append((rng.randint(5_000_000, 50_000_000), rng.uniform(0.3, 0.6)))
+        else:
+            mixture.append((rng.randint(100_000_000, 400_000_000), rng.choice([0.0, 0.9])))
+    rare = [(max(1, int(math.exp(rng.gauss(13, 1.0)))),  # 5% of the bytes unlike the rest
+             0.0 if rng.random() < 0.05 else min(1.0, max(0.8, rng.gauss(0.95, 0.05)))) for _ in range(2000)]
+    return {"lognormal": lognormal, "heavy": heavy, "mixture": mixture, "rare": rare}
+
+
+def test_the_dry_runs_90_percent_interval_holds_the_true_output_at_least_85_percent_of_the_time() -> None:
+    import random
+
+    from gateway.bulk.plan import Item
+    from gateway.bulk.sample import draw_by_size, project
+
+    coverage = {}
+    for name, population in _populations(1).items():
+        items = [Item(str(index), size, 0) for index, (size, _) in enumerate(population)]
+        ratio = {str(index): r for index, (_, r) in enumerate(population)}
+        truth = sum(size * r for size, r in population)
+        rng, held, trials = random.Random(7), 0, 300
+        for _ in range(trials):
+            draws = draw_by_size(items, 50, rng)
+            assert not draws.census and len(draws.drawn) == 50
+            _, low, high = project([ratio[item.rel] for item in draws.drawn], draws.total)
+            held += low <= truth <= high
+        coverage[name] = held / trials
+    assert all(value >= 0.85 for value in coverage.values()), coverage
+
+
+def test_draws_by_size_pick_a_file_as_often_as_its_share_of_the_bytes() -> None:
+    import random
+
+    from gateway.bulk.plan import Item
+    from gateway.bulk.sample import draw_by_size
+
+    items = [Item("empty", 0, 0), Item("small", 100, 0), Item("large", 900, 0), Item("medium", 500, 0)]
+    counts: Counter[str] = Counter()
+    rng = random.Random(3)
+    for _ in range(2000):
+        counts.update(item.rel for item in draw_by_size(items, 3, rng).drawn)
+    total = sum(counts.values())
+    assert counts["empty"] == 0
+    for rel, size in (("small", 100), ("large", 900), ("medium", 500)):
+        assert abs(counts[rel] / total - size / 1500) < 0.02, counts
+    census = draw_by_size(items, 4, rng)
+    assert census.census and [item.rel for item in census.drawn] == ["empty", "small", "large", "medium"]
+
+
+def test_a_dry_run_over_identical_files_still_states_an_interval(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    ds = make_series(1, 64, 64, seed=52)[0]
+    for index in range(12):  # the same image under twelve names: every draw alike
+        ds.save_as(src / f"{index:02d}.dcm", enforce_file_format=True)
+    options = BulkOptions(source=src, output=tmp_path / "out", target="1.2.840.10008.1.2.4.80", workers=0,
+                          sample=4)
+    guess = estimate(options, note=lambda _: None)
+    assert guess.low < guess.projected_out < guess.high <= guess.bytes_in
+    assert main(ARGS + ["--dry-run", "--sample", "4", str(src), str(tmp_path / "out2")]) == 0
+    text = capsys.readouterr().out
+    assert "90% interval" in text and "lies in it with 90% confidence" in text and "by size" in text, text

@@ -36,8 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from gateway.bulk.manifest import RESULT_COLUMNS, Manifest, printable
-from gateway.bulk.plan import LAYOUTS, LOCK_NAME, MANIFEST_NAME, Item, folder_identity, walk
+from gateway.bulk.plan import LAYOUTS, LOCK_NAME, MANIFEST_NAME, folder_identity, walk
 from gateway.bulk.report import Report, build_report, human_bytes
+from gateway.bulk.sample import draw_by_size, project
 from gateway.bulk.task import DONE, compress_file, remove_debris
 from gateway.config import PRIVATE_VERSION, private_options
 from gateway.errors import GatewayError
@@ -457,93 +458,86 @@ def _announce(result: dict[str, Any], note: Note, verbose: bool) -> None:
 
 @dataclass(frozen=True)
 class Estimate:
-    """What a dry run found: the input's size and the savings projected from a random sample.
+    """What a dry run found: the input's size and the output projected from a sample drawn by size.
 
     Only what a run writes counts: the DICOM files recompressed or copied.  A
     file skipped (not DICOM) or failed is walked over and written nowhere,
-    so its bytes are neither output nor saved.  Each projection scales the
-    sample's share of the input's bytes up to the whole input.
+    so its bytes are neither output nor saved.  The sample and the interval
+    are those of :mod:`gateway.bulk.sample`: `draws` files drawn with a
+    probability proportional to their size, `low` .. `high` an interval that
+    holds the output of a real run of the whole input with 90% confidence.
+    When the input has no more files than the sample, every file is
+    processed (`census`) and the projection is exact.
     """
 
     files: int
     bytes_in: int
-    sampled: int
-    sample_in: int  # bytes of the sampled files, all of them
-    sample_out: int  # bytes the sampled files that are written would take
-    low: float  # 5th and 95th percentile of the projected output (bootstrap over the sample)
+    sampled: int  # files processed (distinct)
+    draws: int  # draws by size (a file drawn twice counts twice)
+    projected_out: float  # bytes a run writes
+    projected_written: float  # bytes of the input that a run writes (recompressed or copied)
+    low: float  # the 90% interval of projected_out
     high: float
     core_seconds: float  # projected compute for the whole input, one core
-    outcomes: dict[str, int]
-    sample_written: int = 0  # bytes of the sampled files that are written (recompressed or copied)
-
-    @property
-    def projected_out(self) -> float:
-        return self.bytes_in * self.sample_out / self.sample_in if self.sample_in else 0.0
-
-    @property
-    def projected_written(self) -> float:
-        """Bytes of the input that a run writes (recompressed or copied), projected."""
-        return self.bytes_in * self.sample_written / self.sample_in if self.sample_in else 0.0
+    outcomes: dict[str, int]  # outcome -> files processed
+    census: bool = False
 
     def lines(self) -> list[str]:
         written = self.projected_written
         saved = written - self.projected_out
         share = saved / written if written else 0.0
         kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(self.outcomes.items()))
-        return [f"dry run: {self.files} file(s), {human_bytes(self.bytes_in)}; sampled {self.sampled} ({kinds})",
-                f"estimated output {human_bytes(self.projected_out)} (90% interval {human_bytes(self.low)} .. "
-                f"{human_bytes(self.high)}) from {human_bytes(written)} of DICOM input, saving "
-                f"{human_bytes(saved)} ({share:.0%})",
+        if self.census:
+            how = f"processed all of them ({kinds}); the figures are exact"
+            interval = ""
+        else:
+            how = (f"sampled {self.draws} draw(s) by size, {self.sampled} distinct file(s) ({kinds}); "
+                   f"a file's chance of being drawn is its share of the bytes")
+            interval = (f" (90% interval {human_bytes(self.low)} .. {human_bytes(self.high)}: the output of a "
+                        "real run lies in it with 90% confidence)")
+        return [f"dry run: {self.files} file(s), {human_bytes(self.bytes_in)}; {how}",
+                f"estimated output {human_bytes(self.projected_out)}{interval} from {human_bytes(written)} of "
+                f"DICOM input, saving {human_bytes(saved)} ({share:.0%})",
                 f"estimated compute: {self.core_seconds / 3600:.2f} core-hour(s)"]
 
 
-def estimate(options: BulkOptions, *, note: Note = _stderr, seed: int = 0) -> Estimate:
-    """Process a random sample of the input without writing anything; project the savings."""
+def estimate(options: BulkOptions, *, note: Note = _stderr, seed: int | None = 0) -> Estimate:
+    """Process a sample of the input drawn by size, without writing anything; project the output.
+
+    `seed` makes the draws repeatable (the same input, the same draws; None: fresh ones each time)."""
     source = Path(options.source)
     rng = random.Random(seed)
-    files = total = 0
-    sample: list[Item] = []
-    for item in walk(source, Path(options.output)):
-        files += 1
-        total += item.size
-        if len(sample) < options.sample:
-            sample.append(item)
-        else:
-            slot = rng.randrange(files)  # reservoir sampling: every file equally likely
-            if slot < options.sample:
-                sample[slot] = item
+    draws = draw_by_size(walk(source, Path(options.output)), options.sample, rng)
+    distinct = list(dict.fromkeys(item.rel for item in draws.drawn))
     engine = _Engine(options, note, start=False)  # started by the first file: an empty input needs no workers
     try:
-        results = list(engine.map(((str(source), str(options.output), item.rel, options.target),
-                                   {"verify": options.verify, "layout": options.layout, "native": options.native,
-                                    "private_version": options.private_version, "write": False})
-                                  for item in sample))
+        results = {r["rel"]: r for r in engine.map(
+            ((str(source), str(options.output), rel, options.target),
+             {"verify": options.verify, "layout": options.layout, "native": options.native,
+              "private_version": options.private_version, "write": False}) for rel in distinct)}
     finally:
         engine.close()
-    # (bytes in, bytes written from them, bytes out) per sampled file; skipped and failed ones write nothing
-    triples = []
     outcomes: dict[str, int] = {}
-    for r in results:
+    for r in results.values():
         outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
-        size = r.get("size") or 0
-        if r["outcome"] in ("recompressed", "passed"):
-            triples.append((size, size, r.get("output_size") or size))
-        else:
-            triples.append((size, 0, 0))
-    sample_in = sum(t[0] for t in triples)
-    sample_written = sum(t[1] for t in triples)
-    sample_out = sum(t[2] for t in triples)
-    exact = total * sample_out / sample_in if sample_in else 0.0
-    if len(results) >= files:  # the whole input was processed: nothing is uncertain
-        low = high = exact
-    else:
-        projections = []
-        for _ in range(200):
-            draw = [triples[rng.randrange(len(triples))] for _ in triples]
-            d_in = sum(t[0] for t in draw)
-            projections.append(total * sum(t[2] for t in draw) / d_in if d_in else 0.0)
-        projections.sort()
-        low, high = projections[len(projections) // 20], projections[-(len(projections) // 20) - 1]
-    seconds = sum(r.get("seconds") or 0.0 for r in results)
-    core = total * seconds / sample_in if sample_in else 0.0
-    return Estimate(files, total, len(results), sample_in, sample_out, low, high, core, outcomes, sample_written)
+
+    def written(r: dict[str, Any]) -> bool:  # skipped and failed ones write nothing
+        return r["outcome"] in ("recompressed", "passed")
+
+    def output(r: dict[str, Any]) -> int:
+        return (r.get("output_size") or r.get("size") or 0) if written(r) else 0
+
+    seconds = sum(r.get("seconds") or 0.0 for r in results.values())
+    if draws.census:  # the whole input was processed: nothing is uncertain
+        out = float(sum(output(r) for r in results.values()))
+        bytes_written = float(sum(r.get("size") or 0 for r in results.values() if written(r)))
+        return Estimate(draws.files, draws.total, len(results), len(results), out, bytes_written, out, out,
+                        seconds, outcomes, census=True)
+    # each draw's ratios are per byte of the file as walked (its chance of being drawn came from that size)
+    sizes = {item.rel: item.size for item in draws.drawn}
+    chosen = [results[item.rel] for item in draws.drawn]
+    out, low, high = project([output(r) / sizes[r["rel"]] for r in chosen], draws.total, bounded=not options.native)
+    bytes_written = project([float(written(r)) for r in chosen], draws.total)[0]
+    core = project([(r.get("seconds") or 0.0) / sizes[r["rel"]] for r in chosen], draws.total, bounded=False)[0]
+    return Estimate(draws.files, draws.total, len(results), len(chosen), out, bytes_written, low, high, core,
+                    outcomes)

@@ -101,3 +101,43 @@ def test_guessing_the_token_at_the_login_form_is_slowed_to_a_few_tries_a_minute(
     assert len([r for r in caplog.records if "login refused" in r.getMessage()]) <= 5
     # scripts with the bearer token are not concerned
     assert request(port, "GET", "/healthz", headers={"Authorization": f"Bearer {TOKEN}"})[0] == 200
+
+
+def test_a_token_file_other_users_can_read_is_said_at_start_reload_and_check_config(tmp_path: Path,
+                                                                                   gateway_factory, caplog,
+                                                                                   capsys) -> None:
+    """docs/console.md asks for a token file the gateway alone reads; one every user of the machine could read
+    (0644, what a plain `echo token > web.token` makes) was taken without a word, unlike a private key."""
+    import logging
+
+    from gateway.cli import main
+    from gateway.config import load_config
+    from tests.test_console import request
+
+    token = tmp_path / "web.token"
+    token.write_text(TOKEN + "\n")
+    token.chmod(0o644)
+    toml = tmp_path / "gateway.toml"
+    toml.write_text(f'[server]\nport = {free_port()}\n[spool]\ndirectory = "spool"\n[compression]\nprocesses = 0\n'
+                    f'[web]\nport = {free_port()}\ntoken_file = "web.token"\n'
+                    '[[destinations]]\nname = "local"\nkind = "folder"\npath = "archive"\n')
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records
+                if r.levelno == logging.WARNING and r.getMessage().startswith("web.token_file: ")]
+
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        gateway = gateway_factory(load_config(toml))
+        assert said() == [f"web.token_file: {token} has mode 0644: other users of this machine can read it; make "
+                          "it readable by the gateway's user only (chmod 600)"], said()
+        caplog.clear()
+        assert gateway.reload() is None  # said, not refused: as for a private key
+        assert len(said()) == 1
+        caplog.clear()
+        assert main(["check-config", str(toml)]) == 0
+        assert len(said()) == 1
+        caplog.clear()
+        token.chmod(0o640)  # a group of its own is the operator's choice
+        assert gateway.reload() is None and main(["check-config", str(toml)]) == 0
+        assert said() == []
+    assert request(gateway.web.port, "GET", "/healthz", headers={"Authorization": f"Bearer {TOKEN}"})[0] == 200

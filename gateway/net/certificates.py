@@ -9,9 +9,10 @@ own and the CAs its callers must chain to; each DICOM destination's client
 certificate and CAs; each DICOMweb destination's CAs), logs those within
 :data:`WARN_DAYS` of expiry, past it or not yet valid, exports the expiry as
 a Prometheus gauge and makes ``/readyz`` fail while the receiver's own has
-expired or is not yet valid; a reload does not take a receiver certificate callers would refuse
-(:func:`refused_server_certificate`).  The private key files it names are
-looked at too: one that other users may read is logged.
+expired or is not yet valid; a reload does not take a receiver certificate
+callers would refuse (:func:`refused_server_certificate`).  The private key
+files it names, and the console's token file, are looked at too: one that
+other users may read is logged.
 """
 
 from __future__ import annotations
@@ -135,11 +136,13 @@ def _read(path: Path) -> list[tuple[str, float, float, str]]:
 
 
 def exposed_keys(config: Config) -> list[tuple[str, Path, int]]:
-    """(key, file, mode) of each private key file the configuration names that others may read or change.
+    """(key, file, mode) of each secret file the configuration names that others may read or change.
 
-    A key readable by its group only (0640, as Debian's ``ssl-cert`` group
-    has it) is taken; one readable by every user of the machine, or writable
-    by others than its owner, is not what docs/network.md asks (0600).
+    The secrets are the private keys and the console's token
+    (``[web] token_file``).  A file readable by its group only (0640, as
+    Debian's ``ssl-cert`` group has it) is taken; one readable by every user
+    of the machine, or writable by others than its owner, is not what
+    docs/network.md and docs/console.md ask (0600).
     """
     keys: list[tuple[str, Path]] = []
     if config.server.tls is not None:
@@ -147,6 +150,8 @@ def exposed_keys(config: Config) -> list[tuple[str, Path, int]]:
     for dest in config.destinations:
         if dest.tls is not None and dest.tls.private_key is not None:
             keys.append((f"destination {dest.name}: tls.private_key", dest.tls.private_key))
+    if config.web is not None and config.web.token_file is not None:
+        keys.append(("web.token_file", config.web.token_file))
     exposed = []
     for key, path in keys:
         try:

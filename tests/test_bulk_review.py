@@ -361,3 +361,40 @@ def test_a_dry_run_over_identical_files_still_states_an_interval(tmp_path: Path,
     assert main(ARGS + ["--dry-run", "--sample", "4", str(src), str(tmp_path / "out2")]) == 0
     text = capsys.readouterr().out
     assert "90% interval" in text and "lies in it with 90% confidence" in text and "by size" in text, text
+
+
+def _crashing_compress_file(source_root: str, output_root: str, rel: str, target: str, **kwargs) -> dict:
+    """The task, run in a pool worker, as if a decoder in C crashed the process on the files named poison.
+
+    The others take a moment first, so that they are in flight in the same pool when it breaks."""
+    import resource
+    import signal
+    import time
+
+    from gateway.bulk.task import compress_file
+
+    if "poison" in rel:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file
+        os.kill(os.getpid(), signal.SIGSEGV)
+    time.sleep(0.3)
+    return compress_file(source_root, output_root, rel, target, **kwargs)
+
+
+def test_a_file_that_kills_its_pool_worker_fails_alone_and_its_neighbours_are_done(tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    import gateway.bulk.driver
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    paths = _series(src, 6, seed=53)
+    paths[0].rename(src / "00-poison.dcm")  # submitted first: its neighbours are all in flight when it crashes
+    monkeypatch.setattr(gateway.bulk.driver, "compress_file", _crashing_compress_file)
+    notes: list[str] = []
+    report = run(BulkOptions(source=src, output=out, target="1.2.840.10008.1.2.4.80", workers=2, in_flight=8),
+                 progress=False, note=notes.append)
+    rows = _rows(out)
+    assert {rel: row["outcome"] for rel, row in rows.items()} == {
+        "00-poison.dcm": "failed", **{f"{index:02d}.dcm": "recompressed" for index in range(1, 6)}}, rows
+    assert report.counts["recompressed"] == 5 and report.counts["failed"] == 1
+    assert rows["00-poison.dcm"]["reason"].startswith("its worker process died processing it, alone, 3 times")
+    assert any("tried again, each alone" in text for text in notes), notes
+    assert not (out / "00-poison.dcm").exists()

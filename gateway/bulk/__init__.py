@@ -4,6 +4,7 @@
 * :mod:`~gateway.bulk.manifest`: the SQLite manifest in ``OUT`` that makes a run resumable;
 * :mod:`~gateway.bulk.task`: the per-file task Dask workers run (read, recompress, verify, write atomically);
 * :mod:`~gateway.bulk.driver`: the client: planning, bounded submission, progress, the dry run;
+* :mod:`~gateway.bulk.sample`: the dry run's draws by size and the interval it states;
 * :mod:`~gateway.bulk.report`: the closing report, per modality and per source syntax.
 """
 

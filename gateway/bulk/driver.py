@@ -16,10 +16,12 @@ the way):
 Submission is bounded: at most ``in_flight`` futures exist at a time (each
 finished one is handed back and the next file submitted), so an archive of
 millions of files never sits in memory, neither here nor on the scheduler.  A
-task lost with its worker is run again (the task is idempotent): by Dask, or
-by the pool, which is started again when one of its processes dies; after
-three such losses of one file it is recorded as failed and a later run tries
-it again.
+task lost with its worker is run again (the task is idempotent): by Dask
+(after three such losses of one file it is recorded as failed), or by the
+pool, which is started again when one of its processes dies, every file it
+had in flight then tried again alone in a pool of one process, where a death
+is the file's own (after three, it is recorded as failed); a later run tries
+a failed file again.
 """
 
 from __future__ import annotations
@@ -133,6 +135,7 @@ class _Engine:
         self.client: Any = None
         self.cluster: Any = None
         self.pool: Any = None
+        self.alone: Any = None  # the pool of one process where the files of a broken pool are tried alone
         self.dashboard: str | None = None
         self.threads = 1
         self.started = False
@@ -177,7 +180,7 @@ class _Engine:
         note(f"Dask scheduler {self.client.scheduler.address}: {len(self.client.nthreads())} worker(s), "
              f"{self.threads} thread(s)")
 
-    def _new_pool(self) -> Any:
+    def _new_pool(self, processes: int | None = None) -> Any:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
@@ -190,11 +193,13 @@ class _Engine:
         if SYNTAXES_ENV not in os.environ:
             os.environ[SYNTAXES_ENV] = self.options.target
         context.set_forkserver_preload(["gateway.bulk.preload"])
-        return ProcessPoolExecutor(max_workers=self.threads, mp_context=context, initializer=pool_worker)
+        return ProcessPoolExecutor(max_workers=processes or self.threads, mp_context=context,
+                                   initializer=pool_worker)
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+        for pool in (self.pool, self.alone):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
         if self.client is not None:
             self.client.close()
         if self.cluster is not None:
@@ -219,46 +224,87 @@ class _Engine:
                 yield compress_file(*args, **kwargs)
 
     def _map_pool(self, calls: Iterator[Call], limit: int) -> Iterator[dict[str, Any]]:
-        """The pool: a dead worker process breaks it; its files in flight are tried again in a new pool."""
+        """The pool: a worker process that dies breaks it, and every file in flight in it fails at once,
+        though one at most is the cause.  None of them is blamed: the pool is started again, and each of
+        those files is tried again alone, one at a time in a pool of one process beside it, where a death
+        is the file's own; after :data:`_ATTEMPTS` of those it is recorded as failed."""
         from concurrent.futures import FIRST_COMPLETED, Future, wait
         from concurrent.futures.process import BrokenProcessPool
 
-        pending: dict[Future, tuple[Call, int]] = {}
-        again: collections.deque[tuple[Call, int]] = collections.deque()
+        pending: dict[Future, Call] = {}  # in the shared pool
+        waiting: collections.deque[Call] = collections.deque()  # refused by a broken pool: submitted again
+        suspects: collections.deque[tuple[Call, int]] = collections.deque()  # to try alone, deaths alone so far
+        alone: tuple[Future, Call, int] | None = None
+        exhausted = False
         while True:
             broken = False
-            while len(pending) < limit and not broken:
-                if again:
-                    call, attempt = again.popleft()
-                else:
-                    call, attempt = next(calls, None), 1  # type: ignore[assignment]
-                    if call is None:
-                        break
+            while len(pending) < limit and len(suspects) < limit and not broken:
+                if waiting:
+                    call = waiting.popleft()
+                elif exhausted or (call := next(calls, None)) is None:  # type: ignore[assignment]
+                    exhausted = True
+                    break
                 try:
-                    pending[self.pool.submit(compress_file, *call[0], **call[1])] = (call, attempt)
+                    pending[self.pool.submit(compress_file, *call[0], **call[1])] = call
                 except BrokenProcessPool:
-                    again.appendleft((call, attempt))
+                    waiting.appendleft(call)
                     broken = True
-            if not pending and not again:
+            if alone is None and suspects:
+                call, deaths = suspects.popleft()
+                for fresh in (False, True):
+                    if self.alone is None:
+                        self.alone = self._new_pool(1)
+                    try:
+                        alone = (self.alone.submit(compress_file, *call[0], **call[1]), call, deaths)
+                        break
+                    except BrokenProcessPool:  # its process died idle (killed from outside): no one's fault
+                        self.alone.shutdown(wait=True)
+                        self.alone = None
+                        if fresh:
+                            raise
+            if not pending and alone is None and not waiting and not suspects:
                 return
-            done, _ = wait(pending, return_when=FIRST_COMPLETED) if pending and not broken else (set(), set())
-            if broken or any(isinstance(f.exception(), BrokenProcessPool) for f in done):
-                done, _ = wait(pending)  # every other future of a broken pool fails at once
-                broken = True
+            futures = list(pending) + ([alone[0]] if alone is not None else [])
+            done = wait(futures, return_when=FIRST_COMPLETED)[0] if not broken else set()
             results = []
-            for future in done:
-                call, attempt = pending.pop(future)
+            if alone is not None and alone[0] in done:
+                future, call, deaths = alone
+                alone = None
                 exc = future.exception()
                 if exc is None:
                     results.append(future.result())
-                elif isinstance(exc, BrokenProcessPool) and attempt < _ATTEMPTS:
-                    again.append((call, attempt + 1))
+                elif isinstance(exc, BrokenProcessPool):  # its own death: nothing else ran beside it
+                    self.alone.shutdown(wait=True)
+                    self.alone = None
+                    if deaths + 1 < _ATTEMPTS:
+                        suspects.appendleft((call, deaths + 1))
+                    else:
+                        results.append({"rel": call[0][2], "outcome": "failed",
+                                        "reason": f"its worker process died processing it, alone, {_ATTEMPTS} "
+                                                  "times (a crash in a decoder, or the process killed: out of "
+                                                  "memory?); a later run tries it again"})
+                else:
+                    results.append(_lost(call, exc))
+            shared = [f for f in done if f in pending]
+            if broken or any(isinstance(f.exception(), BrokenProcessPool) for f in shared):
+                shared = list(wait(pending)[0])  # every other future of a broken pool fails at once
+                broken = True
+            blamed = 0
+            for future in shared:
+                call = pending.pop(future)
+                exc = future.exception()
+                if exc is None:
+                    results.append(future.result())
+                elif isinstance(exc, BrokenProcessPool):
+                    suspects.append((call, 0))
+                    blamed += 1
                 else:
                     results.append(_lost(call, exc))
             if broken:
                 self.pool.shutdown(wait=True)
                 self.pool = self._new_pool()
-                self.note(f"a worker process died; {len(again)} file(s) in flight are tried again")
+                self.note(f"a worker process died; the {blamed} file(s) in flight beside it are tried again, "
+                          "each alone")
             yield from results
 
     def _map_dask(self, calls: Iterator[Call], limit: int) -> Iterator[dict[str, Any]]:

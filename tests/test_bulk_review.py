@@ -398,3 +398,28 @@ def test_a_file_that_kills_its_pool_worker_fails_alone_and_its_neighbours_are_do
     assert rows["00-poison.dcm"]["reason"].startswith("its worker process died processing it, alone, 3 times")
     assert any("tried again, each alone" in text for text in notes), notes
     assert not (out / "00-poison.dcm").exists()
+
+
+def test_uid_layout_an_input_changed_after_its_output_was_written_is_told_so_on_every_run(tmp_path: Path,
+                                                                                          capsys) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    first, _ = _series(src, 2, seed=54)
+    argv = ARGS + ["--layout", "uid", str(src), str(out)]
+    assert main(argv) == 0
+    output = out / _rows(out)[first.name]["output"]
+    written = output.read_bytes()
+    ds = dcmread(first)
+    ds.SeriesDescription = "changed"  # the same instance (its UIDs), other content
+    ds.save_as(first, enforce_file_format=True)
+    os.utime(first, ns=(1, 1))
+    for _ in range(2):  # the run after the first failure too: the manifest still knows whose output it is
+        assert main(argv) == 1
+        capsys.readouterr()
+        reason = _rows(out)[first.name]["reason"]
+        assert "was written by an earlier run from this input, which has changed since" in reason, reason
+        assert "move that output away" in reason and "another input" not in reason, reason
+        assert output.read_bytes() == written
+    output.rename(tmp_path / "old.dcm")
+    assert main(argv) == 0
+    assert dcmread(output).SeriesDescription == "changed"
+    assert _rows(out)[first.name]["outcome"] == "recompressed"

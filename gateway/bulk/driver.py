@@ -398,7 +398,8 @@ def _run_recorded(options: BulkOptions, manifest: Manifest, started: float, prog
                 # a file already at the output path is replaced only when it is one this manifest recorded
                 yield ((str(source), str(output), rel, options.target),
                        {"verify": options.verify, "layout": options.layout, "native": options.native,
-                        "private_version": options.private_version, "replace": out_rel is not None})
+                        "private_version": options.private_version, "replace": out_rel is not None,
+                        "recorded_output": out_rel})
 
         saved, count = 0, done_files
         with _progress_bar(total, done_bytes, files, show) as bar:

@@ -15,7 +15,8 @@ Columns of ``files`` (one row per input, keyed by its path relative to ``IN``):
 ``reason``, ``modality``, ``source_syntax``, ``pixel_hash`` (SHA-256 of
 ``pydicom.pixels.pixel_array(ds, raw=True)``, the proof record's definition),
 ``output`` (path relative to ``OUT``), ``output_size``, ``output_syntax``,
-``output_sha256``, ``verified`` (1 when our decoder and an independent one
+``output_sha256`` (a failed row keeps those of the output an earlier run
+wrote from the input, still in ``OUT``), ``verified`` (1 when our decoder and an independent one
 reproduced the input), ``verified_by`` (``decoder=sha256`` of each), ``seconds``,
 ``worker`` (``host:pid`` of the process that did it), ``run`` (the run that produced the row),
 ``finished`` (Unix time).  ``runs`` records each run's target, layout, the
@@ -85,6 +86,10 @@ CREATE INDEX IF NOT EXISTS files_seen ON files (seen_run);
 
 RESULT_COLUMNS = ("outcome", "reason", "modality", "source_syntax", "pixel_hash", "output", "output_size",
                    "output_syntax", "output_sha256", "verified", "verified_by", "seconds", "worker")
+
+_KEPT_ON_FAILURE = ("output", "output_size", "output_syntax", "output_sha256")
+"""What a failure leaves of a row: the output an earlier run wrote from the input, which is still in ``OUT``
+(so that the next run knows it for this input's own)."""
 
 _ADDED_COLUMNS = (("runs", "workers", "TEXT"), ("files", "worker", "TEXT"), ("runs", "encoding", "TEXT"))
 """Columns newer than the first manifests, added to an older manifest when it is opened."""
@@ -218,7 +223,8 @@ class Manifest:
             self._in_transaction = True
         values = dict(result)
         values["verified"] = int(verify and result["outcome"] == "recompressed" and bool(result["verified_by"]))
-        assignments = ", ".join(f"{c}=?" for c in RESULT_COLUMNS)
+        kept = _KEPT_ON_FAILURE if result["outcome"] == "failed" else ()
+        assignments = ", ".join(f"{c}=COALESCE(?, {c})" if c in kept else f"{c}=?" for c in RESULT_COLUMNS)
         params = [stored_path(values.get(c)) if c == "output" else _text(values.get(c)) for c in RESULT_COLUMNS]
         self._db.execute(f"UPDATE files SET {assignments}, run=?, finished=? WHERE rel=?",
                          (*params, self.run_id, time.time(), stored_path(result["rel"])))

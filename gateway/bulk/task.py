@@ -73,7 +73,8 @@ _FOREIGN = ("a file the manifest does not record writing: another tool's, or an 
             "input changed; move it away to write this one")
 
 
-def _place(dst: Path, data: bytes | Path, digest: str, exclusive: bool, replace: bool = True) -> None:
+def _place(dst: Path, data: bytes | Path, digest: str, exclusive: bool, replace: bool = True,
+           own: bool = False) -> None:
     """Write `data` (bytes, or a file to copy) at `dst` atomically and durably.
 
     With `exclusive` (the ``uid`` layout, where two inputs may name one
@@ -83,6 +84,9 @@ def _place(dst: Path, data: bytes | Path, digest: str, exclusive: bool, replace:
     again, one with other bytes is refused.  Without `replace` (the
     ``relative`` layout, whose outputs each have one input, so one writer), an
     existing `dst` with other bytes is refused too: it is no output of ours.
+    `own` (``uid`` layout): the manifest records `dst` as written from this
+    very input, which has changed since; it is refused all the same (another
+    input may have the same output recorded), with that reason.
     """
     make_dirs(dst.parent)
     if not exclusive:
@@ -108,6 +112,11 @@ def _place(dst: Path, data: bytes | Path, digest: str, exclusive: bool, replace:
             os.link(tmp, dst)
         except FileExistsError:
             if _sha256_file(dst) != digest:
+                if own:
+                    raise DuplicateOutputError(
+                        f"{dst.name} was written by an earlier run from this input, which has changed since (its "
+                        "size or modification time differ); not overwritten: move that output away (or delete it) "
+                        "and run again to write this version") from None
                 raise DuplicateOutputError(f"{dst.name} already exists with other content (another input with "
                                            "the same SOP Instance UID); not overwritten") from None
     finally:
@@ -117,7 +126,8 @@ def _place(dst: Path, data: bytes | Path, digest: str, exclusive: bool, replace:
 
 def compress_file(source_root: str, output_root: str, rel: str, target: str, *, verify: bool = True,
                   layout: str = "relative", native: bool = False, write: bool = True,
-                  private_version: int = PRIVATE_VERSION, replace: bool = True) -> dict[str, Any]:
+                  private_version: int = PRIVATE_VERSION, replace: bool = True,
+                  recorded_output: str | None = None) -> dict[str, Any]:
     """Recompress ``source_root/rel`` into ``output_root``; a dict of what happened, for the manifest.
 
     Never writes an output larger than its input unless the target is a
@@ -128,7 +138,9 @@ def compress_file(source_root: str, output_root: str, rel: str, target: str, *, 
     never escape, so one bad file cannot fail a Dask task.  Without `replace`,
     a file already at the output path in the ``relative`` layout is kept unless
     it holds the same bytes (the driver allows replacing only an output that an
-    earlier run recorded writing).
+    earlier run recorded writing).  `recorded_output` is the output an earlier
+    run recorded writing from this input (relative to `output_root`), which
+    names the true reason when the ``uid`` layout refuses to write over it.
     """
     started = time.perf_counter()
     src = Path(source_root) / rel
@@ -161,7 +173,7 @@ def compress_file(source_root: str, output_root: str, rel: str, target: str, *, 
             result.update(outcome="skipped", reason="not a DICOM file")
             return result
         _compress(src, Path(output_root), rel, target, verify, layout, native, write, stat.st_size, result,
-                  private_version, replace)
+                  private_version, replace, recorded_output)
     except (KeyboardInterrupt, SystemExit):
         raise
     except (GatewayError, OSError) as exc:
@@ -176,7 +188,8 @@ def compress_file(source_root: str, output_root: str, rel: str, target: str, *, 
 
 
 def _compress(src: Path, out_root: Path, rel: str, target: str, verify: bool, layout: str, native: bool,
-              write: bool, size_in: int, result: dict[str, Any], private_version: int, replace: bool) -> None:
+              write: bool, size_in: int, result: dict[str, Any], private_version: int, replace: bool,
+              recorded_output: str | None = None) -> None:
     from pydicom import dcmread
 
     from gateway.pipeline import recompress
@@ -203,16 +216,17 @@ def _compress(src: Path, out_root: Path, rel: str, target: str, verify: bool, la
             data = None
     dst = out_root / out_rel
     exclusive = layout == "uid"
+    own = exclusive and recorded_output == out_rel
     if data is None:
         digest = _sha256_file(src)
         if write:
-            _place(dst, src, digest, exclusive, replace)
+            _place(dst, src, digest, exclusive, replace, own)
         result.update(outcome="passed", reason=reason or "not recompressed", output_size=size_in,
                       output_syntax=result["source_syntax"])
     else:
         digest = hashlib.sha256(data).hexdigest()
         if write:
-            _place(dst, data, digest, exclusive, replace)
+            _place(dst, data, digest, exclusive, replace, own)
         result.update(outcome="recompressed", output_size=len(data), output_syntax=outcome.transfer_syntax,
                       verified_by=pairs_text(outcome.verified_by))
     result.update(output=out_rel, output_sha256=digest)

@@ -423,3 +423,13 @@ def test_uid_layout_an_input_changed_after_its_output_was_written_is_told_so_on_
     assert main(argv) == 0
     assert dcmread(output).SeriesDescription == "changed"
     assert _rows(out)[first.name]["outcome"] == "recompressed"
+
+
+def test_reasons_with_nested_parentheses_are_grouped_without_a_stray_parenthesis() -> None:
+    from gateway.bulk.report import reason_group
+
+    assert reason_group("recompressed file would not be smaller (1200 bytes (3 frames), 1000 in); original "
+                        "copied") == "recompressed file would not be smaller; original copied"
+    assert reason_group("not decodable (frame 2 (of 3) ends early (at byte 17)) in part (a)") == "not decodable in part"
+    assert reason_group("Errno 5 (input/output error") == "Errno N (input/output error"  # unbalanced: kept as is
+    assert reason_group("a)b (c) d") == "a)b d"

@@ -21,8 +21,12 @@ _LISTED_FAILURES = 20
 
 
 def reason_group(reason: str) -> str:
-    """A reason without its per-file details (numbers, parenthesised parts), to group by."""
-    return re.sub(r"\d+", "N", re.sub(r"\s*\([^)]*\)", "", reason))
+    """A reason without its per-file details (numbers, parenthesised parts, nested ones whole), to group by."""
+    while True:  # the innermost parentheses first, until none is left
+        shorter = re.sub(r"\s*\([^()]*\)", "", reason)
+        if shorter == reason:
+            return re.sub(r"\d+", "N", reason)
+        reason = shorter
 
 
 def human_bytes(count: float) -> str:

@@ -80,6 +80,10 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         where = {"dicom": f"{d.ae_title}@{d.host}:{d.port}" + (" over TLS" if d.tls else ""),
                  "dicomweb": d.url}.get(d.kind, str(d.path))
         print(f"  dest    {d.name} ({d.kind}) {where}")
+    if config.web is not None:
+        w = config.web
+        print(f"  web     {'https' if w.https else 'http'}://{w.host}:{w.port}"
+              + (" (token required)" if w.token_file is not None else " (no token: loopback only)"))
     for i, r in enumerate(config.routes):
         filters = "; ".join(f"{k}={','.join(v)}" for k, v in
                             (("calling_ae", r.calling_ae), ("modality", r.modality), ("sop_class", r.sop_class)) if v)

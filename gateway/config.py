@@ -17,6 +17,7 @@ Layout (see ``config/*.toml`` for commented examples)::
                     [compression.modality] overrides
     [retry]         max_attempts, base_seconds, cap_seconds
     [logging]       level, file, max_bytes, backups
+    [web]           host, port, token_file, unready_after_seconds, certificate, private_key
     [[destinations]] name, kind = "dicom" | "folder" | "dicomweb", ...
     [[routes]]      destinations, calling_ae, modality, sop_class
 
@@ -287,6 +288,25 @@ class WebConfig:
     port: int = 8080
     token_file: Path | None = None  # required when `host` is not a loopback address
     unready_after_seconds: float = 300.0  # a destination failing this long makes /readyz answer 503
+    certificate: Path | None = None  # with private_key: the console is served over HTTPS (TLS 1.2 at least)
+    private_key: Path | None = None
+
+    @property
+    def https(self) -> bool:
+        return self.certificate is not None
+
+    def context(self) -> ssl.SSLContext | None:
+        """The console's TLS context (None over plain HTTP); :class:`ConfigError` naming the key if unusable.
+
+        The same protocol versions and cipher suites as DICOM TLS; no client
+        certificate is asked for (a browser would prompt for one).
+        """
+        if self.certificate is None or self.private_key is None:
+            return None
+        context = tls_context(server=True, certificate=self.certificate, private_key=self.private_key,
+                              ca_certificates=None, require_peer_certificate=False, key="web")
+        context.verify_mode = ssl.CERT_NONE
+        return context
 
     def token(self) -> str | None:
         """The bearer token, read from `token_file` (None without one)."""
@@ -786,17 +806,24 @@ def _web(data: Any, base: Path) -> WebConfig | None:
         return None
     t = _Table("web", data)
     token_file = t.pop("token_file")
+    certificate, private_key = t.pop("certificate"), t.pop("private_key")
     cfg = WebConfig(
         host=_host(t.path("host"), t.pop("host", "127.0.0.1")),
         port=_int(t.path("port"), t.pop("port", 8080), 0, 65535),
         token_file=_path(t.path("token_file"), token_file, base) if token_file is not None else None,
         unready_after_seconds=_number(t.path("unready_after_seconds"), t.pop("unready_after_seconds", 300.0),
                                       1, 7 * 86400),
+        certificate=_path(t.path("certificate"), certificate, base) if certificate is not None else None,
+        private_key=_path(t.path("private_key"), private_key, base) if private_key is not None else None,
     )
     t.finish()
     if cfg.token_file is None and not _loopback(cfg.host):
         raise ConfigError("web.token_file", f"required when web.host is not a loopback address ({cfg.host!r})")
+    if (cfg.certificate is None) != (cfg.private_key is None):
+        missing, given = ("private_key", "certificate") if cfg.private_key is None else ("certificate", "private_key")
+        raise ConfigError(f"web.{missing}", f"required with web.{given} (HTTPS needs both)")
     cfg.token()  # the file must exist and hold a token: say so at start, not at the first request
+    cfg.context()  # the files must be readable PEM, the key the certificate's: said now, not by uvicorn
     return cfg
 
 

@@ -228,9 +228,13 @@ class Gateway:
                                  certificates=lambda: self.certificates)
         app = make_app(registry, self.not_ready, web.token(), console=console, host=web.host)
         self._web_keys = app.state.keys
-        self.web = WebServer(app, web.host, web.port).start()
-        _log.info("web console and endpoints on http://%s:%d (/metrics, /healthz, /readyz)", web.host,
-                  self.web.port)
+        self.web = WebServer(app, web.host, web.port, certificate=web.certificate,
+                             private_key=web.private_key).start()
+        _log.info("web console and endpoints on %s://%s:%d (/metrics, /healthz, /readyz)", self.web.scheme,
+                  web.host, self.web.port)
+        if not web.https and web.host not in ("127.0.0.1", "::1", "localhost"):
+            _log.warning("web console on %s over plain HTTP: the token and the session cookie cross the network "
+                         "in clear; set [web] certificate and private_key to serve it over HTTPS", web.host)
 
     def not_ready(self) -> str | None:
         """None while the gateway can take instances and deliver them, else why not (``/readyz``)."""

@@ -9,6 +9,7 @@ import pytest
 
 from gateway.config import KEEP, PRIVATE_VERSION, load_config, parse_config
 from gateway.errors import ConfigError
+from tests.test_tls import pki  # noqa: F401 - the session's test CA
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -305,3 +306,30 @@ def test_a_log_file_that_is_a_folder_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(data, tmp_path)
     assert info.value.key == "logging.file" and "is a folder" in str(info.value)
+
+
+def _web_tls(**web: object) -> dict:
+    data = copy.deepcopy(GOOD)
+    data["web"] = {"port": 8443, **web}
+    return data
+
+
+def test_the_console_certificate_and_key_are_checked_at_load(tmp_path: Path, pki: Path) -> None:  # noqa: F811
+    """Both or neither, readable PEM, the key the certificate's: each refusal names its key, at load and not
+    when uvicorn first reads them."""
+    good = {"certificate": str(pki / "gateway.pem"), "private_key": str(pki / "gateway.key")}
+    web = parse_config(_web_tls(**good), tmp_path).web
+    assert web is not None and web.https and web.certificate == pki / "gateway.pem"
+    (tmp_path / "web.pem").write_text("not a certificate\n")
+    for given, key, words in (
+        ({"certificate": good["certificate"]}, "web.private_key", "required with web.certificate"),
+        ({"private_key": good["private_key"]}, "web.certificate", "required with web.private_key"),
+        ({**good, "certificate": str(tmp_path / "missing.pem")}, "web.certificate", "cannot read"),
+        ({**good, "certificate": str(tmp_path / "web.pem")}, "web.certificate", "holds no PEM certificate"),
+        ({**good, "private_key": str(pki / "modality.key")}, "web.private_key", "cannot be used with"),
+        ({**good, "certificate": 5}, "web.certificate", "must be a string"),
+    ):
+        with pytest.raises(ConfigError) as caught:
+            parse_config(_web_tls(**given), tmp_path)
+        assert caught.value.key == key and words in str(caught.value), (given, str(caught.value))
+    assert parse_config(_web_tls(), tmp_path).web.https is False

@@ -1,5 +1,5 @@
 """The console's HTTP server against clients that never finish asking: they must not hold it, nor the
-descriptors the DICOM receiver shares with it, for as long as they like."""
+descriptors the DICOM receiver shares with it, for as long as they like; its token file, and HTTPS."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 from gateway.web import WebServer
 from tests.conftest import build_config, free_port, wait_until
 from tests.test_console import request
+from tests.test_tls import pki  # noqa: F401 - the session's test CA
 
 TOKEN = "s3cret-token"
 
@@ -141,3 +142,65 @@ def test_a_token_file_other_users_can_read_is_said_at_start_reload_and_check_con
         assert gateway.reload() is None and main(["check-config", str(toml)]) == 0
         assert said() == []
     assert request(gateway.web.port, "GET", "/healthz", headers={"Authorization": f"Bearer {TOKEN}"})[0] == 200
+
+
+def _https_console(pki: Path, tmp_path: Path, gateway_factory) -> int:  # noqa: F811
+    (tmp_path / "web.token").write_text(TOKEN + "\n")
+    (tmp_path / "web.token").chmod(0o600)
+    web = {"host": "127.0.0.1", "port": free_port(), "token_file": "web.token",
+           "certificate": str(pki / "gateway.pem"), "private_key": str(pki / "gateway.key")}
+    return gateway_factory(build_config(tmp_path, web=web)).web.port
+
+
+def test_the_console_is_served_over_https_with_a_secure_session_cookie(pki: Path, tmp_path: Path,  # noqa: F811
+                                                                       gateway_factory, monkeypatch) -> None:
+    """Without TLS, a console on a hospital network had its token and session cookie cross it in clear."""
+    import ssl
+
+    import httpx
+
+    from tests.test_console import Page
+    from tests.test_tls_review import _client
+
+    monkeypatch.setattr(WebServer, "request_seconds", 1.0, raising=False)
+    port = _https_console(pki, tmp_path, gateway_factory)
+    base = f"https://127.0.0.1:{port}"
+    trust = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+    with httpx.Client(base_url=base, verify=trust, timeout=10) as browser:
+        page = browser.get("/login")
+        assert page.status_code == 200 and page.url.scheme == "https"
+        logged_in = browser.post("/login", data={"csrf": Page(page.text).field("csrf"), "token": TOKEN},
+                                 headers={"Origin": base})
+        assert logged_in.status_code == 303, logged_in.text
+        cookie = logged_in.headers["set-cookie"].lower()
+        assert "secure" in cookie and "httponly" in cookie and "samesite=strict" in cookie, cookie
+        assert browser.get("/").status_code == 200
+        assert browser.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    # TLS 1.2 at least, as on the DICOM port
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with pytest.raises((ssl.SSLError, OSError)):
+            _client(pki, version=ssl.TLSVersion.TLSv1_1).wrap_socket(raw, server_hostname="localhost")
+    # plain HTTP to the HTTPS port gets nothing of the console
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).raise_for_status()
+    # a client that connects and never starts its handshake is closed at the request deadline, not after 60 s
+    silent = socket.create_connection(("127.0.0.1", port))
+    try:
+        started = time.monotonic()
+        assert wait_until(lambda: _closed(silent), timeout=10)
+        assert time.monotonic() - started < 5
+    finally:
+        silent.close()
+
+
+def test_the_console_certificate_is_listed_and_its_key_checked(pki: Path, tmp_path: Path,  # noqa: F811
+                                                               gateway_factory) -> None:
+    import ssl
+
+    import httpx
+
+    port = _https_console(pki, tmp_path, gateway_factory)
+    trust = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+    metrics = httpx.get(f"https://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {TOKEN}"},
+                        verify=trust, timeout=10).text
+    assert 'subject="gateway",use="web"' in metrics

@@ -9,6 +9,7 @@ from pydicom.uid import generate_uid
 
 from gateway.config import load_config
 from tests.conftest import free_port, listening, pydicom_file, send, start_serve, wait_until
+from tests.test_tls import pki  # noqa: F401 - the session's test CA
 
 _BASE = """
 [server]
@@ -282,3 +283,23 @@ def test_a_removed_destinations_queue_becomes_dead_letters_that_wait_for_it(tmp_
     assert wait_until(lambda: _stored(tmp_path, "archive_pacs") == {str(first.SOPInstanceUID),
                                                                      str(second.SOPInstanceUID)}, timeout=30)
     assert wait_until(lambda: gateway.spool.counts()["held"] == 0, timeout=30)
+
+
+def test_the_console_certificate_is_changed_by_a_restart_only(tmp_path: Path, gateway_factory,
+                                                              pki: Path) -> None:  # noqa: F811
+    """Like the rest of [web]: switching HTTPS on, or naming other files, is refused and the console goes on."""
+    import ssl
+
+    import httpx
+
+    toml = tmp_path / "gateway.toml"
+    port, web = free_port(), free_port()
+    https = f'[web]\nport = {web}\ncertificate = "{pki / "gateway.pem"}"\nprivate_key = "{pki / "gateway.key"}"\n'
+    _write(toml, port, extra=https)
+    gateway = gateway_factory(load_config(toml))
+    _write(toml, port, extra=https.replace("gateway.pem", "archive.pem").replace("gateway.key", "archive.key"))
+    assert (gateway.reload() or "").startswith("web: changing this needs a restart")
+    _write(toml, port, extra=f"[web]\nport = {web}\n")
+    assert (gateway.reload() or "").startswith("web: changing this needs a restart")
+    trust = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+    assert httpx.get(f"https://127.0.0.1:{web}/healthz", verify=trust, timeout=10).text == "ok\n"

@@ -6,8 +6,8 @@ TLS loads either without a word about its dates.  So does one not yet valid
 (a renewed certificate installed before its ``notBefore``).  The service
 reads the dates of every certificate its configuration names (the receiver's
 own and the CAs its callers must chain to; each DICOM destination's client
-certificate and CAs; each DICOMweb destination's CAs), logs those within
-:data:`WARN_DAYS` of expiry, past it or not yet valid, exports the expiry as
+certificate and CAs; each DICOMweb destination's CAs; the console's), logs
+those within :data:`WARN_DAYS` of expiry, past it or not yet valid, exports the expiry as
 a Prometheus gauge and makes ``/readyz`` fail while the receiver's own has
 expired or is not yet valid; a reload does not take a receiver certificate
 callers would refuse (:func:`refused_server_certificate`).  The private key
@@ -42,7 +42,7 @@ _log = get_logger("tls")
 class CertificateDate:
     """One certificate of a file the configuration names, and when it expires (seconds since the epoch)."""
 
-    use: str  # "server", "server_ca", "destination <name>", "destination_ca <name>"
+    use: str  # "server", "server_ca", "destination <name>", "destination_ca <name>", "web" (the console's)
     path: Path
     subject: str
     not_after: float
@@ -111,6 +111,8 @@ def configured(config: Config) -> list[tuple[str, Path]]:
             files.append((f"destination_ca {dest.name}", dest.tls.ca_certificates))
         if dest.ca_certificates is not None:
             files.append((f"destination_ca {dest.name}", dest.ca_certificates))
+    if config.web is not None and config.web.certificate is not None:
+        files.append(("web", config.web.certificate))
     return files
 
 
@@ -152,6 +154,8 @@ def exposed_keys(config: Config) -> list[tuple[str, Path, int]]:
             keys.append((f"destination {dest.name}: tls.private_key", dest.tls.private_key))
     if config.web is not None and config.web.token_file is not None:
         keys.append(("web.token_file", config.web.token_file))
+    if config.web is not None and config.web.private_key is not None:
+        keys.append(("web.private_key", config.web.private_key))
     exposed = []
     for key, path in keys:
         try:

@@ -19,9 +19,12 @@ cookie; see :mod:`gateway.web.access` for that and for cross-site requests.
 
 from __future__ import annotations
 
+import asyncio
+import ssl
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -31,6 +34,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from gateway.config import TLS12_CIPHERS
 from gateway.errors import GatewayError
 from gateway.web.access import LOOPBACK_HOSTS, Access, Keys
 from gateway.web.bounds import bounded_protocol
@@ -73,8 +77,17 @@ def make_app(registry: CollectorRegistry, ready: Callable[[], str | None], token
     return app
 
 
+def _harden(context: ssl.SSLContext | None) -> None:
+    """TLS 1.2 at least, AEAD suites with ephemeral keys, no compression nor renegotiation (BCP 195)."""
+    if context is None:
+        raise GatewayError("uvicorn made no TLS context for the console")
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(TLS12_CIPHERS)
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
+
+
 class WebServer:
-    """uvicorn serving `app` in a thread of its own.
+    """uvicorn serving `app` in a thread of its own, over HTTPS when given a certificate and its key.
 
     A client must send its whole request within :attr:`request_seconds`, and at
     most :attr:`max_connections` are held (:mod:`gateway.web.bounds`), with a
@@ -87,13 +100,41 @@ class WebServer:
     max_connections = 64
     backlog = 128  # asyncio accepts up to this many at each wake-up, each a descriptor before any is closed
 
-    def __init__(self, app: Starlette, host: str, port: int) -> None:
+    def __init__(self, app: Starlette, host: str, port: int, *, certificate: Path | None = None,
+                 private_key: Path | None = None) -> None:
         protocol = bounded_protocol(self.request_seconds, self.max_connections)
-        self._server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                                     access_log=False, lifespan="off", http=protocol,
-                                                     ws="none", backlog=self.backlog))
-        self._thread = threading.Thread(target=self._server.run, name="web", daemon=True)
+        tls = {} if certificate is None else {"ssl_certfile": str(certificate), "ssl_keyfile": str(private_key),
+                                              "ssl_ciphers": TLS12_CIPHERS}
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
+                                http=protocol, ws="none", backlog=self.backlog, **tls)
+        if certificate is not None:
+            config.load()  # makes uvicorn's TLS context, which is then held to what DICOM TLS takes
+            _harden(config.ssl)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run if certificate is None else self._run_tls,
+                                        name="web", daemon=True)
         self.host = host
+        self.scheme = "http" if certificate is None else "https"
+
+    def _run_tls(self) -> None:
+        """uvicorn's serving loop, with a TLS handshake bounded as a request is (asyncio's default is 60 s).
+
+        The request deadline starts once the handshake is done; a client that
+        connects and never completes it would otherwise hold its descriptor
+        for a minute.
+        """
+        loop = asyncio.new_event_loop()
+        create_server = loop.create_server
+
+        async def bounded(*args: Any, **kwargs: Any) -> asyncio.AbstractServer:
+            kwargs.setdefault("ssl_handshake_timeout", self.request_seconds)
+            return await create_server(*args, **kwargs)
+
+        loop.create_server = bounded  # type: ignore[method-assign]
+        try:
+            loop.run_until_complete(self._server.serve())
+        finally:
+            loop.close()
 
     @property
     def port(self) -> int:

@@ -433,3 +433,34 @@ def test_reasons_with_nested_parentheses_are_grouped_without_a_stray_parenthesis
     assert reason_group("not decodable (frame 2 (of 3) ends early (at byte 17)) in part (a)") == "not decodable in part"
     assert reason_group("Errno 5 (input/output error") == "Errno N (input/output error"  # unbalanced: kept as is
     assert reason_group("a)b (c) d") == "a)b d"
+
+
+def _compress_docs() -> dict[str, str]:
+    """The compress parts of the operator's docs."""
+    root = Path(__file__).resolve().parent.parent / "docs"
+    operations = (root / "operations.md").read_text()
+    scaling = (root / "scaling.md").read_text()
+    return {"operations.md": operations[operations.index("## Offline tools"):operations.index("## Performance")],
+            "scaling.md": scaling[scaling.index("## Recompressing an archive"):scaling.index("## The live gateway")]}
+
+
+@pytest.mark.parametrize("phrase, source", [
+    ("not a regular file (a pipe, a socket or a device)", "task.py"),
+    ("a symbolic link to a folder (not followed)", "task.py"),
+    ("not overwritten", "task.py"),
+    ("free space and run the", "driver.py"),
+    ("lies in it with 90% confidence", "driver.py"),
+    ("sampled 50 draw(s) by size", None),
+    ("only regular files are read", None),
+    ("reserved at the top of `OUT`", None),
+    ("-journal", "plan.py"),
+    ("PermissionError", None),
+])
+def test_the_compress_docs_tell_what_a_run_reads_refuses_and_says(phrase: str, source: str | None) -> None:
+    """Links and unreadable folders, the manifest's reserved names, files in OUT compress did not write, a
+    full disk, the dry run: each documented where an operator of compress reads, in the words it prints."""
+    for name, text in _compress_docs().items():
+        assert phrase.lower() in " ".join(text.split()).lower(), f"{name} does not say {phrase!r}"
+    if source is not None:  # the words quoted are those the code prints
+        code = (Path(__file__).resolve().parent.parent / "gateway" / "bulk" / source).read_text()
+        assert phrase in code, f"{source} no longer says {phrase!r}"

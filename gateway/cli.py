@@ -620,8 +620,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in-flight", type=_positive, metavar="N",
                    help="tasks submitted at a time (default: four per worker thread)")
     p.add_argument("--dry-run", action="store_true",
-                   help="estimate the savings from a random sample of the folder; write nothing")
-    p.add_argument("--sample", type=_positive, default=50, metavar="N", help="files a dry run processes (50)")
+                   help="estimate the savings from files drawn by size (a file's chance its share of the bytes), "
+                        "with a 90%% interval; write nothing")
+    p.add_argument("--sample", type=_positive, default=50, metavar="N", help="draws by size a dry run makes (50); a file drawn twice is processed once")
     p.add_argument("input", help="DICOM file or folder")
     p.add_argument("output", help="output file, or folder (created; mirrors the input folder)")
     p.set_defaults(func=_cmd_compress)

@@ -204,3 +204,69 @@ def test_the_console_certificate_is_listed_and_its_key_checked(pki: Path, tmp_pa
     metrics = httpx.get(f"https://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {TOKEN}"},
                         verify=trust, timeout=10).text
     assert 'subject="gateway",use="web"' in metrics
+
+
+def _log_in(port: int) -> tuple[str, dict[str, str]]:
+    """(CSRF token, headers carrying a new session's cookie)."""
+    from tests.test_console import Page
+
+    csrf = Page(request(port, "GET", "/login")[2]).field("csrf")
+    status, headers, _ = request(port, "POST", "/login", {"csrf": csrf, "token": TOKEN})
+    assert status == 303, status
+    return csrf, {"Cookie": headers["set-cookie"].split(";")[0]}
+
+
+def test_a_copied_session_cookie_stops_working_after_logout(tmp_path: Path, gateway_factory) -> None:
+    """The cookie was one value per token: logging out only cleared the browser's copy, and a copy taken from
+    it (a shared machine, a proxy's log) kept the console open until the token changed."""
+    (tmp_path / "web.token").write_text(TOKEN + "\n")
+    port = gateway_factory(build_config(tmp_path, web={"port": free_port(), "token_file": "web.token"})).web.port
+    csrf, session = _log_in(port)
+    _, other = _log_in(port)
+    assert session != other, "each login is a session of its own"
+    copied = dict(session)
+    assert request(port, "GET", "/", headers=copied)[0] == 200
+    status, headers, _ = request(port, "POST", "/logout", {"csrf": csrf}, headers=session)
+    assert status == 303 and "max-age=0" in headers["set-cookie"].lower()
+    status, headers, _ = request(port, "GET", "/", headers=copied)
+    assert status == 303 and headers["location"] == "/login"
+    assert request(port, "GET", "/metrics", headers=copied)[0] == 401
+    assert request(port, "POST", "/reload", {"csrf": csrf}, headers=copied)[0] == 401
+    assert request(port, "GET", "/", headers=other)[0] == 200, "another session goes on"
+
+
+def test_sessions_end_when_the_token_changes_on_reload_and_are_bounded(tmp_path: Path, gateway_factory,
+                                                                      monkeypatch) -> None:
+    from gateway.config import load_config
+    from gateway.web import access
+
+    token = tmp_path / "web.token"
+    token.write_text(TOKEN + "\n")
+    token.chmod(0o600)
+    toml = tmp_path / "gateway.toml"
+    toml.write_text(f'[server]\nport = {free_port()}\n[spool]\ndirectory = "spool"\n[compression]\nprocesses = 0\n'
+                    f'[web]\nport = {free_port()}\ntoken_file = "web.token"\n'
+                    '[[destinations]]\nname = "local"\nkind = "folder"\npath = "archive"\n')
+    gateway = gateway_factory(load_config(toml))
+    port = gateway.web.port
+    _, session = _log_in(port)
+    assert gateway.reload() is None  # the same token: the session goes on
+    assert request(port, "GET", "/", headers=session)[0] == 200
+    token.write_text("n3w-token\n")
+    assert gateway.reload() is None
+    assert request(port, "GET", "/", headers=session)[0] == 303
+    assert request(port, "GET", "/healthz", headers={"Authorization": "Bearer n3w-token"})[0] == 200
+
+    token.write_text(TOKEN + "\n")
+    assert gateway.reload() is None
+    monkeypatch.setattr(access, "MAX_SESSIONS", 3)
+    first = _log_in(port)[1]
+    later = [_log_in(port)[1] for _ in range(3)]
+    assert gateway._web_keys.sessions == 3
+    assert request(port, "GET", "/", headers=first)[0] == 303, "the oldest ended"
+    assert all(request(port, "GET", "/", headers=h)[0] == 200 for h in later)
+    monkeypatch.setattr(access, "SESSION_SECONDS", 0.5)
+    short = _log_in(port)[1]
+    assert request(port, "GET", "/", headers=short)[0] == 200
+    time.sleep(0.7)
+    assert request(port, "GET", "/", headers=short)[0] == 303, "expired"

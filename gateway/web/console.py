@@ -34,7 +34,7 @@ from gateway.dicom.uids import lookup
 from gateway.logs import get_logger
 from gateway.record import ProofRecord
 from gateway.spool import Job
-from gateway.web.access import SESSION_COOKIE, Keys
+from gateway.web.access import SESSION_COOKIE, SESSION_SECONDS, Keys
 from gateway.web.plots import PLOTS, throughput_svg
 
 __all__ = ["ConsoleBackend", "console_routes", "DEAD_LETTERS_PER_PAGE", "PLOT_HOURS", "PLOT_BUCKET_SECONDS"]
@@ -292,16 +292,20 @@ def console_routes(backend: ConsoleBackend, keys: Keys) -> list[Route]:
                 _log.warning("console login refused from %s", host)
             return page(request, "login.html", status_code=401, failed=True)
         response = RedirectResponse("/", status_code=303)
-        response.set_cookie(SESSION_COOKIE, keys.session(), httponly=True, samesite="strict", path="/",
-                            secure=request.url.scheme == "https")
+        response.set_cookie(SESSION_COOKIE, keys.new_session(), max_age=int(SESSION_SECONDS), httponly=True,
+                            samesite="strict", path="/", secure=request.url.scheme == "https")
         return response
 
     async def logout(request: Request) -> Response:
         fields = await form(request)
         if isinstance(fields, Response):
             return fields
+        session = request.cookies.get(SESSION_COOKIE)
+        if session:  # ended here, not only in this browser: a copy of the cookie stops working too
+            keys.end_session(session)
         response = RedirectResponse("/login", status_code=303)
-        response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+        response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict",
+                               secure=request.url.scheme == "https")
         return response
 
     return [

@@ -577,3 +577,28 @@ def test_series_over_stow_rs_to_orthanc_bit_exact(tmp_path: Path, orthanc_web, g
 def test_make_sender_builds_the_dicomweb_sender(tmp_path: Path) -> None:
     dest = _destination(tmp_path, "https://pacs.example/dicom-web")
     assert isinstance(make_sender(dest, "GATEWAY", True), DicomWebSender)
+
+
+@pytest.mark.parametrize("auth, field", [({"kind": "basic", "username": "gw", "password_file": "secret"},
+                                          "password_file"),
+                                         ({"kind": "bearer", "token_file": "secret"}, "token_file")])
+def test_a_credentials_file_other_users_can_read_is_said_by_check_config(tmp_path: Path, auth: dict, field: str,
+                                                                         caplog) -> None:
+    """An archive's password or token open to every user of the machine is said, as a private key is."""
+    import logging
+
+    from gateway.cli import main
+
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    toml = tmp_path / "gateway.toml"
+    lines = [f'{k} = "{v}"' for k, v in auth.items()]
+    toml.write_text('[spool]\ndirectory = "spool"\n[[destinations]]\nname = "web"\nkind = "dicomweb"\n'
+                    'url = "https://pacs.example/dicom-web"\n[destinations.auth]\n' + "\n".join(lines) + "\n")
+    wanted = f"destination web: auth.{field}: {secret} has mode 0644"
+    for mode, said in ((0o644, True), (0o600, False)):
+        secret.chmod(mode)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="gateway"):
+            assert main(["check-config", str(toml)]) == 0
+        assert any(r.getMessage().startswith(wanted) for r in caplog.records) == said, caplog.text

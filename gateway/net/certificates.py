@@ -140,8 +140,9 @@ def _read(path: Path) -> list[tuple[str, float, float, str]]:
 def exposed_keys(config: Config) -> list[tuple[str, Path, int]]:
     """(key, file, mode) of each secret file the configuration names that others may read or change.
 
-    The secrets are the private keys and the console's token
-    (``[web] token_file``).  A file readable by its group only (0640, as
+    The secrets are the private keys, the console's token
+    (``[web] token_file``) and the DICOMweb destinations' passwords and
+    tokens (``auth``).  A file readable by its group only (0640, as
     Debian's ``ssl-cert`` group has it) is taken; one readable by every user
     of the machine, or writable by others than its owner, is not what
     docs/network.md and docs/console.md ask (0600).
@@ -152,6 +153,9 @@ def exposed_keys(config: Config) -> list[tuple[str, Path, int]]:
     for dest in config.destinations:
         if dest.tls is not None and dest.tls.private_key is not None:
             keys.append((f"destination {dest.name}: tls.private_key", dest.tls.private_key))
+        if dest.auth is not None:  # a DICOMweb archive's password or token
+            field = "password_file" if dest.auth.kind == "basic" else "token_file"
+            keys.append((f"destination {dest.name}: auth.{field}", dest.auth.secret_file))
     if config.web is not None and config.web.token_file is not None:
         keys.append(("web.token_file", config.web.token_file))
     if config.web is not None and config.web.private_key is not None:

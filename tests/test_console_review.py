@@ -104,6 +104,18 @@ def test_guessing_the_token_at_the_login_form_is_slowed_to_a_few_tries_a_minute(
     assert request(port, "GET", "/healthz", headers={"Authorization": f"Bearer {TOKEN}"})[0] == 200
 
 
+def _token_config(tmp_path: Path, mode: int) -> tuple[Path, Path]:
+    """A token file of `mode` and a configuration naming it, for a console on a free port."""
+    token = tmp_path / "web.token"
+    token.write_text(TOKEN + "\n")
+    token.chmod(mode)
+    toml = tmp_path / "gateway.toml"
+    toml.write_text(f'[server]\nport = {free_port()}\n[spool]\ndirectory = "spool"\n[compression]\nprocesses = 0\n'
+                    f'[web]\nport = {free_port()}\ntoken_file = "web.token"\n'
+                    '[[destinations]]\nname = "local"\nkind = "folder"\npath = "archive"\n')
+    return token, toml
+
+
 def test_a_token_file_other_users_can_read_is_said_at_start_reload_and_check_config(tmp_path: Path,
                                                                                    gateway_factory, caplog,
                                                                                    capsys) -> None:
@@ -115,13 +127,7 @@ def test_a_token_file_other_users_can_read_is_said_at_start_reload_and_check_con
     from gateway.config import load_config
     from tests.test_console import request
 
-    token = tmp_path / "web.token"
-    token.write_text(TOKEN + "\n")
-    token.chmod(0o644)
-    toml = tmp_path / "gateway.toml"
-    toml.write_text(f'[server]\nport = {free_port()}\n[spool]\ndirectory = "spool"\n[compression]\nprocesses = 0\n'
-                    f'[web]\nport = {free_port()}\ntoken_file = "web.token"\n'
-                    '[[destinations]]\nname = "local"\nkind = "folder"\npath = "archive"\n')
+    token, toml = _token_config(tmp_path, 0o644)
 
     def said() -> list[str]:
         return [r.getMessage() for r in caplog.records
@@ -240,13 +246,7 @@ def test_sessions_end_when_the_token_changes_on_reload_and_are_bounded(tmp_path:
     from gateway.config import load_config
     from gateway.web import access
 
-    token = tmp_path / "web.token"
-    token.write_text(TOKEN + "\n")
-    token.chmod(0o600)
-    toml = tmp_path / "gateway.toml"
-    toml.write_text(f'[server]\nport = {free_port()}\n[spool]\ndirectory = "spool"\n[compression]\nprocesses = 0\n'
-                    f'[web]\nport = {free_port()}\ntoken_file = "web.token"\n'
-                    '[[destinations]]\nname = "local"\nkind = "folder"\npath = "archive"\n')
+    token, toml = _token_config(tmp_path, 0o600)
     gateway = gateway_factory(load_config(toml))
     port = gateway.web.port
     _, session = _log_in(port)

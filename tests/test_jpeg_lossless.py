@@ -39,21 +39,7 @@ def _frames_of(array: np.ndarray, info: FrameInfo, count: int) -> list[np.ndarra
 
 
 def _libjpeg_via_pydicom(info: FrameInfo, streams: list[bytes]) -> list[np.ndarray]:
-    """Decode our codestreams with pylibjpeg-libjpeg through pydicom.
-
-    pydicom 3 cannot place libjpeg's 8-bit output of a precision <= 8 stream
-    into a 16-bit container, so there libjpeg is called directly and its
-    unsigned P-bit patterns are sign-extended from Bits Stored as any reader
-    does with Pixel Representation 1.
-    """
-    if info.bits_allocated == 16 and info.bits_stored <= 8:
-        frames = []
-        for stream in streams:
-            raw = libjpeg.decode(stream).astype(np.int64).reshape(info.shape)
-            if info.signed:
-                raw -= (raw & (1 << (info.bits_stored - 1))) << 1
-            frames.append(raw.astype(info.dtype))
-        return frames
+    """Decode our codestreams with pylibjpeg-libjpeg through pydicom, as an archive built on it does."""
     ds = make_dataset(info, streams, JPEGLosslessSV1)
     ds.pixel_array_options(decoding_plugin="pylibjpeg")
     return _frames_of(ds.pixel_array, info, len(streams))
@@ -545,3 +531,48 @@ def test_a_signed_value_at_a_wider_precision_is_its_twos_complement() -> None:
     wide = FrameInfo(rows=4, columns=4, bits_allocated=16, bits_stored=16)
     stream = codec.encode_frame(values.view(np.uint16), wide)
     assert np.array_equal(codec.decode_frame(stream, info), values)
+
+
+# ---------------------------------------------------------------- precision of 8-bit data in 16-bit containers
+
+
+def _precision_of(stream: bytes) -> int:
+    return stream[stream.index(b"\xff\xc3") + 4]
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
+@pytest.mark.parametrize("stored", [2, 5, 8])
+def test_bytes_in_16_bit_containers_are_coded_at_precision_9(stored: int, signed: bool) -> None:
+    """Decoders return a P <= 8 stream as bytes, which pydicom cannot place in a 16-bit frame: P = 9, signed
+    values as their 9-bit two's complement, so a reader going by P or by Bits Stored reads the same."""
+    info = FrameInfo(9, 11, bits_allocated=16, bits_stored=stored, pixel_representation=int(signed))
+    low, high = info.value_range
+    frame = np.random.default_rng(stored).integers(low, high, info.shape, endpoint=True).astype(info.dtype)
+    frame.flat[:2] = low, high
+    stream = CODEC.encode_frame(frame, info)
+    assert _precision_of(stream) == 9
+    raw = np.asarray(libjpeg.decode(stream)).astype(np.int64).reshape(info.shape)
+    assert np.array_equal(raw, frame.astype(np.int64) & 0x1FF), "the 9-bit patterns of the values"
+    assert np.array_equal(CODEC.decode_frame(stream, info), frame)
+    assert np.array_equal(_libjpeg_via_pydicom(info, [stream])[0], frame)
+
+
+@pytest.mark.parametrize("stored", [2, 7, 8])
+def test_8_bit_containers_keep_precision_bits_stored(stored: int) -> None:
+    info = FrameInfo(5, 6, bits_allocated=8, bits_stored=stored)
+    frame = np.random.default_rng(stored).integers(0, 1 << stored, info.shape).astype(np.uint8)
+    stream = CODEC.encode_frame(frame, info)
+    assert _precision_of(stream) == stored
+    assert np.array_equal(CODEC.decode_frame(stream, info), frame)
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
+def test_streams_at_precision_bits_stored_in_16_bit_containers_still_decode(signed: bool) -> None:
+    """What the encoder wrote before (P = Bits Stored = 8 in a 16-bit container) and other encoders write."""
+    info = FrameInfo(6, 7, bits_allocated=16, bits_stored=8, pixel_representation=int(signed))
+    low, high = info.value_range
+    frame = np.random.default_rng(5).integers(low, high, info.shape, endpoint=True).astype(info.dtype)
+    patterns = (frame.view(np.uint16) & 0xFF).reshape(info.rows, info.columns, 1)
+    dht, data = _scan(patterns, 8, 0)
+    stream = b"\xff\xd8" + dht + _sof3(8, info) + _sos([0]) + data + b"\xff\xd9"
+    assert np.array_equal(CODEC.decode_frame(stream, info), frame)

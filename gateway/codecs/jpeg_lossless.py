@@ -2,7 +2,8 @@
 
 Encoder
     Selection value 1 (first-order prediction, predictor ``Px = Ra``), point
-    transform 0, precision P = Bits Stored (2..16), one or three components in
+    transform 0, precision P = Bits Stored (2..16; 9 for Bits Stored <= 8 in
+    16-bit containers, see :func:`precision`), one or three components in
     a single interleaved scan (RGB stays RGB: no colour transform), and one
     Huffman table per component, optimised for the image (two passes: count
     the difference categories SSSS, then build the length-limited code of
@@ -22,15 +23,22 @@ Decoder
 
 Signed data (Pixel Representation 1)
     JPEG has no notion of sign.  The encoder codes the two's complement bit
-    pattern masked to Bits Stored; a conformant decoder returns that unsigned
-    P-bit pattern and the reader sign-extends it using Pixel Representation
-    and Bits Stored (as DCMTK, GDCM and pydicom do).
+    pattern masked to P bits; a conformant decoder returns that unsigned
+    P-bit pattern and the reader takes its low Bits Stored bits and
+    sign-extends them using Pixel Representation (as DCMTK, GDCM and pydicom
+    do).  Where P is above Bits Stored the pattern is the value sign-extended
+    to P bits, so a reader that goes by the precision instead reads the same
+    value.  :func:`decode` accepts both a P-bit two's complement and a
+    pattern of Bits Stored bits at a wider precision (other encoders write
+    either).
 
-Bits Stored < Bits Allocated
-    P = Bits Stored also for 8-bit (or fewer) data in 16-bit containers: DCMTK,
-    GDCM and libjpeg decode those streams into the 16-bit container, while
-    pydicom 3's "pylibjpeg" plugin cannot (it expects 16-bit output); our
-    "gateway" pydicom plugin can.
+Bits Stored <= 8 in 16-bit containers
+    Coded at P = 9 (T.81 allows 2..16 for lossless): decoders return a
+    P <= 8 stream as 8-bit samples, which pydicom's "pylibjpeg" plugin
+    cannot place in a 16-bit frame ("buffer size must be a multiple of
+    element size"); at P = 9 every decoder (libjpeg, libjpeg-turbo through
+    imagecodecs, DCMTK, GDCM, pydicom) gives 16-bit samples.  8-bit
+    containers keep P = Bits Stored.
 
 The codec is registered for ``1.2.840.10008.1.2.4.70`` (JPEGLosslessSV1) and,
 for decoding archives, for ``1.2.840.10008.1.2.4.57`` (JPEGLossless, any
@@ -51,7 +59,7 @@ from gateway.codecs.profiles import check_profile
 from gateway.dicom.uids import JPEG_LOSSLESS, JPEG_LOSSLESS_SV1
 from gateway.errors import CorruptCodestreamError, UnsupportedImageError
 
-__all__ = ["CODEC", "CODEC_ANY_PREDICTOR", "huffman_code_lengths", "encode", "decode"]
+__all__ = ["CODEC", "CODEC_ANY_PREDICTOR", "huffman_code_lengths", "encode", "decode", "precision"]
 
 _SOI, _EOI, _SOF3, _DHT, _SOS, _DRI, _DNL = 0xD8, 0xD9, 0xC3, 0xC4, 0xDA, 0xDD, 0xDC
 # SOF markers of processes other than lossless Huffman (SOF3).
@@ -64,6 +72,19 @@ def supports(info: FrameInfo) -> str | None:
     if reason is None and (info.rows > 65535 or info.columns > 65535):
         reason = f"(0028,0010/0011) {info.rows} x {info.columns} exceeds the 65535 limit of a JPEG frame header"
     return reason
+
+
+def precision(info: FrameInfo) -> int:
+    """The sample precision P we code `info` at: Bits Stored, but at least 9 in 16-bit containers.
+
+    Decoders return the samples of a P <= 8 stream as bytes, which a reader
+    expecting a 16-bit frame cannot place (pydicom's "pylibjpeg" plugin
+    fails on them), so 8-bit data in a 16-bit container is coded at P = 9,
+    signed values as 9-bit two's complement.
+    """
+    if info.bits_allocated == 16 and info.bits_stored <= 8:
+        return 9
+    return info.bits_stored
 
 
 # ---------------------------------------------------------------- Huffman
@@ -159,13 +180,13 @@ def encode(frame: np.ndarray, info: FrameInfo) -> bytes:
         raise UnsupportedImageError(
             f"values outside the {info.bits_stored}-bit range of (0028,0101) 'Bits Stored'"
         )
-    precision = info.bits_stored
+    sample_bits = precision(info)
     ncomp = info.samples_per_pixel
     unsigned = frame.view(frame.dtype.str.replace("i", "u"))
-    samples = (unsigned & ((1 << precision) - 1)).astype(np.uint16, copy=False)
+    samples = (unsigned & ((1 << sample_bits) - 1)).astype(np.uint16, copy=False)
     samples = samples.reshape(info.rows, info.columns, ncomp)
 
-    diffs, hist = _k.differences_sv1(samples, precision)
+    diffs, hist = _k.differences_sv1(samples, sample_bits)
     lengths = np.zeros((ncomp, 17), dtype=np.int64)
     codes = np.zeros((ncomp, 17), dtype=np.int64)
     dht = bytearray()
@@ -181,7 +202,7 @@ def encode(frame: np.ndarray, info: FrameInfo) -> bytes:
 
     out = bytearray(b"\xff\xd8")
     out += struct.pack(">BBH", 0xFF, _DHT, 2 + len(dht)) + dht
-    sof = struct.pack(">BHHB", precision, info.rows, info.columns, ncomp)
+    sof = struct.pack(">BHHB", sample_bits, info.rows, info.columns, ncomp)
     for k in range(ncomp):
         sof += bytes([k + 1, 0x11, 0])
     out += struct.pack(">BBH", 0xFF, _SOF3, 2 + len(sof)) + sof

@@ -23,6 +23,7 @@ import gateway.dicom.lean
 import gateway.worker
 from gateway.codecs.base import FrameInfo
 from gateway.dicom.lean import KEPT_GROUPS, KEPT_TAGS, read_lean, restore
+from gateway.dicom.splice import group_lengths
 from gateway.spool import Spool
 from gateway.worker import process_instance
 from tests.conftest import build_config, pydicom_file
@@ -184,8 +185,8 @@ def test_damaged_files_are_read_lean_or_left_to_pydicom(tmp_path: Path, edits) -
 
 
 def test_a_group_length_of_the_pixel_data_is_not_left_stale(tmp_path: Path) -> None:
-    """(7FE0,0000) counts the Pixel Data that recompression replaces: the output must not state the old
-    length; the lean and the whole reading write the same file."""
+    """(7FE0,0000) counts the Pixel Data that recompression replaces: the output states the new length, not
+    the old; the lean and the whole reading write the same file."""
     import struct
 
     data = _bytes(_grey())
@@ -196,5 +197,6 @@ def test_a_group_length_of_the_pixel_data_is_not_left_stale(tmp_path: Path) -> N
     lean_output = _process(tmp_path / "lean", data, "JPEGLSLossless")
     got = dcmread(BytesIO(lean_output))
     assert got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"
-    assert 0x7FE00000 not in got, "the retired group length is dropped, as a whole rewrite drops it"
+    stated, actual = group_lengths(lean_output)[0x7FE0]
+    assert got[0x7FE00000].value == stated == actual != pixel_element, "the group length follows the new Pixel Data"
     assert np.array_equal(got.pixel_array, dcmread(BytesIO(data)).pixel_array)

@@ -21,7 +21,6 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
 
 from pydicom.errors import InvalidDicomError
@@ -383,6 +382,7 @@ def _compress_one(src: Path, dst: Path, target: str, verify: bool, native: bool,
     from pydicom import dcmread
 
     from gateway.config import private_options
+    from gateway.dicom.splice import written_bytes
     from gateway.pipeline import recompress
     from gateway.spool import make_dirs
 
@@ -395,9 +395,7 @@ def _compress_one(src: Path, dst: Path, target: str, verify: bool, native: bool,
     make_dirs(dst.parent)  # new folders 0700, whatever the umask
     if not outcome.recompressed:
         return _Result("passed", outcome.reason or "not recompressed", size_in, _write_private(dst, src))
-    buffer = BytesIO()
-    outcome.dataset.save_as(buffer, enforce_file_format=True)
-    data = buffer.getvalue()
+    data = written_bytes(src, ds, outcome.dataset)  # as the live gateway writes it: group lengths kept
     if not native and len(data) >= size_in:
         return _Result("passed", f"recompressed file would not be smaller ({len(data)} bytes, {size_in} in); "
                        "original copied", size_in, _write_private(dst, src))

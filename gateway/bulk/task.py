@@ -25,7 +25,6 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +191,7 @@ def _compress(src: Path, out_root: Path, rel: str, target: str, verify: bool, la
               recorded_output: str | None = None) -> None:
     from pydicom import dcmread
 
+    from gateway.dicom.splice import written_bytes
     from gateway.pipeline import recompress
 
     if layout == "relative" and rel in RESERVED_NAMES:
@@ -208,9 +208,7 @@ def _compress(src: Path, out_root: Path, rel: str, target: str, verify: bool, la
     data: bytes | None = None
     reason = outcome.reason
     if outcome.recompressed:
-        buffer = BytesIO()
-        outcome.dataset.save_as(buffer, enforce_file_format=True)
-        data = buffer.getvalue()
+        data = written_bytes(src, ds, outcome.dataset)  # as the live gateway writes it: group lengths kept
         if not native and len(data) >= size_in:
             reason = f"recompressed file would not be smaller ({len(data)} bytes, {size_in} in); original copied"
             data = None

@@ -29,10 +29,13 @@ theirs.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import mmap
 import struct
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom import Dataset
 from pydicom.charset import default_encoding
@@ -44,7 +47,7 @@ from gateway.dicom.filemeta import parse_file_meta, with_transfer_syntax
 from gateway.dicom.uids import IMPLICIT_VR_LITTLE_ENDIAN, is_explicit_little_endian
 from gateway.dicom.walk import _UNDEFINED, _Walker
 
-__all__ = ["pixel_span", "splice_write", "group_lengths", "PIXEL_DATA"]
+__all__ = ["pixel_span", "splice_write", "written_bytes", "group_lengths", "PIXEL_DATA"]
 
 PIXEL_DATA = 0x7FE00010
 _META_CHANGED = {0x00020000, 0x00020010}  # group length, transfer syntax
@@ -148,7 +151,32 @@ def _group_length(group: int, length: int, implicit: bool) -> bytes:
     return struct.pack("<HH2sHI", group, 0, b"UL", 4, length)
 
 
-def splice_write(src: Path, original: Dataset, new: Dataset, dst: Path, span: tuple[int, int] | None) -> bool:
+@contextlib.contextmanager
+def _output(dst: Path | BinaryIO) -> Iterator[BinaryIO]:
+    """`dst` to write to: a path is created (or emptied), a stream is written at its position and left open."""
+    if isinstance(dst, Path):
+        with open(dst, "wb") as out:
+            yield out
+    else:
+        yield dst
+
+
+def written_bytes(src: Path, original: Dataset, new: Dataset) -> bytes:
+    """The file the worker writes for `new`, the recompressed `original` read whole from `src`, as bytes.
+
+    Spliced where :func:`splice_write` applies (the received bytes and group
+    lengths kept around what changed), else written by ``dcmwrite``: what
+    ``compress`` writes is what the live gateway writes.
+    """
+    buffer = io.BytesIO()
+    if not splice_write(src, original, new, buffer, None):
+        buffer = io.BytesIO()  # a refusal may have left a part behind
+        dcmwrite(buffer, new, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def splice_write(src: Path, original: Dataset, new: Dataset, dst: Path | BinaryIO,
+                 span: tuple[int, int] | None) -> bool:
     """Write `new` as `src`'s bytes with only what the pipeline changed replaced, group lengths kept.
 
     The pipeline changes nothing but the pixel data encoding, so re-encoding
@@ -225,7 +253,7 @@ def splice_write(src: Path, original: Dataset, new: Dataset, dst: Path, span: tu
             middle = handle.read(start - meta_end)
             handle.seek(end)
             tail = handle.read()
-            with open(dst, "wb") as out:
+            with _output(dst) as out:
                 for part in (meta, middle, header, value, trailer, tail):
                     out.write(part)
             return True
@@ -238,7 +266,7 @@ def splice_write(src: Path, original: Dataset, new: Dataset, dst: Path, span: tu
                 return False
             if pieces is None:
                 return False
-            with open(dst, "wb") as out:
+            with _output(dst) as out:
                 out.write(meta)
                 copy: tuple[int, int] | None = None  # a run of received bytes, written at once
                 for piece in pieces:
@@ -325,7 +353,7 @@ def _rewrite(original: Dataset, new: Dataset, dst: Path, target: str) -> bool:
         if tag >> 16 in groups and not tag & 0xFFFF:
             return False  # written by dcmwrite: not the pydicom this was made for
         sizes[tag >> 16] = sizes.get(tag >> 16, 0) + end - start
-    with open(dst, "wb") as out:
+    with _output(dst) as out:
         out.write(data[:meta_end])
         pos, previous = meta_end, None
         for tag, start, _, end in entries:

@@ -358,3 +358,33 @@ def test_stripe_table_rules(monkeypatch: pytest.MonkeyPatch) -> None:
         mutated[position] = 1  # a segment starts with 0
         _corrupt(mutated, info)
         position += length
+
+
+def test_index_escapes_the_encoder_never_writes_decode_as_they_say() -> None:
+    """Model 3 (9.7): an escape whose index equals a candidate already asked, and one that takes the
+    recent list's entry back to its front, decode as what they say, in both decoders."""
+    from gateway.codecs import _private_index as ix
+    from gateway.codecs import _private_planes2 as p2
+    from gateway.codecs import _private_rangecoder as rc
+    from gateway.codecs import _private_symbols as sy
+
+    info = _info(1, 3, samples=3, alloc=8, stored=8)
+    frame = np.array([[[10, 20, 30], [10, 20, 30], [40, 50, 60]]], np.uint8)
+    bins, tables, state, buf = rc.new_contexts(ix.N_CONTEXTS), sy.new_tables(1), rc.enc_start(), np.zeros(256, np.uint8)
+    for answer, k in [(0, 0), (5, 0), (5, 2)]:  # W (index 0) refused, then escapes: index 0, L[0] = 0, 2 - |L| = 1
+        state = rc.enc_bit(state, buf, bins, (6 * 31 + answer) * 5, 0)
+        state = sy.enc_token(state, buf, tables, 0, k)
+    buf, size = rc.enc_finish(state, buf)
+    index_segment = buf[:size].tobytes()
+    state, buf = rc.enc_start(), np.zeros(256, np.uint8)
+    for _ in range(3):  # the colour table: each channel's two entries, offset and 30 above it
+        te, err, bm = p2.new_plane_state(2, 2)
+        state, buf = p2.encode_plane(state, buf, np.array([[0, 30]], np.int32), 30, *private._model_state(3), te, err,
+                                     bm, private._NO_GUIDE, private._NO_GUIDE, 2)
+    buf, size = rc.enc_finish(state, buf)
+    side = buf[:size].tobytes()
+    data = (private._header(info, private.MODE_CODED, tf.COLOUR_PALETTE, private._crc(frame), None, 2)
+            + private._PLANE.pack(0, 1, 0) + b"".join(private._PLANE.pack(o, 30, 0) for o in (10, 20, 30))
+            + struct.pack("<III", 1 | private.INDEX_MODEL << private.MODEL_SHIFT, len(side), len(index_segment))
+            + side + index_segment)
+    _agree(data, info, frame)

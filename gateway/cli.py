@@ -58,6 +58,8 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     print(f"ok: {config.source}")
     print(f"  listen  {s.ae_title}@{s.host}:{s.port}"
           + (f" (callers: {', '.join(s.allowed_callers)})" if s.allowed_callers else " (any caller)"))
+    for placed in s.caller_addresses:
+        print(f"  caller  {placed.ae_title} only from {', '.join(placed.networks)}")
     if s.tls is None:
         print("  tls     off (plain TCP)")
     else:

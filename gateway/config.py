@@ -47,7 +47,7 @@ __all__ = [
     "PolicyConfig",
     "ServerConfig",
     "ServerTls",
-    "CallerCertificate",
+    "CallerAddresses", "CallerCertificate",
     "DestinationTls",
     "tls_context",
     "subject_pairs",
@@ -207,6 +207,14 @@ class CallerCertificate:
 
 
 @dataclass(frozen=True, slots=True)
+class CallerAddresses:
+    """An ``allowed_callers`` entry binding a calling AE title to the networks it may call from."""
+
+    ae_title: str
+    networks: tuple[str, ...]  # addresses or CIDR networks, normalised ("10.0.0.5/32", "10.1.0.0/16")
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     """Where and as whom the gateway listens, and what one peer may take."""
 
@@ -222,6 +230,7 @@ class ServerConfig:
     max_connections_per_address: int = 32  # of them from one remote address
     tls: ServerTls | None = None
     caller_certificates: tuple[CallerCertificate, ...] = ()  # AE titles only these certificates may use
+    caller_addresses: tuple[CallerAddresses, ...] = ()  # AE titles only these networks may use
 
 
 @dataclass(frozen=True, slots=True)
@@ -623,29 +632,52 @@ def _sop_class(key: str, value: Any) -> str:
 # --------------------------------------------------------------------------- #
 
 
-def _callers(key: str, value: Any) -> tuple[tuple[str, ...], tuple[CallerCertificate, ...]]:
-    """``allowed_callers``: AE titles, or ``{ ae_title, certificate_subject }`` tables."""
+def _callers(key: str, value: Any) -> tuple[tuple[str, ...], tuple[CallerCertificate, ...],
+                                            tuple[CallerAddresses, ...]]:
+    """``allowed_callers``: AE titles, or ``{ ae_title, certificate_subject, addresses }`` tables (a table
+    names a certificate subject, addresses, or both)."""
+    import ipaddress
+
     if not isinstance(value, list):
-        raise ConfigError(key, f"must be a list of AE titles or {{ ae_title, certificate_subject }} tables, got {value!r}")
+        raise ConfigError(key, "must be a list of AE titles or { ae_title, certificate_subject, addresses } "
+                          f"tables, got {value!r}")
     titles: list[str] = []
     bound: list[CallerCertificate] = []
+    placed: list[CallerAddresses] = []
     for i, item in enumerate(value):
         if isinstance(item, dict):
             t = _Table(f"{key}[{i}]", item)
-            raw_title, raw_subject = t.pop("ae_title"), t.pop("certificate_subject")
+            raw_title, raw_subject, raw_addresses = t.pop("ae_title"), t.pop("certificate_subject"), t.pop("addresses")
             t.finish()  # a misspelt key first: it explains the missing one
             title = _ae_title(t.path("ae_title"), raw_title)
-            subject = _str(t.path("certificate_subject"), raw_subject)
-            try:
-                pairs = subject_pairs(subject)
-            except ValueError as exc:
-                raise ConfigError(t.path("certificate_subject"), f"not a certificate subject: {exc}") from exc
-            bound.append(CallerCertificate(title, pairs))
+            if raw_subject is None and raw_addresses is None:
+                raise ConfigError(t.path("certificate_subject"), "a table binds its AE title to a certificate_subject, "
+                                  "to addresses, or to both; give one (a plain AE title needs no table)")
+            if raw_subject is not None:
+                subject = _str(t.path("certificate_subject"), raw_subject)
+                try:
+                    pairs = subject_pairs(subject)
+                except ValueError as exc:
+                    raise ConfigError(t.path("certificate_subject"), f"not a certificate subject: {exc}") from exc
+                bound.append(CallerCertificate(title, pairs))
+            if raw_addresses is not None:
+                where = t.path("addresses")
+                if not isinstance(raw_addresses, list) or not raw_addresses:
+                    raise ConfigError(where, f"must be a non-empty list of addresses or networks (CIDR), "
+                                      f"got {raw_addresses!r}")
+                networks = []
+                for j, entry in enumerate(raw_addresses):
+                    text = _str(f"{where}[{j}]", entry)
+                    try:
+                        networks.append(str(ipaddress.ip_network(text.strip(), strict=False)))
+                    except ValueError as exc:
+                        raise ConfigError(f"{where}[{j}]", f"not an IP address or network: {exc}") from exc
+                placed.append(CallerAddresses(title, tuple(networks)))
         else:
             title = _ae_title(f"{key}[{i}]", item)
         if title not in titles:
             titles.append(title)
-    return tuple(titles), tuple(bound)
+    return tuple(titles), tuple(bound), tuple(placed)
 
 
 def _server_tls(data: Any, base: Path) -> ServerTls | None:
@@ -670,7 +702,7 @@ def _server_tls(data: Any, base: Path) -> ServerTls | None:
 
 def _server(data: Any, base: Path) -> ServerConfig:
     t = _Table("server", data if data is not None else {})
-    titles, bound = _callers(t.path("allowed_callers"), t.pop("allowed_callers", []))
+    titles, bound, placed = _callers(t.path("allowed_callers"), t.pop("allowed_callers", []))
     tls = _server_tls(t.pop("tls"), base)
     cfg = ServerConfig(
         ae_title=_ae_title(t.path("ae_title"), t.pop("ae_title", "GATEWAY")),
@@ -687,6 +719,7 @@ def _server(data: Any, base: Path) -> ServerConfig:
                                          t.pop("max_connections_per_address", 32), 1, 10_000),
         tls=tls,
         caller_certificates=bound,
+        caller_addresses=placed,
     )
     t.finish()
     if bound and tls is None:

@@ -408,6 +408,7 @@ class Gateway:
             if self.server is not None:
                 self.server.ae.require_calling_aet = list(new.server.allowed_callers)
                 self.server.set_caller_certificates(new.server.caller_certificates)
+                self.server.set_caller_addresses(new.server.caller_addresses)
                 if tls is not None:  # renewed certificates: the next handshakes use them
                     self.server.tls = tls
                 if old.spool.min_free_bytes != new.spool.min_free_bytes:  # the next C-STOREs use the floor

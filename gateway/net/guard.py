@@ -16,8 +16,9 @@ happens before and around it:
   Too slow, and it is closed; pynetdicom never sees it.
 * The A-ASSOCIATE-RQ header is checked before its body is read: a first PDU
   that is not an A-ASSOCIATE-RQ, or one announcing more than the limit, is
-  aborted unread.  An AE title bound to a certificate subject
-  (``allowed_callers``) is checked here against the verified certificate.
+  aborted unread.  An AE title bound to a certificate subject or to
+  addresses (``allowed_callers``) is checked here against the verified
+  certificate and the caller's address.
 * Connections are counted, pending and associated, in total
   (``max_connections``) and per remote address
   (``max_connections_per_address``).  When a limit is reached, a new
@@ -36,6 +37,7 @@ happens before and around it:
 from __future__ import annotations
 
 import gc
+import ipaddress
 import queue
 import select
 import selectors
@@ -63,7 +65,7 @@ from pynetdicom.transport import (
     ThreadedAssociationServer,
 )
 
-from gateway.config import CallerCertificate, ServerConfig, subject_pairs
+from gateway.config import CallerAddresses, CallerCertificate, ServerConfig, subject_pairs
 from gateway.logs import get_logger
 from gateway.net import sink
 
@@ -150,6 +152,17 @@ def _tls_reason(exc: BaseException) -> str:
     if "CERTIFICATE" in reason or "UNKNOWN_CA" in reason:
         return f"certificate refused [{reason}]"
     return f"{reason or type(exc).__name__}: {exc}"
+
+
+def _within(host: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    """True when the address `host` lies in one of `networks` (an IPv4 address mapped into IPv6 as itself)."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
 
 
 def _ae_title_problem(field: bytes) -> str | None:
@@ -602,10 +615,12 @@ class GuardedServer(ThreadedAssociationServer):
     def __init__(self, ae: Any, address: tuple[str, int], ae_title: str, contexts: list, *,
                  limits: Limits, tls: ssl.SSLContext | None = None,
                  caller_certificates: tuple[CallerCertificate, ...] = (),
+                 caller_addresses: tuple[CallerAddresses, ...] = (),
                  evt_handlers: list | None = None) -> None:
         self.limits = limits
         self.tls = tls
         self.set_caller_certificates(caller_certificates)
+        self.set_caller_addresses(caller_addresses)
         self._lock = threading.Lock()
         self._held: dict[int, str] = {}  # id(socket) -> remote host, for every counted connection
         self._per_host: dict[str, int] = {}
@@ -623,6 +638,12 @@ class GuardedServer(ThreadedAssociationServer):
         for entry in bound:
             table.setdefault(entry.ae_title, []).append(entry.certificate_subject)
         self.bound_callers = table
+
+    def set_caller_addresses(self, placed: tuple[CallerAddresses, ...]) -> None:
+        table: dict[str, list[ipaddress.IPv4Network | ipaddress.IPv6Network]] = {}
+        for entry in placed:
+            table.setdefault(entry.ae_title, []).extend(ipaddress.ip_network(n) for n in entry.networks)
+        self.placed_callers = table
 
     # -- counting
 
@@ -887,6 +908,12 @@ class _Lobby(threading.Thread):
                 self._send_and_close(pending, refusal)
                 return
         calling = bytes(pending.buffer[26:42]).decode("ascii").strip()
+        networks = self.server.placed_callers.get(calling)
+        if networks is not None and not _within(pending.host, networks):
+            _log.warning("association rejected: calling=%s from %s: not an address allowed_callers binds to this "
+                         "AE title", calling, _peer(pending.address))
+            self._send_and_close(pending, _REJECT_CALLING)
+            return
         allowed = self.server.bound_callers.get(calling)
         if allowed is not None:
             cert = sock.getpeercert() if isinstance(sock, ssl.SSLSocket) else None

@@ -487,7 +487,8 @@ def start_receiver(server: ServerConfig, receiver: Receiver) -> GuardedServer:
     try:
         listener = GuardedServer(ae, (server.host, server.port), server.ae_title, _cheap_copies(ae.supported_contexts),
                                  limits=Limits.of(server), tls=server.tls.context() if server.tls else None,
-                                 caller_certificates=server.caller_certificates, evt_handlers=handlers)
+                                 caller_certificates=server.caller_certificates,
+                                 caller_addresses=server.caller_addresses, evt_handlers=handlers)
     except OSError as exc:
         raise GatewayError(f"cannot listen on {server.host}:{server.port}: {exc}") from exc
     ae._servers.append(listener)  # as AE.start_server does: AE.shutdown() and the server's shutdown() expect it

@@ -47,7 +47,7 @@ from gateway.dicom.filemeta import parse_file_meta, with_transfer_syntax
 from gateway.dicom.uids import IMPLICIT_VR_LITTLE_ENDIAN, is_explicit_little_endian
 from gateway.dicom.walk import _UNDEFINED, _Walker
 
-__all__ = ["pixel_span", "splice_write", "written_bytes", "group_lengths", "PIXEL_DATA"]
+__all__ = ["pixel_span", "splice_write", "written_bytes", "PIXEL_DATA"]
 
 PIXEL_DATA = 0x7FE00010
 _META_CHANGED = {0x00020000, 0x00020010}  # group length, transfer syntax
@@ -95,31 +95,6 @@ def _top_level(data: mmap.mmap | bytes, start: int, implicit: bool = False) -> l
                 raise ValueError(f"({tag >> 16:04X},{tag & 0xFFFF:04X}) runs past the end of the file")
         found.append((tag, pos, value, end))
         pos = end
-    return found
-
-
-def group_lengths(data: bytes, *, implicit: bool = False) -> dict[int, tuple[int | None, int]]:
-    """{group: (its Group Length's value or None, the bytes its elements take)} of a file's top-level dataset.
-
-    The bytes counted are those from the end of the (gggg,0000) element to the
-    end of the group's last element that follows it without another group in
-    between, as PS3.5 7.2 defines the value.  Only groups with a group length
-    element are listed.  Raises ValueError where the bytes do not walk.
-    """
-    start, _ = parse_file_meta(data[:65_536])
-    entries = _top_level(data, start, implicit)
-    found: dict[int, tuple[int | None, int]] = {}
-    for index, (tag, _, value, end) in enumerate(entries):
-        if tag & 0xFFFF:
-            continue
-        group = tag >> 16
-        stated = struct.unpack_from("<I", data, value)[0] if end - value == 4 else None
-        actual = 0
-        for other, begin, _, stop in entries[index + 1:]:
-            if other >> 16 != group:
-                break
-            actual += stop - begin
-        found[group] = (stated, actual)
     return found
 
 

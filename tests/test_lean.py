@@ -201,3 +201,18 @@ def test_a_group_length_of_the_pixel_data_is_not_left_stale(tmp_path: Path) -> N
     stated, actual = _lengths(lean_output)[0x7FE0]
     assert got[0x7FE00000].value == stated == actual != pixel_element, "the group length follows the new Pixel Data"
     assert np.array_equal(got.pixel_array, dcmread(BytesIO(data)).pixel_array)
+
+
+@pytest.mark.parametrize("private", [False, True], ids=["icon-sequence", "private-sequence"])
+def test_pixel_data_nested_in_a_sequence_sends_the_worker_to_the_whole_file(tmp_path: Path, private: bool) -> None:
+    """The lean reading keeps no sequence of the header: an encapsulated icon in one would go unseen, and be
+    left in the received syntax under the new one.  Such a file is read whole, and kept as received."""
+    from tests.test_pipeline import _with_icon
+
+    buffer = BytesIO()
+    _with_icon(encapsulated=True, private=private).save_as(buffer, enforce_file_format=True)
+    data = buffer.getvalue()
+    path = tmp_path / "icon.dcm"
+    path.write_bytes(data)
+    assert read_lean(path) is None
+    assert _process(tmp_path / "spool", data, "RLELossless") == data, "kept as received, byte for byte"

@@ -13,8 +13,9 @@ that matter, with the file offsets of Pixel Data for the splice.
 It applies to explicit VR little endian files (every encapsulated syntax
 included) of moderate size; anything else (implicit VR, whose output must
 be re-encoded as a whole, big endian, deflated, very large values left in
-their file) or anything that does not walk cleanly returns None, and the
-caller reads the whole file with pydicom.
+their file, Pixel Data nested in a sequence, which the pipeline must see)
+or anything that does not walk cleanly returns None, and the caller reads
+the whole file with pydicom.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ from gateway.dicom.uids import is_explicit_little_endian
 from gateway.dicom.walk import _UNDEFINED, _Walker
 
 __all__ = ["Lean", "read_lean", "KEPT_GROUPS", "KEPT_TAGS", "MAX_LEAN_BYTES", "restore"]
+
+# (7FE0,0010) as its tag's bytes: a sequence holding them may nest Pixel Data, which the pipeline must see.
+_NESTED_PIXEL_DATA = b"\xe0\x7f\x10\x00"
 
 KEPT_GROUPS = frozenset({0x0028, 0x7FE0})
 """Groups kept whole: the image pixel module, Pixel Data and its offset tables, float pixel data."""
@@ -97,6 +101,8 @@ def read_lean(path: Path) -> Lean | None:
                         end = value + length
                         if end > size:
                             return None
+                    if vr in (b"SQ", b"UN") and data.find(_NESTED_PIXEL_DATA, value, end) != -1:
+                        return None  # Pixel Data in a sequence (an icon): the pipeline sees it in the whole file
                     if tag == _PIXEL_DATA:
                         if vr not in (b"OB", b"OW"):
                             return None

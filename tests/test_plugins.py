@@ -19,6 +19,8 @@ from gateway import _autoload, plugins
 from gateway.codecs import all_codecs, get_codec
 from gateway.codecs.base import FrameInfo
 from tests.images import REFERENCE_IMAGES, make_dataset
+from tests.test_conformance_sweep import _frames as sweep_frames
+from tests.test_conformance_sweep import _info as sweep_info
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -62,22 +64,49 @@ def test_compress_with_gateway_plugin_round_trips(codec) -> None:
         ), ident
 
 
-@pytest.mark.parametrize("codec", _standard())
-def test_gateway_output_decodes_with_pydicoms_default_plugins(codec) -> None:
+def _other_decoders(codec) -> list[str]:
+    """pydicom's decoder plugins for `codec`'s syntax other than ours, or skip when it has none."""
     from pydicom.pixels import get_decoder
 
     # Pillow, where installed (dask's dashboard brings it), refuses 16-bit colour by design.
     others = [p for p in get_decoder(codec.uid).available_plugins if p not in ("gateway", "pillow")]
     if not others:
         pytest.skip(f"pydicom has no other decoder for {codec.keyword}")
-    for ident, info, frames in _cases(codec):
-        if info.bits_allocated == 16 and info.bits_stored <= 8:
-            continue  # pydicom cannot place an 8-bit codestream in a 16-bit container
+    return others
+
+
+def _assert_read_by(readers: list[str], codec, ident: str, info: FrameInfo, frames: list[np.ndarray]) -> None:
+    """What our plugin writes, read by each of `readers` as ``pixel_array``: the frames, in the dtype
+    Bits Allocated and Pixel Representation give, signed values sign-extended from Bits Stored."""
+    for plugin in readers:
         ds = make_dataset(info, frames)
         ds.compress(codec.uid, encoding_plugin="gateway")
-        ds.pixel_array_options(decoding_plugin=others[0])
-        got = _as_frames(ds.pixel_array, info, len(frames))
-        assert all(np.array_equal(a, b) for a, b in zip(got, frames)), f"{ident} via {others[0]}"
+        ds.pixel_array_options(decoding_plugin=plugin)
+        array = ds.pixel_array
+        assert array.dtype == info.dtype, f"{ident} via {plugin}: {array.dtype}"
+        got = _as_frames(array, info, len(frames))
+        for number, (a, b) in enumerate(zip(got, frames, strict=True), start=1):
+            assert np.array_equal(a, b), f"{ident} via {plugin}: frame {number} {a.ravel()[:4]} for {b.ravel()[:4]}"
+
+
+@pytest.mark.parametrize("codec", _standard())
+def test_gateway_output_decodes_with_pydicoms_default_plugins(codec) -> None:
+    others = _other_decoders(codec)
+    for ident, info, frames in _cases(codec):
+        _assert_read_by(others, codec, ident, info, frames)
+
+
+# Every Bits Stored below 16 in a 16-bit container, each as four frames: the most negative (or zero)
+# and the most positive value, noise over the whole range, and a checkerboard of the two extremes.
+_NARROW = [pytest.param(samples, stored, signed, id=f"16_{stored}{'s' if signed else 'u'}_{samples}")
+           for stored in range(2, 16) for samples, signed in ((1, True), (1, False), (3, False))]
+
+
+@pytest.mark.parametrize(("samples", "stored", "signed"), _NARROW)
+@pytest.mark.parametrize("codec", _standard())
+def test_pydicoms_default_plugins_read_narrow_values_in_16_bit_containers(codec, samples, stored, signed) -> None:
+    info = sweep_info(5, 11, samples, 16, stored, signed)
+    _assert_read_by(_other_decoders(codec), codec, f"16_{stored}", info, sweep_frames(info, stored))
 
 
 @pytest.mark.parametrize("codec", _standard())

@@ -19,12 +19,11 @@ cookie; see :mod:`gateway.web.access` for that and for cross-site requests.
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -77,20 +76,24 @@ def make_app(registry: CollectorRegistry, ready: Callable[[], str | None], token
     return app
 
 
-def _harden(context: ssl.SSLContext | None) -> None:
-    """TLS 1.2 at least, AEAD suites with ephemeral keys, no compression nor renegotiation (BCP 195)."""
-    if context is None:
-        raise GatewayError("uvicorn made no TLS context for the console")
+def _tls_context(certificate: Path, private_key: Path | None) -> ssl.SSLContext:
+    """The console's TLS: TLS 1.2 at least, AEAD suites with ephemeral keys, no compression nor renegotiation
+    (BCP 195), as DICOM TLS; no client certificate asked for."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certificate, private_key)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(TLS12_CIPHERS)
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    return context
 
 
 class WebServer:
     """uvicorn serving `app` in a thread of its own, over HTTPS when given a certificate and its key.
 
-    A client must send its whole request within :attr:`request_seconds`, and at
-    most :attr:`max_connections` are held (:mod:`gateway.web.bounds`), with a
+    A client must send its whole request within :attr:`request_seconds` (over
+    HTTPS, complete its TLS handshake within as much, then send its request
+    within as much again), and at most :attr:`max_connections` are held, those
+    still in their TLS handshake included (:mod:`gateway.web.bounds`), with a
     listen backlog of :attr:`backlog` (uvicorn's default, 2048, lets a burst of
     connections take that many descriptors at once): the descriptors of the
     gateway's process are the DICOM receiver's and the spool's too.
@@ -102,39 +105,14 @@ class WebServer:
 
     def __init__(self, app: Starlette, host: str, port: int, *, certificate: Path | None = None,
                  private_key: Path | None = None) -> None:
-        protocol = bounded_protocol(self.request_seconds, self.max_connections)
-        tls = {} if certificate is None else {"ssl_certfile": str(certificate), "ssl_keyfile": str(private_key),
-                                              "ssl_ciphers": TLS12_CIPHERS}
+        tls = None if certificate is None else _tls_context(certificate, private_key)
+        protocol = bounded_protocol(self.request_seconds, self.max_connections, tls)
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
-                                http=protocol, ws="none", backlog=self.backlog, **tls)
-        if certificate is not None:
-            config.load()  # makes uvicorn's TLS context, which is then held to what DICOM TLS takes
-            _harden(config.ssl)
+                                http=protocol, ws="none", backlog=self.backlog)
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run if certificate is None else self._run_tls,
-                                        name="web", daemon=True)
+        self._thread = threading.Thread(target=self._server.run, name="web", daemon=True)
         self.host = host
-        self.scheme = "http" if certificate is None else "https"
-
-    def _run_tls(self) -> None:
-        """uvicorn's serving loop, with a TLS handshake bounded as a request is (asyncio's default is 60 s).
-
-        The request deadline starts once the handshake is done; a client that
-        connects and never completes it would otherwise hold its descriptor
-        for a minute.
-        """
-        loop = asyncio.new_event_loop()
-        create_server = loop.create_server
-
-        async def bounded(*args: Any, **kwargs: Any) -> asyncio.AbstractServer:
-            kwargs.setdefault("ssl_handshake_timeout", self.request_seconds)
-            return await create_server(*args, **kwargs)
-
-        loop.create_server = bounded  # type: ignore[method-assign]
-        try:
-            loop.run_until_complete(self._server.serve())
-        finally:
-            loop.close()
+        self.scheme = "http" if tls is None else "https"
 
     @property
     def port(self) -> int:

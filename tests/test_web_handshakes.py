@@ -167,3 +167,28 @@ def test_a_new_handshake_is_refused_at_once_while_every_held_connection_is_being
         server.stop()
     assert answers == [200] * BOUND
     assert any("refused: 8 connections held, every one being served" in r.getMessage() for r in caplog.records)
+
+
+class QuickConsole(SmallConsole):
+    request_seconds = 0.5
+
+
+def test_a_client_that_never_answers_the_closing_alert_is_dropped_after_the_deadline(
+        pki: Path, trust: ssl.SSLContext, monkeypatch) -> None:  # noqa: F811
+    """asyncio waits 30 s for a client's answer to TLS's closing alert by default: a served client that
+    never sends it held its connection, counted in the bound, for that long."""
+    monkeypatch.setattr(bounds, "_said", {})
+    if not Path("/proc/net/tcp").exists():
+        pytest.skip("counts the server's sockets in /proc (Linux)")
+    server = QuickConsole(make_app(CollectorRegistry(), lambda: None), "127.0.0.1", free_port(),
+                          certificate=pki / "gateway.pem", private_key=pki / "gateway.key").start()
+    client = trust.wrap_socket(socket.create_connection(("127.0.0.1", server.port), timeout=3),
+                               server_hostname="127.0.0.1")
+    try:
+        client.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        assert b" 200 " in client.recv(4096)
+        # The answer is in, the server has sent its closing alert; the client never answers it.
+        assert wait_until(lambda: _held(server.port) == 1, timeout=5), _held(server.port)
+    finally:
+        client.close()
+        server.stop()

@@ -158,7 +158,8 @@ class TLSHandshake(asyncio.Protocol):
     async def _shake(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
             tls = await loop.start_tls(self.transport, self, self.context, server_side=True,
-                                       ssl_handshake_timeout=self.http.request_seconds)
+                                       ssl_handshake_timeout=self.http.request_seconds,
+                                       ssl_shutdown_timeout=self.http.request_seconds)
         except OSError:  # a failed handshake, one not done in time, a client gone: start_tls has closed it
             return
         finally:

@@ -201,7 +201,11 @@ class DicomSender:
         except ValueError as exc:  # the object or its UIDs cannot be sent as they are
             raise PermanentForwardError(f"cannot send to {self.destination.name}: {exc}") from exc
         if result.comment:
-            _log.info("%s answered 0x%04X: %s", self.destination.name, result.status, result.comment)
+            # Archives quote the instance in their Error Comment (a patient's name and ID in a conflict of
+            # patient data): its length is logged, never its text.
+            _log.info("%s answered 0x%04X for sop=%s with an Error Comment of %d character(s), not logged: it may "
+                      "quote patient data", self.destination.name, result.status, job.identity.sop_instance_uid,
+                      len(result.comment))
         return result.status
 
     # -- storage commitment

@@ -174,3 +174,28 @@ def test_an_archives_error_comment_quoting_the_patient_is_not_logged(
         with urllib.request.urlopen(f"http://127.0.0.1:{web_port}{path}", timeout=10) as response:
             assert _leaks(response.read()) == [], path
     assert _quoting(recorded_warnings) == []
+
+
+def test_a_destination_wanting_another_encoding_gets_every_value_unparsed(
+        tmp_path: Path, gateway_factory, gateway_logger, peer_factory,
+        recorded_warnings: list[warnings.WarningMessage]) -> None:
+    """An instance kept as received (explicit VR) goes to an archive that takes implicit VR first: its values
+    keep their bytes, so none is parsed (pydicom's warning about a malformed value quotes it) or altered."""
+    log = tmp_path / "gateway.log"
+    setup_logging("DEBUG", log)
+    peer = peer_factory().start()
+    config = build_config(tmp_path, destinations=[
+        {"name": "pacs", "kind": "dicom", "ae_title": "ARCHIVE", "host": "127.0.0.1", "port": peer.port,
+         "transfer_syntaxes": ["ImplicitVRLittleEndian"], "timeout_seconds": 10}],
+        compression={"transfer_syntax": "keep"})
+    gateway = gateway_factory(config)
+    ds = dcmread(BytesIO(_canary_bytes()))
+    assert send(gateway.port, [ds]) == [0]
+    uid = str(ds.SOPInstanceUID)
+    assert wait_until(lambda: uid in peer.by_uid(), timeout=30), log.read_text()[-2000:]
+    got = peer.by_uid()[uid]
+    assert got.original_encoding[0] is True, "sent implicit VR"
+    assert got.get_item(0x00104000).value.rstrip(b" ") == _TEXT_CANARY, "Patient Comments keeps its bytes"
+    assert got.get_item(0x00200013).value.rstrip(b" ") == _IS_CANARY
+    assert _quoting(recorded_warnings) == []
+    assert _leaks(log.read_text()) == []

@@ -4,9 +4,12 @@ Kept apart from the senders: a sender only moves bytes; this module owns the
 one place where an object is decoded and encoded again on its way out.  Pixel
 data is re-encoded through the pipeline and so always verified; between the
 uncompressed little endian syntaxes (implicit, explicit, deflated) only the
-element encoding changes, which pydicom's writer converts from the encoding
-the object was read in (raw elements decoded, ambiguous VRs resolved); so
-does a big endian object without pixel data, its binary words swapped first.
+element encoding changes, each value keeping its bytes and getting the VR the
+standard gives it (:mod:`gateway.pipeline.encoding`); so does a big endian
+object without pixel data, its binary words swapped.  No value is parsed on
+the way: pydicom's writer would decode and encode each one again, replacing
+text not valid in its character set and quoting a value it finds malformed
+in a warning.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ from pydicom import Dataset, dcmread
 from pydicom.uid import UID
 
 from gateway.dicom.filemeta import read_file_meta
-from gateway.dicom.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN, NATIVE_SYNTAXES
+from gateway.dicom.uids import (DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN,
+                                NATIVE_SYNTAXES)
 from gateway.errors import PermanentForwardError, TransientForwardError, UnsendableError
 from gateway.logs import get_logger
 from gateway.pipeline import Outcome, recompress, to_little_endian
+from gateway.pipeline.encoding import needs_reencoding, reencode
 from gateway.spool import Job
 
 __all__ = ["Ladder", "Transcode", "encode_for", "encoded", "stored_syntax"]
@@ -46,16 +51,18 @@ def encode_for(path: Path, stored: str, target: str, *, verify: bool = True,
     """The object re-encoded (verified) in `target`, or None if it cannot be.
 
     Between the uncompressed little endian syntaxes only the element
-    encoding changes, the pixel bytes stay; anything else goes through the
-    pipeline, with the configured `encode_options` (see
+    encoding changes, every value's bytes stay (:func:`reencode`); anything
+    else goes through the pipeline, with the configured `encode_options` (see
     :func:`gateway.pipeline.recompress`), and `proven` is given the
-    outcome of each new encoding (its verifying decoders).  Either way the dataset keeps the
-    encoding it was read in as its *original* one and names `target` in its
-    file meta: writing it converts every element, since pydicom writes a raw
-    element as it is only when the two encodings agree.
+    outcome of each new encoding (its verifying decoders).  Either way the
+    dataset is marked as encoded the way `target` encodes and names `target`
+    in its file meta, so that pydicom writes its raw elements as they are.
     """
     ds = dcmread(path)
     if stored in _LITTLE_ENDIAN_UNCOMPRESSED and target in _LITTLE_ENDIAN_UNCOMPRESSED:
+        implicit = target == IMPLICIT_VR_LITTLE_ENDIAN
+        if needs_reencoding(ds, implicit):
+            reencode(ds, implicit=implicit)
         ds.file_meta.TransferSyntaxUID = UID(target)
         return ds
     if (stored == EXPLICIT_VR_BIG_ENDIAN and target in _LITTLE_ENDIAN_UNCOMPRESSED

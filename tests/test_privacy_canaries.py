@@ -199,3 +199,20 @@ def test_a_destination_wanting_another_encoding_gets_every_value_unparsed(
     assert got.get_item(0x00200013).value.rstrip(b" ") == _IS_CANARY
     assert _quoting(recorded_warnings) == []
     assert _leaks(log.read_text()) == []
+
+
+def test_the_check_for_an_icon_parses_no_value_of_the_sequence(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], recorded_warnings: list[warnings.WarningMessage]) -> None:
+    """A sequence that may hold Pixel Data is looked into for an encapsulated icon by its elements' tags and
+    lengths, not their values: the malformed IS of the icon item is not quoted by a warning."""
+    from gateway.cli import main
+
+    src = tmp_path / "ct.dcm"
+    src.write_bytes(_canary_bytes(icon=True))
+    out = tmp_path / "out" / "ct.dcm"
+    assert main(["compress", "--transfer-syntax", "RLELossless", "-v", str(src), str(out)]) == 0
+    printed = capsys.readouterr()
+    assert printed.out.startswith("ok "), printed
+    assert _leaks(printed.out + printed.err) == []
+    assert _quoting(recorded_warnings) == []
+    assert dcmread(out).IconImageSequence[0].get_item(0x00200013).value.rstrip(b" ") == _IS_CANARY

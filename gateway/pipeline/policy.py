@@ -32,6 +32,7 @@ import pydicom
 from pydicom import Dataset
 from pydicom.dataelem import DataElement
 from pydicom.encaps import generate_frames
+from pydicom.hooks import raw_element_vr
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from gateway.codecs import configured, get_codec, resolve_uid
@@ -97,6 +98,7 @@ kept as received."""
 _BOT_LIMIT = 2**32 - 1
 
 _PIXEL_DATA = 0x7FE00010
+_UNDEFINED_LENGTH = 0xFFFFFFFF
 _EXTENDED_OFFSETS = (0x7FE00001, 0x7FE00002)  # Extended Offset Table (Lengths)
 
 
@@ -254,23 +256,47 @@ def _nested_encapsulated(ds: Dataset) -> str | None:
 
     A sequence still in its raw form is parsed only when its bytes hold
     Pixel Data's tag, so the functional groups of an enhanced multi-frame
-    image are not read for this.
+    image are not read for this.  No value but a sequence is parsed: an item
+    is searched by its elements' tags and lengths (pydicom's warning about a
+    value it finds malformed quotes the value, a patient's as well).
     """
     for tag in list(ds.keys()):
-        raw = ds.get_item(tag)
-        if raw.VR not in ("SQ", "UN", None):  # None: implicit VR, not looked up yet
-            continue
-        value = raw.value
-        if isinstance(value, (bytes, bytearray)) and not any(mark in value for mark in _PIXEL_TAG_BYTES):
-            continue
-        element = ds[tag]
-        if element.VR != "SQ":
-            continue
-        for item in element.value:
-            for nested in item.iterall():
-                if nested.tag == _PIXEL_DATA and nested.is_undefined_length:
-                    return element.keyword or str(element.tag)
+        element = _sequence_with_pixel_tag(ds, tag)
+        if element is not None and any(_holds_encapsulated_pixels(item) for item in element.value):
+            return element.keyword or str(element.tag)
     return None
+
+
+def _sequence_with_pixel_tag(ds: Dataset, tag: int) -> DataElement | None:
+    """Element `tag` of `ds`, parsed, when it is a sequence whose bytes may hold Pixel Data's tag; else None."""
+    raw = ds.get_item(tag)
+    vr = raw.VR
+    if vr is None:  # implicit VR: the VR pydicom would give it, its value left as it is
+        found: dict[str, Any] = {}
+        raw_element_vr(raw, found, ds=ds)
+        vr = found["VR"]
+    if vr not in ("SQ", "UN"):
+        return None
+    value = raw.value
+    if isinstance(value, (bytes, bytearray)) and not any(mark in value for mark in _PIXEL_TAG_BYTES):
+        return None
+    element = ds[tag]
+    return element if element.VR == "SQ" else None
+
+
+def _holds_encapsulated_pixels(item: Dataset) -> bool:
+    """Whether `item`, or an item of a sequence in it, holds Pixel Data of undefined length (encapsulated)."""
+    for tag in list(item.keys()):
+        if tag == _PIXEL_DATA:
+            raw = item.get_item(tag)
+            undefined = raw.is_undefined_length if isinstance(raw, DataElement) else raw.length == _UNDEFINED_LENGTH
+            if undefined:
+                return True
+            continue
+        nested = _sequence_with_pixel_tag(item, tag)
+        if nested is not None and any(_holds_encapsulated_pixels(inner) for inner in nested.value):
+            return True
+    return False
 
 
 def _copy_without_pixels(ds: Dataset, *, share_sequences: bool) -> Dataset:

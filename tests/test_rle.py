@@ -424,6 +424,28 @@ def test_hostile_header_costs_no_more_than_the_frame() -> None:
     assert peak < info.frame_bytes + 4 * len(stream) + 65536
 
 
+@pytest.mark.parametrize(("samples", "bits"), [(1, 8), (1, 16), (3, 8)])
+def test_rows_and_columns_the_data_cannot_fill_cost_nothing(samples: int, bits: int) -> None:
+    """A DICOM header claiming 65535 x 65535 over a frame of a few bytes (found by fuzzing the
+    FrameInfo against valid streams): PackBits gives at most 128 bytes per 2, so the frame is
+    refused before it is allocated (it was: 4 to 12 GiB, or MemoryError)."""
+    info = _info(65535, 65535, samples, bits)
+    segments = samples * bits // 8
+    stream = _header(*range(64, 64 + 4 * segments, 4)) + bytes([0x81, 7, 0x81, 7]) * segments
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptCodestreamError, match="segment ends before every pixel"):
+            decode(stream, info)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+    # The longest a segment's bytes can unpack to is still decoded.
+    info = _info(2, 128, samples, bits)
+    stream = _header(*range(64, 64 + 4 * segments, 4)) + bytes([0x81, 7, 0x81, 7]) * segments
+    assert (decode(stream, info) == 7 * sum(1 << 8 * b for b in range(bits // 8))).all()
+
+
 # ---------------------------------------------------------------- interop with DCMTK and GDCM
 
 

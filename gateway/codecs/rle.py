@@ -32,8 +32,10 @@ costs no more) and pads a segment of odd length with one zero byte.
 
 Decoding checks every header field against the frame the dataset describes
 before touching the data: the segment count must be samples x bytes per
-sample, offsets must be at least 64, non-decreasing and inside the frame.
-The only allocation is the frame itself.  A segment that runs out before it
+sample, offsets must be at least 64, non-decreasing and inside the frame,
+and every segment long enough for one byte per pixel at PackBits' best
+(128 bytes per 2).  The only allocation is the frame itself, made once the
+data could fill it.  A segment that runs out before it
 has produced one byte per pixel is corrupt; bytes left over after that
 (padding, or a final run that overshoots) are ignored, as other decoders do.
 
@@ -155,6 +157,13 @@ def decode(data: bytes | bytearray | memoryview, info: FrameInfo) -> np.ndarray:
     data = bytes(data)
     starts, ends = _parse_header(data, segments)
     pixels = info.rows * info.columns
+    # A PackBits run of two bytes gives at most 128: a segment too short for the frame's pixels is
+    # refused before the frame that the dataset's Rows x Columns describe is allocated (a header
+    # claiming 65535 x 65535 over a few bytes of data would otherwise cost gigabytes, or MemoryError).
+    short = np.flatnonzero((ends - starts) // 2 * 128 < pixels)
+    if short.size:
+        raise _corrupt(f"segment {int(short[0]) + 1}: {ends[short[0]] - starts[short[0]]} bytes cannot hold "
+                       f"{pixels} pixels ({_ERRORS[-_k.ERR_SHORT]})")
     stream = np.frombuffer(data, dtype=np.uint8)
     if nbytes == 1:
         out = np.empty(pixels * segments, dtype=np.uint8)

@@ -216,3 +216,20 @@ def test_the_check_for_an_icon_parses_no_value_of_the_sequence(
     assert _leaks(printed.out + printed.err) == []
     assert _quoting(recorded_warnings) == []
     assert dcmread(out).IconImageSequence[0].get_item(0x00200013).value.rstrip(b" ") == _IS_CANARY
+
+
+def test_a_known_element_sent_as_un_is_not_parsed_for_the_icon_check(
+        recorded_warnings: list[warnings.WarningMessage]) -> None:
+    """An element of the dictionary written with VR UN is read as its own VR when parsed: the icon check parses
+    it only if that VR is a sequence, even when its bytes hold Pixel Data's tag."""
+    from gateway.pipeline import recompress
+
+    data = _canary_bytes()
+    at = data.index(b"\x20\x00\x13\x00IS")  # Instance Number, explicit VR: a 16-bit length
+    length = int.from_bytes(data[at + 6:at + 8], "little")
+    value = _IS_CANARY + b"\xe0\x7f\x10\x00"
+    data = (data[:at] + b"\x20\x00\x13\x00UN\x00\x00" + len(value).to_bytes(4, "little") + value
+            + data[at + 8 + length:])
+    outcome = recompress(dcmread(BytesIO(data)), "RLELossless")
+    assert outcome.recompressed, outcome.reason
+    assert _quoting(recorded_warnings) == []

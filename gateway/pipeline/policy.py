@@ -271,7 +271,7 @@ def _sequence_with_pixel_tag(ds: Dataset, tag: int) -> DataElement | None:
     """Element `tag` of `ds`, parsed, when it is a sequence whose bytes may hold Pixel Data's tag; else None."""
     raw = ds.get_item(tag)
     vr = raw.VR
-    if vr is None:  # implicit VR: the VR pydicom would give it, its value left as it is
+    if vr in (None, "UN") and not isinstance(raw, DataElement):  # the VR pydicom would give it, value left as it is
         found: dict[str, Any] = {}
         raw_element_vr(raw, found, ds=ds)
         vr = found["VR"]

@@ -233,6 +233,14 @@ def test_store_response_parsing() -> None:
     assert got.failed == {"1.2.5": 0xC122} and got.stored == {"1.2.6"} and got.listed
     for junk in (b"", b"{not json", b"<unclosed", b"[]", b"42"):
         assert not parse_store_response("application/dicom+json", junk).listed
+    # A Failure Reason that is no US value is a processing failure, not an error of the forwarder.
+    for reason in ("Infinity", "-Infinity", "NaN", "1e400", "70000", "-1", "2.5", '"A700"', "true", "null"):
+        body = ('{"00081198": {"vr": "SQ", "Value": [{"00081155": {"vr": "UI", "Value": ["1.2.7"]}, '
+                '"00081197": {"vr": "US", "Value": [%s]}}]}}' % reason).encode()
+        assert parse_store_response("application/dicom+json", body).failed == {"1.2.7": 0x0110}, reason
+    assert parse_store_response("application/dicom+json", body.replace(b"null", b"42752.0")).failed == {"1.2.7": 0xA700}
+    for reason in (b"70000", "\u0661\u0662".encode(), b"-1"):
+        assert parse_store_response("application/dicom+xml", xml.replace(b"49442", reason)).failed == {"1.2.5": 0x0110}
     # PS3.18 Table I.2-2
     assert [classify_failure_reason(r) for r in (0xA700, 0xA7FF, 0x0110, 0xC122, 0xA900, 0xC000, 0x0122, 0xFFFF)] \
         == ["transient", "transient", "transient", "syntax", "permanent", "permanent", "permanent", "permanent"]

@@ -93,6 +93,16 @@ def _json_value(item: dict[str, Any], tag: str) -> Any:
     return values[0]
 
 
+def _failure_reason(reason: Any) -> int:
+    """A Failure Reason (US: 0..65535) as sent, or 0x0110 (processing failure) for anything else: a
+    fraction, a value out of range, JSON's Infinity or NaN, a string, nothing."""
+    if isinstance(reason, float) and reason.is_integer():
+        reason = int(reason)
+    if isinstance(reason, int) and not isinstance(reason, bool) and 0 <= reason <= 0xFFFF:
+        return reason
+    return 0x0110
+
+
 def parse_store_response(content_type: str, body: bytes) -> StoreResponse:
     """Read a Store Instances Response in DICOM JSON (PS3.18 F.2) or the Native DICOM Model XML (PS3.19 A.1).
 
@@ -118,7 +128,7 @@ def parse_store_response(content_type: str, body: bytes) -> StoreResponse:
             for item in _json_items(data, "00081198"):
                 uid, reason = _json_value(item, "00081155"), _json_value(item, "00081197")
                 if isinstance(uid, str):
-                    failed[uid] = int(reason) if isinstance(reason, (int, float)) else 0x0110
+                    failed[uid] = _failure_reason(reason)
             listed = "00081199" in data or "00081198" in data
         elif kind.endswith("xml"):
             import xml.etree.ElementTree as ET
@@ -141,7 +151,8 @@ def parse_store_response(content_type: str, body: bytes) -> StoreResponse:
             for item in items("00081198"):
                 if (uid := value(item, "00081155")):
                     reason = value(item, "00081197")
-                    failed[uid] = int(reason) if reason and reason.isdigit() else 0x0110
+                    failed[uid] = _failure_reason(int(reason) if reason and reason.isascii() and reason.isdigit()
+                                                  else None)
             listed = bool(root.findall("{*}DicomAttribute[@tag='00081199']") or
                           root.findall("{*}DicomAttribute[@tag='00081198']"))
         else:

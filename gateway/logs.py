@@ -17,7 +17,9 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
+import re
 import sys
+import warnings
 from pathlib import Path
 
 __all__ = ["LOGGER_NAME", "file_handler", "get_logger", "one_line", "setup_logging", "stage"]
@@ -71,6 +73,21 @@ def setup_logging(level: str = "INFO", file: Path | None = None, max_bytes: int 
         root.addHandler(handler)
     root.propagate = False
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    warnings.showwarning = _show_warning
+
+
+# A quoted value in a warning's text: 'x', "x", b'x', from a quote that no letter or digit comes before to
+# the same quote that none comes after (a name such as O'Brien is one value, an apostrophe starts none).
+_QUOTED = re.compile(r"""(?<!\w)b?(['"]).*?\1(?!\w)""")
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: object = None, line: str | None = None) -> None:
+    """Python warnings (pydicom's about a malformed value, numba's) as log lines, with every quoted
+    value left out: pydicom quotes the value it finds malformed, and that value may be a patient's
+    name or ID.  Otherwise they would go to stderr as they are, outside the log's file and format."""
+    text = _QUOTED.sub("'...'", str(message))
+    get_logger("warnings").warning("%s: %s (%s:%d)", category.__name__, text, Path(filename).name, lineno)
 
 
 class _PrivateOpen:

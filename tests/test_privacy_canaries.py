@@ -233,3 +233,23 @@ def test_a_known_element_sent_as_un_is_not_parsed_for_the_icon_check(
     outcome = recompress(dcmread(BytesIO(data)), "RLELossless")
     assert outcome.recompressed, outcome.reason
     assert _quoting(recorded_warnings) == []
+
+
+def test_a_warning_quoting_a_malformed_value_reaches_the_log_without_the_value(tmp_path: Path, capsys,
+                                                                             gateway_logger) -> None:
+    """pydicom's warning about a malformed value quotes it, and went to stderr as it was, outside the log's
+    file and format: the gateway's log now takes every warning, its quoted values left out."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    log = tmp_path / "gateway.log"
+    ds = Dataset()
+    ds[0x00200013] = RawDataElement(Tag(0x00200013), "IS", 12, b"CANARYIS-55 ", 0, False, True)
+    ds[0x00100030] = RawDataElement(Tag(0x00100030), "DA", 12, b"O'CANARY-66 ", 0, False, True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        setup_logging("INFO", log)
+        str(ds.InstanceNumber), str(ds.PatientBirthDate)
+    text = log.read_text() + capsys.readouterr().err
+    assert "Invalid value for VR IS: '...'" in text and "gateway.warnings" in text
+    assert "CANARY" not in text, text

@@ -172,6 +172,17 @@ _PROCESSED_TOTALS = (
     ("encode_seconds_count", "''", "1", "", _TIMED),
     ("encode_seconds_sum", "''", "R.encode_seconds", "", _TIMED),
     ("encode_seconds_bucket", "column1", "1", f", {_buckets(ENCODE_BUCKETS)}", f"{_TIMED} AND R.encode_seconds <= column2"),
+    # What the console's overview shows: recompressed instances, and the pixel bytes saved per modality and
+    # per syntax stored.
+    ("recompressed", "''", "1", "", _RECOMPRESSED),
+    ("saved_modality_instances", "R.modality", "1", "", _RECOMPRESSED),
+    ("saved_modality_original", "R.modality", "COALESCE(R.original_pixel_bytes, 0)", "", _RECOMPRESSED),
+    ("saved_modality_encoded", "R.modality", "COALESCE(R.encoded_pixel_bytes, 0)", "", _RECOMPRESSED),
+    ("saved_target_syntax_instances", "COALESCE(R.target_syntax, '')", "1", "", _RECOMPRESSED),
+    ("saved_target_syntax_original", "COALESCE(R.target_syntax, '')", "COALESCE(R.original_pixel_bytes, 0)", "",
+     _RECOMPRESSED),
+    ("saved_target_syntax_encoded", "COALESCE(R.target_syntax, '')", "COALESCE(R.encoded_pixel_bytes, 0)", "",
+     _RECOMPRESSED),
 )
 _DELIVERED = "R.outcome = 'delivered'"
 _DELIVERY_TOTALS = (
@@ -180,7 +191,14 @@ _DELIVERY_TOTALS = (
     ("forward_seconds_sum", "''", "R.seconds", "", f"{_DELIVERED} AND R.seconds IS NOT NULL"),
     ("forward_seconds_bucket", "column1", "1", f", {_buckets(FORWARD_BUCKETS)}",
      f"{_DELIVERED} AND R.seconds IS NOT NULL AND R.seconds <= column2"),
+    ("delivered_bytes", "''", "COALESCE(R.bytes, 0)", "", _DELIVERED),
+    ("dead", "''", "1", "", "R.outcome = 'dead'"),
 )
+# Totals added after records with running totals were in use: counted from the rows already there when a
+# record without them is opened, once (a row of value 0 under the name says it was done).
+_ADDED_TOTALS = ("recompressed", "saved_modality_instances", "saved_modality_original", "saved_modality_encoded",
+                 "saved_target_syntax_instances", "saved_target_syntax_original", "saved_target_syntax_encoded",
+                 "delivered_bytes", "dead")
 _RECEIVED_TOTALS = (
     ("received", "''", "1", "", "1"),
     ("received_bytes", "''", "R.bytes", "", "1"),
@@ -213,7 +231,7 @@ _TOTALS_SCHEMA = (
 {_in_trigger(_PROCESSED_TOTALS, "NEW", "1")}
 END""",
     f"""CREATE TRIGGER totals_processed AFTER UPDATE OF outcome, reason, original_pixel_bytes, encoded_pixel_bytes,
-    encode_seconds ON instances BEGIN
+    encode_seconds, target_syntax ON instances BEGIN
 {_in_trigger(_PROCESSED_TOTALS, "OLD", "-1")}
 {_in_trigger(_PROCESSED_TOTALS, "NEW", "1")}
 END""",
@@ -237,6 +255,11 @@ def pairs_text(pairs: Iterable[tuple[str, Any]]) -> str | None:
     """``name=value`` pairs joined by commas, as the record and the bulk manifest keep encoder
     options and verifying decoders (``version=2``); None for no pair."""
     return ",".join(f"{name}={value}" for name, value in pairs) or None
+
+
+def _mark_added(db: sqlite3.Connection, names: Iterable[str]) -> None:
+    """Say that the totals `names` count every row (a row of value 0 if none counted yet)."""
+    db.executemany("INSERT OR IGNORE INTO totals (name, label, value) VALUES (?, '', 0)", [(n,) for n in names])
 
 
 class _Held:
@@ -470,6 +493,7 @@ class ProofRecord:
                     for statement in (_seeding(_RECEIVED_TOTALS, "instances") + _seeding(_PROCESSED_TOTALS, "instances")
                                       + _seeding(_DELIVERY_TOTALS, "deliveries")):
                         db.execute(statement)
+                    _mark_added(db, _ADDED_TOTALS)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -483,13 +507,22 @@ class ProofRecord:
             stored = dict(db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'").fetchall())
             return [(name, sql) for name, sql in _TRIGGERS.items() if stored.get(name) != sql]
 
-        if not stale():
+        def unseeded() -> list[str]:
+            return [name for name in _ADDED_TOTALS
+                    if not db.execute("SELECT 1 FROM totals WHERE name = ? LIMIT 1", (name,)).fetchone()]
+
+        if not stale() and not unseeded():
             return  # as this release writes them: nothing written
         db.execute("BEGIN IMMEDIATE")  # another process may be opening the same record
         try:
             for name, sql in stale():
                 db.execute(f"DROP TRIGGER IF EXISTS {name}")
                 db.execute(sql)
+            missing = unseeded()  # counted by the new triggers from now on, and from the rows there now
+            for totals, table in ((_PROCESSED_TOTALS, "instances"), (_DELIVERY_TOTALS, "deliveries")):
+                for statement in _seeding(tuple(t for t in totals if t[0] in missing), table):
+                    db.execute(statement)
+            _mark_added(db, missing)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -521,22 +554,26 @@ class ProofRecord:
 
     # ---------------------------------------------------------------- summaries (the console)
     #
-    # Each returns a bounded number of rows whatever the size of the record:
-    # time ranges go through the indexes on received_at and at, and
-    # aggregates are computed by SQLite, per time bucket where over time.
+    # Each reads a bounded number of rows whatever the size of the record:
+    # counts over all of it come from the running totals, time ranges go
+    # through the indexes on received_at and at, aggregated by SQLite per
+    # time bucket.
 
     def totals(self) -> dict[str, int]:
-        """Counts over the whole record: received (instances, bytes), outcomes, deliveries (instances, bytes)."""
-        db = self._connection()
-        received, size = db.execute("SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM instances").fetchone()
-        outcomes = dict(db.execute("SELECT outcome, COUNT(*) FROM instances WHERE outcome IS NOT NULL "
-                                   "GROUP BY outcome").fetchall())
-        delivered, sent = db.execute("SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM deliveries "
-                                     "WHERE outcome = 'delivered'").fetchone()
-        (dead,) = db.execute("SELECT COUNT(*) FROM deliveries WHERE outcome = 'dead'").fetchone()
-        return {"received": received, "received_bytes": size, "recompressed": outcomes.get("recompressed", 0),
-                "passed_through": outcomes.get("passed-through", 0), "delivered": delivered,
-                "delivered_bytes": sent, "dead": dead}
+        """Counts since the record began, as the metrics count them (instances forgotten by pruning included):
+        received (instances, bytes), outcomes, deliveries (instances, bytes), dead letters."""
+        totals = self.running_totals()
+
+        def total(name: str) -> int:
+            return int(totals.get((name, ""), 0))
+
+        def labelled(name: str) -> int:
+            return int(sum(value for (key, _), value in totals.items() if key == name))
+
+        return {"received": total("received"), "received_bytes": total("received_bytes"),
+                "recompressed": total("recompressed"), "passed_through": labelled("passed_through"),
+                "delivered": labelled("forwarded"), "delivered_bytes": total("delivered_bytes"),
+                "dead": total("dead")}
 
     def window(self, start: float, end: float) -> dict[str, int]:
         """Instances and bytes received, and delivered, in [start, end) (epoch seconds)."""
@@ -574,17 +611,18 @@ class ProofRecord:
         return buckets
 
     def savings(self, by: str) -> list[dict[str, Any]]:
-        """Pixel bytes before and after recompression, grouped by ``modality`` or ``target_syntax`` (codec)."""
+        """Pixel bytes before and after recompression since the record began, grouped by ``modality`` or
+        ``target_syntax`` (codec), the 100 that saved most."""
         if by not in ("modality", "target_syntax"):
             raise ValueError(f"savings by {by!r}: only by modality or target_syntax")
-        db = self._connection()
-        return [
-            {"key": key, "instances": instances, "original": original, "encoded": encoded}
-            for key, instances, original, encoded in db.execute(
-                f"SELECT {by}, COUNT(*), COALESCE(SUM(original_pixel_bytes), 0), "
-                "COALESCE(SUM(encoded_pixel_bytes), 0) FROM instances WHERE outcome = 'recompressed' "
-                f"GROUP BY {by} ORDER BY SUM(original_pixel_bytes) - SUM(encoded_pixel_bytes) DESC LIMIT 100")
-        ]
+        rows: dict[str, dict[str, Any]] = {}
+        for name, label, value in self._connection().execute(
+                "SELECT name, label, value FROM totals WHERE name IN (?, ?, ?)",
+                tuple(f"saved_{by}_{part}" for part in ("instances", "original", "encoded"))):
+            rows.setdefault(label, {"key": label, "instances": 0, "original": 0, "encoded": 0})[
+                name.rsplit("_", 1)[1]] = int(value)
+        kept = [row for row in rows.values() if row["instances"] > 0]
+        return sorted(kept, key=lambda row: row["encoded"] - row["original"])[:100]
 
     def recent(self, limit: int = 20) -> list[dict[str, Any]]:
         """The last `limit` instances received (newest first): UIDs, modality, outcome, sizes."""

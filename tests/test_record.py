@@ -197,8 +197,9 @@ def _recomputed(path: Path) -> dict[tuple[str, str], float]:
             if seconds <= bound:
                 add(f"{name}_bucket", repr(bound))
 
-    for size, outcome, reason, encoded, original, seconds in db.execute(
-            "SELECT bytes, outcome, reason, encoded_pixel_bytes, original_pixel_bytes, encode_seconds FROM instances"):
+    for size, outcome, reason, encoded, original, seconds, modality, syntax in db.execute(
+            "SELECT bytes, outcome, reason, encoded_pixel_bytes, original_pixel_bytes, encode_seconds, modality, "
+            "target_syntax FROM instances"):
         add("received")
         add("received_bytes", value=size)
         if outcome == "recompressed":
@@ -206,17 +207,27 @@ def _recomputed(path: Path) -> dict[tuple[str, str], float]:
             add("recompressed_pixel_bytes", value=original or 0)
             if seconds is not None:
                 timed("encode_seconds", seconds, ENCODE_BUCKETS)
+            add("recompressed")
+            for by, key in (("modality", modality), ("target_syntax", syntax or "")):
+                add(f"saved_{by}_instances", key)
+                for part, value in (("original", original), ("encoded", encoded)):
+                    if value:
+                        add(f"saved_{by}_{part}", key, value)
         if outcome == "passed-through":
             add("passed_through", reason_class(reason))
         if (reason or "").startswith("verification failed"):
             add("verification_failures")
         if (reason or "").startswith("decoding failed"):
             add("malformed")
-    for destination, outcome, seconds in db.execute("SELECT destination, outcome, seconds FROM deliveries"):
+    for destination, outcome, seconds, size in db.execute("SELECT destination, outcome, seconds, bytes FROM deliveries"):
         if outcome == "delivered":
             add("forwarded", destination)
             if seconds is not None:
                 timed("forward_seconds", seconds, FORWARD_BUCKETS)
+            if size:
+                add("delivered_bytes", value=size)
+        if outcome == "dead":
+            add("dead")
     db.close()
     return out
 
@@ -297,3 +308,33 @@ def test_triggers_of_another_release_are_replaced_and_the_totals_count_on(tmp_pa
     assert after[("passed_through", "encapsulated_icon")] - before.get(("passed_through", "encapsulated_icon"), 0) == 1
     assert after.get(("passed_through", "other"), 0) == before.get(("passed_through", "other"), 0)
     assert after[("received", "")] == before[("received", "")] + 1
+
+
+def test_totals_added_since_are_counted_once_from_the_rows_already_there(tmp_path: Path) -> None:
+    """A record whose running totals predate those the console's overview reads (recompressed, the savings,
+    delivered bytes, dead letters): they are counted from its rows when it is opened, once, and the overview's
+    counts and savings are the running totals, never an aggregate over every row."""
+    from gateway.record import _ADDED_TOTALS
+
+    path = tmp_path / RECORD_FILE
+    record = ProofRecord(path)
+    _fill(record, 60, seed=5)
+    record.delivery("5-0", "pacs", outcome="delivered", syntax=None, attempts=1, size=4321)
+    record.close()
+    db = sqlite3.connect(path)  # as the release before them left it
+    db.execute(f"DELETE FROM totals WHERE name IN ({', '.join('?' * len(_ADDED_TOTALS))})", _ADDED_TOTALS)
+    db.commit()
+    db.close()
+    gc.collect()
+    expected = _recomputed(path)
+    assert expected[("delivered_bytes", "")] == 4321 and expected[("recompressed", "")] > 0
+    for _ in range(2):  # a second opening adds nothing
+        reopened = ProofRecord(path)
+        got = _nonzero(reopened.running_totals())
+        assert got.keys() == expected.keys()
+        assert all(got[key] == pytest.approx(value) for key, value in expected.items())
+    totals = reopened.totals()
+    assert totals["recompressed"] == expected[("recompressed", "")]
+    assert totals["dead"] == expected.get(("dead", ""), 0) and totals["delivered_bytes"] == 4321
+    (saved,) = reopened.savings("modality")
+    assert (saved["key"], saved["instances"]) == (IDENT.modality, expected[("saved_modality_instances", IDENT.modality)])

@@ -2,10 +2,12 @@
 
 Start-up order makes a restart after a crash safe: the spool is repaired
 first (damaged manifests dropped, in-flight jobs pending again), the worker
-re-checks every held instance (rebuilding lost objects and jobs), the
-forwarders then pick up pending jobs, the worker picks up
-received-but-unprocessed instances, and only then does the receiver accept
-new associations.  Before any of that, the kernels of every codec the
+picks up received-but-unprocessed instances and the receiver accepts new
+associations; meanwhile a thread re-checks every held instance (rebuilding
+lost objects and jobs), and only then do the forwarders pick up pending
+jobs.  A backlog of tens of thousands of held instances takes minutes to
+check, which a modality must not wait for; nothing is sent before its
+object was checked.  Before any of that, the kernels of every codec the
 configuration may use are compiled (or loaded from numba's cache), so that
 the first instance does not wait for a compiler; the log says how long it
 took.  Shutdown is the reverse.
@@ -80,6 +82,8 @@ class Gateway:
         self._web_keys = None  # the console's secrets: the token in force is replaced on reload
         self.reload_error: str | None = None  # why the last reload was refused (None: applied, or none tried)
         self._reload_lock = threading.Lock()
+        self._recovery: threading.Thread | None = None  # checks the held instances at start, then starts forwarding
+        self._forwarding = False
 
     @property
     def port(self) -> int:
@@ -97,13 +101,15 @@ class Gateway:
         for dest in self.config.destinations:
             self.forwarders[dest.name] = self._forwarders_for(dest, self.config)
         self.worker = Worker(self.config, self.spool, self._submit, record=self.record)
-        repaired["held_rebuilt"] = self.worker.recover()
-        if any(repaired.values()):
-            _log.info("spool recovered: %s", repaired)
-        for forwarder in self._all_forwarders():
-            forwarder.start()
+        held = self.spool.held_ids()  # before the worker moves newly processed instances there
         self.worker.start()
         self._start_housekeeping()
+        # Checking every held instance reads each one: minutes for a large backlog.  The receiver does not wait
+        # for it (new instances are received and processed meanwhile); the forwarders do, so that nothing is
+        # sent from an object a crash cut short.
+        self._recovery = threading.Thread(target=self._recover_held, args=(held, repaired), name="recover-held",
+                                          daemon=True)
+        self._recovery.start()
         # Its own connections, which wait briefly for a busy record: the sender waits for the answer, and the
         # worker's row stands in for one not written.
         receiver = Receiver(self.spool, on_received=self.worker.notify,
@@ -118,6 +124,33 @@ class Gateway:
                   self.config.server.ae_title, self.spool.root,
                   ", ".join(f"{d.name} ({d.kind})" for d in self.config.destinations))
         return self
+
+    def _recover_held(self, held: list[str], repaired: dict[str, int]) -> None:
+        """Re-check the held instances (objects and jobs a crash may have lost), then start the forwarders."""
+        started = time.monotonic()
+        if held:
+            _log.info("checking %d held instance(s) for objects and jobs a crash may have lost; forwarding starts "
+                      "once done", len(held))
+        try:
+            assert self.worker is not None
+            repaired["held_rebuilt"] = self.worker.recover(held, halt=self._stopped)
+        except Exception:  # noqa: BLE001 - what could not be checked is checked at the next start
+            _log.exception("checking the held instances failed; forwarding starts anyway")
+        if held:
+            _log.info("%d held instance(s) checked in %.1f s", len(held), time.monotonic() - started)
+        if any(repaired.values()):
+            _log.info("spool recovered: %s", repaired)
+        with self._reload_lock:  # a reload meanwhile replaced forwarders without starting them
+            self._forwarding = not self._stopped.is_set()
+            if self._forwarding:
+                for forwarder in self._all_forwarders():
+                    if forwarder.ident is None:
+                        forwarder.start()
+
+    @property
+    def forwarding(self) -> bool:
+        """True once the forwarders run (after the held instances were checked at start)."""
+        return self._forwarding
 
     def _warm_up(self) -> None:
         """Compile the kernels of every configured codec before anything is taken in."""
@@ -435,8 +468,9 @@ class Gateway:
                 self.forwarders[dest.name] = self._forwarders_for(dest, new)
                 for forwarder in retired:  # each finishes the instance in hand; the rest stays pending
                     forwarder.stop()
-                for forwarder in self.forwarders[dest.name]:
-                    forwarder.start()
+                if self._forwarding:  # else they start once the held instances are checked
+                    for forwarder in self.forwarders[dest.name]:
+                        forwarder.start()
             removed = [forwarder for name in set(before) - {d.name for d in new.destinations}
                        for forwarder in self.forwarders.pop(name, [])]
             for forwarder in removed:
@@ -488,11 +522,16 @@ class Gateway:
         if self.worker is not None:
             self.worker.stop()
             self.worker.join(timeout)
-        for forwarder in self._all_forwarders():
-            forwarder.stop()
         deadline = time.monotonic() + timeout
-        for forwarder in self._all_forwarders():
-            forwarder.join(max(0.1, deadline - time.monotonic()))
+        if self._recovery is not None:  # it stops after the instance at hand, and starts no forwarder
+            self._recovery.join(max(0.1, deadline - time.monotonic()))
+        with self._reload_lock:
+            forwarders = self._all_forwarders()
+        for forwarder in forwarders:
+            forwarder.stop()
+        for forwarder in forwarders:
+            if forwarder.ident is not None:
+                forwarder.join(max(0.1, deadline - time.monotonic()))
         for thread in self._housekeeping:
             thread.join(max(0.1, deadline - time.monotonic()))
         self.spool.unlock()

@@ -440,14 +440,19 @@ class Worker:
         """A new instance is in the spool (called by the receiver)."""
         self._queue.put(ident)
 
-    def recover(self) -> int:
-        """Re-check every held instance after a restart; return how many were repaired.
+    def recover(self, idents: list[str] | None = None, halt: threading.Event | None = None) -> int:
+        """Re-check the held instances `idents` (default: all) after a restart; return how many were repaired.
 
         Objects and job manifests are not fsync'd (see :mod:`gateway.spool`):
-        rebuild what a crash may have lost before the forwarders start.
+        rebuild what a crash may have lost before the forwarders start.  Stops
+        early once `halt` is set (the rest is checked at the next start).
         """
         repaired = 0
-        for ident in self.spool.held_ids():
+        for ident in self.spool.held_ids() if idents is None else idents:
+            if halt is not None and halt.is_set():
+                break
+            if idents is not None and not self.spool.held_path(ident).exists():
+                continue  # moved on since the list was taken (a dead letter sent back to routing)
             try:
                 created = process_instance(self.config, self.spool, ident, reuse_object=True, record=self.record)
             except Exception:  # noqa: BLE001 - one bad file must not stop the start

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
+from pydicom import dcmread
+from pydicom.uid import RLELossless
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from gateway.dicom.identity import Identity
+from gateway.service import Gateway
+from gateway.spool import Job, Spool
 from gateway.warmup import CompileWatch, configured_syntaxes, warm_up
-from tests.conftest import build_config
+from gateway.worker import Worker
+from tests.conftest import build_config, listening, pydicom_file, wait_until
 
 
 def test_compile_watch_announces_once_and_counts_compilations() -> None:
@@ -102,3 +112,87 @@ def test_a_codec_failing_its_warm_up_does_not_stop_the_gateway(tmp_path: Path, g
     assert gateway.server is not None
     failed = [r for r in caplog.records if r.getMessage().startswith("codec kernels could not be prepared")]
     assert failed and failed[0].levelno == logging.ERROR and "not lossless" in failed[0].exc_text
+
+
+def _held_with_a_cut_object(config) -> tuple[Spool, str, str]:
+    """A spool as a crash leaves it after an outage: a held instance, its pending job, its object cut short."""
+    ds = pydicom_file("CT_small.dcm")
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    spool = Spool(config.spool.directory)
+    ident = spool.store_received(buffer.getvalue(), "MODALITY")
+    spool.finish_received(ident)
+    spool.store_object(ident, b"")
+    identity = Identity(sop_class_uid=str(ds.SOPClassUID), sop_instance_uid=str(ds.SOPInstanceUID),
+                        study_uid=str(ds.StudyInstanceUID), series_uid=str(ds.SeriesInstanceUID), modality="CT",
+                        transfer_syntax=RLELossless)
+    spool.add_jobs([Job(ident, "local", identity=identity, calling_ae="MODALITY", destinations=("local",))])
+    return spool, ident, str(ds.SOPInstanceUID)
+
+
+def _echo(port: int) -> bool:
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title="GATEWAY")
+    if not assoc.is_established:
+        return False
+    try:
+        return int(assoc.send_c_echo().Status) == 0
+    finally:
+        assoc.release()
+
+
+def test_the_receiver_answers_while_the_held_instances_are_checked_and_nothing_is_sent_before(
+        tmp_path: Path, gateway_factory, monkeypatch) -> None:
+    """Checking every held instance after a restart reads each one (minutes for an outage's backlog): a
+    modality is answered meanwhile, and no instance is sent before its object was checked."""
+    config = build_config(tmp_path)
+    _, ident, sop = _held_with_a_cut_object(config)
+    release = threading.Event()
+    checking = threading.Event()
+    recover = Worker.recover
+
+    def slow(self, *args, **kwargs):  # a backlog of tens of thousands
+        checking.set()
+        release.wait(60)
+        return recover(self, *args, **kwargs)
+
+    monkeypatch.setattr(Worker, "recover", slow)
+    started: list = []
+    starter = threading.Thread(target=lambda: started.append(gateway_factory(config)))
+    starter.start()
+    try:
+        assert checking.wait(30)
+        assert wait_until(lambda: listening(config.server.port), timeout=30), "not listening during the check"
+        assert _echo(config.server.port)
+        time.sleep(0.5)
+        assert not list((tmp_path / "archive").rglob("*.dcm")), "sent before its object was checked"
+    finally:
+        release.set()
+        starter.join(60)
+    assert wait_until(lambda: bool(list((tmp_path / "archive").rglob("*.dcm"))), timeout=30)
+    (delivered,) = (tmp_path / "archive").rglob("*.dcm")
+    ds = dcmread(delivered)
+    assert str(ds.SOPInstanceUID) == sop and ds.file_meta.TransferSyntaxUID == RLELossless
+    assert ds.pixel_array.shape == (128, 128), "the object rebuilt by the check was sent, not the cut one"
+
+
+def test_a_stop_during_the_check_of_the_held_instances_starts_no_forwarder(tmp_path: Path, monkeypatch) -> None:
+    config = build_config(tmp_path)
+    spool, ident, _ = _held_with_a_cut_object(config)
+    checking = threading.Event()
+    recover = Worker.recover
+
+    def slow(self, idents=None, halt=None):
+        checking.set()
+        assert halt is not None and halt.wait(30)
+        return recover(self, idents, halt=halt)
+
+    monkeypatch.setattr(Worker, "recover", slow)
+    gateway = Gateway(config).start()
+    assert checking.wait(30)
+    began = time.monotonic()
+    gateway.stop()
+    assert time.monotonic() - began < 8
+    assert not gateway.forwarding and all(f.ident is None for f in gateway.forwarders["local"])
+    assert spool.held_path(ident).exists() and not list((tmp_path / "archive").rglob("*.dcm"))

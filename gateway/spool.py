@@ -723,6 +723,20 @@ class Spool:
             if job is not None:
                 yield job
 
+    def pending_jobs(self, destination: str, skip: Callable[[str], bool]) -> Iterator[Job]:
+        """Pending jobs of `destination`, oldest first, but those whose key `skip` is true of.
+
+        The folder's names are listed and only the manifests of the jobs
+        not skipped are read: a forwarder's rescan of a queue of tens of
+        thousands, nearly all of them already in its memory, reads a few.
+        """
+        for name in sorted(self._job_names(PENDING, destination)):
+            if skip(name[:-5]):
+                continue
+            job = self._read(self.jobs / PENDING / name)
+            if job is not None:  # moved on meanwhile
+                yield job
+
     def counts(self) -> dict[str, int]:
         """Number of received instances and of jobs per state.
 

@@ -406,3 +406,35 @@ def test_an_unsendable_instance_says_nothing_of_a_failing_destination(tmp_path: 
     assert "not a DICOM file" in spool.find_job(broken.instance, "web").reason
     assert forwarder.failing_since == failing_since
     assert spool.find_job(waiting.instance, "web").attempts == 1
+
+
+def test_a_rescan_reads_only_the_manifests_of_jobs_the_forwarder_does_not_hold(tmp_path: Path, monkeypatch) -> None:
+    """Every [forwarding] rescan_seconds a forwarder looks for pending jobs it was not handed; with an outage's
+    backlog in the queue it read every manifest each time (50,000: 1.3 to 3.2 s per forwarder every 30 s), and
+    those of the other associations' share too."""
+    spool = Spool(tmp_path)
+    jobs = [Job(f"{index:020d}-{index:012x}-4d4f44", "pacs", identity=Identity(sop_instance_uid=f"1.2.3.{index}"),
+                destinations=("pacs",)) for index in range(200)]
+    spool.add_jobs(jobs)
+    spool.add_jobs([Job(job.instance, "other", destinations=("pacs", "other")) for job in jobs[:50]])
+    destination = Destination("pacs", "dicom", "PACS", "127.0.0.1", 104, associations=2)
+    forwarders = [Forwarder(destination, spool, FAST, ScriptedSender([]), partition=(index, 2)) for index in (0, 1)]
+    reads: list[str] = []
+    read = Spool._read
+
+    def counted(path):
+        reads.append(path.name)
+        return read(path)
+
+    monkeypatch.setattr(Spool, "_read", staticmethod(counted))
+    for forwarder in forwarders:
+        forwarder._rescan()
+        assert len(reads) == len(forwarder._heap), "only its own share's manifests are read"
+        reads.clear()
+    assert sorted(key for f in forwarders for _, key, _ in f._heap) == sorted(job.key for job in jobs)
+    late = Job("99999999999999999999-000000000000-4d4f44", "pacs", destinations=("pacs",))
+    spool.add_job(late)
+    reads.clear()
+    for forwarder in forwarders:
+        forwarder._rescan()  # everything it holds already: not read again
+    assert reads == [f"{late.key}.json"]

@@ -101,8 +101,16 @@ class Forwarder(threading.Thread):
             self._cond.notify()
 
     def _rescan(self) -> None:
-        for job in self.spool.jobs_in(PENDING, self.destination.name):
+        """Queue the destination's pending jobs this forwarder does not hold yet (their manifests alone are read)."""
+        for job in self.spool.pending_jobs(self.destination.name, self._held):
             self.submit(job)
+
+    def _held(self, key: str) -> bool:
+        """True when the job `key` is queued here already, or belongs to another forwarder's partition."""
+        if not self.owns(key.split("@", 1)[0]):
+            return True
+        with self._cond:
+            return key in self._queued
 
     def stop(self) -> None:
         self._halt.set()

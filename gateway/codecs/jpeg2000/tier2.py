@@ -289,6 +289,12 @@ def packet_order(layout: Layout, layers: int, progression: int, changes: tuple[c
             return
         lay = np.repeat(np.arange(layer_end, dtype=np.int64), len(pick))
         p = np.tile(pick, layer_end)
+        # Only the packets no earlier change reached are sorted (lexsort is stable: their order is the same
+        # as sorting all and dropping the others after), so changes that repeat others cost no sort.
+        fresh = ~seen[lay, p]
+        lay, p = lay[fresh], p[fresh]
+        if not len(p):
+            return
         c, r, kk, yy, xx = comp[p], level[p], k[p], y[p], x[p]
         if prog == cs.LRCP:
             keys = (kk, c, r, lay)
@@ -302,8 +308,6 @@ def packet_order(layout: Layout, layers: int, progression: int, changes: tuple[c
             keys = (lay, r, xx, yy, c)
         sel = np.lexsort(keys)
         lay, p = lay[sel], p[sel]
-        fresh = ~seen[lay, p]
-        lay, p = lay[fresh], p[fresh]
         seen[lay, p] = True
         parts.append(np.stack([lay, p], axis=1))
 

@@ -13,11 +13,13 @@ import contextlib
 import http.client
 import random
 import sqlite3
+import threading
 import time
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urlencode
 
+import pytest
 from pydicom.uid import generate_uid
 
 from gateway.dicom.identity import Identity
@@ -417,3 +419,40 @@ def test_the_reload_button_refuses_a_file_it_cannot_read_and_the_gateway_carries
     status, headers, _ = request(port, "POST", "/reload", {"csrf": csrf})
     assert status == 303 and headers["location"] == "/config?reload=applied"
     assert send(gateway.port, [pydicom_file("CT_small.dcm")]) == [0]
+
+
+@pytest.mark.parametrize("action, path, slow", [("retry all", "/dead/retry", "retry_all_dead"),
+                                                ("reload", "/reload", "reload")])
+def test_a_long_action_leaves_the_server_answering(tmp_path: Path, gateway_factory, monkeypatch, action: str,
+                                                   path: str, slow: str) -> None:
+    """Retry all takes seconds per thousand dead letters (5,000: 10 s), and a reload waits for the retirement of
+    a removed destination's queue: meanwhile /healthz, /readyz and /metrics still answer."""
+    from gateway.service import Gateway
+
+    entered, release = threading.Event(), threading.Event()
+
+    def waits(self) -> int | None:
+        entered.set()
+        release.wait(30)
+        return 0 if slow == "retry_all_dead" else None
+
+    monkeypatch.setattr(Gateway, slow, waits)
+    config = build_config(tmp_path, web={"port": free_port()})
+    Spool(config.spool.directory).add_jobs([Job("00000000000000000001-000000000001-4d4f44", "local", state=DEAD,
+                                                attempts=3, reason="refused")])
+    gateway = gateway_factory(config)
+    port = gateway.web.port
+    csrf = Page(request(port, "GET", "/dead")[2]).field("csrf")
+    answers: list[int] = []
+    poster = threading.Thread(target=lambda: answers.append(request(port, "POST", path, {"csrf": csrf, "all": "1"})[0]))
+    poster.start()
+    try:
+        assert entered.wait(10), action
+        began = time.monotonic()
+        assert request(port, "GET", "/healthz")[0] == 200
+        assert request(port, "GET", "/metrics")[0] == 200
+        assert time.monotonic() - began < 5, f"the server waited for {action}"
+    finally:
+        release.set()
+        poster.join(30)
+    assert answers == [303]

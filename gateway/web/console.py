@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -208,10 +209,11 @@ def console_routes(backend: ConsoleBackend, keys: Keys) -> list[Route]:
         if isinstance(fields, Response):
             return fields
         instance, destination = fields.get("instance", ""), fields.get("destination", "")
+        # In a thread: thousands of dead letters take seconds, while /metrics and /readyz must still answer.
         if fields.get("all") == "1":
-            moved = backend.retry_all()
+            moved = await run_in_threadpool(backend.retry_all)
         else:
-            moved = int(backend.retry(instance, destination))
+            moved = int(await run_in_threadpool(backend.retry, instance, destination))
         query = {"retried": str(moved)}
         if fields.get("page", "").isdigit():
             query["page"] = fields["page"]
@@ -246,7 +248,7 @@ def console_routes(backend: ConsoleBackend, keys: Keys) -> list[Route]:
         if isinstance(fields, Response):
             return fields
         try:
-            error = backend.reload()  # logs what it applied, or why it refused
+            error = await run_in_threadpool(backend.reload)  # logs what it applied, or why it refused
         except Exception:  # noqa: BLE001 - a failed reload refuses the file; the gateway and the page carry on
             _log.exception("configuration not reloaded, the running one stays")
             error = "refused"

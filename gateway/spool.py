@@ -170,8 +170,12 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(dst: Path, data: bytes, tmp_dir: Path | None = None, mode: int = FILE_MODE) -> None:
-    """Write `data` to `dst` (created with `mode`) so that `dst` is either complete or absent."""
+def atomic_write_bytes(dst: Path, data: bytes, tmp_dir: Path | None = None, mode: int = FILE_MODE, *,
+                       sync_folder: bool = True) -> None:
+    """Write `data` to `dst` (created with `mode`) so that `dst` is either complete or absent.
+
+    Without `sync_folder` the caller makes the rename durable (an fsync of `dst`'s folder), once for many.
+    """
     tmp_dir = tmp_dir or dst.parent
     tmp = tmp_dir / f".{dst.name}.{uuid.uuid4().hex}.tmp"
     try:
@@ -183,7 +187,8 @@ def atomic_write_bytes(dst: Path, data: bytes, tmp_dir: Path | None = None, mode
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(dst.parent)
+    if sync_folder:
+        fsync_dir(dst.parent)
 
 
 def atomic_copy(src: Path, dst: Path, tmp_dir: Path | None = None, mode: int = FILE_MODE) -> None:
@@ -201,6 +206,9 @@ def atomic_copy(src: Path, dst: Path, tmp_dir: Path | None = None, mode: int = F
         raise
     fsync_dir(dst.parent)
 
+
+_MOVE_BATCH = 256
+"""Jobs :meth:`Spool._move_all` moves between two fsyncs of their folders."""
 
 _PARTIAL = re.compile(r"^\..+\.[0-9a-f]{32}\.tmp$")
 """Name of a temporary file of :func:`atomic_write_bytes` / :func:`atomic_copy`."""
@@ -564,8 +572,36 @@ class Spool:
                 return None
             return self._read(Path(path))
 
-    def _write_job(self, job: Job) -> None:
-        atomic_write_bytes(self._job_path(job.state, job.key), job.to_json(), self.tmp)
+    def _write_job(self, job: Job, *, sync_folder: bool = True) -> None:
+        atomic_write_bytes(self._job_path(job.state, job.key), job.to_json(), self.tmp, sync_folder=sync_folder)
+
+    def _move_all(self, jobs: list[Job], state: str, **changes: Any) -> list[Job]:
+        """:meth:`move` with `changes` of many jobs (not into done), the state folders fsync'd once per batch.
+
+        Each new manifest is written durably and its folder fsync'd before
+        the old manifests are removed, as :meth:`move` does one by one: a
+        crash leaves a job in its old state or in both (the most advanced
+        is kept), never in neither.  Per job that is one fsync where
+        :meth:`move` makes three.
+        """
+        if state not in (PENDING, INFLIGHT, DEAD):
+            raise ValueError(f"cannot move jobs to {state!r} in a batch")
+        moved = []
+        for start in range(0, len(jobs), _MOVE_BATCH):
+            with self._lock:
+                batch = [(job, replace(job, state=state, updated_at=time.time(), **changes))
+                         for job in jobs[start:start + _MOVE_BATCH]]
+                for _, new in batch:
+                    self._write_job(new, sync_folder=False)
+                fsync_dir(self.jobs / state)
+                left = {job.state for job, _ in batch if job.state != state}
+                for job, _ in batch:
+                    if job.state != state:
+                        self._job_path(job.state, job.key).unlink(missing_ok=True)
+                for folder in sorted(left):
+                    fsync_dir(self.jobs / folder)
+            moved.extend(new for _, new in batch)
+        return moved
 
     def find_job(self, instance: str, destination: str) -> Job | None:
         """The job's current manifest, whatever its state.
@@ -924,11 +960,11 @@ class Spool:
         With `configured`, the dead letters of other destinations (removed from the configuration) stay: no
         forwarder would take them.
         """
-        moved = []
-        for job in list(self.jobs_in(DEAD, destination)):
-            if configured is None or job.destination in configured or job.destination == UNROUTED:
-                moved.append(self.requeue(job))
-        return moved
+        chosen = [job for job in self.jobs_in(DEAD, destination)
+                  if configured is None or job.destination in configured or job.destination == UNROUTED]
+        rerouted = [self._reroute(job) for job in chosen if job.destination == UNROUTED]
+        return rerouted + self._move_all([job for job in chosen if job.destination != UNROUTED], PENDING,
+                                         attempts=0, next_retry_at=0.0, reason=None)
 
     def destination_counts(self, state: str) -> Counter[str]:
         """Jobs in `state` per destination, counted by the job files' names (no manifest is read)."""
@@ -947,17 +983,19 @@ class Spool:
         unseen.  As dead letters they are listed and counted, their instances are kept, and once the
         destination is configured again ``dicom-gateway retry`` sends them.
         """
-        retired = []
+        queues: dict[str, list[Job]] = {}
         for name in sorted(self._job_names(PENDING, None)):  # by name: the other queues' manifests stay unread
             destination = _destination_of(name)
             if destination in configured or destination == UNROUTED:
                 continue
+            job = self._read(self.jobs / PENDING / name)
+            if job is not None:  # None: taken meanwhile
+                queues.setdefault(destination, []).append(job)
+        retired = []
+        for destination, jobs in queues.items():
             reason = (f"destination {destination!r} is no longer in the configuration; "
                       "configure it again and retry to send")
-            with self._lock:
-                job = self._read(self.jobs / PENDING / name)
-                if job is not None:  # None: taken meanwhile
-                    retired.append(self.move(job, DEAD, reason=reason))
+            retired += self._move_all(jobs, DEAD, reason=reason)
         return retired
 
     def _reroute(self, job: Job) -> Job:

@@ -39,6 +39,9 @@ EXIT_CODES = """exit status:
        cannot write, or (verify) a file that cannot be read or decoded
   130  compress stopped by Ctrl-C (a folder: run it again to resume)"""
 
+STATUS_DEAD_LETTERS = 20
+"""Dead letters ``status`` lists without ``--all`` (the oldest)."""
+
 COMPILING = "compiling the codec kernels for this kind of image (first use only: cached for later runs)..."
 
 
@@ -239,12 +242,21 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print("processing failed, to be tried again (then forwarded as received):")
         for ident, attempts, reason in failing:
             print(f"  {ident}: attempts={attempts} reason={reason}")
-    dead = list(spool.jobs_in(DEAD))
-    if dead:
-        print("dead letters:")
-        for job in dead:
-            print(f"  {job.sop} -> {job.destination}: "
-                  f"attempts={job.attempts} reason={job.reason}")
+    total = counts[DEAD]
+    # The oldest few: after an outage there are thousands, each a manifest to read and a line to scroll past.
+    dead = spool.jobs_in(DEAD) if args.all else spool.jobs_page(DEAD, 0, STATUS_DEAD_LETTERS)
+    heading = False
+    shown = 0
+    for job in dead:
+        if not heading:
+            print("dead letters:" if args.all or total <= STATUS_DEAD_LETTERS else
+                  f"dead letters, the {STATUS_DEAD_LETTERS} oldest of {total}:")
+            heading = True
+        print(f"  {job.sop} -> {job.destination}: "
+              f"attempts={job.attempts} reason={job.reason}")
+        shown += 1
+    if not args.all and total > shown:
+        print(f"  ... and {total - shown} more: 'dicom-gateway status --all' lists every one")
     return 0
 
 
@@ -575,6 +587,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("status", "queue counts and dead letters with their reasons")
     p.add_argument("--config", required=True)
+    p.add_argument("--all", action="store_true",
+                   help=f"list every dead letter (without: the {STATUS_DEAD_LETTERS} oldest, and how many more)")
     p.set_defaults(func=_cmd_status)
 
     p = command("audit", "the proof record of one instance, or of every instance received since a time")

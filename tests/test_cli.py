@@ -11,7 +11,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import RLELossless, generate_uid
 
-from gateway.cli import main
+from gateway.cli import STATUS_DEAD_LETTERS, main
 from gateway.dicom.identity import Identity
 from gateway.spool import DEAD, Job, Spool
 from tests.conftest import REPO, pydicom_file
@@ -338,6 +338,31 @@ def test_status_lists_dead_letters_and_retry_requeues_them(tmp_path: Path, capsy
     assert spool.find_job("i1", "pacs").state == "pending"
     assert main(["status", "--config", str(config)]) == 0
     assert "pending=1" in capsys.readouterr().out
+
+
+def test_status_lists_the_oldest_dead_letters_and_says_how_many_more(tmp_path: Path, capsys, monkeypatch) -> None:
+    """After an outage there are thousands of dead letters: `status` listed every one (5,000: 5,008 lines,
+    645 kB, each manifest read); it lists the oldest and counts the rest, `--all` lists them all."""
+    config = _config(tmp_path)
+    spool = Spool(tmp_path / "spool")
+    count = STATUS_DEAD_LETTERS + 40
+    uids = [f"1.2.826.0.1.3680043.10.9.{index}" for index in range(count)]
+    spool.add_jobs([Job(f"{index:020d}-{index:012x}-4d4f44", "pacs", state=DEAD, attempts=50, reason="gave up",
+                        identity=Identity(sop_instance_uid=uid)) for index, uid in enumerate(uids)])
+    reads: list[str] = []
+    read = Spool._read
+    monkeypatch.setattr(Spool, "_read", staticmethod(lambda path: (reads.append(path.name), read(path))[1]))
+    assert main(["status", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    listed = [line for line in out.splitlines() if " -> pacs: " in line]
+    assert listed == [f"  {uid} -> pacs: attempts=50 reason=gave up" for uid in uids[:STATUS_DEAD_LETTERS]]
+    assert f"the {STATUS_DEAD_LETTERS} oldest of {count}" in out and "... and 40 more" in out
+    assert len(reads) == STATUS_DEAD_LETTERS
+    assert main(["status", "--config", str(config), "--all"]) == 0
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if " -> pacs: " in line] == [
+        f"  {uid} -> pacs: attempts=50 reason=gave up" for uid in uids]
+    assert "more" not in out
 
 
 def test_usage_errors_exit_2() -> None:

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,7 +167,9 @@ _CSV_LIST_FIELDS = ("verified_by", "deliveries", "commitments", "reencoded")
 
 def _cmd_audit(args: argparse.Namespace) -> int:
     import csv
+    import itertools
     import json
+    import textwrap
     from datetime import datetime
 
     from gateway.record import RECORD_FILE, ProofRecord
@@ -178,26 +180,34 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         print(f"error: no proof record at {path} (nothing received yet)", file=sys.stderr)
         return 2
     record = ProofRecord(path)
+    entries: Iterator[dict]
     if args.sop_instance_uid:
-        entries = record.find(args.sop_instance_uid)
-        if not entries:
+        found = record.find(args.sop_instance_uid)
+        if not found:
             print(f"no instance {args.sop_instance_uid} in the proof record", file=sys.stderr)
             return 1
+        entries = iter(found)
     else:
         try:
             start = datetime.fromisoformat(args.since).timestamp() if args.since else 0.0
         except ValueError:
             print(f"error: --since: not an ISO 8601 time: {args.since!r}", file=sys.stderr)
             return 2
-        entries = list(record.since(start))
-    if args.format == "json":
-        json.dump(entries, sys.stdout, indent=2)
-        print()
+        entries = record.since(start)  # written as read: a period may hold millions of instances
+    first = next(entries, None)
+    if args.format == "json":  # the text json.dump(list, indent=2) gives, one entry at a time
+        if first is None:
+            print("[]")
+            return 0
+        sys.stdout.write("[\n")
+        for index, entry in enumerate(itertools.chain([first], entries)):
+            sys.stdout.write((",\n" if index else "") + textwrap.indent(json.dumps(entry, indent=2), "  "))
+        sys.stdout.write("\n]\n")
         return 0
-    columns = [key for key in (entries[0] if entries else {"id": None}) if key not in _CSV_LIST_FIELDS]
+    columns = [key for key in (first or {"id": None}) if key not in _CSV_LIST_FIELDS]
     writer = csv.writer(sys.stdout)
     writer.writerow([*columns, "verified_by", "deliveries", "commitments", "reencoded"])
-    for entry in entries:
+    for entry in itertools.chain([first] if first is not None else [], entries):
         verified = ";".join(f"{v['decoder']}={v['pixel_hash']}" for v in entry["verified_by"])
         deliveries = ";".join(f"{d['destination']}={d['outcome']}:{d['syntax'] or ''}" for d in entry["deliveries"])
         latest: dict[str, str] = {}  # each destination's latest commitment state

@@ -925,16 +925,24 @@ class Spool:
                 if not self.incoming_path(ident).exists() and not self.held_path(ident).exists():
                     path.unlink(missing_ok=True)
                     fixed["orphans_removed"] += 1
+            # A finished job is read again only while its instance is (a record of a delivery, kept for
+            # keep_done_hours, is never read): a week of them would otherwise be read at every start.
+            waiting = {name[:-4] for folder in (self.incoming, self.held) for name in os.listdir(folder)
+                       if name.endswith(".dcm")}
             where: dict[str, list[str]] = {}
             for state in STATES:
-                for path in (self.jobs / state).glob("*.json"):
-                    try:
-                        self._read(path)
-                    except (SpoolError, TypeError):  # cut short by the crash: re-created from held/
-                        path.unlink(missing_ok=True)
-                        fixed["damaged"] += 1
+                for name in self._job_names(state, None):
+                    if name.startswith("."):
                         continue
-                    where.setdefault(path.stem, []).append(state)
+                    path = self.jobs / state / name
+                    if state != DONE or name.split("@", 1)[0] in waiting:
+                        try:
+                            self._read(path)
+                        except (SpoolError, TypeError):  # cut short by the crash: re-created from held/
+                            path.unlink(missing_ok=True)
+                            fixed["damaged"] += 1
+                            continue
+                    where.setdefault(name[:-5], []).append(state)
             for key, states in where.items():
                 best = max(states, key=_RANK.__getitem__)
                 for state in states:

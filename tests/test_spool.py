@@ -422,3 +422,22 @@ def test_moving_many_jobs_fsyncs_their_folders_once_per_batch(tmp_path: Path, mo
     assert {job.reason for job in spool.jobs_in(DEAD)} == {
         "destination 'pacs' is no longer in the configuration; configure it again and retry to send"}
     assert len(fsyncs) <= count + 2 * 2
+
+
+def test_recover_reads_no_record_of_a_finished_delivery(tmp_path: Path, monkeypatch) -> None:
+    """Done manifests stay a week (keep_done_hours) as records: 100,000 of them were read at every start
+    (1.5 s of a 3.6 s spool recovery with a warm cache, more from disk), though only one whose instance is still
+    held or received can matter to anything."""
+    spool = Spool(tmp_path)
+    spool.add_jobs([Job(f"{index:020d}-{index:012x}-4d4f44", "pacs", state=DONE) for index in range(200)])
+    held = "99999999999999999999-000000000000-4d4f44"
+    spool.held_path(held).write_bytes(b"DICM")
+    (spool.jobs / DONE / f"{held}@pacs.json").write_bytes(b"{")  # cut short by a crash
+    spool.add_job(Job(held, "other"))
+    reads: list[str] = []
+    read = Spool._read
+    monkeypatch.setattr(Spool, "_read", staticmethod(lambda path: (reads.append(path.name), read(path))[1]))
+    fixed = Spool(tmp_path).recover()
+    assert fixed["damaged"] == 1 and not (spool.jobs / DONE / f"{held}@pacs.json").exists()
+    assert sorted(reads) == [f"{held}@other.json", f"{held}@pacs.json"]
+    assert spool.count_jobs(DONE) == 200

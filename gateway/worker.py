@@ -34,7 +34,7 @@ from gateway.dicom.identity import Identity
 from gateway.dicom.lean import read_lean, restore
 from gateway.dicom.splice import pixel_span, splice_write
 from gateway.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
-from gateway.dicom.walk import check_complete
+from gateway.dicom.walk import check_complete, walk_file
 from gateway.errors import GatewayError, SpoolError
 from gateway.logs import get_logger, stage
 from gateway.record import ProofRecord
@@ -66,8 +66,24 @@ def _defer_size(path: Path) -> int | None:
 
 
 
+def _walked(path: Path) -> Identity | None:
+    """The identity of a file the receiver's header walk reads as one complete dataset, else None."""
+    try:
+        return walk_file(path)
+    except (OSError, ValueError):  # irregular, or not DICOM: pydicom decides
+        return None
+
+
 def _usable_object(path: Path) -> str | None:
-    """Transfer syntax of a processed object that is complete on disk, else None."""
+    """Transfer syntax of a processed object that is complete on disk, else None.
+
+    The header walk decides what it can (a fraction of a millisecond, where
+    pydicom's parse takes one or two: a restart checks every held instance);
+    pydicom decides the rest.
+    """
+    walked = _walked(path)
+    if walked is not None:
+        return walked.transfer_syntax
     try:
         ds = dcmread(path, defer_size="64 KB")
         check_complete(ds, path.stat().st_size)
@@ -119,28 +135,35 @@ def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: 
         # An earlier attempt wrote jobs before it was cut short (a crash, a full disk): one may have sent
         # its object already, so that object stays, and the proof record with it.
         reuse_object = True
-    # Only the elements recompression reads, when the file allows it (see gateway.dicom.lean).
-    lean = read_lean(src) if pass_through is None and not reuse_object else None
-    if lean is not None:
-        ds = lean.dataset
+    reused = _usable_object(spool.object_path(ident)) if reuse_object else None
+    # Its object is kept: nothing of the dataset is used but its identity, which the header walk gives.
+    walked = _walked(src) if reused is not None else None
+    lean = None
+    if walked is not None:
+        ds = None
+        identity = walked
     else:
-        # Values larger than _DEFER stay in the file: a large multi-frame image is read one frame at a time.
-        ds = dcmread(src, stop_before_pixels=pass_through is not None, defer_size=_defer_size(src))
-    identity = Identity(
-        sop_class_uid=str(ds.get("SOPClassUID", "")),
-        sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
-        study_uid=str(ds.get("StudyInstanceUID", "")),
-        series_uid=str(ds.get("SeriesInstanceUID", "")),
-        modality=str(ds.get("Modality", "")),
-        transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")),
-    )
+        # Only the elements recompression reads, when the file allows it (see gateway.dicom.lean).
+        lean = read_lean(src) if pass_through is None and not reuse_object else None
+        if lean is not None:
+            ds = lean.dataset
+        else:
+            # Values larger than _DEFER stay in the file: a large multi-frame image is read one frame at a time.
+            ds = dcmread(src, stop_before_pixels=pass_through is not None, defer_size=_defer_size(src))
+        identity = Identity(
+            sop_class_uid=str(ds.get("SOPClassUID", "")),
+            sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
+            study_uid=str(ds.get("StudyInstanceUID", "")),
+            series_uid=str(ds.get("SeriesInstanceUID", "")),
+            modality=str(ds.get("Modality", "")),
+            transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")),
+        )
     calling_ae = spool.calling_ae(ident)
     sop = identity.sop_instance_uid
     stored_syntax = identity.transfer_syntax
     target = config.compression.target_for(identity.modality)
 
     malformed: str | None = None  # why the original's pixel data is damaged
-    reused = _usable_object(spool.object_path(ident)) if reuse_object else None
     proof: dict | None = None  # what the proof record learns of this stage
     if reused is not None:
         stored_syntax = reused

@@ -196,3 +196,33 @@ def test_a_stop_during_the_check_of_the_held_instances_starts_no_forwarder(tmp_p
     assert time.monotonic() - began < 8
     assert not gateway.forwarding and all(f.ident is None for f in gateway.forwarders["local"])
     assert spool.held_path(ident).exists() and not list((tmp_path / "archive").rglob("*.dcm"))
+
+
+def test_checking_an_intact_held_instance_parses_no_dataset(tmp_path: Path, monkeypatch) -> None:
+    """The check of the held instances at start parsed the received file and the object of each with pydicom
+    (1.4 ms an instance: 77 s for 55,000 before forwarding resumed); the receiver's header walk now says that
+    an object is whole and gives the identity (0.45 ms), pydicom reading only what needs rebuilding."""
+    import gateway.worker
+    from gateway.dicom.walk import walk_file
+    from gateway.worker import process_instance
+
+    config = build_config(tmp_path)
+    spool = Spool(config.spool.directory)
+    buffer = io.BytesIO()
+    pydicom_file("CT_small.dcm").save_as(buffer, enforce_file_format=True)
+    ident = spool.store_received(buffer.getvalue(), "MODALITY")
+    (job,) = process_instance(config, spool, ident)
+    assert spool.held_path(ident).exists() and job.identity.transfer_syntax == RLELossless
+    parsed: list[str] = []
+    dcmread_ = gateway.worker.dcmread
+    monkeypatch.setattr(gateway.worker, "dcmread",
+                        lambda path, *a, **k: (parsed.append(str(path)), dcmread_(path, *a, **k))[1])
+    submitted: list[Job] = []
+    worker = Worker(config, spool, submitted.append)
+    assert worker.recover() == 0 and not submitted
+    assert parsed == []
+    whole = spool.object_path(ident).read_bytes()
+    spool.object_path(ident).write_bytes(whole[:-10])  # cut short by a crash: rebuilt
+    worker.recover()
+    assert parsed and walk_file(spool.object_path(ident)).transfer_syntax == RLELossless
+    assert dcmread(spool.object_path(ident)).pixel_array.shape == (128, 128)

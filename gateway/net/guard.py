@@ -876,8 +876,10 @@ class _Lobby(threading.Thread):
             self.server.throttle.log(30, f"tls {reason}", pending.host, f"TLS handshake with "
                                      f"{_peer(pending.address)} failed: {reason}; connection closed")
             self._close(pending)
-        except OSError as exc:
-            _log.info("connection from %s failed before its association request: %s", _peer(pending.address), exc)
+        except OSError as exc:  # a TCP health check closing with a reset, say: every few seconds, for months
+            self.server.throttle.log(20, f"failed {type(exc).__name__}", pending.host,
+                                     f"connection from {_peer(pending.address)} failed before its association "
+                                     f"request: {exc}")
             self._close(pending)
 
     def _header(self, pending: _Pending) -> bool:
@@ -910,8 +912,9 @@ class _Lobby(threading.Thread):
         calling = bytes(pending.buffer[26:42]).decode("ascii").strip()
         networks = self.server.placed_callers.get(calling)
         if networks is not None and not _within(pending.host, networks):
-            _log.warning("association rejected: calling=%s from %s: not an address allowed_callers binds to this "
-                         "AE title", calling, _peer(pending.address))
+            self.server.throttle.log(30, f"rejected {calling}", pending.host,
+                                     f"association rejected: calling={calling} from {_peer(pending.address)}: not an "
+                                     "address allowed_callers binds to this AE title")
             self._send_and_close(pending, _REJECT_CALLING)
             return
         allowed = self.server.bound_callers.get(calling)
@@ -920,8 +923,10 @@ class _Lobby(threading.Thread):
             subject = subject_pairs(cert["subject"]) if cert and "subject" in cert else None
             if subject not in allowed:
                 shown = ", ".join(f"{k}={v}" for k, v in subject) if subject else "no certificate"
-                _log.warning("association rejected: calling=%s from %s: certificate subject (%s) is not one "
-                             "bound to this AE title in allowed_callers", calling, _peer(pending.address), shown)
+                self.server.throttle.log(30, f"rejected {calling} {shown}", pending.host,
+                                         f"association rejected: calling={calling} from {_peer(pending.address)}: "
+                                         f"certificate subject ({shown}) is not one bound to this AE title in "
+                                         "allowed_callers")
                 self._send_and_close(pending, _REJECT_CALLING)
                 return
         self._forget(pending)

@@ -405,8 +405,15 @@ def _on_echo(event: evt.Event) -> int:
 
 
 def _on_rejected(event: evt.Event) -> None:
-    _log.warning("association rejected: calling=%s from %s", event.assoc.requestor.ae_title,
-                 event.assoc.requestor.address)
+    """One line per calling AE title and address every 10 s: a modality refused retries, for as long as no one
+    fixes its configuration."""
+    requestor = event.assoc.requestor
+    message = f"association rejected: calling={requestor.ae_title} from {requestor.address}"
+    throttle = getattr(getattr(event.assoc, "_server", None), "throttle", None)  # the receiver's (GuardedServer)
+    if throttle is None:
+        _log.warning("%s", message)
+        return
+    throttle.log(30, f"rejected {requestor.ae_title}", str(requestor.address), message)
 
 
 class _SupportedContext(PresentationContext):

@@ -446,7 +446,7 @@ class Worker:
         self._retired: dict[ProcessPoolExecutor, list] = {}  # processes of pools shut down, maybe still at work
         self._pool_lock = threading.Lock()  # making the shared pool, submitting to it
         self._alone_lock = threading.Lock()  # held while an instance is processed alone
-        self.processed_by: Counter[int] = Counter()  # instances processed, per worker process id
+        self.processed_by: Counter[int] = Counter()  # instances processed, per worker process id (of live pools)
         if self.processes:
             threads = 2 * self.processes  # dispatchers: keep each process busy
         self._queue: queue.Queue[str | None] = queue.Queue()
@@ -507,6 +507,11 @@ class Worker:
             self._retired = {p: procs for p, procs in self._retired.items() if any(x.is_alive() for x in procs)}
             if not kill:
                 self._retired[pool] = processes
+            # Only the counts of processes still known: each reload replaces them, one entry more per process.
+            known = {x.pid for procs in self._retired.values() for x in procs}
+            known.update(pid for p in self._pools for pid in (getattr(p, "_processes", None) or {}))
+            for pid in [pid for pid in self.processed_by if pid not in known]:
+                del self.processed_by[pid]
         if kill:
             _kill(processes)
         pool.shutdown(wait=False, cancel_futures=cancel)

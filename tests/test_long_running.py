@@ -12,10 +12,12 @@ import struct
 import time
 from pathlib import Path
 
+from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from tests.conftest import build_config
+from gateway.config import load_config
+from tests.conftest import build_config, free_port, pydicom_file, send
 
 
 def _echo(port: int, calling: str, source: str = "127.0.0.1") -> bool:
@@ -76,3 +78,25 @@ def test_connections_reset_before_their_association_request_are_logged_once_per_
     assert len(_lines(caplog, "failed before its association request")) == 1
     assert _echo(gateway.port, "MODALITY"), "the receiver serves on"
 
+
+def test_reloads_leave_no_counts_of_worker_processes_gone(tmp_path: Path, gateway_factory) -> None:
+    """Each reload replaces the worker processes; their per-process counts piled up, one more per reload."""
+    toml = tmp_path / "gateway.toml"
+    port = free_port()
+
+    def write(base: float) -> None:
+        toml.write_text(f'[server]\nport = {port}\n[spool]\ndirectory = "spool"\n[compression]\nprocesses = 1\n'
+                        f'transfer_syntax = "RLELossless"\n[retry]\nbase_seconds = {base}\n[[destinations]]\n'
+                        'name = "local"\nkind = "folder"\npath = "archive"\n')
+
+    write(1.0)
+    gateway = gateway_factory(load_config(toml))
+    assert gateway.worker is not None
+    for round_ in range(4):
+        ds = pydicom_file("CT_small.dcm")
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        assert send(gateway.port, [ds]) == [0]
+        assert gateway.wait_idle(120)
+        write(2.0 + round_)
+        assert gateway.reload() is None
+    assert len(gateway.worker.processed_by) <= 2, dict(gateway.worker.processed_by)  # the last pool retired, at most

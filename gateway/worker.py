@@ -150,14 +150,7 @@ def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: 
         else:
             # Values larger than _DEFER stay in the file: a large multi-frame image is read one frame at a time.
             ds = dcmread(src, stop_before_pixels=pass_through is not None, defer_size=_defer_size(src))
-        identity = Identity(
-            sop_class_uid=str(ds.get("SOPClassUID", "")),
-            sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
-            study_uid=str(ds.get("StudyInstanceUID", "")),
-            series_uid=str(ds.get("SeriesInstanceUID", "")),
-            modality=str(ds.get("Modality", "")),
-            transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")),
-        )
+        identity = Identity.of_dataset(ds, str(ds.file_meta.get("TransferSyntaxUID", "")))
     calling_ae = spool.calling_ae(ident)
     sop = identity.sop_instance_uid
     stored_syntax = identity.transfer_syntax

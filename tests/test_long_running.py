@@ -6,10 +6,14 @@ Found by a 15-minute soak of ``dicom-gateway serve`` under a mixed load with rel
 
 from __future__ import annotations
 
+import copy
 import logging
+import os
 import socket
 import struct
+import subprocess
 import time
+import warnings
 from pathlib import Path
 
 from pydicom.uid import generate_uid
@@ -18,6 +22,7 @@ from pynetdicom.sop_class import Verification
 
 from gateway.config import load_config
 from tests.conftest import build_config, free_port, pydicom_file, send
+from tests.tools import require_dcmtk
 
 
 def _echo(port: int, calling: str, source: str = "127.0.0.1") -> bool:
@@ -100,3 +105,85 @@ def test_reloads_leave_no_counts_of_worker_processes_gone(tmp_path: Path, gatewa
         write(2.0 + round_)
         assert gateway.reload() is None
     assert len(gateway.worker.processed_by) <= 2, dict(gateway.worker.processed_by)  # the last pool retired, at most
+
+
+def _registry() -> int:
+    """Distinct warning texts Python keeps for pydicom's value checks (entries of its warning registry)."""
+    import pydicom.valuerep
+
+    return len(getattr(pydicom.valuerep, "__warningregistry__", None) or {})
+
+
+def _with_uids(count: int, sop: str | None = None, study: str | None = None) -> list:
+    """CT instances whose SOP Instance (or Study and Series) UID has a leading zero in a component, each its own."""
+    base = pydicom_file("CT_small.dcm")
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the malformed UIDs made here
+        for index in range(count):
+            ds = copy.deepcopy(base)
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = (
+                f"{sop}.0{index}" if sop else generate_uid())
+            if study:
+                ds.StudyInstanceUID, ds.SeriesInstanceUID = f"{study}.0{index}", f"{study}.0{index}.1"
+            out.append(ds)
+    return out
+
+
+def test_new_studies_with_malformed_uids_leave_nothing_behind_in_the_worker(tmp_path: Path) -> None:
+    """A modality writing UIDs with leading zeros (1.2.3.04): the worker read each new study's and series' UIDs
+    through pydicom, which warned quoting them, and Python kept every text for good: one registry entry more
+    per study and per series (and a log line) in a process that lives for months."""
+    from io import BytesIO
+
+    from gateway.spool import Spool
+    from gateway.worker import process_instance
+
+    config = build_config(tmp_path)
+    spool = Spool(config.spool.directory)
+    instances = _with_uids(40, study="1.2.826.0.1.3680043.8.498.7")
+    received = []
+    for ds in instances:
+        data = BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds.save_as(data, enforce_file_format=True)
+        received.append(spool.store_received(data.getvalue(), "MODALITY"))
+    with warnings.catch_warnings():  # a change of the filters empties the registries: none in the loop
+        warnings.resetwarnings()
+        warnings.simplefilter("default")  # Python's own: the project's pytest settings ignore these warnings
+        before = _registry()
+        for ds, ident in zip(instances, received):
+            [job] = process_instance(config, spool, ident)
+            assert job.identity.study_uid == str(ds.StudyInstanceUID)  # as the file holds it
+            assert job.identity.series_uid == str(ds.SeriesInstanceUID)
+        grown = _registry() - before
+    assert grown <= 2, f"{grown} warning texts kept for {len(instances)} instances"
+
+
+def test_c_stores_with_malformed_sop_instance_uids_leave_nothing_behind_in_the_receiver(tmp_path: Path,
+                                                                                       gateway_factory,
+                                                                                       caplog) -> None:
+    """Each C-STORE of an instance whose SOP Instance UID has a leading zero is refused (0xC210), and pydicom,
+    converting the request's UID, warned quoting it: one registry entry more per instance in the service."""
+    storescu = require_dcmtk("storescu")
+    caplog.set_level(logging.INFO, logger="gateway")
+    folder = tmp_path / "sent"
+    folder.mkdir()
+    files = []
+    for index, ds in enumerate(_with_uids(40, sop="1.2.826.0.1.3680043.8.498.9")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds.save_as(folder / f"{index:03d}.dcm", enforce_file_format=True)
+        files.append(str(folder / f"{index:03d}.dcm"))
+    with warnings.catch_warnings():
+        warnings.resetwarnings()
+        warnings.simplefilter("default")
+        gateway = gateway_factory(build_config(tmp_path))
+        before = _registry()
+        subprocess.run([storescu, "-nh", "-aec", "GATEWAY", "127.0.0.1", str(gateway.port), *files],
+                       check=False, capture_output=True, timeout=120, env=dict(os.environ, TCP_NODELAY="1"))
+        time.sleep(0.2)
+        grown = _registry() - before
+    assert len(_lines(caplog, "status=0xC210")) == len(files), "each refused, as before"
+    assert grown <= 2, f"{grown} warning texts kept for {len(files)} instances"

@@ -33,6 +33,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import warnings
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -205,18 +206,10 @@ def _read_identity(handle: BinaryIO, offset: int, size: int, implicit: bool, lit
         if reader.exceeded is not None:  # raised here, not chained to what holds the elements read so far
             raise TooLarge(reader.exceeded)
         check_complete(ds, size)
-        sop_class = str(ds.SOPClassUID)
-        sop_instance = str(ds.SOPInstanceUID)
-        if not is_valid_uid(sop_instance) or not is_valid_uid(sop_class):
+        identity = Identity.of_dataset(ds, syntax)  # not pydicom's values: see there
+        if not is_valid_uid(identity.sop_instance_uid) or not is_valid_uid(identity.sop_class_uid):
             raise ValueError("SOP Class or SOP Instance UID is not a valid UID")
-        return Identity(
-            transfer_syntax=syntax,
-            sop_class_uid=sop_class,
-            sop_instance_uid=sop_instance,
-            study_uid=str(ds.get("StudyInstanceUID", "")),
-            series_uid=str(ds.get("SeriesInstanceUID", "")),
-            modality=str(ds.get("Modality", "")),
-        )
+        return identity
 
 
 def _uid(value: object) -> str:
@@ -479,9 +472,18 @@ def start_receiver(server: ServerConfig, receiver: Receiver) -> GuardedServer:
     * ``LOG_HANDLER_LEVEL = "none"``: pynetdicom's default handlers describe
       every PDU and DIMSE message for its logger, which the gateway keeps at
       WARNING; building those descriptions costs CPU on every message.
+
+    And pydicom's warning about a UID it finds malformed is ignored: pydicom
+    checks each UID it converts, those of every C-STORE request included,
+    and Python keeps each distinct warning text in pydicom's warning registry
+    for good, a UID a new one each time (a modality writing leading zeros:
+    one entry more per instance, and one log line).  The receiver's own check
+    (:func:`~gateway.dicom.validate.is_valid_uid`) refuses such an instance
+    and logs why.
     """
     _config.STORE_RECV_CHUNKED_DATASET = True
     _config.LOG_HANDLER_LEVEL = "none"
+    warnings.filterwarnings("ignore", message="Invalid value for VR UI", category=UserWarning)
     ae = build_ae(server)
     sink.bind(ae, receiver.spool.tmp, receiver.min_free_bytes, receiver.spool.make_room)
     handlers = [

@@ -17,23 +17,16 @@ import warnings
 from pathlib import Path
 
 from pydicom.uid import generate_uid
-from pynetdicom import AE
-from pynetdicom.sop_class import Verification
 
 from gateway.config import load_config
 from tests.conftest import build_config, free_port, pydicom_file, send
+from tests.test_caller_addresses import _echo as _echo_from
 from tests.tools import require_dcmtk
 
 
 def _echo(port: int, calling: str, source: str = "127.0.0.1") -> bool:
-    ae = AE(ae_title=calling)
-    ae.add_requested_context(Verification)
-    ae.acse_timeout = ae.network_timeout = 10
-    assoc = ae.associate("127.0.0.1", port, ae_title="GATEWAY", bind_address=(source, 0))
-    if not assoc.is_established:
-        return False
-    assoc.release()
-    return True
+    """A C-ECHO as `calling` from `source`: True when associated and answered."""
+    return _echo_from(port, calling, source)
 
 
 def _lines(caplog, *words: str) -> list[str]:

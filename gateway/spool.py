@@ -751,25 +751,18 @@ class Spool:
         data["state"] = path.parent.name  # the folder is the truth: renames do not rewrite the manifest
         return Job.from_json(data)
 
-    def jobs_in(self, state: str, destination: str | None = None) -> Iterator[Job]:
-        """Jobs in `state` (optionally of one destination), oldest first."""
-        pattern = f"*@{destination}.json" if destination else "*.json"
-        for path in sorted((self.jobs / state).glob(pattern)):
-            job = self._read(path)
-            if job is not None:
-                yield job
-
-    def pending_jobs(self, destination: str, skip: Callable[[str], bool]) -> Iterator[Job]:
-        """Pending jobs of `destination`, oldest first, but those whose key `skip` is true of.
+    def jobs_in(self, state: str, destination: str | None = None,
+                skip: Callable[[str], bool] | None = None) -> Iterator[Job]:
+        """Jobs in `state` (optionally of one destination), oldest first, but those whose key `skip` is true of.
 
         The folder's names are listed and only the manifests of the jobs
         not skipped are read: a forwarder's rescan of a queue of tens of
         thousands, nearly all of them already in its memory, reads a few.
         """
-        for name in sorted(self._job_names(PENDING, destination)):
-            if skip(name[:-5]):
+        for name in sorted(self._job_names(state, destination)):
+            if skip is not None and skip(name[:-5]):
                 continue
-            job = self._read(self.jobs / PENDING / name)
+            job = self._read(self.jobs / state / name)
             if job is not None:  # moved on meanwhile
                 yield job
 

@@ -102,7 +102,7 @@ class Forwarder(threading.Thread):
 
     def _rescan(self) -> None:
         """Queue the destination's pending jobs this forwarder does not hold yet (their manifests alone are read)."""
-        for job in self.spool.pending_jobs(self.destination.name, self._held):
+        for job in self.spool.jobs_in(PENDING, self.destination.name, self._held):
             self.submit(job)
 
     def _held(self, key: str) -> bool:

@@ -60,6 +60,49 @@ class QueueState:
 RECEIVE_RECORD_SECONDS = 2.0
 """How long the receiver waits for a busy proof record before it answers without its row."""
 
+CLOCK_SAMPLE_SECONDS = 60.0
+"""How often the housekeeping thread compares the wall clock with the steady one (see :class:`RetentionClock`)."""
+
+
+def _steady() -> float:
+    """Seconds on a clock that no setting of the wall clock moves, counting a suspension where it can.
+
+    ``CLOCK_BOOTTIME`` (Linux) goes on while the machine sleeps, as the wall
+    clock does: a resume is then not taken for a step of the wall clock.
+    """
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    return time.clock_gettime(boottime) if boottime is not None else time.monotonic()
+
+
+class RetentionClock:
+    """The wall time retention compares stored time stamps with, which a step of the wall clock never advances.
+
+    Manifests, kept copies and the proof record's rows carry wall-clock time
+    stamps.  When the wall clock is stepped forward (a clock a day behind set
+    right by NTP), every stamp written before the step looks a day older
+    than it is, and a comparison with the wall clock would delete a day's
+    worth too early.  This clock runs at the steady clock's pace from the
+    lowest offset to the wall clock it has seen (sampled every
+    :data:`CLOCK_SAMPLE_SECONDS` and at each use): a forward step leaves it
+    behind the wall clock, so what was stamped before is kept its full time
+    (what is stamped after is kept the step's length longer, until the
+    next start); a backward step moves it back with the wall clock, so
+    nothing stamped after it looks older than it is either.  Steps made
+    while the gateway was not running cannot be seen.
+    """
+
+    def __init__(self) -> None:
+        self._offset = time.time() - _steady()
+
+    def sample(self) -> None:
+        """Take the wall clock's offset now into account (a backward step lowers it; a forward one is ignored)."""
+        self._offset = min(self._offset, time.time() - _steady())
+
+    def now(self) -> float:
+        """Wall time as of the lowest offset seen: never ahead of the wall clock, never moved on by a step."""
+        self.sample()
+        return _steady() + self._offset
+
 
 class Gateway:
     """All parts of the gateway for one configuration."""
@@ -78,7 +121,9 @@ class Gateway:
         self.web = None
         self.receiver: Receiver | None = None
         self.certificates: list[certificates.CertificateDate] = []  # of the TLS files in use, and their dates
-        self._certificates_reported = 0.0
+        self._certificates_reported = 0.0  # wall time of the last report (the days left are counted from it)
+        self._certificates_reported_steady = 0.0  # and the steady clock then: a day is a day whatever the clock
+        self.retention_clock = RetentionClock()  # what retention compares stored wall-clock stamps with
         self._web_keys = None  # the console's secrets: the token in force is replaced on reload
         self.reload_error: str | None = None  # why the last reload was refused (None: applied, or none tried)
         self._reload_lock = threading.Lock()
@@ -174,6 +219,7 @@ class Gateway:
         """The dates of the certificates in use (read at start and at each reload), what is near or past logged."""
         self.certificates = certificates.dates(self.config) if found is None else found
         self._certificates_reported = time.time()
+        self._certificates_reported_steady = time.monotonic()
         certificates.report(self.certificates, self._certificates_reported)
 
     def _start_housekeeping(self) -> None:
@@ -206,18 +252,23 @@ class Gateway:
         thread.start()
 
     def prune_done(self) -> int:
-        """Delete finished job manifests and proof records older than their retention; return how many jobs."""
-        removed = self.spool.prune_done(self.config.spool.keep_done_hours * 3600.0)
+        """Delete finished job manifests and proof records older than their retention; return how many jobs.
+
+        Their ages are counted on :attr:`retention_clock`, not the wall clock,
+        so that a forward step of the wall clock deletes nothing early.
+        """
+        now = self.retention_clock.now()
+        removed = self.spool.prune_done(self.config.spool.keep_done_hours * 3600.0, now=now)
         if removed:
             _log.info("deleted %d finished job manifest(s) older than %g h", removed,
                       self.config.spool.keep_done_hours)
-        kept = self.spool.prune_kept(self.config.spool.keep_done_hours * 3600.0)
+        kept = self.spool.prune_kept(self.config.spool.keep_done_hours * 3600.0, now=now)
         if kept:
             _log.info("deleted %d copies kept after delivery for more than %g h", kept,
                       self.config.spool.keep_done_hours)
         days = self.config.spool.keep_record_days
         try:
-            forgotten = self.record.prune(time.time() - days * 86400.0)
+            forgotten = self.record.prune(now - days * 86400.0)
         except GatewayError as exc:
             _log.warning("cannot prune the proof record: %s", exc)
         else:
@@ -226,19 +277,31 @@ class Gateway:
         return removed
 
     def _prune_loop(self) -> None:
+        """Prune every hour (on the steady clock); meanwhile sample the wall clock for the retention clock."""
+        due = time.monotonic()
         while not self._stopped.is_set():
-            try:
-                self.prune_done()
-            except OSError as exc:
-                _log.warning("cannot prune finished jobs: %s", exc)
-            self.report_certificates(time.time())
-            self._stopped.wait(3600.0)
+            self.retention_clock.sample()
+            if time.monotonic() >= due:
+                due = time.monotonic() + 3600.0
+                try:
+                    self.prune_done()
+                except OSError as exc:
+                    _log.warning("cannot prune finished jobs: %s", exc)
+                self.report_certificates(time.time())
+            self._stopped.wait(CLOCK_SAMPLE_SECONDS)
 
     def report_certificates(self, now: float) -> bool:
-        """Log again the certificates near or past expiry when a day has passed since they were last; whether it did."""
-        if now - self._certificates_reported < 86400.0:
+        """Log again the certificates near or past expiry when a day has passed since they were last; whether it did.
+
+        A day on the steady clock, or on the wall clock (`now`): the wall
+        clock set back a day would otherwise silence them for two days, and
+        set forward, their days left have changed, which is worth saying.
+        """
+        steady = time.monotonic() - self._certificates_reported_steady
+        if now - self._certificates_reported < 86400.0 and steady < 86400.0:
             return False
         self._certificates_reported = now
+        self._certificates_reported_steady = time.monotonic()
         certificates.report(self.certificates, now)
         return True
 

@@ -1,0 +1,118 @@
+"""Steps of the wall clock: NTP at boot, a resumed VM, an administrator setting the date.
+
+Durations are measured on a steady clock; wall-clock time stamps are
+stored and shown, and whatever compares one with the wall clock must
+survive a step without deleting data early, stalling for the step's length
+or saying nonsense.  The clock is faked per module (its ``time`` replaced):
+``wall`` is what ``time.time()`` says, ``steady`` what the steady clocks say;
+:meth:`FakeClock.advance` is time passing, :meth:`FakeClock.step` a step of
+the wall clock alone.
+"""
+
+from __future__ import annotations
+
+import time
+import types
+from pathlib import Path
+
+import pytest
+
+from gateway import record as record_module
+from gateway import service as service_module
+from gateway import spool as spool_module
+from gateway.dicom.identity import Identity
+from gateway.service import Gateway
+from tests.conftest import build_config
+
+DAY = 86400.0
+HOUR = 3600.0
+
+
+class FakeClock:
+    """A wall clock and a steady clock that move only when told."""
+
+    def __init__(self) -> None:
+        self.wall = time.time()
+        self.steady = 10_000.0
+
+    def advance(self, seconds: float) -> None:
+        """Time passes: both clocks move."""
+        self.wall += seconds
+        self.steady += seconds
+
+    def step(self, seconds: float) -> None:
+        """The wall clock is set: the steady clock does not move."""
+        self.wall += seconds
+
+    def module(self) -> types.SimpleNamespace:
+        """A stand-in for the ``time`` module reading this clock (the rest of ``time`` as it is)."""
+        fake = types.SimpleNamespace(**{name: getattr(time, name) for name in dir(time) if not name.startswith("__")})
+        fake.time = lambda: self.wall
+        fake.monotonic = lambda: self.steady
+        fake.clock_gettime = lambda which: self.steady
+        return fake
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """The fake clock, read by the service's housekeeping and by the spool and record it prunes."""
+    fake = FakeClock()
+    for module in (service_module, spool_module, record_module):
+        monkeypatch.setattr(module, "time", fake.module())
+    return fake
+
+
+# ---------------------------------------------------------------- certificates said again every day
+
+
+def test_certificates_are_said_again_a_day_later_when_the_clock_was_set_back_a_day(tmp_path: Path,
+                                                                                  clock: FakeClock) -> None:
+    gateway = Gateway(build_config(tmp_path))
+    gateway._read_certificates([])
+    clock.step(-DAY)
+    clock.advance(HOUR)
+    assert not gateway.report_certificates(clock.wall)  # an hour after the last time: not yet
+    clock.advance(DAY)
+    assert gateway.report_certificates(clock.wall)  # a day after it, whatever the wall clock says
+
+
+# ---------------------------------------------------------------- retention
+
+
+def _keep_one_of_each(gateway: Gateway) -> None:
+    """A copy kept after delivery, a finished job's manifest and a proof record row, all new (stamped now)."""
+    (gateway.spool.kept / "0001-ab-41.dcm").write_bytes(b"kept copy")
+    (gateway.spool.jobs / "done" / "0001-ab-41@local.json").write_text("{}")
+    gateway.record.received("0001-ab-41", Identity(sop_instance_uid="1.2.3"), calling_ae="MOD", called_ae="GATEWAY",
+                            remote="127.0.0.1:1", size=9)
+
+
+def _left(gateway: Gateway) -> tuple[int, int, int]:
+    return (len(list(gateway.spool.kept.iterdir())), len(list((gateway.spool.jobs / "done").iterdir())),
+            len(gateway.record.find("1.2.3")))
+
+
+def test_a_forward_step_of_a_day_deletes_nothing_kept_for_a_day(tmp_path: Path, clock: FakeClock) -> None:
+    gateway = Gateway(build_config(tmp_path, spool={"keep_done_hours": 24, "keep_record_days": 1}))
+    _keep_one_of_each(gateway)
+    clock.advance(60)
+    clock.step(DAY + 60)  # a clock a day behind, set right
+    gateway.prune_done()
+    assert _left(gateway) == (1, 1, 1)
+    clock.advance(DAY + 60)  # a day has really passed since they were written
+    gateway.prune_done()
+    assert _left(gateway) == (0, 0, 0)
+
+
+def test_a_row_stamped_while_the_clock_was_a_day_back_is_kept_a_day_after_it_is_set_right(
+        tmp_path: Path, clock: FakeClock) -> None:
+    gateway = Gateway(build_config(tmp_path, spool={"keep_record_days": 1}))
+    clock.step(-DAY)  # set back a day by mistake...
+    clock.advance(60)
+    gateway.retention_clock.sample()  # (the housekeeping thread's every minute)
+    gateway.record.received("0001-ab-41", Identity(sop_instance_uid="1.2.3"), calling_ae="MOD", called_ae="GATEWAY",
+                            remote="127.0.0.1:1", size=9)
+    clock.advance(60)
+    clock.step(DAY)  # ...and set right two minutes later
+    gateway.prune_done()
+    assert len(gateway.record.find("1.2.3")) == 1

@@ -268,8 +268,13 @@ def _nested_encapsulated(ds: Dataset) -> str | None:
 
 
 def _sequence_with_pixel_tag(ds: Dataset, tag: int) -> DataElement | None:
-    """Element `tag` of `ds`, parsed, when it is a sequence whose bytes may hold Pixel Data's tag; else None."""
-    raw = ds.get_item(tag)
+    """Element `tag` of `ds`, parsed, when it is a sequence whose bytes may hold Pixel Data's tag; else None.
+
+    A value left in its file (``dcmread(defer_size=...)``) is read only once
+    its VR says it is a sequence: reading the Pixel Data of a large
+    multi-frame image here would put all of it in memory, and keep it there.
+    """
+    raw = ds.get_item(tag, keep_deferred=True)
     vr = raw.VR
     if vr in (None, "UN") and not isinstance(raw, DataElement):  # the VR pydicom would give it, value left as it is
         found: dict[str, Any] = {}
@@ -288,7 +293,7 @@ def _holds_encapsulated_pixels(item: Dataset) -> bool:
     """Whether `item`, or an item of a sequence in it, holds Pixel Data of undefined length (encapsulated)."""
     for tag in list(item.keys()):
         if tag == _PIXEL_DATA:
-            raw = item.get_item(tag)
+            raw = item.get_item(tag, keep_deferred=True)
             undefined = raw.is_undefined_length if isinstance(raw, DataElement) else raw.length == _UNDEFINED_LENGTH
             if undefined:
                 return True
@@ -313,7 +318,8 @@ def _copy_without_pixels(ds: Dataset, *, share_sequences: bool) -> Dataset:
     if not share_sequences:
         memo: dict[int, object] = {}
         if _PIXEL_DATA in ds:
-            element = ds.get_item(_PIXEL_DATA)
+            # As it is: a value left in its file stays there (the copy would read it whole).
+            element = ds.get_item(_PIXEL_DATA, keep_deferred=True)
             memo[id(element)] = element
         cached = ds.__dict__.get("_pixel_array")
         if cached is not None:

@@ -116,3 +116,29 @@ def test_a_row_stamped_while_the_clock_was_a_day_back_is_kept_a_day_after_it_is_
     clock.step(DAY)  # ...and set right two minutes later
     gateway.prune_done()
     assert len(gateway.record.find("1.2.3")) == 1
+
+
+# ---------------------------------------------------------------- an association's idle timer (pynetdicom's)
+
+
+def test_an_associations_idle_timer_is_not_expired_by_a_forward_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gateway.net.guard  # noqa: F401 - the receiver's front door, which every association goes through
+    from pynetdicom.timer import Timer
+
+    real = time.time
+    idle = Timer(60.0)  # [server] idle_seconds, as the receiver sets network_timeout
+    idle.start()
+    monkeypatch.setattr(time, "time", lambda: real() + DAY)
+    assert not idle.expired
+
+
+def test_an_associations_idle_timer_expires_after_a_backward_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gateway.net.guard  # noqa: F401
+    from pynetdicom.timer import Timer
+
+    real = time.time
+    idle = Timer(0.05)
+    idle.start()
+    monkeypatch.setattr(time, "time", lambda: real() - DAY)
+    time.sleep(0.1)
+    assert idle.expired

@@ -54,6 +54,7 @@ from typing import Any
 
 from pydicom.datadict import dictionary_description, tag_for_keyword
 from pynetdicom import _config
+from pynetdicom import timer as _pynetdicom_timer
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import _MESSAGE_TYPES
 from pynetdicom.dimse_primitives import C_STORE, N_EVENT_REPORT
@@ -73,6 +74,26 @@ __all__ = ["A_ASSOCIATE_RQ", "COMMAND_SET_LIMIT", "CONTROL_PDU_LIMIT", "DATA_SET
            "P_DATA_TF", "QUEUED_MESSAGES_LIMIT", "GuardedServer", "Limits"]
 
 _log = get_logger("scp")
+
+
+class _SteadyTime:
+    """:mod:`time` as pynetdicom's timers see it: ``time()`` reads the steady clock.
+
+    pynetdicom measures an association's ``network_timeout`` (our
+    ``idle_seconds`` between PDUs) and its ARTIM timer with ``time.time()``,
+    and only ever subtracts two readings: the wall clock stepped forward
+    past ``idle_seconds`` expired every running timer at once (each idle
+    association aborted), and set back a day, a silent association held its
+    slot a day more.  A duration wants the steady clock.
+    """
+
+    time = staticmethod(time.monotonic)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+_pynetdicom_timer.time = _SteadyTime()  # type: ignore[assignment]
 
 A_ASSOCIATE_RQ = 0x01
 P_DATA_TF = 0x04

@@ -19,7 +19,10 @@ import logging.handlers
 import os
 import re
 import sys
+import threading
+import time
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 
 __all__ = ["LOGGER_NAME", "file_handler", "get_logger", "one_line", "setup_logging", "stage"]
@@ -57,7 +60,8 @@ def setup_logging(level: str = "INFO", file: Path | None = None, max_bytes: int 
     The file is rotated past `max_bytes` (:func:`file_handler`); a worker
     process passes ``rotate=False`` and follows the service's rotations.
     pynetdicom's own chatter is kept at WARNING so one instance stays one line
-    per stage.
+    per stage.  Python's warnings become log lines (:func:`_route_warnings`).
+    Calling it again (a reload) replaces the handlers and adds nothing else.
     """
     root = get_logger()
     root.setLevel(level)
@@ -73,21 +77,92 @@ def setup_logging(level: str = "INFO", file: Path | None = None, max_bytes: int 
         root.addHandler(handler)
     root.propagate = False
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    _route_warnings()
+
+
+# The actions under which Python keeps each text shown, for good, to show it only once.
+_KEEPING = frozenset({"default", "module", "once"})
+
+
+def _route_warnings() -> None:
+    """Show Python's warnings through :func:`_show_warning`, under the action "always".
+
+    Under Python's own action ("default"), and "module" and "once", each
+    distinct text shown is kept in the warning registry of the module that
+    warned (or in ``warnings.onceregistry``) for as long as the process lives.
+    pydicom's texts quote the value they are about, so each malformed value
+    (a UID, an Instance Number, a character set) would keep one entry more,
+    and write one log line more, in the service and in each worker process.
+    Those filters, and warnings no filter matches, are shown "always" now,
+    which keeps nothing, and :func:`_show_warning` leaves out the recurring
+    ones in a table of bounded size.  Filters that ignore a warning or make
+    it an error keep their place and meaning; so do those set later, such as
+    pytest's or ``warnings.catch_warnings`` blocks, which put back the
+    filters they found when they end.
+    """
+    warnings.filters[:] = [("always", *rest) if action in _KEEPING else (action, *rest)
+                           for action, *rest in warnings.filters]
+    warnings.simplefilter("always", append=True)  # not twice; tells Python the filters changed
     warnings.showwarning = _show_warning
 
+
+class _Recurring:
+    """One log line per kind of warning every `every` seconds; the others are counted in it.
+
+    As the receiver throttles its refusal lines.  At most `size` kinds are
+    remembered, the least recently seen dropped first, so warnings of many
+    kinds cannot grow it either (a dropped kind's count is lost).
+    """
+
+    def __init__(self, every: float = 10.0, size: int = 256) -> None:
+        self.every = every
+        self.size = size
+        self._last: OrderedDict[tuple[object, ...], tuple[float, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._last)
+
+    def admit(self, kind: tuple[object, ...]) -> tuple[int, float] | None:
+        """None if `kind` was shown less than `every` seconds ago (it is counted), otherwise how many were
+        left out since it was last shown, and how many seconds ago that was."""
+        now = time.monotonic()
+        with self._lock:
+            last, hidden = self._last.pop(kind, (-1e9, 0))
+            if now - last < self.every:
+                self._last[kind] = (last, hidden + 1)
+                return None
+            self._last[kind] = (now, 0)
+            while len(self._last) > self.size:
+                self._last.popitem(last=False)
+        return hidden, now - last
+
+
+_recurring = _Recurring()
 
 # A quoted value in a warning's text: 'x', "x", b'x', from a quote that no letter or digit comes before to
 # the same quote that none comes after (a name such as O'Brien is one value, an apostrophe starts none).
 _QUOTED = re.compile(r"""(?<!\w)b?(['"]).*?\1(?!\w)""")
+_DIGITS = re.compile(r"\d+")
 
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   file: object = None, line: str | None = None) -> None:
     """Python warnings (pydicom's about a malformed value, numba's) as log lines, with every quoted
     value left out: pydicom quotes the value it finds malformed, and that value may be a patient's
-    name or ID.  Otherwise they would go to stderr as they are, outside the log's file and format."""
+    name or ID.  Otherwise they would go to stderr as they are, outside the log's file and format.
+
+    A warning of the same kind as one shown less than 10 s ago is left out, and counted in the next
+    line of its kind: its text without the quoted values and numbers (a length, a tag), its category
+    and where it was issued.  A malformed value repeated on every instance is one line every 10 s.
+    """
     text = _QUOTED.sub("'...'", str(message))
-    get_logger("warnings").warning("%s: %s (%s:%d)", category.__name__, text, Path(filename).name, lineno)
+    shown = _recurring.admit((category, _DIGITS.sub("#", text[:500]), filename, lineno))
+    if shown is None:
+        return
+    hidden, seconds = shown
+    more = f" ({hidden} more like it in the last {seconds:.0f} s)" if hidden else ""
+    get_logger("warnings").warning("%s: %s (%s:%d)%s", category.__name__, text, Path(filename).name, lineno, more)
 
 
 class _PrivateOpen:

@@ -475,11 +475,14 @@ def start_receiver(server: ServerConfig, receiver: Receiver) -> GuardedServer:
 
     And pydicom's warning about a UID it finds malformed is ignored: pydicom
     checks each UID it converts, those of every C-STORE request included,
-    and Python keeps each distinct warning text in pydicom's warning registry
-    for good, a UID a new one each time (a modality writing leading zeros:
-    one entry more per instance, and one log line).  The receiver's own check
-    (:func:`~gateway.dicom.validate.is_valid_uid`) refuses such an instance
-    and logs why.
+    and the receiver's own check (:func:`~gateway.dicom.validate.is_valid_uid`)
+    refuses such an instance and logs why, which the warning would only
+    repeat.  The service's logging (:func:`~gateway.logs.setup_logging`)
+    shows warnings without keeping their texts, but a receiver started in a
+    process that has not set it up (a gateway run in-process) would, under
+    Python's own action, keep each distinct text in pydicom's warning
+    registry for good, a UID a new one each time (a modality writing leading
+    zeros: one entry more per instance).
     """
     _config.STORE_RECV_CHUNKED_DATASET = True
     _config.LOG_HANDLER_LEVEL = "none"

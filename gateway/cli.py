@@ -270,13 +270,22 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _when(epoch: float) -> str:
-    """A local time stamp with the distance from now, for an operator."""
+def _when(epoch: float, past: bool = True) -> str:
+    """A local time stamp with the distance from now, for an operator.
+
+    A `past` event (a receipt, a failure) stamped ahead of the clock means
+    the wall clock was set back since: its age is not known, and "(in 3540 s)"
+    would be nonsense, so the line says how far ahead it is.
+    """
     import datetime
 
-    stamp = datetime.datetime.fromtimestamp(epoch).isoformat(timespec="seconds")
+    stamp = datetime.datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="seconds")
     delta = epoch - time.time()
-    return f"{stamp} (in {delta:.0f} s)" if delta >= 0 else f"{stamp} ({-delta:.0f} s ago)"
+    if not past:
+        return f"{stamp} (in {max(0.0, delta):.0f} s)"
+    if delta > 1:
+        return f"{stamp} ({delta:.0f} s ahead of the clock: set back since)"
+    return f"{stamp} ({max(0.0, -delta):.0f} s ago)"
 
 
 def _destination_lines(spool, name: str, waiting: int) -> list[str]:
@@ -296,7 +305,7 @@ def _destination_lines(spool, name: str, waiting: int) -> list[str]:
         lines.append(f"last error {_when(last['last_error_at'])}: {last['last_error']}")
     upcoming = [s["next_attempt_at"] for s in states if s.get("next_attempt_at") and waiting]
     if upcoming:
-        lines.append(f"next attempt {_when(min(upcoming))}")
+        lines.append(f"next attempt {_when(min(upcoming), past=False)}")
     return lines
 
 

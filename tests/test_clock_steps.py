@@ -142,3 +142,37 @@ def test_an_associations_idle_timer_expires_after_a_backward_step(monkeypatch: p
     monkeypatch.setattr(time, "time", lambda: real() - DAY)
     time.sleep(0.1)
     assert idle.expired
+
+
+# ---------------------------------------------------------------- "N s ago" of the console and of status
+
+
+@pytest.fixture
+def set_back_an_hour(monkeypatch: pytest.MonkeyPatch) -> float:
+    """The wall clock set back an hour, a minute after a failure; the failure's stamp."""
+    import gateway.cli
+    import gateway.web.console
+
+    fake = FakeClock()
+    failed_at = fake.wall
+    fake.advance(60)
+    fake.step(-HOUR)
+    for module in (gateway.cli, gateway.web.console):
+        monkeypatch.setattr(module, "time", fake.module())
+    return failed_at
+
+
+def test_the_console_does_not_say_a_past_failure_is_to_come(set_back_an_hour: float) -> None:
+    from gateway.web.console import _age
+
+    said = _age(set_back_an_hour)
+    assert not said.startswith("in ") and "ahead of the clock" in said, said
+    assert _age(set_back_an_hour - HOUR - 60) == "2 min ago"
+
+
+def test_status_does_not_say_a_past_failure_is_to_come(set_back_an_hour: float) -> None:
+    from gateway.cli import _when
+
+    said = _when(set_back_an_hour)
+    assert "(in " not in said and "3540 s ahead of the clock" in said, said
+    assert _when(set_back_an_hour - HOUR - 60).endswith("(120 s ago)")

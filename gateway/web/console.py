@@ -80,12 +80,25 @@ def _when(value: float | None) -> str:
 
 
 def _age(value: float | None) -> str:
+    """How long ago a past event (a receipt, a first failure) was stamped.
+
+    A stamp ahead of the clock means the wall clock was set back since: the
+    event's age is not known, and "in 59 min" of a failure would be
+    nonsense, so the page says how far ahead it is.
+    """
     if value is None:
         return ""
     seconds = time.time() - value
-    if seconds < 0:
-        return f"in {_span(-seconds)}"
-    return f"{_span(seconds)} ago"
+    if seconds < -1:
+        return f"stamped {_span(-seconds)} ahead of the clock (set back since)"
+    return f"{_span(max(0.0, seconds))} ago"
+
+
+def _until(value: float | None) -> str:
+    """How long until a future event (a next attempt)."""
+    if value is None:
+        return ""
+    return f"in {_span(max(0.0, value - time.time()))}"
 
 
 def _due(value: float) -> bool:
@@ -127,7 +140,7 @@ def _syntax(uid: str | None) -> str:
 def _templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
     env = templates.env
-    env.filters.update(when=_when, age=_age, due=_due, size=_size, rate=_rate, syntax=_syntax)
+    env.filters.update(when=_when, age=_age, until=_until, due=_due, size=_size, rate=_rate, syntax=_syntax)
     env.globals["rate_windows"] = RATE_WINDOWS
     return templates
 

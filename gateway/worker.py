@@ -446,6 +446,7 @@ class Worker:
         self._halt = threading.Event()
         self._active: set[str] = set()
         self._not_before: dict[str, float] = {}  # instances waiting out a retry delay (monotonic time)
+        self._sighted: dict[str, float] = {}  # received instances the rescans found, since when (monotonic time)
         self._failures: dict[str, int] = {}  # failed attempts seen by this process, per instance
         self._timers: set[threading.Timer] = set()
         self._lock = threading.Lock()
@@ -775,20 +776,23 @@ class Worker:
             try:
                 ident = self._queue.get(timeout=self.config.compression.rescan_seconds)
             except queue.Empty:
-                # Safety net for missed notifications; a file younger than two
-                # rescan intervals may still be in the receiver's hands (being checked).
-                old = time.time() - 2 * self.config.compression.rescan_seconds
+                # Safety net for missed notifications; a file found less than two
+                # rescan intervals ago may still be in the receiver's hands (being
+                # checked).  Counted on the steady clock: a file's mtime against the
+                # wall clock would wait out a step back, and take at once after a
+                # step forward a file the receiver is still checking (and may delete).
                 try:
                     received = self.spool.received()
                 except OSError as exc:
                     _log.error("the spool's incoming folder cannot be listed: %s", exc)
                     continue
-                for ident in received:
-                    try:
-                        if self.spool.incoming_path(ident).stat().st_mtime < old:
-                            self._queue.put(ident)
-                    except OSError:  # gone meanwhile
-                        pass
+                now = time.monotonic()
+                with self._lock:
+                    self._sighted = {ident: self._sighted.get(ident, now) for ident in received}
+                    overdue = [ident for ident, since in self._sighted.items()
+                               if now - since >= 2 * self.config.compression.rescan_seconds]
+                for ident in overdue:
+                    self._queue.put(ident)
                 continue
             if ident is None:
                 break

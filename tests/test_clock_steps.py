@@ -176,3 +176,46 @@ def test_status_does_not_say_a_past_failure_is_to_come(set_back_an_hour: float) 
     said = _when(set_back_an_hour)
     assert "(in " not in said and "3540 s ahead of the clock" in said, said
     assert _when(set_back_an_hour - HOUR - 60).endswith("(120 s ago)")
+
+
+# ---------------------------------------------------------------- the worker's rescan for missed notifications
+
+
+def _taken_after(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: float) -> float | None:
+    """Seconds after it was written that the worker's rescan takes an instance it was not told of (None: not in
+    5 s), with rescans every 0.5 s and the wall clock stepped by `step` just after it was written."""
+    import gateway.worker
+    from gateway.spool import Spool
+    from gateway.worker import Worker
+
+    config = build_config(tmp_path, compression={"rescan_seconds": 0.5})
+    spool = Spool(config.spool.directory)
+    worker = Worker(config, spool, lambda job: None, threads=1)
+    taken: dict[str, float] = {}
+    monkeypatch.setattr(worker, "_claim", lambda ident: bool(taken.setdefault(ident, time.monotonic())) and False)
+    worker.start()
+    try:
+        ident = "0000001733400000000000000-0123456789ab-4d4f44"
+        spool.incoming_path(ident).write_bytes(b"received, its notification lost")
+        written = time.monotonic()
+        stepped = types.SimpleNamespace(**{name: getattr(time, name) for name in dir(time) if not name.startswith("__")})
+        real = time.time
+        stepped.time = lambda: real() + step  # the real clocks, but the wall clock stepped
+        monkeypatch.setattr(gateway.worker, "time", stepped)
+        deadline = time.monotonic() + 5.0
+        while ident not in taken and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return taken[ident] - written if ident in taken else None
+    finally:
+        worker.stop()
+        worker.join(2.0)
+
+
+def test_a_missed_instance_is_taken_after_a_backward_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _taken_after(tmp_path, monkeypatch, -HOUR) is not None
+
+
+def test_a_forward_step_does_not_take_an_instance_the_receiver_may_still_be_checking(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    taken = _taken_after(tmp_path, monkeypatch, DAY)
+    assert taken is not None and taken >= 1.0  # two rescan intervals

@@ -129,6 +129,10 @@ class Gateway:
         self._reload_lock = threading.Lock()
         self._recovery: threading.Thread | None = None  # checks the held instances at start, then starts forwarding
         self._forwarding = False
+        # Each failing forwarder: its failing_since, and when that failure began on the steady clock
+        self._failing: dict[Forwarder, tuple[float, float]] = {}
+        self._failing_looked = time.monotonic()  # when the forwarders' failures were last looked at
+        self._failing_lock = threading.Lock()
 
     @property
     def port(self) -> int:
@@ -281,6 +285,7 @@ class Gateway:
         due = time.monotonic()
         while not self._stopped.is_set():
             self.retention_clock.sample()
+            self.failing_seconds()  # a look at the failures: a step between two counts for no more than this wait
             if time.monotonic() >= due:
                 due = time.monotonic() + 3600.0
                 try:
@@ -332,6 +337,37 @@ class Gateway:
             _log.warning("web console on %s over plain HTTP: the token and the session cookie cross the network "
                          "in clear; set [web] certificate and private_key to serve it over HTTPS", web.host)
 
+    def failing_seconds(self) -> dict[str, float]:
+        """How long each failing destination has been failing (its longest-failing forwarder), on the steady clock.
+
+        A forwarder stamps its first failure with the wall clock, and the wall
+        clock stepped forward a day made ``/readyz`` say "failing for 86405 s"
+        five seconds into a failure, set back an hour kept it ready an hour
+        past ``unready_after_seconds``.  A failure is timed here from when it
+        was first seen (by the housekeeping thread every
+        :data:`CLOCK_SAMPLE_SECONDS`, and at each ``/readyz``), back-dated by
+        its wall-clock age but never to before the previous look, which did
+        not see it: a step counts for at most the time between two looks.
+        """
+        with self._failing_lock:
+            steady, wall = time.monotonic(), time.time()
+            gap = steady - self._failing_looked
+            self._failing_looked = steady
+            seen: dict[Forwarder, tuple[float, float]] = {}
+            seconds: dict[str, float] = {}
+            for name, group in list(self.forwarders.items()):  # a reload from the console may change it
+                for forwarder in group:
+                    since = forwarder.failing_since
+                    if since is None:
+                        continue
+                    began = self._failing.get(forwarder)
+                    if began is None or began[0] != since:  # a failure not seen before
+                        began = (since, steady - min(max(0.0, wall - since), gap))
+                    seen[forwarder] = began
+                    seconds[name] = max(seconds.get(name, 0.0), steady - began[1])
+            self._failing = seen
+            return seconds
+
     def not_ready(self) -> str | None:
         """None while the gateway can take instances and deliver them, else why not (``/readyz``)."""
         if self.server is None or self._stopped.is_set():
@@ -350,10 +386,9 @@ class Gateway:
         except OSError as exc:
             return f"the spool is not writable: {exc}"
         limit = self.config.web.unready_after_seconds if self.config.web is not None else 300.0
-        for name, group in list(self.forwarders.items()):  # a reload from the console may change it
-            since = min((f.failing_since for f in group if f.failing_since is not None), default=None)
-            if since is not None and now - since > limit:
-                return f"destination {name} has been failing for {now - since:.0f} s"
+        for name, seconds in self.failing_seconds().items():
+            if seconds > limit:
+                return f"destination {name} has been failing for {seconds:.0f} s"
         return None
 
     def stalled(self) -> str | None:

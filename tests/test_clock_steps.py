@@ -219,3 +219,58 @@ def test_a_forward_step_does_not_take_an_instance_the_receiver_may_still_be_chec
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     taken = _taken_after(tmp_path, monkeypatch, DAY)
     assert taken is not None and taken >= 1.0  # two rescan intervals
+
+
+# ---------------------------------------------------------------- /readyz: failing longer than unready_after_seconds
+
+
+class _Failing:
+    """A forwarder as /readyz sees it: when its destination began failing (wall clock), or None."""
+
+    def __init__(self) -> None:
+        self.failing_since: float | None = None
+
+
+def _serving(tmp_path: Path) -> tuple[Gateway, _Failing]:
+    """A gateway as /readyz sees it once started (unready_after_seconds = 300), with one destination's forwarder."""
+    from tests.conftest import free_port
+
+    gateway = Gateway(build_config(tmp_path, web={"port": free_port(), "unready_after_seconds": 300}))
+    forwarder = _Failing()
+    gateway.server = object()  # listening
+    gateway.forwarders = {"local": [forwarder]}  # type: ignore[dict-item]
+    return gateway, forwarder
+
+
+def test_readyz_is_not_failed_by_a_forward_step(tmp_path: Path, clock: FakeClock) -> None:
+    gateway, forwarder = _serving(tmp_path)
+    forwarder.failing_since = clock.wall
+    clock.advance(5)
+    assert gateway.not_ready() is None
+    clock.step(DAY)
+    assert gateway.not_ready() is None  # five seconds into the failure
+    clock.advance(300)
+    assert gateway.not_ready() == "destination local has been failing for 305 s"
+
+
+def test_readyz_fails_after_unready_after_seconds_when_the_clock_was_set_back(tmp_path: Path,
+                                                                             clock: FakeClock) -> None:
+    gateway, forwarder = _serving(tmp_path)
+    forwarder.failing_since = clock.wall
+    clock.advance(5)
+    assert gateway.not_ready() is None
+    clock.step(-HOUR)
+    clock.advance(300)
+    assert gateway.not_ready() == "destination local has been failing for 305 s"
+
+
+def test_a_step_before_readyz_first_sees_a_failure_counts_no_more_than_since_the_last_look(
+        tmp_path: Path, clock: FakeClock) -> None:
+    gateway, forwarder = _serving(tmp_path)
+    clock.advance(60)
+    assert gateway.not_ready() is None  # a look: nothing failing
+    clock.advance(10)
+    forwarder.failing_since = clock.wall
+    clock.step(DAY)
+    clock.advance(10)
+    assert gateway.not_ready() is None  # at most 20 s into the failure, not a day

@@ -123,7 +123,7 @@ def build_config(root: Path, destinations: list[dict[str, Any]] | None = None, *
         "server": {"ae_title": "GATEWAY", "host": "127.0.0.1", "port": free_port()},
         "spool": {"directory": "spool"},
         "compression": {"transfer_syntax": "RLELossless", "processes": 0},
-        "retry": {"max_attempts": 20, "base_seconds": 0.2, "cap_seconds": 1.0},
+        "retry": {"max_attempts": 20, "base_seconds": 0.2, "cap_seconds": 1.0, "probe_seconds": 0.2},
         "destinations": destinations or [{"name": "local", "kind": "folder", "path": "archive"}],
     }
     for key, value in sections.items():

@@ -351,7 +351,7 @@ def test_series_committed_by_orthanc_and_one_it_cannot_commit(tmp_path: Path, or
         "server": {"ae_title": "GATEWAY", "host": "127.0.0.1", "port": free_port()},
         "spool": {"directory": "spool"},
         "compression": {"transfer_syntax": "RLELossless", "processes": 0},
-        "retry": {"max_attempts": 2, "base_seconds": 0.2, "cap_seconds": 0.5},
+        "retry": {"max_attempts": 2, "base_seconds": 0.2, "cap_seconds": 0.5, "probe_seconds": 0.2},
         "destinations": [{"name": "orthanc", "kind": "dicom", "ae_title": orthanc_web.aet, "host": "127.0.0.1",
                           "port": orthanc_web.dicom_port, "storage_commitment": True,
                           "commitment_timeout_seconds": 20, "associations": 1}],

@@ -273,7 +273,7 @@ def test_queue_page_shows_depth_age_error_and_next_attempt(tmp_path: Path, gatew
             "timeout_seconds": 2}
     config = build_config(tmp_path, destinations=[down], web={"port": free_port()},
                           retry={"max_attempts": 50, "base_seconds": 30.0, "cap_seconds": 60.0,
-                                 "probe_seconds": 60.0})
+                                 "probe_seconds": 25.0})
     gateway = gateway_factory(config)
     sent_at = time.time()
     assert send(gateway.port, [_instance(), _instance()]) == [0, 0]
@@ -286,7 +286,7 @@ def test_queue_page_shows_depth_age_error_and_next_attempt(tmp_path: Path, gatew
     state = states[-1]
     assert (state.destination, state.depth, state.dead) == ("pacs", 2, 0)
     assert sent_at - 1 <= state.oldest_waiting <= time.time()
-    assert state.next_attempt <= time.time() + 30  # both backing off 30 s after their first failure
+    assert state.next_attempt <= time.time() + 25  # the destination fails: its next probe
     assert state.failing_since is not None and "refused" in (state.last_error or "")
     status, _, html = request(gateway.web.port, "GET", "/queues")
     assert status == 200 and Page(html).rows["queues"] == 2

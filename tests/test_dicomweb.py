@@ -535,7 +535,7 @@ def test_stopping_during_a_request_keeps_what_the_archive_answered(tmp_path: Pat
     spool = Spool(tmp_path / "spool")
     jobs = _spooled(spool, 5)
     dest = _destination(tmp_path, server.url, batch_instances=3)
-    retry = RetryConfig(max_attempts=5, base_seconds=0.1, cap_seconds=0.2)
+    retry = RetryConfig(max_attempts=5, base_seconds=0.1, cap_seconds=0.2, probe_seconds=0.1)
     forwarder = Forwarder(dest, spool, retry, make_sender(dest, "GW", False, spool=spool))
     forwarder.start()
     assert wait_until(lambda: len(server.requests) == 1, timeout=10)

@@ -90,7 +90,7 @@ def _run(forwarder: Forwarder, until) -> None:
         forwarder.join(5)
 
 
-FAST = RetryConfig(max_attempts=4, base_seconds=0.05, cap_seconds=0.1)
+FAST = RetryConfig(max_attempts=4, base_seconds=0.05, cap_seconds=0.1, probe_seconds=0.05)
 
 
 def test_transient_failures_are_retried_then_delivered(tmp_path: Path) -> None:
@@ -388,7 +388,7 @@ def test_an_unsendable_instance_says_nothing_of_a_failing_destination(tmp_path: 
     spool = Spool(tmp_path / "spool")
     dest = Destination("web", "dicomweb", url=f"http://127.0.0.1:{free_port()}/dicom-web", timeout_seconds=2)
     waiting = _stage(spool, pydicom_file("CT_small.dcm"), "web")
-    retry = RetryConfig(max_attempts=5, base_seconds=60, cap_seconds=60, probe_seconds=3600)
+    retry = RetryConfig(max_attempts=5, base_seconds=60, cap_seconds=60, probe_seconds=1.0)
     forwarder = Forwarder(dest, spool, retry, DicomWebSender(dest))
     forwarder.start()
     try:
@@ -438,3 +438,107 @@ def test_a_rescan_reads_only_the_manifests_of_jobs_the_forwarder_does_not_hold(t
     for forwarder in forwarders:
         forwarder._rescan()  # everything it holds already: not read again
     assert reads == [f"{late.key}.json"]
+
+
+def _backlog(spool: Spool, count: int, destination: str) -> list[Job]:
+    """`count` pending jobs for `destination`, each with its own object (one image, encoded once)."""
+    first = _stage(spool, pydicom_file("CT_small.dcm"), destination)
+    data = spool.object_path(first.instance).read_bytes()
+    jobs = [first]
+    for _ in range(count - 1):
+        ident = spool.new_id()
+        tmp = spool.temp_path()
+        tmp.write_bytes(data)
+        spool.store_object(ident, tmp)
+        spool.add_job(Job(ident, destination, identity=first.identity))
+        jobs.append(spool.find_job(ident, destination))
+    return jobs
+
+
+class DownSender(ScriptedSender):
+    """A destination that refuses every association while `down`, counting the attempts it sees."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.down = True
+        self.attempts = 0
+
+    def prepare(self, jobs):
+        if self.down:
+            self.attempts += 1
+            raise TransientForwardError("connection refused")
+
+    def send(self, job, path):
+        if self.down:
+            self.attempts += 1
+            raise TransientForwardError("connection refused")
+        self.sent.append(job.instance)
+        return RLE
+
+
+def test_an_outage_costs_one_attempt_per_probe_not_one_per_queued_job(tmp_path: Path) -> None:
+    """While a destination is down, a backlog of N jobs each waiting out its own backoff meant N attempts (N
+    manifests rewritten, N log lines) at every backoff, and every job a dead letter after `max_attempts`
+    backoffs whatever the outage's cause (50,000 queued: 50,000 retries every 300 s, all given up after
+    about 4 hours).  Now one job is tried per probe interval, in turn, and the backlog survives."""
+    spool = Spool(tmp_path)
+    jobs = _backlog(spool, 60, "x")
+    sender = DownSender()
+    retry = RetryConfig(max_attempts=3, base_seconds=0.02, cap_seconds=0.02, probe_seconds=0.25)
+    forwarder = Forwarder(Destination("x", "folder", path=tmp_path), spool, retry, sender, batch=16)
+    forwarder.start()
+    try:
+        started = time.monotonic()
+        assert wait_until(lambda: forwarder.failing_since is not None, timeout=10)
+        time.sleep(1.5)
+        elapsed = time.monotonic() - started
+        tried = sum(spool.find_job(job.instance, "x").attempts for job in jobs)
+        assert sender.attempts <= 2 + elapsed / retry.probe_seconds, sender.attempts
+        assert tried == sender.attempts, "each attempt the destination saw is one job's, and only those count"
+        assert spool.count_jobs(DEAD, "x") == 0, "an outage alone wears no job out"
+        sender.down = False
+        assert wait_until(lambda: spool.count_jobs(DONE, "x") == len(jobs), timeout=20)
+    finally:
+        forwarder.stop()
+        forwarder.join(5)
+    assert sorted(sender.sent) == sorted(job.instance for job in jobs)
+    assert forwarder.failing_since is None
+
+
+class PoisonSender(ScriptedSender):
+    """An archive that aborts on one instance, every time, and stores the others."""
+
+    def __init__(self, poison: str) -> None:
+        super().__init__([])
+        self.poison = poison
+
+    def send(self, job, path):
+        if job.instance == self.poison:
+            raise TransientForwardError("association aborted")
+        self.sent.append(job.instance)
+        return RLE
+
+
+def test_an_instance_that_fails_on_its_own_holds_up_no_other_and_is_given_up(tmp_path: Path) -> None:
+    """Its failure makes the destination failing; the probe passes to the next job, whose success sends the
+    rest, and the instance itself is tried until `max_attempts` and becomes a dead letter."""
+    spool = Spool(tmp_path)
+    jobs = _backlog(spool, 12, "x")
+    poison = jobs[0].instance  # the oldest: first in every batch, first probed
+    sender = PoisonSender(poison)
+    forwarder = Forwarder(Destination("x", "folder", path=tmp_path), spool, FAST, sender, batch=4)
+    _run(forwarder, lambda: spool.count_jobs(DONE, "x") == len(jobs) - 1 and spool.count_jobs(DEAD, "x") == 1)
+    dead = spool.find_job(poison, "x")
+    assert dead.attempts == FAST.max_attempts and "association aborted" in dead.reason
+    assert sorted(sender.sent) == sorted(job.instance for job in jobs[1:])
+
+
+def test_a_clock_set_back_does_not_hold_a_retry_for_the_steps_length(tmp_path: Path) -> None:
+    """Due times are wall-clock times; one further ahead than any backoff can set is taken as due."""
+    spool = Spool(tmp_path)
+    job = _stage(spool, pydicom_file("CT_small.dcm"), "x")
+    spool.move(job, PENDING, attempts=1, next_retry_at=time.time() + 3600)  # failed, then the clock went back 1 h
+    sender = ScriptedSender([])
+    _run(Forwarder(Destination("x", "folder", path=tmp_path), spool, FAST, sender),
+         lambda: spool.find_job(job.instance, "x").state == DONE)
+    assert sender.sent == [job.instance]

@@ -184,7 +184,7 @@ def test_storescp_receives_every_attribute_in_the_syntax_the_destination_wants(t
     stored = {job.identity.sop_instance_uid: dcmread(spool.object_path(job.instance)) for job in jobs}
     dest = Destination("archive", "dicom", ae_title="ARCHIVE", host="127.0.0.1", port=port, timeout_seconds=10,
                        transfer_syntaxes=(ExplicitVRLittleEndian,))
-    retry = RetryConfig(max_attempts=2, base_seconds=0.05, cap_seconds=0.1)
+    retry = RetryConfig(max_attempts=2, base_seconds=0.05, cap_seconds=0.1, probe_seconds=0.05)
     forwarder = Forwarder(dest, spool, retry, DicomSender(dest))
     forwarder.start()
     try:
@@ -242,7 +242,7 @@ def test_no_syntax_that_can_be_written_is_a_dead_letter_saying_why(tmp_path: Pat
     ds = _image()
     ds.compress(RLELossless, encoding_plugin="gateway")
     job = _stage(spool, ds, RLELossless)
-    forwarder = Forwarder(_dicom_destination(peer), spool, RetryConfig(max_attempts=5, base_seconds=0.05),
+    forwarder = Forwarder(_dicom_destination(peer), spool, RetryConfig(max_attempts=5, base_seconds=0.05, probe_seconds=0.05),
                           DicomSender(_dicom_destination(peer), transcode=_refusing))
     forwarder.start()
     try:

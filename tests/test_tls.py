@@ -386,7 +386,7 @@ def test_archive_with_a_certificate_from_another_ca_is_not_trusted(pki: Path, tm
     with _storescp_tls(pki, tmp_path, port, "impostor", tmp_path):
         gateway = gateway_factory(build_config(tmp_path, destinations=[
             _forward_config(tmp_path, pki, port, "STORESCP")], compression={"transfer_syntax": "keep"},
-            retry={"max_attempts": 2, "base_seconds": 0.1, "cap_seconds": 0.1}))
+            retry={"max_attempts": 2, "base_seconds": 0.1, "cap_seconds": 0.1, "probe_seconds": 0.1}))
         _send_plain(gateway.port)
         assert wait_until(lambda: gateway.spool.counts().get("dead", 0) == 1, timeout=30)
         dead = next(iter(gateway.spool.jobs_in("dead")))

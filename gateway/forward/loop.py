@@ -15,18 +15,34 @@ It takes due pending jobs from the spool, sends them through a
   refused, no way to encode for the destination): straight to dead letters,
   with the reason.
 
-While a destination is failing, each job waits out its own backoff, which
-after an outage of minutes is minutes too.  So that the backlog does not
-trickle out at each job's pace once the destination is back, the forwarder
-also *probes* it every ``[retry] probe_seconds``: it sends the job due
-soonest early (a failed probe leaves the job as it was: no attempt counted,
-no log line).  The first answer, probe or not, makes every waiting job due
-at once: the backlog goes out at the destination's speed.  An answer is a
-success or a permanent refusal (a destination that refuses an instance is
-reachable; an instance found unsendable before the destination was asked,
-:class:`~gateway.errors.UnsendableError`, is no answer); either ends the failure (``failing_since``, which ``/readyz``
-reads).  So does a queue left empty (its last jobs dead letters): nothing
-waits for the destination, and no probe could tell whether it is back.
+A transient failure makes the destination *failing* (``failing_since``,
+which ``/readyz`` reads).  While it fails, the forwarder sends nothing but a
+*probe* every ``[retry] probe_seconds``: one job, the one due soonest (the
+rest of a batch the failure cut short goes back to the queue untried).  A
+probed job that was due counts the attempt like any other (its backoff
+grows, and it goes to the back of the probes); one sent early, because no
+job was due, changes nothing and logs nothing.  So an outage costs the
+destination one attempt per probe interval however long the queue is: a
+backlog of tens of thousands neither rewrites every manifest and logs a line
+per job at each backoff, nor wears every job out to a dead letter within
+``max_attempts`` backoffs (about 4 hours at the defaults); each job is tried
+in turn, and only a job tried ``max_attempts`` times is given up.  An
+instance that fails on its own (an archive that aborts on it) is still given
+up after its attempts, the others going on: a failed probe passes to the
+next job.
+
+The first answer ends the failure and makes every waiting job due at once:
+the backlog goes out at the destination's speed.  An answer is a success or
+a permanent refusal (a destination that refuses an instance is reachable;
+an instance found unsendable before the destination was asked,
+:class:`~gateway.errors.UnsendableError`, is no answer).  So does a queue
+left empty (its last jobs dead letters): nothing waits for the destination,
+and no probe could tell whether it is back.
+
+Due times are wall-clock times (they survive a restart in the job's
+manifest), so a job whose due time lies further ahead than any backoff
+(the clock was set back) is taken as due rather than left waiting for the
+step's length.
 
 What the forwarder knows of its destination (failing since, last error, next
 attempt) is saved in the spool's ``state/`` folder when it changes, for
@@ -51,6 +67,8 @@ from gateway.spool import DEAD, INFLIGHT, PENDING, Job, Spool
 __all__ = ["Forwarder"]
 
 _log = get_logger("forward")
+
+_CLOCK_SLACK = 60.0  # seconds beyond the backoff's cap that a due time may lie ahead before the clock is blamed
 
 
 
@@ -120,11 +138,13 @@ class Forwarder(threading.Thread):
     # -- loop
 
     def _due(self) -> tuple[list[str], float | None]:
-        """Instance ids due now (up to `batch`) and the time of the next later one."""
+        """Instance ids due now (up to `batch`; none while the destination fails) and the next due time."""
         now = time.time()
+        beyond = now + self.retry.cap_seconds + _CLOCK_SLACK  # no backoff sets a job's due time this far ahead
         due: list[str] = []
         with self._cond:
-            while self._heap and self._heap[0][0] <= now and len(due) < self.batch:
+            while (self.failing_since is None and self._heap and len(due) < self.batch
+                   and (self._heap[0][0] <= now or self._heap[0][0] > beyond)):
                 _, key, instance = heapq.heappop(self._heap)
                 self._queued.discard(key)
                 due.append(instance)
@@ -132,12 +152,11 @@ class Forwarder(threading.Thread):
         return due, nxt
 
     def next_attempt(self) -> float | None:
-        """Wall time of the next attempt (a job's own retry, or a probe while failing), None if idle."""
+        """Wall time of the next attempt (the soonest job's, or the next probe while failing), None if idle."""
         with self._cond:
             nxt = self._heap[0][0] if self._heap else None
         if nxt is not None and self.failing_since is not None:
-            probe = time.time() + max(0.0, self._next_probe - time.monotonic())
-            nxt = min(nxt, probe)
+            nxt = time.time() + max(0.0, self._next_probe - time.monotonic())
         return nxt
 
     def state(self) -> dict[str, object]:
@@ -156,11 +175,11 @@ class Forwarder(threading.Thread):
             self.spool.save_destination_state(f"{self.destination.name}.{self.partition[0]}", self.state())
 
     def _probe_due(self) -> bool:
-        """True when the destination is failing, nothing is due, and a probe is."""
+        """True when the destination is failing, a job waits, and a probe is due."""
         if self.failing_since is None or time.monotonic() < self._next_probe:
             return False
         with self._cond:
-            return bool(self._heap) and self._heap[0][0] > time.time()
+            return bool(self._heap)
 
     def _probe(self) -> None:
         self._next_probe = time.monotonic() + self.retry.probe_seconds
@@ -217,12 +236,13 @@ class Forwarder(threading.Thread):
                     continue
                 wait = self.rescan_seconds if nxt is None else max(0.0, min(self.rescan_seconds, nxt - time.time()))
                 wait = min(wait, self.idle_seconds)
-                if self.failing_since is not None and nxt is not None:
+                failing = self.failing_since is not None
+                if failing and nxt is not None:
                     wait = max(0.0, min(wait, self._next_probe - time.monotonic()))
                 if self._state_dirty:
                     self._save_state()
                 with self._cond:
-                    if not self._heap or self._heap[0][0] > time.time():
+                    if failing or not self._heap or self._heap[0][0] > time.time():
                         self._cond.wait(timeout=wait)
         finally:
             self.sender.close()
@@ -247,18 +267,18 @@ class Forwarder(threading.Thread):
             return
         try:
             self.sender.prepare(jobs)
-        except TransientForwardError as exc:
-            for job in jobs:  # the destination is unreachable: every job of the batch waits
-                self._failed(job, exc, transient=True, probe=probe)
+        except TransientForwardError as exc:  # the destination is unreachable: the first job was tried
+            self._failed(jobs[0], exc, transient=True, probe=probe)
+            self._put_back(jobs[1:], probe=probe)
             return
         for index, job in enumerate(jobs):
-            if self._halt.is_set():
+            if self._halt.is_set() or (index and self.failing_since is not None):
                 self._put_back(jobs[index:], probe=probe)
                 return
             self._send_one(job, probe=probe)
 
     def _put_back(self, jobs: list[Job], *, probe: bool) -> None:
-        """Stopping in the middle of a batch: the jobs not sent yet wait for the next forwarder.
+        """Stopping, or the destination failing, in the middle of a batch: the jobs not sent yet wait, untried.
 
         Those a batch sender has already sent with an earlier one (the
         archive has answered for them) get that answer recorded instead: sent
@@ -269,7 +289,7 @@ class Forwarder(threading.Thread):
             if held is not None and held(job):
                 self._send_one(job, probe=probe)
             else:
-                self.spool.move(job, PENDING)
+                self._move(job, PENDING, job.next_retry_at)
 
     def _send_one(self, job: Job, probe: bool = False) -> None:
         path = self.spool.object_path(job.instance)
@@ -337,7 +357,7 @@ class Forwarder(threading.Thread):
         if transient and self.failing_since is None:
             self.failing_since = time.time()
             self._next_probe = time.monotonic() + self.retry.probe_seconds
-        if transient and probe:  # the destination is still failing: the job stays as it was
+        if transient and probe and job.next_retry_at > time.time():  # sent early, and still failing: as it was
             self._move(job, PENDING, job.next_retry_at)
             self._save_state(now=False)
             return

@@ -503,9 +503,20 @@ class ProofRecord:
 
     @staticmethod
     def _renew_triggers(db: sqlite3.Connection) -> None:
+        """Put this release's triggers in place of another release's, and count what those did not.
+
+        A total is counted from the rows there when it is new to the record,
+        and also when the triggers found in place do not keep it: an older
+        release opened the record after this one (a downgrade) and put its
+        own triggers back, so every row written meanwhile went uncounted.
+        Its rows are counted again from the rows there, as for a new total.
+        """
+        def stored() -> dict[str, str]:
+            return dict(db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'").fetchall())
+
         def stale() -> list[tuple[str, str]]:
-            stored = dict(db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'").fetchall())
-            return [(name, sql) for name, sql in _TRIGGERS.items() if stored.get(name) != sql]
+            found = stored()
+            return [(name, sql) for name, sql in _TRIGGERS.items() if found.get(name) != sql]
 
         def unseeded() -> list[str]:
             return [name for name in _ADDED_TOTALS
@@ -515,6 +526,11 @@ class ProofRecord:
             return  # as this release writes them: nothing written
         db.execute("BEGIN IMMEDIATE")  # another process may be opening the same record
         try:
+            found = stored()
+            if stale():
+                kept = " ".join(found.get(name) or "" for name in _TRIGGERS)
+                uncounted = [name for name in _ADDED_TOTALS if f"SELECT '{name}'," not in kept]
+                db.executemany("DELETE FROM totals WHERE name = ?", [(name,) for name in uncounted])
             for name, sql in stale():
                 db.execute(f"DROP TRIGGER IF EXISTS {name}")
                 db.execute(sql)

@@ -1,0 +1,129 @@
+"""A gateway upgraded (or downgraded) in place: the new release starts on the spool and the proof record
+another release left, written here as that release wrote them."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from gateway.record import ProofRecord
+
+# --------------------------------------------------------------------------- the proof record
+
+# The record as the first releases with one wrote it: no deliveries.bytes, no instances.encode_options, no
+# commitments, reencodings or running totals.
+_FIRST_SCHEMA = """
+CREATE TABLE instances (
+    id TEXT PRIMARY KEY, sop_instance_uid TEXT NOT NULL, sop_class_uid TEXT NOT NULL, study_uid TEXT NOT NULL,
+    series_uid TEXT NOT NULL, modality TEXT NOT NULL, received_at REAL NOT NULL, calling_ae TEXT NOT NULL,
+    called_ae TEXT NOT NULL, remote TEXT NOT NULL, transfer_syntax TEXT NOT NULL, bytes INTEGER NOT NULL,
+    processed_at REAL, outcome TEXT, reason TEXT, target_syntax TEXT, original_pixel_bytes INTEGER,
+    encoded_pixel_bytes INTEGER, encode_seconds REAL, verify_seconds REAL, source_decoder TEXT, pixel_hash TEXT
+);
+CREATE INDEX instances_sop ON instances (sop_instance_uid);
+CREATE INDEX instances_received ON instances (received_at);
+CREATE TABLE verifications (id TEXT NOT NULL, decoder TEXT NOT NULL, pixel_hash TEXT NOT NULL,
+                            PRIMARY KEY (id, decoder));
+CREATE TABLE deliveries (
+    id TEXT NOT NULL, destination TEXT NOT NULL, at REAL NOT NULL, outcome TEXT NOT NULL, syntax TEXT,
+    attempts INTEGER NOT NULL, seconds REAL, reason TEXT, PRIMARY KEY (id, destination, at)
+);
+"""
+
+_ADD = "ON CONFLICT (name, label) DO UPDATE SET value = value + excluded.value;"
+
+# Running totals as a release before the console's overview kept them: received, encoded bytes and forwarded
+# per destination, none of the names the overview reads (recompressed, saved_*, delivered_bytes, dead).
+_OLDER_TRIGGERS = f"""
+DROP TRIGGER totals_received;
+DROP TRIGGER totals_processed;
+DROP TRIGGER totals_delivered;
+CREATE TRIGGER totals_received AFTER INSERT ON instances BEGIN
+INSERT INTO totals (name, label, value) SELECT 'received', '', 1 * (1) FROM (SELECT 1) WHERE 1 {_ADD}
+INSERT INTO totals (name, label, value) SELECT 'received_bytes', '', 1 * (NEW.bytes) FROM (SELECT 1) WHERE 1 {_ADD}
+INSERT INTO totals (name, label, value) SELECT 'encoded_bytes', '', 1 * (COALESCE(NEW.encoded_pixel_bytes, 0))
+    FROM (SELECT 1) WHERE NEW.outcome = 'recompressed' {_ADD}
+END;
+CREATE TRIGGER totals_processed AFTER UPDATE OF outcome, encoded_pixel_bytes ON instances BEGIN
+INSERT INTO totals (name, label, value) SELECT 'encoded_bytes', '', -1 * (COALESCE(OLD.encoded_pixel_bytes, 0))
+    FROM (SELECT 1) WHERE OLD.outcome = 'recompressed' {_ADD}
+INSERT INTO totals (name, label, value) SELECT 'encoded_bytes', '', 1 * (COALESCE(NEW.encoded_pixel_bytes, 0))
+    FROM (SELECT 1) WHERE NEW.outcome = 'recompressed' {_ADD}
+END;
+CREATE TRIGGER totals_delivered AFTER INSERT ON deliveries BEGIN
+INSERT INTO totals (name, label, value) SELECT 'forwarded', NEW.destination, 1 * (1) FROM (SELECT 1)
+    WHERE NEW.outcome = 'delivered' {_ADD}
+END;
+"""
+
+
+def _instance(db: sqlite3.Connection, ident: str, modality: str, original: int, encoded: int, at: float) -> None:
+    db.execute("INSERT INTO instances (id, sop_instance_uid, sop_class_uid, study_uid, series_uid, modality, "
+               "received_at, calling_ae, called_ae, remote, transfer_syntax, bytes, processed_at, outcome, "
+               "target_syntax, original_pixel_bytes, encoded_pixel_bytes, encode_seconds, source_decoder, pixel_hash) "
+               "VALUES (?, ?, '1.2.840.10008.5.1.4.1.1.2', '1.2.9', '1.2.9.1', ?, ?, 'MODALITY', 'GATEWAY', "
+               "'127.0.0.1:40000', '1.2.840.10008.1.2.1', ?, ?, 'recompressed', '1.2.840.10008.1.2.5', ?, ?, 0.01, "
+               "'native', 'ab')",
+               (ident, f"1.2.9.1.{ident}", modality, at, original + 1000, at + 1, original, encoded))
+
+
+def test_a_record_of_the_first_schema_is_migrated_and_read(tmp_path: Path) -> None:
+    """A record of months, written before the added columns, tables and running totals: audit reads its
+    rows and the overview counts them."""
+    path = tmp_path / "record.sqlite"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(_FIRST_SCHEMA)
+    _instance(db, "a", "CT", 524288, 235024, 1_780_000_000.0)
+    _instance(db, "b", "MR", 131072, 12113, 1_780_000_100.0)
+    db.execute("INSERT INTO verifications VALUES ('a', 'ours/rle', 'ab')")
+    db.execute("INSERT INTO deliveries (id, destination, at, outcome, syntax, attempts, seconds, reason) "
+               "VALUES ('a', 'pacs', 1780000002.0, 'delivered', '1.2.840.10008.1.2.5', 1, 0.02, NULL)")
+    db.execute("INSERT INTO deliveries (id, destination, at, outcome, syntax, attempts, seconds, reason) "
+               "VALUES ('b', 'pacs', 1780000102.0, 'dead', NULL, 1, NULL, 'pacs answered C-STORE status 0xC000')")
+    db.close()
+
+    record = ProofRecord(path)
+    try:
+        [entry] = record.find("1.2.9.1.a")
+        assert entry["encode_options"] is None and entry["verified_by"] == [{"decoder": "ours/rle", "pixel_hash": "ab"}]
+        assert [(d["destination"], d["outcome"], d["bytes"]) for d in entry["deliveries"]] == [("pacs", "delivered", None)]
+        assert entry["commitments"] == [] and entry["reencoded"] == []
+        assert record.totals() == {"received": 2, "received_bytes": 524288 + 131072 + 2000, "recompressed": 2,
+                                   "passed_through": 0, "delivered": 1, "delivered_bytes": 0, "dead": 1}
+        assert {row["key"]: row["instances"] for row in record.savings("modality")} == {"CT": 1, "MR": 1}
+    finally:
+        record.close()
+
+
+def test_totals_an_older_release_stopped_keeping_are_counted_again(tmp_path: Path) -> None:
+    """A downgrade after an upgrade: the older release put its own triggers back, which keep none of the
+    overview's totals, and received and delivered meanwhile.  Opened by this release again, the totals
+    were marked counted already: recompressed, savings, delivered bytes and dead letters left those rows
+    out for good."""
+    path = tmp_path / "record.sqlite"
+    ProofRecord(path).close()  # this release's record: its totals and their triggers
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(_OLDER_TRIGGERS)  # the older release opened it
+    _instance(db, "a", "CT", 524288, 235024, 1_780_000_000.0)
+    _instance(db, "b", "CT", 524288, 200000, 1_780_000_100.0)
+    db.execute("INSERT INTO deliveries (id, destination, at, outcome, syntax, attempts, seconds, bytes) "
+               "VALUES ('a', 'pacs', 1780000002.0, 'delivered', '1.2.840.10008.1.2.5', 1, 0.02, 236000)")
+    db.execute("INSERT INTO deliveries (id, destination, at, outcome, syntax, attempts, seconds, reason) "
+               "VALUES ('b', 'pacs', 1780000102.0, 'dead', NULL, 1, NULL, 'pacs answered C-STORE status 0xC000')")
+    db.close()
+
+    record = ProofRecord(path)
+    try:
+        assert record.totals() == {"received": 2, "received_bytes": 2 * 525288, "recompressed": 2, "passed_through": 0,
+                                   "delivered": 1, "delivered_bytes": 236000, "dead": 1}
+        assert record.savings("modality") == [{"key": "CT", "instances": 2, "original": 1048576,
+                                               "encoded": 435024}]
+        assert record.savings("target_syntax") == [{"key": "1.2.840.10008.1.2.5", "instances": 2,
+                                                    "original": 1048576, "encoded": 435024}]
+    finally:
+        record.close()
+    record = ProofRecord(path)  # counted once: opening it again adds nothing
+    try:
+        assert record.totals()["recompressed"] == 2 and record.totals()["delivered_bytes"] == 236000
+    finally:
+        record.close()

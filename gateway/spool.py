@@ -54,7 +54,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any, TypeVar
@@ -280,6 +280,8 @@ class Job:
     received_at: float = 0.0
     destinations: tuple[str, ...] = ()  # every destination of the instance (its jobs' names)
     processing_failed: str | None = None  # why the original goes unprocessed, after failed attempts
+    # Fields of the manifest this release does not know (another release wrote them): written back as read.
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def key(self) -> str:
@@ -292,12 +294,20 @@ class Job:
 
     def to_json(self) -> bytes:
         data = asdict(self)
+        extra = data.pop("extra")
         data["destinations"] = list(self.destinations)
-        return json.dumps(data).encode()
+        return json.dumps({**extra, **data}).encode()
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Job:
-        """A manifest as :meth:`to_json` writes it (or as written before jobs had a typed identity)."""
+        """A manifest as :meth:`to_json` writes it (or as written before jobs had a typed identity).
+
+        A field this release does not know (a newer release wrote the
+        manifest, and the gateway was downgraded) is kept aside and written
+        back with the job: refused, it would make the job unreadable, and the
+        start's recovery would delete it as damaged, so that a dead letter
+        or a finished delivery of a held instance became a job to send again.
+        """
         data = dict(data)
         old = data.pop("info", None)
         if isinstance(old, dict):
@@ -305,9 +315,13 @@ class Job:
             for key in ("calling_ae", "received_at", "destinations", "processing_failed"):
                 if key in old:
                     data.setdefault(key, old[key])
+        data["extra"] = {key: data.pop(key) for key in list(data) if key not in _JOB_FIELDS}
         data["identity"] = Identity.from_dict(data.get("identity") or {})
         data["destinations"] = tuple(data.get("destinations") or ())
         return cls(**data)
+
+
+_JOB_FIELDS = frozenset(Job.__dataclass_fields__) - {"extra"}
 
 
 def _destination_of(job_file: str) -> str:

@@ -3,10 +3,43 @@ another release left, written here as that release wrote them."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
 from gateway.record import ProofRecord
+from gateway.spool import DEAD, PENDING, Spool
+
+INSTANCE = "01796537553516011048-d6290c349fbe-4d4f44414c495459"  # received from MODALITY
+
+
+# --------------------------------------------------------------------------- job manifests
+
+
+def test_a_manifest_field_this_release_does_not_know_keeps_the_job(tmp_path: Path) -> None:
+    """A newer release's dead letter (a field added), then a downgrade: the job was unreadable, so the
+    start's recovery deleted it as damaged and the held instance was queued to the refusing archive
+    again; status died with a TypeError."""
+    spool = Spool(tmp_path / "spool")
+    (spool.held / f"{INSTANCE}.dcm").write_bytes(b"the received file")
+    manifest = {"instance": INSTANCE, "destination": "pacs", "state": "dead", "attempts": 1,
+                "next_retry_at": 0.0, "reason": "pacs answered C-STORE status 0xC000", "created_at": 1.0,
+                "updated_at": 2.0, "identity": {"sop_instance_uid": "1.2.3", "modality": "CT"},
+                "calling_ae": "MODALITY", "received_at": 1.0, "destinations": ["pacs"], "processing_failed": None,
+                "priority": 3, "extra": "a newer release's"}
+    (spool.jobs / DEAD / f"{INSTANCE}@pacs.json").write_text(json.dumps(manifest))
+
+    assert spool.recover()["damaged"] == 0
+    [job] = spool.jobs_page(DEAD, 0, 20)
+    assert (job.sop, job.destination, job.reason) == ("1.2.3", "pacs", "pacs answered C-STORE status 0xC000")
+
+    [retried] = spool.requeue_dead("pacs")
+    assert retried.state == PENDING
+    written = json.loads((spool.jobs / PENDING / f"{INSTANCE}@pacs.json").read_text())
+    assert written["priority"] == 3 and written["extra"] == "a newer release's"  # kept for that release
+    assert written["attempts"] == 0 and written["reason"] is None
+    assert not (spool.jobs / DEAD / f"{INSTANCE}@pacs.json").exists()
+
 
 # --------------------------------------------------------------------------- the proof record
 

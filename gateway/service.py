@@ -146,6 +146,7 @@ class Gateway:
         self._read_certificates()
         self._warm_up()
         repaired = self.spool.recover()
+        self.spool.forget_destination_states()  # the last run's forwarders': this run's save their own
         self._retire_removed_destinations()  # before the held instances are checked against the routes
         for dest in self.config.destinations:
             self.forwarders[dest.name] = self._forwarders_for(dest, self.config)

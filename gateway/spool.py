@@ -840,6 +840,25 @@ class Spool:
         except OSError:
             tmp.unlink(missing_ok=True)
 
+    def forget_destination_states(self) -> int:
+        """Delete the states the forwarders of an earlier run saved; return how many.
+
+        Each describes a forwarder of the process that wrote it, and no
+        forwarder of this one reads it: kept, it would be shown by ``status``
+        as long as the destination answers (a forwarder saves its state when
+        that changes), a destination failing before a restart or an upgrade
+        "failing since" then, and an association dropped from the
+        configuration forever.  Called at start, with the spool locked.
+        """
+        removed = 0
+        for path in self.state.glob("*.json"):
+            try:
+                path.unlink()
+                removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
+
     def destination_states(self, destination: str) -> list[dict[str, Any]]:
         """The states saved by the forwarders of `destination` (one per association)."""
         states = []

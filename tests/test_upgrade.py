@@ -5,12 +5,53 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from gateway.cli import main
+from gateway.config import Config
 from gateway.record import ProofRecord
+from gateway.service import Gateway
 from gateway.spool import DEAD, PENDING, Spool
+from tests.conftest import build_config, wait_until
 
 INSTANCE = "01796537553516011048-d6290c349fbe-4d4f44414c495459"  # received from MODALITY
+
+
+def _config_file(root: Path, config: Config) -> Path:
+    """A configuration file of the same spool and destination, for the command line."""
+    path = root / "gateway.toml"
+    path.write_text(f'[server]\nae_title = "GATEWAY"\nport = {config.server.port}\n'
+                    '[spool]\ndirectory = "spool"\n'
+                    '[[destinations]]\nname = "local"\nkind = "folder"\npath = "archive"\n')
+    return path
+
+
+# --------------------------------------------------------------------------- forwarders' states
+
+
+def test_forwarder_states_of_the_last_run_are_not_shown_once_restarted(
+        tmp_path: Path, gateway_factory: Callable[[Config], Gateway], capsys: pytest.CaptureFixture[str]) -> None:
+    """The last run's forwarders, failing when it stopped (two associations then), saved these; the
+    restarted gateway's forwarders succeed and save nothing, so status said "failing since" for good."""
+    config = build_config(tmp_path)
+    state = tmp_path / "spool" / "state"
+    state.mkdir(parents=True)
+    for partition in (0, 1):
+        (state / f"local.{partition}.json").write_text(json.dumps({
+            "destination": "local", "partition": partition, "failing_since": 1796537553.68,
+            "last_error": "cannot write archive/1.2/1.3/1.4.dcm: [Errno 28] No space left on device",
+            "last_error_at": 1796537555.7, "last_success_at": None, "next_attempt_at": 1796537558.68,
+            "saved_at": 1796537555.7}))
+    gateway = gateway_factory(config)
+    assert wait_until(lambda: gateway.forwarding, timeout=30)
+    assert gateway.spool.destination_states("local") == []
+    assert main(["status", "--config", str(_config_file(tmp_path, config))]) == 0
+    out = capsys.readouterr().out
+    assert "local: pending=0" in out
+    assert "failing since" not in out and "No space left" not in out
 
 
 # --------------------------------------------------------------------------- job manifests

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.dicom.identity import Identity
+from gateway.dicom.uids import GATEWAY_LOSSLESS_V1
 from gateway.errors import SpoolError
 from gateway.pipeline.policy import MALFORMED_PREFIX
 
@@ -248,6 +249,13 @@ _ADDED_COLUMNS = (
     ("deliveries", "bytes", "INTEGER"),  # size handed to the sender
     ("instances", "encode_options", "TEXT"),
 )
+# What an added column says of the rows written before it, set when it is added: (table, column) -> statement.
+# Our private syntax was written in version 1 alone until the releases that record encode_options, which
+# write version 2 unless told otherwise: an empty value would read as this release's default.
+_FILLED_WHEN_ADDED = {
+    ("instances", "encode_options"): "UPDATE instances SET encode_options = 'version=1' "
+                                     f"WHERE outcome = 'recompressed' AND target_syntax = '{GATEWAY_LOSSLESS_V1}'",
+}
 
 
 
@@ -550,7 +558,13 @@ class ProofRecord:
                 for row in self._connection().execute("SELECT name, label, value FROM totals")}
 
     def _migrate(self) -> None:
-        """Bring a record written by an older version up to this schema (columns added, never removed)."""
+        """Bring a record written by an older version up to this schema (columns added, never removed).
+
+        An added column is set for the rows already there where what it
+        says of them is known (:data:`_FILLED_WHEN_ADDED`), in the same
+        transaction: left empty, it would say of them what it says of a
+        row of this release.
+        """
         def missing(db: sqlite3.Connection) -> list[tuple[str, str, str]]:
             present = {table: {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}
                        for table in {table for table, _, _ in _ADDED_COLUMNS}}
@@ -564,6 +578,8 @@ class ProofRecord:
                 db.execute("BEGIN IMMEDIATE")  # another process may be migrating the same file
                 for table, column, kind in missing(db):
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                    if (table, column) in _FILLED_WHEN_ADDED:
+                        db.execute(_FILLED_WHEN_ADDED[table, column])
                 db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise SpoolError(f"cannot update the proof record {self.path}: {exc}") from exc

@@ -131,14 +131,18 @@ END;
 """
 
 
-def _instance(db: sqlite3.Connection, ident: str, modality: str, original: int, encoded: int, at: float) -> None:
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+PRIVATE_SYNTAX = "2.25.98736700971092333592611877631001549337"  # gwl
+
+
+def _instance(db: sqlite3.Connection, ident: str, modality: str, original: int, encoded: int, at: float,
+              target: str = RLE_LOSSLESS, outcome: str = "recompressed") -> None:
     db.execute("INSERT INTO instances (id, sop_instance_uid, sop_class_uid, study_uid, series_uid, modality, "
                "received_at, calling_ae, called_ae, remote, transfer_syntax, bytes, processed_at, outcome, "
                "target_syntax, original_pixel_bytes, encoded_pixel_bytes, encode_seconds, source_decoder, pixel_hash) "
                "VALUES (?, ?, '1.2.840.10008.5.1.4.1.1.2', '1.2.9', '1.2.9.1', ?, ?, 'MODALITY', 'GATEWAY', "
-               "'127.0.0.1:40000', '1.2.840.10008.1.2.1', ?, ?, 'recompressed', '1.2.840.10008.1.2.5', ?, ?, 0.01, "
-               "'native', 'ab')",
-               (ident, f"1.2.9.1.{ident}", modality, at, original + 1000, at + 1, original, encoded))
+               "'127.0.0.1:40000', '1.2.840.10008.1.2.1', ?, ?, ?, ?, ?, ?, 0.01, 'native', 'ab')",
+               (ident, f"1.2.9.1.{ident}", modality, at, original + 1000, at + 1, outcome, target, original, encoded))
 
 
 def test_a_record_of_the_first_schema_is_migrated_and_read(tmp_path: Path) -> None:
@@ -165,6 +169,33 @@ def test_a_record_of_the_first_schema_is_migrated_and_read(tmp_path: Path) -> No
         assert record.totals() == {"received": 2, "received_bytes": 524288 + 131072 + 2000, "recompressed": 2,
                                    "passed_through": 0, "delivered": 1, "delivered_bytes": 0, "dead": 1}
         assert {row["key"]: row["instances"] for row in record.savings("modality")} == {"CT": 1, "MR": 1}
+    finally:
+        record.close()
+
+
+def test_our_private_syntax_recorded_before_its_versions_is_version_1(tmp_path: Path) -> None:
+    """The releases before encode_options wrote our private syntax in version 1 only; migrated, their rows
+    held no options, which reads as this release's default, version 2."""
+    path = tmp_path / "record.sqlite"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(_FIRST_SCHEMA)
+    _instance(db, "gwl", "CT", 524288, 201000, 1_780_000_000.0, target=PRIVATE_SYNTAX)
+    _instance(db, "rle", "CT", 524288, 235024, 1_780_000_001.0)
+    _instance(db, "kept", "CT", 524288, 0, 1_780_000_002.0, target=PRIVATE_SYNTAX, outcome="passed-through")
+    db.close()
+
+    record = ProofRecord(path)
+    try:
+        assert [record.find(f"1.2.9.1.{ident}")[0]["encode_options"] for ident in ("gwl", "rle", "kept")] == [
+            "version=1", None, None]
+    finally:
+        record.close()
+    db = sqlite3.connect(path, isolation_level=None)  # a row of this release is left as written
+    db.execute("UPDATE instances SET encode_options = 'version=2' WHERE id = 'gwl'")
+    db.close()
+    record = ProofRecord(path)
+    try:
+        assert record.find("1.2.9.1.gwl")[0]["encode_options"] == "version=2"
     finally:
         record.close()
 

@@ -33,7 +33,7 @@ def smooth_frames(frames: int = FRAMES) -> np.ndarray:
     return np.stack([((x + y + 3 * index) // 8 + 500).astype(np.uint16) for index in range(frames)])
 
 
-def write_instance(path: Path, pixels: np.ndarray, syntax: str = ExplicitVRLittleEndian) -> Path:
+def write_instance(path: Path, pixels: np.ndarray, syntax: str = ExplicitVRLittleEndian, bits_stored: int = 12) -> Path:
     """A multi-frame CT-like object of `pixels` (frames, rows, columns) in native `syntax`."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -44,7 +44,7 @@ def write_instance(path: Path, pixels: np.ndarray, syntax: str = ExplicitVRLittl
     ds.PatientName, ds.PatientID = "LARGE^INSTANCE", "L1"
     ds.Rows, ds.Columns, ds.NumberOfFrames = pixels.shape[1], pixels.shape[2], pixels.shape[0]
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
     ds.PixelData = pixels.astype("<u2").tobytes()
     ds.save_as(path, implicit_vr=syntax == ImplicitVRLittleEndian, little_endian=True, enforce_file_format=True)
     return path
@@ -73,6 +73,9 @@ def _process(tmp_path: Path, source: Path, target: str) -> tuple[Path, int]:
     config = build_config(tmp_path, compression={"transfer_syntax": target})
     warm_up(configured_syntaxes(config, forwarding=False))  # the kernels' loading is no part of the peak
     spool = Spool(config.spool.directory)
+    # Nor is what the first instance loads (the verifying decoders' modules): a small one goes first.
+    small = write_instance(tmp_path / "small.dcm", smooth_frames(2))
+    assert process_instance(config, spool, spool.store_received(small, "MODALITY"))
     ident = spool.store_received(source, "MODALITY")
     jobs, peak = traced_peak(lambda: process_instance(config, spool, ident))
     assert jobs and jobs[0].identity.transfer_syntax == target, "recompressed, or the peak means nothing"
@@ -92,3 +95,64 @@ def test_the_worker_never_reads_a_large_native_pixel_data_whole(tmp_path: Path, 
     stored, peak = _process(tmp_path, source, RLELossless)
     assert peak < PIXEL_BYTES // 3, f"{peak} bytes allocated at the peak for {PIXEL_BYTES} bytes of pixels"
     assert np.array_equal(dcmread(stored).pixel_array, pixels)
+
+
+def noisy_frames(frames: int, rows: int, columns: int, sigma: float, seed: int = 7) -> np.ndarray:
+    """12-bit frames of a drifting gradient with Gaussian noise of `sigma`: the noise decides how well they shrink."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:rows, 0:columns]
+    return np.stack([np.clip((x + y + 3 * index) // 8 + 500 + rng.normal(0, sigma, (rows, columns)), 0, 4095)
+                     .astype(np.uint16) for index in range(frames)])
+
+
+def _in_memory(tmp_path: Path, pixels: np.ndarray, bits_stored: int = 12) -> Dataset:
+    """The instance of `pixels` read whole, as the worker reads a small file: its frames are views of the value."""
+    return dcmread(write_instance(tmp_path / "instance.dcm", pixels, bits_stored=bits_stored))
+
+
+def test_inter_frame_streams_are_never_held_as_a_list_beside_the_value(tmp_path: Path) -> None:
+    """Our private codec codes the frames of an image together: its streams were all returned as a list and
+    only then copied into the Pixel Data value, so that the encoded image was held twice at the peak."""
+    from gateway.codecs import private
+    from gateway.pipeline import recompress
+
+    pixels = noisy_frames(128, 256, 256, sigma=20.0)
+    ds = _in_memory(tmp_path, pixels)
+    recompress(_in_memory(tmp_path, pixels[:2]), private.UID)  # the kernels' loading is no part of the peak
+    outcome, peak = traced_peak(lambda: recompress(ds, private.UID))
+    assert outcome.recompressed, outcome.reason
+    encoded, frame = outcome.encoded_pixel_bytes, pixels[0].nbytes
+    assert encoded > 32 * frame, "the encoded image must outweigh the frames in hand for the bound to mean anything"
+    assert peak < encoded + 16 * frame, f"{peak} bytes at the peak for {encoded} bytes encoded"
+
+
+def test_an_encoding_that_would_not_shrink_is_dropped_without_a_copy(tmp_path: Path) -> None:
+    """An encoding stopped once it reached the received size was finished all the same (its offset table
+    rewritten): two more copies of an image as large as the original, only to be dropped."""
+    from gateway.pipeline import recompress
+
+    rng = np.random.default_rng(5)
+    # 16-bit noise: RLE grows each frame a little (literal runs, its header), so that the encoding reaches the
+    # received size a few frames before the last one.
+    pixels = rng.integers(0, 1 << 16, (400, 64, 64), dtype=np.uint16)
+    ds = _in_memory(tmp_path, pixels, bits_stored=16)
+    recompress(_in_memory(tmp_path, pixels[:2], bits_stored=16), RLELossless)
+    outcome, peak = traced_peak(lambda: recompress(ds, RLELossless, allow_larger=False))
+    assert not outcome.recompressed and "would not shrink" in str(outcome.reason)
+    assert outcome.dataset is ds
+    size = pixels.nbytes
+    assert peak < 1.5 * size, f"{peak} bytes at the peak for {size} bytes of pixels"
+
+
+def test_decoding_to_a_native_syntax_writes_the_frames_into_one_value(tmp_path: Path) -> None:
+    """Frames written native were each copied to bytes, then joined (and padded) into the value: the image
+    held twice over at the end.  A destination that takes nothing compressed gets large images too."""
+    from gateway.pipeline import recompress
+
+    pixels = noisy_frames(48, 256, 256, sigma=4.0)
+    ds = _in_memory(tmp_path, pixels)
+    outcome, peak = traced_peak(lambda: recompress(ds, ImplicitVRLittleEndian))
+    assert outcome.recompressed, outcome.reason
+    assert outcome.dataset.PixelData == pixels.astype("<u2").tobytes()
+    size = pixels.nbytes
+    assert peak < 1.5 * size, f"{peak} bytes at the peak for {size} bytes of pixels"

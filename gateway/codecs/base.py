@@ -18,7 +18,7 @@ in the pipeline, not here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -153,6 +153,9 @@ class FunctionCodec:
     decode_frame: Callable[[bytes, FrameInfo], np.ndarray]
     private: bool = False
     encode_frames: Callable[[list[np.ndarray], FrameInfo], list[bytes]] | None = None
+    # The streams of encode_frames one by one, as each frame is encoded: the pipeline's form, which never
+    # holds every stream of a long multi-frame image at once.
+    iter_encode_frames: Callable[[Iterable[np.ndarray], FrameInfo], Iterator[bytes]] | None = None
     decode_frames: Callable[[list[bytes], FrameInfo], list[np.ndarray]] | None = None
     encode_options: tuple[str, ...] = ()  # keyword options encode_frame (and encode_frames) take
     # Called before the frames of another image are decoded one by one with decode_frame: a codec that
@@ -177,6 +180,8 @@ class FunctionCodec:
             self,
             encode_frame=partial(self.encode_frame, **options),
             encode_frames=None if self.encode_frames is None else partial(self.encode_frames, **options),
+            iter_encode_frames=None if self.iter_encode_frames is None else partial(self.iter_encode_frames,
+                                                                                     **options),
         )
 
 

@@ -83,7 +83,7 @@ import os
 import struct
 import threading
 import zlib
-from collections.abc import Collection
+from collections.abc import Collection, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -102,7 +102,7 @@ from gateway.dicom.uids import GATEWAY_LOSSLESS_V1
 from gateway.errors import CorruptCodestreamError, UnsupportedImageError
 
 __all__ = [
-    "CODEC", "encode", "decode", "encode_frames", "decode_frames", "is_intra", "start_image", "supports",
+    "CODEC", "encode", "decode", "encode_frames", "iter_encode_frames", "decode_frames", "is_intra", "start_image", "supports",
     "UID", "MAGIC", "VERSION", "VERSIONS",
 ]
 
@@ -595,11 +595,22 @@ def _code_segments(planes: list[np.ndarray], maxvs: list[int], bitmaps: list, im
 
 def encode_frames(frames: "list[np.ndarray]", info: FrameInfo, *, version: int = VERSION) -> list[bytes]:
     """Encode the frames of one multi-frame image, each predicted from the previous where that pays."""
-    out, previous = [], None
+    return list(iter_encode_frames(frames, info, version=version))
+
+
+def iter_encode_frames(frames: "Iterable[np.ndarray]", info: FrameInfo, *,
+                       version: int = VERSION) -> Iterator[bytes]:
+    """The streams :func:`encode_frames` returns, one at a time, each as soon as its frame is encoded.
+
+    A multi-frame image of thousands of frames is read one frame at a time
+    (from its file, or decoded): its streams, given one by one, go into the
+    Pixel Data value as they come, so that they are never held a second time
+    as a list beside it.  Only the frame before (the reference) is kept.
+    """
+    previous = None
     for frame in frames:
-        out.append(encode(frame, info, previous, version=version))
+        yield encode(frame, info, previous, version=version)
         previous = frame
-    return out
 
 
 def _corrupt(message: str) -> CorruptCodestreamError:
@@ -923,4 +934,4 @@ def _decode_segments(data: bytes, descriptors: list[tuple[int, int, int]], shape
 
 CODEC = register(FunctionCodec(
     "gwl", UID, "GatewayLosslessV1", supports, encode, decode, private=True,
-    encode_frames=encode_frames, decode_frames=decode_frames, encode_options=("version",), start_image=start_image))
+    encode_frames=encode_frames, iter_encode_frames=iter_encode_frames, decode_frames=decode_frames, encode_options=("version",), start_image=start_image))

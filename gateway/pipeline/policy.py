@@ -236,15 +236,23 @@ class _Encapsulation:
 
 
 def _native_bytes(frames: Sequence[np.ndarray], info: FrameInfo, planar: int) -> bytes:
-    """Frames as native little-endian Pixel Data, padded to an even length."""
-    parts = []
+    """Frames as native little-endian Pixel Data, padded to an even length.
+
+    Each frame is written into one buffer as it comes (from its file, or
+    decoded), whose finished value is the ``bytes`` returned without a copy:
+    a list of every frame's bytes joined at the end held the image twice over,
+    three times with the pad byte added.
+    """
+    buffer = io.BytesIO()
     for frame in frames:
         little = frame.astype(frame.dtype.newbyteorder("<"), copy=False)
         if info.samples_per_pixel > 1 and planar == 1:
             little = little.transpose(2, 0, 1)
-        parts.append(np.ascontiguousarray(little).tobytes())
-    data = b"".join(parts)
-    return data + b"\x00" if len(data) & 1 else data
+        buffer.write(np.ascontiguousarray(little).data)
+        del little
+    if buffer.tell() & 1:
+        buffer.write(b"\x00")
+    return buffer.getvalue()
 
 
 # (7FE0,0010) as its tag's bytes read in either byte order: a cheap sign that a sequence's raw value may hold one.
@@ -576,19 +584,26 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True, allow_larger: b
             if info.samples_per_pixel > 1:
                 new.PlanarConfiguration = planar
         else:
-            # A codec may code the frames of one image together (inter-frame prediction).
-            encode_frames = getattr(codec, "encode_frames", None)
+            # A codec may code the frames of one image together (inter-frame prediction): its streams are
+            # taken one by one where it gives them so (a list of them all would be a second copy of the value).
+            encode_frames = getattr(codec, "iter_encode_frames", None) or getattr(codec, "encode_frames", None)
             encapsulation = _Encapsulation(len(frames), extended=original > _BOT_LIMIT)
             if encode_frames is not None:
                 streams = encode_frames(frames, info)
-                for stream in streams:
-                    encapsulation.add(stream)
-                del streams
-            else:  # each codestream goes into the value as soon as it is encoded
-                for frame in frames:
-                    encapsulation.add(codec.encode_frame(frame, info))
-                    if not allow_larger and len(encapsulation) >= original:
-                        break  # it would not shrink the pixel data: no use encoding the rest
+            else:
+                streams = (codec.encode_frame(frame, info) for frame in frames)
+            for stream in streams:  # each codestream goes into the value as soon as it is encoded
+                encapsulation.add(stream)
+                del stream
+                if not allow_larger and len(encapsulation) >= original:
+                    # It would not shrink the pixel data: no use encoding the rest, nor finishing the value
+                    # (a copy of what was written, as large as the original).
+                    written = len(encapsulation)
+                    del streams, encapsulation
+                    return _pass(ds, f"{codec.name} would not shrink the pixel data ({written} bytes or more, "
+                                 f"{original} received); kept as received", original,
+                                 time.perf_counter() - start, **proven)
+            del streams
             fragments = len(encapsulation.offsets)
             value, extended = encapsulation.finish()
             del encapsulation

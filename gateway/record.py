@@ -196,7 +196,8 @@ _DELIVERY_TOTALS = (
     ("dead", "''", "1", "", "R.outcome = 'dead'"),
 )
 # Totals added after records with running totals were in use: counted from the rows already there when a
-# record without them is opened, once (a row of value 0 under the name says it was done).
+# record without them is opened, once (a row of value 0 under the name says it was done), and again when the
+# triggers found in place do not keep them (an older release opened the record since: _renew_triggers).
 _ADDED_TOTALS = ("recompressed", "saved_modality_instances", "saved_modality_original", "saved_modality_encoded",
                  "saved_target_syntax_instances", "saved_target_syntax_original", "saved_target_syntax_encoded",
                  "delivered_bytes", "dead")

@@ -518,7 +518,9 @@ class ProofRecord:
         and also when the triggers found in place do not keep it: an older
         release opened the record after this one (a downgrade) and put its
         own triggers back, so every row written meanwhile went uncounted.
-        Its rows are counted again from the rows there, as for a new total.
+        Such a total is counted again from the rows there, as a new total
+        is, but never lowered: the rows of instances pruned since it began
+        are gone, and it counted them.
         """
         def stored() -> dict[str, str]:
             return dict(db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'").fetchall())
@@ -536,10 +538,14 @@ class ProofRecord:
         db.execute("BEGIN IMMEDIATE")  # another process may be opening the same record
         try:
             found = stored()
+            counted: list[tuple[str, str, float]] = []  # what the totals counted again held before
             if stale():
                 kept = " ".join(found.get(name) or "" for name in _TRIGGERS)
-                uncounted = [name for name in _ADDED_TOTALS if f"SELECT '{name}'," not in kept]
-                db.executemany("DELETE FROM totals WHERE name = ?", [(name,) for name in uncounted])
+                for name in _ADDED_TOTALS:
+                    if f"SELECT '{name}'," not in kept:
+                        counted += db.execute("SELECT name, label, value FROM totals WHERE name = ?",
+                                              (name,)).fetchall()
+                        db.execute("DELETE FROM totals WHERE name = ?", (name,))
             for name, sql in stale():
                 db.execute(f"DROP TRIGGER IF EXISTS {name}")
                 db.execute(sql)
@@ -548,6 +554,9 @@ class ProofRecord:
                 for statement in _seeding(tuple(t for t in totals if t[0] in missing), table):
                     db.execute(statement)
             _mark_added(db, missing)
+            # Instances pruned since are no longer rows to count: a total never goes below what it held.
+            db.executemany("INSERT INTO totals (name, label, value) VALUES (?, ?, ?) ON CONFLICT (name, label) "
+                           "DO UPDATE SET value = MAX(value, excluded.value)", counted)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

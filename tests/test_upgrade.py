@@ -232,3 +232,30 @@ def test_totals_an_older_release_stopped_keeping_are_counted_again(tmp_path: Pat
         assert record.totals()["recompressed"] == 2 and record.totals()["delivered_bytes"] == 236000
     finally:
         record.close()
+
+
+def test_totals_counted_again_never_go_below_what_they_held(tmp_path: Path) -> None:
+    """Counted again from the rows after a downgrade, a total loses the instances pruned since it began:
+    it keeps what it held when that is more."""
+    path = tmp_path / "record.sqlite"
+    ProofRecord(path).close()
+    db = sqlite3.connect(path, isolation_level=None)
+    _instance(db, "a", "CT", 524288, 235024, 1_700_000_000.0)  # counted by this release's triggers
+    _instance(db, "b", "CT", 524288, 200000, 1_700_000_100.0)
+    db.close()
+    record = ProofRecord(path)
+    try:
+        assert record.prune(1_750_000_000.0) == 2
+    finally:
+        record.close()
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(_OLDER_TRIGGERS)
+    _instance(db, "c", "MR", 131072, 12113, 1_780_000_000.0)  # the older release's, uncounted
+    db.close()
+
+    record = ProofRecord(path)
+    try:
+        assert record.totals()["received"] == 3 and record.totals()["recompressed"] == 2
+        assert {row["key"]: row["instances"] for row in record.savings("modality")} == {"CT": 2, "MR": 1}
+    finally:
+        record.close()

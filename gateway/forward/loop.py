@@ -234,11 +234,12 @@ class Forwarder(threading.Thread):
                     self._rescan()
                     last_scan = time.monotonic()
                     continue
-                wait = self.rescan_seconds if nxt is None else max(0.0, min(self.rescan_seconds, nxt - time.time()))
-                wait = min(wait, self.idle_seconds)
                 failing = self.failing_since is not None
-                if failing and nxt is not None:
-                    wait = max(0.0, min(wait, self._next_probe - time.monotonic()))
+                if failing and nxt is not None:  # only the probe goes, however many jobs are due
+                    wait = max(0.0, self._next_probe - time.monotonic())
+                else:
+                    wait = self.rescan_seconds if nxt is None else max(0.0, nxt - time.time())
+                wait = min(wait, self.rescan_seconds, self.idle_seconds)
                 if self._state_dirty:
                     self._save_state()
                 with self._cond:

@@ -156,3 +156,28 @@ def test_decoding_to_a_native_syntax_writes_the_frames_into_one_value(tmp_path: 
     assert outcome.dataset.PixelData == pixels.astype("<u2").tobytes()
     size = pixels.nbytes
     assert peak < 1.5 * size, f"{peak} bytes at the peak for {size} bytes of pixels"
+
+
+@pytest.mark.parametrize("layout", ["relative", "uid"])
+def test_compress_reads_a_large_image_frame_by_frame_and_writes_it_straight_to_its_file(tmp_path: Path,
+                                                                                         layout: str) -> None:
+    """``dicom-gateway compress`` read each input whole (the image in memory beside its frames) and built its
+    output as bytes (a second copy of the encoded image) before writing them."""
+    import hashlib
+
+    from gateway.bulk.task import compress_file
+
+    inputs, output = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    pixels = smooth_frames()
+    write_instance(inputs / "large.dcm", pixels)
+    write_instance(inputs / "small.dcm", smooth_frames(2))
+    assert compress_file(str(inputs), str(output), "small.dcm", RLELossless, layout=layout)["outcome"] == "recompressed"
+    result, peak = traced_peak(lambda: compress_file(str(inputs), str(output), "large.dcm", RLELossless, layout=layout))
+    assert result["outcome"] == "recompressed", result["reason"]
+    assert peak < PIXEL_BYTES // 3, f"{peak} bytes allocated at the peak for {PIXEL_BYTES} bytes of pixels"
+    written = output / result["output"]
+    assert written.stat().st_size == result["output_size"]
+    assert hashlib.sha256(written.read_bytes()).hexdigest() == result["output_sha256"]
+    assert np.array_equal(dcmread(written).pixel_array, pixels)
+    assert sorted(p.name for p in written.parent.iterdir() if p.name.endswith(".tmp")) == []

@@ -22,14 +22,17 @@ import re
 import shutil
 import stat as stat_mode
 import socket
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from gateway.bulk.plan import RESERVED_NAMES, LayoutError, uid_relpath
 from gateway.config import PRIVATE_VERSION, private_options
+from gateway.dicom.filemeta import read_file_meta
+from gateway.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from gateway.errors import GatewayError
 from gateway.record import pairs_text
 from gateway.spool import (atomic_copy, atomic_write_bytes, create_private, fsync_dir, is_out_of_space,
@@ -73,8 +76,12 @@ _FOREIGN = ("a file the manifest does not record writing: another tool's, or an 
 
 
 def _place(dst: Path, data: bytes | Path, digest: str, exclusive: bool, replace: bool = True,
-           own: bool = False) -> None:
+           own: bool = False, move: bool = False) -> None:
     """Write `data` (bytes, or a file to copy) at `dst` atomically and durably.
+
+    With `move`, `data` is a complete, fsync'd temporary file in `dst`'s
+    folder (named as :func:`remove_debris` finds it) that becomes `dst`
+    itself, not copied; it is gone afterwards whatever happens.
 
     With `exclusive` (the ``uid`` layout, where two inputs may name one
     output), `dst` is created only if absent (a hard link from the temporary
@@ -90,23 +97,33 @@ def _place(dst: Path, data: bytes | Path, digest: str, exclusive: bool, replace:
     make_dirs(dst.parent)
     if not exclusive:
         if not replace and os.path.lexists(dst) and (not os.path.isfile(dst) or _sha256_file(dst) != digest):
+            if move:
+                Path(data).unlink(missing_ok=True)  # type: ignore[arg-type]
             raise DuplicateOutputError(f"{dst.name} already exists with other content ({_FOREIGN}); "
                                        "not overwritten")
-        if isinstance(data, Path):
+        if move:
+            try:
+                os.replace(data, dst)  # type: ignore[arg-type]
+            except BaseException:
+                Path(data).unlink(missing_ok=True)  # type: ignore[arg-type]
+                raise
+            fsync_dir(dst.parent)
+        elif isinstance(data, Path):
             atomic_copy(data, dst)
         else:
             atomic_write_bytes(dst, data)
         return
-    tmp = dst.parent / f".{dst.name}.{uuid.uuid4().hex}.tmp"
+    tmp = Path(data) if move else dst.parent / f".{dst.name}.{uuid.uuid4().hex}.tmp"  # type: ignore[arg-type]
     try:
-        with create_private(tmp) as handle:
-            if isinstance(data, Path):
-                with open(data, "rb") as source:
-                    shutil.copyfileobj(source, handle, _CHUNK)
-            else:
-                handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        if not move:
+            with create_private(tmp) as handle:
+                if isinstance(data, Path):
+                    with open(data, "rb") as source:
+                        shutil.copyfileobj(source, handle, _CHUNK)
+                else:
+                    handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
         try:
             os.link(tmp, dst)
         except FileExistsError:
@@ -191,43 +208,131 @@ def _compress(src: Path, out_root: Path, rel: str, target: str, verify: bool, la
               recorded_output: str | None = None) -> None:
     from pydicom import dcmread
 
-    from gateway.dicom.splice import written_bytes
+    from gateway.dicom.splice import pixel_span
     from gateway.pipeline import recompress
 
     if layout == "relative" and rel in RESERVED_NAMES:
         raise LayoutError(f"{rel} is the name of the manifest's own file in the output folder; "
                           "rename the input to carry it")
-    ds = dcmread(src)
+    # Values larger than _DEFER stay in the file: a large multi-frame image is read one frame at a time.
+    ds = dcmread(src, defer_size=_defer_size(src))
+    span = pixel_span(ds)
     result["modality"] = str(ds.get("Modality", "") or "") or None
     result["source_syntax"] = str(ds.file_meta.get("TransferSyntaxUID", "") or "") or None
     out_rel = uid_relpath(str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", "")),
                           str(ds.get("SOPInstanceUID", ""))) if layout == "uid" else rel
     outcome = recompress(ds, target, verify=verify, allow_larger=native,
                          encode_options=private_options(private_version))
+    syntax, verified_by = outcome.transfer_syntax, pairs_text(outcome.verified_by)
     result["pixel_hash"] = outcome.pixel_hash
-    data: bytes | None = None
     reason = outcome.reason
-    if outcome.recompressed:
-        data = written_bytes(src, ds, outcome.dataset)  # as the live gateway writes it: group lengths kept
-        if not native and len(data) >= size_in:
-            reason = f"recompressed file would not be smaller ({len(data)} bytes, {size_in} in); original copied"
-            data = None
     dst = out_root / out_rel
     exclusive = layout == "uid"
     own = exclusive and recorded_output == out_rel
-    if data is None:
+    written: tuple[Path | None, int, str] | None = None  # the output's temporary file, size and SHA-256
+    if outcome.recompressed:
+        # Written straight to a file beside its destination (a dry run: an anonymous one), never held as
+        # bytes: a large image's output would be a second copy of its encoded pixel data.
+        written = _write_output(src, ds, outcome.dataset, span, dst if write else None)
+        del outcome
+        if not native and written[1] >= size_in:
+            reason = f"recompressed file would not be smaller ({written[1]} bytes, {size_in} in); original copied"
+            if written[0] is not None:
+                written[0].unlink(missing_ok=True)
+            written = None
+    del ds
+    if written is None:
         digest = _sha256_file(src)
         if write:
             _place(dst, src, digest, exclusive, replace, own)
         result.update(outcome="passed", reason=reason or "not recompressed", output_size=size_in,
                       output_syntax=result["source_syntax"])
     else:
-        digest = hashlib.sha256(data).hexdigest()
-        if write:
-            _place(dst, data, digest, exclusive, replace, own)
-        result.update(outcome="recompressed", output_size=len(data), output_syntax=outcome.transfer_syntax,
-                      verified_by=pairs_text(outcome.verified_by))
+        tmp, size, digest = written
+        if tmp is not None:
+            try:
+                _place(dst, tmp, digest, exclusive, replace, own, True)  # moved, not copied
+            finally:
+                tmp.unlink(missing_ok=True)  # gone when placed: left only by a failure
+        result.update(outcome="recompressed", output_size=size, output_syntax=syntax,
+                      verified_by=verified_by)
     result.update(output=out_rel, output_sha256=digest)
+
+
+_DEFER = 8 << 20
+"""Values at least this large are read from the file when used, not when the header is parsed (as the worker)."""
+
+
+def _defer_size(path: Path) -> int | None:
+    """:data:`_DEFER` for a file whose dataset is stored as it is read (little endian, not deflated), else None.
+
+    A deflated dataset is read from its inflated bytes, and a big endian one
+    is re-encoded whole: offsets into them are not offsets into the file.
+    """
+    try:
+        _, syntax = read_file_meta(path)
+    except (OSError, ValueError):
+        return None
+    return _DEFER if syntax in (IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN) else None
+
+
+class _Hashed:
+    """A file written through this: its SHA-256 and size are taken on the way."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle, self.digest, self.size = handle, hashlib.sha256(), 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.handle.write(data)
+
+
+def _write_output(src: Path, original: Any, new: Any, span: tuple[int, int] | None,
+                  dst: Path | None) -> tuple[Path | None, int, str]:
+    """Write the recompressed `new` as the live gateway writes it; (temporary file, size, SHA-256).
+
+    Spliced from `src`'s bytes where :func:`gateway.dicom.splice.splice_write`
+    applies (group lengths kept), else written by ``dcmwrite``.  The file is
+    ``.<name>.<hex>.tmp`` in `dst`'s folder (created), fsync'd, for
+    :func:`_place` to move; without `dst` (a dry run) an anonymous temporary
+    file, gone once measured, and None in its place.
+    """
+    from pydicom.filewriter import dcmwrite
+
+    from gateway.dicom.splice import splice_write
+
+    tmp: Path | None = None
+    if dst is not None:
+        make_dirs(dst.parent)
+        tmp = dst.parent / f".{dst.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        with (create_private(tmp) if tmp is not None else tempfile.TemporaryFile()) as handle:
+            hashed = _Hashed(handle)
+            if splice_write(src, original, new, hashed, span):  # type: ignore[arg-type]
+                size, digest = hashed.size, hashed.digest.hexdigest()
+            else:
+                handle.seek(0)  # a refusal may have left a part behind
+                handle.truncate()
+                dcmwrite(handle, new, enforce_file_format=True)
+                size, digest = handle.tell(), None
+            handle.flush()
+            if tmp is not None:
+                os.fsync(handle.fileno())
+            elif digest is None:
+                handle.seek(0)
+                sha = hashlib.sha256()
+                while chunk := handle.read(_CHUNK):
+                    sha.update(chunk)
+                digest = sha.hexdigest()
+        if digest is None:
+            assert tmp is not None
+            digest = _sha256_file(tmp)
+    except BaseException:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        raise
+    return tmp, size, digest
 
 
 _PARTIAL = re.compile(r"^\..+\.[0-9a-f]{32}\.tmp$")

@@ -567,6 +567,11 @@ class Gateway:
                 self.forwarders[dest.name] = self._forwarders_for(dest, new)
                 for forwarder in retired:  # each finishes the instance in hand; the rest stays pending
                     forwarder.stop()
+                keep = len(self.forwarders[dest.name])
+                dropped = [forwarder for forwarder in retired if forwarder.partition[0] >= keep]
+                if dropped:  # fewer associations: the dropped ones' states would be shown by status for good
+                    threading.Thread(target=self._forget_states, args=(dest.name, keep, dropped),
+                                     name="forget-states", daemon=True).start()
                 if self._forwarding:  # else they start once the held instances are checked
                     for forwarder in self.forwarders[dest.name]:
                         forwarder.start()
@@ -583,10 +588,18 @@ class Gateway:
         self._read_certificates(found)
         return None
 
+    def _forget_states(self, destination: str, keep: int, stopping: Sequence[Forwarder]) -> None:
+        """Delete the saved states of `destination`'s associations from `keep` on, once `stopping` ended."""
+        for forwarder in stopping:
+            forwarder.join(forwarder.destination.timeout_seconds * 4 + 30)  # it saves its state until it ends
+        self.spool.forget_destination_states(destination, keep=keep)
+
     def _retire_removed_destinations(self, stopping: Sequence[Forwarder] = ()) -> None:
         """Make the queued jobs of destinations no longer configured dead letters, after `stopping` ended."""
         for forwarder in stopping:
             forwarder.join(forwarder.destination.timeout_seconds * 4 + 30)  # a send it is in may take a while
+        for name in {forwarder.destination.name for forwarder in stopping}:  # its states, shown by status
+            self.spool.forget_destination_states(name)
         try:
             with self._reload_lock:  # against the configuration in force then: a reload may add one back
                 retired = self.spool.retire_destinations({d.name for d in self.config.destinations})

@@ -840,7 +840,7 @@ class Spool:
         except OSError:
             tmp.unlink(missing_ok=True)
 
-    def forget_destination_states(self) -> int:
+    def forget_destination_states(self, destination: str | None = None, *, keep: int = 0) -> int:
         """Delete the states the forwarders of an earlier run saved; return how many.
 
         Each describes a forwarder of the process that wrote it, and no
@@ -848,10 +848,16 @@ class Spool:
         as long as the destination answers (a forwarder saves its state when
         that changes), a destination failing before a restart or an upgrade
         "failing since" then, and an association dropped from the
-        configuration forever.  Called at start, with the spool locked.
+        configuration forever.  Called at start, with the spool locked; and
+        with `destination` after a reload, once the forwarders it retired have
+        ended: its associations from `keep` on (all of a destination removed).
         """
         removed = 0
-        for path in self.state.glob("*.json"):
+        for path in self.state.glob("*.json" if destination is None else f"{glob_escape(destination)}.*.json"):
+            if destination is not None:
+                index = path.name[len(destination) + 1:-5]
+                if not index.isdigit() or int(index) < keep:
+                    continue  # another destination whose name continues with a dot, or one still running
             try:
                 path.unlink()
                 removed += 1

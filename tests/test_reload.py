@@ -303,3 +303,32 @@ def test_the_console_certificate_is_changed_by_a_restart_only(tmp_path: Path, ga
     assert (gateway.reload() or "").startswith("web: changing this needs a restart")
     trust = ssl.create_default_context(cafile=str(pki / "ca.pem"))
     assert httpx.get(f"https://127.0.0.1:{web}/healthz", verify=trust, timeout=10).text == "ok\n"
+
+
+def test_states_of_associations_a_reload_drops_are_not_shown_for_good(tmp_path: Path, gateway_factory,
+                                                                     capsys) -> None:
+    """A forwarder saves what it knows of its destination when that changes, for ``status``; the states of
+    associations a reload dropped (fewer ``associations``, the destination removed) stayed until the next
+    restart, "failing since" the reload however well the destination did afterwards."""
+    from gateway.cli import main
+
+    toml = tmp_path / "gateway.toml"
+    port, down = free_port(), free_port()
+    _write(toml, port, extra=_UNREACHABLE.format(port=down) + "associations = 2\n")
+    gateway = gateway_factory(load_config(toml))
+    for _ in range(30):  # instances until each association holds one and has failed
+        assert send(gateway.port, [_one()]) == [0]
+        if wait_until(lambda: len([s for s in gateway.spool.destination_states("pacs") if s["failing_since"]]) == 2,
+                      timeout=3):
+            break
+    assert [s["partition"] for s in gateway.spool.destination_states("pacs")] == [0, 1]
+
+    _write(toml, port, extra=_UNREACHABLE.format(port=down) + "associations = 1\n")
+    assert gateway.reload() is None
+    assert wait_until(lambda: [s["partition"] for s in gateway.spool.destination_states("pacs")] == [0], timeout=30)
+
+    _write(toml, port)  # the archive is retired
+    assert gateway.reload() is None
+    assert wait_until(lambda: gateway.spool.destination_states("pacs") == [], timeout=30)
+    assert main(["status", "--config", str(toml)]) == 0
+    assert "failing since" not in capsys.readouterr().out

@@ -26,13 +26,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydicom import dcmread
-from pydicom.filewriter import dcmwrite
 
 from gateway.config import KEEP, Config
 from gateway.dicom.filemeta import read_file_meta
 from gateway.dicom.identity import Identity
 from gateway.dicom.lean import read_lean, restore
-from gateway.dicom.splice import pixel_span, splice_write
+from gateway.dicom.splice import pixel_span, splice_write, write_dataset
 from gateway.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from gateway.dicom.walk import check_complete, walk_file
 from gateway.errors import GatewayError, SpoolError
@@ -103,7 +102,7 @@ def _write_object(spool: Spool, ident: str, src: Path, ds, outcome: Outcome, spa
     try:
         if not splice_write(src, ds, outcome.dataset, tmp, span):
             whole = restore(dcmread(src), ds, outcome.dataset) if lean else outcome.dataset
-            dcmwrite(tmp, whole, enforce_file_format=True)
+            write_dataset(tmp, whole)
         spool.store_object(ident, tmp)
     except (OSError, SpoolError) as exc:
         tmp.unlink(missing_ok=True)

@@ -181,3 +181,42 @@ def test_compress_reads_a_large_image_frame_by_frame_and_writes_it_straight_to_i
     assert hashlib.sha256(written.read_bytes()).hexdigest() == result["output_sha256"]
     assert np.array_equal(dcmread(written).pixel_array, pixels)
     assert sorted(p.name for p in written.parent.iterdir() if p.name.endswith(".tmp")) == []
+
+
+def test_an_object_written_from_its_whole_dataset_holds_its_pixel_data_once(tmp_path: Path) -> None:
+    """An instance received implicit VR is written from its re-encoded dataset (``dcmwrite``, or a buffer to
+    add its group lengths back): each wrote the new Pixel Data into a buffer of its own first, a second copy
+    of the encoded image."""
+    from pydicom.uid import JPEGLSLossless
+
+    pixels = noisy_frames(48, 512, 512, sigma=20.0)
+    source = write_instance(tmp_path / "implicit.dcm", pixels, ImplicitVRLittleEndian)
+    stored, peak = _process(tmp_path, source, JPEGLSLossless)
+    encoded = len(dcmread(stored).PixelData)
+    assert encoded > PIXEL_BYTES // 4, "the encoded image must outweigh the frames in hand for the bound to mean anything"
+    assert peak < 1.5 * encoded, f"{peak} bytes at the peak for {encoded} bytes encoded"
+    assert np.array_equal(dcmread(stored).pixel_array, pixels)
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless])
+def test_a_dataset_written_around_its_pixel_data_is_what_dcmwrite_writes(tmp_path: Path, syntax: str) -> None:
+    import io
+
+    from pydicom.filewriter import dcmwrite
+
+    from gateway.dicom.splice import write_dataset
+    from gateway.pipeline import recompress
+
+    pixels = noisy_frames(3, 64, 64, sigma=3.0)
+    ds = _in_memory(tmp_path, pixels)
+    ds.add_new(0x00090010, "LO", "GATEWAY TEST")  # a private block and a trailing padding element after Pixel Data
+    ds.add_new(0x00091001, "OB", b"\x01\x02")
+    ds.add_new(0xFFFCFFFC, "OB", b"\x00" * 4)
+    if syntax != ExplicitVRLittleEndian:
+        outcome = recompress(ds, syntax)
+        assert outcome.recompressed, outcome.reason
+        ds = outcome.dataset
+    expected, written = io.BytesIO(), io.BytesIO()
+    dcmwrite(expected, ds, enforce_file_format=True)
+    write_dataset(written, ds)
+    assert written.getvalue() == expected.getvalue()

@@ -298,9 +298,7 @@ def _write_output(src: Path, original: Any, new: Any, span: tuple[int, int] | No
     :func:`_place` to move; without `dst` (a dry run) an anonymous temporary
     file, gone once measured, and None in its place.
     """
-    from pydicom.filewriter import dcmwrite
-
-    from gateway.dicom.splice import splice_write
+    from gateway.dicom.splice import splice_write, write_dataset
 
     tmp: Path | None = None
     if dst is not None:
@@ -314,7 +312,7 @@ def _write_output(src: Path, original: Any, new: Any, span: tuple[int, int] | No
             else:
                 handle.seek(0)  # a refusal may have left a part behind
                 handle.truncate()
-                dcmwrite(handle, new, enforce_file_format=True)
+                write_dataset(handle, new)
                 size, digest = handle.tell(), None
             handle.flush()
             if tmp is not None:

@@ -30,6 +30,7 @@ theirs.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import mmap
 import struct
@@ -47,7 +48,7 @@ from gateway.dicom.filemeta import parse_file_meta, with_transfer_syntax
 from gateway.dicom.uids import IMPLICIT_VR_LITTLE_ENDIAN, is_explicit_little_endian
 from gateway.dicom.walk import _UNDEFINED, _Walker
 
-__all__ = ["pixel_span", "splice_write", "written_bytes", "PIXEL_DATA"]
+__all__ = ["pixel_span", "splice_write", "written_bytes", "write_dataset", "PIXEL_DATA"]
 
 PIXEL_DATA = 0x7FE00010
 _META_CHANGED = {0x00020000, 0x00020010}  # group length, transfer syntax
@@ -146,7 +147,7 @@ def written_bytes(src: Path, original: Dataset, new: Dataset) -> bytes:
     buffer = io.BytesIO()
     if not splice_write(src, original, new, buffer, None):
         buffer = io.BytesIO()  # a refusal may have left a part behind
-        dcmwrite(buffer, new, enforce_file_format=True)
+        write_dataset(buffer, new)
     return buffer.getvalue()
 
 
@@ -310,12 +311,46 @@ def _pieces(data: mmap.mmap, meta_end: int, original: Dataset, new: Dataset, cha
 def _rewrite(original: Dataset, new: Dataset, dst: Path, target: str) -> bool:
     """``dcmwrite`` of a re-encoded `new` with the original's top-level group lengths added back, recomputed."""
     groups = {int(tag) >> 16 for tag in original._dict if not int(tag) & 0xFFFF and int(tag) >> 16 > 2}
-    implicit = target == IMPLICIT_VR_LITTLE_ENDIAN
-    if not groups or not (implicit or is_explicit_little_endian(target)):
+    if not groups:
         return False
+    return _write_split(new, dst, target, groups)
+
+
+def write_dataset(dst: Path | BinaryIO, ds: Dataset) -> None:
+    """``dcmwrite(dst, ds, enforce_file_format=True)``, the same bytes, without a second copy of Pixel Data.
+
+    ``dcmwrite`` writes each element into a buffer of its own before the
+    file: a large image's Pixel Data is then held twice.  Here the dataset
+    is written without it and its element is written from its value in its
+    place; where that does not apply (a syntax other than little endian not
+    deflated, a value that is not plain bytes) ``dcmwrite`` writes it all.
+    """
+    target = str(ds.file_meta.get("TransferSyntaxUID", ""))
+    if PIXEL_DATA not in ds or not _write_split(ds, dst, target, set()):
+        dcmwrite(dst, ds, enforce_file_format=True)
+
+
+def _write_split(new: Dataset, dst: Path | BinaryIO, target: str, groups: set[int]) -> bool:
+    """Write `new` as ``dcmwrite`` does, its Pixel Data element from its value, with a group length for each of
+    `groups` (top level, recomputed); False, writing nothing, where that does not apply.
+
+    The dataset is written by ``dcmwrite`` into memory without its Pixel
+    Data, whose element is then written from its value as ``dcmwrite``
+    writes it: a large image's value is never copied into a second buffer.
+    """
+    implicit = target == IMPLICIT_VR_LITTLE_ENDIAN
+    if not (implicit or is_explicit_little_endian(target)):
+        return False
+    pixels = _pixel_element(new, implicit)
+    if pixels is None and (PIXEL_DATA in new or not groups):
+        return False
+    head = new
+    if pixels is not None:
+        head = copy.copy(new)  # the instance attributes; the element dict without Pixel Data
+        head._dict = {tag: element for tag, element in new._dict.items() if tag != PIXEL_DATA}
     buffer = io.BytesIO()
     try:
-        dcmwrite(buffer, new, enforce_file_format=True)
+        dcmwrite(buffer, head, enforce_file_format=True)
         data = buffer.getbuffer()
         meta_end, written = parse_file_meta(bytes(data[:65_536]))
         if written != target:
@@ -323,21 +358,50 @@ def _rewrite(original: Dataset, new: Dataset, dst: Path, target: str) -> bool:
         entries = _top_level(data, meta_end, implicit)
     except Exception:  # noqa: BLE001 - what the caller's own dcmwrite would raise, it raises there
         return False
+    pieces: list[tuple[int, tuple[int, int] | None]] = [(tag, (start, end)) for tag, start, _, end in entries]
+    if pixels is not None:
+        at = next((index for index, (tag, _) in enumerate(pieces) if tag > PIXEL_DATA), len(pieces))
+        pieces.insert(at, (PIXEL_DATA, None))
+    pixel_size = sum(len(part) for part in pixels) if pixels is not None else 0
     sizes: dict[int, int] = {}
-    for tag, start, _, end in entries:
+    for tag, span in pieces:
         if tag >> 16 in groups and not tag & 0xFFFF:
             return False  # written by dcmwrite: not the pydicom this was made for
-        sizes[tag >> 16] = sizes.get(tag >> 16, 0) + end - start
+        sizes[tag >> 16] = sizes.get(tag >> 16, 0) + (span[1] - span[0] if span is not None else pixel_size)
+    groups = set(groups)
     with _output(dst) as out:
         out.write(data[:meta_end])
-        pos, previous = meta_end, None
-        for tag, start, _, end in entries:
+        previous = None
+        for tag, span in pieces:
             group = tag >> 16
             if group != previous and group in groups:
-                out.write(data[pos:start])
                 out.write(_group_length(group, sizes[group], implicit))
                 groups.discard(group)  # a group written in two runs (out of order) gets one
-                pos = start
             previous = group
-        out.write(data[pos:])
+            if span is None:
+                for part in pixels or ():
+                    out.write(part)
+            else:
+                out.write(data[span[0]:span[1]])
     return True
+
+
+def _pixel_element(new: Dataset, implicit: bool) -> tuple[bytes, bytes, bytes] | None:
+    """Pixel Data of `new` as (header, value, trailer) written as ``dcmwrite`` writes it, else None.
+
+    None when there is none, or it is not a byte value of even length (OB
+    or OW) that these three parts write exactly: ``dcmwrite`` writes it then.
+    """
+    if PIXEL_DATA not in new:
+        return None
+    element = new[PIXEL_DATA]
+    value = element.value
+    if element.VR not in ("OB", "OW") or not isinstance(value, bytes) or len(value) % 2:
+        return None
+    if element.is_undefined_length:
+        if implicit:
+            return None
+        return struct.pack("<HH2sHI", 0x7FE0, 0x0010, element.VR.encode(), 0, _UNDEFINED), value, _SEQ_END
+    if implicit:
+        return struct.pack("<HHI", 0x7FE0, 0x0010, len(value)), value, b""
+    return struct.pack("<HH2sHI", 0x7FE0, 0x0010, element.VR.encode(), 0, len(value)), value, b""

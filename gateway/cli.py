@@ -37,7 +37,9 @@ EXIT_CODES = """exit status:
     1  some of the work failed (compress: some files failed; verify: pixel data differ)
     2  bad usage or argument, invalid configuration, an output folder compress
        cannot write, or (verify) a file that cannot be read or decoded
-  130  compress stopped by Ctrl-C (a folder: run it again to resume)"""
+  130  stopped by Ctrl-C (a folder compress: run it again to resume; serve
+       stops cleanly on SIGINT or SIGTERM and exits 0, or 1 if a thread it
+       needs has stopped)"""
 
 STATUS_DEAD_LETTERS = 20
 """Dead letters ``status`` lists without ``--all`` (the oldest)."""
@@ -56,7 +58,9 @@ def _load(path: str):
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    if (args.config is None) == (args.config_option is None):
+        raise UsageError("check-config takes one configuration file: check-config F, or check-config --config F")
+    config = _load(args.config or args.config_option)
     s = config.server
     print(f"ok: {config.source}")
     print(f"  listen  {s.ae_title}@{s.host}:{s.port}"
@@ -601,7 +605,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_serve)
 
     p = command("check-config", "validate a configuration file and summarise it")
-    p.add_argument("config", help="TOML configuration file")
+    p.add_argument("config", nargs="?", help="TOML configuration file")
+    # As every other command names it: an operator checking the file a unit's `serve --config F` reads
+    # should not have to learn a second form.
+    p.add_argument("--config", dest="config_option", metavar="CONFIG", help="the same, as other commands take it")
     p.set_defaults(func=_cmd_check_config)
 
     p = command("status", "queue counts and dead letters with their reasons")

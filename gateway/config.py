@@ -10,12 +10,15 @@ Layout (see ``config/*.toml`` for commented examples)::
 
     [server]        ae_title, host, port, allowed_callers, max_pdu, max_associations,
                     association_request_seconds, idle_seconds, max_connections,
-                    max_connections_per_address
+                    max_connections_per_address; an allowed_callers entry is an AE title, or
+                    { ae_title, certificate_subject, addresses }
     [server.tls]    certificate, private_key, ca_certificates, require_client_certificate
     [spool]         directory, keep_done_hours, keep_record_days, keep_after_delivery, min_free_bytes
-    [compression]   transfer_syntax, verify, processes, private_version (1 or 2, default 2),
-                    [compression.modality] overrides
-    [retry]         max_attempts, base_seconds, cap_seconds
+    [compression]   transfer_syntax, verify, processes, max_attempts, timeout_seconds, retry_seconds,
+                    rescan_seconds, private_version (1 or 2, default 2), [compression.modality] overrides
+    [retry]         max_attempts, base_seconds, cap_seconds, probe_seconds
+    [forwarding]    batch, idle_release_seconds, rescan_seconds
+    [policy]        malformed
     [logging]       level, file, max_bytes, backups
     [web]           host, port, token_file, unready_after_seconds, certificate, private_key
     [[destinations]] name, kind = "dicom" | "folder" | "dicomweb", ...

@@ -23,6 +23,7 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
+from datetime import datetime
 from pathlib import Path
 
 __all__ = ["LOGGER_NAME", "file_handler", "get_logger", "one_line", "setup_logging", "stage"]
@@ -41,7 +42,16 @@ def one_line(text: str) -> str:
 
 
 class _OneLine(logging.Formatter):
-    """Formats a message with its control characters escaped: one event is one line, whatever it quotes."""
+    """Formats a message with its control characters escaped: one event is one line, whatever it quotes.
+
+    Its time is ISO 8601 local time with its offset from UTC
+    (``2026-03-29T02:30:00.125+02:00``): the hour that the end of summer time
+    repeats, or a change of the machine's time zone, would otherwise make
+    two moments one, and lines are matched with other systems' logs by it.
+    """
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return datetime.fromtimestamp(record.created).astimezone().isoformat(timespec="milliseconds")
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = one_line(record.message)

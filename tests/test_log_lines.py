@@ -11,8 +11,8 @@ from gateway.config import parse_config
 from gateway.logs import get_logger, setup_logging, stage
 from tests.conftest import free_port, pydicom_file, send, wait_until
 
-_FORGED = "2026-01-01 00:00:00,000 INFO gateway.forward forwarded sop=9.9.9 destination=local"
-_LINE_START = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ gateway")
+_FORGED = "2026-01-01T00:00:00.000+00:00 INFO gateway.forward forwarded sop=9.9.9 destination=local"
+_LINE_START = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d [A-Z]+ gateway")
 
 
 def test_a_received_value_cannot_forge_a_line(tmp_path: Path, gateway_factory, gateway_logger) -> None:

@@ -51,7 +51,7 @@ def test_the_file_is_rotated_by_size_and_keeps_its_backups(tmp_path: Path, gatew
         assert _mode(path) == 0o600, f"{path.name} is {_mode(path):04o}"
     assert LINE.format(399) in log.read_text()
     kept = "".join(path.read_text() for path in files)
-    assert LINE.format(399 - 3 * 40) in kept and LINE.format(0) not in kept, "the oldest lines went first"
+    assert LINE.format(399 - 3 * 30) in kept and LINE.format(0) not in kept, "the oldest lines went first"
 
 
 def test_without_a_size_the_file_follows_logrotate(tmp_path: Path, gateway_logger, open_umask) -> None:

@@ -136,11 +136,14 @@ def _doc_commands() -> list[tuple[Path, str]]:
     for path in DOCS:
         text = path.read_text()
         spans = [" ".join(span.split()) for span in re.findall(r"`(dicom-gateway\s[^`]+)`", text)]
-        for block in re.findall(r"```(?:sh|bash)?\n(.*?)```", text, re.S):
-            for line in block.splitlines():
-                at = line.find("dicom-gateway ")
-                if at >= 0 and not line[:at].strip().endswith(("/", "=")):
-                    spans.append(line[at:].split("#")[0])
+        fence: str | None = None  # the language of the code block the line is in, None outside one
+        for line in text.splitlines():
+            if line.startswith("```"):
+                fence = line[3:].strip() if fence is None else None
+                continue
+            at = line.find("dicom-gateway ")
+            if fence in ("", "sh", "bash") and at >= 0 and not line[:at].strip().endswith(("/", "=")):
+                spans.append(line[at:].split("#")[0])
         found += [(path, span) for span in spans]
     return found
 

@@ -175,8 +175,9 @@ def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: 
             from gateway.pipeline import recompress
 
             span = lean.pixel_span if lean is not None else pixel_span(ds)
+            # A large encoded value is kept in the spool's temp folder, not in memory (anonymous: never left behind).
             outcome = recompress(ds, target, verify=config.compression.verify, allow_larger=False,
-                                 encode_options=config.compression.encode_options)
+                                 encode_options=config.compression.encode_options, scratch=spool.tmp)
         except GatewayError as exc:
             reason = f"{type(exc).__name__}: {exc}"
         except (KeyboardInterrupt, SystemExit):
@@ -185,8 +186,12 @@ def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: 
             # BaseException: a Rust decoder's panic (pyo3 PanicException) is not an Exception.
             _log.exception("recompression of %s failed unexpectedly", sop)
             reason = f"unexpected {type(exc).__name__}: {exc}"
-        written = outcome is not None and outcome.recompressed and _write_object(spool, ident, src, ds, outcome,
-                                                                                  span, lean is not None)
+        try:
+            written = outcome is not None and outcome.recompressed and _write_object(spool, ident, src, ds, outcome,
+                                                                                      span, lean is not None)
+        finally:
+            if outcome is not None:
+                outcome.close()  # a large encoded value's file in the spool's temp folder goes now
         if outcome is not None and outcome.recompressed and not written:
             reason = "no space in the spool for the recompressed copy"
         if written:

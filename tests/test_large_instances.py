@@ -220,3 +220,47 @@ def test_a_dataset_written_around_its_pixel_data_is_what_dcmwrite_writes(tmp_pat
     dcmwrite(expected, ds, enforce_file_format=True)
     write_dataset(written, ds)
     assert written.getvalue() == expected.getvalue()
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian], ids=["explicit", "implicit"])
+def test_a_large_encoded_value_is_kept_in_the_spool_not_in_memory(tmp_path: Path, monkeypatch, syntax: str) -> None:
+    """The encoded Pixel Data was built in memory whole: a worker grew by the size of its output (a 1 GB CT
+    to RLE: 520 MB), times the worker processes.  Past a bound it now moves to a file in the spool's temp
+    folder, and the object written is byte for byte the one written from memory."""
+    from pydicom.uid import JPEGLSLossless
+
+    import gateway.pipeline.policy as policy
+    from gateway.dicom.splice import written_bytes
+    from gateway.pipeline import recompress
+
+    monkeypatch.setattr(policy, "SPILL_BYTES", 1 << 20, raising=False)  # 1 MiB: this image's value moves
+    pixels = noisy_frames(48, 512, 512, sigma=20.0)
+    source = write_instance(tmp_path / "large.dcm", pixels, syntax)
+    stored, peak = _process(tmp_path, source, JPEGLSLossless)
+    written = stored.read_bytes()
+    encoded = len(dcmread(stored).PixelData)
+    assert encoded > PIXEL_BYTES // 4, "the encoded image must outweigh the frames in hand for the bound to mean anything"
+    assert peak < encoded // 2, f"{peak} bytes at the peak for {encoded} bytes encoded"
+    whole = dcmread(source)
+    in_memory = recompress(whole, JPEGLSLossless, allow_larger=False)
+    assert isinstance(in_memory.dataset.PixelData, bytes)
+    assert written == written_bytes(source, whole, in_memory.dataset)
+    assert list((tmp_path / "spool" / "tmp").iterdir()) == [], "nothing is left in the spool's temp folder"
+
+
+@pytest.mark.parametrize("written", [3, 2], ids=["every frame", "fewer codestreams than frames"])
+def test_a_value_kept_in_a_file_is_what_encapsulate_writes(tmp_path: Path, monkeypatch, written: int) -> None:
+    from pydicom.encaps import encapsulate
+
+    import gateway.pipeline.policy as policy
+
+    monkeypatch.setattr(policy, "SPILL_BYTES", 16)
+    streams = [b"\x01" * 11, b"\x02" * 30, b"\x03" * 7][:written]
+    encapsulation = policy._Encapsulation(3, scratch=tmp_path)
+    for stream in streams:
+        encapsulation.add(stream)
+    value, extended = encapsulation.finish()
+    assert not isinstance(value, bytes), "moved to a file"
+    with value:
+        assert value.read() == encapsulate(streams, has_bot=True) and extended is None
+    assert list(tmp_path.iterdir()) == [], "the file is anonymous"

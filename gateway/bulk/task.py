@@ -221,8 +221,10 @@ def _compress(src: Path, out_root: Path, rel: str, target: str, verify: bool, la
     result["source_syntax"] = str(ds.file_meta.get("TransferSyntaxUID", "") or "") or None
     out_rel = uid_relpath(str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", "")),
                           str(ds.get("SOPInstanceUID", ""))) if layout == "uid" else rel
+    # A large encoded value is kept in an anonymous file in the output folder (on disk, unlike TMPDIR may be).
     outcome = recompress(ds, target, verify=verify, allow_larger=native,
-                         encode_options=private_options(private_version))
+                         encode_options=private_options(private_version),
+                         scratch=out_root if out_root.is_dir() else None)
     syntax, verified_by = outcome.transfer_syntax, pairs_text(outcome.verified_by)
     result["pixel_hash"] = outcome.pixel_hash
     reason = outcome.reason
@@ -233,7 +235,10 @@ def _compress(src: Path, out_root: Path, rel: str, target: str, verify: bool, la
     if outcome.recompressed:
         # Written straight to a file beside its destination (a dry run: an anonymous one), never held as
         # bytes: a large image's output would be a second copy of its encoded pixel data.
-        written = _write_output(src, ds, outcome.dataset, span, dst if write else None)
+        try:
+            written = _write_output(src, ds, outcome.dataset, span, dst if write else None)
+        finally:
+            outcome.close()  # a large encoded value's anonymous file goes now
         del outcome
         if not native and written[1] >= size_in:
             reason = f"recompressed file would not be smaller ({written[1]} bytes, {size_in} in); original copied"

@@ -30,13 +30,15 @@ theirs.
 from __future__ import annotations
 
 import contextlib
-import copy
+import copy as copying
 import io
+import os
+import shutil
 import mmap
 import struct
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from pydicom import Dataset
 from pydicom.charset import default_encoding
@@ -194,14 +196,9 @@ def splice_write(src: Path, original: Dataset, new: Dataset, dst: Path | BinaryI
         return False
     if PIXEL_DATA not in new:
         return False
-    element = new[PIXEL_DATA]
-    value = element.value
-    if element.VR not in ("OB", "OW") or not isinstance(value, bytes) or len(value) % 2:
+    pixels = _pixel_element(new, False)
+    if pixels is None:
         return False
-    if element.is_undefined_length:
-        header, trailer = struct.pack("<HH2sHI", 0x7FE0, 0x0010, element.VR.encode(), 0, 0xFFFFFFFF), _SEQ_END
-    else:
-        header, trailer = struct.pack("<HH2sHI", 0x7FE0, 0x0010, element.VR.encode(), 0, len(value)), b""
     # The element dicts as they are: raw elements the pipeline shares with the
     # original are the same objects, so most comparisons are identity checks.
     # Tags compared as plain ints: BaseTag's own comparisons run in Python.
@@ -230,14 +227,14 @@ def splice_write(src: Path, original: Dataset, new: Dataset, dst: Path | BinaryI
             handle.seek(end)
             tail = handle.read()
             with _output(dst) as out:
-                for part in (meta, middle, header, value, trailer, tail):
-                    out.write(part)
+                for part in (meta, middle, *pixels, tail):
+                    _write(out, part)
             return True
         if handle.seek(0, 2) <= meta_end:
             return False
         with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
             try:
-                pieces = _pieces(data, meta_end, original, new, changed, span, (header, value, trailer))
+                pieces = _pieces(data, meta_end, original, new, changed, span, pixels)
             except Exception:  # noqa: BLE001 - a walk that fails, a value pydicom cannot write: dcmwrite decides
                 return False
             if pieces is None:
@@ -257,14 +254,14 @@ def splice_write(src: Path, original: Dataset, new: Dataset, dst: Path | BinaryI
                     if copy is not None:
                         out.write(data[copy[0]:copy[1]])
                         copy = None
-                    out.write(piece)
+                    _write(out, piece)
                 if copy is not None:
                     out.write(data[copy[0]:copy[1]])
     return True
 
 
 def _pieces(data: mmap.mmap, meta_end: int, original: Dataset, new: Dataset, changed: dict[int, bool],
-            span: tuple[int, int] | None, pixels: tuple[bytes, bytes, bytes]) -> list | None:
+            span: tuple[int, int] | None, pixels: tuple[bytes, Any, bytes]) -> list | None:
     """The output dataset as bytes and (start, end) runs of `data`; None when it need not be written here."""
     entries = _top_level(data, meta_end)
     in_file = {tag for tag, *_ in entries}
@@ -303,7 +300,7 @@ def _pieces(data: mmap.mmap, meta_end: int, original: Dataset, new: Dataset, cha
         for other, piece in out[index + 1:]:
             if other != group:
                 break
-            total += piece[1] - piece[0] if isinstance(piece, tuple) else len(piece)
+            total += piece[1] - piece[0] if isinstance(piece, tuple) else _size(piece)
         out[index] = (group, _group_length(group, total, False))
     return [piece for _, piece in out]
 
@@ -326,8 +323,13 @@ def write_dataset(dst: Path | BinaryIO, ds: Dataset) -> None:
     deflated, a value that is not plain bytes) ``dcmwrite`` writes it all.
     """
     target = str(ds.file_meta.get("TransferSyntaxUID", ""))
-    if PIXEL_DATA not in ds or not _write_split(ds, dst, target, set()):
-        dcmwrite(dst, ds, enforce_file_format=True)
+    if PIXEL_DATA in ds and _write_split(ds, dst, target, set()):
+        return
+    if PIXEL_DATA in ds and _is_file(ds[PIXEL_DATA].value):  # dcmwrite writes no encapsulated value from a file
+        kept = ds[PIXEL_DATA].value
+        kept.seek(0)
+        ds[PIXEL_DATA].value = kept.read()
+    dcmwrite(dst, ds, enforce_file_format=True)
 
 
 def _write_split(new: Dataset, dst: Path | BinaryIO, target: str, groups: set[int]) -> bool:
@@ -346,7 +348,7 @@ def _write_split(new: Dataset, dst: Path | BinaryIO, target: str, groups: set[in
         return False
     head = new
     if pixels is not None:
-        head = copy.copy(new)  # the instance attributes; the element dict without Pixel Data
+        head = copying.copy(new)  # the instance attributes; the element dict without Pixel Data
         head._dict = {tag: element for tag, element in new._dict.items() if tag != PIXEL_DATA}
     buffer = io.BytesIO()
     try:
@@ -362,7 +364,7 @@ def _write_split(new: Dataset, dst: Path | BinaryIO, target: str, groups: set[in
     if pixels is not None:
         at = next((index for index, (tag, _) in enumerate(pieces) if tag > PIXEL_DATA), len(pieces))
         pieces.insert(at, (PIXEL_DATA, None))
-    pixel_size = sum(len(part) for part in pixels) if pixels is not None else 0
+    pixel_size = sum(_size(part) for part in pixels) if pixels is not None else 0
     sizes: dict[int, int] = {}
     for tag, span in pieces:
         if tag >> 16 in groups and not tag & 0xFFFF:
@@ -380,28 +382,50 @@ def _write_split(new: Dataset, dst: Path | BinaryIO, target: str, groups: set[in
             previous = group
             if span is None:
                 for part in pixels or ():
-                    out.write(part)
+                    _write(out, part)
             else:
                 out.write(data[span[0]:span[1]])
     return True
 
 
-def _pixel_element(new: Dataset, implicit: bool) -> tuple[bytes, bytes, bytes] | None:
+def _pixel_element(new: Dataset, implicit: bool) -> tuple[bytes, Any, bytes] | None:
     """Pixel Data of `new` as (header, value, trailer) written as ``dcmwrite`` writes it, else None.
 
-    None when there is none, or it is not a byte value of even length (OB
-    or OW) that these three parts write exactly: ``dcmwrite`` writes it then.
+    The value is ``bytes``, or the file an encoded value was kept in
+    (:func:`gateway.pipeline.recompress` with a scratch folder), copied from
+    its start when written.  None when there is none, or it is not such a
+    value of even length (OB or OW) that these three parts write exactly:
+    ``dcmwrite`` writes it then.
     """
     if PIXEL_DATA not in new:
         return None
     element = new[PIXEL_DATA]
     value = element.value
-    if element.VR not in ("OB", "OW") or not isinstance(value, bytes) or len(value) % 2:
+    if element.VR not in ("OB", "OW") or not (isinstance(value, bytes) or _is_file(value)) or _size(value) % 2:
         return None
     if element.is_undefined_length:
         if implicit:
             return None
         return struct.pack("<HH2sHI", 0x7FE0, 0x0010, element.VR.encode(), 0, _UNDEFINED), value, _SEQ_END
     if implicit:
-        return struct.pack("<HHI", 0x7FE0, 0x0010, len(value)), value, b""
-    return struct.pack("<HH2sHI", 0x7FE0, 0x0010, element.VR.encode(), 0, len(value)), value, b""
+        return struct.pack("<HHI", 0x7FE0, 0x0010, _size(value)), value, b""
+    return struct.pack("<HH2sHI", 0x7FE0, 0x0010, element.VR.encode(), 0, _size(value)), value, b""
+
+
+def _is_file(value: Any) -> bool:
+    """True for a value kept in a file (a buffered element value)."""
+    return hasattr(value, "fileno") and hasattr(value, "seek") and hasattr(value, "read")
+
+
+def _size(part: Any) -> int:
+    """Size of a part written: bytes, or a file whose whole content is written."""
+    return os.fstat(part.fileno()).st_size if _is_file(part) else len(part)
+
+
+def _write(out: BinaryIO, part: Any) -> None:
+    """Write `part`: bytes as they are, a file's content from its start, in pieces of 1 MiB."""
+    if not _is_file(part):
+        out.write(part)
+        return
+    part.seek(0)
+    shutil.copyfileobj(part, out, 1 << 20)

@@ -21,11 +21,12 @@ import io
 import os
 import shutil
 import struct
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pydicom
@@ -127,6 +128,16 @@ class Outcome:
     verified_by: tuple[tuple[str, str], ...] = ()  # (decoder, SHA-256 of what it decoded) per verifying decoder
     encode_options: tuple[tuple[str, Any], ...] = ()  # the encoder options written with, e.g. (("version", 2),)
 
+    def close(self) -> None:
+        """Remove the file a large encoded Pixel Data value was kept in (``recompress(scratch=...)``), once written.
+
+        The file is anonymous and goes with the process at the latest; this
+        frees its space as soon as the object is stored.  Nothing to do for a
+        value in memory.
+        """
+        if self.recompressed and "PixelData" in self.dataset:
+            _close(self.dataset["PixelData"].value)
+
     @property
     def malformed(self) -> bool:
         """The original's pixel data is damaged: shorter than its attributes say, or it does not decode."""
@@ -176,6 +187,10 @@ def _little_endian(frame: np.ndarray) -> memoryview:
 _ITEM_TAG = b"\xfe\xff\x00\xe0"  # (FFFE,E000) Item, little endian
 
 
+SPILL_BYTES = 64 << 20
+"""An encoded Pixel Data value given a scratch folder moves there, out of memory, once it grows past this."""
+
+
 class _Encapsulation:
     """An encapsulated Pixel Data value built one codestream at a time (PS3.5 A.4).
 
@@ -187,11 +202,18 @@ class _Encapsulation:
     whose finished buffer becomes the ``bytes`` value without a copy.  The
     result is byte for byte what pydicom's ``encapsulate`` (``has_bot=True``)
     and ``encapsulate_extended`` write.
+
+    With a `scratch` folder, a value that grows past :data:`SPILL_BYTES`
+    moves into an anonymous temporary file there (removed by the system
+    once closed, whatever happens to the process), and the value is that
+    file: an image of thousands of frames is then held in memory a few
+    frames at a time, not as its whole encoding.
     """
 
-    def __init__(self, frames: int, *, extended: bool = False) -> None:
+    def __init__(self, frames: int, *, extended: bool = False, scratch: Path | None = None) -> None:
         self.reserved = 0 if extended else frames
-        self.buffer = io.BytesIO()
+        self.scratch = scratch
+        self.buffer: Any = io.BytesIO()
         self.buffer.write(_ITEM_TAG + struct.pack("<I", 4 * self.reserved) + bytes(4 * self.reserved))
         self.first = self.buffer.tell()
         self.offsets: list[int] = []
@@ -209,9 +231,20 @@ class _Encapsulation:
         self.buffer.write(stream)
         if odd:
             self.buffer.write(b"\x00")
+        if self.scratch is not None and isinstance(self.buffer, io.BytesIO) and self.buffer.tell() > SPILL_BYTES:
+            spilled = tempfile.TemporaryFile(dir=self.scratch)
+            try:
+                spilled.write(self.buffer.getbuffer())
+            except BaseException:
+                spilled.close()
+                raise
+            self.buffer = spilled
 
-    def finish(self) -> tuple[bytes, tuple[bytes, bytes] | None]:
-        """The value and, when the offsets outgrow the Basic Offset Table, the Extended Offset Table and lengths."""
+    def finish(self) -> tuple[bytes | BinaryIO, tuple[bytes, bytes] | None]:
+        """The value and, when the offsets outgrow the Basic Offset Table, the Extended Offset Table and lengths.
+
+        The value is ``bytes``, or the file it moved to (positioned at its start).
+        """
         count = len(self.offsets)
         extended = (struct.pack(f"<{count}Q", *self.offsets), struct.pack(f"<{count}Q", *self.lengths))
         fits = not self.offsets or self.offsets[-1] <= _BOT_LIMIT
@@ -224,15 +257,46 @@ class _Encapsulation:
             return self._value(), extended
         # Fewer codestreams than frames, or offsets beyond the Basic Offset Table: the table is
         # rewritten, which costs a copy (an encoding stopped early, or a value larger than 4 GiB).
-        items = self._value()[self.first:]
-        if fits:
-            return _ITEM_TAG + struct.pack(f"<I{count}I", 4 * count, *self.offsets) + items, None
-        return _ITEM_TAG + struct.pack("<I", 0) + items, extended
+        table = (_ITEM_TAG + struct.pack(f"<I{count}I", 4 * count, *self.offsets) if fits
+                 else _ITEM_TAG + struct.pack("<I", 0))
+        if isinstance(self.buffer, io.BytesIO):
+            return table + self._value()[self.first:], None if fits else extended
+        rewritten = tempfile.TemporaryFile(dir=self.scratch)
+        rewritten.write(table)
+        self.buffer.seek(self.first)
+        shutil.copyfileobj(self.buffer, rewritten, 1 << 20)
+        self.buffer.close()
+        self.buffer = rewritten
+        return self._value(), None if fits else extended
 
-    def _value(self) -> bytes:
+    def close(self) -> None:
+        """Drop what was written (the file it moved to is closed, and so removed)."""
+        _close(self.buffer)
+        self.buffer = io.BytesIO()
+
+    def _value(self) -> bytes | BinaryIO:
+        if not isinstance(self.buffer, io.BytesIO):
+            value = self.buffer
+            value.flush()
+            value.seek(0)
+            self.buffer = io.BytesIO()
+            return value
         value = self.buffer.getvalue()  # the buffer itself, not a copy, once nothing is written after
         self.buffer = io.BytesIO()
         return value
+
+
+def _close(value: Any) -> None:
+    """Close a Pixel Data value kept in a file (:data:`SPILL_BYTES`), which removes it; bytes are left alone."""
+    if hasattr(value, "fileno"):
+        value.close()
+
+
+def value_size(value: bytes | BinaryIO) -> int:
+    """Size of a Pixel Data value: ``bytes``, or the file an encoded value moved to (:data:`SPILL_BYTES`)."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return len(value)
+    return os.fstat(value.fileno()).st_size
 
 
 def _native_bytes(frames: Sequence[np.ndarray], info: FrameInfo, planar: int) -> bytes:
@@ -409,7 +473,10 @@ def _verify(
     # codestream and decoded values at a time beside the original.  Each
     # codestream is read by our decoder first, then by the independent one.
     end_marked = str(target) in END_MARKED
-    read_back = generate_frames(new.PixelData, number_of_frames=declared)
+    value = new.PixelData
+    if not isinstance(value, bytes):  # the file it moved to: read from its start, left there for the writer
+        value.seek(0)
+    read_back = generate_frames(value, number_of_frames=declared)
     start_image(target)
     for number, expected in enumerate(frames, start=1):
         try:
@@ -443,7 +510,8 @@ def _verify(
 
 
 def recompress(ds: Dataset, target: str, *, verify: bool = True, allow_larger: bool = True,
-               encode_options: Mapping[str, Mapping[str, Any]] | None = None) -> Outcome:
+               encode_options: Mapping[str, Mapping[str, Any]] | None = None,
+               scratch: Path | None = None) -> Outcome:
     """Recompress `ds` losslessly into `target`, or pass it through with a reason.
 
     Parameters
@@ -466,6 +534,14 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True, allow_larger: b
         {"version": 2}}``; those of `target` are given to its encoder
         (:func:`gateway.codecs.configured`) and named in the outcome.  Without
         them, the codec module's defaults.
+    scratch
+        A folder where an encoded Pixel Data value larger than
+        :data:`SPILL_BYTES` is kept instead of memory: the recompressed
+        dataset's value is then an anonymous temporary file there (which
+        :func:`gateway.dicom.splice.splice_write` and
+        :func:`~gateway.dicom.splice.write_dataset` write; pydicom's
+        ``dcmwrite`` does not), removed once the outcome is dropped.  Without
+        it, the value is ``bytes``.
 
     Raises
     ------
@@ -574,6 +650,7 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True, allow_larger: b
     reencoded = source == "1.2.840.10008.1.2.2" or needs_reencoding(ds, target_uid == ImplicitVRLittleEndian)
     new = _copy_without_pixels(ds, share_sequences=not reencoded)
     fragments: int | None = None  # how many codestreams were written
+    encapsulation: _Encapsulation | None = None
     try:
         if codec is None:
             planar = int(ds.get("PlanarConfiguration", 0) or 0) if info.samples_per_pixel > 1 else 0
@@ -587,7 +664,7 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True, allow_larger: b
             # A codec may code the frames of one image together (inter-frame prediction): its streams are
             # taken one by one where it gives them so (a list of them all would be a second copy of the value).
             encode_frames = getattr(codec, "iter_encode_frames", None) or getattr(codec, "encode_frames", None)
-            encapsulation = _Encapsulation(len(frames), extended=original > _BOT_LIMIT)
+            encapsulation = _Encapsulation(len(frames), extended=original > _BOT_LIMIT, scratch=scratch)
             if encode_frames is not None:
                 streams = encode_frames(frames, info)
             else:
@@ -599,26 +676,37 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True, allow_larger: b
                     # It would not shrink the pixel data: no use encoding the rest, nor finishing the value
                     # (a copy of what was written, as large as the original).
                     written = len(encapsulation)
-                    del streams, encapsulation
+                    del streams
+                    encapsulation.close()
                     return _pass(ds, f"{codec.name} would not shrink the pixel data ({written} bytes or more, "
                                  f"{original} received); kept as received", original,
                                  time.perf_counter() - start, **proven)
             del streams
             fragments = len(encapsulation.offsets)
             value, extended = encapsulation.finish()
-            del encapsulation
+            encapsulation = None
             element = DataElement(_PIXEL_DATA, "OB", value, is_undefined_length=True)
             if info.samples_per_pixel > 1:
                 # The codestream fixes the sample order; PS3.5 8.2 and G.2 note 2: 0.
                 new.PlanarConfiguration = 0
     except UnsupportedImageError as exc:
+        if encapsulation is not None:
+            encapsulation.close()
         return _pass(ds, f"{target_uid.name} cannot carry this image: {exc}", original, **proven)
     except GatewayError as exc:
+        if encapsulation is not None:
+            encapsulation.close()
         return _pass(ds, f"encoding failed: {exc}", original, **proven)
-    if codec is not None and not allow_larger and len(value) >= original:
+    except BaseException:
+        if encapsulation is not None:
+            encapsulation.close()
+        raise
+    size = value_size(value)
+    if codec is not None and not allow_larger and size >= original:
+        _close(value)
         return _pass(
             ds,
-            f"{codec.name} would not shrink the pixel data ({len(value)} bytes, {original} received); "
+            f"{codec.name} would not shrink the pixel data ({size} bytes, {original} received); "
             "kept as received",
             original,
             time.perf_counter() - start, **proven)
@@ -638,6 +726,7 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True, allow_larger: b
         try:
             reencode(new, implicit=target_uid == ImplicitVRLittleEndian, keep=new[_PIXEL_DATA])
         except Exception as exc:  # pydicom parses sequences and ambiguous elements here; bad values raise many types
+            _close(value)
             return _pass(ds, f"attributes cannot be carried into {target_uid.name}: {type(exc).__name__}: {exc}",
                          original, **proven)
     if not target_uid.is_transfer_syntax:
@@ -651,11 +740,16 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True, allow_larger: b
     verified_by: list[tuple[str, str]] = []
     if verify:
         start = time.perf_counter()
-        reason = _verify(target_uid, codec, new, fragments, frames, info, digest, verified_by)
+        try:
+            reason = _verify(target_uid, codec, new, fragments, frames, info, digest, verified_by)
+        except BaseException:
+            _close(value)
+            raise
         verify_seconds = time.perf_counter() - start
         if reason:
+            _close(value)
             return _pass(ds, reason, original, encode_seconds, verify_seconds, **proven)
-    return Outcome(new, str(target_uid), True, None, original, len(value), encode_seconds, verify_seconds,
+    return Outcome(new, str(target_uid), True, None, original, size, encode_seconds, verify_seconds,
                    source_name, digest, tuple(verified_by), tuple(sorted(options.items())))
 
 

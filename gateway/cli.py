@@ -320,12 +320,35 @@ def _cmd_retry(args: argparse.Namespace) -> int:
     spool = Spool(config.spool.directory)
     configured = {d.name for d in config.destinations}
     moved = spool.requeue_dead(args.destination, configured=configured)
-    print(f"re-queued {len(moved)} dead letter(s); a running gateway picks them up within 30 s")
+    print(f"re-queued {len(moved)} dead letter(s); " + _retry_pickup(config, moved))
     for name, count in sorted(spool.destination_counts(DEAD).items()):
         if name not in configured and name != UNROUTED and args.destination in (None, name):
             print(f"kept {count} dead letter(s) of {name}, which is not in the configuration: configure it to "
                   "send them")
     return 0
+
+
+def _retry_pickup(config: Config, moved: list) -> str:
+    """When a running gateway takes up re-queued dead letters, as this process cannot tell it to.
+
+    A destination's forwarders read their queue again every ``[forwarding]
+    rescan_seconds``.  An instance no route matched goes back to the worker,
+    whose rescan takes a received file only once it has seen it for two of
+    its intervals (the receiver may still be checking a file it has just
+    seen), so up to three ``[compression] rescan_seconds`` pass.  The
+    console's Retry hands both over at once.
+    """
+    from gateway.spool import UNROUTED
+
+    forwarded = f"{config.forwarding.rescan_seconds:g} s"
+    rerouted = sum(1 for job in moved if job.destination == UNROUTED)
+    if not rerouted:
+        return f"a running gateway picks them up within {forwarded}"
+    routed_again = f"{3 * config.compression.rescan_seconds:g} s"
+    if rerouted == len(moved):
+        return f"a running gateway routes them again within {routed_again}"
+    return (f"a running gateway picks them up within {forwarded}, and routes again the {rerouted} no route "
+            f"matched within {routed_again}")
 
 
 def _cmd_codecs(args: argparse.Namespace) -> int:

@@ -209,3 +209,31 @@ def test_every_use_of_a_certificate_is_in_the_expiry_gauges_row(word: str) -> No
     row = next(line for line in MONITORING.read_text().splitlines()
                if line.startswith("| `dicom_gateway_tls_certificate_expiry_timestamp_seconds`"))
     assert re.search(rf"`{word}( <name>)?`", row), f"use={word!r} is not documented"
+
+
+def test_retry_says_when_a_running_gateway_takes_up_what_no_route_matched(tmp_path: Path, capsys) -> None:
+    """`retry` said "within 30 s" for every dead letter; one no route matched goes back through the worker,
+    whose rescan took it 87 s later (three [compression] rescan_seconds at most), as operations.md says."""
+    from gateway.dicom.identity import Identity
+    from gateway.spool import DEAD, UNROUTED, Job, Spool
+
+    config = tmp_path / "g.toml"
+    config.write_text('[spool]\ndirectory = "spool"\n[[destinations]]\nname = "f"\nkind = "folder"\npath = "a"\n')
+    spool = Spool(tmp_path / "spool")
+    spool.add_jobs([Job("i1", UNROUTED, state=DEAD, reason="no route matches ...",
+                        identity=Identity(sop_instance_uid="1.2.3.4")),
+                    Job("i2", "f", state=DEAD, reason="gave up", identity=Identity(sop_instance_uid="1.2.3.5"))])
+    assert main(["retry", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "re-queued 2 dead letter(s)" in out and "within 30 s" in out and "the 1 no route matched within 90 s" in out
+    text = " ".join(OPERATIONS.read_text().split())
+    assert "three `[compression] rescan_seconds`" in text
+
+
+def test_the_pass_through_reasons_monitoring_names_are_labels_the_counter_has() -> None:
+    from gateway.record import REASON_CLASSES
+
+    row = next(line for line in MONITORING.read_text().splitlines()
+               if line.startswith("| `dicom_gateway_passed_through_total`"))
+    named = set(re.findall(r"`([a-z_]+)`", row.split("|")[4]))
+    assert named and named <= {label for _needle, label in REASON_CLASSES} | {"other"}

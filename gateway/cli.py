@@ -34,9 +34,11 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a process stopped by Ctrl-C
 EXIT_CODES = """exit status:
     0  everything done (verify: identical pixel data)
-    1  some of the work failed (compress: some files failed; verify: pixel data differ)
+    1  some of the work failed (compress: some files failed; verify: pixel data
+       differ; audit: no such instance on record)
     2  bad usage or argument, invalid configuration, an output folder compress
-       cannot write, or (verify) a file that cannot be read or decoded
+       cannot write, (verify) a file that cannot be read or decoded, or (audit)
+       a spool with no proof record yet
   130  stopped by Ctrl-C (a folder compress: run it again to resume; serve
        stops cleanly on SIGINT or SIGTERM and exits 0, or 1 if a thread it
        needs has stopped)"""

@@ -237,3 +237,26 @@ def test_the_pass_through_reasons_monitoring_names_are_labels_the_counter_has() 
                if line.startswith("| `dicom_gateway_passed_through_total`"))
     named = set(re.findall(r"`([a-z_]+)`", row.split("|")[4]))
     assert named and named <= {label for _needle, label in REASON_CLASSES} | {"other"}
+
+
+def _row(key: str, kind: str | None = None) -> str:
+    """The text of operations.md's configuration row for `key` (under destination `kind`, if given)."""
+    text = OPERATIONS.read_text()
+    table = text[text.index("| section | key | default | meaning |"):].split("\n\n", 1)[0]
+    current = None
+    for line in table.splitlines():
+        head = line.strip("|").split("|")[0].strip()
+        current = head if head in _DESTINATION_KINDS else (None if head else current)
+        if f"| `{key}` |" in line and (kind is None or current == kind):
+            return line
+    raise AssertionError(f"no row for {key}")
+
+
+def test_the_keys_of_inline_tables_are_in_their_rows() -> None:
+    """allowed_callers' tables, a DICOM destination's tls and a DICOMweb destination's auth take keys of their
+    own; the table named certificate_subject but not addresses."""
+    assert {"ae_title", "certificate_subject", "addresses"} <= set(re.findall(r"(\w+) =", _row("allowed_callers")))
+    tls = _row("tls", "dicom")
+    assert all(f.name in tls for f in dataclasses.fields(cfg.DestinationTls))
+    auth = _row("auth", "dicomweb")
+    assert all(f"{key} =" in auth for key in ("kind", "username", "password_file", "token_file"))

@@ -624,8 +624,10 @@ def build_parser() -> argparse.ArgumentParser:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
 
     p = command("serve", "receive, recompress, verify and forward",
-                "Receive, recompress, verify and forward until SIGINT/SIGTERM.  The codec kernels are "
-                "compiled (or loaded from numba's cache) before the gateway listens.")
+                "Receive, recompress, verify and forward until SIGINT/SIGTERM (exit 0); SIGHUP reads the "
+                "configuration again (what only a restart can change is refused, and logged).  The codec "
+                "kernels are compiled (or loaded from numba's cache) before the gateway listens.  Exit 1 when "
+                "a thread it needs has stopped, after stopping cleanly: a supervisor should start it again.")
     p.add_argument("--config", required=True, help="TOML configuration file")
     p.set_defaults(func=_cmd_serve)
 

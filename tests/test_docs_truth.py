@@ -260,3 +260,12 @@ def test_the_keys_of_inline_tables_are_in_their_rows() -> None:
     assert all(f.name in tls for f in dataclasses.fields(cfg.DestinationTls))
     auth = _row("auth", "dicomweb")
     assert all(f"{key} =" in auth for key in ("kind", "username", "password_file", "token_file"))
+
+
+def test_the_defaults_of_network_md_bounds_table_are_the_receivers() -> None:
+    text = (REPO / "docs" / "network.md").read_text()
+    table = text[text.index("| key | default | bound |"):].split("\n\n", 1)[0]
+    rows = re.findall(r"^\| `(\w+)` \| `([^`]+)` \|", table, re.M)
+    assert len(rows) >= 6
+    for key, default in rows:
+        assert getattr(cfg.ServerConfig(), key) == _documented_value(default), key

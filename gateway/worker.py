@@ -636,17 +636,27 @@ class Worker:
                             processes: int | None = None) -> None:
         """Start the worker processes now and wait until they have loaded their codec kernels.
 
-        The pool starts every process at the first submission; each runs its
-        initialiser (which warms the kernels up) before it takes a task.
+        Each process runs its initialiser (which warms the kernels up) before
+        it takes a task, and one that is ready first may take every task
+        submitted while the others still compile: tasks are submitted again
+        until each process has answered one, so that "ready" (and systemd's
+        READY=1 after it) means every process.
         """
         started = time.perf_counter()
+        count = processes or self.processes
+        deadline = time.monotonic() + timeout
+        answered: set[int] = set()
         try:
-            ready = [f.result(timeout) for f in [pool.submit(_child_ready) for _ in range(processes or self.processes)]]
+            while len(answered) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"{len(answered)} of {count} answered in {timeout:g} s")
+                for future in [pool.submit(_child_ready) for _ in range(count - len(answered))]:
+                    answered.add(future.result(left)[0])
         except Exception as exc:  # noqa: BLE001 - a broken pool is replaced at the first instance
             _log.warning("worker processes not ready: %s: %s", type(exc).__name__, exc)
             return
-        _log.info("%d worker process(es) ready in %.1f s", len({pid for pid, _ in ready}),
-                  time.perf_counter() - started)
+        _log.info("%d worker process(es) ready in %.1f s", len(answered), time.perf_counter() - started)
 
     def stop(self) -> None:
         self._halt.set()

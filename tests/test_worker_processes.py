@@ -219,3 +219,32 @@ def test_the_stop_does_not_wait_for_a_worker_process_that_never_returns(
         assert poison in spool.received() and spool.failures_of(poison) == (0, None)
     finally:
         _kill_children_since(before)
+
+
+def _second_is_slow(started) -> None:
+    """A pool initialiser: the second process to start takes two seconds more, as one still compiling its
+    kernels does."""
+    with started.get_lock():
+        started.value += 1
+        order = started.value
+    if order == 2:
+        time.sleep(2.0)
+
+
+def test_ready_is_said_once_every_worker_process_has_answered(caplog) -> None:
+    """The first process ready took every "ready?" task while the second still compiled: the service said
+    "1 worker process(es) ready" (and told systemd READY=1) with the other not ready."""
+    from concurrent.futures import ProcessPoolExecutor
+    from types import SimpleNamespace
+
+    context = multiprocessing.get_context("spawn")
+    started = context.Value("i", 0)
+    pool = ProcessPoolExecutor(max_workers=2, mp_context=context, initializer=_second_is_slow, initargs=(started,))
+    try:
+        with caplog.at_level(logging.INFO, logger="gateway"):
+            gateway.worker.Worker._wait_for_processes(SimpleNamespace(processes=2), pool, timeout=120)
+    finally:
+        pool.shutdown()
+    assert started.value == 2
+    assert [r.getMessage().split(" in ")[0] for r in caplog.records
+            if "ready in" in r.getMessage()] == ["2 worker process(es) ready"]

@@ -212,8 +212,10 @@ def test_encapsulation_and_headers_agree_with_the_attributes(tmp_path: Path, syn
             assert ds.PhotometricInterpretation == ("YBR_RCT" if mct else info.photometric_interpretation)
             if syntax in (HTJ2K, HTJ2K_RPCL):
                 assert 0xFF50 in header, "HTJ2K declares itself in a CAP segment"
-            if syntax == HTJ2K_RPCL:
-                assert progression == 2, "RPCL"
+            if syntax == HTJ2K_RPCL:  # PS3.5 10.18: RPCL, a base resolution of 64 or less, TLM segments
+                levels = header[0xFF52][5]
+                assert progression == 2 and 0xFF55 in header
+                assert max(-(-x // 2 ** levels), -(-y // 2 ** levels)) <= 64
 
 
 def _dciodvfy(path: Path) -> set[str]:

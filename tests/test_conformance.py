@@ -236,3 +236,14 @@ def test_dciodvfy_finds_nothing_new_in_what_we_write(tmp_path: Path, syntax: str
     assert any(line.startswith(("Error", "Warning")) for line in before), "dciodvfy read nothing"
     # JPEG 2000 writes RGB as YBR_RCT (PS3.5 8.2.4): a message naming the value is the same message
     assert {line.replace("<YBR_RCT>", "<RGB>") for line in after} - before == set()
+
+
+@pytest.mark.parametrize("codec", ["htj2k", "jpeg2000"])
+def test_a_folder_run_reports_the_codec_by_its_name(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    codec: str) -> None:
+    # the report groups reasons with their numbers as N: a codec's name is no number
+    _source(tmp_path / "in", "noise")
+    assert main(["compress", "--workers", "0", "--transfer-syntax", codec, str(tmp_path / "in"),
+                 str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert f"{codec} would not shrink the pixel data; kept as received" in out, out

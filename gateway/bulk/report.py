@@ -21,11 +21,15 @@ _LISTED_FAILURES = 20
 
 
 def reason_group(reason: str) -> str:
-    """A reason without its per-file details (numbers, parenthesised parts, nested ones whole), to group by."""
+    """A reason without its per-file details (numbers, parenthesised parts, nested ones whole), to group by.
+
+    A number is a run of digits that does not follow a letter: those of a name ("htj2k",
+    "jpeg2000", "int16") are part of it.
+    """
     while True:  # the innermost parentheses first, until none is left
         shorter = re.sub(r"\s*\([^()]*\)", "", reason)
         if shorter == reason:
-            return re.sub(r"\d+", "N", reason)
+            return re.sub(r"(?<![A-Za-z0-9])\d+", "N", reason)
         reason = shorter
 
 

@@ -408,21 +408,14 @@ def _is_dicom(path: Path) -> bool:
     return len(head) == 132 and head[128:] == b"DICM"
 
 
-def _write_private(dst: Path, data: bytes | Path) -> int:
-    """Write `data` (bytes, or a file to copy) to `dst`: owner-only (0600), complete or absent.
-
-    Returns the number of bytes written.
-    """
+def _write_private(dst: Path, source: Path) -> int:
+    """Copy `source` to `dst`: owner-only (0600), complete or absent; the number of bytes written."""
     partial = dst.with_name(f".{dst.name}.partial")
     partial.unlink(missing_ok=True)
     try:
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with open(fd, "wb") as handle:
-            if isinstance(data, Path):
-                with open(data, "rb") as source:
-                    shutil.copyfileobj(source, handle, 1 << 20)
-            else:
-                handle.write(data)
+        with open(fd, "wb") as handle, open(source, "rb") as original:
+            shutil.copyfileobj(original, handle, 1 << 20)
             size = handle.tell()
         os.replace(partial, dst)
     finally:
@@ -440,28 +433,46 @@ class _Result:
 
 
 def _compress_one(src: Path, dst: Path, target: str, verify: bool, native: bool, private_version: int) -> _Result:
-    """Recompress one file; never writes an output larger than `src` unless decoding to `native`."""
+    """Recompress one file; never writes an output larger than `src` unless decoding to `native`.
+
+    As a folder's files are (:mod:`gateway.bulk`) and as the live gateway
+    writes them: a large image read from its file one frame at a time, its
+    encoding kept in a file beside the output past a size, and the output
+    written from the received bytes (group lengths kept) into a temporary
+    file that is renamed into place.
+    """
     from pydicom import dcmread
 
+    from gateway.bulk.task import write_output
     from gateway.config import private_options
-    from gateway.dicom.splice import written_bytes
+    from gateway.dicom.filemeta import defer_size
+    from gateway.dicom.splice import pixel_span
     from gateway.pipeline import recompress
     from gateway.spool import make_dirs
 
     if not _is_dicom(src):
         return _Result("skipped", "not a DICOM file")
     size_in = src.stat().st_size
-    ds = dcmread(src)
-    outcome = recompress(ds, target, verify=verify, allow_larger=native,
-                         encode_options=private_options(private_version))
+    ds = dcmread(src, defer_size=defer_size(src))
+    span = pixel_span(ds)
     make_dirs(dst.parent)  # new folders 0700, whatever the umask
+    outcome = recompress(ds, target, verify=verify, allow_larger=native,
+                         encode_options=private_options(private_version), scratch=dst.parent)
     if not outcome.recompressed:
         return _Result("passed", outcome.reason or "not recompressed", size_in, _write_private(dst, src))
-    data = written_bytes(src, ds, outcome.dataset)  # as the live gateway writes it: group lengths kept
-    if not native and len(data) >= size_in:
-        return _Result("passed", f"recompressed file would not be smaller ({len(data)} bytes, {size_in} in); "
+    try:
+        tmp, written, _ = write_output(src, ds, outcome.dataset, span, dst)
+    finally:
+        outcome.close()  # a large encoded value's file goes now
+    assert tmp is not None
+    if not native and written >= size_in:
+        tmp.unlink(missing_ok=True)
+        return _Result("passed", f"recompressed file would not be smaller ({written} bytes, {size_in} in); "
                        "original copied", size_in, _write_private(dst, src))
-    written = _write_private(dst, data)
+    try:
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)  # gone once moved: left only by a failure
     ratio = outcome.original_pixel_bytes / max(1, outcome.encoded_pixel_bytes)
     line = (f"ok      {src} -> {dst} ratio={ratio:.2f} encode={outcome.encode_seconds:.3f}s "
             f"verify={outcome.verify_seconds:.3f}s")

@@ -28,11 +28,10 @@ from typing import TYPE_CHECKING
 from pydicom import dcmread
 
 from gateway.config import KEEP, Config
-from gateway.dicom.filemeta import read_file_meta
+from gateway.dicom.filemeta import defer_size
 from gateway.dicom.identity import Identity
 from gateway.dicom.lean import read_lean, restore
 from gateway.dicom.splice import pixel_span, splice_write, write_dataset
-from gateway.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from gateway.dicom.walk import check_complete, walk_file
 from gateway.errors import GatewayError, SpoolError
 from gateway.logs import get_logger, stage
@@ -46,21 +45,6 @@ __all__ = ["Worker", "process_instance", "record_dead_letter"]
 
 _log = get_logger("worker")
 
-_DEFER = 8 << 20
-"""Values at least this large are read from the file when used, not when the header is parsed."""
-
-
-def _defer_size(path: Path) -> int | None:
-    """:data:`_DEFER` for a file whose dataset is stored as it is read (little endian, not deflated), else None.
-
-    A deflated dataset is read from its inflated bytes: offsets into it are
-    not offsets into the file, so nothing of it is left there.
-    """
-    try:
-        _, syntax = read_file_meta(path)
-    except (OSError, ValueError):
-        return None
-    return _DEFER if syntax in (IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN) else None
 
 
 
@@ -147,8 +131,8 @@ def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: 
         if lean is not None:
             ds = lean.dataset
         else:
-            # Values larger than _DEFER stay in the file: a large multi-frame image is read one frame at a time.
-            ds = dcmread(src, stop_before_pixels=pass_through is not None, defer_size=_defer_size(src))
+            # Values of DEFER_BYTES and more stay in the file: a large multi-frame image is read one frame at a time.
+            ds = dcmread(src, stop_before_pixels=pass_through is not None, defer_size=defer_size(src))
         identity = Identity.of_dataset(ds, str(ds.file_meta.get("TransferSyntaxUID", "")))
     calling_ae = spool.calling_ae(ident)
     sop = identity.sop_instance_uid

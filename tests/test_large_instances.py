@@ -183,6 +183,26 @@ def test_compress_reads_a_large_image_frame_by_frame_and_writes_it_straight_to_i
     assert sorted(p.name for p in written.parent.iterdir() if p.name.endswith(".tmp")) == []
 
 
+def test_compress_of_one_file_reads_and_writes_it_as_a_folders_files_are(tmp_path: Path) -> None:
+    """``dicom-gateway compress IN.dcm OUT.dcm`` read the input whole and built its output as bytes: a 1 GB
+    image took 2.25 GB, where a folder of the same file takes 233 MB."""
+    from gateway.cli import main
+
+    source, small = tmp_path / "large.dcm", tmp_path / "small.dcm"
+    pixels = smooth_frames()
+    write_instance(source, pixels)
+    write_instance(small, smooth_frames(2))
+    assert main(["compress", str(small), str(tmp_path / "out" / "small.dcm"), "--transfer-syntax", "rle"]) == 0  # kernels loaded
+    output = tmp_path / "out" / "large.dcm"
+    status, peak = traced_peak(lambda: main(["compress", str(source), str(output), "--transfer-syntax", "rle"]))
+    assert status == 0
+    assert peak < PIXEL_BYTES // 3, f"{peak} bytes allocated at the peak for {PIXEL_BYTES} bytes of pixels"
+    written = dcmread(output)
+    assert written.file_meta.TransferSyntaxUID == RLELossless and np.array_equal(written.pixel_array, pixels)
+    assert oct(output.stat().st_mode & 0o777) == "0o600"
+    assert sorted(p.name for p in output.parent.iterdir()) == ["large.dcm", "small.dcm"], "no partial file left"
+
+
 def test_an_object_written_from_its_whole_dataset_holds_its_pixel_data_once(tmp_path: Path) -> None:
     """An instance received implicit VR is written from its re-encoded dataset (``dcmwrite``, or a buffer to
     add its group lengths back): each wrote the new Pixel Data into a buffer of its own first, a second copy

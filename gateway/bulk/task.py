@@ -31,8 +31,7 @@ from typing import Any, BinaryIO
 
 from gateway.bulk.plan import RESERVED_NAMES, LayoutError, uid_relpath
 from gateway.config import PRIVATE_VERSION, private_options
-from gateway.dicom.filemeta import read_file_meta
-from gateway.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
+from gateway.dicom.filemeta import defer_size
 from gateway.errors import GatewayError
 from gateway.record import pairs_text
 from gateway.spool import (atomic_copy, atomic_write_bytes, create_private, fsync_dir, is_out_of_space,
@@ -214,8 +213,8 @@ def _compress(src: Path, out_root: Path, rel: str, target: str, verify: bool, la
     if layout == "relative" and rel in RESERVED_NAMES:
         raise LayoutError(f"{rel} is the name of the manifest's own file in the output folder; "
                           "rename the input to carry it")
-    # Values larger than _DEFER stay in the file: a large multi-frame image is read one frame at a time.
-    ds = dcmread(src, defer_size=_defer_size(src))
+    # Values of DEFER_BYTES and more stay in the file: a large multi-frame image is read one frame at a time.
+    ds = dcmread(src, defer_size=defer_size(src))
     span = pixel_span(ds)
     result["modality"] = str(ds.get("Modality", "") or "") or None
     result["source_syntax"] = str(ds.file_meta.get("TransferSyntaxUID", "") or "") or None
@@ -236,7 +235,7 @@ def _compress(src: Path, out_root: Path, rel: str, target: str, verify: bool, la
         # Written straight to a file beside its destination (a dry run: an anonymous one), never held as
         # bytes: a large image's output would be a second copy of its encoded pixel data.
         try:
-            written = _write_output(src, ds, outcome.dataset, span, dst if write else None)
+            written = write_output(src, ds, outcome.dataset, span, dst if write else None)
         finally:
             outcome.close()  # a large encoded value's anonymous file goes now
         del outcome
@@ -264,21 +263,6 @@ def _compress(src: Path, out_root: Path, rel: str, target: str, verify: bool, la
     result.update(output=out_rel, output_sha256=digest)
 
 
-_DEFER = 8 << 20
-"""Values at least this large are read from the file when used, not when the header is parsed (as the worker)."""
-
-
-def _defer_size(path: Path) -> int | None:
-    """:data:`_DEFER` for a file whose dataset is stored as it is read (little endian, not deflated), else None.
-
-    A deflated dataset is read from its inflated bytes, and a big endian one
-    is re-encoded whole: offsets into them are not offsets into the file.
-    """
-    try:
-        _, syntax = read_file_meta(path)
-    except (OSError, ValueError):
-        return None
-    return _DEFER if syntax in (IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN) else None
 
 
 class _Hashed:
@@ -293,7 +277,7 @@ class _Hashed:
         return self.handle.write(data)
 
 
-def _write_output(src: Path, original: Any, new: Any, span: tuple[int, int] | None,
+def write_output(src: Path, original: Any, new: Any, span: tuple[int, int] | None,
                   dst: Path | None) -> tuple[Path | None, int, str]:
     """Write the recompressed `new` as the live gateway writes it; (temporary file, size, SHA-256).
 

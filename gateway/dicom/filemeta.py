@@ -14,7 +14,9 @@ import contextlib
 import struct
 from pathlib import Path
 
-__all__ = ["parse_file_meta", "read_file_meta", "with_transfer_syntax"]
+from gateway.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
+
+__all__ = ["DEFER_BYTES", "defer_size", "parse_file_meta", "read_file_meta", "with_transfer_syntax"]
 
 _PREAMBLE = 132  # 128-byte preamble and "DICM"
 _READ = 16_384
@@ -82,6 +84,26 @@ def read_file_meta(path: Path) -> tuple[int, str]:
                 return parse_file_meta(head)
             head += handle.read(_LIMIT - len(head))
     return parse_file_meta(head)
+
+
+DEFER_BYTES = 8 << 20
+"""Values at least this large are read from the file when used, not when the header is parsed."""
+
+
+def defer_size(path: Path) -> int | None:
+    """pydicom's ``defer_size`` for the file at `path`: :data:`DEFER_BYTES` where its values can stay there.
+
+    That is a file whose dataset is stored as it is read (little endian, not
+    deflated): a large multi-frame image is then read one frame at a time.
+    A deflated dataset is read from its inflated bytes, and a big endian one
+    is re-encoded whole: offsets into them are not offsets into the file, so
+    nothing of them is left there (None).
+    """
+    try:
+        _, syntax = read_file_meta(path)
+    except (OSError, ValueError):
+        return None
+    return DEFER_BYTES if syntax in (IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN) else None
 
 
 def with_transfer_syntax(head: bytes, uid: str) -> bytes:

@@ -16,17 +16,9 @@ from gateway.record import ProofRecord
 from gateway.service import Gateway
 from gateway.spool import DEAD, PENDING, Spool
 from tests.conftest import build_config, wait_until
+from tests.test_record import _toml
 
 INSTANCE = "01796537553516011048-d6290c349fbe-4d4f44414c495459"  # received from MODALITY
-
-
-def _config_file(root: Path, config: Config) -> Path:
-    """A configuration file of the same spool and destination, for the command line."""
-    path = root / "gateway.toml"
-    path.write_text(f'[server]\nae_title = "GATEWAY"\nport = {config.server.port}\n'
-                    '[spool]\ndirectory = "spool"\n'
-                    '[[destinations]]\nname = "local"\nkind = "folder"\npath = "archive"\n')
-    return path
 
 
 # --------------------------------------------------------------------------- forwarders' states
@@ -48,7 +40,7 @@ def test_forwarder_states_of_the_last_run_are_not_shown_once_restarted(
     gateway = gateway_factory(config)
     assert wait_until(lambda: gateway.forwarding, timeout=30)
     assert gateway.spool.destination_states("local") == []
-    assert main(["status", "--config", str(_config_file(tmp_path, config))]) == 0
+    assert main(["status", "--config", str(_toml(tmp_path, config.server.port))]) == 0
     out = capsys.readouterr().out
     assert "local: pending=0" in out
     assert "failing since" not in out and "No space left" not in out

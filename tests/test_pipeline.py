@@ -100,9 +100,15 @@ def _assert_recompressed(ds: Dataset, outcome: Outcome, target: str) -> None:
         assert actual.pop("PhotometricInterpretation") == photometric
         expected.pop("PhotometricInterpretation")
     assert actual == expected
-    meta_in = {e.keyword: e.value for e in ds.file_meta if e.keyword not in ("TransferSyntaxUID", "FileMetaInformationGroupLength")}
-    meta_out = {e.keyword: e.value for e in out.file_meta if e.keyword not in ("TransferSyntaxUID", "FileMetaInformationGroupLength")}
+    # PS3.10 7.1: the writer of the file is named in its meta; the rest stays as received
+    writer = ("ImplementationClassUID", "ImplementationVersionName", "SourceApplicationEntityTitle")
+    skip = ("TransferSyntaxUID", "FileMetaInformationGroupLength", *writer)
+    meta_in = {e.keyword: e.value for e in ds.file_meta if e.keyword not in skip}
+    meta_out = {e.keyword: e.value for e in out.file_meta if e.keyword not in skip}
     assert meta_out == meta_in
+    assert out.file_meta.ImplementationClassUID == "2.25.53897576694086526053863854056254947965"
+    assert str(out.file_meta.ImplementationVersionName).startswith("GATEWAY_")
+    assert "SourceApplicationEntityTitle" not in out.file_meta
     if target not in NATIVE:
         assert out["PixelData"].VR == "OB" and out["PixelData"].is_undefined_length
         if int(ds.get("SamplesPerPixel", 1)) == 3:

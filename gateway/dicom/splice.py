@@ -46,14 +46,14 @@ from pydicom.dataelem import RawDataElement
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import dcmwrite, write_data_element
 
-from gateway.dicom.filemeta import parse_file_meta, with_transfer_syntax
+from gateway.dicom.filemeta import WRITER_ELEMENTS, parse_file_meta, stamped, with_transfer_syntax
 from gateway.dicom.uids import IMPLICIT_VR_LITTLE_ENDIAN, is_explicit_little_endian
 from gateway.dicom.walk import _UNDEFINED, _Walker
 
 __all__ = ["pixel_span", "splice_write", "written_bytes", "write_dataset", "PIXEL_DATA"]
 
 PIXEL_DATA = 0x7FE00010
-_META_CHANGED = {0x00020000, 0x00020010}  # group length, transfer syntax
+_META_CHANGED = {0x00020000, 0x00020010, *WRITER_ELEMENTS}  # group length, transfer syntax, who wrote the file
 _PIXEL_GROUP_LENGTH = 0x7FE00000  # (7FE0,0000): counts the Pixel Data that is replaced
 _SEQ_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"  # sequence delimitation item
 
@@ -160,8 +160,10 @@ def splice_write(src: Path, original: Dataset, new: Dataset, dst: Path | BinaryI
     The pipeline changes nothing but the pixel data encoding, so re-encoding
     every other attribute (``dcmwrite``) is wasted work: tens of milliseconds
     for a scanner header rich in private tags.  When both syntaxes encode the
-    dataset as explicit VR little endian and every file meta element but the
-    transfer syntax of `new` equals the original's, this copies the original
+    dataset as explicit VR little endian and every file meta element of `new`
+    but the transfer syntax and those naming the file's writer (the pipeline
+    names the gateway: :func:`gateway.dicom.filemeta.stamp`) equals the
+    original's, this copies the original
     bytes around the Pixel Data element instead (`span`: its offsets, taken
     with :func:`pixel_span` before the pipeline read the element) and never
     reads the old pixel data.  `original` may hold only some of the file's
@@ -189,10 +191,13 @@ def splice_write(src: Path, original: Dataset, new: Dataset, dst: Path | BinaryI
     if not is_explicit_little_endian(target):
         return False
     meta_before, meta_after = original.file_meta, new.file_meta
-    meta_tags = list(map(int, meta_before.keys()))
-    if meta_tags != list(map(int, meta_after.keys())):
+    meta_tags = [t for t in map(int, meta_before.keys()) if t not in _META_CHANGED]
+    if meta_tags != [t for t in map(int, meta_after.keys()) if t not in _META_CHANGED]:
         return False
-    if any(meta_before[t] != meta_after[t] for t in meta_tags if t not in _META_CHANGED):
+    if any(meta_before[t] != meta_after[t] for t in meta_tags):
+        return False
+    ours = stamped(meta_after)  # the pipeline names the gateway as the writer of what it re-encoded
+    if not ours and any(meta_before.get(t) != meta_after.get(t) for t in WRITER_ELEMENTS):
         return False
     if PIXEL_DATA not in new:
         return False
@@ -213,7 +218,7 @@ def splice_write(src: Path, original: Dataset, new: Dataset, dst: Path | BinaryI
         head = handle.read(65_536)
         try:
             meta_end, _ = parse_file_meta(head)
-            meta = with_transfer_syntax(head, target)
+            meta = with_transfer_syntax(head, target, ours)
         except ValueError:
             return False
         if not changed and _PIXEL_GROUP_LENGTH not in before_items and span is not None:

@@ -44,14 +44,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from gateway import __version__
+from gateway.dicom.filemeta import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from gateway.errors import AssociationAbortedError, AssociationRejectedError, NetworkError, PeerProtocolError
 
 __all__ = ["Association", "Context", "StoreResult", "EventReport", "IMPLEMENTATION_CLASS_UID",
            "IMPLEMENTATION_VERSION_NAME"]
 
-IMPLEMENTATION_CLASS_UID = "2.25.53897576694086526053863854056254947965"
-IMPLEMENTATION_VERSION_NAME = f"GATEWAY_{__version__}"[:16]
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 VERIFICATION = "1.2.840.10008.1.1"
 

@@ -38,6 +38,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from gateway.codecs import configured, get_codec, resolve_uid
 from gateway.codecs.base import Codec, FrameInfo
+from gateway.dicom.filemeta import stamp
 from gateway.dicom.uids import TRANSFER_SYNTAXES, is_encapsulated, is_known
 from gateway.errors import CodecNotFoundError, GatewayError, UnsupportedImageError
 from gateway.pipeline.decoders import (NATIVE, REFERENCE_DECODERS, DecodeFrame, decoder_name, start_image,
@@ -734,6 +735,7 @@ def recompress(ds: Dataset, target: str, *, verify: bool = True, allow_larger: b
         target_uid = UID(str(target_uid))
         target_uid.set_private_encoding(False, True)
     new.file_meta.TransferSyntaxUID = target_uid
+    stamp(new.file_meta)  # the gateway wrote this content: PS3.10 7.1 names the writer
     encode_seconds = time.perf_counter() - start
 
     verify_seconds = 0.0

@@ -152,6 +152,9 @@ def test_every_attribute_survives_a_change_of_encoding(tmp_path: Path, source: s
     got = dcmread(BytesIO(buffer.getvalue()))
     assert got.file_meta.TransferSyntaxUID == target
     assert differences(dcmread(path), got) == []
+    # PS3.10 7.1: the file meta names the implementation that wrote the file, here the gateway
+    assert got.file_meta.ImplementationClassUID == "2.25.53897576694086526053863854056254947965"
+    assert "SourceApplicationEntityTitle" not in got.file_meta
 
 
 # ------------------------------------------------------------------ to DCMTK's storescp

@@ -21,7 +21,7 @@ from typing import Any, Generic, TypeVar
 from pydicom import Dataset, dcmread
 from pydicom.uid import UID
 
-from gateway.dicom.filemeta import read_file_meta
+from gateway.dicom.filemeta import read_file_meta, stamp
 from gateway.dicom.uids import (DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN,
                                 NATIVE_SYNTAXES)
 from gateway.errors import PermanentForwardError, TransientForwardError, UnsendableError
@@ -56,7 +56,8 @@ def encode_for(path: Path, stored: str, target: str, *, verify: bool = True,
     :func:`gateway.pipeline.recompress`), and `proven` is given the
     outcome of each new encoding (its verifying decoders).  Either way the
     dataset is marked as encoded the way `target` encodes and names `target`
-    in its file meta, so that pydicom writes its raw elements as they are.
+    in its file meta, so that pydicom writes its raw elements as they are,
+    and the gateway as the file's writer.
     """
     ds = dcmread(path)
     if stored in _LITTLE_ENDIAN_UNCOMPRESSED and target in _LITTLE_ENDIAN_UNCOMPRESSED:
@@ -64,6 +65,7 @@ def encode_for(path: Path, stored: str, target: str, *, verify: bool = True,
         if needs_reencoding(ds, implicit):
             reencode(ds, implicit=implicit)
         ds.file_meta.TransferSyntaxUID = UID(target)
+        stamp(ds.file_meta)  # re-encoded here: the gateway wrote it (PS3.10 7.1)
         return ds
     if (stored == EXPLICIT_VR_BIG_ENDIAN and target in _LITTLE_ENDIAN_UNCOMPRESSED
             and not any(tag in ds for tag in _PIXEL_TAGS)):
@@ -75,6 +77,7 @@ def encode_for(path: Path, stored: str, target: str, *, verify: bool = True,
             _log.warning("%s cannot be converted from big endian: %s: %s", path.name, type(exc).__name__, exc)
             return None
         ds.file_meta.TransferSyntaxUID = UID(target)
+        stamp(ds.file_meta)  # re-encoded here: the gateway wrote it (PS3.10 7.1)
         return ds
     try:
         outcome = recompress(ds, target, verify=verify, encode_options=encode_options)

@@ -535,6 +535,33 @@ def test_an_instance_that_fails_on_its_own_holds_up_no_other_and_is_given_up(tmp
     assert sorted(sender.sent) == sorted(job.instance for job in jobs[1:])
 
 
+def test_an_instance_that_fails_on_its_own_keeps_its_backoff_and_holds_the_backlog_one_probe_at_most(
+        tmp_path: Path) -> None:
+    """The answer that ended the failure made the poison instance due with the rest; sent first again, it failed
+    again and held the whole backlog for another probe interval, each time: the backlog went out at one instance
+    per probe interval until the poison's attempts ran out (119 instances behind one answered 0xA700 every time:
+    30 s with a probe of 1 s, against 1.7 s).  It keeps its own backoff now; the others go at once."""
+    spool = Spool(tmp_path)
+    jobs = _backlog(spool, 40, "x")
+    poison = jobs[0].instance  # the oldest and the smallest key: first in the batch, first once all are due
+    sender = PoisonSender(poison)
+    retry = RetryConfig(max_attempts=50, base_seconds=60.0, cap_seconds=60.0, probe_seconds=0.3)
+    forwarder = Forwarder(Destination("x", "folder", path=tmp_path), spool, retry, sender, batch=8)
+    forwarder.start()
+    try:
+        started = time.monotonic()
+        assert wait_until(lambda: spool.count_jobs(DONE, "x") == len(jobs) - 1, timeout=15)
+        took = time.monotonic() - started
+        held = spool.find_job(poison, "x")
+    finally:
+        forwarder.stop()
+        forwarder.join(5)
+    # One probe interval lost to the poison's one failure, not one per instance (39 x 0.3 s = 11.7 s before).
+    assert took < 4 * retry.probe_seconds + 1.5, took
+    assert held.state == PENDING and held.attempts == 1, (held.state, held.attempts)
+    assert sorted(sender.sent) == sorted(job.instance for job in jobs[1:])
+
+
 def test_a_clock_set_back_does_not_hold_a_retry_for_the_steps_length(tmp_path: Path) -> None:
     """Due times are wall-clock times; one further ahead than any backoff can set is taken as due."""
     spool = Spool(tmp_path)

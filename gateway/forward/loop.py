@@ -32,7 +32,14 @@ up after its attempts, the others going on: a failed probe passes to the
 next job.
 
 The first answer ends the failure and makes every waiting job due at once:
-the backlog goes out at the destination's speed.  An answer is a success or
+the backlog goes out at the destination's speed.  All but one: when a
+single job failed in the whole failure and another job's answer ended it,
+the destination was never down, that job fails on its own, and it keeps
+its backoff.  Made due with the rest, it would be sent again at once, fail
+again and hold every other job for a probe interval, over and over until
+its attempts ran out (the backlog going out at one instance per probe
+interval meanwhile); it holds them up for one probe interval per backoff
+of its own instead.  An answer is a success or
 a permanent refusal (a destination that refuses an instance is reachable;
 an instance found unsendable before the destination was asked,
 :class:`~gateway.errors.UnsendableError`, is no answer).  So does a queue
@@ -93,6 +100,7 @@ class Forwarder(threading.Thread):
         self.last_error_at: float | None = None
         self.last_success_at: float | None = None
         self._next_probe = 0.0  # monotonic time of the next probe while failing
+        self._spell: set[str] = set()  # keys of the jobs that failed since the destination began to fail
         self._state_dirty = False
         self._state_saved = 0.0
         self._heap: list[tuple[float, str, str]] = []  # (due, key, instance)
@@ -190,11 +198,11 @@ class Forwarder(threading.Thread):
             self._queued.discard(key)
         self._deliver([instance], probe=True)
 
-    def _drain(self) -> None:
-        """The destination is back: every waiting job is due now."""
+    def _drain(self, keep: str | None = None) -> None:
+        """The destination is back: every waiting job is due now, but the job `keep`, which keeps its own."""
         with self._cond:
             if self._heap:
-                self._heap = [(0.0, key, instance) for _, key, instance in self._heap]
+                self._heap = [(due if key == keep else 0.0, key, instance) for due, key, instance in self._heap]
                 heapq.heapify(self._heap)
                 _log.info("%s accepts again: sending its %d waiting instance(s) now", self.destination.name,
                           len(self._heap))
@@ -315,7 +323,7 @@ class Forwarder(threading.Thread):
         except PermanentForwardError as exc:
             self._failed(job, exc, transient=False)
             if not isinstance(exc, UnsendableError):  # found here, before the destination was asked
-                self._recovered()  # a refusal is an answer: the destination is reachable
+                self._recovered(job)  # a refusal is an answer: the destination is reachable
             return
         except (KeyboardInterrupt, SystemExit):
             raise
@@ -331,13 +339,22 @@ class Forwarder(threading.Thread):
         stage(_log, "forwarded", sop, study=job.identity.study_uid, destination=self.destination.name,
               syntax=syntax, seconds=seconds)
         self.last_success_at = time.time()
-        self._recovered()
+        self._recovered(job)
 
-    def _recovered(self) -> None:
-        """The destination answered, or nothing waits for it: not failing; whatever waits goes now."""
+    def _recovered(self, answered: Job | None = None) -> None:
+        """The destination answered (for `answered`), or nothing waits for it: not failing; whatever waits goes now.
+
+        When one job alone failed since the destination began to fail and
+        another one's answer ends it, that job failed on its own (an archive
+        that aborts on it, or answers 0xA7xx for it alone): it keeps its
+        backoff rather than being sent again at once and cutting the backlog
+        short for another probe interval.
+        """
         if self.failing_since is not None:
             self.failing_since = None
-            self._drain()
+            alone = next(iter(self._spell)) if len(self._spell) == 1 else None
+            self._spell.clear()
+            self._drain(keep=alone if answered is not None and alone != answered.key else None)
             self._save_state()
 
     def _sent_bytes(self, job: Job) -> int | None:
@@ -358,6 +375,9 @@ class Forwarder(threading.Thread):
         if transient and self.failing_since is None:
             self.failing_since = time.time()
             self._next_probe = time.monotonic() + self.retry.probe_seconds
+            self._spell.clear()
+        if transient:
+            self._spell.add(job.key)
         if transient and probe and job.next_retry_at > time.time():  # sent early, and still failing: as it was
             self._move(job, PENDING, job.next_retry_at)
             self._save_state(now=False)

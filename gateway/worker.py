@@ -96,6 +96,11 @@ def _write_object(spool: Spool, ident: str, src: Path, ds, outcome: Outcome, spa
     return True
 
 
+_NO_ROOM = "no space in the spool for the recompressed copy"
+"""Reason an instance is forwarded as received when its recompressed copy, or the file its large encoding is
+kept in meanwhile, does not fit in the spool (the other half of ``min_free_bytes`` is for these)."""
+
+
 def _proven(outcome: Outcome) -> dict:
     """What the pipeline's outcome tells the proof record about the original."""
     return {"original_pixel_bytes": outcome.original_pixel_bytes, "source_decoder": outcome.source_decoder,
@@ -167,9 +172,14 @@ def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: 
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # noqa: BLE001 - nothing is ever dropped: forward the original
-            # BaseException: a Rust decoder's panic (pyo3 PanicException) is not an Exception.
-            _log.exception("recompression of %s failed unexpectedly", sop)
-            reason = f"unexpected {type(exc).__name__}: {exc}"
+            if _out_of_space(exc):
+                # A large encoding kept in the spool's temp folder (recompress's scratch) did not fit: the
+                # recompressed copy has no room, as when the object itself does not fit below.
+                reason = _NO_ROOM
+            else:
+                # BaseException: a Rust decoder's panic (pyo3 PanicException) is not an Exception.
+                _log.exception("recompression of %s failed unexpectedly", sop)
+                reason = f"unexpected {type(exc).__name__}: {exc}"
         try:
             written = outcome is not None and outcome.recompressed and _write_object(spool, ident, src, ds, outcome,
                                                                                       span, lean is not None)
@@ -177,7 +187,7 @@ def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: 
             if outcome is not None:
                 outcome.close()  # a large encoded value's file in the spool's temp folder goes now
         if outcome is not None and outcome.recompressed and not written:
-            reason = "no space in the spool for the recompressed copy"
+            reason = _NO_ROOM
         if written:
             stored_syntax = str(outcome.transfer_syntax)
             proof = {"recompressed": True, "reason": None, **_proven(outcome),

@@ -16,7 +16,9 @@ batch stores every instance :meth:`DicomSender.prepare` announced, asks the
 archive to commit them in one N-ACTION and waits for its N-EVENT-REPORT (on
 this association or on one the archive opens to our receiver); each later
 ``send`` of the batch returns that instance's outcome.  An instance counts as
-delivered only once committed.
+delivered only once committed.  A transient failure to store one instance
+ends the storing: those stored before it are asked about, and the rest of
+the batch is left to the forwarder, untried, as without commitment.
 """
 
 from __future__ import annotations
@@ -223,6 +225,11 @@ class DicomSender:
                 continue  # the forwarder reports it when it comes to it
             try:
                 syntax = self._store_one(job, job_path)
+            except TransientForwardError as exc:
+                # The archive is gone, hung or full: the rest of the batch is not tried (each would cost a
+                # new association and a timeout, and an attempt of its own); the forwarder puts it back.
+                self._outcomes[job.key] = exc
+                break
             except ForwardError as exc:
                 self._outcomes[job.key] = exc
                 continue

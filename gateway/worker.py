@@ -16,6 +16,7 @@ import os
 import queue
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import CancelledError, ProcessPoolExecutor
@@ -82,7 +83,7 @@ def _write_object(spool: Spool, ident: str, src: Path, ds, outcome: Outcome, spa
     output cannot be spliced, the whole received dataset is read and written
     with the outcome's changes.
     """
-    tmp = spool.temp_path()
+    tmp = spool.tmp / f"{ident}{_OBJECT_TEMP}{uuid.uuid4().hex}.dcm"  # see _remove_earlier_attempts
     try:
         if not splice_write(src, ds, outcome.dataset, tmp, span):
             whole = restore(dcmread(src), ds, outcome.dataset) if lean else outcome.dataset
@@ -94,6 +95,23 @@ def _write_object(spool: Spool, ident: str, src: Path, ds, outcome: Outcome, spa
             return False
         raise
     return True
+
+
+_OBJECT_TEMP = ".object."
+"""Between an instance's id and a random part, the name of the temporary file its object is written to."""
+
+
+def _remove_earlier_attempts(spool: Spool, ident: str) -> None:
+    """Delete the partial objects an earlier attempt at `ident` left in the spool's temp folder.
+
+    A worker process killed while it wrote the object (a crash, a timeout)
+    leaves that file, as large as the encoded image; the spool's recovery
+    removes it only at the next start, and until then a busy spool holds it
+    on a disk that may be filling.  An instance is processed by one attempt
+    at a time, so what is named after it here is no other attempt's.
+    """
+    for left in spool.tmp.glob(f"{ident}{_OBJECT_TEMP}*"):
+        left.unlink(missing_ok=True)
 
 
 _NO_ROOM = "no space in the spool for the recompressed copy"
@@ -118,6 +136,7 @@ def process_instance(config: Config, spool: Spool, ident: str, *, reuse_object: 
     reason is logged at ERROR and kept in the jobs.
     """
     src = spool.source_path(ident)
+    _remove_earlier_attempts(spool, ident)
     if not reuse_object and pass_through is None and any(
             spool.find_job(ident, dest.name) is not None for dest in config.destinations):
         # An earlier attempt wrote jobs before it was cut short (a crash, a full disk): one may have sent

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless
 
 import gateway.pipeline.policy as policy
 from gateway.spool import Spool, free_bytes
@@ -135,3 +135,32 @@ def test_a_really_full_spool_forwards_the_original_of_a_kept_encoding(
     spool, ident = _process(small_filesystem / "spool", tmp_path, source, leaving, caplog)
     _forwarded_as_received(spool, ident, source, pixels, caplog)
     assert free_bytes(small_filesystem) >= leaving - (16 << 10), "the kept encoding's space is free again"
+
+
+def test_a_partial_object_of_an_attempt_cut_short_is_removed_by_the_next(tmp_path: Path, monkeypatch) -> None:
+    """A worker process killed while it wrote a large object (a crash, a timeout) left the partial file in the
+    spool's temp folder, as large as the encoded image, until the service's next start, while the instance's
+    next attempt wrote another one beside it: on a filling disk each such crash held that space."""
+    import gateway.worker as worker
+
+    monkeypatch.setattr(policy, "SPILL_BYTES", _SPILL)
+    source, pixels = _instance(tmp_path)
+    config = build_config(tmp_path, compression={"transfer_syntax": "JPEGLSLossless"})
+    spool = Spool(config.spool.directory)
+    ident = spool.store_received(source, "MODALITY")
+    splice = worker.splice_write
+
+    def cut_short(src: Path, original: Any, new: Any, dst: Path, span: Any) -> bool:
+        with open(dst, "wb") as partial:
+            partial.write(bytes(64 << 10))
+        raise KeyboardInterrupt  # the process ends here: nothing of it runs any more
+
+    monkeypatch.setattr(worker, "splice_write", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        process_instance(config, spool, ident)
+    assert len(os.listdir(spool.tmp)) == 1, "the attempt left its partial object"
+    monkeypatch.setattr(worker, "splice_write", splice)
+    (job,) = process_instance(config, spool, ident)
+    assert job.identity.transfer_syntax == JPEGLSLossless
+    assert os.listdir(spool.tmp) == [], "nothing of the first attempt is left"
+    assert np.array_equal(dcmread(spool.object_path(ident)).pixel_array, pixels)

@@ -441,6 +441,8 @@ def _compress_one(src: Path, dst: Path, target: str, verify: bool, native: bool,
     written from the received bytes (group lengths kept) into a temporary
     file that is renamed into place.
     """
+    import re
+
     from pydicom import dcmread
 
     from gateway.bulk.task import write_output
@@ -456,6 +458,12 @@ def _compress_one(src: Path, dst: Path, target: str, verify: bool, native: bool,
     ds = dcmread(src, defer_size=defer_size(src))
     span = pixel_span(ds)
     make_dirs(dst.parent)  # new folders 0700, whatever the umask
+    # A run killed while it wrote left its temporary file (write_output's ".<name>.<hex>.tmp") beside `dst`,
+    # up to the size of the encoded image, and nothing else removes it: a run of the same command does.
+    partial = re.compile(rf"\.{re.escape(dst.name)}\.[0-9a-f]{{32}}\.tmp")
+    for name in os.listdir(dst.parent):
+        if partial.fullmatch(name):
+            (dst.parent / name).unlink(missing_ok=True)
     outcome = recompress(ds, target, verify=verify, allow_larger=native,
                          encode_options=private_options(private_version), scratch=dst.parent)
     if not outcome.recompressed:

@@ -164,3 +164,37 @@ def test_a_partial_object_of_an_attempt_cut_short_is_removed_by_the_next(tmp_pat
     assert job.identity.transfer_syntax == JPEGLSLossless
     assert os.listdir(spool.tmp) == [], "nothing of the first attempt is left"
     assert np.array_equal(dcmread(spool.object_path(ident)).pixel_array, pixels)
+
+
+def test_compress_of_one_file_killed_while_writing_leaves_nothing_once_run_again(tmp_path: Path) -> None:
+    """``dicom-gateway compress IN.dcm OUT.dcm`` killed while it wrote left its temporary output beside OUT.dcm
+    (up to the size of the encoded image) and no later run removed it; a folder's run does remove its own."""
+    import subprocess
+    import sys
+
+    from gateway.cli import main
+
+    source, pixels = _instance(tmp_path)
+    output = tmp_path / "out" / "in.dcm"
+    killed = f"""
+import os, signal
+import gateway.dicom.splice as splice
+import gateway.pipeline.policy as policy
+policy.SPILL_BYTES = {_SPILL}
+write = splice._write
+def write_then_die(out, part):
+    write(out, part)
+    out.handle.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+splice._write = write_then_die
+from gateway.cli import main
+main(["compress", {str(source)!r}, {str(output)!r}, "--transfer-syntax", "JPEGLSLossless"])
+"""
+    run = subprocess.run([sys.executable, "-c", killed], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parent.parent, timeout=120)
+    assert run.returncode == -9, run.stderr
+    assert len(os.listdir(output.parent)) == 1 and not output.exists(), "the killed run left its partial output"
+    assert main(["compress", str(source), str(output), "--transfer-syntax", "JPEGLSLossless"]) == 0
+    assert os.listdir(output.parent) == ["in.dcm"]
+    written = dcmread(output)
+    assert written.file_meta.TransferSyntaxUID == JPEGLSLossless and np.array_equal(written.pixel_array, pixels)

@@ -7,7 +7,11 @@ forwarded exactly as received with the reason ``no space in the spool for
 the recompressed copy`` (docs/operations.md, "Disk pressure"), logged at
 WARNING without a traceback, as when the object itself does not fit; never
 as an "unexpected" failure.  One test fills a real, small filesystem (a
-tmpfs mounted for it; root only); the other makes the file's writes fail.
+tmpfs mounted for it; root only); another makes the file's writes fail.
+
+A worker process or a ``compress`` killed while it writes a large output
+leaves a partial file as large as the encoded image: the next attempt at
+the same instance, or the next run of the same command, removes it.
 """
 
 from __future__ import annotations

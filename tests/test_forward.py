@@ -562,6 +562,27 @@ def test_an_instance_that_fails_on_its_own_keeps_its_backoff_and_holds_the_backl
     assert sorted(sender.sent) == sorted(job.instance for job in jobs[1:])
 
 
+def test_a_job_that_waited_out_an_outage_alone_goes_as_soon_as_another_ones_answer_ends_it(tmp_path: Path) -> None:
+    """A failure that outlasted several probes was the destination's, not the one job's that failed in it: when
+    a job that arrived since ends it, that job goes too, not after its own backoff."""
+    spool = Spool(tmp_path)
+    (alone,) = _backlog(spool, 1, "x")
+    sender = DownSender()
+    retry = RetryConfig(max_attempts=50, base_seconds=60.0, cap_seconds=60.0, probe_seconds=0.1)
+    forwarder = Forwarder(Destination("x", "folder", path=tmp_path), spool, retry, sender)
+    forwarder.start()
+    try:
+        assert wait_until(lambda: forwarder.failing_since is not None and sender.attempts >= 4, timeout=10)
+        assert spool.find_job(alone.instance, "x").attempts == 1  # its backoff is 60 s away
+        late = _stage(spool, pydicom_file("CT_small.dcm"), "x")
+        sender.down = False
+        forwarder.submit(late)
+        assert wait_until(lambda: spool.count_jobs(DONE, "x") == 2, timeout=5), spool.find_job(alone.instance, "x")
+    finally:
+        forwarder.stop()
+        forwarder.join(5)
+
+
 def test_a_clock_set_back_does_not_hold_a_retry_for_the_steps_length(tmp_path: Path) -> None:
     """Due times are wall-clock times; one further ahead than any backoff can set is taken as due."""
     spool = Spool(tmp_path)

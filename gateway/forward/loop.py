@@ -33,9 +33,9 @@ next job.
 
 The first answer ends the failure and makes every waiting job due at once:
 the backlog goes out at the destination's speed.  All but one: when a
-single job failed in the whole failure and another job's answer ended it,
-the destination was never down, that job fails on its own, and it keeps
-its backoff.  Made due with the rest, it would be sent again at once, fail
+single job failed in the whole failure and another job's answer ended it
+at once (at the first probe at the latest), the destination was never
+down, that job fails on its own, and it keeps its backoff.  Made due with the rest, it would be sent again at once, fail
 again and hold every other job for a probe interval, over and over until
 its attempts ran out (the backlog going out at one instance per probe
 interval meanwhile); it holds them up for one probe interval per backoff
@@ -101,6 +101,7 @@ class Forwarder(threading.Thread):
         self.last_success_at: float | None = None
         self._next_probe = 0.0  # monotonic time of the next probe while failing
         self._spell: set[str] = set()  # keys of the jobs that failed since the destination began to fail
+        self._spell_probes = 0  # probes sent since the destination began to fail
         self._state_dirty = False
         self._state_saved = 0.0
         self._heap: list[tuple[float, str, str]] = []  # (due, key, instance)
@@ -191,6 +192,7 @@ class Forwarder(threading.Thread):
 
     def _probe(self) -> None:
         self._next_probe = time.monotonic() + self.retry.probe_seconds
+        self._spell_probes += 1
         with self._cond:
             if not self._heap:
                 return
@@ -345,15 +347,18 @@ class Forwarder(threading.Thread):
         """The destination answered (for `answered`), or nothing waits for it: not failing; whatever waits goes now.
 
         When one job alone failed since the destination began to fail and
-        another one's answer ends it, that job failed on its own (an archive
-        that aborts on it, or answers 0xA7xx for it alone): it keeps its
-        backoff rather than being sent again at once and cutting the backlog
-        short for another probe interval.
+        another one's answer ends it at once (at the first probe at the
+        latest), that job failed on its own (an archive that aborts on it, or
+        answers 0xA7xx for it alone): it keeps its backoff rather than being
+        sent again at once and cutting the backlog short for another probe
+        interval.  After a longer failure that job may have waited out an
+        outage alone, and it goes with the rest.
         """
         if self.failing_since is not None:
             self.failing_since = None
-            alone = next(iter(self._spell)) if len(self._spell) == 1 else None
+            alone = next(iter(self._spell)) if len(self._spell) == 1 and self._spell_probes <= 1 else None
             self._spell.clear()
+            self._spell_probes = 0
             self._drain(keep=alone if answered is not None and alone != answered.key else None)
             self._save_state()
 
@@ -376,6 +381,7 @@ class Forwarder(threading.Thread):
             self.failing_since = time.time()
             self._next_probe = time.monotonic() + self.retry.probe_seconds
             self._spell.clear()
+            self._spell_probes = 0
         if transient:
             self._spell.add(job.key)
         if transient and probe and job.next_retry_at > time.time():  # sent early, and still failing: as it was

@@ -33,13 +33,13 @@ next job.
 
 The first answer ends the failure and makes every waiting job due at once:
 the backlog goes out at the destination's speed.  All but one: when a
-single job failed in the whole failure and another job's answer ended it
-at once (at the first probe at the latest), the destination was never
-down, that job fails on its own, and it keeps its backoff.  Made due with the rest, it would be sent again at once, fail
-again and hold every other job for a probe interval, over and over until
-its attempts ran out (the backlog going out at one instance per probe
-interval meanwhile); it holds them up for one probe interval per backoff
-of its own instead.  An answer is a success or
+single job failed in the whole failure and another job's answer ended it at
+once (at the first probe at the latest), the destination was never down,
+that job fails on its own, and it keeps its backoff.  Made due with the
+rest, it would be sent again at once, fail again and hold every other job
+for a probe interval, over and over until its attempts ran out (the backlog
+going out at one instance per probe interval meanwhile); it holds them up
+for one probe interval per backoff of its own instead.  An answer is a success or
 a permanent refusal (a destination that refuses an instance is reachable;
 an instance found unsendable before the destination was asked,
 :class:`~gateway.errors.UnsendableError`, is no answer).  So does a queue

@@ -149,6 +149,21 @@ def gateway_factory() -> Iterator[Callable[[Config], Gateway]]:
         gateway.stop()
 
 
+@contextlib.contextmanager
+def small_tmpfs(root: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` (``mount -o size=``) mounted at ``root/small`` (root only: the test skips otherwise)."""
+    mount = root / "small"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small filesystem here (needs root): {result.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
 class _LostResponses(logging.Handler):
     """Counts the responses pynetdicom's requestor thread `name` took off its own queue and dropped.
 

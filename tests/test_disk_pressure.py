@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import errno
 import logging
-import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ import gateway.worker
 from gateway.errors import SpoolError
 from gateway.net.sink import SinkPolicy, SpoolSink
 from gateway.spool import DEAD, Spool, free_bytes
-from tests.conftest import build_config, make_series, send, wait_until
+from tests.conftest import build_config, make_series, send, small_tmpfs, wait_until
 
 _NO_FLOOR = 0
 _ABOVE_ANY_DISK = 1 << 50
@@ -183,18 +183,10 @@ def test_failures_that_cannot_be_recorded_are_still_bounded(
 
 
 @pytest.fixture
-def small_filesystem(tmp_path: Path):
+def small_filesystem(tmp_path: Path) -> Iterator[Path]:
     """A 40 MiB tmpfs mounted for the test (root only), unmounted afterwards."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a small filesystem here (needs root): {result.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path, "40m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_a_really_full_spool_refuses_then_delivers_everything(

@@ -20,9 +20,9 @@ import errno
 import hashlib
 import logging
 import os
-import subprocess
 import tempfile
 import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless
 import gateway.pipeline.policy as policy
 from gateway.spool import Spool, free_bytes
 from gateway.worker import process_instance
-from tests.conftest import build_config
+from tests.conftest import build_config, small_tmpfs
 from tests.test_large_instances import noisy_frames, write_instance
 
 _NO_ROOM = "no space in the spool for the recompressed copy"
@@ -117,18 +117,10 @@ def test_a_kept_encoding_that_does_not_fit_forwards_the_original_quietly(
 
 
 @pytest.fixture
-def small_filesystem(tmp_path: Path):
+def small_filesystem(tmp_path: Path) -> Iterator[Path]:
     """A 4 MiB tmpfs mounted for the test (root only), unmounted afterwards."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a small filesystem here (needs root): {result.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path, "4m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @pytest.mark.parametrize("leaving", [4 << 10, 48 << 10], ids=["no room at all", "room for a part"])

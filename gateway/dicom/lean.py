@@ -126,7 +126,7 @@ def read_lean(path: Path) -> Lean | None:
 
 
 def restore(full: Dataset, before: Dataset, after: Dataset) -> Dataset:
-    """`full` with the changes that turned the lean `before` into `after` (elements set or deleted, the syntax).
+    """`full` with the changes that turned the lean `before` into `after` (elements set or deleted, file meta).
 
     For an output that cannot be spliced from the received bytes (an
     attribute of the image pixel module changed as well as Pixel Data): the
@@ -138,5 +138,10 @@ def restore(full: Dataset, before: Dataset, after: Dataset) -> Dataset:
     for tag, element in new.items():
         if old.get(tag) is not element:
             full[tag] = after[tag]
-    full.file_meta.TransferSyntaxUID = after.file_meta.TransferSyntaxUID
+    meta_before, meta_after = before.file_meta, after.file_meta  # the syntax, and the writer's names
+    for tag in [t for t in meta_before.keys() if t not in meta_after and t in full.file_meta]:
+        del full.file_meta[tag]
+    for element in meta_after:
+        if element.tag not in meta_before or meta_before[element.tag].value != element.value:
+            full.file_meta[element.tag] = element
     return full
